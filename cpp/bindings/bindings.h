@@ -1,0 +1,63 @@
+// One Bind* function per area of the core; module.cc calls them all.
+#pragma once
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <cstddef>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
+#include "fluororeg/render.h"
+
+namespace fluororeg {
+namespace bindings {
+
+namespace nb = nanobind;
+
+// Read-only, C-contiguous host arrays as they come from NumPy.
+template <typename T>
+using InArray = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
+
+// A new NumPy array owned by Python (zero-initialised).
+template <typename T>
+nb::ndarray<nb::numpy, T> NewArray(std::initializer_list<size_t> shape) {
+  size_t count = 1;
+  for (size_t s : shape) count *= s;
+  T* data = new T[count > 0 ? count : 1]();
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return nb::ndarray<nb::numpy, T>(data, shape.size(), shape.begin(), owner);
+}
+
+// Throws ValueError unless `a` has the given number of dimensions and, where an expected
+// size is >= 0, that size.
+template <typename A>
+void CheckShape(const A& a, const char* name, std::initializer_list<long long> expected) {
+  auto describe = [&]() {
+    std::string got = "(";
+    for (size_t i = 0; i < a.ndim(); ++i) got += (i ? ", " : "") + std::to_string(a.shape(i));
+    got += a.ndim() == 1 ? ",)" : ")";
+    std::string want = "(";
+    size_t i = 0;
+    for (long long e : expected) {
+      want += (i++ ? ", " : "") + (e < 0 ? std::string("*") : std::to_string(e));
+    }
+    want += expected.size() == 1 ? ",)" : ")";
+    return std::string(name) + " has shape " + got + ", expected " + want;
+  };
+  if (a.ndim() != expected.size()) throw std::invalid_argument(describe());
+  size_t i = 0;
+  for (long long e : expected) {
+    if (e >= 0 && static_cast<long long>(a.shape(i)) != e) throw std::invalid_argument(describe());
+    ++i;
+  }
+}
+
+Device ParseDevice(const std::string& device);
+
+void BindRender(nb::module_& m);
+void BindRegistration(nb::module_& m);
+
+}  // namespace bindings
+}  // namespace fluororeg

@@ -1,0 +1,67 @@
+// DRR renderers and point projection: the public C++ API of the rendering core.
+//
+// Every function takes batches (n poses, or n view+pose pairs) so that dataset generation and
+// registration pay no per-call overhead. Arrays are dense, C order, and owned by the caller.
+// Backends: Device::kCpu runs on all cores (std::thread); Device::kCuda runs the same
+// per-ray math in CUDA kernels and throws std::runtime_error when CUDA was not built or no
+// device is usable. Invalid arguments throw std::invalid_argument naming the value.
+#pragma once
+
+#include <cstdint>
+
+#include "fluororeg/geometry.h"
+
+namespace fluororeg {
+
+// A scalar volume: attenuation per mm (float32), data[k][j][i] holds voxel (i, j, k)
+// (C order z-y-x). model_from_voxel maps voxel indices to the model frame (mm).
+struct VolumeGrid {
+  const float* data = nullptr;  // [nz, ny, nx]
+  int nx = 0, ny = 0, nz = 0;
+  Affine3<double> model_from_voxel{{1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0}};
+};
+
+enum class Device { kCpu = 0, kCuda = 1 };
+
+struct RenderOptions {
+  Device device = Device::kCpu;
+  int num_threads = 0;        // CPU backend: 0 = all hardware threads
+  double step_voxels = 1.0;   // cone beam: ray-marching step, in voxel-index units along the ray
+};
+
+// True when the CUDA backend was compiled in.
+bool CudaBuilt();
+// True when the CUDA backend was compiled in and a CUDA device is usable.
+bool CudaAvailable();
+
+// Parallel-beam DRRs by shear-warp factorisation.
+//   poses  [n, 6] rad / mm: camera_from_model (theta_x, theta_y, theta_z, tau_x, tau_y, tau_z)
+//   scales [n]    in-plane magnification (> 0)
+//   out    [n, H, W] float32 line integrals of attenuation (dimensionless)
+void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
+                       const double* poses, const double* scales, int n, float* out,
+                       const RenderOptions& options = {});
+
+// Cone-beam DRRs by ray marching with trilinear interpolation, rays clipped to the volume box
+// and empty blocks skipped. All views of one call share width and height.
+//   views  [n] ConeView (world frame)
+//   poses  [n, 6] rad / mm: world_from_model
+//   out    [n, H, W] float32
+void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double* poses, int n,
+                   float* out, const RenderOptions& options = {});
+
+// Landmark projection.
+//   points [m, 3] mm, model frame;  out_xy [n, m, 2] pixels;  in_fov [n, m] (1 inside image)
+void ProjectPointsParallel(const ParallelCamera& camera, const double* poses,
+                           const double* scales, int n, const double* points, int m,
+                           double* out_xy, uint8_t* in_fov, const RenderOptions& options = {});
+void ProjectPointsCone(const ConeView* views, const double* poses, int n, const double* points,
+                       int m, double* out_xy, uint8_t* in_fov, const RenderOptions& options = {});
+
+// Validation shared by the entry points (throws std::invalid_argument).
+void ValidateVolume(const VolumeGrid& volume);
+void ValidateParallelCamera(const ParallelCamera& camera);
+void ValidateConeView(const ConeView& view, int index);
+void ValidatePoses(const double* poses, int n);
+
+}  // namespace fluororeg

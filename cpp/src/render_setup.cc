@@ -1,0 +1,342 @@
+// Host-side preparation shared by the CPU and CUDA backends, and argument validation.
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "render_internal.h"
+
+namespace fluororeg {
+
+namespace {
+
+std::string Fmt(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+}  // namespace
+
+void ValidateVolume(const VolumeGrid& volume) {
+  if (volume.data == nullptr) throw std::invalid_argument("volume data is null");
+  if (volume.nx < 2 || volume.ny < 2 || volume.nz < 2) {
+    throw std::invalid_argument("volume shape (nz, ny, nx) = (" + std::to_string(volume.nz) +
+                                ", " + std::to_string(volume.ny) + ", " +
+                                std::to_string(volume.nx) +
+                                ") is too small: expected at least 2 voxels along each axis");
+  }
+  const auto& m = volume.model_from_voxel.m;
+  for (int i = 0; i < 12; ++i) {
+    if (!std::isfinite(m[i])) {
+      throw std::invalid_argument("model_from_voxel holds a non-finite value " + Fmt(m[i]));
+    }
+  }
+  // Columns must be orthogonal with positive length (rotation times diag(spacing)).
+  double len[3];
+  for (int c = 0; c < 3; ++c) {
+    const Vec3<double> a = volume.model_from_voxel.Column(c);
+    len[c] = std::sqrt(Dot(a, a));
+    if (!(len[c] > 0)) {
+      throw std::invalid_argument("model_from_voxel column " + std::to_string(c) +
+                                  " has zero length: expected a positive voxel spacing");
+    }
+  }
+  for (int c = 0; c < 3; ++c) {
+    const int d = (c + 1) % 3;
+    const double cosang =
+        Dot(volume.model_from_voxel.Column(c), volume.model_from_voxel.Column(d)) /
+        (len[c] * len[d]);
+    if (std::fabs(cosang) > 1e-4) {
+      throw std::invalid_argument("model_from_voxel columns " + std::to_string(c) + " and " +
+                                  std::to_string(d) + " are not orthogonal (cosine " +
+                                  Fmt(cosang) + "): expected an orthonormal direction matrix");
+    }
+  }
+}
+
+void ValidateParallelCamera(const ParallelCamera& camera) {
+  if (camera.width <= 0 || camera.height <= 0) {
+    throw std::invalid_argument("image size " + std::to_string(camera.width) + " x " +
+                                std::to_string(camera.height) + " must be positive");
+  }
+  if (!(camera.pixel_mm > 0) || !std::isfinite(camera.pixel_mm)) {
+    throw std::invalid_argument("pixel size " + Fmt(camera.pixel_mm) +
+                                " mm must be finite and positive");
+  }
+}
+
+void ValidateConeView(const ConeView& view, int index) {
+  const std::string where = "view " + std::to_string(index) + ": ";
+  if (view.width <= 0 || view.height <= 0) {
+    throw std::invalid_argument(where + "image size " + std::to_string(view.width) + " x " +
+                                std::to_string(view.height) + " must be positive");
+  }
+  if (!(view.pitch_u > 0) || !(view.pitch_v > 0) || !std::isfinite(view.pitch_u) ||
+      !std::isfinite(view.pitch_v)) {
+    throw std::invalid_argument(where + "pixel pitch (" + Fmt(view.pitch_u) + ", " +
+                                Fmt(view.pitch_v) + ") mm must be finite and positive");
+  }
+  for (int i = 0; i < 3; ++i) {
+    for (double x : {view.source[i], view.detector_centre[i], view.u[i], view.v[i]}) {
+      if (!std::isfinite(x)) throw std::invalid_argument(where + "non-finite value " + Fmt(x));
+    }
+  }
+  const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
+  if (std::fabs(Dot(u, u) - 1) > 1e-6 || std::fabs(Dot(v, v) - 1) > 1e-6 ||
+      std::fabs(Dot(u, v)) > 1e-6) {
+    throw std::invalid_argument(where + "detector axes u and v must be orthonormal (|u|^2 = " +
+                                Fmt(Dot(u, u)) + ", |v|^2 = " + Fmt(Dot(v, v)) +
+                                ", u.v = " + Fmt(Dot(u, v)) + ")");
+  }
+  const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
+  const Vec3<double> D{view.detector_centre[0], view.detector_centre[1],
+                       view.detector_centre[2]};
+  const double sdd = Dot(Cross(u, v), D - S);
+  if (std::fabs(sdd) < 1e-6) {
+    throw std::invalid_argument(where + "the source lies on the detector plane (distance " +
+                                Fmt(sdd) + " mm): expected a positive source-detector distance");
+  }
+}
+
+void ValidatePoses(const double* poses, int n) {
+  if (n < 0) throw std::invalid_argument("pose count " + std::to_string(n) + " is negative");
+  for (int i = 0; i < 6 * n; ++i) {
+    if (!std::isfinite(poses[i])) {
+      throw std::invalid_argument("pose " + std::to_string(i / 6) + " holds a non-finite value " +
+                                  Fmt(poses[i]));
+    }
+  }
+}
+
+namespace internal {
+
+Affine3<double> InvertAffine(const Affine3<double>& a) {
+  const double* m = a.m;
+  // Cofactor inverse of the 3x3 part.
+  const double c00 = m[5] * m[10] - m[6] * m[9];
+  const double c01 = m[6] * m[8] - m[4] * m[10];
+  const double c02 = m[4] * m[9] - m[5] * m[8];
+  const double det = m[0] * c00 + m[1] * c01 + m[2] * c02;
+  if (!(std::fabs(det) > 1e-300)) throw std::invalid_argument("affine transform is singular");
+  const double inv_det = 1.0 / det;
+  Affine3<double> r;
+  double* o = r.m;
+  o[0] = c00 * inv_det;
+  o[1] = (m[2] * m[9] - m[1] * m[10]) * inv_det;
+  o[2] = (m[1] * m[6] - m[2] * m[5]) * inv_det;
+  o[4] = c01 * inv_det;
+  o[5] = (m[0] * m[10] - m[2] * m[8]) * inv_det;
+  o[6] = (m[2] * m[4] - m[0] * m[6]) * inv_det;
+  o[8] = c02 * inv_det;
+  o[9] = (m[1] * m[8] - m[0] * m[9]) * inv_det;
+  o[10] = (m[0] * m[5] - m[1] * m[4]) * inv_det;
+  for (int i = 0; i < 3; ++i) {
+    o[4 * i + 3] = -(o[4 * i] * m[3] + o[4 * i + 1] * m[7] + o[4 * i + 2] * m[11]);
+  }
+  return r;
+}
+
+kernels::ShearWarpSetup MakeShearWarpSetup(const VolumeGrid& volume, const ParallelCamera& camera,
+                                           const double* pose, double scale) {
+  const Affine3<double> voxel_from_camera =
+      Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
+  const double k = camera.pixel_mm / scale;  // camera mm per pixel
+  const double cx = 0.5 * (camera.width - 1), cy = 0.5 * (camera.height - 1);
+  // v0(x, y) = gx * x + gy * y + h (voxel coordinates at camera z = 0); dv per mm along z.
+  double gx[3], gy[3], h[3], dv[3];
+  for (int r = 0; r < 3; ++r) {
+    const double* row = voxel_from_camera.m + 4 * r;
+    gx[r] = row[0] * k;
+    gy[r] = row[1] * k;
+    h[r] = row[3] - gx[r] * cx - gy[r] * cy;
+    dv[r] = row[2];
+  }
+  kernels::ShearWarpSetup s{};
+  int c = 0;
+  for (int r = 1; r < 3; ++r)
+    if (std::fabs(dv[r]) > std::fabs(dv[c])) c = r;
+  int a, b;
+  kernels::InSliceAxes(c, &a, &b);
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  s.axis = c;
+  s.n_slices = dims[c];
+  s.slice_w = dims[a] + 2;
+  s.slice_h = dims[b] + 2;
+  s.sa = dv[a] / dv[c];
+  s.sb = dv[b] / dv[c];
+  s.weight = 1.0 / std::fabs(dv[c]);
+  s.wa[0] = gx[a] - s.sa * gx[c];
+  s.wa[1] = gy[a] - s.sa * gy[c];
+  s.wa[2] = h[a] - s.sa * h[c];
+  s.wb[0] = gx[b] - s.sb * gx[c];
+  s.wb[1] = gy[b] - s.sb * gy[c];
+  s.wb[2] = h[b] - s.sb * h[c];
+  // Extent of the base plane that both the image (with a one-pixel margin) and the sheared
+  // slices cover.
+  auto extent = [&](const double* w, double shear, int n_in, int* origin, int* size) {
+    double lo = 1e300, hi = -1e300;
+    for (double x : {-1.0, static_cast<double>(camera.width)}) {
+      for (double y : {-1.0, static_cast<double>(camera.height)}) {
+        const double v = w[0] * x + w[1] * y + w[2];
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+    }
+    const double last = (s.n_slices - 1) * shear;
+    lo = std::max(lo, -1.0 - std::max(0.0, last));
+    hi = std::min(hi, n_in - std::min(0.0, last));
+    if (!(hi >= lo)) {
+      *origin = 0;
+      *size = 0;
+      return;
+    }
+    *origin = static_cast<int>(std::floor(lo));
+    *size = static_cast<int>(std::floor(hi)) - *origin + 2;
+  };
+  extent(s.wa, s.sa, dims[a], &s.a0, &s.inter_w);
+  extent(s.wb, s.sb, dims[b], &s.b0, &s.inter_h);
+  if (s.inter_w == 0 || s.inter_h == 0) s.inter_w = s.inter_h = 0;
+  return s;
+}
+
+PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
+  int a, b;
+  kernels::InSliceAxes(axis, &a, &b);
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  const long long stride[3] = {1, volume.nx, static_cast<long long>(volume.nx) * volume.ny};
+  PaddedSlices p;
+  p.axis = axis;
+  p.n_slices = dims[axis];
+  p.slice_w = dims[a] + 2;
+  p.slice_h = dims[b] + 2;
+  const long long slice_size = static_cast<long long>(p.slice_w) * p.slice_h;
+  p.data.assign(slice_size * p.n_slices, 0.f);
+  p.row_extent.assign(2LL * p.slice_h * p.n_slices, 0);
+  for (int k = 0; k < p.n_slices; ++k) {
+    float* slice = p.data.data() + k * slice_size;
+    int32_t* ext = p.row_extent.data() + 2LL * k * p.slice_h;
+    ext[0] = 1;
+    ext[1] = 0;  // padded row 0 is empty
+    ext[2 * (p.slice_h - 1)] = 1;
+    ext[2 * (p.slice_h - 1) + 1] = 0;
+    for (int ib = 0; ib < dims[b]; ++ib) {
+      float* row = slice + static_cast<long long>(ib + 1) * p.slice_w + 1;
+      const float* src = volume.data + k * stride[axis] + ib * stride[b];
+      int first = p.slice_w, last = -1;
+      for (int ia = 0; ia < dims[a]; ++ia) {
+        const float val = src[ia * stride[a]];
+        row[ia] = val;
+        if (val != 0.f) {
+          if (first > ia + 1) first = ia + 1;
+          last = ia + 1;
+        }
+      }
+      ext[2 * (ib + 1)] = first;
+      ext[2 * (ib + 1) + 1] = last;
+    }
+  }
+  return p;
+}
+
+kernels::ConeRaySetup MakeConeRaySetup(const VolumeGrid& volume, const ConeView& view,
+                                       const double* pose, double step_voxels) {
+  const Affine3<double> voxel_from_world =
+      Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
+  const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
+  const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
+  const Vec3<double> D{view.detector_centre[0], view.detector_centre[1],
+                       view.detector_centre[2]};
+  const Vec3<double> P00 = D - (0.5 * (view.width - 1) * view.pitch_u) * u -
+                           (0.5 * (view.height - 1) * view.pitch_v) * v;
+  auto to_float = [](const Vec3<double>& p) {
+    return Vec3<float>{static_cast<float>(p.x), static_cast<float>(p.y),
+                       static_cast<float>(p.z)};
+  };
+  kernels::ConeRaySetup s{};
+  s.src = to_float(voxel_from_world.Apply(S));
+  s.det = to_float(voxel_from_world.Apply(P00));
+  s.du = to_float(voxel_from_world.ApplyLinear(view.pitch_u * u));
+  s.dv = to_float(voxel_from_world.ApplyLinear(view.pitch_v * v));
+  for (int c = 0; c < 3; ++c) {
+    const Vec3<double> col = volume.model_from_voxel.Column(c);
+    s.spacing[c] = static_cast<float>(std::sqrt(Dot(col, col)));
+  }
+  s.step_voxels = static_cast<float>(step_voxels);
+  s.nx = volume.nx;
+  s.ny = volume.ny;
+  s.nz = volume.nz;
+  s.bx = (volume.nx - 1 + kernels::kBlock - 1) / kernels::kBlock;
+  s.by = (volume.ny - 1 + kernels::kBlock - 1) / kernels::kBlock;
+  s.bz = (volume.nz - 1 + kernels::kBlock - 1) / kernels::kBlock;
+  s.bx = std::max(s.bx, 1);
+  s.by = std::max(s.by, 1);
+  s.bz = std::max(s.bz, 1);
+  return s;
+}
+
+std::vector<uint8_t> MakeOccupancy(const VolumeGrid& volume, int* bx_out, int* by_out,
+                                   int* bz_out) {
+  constexpr int B = kernels::kBlock;
+  const int bx = std::max((volume.nx - 1 + B - 1) / B, 1);
+  const int by = std::max((volume.ny - 1 + B - 1) / B, 1);
+  const int bz = std::max((volume.nz - 1 + B - 1) / B, 1);
+  std::vector<uint8_t> occ(static_cast<size_t>(bx) * by * bz, 0);
+  // A sample in block (bi, bj, bk) reads voxels [b*B, b*B + B] along each axis (clamped), so
+  // a non-zero voxel at index i marks the blocks i / B and (i - 1) / B.
+  for (int k = 0; k < volume.nz; ++k) {
+    for (int j = 0; j < volume.ny; ++j) {
+      const float* row = volume.data + (static_cast<long long>(k) * volume.ny + j) * volume.nx;
+      for (int i = 0; i < volume.nx; ++i) {
+        if (row[i] == 0.f) continue;
+        for (int kk : {k / B, (k - 1) / B}) {
+          if (kk < 0 || kk >= bz) continue;
+          for (int jj : {j / B, (j - 1) / B}) {
+            if (jj < 0 || jj >= by) continue;
+            for (int ii : {i / B, (i - 1) / B}) {
+              if (ii < 0 || ii >= bx) continue;
+              occ[(static_cast<size_t>(kk) * by + jj) * bx + ii] = 1;
+            }
+          }
+        }
+      }
+    }
+  }
+  *bx_out = bx;
+  *by_out = by;
+  *bz_out = bz;
+  return occ;
+}
+
+void RequireCuda() {
+#if defined(FLUORO_WITH_CUDA)
+  if (CudaDeviceCount() > 0) return;
+  throw std::runtime_error(
+      "device='cuda' was requested but no CUDA device is usable on this machine; use "
+      "device='cpu'");
+#else
+  throw std::runtime_error(
+      "device='cuda' was requested but fluororeg was built without CUDA (FLUORO_CUDA=OFF or no "
+      "nvcc at build time); rebuild with CUDA or use device='cpu'");
+#endif
+}
+
+}  // namespace internal
+
+bool CudaBuilt() {
+#if defined(FLUORO_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool CudaAvailable() {
+#if defined(FLUORO_WITH_CUDA)
+  return internal::CudaDeviceCount() > 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace fluororeg

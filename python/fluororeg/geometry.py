@@ -1,0 +1,228 @@
+"""Poses, rotations and fluoroscope views (the conventions of DESIGN.md).
+
+Units in this public API: millimetres and degrees. A pose is
+``(theta_x, theta_y, theta_z, tau_x, tau_y, tau_z)`` with extrinsic z-y-x Euler angles,
+``R = Rx(theta_x) Ry(theta_y) Rz(theta_z)`` and ``X_world = R X_model + tau``; in SciPy,
+``Rotation.from_euler('zyx', [tz, ty, tx], degrees=True)``.
+
+A :class:`ConeView` is one fluoroscope: point source ``S``, detector (intensifier) plane with
+centre ``D`` and orthonormal in-plane axes ``u`` (image +x, columns) and ``v`` (image +y,
+rows), pixel pitch ``(pitch_u, pitch_v)`` mm and size ``width x height`` px. Pixel
+coordinates have their origin at the centre of the top-left pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "rotation_matrix",
+    "euler_from_matrix",
+    "pose_matrix",
+    "pose_from_matrix",
+    "as_poses",
+    "ConeView",
+    "ParallelCamera",
+    "stack_views",
+    "system_centre",
+]
+
+
+def _finite_array(value, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric, got {type(value).__name__}") from exc
+    if arr.shape[arr.ndim - len(shape_tail):] != shape_tail or arr.ndim < len(shape_tail):
+        raise ValueError(f"{name} has shape {arr.shape}, expected (..., {', '.join(map(str, shape_tail))})")
+    if not np.all(np.isfinite(arr)):
+        bad = arr[~np.isfinite(arr)].ravel()[0]
+        raise ValueError(f"{name} holds a non-finite value ({bad}); expected finite numbers")
+    return arr
+
+
+def rotation_matrix(theta_deg) -> np.ndarray:
+    """R [..., 3, 3] from theta [..., 3] degrees (extrinsic z-y-x: R = Rx Ry Rz)."""
+    t = np.deg2rad(_finite_array(theta_deg, "theta", (3,)))
+    cx, sx = np.cos(t[..., 0]), np.sin(t[..., 0])
+    cy, sy = np.cos(t[..., 1]), np.sin(t[..., 1])
+    cz, sz = np.cos(t[..., 2]), np.sin(t[..., 2])
+    R = np.empty(t.shape[:-1] + (3, 3))
+    R[..., 0, 0] = cy * cz
+    R[..., 0, 1] = -cy * sz
+    R[..., 0, 2] = sy
+    R[..., 1, 0] = cx * sz + sx * sy * cz
+    R[..., 1, 1] = cx * cz - sx * sy * sz
+    R[..., 1, 2] = -sx * cy
+    R[..., 2, 0] = sx * sz - cx * sy * cz
+    R[..., 2, 1] = sx * cz + cx * sy * sz
+    R[..., 2, 2] = cx * cy
+    return R
+
+
+def euler_from_matrix(R) -> np.ndarray:
+    """theta [..., 3] degrees from R [..., 3, 3] (inverse of :func:`rotation_matrix`;
+    theta_y in [-90, 90])."""
+    R = _finite_array(R, "R", (3, 3))
+    ty = np.arcsin(np.clip(R[..., 0, 2], -1.0, 1.0))
+    tx = np.arctan2(-R[..., 1, 2], R[..., 2, 2])
+    tz = np.arctan2(-R[..., 0, 1], R[..., 0, 0])
+    return np.rad2deg(np.stack([tx, ty, tz], axis=-1))
+
+
+def as_poses(poses, name: str = "poses") -> np.ndarray:
+    """Validate poses [6] or [n, 6] (deg, mm) and return them as float64 [n, 6]."""
+    arr = _finite_array(poses, name, (6,))
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} has shape {arr.shape}, expected (6,) or (n, 6)")
+    return np.ascontiguousarray(arr)
+
+
+def poses_to_radians(poses_deg: np.ndarray) -> np.ndarray:
+    """[n, 6] (deg, mm) -> [n, 6] (rad, mm) for the C++ core."""
+    out = np.array(poses_deg, dtype=np.float64, copy=True)
+    out[:, :3] = np.deg2rad(out[:, :3])
+    return out
+
+
+def pose_matrix(pose) -> np.ndarray:
+    """4x4 world_from_model (or [n, 4, 4]) from pose(s) (deg, mm)."""
+    p = _finite_array(pose, "pose", (6,))
+    M = np.zeros(p.shape[:-1] + (4, 4))
+    M[..., :3, :3] = rotation_matrix(p[..., :3])
+    M[..., :3, 3] = p[..., 3:]
+    M[..., 3, 3] = 1.0
+    return M
+
+
+def pose_from_matrix(M) -> np.ndarray:
+    """Pose(s) (deg, mm) from 4x4 rigid transform(s)."""
+    M = _finite_array(M, "M", (4, 4))
+    return np.concatenate([euler_from_matrix(M[..., :3, :3]), M[..., :3, 3]], axis=-1)
+
+
+@dataclass(frozen=True)
+class ParallelCamera:
+    """Parallel-beam camera of the artificial dataset: rays along camera +z; a camera point
+    maps to ``x = scale * Xc / pixel_mm + (width - 1) / 2`` (same for y). ``scale`` is an
+    in-plane magnification; line integrals stay physical."""
+
+    width: int = 128
+    height: int = 128
+    pixel_mm: float = 2.0
+
+    def __post_init__(self):
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"ParallelCamera.{name} = {v!r}: expected a positive integer")
+        if not np.isfinite(self.pixel_mm) or self.pixel_mm <= 0:
+            raise ValueError(f"ParallelCamera.pixel_mm = {self.pixel_mm!r}: expected a finite positive size in mm")
+
+
+@dataclass(frozen=True)
+class ConeView:
+    """One fluoroscope (point source + flat detector), world millimetres."""
+
+    source: np.ndarray           # (3,) mm, S
+    detector_centre: np.ndarray  # (3,) mm, D (pixel ((W-1)/2, (H-1)/2))
+    u: np.ndarray                # (3,) unit, image +x
+    v: np.ndarray                # (3,) unit, image +y
+    pitch_u: float               # mm / px
+    pitch_v: float               # mm / px
+    width: int                   # px
+    height: int                  # px
+
+    def __post_init__(self):
+        for name in ("source", "detector_centre", "u", "v"):
+            arr = _finite_array(getattr(self, name), f"ConeView.{name}", (3,))
+            if arr.ndim != 1:
+                raise ValueError(f"ConeView.{name} has shape {arr.shape}, expected (3,)")
+            object.__setattr__(self, name, arr)
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"ConeView.{name} = {v!r}: expected a positive integer")
+        for name in ("pitch_u", "pitch_v"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                raise ValueError(f"ConeView.{name} = {v!r}: expected a finite positive pitch in mm")
+        u, v = self.u, self.v
+        if abs(u @ u - 1) > 1e-6 or abs(v @ v - 1) > 1e-6 or abs(u @ v) > 1e-6:
+            raise ValueError(f"ConeView axes u={u.tolist()} and v={v.tolist()} must be orthonormal")
+        sdd = float(self.normal @ (self.detector_centre - self.source))
+        if abs(sdd) < 1e-6:
+            raise ValueError(
+                f"ConeView source {self.source.tolist()} lies on the detector plane: expected a "
+                "positive source-detector distance")
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit detector normal u x v."""
+        return np.cross(self.u, self.v)
+
+    @property
+    def source_detector_distance(self) -> float:
+        """Perpendicular distance from S to the detector plane, mm."""
+        return float(abs(self.normal @ (self.detector_centre - self.source)))
+
+    @classmethod
+    def looking_at(cls, source, target, *, distance_to_detector: float, up=(0.0, 0.0, 1.0),
+                   pitch: float = 0.5, width: int = 512, height: int = 512) -> "ConeView":
+        """A view whose principal ray goes from ``source`` through ``target`` and meets a
+        detector ``distance_to_detector`` mm from the source; image rows (+v) point away from
+        ``up`` where possible."""
+        S = _finite_array(source, "source", (3,))
+        T = _finite_array(target, "target", (3,))
+        n = T - S
+        if np.linalg.norm(n) < 1e-9:
+            raise ValueError("source and target coincide: expected distinct points")
+        n = n / np.linalg.norm(n)
+        upv = _finite_array(up, "up", (3,))
+        v = -(upv - (upv @ n) * n)
+        if np.linalg.norm(v) < 1e-9:
+            raise ValueError(f"up {upv.tolist()} is parallel to the viewing direction")
+        v /= np.linalg.norm(v)
+        u = np.cross(v, n)
+        return cls(S, S + distance_to_detector * n, u, v, float(pitch), float(pitch), int(width), int(height))
+
+    def packed(self) -> np.ndarray:
+        """The C++ core's packed form, float64 [16]: S, D, u, v, pitch_u, pitch_v, W, H."""
+        return np.concatenate([self.source, self.detector_centre, self.u, self.v,
+                               [self.pitch_u, self.pitch_v, self.width, self.height]]).astype(np.float64)
+
+    def pixel_to_detector_mm(self, xy) -> np.ndarray:
+        """Pixel coordinates [..., 2] -> detector-plane coordinates [..., 2] mm along (u, v)
+        relative to D."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return np.stack([(xy[..., 0] - (self.width - 1) / 2) * self.pitch_u,
+                         (xy[..., 1] - (self.height - 1) / 2) * self.pitch_v], axis=-1)
+
+    def pixel_to_world(self, xy) -> np.ndarray:
+        """Pixel coordinates [..., 2] -> detector points [..., 3] in world mm."""
+        d = self.pixel_to_detector_mm(xy)
+        return self.detector_centre + d[..., :1] * self.u + d[..., 1:] * self.v
+
+
+def stack_views(views, n: int | None = None) -> np.ndarray:
+    """Packed views [n, 16] from one ConeView (repeated n times) or a sequence of them."""
+    if isinstance(views, ConeView):
+        return np.tile(views.packed(), (1 if n is None else n, 1))
+    views = list(views)
+    for i, v in enumerate(views):
+        if not isinstance(v, ConeView):
+            raise TypeError(f"views[{i}] is a {type(v).__name__}, expected ConeView")
+    if n is not None and len(views) != n:
+        raise ValueError(f"got {len(views)} views for {n} poses: expected one view per pose or a single view")
+    return np.ascontiguousarray(np.stack([v.packed() for v in views]))
+
+
+def system_centre(views) -> np.ndarray:
+    """The paper's initial translation: mean of both sources and both detector centres."""
+    views = list(views)
+    pts = [v.source for v in views] + [v.detector_centre for v in views]
+    return np.mean(pts, axis=0)
