@@ -333,13 +333,20 @@ def test_downsampled_constant_and_mean():
     np.testing.assert_allclose(d2.spacing, [2, 4, 6])
 
 
-def test_downsampled_partial_blocks_replicate_edge():
+def test_downsampled_partial_blocks_are_completed_with_background():
     v = Volume(np.full((5, 5, 7), 3.0, np.float32), [1, 1, 1], [0, 0, 0])
     d = v.downsampled(2)
     assert d.data.shape == (3, 3, 4)
-    np.testing.assert_allclose(d.data, 3.0)
+    np.testing.assert_allclose(d.data, 3.0)  # a constant volume is its own background
+    air = np.zeros((5, 5, 7), np.float32)
+    air[4, 4, 6] = 8.0
+    np.testing.assert_allclose(Volume(air, [1, 1, 1], [0, 0, 0]).downsampled(2).data[2, 2, 3], 1.0)
     ramp = Volume(np.tile(np.arange(5, dtype=np.float32), (2, 2, 1)), [1, 1, 1], [0, 0, 0])
-    np.testing.assert_allclose(ramp.downsampled(2).data[0, 0], [0.5, 2.5, 4.0])
+    np.testing.assert_allclose(ramp.downsampled(2).data[0, 0], [0.5, 2.5, 2.0])  # background 0
+    mu = Volume(np.random.default_rng(0).random((9, 11, 13)).astype(np.float32), [1, 1, 1], [0, 0, 0])
+    for f in (2, 3, (2, 1, 4)):
+        np.testing.assert_allclose(mu.downsampled(f).data.sum() * np.prod(mu.downsampled(f).spacing),
+                                   mu.data.sum(), rtol=1e-5)  # total attenuation preserved
 
 
 def test_downsampled_preserves_physical_position():

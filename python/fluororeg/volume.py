@@ -34,7 +34,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -207,36 +207,77 @@ class Volume:
         """The same image with its origin shifted by ``offset_mm`` (physical, mm)."""
         return self._replace(origin=self.origin + _vec3(offset_mm, "offset_mm"))
 
-    def downsampled(self, factor: int) -> "Volume":
-        """Anti-aliased downsampling by an integer factor: mean over factor^3 blocks, float32.
+    def downsampled(self, factor: Union[int, Sequence[int]]) -> "Volume":
+        """Anti-aliased downsampling by integer factors: mean over blocks, float32.
 
-        Each axis gets ``ceil(n / factor)`` voxels; a partial block at the far end of an
-        axis is completed by replicating the last voxel (edge padding), so every coarse
-        voxel centre stays on the regular coarse grid.  Spacing is multiplied by
-        ``factor`` and the origin moves to the centre of the first block, so physical
-        positions are preserved.
+        ``factor`` is one integer for all axes or ``(fx, fy, fz)`` along (i, j, k). Each
+        axis gets ``ceil(n / f)`` voxels; a partial block at the far end of an axis is
+        completed with the background value (the volume's minimum, i.e. air), so every
+        coarse voxel centre stays on the regular coarse grid and the total attenuation is
+        preserved.  Spacing is multiplied by the factors and
+        the origin moves to the centre of the first block, so physical positions are
+        preserved.
         """
-        if isinstance(factor, (bool, np.bool_)) or not isinstance(factor, (int, np.integer)):
-            raise TypeError(f"factor must be an integer >= 1, got {factor!r}")
-        f = int(factor)
-        if f < 1:
-            raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
-        if f == 1:
+        if isinstance(factor, (int, np.integer)) and not isinstance(factor, (bool, np.bool_)):
+            factors = (int(factor),) * 3
+        else:
+            try:
+                factors = tuple(factor)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(f"factor must be an integer >= 1 or three of them, got {factor!r}") from None
+            if len(factors) != 3 or any(
+                    isinstance(f, (bool, np.bool_)) or not isinstance(f, (int, np.integer)) for f in factors):
+                raise TypeError(f"factor must be an integer >= 1 or three of them, got {factor!r}")
+            factors = tuple(int(f) for f in factors)
+        if min(factors) < 1:
+            raise ValueError(f"factor must be an integer >= 1 or three of them, got {factor!r}")
+        fx, fy, fz = factors
+        if factors == (1, 1, 1):
             return self._replace(data=np.array(self.data, dtype=np.float32))
         nz, ny, nx = self.data.shape
-        cz, cy, cx = (-(-n // f) for n in (nz, ny, nx))
-        iy = np.minimum(np.arange(cy * f), ny - 1)
-        ix = np.minimum(np.arange(cx * f), nx - 1)
+        cz, cy, cx = -(-nz // fz), -(-ny // fy), -(-nx // fx)
+        # Partial blocks at the far ends are completed with the background (the volume's
+        # minimum: air), so that the total of attenuation volumes, and with it every line
+        # integral through them, is preserved.
+        background = float(self.data.min())
         out = np.empty((cz, cy, cx), dtype=np.float32)
-        chunk = max(1, (1 << 22) // max(1, cy * cx * f ** 3))  # coarse slices per pass
+        chunk = max(1, (1 << 22) // max(1, cy * cx * fx * fy * fz))  # coarse slices per pass
         for z0 in range(0, cz, chunk):
             z1 = min(cz, z0 + chunk)
-            iz = np.minimum(np.arange(z0 * f, z1 * f), nz - 1)
-            block = self.data[iz][:, iy][:, :, ix].astype(np.float64)
-            block = block.reshape(z1 - z0, f, cy, f, cx, f)
+            block = np.full(((z1 - z0) * fz, cy * fy, cx * fx), background, dtype=np.float64)
+            src = self.data[z0 * fz:z1 * fz]
+            block[:src.shape[0], :ny, :nx] = src
+            block = block.reshape(z1 - z0, fz, cy, fy, cx, fx)
             out[z0:z1] = block.mean(axis=(1, 3, 5))
+        f = np.array(factors, dtype=np.float64)
         shift = self.direction @ (self.spacing * (f - 1) / 2.0)
         return self._replace(data=out, spacing=self.spacing * f, origin=self.origin + shift)
+
+    def factors_for_pixel_size(self, pixel_mm: float) -> Tuple[int, int, int]:
+        """Per-axis power-of-two factors (fx, fy, fz): the largest with ``spacing * f <=
+        pixel_mm`` along each axis, never leaving fewer than 8 voxels along an axis."""
+        p = float(pixel_mm)
+        if not math.isfinite(p) or p <= 0:
+            raise ValueError(f"pixel_mm must be a positive finite number (mm), got {pixel_mm!r}")
+        factors = []
+        for n, sp in zip(self.shape_xyz, self.spacing):
+            f = 1
+            while sp * f * 2 <= p * (1 + 1e-9) and -(-n // (f * 2)) >= _MIN_LEVEL_VOXELS:
+                f *= 2
+            factors.append(f)
+        return tuple(factors)  # type: ignore[return-value]
+
+    def for_pixel_size(self, pixel_mm: float) -> "Volume":
+        """The volume downsampled (per axis, anti-aliased, cached) to match a pixel size in
+        mm at the object, as the renderers use it; ``self`` when no axis is finer."""
+        factors = self.factors_for_pixel_size(pixel_mm)
+        if factors == (1, 1, 1):
+            return self
+        cache: Dict[Any, Volume] = self._pyramid  # type: ignore[attr-defined]
+        key = ("factors",) + factors
+        if key not in cache:
+            cache[key] = self.downsampled(factors)
+        return cache[key]
 
     def level(self, level: int) -> "Volume":
         """Pyramid level: 0 is ``self``; level L is ``self.downsampled(2 ** L)`` (cached)."""
