@@ -317,6 +317,10 @@ def test_hu_to_attenuation():
     np.testing.assert_allclose(v.hu_to_attenuation(0.03).data.ravel(), [0, 0, 0.03, 0.06, 0.12],
                                atol=1e-7)
     assert mu.spacing is not None and np.array_equal(mu.origin, v.origin)
+    noisy_air = Volume(np.array([-980, -920, -880, 0], dtype=np.int16).reshape(1, 1, 4), [1, 1, 1], [0, 0, 0])
+    np.testing.assert_allclose(noisy_air.hu_to_attenuation().data.ravel(), [0, 0, 0.0024, 0.02], atol=1e-7)
+    np.testing.assert_allclose(noisy_air.hu_to_attenuation(air_hu=None).data.ravel(),
+                               [0.0004, 0.0016, 0.0024, 0.02], atol=1e-7)
 
 
 def test_downsampled_constant_and_mean():

@@ -144,20 +144,21 @@ struct ConeRaySetup {
   int bx, by, bz;      // block grid size
 };
 
+// Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
+// Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the upper clamp
+// keeps the last cell for points on the far faces.
 FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                float z) {
-  int i = static_cast<int>(floorf(x)), j = static_cast<int>(floorf(y)),
-      k = static_cast<int>(floorf(z));
-  i = i < 0 ? 0 : (i > nx - 2 ? nx - 2 : i);
-  j = j < 0 ? 0 : (j > ny - 2 ? ny - 2 : j);
-  k = k < 0 ? 0 : (k > nz - 2 ? nz - 2 : k);
+  const int i = IMin(static_cast<int>(x), nx - 2);
+  const int j = IMin(static_cast<int>(y), ny - 2);
+  const int k = IMin(static_cast<int>(z), nz - 2);
   const float fx = x - i, fy = y - j, fz = z - k;
-  const long long sx = 1, sy = nx, sz = static_cast<long long>(nx) * ny;
+  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
   const float* p = vol + k * sz + j * sy + i;
-  const float c00 = p[0] + fx * (p[sx] - p[0]);
-  const float c10 = p[sy] + fx * (p[sy + sx] - p[sy]);
-  const float c01 = p[sz] + fx * (p[sz + sx] - p[sz]);
-  const float c11 = p[sz + sy] + fx * (p[sz + sy + sx] - p[sz + sy]);
+  const float c00 = p[0] + fx * (p[1] - p[0]);
+  const float c10 = p[sy] + fx * (p[sy + 1] - p[sy]);
+  const float c01 = p[sz] + fx * (p[sz + 1] - p[sz]);
+  const float c11 = p[sz + sy] + fx * (p[sz + sy + 1] - p[sz + sy]);
   const float c0 = c00 + fy * (c10 - c00);
   const float c1 = c01 + fy * (c11 - c01);
   return c0 + fz * (c1 - c0);
@@ -202,30 +203,39 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const float* vol,
   const float dmm[3] = {d.x * s.spacing[0], d.y * s.spacing[1], d.z * s.spacing[2]};
   const float len_mm = sqrtf(dmm[0] * dmm[0] + dmm[1] * dmm[1] + dmm[2] * dmm[2]);
   const float dt = s.step_voxels / len_vox;
-  const int n_steps = static_cast<int>(ceilf((t1 - t0) / dt));
+  // Full steps sample their midpoints; a last partial step of length rem samples its own.
+  const int n_full = static_cast<int>(floorf((t1 - t0) / dt));
+  const float rem = (t1 - t0) - n_full * dt;
+  const Vec3<float> step = dt * d;
+  Vec3<float> pos = s.src + (t0 + 0.5f * dt) * d;
   float acc = 0.f;
-  for (int m = 0; m < n_steps; ++m) {
-    const float ta = t0 + m * dt;
-    const float tb = fminf(ta + dt, t1);
-    const float t = 0.5f * (ta + tb);
-    const float px = s.src.x + t * d.x, py = s.src.y + t * d.y, pz = s.src.z + t * d.z;
-    const int bi = IMin(static_cast<int>(px) / kBlock, s.bx - 1);
-    const int bj = IMin(static_cast<int>(py) / kBlock, s.by - 1);
-    const int bk = IMin(static_cast<int>(pz) / kBlock, s.bz - 1);
+  for (int m = 0; m < n_full; ++m, pos = pos + step) {
+    const int bi = IMin(static_cast<int>(pos.x) / kBlock, s.bx - 1);
+    const int bj = IMin(static_cast<int>(pos.y) / kBlock, s.by - 1);
+    const int bk = IMin(static_cast<int>(pos.z) / kBlock, s.bz - 1);
     if (!occupancy[(static_cast<long long>(bk) * s.by + bj) * s.bx + bi]) {
-      // Jump to the last grid sample still inside this empty block.
+      // Jump to the last full-step sample still inside this empty block (a small margin:
+      // a sample exactly on the far face belongs to the next block).
       const float blo[3] = {static_cast<float>(bi * kBlock), static_cast<float>(bj * kBlock),
                             static_cast<float>(bk * kBlock)};
       const float bhi[3] = {blo[0] + kBlock, blo[1] + kBlock, blo[2] + kBlock};
       float e0, e1;
       if (ClipToBox(s.src, d, blo, bhi, &e0, &e1)) {
-        // (small margin: a sample exactly on the far face belongs to the next block)
-        const int m_last = static_cast<int>(floorf((e1 - t0) / dt - 0.5f - 1e-3f));
-        if (m_last > m) m = m_last;  // samples m+1..m_last are in the block too: zero
+        int m_last = static_cast<int>(floorf((e1 - t0) / dt - 0.5f - 1e-3f));
+        if (m_last > n_full - 1) m_last = n_full - 1;
+        if (m_last > m) {
+          pos = s.src + (t0 + (m_last + 0.5f) * dt) * d;
+          m = m_last;
+        }
       }
       continue;
     }
-    acc += TrilinearInBox(vol, s.nx, s.ny, s.nz, px, py, pz) * (tb - ta);
+    acc += TrilinearInBox(vol, s.nx, s.ny, s.nz, pos.x, pos.y, pos.z);
+  }
+  acc *= dt;
+  if (rem > 0.f) {
+    const Vec3<float> q = s.src + (t0 + n_full * dt + 0.5f * rem) * d;
+    acc += rem * TrilinearInBox(vol, s.nx, s.ny, s.nz, q.x, q.y, q.z);
   }
   return acc * len_mm;
 }

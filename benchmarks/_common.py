@@ -1,0 +1,43 @@
+"""Shared helpers of the benchmark scripts: argument parsing, timing, table and JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="short run (fewer repetitions)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    return p
+
+
+def best_time(fn, repeat: int) -> float:
+    """Best wall-clock seconds of `repeat` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def report(title: str, rows: list[tuple[str, float, str]], results: dict, json_path: str | None) -> None:
+    print(title)
+    width = max(len(r[0]) for r in rows)
+    for name, value, unit in rows:
+        print(f"  {name:<{width}}  {value:>12.4g}  {unit}")
+    results = dict(results)
+    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "python": sys.version.split()[0]}
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2))
+        print(f"wrote {json_path}")

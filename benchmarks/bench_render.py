@@ -1,0 +1,115 @@
+"""Renderer throughput: parallel-beam 128x128 DRRs of a head-sized CT (shear-warp, C++) against
+the NumPy reference, and 512x512 cone-beam DRRs.
+
+    python benchmarks/bench_render.py --quick --json out/bench_render.json
+
+The volume is the example subject's CT (InVesalius "Cranium", 256 x 256 x 108, cached by
+fluororeg.example_data) when it can be had, otherwise a synthetic head phantom of
+256 x 256 x 113 voxels; the JSON says which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fluororeg as fr
+from fluororeg import render as R
+from fluororeg._reference import render as ref
+from fluororeg.geometry import ConeView, ParallelCamera
+from fluororeg.volume import Volume
+
+from _common import best_time, parser, report
+
+
+def synthetic_head() -> Volume:
+    """Skull shell + brain + a dense 'jaw' block, 256 x 256 x 113 voxels, ~0.9 x 0.9 x 1.5 mm."""
+    nz, ny, nx = 113, 256, 256
+    sp = np.array([0.9, 0.9, 1.5])
+    k, j, i = np.mgrid[0:nz, 0:ny, 0:nx].astype(np.float32)
+    X, Y, Z = (i - 127.5) * sp[0], (j - 127.5) * sp[1], (k - 56) * sp[2]
+    r = np.sqrt((X / 80) ** 2 + (Y / 95) ** 2 + (Z / 75) ** 2)
+    hu = np.full((nz, ny, nx), -1000.0, np.float32)
+    hu[r < 1.0] = 1200.0
+    hu[r < 0.93] = 40.0
+    hu[(np.abs(X) < 40) & (Y > 40) & (Y < 90) & (Z < -40)] = 900.0
+    vol = Volume(hu.astype(np.int16), sp, -(np.array([nx, ny, nz]) - 1) / 2 * sp, np.eye(3))
+    return vol
+
+
+def load_head() -> tuple[Volume, str]:
+    try:
+        from fluororeg.example_data import cranium_volume
+        v = cranium_volume()
+        name = "cranium"
+    except Exception as exc:  # no apt-get / offline: fall back to the phantom
+        print(f"(Cranium CT unavailable: {exc}; using a synthetic head phantom)")
+        v, name = synthetic_head(), "synthetic_head"
+    return v.translated(-v.center).hu_to_attenuation(), name
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    vol, name = load_head()
+    rng = np.random.default_rng(0)
+    n = 64
+    poses = np.concatenate([rng.uniform(-30, 30, (n, 3)), rng.uniform(-20, 20, (n, 3))], axis=1)
+    scales = rng.uniform(0.9, 1.2, n)
+    camera = ParallelCamera(128, 128, 2.0)
+    repeat = 3 if args.quick else 10
+
+    t_batch = best_time(lambda: R.render_parallel(vol, poses, camera, scales), repeat)
+    drr_per_s = n / t_batch
+    t_single = best_time(lambda: R.render_parallel(vol, poses[0], camera, scales[0]), repeat * 5)
+    t_one_thread = best_time(lambda: R.render_parallel(vol, poses, camera, scales, num_threads=1), max(1, repeat // 2))
+    level_vol = vol.for_pixel_size(camera.pixel_mm / scales.max())
+
+    n_ref = 2 if args.quick else 4
+    t_ref = best_time(lambda: [ref.line_integral_parallel(level_vol, poses[i], camera, scales[i]) for i in range(n_ref)], 1)
+    ref_per_s = n_ref / t_ref
+
+    # Cone beam: a fluoroscope ~1 m source-to-intensifier, 512 x 512 px of 0.6 mm.
+    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6, width=512, height=512)
+    pose = np.array([10.0, -5.0, 20.0, 2.0, 3.0, -4.0])
+    t_cone = best_time(lambda: R.render_cone(vol, view, pose), repeat)
+    cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.geometry.stack_views(view, 1), pose[None]), "auto")
+    # samples actually marched: rays x clipped length / step (an estimate from the reference sampler's rule)
+    t_cone_ref_rows = best_time(lambda: ref.line_integral_cone(cone_vol, view, pose, rows=slice(200, 216)), 1)
+    cone_ref_ms = t_cone_ref_rows * 512 / 16 * 1e3
+    ray_len_vox = np.mean(cone_vol.shape_xyz)  # rough: rays cross about one volume width
+    samples_per_s = 512 * 512 * ray_len_vox / t_cone
+
+    results = {
+        "volume": name,
+        "volume_shape_zyx": list(vol.data.shape),
+        "parallel_level_shape_zyx": list(level_vol.data.shape),
+        "parallel_128_drr_per_s": drr_per_s,
+        "parallel_128_drr_per_s_1thread": n / t_one_thread,
+        "parallel_128_single_call_ms": t_single * 1e3,
+        "numpy_parallel_128_drr_per_s": ref_per_s,
+        "parallel_speedup_vs_numpy": drr_per_s / ref_per_s,
+        "cone_512_ms": t_cone * 1e3,
+        "cone_level_shape_zyx": list(cone_vol.data.shape),
+        "cone_512_samples_per_s_estimate": samples_per_s,
+        "numpy_cone_512_ms": cone_ref_ms,
+        "cone_speedup_vs_numpy": cone_ref_ms / (t_cone * 1e3),
+        "cuda_available": fr.has_cuda(),
+    }
+    if fr.has_cuda():
+        results["cuda_parallel_128_drr_per_s"] = n / best_time(
+            lambda: R.render_parallel(vol, poses, camera, scales, device="cuda"), repeat)
+        results["cuda_cone_512_ms"] = 1e3 * best_time(lambda: R.render_cone(vol, view, pose, device="cuda"), repeat)
+    rows = [
+        ("parallel 128x128, batch of 64 (all cores)", drr_per_s, "DRR/s"),
+        ("parallel 128x128, batch of 64 (1 thread)", n / t_one_thread, "DRR/s"),
+        ("parallel 128x128, single call", t_single * 1e3, "ms"),
+        ("NumPy reference (ray marching)", ref_per_s, "DRR/s"),
+        ("speed-up vs NumPy", drr_per_s / ref_per_s, "x"),
+        ("cone 512x512", t_cone * 1e3, "ms"),
+        ("NumPy reference cone 512x512 (extrapolated)", cone_ref_ms, "ms"),
+        ("speed-up vs NumPy (cone)", cone_ref_ms / (t_cone * 1e3), "x"),
+    ]
+    report(f"bench_render ({name}, volume {vol.data.shape}, parallel level {level_vol.data.shape})", rows, results, args.json)
+
+
+if __name__ == "__main__":
+    main()
