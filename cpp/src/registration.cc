@@ -1,0 +1,667 @@
+// Point-based 3D-to-2D registration (Eq. 2, Table 1) with Ceres and analytic Jacobians.
+#include "fluororeg/registration.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fluororeg/parallel.h"
+#include "fluororeg/render.h"
+#include "registration_internal.h"
+
+namespace fluororeg {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string Fmt(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+inline double Dot3(const double* a, const double* b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+
+}  // namespace
+
+// ---- Solver building blocks ----------------------------------------------------------------
+namespace internal {
+
+void ExpSO3(const double* w, double* R) {
+  const double th2 = Dot3(w, w);
+  const double th = std::sqrt(th2);
+  double a, b;  // R = I + a [w]x + b [w]x^2
+  if (th < 1e-6) {
+    a = 1.0 - th2 / 6.0;
+    b = 0.5 - th2 / 24.0;
+  } else {
+    a = std::sin(th) / th;
+    b = (1.0 - std::cos(th)) / th2;
+  }
+  const double x = w[0], y = w[1], z = w[2];
+  R[0] = 1.0 - b * (y * y + z * z);
+  R[1] = -a * z + b * x * y;
+  R[2] = a * y + b * x * z;
+  R[3] = a * z + b * x * y;
+  R[4] = 1.0 - b * (x * x + z * z);
+  R[5] = -a * x + b * y * z;
+  R[6] = -a * y + b * x * z;
+  R[7] = a * x + b * y * z;
+  R[8] = 1.0 - b * (x * x + y * y);
+}
+
+void LogSO3(const double* R, double* w) {
+  const double c = std::clamp(0.5 * (R[0] + R[4] + R[8] - 1.0), -1.0, 1.0);
+  const double th = std::acos(c);
+  const double f = th < 1e-6 ? 0.5 * (1.0 + th * th / 6.0) : 0.5 * th / std::sin(th);
+  w[0] = f * (R[7] - R[5]);
+  w[1] = f * (R[2] - R[6]);
+  w[2] = f * (R[3] - R[1]);
+}
+
+bool PoseManifold::Plus(const double* x, const double* delta, double* out) const {
+  double E[9];
+  ExpSO3(delta, E);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      out[3 * i + j] = E[3 * i] * x[j] + E[3 * i + 1] * x[3 + j] + E[3 * i + 2] * x[6 + j];
+  for (int i = 0; i < 3; ++i) out[9 + i] = x[9 + i] + delta[3 + i];
+  return true;
+}
+
+bool PoseManifold::PlusJacobian(const double* x, double* J) const {
+  std::fill(J, J + 72, 0.0);
+  // d(exp([w]x) R)/dw_k at w = 0 is [e_k]x R.
+  for (int j = 0; j < 3; ++j) {
+    const double r0 = x[j], r1 = x[3 + j], r2 = x[6 + j];
+    // k = 0: rows (0, -R2, R1); k = 1: (R2, 0, -R0); k = 2: (-R1, R0, 0)
+    J[(3 + j) * 6 + 0] = -r2;
+    J[(6 + j) * 6 + 0] = r1;
+    J[(0 + j) * 6 + 1] = r2;
+    J[(6 + j) * 6 + 1] = -r0;
+    J[(0 + j) * 6 + 2] = -r1;
+    J[(3 + j) * 6 + 2] = r0;
+  }
+  for (int i = 0; i < 3; ++i) J[(9 + i) * 6 + 3 + i] = 1.0;
+  return true;
+}
+
+bool PoseManifold::RightMultiplyByPlusJacobian(const double* x, int num_rows, const double* A,
+                                               double* T) const {
+  for (int r = 0; r < num_rows; ++r) {
+    const double* a = A + 12 * r;
+    double* t = T + 6 * r;
+    // M = A3 R^T; tangent = (M21 - M12, M02 - M20, M10 - M01).
+    double M[9];
+    for (int i = 0; i < 3; ++i)
+      for (int k = 0; k < 3; ++k) M[3 * i + k] = Dot3(a + 3 * i, x + 3 * k);
+    t[0] = M[7] - M[5];
+    t[1] = M[2] - M[6];
+    t[2] = M[3] - M[1];
+    t[3] = a[9];
+    t[4] = a[10];
+    t[5] = a[11];
+  }
+  return true;
+}
+
+bool PoseManifold::Minus(const double* y, const double* x, double* d) const {
+  double E[9];  // Ry Rx^T
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) E[3 * i + k] = Dot3(y + 3 * i, x + 3 * k);
+  LogSO3(E, d);
+  for (int i = 0; i < 3; ++i) d[3 + i] = y[9 + i] - x[9 + i];
+  return true;
+}
+
+bool PoseManifold::MinusJacobian(const double* x, double* J) const {
+  std::fill(J, J + 72, 0.0);
+  // w = vee(skew(dR Rx^T)) at y = x.
+  for (int j = 0; j < 3; ++j) {
+    const double r0 = x[j], r1 = x[3 + j], r2 = x[6 + j];
+    J[0 * 12 + 6 + j] = 0.5 * r1;
+    J[0 * 12 + 3 + j] = -0.5 * r2;
+    J[1 * 12 + 0 + j] = 0.5 * r2;
+    J[1 * 12 + 6 + j] = -0.5 * r0;
+    J[2 * 12 + 3 + j] = 0.5 * r0;
+    J[2 * 12 + 0 + j] = -0.5 * r1;
+  }
+  for (int i = 0; i < 3; ++i) J[(3 + i) * 12 + 9 + i] = 1.0;
+  return true;
+}
+
+ViewGeometry::ViewGeometry(const ConeView& view) {
+  for (int i = 0; i < 3; ++i) {
+    S[i] = view.source[i];
+    u[i] = view.u[i];
+    v[i] = view.v[i];
+  }
+  n[0] = u[1] * v[2] - u[2] * v[1];
+  n[1] = u[2] * v[0] - u[0] * v[2];
+  n[2] = u[0] * v[1] - u[1] * v[0];
+  double DS[3], SD[3];
+  for (int i = 0; i < 3; ++i) {
+    DS[i] = view.detector_centre[i] - S[i];
+    SD[i] = -DS[i];
+  }
+  sd = Dot3(n, DS);
+  a_u = Dot3(u, SD);
+  a_v = Dot3(v, SD);
+}
+
+ViewResidual::ViewResidual(const ViewGeometry* geometry, const double* landmarks,
+                           const int* index, const double* targets, const double* sqrt_w, int k) {
+  mutable_parameter_block_sizes()->assign(1, 12);
+  Reset(geometry, landmarks, index, targets, sqrt_w, k);
+}
+
+void ViewResidual::Reset(const ViewGeometry* geometry, const double* landmarks,
+                         const int* index, const double* targets, const double* sqrt_w, int k) {
+  g_ = geometry;
+  landmarks_ = landmarks;
+  index_ = index;
+  targets_ = targets;
+  sqrt_w_ = sqrt_w;
+  k_ = k;
+  set_num_residuals(2 * k);
+}
+
+bool ViewResidual::Evaluate(double const* const* parameters, double* residuals,
+                            double** jacobians) const {
+  const double* x = parameters[0];
+  const double* R = x;
+  const double* t = x + 9;
+  double* J = (jacobians != nullptr) ? jacobians[0] : nullptr;
+  const ViewGeometry& g = *g_;
+  for (int i = 0; i < k_; ++i) {
+    const double* X = landmarks_ + 3 * index_[i];
+    double d[3];
+    for (int a = 0; a < 3; ++a) d[a] = Dot3(R + 3 * a, X) + t[a] - g.S[a];
+    const double nd = Dot3(g.n, d);
+    if (!(nd * g.sd > 0.0)) return false;  // not in front of the source
+    const double inv = 1.0 / nd;
+    const double qu = Dot3(g.u, d) * inv, qv = Dot3(g.v, d) * inv;
+    const double sw = sqrt_w_[i];
+    residuals[2 * i] = sw * (g.a_u + g.sd * qu - targets_[2 * i]);
+    residuals[2 * i + 1] = sw * (g.a_v + g.sd * qv - targets_[2 * i + 1]);
+    if (J != nullptr) {
+      const double f = sw * g.sd * inv;
+      double* ju = J + 24 * i;
+      double* jv = ju + 12;
+      for (int a = 0; a < 3; ++a) {
+        const double gu = f * (g.u[a] - qu * g.n[a]);
+        const double gv = f * (g.v[a] - qv * g.n[a]);
+        for (int b = 0; b < 3; ++b) {
+          ju[3 * a + b] = gu * X[b];
+          jv[3 * a + b] = gv * X[b];
+        }
+        ju[9 + a] = gu;
+        jv[9 + a] = gv;
+      }
+    }
+  }
+  return true;
+}
+
+void FrobeniusLoss::Evaluate(double s, double rho[3]) const {
+  const double r = std::sqrt(s + eps_ * eps_);
+  rho[0] = 2.0 * (r - eps_);
+  rho[1] = 1.0 / r;
+  rho[2] = -0.5 / (r * r * r);
+}
+
+}  // namespace internal
+
+// ---- Public helpers ------------------------------------------------------------------------
+
+const char* RegistrationStatusName(RegistrationStatus status) {
+  switch (status) {
+    case RegistrationStatus::kOk:
+      return "ok";
+    case RegistrationStatus::kTooFewLandmarks:
+      return "too_few_landmarks";
+    case RegistrationStatus::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+void SystemCentre(const ConeView views[2], double* centre) {
+  for (int i = 0; i < 3; ++i) {
+    centre[i] = 0.25 * (views[0].source[i] + views[1].source[i] + views[0].detector_centre[i] +
+                        views[1].detector_centre[i]);
+  }
+}
+
+void PoseToMatrix(const double* pose, double* M) {
+  double R[9];
+  RotationFromEulerZYX(pose, R);
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) M[4 * i + j] = R[3 * i + j];
+    M[4 * i + 3] = pose[3 + i];
+  }
+  M[12] = M[13] = M[14] = 0.0;
+  M[15] = 1.0;
+}
+
+void EulerFromRotation(const double* R, double* theta) {
+  theta[1] = std::asin(std::clamp(R[2], -1.0, 1.0));
+  theta[0] = std::atan2(-R[5], R[8]);
+  theta[2] = std::atan2(-R[1], R[0]);
+}
+
+// ---- Validation ----------------------------------------------------------------------------
+
+void ValidateRegistrationSetup(const RegistrationSetup& setup) {
+  const int n = setup.num_landmarks;
+  if (n < 1 || setup.landmarks == nullptr) {
+    throw std::invalid_argument("landmark count " + std::to_string(n) +
+                                ": expected at least one 3D landmark");
+  }
+  for (int i = 0; i < 3 * n; ++i) {
+    if (!std::isfinite(setup.landmarks[i])) {
+      throw std::invalid_argument("landmark " + std::to_string(i / 3) +
+                                  " holds a non-finite coordinate " + Fmt(setup.landmarks[i]));
+    }
+  }
+  for (int k = 0; k < 2; ++k) ValidateConeView(setup.views[k], k);
+  // The two principal rays must not be (nearly) parallel, or depth is lost.
+  double dir[2][3];
+  for (int k = 0; k < 2; ++k) {
+    double len = 0;
+    for (int i = 0; i < 3; ++i) {
+      dir[k][i] = setup.views[k].detector_centre[i] - setup.views[k].source[i];
+      len += dir[k][i] * dir[k][i];
+    }
+    len = std::sqrt(len);
+    if (!(len > 1e-6)) {
+      throw std::invalid_argument("view " + std::to_string(k) +
+                                  ": the source coincides with the detector centre");
+    }
+    for (int i = 0; i < 3; ++i) dir[k][i] /= len;
+  }
+  const double c = std::fabs(Dot3(dir[0], dir[1]));
+  const double angle_deg = std::acos(std::min(1.0, c)) * 180.0 / M_PI;
+  if (angle_deg < 1.0) {
+    throw std::invalid_argument(
+        "the two views are nearly parallel (principal rays " + Fmt(angle_deg) +
+        " degrees apart): expected distinct viewing directions for dual-fluoroscope "
+        "registration");
+  }
+  if (setup.num_pairs < 0 || (setup.num_pairs > 0 && setup.pairs == nullptr)) {
+    throw std::invalid_argument("pair count " + std::to_string(setup.num_pairs) + " is invalid");
+  }
+  std::vector<int> used(n, -1);
+  for (int p = 0; p < setup.num_pairs; ++p) {
+    const int a = setup.pairs[2 * p], b = setup.pairs[2 * p + 1];
+    const std::string where = "pair " + std::to_string(p) + " (" + std::to_string(a) + ", " +
+                              std::to_string(b) + ")";
+    if (a < 0 || a >= n || b < 0 || b >= n) {
+      throw std::invalid_argument(where + " names a missing landmark: expected indices in [0, " +
+                                  std::to_string(n) + ")");
+    }
+    if (a == b) throw std::invalid_argument(where + " pairs a landmark with itself");
+    for (int idx : {a, b}) {
+      if (used[idx] >= 0) {
+        throw std::invalid_argument(where + ": landmark " + std::to_string(idx) +
+                                    " is already in pair " + std::to_string(used[idx]));
+      }
+      used[idx] = p;
+    }
+  }
+}
+
+void ValidateRegistrationOptions(const RegistrationOptions& o) {
+  if (o.mode != ObjectiveMode::kLeastSquares && o.mode != ObjectiveMode::kFrobenius) {
+    throw std::invalid_argument("unknown objective mode " + std::to_string(int(o.mode)));
+  }
+  if (o.loss != RobustLoss::kNone && o.loss != RobustLoss::kHuber &&
+      o.loss != RobustLoss::kCauchy) {
+    throw std::invalid_argument("unknown robust loss " + std::to_string(int(o.loss)));
+  }
+  if (o.mode == ObjectiveMode::kFrobenius && o.loss != RobustLoss::kNone) {
+    throw std::invalid_argument(
+        "a robust loss acts per landmark and is only available with the least-squares "
+        "objective, not with the Frobenius (Eq. 2) objective");
+  }
+  if (!(o.loss_scale_mm > 0) || !std::isfinite(o.loss_scale_mm)) {
+    throw std::invalid_argument("loss scale " + Fmt(o.loss_scale_mm) +
+                                " mm must be finite and positive");
+  }
+  if (o.min_visible < 4) {
+    throw std::invalid_argument("min_visible " + std::to_string(o.min_visible) +
+                                " is too small: expected at least 4 landmarks");
+  }
+  if (o.max_iterations < 1) {
+    throw std::invalid_argument("max_iterations " + std::to_string(o.max_iterations) +
+                                " must be at least 1");
+  }
+  for (double tol : {o.function_tolerance, o.gradient_tolerance, o.parameter_tolerance}) {
+    if (!(tol >= 0) || !std::isfinite(tol)) {
+      throw std::invalid_argument("solver tolerance " + Fmt(tol) + " must be finite and >= 0");
+    }
+  }
+}
+
+void ValidateFrameInput(const RegistrationSetup& setup, const double* detections,
+                        const double* weights, const double* init_pose, int frame) {
+  const int n = setup.num_landmarks;
+  const std::string where = "frame " + std::to_string(frame);
+  if (detections == nullptr) throw std::invalid_argument(where + ": detections are missing");
+  for (int k = 0; k < 2; ++k) {
+    for (int i = 0; i < n; ++i) {
+      const double x = detections[(k * n + i) * 2], y = detections[(k * n + i) * 2 + 1];
+      const bool nx = std::isnan(x), ny = std::isnan(y);
+      if (nx && ny) continue;
+      if (nx != ny || !std::isfinite(x) || !std::isfinite(y)) {
+        throw std::invalid_argument(where + ", view " + std::to_string(k) + ", landmark " +
+                                    std::to_string(i) + ": detection (" + Fmt(x) + ", " +
+                                    Fmt(y) +
+                                    ") px is invalid: expected two finite coordinates, or "
+                                    "NaN for both when not detected");
+      }
+    }
+  }
+  if (weights != nullptr) {
+    for (int i = 0; i < 2 * n; ++i) {
+      if (!(weights[i] >= 0) || !std::isfinite(weights[i])) {
+        throw std::invalid_argument(where + ", view " + std::to_string(i / n) + ", landmark " +
+                                    std::to_string(i % n) + ": weight " + Fmt(weights[i]) +
+                                    " must be finite and >= 0");
+      }
+    }
+  }
+  if (init_pose != nullptr) {
+    for (int i = 0; i < 6; ++i) {
+      if (!std::isfinite(init_pose[i])) {
+        throw std::invalid_argument(where + ": initial pose holds a non-finite value " +
+                                    Fmt(init_pose[i]));
+      }
+    }
+  }
+}
+
+// ---- The solver ----------------------------------------------------------------------------
+
+namespace {
+
+// Per-thread scratch space: Ceres context and buffers reused across frames.
+struct Workspace {
+  std::unique_ptr<ceres::Context> context{ceres::Context::Create()};
+  std::vector<int> partner;
+  std::vector<int> index;
+  std::vector<double> targets[2], sqrt_w[2];
+  std::vector<std::unique_ptr<internal::ViewResidual>> costs;  // pool
+};
+
+Workspace& ThreadWorkspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+struct CaseOutcome {
+  bool solved = false;
+  bool eval_failed = false;
+  int n_vis = 0;
+  double x[12];
+  double objective = kNaN;
+  int iterations = 0;
+  bool converged = false;
+};
+
+// Objective of the mode (exact, no smoothing) and unweighted per-view RMS at state x.
+double ExactObjective(const RegistrationSetup& setup,
+                      const Workspace& ws, int k_vis, const double* x,
+                      const RegistrationOptions& o, double rms_mm[2], double rms_px[2]) {
+  double total = 0;
+  for (int k = 0; k < 2; ++k) {
+    const ConeView& view = setup.views[k];
+    double sum_w = 0, sum_sq = 0, sum_px = 0;
+    for (int i = 0; i < k_vis; ++i) {
+      const double* X = setup.landmarks + 3 * ws.index[i];
+      const Vec3<double> Xw{Dot3(x, X) + x[9], Dot3(x + 3, X) + x[10], Dot3(x + 6, X) + x[11]};
+      double pu, pv;
+      ProjectToDetectorMm(view, Xw, &pu, &pv);
+      const double du = pu - ws.targets[k][2 * i], dv = pv - ws.targets[k][2 * i + 1];
+      const double s = du * du + dv * dv;
+      const double w = ws.sqrt_w[k][i] * ws.sqrt_w[k][i];
+      sum_sq += s;
+      sum_px += (du / view.pitch_u) * (du / view.pitch_u) + (dv / view.pitch_v) * (dv / view.pitch_v);
+      const double ws_ = w * s;
+      if (o.mode == ObjectiveMode::kFrobenius) {
+        sum_w += ws_;
+      } else {
+        const double a2 = o.loss_scale_mm * o.loss_scale_mm;
+        switch (o.loss) {
+          case RobustLoss::kNone:
+            sum_w += ws_;
+            break;
+          case RobustLoss::kHuber:
+            sum_w += ws_ <= a2 ? ws_ : 2.0 * o.loss_scale_mm * std::sqrt(ws_) - a2;
+            break;
+          case RobustLoss::kCauchy:
+            sum_w += a2 * std::log1p(ws_ / a2);
+            break;
+        }
+      }
+    }
+    total += o.mode == ObjectiveMode::kFrobenius ? std::sqrt(sum_w) : sum_w;
+    rms_mm[k] = std::sqrt(sum_sq / k_vis);
+    rms_px[k] = std::sqrt(sum_px / k_vis);
+  }
+  return total;
+}
+
+}  // namespace
+
+RegistrationResult RegisterFrame(const RegistrationSetup& setup, const double* detections,
+                                 const double* weights, const double* init_pose,
+                                 const RegistrationOptions& options) {
+  ValidateRegistrationSetup(setup);
+  ValidateRegistrationOptions(options);
+  ValidateFrameInput(setup, detections, weights, init_pose, 0);
+  RegistrationResult r;
+  RegisterFrames(setup, detections, weights, init_pose, 1, &r, options);
+  return r;
+}
+
+namespace {
+
+RegistrationResult SolveFrame(const RegistrationSetup& setup, const internal::ViewGeometry g[2],
+                              const double* detections, const double* weights,
+                              const double* init_pose, const RegistrationOptions& o) {
+  Workspace& ws = ThreadWorkspace();
+  const int n = setup.num_landmarks;
+  RegistrationResult res;
+  std::fill(res.pose, res.pose + 6, kNaN);
+  std::fill(res.matrix, res.matrix + 16, kNaN);
+  std::fill(res.case_objective, res.case_objective + 4, kNaN);
+  res.objective = kNaN;
+  res.rms_mm[0] = res.rms_mm[1] = res.rms_px[0] = res.rms_px[1] = kNaN;
+
+  ws.partner.resize(n);
+  for (int i = 0; i < n; ++i) ws.partner[i] = i;
+  for (int p = 0; p < setup.num_pairs; ++p) {
+    ws.partner[setup.pairs[2 * p]] = setup.pairs[2 * p + 1];
+    ws.partner[setup.pairs[2 * p + 1]] = setup.pairs[2 * p];
+  }
+
+  // Initial state.
+  double x0[12];
+  if (init_pose != nullptr) {
+    RotationFromEulerZYX(init_pose, x0);
+    for (int i = 0; i < 3; ++i) x0[9 + i] = init_pose[3 + i];
+  } else {
+    for (int i = 0; i < 9; ++i) x0[i] = (i % 4 == 0) ? 1.0 : 0.0;
+    SystemCentre(setup.views, x0 + 9);
+  }
+
+  ceres::Problem::Options po;
+  po.cost_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  po.manifold_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  po.disable_all_safety_checks = true;
+  po.context = ws.context.get();
+
+  ceres::Solver::Options so;
+  so.linear_solver_type = ceres::DENSE_QR;
+  so.minimizer_progress_to_stdout = false;
+  so.logging_type = ceres::SILENT;
+  so.num_threads = 1;
+  so.max_num_iterations = o.max_iterations;
+  so.function_tolerance = o.function_tolerance;
+  so.gradient_tolerance = o.gradient_tolerance;
+  so.parameter_tolerance = o.parameter_tolerance;
+
+  static const internal::PoseManifold manifold;
+  static const internal::FrobeniusLoss frobenius_loss;
+  const ceres::HuberLoss huber(o.loss_scale_mm);
+  const ceres::CauchyLoss cauchy(o.loss_scale_mm);
+  const ceres::LossFunction* loss = nullptr;
+  bool per_landmark = false;
+  if (o.mode == ObjectiveMode::kFrobenius) {
+    loss = &frobenius_loss;
+  } else if (o.loss == RobustLoss::kHuber) {
+    loss = &huber;
+    per_landmark = true;
+  } else if (o.loss == RobustLoss::kCauchy) {
+    loss = &cauchy;
+    per_landmark = true;
+  }
+
+  const int n_cases = (o.mirror && setup.num_pairs > 0) ? 4 : 1;
+  CaseOutcome best;
+  int best_case = -1;
+  int max_vis = 0;
+  bool any_failed = false;
+  for (int c = 0; c < n_cases; ++c) {
+    const bool flip[2] = {(c & 1) != 0, (c & 2) != 0};
+    // Landmarks detected inside both fields of view in this case.
+    ws.index.clear();
+    ws.targets[0].clear();
+    ws.targets[1].clear();
+    ws.sqrt_w[0].clear();
+    ws.sqrt_w[1].clear();
+    for (int i = 0; i < n; ++i) {
+      bool ok = true;
+      double tgt[2][2], sw[2];
+      for (int k = 0; k < 2 && ok; ++k) {
+        const ConeView& view = setup.views[k];
+        const int src = flip[k] ? ws.partner[i] : i;
+        const double px = detections[(k * n + src) * 2], py = detections[(k * n + src) * 2 + 1];
+        const double w = weights != nullptr ? weights[k * n + src] : 1.0;
+        if (std::isnan(px) || !InImage(px, py, view.width, view.height) || !(w > 0)) {
+          ok = false;
+          break;
+        }
+        tgt[k][0] = (px - 0.5 * (view.width - 1)) * view.pitch_u;
+        tgt[k][1] = (py - 0.5 * (view.height - 1)) * view.pitch_v;
+        sw[k] = std::sqrt(w);
+      }
+      if (!ok) continue;
+      ws.index.push_back(i);
+      for (int k = 0; k < 2; ++k) {
+        ws.targets[k].push_back(tgt[k][0]);
+        ws.targets[k].push_back(tgt[k][1]);
+        ws.sqrt_w[k].push_back(sw[k]);
+      }
+    }
+    const int k_vis = static_cast<int>(ws.index.size());
+    max_vis = std::max(max_vis, k_vis);
+    if (k_vis < o.min_visible) continue;
+
+    CaseOutcome out;
+    out.n_vis = k_vis;
+    std::copy(x0, x0 + 12, out.x);
+    const int n_blocks = per_landmark ? 2 * k_vis : 2;
+    while (static_cast<int>(ws.costs.size()) < n_blocks)
+      ws.costs.push_back(std::make_unique<internal::ViewResidual>());
+    if (per_landmark) {
+      for (int k = 0; k < 2; ++k)
+        for (int i = 0; i < k_vis; ++i)
+          ws.costs[k * k_vis + i]->Reset(&g[k], setup.landmarks, ws.index.data() + i,
+                                         ws.targets[k].data() + 2 * i, ws.sqrt_w[k].data() + i,
+                                         1);
+    } else {
+      for (int k = 0; k < 2; ++k)
+        ws.costs[k]->Reset(&g[k], setup.landmarks, ws.index.data(), ws.targets[k].data(),
+                           ws.sqrt_w[k].data(), k_vis);
+    }
+    ceres::Problem problem(po);
+    for (int b = 0; b < n_blocks; ++b)
+      problem.AddResidualBlock(ws.costs[b].get(), const_cast<ceres::LossFunction*>(loss), out.x);
+    problem.SetManifold(out.x, const_cast<internal::PoseManifold*>(&manifold));
+    ceres::Solver::Summary summary;
+    ceres::Solve(so, &problem, &summary);
+    if (!summary.IsSolutionUsable()) {
+      any_failed = true;
+      continue;
+    }
+    out.solved = true;
+    out.iterations = static_cast<int>(summary.iterations.size()) - 1;
+    out.converged = summary.termination_type == ceres::CONVERGENCE;
+    double rms_mm[2], rms_px[2];
+    out.objective = ExactObjective(setup, ws, k_vis, out.x, o, rms_mm, rms_px);
+    res.case_objective[c] = out.objective;
+    if (best_case < 0 || out.objective < best.objective) {
+      best = out;
+      best_case = c;
+      res.rms_mm[0] = rms_mm[0];
+      res.rms_mm[1] = rms_mm[1];
+      res.rms_px[0] = rms_px[0];
+      res.rms_px[1] = rms_px[1];
+    }
+  }
+
+  if (best_case < 0) {
+    res.status = any_failed ? RegistrationStatus::kFailed : RegistrationStatus::kTooFewLandmarks;
+    res.n_vis = max_vis;
+    return res;
+  }
+  res.status = RegistrationStatus::kOk;
+  res.mirror_case = best_case;
+  res.n_vis = best.n_vis;
+  res.objective = best.objective;
+  res.iterations = best.iterations;
+  res.converged = best.converged;
+  EulerFromRotation(best.x, res.pose);
+  for (int i = 0; i < 3; ++i) res.pose[3 + i] = best.x[9 + i];
+  PoseToMatrix(res.pose, res.matrix);
+  return res;
+}
+
+}  // namespace
+
+void RegisterFrames(const RegistrationSetup& setup, const double* detections,
+                    const double* weights, const double* init_poses, int num_frames,
+                    RegistrationResult* out, const RegistrationOptions& options) {
+  ValidateRegistrationSetup(setup);
+  ValidateRegistrationOptions(options);
+  if (num_frames < 0) {
+    throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
+  }
+  const int n = setup.num_landmarks;
+  const long long det_stride = 4LL * n, w_stride = 2LL * n;
+  for (int f = 0; f < num_frames; ++f) {
+    ValidateFrameInput(setup, detections + f * det_stride,
+                       weights != nullptr ? weights + f * w_stride : nullptr,
+                       init_poses != nullptr ? init_poses + 6LL * f : nullptr, f);
+  }
+  const internal::ViewGeometry g[2] = {internal::ViewGeometry(setup.views[0]),
+                                       internal::ViewGeometry(setup.views[1])};
+  ParallelFor(num_frames, options.num_threads, [&](long long f) {
+    out[f] = SolveFrame(setup, g, detections + f * det_stride,
+                        weights != nullptr ? weights + f * w_stride : nullptr,
+                        init_poses != nullptr ? init_poses + 6LL * f : nullptr, options);
+  });
+}
+
+}  // namespace fluororeg
