@@ -67,75 +67,27 @@ void LogSO3(const double* R, double* w) {
   w[2] = f * (R[3] - R[1]);
 }
 
-bool PoseManifold::Plus(const double* x, const double* delta, double* out) const {
-  double E[9];
-  ExpSO3(delta, E);
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j)
-      out[3 * i + j] = E[3 * i] * x[j] + E[3 * i + 1] * x[3 + j] + E[3 * i + 2] * x[6 + j];
-  for (int i = 0; i < 3; ++i) out[9 + i] = x[9 + i] + delta[3 + i];
-  return true;
-}
-
-bool PoseManifold::PlusJacobian(const double* x, double* J) const {
-  std::fill(J, J + 72, 0.0);
-  // d(exp([w]x) R)/dw_k at w = 0 is [e_k]x R.
-  for (int j = 0; j < 3; ++j) {
-    const double r0 = x[j], r1 = x[3 + j], r2 = x[6 + j];
-    // k = 0: rows (0, -R2, R1); k = 1: (R2, 0, -R0); k = 2: (-R1, R0, 0)
-    J[(3 + j) * 6 + 0] = -r2;
-    J[(6 + j) * 6 + 0] = r1;
-    J[(0 + j) * 6 + 1] = r2;
-    J[(6 + j) * 6 + 1] = -r0;
-    J[(0 + j) * 6 + 2] = -r1;
-    J[(3 + j) * 6 + 2] = r0;
+void LeftJacobianSO3(const double* w, double* J) {
+  const double th2 = Dot3(w, w);
+  const double th = std::sqrt(th2);
+  double a, b;  // J = I + a [w]x + b [w]x^2
+  if (th < 1e-5) {
+    a = 0.5 - th2 / 24.0;
+    b = 1.0 / 6.0 - th2 / 120.0;
+  } else {
+    a = (1.0 - std::cos(th)) / th2;
+    b = (th - std::sin(th)) / (th2 * th);
   }
-  for (int i = 0; i < 3; ++i) J[(9 + i) * 6 + 3 + i] = 1.0;
-  return true;
-}
-
-bool PoseManifold::RightMultiplyByPlusJacobian(const double* x, int num_rows, const double* A,
-                                               double* T) const {
-  for (int r = 0; r < num_rows; ++r) {
-    const double* a = A + 12 * r;
-    double* t = T + 6 * r;
-    // M = A3 R^T; tangent = (M21 - M12, M02 - M20, M10 - M01).
-    double M[9];
-    for (int i = 0; i < 3; ++i)
-      for (int k = 0; k < 3; ++k) M[3 * i + k] = Dot3(a + 3 * i, x + 3 * k);
-    t[0] = M[7] - M[5];
-    t[1] = M[2] - M[6];
-    t[2] = M[3] - M[1];
-    t[3] = a[9];
-    t[4] = a[10];
-    t[5] = a[11];
-  }
-  return true;
-}
-
-bool PoseManifold::Minus(const double* y, const double* x, double* d) const {
-  double E[9];  // Ry Rx^T
-  for (int i = 0; i < 3; ++i)
-    for (int k = 0; k < 3; ++k) E[3 * i + k] = Dot3(y + 3 * i, x + 3 * k);
-  LogSO3(E, d);
-  for (int i = 0; i < 3; ++i) d[3 + i] = y[9 + i] - x[9 + i];
-  return true;
-}
-
-bool PoseManifold::MinusJacobian(const double* x, double* J) const {
-  std::fill(J, J + 72, 0.0);
-  // w = vee(skew(dR Rx^T)) at y = x.
-  for (int j = 0; j < 3; ++j) {
-    const double r0 = x[j], r1 = x[3 + j], r2 = x[6 + j];
-    J[0 * 12 + 6 + j] = 0.5 * r1;
-    J[0 * 12 + 3 + j] = -0.5 * r2;
-    J[1 * 12 + 0 + j] = 0.5 * r2;
-    J[1 * 12 + 6 + j] = -0.5 * r0;
-    J[2 * 12 + 3 + j] = 0.5 * r0;
-    J[2 * 12 + 0 + j] = -0.5 * r1;
-  }
-  for (int i = 0; i < 3; ++i) J[(3 + i) * 12 + 9 + i] = 1.0;
-  return true;
+  const double x = w[0], y = w[1], z = w[2];
+  J[0] = 1.0 - b * (y * y + z * z);
+  J[1] = -a * z + b * x * y;
+  J[2] = a * y + b * x * z;
+  J[3] = a * z + b * x * y;
+  J[4] = 1.0 - b * (x * x + z * z);
+  J[5] = -a * x + b * y * z;
+  J[6] = -a * y + b * x * z;
+  J[7] = a * x + b * y * z;
+  J[8] = 1.0 - b * (x * x + y * y);
 }
 
 ViewGeometry::ViewGeometry(const ConeView& view) {
@@ -157,15 +109,18 @@ ViewGeometry::ViewGeometry(const ConeView& view) {
   a_v = Dot3(v, SD);
 }
 
-ViewResidual::ViewResidual(const ViewGeometry* geometry, const double* landmarks,
-                           const int* index, const double* targets, const double* sqrt_w, int k) {
-  mutable_parameter_block_sizes()->assign(1, 12);
-  Reset(geometry, landmarks, index, targets, sqrt_w, k);
+ViewResidual::ViewResidual(const ViewGeometry* geometry, const double* R0,
+                           const double* landmarks, const int* index, const double* targets,
+                           const double* sqrt_w, int k) {
+  mutable_parameter_block_sizes()->assign(1, 6);
+  Reset(geometry, R0, landmarks, index, targets, sqrt_w, k);
 }
 
-void ViewResidual::Reset(const ViewGeometry* geometry, const double* landmarks,
-                         const int* index, const double* targets, const double* sqrt_w, int k) {
+void ViewResidual::Reset(const ViewGeometry* geometry, const double* R0,
+                         const double* landmarks, const int* index, const double* targets,
+                         const double* sqrt_w, int k) {
   g_ = geometry;
+  R0_ = R0;
   landmarks_ = landmarks;
   index_ = index;
   targets_ = targets;
@@ -176,15 +131,21 @@ void ViewResidual::Reset(const ViewGeometry* geometry, const double* landmarks,
 
 bool ViewResidual::Evaluate(double const* const* parameters, double* residuals,
                             double** jacobians) const {
-  const double* x = parameters[0];
-  const double* R = x;
-  const double* t = x + 9;
+  const double* phi = parameters[0];
+  const double* t = phi + 3;
+  double E[9], R[9], Jl[9];
+  ExpSO3(phi, E);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      R[3 * i + j] = E[3 * i] * R0_[j] + E[3 * i + 1] * R0_[3 + j] + E[3 * i + 2] * R0_[6 + j];
   double* J = (jacobians != nullptr) ? jacobians[0] : nullptr;
+  if (J != nullptr) LeftJacobianSO3(phi, Jl);
   const ViewGeometry& g = *g_;
   for (int i = 0; i < k_; ++i) {
     const double* X = landmarks_ + 3 * index_[i];
+    const double y[3] = {Dot3(R, X), Dot3(R + 3, X), Dot3(R + 6, X)};  // R X
     double d[3];
-    for (int a = 0; a < 3; ++a) d[a] = Dot3(R + 3 * a, X) + t[a] - g.S[a];
+    for (int a = 0; a < 3; ++a) d[a] = y[a] + t[a] - g.S[a];
     const double nd = Dot3(g.n, d);
     if (!(nd * g.sd > 0.0)) return false;  // not in front of the source
     const double inv = 1.0 / nd;
@@ -193,18 +154,25 @@ bool ViewResidual::Evaluate(double const* const* parameters, double* residuals,
     residuals[2 * i] = sw * (g.a_u + g.sd * qu - targets_[2 * i]);
     residuals[2 * i + 1] = sw * (g.a_v + g.sd * qv - targets_[2 * i + 1]);
     if (J != nullptr) {
+      // Row gradient w.r.t. the world point: g = sw sd / nd (u - q n); w.r.t. phi:
+      // g^T (-[y]x) J_l = (y x g)^T J_l; w.r.t. tau: g^T.
       const double f = sw * g.sd * inv;
-      double* ju = J + 24 * i;
-      double* jv = ju + 12;
+      double gu[3], gv[3];
       for (int a = 0; a < 3; ++a) {
-        const double gu = f * (g.u[a] - qu * g.n[a]);
-        const double gv = f * (g.v[a] - qv * g.n[a]);
-        for (int b = 0; b < 3; ++b) {
-          ju[3 * a + b] = gu * X[b];
-          jv[3 * a + b] = gv * X[b];
-        }
-        ju[9 + a] = gu;
-        jv[9 + a] = gv;
+        gu[a] = f * (g.u[a] - qu * g.n[a]);
+        gv[a] = f * (g.v[a] - qv * g.n[a]);
+      }
+      const double cu[3] = {y[1] * gu[2] - y[2] * gu[1], y[2] * gu[0] - y[0] * gu[2],
+                            y[0] * gu[1] - y[1] * gu[0]};
+      const double cv[3] = {y[1] * gv[2] - y[2] * gv[1], y[2] * gv[0] - y[0] * gv[2],
+                            y[0] * gv[1] - y[1] * gv[0]};
+      double* ju = J + 12 * i;
+      double* jv = ju + 6;
+      for (int b = 0; b < 3; ++b) {
+        ju[b] = cu[0] * Jl[b] + cu[1] * Jl[3 + b] + cu[2] * Jl[6 + b];
+        jv[b] = cv[0] * Jl[b] + cv[1] * Jl[3 + b] + cv[2] * Jl[6 + b];
+        ju[3 + b] = gu[b];
+        jv[3 + b] = gv[b];
       }
     }
   }
@@ -344,6 +312,13 @@ void ValidateRegistrationOptions(const RegistrationOptions& o) {
     throw std::invalid_argument("max_iterations " + std::to_string(o.max_iterations) +
                                 " must be at least 1");
   }
+  if (o.screen_iterations < 0) {
+    throw std::invalid_argument("screen_iterations " + std::to_string(o.screen_iterations) +
+                                " must be >= 0");
+  }
+  if (!(o.screen_ratio >= 1) || !std::isfinite(o.screen_ratio)) {
+    throw std::invalid_argument("screen_ratio " + Fmt(o.screen_ratio) + " must be finite and >= 1");
+  }
   for (double tol : {o.function_tolerance, o.gradient_tolerance, o.parameter_tolerance}) {
     if (!(tol >= 0) || !std::isfinite(tol)) {
       throw std::invalid_argument("solver tolerance " + Fmt(tol) + " must be finite and >= 0");
@@ -393,12 +368,18 @@ void ValidateFrameInput(const RegistrationSetup& setup, const double* detections
 
 namespace {
 
-// Per-thread scratch space: Ceres context and buffers reused across frames.
+// Per mirror case: the landmarks taking part and their targets.
+struct CaseData {
+  std::vector<int> index;                     // [n_vis] landmark indices
+  std::vector<double> targets[2], sqrt_w[2];  // per view: [n_vis, 2] mm, [n_vis]
+  int n_vis() const { return static_cast<int>(index.size()); }
+};
+
+// Per-thread scratch space: Ceres context, case data and cost functions reused across frames.
 struct Workspace {
   std::unique_ptr<ceres::Context> context{ceres::Context::Create()};
   std::vector<int> partner;
-  std::vector<int> index;
-  std::vector<double> targets[2], sqrt_w[2];
+  CaseData cases[4];
   std::vector<std::unique_ptr<internal::ViewResidual>> costs;  // pool
 };
 
@@ -409,30 +390,29 @@ Workspace& ThreadWorkspace() {
 
 struct CaseOutcome {
   bool solved = false;
-  bool eval_failed = false;
-  int n_vis = 0;
-  double x[12];
+  double p[6];      // solver parameters (phi, tau)
+  double x[12];     // R [9] row-major, tau [3]
   double objective = kNaN;
+  double rms_mm[2], rms_px[2];
   int iterations = 0;
   bool converged = false;
 };
 
 // Objective of the mode (exact, no smoothing) and unweighted per-view RMS at state x.
-double ExactObjective(const RegistrationSetup& setup,
-                      const Workspace& ws, int k_vis, const double* x,
+double ExactObjective(const RegistrationSetup& setup, const CaseData& cd, const double* x,
                       const RegistrationOptions& o, double rms_mm[2], double rms_px[2]) {
   double total = 0;
   for (int k = 0; k < 2; ++k) {
     const ConeView& view = setup.views[k];
     double sum_w = 0, sum_sq = 0, sum_px = 0;
-    for (int i = 0; i < k_vis; ++i) {
-      const double* X = setup.landmarks + 3 * ws.index[i];
+    for (int i = 0; i < cd.n_vis(); ++i) {
+      const double* X = setup.landmarks + 3 * cd.index[i];
       const Vec3<double> Xw{Dot3(x, X) + x[9], Dot3(x + 3, X) + x[10], Dot3(x + 6, X) + x[11]};
       double pu, pv;
       ProjectToDetectorMm(view, Xw, &pu, &pv);
-      const double du = pu - ws.targets[k][2 * i], dv = pv - ws.targets[k][2 * i + 1];
+      const double du = pu - cd.targets[k][2 * i], dv = pv - cd.targets[k][2 * i + 1];
       const double s = du * du + dv * dv;
-      const double w = ws.sqrt_w[k][i] * ws.sqrt_w[k][i];
+      const double w = cd.sqrt_w[k][i] * cd.sqrt_w[k][i];
       sum_sq += s;
       sum_px += (du / view.pitch_u) * (du / view.pitch_u) + (dv / view.pitch_v) * (dv / view.pitch_v);
       const double ws_ = w * s;
@@ -454,10 +434,45 @@ double ExactObjective(const RegistrationSetup& setup,
       }
     }
     total += o.mode == ObjectiveMode::kFrobenius ? std::sqrt(sum_w) : sum_w;
-    rms_mm[k] = std::sqrt(sum_sq / k_vis);
-    rms_px[k] = std::sqrt(sum_px / k_vis);
+    rms_mm[k] = std::sqrt(sum_sq / cd.n_vis());
+    rms_px[k] = std::sqrt(sum_px / cd.n_vis());
   }
   return total;
+}
+
+void BuildCase(const RegistrationSetup& setup, const std::vector<int>& partner,
+               const double* detections, const double* weights, int c, CaseData* cd) {
+  const int n = setup.num_landmarks;
+  const bool flip[2] = {(c & 1) != 0, (c & 2) != 0};
+  cd->index.clear();
+  for (int k = 0; k < 2; ++k) {
+    cd->targets[k].clear();
+    cd->sqrt_w[k].clear();
+  }
+  for (int i = 0; i < n; ++i) {
+    double tgt[2][2], sw[2];
+    bool ok = true;
+    for (int k = 0; k < 2; ++k) {
+      const ConeView& view = setup.views[k];
+      const int src = flip[k] ? partner[i] : i;
+      const double px = detections[(k * n + src) * 2], py = detections[(k * n + src) * 2 + 1];
+      const double w = weights != nullptr ? weights[k * n + src] : 1.0;
+      if (std::isnan(px) || !InImage(px, py, view.width, view.height) || !(w > 0)) {
+        ok = false;
+        break;
+      }
+      tgt[k][0] = (px - 0.5 * (view.width - 1)) * view.pitch_u;
+      tgt[k][1] = (py - 0.5 * (view.height - 1)) * view.pitch_v;
+      sw[k] = std::sqrt(w);
+    }
+    if (!ok) continue;
+    cd->index.push_back(i);
+    for (int k = 0; k < 2; ++k) {
+      cd->targets[k].push_back(tgt[k][0]);
+      cd->targets[k].push_back(tgt[k][1]);
+      cd->sqrt_w[k].push_back(sw[k]);
+    }
+  }
 }
 
 }  // namespace
@@ -494,34 +509,31 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const internal::Vi
     ws.partner[setup.pairs[2 * p + 1]] = setup.pairs[2 * p];
   }
 
-  // Initial state.
-  double x0[12];
+  // Start: R0 and tau0; the solver's rotation is an increment phi about R0 (starts at 0).
+  double R0[9], tau0[3];
   if (init_pose != nullptr) {
-    RotationFromEulerZYX(init_pose, x0);
-    for (int i = 0; i < 3; ++i) x0[9 + i] = init_pose[3 + i];
+    RotationFromEulerZYX(init_pose, R0);
+    for (int i = 0; i < 3; ++i) tau0[i] = init_pose[3 + i];
   } else {
-    for (int i = 0; i < 9; ++i) x0[i] = (i % 4 == 0) ? 1.0 : 0.0;
-    SystemCentre(setup.views, x0 + 9);
+    for (int i = 0; i < 9; ++i) R0[i] = (i % 4 == 0) ? 1.0 : 0.0;
+    SystemCentre(setup.views, tau0);
   }
 
   ceres::Problem::Options po;
   po.cost_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
   po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
-  po.manifold_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
   po.disable_all_safety_checks = true;
   po.context = ws.context.get();
 
   ceres::Solver::Options so;
-  so.linear_solver_type = ceres::DENSE_QR;
+  so.linear_solver_type = ceres::DENSE_NORMAL_CHOLESKY;
   so.minimizer_progress_to_stdout = false;
   so.logging_type = ceres::SILENT;
   so.num_threads = 1;
-  so.max_num_iterations = o.max_iterations;
   so.function_tolerance = o.function_tolerance;
   so.gradient_tolerance = o.gradient_tolerance;
   so.parameter_tolerance = o.parameter_tolerance;
 
-  static const internal::PoseManifold manifold;
   static const internal::FrobeniusLoss frobenius_loss;
   const ceres::HuberLoss huber(o.loss_scale_mm);
   const ceres::CauchyLoss cauchy(o.loss_scale_mm);
@@ -537,101 +549,97 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const internal::Vi
     per_landmark = true;
   }
 
-  const int n_cases = (o.mirror && setup.num_pairs > 0) ? 4 : 1;
-  CaseOutcome best;
-  int best_case = -1;
-  int max_vis = 0;
-  bool any_failed = false;
-  for (int c = 0; c < n_cases; ++c) {
-    const bool flip[2] = {(c & 1) != 0, (c & 2) != 0};
-    // Landmarks detected inside both fields of view in this case.
-    ws.index.clear();
-    ws.targets[0].clear();
-    ws.targets[1].clear();
-    ws.sqrt_w[0].clear();
-    ws.sqrt_w[1].clear();
-    for (int i = 0; i < n; ++i) {
-      bool ok = true;
-      double tgt[2][2], sw[2];
-      for (int k = 0; k < 2 && ok; ++k) {
-        const ConeView& view = setup.views[k];
-        const int src = flip[k] ? ws.partner[i] : i;
-        const double px = detections[(k * n + src) * 2], py = detections[(k * n + src) * 2 + 1];
-        const double w = weights != nullptr ? weights[k * n + src] : 1.0;
-        if (std::isnan(px) || !InImage(px, py, view.width, view.height) || !(w > 0)) {
-          ok = false;
-          break;
-        }
-        tgt[k][0] = (px - 0.5 * (view.width - 1)) * view.pitch_u;
-        tgt[k][1] = (py - 0.5 * (view.height - 1)) * view.pitch_v;
-        sw[k] = std::sqrt(w);
-      }
-      if (!ok) continue;
-      ws.index.push_back(i);
-      for (int k = 0; k < 2; ++k) {
-        ws.targets[k].push_back(tgt[k][0]);
-        ws.targets[k].push_back(tgt[k][1]);
-        ws.sqrt_w[k].push_back(sw[k]);
-      }
-    }
-    const int k_vis = static_cast<int>(ws.index.size());
-    max_vis = std::max(max_vis, k_vis);
-    if (k_vis < o.min_visible) continue;
-
-    CaseOutcome out;
-    out.n_vis = k_vis;
-    std::copy(x0, x0 + 12, out.x);
+  // Runs (or continues) the solve of one case for at most max_iter iterations.
+  auto run = [&](int c, CaseOutcome* out, int max_iter) {
+    const CaseData& cd = ws.cases[c];
+    const int k_vis = cd.n_vis();
     const int n_blocks = per_landmark ? 2 * k_vis : 2;
     while (static_cast<int>(ws.costs.size()) < n_blocks)
       ws.costs.push_back(std::make_unique<internal::ViewResidual>());
-    if (per_landmark) {
-      for (int k = 0; k < 2; ++k)
+    for (int k = 0; k < 2; ++k) {
+      if (per_landmark) {
         for (int i = 0; i < k_vis; ++i)
-          ws.costs[k * k_vis + i]->Reset(&g[k], setup.landmarks, ws.index.data() + i,
-                                         ws.targets[k].data() + 2 * i, ws.sqrt_w[k].data() + i,
+          ws.costs[k * k_vis + i]->Reset(&g[k], R0, setup.landmarks, cd.index.data() + i,
+                                         cd.targets[k].data() + 2 * i, cd.sqrt_w[k].data() + i,
                                          1);
-    } else {
-      for (int k = 0; k < 2; ++k)
-        ws.costs[k]->Reset(&g[k], setup.landmarks, ws.index.data(), ws.targets[k].data(),
-                           ws.sqrt_w[k].data(), k_vis);
+      } else {
+        ws.costs[k]->Reset(&g[k], R0, setup.landmarks, cd.index.data(), cd.targets[k].data(),
+                           cd.sqrt_w[k].data(), k_vis);
+      }
     }
     ceres::Problem problem(po);
     for (int b = 0; b < n_blocks; ++b)
-      problem.AddResidualBlock(ws.costs[b].get(), const_cast<ceres::LossFunction*>(loss), out.x);
-    problem.SetManifold(out.x, const_cast<internal::PoseManifold*>(&manifold));
+      problem.AddResidualBlock(ws.costs[b].get(), const_cast<ceres::LossFunction*>(loss), out->p);
+    so.max_num_iterations = max_iter;
     ceres::Solver::Summary summary;
     ceres::Solve(so, &problem, &summary);
-    if (!summary.IsSolutionUsable()) {
+    if (!summary.IsSolutionUsable()) return false;
+    out->solved = true;
+    out->iterations += static_cast<int>(summary.iterations.size()) - 1;
+    out->converged = summary.termination_type == ceres::CONVERGENCE;
+    double E[9];
+    internal::ExpSO3(out->p, E);
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        out->x[3 * i + j] = E[3 * i] * R0[j] + E[3 * i + 1] * R0[3 + j] + E[3 * i + 2] * R0[6 + j];
+    for (int i = 0; i < 3; ++i) out->x[9 + i] = out->p[3 + i];
+    out->objective = ExactObjective(setup, cd, out->x, o, out->rms_mm, out->rms_px);
+    return true;
+  };
+
+  const int n_cases = (o.mirror && setup.num_pairs > 0) ? 4 : 1;
+  const bool screen = n_cases > 1 && o.screen_iterations > 0 &&
+                      o.screen_iterations < o.max_iterations;
+  CaseOutcome outcome[4];
+  int max_vis = 0;
+  bool any_failed = false;
+  double best_objective = std::numeric_limits<double>::infinity();
+  for (int c = 0; c < n_cases; ++c) {
+    BuildCase(setup, ws.partner, detections, weights, c, &ws.cases[c]);
+    const int k_vis = ws.cases[c].n_vis();
+    max_vis = std::max(max_vis, k_vis);
+    if (k_vis < o.min_visible) continue;
+    CaseOutcome& out = outcome[c];
+    std::fill(out.p, out.p + 3, 0.0);
+    std::copy(tau0, tau0 + 3, out.p + 3);
+    if (!run(c, &out, screen ? o.screen_iterations : o.max_iterations)) {
       any_failed = true;
       continue;
     }
-    out.solved = true;
-    out.iterations = static_cast<int>(summary.iterations.size()) - 1;
-    out.converged = summary.termination_type == ceres::CONVERGENCE;
-    double rms_mm[2], rms_px[2];
-    out.objective = ExactObjective(setup, ws, k_vis, out.x, o, rms_mm, rms_px);
-    res.case_objective[c] = out.objective;
-    if (best_case < 0 || out.objective < best.objective) {
-      best = out;
-      best_case = c;
-      res.rms_mm[0] = rms_mm[0];
-      res.rms_mm[1] = rms_mm[1];
-      res.rms_px[0] = rms_px[0];
-      res.rms_px[1] = rms_px[1];
+    best_objective = std::min(best_objective, out.objective);
+  }
+  // Screening: finish the cases that did not converge and are still contenders.
+  if (screen) {
+    for (int c = 0; c < n_cases; ++c) {
+      CaseOutcome& out = outcome[c];
+      if (!out.solved || out.converged || out.iterations >= o.max_iterations) continue;
+      if (!(out.objective <= o.screen_ratio * best_objective)) continue;
+      run(c, &out, o.max_iterations - out.iterations);
     }
   }
 
+  int best_case = -1;
+  for (int c = 0; c < n_cases; ++c) {
+    if (!outcome[c].solved) continue;
+    res.case_objective[c] = outcome[c].objective;
+    if (best_case < 0 || outcome[c].objective < outcome[best_case].objective) best_case = c;
+  }
   if (best_case < 0) {
     res.status = any_failed ? RegistrationStatus::kFailed : RegistrationStatus::kTooFewLandmarks;
     res.n_vis = max_vis;
     return res;
   }
+  const CaseOutcome& best = outcome[best_case];
   res.status = RegistrationStatus::kOk;
   res.mirror_case = best_case;
-  res.n_vis = best.n_vis;
+  res.n_vis = ws.cases[best_case].n_vis();
   res.objective = best.objective;
   res.iterations = best.iterations;
   res.converged = best.converged;
+  for (int k = 0; k < 2; ++k) {
+    res.rms_mm[k] = best.rms_mm[k];
+    res.rms_px[k] = best.rms_px[k];
+  }
   EulerFromRotation(best.x, res.pose);
   for (int i = 0; i < 3; ++i) res.pose[3 + i] = best.x[9 + i];
   PoseToMatrix(res.pose, res.matrix);

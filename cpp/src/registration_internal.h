@@ -10,23 +10,16 @@
 namespace fluororeg {
 namespace internal {
 
-// Pose state inside the solver: x [12] = R row-major [9], tau [3] mm. Tangent [6] =
-// (w [3] rad, dtau [3] mm): Plus(x, d) = (exp([w]x) R, tau + dtau).
-class PoseManifold final : public ceres::Manifold {
- public:
-  int AmbientSize() const override { return 12; }
-  int TangentSize() const override { return 6; }
-  bool Plus(const double* x, const double* delta, double* x_plus_delta) const override;
-  bool PlusJacobian(const double* x, double* jacobian) const override;  // [12, 6]
-  bool RightMultiplyByPlusJacobian(const double* x, int num_rows, const double* ambient_matrix,
-                                   double* tangent_matrix) const override;
-  bool Minus(const double* y, const double* x, double* y_minus_x) const override;
-  bool MinusJacobian(const double* x, double* jacobian) const override;  // [6, 12]
-};
+// Pose parameters inside the solver: x [6] = (phi [3] rad, tau [3] mm) with
+// R = exp([phi]x) R0, R0 a fixed reference rotation (the initial one). The rotation vector is
+// an increment about the start, singular only 2 pi away from it, so the solver never meets
+// gimbal lock; poses are reported as Euler angles afterwards.
 
 // exp([w]x) [9] row-major (Rodrigues) and its inverse (angle < pi).
 void ExpSO3(const double* w, double* R);
 void LogSO3(const double* R, double* w);
+// Left Jacobian of SO(3) [9] row-major: d(exp([w + d]x) y)/dd = -[exp([w]x) y]x J_l(w).
+void LeftJacobianSO3(const double* w, double* J);
 
 // Per-view geometry precomputed for fast projection.
 struct ViewGeometry {
@@ -37,22 +30,24 @@ struct ViewGeometry {
 };
 
 // Residuals of k landmarks in one view: [2k] = sqrt(w_i) (P(R X_i + tau) - target_i) mm, one
-// parameter block: the pose state [12] (PoseManifold). Analytic Jacobian [2k, 12]. Returns
+// parameter block x [6] = (phi, tau), R = exp([phi]x) R0. Analytic Jacobian [2k, 6]. Returns
 // false when a landmark is not in front of the source. Pointers are borrowed.
 class ViewResidual final : public ceres::CostFunction {
  public:
-  // landmarks [N, 3] (indexed by `index`); index [k]; targets [k, 2] mm; sqrt_w [k].
-  ViewResidual(const ViewGeometry* geometry, const double* landmarks, const int* index,
-               const double* targets, const double* sqrt_w, int k);
-  ViewResidual() : ViewResidual(nullptr, nullptr, nullptr, nullptr, nullptr, 0) {}
+  // R0 [9] row-major; landmarks [N, 3] (indexed by `index`); index [k]; targets [k, 2] mm;
+  // sqrt_w [k].
+  ViewResidual(const ViewGeometry* geometry, const double* R0, const double* landmarks,
+               const int* index, const double* targets, const double* sqrt_w, int k);
+  ViewResidual() : ViewResidual(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0) {}
   // Re-point at other data (lets a pool of cost functions be reused across solves).
-  void Reset(const ViewGeometry* geometry, const double* landmarks, const int* index,
-             const double* targets, const double* sqrt_w, int k);
+  void Reset(const ViewGeometry* geometry, const double* R0, const double* landmarks,
+             const int* index, const double* targets, const double* sqrt_w, int k);
   bool Evaluate(double const* const* parameters, double* residuals,
                 double** jacobians) const override;
 
  private:
   const ViewGeometry* g_;
+  const double* R0_;
   const double* landmarks_;
   const int* index_;
   const double* targets_;

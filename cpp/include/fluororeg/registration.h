@@ -18,9 +18,9 @@
 //   Huber:  rho(s) = s for s <= a^2, 2 a sqrt(s) - a^2 otherwise
 //   Cauchy: rho(s) = a^2 log(1 + s / a^2)
 //
-// Inside the solver the pose is a rotation matrix and a translation with a 6-DOF tangent
-// space (rotation increment about the world axes, R <- exp([w]x) R), so gimbal lock cannot
-// stall it; results are reported in the Euler convention above.
+// Inside the solver the rotation is a rotation vector phi about the initial rotation R0,
+// R = exp([phi]x) R0 (singular only 2 pi away from the start), so gimbal lock cannot stall
+// it; results are reported in the Euler convention above.
 //
 // Mirror strategy (Table 1): the two images cannot tell left from right, so the problem is
 // solved for four cases, mirror_case = f1 + 2 * f2 with f1 (f2) = 1 when the detections of
@@ -64,9 +64,15 @@ struct RegistrationOptions {
   bool mirror = true;                   // the four-case strategy (needs pairs)
   int min_visible = 4;                  // minimum n_vis (>= 4)
   int max_iterations = 100;             // per solve
-  double function_tolerance = 1e-14;    // Ceres tolerances
-  double gradient_tolerance = 1e-16;
-  double parameter_tolerance = 1e-14;
+  // Screening of the mirror cases (speed): every case first gets screen_iterations
+  // iterations; the cases that have not converged by then are finished only when their
+  // objective is within screen_ratio times the best one so far (the others, far worse, are
+  // reported with their objective at that point). 0 = finish every case.
+  int screen_iterations = 4;
+  double screen_ratio = 4.0;
+  double function_tolerance = 1e-10;    // Ceres tolerances
+  double gradient_tolerance = 1e-14;
+  double parameter_tolerance = 1e-10;
   int num_threads = 0;                  // RegisterFrames: 0 = all hardware threads
 };
 
