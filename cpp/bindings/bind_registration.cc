@@ -34,7 +34,8 @@ nb::dict RegisterFramesPy(const InArray<double>& landmarks, const InArray<double
                           std::optional<InArray<double>> weights,
                           std::optional<InArray<double>> init_poses, const std::string& mode,
                           const std::string& loss, double loss_scale_mm, bool mirror,
-                          int min_visible, int max_iterations, int num_threads) {
+                          int min_visible, int max_iterations, int screen_iterations,
+                          int num_threads) {
   CheckShape(landmarks, "landmarks", {-1, 3});
   const long long n = static_cast<long long>(landmarks.shape(0));
   const std::vector<ConeView> v = UnpackViews(views);
@@ -62,6 +63,7 @@ nb::dict RegisterFramesPy(const InArray<double>& landmarks, const InArray<double
   options.mirror = mirror;
   options.min_visible = min_visible;
   options.max_iterations = max_iterations;
+  options.screen_iterations = screen_iterations;
   options.num_threads = num_threads;
 
   std::vector<RegistrationResult> results(static_cast<size_t>(F));
@@ -121,7 +123,8 @@ void BindRegistration(nb::module_& m) {
         nb::arg("pairs"), nb::arg("detections"), nb::arg("weights").none(),
         nb::arg("init_poses").none(), nb::arg("mode") = "least_squares",
         nb::arg("loss") = "none", nb::arg("loss_scale_mm") = 1.0, nb::arg("mirror") = true,
-        nb::arg("min_visible") = 4, nb::arg("max_iterations") = 100, nb::arg("num_threads") = 0,
+        nb::arg("min_visible") = 4, nb::arg("max_iterations") = 100, nb::arg("screen_iterations") = 4,
+        nb::arg("num_threads") = 0,
         "Point-based registration of F frames. landmarks [N, 3] mm; views [2, 16] packed; "
         "pairs [P, 2] int32; detections [F, 2, N, 2] px (NaN = not detected); weights "
         "[F, 2, N] or None; init_poses [F, 6] (rad, mm) or None (paper's init). Returns a dict "

@@ -279,13 +279,15 @@ def register_frames(landmarks, views, detections, *, weights=None, pairs=None,
                     mode: str = "least_squares", loss: Optional[str] = None,
                     loss_scale_mm: float = 1.0, init_poses=None, mirror: bool = True,
                     min_visible: int = 4, max_iterations: int = 100,
-                    num_threads: int = 0) -> BatchResult:
+                    screen_iterations: int = 4, num_threads: int = 0) -> BatchResult:
     """Register all frames of a recording in one call (all cores, GIL released).
 
     landmarks [N, 3] mm (model frame); views (F1, F2) :class:`ConeView`; detections
     [F, 2, N, 2] px (NaN = not detected); weights [F, 2, N] or None; pairs [(i, j), ...] or
     None; init_poses [F, 6] or [6] (deg, mm) or None (the paper's initialisation);
-    num_threads 0 = all cores. See the module docstring for mode, loss and mirror.
+    num_threads 0 = all cores; screen_iterations: every mirror case first gets this many
+    solver iterations and only the contenders (objective within 4x of the best) are
+    finished (0 = finish every case). See the module docstring for mode, loss and mirror.
     """
     lm = _landmarks(landmarks)
     n = lm.shape[0]
@@ -296,6 +298,7 @@ def register_frames(landmarks, views, detections, *, weights=None, pairs=None,
         raise TypeError(f"mirror must be a bool, got {type(mirror).__name__}")
     min_visible = _int_option(min_visible, "min_visible", 4)
     max_iterations = _int_option(max_iterations, "max_iterations", 1)
+    screen_iterations = _int_option(screen_iterations, "screen_iterations", 0)
     num_threads = _int_option(num_threads, "num_threads", 0)
     det = _detections(detections, n, batched=True)
     F = det.shape[0]
@@ -304,14 +307,15 @@ def register_frames(landmarks, views, detections, *, weights=None, pairs=None,
     out = _core.register_frames(lm, packed, pr, det, w, init, mode=mode, loss=loss_name,
                                 loss_scale_mm=scale, mirror=bool(mirror),
                                 min_visible=min_visible, max_iterations=max_iterations,
-                                num_threads=num_threads)
+                                screen_iterations=screen_iterations, num_threads=num_threads)
     return _to_batch(out)
 
 
 def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
                    mode: str = "least_squares", loss: Optional[str] = None,
                    loss_scale_mm: float = 1.0, init_pose=None, mirror: bool = True,
-                   min_visible: int = 4, max_iterations: int = 100) -> RegistrationResult:
+                   min_visible: int = 4, max_iterations: int = 100,
+                   screen_iterations: int = 4) -> RegistrationResult:
     """Register one frame: detections [2, N, 2] px (NaN = not detected), weights [2, N] or
     None, init_pose [6] (deg, mm) or None (the paper's initialisation). See
     :func:`register_frames` and the module docstring."""
@@ -325,7 +329,7 @@ def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
     return register_frames(lm, views, det, weights=w, pairs=pairs, mode=mode, loss=loss,
                            loss_scale_mm=loss_scale_mm, init_poses=init, mirror=mirror,
                            min_visible=min_visible, max_iterations=max_iterations,
-                           num_threads=1)[0]
+                           screen_iterations=screen_iterations, num_threads=1)[0]
 
 
 def pose_errors(pose_a, pose_b) -> Tuple[Union[float, np.ndarray], Union[float, np.ndarray]]:
