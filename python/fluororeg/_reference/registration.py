@@ -149,13 +149,13 @@ class SyntheticScene:
     """Dual fluoroscopes 100 degrees apart (sources 1.1 m from the intensifiers, world origin
     at the F1 intensifier centre as in the paper), 33 skull-like landmarks (+-70 mm) with 13
     symmetric pairs (mirrored about the model's x = 0 plane, 1 mm asymmetry) and 7 midline
-    landmarks (indices 26..32)."""
+    landmarks (indices 26..32). Images 512 x 512 px of `pitch` mm."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, pitch: float = 0.6):
         rng = np.random.default_rng(seed)
-        f1 = make_view(np.zeros(3), -50.0)
+        f1 = make_view(np.zeros(3), -50.0, pitch=pitch)
         iso = -f1.detector_centre
-        self.views = (make_view(iso, -50.0), make_view(iso, 50.0))
+        self.views = (make_view(iso, -50.0, pitch=pitch), make_view(iso, 50.0, pitch=pitch))
         left = np.column_stack([rng.uniform(15, 70, 13), rng.uniform(-70, 70, (13, 2))])
         right = left * [-1, 1, 1] + rng.normal(0, 1.0, (13, 3))
         mid = np.column_stack([rng.normal(0, 2.0, 7), rng.uniform(-70, 70, (7, 2))])
