@@ -15,12 +15,6 @@ Device ParseDevice(const std::string& device) {
   throw std::invalid_argument("device '" + device + "' is unknown: expected 'cpu' or 'cuda'");
 }
 
-namespace {
-
-// Packed cone views: [n, 16] = source xyz, detector centre xyz, u xyz, v xyz, pitch_u,
-// pitch_v, width, height (mm, px).
-constexpr int kViewColumns = 16;
-
 std::vector<ConeView> UnpackViews(const InArray<double>& views) {
   CheckShape(views, "views", {-1, kViewColumns});
   const size_t n = views.shape(0);
@@ -49,6 +43,8 @@ std::vector<ConeView> UnpackViews(const InArray<double>& views) {
   }
   return out;
 }
+
+namespace {
 
 VolumeGrid MakeGrid(const InArray<float>& volume, const InArray<double>& model_from_voxel) {
   CheckShape(volume, "volume", {-1, -1, -1});

@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fluororeg/render.h"
 
@@ -55,6 +56,11 @@ void CheckShape(const A& a, const char* name, std::initializer_list<long long> e
 }
 
 Device ParseDevice(const std::string& device);
+
+// Packed cone views: [n, 16] = source xyz, detector centre xyz, u xyz, v xyz, pitch_u,
+// pitch_v, width, height (mm, px).
+constexpr int kViewColumns = 16;
+std::vector<ConeView> UnpackViews(const InArray<double>& views);
 
 void BindRender(nb::module_& m);
 void BindRegistration(nb::module_& m);

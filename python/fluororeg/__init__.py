@@ -16,6 +16,14 @@ from .geometry import (
     rotation_matrix,
     system_centre,
 )
+from .registration import (
+    BatchResult,
+    RegistrationResult,
+    mean_landmark_distance,
+    pose_errors,
+    register_frame,
+    register_frames,
+)
 
 __version__ = "0.1.0"
 
@@ -31,7 +39,13 @@ def cuda_built() -> bool:
 
 
 __all__ = [
+    "BatchResult",
     "ConeView",
+    "RegistrationResult",
+    "mean_landmark_distance",
+    "pose_errors",
+    "register_frame",
+    "register_frames",
     "ParallelCamera",
     "cuda_built",
     "euler_from_matrix",

@@ -1,0 +1,164 @@
+// Analytic Jacobians of the registration solver against numeric differentiation
+// (ceres::GradientChecker) and the pose manifold's consistency.
+#include <ceres/ceres.h>
+#include <ceres/gradient_checker.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "registration_internal.h"
+#include "synthetic.h"
+
+namespace fluororeg {
+namespace {
+
+using internal::ViewGeometry;
+using internal::ViewResidual;
+
+TEST(Jacobians, ViewResidualMatchesNumericDiff) {
+  const testing::Scene scene;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> uw(0.2, 2.0), ut(-200.0, 200.0), ua(-1.5, 1.5);
+  for (int k = 0; k < 2; ++k) {
+    const ViewGeometry g(scene.views[k]);
+    for (int trial = 0; trial < 20; ++trial) {
+      double pose[6], R0[9];
+      scene.RandomPose(rng, pose);
+      // Reference rotation near gimbal lock (theta_y = 90 deg) in some trials.
+      if (trial % 4 == 0) pose[1] = M_PI / 2;
+      RotationFromEulerZYX(pose, R0);
+      double x[6] = {ua(rng), ua(rng), ua(rng), pose[3], pose[4], pose[5]};
+      if (trial % 5 == 0) x[0] = x[1] = x[2] = 0.0;  // the start of every solve
+      const int m = 1 + trial % 7;
+      std::vector<int> index(m);
+      std::vector<double> targets(2 * m), sqrt_w(m);
+      for (int i = 0; i < m; ++i) {
+        index[i] = (5 * i + trial) % scene.n;
+        targets[2 * i] = ut(rng);
+        targets[2 * i + 1] = ut(rng);
+        sqrt_w[i] = uw(rng);
+      }
+      const ViewResidual cost(&g, R0, scene.landmarks.data(), index.data(), targets.data(),
+                              sqrt_w.data(), m);
+      ceres::NumericDiffOptions nd;
+      ceres::GradientChecker checker(&cost, static_cast<std::vector<const ceres::Manifold*>*>(nullptr), nd);
+      ceres::GradientChecker::ProbeResults results;
+      const double* params[1] = {x};
+      EXPECT_TRUE(checker.Probe(params, 1e-7, &results))
+          << "view " << k << " trial " << trial << ": " << results.error_log;
+      EXPECT_LT(results.maximum_relative_error, 1e-7);
+    }
+  }
+}
+
+TEST(Jacobians, ViewResidualFailsBehindSource) {
+  const testing::Scene scene;
+  const ViewGeometry g(scene.views[0]);
+  const int index = 0;
+  const double target[2] = {0, 0}, sw = 1, R0[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const ViewResidual cost(&g, R0, scene.landmarks.data(), &index, target, &sw, 1);
+  double x[6] = {0, 0, 0};
+  // Put the model 100 mm behind the F1 source.
+  for (int i = 0; i < 3; ++i)
+    x[3 + i] = scene.views[0].source[i] -
+               100.0 * (scene.views[0].detector_centre[i] - scene.views[0].source[i]) / 1100.0;
+  const double* params[1] = {x};
+  double r[2];
+  EXPECT_FALSE(cost.Evaluate(params, r, nullptr));
+}
+
+TEST(Jacobians, SO3ExpLogAndLeftJacobian) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> u(-1.7, 1.7);
+  for (int trial = 0; trial < 20; ++trial) {
+    double w[3] = {u(rng), u(rng), u(rng)};
+    if (trial == 0) w[0] = w[1] = w[2] = 0.0;
+    if (trial == 1) w[0] = 1e-7, w[1] = -2e-7, w[2] = 0.0;
+    double R[9], back[3], J[9];
+    internal::ExpSO3(w, R);
+    // Orthonormal with det +1, and Log inverts Exp.
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        const double d = R[3 * i] * R[3 * j] + R[3 * i + 1] * R[3 * j + 1] + R[3 * i + 2] * R[3 * j + 2];
+        EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-12);
+      }
+    internal::LogSO3(R, back);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(back[i], w[i], 1e-9);
+    // d(exp(w + d) y)/dd = -[exp(w) y]x J_l(w), checked by central differences.
+    internal::LeftJacobianSO3(w, J);
+    const double y[3] = {30.0, -50.0, 20.0};
+    const double Ry[3] = {R[0] * y[0] + R[1] * y[1] + R[2] * y[2],
+                          R[3] * y[0] + R[4] * y[1] + R[5] * y[2],
+                          R[6] * y[0] + R[7] * y[1] + R[8] * y[2]};
+    const double S[9] = {0, Ry[2], -Ry[1], -Ry[2], 0, Ry[0], Ry[1], -Ry[0], 0};  // -[Ry]x
+    const double h = 1e-6;
+    for (int c = 0; c < 3; ++c) {
+      double wp[3] = {w[0], w[1], w[2]}, wm[3] = {w[0], w[1], w[2]}, Rp[9], Rm[9];
+      wp[c] += h;
+      wm[c] -= h;
+      internal::ExpSO3(wp, Rp);
+      internal::ExpSO3(wm, Rm);
+      for (int r = 0; r < 3; ++r) {
+        const double num = ((Rp[3 * r] - Rm[3 * r]) * y[0] + (Rp[3 * r + 1] - Rm[3 * r + 1]) * y[1] +
+                            (Rp[3 * r + 2] - Rm[3 * r + 2]) * y[2]) / (2 * h);
+        const double ana = S[3 * r] * J[c] + S[3 * r + 1] * J[3 + c] + S[3 * r + 2] * J[6 + c];
+        EXPECT_NEAR(ana, num, 1e-6);
+      }
+    }
+  }
+}
+
+TEST(Jacobians, FrobeniusLossDerivatives) {
+  const internal::FrobeniusLoss loss(1e-3);
+  for (double s : {1e-4, 0.1, 1.0, 25.0, 1e4}) {
+    double rho[3], rp[3], rm[3];
+    loss.Evaluate(s, rho);
+    const double h = 1e-6 * s;
+    loss.Evaluate(s + h, rp);
+    loss.Evaluate(s - h, rm);
+    EXPECT_NEAR(rho[0], 2 * (std::sqrt(s + 1e-6) - 1e-3), 1e-12);
+    EXPECT_NEAR(rho[1], (rp[0] - rm[0]) / (2 * h), 1e-6 * std::fabs(rho[1]));
+    EXPECT_NEAR(rho[2], (rp[1] - rm[1]) / (2 * h), 1e-5 * std::fabs(rho[2]));
+  }
+}
+
+// The whole Frobenius problem: Ceres' cost equals the paper's sum of norms (up to eps).
+TEST(Jacobians, FrobeniusCostIsSumOfNorms) {
+  const testing::Scene scene;
+  std::mt19937 rng(11);
+  double pose[6], R0[9];
+  scene.RandomPose(rng, pose);
+  RotationFromEulerZYX(pose, R0);
+  double x[6] = {0.1, -0.2, 0.05, pose[3], pose[4], pose[5]};
+  const internal::FrobeniusLoss loss(1e-9);
+  std::vector<int> index(scene.n);
+  for (int i = 0; i < scene.n; ++i) index[i] = i;
+  std::vector<double> targets(2 * scene.n, 1.0), sw(scene.n, 1.0);
+  ceres::Problem::Options po;
+  po.cost_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
+  ceres::Problem problem(po);
+  std::vector<std::unique_ptr<ViewGeometry>> geos;
+  std::vector<std::unique_ptr<ViewResidual>> costs;
+  double expected = 0;
+  for (int k = 0; k < 2; ++k) {
+    geos.push_back(std::make_unique<ViewGeometry>(scene.views[k]));
+    costs.push_back(std::make_unique<ViewResidual>(geos.back().get(), R0, scene.landmarks.data(),
+                                                   index.data(), targets.data(), sw.data(),
+                                                   scene.n));
+    problem.AddResidualBlock(costs.back().get(), const_cast<internal::FrobeniusLoss*>(&loss), x);
+    std::vector<double> r(2 * scene.n);
+    const double* params[1] = {x};
+    ASSERT_TRUE(costs.back()->Evaluate(params, r.data(), nullptr));
+    double s = 0;
+    for (double e : r) s += e * e;
+    expected += std::sqrt(s);
+  }
+  double cost = 0;
+  problem.Evaluate(ceres::Problem::EvaluateOptions(), &cost, nullptr, nullptr, nullptr);
+  EXPECT_NEAR(cost, expected, 1e-6);
+}
+
+}  // namespace
+}  // namespace fluororeg

@@ -1,0 +1,278 @@
+// Registration engine and metrics on synthetic dual-fluoroscope geometry.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "fluororeg/metrics.h"
+#include "fluororeg/registration.h"
+#include "synthetic.h"
+
+namespace fluororeg {
+namespace {
+
+constexpr double kDeg = M_PI / 180.0;
+
+void ExpectPoseNear(const double* got, const double* want, double tol_deg, double tol_mm) {
+  double et, ep;
+  PoseErrors(got, want, &et, &ep);
+  EXPECT_LT(et / kDeg, tol_deg);
+  EXPECT_LT(ep, tol_mm);
+}
+
+TEST(Registration, ExactLandmarksRecoverPoseFromPaperInit) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(1);
+  int partially_visible = 0;
+  for (int trial = 0; trial < 25; ++trial) {
+    double pose[6];
+    scene.RandomPose(rng, pose);
+    const std::vector<double> det = scene.Detect(pose);
+    const RegistrationResult r = RegisterFrame(setup, det.data(), nullptr, nullptr);
+    ASSERT_EQ(r.status, RegistrationStatus::kOk);
+    EXPECT_EQ(r.mirror_case, 0);
+    ExpectPoseNear(r.pose, pose, 1e-6, 1e-6);
+    EXPECT_LT(r.objective, 1e-12);
+    EXPECT_LT(r.rms_px[0], 1e-6);
+    EXPECT_LT(r.rms_px[1], 1e-6);
+    if (r.n_vis < scene.n) ++partially_visible;
+  }
+  EXPECT_GT(partially_visible, 0);  // the scene does exercise partial visibility
+}
+
+TEST(Registration, FrobeniusModeRecoversPose) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  RegistrationOptions o;
+  o.mode = ObjectiveMode::kFrobenius;
+  std::mt19937 rng(2);
+  for (int trial = 0; trial < 10; ++trial) {
+    double pose[6];
+    scene.RandomPose(rng, pose);
+    const std::vector<double> det = scene.Detect(pose);
+    const RegistrationResult r = RegisterFrame(setup, det.data(), nullptr, nullptr, o);
+    ASSERT_EQ(r.status, RegistrationStatus::kOk);
+    ExpectPoseNear(r.pose, pose, 1e-6, 1e-6);
+  }
+}
+
+TEST(Registration, MirroredDetectionsPickTheRightCase) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(4);
+  for (int mirror_case = 0; mirror_case < 4; ++mirror_case) {
+    for (int trial = 0; trial < 3; ++trial) {
+      double pose[6];
+      scene.RandomPose(rng, pose);
+      std::vector<double> det = scene.Detect(pose, 1.0, &rng);
+      if (mirror_case & 1) scene.Mirror(&det, 0);
+      if (mirror_case & 2) scene.Mirror(&det, 1);
+      const RegistrationResult r = RegisterFrame(setup, det.data(), nullptr, nullptr);
+      ASSERT_EQ(r.status, RegistrationStatus::kOk);
+      EXPECT_EQ(r.mirror_case, mirror_case);
+      ExpectPoseNear(r.pose, pose, 1.0, 2.0);
+      for (int c = 0; c < 4; ++c) EXPECT_GE(r.case_objective[c], r.objective);
+    }
+  }
+}
+
+TEST(Registration, TooFewLandmarksIsReported) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(8);
+  double pose[6];
+  scene.RandomPose(rng, pose);
+  std::vector<double> det = scene.Detect(pose);
+  // Keep 3 landmarks in both views (midline ones, unaffected by mirroring); all others are missing in F2.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  int kept = 0;
+  for (int i = 0; i < scene.n; ++i) {
+    const bool keep = i >= 26 && kept < 3 && !std::isnan(det[i * 2]) &&
+                      !std::isnan(det[(scene.n + i) * 2]);
+    if (keep) {
+      ++kept;
+      continue;
+    }
+    for (int c = 0; c < 2; ++c) det[(scene.n + i) * 2 + c] = nan;
+  }
+  ASSERT_EQ(kept, 3);
+  const RegistrationResult r = RegisterFrame(setup, det.data(), nullptr, nullptr);
+  EXPECT_EQ(r.status, RegistrationStatus::kTooFewLandmarks);
+  EXPECT_STREQ(RegistrationStatusName(r.status), "too_few_landmarks");
+  EXPECT_EQ(r.n_vis, 3);
+  for (double p : r.pose) EXPECT_TRUE(std::isnan(p));
+}
+
+TEST(Registration, BatchMatchesSingleFramesAndUsesInitPoses) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(9);
+  const int F = 16;
+  std::vector<double> det, poses(6 * F), init(6 * F);
+  for (int f = 0; f < F; ++f) {
+    scene.RandomPose(rng, &poses[6 * f]);
+    const std::vector<double> d = scene.Detect(&poses[6 * f], 0.5, &rng);
+    det.insert(det.end(), d.begin(), d.end());
+    for (int i = 0; i < 6; ++i) init[6 * f + i] = poses[6 * f + i] + (i < 3 ? 0.05 : 3.0);
+  }
+  std::vector<RegistrationResult> batch(F);
+  RegistrationOptions o;
+  o.num_threads = 2;
+  RegisterFrames(setup, det.data(), nullptr, init.data(), F, batch.data(), o);
+  for (int f = 0; f < F; ++f) {
+    const RegistrationResult single =
+        RegisterFrame(setup, det.data() + 4 * scene.n * f, nullptr, nullptr);
+    ASSERT_EQ(batch[f].status, RegistrationStatus::kOk);
+    ExpectPoseNear(batch[f].pose, single.pose, 1e-4, 1e-4);  // same minimum, other start
+    EXPECT_EQ(batch[f].mirror_case, single.mirror_case);
+  }
+}
+
+TEST(Registration, RobustLossResistsOutliers) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(12);
+  double pose[6];
+  scene.RandomPose(rng, pose);
+  std::vector<double> det = scene.Detect(pose, 0.5, &rng);
+  // Three wild landmarks (midline, so mirroring cannot explain them) in F1.
+  for (int i = 26; i < 29; ++i)
+    if (!std::isnan(det[2 * i])) det[2 * i] += 60.0;
+  RegistrationOptions plain, robust;
+  robust.loss = RobustLoss::kCauchy;
+  robust.loss_scale_mm = 1.0;
+  const RegistrationResult a = RegisterFrame(setup, det.data(), nullptr, nullptr, plain);
+  const RegistrationResult b = RegisterFrame(setup, det.data(), nullptr, nullptr, robust);
+  double ea, pa, eb, pb;
+  PoseErrors(a.pose, pose, &ea, &pa);
+  PoseErrors(b.pose, pose, &eb, &pb);
+  EXPECT_LT(eb / kDeg, 0.5);
+  EXPECT_LT(pb, 1.0);
+  EXPECT_LT(eb + pb * kDeg, ea + pa * kDeg);  // better than the plain least-squares pose
+}
+
+TEST(Registration, BadInputThrows) {
+  const testing::Scene scene;
+  std::mt19937 rng(1);
+  double pose[6];
+  scene.RandomPose(rng, pose);
+  std::vector<double> det = scene.Detect(pose);
+  {
+    std::vector<double> lm = scene.landmarks;
+    lm[5] = std::numeric_limits<double>::quiet_NaN();
+    RegistrationSetup s = scene.Setup();
+    s.landmarks = lm.data();
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+  }
+  {
+    std::vector<int32_t> pairs = scene.pairs;
+    pairs[3] = 40;  // missing landmark
+    RegistrationSetup s = scene.Setup();
+    s.pairs = pairs.data();
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+    pairs[3] = pairs[0];  // landmark in two pairs
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+    pairs[3] = pairs[2];  // self pair
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+  }
+  {
+    RegistrationSetup s = scene.Setup();
+    s.views[1] = s.views[0];  // parallel views
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+    s = scene.Setup();
+    s.views[0].pitch_u = 0;
+    EXPECT_THROW(RegisterFrame(s, det.data(), nullptr, nullptr), std::invalid_argument);
+  }
+  {
+    std::vector<double> d = det;
+    d[0] = std::numeric_limits<double>::infinity();
+    EXPECT_THROW(RegisterFrame(scene.Setup(), d.data(), nullptr, nullptr), std::invalid_argument);
+    d = det;
+    d[0] = 10.0;
+    d[1] = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_THROW(RegisterFrame(scene.Setup(), d.data(), nullptr, nullptr), std::invalid_argument);
+    std::vector<double> w(2 * scene.n, 1.0);
+    w[4] = -1;
+    EXPECT_THROW(RegisterFrame(scene.Setup(), det.data(), w.data(), nullptr),
+                 std::invalid_argument);
+  }
+  {
+    RegistrationOptions o;
+    o.min_visible = 3;
+    EXPECT_THROW(RegisterFrame(scene.Setup(), det.data(), nullptr, nullptr, o),
+                 std::invalid_argument);
+    o = RegistrationOptions();
+    o.mode = ObjectiveMode::kFrobenius;
+    o.loss = RobustLoss::kHuber;
+    EXPECT_THROW(RegisterFrame(scene.Setup(), det.data(), nullptr, nullptr, o),
+                 std::invalid_argument);
+  }
+}
+
+TEST(Metrics, PoseErrorsAndLandmarkDistance) {
+  const double a[6] = {179 * kDeg, 0.1, -0.2, 1, 2, 3};
+  const double b[6] = {-179 * kDeg, 0.1, -0.25, 1, 2.5, 2};
+  double et, ep;
+  PoseErrors(a, b, &et, &ep);
+  EXPECT_NEAR(et, 0.05, 1e-12);  // 2 deg across the wrap is smaller than 0.05 rad
+  EXPECT_NEAR(ep, 1.0, 1e-12);
+  const double c[6] = {-170 * kDeg, 0.1, -0.2, 1, 2, 3};
+  PoseErrors(a, c, &et, &ep);
+  EXPECT_NEAR(et, 11 * kDeg, 1e-12);
+  EXPECT_NEAR(WrapAngle(M_PI), -M_PI, 1e-15);
+  const double lm[6] = {0, 0, 0, 10, 0, 0};
+  const double p0[6] = {0, 0, 0, 0, 0, 0};
+  const double p1[6] = {0, 0, M_PI / 2, 0, 0, 1};  // rotate about z by 90 deg, shift z by 1
+  // Point 0 moves 1 mm; point (10, 0, 0) goes to (0, 10, 1): distance sqrt(200 + 1).
+  EXPECT_NEAR(MeanLandmarkDistance(lm, 2, p0, p1), 0.5 * (1 + std::sqrt(201.0)), 1e-12);
+}
+
+}  // namespace
+}  // namespace fluororeg
+
+namespace fluororeg {
+namespace {
+
+TEST(Registration, ScreeningPicksTheSameCaseAsFullSolves) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(21);
+  RegistrationOptions full;
+  full.screen_iterations = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    double pose[6];
+    scene.RandomPose(rng, pose);
+    std::vector<double> det = scene.Detect(pose, 1.0, &rng);
+    if (trial % 4 == 1 || trial % 4 == 3) scene.Mirror(&det, 0);
+    if (trial % 4 >= 2) scene.Mirror(&det, 1);
+    const RegistrationResult a = RegisterFrame(setup, det.data(), nullptr, nullptr);
+    const RegistrationResult b = RegisterFrame(setup, det.data(), nullptr, nullptr, full);
+    ASSERT_EQ(a.status, RegistrationStatus::kOk);
+    EXPECT_EQ(a.mirror_case, b.mirror_case);
+    EXPECT_EQ(a.mirror_case, trial % 4);
+    EXPECT_NEAR(a.objective, b.objective, 1e-6 * b.objective);
+  }
+}
+
+TEST(Registration, NearGimbalLockPose) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  double c[3];
+  SystemCentre(scene.views, c);
+  const double pose[6] = {20 * kDeg, 89.9 * kDeg, -15 * kDeg, c[0] + 5, c[1] - 5, c[2] + 3};
+  const double init[6] = {10 * kDeg, 80 * kDeg, -5 * kDeg, c[0], c[1], c[2]};
+  const std::vector<double> det = scene.Detect(pose);
+  const RegistrationResult r = RegisterFrame(setup, det.data(), nullptr, init);
+  ASSERT_EQ(r.status, RegistrationStatus::kOk);
+  // Euler angles are ill-defined near theta_y = 90 deg: compare matrices.
+  double M[16];
+  PoseToMatrix(pose, M);
+  for (int i = 0; i < 12; ++i) EXPECT_NEAR(r.matrix[i], M[i], 1e-7);
+}
+
+}  // namespace
+}  // namespace fluororeg

@@ -1,0 +1,197 @@
+"""SciPy reference of the point-based registration (Eq. 2, Table 1): slow, obviously correct.
+
+Same objective, visibility rule and four-case mirror strategy as the C++ engine
+(:mod:`fluororeg.registration`), written directly in NumPy and minimised by
+``scipy.optimize.least_squares`` over (Euler angles, translation). Every objective is written
+as the squared norm of a residual vector ``r`` (``objective = sum(r**2)``):
+
+* least squares:        r = sqrt(w) e                                 (per landmark and view)
+* least squares + loss: r = sqrt(w) e * sqrt(rho(s) / s), s = w |e|^2 (so |r|^2 = rho(s))
+* Frobenius (Eq. 2):    r_k = sqrt(w) e_k / sqrt(|sqrt(w) e_k|_F)     (so |r_k|^2 = |.|_F)
+
+Also: a synthetic dual-fluoroscope scene like the paper's for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.spatial.transform import Rotation
+
+from ..geometry import ConeView, system_centre
+
+STATUSES = ("ok", "too_few_landmarks", "failed")
+
+
+def rotation(theta_rad) -> np.ndarray:
+    """R = Rx Ry Rz (extrinsic z-y-x) from theta = (x, y, z) radians, via SciPy."""
+    tx, ty, tz = theta_rad
+    return Rotation.from_euler("zyx", [tz, ty, tx]).as_matrix()
+
+
+def project_mm(view: ConeView, X_world: np.ndarray) -> np.ndarray:
+    """[..., 3] world points -> [..., 2] mm on the detector along (u, v) relative to D."""
+    n = np.cross(view.u, view.v)
+    d = X_world - view.source
+    t = (n @ (view.detector_centre - view.source)) / (d @ n)
+    P = view.source + t[..., None] * d
+    return np.stack([(P - view.detector_centre) @ view.u, (P - view.detector_centre) @ view.v], -1)
+
+
+def project_px(view: ConeView, X_world: np.ndarray) -> np.ndarray:
+    mm = project_mm(view, X_world)
+    return np.stack([mm[..., 0] / view.pitch_u + (view.width - 1) / 2,
+                     mm[..., 1] / view.pitch_v + (view.height - 1) / 2], -1)
+
+
+def _rho(s, loss, a):
+    if loss is None:
+        return s
+    if loss == "huber":
+        return np.where(s <= a * a, s, 2 * a * np.sqrt(s) - a * a)
+    if loss == "cauchy":
+        return a * a * np.log1p(s / (a * a))
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _residuals(x, lm, views, targets, sqrt_w, mode, loss, a):
+    R = rotation(x[:3])
+    Xw = lm @ R.T + x[3:]
+    out = []
+    for k in range(2):
+        e = (project_mm(views[k], Xw) - targets[k]) * sqrt_w[k][:, None]
+        if mode == "frobenius":
+            norm = np.sqrt(np.sum(e * e))
+            out.append(e.ravel() / np.sqrt(max(norm, 1e-300)))
+        elif loss is None:
+            out.append(e.ravel())
+        else:
+            s = np.sum(e * e, axis=1)
+            f = np.where(s > 1e-300, np.sqrt(_rho(s, loss, a) / np.maximum(s, 1e-300)), 1.0)
+            out.append((e * f[:, None]).ravel())
+    return np.concatenate(out)
+
+
+def register_frame_reference(landmarks, views, detections, *, weights=None, pairs=None,
+                             mode="least_squares", loss=None, loss_scale_mm=1.0, init_pose=None,
+                             mirror=True, min_visible=4) -> dict:
+    """One frame. landmarks [N, 3] mm; views (F1, F2); detections [2, N, 2] px (NaN = not
+    detected); weights [2, N]; pairs [(i, j)]; init_pose [6] deg, mm. Returns a dict with pose
+    (deg, mm), objective, mirror_case, n_vis, status, case_objective."""
+    lm = np.asarray(landmarks, float)
+    det = np.asarray(detections, float)
+    n = lm.shape[0]
+    w = np.ones((2, n)) if weights is None else np.asarray(weights, float)
+    partner = np.arange(n)
+    for i, j in (pairs or []):
+        partner[i], partner[j] = j, i
+    if init_pose is None:
+        x0 = np.concatenate([np.zeros(3), system_centre(views)])
+    else:
+        x0 = np.asarray(init_pose, float).copy()
+        x0[:3] = np.deg2rad(x0[:3])
+    n_cases = 4 if (mirror and pairs) else 1
+    best = None
+    case_objective = np.full(4, np.nan)
+    max_vis = 0
+    for c in range(n_cases):
+        flips = (bool(c & 1), bool(c & 2))
+        src = [partner if flips[k] else np.arange(n) for k in range(2)]
+        dk = [det[k][src[k]] for k in range(2)]
+        wk = [w[k][src[k]] for k in range(2)]
+        vis = np.ones(n, bool)
+        for k in range(2):
+            W, H = views[k].width, views[k].height
+            x, y = dk[k][:, 0], dk[k][:, 1]
+            with np.errstate(invalid="ignore"):
+                vis &= (np.isfinite(x) & (x >= -0.5) & (x < W - 0.5) & (y >= -0.5)
+                        & (y < H - 0.5) & (wk[k] > 0))
+        n_vis = int(vis.sum())
+        max_vis = max(max_vis, n_vis)
+        if n_vis < min_visible:
+            continue
+        targets = [views[k].pixel_to_detector_mm(dk[k][vis]) for k in range(2)]
+        sqrt_w = [np.sqrt(wk[k][vis]) for k in range(2)]
+        args = (lm[vis], views, targets, sqrt_w, mode, loss, loss_scale_mm)
+        sol = least_squares(_residuals, x0, args=args, method="trf", x_scale="jac",
+                            xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=2000)
+        obj = float(np.sum(_residuals(sol.x, *args) ** 2))
+        case_objective[c] = obj
+        if best is None or obj < best[1]:
+            best = (sol.x, obj, c, n_vis)
+    if best is None:
+        return dict(pose=np.full(6, np.nan), objective=np.nan, mirror_case=-1, n_vis=max_vis,
+                    status="too_few_landmarks", case_objective=case_objective)
+    x, obj, c, n_vis = best
+    R = rotation(x[:3])
+    # Report the Euler angles of the rotation (as the engine does).
+    tz, ty, tx = Rotation.from_matrix(R).as_euler("zyx")
+    pose = np.concatenate([np.rad2deg([tx, ty, tz]), x[3:]])
+    return dict(pose=pose, objective=obj, mirror_case=c, n_vis=n_vis, status="ok",
+                case_objective=case_objective)
+
+
+# ---- synthetic scene -----------------------------------------------------------------------
+
+def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_detector=500.0, pitch=0.6,
+              size=512) -> ConeView:
+    """A fluoroscope looking horizontally along `azimuth_deg` at `iso`; image rows down (-z)."""
+    a = np.deg2rad(azimuth_deg)
+    d = np.array([np.cos(a), np.sin(a), 0.0])
+    v = np.array([0.0, 0.0, -1.0])
+    u = np.cross(v, d)
+    iso = np.asarray(iso, float)
+    return ConeView(iso - source_to_iso * d, iso + iso_to_detector * d, u, v, pitch, pitch,
+                    size, size)
+
+
+class SyntheticScene:
+    """Dual fluoroscopes 100 degrees apart (sources 1.1 m from the intensifiers, world origin
+    at the F1 intensifier centre as in the paper), 33 skull-like landmarks (+-70 mm) with 13
+    symmetric pairs (mirrored about the model's x = 0 plane, 1 mm asymmetry) and 7 midline
+    landmarks (indices 26..32). Images 512 x 512 px of `pitch` mm."""
+
+    def __init__(self, seed: int = 0, pitch: float = 0.6):
+        rng = np.random.default_rng(seed)
+        f1 = make_view(np.zeros(3), -50.0, pitch=pitch)
+        iso = -f1.detector_centre
+        self.views = (make_view(iso, -50.0, pitch=pitch), make_view(iso, 50.0, pitch=pitch))
+        left = np.column_stack([rng.uniform(15, 70, 13), rng.uniform(-70, 70, (13, 2))])
+        right = left * [-1, 1, 1] + rng.normal(0, 1.0, (13, 3))
+        mid = np.column_stack([rng.normal(0, 2.0, 7), rng.uniform(-70, 70, (7, 2))])
+        self.landmarks = np.vstack([left, right, mid])
+        self.pairs = [(i, 13 + i) for i in range(13)]
+        self.centre = system_centre(self.views)
+
+    @property
+    def n(self) -> int:
+        return self.landmarks.shape[0]
+
+    def random_poses(self, count: int, rng, max_deg: float = 30.0, max_mm: float = 30.0):
+        """[count, 6] poses (deg, mm) within +-max_deg and system centre +-max_mm."""
+        p = np.empty((count, 6))
+        p[:, :3] = rng.uniform(-max_deg, max_deg, (count, 3))
+        p[:, 3:] = self.centre + rng.uniform(-max_mm, max_mm, (count, 3))
+        return p
+
+    def detect(self, pose, noise_px: float = 0.0, rng=None) -> np.ndarray:
+        """[2, N, 2] px detections of the landmarks under pose (deg, mm), NaN outside the
+        image, with Gaussian noise of noise_px."""
+        pose = np.asarray(pose, float)
+        Xw = self.landmarks @ rotation(np.deg2rad(pose[:3])).T + pose[3:]
+        out = np.full((2, self.n, 2), np.nan)
+        for k, view in enumerate(self.views):
+            xy = project_px(view, Xw)
+            if noise_px > 0:
+                xy = xy + rng.normal(0, noise_px, xy.shape)
+            inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] < view.width - 0.5)
+                      & (xy[:, 1] >= -0.5) & (xy[:, 1] < view.height - 0.5))
+            out[k, inside] = xy[inside]
+        return out
+
+    def mirror(self, detections, view: int) -> np.ndarray:
+        """Swap the detections of every symmetric pair in one view (0: F1, 1: F2)."""
+        d = np.array(detections, float, copy=True)
+        for i, j in self.pairs:
+            d[..., view, [i, j], :] = d[..., view, [j, i], :]
+        return d
