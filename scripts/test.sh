@@ -15,4 +15,6 @@ cmake -S . -B build/cpp -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/.venv/bin/ninja" \
 (cd build/cpp && ctest --output-on-failure -j "$(nproc)")
 
 echo "[test] pytest"
+export FLUORO_BUILD_DIR="$PWD/build/cpp"   # the installed-package consumer test uses it
+export PATH="$PWD/.venv/bin:$PATH"           # cmake and ninja from the venv
 cd tests && ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
