@@ -1,10 +1,14 @@
 """fluororeg: automatic registration of a CT bone model to dual-fluoroscope X-ray recordings.
 
-The compiled core (``fluororeg._core``) is private; use the functions exported here. Units in
-the public API are millimetres and degrees (see DESIGN.md for all conventions).
+The compiled core (``fluororeg._core``) is private; use the functions exported here and the
+modules ``fluororeg.volume``, ``.geometry``, ``.render``, ``.subject``, ``.landmarks``,
+``.dataset`` and ``.registration``. Units in the public API are millimetres and degrees (see
+DESIGN.md for all conventions).
 """
 
 from __future__ import annotations
+
+__version__ = "0.1.0"
 
 from . import _core
 from .geometry import (
@@ -16,6 +20,7 @@ from .geometry import (
     rotation_matrix,
     system_centre,
 )
+from .landmarks import Landmarks, load_landmarks, save_landmarks
 from .registration import (
     BatchResult,
     RegistrationResult,
@@ -24,8 +29,17 @@ from .registration import (
     register_frame,
     register_frames,
 )
-
-__version__ = "0.1.0"
+from .render import (
+    project_cone,
+    project_mask_cone,
+    project_mask_parallel,
+    project_parallel,
+    render_cone,
+    render_parallel,
+    to_uint8,
+)
+from .subject import Subject, example_subject, load_subject, make_subject, propose_landmarks, save_subject
+from .volume import Volume, load_volume, save_volume
 
 
 def has_cuda() -> bool:
@@ -41,17 +55,36 @@ def cuda_built() -> bool:
 __all__ = [
     "BatchResult",
     "ConeView",
-    "RegistrationResult",
-    "mean_landmark_distance",
-    "pose_errors",
-    "register_frame",
-    "register_frames",
+    "Landmarks",
     "ParallelCamera",
+    "RegistrationResult",
+    "Subject",
+    "Volume",
     "cuda_built",
     "euler_from_matrix",
+    "example_subject",
     "has_cuda",
+    "load_landmarks",
+    "load_subject",
+    "load_volume",
+    "make_subject",
+    "mean_landmark_distance",
+    "pose_errors",
     "pose_from_matrix",
     "pose_matrix",
+    "project_cone",
+    "project_mask_cone",
+    "project_mask_parallel",
+    "project_parallel",
+    "propose_landmarks",
+    "register_frame",
+    "register_frames",
+    "render_cone",
+    "render_parallel",
     "rotation_matrix",
+    "save_landmarks",
+    "save_subject",
+    "save_volume",
     "system_centre",
+    "to_uint8",
 ]

@@ -1,6 +1,8 @@
 """The ``fluororeg`` command line.
 
     fluororeg render [--ct PATH] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
+    fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
+    fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
     fluororeg info
 
 ``render`` renders parallel-beam DRRs (the paper's artificial radiographs) of a CT at random
@@ -104,6 +106,39 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subject(folder: str | None):
+    from .subject import example_subject, load_subject
+
+    return example_subject() if folder is None else load_subject(folder)
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from .dataset import DatasetConfig, generate_dataset
+
+    config = DatasetConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.size,
+                           pixel_mm=args.pixel_mm, segmented_share=args.segmented_share, seed=args.seed,
+                           shard_size=args.shard_size)
+    subject = _subject(args.subject)
+    print(f"subject {subject.name}: {len(subject.landmark_names)} landmarks, {len(subject.pairs)} pairs; "
+          f"generating {config.n_train} train + {config.n_test} test samples into {args.out}")
+    t0 = time.perf_counter()
+    try:
+        generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:
+        return 130
+    print(f"done in {time.perf_counter() - t0:.1f} s; look at it with: fluororeg contact-sheet {args.out}")
+    return 0
+
+
+def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from .dataset import DatasetReader, contact_sheet
+
+    reader = DatasetReader(args.dataset, args.split)
+    out = args.out or str(Path(args.dataset) / f"contact_sheet_{args.split}.png")
+    print(f"wrote {contact_sheet(reader, out, n=args.count, seed=args.seed)}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import fluororeg
 
@@ -126,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     r.add_argument("--out", default="out/render", help="output folder (default out/render)")
     r.set_defaults(func=cmd_render)
+    d = sub.add_parser("dataset", help="generate the artificial DRR-landmark dataset of a subject")
+    d.add_argument("--subject", help="subject folder with subject.json (default: the example subject)")
+    d.add_argument("--out", default="out/dataset", help="dataset folder (default out/dataset); a rerun resumes")
+    d.add_argument("--n-train", type=int, default=9251)
+    d.add_argument("--n-test", type=int, default=500)
+    d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    d.add_argument("--pixel-mm", type=float, default=2.0, help="pixel size at scale 1, mm (default 2)")
+    d.add_argument("--segmented-share", type=float, default=2139 / 9751,
+                   help="share of bone-segmented images (default 2139/9751, as the paper)")
+    d.add_argument("--shard-size", type=int, default=512)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_dataset)
+    c = sub.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")
+    c.add_argument("dataset", help="dataset folder")
+    c.add_argument("--split", choices=["train", "test"], default="train")
+    c.add_argument("--count", type=int, default=64)
+    c.add_argument("--seed", type=int, default=None, help="random samples instead of the first ones")
+    c.add_argument("--out", help="PNG path (default <dataset>/contact_sheet_<split>.png)")
+    c.set_defaults(func=cmd_contact_sheet)
     i = sub.add_parser("info", help="version and backends")
     i.set_defaults(func=cmd_info)
     return p

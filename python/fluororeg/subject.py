@@ -197,11 +197,17 @@ class Subject:
 
     # ------------------------------------------------------------------ model-frame volumes
     def attenuation_model(self, mu_water_per_mm: float = 0.02) -> Volume:
-        """float32 attenuation (1/mm) of the CT, translated so the model origin is at 0 (cached)."""
+        """float32 attenuation (1/mm) of the subject's body, translated so the model origin is
+        at 0 (cached). Objects not connected to the body (the CT table, a head holder: voxels
+        outside the largest connected component above -500 HU) are set to air, since a
+        fluoroscope never sees them with the subject."""
         key = float(mu_water_per_mm)
         cache: Dict[float, Volume] = self._att_cache  # type: ignore[attr-defined]
         if key not in cache:
-            cache[key] = self.ct.hu_to_attenuation(mu_water_per_mm).translated(-self.origin)
+            mu = self.ct.hu_to_attenuation(mu_water_per_mm)
+            body = self.ct.mask(-500.0, largest_component=True).data.astype(bool)
+            data = np.where(body, mu.data, np.float32(0.0))
+            cache[key] = Volume(data, mu.spacing, mu.origin, mu.direction).translated(-self.origin)
         return cache[key]
 
     def mask_model(self) -> Volume:

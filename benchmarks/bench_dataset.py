@@ -1,0 +1,61 @@
+"""Dataset generation speed: samples per second for the paper-sized artificial dataset of the
+default example subject (9,751 samples of 128 x 128: DRR, bone-mask projection, landmarks), with
+and without writing the HDF5 shards.
+
+    python benchmarks/bench_dataset.py --quick --json out/bench_dataset.json
+
+--quick generates 1,024 samples (two shards per measurement) instead of all 9,751.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from fluororeg.dataset import DatasetConfig, generate_dataset
+from fluororeg.subject import example_subject
+
+from _common import parser, report
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    subject = example_subject()
+    subject.attenuation_model()  # load and convert once, outside the timings
+    subject.mask_model()
+    config = DatasetConfig(n_train=1024, n_test=0) if args.quick else DatasetConfig()
+    n = config.n_train + config.n_test
+    t0 = time.perf_counter()
+    generate_dataset(subject, None, config, write=False, progress=False)
+    t_render = time.perf_counter() - t0
+    tmp = Path(tempfile.mkdtemp(prefix="fluororeg-bench-"))
+    try:
+        t0 = time.perf_counter()
+        generate_dataset(subject, tmp / "ds", config, progress=False)
+        t_write = time.perf_counter() - t0
+        size_mb = sum(p.stat().st_size for p in (tmp / "ds").rglob("*.h5")) / 2**20
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    full = 9751
+    results = {
+        "samples": n,
+        "samples_per_s": n / t_write,
+        "samples_per_s_without_writing": n / t_render,
+        "full_dataset_seconds_estimate": full / (n / t_write),
+        "megabytes_written": size_mb,
+        "megabytes_per_1000_samples": size_mb / n * 1000,
+    }
+    rows = [
+        ("samples per second, writing shards", n / t_write, "samples/s"),
+        ("samples per second, rendering only", n / t_render, "samples/s"),
+        ("9,751-sample dataset (estimate)", full / (n / t_write), "s"),
+        ("disk per 1,000 samples", size_mb / n * 1000, "MB"),
+    ]
+    report(f"bench_dataset ({n} samples of {config.image_size}x{config.image_size}, subject {subject.name})", rows,
+           results, args.json)
+
+
+if __name__ == "__main__":
+    main()
