@@ -58,6 +58,7 @@ Device ParseDevice(const std::string& device);
 
 void BindRender(nb::module_& m);
 void BindRegistration(nb::module_& m);
+void BindCalibration(nb::module_& m);
 
 }  // namespace bindings
 }  // namespace fluororeg
