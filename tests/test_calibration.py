@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from fluororeg.calibration import (DistortionModel, DualGeometry, PinholeCamera, calibrate_view,
                                    detect_beads, dlt_from_pinhole, dlt_resection, estimate_source,
-                                   estimate_view, fit_distortion, load_geometry, mayacam_view,
+                                   estimate_view, fit_distortion, geometry_from_mayacam, load_geometry, mayacam_view,
                                    pinhole_from_dlt, pinhole_from_view, project_dlt, read_dlt,
                                    read_mayacam, save_geometry, view_from_pinhole, write_dlt,
                                    write_mayacam)
@@ -153,6 +153,12 @@ def test_real_wrist_mayacam_loads_and_projects_consistently():
         assert abs(view.source_detector_distance - cam.K[0, 0] * 0.2) < 1e-6
         # The source lies between 800 and 1300 mm from the object.
         assert 800 < np.linalg.norm(view.source - obj) < 1300
+    # The geometry built from the files: its system centre is the mean of both sources and
+    # detector centres, nearer the object than either source.
+    geo = geometry_from_mayacam(WRIST, 0.2, names=("cam01", "cam02"))
+    pts = [v.source for v in geo.views] + [v.detector_centre for v in geo.views]
+    assert np.allclose(geo.system_centre, np.mean(pts, axis=0))
+    assert np.linalg.norm(geo.system_centre - obj) < min(np.linalg.norm(v.source - obj) for v in geo.views) / 2
 
 
 def test_mayacam_round_trip(tmp_path):

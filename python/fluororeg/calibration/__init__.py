@@ -15,7 +15,7 @@ from .distortion import (DistortionFit, DistortionModel, fit_distortion, fit_dis
                          load_distortion, match_grid, save_distortion)
 from .formats import (dlt_from_pinhole, mayacam_view, pinhole_from_dlt, project_dlt, read_dlt,
                       read_mayacam, write_dlt, write_mayacam)
-from .geometry_file import DualGeometry, load_geometry, save_geometry
+from .geometry_file import DualGeometry, geometry_from_mayacam, load_geometry, save_geometry
 from .pinhole import PinholeCamera, decompose_projection, pinhole_from_view, view_from_pinhole
 from .resection import (ViewCalibration, ViewEstimate, calibrate_view, check_layout, dlt_resection,
                         estimate_source, estimate_view, match_beads, refine_view,
@@ -25,7 +25,7 @@ __all__ = [
     "BeadDetections", "DistortionFit", "DistortionModel", "DualGeometry", "PinholeCamera",
     "ViewCalibration", "ViewEstimate", "calibrate_view", "check_layout", "decompose_projection",
     "detect_beads", "dlt_from_pinhole", "dlt_resection", "estimate_source", "estimate_view",
-    "field_of_view_mask", "fit_distortion", "fit_distortion_points", "load_distortion",
+    "field_of_view_mask", "fit_distortion", "geometry_from_mayacam", "fit_distortion_points", "load_distortion",
     "load_geometry", "load_image", "match_beads", "match_grid", "mayacam_view",
     "pinhole_from_dlt", "pinhole_from_view", "project_dlt", "read_dlt", "read_mayacam",
     "refine_view", "reprojection_residuals", "save_distortion", "save_geometry",

@@ -41,7 +41,8 @@ import numpy as np
 from ..geometry import ConeView, system_centre as _system_centre
 from .distortion import DistortionModel
 
-__all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict", "geometry_to_dict"]
+__all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict", "geometry_to_dict",
+           "geometry_from_mayacam"]
 
 FORMAT = "fluororeg-geometry"
 VERSION = 1
@@ -177,3 +178,13 @@ def load_geometry(path) -> DualGeometry:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"geometry file '{path}' is not valid JSON: {exc}") from exc
     return geometry_from_dict(d, where=f"'{path.name}'")
+
+
+def geometry_from_mayacam(paths, pitch_u: float, names=None) -> DualGeometry:
+    """A geometry from one MayaCam 2.0 file per view (e.g. Autoscoper's cam01/cam02), with
+    the pixel pitch ``pitch_u`` mm that the files lack (see :mod:`.formats`)."""
+    from .formats import mayacam_view
+
+    paths = list(paths)
+    views = tuple(mayacam_view(p, pitch_u) for p in paths)
+    return DualGeometry(views, tuple(names) if names is not None else ())
