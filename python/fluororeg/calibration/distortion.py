@@ -180,7 +180,8 @@ class DistortionModel:
                 "centre": self.centre.tolist(), "scale": self.scale,
                 "exponents": [list(e) for e in _exponents(self.order)],
                 "coef": self.coef.tolist(), "inverse_coef": self.inverse_coef.tolist(),
-                "rms_px": self.rms_px, "max_px": self.max_px, "n_beads": self.n_beads,
+                "rms_px": None if np.isnan(self.rms_px) else self.rms_px,
+                "max_px": None if np.isnan(self.max_px) else self.max_px, "n_beads": self.n_beads,
                 "pitch_mm": self.pitch_mm, "spacing_mm": self.spacing_mm}
 
     @classmethod
@@ -198,8 +199,8 @@ class DistortionModel:
                        centre=np.asarray(d["centre"], dtype=float), scale=float(d["scale"]),
                        coef=np.asarray(d["coef"], dtype=float),
                        inverse_coef=np.asarray(d["inverse_coef"], dtype=float),
-                       rms_px=float(d.get("rms_px", float("nan")) or float("nan")),
-                       max_px=float(d.get("max_px", float("nan")) or float("nan")),
+                       rms_px=float("nan") if d.get("rms_px") is None else float(d["rms_px"]),
+                       max_px=float("nan") if d.get("max_px") is None else float(d["max_px"]),
                        n_beads=int(d.get("n_beads", 0)),
                        pitch_mm=None if d.get("pitch_mm") is None else float(d["pitch_mm"]),
                        spacing_mm=None if d.get("spacing_mm") is None else float(d["spacing_mm"]))
