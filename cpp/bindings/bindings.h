@@ -64,6 +64,7 @@ std::vector<ConeView> UnpackViews(const InArray<double>& views);
 
 void BindRender(nb::module_& m);
 void BindRegistration(nb::module_& m);
+void BindCalibration(nb::module_& m);
 
 }  // namespace bindings
 }  // namespace fluororeg

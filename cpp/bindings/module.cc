@@ -6,4 +6,5 @@ NB_MODULE(_core, m) {
   m.doc() = "fluororeg C++ core (private; use the fluororeg package)";
   fluororeg::bindings::BindRender(m);
   fluororeg::bindings::BindRegistration(m);
+  fluororeg::bindings::BindCalibration(m);
 }

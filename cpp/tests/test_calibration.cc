@@ -1,0 +1,128 @@
+// C++ tests of the cone-view refinement (fluororeg/calibration.h).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "fluororeg/calibration.h"
+
+namespace fluororeg {
+namespace {
+
+// A view looking along +y from S = (0, -1000, 0) at a detector 1400 mm away; u = +x,
+// v = -z (rows grow downward), n = u x v = +y.
+ConeView TrueView() {
+  ConeView v;
+  const double S[3] = {5, -1000, 12}, D[3] = {-3, 400, 8}, u[3] = {1, 0, 0}, vv[3] = {0, 0, -1};
+  for (int i = 0; i < 3; ++i) {
+    v.source[i] = S[i];
+    v.detector_centre[i] = D[i];
+    v.u[i] = u[i];
+    v.v[i] = vv[i];
+  }
+  v.pitch_u = v.pitch_v = 0.3;
+  v.width = v.height = 1024;
+  return v;
+}
+
+// Beads of a 100 mm cube: corners, face centres and the centre.
+std::vector<double> CubeBeads() {
+  std::vector<double> p;
+  for (int i = -1; i <= 1; ++i)
+    for (int j = -1; j <= 1; ++j)
+      for (int k = -1; k <= 1; ++k)
+        if ((i != 0) + (j != 0) + (k != 0) != 2) {
+          p.push_back(50.0 * i + 3);
+          p.push_back(50.0 * j - 7);
+          p.push_back(50.0 * k + 2);
+        }
+  return p;
+}
+
+std::vector<double> Project(const ConeView& v, const std::vector<double>& X, double noise,
+                            unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> g(0.0, noise);
+  std::vector<double> xy;
+  for (size_t i = 0; i < X.size() / 3; ++i) {
+    double px, py;
+    EXPECT_TRUE(ProjectCone(v, Vec3<double>{X[3 * i], X[3 * i + 1], X[3 * i + 2]}, &px, &py));
+    xy.push_back(px + (noise > 0 ? g(rng) : 0.0));
+    xy.push_back(py + (noise > 0 ? g(rng) : 0.0));
+  }
+  return xy;
+}
+
+TEST(Calibration, RefineRecoversPerturbedView) {
+  const ConeView truth = TrueView();
+  const std::vector<double> X = CubeBeads();
+  const std::vector<double> xy = Project(truth, X, 0.0, 1);
+  ConeView start = truth;
+  start.source[0] += 15;
+  start.source[1] -= 30;
+  start.detector_centre[2] += 10;
+  // Rotate the detector axes by about 1 degree about z.
+  const double a = 0.017;
+  start.u[0] = std::cos(a);
+  start.u[1] = std::sin(a);
+  const int n = static_cast<int>(X.size() / 3);
+  const ViewRefineResult r = RefineConeView(start, X.data(), xy.data(), n, ViewRefineOptions());
+  EXPECT_GT(r.initial_rms_px, 5.0);
+  EXPECT_LT(r.final_rms_px, 1e-6);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_NEAR(r.view.source[i], truth.source[i], 1e-4);
+    EXPECT_NEAR(r.view.detector_centre[i], truth.detector_centre[i], 1e-4);
+    EXPECT_NEAR(r.view.u[i], truth.u[i], 1e-8);
+    EXPECT_NEAR(r.view.v[i], truth.v[i], 1e-8);
+  }
+}
+
+TEST(Calibration, SourceOnlyFromFourBeads) {
+  const ConeView truth = TrueView();
+  const std::vector<double> X = {0, 0, 0, 40, 20, 0, -30, 10, 35, 10, -25, -40};
+  const std::vector<double> xy = Project(truth, X, 0.0, 2);
+  ConeView start = truth;
+  start.source[0] += 20;
+  start.source[1] += 50;
+  start.source[2] -= 15;
+  ViewRefineOptions o;
+  o.refine_detector_centre = false;
+  o.refine_orientation = false;
+  const ViewRefineResult r = RefineConeView(start, X.data(), xy.data(), 4, o);
+  EXPECT_LT(r.final_rms_px, 1e-6);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_NEAR(r.view.source[i], truth.source[i], 1e-4);
+    EXPECT_EQ(r.view.detector_centre[i], truth.detector_centre[i]);
+  }
+}
+
+TEST(Calibration, NoiseGivesSmallResidual) {
+  const ConeView truth = TrueView();
+  const std::vector<double> X = CubeBeads();
+  const std::vector<double> xy = Project(truth, X, 0.1, 3);
+  const int n = static_cast<int>(X.size() / 3);
+  const ViewRefineResult r = RefineConeView(truth, X.data(), xy.data(), n, ViewRefineOptions());
+  EXPECT_LT(r.final_rms_px, 0.15);
+  EXPECT_EQ(r.residuals_px.size(), 2u * n);
+}
+
+TEST(Calibration, RejectsBadInput) {
+  const ConeView truth = TrueView();
+  const std::vector<double> X = {0, 0, 0, 10, 0, 0};
+  const std::vector<double> xy = {1, 2, 3, 4};
+  EXPECT_THROW(RefineConeView(truth, X.data(), xy.data(), 1, ViewRefineOptions()),
+               std::invalid_argument);
+  // 2 beads, 4 equations < 9 free parameters.
+  EXPECT_THROW(RefineConeView(truth, X.data(), xy.data(), 2, ViewRefineOptions()),
+               std::invalid_argument);
+  // A bead behind the source.
+  const std::vector<double> Xb = {0, -2000, 0, 0, 0, 0, 10, 0, 0, 0, 0, 10, 5, 5, 5};
+  const std::vector<double> xyb(10, 500.0);
+  EXPECT_THROW(RefineConeView(truth, Xb.data(), xyb.data(), 5, ViewRefineOptions()),
+               std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fluororeg

@@ -1,0 +1,190 @@
+"""The dual-fluoroscope geometry file (JSON, millimetres).
+
+Example (``fluororeg-geometry`` version 1)::
+
+    {
+      "format": "fluororeg-geometry",
+      "version": 1,
+      "units": "mm",
+      "views": [
+        {"name": "F1",
+         "source": [x, y, z], "detector_centre": [x, y, z],
+         "u": [ux, uy, uz], "v": [vx, vy, vz],
+         "pitch_u": 0.3, "pitch_v": 0.3, "width": 1024, "height": 1024,
+         "distortion": null},
+        {"name": "F2", ...}
+      ],
+      "system_centre": [x, y, z]
+    }
+
+* ``source``: the X-ray point source S; ``detector_centre``: the point D of the intensifier
+  plane seen at pixel ((W - 1) / 2, (H - 1) / 2); ``u``, ``v``: orthonormal unit vectors of
+  image +x (columns) and +y (rows); pitches in mm per pixel; size in pixels (see
+  :class:`~fluororeg.geometry.ConeView`). All in one world frame (the paper puts its origin
+  at the centre of the F1 intensifier; any frame works).
+* ``distortion``: null or a :class:`~.distortion.DistortionModel` object (its ``to_dict``)
+  that maps the view's raw pixels to the corrected pixels the view's geometry describes.
+* ``system_centre``: written for information (mean of both sources and both detector
+  centres, the registration's initial translation); it is recomputed on load.
+
+Loading validates every field and names the offending one in the error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..geometry import ConeView, system_centre as _system_centre
+from .distortion import DistortionModel
+
+__all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict", "geometry_to_dict",
+           "geometry_from_mayacam"]
+
+FORMAT = "fluororeg-geometry"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class DualGeometry:
+    """Views (normally two) with names and optional distortion models."""
+
+    views: tuple
+    names: tuple = ()
+    distortion: tuple = ()
+
+    def __post_init__(self):
+        views = tuple(self.views)
+        if len(views) < 1:
+            raise ValueError("a geometry needs at least one view")
+        for i, v in enumerate(views):
+            if not isinstance(v, ConeView):
+                raise TypeError(f"views[{i}] is a {type(v).__name__}, expected ConeView")
+        names = tuple(self.names) or tuple(f"F{i + 1}" for i in range(len(views)))
+        dist = tuple(self.distortion) or (None,) * len(views)
+        if len(names) != len(views) or len(dist) != len(views):
+            raise ValueError(f"got {len(views)} views, {len(names)} names and {len(dist)} distortion entries")
+        for i, d in enumerate(dist):
+            if d is not None and not isinstance(d, DistortionModel):
+                raise TypeError(f"distortion[{i}] is a {type(d).__name__}, expected DistortionModel or None")
+            if d is not None and (d.width, d.height) != (views[i].width, views[i].height):
+                raise ValueError(f"distortion[{i}] was fitted on {d.width} x {d.height} images but view "
+                                 f"{names[i]!r} is {views[i].width} x {views[i].height}")
+        object.__setattr__(self, "views", views)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "distortion", dist)
+
+    @property
+    def system_centre(self) -> np.ndarray:
+        """Mean of all sources and detector centres (the registration's initial translation)."""
+        return _system_centre(self.views)
+
+
+def geometry_to_dict(geometry: DualGeometry) -> dict:
+    views = []
+    for name, v, d in zip(geometry.names, geometry.views, geometry.distortion):
+        views.append({"name": name, "source": v.source.tolist(), "detector_centre": v.detector_centre.tolist(),
+                      "u": v.u.tolist(), "v": v.v.tolist(), "pitch_u": v.pitch_u, "pitch_v": v.pitch_v,
+                      "width": v.width, "height": v.height,
+                      "distortion": None if d is None else d.to_dict()})
+    return {"format": FORMAT, "version": VERSION, "units": "mm", "views": views,
+            "system_centre": geometry.system_centre.tolist()}
+
+
+def _vec(d, key, where):
+    if key not in d:
+        raise ValueError(f"{where}.{key} is missing")
+    try:
+        a = np.asarray(d[key], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.{key} = {d[key]!r}: expected 3 numbers") from exc
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}.{key} = {d[key]!r}: expected 3 finite numbers")
+    return a
+
+
+def _num(d, key, where, integer=False):
+    if key not in d:
+        raise ValueError(f"{where}.{key} is missing")
+    val = d[key]
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise ValueError(f"{where}.{key} = {val!r}: expected a number")
+    if integer:
+        if int(val) != val or val <= 0:
+            raise ValueError(f"{where}.{key} = {val!r}: expected a positive whole number of pixels")
+        return int(val)
+    if not np.isfinite(val) or val <= 0:
+        raise ValueError(f"{where}.{key} = {val!r}: expected a finite positive value in mm")
+    return float(val)
+
+
+def geometry_from_dict(d, where: str = "geometry") -> DualGeometry:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    if d.get("format") != FORMAT:
+        raise ValueError(f"{where}.format = {d.get('format')!r}: expected {FORMAT!r}")
+    if d.get("version") != VERSION:
+        raise ValueError(f"{where}.version = {d.get('version')!r}: only version {VERSION} is supported")
+    if d.get("units") != "mm":
+        raise ValueError(f"{where}.units = {d.get('units')!r}: expected 'mm'")
+    views_in = d.get("views")
+    if not isinstance(views_in, list) or not views_in:
+        raise ValueError(f"{where}.views = {views_in!r}: expected a non-empty list of views")
+    views, names, dist = [], [], []
+    for i, vd in enumerate(views_in):
+        w = f"{where}.views[{i}]"
+        if not isinstance(vd, dict):
+            raise ValueError(f"{w} must be an object, got {type(vd).__name__}")
+        vals = {k: _vec(vd, k, w) for k in ("source", "detector_centre", "u", "v")}
+        for k in ("u", "v"):
+            n = np.linalg.norm(vals[k])
+            if abs(n - 1) > 1e-6:
+                raise ValueError(f"{w}.{k} = {vd[k]!r} has length {n:.6g}: expected a unit vector")
+        if abs(vals["u"] @ vals["v"]) > 1e-6:
+            raise ValueError(f"{w}.u and {w}.v are not orthogonal (u . v = {vals['u'] @ vals['v']:.3g})")
+        try:
+            view = ConeView(vals["source"], vals["detector_centre"], vals["u"], vals["v"],
+                            _num(vd, "pitch_u", w), _num(vd, "pitch_v", w),
+                            _num(vd, "width", w, True), _num(vd, "height", w, True))
+        except ValueError as exc:
+            raise ValueError(f"{w}: {exc}") from exc
+        views.append(view)
+        name = vd.get("name", f"F{i + 1}")
+        if not isinstance(name, str):
+            raise ValueError(f"{w}.name = {name!r}: expected a string")
+        names.append(name)
+        dd = vd.get("distortion")
+        dist.append(None if dd is None else DistortionModel.from_dict(dd, where=f"{w}.distortion"))
+    return DualGeometry(tuple(views), tuple(names), tuple(dist))
+
+
+def save_geometry(path, geometry: DualGeometry) -> None:
+    """Write the geometry file (JSON)."""
+    if not isinstance(geometry, DualGeometry):
+        raise TypeError(f"geometry is a {type(geometry).__name__}, expected DualGeometry")
+    Path(path).write_text(json.dumps(geometry_to_dict(geometry), indent=2))
+
+
+def load_geometry(path) -> DualGeometry:
+    """Read and validate a geometry file; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"geometry file '{path}' does not exist")
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"geometry file '{path}' is not valid JSON: {exc}") from exc
+    return geometry_from_dict(d, where=f"'{path.name}'")
+
+
+def geometry_from_mayacam(paths, pitch_u: float, names=None) -> DualGeometry:
+    """A geometry from one MayaCam 2.0 file per view (e.g. Autoscoper's cam01/cam02), with
+    the pixel pitch ``pitch_u`` mm that the files lack (see :mod:`.formats`)."""
+    from .formats import mayacam_view
+
+    paths = list(paths)
+    views = tuple(mayacam_view(p, pitch_u) for p in paths)
+    return DualGeometry(views, tuple(names) if names is not None else ())
