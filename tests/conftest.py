@@ -73,3 +73,23 @@ def dual_views() -> tuple[ConeView, ConeView]:
         views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_detector=1050.0, pitch=1.2,
                                          width=96, height=96))
     return tuple(views)
+
+
+@pytest.fixture(scope="session")
+def subject():
+    """A small real subject: the headsq CT with six extreme bone points (one left/right pair)."""
+    from fluororeg.landmarks import Landmarks
+    from fluororeg.subject import make_subject
+
+    p = headsq_path()
+    if p is None:
+        pytest.skip("../shared/data/headsq is not available")
+    ct = load_volume(p)
+    # Six points on bone: the extreme bone voxels along +-x (left/right pair), +-y and +-z.
+    bone = ct.mask(300.0).data.astype(bool)
+    k, j, i = np.nonzero(bone)
+    P = ct.voxel_to_physical(np.stack([i, j, k], axis=1).astype(float))
+    picks = {"left": P[np.argmax(P[:, 0])], "right": P[np.argmin(P[:, 0])], "front": P[np.argmin(P[:, 1])],
+             "back": P[np.argmax(P[:, 1])], "top": P[np.argmax(P[:, 2])], "bottom": P[np.argmin(P[:, 2])]}
+    lm = Landmarks(tuple(picks), np.array(list(picks.values())))
+    return make_subject("headsq", ct, lm, pairs=[("left", "right")])

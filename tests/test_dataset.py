@@ -10,29 +10,9 @@ import pytest
 from fluororeg import dataset as D
 from fluororeg import render as R
 from fluororeg.dataset import DatasetConfig, DatasetReader, PoseRanges, generate_dataset
-from fluororeg.example_data import headsq_path
-from fluororeg.landmarks import Landmarks
-from fluororeg.subject import make_subject
-from fluororeg.volume import load_volume
 
 SMALL = DatasetConfig(n_train=40, n_test=12, image_size=64, pixel_mm=4.0, shard_size=16, seed=3,
                       segmented_share=0.5)
-
-
-@pytest.fixture(scope="module")
-def subject():
-    p = headsq_path()
-    if p is None:
-        pytest.skip("../shared/data/headsq is not available")
-    ct = load_volume(p)
-    # Six points on bone: the extreme bone voxels along +-x (left/right pair), +-y and +-z.
-    bone = ct.mask(300.0).data.astype(bool)
-    k, j, i = np.nonzero(bone)
-    P = ct.voxel_to_physical(np.stack([i, j, k], axis=1).astype(float))
-    picks = {"left": P[np.argmax(P[:, 0])], "right": P[np.argmin(P[:, 0])], "front": P[np.argmin(P[:, 1])],
-             "back": P[np.argmax(P[:, 1])], "top": P[np.argmax(P[:, 2])], "bottom": P[np.argmin(P[:, 2])]}
-    lm = Landmarks(tuple(picks), np.array(list(picks.values())))
-    return make_subject("headsq", ct, lm, pairs=[("left", "right")])
 
 
 @pytest.fixture(scope="module")

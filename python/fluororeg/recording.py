@@ -1,0 +1,145 @@
+"""Dual-fluoroscope recordings on disk: two image sequences plus a geometry file.
+
+A recording folder holds ``recording.json``::
+
+    {"format": "fluororeg-recording", "version": 1,
+     "views": ["view1", "view2"],          # one image sequence per fluoroscope (F1, F2)
+     "geometry": "geometry.json",          # fluororeg.calibration geometry file (both views,
+                                           # optionally each view's distortion model)
+     "frames": 120}                        # optional; checked when given
+
+Each entry of ``views`` is a folder of images (PNG or TIFF, sorted by name; one frame each) or
+a multi-page TIFF file, relative to the recording folder. Real recordings use the same layout;
+:func:`open_recording` can also be given the two sequences and the geometry directly. Frames
+are read lazily, one at a time, as float32 grey levels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+class ImageSequence:
+    """Frames of one view: a folder of PNG/TIFF images (sorted by name) or a multi-page TIFF."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
+            self._pages = None
+        elif self.path.is_file() and self.path.suffix.lower() in (".tif", ".tiff"):
+            from PIL import Image
+
+            try:
+                with Image.open(self.path) as img:
+                    self._pages = getattr(img, "n_frames", 1)
+            except OSError as exc:
+                raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
+            self.files = None
+        elif not self.path.exists():
+            raise FileNotFoundError(f"image sequence '{self.path}' does not exist")
+        else:
+            raise ValueError(f"image sequence '{self.path}': expected a folder of PNG/TIFF images or a "
+                             "multi-page TIFF file")
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else int(self._pages)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
+        # Pillow reads PNG and TIFF (also LZW-compressed, 8/16-bit and float pages).
+        from PIL import Image
+
+        path, page = (self.files[i], 0) if self.files is not None else (self.path, i)
+        try:
+            with Image.open(path) as im:
+                im.seek(page)
+                img = np.asarray(im)
+        except OSError as exc:
+            raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
+        if img.ndim == 3:  # RGB(A) -> grey
+            img = img[..., :3].mean(axis=-1)
+        if img.ndim != 2:
+            raise ValueError(f"frame {i} of '{self.path}' has shape {img.shape}: expected a grey image")
+        return img.astype(np.float32)
+
+
+@dataclass
+class Recording:
+    """Two image sequences of the same frames and the dual-fluoroscope geometry."""
+
+    sequences: tuple  # (ImageSequence, ImageSequence)
+    geometry: object  # fluororeg.calibration.DualGeometry
+    path: Path | None = None
+
+    def __post_init__(self):
+        if len(self.sequences) != 2:
+            raise ValueError(f"a recording needs two image sequences, got {len(self.sequences)}")
+        n = [len(s) for s in self.sequences]
+        if n[0] != n[1]:
+            raise ValueError(f"the views have different frame counts {n}: expected the same frames in both")
+        if len(self.geometry.views) != 2:
+            raise ValueError(f"the geometry has {len(self.geometry.views)} views, expected 2")
+        for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
+            h, w = seq[0].shape
+            if (w, h) != (view.width, view.height):
+                raise ValueError(f"view {k + 1}: frames are {w} x {h} px but the geometry says "
+                                 f"{view.width} x {view.height}")
+
+    def __len__(self) -> int:
+        return len(self.sequences[0])
+
+    def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.sequences[0][i], self.sequences[1][i]
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for i in range(start, len(self) if stop is None else min(stop, len(self))):
+            a, b = self.frame(i)
+            yield i, a, b
+
+
+def open_recording(path=None, *, views: Sequence | None = None, geometry=None) -> Recording:
+    """Open a recording folder (with recording.json), or two sequences and a geometry file."""
+    from .calibration.geometry_file import DualGeometry, load_geometry
+
+    if path is not None:
+        folder = Path(path)
+        manifest = folder / "recording.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"'{manifest}' not found: not a recording folder (or pass views= and geometry=)")
+        meta = json.loads(manifest.read_text())
+        if meta.get("format") != "fluororeg-recording":
+            raise ValueError(f"'{manifest}' has format {meta.get('format')!r}, expected 'fluororeg-recording'")
+        seqs = tuple(ImageSequence(folder / v) for v in meta["views"])
+        rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder)
+        if "frames" in meta and int(meta["frames"]) != len(rec):
+            raise ValueError(f"'{manifest}' says {meta['frames']} frames but the views hold {len(rec)}")
+        return rec
+    if views is None or geometry is None:
+        raise ValueError("give a recording folder, or both views= (two sequences) and geometry=")
+    geo = geometry if isinstance(geometry, DualGeometry) else load_geometry(geometry)
+    return Recording(tuple(ImageSequence(v) for v in views), geo)
+
+
+def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometry.json",
+                             frames: int | None = None, **extra) -> Path:
+    """Write recording.json for a folder laid out as described above."""
+    meta = {"format": "fluororeg-recording", "version": 1, "views": list(views), "geometry": geometry}
+    if frames is not None:
+        meta["frames"] = int(frames)
+    meta.update(extra)
+    path = Path(folder) / "recording.json"
+    path.write_text(json.dumps(meta, indent=2))
+    return path
