@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
+import fluororeg
+
 from fluororeg.example_data import default_cache_dir, headsq_path
 from fluororeg.landmarks import Landmarks, load_landmarks, save_landmarks
 from fluororeg.subject import (Subject, _rot, example_subject, load_subject, make_subject,
@@ -319,7 +321,7 @@ def test_fingerprint_stable_and_sensitive(tmp_path, subject_dir, headsq):
     code = ("import sys; from fluororeg.subject import load_subject; "
             "print(load_subject(sys.argv[1]).fingerprint)")
     out = subprocess.run([sys.executable, "-c", code, str(subject_dir)], capture_output=True,
-                         text=True, check=True, env={"PYTHONPATH": str(Path(__file__).parents[1] / "python"),
+                         text=True, check=True, env={"PYTHONPATH": str(Path(fluororeg.__file__).parents[1]),
                                                      "PYTHONHASHSEED": "123", "PATH": ""})
     assert out.stdout.strip() == fp
 
