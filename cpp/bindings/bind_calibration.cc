@@ -12,50 +12,13 @@ namespace bindings {
 namespace {
 
 ConeView UnpackView(const InArray<double>& view) {
-  CheckShape(view, "view", {16});
-  const double* r = view.data();
-  for (int i = 0; i < 16; ++i) {
-    if (!std::isfinite(r[i])) {
-      throw std::invalid_argument("view holds a non-finite value at index " + std::to_string(i));
-    }
-  }
-  ConeView v;
-  for (int c = 0; c < 3; ++c) {
-    v.source[c] = r[c];
-    v.detector_centre[c] = r[3 + c];
-    v.u[c] = r[6 + c];
-    v.v[c] = r[9 + c];
-  }
-  v.pitch_u = r[12];
-  v.pitch_v = r[13];
-  if (!(v.pitch_u > 0) || !(v.pitch_v > 0)) {
-    throw std::invalid_argument("view pitches must be positive, got " + std::to_string(r[12]) +
-                                " and " + std::to_string(r[13]));
-  }
-  for (int c : {14, 15}) {
-    if (!(r[c] >= 1 && r[c] <= 1 << 16) || r[c] != static_cast<int>(r[c])) {
-      throw std::invalid_argument("view image size " + std::to_string(r[c]) +
-                                  " must be a positive whole number of pixels");
-    }
-  }
-  v.width = static_cast<int>(r[14]);
-  v.height = static_cast<int>(r[15]);
-  return v;
+  CheckShape(view, "view", {kViewColumns});
+  return UnpackViewRow(view.data(), "view");
 }
 
 nb::ndarray<nb::numpy, double> PackView(const ConeView& v) {
-  auto out = NewArray<double>({16});
-  double* r = out.data();
-  for (int c = 0; c < 3; ++c) {
-    r[c] = v.source[c];
-    r[3 + c] = v.detector_centre[c];
-    r[6 + c] = v.u[c];
-    r[9 + c] = v.v[c];
-  }
-  r[12] = v.pitch_u;
-  r[13] = v.pitch_v;
-  r[14] = v.width;
-  r[15] = v.height;
+  auto out = NewArray<double>({static_cast<size_t>(kViewColumns)});
+  PackViewRow(v, out.data());
   return out;
 }
 

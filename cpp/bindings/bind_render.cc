@@ -9,41 +9,6 @@
 namespace fluororeg {
 namespace bindings {
 
-Device ParseDevice(const std::string& device) {
-  if (device == "cpu") return Device::kCpu;
-  if (device == "cuda") return Device::kCuda;
-  throw std::invalid_argument("device '" + device + "' is unknown: expected 'cpu' or 'cuda'");
-}
-
-std::vector<ConeView> UnpackViews(const InArray<double>& views) {
-  CheckShape(views, "views", {-1, kViewColumns});
-  const size_t n = views.shape(0);
-  std::vector<ConeView> out(n);
-  const double* d = views.data();
-  for (size_t i = 0; i < n; ++i) {
-    const double* r = d + kViewColumns * i;
-    ConeView& v = out[i];
-    for (int c = 0; c < 3; ++c) {
-      v.source[c] = r[c];
-      v.detector_centre[c] = r[3 + c];
-      v.u[c] = r[6 + c];
-      v.v[c] = r[9 + c];
-    }
-    v.pitch_u = r[12];
-    v.pitch_v = r[13];
-    for (int c : {14, 15}) {
-      if (!(r[c] >= 1 && r[c] <= 1 << 16) || r[c] != static_cast<int>(r[c])) {
-        throw std::invalid_argument("view " + std::to_string(i) + ": image size " +
-                                    std::to_string(r[c]) +
-                                    " must be a positive whole number of pixels");
-      }
-    }
-    v.width = static_cast<int>(r[14]);
-    v.height = static_cast<int>(r[15]);
-  }
-  return out;
-}
-
 namespace {
 
 VolumeGrid MakeGrid(const InArray<float>& volume, const InArray<double>& model_from_voxel) {
@@ -102,13 +67,8 @@ void BindRender(nb::module_& m) {
          const InArray<double>& views, const InArray<double>& poses, double step_voxels,
          const std::string& device, int num_threads) {
         const VolumeGrid grid = MakeGrid(volume, model_from_voxel);
-        CheckPoses(poses);
-        const std::vector<ConeView> v = UnpackViews(views);
+        const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
-        if (static_cast<int>(v.size()) != n) {
-          throw std::invalid_argument("got " + std::to_string(v.size()) + " views for " +
-                                      std::to_string(n) + " poses: expected one view per pose");
-        }
         RenderOptions options;
         options.device = ParseDevice(device);
         options.num_threads = num_threads;
@@ -153,13 +113,8 @@ void BindRender(nb::module_& m) {
       "project_cone",
       [](const InArray<double>& views, const InArray<double>& poses,
          const InArray<double>& points, const std::string& device) {
-        CheckPoses(poses);
-        const std::vector<ConeView> v = UnpackViews(views);
+        const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
-        if (static_cast<int>(v.size()) != n) {
-          throw std::invalid_argument("got " + std::to_string(v.size()) + " views for " +
-                                      std::to_string(n) + " poses: expected one view per pose");
-        }
         CheckShape(points, "points", {-1, 3});
         const int mcount = static_cast<int>(points.shape(0));
         RenderOptions options;

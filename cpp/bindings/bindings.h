@@ -58,9 +58,14 @@ void CheckShape(const A& a, const char* name, std::initializer_list<long long> e
 Device ParseDevice(const std::string& device);
 
 // Packed cone views: [n, 16] = source xyz, detector centre xyz, u xyz, v xyz, pitch_u,
-// pitch_v, width, height (mm, px).
+// pitch_v, width, height (mm, px). Unpacking checks finite values, positive pitches and whole
+// positive image sizes (errors name `where`); the core validates the geometry itself.
 constexpr int kViewColumns = 16;
+ConeView UnpackViewRow(const double* row, const std::string& where);
+void PackViewRow(const ConeView& view, double* row);
 std::vector<ConeView> UnpackViews(const InArray<double>& views);
+// Views [n, 16] for poses [n, 6]: one view per pose.
+std::vector<ConeView> UnpackViewsForPoses(const InArray<double>& views, const InArray<double>& poses);
 
 void BindRender(nb::module_& m);
 void BindRegistration(nb::module_& m);

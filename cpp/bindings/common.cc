@@ -1,0 +1,82 @@
+// Helpers shared by the binding areas: device names and packed cone views.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+
+namespace fluororeg {
+namespace bindings {
+
+Device ParseDevice(const std::string& device) {
+  if (device == "cpu") return Device::kCpu;
+  if (device == "cuda") return Device::kCuda;
+  throw std::invalid_argument("device '" + device + "' is unknown: expected 'cpu' or 'cuda'");
+}
+
+ConeView UnpackViewRow(const double* r, const std::string& where) {
+  for (int i = 0; i < kViewColumns; ++i) {
+    if (!std::isfinite(r[i])) {
+      throw std::invalid_argument(where + " holds a non-finite value at index " + std::to_string(i));
+    }
+  }
+  ConeView v;
+  for (int c = 0; c < 3; ++c) {
+    v.source[c] = r[c];
+    v.detector_centre[c] = r[3 + c];
+    v.u[c] = r[6 + c];
+    v.v[c] = r[9 + c];
+  }
+  v.pitch_u = r[12];
+  v.pitch_v = r[13];
+  if (!(v.pitch_u > 0) || !(v.pitch_v > 0)) {
+    throw std::invalid_argument(where + ": pixel pitches must be positive, got " +
+                                std::to_string(r[12]) + " and " + std::to_string(r[13]));
+  }
+  for (int c : {14, 15}) {
+    if (!(r[c] >= 1 && r[c] <= 1 << 16) || r[c] != static_cast<int>(r[c])) {
+      throw std::invalid_argument(where + ": image size " + std::to_string(r[c]) +
+                                  " must be a positive whole number of pixels");
+    }
+  }
+  v.width = static_cast<int>(r[14]);
+  v.height = static_cast<int>(r[15]);
+  return v;
+}
+
+void PackViewRow(const ConeView& v, double* r) {
+  for (int c = 0; c < 3; ++c) {
+    r[c] = v.source[c];
+    r[3 + c] = v.detector_centre[c];
+    r[6 + c] = v.u[c];
+    r[9 + c] = v.v[c];
+  }
+  r[12] = v.pitch_u;
+  r[13] = v.pitch_v;
+  r[14] = v.width;
+  r[15] = v.height;
+}
+
+std::vector<ConeView> UnpackViews(const InArray<double>& views) {
+  CheckShape(views, "views", {-1, kViewColumns});
+  const size_t n = views.shape(0);
+  std::vector<ConeView> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = UnpackViewRow(views.data() + kViewColumns * i, "view " + std::to_string(i));
+  }
+  return out;
+}
+
+std::vector<ConeView> UnpackViewsForPoses(const InArray<double>& views, const InArray<double>& poses) {
+  CheckShape(poses, "poses", {-1, 6});
+  std::vector<ConeView> v = UnpackViews(views);
+  const size_t n = poses.shape(0);
+  if (v.size() != n) {
+    throw std::invalid_argument("got " + std::to_string(v.size()) + " views for " +
+                                std::to_string(n) + " poses: expected one view per pose");
+  }
+  return v;
+}
+
+}  // namespace bindings
+}  // namespace fluororeg
