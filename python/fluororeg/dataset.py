@@ -48,7 +48,7 @@ from typing import Iterator
 import numpy as np
 
 from . import render as R
-from .geometry import ParallelCamera, euler_from_matrix, rotation_matrix
+from .geometry import ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "render_samples",
            "DatasetReader", "contact_sheet"]

@@ -36,12 +36,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ._io import atomic_write_text
 
 __all__ = ["Landmarks", "load_landmarks", "save_landmarks", "LANDMARK_EXTENSIONS"]
 
@@ -372,22 +373,6 @@ def _parse_csv(text: str, src: str) -> Tuple[List[str], List[List[float]]]:
 
 
 # ====================================================================== writing
-def _atomic_write(p: Path, text: str) -> None:
-    if not p.parent.is_dir():
-        raise FileNotFoundError(f"folder of {str(p)!r} does not exist: {str(p.parent)!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _fmt(x: float) -> str:
     return repr(float(x))  # shortest round-trip representation
 
@@ -419,7 +404,7 @@ def save_landmarks(path: PathLike, landmarks: Landmarks, coordinate_system: str 
         text = _format_fcsv(landmarks.names, pos, cs)
     else:
         text = _format_csv(landmarks.names, pos, cs)
-    _atomic_write(p, text)
+    atomic_write_text(p, text)
 
 
 def _format_mrk_json(names: Sequence[str], pos: np.ndarray, cs: str) -> str:

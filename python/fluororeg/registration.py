@@ -332,11 +332,8 @@ def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
                            screen_iterations=screen_iterations, num_threads=1)[0]
 
 
-def pose_errors(pose_a, pose_b) -> Tuple[Union[float, np.ndarray], Union[float, np.ndarray]]:
-    """The paper's Eq. 3: (eps_theta deg, eps_tau mm), the infinity norms of the angle
-    differences (each wrapped to [-180, 180)) and translation differences. Poses [6] or
-    [n, 6] (deg, mm); returns floats or [n] arrays."""
-    single = np.ndim(pose_a) == 1 and np.ndim(pose_b) == 1
+def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:
+    """Both pose arguments as [n, 6] arrays of one length (a single pose is repeated)."""
     a = as_poses(pose_a, "pose_a")
     b = as_poses(pose_b, "pose_b")
     if a.shape[0] == 1 and b.shape[0] > 1:
@@ -346,6 +343,15 @@ def pose_errors(pose_a, pose_b) -> Tuple[Union[float, np.ndarray], Union[float, 
     if a.shape != b.shape:
         raise ValueError(f"pose_a has {a.shape[0]} poses and pose_b {b.shape[0]}: expected "
                          "the same number (or one)")
+    return a, b
+
+
+def pose_errors(pose_a, pose_b) -> Tuple[Union[float, np.ndarray], Union[float, np.ndarray]]:
+    """The paper's Eq. 3: (eps_theta deg, eps_tau mm), the infinity norms of the angle
+    differences (each wrapped to [-180, 180)) and translation differences. Poses [6] or
+    [n, 6] (deg, mm); returns floats or [n] arrays."""
+    single = np.ndim(pose_a) == 1 and np.ndim(pose_b) == 1
+    a, b = _paired_poses(pose_a, pose_b)
     e = _core.pose_errors(poses_to_radians(a), poses_to_radians(b))
     et, ep = np.rad2deg(e[:, 0]), e[:, 1]
     return (float(et[0]), float(ep[0])) if single else (et, ep)
@@ -356,14 +362,6 @@ def mean_landmark_distance(landmarks, pose_a, pose_b) -> Union[float, np.ndarray
     ([6] or [n, 6], deg, mm); a float or [n] array."""
     lm = _landmarks(landmarks)
     single = np.ndim(pose_a) == 1 and np.ndim(pose_b) == 1
-    a = as_poses(pose_a, "pose_a")
-    b = as_poses(pose_b, "pose_b")
-    if a.shape[0] == 1 and b.shape[0] > 1:
-        a = np.repeat(a, b.shape[0], axis=0)
-    if b.shape[0] == 1 and a.shape[0] > 1:
-        b = np.repeat(b, a.shape[0], axis=0)
-    if a.shape != b.shape:
-        raise ValueError(f"pose_a has {a.shape[0]} poses and pose_b {b.shape[0]}: expected "
-                         "the same number (or one)")
+    a, b = _paired_poses(pose_a, pose_b)
     d = _core.mean_landmark_distance(lm, poses_to_radians(a), poses_to_radians(b))
     return float(d[0]) if single else d

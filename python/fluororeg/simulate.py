@@ -28,7 +28,7 @@ import numpy as np
 
 from . import render as R
 from .calibration.synthetic import AnalyticDistortion, plate_image
-from .geometry import ConeView, pose_from_matrix, pose_matrix, rotation_matrix
+from .geometry import ConeView, pose_from_matrix, rotation_matrix
 
 __all__ = ["FluoroStyle", "SCENARIOS", "default_dual_views", "motion_sequence", "fluoro_image",
            "simulate_recording"]

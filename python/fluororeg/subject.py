@@ -53,13 +53,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .landmarks import Landmarks, load_landmarks, save_landmarks
 from .volume import Volume, load_volume, save_volume
 
@@ -455,20 +455,6 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
         raise ValueError(f"{src}: {exc}") from exc
 
 
-def _atomic_write_text(p: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        um = os.umask(0)
-        os.umask(um)
-        os.chmod(tmp, 0o666 & ~um)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_subject(subject: Subject, folder: PathLike, ct_filename: str = "ct.nii.gz") -> Path:
     """Write a subject folder: the CT (``ct_filename``), ``landmarks.mrk.json``, ``mask.nii.gz``
     (only for a mask that was not made by thresholding) and ``subject.json`` (written last).
@@ -507,7 +493,7 @@ def save_subject(subject: Subject, folder: PathLike, ct_filename: str = "ct.nii.
         save_volume(subject.mask, root / mask_name)
         spec["mask"] = {"file": mask_name}
     out = root / SUBJECT_FILE
-    _atomic_write_text(out, json.dumps(spec, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(spec, indent=2) + "\n")
     return out
 
 

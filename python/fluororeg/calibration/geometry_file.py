@@ -33,7 +33,7 @@ Loading validates every field and names the offending one in the error.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
