@@ -32,3 +32,21 @@ def test_render_reports_bad_input(tmp_path, capsys):
     assert "missing.nii.gz" in capsys.readouterr().err
     assert main(["render", "--count", "0", "--out", str(tmp_path)]) == 2
     assert "--count 0" in capsys.readouterr().err
+
+
+def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
+    import fluororeg.cli as cli
+    from fluororeg.dataset import DatasetReader
+    from fluororeg.recording import open_recording
+
+    monkeypatch.setattr(cli, "_subject", lambda folder: subject)  # the small headsq subject
+    assert main(["simulate", "--frames", "2", "--size", "128", "--scenario", "static", "--quiet",
+                 "--out", str(tmp_path / "rec")]) == 0
+    assert len(open_recording(tmp_path / "rec")) == 2
+    assert main(["dataset", "--n-train", "6", "--n-test", "2", "--size", "32", "--pixel-mm", "8", "--quiet",
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert len(DatasetReader(tmp_path / "ds", "test")) == 2
+    assert main(["contact-sheet", str(tmp_path / "ds"), "--count", "4"]) == 0
+    assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
+    assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--frames 0" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     fluororeg render [--ct PATH] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
     fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
+    fluororeg simulate [--subject DIR] [--scenario NAME] [--frames N] [--size PX] [--out DIR]
     fluororeg info
 
 ``render`` renders parallel-beam DRRs (the paper's artificial radiographs) of a CT at random
@@ -139,6 +140,23 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import default_dual_views, simulate_recording
+
+    if args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: expected at least 1")
+    if args.size < 64:
+        raise ValueError(f"--size {args.size}: expected at least 64 pixels")
+    subject = _subject(args.subject)
+    views = default_dual_views(args.size, args.size, pitch=307.2 / args.size)  # a 30 cm intensifier
+    t0 = time.perf_counter()
+    out = simulate_recording(subject, args.out, scenario=args.scenario, n_frames=args.frames, views=views,
+                             seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"simulated {args.frames} frame pairs ({args.scenario}) of {subject.name} in "
+          f"{time.perf_counter() - t0:.1f} s -> {out} (ground truth in truth.npz / truth.json)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import fluororeg
 
@@ -182,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None, help="random samples instead of the first ones")
     c.add_argument("--out", help="PNG path (default <dataset>/contact_sheet_<split>.png)")
     c.set_defaults(func=cmd_contact_sheet)
+    from .simulate import SCENARIOS
+
+    sm = sub.add_parser("simulate", help="simulate a dual-fluoroscope recording with ground truth")
+    sm.add_argument("--subject", help="subject folder (default: the example subject)")
+    sm.add_argument("--scenario", choices=sorted(SCENARIOS), default="walking")
+    sm.add_argument("--frames", type=int, default=20)
+    sm.add_argument("--size", type=int, default=512, help="image width and height in pixels (default 512)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    sm.add_argument("--quiet", action="store_true")
+    sm.add_argument("--out", default="out/recording", help="recording folder (default out/recording)")
+    sm.set_defaults(func=cmd_simulate)
     i = sub.add_parser("info", help="version and backends")
     i.set_defaults(func=cmd_info)
     return p
