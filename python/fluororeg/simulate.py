@@ -170,7 +170,7 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
         dist = style.distortion(view.width, view.height)
         # The lab's calibration: a bead plate seen through the same intensifier.
         bead_px = max(3.0, view.width / 200)
-        plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 16.0), radius_px=bead_px,
+        plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 12.0), radius_px=bead_px,
                                distortion=dist, fov_radius=style.fov_radius * view.width, seed=seed + k)
         Image.fromarray(np.clip(plate, 0, 255).astype(np.uint8)).save(out / "calibration" / f"plate_view{k + 1}.png")
         fit = fit_distortion(plate, radius_px=bead_px)
