@@ -18,6 +18,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from ..plots import plot_curves
+
 
 def require_torch():
     """Import torch or raise a clear error naming the extra to install."""
@@ -81,67 +83,6 @@ class TrainLog:
         if self.plot_path is None:
             return None
         return plot_curves(self.rows(), x, ys, self.plot_path, log_y=log_y, title=title)
-
-
-def plot_curves(rows: list[dict], x: str, ys: list[str], path, *, log_y: bool = True, title: str = "",
-                size: tuple[int, int] = (720, 420)) -> Path:
-    """A small line plot of CSV rows as PNG (axes, ticks, legend), drawn with Pillow."""
-    import math
-
-    from PIL import Image, ImageDraw
-
-    W, H = size
-    left, right, top, bottom = 70, 20, 30, 40
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-    series = []
-    for y in ys:
-        pts = []
-        for r in rows:
-            try:
-                xv, yv = float(r[x]), float(r[y])
-            except (KeyError, ValueError, TypeError):
-                continue
-            if math.isfinite(xv) and math.isfinite(yv) and (yv > 0 or not log_y):
-                pts.append((xv, math.log10(yv) if log_y else yv))
-        series.append(pts)
-    allp = [p for s in series for p in s]
-    d.text((left, 8), title, fill="black")
-    if not allp:
-        d.text((W // 2 - 40, H // 2), "no data yet", fill="black")
-    else:
-        x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
-        y0, y1 = min(p[1] for p in allp), max(p[1] for p in allp)
-        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-        def to_px(px, py):
-            return (left + (px - x0) / (x1 - x0) * (W - left - right),
-                    H - bottom - (py - y0) / (y1 - y0) * (H - top - bottom))
-
-        d.rectangle([left, top, W - right, H - bottom], outline="black")
-        for k in range(5):
-            yv = y0 + (y1 - y0) * k / 4
-            _, py = to_px(x0, yv)
-            d.line([left - 4, py, left, py], fill="black")
-            d.text((4, py - 6), f"1e{yv:.2f}" if log_y else f"{yv:.3g}", fill="black")
-            xv = x0 + (x1 - x0) * k / 4
-            px, _ = to_px(xv, y0)
-            d.line([px, H - bottom, px, H - bottom + 4], fill="black")
-            d.text((px - 12, H - bottom + 6), f"{xv:.3g}", fill="black")
-        d.text((W // 2 - 20, H - 14), x, fill="black")
-        for k, (name, pts) in enumerate(zip(ys, series)):
-            col = colours[k % len(colours)]
-            if len(pts) > 1:
-                d.line([to_px(*p) for p in pts], fill=col, width=2)
-            elif pts:
-                px, py = to_px(*pts[0])
-                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
-            d.text((W - right - 150, top + 6 + 14 * k), name, fill=col)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
 
 
 class GracefulStop:
