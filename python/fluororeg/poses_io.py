@@ -1,0 +1,121 @@
+"""Pose files: the per-frame registration CSV and Autoscoper's ``.tra`` export.
+
+CSV columns (one row per frame; a frame that could not be registered keeps its row with empty
+pose fields and its status, it is never invented)::
+
+    frame, status, theta_x_deg, theta_y_deg, theta_z_deg, tau_x_mm, tau_y_mm, tau_z_mm,
+    m00 .. m33 (world_from_model, row-major), objective, rms_mm_view1, rms_mm_view2,
+    rms_px_view1, rms_px_view2, n_vis, mirror_case
+
+``.tra`` (Autoscoper): one line per frame, the 16 values of the 4x4 world_from_model matrix
+in column-major (OpenGL) order separated by commas, as Autoscoper saves tracking "as matrix,
+as rows, with commas"; millimetres; frames without a pose are written as 16 NaN values.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write_text
+
+__all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "write_tra", "read_tra"]
+
+POSE_COLUMNS = (["frame", "status", "theta_x_deg", "theta_y_deg", "theta_z_deg", "tau_x_mm", "tau_y_mm",
+                 "tau_z_mm"] + [f"m{r}{c}" for r in range(4) for c in range(4)]
+                + ["objective", "rms_mm_view1", "rms_mm_view2", "rms_px_view1", "rms_px_view2", "n_vis",
+                   "mirror_case"])
+
+
+def _fmt(v) -> str:
+    v = float(v)
+    return "" if not math.isfinite(v) else repr(v)
+
+
+def write_poses_csv(path, frames, status, poses, matrices, objective, rms_mm, rms_px, n_vis, mirror_case) -> Path:
+    """Write the registration CSV (arrays of one length F: poses [F, 6] deg / mm, matrices
+    [F, 4, 4], rms_* [F, 2]; NaN values become empty fields)."""
+    rows = [",".join(POSE_COLUMNS)]
+    F = len(frames)
+    for name, arr, shape in (("poses", poses, (F, 6)), ("matrices", matrices, (F, 4, 4)), ("rms_mm", rms_mm, (F, 2)),
+                             ("rms_px", rms_px, (F, 2))):
+        if np.shape(arr) != shape:
+            raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
+    for i in range(F):
+        vals = ([str(int(frames[i])), str(status[i])] + [_fmt(v) for v in poses[i]]
+                + [_fmt(v) for v in np.asarray(matrices[i]).ravel()] + [_fmt(objective[i])]
+                + [_fmt(v) for v in rms_mm[i]] + [_fmt(v) for v in rms_px[i]]
+                + [str(int(n_vis[i])), str(int(mirror_case[i]))])
+        rows.append(",".join(vals))
+    path = Path(path)
+    atomic_write_text(path, "\n".join(rows) + "\n")
+    return path
+
+
+def read_poses_csv(path) -> dict[str, np.ndarray]:
+    """Read a registration CSV into arrays: frame [F], status [F] (str), poses [F, 6],
+    matrices [F, 4, 4], objective [F], rms_mm [F, 2], rms_px [F, 2], n_vis [F],
+    mirror_case [F] (missing values as NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pose file '{path}' does not exist")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in POSE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"'{path}' lacks the columns {missing}: not a fluororeg pose file")
+        rows = list(reader)
+
+    def col(name):
+        try:
+            return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
+        except ValueError as exc:
+            raise ValueError(f"'{path}': column {name} holds a non-number ({exc})") from None
+
+    F = len(rows)
+    return {
+        "frame": col("frame").astype(int),
+        "status": np.array([r["status"] for r in rows]),
+        "poses": np.stack([col(c) for c in POSE_COLUMNS[2:8]], axis=1) if F else np.zeros((0, 6)),
+        "matrices": (np.stack([col(f"m{r}{c}") for r in range(4) for c in range(4)], axis=1).reshape(F, 4, 4)
+                     if F else np.zeros((0, 4, 4))),
+        "objective": col("objective"),
+        "rms_mm": np.stack([col("rms_mm_view1"), col("rms_mm_view2")], axis=1) if F else np.zeros((0, 2)),
+        "rms_px": np.stack([col("rms_px_view1"), col("rms_px_view2")], axis=1) if F else np.zeros((0, 2)),
+        "n_vis": col("n_vis").astype(int),
+        "mirror_case": col("mirror_case").astype(int),
+    }
+
+
+def write_tra(path, matrices) -> Path:
+    """Autoscoper .tra: matrices [F, 4, 4] (NaN for frames without a pose)."""
+    M = np.asarray(matrices, dtype=np.float64)
+    if M.ndim != 3 or M.shape[1:] != (4, 4):
+        raise ValueError(f"matrices has shape {M.shape}, expected (F, 4, 4)")
+    lines = [",".join("NaN" if not math.isfinite(v) else repr(float(v)) for v in m.T.ravel()) for m in M]
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_tra(path) -> np.ndarray:
+    """Read an Autoscoper .tra file (16 comma- or space-separated values per line) as [F, 4, 4]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tra file '{path}' does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 16:
+            raise ValueError(f"'{path}' line {n}: {len(parts)} values, expected 16")
+        try:
+            vals = np.array([float(p) for p in parts])
+        except ValueError:
+            raise ValueError(f"'{path}' line {n}: not all values are numbers") from None
+        out.append(vals.reshape(4, 4).T)
+    return np.array(out).reshape(-1, 4, 4)

@@ -1,0 +1,70 @@
+"""Evaluation (Eq. 3), pose files (CSV, Autoscoper .tra) and plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fluororeg.evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
+from fluororeg.geometry import pose_matrix
+from fluororeg.poses_io import read_poses_csv, read_tra, write_poses_csv, write_tra
+
+
+def test_eq3_errors_and_summary(tmp_path):
+    ref = np.array([[0, 0, 0, 0, 0, 0], [10, 20, 30, 1, 2, 3], [179, 0, 0, 0, 0, 0], [0, 0, 0, 5, 5, 5]], float)
+    est = ref.copy()
+    est[0] += [1.0, -2.0, 0.5, 0.1, -0.3, 0.2]
+    est[1] += [0.0, 0.0, 0.0, 4.0, 0.0, 0.0]
+    est[2, 0] = -179.0  # 2 deg apart across the wrap
+    est[3] = np.nan     # not registered
+    landmarks = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+    ev = evaluate_poses(est, ref, landmarks=landmarks)
+    np.testing.assert_allclose(ev.angle_err_deg[:3], [2.0, 0.0, 2.0], atol=1e-9)
+    np.testing.assert_allclose(ev.position_err_mm[:3], [0.3, 4.0, 0.0], atol=1e-9)
+    assert np.isnan(ev.angle_err_deg[3]) and ev.registered.sum() == 3
+    np.testing.assert_allclose(ev.landmark_err_mm[1], 4.0, atol=1e-9)  # pure translation
+    s = ev.summary()
+    assert s["frames"] == 4 and s["registered"] == 3
+    np.testing.assert_allclose(s["angle_err_deg_mean"], 4 / 3)
+    np.testing.assert_allclose(s["angle_err_deg_sd"], np.std([2, 0, 2], ddof=1))
+    paths = write_evaluation(ev, tmp_path)
+    assert json.loads(paths["summary"].read_text())["registered"] == 3
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[0].startswith("frame,angle_err_deg") and lines[4] == "3,,,"
+    assert paths["plot"].stat().st_size > 0
+    bar = recordings_bar_chart({"walking": s, "flexion": s}, tmp_path / "bars.png")
+    assert bar.exists()
+    with pytest.raises(ValueError, match="same frames"):
+        evaluate_poses(est[:2], ref)
+
+
+def test_pose_csv_and_tra_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    poses = np.concatenate([rng.uniform(-30, 30, (3, 3)), rng.uniform(-50, 50, (3, 3))], axis=1)
+    poses[1] = np.nan
+    M = pose_matrix(np.nan_to_num(poses))
+    M[1] = np.nan
+    status = np.array(["ok", "too_few_landmarks", "ok"])
+    write_poses_csv(tmp_path / "p.csv", [0, 1, 2], status, poses, M, [1.5, np.nan, 2.5],
+                    np.ones((3, 2)), 2 * np.ones((3, 2)), [30, 2, 31], [0, -1, 3])
+    back = read_poses_csv(tmp_path / "p.csv")
+    np.testing.assert_array_equal(back["status"], status)
+    np.testing.assert_array_equal(back["poses"], poses)
+    np.testing.assert_array_equal(back["matrices"], M)
+    np.testing.assert_array_equal(back["mirror_case"], [0, -1, 3])
+    write_tra(tmp_path / "p.tra", M)
+    np.testing.assert_array_equal(read_tra(tmp_path / "p.tra"), M)
+    first = (tmp_path / "p.tra").read_text().splitlines()[0].split(",")
+    assert float(first[12]) == M[0, 0, 3]  # column-major: the translation is values 13..15
+    assert (tmp_path / "p.tra").read_text().splitlines()[1].count("NaN") == 16
+    (tmp_path / "bad.tra").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match="3 values, expected 16"):
+        read_tra(tmp_path / "bad.tra")
+    (tmp_path / "bad.csv").write_text("frame,x\n1,2\n")
+    with pytest.raises(ValueError, match="not a fluororeg pose file"):
+        read_poses_csv(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="poses has shape"):
+        write_poses_csv(tmp_path / "q.csv", [0], ["ok"], np.zeros((2, 6)), M[:1], [0], np.ones((1, 2)),
+                        np.ones((1, 2)), [4], [0])
