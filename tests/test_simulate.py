@@ -142,3 +142,26 @@ def test_recording_from_multipage_tiff_and_errors(recording, tmp_path):
     write_recording_manifest(tmp_path, views=("v0.tif", "v1.tif"), geometry=str(recording / "geometry.json"), frames=5)
     with pytest.raises(ValueError, match="says 5 frames"):
         open_recording(tmp_path)
+
+
+def test_overlays_show_landmarks_and_outline(subject, recording, tmp_path):
+    from fluororeg.overlay import DETECTED_RGB, LANDMARK_RGB, OUTLINE_RGB, overlay_frame, overlay_pair, save_overlay_gif
+
+    rec = open_recording(recording)
+    truth = np.load(recording / "truth.npz")
+    geo = rec.geometry
+    a, b = rec.frame(0)
+    img = overlay_frame(a, subject, geo.views[0], truth["poses"][0], distortion=geo.distortion[0],
+                        detected=truth["landmarks_image_px"][0, 0])
+    assert img.shape == (192, 192, 3)
+    for colour in (LANDMARK_RGB, OUTLINE_RGB, DETECTED_RGB):
+        assert (img == colour).all(axis=-1).any(), colour
+    none = overlay_frame(a, subject, geo.views[0], np.full(6, np.nan))
+    assert not (none == LANDMARK_RGB).all(axis=-1).any()  # no pose, nothing projected
+    pair = overlay_pair([a, b], subject, geo.views, truth["poses"][0], distortion=geo.distortion)
+    assert pair.shape[1] == 2 * 192 + 8
+    gif = save_overlay_gif([pair, pair], tmp_path / "o.gif")
+    from PIL import Image
+    assert Image.open(gif).n_frames == 2
+    with pytest.raises(ValueError, match="the view is 192 x 192"):
+        overlay_frame(np.zeros((10, 10)), subject, geo.views[0], truth["poses"][0])
