@@ -160,7 +160,8 @@ def test_overlays_show_landmarks_and_outline(subject, recording, tmp_path):
     assert not (none == LANDMARK_RGB).all(axis=-1).any()  # no pose, nothing projected
     pair = overlay_pair([a, b], subject, geo.views, truth["poses"][0], distortion=geo.distortion)
     assert pair.shape[1] == 2 * 192 + 8
-    gif = save_overlay_gif([pair, pair], tmp_path / "o.gif")
+    pair2 = overlay_pair(list(rec.frame(1)), subject, geo.views, truth["poses"][1], distortion=geo.distortion)
+    gif = save_overlay_gif([pair, pair2], tmp_path / "o.gif")
     from PIL import Image
     assert Image.open(gif).n_frames == 2
     with pytest.raises(ValueError, match="the view is 192 x 192"):
