@@ -1,0 +1,46 @@
+"""Temporal smoothing of a pose sequence, as labs low-pass filter kinematics.
+
+:func:`smooth_poses` applies a zero-phase Butterworth low-pass filter (``scipy.signal.
+filtfilt``) to each of the six pose components over time. Angles are unwrapped first, so a
+pose crossing +-180 degrees does not jump. Frames without a pose (NaN rows) stay without a
+pose: for filtering they are bridged by linear interpolation between their neighbours, and
+their rows are NaN again afterwards, so smoothing never invents a registration.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["smooth_poses"]
+
+
+def smooth_poses(poses, cutoff_hz: float, fps: float, *, order: int = 4) -> np.ndarray:
+    """Low-pass filtered poses [F, 6] (deg, mm); ``cutoff_hz`` must lie below fps / 2."""
+    from scipy.signal import butter, filtfilt
+
+    P = np.asarray(poses, dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] != 6:
+        raise ValueError(f"poses has shape {P.shape}, expected (F, 6)")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    if not (np.isfinite(cutoff_hz) and 0 < cutoff_hz < fps / 2):
+        raise ValueError(f"cutoff_hz = {cutoff_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
+    if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
+        raise ValueError(f"order = {order!r}: expected an integer in 1..8")
+    ok = np.all(np.isfinite(P), axis=1)
+    out = np.full_like(P, np.nan)
+    b, a = butter(order, cutoff_hz / (fps / 2))
+    pad = 3 * max(len(a), len(b))
+    if ok.sum() <= pad:
+        raise ValueError(f"only {int(ok.sum())} frames have a pose: filtering needs more than {pad}")
+    t = np.arange(len(P))
+    filled = np.empty_like(P)
+    for c in range(6):
+        v = P[ok, c]
+        if c < 3:
+            v = np.rad2deg(np.unwrap(np.deg2rad(v)))
+        filled[:, c] = np.interp(t, t[ok], v)
+    smooth = filtfilt(b, a, filled, axis=0)
+    smooth[:, :3] = (smooth[:, :3] + 180.0) % 360.0 - 180.0
+    out[ok] = smooth[ok]
+    return out
