@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -134,7 +135,7 @@ class StyleConfig:
         n_const = total - n_decay
         if step < n_const or n_decay == 0:
             return self.lr
-        return self.lr * (1.0 - (step - n_const) / (n_decay + 1))
+        return self.lr * (1.0 - (step - n_const + 1) / (n_decay + 1))
 
 
 PRESETS = {
@@ -343,7 +344,8 @@ def _check_resume(saved: dict, config: StyleConfig, path: Path) -> None:
 
 
 def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = StyleConfig(), *,
-                resume: bool = True, progress: bool = True, max_steps: int | None = None) -> dict:
+                resume: bool = True, progress: bool = True, max_steps: int | None = None,
+                num_threads: int | None = None) -> dict:
     """Train the style translator (see the module docstring).
 
     ``xray_source``: uint8 crops [n, S, S] (S = ``config.image_size``), or anything
@@ -353,14 +355,28 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
     ``resume`` an existing ``checkpoint_last.pt`` there is continued (same architecture; the
     config's other settings, e.g. more steps, apply), without it an existing checkpoint is an
     error. ``max_steps``: stop after this many steps in this call (the schedule still follows
-    the config). Returns a summary dict (``step``, ``total_steps``, ``stopped``,
+    the config). ``num_threads``: torch CPU threads for this call (default: torch's; 1 is
+    much faster for small networks on a busy machine). Returns a summary dict (``step``, ``total_steps``, ``stopped``,
     ``checkpoint``, ``samples_per_s``, ``last`` log row).
     """
     torch = require_torch()
-    from tqdm import tqdm
-
     if not isinstance(config, StyleConfig):
         raise TypeError(f"config must be a StyleConfig, got {type(config).__name__}")
+    if num_threads is None:
+        return _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps)
+    if not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise ValueError(f"num_threads {num_threads!r}: expected None or an integer >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        return _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps) -> dict:
+    from tqdm import tqdm
+
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint_last.pt"
     if ckpt_path.exists() and not resume:
@@ -546,8 +562,14 @@ def export_generators(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tup
                                  "norm": "instance", "padding": "reflection"},
                 "training_step": str(int(saved["step"]))}
         example = torch.zeros(1, 1, S, S)
-        out.append(export_onnx(gen, example, Path(out_dir) / f"{direction}.onnx", meta, input_name="image",
-                               output_names=("translated",), opset=opset))
+        with warnings.catch_warnings():
+            # instance norm always normalises with the input's own statistics (no running
+            # statistics): exporting it "with train=True" is what it does in eval mode too
+            warnings.filterwarnings("ignore", message=".*instance_norm.*")
+            warnings.filterwarnings("ignore", message=".*Constant folding.*")
+            warnings.filterwarnings("ignore", message=".*Converting a tensor to a Python boolean.*")
+            out.append(export_onnx(gen, example, Path(out_dir) / f"{direction}.onnx", meta, input_name="image",
+                                   output_names=("translated",), opset=opset))
     return out[0], out[1]
 
 

@@ -20,9 +20,10 @@ landmarks on:
    the frame (the outside is filled, see 3.).
 3. **Crop** (:func:`crop_frame`): the box is resampled (area-aware bilinear, Pillow) to
    ``size`` x ``size``; intensities inside the FOV are stretched from their 0.5th to 99.5th
-   percentile onto [0, 255] (each DRR is windowed per image too); pixels outside the FOV or
-   the frame become 255 (white: "nothing attenuates", which a generator maps to the black
-   DRR background). Output uint8.
+   percentile onto [0, 255] (each DRR is windowed per image too); pixels outside the FOV (less
+   its rim: 1 px + 1 % of the radius, where intensifiers fade to dark) or the frame become
+   255 (white: "nothing attenuates", which a generator maps to the black DRR background).
+   Output uint8.
 
 **Polarity**: crops keep the fluoroscopic polarity - bone and tissue dark, air bright - while
 the DRR images show attenuation bright. The X-ray -> DRR generator learns the inversion; the
@@ -228,7 +229,10 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
     if not isinstance(box, CropBox):
         raise TypeError(f"box {box!r}: expected a CropBox")
     H, W = img.shape
-    inside = fov.mask(img.shape) if fov is not None else np.ones(img.shape, bool)
+    if fov is not None:  # leave out the FOV's dark rim (1 px + 1 % of the radius)
+        inside = FieldOfView(fov.cx, fov.cy, fov.radius * 0.99 - 1.0).mask(img.shape)
+    else:
+        inside = np.ones(img.shape, bool)
     if normalise:
         vals = img[inside]
         lo, hi = np.percentile(vals, percentiles) if vals.size else (0.0, 255.0)
