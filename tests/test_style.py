@@ -283,6 +283,12 @@ def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_p
     assert load_checkpoint(run / "checkpoint_last.pt")["step"] == 45
     steps = [int(r["step"]) for r in TrainLog(run).rows()]
     assert steps[-2:] == [40, 45]
+    # rows logged after the last checkpoint (a crash in between) are dropped on resume
+    with (run / "log.csv").open("a") as f:
+        f.write("50,9,0.1,1,1,1,1,1,1,1,1\n")
+    train_style(recording, drr_root, run, tiny_config(steps=60), max_steps=5, progress=False)
+    steps = [int(r["step"]) for r in TrainLog(run).rows()]
+    assert steps[-3:] == [40, 45, 50] and len(steps) == len(set(steps))
     with pytest.raises(FileExistsError, match="resume=True"):
         train_style(recording, drr_root, run, tiny_config(), resume=False, progress=False)
     with pytest.raises(ValueError, match="architecture differs"):

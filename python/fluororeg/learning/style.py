@@ -49,8 +49,8 @@ import numpy as np
 
 from .common import GracefulStop, TrainLog, load_checkpoint, require_torch, save_checkpoint
 
-__all__ = ["StyleConfig", "PRESETS", "ResnetGenerator", "PatchDiscriminator", "ImagePool", "content_loss",
-           "train_style", "export_generators", "StyleTranslator", "DIRECTIONS", "INPUT_NORMALISATION"]
+__all__ = ["StyleConfig", "PRESETS", "ResnetGenerator", "PatchDiscriminator", "ImagePool", "content_loss", "build_networks",
+           "train_style", "load_generators", "export_generators", "StyleTranslator", "DIRECTIONS", "INPUT_NORMALISATION"]
 
 DIRECTIONS = ("xray_to_drr", "drr_to_xray")
 INPUT_NORMALISATION = "x / 127.5 - 1 (grey levels [0, 255] -> [-1, 1])"
@@ -356,8 +356,8 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
     config's other settings, e.g. more steps, apply), without it an existing checkpoint is an
     error. ``max_steps``: stop after this many steps in this call (the schedule still follows
     the config). ``num_threads``: torch CPU threads for this call (default: torch's; 1 is
-    much faster for small networks on a busy machine). Returns a summary dict (``step``, ``total_steps``, ``stopped``,
-    ``checkpoint``, ``samples_per_s``, ``last`` log row).
+    much faster for small networks on a busy machine). Returns a summary dict (``step``,
+    ``total_steps``, ``stopped``, ``checkpoint``, ``samples_per_s``, ``last`` log row).
     """
     torch = require_torch()
     if not isinstance(config, StyleConfig):
@@ -419,6 +419,16 @@ def _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progre
     if saved is None and log.path.exists():
         log.path.unlink()  # a log without a checkpoint belongs to a run that never checkpointed
         log = TrainLog(run_dir)
+    elif saved is not None and log.path.exists():
+        rows = log.rows()  # drop rows logged after the checkpoint (a crash between the two)
+        keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        if len(keep) != len(rows):
+            import csv
+
+            with log.path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=log.columns)
+                writer.writeheader()
+                writer.writerows(keep)
 
     def checkpoint():
         save_checkpoint(ckpt_path, {
