@@ -74,7 +74,7 @@ class DetectorConfig:
     val_fraction: float = 0.05
     mirror_loss: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    time_limit_minutes: float = 0.0      # 0: no limit (stops after the epoch that crosses it)
+    time_limit_minutes: float = 0.0      # 0: no limit (else training stops when its time reaches it)
     max_train_samples: int = 0           # 0: all of the training split (after the validation share)
     seed: int = 0
     num_threads: int = 0                 # 0: torch's default
@@ -126,12 +126,13 @@ PRESETS = {
     # the paper's plain training).
     "paper": dict(arch="resnet", width=64, input_size=128, epochs=300, batch_size=32, lr=1e-3,
                   schedule="constant", patience=20),
-    # CPU preset: a narrow heatmap network on 64 x 64 inputs (pre-shrunk once in memory), larger
-    # batches, one-cycle learning rate, light augmentation, mirror-tolerant loss; a time limit
-    # of 20 minutes. See benchmarks/bench_training.py for its measured curve.
-    "fast": dict(arch="heatmap", width=32, input_size=64, heatmap_stride=2, epochs=24, batch_size=32,
-                 lr=2e-3, weight_decay=1e-4, schedule="onecycle", patience=1000,
-                 augment=AugmentConfig.light(), time_limit_minutes=20.0, channels_last=False),
+    # CPU preset: a narrow heatmap network on 64 x 64 inputs (pre-shrunk once in memory), a
+    # one-cycle learning rate driven by the 20-minute time limit (so the run ends annealed on a
+    # slow or busy machine), light augmentation, mirror-tolerant loss. See
+    # benchmarks/bench_training.py for its measured curve.
+    "fast": dict(arch="heatmap", width=32, input_size=64, heatmap_stride=4, epochs=60, batch_size=32,
+                 lr=2e-3, weight_decay=1e-4, schedule="onecycle", patience=1000, mirror_loss=True,
+                 augment=AugmentConfig.light(), time_limit_minutes=20.0),
 }
 
 
@@ -340,13 +341,24 @@ class TrainResult:
 
 
 def _make_optimiser(torch, model, config, steps_per_epoch):
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = None
-    if config.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, epochs=config.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15,
-                                                    div_factor=10.0, final_div_factor=100.0)
-    return opt, sched
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduled_lr(config, step, steps_per_epoch, train_seconds) -> float:
+    """The learning rate of ``config.schedule``. 'onecycle': linear warm-up from lr/10 to lr over
+    the first 15 % of the run, then cosine decay to lr/1000; the run's progress is the larger of
+    its step fraction and, with a time limit, its training-time fraction, so a run cut by its
+    time limit still ends annealed whatever the machine's speed."""
+    if config.schedule == "constant":
+        return config.lr
+    progress = step / max(1, config.epochs * steps_per_epoch)
+    if config.time_limit_minutes > 0:
+        progress = max(progress, train_seconds / (60 * config.time_limit_minutes))
+    progress = min(progress, 1.0)
+    if progress < 0.15:
+        return config.lr * (0.1 + 0.9 * progress / 0.15)
+    t = (progress - 0.15) / 0.85
+    return config.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def _to_input(torch, images_u8, config):
@@ -418,8 +430,8 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     split minus a validation share (augmented), evaluate the validation share, log a CSV row
     (``log.csv``) and redraw ``losses.png``, save ``checkpoint_last.pt`` and, when the
     validation loss improves, ``checkpoint_best.pt``. Stops after ``config.epochs``, after
-    ``patience`` epochs without improvement, after the epoch that crosses
-    ``time_limit_minutes`` of training time (cumulative over resumes), or on Ctrl-C (saves,
+    ``patience`` epochs without improvement, when its training time (cumulative over resumes)
+    reaches ``time_limit_minutes`` (the last, partial epoch is evaluated and logged), or on Ctrl-C (saves,
     then returns with ``interrupted=True``); running again resumes from ``checkpoint_last.pt``
     (``resume=False`` starts over). ``on_epoch_end(row, model)`` is called after each epoch
     (e.g. to evaluate the test split for a curve; its time is not counted as training time).
@@ -483,7 +495,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(tr_img) // config.batch_size)
-    opt, sched = _make_optimiser(torch, model, config, steps_per_epoch)
+    opt = _make_optimiser(torch, model, config, steps_per_epoch)
     perm_t = torch.from_numpy(perm) if config.mirror_loss else None
     gen = torch.Generator().manual_seed(config.seed + 1)
 
@@ -492,8 +504,6 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
         epoch, step = state["epoch"], state["step"]
         best_val, best_epoch, bad = state["best_val_loss"], state["best_epoch"], state["bad_epochs"]
         train_seconds = state["train_seconds"]
@@ -509,7 +519,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
             "kind": DETECTOR_KIND, "config": config.to_json(), "landmark_names": names,
             "pairs": meta.get("pairs", []), "subject_fingerprint": meta["subject_fingerprint"],
             "dataset_image_size": ds_size, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch, "step": step,
+            "epoch": epoch, "step": step,
             "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad,
             "train_seconds": train_seconds, "generator": gen.get_state(), "history": history,
         })
@@ -536,13 +546,14 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                 x = x * 2.0 - 1.0
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                lr = _scheduled_lr(config, step, steps_per_epoch, train_seconds + time.perf_counter() - t0)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 pred, _ = model(x)
                 loss = _masked_loss(torch, pred, y, vis, perm_t).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if sched is not None:
-                    sched.step()
                 step += 1
                 losses.append(float(loss.detach()))
                 if b % 10 == 0:
@@ -550,6 +561,8 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                 if stopper.stop_requested:
                     interrupted = True
                     break
+                if config.time_limit_minutes > 0 and train_seconds + time.perf_counter() - t0 >= 60 * config.time_limit_minutes:
+                    break  # the time limit ends the run inside an epoch too
             bar.close()
             train_seconds += time.perf_counter() - t0
             if interrupted and b < steps_per_epoch - 1:
