@@ -1,0 +1,216 @@
+"""Registering a whole recording: frames -> crops -> style translation -> landmark detection
+-> point undistortion -> Eq. 2 registration, one row per frame.
+
+For every frame of both views (:mod:`fluororeg.recording`):
+
+1. Crop: a square around the field-of-view centre whose pixel size at the subject matches
+   the artificial dataset's (``crop_pixel_mm``, 2 mm by default): the side in frame pixels is
+   ``size * crop_pixel_mm / (pitch * SOD / SDD)`` with SOD the source-to-system-centre
+   distance. Outside the frame and the circular field of view the crop is filled with the
+   open-field grey (air), resampled to the detector's input size.
+2. Style: ``'translate'`` runs the X-ray-to-DRR generator (the paper's method); ``'invert'``
+   only flips grey levels (bone bright, as in DRRs); ``'none'`` feeds the X-ray as it is.
+3. Detect: landmarks in crop pixels and a confidence each, mapped back to frame pixels.
+4. Undistort the detected points with the view's distortion model from the geometry file
+   (cheaper than resampling the images, and equivalent).
+5. Register all frames with the C++ batch solver (four mirror cases, robust loss), or frame
+   after frame from the previous pose (``init='previous'``); optional low-pass smoothing.
+
+Detections are saved per chunk of frames under ``<out>/detections/``, so an interrupted run
+resumes where it stopped; ``<out>/poses.csv`` and ``<out>/poses.tra`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import ConeView, system_centre
+
+__all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "detect_recording", "register_recording"]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    style: str = "translate"          # 'translate' | 'invert' | 'none'
+    crop_pixel_mm: float = 2.0        # crop pixel size at the subject (the dataset's pixel_mm)
+    mode: str = "least_squares"       # Eq. 2 form: 'least_squares' | 'frobenius'
+    loss: str | None = "cauchy"       # robust loss against wild detections (None, 'huber', 'cauchy')
+    loss_scale_mm: float = 3.0
+    mirror: bool = True               # the paper's four-case mirror strategy
+    min_visible: int = 6              # fewer landmarks in both fields of view: not registrable
+    min_confidence: float = 0.0       # detections below this confidence are dropped
+    use_confidence_weights: bool = True
+    init: str = "paper"               # 'paper' (system centre, theta 0) | 'previous'
+    smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs fps
+    fps: float | None = None
+    chunk: int = 32                   # frames per detection chunk (resume granularity)
+    num_threads: int = 0
+
+    def __post_init__(self):
+        if self.style not in ("translate", "invert", "none"):
+            raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'invert' or 'none'")
+        if self.init not in ("paper", "previous"):
+            raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
+        if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
+            raise ValueError(f"crop_pixel_mm = {self.crop_pixel_mm!r}: expected a positive size in mm")
+        if not (isinstance(self.chunk, int) and self.chunk >= 1):
+            raise ValueError(f"chunk = {self.chunk!r}: expected an integer >= 1")
+        if self.smoothing_hz is not None and self.fps is None:
+            raise ValueError("smoothing_hz needs fps (the recording's frame rate)")
+
+
+@dataclass
+class RecordingResult:
+    frames: np.ndarray         # [F]
+    poses: np.ndarray          # [F, 6] deg, mm (NaN: not registered)
+    status: np.ndarray         # [F] str
+    batch: object              # fluororeg.registration.BatchResult
+    detections: np.ndarray     # [F, 2, N, 2] undistorted frame px (NaN: not detected)
+    confidence: np.ndarray     # [F, 2, N]
+    seconds: float             # wall-clock of the whole run
+    out_dir: Path | None = None
+
+    @property
+    def frames_per_s(self) -> float:
+        return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
+    """The square crop (a :class:`~fluororeg.learning.xray_domain.CropBox`) of ``size`` px
+    centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
+    from .learning.xray_domain import CropBox
+
+    sdd = view.source_detector_distance
+    sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
+    frame_px_at_object = view.pitch_u * sod / sdd
+    side = size * pixel_mm / frame_px_at_object
+    cx, cy = centre_px
+    return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
+
+
+def _crops(recording, frames, k: int, boxes, fovs, size: int):
+    from .learning.xray_domain import crop_frame
+
+    out = np.empty((len(frames), size, size), np.uint8)
+    for j, f in enumerate(frames):
+        img = recording.sequences[k][int(f)]
+        out[j] = crop_frame(img, boxes[k], fov=fovs[k])
+    return out
+
+
+def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
+                     frames=None, *, out_dir=None, progress: bool = True):
+    """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N]."""
+    from tqdm import tqdm
+
+    from .learning.xray_domain import detect_fov
+
+    if options.style == "translate" and translator is None:
+        raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
+    views = recording.geometry.views
+    frames = np.arange(len(recording)) if frames is None else np.asarray(frames)
+    # Crops at the translator's size (the detector resamples to its own input size).
+    size = translator.input_size[0] if options.style == "translate" else detector.input_size[0]
+    centre = system_centre(views)
+    first = recording.frame(int(frames[0])) if len(frames) else recording.frame(0)
+    fovs, boxes = [], []
+    for k in range(2):
+        fov = detect_fov(first[k])
+        fovs.append(fov)
+        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
+        boxes.append(crop_box_for_view(views[k], c, size, options.crop_pixel_mm, centre))
+    N = len(detector.landmark_names)
+    det = np.full((len(frames), 2, N, 2), np.nan)
+    conf = np.zeros((len(frames), 2, N))
+    chunk_dir = Path(out_dir) / "detections" if out_dir is not None else None
+    if chunk_dir is not None:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
+    for c0 in range(0, len(frames), options.chunk):
+        sel = frames[c0:c0 + options.chunk]
+        path = chunk_dir / f"chunk_{int(sel[0]):06d}_{int(sel[-1]):06d}.npz" if chunk_dir is not None else None
+        if path is not None and path.exists():
+            saved = np.load(path)
+            det[c0:c0 + len(sel)], conf[c0:c0 + len(sel)] = saved["detections"], saved["confidence"]
+            bar.update(len(sel))
+            continue
+        for k in range(2):
+            crops = _crops(recording, sel, k, boxes, fovs, size)
+            if options.style == "translate":
+                crops = translator.translate(crops)
+            elif options.style == "invert":
+                crops = 255 - crops
+            xy, cf = detector.detect(crops)
+            xy = boxes[k].to_frame(xy)  # raw (distorted) frame pixels
+            view = views[k]
+            keep = (cf >= options.min_confidence) & (xy[..., 0] >= -0.5) & (xy[..., 0] < view.width - 0.5) \
+                & (xy[..., 1] >= -0.5) & (xy[..., 1] < view.height - 0.5)
+            if fovs[k] is not None:  # only inside the intensifier's circular field of view
+                keep &= np.hypot(xy[..., 0] - fovs[k].cx, xy[..., 1] - fovs[k].cy) <= fovs[k].radius
+            model = recording.geometry.distortion[k] if recording.geometry.distortion else None
+            if model is not None:
+                xy = model.undistort_points(xy.reshape(-1, 2)).reshape(xy.shape)
+            xy[~keep] = np.nan
+            det[c0:c0 + len(sel), k], conf[c0:c0 + len(sel), k] = xy, np.where(keep, cf, 0.0)
+        if path is not None:
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, detections=det[c0:c0 + len(sel)], confidence=conf[c0:c0 + len(sel)])
+            tmp.replace(path)
+        bar.update(len(sel))
+    bar.close()
+    return det, conf
+
+
+def register_recording(recording, subject, detector, translator=None, options: PipelineOptions = PipelineOptions(),
+                       *, out_dir=None, progress: bool = True) -> RecordingResult:
+    """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
+    writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
+    from .poses_io import write_poses_csv, write_tra
+    from .registration import register_frame, register_frames
+    from .temporal import smooth_poses
+
+    t0 = time.perf_counter()
+    detector.check_subject(subject)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    frames = np.arange(len(recording))
+    det, conf = detect_recording(recording, detector, translator, options, frames, out_dir=out, progress=progress)
+    weights = conf if options.use_confidence_weights else np.where(np.isfinite(det[..., 0]), 1.0, 0.0)
+    views = recording.geometry.views
+    kwargs = dict(pairs=subject.pairs, mode=options.mode, loss=options.loss, loss_scale_mm=options.loss_scale_mm,
+                  mirror=options.mirror, min_visible=options.min_visible)
+    if options.init == "paper":
+        batch = register_frames(subject.landmarks_model, views, det, weights=weights,
+                                num_threads=options.num_threads, **kwargs)
+        results = [batch[i] for i in range(len(frames))]
+    else:
+        results, previous = [], None
+        for i in range(len(frames)):
+            r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], init_pose=previous, **kwargs)
+            if not r.ok and previous is not None:  # a bad start: fall back to the paper's
+                r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], **kwargs)
+            previous = r.pose if r.ok else previous
+            results.append(r)
+        batch = None
+    poses = np.array([r.pose for r in results]).reshape(-1, 6)
+    status = np.array([r.status for r in results])
+    if options.smoothing_hz is not None:
+        poses = smooth_poses(poses, options.smoothing_hz, options.fps)
+    if out is not None:
+        from .geometry import pose_matrix
+
+        matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
+        write_poses_csv(out / "poses.csv", frames, status, poses, matrices,
+                        [r.objective for r in results], np.array([r.rms_mm for r in results]).reshape(-1, 2),
+                        np.array([r.rms_px for r in results]).reshape(-1, 2), [r.n_vis for r in results],
+                        [r.mirror_case for r in results])
+        write_tra(out / "poses.tra", matrices)
+        import json
+
+        (out / "options.json").write_text(json.dumps(asdict(options), indent=2))
+    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)

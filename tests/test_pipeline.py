@@ -1,0 +1,92 @@
+"""Registering a recording end to end with real (tiny, briefly trained) networks: crops,
+style translation, detection, undistortion, registration, files, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fluororeg.dataset import DatasetConfig, generate_dataset
+from fluororeg.learning.detector import DetectorConfig, LandmarkDetector, export_detector, train_detector
+from fluororeg.learning.style import StyleConfig, StyleTranslator, export_generators, train_style
+from fluororeg.pipeline import PipelineOptions, crop_box_for_view, register_recording
+from fluororeg.poses_io import read_poses_csv, read_tra
+from fluororeg.recording import open_recording
+from fluororeg.registration import register_frames
+from fluororeg.simulate import default_dual_views, simulate_recording
+
+
+@pytest.fixture(scope="module")
+def models(subject, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    ds = generate_dataset(subject, root / "ds", DatasetConfig(n_train=48, n_test=8, image_size=64, pixel_mm=4.0,
+                                                              shard_size=32), progress=False)
+    rec = simulate_recording(subject, root / "rec", n_frames=5, views=default_dual_views(192, 192, pitch=1.6), seed=2)
+    det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=1, batch_size=16, num_threads=1)
+    train_detector(ds, root / "det", det_cfg, progress=False)
+    detector_path = export_detector(root / "det", root / "detector.onnx")
+    style_cfg = StyleConfig(image_size=64, gen_width=8, gen_blocks=1, disc_width=8, steps=4, log_every=2,
+                            checkpoint_every=2)
+    train_style(rec, ds, root / "style", style_cfg, progress=False, num_threads=1)
+    x2d, _ = export_generators(root / "style", root / "style_onnx")
+    return {"root": root, "recording": rec, "detector": LandmarkDetector(detector_path, subject=subject),
+            "translator": StyleTranslator(x2d, direction="xray_to_drr")}
+
+
+def test_register_recording_writes_consistent_results(subject, models, tmp_path):
+    rec = open_recording(models["recording"])
+    opts = PipelineOptions(chunk=2, min_visible=4)
+    out = register_recording(rec, subject, models["detector"], models["translator"], opts, out_dir=tmp_path,
+                             progress=False)
+    F, N = len(rec), len(subject.landmark_names)
+    assert out.detections.shape == (F, 2, N, 2) and out.confidence.shape == (F, 2, N)
+    assert set(out.status) <= {"ok", "too_few_landmarks", "failed"}
+    table = read_poses_csv(tmp_path / "poses.csv")
+    assert list(table["frame"]) == list(range(F))
+    np.testing.assert_array_equal(table["status"], out.status)
+    np.testing.assert_allclose(table["poses"], out.poses, equal_nan=True)
+    assert read_tra(tmp_path / "poses.tra").shape == (F, 4, 4)
+    # Detections are undistorted frame pixels inside the image (or NaN), weights in [0, 1].
+    d = out.detections[np.isfinite(out.detections)]
+    assert d.min() >= -0.5 - 20 and d.max() < 192 + 20
+    assert np.all((out.confidence >= 0) & (out.confidence <= 1))
+    # The registration step is exactly the batch solver on those detections.
+    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence,
+                            pairs=subject.pairs, loss="cauchy", loss_scale_mm=3.0, min_visible=4)
+    np.testing.assert_allclose(again.poses, out.poses, equal_nan=True, atol=1e-9)
+    # A second run resumes from the saved detection chunks (files untouched, same result).
+    chunks = sorted((tmp_path / "detections").glob("chunk_*.npz"))
+    assert len(chunks) == 3
+    mtimes = [c.stat().st_mtime_ns for c in chunks]
+    out2 = register_recording(rec, subject, models["detector"], models["translator"], opts, out_dir=tmp_path,
+                              progress=False)
+    assert [c.stat().st_mtime_ns for c in chunks] == mtimes
+    np.testing.assert_array_equal(out2.detections, out.detections)
+
+
+def test_styles_previous_init_and_errors(subject, models):
+    rec = open_recording(models["recording"])
+    out = register_recording(rec, subject, models["detector"], None,
+                             PipelineOptions(style="invert", init="previous", min_visible=4), progress=False)
+    assert len(out.poses) == len(rec)
+    with pytest.raises(ValueError, match="needs a style translator"):
+        register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
+    with pytest.raises(ValueError, match="style 'gan'"):
+        PipelineOptions(style="gan")
+    with pytest.raises(ValueError, match="needs fps"):
+        PipelineOptions(smoothing_hz=5.0)
+    from fluororeg.subject import make_subject
+
+    other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)
+    with pytest.raises(ValueError, match="fingerprint"):
+        register_recording(rec, other, models["detector"], models["translator"], progress=False)
+
+
+def test_crop_box_matches_the_dataset_pixel_size():
+    view = default_dual_views(512, 512, pitch=0.6)[0]
+    centre = np.zeros(3)
+    box = crop_box_for_view(view, (255.5, 255.5), 128, 2.0, centre)
+    # 128 crop pixels of 2 mm at the beam crossing (650 mm from the source, 1050 mm to the detector)
+    mm_per_frame_px = 0.6 * 650.0 / 1050.0
+    np.testing.assert_allclose(box.side * mm_per_frame_px, 128 * 2.0, rtol=1e-9)
+    np.testing.assert_allclose(box.to_frame([63.5, 63.5]), [255.5, 255.5], atol=1e-9)
