@@ -4,6 +4,13 @@
     fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
     fluororeg simulate [--subject DIR] [--scenario NAME] [--frames N] [--size PX] [--out DIR]
+    fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
+    fluororeg train-style --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
+    fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
+    fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM --out geometry.json
+    fluororeg register RECORDING --detector MODEL.onnx [--translator MODEL.onnx] --out DIR
+    fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] --out DIR
+    fluororeg demo [--out DIR] [--quick]
     fluororeg info
 
 ``render`` renders parallel-beam DRRs (the paper's artificial radiographs) of a CT at random
@@ -157,6 +164,106 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    from .learning.detector import export_detector, preset, train_detector
+
+    overrides = {}
+    if args.minutes is not None:
+        overrides["time_limit_minutes"] = args.minutes
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    cfg = preset(args.preset, **overrides)
+    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    path = export_detector(args.out, Path(args.out) / "detector.onnx")
+    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; "
+          f"{'interrupted: run again to resume; ' if result.interrupted else ''}exported {path}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_train_style(args: argparse.Namespace) -> int:
+    from .learning.style import StyleConfig, export_generators, train_style
+    from .pipeline import xray_training_crops
+
+    cfg = StyleConfig.preset(args.preset, **({"steps": args.steps} if args.steps else {}))
+    crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=args.crop_pixel_mm, every=args.every)
+    print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
+    summary = train_style(crops, args.drr, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
+    print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
+    return 130 if summary.get("stopped") == "interrupted" else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.what == "distortion":
+        from .calibration.distortion import fit_distortion
+
+        fit = fit_distortion(args.image, radius_px=args.bead_radius, polarity=args.polarity,
+                             spacing_mm=args.spacing_mm)
+        fit.model.save(args.out)
+        r = fit.report
+        print(f"distortion model from {r.get('n_matched', '?')} beads: residual RMS {fit.model.rms_px:.3f} px, "
+              f"max {fit.model.max_px:.3f} px -> {args.out}")
+    else:
+        from .calibration.geometry_file import geometry_from_mayacam, save_geometry
+
+        if not args.mayacam or len(args.mayacam) != 2:
+            raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam 2.0 files)")
+        geo = geometry_from_mayacam(args.mayacam, pitch_u=args.pitch)
+        save_geometry(args.out, geo)
+        print(f"geometry of 2 views (system centre {np.round(geo.system_centre, 1).tolist()} mm) -> {args.out}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .learning.detector import LandmarkDetector
+    from .learning.style import StyleTranslator
+    from .pipeline import PipelineOptions, register_recording
+    from .recording import open_recording
+
+    subject = _subject(args.subject)
+    rec = open_recording(args.recording)
+    detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
+    translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
+    style = args.style or ("translate" if translator is not None else "invert")
+    opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
+                           loss=None if args.loss == "none" else args.loss, mode=args.mode,
+                           min_visible=args.min_visible)
+    res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
+    ok = int(np.sum(res.status == "ok"))
+    print(f"registered {ok} of {len(res.frames)} frame pairs in {res.seconds:.1f} s ({res.frames_per_s:.1f} frame "
+          f"pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_poses, write_evaluation
+    from .poses_io import read_poses_csv
+
+    est = read_poses_csv(args.poses)["poses"]
+    ref_path = Path(args.reference)
+    if ref_path.suffix == ".npz":
+        ref = np.load(ref_path)["poses"]
+    else:
+        ref = read_poses_csv(ref_path)["poses"]
+    landmarks = _subject(args.subject).landmarks_model if args.with_landmarks else None
+    ev = evaluate_poses(est, ref, landmarks=landmarks)
+    paths = write_evaluation(ev, args.out)
+    s = ev.summary()
+    print(f"{s['registered']}/{s['frames']} frames: angle error {s['angle_err_deg_mean']:.2f} +- "
+          f"{s['angle_err_deg_sd']:.2f} deg (median {s['angle_err_deg_median']:.2f}), position error "
+          f"{s['position_err_mm_mean']:.2f} +- {s['position_err_mm_sd']:.2f} mm (median "
+          f"{s['position_err_mm_median']:.2f}) -> {paths['csv']}, {paths['plot']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick_settings() if args.quick else DemoSettings()
+    run_demo(args.out, settings)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import fluororeg
 
@@ -212,6 +319,63 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--quiet", action="store_true")
     sm.add_argument("--out", default="out/recording", help="recording folder (default out/recording)")
     sm.set_defaults(func=cmd_simulate)
+    td = sub.add_parser("train-detector", help="train the landmark detector on a dataset (torch)")
+    td.add_argument("dataset")
+    td.add_argument("--out", required=True, help="run folder (a rerun resumes)")
+    td.add_argument("--preset", choices=["fast", "paper"], default="fast")
+    td.add_argument("--minutes", type=float, help="training time limit (default: the preset's)")
+    td.add_argument("--epochs", type=int)
+    td.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    td.add_argument("--quiet", action="store_true")
+    td.set_defaults(func=cmd_train_detector)
+    ts = sub.add_parser("train-style", help="train the X-ray-to-DRR style translator (torch)")
+    ts.add_argument("--xray", nargs="+", required=True, help="recording folder(s) with X-ray frames")
+    ts.add_argument("--drr", required=True, help="dataset folder (DRR domain)")
+    ts.add_argument("--out", required=True, help="run folder (a rerun resumes)")
+    ts.add_argument("--preset", choices=["fast", "paper"], default="fast")
+    ts.add_argument("--steps", type=int)
+    ts.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    ts.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ts.add_argument("--restart", action="store_true")
+    ts.add_argument("--quiet", action="store_true")
+    ts.set_defaults(func=cmd_train_style)
+    ca = sub.add_parser("calibrate", help="distortion model from a bead plate, or the geometry file")
+    ca.add_argument("what", choices=["distortion", "geometry"])
+    ca.add_argument("image", nargs="?", help="distortion: the bead-plate image")
+    ca.add_argument("--out", required=True)
+    ca.add_argument("--bead-radius", type=float, default=4.0, help="bead radius in pixels")
+    ca.add_argument("--polarity", choices=["dark", "bright"], default="dark")
+    ca.add_argument("--spacing-mm", type=float, help="bead spacing of the plate (mm)")
+    ca.add_argument("--mayacam", nargs="+", help="geometry: two MayaCam 2.0 camera files")
+    ca.add_argument("--pitch", type=float, default=0.2, help="geometry: detector pixel pitch (mm)")
+    ca.set_defaults(func=cmd_calibrate)
+    rg = sub.add_parser("register", help="register every frame of a recording")
+    rg.add_argument("recording", help="recording folder (recording.json)")
+    rg.add_argument("--subject", help="subject folder (default: the example subject)")
+    rg.add_argument("--detector", required=True, help="exported detector (.onnx)")
+    rg.add_argument("--translator", help="exported X-ray-to-DRR generator (.onnx)")
+    rg.add_argument("--style", choices=["translate", "invert", "none"])
+    rg.add_argument("--init", choices=["paper", "previous"], default="paper")
+    rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
+    rg.add_argument("--loss", choices=["none", "huber", "cauchy"], default="cauchy")
+    rg.add_argument("--min-visible", type=int, default=6)
+    rg.add_argument("--smooth-hz", type=float, help="low-pass cut-off (Hz); needs --fps")
+    rg.add_argument("--fps", type=float)
+    rg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    rg.add_argument("--out", required=True)
+    rg.add_argument("--quiet", action="store_true")
+    rg.set_defaults(func=cmd_register)
+    ev = sub.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
+    ev.add_argument("poses", help="poses.csv from fluororeg register")
+    ev.add_argument("--reference", required=True, help="reference poses: a poses CSV or a simulation's truth.npz")
+    ev.add_argument("--subject", help="subject folder (for --with-landmarks)")
+    ev.add_argument("--with-landmarks", action="store_true", help="also the mean landmark distance")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_evaluate)
+    de = sub.add_parser("demo", help="the end-to-end demo on the example subject (minutes on a CPU)")
+    de.add_argument("--out", default="out/demo")
+    de.add_argument("--quick", action="store_true", help="tiny settings (seconds; meaningless accuracy)")
+    de.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="version and backends")
     i.set_defaults(func=cmd_info)
     return p
@@ -224,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as exc:
         print(f"fluororeg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
