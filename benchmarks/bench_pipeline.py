@@ -1,0 +1,89 @@
+"""End-to-end evaluation: simulated recordings of the example subject per motion scenario
+(poses and seeds not used in training) registered by ``fluororeg register``'s pipeline, with
+and without style translation; the paper's Eq. 3 errors (mean, SD, median) per scenario and
+frame pairs per second end to end (reading frames, crops, translation, detection,
+registration).
+
+    python benchmarks/bench_pipeline.py --quick --json out/bench/pipeline.json [--models out/demo/models]
+
+The trained networks come from ``--models`` (default: the demo's, ``out/demo/models``; run
+``fluororeg demo`` first). --quick: two scenarios of 12 frame pairs instead of four of 40.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fluororeg.evaluate import evaluate_poses
+from fluororeg.learning.detector import LandmarkDetector
+from fluororeg.learning.style import StyleTranslator
+from fluororeg.pipeline import PipelineOptions, register_recording
+from fluororeg.recording import open_recording
+from fluororeg.simulate import default_dual_views, simulate_recording
+from fluororeg.subject import example_subject
+
+from _common import parser, report
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--models", default="out/demo/models", help="folder with detector.onnx and style/xray_to_drr.onnx")
+    p.add_argument("--work", default="out/bench_pipeline", help="where the simulated recordings go")
+    args = p.parse_args()
+    models = Path(args.models)
+    if not (models / "detector.onnx").exists():
+        raise SystemExit(f"{models / 'detector.onnx'} not found: run `fluororeg demo` first or pass --models")
+    subject = example_subject()
+    detector = LandmarkDetector(models / "detector.onnx", subject=subject)
+    translator = StyleTranslator(models / "style" / "xray_to_drr.onnx", direction="xray_to_drr")
+    crop_mm = 2.0 * 128 / translator.input_size[0]
+    scenarios = ["walking", "axial_rotation"] if args.quick else ["walking", "flexion_extension", "lateral_bending",
+                                                                     "axial_rotation"]
+    n_frames = 12 if args.quick else 40
+    views = default_dual_views(512, 512, pitch=0.6)
+    results, rows = {"scenarios": {}}, []
+    all_ang, all_pos, fps = {"translate": [], "invert": []}, {"translate": [], "invert": []}, []
+    for k, scen in enumerate(scenarios):
+        folder = Path(args.work) / f"{scen}_{n_frames}"
+        if not (folder / "recording.json").exists():
+            simulate_recording(subject, folder, scenario=scen, n_frames=n_frames, views=views, seed=1000 + k)
+        rec = open_recording(folder)
+        truth = np.load(folder / "truth.npz")["poses"]
+        entry = {}
+        for style in ("translate", "invert"):
+            res = register_recording(rec, subject, detector, translator if style == "translate" else None,
+                                     PipelineOptions(style=style, crop_pixel_mm=crop_mm), progress=False)
+            ev = evaluate_poses(res.poses, truth)
+            s = dict(ev.summary(), frames_per_s=res.frames_per_s)
+            entry[style] = s
+            all_ang[style].append(ev.angle_err_deg)
+            all_pos[style].append(ev.position_err_mm)
+            if style == "translate":
+                fps.append(res.frames_per_s)
+            label = "with style translation" if style == "translate" else "without (inversion only)"
+            rows.append((f"{scen} {label}: angle median / position median",
+                         s["angle_err_deg_median"], f"deg / {s['position_err_mm_median']:.3g} mm "
+                         f"(mean {s['angle_err_deg_mean']:.3g} +- {s['angle_err_deg_sd']:.3g} deg, "
+                         f"{s['position_err_mm_mean']:.3g} +- {s['position_err_mm_sd']:.3g} mm; "
+                         f"{s['registered']}/{s['frames']} registered)"))
+        results["scenarios"][scen] = entry
+    for style in ("translate", "invert"):
+        a = np.concatenate(all_ang[style])
+        pos = np.concatenate(all_pos[style])
+        key = "" if style == "translate" else "_without_style"
+        results[f"angle_err_deg_median{key}"] = float(np.nanmedian(a))
+        results[f"position_err_mm_median{key}"] = float(np.nanmedian(pos))
+        results[f"registered_share{key}"] = float(np.mean(np.isfinite(a)))
+    results["frames_per_s"] = float(np.mean(fps))
+    rows += [("all scenarios, with style: angle error median", results["angle_err_deg_median"], "deg"),
+             ("all scenarios, with style: position error median", results["position_err_mm_median"], "mm"),
+             ("all scenarios, without style: angle error median", results["angle_err_deg_median_without_style"], "deg"),
+             ("all scenarios, without style: position error median", results["position_err_mm_median_without_style"], "mm"),
+             ("end to end (with style translation)", results["frames_per_s"], "frame pairs/s")]
+    report(f"bench_pipeline ({len(scenarios)} scenarios x {n_frames} frame pairs)", rows, results, args.json)
+
+
+if __name__ == "__main__":
+    main()
