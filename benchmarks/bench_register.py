@@ -9,10 +9,7 @@ SciPy reference (scipy.optimize.least_squares) per frame, and the speed-up.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -20,21 +17,11 @@ import numpy as np
 import fluororeg as fr
 from fluororeg._reference.registration import SyntheticScene, register_frame_reference
 
-
-def _best_of(fn, repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _common import best_time, parser, report
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short run")
-    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    args = ap.parse_args(argv)
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
 
     n_single = 500 if args.quick else 2000
     n_batch = 10_000
@@ -49,9 +36,8 @@ def main(argv=None) -> dict:
     det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
     kw = dict(pairs=scene.pairs)
 
-    fr.register_frames(scene.landmarks, scene.views, det[:50], num_threads=1, **kw)  # warm-up
-    t1 = _best_of(lambda: fr.register_frames(scene.landmarks, scene.views, det[:n_single],
-                                             num_threads=1, **kw), repeats)
+    t1 = best_time(lambda: fr.register_frames(scene.landmarks, scene.views, det[:n_single],
+                                              num_threads=1, **kw), repeats)
     us_1 = t1 / n_single * 1e6
     res = None
 
@@ -59,7 +45,7 @@ def main(argv=None) -> dict:
         nonlocal res
         res = fr.register_frames(scene.landmarks, scene.views, det, num_threads=0, **kw)
 
-    tb = _best_of(batch, repeats)
+    tb = best_time(batch, repeats)
     fps = n_batch / tb
     et, ep = fr.pose_errors(res.poses, poses)
 
@@ -85,26 +71,17 @@ def main(argv=None) -> dict:
         "median_eps_tau_mm": float(np.median(ep)),
         "mirror_case_correct_fraction": float((res.mirror_case == 0).mean()),
         "quick": bool(args.quick),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
     }
     rows = [
-        ("C++ / Ceres, 1 thread", f"{us_1:10.1f} us/frame", f"{1e6 / us_1:10.0f} frames/s"),
-        (f"C++ / Ceres, batch of {n_batch}, {os.cpu_count()} threads",
-         f"{1e6 / fps:10.1f} us/frame", f"{fps:10.0f} frames/s"),
-        ("SciPy least_squares reference", f"{us_scipy:10.1f} us/frame",
-         f"{1e6 / us_scipy:10.1f} frames/s"),
+        ("C++ / Ceres, 1 thread", us_1, "us/frame"),
+        (f"C++ / Ceres, batch of {n_batch}, all cores", fps, "frames/s"),
+        ("SciPy least_squares reference", us_scipy, "us/frame"),
+        ("speed-up vs SciPy (1 thread)", us_scipy / us_1, "x"),
+        ("median angle error (1 px noise)", out["median_eps_theta_deg"], "deg"),
+        ("median position error (1 px noise)", out["median_eps_tau_mm"], "mm"),
     ]
-    print(f"Registration: {scene.n} landmarks (mean n_vis {out['mean_n_vis']:.1f}), 2 views, "
-          "1 px noise, 4 mirror cases")
-    for name, a, b in rows:
-        print(f"  {name:<44s} {a}  {b}")
-    print(f"  speed-up vs SciPy (1 thread): {out['speedup_vs_scipy_1thread']:.0f}x;  "
-          f"median errors {out['median_eps_theta_deg']:.3f} deg / "
-          f"{out['median_eps_tau_mm']:.3f} mm; mean iterations {out['mean_iterations']:.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    report(f"bench_register: {scene.n} landmarks (mean n_vis {out['mean_n_vis']:.1f}), 2 views, 1 px noise, "
+           "4 mirror cases", rows, out, args.json)
     return out
 
 
