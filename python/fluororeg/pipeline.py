@@ -30,7 +30,8 @@ import numpy as np
 
 from .geometry import ConeView, system_centre
 
-__all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "detect_recording", "register_recording"]
+__all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "xray_training_crops",
+           "detect_recording", "register_recording"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,38 @@ def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, ref
     return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
 
 
+def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
+    """Per view: the circular field of view (or None) and the crop box the pipeline uses."""
+    from .learning.xray_domain import detect_fov
+
+    views = recording.geometry.views
+    centre = system_centre(views)
+    first = recording.frame(0)
+    fovs, boxes = [], []
+    for k in range(2):
+        fov = detect_fov(first[k])
+        fovs.append(fov)
+        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
+        boxes.append(crop_box_for_view(views[k], c, size, crop_pixel_mm, centre))
+    return fovs, boxes
+
+
+def xray_training_crops(recordings, size: int = 128, crop_pixel_mm: float = 2.0, every: int = 1) -> np.ndarray:
+    """uint8 [n, size, size] crops of both views of every ``every``-th frame of the given
+    recordings, made exactly as :func:`detect_recording` makes them (for training the style
+    translator on the X-ray domain the pipeline will see)."""
+    from .recording import Recording, open_recording
+
+    out = []
+    for rec in (recordings if isinstance(recordings, (list, tuple)) else [recordings]):
+        rec = rec if isinstance(rec, Recording) else open_recording(rec)
+        fovs, boxes = recording_crop_boxes(rec, size, crop_pixel_mm)
+        frames = np.arange(0, len(rec), every)
+        for k in range(2):
+            out.append(_crops(rec, frames, k, boxes, fovs, size))
+    return np.concatenate(out)
+
+
 def _crops(recording, frames, k: int, boxes, fovs, size: int):
     from .learning.xray_domain import crop_frame
 
@@ -107,22 +140,13 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
     """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N]."""
     from tqdm import tqdm
 
-    from .learning.xray_domain import detect_fov
-
     if options.style == "translate" and translator is None:
         raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
     views = recording.geometry.views
     frames = np.arange(len(recording)) if frames is None else np.asarray(frames)
     # Crops at the translator's size (the detector resamples to its own input size).
     size = translator.input_size[0] if options.style == "translate" else detector.input_size[0]
-    centre = system_centre(views)
-    first = recording.frame(int(frames[0])) if len(frames) else recording.frame(0)
-    fovs, boxes = [], []
-    for k in range(2):
-        fov = detect_fov(first[k])
-        fovs.append(fov)
-        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
-        boxes.append(crop_box_for_view(views[k], c, size, options.crop_pixel_mm, centre))
+    fovs, boxes = recording_crop_boxes(recording, size, options.crop_pixel_mm)
     N = len(detector.landmark_names)
     det = np.full((len(frames), 2, N, 2), np.nan)
     conf = np.zeros((len(frames), 2, N))
