@@ -42,7 +42,7 @@ def main() -> None:
     scenarios = ["walking", "axial_rotation"] if args.quick else ["walking", "flexion_extension", "lateral_bending",
                                                                      "axial_rotation"]
     n_frames = 12 if args.quick else 40
-    views = default_dual_views(512, 512, pitch=0.6)
+    views = default_dual_views(512, 512, pitch=0.8)  # a 16-inch intensifier: the skull well inside
     results, rows = {"scenarios": {}}, []
     all_ang, all_pos, fps = {"translate": [], "invert": []}, {"translate": [], "invert": []}, []
     for k, scen in enumerate(scenarios):

@@ -90,3 +90,37 @@ def test_crop_box_matches_the_dataset_pixel_size():
     mm_per_frame_px = 0.6 * 650.0 / 1050.0
     np.testing.assert_allclose(box.side * mm_per_frame_px, 128 * 2.0, rtol=1e-9)
     np.testing.assert_allclose(box.to_frame([63.5, 63.5]), [255.5, 255.5], atol=1e-9)
+
+
+def test_crops_have_the_dataset_image_size_for_every_style(subject, models, monkeypatch):
+    """The detector was trained on images of the dataset's size and pixel size: the pipeline
+    crops at that size (the detector resamples to its input), whatever the style."""
+    from fluororeg.pipeline import detect_recording
+
+    rec = open_recording(models["recording"])
+    detector = models["detector"]
+    seen = []
+    real = detector.detect
+
+    def spy(images):
+        seen.append(np.asarray(images).shape[1:])
+        return real(images)
+
+    monkeypatch.setattr(detector, "detect", spy)
+    monkeypatch.setitem(detector.model.meta, "training_image_size", 96)
+    for style in ("log", "invert", "none"):
+        detect_recording(rec, detector, None, PipelineOptions(style=style), progress=False)
+    assert set(seen) == {(96, 96)}
+
+
+def test_log_attenuation_crop_inverts_beer_lambert():
+    from fluororeg.pipeline import log_attenuation_crop
+
+    L = np.linspace(0.0, 3.0, 64 * 64).reshape(64, 64)
+    raw = 240.0 * np.exp(-0.7 * L)  # open field 240, gamma 0.7
+    raw[:4] = 240.0                 # some open field
+    out = log_attenuation_crop(raw)
+    assert out.dtype == np.uint8 and out[:4].max() == 0  # open field is black, like DRR air
+    flat = out[4:].ravel()
+    assert np.all(np.diff(flat.astype(int)) >= 0)  # monotonic in the line integral
+    assert flat[-1] == 255

@@ -155,7 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.size < 64:
         raise ValueError(f"--size {args.size}: expected at least 64 pixels")
     subject = _subject(args.subject)
-    views = default_dual_views(args.size, args.size, pitch=307.2 / args.size)  # a 30 cm intensifier
+    views = default_dual_views(args.size, args.size, pitch=409.6 / args.size)  # a 16-inch (41 cm) intensifier
     t0 = time.perf_counter()
     out = simulate_recording(subject, args.out, scenario=args.scenario, n_frames=args.frames, views=views,
                              seed=args.seed, device=args.device, progress=not args.quiet)
@@ -224,7 +224,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     rec = open_recording(args.recording)
     detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
-    style = args.style or ("translate" if translator is not None else "invert")
+    style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
                            loss=None if args.loss == "none" else args.loss, mode=args.mode,
                            min_visible=args.min_visible)
@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--subject", help="subject folder (default: the example subject)")
     rg.add_argument("--detector", required=True, help="exported detector (.onnx)")
     rg.add_argument("--translator", help="exported X-ray-to-DRR generator (.onnx)")
-    rg.add_argument("--style", choices=["translate", "invert", "none"])
+    rg.add_argument("--style", choices=["translate", "log", "invert", "none"],
+                    help="default: translate with --translator, else log (Beer-Lambert inversion)")
     rg.add_argument("--init", choices=["paper", "previous"], default="paper")
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
     rg.add_argument("--loss", choices=["none", "huber", "cauchy"], default="cauchy")

@@ -5,8 +5,8 @@ Steps: the example subject (CT fetched and cached on first use) -> a small artif
 -> the landmark detector (fast CPU preset, time-limited) -> simulated X-ray recordings: one to
 learn the X-ray style from, one to register (another seed and motion, poses not used in
 training) -> the style translator (fast preset, a bounded number of steps) -> registration of
-the test recording with style translation and, for comparison, with a plain grey-level
-inversion -> Eq. 3 evaluation of both -> ``report.md`` (+ JSON), plots and overlays (PNG of the
+the test recording with style translation and, for comparison, with a physics-based
+Beer-Lambert inversion and with a plain grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays (PNG of the
 first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse what is
 already there (dataset, trained networks, recordings).
 """
@@ -100,7 +100,8 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     detector = LandmarkDetector(det_onnx, subject=subject)
     done("detector")
 
-    views = default_dual_views(settings.image_size, settings.image_size, pitch=307.2 / settings.image_size)
+    # a 16-inch (41 cm) intensifier: the skull stays mostly inside the field of view
+    views = default_dual_views(settings.image_size, settings.image_size, pitch=409.6 / settings.image_size)
     step("simulate")
     rec_paths = {}
     for name, scen, n, seed in (("train", "axial_rotation", settings.train_frames, settings.seed + 100),
@@ -132,8 +133,10 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     rec = open_recording(rec_paths["test"])
     truth = np.load(rec_paths["test"] / "truth.npz")
     results, summaries = {}, {}
-    for label, style in (("with style translation", "translate"), ("grey-level inversion only", "invert")):
-        key = "translated" if style == "translate" else "inverted"
+    styles = (("with style translation (CycleGAN)", "translate", "translated"),
+              ("Beer-Lambert log inversion (no learning)", "log", "log"),
+              ("grey-level inversion only", "invert", "inverted"))
+    for label, style, key in styles:
         _say(f"registering the test recording ({label})")
         opts = PipelineOptions(style=style, crop_pixel_mm=2.0 * 128 / size)
         res = register_recording(rec, subject, detector, translator if style == "translate" else None, opts,

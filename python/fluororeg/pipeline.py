@@ -8,8 +8,10 @@ For every frame of both views (:mod:`fluororeg.recording`):
    ``size * crop_pixel_mm / (pitch * SOD / SDD)`` with SOD the source-to-system-centre
    distance. Outside the frame and the circular field of view the crop is filled with the
    open-field grey (air), resampled to the detector's input size.
-2. Style: ``'translate'`` runs the X-ray-to-DRR generator (the paper's method); ``'invert'``
-   only flips grey levels (bone bright, as in DRRs); ``'none'`` feeds the X-ray as it is.
+2. Style: ``'translate'`` runs the X-ray-to-DRR generator (the paper's method); ``'log'``
+   inverts Beer-Lambert instead (``-ln(I / I_open)``, a physics-based DRR look without
+   learning); ``'invert'`` only flips grey levels (bone bright, as in DRRs); ``'none'`` feeds
+   the X-ray as it is.
 3. Detect: landmarks in crop pixels and a confidence each, mapped back to frame pixels.
 4. Undistort the detected points with the view's distortion model from the geometry file
    (cheaper than resampling the images, and equivalent).
@@ -36,7 +38,7 @@ __all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    style: str = "translate"          # 'translate' | 'invert' | 'none'
+    style: str = "translate"          # 'translate' | 'log' | 'invert' | 'none'
     crop_pixel_mm: float = 2.0        # crop pixel size at the subject (the dataset's pixel_mm)
     mode: str = "least_squares"       # Eq. 2 form: 'least_squares' | 'frobenius'
     loss: str | None = "cauchy"       # robust loss against wild detections (None, 'huber', 'cauchy')
@@ -52,8 +54,8 @@ class PipelineOptions:
     num_threads: int = 0
 
     def __post_init__(self):
-        if self.style not in ("translate", "invert", "none"):
-            raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'invert' or 'none'")
+        if self.style not in ("translate", "log", "invert", "none"):
+            raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
         if self.init not in ("paper", "previous"):
             raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
         if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
@@ -125,14 +127,39 @@ def xray_training_crops(recordings, size: int = 128, crop_pixel_mm: float = 2.0,
     return np.concatenate(out)
 
 
-def _crops(recording, frames, k: int, boxes, fovs, size: int):
+def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """A DRR-like uint8 image from a raw intensifier crop (grey levels, open field bright):
+    Beer-Lambert inverted, ``L = -ln(I / I_open)`` with ``I_open`` the crop's 99th percentile
+    (the open field), clipped at 0 and windowed like the dataset's DRRs (0 to the
+    ``percentile`` of the positive values). The intensity response's gamma only scales L,
+    which the window removes."""
+    from .render import to_uint8
+
+    img = np.asarray(raw, dtype=np.float64)
+    i_open = max(float(np.percentile(img, 99)), 1.0)
+    L = np.clip(-np.log(np.clip(img, 0.5, None) / i_open), 0.0, None).astype(np.float32)
+    return to_uint8(L, percentile=percentile)
+
+
+def _crops(recording, frames, k: int, boxes, fovs, size: int, style: str = "translate"):
+    """uint8 crops [n, size, size] of view k: for 'log', DRR-like log-attenuation images;
+    otherwise the grey levels stretched over the field of view (outside it: open field)."""
     from .learning.xray_domain import crop_frame
 
     out = np.empty((len(frames), size, size), np.uint8)
     for j, f in enumerate(frames):
         img = recording.sequences[k][int(f)]
-        out[j] = crop_frame(img, boxes[k], fov=fovs[k])
+        if style == "log":
+            out[j] = log_attenuation_crop(crop_frame(img, boxes[k], fov=fovs[k], normalise=False, fill=255.0))
+        else:
+            out[j] = crop_frame(img, boxes[k], fov=fovs[k])
     return out
+
+
+def _training_image_size(detector) -> int:
+    """The image size of the dataset the detector was trained on (its metadata), else its input size."""
+    size = detector.model.meta.get("training_image_size") if hasattr(detector, "model") else None
+    return int(size) if size else int(detector.input_size[0])
 
 
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
@@ -144,8 +171,9 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
         raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
     views = recording.geometry.views
     frames = np.arange(len(recording)) if frames is None else np.asarray(frames)
-    # Crops at the translator's size (the detector resamples to its own input size).
-    size = translator.input_size[0] if options.style == "translate" else detector.input_size[0]
+    # Crops of the dataset's image size (crop_pixel_mm is its pixel size): the translator
+    # works at that size, and the detector resamples to its own input size as in training.
+    size = translator.input_size[0] if options.style == "translate" else _training_image_size(detector)
     fovs, boxes = recording_crop_boxes(recording, size, options.crop_pixel_mm)
     N = len(detector.landmark_names)
     det = np.full((len(frames), 2, N, 2), np.nan)
@@ -163,7 +191,7 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
             bar.update(len(sel))
             continue
         for k in range(2):
-            crops = _crops(recording, sel, k, boxes, fovs, size)
+            crops = _crops(recording, sel, k, boxes, fovs, size, options.style)
             if options.style == "translate":
                 crops = translator.translate(crops)
             elif options.style == "invert":

@@ -34,11 +34,13 @@ __all__ = ["FluoroStyle", "SCENARIOS", "default_dual_views", "motion_sequence", 
            "simulate_recording"]
 
 
-def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.6,
+def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
                        angle_deg: float = 100.0) -> tuple[ConeView, ConeView]:
     """Two fluoroscopes like the paper's: sources 650 mm from the beam crossing (the world
     origin), intensifiers 400 mm beyond it (1050 mm from the source), the beams ``angle_deg``
-    apart in the horizontal plane, symmetric about the -y axis; world z is up."""
+    apart in the horizontal plane, symmetric about the -y axis; world z is up. The default
+    512 px of 0.8 mm make a 16-inch (41 cm) intensifier, whose field of view (about 24 cm at
+    the subject) holds most of a skull."""
     views = []
     for sign in (-1.0, 1.0):
         a = np.deg2rad(sign * angle_deg / 2)
