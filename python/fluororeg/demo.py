@@ -147,7 +147,9 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     done("register")
     recordings_bar_chart(summaries, out / "errors_bar_chart.png")
 
-    res = results["translated"]
+    # Overlays of the style with the lowest median angle error.
+    best_label = min(summaries, key=lambda k: np.nan_to_num(summaries[k]["angle_err_deg_median"], nan=np.inf))
+    res = results[next(key for label, _, key in styles if label == best_label)]
     pairs = []
     for i in range(len(rec)):
         frame = rec.frame(i)
@@ -172,7 +174,8 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
                      f"{s['position_err_mm_median']:.2f} | {s['frames_per_s']:.1f} |")
     lines += ["", "Errors are the paper's Eq. 3 (infinity norms) against the simulation's ground truth.", "",
               "Files: `registration_translated/poses.csv` (+ `.tra`), `registration_*/evaluation*.{csv,json,png}`, "
-              "`errors_bar_chart.png`, `overlay_frame0.png`, `overlay.gif`, trained models in `models/`.", "",
+              "`errors_bar_chart.png`, `overlay_frame0.png`, `overlay.gif` (poses of: " + best_label + "), "
+              "trained models in `models/`.", "",
               "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {total:.1f}."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
