@@ -35,6 +35,21 @@ inline double Dot3(const double* a, const double* b) {
 // ---- Solver building blocks ----------------------------------------------------------------
 namespace internal {
 
+// M = I + a [w]x + b [w]x^2 (row-major 3x3): the shared form of the SO(3) exponential and of
+// its left Jacobian.
+static void IdentityPlusSkewTerms(const double* w, double a, double b, double* M) {
+  const double x = w[0], y = w[1], z = w[2];
+  M[0] = 1.0 - b * (y * y + z * z);
+  M[1] = -a * z + b * x * y;
+  M[2] = a * y + b * x * z;
+  M[3] = a * z + b * x * y;
+  M[4] = 1.0 - b * (x * x + z * z);
+  M[5] = -a * x + b * y * z;
+  M[6] = -a * y + b * x * z;
+  M[7] = a * x + b * y * z;
+  M[8] = 1.0 - b * (x * x + y * y);
+}
+
 void ExpSO3(const double* w, double* R) {
   const double th2 = Dot3(w, w);
   const double th = std::sqrt(th2);
@@ -46,16 +61,7 @@ void ExpSO3(const double* w, double* R) {
     a = std::sin(th) / th;
     b = (1.0 - std::cos(th)) / th2;
   }
-  const double x = w[0], y = w[1], z = w[2];
-  R[0] = 1.0 - b * (y * y + z * z);
-  R[1] = -a * z + b * x * y;
-  R[2] = a * y + b * x * z;
-  R[3] = a * z + b * x * y;
-  R[4] = 1.0 - b * (x * x + z * z);
-  R[5] = -a * x + b * y * z;
-  R[6] = -a * y + b * x * z;
-  R[7] = a * x + b * y * z;
-  R[8] = 1.0 - b * (x * x + y * y);
+  IdentityPlusSkewTerms(w, a, b, R);
 }
 
 void LogSO3(const double* R, double* w) {
@@ -78,16 +84,7 @@ void LeftJacobianSO3(const double* w, double* J) {
     a = (1.0 - std::cos(th)) / th2;
     b = (th - std::sin(th)) / (th2 * th);
   }
-  const double x = w[0], y = w[1], z = w[2];
-  J[0] = 1.0 - b * (y * y + z * z);
-  J[1] = -a * z + b * x * y;
-  J[2] = a * y + b * x * z;
-  J[3] = a * z + b * x * y;
-  J[4] = 1.0 - b * (x * x + z * z);
-  J[5] = -a * x + b * y * z;
-  J[6] = -a * y + b * x * z;
-  J[7] = a * x + b * y * z;
-  J[8] = 1.0 - b * (x * x + y * y);
+  IdentityPlusSkewTerms(w, a, b, J);
 }
 
 ViewGeometry::ViewGeometry(const ConeView& view) {
