@@ -31,6 +31,21 @@ void ValidatePoints(const double* points, int m) {
   }
 }
 
+// The CPU loop of the point projections: project(i, xf, X [3], xy [2], fov) with xf pose i as
+// a transform (camera or world from model),
+// for every pose i and model point j (outputs [n, m, 2] px and [n, m]).
+template <typename Project>
+void ForEachPosePoint(const double* poses, int n, const double* points, int m, double* out_xy,
+                      uint8_t* in_fov, Project&& project) {
+  for (int i = 0; i < n; ++i) {
+    const Affine3<double> xf = AffineFromPose(poses + 6 * i);
+    for (int j = 0; j < m; ++j) {
+      const long long o = static_cast<long long>(i) * m + j;
+      project(i, xf, points + 3 * j, out_xy + 2 * o, in_fov + o);
+    }
+  }
+}
+
 // Shear phase for intermediate rows [q_begin, q_end) of one pose: slice-major so that each
 // slice's constant bilinear weights stream over contiguous rows.
 void ShearRows(const kernels::ShearWarpSetup& s, const internal::PaddedSlices& vol, int q_begin,
@@ -195,14 +210,10 @@ void ProjectPointsParallel(const ParallelCamera& camera, const double* poses,
 #endif
     return;
   }
-  for (int i = 0; i < n; ++i) {
-    const Affine3<double> xf = AffineFromPose(poses + 6 * i);
-    for (int j = 0; j < m; ++j) {
-      const long long o = static_cast<long long>(i) * m + j;
-      kernels::ProjectParallelPoint(camera, xf, scales[i], points + 3 * j, out_xy + 2 * o,
-                                    in_fov + o);
-    }
-  }
+  ForEachPosePoint(poses, n, points, m, out_xy, in_fov,
+                   [&](int i, const Affine3<double>& xf, const double* X, double* xy, uint8_t* fov) {
+                     kernels::ProjectParallelPoint(camera, xf, scales[i], X, xy, fov);
+                   });
 }
 
 void ProjectPointsCone(const ConeView* views, const double* poses, int n, const double* points,
@@ -218,13 +229,10 @@ void ProjectPointsCone(const ConeView* views, const double* poses, int n, const 
 #endif
     return;
   }
-  for (int i = 0; i < n; ++i) {
-    const Affine3<double> xf = AffineFromPose(poses + 6 * i);
-    for (int j = 0; j < m; ++j) {
-      const long long o = static_cast<long long>(i) * m + j;
-      kernels::ProjectConePoint(views[i], xf, points + 3 * j, out_xy + 2 * o, in_fov + o);
-    }
-  }
+  ForEachPosePoint(poses, n, points, m, out_xy, in_fov,
+                   [&](int i, const Affine3<double>& xf, const double* X, double* xy, uint8_t* fov) {
+                     kernels::ProjectConePoint(views[i], xf, X, xy, fov);
+                   });
 }
 
 }  // namespace fluororeg

@@ -331,6 +331,18 @@ def _suggest(key: str, allowed: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _read_volume(path: Path, given, missing_what: str, read_what: str, src: str) -> Volume:
+    """load_volume with errors that name subject.json, the value given there and the path."""
+    if not path.exists():
+        raise FileNotFoundError(f"{src}: {missing_what} {given!r} not found: {str(path)!r}")
+    try:
+        return load_volume(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{src}: cannot read {read_what} {str(path)!r}: {exc}") from exc
+
+
 def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
     """Read a subject folder (``folder/subject.json``, documented in the module docstring).
 
@@ -370,15 +382,7 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
     if ct is None:
         if "ct" not in spec:
             raise ValueError(f"{src}: missing required key 'ct' (the CT file or DICOM folder)")
-        ct_path = rel_path("ct", spec["ct"])
-        if not ct_path.exists():
-            raise FileNotFoundError(f"{src}: CT {spec['ct']!r} not found: {str(ct_path)!r}")
-        try:
-            ct = load_volume(ct_path)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{src}: cannot read the CT {str(ct_path)!r}: {exc}") from exc
+        ct = _read_volume(rel_path("ct", spec["ct"]), spec["ct"], "CT", "the CT", src)
     elif not isinstance(ct, Volume):
         raise TypeError(f"ct must be a Volume, got {type(ct).__name__}")
 
@@ -425,14 +429,7 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
         if len(mspec) > 1:
             raise ValueError(f"{src}: 'mask' has both 'file' and threshold settings: {mspec!r}")
         m_path = rel_path("mask.file", mspec["file"])
-        if not m_path.exists():
-            raise FileNotFoundError(f"{src}: mask file {mspec['file']!r} not found: {str(m_path)!r}")
-        try:
-            mask = load_volume(m_path)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{src}: cannot read the mask {str(m_path)!r}: {exc}") from exc
+        mask = _read_volume(m_path, mspec["file"], "mask file", "the mask", src)
         if not _same_grid(mask, ct):
             raise ValueError(f"{src}: the mask {str(m_path)!r} is on a different grid "
                              f"({_grid_text(mask)}) than the CT ({_grid_text(ct)})")
