@@ -44,21 +44,6 @@ def _load_ct(path: str | None):
     return vol.translated(-vol.center), name
 
 
-def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.6):
-    """A dual-fluoroscope layout like the paper's: two point sources 650 mm from the system
-    centre, intensifiers 400 mm beyond it, the beams 100 degrees apart in the horizontal
-    plane."""
-    from .geometry import ConeView
-
-    views = []
-    for ang in (-50.0, 50.0):
-        a = np.deg2rad(ang)
-        src = 650.0 * np.array([np.sin(a), -np.cos(a), 0.0])
-        views.append(ConeView.looking_at(src, [0.0, 0.0, 0.0], distance_to_detector=1050.0, pitch=pitch,
-                                         width=width, height=height))
-    return views
-
-
 def _contact_sheet(images: np.ndarray, columns: int = 8) -> np.ndarray:
     n, h, w = images.shape
     columns = min(columns, n)
@@ -95,6 +80,8 @@ def cmd_render(args: argparse.Namespace) -> int:
                                  device=args.device)
         extra = {"scales": scales, "pixel_mm": args.pixel_mm}
     else:
+        from .simulate import default_dual_views
+
         views = default_dual_views(args.size, args.size, pitch=300.0 / args.size)
         view_list = [views[i % 2] for i in range(n)]
         drrs = R.render_cone(mu, view_list, poses, device=args.device)
