@@ -1,6 +1,7 @@
 """Overlays that let a person check a registration at a glance (like the paper's Fig. 11):
 the model's landmarks and bone outline projected with the registered pose, drawn on the
-X-ray frames of both views; single frames as PNG, the whole recording as an animated GIF.
+X-ray frames of both views; single frames as PNG, the whole recording as a video (MP4, H.264)
+or an animated GIF.
 
 Frames are expected in undistorted (corrected) pixel coordinates, as the registration uses
 them; pass ``distortion`` (a calibration DistortionModel) to draw on raw intensifier frames,
@@ -17,7 +18,7 @@ import numpy as np
 from . import render as R
 from .geometry import ConeView
 
-__all__ = ["bone_outline", "overlay_frame", "overlay_pair", "save_overlay_gif"]
+__all__ = ["bone_outline", "overlay_frame", "overlay_pair", "save_overlay_gif", "save_overlay_video"]
 
 LANDMARK_RGB = (60, 255, 60)
 DETECTED_RGB = (255, 60, 60)
@@ -117,3 +118,47 @@ def save_overlay_gif(pairs: Sequence[np.ndarray], path, *, fps: float = 10.0, ma
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return path
+
+
+def save_overlay_video(pairs, path, *, fps: float = 10.0, max_width: int = 1200) -> Path:
+    """The overlay pairs (RGB arrays, or an iterable producing them, so a long recording need not
+    be held in memory) as a video: ``.mp4``/``.mkv``/``.avi`` are H.264 (yuv420p, the size rounded
+    to even pixels), ``.gif`` an animated GIF (held in memory; see :func:`save_overlay_gif`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return save_overlay_gif(list(pairs), path, fps=fps, max_width=max_width)
+    if suffix not in (".mp4", ".mkv", ".avi"):
+        raise ValueError(f"overlay video '{path}': expected a .mp4, .mkv, .avi or .gif file name")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    import av
+    from fractions import Fraction
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container, stream, count = None, None, 0
+    try:
+        for p in pairs:
+            im = Image.fromarray(np.asarray(p, dtype=np.uint8)).convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, round(im.height * max_width / im.width)), Image.BILINEAR)
+            if stream is None:
+                container = av.open(str(path), mode="w")
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+                stream.width, stream.height = im.width // 2 * 2, im.height // 2 * 2
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": "18"}
+            im = im.crop((0, 0, stream.width, stream.height)) if im.size != (stream.width, stream.height) else im
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(im), format="rgb24")):
+                container.mux(packet)
+            count += 1
+        if stream is None:
+            raise ValueError("no frames to write")
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        if container is not None:
+            container.close()
+    return path
+

@@ -8,10 +8,13 @@ A recording folder holds ``recording.json``::
                                            # optionally each view's distortion model)
      "frames": 120}                        # optional; checked when given
 
-Each entry of ``views`` is a folder of images (PNG or TIFF, sorted by name; one frame each) or
-a multi-page TIFF file, relative to the recording folder. Real recordings use the same layout;
-:func:`open_recording` can also be given the two sequences and the geometry directly. Frames
-are read lazily, one at a time, as float32 grey levels.
+Each entry of ``views`` is a folder of images (PNG or TIFF, sorted by name; one frame each), a
+multi-page TIFF file, or a video file (AVI, MP4, MOV, MKV; decoded by FFmpeg through PyAV),
+relative to the recording folder. Real recordings use the same layout; :func:`open_recording`
+can also be given the two sequences and the geometry directly. Frames are read lazily, one at a
+time, as float32 grey levels. Videos decode forward: reading frames in order costs one decode
+each, going back restarts from the first frame (the pipeline reads in order). Lossy codecs
+alter grey levels; labs that keep video should prefer lossless ones (FFV1, uncompressed AVI).
 """
 
 from __future__ import annotations
@@ -26,18 +29,73 @@ import numpy as np
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v")
+
+
+class _VideoReader:
+    """Grey frames of a video file by index, decoded forward (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        try:
+            import av
+        except ImportError as exc:  # pragma: no cover - av is a dependency
+            raise ImportError("reading video needs PyAV: pip install av") from exc
+        self.path = path
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"'{path}' holds no video stream")
+                stream = container.streams.video[0]
+                self.bits16 = stream.codec_context.format is not None and "16" in stream.codec_context.format.name
+                # Containers do not all record the frame count: count by demuxing (no decoding).
+                self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except av.error.FFmpegError as exc:
+            raise ValueError(f"cannot read the video '{path}': {exc}") from exc
+        if self.n == 0:
+            raise ValueError(f"the video '{path}' holds no frames")
+        self._container, self._frames, self._next = None, None, 0
+
+    def _restart(self):
+        import av
+
+        if self._container is not None:
+            self._container.close()
+        self._container = av.open(str(self.path))
+        self._frames = self._container.decode(video=0)
+        self._next = 0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._container is None or i < self._next:
+            self._restart()
+        frame = None
+        while self._next <= i:
+            frame = next(self._frames, None)
+            if frame is None:
+                raise ValueError(f"the video '{self.path}' ended before frame {i}")
+            self._next += 1
+        return frame.to_ndarray(format="gray16le" if self.bits16 else "gray")
+
+    def close(self):
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 class ImageSequence:
-    """Frames of one view: a folder of PNG/TIFF images (sorted by name) or a multi-page TIFF."""
+    """Frames of one view: a folder of PNG/TIFF images (sorted by name), a multi-page TIFF or a
+    video file."""
 
     def __init__(self, path):
         self.path = Path(path)
+        self._video = None
         if self.path.is_dir():
             self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
                 raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
             self._pages = None
+        elif self.path.is_file() and self.path.suffix.lower() in VIDEO_SUFFIXES:
+            self._video = _VideoReader(self.path)
+            self.files, self._pages = None, self._video.n
         elif self.path.is_file() and self.path.suffix.lower() in (".tif", ".tiff"):
             from PIL import Image
 
@@ -50,8 +108,8 @@ class ImageSequence:
         elif not self.path.exists():
             raise FileNotFoundError(f"image sequence '{self.path}' does not exist")
         else:
-            raise ValueError(f"image sequence '{self.path}': expected a folder of PNG/TIFF images or a "
-                             "multi-page TIFF file")
+            raise ValueError(f"image sequence '{self.path}': expected a folder of PNG/TIFF images, a "
+                             f"multi-page TIFF file or a video ({', '.join(VIDEO_SUFFIXES)})")
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else int(self._pages)
@@ -59,6 +117,8 @@ class ImageSequence:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
+        if self._video is not None:
+            return self._video[i].astype(np.float32)
         # Pillow reads PNG and TIFF (also LZW-compressed, 8/16-bit and float pages).
         from PIL import Image
 
