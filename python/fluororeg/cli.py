@@ -2,6 +2,7 @@
 
     fluororeg render [--ct PATH] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
     fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
+                      [--projection parallel|cone] [--geometry geometry.json] [--source-distance LO HI]
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
     fluororeg simulate [--subject DIR] [--scenario NAME] [--frames N] [--size PX] [--out DIR]
     fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
@@ -9,6 +10,7 @@
     fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
     fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM --out geometry.json
     fluororeg register RECORDING --detector MODEL.onnx [--translator MODEL.onnx] --out DIR
+    fluororeg overlay RECORDING POSES.csv --out DIR [--frames I ...] [--video overlay.mp4|.gif|none]
     fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] --out DIR
     fluororeg demo [--out DIR] [--quick]
     fluororeg info
@@ -108,14 +110,27 @@ def _subject(folder: str | None):
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from .dataset import DatasetConfig, generate_dataset
+    from .dataset import DatasetConfig, PoseRanges, generate_dataset, source_distance_range
 
+    if args.projection == "parallel" and (args.geometry or args.source_distance):
+        raise ValueError("--geometry and --source-distance describe a cone beam: drop --projection parallel")
+    projection, sod = args.projection or "parallel", DatasetConfig.source_distance_mm
+    if args.geometry is not None:
+        from .calibration.geometry_file import load_geometry
+
+        projection, sod = "cone", source_distance_range(load_geometry(args.geometry).views)
+    if args.source_distance is not None:
+        projection, sod = "cone", tuple(args.source_distance)
+    poses = PoseRanges() if args.azimuth is None else PoseRanges(azimuth_deg=tuple(args.azimuth))
     config = DatasetConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.size,
                            pixel_mm=args.pixel_mm, segmented_share=args.segmented_share, seed=args.seed,
-                           shard_size=args.shard_size)
+                           shard_size=args.shard_size, poses=poses, projection=projection,
+                           source_distance_mm=sod)
     subject = _subject(args.subject)
+    beam = "parallel-beam" if config.projection == "parallel" else \
+        "cone-beam (sources {:.0f}-{:.0f} mm from the object)".format(*config.source_distance_mm)
     print(f"subject {subject.name}: {len(subject.landmark_names)} landmarks, {len(subject.pairs)} pairs; "
-          f"generating {config.n_train} train + {config.n_test} test samples into {args.out}")
+          f"generating {config.n_train} train + {config.n_test} test {beam} samples into {args.out}")
     t0 = time.perf_counter()
     try:
         generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
@@ -218,7 +233,48 @@ def cmd_register(args: argparse.Namespace) -> int:
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     ok = int(np.sum(res.status == "ok"))
     print(f"registered {ok} of {len(res.frames)} frame pairs in {res.seconds:.1f} s ({res.frames_per_s:.1f} frame "
-          f"pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra")
+          f"pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: fluororeg overlay "
+          f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
+    return 0
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .overlay import overlay_pair, save_overlay_video
+    from .poses_io import read_poses_csv
+    from .recording import open_recording
+
+    subject = _subject(args.subject)
+    rec = open_recording(args.recording)
+    table = read_poses_csv(args.poses)
+    frames, poses = np.asarray(table["frame"], int), table["poses"]
+    if len(frames) and (frames.min() < 0 or frames.max() >= len(rec)):
+        raise ValueError(f"{args.poses} has frames {frames.min()}..{frames.max()}, but the recording has "
+                         f"{len(rec)} frames (0..{len(rec) - 1})")
+    pose_of = dict(zip(frames.tolist(), poses))
+    nan_pose = np.full(6, np.nan)
+
+    def pair(i):
+        status = "" if np.isfinite(pose_of.get(i, nan_pose)).all() else "  (not registered)"
+        return overlay_pair(rec.frame(i), subject, rec.geometry.views, pose_of.get(i, nan_pose),
+                            distortion=rec.geometry.distortion, label=f"frame {i}{status}")
+
+    chosen = args.frames if args.frames is not None else sorted({0, len(rec) // 2, len(rec) - 1})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in chosen:
+        if not 0 <= i < len(rec):
+            raise ValueError(f"--frames {i}: expected frame numbers 0..{len(rec) - 1}")
+        Image.fromarray(pair(i)).save(out / f"overlay_frame_{i:05d}.png")
+    written = [str(out / f"overlay_frame_{i:05d}.png") for i in chosen]
+    if args.video != "none":
+        from tqdm import tqdm
+
+        fps = args.fps or 10.0
+        frames_iter = (pair(i) for i in tqdm(range(len(rec)), unit="frame", desc="overlay", disable=args.quiet))
+        written.append(str(save_overlay_video(frames_iter, out / args.video, fps=fps)))
+    print("wrote " + ", ".join(written))
     return 0
 
 
@@ -283,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--segmented-share", type=float, default=2139 / 9751,
                    help="share of bone-segmented images (default 2139/9751, as the paper)")
     d.add_argument("--shard-size", type=int, default=512)
+    d.add_argument("--projection", choices=["parallel", "cone"], default=None,
+                   help="parallel-beam DRRs (the paper's, default) or cone-beam DRRs from a point source")
+    d.add_argument("--source-distance", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="cone beam: range of source-to-object distances in mm (implies --projection cone)")
+    d.add_argument("--geometry", help="geometry.json of the lab's fluoroscopes: cone beam with their "
+                                      "source-to-centre distances +-15%% (implies --projection cone)")
+    d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="viewing azimuths in deg (default -90 90: the subject's front half)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -353,6 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--out", required=True)
     rg.add_argument("--quiet", action="store_true")
     rg.set_defaults(func=cmd_register)
+    ov = sub.add_parser("overlay", help="draw registered poses (landmarks, bone outline) on the X-rays: PNG + video")
+    ov.add_argument("recording", help="recording folder (recording.json)")
+    ov.add_argument("poses", help="poses.csv written by `fluororeg register`")
+    ov.add_argument("--subject", help="subject folder (default: the example subject)")
+    ov.add_argument("--frames", type=int, nargs="+", help="frames to save as PNG (default: first, middle, last)")
+    ov.add_argument("--video", default="overlay.mp4",
+                    help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it")
+    ov.add_argument("--fps", type=float, help="video frame rate (default 10)")
+    ov.add_argument("--out", required=True, help="output folder")
+    ov.add_argument("--quiet", action="store_true")
+    ov.set_defaults(func=cmd_overlay)
     ev = sub.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
     ev.add_argument("poses", help="poses.csv from fluororeg register")
     ev.add_argument("--reference", required=True, help="reference poses: a poses CSV or a simulation's truth.npz")
