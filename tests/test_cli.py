@@ -46,6 +46,15 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
     assert main(["dataset", "--n-train", "6", "--n-test", "2", "--size", "32", "--pixel-mm", "8", "--quiet",
                  "--out", str(tmp_path / "ds")]) == 0
     assert len(DatasetReader(tmp_path / "ds", "test")) == 2
+    # A cone-beam dataset matching the recording's fluoroscopes (650 mm from the centre).
+    assert main(["dataset", "--n-train", "4", "--n-test", "0", "--size", "32", "--pixel-mm", "8", "--quiet",
+                 "--geometry", str(tmp_path / "rec" / "geometry.json"), "--out", str(tmp_path / "cone")]) == 0
+    cone = DatasetReader(tmp_path / "cone", "train")
+    assert cone.meta["config"]["projection"] == "cone"
+    np.testing.assert_allclose(cone.meta["config"]["source_distance_mm"], [650 * 0.85, 650 * 1.15])
+    assert main(["dataset", "--projection", "parallel", "--source-distance", "500", "900",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "cone beam" in capsys.readouterr().err
     assert main(["contact-sheet", str(tmp_path / "ds"), "--count", "4"]) == 0
     assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
     assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2

@@ -153,7 +153,62 @@ def test_pose_ranges_view_the_subject_horizontally_with_superior_up(subject):
     np.testing.assert_allclose(rotation_matrix(az0[0, :3])[2], [0, 1, 0], atol=1e-12)  # looks posterior
 
 
+def test_default_azimuths_see_the_subject_from_its_front_half():
+    """Front half only: a view from behind is a mirror image with swapped labels (see dataset)."""
+    from fluororeg.geometry import rotation_matrix
+
+    ranges = PoseRanges()
+    poses, _ = D.sample_poses(np.random.default_rng(2), 2000, ranges)
+    beam = rotation_matrix(poses[:, :3])[:, 2, :]          # camera +z in model coordinates
+    toward_front = beam @ np.array(ranges.anterior_axis)   # < 0: rays run from the front backward
+    assert np.all(toward_front <= 1e-9)
+    assert toward_front.max() > -0.05 and toward_front.min() < -0.99  # lateral and frontal views occur
+
+
+def test_cone_samples_match_the_cone_renderer_and_tend_to_parallel_far_away(subject):
+    camera = SMALL.camera
+    poses, scales = D.sample_poses(np.random.default_rng(5), 6, SMALL.poses)
+    seg = np.zeros(6, bool)
+    far = D.render_samples(subject, poses, scales, seg, camera, source_distance_mm=np.full(6, 1e6))
+    par = D.render_samples(subject, poses, scales, seg, camera)
+    np.testing.assert_allclose(far["landmarks_px"], par["landmarks_px"], atol=2e-3)
+    assert np.mean(np.abs(far["image"].astype(int) - par["image"].astype(int))) < 2.0
+    assert np.mean(far["mask"] != par["mask"]) < 0.01
+    # Nearer sources magnify the parts of the bone nearer the source more (perspective).
+    sod = np.full(6, 400.0)
+    near = D.render_samples(subject, poses, scales, seg, camera, source_distance_mm=sod)
+    np.testing.assert_array_equal(near["source_distance_mm"], sod)
+    views = D.cone_views(camera, scales, sod)
+    xy, _ = R.project_cone(subject.landmarks_model, views, poses)
+    np.testing.assert_allclose(near["landmarks_px"], xy, atol=1e-4)
+    from fluororeg.geometry import pose_matrix
+
+    M = pose_matrix(poses)
+    z = np.einsum("nij,mj->nmi", M[:, :3, :3], subject.landmarks_model)[..., 2] + M[:, None, 2, 3]  # depth, mm
+    c = (camera.width - 1) / 2
+    r_par = np.linalg.norm(par["landmarks_px"] - c, axis=-1)
+    ratio = np.linalg.norm(near["landmarks_px"] - c, axis=-1) / np.maximum(r_par, 1e-9)
+    off_centre = r_par > 2.0
+    np.testing.assert_allclose(ratio[off_centre], (400.0 / (400.0 + z))[off_centre], rtol=1e-3)
+
+
+def test_cone_dataset_records_its_projection(subject, tmp_path):
+    cfg = DatasetConfig(n_train=8, n_test=0, image_size=32, pixel_mm=8.0, shard_size=8, projection="cone",
+                        source_distance_mm=(500.0, 800.0))
+    generate_dataset(subject, tmp_path / "cone", cfg, progress=False)
+    meta = json.loads((tmp_path / "cone" / "dataset.json").read_text())
+    assert meta["config"]["projection"] == "cone" and meta["config"]["source_distance_mm"] == [500.0, 800.0]
+    sod = np.array([DatasetReader(tmp_path / "cone")[i]["source_distance_mm"] for i in range(8)])
+    assert np.all((sod >= 500.0) & (sod <= 800.0)) and np.ptp(sod) > 0
+
+
 def test_bad_configuration_errors():
+    with pytest.raises(ValueError, match="projection 'fan'"):
+        DatasetConfig(projection="fan")
+    with pytest.raises(ValueError, match="source_distance_mm"):
+        DatasetConfig(projection="cone", source_distance_mm=(100.0, 900.0))
+    with pytest.raises(ValueError, match="source_distance_mm"):
+        DatasetConfig(projection="cone", source_distance_mm=(900.0, 600.0))
     with pytest.raises(ValueError, match="n_train"):
         DatasetConfig(n_train=-1)
     with pytest.raises(ValueError, match="segmented_share"):

@@ -19,6 +19,7 @@ from .geometry import (
     pose_matrix,
     rotation_matrix,
     system_centre,
+    beam_crossing,
 )
 from .landmarks import Landmarks, load_landmarks, save_landmarks
 from .registration import (
@@ -86,5 +87,6 @@ __all__ = [
     "save_subject",
     "save_volume",
     "system_centre",
+    "beam_crossing",
     "to_uint8",
 ]

@@ -1,18 +1,39 @@
 """The artificial radiograph-landmark dataset (the paper's Section 2.1).
 
-A subject (CT + landmarks + bone mask) becomes a reproducible set of parallel-beam DRRs at
-random poses, each with its landmarks (pixels and network coordinates), visibility flags and
-the projected bone mask; a configurable share of the images is bone-segmented (multiplied by
-the projected mask, as the paper's skull-segmented images: 2139 of 9751).
+A subject (CT + landmarks + bone mask) becomes a reproducible set of DRRs at random poses, each
+with its landmarks (pixels and network coordinates), visibility flags and the projected bone
+mask; a configurable share of the images is bone-segmented (multiplied by the projected mask,
+as the paper's skull-segmented images: 2139 of 9751).
+
+Projection (``DatasetConfig.projection``):
+
+* ``'parallel'`` (the paper's): shear-warp parallel-beam DRRs, ``pixel_mm`` per pixel, times
+  the sample's scale.
+* ``'cone'``: cone-beam DRRs from a point source ``source_distance_mm`` (uniform per sample)
+  in front of the object centre, looking along camera +z, with the pixel size ``pixel_mm /
+  scale`` at the object centre. A fluoroscope is a point source: parts of the bone nearer the
+  source are magnified more, and no parallel projection followed by any 2-D affine map
+  reproduces that. For the example skull, 650 mm from the sources, the best affine fit of
+  parallel projections to the true cone-beam landmark projections leaves a mean residual of
+  about 2 px at 2 mm per pixel: a detector trained on parallel DRRs carries that bias into
+  the registration. Use ``'cone'`` with the source distances of your fluoroscopes (the
+  pipeline crops frames at the same pixel size at the system centre).
 
 Poses. The parallel camera looks at the subject horizontally, the way both fluoroscopes of a
 dual-fluoroscope system see a standing or walking subject: a base orientation puts the
 subject's superior axis up in the image and its anterior axis toward the camera; on top of it
 come, all uniformly drawn:
 
-* azimuth in [-180, 180) deg about the superior axis: every horizontal viewing direction,
-  which covers both fluoroscopes (about 100 deg apart) whatever the subject's heading and
-  axial rotation (the paper's largest motion, axial rotation, reaches +-45 deg);
+* azimuth in [-90, 90] deg about the superior axis: every horizontal viewing direction from
+  the subject's front half. The back half adds no new images, only ambiguous labels: a
+  parallel projection seen from behind is the exact mirror image of the one seen from the
+  front, and a near-symmetric skull's mirror image looks like another front view with its
+  left and right landmarks exchanged, so a network trained on the full circle cannot tell
+  which labels to give (it learns their average). From the front half the labels are a
+  function of the image; a recording that sees the subject from behind gets mirror-swapped
+  labels, which is what the registration's four mirror cases resolve (Table 1 of the paper).
+  Both fluoroscopes (about 100 deg apart, sources in front of the subject) with axial
+  rotations up to +-40 deg stay within the range; ``(-180, 180)`` gives the full circle;
 * elevation in [-30, 30] deg (beam out of the horizontal plane: flexion-extension seen from
   the front, lateral bending seen from the side, and the tilt of the fluoroscopes);
 * roll in [-30, 30] deg (in-plane rotation: flexion-extension seen from the side, lateral
@@ -29,7 +50,8 @@ integrals), as the paper's 8-bit inputs), ``mask`` uint8 [n, H, W] (projected bo
 silhouette), ``landmarks_px`` float32 [n, L, 2] (x = column, y = row), ``landmarks_norm``
 float32 [n, L, 2] (``(p - (N-1)/2) / ((N-1)/2)``), ``visible`` bool [n, L], ``segmented`` bool
 [n], ``pose`` float64 [n, 6] (camera_from_model, deg / mm), ``scale`` float64 [n] and
-``window_hi`` float32 [n] (the line integral shown as 255). Each shard is generated from its
+``window_hi`` float32 [n] (the line integral shown as 255), and for cone-beam datasets
+``source_distance_mm`` float64 [n]. Each shard is generated from its
 own seed derived from (seed, split, shard index), so the same seed gives the same dataset and
 a resumed run reproduces exactly what an uninterrupted one would; a shard file exists only
 once complete (written to a temporary file, then renamed).
@@ -48,9 +70,10 @@ from typing import Iterator
 import numpy as np
 
 from . import render as R
-from .geometry import ParallelCamera, euler_from_matrix
+from .geometry import ConeView, ParallelCamera, euler_from_matrix
 
-__all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "render_samples",
+__all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
+           "render_samples",
            "DatasetReader", "contact_sheet"]
 
 FORMAT_VERSION = 1
@@ -71,7 +94,7 @@ def _interval(value, name: str, lo=-math.inf, hi=math.inf) -> tuple[float, float
 class PoseRanges:
     """Uniform ranges of the random poses (degrees, millimetres); see the module docstring."""
 
-    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
+    azimuth_deg: tuple[float, float] = (-90.0, 90.0)
     elevation_deg: tuple[float, float] = (-30.0, 30.0)
     roll_deg: tuple[float, float] = (-30.0, 30.0)
     translation_mm: tuple[float, float] = (-15.0, 15.0)
@@ -141,6 +164,8 @@ class DatasetConfig:
     seed: int = 0
     shard_size: int = 512
     poses: PoseRanges = field(default_factory=PoseRanges)
+    projection: str = "parallel"                          # 'parallel' (the paper's) | 'cone'
+    source_distance_mm: tuple[float, float] = (550.0, 900.0)  # cone: source to object centre
 
     def __post_init__(self):
         for name in ("n_train", "n_test"):
@@ -157,6 +182,13 @@ class DatasetConfig:
             raise ValueError(f"segmented_share = {self.segmented_share!r}: expected a fraction in [0, 1]")
         if not isinstance(self.shard_size, (int, np.integer)) or self.shard_size < 1:
             raise ValueError(f"shard_size = {self.shard_size!r}: expected an integer >= 1")
+        if self.projection not in ("parallel", "cone"):
+            raise ValueError(f"projection '{self.projection}' is unknown: expected 'parallel' or 'cone'")
+        lo, hi = _interval(self.source_distance_mm, "source_distance_mm", 1.0)
+        if lo < 200.0:
+            raise ValueError(f"source_distance_mm = {self.source_distance_mm!r}: expected distances of at least "
+                             "200 mm (a skull must fit between the source and the object centre)")
+        object.__setattr__(self, "source_distance_mm", (lo, hi))
 
     @property
     def camera(self) -> ParallelCamera:
@@ -174,24 +206,59 @@ class DatasetConfig:
         return d
 
 
+def source_distance_range(views, margin: float = 0.15) -> tuple[float, float]:
+    """Source-to-object distances (mm) for a cone-beam dataset that matches a lab's fluoroscopes:
+    the distances from each view's source to the beams' crossing (where the pipeline measures its
+    crop pixel size), widened by ``margin`` either way for subjects off the crossing."""
+    from .geometry import beam_crossing
+
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin = {margin!r}: expected a fraction in [0, 1)")
+    centre = beam_crossing(views)
+    d = [abs(float(v.normal @ (centre - v.source))) for v in views]
+    return (min(d) * (1.0 - margin), max(d) * (1.0 + margin))
+
+
 def _shard_rng(seed: int, split: str, shard: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), shard]))
 
 
+def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: np.ndarray) -> list[ConeView]:
+    """The cone-beam counterparts [n] of ``camera`` at ``scales`` [n]: in camera coordinates,
+    the source ``source_distance_mm`` [n] in front of the origin on the -z axis, the detector
+    beyond the origin (1.5 times as far from the source), the pixel size at the origin
+    ``camera.pixel_mm / scale`` and the principal point at the image centre."""
+    views = []
+    for s, sod in zip(np.asarray(scales, float), np.asarray(source_distance_mm, float)):
+        sdd = 1.5 * sod
+        pitch = camera.pixel_mm / s * sdd / sod
+        views.append(ConeView(np.array([0.0, 0.0, -sod]), np.array([0.0, 0.0, sdd - sod]), np.array([1.0, 0.0, 0.0]),
+                              np.array([0.0, 1.0, 0.0]), pitch, pitch, camera.width, camera.height))
+    return views
+
+
 def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np.ndarray,
-                   camera: ParallelCamera, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Render one batch of samples (see the module docstring for the fields)."""
+                   camera: ParallelCamera, device: str = "cpu",
+                   source_distance_mm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Render one batch of samples (see the module docstring for the fields): parallel-beam,
+    or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`)."""
     mu = subject.attenuation_model()
-    drr = R.render_parallel(mu, poses, camera, scales, device=device)
-    mask = R.project_mask_parallel(subject.mask_model(), poses, camera, scales, device=device)
+    if source_distance_mm is None:
+        drr = R.render_parallel(mu, poses, camera, scales, device=device)
+        mask = R.project_mask_parallel(subject.mask_model(), poses, camera, scales, device=device)
+        xy, visible = R.project_parallel(subject.landmarks_model, poses, camera, scales, device=device)
+    else:
+        views = cone_views(camera, scales, source_distance_mm)
+        drr = R.render_cone(mu, views, poses, device=device)
+        mask = R.project_mask_cone(subject.mask_model(), views, poses, device=device)
+        xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
     drr = np.where(segmented[:, None, None], drr * mask, drr)
     hi = np.array([np.percentile(d[d > 0], 99.5) if np.any(d > 0) else 1.0 for d in drr], dtype=np.float32)
     image = np.empty(drr.shape, np.uint8)
     for i in range(len(drr)):
         image[i] = R.to_uint8(drr[i], window=(0.0, float(hi[i])))
-    xy, visible = R.project_parallel(subject.landmarks_model, poses, camera, scales, device=device)
     half = np.array([(camera.width - 1) / 2, (camera.height - 1) / 2])
-    return {
+    sample = {
         "image": image,
         "mask": mask.astype(np.uint8),
         "landmarks_px": xy.astype(np.float32),
@@ -202,6 +269,9 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
         "scale": scales,
         "window_hi": hi,
     }
+    if source_distance_mm is not None:
+        sample["source_distance_mm"] = np.asarray(source_distance_mm, np.float64)
+    return sample
 
 
 def _metadata(subject, config: DatasetConfig) -> dict:
@@ -287,7 +357,8 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
                 rng = _shard_rng(config.seed, split, shard)
                 poses, scales = sample_poses(rng, n, config.poses)
                 segmented = rng.random(n) < config.segmented_share
-                sample = render_samples(subject, poses, scales, segmented, config.camera, device)
+                sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
+                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod)
                 if write:
                     with _DeferInterrupt():
                         tmp = path.with_suffix(".h5.tmp")

@@ -27,6 +27,7 @@ __all__ = [
     "ParallelCamera",
     "stack_views",
     "system_centre",
+    "beam_crossing",
 ]
 
 
@@ -226,3 +227,20 @@ def system_centre(views) -> np.ndarray:
     views = list(views)
     pts = [v.source for v in views] + [v.detector_centre for v in views]
     return np.mean(pts, axis=0)
+
+
+def beam_crossing(views) -> np.ndarray:
+    """Where the principal rays (source -> detector centre) of the views pass closest to each
+    other (least squares), mm: where a lab puts the joint, seen at the centre of every image.
+    Raises for parallel principal rays, which do not cross."""
+    A, b = np.zeros((3, 3)), np.zeros(3)
+    for v in views:
+        d = v.detector_centre - v.source
+        d = d / np.linalg.norm(d)
+        P = np.eye(3) - np.outer(d, d)   # projects onto the plane normal to the ray
+        A += P
+        b += P @ v.source
+    if np.linalg.cond(A) > 1e8:
+        raise ValueError("the views' principal rays are parallel: they have no crossing point")
+    return np.linalg.solve(A, b)
+

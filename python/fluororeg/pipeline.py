@@ -5,8 +5,9 @@ For every frame of both views (:mod:`fluororeg.recording`):
 
 1. Crop: a square around the field-of-view centre whose pixel size at the subject matches
    the artificial dataset's (``crop_pixel_mm``, 2 mm by default): the side in frame pixels is
-   ``size * crop_pixel_mm / (pitch * SOD / SDD)`` with SOD the source-to-system-centre
-   distance. Outside the frame and the circular field of view the crop is filled with the
+   ``size * crop_pixel_mm / (pitch * SOD / SDD)`` with SOD the distance from the source to
+   where the principal rays cross (:func:`~fluororeg.geometry.beam_crossing`, where the joint
+   is placed). Outside the frame and the circular field of view the crop is filled with the
    open-field grey (air), resampled to the detector's input size.
 2. Style: ``'translate'`` runs the X-ray-to-DRR generator (the paper's method); ``'log'``
    inverts Beer-Lambert instead (``-ln(I / I_open)``, a physics-based DRR look without
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import ConeView, system_centre
+from .geometry import ConeView, beam_crossing
 
 __all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "xray_training_crops",
            "detect_recording", "register_recording"]
@@ -100,7 +101,7 @@ def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
     from .learning.xray_domain import detect_fov
 
     views = recording.geometry.views
-    centre = system_centre(views)
+    centre = beam_crossing(views)
     first = recording.frame(0)
     fovs, boxes = [], []
     for k in range(2):
