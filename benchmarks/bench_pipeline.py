@@ -7,7 +7,9 @@ second end to end (reading frames, crops, translation, detection, registration).
     python benchmarks/bench_pipeline.py --quick --json out/bench/pipeline.json [--models out/demo/models]
 
 The trained networks come from ``--models`` (default: the demo's, ``out/demo/models``; run
-``fluororeg demo`` first). --quick: two scenarios of 12 frame pairs instead of four of 40.
+``fluororeg demo`` first); ``--detector`` / ``--translator`` replace one of them (e.g. a
+detector trained longer by ``benchmarks/bench_training.py``). --quick: two scenarios of 12 frame
+pairs instead of four of 40.
 """
 
 from __future__ import annotations
@@ -31,19 +33,24 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--models", default="out/demo/models", help="folder with detector.onnx and style/xray_to_drr.onnx")
     p.add_argument("--work", default="out/bench_pipeline", help="where the simulated recordings go")
+    p.add_argument("--detector", help="detector ONNX (default <models>/detector.onnx)")
+    p.add_argument("--translator", help="X-ray-to-DRR generator ONNX (default <models>/style/xray_to_drr.onnx)")
     args = p.parse_args()
     models = Path(args.models)
-    if not (models / "detector.onnx").exists():
-        raise SystemExit(f"{models / 'detector.onnx'} not found: run `fluororeg demo` first or pass --models")
+    det_path = Path(args.detector or models / "detector.onnx")
+    gen_path = Path(args.translator or models / "style" / "xray_to_drr.onnx")
+    for path in (det_path, gen_path):
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run `fluororeg demo` first or pass --models/--detector/--translator")
     subject = example_subject()
-    detector = LandmarkDetector(models / "detector.onnx", subject=subject)
-    translator = StyleTranslator(models / "style" / "xray_to_drr.onnx", direction="xray_to_drr")
+    detector = LandmarkDetector(det_path, subject=subject)
+    translator = StyleTranslator(gen_path, direction="xray_to_drr")
     crop_mm = 2.0 * 128 / translator.input_size[0]
     scenarios = ["walking", "axial_rotation"] if args.quick else ["walking", "flexion_extension", "lateral_bending",
                                                                      "axial_rotation"]
     n_frames = 12 if args.quick else 40
     views = default_dual_views(512, 512, pitch=0.8)  # a 16-inch intensifier: the skull well inside
-    results, rows = {"scenarios": {}}, []
+    results, rows = {"detector": str(det_path), "translator": str(gen_path), "scenarios": {}}, []
     styles = {"translate": "with style translation", "log": "without (log inversion)",
               "invert": "without (grey-level inversion)"}
     all_ang, all_pos, fps = {k: [] for k in styles}, {k: [] for k in styles}, []

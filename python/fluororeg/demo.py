@@ -2,13 +2,14 @@
 registered poses, an evaluation against ground truth, a report and overlays.
 
 Steps: the example subject (CT fetched and cached on first use) -> a small artificial dataset
--> the landmark detector (fast CPU preset, time-limited) -> simulated X-ray recordings: one to
-learn the X-ray style from, one to register (another seed and motion, poses not used in
-training) -> the style translator (fast preset, a bounded number of steps) -> registration of
-the test recording with style translation and, for comparison, with a physics-based
-Beer-Lambert inversion and with a plain grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays (PNG of the
-first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse what is
-already there (dataset, trained networks, recordings).
+of cone-beam DRRs (the simulated fluoroscopes' perspective) -> the landmark detector (fast CPU
+preset, time-limited) -> simulated X-ray recordings: one to learn the X-ray style from, one to
+register (another seed and motion, poses not used in training) -> the style translator (fast
+preset, a bounded number of steps) -> registration of the test recording with style
+translation and, for comparison, with a physics-based Beer-Lambert inversion and with a plain
+grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays
+(PNG of the first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse
+what is already there (dataset, trained networks, recordings).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     """Run the demo into ``out``; returns the path of ``report.md``."""
     from PIL import Image
 
-    from .dataset import DatasetConfig, generate_dataset
+    from .dataset import DatasetConfig, generate_dataset, source_distance_range
     from .evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
     from .learning.detector import DetectorConfig, LandmarkDetector, export_detector, preset, train_detector
     from .learning.style import StyleConfig, StyleTranslator, export_generators, train_style
@@ -79,10 +80,15 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     q = settings.quick
     size = 64 if q else 128
 
+    # a 16-inch (41 cm) intensifier: the skull stays mostly inside the field of view
+    views = default_dual_views(settings.image_size, settings.image_size, pitch=409.6 / settings.image_size)
+
     step("dataset")
+    # Cone-beam DRRs from the fluoroscopes' source distances: the perspective the frames show.
     ds_cfg = DatasetConfig(n_train=settings.n_train, n_test=settings.n_test, image_size=size,
-                           pixel_mm=2.0 * 128 / size, seed=settings.seed, shard_size=512 if not q else 32)
-    _say(f"artificial dataset: {settings.n_train} + {settings.n_test} DRRs -> {out / 'dataset'}")
+                           pixel_mm=2.0 * 128 / size, seed=settings.seed, shard_size=512 if not q else 32,
+                           projection="cone", source_distance_mm=source_distance_range(views))
+    _say(f"artificial dataset: {settings.n_train} + {settings.n_test} cone-beam DRRs -> {out / 'dataset'}")
     generate_dataset(subject, out / "dataset", ds_cfg, progress=not q)
     done("dataset")
 
@@ -100,8 +106,6 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     detector = LandmarkDetector(det_onnx, subject=subject)
     done("detector")
 
-    # a 16-inch (41 cm) intensifier: the skull stays mostly inside the field of view
-    views = default_dual_views(settings.image_size, settings.image_size, pitch=409.6 / settings.image_size)
     step("simulate")
     rec_paths = {}
     for name, scen, n, seed in (("train", "axial_rotation", settings.train_frames, settings.seed + 100),

@@ -22,10 +22,13 @@ Loss. MSE in network coordinates over the *visible* landmarks only: a landmark p
 outside the image has no meaningful target (the paper's MSE over all 66 outputs presumably
 includes them; we mask them out and report both). With ``mirror_loss=True`` the loss of each
 image is the smaller of the loss against its labels and against its labels with every
-left/right pair swapped: a DRR seen from behind is the mirror image of one seen from the front,
-so left and right can only be told apart from small asymmetries, and the registration resolves
-the swap anyway (it solves the 4 mirror combinations, see :mod:`fluororeg.registration`).
-Reported errors are strict (against the true labels) and, as ``*_mirror``, up to that swap.
+left/right pair swapped. It is meant for datasets whose azimuths cover the full circle: a
+parallel DRR seen from behind is the mirror image of one seen from the front, so left and right
+can then only be told apart from small asymmetries (the registration resolves the swap anyway:
+it solves the 4 mirror combinations, see :mod:`fluororeg.registration`). The default datasets
+see the subject from its front half only (see :mod:`fluororeg.dataset`), where the labels are a
+function of the image and the plain loss is right. Reported errors are strict (against the true
+labels) and, as ``*_mirror``, up to that swap.
 
 Training keeps the dataset in memory (uint8; the paper's 9751 samples take ~160 MB), splits a
 validation share off the training split (early stopping on its loss, best checkpoint kept),
@@ -133,7 +136,7 @@ PRESETS = {
     # 60 epochs in 10.4 min, test error 1.73 px up to the left/right swap; the heatmap network
     # with the same settings reached 1.84 px in 14 min, so direct regression stays the default.
     "fast": dict(arch="resnet", width=32, input_size=64, epochs=60, batch_size=32,
-                 lr=2e-3, weight_decay=1e-4, schedule="onecycle", patience=1000, mirror_loss=True,
+                 lr=2e-3, weight_decay=1e-4, schedule="onecycle", patience=1000,
                  augment=AugmentConfig.light(), time_limit_minutes=20.0),
 }
 
