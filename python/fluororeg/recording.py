@@ -46,7 +46,8 @@ class _VideoReader:
                 if not container.streams.video:
                     raise ValueError(f"'{path}' holds no video stream")
                 stream = container.streams.video[0]
-                self.bits16 = stream.codec_context.format is not None and "16" in stream.codec_context.format.name
+                fmt = stream.codec_context.format  # more than 8 bits per sample: read 16-bit grey
+                self.bits16 = fmt is not None and max((c.bits for c in fmt.components), default=8) > 8
                 # Containers do not all record the frame count: count by demuxing (no decoding).
                 self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
         except av.error.FFmpegError as exc:
