@@ -92,6 +92,35 @@ def test_crop_box_matches_the_dataset_pixel_size():
     np.testing.assert_allclose(box.to_frame([63.5, 63.5]), [255.5, 255.5], atol=1e-9)
 
 
+def test_bone_crop_boxes_centre_the_model_origin(subject, models):
+    from fluororeg.pipeline import bone_crop_boxes, recording_crop_boxes
+    from fluororeg.render import project_cone
+
+    rec = open_recording(models["recording"])
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    poses = truth.copy()
+    poses[1] = np.nan
+    _, fixed = recording_crop_boxes(rec, 64, 4.0)
+    boxes = bone_crop_boxes(rec, poses, fixed, 64, 4.0)
+    assert len(boxes) == len(rec) and boxes[1] == tuple(fixed)
+    for f in (0, 2):
+        for k, view in enumerate(rec.geometry.views):
+            xy, _ = project_cone(np.zeros((1, 3)), view, truth[f])
+            raw = rec.geometry.distortion[k].distort_points(xy.reshape(1, 2))[0]
+            np.testing.assert_allclose(boxes[f][k].to_frame([31.5, 31.5]), raw, atol=1e-6)
+            sod = abs(view.normal @ (truth[f, 3:] - view.source))
+            mm_per_crop_px = boxes[f][k].side / 64 * view.pitch_u * sod / view.source_detector_distance
+            np.testing.assert_allclose(mm_per_crop_px, 4.0, rtol=1e-9)
+
+
+def test_recentring_needs_the_subject(models):
+    from fluororeg.pipeline import detect_recording
+
+    with pytest.raises(ValueError, match="subject"):
+        detect_recording(open_recording(models["recording"]), models["detector"], None, PipelineOptions(style="log"),
+                         progress=False)
+
+
 def test_crops_have_the_dataset_image_size_for_every_style(subject, models, monkeypatch):
     """The detector was trained on images of the dataset's size and pixel size: the pipeline
     crops at that size (the detector resamples to its input), whatever the style."""
@@ -109,7 +138,7 @@ def test_crops_have_the_dataset_image_size_for_every_style(subject, models, monk
     monkeypatch.setattr(detector, "detect", spy)
     monkeypatch.setitem(detector.model.meta, "training_image_size", 96)
     for style in ("log", "invert", "none"):
-        detect_recording(rec, detector, None, PipelineOptions(style=style), progress=False)
+        detect_recording(rec, detector, None, PipelineOptions(style=style), subject=subject, progress=False)
     assert set(seen) == {(96, 96)}
 
 

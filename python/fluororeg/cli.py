@@ -229,7 +229,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
                            loss=None if args.loss == "none" else args.loss, mode=args.mode,
-                           min_visible=args.min_visible)
+                           min_visible=args.min_visible, recentre=not args.no_recentre)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     ok = int(np.sum(res.status == "ok"))
     print(f"registered {ok} of {len(res.frames)} frame pairs in {res.seconds:.1f} s ({res.frames_per_s:.1f} frame "
@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
     rg.add_argument("--loss", choices=["none", "huber", "cauchy"], default="cauchy")
     rg.add_argument("--min-visible", type=int, default=6)
+    rg.add_argument("--no-recentre", action="store_true",
+                    help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")
     rg.add_argument("--smooth-hz", type=float, help="low-pass cut-off (Hz); needs --fps")
     rg.add_argument("--fps", type=float)
     rg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

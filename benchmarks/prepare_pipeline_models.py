@@ -1,0 +1,88 @@
+"""Train the networks `bench_pipeline.py` evaluates, longer than the demo does (CPU, ~35 min).
+
+    python benchmarks/prepare_pipeline_models.py --out out/pipeline_models
+    python benchmarks/bench_pipeline.py --models out/pipeline_models --json out/bench/pipeline.json
+
+1. The example subject's artificial dataset of cone-beam DRRs at the default fluoroscopes'
+   source distances (``--dataset``; generated if missing, about 3 min).
+2. The landmark detector: the fast preset on that dataset (``--detector-run``: a finished
+   training run to reuse instead, e.g. one of ``bench_training.py --dataset out/dataset_cone``).
+3. The X-ray domain: simulated recordings in intensifier styles *other* than the default one
+   that bench_pipeline's test recordings use (other noise, response curve, vignetting and
+   blur) and other motions and seeds, so neither the test poses nor the test style is seen
+   in training.
+4. The style translator: the fast CycleGAN preset for ``--style-steps`` steps.
+
+Writes ``<out>/detector.onnx`` and ``<out>/style/{xray_to_drr,drr_to_xray}.onnx``. Reruns reuse
+what exists (dataset, recordings, runs resume from their last checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+# Training styles: none of them is bench_pipeline's (the FluoroStyle defaults).
+TRAIN_STYLES = (
+    dict(photons=800.0, gamma=0.5, vignetting=0.25, blur_px=1.4),
+    dict(photons=3000.0, gamma=0.75, vignetting=0.45, blur_px=0.7),
+    dict(photons=1200.0, gamma=0.55, vignetting=0.3, blur_px=1.2),
+)
+TRAIN_MOTIONS = ("flexion_extension", "lateral_bending", "axial_rotation")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="out/pipeline_models")
+    p.add_argument("--dataset", default="out/dataset_cone", help="cone-beam dataset folder (generated if missing)")
+    p.add_argument("--detector-run", help="a finished detector training run folder to export instead of training")
+    p.add_argument("--detector-minutes", type=float, default=20.0)
+    p.add_argument("--style-steps", type=int, default=4000)
+    p.add_argument("--frames", type=int, default=40, help="frame pairs per X-ray training recording")
+    args = p.parse_args()
+
+    from fluororeg.dataset import DatasetConfig, generate_dataset, source_distance_range
+    from fluororeg.learning.detector import export_detector, preset, train_detector
+    from fluororeg.learning.style import StyleConfig, export_generators, train_style
+    from fluororeg.pipeline import xray_training_crops
+    from fluororeg.simulate import FluoroStyle, default_dual_views, simulate_recording
+    from fluororeg.subject import example_subject
+
+    out, dataset = Path(args.out), Path(args.dataset)
+    subject = example_subject()
+    views = default_dual_views(512, 512, pitch=0.8)
+    if not (dataset / "dataset.json").exists():
+        print(f"[prepare] cone-beam dataset -> {dataset}", flush=True)
+        generate_dataset(subject, dataset, DatasetConfig(projection="cone",
+                                                         source_distance_mm=source_distance_range(views)))
+
+    det_onnx = out / "detector.onnx"
+    if not det_onnx.exists():
+        run = Path(args.detector_run) if args.detector_run else out / "runs" / "detector"
+        if not args.detector_run:
+            print(f"[prepare] training the detector (fast preset, {args.detector_minutes:g} min limit)", flush=True)
+            train_detector(dataset, run, preset("fast", time_limit_minutes=args.detector_minutes))
+        export_detector(run, det_onnx)
+
+    recordings = []
+    for k, (motion, style) in enumerate(zip(TRAIN_MOTIONS, TRAIN_STYLES)):
+        folder = out / "xray_recordings" / f"{motion}_{k}"
+        if not (folder / "recording.json").exists():
+            print(f"[prepare] simulating X-ray recording {folder} ({style})", flush=True)
+            simulate_recording(subject, folder, scenario=motion, n_frames=args.frames, views=views,
+                               style=replace(FluoroStyle(), **style), seed=200 + k)
+        recordings.append(folder)
+
+    if not (out / "style" / "xray_to_drr.onnx").exists():
+        crops = xray_training_crops(recordings, size=128, crop_pixel_mm=2.0)
+        print(f"[prepare] training the style translator on {len(crops)} X-ray crops, {args.style_steps} steps",
+              flush=True)
+        cfg = StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250)
+        train_style(crops, dataset, out / "runs" / "style", cfg)
+        export_generators(out / "runs" / "style", out / "style")
+    print(f"[prepare] models in {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
