@@ -1,10 +1,12 @@
 """Dataset generation speed: samples per second for the paper-sized artificial dataset of the
 default example subject (9,751 samples of 128 x 128: DRR, bone-mask projection, landmarks), with
-and without writing the HDF5 shards.
+and without writing the HDF5 shards, for parallel-beam DRRs (the paper's) and, rendering only, for
+cone-beam DRRs (``projection='cone'``).
 
     python benchmarks/bench_dataset.py --quick --json out/bench_dataset.json
 
---quick generates 1,024 samples (two shards per measurement) instead of all 9,751.
+--quick generates 1,024 samples (two shards per measurement) instead of all 9,751 (cone beam:
+512 samples, or 2,048 without --quick).
 """
 
 from __future__ import annotations
@@ -38,8 +40,16 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in (tmp / "ds").rglob("*.h5")) / 2**20
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from dataclasses import replace
+
+    cone = replace(config, n_train=512 if args.quick else 2048, n_test=0, projection="cone")
+    t0 = time.perf_counter()
+    generate_dataset(subject, None, cone, write=False, progress=False)
+    cone_rate = cone.n_train / (time.perf_counter() - t0)
     full = 9751
     results = {
+        "cone_samples_per_s_without_writing": cone_rate,
+        "cone_full_dataset_seconds_estimate": full / cone_rate,
         "samples": n,
         "samples_per_s": n / t_write,
         "samples_per_s_without_writing": n / t_render,
@@ -52,6 +62,8 @@ def main() -> None:
         ("samples per second, rendering only", n / t_render, "samples/s"),
         ("9,751-sample dataset (estimate)", full / (n / t_write), "s"),
         ("disk per 1,000 samples", size_mb / n * 1000, "MB"),
+        ("cone beam: samples per second, rendering only", cone_rate, "samples/s"),
+        ("cone beam: 9,751-sample dataset (estimate)", full / cone_rate, "s"),
     ]
     report(f"bench_dataset ({n} samples of {config.image_size}x{config.image_size}, subject {subject.name})", rows,
            results, args.json)
