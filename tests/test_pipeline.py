@@ -100,9 +100,10 @@ def test_bone_crop_boxes_centre_the_model_origin(subject, models):
     truth = np.load(models["recording"] / "truth.npz")["poses"]
     poses = truth.copy()
     poses[1] = np.nan
+    poses[3, 3] += 1000.0  # the origin far outside both frames: implausible
     _, fixed = recording_crop_boxes(rec, 64, 4.0)
     boxes = bone_crop_boxes(rec, poses, fixed, 64, 4.0)
-    assert len(boxes) == len(rec) and boxes[1] == tuple(fixed)
+    assert len(boxes) == len(rec) and boxes[1] == tuple(fixed) and boxes[3] == tuple(fixed)
     for f in (0, 2):
         for k, view in enumerate(rec.geometry.views):
             xy, _ = project_cone(np.zeros((1, 3)), view, truth[f])

@@ -181,7 +181,9 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
     """Per frame and view, the crop box centred on where ``poses`` [n, 6] (world_from_model,
     deg / mm) put the model origin in the raw (distorted) frame, with ``crop_pixel_mm`` pixels
-    at its depth; ``fallback[k]`` where a pose is NaN. Returns a list [n] of (box1, box2)."""
+    at its depth; ``fallback[k]`` where a pose is NaN or implausible for the view (origin
+    outside the frame, or a crop more than 30 % larger or smaller than the fallback's). Returns
+    a list [n] of (box1, box2)."""
     from .render import project_cone
 
     views = recording.geometry.views
@@ -196,12 +198,12 @@ def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float)
         for k, view in enumerate(views):
             xy, _ = project_cone(np.zeros((1, 3)), view, pose)
             xy = xy.reshape(1, 2)
-            if dist[k] is not None:
+            if dist[k] is not None and np.all(np.isfinite(xy)):  # NaN: behind the source
                 xy = dist[k].distort_points(xy)
-            if not np.all(np.isfinite(xy)):
-                pair.append(fallback[k])
-                continue
-            pair.append(crop_box_for_view(view, xy[0], size, crop_pixel_mm, origin))
+            box = crop_box_for_view(view, xy[0], size, crop_pixel_mm, origin) if np.all(np.isfinite(xy)) else None
+            plausible = box is not None and 0.0 <= xy[0, 0] < view.width and 0.0 <= xy[0, 1] < view.height \
+                and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
+            pair.append(box if plausible else fallback[k])
         out.append(tuple(pair))
     return out
 
