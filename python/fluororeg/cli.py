@@ -228,7 +228,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
-                           loss=None if args.loss == "none" else args.loss, mode=args.mode,
+                           loss=None if args.loss == "none" else args.loss, loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     ok = int(np.sum(res.status == "ok"))
@@ -410,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--init", choices=["paper", "previous"], default="paper")
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
     rg.add_argument("--loss", choices=["none", "huber", "cauchy"], default="cauchy")
+    rg.add_argument("--loss-scale", type=float, default=6.0,
+                    help="robust loss scale in mm at the bone (default 6: about twice a good detector's error)")
     rg.add_argument("--min-visible", type=int, default=6)
     rg.add_argument("--no-recentre", action="store_true",
                     help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")

@@ -52,7 +52,7 @@ class PipelineOptions:
     crop_pixel_mm: float = 2.0        # crop pixel size at the subject (the dataset's pixel_mm)
     mode: str = "least_squares"       # Eq. 2 form: 'least_squares' | 'frobenius'
     loss: str | None = "cauchy"       # robust loss against wild detections (None, 'huber', 'cauchy')
-    loss_scale_mm: float = 3.0
+    loss_scale_mm: float = 6.0        # about twice the detector's typical error at the bone (1.5 px of 2 mm)
     mirror: bool = True               # the paper's four-case mirror strategy
     min_visible: int = 6              # fewer landmarks in both fields of view: not registrable
     min_confidence: float = 0.0       # detections below this confidence are dropped
