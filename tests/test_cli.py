@@ -59,3 +59,47 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
     assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
     assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--frames 0" in capsys.readouterr().err
+
+
+def test_subject_init_and_check(subject, tmp_path, capsys):
+    from fluororeg.landmarks import save_landmarks
+    from fluororeg.subject import load_subject
+    from fluororeg.volume import save_volume
+
+    save_volume(subject.ct, tmp_path / "ct.nrrd")
+    save_landmarks(tmp_path / "lm.mrk.json", subject.landmarks)
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
+                 "--pairs", "left:right", "--out", str(tmp_path / "subj")]) == 0
+    made = load_subject(tmp_path / "subj")
+    np.testing.assert_allclose(made.landmarks.positions, subject.landmarks.positions)
+    assert [tuple(made.landmark_names[i] for i in p) for p in made.pairs] == \
+        [tuple(subject.landmark_names[i] for i in p) for p in subject.pairs]
+    assert main(["subject", "check", str(tmp_path / "subj")]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(subject.landmark_names)} landmarks" in out and "on bone" in out
+    sheet = np.asarray(Image.open(tmp_path / "subj" / "subject_check.png"))
+    assert sheet.shape == (512, 1024, 3) and sheet.std() > 10
+    # Proposed landmarks when none are given.
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--out",
+                 str(tmp_path / "auto")]) == 0
+    auto = load_subject(tmp_path / "auto")
+    assert len(auto.landmark_names) == 9 and len(auto.pairs) == 3
+    # Pairs from <stem>_L / <stem>_R names; a landmark off the bone (moved into the brain) is
+    # reported, and --strict fails on it.
+    from fluororeg.landmarks import Landmarks
+
+    names = ["ear_L" if n == "left" else "ear_R" if n == "right" else n for n in subject.landmark_names]
+    moved = subject.landmarks.positions.copy()
+    top = subject.landmark_names.index("top")
+    moved[top, 2] -= 40.0
+    save_landmarks(tmp_path / "named.mrk.json", Landmarks(tuple(names), moved))
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "named.mrk.json"),
+                 "--out", str(tmp_path / "named")]) == 0
+    named = load_subject(tmp_path / "named")
+    assert [tuple(named.landmark_names[i] for i in p) for p in named.pairs] == [("ear_L", "ear_R")]
+    capsys.readouterr()
+    assert main(["subject", "check", str(tmp_path / "named"), "--strict"]) == 1
+    assert "warning: landmark top" in capsys.readouterr().out
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
+                 "--pairs", "left-right", "--out", str(tmp_path / "bad")]) == 2
+    assert "LEFT:RIGHT" in capsys.readouterr().err

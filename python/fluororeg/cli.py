@@ -1,6 +1,7 @@
 """The ``fluororeg`` command line.
 
     fluororeg render [--ct PATH] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
+    fluororeg subject init --ct CT [--landmarks FILE] --out DIR | subject check [DIR]
     fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
                       [--projection parallel|cone] [--geometry geometry.json] [--source-distance LO HI]
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
@@ -147,6 +148,93 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.dataset) / f"contact_sheet_{args.split}.png")
     print(f"wrote {contact_sheet(reader, out, n=args.count, seed=args.seed)}")
     return 0
+
+
+def _pairs_from_names(names) -> list[tuple[str, str]]:
+    """(left, right) pairs of landmarks named ``<stem>_L`` / ``<stem>_R`` (or _left / _right)."""
+    pairs = []
+    for n in names:
+        for left, right in (("_L", "_R"), ("_left", "_right")):
+            if n.endswith(left) and n[:-len(left)] + right in names:
+                pairs.append((n, n[:-len(left)] + right))
+    return pairs
+
+
+def cmd_subject_init(args: argparse.Namespace) -> int:
+    from .landmarks import load_landmarks
+    from .subject import make_subject, propose_landmarks, save_subject
+    from .volume import load_volume
+
+    ct = load_volume(args.ct)
+    if args.landmarks:
+        landmarks = load_landmarks(args.landmarks)
+        if args.pairs is not None:
+            pairs = []
+            for text in args.pairs:
+                if text.count(":") != 1:
+                    raise ValueError(f"--pairs {text!r}: expected LEFT:RIGHT landmark names")
+                pairs.append(tuple(text.split(":")))
+            how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs as given"
+        else:
+            pairs = _pairs_from_names(landmarks.names)
+            how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs by their _L/_R names"
+    else:
+        landmarks, pairs = propose_landmarks(ct, args.propose, min(args.propose // 3, 13))
+        how = f"{len(landmarks)} proposed landmarks ({len(pairs)} symmetric pairs); check and move them in 3D Slicer"
+    subject = make_subject(args.name or Path(args.out).name, ct, landmarks, pairs, threshold_hu=args.threshold_hu)
+    path = save_subject(subject, args.out)
+    print(f"wrote {path}: {how}. Check it with: fluororeg subject check {args.out}")
+    return 0
+
+
+def cmd_subject_check(args: argparse.Namespace) -> int:
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    from . import render as R
+    from .dataset import PoseRanges
+    from .geometry import ParallelCamera, euler_from_matrix
+
+    subject = _subject(args.folder)
+    ct, lm = subject.ct, subject.landmarks_model
+    print(f"subject {subject.name}: CT {ct.data.shape[::-1]} voxels (x, y, z) of {np.round(ct.spacing, 3).tolist()} mm, "
+          f"{len(lm)} landmarks, {len(subject.pairs)} symmetric pairs, fingerprint {subject.fingerprint}")
+    # Landmarks belong on the bone: distance of each to the bone mask (0 inside it).
+    mask = np.asarray(subject.mask.data).astype(bool)
+    dist_mm = ndimage.distance_transform_edt(~mask, sampling=tuple(float(v) for v in subject.mask.spacing[::-1]))
+    ijk = np.round(subject.mask.physical_to_voxel(subject.landmarks.positions)).astype(int)[:, ::-1]  # k, j, i
+    ijk = np.clip(ijk, 0, np.array(mask.shape) - 1)
+    d = dist_mm[tuple(ijk.T)]
+    far = [(n, float(v)) for n, v in zip(subject.landmark_names, d) if v > args.max_off_bone_mm]
+    for n, v in far:
+        print(f"  warning: landmark {n} lies {v:.1f} mm from the bone mask (more than {args.max_off_bone_mm:g} mm)")
+    print(f"landmarks on bone: {len(lm) - len(far)} of {len(lm)} within {args.max_off_bone_mm:g} mm of the mask")
+    # Front and side DRRs with the landmarks (blue left, red right, green midline).
+    ranges = PoseRanges()
+    R0 = ranges.base_rotation()
+    side = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]) @ R0  # 90 deg about image y
+    poses = np.zeros((2, 6))
+    poses[:, :3] = euler_from_matrix(np.stack([R0, side]))
+    extent = float(np.max(np.abs(lm))) * 2.6
+    cam = ParallelCamera(256, 256, max(extent / 256, 0.5))
+    drr = R.render_parallel(subject.attenuation_model(), poses, cam)
+    xy, _ = R.project_parallel(lm, poses, cam)
+    left = {a for a, _ in subject.pairs}
+    right = {b for _, b in subject.pairs}
+    tiles = []
+    for k in range(2):
+        img = Image.fromarray(R.to_uint8(drr[k])).convert("RGB").resize((512, 512))
+        draw = ImageDraw.Draw(img)
+        for i, (x, y) in enumerate(xy[k]):
+            col = (80, 160, 255) if i in left else (255, 80, 80) if i in right else (80, 255, 80)
+            X, Y = 2 * x + 1, 2 * y + 1
+            draw.ellipse([X - 4, Y - 4, X + 4, Y + 4], outline=col, width=2)
+        tiles.append(np.asarray(img))
+    out = Path(args.sheet or Path(args.folder) / "subject_check.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(out)
+    print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
+    return 0 if not far or not args.strict else 1
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -351,6 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_dataset)
+    sj = sub.add_parser("subject", help="set up a subject folder (CT + landmarks) and check it")
+    sjs = sj.add_subparsers(dest="subject_command", required=True)
+    si = sjs.add_parser("init", help="write a subject folder from a CT and landmarks (or proposed landmarks)")
+    si.add_argument("--ct", required=True, help="CT file or DICOM folder (Hounsfield units)")
+    si.add_argument("--landmarks", help="landmarks (.mrk.json, .fcsv or .csv); pairs from _L/_R names. "
+                                        "Without it, a symmetric set is proposed on the bone surface")
+    si.add_argument("--pairs", nargs="+", metavar="LEFT:RIGHT",
+                    help="symmetric landmark pairs by name (default: from <stem>_L / <stem>_R names)")
+    si.add_argument("--propose", type=int, default=33, help="number of proposed landmarks (default 33)")
+    si.add_argument("--threshold-hu", type=float, default=300.0, help="bone mask threshold (default 300 HU)")
+    si.add_argument("--name", help="subject name (default: the folder's name)")
+    si.add_argument("--out", required=True, help="subject folder to write")
+    si.set_defaults(func=cmd_subject_init)
+    sc = sjs.add_parser("check", help="load and validate a subject folder; PNG of its landmarks on DRRs")
+    sc.add_argument("folder", nargs="?", help="subject folder (default: the example subject)")
+    sc.add_argument("--max-off-bone-mm", type=float, default=3.0, help="warn for landmarks farther from the bone")
+    sc.add_argument("--strict", action="store_true", help="exit 1 when a landmark is off the bone")
+    sc.add_argument("--sheet", help="PNG path (default <folder>/subject_check.png)")
+    sc.set_defaults(func=cmd_subject_check)
     c = sub.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")
     c.add_argument("dataset", help="dataset folder")
     c.add_argument("--split", choices=["train", "test"], default="train")
