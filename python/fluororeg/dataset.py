@@ -16,8 +16,9 @@ Projection (``DatasetConfig.projection``):
   reproduces that. For the example skull, 650 mm from the sources, the best affine fit of
   parallel projections to the true cone-beam landmark projections leaves a mean residual of
   about 2 px at 2 mm per pixel: a detector trained on parallel DRRs carries that bias into
-  the registration. Use ``'cone'`` with the source distances of your fluoroscopes (the
-  pipeline crops frames at the same pixel size at the system centre).
+  the registration. Use ``'cone'`` with the source distances of your fluoroscopes
+  (:func:`source_distance_range`); the pipeline crops frames to the same pixel size at the
+  bone (:mod:`fluororeg.pipeline`).
 
 Poses. The parallel camera looks at the subject horizontally, the way both fluoroscopes of a
 dual-fluoroscope system see a standing or walking subject: a base orientation puts the
@@ -73,8 +74,7 @@ from . import render as R
 from .geometry import ConeView, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
-           "render_samples",
-           "DatasetReader", "contact_sheet"]
+           "render_samples", "DatasetReader", "contact_sheet"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
