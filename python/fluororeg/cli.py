@@ -230,7 +230,7 @@ def cmd_subject_check(args: argparse.Namespace) -> int:
             X, Y = 2 * x + 1, 2 * y + 1
             draw.ellipse([X - 4, Y - 4, X + 4, Y + 4], outline=col, width=2)
         tiles.append(np.asarray(img))
-    out = Path(args.sheet or Path(args.folder) / "subject_check.png")
+    out = Path(args.sheet) if args.sheet else Path(args.folder or ".") / "subject_check.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(tiles, axis=1)).save(out)
     print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("folder", nargs="?", help="subject folder (default: the example subject)")
     sc.add_argument("--max-off-bone-mm", type=float, default=3.0, help="warn for landmarks farther from the bone")
     sc.add_argument("--strict", action="store_true", help="exit 1 when a landmark is off the bone")
-    sc.add_argument("--sheet", help="PNG path (default <folder>/subject_check.png)")
+    sc.add_argument("--sheet", help="PNG path (default <folder>/subject_check.png, or ./subject_check.png)")
     sc.set_defaults(func=cmd_subject_check)
     c = sub.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")
     c.add_argument("dataset", help="dataset folder")
