@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--source-distance", type=float, nargs=2, metavar=("LO", "HI"),
                    help="cone beam: range of source-to-object distances in mm (implies --projection cone)")
     d.add_argument("--geometry", help="geometry.json of the lab's fluoroscopes: cone beam with their "
-                                      "source-to-centre distances +-15%% (implies --projection cone)")
+                                      "source distances to the beams' crossing +-15%% (implies --projection cone)")
     d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
                    help="viewing azimuths in deg (default -90 90: the subject's front half)")
     d.add_argument("--seed", type=int, default=0)
