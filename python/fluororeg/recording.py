@@ -54,7 +54,7 @@ class _VideoReader:
             raise ValueError(f"cannot read the video '{path}': {exc}") from exc
         if self.n == 0:
             raise ValueError(f"the video '{path}' holds no frames")
-        self._container, self._frames, self._next = None, None, 0
+        self._container, self._frames, self._next, self._last = None, None, 0, None
 
     def _restart(self):
         import av
@@ -66,6 +66,8 @@ class _VideoReader:
         self._next = 0
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if self._last is not None and self._last[0] == i:  # the same frame again: no re-decoding
+            return self._last[1]
         if self._container is None or i < self._next:
             self._restart()
         frame = None
@@ -74,7 +76,9 @@ class _VideoReader:
             if frame is None:
                 raise ValueError(f"the video '{self.path}' ended before frame {i}")
             self._next += 1
-        return frame.to_ndarray(format="gray16le" if self.bits16 else "gray")
+        image = frame.to_ndarray(format="gray16le" if self.bits16 else "gray")
+        self._last = (i, image)
+        return image
 
     def close(self):
         if self._container is not None:
