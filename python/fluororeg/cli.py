@@ -344,8 +344,9 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     nan_pose = np.full(6, np.nan)
 
     def pair(i):
-        status = "" if np.isfinite(pose_of.get(i, nan_pose)).all() else "  (not registered)"
-        return overlay_pair(rec.frame(i), subject, rec.geometry.views, pose_of.get(i, nan_pose),
+        pose = pose_of.get(i, nan_pose)
+        status = "" if np.isfinite(pose).all() else "  (not registered)"
+        return overlay_pair(rec.frame(i), subject, rec.geometry.views, pose,
                             distortion=rec.geometry.distortion, label=f"frame {i}{status}")
 
     chosen = args.frames if args.frames is not None else sorted({0, len(rec) // 2, len(rec) - 1})

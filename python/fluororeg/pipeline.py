@@ -173,6 +173,11 @@ def _training_image_size(detector) -> int:
     return int(size) if size else int(detector.input_size[0])
 
 
+def _registration_weights(det: np.ndarray, conf: np.ndarray, options: PipelineOptions) -> np.ndarray:
+    """Per-landmark weights [..., 2, N]: the detector's confidences, or 1 for every detection."""
+    return conf if options.use_confidence_weights else np.where(np.isfinite(det[..., 0]), 1.0, 0.0)
+
+
 def _registration_kwargs(subject, options: PipelineOptions) -> dict:
     return dict(pairs=subject.pairs, mode=options.mode, loss=options.loss, loss_scale_mm=options.loss_scale_mm,
                 mirror=options.mirror, min_visible=options.min_visible)
@@ -188,20 +193,24 @@ def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float)
 
     views = recording.geometry.views
     dist = recording.geometry.distortion or (None, None)
+    poses = np.asarray(poses, float).reshape(-1, 6)
+    ok = np.all(np.isfinite(poses), axis=1)
+    centres = np.full((len(poses), 2, 2), np.nan)  # [n, view, (x, y)] raw frame px of the model origin
+    for k, view in enumerate(views):
+        if ok.any():
+            xy, _ = project_cone(np.zeros((1, 3)), view, poses[ok])
+            xy = xy[:, 0]
+            front = np.all(np.isfinite(xy), axis=1)  # NaN: behind the source
+            if dist[k] is not None and front.any():
+                xy[front] = dist[k].distort_points(xy[front])
+            centres[ok, k] = xy
     out = []
-    for pose in np.asarray(poses, float).reshape(-1, 6):
-        if not np.all(np.isfinite(pose)):
-            out.append(tuple(fallback))
-            continue
-        origin = pose[3:]  # X_world = R 0 + tau
+    for pose, centre in zip(poses, centres):
         pair = []
         for k, view in enumerate(views):
-            xy, _ = project_cone(np.zeros((1, 3)), view, pose)
-            xy = xy.reshape(1, 2)
-            if dist[k] is not None and np.all(np.isfinite(xy)):  # NaN: behind the source
-                xy = dist[k].distort_points(xy)
-            box = crop_box_for_view(view, xy[0], size, crop_pixel_mm, origin) if np.all(np.isfinite(xy)) else None
-            plausible = box is not None and 0.0 <= xy[0, 0] < view.width and 0.0 <= xy[0, 1] < view.height \
+            c = centre[k]
+            box = crop_box_for_view(view, c, size, crop_pixel_mm, pose[3:]) if np.all(np.isfinite(c)) else None
+            plausible = box is not None and 0.0 <= c[0] < view.width and 0.0 <= c[1] < view.height \
                 and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
             pair.append(box if plausible else fallback[k])
         out.append(tuple(pair))
@@ -273,8 +282,8 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
 
         if options.recentre:
             run(locate_style, boxes)
-            weights = conf[rows] if options.use_confidence_weights else np.isfinite(det[rows, ..., 0]).astype(float)
-            located = register_frames(subject.landmarks_model, views, det[rows], weights=weights,
+            located = register_frames(subject.landmarks_model, views, det[rows],
+                                      weights=_registration_weights(det[rows], conf[rows], options),
                                       num_threads=options.num_threads, **_registration_kwargs(subject, options))
             boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
         run(options.style, boxes)
@@ -304,7 +313,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     frames = np.arange(len(recording))
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
-    weights = conf if options.use_confidence_weights else np.where(np.isfinite(det[..., 0]), 1.0, 0.0)
+    weights = _registration_weights(det, conf, options)
     views = recording.geometry.views
     kwargs = _registration_kwargs(subject, options)
     if options.init == "paper":

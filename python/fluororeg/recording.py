@@ -80,11 +80,6 @@ class _VideoReader:
         self._last = (i, image)
         return image
 
-    def close(self):
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-
 
 class ImageSequence:
     """Frames of one view: a folder of PNG/TIFF images (sorted by name), a multi-page TIFF or a
