@@ -12,7 +12,8 @@ from fluororeg.learning.style import StyleConfig, StyleTranslator, export_genera
 from fluororeg.pipeline import PipelineOptions, crop_box_for_view, register_recording
 from fluororeg.poses_io import read_poses_csv, read_tra
 from fluororeg.recording import open_recording
-from fluororeg.registration import register_frames
+from fluororeg.registration import check_view_agreement, mean_landmark_distance, register_frames
+from fluororeg.style_selection import score_snapshots, select_style_snapshot, snapshot_paths
 from fluororeg.simulate import default_dual_views, simulate_recording
 
 
@@ -26,7 +27,7 @@ def models(subject, tmp_path_factory):
     train_detector(ds, root / "det", det_cfg, progress=False)
     detector_path = export_detector(root / "det", root / "detector.onnx")
     style_cfg = StyleConfig(image_size=64, gen_width=8, gen_blocks=1, disc_width=8, steps=4, log_every=2,
-                            checkpoint_every=2)
+                            checkpoint_every=2, snapshot_every=2)
     train_style(rec, ds, root / "style", style_cfg, progress=False, num_threads=1)
     x2d, _ = export_generators(root / "style", root / "style_onnx")
     return {"root": root, "recording": rec, "detector": LandmarkDetector(detector_path, subject=subject),
@@ -40,7 +41,7 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
                              progress=False)
     F, N = len(rec), len(subject.landmark_names)
     assert out.detections.shape == (F, 2, N, 2) and out.confidence.shape == (F, 2, N)
-    assert set(out.status) <= {"ok", "too_few_landmarks", "failed"}
+    assert set(out.status) <= {"ok", "one_view", "views_disagree", "too_few_landmarks", "failed"}
     table = read_poses_csv(tmp_path / "poses.csv")
     assert list(table["frame"]) == list(range(F))
     np.testing.assert_array_equal(table["status"], out.status)
@@ -50,10 +51,14 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
     d = out.detections[np.isfinite(out.detections)]
     assert d.min() >= -0.5 - 20 and d.max() < 192 + 20
     assert np.all((out.confidence >= 0) & (out.confidence <= 1))
-    # The registration step is exactly the batch solver on those detections.
-    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence,
-                            pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4)
+    # The registration step is exactly the batch solver on those detections, then the check
+    # of the two views' agreement.
+    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4)
+    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence, **kw)
+    again = check_view_agreement(subject.landmarks_model, rec.geometry.views, out.detections, again,
+                                 weights=out.confidence, **kw)
     np.testing.assert_allclose(again.poses, out.poses, equal_nan=True, atol=1e-9)
+    np.testing.assert_array_equal(again.status, out.status)
     # A second run resumes from the saved detection chunks (files untouched, same result).
     chunks = sorted((tmp_path / "detections").glob("chunk_*.npz"))
     assert len(chunks) == 3
@@ -68,18 +73,73 @@ def test_styles_previous_init_and_errors(subject, models):
     rec = open_recording(models["recording"])
     out = register_recording(rec, subject, models["detector"], None,
                              PipelineOptions(style="invert", init="previous", min_visible=4), progress=False)
-    assert len(out.poses) == len(rec)
+    assert len(out.poses) == len(rec) and len(out.batch) == len(rec)
+    np.testing.assert_array_equal(out.batch.poses, out.poses)
     with pytest.raises(ValueError, match="needs a style translator"):
         register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
     with pytest.raises(ValueError, match="style 'gan'"):
         PipelineOptions(style="gan")
     with pytest.raises(ValueError, match="needs fps"):
         PipelineOptions(smoothing_hz=5.0)
+    with pytest.raises(ValueError, match="view_outlier_ratio = 1.0"):
+        PipelineOptions(view_outlier_ratio=1.0)
     from fluororeg.subject import make_subject
 
     other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)
     with pytest.raises(ValueError, match="fingerprint"):
         register_recording(rec, other, models["detector"], models["translator"], progress=False)
+
+
+def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):
+    rec = open_recording(models["recording"])
+    run = models["root"] / "style"
+    assert [step for step, _ in snapshot_paths(run)] == [2, 4]
+    opts = PipelineOptions(min_visible=4)
+    best, scores = select_style_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
+                                         progress=False)
+    assert [s.step for s in scores] == [2, 4] and best in scores
+    assert best.score == min(s.score for s in scores)
+    # The label-free score is the median residual of register_recording with that snapshot.
+    x2d, _ = export_generators(scores[1].path, tmp_path / "s4")
+    res = register_recording(rec, subject, models["detector"], StyleTranslator(x2d), opts, progress=False)
+    expect = np.median(np.where(res.batch.ok, res.batch.rms_mm.mean(axis=1), np.inf))
+    assert scores[1].score == pytest.approx(expect) and scores[1].residual_mm == pytest.approx(expect)
+    assert np.isnan(scores[1].landmark_err_mm)
+    chosen = StyleTranslator(tmp_path / "sel" / "xray_to_drr.onnx")
+    assert int(chosen.meta["training_step"]) == best.step
+    assert len((tmp_path / "sel" / "selection.csv").read_text().strip().splitlines()) == 3
+    # With reference poses the score is the median landmark error to them.
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    scored = score_snapshots(run, rec, subject, models["detector"], reference=truth, options=opts, max_frames=3,
+                             progress=False)
+    ok = res.batch.ok[[0, 2, 4]]
+    lm = mean_landmark_distance(subject.landmarks_model, np.where(ok[:, None], res.poses[[0, 2, 4]], truth[[0, 2, 4]]),
+                                truth[[0, 2, 4]])
+    assert scored[1].score == pytest.approx(np.median(np.where(ok, lm, np.inf)))
+    assert scored[1].landmark_err_mm == scored[1].score
+    with pytest.raises(ValueError, match=r"expected \(5, 6\)"):
+        score_snapshots(run, rec, subject, models["detector"], reference=truth[:3], progress=False)
+    with pytest.raises(ValueError, match="style='translate'"):
+        score_snapshots(run, rec, subject, models["detector"], options=PipelineOptions(style="log"), progress=False)
+    with pytest.raises(ValueError, match="max_frames"):
+        score_snapshots(run, rec, subject, models["detector"], max_frames=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="snapshot-every"):
+        snapshot_paths(tmp_path)
+
+
+def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
+    import fluororeg.cli as cli
+
+    monkeypatch.setattr(cli, "_subject", lambda folder: subject)
+    run, det = models["root"] / "style", models["root"] / "detector.onnx"
+    assert cli.main(["select-style", str(run), str(models["recording"]), "--detector", str(det), "--reference",
+                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
+    assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
+    assert cli.main(["select-style", str(tmp_path), str(models["recording"]), "--detector", str(det),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "snapshots" in capsys.readouterr().err
 
 
 def test_crop_box_matches_the_dataset_pixel_size():

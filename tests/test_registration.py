@@ -256,6 +256,57 @@ def test_batch_matches_single_frames_on_all_threads(scene):
     assert len(empty) == 0 and empty.poses.shape == (0, 6)
 
 
+def test_view_agreement_rests_on_the_view_that_fits(scene):
+    """Frames where the detector failed in one view: labels scrambled in F2 (no rigid pose
+    fits them) -> 'one_view' from F1; F2 showing a coherent but different pose (both views
+    fit alone, so which is right cannot be told) -> 'views_disagree' with a NaN pose; the
+    other frames are left exactly as they were."""
+    rng = np.random.default_rng(21)
+    poses = scene.random_poses(12, rng, max_deg=20, max_mm=15)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    for f in (3, 7):
+        det[f, 1] = det[f, 1][rng.permutation(scene.n)]
+    det[9, 1] = scene.detect(poses[9] + np.r_[35.0, -20.0, 10.0, 25.0, -20.0, 15.0], 1.0, rng)[1]
+    kw = dict(pairs=scene.pairs, loss="cauchy", loss_scale_mm=2.0)
+    batch = fr.register_frames(scene.landmarks, scene.views, det, **kw)
+    checked = fr.check_view_agreement(scene.landmarks, scene.views, det, batch, **kw)
+    assert list(np.flatnonzero(checked.status != "ok")) == [3, 7, 9]
+    assert checked.status[3] == checked.status[7] == "one_view"
+    assert checked.ok[3] and checked.ok[7]
+    et, ep = fr.pose_errors(checked.poses[[3, 7]], poses[[3, 7]])
+    assert et.max() < 1.5 and ep.max() < 3.0
+    assert checked.rms_px[3, 0] < 3.0 < 10 * 3.0 < checked.rms_px[3, 1]  # F1 fits, F2 does not
+    assert checked.status[9] == "views_disagree" and not checked.ok[9]
+    assert np.isnan(checked.poses[9]).all() and np.isnan(checked.matrices[9]).all()
+    assert np.isfinite(checked.rms_mm[9]).all()  # the two-view numbers stay on record
+    keep = np.setdiff1d(np.arange(12), [3, 7, 9])
+    for name in ("poses", "matrices", "objective", "rms_mm", "n_vis", "mirror_case", "status"):
+        np.testing.assert_array_equal(getattr(checked, name)[keep], getattr(batch, name)[keep])
+    assert checked.ok[keep].all() and fr.pose_errors(checked.poses[keep], poses[keep])[0].max() < 1.0
+    # Too few registered frames for a typical residual: nothing is changed.
+    few = fr.check_view_agreement(scene.landmarks, scene.views, det[:4],
+                                  fr.register_frames(scene.landmarks, scene.views, det[:4], **kw), **kw)
+    assert (few.status == "ok").all()
+    with pytest.raises(ValueError, match="outlier_ratio"):
+        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, outlier_ratio=0.5, **kw)
+    with pytest.raises(ValueError, match="fit_ratio"):
+        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, fit_ratio=5.0, **kw)
+    with pytest.raises(ValueError, match="12 frames"):
+        fr.check_view_agreement(scene.landmarks, scene.views, det[:5], batch, **kw)
+
+
+def test_batch_result_stacks_single_results(scene):
+    rng = np.random.default_rng(22)
+    poses = scene.random_poses(3, rng)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    batch = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs)
+    again = fr.BatchResult.stack([batch[i] for i in range(3)])
+    for name in fr.BatchResult.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(again, name), getattr(batch, name))
+    with pytest.raises(ValueError, match="no results"):
+        fr.BatchResult.stack([])
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input_raises_clear_errors(scene):

@@ -29,6 +29,7 @@ from .registration import (
     pose_errors,
     register_frame,
     register_frames,
+    check_view_agreement,
 )
 from .render import (
     project_cone,
@@ -80,6 +81,7 @@ __all__ = [
     "propose_landmarks",
     "register_frame",
     "register_frames",
+    "check_view_agreement",
     "render_cone",
     "render_parallel",
     "rotation_matrix",

@@ -7,7 +7,8 @@
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
     fluororeg simulate [--subject DIR] [--scenario NAME] [--frames N] [--size PX] [--out DIR]
     fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
-    fluororeg train-style --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
+    fluororeg train-style --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N] [--snapshot-every N]
+    fluororeg select-style RUN RECORDING --detector MODEL.onnx [--reference POSES] --out DIR
     fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
     fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM --out geometry.json
     fluororeg register RECORDING --detector MODEL.onnx [--translator MODEL.onnx] --out DIR
@@ -274,13 +275,40 @@ def cmd_train_style(args: argparse.Namespace) -> int:
     from .learning.style import StyleConfig, export_generators, train_style
     from .pipeline import xray_training_crops
 
-    cfg = StyleConfig.preset(args.preset, **({"steps": args.steps} if args.steps else {}))
+    cfg = StyleConfig.preset(args.preset, snapshot_every=args.snapshot_every,
+                             **({"steps": args.steps} if args.steps else {}))
     crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=args.crop_pixel_mm, every=args.every)
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
     summary = train_style(crops, args.drr, args.out, cfg, resume=not args.restart, progress=not args.quiet)
     x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
+    if args.snapshot_every:
+        print(f"choose among the snapshots with: fluororeg select-style {args.out} RECORDING --detector MODEL.onnx "
+              f"--out {Path(args.out) / 'selected'}")
     return 130 if summary.get("stopped") == "interrupted" else 0
+
+
+def cmd_select_style(args: argparse.Namespace) -> int:
+    from .learning.detector import LandmarkDetector
+    from .pipeline import PipelineOptions
+    from .poses_io import read_reference_poses
+    from .recording import open_recording
+    from .style_selection import select_style_snapshot
+
+    subject = _subject(args.subject)
+    rec = open_recording(args.recording)
+    detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
+    reference = read_reference_poses(args.reference) if args.reference else None
+    best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
+                                         options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm),
+                                         max_frames=args.max_frames, progress=not args.quiet)
+    unit = "mm landmark error" if reference is not None else "mm residual"
+    for s in scores:
+        mark = "  <- best" if s.step == best.step else ""
+        print(f"step {s.step:7d}: {s.score:8.3f} {unit}, {100 * s.registered_share:5.1f} % registered{mark}")
+    print(f"exported step {best.step} -> {Path(args.out) / 'xray_to_drr.onnx'}; table in "
+          f"{Path(args.out) / 'selection.csv'}")
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -317,11 +345,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
                            loss=None if args.loss == "none" else args.loss, loss_scale_mm=args.loss_scale, mode=args.mode,
-                           min_visible=args.min_visible, recentre=not args.no_recentre)
+                           min_visible=args.min_visible, recentre=not args.no_recentre,
+                           view_outlier_ratio=None if args.view_outlier_ratio <= 0 else args.view_outlier_ratio)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
-    ok = int(np.sum(res.status == "ok"))
-    print(f"registered {ok} of {len(res.frames)} frame pairs in {res.seconds:.1f} s ({res.frames_per_s:.1f} frame "
-          f"pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: fluororeg overlay "
+    registered = int(np.isfinite(res.poses).all(axis=1).sum())
+    names, counts = np.unique(res.status, return_counts=True)
+    breakdown = ", ".join(f"{c} {n}" for n, c in zip(names, counts))
+    print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
+          f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
+          "fluororeg overlay "
           f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
     return 0
 
@@ -369,14 +401,10 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_poses, write_evaluation
-    from .poses_io import read_poses_csv
+    from .poses_io import read_poses_csv, read_reference_poses
 
     est = read_poses_csv(args.poses)["poses"]
-    ref_path = Path(args.reference)
-    if ref_path.suffix == ".npz":
-        ref = np.load(ref_path)["poses"]
-    else:
-        ref = read_poses_csv(ref_path)["poses"]
+    ref = read_reference_poses(args.reference)
     landmarks = _subject(args.subject).landmarks_model if args.with_landmarks else None
     ev = evaluate_poses(est, ref, landmarks=landmarks)
     paths = write_evaluation(ev, args.out)
@@ -495,9 +523,24 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--steps", type=int)
     ts.add_argument("--every", type=int, default=1, help="use every n-th frame")
     ts.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ts.add_argument("--snapshot-every", type=int, default=0,
+                    help="keep the generators every N steps (snapshots/) to choose from with select-style")
     ts.add_argument("--restart", action="store_true")
     ts.add_argument("--quiet", action="store_true")
     ts.set_defaults(func=cmd_train_style)
+    ss = sub.add_parser("select-style", help="choose the style translator's snapshot by registration quality")
+    ss.add_argument("run", help="style training run folder (with snapshots/)")
+    ss.add_argument("recording", help="validation recording folder (recording.json)")
+    ss.add_argument("--detector", required=True, help="exported detector (.onnx)")
+    ss.add_argument("--reference", help="reference poses (pose CSV or truth.npz): score by landmark error; "
+                                        "default: by reprojection residual (no labels needed)")
+    ss.add_argument("--subject", help="subject folder (default: the example subject)")
+    ss.add_argument("--max-frames", type=int, default=64, help="evenly spaced frames to score (default 64)")
+    ss.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ss.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ss.add_argument("--out", required=True, help="where the chosen generators and the table go")
+    ss.add_argument("--quiet", action="store_true")
+    ss.set_defaults(func=cmd_select_style)
     ca = sub.add_parser("calibrate", help="distortion model from a bead plate, or the geometry file")
     ca.add_argument("what", choices=["distortion", "geometry"])
     ca.add_argument("image", nargs="?", help="distortion: the bead-plate image")
@@ -521,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--loss-scale", type=float, default=6.0,
                     help="robust loss scale in mm at the bone (default 6: about twice a good detector's error)")
     rg.add_argument("--min-visible", type=int, default=6)
+    rg.add_argument("--view-outlier-ratio", type=float, default=4.0,
+                    help="a view whose residual exceeds this many times the recording's typical one is checked: the "
+                         "frame rests on the other view ('one_view') or is left out ('views_disagree'); 0 turns it off")
     rg.add_argument("--no-recentre", action="store_true",
                     help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")
     rg.add_argument("--smooth-hz", type=float, help="low-pass cut-off (Hz); needs --fps")

@@ -25,7 +25,10 @@ For every frame of both views (:mod:`fluororeg.recording`):
    affine map within a crop (for the simulator's 4 % pincushion + S-distortion, 0.23 crop px
    on average after the best affine fit).
 5. Register all frames with the C++ batch solver (four mirror cases, robust loss), or frame
-   after frame from the previous pose (``init='previous'``); optional low-pass smoothing.
+   after frame from the previous pose (``init='previous'``). Frames whose two views disagree
+   far beyond the recording's typical residual (the detector failed in one view) are solved
+   from the view that fits alone (``'one_view'``) or left unregistered (``'views_disagree'``):
+   :func:`~fluororeg.registration.check_view_agreement`. Optional low-pass smoothing.
 
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped;
@@ -43,7 +46,7 @@ import numpy as np
 from .geometry import ConeView, beam_crossing
 
 __all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "bone_crop_boxes",
-           "xray_training_crops", "detect_recording", "register_recording"]
+           "xray_training_crops", "detect_recording", "register_detections", "register_recording"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class PipelineOptions:
     smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs fps
     fps: float | None = None
     recentre: bool = True             # locate the bone first, then crop around it (see above)
+    view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
     num_threads: int = 0
 
@@ -73,6 +77,9 @@ class PipelineOptions:
             raise ValueError(f"crop_pixel_mm = {self.crop_pixel_mm!r}: expected a positive size in mm")
         if not (isinstance(self.chunk, int) and self.chunk >= 1):
             raise ValueError(f"chunk = {self.chunk!r}: expected an integer >= 1")
+        if self.view_outlier_ratio is not None and not (np.isfinite(self.view_outlier_ratio)
+                                                        and self.view_outlier_ratio > 1.5):
+            raise ValueError(f"view_outlier_ratio = {self.view_outlier_ratio!r}: expected None (off) or a number > 1.5")
         if self.smoothing_hz is not None and self.fps is None:
             raise ValueError("smoothing_hz needs fps (the recording's frame rate)")
 
@@ -82,7 +89,7 @@ class RecordingResult:
     frames: np.ndarray         # [F]
     poses: np.ndarray          # [F, 6] deg, mm (NaN: not registered)
     status: np.ndarray         # [F] str
-    batch: object              # fluororeg.registration.BatchResult
+    batch: object              # fluororeg.registration.BatchResult (before smoothing)
     detections: np.ndarray     # [F, 2, N, 2] undistorted frame px (NaN: not detected)
     confidence: np.ndarray     # [F, 2, N]
     seconds: float             # wall-clock of the whole run
@@ -183,6 +190,29 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
                 mirror=options.mirror, min_visible=options.min_visible)
 
 
+def register_detections(subject, views, det, conf, options: PipelineOptions):
+    """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
+    the pipeline does: the batch solver with the options' robust settings, then the check of
+    the two views' agreement. Returns a :class:`~fluororeg.registration.BatchResult`."""
+    from .registration import register_frames
+
+    weights = _registration_weights(det, conf, options)
+    kwargs = _registration_kwargs(subject, options)
+    batch = register_frames(subject.landmarks_model, views, det, weights=weights, num_threads=options.num_threads,
+                            **kwargs)
+    return _check_views(subject, views, det, weights, batch, options)
+
+
+def _check_views(subject, views, det, weights, batch, options: PipelineOptions):
+    from .registration import check_view_agreement
+
+    if options.view_outlier_ratio is None:
+        return batch
+    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights,
+                                outlier_ratio=options.view_outlier_ratio, num_threads=options.num_threads,
+                                **_registration_kwargs(subject, options))
+
+
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
     """Per frame and view, the crop box centred on where ``poses`` [n, 6] (world_from_model,
     deg / mm) put the model origin in the raw (distorted) frame, with ``crop_pixel_mm`` pixels
@@ -242,8 +272,6 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
     ``subject`` is needed for ``options.recentre`` (its first pass registers)."""
     from tqdm import tqdm
 
-    from .registration import register_frames
-
     if options.style == "translate" and translator is None:
         raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
     if options.recentre and subject is None:
@@ -282,9 +310,7 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
 
         if options.recentre:
             run(locate_style, boxes)
-            located = register_frames(subject.landmarks_model, views, det[rows],
-                                      weights=_registration_weights(det[rows], conf[rows], options),
-                                      num_threads=options.num_threads, **_registration_kwargs(subject, options))
+            located = register_detections(subject, views, det[rows], conf[rows], options)
             boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
         run(options.style, boxes)
         if path is not None:
@@ -302,7 +328,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from .poses_io import write_poses_csv, write_tra
-    from .registration import register_frame, register_frames
+    from .registration import BatchResult, register_frame
     from .temporal import smooth_poses
 
     t0 = time.perf_counter()
@@ -313,14 +339,12 @@ def register_recording(recording, subject, detector, translator=None, options: P
     frames = np.arange(len(recording))
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
-    weights = _registration_weights(det, conf, options)
     views = recording.geometry.views
-    kwargs = _registration_kwargs(subject, options)
     if options.init == "paper":
-        batch = register_frames(subject.landmarks_model, views, det, weights=weights,
-                                num_threads=options.num_threads, **kwargs)
-        results = [batch[i] for i in range(len(frames))]
+        batch = register_detections(subject, views, det, conf, options)
     else:
+        weights = _registration_weights(det, conf, options)
+        kwargs = _registration_kwargs(subject, options)
         results, previous = [], None
         for i in range(len(frames)):
             r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], init_pose=previous, **kwargs)
@@ -328,19 +352,16 @@ def register_recording(recording, subject, detector, translator=None, options: P
                 r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], **kwargs)
             previous = r.pose if r.ok else previous
             results.append(r)
-        batch = None
-    poses = np.array([r.pose for r in results]).reshape(-1, 6)
-    status = np.array([r.status for r in results])
+        batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
+    poses, status = batch.poses.copy(), batch.status
     if options.smoothing_hz is not None:
         poses = smooth_poses(poses, options.smoothing_hz, options.fps)
     if out is not None:
         from .geometry import pose_matrix
 
         matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
-        write_poses_csv(out / "poses.csv", frames, status, poses, matrices,
-                        [r.objective for r in results], np.array([r.rms_mm for r in results]).reshape(-1, 2),
-                        np.array([r.rms_px for r in results]).reshape(-1, 2), [r.n_vis for r in results],
-                        [r.mirror_case for r in results])
+        write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
+                        batch.rms_px, batch.n_vis, batch.mirror_case)
         write_tra(out / "poses.tra", matrices)
         import json
 

@@ -7,6 +7,10 @@ pose fields and its status, it is never invented)::
     m00 .. m33 (world_from_model, row-major), objective, rms_mm_view1, rms_mm_view2,
     rms_px_view1, rms_px_view2, n_vis, mirror_case
 
+status: ``ok``; ``one_view`` (the detections of one view disagree with the other's; the pose
+rests on the view whose rms is typical, its depth is the least certain part); not registered:
+``views_disagree``, ``too_few_landmarks``, ``failed``.
+
 ``.tra`` (Autoscoper): one line per frame, the 16 values of the 4x4 world_from_model matrix
 in column-major (OpenGL) order separated by commas, as Autoscoper saves tracking "as matrix,
 as rows, with commas"; millimetres; frames without a pose are written as 16 NaN values.
@@ -22,7 +26,7 @@ import numpy as np
 
 from ._io import atomic_write_text
 
-__all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "write_tra", "read_tra"]
+__all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra"]
 
 POSE_COLUMNS = (["frame", "status", "theta_x_deg", "theta_y_deg", "theta_z_deg", "tau_x_mm", "tau_y_mm",
                  "tau_z_mm"] + [f"m{r}{c}" for r in range(4) for c in range(4)]
@@ -88,6 +92,23 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
         "n_vis": col("n_vis").astype(int),
         "mirror_case": col("mirror_case").astype(int),
     }
+
+
+def read_reference_poses(path) -> np.ndarray:
+    """Reference poses [F, 6] (deg, mm; NaN: none) from a pose CSV (e.g. manual registrations
+    written in this format) or a simulation's ``truth.npz`` (its ``poses`` array)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"reference file '{path}' does not exist")
+        with np.load(path) as data:
+            if "poses" not in data:
+                raise ValueError(f"'{path}' has no 'poses' array (it has {sorted(data.files)})")
+            poses = np.asarray(data["poses"], dtype=float)
+        if poses.ndim != 2 or poses.shape[1] != 6:
+            raise ValueError(f"'{path}': poses have shape {poses.shape}, expected [F, 6]")
+        return poses
+    return read_poses_csv(path)["poses"]
 
 
 def write_tra(path, matrices) -> Path:

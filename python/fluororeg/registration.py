@@ -28,10 +28,19 @@ of every pair in F1, F2, both or neither; the lowest objective wins.
 
 Initialisation: the paper's (theta = 0, tau = the system centre, the mean of both sources and
 both detector centres) unless ``init_pose`` is given (e.g. the previous frame's pose).
+
+Disagreeing views (:func:`check_view_agreement`, after a batch): when the detector fails in
+one view (e.g. the skull partly outside its field of view) the robust loss either ignores that
+view or settles on a compromise that fits neither. Frames whose residual in a view is far above
+the recording's typical one are solved from each view alone; if one view alone fits a rigid
+model and the other does not, the pose is refined from that view's solution with both views
+again and marked ``'one_view'`` (it rests on one view; its depth is the least certain part);
+if they cannot be told apart the frame is ``'views_disagree'`` with a NaN pose.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -44,11 +53,13 @@ __all__ = [
     "MODES",
     "LOSSES",
     "STATUSES",
+    "REGISTERED_STATUSES",
     "MIRROR_CASES",
     "RegistrationResult",
     "BatchResult",
     "register_frame",
     "register_frames",
+    "check_view_agreement",
     "pose_errors",
     "mean_landmark_distance",
     "system_centre",
@@ -56,14 +67,17 @@ __all__ = [
 
 MODES = ("least_squares", "frobenius")
 LOSSES = (None, "huber", "cauchy")
-STATUSES = ("ok", "too_few_landmarks", "failed")
+STATUSES = ("ok", "too_few_landmarks", "failed")  # the C++ solver's, in its enum's order
+# Statuses with a pose; 'one_view' and 'views_disagree' come from check_view_agreement.
+REGISTERED_STATUSES = ("ok", "one_view")
 # mirror_case -> (F1 mirrored, F2 mirrored), the rows of the paper's Table 1.
 MIRROR_CASES = ((False, False), (True, False), (False, True), (True, True))
 
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    """Registration of one frame. NaN pose and matrix unless ``status == 'ok'``."""
+    """Registration of one frame. NaN pose and matrix unless ``ok`` (status in
+    :data:`REGISTERED_STATUSES`)."""
 
     pose: np.ndarray            # (6,) deg, mm
     matrix: np.ndarray          # (4, 4) world_from_model
@@ -79,7 +93,7 @@ class RegistrationResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status in REGISTERED_STATUSES
 
     @property
     def mirrored(self) -> Optional[Tuple[bool, bool]]:
@@ -120,10 +134,19 @@ class BatchResult:
             converged=bool(self.converged[i]), status=str(self.status[i]),
             case_objective=self.case_objective[i].copy())
 
+    @classmethod
+    def stack(cls, results: Sequence[RegistrationResult]) -> "BatchResult":
+        """The batch of single-frame results (e.g. registered one after the other)."""
+        if len(results) == 0:
+            raise ValueError("no results to stack")
+        singular = {"poses": "pose", "matrices": "matrix"}  # the batch's plural field names
+        return cls(**{name: np.array([getattr(r, singular.get(name, name)) for r in results])
+                      for name in cls.__dataclass_fields__})
+
     @property
     def ok(self) -> np.ndarray:
         """(F,) bool: frames with a pose."""
-        return self.status == "ok"
+        return np.isin(self.status, REGISTERED_STATUSES)
 
 
 # ---- validation ----------------------------------------------------------------------------
@@ -330,6 +353,82 @@ def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
                            loss_scale_mm=loss_scale_mm, init_poses=init, mirror=mirror,
                            min_visible=min_visible, max_iterations=max_iterations,
                            screen_iterations=screen_iterations, num_threads=1)[0]
+
+
+# A view left out of a solve keeps this share of its weights: the landmark set (detected in
+# both views) stays the same, the view's pull on the pose becomes negligible.
+_LEFT_OUT_WEIGHT = 1e-6
+
+
+def _replace_rows(batch: BatchResult, rows: np.ndarray, part: BatchResult) -> BatchResult:
+    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order)."""
+    fields = {}
+    for name in BatchResult.__dataclass_fields__:
+        a, b = getattr(batch, name), getattr(part, name)
+        merged = a.astype(np.result_type(a, b))  # a copy; wide enough for longer status strings
+        merged[rows] = b
+        fields[name] = merged
+    return BatchResult(**fields)
+
+
+def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, weights=None,
+                         outlier_ratio: float = 4.0, fit_ratio: float = 1.5, min_frames: int = 5,
+                         **register_kwargs) -> BatchResult:
+    """Resolve frames of ``batch`` (from :func:`register_frames` with the same landmarks,
+    views, detections [F, 2, N, 2] px and weights [F, 2, N]) whose two views disagree.
+
+    The typical residual of view k is the median ``rms_mm[:, k]`` over the registered frames
+    (at least ``min_frames`` of them, else ``batch`` is returned as it is). A registered frame
+    is suspect when a view's residual exceeds ``outlier_ratio`` times its typical one. It is
+    then solved from each view alone (the other's weights scaled by 1e-6). If the better
+    view's own residual is at most ``fit_ratio`` times typical and at most half the other
+    view's own residual, the frame is solved again with both views from that pose and becomes
+    ``'one_view'`` (the refined pose when it still fits the better view within ``fit_ratio``,
+    else the one-view pose). Otherwise it becomes ``'views_disagree'`` with a NaN pose.
+    ``register_kwargs`` go to :func:`register_frames` (pairs, mode, loss, ...).
+    """
+    if not (np.isfinite(outlier_ratio) and outlier_ratio > 1):
+        raise ValueError(f"outlier_ratio = {outlier_ratio!r}: expected a number > 1")
+    if not (np.isfinite(fit_ratio) and 0 < fit_ratio < outlier_ratio):
+        raise ValueError(f"fit_ratio = {fit_ratio!r}: expected a number in (0, outlier_ratio)")
+    det = _detections(detections, _landmarks(landmarks).shape[0], batched=True)
+    F = det.shape[0]
+    if len(batch) != F:
+        raise ValueError(f"batch has {len(batch)} frames and detections {F}: expected the same")
+    w = np.where(np.isfinite(det[..., 0]), 1.0, 0.0) if weights is None else \
+        np.array(_weights(weights, F, det.shape[2], batched=True), dtype=float)
+    ok = batch.ok
+    if ok.sum() < max(1, int(min_frames)):
+        return batch
+    typical = np.median(batch.rms_mm[ok], axis=0)  # [2] mm
+    ratio = batch.rms_mm / typical
+    suspect = np.flatnonzero(ok & (np.nanmax(ratio, axis=1) > outlier_ratio))
+    if suspect.size == 0:
+        return batch
+    alone = []
+    for k in range(2):
+        wk = w[suspect].copy()
+        wk[:, 1 - k] *= _LEFT_OUT_WEIGHT
+        alone.append(register_frames(landmarks, views, det[suspect], weights=wk, **register_kwargs))
+    own = np.stack([alone[k].rms_mm[:, k] / typical[k] for k in range(2)], axis=1)  # [S, 2]
+    own = np.where(np.stack([alone[k].ok for k in range(2)], axis=1), own, np.inf)
+    best = np.argmin(own, axis=1)
+    best_own = own[np.arange(len(suspect)), best]
+    other_own = own[np.arange(len(suspect)), 1 - best]
+    resolved = (best_own <= fit_ratio) & (other_own >= 2.0 * best_own)
+    start = np.stack([alone[b].poses[j] for j, b in enumerate(best)])
+    refined = register_frames(landmarks, views, det[suspect], weights=w[suspect],
+                              init_poses=np.nan_to_num(start), **register_kwargs)
+    keep_refined = refined.ok & (refined.rms_mm[np.arange(len(suspect)), best] / typical[best] <= fit_ratio)
+    chosen = []
+    for j, frame in enumerate(suspect):
+        if resolved[j]:
+            chosen.append(dataclasses.replace((refined if keep_refined[j] else alone[best[j]])[j], status="one_view"))
+        else:  # the two-view numbers stay on record, the pose does not
+            chosen.append(dataclasses.replace(batch[int(frame)], status="views_disagree", pose=np.full(6, np.nan),
+                                              matrix=np.full((4, 4), np.nan)))
+    part = BatchResult.stack(chosen)
+    return _replace_rows(batch, suspect, part)
 
 
 def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:

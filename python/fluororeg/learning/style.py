@@ -33,7 +33,10 @@ an epoch is ``max(n_xray, n_drr)`` samples. Random horizontal flips of both doma
 Training (:func:`train_style`) shows a progress bar, logs to ``run_dir/log.csv`` with loss
 plots (``losses.png``) and sample translations (``samples.png``), saves
 ``checkpoint_last.pt`` every ``checkpoint_every`` steps, on Ctrl-C and at the end, and resumes
-from it. :func:`export_generators` writes both generators as ONNX with the metadata inference
+from it. With ``snapshot_every`` it also keeps both generators every that many steps under
+``snapshots/step_NNNNNN.pt``: the adversarial and cycle losses do not tell when a translation
+moves structures, so the snapshot to use is chosen afterwards by what the detector makes of
+its translations (:mod:`fluororeg.style_selection`). :func:`export_generators` writes both generators as ONNX with the metadata inference
 checks; :class:`StyleTranslator` runs one through onnxruntime (no torch needed).
 """
 
@@ -83,12 +86,13 @@ class StyleConfig:
     flip: bool = True            # random horizontal flips
     log_every: int = 50          # steps between log rows (and plots)
     checkpoint_every: int = 500  # steps between checkpoints
+    snapshot_every: int = 0      # steps between kept generator snapshots (0: none; see train_style)
     seed: int = 0
 
     def __post_init__(self):
         ints = {"image_size": 16, "gen_width": 1, "gen_blocks": 0, "disc_width": 1, "disc_layers": 1,
                 "batch_size": 1, "pool_size": 0, "epochs": 0, "epochs_decay": 0, "log_every": 1,
-                "checkpoint_every": 1}
+                "checkpoint_every": 1, "snapshot_every": 0}
         for name, lo in ints.items():
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
@@ -518,6 +522,10 @@ def _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progre
                 t_window = time.perf_counter()
             if step % config.checkpoint_every == 0:
                 checkpoint()
+            if config.snapshot_every and step % config.snapshot_every == 0:
+                save_checkpoint(run_dir / "snapshots" / f"step_{step:06d}.pt", {
+                    "kind": CHECKPOINT_KIND, "config": asdict(config), "step": step, "total_steps": total,
+                    "nets": {k: nets[k].state_dict() for k in ("G_xd", "G_dx")}})
             if stop.stop_requested:
                 stopped = True
                 break
