@@ -400,7 +400,7 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
     ok = batch.ok
     if ok.sum() < max(1, int(min_frames)):
         return batch
-    typical = np.median(batch.rms_mm[ok], axis=0)  # [2] mm
+    typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm (exact detections: 1 um)
     ratio = batch.rms_mm / typical
     suspect = np.flatnonzero(ok & (np.nanmax(ratio, axis=1) > outlier_ratio))
     if suspect.size == 0:
