@@ -245,7 +245,8 @@ def test_config_presets_and_schedule():
     assert lrs[0] == lrs[49] == fast.lr and lrs[50] < fast.lr and 0 < lrs[99] < 0.03 * fast.lr
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     for bad in (dict(image_size=30), dict(gen_width=0), dict(lr=0.0), dict(xray_polarity=0), dict(steps=0),
-                dict(beta1=1.0), dict(lambda_cp=float("nan"))):
+                dict(beta1=1.0), dict(lambda_cp=float("nan")), dict(ema_decay=1.0), dict(ema_decay=-0.1),
+                dict(snapshot_every=-1)):
         with pytest.raises(ValueError):
             StyleConfig(**bad)
     with pytest.raises(ValueError, match="preset"):
@@ -293,6 +294,39 @@ def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_p
         train_style(recording, drr_root, run, tiny_config(), resume=False, progress=False)
     with pytest.raises(ValueError, match="architecture differs"):
         train_style(recording, drr_root, run, tiny_config(gen_width=4), progress=False)
+
+
+def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
+    """ema_decay: after the first step the average is 0.1 * initial + 0.9 * trained weights
+    (the warm-up decay min(d, 1/10)); it is what snapshots, export and resume use."""
+    import torch
+
+    from fluororeg.learning.common import load_checkpoint
+    from fluororeg.learning.style import build_networks, load_generators, train_style
+
+    cfg = tiny_config(steps=4, ema_decay=0.99, snapshot_every=2, checkpoint_every=1)
+    run = tmp_path / "run"
+    train_style(recording, drr_root, run, cfg, max_steps=1, progress=False)
+    torch.manual_seed(cfg.seed)
+    initial = build_networks(cfg)["G_xd"].state_dict()
+    saved = load_checkpoint(run / "checkpoint_last.pt")
+    raw, avg = saved["nets"]["G_xd"], saved["ema"]["G_xd"]
+    for name in initial:
+        torch.testing.assert_close(avg[name], 0.1 * initial[name] + 0.9 * raw[name])
+    assert any(not torch.equal(avg[n], raw[n]) for n in initial)
+    train_style(recording, drr_root, run, cfg, progress=False)  # resumes the average too
+    saved = load_checkpoint(run / "checkpoint_last.pt")
+    gens, _, _ = load_generators(run)
+    for name, value in gens["xray_to_drr"].state_dict().items():
+        assert torch.equal(value, saved["ema"]["G_xd"][name])
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["step_000002.pt", "step_000004.pt"]
+    last = load_checkpoint(run / "snapshots" / "step_000004.pt")
+    assert last["step"] == 4 and set(last["nets"]) == {"G_xd", "G_dx"}
+    for name, value in last["nets"]["G_dx"].items():
+        assert torch.equal(value, saved["ema"]["G_dx"][name])
+    snap_gens, _, _ = load_generators(run / "snapshots" / "step_000002.pt")
+    assert snap_gens["xray_to_drr"].width == cfg.gen_width
 
 
 def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
