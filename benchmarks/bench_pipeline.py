@@ -71,7 +71,9 @@ def main() -> None:
             res = register_recording(rec, subject, detector, translator if style == "translate" else None,
                                      PipelineOptions(style=style, crop_pixel_mm=crop_mm), progress=False)
             ev = evaluate_poses(res.poses, truth)
-            s = dict(ev.summary(), frames_per_s=res.frames_per_s)
+            names, counts = np.unique(res.status, return_counts=True)
+            s = dict(ev.summary(), frames_per_s=res.frames_per_s,
+                     status_counts={str(n): int(c) for n, c in zip(names, counts)})
             entry[style] = s
             all_ang[style].append(ev.angle_err_deg)
             all_pos[style].append(ev.position_err_mm)
@@ -81,7 +83,8 @@ def main() -> None:
                          s["angle_err_deg_median"], f"deg / {s['position_err_mm_median']:.3g} mm "
                          f"(mean {s['angle_err_deg_mean']:.3g} +- {s['angle_err_deg_sd']:.3g} deg, "
                          f"{s['position_err_mm_mean']:.3g} +- {s['position_err_mm_sd']:.3g} mm; "
-                         f"{s['registered']}/{s['frames']} registered)"))
+                         f"{s['registered']}/{s['frames']} registered: "
+                         + ", ".join(f"{c} {n}" for n, c in s["status_counts"].items()) + ")"))
         results["scenarios"][scen] = entry
     inside = np.concatenate(all_inside)
     results["frames"], results["frames_skull_inside_both_fovs"] = int(len(inside)), int(inside.sum())

@@ -11,10 +11,17 @@
    that bench_pipeline's test recordings use (other noise, response curve, vignetting and
    blur) and other motions and seeds, so neither the test poses nor the test style is seen
    in training.
-4. The style translator: the fast CycleGAN preset for ``--style-steps`` steps.
+4. The style translator: the fast CycleGAN preset for ``--style-steps`` steps, keeping its
+   generators every 500 steps; the snapshot that registers a held-out validation recording
+   best (another motion and seed, a training style) is exported
+   (:mod:`fluororeg.style_selection`): by the landmark error to that recording's true poses
+   (``--select reference``, like a lab's few manual registrations) or by the label-free
+   reprojection residual (``--select residual``). The last step's generators go to
+   ``<out>/style_last`` for comparison.
 
-Writes ``<out>/detector.onnx`` and ``<out>/style/{xray_to_drr,drr_to_xray}.onnx``. Reruns reuse
-what exists (dataset, recordings, runs resume from their last checkpoints).
+Writes ``<out>/detector.onnx``, ``<out>/style/{xray_to_drr,drr_to_xray}.onnx`` and
+``<out>/style/selection.csv``. Reruns reuse what exists (dataset, recordings, runs resume from
+their last checkpoints).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 # Training styles: none of them is bench_pipeline's (the FluoroStyle defaults).
 TRAIN_STYLES = (
@@ -38,15 +47,19 @@ def main() -> None:
     p.add_argument("--dataset", default="out/dataset_cone", help="cone-beam dataset folder (generated if missing)")
     p.add_argument("--detector-run", help="a finished detector training run folder to export instead of training")
     p.add_argument("--detector-minutes", type=float, default=20.0)
-    p.add_argument("--style-steps", type=int, default=4000)
+    p.add_argument("--style-steps", type=int, default=6000)
     p.add_argument("--frames", type=int, default=40, help="frame pairs per X-ray training recording")
+    p.add_argument("--select", choices=["reference", "residual"], default="reference",
+                   help="how the style snapshot is chosen on the validation recording")
     args = p.parse_args()
 
     from fluororeg.dataset import DatasetConfig, generate_dataset, source_distance_range
-    from fluororeg.learning.detector import export_detector, preset, train_detector
+    from fluororeg.learning.detector import LandmarkDetector, export_detector, preset, train_detector
     from fluororeg.learning.style import StyleConfig, export_generators, train_style
     from fluororeg.pipeline import xray_training_crops
+    from fluororeg.recording import open_recording
     from fluororeg.simulate import FluoroStyle, default_dual_views, simulate_recording
+    from fluororeg.style_selection import select_style_snapshot
     from fluororeg.subject import example_subject
 
     out, dataset = Path(args.out), Path(args.dataset)
@@ -74,13 +87,24 @@ def main() -> None:
                                style=replace(FluoroStyle(), **style), seed=200 + k)
         recordings.append(folder)
 
+    validation = out / "xray_validation" / "walking"
+    if not (validation / "recording.json").exists():
+        simulate_recording(subject, validation, scenario="walking", n_frames=args.frames, views=views,
+                           style=replace(FluoroStyle(), **TRAIN_STYLES[0]), seed=300)
+
     if not (out / "style" / "xray_to_drr.onnx").exists():
         crops = xray_training_crops(recordings, size=128, crop_pixel_mm=2.0)
         print(f"[prepare] training the style translator on {len(crops)} X-ray crops, {args.style_steps} steps",
               flush=True)
-        cfg = StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250)
+        cfg = StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
+                                 snapshot_every=500)
         train_style(crops, dataset, out / "runs" / "style", cfg)
-        export_generators(out / "runs" / "style", out / "style")
+        export_generators(out / "runs" / "style", out / "style_last")
+        reference = np.load(validation / "truth.npz")["poses"] if args.select == "reference" else None
+        best, scores = select_style_snapshot(out / "runs" / "style", open_recording(validation), subject,
+                                             LandmarkDetector(det_onnx, subject=subject), out / "style",
+                                             reference=reference)
+        print(f"[prepare] style snapshot of step {best.step} chosen ({args.select}: {best.score:.3f} mm)", flush=True)
     print(f"[prepare] models in {out}", flush=True)
 
 

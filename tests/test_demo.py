@@ -23,6 +23,7 @@ def test_demo_writes_report_poses_and_overlays(demo):
     out, report = demo
     text = report.read_text()
     assert "with style translation" in text and "grey-level inversion only" in text and "Beer-Lambert" in text
+    assert "Style translator: the snapshot of step" in text
     data = json.loads((out / "report.json").read_text())
     assert len(data["summaries"]) == 3
     for key in ("translated", "log", "inverted"):

@@ -5,7 +5,8 @@ Steps: the example subject (CT fetched and cached on first use) -> a small artif
 of cone-beam DRRs (the simulated fluoroscopes' perspective) -> the landmark detector (fast CPU
 preset, time-limited) -> simulated X-ray recordings: one to learn the X-ray style from, one to
 register (another seed and motion, poses not used in training) -> the style translator (fast
-preset, a bounded number of steps) -> registration of the test recording with style
+preset, a bounded number of steps; of its snapshots, the one that registers the training
+recording best, :mod:`fluororeg.style_selection`) -> registration of the test recording with style
 translation and, for comparison, with a physics-based Beer-Lambert inversion and with a plain
 grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays
 (PNG of the first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse
@@ -54,11 +55,12 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     from .dataset import DatasetConfig, generate_dataset, source_distance_range
     from .evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
     from .learning.detector import DetectorConfig, LandmarkDetector, export_detector, preset, train_detector
-    from .learning.style import StyleConfig, StyleTranslator, export_generators, train_style
+    from .learning.style import StyleConfig, StyleTranslator, train_style
     from .overlay import overlay_pair, save_overlay_gif
     from .pipeline import PipelineOptions, register_recording, xray_training_crops
     from .recording import open_recording
     from .simulate import default_dual_views, simulate_recording
+    from .style_selection import select_style_snapshot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,15 +123,23 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     x2d = out / "models" / "style" / "xray_to_drr.onnx"
     if not x2d.exists():
         crops = xray_training_crops(rec_paths["train"], size=size, crop_pixel_mm=2.0 * 128 / size)
+        snapshot_every = max(1, settings.style_steps // 6)
         if q:
             cfg = StyleConfig(image_size=size, gen_width=8, gen_blocks=1, disc_width=8, steps=settings.style_steps,
-                              log_every=2, checkpoint_every=2)
+                              log_every=2, checkpoint_every=2, snapshot_every=snapshot_every)
         else:
             cfg = StyleConfig.preset("fast", image_size=size, steps=settings.style_steps, log_every=50,
-                                     checkpoint_every=200)
+                                     checkpoint_every=200, snapshot_every=snapshot_every)
         _say(f"training the style translator ({len(crops)} X-ray crops, {settings.style_steps} steps)")
         train_style(crops, out / "dataset", out / "runs" / "style", cfg, progress=not q, num_threads=None if not q else 1)
-        export_generators(out / "runs" / "style", out / "models" / "style")
+        # The snapshot whose translations register best; the training recording's true poses
+        # stand in for the few frames a lab registers by hand to check its models.
+        _say("choosing the style translator's snapshot by registering the training recording with each")
+        best, _ = select_style_snapshot(out / "runs" / "style", open_recording(rec_paths["train"]), subject, detector,
+                                        out / "models" / "style",
+                                        reference=np.load(rec_paths["train"] / "truth.npz")["poses"],
+                                        options=PipelineOptions(crop_pixel_mm=2.0 * 128 / size), progress=not q)
+        _say(f"style snapshot of step {best.step}: median landmark error {best.score:.2f} mm")
     translator = StyleTranslator(x2d, direction="xray_to_drr")
     done("style")
 
@@ -176,6 +186,12 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
                      f"{s['angle_err_deg_sd']:.2f} / {s['angle_err_deg_median']:.2f} | "
                      f"{s['position_err_mm_mean']:.2f} +- {s['position_err_mm_sd']:.2f} / "
                      f"{s['position_err_mm_median']:.2f} | {s['frames_per_s']:.1f} |")
+    selection = out / "models" / "style" / "selection.json"
+    if selection.exists():
+        chosen = json.loads(selection.read_text())["best"]
+        lines += ["", f"Style translator: the snapshot of step {chosen['step']} of {settings.style_steps}, chosen by its "
+                      f"median landmark error on the training recording ({chosen['score']:.2f} mm; all snapshots in "
+                      "`models/style/selection.csv`)."]
     lines += ["", "Errors are the paper's Eq. 3 (infinity norms) against the simulation's ground truth.", "",
               "Files: `registration_translated/poses.csv` (+ `.tra`), `registration_*/evaluation*.{csv,json,png}`, "
               "`errors_bar_chart.png`, `overlay_frame0.png`, `overlay.gif` (poses of: " + best_label + "), "
