@@ -1,4 +1,4 @@
-"""Train the networks `bench_pipeline.py` evaluates, longer than the demo does (CPU, ~35 min).
+"""Train the networks `bench_pipeline.py` evaluates, longer than the demo does (CPU, ~45 min).
 
     python benchmarks/prepare_pipeline_models.py --out out/pipeline_models
     python benchmarks/bench_pipeline.py --models out/pipeline_models --json out/bench/pipeline.json

@@ -56,8 +56,13 @@ def test_pose_csv_and_tra_round_trip(tmp_path):
     np.testing.assert_array_equal(back["mirror_case"], [0, -1, 3])
     write_tra(tmp_path / "p.tra", M)
     np.testing.assert_array_equal(read_tra(tmp_path / "p.tra"), M)
-    first = (tmp_path / "p.tra").read_text().splitlines()[0].split(",")
-    assert float(first[12]) == M[0, 0, 3]  # column-major: the translation is values 13..15
+    first = [float(v) for v in (tmp_path / "p.tra").read_text().splitlines()[0].split(",")]
+    # Autoscoper's default export writes the matrix row by row: the translation is values 4, 8, 12
+    assert [first[3], first[7], first[11]] == list(M[0, :3, 3]) and first[12:] == [0.0, 0.0, 0.0, 1.0]
+    write_tra(tmp_path / "c.tra", M, as_rows=False)  # "as columns": the OpenGL array as it is
+    columns = [float(v) for v in (tmp_path / "c.tra").read_text().splitlines()[0].split(",")]
+    assert columns[12:15] == list(M[0, :3, 3]) and columns[3] == 0.0
+    np.testing.assert_array_equal(read_tra(tmp_path / "c.tra", as_rows=False), M)
     assert (tmp_path / "p.tra").read_text().splitlines()[1].count("NaN") == 16
     (tmp_path / "bad.tra").write_text("1,2,3\n")
     with pytest.raises(ValueError, match="3 values, expected 16"):

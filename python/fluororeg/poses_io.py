@@ -12,8 +12,11 @@ rests on the view whose rms is typical, its depth is the least certain part); no
 ``views_disagree``, ``too_few_landmarks``, ``failed``.
 
 ``.tra`` (Autoscoper): one line per frame, the 16 values of the 4x4 world_from_model matrix
-in column-major (OpenGL) order separated by commas, as Autoscoper saves tracking "as matrix,
-as rows, with commas"; millimetres; frames without a pose are written as 16 NaN values.
+separated by commas, in millimetres; frames without a pose are 16 NaN values. The order is
+Autoscoper's default export ("as matrix, as rows, with commas"): its ``save_tracking_results``
+writes the OpenGL (column-major) array ``m`` as ``m[0], m[4], m[8], m[12], m[1], ...``, which
+is the matrix row by row, the translation being values 4, 8 and 12. ``as_rows=False`` reads
+and writes the "as columns" variant (the OpenGL array as it is).
 """
 
 from __future__ import annotations
@@ -111,19 +114,22 @@ def read_reference_poses(path) -> np.ndarray:
     return read_poses_csv(path)["poses"]
 
 
-def write_tra(path, matrices) -> Path:
-    """Autoscoper .tra: matrices [F, 4, 4] (NaN for frames without a pose)."""
+def write_tra(path, matrices, *, as_rows: bool = True) -> Path:
+    """Autoscoper .tra: matrices [F, 4, 4] (NaN for frames without a pose), row by row (the
+    default; see the module docstring) or column by column."""
     M = np.asarray(matrices, dtype=np.float64)
     if M.ndim != 3 or M.shape[1:] != (4, 4):
         raise ValueError(f"matrices has shape {M.shape}, expected (F, 4, 4)")
-    lines = [",".join("NaN" if not math.isfinite(v) else repr(float(v)) for v in m.T.ravel()) for m in M]
+    lines = [",".join("NaN" if not math.isfinite(v) else repr(float(v)) for v in (m if as_rows else m.T).ravel())
+             for m in M]
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
-def read_tra(path) -> np.ndarray:
-    """Read an Autoscoper .tra file (16 comma- or space-separated values per line) as [F, 4, 4]."""
+def read_tra(path, *, as_rows: bool = True) -> np.ndarray:
+    """Read an Autoscoper .tra file (16 comma- or space-separated values per line, row by row
+    or, with ``as_rows=False``, column by column) as [F, 4, 4]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tra file '{path}' does not exist")
@@ -138,5 +144,5 @@ def read_tra(path) -> np.ndarray:
             vals = np.array([float(p) for p in parts])
         except ValueError:
             raise ValueError(f"'{path}' line {n}: not all values are numbers") from None
-        out.append(vals.reshape(4, 4).T)
+        out.append(vals.reshape(4, 4) if as_rows else vals.reshape(4, 4).T)
     return np.array(out).reshape(-1, 4, 4)
