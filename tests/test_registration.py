@@ -3,6 +3,7 @@ dual-fluoroscope geometry like the paper's, bad input, metrics, installed C++ pa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -283,6 +284,11 @@ def test_view_agreement_rests_on_the_view_that_fits(scene):
     for name in ("poses", "matrices", "objective", "rms_mm", "n_vis", "mirror_case", "status"):
         np.testing.assert_array_equal(getattr(checked, name)[keep], getattr(batch, name)[keep])
     assert checked.ok[keep].all() and fr.pose_errors(checked.poses[keep], poses[keep])[0].max() < 1.0
+    # Both views 3x their typical residual (a compromise that fits neither) is suspect too.
+    edited = dataclasses.replace(batch, rms_mm=batch.rms_mm.copy())
+    edited.rms_mm[5] = 3.0 * np.median(batch.rms_mm[keep], axis=0)
+    assert fr.check_view_agreement(scene.landmarks, scene.views, det, edited, joint_ratio=4.0, **kw).status[5] == "ok"
+    assert fr.check_view_agreement(scene.landmarks, scene.views, det, edited, **kw).status[5] != "ok"
     # Too few registered frames for a typical residual: nothing is changed.
     few = fr.check_view_agreement(scene.landmarks, scene.views, det[:4],
                                   fr.register_frames(scene.landmarks, scene.views, det[:4], **kw), **kw)
@@ -290,7 +296,9 @@ def test_view_agreement_rests_on_the_view_that_fits(scene):
     with pytest.raises(ValueError, match="outlier_ratio"):
         fr.check_view_agreement(scene.landmarks, scene.views, det, batch, outlier_ratio=0.5, **kw)
     with pytest.raises(ValueError, match="fit_ratio"):
-        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, fit_ratio=5.0, **kw)
+        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, fit_ratio=3.0, **kw)
+    with pytest.raises(ValueError, match="joint_ratio"):
+        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, joint_ratio=5.0, **kw)
     with pytest.raises(ValueError, match="12 frames"):
         fr.check_view_agreement(scene.landmarks, scene.views, det[:5], batch, **kw)
 

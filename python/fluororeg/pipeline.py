@@ -208,8 +208,9 @@ def _check_views(subject, views, det, weights, batch, options: PipelineOptions):
 
     if options.view_outlier_ratio is None:
         return batch
-    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights,
-                                outlier_ratio=options.view_outlier_ratio, num_threads=options.num_threads,
+    ratio = options.view_outlier_ratio
+    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights, outlier_ratio=ratio,
+                                joint_ratio=min(2.5, ratio), num_threads=options.num_threads,
                                 **_registration_kwargs(subject, options))
 
 

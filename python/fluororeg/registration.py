@@ -32,7 +32,7 @@ both detector centres) unless ``init_pose`` is given (e.g. the previous frame's 
 Disagreeing views (:func:`check_view_agreement`, after a batch): when the detector fails in
 one view (e.g. the skull partly outside its field of view) the robust loss either ignores that
 view or settles on a compromise that fits neither. Frames whose residual in a view is far above
-the recording's typical one are solved from each view alone; if one view alone fits a rigid
+the recording's typical one (or in both views well above) are solved from each view alone; if one view alone fits a rigid
 model and the other does not, the pose is refined from that view's solution with both views
 again and marked ``'one_view'`` (it rests on one view; its depth is the least certain part);
 if they cannot be told apart the frame is ``'views_disagree'`` with a NaN pose.
@@ -372,15 +372,16 @@ def _replace_rows(batch: BatchResult, rows: np.ndarray, part: BatchResult) -> Ba
 
 
 def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, weights=None,
-                         outlier_ratio: float = 4.0, fit_ratio: float = 1.5, min_frames: int = 5,
-                         **register_kwargs) -> BatchResult:
+                         outlier_ratio: float = 4.0, joint_ratio: float = 2.5, fit_ratio: float = 1.5,
+                         min_frames: int = 5, **register_kwargs) -> BatchResult:
     """Resolve frames of ``batch`` (from :func:`register_frames` with the same landmarks,
     views, detections [F, 2, N, 2] px and weights [F, 2, N]) whose two views disagree.
 
     The typical residual of view k is the median ``rms_mm[:, k]`` over the registered frames
     (at least ``min_frames`` of them, else ``batch`` is returned as it is). A registered frame
-    is suspect when a view's residual exceeds ``outlier_ratio`` times its typical one. It is
-    then solved from each view alone (the other's weights scaled by 1e-6). If the better
+    is suspect when a view's residual exceeds ``outlier_ratio`` times its typical one, or both
+    views' exceed ``joint_ratio`` times theirs (a compromise that fits neither). It is then
+    solved from each view alone (the other's weights scaled by 1e-6). If the better
     view's own residual is at most ``fit_ratio`` times typical and at most half the other
     view's own residual, the frame is solved again with both views from that pose and becomes
     ``'one_view'`` (the refined pose when it still fits the better view within ``fit_ratio``,
@@ -389,8 +390,10 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
     """
     if not (np.isfinite(outlier_ratio) and outlier_ratio > 1):
         raise ValueError(f"outlier_ratio = {outlier_ratio!r}: expected a number > 1")
-    if not (np.isfinite(fit_ratio) and 0 < fit_ratio < outlier_ratio):
-        raise ValueError(f"fit_ratio = {fit_ratio!r}: expected a number in (0, outlier_ratio)")
+    if not (np.isfinite(joint_ratio) and 1 < joint_ratio <= outlier_ratio):
+        raise ValueError(f"joint_ratio = {joint_ratio!r}: expected a number in (1, outlier_ratio]")
+    if not (np.isfinite(fit_ratio) and 0 < fit_ratio < joint_ratio):
+        raise ValueError(f"fit_ratio = {fit_ratio!r}: expected a number in (0, joint_ratio)")
     det = _detections(detections, _landmarks(landmarks).shape[0], batched=True)
     F = det.shape[0]
     if len(batch) != F:
@@ -402,7 +405,7 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
         return batch
     typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm (exact detections: 1 um)
     ratio = batch.rms_mm / typical
-    suspect = np.flatnonzero(ok & (np.nanmax(ratio, axis=1) > outlier_ratio))
+    suspect = np.flatnonzero(ok & ((np.nanmax(ratio, axis=1) > outlier_ratio) | (np.nanmin(ratio, axis=1) > joint_ratio)))
     if suspect.size == 0:
         return batch
     alone = []
