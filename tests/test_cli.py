@@ -103,3 +103,13 @@ def test_subject_init_and_check(subject, tmp_path, capsys):
     assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
                  "--pairs", "left-right", "--out", str(tmp_path / "bad")]) == 2
     assert "LEFT:RIGHT" in capsys.readouterr().err
+
+
+def test_python_m_fluororeg_is_the_command():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "fluororeg", "register", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "--view-outlier-ratio" in run.stdout

@@ -49,6 +49,10 @@ def test_register_and_evaluate_commands(demo, subject, tmp_path, monkeypatch, ca
     assert main(["register", str(out / "recording_test"), "--detector", str(tmp_path / "missing.onnx"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "missing.onnx" in capsys.readouterr().err
+    assert main(["register", str(out / "recording_test"), "--detector", str(out / "models" / "detector.onnx"),
+                 "--view-outlier-ratio", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert "--view-outlier-ratio -1.0: expected 0 (off) or a number > 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_calibrate_commands(demo, tmp_path, capsys):

@@ -338,6 +338,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .pipeline import PipelineOptions, register_recording
     from .recording import open_recording
 
+    if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
+        raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")
     subject = _subject(args.subject)
     rec = open_recording(args.recording)
     detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
@@ -346,7 +348,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
                            loss=None if args.loss == "none" else args.loss, loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
-                           view_outlier_ratio=None if args.view_outlier_ratio <= 0 else args.view_outlier_ratio)
+                           view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     registered = int(np.isfinite(res.poses).all(axis=1).sum())
     names, counts = np.unique(res.status, return_counts=True)

@@ -1,0 +1,7 @@
+"""``python -m fluororeg``: the same as the ``fluororeg`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
