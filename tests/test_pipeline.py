@@ -79,8 +79,12 @@ def test_styles_previous_init_and_errors(subject, models):
         register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
     with pytest.raises(ValueError, match="style 'gan'"):
         PipelineOptions(style="gan")
-    with pytest.raises(ValueError, match="needs fps"):
-        PipelineOptions(smoothing_hz=5.0)
+    with pytest.raises(ValueError, match="smoothing_hz = -1.0"):
+        PipelineOptions(smoothing_hz=-1.0)
+    with pytest.raises(ValueError, match="fps = 0"):
+        PipelineOptions(fps=0)
+    with pytest.raises(ValueError, match="cutoff < fps / 2 = 50.0"):
+        PipelineOptions(smoothing_hz=60.0, fps=100.0)
     with pytest.raises(ValueError, match="view_outlier_ratio = 1.0"):
         PipelineOptions(view_outlier_ratio=1.0)
     from fluororeg.subject import make_subject
@@ -88,6 +92,40 @@ def test_styles_previous_init_and_errors(subject, models):
     other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)
     with pytest.raises(ValueError, match="fingerprint"):
         register_recording(rec, other, models["detector"], models["translator"], progress=False)
+
+
+def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subject, models, tmp_path, monkeypatch):
+    import json
+
+    import fluororeg.pipeline as pipeline
+    from fluororeg.temporal import smooth_poses
+
+    folder = simulate_recording(subject, tmp_path / "rec", scenario="flexion_extension", n_frames=18,
+                                views=default_dual_views(192, 192, pitch=1.6), seed=4)
+    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0)
+    with pytest.raises(ValueError, match="needs the frame rate"):  # simulated: no frame rate known
+        register_recording(open_recording(folder), subject, models["detector"], None, opts, progress=False)
+    manifest = folder / "recording.json"
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), frame_rate_hz=30)))
+    rec = open_recording(folder)
+    assert rec.frame_rate_hz == 30.0
+    out = register_recording(rec, subject, models["detector"], None, opts, progress=False)
+    registered = np.isfinite(out.batch.poses).all(axis=1)
+    np.testing.assert_allclose(out.poses, smooth_poses(out.batch.poses, 3.0, 30.0), equal_nan=True)
+    assert np.isnan(out.poses[~registered]).all()  # smoothing never invents a pose
+    assert not np.allclose(out.poses[registered], out.batch.poses[registered])
+    # Settings that cannot work fail before any frame is read (the recording of 5 frames is too
+    # short for the filter; a cut-off above half the frame rate is impossible).
+    monkeypatch.setattr(pipeline, "detect_recording", lambda *a, **k: pytest.fail("detected despite bad settings"))
+    with pytest.raises(ValueError, match="at least 16 frames; the recording has 5"):
+        register_recording(open_recording(models["recording"]), subject, models["detector"], None,
+                           PipelineOptions(style="invert", smoothing_hz=3.0, fps=30.0), progress=False)
+    with pytest.raises(ValueError, match="cutoff < fps / 2 = 15.0"):
+        register_recording(rec, subject, models["detector"], None, PipelineOptions(style="invert", smoothing_hz=20.0),
+                           progress=False)
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), frame_rate_hz="fast")))
+    with pytest.raises(ValueError, match="frame_rate_hz = 'fast': expected a positive number"):
+        open_recording(folder)
 
 
 def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):

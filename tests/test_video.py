@@ -60,6 +60,10 @@ def test_recording_of_two_videos_registers_like_the_png_one(recording, tmp_path)
                              frames=len(rec))
     video_rec = open_recording(tmp_path)
     assert len(video_rec) == len(rec)
+    assert video_rec.frame_rate_hz == 25.0 and rec.frame_rate_hz is None  # the videos' own rate; PNGs: unknown
+    write_recording_manifest(tmp_path, views=("v0.avi", "v1.avi"), geometry=str(recording / "geometry.json"),
+                             frames=len(rec), frame_rate_hz=120)
+    assert open_recording(tmp_path).frame_rate_hz == 120.0  # recording.json's rate comes first
     for i in range(len(rec)):
         for a, b in zip(video_rec.frame(i), rec.frame(i)):
             np.testing.assert_array_equal(a, b)

@@ -571,8 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "frame rests on the other view ('one_view') or is left out ('views_disagree'); 0 turns it off")
     rg.add_argument("--no-recentre", action="store_true",
                     help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")
-    rg.add_argument("--smooth-hz", type=float, help="low-pass cut-off (Hz); needs --fps")
-    rg.add_argument("--fps", type=float)
+    rg.add_argument("--smooth-hz", type=float,
+                    help="smooth the poses with a zero-phase low-pass filter of this cut-off (Hz; default: off)")
+    rg.add_argument("--fps", type=float,
+                    help="the recording's frame rate for --smooth-hz (default: frame_rate_hz in recording.json, or "
+                         "the videos' rate)")
     rg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     rg.add_argument("--out", required=True)
     rg.add_argument("--quiet", action="store_true")

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import ConeView, beam_crossing
+from .temporal import check_smoothing, smooth_poses
 
 __all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "bone_crop_boxes",
            "xray_training_crops", "detect_recording", "register_detections", "register_recording"]
@@ -61,8 +62,8 @@ class PipelineOptions:
     min_confidence: float = 0.0       # detections below this confidence are dropped
     use_confidence_weights: bool = True
     init: str = "paper"               # 'paper' (system centre, theta 0) | 'previous'
-    smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs fps
-    fps: float | None = None
+    smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs the frame rate
+    fps: float | None = None          # frame rate (frames/s); None: the recording's frame_rate_hz
     recentre: bool = True             # locate the bone first, then crop around it (see above)
     view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
@@ -80,8 +81,12 @@ class PipelineOptions:
         if self.view_outlier_ratio is not None and not (np.isfinite(self.view_outlier_ratio)
                                                         and self.view_outlier_ratio > 1.5):
             raise ValueError(f"view_outlier_ratio = {self.view_outlier_ratio!r}: expected None (off) or a number > 1.5")
-        if self.smoothing_hz is not None and self.fps is None:
-            raise ValueError("smoothing_hz needs fps (the recording's frame rate)")
+        if self.fps is not None and not (np.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps = {self.fps!r}: expected a positive frame rate (frames/s) or None")
+        if self.smoothing_hz is not None and not (np.isfinite(self.smoothing_hz) and self.smoothing_hz > 0):
+            raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
+        if self.smoothing_hz is not None and self.fps is not None:
+            check_smoothing(self.smoothing_hz, self.fps)
 
 
 @dataclass
@@ -330,10 +335,14 @@ def register_recording(recording, subject, detector, translator=None, options: P
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from .poses_io import write_poses_csv, write_tra
     from .registration import BatchResult, register_frame
-    from .temporal import smooth_poses
 
     t0 = time.perf_counter()
     detector.check_subject(subject)
+    fps = options.fps if options.fps is not None else recording.frame_rate_hz
+    if options.smoothing_hz is not None:  # before any work: a bad setting must not cost a whole run
+        needed = check_smoothing(options.smoothing_hz, fps)
+        if len(recording) < needed:
+            raise ValueError(f"smoothing needs at least {needed} frames; the recording has {len(recording)}")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -356,7 +365,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
         batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
     poses, status = batch.poses.copy(), batch.status
     if options.smoothing_hz is not None:
-        poses = smooth_poses(poses, options.smoothing_hz, options.fps)
+        poses = smooth_poses(poses, options.smoothing_hz, fps)
     if out is not None:
         from .geometry import pose_matrix
 

@@ -6,7 +6,8 @@ A recording folder holds ``recording.json``::
      "views": ["view1", "view2"],          # one image sequence per fluoroscope (F1, F2)
      "geometry": "geometry.json",          # fluororeg.calibration geometry file (both views,
                                            # optionally each view's distortion model)
-     "frames": 120}                        # optional; checked when given
+     "frames": 120,                        # optional; checked when given
+     "frame_rate_hz": 100}                 # optional: the acquisition rate (for smoothing)
 
 Each entry of ``views`` is a folder of images (PNG or TIFF, sorted by name; one frame each), a
 multi-page TIFF file, or a video file (AVI, MP4, MOV, MKV; decoded by FFmpeg through PyAV),
@@ -15,6 +16,10 @@ can also be given the two sequences and the geometry directly. Frames are read l
 time, as float32 grey levels. Videos decode forward: reading frames in order costs one decode
 each, going back restarts from the first frame (the pipeline reads in order). Lossy codecs
 alter grey levels; labs that keep video should prefer lossless ones (FFV1, uncompressed AVI).
+
+The frame rate (``Recording.frame_rate_hz``, used by the pipeline's temporal smoothing) comes
+from ``frame_rate_hz`` in recording.json, else from the videos' own rate when both views are
+videos of the same rate, else it is unknown (None).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class _VideoReader:
                 stream = container.streams.video[0]
                 fmt = stream.codec_context.format  # more than 8 bits per sample: read 16-bit grey
                 self.bits16 = fmt is not None and max((c.bits for c in fmt.components), default=8) > 8
+                rate = stream.average_rate or stream.base_rate  # frames/s as the container records it
+                self.frame_rate_hz = float(rate) if rate else None
                 # Containers do not all record the frame count: count by demuxing (no decoding).
                 self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
         except av.error.FFmpegError as exc:
@@ -114,6 +121,11 @@ class ImageSequence:
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else int(self._pages)
 
+    @property
+    def frame_rate_hz(self) -> float | None:
+        """A video's frame rate as its container records it; None for images."""
+        return self._video.frame_rate_hz if self._video is not None else None
+
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
@@ -143,6 +155,7 @@ class Recording:
     sequences: tuple  # (ImageSequence, ImageSequence)
     geometry: object  # fluororeg.calibration.DualGeometry
     path: Path | None = None
+    frame_rate_hz: float | None = None  # acquisition rate (frames/s); None: unknown
 
     def __post_init__(self):
         if len(self.sequences) != 2:
@@ -152,6 +165,15 @@ class Recording:
             raise ValueError(f"the views have different frame counts {n}: expected the same frames in both")
         if len(self.geometry.views) != 2:
             raise ValueError(f"the geometry has {len(self.geometry.views)} views, expected 2")
+        if self.frame_rate_hz is None:
+            rates = {getattr(seq, "frame_rate_hz", None) for seq in self.sequences}
+            if len(rates) == 1:  # both videos of the same rate (or both without one)
+                self.frame_rate_hz = rates.pop()
+        else:
+            rate = self.frame_rate_hz
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (np.isfinite(rate) and rate > 0):
+                raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second")
+            self.frame_rate_hz = float(rate)
         for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
             h, w = seq[0].shape
             if (w, h) != (view.width, view.height):
@@ -170,8 +192,10 @@ class Recording:
             yield i, a, b
 
 
-def open_recording(path=None, *, views: Sequence | None = None, geometry=None) -> Recording:
-    """Open a recording folder (with recording.json), or two sequences and a geometry file."""
+def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
+                   frame_rate_hz: float | None = None) -> Recording:
+    """Open a recording folder (with recording.json), or two sequences and a geometry file
+    (and optionally their frame rate)."""
     from .calibration.geometry_file import DualGeometry, load_geometry
 
     if path is not None:
@@ -183,22 +207,27 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None) -
         if meta.get("format") != "fluororeg-recording":
             raise ValueError(f"'{manifest}' has format {meta.get('format')!r}, expected 'fluororeg-recording'")
         seqs = tuple(ImageSequence(folder / v) for v in meta["views"])
-        rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder)
+        try:
+            rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder, meta.get("frame_rate_hz"))
+        except ValueError as exc:
+            raise ValueError(f"'{manifest}': {exc}") from exc
         if "frames" in meta and int(meta["frames"]) != len(rec):
             raise ValueError(f"'{manifest}' says {meta['frames']} frames but the views hold {len(rec)}")
         return rec
     if views is None or geometry is None:
         raise ValueError("give a recording folder, or both views= (two sequences) and geometry=")
     geo = geometry if isinstance(geometry, DualGeometry) else load_geometry(geometry)
-    return Recording(tuple(ImageSequence(v) for v in views), geo)
+    return Recording(tuple(ImageSequence(v) for v in views), geo, frame_rate_hz=frame_rate_hz)
 
 
 def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometry.json",
-                             frames: int | None = None, **extra) -> Path:
+                             frames: int | None = None, frame_rate_hz: float | None = None, **extra) -> Path:
     """Write recording.json for a folder laid out as described above."""
     meta = {"format": "fluororeg-recording", "version": 1, "views": list(views), "geometry": geometry}
     if frames is not None:
         meta["frames"] = int(frames)
+    if frame_rate_hz is not None:
+        meta["frame_rate_hz"] = float(frame_rate_hz)
     meta.update(extra)
     path = Path(folder) / "recording.json"
     path.write_text(json.dumps(meta, indent=2))

@@ -11,7 +11,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["smooth_poses"]
+__all__ = ["smooth_poses", "check_smoothing"]
+
+
+def check_smoothing(cutoff_hz: float, fps: float | None, *, order: int = 4) -> int:
+    """Check the filter's settings (a clear ValueError otherwise) before any work is done;
+    returns how many frames with a pose the filter needs at least."""
+    if fps is None:
+        raise ValueError("smoothing needs the frame rate: give fps (--fps), or frame_rate_hz in recording.json")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    if not (np.isfinite(cutoff_hz) and 0 < cutoff_hz < fps / 2):
+        raise ValueError(f"cutoff_hz = {cutoff_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
+    if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
+        raise ValueError(f"order = {order!r}: expected an integer in 1..8")
+    return 3 * (order + 1) + 1  # filtfilt's padding is 3 * (order + 1) samples; it needs more
 
 
 def smooth_poses(poses, cutoff_hz: float, fps: float, *, order: int = 4) -> np.ndarray:
@@ -21,18 +35,12 @@ def smooth_poses(poses, cutoff_hz: float, fps: float, *, order: int = 4) -> np.n
     P = np.asarray(poses, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] != 6:
         raise ValueError(f"poses has shape {P.shape}, expected (F, 6)")
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
-    if not (np.isfinite(cutoff_hz) and 0 < cutoff_hz < fps / 2):
-        raise ValueError(f"cutoff_hz = {cutoff_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
-    if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
-        raise ValueError(f"order = {order!r}: expected an integer in 1..8")
+    needed = check_smoothing(cutoff_hz, fps, order=order)
     ok = np.all(np.isfinite(P), axis=1)
     out = np.full_like(P, np.nan)
     b, a = butter(order, cutoff_hz / (fps / 2))
-    pad = 3 * max(len(a), len(b))
-    if ok.sum() <= pad:
-        raise ValueError(f"only {int(ok.sum())} frames have a pose: filtering needs more than {pad}")
+    if ok.sum() < needed:
+        raise ValueError(f"only {int(ok.sum())} frames have a pose: filtering needs at least {needed}")
     t = np.arange(len(P))
     filled = np.empty_like(P)
     for c in range(6):
