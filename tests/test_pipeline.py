@@ -67,6 +67,14 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
                               progress=False)
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes
     np.testing.assert_array_equal(out2.detections, out.detections)
+    # Other settings (here the style) never reuse those detections: they are made again.
+    inverted = register_recording(rec, subject, models["detector"], None, PipelineOptions(chunk=2, min_visible=4,
+                                  style="invert"), progress=False)
+    with pytest.warns(UserWarning, match=r"other settings \(style, translator_sha256\); detecting again"):
+        out3 = register_recording(rec, subject, models["detector"], None, PipelineOptions(chunk=2, min_visible=4,
+                                  style="invert"), out_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(out3.detections, inverted.detections)
+    assert not np.array_equal(out3.detections, out.detections, equal_nan=True)
 
 
 def test_styles_previous_init_and_errors(subject, models):

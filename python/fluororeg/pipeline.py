@@ -31,13 +31,17 @@ For every frame of both views (:mod:`fluororeg.recording`):
    :func:`~fluororeg.registration.check_view_agreement`. Optional low-pass smoothing.
 
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
-chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped;
-``<out>/poses.csv`` and ``<out>/poses.tra`` are written at the end.
+chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
+They are reused only if made with the same settings (``detections/settings.json``: the
+networks' file digests, the recording, the options that shape detection); otherwise they are
+discarded and made again. ``<out>/poses.csv`` and ``<out>/poses.tra`` are written at the end.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -272,6 +276,46 @@ def _detect(images, boxes, fov, size, style, detector, translator, view, distort
     return xy, np.where(keep, cf, 0.0)
 
 
+def _detection_settings(recording, detector, translator, options: PipelineOptions, subject) -> dict:
+    """What the saved detections of ``recording`` depend on (JSON-able), for a safe resume."""
+    import hashlib
+
+    first = recording.frame(0)
+    rec_id = hashlib.sha256(b"".join(np.ascontiguousarray(im, np.float32).tobytes() for im in first))
+    settings = {"recording_frames": len(recording), "recording_first_frames_sha256": rec_id.hexdigest(),
+                "detector_sha256": detector.model.digest,
+                "translator_sha256": translator.model.digest if options.style == "translate" else None,
+                "style": options.style, "crop_pixel_mm": options.crop_pixel_mm,
+                "min_confidence": options.min_confidence, "recentre": options.recentre}
+    if options.recentre:  # the first pass registers: its settings place the final crops
+        settings.update(subject=subject.fingerprint, **_registration_kwargs(subject, options),
+                        use_confidence_weights=options.use_confidence_weights,
+                        view_outlier_ratio=options.view_outlier_ratio)
+        settings["pairs"] = [list(p) for p in settings["pairs"]]
+    return settings
+
+
+def _prepare_detection_cache(chunk_dir: Path, settings: dict) -> None:
+    """Keep the saved detection chunks in ``chunk_dir`` only if they were made with ``settings``."""
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    path = chunk_dir / "settings.json"
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        saved = {}
+    chunks = sorted(chunk_dir.glob("chunk_*.npz"))
+    if saved != settings and chunks:
+        changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
+        warnings.warn(f"'{chunk_dir}': the saved detections were made with other settings "
+                      f"({', '.join(changed) if saved is not None else 'unknown'}); detecting again", stacklevel=3)
+        for chunk in chunks:
+            chunk.unlink()
+    if saved != settings:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        tmp.replace(path)
+
+
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
                      frames=None, *, subject=None, out_dir=None, progress: bool = True):
     """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N].
@@ -295,7 +339,7 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
     conf = np.zeros((len(frames), 2, N))
     chunk_dir = Path(out_dir) / "detections" if out_dir is not None else None
     if chunk_dir is not None:
-        chunk_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_detection_cache(chunk_dir, _detection_settings(recording, detector, translator, options, subject))
     bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
     for c0 in range(0, len(frames), options.chunk):
         sel = frames[c0:c0 + options.chunk]
@@ -373,7 +417,5 @@ def register_recording(recording, subject, detector, translator=None, options: P
         write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
         write_tra(out / "poses.tra", matrices)
-        import json
-
         (out / "options.json").write_text(json.dumps(asdict(options), indent=2))
     return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)

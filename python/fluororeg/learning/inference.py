@@ -69,6 +69,15 @@ class OnnxModel:
             raise ValueError(f"'{self.path}': input shape {self.input_shape} does not match its metadata "
                              f"input_size {self.input_size}")
 
+    @property
+    def digest(self) -> str:
+        """sha256 hex digest of the model file (identifies the network in saved results)."""
+        if getattr(self, "_digest", None) is None:
+            import hashlib
+
+            self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return self._digest
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a float32 batch [n, 1, H, W] (already normalised as the metadata says)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
