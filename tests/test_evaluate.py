@@ -73,3 +73,57 @@ def test_pose_csv_and_tra_round_trip(tmp_path):
     with pytest.raises(ValueError, match="poses has shape"):
         write_poses_csv(tmp_path / "q.csv", [0], ["ok"], np.zeros((2, 6)), M[:1], [0], np.ones((1, 2)),
                         np.ones((1, 2)), [4], [0])
+
+
+def test_malformed_pose_csv_rows_are_named(tmp_path):
+    poses = np.zeros((2, 6))
+    write_poses_csv(tmp_path / "p.csv", [0, 1], ["ok", "ok"], poses, pose_matrix(poses), [1.0, 1.0],
+                    np.ones((2, 2)), np.ones((2, 2)), [30, 30], [0, 0])
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    (tmp_path / "short.csv").write_text("\n".join(lines[:2] + [",".join(lines[2].split(",")[:10])]) + "\n")
+    with pytest.raises(ValueError, match="row 2 has no value for column m02"):
+        read_poses_csv(tmp_path / "short.csv")
+    (tmp_path / "noframe.csv").write_text("\n".join([lines[0], "," + lines[1].split(",", 1)[1]]) + "\n")
+    with pytest.raises(ValueError, match="row 1, column frame: '', expected an integer"):
+        read_poses_csv(tmp_path / "noframe.csv")
+    (tmp_path / "word.csv").write_text("\n".join([lines[0], lines[1].replace(",30,", ",many,")]) + "\n")
+    with pytest.raises(ValueError, match="column n_vis: 'many' is not a number"):
+        read_poses_csv(tmp_path / "word.csv")
+
+
+def test_reference_poses_are_matched_by_frame_number(tmp_path, capsys):
+    from fluororeg.cli import main
+    from fluororeg.poses_io import read_reference_poses
+
+    rng = np.random.default_rng(3)
+    truth = np.concatenate([rng.uniform(-30, 30, (6, 3)), rng.uniform(-50, 50, (6, 3))], axis=1)  # frames 0..5
+    est = truth + [1.0, 0, 0, 0, 0, 0.5]
+    est[4] = np.nan
+    write_poses_csv(tmp_path / "est.csv", np.arange(6), ["ok"] * 4 + ["failed", "ok"], est,
+                    pose_matrix(np.nan_to_num(est)), np.ones(6), np.ones((6, 2)), np.ones((6, 2)), [9] * 6, [0] * 6)
+    # A manual registration of some frames only, in another order, with just the pose columns
+    # and one frame left empty: frames 5, 1, 4 and 3 (empty).
+    rows = ["frame,theta_x_deg,theta_y_deg,theta_z_deg,tau_x_mm,tau_y_mm,tau_z_mm"]
+    rows += [",".join([str(f)] + [repr(float(v)) for v in truth[f]]) for f in (5, 1, 4)] + ["3,,,,,,"]
+    (tmp_path / "manual.csv").write_text("\n".join(rows) + "\n")
+    ref = read_reference_poses(tmp_path / "manual.csv", frames=np.arange(7))
+    assert ref.shape == (7, 6)
+    np.testing.assert_array_equal(ref[[1, 4, 5]], truth[[1, 4, 5]])
+    assert np.isnan(ref[[0, 2, 3, 6]]).all()
+    assert main(["evaluate", str(tmp_path / "est.csv"), "--reference", str(tmp_path / "manual.csv"),
+                 "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "evaluation_summary.json").read_text())
+    # Frames 1 and 5 are evaluated (1 deg, 0.5 mm); frame 4 has a reference but no estimate.
+    assert (summary["frames"], summary["registered"], summary["frames_without_reference"]) == (3, 2, 3)
+    np.testing.assert_allclose([summary["angle_err_deg_max"], summary["position_err_mm_max"]], [1.0, 0.5])
+    assert "2/3 frames with a reference registered" in capsys.readouterr().out
+    # Bad references are refused, naming the problem.
+    (tmp_path / "dup.csv").write_text(rows[0] + "\n" + rows[1] + "\n" + rows[1] + "\n")
+    with pytest.raises(ValueError, match="frame 5 appears 2 times"):
+        read_reference_poses(tmp_path / "dup.csv")
+    (tmp_path / "other.csv").write_text("\n".join([rows[0], ",".join(["40"] + ["0"] * 6)]) + "\n")
+    assert main(["evaluate", str(tmp_path / "est.csv"), "--reference", str(tmp_path / "other.csv"),
+                 "--out", str(tmp_path / "ev2")]) == 2
+    assert "has no pose for any of the 6 frames" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="partly missing"):
+        evaluate_poses(est[:1], np.array([[0, 0, 0, 0, 0, np.nan]]))

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write_text
-from .geometry import as_poses
 from .plots import bar_chart, plot_curves
 from .registration import mean_landmark_distance, pose_errors
 
@@ -24,17 +23,26 @@ __all__ = ["Evaluation", "evaluate_poses", "write_evaluation", "recordings_bar_c
 @dataclass
 class Evaluation:
     frames: np.ndarray           # [F] frame indices
-    angle_err_deg: np.ndarray    # [F] eps_theta, NaN where the frame has no estimate
+    angle_err_deg: np.ndarray    # [F] eps_theta, NaN where the frame has no estimate or no reference
     position_err_mm: np.ndarray  # [F] eps_tau
     landmark_err_mm: np.ndarray  # [F] mean landmark distance (NaN without landmarks)
+    has_reference: np.ndarray | None = None  # [F] bool; None: every frame has one
+
+    def __post_init__(self):
+        if self.has_reference is None:
+            self.has_reference = np.ones(len(self.frames), dtype=bool)
 
     @property
     def registered(self) -> np.ndarray:
+        """[F] bool: frames with a reference and an estimate (those with errors)."""
         return np.isfinite(self.angle_err_deg)
 
     def summary(self) -> dict:
-        """Mean, SD, median and max of each error over the registered frames."""
-        out = {"frames": int(len(self.frames)), "registered": int(self.registered.sum())}
+        """Mean, SD, median and max of each error over the registered frames. ``frames``
+        counts the frames with a reference (those evaluated), ``registered`` those of them
+        with an estimate."""
+        out = {"frames": int(self.has_reference.sum()), "registered": int(self.registered.sum()),
+               "frames_without_reference": int((~self.has_reference).sum())}
         for name, v in (("angle_err_deg", self.angle_err_deg), ("position_err_mm", self.position_err_mm),
                         ("landmark_err_mm", self.landmark_err_mm)):
             v = v[np.isfinite(v)]
@@ -46,14 +54,19 @@ class Evaluation:
 
 def evaluate_poses(estimated, reference, *, landmarks=None, frames=None) -> Evaluation:
     """Errors of estimated poses [F, 6] (NaN rows = not registered) against reference poses
-    [F, 6] (deg, mm); ``landmarks`` [N, 3] mm (model frame) adds the mean landmark distance."""
+    [F, 6] (deg, mm; NaN rows: no reference for that frame, not evaluated) of the same frames;
+    ``landmarks`` [N, 3] mm (model frame) adds the mean landmark distance."""
     est = np.asarray(estimated, dtype=np.float64)
-    ref = as_poses(reference, "reference")
-    if est.ndim == 1:
-        est = est[None]
-    if est.shape != ref.shape:
-        raise ValueError(f"estimated poses have shape {est.shape} but the reference {ref.shape}: expected the same frames")
-    ok = np.all(np.isfinite(est), axis=1)
+    ref = np.asarray(reference, dtype=np.float64)
+    est, ref = (a[None] if a.ndim == 1 else a for a in (est, ref))
+    if est.shape != ref.shape or ref.ndim != 2 or ref.shape[1] != 6:
+        raise ValueError(f"estimated poses have shape {est.shape} but the reference {ref.shape}: expected the same "
+                         "frames, [F, 6] each")
+    has_ref = np.all(np.isfinite(ref), axis=1)
+    if np.any(np.isinf(ref)) or np.any(np.isnan(ref[~has_ref]).sum(axis=1) < 6):
+        raise ValueError("the reference holds infinite values or partly missing poses: expected six finite numbers "
+                         "per frame, or NaN in all six where a frame has no reference")
+    ok = np.all(np.isfinite(est), axis=1) & has_ref
     F = len(ref)
     ang = np.full(F, np.nan)
     pos = np.full(F, np.nan)
@@ -64,7 +77,7 @@ def evaluate_poses(estimated, reference, *, landmarks=None, frames=None) -> Eval
         if landmarks is not None:
             lmk[ok] = mean_landmark_distance(landmarks, est[ok], ref[ok])
     fr = np.arange(F) if frames is None else np.asarray(frames)
-    return Evaluation(fr, ang, pos, lmk)
+    return Evaluation(fr, ang, pos, lmk, has_ref)
 
 
 def write_evaluation(ev: Evaluation, folder, name: str = "evaluation") -> dict[str, Path]:

@@ -76,15 +76,10 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
             raise ValueError(f"'{path}' lacks the columns {missing}: not a fluororeg pose file")
         rows = list(reader)
 
-    def col(name):
-        try:
-            return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
-        except ValueError as exc:
-            raise ValueError(f"'{path}': column {name} holds a non-number ({exc})") from None
-
+    col = _column_reader(path, rows)
     F = len(rows)
     return {
-        "frame": col("frame").astype(int),
+        "frame": col("frame", integer=True),
         "status": np.array([r["status"] for r in rows]),
         "poses": np.stack([col(c) for c in POSE_COLUMNS[2:8]], axis=1) if F else np.zeros((0, 6)),
         "matrices": (np.stack([col(f"m{r}{c}") for r in range(4) for c in range(4)], axis=1).reshape(F, 4, 4)
@@ -92,26 +87,80 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
         "objective": col("objective"),
         "rms_mm": np.stack([col("rms_mm_view1"), col("rms_mm_view2")], axis=1) if F else np.zeros((0, 2)),
         "rms_px": np.stack([col("rms_px_view1"), col("rms_px_view2")], axis=1) if F else np.zeros((0, 2)),
-        "n_vis": col("n_vis").astype(int),
-        "mirror_case": col("mirror_case").astype(int),
+        "n_vis": col("n_vis", integer=True),
+        "mirror_case": col("mirror_case", integer=True),
     }
 
 
-def read_reference_poses(path) -> np.ndarray:
-    """Reference poses [F, 6] (deg, mm; NaN: none) from a pose CSV (e.g. manual registrations
-    written in this format) or a simulation's ``truth.npz`` (its ``poses`` array)."""
+def _column_reader(path: Path, rows: list[dict]):
+    """``col(name, integer=False)``: a column of csv.DictReader ``rows`` as float [F] (empty
+    fields NaN) or, with ``integer``, as int [F] (every field must hold an integer)."""
+
+    def col(name: str, integer: bool = False) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.int64 if integer else np.float64)
+        for i, r in enumerate(rows):
+            text = r.get(name)
+            if text is None:  # a row shorter than the header
+                raise ValueError(f"'{path}': row {i + 1} has no value for column {name} (a short row)")
+            try:
+                v = float(text) if text.strip() != "" else math.nan
+            except ValueError:
+                raise ValueError(f"'{path}': row {i + 1}, column {name}: {text!r} is not a number") from None
+            if integer:
+                if not (math.isfinite(v) and v == int(v)):
+                    raise ValueError(f"'{path}': row {i + 1}, column {name}: {text!r}, expected an integer")
+                v = int(v)
+            out[i] = v
+        return out
+
+    return col
+
+
+REFERENCE_COLUMNS = ["frame"] + POSE_COLUMNS[2:8]
+
+
+def read_reference_poses(path, frames=None) -> np.ndarray:
+    """Reference poses (deg, mm) by frame number from a CSV with at least the columns
+    ``frame, theta_x_deg .. tau_z_mm`` (a fluororeg pose file, or manual registrations of some
+    frames; empty fields: no pose) or from a simulation's ``truth.npz`` (``poses`` [F, 6],
+    row i = frame i). Returns [len(frames), 6] for the given frame numbers, NaN where the
+    reference has no pose; without ``frames``, [max frame + 1, 6]."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file '{path}' does not exist")
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise FileNotFoundError(f"reference file '{path}' does not exist")
         with np.load(path) as data:
             if "poses" not in data:
                 raise ValueError(f"'{path}' has no 'poses' array (it has {sorted(data.files)})")
-            poses = np.asarray(data["poses"], dtype=float)
-        if poses.ndim != 2 or poses.shape[1] != 6:
-            raise ValueError(f"'{path}': poses have shape {poses.shape}, expected [F, 6]")
-        return poses
-    return read_poses_csv(path)["poses"]
+            by_frame = np.asarray(data["poses"], dtype=float)
+        if by_frame.ndim != 2 or by_frame.shape[1] != 6:
+            raise ValueError(f"'{path}': poses have shape {by_frame.shape}, expected [F, 6]")
+    else:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"'{path}' lacks the columns {missing}: expected a CSV with "
+                                 f"{', '.join(REFERENCE_COLUMNS)} (degrees, mm)")
+            rows = list(reader)
+        col = _column_reader(path, rows)
+        numbers = col("frame", integer=True)
+        if len(numbers) and numbers.min() < 0:
+            raise ValueError(f"'{path}': frame {numbers.min()} is negative")
+        values, counts = np.unique(numbers, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(f"'{path}': frame {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
+        by_frame = np.full((int(numbers.max()) + 1 if len(numbers) else 0, 6), np.nan)
+        if len(rows):
+            by_frame[numbers] = np.stack([col(c) for c in REFERENCE_COLUMNS[1:]], axis=1)
+    by_frame = np.where(np.isfinite(by_frame).all(axis=1, keepdims=True), by_frame, np.nan)  # a partial pose: none
+    if frames is None:
+        return by_frame
+    frames = np.asarray(frames, dtype=np.int64)
+    out = np.full((len(frames), 6), np.nan)
+    known = (frames >= 0) & (frames < len(by_frame))
+    out[known] = by_frame[frames[known]]
+    return out
 
 
 def write_tra(path, matrices, *, as_rows: bool = True) -> Path:
