@@ -298,7 +298,7 @@ def cmd_select_style(args: argparse.Namespace) -> int:
     subject = _subject(args.subject)
     rec = open_recording(args.recording)
     detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
-    reference = read_reference_poses(args.reference) if args.reference else None
+    reference = read_reference_poses(args.reference, frames=np.arange(len(rec))) if args.reference else None
     best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
                                          options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm),
                                          max_frames=args.max_frames, progress=not args.quiet)
@@ -332,6 +332,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_loss(loss: str | None, mode: str) -> str | None:
+    """``--loss`` as PipelineOptions takes it: by default Cauchy, which the Frobenius objective has not."""
+    if loss is None:
+        loss = "cauchy" if mode == "least_squares" else "none"
+    return None if loss == "none" else loss
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from .learning.detector import LandmarkDetector
     from .learning.style import StyleTranslator
@@ -346,7 +353,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smooth_hz, fps=args.fps,
-                           loss=None if args.loss == "none" else args.loss, loss_scale_mm=args.loss_scale, mode=args.mode,
+                           loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
@@ -394,7 +401,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     if args.video != "none":
         from tqdm import tqdm
 
-        fps = args.fps or 10.0
+        fps = 10.0 if args.fps is None else args.fps
         frames_iter = (pair(i) for i in tqdm(range(len(rec)), unit="frame", desc="overlay", disable=args.quiet))
         written.append(str(save_overlay_video(frames_iter, out / args.video, fps=fps)))
     print("wrote " + ", ".join(written))
@@ -405,13 +412,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_poses, write_evaluation
     from .poses_io import read_poses_csv, read_reference_poses
 
-    est = read_poses_csv(args.poses)["poses"]
-    ref = read_reference_poses(args.reference)
+    table = read_poses_csv(args.poses)
+    ref = read_reference_poses(args.reference, frames=table["frame"])  # matched by frame number
+    if not np.isfinite(ref).all(axis=1).any():
+        raise ValueError(f"'{args.reference}' has no pose for any of the {len(ref)} frames of '{args.poses}' "
+                         "(rows are matched by their frame numbers)")
     landmarks = _subject(args.subject).landmarks_model if args.with_landmarks else None
-    ev = evaluate_poses(est, ref, landmarks=landmarks)
+    ev = evaluate_poses(table["poses"], ref, landmarks=landmarks, frames=table["frame"])
     paths = write_evaluation(ev, args.out)
     s = ev.summary()
-    print(f"{s['registered']}/{s['frames']} frames: angle error {s['angle_err_deg_mean']:.2f} +- "
+    print(f"{s['registered']}/{s['frames']} frames with a reference registered: angle error "
+          f"{s['angle_err_deg_mean']:.2f} +- "
           f"{s['angle_err_deg_sd']:.2f} deg (median {s['angle_err_deg_median']:.2f}), position error "
           f"{s['position_err_mm_mean']:.2f} +- {s['position_err_mm_sd']:.2f} mm (median "
           f"{s['position_err_mm_median']:.2f}) -> {paths['csv']}, {paths['plot']}")
@@ -562,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: translate with --translator, else log (Beer-Lambert inversion)")
     rg.add_argument("--init", choices=["paper", "previous"], default="paper")
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
-    rg.add_argument("--loss", choices=["none", "huber", "cauchy"], default="cauchy")
+    rg.add_argument("--loss", choices=["none", "huber", "cauchy"],
+                    help="robust loss per landmark (default: cauchy; none with --mode frobenius, which has none)")
     rg.add_argument("--loss-scale", type=float, default=6.0,
                     help="robust loss scale in mm at the bone (default 6: about twice a good detector's error)")
     rg.add_argument("--min-visible", type=int, default=6)

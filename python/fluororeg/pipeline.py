@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .geometry import ConeView, beam_crossing
 from .temporal import check_smoothing, smooth_poses
 
@@ -78,6 +79,12 @@ class PipelineOptions:
             raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
         if self.init not in ("paper", "previous"):
             raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
+        from .registration import _int_option, _mode_loss
+
+        _mode_loss(self.mode, self.loss, self.loss_scale_mm)  # the solver's own checks, before any work
+        _int_option(self.min_visible, "min_visible", 4)
+        if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
+            raise ValueError(f"min_confidence = {self.min_confidence!r}: expected a number in [0, 1)")
         if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
             raise ValueError(f"crop_pixel_mm = {self.crop_pixel_mm!r}: expected a positive size in mm")
         if not (isinstance(self.chunk, int) and self.chunk >= 1):
@@ -276,13 +283,19 @@ def _detect(images, boxes, fov, size, style, detector, translator, view, distort
     return xy, np.where(keep, cf, 0.0)
 
 
-def _detection_settings(recording, detector, translator, options: PipelineOptions, subject) -> dict:
-    """What the saved detections of ``recording`` depend on (JSON-able), for a safe resume."""
+def _detection_settings(recording, detector, translator, options: PipelineOptions, subject, frames) -> dict:
+    """What the saved detections of ``frames`` of ``recording`` depend on (JSON-able), for a safe resume."""
     import hashlib
 
-    first = recording.frame(0)
-    rec_id = hashlib.sha256(b"".join(np.ascontiguousarray(im, np.float32).tobytes() for im in first))
-    settings = {"recording_frames": len(recording), "recording_first_frames_sha256": rec_id.hexdigest(),
+    from .calibration.geometry_file import geometry_to_dict
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    first = b"".join(np.ascontiguousarray(im, np.float32).tobytes() for im in recording.frame(0))
+    settings = {"recording_frames": len(recording), "recording_first_frames_sha256": digest(first),
+                "frames_sha256": digest(np.ascontiguousarray(frames, np.int64).tobytes()),
+                "geometry_sha256": digest(json.dumps(geometry_to_dict(recording.geometry), sort_keys=True).encode()),
                 "detector_sha256": detector.model.digest,
                 "translator_sha256": translator.model.digest if options.style == "translate" else None,
                 "style": options.style, "crop_pixel_mm": options.crop_pixel_mm,
@@ -311,9 +324,7 @@ def _prepare_detection_cache(chunk_dir: Path, settings: dict) -> None:
         for chunk in chunks:
             chunk.unlink()
     if saved != settings:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(settings, indent=2))
 
 
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
@@ -339,7 +350,8 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
     conf = np.zeros((len(frames), 2, N))
     chunk_dir = Path(out_dir) / "detections" if out_dir is not None else None
     if chunk_dir is not None:
-        _prepare_detection_cache(chunk_dir, _detection_settings(recording, detector, translator, options, subject))
+        _prepare_detection_cache(chunk_dir, _detection_settings(recording, detector, translator, options, subject,
+                                                                     frames))
     bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
     for c0 in range(0, len(frames), options.chunk):
         sel = frames[c0:c0 + options.chunk]
@@ -408,8 +420,14 @@ def register_recording(recording, subject, detector, translator=None, options: P
             results.append(r)
         batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
     poses, status = batch.poses.copy(), batch.status
+    smoothed = False
     if options.smoothing_hz is not None:
-        poses = smooth_poses(poses, options.smoothing_hz, fps)
+        n_registered = int(np.isfinite(poses).all(axis=1).sum())
+        if n_registered >= needed:
+            poses, smoothed = smooth_poses(poses, options.smoothing_hz, fps), True
+        else:  # the registrations stand; a filter over so few frames would not
+            warnings.warn(f"only {n_registered} frames are registered and smoothing needs at least {needed}: the "
+                          "poses are written unsmoothed", stacklevel=2)
     if out is not None:
         from .geometry import pose_matrix
 
@@ -417,5 +435,5 @@ def register_recording(recording, subject, detector, translator=None, options: P
         write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
         write_tra(out / "poses.tra", matrices)
-        (out / "options.json").write_text(json.dumps(asdict(options), indent=2))
+        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
     return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)
