@@ -2,7 +2,6 @@
 
 import io
 import lzma
-import os
 import plistlib
 import shutil
 import tarfile

@@ -3,6 +3,8 @@ style translation, detection, undistortion, registration, files, resume."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,17 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
                                   style="invert"), out_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(out3.detections, inverted.detections)
     assert not np.array_equal(out3.detections, out.detections, equal_nan=True)
+    # So does another geometry (a recalibration): the crops and the undistortion change.
+    from fluororeg.calibration.geometry_file import load_geometry
+
+    geometry = load_geometry(rec.path / "geometry.json")
+    moved = dataclasses.replace(geometry, views=tuple(dataclasses.replace(v, pitch_u=v.pitch_u * 1.1, pitch_v=v.pitch_v * 1.1)
+                                                      for v in geometry.views))
+    recalibrated = dataclasses.replace(rec, geometry=moved)
+    with pytest.warns(UserWarning, match=r"other settings \(geometry_sha256\)"):
+        out4 = register_recording(recalibrated, subject, models["detector"], None, PipelineOptions(
+            chunk=2, min_visible=4, style="invert"), out_dir=tmp_path, progress=False)
+    assert not np.array_equal(out4.detections, out3.detections, equal_nan=True)
 
 
 def test_styles_previous_init_and_errors(subject, models):
@@ -95,6 +108,13 @@ def test_styles_previous_init_and_errors(subject, models):
         PipelineOptions(smoothing_hz=60.0, fps=100.0)
     with pytest.raises(ValueError, match="view_outlier_ratio = 1.0"):
         PipelineOptions(view_outlier_ratio=1.0)
+    with pytest.raises(ValueError, match="only available with mode='least_squares'"):
+        PipelineOptions(mode="frobenius")  # the default Cauchy loss: refused before any work
+    assert PipelineOptions(mode="frobenius", loss=None).mode == "frobenius"
+    with pytest.raises(ValueError, match="min_visible = 3: expected at least 4"):
+        PipelineOptions(min_visible=3)
+    with pytest.raises(ValueError, match="min_confidence = 1.5"):
+        PipelineOptions(min_confidence=1.5)
     from fluororeg.subject import make_subject
 
     other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)
@@ -122,6 +142,24 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
     np.testing.assert_allclose(out.poses, smooth_poses(out.batch.poses, 3.0, 30.0), equal_nan=True)
     assert np.isnan(out.poses[~registered]).all()  # smoothing never invents a pose
     assert not np.allclose(out.poses[registered], out.batch.poses[registered])
+    # Too few registered frames for the filter (here all but 5 are taken as failed after the real
+    # registration): the registrations are kept unsmoothed, with a warning.
+    real_register = pipeline.register_detections
+
+    def five_registered(*args, **kwargs):
+        batch = real_register(*args, **kwargs)
+        poses, status = batch.poses.copy(), batch.status.copy()
+        poses[5:], status[5:] = np.nan, "failed"
+        return dataclasses.replace(batch, poses=poses, status=status)
+
+    monkeypatch.setattr(pipeline, "register_detections", five_registered)
+    with pytest.warns(UserWarning, match="only 5 frames are registered and smoothing needs at least 16: the poses "
+                                         "are written unsmoothed"):
+        unsmoothed = register_recording(rec, subject, models["detector"], None, opts, out_dir=tmp_path / "few",
+                                        progress=False)
+    np.testing.assert_array_equal(unsmoothed.poses, unsmoothed.batch.poses)
+    assert json.loads((tmp_path / "few" / "options.json").read_text())["smoothed"] is False
+    assert (tmp_path / "few" / "poses.csv").exists()
     # Settings that cannot work fail before any frame is read (the recording of 5 frames is too
     # short for the filter; a cut-off above half the frame rate is impossible).
     monkeypatch.setattr(pipeline, "detect_recording", lambda *a, **k: pytest.fail("detected despite bad settings"))

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,16 @@ def test_view_agreement_rests_on_the_view_that_fits(scene):
         fr.check_view_agreement(scene.landmarks, scene.views, det, batch, joint_ratio=5.0, **kw)
     with pytest.raises(ValueError, match="12 frames"):
         fr.check_view_agreement(scene.landmarks, scene.views, det[:5], batch, **kw)
+    with pytest.raises(TypeError, match="init_poses is not taken"):
+        fr.check_view_agreement(scene.landmarks, scene.views, det, batch, init_poses=poses, **kw)
+    # A frame that could not be registered at all (no detections) is left alone, quietly.
+    gone = det.copy()
+    gone[2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = fr.check_view_agreement(scene.landmarks, scene.views, gone,
+                                        fr.register_frames(scene.landmarks, scene.views, gone, **kw), **kw)
+    assert quiet.status[2] == "too_few_landmarks" and list(np.flatnonzero(quiet.status == "one_view")) == [3, 7]
 
 
 def test_batch_result_stacks_single_results(scene):
@@ -320,7 +331,7 @@ def test_batch_result_stacks_single_results(scene):
 def test_bad_input_raises_clear_errors(scene):
     rng = np.random.default_rng(12)
     det = scene.detect(scene.random_poses(1, rng)[0])
-    lm, views, pairs = scene.landmarks, scene.views, scene.pairs
+    lm, views = scene.landmarks, scene.views
     with pytest.raises(ValueError, match="detections has shape"):
         fr.register_frame(lm, views, det[:, :-1])
     with pytest.raises(ValueError, match="landmarks has shape"):

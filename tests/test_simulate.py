@@ -154,6 +154,25 @@ def test_recording_from_multipage_tiff_and_errors(recording, tmp_path):
     write_recording_manifest(tmp_path, views=("v0.tif", "v1.tif"), geometry=str(recording / "geometry.json"), frames=5)
     with pytest.raises(ValueError, match="says 5 frames"):
         open_recording(tmp_path)
+    (tmp_path / "recording.json").write_text('{"format": "fluororeg-recording", "geometry": "g.json"}')
+    with pytest.raises(ValueError, match="'views' is None, expected the two image sequences"):
+        open_recording(tmp_path)
+    (tmp_path / "recording.json").write_text('{"format": "fluororeg-recording", "views": ["a", "b"]}')
+    with pytest.raises(ValueError, match="'geometry' is None"):
+        open_recording(tmp_path)
+    (tmp_path / "recording.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match="recording.json' is not valid JSON"):
+        open_recording(tmp_path)
+
+
+def test_image_folders_are_read_in_numeric_order(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "seq").mkdir()
+    for i in (10, 2, 1, 0):  # unpadded numbers: lexicographic order would put 10 before 2
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "seq" / f"frame_{i}.png")
+    seq = ImageSequence(tmp_path / "seq")
+    assert [seq[k][0, 0] for k in range(len(seq))] == [0, 1, 2, 10]
 
 
 def test_overlays_show_landmarks_and_outline(subject, recording, tmp_path):
@@ -164,10 +183,18 @@ def test_overlays_show_landmarks_and_outline(subject, recording, tmp_path):
     geo = rec.geometry
     a, b = rec.frame(0)
     img = overlay_frame(a, subject, geo.views[0], truth["poses"][0], distortion=geo.distortion[0],
-                        detected=truth["landmarks_image_px"][0, 0])
+                        detected=truth["landmarks_px"][0, 0])  # undistorted, as the pipeline's detections
     assert img.shape == (192, 192, 3)
     for colour in (LANDMARK_RGB, OUTLINE_RGB, DETECTED_RGB):
         assert (img == colour).all(axis=-1).any(), colour
+    # The crosses are drawn where the detections lie in the raw (distorted) image.
+    und = truth["landmarks_px"][0, 0]
+    no_pose = np.full(6, np.nan)
+    crosses = overlay_frame(a, subject, geo.views[0], no_pose, detected=und, distortion=geo.distortion[0], label="")
+    moved = overlay_frame(a, subject, geo.views[0], no_pose, detected=geo.distortion[0].distort_points(und), label="")
+    unmoved = overlay_frame(a, subject, geo.views[0], no_pose, detected=und, label="")
+    np.testing.assert_array_equal(crosses, moved)
+    assert not np.array_equal(crosses, unmoved)
     none = overlay_frame(a, subject, geo.views[0], np.full(6, np.nan))
     assert not (none == LANDMARK_RGB).all(axis=-1).any()  # no pose, nothing projected
     pair = overlay_pair([a, b], subject, geo.views, truth["poses"][0], distortion=geo.distortion)
@@ -176,5 +203,8 @@ def test_overlays_show_landmarks_and_outline(subject, recording, tmp_path):
     gif = save_overlay_gif([pair, pair2], tmp_path / "o.gif")
     from PIL import Image
     assert Image.open(gif).n_frames == 2
+    for fps in (0.0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="expected a positive frame rate"):
+            save_overlay_gif([pair], tmp_path / "bad.gif", fps=fps)
     with pytest.raises(ValueError, match="the view is 192 x 192"):
         overlay_frame(np.zeros((10, 10)), subject, geo.views[0], truth["poses"][0])

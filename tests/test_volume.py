@@ -3,7 +3,6 @@
 import dataclasses
 import random
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -54,8 +54,9 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 def overlay_frame(image, subject, view: ConeView, pose, *, detected=None, distortion=None,
                   outline: bool = True, label: str | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3]: ``image`` with the projected landmarks (green rings), the bone
-    outline (yellow) and, optionally, the detected landmarks ``detected`` [N, 2] px (red
-    crosses; NaN rows skipped)."""
+    outline (yellow) and, optionally, the detected landmarks ``detected`` [N, 2] (undistorted
+    frame px, as the pipeline's detections; red crosses; NaN rows skipped). With
+    ``distortion`` (the view's model), everything is drawn where it lies in the raw image."""
     from PIL import Image, ImageDraw
 
     rgb = _to_rgb(image)
@@ -79,7 +80,9 @@ def overlay_frame(image, subject, view: ConeView, pose, *, detected=None, distor
             if vis:
                 d.ellipse([x - r, y - r, x + r, y + r], outline=LANDMARK_RGB, width=2)
     if detected is not None:
-        for x, y in np.asarray(detected, dtype=np.float64).reshape(-1, 2):
+        pts = np.asarray(detected, dtype=np.float64).reshape(-1, 2)
+        pts = move(pts[np.all(np.isfinite(pts), axis=1)])
+        for x, y in pts:
             if np.isfinite(x) and np.isfinite(y):
                 d.line([x - r, y - r, x + r, y + r], fill=DETECTED_RGB, width=2)
                 d.line([x - r, y + r, x + r, y - r], fill=DETECTED_RGB, width=2)
@@ -108,6 +111,8 @@ def save_overlay_gif(pairs: Sequence[np.ndarray], path, *, fps: float = 10.0, ma
 
     if not len(pairs):
         raise ValueError("no frames to write")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
     frames = []
     for p in pairs:
         im = Image.fromarray(np.asarray(p, dtype=np.uint8))
@@ -126,12 +131,12 @@ def save_overlay_video(pairs, path, *, fps: float = 10.0, max_width: int = 1200)
     to even pixels), ``.gif`` an animated GIF (held in memory; see :func:`save_overlay_gif`)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
     if suffix == ".gif":
         return save_overlay_gif(list(pairs), path, fps=fps, max_width=max_width)
     if suffix not in (".mp4", ".mkv", ".avi"):
         raise ValueError(f"overlay video '{path}': expected a .mp4, .mkv, .avi or .gif file name")
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
     import av
     from fractions import Fraction
     from PIL import Image

@@ -9,7 +9,8 @@ A recording folder holds ``recording.json``::
      "frames": 120,                        # optional; checked when given
      "frame_rate_hz": 100}                 # optional: the acquisition rate (for smoothing)
 
-Each entry of ``views`` is a folder of images (PNG or TIFF, sorted by name; one frame each), a
+Each entry of ``views`` is a folder of images (PNG or TIFF, one frame each, in the order of their
+names with numbers compared as numbers: ``f_2`` before ``f_10``), a
 multi-page TIFF file, or a video file (AVI, MP4, MOV, MKV; decoded by FFmpeg through PyAV),
 relative to the recording folder. Real recordings use the same layout; :func:`open_recording`
 can also be given the two sequences and the geometry directly. Frames are read lazily, one at a
@@ -25,6 +26,7 @@ videos of the same rate, else it is unknown (None).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -88,6 +90,11 @@ class _VideoReader:
         return image
 
 
+def _natural_key(path: Path) -> list:
+    """Sort key of a file name with its numbers compared as numbers: frame_2 before frame_10."""
+    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.name) if t]
+
+
 class ImageSequence:
     """Frames of one view: a folder of PNG/TIFF images (sorted by name), a multi-page TIFF or a
     video file."""
@@ -96,7 +103,7 @@ class ImageSequence:
         self.path = Path(path)
         self._video = None
         if self.path.is_dir():
-            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
             if not self.files:
                 raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
             self._pages = None
@@ -171,7 +178,8 @@ class Recording:
                 self.frame_rate_hz = rates.pop()
         else:
             rate = self.frame_rate_hz
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (np.isfinite(rate) and rate > 0):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                    or not (np.isfinite(rate) and rate > 0):
                 raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second")
             self.frame_rate_hz = float(rate)
         for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
@@ -203,9 +211,19 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
         manifest = folder / "recording.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"'{manifest}' not found: not a recording folder (or pass views= and geometry=)")
-        meta = json.loads(manifest.read_text())
-        if meta.get("format") != "fluororeg-recording":
-            raise ValueError(f"'{manifest}' has format {meta.get('format')!r}, expected 'fluororeg-recording'")
+        try:
+            meta = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'{manifest}' is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != "fluororeg-recording":
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"'{manifest}' has format {got!r}, expected 'fluororeg-recording'")
+        if not (isinstance(meta.get("views"), list) and len(meta["views"]) == 2
+                and all(isinstance(v, str) for v in meta["views"])):
+            raise ValueError(f"'{manifest}': 'views' is {meta.get('views')!r}, expected the two image sequences' "
+                             "paths, e.g. [\"view1\", \"view2\"]")
+        if not isinstance(meta.get("geometry"), str):
+            raise ValueError(f"'{manifest}': 'geometry' is {meta.get('geometry')!r}, expected the geometry file's path")
         seqs = tuple(ImageSequence(folder / v) for v in meta["views"])
         try:
             rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder, meta.get("frame_rate_hz"))

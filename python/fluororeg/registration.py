@@ -388,6 +388,8 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
     else the one-view pose). Otherwise it becomes ``'views_disagree'`` with a NaN pose.
     ``register_kwargs`` go to :func:`register_frames` (pairs, mode, loss, ...).
     """
+    if "init_poses" in register_kwargs:
+        raise TypeError("check_view_agreement starts its own re-solves: init_poses is not taken")
     if not (np.isfinite(outlier_ratio) and outlier_ratio > 1):
         raise ValueError(f"outlier_ratio = {outlier_ratio!r}: expected a number > 1")
     if not (np.isfinite(joint_ratio) and 1 < joint_ratio <= outlier_ratio):
@@ -405,7 +407,8 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
         return batch
     typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm (exact detections: 1 um)
     ratio = batch.rms_mm / typical
-    suspect = np.flatnonzero(ok & ((np.nanmax(ratio, axis=1) > outlier_ratio) | (np.nanmin(ratio, axis=1) > joint_ratio)))
+    worst, least = np.fmax(ratio[:, 0], ratio[:, 1]), np.fmin(ratio[:, 0], ratio[:, 1])  # [F]; a NaN view is ignored
+    suspect = np.flatnonzero(ok & ((worst > outlier_ratio) | (least > joint_ratio)))
     if suspect.size == 0:
         return batch
     alone = []

@@ -25,6 +25,7 @@ infinitely bad):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import tempfile
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_write_text
 
 __all__ = ["SnapshotScore", "snapshot_paths", "score_snapshots", "select_style_snapshot"]
 
@@ -130,18 +133,20 @@ def select_style_snapshot(run_dir, recording, subject, detector, out_dir, **kwar
     scores = score_snapshots(run_dir, recording, subject, detector, **kwargs)
     finite = [s for s in scores if np.isfinite(s.score)]
     if not finite:
-        raise RuntimeError(f"no snapshot of '{run_dir}' registered at least half of the scored frames; "
+        raise RuntimeError(f"no snapshot of '{run_dir}' registered more than half of the scored frames; "
                            "check the detector, the recording and its geometry")
     best = min(finite, key=lambda s: (s.score, -s.step))
     out = Path(out_dir)
     export_generators(best.path, out)
-    with (out / "selection.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(best)))
-        writer.writeheader()
-        writer.writerows({**asdict(s), "path": str(s.path)} for s in scores)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(asdict(best)))
+    writer.writeheader()
+    writer.writerows({**asdict(s), "path": str(s.path)} for s in scores)
+    atomic_write_text(out / "selection.csv", table.getvalue())
     criterion = "median landmark error to the reference (mm)" if kwargs.get("reference") is not None \
         else "median reprojection residual (mm on the detector)"
-    (out / "selection.json").write_text(json.dumps(
-        {"run_dir": str(run_dir), "criterion": criterion, "best": {**asdict(best), "path": str(best.path)}},
-        indent=2, allow_nan=True))
+    best_json = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)  # strict JSON: no NaN tokens
+                 for k, v in {**asdict(best), "path": str(best.path)}.items()}
+    atomic_write_text(out / "selection.json", json.dumps({"run_dir": str(run_dir), "criterion": criterion,
+                                                          "best": best_json}, indent=2, allow_nan=False))
     return best, scores
