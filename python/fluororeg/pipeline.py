@@ -147,8 +147,9 @@ def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
 
 def xray_training_crops(recordings, size: int = 128, crop_pixel_mm: float = 2.0, every: int = 1) -> np.ndarray:
     """uint8 [n, size, size] crops of both views of every ``every``-th frame of the given
-    recordings, made as :func:`detect_recording` makes its first pass's (field-of-view-centred)
-    crops, for training the style translator on the X-ray domain the pipeline will see."""
+    recordings: grey-level crops centred on the field of view at the pipeline's pixel size (as
+    :func:`detect_recording` crops for style translation when it does not recentre), for
+    training the style translator on the X-ray domain the pipeline will see."""
     from .recording import Recording, open_recording
 
     out = []
