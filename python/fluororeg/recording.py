@@ -96,8 +96,8 @@ def _natural_key(path: Path) -> list:
 
 
 class ImageSequence:
-    """Frames of one view: a folder of PNG/TIFF images (sorted by name), a multi-page TIFF or a
-    video file."""
+    """Frames of one view: a folder of PNG/TIFF images (in name order, numbers compared as
+    numbers), a multi-page TIFF or a video file."""
 
     def __init__(self, path):
         self.path = Path(path)
