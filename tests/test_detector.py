@@ -3,6 +3,7 @@ resume, ONNX export (torch and onnxruntime agree), inference checks and evaluati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -77,6 +78,9 @@ def test_config_validation_and_presets():
         DetectorConfig(arch="vgg")
     with pytest.raises(ValueError, match="input_size"):
         DetectorConfig(input_size=100)
+    for minutes in (-5.0, float("nan")):
+        with pytest.raises(ValueError, match="time_limit_minutes"):
+            DetectorConfig(time_limit_minutes=minutes)
     with pytest.raises(ValueError, match="preset"):
         Dt.preset("slow")
     cfg = Dt.preset("fast", epochs=3)
@@ -163,7 +167,7 @@ def test_mirror_loss_is_the_smaller_of_both_labellings():
     assert float(Dt._masked_loss(torch, pred, target, vis2)) == 0.0
 
 
-def test_training_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+def test_training_resumes_from_its_last_checkpoint(subject, tiny_dataset, tmp_path):
     cfg = tiny_config(epochs=3)
 
     class Stop(Exception):
@@ -185,6 +189,14 @@ def test_training_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
     assert again.epochs_done == 3 and len(again.history) == 3
     with pytest.raises(ValueError, match="another configuration"):
         train_detector(tiny_dataset, tmp_path, tiny_config(epochs=4), progress=False)
+    # So is a dataset of another configuration (here one sample, another seed), and a dataset
+    # too small to leave a training sample after validation fails clearly in a new run.
+    one = generate_dataset(subject, tmp_path / "one", dataclasses.replace(TINY, n_train=1, n_test=0, seed=6),
+                           progress=False)
+    with pytest.raises(ValueError, match="dataset of another configuration"):
+        train_detector(one, tmp_path, cfg, progress=False)
+    with pytest.raises(ValueError, match="holds 1 sample\\(s\\), all taken for validation"):
+        train_detector(one, tmp_path / "new", cfg, progress=False)
 
 
 def test_graceful_stop_saves_and_resume_continues(tiny_dataset, tmp_path, monkeypatch):

@@ -275,7 +275,7 @@ def test_short_training_lowers_the_losses(trained_run):
 
 def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_path):
     from fluororeg.learning.common import TrainLog, load_checkpoint
-    from fluororeg.learning.style import train_style
+    from fluororeg.learning.style import discard_run, train_style
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
@@ -292,6 +292,11 @@ def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_p
     assert steps[-3:] == [40, 45, 50] and len(steps) == len(set(steps))
     with pytest.raises(FileExistsError, match="resume=True"):
         train_style(recording, drr_root, run, tiny_config(), resume=False, progress=False)
+    # discard_run (the command's --restart) clears the run: it starts over from step 0.
+    discard_run(run)
+    assert not (run / "checkpoint_last.pt").exists() and not (run / "log.csv").exists()
+    fresh = train_style(recording, drr_root, run, tiny_config(steps=60), resume=False, max_steps=5, progress=False)
+    assert fresh["step"] == 5 and [int(r["step"]) for r in TrainLog(run).rows()][-1] == 5
     with pytest.raises(ValueError, match="architecture differs"):
         train_style(recording, drr_root, run, tiny_config(gen_width=4), progress=False)
 

@@ -97,6 +97,8 @@ class DetectorConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction {self.val_fraction}: expected in (0, 0.5)")
+        if not (math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0):
+            raise ValueError(f"time_limit_minutes = {self.time_limit_minutes!r}: expected a number >= 0 (0: no limit)")
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_json(self.augment)
         self.blocks = tuple(int(b) for b in self.blocks)
@@ -477,6 +479,9 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                              "or choose another run folder")
         if state.get("subject_fingerprint") != meta["subject_fingerprint"]:
             raise ValueError(f"{run_dir} holds a run on another subject's dataset; choose another run folder")
+        if "dataset_config" in state and state["dataset_config"] != meta["config"]:
+            raise ValueError(f"{run_dir} holds a run on a dataset of another configuration (image size, projection, "
+                             "poses, ...); pass resume=False (--restart) to start over or choose another run folder")
     elif not resume:
         for p in (last_path, best_path, run_dir / "log.csv", run_dir / "losses.png"):
             p.unlink(missing_ok=True)
@@ -489,6 +494,9 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
     if config.max_train_samples:
         train_idx = train_idx[:config.max_train_samples]
+    if len(train_idx) == 0:
+        raise ValueError(f"the training split of '{dataset_root}' holds {n_all} sample(s), all taken for validation: "
+                         "expected at least 2 (more for a useful detector)")
     train_idx = np.sort(train_idx)
     images_net = _resize_uint8_batch(data["image"], config.input_size)
     to_net = (ds_size - 1) / ds_size * config.input_size / (config.input_size - 1)
@@ -527,7 +535,8 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
         save_checkpoint(path, {
             "kind": DETECTOR_KIND, "config": config.to_json(), "landmark_names": names,
             "pairs": meta.get("pairs", []), "subject_fingerprint": meta["subject_fingerprint"],
-            "dataset_image_size": ds_size, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "dataset_image_size": ds_size, "dataset_config": meta["config"],
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
             "epoch": epoch, "step": step,
             "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad,
             "train_seconds": train_seconds, "generator": gen.get_state(), "history": history,

@@ -64,7 +64,7 @@ import numpy as np
 from .common import GracefulStop, TrainLog, load_checkpoint, require_torch, save_checkpoint
 
 __all__ = ["StyleConfig", "PRESETS", "ResnetGenerator", "PatchDiscriminator", "ImagePool", "content_loss", "build_networks",
-           "train_style", "load_generators", "export_generators", "StyleTranslator", "DIRECTIONS", "INPUT_NORMALISATION"]
+           "train_style", "discard_run", "load_generators", "export_generators", "StyleTranslator", "DIRECTIONS", "INPUT_NORMALISATION"]
 
 DIRECTIONS = ("xray_to_drr", "drr_to_xray")
 INPUT_NORMALISATION = "x / 127.5 - 1 (grey levels [0, 255] -> [-1, 1])"
@@ -391,6 +391,16 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
         return _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps)
     finally:
         torch.set_num_threads(before)
+
+
+def discard_run(run_dir) -> None:
+    """Delete a style training run's state in ``run_dir`` (checkpoint, snapshots, log, plots) so
+    that :func:`train_style` starts over there; other files are left alone."""
+    run_dir = Path(run_dir)
+    for name in ("checkpoint_last.pt", "log.csv", "losses.png", "samples.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    for snap in (run_dir / "snapshots").glob("step_*.pt") if (run_dir / "snapshots").is_dir() else ():
+        snap.unlink()
 
 
 def _train(torch, xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps) -> dict:
