@@ -321,6 +321,8 @@ def test_geometry_file_round_trip_and_errors(tmp_path, two_views, plate_fit):
     v1 = ConeView(two_views[0].source, two_views[0].detector_centre, two_views[0].u, two_views[0].v, 0.3, 0.3,
                   m.width, m.height)
     geo = DualGeometry((v1, two_views[1]), ("F1", "F2"), (m, None))
+    with pytest.raises(ValueError, match="'F1' and 'F2' look along the same line"):
+        DualGeometry((two_views[1], two_views[1]), ("F1", "F2"))  # one calibration given twice
     p = tmp_path / "geometry.json"
     save_geometry(p, geo)
     g2 = load_geometry(p)

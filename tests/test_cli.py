@@ -59,6 +59,16 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
     assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
     assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--frames 0" in capsys.readouterr().err
+    assert main(["simulate", "--size", "100", "--out", str(tmp_path / "x")]) == 2
+    assert "expected at least 128 pixels" in capsys.readouterr().err
+    # A rerun into the same folder with fewer frames replaces the recording (no stale frames).
+    assert main(["simulate", "--frames", "1", "--size", "128", "--scenario", "static", "--quiet",
+                 "--out", str(tmp_path / "rec")]) == 0
+    assert len(open_recording(tmp_path / "rec")) == 1 and len(list((tmp_path / "rec" / "view1").glob("*.png"))) == 1
+    assert main(["dataset", "--n-train", "4", "--n-test", "0", "--size", "32", "--seed", "-1", "--quiet",
+                 "--out", str(tmp_path / "ds_bad")]) == 2
+    assert "seed = -1: expected a whole number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "ds_bad" / "dataset.json").exists()  # a corrected rerun is not refused
 
 
 def test_subject_init_and_check(subject, tmp_path, capsys):
@@ -103,6 +113,17 @@ def test_subject_init_and_check(subject, tmp_path, capsys):
     assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
                  "--pairs", "left-right", "--out", str(tmp_path / "bad")]) == 2
     assert "LEFT:RIGHT" in capsys.readouterr().err
+    # An existing subject (with its edited landmarks) is not overwritten unless --force.
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--out",
+                 str(tmp_path / "named")]) == 2
+    assert "already holds a subject" in capsys.readouterr().err
+    assert load_subject(tmp_path / "named").landmark_names == named.landmark_names
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--force", "--out",
+                 str(tmp_path / "named")]) == 0
+    assert len(load_subject(tmp_path / "named").landmark_names) == 9
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--pairs", "a:b", "--out",
+                 str(tmp_path / "nolm")]) == 2
+    assert "--pairs names landmarks of --landmarks" in capsys.readouterr().err
 
 
 def test_python_m_fluororeg_is_the_command():

@@ -68,3 +68,14 @@ def test_calibrate_commands(demo, tmp_path, capsys):
         assert main(["calibrate", "geometry", "--mayacam", *cams, "--pitch", "0.2", "--out", str(tmp_path / "g.json")]) == 0
         assert "system centre" in capsys.readouterr().out
     assert main(["calibrate", "geometry", "--out", str(tmp_path / "g2.json")]) == 2
+    capsys.readouterr()
+    assert main(["calibrate", "distortion", str(plate), "--bead-radius", "3", "--spacing-mm", "-1",
+                 "--out", str(tmp_path / "d2.json")]) == 2
+    assert "spacing_mm = -1.0" in capsys.readouterr().err
+    # An OS error (here: --out is a folder) is a one-line error too, not a traceback.
+    assert main(["calibrate", "distortion", str(plate), "--bead-radius", "3", "--out", str(tmp_path)]) == 2
+    assert "fluororeg calibrate: error:" in capsys.readouterr().err
+    if data is not None:
+        assert main(["calibrate", "geometry", "--mayacam", cams[0], cams[0], "--pitch", "0.2",
+                     "--out", str(tmp_path / "g3.json")]) == 2
+        assert "look along the same line" in capsys.readouterr().err

@@ -166,6 +166,11 @@ def cmd_subject_init(args: argparse.Namespace) -> int:
     from .subject import make_subject, propose_landmarks, save_subject
     from .volume import load_volume
 
+    if (Path(args.out) / "subject.json").exists() and not args.force:
+        raise FileExistsError(f"'{args.out}' already holds a subject (subject.json): choose another --out, or pass "
+                              "--force to overwrite it and its landmarks")
+    if args.pairs is not None and not args.landmarks:
+        raise ValueError("--pairs names landmarks of --landmarks; proposed landmarks come with their own pairs")
     ct = load_volume(args.ct)
     if args.landmarks:
         landmarks = load_landmarks(args.landmarks)
@@ -243,8 +248,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.frames < 1:
         raise ValueError(f"--frames {args.frames}: expected at least 1")
-    if args.size < 64:
-        raise ValueError(f"--size {args.size}: expected at least 64 pixels")
+    if args.size < 128:
+        raise ValueError(f"--size {args.size}: expected at least 128 pixels (the calibration plates' beads must be "
+                         "resolved)")
     subject = _subject(args.subject)
     views = default_dual_views(args.size, args.size, pitch=409.6 / args.size)  # a 16-inch (41 cm) intensifier
     t0 = time.perf_counter()
@@ -272,14 +278,20 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_train_style(args: argparse.Namespace) -> int:
-    from .learning.style import StyleConfig, export_generators, train_style
+    from .learning.style import StyleConfig, discard_run, export_generators, train_style
     from .pipeline import xray_training_crops
 
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: expected at least 1")
+    if args.every < 1:
+        raise ValueError(f"--every {args.every}: expected at least 1 (every n-th frame)")
     cfg = StyleConfig.preset(args.preset, snapshot_every=args.snapshot_every,
-                             **({"steps": args.steps} if args.steps else {}))
+                             **({"steps": args.steps} if args.steps is not None else {}))
     crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=args.crop_pixel_mm, every=args.every)
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
-    summary = train_style(crops, args.drr, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    if args.restart:
+        discard_run(args.out)
+    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet)
     x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
@@ -493,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--threshold-hu", type=float, default=300.0, help="bone mask threshold (default 300 HU)")
     si.add_argument("--name", help="subject name (default: the folder's name)")
     si.add_argument("--out", required=True, help="subject folder to write")
+    si.add_argument("--force", action="store_true", help="overwrite an existing subject folder")
     si.set_defaults(func=cmd_subject_init)
     sc = sjs.add_parser("check", help="load and validate a subject folder; PNG of its landmarks on DRRs")
     sc.add_argument("folder", nargs="?", help="subject folder (default: the example subject)")
@@ -538,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--crop-pixel-mm", type=float, default=2.0)
     ts.add_argument("--snapshot-every", type=int, default=0,
                     help="keep the generators every N steps (snapshots/) to choose from with select-style")
-    ts.add_argument("--restart", action="store_true")
+    ts.add_argument("--restart", action="store_true",
+                    help="start over: delete the run's checkpoint, snapshots and log first (default: resume)")
     ts.add_argument("--quiet", action="store_true")
     ts.set_defaults(func=cmd_train_style)
     ss = sub.add_parser("select-style", help="choose the style translator's snapshot by registration quality")
@@ -626,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
         print(f"fluororeg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -71,6 +71,7 @@ from typing import Iterator
 import numpy as np
 
 from . import render as R
+from ._io import atomic_write_text
 from .geometry import ConeView, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
@@ -180,6 +181,8 @@ class DatasetConfig:
             raise ValueError(f"pixel_mm = {self.pixel_mm!r}: expected a positive size in mm")
         if not (0.0 <= self.segmented_share <= 1.0):
             raise ValueError(f"segmented_share = {self.segmented_share!r}: expected a fraction in [0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed = {self.seed!r}: expected a whole number >= 0")
         if not isinstance(self.shard_size, (int, np.integer)) or self.shard_size < 1:
             raise ValueError(f"shard_size = {self.shard_size!r}: expected an integer >= 1")
         if self.projection not in ("parallel", "cone"):
@@ -333,14 +336,18 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
         root.mkdir(parents=True, exist_ok=True)
         meta_path = root / "dataset.json"
         if meta_path.exists():
-            old = json.loads(meta_path.read_text())
+            try:
+                old = json.loads(meta_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"'{meta_path}' is not valid JSON ({exc}): delete it (or the folder) to generate "
+                                 "the dataset again") from None
             keys = ("format_version", "subject_fingerprint", "config", "landmark_names", "pairs")
             if any(old.get(k) != meta[k] for k in keys):
                 raise ValueError(
                     f"{root} holds a dataset of another subject or configuration; choose an empty "
                     "folder (or delete it) to generate a new one")
         else:
-            meta_path.write_text(json.dumps(meta, indent=2))
+            atomic_write_text(meta_path, json.dumps(meta, indent=2))
     total = config.n_train + config.n_test
     bar = tqdm(total=total, unit="sample", disable=not progress, desc="dataset")
     try:

@@ -33,6 +33,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ._io import atomic_write_text
+
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -248,5 +250,5 @@ def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometr
         meta["frame_rate_hz"] = float(frame_rate_hz)
     meta.update(extra)
     path = Path(folder) / "recording.json"
-    path.write_text(json.dumps(meta, indent=2))
+    atomic_write_text(path, json.dumps(meta, indent=2))
     return path

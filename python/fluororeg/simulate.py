@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import render as R
+from ._io import atomic_write_text
 from .calibration.synthetic import AnalyticDistortion, plate_image
 from .geometry import ConeView, pose_from_matrix, rotation_matrix
 
@@ -159,6 +160,11 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
         raise ValueError("views must be two ConeView objects (F1, F2)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # recording.json is written last and marks a complete recording: a rerun into the same folder
+    # first removes it and the old frames, so old and new never mix.
+    (out / "recording.json").unlink(missing_ok=True)
+    for old in out.glob("view[12]/frame_*.png"):
+        old.unlink()
     rng = np.random.default_rng(seed)
     poses = motion_sequence(scenario, n_frames, seed=seed)
     mu = subject.attenuation_model()
@@ -194,11 +200,10 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
                 img = fluoro_image(drr[f], style, rng, src_map)
                 Image.fromarray(img).save(folder / f"frame_{b + f:05d}.png")
     save_geometry(out / "geometry.json", DualGeometry(views, ("view1", "view2"), tuple(models)))
-    write_recording_manifest(out, frames=n_frames, source="simulated by fluororeg.simulate")
     np.savez_compressed(out / "truth.npz", poses=poses, landmarks_px=landmarks_px,
                         landmarks_image_px=landmarks_image, in_fov=in_fov,
                         landmark_names=np.array(subject.landmark_names))
-    (out / "truth.json").write_text(json.dumps({
+    atomic_write_text(out / "truth.json", json.dumps({
         "scenario": scenario, "n_frames": n_frames, "seed": seed, "style": asdict(style),
         "distortion": [{"centre": list(d.centre), "scale": d.scale, "k_pin": d.k_pin, "k_s": d.k_s}
                        for d in (style.distortion(v.width, v.height) for v in views)],
@@ -206,4 +211,5 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
         "subject": subject.name, "subject_fingerprint": subject.fingerprint,
         "landmark_names": list(subject.landmark_names),
     }, indent=2))
+    write_recording_manifest(out, frames=n_frames, source="simulated by fluororeg.simulate")
     return out

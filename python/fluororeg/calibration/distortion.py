@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from .._io import atomic_write_text
 from .beads import BeadDetections, detect_beads, load_image
 
 __all__ = ["DistortionModel", "DistortionFit", "fit_distortion", "fit_distortion_points",
@@ -210,7 +211,7 @@ class DistortionModel:
             raise ValueError(f"{where} is malformed: {exc}") from exc
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path) -> "DistortionModel":
@@ -344,6 +345,8 @@ def fit_distortion_points(xy, ij, width: int, height: int, *, order: int = 5,
                           spacing_mm: float | None = None) -> DistortionFit:
     """Fit the correction from matched bead centres ``xy`` [n, 2] px (distorted image) and
     their integer lattice indices ``ij`` [n, 2]."""
+    if spacing_mm is not None and not (np.isfinite(spacing_mm) and spacing_mm > 0):
+        raise ValueError(f"spacing_mm = {spacing_mm!r}: expected the plate's positive bead spacing in mm")
     xy = _as_points(xy, "bead centres").reshape(-1, 2)
     ij = np.asarray(ij, dtype=np.float64).reshape(-1, 2)
     if len(ij) != len(xy):

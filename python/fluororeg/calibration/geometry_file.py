@@ -33,11 +33,13 @@ Loading validates every field and names the offending one in the error.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_write_text
 from ..geometry import ConeView, system_centre as _system_centre
 from .distortion import DistortionModel
 
@@ -73,6 +75,12 @@ class DualGeometry:
             if d is not None and (d.width, d.height) != (views[i].width, views[i].height):
                 raise ValueError(f"distortion[{i}] was fitted on {d.width} x {d.height} images but view "
                                  f"{names[i]!r} is {views[i].width} x {views[i].height}")
+        for i in range(len(views)):
+            for j in range(i + 1, len(views)):
+                if abs(float(views[i].normal @ views[j].normal)) > math.cos(math.radians(1.0)):
+                    raise ValueError(f"views {names[i]!r} and {names[j]!r} look along the same line (less than 1 deg "
+                                     "apart): the two fluoroscopes must view the bone from different directions "
+                                     "(was the same calibration given twice?)")
         object.__setattr__(self, "views", views)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "distortion", dist)
@@ -165,7 +173,7 @@ def save_geometry(path, geometry: DualGeometry) -> None:
     """Write the geometry file (JSON)."""
     if not isinstance(geometry, DualGeometry):
         raise TypeError(f"geometry is a {type(geometry).__name__}, expected DualGeometry")
-    Path(path).write_text(json.dumps(geometry_to_dict(geometry), indent=2))
+    atomic_write_text(Path(path), json.dumps(geometry_to_dict(geometry), indent=2))
 
 
 def load_geometry(path) -> DualGeometry:
