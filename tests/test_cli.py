@@ -110,6 +110,8 @@ def test_subject_init_and_check(subject, tmp_path, capsys):
     capsys.readouterr()
     assert main(["subject", "check", str(tmp_path / "named"), "--strict"]) == 1
     assert "warning: landmark top" in capsys.readouterr().out
+    assert main(["subject", "check", str(tmp_path / "named"), "--strict", "--max-off-bone-mm", "nan"]) == 2
+    assert "--max-off-bone-mm nan: expected a distance >= 0" in capsys.readouterr().err
     assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
                  "--pairs", "left-right", "--out", str(tmp_path / "bad")]) == 2
     assert "LEFT:RIGHT" in capsys.readouterr().err

@@ -201,6 +201,8 @@ def cmd_subject_check(args: argparse.Namespace) -> int:
     from .dataset import PoseRanges
     from .geometry import ParallelCamera, euler_from_matrix
 
+    if not (np.isfinite(args.max_off_bone_mm) and args.max_off_bone_mm >= 0):
+        raise ValueError(f"--max-off-bone-mm {args.max_off_bone_mm}: expected a distance >= 0 in mm")
     subject = _subject(args.folder)
     ct, lm = subject.ct, subject.landmarks_model
     print(f"subject {subject.name}: CT {ct.data.shape[::-1]} voxels (x, y, z) of {np.round(ct.spacing, 3).tolist()} mm, "

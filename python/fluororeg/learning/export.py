@@ -43,6 +43,6 @@ def export_onnx(model, example_input, path, metadata: dict[str, Any], *, input_n
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    tmp.unlink(missing_ok=True)
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)  # atomic: a crash never leaves a half-written model that a later run trusts
     return path
