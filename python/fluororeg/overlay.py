@@ -105,14 +105,18 @@ def overlay_pair(images: Sequence[np.ndarray], subject, views: Sequence[ConeView
     return np.concatenate([np.pad(t, ((0, h - t.shape[0]), (0, 4), (0, 0))) for t in tiles], axis=1)
 
 
+def _check_fps(fps: float) -> None:
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+
+
 def save_overlay_gif(pairs: Sequence[np.ndarray], path, *, fps: float = 10.0, max_width: int = 800) -> Path:
     """Animated GIF of overlay pairs (RGB arrays), downscaled to ``max_width``."""
     from PIL import Image
 
     if not len(pairs):
         raise ValueError("no frames to write")
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    _check_fps(fps)
     frames = []
     for p in pairs:
         im = Image.fromarray(np.asarray(p, dtype=np.uint8))
@@ -131,8 +135,7 @@ def save_overlay_video(pairs, path, *, fps: float = 10.0, max_width: int = 1200)
     to even pixels), ``.gif`` an animated GIF (held in memory; see :func:`save_overlay_gif`)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    _check_fps(fps)  # before the (possibly long) rendering of the frames
     if suffix == ".gif":
         return save_overlay_gif(list(pairs), path, fps=fps, max_width=max_width)
     if suffix not in (".mp4", ".mkv", ".avi"):

@@ -71,13 +71,7 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pose file '{path}' does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in POSE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"'{path}' lacks the columns {missing}: not a fluororeg pose file")
-        rows = list(reader)
-
+    rows = _csv_rows(path, POSE_COLUMNS, "not a fluororeg pose file")
     col = _column_reader(path, rows)
     F = len(rows)
     return {
@@ -92,6 +86,17 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
         "n_vis": col("n_vis", integer=True),
         "mirror_case": col("mirror_case", integer=True),
     }
+
+
+def _csv_rows(path: Path, required, what: str) -> list[dict]:
+    """The rows of the CSV file ``path`` (csv.DictReader); an error naming the ``required``
+    columns it lacks, followed by ``what`` the file should be."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"'{path}' lacks the columns {missing}: {what}")
+        return list(reader)
 
 
 def _column_reader(path: Path, rows: list[dict]):
@@ -138,13 +143,7 @@ def read_reference_poses(path, frames=None) -> np.ndarray:
         if by_frame.ndim != 2 or by_frame.shape[1] != 6:
             raise ValueError(f"'{path}': poses have shape {by_frame.shape}, expected [F, 6]")
     else:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"'{path}' lacks the columns {missing}: expected a CSV with "
-                                 f"{', '.join(REFERENCE_COLUMNS)} (degrees, mm)")
-            rows = list(reader)
+        rows = _csv_rows(path, REFERENCE_COLUMNS, f"expected a CSV with {', '.join(REFERENCE_COLUMNS)} (degrees, mm)")
         col = _column_reader(path, rows)
         numbers = col("frame", integer=True)
         if len(numbers) and numbers.min() < 0:

@@ -7,6 +7,8 @@ the ``gpu`` extra (``onnxruntime-gpu``) the CUDA execution provider is used when
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,14 +71,10 @@ class OnnxModel:
             raise ValueError(f"'{self.path}': input shape {self.input_shape} does not match its metadata "
                              f"input_size {self.input_size}")
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 hex digest of the model file (identifies the network in saved results)."""
-        if getattr(self, "_digest", None) is None:
-            import hashlib
-
-            self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        return self._digest
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a float32 batch [n, 1, H, W] (already normalised as the metadata says)."""

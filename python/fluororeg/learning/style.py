@@ -399,7 +399,7 @@ def discard_run(run_dir) -> None:
     run_dir = Path(run_dir)
     for name in ("checkpoint_last.pt", "log.csv", "losses.png", "samples.png"):
         (run_dir / name).unlink(missing_ok=True)
-    for snap in (run_dir / "snapshots").glob("step_*.pt") if (run_dir / "snapshots").is_dir() else ():
+    for snap in run_dir.glob("snapshots/step_*.pt"):
         snap.unlink()
 
 
