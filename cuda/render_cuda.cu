@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "render_internal.h"
+#include "render/render_internal.h"
 
 namespace fluororeg {
 namespace internal {

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "registration_internal.h"
+#include "registration/registration_internal.h"
 #include "synthetic.h"
 
 namespace fluororeg {
