@@ -10,8 +10,8 @@ import numpy as np
 
 from fluororeg.calibration import calibrate_view, detect_beads, fit_distortion
 from fluororeg.calibration.synthetic import bead_image, plate_image
-from fluororeg.geometry import ConeView, rotation_matrix
-from fluororeg.render import project_cone
+from fluororeg.core.geometry import ConeView, rotation_matrix
+from fluororeg.core.render import project_cone
 
 from _common import best_time, parser, report
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fluororeg.dataset import DatasetConfig, generate_dataset
-from fluororeg.subject import example_subject
+from fluororeg.dataset.generate import DatasetConfig, generate_dataset
+from fluororeg.subject.subject import example_subject
 
 from _common import parser, report
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fluororeg.learning.common import require_torch
-from fluororeg.learning.detector import DetectorConfig, build_model, count_parameters, preset
-from fluororeg.learning.export import export_onnx
-from fluororeg.learning.inference import OnnxModel
-from fluororeg.learning.style import StyleConfig, build_networks, train_style
+from fluororeg.training.common import require_torch
+from fluororeg.training.detector import DetectorConfig, build_model, count_parameters, preset
+from fluororeg.training.export import export_onnx
+from fluororeg.inference.onnx_model import OnnxModel
+from fluororeg.training.style import StyleConfig, build_networks, train_style
 
 from _common import best_time, parser, report
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fluororeg.evaluate import evaluate_poses
-from fluororeg.learning.detector import LandmarkDetector
-from fluororeg.learning.style import StyleTranslator
-from fluororeg.pipeline import PipelineOptions, register_recording
-from fluororeg.recording import open_recording
-from fluororeg.simulate import default_dual_views, simulate_recording
-from fluororeg.subject import example_subject
+from fluororeg.pipeline.evaluate import evaluate_poses
+from fluororeg.training.detector import LandmarkDetector
+from fluororeg.training.style import StyleTranslator
+from fluororeg.pipeline.register import PipelineOptions, register_recording
+from fluororeg.io.recording import open_recording
+from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+from fluororeg.subject.subject import example_subject
 
 from _common import parser, report
 

@@ -4,7 +4,7 @@ the NumPy reference, and 512x512 cone-beam DRRs.
     python benchmarks/bench_render.py --quick --json out/bench_render.json
 
 The volume is the example subject's CT (InVesalius "Cranium", 256 x 256 x 108, cached by
-fluororeg.example_data) when it can be had, otherwise a synthetic head phantom of
+fluororeg.subject.example) when it can be had, otherwise a synthetic head phantom of
 256 x 256 x 113 voxels; the JSON says which.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 import fluororeg as fr
-from fluororeg import render as R
+from fluororeg.core import render as R
 from fluororeg._reference import render as ref
-from fluororeg.geometry import ConeView, ParallelCamera
-from fluororeg.volume import Volume
+from fluororeg.core.geometry import ConeView, ParallelCamera
+from fluororeg.core.volume import Volume
 
 from _common import best_time, parser, report
 
@@ -38,7 +38,7 @@ def synthetic_head() -> Volume:
 
 def load_head() -> tuple[Volume, str]:
     try:
-        from fluororeg.example_data import cranium_volume
+        from fluororeg.subject.example import cranium_volume
         v = cranium_volume()
         name = "cranium"
     except Exception as exc:  # no apt-get / offline: fall back to the phantom
@@ -50,7 +50,7 @@ def load_head() -> tuple[Volume, str]:
 def cone_samples(vol: Volume, view: ConeView, pose) -> int:
     """Samples on the rays clipped to the volume box at a 1-voxel step (the marching work
     before empty-space skipping), by the renderer's rule."""
-    from fluororeg.geometry import pose_matrix
+    from fluororeg.core.geometry import pose_matrix
 
     M = vol.voxel_from_physical @ np.linalg.inv(pose_matrix(pose))
     S = M[:3, :3] @ view.source + M[:3, 3]
@@ -89,7 +89,7 @@ def main() -> None:
     view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6, width=512, height=512)
     pose = np.array([10.0, -5.0, 20.0, 2.0, 3.0, -4.0])
     t_cone = best_time(lambda: R.render_cone(vol, view, pose), repeat)
-    cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.geometry.stack_views(view, 1), pose[None]), "auto")
+    cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view, 1), pose[None]), "auto")
     t_cone_ref_rows = best_time(lambda: ref.line_integral_cone(cone_vol, view, pose, rows=slice(200, 216)), 1)
     cone_ref_ms = t_cone_ref_rows * 512 / 16 * 1e3
     samples_per_s = cone_samples(cone_vol, view, pose) / t_cone

@@ -37,7 +37,7 @@ def _run(name, dataset, out, config, eval_train_samples):
     import numpy as np
     import torch
 
-    from fluororeg.learning.detector import evaluate_detector, train_detector
+    from fluororeg.training.detector import evaluate_detector, train_detector
 
     curve = []
 
@@ -80,12 +80,12 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from fluororeg.learning.detector import preset
+    from fluororeg.training.detector import preset
 
     dataset, out = Path(args.dataset), Path(args.out)
     if not (dataset / "dataset.json").exists():
-        from fluororeg.dataset import DatasetConfig, generate_dataset
-        from fluororeg.subject import example_subject
+        from fluororeg.dataset.generate import DatasetConfig, generate_dataset
+        from fluororeg.subject.subject import example_subject
 
         print(f"generating the example subject's dataset into {dataset}")
         generate_dataset(example_subject(), dataset, DatasetConfig(), progress=True)

@@ -14,7 +14,7 @@
 4. The style translator: the fast CycleGAN preset for ``--style-steps`` steps, keeping its
    generators every 500 steps; the snapshot that registers a held-out validation recording
    best (another motion and seed, a training style) is exported
-   (:mod:`fluororeg.style_selection`): by the landmark error to that recording's true poses
+   (:mod:`fluororeg.training.style_selection`): by the landmark error to that recording's true poses
    (``--select reference``, like a lab's few manual registrations) or by the label-free
    reprojection residual (``--select residual``). The last step's generators go to
    ``<out>/style_last`` for comparison.
@@ -53,14 +53,14 @@ def main() -> None:
                    help="how the style snapshot is chosen on the validation recording")
     args = p.parse_args()
 
-    from fluororeg.dataset import DatasetConfig, generate_dataset, source_distance_range
-    from fluororeg.learning.detector import LandmarkDetector, export_detector, preset, train_detector
-    from fluororeg.learning.style import StyleConfig, export_generators, train_style
-    from fluororeg.pipeline import xray_training_crops
-    from fluororeg.recording import open_recording
-    from fluororeg.simulate import FluoroStyle, default_dual_views, simulate_recording
-    from fluororeg.style_selection import select_style_snapshot
-    from fluororeg.subject import example_subject
+    from fluororeg.dataset.generate import DatasetConfig, generate_dataset, source_distance_range
+    from fluororeg.training.detector import LandmarkDetector, export_detector, preset, train_detector
+    from fluororeg.training.style import StyleConfig, export_generators, train_style
+    from fluororeg.pipeline.register import xray_training_crops
+    from fluororeg.io.recording import open_recording
+    from fluororeg.simulation.simulate import FluoroStyle, default_dual_views, simulate_recording
+    from fluororeg.training.style_selection import select_style_snapshot
+    from fluororeg.subject.subject import example_subject
 
     out, dataset = Path(args.out), Path(args.dataset)
     subject = example_subject()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluororeg.example_data import headsq_path
-from fluororeg.geometry import ConeView
-from fluororeg.volume import Volume, load_volume
+from fluororeg.subject.example import headsq_path
+from fluororeg.core.geometry import ConeView
+from fluororeg.core.volume import Volume, load_volume
 
 MU = 0.02  # attenuation inside the phantoms, 1/mm
 
@@ -78,8 +78,8 @@ def dual_views() -> tuple[ConeView, ConeView]:
 @pytest.fixture(scope="session")
 def subject():
     """A small real subject: the headsq CT with six extreme bone points (one left/right pair)."""
-    from fluororeg.landmarks import Landmarks
-    from fluororeg.subject import make_subject
+    from fluororeg.subject.landmarks import Landmarks
+    from fluororeg.subject.subject import make_subject
 
     p = headsq_path()
     if p is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-from fluororeg.example_data import cranium_volume  # noqa: E402
+from fluororeg.subject.example import cranium_volume  # noqa: E402
 
 
 def main() -> None:

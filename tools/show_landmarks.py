@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-from fluororeg import render as R  # noqa: E402
-from fluororeg.example_data import cranium_volume  # noqa: E402
-from fluororeg.geometry import ParallelCamera  # noqa: E402
+from fluororeg.core import render as R  # noqa: E402
+from fluororeg.subject.example import cranium_volume  # noqa: E402
+from fluororeg.core.geometry import ParallelCamera  # noqa: E402
 
 
 def read_mrk(path: Path):

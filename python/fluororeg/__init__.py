@@ -1,7 +1,7 @@
 """fluororeg: automatic registration of a CT bone model to dual-fluoroscope X-ray recordings.
 
 The compiled core (``fluororeg._core``) is private; use the functions exported here and the
-modules ``fluororeg.volume``, ``.geometry``, ``.render``, ``.subject``, ``.landmarks``,
+modules ``fluororeg.core.volume``, ``.geometry``, ``.render``, ``.subject``, ``.landmarks``,
 ``.dataset`` and ``.registration``. Units in the public API are millimetres and degrees (see
 DESIGN.md for all conventions).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _core
-from .geometry import (
+from fluororeg import _core
+from fluororeg.core.geometry import (
     ConeView,
     ParallelCamera,
     euler_from_matrix,
@@ -21,8 +21,8 @@ from .geometry import (
     system_centre,
     beam_crossing,
 )
-from .landmarks import Landmarks, load_landmarks, save_landmarks
-from .registration import (
+from fluororeg.subject.landmarks import Landmarks, load_landmarks, save_landmarks
+from fluororeg.core.registration import (
     BatchResult,
     RegistrationResult,
     mean_landmark_distance,
@@ -31,7 +31,7 @@ from .registration import (
     register_frames,
     check_view_agreement,
 )
-from .render import (
+from fluororeg.core.render import (
     project_cone,
     project_mask_cone,
     project_mask_parallel,
@@ -40,8 +40,8 @@ from .render import (
     render_parallel,
     to_uint8,
 )
-from .subject import Subject, example_subject, load_subject, make_subject, propose_landmarks, save_subject
-from .volume import Volume, load_volume, save_volume
+from fluororeg.subject.subject import Subject, example_subject, load_subject, make_subject, propose_landmarks, save_subject
+from fluororeg.core.volume import Volume, load_volume, save_volume
 
 
 def has_cuda() -> bool:

@@ -6,7 +6,7 @@ of cone-beam DRRs (the simulated fluoroscopes' perspective) -> the landmark dete
 preset, time-limited) -> simulated X-ray recordings: one to learn the X-ray style from, one to
 register (another seed and motion, poses not used in training) -> the style translator (fast
 preset, a bounded number of steps; of its snapshots, the one that registers the training
-recording best, :mod:`fluororeg.style_selection`) -> registration of the test recording with style
+recording best, :mod:`fluororeg.training.style_selection`) -> registration of the test recording with style
 translation and, for comparison, with a physics-based Beer-Lambert inversion and with a plain
 grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays
 (PNG of the first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse
@@ -52,15 +52,15 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     """Run the demo into ``out``; returns the path of ``report.md``."""
     from PIL import Image
 
-    from .dataset import DatasetConfig, generate_dataset, source_distance_range
-    from .evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
-    from .learning.detector import DetectorConfig, LandmarkDetector, export_detector, preset, train_detector
-    from .learning.style import StyleConfig, StyleTranslator, train_style
-    from .overlay import overlay_pair, save_overlay_gif
-    from .pipeline import PipelineOptions, register_recording, xray_training_crops
-    from .recording import open_recording
-    from .simulate import default_dual_views, simulate_recording
-    from .style_selection import select_style_snapshot
+    from fluororeg.dataset.generate import DatasetConfig, generate_dataset, source_distance_range
+    from fluororeg.pipeline.evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
+    from fluororeg.training.detector import DetectorConfig, LandmarkDetector, export_detector, preset, train_detector
+    from fluororeg.training.style import StyleConfig, StyleTranslator, train_style
+    from fluororeg.viz.overlay import overlay_pair, save_overlay_gif
+    from fluororeg.pipeline.register import PipelineOptions, register_recording, xray_training_crops
+    from fluororeg.io.recording import open_recording
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+    from fluororeg.training.style_selection import select_style_snapshot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
         timings[name] = time.perf_counter() - timings[name]
 
     if subject is None:
-        from .subject import example_subject
+        from fluororeg.subject.subject import example_subject
 
         _say("loading the example subject (the first run fetches the Cranium CT with apt-get)")
         subject = example_subject()

@@ -1,7 +1,7 @@
 """SciPy reference of the point-based registration (Eq. 2, Table 1): slow, obviously correct.
 
 Same objective, visibility rule and four-case mirror strategy as the C++ engine
-(:mod:`fluororeg.registration`), written directly in NumPy and minimised by
+(:mod:`fluororeg.core.registration`), written directly in NumPy and minimised by
 ``scipy.optimize.least_squares`` over (Euler angles, translation). Every objective is written
 as the squared norm of a residual vector ``r`` (``objective = sum(r**2)``):
 
@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from ..geometry import ConeView, system_centre
+from fluororeg.core.geometry import ConeView, system_centre
 
 STATUSES = ("ok", "too_few_landmarks", "failed")
 

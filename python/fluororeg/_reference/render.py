@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from ..geometry import ConeView, ParallelCamera, pose_matrix
-from ..volume import Volume
+from fluororeg.core.geometry import ConeView, ParallelCamera, pose_matrix
+from fluororeg.core.volume import Volume
 
 
 def _trilinear(data: np.ndarray, ijk: np.ndarray) -> np.ndarray:

@@ -33,8 +33,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .._io import atomic_write_text
-from .beads import BeadDetections, detect_beads, load_image
+from fluororeg.io.atomic import atomic_write_text
+from fluororeg.calibration.beads import BeadDetections, detect_beads, load_image
 
 __all__ = ["DistortionModel", "DistortionFit", "fit_distortion", "fit_distortion_points",
            "match_grid", "load_distortion", "save_distortion"]

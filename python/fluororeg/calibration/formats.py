@@ -33,7 +33,7 @@ data, see tests/test_calibration.py):
   ``imagesize(1), imagesize(2)`` = width, height and Autoscoper uses the first value as the
   width. (SlicerAutoscoperM's documentation says "height,width"; all sample files are
   square, so this could not be checked on data.)
-* A MayaCam has no pixel pitch. Converting to a :class:`~fluororeg.geometry.ConeView` needs
+* A MayaCam has no pixel pitch. Converting to a :class:`~fluororeg.core.geometry.ConeView` needs
   one (``pitch_u``, mm/px); only ``f * pitch`` (the source-detector distance) is fixed.
 
 **DLT** (11 coefficients ``L1..L11``)::
@@ -58,8 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import ConeView
-from .pinhole import PinholeCamera, decompose_projection, pinhole_from_view, view_from_pinhole
+from fluororeg.core.geometry import ConeView
+from fluororeg.calibration.pinhole import PinholeCamera, decompose_projection, pinhole_from_view, view_from_pinhole
 
 __all__ = ["read_mayacam", "write_mayacam", "mayacam_view", "read_dlt", "write_dlt",
            "dlt_from_pinhole", "pinhole_from_dlt", "project_dlt", "pinhole_from_view",

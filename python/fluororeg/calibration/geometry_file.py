@@ -20,7 +20,7 @@ Example (``fluororeg-geometry`` version 1)::
 * ``source``: the X-ray point source S; ``detector_centre``: the point D of the intensifier
   plane seen at pixel ((W - 1) / 2, (H - 1) / 2); ``u``, ``v``: orthonormal unit vectors of
   image +x (columns) and +y (rows); pitches in mm per pixel; size in pixels (see
-  :class:`~fluororeg.geometry.ConeView`). All in one world frame (the paper puts its origin
+  :class:`~fluororeg.core.geometry.ConeView`). All in one world frame (the paper puts its origin
   at the centre of the F1 intensifier; any frame works).
 * ``distortion``: null or a :class:`~.distortion.DistortionModel` object (its ``to_dict``)
   that maps the view's raw pixels to the corrected pixels the view's geometry describes.
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_text
-from ..geometry import ConeView, system_centre as _system_centre
-from .distortion import DistortionModel
+from fluororeg.io.atomic import atomic_write_text
+from fluororeg.core.geometry import ConeView, system_centre as _system_centre
+from fluororeg.calibration.distortion import DistortionModel
 
 __all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict", "geometry_to_dict",
            "geometry_from_mayacam"]
@@ -191,7 +191,7 @@ def load_geometry(path) -> DualGeometry:
 def geometry_from_mayacam(paths, pitch_u: float, names=None) -> DualGeometry:
     """A geometry from one MayaCam 2.0 file per view (e.g. Autoscoper's cam01/cam02), with
     the pixel pitch ``pitch_u`` mm that the files lack (see :mod:`.formats`)."""
-    from .formats import mayacam_view
+    from fluororeg.calibration.formats import mayacam_view
 
     paths = list(paths)
     views = tuple(mayacam_view(p, pitch_u) for p in paths)

@@ -1,4 +1,4 @@
-"""Pinhole cameras ``K [R | t]`` and their equivalence with :class:`~fluororeg.geometry.ConeView`.
+"""Pinhole cameras ``K [R | t]`` and their equivalence with :class:`~fluororeg.core.geometry.ConeView`.
 
 A pinhole maps a world point X (mm) to pixels by ``x ~ K (R X + t)`` with
 ``K = [[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` in pixels, the camera looking along +z of its
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import ConeView
+from fluororeg.core.geometry import ConeView
 
 __all__ = ["PinholeCamera", "pinhole_from_view", "view_from_pinhole", "rq_decomposition",
            "decompose_projection"]

@@ -3,7 +3,7 @@
 * :func:`dlt_resection`: the linear (normalised) DLT from >= 6 non-coplanar 3D-2D
   correspondences, giving ``P = K [R | t]`` up to scale;
 * :func:`~.pinhole.decompose_projection` splits it (RQ) and the pinhole becomes a
-  :class:`~fluororeg.geometry.ConeView` given the pixel pitch (source = camera centre,
+  :class:`~fluororeg.core.geometry.ConeView` given the pixel pitch (source = camera centre,
   detector plane ``f * pitch`` mm along the principal axis, principal point -> detector
   centre offset);
 * :func:`refine_view` (C++/Ceres): 9-DOF refinement (source, detector centre, detector
@@ -32,10 +32,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-from .. import _core
-from ..geometry import ConeView
-from .beads import BeadDetections, detect_beads, load_image
-from .pinhole import PinholeCamera, decompose_projection
+from fluororeg import _core
+from fluororeg.core.geometry import ConeView
+from fluororeg.calibration.beads import BeadDetections, detect_beads, load_image
+from fluororeg.calibration.pinhole import PinholeCamera, decompose_projection
 
 __all__ = ["ViewEstimate", "ViewCalibration", "check_layout", "dlt_resection", "estimate_view", "refine_view", "estimate_source",
            "match_beads", "calibrate_view", "reprojection_residuals"]
@@ -210,7 +210,7 @@ def match_beads(detected_xy, points_world, view_guess: ConeView, *, gate_px: flo
     dominant image shift (found by voting when ``align_shift``) is removed."""
     d = _points(detected_xy, "detected_xy", 2)
     X = _points(points_world, "points_world", 3)
-    from ..render import project_cone
+    from fluororeg.core.render import project_cone
     proj = np.asarray(project_cone(X, view_guess, np.zeros(6))[0]).reshape(-1, 2)
     if not np.all(np.isfinite(proj)):
         raise ValueError("some known beads lie behind the source of the rough view")

@@ -1,0 +1,232 @@
+"""DRR rendering, landmark and mask projection (thin layer over the C++ core).
+
+Two geometries:
+
+* **Parallel beam** (the paper's artificial dataset): :class:`~fluororeg.core.geometry.ParallelCamera`
+  plus per-image poses ``camera_from_model`` (deg, mm) and in-plane scales; shear-warp
+  factorisation (Lacroute & Levoy 1994).
+* **Cone beam** (a fluoroscope): :class:`~fluororeg.core.geometry.ConeView` plus poses
+  ``world_from_model`` (deg, mm); ray marching with trilinear interpolation, rays clipped to
+  the volume and empty blocks skipped.
+
+A DRR holds line integrals of attenuation (dimensionless float32) through a volume of
+attenuation per mm (``Volume.hu_to_attenuation``). :func:`to_uint8` maps them to 8-bit images.
+
+Volumes are rendered in their physical frame, which is taken as the model frame: shift the
+volume (``Volume.translated``) so that its origin is the subject origin. Unless ``level`` is
+given, the renderer downsamples the volume (anti-aliased, cached on the Volume) to match the
+output pixel size at the object, so a 128x128 DRR does not march through a full-resolution CT.
+
+Every function takes batches: ``poses`` [n, 6] (or [6]) render n images in one call, spread
+over all cores with the GIL released. ``device='cuda'`` runs the CUDA kernels and raises a
+clear error where CUDA is not built or no device is present (see :func:`fluororeg.has_cuda`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+from fluororeg import _core
+from fluororeg.core.geometry import ConeView, ParallelCamera, as_poses, poses_to_radians, stack_views
+from fluororeg.core.volume import Volume
+
+__all__ = [
+    "render_parallel",
+    "render_cone",
+    "project_parallel",
+    "project_cone",
+    "project_mask_parallel",
+    "project_mask_cone",
+    "to_uint8",
+    "render_volume_for",
+]
+
+Views = Union[ConeView, Sequence[ConeView]]
+
+
+def _check_volume(volume: Volume) -> None:
+    if not isinstance(volume, Volume):
+        raise TypeError(f"volume must be a fluororeg.Volume, got {type(volume).__name__}")
+    if volume.data.dtype != np.float32:
+        raise TypeError(
+            f"volume data has dtype {volume.data.dtype}: expected float32 attenuation per mm "
+            "(convert HU with Volume.hu_to_attenuation())")
+
+
+def _grid(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    data = np.ascontiguousarray(volume.data, dtype=np.float32)
+    return data, np.ascontiguousarray(volume.physical_from_voxel[:3, :4], dtype=np.float64)
+
+
+def _scales(scales, n: int) -> np.ndarray:
+    if scales is None:
+        return np.ones(n)
+    s = np.asarray(scales, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.full(n, float(s))
+    if s.shape != (n,):
+        raise ValueError(f"scales has shape {s.shape}, expected ({n},) for {n} poses or a scalar")
+    if not np.all(np.isfinite(s) & (s > 0)):
+        bad = s[~(np.isfinite(s) & (s > 0))][0]
+        raise ValueError(f"scale {bad} is invalid: expected finite positive magnifications")
+    return np.ascontiguousarray(s)
+
+
+def _cone_pixel_at_object(views: np.ndarray, poses_deg: np.ndarray) -> float:
+    """Smallest detector pitch scaled back to the model origin (mm): the finest detail the
+    images can show at the object."""
+    S, D, u, v = views[:, 0:3], views[:, 3:6], views[:, 6:9], views[:, 9:12]
+    n = np.cross(u, v)
+    sdd = np.abs(np.einsum("ij,ij->i", n, D - S))
+    sod = np.abs(np.einsum("ij,ij->i", n, poses_deg[:, 3:6] - S))
+    pitch = np.minimum(views[:, 12], views[:, 13])
+    return float(np.min(pitch * np.clip(sod, 1e-6, None) / sdd))
+
+
+def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volume:
+    """The volume the renderers march through: ``level='auto'`` picks per-axis factors
+    matching the pixel size at the object, an int picks that isotropic pyramid level,
+    ``None`` keeps full resolution."""
+    if level is None or (isinstance(level, (int, np.integer)) and not isinstance(level, bool) and level == 0):
+        return volume
+    if isinstance(level, str):
+        if level != "auto":
+            raise ValueError(f"level '{level}' is unknown: expected 'auto', None or a level number")
+        return volume.for_pixel_size(pixel_mm_at_object)
+    return volume.level(level)
+
+
+def render_parallel(volume: Volume, poses, camera: ParallelCamera = ParallelCamera(), scales=None,
+                    *, level="auto", device: str = "cpu", num_threads: int = 0) -> np.ndarray:
+    """Parallel-beam DRRs [n, H, W] float32 by shear-warp.
+
+    poses: [n, 6] or [6] camera_from_model (deg, mm); scales: [n], scalar or None (1).
+    """
+    _check_volume(volume)
+    if not isinstance(camera, ParallelCamera):
+        raise TypeError(f"camera must be a ParallelCamera, got {type(camera).__name__}")
+    p = as_poses(poses)
+    s = _scales(scales, len(p))
+    vol = render_volume_for(volume, camera.pixel_mm / float(s.max(initial=1.0)), level)
+    data, m = _grid(vol)
+    return _core.render_parallel(data, m, camera.pixel_mm, camera.width, camera.height,
+                                 poses_to_radians(p), s, device, int(num_threads))
+
+
+def render_cone(volume: Volume, views: Views, poses, *, level="auto", step_voxels: float = 1.0,
+                device: str = "cpu", num_threads: int = 0) -> np.ndarray:
+    """Cone-beam DRRs [n, H, W] float32.
+
+    views: one ConeView (used for every pose) or one per pose (all the same image size);
+    poses: [n, 6] or [6] world_from_model (deg, mm).
+    """
+    _check_volume(volume)
+    p = as_poses(poses)
+    packed = stack_views(views, len(p))
+    vol = render_volume_for(volume, _cone_pixel_at_object(packed, p), level)
+    data, m = _grid(vol)
+    return _core.render_cone(data, m, packed, poses_to_radians(p), float(step_voxels), device,
+                             int(num_threads))
+
+
+def _points(points) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"points has shape {pts.shape}, expected (m, 3) in mm")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("points hold a non-finite coordinate: expected finite millimetres")
+    return np.ascontiguousarray(pts)
+
+
+def project_parallel(points, poses, camera: ParallelCamera = ParallelCamera(), scales=None,
+                     *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates [n, m, 2] and in-image flags [n, m] (bool) of model points [m, 3] mm."""
+    p = as_poses(poses)
+    xy, fov = _core.project_parallel(camera.pixel_mm, camera.width, camera.height,
+                                     poses_to_radians(p), _scales(scales, len(p)), _points(points),
+                                     device)
+    return xy, fov.astype(bool)
+
+
+def project_cone(points, views: Views, poses, *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates [n, m, 2] (NaN behind the source) and in-image flags [n, m] (bool)."""
+    p = as_poses(poses)
+    xy, fov = _core.project_cone(stack_views(views, len(p)), poses_to_radians(p), _points(points),
+                                 device)
+    return xy, fov.astype(bool)
+
+
+def _mask_as_attenuation(mask: Volume) -> Volume:
+    if not isinstance(mask, Volume):
+        raise TypeError(f"mask must be a fluororeg.Volume, got {type(mask).__name__}")
+    data = np.asarray(mask.data)
+    if data.dtype == np.float32 and np.all((data == 0) | (data == 1)):
+        return mask
+    if data.dtype not in (np.uint8, np.bool_) and not np.all((data == 0) | (data == 1)):
+        raise ValueError(f"mask data of dtype {data.dtype} holds values other than 0 and 1")
+    return Volume(data.astype(np.float32), mask.spacing, mask.origin, mask.direction)
+
+
+def _silhouette(path_mm: np.ndarray, mask: Volume, threshold_mm) -> np.ndarray:
+    t = 0.5 * float(np.min(mask.spacing)) if threshold_mm is None else float(threshold_mm)
+    return path_mm > t
+
+
+def project_mask_parallel(mask: Volume, poses, camera: ParallelCamera = ParallelCamera(), scales=None,
+                          *, threshold_mm=None, device: str = "cpu") -> np.ndarray:
+    """Silhouette [n, H, W] bool of a binary mask volume: pixels whose ray runs through more
+    than ``threshold_mm`` (default: half the finest voxel spacing) of the mask."""
+    m = _mask_as_attenuation(mask)
+    path = render_parallel(m, poses, camera, scales, level=None, device=device)
+    return _silhouette(path, m, threshold_mm)
+
+
+def project_mask_cone(mask: Volume, views: Views, poses, *, threshold_mm=None,
+                      device: str = "cpu") -> np.ndarray:
+    """Silhouette [n, H, W] bool of a binary mask volume seen by cone views."""
+    m = _mask_as_attenuation(mask)
+    path = render_cone(m, views, poses, level=None, device=device)
+    return _silhouette(path, m, threshold_mm)
+
+
+def to_uint8(drr, window=None, *, percentile: float = 99.5, invert: bool = False,
+             gamma: float = 1.0) -> np.ndarray:
+    """Map line integrals to 8-bit images (the documented step from DRR to picture).
+
+    Each value is clipped to ``window = (lo, hi)`` (line-integral units, shared by all images)
+    and scaled linearly to 0..255. Without a window, each image gets its own
+    ``(0, p)`` window with ``p`` its ``percentile`` of the non-zero pixels, so the background
+    (no attenuation) stays black and a few very dense rays do not wash out the bone.
+    ``gamma`` != 1 applies ``v ** gamma`` to the scaled [0, 1] values. By default more
+    attenuation is brighter (film-radiograph look); ``invert=True`` makes it darker
+    (image-intensifier look). Accepts [H, W] or [n, H, W]; returns uint8 of the same shape.
+    """
+    arr = np.asarray(drr, dtype=np.float32)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"drr has shape {arr.shape}, expected (H, W) or (n, H, W)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("drr holds non-finite values: expected finite line integrals")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma {gamma!r} must be finite and positive")
+    if not (0 < percentile <= 100):
+        raise ValueError(f"percentile {percentile!r} must lie in (0, 100]")
+    if window is not None:
+        lo, hi = (float(w) for w in window)
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise ValueError(f"window {window!r} must be two finite values with lo < hi")
+    imgs = arr[None] if arr.ndim == 2 else arr
+    out = np.empty(imgs.shape, dtype=np.uint8)
+    for i, img in enumerate(imgs):
+        if window is None:
+            positive = img[img > 0]
+            lo, hi = 0.0, (float(np.percentile(positive, percentile)) if positive.size else 1.0)
+            hi = max(hi, 1e-12)
+        v = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+        if gamma != 1.0:
+            v = v ** gamma
+        if invert:
+            v = 1.0 - v
+        out[i] = np.round(v * 255.0).astype(np.uint8)
+    return out[0] if arr.ndim == 2 else out

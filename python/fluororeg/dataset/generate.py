@@ -1,0 +1,488 @@
+"""The artificial radiograph-landmark dataset (the paper's Section 2.1).
+
+A subject (CT + landmarks + bone mask) becomes a reproducible set of DRRs at random poses, each
+with its landmarks (pixels and network coordinates), visibility flags and the projected bone
+mask; a configurable share of the images is bone-segmented (multiplied by the projected mask,
+as the paper's skull-segmented images: 2139 of 9751).
+
+Projection (``DatasetConfig.projection``):
+
+* ``'parallel'`` (the paper's): shear-warp parallel-beam DRRs, ``pixel_mm`` per pixel, times
+  the sample's scale.
+* ``'cone'``: cone-beam DRRs from a point source ``source_distance_mm`` (uniform per sample)
+  in front of the object centre, looking along camera +z, with the pixel size ``pixel_mm /
+  scale`` at the object centre. A fluoroscope is a point source: parts of the bone nearer the
+  source are magnified more, and no parallel projection followed by any 2-D affine map
+  reproduces that. For the example skull, 650 mm from the sources, the best affine fit of
+  parallel projections to the true cone-beam landmark projections leaves a mean residual of
+  about 2 px at 2 mm per pixel: a detector trained on parallel DRRs carries that bias into
+  the registration. Use ``'cone'`` with the source distances of your fluoroscopes
+  (:func:`source_distance_range`); the pipeline crops frames to the same pixel size at the
+  bone (:mod:`fluororeg.pipeline.register`).
+
+Poses. The parallel camera looks at the subject horizontally, the way both fluoroscopes of a
+dual-fluoroscope system see a standing or walking subject: a base orientation puts the
+subject's superior axis up in the image and its anterior axis toward the camera; on top of it
+come, all uniformly drawn:
+
+* azimuth in [-90, 90] deg about the superior axis: every horizontal viewing direction from
+  the subject's front half. The back half adds no new images, only ambiguous labels: a
+  parallel projection seen from behind is the exact mirror image of the one seen from the
+  front, and a near-symmetric skull's mirror image looks like another front view with its
+  left and right landmarks exchanged, so a network trained on the full circle cannot tell
+  which labels to give (it learns their average). From the front half the labels are a
+  function of the image; a recording that sees the subject from behind gets mirror-swapped
+  labels, which is what the registration's four mirror cases resolve (Table 1 of the paper).
+  Both fluoroscopes (about 100 deg apart, sources in front of the subject) with axial
+  rotations up to +-40 deg stay within the range; ``(-180, 180)`` gives the full circle;
+* elevation in [-30, 30] deg (beam out of the horizontal plane: flexion-extension seen from
+  the front, lateral bending seen from the side, and the tilt of the fluoroscopes);
+* roll in [-30, 30] deg (in-plane rotation: flexion-extension seen from the side, lateral
+  bending from the front);
+* in-plane translation in [-15, 15] mm per axis (the bone is not centred in the field of
+  view) and scale in [0.85, 1.15] (the magnification of a point-source beam changes with the
+  subject's position between source and intensifier).
+
+Storage. ``<root>/dataset.json`` holds the metadata (subject name and fingerprint, landmark
+names and pairs, camera, pose ranges, segmented share, seed, split sizes, shard size, software
+version). Samples live in HDF5 shards ``<root>/<split>/shard_NNNNN.h5`` with datasets
+``image`` uint8 [n, H, W] (each image windowed to (0, its 99.5th percentile of line
+integrals), as the paper's 8-bit inputs), ``mask`` uint8 [n, H, W] (projected bone
+silhouette), ``landmarks_px`` float32 [n, L, 2] (x = column, y = row), ``landmarks_norm``
+float32 [n, L, 2] (``(p - (N-1)/2) / ((N-1)/2)``), ``visible`` bool [n, L], ``segmented`` bool
+[n], ``pose`` float64 [n, 6] (camera_from_model, deg / mm), ``scale`` float64 [n] and
+``window_hi`` float32 [n] (the line integral shown as 255), and for cone-beam datasets
+``source_distance_mm`` float64 [n]. Each shard is generated from its
+own seed derived from (seed, split, shard index), so the same seed gives the same dataset and
+a resumed run reproduces exactly what an uninterrupted one would; a shard file exists only
+once complete (written to a temporary file, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from fluororeg.core import render as R
+from fluororeg.io.atomic import atomic_write_text
+from fluororeg.core.geometry import ConeView, ParallelCamera, euler_from_matrix
+
+__all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
+           "render_samples", "DatasetReader", "contact_sheet"]
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+def _interval(value, name: str, lo=-math.inf, hi=math.inf) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r}: expected two numbers (low, high)") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a <= b and a >= lo and b <= hi):
+        raise ValueError(f"{name} = {value!r}: expected finite low <= high within [{lo}, {hi}]")
+    return a, b
+
+
+@dataclass(frozen=True)
+class PoseRanges:
+    """Uniform ranges of the random poses (degrees, millimetres); see the module docstring."""
+
+    azimuth_deg: tuple[float, float] = (-90.0, 90.0)
+    elevation_deg: tuple[float, float] = (-30.0, 30.0)
+    roll_deg: tuple[float, float] = (-30.0, 30.0)
+    translation_mm: tuple[float, float] = (-15.0, 15.0)
+    scale: tuple[float, float] = (0.85, 1.15)
+    # Subject axes in the model frame (LPS head CT: superior +z, anterior -y).
+    superior_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    anterior_axis: tuple[float, float, float] = (0.0, -1.0, 0.0)
+
+    def __post_init__(self):
+        for name in ("azimuth_deg", "elevation_deg", "roll_deg"):
+            object.__setattr__(self, name, _interval(getattr(self, name), name, -360, 360))
+        object.__setattr__(self, "translation_mm", _interval(self.translation_mm, "translation_mm"))
+        object.__setattr__(self, "scale", _interval(self.scale, "scale", 1e-3, 1e3))
+        sup = np.asarray(self.superior_axis, float)
+        ant = np.asarray(self.anterior_axis, float)
+        if sup.shape != (3,) or ant.shape != (3,) or np.linalg.norm(sup) < 1e-9 or np.linalg.norm(ant) < 1e-9:
+            raise ValueError(f"superior_axis {self.superior_axis} and anterior_axis {self.anterior_axis} must be non-zero 3-vectors")
+        if abs(sup @ ant) > 1e-6 * np.linalg.norm(sup) * np.linalg.norm(ant):
+            raise ValueError(f"superior_axis {self.superior_axis} and anterior_axis {self.anterior_axis} must be orthogonal")
+        object.__setattr__(self, "superior_axis", tuple(float(v) for v in sup / np.linalg.norm(sup)))
+        object.__setattr__(self, "anterior_axis", tuple(float(v) for v in ant / np.linalg.norm(ant)))
+
+    def base_rotation(self) -> np.ndarray:
+        """camera_from_model of the frontal view: anterior toward the camera (camera +z points
+        posterior), superior up in the image (camera -y)."""
+        sup, ant = np.array(self.superior_axis), np.array(self.anterior_axis)
+        cam_z = -ant                # rays run from the front of the subject to its back
+        cam_y = -sup                # image rows grow downward = inferior
+        cam_x = np.cross(cam_y, cam_z)
+        return np.stack([cam_x, cam_y, cam_z])  # rows: camera axes in model coordinates
+
+
+def _axis_rotation(axis: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
+    """Rodrigues rotations [n, 3, 3] about a unit axis by angles [n] (deg)."""
+    a = np.deg2rad(angle_deg)[:, None, None]
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * (K @ K)
+
+
+def sample_poses(rng: np.random.Generator, n: int, ranges: PoseRanges) -> tuple[np.ndarray, np.ndarray]:
+    """Random camera_from_model poses [n, 6] (deg, mm) and scales [n]."""
+    az = rng.uniform(*ranges.azimuth_deg, n)
+    el = rng.uniform(*ranges.elevation_deg, n)
+    roll = rng.uniform(*ranges.roll_deg, n)
+    t = rng.uniform(*ranges.translation_mm, (n, 2))
+    scale = rng.uniform(*ranges.scale, n)
+    R0 = ranges.base_rotation()
+    Rm = (_axis_rotation(np.array([0.0, 0.0, 1.0]), roll)      # roll about the beam
+          @ _axis_rotation(np.array([1.0, 0.0, 0.0]), el)      # elevation about image x
+          @ R0 @ _axis_rotation(np.array(ranges.superior_axis), az))  # azimuth about superior
+    poses = np.zeros((n, 6))
+    poses[:, :3] = euler_from_matrix(Rm)
+    poses[:, 3:5] = t
+    return poses, scale
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What to generate. Defaults follow the paper: 9251 train / 500 test images of 128 x 128,
+    2139 of 9751 bone-segmented."""
+
+    n_train: int = 9251
+    n_test: int = 500
+    image_size: int = 128
+    pixel_mm: float = 2.0
+    segmented_share: float = 2139 / 9751
+    seed: int = 0
+    shard_size: int = 512
+    poses: PoseRanges = field(default_factory=PoseRanges)
+    projection: str = "parallel"                          # 'parallel' (the paper's) | 'cone'
+    source_distance_mm: tuple[float, float] = (550.0, 900.0)  # cone: source to object centre
+
+    def __post_init__(self):
+        for name in ("n_train", "n_test"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} = {v!r}: expected a whole number >= 0")
+        if self.n_train + self.n_test == 0:
+            raise ValueError("n_train + n_test = 0: nothing to generate")
+        if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8:
+            raise ValueError(f"image_size = {self.image_size!r}: expected an integer >= 8")
+        if not (math.isfinite(self.pixel_mm) and self.pixel_mm > 0):
+            raise ValueError(f"pixel_mm = {self.pixel_mm!r}: expected a positive size in mm")
+        if not (0.0 <= self.segmented_share <= 1.0):
+            raise ValueError(f"segmented_share = {self.segmented_share!r}: expected a fraction in [0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed = {self.seed!r}: expected a whole number >= 0")
+        if not isinstance(self.shard_size, (int, np.integer)) or self.shard_size < 1:
+            raise ValueError(f"shard_size = {self.shard_size!r}: expected an integer >= 1")
+        if self.projection not in ("parallel", "cone"):
+            raise ValueError(f"projection '{self.projection}' is unknown: expected 'parallel' or 'cone'")
+        lo, hi = _interval(self.source_distance_mm, "source_distance_mm", 1.0)
+        if lo < 200.0:
+            raise ValueError(f"source_distance_mm = {self.source_distance_mm!r}: expected distances of at least "
+                             "200 mm (a skull must fit between the source and the object centre)")
+        object.__setattr__(self, "source_distance_mm", (lo, hi))
+
+    @property
+    def camera(self) -> ParallelCamera:
+        return ParallelCamera(self.image_size, self.image_size, self.pixel_mm)
+
+    def count(self, split: str) -> int:
+        return self.n_train if split == "train" else self.n_test
+
+    def n_shards(self, split: str) -> int:
+        return -(-self.count(split) // self.shard_size)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["poses"] = asdict(self.poses)
+        return d
+
+
+def source_distance_range(views, margin: float = 0.15) -> tuple[float, float]:
+    """Source-to-object distances (mm) for a cone-beam dataset that matches a lab's fluoroscopes:
+    the distances from each view's source to the beams' crossing (where the pipeline measures its
+    crop pixel size), widened by ``margin`` either way for subjects off the crossing."""
+    from fluororeg.core.geometry import beam_crossing
+
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin = {margin!r}: expected a fraction in [0, 1)")
+    centre = beam_crossing(views)
+    d = [abs(float(v.normal @ (centre - v.source))) for v in views]
+    return (min(d) * (1.0 - margin), max(d) * (1.0 + margin))
+
+
+def _shard_rng(seed: int, split: str, shard: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), shard]))
+
+
+def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: np.ndarray) -> list[ConeView]:
+    """The cone-beam counterparts [n] of ``camera`` at ``scales`` [n]: in camera coordinates,
+    the source ``source_distance_mm`` [n] in front of the origin on the -z axis, the detector
+    beyond the origin (1.5 times as far from the source), the pixel size at the origin
+    ``camera.pixel_mm / scale`` and the principal point at the image centre."""
+    views = []
+    for s, sod in zip(np.asarray(scales, float), np.asarray(source_distance_mm, float)):
+        sdd = 1.5 * sod
+        pitch = camera.pixel_mm / s * sdd / sod
+        views.append(ConeView(np.array([0.0, 0.0, -sod]), np.array([0.0, 0.0, sdd - sod]), np.array([1.0, 0.0, 0.0]),
+                              np.array([0.0, 1.0, 0.0]), pitch, pitch, camera.width, camera.height))
+    return views
+
+
+def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np.ndarray,
+                   camera: ParallelCamera, device: str = "cpu",
+                   source_distance_mm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Render one batch of samples (see the module docstring for the fields): parallel-beam,
+    or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`)."""
+    mu = subject.attenuation_model()
+    if source_distance_mm is None:
+        drr = R.render_parallel(mu, poses, camera, scales, device=device)
+        mask = R.project_mask_parallel(subject.mask_model(), poses, camera, scales, device=device)
+        xy, visible = R.project_parallel(subject.landmarks_model, poses, camera, scales, device=device)
+    else:
+        views = cone_views(camera, scales, source_distance_mm)
+        drr = R.render_cone(mu, views, poses, device=device)
+        mask = R.project_mask_cone(subject.mask_model(), views, poses, device=device)
+        xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
+    drr = np.where(segmented[:, None, None], drr * mask, drr)
+    hi = np.array([np.percentile(d[d > 0], 99.5) if np.any(d > 0) else 1.0 for d in drr], dtype=np.float32)
+    image = np.empty(drr.shape, np.uint8)
+    for i in range(len(drr)):
+        image[i] = R.to_uint8(drr[i], window=(0.0, float(hi[i])))
+    half = np.array([(camera.width - 1) / 2, (camera.height - 1) / 2])
+    sample = {
+        "image": image,
+        "mask": mask.astype(np.uint8),
+        "landmarks_px": xy.astype(np.float32),
+        "landmarks_norm": ((xy - half) / half).astype(np.float32),
+        "visible": visible,
+        "segmented": segmented.astype(bool),
+        "pose": poses,
+        "scale": scales,
+        "window_hi": hi,
+    }
+    if source_distance_mm is not None:
+        sample["source_distance_mm"] = np.asarray(source_distance_mm, np.float64)
+    return sample
+
+
+def _metadata(subject, config: DatasetConfig) -> dict:
+    from fluororeg import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "software": f"fluororeg {__version__}",
+        "subject": subject.name,
+        "subject_fingerprint": subject.fingerprint,
+        "landmark_names": list(subject.landmark_names),
+        "pairs": [list(p) for p in subject.pairs],
+        "config": config.to_json(),
+        "splits": {s: config.count(s) for s in SPLITS},
+    }
+
+
+class _DeferInterrupt:
+    """Let the current shard finish writing its temporary file before Ctrl-C stops the run."""
+
+    def __enter__(self):
+        self.hit = False
+        try:
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread
+            self.old = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.hit:
+            raise KeyboardInterrupt
+        return False
+
+
+def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, device: str = "cpu",
+                     progress: bool = True, write: bool = True) -> Path | None:
+    """Generate (or resume) the dataset of ``subject`` under ``root``.
+
+    Finished shards of an earlier run with the same subject and configuration are kept; a
+    different subject or configuration in ``root`` is an error (use another folder). Ctrl-C
+    stops after the shard being written; running again resumes. ``write=False`` renders
+    without writing (for benchmarks; ``root`` may then be None).
+    """
+    import h5py
+    from tqdm import tqdm
+
+    if not isinstance(config, DatasetConfig):
+        raise TypeError(f"config must be a DatasetConfig, got {type(config).__name__}")
+    root = Path(root) if root is not None else None
+    if write and root is None:
+        raise ValueError("root is None: a folder is needed to write the dataset")
+    meta = json.loads(json.dumps(_metadata(subject, config)))  # as it reads back (lists, not tuples)
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+        meta_path = root / "dataset.json"
+        if meta_path.exists():
+            try:
+                old = json.loads(meta_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"'{meta_path}' is not valid JSON ({exc}): delete it (or the folder) to generate "
+                                 "the dataset again") from None
+            keys = ("format_version", "subject_fingerprint", "config", "landmark_names", "pairs")
+            if any(old.get(k) != meta[k] for k in keys):
+                raise ValueError(
+                    f"{root} holds a dataset of another subject or configuration; choose an empty "
+                    "folder (or delete it) to generate a new one")
+        else:
+            atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    total = config.n_train + config.n_test
+    bar = tqdm(total=total, unit="sample", disable=not progress, desc="dataset")
+    try:
+        for split in SPLITS:
+            if write:
+                (root / split).mkdir(exist_ok=True)
+            for shard in range(config.n_shards(split)):
+                start = shard * config.shard_size
+                n = min(config.shard_size, config.count(split) - start)
+                path = root / split / f"shard_{shard:05d}.h5" if write else None
+                if write and path.exists():
+                    bar.update(n)
+                    continue
+                rng = _shard_rng(config.seed, split, shard)
+                poses, scales = sample_poses(rng, n, config.poses)
+                segmented = rng.random(n) < config.segmented_share
+                sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
+                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod)
+                if write:
+                    with _DeferInterrupt():
+                        tmp = path.with_suffix(".h5.tmp")
+                        with h5py.File(tmp, "w") as f:
+                            for key, value in sample.items():
+                                if value.ndim == 3:
+                                    f.create_dataset(key, data=value, chunks=(1,) + value.shape[1:],
+                                                     compression="gzip", compression_opts=1)
+                                else:
+                                    f.create_dataset(key, data=value)
+                            f.attrs["split"] = split
+                            f.attrs["first_index"] = start
+                        os.replace(tmp, path)
+                bar.update(n)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: finished shards are kept in {root}; run again to resume")
+        raise
+    bar.close()
+    return root if write else None
+
+
+class DatasetReader:
+    """Reads one split of a dataset shard by shard, never all at once.
+
+    ``len(reader)``, ``reader[i]`` (a dict of one sample), ``reader.batches(batch_size,
+    shuffle=True, seed=0)`` (dicts of stacked arrays; shuffles shard order and samples within
+    a shard, so memory stays at one shard). ``reader.meta`` is the dataset.json content.
+    """
+
+    def __init__(self, root, split: str = "train"):
+        if split not in SPLITS:
+            raise ValueError(f"split '{split}' is unknown: expected one of {SPLITS}")
+        self.root = Path(root)
+        meta_path = self.root / "dataset.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} not found: not a fluororeg dataset folder")
+        self.meta = json.loads(meta_path.read_text())
+        self.split = split
+        shard_size = self.meta["config"]["shard_size"]
+        count = self.meta["splits"][split]
+        n_shards = -(-count // shard_size)
+        self.shards = [self.root / split / f"shard_{s:05d}.h5" for s in range(n_shards)]
+        missing = [p.name for p in self.shards if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} shard(s) of split '{split}' are missing (e.g. {missing[0]}): "
+                                    "the dataset is incomplete; run the generation again to resume")
+        self.sizes = [min(shard_size, count - s * shard_size) for s in range(n_shards)]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return list(self.meta["landmark_names"])
+
+    def _read(self, shard: int, index) -> dict[str, np.ndarray]:
+        import h5py
+
+        with h5py.File(self.shards[shard], "r") as f:
+            return {k: f[k][index] for k in f.keys()}
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        i %= len(self)
+        shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self._read(shard, int(i - self.offsets[shard]))
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: expected >= 1")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+        for s in order:
+            data = self._read(int(s), slice(None))
+            idx = rng.permutation(self.sizes[s]) if shuffle else np.arange(self.sizes[s])
+            for b in range(0, len(idx), batch_size):
+                sel = idx[b:b + batch_size]
+                yield {k: v[sel] for k, v in data.items()}
+
+
+def contact_sheet(reader: DatasetReader, path, n: int = 64, columns: int = 8, seed: int | None = None) -> Path:
+    """A PNG grid of the first (or ``seed``-random) ``n`` samples with their visible landmarks
+    (blue: left, red: right, green: midline) and the bone-mask outline (yellow)."""
+    from PIL import Image, ImageDraw
+    from scipy.ndimage import binary_erosion
+
+    n = min(n, len(reader))
+    if n < 1:
+        raise ValueError("the dataset split is empty")
+    idx = range(n) if seed is None else np.random.default_rng(seed).choice(len(reader), n, replace=False)
+    names = reader.landmark_names
+    colours = [(80, 160, 255) if s.endswith("_L") else (255, 80, 80) if s.endswith("_R") else (80, 255, 80)
+               for s in names]
+    columns = min(columns, n)
+    tiles = []
+    for i in idx:
+        s = reader[int(i)]
+        rgb = np.repeat(s["image"][..., None], 3, axis=2)
+        edge = s["mask"].astype(bool) & ~binary_erosion(s["mask"].astype(bool))
+        rgb[edge] = (255, 220, 0)
+        img = Image.fromarray(rgb).resize((2 * rgb.shape[1], 2 * rgb.shape[0]), Image.NEAREST)
+        d = ImageDraw.Draw(img)
+        for (x, y), vis, col in zip(s["landmarks_px"], s["visible"], colours):
+            if vis:
+                X, Y = 2 * x + 0.5, 2 * y + 0.5
+                d.ellipse([X - 2.5, Y - 2.5, X + 2.5, Y + 2.5], fill=col)
+        if s["segmented"]:
+            d.text((3, 2), "seg", fill=(255, 220, 0))
+        tiles.append(img)
+    w, h = tiles[0].size
+    sheet = Image.new("RGB", (columns * (w + 2), -(-n // columns) * (h + 2)))
+    for k, t in enumerate(tiles):
+        sheet.paste(t, ((k % columns) * (w + 2), (k // columns) * (h + 2)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

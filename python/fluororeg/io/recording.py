@@ -1,0 +1,254 @@
+"""Dual-fluoroscope recordings on disk: two image sequences plus a geometry file.
+
+A recording folder holds ``recording.json``::
+
+    {"format": "fluororeg-recording", "version": 1,
+     "views": ["view1", "view2"],          # one image sequence per fluoroscope (F1, F2)
+     "geometry": "geometry.json",          # fluororeg.calibration geometry file (both views,
+                                           # optionally each view's distortion model)
+     "frames": 120,                        # optional; checked when given
+     "frame_rate_hz": 100}                 # optional: the acquisition rate (for smoothing)
+
+Each entry of ``views`` is a folder of images (PNG or TIFF, one frame each, in the order of their
+names with numbers compared as numbers: ``f_2`` before ``f_10``), a
+multi-page TIFF file, or a video file (AVI, MP4, MOV, MKV; decoded by FFmpeg through PyAV),
+relative to the recording folder. Real recordings use the same layout; :func:`open_recording`
+can also be given the two sequences and the geometry directly. Frames are read lazily, one at a
+time, as float32 grey levels. Videos decode forward: reading frames in order costs one decode
+each, going back restarts from the first frame (the pipeline reads in order). Lossy codecs
+alter grey levels; labs that keep video should prefer lossless ones (FFV1, uncompressed AVI).
+
+The frame rate (``Recording.frame_rate_hz``, used by the pipeline's temporal smoothing) comes
+from ``frame_rate_hz`` in recording.json, else from the videos' own rate when both views are
+videos of the same rate, else it is unknown (None).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from fluororeg.io.atomic import atomic_write_text
+
+__all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest"]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v")
+
+
+class _VideoReader:
+    """Grey frames of a video file by index, decoded forward (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        try:
+            import av
+        except ImportError as exc:  # pragma: no cover - av is a dependency
+            raise ImportError("reading video needs PyAV: pip install av") from exc
+        self.path = path
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"'{path}' holds no video stream")
+                stream = container.streams.video[0]
+                fmt = stream.codec_context.format  # more than 8 bits per sample: read 16-bit grey
+                self.bits16 = fmt is not None and max((c.bits for c in fmt.components), default=8) > 8
+                rate = stream.average_rate or stream.base_rate  # frames/s as the container records it
+                self.frame_rate_hz = float(rate) if rate else None
+                # Containers do not all record the frame count: count by demuxing (no decoding).
+                self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except av.error.FFmpegError as exc:
+            raise ValueError(f"cannot read the video '{path}': {exc}") from exc
+        if self.n == 0:
+            raise ValueError(f"the video '{path}' holds no frames")
+        self._container, self._frames, self._next, self._last = None, None, 0, None
+
+    def _restart(self):
+        import av
+
+        if self._container is not None:
+            self._container.close()
+        self._container = av.open(str(self.path))
+        self._frames = self._container.decode(video=0)
+        self._next = 0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._last is not None and self._last[0] == i:  # the same frame again: no re-decoding
+            return self._last[1]
+        if self._container is None or i < self._next:
+            self._restart()
+        frame = None
+        while self._next <= i:
+            frame = next(self._frames, None)
+            if frame is None:
+                raise ValueError(f"the video '{self.path}' ended before frame {i}")
+            self._next += 1
+        image = frame.to_ndarray(format="gray16le" if self.bits16 else "gray")
+        self._last = (i, image)
+        return image
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key of a file name with its numbers compared as numbers: frame_2 before frame_10."""
+    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.name) if t]
+
+
+class ImageSequence:
+    """Frames of one view: a folder of PNG/TIFF images (in name order, numbers compared as
+    numbers), a multi-page TIFF or a video file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._video = None
+        if self.path.is_dir():
+            self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+            if not self.files:
+                raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
+            self._pages = None
+        elif self.path.is_file() and self.path.suffix.lower() in VIDEO_SUFFIXES:
+            self._video = _VideoReader(self.path)
+            self.files, self._pages = None, self._video.n
+        elif self.path.is_file() and self.path.suffix.lower() in (".tif", ".tiff"):
+            from PIL import Image
+
+            try:
+                with Image.open(self.path) as img:
+                    self._pages = getattr(img, "n_frames", 1)
+            except OSError as exc:
+                raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
+            self.files = None
+        elif not self.path.exists():
+            raise FileNotFoundError(f"image sequence '{self.path}' does not exist")
+        else:
+            raise ValueError(f"image sequence '{self.path}': expected a folder of PNG/TIFF images, a "
+                             f"multi-page TIFF file or a video ({', '.join(VIDEO_SUFFIXES)})")
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else int(self._pages)
+
+    @property
+    def frame_rate_hz(self) -> float | None:
+        """A video's frame rate as its container records it; None for images."""
+        return self._video.frame_rate_hz if self._video is not None else None
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
+        if self._video is not None:
+            return self._video[i].astype(np.float32)
+        # Pillow reads PNG and TIFF (also LZW-compressed, 8/16-bit and float pages).
+        from PIL import Image
+
+        path, page = (self.files[i], 0) if self.files is not None else (self.path, i)
+        try:
+            with Image.open(path) as im:
+                im.seek(page)
+                img = np.asarray(im)
+        except OSError as exc:
+            raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
+        if img.ndim == 3:  # RGB(A) -> grey
+            img = img[..., :3].mean(axis=-1)
+        if img.ndim != 2:
+            raise ValueError(f"frame {i} of '{self.path}' has shape {img.shape}: expected a grey image")
+        return img.astype(np.float32)
+
+
+@dataclass
+class Recording:
+    """Two image sequences of the same frames and the dual-fluoroscope geometry."""
+
+    sequences: tuple  # (ImageSequence, ImageSequence)
+    geometry: object  # fluororeg.calibration.DualGeometry
+    path: Path | None = None
+    frame_rate_hz: float | None = None  # acquisition rate (frames/s); None: unknown
+
+    def __post_init__(self):
+        if len(self.sequences) != 2:
+            raise ValueError(f"a recording needs two image sequences, got {len(self.sequences)}")
+        n = [len(s) for s in self.sequences]
+        if n[0] != n[1]:
+            raise ValueError(f"the views have different frame counts {n}: expected the same frames in both")
+        if len(self.geometry.views) != 2:
+            raise ValueError(f"the geometry has {len(self.geometry.views)} views, expected 2")
+        if self.frame_rate_hz is None:
+            rates = {getattr(seq, "frame_rate_hz", None) for seq in self.sequences}
+            if len(rates) == 1:  # both videos of the same rate (or both without one)
+                self.frame_rate_hz = rates.pop()
+        else:
+            rate = self.frame_rate_hz
+            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                    or not (np.isfinite(rate) and rate > 0):
+                raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second")
+            self.frame_rate_hz = float(rate)
+        for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
+            h, w = seq[0].shape
+            if (w, h) != (view.width, view.height):
+                raise ValueError(f"view {k + 1}: frames are {w} x {h} px but the geometry says "
+                                 f"{view.width} x {view.height}")
+
+    def __len__(self) -> int:
+        return len(self.sequences[0])
+
+    def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.sequences[0][i], self.sequences[1][i]
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for i in range(start, len(self) if stop is None else min(stop, len(self))):
+            a, b = self.frame(i)
+            yield i, a, b
+
+
+def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
+                   frame_rate_hz: float | None = None) -> Recording:
+    """Open a recording folder (with recording.json), or two sequences and a geometry file
+    (and optionally their frame rate)."""
+    from fluororeg.calibration.geometry_file import DualGeometry, load_geometry
+
+    if path is not None:
+        folder = Path(path)
+        manifest = folder / "recording.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"'{manifest}' not found: not a recording folder (or pass views= and geometry=)")
+        try:
+            meta = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'{manifest}' is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != "fluororeg-recording":
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"'{manifest}' has format {got!r}, expected 'fluororeg-recording'")
+        if not (isinstance(meta.get("views"), list) and len(meta["views"]) == 2
+                and all(isinstance(v, str) for v in meta["views"])):
+            raise ValueError(f"'{manifest}': 'views' is {meta.get('views')!r}, expected the two image sequences' "
+                             "paths, e.g. [\"view1\", \"view2\"]")
+        if not isinstance(meta.get("geometry"), str):
+            raise ValueError(f"'{manifest}': 'geometry' is {meta.get('geometry')!r}, expected the geometry file's path")
+        seqs = tuple(ImageSequence(folder / v) for v in meta["views"])
+        try:
+            rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder, meta.get("frame_rate_hz"))
+        except ValueError as exc:
+            raise ValueError(f"'{manifest}': {exc}") from exc
+        if "frames" in meta and int(meta["frames"]) != len(rec):
+            raise ValueError(f"'{manifest}' says {meta['frames']} frames but the views hold {len(rec)}")
+        return rec
+    if views is None or geometry is None:
+        raise ValueError("give a recording folder, or both views= (two sequences) and geometry=")
+    geo = geometry if isinstance(geometry, DualGeometry) else load_geometry(geometry)
+    return Recording(tuple(ImageSequence(v) for v in views), geo, frame_rate_hz=frame_rate_hz)
+
+
+def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometry.json",
+                             frames: int | None = None, frame_rate_hz: float | None = None, **extra) -> Path:
+    """Write recording.json for a folder laid out as described above."""
+    meta = {"format": "fluororeg-recording", "version": 1, "views": list(views), "geometry": geometry}
+    if frames is not None:
+        meta["frames"] = int(frames)
+    if frame_rate_hz is not None:
+        meta["frame_rate_hz"] = float(frame_rate_hz)
+    meta.update(extra)
+    path = Path(folder) / "recording.json"
+    atomic_write_text(path, json.dumps(meta, indent=2))
+    return path

@@ -1,0 +1,440 @@
+"""Registering a whole recording: frames -> crops -> style translation -> landmark detection
+-> point undistortion -> Eq. 2 registration, one row per frame.
+
+For every frame of both views (:mod:`fluororeg.io.recording`):
+
+1. Crop to the bone: a square whose pixel size at the subject matches the artificial
+   dataset's (``crop_pixel_mm``, 2 mm by default): the side in frame pixels is
+   ``size * crop_pixel_mm / (pitch * SOD / SDD)``. With ``recentre`` (the default) a first,
+   cheap pass locates the bone: crops around the field-of-view centre (SOD: the source's
+   distance to where the principal rays cross, :func:`~fluororeg.core.geometry.beam_crossing`),
+   Beer-Lambert inversion, detection and registration of the chunk's frames; the final crops
+   are then centred on where that pose puts the model origin in each (distorted) frame, with
+   SOD its depth. The dataset centres the model origin within +-15 mm, so a subject that walks
+   through the field of view is seen by the detector as in training. Frames the first pass
+   cannot register keep the field-of-view crop. Outside the frame and the circular field of
+   view the crop is filled with the open-field grey (air).
+2. Style: ``'translate'`` runs the X-ray-to-DRR generator (the paper's method); ``'log'``
+   inverts Beer-Lambert instead (``-ln(I / I_open)``, a physics-based DRR look without
+   learning); ``'invert'`` only flips grey levels (bone bright, as in DRRs); ``'none'`` feeds
+   the X-ray as it is.
+3. Detect: landmarks in crop pixels and a confidence each, mapped back to frame pixels.
+4. Undistort the detected points with the view's distortion model from the geometry file,
+   rather than resampling the images first: exact for the points, and the detector sees the
+   distorted image, whose shape differs from an undistorted one by little more than an
+   affine map within a crop (for the simulator's 4 % pincushion + S-distortion, 0.23 crop px
+   on average after the best affine fit).
+5. Register all frames with the C++ batch solver (four mirror cases, robust loss), or frame
+   after frame from the previous pose (``init='previous'``). Frames whose two views disagree
+   far beyond the recording's typical residual (the detector failed in one view) are solved
+   from the view that fits alone (``'one_view'``) or left unregistered (``'views_disagree'``):
+   :func:`~fluororeg.core.registration.check_view_agreement`. Optional low-pass smoothing.
+
+Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
+chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
+They are reused only if made with the same settings (``detections/settings.json``: the
+networks' file digests, the recording, the options that shape detection); otherwise they are
+discarded and made again. ``<out>/poses.csv`` and ``<out>/poses.tra`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fluororeg.io.atomic import atomic_write_text
+from fluororeg.core.geometry import ConeView, beam_crossing
+from fluororeg.core.temporal import check_smoothing, smooth_poses
+
+__all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "bone_crop_boxes",
+           "xray_training_crops", "detect_recording", "register_detections", "register_recording"]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    style: str = "translate"          # 'translate' | 'log' | 'invert' | 'none'
+    crop_pixel_mm: float = 2.0        # crop pixel size at the subject (the dataset's pixel_mm)
+    mode: str = "least_squares"       # Eq. 2 form: 'least_squares' | 'frobenius'
+    loss: str | None = "cauchy"       # robust loss against wild detections (None, 'huber', 'cauchy')
+    loss_scale_mm: float = 6.0        # about twice the detector's typical error at the bone (1.5 px of 2 mm)
+    mirror: bool = True               # the paper's four-case mirror strategy
+    min_visible: int = 6              # fewer landmarks in both fields of view: not registrable
+    min_confidence: float = 0.0       # detections below this confidence are dropped
+    use_confidence_weights: bool = True
+    init: str = "paper"               # 'paper' (system centre, theta 0) | 'previous'
+    smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs the frame rate
+    fps: float | None = None          # frame rate (frames/s); None: the recording's frame_rate_hz
+    recentre: bool = True             # locate the bone first, then crop around it (see above)
+    view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
+    chunk: int = 32                   # frames per detection chunk (resume granularity)
+    num_threads: int = 0
+
+    def __post_init__(self):
+        if self.style not in ("translate", "log", "invert", "none"):
+            raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
+        if self.init not in ("paper", "previous"):
+            raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
+        from fluororeg.core.registration import _int_option, _mode_loss
+
+        _mode_loss(self.mode, self.loss, self.loss_scale_mm)  # the solver's own checks, before any work
+        _int_option(self.min_visible, "min_visible", 4)
+        if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
+            raise ValueError(f"min_confidence = {self.min_confidence!r}: expected a number in [0, 1)")
+        if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
+            raise ValueError(f"crop_pixel_mm = {self.crop_pixel_mm!r}: expected a positive size in mm")
+        if not (isinstance(self.chunk, int) and self.chunk >= 1):
+            raise ValueError(f"chunk = {self.chunk!r}: expected an integer >= 1")
+        if self.view_outlier_ratio is not None and not (np.isfinite(self.view_outlier_ratio)
+                                                        and self.view_outlier_ratio > 1.5):
+            raise ValueError(f"view_outlier_ratio = {self.view_outlier_ratio!r}: expected None (off) or a number > 1.5")
+        if self.fps is not None and not (np.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps = {self.fps!r}: expected a positive frame rate (frames/s) or None")
+        if self.smoothing_hz is not None and not (np.isfinite(self.smoothing_hz) and self.smoothing_hz > 0):
+            raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
+        if self.smoothing_hz is not None and self.fps is not None:
+            check_smoothing(self.smoothing_hz, self.fps)
+
+
+@dataclass
+class RecordingResult:
+    frames: np.ndarray         # [F]
+    poses: np.ndarray          # [F, 6] deg, mm (NaN: not registered)
+    status: np.ndarray         # [F] str
+    batch: object              # fluororeg.core.registration.BatchResult (before smoothing)
+    detections: np.ndarray     # [F, 2, N, 2] undistorted frame px (NaN: not detected)
+    confidence: np.ndarray     # [F, 2, N]
+    seconds: float             # wall-clock of the whole run
+    out_dir: Path | None = None
+
+    @property
+    def frames_per_s(self) -> float:
+        return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
+    """The square crop (a :class:`~fluororeg.inference.crops.CropBox`) of ``size`` px
+    centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
+    from fluororeg.inference.crops import CropBox
+
+    sdd = view.source_detector_distance
+    sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
+    frame_px_at_object = view.pitch_u * sod / sdd
+    side = size * pixel_mm / frame_px_at_object
+    cx, cy = centre_px
+    return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
+
+
+def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
+    """Per view: the circular field of view (or None) and the crop box the pipeline uses."""
+    from fluororeg.inference.crops import detect_fov
+
+    views = recording.geometry.views
+    centre = beam_crossing(views)
+    first = recording.frame(0)
+    fovs, boxes = [], []
+    for k in range(2):
+        fov = detect_fov(first[k])
+        fovs.append(fov)
+        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
+        boxes.append(crop_box_for_view(views[k], c, size, crop_pixel_mm, centre))
+    return fovs, boxes
+
+
+def xray_training_crops(recordings, size: int = 128, crop_pixel_mm: float = 2.0, every: int = 1) -> np.ndarray:
+    """uint8 [n, size, size] crops of both views of every ``every``-th frame of the given
+    recordings: grey-level crops centred on the field of view at the pipeline's pixel size (as
+    :func:`detect_recording` crops for style translation when it does not recentre), for
+    training the style translator on the X-ray domain the pipeline will see."""
+    from fluororeg.io.recording import Recording, open_recording
+
+    out = []
+    for rec in (recordings if isinstance(recordings, (list, tuple)) else [recordings]):
+        rec = rec if isinstance(rec, Recording) else open_recording(rec)
+        fovs, boxes = recording_crop_boxes(rec, size, crop_pixel_mm)
+        frames = np.arange(0, len(rec), every)
+        for k in range(2):
+            out.append(_crops([rec.sequences[k][int(f)] for f in frames], [boxes[k]] * len(frames), fovs[k], size))
+    return np.concatenate(out)
+
+
+def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """A DRR-like uint8 image from a raw intensifier crop (grey levels, open field bright):
+    Beer-Lambert inverted, ``L = -ln(I / I_open)`` with ``I_open`` the crop's 99th percentile
+    (the open field), clipped at 0 and windowed like the dataset's DRRs (0 to the
+    ``percentile`` of the positive values). The intensity response's gamma only scales L,
+    which the window removes."""
+    from fluororeg.core.render import to_uint8
+
+    img = np.asarray(raw, dtype=np.float64)
+    i_open = max(float(np.percentile(img, 99)), 1.0)
+    L = np.clip(-np.log(np.clip(img, 0.5, None) / i_open), 0.0, None).astype(np.float32)
+    return to_uint8(L, percentile=percentile)
+
+
+def _crops(images, boxes, fov, size: int, style: str = "translate"):
+    """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
+    ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
+    levels stretched over the field of view (outside it: open field)."""
+    from fluororeg.inference.crops import crop_frame
+
+    out = np.empty((len(images), size, size), np.uint8)
+    for j, (img, box) in enumerate(zip(images, boxes)):
+        if style == "log":
+            out[j] = log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
+        else:
+            out[j] = crop_frame(img, box, fov=fov)
+    return out
+
+
+def _training_image_size(detector) -> int:
+    """The image size of the dataset the detector was trained on (its metadata), else its input size."""
+    size = detector.model.meta.get("training_image_size") if hasattr(detector, "model") else None
+    return int(size) if size else int(detector.input_size[0])
+
+
+def _registration_weights(det: np.ndarray, conf: np.ndarray, options: PipelineOptions) -> np.ndarray:
+    """Per-landmark weights [..., 2, N]: the detector's confidences, or 1 for every detection."""
+    return conf if options.use_confidence_weights else np.where(np.isfinite(det[..., 0]), 1.0, 0.0)
+
+
+def _registration_kwargs(subject, options: PipelineOptions) -> dict:
+    return dict(pairs=subject.pairs, mode=options.mode, loss=options.loss, loss_scale_mm=options.loss_scale_mm,
+                mirror=options.mirror, min_visible=options.min_visible)
+
+
+def register_detections(subject, views, det, conf, options: PipelineOptions):
+    """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
+    the pipeline does: the batch solver with the options' robust settings, then the check of
+    the two views' agreement. Returns a :class:`~fluororeg.core.registration.BatchResult`."""
+    from fluororeg.core.registration import register_frames
+
+    weights = _registration_weights(det, conf, options)
+    kwargs = _registration_kwargs(subject, options)
+    batch = register_frames(subject.landmarks_model, views, det, weights=weights, num_threads=options.num_threads,
+                            **kwargs)
+    return _check_views(subject, views, det, weights, batch, options)
+
+
+def _check_views(subject, views, det, weights, batch, options: PipelineOptions):
+    from fluororeg.core.registration import check_view_agreement
+
+    if options.view_outlier_ratio is None:
+        return batch
+    ratio = options.view_outlier_ratio
+    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights, outlier_ratio=ratio,
+                                joint_ratio=min(2.5, ratio), num_threads=options.num_threads,
+                                **_registration_kwargs(subject, options))
+
+
+def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
+    """Per frame and view, the crop box centred on where ``poses`` [n, 6] (world_from_model,
+    deg / mm) put the model origin in the raw (distorted) frame, with ``crop_pixel_mm`` pixels
+    at its depth; ``fallback[k]`` where a pose is NaN or implausible for the view (origin
+    outside the frame, or a crop more than 30 % larger or smaller than the fallback's). Returns
+    a list [n] of (box1, box2)."""
+    from fluororeg.core.render import project_cone
+
+    views = recording.geometry.views
+    dist = recording.geometry.distortion or (None, None)
+    poses = np.asarray(poses, float).reshape(-1, 6)
+    ok = np.all(np.isfinite(poses), axis=1)
+    centres = np.full((len(poses), 2, 2), np.nan)  # [n, view, (x, y)] raw frame px of the model origin
+    for k, view in enumerate(views):
+        if ok.any():
+            xy, _ = project_cone(np.zeros((1, 3)), view, poses[ok])
+            xy = xy[:, 0]
+            front = np.all(np.isfinite(xy), axis=1)  # NaN: behind the source
+            if dist[k] is not None and front.any():
+                xy[front] = dist[k].distort_points(xy[front])
+            centres[ok, k] = xy
+    out = []
+    for pose, centre in zip(poses, centres):
+        pair = []
+        for k, view in enumerate(views):
+            c = centre[k]
+            box = crop_box_for_view(view, c, size, crop_pixel_mm, pose[3:]) if np.all(np.isfinite(c)) else None
+            plausible = box is not None and 0.0 <= c[0] < view.width and 0.0 <= c[1] < view.height \
+                and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
+            pair.append(box if plausible else fallback[k])
+        out.append(tuple(pair))
+    return out
+
+
+def _detect(images, boxes, fov, size, style, detector, translator, view, distortion, min_confidence):
+    """Detections of one view: undistorted frame px [n, N, 2] (NaN: dropped) and confidences [n, N]."""
+    crops = _crops(images, boxes, fov, size, style)
+    if style == "translate":
+        crops = translator.translate(crops)
+    elif style == "invert":
+        crops = 255 - crops
+    xy, cf = detector.detect(crops)
+    xy = np.stack([box.to_frame(p) for box, p in zip(boxes, xy)])  # raw (distorted) frame pixels
+    keep = (cf >= min_confidence) & (xy[..., 0] >= -0.5) & (xy[..., 0] < view.width - 0.5) \
+        & (xy[..., 1] >= -0.5) & (xy[..., 1] < view.height - 0.5)
+    if fov is not None:  # only inside the intensifier's circular field of view
+        keep &= np.hypot(xy[..., 0] - fov.cx, xy[..., 1] - fov.cy) <= fov.radius
+    if distortion is not None:
+        xy = distortion.undistort_points(xy.reshape(-1, 2)).reshape(xy.shape)
+    xy[~keep] = np.nan
+    return xy, np.where(keep, cf, 0.0)
+
+
+def _detection_settings(recording, detector, translator, options: PipelineOptions, subject, frames) -> dict:
+    """What the saved detections of ``frames`` of ``recording`` depend on (JSON-able), for a safe resume."""
+    import hashlib
+
+    from fluororeg.calibration.geometry_file import geometry_to_dict
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    first = b"".join(np.ascontiguousarray(im, np.float32).tobytes() for im in recording.frame(0))
+    settings = {"recording_frames": len(recording), "recording_first_frames_sha256": digest(first),
+                "frames_sha256": digest(np.ascontiguousarray(frames, np.int64).tobytes()),
+                "geometry_sha256": digest(json.dumps(geometry_to_dict(recording.geometry), sort_keys=True).encode()),
+                "detector_sha256": detector.model.digest,
+                "translator_sha256": translator.model.digest if options.style == "translate" else None,
+                "style": options.style, "crop_pixel_mm": options.crop_pixel_mm,
+                "min_confidence": options.min_confidence, "recentre": options.recentre}
+    if options.recentre:  # the first pass registers: its settings place the final crops
+        settings.update(subject=subject.fingerprint, **_registration_kwargs(subject, options),
+                        use_confidence_weights=options.use_confidence_weights,
+                        view_outlier_ratio=options.view_outlier_ratio)
+        settings["pairs"] = [list(p) for p in settings["pairs"]]
+    return settings
+
+
+def _prepare_detection_cache(chunk_dir: Path, settings: dict) -> None:
+    """Keep the saved detection chunks in ``chunk_dir`` only if they were made with ``settings``."""
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    path = chunk_dir / "settings.json"
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        saved = {}
+    chunks = sorted(chunk_dir.glob("chunk_*.npz"))
+    if saved != settings and chunks:
+        changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
+        warnings.warn(f"'{chunk_dir}': the saved detections were made with other settings "
+                      f"({', '.join(changed) if saved is not None else 'unknown'}); detecting again", stacklevel=3)
+        for chunk in chunks:
+            chunk.unlink()
+    if saved != settings:
+        atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
+                     frames=None, *, subject=None, out_dir=None, progress: bool = True):
+    """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N].
+    ``subject`` is needed for ``options.recentre`` (its first pass registers)."""
+    from tqdm import tqdm
+
+    if options.style == "translate" and translator is None:
+        raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
+    if options.recentre and subject is None:
+        raise ValueError("options.recentre needs the subject (its first pass registers the frames); pass subject=")
+    views = recording.geometry.views
+    distortion = recording.geometry.distortion or (None, None)
+    frames = np.arange(len(recording)) if frames is None else np.asarray(frames)
+    # Crops of the dataset's image size (crop_pixel_mm is its pixel size): the translator
+    # works at that size, and the detector resamples to its own input size as in training.
+    size = translator.input_size[0] if options.style == "translate" else _training_image_size(detector)
+    fovs, fixed = recording_crop_boxes(recording, size, options.crop_pixel_mm)
+    locate_style = "log" if options.style == "translate" else options.style  # cheap first pass
+    N = len(detector.landmark_names)
+    det = np.full((len(frames), 2, N, 2), np.nan)
+    conf = np.zeros((len(frames), 2, N))
+    chunk_dir = Path(out_dir) / "detections" if out_dir is not None else None
+    if chunk_dir is not None:
+        _prepare_detection_cache(chunk_dir, _detection_settings(recording, detector, translator, options, subject,
+                                                                     frames))
+    bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
+    for c0 in range(0, len(frames), options.chunk):
+        sel = frames[c0:c0 + options.chunk]
+        rows = slice(c0, c0 + len(sel))
+        path = chunk_dir / f"chunk_{int(sel[0]):06d}_{int(sel[-1]):06d}.npz" if chunk_dir is not None else None
+        if path is not None and path.exists():
+            saved = np.load(path)
+            det[rows], conf[rows] = saved["detections"], saved["confidence"]
+            bar.update(len(sel))
+            continue
+        images = [[recording.sequences[k][int(f)] for f in sel] for k in range(2)]
+        boxes = [(fixed[0], fixed[1])] * len(sel)
+
+        def run(style, boxes):
+            for k in range(2):
+                det[rows, k], conf[rows, k] = _detect(images[k], [b[k] for b in boxes], fovs[k], size, style, detector,
+                                                      translator, views[k], distortion[k], options.min_confidence)
+
+        if options.recentre:
+            run(locate_style, boxes)
+            located = register_detections(subject, views, det[rows], conf[rows], options)
+            boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
+        run(options.style, boxes)
+        if path is not None:
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, detections=det[rows], confidence=conf[rows],
+                     crop_boxes=np.array([[b.as_tuple() for b in pair] for pair in boxes]))
+            tmp.replace(path)
+        bar.update(len(sel))
+    bar.close()
+    return det, conf
+
+
+def register_recording(recording, subject, detector, translator=None, options: PipelineOptions = PipelineOptions(),
+                       *, out_dir=None, progress: bool = True) -> RecordingResult:
+    """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
+    writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
+    from fluororeg.io.poses import write_poses_csv, write_tra
+    from fluororeg.core.registration import BatchResult, register_frame
+
+    t0 = time.perf_counter()
+    detector.check_subject(subject)
+    fps = options.fps if options.fps is not None else recording.frame_rate_hz
+    if options.smoothing_hz is not None:  # before any work: a bad setting must not cost a whole run
+        needed = check_smoothing(options.smoothing_hz, fps)
+        if len(recording) < needed:
+            raise ValueError(f"smoothing needs at least {needed} frames; the recording has {len(recording)}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    frames = np.arange(len(recording))
+    det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
+                                 progress=progress)
+    views = recording.geometry.views
+    if options.init == "paper":
+        batch = register_detections(subject, views, det, conf, options)
+    else:
+        weights = _registration_weights(det, conf, options)
+        kwargs = _registration_kwargs(subject, options)
+        results, previous = [], None
+        for i in range(len(frames)):
+            r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], init_pose=previous, **kwargs)
+            if not r.ok and previous is not None:  # a bad start: fall back to the paper's
+                r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], **kwargs)
+            previous = r.pose if r.ok else previous
+            results.append(r)
+        batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
+    poses, status = batch.poses.copy(), batch.status
+    smoothed = False
+    if options.smoothing_hz is not None:
+        n_registered = int(np.isfinite(poses).all(axis=1).sum())
+        if n_registered >= needed:
+            poses, smoothed = smooth_poses(poses, options.smoothing_hz, fps), True
+        else:  # the registrations stand; a filter over so few frames would not
+            warnings.warn(f"only {n_registered} frames are registered and smoothing needs at least {needed}: the "
+                          "poses are written unsmoothed", stacklevel=2)
+    if out is not None:
+        from fluororeg.core.geometry import pose_matrix
+
+        matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
+        write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
+                        batch.rms_px, batch.n_vis, batch.mirror_case)
+        write_tra(out / "poses.tra", matrices)
+        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
+    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)

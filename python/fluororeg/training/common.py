@@ -1,0 +1,109 @@
+"""Training machinery shared by every network: torch import with a clear error, atomic
+checkpoints and resume, CSV logs with loss plots, and a graceful stop on Ctrl-C.
+
+A training run owns a folder::
+
+    run/
+      checkpoint_last.pt   everything needed to resume (model, optimiser, epoch, step, rng)
+      checkpoint_best.pt   the best model so far by the validation metric
+      log.csv              one row per logged step or epoch (columns fixed by the first row)
+      losses.png           the plot of the log's loss columns, redrawn with the log
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from fluororeg.viz.plots import plot_curves
+
+
+def require_torch():
+    """Import torch or raise a clear error naming the extra to install."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ImportError("training needs torch: pip install 'fluororeg[train]' (torch==2.13.0)") from exc
+    return torch
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """torch.save to a temporary file, then rename: a checkpoint on disk is always complete."""
+    torch = require_torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    torch = require_torch()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class TrainLog:
+    """Append-only CSV log with a loss plot (PNG) next to it."""
+
+    def __init__(self, folder, name: str = "log.csv", plot: str | None = "losses.png"):
+        self.path = Path(folder) / name
+        self.plot_path = Path(folder) / plot if plot else None
+        self.columns: list[str] | None = None
+        if self.path.exists():
+            with self.path.open() as f:
+                header = f.readline().strip()
+            self.columns = header.split(",") if header else None
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.columns is None:
+            self.columns = list(row)
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.columns)
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"log columns {sorted(unknown)} are not in the log's header {self.columns}")
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as f:
+            return list(csv.DictReader(f))
+
+    def plot(self, x: str, ys: list[str], *, log_y: bool = True, title: str = "") -> Path | None:
+        """Plot columns ``ys`` against ``x`` (PIL only, no matplotlib needed)."""
+        if self.plot_path is None:
+            return None
+        return plot_curves(self.rows(), x, ys, self.plot_path, log_y=log_y, title=title)
+
+
+class GracefulStop:
+    """Context manager: the first Ctrl-C sets ``stop_requested`` (the loop finishes its step,
+    saves a checkpoint and returns); a second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        self.stop_requested = False
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to abort); run again to resume", flush=True)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

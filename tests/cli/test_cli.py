@@ -1,0 +1,138 @@
+"""The command line: render on a real CT file, error reporting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluororeg.cli.app import main
+from fluororeg.subject.example import headsq_path
+
+
+def test_render_writes_drrs_pngs_and_sheet(tmp_path, capsys):
+    ct = headsq_path()
+    if ct is None:
+        pytest.skip("../shared/data/headsq is not available")
+    assert main(["render", "--ct", str(ct), "--count", "5", "--size", "64", "--pixel-mm", "4",
+                 "--out", str(tmp_path)]) == 0
+    data = np.load(tmp_path / "drrs.npz")
+    assert data["drrs"].shape == (5, 64, 64) and data["poses_deg_mm"].shape == (5, 6)
+    assert data["drrs"].max() > 1.0  # bone: line integrals well above 1
+    assert len(list(tmp_path.glob("drr_*.png"))) == 5
+    sheet = np.asarray(Image.open(tmp_path / "contact_sheet.png"))
+    assert sheet.shape == (66, 5 * 66) and sheet.max() == 255
+    assert main(["render", "--ct", str(ct), "--geometry", "cone", "--count", "2", "--size", "48",
+                 "--out", str(tmp_path / "cone")]) == 0
+    assert np.load(tmp_path / "cone" / "drrs.npz")["drrs"].shape == (2, 48, 48)
+
+
+def test_render_reports_bad_input(tmp_path, capsys):
+    assert main(["render", "--ct", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path)]) == 2
+    assert "missing.nii.gz" in capsys.readouterr().err
+    assert main(["render", "--count", "0", "--out", str(tmp_path)]) == 2
+    assert "--count 0" in capsys.readouterr().err
+
+
+def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
+    import fluororeg.cli.app as cli
+    from fluororeg.dataset.generate import DatasetReader
+    from fluororeg.io.recording import open_recording
+
+    monkeypatch.setattr(cli, "_subject", lambda folder: subject)  # the small headsq subject
+    assert main(["simulate", "--frames", "2", "--size", "128", "--scenario", "static", "--quiet",
+                 "--out", str(tmp_path / "rec")]) == 0
+    assert len(open_recording(tmp_path / "rec")) == 2
+    assert main(["dataset", "--n-train", "6", "--n-test", "2", "--size", "32", "--pixel-mm", "8", "--quiet",
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert len(DatasetReader(tmp_path / "ds", "test")) == 2
+    # A cone-beam dataset matching the recording's fluoroscopes (650 mm from the centre).
+    assert main(["dataset", "--n-train", "4", "--n-test", "0", "--size", "32", "--pixel-mm", "8", "--quiet",
+                 "--geometry", str(tmp_path / "rec" / "geometry.json"), "--out", str(tmp_path / "cone")]) == 0
+    cone = DatasetReader(tmp_path / "cone", "train")
+    assert cone.meta["config"]["projection"] == "cone"
+    np.testing.assert_allclose(cone.meta["config"]["source_distance_mm"], [650 * 0.85, 650 * 1.15])
+    assert main(["dataset", "--projection", "parallel", "--source-distance", "500", "900",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "cone beam" in capsys.readouterr().err
+    assert main(["contact-sheet", str(tmp_path / "ds"), "--count", "4"]) == 0
+    assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
+    assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--frames 0" in capsys.readouterr().err
+    assert main(["simulate", "--size", "100", "--out", str(tmp_path / "x")]) == 2
+    assert "expected at least 128 pixels" in capsys.readouterr().err
+    # A rerun into the same folder with fewer frames replaces the recording (no stale frames).
+    assert main(["simulate", "--frames", "1", "--size", "128", "--scenario", "static", "--quiet",
+                 "--out", str(tmp_path / "rec")]) == 0
+    assert len(open_recording(tmp_path / "rec")) == 1 and len(list((tmp_path / "rec" / "view1").glob("*.png"))) == 1
+    assert main(["dataset", "--n-train", "4", "--n-test", "0", "--size", "32", "--seed", "-1", "--quiet",
+                 "--out", str(tmp_path / "ds_bad")]) == 2
+    assert "seed = -1: expected a whole number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "ds_bad" / "dataset.json").exists()  # a corrected rerun is not refused
+
+
+def test_subject_init_and_check(subject, tmp_path, capsys):
+    from fluororeg.subject.landmarks import save_landmarks
+    from fluororeg.subject.subject import load_subject
+    from fluororeg.core.volume import save_volume
+
+    save_volume(subject.ct, tmp_path / "ct.nrrd")
+    save_landmarks(tmp_path / "lm.mrk.json", subject.landmarks)
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
+                 "--pairs", "left:right", "--out", str(tmp_path / "subj")]) == 0
+    made = load_subject(tmp_path / "subj")
+    np.testing.assert_allclose(made.landmarks.positions, subject.landmarks.positions)
+    assert [tuple(made.landmark_names[i] for i in p) for p in made.pairs] == \
+        [tuple(subject.landmark_names[i] for i in p) for p in subject.pairs]
+    assert main(["subject", "check", str(tmp_path / "subj")]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(subject.landmark_names)} landmarks" in out and "on bone" in out
+    sheet = np.asarray(Image.open(tmp_path / "subj" / "subject_check.png"))
+    assert sheet.shape == (512, 1024, 3) and sheet.std() > 10
+    # Proposed landmarks when none are given.
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--out",
+                 str(tmp_path / "auto")]) == 0
+    auto = load_subject(tmp_path / "auto")
+    assert len(auto.landmark_names) == 9 and len(auto.pairs) == 3
+    # Pairs from <stem>_L / <stem>_R names; a landmark off the bone (moved into the brain) is
+    # reported, and --strict fails on it.
+    from fluororeg.subject.landmarks import Landmarks
+
+    names = ["ear_L" if n == "left" else "ear_R" if n == "right" else n for n in subject.landmark_names]
+    moved = subject.landmarks.positions.copy()
+    top = subject.landmark_names.index("top")
+    moved[top, 2] -= 40.0
+    save_landmarks(tmp_path / "named.mrk.json", Landmarks(tuple(names), moved))
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "named.mrk.json"),
+                 "--out", str(tmp_path / "named")]) == 0
+    named = load_subject(tmp_path / "named")
+    assert [tuple(named.landmark_names[i] for i in p) for p in named.pairs] == [("ear_L", "ear_R")]
+    capsys.readouterr()
+    assert main(["subject", "check", str(tmp_path / "named"), "--strict"]) == 1
+    assert "warning: landmark top" in capsys.readouterr().out
+    assert main(["subject", "check", str(tmp_path / "named"), "--strict", "--max-off-bone-mm", "nan"]) == 2
+    assert "--max-off-bone-mm nan: expected a distance >= 0" in capsys.readouterr().err
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
+                 "--pairs", "left-right", "--out", str(tmp_path / "bad")]) == 2
+    assert "LEFT:RIGHT" in capsys.readouterr().err
+    # An existing subject (with its edited landmarks) is not overwritten unless --force.
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--out",
+                 str(tmp_path / "named")]) == 2
+    assert "already holds a subject" in capsys.readouterr().err
+    assert load_subject(tmp_path / "named").landmark_names == named.landmark_names
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--propose", "9", "--force", "--out",
+                 str(tmp_path / "named")]) == 0
+    assert len(load_subject(tmp_path / "named").landmark_names) == 9
+    assert main(["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--pairs", "a:b", "--out",
+                 str(tmp_path / "nolm")]) == 2
+    assert "--pairs names landmarks of --landmarks" in capsys.readouterr().err
+
+
+def test_python_m_fluororeg_is_the_command():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "fluororeg", "register", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "--view-outlier-ratio" in run.stdout

@@ -1,0 +1,300 @@
+"""Registering a recording end to end with real (tiny, briefly trained) networks: crops,
+style translation, detection, undistortion, registration, files, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fluororeg.dataset.generate import DatasetConfig, generate_dataset
+from fluororeg.training.detector import DetectorConfig, LandmarkDetector, export_detector, train_detector
+from fluororeg.training.style import StyleConfig, StyleTranslator, export_generators, train_style
+from fluororeg.pipeline.register import PipelineOptions, crop_box_for_view, register_recording
+from fluororeg.io.poses import read_poses_csv, read_tra
+from fluororeg.io.recording import open_recording
+from fluororeg.core.registration import check_view_agreement, mean_landmark_distance, register_frames
+from fluororeg.training.style_selection import score_snapshots, select_style_snapshot, snapshot_paths
+from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+
+@pytest.fixture(scope="module")
+def models(subject, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    ds = generate_dataset(subject, root / "ds", DatasetConfig(n_train=48, n_test=8, image_size=64, pixel_mm=4.0,
+                                                              shard_size=32), progress=False)
+    rec = simulate_recording(subject, root / "rec", n_frames=5, views=default_dual_views(192, 192, pitch=1.6), seed=2)
+    det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=1, batch_size=16, num_threads=1)
+    train_detector(ds, root / "det", det_cfg, progress=False)
+    detector_path = export_detector(root / "det", root / "detector.onnx")
+    style_cfg = StyleConfig(image_size=64, gen_width=8, gen_blocks=1, disc_width=8, steps=4, log_every=2,
+                            checkpoint_every=2, snapshot_every=2)
+    train_style(rec, ds, root / "style", style_cfg, progress=False, num_threads=1)
+    x2d, _ = export_generators(root / "style", root / "style_onnx")
+    return {"root": root, "recording": rec, "detector": LandmarkDetector(detector_path, subject=subject),
+            "translator": StyleTranslator(x2d, direction="xray_to_drr")}
+
+
+def test_register_recording_writes_consistent_results(subject, models, tmp_path):
+    rec = open_recording(models["recording"])
+    opts = PipelineOptions(chunk=2, min_visible=4)
+    out = register_recording(rec, subject, models["detector"], models["translator"], opts, out_dir=tmp_path,
+                             progress=False)
+    F, N = len(rec), len(subject.landmark_names)
+    assert out.detections.shape == (F, 2, N, 2) and out.confidence.shape == (F, 2, N)
+    assert set(out.status) <= {"ok", "one_view", "views_disagree", "too_few_landmarks", "failed"}
+    table = read_poses_csv(tmp_path / "poses.csv")
+    assert list(table["frame"]) == list(range(F))
+    np.testing.assert_array_equal(table["status"], out.status)
+    np.testing.assert_allclose(table["poses"], out.poses, equal_nan=True)
+    assert read_tra(tmp_path / "poses.tra").shape == (F, 4, 4)
+    # Detections are undistorted frame pixels inside the image (or NaN), weights in [0, 1].
+    d = out.detections[np.isfinite(out.detections)]
+    assert d.min() >= -0.5 - 20 and d.max() < 192 + 20
+    assert np.all((out.confidence >= 0) & (out.confidence <= 1))
+    # The registration step is exactly the batch solver on those detections, then the check
+    # of the two views' agreement.
+    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4)
+    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence, **kw)
+    again = check_view_agreement(subject.landmarks_model, rec.geometry.views, out.detections, again,
+                                 weights=out.confidence, **kw)
+    np.testing.assert_allclose(again.poses, out.poses, equal_nan=True, atol=1e-9)
+    np.testing.assert_array_equal(again.status, out.status)
+    # A second run resumes from the saved detection chunks (files untouched, same result).
+    chunks = sorted((tmp_path / "detections").glob("chunk_*.npz"))
+    assert len(chunks) == 3
+    mtimes = [c.stat().st_mtime_ns for c in chunks]
+    out2 = register_recording(rec, subject, models["detector"], models["translator"], opts, out_dir=tmp_path,
+                              progress=False)
+    assert [c.stat().st_mtime_ns for c in chunks] == mtimes
+    np.testing.assert_array_equal(out2.detections, out.detections)
+    # Other settings (here the style) never reuse those detections: they are made again.
+    inverted = register_recording(rec, subject, models["detector"], None, PipelineOptions(chunk=2, min_visible=4,
+                                  style="invert"), progress=False)
+    with pytest.warns(UserWarning, match=r"other settings \(style, translator_sha256\); detecting again"):
+        out3 = register_recording(rec, subject, models["detector"], None, PipelineOptions(chunk=2, min_visible=4,
+                                  style="invert"), out_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(out3.detections, inverted.detections)
+    assert not np.array_equal(out3.detections, out.detections, equal_nan=True)
+    # So does another geometry (a recalibration): the crops and the undistortion change.
+    from fluororeg.calibration.geometry_file import load_geometry
+
+    geometry = load_geometry(rec.path / "geometry.json")
+    moved = dataclasses.replace(geometry, views=tuple(dataclasses.replace(v, pitch_u=v.pitch_u * 1.1, pitch_v=v.pitch_v * 1.1)
+                                                      for v in geometry.views))
+    recalibrated = dataclasses.replace(rec, geometry=moved)
+    with pytest.warns(UserWarning, match=r"other settings \(geometry_sha256\)"):
+        out4 = register_recording(recalibrated, subject, models["detector"], None, PipelineOptions(
+            chunk=2, min_visible=4, style="invert"), out_dir=tmp_path, progress=False)
+    assert not np.array_equal(out4.detections, out3.detections, equal_nan=True)
+
+
+def test_styles_previous_init_and_errors(subject, models):
+    rec = open_recording(models["recording"])
+    out = register_recording(rec, subject, models["detector"], None,
+                             PipelineOptions(style="invert", init="previous", min_visible=4), progress=False)
+    assert len(out.poses) == len(rec) and len(out.batch) == len(rec)
+    np.testing.assert_array_equal(out.batch.poses, out.poses)
+    with pytest.raises(ValueError, match="needs a style translator"):
+        register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
+    with pytest.raises(ValueError, match="style 'gan'"):
+        PipelineOptions(style="gan")
+    with pytest.raises(ValueError, match="smoothing_hz = -1.0"):
+        PipelineOptions(smoothing_hz=-1.0)
+    with pytest.raises(ValueError, match="fps = 0"):
+        PipelineOptions(fps=0)
+    with pytest.raises(ValueError, match="cutoff < fps / 2 = 50.0"):
+        PipelineOptions(smoothing_hz=60.0, fps=100.0)
+    with pytest.raises(ValueError, match="view_outlier_ratio = 1.0"):
+        PipelineOptions(view_outlier_ratio=1.0)
+    with pytest.raises(ValueError, match="only available with mode='least_squares'"):
+        PipelineOptions(mode="frobenius")  # the default Cauchy loss: refused before any work
+    assert PipelineOptions(mode="frobenius", loss=None).mode == "frobenius"
+    with pytest.raises(ValueError, match="min_visible = 3: expected at least 4"):
+        PipelineOptions(min_visible=3)
+    with pytest.raises(ValueError, match="min_confidence = 1.5"):
+        PipelineOptions(min_confidence=1.5)
+    from fluororeg.subject.subject import make_subject
+
+    other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)
+    with pytest.raises(ValueError, match="fingerprint"):
+        register_recording(rec, other, models["detector"], models["translator"], progress=False)
+
+
+def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subject, models, tmp_path, monkeypatch):
+    import json
+
+    import fluororeg.pipeline.register as pipeline
+    from fluororeg.core.temporal import smooth_poses
+
+    folder = simulate_recording(subject, tmp_path / "rec", scenario="flexion_extension", n_frames=18,
+                                views=default_dual_views(192, 192, pitch=1.6), seed=4)
+    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0)
+    with pytest.raises(ValueError, match="needs the frame rate"):  # simulated: no frame rate known
+        register_recording(open_recording(folder), subject, models["detector"], None, opts, progress=False)
+    manifest = folder / "recording.json"
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), frame_rate_hz=30)))
+    rec = open_recording(folder)
+    assert rec.frame_rate_hz == 30.0
+    out = register_recording(rec, subject, models["detector"], None, opts, progress=False)
+    registered = np.isfinite(out.batch.poses).all(axis=1)
+    np.testing.assert_allclose(out.poses, smooth_poses(out.batch.poses, 3.0, 30.0), equal_nan=True)
+    assert np.isnan(out.poses[~registered]).all()  # smoothing never invents a pose
+    assert not np.allclose(out.poses[registered], out.batch.poses[registered])
+    # Too few registered frames for the filter (here all but 5 are taken as failed after the real
+    # registration): the registrations are kept unsmoothed, with a warning.
+    real_register = pipeline.register_detections
+
+    def five_registered(*args, **kwargs):
+        batch = real_register(*args, **kwargs)
+        poses, status = batch.poses.copy(), batch.status.copy()
+        poses[5:], status[5:] = np.nan, "failed"
+        return dataclasses.replace(batch, poses=poses, status=status)
+
+    monkeypatch.setattr(pipeline, "register_detections", five_registered)
+    with pytest.warns(UserWarning, match="only 5 frames are registered and smoothing needs at least 16: the poses "
+                                         "are written unsmoothed"):
+        unsmoothed = register_recording(rec, subject, models["detector"], None, opts, out_dir=tmp_path / "few",
+                                        progress=False)
+    np.testing.assert_array_equal(unsmoothed.poses, unsmoothed.batch.poses)
+    assert json.loads((tmp_path / "few" / "options.json").read_text())["smoothed"] is False
+    assert (tmp_path / "few" / "poses.csv").exists()
+    # Settings that cannot work fail before any frame is read (the recording of 5 frames is too
+    # short for the filter; a cut-off above half the frame rate is impossible).
+    monkeypatch.setattr(pipeline, "detect_recording", lambda *a, **k: pytest.fail("detected despite bad settings"))
+    with pytest.raises(ValueError, match="at least 16 frames; the recording has 5"):
+        register_recording(open_recording(models["recording"]), subject, models["detector"], None,
+                           PipelineOptions(style="invert", smoothing_hz=3.0, fps=30.0), progress=False)
+    with pytest.raises(ValueError, match="cutoff < fps / 2 = 15.0"):
+        register_recording(rec, subject, models["detector"], None, PipelineOptions(style="invert", smoothing_hz=20.0),
+                           progress=False)
+    manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), frame_rate_hz="fast")))
+    with pytest.raises(ValueError, match="frame_rate_hz = 'fast': expected a positive number"):
+        open_recording(folder)
+
+
+def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):
+    rec = open_recording(models["recording"])
+    run = models["root"] / "style"
+    assert [step for step, _ in snapshot_paths(run)] == [2, 4]
+    opts = PipelineOptions(min_visible=4)
+    best, scores = select_style_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
+                                         progress=False)
+    assert [s.step for s in scores] == [2, 4] and best in scores
+    assert best.score == min(s.score for s in scores)
+    # The label-free score is the median residual of register_recording with that snapshot.
+    x2d, _ = export_generators(scores[1].path, tmp_path / "s4")
+    res = register_recording(rec, subject, models["detector"], StyleTranslator(x2d), opts, progress=False)
+    expect = np.median(np.where(res.batch.ok, res.batch.rms_mm.mean(axis=1), np.inf))
+    assert scores[1].score == pytest.approx(expect) and scores[1].residual_mm == pytest.approx(expect)
+    assert np.isnan(scores[1].landmark_err_mm)
+    chosen = StyleTranslator(tmp_path / "sel" / "xray_to_drr.onnx")
+    assert int(chosen.meta["training_step"]) == best.step
+    assert len((tmp_path / "sel" / "selection.csv").read_text().strip().splitlines()) == 3
+    # With reference poses the score is the median landmark error to them.
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    scored = score_snapshots(run, rec, subject, models["detector"], reference=truth, options=opts, max_frames=3,
+                             progress=False)
+    ok = res.batch.ok[[0, 2, 4]]
+    lm = mean_landmark_distance(subject.landmarks_model, np.where(ok[:, None], res.poses[[0, 2, 4]], truth[[0, 2, 4]]),
+                                truth[[0, 2, 4]])
+    assert scored[1].score == pytest.approx(np.median(np.where(ok, lm, np.inf)))
+    assert scored[1].landmark_err_mm == scored[1].score
+    with pytest.raises(ValueError, match=r"expected \(5, 6\)"):
+        score_snapshots(run, rec, subject, models["detector"], reference=truth[:3], progress=False)
+    with pytest.raises(ValueError, match="style='translate'"):
+        score_snapshots(run, rec, subject, models["detector"], options=PipelineOptions(style="log"), progress=False)
+    with pytest.raises(ValueError, match="max_frames"):
+        score_snapshots(run, rec, subject, models["detector"], max_frames=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="snapshot-every"):
+        snapshot_paths(tmp_path)
+
+
+def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
+    import fluororeg.cli.app as cli
+
+    monkeypatch.setattr(cli, "_subject", lambda folder: subject)
+    run, det = models["root"] / "style", models["root"] / "detector.onnx"
+    assert cli.main(["select-style", str(run), str(models["recording"]), "--detector", str(det), "--reference",
+                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
+    assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
+    assert cli.main(["select-style", str(tmp_path), str(models["recording"]), "--detector", str(det),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "snapshots" in capsys.readouterr().err
+
+
+def test_crop_box_matches_the_dataset_pixel_size():
+    view = default_dual_views(512, 512, pitch=0.6)[0]
+    centre = np.zeros(3)
+    box = crop_box_for_view(view, (255.5, 255.5), 128, 2.0, centre)
+    # 128 crop pixels of 2 mm at the beam crossing (650 mm from the source, 1050 mm to the detector)
+    mm_per_frame_px = 0.6 * 650.0 / 1050.0
+    np.testing.assert_allclose(box.side * mm_per_frame_px, 128 * 2.0, rtol=1e-9)
+    np.testing.assert_allclose(box.to_frame([63.5, 63.5]), [255.5, 255.5], atol=1e-9)
+
+
+def test_bone_crop_boxes_centre_the_model_origin(subject, models):
+    from fluororeg.pipeline.register import bone_crop_boxes, recording_crop_boxes
+    from fluororeg.core.render import project_cone
+
+    rec = open_recording(models["recording"])
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    poses = truth.copy()
+    poses[1] = np.nan
+    poses[3, 3] += 1000.0  # the origin far outside both frames: implausible
+    _, fixed = recording_crop_boxes(rec, 64, 4.0)
+    boxes = bone_crop_boxes(rec, poses, fixed, 64, 4.0)
+    assert len(boxes) == len(rec) and boxes[1] == tuple(fixed) and boxes[3] == tuple(fixed)
+    for f in (0, 2):
+        for k, view in enumerate(rec.geometry.views):
+            xy, _ = project_cone(np.zeros((1, 3)), view, truth[f])
+            raw = rec.geometry.distortion[k].distort_points(xy.reshape(1, 2))[0]
+            np.testing.assert_allclose(boxes[f][k].to_frame([31.5, 31.5]), raw, atol=1e-6)
+            sod = abs(view.normal @ (truth[f, 3:] - view.source))
+            mm_per_crop_px = boxes[f][k].side / 64 * view.pitch_u * sod / view.source_detector_distance
+            np.testing.assert_allclose(mm_per_crop_px, 4.0, rtol=1e-9)
+
+
+def test_recentring_needs_the_subject(models):
+    from fluororeg.pipeline.register import detect_recording
+
+    with pytest.raises(ValueError, match="subject"):
+        detect_recording(open_recording(models["recording"]), models["detector"], None, PipelineOptions(style="log"),
+                         progress=False)
+
+
+def test_crops_have_the_dataset_image_size_for_every_style(subject, models, monkeypatch):
+    """The detector was trained on images of the dataset's size and pixel size: the pipeline
+    crops at that size (the detector resamples to its input), whatever the style."""
+    from fluororeg.pipeline.register import detect_recording
+
+    rec = open_recording(models["recording"])
+    detector = models["detector"]
+    seen = []
+    real = detector.detect
+
+    def spy(images):
+        seen.append(np.asarray(images).shape[1:])
+        return real(images)
+
+    monkeypatch.setattr(detector, "detect", spy)
+    monkeypatch.setitem(detector.model.meta, "training_image_size", 96)
+    for style in ("log", "invert", "none"):
+        detect_recording(rec, detector, None, PipelineOptions(style=style), subject=subject, progress=False)
+    assert set(seen) == {(96, 96)}
+
+
+def test_log_attenuation_crop_inverts_beer_lambert():
+    from fluororeg.pipeline.register import log_attenuation_crop
+
+    L = np.linspace(0.0, 3.0, 64 * 64).reshape(64, 64)
+    raw = 240.0 * np.exp(-0.7 * L)  # open field 240, gamma 0.7
+    raw[:4] = 240.0                 # some open field
+    out = log_attenuation_crop(raw)
+    assert out.dtype == np.uint8 and out[:4].max() == 0  # open field is black, like DRR air
+    flat = out[4:].ravel()
+    assert np.all(np.diff(flat.astype(int)) >= 0)  # monotonic in the line integral
+    assert flat[-1] == 255
