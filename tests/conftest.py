@@ -7,7 +7,8 @@ import pytest
 
 from fluororeg.subject.example import headsq_path
 from fluororeg.core.geometry import ConeView
-from fluororeg.core.volume import Volume, load_volume
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import load_volume
 
 MU = 0.02  # attenuation inside the phantoms, 1/mm
 

@@ -40,8 +40,10 @@ from fluororeg.core.render import (
     render_parallel,
     to_uint8,
 )
-from fluororeg.subject.subject import Subject, example_subject, load_subject, make_subject, propose_landmarks, save_subject
-from fluororeg.core.volume import Volume, load_volume, save_volume
+from fluororeg.subject.proposal import propose_landmarks
+from fluororeg.subject.subject import Subject, example_subject, load_subject, make_subject, save_subject
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import load_volume, save_volume
 
 
 def has_cuda() -> bool:

@@ -74,7 +74,7 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
 def test_subject_init_and_check(subject, tmp_path, capsys):
     from fluororeg.subject.landmarks import save_landmarks
     from fluororeg.subject.subject import load_subject
-    from fluororeg.core.volume import save_volume
+    from fluororeg.io.volume_formats import save_volume
 
     save_volume(subject.ct, tmp_path / "ct.nrrd")
     save_landmarks(tmp_path / "lm.mrk.json", subject.landmarks)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from fluororeg.core.volume import Volume, load_volume, save_volume
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import load_volume, save_volume
 from fluororeg.subject.example import headsq_path
 
 FORMATS = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz"]

@@ -13,7 +13,7 @@ import pytest
 from fluororeg.subject import example as example_data
 from fluororeg.subject.example import (CRANIUM_DIRECTION, CRANIUM_SHAPE_ZYX, cranium_volume,
                                     default_cache_dir, headsq_path)
-from fluororeg.core.volume import load_volume
+from fluororeg.io.volume_formats import load_volume
 
 
 def test_headsq_path_found_or_none():

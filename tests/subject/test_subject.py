@@ -17,9 +17,11 @@ import fluororeg
 
 from fluororeg.subject.example import default_cache_dir, headsq_path
 from fluororeg.subject.landmarks import Landmarks, load_landmarks, save_landmarks
-from fluororeg.subject.subject import (Subject, _rot, example_subject, load_subject, make_subject,
-                               propose_landmarks, save_subject, symmetry_plane)
-from fluororeg.core.volume import Volume, load_volume, save_volume
+from fluororeg.subject.proposal import propose_landmarks
+from fluororeg.subject.subject import Subject, example_subject, load_subject, make_subject, save_subject
+from fluororeg.subject.symmetry import _rot, symmetry_plane
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import load_volume, save_volume
 
 FLIP = np.array([-1.0, -1.0, 1.0])
 
@@ -523,7 +525,7 @@ def test_propose_landmarks_synthetic(kw):
     vol, n_true, d_true = synthetic_skull(**kw)
     voxel = float(vol.spacing.max())
     # the symmetry plane itself
-    from fluororeg.subject.subject import _surface_points
+    from fluororeg.subject.symmetry import surface_points as _surface_points
 
     _, surf = _surface_points(vol.data.astype(bool), vol)
     n, d, rms = symmetry_plane(surf, vol)

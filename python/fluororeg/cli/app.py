@@ -35,7 +35,7 @@ import numpy as np
 
 
 def _load_ct(path: str | None):
-    from fluororeg.core.volume import load_volume
+    from fluororeg.io.volume_formats import load_volume
 
     if path is None:
         from fluororeg.subject.example import cranium_volume
@@ -163,8 +163,9 @@ def _pairs_from_names(names) -> list[tuple[str, str]]:
 
 def cmd_subject_init(args: argparse.Namespace) -> int:
     from fluororeg.subject.landmarks import load_landmarks
-    from fluororeg.subject.subject import make_subject, propose_landmarks, save_subject
-    from fluororeg.core.volume import load_volume
+    from fluororeg.subject.proposal import propose_landmarks
+    from fluororeg.subject.subject import make_subject, save_subject
+    from fluororeg.io.volume_formats import load_volume
 
     if (Path(args.out) / "subject.json").exists() and not args.force:
         raise FileExistsError(f"'{args.out}' already holds a subject (subject.json): choose another --out, or pass "

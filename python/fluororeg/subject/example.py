@@ -45,7 +45,8 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from fluororeg.core.volume import Volume, load_volume, save_volume
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import load_volume, save_volume
 
 __all__ = ["shared_data_dir", "headsq_path", "default_cache_dir", "cranium_volume",
            "CRANIUM_DEB_PACKAGE", "CRANIUM_SHAPE_ZYX", "CRANIUM_DIRECTION"]
