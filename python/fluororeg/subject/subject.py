@@ -61,6 +61,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.subject.landmarks import Landmarks, load_landmarks, save_landmarks
+from fluororeg.subject.sides import mirror_permutation
 from fluororeg.core.volume import Volume, load_volume, save_volume
 
 __all__ = ["Subject", "load_subject", "save_subject", "make_subject", "example_subject",
@@ -190,10 +191,7 @@ class Subject:
         ``positions[perm]`` swaps every pair: the labelling a mirrored (left-right
         confused) detection corresponds to.  The permutation is its own inverse.
         """
-        perm = np.arange(len(self.landmarks), dtype=np.int64)
-        for a, b in self.pairs:
-            perm[a], perm[b] = b, a
-        return perm
+        return mirror_permutation(self.landmarks.names, self.pairs)
 
     # ------------------------------------------------------------------ model-frame volumes
     def attenuation_model(self, mu_water_per_mm: float = 0.02) -> Volume:
