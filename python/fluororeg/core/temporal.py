@@ -39,7 +39,7 @@ def check_smoothing(smoothing_hz: float | None = None, fps: float | None = None,
     if not (np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
     if not (np.isfinite(smoothing_hz) and 0 < smoothing_hz < fps / 2):
-        raise ValueError(f"smoothing_hz = {smoothing_hz!r}: expected 0 < smoothing_hz < fps / 2 = {fps / 2}")
+        raise ValueError(f"smoothing_hz = {smoothing_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
     if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
         raise ValueError(f"order = {order!r}: expected an integer in 1..8")
     return 3 * (order + 1) + 1  # filtfilt's padding is 3 * (order + 1) samples; it needs more
