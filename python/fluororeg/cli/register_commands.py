@@ -88,17 +88,23 @@ def _pipeline_loss(loss: str | None, mode: str) -> str | None:
     return None if loss == "none" else loss
 
 
-def run_register(args: argparse.Namespace) -> int:
+def _subject_recording_detector(args: argparse.Namespace):
+    """The subject, recording and detector that ``--subject``, RECORDING and ``--detector`` name."""
     from fluororeg.io.recording import open_recording
-    from fluororeg.pipeline.register import PipelineOptions, register_recording
     from fluororeg.training.detector import LandmarkDetector
+
+    subject = common.load_subject_arg(args.subject)
+    rec = open_recording(args.recording)
+    return subject, rec, LandmarkDetector(args.detector, subject=subject, device=args.device)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from fluororeg.pipeline.register import PipelineOptions, register_recording
     from fluororeg.training.style import StyleTranslator
 
     if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
         raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")
-    subject = common.load_subject_arg(args.subject)
-    rec = open_recording(args.recording)
-    detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
+    subject, rec, detector = _subject_recording_detector(args)
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
@@ -180,14 +186,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_select_translator(args: argparse.Namespace) -> int:
     from fluororeg.io.poses import read_reference_poses
-    from fluororeg.io.recording import open_recording
     from fluororeg.pipeline.register import PipelineOptions
-    from fluororeg.training.detector import LandmarkDetector
     from fluororeg.training.style_selection import select_style_snapshot
 
-    subject = common.load_subject_arg(args.subject)
-    rec = open_recording(args.recording)
-    detector = LandmarkDetector(args.detector, subject=subject, device=args.device)
+    subject, rec, detector = _subject_recording_detector(args)
     reference = read_reference_poses(args.reference, frames=np.arange(len(rec))) if args.reference else None
     best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
                                          options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm),
