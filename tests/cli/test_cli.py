@@ -199,3 +199,7 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["evaluate", str(bad), "--reference", str(tmp_path / "none.csv"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fluororeg evaluate: error: ") and "poses.csv" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["render", "--beam", "fan"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "fluororeg render: error:" in err and "'fan'" in err

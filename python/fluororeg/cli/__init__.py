@@ -57,8 +57,15 @@ def _version() -> str:
     return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the command and the offending argument (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fluororeg", description="fluororeg: automatic registration of a CT bone "
+    p = _Parser(prog="fluororeg", description="fluororeg: automatic registration of a CT bone "
                                 "model to every frame of a dual-fluoroscope X-ray recording.")
     p.add_argument("--version", action="version", version=f"fluororeg {_version()}")
     subparsers = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -81,6 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         how = "run the same command again to resume" if args.resumes else "run the same command again to start over"
         print(f"fluororeg {args.command}: interrupted: {how}", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
+    except (ValueError, TypeError, LookupError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
         print(f"fluororeg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
