@@ -2,6 +2,6 @@
 
 import sys
 
-from fluororeg.cli.app import main
+from fluororeg.cli import main
 
 sys.exit(main())

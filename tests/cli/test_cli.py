@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluororeg.cli.app import main
+from fluororeg.cli import main
 from fluororeg.subject.example import headsq_path
 
 
@@ -22,7 +22,7 @@ def test_render_writes_drrs_pngs_and_sheet(tmp_path, capsys):
     assert len(list(tmp_path.glob("drr_*.png"))) == 5
     sheet = np.asarray(Image.open(tmp_path / "contact_sheet.png"))
     assert sheet.shape == (66, 5 * 66) and sheet.max() == 255
-    assert main(["render", "--ct", str(ct), "--geometry", "cone", "--count", "2", "--size", "48",
+    assert main(["render", "--ct", str(ct), "--beam", "cone", "--count", "2", "--size", "48",
                  "--out", str(tmp_path / "cone")]) == 0
     assert np.load(tmp_path / "cone" / "drrs.npz")["drrs"].shape == (2, 48, 48)
 
@@ -35,12 +35,12 @@ def test_render_reports_bad_input(tmp_path, capsys):
 
 
 def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
-    import fluororeg.cli.app as cli
+    import fluororeg.cli.common as cli_common
     from fluororeg.dataset.generate import DatasetReader
     from fluororeg.io.recording import open_recording
 
-    monkeypatch.setattr(cli, "_subject", lambda folder: subject)  # the small headsq subject
-    assert main(["simulate", "--frames", "2", "--size", "128", "--scenario", "static", "--quiet",
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)  # the small headsq subject
+    assert main(["simulate", "--n-frames", "2", "--size", "128", "--scenario", "static", "--quiet",
                  "--out", str(tmp_path / "rec")]) == 0
     assert len(open_recording(tmp_path / "rec")) == 2
     assert main(["dataset", "--n-train", "6", "--n-test", "2", "--size", "32", "--pixel-mm", "8", "--quiet",
@@ -57,12 +57,12 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
     assert "cone beam" in capsys.readouterr().err
     assert main(["contact-sheet", str(tmp_path / "ds"), "--count", "4"]) == 0
     assert (tmp_path / "ds" / "contact_sheet_train.png").exists()
-    assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "--frames 0" in capsys.readouterr().err
+    assert main(["simulate", "--n-frames", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--n-frames 0" in capsys.readouterr().err
     assert main(["simulate", "--size", "100", "--out", str(tmp_path / "x")]) == 2
     assert "expected at least 128 pixels" in capsys.readouterr().err
     # A rerun into the same folder with fewer frames replaces the recording (no stale frames).
-    assert main(["simulate", "--frames", "1", "--size", "128", "--scenario", "static", "--quiet",
+    assert main(["simulate", "--n-frames", "1", "--size", "128", "--scenario", "static", "--quiet",
                  "--out", str(tmp_path / "rec")]) == 0
     assert len(open_recording(tmp_path / "rec")) == 1 and len(list((tmp_path / "rec" / "view1").glob("*.png"))) == 1
     assert main(["dataset", "--n-train", "4", "--n-test", "0", "--size", "32", "--seed", "-1", "--quiet",
@@ -136,3 +136,70 @@ def test_python_m_fluororeg_is_the_command():
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "--view-outlier-ratio" in run.stdout
+
+
+def test_version(capsys):
+    import fluororeg
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fluororeg {fluororeg.__version__}"
+
+
+@pytest.mark.parametrize("old, new", [
+    (["render", "--geometry", "cone"], ["render", "--beam", "cone"]),
+    (["simulate", "--frames", "3"], ["simulate", "--n-frames", "3"]),
+    (["register", "rec", "--detector", "d.onnx", "--out", "o", "--smooth-hz", "2.5"],
+     ["register", "rec", "--detector", "d.onnx", "--out", "o", "--smoothing-hz", "2.5"]),
+])
+def test_deprecated_options_still_work_and_say_so(old, new, capsys):
+    from fluororeg.cli import build_parser
+
+    renamed = vars(build_parser().parse_args(new))
+    assert capsys.readouterr().err == ""
+    deprecated = vars(build_parser().parse_args(old))
+    assert deprecated == renamed
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{old[-2]} is deprecated" in err and f"use {new[-2]}" in err
+
+
+def test_deprecated_commands_still_work_and_say_so(tmp_path, capsys):
+    # train-style / select-style run train-translator / select-translator (here: up to their first error).
+    assert main(["train-style", "--xray", str(tmp_path / "none"), "--drr", str(tmp_path), "--out", str(tmp_path),
+                 "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "train-style is deprecated" in err and "use train-translator" in err and "--steps 0" in err
+    assert main(["select-style", str(tmp_path), str(tmp_path / "missing_recording"), "--detector", "d.onnx",
+                 "--out", str(tmp_path / "sel")]) == 2
+    err = capsys.readouterr().err
+    assert "select-style is deprecated" in err and "use select-translator" in err and "missing_recording" in err
+    # simulate --frames still counts frames, and its errors name the new option.
+    assert main(["simulate", "--frames", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "--frames is deprecated" in err[0] and "--n-frames 0: expected at least 1" in err[1]
+
+
+def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    import fluororeg.cli.common as cli_common
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_common, "load_subject_arg", interrupted)
+    assert main(["dataset", "--out", str(tmp_path / "ds")]) == 130
+    assert capsys.readouterr().err.strip() == "fluororeg dataset: interrupted: run the same command again to resume"
+    assert main(["simulate", "--out", str(tmp_path / "rec")]) == 130
+    assert "run the same command again to start over" in capsys.readouterr().err
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "poses.csv"
+    bad.write_text("frame,theta_x_deg\n0,1\n")
+    assert main(["evaluate", str(bad), "--reference", str(tmp_path / "none.csv"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fluororeg evaluate: error: ") and "poses.csv" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["render", "--beam", "fan"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "fluororeg render: error:" in err and "'fan'" in err

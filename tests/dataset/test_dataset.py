@@ -130,7 +130,9 @@ def test_reader_batches_cover_every_sample_once(small_dataset):
 def test_contact_sheet(small_dataset, tmp_path):
     from PIL import Image
 
-    path = D.contact_sheet(DatasetReader(small_dataset, "test"), tmp_path / "sheet.png", n=10, columns=4)
+    from fluororeg.viz.contact_sheet import dataset_contact_sheet
+
+    path = dataset_contact_sheet(DatasetReader(small_dataset, "test"), tmp_path / "sheet.png", n=10, columns=4)
     img = np.asarray(Image.open(path))
     assert img.shape == (3 * 130, 4 * 130, 3)
     assert (img == [255, 220, 0]).all(axis=-1).any()  # mask outlines drawn

@@ -8,7 +8,7 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-from fluororeg.cli.app import main  # noqa: E402
+from fluororeg.cli import main  # noqa: E402
 from fluororeg.io.recording import ImageSequence, open_recording, write_recording_manifest  # noqa: E402
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording  # noqa: E402
 
@@ -84,12 +84,12 @@ def test_bad_video_files_are_refused(tmp_path):
 
 
 def test_overlay_command_writes_pngs_and_a_video(subject, recording, tmp_path, monkeypatch, capsys):
-    import fluororeg.cli.app as cli
+    import fluororeg.cli.common as cli_common
     from fluororeg.core.geometry import pose_matrix
     from fluororeg.viz.overlay import LANDMARK_RGB, save_overlay_video
     from fluororeg.io.poses import write_poses_csv
 
-    monkeypatch.setattr(cli, "_subject", lambda folder: subject)
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
     truth = np.load(recording / "truth.npz")["poses"]
     poses = truth.copy()
     poses[2] = np.nan  # a frame that was not registered

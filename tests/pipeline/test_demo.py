@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fluororeg.cli.app import main
+from fluororeg.cli import main
 from fluororeg.demo import DemoSettings, run_demo
 
 
@@ -33,10 +33,10 @@ def test_demo_writes_report_poses_and_overlays(demo):
 
 
 def test_register_and_evaluate_commands(demo, subject, tmp_path, monkeypatch, capsys):
-    import fluororeg.cli.app as cli
+    import fluororeg.cli.common as cli_common
 
     out, _ = demo
-    monkeypatch.setattr(cli, "_subject", lambda folder: subject)
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
     assert main(["register", str(out / "recording_test"), "--detector", str(out / "models" / "detector.onnx"),
                  "--translator", str(out / "models" / "style" / "xray_to_drr.onnx"), "--min-visible", "4",
                  "--out", str(tmp_path / "reg"), "--quiet"]) == 0

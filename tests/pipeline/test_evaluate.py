@@ -92,7 +92,7 @@ def test_malformed_pose_csv_rows_are_named(tmp_path):
 
 
 def test_reference_poses_are_matched_by_frame_number(tmp_path, capsys):
-    from fluororeg.cli.app import main
+    from fluororeg.cli import main
     from fluororeg.io.poses import read_reference_poses
 
     rng = np.random.default_rng(3)

@@ -212,16 +212,17 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
 
 
 def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
-    import fluororeg.cli.app as cli
+    import fluororeg.cli as cli
+    import fluororeg.cli.common as cli_common
 
-    monkeypatch.setattr(cli, "_subject", lambda folder: subject)
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
     run, det = models["root"] / "style", models["root"] / "detector.onnx"
-    assert cli.main(["select-style", str(run), str(models["recording"]), "--detector", str(det), "--reference",
+    assert cli.main(["select-translator", str(run), str(models["recording"]), "--detector", str(det), "--reference",
                      str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
     assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
-    assert cli.main(["select-style", str(tmp_path), str(models["recording"]), "--detector", str(det),
+    assert cli.main(["select-translator", str(tmp_path), str(models["recording"]), "--detector", str(det),
                      "--out", str(tmp_path / "x")]) == 2
     assert "snapshots" in capsys.readouterr().err
 

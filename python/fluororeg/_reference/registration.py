@@ -75,7 +75,7 @@ def _residuals(x, lm, views, targets, sqrt_w, mode, loss, a):
 def register_frame_reference(landmarks, views, detections, *, weights=None, pairs=None,
                              mode="least_squares", loss=None, loss_scale_mm=1.0, init_pose=None,
                              mirror=True, min_visible=4) -> dict:
-    """One frame. landmarks [N, 3] mm; views (F1, F2); detections [2, N, 2] px (NaN = not
+    """One frame. landmarks [N, 3] mm; views (view 1, view 2); detections [2, N, 2] px (NaN = not
     detected); weights [2, N]; pairs [(i, j)]; init_pose [6] deg, mm. Returns a dict with pose
     (deg, mm), objective, mirror_case, n_vis, status, case_objective."""
     lm = np.asarray(landmarks, float)
@@ -147,7 +147,7 @@ def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_detector=500.0, p
 
 class SyntheticScene:
     """Dual fluoroscopes 100 degrees apart (sources 1.1 m from the intensifiers, world origin
-    at the F1 intensifier centre as in the paper), 33 skull-like landmarks (+-70 mm) with 13
+    at the view 1 intensifier centre, as the paper at F1), 33 skull-like landmarks (+-70 mm) with 13
     symmetric pairs (mirrored about the model's x = 0 plane, 1 mm asymmetry) and 7 midline
     landmarks (indices 26..32). Images 512 x 512 px of `pitch` mm."""
 
@@ -190,7 +190,7 @@ class SyntheticScene:
         return out
 
     def mirror(self, detections, view: int) -> np.ndarray:
-        """Swap the detections of every symmetric pair in one view (0: F1, 1: F2)."""
+        """Swap the detections of every symmetric pair in one view (0: view 1, 1: view 2)."""
         d = np.array(detections, float, copy=True)
         for i, j in self.pairs:
             d[..., view, [i, j], :] = d[..., view, [j, i], :]

@@ -7,12 +7,12 @@ Example (``fluororeg-geometry`` version 1)::
       "version": 1,
       "units": "mm",
       "views": [
-        {"name": "F1",
+        {"name": "view1",
          "source": [x, y, z], "detector_centre": [x, y, z],
          "u": [ux, uy, uz], "v": [vx, vy, vz],
          "pitch_u": 0.3, "pitch_v": 0.3, "width": 1024, "height": 1024,
          "distortion": null},
-        {"name": "F2", ...}
+        {"name": "view2", ...}
       ],
       "system_centre": [x, y, z]
     }
@@ -21,7 +21,7 @@ Example (``fluororeg-geometry`` version 1)::
   plane seen at pixel ((W - 1) / 2, (H - 1) / 2); ``u``, ``v``: orthonormal unit vectors of
   image +x (columns) and +y (rows); pitches in mm per pixel; size in pixels (see
   :class:`~fluororeg.core.geometry.ConeView`). All in one world frame (the paper puts its origin
-  at the centre of the F1 intensifier; any frame works).
+  at the centre of the view 1 intensifier, its F1; any frame works).
 * ``distortion``: null or a :class:`~.distortion.DistortionModel` object (its ``to_dict``)
   that maps the view's raw pixels to the corrected pixels the view's geometry describes.
 * ``system_centre``: written for information (mean of both sources and both detector
@@ -65,7 +65,7 @@ class DualGeometry:
         for i, v in enumerate(views):
             if not isinstance(v, ConeView):
                 raise TypeError(f"views[{i}] is a {type(v).__name__}, expected ConeView")
-        names = tuple(self.names) or tuple(f"F{i + 1}" for i in range(len(views)))
+        names = tuple(self.names) or tuple(f"view{i + 1}" for i in range(len(views)))
         dist = tuple(self.distortion) or (None,) * len(views)
         if len(names) != len(views) or len(dist) != len(views):
             raise ValueError(f"got {len(views)} views, {len(names)} names and {len(dist)} distortion entries")
@@ -160,7 +160,7 @@ def geometry_from_dict(d, where: str = "geometry") -> DualGeometry:
         except ValueError as exc:
             raise ValueError(f"{w}: {exc}") from exc
         views.append(view)
-        name = vd.get("name", f"F{i + 1}")
+        name = vd.get("name", f"view{i + 1}")
         if not isinstance(name, str):
             raise ValueError(f"{w}.name = {name!r}: expected a string")
         names.append(name)

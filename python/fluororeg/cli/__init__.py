@@ -1,5 +1,93 @@
-"""The ``fluororeg`` command line (``fluororeg --help``)."""
+"""The ``fluororeg`` command line (``fluororeg --help``; ``python -m fluororeg`` is the same).
 
-from fluororeg.cli.app import main
+    fluororeg render [--ct PATH] [--beam parallel|cone] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
+    fluororeg subject init --ct CT [--landmarks FILE] --out DIR | subject check [DIR]
+    fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
+                      [--projection parallel|cone] [--geometry geometry.json] [--source-distance LO HI]
+    fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
+    fluororeg simulate [--subject DIR] [--scenario NAME] [--n-frames N] [--size PX] [--out DIR]
+    fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
+    fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM --out geometry.json
+    fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
+    fluororeg train-translator --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
+                               [--snapshot-every N]
+    fluororeg select-translator RUN RECORDING --detector MODEL.onnx [--reference POSES] --out DIR
+    fluororeg register RECORDING --detector MODEL.onnx [--translator MODEL.onnx] [--style translate|log|invert|none]
+                       [--smoothing-hz F] --out DIR
+    fluororeg overlay RECORDING POSES.csv --out DIR [--frames I ...] [--video overlay.mp4|.gif|none]
+    fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] --out DIR
+    fluororeg demo [--out DIR] [--quick]
+    fluororeg info | --version
 
-__all__ = ["main"]
+Each command lives in its own module (``add_parser(subparsers)`` and ``run(args)``); this one
+assembles the parser and turns errors into one line on stderr and a non-zero exit status (2;
+130 after Ctrl-C, with how to resume). Spellings deprecated for one release, which still work
+and print a note: ``render --geometry parallel|cone`` (``--beam``), ``simulate --frames N``
+(``--n-frames``), ``register --smooth-hz`` (``--smoothing-hz``), ``train-style``
+(``train-translator``) and ``select-style`` (``select-translator``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fluororeg.cli import (
+    dataset_commands,
+    demo_command,
+    info_command,
+    recording_commands,
+    register_commands,
+    render_command,
+    subject_commands,
+    training_commands,
+)
+from fluororeg.cli.common import deprecation_note
+
+__all__ = ["main", "build_parser"]
+
+COMMAND_MODULES = (render_command, subject_commands, dataset_commands, recording_commands, training_commands,
+                   register_commands, demo_command, info_command)
+DEPRECATED_COMMANDS = {**training_commands.DEPRECATED_COMMANDS, **register_commands.DEPRECATED_COMMANDS}
+
+
+def _version() -> str:
+    from fluororeg import __version__
+
+    return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the command and the offending argument (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fluororeg", description="fluororeg: automatic registration of a CT bone "
+                                "model to every frame of a dual-fluoroscope X-ray recording.")
+    p.add_argument("--version", action="version", version=f"fluororeg {_version()}")
+    subparsers = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.add_parser(subparsers)
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in DEPRECATED_COMMANDS:
+        deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        how = "run the same command again to resume" if args.resumes else "run the same command again to start over"
+        print(f"fluororeg {args.command}: interrupted: {how}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, LookupError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
+        print(f"fluororeg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2

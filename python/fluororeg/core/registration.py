@@ -4,7 +4,7 @@ The paper's Eq. 2 and Table 1, solved in the C++ core by Ceres with analytic Jac
 Units: millimetres and degrees; poses are ``(theta_x, theta_y, theta_z, tau_x, tau_y, tau_z)``
 with extrinsic z-y-x Euler angles and ``X_world = R X_model + tau`` (DESIGN.md).
 
-Residual of landmark ``i`` in view ``k`` (F1, F2), measured on that view's intensifier plane:
+Residual of landmark ``i`` in view ``k`` (0: view 1, 1: view 2), measured on that view's intensifier plane:
 ``e_ki = sqrt(w_ki) * (P_k(R X_i + tau) - U_ki)`` mm, ``U_ki`` being the detection (pixels)
 converted to millimetres on the detector. Only the ``n_vis`` landmarks detected inside both
 fields of view (finite, inside the image, weight > 0 in both views) take part; with fewer than
@@ -23,8 +23,8 @@ Objectives (``mode``), the value reported as ``objective``:
 
 Mirror strategy (Table 1): left and right look alike on X-rays, so with ``mirror=True`` and
 symmetric ``pairs`` the problem is solved four times, swapping the detections (and weights)
-of every pair in F1, F2, both or neither; the lowest objective wins.
-``mirror_case = f1 + 2 * f2`` (0: none, 1: F1 mirrored, 2: F2 mirrored, 3: both).
+of every pair in view 1, view 2, both or neither; the lowest objective wins.
+``mirror_case = f1 + 2 * f2`` (0: none, 1: view 1 mirrored, 2: view 2 mirrored, 3: both).
 
 Initialisation: the paper's (theta = 0, tau = the system centre, the mean of both sources and
 both detector centres) unless ``init_pose`` is given (e.g. the previous frame's pose).
@@ -70,7 +70,7 @@ LOSSES = (None, "huber", "cauchy")
 STATUSES = ("ok", "too_few_landmarks", "failed")  # the C++ solver's, in its enum's order
 # Statuses with a pose; 'one_view' and 'views_disagree' come from check_view_agreement.
 REGISTERED_STATUSES = ("ok", "one_view")
-# mirror_case -> (F1 mirrored, F2 mirrored), the rows of the paper's Table 1.
+# mirror_case -> (view 1 mirrored, view 2 mirrored), the rows of the paper's Table 1 (F1, F2).
 MIRROR_CASES = ((False, False), (True, False), (False, True), (True, True))
 
 
@@ -97,7 +97,7 @@ class RegistrationResult:
 
     @property
     def mirrored(self) -> Optional[Tuple[bool, bool]]:
-        """(F1 mirrored, F2 mirrored) of the winning case, None when nothing was solved."""
+        """(view 1 mirrored, view 2 mirrored) of the winning case, None when nothing was solved."""
         return MIRROR_CASES[self.mirror_case] if self.mirror_case >= 0 else None
 
 
@@ -174,9 +174,9 @@ def _landmarks(landmarks) -> np.ndarray:
 
 def _views(views) -> np.ndarray:
     if isinstance(views, ConeView) or not isinstance(views, Sequence):
-        raise TypeError(f"views must be a pair (F1, F2) of ConeView, got {type(views).__name__}")
+        raise TypeError(f"views must be a pair (view 1, view 2) of ConeView, got {type(views).__name__}")
     if len(views) != 2:
-        raise ValueError(f"got {len(views)} views: expected exactly two (F1, F2)")
+        raise ValueError(f"got {len(views)} views: expected exactly two (view 1, view 2)")
     return stack_views(views)
 
 
@@ -305,7 +305,7 @@ def register_frames(landmarks, views, detections, *, weights=None, pairs=None,
                     screen_iterations: int = 4, num_threads: int = 0) -> BatchResult:
     """Register all frames of a recording in one call (all cores, GIL released).
 
-    landmarks [N, 3] mm (model frame); views (F1, F2) :class:`ConeView`; detections
+    landmarks [N, 3] mm (model frame); views (view 1, view 2) :class:`ConeView`; detections
     [F, 2, N, 2] px (NaN = not detected); weights [F, 2, N] or None; pairs [(i, j), ...] or
     None; init_poses [F, 6] or [6] (deg, mm) or None (the paper's initialisation);
     num_threads 0 = all cores; screen_iterations: every mirror case first gets this many

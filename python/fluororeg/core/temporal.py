@@ -9,36 +9,56 @@ their rows are NaN again afterwards, so smoothing never invents a registration.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["smooth_poses", "check_smoothing"]
 
 
-def check_smoothing(cutoff_hz: float, fps: float | None, *, order: int = 4) -> int:
+def _renamed_cutoff(smoothing_hz, cutoff_hz, function: str) -> float:
+    """``smoothing_hz``, or the deprecated keyword ``cutoff_hz`` (one release) with a warning."""
+    if cutoff_hz is not None:
+        if smoothing_hz is not None:
+            raise TypeError(f"{function}() got both smoothing_hz and its deprecated name cutoff_hz: give smoothing_hz")
+        warnings.warn(f"{function}(cutoff_hz=...) is deprecated: use smoothing_hz", DeprecationWarning, stacklevel=3)
+        smoothing_hz = cutoff_hz
+    if smoothing_hz is None:
+        raise TypeError(f"{function}() missing the argument smoothing_hz (the low-pass cut-off in Hz)")
+    return smoothing_hz
+
+
+def check_smoothing(smoothing_hz: float | None = None, fps: float | None = None, *, order: int = 4,
+                    cutoff_hz: float | None = None) -> int:
     """Check the filter's settings (a clear ValueError otherwise) before any work is done;
-    returns how many frames with a pose the filter needs at least."""
+    returns how many frames with a pose the filter needs at least. ``smoothing_hz``: the
+    low-pass cut-off (Hz); ``cutoff_hz`` is its deprecated name."""
+    smoothing_hz = _renamed_cutoff(smoothing_hz, cutoff_hz, "check_smoothing")
     if fps is None:
         raise ValueError("smoothing needs the frame rate: give fps (--fps), or frame_rate_hz in recording.json")
     if not (np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
-    if not (np.isfinite(cutoff_hz) and 0 < cutoff_hz < fps / 2):
-        raise ValueError(f"cutoff_hz = {cutoff_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
+    if not (np.isfinite(smoothing_hz) and 0 < smoothing_hz < fps / 2):
+        raise ValueError(f"smoothing_hz = {smoothing_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
     if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
         raise ValueError(f"order = {order!r}: expected an integer in 1..8")
     return 3 * (order + 1) + 1  # filtfilt's padding is 3 * (order + 1) samples; it needs more
 
 
-def smooth_poses(poses, cutoff_hz: float, fps: float, *, order: int = 4) -> np.ndarray:
-    """Low-pass filtered poses [F, 6] (deg, mm); ``cutoff_hz`` must lie below fps / 2."""
+def smooth_poses(poses, smoothing_hz: float | None = None, fps: float | None = None, *, order: int = 4,
+                 cutoff_hz: float | None = None) -> np.ndarray:
+    """Low-pass filtered poses [F, 6] (deg, mm); the cut-off ``smoothing_hz`` (Hz) must lie below
+    fps / 2. ``cutoff_hz`` is its deprecated name (one release)."""
+    smoothing_hz = _renamed_cutoff(smoothing_hz, cutoff_hz, "smooth_poses")
     from scipy.signal import butter, filtfilt
 
     P = np.asarray(poses, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] != 6:
         raise ValueError(f"poses has shape {P.shape}, expected (F, 6)")
-    needed = check_smoothing(cutoff_hz, fps, order=order)
+    needed = check_smoothing(smoothing_hz, fps, order=order)
     ok = np.all(np.isfinite(P), axis=1)
     out = np.full_like(P, np.nan)
-    b, a = butter(order, cutoff_hz / (fps / 2))
+    b, a = butter(order, smoothing_hz / (fps / 2))
     if ok.sum() < needed:
         raise ValueError(f"only {int(ok.sum())} frames have a pose: filtering needs at least {needed}")
     t = np.arange(len(P))

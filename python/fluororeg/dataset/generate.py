@@ -75,7 +75,7 @@ from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.geometry import ConeView, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
-           "render_samples", "DatasetReader", "contact_sheet"]
+           "render_samples", "DatasetReader"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -447,42 +447,3 @@ class DatasetReader:
             for b in range(0, len(idx), batch_size):
                 sel = idx[b:b + batch_size]
                 yield {k: v[sel] for k, v in data.items()}
-
-
-def contact_sheet(reader: DatasetReader, path, n: int = 64, columns: int = 8, seed: int | None = None) -> Path:
-    """A PNG grid of the first (or ``seed``-random) ``n`` samples with their visible landmarks
-    (blue: left, red: right, green: midline) and the bone-mask outline (yellow)."""
-    from PIL import Image, ImageDraw
-    from scipy.ndimage import binary_erosion
-
-    n = min(n, len(reader))
-    if n < 1:
-        raise ValueError("the dataset split is empty")
-    idx = range(n) if seed is None else np.random.default_rng(seed).choice(len(reader), n, replace=False)
-    names = reader.landmark_names
-    colours = [(80, 160, 255) if s.endswith("_L") else (255, 80, 80) if s.endswith("_R") else (80, 255, 80)
-               for s in names]
-    columns = min(columns, n)
-    tiles = []
-    for i in idx:
-        s = reader[int(i)]
-        rgb = np.repeat(s["image"][..., None], 3, axis=2)
-        edge = s["mask"].astype(bool) & ~binary_erosion(s["mask"].astype(bool))
-        rgb[edge] = (255, 220, 0)
-        img = Image.fromarray(rgb).resize((2 * rgb.shape[1], 2 * rgb.shape[0]), Image.NEAREST)
-        d = ImageDraw.Draw(img)
-        for (x, y), vis, col in zip(s["landmarks_px"], s["visible"], colours):
-            if vis:
-                X, Y = 2 * x + 0.5, 2 * y + 0.5
-                d.ellipse([X - 2.5, Y - 2.5, X + 2.5, Y + 2.5], fill=col)
-        if s["segmented"]:
-            d.text((3, 2), "seg", fill=(255, 220, 0))
-        tiles.append(img)
-    w, h = tiles[0].size
-    sheet = Image.new("RGB", (columns * (w + 2), -(-n // columns) * (h + 2)))
-    for k, t in enumerate(tiles):
-        sheet.paste(t, ((k % columns) * (w + 2), (k // columns) * (h + 2)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path

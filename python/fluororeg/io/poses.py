@@ -10,7 +10,7 @@ pose fields and its status, it is never invented)::
 status: ``ok``; ``one_view`` (the detections of one view disagree with the other's; the pose
 rests on the view whose rms is typical, its depth is the least certain part); not registered:
 ``views_disagree``, ``too_few_landmarks``, ``failed``. With temporal smoothing (``register
---smooth-hz``) the pose and matrix columns are smoothed; objective, residuals, n_vis and
+--smoothing-hz``) the pose and matrix columns are smoothed; objective, residuals, n_vis and
 mirror_case stay those of the frame's own registration.
 
 ``.tra`` (Autoscoper): one line per frame, the 16 values of the 4x4 world_from_model matrix

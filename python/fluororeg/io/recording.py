@@ -3,7 +3,7 @@
 A recording folder holds ``recording.json``::
 
     {"format": "fluororeg-recording", "version": 1,
-     "views": ["view1", "view2"],          # one image sequence per fluoroscope (F1, F2)
+     "views": ["view1", "view2"],          # one image sequence per fluoroscope (view 1, view 2)
      "geometry": "geometry.json",          # fluororeg.calibration geometry file (both views,
                                            # optionally each view's distortion model)
      "frames": 120,                        # optional; checked when given

@@ -157,7 +157,7 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
 
     views = default_dual_views() if views is None else tuple(views)
     if len(views) != 2 or not all(isinstance(v, ConeView) for v in views):
-        raise ValueError("views must be two ConeView objects (F1, F2)")
+        raise ValueError("views must be two ConeView objects (view 1, view 2)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # recording.json is written last and marks a complete recording: a rerun into the same folder

@@ -56,6 +56,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.subject.landmarks import Landmarks, load_landmarks, save_landmarks
+from fluororeg.subject.sides import mirror_permutation, pair_indices
 from fluororeg.core.volume import Volume
 from fluororeg.io.volume_formats import load_volume, save_volume
 
@@ -119,7 +120,7 @@ class Subject:
         if len(lms) < MIN_LANDMARKS:
             raise ValueError(f"a subject needs at least {MIN_LANDMARKS} landmarks, got {len(lms)}: "
                              f"{list(lms.names)}")
-        object.__setattr__(self, "pairs", _normalise_pairs(self.pairs, lms.names))
+        object.__setattr__(self, "pairs", pair_indices(lms.names, self.pairs))
         try:
             origin = np.array(self.origin, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -186,10 +187,7 @@ class Subject:
         ``positions[perm]`` swaps every pair: the labelling a mirrored (left-right
         confused) detection corresponds to.  The permutation is its own inverse.
         """
-        perm = np.arange(len(self.landmarks), dtype=np.int64)
-        for a, b in self.pairs:
-            perm[a], perm[b] = b, a
-        return perm
+        return mirror_permutation(self.landmarks.names, self.pairs)
 
     # ------------------------------------------------------------------ model-frame volumes
     def attenuation_model(self, mu_water_per_mm: float = 0.02) -> Volume:
@@ -241,50 +239,6 @@ class Subject:
             arr("origin", self.origin)
             object.__setattr__(self, "_fingerprint", h.hexdigest())
         return self._fingerprint  # type: ignore[attr-defined]
-
-
-def _normalise_pairs(pairs: Any, names: Sequence[str]) -> Tuple[Tuple[int, int], ...]:
-    """Pairs given by index or by name -> tuple of (int, int); validates them."""
-    if pairs is None:
-        return ()
-    try:
-        items = list(pairs)
-    except TypeError:
-        raise TypeError(f"pairs must be a sequence of (left, right) pairs, got {pairs!r}") from None
-    out: List[Tuple[int, int]] = []
-    used: Dict[int, int] = {}
-    for pi, pr in enumerate(items):
-        try:
-            two = list(pr)
-        except TypeError:
-            raise ValueError(f"pair {pi} must be (left, right), got {pr!r}") from None
-        if isinstance(pr, str) or len(two) != 2:
-            raise ValueError(f"pair {pi} must be (left, right), got {pr!r}")
-        idx = []
-        for v in two:
-            if isinstance(v, str):
-                if v not in names:
-                    close = difflib.get_close_matches(v, list(names), n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(f"pair {pi} {two!r}: unknown landmark name {v!r}{hint}")
-                idx.append(list(names).index(v))
-            elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-                if not 0 <= int(v) < len(names):
-                    raise ValueError(f"pair {pi} {two!r}: landmark index {int(v)} out of range "
-                                     f"0..{len(names) - 1}")
-                idx.append(int(v))
-            else:
-                raise TypeError(f"pair {pi} {two!r}: entries must be landmark names or indices, "
-                                f"got {v!r}")
-        a, b = idx
-        if a == b:
-            raise ValueError(f"pair {pi} pairs landmark {names[a]!r} with itself")
-        for x in (a, b):
-            if x in used:
-                raise ValueError(f"landmark {names[x]!r} is in two pairs ({used[x]} and {pi})")
-            used[x] = pi
-        out.append((a, b))
-    return tuple(out)
 
 
 # ====================================================================== construction

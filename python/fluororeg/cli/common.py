@@ -1,0 +1,38 @@
+"""What the command modules share: the subject argument, device choices and deprecated aliases."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEVICES = ["cpu", "cuda"]            # where rendering runs
+NETWORK_DEVICES = ["auto", "cpu", "cuda"]  # where the networks run
+
+
+def load_subject_arg(folder: str | None):
+    """The subject of ``--subject FOLDER``; without it, the default example subject."""
+    from fluororeg.subject.subject import example_subject, load_subject
+
+    return example_subject() if folder is None else load_subject(folder)
+
+
+def deprecation_note(old: str, new: str) -> None:
+    """One line on stderr: ``old`` still works for this release; use ``new``."""
+    print(f"fluororeg: {old} is deprecated and will be removed in the next release: use {new}", file=sys.stderr)
+
+
+class _DeprecatedOption(argparse.Action):
+    def __init__(self, option_strings, dest, replacement: str = "", **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecation_note(option_string, self.replacement)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_option(parser: argparse.ArgumentParser, old: str, replacement: str, dest: str, **kwargs) -> None:
+    """``old`` as a hidden, deprecated spelling of the option ``replacement`` (same ``dest``): it
+    still works for one release and prints a one-line note to stderr when used."""
+    parser.add_argument(old, dest=dest, action=_DeprecatedOption, replacement=replacement, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **kwargs)

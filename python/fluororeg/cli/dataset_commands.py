@@ -1,0 +1,81 @@
+"""``fluororeg dataset`` (the subject's artificial DRR-landmark dataset) and ``fluororeg
+contact-sheet`` (a PNG grid of its samples)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from fluororeg.cli import common
+
+
+
+def add_parser(subparsers) -> None:
+    d = subparsers.add_parser("dataset", help="generate the artificial DRR-landmark dataset of a subject")
+    d.add_argument("--subject", help="subject folder with subject.json (default: the example subject)")
+    d.add_argument("--out", default="out/dataset", help="dataset folder (default out/dataset); a rerun resumes")
+    d.add_argument("--n-train", type=int, default=9251)
+    d.add_argument("--n-test", type=int, default=500)
+    d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    d.add_argument("--pixel-mm", type=float, default=2.0, help="pixel size at scale 1, mm (default 2)")
+    d.add_argument("--segmented-share", type=float, default=2139 / 9751,
+                   help="share of bone-segmented images (default 2139/9751, as the paper)")
+    d.add_argument("--shard-size", type=int, default=512)
+    d.add_argument("--projection", choices=["parallel", "cone"], default=None,
+                   help="parallel-beam DRRs (the paper's, default) or cone-beam DRRs from a point source")
+    d.add_argument("--source-distance", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="cone beam: range of source-to-object distances in mm (implies --projection cone)")
+    d.add_argument("--geometry", help="geometry.json of the lab's fluoroscopes: cone beam with their "
+                                      "source distances to the beams' crossing +-15%% (implies --projection cone)")
+    d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="viewing azimuths in deg (default -90 90: the subject's front half)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", choices=common.DEVICES, default="cpu")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(handler=run_dataset, resumes=True)
+    c = subparsers.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")
+    c.add_argument("dataset", help="dataset folder")
+    c.add_argument("--split", choices=["train", "test"], default="train")
+    c.add_argument("--count", type=int, default=64)
+    c.add_argument("--seed", type=int, default=None, help="random samples instead of the first ones")
+    c.add_argument("--out", help="PNG path (default <dataset>/contact_sheet_<split>.png)")
+    c.set_defaults(handler=run_contact_sheet, resumes=False)
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    from fluororeg.dataset.generate import DatasetConfig, PoseRanges, generate_dataset, source_distance_range
+
+    if args.projection == "parallel" and (args.geometry or args.source_distance):
+        raise ValueError("--geometry and --source-distance describe a cone beam: drop --projection parallel")
+    projection, sod = args.projection or "parallel", DatasetConfig.source_distance_mm
+    if args.geometry is not None:
+        from fluororeg.calibration.geometry_file import load_geometry
+
+        projection, sod = "cone", source_distance_range(load_geometry(args.geometry).views)
+    if args.source_distance is not None:
+        projection, sod = "cone", tuple(args.source_distance)
+    poses = PoseRanges() if args.azimuth is None else PoseRanges(azimuth_deg=tuple(args.azimuth))
+    config = DatasetConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.size,
+                           pixel_mm=args.pixel_mm, segmented_share=args.segmented_share, seed=args.seed,
+                           shard_size=args.shard_size, poses=poses, projection=projection,
+                           source_distance_mm=sod)
+    subject = common.load_subject_arg(args.subject)
+    beam = "parallel-beam" if config.projection == "parallel" else \
+        "cone-beam (sources {:.0f}-{:.0f} mm from the object)".format(*config.source_distance_mm)
+    print(f"subject {subject.name}: {len(subject.landmark_names)} landmarks, {len(subject.pairs)} pairs; "
+          f"generating {config.n_train} train + {config.n_test} test {beam} samples into {args.out}")
+    t0 = time.perf_counter()
+    generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
+    print(f"done in {time.perf_counter() - t0:.1f} s; look at it with: fluororeg contact-sheet {args.out}")
+    return 0
+
+
+def run_contact_sheet(args: argparse.Namespace) -> int:
+    from fluororeg.dataset.generate import DatasetReader
+    from fluororeg.viz.contact_sheet import dataset_contact_sheet
+
+    reader = DatasetReader(args.dataset, args.split)
+    out = args.out or str(Path(args.dataset) / f"contact_sheet_{args.split}.png")
+    print(f"wrote {dataset_contact_sheet(reader, out, n=args.count, seed=args.seed)}")
+    return 0

@@ -1,0 +1,20 @@
+"""``fluororeg demo``: the end-to-end demo on the example subject (reruns reuse what is there)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    de = subparsers.add_parser("demo", help="the end-to-end demo on the example subject (minutes on a CPU)")
+    de.add_argument("--out", default="out/demo")
+    de.add_argument("--quick", action="store_true", help="tiny settings (seconds; meaningless accuracy)")
+    de.set_defaults(handler=run, resumes=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fluororeg.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick_settings() if args.quick else DemoSettings()
+    run_demo(args.out, settings)
+    return 0

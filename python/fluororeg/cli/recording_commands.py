@@ -1,0 +1,77 @@
+"""``fluororeg simulate`` (a dual-fluoroscope recording with ground truth) and ``fluororeg
+calibrate`` (a distortion model from a bead plate, or the geometry file of both views)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from fluororeg.cli import common
+
+
+
+def add_parser(subparsers) -> None:
+    from fluororeg.simulation.simulate import SCENARIOS
+
+    sm = subparsers.add_parser("simulate", help="simulate a dual-fluoroscope recording with ground truth")
+    sm.add_argument("--subject", help="subject folder (default: the example subject)")
+    sm.add_argument("--scenario", choices=sorted(SCENARIOS), default="walking")
+    sm.add_argument("--n-frames", type=int, default=20, help="number of frame pairs (default 20)")
+    common.add_deprecated_option(sm, "--frames", "--n-frames", dest="n_frames", type=int)
+    sm.add_argument("--size", type=int, default=512, help="image width and height in pixels (default 512)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--device", choices=common.DEVICES, default="cpu")
+    sm.add_argument("--quiet", action="store_true")
+    sm.add_argument("--out", default="out/recording", help="recording folder (default out/recording)")
+    sm.set_defaults(handler=run_simulate, resumes=False)
+    ca = subparsers.add_parser("calibrate", help="distortion model from a bead plate, or the geometry file")
+    ca.add_argument("what", choices=["distortion", "geometry"])
+    ca.add_argument("image", nargs="?", help="distortion: the bead-plate image")
+    ca.add_argument("--out", required=True)
+    ca.add_argument("--bead-radius", type=float, default=4.0, help="bead radius in pixels")
+    ca.add_argument("--polarity", choices=["dark", "bright"], default="dark")
+    ca.add_argument("--spacing-mm", type=float, help="bead spacing of the plate (mm)")
+    ca.add_argument("--mayacam", nargs="+", help="geometry: two MayaCam 2.0 camera files (view 1, view 2)")
+    ca.add_argument("--pitch", type=float, default=0.2, help="geometry: intensifier pixel pitch (mm)")
+    ca.set_defaults(handler=run_calibrate, resumes=False)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+    if args.n_frames < 1:
+        raise ValueError(f"--n-frames {args.n_frames}: expected at least 1")
+    if args.size < 128:
+        raise ValueError(f"--size {args.size}: expected at least 128 pixels (the calibration plates' beads must be "
+                         "resolved)")
+    subject = common.load_subject_arg(args.subject)
+    views = default_dual_views(args.size, args.size, pitch=409.6 / args.size)  # a 16-inch (41 cm) intensifier
+    t0 = time.perf_counter()
+    out = simulate_recording(subject, args.out, scenario=args.scenario, n_frames=args.n_frames, views=views,
+                             seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"simulated {args.n_frames} frame pairs ({args.scenario}) of {subject.name} in "
+          f"{time.perf_counter() - t0:.1f} s -> {out} (ground truth in truth.npz / truth.json)")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    if args.what == "distortion":
+        from fluororeg.calibration.distortion import fit_distortion
+
+        fit = fit_distortion(args.image, radius_px=args.bead_radius, polarity=args.polarity,
+                             spacing_mm=args.spacing_mm)
+        fit.model.save(args.out)
+        r = fit.report
+        print(f"distortion model from {r.get('n_matched', '?')} beads: residual RMS {fit.model.rms_px:.3f} px, "
+              f"max {fit.model.max_px:.3f} px -> {args.out}")
+    else:
+        from fluororeg.calibration.geometry_file import geometry_from_mayacam, save_geometry
+
+        if not args.mayacam or len(args.mayacam) != 2:
+            raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam 2.0 files)")
+        geo = geometry_from_mayacam(args.mayacam, pitch_u=args.pitch)
+        save_geometry(args.out, geo)
+        print(f"geometry of 2 views (system centre {np.round(geo.system_centre, 1).tolist()} mm) -> {args.out}")
+    return 0

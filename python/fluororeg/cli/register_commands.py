@@ -1,0 +1,203 @@
+"""``fluororeg register`` (every frame of a recording), ``overlay`` (poses drawn on the X-rays),
+``evaluate`` (Eq. 3 errors against reference poses) and ``select-translator`` (the style
+translator's snapshot that registers a recording best)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from fluororeg.cli import common
+
+DEPRECATED_COMMANDS = {"select-style": "select-translator"}
+
+
+def add_parser(subparsers) -> None:
+    rg = subparsers.add_parser("register", help="register every frame of a recording")
+    rg.add_argument("recording", help="recording folder (recording.json)")
+    rg.add_argument("--subject", help="subject folder (default: the example subject)")
+    rg.add_argument("--detector", required=True, help="exported detector (.onnx)")
+    rg.add_argument("--translator", help="exported X-ray-to-DRR style translator (.onnx)")
+    rg.add_argument("--style", choices=["translate", "log", "invert", "none"],
+                    help="image style fed to the detector; default: translate with --translator, else log "
+                         "(Beer-Lambert inversion)")
+    rg.add_argument("--init", choices=["paper", "previous"], default="paper")
+    rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
+    rg.add_argument("--loss", choices=["none", "huber", "cauchy"],
+                    help="robust loss per landmark (default: cauchy; none with --mode frobenius, which has none)")
+    rg.add_argument("--loss-scale", type=float, default=6.0,
+                    help="robust loss scale in mm at the bone (default 6: about twice a good detector's error)")
+    rg.add_argument("--min-visible", type=int, default=6)
+    rg.add_argument("--view-outlier-ratio", type=float, default=4.0,
+                    help="a view whose residual exceeds this many times the recording's typical one is checked: the "
+                         "frame rests on the other view ('one_view') or is left out ('views_disagree'); 0 turns it off")
+    rg.add_argument("--no-recentre", action="store_true",
+                    help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")
+    rg.add_argument("--smoothing-hz", type=float,
+                    help="smooth the poses with a zero-phase low-pass filter of this cut-off (Hz; default: off)")
+    common.add_deprecated_option(rg, "--smooth-hz", "--smoothing-hz", dest="smoothing_hz", type=float)
+    rg.add_argument("--fps", type=float,
+                    help="the recording's frame rate for --smoothing-hz (default: frame_rate_hz in recording.json, "
+                         "or the videos' rate)")
+    rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
+    rg.add_argument("--out", required=True)
+    rg.add_argument("--quiet", action="store_true")
+    rg.set_defaults(handler=run_register, resumes=True)
+    ov = subparsers.add_parser("overlay", help="draw registered poses (landmarks, bone outline) on the X-rays: "
+                                               "PNG + video")
+    ov.add_argument("recording", help="recording folder (recording.json)")
+    ov.add_argument("poses", help="poses.csv written by `fluororeg register`")
+    ov.add_argument("--subject", help="subject folder (default: the example subject)")
+    ov.add_argument("--frames", type=int, nargs="+", help="frames to save as PNG (default: first, middle, last)")
+    ov.add_argument("--video", default="overlay.mp4",
+                    help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it")
+    ov.add_argument("--fps", type=float, help="video frame rate (default 10)")
+    ov.add_argument("--out", required=True, help="output folder")
+    ov.add_argument("--quiet", action="store_true")
+    ov.set_defaults(handler=run_overlay, resumes=False)
+    ev = subparsers.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
+    ev.add_argument("poses", help="poses.csv from fluororeg register")
+    ev.add_argument("--reference", required=True, help="reference poses: a poses CSV or a simulation's truth.npz")
+    ev.add_argument("--subject", help="subject folder (for --with-landmarks)")
+    ev.add_argument("--with-landmarks", action="store_true", help="also the mean landmark distance")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(handler=run_evaluate, resumes=False)
+    ss = subparsers.add_parser("select-translator", aliases=list(DEPRECATED_COMMANDS),
+                               help="choose the style translator's snapshot by registration quality "
+                                    "(select-style: deprecated)")
+    ss.add_argument("run", help="translator training run folder (with snapshots/)")
+    ss.add_argument("recording", help="validation recording folder (recording.json)")
+    ss.add_argument("--detector", required=True, help="exported detector (.onnx)")
+    ss.add_argument("--reference", help="reference poses (pose CSV or truth.npz): score by landmark error; "
+                                        "default: by reprojection residual (no labels needed)")
+    ss.add_argument("--subject", help="subject folder (default: the example subject)")
+    ss.add_argument("--max-frames", type=int, default=64, help="evenly spaced frames to score (default 64)")
+    ss.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ss.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
+    ss.add_argument("--out", required=True, help="where the chosen translator and the table go")
+    ss.add_argument("--quiet", action="store_true")
+    ss.set_defaults(handler=run_select_translator, resumes=False)
+
+
+def _pipeline_loss(loss: str | None, mode: str) -> str | None:
+    """``--loss`` as PipelineOptions takes it: by default Cauchy, which the Frobenius objective has not."""
+    if loss is None:
+        loss = "cauchy" if mode == "least_squares" else "none"
+    return None if loss == "none" else loss
+
+
+def _subject_recording_detector(args: argparse.Namespace):
+    """The subject, recording and detector that ``--subject``, RECORDING and ``--detector`` name."""
+    from fluororeg.io.recording import open_recording
+    from fluororeg.training.detector import LandmarkDetector
+
+    subject = common.load_subject_arg(args.subject)
+    rec = open_recording(args.recording)
+    return subject, rec, LandmarkDetector(args.detector, subject=subject, device=args.device)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from fluororeg.pipeline.register import PipelineOptions, register_recording
+    from fluororeg.training.style import StyleTranslator
+
+    if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
+        raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")
+    subject, rec, detector = _subject_recording_detector(args)
+    translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
+    style = args.style or ("translate" if translator is not None else "log")
+    opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
+                           loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
+                           min_visible=args.min_visible, recentre=not args.no_recentre,
+                           view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio)
+    res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
+    registered = int(np.isfinite(res.poses).all(axis=1).sum())
+    names, counts = np.unique(res.status, return_counts=True)
+    breakdown = ", ".join(f"{c} {n}" for n, c in zip(names, counts))
+    print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
+          f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
+          "fluororeg overlay "
+          f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
+    return 0
+
+
+def run_overlay(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from fluororeg.io.poses import read_poses_csv
+    from fluororeg.io.recording import open_recording
+    from fluororeg.viz.overlay import overlay_pair, save_overlay_video
+
+    subject = common.load_subject_arg(args.subject)
+    rec = open_recording(args.recording)
+    table = read_poses_csv(args.poses)
+    frames, poses = np.asarray(table["frame"], int), table["poses"]
+    if len(frames) and (frames.min() < 0 or frames.max() >= len(rec)):
+        raise ValueError(f"{args.poses} has frames {frames.min()}..{frames.max()}, but the recording has "
+                         f"{len(rec)} frames (0..{len(rec) - 1})")
+    pose_of = dict(zip(frames.tolist(), poses))
+    nan_pose = np.full(6, np.nan)
+
+    def pair(i):
+        pose = pose_of.get(i, nan_pose)
+        status = "" if np.isfinite(pose).all() else "  (not registered)"
+        return overlay_pair(rec.frame(i), subject, rec.geometry.views, pose,
+                            distortion=rec.geometry.distortion, label=f"frame {i}{status}")
+
+    chosen = args.frames if args.frames is not None else sorted({0, len(rec) // 2, len(rec) - 1})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in chosen:
+        if not 0 <= i < len(rec):
+            raise ValueError(f"--frames {i}: expected frame numbers 0..{len(rec) - 1}")
+        Image.fromarray(pair(i)).save(out / f"overlay_frame_{i:05d}.png")
+    written = [str(out / f"overlay_frame_{i:05d}.png") for i in chosen]
+    if args.video != "none":
+        from tqdm import tqdm
+
+        fps = 10.0 if args.fps is None else args.fps
+        frames_iter = (pair(i) for i in tqdm(range(len(rec)), unit="frame", desc="overlay", disable=args.quiet))
+        written.append(str(save_overlay_video(frames_iter, out / args.video, fps=fps)))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from fluororeg.io.poses import read_poses_csv, read_reference_poses
+    from fluororeg.pipeline.evaluate import evaluate_poses, write_evaluation
+
+    table = read_poses_csv(args.poses)
+    ref = read_reference_poses(args.reference, frames=table["frame"])  # matched by frame number
+    if not np.isfinite(ref).all(axis=1).any():
+        raise ValueError(f"'{args.reference}' has no pose for any of the {len(ref)} frames of '{args.poses}' "
+                         "(rows are matched by their frame numbers)")
+    landmarks = common.load_subject_arg(args.subject).landmarks_model if args.with_landmarks else None
+    ev = evaluate_poses(table["poses"], ref, landmarks=landmarks, frames=table["frame"])
+    paths = write_evaluation(ev, args.out)
+    s = ev.summary()
+    print(f"{s['registered']}/{s['frames']} frames with a reference registered: angle error "
+          f"{s['angle_err_deg_mean']:.2f} +- "
+          f"{s['angle_err_deg_sd']:.2f} deg (median {s['angle_err_deg_median']:.2f}), position error "
+          f"{s['position_err_mm_mean']:.2f} +- {s['position_err_mm_sd']:.2f} mm (median "
+          f"{s['position_err_mm_median']:.2f}) -> {paths['csv']}, {paths['plot']}")
+    return 0
+
+
+def run_select_translator(args: argparse.Namespace) -> int:
+    from fluororeg.io.poses import read_reference_poses
+    from fluororeg.pipeline.register import PipelineOptions
+    from fluororeg.training.style_selection import select_style_snapshot
+
+    subject, rec, detector = _subject_recording_detector(args)
+    reference = read_reference_poses(args.reference, frames=np.arange(len(rec))) if args.reference else None
+    best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
+                                         options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm),
+                                         max_frames=args.max_frames, progress=not args.quiet)
+    unit = "mm landmark error" if reference is not None else "mm residual"
+    for s in scores:
+        mark = "  <- best" if s.step == best.step else ""
+        print(f"step {s.step:7d}: {s.score:8.3f} {unit}, {100 * s.registered_share:5.1f} % registered{mark}")
+    print(f"exported step {best.step} -> {Path(args.out) / 'xray_to_drr.onnx'}; table in "
+          f"{Path(args.out) / 'selection.csv'}")
+    return 0

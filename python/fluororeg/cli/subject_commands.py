@@ -1,0 +1,94 @@
+"""``fluororeg subject init`` (a subject folder from a CT and landmarks, or proposed landmarks)
+and ``fluororeg subject check`` (validation, landmarks off the bone, a sheet of DRRs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from fluororeg.cli import common
+
+
+
+def add_parser(subparsers) -> None:
+    sj = subparsers.add_parser("subject", help="set up a subject folder (CT + landmarks) and check it")
+    sjs = sj.add_subparsers(dest="subject_command", required=True)
+    si = sjs.add_parser("init", help="write a subject folder from a CT and landmarks (or proposed landmarks)")
+    si.add_argument("--ct", required=True, help="CT file or DICOM folder (Hounsfield units)")
+    si.add_argument("--landmarks", help="landmarks (.mrk.json, .fcsv or .csv); pairs from _L/_R names. "
+                                        "Without it, a symmetric set is proposed on the bone surface")
+    si.add_argument("--pairs", nargs="+", metavar="LEFT:RIGHT",
+                    help="symmetric landmark pairs by name (default: from <stem>_L / <stem>_R names)")
+    si.add_argument("--propose", type=int, default=33, help="number of proposed landmarks (default 33)")
+    si.add_argument("--threshold-hu", type=float, default=300.0, help="bone mask threshold (default 300 HU)")
+    si.add_argument("--name", help="subject name (default: the folder's name)")
+    si.add_argument("--out", required=True, help="subject folder to write")
+    si.add_argument("--force", action="store_true", help="overwrite an existing subject folder")
+    si.set_defaults(handler=run_init, resumes=False)
+    sc = sjs.add_parser("check", help="load and validate a subject folder; PNG of its landmarks on DRRs")
+    sc.add_argument("folder", nargs="?", help="subject folder (default: the example subject)")
+    sc.add_argument("--max-off-bone-mm", type=float, default=3.0, help="warn for landmarks farther from the bone")
+    sc.add_argument("--strict", action="store_true", help="exit 1 when a landmark is off the bone")
+    sc.add_argument("--sheet", help="PNG path (default <folder>/subject_check.png, or ./subject_check.png)")
+    sc.set_defaults(handler=run_check, resumes=False)
+
+
+def _parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for text in texts:
+        if text.count(":") != 1:
+            raise ValueError(f"--pairs {text!r}: expected LEFT:RIGHT landmark names")
+        pairs.append(tuple(text.split(":")))
+    return pairs
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from fluororeg.io.volume_formats import load_volume
+    from fluororeg.subject.landmarks import load_landmarks
+    from fluororeg.subject.sides import pairs_from_names
+    from fluororeg.subject.subject import make_subject, save_subject
+    from fluororeg.subject.proposal import propose_landmarks
+
+    if (Path(args.out) / "subject.json").exists() and not args.force:
+        raise FileExistsError(f"'{args.out}' already holds a subject (subject.json): choose another --out, or pass "
+                              "--force to overwrite it and its landmarks")
+    if args.pairs is not None and not args.landmarks:
+        raise ValueError("--pairs names landmarks of --landmarks; proposed landmarks come with their own pairs")
+    ct = load_volume(args.ct)
+    if args.landmarks:
+        landmarks = load_landmarks(args.landmarks)
+        if args.pairs is not None:
+            pairs = _parse_pairs(args.pairs)
+            how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs as given"
+        else:
+            pairs = pairs_from_names(landmarks.names)
+            how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs by their _L/_R names"
+    else:
+        landmarks, pairs = propose_landmarks(ct, args.propose, min(args.propose // 3, 13))
+        how = f"{len(landmarks)} proposed landmarks ({len(pairs)} symmetric pairs); check and move them in 3D Slicer"
+    subject = make_subject(args.name or Path(args.out).name, ct, landmarks, pairs, threshold_hu=args.threshold_hu)
+    path = save_subject(subject, args.out)
+    print(f"wrote {path}: {how}. Check it with: fluororeg subject check {args.out}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from fluororeg.subject.check import landmark_distances_to_bone
+    from fluororeg.viz.contact_sheet import subject_check_sheet
+
+    if not (np.isfinite(args.max_off_bone_mm) and args.max_off_bone_mm >= 0):
+        raise ValueError(f"--max-off-bone-mm {args.max_off_bone_mm}: expected a distance >= 0 in mm")
+    subject = common.load_subject_arg(args.folder)
+    ct, n = subject.ct, len(subject.landmark_names)
+    print(f"subject {subject.name}: CT {ct.data.shape[::-1]} voxels (x, y, z) of {np.round(ct.spacing, 3).tolist()} mm, "
+          f"{n} landmarks, {len(subject.pairs)} symmetric pairs, fingerprint {subject.fingerprint}")
+    distances = landmark_distances_to_bone(subject)
+    far = [(name, float(d)) for name, d in zip(subject.landmark_names, distances) if d > args.max_off_bone_mm]
+    for name, d in far:
+        print(f"  warning: landmark {name} lies {d:.1f} mm from the bone mask (more than {args.max_off_bone_mm:g} mm)")
+    print(f"landmarks on bone: {n - len(far)} of {n} within {args.max_off_bone_mm:g} mm of the mask")
+    out = subject_check_sheet(subject, Path(args.sheet) if args.sheet else Path(args.folder or ".") / "subject_check.png")
+    print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
+    return 0 if not far or not args.strict else 1

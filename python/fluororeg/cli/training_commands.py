@@ -1,0 +1,78 @@
+"""``fluororeg train-detector`` (the landmark detector) and ``fluororeg train-translator`` (the
+X-ray-to-DRR style translator, a CycleGAN); both need torch and resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEPRECATED_COMMANDS = {"train-style": "train-translator"}
+
+
+def add_parser(subparsers) -> None:
+    td = subparsers.add_parser("train-detector", help="train the landmark detector on a dataset (torch)")
+    td.add_argument("dataset")
+    td.add_argument("--out", required=True, help="run folder (a rerun resumes)")
+    td.add_argument("--preset", choices=["fast", "paper"], default="fast")
+    td.add_argument("--minutes", type=float, help="training time limit (default: the preset's)")
+    td.add_argument("--epochs", type=int)
+    td.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    td.add_argument("--quiet", action="store_true")
+    td.set_defaults(handler=run_train_detector, resumes=True)
+    tt = subparsers.add_parser("train-translator", aliases=list(DEPRECATED_COMMANDS),
+                               help="train the X-ray-to-DRR style translator (torch; train-style: deprecated)")
+    tt.add_argument("--xray", nargs="+", required=True, help="recording folder(s) with X-ray frames")
+    tt.add_argument("--drr", required=True, help="dataset folder (DRR domain)")
+    tt.add_argument("--out", required=True, help="run folder (a rerun resumes)")
+    tt.add_argument("--preset", choices=["fast", "paper"], default="fast")
+    tt.add_argument("--steps", type=int)
+    tt.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    tt.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    tt.add_argument("--snapshot-every", type=int, default=0,
+                    help="keep a translator snapshot every N steps (snapshots/) to choose from with select-translator")
+    tt.add_argument("--restart", action="store_true",
+                    help="start over: delete the run's checkpoint, snapshots and log first (default: resume)")
+    tt.add_argument("--quiet", action="store_true")
+    tt.set_defaults(handler=run_train_translator, resumes=True)
+
+
+def run_train_detector(args: argparse.Namespace) -> int:
+    from fluororeg.training.detector import export_detector, preset, train_detector
+
+    overrides = {}
+    if args.minutes is not None:
+        overrides["time_limit_minutes"] = args.minutes
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    cfg = preset(args.preset, **overrides)
+    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    path = export_detector(args.out, Path(args.out) / "detector.onnx")
+    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; "
+          f"{'interrupted: run again to resume; ' if result.interrupted else ''}exported {path}")
+    return 130 if result.interrupted else 0
+
+
+def run_train_translator(args: argparse.Namespace) -> int:
+    from fluororeg.pipeline.register import xray_training_crops
+    from fluororeg.training.style import StyleConfig, discard_run, export_generators, train_style
+
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: expected at least 1")
+    if args.every < 1:
+        raise ValueError(f"--every {args.every}: expected at least 1 (every n-th frame)")
+    cfg = StyleConfig.preset(args.preset, snapshot_every=args.snapshot_every,
+                             **({"steps": args.steps} if args.steps is not None else {}))
+    crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=args.crop_pixel_mm, every=args.every)
+    print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
+    if args.restart:
+        discard_run(args.out)
+    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet)
+    x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
+    print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
+    if args.snapshot_every:
+        print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "
+              f"--detector MODEL.onnx --out {Path(args.out) / 'selected'}")
+    interrupted = summary.get("stopped") == "interrupted"
+    if interrupted:
+        print("interrupted: run the same command again to resume")
+    return 130 if interrupted else 0
