@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
                    help="viewing azimuths in deg (default -90 90: the subject's front half)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where DRRs are rendered (auto: CUDA when a device is usable)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_dataset)
     sj = sub.add_parser("subject", help="set up a subject folder (CT + landmarks) and check it")
