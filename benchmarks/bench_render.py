@@ -141,8 +141,10 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], device=True).parse_args()
-    vol, name = load_head(args.quick)
+    p = parser(__doc__.splitlines()[0], device=True)
+    p.add_argument("--head", action="store_true", help="the head-sized CT even with --quick")
+    args = p.parse_args()
+    vol, name = load_head(args.quick and not args.head)
     use_cuda = R.resolve_device(args.device) == "cuda"
     rng = np.random.default_rng(0)
     n = 64
