@@ -135,22 +135,51 @@ __global__ void WarpKernel(const kernels::ShearWarpSetup* setups, const long lon
   }
 }
 
-// One thread per pixel, threads of a block on an 8 x 32 tile (neighbouring rays share the
-// texture cache).
-template <typename Sampler>
+// PARTS threads per pixel (consecutive lanes, each a run of the ray's samples, summed by warp
+// shuffles), the pixels of a block on an 8-wide tile (neighbouring rays share the texture
+// cache). Every lane of a warp runs the same iterations (totals are multiples of kThreads).
+template <typename Sampler, int PARTS>
 __global__ void ConeKernel(const kernels::ConeRaySetup* setups, Sampler sampler,
                            const uint8_t* occupancy, float* out, int width, int height, int n) {
-  constexpr int TW = 8, TH = kThreads / TW;
+  constexpr int kRays = kThreads / PARTS, TW = 8, TH = kRays / TW;
   const int tiles_x = (width + TW - 1) / TW, tiles_y = (height + TH - 1) / TH;
   const long long per_image = static_cast<long long>(tiles_x) * tiles_y * kThreads;
   FLUORO_GRID_STRIDE(idx, per_image * n) {
     const int i = static_cast<int>(idx / per_image);
     const long long r = idx - i * per_image;
     const int tile = static_cast<int>(r / kThreads), within = static_cast<int>(r % kThreads);
-    const int x = (tile % tiles_x) * TW + within % TW, y = (tile / tiles_x) * TH + within / TW;
-    if (x >= width || y >= height) continue;
-    out[(static_cast<long long>(i) * height + y) * width + x] =
-        kernels::ConeRayIntegral(setups[i], sampler, occupancy, x, y);
+    const int ray = within / PARTS, part = within % PARTS;
+    const int x = (tile % tiles_x) * TW + ray % TW, y = (tile / tiles_x) * TH + ray / TW;
+    const bool inside = x < width && y < height;
+    float v = inside ? kernels::ConeRayIntegral(setups[i], sampler, occupancy, x, y, part, PARTS)
+                     : 0.f;
+    for (int offset = PARTS / 2; offset > 0; offset /= 2) {
+      v += __shfl_down_sync(0xffffffffu, v, offset, PARTS);
+    }
+    if (inside && part == 0) out[(static_cast<long long>(i) * height + y) * width + x] = v;
+  }
+}
+
+template <typename Sampler>
+void LaunchCone(int parts, unsigned blocks, cudaStream_t stream, const kernels::ConeRaySetup* setups,
+                Sampler sampler, const uint8_t* occupancy, float* out, int width, int height,
+                int n) {
+  switch (parts) {
+    case 1:
+      ConeKernel<Sampler, 1><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    case 2:
+      ConeKernel<Sampler, 2><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    case 4:
+      ConeKernel<Sampler, 4><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    default:
+      ConeKernel<Sampler, 8><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
   }
 }
 
@@ -171,6 +200,9 @@ __global__ void ProjectKernel(bool cone, ParallelCamera camera, const ConeView* 
 
 // Host images per chunk when the output goes back to the host (bounds the device buffer).
 constexpr size_t kMaxChunkFloats = size_t(64) << 20;  // 256 MiB
+// Outputs up to this size come down through a page-locked buffer (copies to pageable memory
+// are staged by the driver, slower).
+constexpr size_t kMaxPinnedBytes = size_t(64) << 20;
 
 }  // namespace
 
@@ -190,7 +222,8 @@ struct CudaVolume {
   DeviceScratch<kernels::ConeRaySetup> cone_setups;
   DeviceScratch<long long> offsets;
   DeviceScratch<float> inter, images;
-  PinnedScratch staging;
+  PinnedScratch staging;      // setups on their way up
+  PinnedScratch host_images;  // images on their way down (see HostImages)
 
   ~CudaVolume() {
     if (texture) cudaDestroyTextureObject(texture);
@@ -298,6 +331,17 @@ void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
   cv.fixed_bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t);
 }
 
+// Where the images of a call to the host are copied by the stream: a page-locked buffer when
+// small enough (then CopyOut moves them to `out` after the stream is synchronised), else `out`.
+float* HostImages(CudaVolume& cv, float* out, size_t count) {
+  if (count * sizeof(float) > kMaxPinnedBytes) return out;
+  return static_cast<float*>(cv.host_images.Reserve(count * sizeof(float)));
+}
+
+void CopyOut(const float* staged, float* out, size_t count) {
+  if (staged != out) std::copy(staged, staged + count, out);
+}
+
 // Events around the kernels of one call; the stream is synchronised before returning.
 void FinishCall(RenderVolume::State& volume, CudaVolume& cv, const char* what) {
   Check(cudaStreamSynchronize(cv.stream), what);
@@ -328,6 +372,8 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
   }
   kernels::ShearWarpSetup* d_setups = cv.shear_setups.Reserve(n);
   cv.Upload(d_setups, setups, n);
+  const size_t total = static_cast<size_t>(n) * image_size;
+  float* host = output_on_device ? nullptr : HostImages(cv, out, total);
   Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
   for (int c0 = 0; c0 < n;) {
     int c1 = c0 + 1;
@@ -359,7 +405,7 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
         d_setups + c0, d_offset, inter, img, camera.width, camera.height, nc);
     Check(cudaGetLastError(), "warp kernel launch");
     if (!output_on_device) {
-      Check(cudaMemcpyAsync(out + c0 * image_size, img, nc * image_size * sizeof(float),
+      Check(cudaMemcpyAsync(host + c0 * image_size, img, nc * image_size * sizeof(float),
                             cudaMemcpyDeviceToHost, cv.stream),
             "cudaMemcpyAsync (images)");
     }
@@ -369,6 +415,7 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
   }
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
   FinishCall(volume, cv, "parallel-beam DRR");
+  if (!output_on_device) CopyOut(host, out, total);
 }
 
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
@@ -377,6 +424,8 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
   const long long image_size = static_cast<long long>(width) * height;
   kernels::ConeRaySetup* d_setups = cv.cone_setups.Reserve(n);
   cv.Upload(d_setups, setups, n);
+  const size_t total = static_cast<size_t>(n) * image_size;
+  float* host = options.output_on_device ? nullptr : HostImages(cv, out, total);
   const int chunk = static_cast<int>(
       std::max<long long>(1, std::min<long long>(n, kMaxChunkFloats / image_size)));
   const VolumeGrid& g = volume.grid;
@@ -385,25 +434,31 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
     const int nc = std::min(chunk, n - c0);
     float* img = options.output_on_device ? out + c0 * image_size
                                           : cv.images.Reserve(static_cast<size_t>(nc) * image_size);
-    const int tiles = ((width + 7) / 8) * ((height + kThreads / 8 - 1) / (kThreads / 8));
-    const unsigned blocks = BlocksFor(static_cast<long long>(tiles) * kThreads * nc);
+    // Enough threads to fill the device: small batches split each ray over 2-8 threads.
+    int parts = 1;
+    while (parts < 8 && static_cast<long long>(nc) * image_size * parts < (1 << 20)) parts *= 2;
+    const int tile_h = kThreads / parts / 8;
+    const long long tiles =
+        static_cast<long long>((width + 7) / 8) * ((height + tile_h - 1) / tile_h);
+    const unsigned blocks = BlocksFor(tiles * kThreads * nc);
     if (options.cuda_texture) {
-      ConeKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups + c0, TextureSampler{cv.texture},
-                                                     cv.occupancy, img, width, height, nc);
+      LaunchCone(parts, blocks, cv.stream, d_setups + c0, TextureSampler{cv.texture},
+                 cv.occupancy, img, width, height, nc);
     } else {
-      ConeKernel<<<blocks, kThreads, 0, cv.stream>>>(
-          d_setups + c0, kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz}, cv.occupancy, img,
-          width, height, nc);
+      LaunchCone(parts, blocks, cv.stream, d_setups + c0,
+                 kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz}, cv.occupancy, img, width,
+                 height, nc);
     }
     Check(cudaGetLastError(), "cone kernel launch");
     if (!options.output_on_device) {
-      Check(cudaMemcpyAsync(out + c0 * image_size, img, nc * image_size * sizeof(float),
+      Check(cudaMemcpyAsync(host + c0 * image_size, img, nc * image_size * sizeof(float),
                             cudaMemcpyDeviceToHost, cv.stream),
             "cudaMemcpyAsync (images)");
     }
   }
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
   FinishCall(volume, cv, "cone-beam DRR");
+  if (!options.output_on_device) CopyOut(host, out, total);
 }
 
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,

@@ -138,12 +138,13 @@ def _scales(scales, n: int) -> np.ndarray:
 def _cone_pixel_at_object(views: np.ndarray, poses_deg: np.ndarray) -> float:
     """Smallest detector pitch scaled back to the model origin (mm): the finest detail the
     images can show at the object."""
-    S, D, u, v = views[:, 0:3], views[:, 3:6], views[:, 6:9], views[:, 9:12]
-    n = np.cross(u, v)
-    sdd = np.abs(np.einsum("ij,ij->i", n, D - S))
-    sod = np.abs(np.einsum("ij,ij->i", n, poses_deg[:, 3:6] - S))
+    S, D, u, v = views[:, 0:3].T, views[:, 3:6].T, views[:, 6:9].T, views[:, 9:12].T  # [3, n]
+    n = (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])  # u x v
+    T = poses_deg[:, 3:6].T
+    sdd = np.abs(n[0] * (D[0] - S[0]) + n[1] * (D[1] - S[1]) + n[2] * (D[2] - S[2]))
+    sod = np.abs(n[0] * (T[0] - S[0]) + n[1] * (T[1] - S[1]) + n[2] * (T[2] - S[2]))
     pitch = np.minimum(views[:, 12], views[:, 13])
-    return float(np.min(pitch * np.clip(sod, 1e-6, None) / sdd))
+    return float(np.min(pitch * np.maximum(sod, 1e-6) / sdd))
 
 
 def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volume:

@@ -59,13 +59,15 @@ FLUORO_HD void InSliceAxes(int c, int* a, int* b) {
 // column p sits at padded column p + off_a + 1 with fraction fa (same for rows).
 FLUORO_HD void SliceOffsets(const ShearWarpSetup& s, int k, int* off_a, int* off_b, float* fa,
                             float* fb) {
-  const double a = s.a0 + k * s.sa;
-  const double b = s.b0 + k * s.sb;
-  const double fla = floor(a), flb = floor(b);
-  *off_a = static_cast<int>(fla);
-  *off_b = static_cast<int>(flb);
-  *fa = static_cast<float>(a - fla);
-  *fb = static_cast<float>(b - flb);
+  // a0, b0 are integers: only the shift k * (sa, sb) (|.| <= a few hundred voxels) needs a
+  // floor, in float (ulp <= 3e-5 voxel; double math costs the CUDA kernel dearly).
+  const float a = static_cast<float>(k) * static_cast<float>(s.sa);
+  const float b = static_cast<float>(k) * static_cast<float>(s.sb);
+  const float fla = floorf(a), flb = floorf(b);
+  *off_a = s.a0 + static_cast<int>(fla);
+  *off_b = s.b0 + static_cast<int>(flb);
+  *fa = a - fla;
+  *fb = b - flb;
 }
 
 // Range of intermediate columns p (inclusive) for which slice k contributes:
@@ -241,11 +243,14 @@ struct ArraySampler {
   }
 };
 
-// Line integral (dimensionless) along the ray of pixel (x, y).
+// Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
+// consecutive runs of its samples (the parts sum to the integral; the CUDA backend splits the
+// rays of small batches over several threads).
 // occupancy [bz, by, bx]: 1 where the block's trilinear support holds a non-zero voxel.
 template <typename Sampler>
 FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
-                                const uint8_t* occupancy, int x, int y) {
+                                const uint8_t* occupancy, int x, int y, int part = 0,
+                                int parts = 1) {
   if (!s.occupied) return 0.f;
   const Vec3<float> P = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv;
   const Vec3<float> d = P - s.src;
@@ -269,6 +274,12 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   int m_end = static_cast<int>(ceilf((u1 - t0) / dt - 0.5f)) + 2;
   if (m_begin < 0) m_begin = 0;
   if (m_end > n_full) m_end = n_full;
+  if (m_end < m_begin) m_end = m_begin;
+  if (parts > 1) {
+    const long long len = m_end - m_begin;
+    m_end = m_begin + static_cast<int>(len * (part + 1) / parts);
+    m_begin = m_begin + static_cast<int>(len * part / parts);
+  }
   const Vec3<float> step = dt * d;
   Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
@@ -296,7 +307,7 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     acc += sample(pos.x, pos.y, pos.z);
   }
   acc *= dt;
-  if (rem > 0.f) {
+  if (rem > 0.f && part == parts - 1) {
     const Vec3<float> q = s.src + (t0 + n_full * dt + 0.5f * rem) * d;
     acc += rem * sample(q.x, q.y, q.z);
   }

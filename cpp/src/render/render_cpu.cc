@@ -56,6 +56,37 @@ void RequireHostOutput(const RenderOptions& options) {
 // Poses per chunk of the CPU parallel-beam renderer (bounds its intermediate images).
 constexpr int kParallelChunk = 256;
 
+// The CPU loops are also compiled for AVX2 and picked at load time (GCC function
+// multi-versioning); no FMA, so every version rounds alike and results do not depend on the
+// processor.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FLUORO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FLUORO_CPU_CLONES
+#endif
+
+// Intermediate row q of one pose: the shared shear body over the whole row, then the weight.
+FLUORO_CPU_CLONES void ShearRowCpu(const kernels::ShearWarpSetup& s,
+                                   const internal::PaddedSlices& slices, int q, float* row) {
+  kernels::AddToRow add{row};
+  kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w, add);
+  const float w = static_cast<float>(s.weight);
+  for (int p = 0; p < s.inter_w; ++p) row[p] *= w;
+}
+
+// Pixels [x0, x1) x [y0, y1) of one cone-beam image [H, W].
+FLUORO_CPU_CLONES void ConeTileCpu(const kernels::ConeRaySetup& s,
+                                   const kernels::ArraySampler& sampler,
+                                   const uint8_t* occupancy, int x0, int x1, int y0, int y1,
+                                   int W, float* img) {
+  for (int y = y0; y < y1; ++y) {
+    for (int x = x0; x < x1; ++x) {
+      img[static_cast<long long>(y) * W + x] =
+          kernels::ConeRayIntegral(s, sampler, occupancy, x, y);
+    }
+  }
+}
+
 }  // namespace
 
 void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
@@ -101,13 +132,8 @@ void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
           std::upper_bound(row_start.begin(), row_start.end(), t) - row_start.begin() - 1);
       const int q = static_cast<int>(t - row_start[i]);
       const kernels::ShearWarpSetup& s = cs[i];
-      const internal::PaddedSlices& slices = state.slices[s.axis];
-      float* row = inter.data() + offset[i] + static_cast<long long>(q) * s.inter_w;
-      kernels::AddToRow add{row};
-      kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
-                               add);
-      const float w = static_cast<float>(s.weight);
-      for (int p = 0; p < s.inter_w; ++p) row[p] *= w;
+      ShearRowCpu(s, state.slices[s.axis], q,
+                  inter.data() + offset[i] + static_cast<long long>(q) * s.inter_w);
     });
     // Warp: one task per (pose, output row).
     ParallelFor(static_cast<long long>(nc) * camera.height, n_threads, [&](long long t) {
@@ -173,13 +199,8 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     const int tile = static_cast<int>(t % tiles_per_image);
     const int x0 = (tile % tiles_x) * kTile, y0 = (tile / tiles_x) * kTile;
     const int x1 = std::min(x0 + kTile, W), y1 = std::min(y0 + kTile, H);
-    float* img = out + static_cast<long long>(i) * H * W;
-    for (int y = y0; y < y1; ++y) {
-      for (int x = x0; x < x1; ++x) {
-        img[static_cast<long long>(y) * W + x] =
-            kernels::ConeRayIntegral(setups[i], sampler, state.occupancy.data(), x, y);
-      }
-    }
+    ConeTileCpu(setups[i], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
+                out + static_cast<long long>(i) * H * W);
   });
 }
 
