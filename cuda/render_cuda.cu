@@ -107,18 +107,25 @@ unsigned BlocksFor(long long total) {
   for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;      \
        idx < (total); idx += static_cast<long long>(blockDim.x) * gridDim.x)
 
-// One thread per intermediate pixel of every pose (images padded to max_w x max_h).
+// Columns of the intermediate image per thread of the shear kernel (registers; the per-slice
+// offsets and row checks are shared by the columns).
+constexpr int kShearColumns = 4;
+
+// One thread per kShearColumns intermediate pixels of a row, for every pose (images padded to
+// max_w x max_h).
 __global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long long* offset,
                             int n, int max_w, int max_h, SliceTable slices, float* inter) {
-  const long long per_pose = static_cast<long long>(max_w) * max_h;
+  const int cols = (max_w + kShearColumns - 1) / kShearColumns;
+  const long long per_pose = static_cast<long long>(cols) * max_h;
   FLUORO_GRID_STRIDE(idx, per_pose * n) {
     const int i = static_cast<int>(idx / per_pose);
     const long long r = idx - i * per_pose;
-    const int q = static_cast<int>(r / max_w), p = static_cast<int>(r - static_cast<long long>(q) * max_w);
+    const int q = static_cast<int>(r / cols);
+    const int p0 = static_cast<int>(r - static_cast<long long>(q) * cols) * kShearColumns;
     const kernels::ShearWarpSetup& s = setups[i];
-    if (p >= s.inter_w || q >= s.inter_h) continue;
-    inter[offset[i] + static_cast<long long>(q) * s.inter_w + p] =
-        kernels::ShearPixel(s, slices.data[s.axis], slices.extent[s.axis], p, q);
+    if (p0 >= s.inter_w || q >= s.inter_h) continue;
+    kernels::ShearColumns<kShearColumns>(s, slices.data[s.axis], slices.extent[s.axis], p0, q,
+                                         inter + offset[i] + static_cast<long long>(q) * s.inter_w + p0);
   }
 }
 
@@ -396,7 +403,8 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
     float* inter = cv.inter.Reserve(std::max<long long>(local[nc], 1));
     float* img = output_on_device ? out + c0 * image_size : cv.images.Reserve(nc * image_size);
     if (max_w > 0 && max_h > 0) {
-      const long long total = static_cast<long long>(max_w) * max_h * nc;
+      const long long total =
+          static_cast<long long>((max_w + kShearColumns - 1) / kShearColumns) * max_h * nc;
       ShearKernel<<<BlocksFor(total), kThreads, 0, cv.stream>>>(d_setups + c0, d_offset, nc,
                                                                  max_w, max_h, table, inter);
       Check(cudaGetLastError(), "shear kernel launch");

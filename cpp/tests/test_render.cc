@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fluororeg/render.h"
+#include "render/render_internal.h"
 
 namespace fluororeg {
 namespace {
@@ -195,6 +196,68 @@ TEST(RenderVolume, CudaMatchesCpu) {
   cuda.output_on_device = true;
   RenderConeDrr(prepared, views, poses, 3, device_images.get(), cuda);
   EXPECT_GT(prepared.DeviceBytes(), sizeof(float) * ph.data.size());
+}
+
+// The CUDA launchers' per-element bodies, run here on the host: every intermediate pixel by
+// ShearColumns (kWidth columns per call, as the CUDA threads) equals the CPU's row loop, and
+// the rays split into parts (as small CUDA batches) sum to the whole rays.
+TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
+  SpherePhantom ph;
+  RenderVolume prepared(ph.grid);
+  RenderVolume::State& state = prepared.state();
+  const ParallelCamera camera{1.5, 40, 36};
+  const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
+                            -1.4, 1.5, 0.2, 2, 0, 1};
+  int axes_seen = 0;
+  for (int i = 0; i < 3; ++i) {
+    const kernels::ShearWarpSetup s =
+        internal::MakeShearWarpSetup(state.grid, camera, poses + 6 * i, 1.1);
+    ASSERT_GT(s.inter_w * s.inter_h, 0);
+    axes_seen |= 1 << s.axis;
+    const internal::PaddedSlices& slices = state.Slices(s.axis);
+    std::vector<float> rows(static_cast<size_t>(s.inter_w) * s.inter_h, 0.f);
+    std::vector<float> cols1(rows.size(), -1.f), cols4(rows.size(), -1.f);
+    for (int q = 0; q < s.inter_h; ++q) {
+      float* row = rows.data() + static_cast<size_t>(q) * s.inter_w;
+      kernels::AddToRow add{row};
+      kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
+                               add);
+      for (int p = 0; p < s.inter_w; ++p) row[p] *= static_cast<float>(s.weight);
+      for (int p = 0; p < s.inter_w; ++p) {
+        kernels::ShearColumns<1>(s, slices.data.data(), slices.row_extent.data(), p, q,
+                                 cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
+      }
+      for (int p = 0; p < s.inter_w; p += 4) {
+        float out[4] = {-1, -1, -1, -1};
+        kernels::ShearColumns<4>(s, slices.data.data(), slices.row_extent.data(), p, q, out);
+        for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
+      }
+    }
+    EXPECT_EQ(rows, cols1);
+    EXPECT_EQ(rows, cols4);
+    EXPECT_GT(*std::max_element(rows.begin(), rows.end()), 0.5f);
+  }
+  EXPECT_GT(axes_seen, 1);  // more than one principal axis
+
+  state.PrepareCone();
+  const ConeView view = SideView(24, 20, 3.0);
+  const kernels::ConeRaySetup s = internal::MakeConeRaySetup(state, view, poses, 1.0);
+  const kernels::ArraySampler sampler{state.grid.data, state.grid.nx, state.grid.ny, state.grid.nz};
+  double max_value = 0;
+  for (int y = 0; y < view.height; ++y) {
+    for (int x = 0; x < view.width; ++x) {
+      const float whole = kernels::ConeRayIntegral(s, sampler, state.occupancy.data(), x, y);
+      max_value = std::max<double>(max_value, whole);
+      for (int parts : {2, 4, 8}) {
+        double sum = 0;
+        for (int part = 0; part < parts; ++part) {
+          sum += kernels::ConeRayIntegral(s, sampler, state.occupancy.data(), x, y, part, parts);
+        }
+        ASSERT_NEAR(sum, whole, 1e-5 * (1 + std::fabs(whole))) << x << ", " << y << ", " << parts;
+      }
+    }
+  }
+  EXPECT_GT(max_value, 0.5);
 }
 
 }  // namespace

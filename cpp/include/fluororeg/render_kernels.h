@@ -81,12 +81,14 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
 }
 
 // Shear of intermediate row q over columns [p_begin, p_end): for every slice k that the row's
-// rays cross, add(p, value) receives the bilinear sample of slice k for column p (the weight,
-// s.weight, is applied by the caller once per pixel). Padded rows whose voxels are all zero
+// rays cross, add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) that slice
+// contributes to, the two padded rows r0, r1 it reads (indexed by p: column p samples r0[p],
+// r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights, constant over the slice. The weight
+// s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero
 // (row_extent [n_slices, slice_h, 2]: first and last non-zero padded column, first > last when
 // empty) are skipped, and so are the columns outside their non-zero run.
-// The CPU backend calls it for whole rows (slice-major: each slice's constant bilinear weights
-// stream over a contiguous row); the CUDA backend for one column per thread.
+// The CPU backend calls it for whole rows (AddToRow: slice-major, each slice streams over a
+// contiguous row); the CUDA backend for a few columns per thread (AddToColumns, registers).
 template <typename Add>
 FLUORO_HD void ShearRowSegment(const ShearWarpSetup& s, const float* slices,
                                const int32_t* row_extent, int q, int p_begin, int p_end,
@@ -110,33 +112,52 @@ FLUORO_HD void ShearRowSegment(const ShearWarpSetup& s, const float* slices,
     if (pe > p_end) pe = p_end;
     if (pb < first - oa - 2) pb = first - oa - 2;
     if (pe > last - oa) pe = last - oa;
+    if (pb >= pe) continue;
     const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
     const float w01 = (1.f - fa) * fb, w11 = fa * fb;
     const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
-    const float* r1 = r0 + s.slice_w;
-    for (int p = pb; p < pe; ++p) {
-      add(p, w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1]);
-    }
+    add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
   }
 }
 
-// Sinks of ShearRowSegment: a row of the intermediate image (CPU) or one register (CUDA).
+// Sinks of ShearRowSegment: a row of the intermediate image (CPU) or kWidth consecutive
+// columns p0 .. p0 + kWidth - 1 in registers (CUDA). Both add the same expression per column.
 struct AddToRow {
   float* row;  // [inter_w], indexed by p
-  FLUORO_HD void operator()(int p, float v) { row[p] += v; }
+  FLUORO_HD void operator()(int pb, int pe, const float* r0, const float* r1, float w00,
+                            float w10, float w01, float w11) {
+    for (int p = pb; p < pe; ++p) {
+      row[p] += w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1];
+    }
+  }
 };
-struct AddToScalar {
-  float sum;
-  FLUORO_HD void operator()(int, float v) { sum += v; }
+template <int kWidth>
+struct AddToColumns {
+  int p0;
+  float sum[kWidth];
+  FLUORO_HD void operator()(int pb, int pe, const float* r0, const float* r1, float w00,
+                            float w10, float w01, float w11) {
+    for (int t = 0; t < kWidth; ++t) {  // unrolled: sum stays in registers
+      const int p = p0 + t;
+      if (p >= pb && p < pe) {
+        sum[t] += w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1];
+      }
+    }
+  }
 };
 
-// The shear value of one intermediate pixel (p, q): the per-element body of the CUDA launcher
+// The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
+// (columns at or past inter_w are not written): the per-element body of the CUDA launcher
 // (the CPU launcher runs ShearRowSegment over whole rows and then scales by s.weight).
-FLUORO_HD float ShearPixel(const ShearWarpSetup& s, const float* slices,
-                           const int32_t* row_extent, int p, int q) {
-  AddToScalar acc{0.f};
-  ShearRowSegment(s, slices, row_extent, q, p, p + 1, acc);
-  return acc.sum * static_cast<float>(s.weight);
+template <int kWidth>
+FLUORO_HD void ShearColumns(const ShearWarpSetup& s, const float* slices,
+                            const int32_t* row_extent, int p0, int q, float* out) {
+  AddToColumns<kWidth> acc{p0, {}};
+  ShearRowSegment(s, slices, row_extent, q, p0, p0 + kWidth, acc);
+  const float w = static_cast<float>(s.weight);
+  for (int t = 0; t < kWidth; ++t) {
+    if (p0 + t < s.inter_w) out[t] = acc.sum[t] * w;
+  }
 }
 
 // Warp: DRR value at output pixel (x, y), zero outside the intermediate image.

@@ -69,7 +69,8 @@ constexpr int kParallelChunk = 256;
 FLUORO_CPU_CLONES void ShearRowCpu(const kernels::ShearWarpSetup& s,
                                    const internal::PaddedSlices& slices, int q, float* row) {
   kernels::AddToRow add{row};
-  kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w, add);
+  kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
+                           add);
   const float w = static_cast<float>(s.weight);
   for (int p = 0; p < s.inter_w; ++p) row[p] *= w;
 }
