@@ -336,7 +336,7 @@ def test_bad_input_gives_clear_errors(headsq_mu, dual_views):
 
 def test_cuda_request_without_cuda_is_a_clear_error(headsq_mu):
     if fr.has_cuda():
-        pytest.skip("a CUDA device is present: covered by test_cuda_matches_cpu")
+        pytest.skip("a CUDA device is present: covered by the test_cuda_*_matches_cpu tests")
     with pytest.raises(RuntimeError, match="cuda"):
         R.render_parallel(headsq_mu, np.zeros(6), ParallelCamera(16, 16, 4.0), device="cuda")
 
