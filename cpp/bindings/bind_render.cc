@@ -37,9 +37,14 @@ struct Images {
 Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
   Images out;
   if (!on_device) {
-    auto a = NewArray<float>({n, H, W});
-    out.data = a.data();
-    out.array = nb::cast(a);
+    // Not zero-filled: the renderers write every pixel (a batch of thousands of images would
+    // otherwise be written twice).
+    const size_t count = n * H * W;
+    float* data = new float[count > 0 ? count : 1];
+    nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    const size_t shape[3] = {n, H, W};
+    out.data = data;
+    out.array = nb::cast(nb::ndarray<nb::numpy, float>(data, 3, shape, owner));
     return out;
   }
   std::shared_ptr<float> mem = CudaAllocateFloats(n * H * W);
