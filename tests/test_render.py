@@ -339,6 +339,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(headsq_mu):
         pytest.skip("a CUDA device is present: covered by the test_cuda_*_matches_cpu tests")
     with pytest.raises(RuntimeError, match="cuda"):
         R.render_parallel(headsq_mu, np.zeros(6), ParallelCamera(16, 16, 4.0), device="cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        R.prepare_volume(headsq_mu, device="cuda")
+    assert R.prepare_volume(headsq_mu, device="auto").device == "cpu"
 
 
 def test_prepared_volume_renders_as_the_volume(headsq_mu, dual_views):

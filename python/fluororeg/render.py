@@ -77,6 +77,9 @@ class PreparedVolume:
         _check_volume(volume)
         self.volume = volume
         self.device = resolve_device(device)
+        if self.device == "cuda" and not _core.cuda_available():
+            built = "no CUDA device is usable" if _core.cuda_built() else "fluororeg was built without CUDA"
+            raise RuntimeError(f"device='cuda' was requested but {built}; use device='cpu' or 'auto'")
         self._handles: dict[int, tuple[Volume, "_core.RenderVolume"]] = {}
 
     def handle(self, level_volume: Volume) -> "_core.RenderVolume":
