@@ -11,11 +11,26 @@ import time
 from pathlib import Path
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, device: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="short run (fewer repetitions)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    if device:
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="cuda rows too (auto: when a CUDA device is usable); cpu: CPU rows only")
     return p
+
+
+def cuda_name() -> str:
+    """The CUDA device's name (nvidia-smi), or '' when unknown."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def best_time(fn, repeat: int) -> float:

@@ -3,10 +3,11 @@ default example subject (9,751 samples of 128 x 128: DRR, bone-mask projection, 
 and without writing the HDF5 shards, for parallel-beam DRRs (the paper's) and, rendering only, for
 cone-beam DRRs (``projection='cone'``).
 
-    python benchmarks/bench_dataset.py --quick --json out/bench_dataset.json
+    python benchmarks/bench_dataset.py --quick --json out/bench_dataset.json [--device auto|cpu|cuda]
 
 --quick generates 1,024 samples (two shards per measurement) instead of all 9,751 (cone beam:
-512 samples, or 2,048 without --quick).
+512 samples, or 2,048 without --quick). With a CUDA device (--device auto or cuda) the rendering-
+only rates are measured on CUDA too, in the same run (keys cuda_*; 4,096 cone samples).
 """
 
 from __future__ import annotations
@@ -19,23 +20,26 @@ from pathlib import Path
 from fluororeg.dataset.generate import DatasetConfig, generate_dataset
 from fluororeg.subject.subject import example_subject
 
-from _common import parser, report
+from _common import cuda_name, parser, report
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    args = parser(__doc__.splitlines()[0], device=True).parse_args()
+    from fluororeg.core.render import resolve_device
+
+    use_cuda = resolve_device(args.device) == "cuda"
     subject = example_subject()
     subject.attenuation_model()  # load and convert once, outside the timings
     subject.mask_model()
     config = DatasetConfig(n_train=1024, n_test=0) if args.quick else DatasetConfig()
     n = config.n_train + config.n_test
     t0 = time.perf_counter()
-    generate_dataset(subject, None, config, write=False, progress=False)
+    generate_dataset(subject, None, config, device="cpu", write=False, progress=False)
     t_render = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp(prefix="fluororeg-bench-"))
     try:
         t0 = time.perf_counter()
-        generate_dataset(subject, tmp / "ds", config, progress=False)
+        generate_dataset(subject, tmp / "ds", config, device="cpu", progress=False)
         t_write = time.perf_counter() - t0
         size_mb = sum(p.stat().st_size for p in (tmp / "ds").rglob("*.h5")) / 2**20
     finally:
@@ -44,10 +48,11 @@ def main() -> None:
 
     cone = replace(config, n_train=512 if args.quick else 2048, n_test=0, projection="cone")
     t0 = time.perf_counter()
-    generate_dataset(subject, None, cone, write=False, progress=False)
+    generate_dataset(subject, None, cone, device="cpu", write=False, progress=False)
     cone_rate = cone.n_train / (time.perf_counter() - t0)
     full = 9751
     results = {
+        "cone_samples_per_s": cone_rate,
         "cone_samples_per_s_without_writing": cone_rate,
         "cone_full_dataset_seconds_estimate": full / cone_rate,
         "samples": n,
@@ -65,6 +70,42 @@ def main() -> None:
         ("cone beam: samples per second, rendering only", cone_rate, "samples/s"),
         ("cone beam: 9,751-sample dataset (estimate)", full / cone_rate, "s"),
     ]
+    if use_cuda:
+        generate_dataset(subject, None, replace(cone, n_train=64), device="cuda", write=False, progress=False)  # warm-up
+        cuda_cone = replace(cone, n_train=4096)
+        t0 = time.perf_counter()
+        generate_dataset(subject, None, cuda_cone, device="cuda", write=False, progress=False)
+        cuda_cone_rate = cuda_cone.n_train / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        generate_dataset(subject, None, config, device="cuda", write=False, progress=False)
+        cuda_rate = n / (time.perf_counter() - t0)
+        # The renderers' share: DRRs and mask projections of one 512-sample shard on CUDA,
+        # without the per-image NumPy work of render_samples (windowing, uint8 conversion).
+        import numpy as np
+        from fluororeg.core import render as R
+        from fluororeg.dataset.generate import cone_views, prepare_subject_volumes, sample_poses
+
+        mu, bone = prepare_subject_volumes(subject, "cuda")
+        rng = np.random.default_rng(0)
+        poses, scales = sample_poses(rng, 512, cone.poses)
+        views = cone_views(cone.camera, scales, rng.uniform(*cone.source_distance_mm, 512))
+        R.render_cone(mu, views, poses), R.project_mask_cone(bone, views, poses)
+        t0 = time.perf_counter()
+        R.render_cone(mu, views, poses), R.project_mask_cone(bone, views, poses)
+        cuda_render_rate = 512 / (time.perf_counter() - t0)
+        results.update({
+            "cuda_device": cuda_name(),
+            "cuda_cone_samples_per_s": cuda_cone_rate,
+            "cuda_samples_per_s_without_writing": cuda_rate,
+            "cuda_cone_speedup_vs_cpu": cuda_cone_rate / cone_rate,
+            "cuda_cone_render_and_mask_only_samples_per_s": cuda_render_rate,
+        })
+        rows += [
+            ("CUDA cone beam: samples per second, rendering only", cuda_cone_rate, "samples/s"),
+            ("CUDA parallel beam: samples per second, rendering only", cuda_rate, "samples/s"),
+            ("CUDA cone beam: DRR + mask rendering alone (no NumPy post-processing)", cuda_render_rate, "samples/s"),
+            ("CUDA vs CPU, cone beam", cuda_cone_rate / cone_rate, "x"),
+        ]
     report(f"bench_dataset ({n} samples of {config.image_size}x{config.image_size}, subject {subject.name})", rows,
            results, args.json)
 

@@ -1,11 +1,14 @@
 """Renderer throughput: parallel-beam 128x128 DRRs of a head-sized CT (shear-warp, C++) against
-the NumPy reference, and 512x512 cone-beam DRRs.
+the NumPy reference, and 512x512 cone-beam DRRs, on the CPU and (when a device is usable) CUDA.
 
-    python benchmarks/bench_render.py --quick --json out/bench_render.json
+    python benchmarks/bench_render.py --quick --json out/bench_render.json [--device auto|cpu|cuda]
 
 The volume is the example subject's CT (InVesalius "Cranium", 256 x 256 x 108, cached by
 fluororeg.subject.example) when it can be had, otherwise a synthetic head phantom of
-256 x 256 x 113 voxels; the JSON says which.
+256 x 256 x 113 voxels; --quick uses the small headsq CT of ../shared/data when present. The
+JSON says which. CPU and CUDA rows render the same volume in the same run. CUDA rows give the
+end-to-end time of a call (images copied back to the host unless "on device") and, apart, the
+kernel time (CUDA events around the kernels, RenderVolume.last_cuda_kernel_ms).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from fluororeg._reference import render as ref
 from fluororeg.core.geometry import ConeView, ParallelCamera
 from fluororeg.core.volume import Volume
 
-from _common import best_time, parser, report
+from _common import best_time, cuda_name, parser, report
 
 
 def synthetic_head() -> Volume:
@@ -36,7 +39,15 @@ def synthetic_head() -> Volume:
     return vol
 
 
-def load_head() -> tuple[Volume, str]:
+def load_head(quick: bool = False) -> tuple[Volume, str]:
+    if quick:
+        from fluororeg.subject.example import headsq_path
+        from fluororeg.io.volume_formats import load_volume
+
+        p = headsq_path()
+        if p is not None:
+            v = load_volume(p)
+            return v.translated(-v.center).hu_to_attenuation(), "headsq"
     try:
         from fluororeg.subject.example import cranium_volume
         v = cranium_volume()
@@ -65,9 +76,76 @@ def cone_samples(vol: Volume, view: ConeView, pose) -> int:
     return int(np.sum(np.ceil(np.clip(t1 - t0, 0, None) * np.linalg.norm(d, axis=1))))
 
 
+def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tuple[dict, list]:
+    """CUDA timings on a volume prepared once on the device (upload outside the timings)."""
+    prepared = R.prepare_volume(vol, device="cuda")
+    n = len(poses)
+    par_vol = R.render_volume_for(vol, camera.pixel_mm / scales.max(), "auto")
+    rng = np.random.default_rng(1)
+    n_big = 4096
+    big = np.concatenate([rng.uniform(-30, 30, (n_big, 3)), rng.uniform(-20, 20, (n_big, 3))], axis=1)
+    big_scales = rng.uniform(0.9, 1.2, n_big)
+
+    def kernel_ms(level_vol):
+        return prepared.handle(level_vol).last_cuda_kernel_ms
+
+    t_host = best_time(lambda: R.render_parallel(prepared, poses, camera, scales), repeat)
+    k_host = kernel_ms(par_vol)
+    t_dev = best_time(lambda: R.render_parallel(prepared, big, camera, big_scales, on_device=True), repeat)
+    k_dev = kernel_ms(R.render_volume_for(vol, camera.pixel_mm / big_scales.max(), "auto"))
+    # Cone 512 x 512: a batch of 16 poses, per DRR; and one 200 x 200 DRR per call.
+    n_cone = 16
+    cone_poses = pose + np.concatenate([rng.uniform(-5, 5, (n_cone, 3)), rng.uniform(-3, 3, (n_cone, 3))], axis=1)
+    cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view, n_cone), cone_poses), "auto")
+    t_cone = best_time(lambda: R.render_cone(prepared, view, cone_poses), repeat)
+    k_cone = kernel_ms(cone_vol)
+    t_cone_dev = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True), repeat)
+    t_cone_exact = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, cuda_texture=False),
+                             max(1, repeat // 2))
+    k_cone_exact = kernel_ms(cone_vol)
+    view200 = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6 * 512 / 200,
+                                  width=200, height=200)
+    vol200 = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view200, 1), pose[None]), "auto")
+    t_200 = best_time(lambda: R.render_cone(prepared, view200, pose), repeat * 5)
+    k_200 = kernel_ms(vol200)
+    results = {
+        "cuda_device": cuda_name(),
+        "cuda_parallel_128_drr_per_s": n_big / t_dev,
+        "cuda_parallel_128_kernel_drr_per_s": n_big / (k_dev * 1e-3),
+        "cuda_parallel_128_batch": n_big,
+        "cuda_parallel_128_drr_per_s_batch64_to_host": n / t_host,
+        "cuda_parallel_128_kernel_drr_per_s_batch64": n / (k_host * 1e-3),
+        "cuda_cone_512_ms": t_cone_dev * 1e3 / n_cone,
+        "cuda_cone_512_ms_to_host": t_cone * 1e3 / n_cone,
+        "cuda_cone_512_kernel_ms": k_cone / n_cone,
+        "cuda_cone_512_exact_trilinear_ms": t_cone_exact * 1e3 / n_cone,
+        "cuda_cone_512_exact_trilinear_kernel_ms": k_cone_exact / n_cone,
+        "cuda_cone_512_batch": n_cone,
+        "cuda_cone_200_single_us": t_200 * 1e6,
+        "cuda_cone_200_single_kernel_us": k_200 * 1e3,
+        "cuda_volume_device_bytes": prepared.handle(par_vol).device_bytes,
+    }
+    rows = [
+        (f"CUDA parallel 128x128, batch {n_big}, on device", n_big / t_dev, "DRR/s"),
+        (f"CUDA parallel 128x128, batch {n_big}, kernels only", n_big / (k_dev * 1e-3), "DRR/s"),
+        ("CUDA parallel 128x128, batch 64, to host", n / t_host, "DRR/s"),
+        ("CUDA parallel 128x128, batch 64, kernels only", n / (k_host * 1e-3), "DRR/s"),
+        (f"CUDA cone 512x512 per DRR, batch {n_cone}, on device", t_cone_dev * 1e3 / n_cone, "ms"),
+        (f"CUDA cone 512x512 per DRR, batch {n_cone}, to host", t_cone * 1e3 / n_cone, "ms"),
+        (f"CUDA cone 512x512 per DRR, batch {n_cone}, kernels only", k_cone / n_cone, "ms"),
+        ("CUDA cone 512x512 per DRR, exact trilinear (no texture)", t_cone_exact * 1e3 / n_cone, "ms"),
+        ("CUDA cone 200x200 single DRR, to host", t_200 * 1e6, "us"),
+        ("CUDA cone 200x200 single DRR, kernels only", k_200 * 1e3, "us"),
+    ]
+    return results, rows
+
+
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    vol, name = load_head()
+    p = parser(__doc__.splitlines()[0], device=True)
+    p.add_argument("--head", action="store_true", help="the head-sized CT even with --quick")
+    args = p.parse_args()
+    vol, name = load_head(args.quick and not args.head)
+    use_cuda = R.resolve_device(args.device) == "cuda"
     rng = np.random.default_rng(0)
     n = 64
     poses = np.concatenate([rng.uniform(-30, 30, (n, 3)), rng.uniform(-20, 20, (n, 3))], axis=1)
@@ -75,10 +153,12 @@ def main() -> None:
     camera = ParallelCamera(128, 128, 2.0)
     repeat = 3 if args.quick else 10
 
-    t_batch = best_time(lambda: R.render_parallel(vol, poses, camera, scales), repeat)
+    prepared = R.prepare_volume(vol)  # what repeated calls (datasets, registration) use
+    t_batch = best_time(lambda: R.render_parallel(prepared, poses, camera, scales), repeat)
     drr_per_s = n / t_batch
-    t_single = best_time(lambda: R.render_parallel(vol, poses[0], camera, scales[0]), repeat * 5)
-    t_one_thread = best_time(lambda: R.render_parallel(vol, poses, camera, scales, num_threads=1), max(1, repeat // 2))
+    t_unprepared = best_time(lambda: R.render_parallel(vol, poses, camera, scales), max(1, repeat // 2))
+    t_single = best_time(lambda: R.render_parallel(prepared, poses[0], camera, scales[0]), repeat * 5)
+    t_one_thread = best_time(lambda: R.render_parallel(prepared, poses, camera, scales, num_threads=1), max(1, repeat // 2))
     level_vol = vol.for_pixel_size(camera.pixel_mm / scales.max())
 
     n_ref = 2 if args.quick else 4
@@ -88,7 +168,7 @@ def main() -> None:
     # Cone beam: a fluoroscope ~1 m source-to-intensifier, 512 x 512 px of 0.6 mm.
     view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6, width=512, height=512)
     pose = np.array([10.0, -5.0, 20.0, 2.0, 3.0, -4.0])
-    t_cone = best_time(lambda: R.render_cone(vol, view, pose), repeat)
+    t_cone = best_time(lambda: R.render_cone(prepared, view, pose), repeat)
     cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view, 1), pose[None]), "auto")
     t_cone_ref_rows = best_time(lambda: ref.line_integral_cone(cone_vol, view, pose, rows=slice(200, 216)), 1)
     cone_ref_ms = t_cone_ref_rows * 512 / 16 * 1e3
@@ -100,6 +180,7 @@ def main() -> None:
         "parallel_level_shape_zyx": list(level_vol.data.shape),
         "parallel_128_drr_per_s": drr_per_s,
         "parallel_128_drr_per_s_1thread": n / t_one_thread,
+        "parallel_128_drr_per_s_unprepared": n / t_unprepared,
         "parallel_128_single_call_ms": t_single * 1e3,
         "numpy_parallel_128_drr_per_s": ref_per_s,
         "parallel_speedup_vs_numpy": drr_per_s / ref_per_s,
@@ -110,13 +191,10 @@ def main() -> None:
         "cone_speedup_vs_numpy": cone_ref_ms / (t_cone * 1e3),
         "cuda_available": fr.has_cuda(),
     }
-    if fr.has_cuda():
-        results["cuda_parallel_128_drr_per_s"] = n / best_time(
-            lambda: R.render_parallel(vol, poses, camera, scales, device="cuda"), repeat)
-        results["cuda_cone_512_ms"] = 1e3 * best_time(lambda: R.render_cone(vol, view, pose, device="cuda"), repeat)
     rows = [
         ("parallel 128x128, batch of 64 (all cores)", drr_per_s, "DRR/s"),
         ("parallel 128x128, batch of 64 (1 thread)", n / t_one_thread, "DRR/s"),
+        ("parallel 128x128, batch of 64, volume not prepared", n / t_unprepared, "DRR/s"),
         ("parallel 128x128, single call", t_single * 1e3, "ms"),
         ("NumPy reference (ray marching)", ref_per_s, "DRR/s"),
         ("speed-up vs NumPy", drr_per_s / ref_per_s, "x"),
@@ -125,6 +203,16 @@ def main() -> None:
         ("NumPy reference cone 512x512 (extrapolated)", cone_ref_ms, "ms"),
         ("speed-up vs NumPy (cone)", cone_ref_ms / (t_cone * 1e3), "x"),
     ]
+    if use_cuda:
+        cuda_results, cuda_table = cuda_rows(vol, poses, scales, camera, view, pose, repeat)
+        results.update(cuda_results)
+        results["cuda_parallel_speedup_vs_cpu"] = cuda_results["cuda_parallel_128_drr_per_s"] / drr_per_s
+        results["cuda_cone_512_speedup_vs_cpu"] = t_cone * 1e3 / cuda_results["cuda_cone_512_ms"]
+        rows += cuda_table + [
+            ("CUDA vs CPU, parallel (batched, on device)", results["cuda_parallel_speedup_vs_cpu"], "x"),
+            ("CUDA vs CPU, cone 512x512 (batched, on device)", results["cuda_cone_512_speedup_vs_cpu"], "x"),
+            ("CUDA vs NumPy, cone 512x512", cone_ref_ms / cuda_results["cuda_cone_512_ms"], "x"),
+        ]
     report(f"bench_render ({name}, volume {vol.data.shape}, parallel level {level_vol.data.shape})", rows, results, args.json)
 
 

@@ -1,6 +1,8 @@
-// CUDA backend of the renderers: thin kernels over the shared per-ray math in
-// fluororeg/render_kernels.h. Compiled only when FLUORO_WITH_CUDA is set; never run in CI
-// (no GPU there), checked against the CPU backend on a GPU machine.
+// CUDA backend of the renderers: thin grid-stride launchers over the kernel bodies in
+// fluororeg/render_kernels.h (the same bodies the CPU backend runs in ParallelFor), and the
+// device side of RenderVolume (device copies, a 3D texture and work buffers kept between
+// calls). Compiled only when FLUORO_WITH_CUDA is set; never run in CI (no GPU there), checked
+// against the CPU backend on a GPU machine (tests -k cuda, benchmarks/gpu_check.sh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,80 +25,284 @@ void Check(cudaError_t err, const char* what) {
   }
 }
 
-// Device buffer with RAII release.
+// Device buffer that grows on demand and is kept between calls.
 template <typename T>
-struct DeviceBuffer {
+struct DeviceScratch {
   T* ptr = nullptr;
-  size_t count = 0;
-  explicit DeviceBuffer(size_t n) : count(n) {
-    if (n) Check(cudaMalloc(&ptr, n * sizeof(T)), "cudaMalloc");
+  size_t capacity = 0;  // elements
+  DeviceScratch() = default;
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  ~DeviceScratch() { Release(); }
+  T* Reserve(size_t n) {
+    if (n > capacity) {
+      if (ptr) cudaFree(ptr);
+      ptr = nullptr;
+      capacity = 0;
+      Check(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc (work buffer)");
+      capacity = n;
+    }
+    return ptr;
   }
-  DeviceBuffer(const T* host, size_t n) : DeviceBuffer(n) {
-    if (n) Check(cudaMemcpy(ptr, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
-  }
-  ~DeviceBuffer() {
+  void Release() {
     if (ptr) cudaFree(ptr);
+    ptr = nullptr;
+    capacity = 0;
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void ToHost(T* host) const {
-    if (count) Check(cudaMemcpy(host, ptr, count * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  size_t Bytes() const { return capacity * sizeof(T); }
+};
+
+// Page-locked host staging buffer (asynchronous uploads of the per-image setups).
+struct PinnedScratch {
+  void* ptr = nullptr;
+  size_t capacity = 0;  // bytes
+  PinnedScratch() = default;
+  PinnedScratch(const PinnedScratch&) = delete;
+  PinnedScratch& operator=(const PinnedScratch&) = delete;
+  ~PinnedScratch() { Release(); }
+  void* Reserve(size_t bytes) {
+    if (bytes > capacity) {
+      if (ptr) cudaFreeHost(ptr);
+      ptr = nullptr;
+      capacity = 0;
+      Check(cudaMallocHost(&ptr, std::max<size_t>(bytes, 64)), "cudaMallocHost");
+      capacity = bytes;
+    }
+    return ptr;
+  }
+  void Release() {
+    if (ptr) cudaFreeHost(ptr);
+    ptr = nullptr;
+    capacity = 0;
   }
 };
 
-__global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long long* inter_offset,
-                            const float* const* padded, float* inter, int n) {
-  const int i = blockIdx.z;
-  if (i >= n) return;
-  const kernels::ShearWarpSetup s = setups[i];
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  const int q = blockIdx.y * blockDim.y + threadIdx.y;
-  if (p >= s.inter_w || q >= s.inter_h) return;
-  inter[inter_offset[i] + static_cast<long long>(q) * s.inter_w + p] =
-      kernels::ShearPixel(s, padded[s.axis], p, q);
+// The volume's trilinear interpolant by the texture unit (weights in 1/256 steps).
+struct TextureSampler {
+  cudaTextureObject_t tex;
+  FLUORO_HD float operator()(float x, float y, float z) const {
+#if defined(__CUDA_ARCH__)
+    return tex3D<float>(tex, x + 0.5f, y + 0.5f, z + 0.5f);  // texel centres at +0.5
+#else
+    (void)x, (void)y, (void)z;
+    return 0.f;  // device only
+#endif
+  }
+};
+
+struct SliceTable {
+  const float* data[3];
+  const int32_t* extent[3];
+};
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over `total` elements (any count: the loop covers the rest).
+unsigned BlocksFor(long long total) {
+  const long long blocks = (total + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::max<long long>(1, std::min<long long>(blocks, 1 << 20)));
 }
 
-__global__ void WarpKernel(const kernels::ShearWarpSetup* setups, const long long* inter_offset,
+#define FLUORO_GRID_STRIDE(idx, total)                                                       \
+  for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;      \
+       idx < (total); idx += static_cast<long long>(blockDim.x) * gridDim.x)
+
+// Columns of the intermediate image per thread of the shear kernel (registers; the per-slice
+// offsets and row checks are shared by the columns).
+constexpr int kShearColumns = 4;
+
+// One thread per kShearColumns intermediate pixels of a row, for every pose (images padded to
+// max_w x max_h).
+__global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long long* offset,
+                            int n, int max_w, int max_h, SliceTable slices, float* inter) {
+  const int cols = (max_w + kShearColumns - 1) / kShearColumns;
+  const long long per_pose = static_cast<long long>(cols) * max_h;
+  FLUORO_GRID_STRIDE(idx, per_pose * n) {
+    const int i = static_cast<int>(idx / per_pose);
+    const long long r = idx - i * per_pose;
+    const int q = static_cast<int>(r / cols);
+    const int p0 = static_cast<int>(r - static_cast<long long>(q) * cols) * kShearColumns;
+    const kernels::ShearWarpSetup& s = setups[i];
+    if (p0 >= s.inter_w || q >= s.inter_h) continue;
+    kernels::ShearColumns<kShearColumns>(s, slices.data[s.axis], slices.extent[s.axis], p0, q,
+                                         inter + offset[i] + static_cast<long long>(q) * s.inter_w + p0);
+  }
+}
+
+// One thread per output pixel.
+__global__ void WarpKernel(const kernels::ShearWarpSetup* setups, const long long* offset,
                            const float* inter, float* out, int width, int height, int n) {
-  const int i = blockIdx.z;
-  const int x = blockIdx.x * blockDim.x + threadIdx.x;
-  const int y = blockIdx.y * blockDim.y + threadIdx.y;
-  if (i >= n || x >= width || y >= height) return;
-  const kernels::ShearWarpSetup& s = setups[i];
-  out[(static_cast<long long>(i) * height + y) * width + x] =
-      s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter + inter_offset[i], x, y);
+  const long long per_image = static_cast<long long>(width) * height;
+  FLUORO_GRID_STRIDE(idx, per_image * n) {
+    const int i = static_cast<int>(idx / per_image);
+    const long long r = idx - i * per_image;
+    const int y = static_cast<int>(r / width), x = static_cast<int>(r - static_cast<long long>(y) * width);
+    const kernels::ShearWarpSetup& s = setups[i];
+    out[idx] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter + offset[i], x, y);
+  }
 }
 
-__global__ void ConeKernel(const kernels::ConeRaySetup* setups, const float* vol,
+// PARTS threads per pixel (consecutive lanes, each a run of the ray's samples, summed by warp
+// shuffles), the pixels of a block on an 8-wide tile (neighbouring rays share the texture
+// cache). Every lane of a warp runs the same iterations (totals are multiples of kThreads).
+template <typename Sampler, int PARTS>
+__global__ void ConeKernel(const kernels::ConeRaySetup* setups, Sampler sampler,
                            const uint8_t* occupancy, float* out, int width, int height, int n) {
-  const int i = blockIdx.z;
-  const int x = blockIdx.x * blockDim.x + threadIdx.x;
-  const int y = blockIdx.y * blockDim.y + threadIdx.y;
-  if (i >= n || x >= width || y >= height) return;
-  out[(static_cast<long long>(i) * height + y) * width + x] =
-      kernels::ConeRayIntegral(setups[i], vol, occupancy, x, y);
+  constexpr int kRays = kThreads / PARTS, TW = 8, TH = kRays / TW;
+  const int tiles_x = (width + TW - 1) / TW, tiles_y = (height + TH - 1) / TH;
+  const long long per_image = static_cast<long long>(tiles_x) * tiles_y * kThreads;
+  FLUORO_GRID_STRIDE(idx, per_image * n) {
+    const int i = static_cast<int>(idx / per_image);
+    const long long r = idx - i * per_image;
+    const int tile = static_cast<int>(r / kThreads), within = static_cast<int>(r % kThreads);
+    const int ray = within / PARTS, part = within % PARTS;
+    const int x = (tile % tiles_x) * TW + ray % TW, y = (tile / tiles_x) * TH + ray / TW;
+    const bool inside = x < width && y < height;
+    float v = inside ? kernels::ConeRayIntegral(setups[i], sampler, occupancy, x, y, part, PARTS)
+                     : 0.f;
+    for (int offset = PARTS / 2; offset > 0; offset /= 2) {
+      v += __shfl_down_sync(0xffffffffu, v, offset, PARTS);
+    }
+    if (inside && part == 0) out[(static_cast<long long>(i) * height + y) * width + x] = v;
+  }
+}
+
+template <typename Sampler>
+void LaunchCone(int parts, unsigned blocks, cudaStream_t stream, const kernels::ConeRaySetup* setups,
+                Sampler sampler, const uint8_t* occupancy, float* out, int width, int height,
+                int n) {
+  switch (parts) {
+    case 1:
+      ConeKernel<Sampler, 1><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    case 2:
+      ConeKernel<Sampler, 2><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    case 4:
+      ConeKernel<Sampler, 4><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+      break;
+    default:
+      ConeKernel<Sampler, 8><<<blocks, kThreads, 0, stream>>>(setups, sampler, occupancy, out,
+                                                              width, height, n);
+  }
 }
 
 __global__ void ProjectKernel(bool cone, ParallelCamera camera, const ConeView* views,
                               const double* poses, const double* scales, int n,
                               const double* points, int m, double* out_xy, uint8_t* in_fov) {
-  const long long o = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (o >= static_cast<long long>(n) * m) return;
-  const int i = static_cast<int>(o / m), j = static_cast<int>(o % m);
-  const Affine3<double> xf = AffineFromPose(poses + 6 * i);
-  if (cone) {
-    kernels::ProjectConePoint(views[i], xf, points + 3 * j, out_xy + 2 * o, in_fov + o);
-  } else {
-    kernels::ProjectParallelPoint(camera, xf, scales[i], points + 3 * j, out_xy + 2 * o,
-                                  in_fov + o);
+  FLUORO_GRID_STRIDE(o, static_cast<long long>(n) * m) {
+    const int i = static_cast<int>(o / m), j = static_cast<int>(o % m);
+    const Affine3<double> xf = AffineFromPose(poses + 6 * i);
+    if (cone) {
+      kernels::ProjectConePoint(views[i], xf, points + 3 * j, out_xy + 2 * o, in_fov + o);
+    } else {
+      kernels::ProjectParallelPoint(camera, xf, scales[i], points + 3 * j, out_xy + 2 * o,
+                                    in_fov + o);
+    }
   }
 }
 
-dim3 Grid2D(int w, int h, int n, dim3 block) {
-  return dim3((w + block.x - 1) / block.x, (h + block.y - 1) / block.y, n);
-}
+// Host images per chunk when the output goes back to the host (bounds the device buffer).
+constexpr size_t kMaxChunkFloats = size_t(64) << 20;  // 256 MiB
+// Outputs up to this size come down through a page-locked buffer (copies to pageable memory
+// are staged by the driver, slower).
+constexpr size_t kMaxPinnedBytes = size_t(64) << 20;
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Device side of a RenderVolume.
+struct CudaVolume {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  float* voxels = nullptr;  // [nz, ny, nx] linear copy (exact trilinear, the CPU's sampler)
+  cudaArray_t array = nullptr;
+  cudaTextureObject_t texture = 0;  // hardware trilinear filtering, zero outside
+  uint8_t* occupancy = nullptr;
+  float* slices[3] = {nullptr, nullptr, nullptr};
+  int32_t* extent[3] = {nullptr, nullptr, nullptr};
+  size_t fixed_bytes = 0;
+  DeviceScratch<kernels::ShearWarpSetup> shear_setups;
+  DeviceScratch<kernels::ConeRaySetup> cone_setups;
+  DeviceScratch<long long> offsets;
+  DeviceScratch<float> inter, images;
+  PinnedScratch staging;      // setups on their way up
+  PinnedScratch host_images;  // images on their way down (see HostImages)
+
+  ~CudaVolume() {
+    if (texture) cudaDestroyTextureObject(texture);
+    if (array) cudaFreeArray(array);
+    cudaFree(voxels);
+    cudaFree(occupancy);
+    for (int c = 0; c < 3; ++c) {
+      cudaFree(slices[c]);
+      cudaFree(extent[c]);
+    }
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  // Asynchronous upload through the pinned staging buffer (one at a time: the stream is
+  // synchronised at the end of every call before the buffer is reused).
+  template <typename T>
+  void Upload(T* device, const T* host, size_t count) {
+    void* stage = staging.Reserve(count * sizeof(T));
+    std::copy(host, host + count, static_cast<T*>(stage));
+    Check(cudaMemcpyAsync(device, stage, count * sizeof(T), cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync (setups)");
+  }
+};
+
+CudaVolume& GetCudaVolume(RenderVolume::State& volume) {
+  if (volume.cuda) return *volume.cuda;
+  volume.PrepareCone();
+  auto cv = std::make_unique<CudaVolume>();
+  const VolumeGrid& g = volume.grid;
+  Check(cudaStreamCreateWithFlags(&cv->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  Check(cudaEventCreate(&cv->start), "cudaEventCreate");
+  Check(cudaEventCreate(&cv->stop), "cudaEventCreate");
+  const size_t n_vox = static_cast<size_t>(g.nx) * g.ny * g.nz;
+  Check(cudaMalloc(&cv->voxels, n_vox * sizeof(float)), "cudaMalloc (volume)");
+  Check(cudaMemcpy(cv->voxels, g.data, n_vox * sizeof(float), cudaMemcpyHostToDevice),
+        "cudaMemcpy (volume)");
+  Check(cudaMalloc(&cv->occupancy, volume.occupancy.size()), "cudaMalloc (occupancy)");
+  Check(cudaMemcpy(cv->occupancy, volume.occupancy.data(), volume.occupancy.size(),
+                   cudaMemcpyHostToDevice),
+        "cudaMemcpy (occupancy)");
+  const cudaChannelFormatDesc desc = cudaCreateChannelDesc<float>();
+  const cudaExtent extent = make_cudaExtent(g.nx, g.ny, g.nz);
+  Check(cudaMalloc3DArray(&cv->array, &desc, extent), "cudaMalloc3DArray (volume texture)");
+  cudaMemcpy3DParms copy = {};
+  copy.srcPtr = make_cudaPitchedPtr(const_cast<float*>(g.data), g.nx * sizeof(float), g.nx, g.ny);
+  copy.dstArray = cv->array;
+  copy.extent = extent;
+  copy.kind = cudaMemcpyHostToDevice;
+  Check(cudaMemcpy3D(&copy), "cudaMemcpy3D (volume texture)");
+  cudaResourceDesc res = {};
+  res.resType = cudaResourceTypeArray;
+  res.res.array.array = cv->array;
+  cudaTextureDesc tex = {};
+  for (int c = 0; c < 3; ++c) tex.addressMode[c] = cudaAddressModeBorder;
+  tex.filterMode = cudaFilterModeLinear;
+  tex.readMode = cudaReadModeElementType;
+  tex.normalizedCoords = 0;
+  Check(cudaCreateTextureObject(&cv->texture, &res, &tex, nullptr), "cudaCreateTextureObject");
+  cv->fixed_bytes = 2 * n_vox * sizeof(float) + volume.occupancy.size();
+  volume.cuda = cv.release();
+  return *volume.cuda;
+}
+
+void DestroyCudaVolume(CudaVolume* cuda) { delete cuda; }
+
+size_t CudaVolumeBytes(const CudaVolume* cv) {
+  if (!cv) return 0;
+  return cv->fixed_bytes + cv->shear_setups.Bytes() + cv->cone_setups.Bytes() +
+         cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes();
+}
 
 int CudaDeviceCount() {
   int count = 0;
@@ -107,63 +313,160 @@ int CudaDeviceCount() {
   return count;
 }
 
-void RenderParallelDrrCuda(const VolumeGrid& volume, const ParallelCamera& camera,
-                           const double* poses, const double* scales, int n, float* out) {
-  std::vector<kernels::ShearWarpSetup> setups(n);
-  bool needed[3] = {false, false, false};
-  std::vector<long long> offset(n + 1, 0);
-  int max_w = 0, max_h = 0;
-  for (int i = 0; i < n; ++i) {
-    setups[i] = MakeShearWarpSetup(volume, camera, poses + 6 * i, scales[i]);
-    needed[setups[i].axis] = true;
-    offset[i + 1] = offset[i] + static_cast<long long>(setups[i].inter_w) * setups[i].inter_h;
-    max_w = std::max(max_w, setups[i].inter_w);
-    max_h = std::max(max_h, setups[i].inter_h);
-  }
-  std::vector<std::unique_ptr<DeviceBuffer<float>>> padded_dev(3);
-  const float* padded_ptr[3] = {nullptr, nullptr, nullptr};
-  for (int c = 0; c < 3; ++c) {
-    if (!needed[c]) continue;
-    const PaddedSlices p = MakePaddedSlices(volume, c);
-    padded_dev[c] = std::make_unique<DeviceBuffer<float>>(p.data.data(), p.data.size());
-    padded_ptr[c] = padded_dev[c]->ptr;
-  }
-  DeviceBuffer<const float*> padded_table(padded_ptr, 3);
-  DeviceBuffer<kernels::ShearWarpSetup> setups_dev(setups.data(), n);
-  DeviceBuffer<long long> offset_dev(offset.data(), n + 1);
-  DeviceBuffer<float> inter(std::max<long long>(offset[n], 1));
-  DeviceBuffer<float> image(static_cast<size_t>(n) * camera.width * camera.height);
-  const dim3 block(32, 8);
-  if (max_w > 0 && max_h > 0) {
-    ShearKernel<<<Grid2D(max_w, max_h, n, block), block>>>(setups_dev.ptr, offset_dev.ptr,
-                                                           padded_table.ptr, inter.ptr, n);
-    Check(cudaGetLastError(), "shear kernel launch");
-  }
-  WarpKernel<<<Grid2D(camera.width, camera.height, n, block), block>>>(
-      setups_dev.ptr, offset_dev.ptr, inter.ptr, image.ptr, camera.width, camera.height, n);
-  Check(cudaGetLastError(), "warp kernel launch");
-  Check(cudaDeviceSynchronize(), "parallel-beam DRR");
-  image.ToHost(out);
+float* CudaMallocFloats(size_t count) {
+  float* p = nullptr;
+  Check(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(float)), "cudaMalloc (images)");
+  return p;
 }
 
-void RenderConeDrrCuda(const VolumeGrid& volume, const ConeView* views, const double* poses,
-                       int n, float* out, double step_voxels) {
-  int bx, by, bz;
-  const std::vector<uint8_t> occupancy = MakeOccupancy(volume, &bx, &by, &bz);
-  std::vector<kernels::ConeRaySetup> setups(n);
-  for (int i = 0; i < n; ++i) setups[i] = MakeConeRaySetup(volume, views[i], poses + 6 * i, step_voxels);
-  const size_t n_vox = static_cast<size_t>(volume.nx) * volume.ny * volume.nz;
-  DeviceBuffer<float> vol(volume.data, n_vox);
-  DeviceBuffer<uint8_t> occ(occupancy.data(), occupancy.size());
-  DeviceBuffer<kernels::ConeRaySetup> setups_dev(setups.data(), n);
-  const int W = views[0].width, H = views[0].height;
-  DeviceBuffer<float> image(static_cast<size_t>(n) * W * H);
-  const dim3 block(16, 16);
-  ConeKernel<<<Grid2D(W, H, n, block), block>>>(setups_dev.ptr, vol.ptr, occ.ptr, image.ptr, W,
-                                                H, n);
-  Check(cudaGetLastError(), "cone kernel launch");
-  Check(cudaDeviceSynchronize(), "cone-beam DRR");
-  image.ToHost(out);
+void CudaFreeFloats(float* p) { cudaFree(p); }
+
+namespace {
+
+// The slice stacks of one principal axis on the device (uploaded on first use).
+void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
+  if (cv.slices[axis]) return;
+  const PaddedSlices& p = volume.Slices(axis);
+  Check(cudaMalloc(&cv.slices[axis], p.data.size() * sizeof(float)), "cudaMalloc (slices)");
+  Check(cudaMemcpy(cv.slices[axis], p.data.data(), p.data.size() * sizeof(float),
+                   cudaMemcpyHostToDevice),
+        "cudaMemcpy (slices)");
+  Check(cudaMalloc(&cv.extent[axis], p.row_extent.size() * sizeof(int32_t)), "cudaMalloc (rows)");
+  Check(cudaMemcpy(cv.extent[axis], p.row_extent.data(), p.row_extent.size() * sizeof(int32_t),
+                   cudaMemcpyHostToDevice),
+        "cudaMemcpy (rows)");
+  cv.fixed_bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t);
+}
+
+// Where the images of a call to the host are copied by the stream: a page-locked buffer when
+// small enough (then CopyOut moves them to `out` after the stream is synchronised), else `out`.
+float* HostImages(CudaVolume& cv, float* out, size_t count) {
+  if (count * sizeof(float) > kMaxPinnedBytes) return out;
+  return static_cast<float*>(cv.host_images.Reserve(count * sizeof(float)));
+}
+
+void CopyOut(const float* staged, float* out, size_t count) {
+  if (staged != out) std::copy(staged, staged + count, out);
+}
+
+// Events around the kernels of one call; the stream is synchronised before returning.
+void FinishCall(RenderVolume::State& volume, CudaVolume& cv, const char* what) {
+  Check(cudaStreamSynchronize(cv.stream), what);
+  float ms = 0.f;
+  Check(cudaEventElapsedTime(&ms, cv.start, cv.stop), "cudaEventElapsedTime");
+  volume.last_kernel_ms = ms;
+}
+
+}  // namespace
+
+void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& camera,
+                           const kernels::ShearWarpSetup* setups, int n, float* out,
+                           bool output_on_device) {
+  CudaVolume& cv = GetCudaVolume(volume);
+  SliceTable table{};
+  for (int i = 0; i < n; ++i) {
+    if (setups[i].inter_h > 0) EnsureSlices(volume, cv, setups[i].axis);
+  }
+  for (int c = 0; c < 3; ++c) {
+    table.data[c] = cv.slices[c];
+    table.extent[c] = cv.extent[c];
+  }
+  const long long image_size = static_cast<long long>(camera.width) * camera.height;
+  // Chunks of poses whose intermediate and output images fit the work buffers.
+  std::vector<long long> offset(n + 1, 0);
+  for (int i = 0; i < n; ++i) {
+    offset[i + 1] = offset[i] + static_cast<long long>(setups[i].inter_w) * setups[i].inter_h;
+  }
+  kernels::ShearWarpSetup* d_setups = cv.shear_setups.Reserve(n);
+  cv.Upload(d_setups, setups, n);
+  const size_t total = static_cast<size_t>(n) * image_size;
+  float* host = output_on_device ? nullptr : HostImages(cv, out, total);
+  Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
+  for (int c0 = 0; c0 < n;) {
+    int c1 = c0 + 1;
+    while (c1 < n && (offset[c1 + 1] - offset[c0]) + (c1 + 1 - c0) * image_size <=
+                         static_cast<long long>(kMaxChunkFloats)) {
+      ++c1;
+    }
+    const int nc = c1 - c0;
+    std::vector<long long> local(nc + 1);
+    int max_w = 0, max_h = 0;
+    for (int i = 0; i <= nc; ++i) local[i] = offset[c0 + i] - offset[c0];
+    for (int i = c0; i < c1; ++i) {
+      max_w = std::max(max_w, setups[i].inter_w);
+      max_h = std::max(max_h, setups[i].inter_h);
+    }
+    long long* d_offset = cv.offsets.Reserve(nc + 1);
+    Check(cudaMemcpyAsync(d_offset, local.data(), (nc + 1) * sizeof(long long),
+                          cudaMemcpyHostToDevice, cv.stream),
+          "cudaMemcpyAsync (offsets)");
+    float* inter = cv.inter.Reserve(std::max<long long>(local[nc], 1));
+    float* img = output_on_device ? out + c0 * image_size : cv.images.Reserve(nc * image_size);
+    if (max_w > 0 && max_h > 0) {
+      const long long total =
+          static_cast<long long>((max_w + kShearColumns - 1) / kShearColumns) * max_h * nc;
+      ShearKernel<<<BlocksFor(total), kThreads, 0, cv.stream>>>(d_setups + c0, d_offset, nc,
+                                                                 max_w, max_h, table, inter);
+      Check(cudaGetLastError(), "shear kernel launch");
+    }
+    WarpKernel<<<BlocksFor(nc * image_size), kThreads, 0, cv.stream>>>(
+        d_setups + c0, d_offset, inter, img, camera.width, camera.height, nc);
+    Check(cudaGetLastError(), "warp kernel launch");
+    if (!output_on_device) {
+      Check(cudaMemcpyAsync(host + c0 * image_size, img, nc * image_size * sizeof(float),
+                            cudaMemcpyDeviceToHost, cv.stream),
+            "cudaMemcpyAsync (images)");
+    }
+    // `local` is read by the stream: wait before it goes (chunks are rare).
+    if (c1 < n) Check(cudaStreamSynchronize(cv.stream), "parallel-beam DRR chunk");
+    c0 = c1;
+  }
+  Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
+  FinishCall(volume, cv, "parallel-beam DRR");
+  if (!output_on_device) CopyOut(host, out, total);
+}
+
+void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
+                       int width, int height, float* out, const RenderOptions& options) {
+  CudaVolume& cv = GetCudaVolume(volume);
+  const long long image_size = static_cast<long long>(width) * height;
+  kernels::ConeRaySetup* d_setups = cv.cone_setups.Reserve(n);
+  cv.Upload(d_setups, setups, n);
+  const size_t total = static_cast<size_t>(n) * image_size;
+  float* host = options.output_on_device ? nullptr : HostImages(cv, out, total);
+  const int chunk = static_cast<int>(
+      std::max<long long>(1, std::min<long long>(n, kMaxChunkFloats / image_size)));
+  const VolumeGrid& g = volume.grid;
+  Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
+  for (int c0 = 0; c0 < n; c0 += chunk) {
+    const int nc = std::min(chunk, n - c0);
+    float* img = options.output_on_device ? out + c0 * image_size
+                                          : cv.images.Reserve(static_cast<size_t>(nc) * image_size);
+    // Enough threads to fill the device: small batches split each ray over 2-8 threads.
+    int parts = 1;
+    while (parts < 8 && static_cast<long long>(nc) * image_size * parts < (1 << 20)) parts *= 2;
+    const int tile_h = kThreads / parts / 8;
+    const long long tiles =
+        static_cast<long long>((width + 7) / 8) * ((height + tile_h - 1) / tile_h);
+    const unsigned blocks = BlocksFor(tiles * kThreads * nc);
+    if (options.cuda_texture) {
+      LaunchCone(parts, blocks, cv.stream, d_setups + c0, TextureSampler{cv.texture},
+                 cv.occupancy, img, width, height, nc);
+    } else {
+      LaunchCone(parts, blocks, cv.stream, d_setups + c0,
+                 kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz}, cv.occupancy, img, width,
+                 height, nc);
+    }
+    Check(cudaGetLastError(), "cone kernel launch");
+    if (!options.output_on_device) {
+      Check(cudaMemcpyAsync(host + c0 * image_size, img, nc * image_size * sizeof(float),
+                            cudaMemcpyDeviceToHost, cv.stream),
+            "cudaMemcpyAsync (images)");
+    }
+  }
+  Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
+  FinishCall(volume, cv, "cone-beam DRR");
+  if (!options.output_on_device) CopyOut(host, out, total);
 }
 
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,
@@ -171,20 +474,32 @@ void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* 
                        int m, double* out_xy, uint8_t* in_fov) {
   const long long total = static_cast<long long>(n) * m;
   if (total == 0) return;
-  DeviceBuffer<ConeView> views_dev(cone ? views : nullptr, cone ? n : 0);
-  DeviceBuffer<double> poses_dev(poses, 6 * static_cast<size_t>(n));
-  DeviceBuffer<double> scales_dev(cone ? nullptr : scales, cone ? 0 : n);
-  DeviceBuffer<double> points_dev(points, 3 * static_cast<size_t>(m));
-  DeviceBuffer<double> xy(2 * static_cast<size_t>(total));
-  DeviceBuffer<uint8_t> fov(static_cast<size_t>(total));
-  const int threads = 256;
-  ProjectKernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads>>>(
-      cone, camera, views_dev.ptr, poses_dev.ptr, scales_dev.ptr, n, points_dev.ptr, m, xy.ptr,
-      fov.ptr);
+  // Small, one-off buffers (freed on return or throw): points carry no volume to keep them.
+  DeviceScratch<ConeView> views_dev;
+  DeviceScratch<double> poses_dev, scales_dev, points_dev, xy;
+  DeviceScratch<uint8_t> fov;
+  if (cone) {
+    Check(cudaMemcpy(views_dev.Reserve(n), views, n * sizeof(ConeView), cudaMemcpyHostToDevice),
+          "cudaMemcpy (views)");
+  } else {
+    Check(cudaMemcpy(scales_dev.Reserve(n), scales, n * sizeof(double), cudaMemcpyHostToDevice),
+          "cudaMemcpy (scales)");
+  }
+  Check(cudaMemcpy(poses_dev.Reserve(6 * static_cast<size_t>(n)), poses, 6 * n * sizeof(double),
+                   cudaMemcpyHostToDevice),
+        "cudaMemcpy (poses)");
+  Check(cudaMemcpy(points_dev.Reserve(3 * static_cast<size_t>(m)), points, 3 * m * sizeof(double),
+                   cudaMemcpyHostToDevice),
+        "cudaMemcpy (points)");
+  xy.Reserve(2 * static_cast<size_t>(total));
+  fov.Reserve(static_cast<size_t>(total));
+  ProjectKernel<<<BlocksFor(total), kThreads>>>(cone, camera, views_dev.ptr, poses_dev.ptr,
+                                                 scales_dev.ptr, n, points_dev.ptr, m, xy.ptr,
+                                                 fov.ptr);
   Check(cudaGetLastError(), "projection kernel launch");
-  Check(cudaDeviceSynchronize(), "point projection");
-  xy.ToHost(out_xy);
-  fov.ToHost(in_fov);
+  Check(cudaMemcpy(out_xy, xy.ptr, 2 * total * sizeof(double), cudaMemcpyDeviceToHost),
+        "cudaMemcpy (projections)");
+  Check(cudaMemcpy(in_fov, fov.ptr, total, cudaMemcpyDeviceToHost), "cudaMemcpy (flags)");
 }
 
 }  // namespace internal

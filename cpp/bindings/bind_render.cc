@@ -1,7 +1,9 @@
 // Bindings of the renderers (fluororeg/render.h). Angles are radians here: the Python layer
 // converts from degrees.
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 
+#include <memory>
 #include <vector>
 
 #include "bindings.h"
@@ -25,12 +27,132 @@ VolumeGrid MakeGrid(const InArray<float>& volume, const InArray<double>& model_f
 
 void CheckPoses(const InArray<double>& poses) { CheckShape(poses, "poses", {-1, 6}); }
 
+// Output images [n, H, W]: a new NumPy array, or CUDA device memory handed to Python as an
+// ndarray with __dlpack__ (torch.from_dlpack takes it without a copy) when on_device.
+struct Images {
+  float* data = nullptr;
+  nb::object array;
+};
+
+Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
+  Images out;
+  if (!on_device) {
+    // Not zero-filled: the renderers write every pixel (a batch of thousands of images would
+    // otherwise be written twice).
+    const size_t count = n * H * W;
+    float* data = new float[count > 0 ? count : 1];
+    nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    const size_t shape[3] = {n, H, W};
+    out.data = data;
+    out.array = nb::cast(nb::ndarray<nb::numpy, float>(data, 3, shape, owner));
+    return out;
+  }
+  std::shared_ptr<float> mem = CudaAllocateFloats(n * H * W);
+  auto* holder = new std::shared_ptr<float>(mem);
+  nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::shared_ptr<float>*>(p); });
+  const size_t shape[3] = {n, H, W};
+  nb::ndarray<float, nb::device::cuda> a(mem.get(), 3, shape, owner);
+  out.data = mem.get();
+  out.array = nb::cast(a);
+  return out;
+}
+
+RenderOptions Options(const std::string& device, int num_threads, bool on_device) {
+  RenderOptions options;
+  options.device = ParseDevice(device);
+  options.num_threads = num_threads;
+  options.output_on_device = on_device;
+  if (on_device && options.device != Device::kCuda) {
+    throw std::invalid_argument("on_device=True needs device='cuda', not '" + device + "'");
+  }
+  return options;
+}
+
 }  // namespace
 
 void BindRender(nb::module_& m) {
   m.def("cuda_built", &CudaBuilt, "True when the CUDA backend was compiled in.");
   m.def("cuda_available", &CudaAvailable,
         "True when the CUDA backend was compiled in and a CUDA device is usable.");
+
+  nb::class_<RenderVolume>(
+      m, "RenderVolume",
+      "A volume prepared once for rendering (a copy of the voxels, cone-beam occupancy, "
+      "shear-warp slice stacks and, on CUDA, the device copies, a 3D texture and work "
+      "buffers), reused by render_parallel_prepared / render_cone_prepared.")
+      .def(
+          "__init__",
+          [](RenderVolume* self, const InArray<float>& volume,
+             const InArray<double>& model_from_voxel, const std::string& device) {
+            const VolumeGrid grid = MakeGrid(volume, model_from_voxel);
+            const Device d = ParseDevice(device);
+            nb::gil_scoped_release release;
+            new (self) RenderVolume(grid, d);
+          },
+          nb::arg("volume"), nb::arg("model_from_voxel"), nb::arg("device") = "cpu",
+          "volume [nz, ny, nx] float32 attenuation (1/mm); model_from_voxel [3, 4]; device "
+          "'cpu' or 'cuda' (uploads now).")
+      .def_prop_ro("shape",
+                   [](const RenderVolume& v) {
+                     return std::make_tuple(v.grid().nz, v.grid().ny, v.grid().nx);
+                   })
+      .def_prop_ro("device",
+                   [](const RenderVolume& v) {
+                     return std::string(v.device() == Device::kCuda ? "cuda" : "cpu");
+                   })
+      .def_prop_ro("host_bytes", &RenderVolume::HostBytes)
+      .def_prop_ro("device_bytes", &RenderVolume::DeviceBytes)
+      .def_prop_ro("last_cuda_kernel_ms", &RenderVolume::LastCudaKernelMs,
+                   "Milliseconds the CUDA kernels of the last CUDA call took (transfers "
+                   "excluded).");
+
+  m.def(
+      "render_parallel_prepared",
+      [](const RenderVolume& volume, double pixel_mm, int width, int height,
+         const InArray<double>& poses, const InArray<double>& scales, const std::string& device,
+         int num_threads, bool on_device) {
+        CheckPoses(poses);
+        const int n = static_cast<int>(poses.shape(0));
+        CheckShape(scales, "scales", {n});
+        const ParallelCamera camera{pixel_mm, width, height};
+        ValidateParallelCamera(camera);
+        const RenderOptions options = Options(device, num_threads, on_device);
+        Images out = NewImages(n, height, width, on_device);
+        {
+          nb::gil_scoped_release release;
+          RenderParallelDrr(volume, camera, poses.data(), scales.data(), n, out.data, options);
+        }
+        return out.array;
+      },
+      nb::arg("volume"), nb::arg("pixel_mm"), nb::arg("width"), nb::arg("height"),
+      nb::arg("poses"), nb::arg("scales"), nb::arg("device") = "cpu", nb::arg("num_threads") = 0,
+      nb::arg("on_device") = false,
+      "render_parallel on a RenderVolume; on_device=True (device='cuda') returns a CUDA "
+      "ndarray (DLPack) instead of a NumPy array.");
+
+  m.def(
+      "render_cone_prepared",
+      [](const RenderVolume& volume, const InArray<double>& views, const InArray<double>& poses,
+         double step_voxels, const std::string& device, int num_threads, bool on_device,
+         bool cuda_texture) {
+        const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
+        const int n = static_cast<int>(poses.shape(0));
+        RenderOptions options = Options(device, num_threads, on_device);
+        options.step_voxels = step_voxels;
+        options.cuda_texture = cuda_texture;
+        const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
+        Images out = NewImages(n, H, W, on_device);
+        {
+          nb::gil_scoped_release release;
+          RenderConeDrr(volume, v.data(), poses.data(), n, out.data, options);
+        }
+        return out.array;
+      },
+      nb::arg("volume"), nb::arg("views"), nb::arg("poses"), nb::arg("step_voxels") = 1.0,
+      nb::arg("device") = "cpu", nb::arg("num_threads") = 0, nb::arg("on_device") = false,
+      nb::arg("cuda_texture") = true,
+      "render_cone on a RenderVolume; cuda_texture=False samples with the exact trilinear "
+      "interpolation of the CPU backend instead of the texture unit.");
 
   m.def(
       "render_parallel",

@@ -1,11 +1,14 @@
 // C++ tests of the renderers through the public C++ API (no Python).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "fluororeg/render.h"
+#include "render/render_internal.h"
 
 namespace fluororeg {
 namespace {
@@ -115,6 +118,146 @@ TEST(Render, CudaRequestWithoutDeviceIsAClearError) {
   options.device = Device::kCuda;
   EXPECT_THROW(RenderParallelDrr(ph.grid, camera, pose, &scale, 1, out.data(), options),
                std::runtime_error);
+}
+
+ConeView SideView(int width, int height, double pitch) {
+  ConeView view{};
+  const double S[3] = {-500, -300, 40}, D[3] = {400, 240, -32};
+  const double len = std::sqrt(900.0 * 900 + 540.0 * 540 + 72.0 * 72);
+  const double dir[3] = {900 / len, 540 / len, -72 / len};
+  // u orthogonal to dir in the x-y plane, v = dir x u.
+  const double ul = std::sqrt(dir[0] * dir[0] + dir[1] * dir[1]);
+  const double u[3] = {-dir[1] / ul, dir[0] / ul, 0};
+  const double v[3] = {dir[1] * u[2] - dir[2] * u[1], dir[2] * u[0] - dir[0] * u[2],
+                       dir[0] * u[1] - dir[1] * u[0]};
+  for (int c = 0; c < 3; ++c) {
+    view.source[c] = S[c];
+    view.detector_centre[c] = D[c];
+    view.u[c] = u[c];
+    view.v[c] = v[c];
+  }
+  view.pitch_u = view.pitch_v = pitch;
+  view.width = width;
+  view.height = height;
+  return view;
+}
+
+TEST(RenderVolume, PreparedEqualsVolumeGridCalls) {
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid);
+  EXPECT_EQ(prepared.grid().nx, ph.n);
+  EXPECT_NE(prepared.grid().data, ph.grid.data);  // a copy
+  const ParallelCamera camera{1.5, 40, 36};
+  const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
+                            -1.4, 1.5, 0.2, 2, 0, 1};
+  const double scales[3] = {1.0, 1.3, 0.8};
+  std::vector<float> a(3 * 40 * 36), b(3 * 40 * 36);
+  RenderParallelDrr(ph.grid, camera, poses, scales, 3, a.data());
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    RenderParallelDrr(prepared, camera, poses, scales, 3, b.data());
+    EXPECT_EQ(a, b);
+  }
+  const ConeView views[3] = {SideView(40, 36, 2.0), SideView(40, 36, 2.0), SideView(40, 36, 2.0)};
+  RenderConeDrr(ph.grid, views, poses, 3, a.data());
+  RenderConeDrr(prepared, views, poses, 3, b.data());
+  EXPECT_EQ(a, b);
+  EXPECT_GT(*std::max_element(a.begin(), a.end()), 0.5f);
+  RenderOptions device_out;
+  device_out.output_on_device = true;
+  EXPECT_THROW(RenderConeDrr(prepared, views, poses, 3, b.data(), device_out),
+               std::invalid_argument);
+}
+
+TEST(RenderVolume, CudaMatchesCpu) {
+  if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid, Device::kCuda);
+  const ParallelCamera camera{1.5, 40, 36};
+  const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
+                            -1.4, 1.5, 0.2, 2, 0, 1};
+  const double scales[3] = {1.0, 1.3, 0.8};
+  std::vector<float> cpu(3 * 40 * 36), gpu(3 * 40 * 36);
+  RenderOptions cuda;
+  cuda.device = Device::kCuda;
+  RenderParallelDrr(prepared, camera, poses, scales, 3, cpu.data());
+  RenderParallelDrr(prepared, camera, poses, scales, 3, gpu.data(), cuda);
+  for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-4 * 2 * ph.r * ph.mu);
+  EXPECT_GT(prepared.LastCudaKernelMs(), 0.0);
+  const ConeView views[3] = {SideView(40, 36, 2.0), SideView(40, 36, 2.0), SideView(40, 36, 2.0)};
+  RenderConeDrr(prepared, views, poses, 3, cpu.data());
+  cuda.cuda_texture = false;
+  RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
+  for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-4 * 2 * ph.r * ph.mu);
+  cuda.cuda_texture = true;
+  RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
+  for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 5e-3 * 2 * ph.r * ph.mu);
+  // Images kept on the device.
+  std::shared_ptr<float> device_images = CudaAllocateFloats(cpu.size());
+  cuda.output_on_device = true;
+  RenderConeDrr(prepared, views, poses, 3, device_images.get(), cuda);
+  EXPECT_GT(prepared.DeviceBytes(), sizeof(float) * ph.data.size());
+}
+
+// The CUDA launchers' per-element bodies, run here on the host: every intermediate pixel by
+// ShearColumns (kWidth columns per call, as the CUDA threads) equals the CPU's row loop, and
+// the rays split into parts (as small CUDA batches) sum to the whole rays.
+TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
+  SpherePhantom ph;
+  RenderVolume prepared(ph.grid);
+  RenderVolume::State& state = prepared.state();
+  const ParallelCamera camera{1.5, 40, 36};
+  const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
+                            -1.4, 1.5, 0.2, 2, 0, 1};
+  int axes_seen = 0;
+  for (int i = 0; i < 3; ++i) {
+    const kernels::ShearWarpSetup s =
+        internal::MakeShearWarpSetup(state.grid, camera, poses + 6 * i, 1.1);
+    ASSERT_GT(s.inter_w * s.inter_h, 0);
+    axes_seen |= 1 << s.axis;
+    const internal::PaddedSlices& slices = state.Slices(s.axis);
+    std::vector<float> rows(static_cast<size_t>(s.inter_w) * s.inter_h, 0.f);
+    std::vector<float> cols1(rows.size(), -1.f), cols4(rows.size(), -1.f);
+    for (int q = 0; q < s.inter_h; ++q) {
+      float* row = rows.data() + static_cast<size_t>(q) * s.inter_w;
+      kernels::AddToRow add{row};
+      kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
+                               add);
+      for (int p = 0; p < s.inter_w; ++p) row[p] *= static_cast<float>(s.weight);
+      for (int p = 0; p < s.inter_w; ++p) {
+        kernels::ShearColumns<1>(s, slices.data.data(), slices.row_extent.data(), p, q,
+                                 cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
+      }
+      for (int p = 0; p < s.inter_w; p += 4) {
+        float out[4] = {-1, -1, -1, -1};
+        kernels::ShearColumns<4>(s, slices.data.data(), slices.row_extent.data(), p, q, out);
+        for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
+      }
+    }
+    EXPECT_EQ(rows, cols1);
+    EXPECT_EQ(rows, cols4);
+    EXPECT_GT(*std::max_element(rows.begin(), rows.end()), 0.5f);
+  }
+  EXPECT_GT(axes_seen, 1);  // more than one principal axis
+
+  state.PrepareCone();
+  const ConeView view = SideView(24, 20, 3.0);
+  const kernels::ConeRaySetup s = internal::MakeConeRaySetup(state, view, poses, 1.0);
+  const kernels::ArraySampler sampler{state.grid.data, state.grid.nx, state.grid.ny, state.grid.nz};
+  double max_value = 0;
+  for (int y = 0; y < view.height; ++y) {
+    for (int x = 0; x < view.width; ++x) {
+      const float whole = kernels::ConeRayIntegral(s, sampler, state.occupancy.data(), x, y);
+      max_value = std::max<double>(max_value, whole);
+      for (int parts : {2, 4, 8}) {
+        double sum = 0;
+        for (int part = 0; part < parts; ++part) {
+          sum += kernels::ConeRayIntegral(s, sampler, state.occupancy.data(), x, y, part, parts);
+        }
+        ASSERT_NEAR(sum, whole, 1e-5 * (1 + std::fabs(whole))) << x << ", " << y << ", " << parts;
+      }
+    }
+  }
+  EXPECT_GT(max_value, 0.5);
 }
 
 }  // namespace

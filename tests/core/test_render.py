@@ -141,25 +141,25 @@ def test_cone_matches_analytic_phantoms(phantom, request, dual_views):
         assert rel.max() < 0.005, f"max relative error {rel.max():.4f} in the interior"
 
 
-def test_parallel_matches_shear_warp_reference_on_real_ct(headsq_mu):
+def test_render_parallel_drr_matches_reference_on_real_ct(headsq_mu):
     camera = ParallelCamera(96, 80, 3.0)
     rng = np.random.default_rng(0)
     for _ in range(4):
         pose = np.concatenate([rng.uniform(-180, 180, 3), rng.uniform(-15, 15, 3)])
         scale = rng.uniform(0.8, 1.3)
         drr = R.render_parallel(headsq_mu, pose, camera, scale, level=None)[0]
-        expected = ref.shear_warp_parallel(headsq_mu, pose, camera, scale)
+        expected = ref.render_parallel_drr(headsq_mu, pose, camera, scale)
         np.testing.assert_allclose(drr, expected, rtol=1e-4, atol=1e-4 * expected.max())
         # and the shear-warp approximation stays close to the fine line integral
         fine = ref.line_integral_parallel(headsq_mu, pose, camera, scale)
         assert np.abs(drr - fine).mean() < 0.02 * fine.mean()
 
 
-def test_cone_matches_reference_on_real_ct(headsq_mu, dual_views):
+def test_render_cone_drr_matches_reference_on_real_ct(headsq_mu, dual_views):
     pose = np.array([10.0, 20.0, -30.0, 5.0, -5.0, 3.0])
     view = dual_views[0]
     drr = R.render_cone(headsq_mu, view, pose, level=None)[0]
-    same = ref.cone_same_sampling(headsq_mu, view, pose)
+    same = ref.render_cone_drr(headsq_mu, view, pose)
     np.testing.assert_allclose(drr, same, rtol=1e-4, atol=2e-4 * same.max())
     fine = ref.line_integral_cone(headsq_mu, view, pose)
     assert np.abs(drr - fine).mean() < 0.02 * fine.mean()
@@ -336,22 +336,138 @@ def test_bad_input_gives_clear_errors(headsq_mu, dual_views):
 
 def test_cuda_request_without_cuda_is_a_clear_error(headsq_mu):
     if fr.has_cuda():
-        pytest.skip("a CUDA device is present: covered by test_cuda_matches_cpu")
+        pytest.skip("a CUDA device is present: covered by the test_cuda_*_matches_cpu tests")
     with pytest.raises(RuntimeError, match="cuda"):
         R.render_parallel(headsq_mu, np.zeros(6), ParallelCamera(16, 16, 4.0), device="cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        R.prepare_volume(headsq_mu, device="cuda")
+    assert R.prepare_volume(headsq_mu, device="auto").device == "cpu"
 
 
-@pytest.mark.skipif(not fr.has_cuda(), reason="no CUDA device")
-def test_cuda_matches_cpu(headsq_mu, dual_views):
+def test_prepared_volume_renders_as_the_volume(headsq_mu, dual_views):
+    rng = np.random.default_rng(4)
+    poses = np.concatenate([rng.uniform(-90, 90, (6, 3)), rng.uniform(-10, 10, (6, 3))], axis=1)
+    camera = ParallelCamera(48, 40, 3.0)
+    prepared = R.prepare_volume(headsq_mu)
+    for level in ("auto", None, 1):
+        np.testing.assert_array_equal(R.render_parallel(prepared, poses, camera, 1.2, level=level),
+                                      R.render_parallel(headsq_mu, poses, camera, 1.2, level=level))
+        np.testing.assert_array_equal(R.render_cone(prepared, dual_views[1], poses, level=level),
+                                      R.render_cone(headsq_mu, dual_views[1], poses, level=level))
+    assert 2 <= len(prepared._handles) <= 3  # one core volume per distinct level, kept between calls
+    mask = Volume((headsq_mu.data > 0.03).astype(np.uint8), headsq_mu.spacing, headsq_mu.origin)
+    np.testing.assert_array_equal(R.project_mask_cone(R.prepare_mask(mask), dual_views[0], poses),
+                                  R.project_mask_cone(mask, dual_views[0], poses))
+    with pytest.raises(ValueError, match="on_device"):
+        R.render_parallel(prepared, poses, camera, on_device=True)
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        R.prepare_volume(headsq_mu, device="gpu")
+
+
+def test_cone_support_clipping_is_exact():
+    # Content in one corner of a large empty box: the ray marcher visits only the samples near
+    # the support box, with the same sampling grid as the reference (which visits all).
+    data = np.zeros((30, 40, 50), np.float32)
+    data[3:9, 25:33, 35:46] = 0.02
+    data[5, 28, 40] = 0.05
+    vol = Volume(data, (1.5, 1.2, 1.0), (-25.0, -24.0, -22.0))
+    pose = np.array([5.0, -10.0, 20.0, 1.0, 2.0, -3.0])
+    centre = fr.core.geometry.pose_matrix(pose)[:3] @ np.array([35.0, 9.6, -17.0, 1.0])  # the content, world mm
+    view = ConeView.looking_at(centre + [400, -300, 100], centre, distance_to_detector=900, pitch=1.0, width=40,
+                               height=36)
+    drr = R.render_cone(vol, view, pose, level=None)[0]
+    expected = ref.render_cone_drr(vol, view, pose)
+    assert expected.max() > 0.1
+    np.testing.assert_allclose(drr, expected, rtol=1e-4, atol=1e-5 * expected.max())
+    empty = Volume(np.zeros((10, 10, 10), np.float32), (1.0, 1.0, 1.0), (-5.0, -5.0, -5.0))
+    assert not R.render_cone(empty, view, pose, level=None).any()
+
+
+def test_parallel_batches_over_chunks_equal_single_calls(headsq_mu):
+    # More poses than one CPU chunk (256) of intermediate images.
+    rng = np.random.default_rng(5)
+    n = 300
+    poses = np.concatenate([rng.uniform(-180, 180, (n, 3)), rng.uniform(-10, 10, (n, 3))], axis=1)
+    camera = ParallelCamera(12, 10, 12.0)
+    batch = R.render_parallel(headsq_mu, poses, camera, 1.0, level=2)
+    for n_ in (0, 255, 256, 299):
+        np.testing.assert_array_equal(batch[n_], R.render_parallel(headsq_mu, poses[n_], camera, 1.0, level=2)[0])
+
+
+def _to_numpy(images) -> np.ndarray:
+    """Host copy of a DLPack array from on_device=True (through torch, when it has CUDA)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA cannot read the device array")
+    return torch.from_dlpack(images).cpu().numpy()
+
+
+cuda_only = pytest.mark.skipif(not fr.has_cuda(), reason="no CUDA device")
+
+
+@cuda_only
+def test_cuda_parallel_matches_cpu(headsq_mu):
     rng = np.random.default_rng(3)
-    poses = np.concatenate([rng.uniform(-60, 60, (8, 3)), rng.uniform(-10, 10, (8, 3))], axis=1)
+    # Wide rotations: all three principal axes of the shear-warp factorisation.
+    poses = np.concatenate([rng.uniform(-180, 180, (12, 3)), rng.uniform(-10, 10, (12, 3))], axis=1)
     camera = ParallelCamera(128, 128, 2.0)
     cpu = R.render_parallel(headsq_mu, poses, camera, 1.1)
     gpu = R.render_parallel(headsq_mu, poses, camera, 1.1, device="cuda")
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.max())
-    cpu = R.render_cone(headsq_mu, dual_views[0], poses)
-    gpu = R.render_cone(headsq_mu, dual_views[0], poses, device="cuda")
-    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+    prepared = R.prepare_volume(headsq_mu, device="cuda")
+    for _ in range(2):  # the second call reuses the device buffers
+        np.testing.assert_allclose(R.render_parallel(prepared, poses, camera, 1.1), cpu, rtol=1e-4,
+                                   atol=1e-4 * cpu.max())
+    on_device = R.render_parallel(prepared, poses, camera, 1.1, on_device=True)
+    np.testing.assert_allclose(_to_numpy(on_device), cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+
+
+@cuda_only
+def test_cuda_cone_matches_cpu(headsq_mu, dual_views):
+    rng = np.random.default_rng(6)
+    poses = np.concatenate([rng.uniform(-60, 60, (8, 3)), rng.uniform(-10, 10, (8, 3))], axis=1)
+    views = [dual_views[n % 2] for n in range(8)]
+    cpu = R.render_cone(headsq_mu, views, poses)
+    prepared = R.prepare_volume(headsq_mu, device="cuda")
+    exact = R.render_cone(prepared, views, poses, cuda_texture=False)
+    np.testing.assert_allclose(exact, cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+    # The texture unit's trilinear weights are rounded to 1/256.
+    texture = R.render_cone(prepared, views, poses)
+    np.testing.assert_allclose(texture, cpu, rtol=0, atol=5e-3 * cpu.max())
+    assert np.abs(texture - cpu).mean() < 1e-3 * cpu.mean()
+    plain = R.render_cone(headsq_mu, views, poses, device="cuda")
+    np.testing.assert_array_equal(plain, texture)
+    np.testing.assert_array_equal(_to_numpy(R.render_cone(prepared, views, poses, on_device=True)), texture)
+    mask = Volume((headsq_mu.data > 0.03).astype(np.uint8), headsq_mu.spacing, headsq_mu.origin)
+    agree = R.project_mask_cone(mask, views, poses) == R.project_mask_cone(R.prepare_mask(mask, "cuda"), views, poses)
+    assert agree.mean() > 0.999
+
+
+@cuda_only
+def test_cuda_projection_matches_cpu(dual_views):
+    rng = np.random.default_rng(7)
+    poses = np.concatenate([rng.uniform(-60, 60, (8, 3)), rng.uniform(-10, 10, (8, 3))], axis=1)
     pts = rng.uniform(-50, 50, (33, 3))
     for a, b in zip(R.project_cone(pts, dual_views[1], poses), R.project_cone(pts, dual_views[1], poses, device="cuda")):
         np.testing.assert_allclose(a, b, atol=1e-9)
+    camera = ParallelCamera(64, 64, 3.0)
+    for a, b in zip(R.project_parallel(pts, poses, camera, 1.1), R.project_parallel(pts, poses, camera, 1.1, device="cuda")):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+@cuda_only
+def test_cuda_batches_beyond_grid_limits(headsq_mu, dual_views):
+    # More images than a grid dimension's 65,535 blocks (the old launch failed there).
+    n = 70_000
+    rng = np.random.default_rng(8)
+    poses = np.concatenate([rng.uniform(-180, 180, (n, 3)), rng.uniform(-10, 10, (n, 3))], axis=1)
+    check = np.array([0, 1, 65_535, 65_536, n - 1])
+    small = headsq_mu.level(2)
+    camera = ParallelCamera(8, 8, 20.0)
+    gpu = R.render_parallel(small, poses, camera, 1.0, level=None, device="cuda")
+    cpu = R.render_parallel(small, poses[check], camera, 1.0, level=None)
+    np.testing.assert_allclose(gpu[check], cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=20.0, width=8, height=8)
+    gpu = R.render_cone(small, view, poses, level=None, device="cuda", cuda_texture=False)
+    cpu = R.render_cone(small, view, poses[check], level=None)
+    np.testing.assert_allclose(gpu[check], cpu, rtol=1e-4, atol=1e-4 * cpu.max())

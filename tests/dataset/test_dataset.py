@@ -227,3 +227,34 @@ def test_bad_configuration_errors():
         DatasetReader("/nonexistent/folder")
     with pytest.raises(ValueError, match="split"):
         DatasetReader("/nonexistent/folder", "validation")
+
+
+def _render_both_projections(subject, device, volumes=None):
+    poses, scales = D.sample_poses(np.random.default_rng(9), 6, SMALL.poses)
+    seg = np.array([True, False] * 3)
+    sod = np.linspace(500.0, 800.0, 6)
+    return [D.render_samples(subject, poses, scales, seg, SMALL.camera, device, s, volumes) for s in (None, sod)]
+
+
+def test_prepared_subject_volumes_render_the_same_samples(subject):
+    plain = _render_both_projections(subject, "cpu")
+    prepared = _render_both_projections(subject, "cpu", D.prepare_subject_volumes(subject, "cpu"))
+    for a, b in zip(plain, prepared):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        generate_dataset(subject, None, SMALL, device="gpu", write=False, progress=False)
+
+
+@pytest.mark.skipif(not R._core.cuda_available(), reason="no CUDA device")
+def test_cuda_dataset_samples_match_cpu(subject):
+    cpu = _render_both_projections(subject, "cpu")
+    gpu = _render_both_projections(subject, "cuda", D.prepare_subject_volumes(subject, "cuda"))
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(a["landmarks_px"], b["landmarks_px"], atol=1e-6)
+        np.testing.assert_array_equal(a["visible"], b["visible"])
+        assert np.mean(a["mask"] != b["mask"]) < 1e-3
+        diff = np.abs(a["image"].astype(int) - b["image"].astype(int))
+        assert np.mean(diff > 1) < 0.01 and diff.mean() < 0.2
+    assert D.prepare_subject_volumes(subject, "auto")[0].device == "cuda"

@@ -7,7 +7,9 @@
 // device is usable. Invalid arguments throw std::invalid_argument naming the value.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "fluororeg/geometry.h"
 
@@ -27,6 +29,50 @@ struct RenderOptions {
   Device device = Device::kCpu;
   int num_threads = 0;        // CPU backend: 0 = all hardware threads
   double step_voxels = 1.0;   // cone beam: ray-marching step, in voxel-index units along the ray
+  // CUDA backend, cone beam: sample the volume through a 3D texture with hardware trilinear
+  // filtering (fast; weights rounded to 1/256, so values differ from the CPU by ~1e-3
+  // relative) instead of the exact trilinear interpolation shared with the CPU backend.
+  bool cuda_texture = true;
+  // CUDA backend: `out` is device memory (see CudaAllocateFloats) and the images stay there.
+  bool output_on_device = false;
+};
+
+// A volume prepared once for rendering, reused by any number of calls: a copy of the voxels,
+// the block occupancy and support box of the cone-beam ray marcher, the padded slice stacks of
+// the shear-warp renderer (built on first use per principal axis), and, for Device::kCuda, the
+// device copies (linear memory, a 3D texture, slice stacks) and device work buffers that are
+// kept and reused between calls. Thread-safe: concurrent calls on one RenderVolume are
+// serialised on the CUDA backend and share the read-only CPU structures.
+class RenderVolume {
+ public:
+  // Copies `volume` (validated); device = kCuda also uploads it now (throws when CUDA is
+  // absent).
+  explicit RenderVolume(const VolumeGrid& volume, Device device = Device::kCpu);
+  ~RenderVolume();
+  RenderVolume(RenderVolume&&) noexcept;
+  RenderVolume& operator=(RenderVolume&&) noexcept;
+  RenderVolume(const RenderVolume&) = delete;
+  RenderVolume& operator=(const RenderVolume&) = delete;
+
+  const VolumeGrid& grid() const;  // the copy (data owned by this object)
+  Device device() const;           // where it was prepared (the CPU structures always exist)
+  size_t HostBytes() const;        // memory held on the host
+  size_t DeviceBytes() const;      // memory held on the CUDA device
+
+  // Milliseconds the CUDA kernels of the last CUDA call on this volume took (events around
+  // the kernels, transfers excluded); 0 before any CUDA call.
+  double LastCudaKernelMs() const;
+
+  // A RenderVolume over the caller's voxels without copying them: the caller keeps
+  // volume.data alive and unchanged while it is used (the VolumeGrid entry points use it).
+  static RenderVolume View(const VolumeGrid& volume);
+
+  struct State;  // internal (cpp/src/render/render_internal.h)
+  State& state() const { return *state_; }
+
+ private:
+  RenderVolume() = default;
+  std::unique_ptr<State> state_;
 };
 
 // True when the CUDA backend was compiled in.
@@ -38,6 +84,10 @@ bool CudaAvailable();
 //   poses  [n, 6] rad / mm: camera_from_model (theta_x, theta_y, theta_z, tau_x, tau_y, tau_z)
 //   scales [n]    in-plane magnification (> 0)
 //   out    [n, H, W] float32 line integrals of attenuation (dimensionless)
+void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
+                       const double* poses, const double* scales, int n, float* out,
+                       const RenderOptions& options = {});
+// The same on a volume prepared for this call only (kept for callers that render once).
 void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
                        const double* poses, const double* scales, int n, float* out,
                        const RenderOptions& options = {});
@@ -47,8 +97,15 @@ void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
 //   views  [n] ConeView (world frame)
 //   poses  [n, 6] rad / mm: world_from_model
 //   out    [n, H, W] float32
+void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const double* poses,
+                   int n, float* out, const RenderOptions& options = {});
 void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double* poses, int n,
                    float* out, const RenderOptions& options = {});
+
+// Device memory for images that stay on the CUDA device (RenderOptions::output_on_device):
+// `count` floats, freed when the last copy of the pointer goes. Throws std::runtime_error
+// when CUDA is not built or no device is usable.
+std::shared_ptr<float> CudaAllocateFloats(size_t count);
 
 // Landmark projection.
 //   points [m, 3] mm, model frame;  out_xy [n, m, 2] pixels;  in_fov [n, m] (1 inside image)

@@ -1,5 +1,8 @@
-// Per-ray and per-sample math of the renderers, written once for the CPU loops
-// (cpp/src/render_cpu.cc) and the CUDA kernels (cuda/render_cuda.cu).
+// The renderers' kernel bodies, written once for both backends: each FLUORO_HD function below
+// computes one output element (or one row segment) with its loops included; the CPU launchers
+// (cpp/src/render/render_cpu.cc) run them in ParallelFor, the CUDA launchers
+// (cuda/render_cuda.cu) in grid-stride loops over flattened 64-bit indices. Only the loops over
+// output elements and the memory they live in differ between the backends.
 #pragma once
 
 #include <cstdint>
@@ -56,21 +59,15 @@ FLUORO_HD void InSliceAxes(int c, int* a, int* b) {
 // column p sits at padded column p + off_a + 1 with fraction fa (same for rows).
 FLUORO_HD void SliceOffsets(const ShearWarpSetup& s, int k, int* off_a, int* off_b, float* fa,
                             float* fb) {
-  const double a = s.a0 + k * s.sa;
-  const double b = s.b0 + k * s.sb;
-  const double fla = floor(a), flb = floor(b);
-  *off_a = static_cast<int>(fla);
-  *off_b = static_cast<int>(flb);
-  *fa = static_cast<float>(a - fla);
-  *fb = static_cast<float>(b - flb);
-}
-
-// Bilinear read of a padded slice at padded (col, row) + (fa, fb).
-FLUORO_HD float BilinearPadded(const float* slice, int pitch, int col, int row, float fa,
-                               float fb) {
-  const float* r0 = slice + static_cast<long long>(row) * pitch + col;
-  const float* r1 = r0 + pitch;
-  return (1.f - fb) * ((1.f - fa) * r0[0] + fa * r0[1]) + fb * ((1.f - fa) * r1[0] + fa * r1[1]);
+  // a0, b0 are integers: only the shift k * (sa, sb) (|.| <= a few hundred voxels) needs a
+  // floor, in float (ulp <= 3e-5 voxel; double math costs the CUDA kernel dearly).
+  const float a = static_cast<float>(k) * static_cast<float>(s.sa);
+  const float b = static_cast<float>(k) * static_cast<float>(s.sb);
+  const float fla = floorf(a), flb = floorf(b);
+  *off_a = s.a0 + static_cast<int>(fla);
+  *off_b = s.b0 + static_cast<int>(flb);
+  *fa = a - fla;
+  *fb = b - flb;
 }
 
 // Range of intermediate columns p (inclusive) for which slice k contributes:
@@ -83,20 +80,84 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
   *p_end = hi + 1;  // exclusive
 }
 
-// The shear accumulation of one intermediate pixel over all slices (CUDA uses this per
-// thread; the CPU backend runs the same SliceOffsets/BilinearPadded slice by slice).
-FLUORO_HD float ShearPixel(const ShearWarpSetup& s, const float* padded_volume, int p, int q) {
-  float acc = 0.f;
+// Shear of intermediate row q over columns [p_begin, p_end): for every slice k that the row's
+// rays cross, add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) that slice
+// contributes to, the two padded rows r0, r1 it reads (indexed by p: column p samples r0[p],
+// r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights, constant over the slice. The weight
+// s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero
+// (row_extent [n_slices, slice_h, 2]: first and last non-zero padded column, first > last when
+// empty) are skipped, and so are the columns outside their non-zero run.
+// The CPU backend calls it for whole rows (AddToRow: slice-major, each slice streams over a
+// contiguous row); the CUDA backend for a few columns per thread (AddToColumns, registers).
+template <typename Add>
+FLUORO_HD void ShearRowSegment(const ShearWarpSetup& s, const float* slices,
+                               const int32_t* row_extent, int q, int p_begin, int p_end,
+                               Add& add) {
   const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
   for (int k = 0; k < s.n_slices; ++k) {
     int oa, ob;
     float fa, fb;
     SliceOffsets(s, k, &oa, &ob, &fa, &fb);
-    const int col = p + oa + 1, row = q + ob + 1;
-    if (col < 0 || col > s.slice_w - 2 || row < 0 || row > s.slice_h - 2) continue;
-    acc += BilinearPadded(padded_volume + k * slice_size, s.slice_w, col, row, fa, fb);
+    const int row = q + ob + 1;
+    if (row < 0 || row > s.slice_h - 2) continue;
+    const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
+    // A sample at padded column col reads col and col + 1: it matters for col in
+    // [first - 1, last] of the two rows read.
+    const int first = ext[0] < ext[2] ? ext[0] : ext[2];
+    const int last = ext[1] > ext[3] ? ext[1] : ext[3];
+    if (first > last) continue;
+    int pb, pe;
+    SliceColumnRange(s, oa, &pb, &pe);
+    if (pb < p_begin) pb = p_begin;
+    if (pe > p_end) pe = p_end;
+    if (pb < first - oa - 2) pb = first - oa - 2;
+    if (pe > last - oa) pe = last - oa;
+    if (pb >= pe) continue;
+    const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
+    const float w01 = (1.f - fa) * fb, w11 = fa * fb;
+    const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
+    add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
   }
-  return acc * static_cast<float>(s.weight);
+}
+
+// Sinks of ShearRowSegment: a row of the intermediate image (CPU) or kWidth consecutive
+// columns p0 .. p0 + kWidth - 1 in registers (CUDA). Both add the same expression per column.
+struct AddToRow {
+  float* row;  // [inter_w], indexed by p
+  FLUORO_HD void operator()(int pb, int pe, const float* r0, const float* r1, float w00,
+                            float w10, float w01, float w11) {
+    for (int p = pb; p < pe; ++p) {
+      row[p] += w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1];
+    }
+  }
+};
+template <int kWidth>
+struct AddToColumns {
+  int p0;
+  float sum[kWidth];
+  FLUORO_HD void operator()(int pb, int pe, const float* r0, const float* r1, float w00,
+                            float w10, float w01, float w11) {
+    for (int t = 0; t < kWidth; ++t) {  // unrolled: sum stays in registers
+      const int p = p0 + t;
+      if (p >= pb && p < pe) {
+        sum[t] += w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1];
+      }
+    }
+  }
+};
+
+// The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
+// (columns at or past inter_w are not written): the per-element body of the CUDA launcher
+// (the CPU launcher runs ShearRowSegment over whole rows and then scales by s.weight).
+template <int kWidth>
+FLUORO_HD void ShearColumns(const ShearWarpSetup& s, const float* slices,
+                            const int32_t* row_extent, int p0, int q, float* out) {
+  AddToColumns<kWidth> acc{p0, {}};
+  ShearRowSegment(s, slices, row_extent, q, p0, p0 + kWidth, acc);
+  const float w = static_cast<float>(s.weight);
+  for (int t = 0; t < kWidth; ++t) {
+    if (p0 + t < s.inter_w) out[t] = acc.sum[t] * w;
+  }
 }
 
 // Warp: DRR value at output pixel (x, y), zero outside the intermediate image.
@@ -142,6 +203,11 @@ struct ConeRaySetup {
   float step_voxels;   // marching step in voxel-coordinate units
   int nx, ny, nz;
   int bx, by, bz;      // block grid size
+  // Box (voxel coordinates) outside which the trilinear interpolant is zero: the non-zero
+  // voxels' bounding box grown by one voxel, within the box of voxel centres. Samples of the
+  // ray's regular grid outside it are skipped (they add zero); occupied == 0: all zero.
+  int occupied;
+  float support_lo[3], support_hi[3];
 };
 
 // Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
@@ -188,10 +254,25 @@ FLUORO_HD bool ClipToBox(const Vec3<float>& o, const Vec3<float>& d, const float
   return b > a;
 }
 
-// Line integral (dimensionless) along the ray of pixel (x, y).
+// Samplers of the volume's trilinear interpolant inside the box of voxel centres: an array in
+// memory (both backends); the CUDA backend also has a hardware-filtered 3D texture.
+struct ArraySampler {
+  const float* vol;  // [nz, ny, nx]
+  int nx, ny, nz;
+  FLUORO_HD float operator()(float x, float y, float z) const {
+    return TrilinearInBox(vol, nx, ny, nz, x, y, z);
+  }
+};
+
+// Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
+// consecutive runs of its samples (the parts sum to the integral; the CUDA backend splits the
+// rays of small batches over several threads).
 // occupancy [bz, by, bx]: 1 where the block's trilinear support holds a non-zero voxel.
-FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const float* vol,
-                                const uint8_t* occupancy, int x, int y) {
+template <typename Sampler>
+FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
+                                const uint8_t* occupancy, int x, int y, int part = 0,
+                                int parts = 1) {
+  if (!s.occupied) return 0.f;
   const Vec3<float> P = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv;
   const Vec3<float> d = P - s.src;
   const float lo[3] = {0.f, 0.f, 0.f};
@@ -206,10 +287,24 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const float* vol,
   // Full steps sample their midpoints; a last partial step of length rem samples its own.
   const int n_full = static_cast<int>(floorf((t1 - t0) / dt));
   const float rem = (t1 - t0) - n_full * dt;
+  // The grid stays anchored at t0; only its samples near the support are visited (one spare
+  // sample either side against rounding).
+  float u0, u1;
+  if (!ClipToBox(s.src, d, s.support_lo, s.support_hi, &u0, &u1)) return 0.f;
+  int m_begin = static_cast<int>(floorf((u0 - t0) / dt - 0.5f)) - 1;
+  int m_end = static_cast<int>(ceilf((u1 - t0) / dt - 0.5f)) + 2;
+  if (m_begin < 0) m_begin = 0;
+  if (m_end > n_full) m_end = n_full;
+  if (m_end < m_begin) m_end = m_begin;
+  if (parts > 1) {
+    const long long len = m_end - m_begin;
+    m_end = m_begin + static_cast<int>(len * (part + 1) / parts);
+    m_begin = m_begin + static_cast<int>(len * part / parts);
+  }
   const Vec3<float> step = dt * d;
-  Vec3<float> pos = s.src + (t0 + 0.5f * dt) * d;
+  Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
-  for (int m = 0; m < n_full; ++m, pos = pos + step) {
+  for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
     const int bi = IMin(static_cast<int>(pos.x) / kBlock, s.bx - 1);
     const int bj = IMin(static_cast<int>(pos.y) / kBlock, s.by - 1);
     const int bk = IMin(static_cast<int>(pos.z) / kBlock, s.bz - 1);
@@ -222,7 +317,7 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const float* vol,
       float e0, e1;
       if (ClipToBox(s.src, d, blo, bhi, &e0, &e1)) {
         int m_last = static_cast<int>(floorf((e1 - t0) / dt - 0.5f - 1e-3f));
-        if (m_last > n_full - 1) m_last = n_full - 1;
+        if (m_last > m_end - 1) m_last = m_end - 1;
         if (m_last > m) {
           pos = s.src + (t0 + (m_last + 0.5f) * dt) * d;
           m = m_last;
@@ -230,12 +325,12 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const float* vol,
       }
       continue;
     }
-    acc += TrilinearInBox(vol, s.nx, s.ny, s.nz, pos.x, pos.y, pos.z);
+    acc += sample(pos.x, pos.y, pos.z);
   }
   acc *= dt;
-  if (rem > 0.f) {
+  if (rem > 0.f && part == parts - 1) {
     const Vec3<float> q = s.src + (t0 + n_full * dt + 0.5f * rem) * d;
-    acc += rem * TrilinearInBox(vol, s.nx, s.ny, s.nz, q.x, q.y, q.z);
+    acc += rem * sample(q.x, q.y, q.z);
   }
   return acc * len_mm;
 }

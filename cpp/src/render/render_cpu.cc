@@ -46,121 +46,124 @@ void ForEachPosePoint(const double* poses, int n, const double* points, int m, d
   }
 }
 
-// Shear phase for intermediate rows [q_begin, q_end) of one pose: slice-major so that each
-// slice's constant bilinear weights stream over contiguous rows.
-void ShearRows(const kernels::ShearWarpSetup& s, const internal::PaddedSlices& vol, int q_begin,
-               int q_end, float* inter) {
-  const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
-  for (int k = 0; k < s.n_slices; ++k) {
-    int oa, ob;
-    float fa, fb;
-    kernels::SliceOffsets(s, k, &oa, &ob, &fa, &fb);
-    int p_begin, p_end;
-    kernels::SliceColumnRange(s, oa, &p_begin, &p_end);
-    if (p_begin >= p_end) continue;
-    const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
-    const float w01 = (1.f - fa) * fb, w11 = fa * fb;
-    const float* slice = vol.data.data() + k * slice_size;
-    const int32_t* ext = vol.row_extent.data() + 2LL * k * s.slice_h;
-    for (int q = q_begin; q < q_end; ++q) {
-      const int row = q + ob + 1;
-      if (row < 0 || row > s.slice_h - 2) continue;
-      // Non-zero padded columns of the two rows read; a sample at padded column col reads
-      // col and col + 1, so it matters for col in [first - 1, last].
-      const int first = std::min(ext[2 * row], ext[2 * (row + 1)]);
-      const int last = std::max(ext[2 * row + 1], ext[2 * (row + 1) + 1]);
-      if (first > last) continue;
-      const int pb = std::max(p_begin, first - 1 - oa - 1);
-      const int pe = std::min(p_end, last - oa - 1 + 1);
-      const float* r0 = slice + static_cast<long long>(row) * s.slice_w + oa + 1;
-      const float* r1 = r0 + s.slice_w;
-      float* out = inter + static_cast<long long>(q) * s.inter_w;
-      for (int p = pb; p < pe; ++p) {
-        out[p] += w00 * r0[p] + w10 * r0[p + 1] + w01 * r1[p] + w11 * r1[p + 1];
-      }
-    }
+void RequireHostOutput(const RenderOptions& options) {
+  if (options.output_on_device && options.device != Device::kCuda) {
+    throw std::invalid_argument(
+        "output_on_device = true needs device = cuda: the CPU backend writes host memory");
   }
+}
+
+// Poses per chunk of the CPU parallel-beam renderer (bounds its intermediate images).
+constexpr int kParallelChunk = 256;
+
+// The CPU loops are also compiled for AVX2 and picked at load time (GCC function
+// multi-versioning); no FMA, so every version rounds alike and results do not depend on the
+// processor.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FLUORO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FLUORO_CPU_CLONES
+#endif
+
+// Intermediate row q of one pose: the shared shear body over the whole row, then the weight.
+FLUORO_CPU_CLONES void ShearRowCpu(const kernels::ShearWarpSetup& s,
+                                   const internal::PaddedSlices& slices, int q, float* row) {
+  kernels::AddToRow add{row};
+  kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
+                           add);
   const float w = static_cast<float>(s.weight);
-  for (long long i = static_cast<long long>(q_begin) * s.inter_w;
-       i < static_cast<long long>(q_end) * s.inter_w; ++i) {
-    inter[i] *= w;
+  for (int p = 0; p < s.inter_w; ++p) row[p] *= w;
+}
+
+// Pixels [x0, x1) x [y0, y1) of one cone-beam image [H, W].
+FLUORO_CPU_CLONES void ConeTileCpu(const kernels::ConeRaySetup& s,
+                                   const kernels::ArraySampler& sampler,
+                                   const uint8_t* occupancy, int x0, int x1, int y0, int y1,
+                                   int W, float* img) {
+  for (int y = y0; y < y1; ++y) {
+    for (int x = x0; x < x1; ++x) {
+      img[static_cast<long long>(y) * W + x] =
+          kernels::ConeRayIntegral(s, sampler, occupancy, x, y);
+    }
   }
 }
 
 }  // namespace
 
-void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
+void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
                        const double* poses, const double* scales, int n, float* out,
                        const RenderOptions& options) {
-  ValidateVolume(volume);
   ValidateParallelCamera(camera);
   ValidatePoses(poses, n);
   ValidateScales(scales, n);
+  RequireHostOutput(options);
   if (n == 0) return;
+  RenderVolume::State& state = volume.state();
+  std::vector<kernels::ShearWarpSetup> setups(n);
+  for (int i = 0; i < n; ++i) {
+    setups[i] = internal::MakeShearWarpSetup(state.grid, camera, poses + 6 * i, scales[i]);
+  }
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
-    internal::RenderParallelDrrCuda(volume, camera, poses, scales, n, out);
+    std::lock_guard<std::mutex> lock(state.cuda_mutex);
+    internal::RenderParallelDrrCuda(state, camera, setups.data(), n, out,
+                                    options.output_on_device);
 #endif
     return;
   }
   const int n_threads = ResolveThreadCount(options.num_threads);
-  std::vector<kernels::ShearWarpSetup> setups(n);
-  std::array<bool, 3> needed{false, false, false};
-  for (int i = 0; i < n; ++i) {
-    setups[i] = internal::MakeShearWarpSetup(volume, camera, poses + 6 * i, scales[i]);
-    needed[setups[i].axis] = true;
-  }
-  std::array<internal::PaddedSlices, 3> padded;
-  {
-    std::vector<int> axes;
-    for (int c = 0; c < 3; ++c)
-      if (needed[c]) axes.push_back(c);
-    ParallelFor(static_cast<long long>(axes.size()), n_threads, [&](long long t) {
-      padded[axes[t]] = internal::MakePaddedSlices(volume, axes[t]);
+  const long long image_size = static_cast<long long>(camera.width) * camera.height;
+  std::vector<float> inter;
+  std::vector<long long> offset;
+  for (int c0 = 0; c0 < n; c0 += kParallelChunk) {
+    const int nc = std::min(kParallelChunk, n - c0);
+    const kernels::ShearWarpSetup* cs = setups.data() + c0;
+    offset.assign(nc + 1, 0);
+    for (int i = 0; i < nc; ++i) {
+      offset[i + 1] = offset[i] + static_cast<long long>(cs[i].inter_w) * cs[i].inter_h;
+      if (cs[i].inter_h > 0) state.Slices(cs[i].axis);  // build before the threads read it
+    }
+    inter.assign(offset[nc], 0.f);
+    // Shear: one task per (pose, intermediate row).
+    std::vector<long long> row_start(nc + 1, 0);
+    for (int i = 0; i < nc; ++i) row_start[i + 1] = row_start[i] + cs[i].inter_h;
+    ParallelFor(row_start[nc], n_threads, [&](long long t) {
+      const int i = static_cast<int>(
+          std::upper_bound(row_start.begin(), row_start.end(), t) - row_start.begin() - 1);
+      const int q = static_cast<int>(t - row_start[i]);
+      const kernels::ShearWarpSetup& s = cs[i];
+      ShearRowCpu(s, state.slices[s.axis], q,
+                  inter.data() + offset[i] + static_cast<long long>(q) * s.inter_w);
+    });
+    // Warp: one task per (pose, output row).
+    ParallelFor(static_cast<long long>(nc) * camera.height, n_threads, [&](long long t) {
+      const int i = static_cast<int>(t / camera.height), y = static_cast<int>(t % camera.height);
+      const kernels::ShearWarpSetup& s = cs[i];
+      float* img = out + (c0 + i) * image_size + static_cast<long long>(y) * camera.width;
+      for (int x = 0; x < camera.width; ++x) {
+        img[x] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter.data() + offset[i], x, y);
+      }
     });
   }
-  // Intermediate images, one per pose.
-  std::vector<long long> offset(n + 1, 0);
-  for (int i = 0; i < n; ++i) {
-    offset[i + 1] = offset[i] + static_cast<long long>(setups[i].inter_w) * setups[i].inter_h;
-  }
-  std::vector<float> inter(offset[n], 0.f);
-  // Split each pose into row bands so that a single DRR also uses every core.
-  const int bands = std::max(1, std::min(16, (n_threads + n - 1) / n * 2));
-  ParallelFor(static_cast<long long>(n) * bands, n_threads, [&](long long t) {
-    const int i = static_cast<int>(t / bands), band = static_cast<int>(t % bands);
-    const auto& s = setups[i];
-    if (s.inter_h == 0) return;
-    const int q0 = static_cast<int>(static_cast<long long>(s.inter_h) * band / bands);
-    const int q1 = static_cast<int>(static_cast<long long>(s.inter_h) * (band + 1) / bands);
-    if (q0 < q1) ShearRows(s, padded[s.axis], q0, q1, inter.data() + offset[i]);
-  });
-  const long long image_size = static_cast<long long>(camera.width) * camera.height;
-  ParallelFor(static_cast<long long>(n) * bands, n_threads, [&](long long t) {
-    const int i = static_cast<int>(t / bands), band = static_cast<int>(t % bands);
-    const auto& s = setups[i];
-    const int y0 = static_cast<int>(static_cast<long long>(camera.height) * band / bands);
-    const int y1 = static_cast<int>(static_cast<long long>(camera.height) * (band + 1) / bands);
-    float* img = out + i * image_size;
-    for (int y = y0; y < y1; ++y) {
-      for (int x = 0; x < camera.width; ++x) {
-        img[static_cast<long long>(y) * camera.width + x] =
-            s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter.data() + offset[i], x, y);
-      }
-    }
-  });
 }
 
-void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double* poses, int n,
-                   float* out, const RenderOptions& options) {
-  ValidateVolume(volume);
+void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
+                       const double* poses, const double* scales, int n, float* out,
+                       const RenderOptions& options) {
+  const RenderVolume view = RenderVolume::View(volume);
+  RenderParallelDrr(view, camera, poses, scales, n, out, options);
+}
+
+void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const double* poses,
+                   int n, float* out, const RenderOptions& options) {
   ValidatePoses(poses, n);
   for (int i = 0; i < n; ++i) ValidateConeView(views[i], i);
   if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
     throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
                                 " must lie in (0.01, 16]");
   }
+  RequireHostOutput(options);
   if (n == 0) return;
   const int W = views[0].width, H = views[0].height;
   for (int i = 1; i < n; ++i) {
@@ -172,27 +175,43 @@ void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double
                                   std::to_string(H) + ": one call needs one image size");
     }
   }
+  RenderVolume::State& state = volume.state();
+  state.PrepareCone();
+  std::vector<kernels::ConeRaySetup> setups(n);
+  for (int i = 0; i < n; ++i) {
+    setups[i] = internal::MakeConeRaySetup(state, views[i], poses + 6 * i, options.step_voxels);
+  }
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
-    internal::RenderConeDrrCuda(volume, views, poses, n, out, options.step_voxels);
+    std::lock_guard<std::mutex> lock(state.cuda_mutex);
+    internal::RenderConeDrrCuda(state, setups.data(), n, W, H, out, options);
 #endif
     return;
   }
-  int bx, by, bz;
-  const std::vector<uint8_t> occupancy = internal::MakeOccupancy(volume, &bx, &by, &bz);
-  std::vector<kernels::ConeRaySetup> setups(n);
-  for (int i = 0; i < n; ++i) {
-    setups[i] = internal::MakeConeRaySetup(volume, views[i], poses + 6 * i, options.step_voxels);
-  }
-  const long long rows = static_cast<long long>(n) * H;
-  ParallelFor(rows, options.num_threads, [&](long long t) {
-    const int i = static_cast<int>(t / H), y = static_cast<int>(t % H);
-    float* row = out + (static_cast<long long>(i) * H + y) * W;
-    for (int x = 0; x < W; ++x) {
-      row[x] = kernels::ConeRayIntegral(setups[i], volume.data, occupancy.data(), x, y);
-    }
+  const VolumeGrid& g = state.grid;
+  const kernels::ArraySampler sampler{g.data, g.nx, g.ny, g.nz};
+  // One task per tile of kTile x kTile pixels: neighbouring rays share cache lines.
+  constexpr int kTile = 8;
+  const int tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
+  const long long tiles_per_image = static_cast<long long>(tiles_x) * tiles_y;
+  ParallelFor(static_cast<long long>(n) * tiles_per_image, options.num_threads, [&](long long t) {
+    const int i = static_cast<int>(t / tiles_per_image);
+    const int tile = static_cast<int>(t % tiles_per_image);
+    const int x0 = (tile % tiles_x) * kTile, y0 = (tile / tiles_x) * kTile;
+    const int x1 = std::min(x0 + kTile, W), y1 = std::min(y0 + kTile, H);
+    ConeTileCpu(setups[i], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
+                out + static_cast<long long>(i) * H * W);
   });
+}
+
+void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double* poses, int n,
+                   float* out, const RenderOptions& options) {
+  ValidateVolume(volume);
+  ValidatePoses(poses, n);
+  for (int i = 0; i < n; ++i) ValidateConeView(views[i], i);
+  const RenderVolume view = RenderVolume::View(volume);
+  RenderConeDrr(view, views, poses, n, out, options);
 }
 
 void ProjectPointsParallel(const ParallelCamera& camera, const double* poses,

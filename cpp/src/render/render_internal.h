@@ -2,7 +2,10 @@
 // backend) and the CUDA backend's entry points. Not installed: internal to the library.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "fluororeg/render.h"
@@ -29,21 +32,59 @@ struct PaddedSlices {
 };
 PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis);
 
+struct CudaVolume;  // the CUDA backend's device copies and work buffers (cuda/render_cuda.cu)
+
+}  // namespace internal
+
+struct RenderVolume::State {
+  std::vector<float> voxels;  // [nz, ny, nx] owned copy (empty for RenderVolume::View)
+  VolumeGrid grid;
+  Device device = Device::kCpu;
+  // Cone beam: block occupancy [bz, by, bx] and support box (see kernels::ConeRaySetup),
+  // built on first use by PrepareCone.
+  void PrepareCone();
+  void BuildOccupancy();
+  std::once_flag cone_once;
+  std::vector<uint8_t> occupancy;
+  int bx = 1, by = 1, bz = 1;
+  bool occupied = false;
+  float support_lo[3] = {0, 0, 0}, support_hi[3] = {0, 0, 0};
+  // Shear-warp slice stacks per principal axis, built on first use.
+  const internal::PaddedSlices& Slices(int axis);
+  std::array<internal::PaddedSlices, 3> slices;
+  std::array<std::once_flag, 3> slices_once;
+  // CUDA backend: created on first use; calls on one volume are serialised by cuda_mutex.
+  std::mutex cuda_mutex;
+  internal::CudaVolume* cuda = nullptr;
+  double last_kernel_ms = 0;
+
+  State(const VolumeGrid& volume, bool copy);
+  ~State();
+};
+
+namespace internal {
+
 // Cone-beam parameters of one (view, pose) pair.
-kernels::ConeRaySetup MakeConeRaySetup(const VolumeGrid& volume, const ConeView& view,
+kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& volume, const ConeView& view,
                                        const double* pose, double step_voxels);
-// Block occupancy [bz, by, bx] (see kernels::ConeRayIntegral).
-std::vector<uint8_t> MakeOccupancy(const VolumeGrid& volume, int* bx, int* by, int* bz);
 
 #if defined(FLUORO_WITH_CUDA)
 int CudaDeviceCount();
-void RenderParallelDrrCuda(const VolumeGrid& volume, const ParallelCamera& camera,
-                           const double* poses, const double* scales, int n, float* out);
-void RenderConeDrrCuda(const VolumeGrid& volume, const ConeView* views, const double* poses,
-                       int n, float* out, double step_voxels);
+// The device copies of `volume` (created on first use; the caller holds volume.cuda_mutex).
+CudaVolume& GetCudaVolume(RenderVolume::State& volume);
+void DestroyCudaVolume(CudaVolume* cuda);
+size_t CudaVolumeBytes(const CudaVolume* cuda);
+// Launchers (the caller holds volume.cuda_mutex); setups come from the shared host code.
+void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& camera,
+                           const kernels::ShearWarpSetup* setups, int n, float* out,
+                           bool output_on_device);
+void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
+                       int width, int height, float* out, const RenderOptions& options);
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,
                        const double* poses, const double* scales, int n, const double* points,
                        int m, double* out_xy, uint8_t* in_fov);
+float* CudaMallocFloats(size_t count);
+void CudaFreeFloats(float* p);
 #endif
 
 // Throws std::runtime_error unless the CUDA backend is built and a device is present.

@@ -1,4 +1,5 @@
 // Host-side preparation shared by the CPU and CUDA backends, and argument validation.
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -239,8 +240,9 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   return p;
 }
 
-kernels::ConeRaySetup MakeConeRaySetup(const VolumeGrid& volume, const ConeView& view,
+kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const ConeView& view,
                                        const double* pose, double step_voxels) {
+  const VolumeGrid& volume = state.grid;
   const Affine3<double> voxel_from_world =
       Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
   const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
@@ -261,51 +263,18 @@ kernels::ConeRaySetup MakeConeRaySetup(const VolumeGrid& volume, const ConeView&
   for (int c = 0; c < 3; ++c) {
     const Vec3<double> col = volume.model_from_voxel.Column(c);
     s.spacing[c] = static_cast<float>(std::sqrt(Dot(col, col)));
+    s.support_lo[c] = state.support_lo[c];
+    s.support_hi[c] = state.support_hi[c];
   }
   s.step_voxels = static_cast<float>(step_voxels);
   s.nx = volume.nx;
   s.ny = volume.ny;
   s.nz = volume.nz;
-  s.bx = (volume.nx - 1 + kernels::kBlock - 1) / kernels::kBlock;
-  s.by = (volume.ny - 1 + kernels::kBlock - 1) / kernels::kBlock;
-  s.bz = (volume.nz - 1 + kernels::kBlock - 1) / kernels::kBlock;
-  s.bx = std::max(s.bx, 1);
-  s.by = std::max(s.by, 1);
-  s.bz = std::max(s.bz, 1);
+  s.bx = state.bx;
+  s.by = state.by;
+  s.bz = state.bz;
+  s.occupied = state.occupied ? 1 : 0;
   return s;
-}
-
-std::vector<uint8_t> MakeOccupancy(const VolumeGrid& volume, int* bx_out, int* by_out,
-                                   int* bz_out) {
-  constexpr int B = kernels::kBlock;
-  const int bx = std::max((volume.nx - 1 + B - 1) / B, 1);
-  const int by = std::max((volume.ny - 1 + B - 1) / B, 1);
-  const int bz = std::max((volume.nz - 1 + B - 1) / B, 1);
-  std::vector<uint8_t> occ(static_cast<size_t>(bx) * by * bz, 0);
-  // A sample in block (bi, bj, bk) reads voxels [b*B, b*B + B] along each axis (clamped), so
-  // a non-zero voxel at index i marks the blocks i / B and (i - 1) / B.
-  for (int k = 0; k < volume.nz; ++k) {
-    for (int j = 0; j < volume.ny; ++j) {
-      const float* row = volume.data + (static_cast<long long>(k) * volume.ny + j) * volume.nx;
-      for (int i = 0; i < volume.nx; ++i) {
-        if (row[i] == 0.f) continue;
-        for (int kk : {k / B, (k - 1) / B}) {
-          if (kk < 0 || kk >= bz) continue;
-          for (int jj : {j / B, (j - 1) / B}) {
-            if (jj < 0 || jj >= by) continue;
-            for (int ii : {i / B, (i - 1) / B}) {
-              if (ii < 0 || ii >= bx) continue;
-              occ[(static_cast<size_t>(kk) * by + jj) * bx + ii] = 1;
-            }
-          }
-        }
-      }
-    }
-  }
-  *bx_out = bx;
-  *by_out = by;
-  *bz_out = bz;
-  return occ;
 }
 
 void RequireCuda() {
@@ -336,6 +305,132 @@ bool CudaAvailable() {
   return internal::CudaDeviceCount() > 0;
 #else
   return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// RenderVolume
+
+RenderVolume::State::State(const VolumeGrid& volume, bool copy) : grid(volume) {
+  ValidateVolume(volume);
+  const size_t n_vox = static_cast<size_t>(volume.nx) * volume.ny * volume.nz;
+  if (copy) {
+    voxels.assign(volume.data, volume.data + n_vox);
+    grid.data = voxels.data();
+  }
+}
+
+void RenderVolume::State::PrepareCone() {
+  std::call_once(cone_once, [&] { BuildOccupancy(); });
+}
+
+void RenderVolume::State::BuildOccupancy() {
+  const VolumeGrid& volume = grid;
+  // Block occupancy: a sample in block (bi, bj, bk) reads voxels [b*B, b*B + B] along each
+  // axis (clamped), so a non-zero voxel at index i marks the blocks i / B and (i - 1) / B.
+  constexpr int B = kernels::kBlock;
+  bx = std::max((volume.nx - 1 + B - 1) / B, 1);
+  by = std::max((volume.ny - 1 + B - 1) / B, 1);
+  bz = std::max((volume.nz - 1 + B - 1) / B, 1);
+  occupancy.assign(static_cast<size_t>(bx) * by * bz, 0);
+  int lo[3] = {volume.nx, volume.ny, volume.nz}, hi[3] = {-1, -1, -1};
+  for (int k = 0; k < volume.nz; ++k) {
+    for (int j = 0; j < volume.ny; ++j) {
+      const float* row = grid.data + (static_cast<long long>(k) * volume.ny + j) * volume.nx;
+      for (int i = 0; i < volume.nx; ++i) {
+        if (row[i] == 0.f) continue;
+        lo[0] = std::min(lo[0], i);
+        hi[0] = std::max(hi[0], i);
+        lo[1] = std::min(lo[1], j);
+        hi[1] = std::max(hi[1], j);
+        lo[2] = std::min(lo[2], k);
+        hi[2] = std::max(hi[2], k);
+        for (int kk : {k / B, (k - 1) / B}) {
+          if (kk < 0 || kk >= bz) continue;
+          for (int jj : {j / B, (j - 1) / B}) {
+            if (jj < 0 || jj >= by) continue;
+            const size_t base = (static_cast<size_t>(kk) * by + jj) * bx;
+            if (i / B < bx) occupancy[base + i / B] = 1;
+            if (i > 0 && (i - 1) / B < bx) occupancy[base + (i - 1) / B] = 1;
+          }
+        }
+      }
+    }
+  }
+  occupied = hi[0] >= 0;
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  for (int c = 0; c < 3 && occupied; ++c) {
+    // The interpolant at x is non-zero only if a corner floor(x) or floor(x) + 1 is.
+    support_lo[c] = static_cast<float>(std::max(lo[c] - 1, 0));
+    support_hi[c] = static_cast<float>(std::min(hi[c] + 1, dims[c] - 1));
+  }
+}
+
+RenderVolume::State::~State() {
+#if defined(FLUORO_WITH_CUDA)
+  internal::DestroyCudaVolume(cuda);
+#endif
+}
+
+const internal::PaddedSlices& RenderVolume::State::Slices(int axis) {
+  std::call_once(slices_once[axis], [&] { slices[axis] = internal::MakePaddedSlices(grid, axis); });
+  return slices[axis];
+}
+
+RenderVolume::RenderVolume(const VolumeGrid& volume, Device device)
+    : state_(std::make_unique<State>(volume, true)) {
+  state_->device = device;
+  if (device == Device::kCuda) {
+    internal::RequireCuda();
+#if defined(FLUORO_WITH_CUDA)
+    std::lock_guard<std::mutex> lock(state_->cuda_mutex);
+    internal::GetCudaVolume(*state_);
+#endif
+  }
+}
+
+RenderVolume RenderVolume::View(const VolumeGrid& volume) {
+  RenderVolume r;
+  r.state_ = std::make_unique<State>(volume, false);
+  return r;
+}
+
+RenderVolume::~RenderVolume() = default;
+RenderVolume::RenderVolume(RenderVolume&&) noexcept = default;
+RenderVolume& RenderVolume::operator=(RenderVolume&&) noexcept = default;
+
+const VolumeGrid& RenderVolume::grid() const { return state_->grid; }
+Device RenderVolume::device() const { return state_->device; }
+
+size_t RenderVolume::HostBytes() const {
+  size_t bytes = state_->voxels.size() * sizeof(float) + state_->occupancy.size();
+  for (const auto& p : state_->slices) {
+    bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t);
+  }
+  return bytes;
+}
+
+size_t RenderVolume::DeviceBytes() const {
+#if defined(FLUORO_WITH_CUDA)
+  std::lock_guard<std::mutex> lock(state_->cuda_mutex);
+  return internal::CudaVolumeBytes(state_->cuda);
+#else
+  return 0;
+#endif
+}
+
+double RenderVolume::LastCudaKernelMs() const {
+  std::lock_guard<std::mutex> lock(state_->cuda_mutex);
+  return state_->last_kernel_ms;
+}
+
+std::shared_ptr<float> CudaAllocateFloats(size_t count) {
+  internal::RequireCuda();
+#if defined(FLUORO_WITH_CUDA)
+  return std::shared_ptr<float>(internal::CudaMallocFloats(count), internal::CudaFreeFloats);
+#else
+  (void)count;
+  return nullptr;
 #endif
 }
 

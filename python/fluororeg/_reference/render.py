@@ -3,11 +3,13 @@
 * :func:`line_integral_parallel` / :func:`line_integral_cone`: direct ray marching with a fine
   step through the trilinear interpolant of the volume (``scipy.ndimage.map_coordinates``,
   zero outside the box of voxel centres) -- the quantity a DRR approximates.
-* :func:`shear_warp_parallel`: the shear-warp factorisation written plainly, slice by slice,
-  to check the C++ kernel step for step.
-* :func:`cone_same_sampling`: the C++ cone-beam sampling scheme (midpoints of a regular grid
-  over the clipped ray, partial last step) without empty-space skipping.
-* :func:`project_points_parallel` / :func:`project_points_cone`: landmark projection.
+* :func:`render_parallel_drr` (checks ``RenderParallelDrr``): the shear-warp factorisation
+  written plainly, slice by slice, to check the C++ kernels step for step.
+* :func:`render_cone_drr` (checks ``RenderConeDrr``): the C++ cone-beam sampling scheme
+  (midpoints of a regular grid over the clipped ray, partial last step) without empty-space
+  skipping or support clipping.
+* :func:`project_points_parallel` / :func:`project_points_cone` (check ``ProjectPointsParallel``
+  / ``ProjectPointsCone``): landmark projection.
 
 Poses are in degrees and millimetres, as in the public API.
 """
@@ -93,7 +95,7 @@ def line_integral_cone(volume: Volume, view: ConeView, pose_deg, step_mm: float 
     return out
 
 
-def shear_warp_parallel(volume: Volume, pose_deg, camera: ParallelCamera, scale: float = 1.0) -> np.ndarray:
+def render_parallel_drr(volume: Volume, pose_deg, camera: ParallelCamera, scale: float = 1.0) -> np.ndarray:
     """Shear-warp DRR [H, W], the algorithm written plainly (see render_kernels.h)."""
     data = np.asarray(volume.data, dtype=np.float64)
     A = volume.voxel_from_physical @ np.linalg.inv(pose_matrix(np.asarray(pose_deg, dtype=np.float64)))
@@ -134,7 +136,7 @@ def shear_warp_parallel(volume: Volume, pose_deg, camera: ParallelCamera, scale:
     return map_coordinates(inter, [Ib - b0, Ia - a0], order=1, mode="constant", cval=0.0)
 
 
-def cone_same_sampling(volume: Volume, view: ConeView, pose_deg, step_voxels: float = 1.0) -> np.ndarray:
+def render_cone_drr(volume: Volume, view: ConeView, pose_deg, step_voxels: float = 1.0) -> np.ndarray:
     """Cone-beam DRR [H, W] with exactly the C++ sampling scheme (no empty-space skipping)."""
     data = np.asarray(volume.data, dtype=np.float64)
     nx, ny, nz = volume.shape_xyz

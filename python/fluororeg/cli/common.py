@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEVICES = ["cpu", "cuda"]            # where rendering runs
+DEVICES = ["auto", "cpu", "cuda"]    # where rendering runs (auto: CUDA when a device is usable)
 NETWORK_DEVICES = ["auto", "cpu", "cuda"]  # where the networks run
 
 

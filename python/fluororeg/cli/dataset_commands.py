@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
                    help="viewing azimuths in deg (default -90 90: the subject's front half)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", choices=common.DEVICES, default="cpu")
+    d.add_argument("--device", choices=common.DEVICES, default="auto",
+                   help="where DRRs are rendered (auto: CUDA when a device is usable)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(handler=run_dataset, resumes=True)
     c = subparsers.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")

@@ -75,7 +75,7 @@ from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.geometry import ConeView, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
-           "render_samples", "DatasetReader"]
+           "prepare_subject_volumes", "render_samples", "DatasetReader"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
@@ -240,20 +240,29 @@ def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: n
     return views
 
 
+def prepare_subject_volumes(subject, device: str = "cpu") -> tuple:
+    """The subject's attenuation and bone-mask volumes prepared once for rendering on
+    ``device`` ('cpu', 'cuda' or 'auto'): pass them to :func:`render_samples` as ``volumes``."""
+    device = R.resolve_device(device)
+    return R.prepare_volume(subject.attenuation_model(), device), R.prepare_mask(subject.mask_model(), device)
+
+
 def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np.ndarray,
                    camera: ParallelCamera, device: str = "cpu",
-                   source_distance_mm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   source_distance_mm: np.ndarray | None = None, volumes: tuple | None = None) -> dict[str, np.ndarray]:
     """Render one batch of samples (see the module docstring for the fields): parallel-beam,
-    or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`)."""
-    mu = subject.attenuation_model()
+    or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`).
+    ``volumes``: :func:`prepare_subject_volumes` (saves preparing the volumes per batch)."""
+    device = R.resolve_device(device)
+    mu, bone = volumes if volumes is not None else (subject.attenuation_model(), subject.mask_model())
     if source_distance_mm is None:
         drr = R.render_parallel(mu, poses, camera, scales, device=device)
-        mask = R.project_mask_parallel(subject.mask_model(), poses, camera, scales, device=device)
+        mask = R.project_mask_parallel(bone, poses, camera, scales, device=device)
         xy, visible = R.project_parallel(subject.landmarks_model, poses, camera, scales, device=device)
     else:
         views = cone_views(camera, scales, source_distance_mm)
         drr = R.render_cone(mu, views, poses, device=device)
-        mask = R.project_mask_cone(subject.mask_model(), views, poses, device=device)
+        mask = R.project_mask_cone(bone, views, poses, device=device)
         xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
     drr = np.where(segmented[:, None, None], drr * mask, drr)
     hi = np.array([np.percentile(d[d > 0], 99.5) if np.any(d > 0) else 1.0 for d in drr], dtype=np.float32)
@@ -321,7 +330,8 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
     Finished shards of an earlier run with the same subject and configuration are kept; a
     different subject or configuration in ``root`` is an error (use another folder). Ctrl-C
     stops after the shard being written; running again resumes. ``write=False`` renders
-    without writing (for benchmarks; ``root`` may then be None).
+    without writing (for benchmarks; ``root`` may then be None). ``device``: 'cpu', 'cuda' or
+    'auto' (CUDA where a device is usable).
     """
     import h5py
     from tqdm import tqdm
@@ -348,6 +358,8 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
                     "folder (or delete it) to generate a new one")
         else:
             atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    volumes = prepare_subject_volumes(subject, device)
+    device = volumes[0].device
     total = config.n_train + config.n_test
     bar = tqdm(total=total, unit="sample", disable=not progress, desc="dataset")
     try:
@@ -365,7 +377,7 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
                 poses, scales = sample_poses(rng, n, config.poses)
                 segmented = rng.random(n) < config.segmented_share
                 sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
-                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod)
+                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod, volumes)
                 if write:
                     with _DeferInterrupt():
                         tmp = path.with_suffix(".h5.tmp")

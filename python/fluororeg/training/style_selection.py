@@ -7,7 +7,7 @@ same run at 4,000 steps (7.9 deg against 3.7 deg median error) although its cycl
 losses were lower. So :func:`~fluororeg.training.style.train_style` keeps generator snapshots
 (``snapshot_every``) and this module scores each one the way the pipeline uses it: translate
 the crops of a validation recording, detect, register (:func:`fluororeg.pipeline.register.detect_recording`
-and :func:`fluororeg.pipeline.register.register_detections`), on up to ``max_frames`` evenly spaced frames.
+and :func:`fluororeg.pipeline.register_detections`), on up to ``max_frames`` evenly spaced frames.
 
 Score (lower is better), per frame, median over the frames (a frame without a pose counts as
 infinitely bad):

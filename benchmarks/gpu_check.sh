@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The render checks that need a GPU, as one short script for the lent GPU machine (see
+# ../shared/gpu/README.md): build with CUDA, the CUDA tests (every CUDA path against the CPU
+# backend), the C++ render tests, compute-sanitizer memcheck on a small CUDA test (when the
+# machine has it), and the render and dataset benchmarks with CUDA rows. Run from the project
+# root after copying ../shared/gpu to .gpu:
+#
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
+#
+# Writes at most 7 files to $OUT: check.log (everything), pytest_cuda.log, ctest.log,
+# memcheck.log, bench_render.json, bench_dataset.json, nvidia_smi.txt. Optional: FLUORO_CACHE
+# pointing at a folder with cranium_hu.npz (the example CT; else benchmarks use a phantom and
+# the dataset benchmark is skipped). Benchmarks run with --quick on the head-sized CT, steps in
+# order of value with their own time limits (about 3 minutes in all on an H100 machine).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+exec > >(tee "$OUT/check.log") 2>&1
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step build
+FR_LOGS=/tmp/fr-logs bash .gpu/build.sh || { tail -n 40 /tmp/fr-logs/* 2>/dev/null; exit 1; }
+# shellcheck disable=SC1091
+source /tmp/fr-env.sh
+nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1
+nvidia-smi -L
+
+step "pytest -k cuda"
+timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_dataset.py -k "cuda or prepared or device" -rs \
+  > "$OUT/pytest_cuda.log" 2>&1 || status=1
+tail -n 15 "$OUT/pytest_cuda.log"
+
+step "bench_render --quick --head"
+timeout 100 python3 benchmarks/bench_render.py --quick --head --device cuda --json "$OUT/bench_render.json" || status=1
+
+step "bench_dataset --quick"
+if [ -f "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/cranium_hu.npz" ]; then
+  timeout 100 python3 benchmarks/bench_dataset.py --quick --device cuda --json "$OUT/bench_dataset.json" || status=1
+else
+  echo "no cached Cranium CT: dataset benchmark skipped"
+fi
+
+step "C++ render tests"
+timeout 40 ctest --test-dir /tmp/fr-build -R "Render" --output-on-failure > "$OUT/ctest.log" 2>&1 || status=1
+tail -n 8 "$OUT/ctest.log"
+
+step "compute-sanitizer memcheck"
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)
+if [ -n "$SAN" ]; then
+  timeout 60 "$SAN" --tool memcheck --leak-check full --error-exitcode 9 \
+    /tmp/fr-build/fluororeg_tests --gtest_filter='RenderVolume.CudaMatchesCpu' > "$OUT/memcheck.log" 2>&1 || status=1
+  tail -n 6 "$OUT/memcheck.log"
+else
+  echo "compute-sanitizer not found on this machine" | tee "$OUT/memcheck.log"
+fi
+
+step "done (status $status)"
+exit $status
