@@ -37,7 +37,8 @@ from .volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
            "refine_options", "refine_poses", "recording_images", "refine_similarity",
-           "refine_recording_poses", "REFINE_COLUMNS"]
+           "refine_recording_poses", "REFINE_COLUMNS", "append_csv_columns",
+           "intensity_to_line_integrals"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -178,12 +179,33 @@ def _masks(image_masks, views) -> Optional[np.ndarray]:
     return np.ascontiguousarray(m != 0, dtype=np.uint8)
 
 
+def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
+    """The usable pixels [H, W] bool of an intensifier frame: everything brighter than the
+    dark surround of a circular field of view (the corners' grey level), holes filled, shrunk
+    by ``shrink_px``; all pixels where the corners are not darker than the image."""
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(np.asarray(image, np.float64), 1.0)
+    c = 5
+    corners = np.concatenate([img[:c, :c].ravel(), img[:c, -c:].ravel(), img[-c:, :c].ravel(), img[-c:, -c:].ravel()])
+    bg, hi = float(np.median(corners)), float(np.percentile(img, 99))
+    if not hi > bg + 1e-6 or float(np.percentile(img, 50)) <= bg + 0.05 * (hi - bg):
+        return np.ones(img.shape, bool)
+    mask = img > bg + 0.05 * (hi - bg)
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.ones(img.shape, bool)
+    sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
+    mask = ndimage.binary_fill_holes(lab == (1 + int(np.argmax(sizes))))
+    if shrink_px > 0:
+        mask = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > shrink_px
+    return mask
+
+
 def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
     """Undistorted line-integral images [F, 2, H, W] float32 of a recording's frames and the
     usable-pixel masks [2, H, W] (the intensifier's field of view, undistorted)."""
     from scipy import ndimage
-
-    from .calibration.beads import field_of_view_mask
 
     idx = np.arange(len(recording)) if frames is None else np.asarray(frames, dtype=int)
     geom = recording.geometry
@@ -194,10 +216,7 @@ def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
         dist = geom.distortion[k]
         first = np.asarray(recording.sequences[k][int(idx[0])] if len(idx) else recording.sequences[k][0],
                            np.float64)
-        try:
-            fov = field_of_view_mask(first, shrink_px=3)
-        except ValueError:
-            fov = np.ones((H, W), bool)
+        fov = field_of_view(first)
         smap = dist.source_map() if dist is not None else None
         if smap is not None:
             fov = ndimage.map_coordinates(fov.astype(np.float32), [smap[1], smap[0]], order=0, mode="constant",
@@ -315,9 +334,9 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     landmark poses [F, 6] (deg, mm; NaN: not registered) of a recording against its frames.
 
     Returns (poses [F, 6], status [F] str, columns: dict of REFINE_COLUMNS -> [F] arrays).
-    A frame whose refinement passed the gate takes the refined pose; status ``'refined'``
-    (``'tracked'`` when it started from the previous frame because its landmark registration
-    failed). A flagged frame keeps its landmark pose and status.
+    A frame whose refinement passed the gate takes the refined pose and keeps its landmark
+    status, except a frame without a landmark pose that was refined from the previous frame's
+    (status ``'tracked'``). A flagged frame keeps its landmark pose; ``refine_status`` says why.
     """
     poses = np.asarray(poses, dtype=np.float64)
     status = np.asarray(status).astype(object)
@@ -326,7 +345,6 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     ok = res.converged
     new_poses = np.where(ok[:, None], res.poses, poses)
     new_status = status.copy()
-    new_status[ok & ~res.tracked] = "refined"
     new_status[ok & res.tracked] = "tracked"
     columns = {
         "refine_status": res.status, "similarity_view1": res.similarity[:, 0], "similarity_view2": res.similarity[:, 1],
@@ -334,3 +352,29 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         "refine_iterations": res.iterations, "refine_seconds": res.seconds, "refine_tracked": res.tracked,
     }
     return new_poses, new_status.astype(str), columns
+
+
+def append_csv_columns(path, columns: dict) -> None:
+    """Add columns (name -> [F] values, one per data row) to a CSV file such as poses.csv;
+    NaN becomes an empty field. Readers of poses.csv ignore columns they do not know."""
+    import csv
+    import io
+
+    from ._io import atomic_write_text
+
+    rows = list(csv.reader(io.StringIO(open(path, newline="").read())))
+    if len(rows) - 1 != min((len(v) for v in columns.values()), default=len(rows) - 1):
+        raise ValueError(f"'{path}' has {len(rows) - 1} rows but the columns hold "
+                         f"{[len(v) for v in columns.values()]} values")
+
+    def fmt(v) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return "1" if v else "0"
+        if isinstance(v, (float, np.floating)):
+            return "" if not np.isfinite(v) else repr(float(v))
+        return str(v)
+
+    rows[0] += list(columns)
+    for i, row in enumerate(rows[1:]):
+        row += [fmt(v[i]) for v in columns.values()]
+    atomic_write_text(path, "\n".join(",".join(r) for r in rows) + "\n")
