@@ -38,7 +38,7 @@ from .volume import Volume
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
            "refine_options", "refine_poses", "recording_images", "refine_similarity",
            "refine_recording_poses", "REFINE_COLUMNS", "append_csv_columns",
-           "intensity_to_line_integrals"]
+           "intensity_to_line_integrals", "auto_finest_level", "field_of_view"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -104,6 +104,20 @@ def _pixel_at_object(views: Sequence[ConeView], poses_deg: np.ndarray, level: in
         sod = max(abs(float(v.normal @ (centre - v.source))), 1.0)
         px.append(min(v.pitch_u, v.pitch_v) * (2 ** level) * sod / sdd)
     return float(min(px))
+
+
+def auto_finest_level(views, poses, pixel_mm: float = 2.0, min_size: int = 64) -> int:
+    """The coarsest pyramid level whose pixels at the subject (at the median pose's depth) are
+    at most ``pixel_mm`` and whose images keep at least ``min_size`` px per side: the finest
+    level :func:`refine_poses` uses by default (finer levels cost 4x per level and gained
+    little in bench_refine on simulated 512 px frames)."""
+    views = tuple(views)
+    p = np.atleast_2d(np.asarray(poses, np.float64))
+    level = 0
+    while (_pixel_at_object(views, p, level + 1) <= pixel_mm
+           and min(views[0].width, views[0].height) >> (level + 1) >= min_size):
+        level += 1
+    return level
 
 
 def _volumes(mu: Volume, bone, bone_threshold, pixel_mm: float):
@@ -241,6 +255,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     :func:`recording_images`, which also supplies the field-of-view masks); bone: optional
     bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
     both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
+    options: :func:`refine_options`; default: the C++ defaults with the finest level from
+    :func:`auto_finest_level`.
     ``track``: a frame without a start (NaN) starts from the previous frame's refined pose
     when that one passed the gate (``tracked`` in the result).
     """
@@ -248,10 +264,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
 
     views = tuple(views)
     packed = _views(views)
-    options = RefineOptions() if options is None else options
-    if not isinstance(options, RefineOptions):
+    if options is not None and not isinstance(options, RefineOptions):
         raise TypeError(f"options must be a fluororeg.refine.RefineOptions, got {type(options).__name__}")
-    options.check()
     if isinstance(images, Recording):
         imgs, rec_masks = recording_images(images)
         image_masks = rec_masks if image_masks is None else image_masks
@@ -266,6 +280,9 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                          "one start per frame")
     if np.isinf(init).any():
         raise ValueError("init_poses hold an infinite value: expected finite poses or NaN rows (no start)")
+    if options is None:
+        options = refine_options(finest_level=auto_finest_level(views, init))
+    options.check()
     vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level))
     data, m = _grid(vol)
     bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
