@@ -150,9 +150,23 @@ def test_far_start_is_flagged(headsq_mu, small_views, frames):
     start = perturb(truth[:2], 35.0, 30.0, np.random.default_rng(5))
     res = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=refine.refine_options(num_levels=2))
     ang, mm = pose_errors(res.poses, truth[:2])
-    for i in range(2):
-        if ang[i] > 1.0 or mm[i] > 1.0:  # not recovered: must not pass the gate
-            assert res.status[i] in ("moved_far", "low_similarity") and not res.converged[i]
+    assert ((ang > 1.0) | (mm > 1.0)).all()  # not recovered ...
+    assert set(res.status) <= {"moved_far", "low_similarity"} and not res.converged.any()  # ... and flagged
+    assert (res.similarity_total < 0.5).all()
+
+
+def test_relative_gate_flags_a_frame_far_below_its_neighbours(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    start = perturb(truth, 1.0, 1.0, np.random.default_rng(6))
+    start[3] = perturb(truth[3:], 35.0, 30.0, np.random.default_rng(5))[0]
+    # The absolute gate off: only the comparison with the other frames can flag frame 3.
+    opts = refine.refine_options(num_levels=2, min_similarity=-1.0, max_rotation_change_deg=180.0,
+                                 max_translation_change_mm=1000.0)
+    res = refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts)
+    assert list(res.status) == ["converged"] * 3 + ["low_similarity"], res.similarity_total
+    assert list(res.converged) == [True] * 3 + [False]
+    with pytest.raises(ValueError, match="relative_similarity"):
+        refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts, relative_similarity=1.5)
 
 
 def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_views, frames):

@@ -246,7 +246,8 @@ def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
 
 def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[RefineOptions] = None,
                  bone: Optional[Volume] = None, bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD,
-                 image_masks=None, image_kind: str = "line_integrals", track: bool = False) -> RefineResult:
+                 image_masks=None, image_kind: str = "line_integrals", track: bool = False,
+                 relative_similarity: Optional[float] = 0.9) -> RefineResult:
     """Refine ``init_poses`` [F, 6] (deg, mm; NaN rows: no start) against ``images``.
 
     mu: attenuation Volume in the model frame; views: the two ConeViews; images: [F, 2, H, W]
@@ -256,7 +257,11 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
     both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
     options: :func:`refine_options`; default: the C++ defaults with the finest level from
-    :func:`auto_finest_level`.
+    :func:`auto_finest_level`. ``relative_similarity``: besides the absolute gate
+    (``options.min_similarity``), a frame ending below this fraction of the median similarity
+    of the batch's converged frames (when there are at least 3) is flagged ``'low_similarity'``:
+    the similarity a correct pose reaches depends on the images (noise, style), so a frame stuck
+    in a wrong optimum stands out against its neighbours rather than against a fixed number.
     ``track``: a frame without a start (NaN) starts from the previous frame's refined pose
     when that one passed the gate (``tracked`` in the result).
     """
@@ -295,8 +300,20 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         out["poses"] = np.concatenate([np.rad2deg(out["poses"][:, :3]), out["poses"][:, 3:]], axis=1)
         return out
 
+    if relative_similarity is not None and not (0 < float(relative_similarity) <= 1):
+        raise ValueError(f"relative_similarity = {relative_similarity!r}: expected a fraction in (0, 1] or None")
+
+    def relative_gate(r: dict) -> None:
+        ok = r["status"] == 0
+        if relative_similarity is None or ok.sum() < 3:
+            return
+        low = ok & (r["similarity_total"] < float(relative_similarity) * float(np.median(r["similarity_total"][ok])))
+        r["status"][low] = int(RefineStatus.low_similarity.value)
+        r["converged"][low] = False
+
     F = len(imgs)
     r = run(np.arange(F), init)
+    relative_gate(r)
     tracked = np.zeros(F, bool)
     starts = init.copy()
     if track:
@@ -309,6 +326,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                 r[key][i] = one[key][0]
             tracked[i] = True
             starts[i] = start
+    relative_gate(r)
     return RefineResult(
         poses=r["poses"], start_poses=starts, similarity=r["similarity"], similarity_total=r["similarity_total"],
         rotation_change_deg=r["rotation_change_deg"], translation_change_mm=r["translation_change_mm"],

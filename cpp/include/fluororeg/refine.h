@@ -48,6 +48,10 @@ struct RefineOptions {
   double step_voxels = 1.0;  // ray-marching step (voxel units of each level's volume)
   double fd_step_px = 0.5;   // finite-difference step, in level pixels at the object
   bool central_differences = false;  // true: central differences (12 renders instead of 6)
+  // After the first iteration of a level, update the Jacobian by rank-1 secant (Broyden)
+  // steps instead of new finite differences (1 render per iteration instead of 7); a step
+  // that fails with an updated Jacobian takes finite differences again.
+  bool broyden_updates = true;
   double tolerance_deg = 0.01;  // the finest level stops when a step rotates less than this
   double tolerance_mm = 0.01;   // ... and moves less than this (coarser levels: x 2^level)
   // Quality gate.

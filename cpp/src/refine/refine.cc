@@ -470,29 +470,34 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int thread
   double cost = SquaredNorm(res.data(), n_res);
   double lambda = 1e-3;
   int it = 0;
+  Eigen::MatrixXd J(n_res, 6);
+  bool fresh = false;   // J holds finite differences at the current pose
+  bool need_fd = true;  // take finite differences at the start of the next iteration
   for (; it < o.max_iterations; ++it) {
-    // Differences along the 6 scaled parameters (rotation w * L, translation): central
-    // (+h, -h per parameter) or forward (+h, against the current residuals).
-    const int sides = o.central_differences ? 2 : 1;
-    std::vector<double> probes(6 * sides * 6);
-    for (int j = 0; j < 6; ++j)
-      for (int s = 0; s < sides; ++s) {
-        Vec3d w = Vec3d::Zero(), dt = Vec3d::Zero();
-        const double step = s == 0 ? h : -h;
-        if (j < 3) w[j] = step / L; else dt[j - 3] = step;
-        pose->Moved(w, dt).ToArray(probes.data() + 6 * (sides * j + s));
+    if (need_fd) {
+      // Differences along the 6 scaled parameters (rotation w * L, translation): central
+      // (+h, -h per parameter) or forward (+h, against the current residuals).
+      const int sides = o.central_differences ? 2 : 1;
+      std::vector<double> probes(6 * sides * 6);
+      for (int j = 0; j < 6; ++j)
+        for (int s = 0; s < sides; ++s) {
+          Vec3d w = Vec3d::Zero(), dt = Vec3d::Zero();
+          const double step = s == 0 ? h : -h;
+          if (j < 3) w[j] = step / L; else dt[j - 3] = step;
+          pose->Moved(w, dt).ToArray(probes.data() + 6 * (sides * j + s));
+        }
+      Residuals(ctx, fl, probes, threads, &jres, n_res);
+      for (int j = 0; j < 6; ++j) {
+        const double* rp = jres.data() + static_cast<size_t>(sides * j) * n_res;
+        const double* rm = sides == 2 ? rp + n_res : res.data();
+        for (int i = 0; i < n_res; ++i) J(i, j) = (rp[i] - rm[i]) / (sides * h);
       }
-    Residuals(ctx, fl, probes, threads, &jres, n_res);
-    Eigen::Matrix<double, 6, 6> A = Eigen::Matrix<double, 6, 6>::Zero();
-    Eigen::Matrix<double, 6, 1> g = Eigen::Matrix<double, 6, 1>::Zero();
-    Eigen::MatrixXd J(n_res, 6);
-    for (int j = 0; j < 6; ++j) {
-      const double* rp = jres.data() + static_cast<size_t>(sides * j) * n_res;
-      const double* rm = sides == 2 ? rp + n_res : res.data();
-      for (int i = 0; i < n_res; ++i) J(i, j) = (rp[i] - rm[i]) / (sides * h);
+      fresh = true;
+      need_fd = false;
     }
-    A = J.transpose() * J;
-    g = J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
+    const Eigen::Matrix<double, 6, 6> A = J.transpose() * J;
+    const Eigen::Matrix<double, 6, 1> g =
+        J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
     bool accepted = false, small = false;
     for (int attempt = 0; attempt < 8 && !accepted; ++attempt) {
       Eigen::Matrix<double, 6, 6> M = A;
@@ -509,17 +514,33 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int thread
       Residuals(ctx, fl, ca, threads, &cres, n_res);
       const double c = SquaredNorm(cres.data(), n_res);
       if (c < cost) {
+        if (o.broyden_updates) {  // rank-1 secant update: J d = r_new - r_old afterwards
+          const Eigen::Map<const Eigen::VectorXd> rn(cres.data(), n_res), ro(res.data(), n_res);
+          const Eigen::VectorXd y = rn - ro - J * d;
+          J += y * d.transpose() / std::max(d.squaredNorm(), 1e-300);
+        } else {
+          need_fd = true;
+        }
+        small = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
+        // A small step from an updated Jacobian is checked with finite differences first.
+        if (small && !fresh) {
+          small = false;
+          need_fd = true;
+        }
+        fresh = false;
         *pose = cand;
         res.swap(cres);
         cost = c;
         lambda = std::max(lambda / 3, 1e-7);
         accepted = true;
-        small = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
+      } else if (!fresh) {
+        break;  // a stale (Broyden) Jacobian: take finite differences before giving up
       } else {
         lambda *= 5;
       }
     }
-    if (!accepted) break;
+    if (!accepted && fresh) break;
+    if (!accepted) need_fd = true;
     if (small) {
       ++it;
       break;
