@@ -261,7 +261,7 @@ def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
     start = perturb(truth, 4.0, 3.0, np.random.default_rng(8))
     start[2] = np.nan  # landmark registration failed on the last frame
     status = np.array(["ok", "ok", "failed"])
-    poses, new_status, cols = refine.refine_recording_poses(rec, subject, start, status)
+    poses, new_status, cols = refine.refine_recording_poses(rec, subject, start, status, chunk=2)
     assert list(cols) == list(refine.REFINE_COLUMNS)
     assert list(new_status) == ["ok", "ok", "tracked"] and list(cols["refine_tracked"]) == [False, False, True]
     ang, mm = pose_errors(poses, truth)
@@ -276,3 +276,18 @@ def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
     np.testing.assert_allclose(back["poses"], poses)
     header = path.read_text().splitlines()[0].split(",")
     assert header[-len(refine.REFINE_COLUMNS):] == list(refine.REFINE_COLUMNS)
+
+
+def test_pipeline_option_and_command_line_flag():
+    import dataclasses
+
+    from fluororeg.cli import build_parser
+    from fluororeg.pipeline import PipelineOptions
+
+    assert PipelineOptions().refine is False and PipelineOptions(refine=True).refine is True
+    assert "refine" in dataclasses.asdict(PipelineOptions())  # written to options.json
+    p = build_parser()
+    base = ["register", "rec", "--detector", "d.onnx", "--out", "o"]
+    assert p.parse_args(base).refine is False
+    assert p.parse_args(base + ["--refine"]).refine is True
+    assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False

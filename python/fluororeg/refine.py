@@ -26,6 +26,7 @@ Poses are world_from_model in degrees / mm.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -364,7 +365,7 @@ REFINE_COLUMNS = ("refine_status", "similarity_view1", "similarity_view2", "refi
 
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
-                           *, track: bool = True):
+                           *, track: bool = True, chunk: int = 64):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: not registered) of a recording against its frames.
 
@@ -372,11 +373,28 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     A frame whose refinement passed the gate takes the refined pose and keeps its landmark
     status, except a frame without a landmark pose that was refined from the previous frame's
     (status ``'tracked'``). A flagged frame keeps its landmark pose; ``refine_status`` says why.
+    Frames are read ``chunk`` at a time (tracking carries over from one chunk to the next).
     """
     poses = np.asarray(poses, dtype=np.float64)
     status = np.asarray(status).astype(object)
-    res = refine_poses(subject.attenuation_model(), recording.geometry.views, recording, poses, options=options,
-                       bone=subject.mask_model(), track=track)
+    F = len(poses)
+    if len(recording) != F or len(status) != F:
+        raise ValueError(f"got {F} poses and {len(status)} statuses for a recording of {len(recording)} frames")
+    parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
+    for s in range(0, F, chunk):
+        idx = np.arange(s, min(F, s + chunk))
+        imgs, masks = recording_images(recording, idx)
+        start = poses[idx].copy()
+        carried = track and carry is not None and not np.isfinite(start[0]).all()
+        if carried:
+            start[0] = carry
+        part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
+                            bone=subject.mask_model(), image_masks=masks, track=track)
+        part.tracked[0] |= carried
+        parts.append(part)
+        carry = part.poses[-1] if part.converged[-1] else None
+    res = RefineResult(*(np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in dataclasses.fields(RefineResult)))
     ok = res.converged
     new_poses = np.where(ok[:, None], res.poses, poses)
     new_status = status.copy()
