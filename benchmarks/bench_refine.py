@@ -111,6 +111,11 @@ def main(argv=None) -> dict:
     p.add_argument("--finest-level", type=int, default=None,
                    help="finest pyramid level (0: 512 px; default: refine.auto_finest_level)")
     p.add_argument("--num-levels", type=int, default=3)
+    p.add_argument("--start-deg", type=float, nargs=2, default=(3.0, 10.0), metavar=("LO", "HI"),
+                   help="start rotation error range, deg (default 3 10)")
+    p.add_argument("--start-mm", type=float, nargs=2, default=(2.0, 5.0), metavar=("LO", "HI"),
+                   help="start translation error range, mm (default 2 5)")
+    p.add_argument("--no-ncc", action="store_true", help="skip the NCC comparison")
     args = p.parse_args(argv)
     F = args.frames or (6 if args.quick else 16)
 
@@ -120,8 +125,9 @@ def main(argv=None) -> dict:
     subject = load_subject(args.subject)
     mu, bone = subject.attenuation_model(), subject.mask_model()
     rng = np.random.default_rng(0)
-    results: dict = {"subject": subject.name, "start": "truth perturbed 3-10 deg / 2-5 mm (no trained "
-                     "detector: the landmark path is not run)", "finest_level": args.finest_level,
+    results: dict = {"subject": subject.name, "start": f"truth perturbed {args.start_deg[0]:g}-{args.start_deg[1]:g} deg"
+                     f" / {args.start_mm[0]:g}-{args.start_mm[1]:g} mm (no trained detector: the landmark path is not "
+                     "run)", "finest_level": args.finest_level,
                      "num_levels": args.num_levels}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,9 +141,9 @@ def main(argv=None) -> dict:
     # "Bone inside both fields": at least 90 % of the landmarks inside each view's field of view.
     both = (in_fov.mean(axis=2) >= 0.9).all(axis=1)
     views = rec.geometry.views
-    starts = perturb(truth, rng)
+    starts = perturb(truth, rng, tuple(args.start_deg), tuple(args.start_mm))
     per_similarity = {}
-    for sim in ("gradient_correlation", "ncc"):
+    for sim in ("gradient_correlation",) + (() if args.no_ncc else ("ncc",)):
         finest = args.finest_level if args.finest_level is not None else refine.auto_finest_level(views, starts)
         results["finest_level"] = finest
         opts = refine.refine_options(similarity=sim, finest_level=finest, num_levels=args.num_levels)
