@@ -70,6 +70,7 @@ std::vector<ConeView> UnpackViewsForPoses(const InArray<double>& views, const In
 void BindRender(nb::module_& m);
 void BindRegistration(nb::module_& m);
 void BindCalibration(nb::module_& m);
+void BindRefine(nb::module_& m);
 
 }  // namespace bindings
 }  // namespace fluororeg

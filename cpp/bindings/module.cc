@@ -7,4 +7,5 @@ NB_MODULE(_core, m) {
   fluororeg::bindings::BindRender(m);
   fluororeg::bindings::BindRegistration(m);
   fluororeg::bindings::BindCalibration(m);
+  fluororeg::bindings::BindRefine(m);
 }

@@ -41,6 +41,8 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--fps", type=float,
                     help="the recording's frame rate for --smoothing-hz (default: frame_rate_hz in recording.json, "
                          "or the videos' rate)")
+    rg.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                    help="refine the landmark poses by intensity (DRR-to-X-ray gradient correlation; default: off)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
     rg.add_argument("--out", required=True)
     rg.add_argument("--quiet", action="store_true")
@@ -110,7 +112,8 @@ def run_register(args: argparse.Namespace) -> int:
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
                            loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
-                           view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio)
+                           view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
+                           refine=args.refine)
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     registered = int(np.isfinite(res.poses).all(axis=1).sum())
     names, counts = np.unique(res.status, return_counts=True)

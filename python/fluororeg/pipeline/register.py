@@ -72,6 +72,7 @@ class PipelineOptions:
     recentre: bool = True             # locate the bone first, then crop around it (see above)
     view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
+    refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
     num_threads: int = 0
 
     def __post_init__(self):
@@ -421,6 +422,11 @@ def register_recording(recording, subject, detector, translator=None, options: P
             results.append(r)
         batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
     poses, status = batch.poses.copy(), batch.status
+    refine_columns = None
+    if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing
+        from fluororeg.pipeline.refine_stage import refine_recording_poses
+
+        poses, status, refine_columns = refine_recording_poses(recording, subject, poses, status)
     smoothed = False
     if options.smoothing_hz is not None:
         n_registered = int(np.isfinite(poses).all(axis=1).sum())
@@ -435,6 +441,10 @@ def register_recording(recording, subject, detector, translator=None, options: P
         matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
         write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
+        if refine_columns is not None:
+            from fluororeg.pipeline.refine_stage import append_csv_columns
+
+            append_csv_columns(out / "poses.csv", refine_columns)
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
     return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)

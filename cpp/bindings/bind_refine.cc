@@ -1,0 +1,234 @@
+// Bindings of the intensity refinement (fluororeg/refine.h). Poses are radians / mm here: the
+// Python layer (python/fluororeg/refine.py) converts from degrees. RefineOptions is bound as a
+// class with read-write fields; the statuses and similarities as enums.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <optional>
+#include <vector>
+
+#include "bindings.h"
+#include "fluororeg/refine.h"
+
+namespace fluororeg {
+namespace bindings {
+
+namespace {
+
+VolumeGrid RefineGrid(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                      const char* name) {
+  CheckShape(volume, name, {-1, -1, -1});
+  CheckShape(model_from_voxel, (std::string(name) + "_model_from_voxel").c_str(), {3, 4});
+  VolumeGrid g;
+  g.data = volume.data();
+  g.nz = static_cast<int>(volume.shape(0));
+  g.ny = static_cast<int>(volume.shape(1));
+  g.nx = static_cast<int>(volume.shape(2));
+  for (int i = 0; i < 12; ++i) g.model_from_voxel.m[i] = model_from_voxel.data()[i];
+  return g;
+}
+
+// Shared argument unpacking; returns the frame count.
+long long MakeInput(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                    const std::optional<InArray<float>>& bone,
+                    const std::optional<InArray<double>>& bone_model_from_voxel,
+                    const InArray<double>& views, const InArray<float>& images,
+                    const std::optional<InArray<uint8_t>>& image_masks, RefineInput* in) {
+  in->volume = RefineGrid(volume, model_from_voxel, "volume");
+  if (bone.has_value() != bone_model_from_voxel.has_value())
+    throw std::invalid_argument("bone and bone_model_from_voxel go together: give both or neither");
+  if (bone) in->bone = RefineGrid(*bone, *bone_model_from_voxel, "bone");
+  const std::vector<ConeView> v = UnpackViews(views);
+  if (v.size() != 2)
+    throw std::invalid_argument("got " + std::to_string(v.size()) +
+                                " views: expected exactly two (F1, F2)");
+  in->views[0] = v[0];
+  in->views[1] = v[1];
+  CheckShape(images, "images", {-1, 2, v[0].height, v[0].width});
+  in->images = images.data();
+  if (image_masks) {
+    CheckShape(*image_masks, "image_masks", {2, v[0].height, v[0].width});
+    in->image_masks = image_masks->data();
+  }
+  return static_cast<long long>(images.shape(0));
+}
+
+nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                        std::optional<InArray<float>> bone,
+                        std::optional<InArray<double>> bone_model_from_voxel,
+                        const InArray<double>& views, const InArray<float>& images,
+                        std::optional<InArray<uint8_t>> image_masks,
+                        const InArray<double>& init_poses, const RefineOptions& options) {
+  RefineInput in;
+  const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
+                                images, image_masks, &in);
+  CheckShape(init_poses, "init_poses", {F, 6});
+  std::vector<RefineResult> results(static_cast<size_t>(F));
+  {
+    nb::gil_scoped_release release;
+    RefineFrames(in, init_poses.data(), static_cast<int>(F), results.data(), options);
+  }
+  const size_t f = static_cast<size_t>(F);
+  auto poses = NewArray<double>({f, 6});
+  auto similarity = NewArray<double>({f, 2});
+  auto similarity_total = NewArray<double>({f});
+  auto rotation_change = NewArray<double>({f});
+  auto translation_change = NewArray<double>({f});
+  auto iterations = NewArray<int32_t>({f});
+  auto seconds = NewArray<double>({f});
+  auto converged = NewArray<bool>({f});
+  auto status = NewArray<int32_t>({f});
+  for (size_t i = 0; i < f; ++i) {
+    const RefineResult& r = results[i];
+    for (int j = 0; j < 6; ++j) poses.data()[6 * i + j] = r.pose[j];
+    similarity.data()[2 * i] = r.similarity[0];
+    similarity.data()[2 * i + 1] = r.similarity[1];
+    similarity_total.data()[i] = r.similarity_total;
+    rotation_change.data()[i] = r.rotation_change_deg;
+    translation_change.data()[i] = r.translation_change_mm;
+    iterations.data()[i] = r.iterations;
+    seconds.data()[i] = r.seconds;
+    converged.data()[i] = r.converged;
+    status.data()[i] = static_cast<int32_t>(r.status);
+  }
+  nb::dict out;
+  out["poses"] = poses;
+  out["similarity"] = similarity;
+  out["similarity_total"] = similarity_total;
+  out["rotation_change_deg"] = rotation_change;
+  out["translation_change_mm"] = translation_change;
+  out["iterations"] = iterations;
+  out["seconds"] = seconds;
+  out["converged"] = converged;
+  out["status"] = status;
+  return out;
+}
+
+nb::tuple EvaluatePy(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                     std::optional<InArray<float>> bone,
+                     std::optional<InArray<double>> bone_model_from_voxel,
+                     const InArray<double>& views, const InArray<float>& images,
+                     std::optional<InArray<uint8_t>> image_masks, const InArray<double>& poses,
+                     int level, const RefineOptions& options) {
+  RefineInput in;
+  const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
+                                images, image_masks, &in);
+  CheckShape(poses, "poses", {F, 6});
+  if (level < 0 || level > 16)
+    throw std::invalid_argument("level " + std::to_string(level) + ": expected 0 to 16");
+  const size_t f = static_cast<size_t>(F), h = in.views[0].height >> level,
+               w = in.views[0].width >> level;
+  auto similarity = NewArray<double>({f, 2});
+  auto roi = NewArray<uint8_t>({f, 2, h, w});
+  {
+    nb::gil_scoped_release release;
+    EvaluateRefineSimilarity(in, poses.data(), static_cast<int>(F), level, similarity.data(),
+                             roi.data(), options);
+  }
+  return nb::make_tuple(similarity, roi);
+}
+
+template <typename Fn>
+double ImagePairSimilarity(const InArray<float>& a, const InArray<float>& b,
+                           std::optional<InArray<uint8_t>> mask, Fn fn) {
+  CheckShape(a, "a", {-1, -1});
+  const long long H = static_cast<long long>(a.shape(0)), W = static_cast<long long>(a.shape(1));
+  CheckShape(b, "b", {H, W});
+  if (mask) CheckShape(*mask, "mask", {H, W});
+  return fn(a.data(), b.data(), mask ? mask->data() : nullptr, static_cast<int>(W),
+            static_cast<int>(H));
+}
+
+}  // namespace
+
+void BindRefine(nb::module_& m) {
+  nb::enum_<RefineSimilarity>(m, "RefineSimilarity", "Similarity measure of the refinement.")
+      .value("gradient_correlation", RefineSimilarity::kGradientCorrelation)
+      .value("ncc", RefineSimilarity::kNcc);
+  nb::enum_<RefineStatus>(m, "RefineStatus", "Outcome of one frame's refinement.")
+      .value("converged", RefineStatus::kConverged)
+      .value("moved_far", RefineStatus::kMovedFar)
+      .value("low_similarity", RefineStatus::kLowSimilarity)
+      .value("no_overlap", RefineStatus::kNoOverlap)
+      .value("invalid_start", RefineStatus::kInvalidStart);
+
+  nb::class_<RefineOptions>(m, "RefineOptions", "Options of the intensity refinement (refine.h).")
+      .def(nb::init<>())
+      .def_rw("similarity", &RefineOptions::similarity)
+      .def_rw("num_levels", &RefineOptions::num_levels)
+      .def_rw("finest_level", &RefineOptions::finest_level)
+      .def_rw("weight_view1", &RefineOptions::weight_view1)
+      .def_rw("weight_view2", &RefineOptions::weight_view2)
+      .def_rw("max_iterations", &RefineOptions::max_iterations)
+      .def_rw("roi_margin_px", &RefineOptions::roi_margin_px)
+      .def_rw("min_roi_pixels", &RefineOptions::min_roi_pixels)
+      .def_rw("step_voxels", &RefineOptions::step_voxels)
+      .def_rw("fd_step_px", &RefineOptions::fd_step_px)
+      .def_rw("central_differences", &RefineOptions::central_differences)
+      .def_rw("broyden_updates", &RefineOptions::broyden_updates)
+      .def_rw("tolerance_deg", &RefineOptions::tolerance_deg)
+      .def_rw("tolerance_mm", &RefineOptions::tolerance_mm)
+      .def_rw("min_similarity", &RefineOptions::min_similarity)
+      .def_rw("max_rotation_change_deg", &RefineOptions::max_rotation_change_deg)
+      .def_rw("max_translation_change_mm", &RefineOptions::max_translation_change_mm)
+      .def_rw("num_threads", &RefineOptions::num_threads)
+      .def("check", &ValidateRefineOptions, "Raise ValueError naming the first bad option.")
+      .def("__repr__", [](const RefineOptions& o) {
+        auto d = [](double v) { return std::string(nb::str(nb::float_(v)).c_str()); };
+        std::string s = "RefineOptions(similarity=";
+        s += o.similarity == RefineSimilarity::kNcc ? "ncc" : "gradient_correlation";
+        s += ", num_levels=" + std::to_string(o.num_levels) +
+             ", finest_level=" + std::to_string(o.finest_level) + ", weight_view1=" +
+             d(o.weight_view1) + ", weight_view2=" + d(o.weight_view2) +
+             ", max_iterations=" + std::to_string(o.max_iterations) + ", roi_margin_px=" +
+             d(o.roi_margin_px) + ", min_similarity=" + d(o.min_similarity) +
+             ", max_rotation_change_deg=" + d(o.max_rotation_change_deg) +
+             ", max_translation_change_mm=" + d(o.max_translation_change_mm) + ")";
+        return s;
+      });
+
+  m.def("refine_frames", &RefineFramesPy, nb::arg("volume"), nb::arg("model_from_voxel"),
+        nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(), nb::arg("views"),
+        nb::arg("images"), nb::arg("image_masks").none(), nb::arg("init_poses"),
+        nb::arg("options"),
+        "Intensity refinement of F frames. volume [nz, ny, nx] float32 attenuation; bone: "
+        "region-of-interest volume (> 0 = bone) or None; views [2, 16] packed; images "
+        "[F, 2, H, W] float32 (bone bright); image_masks [2, H, W] uint8 or None; init_poses "
+        "[F, 6] (rad, mm). Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
+        "similarity_total [F], rotation_change_deg [F], translation_change_mm [F], iterations "
+        "[F], seconds [F], converged [F], status [F] (RefineStatus values).");
+  m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volume"),
+        nb::arg("model_from_voxel"), nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(),
+        nb::arg("views"), nb::arg("images"), nb::arg("image_masks").none(), nb::arg("poses"),
+        nb::arg("level"), nb::arg("options"),
+        "The refinement's similarity at poses [F, 6] (rad, mm) at one pyramid level: "
+        "(similarity [F, 2], roi [F, 2, H >> level, W >> level] uint8).");
+  m.def(
+      "gradient_correlation",
+      [](const InArray<float>& a, const InArray<float>& b, std::optional<InArray<uint8_t>> mask) {
+        return ImagePairSimilarity(a, b, mask, &GradientCorrelation);
+      },
+      nb::arg("a"), nb::arg("b"), nb::arg("mask").none() = nb::none(),
+      "Gradient correlation of two float32 images [H, W] over a uint8 mask (or all pixels).");
+  m.def(
+      "normalized_cross_correlation",
+      [](const InArray<float>& a, const InArray<float>& b, std::optional<InArray<uint8_t>> mask) {
+        return ImagePairSimilarity(a, b, mask, &NormalizedCrossCorrelation);
+      },
+      nb::arg("a"), nb::arg("b"), nb::arg("mask").none() = nb::none(),
+      "Normalised cross-correlation of two float32 images [H, W] over a uint8 mask.");
+  m.def(
+      "pyramid_view",
+      [](const InArray<double>& view, int level) {
+        CheckShape(view, "view", {kViewColumns});
+        const ConeView v = PyramidView(UnpackViewRow(view.data(), "view"), level);
+        auto out = NewArray<double>({static_cast<size_t>(kViewColumns)});
+        PackViewRow(v, out.data());
+        return out;
+      },
+      nb::arg("view"), nb::arg("level"),
+      "The packed view [16] of pyramid level `level` (2^level x 2^level pixel means).");
+}
+
+}  // namespace bindings
+}  // namespace fluororeg

@@ -1,0 +1,118 @@
+// Intensity-based refinement of registered poses: maximise the similarity between cone-beam
+// DRRs of the subject's CT at the pose and both (undistorted) X-ray images, over 6 DOF.
+//
+// Method (chosen by measurement, see benchmarks/bench_refine.py):
+// - Similarity per view: gradient correlation (the mean of the normalised cross-correlations of
+//   the x and y image gradients, central differences) or plain normalised cross-correlation
+//   of the intensities, over a region of interest: the projection of the bone (a mask volume,
+//   or the volume itself) at the current pose, dilated by a margin, within the usable part of
+//   the image (an optional per-view mask, e.g. the intensifier's circular field of view).
+// - Both views in one objective, sum_v w_v (2 - 2 s_v): Levenberg-Marquardt on the residuals
+//   of the normalised feature vectors (zero mean, unit norm). The 6-DOF Jacobian comes from
+//   finite differences (forward by default) of one batch of renders of the region's pixels
+//   only, at each level's first iteration; later iterations update it by Broyden (secant)
+//   steps and take finite differences again only when a step fails or looks converged.
+//   Measured on simulated frames (benchmarks/bench_refine.py): gradient correlation beat NCC
+//   (0.06 vs 0.15 deg, 0.04 vs 0.33 mm median), Broyden updates kept the accuracy of finite
+//   differences at every iteration.
+// - Coarse to fine: level l halves the images l times (2x2 means) and the volume with them.
+// - Frames run in parallel (one frame per thread); a single frame spreads its renders over
+//   the threads instead.
+// Poses are world_from_model (rad, mm), X_world = R X_model + tau (see geometry.h).
+// Invalid arguments throw std::invalid_argument naming the value.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fluororeg/geometry.h"
+#include "fluororeg/render.h"
+
+namespace fluororeg {
+
+enum class RefineSimilarity { kGradientCorrelation = 0, kNcc = 1 };
+
+// Outcome of one frame. Only kConverged passed the quality gate.
+enum class RefineStatus {
+  kConverged = 0,      // ended with similarity >= min_similarity after a small pose change
+  kMovedFar = 1,       // the pose changed more than max_rotation_change_deg / _mm allow
+  kLowSimilarity = 2,  // ended below min_similarity: probably not at the true pose
+  kNoOverlap = 3,      // the bone does not project into any used view
+  kInvalidStart = 4,   // the start pose holds NaN (e.g. landmark registration failed)
+};
+
+struct RefineOptions {
+  RefineSimilarity similarity = RefineSimilarity::kGradientCorrelation;
+  int num_levels = 3;        // pyramid levels, coarse to fine (each halves the resolution)
+  int finest_level = 0;      // 0: the images' own resolution; 1: half of it, ...
+  double weight_view1 = 1.0;  // weights of the two views in the objective (>= 0, one > 0)
+  double weight_view2 = 1.0;
+  int max_iterations = 10;   // Levenberg-Marquardt iterations per level
+  double roi_margin_px = 4.0;  // dilation of the projected bone region, in level pixels
+  int min_roi_pixels = 32;   // fewer pixels in a view's region: that view is not used
+  double step_voxels = 1.0;  // ray-marching step (voxel units of each level's volume)
+  double fd_step_px = 0.5;   // finite-difference step, in level pixels at the object
+  bool central_differences = false;  // true: central differences (12 renders instead of 6)
+  // After the first iteration of a level, update the Jacobian by rank-1 secant (Broyden)
+  // steps instead of new finite differences (1 render per iteration instead of 7); a step
+  // that fails with an updated Jacobian takes finite differences again.
+  bool broyden_updates = true;
+  double tolerance_deg = 0.01;  // the finest level stops when a step rotates less than this
+  double tolerance_mm = 0.01;   // ... and moves less than this (coarser levels: x 2^level)
+  // Quality gate.
+  double min_similarity = 0.5;
+  double max_rotation_change_deg = 15.0;
+  double max_translation_change_mm = 15.0;
+  int num_threads = 0;       // 0: all hardware threads
+};
+
+// Everything one refinement call needs; arrays are owned by the caller.
+struct RefineInput {
+  VolumeGrid volume;          // attenuation per mm at the finest level's resolution
+  VolumeGrid bone;            // region-of-interest volume (> 0 = bone); data == nullptr: volume
+  ConeView views[2];          // world frame; both views of one size W x H
+  const float* images = nullptr;         // [F, 2, H, W] undistorted, line-integral-like
+                                         // (bone bright); see python/fluororeg/refine.py
+  const uint8_t* image_masks = nullptr;  // [2, H, W] 1 = usable pixel, or nullptr (all)
+};
+
+struct RefineResult {
+  double pose[6] = {0, 0, 0, 0, 0, 0};  // refined world_from_model, rad / mm
+  double similarity[2] = {0, 0};        // per view at the final pose, finest level (NaN: unused)
+  double similarity_total = 0;          // weighted mean over the used views
+  double rotation_change_deg = 0;       // angle of R_refined R_start^T
+  double translation_change_mm = 0;     // |tau_refined - tau_start|
+  int iterations = 0;                   // LM iterations over all levels
+  double seconds = 0;                   // wall-clock of this frame
+  bool converged = false;               // status == kConverged
+  RefineStatus status = RefineStatus::kInvalidStart;
+};
+
+// Throws std::invalid_argument naming the first bad option.
+void ValidateRefineOptions(const RefineOptions& options);
+
+// Refine F frames from init_poses [F, 6] (rad, mm); results [F].
+void RefineFrames(const RefineInput& input, const double* init_poses, int num_frames,
+                  RefineResult* results, const RefineOptions& options = {});
+
+// The similarity of the options' kind between rendered DRRs and the images at given poses,
+// at one pyramid level, over the region of interest of each pose (what RefineFrames
+// maximises). similarity [F, 2] (NaN: view's region too small); roi [F, 2, H_l, W_l] (1 where
+// the similarity is evaluated) when not null, with H_l = H >> level, W_l = W >> level.
+void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int num_frames,
+                              int level, double* similarity, uint8_t* roi,
+                              const RefineOptions& options = {});
+
+// Image similarities over a mask, images [H, W]: gradient correlation (central differences;
+// mask pixels on the image border are ignored) and normalised cross-correlation. A constant
+// image (zero variance) gives 0.
+double GradientCorrelation(const float* a, const float* b, const uint8_t* mask, int width,
+                           int height);
+double NormalizedCrossCorrelation(const float* a, const float* b, const uint8_t* mask, int width,
+                                  int height);
+
+// The view of pyramid level `level`: (W >> level) x (H >> level) pixels of 2^level times the
+// pitch, each the mean of the 2^level x 2^level pixels it covers.
+ConeView PyramidView(const ConeView& view, int level);
+
+}  // namespace fluororeg

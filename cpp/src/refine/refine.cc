@@ -1,0 +1,826 @@
+// Intensity-based pose refinement (see fluororeg/refine.h). The per-ray math is the
+// renderer's (kernels::ConeRayIntegral with internal::MakeConeRaySetup); this file only
+// chooses which pixels to render, at which poses, and what to do with them.
+#include "fluororeg/refine.h"
+
+#include <Eigen/Dense>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <memory>
+#include <vector>
+
+#include "fluororeg/parallel.h"
+#include "fluororeg/render_kernels.h"
+#include "render/render_internal.h"
+
+namespace fluororeg {
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+std::string Fmt(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+// ------------------------------------------------------------------------------- rotations
+using Mat3 = Eigen::Matrix3d;
+using Vec3d = Eigen::Vector3d;
+
+Mat3 RotationOf(const double* pose) {
+  double R[9];
+  RotationFromEulerZYX(pose, R);
+  Mat3 m;
+  m << R[0], R[1], R[2], R[3], R[4], R[5], R[6], R[7], R[8];
+  return m;
+}
+
+// Inverse of RotationFromEulerZYX (R = Rx Ry Rz): R02 = sin(ty).
+void EulerFromRotation(const Mat3& R, double* theta) {
+  theta[1] = std::asin(std::clamp(R(0, 2), -1.0, 1.0));
+  theta[0] = std::atan2(-R(1, 2), R(2, 2));
+  theta[2] = std::atan2(-R(0, 1), R(0, 0));
+}
+
+Mat3 ExpSO3(const Vec3d& w) {
+  const double a = w.norm();
+  if (a < 1e-12) return Mat3::Identity();
+  return Eigen::AngleAxisd(a, w / a).toRotationMatrix();
+}
+
+struct Pose {
+  Mat3 R;
+  Vec3d t;
+  void ToArray(double* p) const {
+    EulerFromRotation(R, p);
+    p[3] = t[0];
+    p[4] = t[1];
+    p[5] = t[2];
+  }
+  static Pose FromArray(const double* p) { return {RotationOf(p), Vec3d(p[3], p[4], p[5])}; }
+  // Rotation w (rad, world axes) about the model origin, then translation dt (mm).
+  Pose Moved(const Vec3d& w, const Vec3d& dt) const { return {ExpSO3(w) * R, t + dt}; }
+};
+
+double RotationAngleDeg(const Mat3& a, const Mat3& b) {
+  const double c = std::clamp(0.5 * ((a * b.transpose()).trace() - 1.0), -1.0, 1.0);
+  return std::acos(c) * 180.0 / kPi;
+}
+
+// ------------------------------------------------------------------------------- pyramids
+// One level of a volume: owned data (except level 0), grid, and the renderer's prepared view
+// of it (block occupancy and support box, shared with RenderConeDrr).
+struct LevelVolume {
+  std::vector<float> storage;
+  VolumeGrid grid;
+  std::shared_ptr<RenderVolume> render;  // a View over grid.data (storage's buffer survives moves)
+  double bbox_lo[3] = {0, 0, 0}, bbox_hi[3] = {0, 0, 0};  // non-zero voxels, voxel coords
+  bool empty = true;
+
+  void Finish() {
+    render = std::make_shared<RenderVolume>(RenderVolume::View(grid));
+    render->state().PrepareCone();
+    int lo[3] = {grid.nx, grid.ny, grid.nz}, hi[3] = {-1, -1, -1};
+    for (int k = 0; k < grid.nz; ++k)
+      for (int j = 0; j < grid.ny; ++j) {
+        const float* row = grid.data + (static_cast<long long>(k) * grid.ny + j) * grid.nx;
+        for (int i = 0; i < grid.nx; ++i) {
+          if (row[i] == 0.f) continue;
+          lo[0] = std::min(lo[0], i), hi[0] = std::max(hi[0], i);
+          lo[1] = std::min(lo[1], j), hi[1] = std::max(hi[1], j);
+          lo[2] = std::min(lo[2], k), hi[2] = std::max(hi[2], k);
+        }
+      }
+    empty = hi[0] < 0;
+    for (int c = 0; c < 3; ++c) {
+      bbox_lo[c] = lo[c] - 1.0;
+      bbox_hi[c] = hi[c] + 1.0;
+    }
+  }
+};
+
+// Halve a volume along every axis that keeps >= 16 voxels: the mean (or max) of each block,
+// a partial block at the far end completed with zeros; geometry follows the block centres.
+LevelVolume Downsample(const LevelVolume& in, bool use_max) {
+  const int n[3] = {in.grid.nx, in.grid.ny, in.grid.nz};
+  int f[3], m[3];
+  for (int c = 0; c < 3; ++c) {
+    f[c] = n[c] >= 32 ? 2 : 1;
+    m[c] = (n[c] + f[c] - 1) / f[c];
+  }
+  LevelVolume out;
+  out.storage.assign(static_cast<size_t>(m[0]) * m[1] * m[2], 0.f);
+  const float norm = 1.f / static_cast<float>(f[0] * f[1] * f[2]);
+  for (int k = 0; k < m[2]; ++k)
+    for (int j = 0; j < m[1]; ++j)
+      for (int i = 0; i < m[0]; ++i) {
+        float acc = 0.f;
+        for (int dk = 0; dk < f[2]; ++dk)
+          for (int dj = 0; dj < f[1]; ++dj)
+            for (int di = 0; di < f[0]; ++di) {
+              const int ii = f[0] * i + di, jj = f[1] * j + dj, kk = f[2] * k + dk;
+              if (ii >= n[0] || jj >= n[1] || kk >= n[2]) continue;
+              const float v =
+                  in.grid.data[(static_cast<long long>(kk) * n[1] + jj) * n[0] + ii];
+              acc = use_max ? std::max(acc, v) : acc + v;
+            }
+        out.storage[(static_cast<size_t>(k) * m[1] + j) * m[0] + i] = use_max ? acc : acc * norm;
+      }
+  out.grid.data = out.storage.data();
+  out.grid.nx = m[0];
+  out.grid.ny = m[1];
+  out.grid.nz = m[2];
+  // model_from_voxel' = model_from_voxel * [diag(f) | (f - 1) / 2].
+  const double* a = in.grid.model_from_voxel.m;
+  double* b = out.grid.model_from_voxel.m;
+  for (int r = 0; r < 3; ++r) {
+    double shift = a[4 * r + 3];
+    for (int c = 0; c < 3; ++c) {
+      b[4 * r + c] = a[4 * r + c] * f[c];
+      shift += a[4 * r + c] * 0.5 * (f[c] - 1);
+    }
+    b[4 * r + 3] = shift;
+  }
+  out.Finish();
+  return out;
+}
+
+std::vector<LevelVolume> MakeVolumePyramid(const VolumeGrid& finest, int levels, bool use_max) {
+  std::vector<LevelVolume> p(levels);
+  p[0].grid = finest;
+  p[0].Finish();
+  for (int l = 1; l < levels; ++l) p[l] = Downsample(p[l - 1], use_max);
+  return p;
+}
+
+// ------------------------------------------------------------------------------- per frame
+struct ViewLevel {
+  bool used = false;
+  double weight = 0;
+  ConeView view{};
+  int W = 0, H = 0;
+  std::vector<float> image;          // [H, W] level image
+  std::vector<int32_t> render_px;    // pixel indices y * W + x to render
+  std::vector<int32_t> roi;          // [n_roi] indices into render_px
+  std::vector<int32_t> nbr;          // [n_roi, 4] left, right, up, down into render_px (GC)
+  std::vector<double> target;        // [channels * n_roi] normalised target features
+  int channels = 1;
+  int NumResiduals() const { return used ? channels * static_cast<int>(roi.size()) : 0; }
+};
+
+struct Context {
+  const RefineInput* input;
+  const RefineOptions* options;
+  std::vector<LevelVolume> volumes;  // index = level - finest_level
+  std::vector<LevelVolume> bones;    // empty: the volumes serve
+  int W = 0, H = 0;
+  double lever_mm = 50;  // radius of the bone, to scale rotations to millimetres
+  const LevelVolume& Bone(int k) const { return bones.empty() ? volumes[k] : bones[k]; }
+};
+
+// Mean of the f x f blocks of a full-resolution image (or min of a mask).
+template <typename T>
+std::vector<T> DownsampleImage(const T* img, int W, int H, int level, bool use_min) {
+  const int f = 1 << level, w = W >> level, h = H >> level;
+  std::vector<T> out(static_cast<size_t>(w) * h);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      double acc = use_min ? 1e300 : 0.0;
+      for (int dy = 0; dy < f; ++dy)
+        for (int dx = 0; dx < f; ++dx) {
+          const double v = img[static_cast<long long>(f * y + dy) * W + f * x + dx];
+          acc = use_min ? std::min(acc, v) : acc + v;
+        }
+      out[static_cast<size_t>(y) * w + x] = static_cast<T>(use_min ? acc : acc / (f * f));
+    }
+  return out;
+}
+
+// Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
+void RenderPixels(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
+                  int W, const std::vector<double>& poses, double step_voxels, int threads,
+                  std::vector<float>* out) {
+  const int K = static_cast<int>(poses.size() / 6);
+  const long long n = static_cast<long long>(px.size());
+  out->assign(static_cast<size_t>(K) * n, 0.f);
+  std::vector<kernels::ConeRaySetup> setups(K);
+  for (int k = 0; k < K; ++k)
+    setups[k] = internal::MakeConeRaySetup(vol.render->state(), view, poses.data() + 6 * k, step_voxels);
+  const kernels::ArraySampler sample{vol.grid.data, vol.grid.nx, vol.grid.ny, vol.grid.nz};
+  const uint8_t* occupancy = vol.render->state().occupancy.data();
+  constexpr long long kChunk = 256;
+  const long long chunks = (n + kChunk - 1) / kChunk;
+  ParallelFor(K * chunks, threads, [&](long long t) {
+    const int k = static_cast<int>(t / chunks);
+    const long long b = (t % chunks) * kChunk, e = std::min(n, b + kChunk);
+    float* o = out->data() + k * n;
+    for (long long i = b; i < e; ++i) {
+      const int x = px[i] % W, y = px[i] / W;
+      o[i] = kernels::ConeRayIntegral(setups[k], sample, occupancy, x, y);
+    }
+  });
+}
+
+// Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
+// normalised to zero mean and unit norm (all zeros when constant).
+void Features(const ViewLevel& vl, const float* values, double* feat) {
+  const int n = static_cast<int>(vl.roi.size());
+  if (vl.channels == 2) {
+    for (int i = 0; i < n; ++i) {
+      const int32_t* nb = vl.nbr.data() + 4 * i;
+      feat[i] = 0.5 * (static_cast<double>(values[nb[1]]) - values[nb[0]]);
+      feat[n + i] = 0.5 * (static_cast<double>(values[nb[3]]) - values[nb[2]]);
+    }
+  } else {
+    for (int i = 0; i < n; ++i) feat[i] = values[vl.roi[i]];
+  }
+  for (int c = 0; c < vl.channels; ++c) {
+    double* f = feat + static_cast<long long>(c) * n;
+    double mean = 0;
+    for (int i = 0; i < n; ++i) mean += f[i];
+    mean /= std::max(n, 1);
+    double ss = 0;
+    for (int i = 0; i < n; ++i) {
+      f[i] -= mean;
+      ss += f[i] * f[i];
+    }
+    const double s = ss > 1e-30 ? 1.0 / std::sqrt(ss) : 0.0;
+    for (int i = 0; i < n; ++i) f[i] *= s;
+  }
+}
+
+double SimilarityOf(const ViewLevel& vl, const double* feat) {
+  const int n = static_cast<int>(vl.roi.size());
+  double s = 0;
+  for (int c = 0; c < vl.channels; ++c) {
+    double d = 0;
+    for (int i = 0; i < n; ++i) d += feat[c * n + i] * vl.target[c * n + i];
+    s += d;
+  }
+  return s / vl.channels;
+}
+
+// Pixel at the object (mm) of a level view for a model origin at t.
+double PixelAtObject(const ConeView& v, const Vec3d& t) {
+  const Vec3d S(v.source[0], v.source[1], v.source[2]);
+  const Vec3d D(v.detector_centre[0], v.detector_centre[1], v.detector_centre[2]);
+  const Vec3d n = Vec3d(v.u[0], v.u[1], v.u[2]).cross(Vec3d(v.v[0], v.v[1], v.v[2]));
+  const double sdd = std::fabs(n.dot(D - S)), sod = std::max(std::fabs(n.dot(t - S)), 1.0);
+  return std::min(v.pitch_u, v.pitch_v) * sod / sdd;
+}
+
+// Square dilation by radius r of a [H, W] 0/1 map.
+std::vector<uint8_t> Dilate(const std::vector<uint8_t>& m, int W, int H, int r) {
+  if (r <= 0) return m;
+  std::vector<uint8_t> tmp(m.size(), 0), out(m.size(), 0);
+  for (int y = 0; y < H; ++y) {
+    int last = -1000000;  // last set column seen
+    for (int x = 0; x < W + r; ++x) {
+      if (x < W && m[static_cast<size_t>(y) * W + x]) last = x;
+      // forward pass marks [last, last + r]; backward below marks [.. - r]
+      if (x < W && x - last <= r) tmp[static_cast<size_t>(y) * W + x] = 1;
+    }
+    int next = 1000000;
+    for (int x = W - 1; x >= 0; --x) {
+      if (m[static_cast<size_t>(y) * W + x]) next = x;
+      if (next - x <= r) tmp[static_cast<size_t>(y) * W + x] = 1;
+    }
+  }
+  for (int x = 0; x < W; ++x) {
+    int last = -1000000;
+    for (int y = 0; y < H; ++y) {
+      if (tmp[static_cast<size_t>(y) * W + x]) last = y;
+      if (y - last <= r) out[static_cast<size_t>(y) * W + x] = 1;
+    }
+    int next = 1000000;
+    for (int y = H - 1; y >= 0; --y) {
+      if (tmp[static_cast<size_t>(y) * W + x]) next = y;
+      if (next - y <= r) out[static_cast<size_t>(y) * W + x] = 1;
+    }
+  }
+  return out;
+}
+
+// The region of interest of one view at one level and pose: the projected bone, dilated by
+// the margin, within the usable pixels (eroded by 2 so that gradients do not see the edge of
+// the field of view) and off the image border. Returns [H_l, W_l] 0/1.
+std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView& view,
+                                      const std::vector<uint8_t>& usable, const double* pose,
+                                      int threads) {
+  const RefineOptions& o = *ctx.options;
+  const int W = view.width, H = view.height;
+  std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
+  const LevelVolume& bone = ctx.Bone(k);
+  if (bone.empty) return roi;
+  // Pixel box of the bone's voxel box.
+  const Affine3<double> world_from_model = AffineFromPose(pose);
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  for (int c = 0; c < 8; ++c) {
+    const Vec3<double> ijk{(c & 1) ? bone.bbox_hi[0] : bone.bbox_lo[0],
+                           (c & 2) ? bone.bbox_hi[1] : bone.bbox_lo[1],
+                           (c & 4) ? bone.bbox_hi[2] : bone.bbox_lo[2]};
+    const Vec3<double> X = world_from_model.Apply(bone.grid.model_from_voxel.Apply(ijk));
+    double px, py;
+    if (!ProjectCone(view, X, &px, &py)) return roi;  // behind a source: nothing sensible
+    x0 = std::min(x0, px), x1 = std::max(x1, px), y0 = std::min(y0, py), y1 = std::max(y1, py);
+  }
+  const int bx0 = std::max(0, static_cast<int>(std::floor(x0)) - 1);
+  const int bx1 = std::min(W - 1, static_cast<int>(std::ceil(x1)) + 1);
+  const int by0 = std::max(0, static_cast<int>(std::floor(y0)) - 1);
+  const int by1 = std::min(H - 1, static_cast<int>(std::ceil(y1)) + 1);
+  if (bx0 > bx1 || by0 > by1) return roi;
+  std::vector<int32_t> px;
+  for (int y = by0; y <= by1; ++y)
+    for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
+  std::vector<float> path;
+  RenderPixels(bone, view, px, W, std::vector<double>(pose, pose + 6), o.step_voxels, threads,
+               &path);
+  std::vector<uint8_t> proj(roi.size(), 0);
+  for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
+  proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
+  // Usable pixels eroded by 2 (the complement dilated).
+  std::vector<uint8_t> unusable(roi.size(), 0);
+  for (size_t i = 0; i < roi.size(); ++i) unusable[i] = usable.empty() ? 0 : !usable[i];
+  unusable = Dilate(unusable, W, H, 2);
+  for (int y = 1; y < H - 1; ++y)
+    for (int x = 1; x < W - 1; ++x) {
+      const size_t i = static_cast<size_t>(y) * W + x;
+      roi[i] = proj[i] && !unusable[i];
+    }
+  return roi;
+}
+
+// Fill the ViewLevel's pixel lists and normalised target from a region of interest.
+void SetRegion(ViewLevel* vl, const std::vector<uint8_t>& roi, int min_pixels) {
+  const int W = vl->W, H = vl->H;
+  vl->render_px.clear();
+  vl->roi.clear();
+  vl->nbr.clear();
+  std::vector<int32_t> index(static_cast<size_t>(W) * H, -1);
+  auto add = [&](int i) {
+    if (index[i] < 0) {
+      index[i] = static_cast<int32_t>(vl->render_px.size());
+      vl->render_px.push_back(i);
+    }
+    return index[i];
+  };
+  for (int i = 0; i < W * H; ++i) {
+    if (!roi[i]) continue;
+    vl->roi.push_back(add(i));
+    if (vl->channels == 2) {
+      vl->nbr.push_back(add(i - 1));
+      vl->nbr.push_back(add(i + 1));
+      vl->nbr.push_back(add(i - W));
+      vl->nbr.push_back(add(i + W));
+    }
+  }
+  vl->used = vl->weight > 0 && static_cast<int>(vl->roi.size()) >= min_pixels;
+  // Target features from the level image.
+  std::vector<float> values(vl->render_px.size());
+  for (size_t i = 0; i < values.size(); ++i) values[i] = vl->image[vl->render_px[i]];
+  vl->target.assign(static_cast<size_t>(vl->channels) * vl->roi.size(), 0.0);
+  if (!vl->roi.empty()) Features(*vl, values.data(), vl->target.data());
+}
+
+// Both views of one frame at one level.
+struct FrameLevel {
+  ViewLevel views[2];
+  int k = 0;  // level - finest_level
+};
+
+void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, int threads,
+                  FrameLevel* fl) {
+  const RefineOptions& o = *ctx.options;
+  const RefineInput& in = *ctx.input;
+  fl->k = level - o.finest_level;
+  const long long image_size = static_cast<long long>(ctx.W) * ctx.H;
+  for (int v = 0; v < 2; ++v) {
+    ViewLevel& vl = fl->views[v];
+    vl.weight = v == 0 ? o.weight_view1 : o.weight_view2;
+    vl.view = PyramidView(in.views[v], level);
+    vl.W = vl.view.width;
+    vl.H = vl.view.height;
+    vl.channels = o.similarity == RefineSimilarity::kGradientCorrelation ? 2 : 1;
+    vl.image = DownsampleImage(in.images + (2LL * frame + v) * image_size, ctx.W, ctx.H, level,
+                               false);
+    std::vector<uint8_t> usable;
+    if (in.image_masks) {
+      usable = DownsampleImage(in.image_masks + v * image_size, ctx.W, ctx.H, level, true);
+    }
+    const std::vector<uint8_t> roi = RegionOfInterest(ctx, fl->k, vl.view, usable, pose, threads);
+    SetRegion(&vl, roi, o.min_roi_pixels);
+  }
+}
+
+// Residuals sum_v sqrt(w_v / channels) (f_v(pose) - t_v) for K poses; returns [K, n_res].
+void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<double>& poses,
+               int threads, std::vector<double>* res, int n_res,
+               std::vector<double>* similarity = nullptr) {
+  const int K = static_cast<int>(poses.size() / 6);
+  res->assign(static_cast<size_t>(K) * n_res, 0.0);
+  if (similarity) similarity->assign(2LL * K, kNaN);
+  int offset = 0;
+  for (int v = 0; v < 2; ++v) {
+    const ViewLevel& vl = fl.views[v];
+    if (!vl.used && !similarity) continue;
+    if (vl.roi.empty() || static_cast<int>(vl.roi.size()) < ctx.options->min_roi_pixels) continue;
+    std::vector<float> values;
+    RenderPixels(ctx.volumes[fl.k], vl.view, vl.render_px, vl.W, poses, ctx.options->step_voxels,
+                 threads, &values);
+    const int n = vl.NumResiduals() > 0 ? vl.NumResiduals()
+                                        : vl.channels * static_cast<int>(vl.roi.size());
+    std::vector<double> feat(n);
+    const double scale = std::sqrt(vl.weight / vl.channels);
+    for (int k = 0; k < K; ++k) {
+      Features(vl, values.data() + static_cast<size_t>(k) * vl.render_px.size(), feat.data());
+      if (similarity) (*similarity)[2 * k + v] = SimilarityOf(vl, feat.data());
+      if (!vl.used) continue;
+      double* r = res->data() + static_cast<size_t>(k) * n_res + offset;
+      for (int i = 0; i < n; ++i) r[i] = scale * (feat[i] - vl.target[i]);
+    }
+    if (vl.used) offset += n;
+  }
+}
+
+double SquaredNorm(const double* r, int n) {
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += r[i] * r[i];
+  return s;
+}
+
+// Levenberg-Marquardt at one level; returns the iterations taken.
+int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int threads) {
+  const double coarse = static_cast<double>(1 << (fl.k));  // tolerance scale of this level
+  const RefineOptions& o = *ctx.options;
+  const int n_res = fl.views[0].NumResiduals() + fl.views[1].NumResiduals();
+  if (n_res == 0) return 0;
+  double h = 1e300;  // finite-difference step, mm (rotations: mm at the lever)
+  for (const auto& vl : fl.views)
+    if (vl.used) h = std::min(h, o.fd_step_px * PixelAtObject(vl.view, pose->t));
+  const double L = ctx.lever_mm;
+  const double tol_rad = coarse * o.tolerance_deg * kPi / 180.0;
+  std::vector<double> arr(6), res, jres;
+  pose->ToArray(arr.data());
+  Residuals(ctx, fl, arr, threads, &res, n_res);
+  double cost = SquaredNorm(res.data(), n_res);
+  double lambda = 1e-3;
+  int it = 0;
+  Eigen::MatrixXd J(n_res, 6);
+  bool fresh = false;   // J holds finite differences at the current pose
+  bool need_fd = true;  // take finite differences at the start of the next iteration
+  for (; it < o.max_iterations; ++it) {
+    if (need_fd) {
+      // Differences along the 6 scaled parameters (rotation w * L, translation): central
+      // (+h, -h per parameter) or forward (+h, against the current residuals).
+      const int sides = o.central_differences ? 2 : 1;
+      std::vector<double> probes(6 * sides * 6);
+      for (int j = 0; j < 6; ++j)
+        for (int s = 0; s < sides; ++s) {
+          Vec3d w = Vec3d::Zero(), dt = Vec3d::Zero();
+          const double step = s == 0 ? h : -h;
+          if (j < 3) w[j] = step / L; else dt[j - 3] = step;
+          pose->Moved(w, dt).ToArray(probes.data() + 6 * (sides * j + s));
+        }
+      Residuals(ctx, fl, probes, threads, &jres, n_res);
+      for (int j = 0; j < 6; ++j) {
+        const double* rp = jres.data() + static_cast<size_t>(sides * j) * n_res;
+        const double* rm = sides == 2 ? rp + n_res : res.data();
+        for (int i = 0; i < n_res; ++i) J(i, j) = (rp[i] - rm[i]) / (sides * h);
+      }
+      fresh = true;
+      need_fd = false;
+    }
+    const Eigen::Matrix<double, 6, 6> A = J.transpose() * J;
+    const Eigen::Matrix<double, 6, 1> g =
+        J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
+    bool accepted = false, small = false;
+    for (int attempt = 0; attempt < 8 && !accepted; ++attempt) {
+      Eigen::Matrix<double, 6, 6> M = A;
+      for (int j = 0; j < 6; ++j) M(j, j) += lambda * std::max(A(j, j), 1e-12);
+      const Eigen::Matrix<double, 6, 1> d = -M.ldlt().solve(g);
+      if (!d.allFinite()) {
+        lambda *= 10;
+        continue;
+      }
+      const Vec3d w = d.head<3>() / L, dt = d.tail<3>();
+      const Pose cand = pose->Moved(w, dt);
+      std::vector<double> ca(6), cres;
+      cand.ToArray(ca.data());
+      Residuals(ctx, fl, ca, threads, &cres, n_res);
+      const double c = SquaredNorm(cres.data(), n_res);
+      if (c < cost) {
+        if (o.broyden_updates) {  // rank-1 secant update: J d = r_new - r_old afterwards
+          const Eigen::Map<const Eigen::VectorXd> rn(cres.data(), n_res), ro(res.data(), n_res);
+          const Eigen::VectorXd y = rn - ro - J * d;
+          J += y * d.transpose() / std::max(d.squaredNorm(), 1e-300);
+        } else {
+          need_fd = true;
+        }
+        small = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
+        // A small step from an updated Jacobian is checked with finite differences first.
+        if (small && !fresh) {
+          small = false;
+          need_fd = true;
+        }
+        fresh = false;
+        *pose = cand;
+        res.swap(cres);
+        cost = c;
+        lambda = std::max(lambda / 3, 1e-7);
+        accepted = true;
+      } else if (!fresh) {
+        break;  // a stale (Broyden) Jacobian: take finite differences before giving up
+      } else {
+        lambda *= 5;
+      }
+    }
+    if (!accepted && fresh) break;
+    if (!accepted) need_fd = true;
+    if (small) {
+      ++it;
+      break;
+    }
+  }
+  return it;
+}
+
+}  // namespace
+
+void ValidateRefineOptions(const RefineOptions& o) {
+  auto bad = [](const std::string& what) { throw std::invalid_argument(what); };
+  if (o.similarity != RefineSimilarity::kGradientCorrelation &&
+      o.similarity != RefineSimilarity::kNcc)
+    bad("similarity " + std::to_string(static_cast<int>(o.similarity)) + " is unknown");
+  if (o.num_levels < 1 || o.num_levels > 8)
+    bad("num_levels = " + std::to_string(o.num_levels) + ": expected 1 to 8");
+  if (o.finest_level < 0 || o.finest_level > 6)
+    bad("finest_level = " + std::to_string(o.finest_level) + ": expected 0 to 6");
+  if (!(o.weight_view1 >= 0) || !(o.weight_view2 >= 0) || !std::isfinite(o.weight_view1) ||
+      !std::isfinite(o.weight_view2) || !(o.weight_view1 + o.weight_view2 > 0))
+    bad("view weights (" + Fmt(o.weight_view1) + ", " + Fmt(o.weight_view2) +
+        ") must be finite, >= 0 and not both 0");
+  if (o.max_iterations < 0 || o.max_iterations > 1000)
+    bad("max_iterations = " + std::to_string(o.max_iterations) + ": expected 0 to 1000");
+  if (!(o.roi_margin_px >= 0) || !(o.roi_margin_px <= 256))
+    bad("roi_margin_px = " + Fmt(o.roi_margin_px) + ": expected 0 to 256 px");
+  if (o.min_roi_pixels < 8)
+    bad("min_roi_pixels = " + std::to_string(o.min_roi_pixels) + ": expected at least 8");
+  if (!(o.step_voxels > 0.01) || !(o.step_voxels <= 16))
+    bad("step_voxels = " + Fmt(o.step_voxels) + " must lie in (0.01, 16]");
+  if (!(o.fd_step_px > 0) || !(o.fd_step_px <= 8))
+    bad("fd_step_px = " + Fmt(o.fd_step_px) + " must lie in (0, 8]");
+  if (!(o.tolerance_deg > 0) || !(o.tolerance_mm > 0) || !std::isfinite(o.tolerance_deg) ||
+      !std::isfinite(o.tolerance_mm))
+    bad("tolerances (" + Fmt(o.tolerance_deg) + " deg, " + Fmt(o.tolerance_mm) +
+        " mm) must be finite and positive");
+  if (!(o.min_similarity >= -1) || !(o.min_similarity <= 1))
+    bad("min_similarity = " + Fmt(o.min_similarity) + ": expected a value in [-1, 1]");
+  if (!(o.max_rotation_change_deg > 0) || !(o.max_translation_change_mm > 0))
+    bad("max_rotation_change_deg = " + Fmt(o.max_rotation_change_deg) +
+        " and max_translation_change_mm = " + Fmt(o.max_translation_change_mm) +
+        " must be positive");
+  if (o.num_threads < 0)
+    bad("num_threads = " + std::to_string(o.num_threads) + ": expected >= 0 (0 = all)");
+}
+
+namespace {
+
+Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_needed) {
+  ValidateRefineOptions(o);
+  ValidateVolume(in.volume);
+  if (in.bone.data != nullptr) ValidateVolume(in.bone);
+  for (int v = 0; v < 2; ++v) ValidateConeView(in.views[v], v);
+  if (in.views[0].width != in.views[1].width || in.views[0].height != in.views[1].height)
+    throw std::invalid_argument("view 1 is " + std::to_string(in.views[1].width) + " x " +
+                                std::to_string(in.views[1].height) + " px but view 0 is " +
+                                std::to_string(in.views[0].width) + " x " +
+                                std::to_string(in.views[0].height) +
+                                ": both views need one image size");
+  if (in.images == nullptr) throw std::invalid_argument("images are null");
+  Context ctx;
+  ctx.input = &in;
+  ctx.options = &o;
+  ctx.W = in.views[0].width;
+  ctx.H = in.views[0].height;
+  const int coarsest = o.finest_level + levels_needed - 1;
+  if ((ctx.W >> coarsest) < 16 || (ctx.H >> coarsest) < 16)
+    throw std::invalid_argument("images of " + std::to_string(ctx.W) + " x " +
+                                std::to_string(ctx.H) + " px are too small for pyramid level " +
+                                std::to_string(coarsest) +
+                                ": expected at least 16 px per side there (fewer num_levels or a "
+                                "lower finest_level)");
+  ctx.volumes = MakeVolumePyramid(in.volume, levels_needed, false);
+  if (in.bone.data != nullptr) ctx.bones = MakeVolumePyramid(in.bone, levels_needed, true);
+  // Lever: half the diagonal of the bone's box (mm).
+  const LevelVolume& b = ctx.Bone(0);
+  if (!b.empty) {
+    const Vec3<double> lo = b.grid.model_from_voxel.Apply({b.bbox_lo[0], b.bbox_lo[1], b.bbox_lo[2]});
+    const Vec3<double> hi = b.grid.model_from_voxel.Apply({b.bbox_hi[0], b.bbox_hi[1], b.bbox_hi[2]});
+    const Vec3<double> d = hi - lo;
+    ctx.lever_mm = std::clamp(0.5 * std::sqrt(Dot(d, d)), 10.0, 500.0);
+  }
+  return ctx;
+}
+
+bool FinitePose(const double* p) {
+  for (int i = 0; i < 6; ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
+void RefineOne(const Context& ctx, int frame, const double* init, int threads, RefineResult* r) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const RefineOptions& o = *ctx.options;
+  *r = RefineResult{};
+  for (int i = 0; i < 6; ++i) r->pose[i] = init[i];
+  r->similarity[0] = r->similarity[1] = r->similarity_total = kNaN;
+  if (!FinitePose(init)) {
+    r->status = RefineStatus::kInvalidStart;
+    r->rotation_change_deg = r->translation_change_mm = kNaN;
+    return;
+  }
+  const Pose start = Pose::FromArray(init);
+  Pose pose = start;
+  bool overlap = true;
+  for (int level = o.finest_level + o.num_levels - 1; level >= o.finest_level; --level) {
+    FrameLevel fl;
+    double arr[6];
+    pose.ToArray(arr);
+    PrepareLevel(ctx, frame, level, arr, threads, &fl);
+    if (!fl.views[0].used && !fl.views[1].used) {
+      overlap = false;
+      continue;  // a finer level may still see the bone
+    }
+    overlap = true;
+    r->iterations += RefineLevel(ctx, fl, &pose, threads);
+  }
+  pose.ToArray(r->pose);
+  // Final similarity at the finest level, over the final pose's region.
+  FrameLevel fl;
+  PrepareLevel(ctx, frame, o.finest_level, r->pose, threads, &fl);
+  std::vector<double> res, sim;
+  Residuals(ctx, fl, std::vector<double>(r->pose, r->pose + 6), threads, &res,
+            fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
+  double wsum = 0, ssum = 0;
+  for (int v = 0; v < 2; ++v) {
+    r->similarity[v] = sim[v];
+    if (fl.views[v].used && std::isfinite(sim[v])) {
+      wsum += fl.views[v].weight;
+      ssum += fl.views[v].weight * sim[v];
+    }
+  }
+  r->similarity_total = wsum > 0 ? ssum / wsum : kNaN;
+  r->rotation_change_deg = RotationAngleDeg(pose.R, start.R);
+  r->translation_change_mm = (pose.t - start.t).norm();
+  if (!overlap || !(wsum > 0)) {
+    r->status = RefineStatus::kNoOverlap;
+  } else if (r->rotation_change_deg > o.max_rotation_change_deg ||
+             r->translation_change_mm > o.max_translation_change_mm) {
+    r->status = RefineStatus::kMovedFar;
+  } else if (!(r->similarity_total >= o.min_similarity)) {
+    r->status = RefineStatus::kLowSimilarity;
+  } else {
+    r->status = RefineStatus::kConverged;
+  }
+  r->converged = r->status == RefineStatus::kConverged;
+  r->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+ConeView PyramidView(const ConeView& view, int level) {
+  if (level < 0 || level > 16)
+    throw std::invalid_argument("pyramid level " + std::to_string(level) + ": expected 0 to 16");
+  const int f = 1 << level;
+  ConeView v = view;
+  v.width = view.width >> level;
+  v.height = view.height >> level;
+  if (v.width < 1 || v.height < 1)
+    throw std::invalid_argument("pyramid level " + std::to_string(level) + " leaves no pixel of a " +
+                                std::to_string(view.width) + " x " + std::to_string(view.height) +
+                                " image");
+  v.pitch_u = view.pitch_u * f;
+  v.pitch_v = view.pitch_v * f;
+  // Level pixel (x', y') covers full pixels f x' .. f x' + f - 1: its centre is full pixel
+  // f x' + (f - 1) / 2. The level's centre pixel ((w - 1) / 2) therefore sits at this offset
+  // (full pixels) from the full image's centre.
+  const double ox = f * 0.5 * (v.width - 1) + 0.5 * (f - 1) - 0.5 * (view.width - 1);
+  const double oy = f * 0.5 * (v.height - 1) + 0.5 * (f - 1) - 0.5 * (view.height - 1);
+  for (int c = 0; c < 3; ++c)
+    v.detector_centre[c] =
+        view.detector_centre[c] + ox * view.pitch_u * view.u[c] + oy * view.pitch_v * view.v[c];
+  return v;
+}
+
+void RefineFrames(const RefineInput& input, const double* init_poses, int num_frames,
+                  RefineResult* results, const RefineOptions& options) {
+  if (num_frames < 0)
+    throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
+  const Context ctx = MakeContext(input, options, options.num_levels);
+  if (num_frames == 0) return;
+  const int threads = ResolveThreadCount(options.num_threads);
+  const int outer = std::min(threads, num_frames);
+  const int inner = std::max(1, threads / num_frames);
+  ParallelFor(num_frames, outer, [&](long long f) {
+    RefineOne(ctx, static_cast<int>(f), init_poses + 6 * f, inner, results + f);
+  });
+}
+
+void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int num_frames,
+                              int level, double* similarity, uint8_t* roi,
+                              const RefineOptions& options) {
+  if (num_frames < 0)
+    throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
+  if (level < options.finest_level || level >= options.finest_level + options.num_levels)
+    throw std::invalid_argument("level " + std::to_string(level) + " is outside the pyramid [" +
+                                std::to_string(options.finest_level) + ", " +
+                                std::to_string(options.finest_level + options.num_levels - 1) +
+                                "]");
+  ValidatePoses(poses, num_frames);
+  const Context ctx = MakeContext(input, options, level - options.finest_level + 1);
+  const int threads = ResolveThreadCount(options.num_threads);
+  const long long level_size =
+      static_cast<long long>(input.views[0].width >> level) * (input.views[0].height >> level);
+  ParallelFor(num_frames, std::min(threads, std::max(num_frames, 1)), [&](long long f) {
+    FrameLevel fl;
+    PrepareLevel(ctx, static_cast<int>(f), level, poses + 6 * f, 1, &fl);
+    std::vector<double> res, sim;
+    Residuals(ctx, fl, std::vector<double>(poses + 6 * f, poses + 6 * f + 6), 1, &res,
+              fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
+    for (int v = 0; v < 2; ++v) {
+      similarity[2 * f + v] = sim[v];
+      if (roi) {
+        uint8_t* m = roi + (2 * f + v) * level_size;
+        std::fill(m, m + level_size, 0);
+        const ViewLevel& vl = fl.views[v];
+        for (int32_t i : vl.roi) m[vl.render_px[i]] = 1;
+      }
+    }
+  });
+}
+
+namespace {
+
+// Mean-free normalised dot product of two feature lists.
+double Ncc(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t n = a.size();
+  if (n == 0) return 0;
+  double ma = 0, mb = 0;
+  for (size_t i = 0; i < n; ++i) ma += a[i], mb += b[i];
+  ma /= n;
+  mb /= n;
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sab += (a[i] - ma) * (b[i] - mb);
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+  }
+  return (saa > 1e-30 && sbb > 1e-30) ? sab / std::sqrt(saa * sbb) : 0.0;
+}
+
+void CheckImageArgs(const float* a, const float* b, int W, int H) {
+  if (a == nullptr || b == nullptr) throw std::invalid_argument("image data is null");
+  if (W < 1 || H < 1)
+    throw std::invalid_argument("image size " + std::to_string(W) + " x " + std::to_string(H) +
+                                " must be positive");
+}
+
+}  // namespace
+
+double GradientCorrelation(const float* a, const float* b, const uint8_t* mask, int W, int H) {
+  CheckImageArgs(a, b, W, H);
+  std::vector<double> ax, ay, bx, by;
+  for (int y = 1; y < H - 1; ++y)
+    for (int x = 1; x < W - 1; ++x) {
+      const long long i = static_cast<long long>(y) * W + x;
+      if (mask && !mask[i]) continue;
+      ax.push_back(0.5 * (static_cast<double>(a[i + 1]) - a[i - 1]));
+      ay.push_back(0.5 * (static_cast<double>(a[i + W]) - a[i - W]));
+      bx.push_back(0.5 * (static_cast<double>(b[i + 1]) - b[i - 1]));
+      by.push_back(0.5 * (static_cast<double>(b[i + W]) - b[i - W]));
+    }
+  return 0.5 * (Ncc(ax, bx) + Ncc(ay, by));
+}
+
+double NormalizedCrossCorrelation(const float* a, const float* b, const uint8_t* mask, int W,
+                                  int H) {
+  CheckImageArgs(a, b, W, H);
+  std::vector<double> va, vb;
+  for (long long i = 0; i < static_cast<long long>(W) * H; ++i) {
+    if (mask && !mask[i]) continue;
+    va.push_back(a[i]);
+    vb.push_back(b[i]);
+  }
+  return Ncc(va, vb);
+}
+
+}  // namespace fluororeg

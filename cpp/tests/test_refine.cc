@@ -1,0 +1,195 @@
+// C++ tests of the intensity refinement through the public C++ API (no Python).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "fluororeg/refine.h"
+#include "fluororeg/render.h"
+
+namespace fluororeg {
+namespace {
+
+// An asymmetric phantom (a skull-like shell with three inner blobs of different attenuation)
+// in a 48^3 volume of 3 mm voxels centred on the model origin.
+struct Phantom {
+  int n = 48;
+  double h = 3.0;
+  std::vector<float> data;
+  VolumeGrid grid;
+  Phantom() {
+    data.assign(static_cast<size_t>(n) * n * n, 0.f);
+    const double c = 0.5 * (n - 1);
+    struct Blob {
+      double x, y, z, rx, ry, rz, mu;
+    };
+    const Blob blobs[] = {{0, 0, 0, 60, 50, 55, 0.02},  {-20, 10, 5, 12, 20, 8, 0.03},
+                          {25, -15, -10, 8, 8, 16, 0.04}, {5, 25, 20, 15, 6, 6, 0.035}};
+    for (int k = 0; k < n; ++k)
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < n; ++i) {
+          const double x = (i - c) * h, y = (j - c) * h, z = (k - c) * h;
+          float v = 0.f;
+          for (const Blob& b : blobs) {
+            const double dx = (x - b.x) / b.rx, dy = (y - b.y) / b.ry, dz = (z - b.z) / b.rz;
+            if (dx * dx + dy * dy + dz * dz <= 1.0) v = static_cast<float>(b.mu);
+          }
+          data[(static_cast<size_t>(k) * n + j) * n + i] = v;
+        }
+    grid.data = data.data();
+    grid.nx = grid.ny = grid.nz = n;
+    grid.model_from_voxel = {{h, 0, 0, -c * h, 0, h, 0, -c * h, 0, 0, h, -c * h}};
+  }
+};
+
+// Two views 100 degrees apart looking at the origin, 64 x 64 px of 1.8 mm.
+void MakeViews(ConeView views[2]) {
+  for (int s = 0; s < 2; ++s) {
+    const double a = (s == 0 ? -50.0 : 50.0) * M_PI / 180.0;
+    const double d[3] = {std::sin(a), std::cos(a), 0.0};  // source -> detector
+    ConeView& v = views[s];
+    for (int c = 0; c < 3; ++c) {
+      v.source[c] = -650.0 * d[c];
+      v.detector_centre[c] = 400.0 * d[c];
+    }
+    v.v[0] = 0, v.v[1] = 0, v.v[2] = -1;
+    v.u[0] = v.v[1] * d[2] - v.v[2] * d[1];
+    v.u[1] = v.v[2] * d[0] - v.v[0] * d[2];
+    v.u[2] = v.v[0] * d[1] - v.v[1] * d[0];
+    v.pitch_u = v.pitch_v = 1.8;
+    v.width = v.height = 64;
+  }
+}
+
+double AngleBetween(const double* a, const double* b) {
+  double Ra[9], Rb[9];
+  RotationFromEulerZYX(a, Ra);
+  RotationFromEulerZYX(b, Rb);
+  double tr = 0;  // trace(Ra Rb^T)
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 3; ++k) tr += Ra[3 * i + k] * Rb[3 * i + k];
+  return std::acos(std::max(-1.0, std::min(1.0, 0.5 * (tr - 1)))) * 180.0 / M_PI;
+}
+
+class RefineTest : public ::testing::Test {
+ protected:
+  Phantom phantom;
+  ConeView views[2];
+  std::vector<double> truth{0.10, -0.05, 0.15, 3.0, -2.0, 1.0};  // rad, mm
+  std::vector<float> images;                                     // [1, 2, 64, 64]
+  RefineInput input;
+  void SetUp() override {
+    MakeViews(views);
+    images.assign(2 * 64 * 64, 0.f);
+    for (int v = 0; v < 2; ++v)
+      RenderConeDrr(phantom.grid, &views[v], truth.data(), 1, images.data() + v * 64 * 64);
+    input.volume = phantom.grid;
+    input.views[0] = views[0];
+    input.views[1] = views[1];
+    input.images = images.data();
+  }
+};
+
+TEST_F(RefineTest, RecoversPoseFrom4DegAnd4Mm) {
+  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
+                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  for (bool broyden : {true, false}) {
+    SCOPED_TRACE(broyden ? "Broyden updates" : "finite differences every iteration");
+    RefineOptions options;
+    options.num_levels = 2;
+    options.broyden_updates = broyden;
+    RefineResult r;
+    RefineFrames(input, start, 1, &r, options);
+    EXPECT_EQ(r.status, RefineStatus::kConverged);
+    EXPECT_TRUE(r.converged);
+    EXPECT_LT(AngleBetween(r.pose, truth.data()), 0.2);
+    for (int c = 3; c < 6; ++c) EXPECT_NEAR(r.pose[c], truth[c], 0.2);
+    EXPECT_GT(r.similarity[0], 0.95);
+    EXPECT_GT(r.similarity[1], 0.95);
+    EXPECT_GT(r.iterations, 0);
+    EXPECT_NEAR(r.rotation_change_deg, AngleBetween(r.pose, start), 1e-6);
+  }
+}
+
+TEST_F(RefineTest, SimilarityPeaksAtTheTruePose) {
+  RefineOptions options;
+  options.num_levels = 1;
+  double at_truth[2], off[2];
+  EvaluateRefineSimilarity(input, truth.data(), 1, 0, at_truth, nullptr, options);
+  std::vector<double> moved = truth;
+  moved[3] += 3.0;
+  EvaluateRefineSimilarity(input, moved.data(), 1, 0, off, nullptr, options);
+  for (int v = 0; v < 2; ++v) {
+    EXPECT_NEAR(at_truth[v], 1.0, 1e-6);  // DRR against itself
+    EXPECT_LT(off[v], at_truth[v] - 0.05);
+  }
+}
+
+TEST_F(RefineTest, NaNStartIsInvalidAndFarStartIsFlagged) {
+  RefineOptions options;
+  options.num_levels = 2;
+  options.max_rotation_change_deg = 10;
+  const double nan = std::nan("");
+  const double starts[12] = {nan, 0, 0, 0, 0, 0, truth[0] + 0.9, truth[1], truth[2] - 0.9,
+                             truth[3] + 40, truth[4], truth[5]};
+  RefineResult r[2];
+  RefineFrames(input, starts, 2, r, options);
+  EXPECT_EQ(r[0].status, RefineStatus::kInvalidStart);
+  EXPECT_FALSE(r[0].converged);
+  EXPECT_FALSE(r[1].converged);
+  EXPECT_TRUE(r[1].status == RefineStatus::kMovedFar || r[1].status == RefineStatus::kLowSimilarity ||
+              r[1].status == RefineStatus::kNoOverlap);
+}
+
+TEST(Refine, SimilaritiesOfKnownImages) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> a(30 * 20), neg(a.size()), zero(a.size(), 0.f);
+  for (auto& x : a) x = g(rng);
+  for (size_t i = 0; i < a.size(); ++i) neg[i] = 5.f - 2.f * a[i];
+  EXPECT_NEAR(GradientCorrelation(a.data(), a.data(), nullptr, 30, 20), 1.0, 1e-12);
+  EXPECT_NEAR(GradientCorrelation(a.data(), neg.data(), nullptr, 30, 20), -1.0, 1e-6);
+  EXPECT_NEAR(NormalizedCrossCorrelation(a.data(), neg.data(), nullptr, 30, 20), -1.0, 1e-6);
+  EXPECT_EQ(NormalizedCrossCorrelation(a.data(), zero.data(), nullptr, 30, 20), 0.0);
+}
+
+TEST(Refine, PyramidViewKeepsPixelCentres) {
+  ConeView views[2];
+  MakeViews(views);
+  const ConeView l1 = PyramidView(views[0], 1);
+  EXPECT_EQ(l1.width, 32);
+  EXPECT_DOUBLE_EQ(l1.pitch_u, 3.6);
+  // 64 px halve exactly: same centre.
+  for (int c = 0; c < 3; ++c) EXPECT_NEAR(l1.detector_centre[c], views[0].detector_centre[c], 1e-9);
+  ConeView odd = views[0];
+  odd.width = 65;  // level 1 drops the last column: its centre moves half a pixel to -u
+  const ConeView o1 = PyramidView(odd, 1);
+  for (int c = 0; c < 3; ++c)
+    EXPECT_NEAR(o1.detector_centre[c], odd.detector_centre[c] - 0.5 * 1.8 * odd.u[c], 1e-9);
+}
+
+TEST_F(RefineTest, BadInputThrowsInvalidArgument) {
+  RefineResult r;
+  RefineOptions bad;
+  bad.num_levels = 0;
+  EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
+  bad = RefineOptions();
+  bad.weight_view1 = bad.weight_view2 = 0;
+  EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
+  bad = RefineOptions();
+  bad.num_levels = 4;  // 64 px >> 3 = 8 px: too small
+  EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
+  RefineInput other = input;
+  other.views[1].width = 32;
+  EXPECT_THROW(RefineFrames(other, truth.data(), 1, &r), std::invalid_argument);
+  other = input;
+  other.images = nullptr;
+  EXPECT_THROW(RefineFrames(other, truth.data(), 1, &r), std::invalid_argument);
+  double sim[2];
+  EXPECT_THROW(EvaluateRefineSimilarity(input, truth.data(), 1, 5, sim, nullptr), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fluororeg

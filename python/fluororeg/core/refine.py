@@ -1,0 +1,300 @@
+"""Intensity refinement: from the landmark pose to sub-degree, sub-millimetre registration.
+
+Landmark registration (:mod:`fluororeg.core.registration`) is robust but only as precise as the
+detector. :func:`refine_poses` starts from its poses and maximises the similarity between
+cone-beam DRRs of the subject's CT (an attenuation :class:`~fluororeg.core.volume.Volume`) at the
+pose and both undistorted X-ray images, over 6 DOF (thin layer over the C++ core,
+``cpp/include/fluororeg/refine.h``):
+
+* similarity per view: gradient correlation (default) or normalised cross-correlation over
+  the projected bone region (a bone mask volume, or the attenuation volume thresholded at
+  ``bone_threshold``), dilated by a margin, inside the usable image pixels (``image_masks``:
+  the intensifier's field of view);
+* both views in one objective, weighted (``weight_view1`` / ``weight_view2``; a weight of 0
+  uses the other view alone); Levenberg-Marquardt with a Jacobian from finite differences
+  of batched renders of the region's pixels only (then Broyden updates); coarse to fine over
+  an image and volume pyramid, the finest level chosen by :func:`auto_finest_level`;
+* a quality gate: a frame whose pose moved far, or whose final similarity is low, is flagged
+  (``status``); only ``'converged'`` frames passed. A far-off start ends with a low
+  similarity, so the similarity doubles as a check of the landmark registration.
+
+Images are line-integral-like (bone bright, e.g. DRRs or ``-ln(I / I_open)`` of an
+intensifier frame): :func:`fluororeg.pipeline.refine_stage.recording_images` makes them from a recording (undistorted with
+the geometry's distortion models), and ``image_kind='intensity'`` converts raw grey levels.
+Poses are world_from_model in degrees / mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fluororeg import _core
+from fluororeg.core.geometry import ConeView, as_poses, poses_to_radians, stack_views
+from fluororeg.core.volume import Volume
+
+__all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
+           "refine_options", "refine_poses", "refine_similarity", "intensity_to_line_integrals",
+           "auto_finest_level"]
+
+RefineOptions = _core.RefineOptions
+RefineSimilarity = _core.RefineSimilarity
+RefineStatus = _core.RefineStatus
+STATUS_NAMES = ("converged", "moved_far", "low_similarity", "no_overlap", "invalid_start")
+
+DEFAULT_BONE_THRESHOLD = 0.024  # attenuation (1/mm): ~200 HU at mu_water 0.02
+
+
+def refine_options(**fields) -> RefineOptions:
+    """A checked :class:`RefineOptions` from keyword fields; ``similarity`` may be given as
+    ``'gradient_correlation'`` or ``'ncc'``. Unknown names and bad values raise ValueError."""
+    o = RefineOptions()
+    for name, value in fields.items():
+        if name.startswith("_") or not hasattr(o, name) or name == "check":
+            raise ValueError(f"refine option '{name}' is unknown: expected one of "
+                             f"{sorted(n for n in dir(o) if not n.startswith('_') and n != 'check')}")
+        if name == "similarity" and isinstance(value, str):
+            if value not in ("gradient_correlation", "ncc"):
+                raise ValueError(f"similarity '{value}' is unknown: expected 'gradient_correlation' or 'ncc'")
+            value = getattr(RefineSimilarity, value)
+        try:
+            setattr(o, name, value)
+        except TypeError as exc:
+            raise TypeError(f"refine option {name} = {value!r} has the wrong type: {exc}") from None
+    o.check()
+    return o
+
+
+@dataclass
+class RefineResult:
+    """Per-frame arrays of one refinement (F frames)."""
+
+    poses: np.ndarray                  # [F, 6] refined world_from_model, deg / mm
+    start_poses: np.ndarray            # [F, 6] where each frame started (NaN: none)
+    similarity: np.ndarray             # [F, 2] per view at the final pose (NaN: view unused)
+    similarity_total: np.ndarray       # [F] weighted mean over the used views
+    rotation_change_deg: np.ndarray    # [F] angle between start and refined rotation
+    translation_change_mm: np.ndarray  # [F] |tau_refined - tau_start|
+    iterations: np.ndarray             # [F]
+    seconds: np.ndarray                # [F] wall-clock per frame (threads run frames in parallel)
+    converged: np.ndarray              # [F] bool: passed the quality gate
+    status: np.ndarray                 # [F] str, one of STATUS_NAMES
+    tracked: np.ndarray                # [F] bool: started from the previous frame's refined pose
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+
+def _views(views) -> np.ndarray:
+    views = list(views)
+    if len(views) != 2:
+        raise ValueError(f"got {len(views)} views: expected two ConeViews (F1, F2)")
+    return stack_views(views)
+
+
+def _pixel_at_object(views: Sequence[ConeView], poses_deg: np.ndarray, level: int) -> float:
+    ok = np.isfinite(poses_deg).all(axis=1)
+    centre = np.median(poses_deg[ok, 3:], axis=0) if ok.any() else np.zeros(3)
+    px = []
+    for v in views:
+        sdd = v.source_detector_distance
+        sod = max(abs(float(v.normal @ (centre - v.source))), 1.0)
+        px.append(min(v.pitch_u, v.pitch_v) * (2 ** level) * sod / sdd)
+    return float(min(px))
+
+
+def auto_finest_level(views, poses, pixel_mm: float = 2.0, min_size: int = 64) -> int:
+    """The coarsest pyramid level whose pixels at the subject (at the median pose's depth) are
+    at most ``pixel_mm`` and whose images keep at least ``min_size`` px per side: the finest
+    level :func:`refine_poses` uses by default (finer levels cost 4x per level and gained
+    little in bench_refine on simulated 512 px frames)."""
+    views = tuple(views)
+    p = np.atleast_2d(np.asarray(poses, np.float64))
+    level = 0
+    while (_pixel_at_object(views, p, level + 1) <= pixel_mm
+           and min(views[0].width, views[0].height) >> (level + 1) >= min_size):
+        level += 1
+    return level
+
+
+def _volumes(mu: Volume, bone, bone_threshold, pixel_mm: float):
+    """The attenuation volume at the finest level's pixel size and the region-of-interest
+    volume (float32, > 0 = bone) or None (the attenuation volume itself)."""
+    if not isinstance(mu, Volume):
+        raise TypeError(f"mu must be a fluororeg.Volume of attenuation, got {type(mu).__name__}")
+    if mu.data.dtype != np.float32:
+        raise TypeError(f"mu has dtype {mu.data.dtype}: expected float32 attenuation per mm "
+                        "(Volume.hu_to_attenuation or Subject.attenuation_model)")
+    vol = mu.for_pixel_size(pixel_mm)
+    if bone is not None:
+        if not isinstance(bone, Volume):
+            raise TypeError(f"bone must be a fluororeg.Volume mask, got {type(bone).__name__}")
+        b = bone.for_pixel_size(pixel_mm)
+        return vol, Volume(np.asarray(b.data > 0, dtype=np.float32), b.spacing, b.origin, b.direction)
+    if bone_threshold is None:
+        return vol, None
+    t = float(bone_threshold)
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"bone_threshold = {bone_threshold!r}: expected a finite attenuation >= 0 (1/mm) or None")
+    mask = (vol.data >= t).astype(np.float32)
+    if not mask.any():
+        raise ValueError(f"no voxel of mu reaches bone_threshold = {t} /mm (max {float(vol.data.max()):.4g}): "
+                         "lower it, or pass bone=None and bone_threshold=None to use the whole volume")
+    return vol, Volume(mask, vol.spacing, vol.origin, vol.direction)
+
+
+def _grid(v: Volume):
+    return (np.ascontiguousarray(v.data, dtype=np.float32),
+            np.ascontiguousarray(v.physical_from_voxel[:3, :4], dtype=np.float64))
+
+
+def _images(images, views, image_kind: str) -> np.ndarray:
+    arr = np.asarray(images)
+    W, H = views[0].width, views[0].height
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:] != (2, H, W):
+        raise ValueError(f"images have shape {np.shape(images)}, expected (F, 2, {H}, {W}) for the views' size")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"images have dtype {arr.dtype}: expected numbers")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("images hold non-finite values")
+    if image_kind == "intensity":
+        arr = intensity_to_line_integrals(arr)
+    elif image_kind != "line_integrals":
+        raise ValueError(f"image_kind '{image_kind}' is unknown: expected 'line_integrals' or 'intensity'")
+    return np.ascontiguousarray(arr)
+
+
+def intensity_to_line_integrals(images: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Beer-Lambert inversion of intensifier grey levels [..., H, W]: ``-ln(I / I_open)`` with
+    ``I_open`` each image's 99th percentile (within ``mask`` [H, W] where given), clipped at 0."""
+    img = np.asarray(images, dtype=np.float64)
+    flat = img.reshape(-1, *img.shape[-2:])
+    out = np.empty(flat.shape, dtype=np.float32)
+    for i, im in enumerate(flat):
+        vals = im[mask] if mask is not None and mask.any() else im
+        i_open = max(float(np.percentile(vals, 99)), 1e-6)
+        out[i] = np.clip(-np.log(np.clip(im, i_open * 1e-4, None) / i_open), 0.0, None)
+    return out.reshape(img.shape)
+
+
+def _masks(image_masks, views) -> Optional[np.ndarray]:
+    if image_masks is None:
+        return None
+    m = np.asarray(image_masks)
+    W, H = views[0].width, views[0].height
+    if m.shape != (2, H, W):
+        raise ValueError(f"image_masks have shape {m.shape}, expected (2, {H}, {W}): one usable-pixel mask per view")
+    return np.ascontiguousarray(m != 0, dtype=np.uint8)
+
+
+def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[RefineOptions] = None,
+                 bone: Optional[Volume] = None, bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD,
+                 image_masks=None, image_kind: str = "line_integrals", track: bool = False,
+                 relative_similarity: Optional[float] = 0.9) -> RefineResult:
+    """Refine ``init_poses`` [F, 6] (deg, mm; NaN rows: no start) against ``images``.
+
+    mu: attenuation Volume in the model frame; views: the two ConeViews; images: [F, 2, H, W]
+    undistorted (``image_kind`` 'line_integrals': bone bright; 'intensity': raw grey levels,
+    Beer-Lambert inverted here; a recording's frames: :mod:`fluororeg.pipeline.refine_stage`);
+    bone: optional
+    bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
+    both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
+    options: :func:`refine_options`; default: the C++ defaults with the finest level from
+    :func:`auto_finest_level`. ``relative_similarity``: besides the absolute gate
+    (``options.min_similarity``), a frame ending below this fraction of the median similarity
+    of the batch's converged frames (when there are at least 3) is flagged ``'low_similarity'``:
+    the similarity a correct pose reaches depends on the images (noise, style), so a frame stuck
+    in a wrong optimum stands out against its neighbours rather than against a fixed number.
+    ``track``: a frame without a start (NaN) starts from the previous frame's refined pose
+    when that one passed the gate (``tracked`` in the result).
+    """
+    views = tuple(views)
+    packed = _views(views)
+    if options is not None and not isinstance(options, RefineOptions):
+        raise TypeError(f"options must be a fluororeg.core.refine.RefineOptions, got {type(options).__name__}")
+    imgs = _images(images, views, image_kind)
+    masks = _masks(image_masks, views)
+    init = np.asarray(init_poses, dtype=np.float64)
+    if init.ndim == 1:
+        init = init[None]
+    if init.shape != (len(imgs), 6):
+        raise ValueError(f"init_poses have shape {np.shape(init_poses)}, expected ({len(imgs)}, 6) (deg, mm): "
+                         "one start per frame")
+    if np.isinf(init).any():
+        raise ValueError("init_poses hold an infinite value: expected finite poses or NaN rows (no start)")
+    if options is None:
+        options = refine_options(finest_level=auto_finest_level(views, init))
+    options.check()
+    vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level))
+    data, m = _grid(vol)
+    bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
+
+    def run(frames: np.ndarray, starts_deg: np.ndarray) -> dict:
+        starts = np.where(np.isfinite(starts_deg), starts_deg, np.nan)
+        rad = np.ascontiguousarray(np.concatenate([np.deg2rad(starts[:, :3]), starts[:, 3:]], axis=1))
+        out = _core.refine_frames(data, m, bdata, bm, packed, np.ascontiguousarray(imgs[frames]), masks, rad,
+                                  options)
+        out["poses"] = np.concatenate([np.rad2deg(out["poses"][:, :3]), out["poses"][:, 3:]], axis=1)
+        return out
+
+    if relative_similarity is not None and not (0 < float(relative_similarity) <= 1):
+        raise ValueError(f"relative_similarity = {relative_similarity!r}: expected a fraction in (0, 1] or None")
+
+    def relative_gate(r: dict) -> None:
+        ok = r["status"] == 0
+        if relative_similarity is None or ok.sum() < 3:
+            return
+        low = ok & (r["similarity_total"] < float(relative_similarity) * float(np.median(r["similarity_total"][ok])))
+        r["status"][low] = int(RefineStatus.low_similarity.value)
+        r["converged"][low] = False
+
+    F = len(imgs)
+    r = run(np.arange(F), init)
+    relative_gate(r)
+    tracked = np.zeros(F, bool)
+    starts = init.copy()
+    if track:
+        for i in range(1, F):
+            if np.isfinite(init[i]).all() or int(r["status"][i - 1]) != 0:
+                continue
+            start = r["poses"][i - 1].copy()
+            one = run(np.array([i]), start[None])
+            for key in r:
+                r[key][i] = one[key][0]
+            tracked[i] = True
+            starts[i] = start
+    relative_gate(r)
+    return RefineResult(
+        poses=r["poses"], start_poses=starts, similarity=r["similarity"], similarity_total=r["similarity_total"],
+        rotation_change_deg=r["rotation_change_deg"], translation_change_mm=r["translation_change_mm"],
+        iterations=r["iterations"], seconds=r["seconds"], converged=r["converged"].astype(bool),
+        status=np.array([STATUS_NAMES[int(s)] for s in r["status"]]), tracked=tracked)
+
+
+def refine_similarity(mu: Volume, views, images, poses, *, level: int = 0, options: Optional[RefineOptions] = None,
+                      bone: Optional[Volume] = None, bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD,
+                      image_masks=None, image_kind: str = "line_integrals") -> tuple[np.ndarray, np.ndarray]:
+    """The similarity :func:`refine_poses` maximises, at ``poses`` [F, 6] (deg, mm) and one
+    pyramid ``level`` (>= options.finest_level): (similarity [F, 2], region of interest
+    [F, 2, H >> level, W >> level] bool)."""
+    views = tuple(views)
+    packed = _views(views)
+    options = RefineOptions() if options is None else options
+    options.check()
+    imgs = _images(images, views, image_kind)
+    p = as_poses(poses)
+    if len(p) != len(imgs):
+        raise ValueError(f"got {len(p)} poses for {len(imgs)} frames: expected one pose per frame")
+    vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, p, options.finest_level))
+    data, m = _grid(vol)
+    bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise TypeError(f"level must be an integer, got {level!r}")
+    sim, roi = _core.evaluate_refine_similarity(data, m, bdata, bm, packed, imgs, _masks(image_masks, views),
+                                                poses_to_radians(p), int(level), options)
+    return sim, roi.astype(bool)

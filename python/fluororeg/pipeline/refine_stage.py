@@ -1,0 +1,141 @@
+"""The pipeline's intensity-refinement stage: a recording's frames, undistorted and turned
+into line integrals inside each intensifier's field of view, refined by
+:func:`fluororeg.core.refine.refine_poses` after the landmark registration (one call from
+:func:`fluororeg.pipeline.register.register_recording`), and the columns it adds to poses.csv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from fluororeg.core.refine import RefineOptions, RefineResult, intensity_to_line_integrals, refine_poses
+
+__all__ = ["REFINE_COLUMNS", "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
+
+
+def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
+    """The usable pixels [H, W] bool of an intensifier frame: everything brighter than the
+    dark surround of a circular field of view (the corners' grey level), holes filled, shrunk
+    by ``shrink_px``; all pixels where the corners are not darker than the image."""
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(np.asarray(image, np.float64), 1.0)
+    c = 5
+    corners = np.concatenate([img[:c, :c].ravel(), img[:c, -c:].ravel(), img[-c:, :c].ravel(), img[-c:, -c:].ravel()])
+    bg, hi = float(np.median(corners)), float(np.percentile(img, 99))
+    if not hi > bg + 1e-6 or float(np.percentile(img, 50)) <= bg + 0.05 * (hi - bg):
+        return np.ones(img.shape, bool)
+    mask = img > bg + 0.05 * (hi - bg)
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.ones(img.shape, bool)
+    sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
+    mask = ndimage.binary_fill_holes(lab == (1 + int(np.argmax(sizes))))
+    if shrink_px > 0:
+        mask = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > shrink_px
+    return mask
+
+
+def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
+    """Undistorted line-integral images [F, 2, H, W] float32 of a recording's frames and the
+    usable-pixel masks [2, H, W] (the intensifier's field of view, undistorted)."""
+    from scipy import ndimage
+
+    idx = np.arange(len(recording)) if frames is None else np.asarray(frames, dtype=int)
+    geom = recording.geometry
+    H, W = geom.views[0].height, geom.views[0].width
+    out = np.empty((len(idx), 2, H, W), np.float32)
+    masks = np.empty((2, H, W), np.uint8)
+    for k in range(2):
+        dist = geom.distortion[k]
+        first = np.asarray(recording.sequences[k][int(idx[0])] if len(idx) else recording.sequences[k][0],
+                           np.float64)
+        fov = field_of_view(first)
+        smap = dist.source_map() if dist is not None else None
+        if smap is not None:
+            fov = ndimage.map_coordinates(fov.astype(np.float32), [smap[1], smap[0]], order=0, mode="constant",
+                                          cval=0.0) > 0.5
+        masks[k] = fov
+        for j, f in enumerate(idx):
+            img = np.asarray(recording.sequences[k][int(f)], np.float64)
+            if smap is not None:
+                img = ndimage.map_coordinates(img, [smap[1], smap[0]], order=1, mode="nearest")
+            out[j, k] = intensity_to_line_integrals(img, fov)
+    return out, masks
+
+
+# Columns the pipeline adds to poses.csv when it refines (see refine_recording_poses).
+REFINE_COLUMNS = ("refine_status", "similarity_view1", "similarity_view2", "refine_rotation_change_deg",
+                  "refine_translation_change_mm", "refine_iterations", "refine_seconds", "refine_tracked")
+
+
+def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
+                           *, track: bool = True, chunk: int = 64):
+    """The pipeline's refinement step (one call from ``register_recording``): refine the
+    landmark poses [F, 6] (deg, mm; NaN: not registered) of a recording against its frames.
+
+    Returns (poses [F, 6], status [F] str, columns: dict of REFINE_COLUMNS -> [F] arrays).
+    A frame whose refinement passed the gate takes the refined pose and keeps its landmark
+    status, except a frame without a landmark pose that was refined from the previous frame's
+    (status ``'tracked'``). A flagged frame keeps its landmark pose; ``refine_status`` says why.
+    Frames are read ``chunk`` at a time (tracking carries over from one chunk to the next).
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    status = np.asarray(status).astype(object)
+    F = len(poses)
+    if len(recording) != F or len(status) != F:
+        raise ValueError(f"got {F} poses and {len(status)} statuses for a recording of {len(recording)} frames")
+    parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
+    for s in range(0, F, chunk):
+        idx = np.arange(s, min(F, s + chunk))
+        imgs, masks = recording_images(recording, idx)
+        start = poses[idx].copy()
+        carried = track and carry is not None and not np.isfinite(start[0]).all()
+        if carried:
+            start[0] = carry
+        part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
+                            bone=subject.mask_model(), image_masks=masks, track=track)
+        part.tracked[0] |= carried
+        parts.append(part)
+        carry = part.poses[-1] if part.converged[-1] else None
+    res = RefineResult(*(np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in dataclasses.fields(RefineResult)))
+    ok = res.converged
+    new_poses = np.where(ok[:, None], res.poses, poses)
+    new_status = status.copy()
+    new_status[ok & res.tracked] = "tracked"
+    columns = {
+        "refine_status": res.status, "similarity_view1": res.similarity[:, 0], "similarity_view2": res.similarity[:, 1],
+        "refine_rotation_change_deg": res.rotation_change_deg, "refine_translation_change_mm": res.translation_change_mm,
+        "refine_iterations": res.iterations, "refine_seconds": res.seconds, "refine_tracked": res.tracked,
+    }
+    return new_poses, new_status.astype(str), columns
+
+
+def append_csv_columns(path, columns: dict) -> None:
+    """Add columns (name -> [F] values, one per data row) to a CSV file such as poses.csv;
+    NaN becomes an empty field. Readers of poses.csv ignore columns they do not know."""
+    import csv
+    import io
+
+    from fluororeg.io.atomic import atomic_write_text
+
+    rows = list(csv.reader(io.StringIO(open(path, newline="").read())))
+    if len(rows) - 1 != min((len(v) for v in columns.values()), default=len(rows) - 1):
+        raise ValueError(f"'{path}' has {len(rows) - 1} rows but the columns hold "
+                         f"{[len(v) for v in columns.values()]} values")
+
+    def fmt(v) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return "1" if v else "0"
+        if isinstance(v, (float, np.floating)):
+            return "" if not np.isfinite(v) else repr(float(v))
+        return str(v)
+
+    rows[0] += list(columns)
+    for i, row in enumerate(rows[1:]):
+        row += [fmt(v[i]) for v in columns.values()]
+    atomic_write_text(path, "\n".join(",".join(r) for r in rows) + "\n")

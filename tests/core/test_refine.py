@@ -1,0 +1,296 @@
+"""Intensity refinement (fluororeg.core.refine over the C++ core) against NumPy references and on
+simulated frames with known poses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from fluororeg import _core
+from fluororeg.core import refine
+from fluororeg.pipeline import refine_stage
+from fluororeg.core import render
+from fluororeg._reference import refine as ref
+from fluororeg.core.geometry import ConeView
+
+SIZE = 64  # px per side of the test images
+
+
+@pytest.fixture(scope="module")
+def small_views():
+    views = []
+    for ang in (-50.0, 50.0):
+        a = np.deg2rad(ang)
+        src = 650.0 * np.array([np.sin(a), -np.cos(a), 0.0])
+        views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_detector=1050.0, pitch=1.2 * 96 / SIZE,
+                                         width=SIZE, height=SIZE))
+    return tuple(views)
+
+
+def pose_errors(a, b):
+    e = _core.pose_errors(np.c_[np.deg2rad(a[:, :3]), a[:, 3:]], np.c_[np.deg2rad(b[:, :3]), b[:, 3:]])
+    return np.rad2deg(e[:, 0]), e[:, 1]
+
+
+def perturb(poses, deg, mm, rng):
+    out = np.array(poses, dtype=float)
+    for i in range(len(out)):
+        ax = rng.normal(size=3)
+        R = Rotation.from_rotvec(np.deg2rad(deg) * ax / np.linalg.norm(ax)) * \
+            Rotation.from_euler("zyx", out[i, 2::-1], degrees=True)
+        out[i, :3] = R.as_euler("zyx", degrees=True)[::-1]
+        d = rng.normal(size=3)
+        out[i, 3:] += mm * d / np.linalg.norm(d)
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(headsq_mu, small_views):
+    """Four simulated frame pairs (DRRs + 1 % noise) and their true poses."""
+    rng = np.random.default_rng(3)
+    truth = np.c_[rng.uniform(-10, 10, (4, 3)), rng.uniform(-5, 5, (4, 3))]
+    imgs = np.stack([render.render_cone(headsq_mu, v, truth) for v in small_views], axis=1)
+    imgs = imgs + rng.normal(0, 0.01 * imgs.max(), imgs.shape).astype(np.float32)
+    return truth, imgs.astype(np.float32)
+
+
+# ------------------------------------------------------------------------- kernels vs NumPy
+def test_similarities_match_reference():
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    a = gaussian_filter(rng.normal(size=(40, 50)), 2).astype(np.float32)
+    b = (0.7 * a + 0.3 * gaussian_filter(rng.normal(size=(40, 50)), 2)).astype(np.float32)
+    mask = (rng.uniform(size=(40, 50)) > 0.3).astype(np.uint8)
+    for m in (None, mask):
+        assert _core.gradient_correlation(a, b, m) == pytest.approx(ref.gradient_correlation(a, b, m), abs=1e-9)
+        assert _core.normalized_cross_correlation(a, b, m) == pytest.approx(
+            ref.normalized_cross_correlation(a, b, m), abs=1e-9)
+    assert _core.gradient_correlation(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert _core.gradient_correlation(a, -3 * a + 2) == pytest.approx(-1.0, abs=1e-12)
+    assert _core.normalized_cross_correlation(a, np.zeros_like(a)) == 0.0  # constant image
+    with pytest.raises(ValueError, match="b has shape"):
+        _core.gradient_correlation(a, b[:-1])
+
+
+def test_pyramid_view_matches_reference(small_views):
+    for level in (0, 1, 2, 3):
+        got = _core.pyramid_view(small_views[0].packed(), level)
+        np.testing.assert_allclose(got, ref.pyramid_view(small_views[0], level).packed(), atol=1e-9)
+    odd = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050.0, pitch=0.7, width=67, height=45)
+    np.testing.assert_allclose(_core.pyramid_view(odd.packed(), 2), ref.pyramid_view(odd, 2).packed(), atol=1e-9)
+
+
+@pytest.mark.parametrize("similarity", ["gradient_correlation", "ncc"])
+def test_evaluated_similarity_and_region_match_reference(headsq_mu, small_views, frames, similarity):
+    truth, imgs = frames
+    poses = perturb(truth[:2], 2.0, 2.0, np.random.default_rng(1))
+    level = 1
+    opts = refine.refine_options(similarity=similarity, num_levels=1, finest_level=level, roi_margin_px=2)
+    usable = np.ones((2, SIZE, SIZE), bool)
+    usable[:, :, :6] = False  # a blind strip on the left of both images
+    sim, roi = refine.refine_similarity(headsq_mu, small_views, imgs[:2], poses, level=level, options=opts,
+                                        image_masks=usable)
+    # The volumes the core marched through: the attenuation at the level's pixel size and its
+    # thresholded bone.
+    vol, bone = refine._volumes(headsq_mu, None, refine.DEFAULT_BONE_THRESHOLD,
+                                refine._pixel_at_object(small_views, poses, level))
+    for k in range(2):
+        lv = ref.pyramid_view(small_views[k], level)
+        path = render.render_cone(bone, lv, poses, level=None)
+        for f in range(2):
+            expect = ref.region_of_interest(path[f], 2, ref.downsample_image(usable[k], level) == 1)
+            assert (roi[f, k] == expect).mean() > 0.995  # a rounding-edge pixel may differ
+            assert roi[f, k].sum() > 50
+    expected = ref.evaluate_refine_similarity(vol, small_views, imgs[:2], poses, roi, level, similarity)
+    np.testing.assert_allclose(sim, expected, atol=2e-5)
+
+
+# ------------------------------------------------------------------------- refinement
+def test_recovers_true_pose_from_5_deg_5_mm(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    start = perturb(truth, 5.0, 5.0, np.random.default_rng(7))
+    a0, t0 = pose_errors(start, truth)
+    assert a0.max() > 2.0 and t0.max() > 2.0
+    res = refine.refine_poses(headsq_mu, small_views, imgs, start, options=refine.refine_options(num_levels=2))
+    ang, mm = pose_errors(res.poses, truth)
+    assert ang.max() < 0.2, ang
+    assert mm.max() < 0.2, mm
+    assert list(res.status) == ["converged"] * 4 and res.converged.all()
+    assert res.similarity.shape == (4, 2) and (res.similarity > 0.5).all()
+    np.testing.assert_allclose(res.similarity_total, res.similarity.mean(axis=1), atol=1e-12)
+    assert (res.iterations > 0).all() and (res.seconds > 0).all()
+    # The reported pose change is the move from the start.
+    rot = lambda p: Rotation.from_euler("zyx", p[:, 2::-1], degrees=True)  # noqa: E731
+    np.testing.assert_allclose(res.rotation_change_deg, np.rad2deg((rot(res.poses) * rot(start).inv()).magnitude()),
+                               atol=1e-6)
+    np.testing.assert_allclose(res.translation_change_mm, np.linalg.norm(res.poses[:, 3:] - start[:, 3:], axis=1),
+                               atol=1e-9)
+    np.testing.assert_array_equal(res.start_poses, start)
+    assert not res.tracked.any()
+
+
+def test_one_view_mode_uses_only_that_view(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    garbage = imgs[:1].copy()
+    garbage[:, 1] = np.random.default_rng(0).permutation(garbage[0, 1].ravel()).reshape(SIZE, SIZE)
+    start = perturb(truth[:1], 2.0, 1.0, np.random.default_rng(2))
+    opts = refine.refine_options(num_levels=2, weight_view2=0.0)
+    res = refine.refine_poses(headsq_mu, small_views, garbage, start, options=opts)
+    assert res.similarity[0, 0] > 0.8 > abs(res.similarity[0, 1])
+    assert res.similarity_total[0] == res.similarity[0, 0]  # view 2 does not count
+    assert res.status[0] == "converged"
+    # One view fixes the in-plane pose; the error it leaves lies mostly along its beam.
+    ang, _ = pose_errors(res.poses, truth[:1])
+    assert ang[0] < 1.0
+    both = refine.refine_poses(headsq_mu, small_views, garbage, start, options=refine.refine_options(num_levels=2))
+    assert both.similarity_total[0] < res.similarity_total[0]
+
+
+def test_far_start_is_flagged(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    start = perturb(truth[:2], 35.0, 30.0, np.random.default_rng(5))
+    res = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=refine.refine_options(num_levels=2))
+    ang, mm = pose_errors(res.poses, truth[:2])
+    assert ((ang > 1.0) | (mm > 1.0)).all()  # not recovered ...
+    assert set(res.status) <= {"moved_far", "low_similarity"} and not res.converged.any()  # ... and flagged
+    assert (res.similarity_total < 0.5).all()
+
+
+def test_relative_gate_flags_a_frame_far_below_its_neighbours(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    start = perturb(truth, 1.0, 1.0, np.random.default_rng(6))
+    start[3] = perturb(truth[3:], 35.0, 30.0, np.random.default_rng(5))[0]
+    # The absolute gate off: only the comparison with the other frames can flag frame 3.
+    opts = refine.refine_options(num_levels=2, min_similarity=-1.0, max_rotation_change_deg=180.0,
+                                 max_translation_change_mm=1000.0)
+    res = refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts)
+    assert list(res.status) == ["converged"] * 3 + ["low_similarity"], res.similarity_total
+    assert list(res.converged) == [True] * 3 + [False]
+    with pytest.raises(ValueError, match="relative_similarity"):
+        refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts, relative_similarity=1.5)
+
+
+def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    # Consecutive frames close together: frame 1 is frame 0 moved by 1 deg / 1 mm.
+    poses = np.stack([truth[0], perturb(truth[:1], 1.0, 1.0, np.random.default_rng(9))[0]])
+    img = np.stack([render.render_cone(headsq_mu, v, poses) for v in small_views], axis=1)
+    start = np.stack([perturb(poses[:1], 3.0, 3.0, np.random.default_rng(4))[0], np.full(6, np.nan)])
+    opts = refine.refine_options(num_levels=2)
+    plain = refine.refine_poses(headsq_mu, small_views, img, start, options=opts)
+    assert list(plain.status) == ["converged", "invalid_start"] and not plain.tracked.any()
+    assert np.isnan(plain.rotation_change_deg[1])
+    res = refine.refine_poses(headsq_mu, small_views, img, start, options=opts, track=True)
+    assert list(res.status) == ["converged", "converged"] and list(res.tracked) == [False, True]
+    np.testing.assert_allclose(res.start_poses[1], res.poses[0])
+    ang, mm = pose_errors(res.poses, poses)
+    assert ang.max() < 0.2 and mm.max() < 0.2
+
+
+def test_intensity_images_are_inverted(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    intensity = 1000.0 * np.exp(-np.clip(imgs[:1], 0, None))  # bone dark, like an intensifier
+    start = perturb(truth[:1], 3.0, 3.0, np.random.default_rng(11))
+    res = refine.refine_poses(headsq_mu, small_views, intensity, start, image_kind="intensity",
+                              options=refine.refine_options(num_levels=2))
+    ang, mm = pose_errors(res.poses, truth[:1])
+    assert res.converged[0] and ang[0] < 0.2 and mm[0] < 0.2
+
+
+# ------------------------------------------------------------------------- bad input
+def test_bad_input_gives_clear_errors(headsq_mu, small_views, frames):
+    truth, imgs = frames
+    with pytest.raises(ValueError, match=r"images have shape .* expected \(F, 2, 64, 64\)"):
+        refine.refine_poses(headsq_mu, small_views, imgs[:, :, :32], truth)
+    with pytest.raises(ValueError, match="init_poses have shape"):
+        refine.refine_poses(headsq_mu, small_views, imgs, truth[:2])
+    with pytest.raises(ValueError, match="expected two ConeViews"):
+        refine.refine_poses(headsq_mu, small_views[:1], imgs, truth)
+    with pytest.raises(ValueError, match="refine option 'levels' is unknown"):
+        refine.refine_options(levels=2)
+    with pytest.raises(ValueError, match="num_levels = 0"):
+        refine.refine_options(num_levels=0)
+    with pytest.raises(ValueError, match="view weights"):
+        refine.refine_options(weight_view1=0.0, weight_view2=0.0)
+    with pytest.raises(ValueError, match="similarity 'mi' is unknown"):
+        refine.refine_options(similarity="mi")
+    with pytest.raises(ValueError, match="too small for pyramid level"):
+        refine.refine_poses(headsq_mu, small_views, imgs, truth, options=refine.refine_options(num_levels=4))
+    with pytest.raises(TypeError, match="float32 attenuation"):
+        refine.refine_poses(headsq_mu._replace(data=headsq_mu.data.astype(np.float64)), small_views, imgs, truth)
+    with pytest.raises(ValueError, match="infinite"):
+        refine.refine_poses(headsq_mu, small_views, imgs, np.where(np.eye(4, 6) > 0, np.inf, truth))
+    with pytest.raises(ValueError, match="image_masks have shape"):
+        refine.refine_poses(headsq_mu, small_views, imgs, truth, image_masks=np.ones((SIZE, SIZE)))
+    with pytest.raises(ValueError, match="image_kind 'raw' is unknown"):
+        refine.refine_poses(headsq_mu, small_views, imgs, truth, image_kind="raw")
+
+
+# ------------------------------------------------------------------------- independent renderer
+def test_recovers_pose_on_frames_from_an_independent_renderer(headsq_mu, small_views):
+    """Frames rendered by plastimatch (exact Siddon DRR), refined with fluororeg's renderer."""
+    pm = pytest.importorskip("fluororeg.simulation.plastimatch_drr")
+    if not pm.plastimatch_available():
+        pytest.skip("plastimatch is not installed")
+    rng = np.random.default_rng(21)
+    truth = np.c_[rng.uniform(-10, 10, (3, 3)), rng.uniform(-5, 5, (3, 3))]
+    imgs = np.stack([np.stack([pm.render_cone_plastimatch(headsq_mu, v, p) for v in small_views]) for p in truth])
+    start = perturb(truth, 5.0, 5.0, rng)
+    res = refine.refine_poses(headsq_mu, small_views, imgs.astype(np.float32), start,
+                              options=refine.refine_options(num_levels=2))
+    ang, mm = pose_errors(res.poses, truth)
+    assert res.converged.all()
+    assert np.median(ang) < 0.25 and np.median(mm) < 0.25, (ang, mm)
+    # 128 px of 3.2 mm and the 3.2 mm headsq voxels: coarse, hence the looser bound.
+    assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
+
+
+# ------------------------------------------------------------------------- pipeline hook
+def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
+    """refine_recording_poses (the one call register_recording makes with --refine) on an
+    intensifier-style recording: undistortion, Beer-Lambert inversion, field-of-view masks,
+    tracking of a frame without a landmark pose, and the CSV columns."""
+    from fluororeg.core.geometry import pose_matrix
+    from fluororeg.io.poses import read_poses_csv, write_poses_csv
+    from fluororeg.io.recording import open_recording
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+    views = default_dual_views(width=128, height=128, pitch=3.2)
+    simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=3, views=views, seed=2)
+    rec = open_recording(tmp_path / "rec")
+    truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
+    start = perturb(truth, 4.0, 3.0, np.random.default_rng(8))
+    start[2] = np.nan  # landmark registration failed on the last frame
+    status = np.array(["ok", "ok", "failed"])
+    poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, chunk=2)
+    assert list(cols) == list(refine_stage.REFINE_COLUMNS)
+    assert list(new_status) == ["ok", "ok", "tracked"] and list(cols["refine_tracked"]) == [False, False, True]
+    ang, mm = pose_errors(poses, truth)
+    assert list(cols["refine_status"]) == ["converged"] * 3, (cols, ang, mm)
+    # 128 px of 3.2 mm and the 3.2 mm headsq voxels: coarse, hence the looser bound.
+    assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
+    F = 3
+    path = write_poses_csv(tmp_path / "poses.csv", np.arange(F), new_status, poses, pose_matrix(poses), np.zeros(F),
+                           np.zeros((F, 2)), np.zeros((F, 2)), np.zeros(F, int), np.zeros(F, int))
+    refine_stage.append_csv_columns(path, cols)
+    back = read_poses_csv(path)
+    np.testing.assert_allclose(back["poses"], poses)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[-len(refine_stage.REFINE_COLUMNS):] == list(refine_stage.REFINE_COLUMNS)
+
+
+def test_pipeline_option_and_command_line_flag():
+    import dataclasses
+
+    from fluororeg.cli import build_parser
+    from fluororeg.pipeline.register import PipelineOptions
+
+    assert PipelineOptions().refine is False and PipelineOptions(refine=True).refine is True
+    assert "refine" in dataclasses.asdict(PipelineOptions())  # written to options.json
+    p = build_parser()
+    base = ["register", "rec", "--detector", "d.onnx", "--out", "o"]
+    assert p.parse_args(base).refine is False
+    assert p.parse_args(base + ["--refine"]).refine is True
+    assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False
