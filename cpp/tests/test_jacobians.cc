@@ -7,13 +7,14 @@
 #include <random>
 #include <vector>
 
-#include "registration/registration_internal.h"
+#include "fluororeg/so3.h"
+#include "registration/residual.h"
 #include "synthetic.h"
 
 namespace fluororeg {
 namespace {
 
-using internal::ViewGeometry;
+using ViewGeometry = ConeProjector;  // the projection the residual uses
 using internal::ViewResidual;
 
 TEST(Jacobians, ViewResidualMatchesNumericDiff) {
@@ -76,17 +77,17 @@ TEST(Jacobians, SO3ExpLogAndLeftJacobian) {
     if (trial == 0) w[0] = w[1] = w[2] = 0.0;
     if (trial == 1) w[0] = 1e-7, w[1] = -2e-7, w[2] = 0.0;
     double R[9], back[3], J[9];
-    internal::ExpSO3(w, R);
+    ExpSO3(w, R);
     // Orthonormal with det +1, and Log inverts Exp.
     for (int i = 0; i < 3; ++i)
       for (int j = 0; j < 3; ++j) {
         const double d = R[3 * i] * R[3 * j] + R[3 * i + 1] * R[3 * j + 1] + R[3 * i + 2] * R[3 * j + 2];
         EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-12);
       }
-    internal::LogSO3(R, back);
+    LogSO3(R, back);
     for (int i = 0; i < 3; ++i) EXPECT_NEAR(back[i], w[i], 1e-9);
     // d(exp(w + d) y)/dd = -[exp(w) y]x J_l(w), checked by central differences.
-    internal::LeftJacobianSO3(w, J);
+    LeftJacobianSO3(w, J);
     const double y[3] = {30.0, -50.0, 20.0};
     const double Ry[3] = {R[0] * y[0] + R[1] * y[1] + R[2] * y[2],
                           R[3] * y[0] + R[4] * y[1] + R[5] * y[2],
@@ -97,8 +98,8 @@ TEST(Jacobians, SO3ExpLogAndLeftJacobian) {
       double wp[3] = {w[0], w[1], w[2]}, wm[3] = {w[0], w[1], w[2]}, Rp[9], Rm[9];
       wp[c] += h;
       wm[c] -= h;
-      internal::ExpSO3(wp, Rp);
-      internal::ExpSO3(wm, Rm);
+      ExpSO3(wp, Rp);
+      ExpSO3(wm, Rm);
       for (int r = 0; r < 3; ++r) {
         const double num = ((Rp[3 * r] - Rm[3 * r]) * y[0] + (Rp[3 * r + 1] - Rm[3 * r + 1]) * y[1] +
                             (Rp[3 * r + 2] - Rm[3 * r + 2]) * y[2]) / (2 * h);
