@@ -2,6 +2,7 @@
 // (ceres::GradientChecker) and the pose manifold's consistency.
 #include <ceres/ceres.h>
 #include <ceres/gradient_checker.h>
+#include <ceres/rotation.h>
 #include <gtest/gtest.h>
 
 #include <random>
@@ -159,6 +160,61 @@ TEST(Jacobians, FrobeniusCostIsSumOfNorms) {
   double cost = 0;
   problem.Evaluate(ceres::Problem::EvaluateOptions(), &cost, nullptr, nullptr, nullptr);
   EXPECT_NEAR(cost, expected, 1e-6);
+}
+
+// The residual writes the projection's derivative itself (from ConeProjector's q and 1 / n.d);
+// automatic differentiation through geometry.h's ProjectToDetectorMm and Ceres' angle-axis
+// rotation checks both the values (the same projection) and that derivative.
+struct AutoDiffViewResidual {
+  const ConeView* view;
+  const double* R0;
+  const double* X;       // one landmark [3]
+  const double* target;  // [2] mm
+  double sw;
+  template <typename T>
+  bool operator()(const T* x, T* r) const {
+    T E[9], R[9];
+    ceres::AngleAxisToRotationMatrix(x, ceres::RowMajorAdapter3x3(E));
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        R[3 * i + j] = E[3 * i] * R0[j] + E[3 * i + 1] * R0[3 + j] + E[3 * i + 2] * R0[6 + j];
+    const Vec3<T> Xw{R[0] * X[0] + R[1] * X[1] + R[2] * X[2] + x[3],
+                     R[3] * X[0] + R[4] * X[1] + R[5] * X[2] + x[4],
+                     R[6] * X[0] + R[7] * X[1] + R[8] * X[2] + x[5]};
+    T pu, pv;
+    if (!ProjectToDetectorMm(*view, Xw, &pu, &pv)) return false;
+    r[0] = sw * (pu - target[0]);
+    r[1] = sw * (pv - target[1]);
+    return true;
+  }
+};
+
+TEST(Jacobians, ViewResidualMatchesAutoDiffThroughGeometry) {
+  const testing::Scene scene;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<double> ua(-1.2, 1.2), ut(-100.0, 100.0);
+  for (int k = 0; k < 2; ++k) {
+    const ConeProjector projector(scene.views[k]);
+    for (int trial = 0; trial < 20; ++trial) {
+      double pose[6], R0[9];
+      scene.RandomPose(rng, pose);
+      RotationFromEulerZYX(pose, R0);
+      const double x[6] = {ua(rng), ua(rng), ua(rng), pose[3], pose[4], pose[5]};
+      const int index = (3 * trial) % scene.n;
+      const double target[2] = {ut(rng), ut(rng)}, sw = 1.3;
+      const ViewResidual analytic(&projector, R0, scene.landmarks.data(), &index, target, &sw, 1);
+      ceres::AutoDiffCostFunction<AutoDiffViewResidual, 2, 6> automatic(new AutoDiffViewResidual{
+          &scene.views[k], R0, scene.landmarks.data() + 3 * index, target, sw});
+      const double* params[1] = {x};
+      double ra[2], rb[2], ja[12], jb[12];
+      double* jac_a[1] = {ja};
+      double* jac_b[1] = {jb};
+      ASSERT_TRUE(analytic.Evaluate(params, ra, jac_a));
+      ASSERT_TRUE(automatic.Evaluate(params, rb, jac_b));
+      for (int i = 0; i < 2; ++i) EXPECT_NEAR(ra[i], rb[i], 1e-9 * (1 + std::fabs(rb[i])));
+      for (int i = 0; i < 12; ++i) EXPECT_NEAR(ja[i], jb[i], 1e-8 * (1 + std::fabs(jb[i]))) << i;
+    }
+  }
 }
 
 }  // namespace

@@ -28,7 +28,8 @@ For every frame of both views (:mod:`fluororeg.recording`):
    after frame from the previous pose (``init='previous'``). Frames whose two views disagree
    far beyond the recording's typical residual (the detector failed in one view) are solved
    from the view that fits alone (``'one_view'``) or left unregistered (``'views_disagree'``):
-   :func:`~fluororeg.registration.check_view_agreement`. Optional low-pass smoothing.
+   :func:`~fluororeg.registration.check_view_agreement`; the core does all of it in one call
+   (:meth:`PipelineOptions.registration_options`). Optional low-pass smoothing.
 
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
@@ -70,7 +71,7 @@ class PipelineOptions:
     smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs the frame rate
     fps: float | None = None          # frame rate (frames/s); None: the recording's frame_rate_hz
     recentre: bool = True             # locate the bone first, then crop around it (see above)
-    view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
+    view_outlier_ratio: float | None = 4.0  # RegistrationOptions.view_outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
     num_threads: int = 0
 
@@ -79,10 +80,6 @@ class PipelineOptions:
             raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
         if self.init not in ("paper", "previous"):
             raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
-        from .registration import _int_option, _mode_loss
-
-        _mode_loss(self.mode, self.loss, self.loss_scale_mm)  # the solver's own checks, before any work
-        _int_option(self.min_visible, "min_visible", 4)
         if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
             raise ValueError(f"min_confidence = {self.min_confidence!r}: expected a number in [0, 1)")
         if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
@@ -98,6 +95,18 @@ class PipelineOptions:
             raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
         if self.smoothing_hz is not None and self.fps is not None:
             check_smoothing(self.smoothing_hz, self.fps)
+        self.registration_options()  # the solver's own checks, before any work
+
+    def registration_options(self):
+        """The core's :class:`~fluororeg.registration.RegistrationOptions` for these settings
+        (solver, init mode and view-agreement check; ``joint_ratio`` min(2.5, the outlier ratio))."""
+        from .registration import RegistrationOptions
+
+        ratio = self.view_outlier_ratio
+        return RegistrationOptions(mode=self.mode, loss=self.loss, loss_scale_mm=self.loss_scale_mm,
+                                   mirror=self.mirror, min_visible=self.min_visible, init=self.init,
+                                   view_outlier_ratio=ratio, view_joint_ratio=2.5 if ratio is None else min(2.5, ratio),
+                                   num_threads=self.num_threads)
 
 
 @dataclass
@@ -209,26 +218,13 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
 
 def register_detections(subject, views, det, conf, options: PipelineOptions):
     """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
-    the pipeline does: the batch solver with the options' robust settings, then the check of
-    the two views' agreement. Returns a :class:`~fluororeg.registration.BatchResult`."""
+    the pipeline's first pass does: the core's batch registration from the paper's start with
+    the options' robust settings and the check of the two views' agreement. Returns a
+    :class:`~fluororeg.registration.BatchResult`."""
     from .registration import register_frames
 
-    weights = _registration_weights(det, conf, options)
-    kwargs = _registration_kwargs(subject, options)
-    batch = register_frames(subject.landmarks_model, views, det, weights=weights, num_threads=options.num_threads,
-                            **kwargs)
-    return _check_views(subject, views, det, weights, batch, options)
-
-
-def _check_views(subject, views, det, weights, batch, options: PipelineOptions):
-    from .registration import check_view_agreement
-
-    if options.view_outlier_ratio is None:
-        return batch
-    ratio = options.view_outlier_ratio
-    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights, outlier_ratio=ratio,
-                                joint_ratio=min(2.5, ratio), num_threads=options.num_threads,
-                                **_registration_kwargs(subject, options))
+    return register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
+                           pairs=subject.pairs, options=options.registration_options().replace(init="paper"))
 
 
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
@@ -391,7 +387,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from .poses_io import write_poses_csv, write_tra
-    from .registration import BatchResult, register_frame
+    from .registration import register_frames
 
     t0 = time.perf_counter()
     detector.check_subject(subject)
@@ -407,19 +403,8 @@ def register_recording(recording, subject, detector, translator=None, options: P
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
     views = recording.geometry.views
-    if options.init == "paper":
-        batch = register_detections(subject, views, det, conf, options)
-    else:
-        weights = _registration_weights(det, conf, options)
-        kwargs = _registration_kwargs(subject, options)
-        results, previous = [], None
-        for i in range(len(frames)):
-            r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], init_pose=previous, **kwargs)
-            if not r.ok and previous is not None:  # a bad start: fall back to the paper's
-                r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], **kwargs)
-            previous = r.pose if r.ok else previous
-            results.append(r)
-        batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
+    batch = register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
+                            pairs=subject.pairs, options=options.registration_options())
     poses, status = batch.poses.copy(), batch.status
     smoothed = False
     if options.smoothing_hz is not None:

@@ -137,6 +137,15 @@ struct RegistrationResult {
   double case_objective[4];  // objective per mirror case (NaN: not solved)
 };
 
+// Names of the option values as the Python API and the files spell them, and back
+// (Parse* throw std::invalid_argument naming the unknown value).
+const char* ObjectiveModeName(ObjectiveMode mode);  // "least_squares", "frobenius"
+const char* RobustLossName(RobustLoss loss);        // "none", "huber", "cauchy"
+const char* InitModeName(InitMode init);            // "paper", "given", "previous"
+ObjectiveMode ParseObjectiveMode(const std::string& name);
+RobustLoss ParseRobustLoss(const std::string& name);
+InitMode ParseInitMode(const std::string& name);
+
 // Throw std::invalid_argument naming the offending value.
 //   pairs [num_pairs, 2] landmark indices: each in [0, num_landmarks), no landmark paired
 //   with itself or in two pairs. landmark_names [num_landmarks] or nullptr: messages name

@@ -143,7 +143,7 @@ void RegisterBatch(const RegistrationSetup& setup, const double* detections,
   }
   if (o.init != InitMode::kGiven && init_poses != nullptr) {
     throw std::invalid_argument(std::string("init_poses were given but the init mode is '") +
-                                (o.init == InitMode::kPaper ? "paper" : "previous") +
+                                InitModeName(o.init) +
                                 "': expected init mode 'given'");
   }
   const int n = setup.num_landmarks;

@@ -100,6 +100,63 @@ void ValidateRegistrationSetup(const RegistrationSetup& setup) {
   ValidatePairs(setup.pairs, setup.num_pairs, n);
 }
 
+const char* ObjectiveModeName(ObjectiveMode mode) {
+  switch (mode) {
+    case ObjectiveMode::kLeastSquares:
+      return "least_squares";
+    case ObjectiveMode::kFrobenius:
+      return "frobenius";
+  }
+  return "unknown";
+}
+
+const char* RobustLossName(RobustLoss loss) {
+  switch (loss) {
+    case RobustLoss::kNone:
+      return "none";
+    case RobustLoss::kHuber:
+      return "huber";
+    case RobustLoss::kCauchy:
+      return "cauchy";
+  }
+  return "unknown";
+}
+
+const char* InitModeName(InitMode init) {
+  switch (init) {
+    case InitMode::kPaper:
+      return "paper";
+    case InitMode::kGiven:
+      return "given";
+    case InitMode::kPrevious:
+      return "previous";
+  }
+  return "unknown";
+}
+
+ObjectiveMode ParseObjectiveMode(const std::string& name) {
+  if (name == "least_squares") return ObjectiveMode::kLeastSquares;
+  if (name == "frobenius") return ObjectiveMode::kFrobenius;
+  throw std::invalid_argument("mode '" + name +
+                              "' is unknown: expected 'least_squares' or 'frobenius'");
+}
+
+RobustLoss ParseRobustLoss(const std::string& name) {
+  if (name == "none") return RobustLoss::kNone;
+  if (name == "huber") return RobustLoss::kHuber;
+  if (name == "cauchy") return RobustLoss::kCauchy;
+  throw std::invalid_argument("loss '" + name +
+                              "' is unknown: expected 'none' (None), 'huber' or 'cauchy'");
+}
+
+InitMode ParseInitMode(const std::string& name) {
+  if (name == "paper") return InitMode::kPaper;
+  if (name == "given") return InitMode::kGiven;
+  if (name == "previous") return InitMode::kPrevious;
+  throw std::invalid_argument("init '" + name +
+                              "' is unknown: expected 'paper', 'given' or 'previous'");
+}
+
 void ValidateRegistrationOptions(const RegistrationOptions& o) {
   if (o.mode != ObjectiveMode::kLeastSquares && o.mode != ObjectiveMode::kFrobenius) {
     throw std::invalid_argument("unknown objective mode " + std::to_string(int(o.mode)));
@@ -109,28 +166,29 @@ void ValidateRegistrationOptions(const RegistrationOptions& o) {
     throw std::invalid_argument("unknown robust loss " + std::to_string(int(o.loss)));
   }
   if (o.mode == ObjectiveMode::kFrobenius && o.loss != RobustLoss::kNone) {
-    throw std::invalid_argument(
-        "a robust loss acts per landmark and is only available with the least-squares "
-        "objective, not with the Frobenius (Eq. 2) objective");
+    throw std::invalid_argument(std::string("loss '") + RobustLossName(o.loss) +
+                                "' acts per landmark and is only available with "
+                                "mode='least_squares', not with the Frobenius objective (Eq. 2)");
   }
   if (!(o.loss_scale_mm > 0) || !std::isfinite(o.loss_scale_mm)) {
-    throw std::invalid_argument("loss scale " + Fmt(o.loss_scale_mm) +
-                                " mm must be finite and positive");
+    throw std::invalid_argument("loss_scale_mm = " + Fmt(o.loss_scale_mm) +
+                                ": expected a finite positive scale in mm");
   }
   if (o.min_visible < 4) {
-    throw std::invalid_argument("min_visible " + std::to_string(o.min_visible) +
-                                " is too small: expected at least 4 landmarks");
+    throw std::invalid_argument("min_visible = " + std::to_string(o.min_visible) +
+                                ": expected at least 4 (landmarks in both fields of view)");
   }
   if (o.max_iterations < 1) {
-    throw std::invalid_argument("max_iterations " + std::to_string(o.max_iterations) +
-                                " must be at least 1");
+    throw std::invalid_argument("max_iterations = " + std::to_string(o.max_iterations) +
+                                ": expected at least 1");
   }
   if (o.screen_iterations < 0) {
-    throw std::invalid_argument("screen_iterations " + std::to_string(o.screen_iterations) +
-                                " must be >= 0");
+    throw std::invalid_argument("screen_iterations = " + std::to_string(o.screen_iterations) +
+                                ": expected at least 0 (0 = finish every mirror case)");
   }
   if (!(o.screen_ratio >= 1) || !std::isfinite(o.screen_ratio)) {
-    throw std::invalid_argument("screen_ratio " + Fmt(o.screen_ratio) + " must be finite and >= 1");
+    throw std::invalid_argument("screen_ratio = " + Fmt(o.screen_ratio) +
+                                ": expected a finite number >= 1");
   }
   for (double tol : {o.function_tolerance, o.gradient_tolerance, o.parameter_tolerance}) {
     if (!(tol >= 0) || !std::isfinite(tol)) {
@@ -138,8 +196,8 @@ void ValidateRegistrationOptions(const RegistrationOptions& o) {
     }
   }
   if (o.num_threads < 0) {
-    throw std::invalid_argument("num_threads " + std::to_string(o.num_threads) +
-                                " must be >= 0 (0 = all hardware threads)");
+    throw std::invalid_argument("num_threads = " + std::to_string(o.num_threads) +
+                                ": expected at least 0 (0 = all hardware threads)");
   }
   if (o.init != InitMode::kPaper && o.init != InitMode::kGiven && o.init != InitMode::kPrevious) {
     throw std::invalid_argument("unknown init mode " + std::to_string(int(o.init)));
