@@ -216,15 +216,19 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
                 mirror=options.mirror, min_visible=options.min_visible)
 
 
-def register_detections(subject, views, det, conf, options: PipelineOptions):
+def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str | None = None):
     """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
-    the pipeline's first pass does: the core's batch registration from the paper's start with
-    the options' robust settings and the check of the two views' agreement. Returns a
+    the pipeline does: one call to the core's batch registration with the options' settings
+    (:meth:`PipelineOptions.registration_options`: robust loss, ``init`` mode unless ``init``
+    overrides it, the check of the two views' agreement). Returns a
     :class:`~fluororeg.registration.BatchResult`."""
     from .registration import register_frames
 
+    opts = options.registration_options()
+    if init is not None:
+        opts = opts.replace(init=init)
     return register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
-                           pairs=subject.pairs, options=options.registration_options().replace(init="paper"))
+                           pairs=subject.pairs, options=opts)
 
 
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
@@ -369,7 +373,7 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
 
         if options.recentre:
             run(locate_style, boxes)
-            located = register_detections(subject, views, det[rows], conf[rows], options)
+            located = register_detections(subject, views, det[rows], conf[rows], options, init="paper")
             boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
         run(options.style, boxes)
         if path is not None:
@@ -387,7 +391,6 @@ def register_recording(recording, subject, detector, translator=None, options: P
     """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from .poses_io import write_poses_csv, write_tra
-    from .registration import register_frames
 
     t0 = time.perf_counter()
     detector.check_subject(subject)
@@ -403,8 +406,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
     views = recording.geometry.views
-    batch = register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
-                            pairs=subject.pairs, options=options.registration_options())
+    batch = register_detections(subject, views, det, conf, options)
     poses, status = batch.poses.copy(), batch.status
     smoothed = False
     if options.smoothing_hz is not None:
