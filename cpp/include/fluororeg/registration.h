@@ -91,9 +91,10 @@ struct RegistrationOptions {
   int min_visible = 4;                  // minimum n_vis (>= 4)
   int max_iterations = 100;             // per solve
   // Screening of the mirror cases (speed): every case first gets screen_iterations
-  // iterations; the cases that have not converged by then are finished only when their
-  // objective is within screen_ratio times the best one so far (the others, far worse, are
-  // reported with their objective at that point). 0 = finish every case.
+  // iterations of a small Levenberg-Marquardt (the same cost, robust losses reweighted);
+  // only the cases whose objective is then within screen_ratio times the best one get the
+  // full Ceres solve from the start (the others, far worse, are reported in case_objective
+  // with their objective at that point). 0 = a Ceres solve of every case.
   int screen_iterations = 4;
   double screen_ratio = 4.0;
   double function_tolerance = 1e-10;    // Ceres tolerances
@@ -132,7 +133,7 @@ struct RegistrationResult {
   double rms_px[2];         // the same in pixels
   int n_vis = 0;            // landmarks used by the winning case (max over cases otherwise)
   int mirror_case = -1;     // 0..3, f1 + 2 * f2 (see above); -1 when no case was solved
-  int iterations = 0;       // Ceres iterations of the winning solve
+  int iterations = 0;       // Ceres iterations of the winning solve (not counting screening)
   bool converged = false;   // Ceres reported CONVERGENCE for the winning solve
   double case_objective[4];  // objective per mirror case (NaN: not solved)
 };

@@ -1,5 +1,6 @@
-// One frame: build the landmark set of each mirror case, solve it with Ceres (screening the
-// cases that are far worse), keep the case with the lowest objective.
+// One frame: build the landmark set of each mirror case, screen the cases with a few cheap
+// LM iterations (screening.cc), solve the contenders with Ceres, keep the case with the
+// lowest objective.
 #include "frame_solver.h"
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 
 #include "fluororeg/so3.h"
 #include "residual.h"
+#include "screening.h"
 
 namespace fluororeg {
 namespace internal {
@@ -189,8 +191,8 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     per_landmark = true;
   }
 
-  // Runs (or continues) the solve of one case for at most max_iter iterations.
-  auto run = [&](int c, CaseOutcome* out, int max_iter) {
+  // Points the pool of cost functions at case c; returns the number of residual blocks.
+  auto set_blocks = [&](int c) {
     const CaseData& cd = ws.cases[c];
     const int k_vis = cd.n_vis();
     const int n_blocks = per_landmark ? 2 * k_vis : 2;
@@ -207,21 +209,33 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
                            cd.sqrt_w[k].data(), k_vis);
       }
     }
+    return n_blocks;
+  };
+  // State x [12] (R row-major, tau) of solver parameters p [6] = (phi, tau).
+  auto state = [&](const double* p, double* x) {
+    double E[9];
+    ExpSO3(p, E);
+    MultiplyRotations(E, R0, x);
+    for (int i = 0; i < 3; ++i) x[9 + i] = p[3 + i];
+  };
+
+  // The Ceres solve of one case from parameters p0 [6] (the start, or where screening left
+  // it after `done` iterations), at most max_iterations iterations in all.
+  auto run = [&](int c, const double* p0, int done, CaseOutcome* out) {
+    const int n_blocks = set_blocks(c);
+    std::copy(p0, p0 + 6, out->p);
     ceres::Problem problem(po);
     for (int b = 0; b < n_blocks; ++b)
       problem.AddResidualBlock(ws.costs[b].get(), const_cast<ceres::LossFunction*>(loss), out->p);
-    so.max_num_iterations = max_iter;
+    so.max_num_iterations = std::max(o.max_iterations - done, 0);
     ceres::Solver::Summary summary;
     ceres::Solve(so, &problem, &summary);
     if (!summary.IsSolutionUsable()) return false;
     out->solved = true;
-    out->iterations += static_cast<int>(summary.iterations.size()) - 1;
+    out->iterations = done + static_cast<int>(summary.iterations.size()) - 1;
     out->converged = summary.termination_type == ceres::CONVERGENCE;
-    double E[9];
-    ExpSO3(out->p, E);
-    MultiplyRotations(E, R0, out->x);
-    for (int i = 0; i < 3; ++i) out->x[9 + i] = out->p[3 + i];
-    out->objective = ExactObjective(setup, g, cd, out->x, o, out->rms_mm, out->rms_px);
+    state(out->p, out->x);
+    out->objective = ExactObjective(setup, g, ws.cases[c], out->x, o, out->rms_mm, out->rms_px);
     return true;
   };
 
@@ -229,36 +243,57 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
   const bool screen = n_cases > 1 && o.screen_iterations > 0 &&
                       o.screen_iterations < o.max_iterations;
   CaseOutcome outcome[4];
+  bool contender[4] = {false, false, false, false};
+  double screened[4] = {kNaN, kNaN, kNaN, kNaN};  // objective after screening
+  double start[4][6];                             // solver parameters after screening
+  int screen_done[4] = {0, 0, 0, 0};              // screening iterations taken
   int max_vis = 0;
   bool any_failed = false;
-  double best_objective = std::numeric_limits<double>::infinity();
+  double best_screened = std::numeric_limits<double>::infinity();
   for (int c = 0; c < n_cases; ++c) {
     BuildCase(setup, ws.partner, detections, weights, c, &ws.cases[c]);
     const int k_vis = ws.cases[c].n_vis();
     max_vis = std::max(max_vis, k_vis);
     if (k_vis < o.min_visible) continue;
-    CaseOutcome& out = outcome[c];
-    std::fill(out.p, out.p + 3, 0.0);
-    std::copy(tau0, tau0 + 3, out.p + 3);
-    if (!run(c, &out, screen ? o.screen_iterations : o.max_iterations)) {
+    contender[c] = true;
+    double* p = start[c];
+    std::fill(p, p + 3, 0.0);
+    std::copy(tau0, tau0 + 3, p + 3);
+    if (!screen) continue;
+    // Screening: a few LM iterations from the start (cheap); the far worse cases are not
+    // solved further (the start cannot be evaluated: Ceres could not either).
+    screen_done[c] = ScreenSolve(ws.costs, set_blocks(c), loss, o.screen_iterations,
+                                 o.function_tolerance, o.parameter_tolerance, p);
+    if (screen_done[c] < 0) {
+      contender[c] = false;
       any_failed = true;
       continue;
     }
-    best_objective = std::min(best_objective, out.objective);
+    double x[12], rms_mm[2], rms_px[2];
+    state(p, x);
+    screened[c] = ExactObjective(setup, g, ws.cases[c], x, o, rms_mm, rms_px);
+    if (std::isnan(screened[c])) screened[c] = std::numeric_limits<double>::infinity();
+    best_screened = std::min(best_screened, screened[c]);
   }
-  // Screening: finish the cases that did not converge and are still contenders.
-  if (screen) {
-    for (int c = 0; c < n_cases; ++c) {
-      CaseOutcome& out = outcome[c];
-      if (!out.solved || out.converged || out.iterations >= o.max_iterations) continue;
-      if (!(out.objective <= o.screen_ratio * best_objective)) continue;
-      run(c, &out, o.max_iterations - out.iterations);
-    }
+  // The contenders are solved by Ceres, from where screening left them (or, should that
+  // fail, from the start).
+  const double start0[6] = {0, 0, 0, tau0[0], tau0[1], tau0[2]};
+  for (int c = 0; c < n_cases; ++c) {
+    if (screen && contender[c] && !(screened[c] <= o.screen_ratio * best_screened))
+      contender[c] = false;
+    if (!contender[c]) continue;
+    if (!run(c, start[c], screen_done[c], &outcome[c]) &&
+        (screen_done[c] == 0 || !run(c, start0, 0, &outcome[c])))
+      any_failed = true;
   }
 
   int best_case = -1;
   for (int c = 0; c < n_cases; ++c) {
-    if (!outcome[c].solved) continue;
+    if (!outcome[c].solved) {
+      // Screened out: the objective at that point (NaN when Ceres failed on a contender).
+      res.case_objective[c] = contender[c] ? kNaN : screened[c];
+      continue;
+    }
     res.case_objective[c] = outcome[c].objective;
     if (best_case < 0 || outcome[c].objective < outcome[best_case].objective) best_case = c;
   }
