@@ -216,19 +216,17 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
                 mirror=options.mirror, min_visible=options.min_visible)
 
 
-def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str | None = None):
+def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str = "paper"):
     """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
     the pipeline does: one call to the core's batch registration with the options' settings
-    (:meth:`PipelineOptions.registration_options`: robust loss, ``init`` mode unless ``init``
-    overrides it, the check of the two views' agreement). Returns a
+    (:meth:`PipelineOptions.registration_options`: robust loss, the check of the two views'
+    agreement) from the ``init`` start ('paper', or 'previous': frame after frame; the
+    recording's registration passes ``options.init``). Returns a
     :class:`~fluororeg.registration.BatchResult`."""
     from .registration import register_frames
 
-    opts = options.registration_options()
-    if init is not None:
-        opts = opts.replace(init=init)
     return register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
-                           pairs=subject.pairs, options=opts)
+                           pairs=subject.pairs, options=options.registration_options().replace(init=init))
 
 
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
@@ -406,7 +404,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
     views = recording.geometry.views
-    batch = register_detections(subject, views, det, conf, options)
+    batch = register_detections(subject, views, det, conf, options, init=options.init)
     poses, status = batch.poses.copy(), batch.status
     smoothed = False
     if options.smoothing_hz is not None:
