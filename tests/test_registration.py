@@ -178,6 +178,26 @@ def test_screening_agrees_with_four_full_solves(scene):
     np.testing.assert_allclose(a.objective, b.objective, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode,loss", [("least_squares", "huber"), ("least_squares", "cauchy"),
+                                       ("frobenius", None)])
+def test_screening_agrees_with_full_solves_for_every_objective(scene, mode, loss):
+    """Screening (a small LM on the same cost, then Ceres from there) gives the poses of four
+    full Ceres solves from the start, with robust losses and the Frobenius objective too."""
+    rng = np.random.default_rng(23)
+    poses = scene.random_poses(30, rng)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    det[1::3] = scene.mirror(det[1::3], 1)
+    det[2::5, 0, 28] += 30.0  # a wild midline landmark
+    opts = fr.RegistrationOptions(mode=mode, loss=loss, loss_scale_mm=1.5)
+    a = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    b = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs,
+                           options=opts.replace(screen_iterations=0))
+    np.testing.assert_array_equal(a.mirror_case, b.mirror_case)
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-6)
+    et, ep = fr.pose_errors(a.poses, b.poses)
+    assert et.max() < 1e-4 and ep.max() < 1e-4
+
+
 # ---- visibility, weights, robust loss, init ----------------------------------------------------
 
 def test_too_few_landmarks_is_reported(scene):
