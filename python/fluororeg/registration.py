@@ -24,7 +24,10 @@ Objectives (``mode``), the value reported as ``objective``:
 Mirror strategy (Table 1): left and right look alike on X-rays, so with ``mirror=True`` and
 symmetric ``pairs`` the problem is solved four times, swapping the detections (and weights)
 of every pair in F1, F2, both or neither; the lowest objective wins.
-``mirror_case = f1 + 2 * f2`` (0: none, 1: F1 mirrored, 2: F2 mirrored, 3: both).
+``mirror_case = f1 + 2 * f2`` (0: none, 1: F1 mirrored, 2: F2 mirrored, 3: both). For speed,
+every case first gets ``screen_iterations`` (4) iterations of a small Levenberg-Marquardt on
+the same cost; only the cases within ``screen_ratio`` (4) times the best objective are then
+solved by Ceres (``screen_iterations=0``: a full Ceres solve of every case).
 
 Settings: a :class:`RegistrationOptions` (the C++ core's ``fluororeg::RegistrationOptions``,
 bound as a class with named, validated fields: ``mode``, ``loss``, ``loss_scale_mm``,

@@ -32,7 +32,7 @@ bool ViewResidual::Evaluate(double const* const* parameters, double* residuals,
                             double** jacobians) const {
   const double* phi = parameters[0];
   const double* t = phi + 3;
-  double E[9], R[9], Jl[9];
+  double E[9], R[9], Jl[9] = {};  // Jl: only with a Jacobian
   ExpSO3(phi, E);
   MultiplyRotations(E, R0_, R);
   double* J = (jacobians != nullptr) ? jacobians[0] : nullptr;
