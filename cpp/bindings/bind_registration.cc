@@ -1,9 +1,19 @@
 // Bindings of the registration engine (fluororeg/registration.h) and the error metrics
 // (fluororeg/metrics.h). Angles are radians here: the Python layer converts from degrees.
+//
+// RegistrationOptions is a class with named fields (keyword constructor); RegistrationStatus
+// an enum whose member names are the statuses of the pose files; register_batch is the whole
+// registration of a batch (first solves, init mode, view-agreement check).
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
+#include <cmath>
+#include <cstring>
+#include <functional>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings.h"
@@ -15,65 +25,178 @@ namespace bindings {
 
 namespace {
 
-ObjectiveMode ParseMode(const std::string& mode) {
-  if (mode == "least_squares") return ObjectiveMode::kLeastSquares;
-  if (mode == "frobenius") return ObjectiveMode::kFrobenius;
-  throw std::invalid_argument("mode '" + mode +
-                              "' is unknown: expected 'least_squares' or 'frobenius'");
+using Options = RegistrationOptions;
+
+// ---- typed field conversion (clear TypeErrors naming the field) ----------------------------
+
+std::string TypeName(nb::handle h) { return nb::type_name(h.type()).c_str(); }
+
+bool IsBool(nb::handle h) {
+  const std::string t = TypeName(h);
+  return PyBool_Check(h.ptr()) || t == "numpy.bool" || t == "numpy.bool_";
 }
 
-RobustLoss ParseLoss(const std::string& loss) {
-  if (loss == "none") return RobustLoss::kNone;
-  if (loss == "huber") return RobustLoss::kHuber;
-  if (loss == "cauchy") return RobustLoss::kCauchy;
-  throw std::invalid_argument("loss '" + loss + "' is unknown: expected 'none', 'huber' or 'cauchy'");
+int ToInt(nb::handle h, const char* name) {
+  if (IsBool(h) || !PyIndex_Check(h.ptr())) {
+    throw nb::type_error((std::string(name) + " must be an integer, got " + TypeName(h)).c_str());
+  }
+  const long long v = nb::cast<long long>(nb::steal(PyNumber_Index(h.ptr())));
+  if (v < -(1LL << 31) || v >= (1LL << 31)) {
+    throw std::invalid_argument(std::string(name) + " = " + std::to_string(v) + " is out of range");
+  }
+  return static_cast<int>(v);
 }
 
-nb::dict RegisterFramesPy(const InArray<double>& landmarks, const InArray<double>& views,
-                          const InArray<int32_t>& pairs, const InArray<double>& detections,
-                          std::optional<InArray<double>> weights,
-                          std::optional<InArray<double>> init_poses, const std::string& mode,
-                          const std::string& loss, double loss_scale_mm, bool mirror,
-                          int min_visible, int max_iterations, int screen_iterations,
-                          int num_threads) {
+double ToDouble(nb::handle h, const char* name) {
+  if (IsBool(h) || PyUnicode_Check(h.ptr()) || !PyNumber_Check(h.ptr())) {
+    throw nb::type_error((std::string(name) + " must be a number, got " + TypeName(h)).c_str());
+  }
+  const double v = PyFloat_AsDouble(h.ptr());
+  if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
+  return v;
+}
+
+bool ToBool(nb::handle h, const char* name) {
+  if (!IsBool(h)) {
+    throw nb::type_error((std::string(name) + " must be a bool, got " + TypeName(h)).c_str());
+  }
+  return PyObject_IsTrue(h.ptr()) == 1;
+}
+
+std::string ToStr(nb::handle h, const char* name) {
+  if (!PyUnicode_Check(h.ptr())) {
+    throw nb::type_error((std::string(name) + " must be a string, got " + TypeName(h)).c_str());
+  }
+  return nb::cast<std::string>(h);
+}
+
+// One Python-visible field: its name, docstring, getter and setter.
+struct Field {
+  const char* name;
+  const char* doc;
+  std::function<nb::object(const Options&)> get;
+  std::function<void(Options&, nb::handle)> set;
+};
+
+#define FLUORO_INT_FIELD(f, doc)                                                    \
+  Field {                                                                           \
+    #f, doc, [](const Options& o) { return nb::object(nb::int_(o.f)); },            \
+        [](Options& o, nb::handle h) { o.f = ToInt(h, #f); }                        \
+  }
+#define FLUORO_FLOAT_FIELD(f, doc)                                                  \
+  Field {                                                                           \
+    #f, doc, [](const Options& o) { return nb::object(nb::float_(o.f)); },          \
+        [](Options& o, nb::handle h) { o.f = ToDouble(h, #f); }                     \
+  }
+
+const std::vector<Field>& Fields() {
+  static const std::vector<Field> fields = {
+      {"mode", "Objective: 'least_squares' (sum of rho(|e|^2), mm^2) or 'frobenius' (the paper's "
+               "Eq. 2, sum over views of the Frobenius norm, mm).",
+       [](const Options& o) { return nb::object(nb::str(ObjectiveModeName(o.mode))); },
+       [](Options& o, nb::handle h) { o.mode = ParseObjectiveMode(ToStr(h, "mode")); }},
+      {"loss", "Robust loss per landmark and view: None, 'huber' or 'cauchy' (least_squares only).",
+       [](const Options& o) {
+         return o.loss == RobustLoss::kNone ? nb::none() : nb::object(nb::str(RobustLossName(o.loss)));
+       },
+       [](Options& o, nb::handle h) {
+         o.loss = h.is_none() ? RobustLoss::kNone : ParseRobustLoss(ToStr(h, "loss"));
+       }},
+      FLUORO_FLOAT_FIELD(loss_scale_mm, "Scale a of the robust loss, mm on the detector (> 0)."),
+      {"mirror", "The paper's four-case mirror strategy (Table 1; needs pairs).",
+       [](const Options& o) { return nb::object(nb::bool_(o.mirror)); },
+       [](Options& o, nb::handle h) { o.mirror = ToBool(h, "mirror"); }},
+      FLUORO_INT_FIELD(min_visible, "Fewest landmarks detected in both fields of view (>= 4)."),
+      FLUORO_INT_FIELD(max_iterations, "Solver iterations per solve (>= 1)."),
+      FLUORO_INT_FIELD(screen_iterations,
+                       "Every mirror case first gets this many iterations; only contenders "
+                       "(objective within screen_ratio of the best) are finished (0: all)."),
+      FLUORO_FLOAT_FIELD(screen_ratio, "See screen_iterations (>= 1)."),
+      FLUORO_FLOAT_FIELD(function_tolerance, "Ceres function tolerance."),
+      FLUORO_FLOAT_FIELD(gradient_tolerance, "Ceres gradient tolerance."),
+      FLUORO_FLOAT_FIELD(parameter_tolerance, "Ceres parameter tolerance."),
+      FLUORO_INT_FIELD(num_threads, "Threads of a batch (0: all cores)."),
+      {"init", "Start of each frame: 'paper' (theta 0, tau the system centre), 'given' "
+               "(init_poses) or 'previous' (the previous frame's registered pose, sequential; "
+               "the paper's start when that fails).",
+       [](const Options& o) { return nb::object(nb::str(InitModeName(o.init))); },
+       [](Options& o, nb::handle h) { o.init = ParseInitMode(ToStr(h, "init")); }},
+      {"view_outlier_ratio",
+       "View-agreement check (None: off): a frame is suspect when a view's RMS exceeds this "
+       "many times the recording's typical one (> 1).",
+       [](const Options& o) {
+         return o.view_outlier_ratio == 0.0 ? nb::none() : nb::object(nb::float_(o.view_outlier_ratio));
+       },
+       [](Options& o, nb::handle h) {
+         o.view_outlier_ratio = h.is_none() ? 0.0 : ToDouble(h, "view_outlier_ratio");
+         if (o.view_outlier_ratio == 0.0 && !h.is_none()) {
+           throw std::invalid_argument("view_outlier_ratio = 0: expected None (off) or a number > 1");
+         }
+       }},
+      FLUORO_FLOAT_FIELD(view_joint_ratio,
+                         "Suspect too when both views exceed this many times their typical RMS "
+                         "(in (1, view_outlier_ratio])."),
+      FLUORO_FLOAT_FIELD(view_fit_ratio,
+                         "A view fits alone when its own RMS is at most this many times typical "
+                         "(in (0, view_joint_ratio))."),
+      FLUORO_INT_FIELD(view_min_frames,
+                       "Fewest registered frames for a typical residual (else no check)."),
+  };
+  return fields;
+}
+
+#undef FLUORO_INT_FIELD
+#undef FLUORO_FLOAT_FIELD
+
+void SetFields(Options& o, const nb::kwargs& kwargs) {
+  for (auto [key, value] : kwargs) {
+    const std::string name = nb::cast<std::string>(key);
+    bool found = false;
+    for (const Field& f : Fields()) {
+      if (name == f.name) {
+        f.set(o, value);
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      std::string known;
+      for (const Field& f : Fields()) known += (known.empty() ? "" : ", ") + std::string(f.name);
+      throw nb::type_error(("RegistrationOptions has no field '" + name + "': expected one of " +
+                            known).c_str());
+    }
+  }
+}
+
+nb::dict OptionsToDict(const Options& o) {
+  nb::dict d;
+  for (const Field& f : Fields()) d[f.name] = f.get(o);
+  return d;
+}
+
+// ---- arrays <-> results --------------------------------------------------------------------
+
+RegistrationSetup MakeSetup(const InArray<double>& landmarks, const InArray<double>& views,
+                            const InArray<int32_t>& pairs, std::vector<ConeView>* storage) {
   CheckShape(landmarks, "landmarks", {-1, 3});
-  const long long n = static_cast<long long>(landmarks.shape(0));
-  const std::vector<ConeView> v = UnpackViews(views);
-  if (v.size() != 2) {
-    throw std::invalid_argument("got " + std::to_string(v.size()) +
+  *storage = UnpackViews(views);
+  if (storage->size() != 2) {
+    throw std::invalid_argument("got " + std::to_string(storage->size()) +
                                 " views: expected exactly two (F1, F2)");
   }
   CheckShape(pairs, "pairs", {-1, 2});
-  CheckShape(detections, "detections", {-1, 2, n, 2});
-  const long long F = static_cast<long long>(detections.shape(0));
-  if (weights) CheckShape(*weights, "weights", {F, 2, n});
-  if (init_poses) CheckShape(*init_poses, "init_poses", {F, 6});
-
   RegistrationSetup setup;
   setup.landmarks = landmarks.data();
-  setup.num_landmarks = static_cast<int>(n);
-  setup.views[0] = v[0];
-  setup.views[1] = v[1];
+  setup.num_landmarks = static_cast<int>(landmarks.shape(0));
+  setup.views[0] = (*storage)[0];
+  setup.views[1] = (*storage)[1];
   setup.pairs = pairs.data();
   setup.num_pairs = static_cast<int>(pairs.shape(0));
-  RegistrationOptions options;
-  options.mode = ParseMode(mode);
-  options.loss = ParseLoss(loss);
-  options.loss_scale_mm = loss_scale_mm;
-  options.mirror = mirror;
-  options.min_visible = min_visible;
-  options.max_iterations = max_iterations;
-  options.screen_iterations = screen_iterations;
-  options.num_threads = num_threads;
+  return setup;
+}
 
-  std::vector<RegistrationResult> results(static_cast<size_t>(F));
-  {
-    nb::gil_scoped_release release;
-    RegisterFrames(setup, detections.data(), weights ? weights->data() : nullptr,
-                   init_poses ? init_poses->data() : nullptr, static_cast<int>(F), results.data(),
-                   options);
-  }
-  const size_t f = static_cast<size_t>(F);
+nb::dict ResultsToDict(const std::vector<RegistrationResult>& results) {
+  const size_t f = results.size();
   auto poses = NewArray<double>({f, 6});
   auto matrices = NewArray<double>({f, 4, 4});
   auto objective = NewArray<double>({f});
@@ -116,21 +239,207 @@ nb::dict RegisterFramesPy(const InArray<double>& landmarks, const InArray<double
   return out;
 }
 
+// The inverse of ResultsToDict (arrays of the same names, shapes and dtypes).
+std::vector<RegistrationResult> ResultsFromDict(const nb::dict& d, long long F) {
+  auto get_f = [&](const char* key, std::initializer_list<long long> shape) {
+    if (!d.contains(key)) throw std::invalid_argument(std::string("batch lacks '") + key + "'");
+    InArray<double> a = nb::cast<InArray<double>>(d[key]);
+    CheckShape(a, key, shape);
+    return a;
+  };
+  auto get_i = [&](const char* key) {
+    if (!d.contains(key)) throw std::invalid_argument(std::string("batch lacks '") + key + "'");
+    InArray<int32_t> a = nb::cast<InArray<int32_t>>(d[key]);
+    CheckShape(a, key, {F});
+    return a;
+  };
+  const auto poses = get_f("poses", {F, 6}), matrices = get_f("matrices", {F, 4, 4});
+  const auto objective = get_f("objective", {F}), case_objective = get_f("case_objective", {F, 4});
+  const auto rms_mm = get_f("rms_mm", {F, 2}), rms_px = get_f("rms_px", {F, 2});
+  const auto n_vis = get_i("n_vis"), mirror_case = get_i("mirror_case");
+  const auto iterations = get_i("iterations"), status = get_i("status");
+  if (!d.contains("converged")) throw std::invalid_argument("batch lacks 'converged'");
+  const auto converged = nb::cast<InArray<bool>>(d["converged"]);
+  CheckShape(converged, "converged", {F});
+  std::vector<RegistrationResult> out(static_cast<size_t>(F));
+  for (long long i = 0; i < F; ++i) {
+    RegistrationResult& r = out[i];
+    const int s = status.data()[i];
+    if (s < 0 || s >= kNumRegistrationStatuses) {
+      throw std::invalid_argument("frame " + std::to_string(i) + ": status code " +
+                                  std::to_string(s) + " is unknown");
+    }
+    r.status = static_cast<RegistrationStatus>(s);
+    for (int j = 0; j < 6; ++j) r.pose[j] = poses.data()[6 * i + j];
+    for (int j = 0; j < 16; ++j) r.matrix[j] = matrices.data()[16 * i + j];
+    for (int j = 0; j < 4; ++j) r.case_objective[j] = case_objective.data()[4 * i + j];
+    r.objective = objective.data()[i];
+    for (int k = 0; k < 2; ++k) {
+      r.rms_mm[k] = rms_mm.data()[2 * i + k];
+      r.rms_px[k] = rms_px.data()[2 * i + k];
+    }
+    r.n_vis = n_vis.data()[i];
+    r.mirror_case = mirror_case.data()[i];
+    r.iterations = iterations.data()[i];
+    r.converged = converged.data()[i];
+  }
+  return out;
+}
+
+nb::dict RegisterBatchPy(const InArray<double>& landmarks, const InArray<double>& views,
+                         const InArray<int32_t>& pairs, const InArray<double>& detections,
+                         std::optional<InArray<double>> weights,
+                         std::optional<InArray<double>> init_poses, const Options& options) {
+  std::vector<ConeView> storage;
+  const RegistrationSetup setup = MakeSetup(landmarks, views, pairs, &storage);
+  const long long n = setup.num_landmarks;
+  CheckShape(detections, "detections", {-1, 2, n, 2});
+  const long long F = static_cast<long long>(detections.shape(0));
+  if (weights) CheckShape(*weights, "weights", {F, 2, n});
+  if (init_poses) CheckShape(*init_poses, "init_poses", {F, 6});
+  std::vector<RegistrationResult> results(static_cast<size_t>(F));
+  {
+    nb::gil_scoped_release release;
+    RegisterBatch(setup, detections.data(), weights ? weights->data() : nullptr,
+                  init_poses ? init_poses->data() : nullptr, static_cast<int>(F), options,
+                  results.data());
+  }
+  return ResultsToDict(results);
+}
+
+nb::dict CheckViewAgreementPy(const InArray<double>& landmarks, const InArray<double>& views,
+                              const InArray<int32_t>& pairs, const InArray<double>& detections,
+                              std::optional<InArray<double>> weights, const nb::dict& batch,
+                              const Options& options) {
+  std::vector<ConeView> storage;
+  const RegistrationSetup setup = MakeSetup(landmarks, views, pairs, &storage);
+  const long long n = setup.num_landmarks;
+  CheckShape(detections, "detections", {-1, 2, n, 2});
+  const long long F = static_cast<long long>(detections.shape(0));
+  if (weights) CheckShape(*weights, "weights", {F, 2, n});
+  const std::vector<RegistrationResult> before = ResultsFromDict(batch, F);
+  std::vector<RegistrationResult> results = before;
+  {
+    nb::gil_scoped_release release;
+    CheckViewAgreement(setup, detections.data(), weights ? weights->data() : nullptr,
+                       static_cast<int>(F), options, results.data());
+  }
+  nb::dict out = ResultsToDict(results);
+  // Which frames the check changed (the caller keeps its own copy of the others exactly).
+  auto changed = NewArray<bool>({static_cast<size_t>(F)});
+  auto same_bits = [](const double* a, const double* b, int count) {
+    return std::memcmp(a, b, sizeof(double) * count) == 0;
+  };
+  for (long long i = 0; i < F; ++i) {
+    const RegistrationResult &a = before[i], &b = results[i];
+    changed.data()[i] =
+        !(a.status == b.status && same_bits(a.pose, b.pose, 6) && same_bits(a.matrix, b.matrix, 16) &&
+          same_bits(&a.objective, &b.objective, 1) && same_bits(a.rms_mm, b.rms_mm, 2) &&
+          same_bits(a.rms_px, b.rms_px, 2) && same_bits(a.case_objective, b.case_objective, 4) &&
+          a.n_vis == b.n_vis && a.mirror_case == b.mirror_case && a.iterations == b.iterations &&
+          a.converged == b.converged);
+  }
+  out["changed"] = changed;
+  return out;
+}
+
 }  // namespace
 
 void BindRegistration(nb::module_& m) {
-  m.def("register_frames", &RegisterFramesPy, nb::arg("landmarks"), nb::arg("views"),
+  nb::enum_<RegistrationStatus>(m, "RegistrationStatus",
+                                "Status of a registered frame; the member names are the "
+                                "statuses written to the pose files.")
+      .value("ok", RegistrationStatus::kOk, "solved; the pose is valid")
+      .value("too_few_landmarks", RegistrationStatus::kTooFewLandmarks,
+             "fewer than min_visible landmarks in both fields of view; NaN pose")
+      .value("failed", RegistrationStatus::kFailed, "the solver could not evaluate; NaN pose")
+      .value("one_view", RegistrationStatus::kOneView,
+             "the views disagreed; the pose rests on the view that fits alone")
+      .value("views_disagree", RegistrationStatus::kViewsDisagree,
+             "the views disagreed and both fit alone; NaN pose");
+
+  auto cls = nb::class_<Options>(
+      m, "RegistrationOptions",
+      "Settings of the registration (fluororeg::RegistrationOptions). Construct with keywords, "
+      "e.g. RegistrationOptions(loss='cauchy', loss_scale_mm=6.0); every field is validated "
+      "(ValueError / TypeError naming it). Angles are not settings; units are in the names.");
+  cls.def("__init__",
+          [](Options* self, nb::kwargs kwargs) {
+            Options o;
+            SetFields(o, kwargs);
+            ValidateRegistrationOptions(o);
+            new (self) Options(o);
+          },
+          "Keyword arguments: any field (see the attributes).");
+  for (const Field& f : Fields()) {
+    const Field* fp = &f;  // Fields() is static
+    cls.def_prop_rw(
+        f.name, [fp](const Options& o) { return fp->get(o); },
+        [fp](Options& o, nb::handle h) { fp->set(o, h); }, f.doc);
+  }
+  cls.def("replace",
+          [](const Options& o, nb::kwargs kwargs) {
+            Options copy = o;
+            SetFields(copy, kwargs);
+            ValidateRegistrationOptions(copy);
+            return copy;
+          },
+          "A copy with the given fields changed (validated).")
+      .def("validate", [](const Options& o) { ValidateRegistrationOptions(o); },
+           "Raise ValueError when a field (or a combination) is invalid.")
+      .def("to_dict", &OptionsToDict, "The fields as a dict (Python values).")
+      .def("__eq__",
+           [](const Options& a, const Options& b) {
+             return OptionsToDict(a).equal(OptionsToDict(b));
+           })
+      .def("__copy__", [](const Options& o) { return o; })
+      .def("__deepcopy__", [](const Options& o, nb::handle) { return o; })
+      .def("__getstate__", &OptionsToDict)
+      .def("__setstate__",
+           [](Options* self, const nb::dict& d) {
+             Options o;
+             SetFields(o, nb::borrow<nb::kwargs>(d));
+             new (self) Options(o);
+           })
+      .def("__repr__", [](const Options& o) {
+        std::string s = "RegistrationOptions(";
+        bool first = true;
+        for (const Field& f : Fields()) {
+          s += (first ? "" : ", ") + std::string(f.name) + "=" +
+               nb::cast<std::string>(nb::repr(f.get(o)));
+          first = false;
+        }
+        return s + ")";
+      });
+
+  m.def("register_batch", &RegisterBatchPy, nb::arg("landmarks"), nb::arg("views"),
         nb::arg("pairs"), nb::arg("detections"), nb::arg("weights").none(),
-        nb::arg("init_poses").none(), nb::arg("mode") = "least_squares",
-        nb::arg("loss") = "none", nb::arg("loss_scale_mm") = 1.0, nb::arg("mirror") = true,
-        nb::arg("min_visible") = 4, nb::arg("max_iterations") = 100, nb::arg("screen_iterations") = 4,
-        nb::arg("num_threads") = 0,
-        "Point-based registration of F frames. landmarks [N, 3] mm; views [2, 16] packed; "
-        "pairs [P, 2] int32; detections [F, 2, N, 2] px (NaN = not detected); weights "
-        "[F, 2, N] or None; init_poses [F, 6] (rad, mm) or None (paper's init). Returns a dict "
-        "of arrays: poses [F, 6] (rad, mm), matrices [F, 4, 4], objective [F], case_objective "
+        nb::arg("init_poses").none(), nb::arg("options"),
+        "The whole registration of F frames (fluororeg::RegisterBatch): landmarks [N, 3] mm; "
+        "views [2, 16] packed; pairs [P, 2] int32; detections [F, 2, N, 2] px (NaN = not "
+        "detected); weights [F, 2, N] or None; init_poses [F, 6] (rad, mm) with "
+        "options.init == 'given', else None; options: RegistrationOptions. Returns a dict of "
+        "arrays: poses [F, 6] (rad, mm), matrices [F, 4, 4], objective [F], case_objective "
         "[F, 4], rms_mm [F, 2], rms_px [F, 2], n_vis [F], mirror_case [F], iterations [F], "
-        "converged [F], status [F] (0 ok, 1 too_few_landmarks, 2 failed).");
+        "converged [F], status [F] (int32 RegistrationStatus values).");
+  m.def("check_view_agreement", &CheckViewAgreementPy, nb::arg("landmarks"), nb::arg("views"),
+        nb::arg("pairs"), nb::arg("detections"), nb::arg("weights").none(), nb::arg("batch"),
+        nb::arg("options"),
+        "The view-agreement check alone (fluororeg::CheckViewAgreement) on a batch given as "
+        "register_batch's dict (same dtypes); returns the checked dict, with changed [F] bool "
+        "(the frames the check replaced).");
+  m.def(
+      "validate_pairs",
+      [](const InArray<int32_t>& pairs, int num_landmarks,
+         std::optional<std::vector<std::string>> names) {
+        CheckShape(pairs, "pairs", {-1, 2});
+        ValidatePairs(pairs.data(), static_cast<int>(pairs.shape(0)), num_landmarks,
+                      names ? &*names : nullptr);
+      },
+      nb::arg("pairs"), nb::arg("num_landmarks"), nb::arg("names").none() = nb::none(),
+      "The one check of symmetric pairs [P, 2] int32: indices in [0, num_landmarks), no "
+      "landmark with itself or in two pairs (ValueError naming the pair; landmarks by name "
+      "when names [num_landmarks] are given).");
 
   m.def(
       "pose_errors",

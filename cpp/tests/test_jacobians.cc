@@ -2,18 +2,20 @@
 // (ceres::GradientChecker) and the pose manifold's consistency.
 #include <ceres/ceres.h>
 #include <ceres/gradient_checker.h>
+#include <ceres/rotation.h>
 #include <gtest/gtest.h>
 
 #include <random>
 #include <vector>
 
-#include "registration/registration_internal.h"
+#include "fluororeg/so3.h"
+#include "registration/residual.h"
 #include "synthetic.h"
 
 namespace fluororeg {
 namespace {
 
-using internal::ViewGeometry;
+using ViewGeometry = ConeProjector;  // the projection the residual uses
 using internal::ViewResidual;
 
 TEST(Jacobians, ViewResidualMatchesNumericDiff) {
@@ -76,17 +78,17 @@ TEST(Jacobians, SO3ExpLogAndLeftJacobian) {
     if (trial == 0) w[0] = w[1] = w[2] = 0.0;
     if (trial == 1) w[0] = 1e-7, w[1] = -2e-7, w[2] = 0.0;
     double R[9], back[3], J[9];
-    internal::ExpSO3(w, R);
+    ExpSO3(w, R);
     // Orthonormal with det +1, and Log inverts Exp.
     for (int i = 0; i < 3; ++i)
       for (int j = 0; j < 3; ++j) {
         const double d = R[3 * i] * R[3 * j] + R[3 * i + 1] * R[3 * j + 1] + R[3 * i + 2] * R[3 * j + 2];
         EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-12);
       }
-    internal::LogSO3(R, back);
+    LogSO3(R, back);
     for (int i = 0; i < 3; ++i) EXPECT_NEAR(back[i], w[i], 1e-9);
     // d(exp(w + d) y)/dd = -[exp(w) y]x J_l(w), checked by central differences.
-    internal::LeftJacobianSO3(w, J);
+    LeftJacobianSO3(w, J);
     const double y[3] = {30.0, -50.0, 20.0};
     const double Ry[3] = {R[0] * y[0] + R[1] * y[1] + R[2] * y[2],
                           R[3] * y[0] + R[4] * y[1] + R[5] * y[2],
@@ -97,8 +99,8 @@ TEST(Jacobians, SO3ExpLogAndLeftJacobian) {
       double wp[3] = {w[0], w[1], w[2]}, wm[3] = {w[0], w[1], w[2]}, Rp[9], Rm[9];
       wp[c] += h;
       wm[c] -= h;
-      internal::ExpSO3(wp, Rp);
-      internal::ExpSO3(wm, Rm);
+      ExpSO3(wp, Rp);
+      ExpSO3(wm, Rm);
       for (int r = 0; r < 3; ++r) {
         const double num = ((Rp[3 * r] - Rm[3 * r]) * y[0] + (Rp[3 * r + 1] - Rm[3 * r + 1]) * y[1] +
                             (Rp[3 * r + 2] - Rm[3 * r + 2]) * y[2]) / (2 * h);
@@ -158,6 +160,61 @@ TEST(Jacobians, FrobeniusCostIsSumOfNorms) {
   double cost = 0;
   problem.Evaluate(ceres::Problem::EvaluateOptions(), &cost, nullptr, nullptr, nullptr);
   EXPECT_NEAR(cost, expected, 1e-6);
+}
+
+// The residual writes the projection's derivative itself (from ConeProjector's q and 1 / n.d);
+// automatic differentiation through geometry.h's ProjectToDetectorMm and Ceres' angle-axis
+// rotation checks both the values (the same projection) and that derivative.
+struct AutoDiffViewResidual {
+  const ConeView* view;
+  const double* R0;
+  const double* X;       // one landmark [3]
+  const double* target;  // [2] mm
+  double sw;
+  template <typename T>
+  bool operator()(const T* x, T* r) const {
+    T E[9], R[9];
+    ceres::AngleAxisToRotationMatrix(x, ceres::RowMajorAdapter3x3(E));
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        R[3 * i + j] = E[3 * i] * R0[j] + E[3 * i + 1] * R0[3 + j] + E[3 * i + 2] * R0[6 + j];
+    const Vec3<T> Xw{R[0] * X[0] + R[1] * X[1] + R[2] * X[2] + x[3],
+                     R[3] * X[0] + R[4] * X[1] + R[5] * X[2] + x[4],
+                     R[6] * X[0] + R[7] * X[1] + R[8] * X[2] + x[5]};
+    T pu, pv;
+    if (!ProjectToDetectorMm(*view, Xw, &pu, &pv)) return false;
+    r[0] = sw * (pu - target[0]);
+    r[1] = sw * (pv - target[1]);
+    return true;
+  }
+};
+
+TEST(Jacobians, ViewResidualMatchesAutoDiffThroughGeometry) {
+  const testing::Scene scene;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<double> ua(-1.2, 1.2), ut(-100.0, 100.0);
+  for (int k = 0; k < 2; ++k) {
+    const ConeProjector projector(scene.views[k]);
+    for (int trial = 0; trial < 20; ++trial) {
+      double pose[6], R0[9];
+      scene.RandomPose(rng, pose);
+      RotationFromEulerZYX(pose, R0);
+      const double x[6] = {ua(rng), ua(rng), ua(rng), pose[3], pose[4], pose[5]};
+      const int index = (3 * trial) % scene.n;
+      const double target[2] = {ut(rng), ut(rng)}, sw = 1.3;
+      const ViewResidual analytic(&projector, R0, scene.landmarks.data(), &index, target, &sw, 1);
+      ceres::AutoDiffCostFunction<AutoDiffViewResidual, 2, 6> automatic(new AutoDiffViewResidual{
+          &scene.views[k], R0, scene.landmarks.data() + 3 * index, target, sw});
+      const double* params[1] = {x};
+      double ra[2], rb[2], ja[12], jb[12];
+      double* jac_a[1] = {ja};
+      double* jac_b[1] = {jb};
+      ASSERT_TRUE(analytic.Evaluate(params, ra, jac_a));
+      ASSERT_TRUE(automatic.Evaluate(params, rb, jac_b));
+      for (int i = 0; i < 2; ++i) EXPECT_NEAR(ra[i], rb[i], 1e-9 * (1 + std::fabs(rb[i])));
+      for (int i = 0; i < 12; ++i) EXPECT_NEAR(ja[i], jb[i], 1e-8 * (1 + std::fabs(jb[i]))) << i;
+    }
+  }
 }
 
 }  // namespace

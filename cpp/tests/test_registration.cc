@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "fluororeg/metrics.h"
@@ -272,6 +273,121 @@ TEST(Registration, NearGimbalLockPose) {
   double M[16];
   PoseToMatrix(pose, M);
   for (int i = 0; i < 12; ++i) EXPECT_NEAR(r.matrix[i], M[i], 1e-7);
+}
+
+// The whole batch: a frame with F2's labels scrambled (no rigid pose fits them) rests on F1
+// (one_view); a frame whose F2 shows another coherent pose is views_disagree; the others keep
+// the plain solves exactly.
+TEST(Registration, BatchViewAgreementOneViewAndViewsDisagree) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  const int n = scene.n, F = 12;
+  std::mt19937 rng(21);
+  std::vector<double> poses(6 * F), det;
+  for (int f = 0; f < F; ++f) {
+    scene.RandomPose(rng, &poses[6 * f]);
+    const std::vector<double> d = scene.Detect(&poses[6 * f], 1.0, &rng);
+    det.insert(det.end(), d.begin(), d.end());
+  }
+  // Frame 3: F2's detections permuted (a cyclic shift of the landmark order).
+  std::vector<double> f2(det.begin() + 4 * n * 3 + 2 * n, det.begin() + 4 * n * 4);
+  for (int i = 0; i < n; ++i)
+    for (int c = 0; c < 2; ++c) det[4 * n * 3 + 2 * n + 2 * i + c] = f2[2 * ((i + 7) % n) + c];
+  // Frame 9: F2 sees another pose.
+  double other[6];
+  for (int j = 0; j < 6; ++j) other[j] = poses[6 * 9 + j] + (j < 3 ? 30.0 * kDeg : 25.0) * (j % 2 ? -1 : 1);
+  const std::vector<double> d9 = scene.Detect(other, 1.0, &rng);
+  std::copy(d9.begin() + 2 * n, d9.end(), det.begin() + 4 * n * 9 + 2 * n);
+
+  RegistrationOptions o;
+  o.loss = RobustLoss::kCauchy;
+  o.loss_scale_mm = 2.0;
+  std::vector<RegistrationResult> plain(F), checked(F);
+  RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, plain.data());
+  o.view_outlier_ratio = 4.0;
+  RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, checked.data());
+  EXPECT_EQ(checked[3].status, RegistrationStatus::kOneView);
+  ExpectPoseNear(checked[3].pose, &poses[6 * 3], 1.5, 3.0);
+  EXPECT_EQ(checked[9].status, RegistrationStatus::kViewsDisagree);
+  EXPECT_TRUE(std::isnan(checked[9].pose[0]) && std::isnan(checked[9].matrix[0]));
+  EXPECT_EQ(checked[9].rms_mm[1], plain[9].rms_mm[1]);  // the two-view numbers stay
+  EXPECT_STREQ(RegistrationStatusName(checked[9].status), "views_disagree");
+  for (int f = 0; f < F; ++f) {
+    if (f == 3 || f == 9) continue;
+    EXPECT_EQ(checked[f].status, RegistrationStatus::kOk) << f;
+    for (int j = 0; j < 6; ++j) EXPECT_EQ(checked[f].pose[j], plain[f].pose[j]);
+  }
+  // The check alone on the plain results gives the same.
+  std::vector<RegistrationResult> again = plain;
+  CheckViewAgreement(setup, det.data(), nullptr, F, o, again.data());
+  for (int f = 0; f < F; ++f) {
+    EXPECT_EQ(again[f].status, checked[f].status);
+    for (int j = 0; j < 6; ++j)
+      EXPECT_TRUE(again[f].pose[j] == checked[f].pose[j] ||
+                  (std::isnan(again[f].pose[j]) && std::isnan(checked[f].pose[j])));
+  }
+  // Too few registered frames for a typical residual: nothing changes.
+  o.view_min_frames = F + 1;
+  RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, checked.data());
+  EXPECT_EQ(checked[3].status, RegistrationStatus::kOk);
+}
+
+TEST(Registration, BatchPreviousInitFollowsTheRecording) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  const int n = scene.n, F = 8;
+  std::mt19937 rng(5);
+  double start[6];
+  scene.RandomPose(rng, start);
+  std::vector<double> poses(6 * F), det;
+  for (int f = 0; f < F; ++f) {
+    for (int j = 0; j < 6; ++j) poses[6 * f + j] = start[j] + f * (j < 3 ? 1.0 * kDeg : 1.5);
+    const std::vector<double> d = scene.Detect(&poses[6 * f], 0.5, &rng);
+    det.insert(det.end(), d.begin(), d.end());
+  }
+  std::fill(det.begin() + 4 * n * 4, det.begin() + 4 * n * 5, std::nan(""));  // frame 4: nothing
+  RegistrationOptions o;
+  std::vector<RegistrationResult> paper(F), previous(F);
+  RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, paper.data());
+  o.init = InitMode::kPrevious;
+  RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, previous.data());
+  int fewer = 0;
+  for (int f = 0; f < F; ++f) {
+    ASSERT_EQ(previous[f].status, paper[f].status) << f;
+    if (f == 4) {
+      EXPECT_EQ(previous[f].status, RegistrationStatus::kTooFewLandmarks);
+      continue;
+    }
+    ExpectPoseNear(previous[f].pose, paper[f].pose, 1e-6, 1e-6);
+    if (f > 0 && previous[f].iterations < paper[f].iterations) ++fewer;
+  }
+  EXPECT_GT(fewer, F / 2);  // a near start needs fewer iterations
+  // 'given' needs the poses; poses need 'given'.
+  o.init = InitMode::kGiven;
+  EXPECT_THROW(RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, paper.data()),
+               std::invalid_argument);
+  o.init = InitMode::kPaper;
+  EXPECT_THROW(RegisterBatch(setup, det.data(), nullptr, poses.data(), F, o, paper.data()),
+               std::invalid_argument);
+  o.view_outlier_ratio = 4.0;
+  o.view_joint_ratio = 5.0;  // must not exceed the outlier ratio
+  EXPECT_THROW(RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, paper.data()),
+               std::invalid_argument);
+}
+
+TEST(Registration, ValidatePairsNamesTheProblem) {
+  const int32_t ok[4] = {0, 1, 2, 3}, self[2] = {2, 2}, twice[4] = {0, 1, 1, 2}, out[2] = {0, 9};
+  EXPECT_NO_THROW(ValidatePairs(ok, 2, 4));
+  EXPECT_THROW(ValidatePairs(self, 1, 4), std::invalid_argument);
+  EXPECT_THROW(ValidatePairs(twice, 2, 4), std::invalid_argument);
+  EXPECT_THROW(ValidatePairs(out, 1, 4), std::invalid_argument);
+  const std::vector<std::string> names = {"a", "b", "c", "d"};
+  try {
+    ValidatePairs(twice, 2, 4, &names);
+    FAIL() << "expected an exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("landmark 'b' is in two pairs"), std::string::npos);
+  }
 }
 
 }  // namespace

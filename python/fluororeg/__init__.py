@@ -24,7 +24,9 @@ from fluororeg.core.geometry import (
 from fluororeg.subject.landmarks import Landmarks, load_landmarks, save_landmarks
 from fluororeg.core.registration import (
     BatchResult,
+    RegistrationOptions,
     RegistrationResult,
+    RegistrationStatus,
     mean_landmark_distance,
     pose_errors,
     register_frame,
@@ -81,6 +83,8 @@ __all__ = [
     "project_mask_parallel",
     "project_parallel",
     "propose_landmarks",
+    "RegistrationOptions",
+    "RegistrationStatus",
     "register_frame",
     "register_frames",
     "check_view_agreement",

@@ -15,7 +15,8 @@ import pytest
 
 import fluororeg as fr
 from fluororeg.core import geometry
-from fluororeg._reference.registration import (SyntheticScene, register_frame_reference,
+from fluororeg._reference.registration import (SyntheticScene, check_view_agreement_reference,
+                                               register_batch_reference, register_frame_reference,
                                                rotation)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,6 +178,26 @@ def test_screening_agrees_with_four_full_solves(scene):
     np.testing.assert_allclose(a.objective, b.objective, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode,loss", [("least_squares", "huber"), ("least_squares", "cauchy"),
+                                       ("frobenius", None)])
+def test_screening_agrees_with_full_solves_for_every_objective(scene, mode, loss):
+    """Screening (a small LM on the same cost, then Ceres from there) gives the poses of four
+    full Ceres solves from the start, with robust losses and the Frobenius objective too."""
+    rng = np.random.default_rng(23)
+    poses = scene.random_poses(30, rng)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    det[1::3] = scene.mirror(det[1::3], 1)
+    det[2::5, 0, 28] += 30.0  # a wild midline landmark
+    opts = fr.RegistrationOptions(mode=mode, loss=loss, loss_scale_mm=1.5)
+    a = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    b = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs,
+                           options=opts.replace(screen_iterations=0))
+    np.testing.assert_array_equal(a.mirror_case, b.mirror_case)
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-6)
+    et, ep = fr.pose_errors(a.poses, b.poses)
+    assert et.max() < 1e-4 and ep.max() < 1e-4
+
+
 # ---- visibility, weights, robust loss, init ----------------------------------------------------
 
 def test_too_few_landmarks_is_reported(scene):
@@ -314,6 +335,104 @@ def test_view_agreement_rests_on_the_view_that_fits(scene):
     assert quiet.status[2] == "too_few_landmarks" and list(np.flatnonzero(quiet.status == "one_view")) == [3, 7]
 
 
+def _disagreeing_recording(scene, seed=21, frames=12):
+    """The recording of test_view_agreement_rests_on_the_view_that_fits: F2 scrambled in
+    frames 3 and 7, F2 showing another pose in frame 9."""
+    rng = np.random.default_rng(seed)
+    poses = scene.random_poses(frames, rng, max_deg=20, max_mm=15)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    for f in (3, 7):
+        det[f, 1] = det[f, 1][rng.permutation(scene.n)]
+    det[9, 1] = scene.detect(poses[9] + np.r_[35.0, -20.0, 10.0, 25.0, -20.0, 15.0], 1.0, rng)[1]
+    return poses, det
+
+
+def _assert_same_batch(got, ref, atol=1e-6):
+    np.testing.assert_array_equal(got.status, ref.status)
+    np.testing.assert_array_equal(got.mirror_case, ref.mirror_case)
+    np.testing.assert_array_equal(got.n_vis, ref.n_vis)
+    np.testing.assert_allclose(got.poses, ref.poses, atol=atol, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(got.rms_mm, ref.rms_mm, atol=atol, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(got.objective, ref.objective, atol=atol, rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("init", ["paper", "previous"])
+def test_register_batch_matches_the_python_reference(scene, init):
+    """The core's RegisterBatch (init mode + view check in C++) against the batch logic as
+    Python ran it before (register_batch_reference): same statuses and poses."""
+    poses, det = _disagreeing_recording(scene)
+    det[5] = np.nan  # nothing detected: too_few_landmarks (and, for 'previous', a gap)
+    rng = np.random.default_rng(30)
+    weights = rng.uniform(0.5, 1.0, det.shape[:3])
+    opts = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0, view_outlier_ratio=4.0, init=init)
+    for w in (None, weights):
+        got = fr.register_frames(scene.landmarks, scene.views, det, weights=w, pairs=scene.pairs, options=opts)
+        ref = register_batch_reference(scene.landmarks, scene.views, det, weights=w, pairs=scene.pairs,
+                                       options=opts)
+        _assert_same_batch(got, ref)
+        assert list(np.flatnonzero(got.status != "ok")) == [3, 5, 7, 9]
+        assert got.status[5] == "too_few_landmarks" and got.status[9] == "views_disagree"
+    # The check alone (the thin wrapper) against the reference check, with tighter ratios.
+    batch = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, loss="cauchy",
+                               loss_scale_mm=2.0)
+    kw = dict(outlier_ratio=2.0, joint_ratio=1.5, fit_ratio=1.2, min_frames=3)
+    got = fr.check_view_agreement(scene.landmarks, scene.views, det, batch, pairs=scene.pairs,
+                                  loss="cauchy", loss_scale_mm=2.0, **kw)
+    ref = check_view_agreement_reference(scene.landmarks, scene.views, det, batch, pairs=scene.pairs,
+                                         options=fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0), **kw)
+    _assert_same_batch(got, ref)
+
+
+def test_previous_init_starts_from_the_last_registered_pose(scene):
+    rng = np.random.default_rng(31)
+    start = scene.random_poses(1, rng, max_deg=15, max_mm=10)[0]
+    poses = start + np.arange(10)[:, None] * np.r_[1.0, -0.5, 0.8, 1.5, -1.0, 0.5]
+    det = np.stack([scene.detect(p, 0.5, rng) for p in poses])
+    det[4] = np.nan
+    opts = fr.RegistrationOptions(init="previous", loss="huber", loss_scale_mm=2.0)
+    got = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    paper = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts.replace(init="paper"))
+    assert list(got.status) == ["ok"] * 4 + ["too_few_landmarks"] + ["ok"] * 5
+    ok = got.ok
+    assert fr.pose_errors(got.poses[ok], paper.poses[ok])[0].max() < 1e-6
+    assert (got.iterations[1:][ok[1:]] <= paper.iterations[1:][ok[1:]]).mean() > 0.5
+    _assert_same_batch(got, register_batch_reference(scene.landmarks, scene.views, det, pairs=scene.pairs,
+                                                     options=opts))
+    with pytest.raises(ValueError, match="init_poses were given with options.init = 'previous'"):
+        fr.register_frames(scene.landmarks, scene.views, det, init_poses=poses, options=opts)
+    with pytest.raises(ValueError, match="needs init_poses"):
+        fr.register_frames(scene.landmarks, scene.views, det, options=opts.replace(init="given"))
+
+
+def test_registration_options_class():
+    o = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=6.0)
+    assert o.loss == "cauchy" and o.loss_scale_mm == 6.0 and o.mode == "least_squares"
+    assert o.view_outlier_ratio is None and o.init == "paper" and o.min_visible == 4
+    assert o.replace(mirror=False) != o and o.replace() == o and o.loss == "cauchy"
+    assert "loss_scale_mm=6.0" in repr(o) and o.to_dict()["loss"] == "cauchy"
+    assert fr.RegistrationOptions.loss_scale_mm.__doc__
+    assert fr.core.registration.STATUSES == ("ok", "too_few_landmarks", "failed", "one_view", "views_disagree")
+    assert fr.RegistrationStatus.one_view.name == "one_view"
+    with pytest.raises(TypeError, match="no field 'loss_scale'"):
+        fr.RegistrationOptions(loss_scale=1.0)
+    with pytest.raises(TypeError, match="mirror must be a bool"):
+        fr.RegistrationOptions(mirror=1)
+    with pytest.raises(TypeError, match="min_visible must be an integer"):
+        fr.RegistrationOptions(min_visible=4.0)
+    with pytest.raises(ValueError, match="init 'next' is unknown"):
+        fr.RegistrationOptions(init="next")
+    with pytest.raises(ValueError, match="view_fit_ratio"):
+        fr.RegistrationOptions(view_outlier_ratio=4.0, view_fit_ratio=3.0)
+    with pytest.raises(TypeError, match="options must be a RegistrationOptions"):
+        fr.register_frames(np.zeros((4, 3)), SyntheticScene().views, np.zeros((1, 2, 4, 2)), options={})
+    # Keywords override the options' fields.
+    scene = SyntheticScene(seed=0)
+    det = scene.detect(scene.random_poses(1, np.random.default_rng(3))[0])[None]
+    a = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=o, loss=None)
+    b = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs)
+    np.testing.assert_array_equal(a.poses, b.poses)
+
+
 def test_batch_result_stacks_single_results(scene):
     rng = np.random.default_rng(22)
     poses = scene.random_poses(3, rng)
@@ -394,13 +513,21 @@ def test_core_rejects_bad_input_directly(scene):
     lm = scene.landmarks
     packed = geometry.stack_views(scene.views)
     det = np.full((1, 2, scene.n, 2), np.nan)
+    opts = _core.RegistrationOptions()
     with pytest.raises(ValueError, match="missing landmark"):
-        _core.register_frames(lm, packed, np.array([[0, 99]], np.int32), det, None, None)
+        _core.register_batch(lm, packed, np.array([[0, 99]], np.int32), det, None, None, opts)
     with pytest.raises(ValueError, match="detections has shape"):
-        _core.register_frames(lm, packed, np.zeros((0, 2), np.int32), det[:, :, :4], None, None)
+        _core.register_batch(lm, packed, np.zeros((0, 2), np.int32), det[:, :, :4], None, None, opts)
     with pytest.raises(ValueError, match="loss"):
-        _core.register_frames(lm, packed, np.zeros((0, 2), np.int32), det, None, None,
-                              loss="tukey")
+        _core.RegistrationOptions(loss="tukey")
+    with pytest.raises(ValueError, match="init mode 'given' needs init_poses"):
+        _core.register_batch(lm, packed, np.zeros((0, 2), np.int32), det, None, None,
+                             _core.RegistrationOptions(init="given"))
+    with pytest.raises(ValueError, match="status code 9"):
+        batch = _core.register_batch(lm, packed, np.zeros((0, 2), np.int32), det, None, None, opts)
+        batch["status"][:] = 9
+        _core.check_view_agreement(lm, packed, np.zeros((0, 2), np.int32), det, None, batch,
+                                   opts.replace(view_outlier_ratio=4.0))
 
 
 # ---- metrics -----------------------------------------------------------------------------------

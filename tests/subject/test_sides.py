@@ -23,7 +23,7 @@ def test_bad_pairs_are_named():
     names = ["orbitale_L", "orbitale_R", "b"]
     with pytest.raises(ValueError, match=r"unknown landmark name 'orbitle_L' \(did you mean 'orbitale_L'\?\)"):
         pair_indices(names, [("orbitle_L", "orbitale_R")])
-    with pytest.raises(ValueError, match="index 7 out of range 0..2"):
+    with pytest.raises(ValueError, match="index 7 out of range"):
         landmark_sides(names, [(0, 7)])
     with pytest.raises(ValueError, match="'orbitale_L' is in two pairs"):
         mirror_permutation(names, [(0, 1), (0, 2)])

@@ -39,6 +39,27 @@ FLUORO_HD Affine3<T> AffineFromPose(const T* pose) {
   return {{R[0], R[1], R[2], pose[3], R[3], R[4], R[5], pose[4], R[6], R[7], R[8], pose[5]}};
 }
 
+// Rotation matrix [9] row-major -> Euler angles theta [3] rad (theta_y in [-pi/2, pi/2]); the
+// inverse of RotationFromEulerZYX away from gimbal lock.
+FLUORO_HD void EulerFromRotation(const double* R, double* theta) {
+  const double s = R[2] < -1.0 ? -1.0 : (R[2] > 1.0 ? 1.0 : R[2]);
+  theta[1] = asin(s);
+  theta[0] = atan2(-R[5], R[8]);
+  theta[2] = atan2(-R[1], R[0]);
+}
+
+// pose [6] (rad, mm) -> world_from_model as a 4x4 row-major matrix [16].
+FLUORO_HD void PoseToMatrix(const double* pose, double* M) {
+  double R[9];
+  RotationFromEulerZYX(pose, R);
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) M[4 * i + j] = R[3 * i + j];
+    M[4 * i + 3] = pose[3 + i];
+  }
+  M[12] = M[13] = M[14] = 0.0;
+  M[15] = 1.0;
+}
+
 // Inverse of a rigid transform (rotation part orthonormal).
 template <typename T>
 FLUORO_HD Affine3<T> InverseRigid(const Affine3<T>& a) {
@@ -77,31 +98,74 @@ struct ConeView {
   int width, height;        // pixels
 };
 
+// The paper's initial translation: the mean of both sources and both detector centres
+// centre [3] mm.
+FLUORO_HD void SystemCentre(const ConeView views[2], double* centre) {
+  for (int i = 0; i < 3; ++i) {
+    centre[i] = 0.25 * (views[0].source[i] + views[1].source[i] + views[0].detector_centre[i] +
+                        views[1].detector_centre[i]);
+  }
+}
+
+// A cone view's projection with its per-view constants computed once: n = u x v,
+// sd = n . (D - S) (signed source-detector distance), a_u = u . (S - D), a_v = v . (S - D).
+// With d = X - S and q = (u . d, v . d) / (n . d), the point X meets the detector plane at
+//   (pu, pv) = (a_u, a_v) + sd q   mm along (u, v) relative to D,
+// which is S + (sd / n . d) d expressed in the plane's axes. This is the one cone projection of
+// the code base (ProjectToDetectorMm, ProjectCone and the registration residual use it).
+struct ConeProjector {
+  double S[3], u[3], v[3], n[3];  // source, detector axes, normal u x v (world, mm)
+  double sd;                      // n . (D - S), mm
+  double a_u, a_v;                // u . (S - D), v . (S - D), mm
+
+  FLUORO_HD explicit ConeProjector(const ConeView& view) {
+    for (int i = 0; i < 3; ++i) {
+      S[i] = view.source[i];
+      u[i] = view.u[i];
+      v[i] = view.v[i];
+    }
+    n[0] = u[1] * v[2] - u[2] * v[1];
+    n[1] = u[2] * v[0] - u[0] * v[2];
+    n[2] = u[0] * v[1] - u[1] * v[0];
+    double SD[3];
+    for (int i = 0; i < 3; ++i) SD[i] = S[i] - view.detector_centre[i];
+    sd = -(n[0] * SD[0] + n[1] * SD[1] + n[2] * SD[2]);
+    a_u = u[0] * SD[0] + u[1] * SD[1] + u[2] * SD[2];
+    a_v = v[0] * SD[0] + v[1] * SD[1] + v[2] * SD[2];
+  }
+
+  // X world [3] mm -> (pu, pv) mm on the detector. Returns false (pu = pv = 0) when X is not
+  // in front of the source (behind it or in the plane through S parallel to the detector).
+  // Optionally also q = (qu, qv) and 1 / (n . d), the parts of the derivative
+  //   d(pu)/dX = (sd / n . d) (u - qu n),  d(pv)/dX = (sd / n . d) (v - qv n).
+  template <typename T>
+  FLUORO_HD bool Project(const Vec3<T>& X, T* pu, T* pv, T* qu_out = nullptr,
+                         T* qv_out = nullptr, T* inv_nd_out = nullptr) const {
+    const T dx = X.x - S[0], dy = X.y - S[1], dz = X.z - S[2];
+    const T nd = n[0] * dx + n[1] * dy + n[2] * dz;
+    if (!(nd * sd > T(0))) {  // d must have a positive component toward the detector
+      *pu = T(0);
+      *pv = T(0);
+      return false;
+    }
+    const T inv = T(1) / nd;
+    const T qu = (u[0] * dx + u[1] * dy + u[2] * dz) * inv;
+    const T qv = (v[0] * dx + v[1] * dy + v[2] * dz) * inv;
+    *pu = a_u + sd * qu;
+    *pv = a_v + sd * qv;
+    if (qu_out != nullptr) *qu_out = qu;
+    if (qv_out != nullptr) *qv_out = qv;
+    if (inv_nd_out != nullptr) *inv_nd_out = inv;
+    return true;
+  }
+};
+
 // Where the ray from S through X meets the detector, in detector-plane millimetres relative
 // to D along (u, v). Returns false when X is not in front of the source (behind it or in the
-// plane through S parallel to the detector).
+// plane through S parallel to the detector). See ConeProjector (precompute it for many points).
 template <typename T>
 FLUORO_HD bool ProjectToDetectorMm(const ConeView& view, const Vec3<T>& X, T* pu_mm, T* pv_mm) {
-  const Vec3<T> S{T(view.source[0]), T(view.source[1]), T(view.source[2])};
-  const Vec3<T> D{T(view.detector_centre[0]), T(view.detector_centre[1]),
-                  T(view.detector_centre[2])};
-  const Vec3<T> u{T(view.u[0]), T(view.u[1]), T(view.u[2])};
-  const Vec3<T> v{T(view.v[0]), T(view.v[1]), T(view.v[2])};
-  const Vec3<T> n = Cross(u, v);
-  const Vec3<T> d = X - S;
-  const T sd = Dot(n, D - S);  // signed source-detector distance
-  const T nd = Dot(n, d);
-  // In front of the source: d has a positive component toward the detector.
-  if (!(nd * sd > T(0))) {
-    *pu_mm = T(0);
-    *pv_mm = T(0);
-    return false;
-  }
-  const T t = sd / nd;
-  const Vec3<T> P = S + t * d;
-  *pu_mm = Dot(u, P - D);
-  *pv_mm = Dot(v, P - D);
-  return true;
+  return ConeProjector(view).Project(X, pu_mm, pv_mm);
 }
 
 // Pixel coordinates of a world point on a cone view. Returns false when not in front of

@@ -27,9 +27,21 @@
 // every symmetric pair (i, j) are swapped in F1 (F2) (detections and weights move together);
 // the case with the lowest objective wins. n_vis may differ between cases when a pair is
 // only half detected.
+//
+// A batch (RegisterBatch) is a recording's frames: each frame starts from the paper's pose,
+// a given one or the previous frame's registered pose (InitMode), then the two views'
+// agreement is checked over the batch (CheckViewAgreement): when the detector failed in one
+// view, the pose rests on the view that fits alone (status one_view) or the frame is left
+// unregistered (views_disagree).
+//
+// Files: so3.h (rotations), geometry.h (poses, cone projection), src/registration/
+// residual.cc (cost), validation.cc, screening.cc (cheap LM that screens the mirror cases),
+// frame_solver.cc (one frame, four cases), batch.cc (a recording's batch).
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "fluororeg/geometry.h"
 
@@ -37,15 +49,30 @@ namespace fluororeg {
 
 enum class ObjectiveMode { kLeastSquares = 0, kFrobenius = 1 };
 enum class RobustLoss { kNone = 0, kHuber = 1, kCauchy = 2 };
+// Where each frame's solve starts: kPaper: theta = 0, tau = SystemCentre (the paper's);
+// kGiven: init_poses [F, 6]; kPrevious: the previous frame's registered pose, in frame order
+// (sequential), the paper's start for the first frame and whenever that solve fails.
+enum class InitMode { kPaper = 0, kGiven = 1, kPrevious = 2 };
 
+// Every status a frame can end with (the values are stable; the names are those of the
+// CSV files). Frames with a pose: kOk and kOneView.
 enum class RegistrationStatus {
   kOk = 0,               // solved; pose valid (see `converged` for the solver's verdict)
   kTooFewLandmarks = 1,  // fewer than min_visible landmarks in every mirror case; pose NaN
   kFailed = 2,           // the solver could not evaluate the objective (e.g. the model
                          // behind a source at the initial pose) in every case; pose NaN
+  kOneView = 3,          // the two views disagreed; the pose rests on the view that fits
+                         // alone (its depth is the least certain part)
+  kViewsDisagree = 4,    // the two views disagreed and both fit alone: pose NaN (the
+                         // two-view residuals stay on record)
 };
-// "ok", "too_few_landmarks", "failed".
+constexpr int kNumRegistrationStatuses = 5;
+// "ok", "too_few_landmarks", "failed", "one_view", "views_disagree".
 const char* RegistrationStatusName(RegistrationStatus status);
+// True for the statuses with a pose (kOk, kOneView).
+inline bool IsRegistered(RegistrationStatus status) {
+  return status == RegistrationStatus::kOk || status == RegistrationStatus::kOneView;
+}
 
 // What stays fixed over a recording: the subject's landmarks, the two views, the pairs.
 // Pointers are borrowed (the caller keeps them alive during the call).
@@ -65,32 +92,69 @@ struct RegistrationOptions {
   int min_visible = 4;                  // minimum n_vis (>= 4)
   int max_iterations = 100;             // per solve
   // Screening of the mirror cases (speed): every case first gets screen_iterations
-  // iterations; the cases that have not converged by then are finished only when their
-  // objective is within screen_ratio times the best one so far (the others, far worse, are
-  // reported with their objective at that point). 0 = finish every case.
+  // iterations of a small Levenberg-Marquardt (the same cost, robust losses reweighted);
+  // only the cases whose objective is then within screen_ratio times the best one get the
+  // full Ceres solve from the start (the others, far worse, are reported in case_objective
+  // with their objective at that point). 0 = a Ceres solve of every case.
   int screen_iterations = 4;
   double screen_ratio = 4.0;
   double function_tolerance = 1e-10;    // Ceres tolerances
   double gradient_tolerance = 1e-14;
   double parameter_tolerance = 1e-10;
-  int num_threads = 0;                  // RegisterFrames: 0 = all hardware threads
+  int num_threads = 0;                  // batch calls: 0 = all hardware threads
+  InitMode init = InitMode::kPaper;     // RegisterBatch (RegisterFrames: from init_poses)
+  // The views' agreement (CheckViewAgreement). The typical residual of view k is the median
+  // rms_mm[k] over the registered frames (at least view_min_frames of them, else nothing is
+  // checked). A registered frame is suspect when one view's residual exceeds
+  // view_outlier_ratio times its typical one, or both views' exceed view_joint_ratio times
+  // theirs. It is then solved from each view alone (the other view's weights times
+  // kLeftOutWeight). If the better view's own residual is at most view_fit_ratio times its
+  // typical one and at most half the other view's own residual, the frame is solved again
+  // with both views from that pose and becomes kOneView (the refined pose when it still fits
+  // the better view within view_fit_ratio, else the one-view pose); otherwise kViewsDisagree.
+  double view_outlier_ratio = 0.0;  // 0 = no check; else > 1
+  double view_joint_ratio = 2.5;    // in (1, view_outlier_ratio]
+  double view_fit_ratio = 1.5;      // in (0, view_joint_ratio)
+  int view_min_frames = 5;          // >= 1
 };
+
+// A view left out of a one-view solve keeps this share of its weights: the landmark set
+// (detected in both views) stays the same, the view's pull on the pose becomes negligible.
+constexpr double kLeftOutWeight = 1e-6;
+// A one-view solve explains the frame only when the other view's own residual is at least
+// this many times the better view's.
+constexpr double kOtherViewFactor = 2.0;
 
 struct RegistrationResult {
   RegistrationStatus status = RegistrationStatus::kFailed;
-  double pose[6];           // rad, mm (NaN unless status == kOk)
-  double matrix[16];        // world_from_model 4x4, row-major (NaN unless kOk)
+  double pose[6];           // rad, mm (NaN unless IsRegistered(status))
+  double matrix[16];        // world_from_model 4x4, row-major (NaN unless registered)
   double objective;         // final objective of the winning case (see above)
   double rms_mm[2];         // RMS reprojection error per view, mm on the detector (unweighted)
   double rms_px[2];         // the same in pixels
   int n_vis = 0;            // landmarks used by the winning case (max over cases otherwise)
   int mirror_case = -1;     // 0..3, f1 + 2 * f2 (see above); -1 when no case was solved
-  int iterations = 0;       // Ceres iterations of the winning solve
+  int iterations = 0;       // Ceres iterations of the winning solve (not counting screening)
   bool converged = false;   // Ceres reported CONVERGENCE for the winning solve
   double case_objective[4];  // objective per mirror case (NaN: not solved)
 };
 
+// Names of the option values as the Python API and the files spell them, and back
+// (Parse* throw std::invalid_argument naming the unknown value).
+const char* ObjectiveModeName(ObjectiveMode mode);  // "least_squares", "frobenius"
+const char* RobustLossName(RobustLoss loss);        // "none", "huber", "cauchy"
+const char* InitModeName(InitMode init);            // "paper", "given", "previous"
+ObjectiveMode ParseObjectiveMode(const std::string& name);
+RobustLoss ParseRobustLoss(const std::string& name);
+InitMode ParseInitMode(const std::string& name);
+
 // Throw std::invalid_argument naming the offending value.
+//   pairs [num_pairs, 2] landmark indices: each in [0, num_landmarks), no landmark paired
+//   with itself or in two pairs. landmark_names [num_landmarks] or nullptr: messages name
+//   landmarks by name instead of index. The one check of symmetric pairs (Python's subject
+//   and registration modules call it).
+void ValidatePairs(const int32_t* pairs, int num_pairs, int num_landmarks,
+                   const std::vector<std::string>* landmark_names = nullptr);
 void ValidateRegistrationSetup(const RegistrationSetup& setup);
 void ValidateRegistrationOptions(const RegistrationOptions& options);
 //   detections [2, N, 2] px (NaN pair = not detected); weights [2, N] or nullptr (>= 0);
@@ -98,27 +162,33 @@ void ValidateRegistrationOptions(const RegistrationOptions& options);
 void ValidateFrameInput(const RegistrationSetup& setup, const double* detections,
                         const double* weights, const double* init_pose, int frame_index);
 
-// The paper's initial translation: mean of both sources and both detector centres [3] mm.
-void SystemCentre(const ConeView views[2], double* centre);
-
 // Registers one frame (validates its input first).
 //   detections [2, N, 2] px, NaN = not detected
 //   weights    [2, N] or nullptr (all 1)
 //   init_pose  [6] rad, mm or nullptr: theta = 0, tau = SystemCentre (the paper's)
+// options.init and the view check do not apply to a single frame.
 RegistrationResult RegisterFrame(const RegistrationSetup& setup, const double* detections,
                                  const double* weights, const double* init_pose,
                                  const RegistrationOptions& options = {});
 
-// All frames of a recording, spread over options.num_threads threads.
-//   detections [F, 2, N, 2] px;  weights [F, 2, N] or nullptr;  init_poses [F, 6] or nullptr
-//   out [F]
+// The whole registration of a recording's batch: the first solve of every frame (from the
+// start options.init names; in parallel over options.num_threads threads, except kPrevious,
+// which is sequential), then CheckViewAgreement when options.view_outlier_ratio > 0.
+//   detections [F, 2, N, 2] px;  weights [F, 2, N] or nullptr (all 1);
+//   init_poses [F, 6] rad, mm: required with InitMode::kGiven, nullptr otherwise;  out [F]
+void RegisterBatch(const RegistrationSetup& setup, const double* detections,
+                   const double* weights, const double* init_poses, int num_frames,
+                   const RegistrationOptions& options, RegistrationResult* out);
+
+// The view-agreement check alone on results of a batch `results` [F] (in and out; e.g. from
+// RegisterBatch without the check). Does nothing when options.view_outlier_ratio is 0.
+void CheckViewAgreement(const RegistrationSetup& setup, const double* detections,
+                        const double* weights, int num_frames,
+                        const RegistrationOptions& options, RegistrationResult* results);
+
+// RegisterBatch with the start taken from init_poses (kGiven when given, else kPaper).
 void RegisterFrames(const RegistrationSetup& setup, const double* detections,
                     const double* weights, const double* init_poses, int num_frames,
                     RegistrationResult* out, const RegistrationOptions& options = {});
-
-// Pose (rad, mm) -> 4x4 row-major matrix; rotation matrix [9] row-major -> Euler angles [3]
-// rad (theta_y in [-pi/2, pi/2]).
-void PoseToMatrix(const double* pose, double* matrix16);
-void EulerFromRotation(const double* R9, double* theta);
 
 }  // namespace fluororeg

@@ -9,6 +9,12 @@ as the squared norm of a residual vector ``r`` (``objective = sum(r**2)``):
 * least squares + loss: r = sqrt(w) e * sqrt(rho(s) / s), s = w |e|^2 (so |r|^2 = rho(s))
 * Frobenius (Eq. 2):    r_k = sqrt(w) e_k / sqrt(|sqrt(w) e_k|_F)     (so |r_k|^2 = |.|_F)
 
+Also the batch logic that the C++ core's ``RegisterBatch`` / ``CheckViewAgreement`` took over
+from Python (the previous-frame start and the check of the two views' agreement), kept as
+written before the move: :func:`register_batch_reference` and
+:func:`check_view_agreement_reference`. They call the engine for each solve (the solver itself
+is checked against :func:`register_frame_reference`), so the tests compare the batch logic.
+
 Also: a synthetic dual-fluoroscope scene like the paper's for tests and benchmarks.
 """
 
@@ -20,7 +26,10 @@ from scipy.spatial.transform import Rotation
 
 from fluororeg.core.geometry import ConeView, system_centre
 
-STATUSES = ("ok", "too_few_landmarks", "failed")
+STATUSES = ("ok", "too_few_landmarks", "failed")  # of one solve (register_frame_reference)
+REGISTERED_STATUSES = ("ok", "one_view")
+# A view left out of a solve keeps this share of its weights.
+LEFT_OUT_WEIGHT = 1e-6
 
 
 def rotation(theta_rad) -> np.ndarray:
@@ -129,6 +138,115 @@ def register_frame_reference(landmarks, views, detections, *, weights=None, pair
     pose = np.concatenate([np.rad2deg([tx, ty, tz]), x[3:]])
     return dict(pose=pose, objective=obj, mirror_case=c, n_vis=n_vis, status="ok",
                 case_objective=case_objective)
+
+
+# ---- the batch logic (reference of fluororeg::RegisterBatch and CheckViewAgreement) -------
+
+def _stack(results):
+    from fluororeg.core.registration import BatchResult
+
+    return BatchResult.stack(results)
+
+
+def _replace_rows(batch, rows, part):
+    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order)."""
+    from fluororeg.core.registration import BatchResult
+
+    fields = {}
+    for name in BatchResult.__dataclass_fields__:
+        a, b = getattr(batch, name), getattr(part, name)
+        merged = a.astype(np.result_type(a, b))  # a copy; wide enough for longer status strings
+        merged[rows] = b
+        fields[name] = merged
+    return BatchResult(**fields)
+
+
+def check_view_agreement_reference(landmarks, views, detections, batch, *, weights=None, pairs=None,
+                                   options=None, outlier_ratio=4.0, joint_ratio=2.5, fit_ratio=1.5,
+                                   min_frames=5):
+    """The check of the two views' agreement as Python did it (see fluororeg.core.registration's
+    docstring): detections [F, 2, N, 2] px, weights [F, 2, N] or None, batch a BatchResult
+    (deg, mm); ``options`` (RegistrationOptions) for the re-solves. Returns a BatchResult."""
+    import dataclasses
+
+    from fluororeg.core.registration import RegistrationOptions
+
+    options = RegistrationOptions() if options is None else options
+    det = np.asarray(detections, float)
+    w = np.where(np.isfinite(det[..., 0]), 1.0, 0.0) if weights is None else np.array(weights, dtype=float)
+    ok = np.isin(batch.status, REGISTERED_STATUSES)
+    if ok.sum() < max(1, int(min_frames)):
+        return batch
+    typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm
+    ratio = batch.rms_mm / typical
+    worst, least = np.fmax(ratio[:, 0], ratio[:, 1]), np.fmin(ratio[:, 0], ratio[:, 1])
+    suspect = np.flatnonzero(ok & ((worst > outlier_ratio) | (least > joint_ratio)))
+    if suspect.size == 0:
+        return batch
+    pairs_kw = dict(pairs=pairs)
+    alone = []
+    for k in range(2):
+        wk = w[suspect].copy()
+        wk[:, 1 - k] *= LEFT_OUT_WEIGHT
+        alone.append(_solve_pairs(landmarks, views, det[suspect], wk, None, options, **pairs_kw))
+    own = np.stack([alone[k].rms_mm[:, k] / typical[k] for k in range(2)], axis=1)  # [S, 2]
+    own = np.where(np.stack([alone[k].ok for k in range(2)], axis=1), own, np.inf)
+    best = np.argmin(own, axis=1)
+    best_own = own[np.arange(len(suspect)), best]
+    other_own = own[np.arange(len(suspect)), 1 - best]
+    resolved = (best_own <= fit_ratio) & (other_own >= 2.0 * best_own)
+    start = np.stack([alone[b].poses[j] for j, b in enumerate(best)])
+    refined = _solve_pairs(landmarks, views, det[suspect], w[suspect], np.nan_to_num(start), options, **pairs_kw)
+    keep_refined = refined.ok & (refined.rms_mm[np.arange(len(suspect)), best] / typical[best] <= fit_ratio)
+    chosen = []
+    for j, frame in enumerate(suspect):
+        if resolved[j]:
+            chosen.append(dataclasses.replace((refined if keep_refined[j] else alone[best[j]])[j], status="one_view"))
+        else:  # the two-view numbers stay on record, the pose does not
+            chosen.append(dataclasses.replace(batch[int(frame)], status="views_disagree", pose=np.full(6, np.nan),
+                                              matrix=np.full((4, 4), np.nan)))
+    return _replace_rows(batch, suspect, _stack(chosen))
+
+
+def _solve_pairs(landmarks, views, det, weights, init_poses, options, *, pairs):
+    from fluororeg.core.registration import register_frames
+
+    opts = options.replace(view_outlier_ratio=None, init="given" if init_poses is not None else "paper")
+    return register_frames(landmarks, views, det, weights=weights, pairs=pairs, init_poses=init_poses, options=opts)
+
+
+def register_batch_reference(landmarks, views, detections, *, weights=None, pairs=None, options=None):
+    """The registration of a recording as Python's pipeline did it: ``options.init`` 'paper'
+    (one batch call) or 'previous' (a loop over the frames, each starting from the last
+    registered pose, falling back to the paper's start), then, when
+    ``options.view_outlier_ratio`` is set, :func:`check_view_agreement_reference` with
+    ``joint_ratio = options.view_joint_ratio``, ``fit_ratio``, ``min_frames`` alike.
+    detections [F, 2, N, 2] px; weights [F, 2, N] or None. Returns a BatchResult (deg, mm)."""
+    from fluororeg.core.registration import RegistrationOptions, register_frame
+
+    options = RegistrationOptions() if options is None else options
+    det = np.asarray(detections, float)
+    if options.init == "paper":
+        batch = _solve_pairs(landmarks, views, det, weights, None, options, pairs=pairs)
+    elif options.init == "previous":
+        single = options.replace(view_outlier_ratio=None, init="paper")
+        results, previous = [], None
+        for i in range(det.shape[0]):
+            w = None if weights is None else weights[i]
+            r = register_frame(landmarks, views, det[i], weights=w, pairs=pairs, init_pose=previous, options=single)
+            if not r.ok and previous is not None:  # a bad start: fall back to the paper's
+                r = register_frame(landmarks, views, det[i], weights=w, pairs=pairs, options=single)
+            previous = r.pose if r.ok else previous
+            results.append(r)
+        batch = _stack(results)
+    else:
+        raise ValueError(f"init {options.init!r}: the reference covers 'paper' and 'previous'")
+    if options.view_outlier_ratio is None:
+        return batch
+    return check_view_agreement_reference(landmarks, views, det, batch, weights=weights, pairs=pairs,
+                                          options=options, outlier_ratio=options.view_outlier_ratio,
+                                          joint_ratio=options.view_joint_ratio, fit_ratio=options.view_fit_ratio,
+                                          min_frames=options.view_min_frames)
 
 
 # ---- synthetic scene -----------------------------------------------------------------------

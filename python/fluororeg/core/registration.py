@@ -24,32 +24,48 @@ Objectives (``mode``), the value reported as ``objective``:
 Mirror strategy (Table 1): left and right look alike on X-rays, so with ``mirror=True`` and
 symmetric ``pairs`` the problem is solved four times, swapping the detections (and weights)
 of every pair in view 1, view 2, both or neither; the lowest objective wins.
-``mirror_case = f1 + 2 * f2`` (0: none, 1: view 1 mirrored, 2: view 2 mirrored, 3: both).
+``mirror_case = f1 + 2 * f2`` (0: none, 1: view 1 mirrored, 2: view 2 mirrored, 3: both). For speed,
+every case first gets ``screen_iterations`` (4) iterations of a small Levenberg-Marquardt on
+the same cost; only the cases within ``screen_ratio`` (4) times the best objective are then
+solved by Ceres (``screen_iterations=0``: a full Ceres solve of every case).
 
-Initialisation: the paper's (theta = 0, tau = the system centre, the mean of both sources and
-both detector centres) unless ``init_pose`` is given (e.g. the previous frame's pose).
+Settings: a :class:`RegistrationOptions` (the C++ core's ``fluororeg::RegistrationOptions``,
+bound as a class with named, validated fields: ``mode``, ``loss``, ``loss_scale_mm``,
+``mirror``, ``min_visible``, ``max_iterations``, ``screen_iterations``, ``num_threads``,
+``init``, ``view_outlier_ratio`` ...). :func:`register_frames` also takes those keywords
+directly (they override ``options``).
 
-Disagreeing views (:func:`check_view_agreement`, after a batch): when the detector fails in
-one view (e.g. the skull partly outside its field of view) the robust loss either ignores that
-view or settles on a compromise that fits neither. Frames whose residual in a view is far above
-the recording's typical one (or in both views well above) are solved from each view alone; if one view alone fits a rigid
-model and the other does not, the pose is refined from that view's solution with both views
-again and marked ``'one_view'`` (it rests on one view; its depth is the least certain part);
-if they cannot be told apart the frame is ``'views_disagree'`` with a NaN pose.
+Initialisation (``options.init``): ``'paper'`` (theta = 0, tau = the system centre, the mean
+of both sources and both detector centres), ``'given'`` (``init_poses``, e.g. poses of another
+run; chosen by passing ``init_poses``) or ``'previous'`` (each frame starts from the previous
+frame's registered pose, in order, the paper's start when that solve fails).
+
+Disagreeing views (``options.view_outlier_ratio``, off by default; the pipeline's 4): when
+the detector fails in one view (e.g. the skull partly outside its field of view) the robust
+loss either ignores that view or settles on a compromise that fits neither. Frames whose
+residual in a view is far above the recording's typical one (or in both views well above) are
+solved from each view alone; if one view alone fits a rigid model and the other does not, the
+pose is refined from that view's solution with both views again and marked ``'one_view'`` (it
+rests on one view; its depth is the least certain part); if they cannot be told apart the
+frame is ``'views_disagree'`` with a NaN pose. The core runs this after the batch's solves;
+:func:`check_view_agreement` runs it alone on a given batch. Every status is one value of
+:class:`RegistrationStatus` (:data:`STATUSES`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from fluororeg import _core
+from fluororeg._core import RegistrationOptions, RegistrationStatus
 from fluororeg.core.geometry import ConeView, as_poses, poses_to_radians, stack_views, system_centre
 
 __all__ = [
+    "RegistrationOptions",
+    "RegistrationStatus",
     "MODES",
     "LOSSES",
     "STATUSES",
@@ -67,8 +83,12 @@ __all__ = [
 
 MODES = ("least_squares", "frobenius")
 LOSSES = (None, "huber", "cauchy")
-STATUSES = ("ok", "too_few_landmarks", "failed")  # the C++ solver's, in its enum's order
-# Statuses with a pose; 'one_view' and 'views_disagree' come from check_view_agreement.
+INITS = ("paper", "given", "previous")
+# Every status, in the order of the core's enum (status code -> name); the names are those of
+# the pose files.
+STATUSES = tuple(s.name for s in sorted(RegistrationStatus, key=lambda s: s.value))
+_STATUS_CODE = {s.name: s.value for s in RegistrationStatus}
+# Statuses with a pose.
 REGISTERED_STATUSES = ("ok", "one_view")
 # mirror_case -> (view 1 mirrored, view 2 mirrored), the rows of the paper's Table 1 (F1, F2).
 MIRROR_CASES = ((False, False), (True, False), (False, True), (True, True))
@@ -88,7 +108,7 @@ class RegistrationResult:
     mirror_case: int            # 0..3 (see MIRROR_CASES), -1 when nothing was solved
     iterations: int             # solver iterations of the winning case
     converged: bool             # the solver reported convergence
-    status: str                 # 'ok', 'too_few_landmarks' or 'failed'
+    status: str                 # one of STATUSES
     case_objective: np.ndarray  # (4,) objective per mirror case (NaN: not solved)
 
     @property
@@ -181,6 +201,7 @@ def _views(views) -> np.ndarray:
 
 
 def _pairs(pairs, n: int) -> np.ndarray:
+    """pairs -> [P, 2] int32, checked by the core's one pair check (ValidatePairs)."""
     if pairs is None:
         return np.zeros((0, 2), dtype=np.int32)
     if isinstance(pairs, (str, bytes)):
@@ -192,45 +213,23 @@ def _pairs(pairs, n: int) -> np.ndarray:
         raise ValueError(f"pairs has shape {arr.shape}, expected (P, 2) landmark indices")
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"pairs must hold integer landmark indices, got dtype {arr.dtype}")
-    seen = {}
-    for p, (i, j) in enumerate(arr.tolist()):
-        for idx in (i, j):
-            if not 0 <= idx < n:
-                raise ValueError(f"pairs[{p}] = ({i}, {j}) names landmark {idx}, which does not "
-                                 f"exist: expected indices in [0, {n})")
-        if i == j:
-            raise ValueError(f"pairs[{p}] = ({i}, {j}) pairs a landmark with itself")
-        for idx in (i, j):
-            if idx in seen:
-                raise ValueError(f"pairs[{p}] = ({i}, {j}): landmark {idx} is already in "
-                                 f"pairs[{seen[idx]}]")
-            seen[idx] = p
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    info = np.iinfo(np.int32)
+    out = np.ascontiguousarray(np.clip(arr, info.min, info.max), dtype=np.int32)
+    _core.validate_pairs(out, n)
+    return out
 
 
-def _mode_loss(mode, loss, loss_scale_mm) -> Tuple[str, str, float]:
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is unknown: expected one of {MODES}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r} is unknown: expected one of {LOSSES}")
-    if mode == "frobenius" and loss is not None:
-        raise ValueError(f"loss {loss!r} acts per landmark and is only available with "
-                         "mode='least_squares', not with the Frobenius objective (Eq. 2)")
-    try:
-        scale = float(loss_scale_mm)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"loss_scale_mm must be a number, got {type(loss_scale_mm).__name__}") from exc
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"loss_scale_mm = {loss_scale_mm!r}: expected a finite positive scale in mm")
-    return mode, "none" if loss is None else loss, scale
+_UNSET = object()  # a keyword not given
 
 
-def _int_option(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} = {value}: expected at least {minimum}")
-    return int(value)
+def _options(options, **keywords) -> RegistrationOptions:
+    """A copy of ``options`` (default: RegistrationOptions()) with the given keywords set; the
+    core validates every field (ValueError / TypeError naming it)."""
+    if options is None:
+        options = RegistrationOptions()
+    elif not isinstance(options, RegistrationOptions):
+        raise TypeError(f"options must be a RegistrationOptions, got {type(options).__name__}")
+    return options.replace(**{k: v for k, v in keywords.items() if v is not _UNSET})
 
 
 def _detections(detections, n: int, batched: bool) -> np.ndarray:
@@ -284,6 +283,22 @@ def _init_poses(init, n_frames: int, batched: bool) -> Optional[np.ndarray]:
     return np.ascontiguousarray(poses_to_radians(p))
 
 
+def _from_batch(batch: BatchResult) -> dict:
+    """The inverse of _to_batch: the core's arrays (radians, int32 codes)."""
+    poses = np.array(batch.poses, dtype=np.float64)
+    poses[:, :3] = np.deg2rad(poses[:, :3])
+    unknown = sorted(set(map(str, batch.status)) - set(_STATUS_CODE))
+    if unknown:
+        raise ValueError(f"batch holds status {unknown[0]!r}: expected one of {STATUSES}")
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+    return dict(poses=poses, matrices=f64(batch.matrices), objective=f64(batch.objective),
+                case_objective=f64(batch.case_objective), rms_mm=f64(batch.rms_mm), rms_px=f64(batch.rms_px),
+                n_vis=i32(batch.n_vis), mirror_case=i32(batch.mirror_case), iterations=i32(batch.iterations),
+                converged=np.ascontiguousarray(batch.converged, dtype=bool),
+                status=np.array([_STATUS_CODE[str(s)] for s in batch.status], dtype=np.int32).reshape(-1))
+
+
 def _to_batch(out: dict) -> BatchResult:
     poses = out["poses"].copy()
     poses[:, :3] = np.rad2deg(poses[:, :3])
@@ -298,50 +313,54 @@ def _to_batch(out: dict) -> BatchResult:
 
 # ---- public API ----------------------------------------------------------------------------
 
-def register_frames(landmarks, views, detections, *, weights=None, pairs=None,
-                    mode: str = "least_squares", loss: Optional[str] = None,
-                    loss_scale_mm: float = 1.0, init_poses=None, mirror: bool = True,
-                    min_visible: int = 4, max_iterations: int = 100,
-                    screen_iterations: int = 4, num_threads: int = 0) -> BatchResult:
-    """Register all frames of a recording in one call (all cores, GIL released).
+def register_frames(landmarks, views, detections, *, weights=None, pairs=None, init_poses=None,
+                    options: Optional[RegistrationOptions] = None, mode=_UNSET, loss=_UNSET,
+                    loss_scale_mm=_UNSET, mirror=_UNSET, min_visible=_UNSET, max_iterations=_UNSET,
+                    screen_iterations=_UNSET, num_threads=_UNSET) -> BatchResult:
+    """Register all frames of a recording in one call to the core (all cores, GIL released):
+    the solves from ``options.init``'s start, then, with ``options.view_outlier_ratio``, the
+    check of the two views' agreement (see the module docstring).
 
     landmarks [N, 3] mm (model frame); views (view 1, view 2) :class:`ConeView`; detections
     [F, 2, N, 2] px (NaN = not detected); weights [F, 2, N] or None; pairs [(i, j), ...] or
-    None; init_poses [F, 6] or [6] (deg, mm) or None (the paper's initialisation);
-    num_threads 0 = all cores; screen_iterations: every mirror case first gets this many
-    solver iterations and only the contenders (objective within 4x of the best) are
-    finished (0 = finish every case). See the module docstring for mode, loss and mirror.
+    None; init_poses [F, 6] or [6] (deg, mm) or None: given poses make ``init='given'``;
+    options: :class:`RegistrationOptions` (default: its defaults); the keywords ``mode``,
+    ``loss``, ``loss_scale_mm``, ``mirror``, ``min_visible``, ``max_iterations``,
+    ``screen_iterations`` and ``num_threads`` (0 = all cores) override its fields.
     """
+    opts = _options(options, mode=mode, loss=loss, loss_scale_mm=loss_scale_mm, mirror=mirror,
+                    min_visible=min_visible, max_iterations=max_iterations,
+                    screen_iterations=screen_iterations, num_threads=num_threads)
     lm = _landmarks(landmarks)
     n = lm.shape[0]
     packed = _views(views)
     pr = _pairs(pairs, n)
-    mode, loss_name, scale = _mode_loss(mode, loss, loss_scale_mm)
-    if not isinstance(mirror, (bool, np.bool_)):
-        raise TypeError(f"mirror must be a bool, got {type(mirror).__name__}")
-    min_visible = _int_option(min_visible, "min_visible", 4)
-    max_iterations = _int_option(max_iterations, "max_iterations", 1)
-    screen_iterations = _int_option(screen_iterations, "screen_iterations", 0)
-    num_threads = _int_option(num_threads, "num_threads", 0)
     det = _detections(detections, n, batched=True)
     F = det.shape[0]
     w = _weights(weights, F, n, batched=True)
     init = _init_poses(init_poses, F, batched=True)
-    out = _core.register_frames(lm, packed, pr, det, w, init, mode=mode, loss=loss_name,
-                                loss_scale_mm=scale, mirror=bool(mirror),
-                                min_visible=min_visible, max_iterations=max_iterations,
-                                screen_iterations=screen_iterations, num_threads=num_threads)
+    if init is not None:
+        if opts.init == "previous":
+            raise ValueError("init_poses were given with options.init = 'previous': expected "
+                             "init 'given' (or 'paper') with init_poses, or no init_poses")
+        opts = opts.replace(init="given")
+    elif opts.init == "given":
+        raise ValueError("options.init = 'given' needs init_poses [F, 6] (deg, mm)")
+    out = _core.register_batch(lm, packed, pr, det, w, init, opts)
     return _to_batch(out)
 
 
-def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
-                   mode: str = "least_squares", loss: Optional[str] = None,
-                   loss_scale_mm: float = 1.0, init_pose=None, mirror: bool = True,
-                   min_visible: int = 4, max_iterations: int = 100,
-                   screen_iterations: int = 4) -> RegistrationResult:
+def register_frame(landmarks, views, detections, *, weights=None, pairs=None, init_pose=None,
+                   options: Optional[RegistrationOptions] = None, mode=_UNSET, loss=_UNSET,
+                   loss_scale_mm=_UNSET, mirror=_UNSET, min_visible=_UNSET,
+                   max_iterations=_UNSET, screen_iterations=_UNSET) -> RegistrationResult:
     """Register one frame: detections [2, N, 2] px (NaN = not detected), weights [2, N] or
-    None, init_pose [6] (deg, mm) or None (the paper's initialisation). See
-    :func:`register_frames` and the module docstring."""
+    None, init_pose [6] (deg, mm) or None (the paper's initialisation). ``options.init`` and
+    the view check do not apply to one frame. See :func:`register_frames`."""
+    opts = _options(options, mode=mode, loss=loss, loss_scale_mm=loss_scale_mm, mirror=mirror,
+                    min_visible=min_visible, max_iterations=max_iterations,
+                    screen_iterations=screen_iterations)
+    opts = opts.replace(init="paper", view_outlier_ratio=None, num_threads=1)
     lm = _landmarks(landmarks)
     n = lm.shape[0]
     det = _detections(detections, n, batched=False)
@@ -349,19 +368,12 @@ def register_frame(landmarks, views, detections, *, weights=None, pairs=None,
     init = None if init_pose is None else as_poses(init_pose, "init_pose")
     if init is not None and init.shape[0] != 1:
         raise ValueError(f"init_pose has shape {np.shape(init_pose)}, expected (6,)")
-    return register_frames(lm, views, det, weights=w, pairs=pairs, mode=mode, loss=loss,
-                           loss_scale_mm=loss_scale_mm, init_poses=init, mirror=mirror,
-                           min_visible=min_visible, max_iterations=max_iterations,
-                           screen_iterations=screen_iterations, num_threads=1)[0]
-
-
-# A view left out of a solve keeps this share of its weights: the landmark set (detected in
-# both views) stays the same, the view's pull on the pose becomes negligible.
-_LEFT_OUT_WEIGHT = 1e-6
+    return register_frames(lm, views, det, weights=w, pairs=pairs, init_poses=init, options=opts)[0]
 
 
 def _replace_rows(batch: BatchResult, rows: np.ndarray, part: BatchResult) -> BatchResult:
-    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order)."""
+    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order); the
+    other frames stay exactly as they were (no degree/radian round trip)."""
     fields = {}
     for name in BatchResult.__dataclass_fields__:
         a, b = getattr(batch, name), getattr(part, name)
@@ -371,11 +383,14 @@ def _replace_rows(batch: BatchResult, rows: np.ndarray, part: BatchResult) -> Ba
     return BatchResult(**fields)
 
 
-def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, weights=None,
-                         outlier_ratio: float = 4.0, joint_ratio: float = 2.5, fit_ratio: float = 1.5,
-                         min_frames: int = 5, **register_kwargs) -> BatchResult:
+def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, weights=None, pairs=None,
+                         options: Optional[RegistrationOptions] = None, outlier_ratio: float = 4.0,
+                         joint_ratio: float = 2.5, fit_ratio: float = 1.5, min_frames: int = 5,
+                         **register_kwargs) -> BatchResult:
     """Resolve frames of ``batch`` (from :func:`register_frames` with the same landmarks,
-    views, detections [F, 2, N, 2] px and weights [F, 2, N]) whose two views disagree.
+    views, detections [F, 2, N, 2] px and weights [F, 2, N]) whose two views disagree: the
+    core's check alone (``register_frames`` with ``options.view_outlier_ratio`` runs it after
+    the solves in the same call).
 
     The typical residual of view k is the median ``rms_mm[:, k]`` over the registered frames
     (at least ``min_frames`` of them, else ``batch`` is returned as it is). A registered frame
@@ -386,55 +401,32 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
     view's own residual, the frame is solved again with both views from that pose and becomes
     ``'one_view'`` (the refined pose when it still fits the better view within ``fit_ratio``,
     else the one-view pose). Otherwise it becomes ``'views_disagree'`` with a NaN pose.
-    ``register_kwargs`` go to :func:`register_frames` (pairs, mode, loss, ...).
+    ``options`` and ``register_kwargs`` (mode, loss, ...) set the re-solves, as for
+    :func:`register_frames`.
     """
     if "init_poses" in register_kwargs:
         raise TypeError("check_view_agreement starts its own re-solves: init_poses is not taken")
-    if not (np.isfinite(outlier_ratio) and outlier_ratio > 1):
-        raise ValueError(f"outlier_ratio = {outlier_ratio!r}: expected a number > 1")
-    if not (np.isfinite(joint_ratio) and 1 < joint_ratio <= outlier_ratio):
-        raise ValueError(f"joint_ratio = {joint_ratio!r}: expected a number in (1, outlier_ratio]")
-    if not (np.isfinite(fit_ratio) and 0 < fit_ratio < joint_ratio):
-        raise ValueError(f"fit_ratio = {fit_ratio!r}: expected a number in (0, joint_ratio)")
-    det = _detections(detections, _landmarks(landmarks).shape[0], batched=True)
+    if not isinstance(batch, BatchResult):
+        raise TypeError(f"batch must be a BatchResult, got {type(batch).__name__}")
+    opts = _options(options, **register_kwargs)
+    if isinstance(min_frames, bool) or not isinstance(min_frames, (int, np.integer)):
+        raise TypeError(f"min_frames must be an integer, got {type(min_frames).__name__}")
+    opts = opts.replace(init="paper", view_outlier_ratio=outlier_ratio, view_joint_ratio=joint_ratio,
+                        view_fit_ratio=fit_ratio, view_min_frames=max(1, int(min_frames)))
+    lm = _landmarks(landmarks)
+    n = lm.shape[0]
+    det = _detections(detections, n, batched=True)
     F = det.shape[0]
     if len(batch) != F:
         raise ValueError(f"batch has {len(batch)} frames and detections {F}: expected the same")
-    w = np.where(np.isfinite(det[..., 0]), 1.0, 0.0) if weights is None else \
-        np.array(_weights(weights, F, det.shape[2], batched=True), dtype=float)
-    ok = batch.ok
-    if ok.sum() < max(1, int(min_frames)):
+    w = _weights(weights, F, n, batched=True)
+    out = _core.check_view_agreement(lm, _views(views), _pairs(pairs, n), det, w, _from_batch(batch), opts)
+    rows = np.flatnonzero(out.pop("changed"))
+    if rows.size == 0:
         return batch
-    typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm (exact detections: 1 um)
-    ratio = batch.rms_mm / typical
-    worst, least = np.fmax(ratio[:, 0], ratio[:, 1]), np.fmin(ratio[:, 0], ratio[:, 1])  # [F]; a NaN view is ignored
-    suspect = np.flatnonzero(ok & ((worst > outlier_ratio) | (least > joint_ratio)))
-    if suspect.size == 0:
-        return batch
-    alone = []
-    for k in range(2):
-        wk = w[suspect].copy()
-        wk[:, 1 - k] *= _LEFT_OUT_WEIGHT
-        alone.append(register_frames(landmarks, views, det[suspect], weights=wk, **register_kwargs))
-    own = np.stack([alone[k].rms_mm[:, k] / typical[k] for k in range(2)], axis=1)  # [S, 2]
-    own = np.where(np.stack([alone[k].ok for k in range(2)], axis=1), own, np.inf)
-    best = np.argmin(own, axis=1)
-    best_own = own[np.arange(len(suspect)), best]
-    other_own = own[np.arange(len(suspect)), 1 - best]
-    resolved = (best_own <= fit_ratio) & (other_own >= 2.0 * best_own)
-    start = np.stack([alone[b].poses[j] for j, b in enumerate(best)])
-    refined = register_frames(landmarks, views, det[suspect], weights=w[suspect],
-                              init_poses=np.nan_to_num(start), **register_kwargs)
-    keep_refined = refined.ok & (refined.rms_mm[np.arange(len(suspect)), best] / typical[best] <= fit_ratio)
-    chosen = []
-    for j, frame in enumerate(suspect):
-        if resolved[j]:
-            chosen.append(dataclasses.replace((refined if keep_refined[j] else alone[best[j]])[j], status="one_view"))
-        else:  # the two-view numbers stay on record, the pose does not
-            chosen.append(dataclasses.replace(batch[int(frame)], status="views_disagree", pose=np.full(6, np.nan),
-                                              matrix=np.full((4, 4), np.nan)))
-    part = BatchResult.stack(chosen)
-    return _replace_rows(batch, suspect, part)
+    checked = _to_batch(out)
+    part = BatchResult(**{name: getattr(checked, name)[rows] for name in BatchResult.__dataclass_fields__})
+    return _replace_rows(batch, rows, part)
 
 
 def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:

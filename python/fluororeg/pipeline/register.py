@@ -28,7 +28,8 @@ For every frame of both views (:mod:`fluororeg.io.recording`):
    after frame from the previous pose (``init='previous'``). Frames whose two views disagree
    far beyond the recording's typical residual (the detector failed in one view) are solved
    from the view that fits alone (``'one_view'``) or left unregistered (``'views_disagree'``):
-   :func:`~fluororeg.core.registration.check_view_agreement`. Optional low-pass smoothing.
+   :func:`~fluororeg.core.registration.check_view_agreement`; the core does all of it in one call
+   (:meth:`PipelineOptions.registration_options`). Optional low-pass smoothing.
 
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
@@ -70,7 +71,7 @@ class PipelineOptions:
     smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs the frame rate
     fps: float | None = None          # frame rate (frames/s); None: the recording's frame_rate_hz
     recentre: bool = True             # locate the bone first, then crop around it (see above)
-    view_outlier_ratio: float | None = 4.0  # registration.check_view_agreement's outlier_ratio (None: off)
+    view_outlier_ratio: float | None = 4.0  # RegistrationOptions.view_outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
     refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
     num_threads: int = 0
@@ -80,10 +81,6 @@ class PipelineOptions:
             raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
         if self.init not in ("paper", "previous"):
             raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
-        from fluororeg.core.registration import _int_option, _mode_loss
-
-        _mode_loss(self.mode, self.loss, self.loss_scale_mm)  # the solver's own checks, before any work
-        _int_option(self.min_visible, "min_visible", 4)
         if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
             raise ValueError(f"min_confidence = {self.min_confidence!r}: expected a number in [0, 1)")
         if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
@@ -99,6 +96,18 @@ class PipelineOptions:
             raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
         if self.smoothing_hz is not None and self.fps is not None:
             check_smoothing(self.smoothing_hz, self.fps)
+        self.registration_options()  # the solver's own checks, before any work
+
+    def registration_options(self):
+        """The core's :class:`~fluororeg.core.registration.RegistrationOptions` for these settings
+        (solver, init mode and view-agreement check; ``joint_ratio`` min(2.5, the outlier ratio))."""
+        from fluororeg.core.registration import RegistrationOptions
+
+        ratio = self.view_outlier_ratio
+        return RegistrationOptions(mode=self.mode, loss=self.loss, loss_scale_mm=self.loss_scale_mm,
+                                   mirror=self.mirror, min_visible=self.min_visible, init=self.init,
+                                   view_outlier_ratio=ratio, view_joint_ratio=2.5 if ratio is None else min(2.5, ratio),
+                                   num_threads=self.num_threads)
 
 
 @dataclass
@@ -208,28 +217,17 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
                 mirror=options.mirror, min_visible=options.min_visible)
 
 
-def register_detections(subject, views, det, conf, options: PipelineOptions):
+def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str = "paper"):
     """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
-    the pipeline does: the batch solver with the options' robust settings, then the check of
-    the two views' agreement. Returns a :class:`~fluororeg.core.registration.BatchResult`."""
+    the pipeline does: one call to the core's batch registration with the options' settings
+    (:meth:`PipelineOptions.registration_options`: robust loss, the check of the two views'
+    agreement) from the ``init`` start ('paper', or 'previous': frame after frame; the
+    recording's registration passes ``options.init``). Returns a
+    :class:`~fluororeg.core.registration.BatchResult`."""
     from fluororeg.core.registration import register_frames
 
-    weights = _registration_weights(det, conf, options)
-    kwargs = _registration_kwargs(subject, options)
-    batch = register_frames(subject.landmarks_model, views, det, weights=weights, num_threads=options.num_threads,
-                            **kwargs)
-    return _check_views(subject, views, det, weights, batch, options)
-
-
-def _check_views(subject, views, det, weights, batch, options: PipelineOptions):
-    from fluororeg.core.registration import check_view_agreement
-
-    if options.view_outlier_ratio is None:
-        return batch
-    ratio = options.view_outlier_ratio
-    return check_view_agreement(subject.landmarks_model, views, det, batch, weights=weights, outlier_ratio=ratio,
-                                joint_ratio=min(2.5, ratio), num_threads=options.num_threads,
-                                **_registration_kwargs(subject, options))
+    return register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
+                           pairs=subject.pairs, options=options.registration_options().replace(init=init))
 
 
 def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
@@ -374,7 +372,7 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
 
         if options.recentre:
             run(locate_style, boxes)
-            located = register_detections(subject, views, det[rows], conf[rows], options)
+            located = register_detections(subject, views, det[rows], conf[rows], options, init="paper")
             boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
         run(options.style, boxes)
         if path is not None:
@@ -392,7 +390,6 @@ def register_recording(recording, subject, detector, translator=None, options: P
     """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from fluororeg.io.poses import write_poses_csv, write_tra
-    from fluororeg.core.registration import BatchResult, register_frame
 
     t0 = time.perf_counter()
     detector.check_subject(subject)
@@ -408,19 +405,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
     views = recording.geometry.views
-    if options.init == "paper":
-        batch = register_detections(subject, views, det, conf, options)
-    else:
-        weights = _registration_weights(det, conf, options)
-        kwargs = _registration_kwargs(subject, options)
-        results, previous = [], None
-        for i in range(len(frames)):
-            r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], init_pose=previous, **kwargs)
-            if not r.ok and previous is not None:  # a bad start: fall back to the paper's
-                r = register_frame(subject.landmarks_model, views, det[i], weights=weights[i], **kwargs)
-            previous = r.pose if r.ok else previous
-            results.append(r)
-        batch = _check_views(subject, views, det, weights, BatchResult.stack(results), options)
+    batch = register_detections(subject, views, det, conf, options, init=options.init)
     poses, status = batch.poses.copy(), batch.status
     refine_columns = None
     if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing

@@ -31,8 +31,12 @@ def pairs_from_names(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def pair_indices(names: Sequence[str], pairs) -> tuple[tuple[int, int], ...]:
-    """Symmetric pairs given by landmark index or name -> ((left, right), ...) indices; validates
-    them (a clear error naming the pair); None: no pairs."""
+    """Symmetric pairs given by landmark index or name -> ((left, right), ...) indices; None: no
+    pairs. Names are mapped here; the validity rules (indices in range, no landmark with itself
+    or in two pairs) are the core's one pair check (``fluororeg::ValidatePairs``), whose errors
+    name the landmarks."""
+    from fluororeg import _core
+
     if pairs is None:
         return ()
     try:
@@ -40,7 +44,6 @@ def pair_indices(names: Sequence[str], pairs) -> tuple[tuple[int, int], ...]:
     except TypeError:
         raise TypeError(f"pairs must be a sequence of (left, right) pairs, got {pairs!r}") from None
     out: list[tuple[int, int]] = []
-    used: dict[int, int] = {}
     for pi, pr in enumerate(items):
         try:
             two = list(pr)
@@ -57,21 +60,14 @@ def pair_indices(names: Sequence[str], pairs) -> tuple[tuple[int, int], ...]:
                     raise ValueError(f"pair {pi} {two!r}: unknown landmark name {v!r}{hint}")
                 idx.append(list(names).index(v))
             elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-                if not 0 <= int(v) < len(names):
-                    raise ValueError(f"pair {pi} {two!r}: landmark index {int(v)} out of range "
-                                     f"0..{len(names) - 1}")
                 idx.append(int(v))
             else:
                 raise TypeError(f"pair {pi} {two!r}: entries must be landmark names or indices, "
                                 f"got {v!r}")
-        a, b = idx
-        if a == b:
-            raise ValueError(f"pair {pi} pairs landmark {names[a]!r} with itself")
-        for x in (a, b):
-            if x in used:
-                raise ValueError(f"landmark {names[x]!r} is in two pairs ({used[x]} and {pi})")
-            used[x] = pi
-        out.append((a, b))
+        out.append((idx[0], idx[1]))
+    info = np.iinfo(np.int32)
+    arr = np.clip(np.array(out, dtype=np.int64).reshape(-1, 2), info.min, info.max).astype(np.int32)
+    _core.validate_pairs(arr, len(names), [str(n) for n in names])
     return tuple(out)
 
 

@@ -1,52 +1,40 @@
-// Building blocks of the registration solver (not installed; the tests check them).
+// The registration's cost: residuals of one view with analytic Jacobians, and the loss that
+// turns a view's block into the paper's Frobenius norm (not installed; the tests check them).
+//
+// Pose parameters inside the solver: x [6] = (phi [3] rad, tau [3] mm) with
+// R = exp([phi]x) R0, R0 a fixed reference rotation (the initial one). The rotation vector is
+// an increment about the start, singular only 2 pi away from it, so the solver never meets
+// gimbal lock; poses are reported as Euler angles afterwards (fluororeg/so3.h).
 #pragma once
 
 #include <ceres/ceres.h>
-
-#include <vector>
 
 #include "fluororeg/geometry.h"
 
 namespace fluororeg {
 namespace internal {
 
-// Pose parameters inside the solver: x [6] = (phi [3] rad, tau [3] mm) with
-// R = exp([phi]x) R0, R0 a fixed reference rotation (the initial one). The rotation vector is
-// an increment about the start, singular only 2 pi away from it, so the solver never meets
-// gimbal lock; poses are reported as Euler angles afterwards.
-
-// exp([w]x) [9] row-major (Rodrigues) and its inverse (angle < pi).
-void ExpSO3(const double* w, double* R);
-void LogSO3(const double* R, double* w);
-// Left Jacobian of SO(3) [9] row-major: d(exp([w + d]x) y)/dd = -[exp([w]x) y]x J_l(w).
-void LeftJacobianSO3(const double* w, double* J);
-
-// Per-view geometry precomputed for fast projection.
-struct ViewGeometry {
-  double S[3], u[3], v[3], n[3];  // source, detector axes, normal u x v
-  double sd;                      // n . (D - S)
-  double a_u, a_v;                // u . (S - D), v . (S - D)
-  explicit ViewGeometry(const ConeView& view);
-};
-
 // Residuals of k landmarks in one view: [2k] = sqrt(w_i) (P(R X_i + tau) - target_i) mm, one
-// parameter block x [6] = (phi, tau), R = exp([phi]x) R0. Analytic Jacobian [2k, 6]. Returns
-// false when a landmark is not in front of the source. Pointers are borrowed.
+// parameter block x [6] = (phi, tau), R = exp([phi]x) R0, P = ConeProjector::Project (the
+// projection of geometry.h). Analytic Jacobian [2k, 6]: the projection's derivative comes from
+// ConeProjector's q and 1 / (n . d) (its formula is written here; test_jacobians.cc checks it
+// against numeric differentiation). Returns false when a landmark is not in front of the
+// source. Pointers are borrowed.
 class ViewResidual final : public ceres::CostFunction {
  public:
   // R0 [9] row-major; landmarks [N, 3] (indexed by `index`); index [k]; targets [k, 2] mm;
   // sqrt_w [k].
-  ViewResidual(const ViewGeometry* geometry, const double* R0, const double* landmarks,
+  ViewResidual(const ConeProjector* projector, const double* R0, const double* landmarks,
                const int* index, const double* targets, const double* sqrt_w, int k);
   ViewResidual() : ViewResidual(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0) {}
   // Re-point at other data (lets a pool of cost functions be reused across solves).
-  void Reset(const ViewGeometry* geometry, const double* R0, const double* landmarks,
+  void Reset(const ConeProjector* projector, const double* R0, const double* landmarks,
              const int* index, const double* targets, const double* sqrt_w, int k);
   bool Evaluate(double const* const* parameters, double* residuals,
                 double** jacobians) const override;
 
  private:
-  const ViewGeometry* g_;
+  const ConeProjector* projector_;
   const double* R0_;
   const double* landmarks_;
   const int* index_;
