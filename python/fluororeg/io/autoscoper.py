@@ -75,7 +75,8 @@ from fluororeg.io.atomic import atomic_write_text
 
 __all__ = ["AutoscoperTrial", "read_trial_cfg", "write_trial_cfg", "autoscoper_volume_geometry",
            "autoscoper_from_physical", "autoscoper_from_model", "tra_from_model_poses", "model_poses_from_tra",
-           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "write_autoscoper_volume", "trial_frame_files",
+           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "sidecar_path",
+           "write_pose_sidecar", "read_pose_sidecar", "write_autoscoper_volume", "trial_frame_files",
            "import_autoscoper_trial", "AUTOSCOPER_INFO_FILE"]
 
 #: Written into a subject folder made from an Autoscoper volume: which volume, flip and voxel
@@ -179,7 +180,46 @@ def write_autoscoper_tra(path, frames, world_from_model, subject, *, trial_frame
     out = np.full((len(trial_frames), 4, 4), np.nan)
     for f, m in zip(frames, M):
         out[line_of[int(f)]] = m
-    return write_tra(path, out)
+    path = write_tra(path, out)
+    write_pose_sidecar(path, autoscoper_from_model(subject, flip), trial_frames, subject)
+    return path
+
+
+def sidecar_path(path) -> Path:
+    """``<file>.fluororeg.json``: how to read a pose file fluororeg exported (the bone frame it
+    is in and which frame number each line holds)."""
+    path = Path(path)
+    return path.with_name(path.name + ".fluororeg.json")
+
+
+def write_pose_sidecar(path, body_from_model, trial_frames, subject=None) -> Path:
+    """Write the sidecar of an exported pose file: ``body_from_model`` (4x4: the file's bone
+    frame from fluororeg's model frame) and the frame number of each line."""
+    meta = {"format": "fluororeg-pose-export", "version": 1,
+            "body_from_model": np.asarray(body_from_model, dtype=float).tolist(),
+            "line_frame_numbers": [int(f) for f in trial_frames]}
+    if subject is not None:
+        meta["subject_fingerprint"] = subject.fingerprint
+    p = sidecar_path(path)
+    atomic_write_text(p, json.dumps(meta, indent=1))
+    return p
+
+
+def read_pose_sidecar(path) -> dict | None:
+    """The sidecar of ``path`` as (``body_from_model`` [4, 4], ``line_frame_numbers`` [L]) in a
+    dict, or None when there is none."""
+    p = sidecar_path(path)
+    if not p.is_file():
+        return None
+    try:
+        meta = json.loads(p.read_text())
+        m = np.asarray(meta["body_from_model"], dtype=float)
+        lines = np.asarray(meta["line_frame_numbers"], dtype=np.int64)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"'{p}' is not a fluororeg pose-export sidecar: {exc}") from None
+    if m.shape != (4, 4):
+        raise ValueError(f"'{p}': body_from_model has shape {m.shape}, expected 4 x 4")
+    return {"body_from_model": m, "line_frame_numbers": lines, "subject_fingerprint": meta.get("subject_fingerprint")}
 
 
 def read_autoscoper_tra(path, subject, *, trial_frames=None, flip=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
