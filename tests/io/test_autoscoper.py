@@ -250,3 +250,64 @@ def test_slicer_tfm_places_the_ct(tmp_path):
     phys = subj.ct.voxel_to_physical(ijk)
     world = (W[:3, :3] @ (phys - subj.origin).T).T + W[:3, 3]
     np.testing.assert_allclose((phys_from_world[:3, :3] @ world.T).T + phys_from_world[:3, 3], phys, atol=1e-9)
+
+
+@needs_sample
+def test_cli_import_calibrate_export(tmp_path, capsys):
+    from fluororeg.calibration.distortion import DistortionModel, save_distortion
+    from fluororeg.calibration.geometry_file import load_geometry
+    from fluororeg.cli.app import main
+    from fluororeg.io.poses import write_poses_csv
+
+    cfg = _write_cfg(tmp_path)
+    assert main(["import", "autoscoper", str(cfg), "--out", str(tmp_path / "w"), "--pitch", "0.2",
+                 "--intensity", "raw:1:-1024", "--volume", "uln_dcm_cropped", "--n-landmarks", "8"]) == 0
+    info = autoscoper_info(tmp_path / "w" / "subject")
+    assert info["flip"] == (1, 0, 0)  # the ulna's VolumeFlip in the cfg
+    capsys.readouterr()
+    # calibrate geometry: the pitch is required, distortion models are attached
+    cams = [str(SAMPLE / "Calibration" / f"xr_calib_wrist_cam0{k}.txt") for k in (1, 2)]
+    assert main(["calibrate", "geometry", "--mayacam", *cams, "--out", str(tmp_path / "g.json")]) == 2
+    assert "no pixel pitch" in capsys.readouterr().err
+    model = DistortionModel(1, 1760, 1760, np.array([879.5, 879.5]), 880.0, np.zeros((3, 2)), np.zeros((3, 2)))
+    save_distortion(model, tmp_path / "d1.json")
+    assert main(["calibrate", "geometry", "--mayacam", *cams, "--pitch", "0.25", "--distortion",
+                 str(tmp_path / "d1.json"), str(tmp_path / "d1.json"), "--out", str(tmp_path / "g.json")]) == 0
+    geo = load_geometry(tmp_path / "g.json")
+    assert geo.views[0].pitch_u == 0.25 and all(d is not None for d in geo.distortion)
+    # export poses.csv (frame numbers of the recording) as .tra / XMALab / Slicer
+    subj = load_subject(tmp_path / "w" / "subject")
+    poses = np.array([[10.0, 20.0, 30.0, 1.0, 2.0, 3.0], [np.nan] * 6])
+    M = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
+    csv = write_poses_csv(tmp_path / "poses.csv", [99, 158], ["ok", "failed"], poses, M, [1.0, np.nan],
+                          np.zeros((2, 2)), np.zeros((2, 2)), [8, 0], [0, -1])
+    rec = str(tmp_path / "w" / "recording")
+    base = ["--subject", str(tmp_path / "w" / "subject"), "--recording", rec]
+    assert main(["export", str(csv), "--format", "tra", "--out", str(tmp_path / "u.tra"), *base]) == 0
+    tra = read_tra(tmp_path / "u.tra")
+    assert tra.shape == (3, 4, 4) and np.isnan(tra[0]).all() and np.isnan(tra[2]).all()
+    np.testing.assert_allclose(tra[1], tra_from_model_poses(M[:1], subj, (1, 0, 0))[0], atol=1e-9)
+    np.testing.assert_allclose(read_reference_poses(tmp_path / "u.tra", [99])[0], poses[0], atol=1e-7)
+    assert main(["export", str(csv), "--format", "xmalab", "--out", str(tmp_path / "u.csv"), *base]) == 0
+    np.testing.assert_allclose(read_reference_poses(tmp_path / "u.csv", [99])[0], poses[0], atol=1e-7)
+    assert main(["export", str(csv), "--format", "slicer", "--out", str(tmp_path / "u.tfm"), *base]) == 0
+    assert read_slicer_tfm(tmp_path / "u.tfm").shape == (4, 4)
+    assert main(["export", str(csv), "--format", "slicer", "--frame", "158", "--out", str(tmp_path / "v.tfm"),
+                 *base]) == 2
+    assert "frame 158 has no pose" in capsys.readouterr().err
+
+
+@needs_sample
+def test_cli_subject_init_from_tiff_without_pairs(tmp_path, capsys):
+    from fluororeg.cli.app import main
+
+    tif = str(SAMPLE / "Models" / "uln_dcm_cropped.tif")
+    out = str(tmp_path / "uln")
+    assert main(["subject", "init", "--ct", tif, "--out", out, "--propose", "9", "--pairs-count", "0"]) == 2
+    assert "voxel_size_mm" in capsys.readouterr().err
+    assert main(["subject", "init", "--ct", tif, "--voxel-size", *map(str, VOXEL), "--intensity", "raw:1:-1024",
+                 "--propose", "9", "--pairs-count", "0", "--out", out]) == 0
+    assert "no mirror search" in capsys.readouterr().out
+    subj = load_subject(out)
+    assert subj.pairs == () and len(subj.landmarks) == 9
+    np.testing.assert_allclose(autoscoper_from_physical(subj.ct), np.eye(4), atol=1e-12)

@@ -93,3 +93,21 @@ def test_sample_knee_frames_mismatch_and_wrist_pairs(tmp_path):
         init_recording(views, geo, tmp_path / "knee")
     with pytest.raises(ValueError, match="no pixel pitch"):
         geometry_from_mayacam(cams)
+
+
+def test_cli_recording_init(tmp_path, capsys):
+    from fluororeg.calibration.geometry_file import save_geometry
+    from fluororeg.cli.app import main
+
+    a = _folder(tmp_path, "cam01", [7, 9])
+    b = _folder(tmp_path, "cam02", [7, 9])
+    save_geometry(tmp_path / "g.json", _geometry())
+    assert main(["recording", "init", str(a), str(b), "--geometry", str(tmp_path / "g.json"), "--out",
+                 str(tmp_path / "rec"), "--fps", "125"]) == 0
+    assert "frames 7..9" in capsys.readouterr().out
+    rec = open_recording(tmp_path / "rec")
+    assert rec.frame_numbers.tolist() == [7, 9] and rec.frame_rate_hz == 125.0
+    c = _folder(tmp_path, "cam03", [7, 8])
+    assert main(["recording", "init", str(a), str(c), "--geometry", str(tmp_path / "g.json"), "--out",
+                 str(tmp_path / "rec2")]) == 2
+    assert "[9] that view 2 lacks" in capsys.readouterr().err

@@ -633,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="version and backends")
     i.set_defaults(func=cmd_info)
+    __import__("fluororeg.cli.interop_commands", fromlist=["add_parsers"]).add_parsers(sub)  # recording, import, export
     return p
 
 
