@@ -126,8 +126,13 @@ def run_subject_init(args: argparse.Namespace) -> int:
     ct = load_volume(args.ct, voxel_size_mm=args.voxel_size, intensity=args.intensity, flip=args.flip or (0, 0, 0))
     if args.landmarks:
         landmarks = load_landmarks(args.landmarks)
-        pairs = ([tuple(t.split(":")) for t in args.pairs] if args.pairs is not None
-                 else app._pairs_from_names(landmarks.names))
+        if args.pairs is not None:
+            bad = [t for t in args.pairs if t.count(":") != 1]
+            if bad:
+                raise ValueError(f"--pairs {bad[0]!r}: expected LEFT:RIGHT landmark names")
+            pairs = [tuple(t.split(":")) for t in args.pairs]
+        else:
+            pairs = app._pairs_from_names(landmarks.names)
         how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs"
     else:
         n_pairs = min(args.propose // 3, 13) if args.pairs_count is None else args.pairs_count
