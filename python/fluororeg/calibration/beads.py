@@ -97,15 +97,6 @@ def field_of_view_mask(image, *, fraction: float = 0.5, shrink_px: int = 2) -> n
     return mask
 
 
-def _smooth_masked(a: np.ndarray, sigma: float, mask: np.ndarray | None) -> np.ndarray:
-    if mask is None:
-        return ndimage.gaussian_filter(a, sigma)
-    m = mask.astype(np.float64)
-    num = ndimage.gaussian_filter(a * m, sigma)
-    den = ndimage.gaussian_filter(m, sigma)
-    return np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
-
-
 def _contrast_map(img: np.ndarray, radius: float, polarity: str, mask: np.ndarray | None) -> np.ndarray:
     size = 2 * int(np.ceil(2.0 * radius)) + 3
     median = 3

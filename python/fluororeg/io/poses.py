@@ -295,8 +295,7 @@ def read_slicer_tfm(path) -> np.ndarray:
             k, v = line.split(":", 1)
             fields.setdefault(k.strip(), v.strip())
     kind = fields.get("Transform", "")
-    if not re.match(r"(AffineTransform|MatrixOffsetTransformBase|Euler3DTransform|VersorRigid3DTransform)", kind) \
-            or not kind.endswith("_3_3") and "3D" not in kind:
+    if not (re.fullmatch(r"(AffineTransform|MatrixOffsetTransformBase)_(double|float)_3_3", kind)):
         raise ValueError(f"'{path}': transform {kind!r}: expected a 3-D AffineTransform")
     try:
         p = np.array([float(v) for v in fields["Parameters"].split()])

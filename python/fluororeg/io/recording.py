@@ -224,9 +224,11 @@ class Recording:
         if not np.array_equal(numbers[0], numbers[1]):
             only = [sorted(set(numbers[k].tolist()) - set(numbers[1 - k].tolist())) for k in range(2)]
             if only[0] or only[1]:
-                raise ValueError(f"the views hold different frames: view 1 has frames {only[0][:20]} that view 2 "
-                                 f"lacks, view 2 has {only[1][:20]} that view 1 lacks ({len(numbers[0])} and "
-                                 f"{len(numbers[1])} frames): frames are paired by the numbers in their file names")
+                counts = (f"the views have different frame counts [{len(numbers[0])}, {len(numbers[1])}]"
+                          if len(numbers[0]) != len(numbers[1]) else "the views hold different frames")
+                raise ValueError(f"{counts}: view 1 has frames {only[0][:20]} that view 2 lacks, view 2 has "
+                                 f"{only[1][:20]} that view 1 lacks (frames are paired by the numbers in their file "
+                                 f"names)")
             raise ValueError(f"the views number their frames in different orders: {numbers[0][:10].tolist()} and "
                              f"{numbers[1][:10].tolist()}")
         if len(self.geometry.views) != 2:
