@@ -194,9 +194,9 @@ def test_xmalab_rigid_body_csv_round_trip(tmp_path):
     W = pose_matrix(poses)
     path = write_xmalab_rigid_body_csv(tmp_path / "rb.csv", [5, 3], W, subj, trial_frames=[3, 4, 5], body="radius")
     header = path.read_text().splitlines()[0].split(",")
-    assert header[:4] == ["radius_R11", "radius_R12", "radius_R13", "radius_0"] and header[-1] == "radius_1"
-    name, M = read_xmalab_rigid_body_csv(path)
-    assert name == "radius" and M.shape == (3, 4, 4) and np.isnan(M[1]).all()
+    assert header[:5] == ["Frame", "radius_R11", "radius_R12", "radius_R13", "radius_01"] and header[-1] == "radius_1"
+    name, M, index = read_xmalab_rigid_body_csv(path)
+    assert name == "radius" and M.shape == (3, 4, 4) and np.isnan(M[1]).all() and index.tolist() == [0, 1, 2]
     tra = tra_from_model_poses(W, subj)
     np.testing.assert_allclose(M[2], tra[0], atol=1e-9)
     np.testing.assert_allclose(M[0, 3], [0, 0, 0, 1])  # column by column: the last row is 0 0 0 1
@@ -209,6 +209,34 @@ def test_xmalab_rigid_body_csv_round_trip(tmp_path):
         read_reference_poses(path)
     np.testing.assert_allclose(read_reference_poses(path, [3, 5], subject=subj, trial_frames=[3, 4, 5]),
                                poses[[1, 0]], atol=1e-7)
+
+
+def test_reads_xmalab_export_as_xmalab_writes_it(tmp_path):
+    # XMALab's Trial::saveRigidBodyTransformations: OpenCV pose [R | t] (world -> body) written
+    # as trans[4 y + x] = R[y, x], trans[12:15] = -R^T t, trans[15] = 1; filtered columns carry
+    # the cut-off; no Frame column here.
+    from scipy.spatial.transform import Rotation
+
+    R = Rotation.from_euler("xyz", [20, -35, 60], degrees=True).as_matrix()
+    t = np.array([12.0, -30.0, 400.0])
+    trans = np.zeros(16)
+    for y in range(3):
+        trans[4 * y:4 * y + 3] = R[y]
+    trans[12:15] = -R.T @ t
+    trans[15] = 1.0
+    cols = ["R11", "R12", "R13", "01", "R21", "R22", "R23", "02", "R31", "R32", "R33", "03", "TX", "TY", "TZ", "1"]
+    head = ",".join(f"{b}_{c}_25Hz" for b in ("ulna", "radius") for c in cols)
+    row = ",".join(repr(float(v)) for v in np.r_[np.full(16, np.nan), trans])
+    path = tmp_path / "xma.csv"
+    path.write_text(head + "\n" + ",".join(["NaN"] * 32) + "\n" + row + "\n")
+    name, M, index = read_xmalab_rigid_body_csv(path, "radius")
+    assert name == "radius" and index.tolist() == [0, 1]
+    world_from_body = np.eye(4)
+    world_from_body[:3, :3], world_from_body[:3, 3] = R.T, -R.T @ t
+    np.testing.assert_allclose(M[1], world_from_body, atol=1e-12)
+    assert np.isnan(M[0]).all()
+    with pytest.raises(ValueError, match="'femur' is not in"):
+        read_xmalab_rigid_body_csv(path, "femur")
 
 
 def test_mayacam1_in_mayacam2_out(tmp_path):

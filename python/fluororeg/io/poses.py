@@ -192,7 +192,7 @@ def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, 
 def _is_xmalab(path: Path) -> bool:
     with path.open(newline="") as f:
         head = f.readline()
-    return any(h.strip().endswith("_R11") for h in head.split(","))
+    return any(re.fullmatch(r".+_R11(_[0-9.eE+-]+Hz)?", h.strip()) for h in head.split(","))
 
 
 def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray:
@@ -202,10 +202,11 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray
 
     if path.suffix.lower() == ".tra":
         M = read_tra(path)
+        index = np.arange(len(M))
     else:
         from fluororeg.io.xmalab import read_xmalab_rigid_body_csv
 
-        M = read_xmalab_rigid_body_csv(path, body)[1]
+        _, M, index = read_xmalab_rigid_body_csv(path, body)
     side = read_pose_sidecar(path)
     if subject is not None:
         body_from_model = autoscoper_from_model(subject, flip)
@@ -216,13 +217,16 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray
     else:
         raise ValueError(f"'{path}' holds poses of a bone frame fluororeg does not know (Autoscoper's volume frame of "
                          "some CT): give the subject (subject=, or --subject) whose CT it was made with")
+    n_trial = int(index.max()) + 1 if len(index) else 0
     if trial_frames is None:
-        trial_frames = side["line_frame_numbers"] if side is not None else np.arange(len(M))
+        trial_frames = side["line_frame_numbers"] if side is not None else np.arange(n_trial)
     trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
-    if len(trial_frames) != len(M):
-        raise ValueError(f"'{path}' has {len(M)} poses but {len(trial_frames)} frame numbers were given for them")
+    if len(trial_frames) < n_trial or (path.suffix.lower() == ".tra" and len(trial_frames) != len(M)):
+        raise ValueError(f"'{path}' has poses of {n_trial} trial frames but {len(trial_frames)} frame numbers were "
+                         "given for them")
     if len(trial_frames) and trial_frames.min() < 0:
         raise ValueError(f"'{path}': frame {trial_frames.min()} is negative")
+    trial_frames = trial_frames[index]  # the frame number of each pose
     world_from_model = M @ body_from_model
     finite = np.isfinite(world_from_model).all(axis=(1, 2))
     by_frame = np.full((int(trial_frames.max()) + 1 if len(trial_frames) else 0, 6), np.nan)
