@@ -561,7 +561,7 @@ def test_propose_landmarks_options_and_errors():
     lm, pairs = propose_landmarks(vol, n_landmarks=8, n_pairs=4)
     assert len(lm) == 8 and len(pairs) == 4 and all(n.endswith(("_L", "_R")) for n in lm.names)
     lm, pairs = propose_landmarks(vol, n_landmarks=5, n_pairs=0)
-    assert pairs == () and lm.names == tuple(f"auto_mid_{q:02d}" for q in range(1, 6))
+    assert pairs == () and lm.names == tuple(f"auto_{q:02d}" for q in range(1, 6))  # no symmetry: whole surface
     # a CT in HU instead of a mask
     ct = Volume(np.where(vol.data > 0, 1200, -1000).astype(np.int16), vol.spacing, vol.origin)
     lm_ct, _ = propose_landmarks(ct, 9, 3)

@@ -36,6 +36,21 @@ data, see tests/test_calibration.py):
 * A MayaCam has no pixel pitch. Converting to a :class:`~fluororeg.core.geometry.ConeView` needs
   one (``pitch_u``, mm/px); only ``f * pitch`` (the source-detector distance) is fixed.
 
+**MayaCam 1.0** (read only; written back as 2.0) - five CSV lines of three numbers, as
+Autoscoper's ``Camera::loadMayaCam1`` reads them::
+
+    Cx,Cy,Cz          camera (source) position in the world (the file's length unit)
+    rx,ry,rz          degrees; camera-to-world rotation R = Rz(rz) Ry(ry) Rx(rx)
+    a,b,c             image-plane position (derived, ignored)
+    u0,v0,z           principal point, MATLAB style: 1-based, v0 counted from the BOTTOM row;
+                      z = -focal length in pixels
+    s,W,H             scale (ignored), image width and height (0: 1024)
+
+The camera is an OpenGL one (looking along its -z, y up), so the OpenCV pinhole is
+``R_cv = diag(1, -1, -1) R^T``, ``t = -R_cv C``, ``fx = fy = |z|``, ``cx = u0 - 1``,
+``cy = H - v0`` (Autoscoper puts the OpenGL principal point at ``(u0 - 1, v0 - 1)``, the one
+of a 2.0 file at ``(cx, H - 1 - cy)``).
+
 **DLT** (11 coefficients ``L1..L11``)::
 
     u = (L1 X + L2 Y + L3 Z + L4) / (L9 X + L10 Y + L11 Z + 1)
@@ -61,7 +76,7 @@ import numpy as np
 from fluororeg.core.geometry import ConeView
 from fluororeg.calibration.pinhole import PinholeCamera, decompose_projection, pinhole_from_view, view_from_pinhole
 
-__all__ = ["read_mayacam", "write_mayacam", "mayacam_view", "read_dlt", "write_dlt",
+__all__ = ["read_mayacam", "read_mayacam1", "write_mayacam", "mayacam_view", "read_dlt", "write_dlt",
            "dlt_from_pinhole", "pinhole_from_dlt", "project_dlt", "pinhole_from_view",
            "view_from_pinhole", "PinholeCamera"]
 
@@ -94,6 +109,8 @@ def _numbers(line: str, count: int, path, lineno: int, section: str) -> list[flo
 def read_mayacam(path) -> PinholeCamera:
     """A MayaCam 2.0 file as a :class:`PinholeCamera` (conventions in the module notes)."""
     lines = _read_text(path, "MayaCam")
+    if lines and lines[0].lower() != "image size" and "," in lines[0]:
+        return read_mayacam1(path)
     index = {}
     for i, ln in enumerate(lines):
         if ln.lower() in _SECTIONS and ln.lower() not in index:
@@ -124,6 +141,38 @@ def read_mayacam(path) -> PinholeCamera:
         raise ValueError(f"MayaCam file '{path}': {exc}") from exc
 
 
+def read_mayacam1(path) -> PinholeCamera:
+    """A MayaCam 1.0 file (five lines of three numbers; see the module notes) as a
+    :class:`PinholeCamera` in the same world frame and length unit."""
+    lines = [ln for ln in _read_text(path, "MayaCam 1.0") if ln != ""]
+    if len(lines) < 5:
+        raise ValueError(f"MayaCam 1.0 file '{path}' has {len(lines)} lines, expected 5 lines of 3 numbers")
+    names = ("camera position", "rotation (deg)", "image plane", "u0, v0, z", "scale, width, height")
+    vals = [_numbers(lines[i], 3, path, i + 1, names[i]) for i in range(5)]
+    C = np.array(vals[0])
+    rx, ry, rz = np.deg2rad(vals[1])
+    u0, v0, z = vals[3]
+    w, h = int(vals[4][1]) or 1024, int(vals[4][2]) or 1024
+    if z == 0:
+        raise ValueError(f"MayaCam 1.0 file '{path}' line 4: focal length z = 0")
+
+    def rot(axis, a):
+        c, s_ = np.cos(a), np.sin(a)
+        m = np.eye(3)
+        i, j = [(1, 2), (2, 0), (0, 1)][axis]
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s_, s_, c
+        return m
+
+    world_from_gl = rot(2, rz) @ rot(1, ry) @ rot(0, rx)
+    R = np.diag([1.0, -1.0, -1.0]) @ world_from_gl.T
+    f = abs(float(z))
+    K = np.array([[f, 0.0, u0 - 1.0], [0.0, f, h - v0], [0.0, 0.0, 1.0]])
+    try:
+        return PinholeCamera(K, R, -R @ C, w, h)
+    except ValueError as exc:
+        raise ValueError(f"MayaCam 1.0 file '{path}': {exc}") from exc
+
+
 def _fmt(x: float) -> str:
     return repr(float(x))
 
@@ -143,9 +192,15 @@ def write_mayacam(path, camera) -> None:
 
 
 def mayacam_view(path, pitch_u: float) -> ConeView:
-    """A MayaCam 2.0 file as a ConeView with pixel pitch ``pitch_u`` mm (``pitch_v`` follows
-    from ``fx / fy``); projects every point to the same pixel as the file's pinhole."""
-    return view_from_pinhole(read_mayacam(path), pitch_u)
+    """A MayaCam (2.0 or 1.0) file as a ConeView with pixel pitch ``pitch_u`` mm (``pitch_v``
+    follows from ``fx / fy``); projects every point to the same pixel as the file's pinhole.
+    MayaCam files record no pixel pitch, so it must be given (no default)."""
+    if pitch_u is None or isinstance(pitch_u, bool) or not isinstance(pitch_u, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(pitch_u) and pitch_u > 0):
+        raise ValueError(f"pixel pitch {pitch_u!r}: a MayaCam file records no pixel pitch; give the detector's "
+                         f"pitch in mm per pixel (e.g. the intensifier's field of view in mm / image width in "
+                         f"pixels, or a bead-plate calibration's pitch_mm)")
+    return view_from_pinhole(read_mayacam(path), float(pitch_u))
 
 
 # ---- DLT -------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from fluororeg.core.geometry import ConeView, system_centre as _system_centre
 from fluororeg.calibration.distortion import DistortionModel
 
 __all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict", "geometry_to_dict",
-           "geometry_from_mayacam"]
+           "geometry_from_mayacam", "geometry_from_bead_images", "with_distortion"]
 
 FORMAT = "fluororeg-geometry"
 VERSION = 1
@@ -188,11 +188,64 @@ def load_geometry(path) -> DualGeometry:
     return geometry_from_dict(d, where=f"'{path.name}'")
 
 
-def geometry_from_mayacam(paths, pitch_u: float, names=None) -> DualGeometry:
-    """A geometry from one MayaCam 2.0 file per view (e.g. Autoscoper's cam01/cam02), with
-    the pixel pitch ``pitch_u`` mm that the files lack (see :mod:`.formats`)."""
+def _distortion_list(distortion, n: int) -> tuple:
+    """None, or one entry per view: None, a DistortionModel or a distortion model file."""
+    from fluororeg.calibration.distortion import load_distortion
+
+    if distortion is None:
+        return (None,) * n
+    items = list(distortion)
+    if len(items) != n:
+        raise ValueError(f"distortion has {len(items)} entries but there are {n} views: give one per view "
+                         "(None for a view without)")
+    out = []
+    for k, d in enumerate(items):
+        if d is None or isinstance(d, DistortionModel):
+            out.append(d)
+        elif isinstance(d, (str, Path)):
+            out.append(load_distortion(d))
+        else:
+            raise TypeError(f"distortion[{k}] is a {type(d).__name__}: expected None, a DistortionModel or a file")
+    return tuple(out)
+
+
+def with_distortion(geometry: DualGeometry, distortion) -> DualGeometry:
+    """The same views with distortion models attached (one per view: None, a DistortionModel
+    or a distortion model file, see :mod:`.distortion`)."""
+    return DualGeometry(geometry.views, geometry.names, _distortion_list(distortion, len(geometry.views)))
+
+
+def geometry_from_mayacam(paths, pitch_u: float | None = None, names=None, *, distortion=None) -> DualGeometry:
+    """A geometry from one MayaCam file (2.0 or 1.0) per view (e.g. Autoscoper's cam01/cam02),
+    with the pixel pitch ``pitch_u`` mm that the files lack (required: a clear error when
+    missing, never a default) and optionally each view's distortion model (``distortion``:
+    one entry per view, None, a DistortionModel or a model file; it maps the view's raw
+    pixels to the corrected ones the MayaCam describes)."""
     from fluororeg.calibration.formats import mayacam_view
 
     paths = list(paths)
     views = tuple(mayacam_view(p, pitch_u) for p in paths)
-    return DualGeometry(views, tuple(names) if names is not None else ())
+    return DualGeometry(views, tuple(names) if names is not None else (), _distortion_list(distortion, len(views)))
+
+
+def geometry_from_bead_images(images, points_world, view_guesses, *, names=None, distortion=None,
+                              radius_px: float = 4.0, polarity: str = "dark", fov="auto") -> DualGeometry:
+    """A geometry from one image per view of the same calibration object (bead positions
+    ``points_world`` [m, 3] mm in the world frame the geometry will use): each view is
+    estimated by :func:`~.resection.calibrate_view` from its bead detections, undistorted
+    with that view's model (``distortion``, as in :func:`geometry_from_mayacam`), starting
+    from a rough ``view_guesses[k]`` (pitch taken from it). The models are attached."""
+    from fluororeg.calibration.resection import calibrate_view
+
+    images, guesses = list(images), list(view_guesses)
+    if len(images) != len(guesses):
+        raise ValueError(f"{len(images)} images but {len(guesses)} view guesses: one of each per view")
+    dist = _distortion_list(distortion, len(images))
+    views = []
+    for k, (img, guess, d) in enumerate(zip(images, guesses, dist)):
+        try:
+            views.append(calibrate_view(img, points_world, guess, radius_px=radius_px, polarity=polarity, fov=fov,
+                                        distortion=d).view)
+        except ValueError as exc:
+            raise ValueError(f"view {k + 1}: {exc}") from exc
+    return DualGeometry(tuple(views), tuple(names) if names is not None else (), dist)

@@ -7,7 +7,10 @@
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
     fluororeg simulate [--subject DIR] [--scenario NAME] [--n-frames N] [--size PX] [--out DIR]
     fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
-    fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM --out geometry.json
+    fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM [--distortion D1 D2] --out geometry.json
+    fluororeg recording init VIEW1 VIEW2 --geometry geometry.json --out DIR [--fps HZ]
+    fluororeg import autoscoper TRIAL.cfg --out DIR --pitch MM --intensity MAPPING
+    fluororeg export POSES.csv --format tra|xmalab|slicer --subject DIR --out FILE
     fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
     fluororeg train-translator --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
                                [--snapshot-every N]
@@ -36,6 +39,7 @@ from fluororeg.cli import (
     dataset_commands,
     demo_command,
     info_command,
+    interop_commands,
     recording_commands,
     register_commands,
     render_command,
@@ -46,8 +50,8 @@ from fluororeg.cli.common import deprecation_note
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = (render_command, subject_commands, dataset_commands, recording_commands, training_commands,
-                   register_commands, demo_command, info_command)
+COMMAND_MODULES = (render_command, subject_commands, dataset_commands, recording_commands, interop_commands,
+                   training_commands, register_commands, demo_command, info_command)
 DEPRECATED_COMMANDS = {**training_commands.DEPRECATED_COMMANDS, **register_commands.DEPRECATED_COMMANDS}
 
 

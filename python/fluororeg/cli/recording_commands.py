@@ -33,8 +33,11 @@ def add_parser(subparsers) -> None:
     ca.add_argument("--bead-radius", type=float, default=4.0, help="bead radius in pixels")
     ca.add_argument("--polarity", choices=["dark", "bright"], default="dark")
     ca.add_argument("--spacing-mm", type=float, help="bead spacing of the plate (mm)")
-    ca.add_argument("--mayacam", nargs="+", help="geometry: two MayaCam 2.0 camera files (view 1, view 2)")
-    ca.add_argument("--pitch", type=float, default=0.2, help="geometry: intensifier pixel pitch (mm)")
+    ca.add_argument("--mayacam", nargs="+", help="geometry: two MayaCam camera files, 2.0 or 1.0 (view 1, view 2)")
+    ca.add_argument("--pitch", type=float,
+                    help="geometry: intensifier pixel pitch (mm/px), required: MayaCam files record none")
+    ca.add_argument("--distortion", nargs=2, metavar=("D1", "D2"),
+                    help="geometry: distortion models of the two views, attached to the geometry file")
     ca.set_defaults(handler=run_calibrate, resumes=False)
 
 
@@ -70,8 +73,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         from fluororeg.calibration.geometry_file import geometry_from_mayacam, save_geometry
 
         if not args.mayacam or len(args.mayacam) != 2:
-            raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam 2.0 files)")
-        geo = geometry_from_mayacam(args.mayacam, pitch_u=args.pitch)
+            raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam files, 2.0 or 1.0)")
+        if args.pitch is None:
+            raise ValueError("calibrate geometry needs --pitch MM: MayaCam files record no pixel pitch (mm per "
+                             "intensifier pixel: the field of view over the image width, or a bead plate's pitch)")
+        geo = geometry_from_mayacam(args.mayacam, pitch_u=args.pitch, distortion=args.distortion)
         save_geometry(args.out, geo)
-        print(f"geometry of 2 views (system centre {np.round(geo.system_centre, 1).tolist()} mm) -> {args.out}")
+        n_dist = sum(d is not None for d in geo.distortion)
+        print(f"geometry of 2 views (system centre {np.round(geo.system_centre, 1).tolist()} mm, {n_dist} distortion "
+              f"model{'s' if n_dist != 1 else ''}) -> {args.out}")
     return 0

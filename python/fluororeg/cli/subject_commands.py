@@ -16,12 +16,21 @@ def add_parser(subparsers) -> None:
     sj = subparsers.add_parser("subject", help="set up a subject folder (CT + landmarks) and check it")
     sjs = sj.add_subparsers(dest="subject_command", required=True)
     si = sjs.add_parser("init", help="write a subject folder from a CT and landmarks (or proposed landmarks)")
-    si.add_argument("--ct", required=True, help="CT file or DICOM folder (Hounsfield units)")
+    si.add_argument("--ct", required=True, help="CT file, DICOM folder or multi-page TIFF stack")
+    si.add_argument("--voxel-size", type=float, nargs=3, metavar=("SX", "SY", "SZ"),
+                    help="voxel size (mm) of a TIFF-stack CT (column, row, page spacing)")
+    si.add_argument("--intensity", help="what the CT's values mean: hu (default for CT files), raw:SLOPE:OFFSET "
+                                        "or mu:SLOPE:OFFSET[:MU_WATER]; required for a TIFF stack")
+    si.add_argument("--flip", type=int, nargs=3, metavar=("FX", "FY", "FZ"),
+                    help="Autoscoper VolumeFlip of a TIFF-stack CT (default 0 0 0)")
     si.add_argument("--landmarks", help="landmarks (.mrk.json, .fcsv or .csv); pairs from _L/_R names. "
                                         "Without it, a symmetric set is proposed on the bone surface")
     si.add_argument("--pairs", nargs="+", metavar="LEFT:RIGHT",
                     help="symmetric landmark pairs by name (default: from <stem>_L / <stem>_R names)")
     si.add_argument("--propose", type=int, default=33, help="number of proposed landmarks (default 33)")
+    si.add_argument("--pairs-count", type=int,
+                    help="symmetric pairs among proposed landmarks (default: a third of them, at most 13; "
+                         "0 for a bone that is not left-right symmetric: no mirror search)")
     si.add_argument("--threshold-hu", type=float, default=300.0, help="bone mask threshold (default 300 HU)")
     si.add_argument("--name", help="subject name (default: the folder's name)")
     si.add_argument("--out", required=True, help="subject folder to write")
@@ -56,7 +65,7 @@ def run_init(args: argparse.Namespace) -> int:
                               "--force to overwrite it and its landmarks")
     if args.pairs is not None and not args.landmarks:
         raise ValueError("--pairs names landmarks of --landmarks; proposed landmarks come with their own pairs")
-    ct = load_volume(args.ct)
+    ct = load_volume(args.ct, voxel_size_mm=args.voxel_size, intensity=args.intensity, flip=args.flip or (0, 0, 0))
     if args.landmarks:
         landmarks = load_landmarks(args.landmarks)
         if args.pairs is not None:
@@ -66,10 +75,13 @@ def run_init(args: argparse.Namespace) -> int:
             pairs = pairs_from_names(landmarks.names)
             how = f"{len(landmarks)} landmarks from {args.landmarks}, {len(pairs)} pairs by their _L/_R names"
     else:
-        landmarks, pairs = propose_landmarks(ct, args.propose, min(args.propose // 3, 13))
-        how = f"{len(landmarks)} proposed landmarks ({len(pairs)} symmetric pairs); check and move them in 3D Slicer"
+        n_pairs = min(args.propose // 3, 13) if args.pairs_count is None else args.pairs_count
+        landmarks, pairs = propose_landmarks(ct, args.propose, n_pairs)
+        how = (f"{len(landmarks)} proposed landmarks ({len(pairs)} symmetric pairs"
+               f"{'; none: no mirror search' if not pairs else ''}); check and move them in 3D Slicer")
+    ct_name = "ct.nrrd" if Path(args.ct).suffix.lower() in (".tif", ".tiff") else "ct.nii.gz"
     subject = make_subject(args.name or Path(args.out).name, ct, landmarks, pairs, threshold_hu=args.threshold_hu)
-    path = save_subject(subject, args.out)
+    path = save_subject(subject, args.out, ct_filename=ct_name)
     print(f"wrote {path}: {how}. Check it with: fluororeg subject check {args.out}")
     return 0
 

@@ -208,6 +208,53 @@ class DatasetConfig:
         d["poses"] = asdict(self.poses)
         return d
 
+    @classmethod
+    def for_subject(cls, subject, *, image_size: int = 128, margin: float = 1.35, **overrides) -> "DatasetConfig":
+        """A configuration sized to the subject's bone (any bone, not only a skull): see
+        :func:`bone_size_settings`; ``overrides`` (any field, e.g. ``n_train``, ``projection``,
+        ``source_distance_mm``) win over the derived values."""
+        derived = bone_size_settings(subject, image_size=image_size, margin=margin)
+        poses = overrides.pop("poses", None) or derived.pop("poses")
+        derived.pop("poses", None)
+        derived.update(overrides)
+        return cls(image_size=image_size, poses=poses, **derived)
+
+
+def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) -> dict:
+    """Dataset settings derived from the bone's size and shape (for :meth:`DatasetConfig.for_subject`):
+
+    * ``pixel_mm`` (the crop pixel size the pipeline then uses): the largest extent of the bone
+      mask seen from any direction (its bounding sphere's diameter about the model origin,
+      i.e. the landmark centroid) times ``margin``, over ``image_size`` pixels, so that the
+      whole bone fits a crop at any pose and scale of the ranges below;
+    * ``poses.translation_mm``: +-8 % of that field of view;
+    * for a subject with symmetric pairs (a skull): the default viewing ranges (front half,
+      the mirror cases resolve the rest); for one without pairs (a radius, a femur): no
+      mirror case can resolve a view from behind, so the whole sphere of directions about the
+      bone's long axis (its largest principal axis, as ``superior_axis``): azimuth
+      (-180, 180), elevation (-45, 45), roll (-180, 180).
+    """
+    mask = subject.mask_model()
+    k, j, i = np.nonzero(np.asarray(mask.data))
+    if not len(i):
+        raise ValueError("the subject's bone mask is empty: cannot size a dataset to it")
+    pts = mask.voxel_to_physical(np.stack([i, j, k], axis=1).astype(np.float64))  # [M, 3] model mm
+    radius = float(np.linalg.norm(pts, axis=1).max()) + 0.5 * float(np.linalg.norm(mask.spacing))
+    fov = 2.0 * radius * float(margin)
+    pixel_mm = fov / int(image_size)
+    translation = 0.08 * fov
+    if subject.pairs:
+        poses = PoseRanges(translation_mm=(-translation, translation))
+    else:
+        centred = pts - pts.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred[:: max(1, len(centred) // 20000)], full_matrices=False)
+        long_axis, second = vt[0], vt[1]
+        poses = PoseRanges(azimuth_deg=(-180.0, 180.0), elevation_deg=(-45.0, 45.0), roll_deg=(-180.0, 180.0),
+                           translation_mm=(-translation, translation),
+                           superior_axis=tuple(float(v) for v in long_axis),
+                           anterior_axis=tuple(float(v) for v in second))
+    return {"pixel_mm": float(pixel_mm), "poses": poses}
+
 
 def source_distance_range(views, margin: float = 0.15) -> tuple[float, float]:
     """Source-to-object distances (mm) for a cone-beam dataset that matches a lab's fluoroscopes:
@@ -294,6 +341,7 @@ def _metadata(subject, config: DatasetConfig) -> dict:
         "software": f"fluororeg {__version__}",
         "subject": subject.name,
         "subject_fingerprint": subject.fingerprint,
+        "crop_pixel_mm": float(config.pixel_mm),
         "landmark_names": list(subject.landmark_names),
         "pairs": [list(p) for p in subject.pairs],
         "config": config.to_json(),
@@ -430,6 +478,17 @@ class DatasetReader:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def crop_pixel_mm(self) -> float:
+        """The pixel size (mm) of the dataset's images at the bone: the crop pixel size the
+        pipeline must use with a detector trained on them."""
+        return float(self.meta["config"]["pixel_mm"])
+
+    @property
+    def subject_fingerprint(self) -> str:
+        """The fingerprint of the subject the dataset was rendered from."""
+        return str(self.meta["subject_fingerprint"])
 
     @property
     def landmark_names(self) -> list[str]:

@@ -18,20 +18,32 @@ separated by commas, in millimetres; frames without a pose are 16 NaN values. Th
 Autoscoper's default export ("as matrix, as rows, with commas"): its ``save_tracking_results``
 writes the OpenGL (column-major) array ``m`` as ``m[0], m[4], m[8], m[12], m[1], ...``, which
 is the matrix row by row, the translation being values 4, 8 and 12. ``as_rows=False`` reads
-and writes the "as columns" variant (the OpenGL array as it is).
+and writes the "as columns" variant (the OpenGL array as it is). These matrices are in
+fluororeg's model frame; :func:`fluororeg.io.autoscoper.write_autoscoper_tra` writes the ones
+Autoscoper loads in place (its volume frame, its frame order).
+
+3D Slicer (:func:`write_slicer_tfm`): an ITK text transform (``#Insight Transform File V1.0``,
+``AffineTransform_double_3_3``) in LPS. ITK files hold the *resampling* transform, which maps
+points of the fixed (here: world) space to the moving (here: the CT's physical) space, i.e.
+``physical_from_world``; Slicer inverts it on reading and shows the "to parent" transform
+``world_from_physical`` (converted to RAS for display). Put the subject's CT (its ct.nrrd) under
+the loaded transform and it appears at its registered place among the lab's world
+coordinates (shown in RAS: x and y negated).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 
-__all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra"]
+__all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra",
+           "write_slicer_tfm", "read_slicer_tfm"]
 
 POSE_COLUMNS = (["frame", "status", "theta_x_deg", "theta_y_deg", "theta_z_deg", "tau_x_mm", "tau_y_mm",
                  "tau_z_mm"] + [f"m{r}{c}" for r in range(4) for c in range(4)]
@@ -126,16 +138,28 @@ def _column_reader(path: Path, rows: list[dict]):
 REFERENCE_COLUMNS = ["frame"] + POSE_COLUMNS[2:8]
 
 
-def read_reference_poses(path, frames=None) -> np.ndarray:
-    """Reference poses (deg, mm) by frame number from a CSV with at least the columns
-    ``frame, theta_x_deg .. tau_z_mm`` (a fluororeg pose file, or manual registrations of some
-    frames; empty fields: no pose) or from a simulation's ``truth.npz`` (``poses`` [F, 6],
-    row i = frame i). Returns [len(frames), 6] for the given frame numbers, NaN where the
-    reference has no pose; without ``frames``, [max frame + 1, 6]."""
+def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, flip=(0, 0, 0),
+                         body: str | None = None) -> np.ndarray:
+    """Reference poses (deg, mm; fluororeg's world_from_model) by frame number, by file type:
+
+    * a CSV with at least the columns ``frame, theta_x_deg .. tau_z_mm`` (a fluororeg pose
+      file, or manual registrations of some frames; empty fields: no pose);
+    * a simulation's ``truth.npz`` (``poses`` [F, 6], row i = frame i);
+    * an Autoscoper ``.tra`` (world_from_volume in Autoscoper's volume frame, line n = trial
+      frame n) or an XMALab rigid-body CSV (columns ``NAME_R11 .. NAME_1``; ``body`` picks
+      one): one that fluororeg exported is read through its sidecar (the bone frame and each
+      line's frame number); any other needs ``subject`` (the CT whose volume frame it uses,
+      with Autoscoper's VolumeFlip ``flip``) and ``trial_frames`` (the frame number of each
+      line in order, e.g. a recording's ``frame_numbers``; default: line n is frame n).
+
+    Returns [len(frames), 6] for the given frame numbers, NaN where the reference has no pose;
+    without ``frames``, [max frame + 1, 6]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file '{path}' does not exist")
-    if path.suffix == ".npz":
+    if path.suffix.lower() in (".tra",) or (path.suffix.lower() == ".csv" and _is_xmalab(path)):
+        by_frame = _body_reference(path, subject, trial_frames, flip, body)
+    elif path.suffix == ".npz":
         with np.load(path) as data:
             if "poses" not in data:
                 raise ValueError(f"'{path}' has no 'poses' array (it has {sorted(data.files)})")
@@ -143,7 +167,8 @@ def read_reference_poses(path, frames=None) -> np.ndarray:
         if by_frame.ndim != 2 or by_frame.shape[1] != 6:
             raise ValueError(f"'{path}': poses have shape {by_frame.shape}, expected [F, 6]")
     else:
-        rows = _csv_rows(path, REFERENCE_COLUMNS, f"expected a CSV with {', '.join(REFERENCE_COLUMNS)} (degrees, mm)")
+        rows = _csv_rows(path, REFERENCE_COLUMNS, f"expected a CSV with {', '.join(REFERENCE_COLUMNS)} (degrees, mm), "
+                                                  "an XMALab rigid-body CSV or an Autoscoper .tra")
         col = _column_reader(path, rows)
         numbers = col("frame", integer=True)
         if len(numbers) and numbers.min() < 0:
@@ -162,6 +187,52 @@ def read_reference_poses(path, frames=None) -> np.ndarray:
     known = (frames >= 0) & (frames < len(by_frame))
     out[known] = by_frame[frames[known]]
     return out
+
+
+def _is_xmalab(path: Path) -> bool:
+    with path.open(newline="") as f:
+        head = f.readline()
+    return any(re.fullmatch(r".+_R11(_[0-9.eE+-]+Hz)?", h.strip()) for h in head.split(","))
+
+
+def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray:
+    """[max frame + 1, 6] poses of fluororeg's model frame from a .tra or XMALab CSV."""
+    from fluororeg.core.geometry import pose_from_matrix
+    from fluororeg.io.autoscoper import autoscoper_from_model, read_pose_sidecar
+
+    if path.suffix.lower() == ".tra":
+        M = read_tra(path)
+        index = np.arange(len(M))
+    else:
+        from fluororeg.io.xmalab import read_xmalab_rigid_body_csv
+
+        _, M, index = read_xmalab_rigid_body_csv(path, body)
+    side = read_pose_sidecar(path)
+    if subject is not None:
+        body_from_model = autoscoper_from_model(subject, flip)
+        if side is not None and side.get("subject_fingerprint") not in (None, subject.fingerprint):
+            raise ValueError(f"'{path}' was exported for another subject than {subject.name!r} (fingerprints differ)")
+    elif side is not None:
+        body_from_model = side["body_from_model"]
+    else:
+        raise ValueError(f"'{path}' holds poses of a bone frame fluororeg does not know (Autoscoper's volume frame of "
+                         "some CT): give the subject (subject=, or --subject) whose CT it was made with")
+    n_trial = int(index.max()) + 1 if len(index) else 0
+    if trial_frames is None:
+        trial_frames = side["line_frame_numbers"] if side is not None else np.arange(n_trial)
+    trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
+    if len(trial_frames) < n_trial or (path.suffix.lower() == ".tra" and len(trial_frames) != len(M)):
+        raise ValueError(f"'{path}' has poses of {n_trial} trial frames but {len(trial_frames)} frame numbers were "
+                         "given for them")
+    if len(trial_frames) and trial_frames.min() < 0:
+        raise ValueError(f"'{path}': frame {trial_frames.min()} is negative")
+    trial_frames = trial_frames[index]  # the frame number of each pose
+    world_from_model = M @ body_from_model
+    finite = np.isfinite(world_from_model).all(axis=(1, 2))
+    by_frame = np.full((int(trial_frames.max()) + 1 if len(trial_frames) else 0, 6), np.nan)
+    if finite.any():
+        by_frame[trial_frames[finite]] = pose_from_matrix(world_from_model[finite])
+    return by_frame
 
 
 def write_tra(path, matrices, *, as_rows: bool = True) -> Path:
@@ -196,3 +267,49 @@ def read_tra(path, *, as_rows: bool = True) -> np.ndarray:
             raise ValueError(f"'{path}' line {n}: not all values are numbers") from None
         out.append(vals.reshape(4, 4) if as_rows else vals.reshape(4, 4).T)
     return np.array(out).reshape(-1, 4, 4)
+
+
+def write_slicer_tfm(path, world_from_model, subject) -> Path:
+    """One pose (world_from_model [4, 4]) as a 3D Slicer / ITK text transform that places the
+    subject's CT (its physical LPS frame) in the world; see the module docstring for the
+    direction ITK files store (``physical_from_world``)."""
+    M = np.asarray(world_from_model, dtype=np.float64)
+    if M.shape != (4, 4) or not np.all(np.isfinite(M)):
+        raise ValueError(f"world_from_model must be a finite 4 x 4 matrix, got shape {M.shape}")
+    model_from_physical = np.eye(4)
+    model_from_physical[:3, 3] = -np.asarray(subject.origin, dtype=float)
+    physical_from_world = np.linalg.inv(M @ model_from_physical)
+    params = list(physical_from_world[:3, :3].ravel()) + list(physical_from_world[:3, 3])
+    text = ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+            f"Parameters: {' '.join(repr(float(v)) for v in params)}\nFixedParameters: 0 0 0\n")
+    path = Path(path)
+    atomic_write_text(path, text)
+    return path
+
+
+def read_slicer_tfm(path) -> np.ndarray:
+    """The 4x4 ``physical_from_world`` (the resampling transform, LPS) of an ITK text
+    transform file with one affine/rigid transform (center of rotation applied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"transform file '{path}' does not exist")
+    fields = {}
+    for line in path.read_text().splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.split(":", 1)
+            fields.setdefault(k.strip(), v.strip())
+    kind = fields.get("Transform", "")
+    if not (re.fullmatch(r"(AffineTransform|MatrixOffsetTransformBase)_(double|float)_3_3", kind)):
+        raise ValueError(f"'{path}': transform {kind!r}: expected a 3-D AffineTransform")
+    try:
+        p = np.array([float(v) for v in fields["Parameters"].split()])
+        c = np.array([float(v) for v in fields.get("FixedParameters", "0 0 0").split()])
+    except (KeyError, ValueError):
+        raise ValueError(f"'{path}': missing or non-numeric Parameters / FixedParameters") from None
+    if p.size != 12 or c.size != 3:
+        raise ValueError(f"'{path}': {p.size} parameters and {c.size} fixed parameters, expected 12 and 3")
+    A, t = p[:9].reshape(3, 3), p[9:]
+    m = np.eye(4)
+    m[:3, :3] = A
+    m[:3, 3] = t + c - A @ c  # ITK: y = A (x - c) + t + c
+    return m

@@ -7,6 +7,7 @@ A recording folder holds ``recording.json``::
      "geometry": "geometry.json",          # fluororeg.calibration geometry file (both views,
                                            # optionally each view's distortion model)
      "frames": 120,                        # optional; checked when given
+     "frame_numbers": [2, 99, 158],        # optional; checked when given
      "frame_rate_hz": 100}                 # optional: the acquisition rate (for smoothing)
 
 Each entry of ``views`` is a folder of images (PNG or TIFF, one frame each, in the order of their
@@ -17,6 +18,15 @@ can also be given the two sequences and the geometry directly. Frames are read l
 time, as float32 grey levels. Videos decode forward: reading frames in order costs one decode
 each, going back restarts from the first frame (the pipeline reads in order). Lossy codecs
 alter grey levels; labs that keep video should prefer lossless ones (FFV1, uncompressed AVI).
+
+Frame numbers (``Recording.frame_numbers``) are the lab's own: for a folder of images, the
+last number in each file name (``xr_cam01_UND.0099.tif`` is frame 99) when every file has
+one and no two share it (the files are then ordered by it), else the position 0, 1, 2 ...;
+for a Phantom ``.cine`` the camera's image numbers (its header's first image number on);
+for other videos and multi-page TIFFs the position. The two views are paired by frame
+number: views whose numbers differ are an error that names the frames only one view has.
+Results (poses.csv, .tra exports) keep these numbers. :func:`init_recording` writes
+recording.json for a lab's own image folders or videos.
 
 The frame rate (``Recording.frame_rate_hz``, used by the pipeline's temporal smoothing) comes
 from ``frame_rate_hz`` in recording.json, else from the videos' own rate when both views are
@@ -35,10 +45,32 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 
-__all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest"]
+__all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest", "init_recording",
+           "frame_number_of"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".cine")
+
+
+def frame_number_of(path) -> int | None:
+    """The frame number in an image file's name: the last run of digits of its stem
+    (``L_Hop_Cam1_001_UND.0260.tif`` -> 260), or None."""
+    runs = re.findall(r"\d+", Path(path).stem)
+    return int(runs[-1]) if runs else None
+
+
+def _cine_first_image_number(path: Path) -> tuple[int, int]:
+    """(first image number, image count) from a Phantom .cine CINEFILEHEADER (little endian:
+    'CI', header size, compression, version, FirstMovieImage int32, TotalImageCount uint32,
+    FirstImageNo int32, ImageCount uint32)."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:2] != b"CI":
+        raise ValueError(f"'{path}' is not a Phantom .cine file (no 'CI' header)")
+    first_no, count = struct.unpack_from("<iI", head, 16)
+    return int(first_no), int(count)
 
 
 class _VideoReader:
@@ -62,6 +94,11 @@ class _VideoReader:
                 # Containers do not all record the frame count: count by demuxing (no decoding).
                 self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
         except av.error.FFmpegError as exc:
+            if path.suffix.lower() == ".cine":
+                raise ValueError(f"cannot read the Phantom cine '{path}' with PyAV/FFmpeg ({exc}): this FFmpeg build "
+                                 "does not decode it (packed 10/12-bit or compressed cines often fail); export the "
+                                 "frames as a TIFF sequence (Phantom PCC: File > Save as TIFF) and give that folder "
+                                 "instead") from exc
             raise ValueError(f"cannot read the video '{path}': {exc}") from exc
         if self.n == 0:
             raise ValueError(f"the video '{path}' holds no frames")
@@ -104,14 +141,24 @@ class ImageSequence:
     def __init__(self, path):
         self.path = Path(path)
         self._video = None
+        self.frame_numbers = None
         if self.path.is_dir():
             self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
             if not self.files:
                 raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
             self._pages = None
+            numbers = [frame_number_of(p) for p in self.files]
+            if None not in numbers and len(set(numbers)) == len(numbers):
+                order = np.argsort(numbers, kind="stable")
+                self.files = [self.files[i] for i in order]
+                self.frame_numbers = np.asarray(numbers, dtype=np.int64)[order]
         elif self.path.is_file() and self.path.suffix.lower() in VIDEO_SUFFIXES:
+            if self.path.suffix.lower() == ".cine":
+                first_no, _ = _cine_first_image_number(self.path)
             self._video = _VideoReader(self.path)
             self.files, self._pages = None, self._video.n
+            if self.path.suffix.lower() == ".cine":
+                self.frame_numbers = first_no + np.arange(self._video.n, dtype=np.int64)
         elif self.path.is_file() and self.path.suffix.lower() in (".tif", ".tiff"):
             from PIL import Image
 
@@ -126,6 +173,10 @@ class ImageSequence:
         else:
             raise ValueError(f"image sequence '{self.path}': expected a folder of PNG/TIFF images, a "
                              f"multi-page TIFF file or a video ({', '.join(VIDEO_SUFFIXES)})")
+
+        if self.frame_numbers is None:
+            self.frame_numbers = np.arange(len(self), dtype=np.int64)
+        self.frame_numbers.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else int(self._pages)
@@ -169,9 +220,17 @@ class Recording:
     def __post_init__(self):
         if len(self.sequences) != 2:
             raise ValueError(f"a recording needs two image sequences, got {len(self.sequences)}")
-        n = [len(s) for s in self.sequences]
-        if n[0] != n[1]:
-            raise ValueError(f"the views have different frame counts {n}: expected the same frames in both")
+        numbers = [np.asarray(getattr(s, "frame_numbers", np.arange(len(s)))) for s in self.sequences]
+        if not np.array_equal(numbers[0], numbers[1]):
+            only = [sorted(set(numbers[k].tolist()) - set(numbers[1 - k].tolist())) for k in range(2)]
+            if only[0] or only[1]:
+                counts = (f"the views have different frame counts [{len(numbers[0])}, {len(numbers[1])}]"
+                          if len(numbers[0]) != len(numbers[1]) else "the views hold different frames")
+                raise ValueError(f"{counts}: view 1 has frames {only[0][:20]} that view 2 lacks, view 2 has "
+                                 f"{only[1][:20]} that view 1 lacks (frames are paired by the numbers in their file "
+                                 f"names)")
+            raise ValueError(f"the views number their frames in different orders: {numbers[0][:10].tolist()} and "
+                             f"{numbers[1][:10].tolist()}")
         if len(self.geometry.views) != 2:
             raise ValueError(f"the geometry has {len(self.geometry.views)} views, expected 2")
         if self.frame_rate_hz is None:
@@ -192,6 +251,20 @@ class Recording:
 
     def __len__(self) -> int:
         return len(self.sequences[0])
+
+    @property
+    def frame_numbers(self) -> np.ndarray:
+        """[F] int: the lab's frame number of each frame (see the module docstring)."""
+        return getattr(self.sequences[0], "frame_numbers", np.arange(len(self)))
+
+    def index_of(self, frame_number: int) -> int:
+        """The position (0 .. F-1) of the frame with number ``frame_number``."""
+        hits = np.nonzero(self.frame_numbers == int(frame_number))[0]
+        if not len(hits):
+            fn = self.frame_numbers
+            raise ValueError(f"frame {frame_number} is not in the recording (its frames: {fn[:10].tolist()}"
+                             f"{' ...' if len(fn) > 10 else ''})")
+        return int(hits[0])
 
     def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.sequences[0][i], self.sequences[1][i]
@@ -233,6 +306,9 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
             raise ValueError(f"'{manifest}': {exc}") from exc
         if "frames" in meta and int(meta["frames"]) != len(rec):
             raise ValueError(f"'{manifest}' says {meta['frames']} frames but the views hold {len(rec)}")
+        if "frame_numbers" in meta and list(meta["frame_numbers"]) != rec.frame_numbers.tolist():
+            raise ValueError(f"'{manifest}' lists frames {meta['frame_numbers'][:10]} but the views hold frames "
+                             f"{rec.frame_numbers[:10].tolist()} (files added or removed since?)")
         return rec
     if views is None or geometry is None:
         raise ValueError("give a recording folder, or both views= (two sequences) and geometry=")
@@ -252,3 +328,35 @@ def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometr
     path = Path(folder) / "recording.json"
     atomic_write_text(path, json.dumps(meta, indent=2))
     return path
+
+
+def init_recording(views: Sequence, geometry, out, frame_rate_hz: float | None = None) -> Path:
+    """Make ``out`` a recording folder for a lab's own data: ``views`` are the two image
+    sequences (folders of PNG/TIFF frames, multi-page TIFFs, videos or Phantom .cine files;
+    left where they are and referenced by path), ``geometry`` a geometry file or a
+    :class:`~fluororeg.calibration.geometry_file.DualGeometry` (written to
+    ``out/geometry.json``), ``frame_rate_hz`` the acquisition rate if known. The views are
+    opened and checked first (frames paired by number, sizes matching the geometry), so a
+    written recording.json always opens. Returns its path."""
+    import os
+
+    from fluororeg.calibration.geometry_file import DualGeometry, load_geometry, save_geometry
+
+    views = [Path(v) for v in views]
+    if len(views) != 2:
+        raise ValueError(f"a recording needs two views (one image sequence per fluoroscope), got {len(views)}")
+    geo = geometry if isinstance(geometry, DualGeometry) else load_geometry(geometry)
+    rec = Recording(tuple(ImageSequence(v) for v in views), geo, frame_rate_hz=frame_rate_hz)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    geo_path = out / "geometry.json"
+    if isinstance(geometry, DualGeometry) or not geo_path.exists() or not geo_path.samefile(geometry):
+        save_geometry(geo_path, geo)
+
+    def ref(p: Path) -> str:
+        p = p.resolve()
+        rel = os.path.relpath(p, out.resolve())
+        return Path(rel).as_posix() if not rel.startswith("..") else p.as_posix()
+
+    return write_recording_manifest(out, [ref(v) for v in views], "geometry.json", frames=len(rec),
+                                    frame_rate_hz=rec.frame_rate_hz, frame_numbers=rec.frame_numbers.tolist())

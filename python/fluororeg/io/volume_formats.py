@@ -3,7 +3,18 @@
 Formats handled by :func:`load_volume` / :func:`save_volume`: NIfTI-1 (``.nii``,
 ``.nii.gz``, via nibabel), NRRD (``.nrrd``, ``.nhdr``, via pynrrd), MetaImage (``.mha``,
 ``.mhd``, own reader/writer), a folder of single-frame DICOM files (reading only, via
-pydicom) and our own ``.npz`` (arrays ``data``, ``spacing``, ``origin``, ``direction``).
+pydicom), multi-page TIFF stacks (``.tif``, ``.tiff``, via tifffile; Autoscoper's volume
+format) and our own ``.npz`` (arrays ``data``, ``spacing``, ``origin``, ``direction``).
+
+A TIFF stack carries neither a voxel size nor the meaning of its grey levels, so
+:func:`load_volume` needs both for one: ``voxel_size_mm=(sx, sy, sz)`` (column, row, page
+spacing; or take them from an Autoscoper trial ``.cfg`` with
+:func:`fluororeg.io.autoscoper.read_trial_cfg`) and ``intensity=``, an
+:class:`IntensityMapping` (``"hu"``: the values are Hounsfield units; ``"raw"``: HU = slope *
+value + offset; ``"mu"``: the values are linear attenuation, mu = slope * value + offset in
+1/mm, converted to HU with the water value). Nothing is guessed: a missing one is an error.
+The stack is placed in Autoscoper's volume frame (see :mod:`fluororeg.io.autoscoper`), which
+becomes its physical frame, so poses of it map to Autoscoper's ``.tra`` files exactly.
 Physical frames are converted to LPS on reading (see :mod:`fluororeg.core.volume`). NIfTI
 stores its geometry as float32, so geometry survives a NIfTI round trip only to about 1e-6
 relative; the other formats keep float64 geometry exactly.
@@ -15,6 +26,7 @@ import os
 import tempfile
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -22,19 +34,19 @@ import numpy as np
 
 from fluororeg.core.volume import ORTHO_TOL, Volume
 
-__all__ = ["load_volume", "save_volume", "SUPPORTED_EXTENSIONS"]
+__all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Extensions understood by :func:`load_volume` (a folder is read as a DICOM series).
-SUPPORTED_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz")
+SUPPORTED_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".tif", ".tiff")
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def _kind(path: Path) -> str:
     name = path.name.lower()
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz"):
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".tif", ".tiff"):
         if name.endswith(ext):
             return ext
     return ""
@@ -54,12 +66,140 @@ def _chmod_default(p: Path) -> None:
     os.chmod(p, 0o666 & ~mask)
 
 
-def load_volume(path: PathLike) -> Volume:
+def load_volume(path: PathLike, *, voxel_size_mm=None, intensity: "IntensityMapping | str | None" = None,
+                flip=(0, 0, 0)) -> Volume:
     """Read a volume; the format is chosen by extension, a folder is read as a DICOM series.
 
-    A single ``.dcm`` file selects the series it belongs to within its folder.
+    A single ``.dcm`` file selects the series it belongs to within its folder. A TIFF stack
+    needs ``voxel_size_mm`` and ``intensity`` (see the module docstring and
+    :func:`load_tiff_stack`; ``flip`` is Autoscoper's ``VolumeFlip``). For the other formats
+    ``intensity`` (default: the values are HU) maps the stored values to HU and
+    ``voxel_size_mm`` must not be given (their files carry it).
     """
     p = Path(path)
+    if _kind(p) in (".tif", ".tiff"):
+        if voxel_size_mm is None or intensity is None:
+            raise ValueError(
+                f"{str(p)!r} is a TIFF stack, which records neither its voxel size nor what its grey levels "
+                f"mean: give voxel_size_mm=(sx, sy, sz) (or an Autoscoper trial .cfg's VoxelSize) and "
+                f"intensity= 'hu', IntensityMapping('raw', slope, offset) or IntensityMapping('mu', ...)"
+                f" (got voxel_size_mm={voxel_size_mm!r}, intensity={intensity!r})")
+        return load_tiff_stack(p, voxel_size_mm, intensity, flip=flip)
+    if voxel_size_mm is not None:
+        raise ValueError(f"voxel_size_mm is only for TIFF stacks; {str(p)!r} records its own voxel size")
+    vol = _load_volume_file(p)
+    if intensity is None:
+        return vol
+    mapping = IntensityMapping.parse(intensity)
+    return Volume(mapping.to_hu(np.asarray(vol.data)), vol.spacing, vol.origin, vol.direction)
+
+
+# ---------------------------------------------------------------------- intensity
+@dataclass(frozen=True)
+class IntensityMapping:
+    """What a volume's stored values mean, as a map to Hounsfield units (never guessed).
+
+    * ``kind="hu"``: the values are HU already (slope / offset must stay 1 / 0);
+    * ``kind="raw"``: ``HU = slope * value + offset`` (e.g. a DICOM rescale, or 12-bit CT
+      stored as HU + 1024: slope 1, offset -1024);
+    * ``kind="mu"``: ``mu = slope * value + offset`` is the linear attenuation in 1/mm (a
+      "calibrated" volume); ``HU = 1000 * (mu / mu_water_per_mm - 1)``.
+    """
+
+    kind: str = "hu"
+    slope: float = 1.0
+    offset: float = 0.0
+    mu_water_per_mm: float = 0.02
+
+    def __post_init__(self):
+        if self.kind not in ("hu", "raw", "mu"):
+            raise ValueError(f"intensity kind {self.kind!r}: expected 'hu', 'raw' or 'mu'")
+        for name in ("slope", "offset", "mu_water_per_mm"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"intensity {name} = {v!r}: expected a finite number")
+        if self.slope == 0:
+            raise ValueError("intensity slope = 0: every voxel would get the same value")
+        if self.mu_water_per_mm <= 0:
+            raise ValueError(f"mu_water_per_mm = {self.mu_water_per_mm!r}: expected a positive value (1/mm)")
+        if self.kind == "hu" and (self.slope != 1 or self.offset != 0):
+            raise ValueError(f"intensity 'hu' takes no slope/offset (got {self.slope}, {self.offset}); use 'raw'")
+
+    @classmethod
+    def parse(cls, value) -> "IntensityMapping":
+        """An IntensityMapping from itself, ``"hu"``, or text ``"raw:SLOPE:OFFSET"`` /
+        ``"mu:SLOPE:OFFSET[:MU_WATER]"`` (the CLI's ``--intensity``)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"intensity must be an IntensityMapping or text like 'hu', 'raw:1:-1024', 'mu:1e-4:0', "
+                            f"got {value!r}")
+        parts = value.strip().split(":")
+        try:
+            nums = [float(x) for x in parts[1:]]
+        except ValueError:
+            raise ValueError(f"intensity {value!r}: expected 'hu', 'raw:SLOPE:OFFSET' or "
+                             f"'mu:SLOPE:OFFSET[:MU_WATER]'") from None
+        kind = parts[0].lower()
+        if (kind == "hu" and nums) or (kind == "raw" and len(nums) != 2) or (kind == "mu" and len(nums) not in (2, 3)):
+            raise ValueError(f"intensity {value!r}: expected 'hu', 'raw:SLOPE:OFFSET' or 'mu:SLOPE:OFFSET[:MU_WATER]'")
+        return cls(kind, *nums)
+
+    def to_hu(self, values: np.ndarray) -> np.ndarray:
+        """HU of the stored ``values``: int16 when the result is whole and fits, else float32."""
+        v = np.asarray(values)
+        if self.kind == "hu":
+            return v
+        x = v.astype(np.float64) * self.slope + self.offset
+        if self.kind == "mu":
+            x = 1000.0 * (x / self.mu_water_per_mm - 1.0)
+        if np.all(x == np.rint(x)) and x.min() >= -32768 and x.max() <= 32767:
+            return x.astype(np.int16)
+        return x.astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "slope": float(self.slope), "offset": float(self.offset),
+                "mu_water_per_mm": float(self.mu_water_per_mm)}
+
+
+def load_tiff_stack(path: PathLike, voxel_size_mm, intensity, *, flip=(0, 0, 0)) -> Volume:
+    """A multi-page TIFF (one page per slice: page k, row j, column i = ``data[k, j, i]``) as a
+    Volume in HU (``intensity``: see :class:`IntensityMapping`) with voxel size
+    ``voxel_size_mm`` = (column, row, page) spacing in mm, placed in Autoscoper's volume frame
+    with Autoscoper's ``VolumeFlip`` ``flip`` (:func:`fluororeg.io.autoscoper.autoscoper_volume_geometry`)."""
+    import tifffile
+
+    from fluororeg.io.autoscoper import autoscoper_volume_geometry
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"TIFF stack not found: {str(p)!r}")
+    mapping = IntensityMapping.parse(intensity)
+    try:
+        arr = tifffile.imread(str(p))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: name the file
+        raise ValueError(f"cannot read {str(p)!r} as a TIFF stack: {exc}") from exc
+    if arr.ndim == 2:
+        raise ValueError(f"{str(p)!r} holds a single {arr.shape[1]} x {arr.shape[0]} page: a volume needs one page "
+                         f"per slice")
+    if arr.ndim != 3:
+        raise ValueError(f"{str(p)!r}: expected grey pages (pages, rows, columns), got shape {arr.shape}")
+    spacing = _vec3_positive(voxel_size_mm, "voxel_size_mm")
+    origin, direction = autoscoper_volume_geometry(arr.shape, spacing, flip)
+    return Volume(mapping.to_hu(arr), spacing, origin, direction)
+
+
+def _vec3_positive(value, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r}: expected three positive numbers (mm)") from None
+    if a.shape != (3,) or not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ValueError(f"{name} = {value!r}: expected three positive numbers (mm)")
+    return a
+
+
+def _load_volume_file(p: Path) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume file or folder not found: {str(p)!r}")
     if p.is_dir():
@@ -94,6 +234,9 @@ def save_volume(volume: Volume, path: PathLike) -> None:
         raise TypeError(f"save_volume expects a Volume, got {type(volume).__name__}")
     p = Path(path)
     kind = _kind(p)
+    if kind in (".tif", ".tiff"):
+        raise ValueError(f"{str(p)!r}: writing TIFF stacks is fluororeg.io.autoscoper.write_autoscoper_volume's job "
+                         f"(it needs the intensity mapping back to Autoscoper's unsigned integers)")
     if kind == "":
         raise ValueError(
             f"unknown volume format for {str(p)!r}: expected one of {', '.join(SUPPORTED_EXTENSIONS)} "

@@ -424,7 +424,8 @@ def register_recording(recording, subject, detector, translator=None, options: P
         from fluororeg.core.geometry import pose_matrix
 
         matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
-        write_poses_csv(out / "poses.csv", frames, status, poses, matrices, batch.objective, batch.rms_mm,
+        frame_numbers = getattr(recording, "frame_numbers", frames)  # the lab's numbers (file names), kept
+        write_poses_csv(out / "poses.csv", frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
         if refine_columns is not None:
             from fluororeg.pipeline.refine_stage import append_csv_columns

@@ -3,7 +3,10 @@
 :func:`propose_landmarks` proposes a well-spread, left-right symmetric landmark set on the
 bone surface: it estimates the mid-sagittal symmetry plane of the bone surface (mirror ICP,
 :mod:`fluororeg.subject.symmetry`), picks mirror-image pairs on both sides and unpaired points
-on the plane by farthest-point sampling.
+on the plane by farthest-point sampling. With ``n_pairs=0`` (a bone that is not left-right
+symmetric: a radius, a femur, a vertebra seen alone) no symmetry plane is estimated and the
+landmarks are spread over the whole bone surface by farthest-point sampling; such a subject has
+no pairs and the registration then solves one case only (no mirror search).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def propose_landmarks(mask_or_ct: Volume, n_landmarks: int = 33, n_pairs: int = 
     if len(pts) < 4 * n_landmarks:
         raise ValueError(f"the bone surface has only {len(pts)} voxels, too few for "
                          f"{n_landmarks} landmarks")
+    if n_pairs == 0:
+        return _spread_on_surface(pts, n_landmarks), ()
     n, d, cost = symmetry_plane(surf, vol, initial_normal, seed=int(seed))
     voxel = float(np.max(vol.spacing))
     diag = float(np.linalg.norm(vol.spacing))
@@ -125,3 +130,19 @@ def propose_landmarks(mask_or_ct: Volume, n_landmarks: int = 33, n_pairs: int = 
             names.append(f"auto_mid_{q + 1:02d}")
             mind = np.minimum(mind, np.linalg.norm(pm - pm[c], axis=1))
     return Landmarks(tuple(names), np.array(chosen).reshape(-1, 3)), tuple(pairs)
+
+
+def _spread_on_surface(pts: np.ndarray, n: int) -> Landmarks:
+    """``n`` surface points by farthest-point sampling, starting from the point farthest from
+    the surface's centroid (deterministic); names ``auto_01`` ..."""
+    d = np.linalg.norm(pts - pts.mean(axis=0), axis=1)
+    first = int(np.argmax(d))
+    chosen = [first]
+    mind = np.linalg.norm(pts - pts[first], axis=1)
+    for _ in range(n - 1):
+        c = int(np.argmax(mind))
+        if not mind[c] > 0:
+            raise ValueError(f"ran out of distinct surface points after {len(chosen)} of {n} landmarks")
+        chosen.append(c)
+        mind = np.minimum(mind, np.linalg.norm(pts - pts[c], axis=1))
+    return Landmarks(tuple(f"auto_{q + 1:02d}" for q in range(n)), pts[chosen].reshape(-1, 3))
