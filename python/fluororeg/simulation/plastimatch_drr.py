@@ -225,3 +225,165 @@ def render_cone_plastimatch(mu: Volume, view: ConeView, pose, *, num_threads: in
     if mirrored:
         img = img[:, ::-1]
     return np.ascontiguousarray(img, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- recordings
+def independent_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
+                           angle_deg: float = 112.0) -> tuple[ConeView, ConeView]:
+    """The independent recordings' fluoroscopes: like :func:`fluororeg.simulate.default_dual_views`
+    (sources 650 mm from the beam crossing, intensifiers 400 mm beyond) but ``angle_deg`` (112)
+    apart instead of 100."""
+    from ..simulate import default_dual_views
+
+    return default_dual_views(width, height, pitch=pitch, angle_deg=angle_deg)
+
+
+@dataclass(frozen=True)
+class IntensifierEffects:
+    """Image-intensifier effects of the independent recordings, chosen unlike
+    :class:`fluororeg.simulate.FluoroStyle`'s defaults and the training styles of
+    ``benchmarks/prepare_pipeline_models.py`` (see :func:`intensifier_image`)."""
+
+    photons: float = 700.0               # quanta per pixel where nothing attenuates (FluoroStyle: 1500)
+    electronic_noise: float = 0.012      # Gaussian camera noise, fraction of the unattenuated signal
+    scatter_fraction: float = 0.25       # scatter = fraction x Gaussian-blurred primary (added to it)
+    scatter_sigma: float = 0.06          # scatter kernel sigma, fraction of the image size
+    heel: float = 0.2                    # anode heel: brightness ramps linearly by +-heel/2 across the field
+    heel_angle_deg: float = 30.0         # direction of the ramp in view 1 (view 2: + 90 deg)
+    log_response: float = 10.0           # brightness ~ log(1 + a q) / log(1 + a), q transmitted (FluoroStyle: q^0.6)
+    glare: float = 0.03                  # veiling glare: fraction of the field's mean brightness added everywhere
+    blur_px: float = 1.6                 # Gaussian blur sigma of intensifier and camera, px (FluoroStyle: 1.0)
+    fov_radius: float = 0.45             # circular field of view, radius / image size (FluoroStyle: 0.47)
+    fov_offset: tuple[float, float] = (0.015, -0.01)   # field centre offset, fraction of the image size
+    collimator: float = 0.36             # a straight collimator edge this far from the centre (fraction of size)
+    collimator_angle_deg: float = 200.0  # direction of the edge's normal in view 1 (view 2: + 150 deg)
+    pincushion: float = 0.065            # AnalyticDistortion k_pin (FluoroStyle: 0.04)
+    s_distortion: float = -0.025         # AnalyticDistortion k_s (FluoroStyle: 0.03)
+    distortion_offset: tuple[float, float] = (-0.012, 0.008)  # distortion centre offset, fraction of size
+    background: float = 18.0             # grey level outside the field (FluoroStyle: 8)
+
+    def distortion(self, width: int, height: int):
+        from ..calibration.synthetic import AnalyticDistortion
+
+        c = ((width - 1) / 2 + self.distortion_offset[0] * width, (height - 1) / 2 + self.distortion_offset[1] * height)
+        return AnalyticDistortion(c, min(width, height) / 2, self.pincushion, self.s_distortion)
+
+    def field(self, xy, width: int, height: int, view_index: int) -> np.ndarray:
+        """True where distorted image points ``xy`` [..., 2] lie inside the field of view of view
+        ``view_index`` (0 or 1): the offset circle cut by the collimator edge."""
+        xy = np.asarray(xy, dtype=np.float64)
+        size = min(width, height)
+        c = np.array([(width - 1) / 2 + self.fov_offset[0] * width, (height - 1) / 2 + self.fov_offset[1] * height])
+        inside = np.linalg.norm(xy - c, axis=-1) < self.fov_radius * size
+        a = np.deg2rad(self.collimator_angle_deg + 150.0 * view_index)
+        along = (xy - np.array([(width - 1) / 2, (height - 1) / 2])) @ np.array([np.cos(a), np.sin(a)])
+        return inside & (along < self.collimator * size)
+
+
+def intensifier_image(line_integrals: np.ndarray, effects: IntensifierEffects, rng: np.random.Generator,
+                      view_index: int = 0, source_map: np.ndarray | None = None) -> np.ndarray:
+    """One intensifier frame (uint8 [H, W]) from undistorted line integrals [H, W]: primary
+    transmission plus scatter, heel ramp, quantum and camera noise, veiling glare, logarithmic
+    response, blur, distortion (``source_map`` from :func:`fluororeg.simulate._source_map`) and
+    the field of view."""
+    from scipy import ndimage
+
+    H, W = line_integrals.shape
+    primary = np.exp(-line_integrals.astype(np.float64))
+    scatter = effects.scatter_fraction * ndimage.gaussian_filter(primary, effects.scatter_sigma * min(H, W))
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    a = np.deg2rad(effects.heel_angle_deg + 90.0 * view_index)
+    ramp = ((xx - (W - 1) / 2) * np.cos(a) + (yy - (H - 1) / 2) * np.sin(a)) / min(H, W)
+    expected = effects.photons * (primary + scatter) / (1 + effects.scatter_fraction) * (1 + effects.heel * ramp)
+    q = rng.poisson(np.clip(expected, 0, None)) / effects.photons
+    q = q + rng.normal(0.0, effects.electronic_noise, q.shape)
+    q = q + effects.glare * float(np.mean(q))
+    bright = 18.0 + 222.0 * np.log1p(effects.log_response * np.clip(q, 0, None)) / np.log1p(effects.log_response)
+    if effects.blur_px > 0:
+        bright = ndimage.gaussian_filter(bright, effects.blur_px)
+    if source_map is not None:
+        bright = ndimage.map_coordinates(bright, source_map, order=1, mode="constant", cval=effects.background)
+    bright[~effects.field(np.stack([xx, yy], axis=-1), W, H, view_index)] = effects.background
+    return np.clip(np.round(bright), 0, 255).astype(np.uint8)
+
+
+def simulate_independent_recording(subject, out, *, scenario: str = "walking", n_frames: int = 24,
+                                   views: tuple[ConeView, ConeView] | None = None, seed: int = 0,
+                                   effects: IntensifierEffects = IntensifierEffects(),
+                                   num_threads: int | None = None) -> Path:
+    """Simulate a recording of ``subject`` into ``out`` in the format of
+    :func:`fluororeg.simulate.simulate_recording` (recording.json, view1/ and view2/ PNG
+    folders, geometry.json with each view's distortion fitted from a simulated bead plate in
+    calibration/, truth.npz and truth.json), but rendered by plastimatch with
+    :class:`IntensifierEffects`. Poses from :func:`fluororeg.simulate.motion_sequence`; views
+    default to :func:`independent_dual_views` (512 px, 112 deg apart). truth.json records the
+    renderer, the effects and the rendering seconds per frame."""
+    from PIL import Image
+
+    from .. import render as R
+    from ..calibration.distortion import fit_distortion
+    from ..calibration.geometry_file import DualGeometry, save_geometry
+    from ..calibration.synthetic import plate_image
+    from .._io import atomic_write_text
+    from ..recording import write_recording_manifest
+    from ..simulate import _source_map, motion_sequence
+
+    if not isinstance(effects, IntensifierEffects):
+        raise TypeError(f"effects must be an IntensifierEffects, got {type(effects).__name__}")
+    views = independent_dual_views() if views is None else tuple(views)
+    if len(views) != 2 or not all(isinstance(v, ConeView) for v in views):
+        raise ValueError("views must be two ConeView objects (F1, F2)")
+    _require()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # recording.json is written last and marks a complete recording; a rerun starts clean.
+    (out / "recording.json").unlink(missing_ok=True)
+    for old in out.glob("view[12]/frame_*.png"):
+        old.unlink()
+    rng = np.random.default_rng(seed)
+    poses = motion_sequence(scenario, n_frames, seed=seed)
+    mu = subject.attenuation_model()
+    L = len(subject.landmark_names)
+    landmarks_px = np.zeros((n_frames, 2, L, 2))
+    landmarks_image = np.zeros((n_frames, 2, L, 2))
+    in_fov = np.zeros((n_frames, 2, L), dtype=bool)
+    models, render_s = [], 0.0
+    (out / "calibration").mkdir(exist_ok=True)
+    for k, view in enumerate(views):
+        dist = effects.distortion(view.width, view.height)
+        bead_px = max(3.0, view.width / 200)
+        plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 12.0), radius_px=bead_px,
+                               distortion=dist, fov_radius=effects.fov_radius * view.width, seed=seed + 7 + k)
+        Image.fromarray(np.clip(plate, 0, 255).astype(np.uint8)).save(out / "calibration" / f"plate_view{k + 1}.png")
+        fit = fit_distortion(plate, radius_px=bead_px)
+        models.append(fit.model)
+        src_map = _source_map(dist, view.width, view.height)
+        folder = out / f"view{k + 1}"
+        folder.mkdir(exist_ok=True)
+        xy, _ = R.project_cone(subject.landmarks_model, view, poses)
+        landmarks_px[:, k] = xy
+        landmarks_image[:, k] = dist.distort(xy)
+        in_fov[:, k] = np.isfinite(xy[..., 0]) & effects.field(landmarks_image[:, k], view.width, view.height, k)
+        for f in range(n_frames):
+            t0 = time.perf_counter()
+            drr = render_cone_plastimatch(mu, view, poses[f], num_threads=num_threads)
+            render_s += time.perf_counter() - t0
+            Image.fromarray(intensifier_image(drr, effects, rng, k, src_map)).save(folder / f"frame_{f:05d}.png")
+    save_geometry(out / "geometry.json", DualGeometry(views, ("view1", "view2"), tuple(models)))
+    np.savez_compressed(out / "truth.npz", poses=poses, landmarks_px=landmarks_px,
+                        landmarks_image_px=landmarks_image, in_fov=in_fov,
+                        landmark_names=np.array(subject.landmark_names))
+    effects_json = asdict(effects)
+    atomic_write_text(out / "truth.json", json.dumps({
+        "scenario": scenario, "n_frames": n_frames, "seed": seed,
+        "renderer": f"plastimatch drr {plastimatch_version()} (exact / Siddon)",
+        "effects": effects_json,
+        "distortion": [{"centre": list(d.centre), "scale": d.scale, "k_pin": d.k_pin, "k_s": d.k_s}
+                       for d in (effects.distortion(v.width, v.height) for v in views)],
+        "distortion_fit_rms_px": [float(m.rms_px) for m in models],
+        "render_seconds_per_image": render_s / (2 * n_frames),
+        "subject": subject.name, "subject_fingerprint": subject.fingerprint,
+        "landmark_names": list(subject.landmark_names),
+    }, indent=2))
+    write_recording_manifest(out, frames=n_frames, source="simulated by fluororeg.simulation.plastimatch_drr")
+    return out
