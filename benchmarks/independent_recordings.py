@@ -8,7 +8,7 @@ vertical axis; the shared headsq CT with proposed landmarks) and each motion sce
 ``--frames`` frame pairs with :func:`fluororeg.simulation.plastimatch_drr.simulate_independent_recording`
 (plastimatch Siddon DRRs, 512 px intensifiers 112 deg apart, intensifier effects unlike the
 training ones) into ``<out>/<subject>/<scenario>_<frames>``. Complete recordings (recording.json
-present, same frame count) are skipped. ``--quick``: 6 frame pairs. Prints and (``--json``)
+present, same frame count and effects) are skipped. ``--quick``: 6 frame pairs. Prints and (``--json``)
 writes the rendering seconds per image. ``bench_pipeline.py --independent`` registers them.
 """
 
@@ -37,11 +37,18 @@ def recording_seed(subject_name: str, scenario: str) -> int:
 
 
 def is_complete(folder: Path, n_frames: int) -> bool:
+    """A finished recording of ``n_frames`` frame pairs made with today's default effects."""
+    from dataclasses import asdict
+
+    from fluororeg.simulation.plastimatch_drr import IntensifierEffects
+
     try:
         truth = json.loads((folder / "truth.json").read_text())
     except (OSError, ValueError):
         return False
-    return (folder / "recording.json").exists() and truth.get("n_frames") == n_frames
+    effects = json.loads(json.dumps(asdict(IntensifierEffects())))
+    return ((folder / "recording.json").exists() and truth.get("n_frames") == n_frames
+            and truth.get("effects") == effects)
 
 
 def build(root, n_frames: int, subjects=SUBJECT_NAMES, scenarios=SCENARIO_NAMES, progress=print) -> dict:

@@ -253,9 +253,9 @@ class IntensifierEffects:
     log_response: float = 10.0           # brightness ~ log(1 + a q) / log(1 + a), q transmitted (FluoroStyle: q^0.6)
     glare: float = 0.03                  # veiling glare: fraction of the field's mean brightness added everywhere
     blur_px: float = 1.6                 # Gaussian blur sigma of intensifier and camera, px (FluoroStyle: 1.0)
-    fov_radius: float = 0.45             # circular field of view, radius / image size (FluoroStyle: 0.47)
+    fov_radius: float = 0.46             # circular field of view, radius / image size (FluoroStyle: 0.47)
     fov_offset: tuple[float, float] = (0.015, -0.01)   # field centre offset, fraction of the image size
-    collimator: float = 0.36             # a straight collimator edge this far from the centre (fraction of size)
+    collimator: float = 0.44             # a straight collimator edge this far from the centre (fraction of size)
     collimator_angle_deg: float = 200.0  # direction of the edge's normal in view 1 (view 2: + 150 deg)
     pincushion: float = 0.065            # AnalyticDistortion k_pin (FluoroStyle: 0.04)
     s_distortion: float = -0.025         # AnalyticDistortion k_s (FluoroStyle: 0.03)
