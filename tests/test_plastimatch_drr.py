@@ -64,8 +64,9 @@ def oblique_view() -> ConeView:
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([1.0, -1.0, 1.0]),
-                                       np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])],
-                         ids=["identity", "flipped_y", "permuted"])
+                                       np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]),
+                                       axis_rotation("z", 30.0) @ axis_rotation("x", -20.0)],
+                         ids=["identity", "flipped_y", "permuted", "oblique_resampled"])
 def test_bead_centroids_match_project_cone(oblique_view, direction):
     vol = bead_volume(direction)
     pose = np.array([10.0, -20.0, 30.0, 5.0, -8.0, 3.0])
