@@ -12,6 +12,21 @@ The trained networks come from ``--models`` (default: the demo's, ``out/demo/mod
 ``fluororeg demo`` first); ``--detector`` / ``--translator`` replace one of them (e.g. a
 detector trained longer by ``benchmarks/bench_training.py``). --quick: two scenarios of 12 frame
 pairs instead of four of 40.
+
+``--independent``: instead, the recordings rendered by an independent renderer (plastimatch,
+other intensifier effects, views 112 deg apart; ``benchmarks/independent_recordings.py``, built
+here when missing) of the example subject, the same with a rotated CT header and the headsq CT
+(only with ``--headsq-models``, a detector and translator trained on headsq). Reports, per style
+and overall and split by "bone inside both fields" (every landmark inside both fields of view):
+``angle_err_deg_median``, ``position_err_mm_median`` (Eq. 3), ``false_ok_frames`` (frames more
+than 5 deg or 5 mm off that carry a registered status), ``success_rate_2mm`` (frames with mean
+landmark TRE < 2 mm; unregistered frames count as failures),
+``rotated_header_angle_err_deg_median``, ``detection_err_px_xray`` (median distance of detected
+landmarks inside the field to their true undistorted projections, 512 px frames) and
+``detection_err_px_drr`` (the same on the first 500 DRRs of the test split of ``--dataset``, in
+its image pixels, 128 px for the default dataset).
+
+    python benchmarks/bench_pipeline.py --independent --models out/pipeline_models --json out/bench/pipeline_independent.json
 """
 
 from __future__ import annotations
@@ -37,7 +52,18 @@ def main() -> None:
     p.add_argument("--work", default="out/bench_pipeline", help="where the simulated recordings go")
     p.add_argument("--detector", help="detector ONNX (default <models>/detector.onnx)")
     p.add_argument("--translator", help="X-ray-to-DRR generator ONNX (default <models>/style/xray_to_drr.onnx)")
+    p.add_argument("--independent", action="store_true",
+                   help="register the plastimatch-rendered recordings of benchmarks/independent_recordings.py")
+    p.add_argument("--independent-dir", default="out/independent", help="where those recordings are (built if missing)")
+    p.add_argument("--frames", type=int, default=24, help="--independent: frame pairs per recording (--quick: 6)")
+    p.add_argument("--headsq-models", help="--independent: folder with detector.onnx and style/xray_to_drr.onnx "
+                                           "trained on the headsq subject (without it headsq is skipped)")
+    p.add_argument("--dataset", default="out/dataset_cone",
+                   help="--independent: the detector's dataset, whose test split gives detection_err_px_drr")
     args = p.parse_args()
+    if args.independent:
+        run_independent(args)
+        return
     models = Path(args.models)
     det_path = Path(args.detector or models / "detector.onnx")
     gen_path = Path(args.translator or models / "style" / "xray_to_drr.onnx")
@@ -116,6 +142,161 @@ def main() -> None:
              ("  same frames, grey inversion: angle / position median", results["angle_err_deg_median_inside_grey_inversion"],
               f"deg / {results['position_err_mm_median_inside_grey_inversion']:.3g} mm")]
     report(f"bench_pipeline ({len(scenarios)} scenarios x {n_frames} frame pairs)", rows, results, args.json)
+
+
+# ------------------------------------------------------------------------------------ --independent
+STYLES = {"translate": "with style translation", "log": "without (log inversion)",
+          "invert": "without (grey-level inversion)"}
+
+
+def _frame_metrics(fr: dict, mask: np.ndarray | None = None) -> dict:
+    """The --independent figures over the frames of ``fr`` (concatenated per-frame arrays)
+    selected by ``mask``."""
+    m = np.ones(len(fr["angle"]), bool) if mask is None else mask
+    ang, pos, tre, reg = fr["angle"][m], fr["position"][m], fr["tre"][m], fr["registered"][m]
+    det = np.concatenate([d for d, keep in zip(fr["det_err"], m) if keep]) if m.any() else np.zeros(0)
+    med = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    off = (ang > 5.0) | (pos > 5.0)
+    return {"frames": int(m.sum()), "registered": int(reg.sum()),
+            "angle_err_deg_median": med(ang), "position_err_mm_median": med(pos),
+            "false_ok_frames": int(np.sum(reg & off)),
+            "success_rate_2mm": float(np.mean(np.nan_to_num(tre, nan=np.inf) < 2.0)) if m.any() else float("nan"),
+            "landmark_tre_mm_median": med(tre),
+            "frames_over_10deg_or_10mm": int(np.sum(reg & ((ang > 10.0) | (pos > 10.0)))),
+            "detection_err_px_xray": float(np.median(det)) if det.size else float("nan")}
+
+
+def _drr_detection_error(detector, dataset: Path, limit: int = 500) -> float:
+    """Median detection error (px) of ``detector`` on the first ``limit`` DRRs of the dataset's
+    test split, over the visible landmarks."""
+    from fluororeg.dataset import DatasetReader
+
+    reader = DatasetReader(dataset, "test")
+    errs, seen = [], 0
+    for batch in reader.batches(64, shuffle=False):
+        xy, _ = detector.detect(batch["image"])
+        d = np.linalg.norm(xy - batch["landmarks_px"], axis=-1)
+        errs.append(d[batch["visible"].astype(bool)])
+        seen += len(xy)
+        if seen >= limit:
+            break
+    return float(np.median(np.concatenate(errs))) if errs else float("nan")
+
+
+def run_independent(args) -> None:
+    import copy
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from independent_recordings import QUICK_FRAMES, SCENARIO_NAMES, build, recording_folder
+
+    from fluororeg.registration import REGISTERED_STATUSES
+    from fluororeg.simulation.subjects import independent_subjects
+
+    models = Path(args.models)
+    det_path = Path(args.detector or models / "detector.onnx")
+    gen_path = Path(args.translator or models / "style" / "xray_to_drr.onnx")
+    for path in (det_path, gen_path):
+        if not path.exists():
+            raise SystemExit(f"{path} not found: run benchmarks/prepare_pipeline_models.py (or `fluororeg demo`) "
+                             "first or pass --models/--detector/--translator")
+    n_frames = QUICK_FRAMES if args.quick else args.frames
+    scenarios = list(SCENARIO_NAMES)
+    subjects = independent_subjects()
+    results: dict = {"detector": str(det_path), "translator": str(gen_path), "frames_per_recording": n_frames,
+                     "recordings_dir": args.independent_dir, "skipped": {}, "by_subject": {}}
+    # models per subject: the example's networks also serve the rotated header (same CT data and
+    # landmarks, another header: the detector sees the same images, so its subject check is
+    # pointed at the rotated subject's fingerprint); headsq needs its own.
+    base_detector = LandmarkDetector(det_path, subject=subjects["example"])
+    base_translator = StyleTranslator(gen_path, direction="xray_to_drr")
+    rotated_detector = copy.copy(base_detector)
+    rotated_detector.subject_fingerprint = subjects["example_rotated_header"].fingerprint
+    nets = {"example": (base_detector, base_translator), "example_rotated_header": (rotated_detector, base_translator)}
+    if "headsq" in subjects:
+        if args.headsq_models:
+            hm = Path(args.headsq_models)
+            nets["headsq"] = (LandmarkDetector(hm / "detector.onnx", subject=subjects["headsq"]),
+                              StyleTranslator(hm / "style" / "xray_to_drr.onnx", direction="xray_to_drr"))
+        else:
+            results["skipped"]["headsq"] = "no detector trained on headsq (--headsq-models)"
+    else:
+        results["skipped"]["headsq"] = "shared headsq CT not found"
+    build(args.independent_dir, n_frames, tuple(nets), scenarios)
+
+    per_style = {st: {k: [] for k in ("angle", "position", "tre", "registered", "det_err", "inside", "subject")}
+                 for st in STYLES}
+    fps = []
+    for name, (detector, translator) in nets.items():
+        subject = subjects[name]
+        crop_mm = 2.0 * 128 / translator.input_size[0]
+        entry = {}
+        for scen in scenarios:
+            folder = recording_folder(args.independent_dir, name, scen, n_frames)
+            rec = open_recording(folder)
+            truth = np.load(folder / "truth.npz")
+            inside = truth["in_fov"].all(axis=(1, 2))
+            entry[scen] = {"frames_bone_inside_both_fields": int(inside.sum()),
+                           "render_seconds_per_image": json.loads((folder / "truth.json").read_text())
+                           .get("render_seconds_per_image")}
+            for style in STYLES:
+                res = register_recording(rec, subject, detector, translator if style == "translate" else None,
+                                         PipelineOptions(style=style, crop_pixel_mm=crop_mm), progress=False)
+                ev = evaluate_poses(res.poses, truth["poses"], landmarks=subject.landmarks_model)
+                registered = np.isin(res.status, REGISTERED_STATUSES)
+                ok = truth["in_fov"] & np.isfinite(res.detections[..., 0])       # [F, 2, L]
+                dist = np.linalg.norm(res.detections - truth["landmarks_px"], axis=-1)
+                acc = per_style[style]
+                acc["angle"].append(ev.angle_err_deg)
+                acc["position"].append(ev.position_err_mm)
+                acc["tre"].append(ev.landmark_err_mm)
+                acc["registered"].append(registered)
+                acc["det_err"].extend(dist[f][ok[f]] for f in range(len(dist)))
+                acc["inside"].append(inside)
+                acc["subject"].append(np.full(len(inside), name, dtype=object))
+                names, counts = np.unique(res.status, return_counts=True)
+                entry[scen][style] = dict(ev.summary(), frames_per_s=res.frames_per_s,
+                                          status_counts={str(n): int(c) for n, c in zip(names, counts)})
+                if style == "translate":
+                    fps.append(res.frames_per_s)
+        results["by_subject"][name] = entry
+
+    drr_err = float("nan")
+    if Path(args.dataset, "dataset.json").exists():
+        drr_err = _drr_detection_error(base_detector, Path(args.dataset))
+    else:
+        results["skipped"]["detection_err_px_drr"] = f"dataset {args.dataset} not found"
+    rows = []
+    results["by_style"] = {}
+    for style, label in STYLES.items():
+        acc = per_style[style]
+        fr = {k: (np.concatenate(v) if k != "det_err" else v) for k, v in acc.items()}
+        overall = _frame_metrics(fr)
+        rot = fr["subject"] == "example_rotated_header"
+        overall["rotated_header_angle_err_deg_median"] = _frame_metrics(fr, rot)["angle_err_deg_median"]
+        overall["detection_err_px_drr"] = drr_err
+        block = dict(overall, bone_inside_both_fields=_frame_metrics(fr, fr["inside"]),
+                     bone_not_inside_both_fields=_frame_metrics(fr, ~fr["inside"]),
+                     subjects={n: _frame_metrics(fr, fr["subject"] == n) for n in nets})
+        results["by_style"][style] = block
+        rows.append((f"{label}: angle / position median", overall["angle_err_deg_median"],
+                     f"deg / {overall['position_err_mm_median']:.3g} mm; {overall['false_ok_frames']} false ok of "
+                     f"{overall['frames']}; TRE < 2 mm in {100 * overall['success_rate_2mm']:.0f} %; rotated header "
+                     f"{overall['rotated_header_angle_err_deg_median']:.3g} deg"))
+        ins = block["bone_inside_both_fields"]
+        rows.append((f"  bone inside both fields ({ins['frames']} frames): angle / position median",
+                     ins["angle_err_deg_median"], f"deg / {ins['position_err_mm_median']:.3g} mm; "
+                     f"{ins['false_ok_frames']} false ok; TRE < 2 mm in {100 * ins['success_rate_2mm']:.0f} %"))
+        rows.append(("  detection error on X-ray frames (median)", overall["detection_err_px_xray"], "px (512 px frames)"))
+    results.update({k: results["by_style"]["translate"][k] for k in
+                    ("angle_err_deg_median", "position_err_mm_median", "false_ok_frames", "success_rate_2mm",
+                     "rotated_header_angle_err_deg_median", "detection_err_px_xray", "detection_err_px_drr")})
+    results["frames_per_s"] = float(np.mean(fps)) if fps else float("nan")
+    rows.append(("detection error on the DRR test split (median)", drr_err, "px (the dataset's DRRs)"))
+    rows.append(("end to end (with style translation)", results["frames_per_s"], "frame pairs/s"))
+    report(f"bench_pipeline --independent ({len(nets)} subjects x {len(scenarios)} scenarios x {n_frames} frame pairs)",
+           rows, results, args.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 packages=(g++ make pkg-config libceres-dev libeigen3-dev libgtest-dev)
+# plastimatch: optional at run time (fluororeg.simulation.plastimatch_drr renders test recordings
+# with it, and its tests skip without it), installed here so CI exercises it.
+packages+=(plastimatch)
 command -v "$PYTHON" >/dev/null 2>&1 || packages+=(python3 python3-venv python3-dev)
 missing=()
 for p in "${packages[@]}"; do
