@@ -169,7 +169,7 @@ def _frame_metrics(fr: dict, mask: np.ndarray | None = None) -> dict:
 def _drr_detection_error(detector, dataset: Path, limit: int = 500) -> float:
     """Median detection error (px) of ``detector`` on the first ``limit`` DRRs of the dataset's
     test split, over the visible landmarks."""
-    from fluororeg.dataset import DatasetReader
+    from fluororeg.dataset.generate import DatasetReader
 
     reader = DatasetReader(dataset, "test")
     errs, seen = [], 0
@@ -191,7 +191,7 @@ def run_independent(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from independent_recordings import QUICK_FRAMES, SCENARIO_NAMES, build, recording_folder
 
-    from fluororeg.registration import REGISTERED_STATUSES
+    from fluororeg.core.registration import REGISTERED_STATUSES
     from fluororeg.simulation.subjects import independent_subjects
 
     models = Path(args.models)

@@ -1,10 +1,10 @@
 """Cone-beam DRRs by plastimatch's ``drr`` command, and recordings rendered with it.
 
-fluororeg's own simulator (:mod:`fluororeg.simulate`) renders test recordings with the same
+fluororeg's own simulator (:mod:`fluororeg.simulation.simulate`) renders test recordings with the same
 ray marcher the training DRRs come from, which flatters the method. This module renders them
 with an independent renderer: plastimatch's exact (Siddon) ray tracer, run as a separate
 program (Debian package ``plastimatch``), and turns them into intensifier frames with effects
-that differ from both :class:`fluororeg.simulate.FluoroStyle` and the training augmentation
+that differ from both :class:`fluororeg.simulation.simulate.FluoroStyle` and the training augmentation
 (:class:`IntensifierEffects`: scatter as a blurred fraction of the primary, anode heel
 gradient, electronic plus quantum noise, a logarithmic camera response, veiling glare,
 different distortion and blur, an off-centre circular field cut by a collimator edge).
@@ -20,7 +20,7 @@ coordinates are fluororeg's (origin at the centre of the top-left pixel). Its ``
 and ``-c`` options take (columns, rows) in this order in plastimatch 1.9 (its help text says
 "row col"), and its output is the line integral of the voxel values divided by 10 (mm to cm):
 with ``-P none`` (no HU conversion) the result times 10 is the line integral of attenuation
-per mm, the quantity :func:`fluororeg.render.render_cone` returns. plastimatch ignores the
+per mm, the quantity :func:`fluororeg.core.render.render_cone` returns. plastimatch ignores the
 volume's direction cosines in its ray tracer, so volumes are written axis-aligned: exactly
 (axes permuted and flipped) when the direction is a signed permutation, else resampled
 (trilinear) onto an axis-aligned grid of the same spacing.
@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import ConeView, as_poses, pose_matrix
-from ..volume import Volume, save_volume
+from fluororeg.core.geometry import ConeView, as_poses, pose_matrix
+from fluororeg.core.volume import Volume
+from fluororeg.io.volume_formats import save_volume
 
 __all__ = ["plastimatch_available", "plastimatch_version", "render_cone_plastimatch", "IntensifierEffects",
            "independent_dual_views", "intensifier_image", "simulate_independent_recording", "PlastimatchError"]
@@ -166,7 +167,7 @@ def _fmt(values) -> str:
 def render_cone_plastimatch(mu: Volume, view: ConeView, pose, *, num_threads: int | None = None) -> np.ndarray:
     """Line integrals of attenuation [H, W] float32 through ``mu`` (attenuation per mm, model
     frame) placed at ``pose`` (world_from_model [6] deg / mm) as seen by ``view``: the same
-    quantity and image convention as one frame of :func:`fluororeg.render.render_cone`, computed
+    quantity and image convention as one frame of :func:`fluororeg.core.render.render_cone`, computed
     by plastimatch's exact (Siddon) ray tracer. ``num_threads``: OpenMP threads (default: all)."""
     if not isinstance(mu, Volume):
         raise TypeError(f"mu must be a fluororeg.Volume, got {type(mu).__name__}")
@@ -230,10 +231,10 @@ def render_cone_plastimatch(mu: Volume, view: ConeView, pose, *, num_threads: in
 # ---------------------------------------------------------------------------- recordings
 def independent_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
                            angle_deg: float = 112.0) -> tuple[ConeView, ConeView]:
-    """The independent recordings' fluoroscopes: like :func:`fluororeg.simulate.default_dual_views`
+    """The independent recordings' fluoroscopes: like :func:`fluororeg.simulation.simulate.default_dual_views`
     (sources 650 mm from the beam crossing, intensifiers 400 mm beyond) but ``angle_deg`` (112)
     apart instead of 100."""
-    from ..simulate import default_dual_views
+    from fluororeg.simulation.simulate import default_dual_views
 
     return default_dual_views(width, height, pitch=pitch, angle_deg=angle_deg)
 
@@ -241,7 +242,7 @@ def independent_dual_views(width: int = 512, height: int = 512, pitch: float = 0
 @dataclass(frozen=True)
 class IntensifierEffects:
     """Image-intensifier effects of the independent recordings, chosen unlike
-    :class:`fluororeg.simulate.FluoroStyle`'s defaults and the training styles of
+    :class:`fluororeg.simulation.simulate.FluoroStyle`'s defaults and the training styles of
     ``benchmarks/prepare_pipeline_models.py`` (see :func:`intensifier_image`)."""
 
     photons: float = 700.0               # quanta per pixel where nothing attenuates (FluoroStyle: 1500)
@@ -263,7 +264,7 @@ class IntensifierEffects:
     background: float = 18.0             # grey level outside the field (FluoroStyle: 8)
 
     def distortion(self, width: int, height: int):
-        from ..calibration.synthetic import AnalyticDistortion
+        from fluororeg.calibration.synthetic import AnalyticDistortion
 
         c = ((width - 1) / 2 + self.distortion_offset[0] * width, (height - 1) / 2 + self.distortion_offset[1] * height)
         return AnalyticDistortion(c, min(width, height) / 2, self.pincushion, self.s_distortion)
@@ -284,7 +285,7 @@ def intensifier_image(line_integrals: np.ndarray, effects: IntensifierEffects, r
                       view_index: int = 0, source_map: np.ndarray | None = None) -> np.ndarray:
     """One intensifier frame (uint8 [H, W]) from undistorted line integrals [H, W]: primary
     transmission plus scatter, heel ramp, quantum and camera noise, veiling glare, logarithmic
-    response, blur, distortion (``source_map`` from :func:`fluororeg.simulate._source_map`) and
+    response, blur, distortion (``source_map`` from :func:`fluororeg.simulation.simulate._source_map`) and
     the field of view."""
     from scipy import ndimage
 
@@ -312,21 +313,21 @@ def simulate_independent_recording(subject, out, *, scenario: str = "walking", n
                                    effects: IntensifierEffects = IntensifierEffects(),
                                    num_threads: int | None = None) -> Path:
     """Simulate a recording of ``subject`` into ``out`` in the format of
-    :func:`fluororeg.simulate.simulate_recording` (recording.json, view1/ and view2/ PNG
+    :func:`fluororeg.simulation.simulate.simulate_recording` (recording.json, view1/ and view2/ PNG
     folders, geometry.json with each view's distortion fitted from a simulated bead plate in
     calibration/, truth.npz and truth.json), but rendered by plastimatch with
-    :class:`IntensifierEffects`. Poses from :func:`fluororeg.simulate.motion_sequence`; views
+    :class:`IntensifierEffects`. Poses from :func:`fluororeg.simulation.simulate.motion_sequence`; views
     default to :func:`independent_dual_views` (512 px, 112 deg apart). truth.json records the
     renderer, the effects and the rendering seconds per frame."""
     from PIL import Image
 
-    from .. import render as R
-    from ..calibration.distortion import fit_distortion
-    from ..calibration.geometry_file import DualGeometry, save_geometry
-    from ..calibration.synthetic import plate_image
-    from .._io import atomic_write_text
-    from ..recording import write_recording_manifest
-    from ..simulate import _source_map, motion_sequence
+    from fluororeg.core import render as R
+    from fluororeg.calibration.distortion import fit_distortion
+    from fluororeg.calibration.geometry_file import DualGeometry, save_geometry
+    from fluororeg.calibration.synthetic import plate_image
+    from fluororeg.io.atomic import atomic_write_text
+    from fluororeg.io.recording import write_recording_manifest
+    from fluororeg.simulation.simulate import _source_map, motion_sequence
 
     if not isinstance(effects, IntensifierEffects):
         raise TypeError(f"effects must be an IntensifierEffects, got {type(effects).__name__}")

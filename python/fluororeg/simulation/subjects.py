@@ -6,7 +6,7 @@
   model frame (and thus "pose zero") is turned: a check that nothing assumes a standard
   orientation of the CT.
 * :func:`headsq_subject`: a second real head, the shared ``headsq`` CT with landmarks from
-  :func:`fluororeg.subject.propose_landmarks` (33 landmarks, 13 symmetric pairs).
+  :func:`fluororeg.subject.subject.propose_landmarks` (33 landmarks, 13 symmetric pairs).
 * :func:`independent_subjects`: the three subjects the independent benchmark uses.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..landmarks import Landmarks
-from ..subject import Subject, make_subject
-from ..volume import Volume
+from fluororeg.subject.landmarks import Landmarks
+from fluororeg.subject.subject import Subject, make_subject
+from fluororeg.core.volume import Volume
 
 __all__ = ["axis_rotation", "rotated_header_subject", "headsq_subject", "independent_subjects"]
 
@@ -61,9 +61,9 @@ def rotated_header_subject(subject: Subject, angle_deg: float = 180.0, axis: str
 def headsq_subject(path=None, n_landmarks: int = 33, n_pairs: int = 13) -> Subject:
     """The shared headsq CT (``../shared/data/headsq/headsq_hu.nii.gz`` unless ``path``) with
     ``n_landmarks`` proposed landmarks in ``n_pairs`` symmetric pairs (deterministic)."""
-    from ..example_data import headsq_path
-    from ..subject import propose_landmarks
-    from ..volume import load_volume
+    from fluororeg.subject.example import headsq_path
+    from fluororeg.subject.proposal import propose_landmarks
+    from fluororeg.io.volume_formats import load_volume
 
     p = Path(path) if path is not None else headsq_path()
     if p is None or not Path(p).is_file():
@@ -76,8 +76,8 @@ def headsq_subject(path=None, n_landmarks: int = 33, n_pairs: int = 13) -> Subje
 def independent_subjects() -> dict[str, Subject]:
     """``{'example': ..., 'example_rotated_header': ..., 'headsq': ...}`` (headsq only when the
     shared data are present)."""
-    from ..example_data import headsq_path
-    from ..subject import example_subject
+    from fluororeg.subject.example import headsq_path
+    from fluororeg.subject.subject import example_subject
 
     ex = example_subject()
     out = {"example": ex, "example_rotated_header": rotated_header_subject(ex)}

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluororeg import render as R
-from fluororeg.geometry import ConeView, pose_from_matrix, pose_matrix
+from fluororeg.core import render as R
+from fluororeg.core.geometry import ConeView, pose_from_matrix, pose_matrix
 from fluororeg.simulation.plastimatch_drr import (PlastimatchError, plastimatch_available, render_cone_plastimatch,
                                                   simulate_independent_recording, independent_dual_views)
 from fluororeg.simulation.subjects import axis_rotation, rotated_header_subject
-from fluororeg.volume import Volume
+from fluororeg.core.volume import Volume
 
 from conftest import MU, supersampled
 
@@ -125,7 +125,7 @@ def test_plastimatch_failure_names_the_command(monkeypatch, oblique_view):
 
 
 def test_tiny_independent_recording_opens(subject, tmp_path):
-    from fluororeg.recording import open_recording
+    from fluororeg.io.recording import open_recording
 
     views = independent_dual_views(128, 128, pitch=3.2)
     out = simulate_independent_recording(subject, tmp_path / "rec", scenario="walking", n_frames=2, views=views, seed=5)
