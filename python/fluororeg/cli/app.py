@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fluororeg.cli import study_commands
+
 
 def _load_ct(path: str | None):
     from fluororeg.io.volume_formats import load_volume
@@ -631,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="out/demo")
     de.add_argument("--quick", action="store_true", help="tiny settings (seconds; meaningless accuracy)")
     de.set_defaults(func=cmd_demo)
+    study_commands.add_parser(sub)
     i = sub.add_parser("info", help="version and backends")
     i.set_defaults(func=cmd_info)
     return p
