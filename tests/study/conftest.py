@@ -135,3 +135,15 @@ def read_poses():
         return read_poses_csv(Path(run.out) / "recordings" / name / "poses.csv")["poses"]
 
     return read
+
+
+@pytest.fixture(scope="session")
+def cluster_client():
+    """A LocalCluster of two single-threaded worker processes (as `study run` starts), shared
+    by the tests that run studies on two workers."""
+    from fluororeg.study.run import start_local_cluster
+
+    cluster, client = start_local_cluster(2)
+    yield client
+    client.close()
+    cluster.close()

@@ -234,10 +234,11 @@ def _progress_line(outcomes, pending, client, dask_key, frames: int, elapsed: fl
     done = sum(o.status == "done" for o in outcomes.values())
     failed = sum(o.status in ("failed", "not_run", "cancelled") for o in outcomes.values())
     running = 0
-    try:
-        processing = client.processing()
-        ours = {dask_key[k] for keys in processing.values() for k in keys if k in dask_key}
-        running = len(ours & set(pending))
+    try:  # tasks on a worker, at most as many as it has threads (the others wait there)
+        threads = {a: w.get("nthreads", 1) for a, w in client.scheduler_info().get("workers", {}).items()}
+        for addr, keys in client.processing().items():
+            ours = [dask_key[k] for k in keys if k in dask_key and dask_key[k] in pending]
+            running += min(len(ours), threads.get(addr, 1))
     except Exception:  # progress must never stop a study
         pass
     rate = frames / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,32 @@
+"""`fluororeg study run` on an existing Dask cluster (--scheduler): a task that fails is
+retried, then reported in a table and the summary; the study exits non-zero; the others finish."""
+
+from __future__ import annotations
+
+from fluororeg.cli.app import main
+
+
+def test_failed_task_is_reported_not_dropped(study_tree, manifest_writer, prebuilt_models, cluster_client,
+                                             tmp_path, capsys):
+    manifest = manifest_writer(study_tree, "failing", prebuilt=prebuilt_models)
+    # Smoothing needs 16 frames: alpha_flex (4 frames) fails at run time, every try.
+    manifest.write_text(manifest.read_text().replace(
+        'folder = "recordings/alpha/flex"\n',
+        'folder = "recordings/alpha/flex"\n[recording.register]\nsmoothing_hz = 3.0\nfps = 30.0\n'))
+    out = tmp_path / "out"
+    address = cluster_client.scheduler.address
+    assert main(["study", "run", str(manifest), "--scheduler", address, "--out", str(out),
+                 "--progress-every", "0.5"]) == 1
+    text = capsys.readouterr().out
+    assert "FAILED register/alpha_flex after 1 retries" in text
+    assert "1 task(s) failed or did not run:" in text and "smoothing needs at least 16 frames" in text
+    assert "[study] finished: 4/5 tasks done, 0 running, 1 failed" in text
+    assert (out / "recordings" / "alpha_walk" / "poses.csv").exists()
+    assert (out / "recordings" / "beta_walk" / "poses.csv").exists()
+    assert "register/alpha_flex,failed," in (out / "failures.csv").read_text()
+    assert "Traceback" in (out / "failures.log").read_text()
+    md = (out / "summary.md").read_text()
+    assert "| alpha_flex | alpha | **failed** |" in md and "## Failures" in md
+    assert ",failed," in (out / "summary.csv").read_text()
+    assert main(["study", "run", str(manifest), "--scheduler", address, "--workers", "2"]) == 2
+    assert "--workers sizes the local cluster" in capsys.readouterr().err
