@@ -125,3 +125,15 @@ def test_study_run_without_dask_is_a_one_line_error(study_tree, manifest_writer,
     assert main(["study", "run", str(manifest_writer(study_tree, "nodask"))]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pip install fluororeg[study]" in err
+
+
+def test_the_example_manifest_reads():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "study.toml"
+    study = load_study(example)
+    assert [s.name for s in study.subjects] == ["s01", "s02"] and len(study.recordings) == 4
+    by_name = {r.name: r for r in study.recordings}
+    assert by_name["s02_walk1"].register["style"] == "log"          # the subject's override
+    assert by_name["s01_flexion"].register["smoothing_hz"] == 6.0   # the recording's override
+    assert by_name["s02_walk2"].calibration.pitch_mm == 0.2 and study.subject("s02").detector.name == "s02_detector.onnx"

@@ -102,7 +102,14 @@ def start_local_cluster(workers: int | None = None, *, threads_per_task: int = 1
     env = {var: str(threads_per_task) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=None,
                            silence_logs=logging.ERROR, resources={"GPU": 1} if gpu else None)
-    return cluster, Client(cluster)
+    client = Client(cluster)
+    # Ctrl-C in a terminal reaches the local workers too: they leave it to the study (which
+    # cancels the tasks and closes the cluster) instead of dying with tracebacks. A plugin, so
+    # that workers restarted by their nanny get it as well.
+    from fluororeg.study._worker import IgnoreInterrupt
+
+    client.register_plugin(IgnoreInterrupt(), name="fluororeg-ignore-sigint")
+    return cluster, client
 
 
 def _resolve(value, futures: dict):
