@@ -59,6 +59,10 @@ def write_manifest(root: Path, name: str, *, prebuilt: dict | None = None, extra
         "beta_walk": ('[[recording]]\nname = "beta_walk"\nsubject = "beta"\nviews = ["recordings/beta/walk/view1", '
                       '"recordings/beta/walk/view2"]\ngeometry = "recordings/beta/walk/geometry.json"\n'
                       'reference = "recordings/beta/walk/truth.npz"\n'),
+        "beta_cal": ('[[recording]]\nname = "beta_cal"\nsubject = "beta"\nviews = ["recordings/beta/walk/view1", '
+                     '"recordings/beta/walk/view2"]\n[recording.calibration]\nmayacam = ["calibration/cam1.txt", '
+                     '"calibration/cam2.txt"]\npitch_mm = 1.9\nplates = ["recordings/beta/walk/calibration/plate_view1.png", '
+                     '"recordings/beta/walk/calibration/plate_view2.png"]\nbead_radius_px = 3.0\n'),
     }
     text = (f'[study]\nname = "{name}"\nretries = 1\nprogress_every_s = 1\n{study_extra}\n' + TINY_SETTINGS + extra
             + '\n[[subject]]\nname = "alpha"\nfolder = "subjects/alpha"\n' + models("alpha")
@@ -94,6 +98,12 @@ def study_tree(subject, tmp_path_factory) -> Path:
                                        (beta, "beta/walk", "walking", 3)):
         simulate_recording(subj, root / "recordings" / name, scenario=scenario, n_frames=4, views=views, seed=seed)
     (root / "recordings" / "beta" / "walk" / "recording.json").unlink()  # given by views + geometry instead
+    # The lab's calibration files of those fluoroscopes: MayaCam 2.0 cameras (bead plates: the simulation's)
+    from fluororeg.calibration.formats import write_mayacam
+
+    (root / "calibration").mkdir()
+    for k, view in enumerate(views):
+        write_mayacam(root / "calibration" / f"cam{k + 1}.txt", view)
     return root
 
 

@@ -30,3 +30,25 @@ def test_failed_task_is_reported_not_dropped(study_tree, manifest_writer, prebui
     assert ",failed," in (out / "summary.csv").read_text()
     assert main(["study", "run", str(manifest), "--scheduler", address, "--workers", "2"]) == 2
     assert "--workers sizes the local cluster" in capsys.readouterr().err
+
+
+def test_recording_given_by_calibration_files(study_tree, manifest_writer, prebuilt_models, cluster_client,
+                                              read_poses, tmp_path):
+    """A recording given as two image folders + MayaCam files + bead plates: the study computes
+    its geometry (a calibrate task) and registers it as the same frames with their geometry file."""
+    import numpy as np
+
+    from fluororeg.calibration.geometry_file import load_geometry
+    from fluororeg.study.manifest import load_study
+    from fluororeg.study.run import run_study
+
+    manifest = manifest_writer(study_tree, "calibrated", prebuilt=prebuilt_models,
+                               recordings=("alpha_walk", "beta_walk", "beta_cal"))
+    run = run_study(load_study(manifest), tmp_path / "out", client=cluster_client, say=lambda m: None)
+    assert run.ok, [(o.key, o.error) for o in run.failures]
+    assert run.outcomes["calibrate/beta_cal"].status == "done"
+    computed = load_geometry(tmp_path / "out" / "recordings" / "beta_cal" / "geometry.json")
+    given = load_geometry(study_tree / "recordings" / "beta" / "walk" / "geometry.json")
+    for a, b in zip(computed.views, given.views):
+        np.testing.assert_allclose(a.source, b.source, atol=1e-6)
+    np.testing.assert_allclose(read_poses(run, "beta_cal"), read_poses(run, "beta_walk"), atol=1e-3, equal_nan=True)

@@ -104,8 +104,6 @@ def check_study_files(study: Study) -> list[str]:
     """Open every file the study names (CTs, landmarks, subject folders, recordings with their
     geometry or calibration files, prebuilt models, references) and return every problem found
     (an empty list: all good). Nothing is written."""
-    from fluororeg.dataset.generate import DatasetConfig  # noqa: F401  (import errors surface here)
-
     problems: list[str] = []
     subjects = {}
     for s in study.subjects:

@@ -157,7 +157,12 @@ def run_study(study: Study, out=None, *, scheduler: str | None = None, workers: 
             cluster, client = start_local_cluster(workers, threads_per_task=study.threads_per_task, gpu=gpu)
     every = study.progress_every_s if progress_every_s is None else float(progress_every_s)
     try:
-        n_workers = len(client.scheduler_info().get("workers", {}))
+        info = client.scheduler_info().get("workers", {})
+        n_workers = len(info)
+        if gpu and not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in info.values()):
+            raise RuntimeError("the study has device = \"cuda\" tasks but no worker of the cluster offers the resource "
+                               "GPU (start GPU workers with: dask worker ADDRESS --resources GPU=1); they would wait "
+                               "forever")
         where = f"Dask cluster {scheduler}" if scheduler else "a local Dask cluster"
         say(f"[study] {study.name}: {len(study.subjects)} subject(s), {len(study.recordings)} recording(s), "
             f"{len(tasks)} tasks on {where} of {n_workers} worker(s) -> {out}")
