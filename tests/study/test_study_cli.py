@@ -52,3 +52,17 @@ def test_recording_given_by_calibration_files(study_tree, manifest_writer, prebu
     for a, b in zip(computed.views, given.views):
         np.testing.assert_allclose(a.source, b.source, atol=1e-6)
     np.testing.assert_allclose(read_poses(run, "beta_cal"), read_poses(run, "beta_walk"), atol=1e-3, equal_nan=True)
+
+
+def test_cuda_tasks_need_gpu_workers(study_tree, manifest_writer, prebuilt_models, cluster_client, tmp_path):
+    import pytest
+
+    from fluororeg.study.manifest import load_study
+    from fluororeg.study.run import run_study
+
+    manifest = manifest_writer(study_tree, "gpu", prebuilt=prebuilt_models, recordings=("alpha_walk", "beta_walk"))
+    manifest.write_text(manifest.read_text() + 'device = "cuda"\n')  # the recording's own device
+    study = load_study(manifest)
+    assert [r.device for r in study.recordings] == ["cpu", "cuda"]
+    with pytest.raises(RuntimeError, match="no worker of the cluster offers the resource GPU"):
+        run_study(study, tmp_path / "out", client=cluster_client, say=lambda m: None)
