@@ -9,7 +9,8 @@ detector trained on a cone-beam DRR dataset (built once by the study itself into
 ``<work>/models``), and simulated recordings of it (--quick: 4 of 8 frame pairs at 256 px;
 else 8 of 24 at 512 px). Each timed run starts from an empty output folder, on a fresh
 ``LocalCluster`` whose workers have imported fluororeg and onnxruntime (cluster start and
-imports are not timed; loading the networks in each task is). Figures:
+imports are not timed; loading the networks in each task is). The detector is tiny (a few
+epochs on a few hundred DRRs): the figures are throughput, its accuracy is meaningless. Figures:
 ``study_fps_1worker``, ``study_fps_2workers`` (frame pairs registered / seconds from
 submission to the last task) and ``study_speedup`` (their ratio). Run it on a quiet machine:
 the workers are processes and need a free core each.
