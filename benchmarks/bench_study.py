@@ -114,17 +114,18 @@ def main() -> None:
             simulate_recording(subject, rec, scenario=scenarios[r % 4], n_frames=n_frames, views=views, seed=r)
         recs.append(rec)
 
-    def manifest(name: str, detector: str | None = None) -> Path:
+    def manifest(name: str, detector: str | None = None, recordings=recs) -> Path:
         lines = [f'[study]\nname = "{name}"\nprogress_every_s = 30\n', SETTINGS, "[[subject]]", 'name = "headsq"',
                  f'folder = "{folder.resolve()}"'] + ([f'detector = "{detector}"'] if detector else []) + [""]
-        for rec in recs:
+        for rec in recordings:
             lines += ["[[recording]]", f'name = "{rec.name}"', 'subject = "headsq"', f'folder = "{rec.resolve()}"', ""]
         path = work / f"{name}.toml"
         path.write_text("\n".join(lines))
         return path
 
     print("building the subject's models (once; reused by later runs)", flush=True)
-    built = run_study(load_study(manifest("models")), work / "models", workers=1, say=lambda m: None)
+    built = run_study(load_study(manifest("models", recordings=recs[:1])), work / "models", workers=1,
+                      say=lambda m: None)
     if not built.ok:
         raise SystemExit(f"building the models failed: {[(o.key, o.error) for o in built.failures]}")
     detector = built.outcomes["models/headsq"].result["detector"]
