@@ -9,7 +9,8 @@ detector trained on a cone-beam DRR dataset (built once by the study itself into
 ``<work>/models``), and simulated recordings of it (--quick: 4 of 8 frame pairs at 256 px;
 else 8 of 24 at 512 px). Each timed run starts from an empty output folder, on a fresh
 ``LocalCluster`` whose workers have imported fluororeg and onnxruntime (cluster start and
-imports are not timed; loading the networks in each task is). The detector is tiny (a few
+imports are not timed; loading the networks in each task is); 1 and 2 workers alternate, and
+the best of 2 rounds counts (--quick: 1 round). The detector is tiny (a few
 epochs on a few hundred DRRs): the figures are throughput, its accuracy is meaningless. Figures:
 ``study_fps_1worker``, ``study_fps_2workers`` (frame pairs registered / seconds from
 submission to the last task) and ``study_speedup`` (their ratio). Run it on a quiet machine:
@@ -134,7 +135,9 @@ def main() -> None:
                "note": "local Dask cluster, one single-threaded worker process per core; wall-clock"}
     rows = []
     poses = {}
-    for workers in (1, 2):
+    best = {1: None, 2: None}
+    rounds = 1 if args.quick else 2
+    for workers in [1, 2] * rounds:  # alternating, best of the rounds: the machine's load drifts
         out = work / f"run_{workers}"
         shutil.rmtree(out, ignore_errors=True)
         cluster, client = start_local_cluster(workers)
@@ -146,15 +149,20 @@ def main() -> None:
             cluster.close()
         if not run.ok:
             raise SystemExit(f"the study failed with {workers} worker(s): {[(o.key, o.error) for o in run.failures]}")
+        print(f"  {workers} worker(s): {run.frame_pairs_per_s:.2f} frame pairs/s ({run.seconds:.1f} s)", flush=True)
+        if best[workers] is None or run.seconds < best[workers].seconds:
+            best[workers] = run
+        from fluororeg.io.poses import read_poses_csv
+
+        poses[workers] = np.concatenate([read_poses_csv(out / "recordings" / r.name / "poses.csv")["poses"]
+                                         for r in recs])
+    for workers, run in best.items():
         key = "study_fps_1worker" if workers == 1 else "study_fps_2workers"
         results[key] = run.frame_pairs_per_s
         results[f"study_seconds_{workers}"] = run.seconds
         rows.append((f"{workers} worker(s): frame pairs/s", run.frame_pairs_per_s, "frame pairs/s"))
         rows.append((f"{workers} worker(s): study time", run.seconds, "s"))
-        from fluororeg.io.poses import read_poses_csv
-
-        poses[workers] = np.concatenate([read_poses_csv(out / "recordings" / r.name / "poses.csv")["poses"]
-                                         for r in recs])
+    results["rounds"] = rounds
     results["study_speedup"] = results["study_fps_2workers"] / results["study_fps_1worker"]
     results["same_poses"] = bool(np.allclose(poses[1], poses[2], atol=1e-6, equal_nan=True))
     rows.append(("speed-up, 2 workers vs 1", results["study_speedup"], "x"))

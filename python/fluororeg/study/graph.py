@@ -155,7 +155,7 @@ def register_task(spec: RecordingSpec, subject_spec: SubjectSpec, models: dict, 
     from fluororeg.training.style import StyleTranslator
 
     limit_threads(threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_root) / "recordings" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     subject = load_study_subject(subject_spec)
@@ -184,7 +184,8 @@ def register_task(spec: RecordingSpec, subject_spec: SubjectSpec, models: dict, 
     res = register_recording(recording, subject, detector, translator, options, out_dir=out, progress=False)
     summary = _summarise(spec, subject, res, reference, out)
     atomic_write_text(stamp, json.dumps({"fingerprint": fp, "summary": summary}, indent=2))
-    return dict(summary, skipped=False, task_seconds=time.perf_counter() - t0)
+    return dict(summary, skipped=False, task_seconds=time.perf_counter() - t0,
+                task_cpu_seconds=time.process_time() - cpu0)  # CPU time of the worker process (all threads)
 
 
 def _stat(values: np.ndarray, fn) -> float | None:
