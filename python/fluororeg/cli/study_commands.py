@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 __all__ = ["add_parser", "run", "init_manifest"]
@@ -184,8 +185,9 @@ def _cmd_run(args) -> int:
         result = run_study(study, args.out, scheduler=args.scheduler, workers=args.workers,
                            progress_every_s=args.progress_every)
     except ManifestError as exc:
-        print(f"{len(exc.problems)} problem(s) in study manifest '{exc.path}' (nothing was run):")
+        print(f"fluororeg study: {len(exc.problems)} problem(s) in study manifest '{exc.path}' (nothing was run):",
+              file=sys.stderr)
         for p in exc.problems:
-            print(f"  - {p}")
+            print(f"  - {p}", file=sys.stderr)
         return 2
     return 0 if result.ok else 1
