@@ -19,6 +19,7 @@
                        [--smoothing-hz F] --out DIR
     fluororeg overlay RECORDING POSES.csv --out DIR [--frames I ...] [--video overlay.mp4|.gif|none]
     fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] --out DIR
+    fluororeg study init|check|run MANIFEST ...   (many subjects and recordings on Dask: docs/study.md)
     fluororeg demo [--out DIR] [--quick]
     fluororeg info | --version
 
@@ -43,6 +44,7 @@ from fluororeg.cli import (
     recording_commands,
     register_commands,
     render_command,
+    study_commands,
     subject_commands,
     training_commands,
 )
@@ -51,7 +53,7 @@ from fluororeg.cli.common import deprecation_note
 __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = (render_command, subject_commands, dataset_commands, recording_commands, interop_commands,
-                   training_commands, register_commands, demo_command, info_command)
+                   training_commands, register_commands, study_commands, demo_command, info_command)
 DEPRECATED_COMMANDS = {**training_commands.DEPRECATED_COMMANDS, **register_commands.DEPRECATED_COMMANDS}
 
 

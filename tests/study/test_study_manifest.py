@@ -1,0 +1,139 @@
+"""The study manifest: strict parsing (every problem listed, naming key and file), file checks,
+`study init` from a folder tree, and the Dask-free command line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fluororeg.study.manifest import ManifestError, load_study
+
+
+def test_unknown_keys_and_bad_values_are_all_listed(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("""
+[study]
+name = "bad"
+retrys = 3
+
+[settings.dataset]
+n_trian = 10
+image_size = 4
+
+[settings.register]
+style = "gan"
+
+[[subject]]
+name = "a"
+foldr = "subjects/a"
+
+[[subject]]
+name = "b"
+folder = "subjects/b"
+ct = "x.nii.gz"
+
+[[recording]]
+name = "r1"
+subject = "c"
+folder = "rec/r1"
+
+[[recording]]
+name = "r2"
+subject = "b"
+views = ["v1"]
+""")
+    with pytest.raises(ManifestError) as info:
+        load_study(path)
+    problems = info.value.problems
+    text = "\n".join(problems)
+    assert all(str(path) in p for p in problems)
+    assert "[study]: unknown key 'retrys' (did you mean 'retries'?)" in text
+    assert "[settings] [dataset]: unknown key 'n_trian' (did you mean 'n_train'?)" in text
+    assert "unknown key 'foldr' (did you mean 'folder'?)" in text
+    assert "[[subject]] #1 (a): expected 'folder'" in text
+    assert "'ct' is set together with 'folder'" in text
+    assert "[[recording]] #1 (r1): 'subject' = 'c' is not a [[subject]] of this study" in text
+    assert "'views' = ['v1']: expected the two image sequences" in text
+    assert "exactly one of 'geometry'" in text
+    assert "image_size = 4: expected an integer >= 8" in text
+    assert "style 'gan' is unknown" not in text or "register settings" in text
+    assert len(problems) >= 9
+
+
+def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_writer, capsys):
+    from fluororeg.cli import main
+    from fluororeg.study.inputs import check_study_files
+
+    good = manifest_writer(study_tree, "good")
+    assert check_study_files(load_study(good)) == []
+    assert main(["study", "check", str(good)]) == 0
+    assert "ok: good: 2 subject(s), 3 recording(s)" in capsys.readouterr().out
+    text = good.read_text().replace('"subjects/beta/landmarks.mrk.json"', '"subjects/beta/missing.mrk.json"')
+    text = text.replace('folder = "recordings/alpha/flex"', 'folder = "recordings/alpha/nowhere"')
+    text = text.replace('geometry = "recordings/beta/walk/geometry.json"', 'geometry = "recordings/alpha/walk/truth.json"')
+    text = text.replace('name = "alpha"\nfolder = "subjects/alpha"\n',
+                        'name = "alpha"\nfolder = "subjects/alpha"\ndetector = "nothing.onnx"\n')
+    bad = study_tree / "bad_files.toml"
+    bad.write_text(text)
+    problems = check_study_files(load_study(bad))
+    joined = "\n".join(problems)
+    assert len(problems) == 4, problems
+    assert "missing.mrk.json" in joined and "recordings/alpha/nowhere" in joined and "nothing.onnx" in joined
+    assert "(beta_walk)" in joined  # the geometry file is not a geometry
+    assert main(["study", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("4 problem(s) in study manifest") and out.count("\n  - ") == 4
+
+
+def test_init_writes_a_manifest_from_a_folder_tree(study_tree, tmp_path, capsys):
+    from fluororeg.cli import main
+    from fluororeg.io.recording import write_recording_manifest
+
+    root = tmp_path / "lab"
+    (root / "subjects").mkdir(parents=True)
+    shutil.copytree(study_tree / "subjects" / "alpha", root / "subjects" / "s01")
+    shutil.copytree(study_tree / "subjects" / "beta", root / "subjects" / "s02")  # CT + landmarks only
+    (root / "subjects" / "s03").mkdir()  # nothing usable: left out with a warning
+    shutil.copytree(study_tree / "recordings" / "alpha" / "walk", root / "recordings" / "s01" / "walk")
+    shutil.copytree(study_tree / "recordings" / "beta" / "walk", root / "recordings" / "s02" / "walk one")
+    write_recording_manifest(root / "recordings" / "s02" / "walk one", frames=4)
+    assert main(["study", "init", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "subjects/s03" in out and "left out" in out
+    study = load_study(root / "study.toml")
+    assert [s.name for s in study.subjects] == ["s01", "s02"]
+    assert study.subjects[0].folder == root / "subjects" / "s01"
+    assert study.subjects[1].ct.name == "ct.nrrd" and study.subjects[1].landmarks.name == "landmarks.mrk.json"
+    assert [(r.name, r.subject) for r in study.recordings] == [("s01_walk", "s01"), ("s02_walk_one", "s02")]
+    assert study.subjects[0].dataset["n_train"] == 9251 and study.recordings[0].register["style"] == "translate"
+    assert main(["study", "init", str(root)]) == 2  # exists: not overwritten without --force
+    assert "--force" in capsys.readouterr().err
+
+
+def test_single_recording_commands_do_not_import_dask():
+    code = "import sys, fluororeg.cli; assert 'dask' not in sys.modules and 'distributed' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_study_run_without_dask_is_a_one_line_error(study_tree, manifest_writer, monkeypatch, capsys):
+    from fluororeg.cli import main
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    assert main(["study", "run", str(manifest_writer(study_tree, "nodask"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install fluororeg[study]" in err
+
+
+def test_the_example_manifest_reads():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "study.toml"
+    study = load_study(example)
+    assert [s.name for s in study.subjects] == ["s01", "s02"] and len(study.recordings) == 4
+    by_name = {r.name: r for r in study.recordings}
+    assert by_name["s02_walk1"].register["style"] == "log"          # the subject's override
+    assert by_name["s01_flexion"].register["smoothing_hz"] == 6.0   # the recording's override
+    assert by_name["s02_walk2"].calibration.pitch_mm == 0.2 and study.subject("s02").detector.name == "s02_detector.onnx"
