@@ -16,10 +16,23 @@ def atomic_write_text(p: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        chmod_default(Path(tmp))
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def temporary_path_beside(path: Path, suffix: str) -> Path:
+    """A new temporary file's path next to ``path`` ending with ``suffix`` (to be renamed onto
+    ``path`` once complete)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def chmod_default(p: Path) -> None:
+    """Give a mkstemp file (mode 0600) the permissions a plain open() would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(p, 0o666 & ~mask)

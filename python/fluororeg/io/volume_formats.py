@@ -23,16 +23,18 @@ relative; the other formats keep float64 geometry exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
 from fluororeg.core.volume import ORTHO_TOL, Volume
+
+from fluororeg.io.atomic import chmod_default, temporary_path_beside
+from fluororeg.io.dicom import read_dicom_series
+from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
 __all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
 
@@ -50,20 +52,6 @@ def _kind(path: Path) -> str:
         if name.endswith(ext):
             return ext
     return ""
-
-
-def _atomic_target(path: Path, suffix: str):
-    """A temporary path next to ``path`` ending with ``suffix``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _chmod_default(p: Path) -> None:
-    """Give a mkstemp file (mode 0600) the permissions a plain open() would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(p, 0o666 & ~mask)
 
 
 def load_volume(path: PathLike, *, voxel_size_mm=None, intensity: "IntensityMapping | str | None" = None,
@@ -203,9 +191,9 @@ def _load_volume_file(p: Path) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"volume file or folder not found: {str(p)!r}")
     if p.is_dir():
-        return _read_dicom_series(p)
+        return read_dicom_series(p)
     if p.name.lower().endswith(".dcm"):
-        return _read_dicom_series(p.parent, select_file=p)
+        return read_dicom_series(p.parent, select_file=p)
     kind = _kind(p)
     try:
         if kind in (".nii", ".nii.gz"):
@@ -213,7 +201,7 @@ def _load_volume_file(p: Path) -> Volume:
         if kind in (".nrrd", ".nhdr"):
             return _read_nrrd(p)
         if kind in (".mha", ".mhd"):
-            return _read_metaimage(p)
+            return read_metaimage(p)
         if kind == ".npz":
             return _read_npz(p)
     except (ValueError, TypeError, FileNotFoundError):
@@ -245,21 +233,21 @@ def save_volume(volume: Volume, path: PathLike) -> None:
         raise FileNotFoundError(f"folder of {str(p)!r} does not exist: {str(p.parent)!r}")
     if kind in (".mhd", ".nhdr"):  # header + separate data file
         if kind == ".mhd":
-            _write_metaimage(volume, p)
+            write_metaimage(volume, p)
         else:
             _write_nrrd(volume, p)
         return
-    tmp = _atomic_target(p, kind)
+    tmp = temporary_path_beside(p, kind)
     try:
         if kind in (".nii", ".nii.gz"):
             _write_nifti(volume, tmp)
         elif kind == ".nrrd":
             _write_nrrd(volume, tmp)
         elif kind == ".mha":
-            _write_metaimage(volume, tmp)
+            write_metaimage(volume, tmp)
         elif kind == ".npz":
             _write_npz(volume, tmp)
-        _chmod_default(tmp)
+        chmod_default(tmp)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
@@ -401,276 +389,3 @@ def _write_nrrd(v: Volume, p: Path) -> None:
     }
     nrrd.write(str(p), np.ascontiguousarray(v.data), header, index_order="C",
                detached_header=p.name.lower().endswith(".nhdr"))
-
-
-# ---------------------------------------------------------------------- MetaImage
-_MET_TYPES = {
-    "MET_UCHAR": np.uint8, "MET_CHAR": np.int8, "MET_USHORT": np.uint16,
-    "MET_SHORT": np.int16, "MET_UINT": np.uint32, "MET_INT": np.int32,
-    "MET_ULONG_LONG": np.uint64, "MET_LONG_LONG": np.int64,
-    "MET_FLOAT": np.float32, "MET_DOUBLE": np.float64,
-}
-_MET_FROM_DTYPE = {np.dtype(t): k for k, t in _MET_TYPES.items()}
-_MET_FROM_DTYPE[np.dtype(np.uint64)] = "MET_ULONG_LONG"
-
-
-def _parse_metaimage_header(p: Path) -> Tuple[Dict[str, str], bytes]:
-    """Header fields (keys as written) and the bytes that follow ElementDataFile."""
-    raw = p.read_bytes()
-    fields: Dict[str, str] = {}
-    pos = 0
-    while True:
-        end = raw.find(b"\n", pos)
-        line_b = raw[pos:] if end < 0 else raw[pos:end]
-        pos = len(raw) if end < 0 else end + 1
-        try:
-            line = line_b.decode("ascii").strip()
-        except UnicodeDecodeError:
-            raise ValueError(f"{str(p)!r}: not a MetaImage header (binary data before ElementDataFile)")
-        if line and "=" not in line:
-            raise ValueError(f"{str(p)!r}: malformed MetaImage header line {line!r}")
-        if line:
-            key, value = line.split("=", 1)
-            fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                return fields, raw[pos:]
-        if end < 0:
-            raise ValueError(f"{str(p)!r}: MetaImage header has no ElementDataFile line")
-
-
-def _met_bool(value: str) -> bool:
-    return value.strip().lower() in ("true", "1", "yes")
-
-
-def _read_metaimage(p: Path) -> Volume:
-    f, tail = _parse_metaimage_header(p)
-    get = f.get
-    otype = get("ObjectType", "Image")
-    if otype.lower() != "image":
-        raise ValueError(f"{str(p)!r}: MetaImage ObjectType {otype!r}, expected 'Image'")
-    ndims = int(get("NDims", "0"))
-    if ndims != 3:
-        raise ValueError(f"{str(p)!r}: MetaImage NDims = {ndims}, expected 3")
-    dims = [int(x) for x in get("DimSize", "").split()]
-    if len(dims) != 3 or min(dims) < 1:
-        raise ValueError(f"{str(p)!r}: MetaImage DimSize {get('DimSize')!r}, expected 3 positive integers")
-    channels = int(get("ElementNumberOfChannels", "1"))
-    if channels != 1:
-        raise ValueError(f"{str(p)!r}: ElementNumberOfChannels = {channels}, expected 1")
-    etype = get("ElementType", "")
-    if etype not in _MET_TYPES:
-        raise ValueError(f"{str(p)!r}: unsupported MetaImage ElementType {etype!r}; expected one "
-                         f"of {sorted(_MET_TYPES)}")
-    msb = _met_bool(get("BinaryDataByteOrderMSB", get("ElementByteOrderMSB", "False")))
-    dtype = np.dtype(_MET_TYPES[etype]).newbyteorder(">" if msb else "<")
-    if "BinaryData" in f and not _met_bool(f["BinaryData"]):
-        raise ValueError(f"{str(p)!r}: ASCII MetaImage data (BinaryData = False) is not supported")
-    spacing_s = get("ElementSpacing", get("ElementSize", "1 1 1"))
-    spacing = np.array([float(x) for x in spacing_s.split()])
-    offset_s = get("Offset", get("Position", get("Origin", "0 0 0")))
-    origin = np.array([float(x) for x in offset_s.split()])
-    tm_s = get("TransformMatrix", get("Rotation", get("Orientation", "1 0 0 0 1 0 0 0 1")))
-    tm = np.array([float(x) for x in tm_s.split()])
-    if tm.size != 9:
-        raise ValueError(f"{str(p)!r}: TransformMatrix {tm_s!r}, expected 9 numbers")
-    # ITK: TransformMatrix[a*3 + b] = component b of the direction of index axis a
-    direction = tm.reshape(3, 3).T
-    n_bytes = int(np.prod(dims)) * dtype.itemsize
-    compressed = _met_bool(get("CompressedData", "False"))
-    edf = f["ElementDataFile"]
-    if edf.upper() == "LOCAL":
-        payload = tail
-    else:
-        if edf.upper().startswith("LIST") or "%" in edf or len(edf.split()) > 1:
-            raise ValueError(f"{str(p)!r}: multi-file ElementDataFile {edf!r} is not supported; "
-                             f"expected LOCAL or a single file name")
-        data_path = Path(edf) if os.path.isabs(edf) else p.parent / edf
-        if not data_path.exists():
-            raise FileNotFoundError(f"{str(p)!r}: data file {str(data_path)!r} not found")
-        payload = data_path.read_bytes()
-        header_size = int(get("HeaderSize", "0"))
-        if header_size == -1 and not compressed:
-            payload = payload[len(payload) - n_bytes:]
-        elif header_size > 0:
-            payload = payload[header_size:]
-    if compressed:
-        try:
-            payload = zlib.decompressobj(47).decompress(payload)  # zlib or gzip wrapper
-        except zlib.error as exc:
-            raise ValueError(f"{str(p)!r}: corrupt compressed MetaImage data: {exc}") from exc
-    if len(payload) < n_bytes:
-        raise ValueError(f"{str(p)!r}: MetaImage data has {len(payload)} bytes, expected {n_bytes} "
-                         f"for DimSize {dims} of {etype}")
-    arr = np.frombuffer(payload[:n_bytes], dtype=dtype).reshape(dims[2], dims[1], dims[0])
-    arr = arr.astype(dtype.newbyteorder("="))
-    return Volume(arr, spacing, origin, direction)
-
-
-def _anatomical_orientation(direction: np.ndarray) -> str:
-    # ITK naming: the axis points *from* this side, e.g. +x (toward L) is 'R'
-    letters = (("R", "L"), ("A", "P"), ("I", "S"))
-    out = ""
-    for c in range(3):
-        axis = int(np.argmax(np.abs(direction[:, c])))
-        out += letters[axis][0] if direction[axis, c] > 0 else letters[axis][1]
-    return out
-
-
-def _fmt(values: np.ndarray) -> str:
-    return " ".join(repr(float(x)) for x in np.asarray(values).ravel())
-
-
-def _write_metaimage(v: Volume, p: Path) -> None:
-    data = np.asarray(v.data)
-    if data.dtype not in _MET_FROM_DTYPE:
-        raise ValueError(f"cannot write dtype {data.dtype} to MetaImage {str(p)!r}")
-    raw = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
-    local = p.name.lower().endswith(".mha")
-    if local:
-        payload = zlib.compress(raw, 6)
-    else:
-        payload = raw
-    nz, ny, nx = data.shape
-    lines = [
-        "ObjectType = Image",
-        "NDims = 3",
-        "BinaryData = True",
-        "BinaryDataByteOrderMSB = False",
-        f"CompressedData = {'True' if local else 'False'}",
-    ]
-    if local:
-        lines.append(f"CompressedDataSize = {len(payload)}")
-    lines += [
-        f"TransformMatrix = {_fmt(v.direction.T)}",
-        f"Offset = {_fmt(v.origin)}",
-        "CenterOfRotation = 0 0 0",
-        f"AnatomicalOrientation = {_anatomical_orientation(v.direction)}",
-        f"ElementSpacing = {_fmt(v.spacing)}",
-        f"DimSize = {nx} {ny} {nz}",
-        f"ElementType = {_MET_FROM_DTYPE[data.dtype]}",
-    ]
-    if local:
-        lines.append("ElementDataFile = LOCAL")
-        with open(p, "wb") as fh:
-            fh.write(("\n".join(lines) + "\n").encode("ascii"))
-            fh.write(payload)
-        return
-    raw_path = p.with_suffix(".raw")
-    lines.append(f"ElementDataFile = {raw_path.name}")
-    tmp_raw = _atomic_target(raw_path, ".raw")
-    tmp_hdr = _atomic_target(p, ".mhd")
-    try:
-        tmp_raw.write_bytes(payload)
-        tmp_hdr.write_text("\n".join(lines) + "\n", encoding="ascii")
-        _chmod_default(tmp_raw)
-        _chmod_default(tmp_hdr)
-        os.replace(tmp_raw, raw_path)
-        os.replace(tmp_hdr, p)
-    finally:
-        for t in (tmp_raw, tmp_hdr):
-            if t.exists():
-                t.unlink()
-
-
-# ---------------------------------------------------------------------- DICOM
-def _read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volume:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    files = sorted(q for q in folder.iterdir() if q.is_file() and q.name.upper() != "DICOMDIR")
-    slices = []
-    for q in files:
-        try:
-            ds = pydicom.dcmread(str(q))
-        except (InvalidDicomError, OSError, EOFError):
-            continue
-        if "PixelData" not in ds:
-            continue
-        slices.append((q, ds))
-    if not slices:
-        raise ValueError(f"no DICOM image files found in folder {str(folder)!r}")
-    if select_file is not None:
-        sel = [ds for q, ds in slices if q.resolve() == select_file.resolve()]
-        if not sel:
-            raise ValueError(f"{str(select_file)!r} is not a readable DICOM image")
-        uid = getattr(sel[0], "SeriesInstanceUID", None)
-        slices = [(q, ds) for q, ds in slices if getattr(ds, "SeriesInstanceUID", None) == uid]
-    uids = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices})
-    if len(uids) > 1:
-        raise ValueError(f"folder {str(folder)!r} mixes {len(uids)} DICOM series {uids}; "
-                         f"put one series per folder (or pass one of its .dcm files)")
-    for q, ds in slices:
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
-            raise ValueError(f"{str(q)!r}: multi-frame DICOM is not supported (one slice per file expected)")
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise ValueError(f"{str(q)!r}: DICOM slice lacks {tag}; cannot place it in space")
-    if len(slices) < 2:
-        raise ValueError(f"folder {str(folder)!r} holds a single DICOM slice; a volume needs at least 2")
-
-    q0, ds0 = slices[0]
-    iop0 = np.array(ds0.ImageOrientationPatient, dtype=np.float64)
-    ps0 = np.array(ds0.PixelSpacing, dtype=np.float64)
-    rows0, cols0 = int(ds0.Rows), int(ds0.Columns)
-    for q, ds in slices[1:]:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop0, atol=1e-4):
-            raise ValueError(f"{str(q)!r}: ImageOrientationPatient {list(ds.ImageOrientationPatient)} "
-                             f"differs from {iop0.tolist()} in {str(q0)!r}")
-        if not np.allclose(np.array(ds.PixelSpacing, dtype=np.float64), ps0, rtol=1e-4):
-            raise ValueError(f"{str(q)!r}: PixelSpacing {list(ds.PixelSpacing)} differs from {ps0.tolist()}")
-        if (int(ds.Rows), int(ds.Columns)) != (rows0, cols0):
-            raise ValueError(f"{str(q)!r}: slice size {int(ds.Rows)}x{int(ds.Columns)} differs from "
-                             f"{rows0}x{cols0}")
-    # IOP: first triple = direction of increasing column index (along a row) = i axis,
-    # second triple = direction of increasing row index (down a column) = j axis.
-    row_dir = iop0[:3] / np.linalg.norm(iop0[:3])
-    col_dir = iop0[3:] / np.linalg.norm(iop0[3:])
-    if abs(row_dir @ col_dir) > 1e-3:
-        raise ValueError(f"{str(q0)!r}: ImageOrientationPatient {iop0.tolist()} is not orthogonal")
-    normal = np.cross(row_dir, col_dir)
-    pos = np.array([np.array(ds.ImagePositionPatient, dtype=np.float64) for _, ds in slices])
-    dist = pos @ normal
-    order = np.argsort(dist, kind="stable")
-    dist = dist[order]
-    pos = pos[order]
-    slices = [slices[i] for i in order]
-    steps = np.diff(dist)
-    if np.any(steps <= 1e-6):
-        k = int(np.argmin(steps))
-        raise ValueError(f"DICOM slices {str(slices[k][0])!r} and {str(slices[k + 1][0])!r} in "
-                         f"{str(folder)!r} share the position {dist[k]:.4f} mm along the slice normal")
-    dz = float(np.median(steps))
-    tol = max(0.01, 0.01 * dz)
-    if np.max(np.abs(steps - dz)) > tol:
-        raise ValueError(f"non-uniform DICOM slice spacing in {str(folder)!r}: steps range "
-                         f"{steps.min():.4f}..{steps.max():.4f} mm (missing slices?)")
-    span = pos[-1] - pos[0]
-    perp = span - (span @ normal) * normal
-    if np.linalg.norm(perp) > max(0.01, 1e-3 * np.linalg.norm(span)):
-        raise ValueError(f"DICOM series in {str(folder)!r} is sheared (gantry tilt): slice positions "
-                         f"drift {np.linalg.norm(perp):.3f} mm off the slice normal")
-
-    raw_slices, slopes, inters = [], [], []
-    for q, ds in slices:
-        try:
-            px = ds.pixel_array
-        except Exception as exc:
-            raise ValueError(f"{str(q)!r}: cannot decode DICOM pixel data: {exc}") from exc
-        if px.shape != (rows0, cols0):
-            raise ValueError(f"{str(q)!r}: pixel array shape {px.shape}, expected {(rows0, cols0)}")
-        raw_slices.append(px)
-        slopes.append(float(getattr(ds, "RescaleSlope", 1.0) or 1.0))
-        inters.append(float(getattr(ds, "RescaleIntercept", 0.0) or 0.0))
-    raw = np.stack(raw_slices)  # [k, j(row), i(column)]
-    slopes_a = np.array(slopes)
-    inters_a = np.array(inters)
-    hu = raw.astype(np.float64) * slopes_a[:, None, None] + inters_a[:, None, None]
-    if (np.all(slopes_a == np.rint(slopes_a)) and np.all(inters_a == np.rint(inters_a))
-            and hu.min() >= -32768 and hu.max() <= 32767):
-        data = hu.astype(np.int16)
-    else:
-        data = hu.astype(np.float32)
-    # PixelSpacing = (row spacing: between rows, along j; column spacing: along i)
-    spacing = np.array([ps0[1], ps0[0], dz])
-    direction = np.column_stack([row_dir, col_dir, normal])
-    return Volume(data, spacing, pos[0], direction)
