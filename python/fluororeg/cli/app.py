@@ -264,7 +264,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_detector(args: argparse.Namespace) -> int:
-    from fluororeg.training.detector import export_detector, preset, train_detector
+    from fluororeg.training.detector_config import preset
+    from fluororeg.training.detector_export import export_detector
+    from fluororeg.training.detector_train import train_detector
 
     overrides = {}
     if args.minutes is not None:
@@ -280,8 +282,10 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_train_style(args: argparse.Namespace) -> int:
-    from fluororeg.training.style import StyleConfig, discard_run, export_generators, train_style
-    from fluororeg.pipeline.register import xray_training_crops
+    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.style_export import export_generators
+    from fluororeg.training.style_train import discard_run, train_style
+    from fluororeg.training.xray_crops import xray_training_crops
 
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected at least 1")
@@ -303,7 +307,7 @@ def cmd_train_style(args: argparse.Namespace) -> int:
 
 
 def cmd_select_style(args: argparse.Namespace) -> int:
-    from fluororeg.training.detector import LandmarkDetector
+    from fluororeg.inference.detector import LandmarkDetector
     from fluororeg.pipeline.register import PipelineOptions
     from fluororeg.io.poses import read_reference_poses
     from fluororeg.io.recording import open_recording
@@ -354,8 +358,8 @@ def _pipeline_loss(loss: str | None, mode: str) -> str | None:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from fluororeg.training.detector import LandmarkDetector
-    from fluororeg.training.style import StyleTranslator
+    from fluororeg.inference.detector import LandmarkDetector
+    from fluororeg.inference.translator import StyleTranslator
     from fluororeg.pipeline.register import PipelineOptions, register_recording
     from fluororeg.io.recording import open_recording
 
