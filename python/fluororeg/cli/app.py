@@ -275,6 +275,9 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     cfg = preset(args.preset, **overrides)
     result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    if result.interrupted:  # a partial run is never exported as the detector
+        print(f"interrupted after {result.epochs_done} epoch(s): run again to resume; nothing exported")
+        return 130
     path = export_detector(args.out, Path(args.out) / "detector.onnx")
     print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; "
           f"{'interrupted: run again to resume; ' if result.interrupted else ''}exported {path}")
@@ -298,12 +301,15 @@ def cmd_train_style(args: argparse.Namespace) -> int:
     if args.restart:
         discard_run(args.out)
     summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet)
+    if summary["stopped"]:  # a partial run is never exported as the translator
+        print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run again to resume; nothing exported")
+        return 130
     x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-style {args.out} RECORDING --detector MODEL.onnx "
               f"--out {Path(args.out) / 'selected'}")
-    return 130 if summary.get("stopped") == "interrupted" else 0
+    return 0
 
 
 def cmd_select_style(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import signal
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,18 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
+    """A checkpoint (or snapshot) loaded safely: ``torch.load(weights_only=True)`` restores only
+    tensors and plain data (dicts, lists, numbers, strings), never runs pickled code; a file
+    holding anything else is refused with ValueError."""
     torch = require_torch()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"'{path}' is not a plain checkpoint (tensors and plain data only): refusing to load "
+                         f"unsafe content ({str(exc).splitlines()[0]})") from exc
 
 
 class TrainLog:

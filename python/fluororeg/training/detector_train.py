@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -50,6 +51,8 @@ class TrainResult:
     stopped_early: bool
     interrupted: bool
     history: list = field(default_factory=list)
+    cut_short: bool = False      # the wall-clock cap (time_limit_minutes) ended the run early
+    steps: int = 0               # optimiser steps done
 
 
 def scheduled_lr(config, step, steps_per_epoch, train_seconds) -> float:
@@ -145,6 +148,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     gen = torch.Generator().manual_seed(config.seed + 1)
 
     epoch, step, best_val, best_epoch, bad, train_seconds = 0, 0, math.inf, -1, 0, 0.0
+    epoch_batch, epoch_losses = 0, []  # batches (and their losses) of an interrupted epoch already done
     history = []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -154,6 +158,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
         train_seconds = state["train_seconds"]
         history = state.get("history", [])
         gen.set_state(state["generator"])
+        epoch_batch, epoch_losses = int(state.get("epoch_batch", 0)), list(state.get("epoch_losses", []))
         if progress:
             print(f"resuming {run_dir} at epoch {epoch} (best validation loss {best_val:.3g} at epoch {best_epoch})")
 
@@ -168,11 +173,18 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
             "epoch": epoch, "step": step,
             "best_val_loss": best_val, "best_epoch": best_epoch, "bad_epochs": bad,
             "train_seconds": train_seconds, "generator": gen.get_state(), "history": history,
+            "epoch_batch": epoch_batch, "epoch_losses": epoch_losses, "cut_short": cut_short(),
         })
 
+    def time_limit_reached():
+        return config.time_limit_minutes > 0 and train_seconds >= 60 * config.time_limit_minutes
+
+    def cut_short():
+        """The wall-clock cap ended the run before its epochs or its patience did."""
+        return time_limit_reached() and epoch < config.epochs and bad < config.patience
+
     def finished():
-        return (epoch >= config.epochs or bad >= config.patience
-                or (config.time_limit_minutes > 0 and train_seconds >= 60 * config.time_limit_minutes))
+        return epoch >= config.epochs or bad >= config.patience or time_limit_reached()
 
     interrupted = False
     with common.GracefulStop() as stopper:
@@ -181,9 +193,12 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
             rng = np.random.default_rng([config.seed, epoch])
             idx = rng.permutation(len(tr_img))[:steps_per_epoch * config.batch_size]
             t0 = time.perf_counter()
-            losses = []
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                       leave=False, unit="step")
+            # A resumed epoch continues after its last finished batch: the same batches, augmentations
+            # (the generator's state is in the checkpoint) and learning rates as without the interruption.
+            first_batch, losses = epoch_batch, list(epoch_losses)
+            epoch_batch, epoch_losses = 0, []
+            bar = tqdm(range(first_batch, steps_per_epoch), total=steps_per_epoch, initial=first_batch,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="step")
             for b in bar:
                 sel = np.sort(idx[b * config.batch_size:(b + 1) * config.batch_size])
                 x = torch.from_numpy(tr_img[sel]).float()[:, None] / 255.0
@@ -212,7 +227,8 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
             bar.close()
             train_seconds += time.perf_counter() - t0
             if interrupted and b < steps_per_epoch - 1:
-                checkpoint(last_path)  # mid-epoch: resume repeats this epoch from its start
+                epoch_batch, epoch_losses = b + 1, losses
+                checkpoint(last_path)  # mid-epoch: a resume continues with batch b + 1
                 break
             epoch += 1
             val = eval_arrays(model, config, va_img, va_lm_ds, va_vis, perm, ds_size)
@@ -243,10 +259,18 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                       f"{train_seconds / 60:.1f} min{'  *' if improved else ''}", flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(row, model)
-    if not best_path.exists() and last_path.exists():
-        shutil.copyfile(last_path, best_path)
+    if cut_short():
+        best_px = next((h["val_mean_px"] for h in history if h["epoch"] == best_epoch), float("nan"))
+        message = (f"detector training was CUT SHORT by its {config.time_limit_minutes:g}-minute time limit after "
+                   f"{epoch} of {config.epochs} epochs (best validation error {best_px:.2f} px); the exported model "
+                   "records cut_short=true")
+        warnings.warn(message, stacklevel=2)
+        if progress:
+            print(f"WARNING: {message}", flush=True)
+    if not best_path.exists() and last_path.exists() and epoch > 0:
+        shutil.copyfile(last_path, best_path)  # (never an untrained model: no epoch, no best checkpoint)
     return TrainResult(run_dir=run_dir, best_checkpoint=best_path, last_checkpoint=last_path,
                        log_path=log.path, plot_path=log.plot_path, best_val_loss=best_val, best_epoch=best_epoch,
                        epochs_done=epoch, train_seconds=train_seconds,
                        stopped_early=bad >= config.patience and epoch < config.epochs, interrupted=interrupted,
-                       history=history)
+                       history=history, cut_short=cut_short(), steps=step)
