@@ -47,7 +47,9 @@ def main() -> None:
     p.add_argument("--out", default="out/pipeline_models")
     p.add_argument("--dataset", default="out/dataset_cone", help="cone-beam dataset folder (generated if missing)")
     p.add_argument("--detector-run", help="a finished detector training run folder to export instead of training")
-    p.add_argument("--detector-minutes", type=float, default=20.0)
+    p.add_argument("--detector-epochs", type=int, default=60, help="detector training work (the fast preset's 60)")
+    p.add_argument("--detector-minutes", type=float, default=0.0,
+                   help="an explicit wall-clock cap on the detector's training (0: none; a cut is recorded)")
     p.add_argument("--style-steps", type=int, default=6000)
     p.add_argument("--frames", type=int, default=40, help="frame pairs per X-ray training recording")
     p.add_argument("--select", choices=["reference", "residual"], default="reference",
@@ -82,7 +84,7 @@ def main() -> None:
     settings = WorkflowSettings(
         dataset=None if (dataset / "dataset.json").exists()
         else DatasetConfig(projection="cone", source_distance_mm=source_distance_range(views)),
-        detector=preset("fast", time_limit_minutes=args.detector_minutes),
+        detector=preset("fast", epochs=args.detector_epochs, time_limit_minutes=args.detector_minutes),
         style=StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
                                  snapshot_every=500),
         export_last_style=True)

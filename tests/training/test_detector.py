@@ -260,3 +260,22 @@ def test_metrics_of_a_perfect_and_a_mirrored_prediction():
     assert m["mean_px"] == 0 and m["log10_mse"] < -20
     m = metrics(t[:, perm], np.ones((1, 3)), t, vis, perm, 65)
     assert m["mean_px"] == pytest.approx(2 / 3 * 32) and m["mean_px_mirror"] == 0 and m["mirrored_share"] == 1
+
+
+def test_export_records_the_training_figures_and_a_time_cap_cut(trained, tiny_dataset, tmp_path):
+    run, cfg, res = trained["resnet"]
+    det = LandmarkDetector(export_detector(run, tmp_path / "r.onnx"))
+    t = det.training
+    assert t["epochs"] == t["epochs_planned"] == cfg.epochs and t["steps"] == res.steps > 0
+    assert t["model_epoch"] == res.best_epoch and t["cut_short"] is False
+    assert t["val_mean_px"] == pytest.approx(res.history[res.best_epoch - 1]["val_mean_px"], abs=1e-3)
+    assert t["val_mean_mm"] == pytest.approx(t["val_mean_px"] * TINY.pixel_mm, abs=1e-2)
+    assert len(t["dataset_fingerprint"]) == 16
+    assert det.undertrained(max_val_px=1e6) is None and "validation error" in det.undertrained(max_val_px=0.0)
+    # A wall-clock cap that ends the run early says so, and the export records it.
+    capped = tiny_config(epochs=50, time_limit_minutes=1e-4)
+    with pytest.warns(UserWarning, match="CUT SHORT"):
+        cut = train_detector(tiny_dataset, tmp_path / "cut", capped, progress=False)
+    assert cut.cut_short and cut.epochs_done < 50
+    det = LandmarkDetector(export_detector(tmp_path / "cut", tmp_path / "cut.onnx"))
+    assert det.training["cut_short"] is True and "cut short" in det.undertrained(max_val_px=1e6)

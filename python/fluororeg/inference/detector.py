@@ -50,6 +50,7 @@ class LandmarkDetector:
         self.landmark_names = list(meta.get("landmark_names") or [])
         self.pairs = meta.get("pairs", [])
         self.subject_fingerprint = meta.get("subject_fingerprint")
+        self.training = meta.get("training") if isinstance(meta.get("training"), dict) else None
         if not self.landmark_names:
             raise ValueError(f"'{path}' has no landmark_names metadata: not a fluororeg detector export")
         L = len(self.landmark_names)
@@ -84,6 +85,22 @@ class LandmarkDetector:
             raise ValueError(f"detector '{self.path}' was trained on subject fingerprint {self.subject_fingerprint}, "
                              f"not on subject '{getattr(subject, 'name', '?')}' (fingerprint {fp}); "
                              "train a detector on this subject's dataset")
+
+    def undertrained(self, max_val_px: float) -> str | None:
+        """Why this detector is not to be trusted, or None: its training was cut short by a time
+        cap, its validation error exceeds ``max_val_px`` pixels (of its training images), or it
+        carries no training figures (an export older than them)."""
+        t = self.training
+        if t is None:
+            return f"'{self.path}' carries no training figures (exported before they were recorded)"
+        reasons = []
+        if t.get("cut_short"):
+            reasons.append(f"its training was cut short by a {t.get('time_limit_minutes')}-minute time limit after "
+                           f"{t.get('epochs')} of {t.get('epochs_planned')} epochs")
+        px = t.get("val_mean_px")
+        if px is None or not px <= max_val_px:
+            reasons.append(f"its validation error is {px} px, above the {max_val_px:g} px it should reach")
+        return f"detector '{self.path}': " + "; ".join(reasons) if reasons else None
 
     def _prepare(self, images: np.ndarray):
         n, H, W = images.shape

@@ -60,7 +60,7 @@ def export_generators(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tup
                 "xray_polarity": str(config.xray_polarity), "crop_rule": CROP_RULE,
                 "architecture": {"generator": "resnet", "width": config.gen_width, "blocks": config.gen_blocks,
                                  "norm": "instance", "padding": "reflection"},
-                "training_step": str(int(saved["step"]))}
+                "training_step": str(int(saved["step"])), "total_steps": str(int(saved.get("total_steps", 0)))}
         example = torch.zeros(1, 1, S, S)
         with warnings.catch_warnings():
             # instance norm always normalises with the input's own statistics (no running
