@@ -117,3 +117,28 @@ def test_commands_exit_130_and_export_nothing_after_ctrl_c(dataset, subject, tmp
     assert main(["train-style", "--xray", str(rec), "--drr", str(ds128), "--out", str(style_run), "--steps", "5",
                  "--quiet"]) == 130
     assert not (style_run / "onnx").exists() and (style_run / "checkpoint_last.pt").exists()
+
+
+def test_a_slow_data_loader_gives_the_same_detector(dataset, tmp_path, monkeypatch):
+    """Budgets are work (epochs, steps), not time: a throttled data pipeline (here: every
+    augmented batch takes 20 ms longer) trains the same network to the same validation error."""
+    import time
+
+    from fluororeg.training import detector_train
+
+    cfg = tiny_detector(epochs=2)
+    normal = train_detector(dataset, tmp_path / "normal", cfg, progress=False)
+    augment = detector_train.augment_batch
+
+    calls = []
+
+    def slow_augment(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.02)
+        return augment(*args, **kwargs)
+
+    monkeypatch.setattr(detector_train, "augment_batch", slow_augment)
+    slow = train_detector(dataset, tmp_path / "slow", cfg, progress=False)
+    assert len(calls) == slow.steps == normal.steps
+    assert [h["val_mean_px"] for h in slow.history] == pytest.approx([h["val_mean_px"] for h in normal.history],
+                                                                      abs=1e-6)
