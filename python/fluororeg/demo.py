@@ -17,6 +17,7 @@ what is already there (dataset, trained networks, recordings).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ class DemoSettings:
     image_size: int = 512
     scenario: str = "walking"
     seed: int = 0
+    # Threads per process for torch, onnxruntime (intra-op) and the C++ core; 0: the CPUs this
+    # process may run on (os.sched_getaffinity: a job pinned with taskset or a cpuset gets its
+    # share, so jobs sharing a machine do not oversubscribe it).
+    num_threads: int = 0
     quick: bool = False   # tiny everything (for tests): seconds, meaningless accuracy
 
     @classmethod
@@ -107,6 +112,8 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
                            pixel_mm=2.0 * 128 / size, seed=settings.seed, shard_size=512 if not q else 32,
                            projection="cone", source_distance_mm=source_distance_range(views))
     snapshot_every = max(1, settings.style_steps // 6)
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = settings.num_threads or (1 if settings.quick else available)  # tiny networks: 1 is fastest
     if q:
         det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=settings.detector_epochs,
                                  batch_size=16, num_threads=1, seed=settings.seed)
@@ -118,7 +125,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
         style_cfg = StyleConfig.preset("fast", image_size=size, steps=settings.style_steps, log_every=50,
                                        checkpoint_every=200, snapshot_every=snapshot_every, seed=settings.seed)
     workflow = WorkflowSettings(dataset=ds_cfg, detector=det_cfg, style=style_cfg,
-                                style_num_threads=1 if q else None)
+                                num_threads=threads)
     # The style snapshot is chosen on the training recording: its true poses stand in for the
     # few frames a lab registers by hand to check its models.
     models = train_models(subject, WorkflowPaths.under(out), workflow, xray_recordings=[rec_paths["train"]],
@@ -143,7 +150,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
               ("grey-level inversion only", "invert", "inverted"))
     for label, style, key in styles:
         _say(f"registering the test recording ({label})")
-        opts = PipelineOptions(style=style, crop_pixel_mm=2.0 * 128 / size)
+        opts = PipelineOptions(style=style, crop_pixel_mm=2.0 * 128 / size, num_threads=threads)
         res = register_recording(rec, subject, detector, translator if style == "translate" else None, opts,
                                  out_dir=out / f"registration_{key}", progress=not q)
         ev = evaluate_poses(res.poses, truth["poses"], landmarks=subject.landmarks_model)

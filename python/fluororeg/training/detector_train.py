@@ -106,7 +106,9 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     state = None
     if resume and last_path.exists():
         state = common.load_checkpoint(last_path)
-        if state.get("config") != config.to_json():
+        runtime = ("num_threads",)  # how fast, not what: a resume may use other thread counts
+        if {k: v for k, v in (state.get("config") or {}).items() if k not in runtime} != \
+                {k: v for k, v in config.to_json().items() if k not in runtime}:
             raise ValueError(f"{run_dir} holds a run with another configuration; pass resume=False to start over "
                              "or choose another run folder")
         if state.get("subject_fingerprint") != meta["subject_fingerprint"]:

@@ -22,7 +22,7 @@ A stage counts as done when its exported model exists (the exports are atomic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +52,8 @@ class WorkflowSettings:
     detector: DetectorConfig
     style: StyleConfig
     xray_every: int = 1              # every n-th frame of the X-ray recordings is a training crop
-    style_num_threads: int | None = None  # torch threads for the style training (None: torch's)
+    num_threads: int = 0             # per process: torch, onnxruntime (intra-op) and the C++ core (0: defaults)
+    style_num_threads: int | None = None  # torch threads for the style training (None: num_threads or torch's)
     select_max_frames: int = 64      # frames of the validation recording scored per snapshot
     export_last_style: bool = False  # also export the last step's generators to models/style_last
 
@@ -68,6 +69,8 @@ class WorkflowSettings:
                              f"{self.dataset.image_size}: the translator works on the dataset's images")
         if self.style.snapshot_every < 1:
             raise ValueError("style.snapshot_every must be >= 1: the workflow selects among the snapshots")
+        if not isinstance(self.num_threads, int) or self.num_threads < 0:
+            raise ValueError(f"num_threads {self.num_threads!r}: expected an integer >= 0 (0: the libraries' defaults)")
         if not isinstance(self.xray_every, int) or self.xray_every < 1:
             raise ValueError(f"xray_every {self.xray_every!r}: expected an integer >= 1")
 
@@ -143,11 +146,14 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
             say(f"training the landmark detector ({cfg.arch}, {cfg.input_size} px input, "
                 f"up to {cfg.epochs} epochs{limit})")
             detector_run = Path(paths.runs) / "detector"
+            if settings.num_threads:
+                cfg = replace(cfg, num_threads=settings.num_threads)
             result = train_detector(paths.dataset, detector_run, cfg, progress=progress)
             if result.interrupted:
                 raise KeyboardInterrupt("detector training was interrupted; run again to resume it")
         export_detector(detector_run, paths.detector_onnx)
-    detector = LandmarkDetector(paths.detector_onnx, subject=subject)
+    threads = settings.num_threads
+    detector = LandmarkDetector(paths.detector_onnx, subject=subject, num_threads=threads)
 
     selection = None
     if not paths.translator_onnx.exists():
@@ -158,7 +164,7 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         say(f"training the style translator ({len(crops)} X-ray crops, {steps} steps)")
         style_run = Path(paths.runs) / "style"
         summary = train_style(crops, paths.dataset, style_run, cfg, progress=progress,
-                              num_threads=settings.style_num_threads)
+                              num_threads=settings.style_num_threads or threads or None)
         if summary["stopped"]:
             raise KeyboardInterrupt("style training was interrupted; run again to resume it")
         if settings.export_last_style:
@@ -167,12 +173,12 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         rec = validation_recording if isinstance(validation_recording, Recording) \
             else open_recording(validation_recording)
         options = pipeline_options if pipeline_options is not None \
-            else PipelineOptions(crop_pixel_mm=crop_pixel_mm)
+            else PipelineOptions(crop_pixel_mm=crop_pixel_mm, num_threads=threads)
         reference = None if reference_poses is None else np.asarray(reference_poses, float)
         selection, _ = select_style_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
                                              options=options, max_frames=settings.select_max_frames,
                                              progress=progress)
         say(f"style snapshot of step {selection.step}: score {selection.score:.2f} "
             f"({'median landmark error, mm' if reference is not None else 'median residual, mm'})")
-    translator = StyleTranslator(paths.translator_onnx, direction="xray_to_drr")
+    translator = StyleTranslator(paths.translator_onnx, direction="xray_to_drr", num_threads=threads)
     return TrainedModels(detector, translator, selection, paths)
