@@ -46,6 +46,7 @@ class DemoSettings:
     # process may run on (os.sched_getaffinity: a job pinned with taskset or a cpuset gets its
     # share, so jobs sharing a machine do not oversubscribe it).
     num_threads: int = 0
+    device: str = "auto"  # training (torch) and inference (onnxruntime): 'auto' (CUDA when present), 'cpu', 'cuda'
     quick: bool = False   # tiny everything (for tests): seconds, meaningless accuracy
 
     @classmethod
@@ -125,7 +126,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
         style_cfg = StyleConfig.preset("fast", image_size=size, steps=settings.style_steps, log_every=50,
                                        checkpoint_every=200, snapshot_every=snapshot_every, seed=settings.seed)
     workflow = WorkflowSettings(dataset=ds_cfg, detector=det_cfg, style=style_cfg,
-                                num_threads=threads)
+                                num_threads=threads, device=settings.device)
     # The style snapshot is chosen on the training recording: its true poses stand in for the
     # few frames a lab registers by hand to check its models.
     models = train_models(subject, WorkflowPaths.under(out), workflow, xray_recordings=[rec_paths["train"]],

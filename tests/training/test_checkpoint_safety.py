@@ -40,3 +40,15 @@ def test_plain_checkpoints_round_trip(tmp_path):
     back = load_checkpoint(tmp_path / "c.pt")
     assert back["rng"] == state["rng"] and back["history"] == state["history"]
     assert torch.equal(back["model"]["w"], state["model"]["w"]) and torch.equal(back["torch_rng"], state["torch_rng"])
+
+
+def test_training_device_choice():
+    from fluororeg.training.common import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="'gpu' is unknown"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            resolve_device("cuda")

@@ -274,7 +274,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     cfg = preset(args.preset, **overrides)
-    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet,
+                            device=args.device)
     if result.interrupted:  # a partial run is never exported as the detector
         print(f"interrupted after {result.epochs_done} epoch(s): run again to resume; nothing exported")
         return 130
@@ -300,7 +301,7 @@ def cmd_train_style(args: argparse.Namespace) -> int:
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
     if args.restart:
         discard_run(args.out)
-    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet)
+    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
     if summary["stopped"]:  # a partial run is never exported as the translator
         print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run again to resume; nothing exported")
         return 130
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--minutes", type=float, help="training time limit (default: the preset's)")
     td.add_argument("--epochs", type=int)
     td.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    td.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     td.add_argument("--quiet", action="store_true")
     td.set_defaults(func=cmd_train_detector)
     ts = sub.add_parser("train-style", help="train the X-ray-to-DRR style translator (torch)")
@@ -561,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--steps", type=int)
     ts.add_argument("--every", type=int, default=1, help="use every n-th frame")
     ts.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ts.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     ts.add_argument("--snapshot-every", type=int, default=0,
                     help="keep the generators every N steps (snapshots/) to choose from with select-style")
     ts.add_argument("--restart", action="store_true",

@@ -31,6 +31,20 @@ def require_torch():
     return torch
 
 
+def resolve_device(device: str = "auto"):
+    """The torch device for training: 'cpu', 'cuda' (an error naming the problem when torch has
+    no CUDA) or 'auto' (CUDA when torch sees a GPU, else the CPU)."""
+    torch = require_torch()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r} is unknown: expected 'auto', 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA GPU (a CPU-only torch build, or no driver); "
+                           "use device='cpu' or 'auto'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def save_checkpoint(path, state: dict) -> None:
     """torch.save to a temporary file, then rename: a checkpoint on disk is always complete."""
     torch = require_torch()

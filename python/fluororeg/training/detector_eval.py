@@ -38,13 +38,14 @@ def to_input(images_u8, config):
 def predict_norm(model, images_u8, config, batch_size=256):
     """Network-coordinate predictions (of the network's input size) and confidences."""
     model.eval()
+    device = next(model.parameters()).device
     outs, confs = [], []
     with torch.no_grad():
         for s in range(0, len(images_u8), batch_size):
-            x = to_input(images_u8[s:s + batch_size], config) * 2.0 - 1.0
+            x = to_input(images_u8[s:s + batch_size], config).to(device) * 2.0 - 1.0
             lm, conf = model(x)
-            outs.append(lm.numpy())
-            confs.append(conf.numpy())
+            outs.append(lm.cpu().numpy())
+            confs.append(conf.cpu().numpy())
     return np.concatenate(outs), np.concatenate(confs)
 
 

@@ -73,7 +73,8 @@ def scheduled_lr(config, step, steps_per_epoch, train_seconds) -> float:
 
 
 def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper", *, resume: bool = True,
-                   progress: bool = True, on_epoch_end: Callable[[dict, object], None] | None = None) -> TrainResult:
+                   progress: bool = True, on_epoch_end: Callable[[dict, object], None] | None = None,
+                   device: str = "auto") -> TrainResult:
     """Train (or resume) a detector on the dataset at ``dataset_root`` into ``run_dir``.
 
     ``config`` is a :class:`DetectorConfig` or a preset name. Each epoch: train on the training
@@ -85,6 +86,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     then returns with ``interrupted=True``); running again resumes from ``checkpoint_last.pt``
     (``resume=False`` starts over). ``on_epoch_end(row, model)`` is called after each epoch
     (e.g. to evaluate the test split for a curve; its time is not counted as training time).
+    ``device``: 'auto' (torch's CUDA when it sees a GPU, else the CPU), 'cpu' or 'cuda'.
     """
     if isinstance(config, str):
         config = preset(config)
@@ -141,12 +143,14 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     del data, images_net
 
     torch.manual_seed(config.seed)
-    model = build_model(config, L)
+    dev = common.resolve_device(device)  # batches are made (and augmented) on the CPU, then moved
+    model = build_model(config, L).to(dev)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(tr_img) // config.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    perm_t = torch.from_numpy(perm) if config.mirror_loss else None
+    perm_cpu = torch.from_numpy(perm) if config.mirror_loss else None
+    perm_t = perm_cpu.to(dev) if perm_cpu is not None else None
     gen = torch.Generator().manual_seed(config.seed + 1)
 
     epoch, step, best_val, best_epoch, bad, train_seconds = 0, 0, math.inf, -1, 0, 0.0
@@ -206,6 +210,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                 x = torch.from_numpy(tr_img[sel]).float()[:, None] / 255.0
                 y, vis = tr_lm[sel], tr_vis[sel]
                 x, y, vis = augment_batch(x, y, vis, config.augment, perm=perm, generator=gen)
+                x, y, vis = x.to(dev), y.to(dev), vis.to(dev)
                 x = x * 2.0 - 1.0
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -238,7 +243,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
             if config.mirror_loss:  # the criterion the network was trained on
                 pred, _ = predict_norm(model, va_img, config)
                 pl = masked_loss(torch.from_numpy(convert_norm(pred, config.input_size, ds_size)).float(),
-                                  torch.from_numpy(va_lm_ds), torch.from_numpy(va_vis), perm_t)
+                                  torch.from_numpy(va_lm_ds), torch.from_numpy(va_vis), perm_cpu)
                 val_loss = float(pl.mean())
             improved = val_loss < best_val
             if improved:

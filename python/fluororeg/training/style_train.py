@@ -118,7 +118,7 @@ def _check_resume(saved: dict, config: StyleConfig, path: Path) -> None:
 
 def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = StyleConfig(), *,
                 resume: bool = True, progress: bool = True, max_steps: int | None = None,
-                num_threads: int | None = None, crop_pixel_mm: float | None = None) -> dict:
+                num_threads: int | None = None, crop_pixel_mm: float | None = None, device: str = "auto") -> dict:
     """Train the style translator (see the module docstring).
 
     ``xray_source``: uint8 crops [n, S, S] (S = ``config.image_size``), or recordings
@@ -130,19 +130,22 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
     config's other settings, e.g. more steps, apply), without it an existing checkpoint is an
     error. ``max_steps``: stop after this many steps in this call (the schedule still follows
     the config). ``num_threads``: torch CPU threads for this call (default: torch's; 1 is
-    much faster for small networks on a busy machine). Returns a summary dict (``step``,
+    much faster for small networks on a busy machine). ``device``: 'auto' (torch's CUDA when it
+    sees a GPU, else the CPU), 'cpu' or 'cuda'. Returns a summary dict (``step``,
     ``total_steps``, ``stopped``, ``checkpoint``, ``samples_per_s``, ``last`` log row).
     """
     if not isinstance(config, StyleConfig):
         raise TypeError(f"config must be a StyleConfig, got {type(config).__name__}")
     if num_threads is None:
-        return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm)
+        return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
+                      device)
     if not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
         raise ValueError(f"num_threads {num_threads!r}: expected None or an integer >= 1")
     before = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))
     try:
-        return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm)
+        return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
+                      device)
     finally:
         torch.set_num_threads(before)
 
@@ -157,7 +160,9 @@ def discard_run(run_dir) -> None:
         snap.unlink()
 
 
-def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm) -> dict:
+def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
+           device) -> dict:
+    dev = common.resolve_device(device)
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint_last.pt"
     if ckpt_path.exists() and not resume:
@@ -177,7 +182,7 @@ def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max
     per_epoch = max(len(xrays), len(drrs)) / config.batch_size
 
     torch.manual_seed(config.seed)
-    nets = build_networks(config)
+    nets = {k: net.to(dev) for k, net in build_networks(config).items()}
     G_xd, G_dx, D_x, D_d = nets["G_xd"], nets["G_dx"], nets["D_x"], nets["D_d"]
     g_params = list(G_xd.parameters()) + list(G_dx.parameters())
     d_params = list(D_x.parameters()) + list(D_d.parameters())
@@ -198,7 +203,8 @@ def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max
         opt_D.load_state_dict(saved["opt_D"])
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
-        pool_x, pool_d = ImagePool(config.pool_size, saved["pool_x"]), ImagePool(config.pool_size, saved["pool_d"])
+        pool_x = ImagePool(config.pool_size, [t.to(dev) for t in saved["pool_x"]])
+        pool_d = ImagePool(config.pool_size, [t.to(dev) for t in saved["pool_d"]])
         step = int(saved["step"])
         if saved.get("data") != {"n_xray": len(xrays), "n_drr": len(drrs)}:
             print(f"note: resuming with different data ({saved.get('data')} -> "
@@ -248,7 +254,7 @@ def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max
             ix = rng.integers(len(xrays), size=B)
             idd = rng.integers(len(drrs), size=B)
             flips = rng.random((2, B)) < 0.5 if config.flip else np.zeros((2, B), bool)
-            real_x, real_d = _to_tensor(xrays, ix, flips[0]), _to_tensor(drrs, idd, flips[1])
+            real_x, real_d = _to_tensor(xrays, ix, flips[0]).to(dev), _to_tensor(drrs, idd, flips[1]).to(dev)
             lr = config.lr_at(step, total)
             for opt in (opt_G, opt_D):
                 for group in opt.param_groups:

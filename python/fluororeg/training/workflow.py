@@ -52,6 +52,7 @@ class WorkflowSettings:
     detector: DetectorConfig
     style: StyleConfig
     xray_every: int = 1              # every n-th frame of the X-ray recordings is a training crop
+    device: str = "auto"             # training and inference: 'auto' (CUDA when present), 'cpu' or 'cuda'
     num_threads: int = 0             # per process: torch, onnxruntime (intra-op) and the C++ core (0: defaults)
     style_num_threads: int | None = None  # torch threads for the style training (None: num_threads or torch's)
     select_max_frames: int = 64      # frames of the validation recording scored per snapshot
@@ -148,12 +149,12 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
             detector_run = Path(paths.runs) / "detector"
             if settings.num_threads:
                 cfg = replace(cfg, num_threads=settings.num_threads)
-            result = train_detector(paths.dataset, detector_run, cfg, progress=progress)
+            result = train_detector(paths.dataset, detector_run, cfg, progress=progress, device=settings.device)
             if result.interrupted:
                 raise KeyboardInterrupt("detector training was interrupted; run again to resume it")
         export_detector(detector_run, paths.detector_onnx)
     threads = settings.num_threads
-    detector = LandmarkDetector(paths.detector_onnx, subject=subject, num_threads=threads)
+    detector = LandmarkDetector(paths.detector_onnx, subject=subject, num_threads=threads, device=settings.device)
 
     selection = None
     if not paths.translator_onnx.exists():
@@ -164,7 +165,7 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         say(f"training the style translator ({len(crops)} X-ray crops, {steps} steps)")
         style_run = Path(paths.runs) / "style"
         summary = train_style(crops, paths.dataset, style_run, cfg, progress=progress,
-                              num_threads=settings.style_num_threads or threads or None)
+                              num_threads=settings.style_num_threads or threads or None, device=settings.device)
         if summary["stopped"]:
             raise KeyboardInterrupt("style training was interrupted; run again to resume it")
         if settings.export_last_style:
@@ -180,5 +181,6 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
                                              progress=progress)
         say(f"style snapshot of step {selection.step}: score {selection.score:.2f} "
             f"({'median landmark error, mm' if reference is not None else 'median residual, mm'})")
-    translator = StyleTranslator(paths.translator_onnx, direction="xray_to_drr", num_threads=threads)
+    translator = StyleTranslator(paths.translator_onnx, direction="xray_to_drr", num_threads=threads,
+                                 device=settings.device)
     return TrainedModels(detector, translator, selection, paths)
