@@ -166,8 +166,9 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         style_run = Path(paths.runs) / "style"
         summary = train_style(crops, paths.dataset, style_run, cfg, progress=progress,
                               num_threads=settings.style_num_threads or threads or None, device=settings.device)
-        if summary["stopped"]:
-            raise KeyboardInterrupt("style training was interrupted; run again to resume it")
+        if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final
+            raise KeyboardInterrupt(f"style training stopped at step {summary['step']} of {summary['total_steps']}; "
+                                    "run again to resume it")
         if settings.export_last_style:
             export_generators(style_run, Path(paths.models) / "style_last")
         say("choosing the style translator's snapshot by registering the validation recording with each")
