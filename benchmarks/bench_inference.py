@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.training.common import require_torch
-from fluororeg.training.detector import DetectorConfig, build_model, count_parameters, preset
+from fluororeg.training.detector_config import DetectorConfig, preset
+from fluororeg.training.detector_network import build_model, count_parameters
 from fluororeg.training.export import export_onnx
 from fluororeg.inference.onnx_model import OnnxModel
-from fluororeg.training.style import StyleConfig, build_networks, train_style
+from fluororeg.training.style_config import StyleConfig
+from fluororeg.training.style_networks import build_networks
+from fluororeg.training.style_train import train_style
 
 from _common import best_time, parser, report
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.pipeline.evaluate import evaluate_poses
-from fluororeg.training.detector import LandmarkDetector
-from fluororeg.training.style import StyleTranslator
+from fluororeg.inference.detector import LandmarkDetector
+from fluororeg.inference.translator import StyleTranslator
 from fluororeg.pipeline.register import PipelineOptions, register_recording
 from fluororeg.io.recording import open_recording
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording

@@ -88,8 +88,8 @@ def _warm_up() -> None:
     import fluororeg.pipeline.register  # noqa: F401
     import fluororeg.study.graph  # noqa: F401
     import fluororeg.study.inputs  # noqa: F401
-    import fluororeg.training.detector  # noqa: F401
-    import fluororeg.training.style  # noqa: F401
+    import fluororeg.training.detector_train  # noqa: F401
+    import fluororeg.training.style_train  # noqa: F401
 
 
 def main() -> None:

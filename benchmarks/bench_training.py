@@ -37,7 +37,8 @@ def _run(name, dataset, out, config, eval_train_samples):
     import numpy as np
     import torch
 
-    from fluororeg.training.detector import evaluate_detector, train_detector
+    from fluororeg.training.detector_eval import evaluate_detector
+    from fluororeg.training.detector_train import train_detector
 
     curve = []
 
@@ -80,7 +81,7 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from fluororeg.training.detector import preset
+    from fluororeg.training.detector_config import preset
 
     dataset, out = Path(args.dataset), Path(args.out)
     if not (dataset / "dataset.json").exists():

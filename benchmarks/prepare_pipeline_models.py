@@ -19,7 +19,8 @@
    reprojection residual (``--select residual``). The last step's generators go to
    ``<out>/style_last`` for comparison.
 
-Writes ``<out>/detector.onnx``, ``<out>/style/{xray_to_drr,drr_to_xray}.onnx`` and
+The sequence of 1, 2 and 4 is :func:`fluororeg.training.workflow.train_models`. Writes
+``<out>/detector.onnx``, ``<out>/style/{xray_to_drr,drr_to_xray}.onnx`` and
 ``<out>/style/selection.csv``. Reruns reuse what exists (dataset, recordings, runs resume from
 their last checkpoints).
 """
@@ -46,37 +47,25 @@ def main() -> None:
     p.add_argument("--out", default="out/pipeline_models")
     p.add_argument("--dataset", default="out/dataset_cone", help="cone-beam dataset folder (generated if missing)")
     p.add_argument("--detector-run", help="a finished detector training run folder to export instead of training")
-    p.add_argument("--detector-minutes", type=float, default=20.0)
+    p.add_argument("--detector-epochs", type=int, default=60, help="detector training work (the fast preset's 60)")
+    p.add_argument("--detector-minutes", type=float, default=0.0,
+                   help="an explicit wall-clock cap on the detector's training (0: none; a cut is recorded)")
     p.add_argument("--style-steps", type=int, default=6000)
     p.add_argument("--frames", type=int, default=40, help="frame pairs per X-ray training recording")
     p.add_argument("--select", choices=["reference", "residual"], default="reference",
                    help="how the style snapshot is chosen on the validation recording")
     args = p.parse_args()
 
-    from fluororeg.dataset.generate import DatasetConfig, generate_dataset, source_distance_range
-    from fluororeg.training.detector import LandmarkDetector, export_detector, preset, train_detector
-    from fluororeg.training.style import StyleConfig, export_generators, train_style
-    from fluororeg.pipeline.register import xray_training_crops
-    from fluororeg.io.recording import open_recording
+    from fluororeg.dataset.generate import DatasetConfig, source_distance_range
     from fluororeg.simulation.simulate import FluoroStyle, default_dual_views, simulate_recording
-    from fluororeg.training.style_selection import select_style_snapshot
     from fluororeg.subject.subject import example_subject
+    from fluororeg.training.detector_config import preset
+    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.workflow import WorkflowPaths, WorkflowSettings, train_models
 
     out, dataset = Path(args.out), Path(args.dataset)
     subject = example_subject()
     views = default_dual_views(512, 512, pitch=0.8)
-    if not (dataset / "dataset.json").exists():
-        print(f"[prepare] cone-beam dataset -> {dataset}", flush=True)
-        generate_dataset(subject, dataset, DatasetConfig(projection="cone",
-                                                         source_distance_mm=source_distance_range(views)))
-
-    det_onnx = out / "detector.onnx"
-    if not det_onnx.exists():
-        run = Path(args.detector_run) if args.detector_run else out / "runs" / "detector"
-        if not args.detector_run:
-            print(f"[prepare] training the detector (fast preset, {args.detector_minutes:g} min limit)", flush=True)
-            train_detector(dataset, run, preset("fast", time_limit_minutes=args.detector_minutes))
-        export_detector(run, det_onnx)
 
     recordings = []
     for k, (motion, style) in enumerate(zip(TRAIN_MOTIONS, TRAIN_STYLES)):
@@ -92,19 +81,17 @@ def main() -> None:
         simulate_recording(subject, validation, scenario="walking", n_frames=args.frames, views=views,
                            style=replace(FluoroStyle(), **TRAIN_STYLES[0]), seed=300)
 
-    if not (out / "style" / "xray_to_drr.onnx").exists():
-        crops = xray_training_crops(recordings, size=128, crop_pixel_mm=2.0)
-        print(f"[prepare] training the style translator on {len(crops)} X-ray crops, {args.style_steps} steps",
-              flush=True)
-        cfg = StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
-                                 snapshot_every=500)
-        train_style(crops, dataset, out / "runs" / "style", cfg)
-        export_generators(out / "runs" / "style", out / "style_last")
-        reference = np.load(validation / "truth.npz")["poses"] if args.select == "reference" else None
-        best, scores = select_style_snapshot(out / "runs" / "style", open_recording(validation), subject,
-                                             LandmarkDetector(det_onnx, subject=subject), out / "style",
-                                             reference=reference)
-        print(f"[prepare] style snapshot of step {best.step} chosen ({args.select}: {best.score:.3f} mm)", flush=True)
+    settings = WorkflowSettings(
+        dataset=None if (dataset / "dataset.json").exists()
+        else DatasetConfig(projection="cone", source_distance_mm=source_distance_range(views)),
+        detector=preset("fast", epochs=args.detector_epochs, time_limit_minutes=args.detector_minutes),
+        style=StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
+                                 snapshot_every=500),
+        export_last_style=True)
+    reference = np.load(validation / "truth.npz")["poses"] if args.select == "reference" else None
+    train_models(subject, WorkflowPaths(dataset=dataset, runs=out / "runs", models=out), settings,
+                 xray_recordings=recordings, validation_recording=validation, reference_poses=reference,
+                 detector_run=args.detector_run)
     print(f"[prepare] models in {out}", flush=True)
 
 

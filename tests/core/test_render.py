@@ -12,7 +12,7 @@ from fluororeg._reference import render as ref
 from fluororeg.core.geometry import ConeView, ParallelCamera, pose_matrix
 from fluororeg.core.volume import Volume
 
-from conftest import MU, box_volume, supersampled
+from phantoms import MU, box_volume, supersampled
 
 RADIUS = 36.0
 

@@ -26,7 +26,10 @@ from fluororeg.io.recording import open_recording
 from fluororeg.pipeline.evaluate import evaluate_poses
 from fluororeg.pipeline.register import PipelineOptions, register_recording
 from fluororeg.subject.subject import load_subject
-from fluororeg.training.detector import DetectorConfig, LandmarkDetector, export_detector, train_detector
+from fluororeg.inference.detector import LandmarkDetector
+from fluororeg.training.detector_config import DetectorConfig
+from fluororeg.training.detector_export import export_detector
+from fluororeg.training.detector_train import train_detector
 from fluororeg.viz.overlay import overlay_pair
 
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "autoscoper_sample"

@@ -23,7 +23,9 @@ def test_demo_writes_report_poses_and_overlays(demo):
     text = report.read_text()
     assert "with style translation" in text and "grey-level inversion only" in text and "Beer-Lambert" in text
     assert "Style translator: the snapshot of step" in text
+    assert "| landmark detector | 1 of 1 epochs" in text  # training figures next to the results
     data = json.loads((out / "report.json").read_text())
+    assert data["training"]["detector"]["steps"] > 0 and data["training"]["detector"]["cut_short"] is False
     assert len(data["summaries"]) == 3
     for key in ("translated", "log", "inverted"):
         assert (out / f"registration_{key}" / "poses.csv").exists()
@@ -79,3 +81,12 @@ def test_calibrate_commands(demo, tmp_path, capsys):
         assert main(["calibrate", "geometry", "--mayacam", cams[0], cams[0], "--pitch", "0.2",
                      "--out", str(tmp_path / "g3.json")]) == 2
         assert "look along the same line" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_undertrained_detector(demo, subject):
+    import dataclasses
+
+    out, _ = demo  # its models exist: the rerun only checks them
+    strict = dataclasses.replace(DemoSettings.quick_settings(), allow_undertrained=False, max_detector_val_px=0.0)
+    with pytest.raises(RuntimeError, match="validation error .* above the 0 px"):
+        run_demo(out, strict, subject=subject)

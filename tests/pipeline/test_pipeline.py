@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from fluororeg.dataset.generate import DatasetConfig, generate_dataset
-from fluororeg.training.detector import DetectorConfig, LandmarkDetector, export_detector, train_detector
-from fluororeg.training.style import StyleConfig, StyleTranslator, export_generators, train_style
-from fluororeg.pipeline.register import PipelineOptions, crop_box_for_view, register_recording
+from fluororeg.inference.detector import LandmarkDetector
+from fluororeg.inference.translator import StyleTranslator
+from fluororeg.training.detector_config import DetectorConfig
+from fluororeg.training.detector_export import export_detector
+from fluororeg.training.detector_train import train_detector
+from fluororeg.training.style_config import StyleConfig
+from fluororeg.training.style_export import export_generators
+from fluororeg.training.style_train import train_style
+from fluororeg.inference.crops import crop_box_for_view
+from fluororeg.pipeline.register import PipelineOptions, register_recording
 from fluororeg.io.poses import read_poses_csv, read_tra
 from fluororeg.io.recording import open_recording
 from fluororeg.core.registration import check_view_agreement, mean_landmark_distance, register_frames
@@ -238,7 +245,7 @@ def test_crop_box_matches_the_dataset_pixel_size():
 
 
 def test_bone_crop_boxes_centre_the_model_origin(subject, models):
-    from fluororeg.pipeline.register import bone_crop_boxes, recording_crop_boxes
+    from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes
     from fluororeg.core.render import project_cone
 
     rec = open_recording(models["recording"])
@@ -289,7 +296,7 @@ def test_crops_have_the_dataset_image_size_for_every_style(subject, models, monk
 
 
 def test_log_attenuation_crop_inverts_beer_lambert():
-    from fluororeg.pipeline.register import log_attenuation_crop
+    from fluororeg.inference.crops import log_attenuation_crop
 
     L = np.linspace(0.0, 3.0, 64 * 64).reshape(64, 64)
     raw = 240.0 * np.exp(-0.7 * L)  # open field 240, gamma 0.7

@@ -14,7 +14,7 @@ from fluororeg.simulation.plastimatch_drr import (PlastimatchError, plastimatch_
 from fluororeg.simulation.subjects import axis_rotation, rotated_header_subject
 from fluororeg.core.volume import Volume
 
-from conftest import MU, supersampled
+from phantoms import MU, supersampled
 
 pytestmark = pytest.mark.skipif(not plastimatch_available(), reason="plastimatch is not installed")
 

@@ -1,11 +1,11 @@
 """The landmark detector: networks, augmentation, short real trainings on CPU (the loss falls),
-resume, ONNX export (torch and onnxruntime agree), inference checks and evaluation."""
+resume, ONNX export (torch and onnxruntime agree) and evaluation. Inference alone:
+tests/inference/test_landmark_detector.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,11 +15,15 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from fluororeg.dataset.generate import DatasetConfig, DatasetReader, generate_dataset  # noqa: E402
-from fluororeg.training import detector as Dt  # noqa: E402
+from fluororeg.inference.detector import LandmarkDetector, resample_square  # noqa: E402
 from fluororeg.training.augment import AugmentConfig, augment_batch  # noqa: E402
-from fluororeg.training.detector import (DetectorConfig, LandmarkDetector, build_model,  # noqa: E402
-                                         count_parameters, evaluate_detector, export_detector,
-                                         load_detector_checkpoint, train_detector)
+from fluororeg.training.detector_checkpoint import load_detector_checkpoint  # noqa: E402
+from fluororeg.training.detector_config import DetectorConfig, preset  # noqa: E402
+from fluororeg.training.detector_eval import evaluate_detector, metrics  # noqa: E402
+from fluororeg.training.detector_export import export_detector  # noqa: E402
+from fluororeg.training.detector_loss import masked_loss  # noqa: E402
+from fluororeg.training.detector_network import build_model, count_parameters  # noqa: E402
+from fluororeg.training.detector_train import train_detector  # noqa: E402
 
 TINY = DatasetConfig(n_train=96, n_test=16, image_size=64, pixel_mm=4.0, shard_size=48, seed=5,
                      segmented_share=0.3)
@@ -53,7 +57,7 @@ def trained(tiny_dataset, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- networks
 def test_paper_network_has_about_11_million_parameters_and_66_outputs():
-    model = build_model(Dt.preset("paper"), 33)
+    model = build_model(preset("paper"), 33)
     n = count_parameters(model)
     assert 10.5e6 < n < 11.8e6, n
     lm, conf = model.eval()(torch.zeros(2, 1, 128, 128))
@@ -82,31 +86,22 @@ def test_config_validation_and_presets():
         with pytest.raises(ValueError, match="time_limit_minutes"):
             DetectorConfig(time_limit_minutes=minutes)
     with pytest.raises(ValueError, match="preset"):
-        Dt.preset("slow")
-    cfg = Dt.preset("fast", epochs=3)
+        preset("slow")
+    cfg = preset("fast", epochs=3)
     assert cfg.epochs == 3 and cfg.input_size == 64
     assert DetectorConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError, match="unknown"):
         DetectorConfig.from_json({"arch": "resnet", "colour": 1})
 
 
-def test_convert_norm_keeps_the_physical_position():
-    # Pixel p of a 128 image is pixel (p + 0.5) / 2 - 0.5 of its 64 downsampling.
-    p128 = np.array([0.0, 10.0, 63.5, 127.0])
-    n128 = (p128 - 63.5) / 63.5
-    n64 = Dt.convert_norm(n128, 128, 64)
-    assert np.allclose(n64 * 31.5 + 31.5, (p128 + 0.5) / 2 - 0.5)
-    assert np.allclose(Dt.convert_norm(n64, 64, 128), n128)
-
-
 def test_numpy_resampling_matches_area_averaging():
     rng = np.random.default_rng(0)
     img = rng.random((2, 96, 96)).astype(np.float32)
     ref = torch.nn.functional.interpolate(torch.from_numpy(img)[:, None], size=(32, 32), mode="area")[:, 0].numpy()
-    assert np.allclose(Dt._resample_square(img, 32), ref, atol=1e-5)
-    odd = Dt._resample_square(img, 40)  # non-integer factor: still averages (constant stays constant)
+    assert np.allclose(resample_square(img, 32), ref, atol=1e-5)
+    odd = resample_square(img, 40)  # non-integer factor: still averages (constant stays constant)
     assert odd.shape == (2, 40, 40)
-    assert np.allclose(Dt._resample_square(np.full((1, 50, 50), 7.0, np.float32), 32), 7.0)
+    assert np.allclose(resample_square(np.full((1, 50, 50), 7.0, np.float32), 32), 7.0)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -159,12 +154,12 @@ def test_mirror_loss_is_the_smaller_of_both_labellings():
     pred = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5]]])
     target = torch.tensor([[[-1.0, 0.0], [1.0, 0.0], [0.0, 0.5]]])
     vis = torch.ones(1, 3, dtype=torch.bool)
-    plain = Dt._masked_loss(torch, pred, target, vis)
-    mirror = Dt._masked_loss(torch, pred, target, vis, torch.tensor([1, 0, 2]))
+    plain = masked_loss(pred, target, vis)
+    mirror = masked_loss(pred, target, vis, torch.tensor([1, 0, 2]))
     assert float(plain) == pytest.approx(8 / 6) and float(mirror) == 0.0
     # Invisible landmarks do not count.
     vis2 = torch.tensor([[False, False, True]])
-    assert float(Dt._masked_loss(torch, pred, target, vis2)) == 0.0
+    assert float(masked_loss(pred, target, vis2)) == 0.0
 
 
 def test_training_resumes_from_its_last_checkpoint(subject, tiny_dataset, tmp_path):
@@ -245,55 +240,6 @@ def test_onnx_export_matches_torch_and_carries_metadata(trained, tiny_dataset, t
     assert xy1.shape == xy.shape[1:] and np.allclose(xy1, xy[0], atol=1e-4)
 
 
-def test_detect_resizes_other_image_sizes_consistently(trained, tmp_path):
-    run, _, _ = trained["heatmap"]
-    det = LandmarkDetector(export_detector(run, tmp_path / "h.onnx"))
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (64, 64), dtype=np.uint8)
-    xy, _ = det.detect(img)
-    big = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)  # the same image at 128 x 128
-    xy2, _ = det.detect(big)
-    assert np.allclose(xy2, (xy + 0.5) * 2 - 0.5, atol=1e-3)
-    # A non-square image is padded (centred) to a square.
-    wide = np.zeros((64, 96), np.uint8)
-    wide[:, 16:80] = img
-    xy3, _ = det.detect(wide)
-    assert xy3.shape == xy.shape and np.all(np.isfinite(xy3))
-    with pytest.raises(ValueError, match="shape"):
-        det.detect(np.zeros((2, 2, 2, 2), np.uint8))
-
-
-def test_detector_checks_the_subject_and_the_model(trained, subject, tmp_path):
-    run, _, _ = trained["resnet"]
-    path = export_detector(run, tmp_path / "r.onnx")
-    LandmarkDetector(path, subject=subject)  # the subject it was trained on
-    other_names = SimpleNamespace(name="x", landmark_names=["a"] * len(subject.landmark_names),
-                                  fingerprint=subject.fingerprint)
-    with pytest.raises(ValueError, match="trained for landmarks"):
-        LandmarkDetector(path, subject=other_names)
-    other_fp = SimpleNamespace(name="x", landmark_names=list(subject.landmark_names), fingerprint="0" * 16)
-    with pytest.raises(ValueError, match="fingerprint"):
-        LandmarkDetector(path, subject=other_fp)
-    # A model of another kind, or one whose outputs do not fit its landmark list.
-    from fluororeg.training.export import export_onnx
-
-    bad = export_onnx(torch.nn.Conv2d(1, 1, 3, padding=1), torch.zeros(1, 1, 64, 64), tmp_path / "g.onnx",
-                      {"fluororeg_kind": "style_generator", "input_size": "64,64"})
-    with pytest.raises(ValueError, match="expected 'landmark_detector'"):
-        LandmarkDetector(bad)
-
-    class Wrong(torch.nn.Module):
-        def forward(self, x):
-            return torch.zeros(x.shape[0], 4, 2) + x.mean(), torch.zeros(x.shape[0], 4) + x.mean()
-
-    wrong = export_onnx(Wrong(), torch.zeros(2, 1, 64, 64), tmp_path / "w.onnx",
-                        {"fluororeg_kind": "landmark_detector", "input_size": "64,64",
-                         "landmark_names": list(subject.landmark_names)},
-                        output_names=("landmarks", "confidence"))
-    with pytest.raises(ValueError, match="output 'landmarks'"):
-        LandmarkDetector(wrong)
-
-
 def test_evaluation_with_torch_and_onnx_agree(trained, tiny_dataset, tmp_path):
     run, _, _ = trained["resnet"]
     m_torch = evaluate_detector(run, tiny_dataset, "test")
@@ -310,7 +256,26 @@ def test_metrics_of_a_perfect_and_a_mirrored_prediction():
     t = np.array([[[-0.5, 0.0], [0.5, 0.0], [0.0, 0.5]]])
     vis = np.ones((1, 3), bool)
     perm = np.array([1, 0, 2])
-    m = Dt._metrics(t.copy(), np.ones((1, 3)), t, vis, perm, 65)
+    m = metrics(t.copy(), np.ones((1, 3)), t, vis, perm, 65)
     assert m["mean_px"] == 0 and m["log10_mse"] < -20
-    m = Dt._metrics(t[:, perm], np.ones((1, 3)), t, vis, perm, 65)
+    m = metrics(t[:, perm], np.ones((1, 3)), t, vis, perm, 65)
     assert m["mean_px"] == pytest.approx(2 / 3 * 32) and m["mean_px_mirror"] == 0 and m["mirrored_share"] == 1
+
+
+def test_export_records_the_training_figures_and_a_time_cap_cut(trained, tiny_dataset, tmp_path):
+    run, cfg, res = trained["resnet"]
+    det = LandmarkDetector(export_detector(run, tmp_path / "r.onnx"))
+    t = det.training
+    assert t["epochs"] == t["epochs_planned"] == cfg.epochs and t["steps"] == res.steps > 0
+    assert t["model_epoch"] == res.best_epoch and t["cut_short"] is False
+    assert t["val_mean_px"] == pytest.approx(res.history[res.best_epoch - 1]["val_mean_px"], abs=1e-3)
+    assert t["val_mean_mm"] == pytest.approx(t["val_mean_px"] * TINY.pixel_mm, abs=1e-2)
+    assert len(t["dataset_fingerprint"]) == 16
+    assert det.undertrained(max_val_px=1e6) is None and "validation error" in det.undertrained(max_val_px=0.0)
+    # A wall-clock cap that ends the run early says so, and the export records it.
+    capped = tiny_config(epochs=50, time_limit_minutes=1e-4)
+    with pytest.warns(UserWarning, match="CUT SHORT"):
+        cut = train_detector(tiny_dataset, tmp_path / "cut", capped, progress=False)
+    assert cut.cut_short and cut.epochs_done < 50
+    det = LandmarkDetector(export_detector(tmp_path / "cut", tmp_path / "cut.onnx"))
+    assert det.training["cut_short"] is True and "cut short" in det.undertrained(max_val_px=1e6)

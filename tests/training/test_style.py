@@ -1,5 +1,6 @@
-"""Style translator: X-ray crops, CycleGAN networks and losses, short real trainings on CPU,
-resume, ONNX export (torch == onnxruntime) and the onnxruntime translator."""
+"""Style translator training: CycleGAN networks and losses, short real trainings on CPU,
+resume, ONNX export (torch == onnxruntime). The X-ray crops: tests/training/test_xray_crops.py
+and tests/inference/test_crops.py; the translator alone: tests/inference/test_style_translator.py."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ import threading
 import numpy as np
 import pytest
 
-from fluororeg.inference.crops import (CropBox, FieldOfView, crop_box, crop_frame, detect_fov, prepare_crop,
-                                            xray_crops)
 
 SIZE = 32  # training tests run on 32 x 32 crops with width-8 networks
 
 
 def tiny_config(**kw):
-    from fluororeg.training.style import StyleConfig
+    from fluororeg.training.style_config import StyleConfig
 
     base = dict(image_size=SIZE, gen_width=8, gen_blocks=2, disc_width=8, disc_layers=2, batch_size=2, lr=1e-3,
                 steps=40, log_every=5, checkpoint_every=20, seed=0)
@@ -60,130 +59,18 @@ def drr_root(subject, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(recording, drr_root, tmp_path_factory):
     pytest.importorskip("torch")
-    from fluororeg.training.style import train_style
+    from fluororeg.training.style_train import train_style
 
     run = tmp_path_factory.mktemp("style") / "run"
     summary = train_style(recording, drr_root, run, tiny_config(), progress=False)
     return run, summary
 
 
-# ------------------------------------------------------------------------------------ X-ray domain
-
-def disc_frame(W=200, H=160, cx=97.3, cy=81.6, r=70.0, bg=8.0, inside=200.0):
-    yy, xx = np.mgrid[0:H, 0:W]
-    img = np.full((H, W), bg, np.float32)
-    img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r ** 2] = inside
-    return img
-
-
-def test_detect_fov_on_discs():
-    fov = detect_fov(disc_frame())
-    assert fov.cx == pytest.approx(97.3, abs=0.7) and fov.cy == pytest.approx(81.6, abs=0.7)
-    assert fov.radius == pytest.approx(70.0, abs=0.7)
-    # a field of view larger than the frame (clipped at top and bottom), with a dark notch at its edge
-    img = disc_frame(W=220, H=150, cx=110, cy=75, r=90)
-    img[60:90, 20:45] = 20.0
-    fov = detect_fov(img)
-    assert (fov.cx, fov.cy, fov.radius) == pytest.approx((110, 75, 90), abs=1.0)
-    # no dark surround: no field of view
-    assert detect_fov(np.random.default_rng(0).uniform(100, 200, (64, 64))) is None
-    assert detect_fov(np.full((64, 64), 5.0)) is None
-
-
-def test_xray_crops_of_a_simulated_recording(recording):
-    crops, boxes = xray_crops(recording, 128, return_boxes=True)
-    assert crops.shape == (8, 128, 128) and crops.dtype == np.uint8 and len(boxes) == 8
-    for box in boxes:  # FOV: radius 0.47 * 128 px, centred
-        assert box.side == pytest.approx(2 * 0.47 * 128, abs=2.0)
-        assert box.to_frame([63.5, 63.5]) == pytest.approx([63.5, 63.5], abs=1.0)
-    assert np.all(crops[:, 0, 0] == 255) and np.all(crops[:, -1, -1] == 255)  # outside the FOV: white
-    assert crops[:, 40:90, 40:90].std() > 10  # content inside
-    # subsampling, cap, bone mode
-    assert xray_crops(recording, 64, every=2).shape == (4, 64, 64)
-    assert xray_crops(recording, 64, max_frames=3).shape == (3, 64, 64)
-    bone, bone_boxes = xray_crops(recording, 64, mode="bone", return_boxes=True)
-    assert bone.shape == (8, 64, 64)
-    assert all(b.side <= a.side * 1.11 for a, b in zip(boxes, bone_boxes))
-
-
-def test_xray_sources(recording):
-    from fluororeg.io.recording import ImageSequence, open_recording
-
-    seq = ImageSequence(recording / "view1")
-    a = xray_crops(recording / "view1", 64)
-    assert a.shape == (4, 64, 64)
-    np.testing.assert_array_equal(xray_crops(seq, 64), a)
-    frames = np.stack([seq[i] for i in range(len(seq))])
-    np.testing.assert_array_equal(xray_crops(frames, 64), a)
-    assert xray_crops(frames[0], 64).shape == (1, 64, 64)
-    assert xray_crops([recording / "view1", frames[:2]], 64).shape == (6, 64, 64)
-    assert xray_crops(open_recording(recording), 64).shape == (8, 64, 64)
-    with pytest.raises(TypeError, match="X-ray source"):
-        xray_crops(42)
-    with pytest.raises(ValueError, match="empty"):
-        xray_crops([])
-    with pytest.raises(ValueError, match="size"):
-        xray_crops(frames, 4)
-    with pytest.raises(FileNotFoundError):
-        xray_crops(recording / "missing")
-
-
-def test_real_xray_folder_works_the_same_way():
-    folder = "/work/shared/data/autoscoper_sample/XMA_UND/xr_data_wrist_cam01"
-    if not os.path.isdir(folder):
-        pytest.skip("the real wrist sample is not available")
-    crops, boxes = xray_crops(folder, 64, max_frames=1, return_boxes=True)
-    assert crops.shape == (1, 64, 64)
-    assert 1500 < boxes[0].side < 1800  # the intensifier circle of the 1760 x 1760 frames
-
-
-def test_crop_box_maps_points_back_exactly(recording):
-    truth = np.load(recording / "truth.npz")
-    crops, boxes = xray_crops(recording, 128, return_boxes=True)
-    xy = truth["landmarks_image_px"][0, 0]  # frame 0, view 1
-    box = boxes[0]
-    np.testing.assert_allclose(box.to_frame(box.to_crop(xy)), xy, atol=1e-9)
-    uv = np.array([[0.0, 0.0], [127.0, 127.0], [63.5, 10.25]])
-    np.testing.assert_allclose(box.to_crop(box.to_frame(uv)), uv, atol=1e-9)
-    # pixel centres: the crop's corner pixel centre sits half a crop pixel inside the box
-    assert box.to_frame([-0.5, -0.5]) == pytest.approx([box.left - 0.5, box.top - 0.5])
-    # geometric check: a small dark dot found in the crop maps back to where it is in the frame
-    for true_xy, size in (((71.3, 58.6), 64), ((120.2, 95.1), 100)):
-        img = disc_frame()
-        yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
-        img -= 150 * np.exp(-((xx - true_xy[0]) ** 2 + (yy - true_xy[1]) ** 2) / (2 * 3.0 ** 2))
-        crop, box = prepare_crop(img, size, normalise=False)
-        w = np.clip(200.0 - crop.astype(float), 0, None)
-        w[crop >= 255] = 0
-        w[w < 0.2 * w.max()] = 0
-        v, u = np.mgrid[0:size, 0:size]
-        found = box.to_frame([(w * u).sum() / w.sum(), (w * v).sum() / w.sum()])
-        assert found == pytest.approx(true_xy, abs=0.35)
-
-
-def test_crop_box_outside_the_frame_is_filled():
-    img = disc_frame()
-    box = CropBox(-50.0, -40.0, 100.0, 20)
-    crop = crop_frame(img, box, fov=None, normalise=False)
-    assert crop.shape == (20, 20) and np.all(crop[:5, :5] == 255)
-    box = crop_box(img, 16, fov=None)  # no FOV: the frame's square hull
-    assert box.side == 200 and box.to_frame([7.5, 7.5]) == pytest.approx([99.5, 79.5])
-    with pytest.raises(ValueError, match="mode"):
-        crop_box(img, mode="skull")
-    with pytest.raises(ValueError, match="side"):
-        CropBox(0, 0, 0, 16)
-    with pytest.raises(ValueError, match="grey image"):
-        crop_box(np.zeros((3, 16, 16)))
-    with pytest.raises(TypeError, match="FieldOfView"):
-        crop_box(img, fov=(1, 2, 3))
-    assert isinstance(detect_fov(img), FieldOfView)
-
-
 # -------------------------------------------------------------------------------- networks, losses
 
 def test_networks_follow_cyclegan():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style import PatchDiscriminator, ResnetGenerator
+    from fluororeg.training.style_networks import PatchDiscriminator, ResnetGenerator
 
     g = ResnetGenerator()  # paper: width 64, 6 blocks
     n = sum(p.numel() for p in g.parameters())
@@ -199,7 +86,7 @@ def test_networks_follow_cyclegan():
 
 def test_content_preserving_loss():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style import content_loss
+    from fluororeg.training.style_losses import content_loss
 
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.randn(2, 1, 36, 36, generator=g), 5, 1)  # smooth structure
@@ -218,7 +105,7 @@ def test_content_preserving_loss():
 
 def test_image_pool():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style import ImagePool
+    from fluororeg.training.style_losses import ImagePool
 
     rng = np.random.default_rng(0)
     pool = ImagePool(3)
@@ -233,7 +120,7 @@ def test_image_pool():
 
 def test_config_presets_and_schedule():
     pytest.importorskip("torch")
-    from fluororeg.training.style import StyleConfig
+    from fluororeg.training.style_config import StyleConfig
 
     paper = StyleConfig.preset("paper")
     assert (paper.image_size, paper.gen_width, paper.gen_blocks, paper.batch_size, paper.lr) == (128, 64, 6, 1, 2e-4)
@@ -275,7 +162,7 @@ def test_short_training_lowers_the_losses(trained_run):
 
 def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_path):
     from fluororeg.training.common import TrainLog, load_checkpoint
-    from fluororeg.training.style import discard_run, train_style
+    from fluororeg.training.style_train import discard_run, train_style
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
@@ -307,7 +194,9 @@ def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
     import torch
 
     from fluororeg.training.common import load_checkpoint
-    from fluororeg.training.style import build_networks, load_generators, train_style
+    from fluororeg.training.style_export import load_generators
+    from fluororeg.training.style_networks import build_networks
+    from fluororeg.training.style_train import train_style
 
     cfg = tiny_config(steps=4, ema_decay=0.99, snapshot_every=2, checkpoint_every=1)
     run = tmp_path / "run"
@@ -336,11 +225,12 @@ def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
 
 def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
     from fluororeg.training.common import load_checkpoint
-    from fluororeg.training.style import train_style
+    from fluororeg.training.style_train import train_style
+    from fluororeg.training.xray_crops import xray_training_crops
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals need the main thread")
-    crops = xray_crops(recording, SIZE)
+    crops = xray_training_crops(recording, SIZE, 8.0)
     run = tmp_path / "run"
     done = threading.Event()
 
@@ -364,7 +254,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
 
 def test_training_input_errors(recording, drr_root, tmp_path):
     pytest.importorskip("torch")
-    from fluororeg.training.style import train_style
+    from fluororeg.training.style_train import train_style
 
     with pytest.raises(ValueError, match="image_size"):
         train_style(recording, drr_root, tmp_path / "a", tiny_config(image_size=64), progress=False)
@@ -382,7 +272,8 @@ def test_export_matches_torch_and_translator_runs(trained_run, tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from fluororeg.inference.onnx_model import OnnxModel
-    from fluororeg.training.style import INPUT_NORMALISATION, StyleTranslator, export_generators, load_generators
+    from fluororeg.inference.translator import INPUT_NORMALISATION, StyleTranslator
+    from fluororeg.training.style_export import export_generators, load_generators
 
     run, _ = trained_run
     x2d, d2x = export_generators(run, tmp_path / "onnx")
@@ -406,43 +297,3 @@ def test_export_matches_torch_and_translator_runs(trained_run, tmp_path):
     assert np.abs(out.astype(int) - np.clip(np.round((ref + 1) * 127.5), 0, 255)).max() <= 1
     np.testing.assert_array_equal(tr.translate(imgs[0]), out[0])
     np.testing.assert_array_equal(tr.translate(imgs.astype(np.float32)), out)
-
-
-def test_translator_rejects_models_and_images_that_do_not_fit(trained_run, tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnxruntime")
-    from fluororeg.training.export import export_onnx
-    from fluororeg.training.style import INPUT_NORMALISATION, StyleTranslator, export_generators
-
-    x2d, d2x = export_generators(trained_run[0], tmp_path / "onnx")
-    with pytest.raises(ValueError, match="translates drr_to_xray"):
-        StyleTranslator(d2x, device="cpu", num_threads=1, direction="xray_to_drr")
-    with pytest.raises(ValueError, match="direction"):
-        StyleTranslator(x2d, device="cpu", num_threads=1, direction="sideways")
-    tr = StyleTranslator(x2d, device="cpu", num_threads=1)
-    with pytest.raises(ValueError, match="64 x 64 px but the model takes 32 x 32"):
-        tr.translate(np.zeros((2, 64, 64), np.uint8))
-    with pytest.raises(ValueError, match=r"\[0, 255\]"):
-        tr.translate(np.full((1, SIZE, SIZE), 300.0))
-    with pytest.raises(ValueError, match="shape"):
-        tr.translate(np.zeros((1, 1, SIZE, SIZE), np.uint8))
-    with pytest.raises(FileNotFoundError):
-        StyleTranslator(tmp_path / "none.onnx", device="cpu", num_threads=1)
-    # a model of another kind
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 4))
-    other = export_onnx(net, torch.zeros(1, 1, SIZE, SIZE), tmp_path / "det.onnx",
-                        {"fluororeg_kind": "landmark_detector", "input_size": f"{SIZE},{SIZE}"})
-    with pytest.raises(ValueError, match="expected 'style_generator'"):
-        StyleTranslator(other, device="cpu", num_threads=1)
-    # a 'style generator' whose output does not have the input's shape
-    half = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
-    meta = {"fluororeg_kind": "style_generator", "direction": "xray_to_drr", "input_size": f"{SIZE},{SIZE}",
-            "input_normalisation": INPUT_NORMALISATION}
-    bad = export_onnx(half, torch.zeros(1, 1, SIZE, SIZE), tmp_path / "half.onnx", meta, output_names=("translated",))
-    with pytest.raises(ValueError, match="output shape"):
-        StyleTranslator(bad, device="cpu", num_threads=1)
-    bad = export_onnx(torch.nn.Conv2d(1, 1, 1), torch.zeros(1, 1, SIZE, SIZE),
-                      tmp_path / "norm.onnx", {**meta, "input_normalisation": "x / 255"},
-                      output_names=("translated",))
-    with pytest.raises(ValueError, match="normalisation"):
-        StyleTranslator(bad, device="cpu", num_threads=1)

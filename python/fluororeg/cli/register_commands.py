@@ -93,7 +93,7 @@ def _pipeline_loss(loss: str | None, mode: str) -> str | None:
 def _subject_recording_detector(args: argparse.Namespace):
     """The subject, recording and detector that ``--subject``, RECORDING and ``--detector`` name."""
     from fluororeg.io.recording import open_recording
-    from fluororeg.training.detector import LandmarkDetector
+    from fluororeg.inference.detector import LandmarkDetector
 
     subject = common.load_subject_arg(args.subject)
     rec = open_recording(args.recording)
@@ -102,7 +102,7 @@ def _subject_recording_detector(args: argparse.Namespace):
 
 def run_register(args: argparse.Namespace) -> int:
     from fluororeg.pipeline.register import PipelineOptions, register_recording
-    from fluororeg.training.style import StyleTranslator
+    from fluororeg.inference.translator import StyleTranslator
 
     if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
         raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")

@@ -17,6 +17,7 @@ def add_parser(subparsers) -> None:
     td.add_argument("--minutes", type=float, help="training time limit (default: the preset's)")
     td.add_argument("--epochs", type=int)
     td.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    td.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     td.add_argument("--quiet", action="store_true")
     td.set_defaults(handler=run_train_detector, resumes=True)
     tt = subparsers.add_parser("train-translator", aliases=list(DEPRECATED_COMMANDS),
@@ -32,12 +33,15 @@ def add_parser(subparsers) -> None:
                     help="keep a translator snapshot every N steps (snapshots/) to choose from with select-translator")
     tt.add_argument("--restart", action="store_true",
                     help="start over: delete the run's checkpoint, snapshots and log first (default: resume)")
+    tt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     tt.add_argument("--quiet", action="store_true")
     tt.set_defaults(handler=run_train_translator, resumes=True)
 
 
 def run_train_detector(args: argparse.Namespace) -> int:
-    from fluororeg.training.detector import export_detector, preset, train_detector
+    from fluororeg.training.detector_config import preset
+    from fluororeg.training.detector_export import export_detector
+    from fluororeg.training.detector_train import train_detector
 
     overrides = {}
     if args.minutes is not None:
@@ -45,16 +49,22 @@ def run_train_detector(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     cfg = preset(args.preset, **overrides)
-    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet)
+    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet,
+                            device=args.device)
+    if result.interrupted:  # a partial run is never exported as the detector
+        print(f"interrupted after {result.epochs_done} epoch(s): run the same command again to resume; "
+              "nothing exported")
+        return 130
     path = export_detector(args.out, Path(args.out) / "detector.onnx")
-    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; "
-          f"{'interrupted: run again to resume; ' if result.interrupted else ''}exported {path}")
-    return 130 if result.interrupted else 0
+    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; exported {path}")
+    return 0
 
 
 def run_train_translator(args: argparse.Namespace) -> int:
-    from fluororeg.pipeline.register import xray_training_crops
-    from fluororeg.training.style import StyleConfig, discard_run, export_generators, train_style
+    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.style_export import export_generators
+    from fluororeg.training.style_train import discard_run, train_style
+    from fluororeg.training.xray_crops import xray_training_crops
 
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected at least 1")
@@ -66,13 +76,14 @@ def run_train_translator(args: argparse.Namespace) -> int:
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
     if args.restart:
         discard_run(args.out)
-    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet)
+    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
+    if summary["stopped"]:  # a partial run is never exported as the translator
+        print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run the same command again to "
+              "resume; nothing exported")
+        return 130
     x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "
               f"--detector MODEL.onnx --out {Path(args.out) / 'selected'}")
-    interrupted = summary.get("stopped") == "interrupted"
-    if interrupted:
-        print("interrupted: run the same command again to resume")
-    return 130 if interrupted else 0
+    return 0

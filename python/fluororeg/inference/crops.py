@@ -1,33 +1,34 @@
-"""X-ray frames -> square training/inference crops for the style translator (the X-ray domain).
+"""The crop rule: X-ray frames -> the square crops the networks see, in training and at inference.
 
-The DRR domain (:mod:`fluororeg.dataset.generate`) shows the whole skull in a 128 x 128 frame, each
-image windowed to its own intensity range. An X-ray frame (simulated: :mod:`fluororeg.simulation.simulate`;
-real: any PNG/TIFF folder or multi-page TIFF read by :class:`fluororeg.io.recording.ImageSequence`)
-is a larger image-intensifier picture with a circular field of view (FOV) and dark surround.
-The same rule prepares training crops here and the frames the registration pipeline detects
-landmarks on:
+One rule, used to make the style translator's X-ray training crops
+(:func:`fluororeg.training.xray_crops.xray_training_crops`) and by the registration pipeline
+(:mod:`fluororeg.pipeline.register`); exported style generators name it in their metadata
+(:data:`CROP_RULE`). The DRR domain (:mod:`fluororeg.dataset.generate`) shows the subject at
+``pixel_mm`` per pixel; a crop shows a frame at the same pixel size at the subject:
 
-1. **Field of view** (:func:`detect_fov`): pixels brighter than the dark surround, holes
-   filled, the largest region; a circle is fitted (algebraic least squares, then refitted on
-   the points near it) to its boundary, ignoring boundary points on the image edge (a FOV
-   larger than the frame is clipped there). A frame with no dark surround has no FOV (None):
-   the whole frame counts.
-2. **Crop box** (:func:`crop_box`, a :class:`CropBox`): ``mode='fov'`` (default) the square
-   circumscribing the FOV circle (the whole frame's square hull when there is no FOV);
-   ``mode='bone'`` the bounding box of the dark (attenuating: bone and soft tissue) pixels
-   inside the FOV (Otsu threshold), squared about its centre and widened by ``margin`` on
-   each side - the paper crops by hand; this is the automatic rule. Boxes may reach outside
-   the frame (the outside is filled, see 3.).
-3. **Crop** (:func:`crop_frame`): the box is resampled (area-aware bilinear, Pillow) to
-   ``size`` x ``size``; intensities inside the FOV are stretched from their 0.5th to 99.5th
-   percentile onto [0, 255] (each DRR is windowed per image too); pixels outside the FOV (less
-   its rim: 1 px + 1 % of the radius, where intensifiers fade to dark) or the frame become
-   255 (white: "nothing attenuates", which a generator maps to the black DRR background).
-   Output uint8.
+1. **Field of view** (:func:`detect_fov`, once per view on the recording's first frame): pixels
+   brighter than the dark surround, holes filled, the largest region; a circle is fitted
+   (algebraic least squares, then refitted on the points near it) to its boundary, ignoring
+   boundary points on the image edge (a FOV larger than the frame is clipped there). A frame
+   with no dark surround has no FOV (None): the whole frame counts.
+2. **Crop box** (a :class:`CropBox`, :func:`crop_box_for_view`): a square of ``size`` crop
+   pixels whose pixels measure ``crop_pixel_mm`` at a reference point: the side in frame pixels
+   is ``size * crop_pixel_mm / (pitch * SOD / SDD)`` with SOD the source's distance to that
+   point along the view's normal. :func:`recording_crop_boxes` centres it on the field of view
+   with the point where the principal rays cross as reference
+   (:func:`~fluororeg.core.geometry.beam_crossing`); :func:`bone_crop_boxes` centres it on where
+   a pose puts the model origin (the pipeline's ``recentre`` pass), with that origin as reference.
+   Boxes may reach outside the frame (the outside is filled, see 3.).
+3. **Crop** (:func:`crop_frame`, :func:`view_crops`): the box is resampled (area-aware
+   bilinear, Pillow) to ``size`` x ``size``; intensities inside the FOV are stretched from their
+   0.5th to 99.5th percentile onto [0, 255] (each DRR is windowed per image too); pixels outside
+   the FOV (less its rim: 1 px + 1 % of the radius, where intensifiers fade to dark) or the frame
+   become 255 (white: "nothing attenuates", which a generator maps to the black DRR background).
+   Output uint8. ``style='log'`` instead inverts Beer-Lambert (:func:`log_attenuation_crop`).
 
 **Polarity**: crops keep the fluoroscopic polarity - bone and tissue dark, air bright - while
 the DRR images show attenuation bright. The X-ray -> DRR generator learns the inversion; the
-content-preserving loss accounts for it (:mod:`fluororeg.training.style`, ``xray_polarity``).
+content-preserving loss accounts for it (:mod:`fluororeg.training.style_train`, ``xray_polarity``).
 
 **Coordinates**: :class:`CropBox` maps points exactly both ways (image coordinates: x = column,
 y = row, origin at the centre of the top-left pixel): crop pixel ``u = (x - left + 0.5) *
@@ -39,15 +40,17 @@ to frame pixels with ``box.to_frame(uv)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["FieldOfView", "CropBox", "detect_fov", "crop_box", "crop_frame", "prepare_crop", "iter_sequences",
-           "xray_crops"]
+from fluororeg.core.geometry import ConeView, beam_crossing
 
-MODES = ("fov", "bone")
+__all__ = ["CROP_RULE", "FieldOfView", "CropBox", "detect_fov", "crop_frame", "crop_box_for_view",
+           "recording_crop_boxes", "bone_crop_boxes", "view_crops", "log_attenuation_crop"]
+
+CROP_RULE = ("fluororeg.inference.crops: square crops of crop_pixel_mm per pixel at the subject, centred on the "
+             "intensifier's field of view (recording_crop_boxes) or on the located bone (bone_crop_boxes), grey "
+             "levels stretched over the field of view, outside it white (crop_frame); attenuation dark")
 
 
 @dataclass(frozen=True)
@@ -169,55 +172,6 @@ def detect_fov(frame, *, min_surround: float = 0.03) -> FieldOfView | None:
     return FieldOfView((cx + 0.5) * f - 0.5, (cy + 0.5) * f - 0.5, (r + 0.5) * f)
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m = np.cumsum(hist * centres)
-    mu0 = m / np.maximum(w0, 1)
-    mu1 = (m[-1] - m) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between))])
-
-
-def crop_box(frame, size: int = 128, *, mode: str = "fov", fov="auto", margin: float = 0.05) -> CropBox:
-    """The crop box of a frame (see the module docstring). ``fov``: 'auto' (detect), None (no
-    FOV: the whole frame), or a :class:`FieldOfView`. ``margin``: for ``mode='bone'``, the
-    fraction of the box side added on each side."""
-    img = _as_frame(frame)
-    if mode not in MODES:
-        raise ValueError(f"crop mode {mode!r} is unknown: expected one of {MODES}")
-    if not (0.0 <= margin <= 1.0):
-        raise ValueError(f"margin {margin!r}: expected a fraction in [0, 1]")
-    H, W = img.shape
-    if isinstance(fov, str):
-        if fov != "auto":
-            raise ValueError(f"fov {fov!r}: expected 'auto', None or a FieldOfView")
-        fov = detect_fov(img)
-    elif fov is not None and not isinstance(fov, FieldOfView):
-        raise TypeError(f"fov {fov!r}: expected 'auto', None or a FieldOfView")
-    if fov is None:
-        cx, cy, half = (W - 1) / 2, (H - 1) / 2, max(W, H) / 2
-    else:
-        cx, cy, half = fov.cx, fov.cy, fov.radius
-    if mode == "bone":
-        inside = fov.mask(img.shape) if fov is not None else np.ones(img.shape, bool)
-        values = img[inside]
-        if values.size and values.max() > values.min():
-            from scipy import ndimage
-
-            dark = inside & (img < _otsu(values))
-            dark = ndimage.binary_opening(dark, iterations=max(1, min(H, W) // 128))
-            ys, xs = np.nonzero(dark)
-            if len(xs):
-                x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1  # pixel edges
-                side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-                return CropBox(float((x0 + x1) / 2 - side / 2), float((y0 + y1) / 2 - side / 2), float(side), int(size))
-    # centre (cx, cy) is in pixel-centre coordinates: the edge coordinate is cx + 0.5
-    return CropBox(float(cx + 0.5 - half), float(cy + 0.5 - half), float(2.0 * half), int(size))
-
-
 def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percentiles=(0.5, 99.5),
                fill: float = 255.0) -> np.ndarray:
     """Resample ``box`` of ``frame`` to a uint8 [size, size] crop (see the module docstring).
@@ -253,83 +207,87 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
     return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
 
 
-def prepare_crop(frame, size: int = 128, *, mode: str = "fov", fov="auto", margin: float = 0.05,
-                 normalise: bool = True) -> tuple[np.ndarray, CropBox]:
-    """Crop box and crop of one frame: ``(uint8 [size, size], CropBox)``."""
-    img = _as_frame(frame)
-    if isinstance(fov, str) and fov == "auto":
-        fov = detect_fov(img)
-    box = crop_box(img, size, mode=mode, fov=fov, margin=margin)
-    return crop_frame(img, box, fov=fov, normalise=normalise), box
+def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
+    """The square crop (a :class:`~fluororeg.inference.crops.CropBox`) of ``size`` px
+    centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
+    sdd = view.source_detector_distance
+    sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
+    frame_px_at_object = view.pitch_u * sod / sdd
+    side = size * pixel_mm / frame_px_at_object
+    cx, cy = centre_px
+    return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
 
 
-def iter_sequences(source) -> Iterator[Iterable[np.ndarray]]:
-    """The image sequences of an X-ray source, each a sized indexable of frames [H, W]:
-    a recording folder (recording.json: both views), an image folder or multi-page TIFF,
-    a :class:`~fluororeg.io.recording.ImageSequence` or :class:`~fluororeg.io.recording.Recording`,
-    an array [n, H, W] or [H, W], or a list/tuple of any of these."""
-    from fluororeg.io.recording import ImageSequence, Recording, open_recording
+def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
+    """Per view: the circular field of view (or None) and the crop box the pipeline uses."""
+    views = recording.geometry.views
+    centre = beam_crossing(views)
+    first = recording.frame(0)
+    fovs, boxes = [], []
+    for k in range(2):
+        fov = detect_fov(first[k])
+        fovs.append(fov)
+        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
+        boxes.append(crop_box_for_view(views[k], c, size, crop_pixel_mm, centre))
+    return fovs, boxes
 
-    if isinstance(source, (list, tuple)):
-        if not source:
-            raise ValueError("the X-ray source list is empty")
-        for s in source:
-            yield from iter_sequences(s)
-        return
-    if isinstance(source, np.ndarray):
-        if source.ndim == 2:
-            yield source[None]
-        elif source.ndim == 3:
-            yield source
+
+def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
+    """Per frame and view, the crop box centred on where ``poses`` [n, 6] (world_from_model,
+    deg / mm) put the model origin in the raw (distorted) frame, with ``crop_pixel_mm`` pixels
+    at its depth; ``fallback[k]`` where a pose is NaN or implausible for the view (origin
+    outside the frame, or a crop more than 30 % larger or smaller than the fallback's). Returns
+    a list [n] of (box1, box2)."""
+    from fluororeg.core.render import project_cone
+
+    views = recording.geometry.views
+    dist = recording.geometry.distortion or (None, None)
+    poses = np.asarray(poses, float).reshape(-1, 6)
+    ok = np.all(np.isfinite(poses), axis=1)
+    centres = np.full((len(poses), 2, 2), np.nan)  # [n, view, (x, y)] raw frame px of the model origin
+    for k, view in enumerate(views):
+        if ok.any():
+            xy, _ = project_cone(np.zeros((1, 3)), view, poses[ok])
+            xy = xy[:, 0]
+            front = np.all(np.isfinite(xy), axis=1)  # NaN: behind the source
+            if dist[k] is not None and front.any():
+                xy[front] = dist[k].distort_points(xy[front])
+            centres[ok, k] = xy
+    out = []
+    for pose, centre in zip(poses, centres):
+        pair = []
+        for k, view in enumerate(views):
+            c = centre[k]
+            box = crop_box_for_view(view, c, size, crop_pixel_mm, pose[3:]) if np.all(np.isfinite(c)) else None
+            plausible = box is not None and 0.0 <= c[0] < view.width and 0.0 <= c[1] < view.height \
+                and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
+            pair.append(box if plausible else fallback[k])
+        out.append(tuple(pair))
+    return out
+
+
+def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """A DRR-like uint8 image from a raw intensifier crop (grey levels, open field bright):
+    Beer-Lambert inverted, ``L = -ln(I / I_open)`` with ``I_open`` the crop's 99th percentile
+    (the open field), clipped at 0 and windowed like the dataset's DRRs (0 to the
+    ``percentile`` of the positive values). The intensity response's gamma only scales L,
+    which the window removes."""
+    from fluororeg.core.render import to_uint8
+
+    img = np.asarray(raw, dtype=np.float64)
+    i_open = max(float(np.percentile(img, 99)), 1.0)
+    L = np.clip(-np.log(np.clip(img, 0.5, None) / i_open), 0.0, None).astype(np.float32)
+    return to_uint8(L, percentile=percentile)
+
+
+def view_crops(images, boxes, fov, size: int, style: str = "translate"):
+    """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
+    ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
+    levels stretched over the field of view (outside it: open field)."""
+    out = np.empty((len(images), size, size), np.uint8)
+    for j, (img, box) in enumerate(zip(images, boxes)):
+        if style == "log":
+            out[j] = log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
         else:
-            raise ValueError(f"X-ray array has shape {source.shape}: expected [n, H, W] or [H, W]")
-        return
-    if isinstance(source, Recording):
-        yield from source.sequences
-        return
-    if isinstance(source, ImageSequence):
-        yield source
-        return
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        if (p / "recording.json").is_file():
-            yield from open_recording(p).sequences
-        else:
-            yield ImageSequence(p)
-        return
-    raise TypeError(f"X-ray source {type(source).__name__}: expected a folder, a TIFF file, an image array, "
-                    "an ImageSequence, a Recording or a list of these")
-
-
-def xray_crops(source, size: int = 128, *, mode: str = "fov", every: int = 1, max_frames: int | None = None,
-               margin: float = 0.05, fov_per_frame: bool = False, return_boxes: bool = False,
-               progress: bool = False):
-    """X-ray crops of every ``every``-th frame of ``source`` (see :func:`iter_sequences`):
-    uint8 [n, size, size], or ``(crops, boxes)`` with ``return_boxes`` (one :class:`CropBox`
-    per crop, in order). The FOV is detected once per sequence on its first frame (the
-    intensifier does not move) unless ``fov_per_frame``. ``max_frames`` caps the total."""
-    from tqdm import tqdm
-
-    if not isinstance(size, (int, np.integer)) or size < 8:
-        raise ValueError(f"size {size!r}: expected an integer >= 8")
-    if not isinstance(every, (int, np.integer)) or every < 1:
-        raise ValueError(f"every {every!r}: expected an integer >= 1")
-    crops, boxes = [], []
-    bar = tqdm(desc="x-ray crops", unit="frame", disable=not progress)
-    for seq in iter_sequences(source):
-        fov = None
-        for i in range(0, len(seq), every):
-            if max_frames is not None and len(crops) >= max_frames:
-                break
-            frame = _as_frame(seq[i])
-            if fov_per_frame or i == 0:
-                fov = detect_fov(frame)
-            crop, box = prepare_crop(frame, size, mode=mode, fov=fov, margin=margin)
-            crops.append(crop)
-            boxes.append(box)
-            bar.update(1)
-    bar.close()
-    if not crops:
-        raise ValueError("the X-ray source yielded no frames")
-    out = np.stack(crops)
-    return (out, boxes) if return_boxes else out
+            out[j] = crop_frame(img, box, fov=fov)
+    return out

@@ -3,11 +3,11 @@
 
 For every frame of both views (:mod:`fluororeg.io.recording`):
 
-1. Crop to the bone: a square whose pixel size at the subject matches the artificial
-   dataset's (``crop_pixel_mm``, 2 mm by default): the side in frame pixels is
-   ``size * crop_pixel_mm / (pitch * SOD / SDD)``. With ``recentre`` (the default) a first,
-   cheap pass locates the bone: crops around the field-of-view centre (SOD: the source's
-   distance to where the principal rays cross, :func:`~fluororeg.core.geometry.beam_crossing`),
+1. Crop to the bone (the one crop rule, :mod:`fluororeg.inference.crops`): a square whose
+   pixel size at the subject matches the artificial dataset's (``crop_pixel_mm``, 2 mm by
+   default): the side in frame pixels is ``size * crop_pixel_mm / (pitch * SOD / SDD)``.
+   With ``recentre`` (the default) a first, cheap pass locates the bone: crops around the
+   field-of-view centre (SOD: the source's distance to where the principal rays cross, :func:`~fluororeg.core.geometry.beam_crossing`),
    Beer-Lambert inversion, detection and registration of the chunk's frames; the final crops
    are then centred on where that pose puts the model origin in each (distorted) frame, with
    SOD its depth. The dataset centres the model origin within +-15 mm, so a subject that walks
@@ -49,11 +49,10 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
-from fluororeg.core.geometry import ConeView, beam_crossing
 from fluororeg.core.temporal import check_smoothing, smooth_poses
+from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes, view_crops
 
-__all__ = ["PipelineOptions", "RecordingResult", "crop_box_for_view", "recording_crop_boxes", "bone_crop_boxes",
-           "xray_training_crops", "detect_recording", "register_detections", "register_recording"]
+__all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "register_detections", "register_recording"]
 
 
 @dataclass(frozen=True)
@@ -126,81 +125,6 @@ class RecordingResult:
         return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
-    """The square crop (a :class:`~fluororeg.inference.crops.CropBox`) of ``size`` px
-    centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
-    from fluororeg.inference.crops import CropBox
-
-    sdd = view.source_detector_distance
-    sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
-    frame_px_at_object = view.pitch_u * sod / sdd
-    side = size * pixel_mm / frame_px_at_object
-    cx, cy = centre_px
-    return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
-
-
-def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
-    """Per view: the circular field of view (or None) and the crop box the pipeline uses."""
-    from fluororeg.inference.crops import detect_fov
-
-    views = recording.geometry.views
-    centre = beam_crossing(views)
-    first = recording.frame(0)
-    fovs, boxes = [], []
-    for k in range(2):
-        fov = detect_fov(first[k])
-        fovs.append(fov)
-        c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
-        boxes.append(crop_box_for_view(views[k], c, size, crop_pixel_mm, centre))
-    return fovs, boxes
-
-
-def xray_training_crops(recordings, size: int = 128, crop_pixel_mm: float = 2.0, every: int = 1) -> np.ndarray:
-    """uint8 [n, size, size] crops of both views of every ``every``-th frame of the given
-    recordings: grey-level crops centred on the field of view at the pipeline's pixel size (as
-    :func:`detect_recording` crops for style translation when it does not recentre), for
-    training the style translator on the X-ray domain the pipeline will see."""
-    from fluororeg.io.recording import Recording, open_recording
-
-    out = []
-    for rec in (recordings if isinstance(recordings, (list, tuple)) else [recordings]):
-        rec = rec if isinstance(rec, Recording) else open_recording(rec)
-        fovs, boxes = recording_crop_boxes(rec, size, crop_pixel_mm)
-        frames = np.arange(0, len(rec), every)
-        for k in range(2):
-            out.append(_crops([rec.sequences[k][int(f)] for f in frames], [boxes[k]] * len(frames), fovs[k], size))
-    return np.concatenate(out)
-
-
-def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """A DRR-like uint8 image from a raw intensifier crop (grey levels, open field bright):
-    Beer-Lambert inverted, ``L = -ln(I / I_open)`` with ``I_open`` the crop's 99th percentile
-    (the open field), clipped at 0 and windowed like the dataset's DRRs (0 to the
-    ``percentile`` of the positive values). The intensity response's gamma only scales L,
-    which the window removes."""
-    from fluororeg.core.render import to_uint8
-
-    img = np.asarray(raw, dtype=np.float64)
-    i_open = max(float(np.percentile(img, 99)), 1.0)
-    L = np.clip(-np.log(np.clip(img, 0.5, None) / i_open), 0.0, None).astype(np.float32)
-    return to_uint8(L, percentile=percentile)
-
-
-def _crops(images, boxes, fov, size: int, style: str = "translate"):
-    """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
-    ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
-    levels stretched over the field of view (outside it: open field)."""
-    from fluororeg.inference.crops import crop_frame
-
-    out = np.empty((len(images), size, size), np.uint8)
-    for j, (img, box) in enumerate(zip(images, boxes)):
-        if style == "log":
-            out[j] = log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
-        else:
-            out[j] = crop_frame(img, box, fov=fov)
-    return out
-
-
 def _training_image_size(detector) -> int:
     """The image size of the dataset the detector was trained on (its metadata), else its input size."""
     size = detector.model.meta.get("training_image_size") if hasattr(detector, "model") else None
@@ -230,43 +154,9 @@ def register_detections(subject, views, det, conf, options: PipelineOptions, *, 
                            pairs=subject.pairs, options=options.registration_options().replace(init=init))
 
 
-def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float):
-    """Per frame and view, the crop box centred on where ``poses`` [n, 6] (world_from_model,
-    deg / mm) put the model origin in the raw (distorted) frame, with ``crop_pixel_mm`` pixels
-    at its depth; ``fallback[k]`` where a pose is NaN or implausible for the view (origin
-    outside the frame, or a crop more than 30 % larger or smaller than the fallback's). Returns
-    a list [n] of (box1, box2)."""
-    from fluororeg.core.render import project_cone
-
-    views = recording.geometry.views
-    dist = recording.geometry.distortion or (None, None)
-    poses = np.asarray(poses, float).reshape(-1, 6)
-    ok = np.all(np.isfinite(poses), axis=1)
-    centres = np.full((len(poses), 2, 2), np.nan)  # [n, view, (x, y)] raw frame px of the model origin
-    for k, view in enumerate(views):
-        if ok.any():
-            xy, _ = project_cone(np.zeros((1, 3)), view, poses[ok])
-            xy = xy[:, 0]
-            front = np.all(np.isfinite(xy), axis=1)  # NaN: behind the source
-            if dist[k] is not None and front.any():
-                xy[front] = dist[k].distort_points(xy[front])
-            centres[ok, k] = xy
-    out = []
-    for pose, centre in zip(poses, centres):
-        pair = []
-        for k, view in enumerate(views):
-            c = centre[k]
-            box = crop_box_for_view(view, c, size, crop_pixel_mm, pose[3:]) if np.all(np.isfinite(c)) else None
-            plausible = box is not None and 0.0 <= c[0] < view.width and 0.0 <= c[1] < view.height \
-                and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
-            pair.append(box if plausible else fallback[k])
-        out.append(tuple(pair))
-    return out
-
-
 def _detect(images, boxes, fov, size, style, detector, translator, view, distortion, min_confidence):
     """Detections of one view: undistorted frame px [n, N, 2] (NaN: dropped) and confidences [n, N]."""
-    crops = _crops(images, boxes, fov, size, style)
+    crops = view_crops(images, boxes, fov, size, style)
     if style == "translate":
         crops = translator.translate(crops)
     elif style == "invert":

@@ -151,8 +151,8 @@ def register_task(spec: RecordingSpec, subject_spec: SubjectSpec, models: dict, 
     statuses, residuals, errors against the reference where there is one)."""
     from fluororeg.pipeline.register import register_recording
     from fluororeg.study.inputs import load_study_subject, open_study_recording, reference_path
-    from fluororeg.training.detector import LandmarkDetector
-    from fluororeg.training.style import StyleTranslator
+    from fluororeg.inference.detector import LandmarkDetector
+    from fluororeg.inference.translator import StyleTranslator
 
     limit_threads(threads)
     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -117,11 +117,11 @@ def check_study_files(study: Study) -> list[str]:
                 continue
             try:
                 if kind == "detector":
-                    from fluororeg.training.detector import LandmarkDetector
+                    from fluororeg.inference.detector import LandmarkDetector
 
                     LandmarkDetector(path, subject=subjects[s.name], device="cpu", num_threads=1)
                 else:
-                    from fluororeg.training.style import StyleTranslator
+                    from fluororeg.inference.translator import StyleTranslator
 
                     StyleTranslator(path, device="cpu", direction="xray_to_drr", num_threads=1)
             except Exception as exc:

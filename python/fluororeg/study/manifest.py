@@ -75,8 +75,8 @@ def _setting_keys() -> dict[str, tuple[str, ...]]:
     """Allowed keys per settings table: the fields of the configuration each one builds."""
     from fluororeg.dataset.generate import DatasetConfig
     from fluororeg.pipeline.register import PipelineOptions
-    from fluororeg.training.detector import DetectorConfig
-    from fluororeg.training.style import StyleConfig
+    from fluororeg.training.detector_config import DetectorConfig
+    from fluororeg.training.style_config import StyleConfig
 
     def names(cls, drop=()):
         return tuple(f.name for f in dataclasses.fields(cls) if f.name not in drop)
@@ -193,7 +193,7 @@ def dataset_config(settings: dict, source_distance_auto=None):
 
 
 def detector_config(settings: dict, threads: int = 1):
-    from fluororeg.training.detector import preset
+    from fluororeg.training.detector_config import preset
 
     s = dict(settings)
     name = s.pop("preset", "fast")
@@ -205,7 +205,7 @@ def detector_config(settings: dict, threads: int = 1):
 def style_config(settings: dict, dataset_image_size: int):
     """(StyleConfig, every): the style translator's training settings; its image size defaults
     to the dataset's."""
-    from fluororeg.training.style import StyleConfig
+    from fluororeg.training.style_config import StyleConfig
 
     s = dict(settings)
     name = s.pop("preset", "fast")

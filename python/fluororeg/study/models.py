@@ -143,7 +143,8 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
         run_dir, onnx = out / "detector_run", out / "detector.onnx"
 
         def build_detector():
-            from fluororeg.training.detector import export_detector, train_detector
+            from fluororeg.training.detector_export import export_detector
+            from fluororeg.training.detector_train import train_detector
 
             res = train_detector(ds_root, run_dir, det_cfg, progress=False)
             if res.interrupted:
@@ -165,13 +166,14 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
         x2d = onnx_dir / "xray_to_drr.onnx"
 
         def build_style():
-            from fluororeg.pipeline.register import xray_training_crops
-            from fluororeg.training.style import export_generators, train_style
+            from fluororeg.training.xray_crops import xray_training_crops
+            from fluororeg.training.style_export import export_generators
+            from fluororeg.training.style_train import train_style
 
             recs = [recording(r, g) for r, g in recordings]
             crops = xray_training_crops(recs, size=style_cfg.image_size, crop_pixel_mm=crop_mm, every=every)
             summary = train_style(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads)
-            if summary.get("stopped"):
+            if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final
                 raise KeyboardInterrupt("style training was interrupted")
             export_generators(run_dir, onnx_dir)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 import signal
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,20 @@ def require_torch():
     return torch
 
 
+def resolve_device(device: str = "auto"):
+    """The torch device for training: 'cpu', 'cuda' (an error naming the problem when torch has
+    no CUDA) or 'auto' (CUDA when torch sees a GPU, else the CPU)."""
+    torch = require_torch()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r} is unknown: expected 'auto', 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA GPU (a CPU-only torch build, or no driver); "
+                           "use device='cpu' or 'auto'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
 def save_checkpoint(path, state: dict) -> None:
     """torch.save to a temporary file, then rename: a checkpoint on disk is always complete."""
     torch = require_torch()
@@ -41,11 +56,18 @@ def save_checkpoint(path, state: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
+    """A checkpoint (or snapshot) loaded safely: ``torch.load(weights_only=True)`` restores only
+    tensors and plain data (dicts, lists, numbers, strings), never runs pickled code; a file
+    holding anything else is refused with ValueError."""
     torch = require_torch()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"'{path}' is not a plain checkpoint (tensors and plain data only): refusing to load "
+                         f"unsafe content ({str(exc).splitlines()[0]})") from exc
 
 
 class TrainLog:

@@ -4,7 +4,7 @@ A CycleGAN's adversarial, cycle and content losses do not tell when its translat
 move bone structures by a pixel or two, which is what landmark detection is sensitive to:
 measured on the example subject, a translator trained 8,000 steps registered worse than the
 same run at 4,000 steps (7.9 deg against 3.7 deg median error) although its cycle and content
-losses were lower. So :func:`~fluororeg.training.style.train_style` keeps generator snapshots
+losses were lower. So :func:`~fluororeg.training.style_train.train_style` keeps generator snapshots
 (``snapshot_every``) and this module scores each one the way the pipeline uses it: translate
 the crops of a validation recording, detect, register (:func:`fluororeg.pipeline.register.detect_recording`
 and :func:`fluororeg.pipeline.register_detections`), on up to ``max_frames`` evenly spaced frames.
@@ -72,13 +72,14 @@ def _scored_frames(n: int, max_frames: int) -> np.ndarray:
 def score_snapshots(run_dir, recording, subject, detector, *, reference=None, options=None, max_frames: int = 64,
                     work_dir=None, progress: bool = True) -> list[SnapshotScore]:
     """Score every snapshot of ``run_dir`` on ``recording`` (a :class:`~fluororeg.io.recording.Recording`)
-    with ``detector`` (a :class:`~fluororeg.training.detector.LandmarkDetector` for ``subject``).
+    with ``detector`` (a :class:`~fluororeg.inference.detector.LandmarkDetector` for ``subject``).
     ``reference``: poses [F, 6] for all F frames of the recording, or None. ``options``: the
     :class:`~fluororeg.pipeline.register.PipelineOptions` to register with (style 'translate').
     ``work_dir`` keeps the exported ONNX files (default: a temporary folder)."""
     from tqdm import tqdm
 
-    from fluororeg.training.style import StyleTranslator, export_generators
+    from fluororeg.inference.translator import StyleTranslator
+    from fluororeg.training.style_export import export_generators
     from fluororeg.pipeline.register import PipelineOptions, detect_recording, register_detections
     from fluororeg.core.registration import mean_landmark_distance, pose_errors
 
@@ -128,7 +129,7 @@ def select_style_snapshot(run_dir, recording, subject, detector, out_dir, **kwar
     one's generators to ``out_dir`` (``xray_to_drr.onnx``, ``drr_to_xray.onnx``) and write
     ``out_dir/selection.csv`` (one row per snapshot) and ``selection.json`` (the choice).
     Returns ``(best, scores)``."""
-    from fluororeg.training.style import export_generators
+    from fluororeg.training.style_export import export_generators
 
     scores = score_snapshots(run_dir, recording, subject, detector, **kwargs)
     finite = [s for s in scores if np.isfinite(s.score)]
