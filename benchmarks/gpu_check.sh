@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The render checks that need a GPU, as one short script for the lent GPU machine (see
-# ../shared/gpu/README.md): build with CUDA, the CUDA tests (every CUDA path against the CPU
-# backend), the C++ render tests, compute-sanitizer memcheck on a small CUDA test (when the
-# machine has it), and the render and dataset benchmarks with CUDA rows. Run from the project
+# The checks that need a GPU, as one short script for the lent GPU machine (see
+# ../shared/gpu/README.md): build with CUDA, the CUDA tests (every CUDA render path against the
+# CPU backend, dataset generation and detector training on CUDA), the C++ render tests,
+# compute-sanitizer memcheck on a small CUDA test (when the machine has it), the render and
+# dataset benchmarks with CUDA rows, and the registration and refinement benchmarks (CPU rows
+# on that machine's cores). Run from the project
 # root after copying ../shared/gpu to .gpu:
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
-# Writes at most 7 files to $OUT: check.log (everything), pytest_cuda.log, ctest.log,
-# memcheck.log, bench_render.json, bench_dataset.json, nvidia_smi.txt. Optional: FLUORO_CACHE
+# Writes at most 8 files to $OUT: check.log (everything), pytest_cuda.log, ctest.log,
+# memcheck.log, bench_render.json, bench_dataset.json, bench_register.json, bench_refine.json
+# (nvidia-smi's card name goes into check.log). Optional: FLUORO_CACHE
 # pointing at a folder with cranium_hu.npz (the example CT; else benchmarks use a phantom and
 # the dataset benchmark is skipped). Benchmarks run with --quick on the head-sized CT, steps in
 # order of value with their own time limits (about 3 minutes in all on an H100 machine).
@@ -24,11 +27,11 @@ step build
 FR_LOGS=/tmp/fr-logs bash .gpu/build.sh || { tail -n 40 /tmp/fr-logs/* 2>/dev/null; exit 1; }
 # shellcheck disable=SC1091
 source /tmp/fr-env.sh
-nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1
 nvidia-smi -L
 
 step "pytest -k cuda"
-timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_dataset.py -k "cuda or prepared or device" -rs \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/core/test_render.py tests/dataset/test_dataset.py \
+  tests/training/test_gpu_training.py tests/training/test_checkpoint_safety.py -k "cuda or prepared or device" -rs \
   > "$OUT/pytest_cuda.log" 2>&1 || status=1
 tail -n 15 "$OUT/pytest_cuda.log"
 
@@ -55,6 +58,12 @@ if [ -n "$SAN" ]; then
 else
   echo "compute-sanitizer not found on this machine" | tee "$OUT/memcheck.log"
 fi
+
+step "bench_register --quick (CPU)"
+timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_register.json" || status=1
+
+step "bench_refine --quick (CPU)"
+timeout 90 python3 benchmarks/bench_refine.py --quick --json "$OUT/bench_refine.json" || status=1
 
 step "done (status $status)"
 exit $status
