@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fluororeg.inference.coordinates import convert_norm, mirror_permutation, norm_to_px, px_to_norm
+from fluororeg.inference.coordinates import convert_norm, norm_to_px, px_to_norm
 
 
 def test_network_coordinates_follow_the_design_convention():
@@ -22,11 +22,3 @@ def test_convert_norm_keeps_the_physical_position():
     n64 = convert_norm(n128, 128, 64)
     assert np.allclose(n64 * 31.5 + 31.5, (p128 + 0.5) / 2 - 0.5)
     assert np.allclose(convert_norm(n64, 64, 128), n128)
-
-
-def test_mirror_permutation_from_index_or_name_pairs(subject):
-    names = ["nose", "ear_l", "ear_r", "eye_l", "eye_r"]
-    perm = mirror_permutation(names, [(1, 2), ("eye_l", "eye_r")])
-    assert perm.tolist() == [0, 2, 1, 4, 3] and perm.dtype == np.int64
-    assert np.array_equal(perm[perm], np.arange(5))  # its own inverse
-    assert np.array_equal(mirror_permutation(subject.landmark_names, subject.pairs), subject.mirror_permutation())

@@ -27,3 +27,11 @@ def test_bad_pairs_are_named():
         landmark_sides(names, [(0, 7)])
     with pytest.raises(ValueError, match="'orbitale_L' is in two pairs"):
         mirror_permutation(names, [(0, 1), (0, 2)])
+
+
+def test_mirror_permutation_from_index_or_name_pairs(subject):
+    names = ["nose", "ear_l", "ear_r", "eye_l", "eye_r"]
+    perm = mirror_permutation(names, [(1, 2), ("eye_l", "eye_r")])
+    assert perm.tolist() == [0, 2, 1, 4, 3] and perm.dtype == np.int64
+    assert np.array_equal(perm[perm], np.arange(5))  # its own inverse
+    assert np.array_equal(mirror_permutation(subject.landmark_names, subject.pairs), subject.mirror_permutation())

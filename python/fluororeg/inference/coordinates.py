@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["px_to_norm", "norm_to_px", "convert_norm", "mirror_permutation"]
+__all__ = ["px_to_norm", "norm_to_px", "convert_norm"]
 
 
 def px_to_norm(p, size: int) -> np.ndarray:
@@ -32,16 +32,3 @@ def convert_norm(n, from_size: int, to_size: int) -> np.ndarray:
     """Network coordinates of an ``from_size``-pixel axis to those of a ``to_size``-pixel axis
     of the same extent (pixel edges aligned): ``n * (N_from - 1) / N_from * N_to / (N_to - 1)``."""
     return np.asarray(n) * ((from_size - 1) / from_size) * (to_size / (to_size - 1))
-
-
-def mirror_permutation(names, pairs) -> np.ndarray:
-    """[L] int64: the index of each landmark's symmetric partner (itself if unpaired), from the
-    landmark ``names`` and ``pairs`` given as index pairs or name pairs. ``x[..., perm, :]``
-    swaps every pair (the labelling of a left/right-mirrored image); it is its own inverse."""
-    names = list(names)
-    perm = np.arange(len(names), dtype=np.int64)
-    for a, b in pairs:
-        ia = int(a) if isinstance(a, (int, np.integer)) else names.index(a)
-        ib = int(b) if isinstance(b, (int, np.integer)) else names.index(b)
-        perm[ia], perm[ib] = ib, ia
-    return perm

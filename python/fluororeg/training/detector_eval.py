@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from fluororeg.dataset.generate import DatasetReader
-from fluororeg.inference.coordinates import convert_norm, mirror_permutation, px_to_norm
+from fluororeg.inference.coordinates import convert_norm, px_to_norm
+from fluororeg.subject.sides import mirror_permutation
 from fluororeg.inference.detector import LandmarkDetector
 from fluororeg.training.detector_checkpoint import load_detector_checkpoint
 from fluororeg.training.detector_data import load_split, resize_uint8_batch

@@ -2,7 +2,7 @@
 
 A landmark projected outside the image has no meaningful target (the paper's MSE over all 66
 outputs presumably includes them; we mask them out and report both). With ``perm`` (the
-left/right mirror permutation, :func:`fluororeg.inference.coordinates.mirror_permutation`;
+left/right mirror permutation, :func:`fluororeg.subject.sides.mirror_permutation`;
 ``DetectorConfig.mirror_loss``) the loss of each image is the smaller of the loss against its
 labels and against its labels with every left/right pair swapped. It is meant for datasets
 whose azimuths cover the full circle: a parallel DRR seen from behind is the mirror image of
