@@ -162,26 +162,35 @@ def write_autoscoper_tra(path, frames, world_from_model, subject, *, trial_frame
     have is an error."""
     from fluororeg.io.poses import write_tra
 
+    trial_frames, out = trial_matrices(world_from_model, frames, subject, flip, trial_frames)
+    path = write_tra(path, out)
+    write_pose_sidecar(path, autoscoper_from_model(subject, flip), trial_frames, subject)
+    return path
+
+
+def trial_matrices(world_from_model, frames, subject, flip=None, trial_frames=None):
+    """Autoscoper's ``world_from_volume`` matrices of poses [F, 6] (deg, mm) of ``frames`` [F],
+    laid out one per frame of the trial: (trial_frames [T], matrices [T, 4, 4], NaN where a
+    trial frame has no pose). ``trial_frames`` None: frame numbers 0..max(frames). A frame
+    number the trial does not have is an error."""
     frames = np.asarray(frames, dtype=np.int64).reshape(-1)
     M = tra_from_model_poses(world_from_model, subject, flip)
     if len(frames) != len(M):
         raise ValueError(f"{len(frames)} frame numbers but {len(M)} poses")
     if trial_frames is None:
         if len(frames) and frames.min() < 0:
-            raise ValueError(f"frame {frames.min()} is negative: a .tra line number cannot be negative")
+            raise ValueError(f"frame {frames.min()} is negative: a trial frame index cannot be negative")
         trial_frames = np.arange(int(frames.max()) + 1 if len(frames) else 0)
     trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
-    line_of = {int(f): n for n, f in enumerate(trial_frames)}
-    missing = [int(f) for f in frames if int(f) not in line_of]
+    index_of = {int(f): n for n, f in enumerate(trial_frames)}
+    missing = [int(f) for f in frames if int(f) not in index_of]
     if missing:
         raise ValueError(f"frames {missing[:10]} are not frames of the trial (its frames: "
                          f"{trial_frames[:10].tolist()}{' ...' if len(trial_frames) > 10 else ''})")
     out = np.full((len(trial_frames), 4, 4), np.nan)
     for f, m in zip(frames, M):
-        out[line_of[int(f)]] = m
-    path = write_tra(path, out)
-    write_pose_sidecar(path, autoscoper_from_model(subject, flip), trial_frames, subject)
-    return path
+        out[index_of[int(f)]] = m
+    return trial_frames, out
 
 
 def sidecar_path(path) -> Path:

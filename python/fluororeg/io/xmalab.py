@@ -42,27 +42,13 @@ def write_xmalab_rigid_body_csv(path, frames, world_from_model, subject, *, tria
     """Write poses (fluororeg frame numbers ``frames`` [F], world_from_model [F, 4, 4]) as an
     XMALab rigid-body CSV of the subject's CT in Autoscoper's volume frame; row n holds frame
     ``trial_frames[n]`` (default: frame number n)."""
-    from fluororeg.io.autoscoper import autoscoper_from_model, tra_from_model_poses, write_pose_sidecar
+    from fluororeg.io.autoscoper import autoscoper_from_model, trial_matrices, write_pose_sidecar
 
     body = body or subject.name
     if not body or "," in body:
         raise ValueError(f"rigid body name {body!r}: expected a name without commas")
-    frames = np.asarray(frames, dtype=np.int64).reshape(-1)
-    M = tra_from_model_poses(world_from_model, subject, flip)
-    if len(frames) != len(M):
-        raise ValueError(f"{len(frames)} frame numbers but {len(M)} poses")
-    if trial_frames is None:
-        if len(frames) and frames.min() < 0:
-            raise ValueError(f"frame {frames.min()} is negative: a row number cannot be negative")
-        trial_frames = np.arange(int(frames.max()) + 1 if len(frames) else 0)
-    trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
-    row_of = {int(f): n for n, f in enumerate(trial_frames)}
-    missing = [int(f) for f in frames if int(f) not in row_of]
-    if missing:
-        raise ValueError(f"frames {missing[:10]} are not frames of the trial")
-    rows = np.full((len(trial_frames), 16), np.nan)
-    for f, m in zip(frames, M):
-        rows[row_of[int(f)]] = m.T.ravel()  # column by column
+    trial_frames, M = trial_matrices(world_from_model, frames, subject, flip, trial_frames)
+    rows = M.transpose(0, 2, 1).reshape(len(M), 16)  # column by column
     lines = ["Frame," + ",".join(xmalab_columns(body))]  # XMALab's "Frame" column: 1-based trial index
     lines += [f"{n + 1}," + ",".join("NaN" if not math.isfinite(v) else repr(float(v)) for v in r)
               for n, r in enumerate(rows)]

@@ -327,27 +327,18 @@ def simulate_independent_recording(subject, out, *, scenario: str = "walking", n
     from fluororeg.calibration.synthetic import plate_image
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.recording import write_recording_manifest
-    from fluororeg.simulation.simulate import _source_map, motion_sequence
+    from fluororeg.simulation.simulate import _source_map, motion_sequence, start_recording_folder, truth_arrays
 
     if not isinstance(effects, IntensifierEffects):
         raise TypeError(f"effects must be an IntensifierEffects, got {type(effects).__name__}")
     views = independent_dual_views() if views is None else tuple(views)
-    if len(views) != 2 or not all(isinstance(v, ConeView) for v in views):
-        raise ValueError("views must be two ConeView objects (F1, F2)")
     _require()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # recording.json is written last and marks a complete recording; a rerun starts clean.
-    (out / "recording.json").unlink(missing_ok=True)
-    for old in out.glob("view[12]/frame_*.png"):
-        old.unlink()
+    out = start_recording_folder(out, views)
     rng = np.random.default_rng(seed)
     poses = motion_sequence(scenario, n_frames, seed=seed)
     mu = subject.attenuation_model()
     L = len(subject.landmark_names)
-    landmarks_px = np.zeros((n_frames, 2, L, 2))
-    landmarks_image = np.zeros((n_frames, 2, L, 2))
-    in_fov = np.zeros((n_frames, 2, L), dtype=bool)
+    landmarks_px, landmarks_image, in_fov = truth_arrays(n_frames, L)
     models, render_s = [], 0.0
     (out / "calibration").mkdir(exist_ok=True)
     for k, view in enumerate(views):

@@ -32,7 +32,7 @@ from fluororeg.calibration.synthetic import AnalyticDistortion, plate_image
 from fluororeg.core.geometry import ConeView, pose_from_matrix, rotation_matrix
 
 __all__ = ["FluoroStyle", "SCENARIOS", "default_dual_views", "motion_sequence", "fluoro_image",
-           "simulate_recording"]
+           "simulate_recording", "start_recording_folder", "truth_arrays"]
 
 
 def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
@@ -144,6 +144,28 @@ def fluoro_image(line_integrals: np.ndarray, style: FluoroStyle, rng: np.random.
     return np.clip(np.round(bright), 0, 255).astype(np.uint8)
 
 
+def start_recording_folder(out, views) -> Path:
+    """Check the two views and make (or clean) a simulated recording's folder. recording.json
+    is written last and marks a complete recording: a rerun into the same folder first removes
+    it and the old frames, so old and new never mix."""
+    if len(views) != 2 or not all(isinstance(v, ConeView) for v in views):
+        raise ValueError("views must be two ConeView objects (view 1, view 2)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recording.json").unlink(missing_ok=True)
+    for old in out.glob("view[12]/frame_*.png"):
+        old.unlink()
+    return out
+
+
+def truth_arrays(n_frames: int, n_landmarks: int):
+    """Empty ground-truth arrays of a recording: ideal undistorted landmark projections
+    [F, 2, L, 2] px, where they appear in the distorted frames [F, 2, L, 2] px, in the field of
+    view [F, 2, L]."""
+    return (np.zeros((n_frames, 2, n_landmarks, 2)), np.zeros((n_frames, 2, n_landmarks, 2)),
+            np.zeros((n_frames, 2, n_landmarks), dtype=bool))
+
+
 def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int = 20,
                        views: tuple[ConeView, ConeView] | None = None, style: FluoroStyle = FluoroStyle(),
                        seed: int = 0, device: str = "cpu", progress: bool = False) -> Path:
@@ -156,22 +178,11 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
     from fluororeg.io.recording import write_recording_manifest
 
     views = default_dual_views() if views is None else tuple(views)
-    if len(views) != 2 or not all(isinstance(v, ConeView) for v in views):
-        raise ValueError("views must be two ConeView objects (view 1, view 2)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # recording.json is written last and marks a complete recording: a rerun into the same folder
-    # first removes it and the old frames, so old and new never mix.
-    (out / "recording.json").unlink(missing_ok=True)
-    for old in out.glob("view[12]/frame_*.png"):
-        old.unlink()
+    out = start_recording_folder(out, views)
     rng = np.random.default_rng(seed)
     poses = motion_sequence(scenario, n_frames, seed=seed)
     mu = subject.attenuation_model()
-    L = len(subject.landmark_names)
-    landmarks_px = np.zeros((n_frames, 2, L, 2))
-    landmarks_image = np.zeros((n_frames, 2, L, 2))
-    in_fov = np.zeros((n_frames, 2, L), dtype=bool)
+    landmarks_px, landmarks_image, in_fov = truth_arrays(n_frames, len(subject.landmark_names))
     models = []
     (out / "calibration").mkdir(exist_ok=True)
     for k, view in enumerate(views):
