@@ -15,29 +15,16 @@ namespace bindings {
 
 namespace {
 
-VolumeGrid RefineGrid(const InArray<float>& volume, const InArray<double>& model_from_voxel,
-                      const char* name) {
-  CheckShape(volume, name, {-1, -1, -1});
-  CheckShape(model_from_voxel, (std::string(name) + "_model_from_voxel").c_str(), {3, 4});
-  VolumeGrid g;
-  g.data = volume.data();
-  g.nz = static_cast<int>(volume.shape(0));
-  g.ny = static_cast<int>(volume.shape(1));
-  g.nx = static_cast<int>(volume.shape(2));
-  for (int i = 0; i < 12; ++i) g.model_from_voxel.m[i] = model_from_voxel.data()[i];
-  return g;
-}
-
 // Shared argument unpacking; returns the frame count.
 long long MakeInput(const InArray<float>& volume, const InArray<double>& model_from_voxel,
                     const std::optional<InArray<float>>& bone,
                     const std::optional<InArray<double>>& bone_model_from_voxel,
                     const InArray<double>& views, const InArray<float>& images,
                     const std::optional<InArray<uint8_t>>& image_masks, RefineInput* in) {
-  in->volume = RefineGrid(volume, model_from_voxel, "volume");
+  in->volume = GridFromArrays(volume, model_from_voxel, "volume");
   if (bone.has_value() != bone_model_from_voxel.has_value())
     throw std::invalid_argument("bone and bone_model_from_voxel go together: give both or neither");
-  if (bone) in->bone = RefineGrid(*bone, *bone_model_from_voxel, "bone");
+  if (bone) in->bone = GridFromArrays(*bone, *bone_model_from_voxel, "bone");
   const std::vector<ConeView> v = UnpackViews(views);
   if (v.size() != 2)
     throw std::invalid_argument("got " + std::to_string(v.size()) +

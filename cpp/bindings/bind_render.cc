@@ -13,18 +13,6 @@ namespace bindings {
 
 namespace {
 
-VolumeGrid MakeGrid(const InArray<float>& volume, const InArray<double>& model_from_voxel) {
-  CheckShape(volume, "volume", {-1, -1, -1});
-  CheckShape(model_from_voxel, "model_from_voxel", {3, 4});
-  VolumeGrid g;
-  g.data = volume.data();
-  g.nz = static_cast<int>(volume.shape(0));
-  g.ny = static_cast<int>(volume.shape(1));
-  g.nx = static_cast<int>(volume.shape(2));
-  for (int i = 0; i < 12; ++i) g.model_from_voxel.m[i] = model_from_voxel.data()[i];
-  return g;
-}
-
 void CheckPoses(const InArray<double>& poses) { CheckShape(poses, "poses", {-1, 6}); }
 
 // Output images [n, H, W]: a new NumPy array, or CUDA device memory handed to Python as an
@@ -84,7 +72,7 @@ void BindRender(nb::module_& m) {
           "__init__",
           [](RenderVolume* self, const InArray<float>& volume,
              const InArray<double>& model_from_voxel, const std::string& device) {
-            const VolumeGrid grid = MakeGrid(volume, model_from_voxel);
+            const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
             const Device d = ParseDevice(device);
             nb::gil_scoped_release release;
             new (self) RenderVolume(grid, d);
@@ -159,7 +147,7 @@ void BindRender(nb::module_& m) {
       [](const InArray<float>& volume, const InArray<double>& model_from_voxel, double pixel_mm,
          int width, int height, const InArray<double>& poses, const InArray<double>& scales,
          const std::string& device, int num_threads) {
-        const VolumeGrid grid = MakeGrid(volume, model_from_voxel);
+        const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
         CheckPoses(poses);
         const int n = static_cast<int>(poses.shape(0));
         CheckShape(scales, "scales", {n});
@@ -188,7 +176,7 @@ void BindRender(nb::module_& m) {
       [](const InArray<float>& volume, const InArray<double>& model_from_voxel,
          const InArray<double>& views, const InArray<double>& poses, double step_voxels,
          const std::string& device, int num_threads) {
-        const VolumeGrid grid = MakeGrid(volume, model_from_voxel);
+        const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
         RenderOptions options;

@@ -57,6 +57,11 @@ void CheckShape(const A& a, const char* name, std::initializer_list<long long> e
 
 Device ParseDevice(const std::string& device);
 
+// A volume [nz, ny, nx] float32 and its model_from_voxel [3, 4] as a borrowed VolumeGrid
+// (shape errors name `name`).
+VolumeGrid GridFromArrays(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                          const std::string& name = "volume");
+
 // Packed cone views: [n, 16] = source xyz, detector centre xyz, u xyz, v xyz, pitch_u,
 // pitch_v, width, height (mm, px). Unpacking checks finite values, positive pitches and whole
 // positive image sizes (errors name `where`); the core validates the geometry itself.

@@ -78,5 +78,19 @@ std::vector<ConeView> UnpackViewsForPoses(const InArray<double>& views, const In
   return v;
 }
 
+VolumeGrid GridFromArrays(const InArray<float>& volume, const InArray<double>& model_from_voxel,
+                          const std::string& name) {
+  CheckShape(volume, name.c_str(), {-1, -1, -1});
+  CheckShape(model_from_voxel, (name == "volume" ? std::string("model_from_voxel")
+                                                 : name + "_model_from_voxel").c_str(), {3, 4});
+  VolumeGrid g;
+  g.data = volume.data();
+  g.nz = static_cast<int>(volume.shape(0));
+  g.ny = static_cast<int>(volume.shape(1));
+  g.nx = static_cast<int>(volume.shape(2));
+  for (int i = 0; i < 12; ++i) g.model_from_voxel.m[i] = model_from_voxel.data()[i];
+  return g;
+}
+
 }  // namespace bindings
 }  // namespace fluororeg
