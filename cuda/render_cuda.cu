@@ -1,4 +1,5 @@
-// CUDA backend of the renderers: thin grid-stride launchers over the kernel bodies in
+// CUDA backend of the renderers (about 500 lines: the launchers of all renderers and the device
+// side of RenderVolume belong together): thin grid-stride launchers over the kernel bodies in
 // fluororeg/render_kernels.h (the same bodies the CPU backend runs in ParallelFor), and the
 // device side of RenderVolume (device copies, a 3D texture and work buffers kept between
 // calls). Compiled only when FLUORO_WITH_CUDA is set; never run in CI (no GPU there), checked

@@ -1,6 +1,9 @@
 // Intensity-based pose refinement (see fluororeg/refine.h). The per-ray math is the
 // renderer's (kernels::ConeRayIntegral with internal::MakeConeRaySetup); this file only
 // chooses which pixels to render, at which poses, and what to do with them.
+// Size (about 800 lines): the pyramids, the region-of-interest features, the Levenberg-Marquardt
+// loop with its Broyden updates and the batch driver share one private context per frame and
+// are only used here; splitting them would publish that context as an internal header.
 #include "fluororeg/refine.h"
 
 #include <Eigen/Dense>

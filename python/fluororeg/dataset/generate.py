@@ -1,4 +1,6 @@
-"""The artificial radiograph-landmark dataset (the paper's Section 2.1).
+"""The artificial radiograph-landmark dataset (the paper's Section 2.1): configuration, poses,
+rendering, shards on disk and their reader (about 500 lines, most of them this docstring's
+format description).
 
 A subject (CT + landmarks + bone mask) becomes a reproducible set of DRRs at random poses, each
 with its landmarks (pixels and network coordinates), visibility flags and the projected bone

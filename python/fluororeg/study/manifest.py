@@ -1,4 +1,5 @@
 """The study manifest: many subjects, many recordings, one TOML file (``fluororeg study``).
+(About 550 lines: the strict reader checks every table and key of the format in one place.)
 
 A study is read with :func:`load_study` (``tomllib``; Python < 3.11 needs ``tomli``) into a
 :class:`Study` of :class:`SubjectSpec` and :class:`RecordingSpec` entries whose settings are
