@@ -270,21 +270,21 @@ def _mask_and_device(mask, device):
 
 
 def project_mask_parallel(mask, poses, camera: ParallelCamera = ParallelCamera(), scales=None,
-                          *, threshold_mm=None, device: str | None = None) -> np.ndarray:
+                          *, threshold_mm=None, device: str | None = None, num_threads: int = 0) -> np.ndarray:
     """Silhouette [n, H, W] bool of a binary mask volume (or :func:`prepare_mask`): pixels
     whose ray runs through more than ``threshold_mm`` (default: half the finest voxel spacing)
     of the mask."""
     source, m, dev = _mask_and_device(mask, device)
-    path = render_parallel(source, poses, camera, scales, level=None, device=dev)
+    path = render_parallel(source, poses, camera, scales, level=None, device=dev, num_threads=num_threads)
     return _silhouette(path, m, threshold_mm)
 
 
 def project_mask_cone(mask, views: Views, poses, *, threshold_mm=None,
-                      device: str | None = None) -> np.ndarray:
+                      device: str | None = None, num_threads: int = 0) -> np.ndarray:
     """Silhouette [n, H, W] bool of a binary mask volume (or :func:`prepare_mask`) seen by cone
     views."""
     source, m, dev = _mask_and_device(mask, device)
-    path = render_cone(source, views, poses, level=None, device=dev)
+    path = render_cone(source, views, poses, level=None, device=dev, num_threads=num_threads)
     return _silhouette(path, m, threshold_mm)
 
 

@@ -298,20 +298,22 @@ def prepare_subject_volumes(subject, device: str = "cpu") -> tuple:
 
 def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np.ndarray,
                    camera: ParallelCamera, device: str = "cpu",
-                   source_distance_mm: np.ndarray | None = None, volumes: tuple | None = None) -> dict[str, np.ndarray]:
+                   source_distance_mm: np.ndarray | None = None, volumes: tuple | None = None,
+                   num_threads: int = 0) -> dict[str, np.ndarray]:
     """Render one batch of samples (see the module docstring for the fields): parallel-beam,
     or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`).
-    ``volumes``: :func:`prepare_subject_volumes` (saves preparing the volumes per batch)."""
+    ``volumes``: :func:`prepare_subject_volumes` (saves preparing the volumes per batch).
+    ``num_threads``: CPU threads of the renderers (0: all cores)."""
     device = R.resolve_device(device)
     mu, bone = volumes if volumes is not None else (subject.attenuation_model(), subject.mask_model())
     if source_distance_mm is None:
-        drr = R.render_parallel(mu, poses, camera, scales, device=device)
-        mask = R.project_mask_parallel(bone, poses, camera, scales, device=device)
+        drr = R.render_parallel(mu, poses, camera, scales, device=device, num_threads=num_threads)
+        mask = R.project_mask_parallel(bone, poses, camera, scales, device=device, num_threads=num_threads)
         xy, visible = R.project_parallel(subject.landmarks_model, poses, camera, scales, device=device)
     else:
         views = cone_views(camera, scales, source_distance_mm)
-        drr = R.render_cone(mu, views, poses, device=device)
-        mask = R.project_mask_cone(bone, views, poses, device=device)
+        drr = R.render_cone(mu, views, poses, device=device, num_threads=num_threads)
+        mask = R.project_mask_cone(bone, views, poses, device=device, num_threads=num_threads)
         xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
     drr = np.where(segmented[:, None, None], drr * mask, drr)
     hi = np.array([np.percentile(d[d > 0], 99.5) if np.any(d > 0) else 1.0 for d in drr], dtype=np.float32)
@@ -374,14 +376,15 @@ class _DeferInterrupt:
 
 
 def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, device: str = "cpu",
-                     progress: bool = True, write: bool = True) -> Path | None:
+                     progress: bool = True, write: bool = True, num_threads: int = 0) -> Path | None:
     """Generate (or resume) the dataset of ``subject`` under ``root``.
 
     Finished shards of an earlier run with the same subject and configuration are kept; a
     different subject or configuration in ``root`` is an error (use another folder). Ctrl-C
     stops after the shard being written; running again resumes. ``write=False`` renders
     without writing (for benchmarks; ``root`` may then be None). ``device``: 'cpu', 'cuda' or
-    'auto' (CUDA where a device is usable).
+    'auto' (CUDA where a device is usable). ``num_threads``: CPU threads of the renderers (0: all
+    cores; a study's workers use 1 each so that they do not oversubscribe the machine).
     """
     import h5py
     from tqdm import tqdm
@@ -427,7 +430,8 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
                 poses, scales = sample_poses(rng, n, config.poses)
                 segmented = rng.random(n) < config.segmented_share
                 sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
-                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod, volumes)
+                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod, volumes,
+                                        num_threads=num_threads)
                 if write:
                     with _DeferInterrupt():
                         tmp = path.with_suffix(".h5.tmp")

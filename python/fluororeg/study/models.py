@@ -130,7 +130,7 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
     def build_dataset():
         from fluororeg.dataset.generate import generate_dataset
 
-        generate_dataset(subject, ds_root, ds_cfg, device=spec.device, progress=False)
+        generate_dataset(subject, ds_root, ds_cfg, device=spec.device, progress=False, num_threads=threads)
 
     _run_stage(_Stage(out, "dataset", ds_fp, [ds_root], [ds_root / "dataset.json"]), build_dataset, report)
 
@@ -146,7 +146,7 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
             from fluororeg.training.detector_export import export_detector
             from fluororeg.training.detector_train import train_detector
 
-            res = train_detector(ds_root, run_dir, det_cfg, progress=False)
+            res = train_detector(ds_root, run_dir, det_cfg, progress=False, device=spec.device)
             if res.interrupted:
                 raise KeyboardInterrupt("detector training was interrupted")
             export_detector(run_dir, onnx)
@@ -172,7 +172,8 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
 
             recs = [recording(r, g) for r, g in recordings]
             crops = xray_training_crops(recs, size=style_cfg.image_size, crop_pixel_mm=crop_mm, every=every)
-            summary = train_style(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads)
+            summary = train_style(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads,
+                                  device=spec.device)
             if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final
                 raise KeyboardInterrupt("style training was interrupted")
             export_generators(run_dir, onnx_dir)
