@@ -473,6 +473,18 @@ void BindRegistration(nb::module_& m) {
         "register_batch's dict (same dtypes); returns the checked dict, with changed [F] bool "
         "(the frames the check replaced).");
   m.def(
+      "registration_status_name",
+      [](int code) {
+        if (code < 0 || code >= kNumRegistrationStatuses) {
+          throw std::invalid_argument("status code " + std::to_string(code) + " is unknown: expected 0 to " +
+                                      std::to_string(kNumRegistrationStatuses - 1));
+        }
+        return std::string(RegistrationStatusName(static_cast<RegistrationStatus>(code)));
+      },
+      nb::arg("code"),
+      "The name fluororeg::RegistrationStatusName gives status `code` (the CSV files' name).");
+  m.attr("NUM_REGISTRATION_STATUSES") = kNumRegistrationStatuses;
+  m.def(
       "validate_pairs",
       [](const InArray<int32_t>& pairs, int num_landmarks,
          std::optional<std::vector<std::string>> names) {
