@@ -362,7 +362,7 @@ TEST(Registration, BatchQualityGate) {
     EXPECT_TRUE(r[2].status == RegistrationStatus::kLargeResidual ||
                 r[2].status == RegistrationStatus::kFewInliers);
     EXPECT_TRUE(std::isfinite(r[2].pose[0]));  // kept for inspection
-    EXPECT_GT(r[2].rms_bone_mm[1], o.max_residual_mm);
+    EXPECT_FALSE(r[2].rms_bone_mm[1] <= o.max_residual_mm);  // NaN without inliers
     for (int f = 0; f < F; ++f) {
       if (f == 2) continue;
       EXPECT_EQ(r[f].status, RegistrationStatus::kOk) << f;

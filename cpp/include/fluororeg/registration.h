@@ -127,13 +127,16 @@ struct RegistrationOptions {
   double view_fit_ratio = 1.5;      // in (0, view_joint_ratio)
   int view_min_frames = 5;          // >= 1
   // The quality gate (ApplyQualityGate), absolute and per view, before the view check: the
-  // residual of landmark i in view k at the bone is its detector-plane residual divided by
-  // the view's magnification at that landmark, M = (n . (D - S)) / (n . (X_i - S)) (source
-  // to intensifier over source to landmark along the view axis). A frame with a pose fails
-  // when a view's RMS at the bone exceeds max_residual_mm (kLargeResidual) or when fewer
-  // than max(min_inliers_per_view, ceil(min_inlier_fraction * n_vis)) of its landmarks lie
-  // within max_residual_mm in a view (kFewInliers). 0 = no gate.
-  double max_residual_mm = 4.0;     // mm at the bone; 0 = off, else > 0
+  // residual of landmark i in view k at the bone, e_ki, is its detector-plane residual divided
+  // by the view's magnification at that landmark, M = (n . (D - S)) / (n . (X_i - S)) (source
+  // to intensifier over source to landmark along the view axis). The view's inliers are its
+  // landmarks with e_ki <= kInlierFactor * max_residual_mm (the others: the robust loss's
+  // outliers, a wrong detection each), its residual rms_bone_mm their RMS. A frame with a pose
+  // fails when a view's rms_bone_mm exceeds max_residual_mm (kLargeResidual; a view without
+  // inliers too) or when a view has fewer than max(min_inliers_per_view,
+  // ceil(min_inlier_fraction * n_vis)) inliers (kFewInliers). 0 = no gate.
+  double max_residual_mm = 5.0;     // mm at the bone; 0 = off, else > 0 (the measurement:
+                                    // python/fluororeg/pipeline/quality.py)
   int min_inliers_per_view = 4;     // >= 1
   double min_inlier_fraction = 0.5; // in [0, 1]
 };
@@ -144,6 +147,8 @@ constexpr double kLeftOutWeight = 1e-6;
 // A one-view solve explains the frame only when the other view's own residual is at least
 // this many times the better view's.
 constexpr double kOtherViewFactor = 2.0;
+// A landmark is an inlier of the quality gate within this many times max_residual_mm.
+constexpr double kInlierFactor = 2.0;
 
 struct RegistrationResult {
   RegistrationStatus status = RegistrationStatus::kFailed;
@@ -157,9 +162,10 @@ struct RegistrationResult {
   int iterations = 0;       // Ceres iterations of the winning solve (not counting screening)
   bool converged = false;   // Ceres reported CONVERGENCE for the winning solve
   double case_objective[4];  // objective per mirror case (NaN: not solved)
-  double rms_bone_mm[2];     // RMS residual per view at the bone, mm (NaN without a pose)
-  int inliers[2] = {0, 0};   // landmarks per view within max_residual_mm at the bone (all
-                             // n_vis when the gate is off)
+  double rms_bone_mm[2];     // RMS residual per view at the bone over its inliers, mm (NaN
+                             // without a pose or inliers)
+  int inliers[2] = {0, 0};   // landmarks per view within kInlierFactor * max_residual_mm at
+                             // the bone (all n_vis when the gate is off)
 };
 
 // The quality gate on one result: a frame with status kOk or kOneView that fails the

@@ -96,10 +96,12 @@ double ExactObjective(const RegistrationSetup& setup, const ConeProjector projec
 }
 
 // Residuals of the case at state x at the bone (see RegistrationOptions::max_residual_mm):
-// rms_bone_mm [2] mm, inliers [2] (landmarks within max_residual_mm; all when it is 0).
+// per view, inliers [2] = the landmarks within kInlierFactor * max_residual_mm and
+// rms_bone_mm [2] = their RMS, mm (all landmarks when max_residual_mm is 0).
 void BoneResiduals(const RegistrationSetup& setup, const ConeProjector projectors[2],
                    const CaseData& cd, const double* x, double max_residual_mm,
                    double rms_bone_mm[2], int inliers[2]) {
+  const double inlier_mm = kInlierFactor * max_residual_mm;
   for (int k = 0; k < 2; ++k) {
     const ConeProjector& g = projectors[k];
     double sum_sq = 0;
@@ -116,10 +118,12 @@ void BoneResiduals(const RegistrationSetup& setup, const ConeProjector projector
       const double depth = g.n[0] * (Xw[0] - g.S[0]) + g.n[1] * (Xw[1] - g.S[1]) +
                            g.n[2] * (Xw[2] - g.S[2]);
       const double e = std::sqrt(du * du + dv * dv) * std::fabs(depth / g.sd);  // mm at the bone
-      sum_sq += e * e;
-      if (max_residual_mm == 0.0 || e <= max_residual_mm) ++count;
+      if (max_residual_mm == 0.0 || e <= inlier_mm) {
+        sum_sq += e * e;
+        ++count;
+      }
     }
-    rms_bone_mm[k] = std::sqrt(sum_sq / cd.n_vis());
+    rms_bone_mm[k] = count > 0 ? std::sqrt(sum_sq / count) : kNaN;
     inliers[k] = count;
   }
 }

@@ -29,6 +29,7 @@ from fluororeg.core.geometry import ConeView, system_centre
 STATUSES = ("ok", "too_few_landmarks", "failed")  # of one solve (register_frame_reference)
 REGISTERED_STATUSES = ("ok", "one_view")
 GATE_STATUSES = ("large_residual", "few_inliers")
+INLIER_FACTOR = 2.0  # a landmark is an inlier of the gate within this many times max_residual_mm
 # A view left out of a solve keeps this share of its weights.
 LEFT_OUT_WEIGHT = 1e-6
 
@@ -148,7 +149,8 @@ def bone_residuals_reference(landmarks, views, detections, pose, mirror_case, *,
     """Per view, the RMS residual at the bone (mm) and the inliers of one frame's pose [6] (deg,
     mm) with its mirror case: each landmark's detector-plane residual times its source-to-landmark
     depth over the source-to-detector distance (1 / magnification), over the landmarks detected
-    in both views in that case. Returns (rms_bone_mm [2], inliers [2])."""
+    in both views in that case; inliers: within INLIER_FACTOR * max_residual_mm, the RMS over
+    them. Returns (rms_bone_mm [2], inliers [2])."""
     lm = np.asarray(landmarks, float)
     det = np.asarray(detections, float)
     n = lm.shape[0]
@@ -173,8 +175,9 @@ def bone_residuals_reference(landmarks, views, detections, pose, mirror_case, *,
         depth = (Xw - view.source) @ view.normal
         sdd = view.normal @ (view.detector_centre - view.source)
         e = e_det * np.abs(depth / sdd)  # mm at the bone
-        rms[k] = np.sqrt(np.mean(e ** 2))
-        inliers[k] = int(np.sum(e <= max_residual_mm)) if max_residual_mm else int(vis.sum())
+        keep = e <= INLIER_FACTOR * max_residual_mm if max_residual_mm else np.ones(len(e), bool)
+        inliers[k] = int(keep.sum())
+        rms[k] = np.sqrt(np.mean(e[keep] ** 2)) if keep.any() else np.nan
     return rms, inliers
 
 
@@ -184,7 +187,7 @@ def quality_gate_reference(status, rms_bone_mm, inliers, n_vis, options):
     ceil(min_inlier_fraction n_vis)) inliers, else ``status``; only registered frames are gated."""
     if options.max_residual_mm is None or status not in REGISTERED_STATUSES:
         return status
-    if not np.all(np.asarray(rms_bone_mm) <= options.max_residual_mm):
+    if not np.all(np.asarray(rms_bone_mm) <= options.max_residual_mm):  # NaN (no inlier) fails too
         return "large_residual"
     needed = max(options.min_inliers_per_view, int(np.ceil(options.min_inlier_fraction * n_vis - 1e-9)))
     if np.any(np.asarray(inliers) < needed):

@@ -51,7 +51,7 @@ frame is ``'views_disagree'`` with a NaN pose. The core runs this after the batc
 :func:`check_view_agreement` runs it alone on a given batch. Every status is one value of
 :class:`RegistrationStatus` (:data:`STATUSES`).
 
-Quality gate (``options.max_residual_mm``, default 4 mm; None = off), absolute and per view,
+Quality gate (``options.max_residual_mm``, default 5 mm; None = off), absolute and per view,
 before the view check: each landmark's residual is taken at the bone (its detector-plane
 residual divided by the view's magnification there, source-to-intensifier over
 source-to-landmark distance along the view axis), reported per view as ``rms_bone_mm`` with
