@@ -14,7 +14,10 @@ from fluororeg.training.style import StyleConfig, StyleTranslator, export_genera
 from fluororeg.pipeline.register import PipelineOptions, crop_box_for_view, register_recording
 from fluororeg.io.poses import read_poses_csv, read_tra
 from fluororeg.io.recording import open_recording
-from fluororeg.core.registration import check_view_agreement, mean_landmark_distance, register_frames
+import json
+
+from fluororeg.core.registration import (GATE_STATUSES, INPUT_STATUSES, STATUSES, RegistrationOptions,
+                                         check_view_agreement, mean_landmark_distance, pose_errors, register_frames)
 from fluororeg.training.style_selection import score_snapshots, select_style_snapshot, snapshot_paths
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording
 
@@ -43,7 +46,25 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
                              progress=False)
     F, N = len(rec), len(subject.landmark_names)
     assert out.detections.shape == (F, 2, N, 2) and out.confidence.shape == (F, 2, N)
-    assert set(out.status) <= {"ok", "one_view", "views_disagree", "too_few_landmarks", "failed"}
+    assert set(out.status) <= set(STATUSES) - set(INPUT_STATUSES)  # simulated input: nothing unusable
+    # The quality gate: no frame is registered unless its pose is right (this one-epoch detector's
+    # poses are 40-60 deg off; the gate's residual at the bone says so). Gated poses stay in batch.
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    ok = out.batch.ok
+    assert np.all(pose_errors(np.nan_to_num(out.poses[ok]), truth[ok])[0] < 10.0)
+    np.testing.assert_array_equal(out.poses, np.where(ok[:, None], out.batch.poses, np.nan))
+    gated = np.isin(out.status, GATE_STATUSES)
+    assert np.isfinite(out.batch.poses[gated]).all()
+    limit = 2.5 * opts.crop_pixel_mm  # the default: no validation error in this detector's metadata
+    needed = np.maximum(4, np.ceil(0.5 * out.batch.n_vis))
+    large = ~(out.batch.rms_bone_mm <= limit).all(axis=1)
+    assert np.array_equal(out.status == "large_residual", large & gated)
+    assert np.all((out.batch.inliers[out.status == "few_inliers"] < needed[out.status == "few_inliers", None]).any(axis=1))
+    # QC: summary, qc.json and qc.png.
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc == json.loads(json.dumps(out.qc)) and sum(qc["counts"].values()) == F
+    assert qc["max_residual_mm"] == pytest.approx(2.5 * opts.crop_pixel_mm)
+    assert (tmp_path / "qc.png").stat().st_size > 1000
     table = read_poses_csv(tmp_path / "poses.csv")
     assert list(table["frame"]) == list(range(F))
     np.testing.assert_array_equal(table["status"], out.status)
@@ -55,11 +76,12 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
     assert np.all((out.confidence >= 0) & (out.confidence <= 1))
     # The registration step is exactly the batch solver on those detections, then the check
     # of the two views' agreement.
-    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4)
+    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4,
+              options=RegistrationOptions(max_residual_mm=2.5 * opts.crop_pixel_mm))
     again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence, **kw)
     again = check_view_agreement(subject.landmarks_model, rec.geometry.views, out.detections, again,
                                  weights=out.confidence, **kw)
-    np.testing.assert_allclose(again.poses, out.poses, equal_nan=True, atol=1e-9)
+    np.testing.assert_allclose(again.poses, out.batch.poses, equal_nan=True, atol=1e-9)
     np.testing.assert_array_equal(again.status, out.status)
     # A second run resumes from the saved detection chunks (files untouched, same result).
     chunks = sorted((tmp_path / "detections").glob("chunk_*.npz"))
@@ -95,7 +117,7 @@ def test_styles_previous_init_and_errors(subject, models):
     out = register_recording(rec, subject, models["detector"], None,
                              PipelineOptions(style="invert", init="previous", min_visible=4), progress=False)
     assert len(out.poses) == len(rec) and len(out.batch) == len(rec)
-    np.testing.assert_array_equal(out.batch.poses, out.poses)
+    np.testing.assert_array_equal(np.where(out.batch.ok[:, None], out.batch.poses, np.nan), out.poses)
     with pytest.raises(ValueError, match="needs a style translator"):
         register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
     with pytest.raises(ValueError, match="style 'gan'"):
@@ -130,7 +152,8 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
 
     folder = simulate_recording(subject, tmp_path / "rec", scenario="flexion_extension", n_frames=18,
                                 views=default_dual_views(192, 192, pitch=1.6), seed=4)
-    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0)
+    # The smoothing's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
+    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0, quality_gate=False)
     with pytest.raises(ValueError, match="needs the frame rate"):  # simulated: no frame rate known
         register_recording(open_recording(folder), subject, models["detector"], None, opts, progress=False)
     manifest = folder / "recording.json"
@@ -178,7 +201,8 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
     rec = open_recording(models["recording"])
     run = models["root"] / "style"
     assert [step for step, _ in snapshot_paths(run)] == [2, 4]
-    opts = PipelineOptions(min_visible=4)
+    # The ranking's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
+    opts = PipelineOptions(min_visible=4, quality_gate=False)
     best, scores = select_style_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
                                          progress=False)
     assert [s.step for s in scores] == [2, 4] and best in scores
@@ -218,7 +242,8 @@ def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
     run, det = models["root"] / "style", models["root"] / "detector.onnx"
     assert cli.main(["select-translator", str(run), str(models["recording"]), "--detector", str(det), "--reference",
-                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
+                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet",
+                     "--max-residual-mm", "0"]) == 0  # no gate: this one-epoch detector fails it
     out = capsys.readouterr().out
     assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
     assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
