@@ -299,13 +299,15 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
     frames = np.asarray(frames)
     counts = {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     registered = np.isin(status, REGISTERED_STATUSES)
-    posed = np.isfinite(rb).all(axis=1)
+    posed = np.isfinite(np.asarray(batch.poses, dtype=np.float64)).all(axis=1)  # registered or gated
 
     def med(x):
+        x = x[np.isfinite(x)]
         return float(np.median(x)) if x.size else None
 
-    larger = np.where(posed, np.fmax(rb[:, 0], rb[:, 1]), -np.inf)
-    order = [int(i) for i in np.argsort(-larger, kind="stable") if np.isfinite(larger[i])][:worst]
+    # The worst frames: the larger view residual; a view without inliers (NaN) is the worst.
+    larger = np.where(posed, np.nan_to_num(np.maximum(rb[:, 0], rb[:, 1]), nan=np.inf), -np.inf)
+    order = [int(i) for i in np.argsort(-larger, kind="stable") if larger[i] > -np.inf][:worst]
     nan_none = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
     return {
         "frames": int(len(status)),
