@@ -324,3 +324,47 @@ def test_log_attenuation_crop_inverts_beer_lambert():
     flat = out[4:].ravel()
     assert np.all(np.diff(flat.astype(int)) >= 0)  # monotonic in the line integral
     assert flat[-1] == 255
+
+
+def test_unusable_input_is_not_registered(subject, models, tmp_path, monkeypatch):
+    """Input checks of register_recording: a blank view and the same image as both views make
+    their frames unusable (own status, no pose); a detector whose output ignores its input
+    flags the whole recording, with a warning. Absurd geometry is refused before any work."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "rec"
+    shutil.copytree(models["recording"], folder)
+    first = np.asarray(Image.open(folder / "view2" / "frame_00002.png"))
+    Image.fromarray(np.full_like(first, 255)).save(folder / "view2" / "frame_00002.png")  # saturated view
+    shutil.copy(folder / "view1" / "frame_00003.png", folder / "view2" / "frame_00003.png")  # the same image
+    rec = open_recording(folder)
+    opts = PipelineOptions(style="invert", min_visible=4, recentre=False, chunk=5)
+    out = register_recording(rec, subject, models["detector"], None, opts, out_dir=tmp_path / "out", progress=False)
+    assert out.status[2] == "blank_view" and out.status[3] == "same_image"
+    assert not set(out.status[[0, 1, 4]]) & set(INPUT_STATUSES)
+    assert np.isnan(out.poses[[2, 3]]).all()
+    assert json.loads((tmp_path / "out" / "qc.json").read_text())["counts"]["blank_view"] == 1
+    # A constant detector: the same landmarks whatever the crop shows.
+    det = models["detector"]
+    N = len(det.landmark_names)
+    fixed = np.linspace(10, 50, 2 * N).reshape(N, 2)
+    monkeypatch.setattr(det, "detect", lambda crops: (np.repeat(fixed[None], len(crops), 0),
+                                                      np.full((len(crops), N), 0.9)))
+    with pytest.warns(UserWarning, match="ignores its input"):
+        const = register_recording(open_recording(models["recording"]), subject, det, None, opts, progress=False)
+    assert set(const.status) == {"constant_detector"} and np.isnan(const.poses).all()
+    assert const.qc["constant_detector_views"] == [1, 2]
+    # Absurd geometry: refused before detecting.
+    import fluororeg.pipeline.register as pipeline
+
+    monkeypatch.setattr(pipeline, "detect_recording", lambda *a, **k: pytest.fail("detected despite bad geometry"))
+    bad = open_recording(models["recording"])
+    v = bad.geometry.views[1]
+    from fluororeg.core.geometry import ConeView
+
+    turned = ConeView(2 * v.source - v.detector_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    monkeypatch.setattr(bad, "geometry", dataclasses.replace(bad.geometry, views=(bad.geometry.views[0], turned)))
+    with pytest.raises(ValueError, match="view 2"):
+        register_recording(bad, subject, det, None, opts, progress=False)
