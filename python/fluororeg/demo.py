@@ -138,7 +138,9 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
         best, _ = select_style_snapshot(out / "runs" / "style", open_recording(rec_paths["train"]), subject, detector,
                                         out / "models" / "style",
                                         reference=np.load(rec_paths["train"] / "truth.npz")["poses"],
-                                        options=PipelineOptions(crop_pixel_mm=2.0 * 128 / size), progress=not q)
+                                        # ranked by landmark error to the truth, gated frames included
+                                        options=PipelineOptions(crop_pixel_mm=2.0 * 128 / size, quality_gate=False),
+                                        progress=not q)
         _say(f"style snapshot of step {best.step}: median landmark error {best.score:.2f} mm")
     translator = StyleTranslator(x2d, direction="xray_to_drr")
     done("style")

@@ -65,6 +65,8 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
     assert qc == json.loads(json.dumps(out.qc)) and sum(qc["counts"].values()) == F
     assert qc["max_residual_mm"] == pytest.approx(2.5 * opts.crop_pixel_mm)
     assert (tmp_path / "qc.png").stat().st_size > 1000
+    header = (tmp_path / "poses.csv").read_text().splitlines()[0].split(",")
+    assert {"residual_bone_mm_view1", "residual_bone_mm_view2", "inliers_view1", "inliers_view2"} <= set(header)
     table = read_poses_csv(tmp_path / "poses.csv")
     assert list(table["frame"]) == list(range(F))
     np.testing.assert_array_equal(table["status"], out.status)

@@ -31,6 +31,16 @@ For every frame of both views (:mod:`fluororeg.io.recording`):
    :func:`~fluororeg.core.registration.check_view_agreement`; the core does all of it in one call
    (:meth:`PipelineOptions.registration_options`). Optional low-pass smoothing.
 
+6. Quality gate (:mod:`fluororeg.pipeline.quality`): absurd geometry is refused before any
+   work; frames whose input is unusable (a blank or saturated view, the same image as both
+   views, a detector whose output ignores its input) get their own status and are not
+   registered; every solved frame must pass absolute limits per view (RMS residual in mm at the
+   bone, ``max_residual_mm``: from the detector's recorded validation error, else 2.5 crop
+   pixels; enough inliers), else ``'large_residual'`` / ``'few_inliers'`` (the pose stays in
+   ``batch`` for inspection; the files have none); a one-view mirror pick with a small objective
+   gap is ``'ambiguous_mirror'``. ``poses.csv`` gets the residuals at the bone and inliers per
+   view; ``qc.json`` and ``qc.png`` summarise the recording.
+
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
 They are reused only if made with the same settings (``detections/settings.json``: the
@@ -489,9 +499,13 @@ def register_recording(recording, subject, detector, translator=None, options: P
         frame_numbers = getattr(recording, "frame_numbers", frames)  # the lab's numbers (file names), kept
         write_poses_csv(out / "poses.csv", frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
-        if refine_columns is not None:
-            from fluororeg.pipeline.refine_stage import append_csv_columns
+        from fluororeg.pipeline.refine_stage import append_csv_columns
 
+        # The gate's figures a lab can check: residual at the bone per view (mm) and inliers.
+        append_csv_columns(out / "poses.csv", {
+            "residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
+            "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1]})
+        if refine_columns is not None:
             append_csv_columns(out / "poses.csv", refine_columns)
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
