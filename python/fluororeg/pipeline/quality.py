@@ -228,7 +228,7 @@ def constant_detector(detections, stats: dict | None = None,
         if stats is None:
             out[k] = True
             continue
-        th, mask = stats["thumbnails"][rows, k][:, stats["masks"][k]], None
+        th = stats["thumbnails"][rows, k][:, stats["masks"][k]]
         scale = max(float(np.median(stats["spread"][rows, k])), 1e-12)
         change = np.abs(th - th[0]).mean(axis=1) / scale  # each frame against the first
         out[k] = bool(np.any(change > options.image_change))
