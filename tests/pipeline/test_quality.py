@@ -152,8 +152,9 @@ def test_residual_limit_from_the_detector_metadata():
             self.meta = meta
 
     class Detector:
-        def __init__(self, meta):
+        def __init__(self, meta, training=None):
             self.model = Model(meta)
+            self.training = training
 
     opts = PipelineOptions(crop_pixel_mm=2.0)
     assert opts.residual_limit_mm() == pytest.approx(5.0) == opts.registration_options().max_residual_mm
@@ -162,6 +163,11 @@ def test_residual_limit_from_the_detector_metadata():
     with pytest.warns(UserWarning, match="val_err_mm"):
         assert opts.residual_limit_mm(Detector({"val_err_mm": "n/a"})) == pytest.approx(5.0)
     assert PipelineOptions(max_residual_mm=7.0).residual_limit_mm(Detector({"val_err_mm": 1.0})) == 7.0
+    # The training figures exports record (val_mean_mm at the bone), as attribute or metadata entry.
+    assert opts.residual_limit_mm(Detector({}, training={"val_mean_mm": 2.0, "val_mean_px": 1.0})) == pytest.approx(4.0)
+    assert opts.residual_limit_mm(Detector({"training": {"val_mean_mm": 2.2}})) == pytest.approx(4.4)
+    with pytest.warns(UserWarning, match="uses at most 10.0 mm"):  # a poor detector: not a lax gate
+        assert opts.residual_limit_mm(Detector({}, training={"val_mean_mm": 30.0})) == pytest.approx(10.0)
     assert PipelineOptions(quality_gate=False).registration_options().max_residual_mm is None
     with pytest.raises(ValueError, match="max_residual_mm = -1"):
         PipelineOptions(max_residual_mm=-1.0)

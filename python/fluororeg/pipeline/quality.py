@@ -268,22 +268,40 @@ def apply_input_statuses(batch, frame_status: np.ndarray):
     return dataclasses.replace(batch, status=status.astype(str))
 
 
-def max_residual_from_detector(detector) -> float | None:
-    """The gate's limit, mm at the bone, from the detector: RESIDUAL_LIMIT_FACTOR times its
-    validation error at the bone when its model's metadata records one (``val_err_mm``), else
-    None (the caller's default)."""
+def detector_validation_error_mm(detector) -> float | None:
+    """The detector's recorded validation error at the bone, mm (mean landmark error), or None:
+    ``detector.training['val_mean_mm']`` (the training figures exports record), else the model
+    metadata's ``val_mean_mm``, ``val_err_mm`` or ``validation_error_mm`` (top level or inside a
+    ``training`` entry). A value that is not a positive number is ignored with a warning."""
+    sources = []
+    training = getattr(detector, "training", None)
+    if isinstance(training, dict):
+        sources.append(training)
     meta = getattr(getattr(detector, "model", None), "meta", None) or {}
-    for key in ("val_err_mm", "validation_error_mm"):
-        if key in meta:
+    if isinstance(meta.get("training"), dict):
+        sources.append(meta["training"])
+    sources.append(meta)
+    for source in sources:
+        for key in ("val_mean_mm", "val_err_mm", "validation_error_mm"):
+            if source.get(key) is None:
+                continue
             try:
-                value = float(meta[key])
+                value = float(source[key])
             except (TypeError, ValueError):
                 value = float("nan")
             if np.isfinite(value) and value > 0:
-                return RESIDUAL_LIMIT_FACTOR * value
-            warnings.warn(f"detector metadata {key} = {meta[key]!r} is not a positive number: the default residual "
+                return value
+            warnings.warn(f"detector metadata {key} = {source[key]!r} is not a positive number: the default residual "
                           "limit applies", stacklevel=2)
     return None
+
+
+def max_residual_from_detector(detector) -> float | None:
+    """The gate's limit, mm at the bone, from the detector: RESIDUAL_LIMIT_FACTOR times its
+    recorded validation error (:func:`detector_validation_error_mm`), else None (the caller's
+    default)."""
+    err = detector_validation_error_mm(detector)
+    return None if err is None else RESIDUAL_LIMIT_FACTOR * err
 
 
 # ---- QC report -----------------------------------------------------------------------------

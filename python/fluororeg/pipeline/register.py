@@ -86,9 +86,9 @@ class PipelineOptions:
     refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
     num_threads: int = 0
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
-    # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR times the
-    # detector's validation error at the bone when its metadata records one (val_err_mm), else
-    # max_residual_crop_px crop pixels (crop_pixel_mm each; 5 mm for 2 mm crops).
+    # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
+    # detector's validation error at the bone when it records one (val_mean_mm / val_err_mm; at
+    # most twice the default), else max_residual_crop_px crop pixels (5 mm for 2 mm crops).
     max_residual_mm: float | None = None
     max_residual_crop_px: float = 2.5
     quality_gate: bool = True         # False: no absolute limit and no input checks
@@ -144,8 +144,16 @@ class PipelineOptions:
             return float(self.max_residual_mm)
         from fluororeg.pipeline.quality import max_residual_from_detector
 
+        default = self.max_residual_crop_px * self.crop_pixel_mm
         from_meta = max_residual_from_detector(detector) if detector is not None else None
-        return from_meta if from_meta is not None else self.max_residual_crop_px * self.crop_pixel_mm
+        if from_meta is None:
+            return default
+        # A poor detector's error must not make the gate lax: at most twice the default.
+        if from_meta > 2 * default:
+            warnings.warn(f"the detector's recorded validation error allows {from_meta:.1f} mm at the bone; the quality "
+                          f"gate uses at most {2 * default:.1f} mm (2 x {self.max_residual_crop_px:g} crop pixels): "
+                          "expect many frames flagged 'large_residual' / 'few_inliers'", stacklevel=2)
+        return min(from_meta, 2 * default)
 
 
 @dataclass
