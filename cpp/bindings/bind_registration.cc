@@ -141,6 +141,24 @@ const std::vector<Field>& Fields() {
                          "(in (0, view_joint_ratio))."),
       FLUORO_INT_FIELD(view_min_frames,
                        "Fewest registered frames for a typical residual (else no check)."),
+      {"max_residual_mm",
+       "Quality gate (None: off): the largest RMS residual per view at the bone, mm (the "
+       "detector-plane residual over the magnification at each landmark); a frame beyond it "
+       "is 'large_residual' (pose kept, not registered).",
+       [](const Options& o) {
+         return o.max_residual_mm == 0.0 ? nb::none() : nb::object(nb::float_(o.max_residual_mm));
+       },
+       [](Options& o, nb::handle h) {
+         o.max_residual_mm = h.is_none() ? 0.0 : ToDouble(h, "max_residual_mm");
+         if (o.max_residual_mm == 0.0 && !h.is_none()) {
+           throw std::invalid_argument("max_residual_mm = 0: expected None (off) or a number > 0");
+         }
+       }},
+      FLUORO_INT_FIELD(min_inliers_per_view,
+                       "Quality gate: fewest landmarks per view within max_residual_mm at the "
+                       "bone (>= 1); else 'few_inliers'."),
+      FLUORO_FLOAT_FIELD(min_inlier_fraction,
+                         "Quality gate: fewest inliers per view as a share of n_vis ([0, 1])."),
   };
   return fields;
 }
@@ -203,6 +221,8 @@ nb::dict ResultsToDict(const std::vector<RegistrationResult>& results) {
   auto case_objective = NewArray<double>({f, 4});
   auto rms_mm = NewArray<double>({f, 2});
   auto rms_px = NewArray<double>({f, 2});
+  auto rms_bone_mm = NewArray<double>({f, 2});
+  auto inliers = NewArray<int32_t>({f, 2});
   auto n_vis = NewArray<int32_t>({f});
   auto mirror_case = NewArray<int32_t>({f});
   auto iterations = NewArray<int32_t>({f});
@@ -217,6 +237,8 @@ nb::dict ResultsToDict(const std::vector<RegistrationResult>& results) {
     for (int k = 0; k < 2; ++k) {
       rms_mm.data()[2 * i + k] = r.rms_mm[k];
       rms_px.data()[2 * i + k] = r.rms_px[k];
+      rms_bone_mm.data()[2 * i + k] = r.rms_bone_mm[k];
+      inliers.data()[2 * i + k] = r.inliers[k];
     }
     n_vis.data()[i] = r.n_vis;
     mirror_case.data()[i] = r.mirror_case;
@@ -231,6 +253,8 @@ nb::dict ResultsToDict(const std::vector<RegistrationResult>& results) {
   out["case_objective"] = case_objective;
   out["rms_mm"] = rms_mm;
   out["rms_px"] = rms_px;
+  out["rms_bone_mm"] = rms_bone_mm;
+  out["inliers"] = inliers;
   out["n_vis"] = n_vis;
   out["mirror_case"] = mirror_case;
   out["iterations"] = iterations;
@@ -256,6 +280,10 @@ std::vector<RegistrationResult> ResultsFromDict(const nb::dict& d, long long F) 
   const auto poses = get_f("poses", {F, 6}), matrices = get_f("matrices", {F, 4, 4});
   const auto objective = get_f("objective", {F}), case_objective = get_f("case_objective", {F, 4});
   const auto rms_mm = get_f("rms_mm", {F, 2}), rms_px = get_f("rms_px", {F, 2});
+  const auto rms_bone_mm = get_f("rms_bone_mm", {F, 2});
+  if (!d.contains("inliers")) throw std::invalid_argument("batch lacks 'inliers'");
+  const auto inliers = nb::cast<InArray<int32_t>>(d["inliers"]);
+  CheckShape(inliers, "inliers", {F, 2});
   const auto n_vis = get_i("n_vis"), mirror_case = get_i("mirror_case");
   const auto iterations = get_i("iterations"), status = get_i("status");
   if (!d.contains("converged")) throw std::invalid_argument("batch lacks 'converged'");
@@ -277,6 +305,8 @@ std::vector<RegistrationResult> ResultsFromDict(const nb::dict& d, long long F) 
     for (int k = 0; k < 2; ++k) {
       r.rms_mm[k] = rms_mm.data()[2 * i + k];
       r.rms_px[k] = rms_px.data()[2 * i + k];
+      r.rms_bone_mm[k] = rms_bone_mm.data()[2 * i + k];
+      r.inliers[k] = inliers.data()[2 * i + k];
     }
     r.n_vis = n_vis.data()[i];
     r.mirror_case = mirror_case.data()[i];
@@ -335,7 +365,9 @@ nb::dict CheckViewAgreementPy(const InArray<double>& landmarks, const InArray<do
     changed.data()[i] =
         !(a.status == b.status && same_bits(a.pose, b.pose, 6) && same_bits(a.matrix, b.matrix, 16) &&
           same_bits(&a.objective, &b.objective, 1) && same_bits(a.rms_mm, b.rms_mm, 2) &&
-          same_bits(a.rms_px, b.rms_px, 2) && same_bits(a.case_objective, b.case_objective, 4) &&
+          same_bits(a.rms_px, b.rms_px, 2) &&
+          same_bits(a.rms_bone_mm, b.rms_bone_mm, 2) && a.inliers[0] == b.inliers[0] &&
+          a.inliers[1] == b.inliers[1] && same_bits(a.case_objective, b.case_objective, 4) &&
           a.n_vis == b.n_vis && a.mirror_case == b.mirror_case && a.iterations == b.iterations &&
           a.converged == b.converged);
   }
@@ -356,7 +388,19 @@ void BindRegistration(nb::module_& m) {
       .value("one_view", RegistrationStatus::kOneView,
              "the views disagreed; the pose rests on the view that fits alone")
       .value("views_disagree", RegistrationStatus::kViewsDisagree,
-             "the views disagreed and both fit alone; NaN pose");
+             "the views disagreed and both fit alone; NaN pose")
+      .value("large_residual", RegistrationStatus::kLargeResidual,
+             "a view's RMS residual at the bone exceeds max_residual_mm; pose kept, not registered")
+      .value("few_inliers", RegistrationStatus::kFewInliers,
+             "a view has too few landmarks within max_residual_mm; pose kept, not registered")
+      .value("blank_view", RegistrationStatus::kBlankView,
+             "input check: a view is blank or saturated; not registered")
+      .value("same_image", RegistrationStatus::kSameImage,
+             "input check: both views hold the same image; not registered")
+      .value("constant_detector", RegistrationStatus::kConstantDetector,
+             "input check: the detections ignore the images; not registered")
+      .value("ambiguous_mirror", RegistrationStatus::kAmbiguousMirror,
+             "one view mirrored, the other not, by a small objective margin; not registered");
 
   auto cls = nb::class_<Options>(
       m, "RegistrationOptions",
@@ -420,7 +464,7 @@ void BindRegistration(nb::module_& m) {
         "detected); weights [F, 2, N] or None; init_poses [F, 6] (rad, mm) with "
         "options.init == 'given', else None; options: RegistrationOptions. Returns a dict of "
         "arrays: poses [F, 6] (rad, mm), matrices [F, 4, 4], objective [F], case_objective "
-        "[F, 4], rms_mm [F, 2], rms_px [F, 2], n_vis [F], mirror_case [F], iterations [F], "
+        "[F, 4], rms_mm [F, 2], rms_px [F, 2], rms_bone_mm [F, 2], inliers [F, 2], n_vis [F], mirror_case [F], iterations [F], "
         "converged [F], status [F] (int32 RegistrationStatus values).");
   m.def("check_view_agreement", &CheckViewAgreementPy, nb::arg("landmarks"), nb::arg("views"),
         nb::arg("pairs"), nb::arg("detections"), nb::arg("weights").none(), nb::arg("batch"),
@@ -428,6 +472,18 @@ void BindRegistration(nb::module_& m) {
         "The view-agreement check alone (fluororeg::CheckViewAgreement) on a batch given as "
         "register_batch's dict (same dtypes); returns the checked dict, with changed [F] bool "
         "(the frames the check replaced).");
+  m.def(
+      "registration_status_name",
+      [](int code) {
+        if (code < 0 || code >= kNumRegistrationStatuses) {
+          throw std::invalid_argument("status code " + std::to_string(code) + " is unknown: expected 0 to " +
+                                      std::to_string(kNumRegistrationStatuses - 1));
+        }
+        return std::string(RegistrationStatusName(static_cast<RegistrationStatus>(code)));
+      },
+      nb::arg("code"),
+      "The name fluororeg::RegistrationStatusName gives status `code` (the CSV files' name).");
+  m.attr("NUM_REGISTRATION_STATUSES") = kNumRegistrationStatuses;
   m.def(
       "validate_pairs",
       [](const InArray<int32_t>& pairs, int num_landmarks,

@@ -302,6 +302,7 @@ TEST(Registration, BatchViewAgreementOneViewAndViewsDisagree) {
   RegistrationOptions o;
   o.loss = RobustLoss::kCauchy;
   o.loss_scale_mm = 2.0;
+  o.max_residual_mm = 0.0;  // the view check alone (the gate: BatchQualityGate below)
   std::vector<RegistrationResult> plain(F), checked(F);
   RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, plain.data());
   o.view_outlier_ratio = 4.0;
@@ -330,6 +331,93 @@ TEST(Registration, BatchViewAgreementOneViewAndViewsDisagree) {
   o.view_min_frames = F + 1;
   RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, checked.data());
   EXPECT_EQ(checked[3].status, RegistrationStatus::kOk);
+}
+
+// The absolute gate: a frame with one good view and one wild view (the 5 px / 211 px
+// frame: the Cauchy loss drops the wild view) is never ok, with or without the view check;
+// its pose stays on record. Frames with the detector's usual error stay ok.
+TEST(Registration, BatchQualityGate) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  const int n = scene.n, F = 8;
+  std::mt19937 rng(33);
+  std::vector<double> poses(6 * F), det;
+  for (int f = 0; f < F; ++f) {
+    scene.RandomPose(rng, &poses[6 * f]);
+    const std::vector<double> d = scene.Detect(&poses[6 * f], 1.0, &rng);
+    det.insert(det.end(), d.begin(), d.end());
+  }
+  // Frame 2: F2's detections wild (211 px RMS), F1's as usual.
+  std::normal_distribution<double> wild(0.0, 150.0);
+  for (int i = 0; i < 2 * n; ++i) det[4 * n * 2 + 2 * n + i] += wild(rng);
+  RegistrationOptions o;
+  o.loss = RobustLoss::kCauchy;
+  o.loss_scale_mm = 2.0;
+  o.max_residual_mm = 4.0;
+  for (double ratio : {0.0, 4.0}) {
+    o.view_outlier_ratio = ratio;
+    std::vector<RegistrationResult> r(F);
+    RegisterBatch(setup, det.data(), nullptr, nullptr, F, o, r.data());
+    EXPECT_FALSE(IsRegistered(r[2].status)) << RegistrationStatusName(r[2].status);
+    EXPECT_TRUE(r[2].status == RegistrationStatus::kLargeResidual ||
+                r[2].status == RegistrationStatus::kFewInliers);
+    EXPECT_TRUE(std::isfinite(r[2].pose[0]));  // kept for inspection
+    EXPECT_FALSE(r[2].rms_bone_mm[1] <= o.max_residual_mm);  // NaN without inliers
+    for (int f = 0; f < F; ++f) {
+      if (f == 2) continue;
+      EXPECT_EQ(r[f].status, RegistrationStatus::kOk) << f;
+      // 1 px noise at 0.6 mm/px, magnification about 1.8: about 0.5 mm at the bone.
+      for (int k = 0; k < 2; ++k) {
+        EXPECT_LT(r[f].rms_bone_mm[k], 0.7);
+        EXPECT_LT(r[f].rms_bone_mm[k], r[f].rms_mm[k]);  // magnified on the detector
+        EXPECT_EQ(r[f].inliers[k], r[f].n_vis);
+      }
+    }
+  }
+  // Off: the frame keeps its status from the solve.
+  o.max_residual_mm = 0.0;
+  o.view_outlier_ratio = 0.0;
+  const RegistrationResult off = RegisterFrame(setup, det.data() + 4 * n * 2, nullptr, nullptr, o);
+  EXPECT_EQ(off.status, RegistrationStatus::kOk);
+}
+
+TEST(Registration, QualityGateLargeResidualBeforeFewInliers) {
+  RegistrationOptions o;
+  o.max_residual_mm = 3.0;
+  o.min_inliers_per_view = 4;
+  o.min_inlier_fraction = 0.5;
+  RegistrationResult r;
+  r.status = RegistrationStatus::kOk;
+  r.n_vis = 20;
+  r.rms_bone_mm[0] = 1.0;
+  r.rms_bone_mm[1] = 2.5;
+  r.inliers[0] = 20;
+  r.inliers[1] = 9;  // fewer than half of 20
+  RegistrationResult a = r;
+  ApplyQualityGate(o, &a);
+  EXPECT_EQ(a.status, RegistrationStatus::kFewInliers);
+  EXPECT_STREQ(RegistrationStatusName(a.status), "few_inliers");
+  a = r;
+  a.inliers[1] = 10;
+  ApplyQualityGate(o, &a);
+  EXPECT_EQ(a.status, RegistrationStatus::kOk);
+  a = r;
+  a.rms_bone_mm[1] = 3.5;
+  ApplyQualityGate(o, &a);
+  EXPECT_EQ(a.status, RegistrationStatus::kLargeResidual);
+  EXPECT_STREQ(RegistrationStatusName(a.status), "large_residual");
+  a = r;
+  a.status = RegistrationStatus::kTooFewLandmarks;  // only frames with a pose are gated
+  a.rms_bone_mm[1] = 30.0;
+  ApplyQualityGate(o, &a);
+  EXPECT_EQ(a.status, RegistrationStatus::kTooFewLandmarks);
+  o.max_residual_mm = 0.0;  // off
+  a = r;
+  a.rms_bone_mm[1] = 30.0;
+  ApplyQualityGate(o, &a);
+  EXPECT_EQ(a.status, RegistrationStatus::kOk);
+  for (int s = 0; s < kNumRegistrationStatuses; ++s)
+    EXPECT_STRNE(RegistrationStatusName(static_cast<RegistrationStatus>(s)), "unknown") << s;
 }
 
 TEST(Registration, BatchPreviousInitFollowsTheRecording) {

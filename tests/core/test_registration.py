@@ -290,7 +290,8 @@ def test_view_agreement_rests_on_the_view_that_fits(scene):
     for f in (3, 7):
         det[f, 1] = det[f, 1][rng.permutation(scene.n)]
     det[9, 1] = scene.detect(poses[9] + np.r_[35.0, -20.0, 10.0, 25.0, -20.0, 15.0], 1.0, rng)[1]
-    kw = dict(pairs=scene.pairs, loss="cauchy", loss_scale_mm=2.0)
+    kw = dict(pairs=scene.pairs, loss="cauchy", loss_scale_mm=2.0,
+              options=fr.RegistrationOptions(max_residual_mm=None))  # the view check alone
     batch = fr.register_frames(scene.landmarks, scene.views, det, **kw)
     checked = fr.check_view_agreement(scene.landmarks, scene.views, det, batch, **kw)
     assert list(np.flatnonzero(checked.status != "ok")) == [3, 7, 9]
@@ -365,21 +366,29 @@ def test_register_batch_matches_the_python_reference(scene, init):
     rng = np.random.default_rng(30)
     weights = rng.uniform(0.5, 1.0, det.shape[:3])
     opts = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0, view_outlier_ratio=4.0, init=init)
-    for w in (None, weights):
-        got = fr.register_frames(scene.landmarks, scene.views, det, weights=w, pairs=scene.pairs, options=opts)
+    for w, limit in ((None, None), (weights, None), (None, 4.0), (weights, 4.0)):
+        o = opts.replace(max_residual_mm=limit)
+        got = fr.register_frames(scene.landmarks, scene.views, det, weights=w, pairs=scene.pairs, options=o)
         ref = register_batch_reference(scene.landmarks, scene.views, det, weights=w, pairs=scene.pairs,
-                                       options=opts)
+                                       options=o)
         _assert_same_batch(got, ref)
         assert list(np.flatnonzero(got.status != "ok")) == [3, 5, 7, 9]
-        assert got.status[5] == "too_few_landmarks" and got.status[9] == "views_disagree"
+        assert got.status[5] == "too_few_landmarks"
+        if limit is None:
+            assert got.status[9] == "views_disagree"
+        else:  # the absolute gate first: frame 9 keeps its pose on record, not registered
+            assert got.status[9] in fr.core.registration.GATE_STATUSES and np.isfinite(got.poses[9]).all()
+            assert not got.ok[[3, 7, 9]].any()
     # The check alone (the thin wrapper) against the reference check, with tighter ratios.
     batch = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, loss="cauchy",
-                               loss_scale_mm=2.0)
+                               loss_scale_mm=2.0, options=fr.RegistrationOptions(max_residual_mm=None))
     kw = dict(outlier_ratio=2.0, joint_ratio=1.5, fit_ratio=1.2, min_frames=3)
     got = fr.check_view_agreement(scene.landmarks, scene.views, det, batch, pairs=scene.pairs,
-                                  loss="cauchy", loss_scale_mm=2.0, **kw)
+                                  loss="cauchy", loss_scale_mm=2.0,
+                                  options=fr.RegistrationOptions(max_residual_mm=None), **kw)
     ref = check_view_agreement_reference(scene.landmarks, scene.views, det, batch, pairs=scene.pairs,
-                                         options=fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0), **kw)
+                                         options=fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0,
+                                                                        max_residual_mm=None), **kw)
     _assert_same_batch(got, ref)
 
 
@@ -411,7 +420,9 @@ def test_registration_options_class():
     assert o.replace(mirror=False) != o and o.replace() == o and o.loss == "cauchy"
     assert "loss_scale_mm=6.0" in repr(o) and o.to_dict()["loss"] == "cauchy"
     assert fr.RegistrationOptions.loss_scale_mm.__doc__
-    assert fr.core.registration.STATUSES == ("ok", "too_few_landmarks", "failed", "one_view", "views_disagree")
+    assert fr.core.registration.STATUSES == ("ok", "too_few_landmarks", "failed", "one_view", "views_disagree",
+                                             "large_residual", "few_inliers", "blank_view", "same_image",
+                                             "constant_detector", "ambiguous_mirror")
     assert fr.RegistrationStatus.one_view.name == "one_view"
     with pytest.raises(TypeError, match="no field 'loss_scale'"):
         fr.RegistrationOptions(loss_scale=1.0)
@@ -523,9 +534,9 @@ def test_core_rejects_bad_input_directly(scene):
     with pytest.raises(ValueError, match="init mode 'given' needs init_poses"):
         _core.register_batch(lm, packed, np.zeros((0, 2), np.int32), det, None, None,
                              _core.RegistrationOptions(init="given"))
-    with pytest.raises(ValueError, match="status code 9"):
+    with pytest.raises(ValueError, match="status code 11"):
         batch = _core.register_batch(lm, packed, np.zeros((0, 2), np.int32), det, None, None, opts)
-        batch["status"][:] = 9
+        batch["status"][:] = 11
         _core.check_view_agreement(lm, packed, np.zeros((0, 2), np.int32), det, None, batch,
                                    opts.replace(view_outlier_ratio=4.0))
 
@@ -573,3 +584,65 @@ def test_installed_cmake_package_builds_a_consumer(tmp_path):
     exe = cbuild / "consumer"
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     assert "too_few_landmarks" in out
+
+
+# ---- the quality gate ------------------------------------------------------------------------
+
+def test_status_names_agree_with_the_core():
+    """The C++ RegistrationStatusName of every code, the bound enum and the Python lists agree."""
+    from fluororeg import _core
+    from fluororeg.core import registration as reg
+
+    names = tuple(_core.registration_status_name(c) for c in range(_core.NUM_REGISTRATION_STATUSES))
+    assert names == reg.STATUSES
+    assert set(reg.REGISTERED_STATUSES) | set(reg.GATE_STATUSES) | set(reg.INPUT_STATUSES) < set(names)
+    assert not set(reg.REGISTERED_STATUSES) & (set(reg.GATE_STATUSES) | set(reg.INPUT_STATUSES))
+    with pytest.raises(ValueError, match="status code 11"):
+        _core.registration_status_name(11)
+
+
+def test_bone_residuals_match_the_reference(scene):
+    """rms_bone_mm and inliers against the NumPy reference (magnification per landmark), with
+    mirrored labels and missing detections; the gate's verdict likewise."""
+    from fluororeg._reference.registration import bone_residuals_reference, quality_gate_reference
+
+    rng = np.random.default_rng(41)
+    poses = scene.random_poses(6, rng, max_deg=20, max_mm=15)
+    det = np.stack([scene.detect(p, 4.0, rng) for p in poses])
+    i, j = scene.pairs[0]
+    det[2, 0, [i, j]] = det[2, 0, [j, i]]  # mirrored labels in view 1 of frame 2
+    det[4, 1, :5] = np.nan
+    det[5, 1, 5:12] += rng.normal(0, 40, (7, 2))  # a few wild landmarks in view 2
+    opts = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0, max_residual_mm=1.5)
+    got = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    for f in range(len(poses)):
+        rms, inl = bone_residuals_reference(scene.landmarks, scene.views, det[f], got.poses[f], got.mirror_case[f],
+                                            pairs=scene.pairs, max_residual_mm=1.5)
+        np.testing.assert_allclose(got.rms_bone_mm[f], rms, rtol=1e-9)
+        np.testing.assert_array_equal(got.inliers[f], inl)
+        assert got.status[f] == quality_gate_reference("ok", rms, inl, got.n_vis[f], opts)
+        # Smaller at the bone than on the detector (magnification > 1).
+        assert np.all(got.rms_bone_mm[f] < got.rms_mm[f])
+    assert got.status[5] in ("large_residual", "few_inliers") and np.isfinite(got.poses[5]).all()
+
+
+def test_one_good_one_wild_view_is_not_ok(scene):
+    """The issue's frame: one view at about 5 px, the other at about 211 px RMS. The Cauchy loss
+    fits the good view and drops the wild one; the recording's typical residual (most frames
+    equally bad) would call it normal. The absolute gate does not."""
+    rng = np.random.default_rng(43)
+    poses = scene.random_poses(8, rng, max_deg=20, max_mm=15)
+    det = np.stack([scene.detect(p, 5.0, rng) for p in poses])
+    det[:, 1] += rng.normal(0, 211 / np.sqrt(2), det[:, 1].shape)  # every frame: view 2 wild
+    opts = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=6.0, view_outlier_ratio=4.0)
+    got = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    assert not got.ok.any(), got.status
+    assert set(got.status) <= {"large_residual", "few_inliers"}
+    assert np.isfinite(got.poses).all()  # kept for inspection
+    # Without the gate they were all registered: the failure the gate exists for.
+    off = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs,
+                             options=opts.replace(max_residual_mm=None))
+    assert off.ok.mean() > 0.5
+    # Normal frames (1 px noise) stay ok.
+    clean = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    assert fr.register_frames(scene.landmarks, scene.views, clean, pairs=scene.pairs, options=opts).ok.all()

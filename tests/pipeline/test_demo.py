@@ -42,7 +42,8 @@ def test_register_and_evaluate_commands(demo, subject, tmp_path, monkeypatch, ca
     assert main(["register", str(out / "recording_test"), "--detector", str(out / "models" / "detector.onnx"),
                  "--translator", str(out / "models" / "style" / "xray_to_drr.onnx"), "--min-visible", "4",
                  "--out", str(tmp_path / "reg"), "--quiet"]) == 0
-    assert "frame pairs/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "frame pairs/s" in printed and "QC: " in printed and "median residual at the bone" in printed
     assert main(["evaluate", str(tmp_path / "reg" / "poses.csv"), "--reference",
                  str(out / "recording_test" / "truth.npz"), "--with-landmarks", "--out", str(tmp_path / "ev")]) == 0
     summary = json.loads((tmp_path / "ev" / "evaluation_summary.json").read_text())

@@ -21,7 +21,10 @@ from fluororeg.inference.crops import crop_box_for_view
 from fluororeg.pipeline.register import PipelineOptions, register_recording
 from fluororeg.io.poses import read_poses_csv, read_tra
 from fluororeg.io.recording import open_recording
-from fluororeg.core.registration import check_view_agreement, mean_landmark_distance, register_frames
+import json
+
+from fluororeg.core.registration import (GATE_STATUSES, INPUT_STATUSES, STATUSES, RegistrationOptions,
+                                         check_view_agreement, mean_landmark_distance, pose_errors, register_frames)
 from fluororeg.training.style_selection import score_snapshots, select_style_snapshot, snapshot_paths
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording
 
@@ -50,7 +53,27 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
                              progress=False)
     F, N = len(rec), len(subject.landmark_names)
     assert out.detections.shape == (F, 2, N, 2) and out.confidence.shape == (F, 2, N)
-    assert set(out.status) <= {"ok", "one_view", "views_disagree", "too_few_landmarks", "failed"}
+    assert set(out.status) <= set(STATUSES) - set(INPUT_STATUSES)  # simulated input: nothing unusable
+    # The quality gate: no frame is registered unless its pose is right (this one-epoch detector's
+    # poses are 40-60 deg off; the gate's residual at the bone says so). Gated poses stay in batch.
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    ok = out.batch.ok
+    assert np.all(pose_errors(np.nan_to_num(out.poses[ok]), truth[ok])[0] < 10.0)
+    np.testing.assert_array_equal(out.poses, np.where(ok[:, None], out.batch.poses, np.nan))
+    gated = np.isin(out.status, GATE_STATUSES)
+    assert np.isfinite(out.batch.poses[gated]).all()
+    limit = opts.residual_limit_mm(models["detector"])  # from the detector's recorded validation error
+    needed = np.maximum(4, np.ceil(0.5 * out.batch.n_vis))
+    large = ~(out.batch.rms_bone_mm <= limit).all(axis=1)
+    assert np.array_equal(out.status == "large_residual", large & gated)
+    assert np.all((out.batch.inliers[out.status == "few_inliers"] < needed[out.status == "few_inliers", None]).any(axis=1))
+    # QC: summary, qc.json and qc.png.
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc == json.loads(json.dumps(out.qc)) and sum(qc["counts"].values()) == F
+    assert qc["max_residual_mm"] == pytest.approx(limit)
+    assert (tmp_path / "qc.png").stat().st_size > 1000
+    header = (tmp_path / "poses.csv").read_text().splitlines()[0].split(",")
+    assert {"residual_bone_mm_view1", "residual_bone_mm_view2", "inliers_view1", "inliers_view2"} <= set(header)
     table = read_poses_csv(tmp_path / "poses.csv")
     assert list(table["frame"]) == list(range(F))
     np.testing.assert_array_equal(table["status"], out.status)
@@ -62,11 +85,12 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
     assert np.all((out.confidence >= 0) & (out.confidence <= 1))
     # The registration step is exactly the batch solver on those detections, then the check
     # of the two views' agreement.
-    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4)
+    kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4,
+              options=RegistrationOptions(max_residual_mm=limit))
     again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence, **kw)
     again = check_view_agreement(subject.landmarks_model, rec.geometry.views, out.detections, again,
                                  weights=out.confidence, **kw)
-    np.testing.assert_allclose(again.poses, out.poses, equal_nan=True, atol=1e-9)
+    np.testing.assert_allclose(again.poses, out.batch.poses, equal_nan=True, atol=1e-9)
     np.testing.assert_array_equal(again.status, out.status)
     # A second run resumes from the saved detection chunks (files untouched, same result).
     chunks = sorted((tmp_path / "detections").glob("chunk_*.npz"))
@@ -102,7 +126,7 @@ def test_styles_previous_init_and_errors(subject, models):
     out = register_recording(rec, subject, models["detector"], None,
                              PipelineOptions(style="invert", init="previous", min_visible=4), progress=False)
     assert len(out.poses) == len(rec) and len(out.batch) == len(rec)
-    np.testing.assert_array_equal(out.batch.poses, out.poses)
+    np.testing.assert_array_equal(np.where(out.batch.ok[:, None], out.batch.poses, np.nan), out.poses)
     with pytest.raises(ValueError, match="needs a style translator"):
         register_recording(rec, subject, models["detector"], None, PipelineOptions(), progress=False)
     with pytest.raises(ValueError, match="style 'gan'"):
@@ -137,7 +161,8 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
 
     folder = simulate_recording(subject, tmp_path / "rec", scenario="flexion_extension", n_frames=18,
                                 views=default_dual_views(192, 192, pitch=1.6), seed=4)
-    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0)
+    # The smoothing's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
+    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0, quality_gate=False)
     with pytest.raises(ValueError, match="needs the frame rate"):  # simulated: no frame rate known
         register_recording(open_recording(folder), subject, models["detector"], None, opts, progress=False)
     manifest = folder / "recording.json"
@@ -185,7 +210,8 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
     rec = open_recording(models["recording"])
     run = models["root"] / "style"
     assert [step for step, _ in snapshot_paths(run)] == [2, 4]
-    opts = PipelineOptions(min_visible=4)
+    # The ranking's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
+    opts = PipelineOptions(min_visible=4, quality_gate=False)
     best, scores = select_style_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
                                          progress=False)
     assert [s.step for s in scores] == [2, 4] and best in scores
@@ -225,7 +251,8 @@ def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
     run, det = models["root"] / "style", models["root"] / "detector.onnx"
     assert cli.main(["select-translator", str(run), str(models["recording"]), "--detector", str(det), "--reference",
-                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet"]) == 0
+                     str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet",
+                     "--max-residual-mm", "0"]) == 0  # no gate: this one-epoch detector fails it
     out = capsys.readouterr().out
     assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
     assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
@@ -306,3 +333,47 @@ def test_log_attenuation_crop_inverts_beer_lambert():
     flat = out[4:].ravel()
     assert np.all(np.diff(flat.astype(int)) >= 0)  # monotonic in the line integral
     assert flat[-1] == 255
+
+
+def test_unusable_input_is_not_registered(subject, models, tmp_path, monkeypatch):
+    """Input checks of register_recording: a blank view and the same image as both views make
+    their frames unusable (own status, no pose); a detector whose output ignores its input
+    flags the whole recording, with a warning. Absurd geometry is refused before any work."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "rec"
+    shutil.copytree(models["recording"], folder)
+    first = np.asarray(Image.open(folder / "view2" / "frame_00002.png"))
+    Image.fromarray(np.full_like(first, 255)).save(folder / "view2" / "frame_00002.png")  # saturated view
+    shutil.copy(folder / "view1" / "frame_00003.png", folder / "view2" / "frame_00003.png")  # the same image
+    rec = open_recording(folder)
+    opts = PipelineOptions(style="invert", min_visible=4, recentre=False, chunk=5)
+    out = register_recording(rec, subject, models["detector"], None, opts, out_dir=tmp_path / "out", progress=False)
+    assert out.status[2] == "blank_view" and out.status[3] == "same_image"
+    assert not set(out.status[[0, 1, 4]]) & set(INPUT_STATUSES)
+    assert np.isnan(out.poses[[2, 3]]).all()
+    assert json.loads((tmp_path / "out" / "qc.json").read_text())["counts"]["blank_view"] == 1
+    # A constant detector: the same landmarks whatever the crop shows.
+    det = models["detector"]
+    N = len(det.landmark_names)
+    fixed = np.linspace(10, 50, 2 * N).reshape(N, 2)
+    monkeypatch.setattr(det, "detect", lambda crops: (np.repeat(fixed[None], len(crops), 0),
+                                                      np.full((len(crops), N), 0.9)))
+    with pytest.warns(UserWarning, match="ignores its input"):
+        const = register_recording(open_recording(models["recording"]), subject, det, None, opts, progress=False)
+    assert set(const.status) == {"constant_detector"} and np.isnan(const.poses).all()
+    assert const.qc["constant_detector_views"] == [1, 2]
+    # Absurd geometry: refused before detecting.
+    import fluororeg.pipeline.register as pipeline
+
+    monkeypatch.setattr(pipeline, "detect_recording", lambda *a, **k: pytest.fail("detected despite bad geometry"))
+    bad = open_recording(models["recording"])
+    v = bad.geometry.views[1]
+    from fluororeg.core.geometry import ConeView
+
+    turned = ConeView(2 * v.source - v.detector_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    monkeypatch.setattr(bad, "geometry", dataclasses.replace(bad.geometry, views=(bad.geometry.views[0], turned)))
+    with pytest.raises(ValueError, match="view 2"):
+        register_recording(bad, subject, det, None, opts, progress=False)

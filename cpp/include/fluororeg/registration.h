@@ -65,9 +65,19 @@ enum class RegistrationStatus {
                          // alone (its depth is the least certain part)
   kViewsDisagree = 4,    // the two views disagreed and both fit alone: pose NaN (the
                          // two-view residuals stay on record)
+  // The quality gate (absolute limits, ApplyQualityGate): the pose stays on record for
+  // inspection but the frame is not registered.
+  kLargeResidual = 5,    // a view's RMS residual at the bone exceeds max_residual_mm
+  kFewInliers = 6,       // a view has too few landmarks within max_residual_mm at the bone
+  // Input checks decided by the pipeline before registration (never set by the core):
+  kBlankView = 7,        // a view is blank or saturated (near-constant in the field of view)
+  kSameImage = 8,        // both views hold the same (or nearly the same) image
+  kConstantDetector = 9, // the detections do not depend on the image (same across frames)
+  kAmbiguousMirror = 10, // one view mirrored, the other not, with a small objective gap
 };
-constexpr int kNumRegistrationStatuses = 5;
-// "ok", "too_few_landmarks", "failed", "one_view", "views_disagree".
+constexpr int kNumRegistrationStatuses = 11;
+// "ok", "too_few_landmarks", "failed", "one_view", "views_disagree", "large_residual",
+// "few_inliers", "blank_view", "same_image", "constant_detector", "ambiguous_mirror".
 const char* RegistrationStatusName(RegistrationStatus status);
 // True for the statuses with a pose (kOk, kOneView).
 inline bool IsRegistered(RegistrationStatus status) {
@@ -116,6 +126,19 @@ struct RegistrationOptions {
   double view_joint_ratio = 2.5;    // in (1, view_outlier_ratio]
   double view_fit_ratio = 1.5;      // in (0, view_joint_ratio)
   int view_min_frames = 5;          // >= 1
+  // The quality gate (ApplyQualityGate), absolute and per view, before the view check: the
+  // residual of landmark i in view k at the bone, e_ki, is its detector-plane residual divided
+  // by the view's magnification at that landmark, M = (n . (D - S)) / (n . (X_i - S)) (source
+  // to intensifier over source to landmark along the view axis). The view's inliers are its
+  // landmarks with e_ki <= kInlierFactor * max_residual_mm (the others: the robust loss's
+  // outliers, a wrong detection each), its residual rms_bone_mm their RMS. A frame with a pose
+  // fails when a view's rms_bone_mm exceeds max_residual_mm (kLargeResidual; a view without
+  // inliers too) or when a view has fewer than max(min_inliers_per_view,
+  // ceil(min_inlier_fraction * n_vis)) inliers (kFewInliers). 0 = no gate.
+  double max_residual_mm = 5.0;     // mm at the bone; 0 = off, else > 0 (the measurement:
+                                    // python/fluororeg/pipeline/quality.py)
+  int min_inliers_per_view = 4;     // >= 1
+  double min_inlier_fraction = 0.5; // in [0, 1]
 };
 
 // A view left out of a one-view solve keeps this share of its weights: the landmark set
@@ -124,6 +147,8 @@ constexpr double kLeftOutWeight = 1e-6;
 // A one-view solve explains the frame only when the other view's own residual is at least
 // this many times the better view's.
 constexpr double kOtherViewFactor = 2.0;
+// A landmark is an inlier of the quality gate within this many times max_residual_mm.
+constexpr double kInlierFactor = 2.0;
 
 struct RegistrationResult {
   RegistrationStatus status = RegistrationStatus::kFailed;
@@ -137,7 +162,16 @@ struct RegistrationResult {
   int iterations = 0;       // Ceres iterations of the winning solve (not counting screening)
   bool converged = false;   // Ceres reported CONVERGENCE for the winning solve
   double case_objective[4];  // objective per mirror case (NaN: not solved)
+  double rms_bone_mm[2];     // RMS residual per view at the bone over its inliers, mm (NaN
+                             // without a pose or inliers)
+  int inliers[2] = {0, 0};   // landmarks per view within kInlierFactor * max_residual_mm at
+                             // the bone (all n_vis when the gate is off)
 };
+
+// The quality gate on one result: a frame with status kOk or kOneView that fails the
+// absolute limits of `options` (see max_residual_mm) becomes kLargeResidual or kFewInliers
+// (pose kept). Does nothing when options.max_residual_mm is 0.
+void ApplyQualityGate(const RegistrationOptions& options, RegistrationResult* result);
 
 // Names of the option values as the Python API and the files spell them, and back
 // (Parse* throw std::invalid_argument naming the unknown value).

@@ -47,6 +47,10 @@ void ValidateBatch(const RegistrationSetup& setup, const double* detections,
 }
 
 // CheckViewAgreement on validated input.
+bool IsGated(RegistrationStatus s) {
+  return s == RegistrationStatus::kLargeResidual || s == RegistrationStatus::kFewInliers;
+}
+
 void ResolveViews(const RegistrationSetup& setup, const ConeProjector g[2],
                   const double* detections, const double* weights, int num_frames,
                   const RegistrationOptions& o, RegistrationResult* results) {
@@ -65,6 +69,10 @@ void ResolveViews(const RegistrationSetup& setup, const ConeProjector g[2],
   }
   std::vector<int> suspect;
   for (int f = 0; f < num_frames; ++f) {
+    if (IsGated(results[f].status)) {  // failed the absolute gate: maybe one view fits alone
+      suspect.push_back(f);
+      continue;
+    }
     if (!IsRegistered(results[f].status)) continue;
     const double r0 = results[f].rms_mm[0] / typical[0], r1 = results[f].rms_mm[1] / typical[1];
     const double worst = std::fmax(r0, r1), least = std::fmin(r0, r1);  // a NaN view is ignored
@@ -88,6 +96,7 @@ void ResolveViews(const RegistrationSetup& setup, const ConeProjector g[2],
     const int best = own[1] < own[0] ? 1 : 0;
     const bool resolved = own[best] <= o.view_fit_ratio &&
                           own[1 - best] >= kOtherViewFactor * own[best];
+    if (!resolved && IsGated(results[f].status)) return;  // stays gated, its pose on record
     if (!resolved) {  // the two-view numbers stay on record, the pose does not
       RegistrationResult& r = results[f];
       r.status = RegistrationStatus::kViewsDisagree;
@@ -99,8 +108,13 @@ void ResolveViews(const RegistrationSetup& setup, const ConeProjector g[2],
         internal::SolveFrame(setup, g, det, w.data(), alone[best].pose, o);
     const bool keep_refined = IsRegistered(refined.status) &&
                               refined.rms_mm[best] / typical[best] <= o.view_fit_ratio;
-    results[f] = keep_refined ? refined : alone[best];
-    results[f].status = RegistrationStatus::kOneView;
+    RegistrationResult resolved_result = keep_refined ? refined : alone[best];
+    resolved_result.status = RegistrationStatus::kOneView;
+    // The one-view pose must pass the absolute gate in both views too; a gated frame keeps
+    // its own solve when it does not.
+    ApplyQualityGate(o, &resolved_result);
+    if (IsRegistered(resolved_result.status) || !IsGated(results[f].status))
+      results[f] = resolved_result;
   });
 }
 
@@ -118,8 +132,37 @@ const char* RegistrationStatusName(RegistrationStatus status) {
       return "one_view";
     case RegistrationStatus::kViewsDisagree:
       return "views_disagree";
+    case RegistrationStatus::kLargeResidual:
+      return "large_residual";
+    case RegistrationStatus::kFewInliers:
+      return "few_inliers";
+    case RegistrationStatus::kBlankView:
+      return "blank_view";
+    case RegistrationStatus::kSameImage:
+      return "same_image";
+    case RegistrationStatus::kConstantDetector:
+      return "constant_detector";
+    case RegistrationStatus::kAmbiguousMirror:
+      return "ambiguous_mirror";
   }
   return "unknown";
+}
+
+void ApplyQualityGate(const RegistrationOptions& o, RegistrationResult* r) {
+  if (o.max_residual_mm == 0.0 || !IsRegistered(r->status)) return;
+  const int needed = std::max(
+      o.min_inliers_per_view, static_cast<int>(std::ceil(o.min_inlier_fraction * r->n_vis - 1e-9)));
+  bool large = false, few = false;
+  for (int k = 0; k < 2; ++k) {
+    // A NaN residual (no landmark, cannot happen with a pose) fails too.
+    if (!(r->rms_bone_mm[k] <= o.max_residual_mm)) large = true;
+    if (r->inliers[k] < needed) few = true;
+  }
+  if (large) {
+    r->status = RegistrationStatus::kLargeResidual;
+  } else if (few) {
+    r->status = RegistrationStatus::kFewInliers;
+  }
 }
 
 RegistrationResult RegisterFrame(const RegistrationSetup& setup, const double* detections,
@@ -160,8 +203,13 @@ void RegisterBatch(const RegistrationSetup& setup, const double* detections,
       const double* det = detections + 4LL * n * f;
       RegistrationResult r =
           internal::SolveFrame(setup, g, det, frame_weights(f), have_previous ? previous : nullptr, o);
-      if (!IsRegistered(r.status) && have_previous)
-        r = internal::SolveFrame(setup, g, det, frame_weights(f), nullptr, o);
+      ApplyQualityGate(o, &r);
+      if (!IsRegistered(r.status) && have_previous) {
+        RegistrationResult fresh = internal::SolveFrame(setup, g, det, frame_weights(f), nullptr, o);
+        ApplyQualityGate(o, &fresh);
+        // The fresh start replaces a failed solve, or a gated one when it passes the gate.
+        if (IsRegistered(fresh.status) || !std::isfinite(r.pose[0])) r = fresh;
+      }
       if (IsRegistered(r.status)) {
         std::copy(r.pose, r.pose + 6, previous);
         have_previous = true;
@@ -172,8 +220,11 @@ void RegisterBatch(const RegistrationSetup& setup, const double* detections,
     ParallelFor(num_frames, o.num_threads, [&](long long f) {
       out[f] = internal::SolveFrame(setup, g, detections + 4LL * n * f, frame_weights(f),
                                     init_poses != nullptr ? init_poses + 6LL * f : nullptr, o);
+      ApplyQualityGate(o, &out[f]);
     });
   }
+  // The absolute gate came first: the view check's typical residuals are those of the frames
+  // that passed it; a frame it makes one_view must pass the gate too.
   ResolveViews(setup, g, detections, weights, num_frames, o, out);
 }
 

@@ -95,6 +95,39 @@ double ExactObjective(const RegistrationSetup& setup, const ConeProjector projec
   return total;
 }
 
+// Residuals of the case at state x at the bone (see RegistrationOptions::max_residual_mm):
+// per view, inliers [2] = the landmarks within kInlierFactor * max_residual_mm and
+// rms_bone_mm [2] = their RMS, mm (all landmarks when max_residual_mm is 0).
+void BoneResiduals(const RegistrationSetup& setup, const ConeProjector projectors[2],
+                   const CaseData& cd, const double* x, double max_residual_mm,
+                   double rms_bone_mm[2], int inliers[2]) {
+  const double inlier_mm = kInlierFactor * max_residual_mm;
+  for (int k = 0; k < 2; ++k) {
+    const ConeProjector& g = projectors[k];
+    double sum_sq = 0;
+    int count = 0;
+    for (int i = 0; i < cd.n_vis(); ++i) {
+      const double* X = setup.landmarks + 3 * cd.index[i];
+      const double Xw[3] = {x[0] * X[0] + x[1] * X[1] + x[2] * X[2] + x[9],
+                            x[3] * X[0] + x[4] * X[1] + x[5] * X[2] + x[10],
+                            x[6] * X[0] + x[7] * X[1] + x[8] * X[2] + x[11]};
+      double pu, pv;
+      g.Project(Vec3<double>{Xw[0], Xw[1], Xw[2]}, &pu, &pv);
+      const double du = pu - cd.targets[k][2 * i], dv = pv - cd.targets[k][2 * i + 1];
+      // 1 / magnification at the landmark: (n . (X - S)) / (n . (D - S)).
+      const double depth = g.n[0] * (Xw[0] - g.S[0]) + g.n[1] * (Xw[1] - g.S[1]) +
+                           g.n[2] * (Xw[2] - g.S[2]);
+      const double e = std::sqrt(du * du + dv * dv) * std::fabs(depth / g.sd);  // mm at the bone
+      if (max_residual_mm == 0.0 || e <= inlier_mm) {
+        sum_sq += e * e;
+        ++count;
+      }
+    }
+    rms_bone_mm[k] = count > 0 ? std::sqrt(sum_sq / count) : kNaN;
+    inliers[k] = count;
+  }
+}
+
 void BuildCase(const RegistrationSetup& setup, const std::vector<int>& partner,
                const double* detections, const double* weights, int c, CaseData* cd) {
   const int n = setup.num_landmarks;
@@ -143,6 +176,7 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
   std::fill(res.case_objective, res.case_objective + 4, kNaN);
   res.objective = kNaN;
   res.rms_mm[0] = res.rms_mm[1] = res.rms_px[0] = res.rms_px[1] = kNaN;
+  res.rms_bone_mm[0] = res.rms_bone_mm[1] = kNaN;
 
   ws.partner.resize(n);
   for (int i = 0; i < n; ++i) ws.partner[i] = i;
@@ -313,6 +347,8 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     res.rms_mm[k] = best.rms_mm[k];
     res.rms_px[k] = best.rms_px[k];
   }
+  BoneResiduals(setup, g, ws.cases[best_case], best.x, o.max_residual_mm, res.rms_bone_mm,
+                res.inliers);
   EulerFromRotation(best.x, res.pose);
   for (int i = 0; i < 3; ++i) res.pose[3 + i] = best.x[9 + i];
   PoseToMatrix(res.pose, res.matrix);

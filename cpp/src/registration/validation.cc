@@ -224,6 +224,18 @@ void ValidateRegistrationOptions(const RegistrationOptions& o) {
                                   " must be at least 1");
     }
   }
+  if (!(std::isfinite(o.max_residual_mm) && o.max_residual_mm >= 0)) {
+    throw std::invalid_argument("max_residual_mm = " + Fmt(o.max_residual_mm) +
+                                ": expected a number of mm at the bone > 0 (0 = no gate)");
+  }
+  if (o.min_inliers_per_view < 1) {
+    throw std::invalid_argument("min_inliers_per_view " + std::to_string(o.min_inliers_per_view) +
+                                " must be at least 1");
+  }
+  if (!(o.min_inlier_fraction >= 0 && o.min_inlier_fraction <= 1)) {
+    throw std::invalid_argument("min_inlier_fraction = " + Fmt(o.min_inlier_fraction) +
+                                ": expected a number in [0, 1]");
+  }
 }
 
 void ValidateFrameInput(const RegistrationSetup& setup, const double* detections,

@@ -28,6 +28,8 @@ from fluororeg.core.geometry import ConeView, system_centre
 
 STATUSES = ("ok", "too_few_landmarks", "failed")  # of one solve (register_frame_reference)
 REGISTERED_STATUSES = ("ok", "one_view")
+GATE_STATUSES = ("large_residual", "few_inliers")
+INLIER_FACTOR = 2.0  # a landmark is an inlier of the gate within this many times max_residual_mm
 # A view left out of a solve keeps this share of its weights.
 LEFT_OUT_WEIGHT = 1e-6
 
@@ -140,6 +142,59 @@ def register_frame_reference(landmarks, views, detections, *, weights=None, pair
                 case_objective=case_objective)
 
 
+# ---- the quality gate (reference of the core's rms_bone_mm, inliers and ApplyQualityGate) --
+
+def bone_residuals_reference(landmarks, views, detections, pose, mirror_case, *, weights=None, pairs=None,
+                             max_residual_mm=4.0):
+    """Per view, the RMS residual at the bone (mm) and the inliers of one frame's pose [6] (deg,
+    mm) with its mirror case: each landmark's detector-plane residual times its source-to-landmark
+    depth over the source-to-detector distance (1 / magnification), over the landmarks detected
+    in both views in that case; inliers: within INLIER_FACTOR * max_residual_mm, the RMS over
+    them. Returns (rms_bone_mm [2], inliers [2])."""
+    lm = np.asarray(landmarks, float)
+    det = np.asarray(detections, float)
+    n = lm.shape[0]
+    w = np.where(np.isfinite(det[..., 0]), 1.0, 0.0) if weights is None else np.asarray(weights, float)
+    partner = np.arange(n)
+    for i, j in (pairs or []):
+        partner[i], partner[j] = j, i
+    flips = (bool(mirror_case & 1), bool(mirror_case & 2))
+    src = [partner if flips[k] else np.arange(n) for k in range(2)]
+    dk = [det[k][src[k]] for k in range(2)]
+    vis = np.ones(n, bool)
+    for k in range(2):
+        x, y = dk[k][:, 0], dk[k][:, 1]
+        with np.errstate(invalid="ignore"):
+            vis &= (np.isfinite(x) & (x >= -0.5) & (x < views[k].width - 0.5) & (y >= -0.5)
+                    & (y < views[k].height - 0.5) & (w[k][src[k]] > 0))
+    p = np.asarray(pose, float)
+    Xw = lm[vis] @ rotation(np.deg2rad(p[:3])).T + p[3:]
+    rms, inliers = np.zeros(2), np.zeros(2, int)
+    for k, view in enumerate(views):
+        e_det = np.linalg.norm(project_mm(view, Xw) - view.pixel_to_detector_mm(dk[k][vis]), axis=1)
+        depth = (Xw - view.source) @ view.normal
+        sdd = view.normal @ (view.detector_centre - view.source)
+        e = e_det * np.abs(depth / sdd)  # mm at the bone
+        keep = e <= INLIER_FACTOR * max_residual_mm if max_residual_mm else np.ones(len(e), bool)
+        inliers[k] = int(keep.sum())
+        rms[k] = np.sqrt(np.mean(e[keep] ** 2)) if keep.any() else np.nan
+    return rms, inliers
+
+
+def quality_gate_reference(status, rms_bone_mm, inliers, n_vis, options):
+    """The gate's verdict on one frame: 'large_residual' when a view's RMS at the bone exceeds
+    options.max_residual_mm, else 'few_inliers' when a view has fewer than max(min_inliers_per_view,
+    ceil(min_inlier_fraction n_vis)) inliers, else ``status``; only registered frames are gated."""
+    if options.max_residual_mm is None or status not in REGISTERED_STATUSES:
+        return status
+    if not np.all(np.asarray(rms_bone_mm) <= options.max_residual_mm):  # NaN (no inlier) fails too
+        return "large_residual"
+    needed = max(options.min_inliers_per_view, int(np.ceil(options.min_inlier_fraction * n_vis - 1e-9)))
+    if np.any(np.asarray(inliers) < needed):
+        return "few_inliers"
+    return status
+
+
 # ---- the batch logic (reference of fluororeg::RegisterBatch and CheckViewAgreement) -------
 
 def _stack(results):
@@ -175,12 +230,13 @@ def check_view_agreement_reference(landmarks, views, detections, batch, *, weigh
     det = np.asarray(detections, float)
     w = np.where(np.isfinite(det[..., 0]), 1.0, 0.0) if weights is None else np.array(weights, dtype=float)
     ok = np.isin(batch.status, REGISTERED_STATUSES)
+    gated = np.isin(batch.status, GATE_STATUSES)  # failed the absolute gate: maybe one view fits alone
     if ok.sum() < max(1, int(min_frames)):
         return batch
     typical = np.maximum(np.median(batch.rms_mm[ok], axis=0), 1e-3)  # [2] mm
     ratio = batch.rms_mm / typical
     worst, least = np.fmax(ratio[:, 0], ratio[:, 1]), np.fmin(ratio[:, 0], ratio[:, 1])
-    suspect = np.flatnonzero(ok & ((worst > outlier_ratio) | (least > joint_ratio)))
+    suspect = np.flatnonzero(gated | (ok & ((worst > outlier_ratio) | (least > joint_ratio))))
     if suspect.size == 0:
         return batch
     pairs_kw = dict(pairs=pairs)
@@ -201,7 +257,13 @@ def check_view_agreement_reference(landmarks, views, detections, batch, *, weigh
     chosen = []
     for j, frame in enumerate(suspect):
         if resolved[j]:
-            chosen.append(dataclasses.replace((refined if keep_refined[j] else alone[best[j]])[j], status="one_view"))
+            r = dataclasses.replace((refined if keep_refined[j] else alone[best[j]])[j], status="one_view")
+            rms, inl = bone_residuals_reference(landmarks, views, det[frame], r.pose, r.mirror_case,
+                                                weights=w[frame], pairs=pairs, max_residual_mm=options.max_residual_mm)
+            r = dataclasses.replace(r, status=quality_gate_reference("one_view", rms, inl, r.n_vis, options))
+            chosen.append(r if (r.ok or not gated[frame]) else batch[int(frame)])
+        elif gated[frame]:  # stays gated, its pose on record
+            chosen.append(batch[int(frame)])
         else:  # the two-view numbers stay on record, the pose does not
             chosen.append(dataclasses.replace(batch[int(frame)], status="views_disagree", pose=np.full(6, np.nan),
                                               matrix=np.full((4, 4), np.nan)))
@@ -235,7 +297,9 @@ def register_batch_reference(landmarks, views, detections, *, weights=None, pair
             w = None if weights is None else weights[i]
             r = register_frame(landmarks, views, det[i], weights=w, pairs=pairs, init_pose=previous, options=single)
             if not r.ok and previous is not None:  # a bad start: fall back to the paper's
-                r = register_frame(landmarks, views, det[i], weights=w, pairs=pairs, options=single)
+                fresh = register_frame(landmarks, views, det[i], weights=w, pairs=pairs, options=single)
+                if fresh.ok or not np.isfinite(r.pose[0]):  # a gated solve stays unless the fresh one passes
+                    r = fresh
             previous = r.pose if r.ok else previous
             results.append(r)
         batch = _stack(results)

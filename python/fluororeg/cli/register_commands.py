@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--view-outlier-ratio", type=float, default=4.0,
                     help="a view whose residual exceeds this many times the recording's typical one is checked: the "
                          "frame rests on the other view ('one_view') or is left out ('views_disagree'); 0 turns it off")
+    rg.add_argument("--max-residual-mm", type=float,
+                    help="quality gate: the largest RMS residual per view at the bone, mm (default: twice the "
+                         "detector's recorded validation error, else 2.5 crop pixels; 0 turns the gate and the "
+                         "input checks off)")
     rg.add_argument("--no-recentre", action="store_true",
                     help="crop around the field-of-view centre only (default: locate the bone, then crop around it)")
     rg.add_argument("--smoothing-hz", type=float,
@@ -77,6 +81,10 @@ def add_parser(subparsers) -> None:
     ss.add_argument("--subject", help="subject folder (default: the example subject)")
     ss.add_argument("--max-frames", type=int, default=64, help="evenly spaced frames to score (default 64)")
     ss.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ss.add_argument("--max-residual-mm", type=float,
+                    help="quality gate: the largest RMS residual per view at the bone, mm (default: twice the "
+                         "detector's recorded validation error, else 2.5 crop pixels; 0 turns the gate and the "
+                         "input checks off)")
     ss.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
     ss.add_argument("--out", required=True, help="where the chosen translator and the table go")
     ss.add_argument("--quiet", action="store_true")
@@ -88,6 +96,16 @@ def _pipeline_loss(loss: str | None, mode: str) -> str | None:
     if loss is None:
         loss = "cauchy" if mode == "least_squares" else "none"
     return None if loss == "none" else loss
+
+
+def _gate_options(args: argparse.Namespace) -> dict:
+    """PipelineOptions' quality-gate fields from ``--max-residual-mm`` (None: the default; 0: off)."""
+    value = args.max_residual_mm
+    if value is None:
+        return {}
+    if value == 0:
+        return {"quality_gate": False}
+    return {"max_residual_mm": value}
 
 
 def _subject_recording_detector(args: argparse.Namespace):
@@ -113,7 +131,7 @@ def run_register(args: argparse.Namespace) -> int:
                            loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
-                           refine=args.refine)
+                           refine=args.refine, **_gate_options(args))
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     registered = int(np.isfinite(res.poses).all(axis=1).sum())
     names, counts = np.unique(res.status, return_counts=True)
@@ -122,6 +140,11 @@ def run_register(args: argparse.Namespace) -> int:
           f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
           "fluororeg overlay "
           f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
+    if res.qc is not None:
+        from fluororeg.pipeline.quality import format_qc
+
+        print(format_qc(res.qc))
+        print(f"QC -> {Path(args.out) / 'qc.json'}, {Path(args.out) / 'qc.png'}")
     return 0
 
 
@@ -195,7 +218,7 @@ def run_select_translator(args: argparse.Namespace) -> int:
     subject, rec, detector = _subject_recording_detector(args)
     reference = read_reference_poses(args.reference, frames=np.arange(len(rec))) if args.reference else None
     best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
-                                         options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm),
+                                         options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm, **_gate_options(args)),
                                          max_frames=args.max_frames, progress=not args.quiet)
     unit = "mm landmark error" if reference is not None else "mm residual"
     for s in scores:

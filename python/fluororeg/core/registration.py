@@ -50,6 +50,17 @@ rests on one view; its depth is the least certain part); if they cannot be told 
 frame is ``'views_disagree'`` with a NaN pose. The core runs this after the batch's solves;
 :func:`check_view_agreement` runs it alone on a given batch. Every status is one value of
 :class:`RegistrationStatus` (:data:`STATUSES`).
+
+Quality gate (``options.max_residual_mm``, default 5 mm; None = off), absolute and per view,
+before the view check: each landmark's residual is taken at the bone (its detector-plane
+residual divided by the view's magnification there, source-to-intensifier over
+source-to-landmark distance along the view axis), reported per view as ``rms_bone_mm`` with
+``inliers`` (landmarks within the limit). A frame whose RMS at the bone exceeds the limit in
+either view is ``'large_residual'``; one with fewer than ``max(min_inliers_per_view,
+ceil(min_inlier_fraction * n_vis))`` inliers in a view is ``'few_inliers'``. Both keep their
+pose for inspection but are not registered (:data:`REGISTERED_STATUSES`). The recording's
+typical residual of the view check is taken over the frames that passed the gate, and a
+frame the check makes ``'one_view'`` must pass the gate in both views as well.
 """
 
 from __future__ import annotations
@@ -70,6 +81,8 @@ __all__ = [
     "LOSSES",
     "STATUSES",
     "REGISTERED_STATUSES",
+    "GATE_STATUSES",
+    "INPUT_STATUSES",
     "MIRROR_CASES",
     "RegistrationResult",
     "BatchResult",
@@ -88,8 +101,13 @@ INITS = ("paper", "given", "previous")
 # the pose files.
 STATUSES = tuple(s.name for s in sorted(RegistrationStatus, key=lambda s: s.value))
 _STATUS_CODE = {s.name: s.value for s in RegistrationStatus}
-# Statuses with a pose.
+# Statuses of registered frames (a pose that passed the quality gate). 'large_residual' and
+# 'few_inliers' keep their pose for inspection but are never registered.
 REGISTERED_STATUSES = ("ok", "one_view")
+# The quality gate's statuses (absolute limits at the bone, set by the core) and the input
+# checks' (set by the pipeline before registration, fluororeg.pipeline.quality).
+GATE_STATUSES = ("large_residual", "few_inliers")
+INPUT_STATUSES = ("blank_view", "same_image", "constant_detector", "ambiguous_mirror")
 # mirror_case -> (view 1 mirrored, view 2 mirrored), the rows of the paper's Table 1 (F1, F2).
 MIRROR_CASES = ((False, False), (True, False), (False, True), (True, True))
 
@@ -110,6 +128,8 @@ class RegistrationResult:
     converged: bool             # the solver reported convergence
     status: str                 # one of STATUSES
     case_objective: np.ndarray  # (4,) objective per mirror case (NaN: not solved)
+    rms_bone_mm: np.ndarray     # (2,) RMS residual per view at the bone, mm (quality gate)
+    inliers: np.ndarray         # (2,) landmarks per view within max_residual_mm at the bone
 
     @property
     def ok(self) -> bool:
@@ -136,6 +156,8 @@ class BatchResult:
     converged: np.ndarray       # (F,) bool
     status: np.ndarray          # (F,) str
     case_objective: np.ndarray  # (F, 4)
+    rms_bone_mm: np.ndarray     # (F, 2) mm at the bone
+    inliers: np.ndarray         # (F, 2) int
 
     def __len__(self) -> int:
         return int(self.poses.shape[0])
@@ -152,7 +174,8 @@ class BatchResult:
             rms_px=self.rms_px[i].copy(), n_vis=int(self.n_vis[i]),
             mirror_case=int(self.mirror_case[i]), iterations=int(self.iterations[i]),
             converged=bool(self.converged[i]), status=str(self.status[i]),
-            case_objective=self.case_objective[i].copy())
+            case_objective=self.case_objective[i].copy(),
+            rms_bone_mm=self.rms_bone_mm[i].copy(), inliers=self.inliers[i].copy())
 
     @classmethod
     def stack(cls, results: Sequence[RegistrationResult]) -> "BatchResult":
@@ -296,6 +319,7 @@ def _from_batch(batch: BatchResult) -> dict:
                 case_objective=f64(batch.case_objective), rms_mm=f64(batch.rms_mm), rms_px=f64(batch.rms_px),
                 n_vis=i32(batch.n_vis), mirror_case=i32(batch.mirror_case), iterations=i32(batch.iterations),
                 converged=np.ascontiguousarray(batch.converged, dtype=bool),
+                rms_bone_mm=f64(batch.rms_bone_mm), inliers=i32(batch.inliers),
                 status=np.array([_STATUS_CODE[str(s)] for s in batch.status], dtype=np.int32).reshape(-1))
 
 
@@ -308,7 +332,8 @@ def _to_batch(out: dict) -> BatchResult:
         mirror_case=out["mirror_case"].astype(np.int64),
         iterations=out["iterations"].astype(np.int64), converged=out["converged"].astype(bool),
         status=np.array([STATUSES[s] for s in out["status"]], dtype=object).astype(str),
-        case_objective=out["case_objective"])
+        case_objective=out["case_objective"], rms_bone_mm=out["rms_bone_mm"],
+        inliers=out["inliers"].astype(np.int64))
 
 
 # ---- public API ----------------------------------------------------------------------------

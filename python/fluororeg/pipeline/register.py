@@ -31,6 +31,16 @@ For every frame of both views (:mod:`fluororeg.io.recording`):
    :func:`~fluororeg.core.registration.check_view_agreement`; the core does all of it in one call
    (:meth:`PipelineOptions.registration_options`). Optional low-pass smoothing.
 
+6. Quality gate (:mod:`fluororeg.pipeline.quality`): absurd geometry is refused before any
+   work; frames whose input is unusable (a blank or saturated view, the same image as both
+   views, a detector whose output ignores its input) get their own status and are not
+   registered; every solved frame must pass absolute limits per view (RMS residual in mm at the
+   bone, ``max_residual_mm``: from the detector's recorded validation error, else 2.5 crop
+   pixels; enough inliers), else ``'large_residual'`` / ``'few_inliers'`` (the pose stays in
+   ``batch`` for inspection; the files have none); a one-view mirror pick with a small objective
+   gap is ``'ambiguous_mirror'``. ``poses.csv`` gets the residuals at the bone and inliers per
+   view; ``qc.json`` and ``qc.png`` summarise the recording.
+
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
 They are reused only if made with the same settings (``detections/settings.json``: the
@@ -74,6 +84,15 @@ class PipelineOptions:
     chunk: int = 32                   # frames per detection chunk (resume granularity)
     refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
     num_threads: int = 0
+    # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
+    # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
+    # detector's validation error at the bone when it records one (val_mean_mm / val_err_mm; at
+    # most twice the default), else max_residual_crop_px crop pixels (5 mm for 2 mm crops).
+    max_residual_mm: float | None = None
+    max_residual_crop_px: float = 2.5
+    quality_gate: bool = True         # False: no absolute limit and no input checks
+    input_checks: bool = True         # blank / duplicated views, constant detector, ambiguous mirror
+    mirror_gap: float = 0.25          # relative objective gap of an ambiguous one-view mirror case
 
     def __post_init__(self):
         if self.style not in ("translate", "log", "invert", "none"):
@@ -95,6 +114,13 @@ class PipelineOptions:
             raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
         if self.smoothing_hz is not None and self.fps is not None:
             check_smoothing(self.smoothing_hz, self.fps)
+        if self.max_residual_mm is not None and not (np.isfinite(self.max_residual_mm) and self.max_residual_mm > 0):
+            raise ValueError(f"max_residual_mm = {self.max_residual_mm!r}: expected a positive limit in mm at the "
+                             "bone, or None (from the detector's metadata)")
+        if not (np.isfinite(self.max_residual_crop_px) and self.max_residual_crop_px > 0):
+            raise ValueError(f"max_residual_crop_px = {self.max_residual_crop_px!r}: expected a positive number")
+        if not (np.isfinite(self.mirror_gap) and 0 <= self.mirror_gap < 1):
+            raise ValueError(f"mirror_gap = {self.mirror_gap!r}: expected a number in [0, 1)")
         self.registration_options()  # the solver's own checks, before any work
 
     def registration_options(self):
@@ -106,7 +132,27 @@ class PipelineOptions:
         return RegistrationOptions(mode=self.mode, loss=self.loss, loss_scale_mm=self.loss_scale_mm,
                                    mirror=self.mirror, min_visible=self.min_visible, init=self.init,
                                    view_outlier_ratio=ratio, view_joint_ratio=2.5 if ratio is None else min(2.5, ratio),
-                                   num_threads=self.num_threads)
+                                   num_threads=self.num_threads, max_residual_mm=self.residual_limit_mm())
+
+    def residual_limit_mm(self, detector=None) -> float | None:
+        """The gate's limit, mm at the bone (None: no gate): ``max_residual_mm`` when set, else
+        from ``detector``'s metadata (see the field), else ``max_residual_crop_px`` crop pixels."""
+        if not self.quality_gate:
+            return None
+        if self.max_residual_mm is not None:
+            return float(self.max_residual_mm)
+        from fluororeg.pipeline.quality import max_residual_from_detector
+
+        default = self.max_residual_crop_px * self.crop_pixel_mm
+        from_meta = max_residual_from_detector(detector) if detector is not None else None
+        if from_meta is None:
+            return default
+        # A poor detector's error must not make the gate lax: at most twice the default.
+        if from_meta > 2 * default:
+            warnings.warn(f"the detector's recorded validation error allows {from_meta:.1f} mm at the bone; the quality "
+                          f"gate uses at most {2 * default:.1f} mm (2 x {self.max_residual_crop_px:g} crop pixels): "
+                          "expect many frames flagged 'large_residual' / 'few_inliers'", stacklevel=2)
+        return min(from_meta, 2 * default)
 
 
 @dataclass
@@ -119,6 +165,7 @@ class RecordingResult:
     confidence: np.ndarray     # [F, 2, N]
     seconds: float             # wall-clock of the whole run
     out_dir: Path | None = None
+    qc: dict | None = None     # fluororeg.pipeline.quality.qc_report
 
     @property
     def frames_per_s(self) -> float:
@@ -281,8 +328,16 @@ def register_recording(recording, subject, detector, translator=None, options: P
     writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
     from fluororeg.io.poses import write_poses_csv, write_tra
 
+    from fluororeg.pipeline import quality
+
     t0 = time.perf_counter()
     detector.check_subject(subject)
+    quality.check_geometry(recording.geometry.views)  # absurd geometry: refused before any work
+    limit_mm = options.residual_limit_mm(detector)
+    if limit_mm != options.max_residual_mm:
+        import dataclasses
+
+        options = dataclasses.replace(options, max_residual_mm=limit_mm) if limit_mm is not None else options
     fps = options.fps if options.fps is not None else recording.frame_rate_hz
     if options.smoothing_hz is not None:  # before any work: a bad setting must not cost a whole run
         needed = check_smoothing(options.smoothing_hz, fps)
@@ -295,8 +350,33 @@ def register_recording(recording, subject, detector, translator=None, options: P
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
     views = recording.geometry.views
-    batch = register_detections(subject, views, det, conf, options, init=options.init)
-    poses, status = batch.poses.copy(), batch.status
+    # Input checks (fluororeg.pipeline.quality): unusable frames are not registered.
+    flags = np.full(len(frames), "", dtype=object)
+    constant_views = np.zeros(2, bool)
+    if options.quality_gate and options.input_checks:
+        from fluororeg.inference.crops import detect_fov
+
+        first = recording.frame(0)
+        stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)])
+        flags[:] = quality.input_statuses(stats)
+        constant_views = quality.constant_detector(det, stats)
+        if constant_views.any():
+            warnings.warn(f"the detections in view(s) {[int(k) + 1 for k in np.flatnonzero(constant_views)]} are the "
+                          "same in frames whose images differ: the detector ignores its input; no frame is "
+                          "registered (status 'constant_detector')", stacklevel=2)
+            flags[flags == ""] = "constant_detector"
+    usable = flags == ""
+    det_in = np.where(usable[:, None, None, None], det, np.nan)
+    batch = register_detections(subject, views, det_in, np.where(usable[:, None, None], conf, 0.0), options,
+                                init=options.init)
+    if options.quality_gate and options.input_checks:
+        ambiguous = quality.ambiguous_mirror(batch, quality.InputCheckOptions(mirror_gap=options.mirror_gap)) \
+            & batch.ok & usable
+        flags[ambiguous] = "ambiguous_mirror"
+    batch = quality.apply_input_statuses(batch, flags.astype(str))
+    # Frames that failed the gate keep their pose in ``batch`` (for inspection); the written
+    # poses are those of registered frames only.
+    poses, status = np.where(batch.ok[:, None], batch.poses, np.nan), batch.status
     refine_columns = None
     if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing
         from fluororeg.pipeline.refine_stage import refine_recording_poses
@@ -317,10 +397,18 @@ def register_recording(recording, subject, detector, translator=None, options: P
         frame_numbers = getattr(recording, "frame_numbers", frames)  # the lab's numbers (file names), kept
         write_poses_csv(out / "poses.csv", frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
                         batch.rms_px, batch.n_vis, batch.mirror_case)
-        if refine_columns is not None:
-            from fluororeg.pipeline.refine_stage import append_csv_columns
+        from fluororeg.pipeline.refine_stage import append_csv_columns
 
+        # The gate's figures a lab can check: residual at the bone per view (mm) and inliers.
+        append_csv_columns(out / "poses.csv", {
+            "residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
+            "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1]})
+        if refine_columns is not None:
             append_csv_columns(out / "poses.csv", refine_columns)
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
-    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out)
+    frame_numbers = getattr(recording, "frame_numbers", frames)
+    qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views)
+    if out is not None:
+        quality.write_qc(out, qc)
+    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc)

@@ -174,8 +174,9 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         say("choosing the style translator's snapshot by registering the validation recording with each")
         rec = validation_recording if isinstance(validation_recording, Recording) \
             else open_recording(validation_recording)
+        # ranked by the landmark error (or residual) of every frame: the quality gate stays off here
         options = pipeline_options if pipeline_options is not None \
-            else PipelineOptions(crop_pixel_mm=crop_pixel_mm, num_threads=threads)
+            else PipelineOptions(crop_pixel_mm=crop_pixel_mm, num_threads=threads, quality_gate=False)
         reference = None if reference_poses is None else np.asarray(reference_poses, float)
         selection, _ = select_style_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
                                              options=options, max_frames=settings.select_max_frames,

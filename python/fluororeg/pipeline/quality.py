@@ -1,0 +1,412 @@
+"""The pipeline's quality gate: input checks before registration and the QC report after it.
+
+Registration can only be as good as its input, and a pose with a small objective is not a good
+pose when the input was absurd. Before registration the pipeline decides, per frame, whether
+its input is usable at all; a frame that is not gets its own status (one value of
+:class:`~fluororeg.core.registration.RegistrationStatus`, :data:`INPUT_STATUSES`) and is never
+registered:
+
+``'blank_view'``
+    a view is blank or saturated: its grey levels inside the field of view are nearly constant
+    (robust spread, 1st to 99th percentile, below ``blank_spread`` of its level, or below
+    ``blank_relative`` of the recording's median spread of that view).
+``'same_image'``
+    both views hold the same image (or nearly: normalised correlation of the two views'
+    thumbnails above ``same_correlation``). Two fluoroscopes never see the same picture.
+``'constant_detector'``
+    the detections ignore the input: in a view, a recording's detections are the same (to
+    ``constant_px``) across frames whose images differ. Flagged for the whole recording, with
+    a warning.
+``'ambiguous_mirror'`` (after the solve)
+    the mirror search chose a case that mirrors one view but not the other (Table 1 cases 1
+    and 2: the left/right labels of one view swapped) while the next best case was within
+    ``mirror_gap`` of it (relative objective gap): the labelling could not be told apart, so
+    the frame is flagged rather than decided silently.
+
+The absolute limits on the solved poses (``'large_residual'``, ``'few_inliers'``: residual in mm
+at the bone, per view) are the core's (``RegistrationOptions.max_residual_mm``).
+
+:func:`check_geometry` refuses absurd geometry values (a source inside the patient region,
+views looking away from each other or from the crossing point, a crossing point off the
+detectors) before any work. :func:`qc_report` summarises a registered recording: counts per
+status, median residual at the bone per view, the worst frames; :func:`write_qc` writes it as
+``qc.json`` and ``qc.png`` (per-frame residual per view with the limit line, coloured by
+status).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "check_geometry", "image_statistics", "input_statuses",
+           "constant_detector", "ambiguous_mirror", "apply_input_statuses", "max_residual_from_detector",
+           "qc_report", "format_qc", "write_qc"]
+
+# The core's default limit, mm at the bone (RegistrationOptions.max_residual_mm); the pipeline's
+# default is PipelineOptions.max_residual_crop_px crop pixels (5 mm for 2 mm/px crops).
+# Measured (on the registration scene of fluororeg._reference.registration, 33
+# landmarks, 300 frames, Gaussian detection noise of a given mean radial error at the bone plus
+# 0-5 % outliers 10 crop px off, Cauchy loss): the gate's RMS at the bone over the inliers is
+# about 1.1 times the detector's mean error and does not depend on the outliers. For the
+# project's detector (1.39 crop px = 2.8 mm at 2 mm/px) it is 3.0 mm (p95 3.7 mm): a 4 mm limit
+# flags 0-0.3 % of these good frames (0.5 deg pose error), 5 mm none; for a 2 crop px detector
+# (4 mm) it is 4.2 mm: 5 mm flags 7.7 %, 6 mm 0.3 %. Hence 2.5 crop px by default and twice
+# the detector's recorded validation error when it has one.
+DEFAULT_MAX_RESIDUAL_MM = 5.0
+# max_residual_mm = this many times the detector's validation error at the bone (its metadata,
+# the mean radial landmark error in mm).
+RESIDUAL_LIMIT_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class InputCheckOptions:
+    blank_spread: float = 0.02       # spread / level below this: blank or saturated
+    blank_relative: float = 0.1      # spread below this share of the recording's median: blank
+    same_correlation: float = 0.995  # thumbnails of both views correlate above this: same image
+    constant_px: float = 1e-3        # detections move less than this (px) across differing frames
+    image_change: float = 0.02       # frames differ when their thumbnails differ by this (share of spread)
+    mirror_gap: float = 0.25         # relative objective gap below which a one-view mirror is ambiguous
+    # (measured on the scene above: the next case is at least 1.6 times worse, i.e. a gap >= 1.6,
+    # in every one of 1200 normal frames)
+    thumbnail: int = 64              # side of the thumbnails (px)
+
+
+# ---- geometry ------------------------------------------------------------------------------
+
+def check_geometry(views, *, min_source_distance_mm: float = 150.0) -> None:
+    """Refuse absurd two-view geometry before any work (ValueError naming the view and value):
+    each view must look at the crossing point of the principal rays (the joint's place) with
+    the point in front of the source and before the detector, at least
+    ``min_source_distance_mm`` from the source (a source inside the patient region otherwise),
+    and the crossing point must project inside the detector's image."""
+    from fluororeg.core.geometry import beam_crossing
+
+    views = list(views)
+    if len(views) != 2:
+        raise ValueError(f"expected two views, got {len(views)}")
+    try:
+        centre = beam_crossing(views)
+    except ValueError as exc:
+        raise ValueError(f"geometry: {exc}") from exc
+    for k, v in enumerate(views):
+        axis = v.detector_centre - v.source
+        sdd = float(np.linalg.norm(axis))
+        depth = float((centre - v.source) @ axis / sdd)  # mm along the view's principal ray
+        if depth <= 0:
+            raise ValueError(f"view {k + 1} looks away from the other view's beam: the crossing point of the "
+                             f"principal rays lies {-depth:.0f} mm behind its source")
+        if depth >= sdd:
+            raise ValueError(f"view {k + 1}: the crossing point of the principal rays lies {depth:.0f} mm from the "
+                             f"source, beyond its detector ({sdd:.0f} mm): expected the subject between source "
+                             "and detector")
+        if depth < min_source_distance_mm:
+            raise ValueError(f"view {k + 1}: the source is {depth:.0f} mm from the crossing point of the principal "
+                             f"rays (the subject): expected at least {min_source_distance_mm:.0f} mm (a source "
+                             "inside the patient region is not a fluoroscope)")
+        miss = float(np.linalg.norm(np.cross(centre - v.source, axis / sdd)))
+        half_diag = 0.5 * np.hypot(v.width * v.pitch_u, v.height * v.pitch_v) * depth / sdd
+        if miss > half_diag:
+            raise ValueError(f"view {k + 1}: the crossing point of the principal rays is {miss:.0f} mm off its "
+                             f"principal ray, outside its field of view ({half_diag:.0f} mm at that depth): "
+                             "the two views do not look at the same place")
+
+
+# ---- image checks --------------------------------------------------------------------------
+
+def _thumbnail(image, fov, side: int):
+    """A [side, side] float thumbnail of the field of view (block means) and the mask of the
+    pixels inside the circular field of view (all when fov is None)."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"frame has shape {img.shape}: expected a grey-level image [H, W]")
+    H, W = img.shape
+    ys = np.linspace(0, H, side + 1).astype(int)
+    xs = np.linspace(0, W, side + 1).astype(int)
+    ys[-1], xs[-1] = H, W
+    rows = np.add.reduceat(img, ys[:-1], axis=0) / np.maximum(np.diff(ys), 1)[:, None]
+    thumb = np.add.reduceat(rows, xs[:-1], axis=1) / np.maximum(np.diff(xs), 1)[None, :]
+    cy = (ys[:-1] + ys[1:] - 1) / 2.0
+    cx = (xs[:-1] + xs[1:] - 1) / 2.0
+    if fov is None:
+        mask = np.ones((side, side), bool)
+    else:  # inside a slightly smaller circle: the rim blends field and surround
+        mask = np.hypot(cx[None, :] - fov.cx, cy[:, None] - fov.cy) <= 0.9 * fov.radius
+        if mask.sum() < 16:
+            mask = np.ones((side, side), bool)
+    return thumb, mask
+
+
+def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions()):
+    """Per frame and view, what the input checks need: thumbnails [F, 2, t, t], masks [2, t, t]
+    (field of view), spread [F, 2] (1st to 99th percentile inside the field of view), level [F, 2]
+    (largest absolute percentile, the image's scale). Reads every frame once."""
+    F = len(recording)
+    t = options.thumbnail
+    thumbs = np.empty((F, 2, t, t))
+    masks = np.ones((2, t, t), bool)
+    spread, level = np.empty((F, 2)), np.empty((F, 2))
+    for f in range(F):
+        images = recording.frame(f)
+        for k in range(2):
+            img = np.asarray(images[k], dtype=np.float64)
+            thumb, mask = _thumbnail(img, None if fovs is None else fovs[k], t)
+            thumbs[f, k], masks[k] = thumb, mask
+            inside = _full_mask(img.shape, None if fovs is None else fovs[k])
+            sample = img[inside][:: max(1, int(inside.sum()) // 200000)]
+            lo, hi = np.percentile(sample, [1.0, 99.0])
+            spread[f, k], level[f, k] = hi - lo, max(abs(lo), abs(hi))
+    return dict(thumbnails=thumbs, masks=masks, spread=spread, level=level)
+
+
+def _full_mask(shape, fov):
+    H, W = shape
+    if fov is None:
+        return np.ones((H, W), bool)
+    yy, xx = np.ogrid[:H, :W]
+    mask = (xx - fov.cx) ** 2 + (yy - fov.cy) ** 2 <= (0.9 * fov.radius) ** 2
+    return mask if mask.sum() >= 64 else np.ones((H, W), bool)
+
+
+def input_statuses(stats: dict, options: InputCheckOptions = InputCheckOptions()) -> np.ndarray:
+    """[F] str: 'blank_view', 'same_image' or '' (usable) per frame from :func:`image_statistics`."""
+    spread, level = stats["spread"], stats["level"]
+    F = spread.shape[0]
+    typical = np.median(spread, axis=0)  # [2] the recording's usual contrast per view
+    blank = (spread <= options.blank_spread * np.maximum(level, 1e-12)) | (spread <= options.blank_relative * typical)
+    out = np.full(F, "", dtype=object)
+    same = _views_correlation(stats) >= options.same_correlation
+    out[same] = "same_image"
+    out[blank.any(axis=1)] = "blank_view"
+    return out.astype(str)
+
+
+def _views_correlation(stats: dict) -> np.ndarray:
+    """[F] normalised correlation of the two views' thumbnails inside both fields of view."""
+    th, masks = stats["thumbnails"], stats["masks"]
+    mask = masks[0] & masks[1]
+    if mask.sum() < 16:
+        mask = np.ones_like(mask)
+    a, b = th[:, 0][:, mask], th[:, 1][:, mask]
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(den > 0, (a * b).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
+    # Identical constant images (den 0) count as the same image too.
+    identical = np.all(np.isclose(th[:, 0], th[:, 1], rtol=0, atol=1e-9), axis=(1, 2))
+    return np.where(identical, 1.0, corr)
+
+
+def constant_detector(detections, stats: dict | None = None,
+                      options: InputCheckOptions = InputCheckOptions()) -> np.ndarray:
+    """[2] bool per view: the recording's detections [F, 2, N, 2] px are the same (within
+    ``constant_px``; NaN where NaN) in at least two frames whose images differ (thumbnails by more
+    than ``image_change`` of the view's spread; any frames when ``stats`` is None) and the same
+    in all frames with detections. A detector whose output ignores its input."""
+    det = np.asarray(detections, dtype=np.float64)
+    F = det.shape[0]
+    out = np.zeros(2, bool)
+    if F < 2:
+        return out
+    for k in range(2):
+        d = det[:, k]  # [F, N, 2]
+        found = np.isfinite(d[..., 0]).any(axis=1)
+        if found.sum() < 2:
+            continue
+        rows = np.flatnonzero(found)
+        ref = d[rows[0]]
+        same_nan = np.all(np.isnan(d[rows][..., 0]) == np.isnan(ref[..., 0]), axis=1)
+        with np.errstate(invalid="ignore"):
+            close = np.nanmax(np.abs(d[rows] - ref).reshape(len(rows), -1), axis=1) <= options.constant_px
+        if not np.all(same_nan & (close | ~np.isfinite(ref).any())):
+            continue
+        if stats is None:
+            out[k] = True
+            continue
+        th = stats["thumbnails"][rows, k][:, stats["masks"][k]]
+        scale = max(float(np.median(stats["spread"][rows, k])), 1e-12)
+        change = np.abs(th - th[0]).mean(axis=1) / scale  # each frame against the first
+        out[k] = bool(np.any(change > options.image_change))
+    return out
+
+
+def ambiguous_mirror(batch, options: InputCheckOptions = InputCheckOptions()) -> np.ndarray:
+    """[F] bool: frames whose winning mirror case mirrors one view but not the other (cases 1
+    and 2) while the next best solved case's objective is within ``mirror_gap`` (relative) of
+    it."""
+    case_obj = np.asarray(batch.case_objective, dtype=np.float64)
+    best = np.asarray(batch.mirror_case)
+    out = np.zeros(len(best), bool)
+    for f, c in enumerate(best):
+        if c not in (1, 2):
+            continue
+        obj = case_obj[f]
+        others = np.delete(obj, c)
+        others = others[np.isfinite(others)]
+        if others.size == 0 or not np.isfinite(obj[c]):
+            continue
+        gap = (others.min() - obj[c]) / max(abs(obj[c]), 1e-12)
+        out[f] = gap < options.mirror_gap
+    return out
+
+
+def apply_input_statuses(batch, frame_status: np.ndarray):
+    """``batch`` with the frames whose ``frame_status`` [F] is non-empty marked with it (their
+    solve stays on record; they are not registered)."""
+    import dataclasses
+
+    flagged = np.asarray(frame_status, dtype=str) != ""
+    if not flagged.any():
+        return batch
+    status = np.asarray(batch.status).astype(object)
+    status[flagged] = np.asarray(frame_status, dtype=object)[flagged]
+    return dataclasses.replace(batch, status=status.astype(str))
+
+
+def detector_validation_error_mm(detector) -> float | None:
+    """The detector's recorded validation error at the bone, mm (mean landmark error), or None:
+    ``detector.training['val_mean_mm']`` (the training figures exports record), else the model
+    metadata's ``val_mean_mm``, ``val_err_mm`` or ``validation_error_mm`` (top level or inside a
+    ``training`` entry). A value that is not a positive number is ignored with a warning."""
+    sources = []
+    training = getattr(detector, "training", None)
+    if isinstance(training, dict):
+        sources.append(training)
+    meta = getattr(getattr(detector, "model", None), "meta", None) or {}
+    if isinstance(meta.get("training"), dict):
+        sources.append(meta["training"])
+    sources.append(meta)
+    for source in sources:
+        for key in ("val_mean_mm", "val_err_mm", "validation_error_mm"):
+            if source.get(key) is None:
+                continue
+            try:
+                value = float(source[key])
+            except (TypeError, ValueError):
+                value = float("nan")
+            if np.isfinite(value) and value > 0:
+                return value
+            warnings.warn(f"detector metadata {key} = {source[key]!r} is not a positive number: the default residual "
+                          "limit applies", stacklevel=2)
+    return None
+
+
+def max_residual_from_detector(detector) -> float | None:
+    """The gate's limit, mm at the bone, from the detector: RESIDUAL_LIMIT_FACTOR times its
+    recorded validation error (:func:`detector_validation_error_mm`), else None (the caller's
+    default)."""
+    err = detector_validation_error_mm(detector)
+    return None if err is None else RESIDUAL_LIMIT_FACTOR * err
+
+
+# ---- QC report -----------------------------------------------------------------------------
+
+def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constant_views=None) -> dict:
+    """The recording's quality summary (JSON-able): frames, counts per status, registered
+    count, the limit, median residual at the bone per view over the frames with a pose, the
+    ``worst`` frames by their larger view residual, and the per-frame figures."""
+    from fluororeg.core.registration import REGISTERED_STATUSES
+
+    status = np.asarray(status, dtype=str)
+    rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
+    frames = np.asarray(frames)
+    counts = {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True))}
+    registered = np.isin(status, REGISTERED_STATUSES)
+    posed = np.isfinite(np.asarray(batch.poses, dtype=np.float64)).all(axis=1)  # registered or gated
+
+    def med(x):
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if x.size else None
+
+    # The worst frames: the larger view residual; a view without inliers (NaN) is the worst.
+    larger = np.where(posed, np.nan_to_num(np.maximum(rb[:, 0], rb[:, 1]), nan=np.inf), -np.inf)
+    order = [int(i) for i in np.argsort(-larger, kind="stable") if larger[i] > -np.inf][:worst]
+    nan_none = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
+    return {
+        "frames": int(len(status)),
+        "registered": int(registered.sum()),
+        "counts": counts,
+        "max_residual_mm": None if max_residual_mm is None else float(max_residual_mm),
+        "median_residual_bone_mm": [med(rb[posed, k]) for k in range(2)],
+        "median_residual_bone_mm_registered": [med(rb[registered & posed, k]) for k in range(2)],
+        "constant_detector_views": [] if constant_views is None else [int(k) + 1 for k in np.flatnonzero(constant_views)],
+        "worst": [{"frame": int(frames[i]), "status": str(status[i]),
+                   "residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]} for i in order],
+        "per_frame": {"frame": [int(f) for f in frames], "status": [str(s) for s in status],
+                      "residual_bone_mm": [[nan_none(v) for v in row] for row in rb],
+                      "inliers": [[int(v) for v in row] for row in np.asarray(batch.inliers)],
+                      "n_vis": [int(v) for v in np.asarray(batch.n_vis)]},
+    }
+
+
+def format_qc(report: dict) -> str:
+    """The one-screen summary of :func:`qc_report`."""
+    lines = [f"QC: {report['registered']} of {report['frames']} frames registered"
+             + (f" (limit {report['max_residual_mm']:.2f} mm at the bone per view)"
+                if report["max_residual_mm"] is not None else " (no residual limit)")]
+    for s, n in sorted(report["counts"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {s:<18} {n:6d}")
+    med = report["median_residual_bone_mm"]
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    lines.append(f"  median residual at the bone (frames with a pose): view 1 {fmt(med[0])} mm, "
+                 f"view 2 {fmt(med[1])} mm")
+    if report["constant_detector_views"]:
+        lines.append(f"  WARNING: the detections ignore the images in view(s) {report['constant_detector_views']}")
+    if report["worst"]:
+        lines.append("  worst frames:")
+        for w in report["worst"]:
+            r = w["residual_bone_mm"]
+            lines.append(f"    frame {w['frame']:6d}  {w['status']:<18} view 1 {fmt(r[0])} mm, view 2 {fmt(r[1])} mm")
+    return "\n".join(lines)
+
+
+_STATUS_COLOURS = {"ok": "tab:green", "one_view": "tab:olive", "large_residual": "tab:red", "few_inliers": "tab:orange",
+                   "views_disagree": "tab:purple", "ambiguous_mirror": "tab:pink", "blank_view": "tab:gray",
+                   "same_image": "tab:brown", "constant_detector": "black", "too_few_landmarks": "tab:cyan",
+                   "failed": "tab:blue"}
+
+
+def write_qc(out_dir, report: dict) -> tuple[Path, Path | None]:
+    """``qc.json`` and ``qc.png`` (residual at the bone per view and frame, the limit line,
+    points coloured by status) in ``out_dir``. The plot needs matplotlib (skipped with a warning
+    when it is missing). Returns the two paths (None for a skipped plot)."""
+    from fluororeg.io.atomic import atomic_write_text
+
+    out = Path(out_dir)
+    json_path = out / "qc.json"
+    atomic_write_text(json_path, json.dumps(report, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed: qc.png is not written", stacklevel=2)
+        return json_path, None
+    pf = report["per_frame"]
+    frames = np.asarray(pf["frame"])
+    rb = np.array([[np.nan if v is None else v for v in row] for row in pf["residual_bone_mm"]], float).reshape(-1, 2)
+    status = np.asarray(pf["status"])
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    for k, ax in enumerate(axes):
+        for s in np.unique(status):
+            sel = status == s
+            ax.scatter(frames[sel], rb[sel, k], s=10, color=_STATUS_COLOURS.get(s, "tab:gray"), label=s)
+        if report["max_residual_mm"] is not None:
+            ax.axhline(report["max_residual_mm"], color="k", ls="--", lw=1, label="limit")
+        ax.set_ylabel(f"view {k + 1} RMS at bone (mm)")
+        if np.isfinite(rb[:, k]).any() and np.nanmax(rb[:, k]) > 20 * max(report["max_residual_mm"] or 1.0, 1e-3):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7, ncol=4, loc="upper right")
+    axes[-1].set_xlabel("frame")
+    fig.suptitle(f"{report['registered']} of {report['frames']} frames registered")
+    fig.tight_layout()
+    png = out / "qc.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return json_path, png

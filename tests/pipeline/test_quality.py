@@ -1,0 +1,173 @@
+"""The pipeline's quality gate (fluororeg.pipeline.quality): input checks that make a frame
+unusable, the ambiguous-mirror flag, absurd geometry refused, and the QC report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fluororeg.core.registration as fr
+from fluororeg._reference.registration import SyntheticScene, make_view
+from fluororeg.core.geometry import ConeView
+from fluororeg.pipeline import quality
+
+
+class _Frames:
+    """A recording's frames in memory: frame(f) -> (view 1, view 2) [H, W]."""
+
+    def __init__(self, images):
+        self.images = images  # [F, 2, H, W]
+
+    def __len__(self):
+        return len(self.images)
+
+    def frame(self, f):
+        return self.images[f][0], self.images[f][1]
+
+
+def _fluoro_like(rng, F=8, size=96):
+    """Intensifier-like frames: bright open field inside a circle, dark surround, a bone-like
+    dark ellipse that moves from frame to frame, a different view in each image, noise."""
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    fov = np.hypot(xx - size / 2, yy - size / 2) < 0.45 * size
+    out = np.empty((F, 2, size, size))
+    for f in range(F):
+        for k in range(2):
+            cx, cy = size / 2 + 12 * np.sin(0.5 * f + k), size / 2 + 8 * np.cos(0.4 * f - 2 * k)
+            bone = ((xx - cx) / (18 + 6 * k)) ** 2 + ((yy - cy) / (11 + 4 * k)) ** 2 < 1
+            img = np.where(fov, 200.0, 10.0) - 90.0 * bone * fov
+            out[f, k] = img + rng.normal(0, 3.0, img.shape)
+    return out
+
+
+def test_input_checks_flag_blank_saturated_and_duplicated_views():
+    rng = np.random.default_rng(0)
+    images = _fluoro_like(rng)
+    normal = quality.input_statuses(quality.image_statistics(_Frames(images)))
+    assert list(normal) == [""] * 8  # normal frames: no false alarm
+    bad = images.copy()
+    bad[1, 1] = 0.0                                    # a blank (black) view
+    bad[3, 0] = 255.0                                  # a saturated (white) view
+    bad[4, 0] = 200.0 + rng.normal(0, 0.5, bad[4, 0].shape)  # near-constant: no contrast left
+    bad[5, 1] = bad[5, 0]                              # the same image as both views
+    bad[6, 1] = bad[6, 0] + rng.normal(0, 1.0, bad[6, 0].shape)  # nearly the same
+    status = quality.input_statuses(quality.image_statistics(_Frames(bad)))
+    assert list(status) == ["", "blank_view", "", "blank_view", "blank_view", "same_image", "same_image", ""]
+    assert set(status) - {""} <= set(fr.INPUT_STATUSES)
+
+
+def test_constant_detector_is_flagged_only_when_the_images_change():
+    rng = np.random.default_rng(1)
+    images = _fluoro_like(rng, F=6)
+    stats = quality.image_statistics(_Frames(images))
+    scene = SyntheticScene(seed=0)
+    poses = scene.random_poses(6, rng, max_deg=10, max_mm=10)
+    det = np.stack([scene.detect(p, 0.5, rng) for p in poses])
+    assert not quality.constant_detector(det, stats).any()
+    constant = det.copy()
+    constant[:, 1] = det[0, 1]  # view 2's detector answers the same whatever it sees
+    assert list(quality.constant_detector(constant, stats)) == [False, True]
+    # The same images in every frame: equal detections are what a good detector gives.
+    still = quality.image_statistics(_Frames(np.repeat(images[:1], 6, axis=0)))
+    assert not quality.constant_detector(constant, still).any()
+
+
+def test_mirrored_label_detector_flagged_only_when_ambiguous():
+    """A detector that swaps left and right in view 1. Where the pairs' two landmarks project
+    apart, the mirror search resolves it with a large objective gap (not flagged; normal frames
+    are not flagged either). On a subject whose pairs lie almost on the mirror plane (0.2 mm
+    apart at most), the swap hardly changes the objective: a one-view mirror pick is then
+    flagged 'ambiguous_mirror' instead of being chosen silently."""
+    scene = SyntheticScene(seed=0)
+    rng = np.random.default_rng(2)
+    poses = scene.random_poses(10, rng, max_deg=20, max_mm=15)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    opts = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=2.0)
+    normal = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs, options=opts)
+    assert normal.ok.all() and not quality.ambiguous_mirror(normal).any()
+    mirrored = fr.register_frames(scene.landmarks, scene.views, scene.mirror(det, 0), pairs=scene.pairs, options=opts)
+    assert mirrored.ok.all() and np.all(mirrored.mirror_case == 1)  # resolved: view 1 mirrored back
+    assert not quality.ambiguous_mirror(mirrored).any()
+    flat = SyntheticScene(seed=0)
+    flat.landmarks[13:26] = flat.landmarks[:13] * [-1, 1, 1]  # exact pairs ...
+    flat.landmarks[:26, 0] *= 0.003                            # ... almost on the mirror plane
+    det_flat = np.stack([flat.mirror(flat.detect(p, 1.0, rng), 0) for p in poses])
+    amb = fr.register_frames(flat.landmarks, flat.views, det_flat, pairs=flat.pairs, options=opts)
+    flags = quality.ambiguous_mirror(amb)
+    best = np.sort(amb.case_objective, axis=1)
+    gap = best[:, 1] / best[:, 0] - 1
+    assert np.array_equal(flags, np.isin(amb.mirror_case, (1, 2)) & (gap < 0.25))
+    assert flags.sum() >= 5
+    flagged = quality.apply_input_statuses(amb, np.where(flags, "ambiguous_mirror", ""))
+    assert not flagged.ok[flags].any() and np.isfinite(flagged.poses[flags]).all()
+    assert np.array_equal(flagged.status[~flags], amb.status[~flags])
+
+
+def test_absurd_geometry_is_refused():
+    iso = np.zeros(3)
+    good = (make_view(iso, -50.0), make_view(iso, 50.0))
+    quality.check_geometry(good)
+    near = (make_view(iso, -50.0, source_to_iso=60.0, iso_to_detector=1040.0), good[1])
+    with pytest.raises(ValueError, match="view 1: the source is 60 mm from the crossing point"):
+        quality.check_geometry(near)
+    v = good[1]  # view 2 turned around: it looks away from view 1's beam
+    away = ConeView(2 * v.source - v.detector_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    with pytest.raises(ValueError, match="view 2"):
+        quality.check_geometry((good[0], away))
+    with pytest.raises(ValueError, match="parallel"):
+        quality.check_geometry((good[0], good[0]))
+    with pytest.raises(ValueError, match="pitch"):  # ConeView itself refuses a zero pitch
+        ConeView(v.source, v.detector_centre, v.u, v.v, 0.0, 0.6, 512, 512)
+
+
+def test_qc_report_and_files(tmp_path):
+    scene = SyntheticScene(seed=0)
+    rng = np.random.default_rng(3)
+    poses = scene.random_poses(6, rng, max_deg=15, max_mm=10)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    det[2, 1] += rng.normal(0, 150, det[2, 1].shape)  # one wild view
+    batch = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs,
+                               options=fr.RegistrationOptions(loss="cauchy", loss_scale_mm=6.0, max_residual_mm=5.0))
+    status = batch.status.copy()
+    status[4] = "blank_view"
+    report = quality.qc_report(np.arange(10, 16), batch, status, 5.0)
+    assert report["frames"] == 6 and report["registered"] == 4
+    assert report["counts"]["blank_view"] == 1 and sum(report["counts"].values()) == 6
+    assert report["worst"][0]["frame"] == 12 and report["worst"][0]["status"] in fr.GATE_STATUSES
+    assert 0 < report["median_residual_bone_mm_registered"][0] < 1.0
+    text = quality.format_qc(report)
+    assert "4 of 6 frames registered" in text and "frame     12" in text and len(text.splitlines()) < 25
+    json_path, png = quality.write_qc(tmp_path, report)
+    assert json.loads(json_path.read_text())["counts"] == report["counts"]
+    assert png is not None and png.stat().st_size > 1000
+
+
+def test_residual_limit_from_the_detector_metadata():
+    from fluororeg.pipeline.register import PipelineOptions
+
+    class Model:
+        def __init__(self, meta):
+            self.meta = meta
+
+    class Detector:
+        def __init__(self, meta, training=None):
+            self.model = Model(meta)
+            self.training = training
+
+    opts = PipelineOptions(crop_pixel_mm=2.0)
+    assert opts.residual_limit_mm() == pytest.approx(5.0) == opts.registration_options().max_residual_mm
+    assert opts.residual_limit_mm(Detector({"val_err_mm": "2.5"})) == pytest.approx(5.0 * 2.5 / 2.5)
+    assert opts.residual_limit_mm(Detector({"val_err_mm": 1.5})) == pytest.approx(3.0)
+    with pytest.warns(UserWarning, match="val_err_mm"):
+        assert opts.residual_limit_mm(Detector({"val_err_mm": "n/a"})) == pytest.approx(5.0)
+    assert PipelineOptions(max_residual_mm=7.0).residual_limit_mm(Detector({"val_err_mm": 1.0})) == 7.0
+    # The training figures exports record (val_mean_mm at the bone), as attribute or metadata entry.
+    assert opts.residual_limit_mm(Detector({}, training={"val_mean_mm": 2.0, "val_mean_px": 1.0})) == pytest.approx(4.0)
+    assert opts.residual_limit_mm(Detector({"training": {"val_mean_mm": 2.2}})) == pytest.approx(4.4)
+    with pytest.warns(UserWarning, match="uses at most 10.0 mm"):  # a poor detector: not a lax gate
+        assert opts.residual_limit_mm(Detector({}, training={"val_mean_mm": 30.0})) == pytest.approx(10.0)
+    assert PipelineOptions(quality_gate=False).registration_options().max_residual_mm is None
+    with pytest.raises(ValueError, match="max_residual_mm = -1"):
+        PipelineOptions(max_residual_mm=-1.0)
