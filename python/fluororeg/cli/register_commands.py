@@ -149,8 +149,8 @@ def _subject_recording_detector(args: argparse.Namespace):
     from fluororeg.io.recording import open_recording
     from fluororeg.inference.detector import LandmarkDetector
 
-    subject = common.load_subject_arg(args.subject)
     rec = open_recording(args.recording)
+    subject = common.load_subject_arg(args.subject)
     return subject, rec, LandmarkDetector(args.detector, subject=subject, device=args.device)
 
 
@@ -209,7 +209,12 @@ def run_overlay(args: argparse.Namespace) -> int:
 
     chosen = args.frames if args.frames is not None else \
         [int(numbers[i]) for i in sorted({0, len(rec) // 2, len(rec) - 1})]
-    positions = [rec.index_of(f) for f in chosen]  # ValueError naming the frame and the recording's frames
+    positions = []
+    for f in chosen:
+        try:
+            positions.append(rec.index_of(f))
+        except ValueError as exc:
+            raise ValueError(f"--frames {f}: {exc}; --frames takes the recording's frame numbers") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f, i in zip(chosen, positions):
