@@ -175,7 +175,7 @@ def run_register(args: argparse.Namespace) -> int:
     print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
           f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
           "fluororeg overlay "
-          f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
+          f"{args.recording} {Path(args.out) / 'poses.csv'} --subject {args.subject} --out {Path(args.out) / 'overlays'}")
     return 0
 
 

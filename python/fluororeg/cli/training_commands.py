@@ -85,5 +85,5 @@ def run_train_translator(args: argparse.Namespace) -> int:
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "
-              f"--detector MODEL.onnx --out {Path(args.out) / 'selected'}")
+              f"--subject DIR --detector MODEL.onnx --out {Path(args.out) / 'selected'}")
     return 0
