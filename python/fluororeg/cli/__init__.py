@@ -13,7 +13,7 @@
     fluororeg export POSES.csv --format tra|xmalab|slicer --subject DIR --out FILE
     fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M] [--epochs N]
     fluororeg train-translator --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
-                               [--snapshot-every N]
+                               [--crop-pixel-mm MM] [--snapshot-every N]
     fluororeg select-translator RUN RECORDING --subject DIR --detector MODEL.onnx [--reference POSES] --out DIR
     fluororeg register RECORDING --subject DIR --detector MODEL.onnx [--translator MODEL.onnx]
                        [--style translate|log|invert|none] [--crop-pixel-mm MM] [--smoothing-hz F] --out DIR
