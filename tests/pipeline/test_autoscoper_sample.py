@@ -98,17 +98,25 @@ def test_wrist_sample_end_to_end(tmp_path, capsys):
     tra = tmp_path / "radius.tra"
     _run("export", reg / "poses.csv", "--format", "tra", "--subject", subj, "--recording", rec_dir, "--out", tra)
     assert len(tra.read_text().strip().splitlines()) == 3
-    _run("evaluate", reg / "poses.csv", "--reference", tra, "--subject", subj, "--recording", rec_dir,
-         "--with-landmarks", "--out", tmp_path / "ev")
-    with open(tmp_path / "ev" / "evaluation.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["frame"]) for r in rows] == [2, 99, 158]
-    for r, ok in zip(rows, registered):  # the same poses back: zero error where registered, none elsewhere
-        if ok:
-            assert float(r["angle_err_deg"]) < 1e-6 and float(r["position_err_mm"]) < 1e-6
-            assert float(r["landmark_err_mm"]) < 1e-6
-        else:
-            assert r["angle_err_deg"] == ""
+    # as Autoscoper would save it (no fluororeg sidecar): the subject's volume frame, the recording's frame numbers
+    foreign = tmp_path / "autoscoper" / "radius.tra"
+    foreign.parent.mkdir()
+    foreign.write_text(tra.read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(reg / "poses.csv"), "--reference", str(foreign), "--out", str(tmp_path / "ev0")]) == 2
+    assert "--subject" in capsys.readouterr().err
+    for reference, out in ((tra, "ev"), (foreign, "ev_foreign")):
+        _run("evaluate", reg / "poses.csv", "--reference", reference, "--subject", subj, "--recording", rec_dir,
+             "--with-landmarks", "--out", tmp_path / out)
+        with open(tmp_path / out / "evaluation.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["frame"]) for r in rows] == [2, 99, 158]
+        for r, ok in zip(rows, registered):  # the same poses back: zero error where registered, none elsewhere
+            if ok:
+                assert float(r["angle_err_deg"]) < 1e-6 and float(r["position_err_mm"]) < 1e-6
+                assert float(r["landmark_err_mm"]) < 1e-6
+            else:
+                assert r["angle_err_deg"] == ""
 
     # 9. No frame is "ok" unless its pose reprojects its own detections closely: a wrong frame
     # must not pass as registered. Limit: 5 crop pixels at the bone, in frame pixels.

@@ -44,15 +44,18 @@ def crop_pixel_mm_for(given: float | None, detector) -> float:
 
 
 def _reference_by_frame(path, frame_numbers, subject_folder, recording=None) -> np.ndarray:
-    """Reference poses [len(frame_numbers), 6] matched by frame number; a foreign .tra or XMALab
-    CSV (no fluororeg sidecar) is read in the subject's volume frame with the recording's frame
-    numbers as its lines' (the subject's autoscoper.json gives its VolumeFlip)."""
-    from fluororeg.io.autoscoper import autoscoper_info
+    """Reference poses [len(frame_numbers), 6] matched by frame number. A .tra or XMALab CSV that
+    fluororeg exported is read through its sidecar (bone frame, each line's frame number); a
+    foreign one in the subject's volume frame (its autoscoper.json gives the VolumeFlip) with
+    the recording's frame numbers as its lines'."""
+    from fluororeg.io.autoscoper import autoscoper_info, read_pose_sidecar
     from fluororeg.io.poses import _is_xmalab, read_reference_poses
 
     kwargs = {}
     path = Path(path)
     body_file = path.suffix.lower() == ".tra" or (path.suffix.lower() == ".csv" and path.is_file() and _is_xmalab(path))
+    if body_file and path.is_file() and read_pose_sidecar(path) is not None:
+        body_file = False  # the sidecar knows the bone frame and the lines' frame numbers
     if subject_folder is not None and body_file:
         info = autoscoper_info(subject_folder) if subject_folder != common.EXAMPLE_SUBJECT else None
         kwargs = {"subject": common.load_subject_arg(subject_folder), "flip": info["flip"] if info else (0, 0, 0)}
