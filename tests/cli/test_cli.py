@@ -69,6 +69,56 @@ def test_simulate_and_dataset_commands(tmp_path, subject, capsys, monkeypatch):
                  "--out", str(tmp_path / "ds_bad")]) == 2
     assert "seed = -1: expected a whole number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "ds_bad" / "dataset.json").exists()  # a corrected rerun is not refused
+    # Without --pixel-mm / --azimuth: sized to the bone (DatasetConfig.for_subject); given ones win.
+    from fluororeg.dataset.generate import DatasetConfig
+
+    derived = DatasetConfig.for_subject(subject, image_size=32)
+    assert main(["dataset", "--n-train", "2", "--n-test", "0", "--size", "32", "--azimuth", "-10", "10", "--quiet",
+                 "--out", str(tmp_path / "sized")]) == 0
+    config = DatasetReader(tmp_path / "sized", "train").meta["config"]
+    assert config["pixel_mm"] == pytest.approx(derived.pixel_mm) and config["pixel_mm"] != 8
+    assert config["poses"]["azimuth_deg"] == [-10, 10]
+    assert config["poses"]["translation_mm"] == pytest.approx(list(derived.poses.translation_mm))
+
+
+def test_commands_that_need_a_subject_refuse_to_run_without_one(tmp_path, capsys):
+    no_subject = "no subject given: pass --subject DIR"
+    for argv in (["dataset", "--out", str(tmp_path / "ds")],
+                 ["simulate", "--out", str(tmp_path / "rec")],
+                 ["evaluate", str(tmp_path / "p.csv"), "--reference", str(tmp_path / "r.csv"), "--with-landmarks",
+                  "--out", str(tmp_path / "ev")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert no_subject in err and "--subject example" in err and err.count("\n") == 1, argv
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "rec").exists()
+    for command in ("register", "overlay", "select-translator"):  # --subject is checked after the recording
+        help_text = _help_of(command, capsys)
+        assert "'example' for the built-in example subject; required" in " ".join(help_text.split()), command
+    help_text = " ".join(_help_of("dataset", capsys).split())
+    assert "derived from the bone's size" in help_text and "given explicitly" in help_text
+
+
+def _help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+class _Detector:
+    def __init__(self, crop):
+        self.crop_pixel_mm, self.path = crop, "det.onnx"
+
+
+def test_crop_pixel_size_comes_from_the_detector(capsys):
+    from fluororeg.cli.register_commands import crop_pixel_mm_for
+
+    assert crop_pixel_mm_for(None, _Detector(1.1)) == 1.1  # the detector's (its dataset's) pixel size
+    assert crop_pixel_mm_for(1.15, _Detector(1.1)) == 1.15  # within 10 %: the user's
+    for given in (1.25, 0.9, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="--crop-pixel-mm"):
+            crop_pixel_mm_for(given, _Detector(1.1))
+    assert crop_pixel_mm_for(1.5, _Detector(None)) == 1.5  # an older export: the user's, else 2 mm with a note
+    assert crop_pixel_mm_for(None, _Detector(None)) == 2.0 and "records no crop pixel size" in capsys.readouterr().err
 
 
 def test_subject_init_and_check(subject, tmp_path, capsys):

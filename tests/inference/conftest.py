@@ -47,9 +47,11 @@ def _save(graph, path, meta: dict):
 
 
 def spot_detector(path, size: int, landmark_names, *, n_outputs: int | None = None, sharpness: float = 60.0,
-                  pairs=(), fingerprint: str | None = None, kind: str = "landmark_detector"):
+                  pairs=(), fingerprint: str | None = None, kind: str = "landmark_detector",
+                  crop_pixel_mm: float | None = None):
     """A soft-argmax detector for ``size`` x ``size`` inputs (see the module docstring);
-    ``n_outputs`` landmarks (default: one per name)."""
+    ``n_outputs`` landmarks (default: one per name); ``crop_pixel_mm``: the training pixel size
+    its metadata records (default: none, as an older export)."""
     onnx = _onnx()
     helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
     L = len(landmark_names) if n_outputs is None else int(n_outputs)
@@ -82,6 +84,8 @@ def spot_detector(path, size: int, landmark_names, *, n_outputs: int | None = No
             "landmark_names": list(landmark_names), "pairs": [list(p) for p in pairs], "training_image_size": N}
     if fingerprint is not None:
         meta["subject_fingerprint"] = fingerprint
+    if crop_pixel_mm is not None:
+        meta["crop_pixel_mm"] = crop_pixel_mm
     return _save(graph, path, meta)
 
 

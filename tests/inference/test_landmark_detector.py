@@ -65,7 +65,9 @@ def test_detector_checks_the_subject_and_the_model(onnx_builders, subject, tmp_p
     names = list(subject.landmark_names)
     path = onnx_builders.spot_detector(tmp_path / "r.onnx", 32, names, pairs=subject.pairs,
                                        fingerprint=subject.fingerprint)
-    LandmarkDetector(path, subject=subject)  # the subject it was made for
+    assert LandmarkDetector(path, subject=subject).crop_pixel_mm is None  # the subject it was made for; an older export
+    with_crop = onnx_builders.spot_detector(tmp_path / "c.onnx", 32, names, crop_pixel_mm=1.25)
+    assert LandmarkDetector(with_crop).crop_pixel_mm == 1.25  # the training dataset's pixel size at the bone
     other_names = SimpleNamespace(name="x", landmark_names=["a"] * len(names), fingerprint=subject.fingerprint)
     with pytest.raises(ValueError, match="trained for landmarks"):
         LandmarkDetector(path, subject=other_names)

@@ -1,117 +1,130 @@
-"""A lab's own data in, Autoscoper-ready results out: the wrist of Autoscoper's sample data
-(MayaCam 2.0 cameras, the radius as a uint16 TIFF stack, undistorted 1760 x 1760 frames 0002,
-0099, 0158) through the library, as the CLI will drive it: subject from the TIFF volume with
-no symmetric pairs, geometry from the MayaCam files, recording with the file frame numbers,
-a tiny bone-sized dataset and a very short training, registration, overlays, .tra export in
-Autoscoper's volume frame and re-import, evaluation against the .tra.
+"""A lab's own data in, Autoscoper-ready results out, with CLI commands only: the wrist of
+Autoscoper's sample data (MayaCam 2.0 cameras, the radius as a uint16 TIFF stack, undistorted
+1760 x 1760 frames 0002, 0099, 0158) through ``fluororeg`` commands: ``subject init`` from the
+TIFF volume with no symmetric pairs, ``calibrate geometry`` from the MayaCam files,
+``recording init`` with the file frame numbers, a tiny bone-sized ``dataset`` and a very short
+``train-detector``, ``register`` (the crop pixel size from the detector), ``overlay``,
+``export --format tra`` in Autoscoper's volume frame and ``evaluate --reference`` the .tra.
 
 Three frames and a one-epoch detector say nothing about accuracy; what must hold: frame
 numbers survive every step, the radius gets no mirror search, the dataset is sized to the
-bone, and no frame is reported ``ok`` unless its detections agree with its pose."""
+bone and its crop pixel size reaches the registration, and no frame is reported ``ok`` unless
+its detections agree with its pose."""
 
 from __future__ import annotations
 
+import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fluororeg.core.geometry import pose_matrix
+from fluororeg.cli import main
 from fluororeg.core.registration import INPUT_STATUSES, STATUSES
-from fluororeg.dataset.generate import DatasetConfig, DatasetReader, generate_dataset, source_distance_range
-from fluororeg.io.autoscoper import autoscoper_info, import_autoscoper_trial, read_autoscoper_tra, \
-    write_autoscoper_tra
-from fluororeg.io.poses import read_poses_csv, read_reference_poses
-from fluororeg.io.recording import open_recording
-from fluororeg.pipeline.evaluate import evaluate_poses
-from fluororeg.pipeline.register import PipelineOptions, register_recording
-from fluororeg.subject.subject import load_subject
+from fluororeg.dataset.generate import DatasetReader
 from fluororeg.inference.detector import LandmarkDetector
-from fluororeg.training.detector_config import DetectorConfig
-from fluororeg.training.detector_export import export_detector
-from fluororeg.training.detector_train import train_detector
-from fluororeg.viz.overlay import overlay_pair
+from fluororeg.io.poses import read_poses_csv
+from fluororeg.io.recording import open_recording
+from fluororeg.subject.subject import load_subject
 
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "autoscoper_sample"
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="autoscoper sample data not found")
 
 
-def _cfg(tmp: Path) -> Path:
-    rel = lambda p: Path(os.path.relpath(p, tmp)).as_posix()  # noqa: E731
-    cfg = tmp / "wrist.cfg"
-    cfg.write_text("\n".join([
-        "Version 1.1",
-        f"mayaCam_csv {rel(SAMPLE / 'Calibration' / 'xr_calib_wrist_cam01.txt')}",
-        f"mayaCam_csv {rel(SAMPLE / 'Calibration' / 'xr_calib_wrist_cam02.txt')}",
-        f"CameraRootDir {rel(SAMPLE / 'XMA_UND' / 'xr_data_wrist_cam01')}/",
-        f"CameraRootDir {rel(SAMPLE / 'XMA_UND' / 'xr_data_wrist_cam02')}/",
-        f"VolumeFile {rel(SAMPLE / 'Models' / 'rad_dcm_cropped.tif')}", "VolumeFlip 0 0 0",
-        "VoxelSize 0.39625 0.39625 0.625", "RenderResolution 512 512", ""]))
-    return cfg
+def _run(*argv) -> None:
+    code = main([str(a) for a in argv])
+    assert code == 0, f"fluororeg {' '.join(map(str, argv))} exited with {code}"
 
 
-def test_wrist_sample_end_to_end(tmp_path):
-    # 1. import: subject (radius, TIFF stack, raw values = HU + 1024) and recording
-    out = import_autoscoper_trial(_cfg(tmp_path), tmp_path / "wrist", pitch_mm=0.2, intensity="raw:1:-1024",
-                                  n_landmarks=10)
-    subject = load_subject(out["subject"])
-    assert subject.pairs == ()  # a radius has no left-right pairs: no mirror search
-    assert len(subject.landmarks) == 10
-    rec = open_recording(out["recording"])
-    assert rec.frame_numbers.tolist() == [2, 99, 158]
-    assert len(rec) == 3 and rec.geometry.views[0].width == 1760
+def test_wrist_sample_end_to_end(tmp_path, capsys):
+    subj, geo, rec_dir = tmp_path / "radius", tmp_path / "geometry.json", tmp_path / "recording"
+    # 1. subject from the TIFF volume (raw values = HU + 1024), 12 proposed landmarks, no pairs
+    _run("subject", "init", "--ct", SAMPLE / "Models" / "rad_dcm_cropped.tif", "--voxel-size", 0.39625, 0.39625,
+         0.625, "--intensity", "raw:1:-1024", "--propose", 12, "--pairs-count", 0, "--out", subj)
+    subject = load_subject(subj)
+    assert subject.pairs == () and len(subject.landmarks) == 12  # a radius: no mirror search
+    # 2. geometry from the MayaCam files; 3. the recording keeps the file frame numbers
+    _run("calibrate", "geometry", "--mayacam", *[SAMPLE / "Calibration" / f"xr_calib_wrist_cam0{k}.txt" for k in (1, 2)],
+         "--pitch", 0.2, "--out", geo)
+    _run("recording", "init", *[SAMPLE / "XMA_UND" / f"xr_data_wrist_cam0{k}" for k in (1, 2)], "--geometry", geo,
+         "--out", rec_dir)
+    rec = open_recording(rec_dir)
+    assert rec.frame_numbers.tolist() == [2, 99, 158] and rec.geometry.views[0].width == 1760
 
-    # 2. a tiny dataset sized to the bone, cone beam at the lab's source distances
-    cfg = DatasetConfig.for_subject(subject, image_size=64, n_train=32, n_test=8, shard_size=32, projection="cone",
-                                    source_distance_mm=source_distance_range(rec.geometry.views))
-    assert 0.5 < cfg.pixel_mm < 3.0  # a radius 80 mm long, not a 2 mm/px skull crop
-    assert cfg.poses.azimuth_deg == (-180.0, 180.0)
-    ds = generate_dataset(subject, tmp_path / "ds", cfg, progress=False)
+    # Commands that need a subject say so instead of taking the example subject.
+    capsys.readouterr()
+    assert main(["dataset", "--out", str(tmp_path / "nods"), "--n-train", "4", "--n-test", "0", "--quiet"]) == 2
+    assert "--subject DIR" in capsys.readouterr().err
+
+    # 4. a tiny dataset sized to the bone (crop pixel size, all-round views), cone beam of the lab
+    ds = tmp_path / "ds"
+    _run("dataset", "--subject", subj, "--out", ds, "--n-train", 32, "--n-test", 8, "--size", 64, "--shard-size", 32,
+         "--geometry", geo, "--quiet")
     reader = DatasetReader(ds)
-    assert reader.crop_pixel_mm == pytest.approx(cfg.pixel_mm) and reader.subject_fingerprint == subject.fingerprint
+    assert 0.5 < reader.crop_pixel_mm < 3.0  # a radius 80 mm long, not a 2 mm/px skull crop
+    assert reader.meta["config"]["poses"]["azimuth_deg"] == [-180.0, 180.0]
+    assert reader.subject_fingerprint == subject.fingerprint
 
-    # 3. a very short training
-    det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=1, batch_size=16, num_threads=1)
-    train_detector(ds, tmp_path / "det", det_cfg, progress=False)
-    detector = LandmarkDetector(export_detector(tmp_path / "det", tmp_path / "detector.onnx"), subject=subject)
+    # 5. a very short training; the export carries the crop pixel size and the subject
+    _run("train-detector", ds, "--out", tmp_path / "det", "--epochs", 1, "--quiet")
+    onnx = tmp_path / "det" / "detector.onnx"
+    detector = LandmarkDetector(onnx, subject=subject)
+    assert detector.crop_pixel_mm == pytest.approx(reader.crop_pixel_mm)
+    assert detector.subject_fingerprint == subject.fingerprint
 
-    # 4. register at the dataset's crop pixel size; the CSV keeps the file frame numbers
-    opts = PipelineOptions(style="log", crop_pixel_mm=reader.crop_pixel_mm, min_visible=4, chunk=2)
-    res = register_recording(rec, subject, detector, None, opts, out_dir=tmp_path / "reg", progress=False)
-    table = read_poses_csv(tmp_path / "reg" / "poses.csv")
+    # 6. register: crop pixel size from the detector (a --crop-pixel-mm off by > 10 % is refused)
+    reg = tmp_path / "reg"
+    capsys.readouterr()
+    assert main(["register", str(rec_dir), "--subject", str(subj), "--detector", str(onnx), "--out", str(reg),
+                 "--crop-pixel-mm", f"{1.2 * reader.crop_pixel_mm:.4f}", "--quiet"]) == 2
+    assert "disagrees" in capsys.readouterr().err
+    _run("register", rec_dir, "--subject", subj, "--detector", onnx, "--style", "log", "--min-visible", 4,
+         "--out", reg, "--quiet")
+    options = json.loads((reg / "options.json").read_text())
+    assert options["crop_pixel_mm"] == pytest.approx(reader.crop_pixel_mm)
+    table = read_poses_csv(reg / "poses.csv")
     assert table["frame"].tolist() == [2, 99, 158]
-    assert set(res.status) <= set(STATUSES) - set(INPUT_STATUSES)  # the lab's frames are usable input
-    assert np.all(res.batch.mirror_case[np.isfinite(res.poses).all(axis=1)] == 0)  # no mirrored solution
-    # 5. overlays with contour, frame number and status
-    for i, f in list(enumerate(rec.frame_numbers))[1:2]:  # one frame pair (1760 px views are slow to draw)
-        pair = overlay_pair(rec.frame(i), subject, rec.geometry.views, res.poses[i], detected=res.detections[i],
-                            frame=int(f), status=str(res.status[i]))
-        assert pair.shape == (1760, 2 * 1760 + 8, 3)
-        if os.environ.get("FLUORO_KEEP_OVERLAYS"):
-            from PIL import Image
+    assert set(table["status"]) <= set(STATUSES) - set(INPUT_STATUSES)  # the lab's frames are usable input
+    registered = np.isfinite(table["poses"]).all(axis=1)
 
-            Image.fromarray(pair).save(Path(os.environ["FLUORO_KEEP_OVERLAYS"]) / f"wrist_{int(f):04d}.png")
+    # 7. overlay one frame pair by its frame number (1760 px views are slow to draw)
+    _run("overlay", rec_dir, reg / "poses.csv", "--subject", subj, "--frames", 99, "--video", "none",
+         "--out", tmp_path / "ov", "--quiet")
+    assert (tmp_path / "ov" / "overlay_frame_00099.png").is_file()
+    assert main(["overlay", str(rec_dir), str(reg / "poses.csv"), "--subject", str(subj), "--frames", "1",
+                 "--video", "none", "--out", str(tmp_path / "ov")]) == 2  # 1 is a position, not a frame number
 
-    # 6. export for Autoscoper (its volume frame, its frame order) and read back
-    registered = np.isfinite(res.poses).all(axis=1)
-    world_from_model = np.where(registered[:, None, None], pose_matrix(np.nan_to_num(res.poses)), np.nan)
-    tra = write_autoscoper_tra(tmp_path / "radius.tra", table["frame"], world_from_model, subject,
-                               trial_frames=rec.frame_numbers, flip=autoscoper_info(out["subject"])["flip"])
-    frames, back = read_autoscoper_tra(tra, subject, trial_frames=rec.frame_numbers)
-    assert frames.tolist() == [2, 99, 158]
-    np.testing.assert_allclose(back[registered], world_from_model[registered], atol=1e-9)
-    assert np.isnan(back[~registered]).all()
+    # 8. export for Autoscoper (its volume frame, one line per recording frame), re-import via evaluate
+    tra = tmp_path / "radius.tra"
+    _run("export", reg / "poses.csv", "--format", "tra", "--subject", subj, "--recording", rec_dir, "--out", tra)
+    assert len(tra.read_text().strip().splitlines()) == 3
+    # as Autoscoper would save it (no fluororeg sidecar): the subject's volume frame, the recording's frame numbers
+    foreign = tmp_path / "autoscoper" / "radius.tra"
+    foreign.parent.mkdir()
+    foreign.write_text(tra.read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(reg / "poses.csv"), "--reference", str(foreign), "--out", str(tmp_path / "ev0")]) == 2
+    assert "--subject" in capsys.readouterr().err
+    if not registered.any():  # every frame held back by the gate: nothing to evaluate, said clearly
+        capsys.readouterr()
+        assert main(["evaluate", str(reg / "poses.csv"), "--reference", str(tra), "--subject", str(subj),
+                     "--recording", str(rec_dir), "--out", str(tmp_path / "ev")]) == 2
+        assert "has no pose" in capsys.readouterr().err
+    for reference, out in ((tra, "ev"), (foreign, "ev_foreign")) if registered.any() else ():
+        _run("evaluate", reg / "poses.csv", "--reference", reference, "--subject", subj, "--recording", rec_dir,
+             "--with-landmarks", "--out", tmp_path / out)
+        with open(tmp_path / out / "evaluation.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["frame"]) for r in rows] == [2, 99, 158]
+        for r, ok in zip(rows, registered):  # the same poses back: zero error where registered, none elsewhere
+            if ok:
+                assert float(r["angle_err_deg"]) < 1e-6 and float(r["position_err_mm"]) < 1e-6
+                assert float(r["landmark_err_mm"]) < 1e-6
+            else:
+                assert r["angle_err_deg"] == ""
 
-    # 7. evaluate against the .tra (as evaluate --reference does): the same poses, zero error
-    ref = read_reference_poses(tra, frames=table["frame"])
-    ev = evaluate_poses(table["poses"], ref, landmarks=subject.landmarks_model, frames=table["frame"])
-    assert ev.frames.tolist() == [2, 99, 158]
-    if registered.any():
-        assert np.nanmax(ev.angle_err_deg) < 1e-6 and np.nanmax(ev.position_err_mm) < 1e-6
-
-    # 8. No frame is "ok" unless its pose reprojects its own detections closely: a wrong frame
+    # 9. No frame is "ok" unless its pose reprojects its own detections closely: a wrong frame
     # must not pass as registered. Limit: 5 crop pixels at the bone, in frame pixels.
     view = rec.geometry.views[0]
     limit_px = 5 * reader.crop_pixel_mm * 1.2 / view.pitch_u
@@ -119,7 +132,7 @@ def test_wrist_sample_end_to_end(tmp_path):
                                                                          table["rms_px"])
                 if st == "ok" and not np.all(rms < limit_px)]
     assert not wrong_ok, f"frames reported 'ok' with reprojection rms above {limit_px:.0f} px: {wrong_ok}"
-    # The gate's verdict stands on figures a lab can check: qc.json (residual at the bone per view).
-    qc = json.loads((tmp_path / "reg" / "qc.json").read_text())
-    assert qc["per_frame"]["frame"] == [2, 99, 158] and qc["per_frame"]["status"] == table["status"].tolist()
-    assert qc["max_residual_mm"] == pytest.approx(opts.residual_limit_mm(detector))  # from the detector's figures
+    # The QC report names every frame with its status (the gate's verdict, with its limit).
+    qc = json.loads((reg / "qc.json").read_text())
+    assert qc["per_frame"]["frame"] == [2, 99, 158] and qc["per_frame"]["status"] == list(table["status"])
+    assert qc["max_residual_mm"] > 0

@@ -2,29 +2,30 @@
 
     fluororeg render [--ct PATH] [--beam parallel|cone] [--count N] [--size PX] [--pixel-mm MM] [--out DIR]
     fluororeg subject init --ct CT [--landmarks FILE] --out DIR | subject check [DIR]
-    fluororeg dataset [--subject DIR] [--out DIR] [--n-train N] [--n-test N] [--seed S]
+    fluororeg dataset --subject DIR [--out DIR] [--n-train N] [--n-test N] [--seed S] [--pixel-mm MM]
                       [--projection parallel|cone] [--geometry geometry.json] [--source-distance LO HI]
     fluororeg contact-sheet DATASET [--split train|test] [--count N] [--out PNG]
-    fluororeg simulate [--subject DIR] [--scenario NAME] [--n-frames N] [--size PX] [--out DIR]
+    fluororeg simulate --subject DIR [--scenario NAME] [--n-frames N] [--size PX] [--out DIR]
     fluororeg calibrate distortion PLATE_IMAGE --out MODEL.json
     fluororeg calibrate geometry --mayacam CAM1 CAM2 --pitch MM [--distortion D1 D2] --out geometry.json
     fluororeg recording init VIEW1 VIEW2 --geometry geometry.json --out DIR [--fps HZ]
     fluororeg import autoscoper TRIAL.cfg --out DIR --pitch MM --intensity MAPPING
     fluororeg export POSES.csv --format tra|xmalab|slicer --subject DIR --out FILE
-    fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M]
+    fluororeg train-detector DATASET --out RUN [--preset fast|paper] [--minutes M] [--epochs N]
     fluororeg train-translator --xray REC... --drr DATASET --out RUN [--preset fast|paper] [--steps N]
-                               [--snapshot-every N]
-    fluororeg select-translator RUN RECORDING --detector MODEL.onnx [--reference POSES] --out DIR
-    fluororeg register RECORDING --detector MODEL.onnx [--translator MODEL.onnx] [--style translate|log|invert|none]
-                       [--smoothing-hz F] --out DIR
-    fluororeg overlay RECORDING POSES.csv --out DIR [--frames I ...] [--video overlay.mp4|.gif|none]
-    fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] --out DIR
+                               [--crop-pixel-mm MM] [--snapshot-every N]
+    fluororeg select-translator RUN RECORDING --subject DIR --detector MODEL.onnx [--reference POSES] --out DIR
+    fluororeg register RECORDING --subject DIR --detector MODEL.onnx [--translator MODEL.onnx]
+                       [--style translate|log|invert|none] [--crop-pixel-mm MM] [--smoothing-hz F] --out DIR
+    fluororeg overlay RECORDING POSES.csv --subject DIR --out DIR [--frames N ...] [--video overlay.mp4|.gif|none]
+    fluororeg evaluate POSES.csv --reference TRUTH [--subject DIR] [--recording DIR] --out DIR
     fluororeg study init|check|run MANIFEST ...   (many subjects and recordings on Dask: docs/study.md)
     fluororeg demo [--out DIR] [--quick]
     fluororeg info | --version
 
-Each command lives in its own module (``add_parser(subparsers)`` and ``run(args)``); this one
-assembles the parser and turns errors into one line on stderr and a non-zero exit status (2;
+``--subject example`` names the built-in example subject; commands that work on a subject do
+not fall back to it silently. Each command lives in its own module (``add_parser(subparsers)``
+and ``run(args)``); this one assembles the parser and turns errors into one line on stderr and a non-zero exit status (2;
 130 after Ctrl-C, with how to resume). Spellings deprecated for one release, which still work
 and print a note: ``render --geometry parallel|cone`` (``--beam``), ``simulate --frames N``
 (``--n-frames``), ``register --smooth-hz`` (``--smoothing-hz``), ``train-style``

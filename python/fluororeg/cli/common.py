@@ -9,11 +9,25 @@ DEVICES = ["auto", "cpu", "cuda"]    # where rendering runs (auto: CUDA when a d
 NETWORK_DEVICES = ["auto", "cpu", "cuda"]  # where the networks run
 
 
+EXAMPLE_SUBJECT = "example"  # ``--subject example``: the built-in example subject, asked for by name
+SUBJECT_HELP = ("subject folder with subject.json (fluororeg subject init), or 'example' for the built-in example "
+                "subject; required")
+
+
 def load_subject_arg(folder: str | None):
-    """The subject of ``--subject FOLDER``; without it, the default example subject."""
+    """The subject of ``--subject FOLDER`` (``--subject example``: the built-in example subject,
+    unless a folder of that name holds a subject). Without ``--subject``: a ``ValueError`` that
+    says to pass one (no silent default: a detector or dataset of the wrong bone helps no one)."""
+    from pathlib import Path
+
     from fluororeg.subject.subject import example_subject, load_subject
 
-    return example_subject() if folder is None else load_subject(folder)
+    if folder is None:
+        raise ValueError("no subject given: pass --subject DIR (a subject folder from `fluororeg subject init` or "
+                         "`fluororeg import autoscoper`), or --subject example to use the built-in example subject")
+    if folder == EXAMPLE_SUBJECT and not (Path(folder) / "subject.json").is_file():
+        return example_subject()
+    return load_subject(folder)
 
 
 def deprecation_note(old: str, new: str) -> None:

@@ -12,13 +12,20 @@ from fluororeg.cli import common
 
 
 def add_parser(subparsers) -> None:
-    d = subparsers.add_parser("dataset", help="generate the artificial DRR-landmark dataset of a subject")
-    d.add_argument("--subject", help="subject folder with subject.json (default: the example subject)")
+    d = subparsers.add_parser(
+        "dataset", help="generate the artificial DRR-landmark dataset of a subject",
+        description="Generate the artificial DRR-landmark dataset of a subject. The crop pixel size (--pixel-mm) "
+                    "and the pose ranges are derived from the bone's size and shape (DatasetConfig.for_subject: the "
+                    "bone fits every crop; a bone without symmetric pairs is seen from all around); an option "
+                    "given explicitly (--pixel-mm, --azimuth) wins over the derived value. The crop pixel size is "
+                    "stored in dataset.json and travels with the detector into register.")
+    d.add_argument("--subject", help=common.SUBJECT_HELP)
     d.add_argument("--out", default="out/dataset", help="dataset folder (default out/dataset); a rerun resumes")
     d.add_argument("--n-train", type=int, default=9251)
     d.add_argument("--n-test", type=int, default=500)
     d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
-    d.add_argument("--pixel-mm", type=float, default=2.0, help="pixel size at scale 1, mm (default 2)")
+    d.add_argument("--pixel-mm", type=float,
+                   help="pixel size at the bone at scale 1, mm (default: derived from the bone's size and --size)")
     d.add_argument("--segmented-share", type=float, default=2139 / 9751,
                    help="share of bone-segmented images (default 2139/9751, as the paper)")
     d.add_argument("--shard-size", type=int, default=512)
@@ -29,7 +36,8 @@ def add_parser(subparsers) -> None:
     d.add_argument("--geometry", help="geometry.json of the lab's fluoroscopes: cone beam with their "
                                       "source distances to the beams' crossing +-15%% (implies --projection cone)")
     d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="viewing azimuths in deg (default -90 90: the subject's front half)")
+                   help="viewing azimuths in deg (default: derived from the subject: -90 90, its front half, for a "
+                        "subject with symmetric pairs; -180 180 for a bone without)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", choices=common.DEVICES, default="auto",
                    help="where DRRs are rendered (auto: CUDA when a device is usable)")
@@ -45,7 +53,9 @@ def add_parser(subparsers) -> None:
 
 
 def run_dataset(args: argparse.Namespace) -> int:
-    from fluororeg.dataset.generate import DatasetConfig, PoseRanges, generate_dataset, source_distance_range
+    import dataclasses
+
+    from fluororeg.dataset.generate import DatasetConfig, generate_dataset, source_distance_range
 
     if args.projection == "parallel" and (args.geometry or args.source_distance):
         raise ValueError("--geometry and --source-distance describe a cone beam: drop --projection parallel")
@@ -56,16 +66,25 @@ def run_dataset(args: argparse.Namespace) -> int:
         projection, sod = "cone", source_distance_range(load_geometry(args.geometry).views)
     if args.source_distance is not None:
         projection, sod = "cone", tuple(args.source_distance)
-    poses = PoseRanges() if args.azimuth is None else PoseRanges(azimuth_deg=tuple(args.azimuth))
+    if args.pixel_mm is not None and not (args.pixel_mm > 0 and args.pixel_mm < float("inf")):
+        raise ValueError(f"--pixel-mm {args.pixel_mm}: expected a positive pixel size in mm")
+    subject = common.load_subject_arg(args.subject)
+    # Sized to the bone (pixel size, pose ranges); the options given explicitly win.
+    derived = DatasetConfig.for_subject(subject, image_size=args.size)
+    poses = derived.poses if args.azimuth is None else dataclasses.replace(derived.poses,
+                                                                          azimuth_deg=tuple(args.azimuth))
+    pixel_mm = derived.pixel_mm if args.pixel_mm is None else args.pixel_mm
     config = DatasetConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.size,
-                           pixel_mm=args.pixel_mm, segmented_share=args.segmented_share, seed=args.seed,
+                           pixel_mm=pixel_mm, segmented_share=args.segmented_share, seed=args.seed,
                            shard_size=args.shard_size, poses=poses, projection=projection,
                            source_distance_mm=sod)
-    subject = common.load_subject_arg(args.subject)
     beam = "parallel-beam" if config.projection == "parallel" else \
         "cone-beam (sources {:.0f}-{:.0f} mm from the object)".format(*config.source_distance_mm)
     print(f"subject {subject.name}: {len(subject.landmark_names)} landmarks, {len(subject.pairs)} pairs; "
-          f"generating {config.n_train} train + {config.n_test} test {beam} samples into {args.out}")
+          f"generating {config.n_train} train + {config.n_test} test {beam} samples into {args.out}\n"
+          f"crop pixel {config.pixel_mm:.3g} mm ({'as given' if args.pixel_mm is not None else 'from the bone size'}), "
+          f"azimuth {config.poses.azimuth_deg[0]:g}..{config.poses.azimuth_deg[1]:g} deg "
+          f"({'as given' if args.azimuth is not None else 'from the subject'})")
     t0 = time.perf_counter()
     generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
     print(f"done in {time.perf_counter() - t0:.1f} s; look at it with: fluororeg contact-sheet {args.out}")

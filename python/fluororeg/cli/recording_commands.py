@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     from fluororeg.simulation.simulate import SCENARIOS
 
     sm = subparsers.add_parser("simulate", help="simulate a dual-fluoroscope recording with ground truth")
-    sm.add_argument("--subject", help="subject folder (default: the example subject)")
+    sm.add_argument("--subject", help=common.SUBJECT_HELP)
     sm.add_argument("--scenario", choices=sorted(SCENARIOS), default="walking")
     sm.add_argument("--n-frames", type=int, default=20, help="number of frame pairs (default 20)")
     common.add_deprecated_option(sm, "--frames", "--n-frames", dest="n_frames", type=int)

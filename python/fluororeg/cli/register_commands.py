@@ -5,6 +5,7 @@ translator's snapshot that registers a recording best)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,61 @@ import numpy as np
 from fluororeg.cli import common
 
 DEPRECATED_COMMANDS = {"select-style": "select-translator"}
+CROP_PIXEL_HELP = ("crop pixel size at the bone (mm; default: the detector's, i.e. its training dataset's pixel size; "
+                   f"a value more than {100 * 0.10:.0f} %% from the detector's is an error)")
+CROP_PIXEL_TOLERANCE = 0.10  # a --crop-pixel-mm this far (relative) from the detector's own is refused
+DEFAULT_CROP_PIXEL_MM = 2.0   # for a detector exported before its metadata carried crop_pixel_mm
+
+
+def crop_pixel_mm_for(given: float | None, detector) -> float:
+    """The crop pixel size (mm at the bone) to register with: the detector's own (its training
+    dataset's), or ``given`` (``--crop-pixel-mm``) when it agrees with it within 10 %; a
+    ``ValueError`` when it does not (crops at another scale than the training images' make the
+    detector miss). A detector without the value (an older export): ``given``, else 2 mm."""
+    model = getattr(detector, "crop_pixel_mm", None)
+    if given is not None and not (np.isfinite(given) and given > 0):
+        raise ValueError(f"--crop-pixel-mm {given}: expected a positive pixel size in mm")
+    if model is None:
+        if given is None:
+            print(f"note: detector '{detector.path}' records no crop pixel size (an older export): using "
+                  f"{DEFAULT_CROP_PIXEL_MM:g} mm; pass --crop-pixel-mm (its dataset's pixel_mm) if it was trained "
+                  "at another one", file=sys.stderr)
+            return DEFAULT_CROP_PIXEL_MM
+        return float(given)
+    if given is None:
+        return float(model)
+    if abs(given - model) > CROP_PIXEL_TOLERANCE * model:
+        raise ValueError(f"--crop-pixel-mm {given:g} disagrees with the {model:g} mm the detector '{detector.path}' was "
+                         f"trained at (more than {100 * CROP_PIXEL_TOLERANCE:.0f} %): leave --crop-pixel-mm out to use "
+                         "the detector's, or train a detector on a dataset of that pixel size")
+    return float(given)
+
+
+def _reference_by_frame(path, frame_numbers, subject_folder, recording=None) -> np.ndarray:
+    """Reference poses [len(frame_numbers), 6] matched by frame number. A .tra or XMALab CSV that
+    fluororeg exported is read through its sidecar (bone frame, each line's frame number); a
+    foreign one in the subject's volume frame (its autoscoper.json gives the VolumeFlip) with
+    the recording's frame numbers as its lines'."""
+    from fluororeg.io.autoscoper import autoscoper_info, read_pose_sidecar
+    from fluororeg.io.poses import _is_xmalab, read_reference_poses
+
+    kwargs = {}
+    path = Path(path)
+    body_file = path.suffix.lower() == ".tra" or (path.suffix.lower() == ".csv" and path.is_file() and _is_xmalab(path))
+    if body_file and path.is_file() and read_pose_sidecar(path) is not None:
+        body_file = False  # the sidecar knows the bone frame and the lines' frame numbers
+    if subject_folder is not None and body_file:
+        info = autoscoper_info(subject_folder) if subject_folder != common.EXAMPLE_SUBJECT else None
+        kwargs = {"subject": common.load_subject_arg(subject_folder), "flip": info["flip"] if info else (0, 0, 0)}
+    if recording is not None and body_file:
+        kwargs["trial_frames"] = recording.frame_numbers
+    return read_reference_poses(path, frames=np.asarray(frame_numbers), **kwargs)
 
 
 def add_parser(subparsers) -> None:
     rg = subparsers.add_parser("register", help="register every frame of a recording")
     rg.add_argument("recording", help="recording folder (recording.json)")
-    rg.add_argument("--subject", help="subject folder (default: the example subject)")
+    rg.add_argument("--subject", help=common.SUBJECT_HELP)
     rg.add_argument("--detector", required=True, help="exported detector (.onnx)")
     rg.add_argument("--translator", help="exported X-ray-to-DRR style translator (.onnx)")
     rg.add_argument("--style", choices=["translate", "log", "invert", "none"],
@@ -30,6 +80,7 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--loss-scale", type=float, default=6.0,
                     help="robust loss scale in mm at the bone (default 6: about twice a good detector's error)")
     rg.add_argument("--min-visible", type=int, default=6)
+    rg.add_argument("--crop-pixel-mm", type=float, help=CROP_PIXEL_HELP)
     rg.add_argument("--view-outlier-ratio", type=float, default=4.0,
                     help="a view whose residual exceeds this many times the recording's typical one is checked: the "
                          "frame rests on the other view ('one_view') or is left out ('views_disagree'); 0 turns it off")
@@ -55,8 +106,10 @@ def add_parser(subparsers) -> None:
                                                "PNG + video")
     ov.add_argument("recording", help="recording folder (recording.json)")
     ov.add_argument("poses", help="poses.csv written by `fluororeg register`")
-    ov.add_argument("--subject", help="subject folder (default: the example subject)")
-    ov.add_argument("--frames", type=int, nargs="+", help="frames to save as PNG (default: first, middle, last)")
+    ov.add_argument("--subject", help=common.SUBJECT_HELP)
+    ov.add_argument("--frames", type=int, nargs="+",
+                    help="frame numbers (the recording's, as in poses.csv) to save as PNG (default: first, middle, "
+                         "last)")
     ov.add_argument("--video", default="overlay.mp4",
                     help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it")
     ov.add_argument("--fps", type=float, help="video frame rate (default 10)")
@@ -65,8 +118,12 @@ def add_parser(subparsers) -> None:
     ov.set_defaults(handler=run_overlay, resumes=False)
     ev = subparsers.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
     ev.add_argument("poses", help="poses.csv from fluororeg register")
-    ev.add_argument("--reference", required=True, help="reference poses: a poses CSV or a simulation's truth.npz")
-    ev.add_argument("--subject", help="subject folder (for --with-landmarks)")
+    ev.add_argument("--reference", required=True, help="reference poses: a poses CSV, a simulation's truth.npz, an "
+                                                       "Autoscoper .tra or an XMALab rigid-body CSV (matched by frame number)")
+    ev.add_argument("--subject", help="subject folder (needed for --with-landmarks, and for an Autoscoper .tra or "
+                                      "XMALab CSV that fluororeg did not write: its CT sets the volume frame)")
+    ev.add_argument("--recording", help="the recording the reference's lines follow (an Autoscoper .tra or XMALab "
+                                        "CSV that fluororeg did not write: line n = the recording's n-th frame)")
     ev.add_argument("--with-landmarks", action="store_true", help="also the mean landmark distance")
     ev.add_argument("--out", required=True)
     ev.set_defaults(handler=run_evaluate, resumes=False)
@@ -78,9 +135,9 @@ def add_parser(subparsers) -> None:
     ss.add_argument("--detector", required=True, help="exported detector (.onnx)")
     ss.add_argument("--reference", help="reference poses (pose CSV or truth.npz): score by landmark error; "
                                         "default: by reprojection residual (no labels needed)")
-    ss.add_argument("--subject", help="subject folder (default: the example subject)")
+    ss.add_argument("--subject", help=common.SUBJECT_HELP)
     ss.add_argument("--max-frames", type=int, default=64, help="evenly spaced frames to score (default 64)")
-    ss.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    ss.add_argument("--crop-pixel-mm", type=float, help=CROP_PIXEL_HELP)
     ss.add_argument("--max-residual-mm", type=float,
                     help="quality gate: the largest RMS residual per view at the bone, mm (default: twice the "
                          "detector's recorded validation error, else 2.5 crop pixels; 0 turns the gate and the "
@@ -113,8 +170,8 @@ def _subject_recording_detector(args: argparse.Namespace):
     from fluororeg.io.recording import open_recording
     from fluororeg.inference.detector import LandmarkDetector
 
-    subject = common.load_subject_arg(args.subject)
     rec = open_recording(args.recording)
+    subject = common.load_subject_arg(args.subject)
     return subject, rec, LandmarkDetector(args.detector, subject=subject, device=args.device)
 
 
@@ -131,7 +188,8 @@ def run_register(args: argparse.Namespace) -> int:
                            loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
-                           refine=args.refine, **_gate_options(args))
+                           refine=args.refine, crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
+                           **_gate_options(args))
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     registered = int(np.isfinite(res.poses).all(axis=1).sum())
     names, counts = np.unique(res.status, return_counts=True)
@@ -139,7 +197,7 @@ def run_register(args: argparse.Namespace) -> int:
     print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
           f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
           "fluororeg overlay "
-          f"{args.recording} {Path(args.out) / 'poses.csv'} --out {Path(args.out) / 'overlays'}")
+          f"{args.recording} {Path(args.out) / 'poses.csv'} --subject {args.subject} --out {Path(args.out) / 'overlays'}")
     if res.qc is not None:
         from fluororeg.pipeline.quality import format_qc
 
@@ -158,27 +216,37 @@ def run_overlay(args: argparse.Namespace) -> int:
     subject = common.load_subject_arg(args.subject)
     rec = open_recording(args.recording)
     table = read_poses_csv(args.poses)
-    frames, poses = np.asarray(table["frame"], int), table["poses"]
-    if len(frames) and (frames.min() < 0 or frames.max() >= len(rec)):
-        raise ValueError(f"{args.poses} has frames {frames.min()}..{frames.max()}, but the recording has "
-                         f"{len(rec)} frames (0..{len(rec) - 1})")
-    pose_of = dict(zip(frames.tolist(), poses))
+    frames, poses, statuses = np.asarray(table["frame"], int), table["poses"], table["status"]
+    numbers = rec.frame_numbers  # [F] the recording's own frame numbers; poses.csv rows carry them
+    unknown = sorted(set(frames.tolist()) - set(numbers.tolist()))
+    if unknown:
+        raise ValueError(f"{args.poses} has frames {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that the "
+                         f"recording '{args.recording}' does not have (its frames: {numbers[:10].tolist()}"
+                         f"{' ...' if len(numbers) > 10 else ''})")
+    row_of = {int(f): r for r, f in enumerate(frames)}
     nan_pose = np.full(6, np.nan)
 
-    def pair(i):
-        pose = pose_of.get(i, nan_pose)
-        status = "" if np.isfinite(pose).all() else "  (not registered)"
+    def pair(i):  # i: position in the recording
+        number = int(numbers[i])
+        r = row_of.get(number)
+        pose = nan_pose if r is None else poses[r]
+        status = "not in poses" if r is None else str(statuses[r])
         return overlay_pair(rec.frame(i), subject, rec.geometry.views, pose,
-                            distortion=rec.geometry.distortion, label=f"frame {i}{status}")
+                            distortion=rec.geometry.distortion, frame=number, status=status)
 
-    chosen = args.frames if args.frames is not None else sorted({0, len(rec) // 2, len(rec) - 1})
+    chosen = args.frames if args.frames is not None else \
+        [int(numbers[i]) for i in sorted({0, len(rec) // 2, len(rec) - 1})]
+    positions = []
+    for f in chosen:
+        try:
+            positions.append(rec.index_of(f))
+        except ValueError as exc:
+            raise ValueError(f"--frames {f}: {exc}; --frames takes the recording's frame numbers") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i in chosen:
-        if not 0 <= i < len(rec):
-            raise ValueError(f"--frames {i}: expected frame numbers 0..{len(rec) - 1}")
-        Image.fromarray(pair(i)).save(out / f"overlay_frame_{i:05d}.png")
-    written = [str(out / f"overlay_frame_{i:05d}.png") for i in chosen]
+    for f, i in zip(chosen, positions):
+        Image.fromarray(pair(i)).save(out / f"overlay_frame_{f:05d}.png")
+    written = [str(out / f"overlay_frame_{f:05d}.png") for f in chosen]
     if args.video != "none":
         from tqdm import tqdm
 
@@ -190,11 +258,15 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from fluororeg.io.poses import read_poses_csv, read_reference_poses
+    from fluororeg.io.poses import read_poses_csv
+    from fluororeg.io.recording import open_recording
     from fluororeg.pipeline.evaluate import evaluate_poses, write_evaluation
 
+    if args.with_landmarks and args.subject is None:
+        common.load_subject_arg(None)  # the one-line error: --with-landmarks needs --subject
     table = read_poses_csv(args.poses)
-    ref = read_reference_poses(args.reference, frames=table["frame"])  # matched by frame number
+    rec = open_recording(args.recording) if args.recording else None
+    ref = _reference_by_frame(args.reference, table["frame"], args.subject, rec)  # matched by frame number
     if not np.isfinite(ref).all(axis=1).any():
         raise ValueError(f"'{args.reference}' has no pose for any of the {len(ref)} frames of '{args.poses}' "
                          "(rows are matched by their frame numbers)")
@@ -211,14 +283,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_select_translator(args: argparse.Namespace) -> int:
-    from fluororeg.io.poses import read_reference_poses
     from fluororeg.pipeline.register import PipelineOptions
     from fluororeg.training.style_selection import select_style_snapshot
 
     subject, rec, detector = _subject_recording_detector(args)
-    reference = read_reference_poses(args.reference, frames=np.arange(len(rec))) if args.reference else None
+    # [F, 6] in the recording's order, matched by its frame numbers (not positions)
+    reference = _reference_by_frame(args.reference, rec.frame_numbers, args.subject, rec) if args.reference else None
+    if reference is not None and not np.isfinite(reference).all(axis=1).any():
+        raise ValueError(f"'{args.reference}' has no pose for any frame of '{args.recording}' (frames "
+                         f"{rec.frame_numbers[:10].tolist()}{' ...' if len(rec) > 10 else ''}; matched by frame number)")
+    crop = crop_pixel_mm_for(args.crop_pixel_mm, detector)
     best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
-                                         options=PipelineOptions(crop_pixel_mm=args.crop_pixel_mm, **_gate_options(args)),
+                                         options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
                                          max_frames=args.max_frames, progress=not args.quiet)
     unit = "mm landmark error" if reference is not None else "mm residual"
     for s in scores:

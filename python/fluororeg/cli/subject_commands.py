@@ -92,7 +92,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     if not (np.isfinite(args.max_off_bone_mm) and args.max_off_bone_mm >= 0):
         raise ValueError(f"--max-off-bone-mm {args.max_off_bone_mm}: expected a distance >= 0 in mm")
-    subject = common.load_subject_arg(args.folder)
+    subject = common.load_subject_arg(args.folder or common.EXAMPLE_SUBJECT)  # check: the example by default
     ct, n = subject.ct, len(subject.landmark_names)
     print(f"subject {subject.name}: CT {ct.data.shape[::-1]} voxels (x, y, z) of {np.round(ct.spacing, 3).tolist()} mm, "
           f"{n} landmarks, {len(subject.pairs)} symmetric pairs, fingerprint {subject.fingerprint}")

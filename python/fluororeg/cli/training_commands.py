@@ -28,7 +28,9 @@ def add_parser(subparsers) -> None:
     tt.add_argument("--preset", choices=["fast", "paper"], default="fast")
     tt.add_argument("--steps", type=int)
     tt.add_argument("--every", type=int, default=1, help="use every n-th frame")
-    tt.add_argument("--crop-pixel-mm", type=float, default=2.0)
+    tt.add_argument("--crop-pixel-mm", type=float,
+                    help="pixel size (mm at the bone) of the X-ray crops (default: the --drr dataset's, as register "
+                         "crops with a detector trained on it)")
     tt.add_argument("--snapshot-every", type=int, default=0,
                     help="keep a translator snapshot every N steps (snapshots/) to choose from with select-translator")
     tt.add_argument("--restart", action="store_true",
@@ -72,7 +74,12 @@ def run_train_translator(args: argparse.Namespace) -> int:
         raise ValueError(f"--every {args.every}: expected at least 1 (every n-th frame)")
     cfg = StyleConfig.preset(args.preset, snapshot_every=args.snapshot_every,
                              **({"steps": args.steps} if args.steps is not None else {}))
-    crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=args.crop_pixel_mm, every=args.every)
+    crop_pixel_mm = args.crop_pixel_mm
+    if crop_pixel_mm is None:
+        from fluororeg.dataset.generate import DatasetReader
+
+        crop_pixel_mm = DatasetReader(args.drr, "train").crop_pixel_mm  # the DRRs' pixel size at the bone
+    crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every)
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
     if args.restart:
         discard_run(args.out)
@@ -85,5 +92,5 @@ def run_train_translator(args: argparse.Namespace) -> int:
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "
-              f"--detector MODEL.onnx --out {Path(args.out) / 'selected'}")
+              f"--subject DIR --detector MODEL.onnx --out {Path(args.out) / 'selected'}")
     return 0

@@ -4,7 +4,8 @@ No torch: the network comes from :mod:`fluororeg.training` (``export_detector``)
 file with metadata (:data:`DETECTOR_KIND`, input size and normalisation, landmark names and
 pairs, the subject's fingerprint). Inputs are uint8 images mapped to ``x / 127.5 - 1``; the
 outputs are ``landmarks`` [n, L, 2] in network coordinates of the network's own input size
-(:mod:`fluororeg.inference.coordinates`) and ``confidence`` [n, L] in [0, 1]. Images of another
+(:mod:`fluororeg.inference.coordinates`) and ``confidence`` [n, L] in [0, 1]. The metadata
+also carries ``crop_pixel_mm``, the training images' pixel size at the bone. Images of another
 size than the network's are padded to a square (centred, black) and resampled to the network
 size with pixel edges aligned (:func:`resample_square`); coordinates are mapped back to the
 pixels of the given images.
@@ -38,7 +39,9 @@ class LandmarkDetector:
     landmark names and the subject fingerprint match (``ValueError`` otherwise).
     ``detect(images)`` takes uint8 ``[n, H, W]`` or ``[H, W]`` (floats are taken as [0, 255])
     and returns ``(xy_px [n, L, 2], confidence [n, L])`` in the pixels of the given images.
-    Images of another size than the network's are padded to a square (centred, black) and
+    ``crop_pixel_mm``: the pixel size at the bone (mm) of the images it was trained on, which
+    the pipeline's crops must match (``PipelineOptions.crop_pixel_mm``); None for an export
+    that predates it. Images of another size than the network's are padded to a square (centred, black) and
     resampled to the network size with pixel edges aligned; coordinates are mapped back.
     """
 
@@ -50,6 +53,8 @@ class LandmarkDetector:
         self.landmark_names = list(meta.get("landmark_names") or [])
         self.pairs = meta.get("pairs", [])
         self.subject_fingerprint = meta.get("subject_fingerprint")
+        crop = meta.get("crop_pixel_mm")  # the training images' pixel size at the bone (mm); None: older export
+        self.crop_pixel_mm = float(crop) if isinstance(crop, (int, float)) and np.isfinite(crop) and crop > 0 else None
         self.training = meta.get("training") if isinstance(meta.get("training"), dict) else None
         if not self.landmark_names:
             raise ValueError(f"'{path}' has no landmark_names metadata: not a fluororeg detector export")

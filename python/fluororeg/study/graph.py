@@ -38,7 +38,6 @@ __all__ = ["Dep", "Task", "build_graph", "calibrate_task", "models_task", "regis
            "RESULT_FILE"]
 
 RESULT_FILE = "study_result.json"
-STATUSES = ("ok", "one_view", "views_disagree", "too_few_landmarks", "failed")
 
 
 @dataclass(frozen=True)
@@ -197,6 +196,8 @@ def _summarise(spec: RecordingSpec, subject, res, reference, out: Path) -> dict:
     """JSON-able summary of a registered recording (and its evaluation against the reference)."""
     poses = np.asarray(res.poses)
     registered = np.all(np.isfinite(poses), axis=1)
+    from fluororeg.core.registration import STATUSES
+
     counts = {s: int(np.sum(res.status == s)) for s in STATUSES}
     for s in np.unique(res.status):
         counts.setdefault(str(s), int(np.sum(res.status == s)))

@@ -12,12 +12,16 @@ import io
 import math
 from pathlib import Path
 
+from fluororeg.core.registration import INPUT_STATUSES
 from fluororeg.io.atomic import atomic_write_text
 
 __all__ = ["write_study_summary", "SUMMARY_COLUMNS"]
 
+# Frames the quality gate or the input checks kept from being registered.
+FLAGGED_STATUSES = ("large_residual", "few_inliers") + INPUT_STATUSES
+
 SUMMARY_COLUMNS = ("recording", "subject", "result", "frames", "registered", "ok", "one_view", "views_disagree",
-                   "too_few_landmarks", "failed", "residual_mm_median", "residual_px_median",
+                   "too_few_landmarks", "failed", "flagged", "residual_mm_median", "residual_px_median",
                    "angle_err_deg_median", "position_err_mm_median", "landmark_err_mm_median", "register_seconds",
                    "resumed", "out", "error")
 
@@ -51,6 +55,8 @@ def _rows(run) -> list[dict]:
                        landmark_err_mm_sd=ev.get("landmark_err_mm_sd"))
             for k, n in s["status"].items():
                 row[k] = n
+            # not registered by the quality gate or the input checks (fluororeg.pipeline.quality)
+            row["flagged"] = sum(n for k, n in s["status"].items() if k in FLAGGED_STATUSES)
         else:
             row["error"] = o.error
         rows.append(row)
@@ -120,17 +126,18 @@ def write_study_summary(run) -> dict:
              f"{registered} of {frames} frame pairs registered. This run: {run.frames_registered} frame pairs in "
              f"{run.seconds:.1f} s ({run.frame_pairs_per_s:.2f} frame pairs/s) on {run.workers} worker(s).", "",
              "| recording | subject | result | registered | ok | one view | views disagree | too few landmarks | "
-             "failed | median residual (mm / px) | median errors (deg / mm / landmark mm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "failed | flagged by the quality gate | median residual (mm / px) | median errors (deg / mm / landmark mm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["result"] != "done":
-            lines.append(f"| {r['recording']} | {r['subject']} | **{r['result']}** | | | | | | | | |")
+            lines.append(f"| {r['recording']} | {r['subject']} | **{r['result']}** | | | | | | | | | |")
             continue
         errs = " / ".join(_fmt(r.get(k)) or "-" for k in ("angle_err_deg_median", "position_err_mm_median",
                                                              "landmark_err_mm_median"))
         lines.append(f"| {r['recording']} | {r['subject']} | done{' (resumed)' if r.get('resumed') else ''} | "
                      f"{r['registered']}/{r['frames']} | {r.get('ok', 0)} | {r.get('one_view', 0)} | "
                      f"{r.get('views_disagree', 0)} | {r.get('too_few_landmarks', 0)} | {r.get('failed', 0)} | "
+                     f"{r.get('flagged', 0)} | "
                      f"{_fmt(r['residual_mm_median']) or '-'} / {_fmt(r['residual_px_median']) or '-'} | "
                      f"{errs if any(r.get(k) is not None for k in ('angle_err_deg_median',)) else 'no reference'} |")
     lines += ["", "## Subjects' models", ""]
