@@ -32,7 +32,7 @@ if [ "${FLUORO_TEST_WITHOUT_TORCH:-0}" = 1 ]; then
     "${PYTHON:-python3}" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q numpy scipy onnxruntime pillow tifffile h5py nibabel pynrrd pydicom \
-      tqdm av pytest onnx   # onnx: the tests build their tiny models with its helper API
+      tqdm av scikit-image matplotlib pytest onnx   # onnx: the tests build their tiny models with its helper API
     touch "$stamp"
   fi
   if "$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"; then
@@ -43,7 +43,7 @@ if [ "${FLUORO_TEST_WITHOUT_TORCH:-0}" = 1 ]; then
   mkdir -p build/inference-path
   ln -sfn "$package" build/inference-path/fluororeg
   export PYTHONPATH="$PWD/build/inference-path"
-  "$venv/bin/python" -c "import sys, fluororeg.pipeline.register, fluororeg.inference.detector, \
-fluororeg.inference.translator, fluororeg.cli.app; assert 'torch' not in sys.modules"
+  "$venv/bin/python" -c "import sys, fluororeg.pipeline, fluororeg.pipeline.register, fluororeg.inference.detector, \
+fluororeg.inference.translator, fluororeg.cli; assert 'torch' not in sys.modules"
   (cd tests && "../$venv/bin/python" -m pytest -q -p no:cacheprovider inference)
 fi
