@@ -29,11 +29,11 @@ def main() -> None:
 
     cube = (np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
                       if (i != 0) + (j != 0) + (k != 0) != 2], float) * 50) @ rotation_matrix([15, 20, 15]).T
-    views = [ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_detector=1400, pitch=0.3, width=1024, height=1024),
-             ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_detector=1300, pitch=0.3, width=1024, height=1024)]
+    views = [ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_intensifier=1400, pitch=0.3, width=1024, height=1024),
+             ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_intensifier=1300, pitch=0.3, width=1024, height=1024)]
     imgs = [bead_image(1024, 1024, project_cone(cube, v, np.zeros(6))[0][0], radius_px=6, seed=k)
             for k, v in enumerate(views)]
-    guesses = [ConeView(v.source + [8, -5, 6], v.detector_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 1024, 1024)
+    guesses = [ConeView(v.source + [8, -5, 6], v.intensifier_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 1024, 1024)
                for v in views]
 
     def geometry():

@@ -21,9 +21,9 @@ from fluororeg.training.detector_config import DetectorConfig, preset
 from fluororeg.training.detector_network import build_model, count_parameters
 from fluororeg.training.export import export_onnx
 from fluororeg.inference.onnx_model import OnnxModel
-from fluororeg.training.style_config import StyleConfig
-from fluororeg.training.style_networks import build_networks
-from fluororeg.training.style_train import train_style
+from fluororeg.training.translator_config import TranslatorConfig
+from fluororeg.training.translator_networks import build_networks
+from fluororeg.training.translator_train import train_translator
 
 from _common import best_time, parser, report
 
@@ -78,14 +78,14 @@ def main() -> None:
                  (f"detector {name}: ms/image in batches of 16", batched, "ms"),
                  (f"detector {name}: training", rate, "samples/s")]
     for name in ("paper", "fast"):
-        cfg = StyleConfig.preset(name)
+        cfg = TranslatorConfig.preset(name)
         gen = build_networks(cfg)["G_xd"].eval()
         single, batched = onnx_ms(gen, cfg.image_size, ("translated",), repeat)
         rng = np.random.default_rng(0)
         imgs = rng.integers(0, 256, (16, cfg.image_size, cfg.image_size), dtype=np.uint8)
         with tempfile.TemporaryDirectory() as tmp:
             steps = 6 if args.quick else 20
-            summary = train_style(imgs, imgs, Path(tmp) / "run", StyleConfig.preset(name, steps=steps, log_every=steps,
+            summary = train_translator(imgs, imgs, Path(tmp) / "run", TranslatorConfig.preset(name, steps=steps, log_every=steps,
                                   checkpoint_every=10 * steps), progress=False, max_steps=steps)
         results[f"generator_{name}"] = {"parameters": int(sum(p.numel() for p in gen.parameters())),
                                         "ms_single": single, "ms_per_image_batch16": batched,

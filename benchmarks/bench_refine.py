@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
     from fluororeg._reference.render import line_integral_cone
 
     n_ref = 4 if args.quick else 8
-    views_ref = tuple(fr.core.geometry.ConeView(v.source, v.detector_centre, v.u, v.v, v.pitch_u * 4, v.pitch_v * 4,
+    views_ref = tuple(fr.core.geometry.ConeView(v.source, v.intensifier_centre, v.u, v.v, v.pitch_u * 4, v.pitch_v * 4,
                                            v.width // 4, v.height // 4) for v in views)
     t = time.perf_counter()
     imgs = np.stack([np.stack([line_integral_cone(mu, v, truth[i]) for v in views_ref]) for i in range(n_ref)])
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
         available = False
     results["plastimatch_available"] = bool(available)
     if available:
-        views_pm = tuple(fr.core.geometry.ConeView(v.source, v.detector_centre, v.u, v.v, v.pitch_u * 2, v.pitch_v * 2,
+        views_pm = tuple(fr.core.geometry.ConeView(v.source, v.intensifier_centre, v.u, v.v, v.pitch_u * 2, v.pitch_v * 2,
                                               v.width // 2, v.height // 2) for v in views)
         n = min(F, 6 if args.quick else 12)
         imgs = np.stack([np.stack([pm.render_cone_plastimatch(mu, v, truth[i]) for v in views_pm])

@@ -103,7 +103,7 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
     t_cone_exact = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, cuda_texture=False),
                              max(1, repeat // 2))
     k_cone_exact = kernel_ms(cone_vol)
-    view200 = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6 * 512 / 200,
+    view200 = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=0.6 * 512 / 200,
                                   width=200, height=200)
     vol200 = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view200, 1), pose[None]), "auto")
     t_200 = best_time(lambda: R.render_cone(prepared, view200, pose), repeat * 5)
@@ -166,7 +166,7 @@ def main() -> None:
     ref_per_s = n_ref / t_ref
 
     # Cone beam: a fluoroscope ~1 m source-to-intensifier, 512 x 512 px of 0.6 mm.
-    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=0.6, width=512, height=512)
+    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=0.6, width=512, height=512)
     pose = np.array([10.0, -5.0, 20.0, 2.0, 3.0, -4.0])
     t_cone = best_time(lambda: R.render_cone(prepared, view, pose), repeat)
     cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view, 1), pose[None]), "auto")

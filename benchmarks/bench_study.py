@@ -89,7 +89,7 @@ def _warm_up() -> None:
     import fluororeg.study.graph  # noqa: F401
     import fluororeg.study.inputs  # noqa: F401
     import fluororeg.training.detector_train  # noqa: F401
-    import fluororeg.training.style_train  # noqa: F401
+    import fluororeg.training.translator_train  # noqa: F401
 
 
 def main() -> None:

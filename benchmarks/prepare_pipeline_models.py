@@ -14,7 +14,7 @@
 4. The style translator: the fast CycleGAN preset for ``--style-steps`` steps, keeping its
    generators every 500 steps; the snapshot that registers a held-out validation recording
    best (another motion and seed, a training style) is exported
-   (:mod:`fluororeg.training.style_selection`): by the landmark error to that recording's true poses
+   (:mod:`fluororeg.training.translator_selection`): by the landmark error to that recording's true poses
    (``--select reference``, like a lab's few manual registrations) or by the label-free
    reprojection residual (``--select residual``). The last step's generators go to
    ``<out>/style_last`` for comparison.
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--detector-run", help="a finished detector training run folder to export instead of training")
     p.add_argument("--detector-epochs", type=int, default=60, help="detector training work (the fast preset's 60)")
     p.add_argument("--detector-minutes", type=float, default=0.0,
-                   help="an explicit wall-clock cap on the detector's training (0: none; a cut is recorded)")
+                   help="an explicit wall-clock cap on the intensifier's training (0: none; a cut is recorded)")
     p.add_argument("--style-steps", type=int, default=6000)
     p.add_argument("--frames", type=int, default=40, help="frame pairs per X-ray training recording")
     p.add_argument("--select", choices=["reference", "residual"], default="reference",
@@ -60,7 +60,7 @@ def main() -> None:
     from fluororeg.simulation.simulate import FluoroStyle, default_dual_views, simulate_recording
     from fluororeg.subject.subject import example_subject
     from fluororeg.training.detector_config import preset
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
     from fluororeg.training.workflow import WorkflowPaths, WorkflowSettings, train_models
 
     out, dataset = Path(args.out), Path(args.dataset)
@@ -85,7 +85,7 @@ def main() -> None:
         dataset=None if (dataset / "dataset.json").exists()
         else DatasetConfig(projection="cone", source_distance_mm=source_distance_range(views)),
         detector=preset("fast", epochs=args.detector_epochs, time_limit_minutes=args.detector_minutes),
-        style=StyleConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
+        style=TranslatorConfig.preset("fast", steps=args.style_steps, log_every=100, checkpoint_every=250,
                                  snapshot_every=500),
         export_last_style=True)
     reference = np.load(validation / "truth.npz")["poses"] if args.select == "reference" else None

@@ -28,7 +28,7 @@ def dual_views() -> tuple[ConeView, ConeView]:
     for ang in (-50.0, 50.0):
         a = np.deg2rad(ang)
         src = 650.0 * np.array([np.sin(a), -np.cos(a), 0.0])
-        views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_detector=1050.0, pitch=1.2,
+        views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_intensifier=1050.0, pitch=1.2,
                                          width=96, height=96))
     return tuple(views)
 

@@ -1,5 +1,5 @@
 // Bindings of the view refinement (fluororeg/calibration.h). Views travel as packed [16]
-// rows (source, detector centre, u, v, pitch_u, pitch_v, width, height), as in the renderer.
+// rows (source, intensifier centre, u, v, pitch_u, pitch_v, width, height), as in the renderer.
 #include <nanobind/stl/string.h>
 
 #include <cmath>
@@ -34,7 +34,7 @@ void BindCalibration(nb::module_& m) {
   m.def(
       "refine_cone_view",
       [](const InArray<double>& view, const InArray<double>& points_world,
-         const InArray<double>& pixels, bool refine_source, bool refine_detector_centre,
+         const InArray<double>& pixels, bool refine_source, bool refine_intensifier_centre,
          bool refine_orientation, int max_iterations, double huber_px) {
         const ConeView v = UnpackView(view);
         CheckShape(points_world, "points_world", {-1, 3});
@@ -42,7 +42,7 @@ void BindCalibration(nb::module_& m) {
         CheckShape(pixels, "pixels", {n, 2});
         ViewRefineOptions options;
         options.refine_source = refine_source;
-        options.refine_detector_centre = refine_detector_centre;
+        options.refine_intensifier_centre = refine_intensifier_centre;
         options.refine_orientation = refine_orientation;
         options.max_iterations = max_iterations;
         options.huber_px = huber_px;
@@ -62,7 +62,7 @@ void BindCalibration(nb::module_& m) {
         return out;
       },
       nb::arg("view"), nb::arg("points_world"), nb::arg("pixels"),
-      nb::arg("refine_source") = true, nb::arg("refine_detector_centre") = true,
+      nb::arg("refine_source") = true, nb::arg("refine_intensifier_centre") = true,
       nb::arg("refine_orientation") = true, nb::arg("max_iterations") = 200,
       nb::arg("huber_px") = 0.0,
       "Refine a packed cone view [16] so that beads points_world [n, 3] mm project onto "

@@ -28,7 +28,7 @@ long long MakeInput(const InArray<float>& volume, const InArray<double>& model_f
   const std::vector<ConeView> v = UnpackViews(views);
   if (v.size() != 2)
     throw std::invalid_argument("got " + std::to_string(v.size()) +
-                                " views: expected exactly two (F1, F2)");
+                                " views: expected exactly two (view 1, view 2)");
   in->views[0] = v[0];
   in->views[1] = v[1];
   CheckShape(images, "images", {-1, 2, v[0].height, v[0].width});

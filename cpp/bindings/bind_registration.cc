@@ -102,7 +102,7 @@ const std::vector<Field>& Fields() {
        [](Options& o, nb::handle h) {
          o.loss = h.is_none() ? RobustLoss::kNone : ParseRobustLoss(ToStr(h, "loss"));
        }},
-      FLUORO_FLOAT_FIELD(loss_scale_mm, "Scale a of the robust loss, mm on the detector (> 0)."),
+      FLUORO_FLOAT_FIELD(loss_scale_mm, "Scale a of the robust loss, mm on the intensifier (> 0)."),
       {"mirror", "The paper's four-case mirror strategy (Table 1; needs pairs).",
        [](const Options& o) { return nb::object(nb::bool_(o.mirror)); },
        [](Options& o, nb::handle h) { o.mirror = ToBool(h, "mirror"); }},
@@ -143,7 +143,7 @@ const std::vector<Field>& Fields() {
                        "Fewest registered frames for a typical residual (else no check)."),
       {"max_residual_mm",
        "Quality gate (None: off): the largest RMS residual per view at the bone, mm (the "
-       "detector-plane residual over the magnification at each landmark); a frame beyond it "
+       "intensifier-plane residual over the magnification at each landmark); a frame beyond it "
        "is 'large_residual' (pose kept, not registered).",
        [](const Options& o) {
          return o.max_residual_mm == 0.0 ? nb::none() : nb::object(nb::float_(o.max_residual_mm));
@@ -200,7 +200,7 @@ RegistrationSetup MakeSetup(const InArray<double>& landmarks, const InArray<doub
   *storage = UnpackViews(views);
   if (storage->size() != 2) {
     throw std::invalid_argument("got " + std::to_string(storage->size()) +
-                                " views: expected exactly two (F1, F2)");
+                                " views: expected exactly two (view 1, view 2)");
   }
   CheckShape(pairs, "pairs", {-1, 2});
   RegistrationSetup setup;

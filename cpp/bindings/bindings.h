@@ -62,7 +62,7 @@ Device ParseDevice(const std::string& device);
 VolumeGrid GridFromArrays(const InArray<float>& volume, const InArray<double>& model_from_voxel,
                           const std::string& name = "volume");
 
-// Packed cone views: [n, 16] = source xyz, detector centre xyz, u xyz, v xyz, pitch_u,
+// Packed cone views: [n, 16] = source xyz, intensifier centre xyz, u xyz, v xyz, pitch_u,
 // pitch_v, width, height (mm, px). Unpacking checks finite values, positive pitches and whole
 // positive image sizes (errors name `where`); the core validates the geometry itself.
 constexpr int kViewColumns = 16;

@@ -23,7 +23,7 @@ ConeView UnpackViewRow(const double* r, const std::string& where) {
   ConeView v;
   for (int c = 0; c < 3; ++c) {
     v.source[c] = r[c];
-    v.detector_centre[c] = r[3 + c];
+    v.intensifier_centre[c] = r[3 + c];
     v.u[c] = r[6 + c];
     v.v[c] = r[9 + c];
   }
@@ -47,7 +47,7 @@ ConeView UnpackViewRow(const double* r, const std::string& where) {
 void PackViewRow(const ConeView& v, double* r) {
   for (int c = 0; c < 3; ++c) {
     r[c] = v.source[c];
-    r[3 + c] = v.detector_centre[c];
+    r[3 + c] = v.intensifier_centre[c];
     r[6 + c] = v.u[c];
     r[9 + c] = v.v[c];
   }

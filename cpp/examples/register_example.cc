@@ -17,7 +17,7 @@ static ConeView View(double az) {
   ConeView v;
   for (int i = 0; i < 3; ++i) {
     v.source[i] = -600.0 * d[i];
-    v.detector_centre[i] = 500.0 * d[i];
+    v.intensifier_centre[i] = 500.0 * d[i];
   }
   const double vv[3] = {0, 0, -1}, uu[3] = {d[1], -d[0], 0};
   for (int i = 0; i < 3; ++i) v.u[i] = uu[i], v.v[i] = vv[i];

@@ -20,7 +20,7 @@ inline ConeView MakeView(const double iso[3], double azimuth_deg) {
   ConeView v;
   for (int i = 0; i < 3; ++i) {
     v.source[i] = iso[i] - 600.0 * d[i];
-    v.detector_centre[i] = iso[i] + 500.0 * d[i];
+    v.intensifier_centre[i] = iso[i] + 500.0 * d[i];
   }
   // v = -z (image rows down), u = v x n so that u x v = n = d.
   v.v[0] = 0, v.v[1] = 0, v.v[2] = -1;
@@ -38,12 +38,12 @@ struct Scene {
   ConeView views[2];
   int n = 33;
 
-  // World origin at the F1 intensifier centre (as in the paper); views 100 degrees apart.
+  // World origin at the view 1 intensifier centre (as the paper's F1); views 100 degrees apart.
   explicit Scene(unsigned seed = 7) {
     const double iso0[3] = {0, 0, 0};
     const ConeView f1 = MakeView(iso0, -50.0);
-    const double iso[3] = {-f1.detector_centre[0], -f1.detector_centre[1],
-                           -f1.detector_centre[2]};
+    const double iso[3] = {-f1.intensifier_centre[0], -f1.intensifier_centre[1],
+                           -f1.intensifier_centre[2]};
     views[0] = MakeView(iso, -50.0);
     views[1] = MakeView(iso, 50.0);
     std::mt19937 rng(seed);

@@ -18,7 +18,7 @@ ConeView TrueView() {
   const double S[3] = {5, -1000, 12}, D[3] = {-3, 400, 8}, u[3] = {1, 0, 0}, vv[3] = {0, 0, -1};
   for (int i = 0; i < 3; ++i) {
     v.source[i] = S[i];
-    v.detector_centre[i] = D[i];
+    v.intensifier_centre[i] = D[i];
     v.u[i] = u[i];
     v.v[i] = vv[i];
   }
@@ -62,8 +62,8 @@ TEST(Calibration, RefineRecoversPerturbedView) {
   ConeView start = truth;
   start.source[0] += 15;
   start.source[1] -= 30;
-  start.detector_centre[2] += 10;
-  // Rotate the detector axes by about 1 degree about z.
+  start.intensifier_centre[2] += 10;
+  // Rotate the intensifier axes by about 1 degree about z.
   const double a = 0.017;
   start.u[0] = std::cos(a);
   start.u[1] = std::sin(a);
@@ -73,7 +73,7 @@ TEST(Calibration, RefineRecoversPerturbedView) {
   EXPECT_LT(r.final_rms_px, 1e-6);
   for (int i = 0; i < 3; ++i) {
     EXPECT_NEAR(r.view.source[i], truth.source[i], 1e-4);
-    EXPECT_NEAR(r.view.detector_centre[i], truth.detector_centre[i], 1e-4);
+    EXPECT_NEAR(r.view.intensifier_centre[i], truth.intensifier_centre[i], 1e-4);
     EXPECT_NEAR(r.view.u[i], truth.u[i], 1e-8);
     EXPECT_NEAR(r.view.v[i], truth.v[i], 1e-8);
   }
@@ -88,13 +88,13 @@ TEST(Calibration, SourceOnlyFromFourBeads) {
   start.source[1] += 50;
   start.source[2] -= 15;
   ViewRefineOptions o;
-  o.refine_detector_centre = false;
+  o.refine_intensifier_centre = false;
   o.refine_orientation = false;
   const ViewRefineResult r = RefineConeView(start, X.data(), xy.data(), 4, o);
   EXPECT_LT(r.final_rms_px, 1e-6);
   for (int i = 0; i < 3; ++i) {
     EXPECT_NEAR(r.view.source[i], truth.source[i], 1e-4);
-    EXPECT_EQ(r.view.detector_centre[i], truth.detector_centre[i]);
+    EXPECT_EQ(r.view.intensifier_centre[i], truth.intensifier_centre[i]);
   }
 }
 

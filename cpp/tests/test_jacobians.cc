@@ -61,10 +61,10 @@ TEST(Jacobians, ViewResidualFailsBehindSource) {
   const double target[2] = {0, 0}, sw = 1, R0[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
   const ViewResidual cost(&g, R0, scene.landmarks.data(), &index, target, &sw, 1);
   double x[6] = {0, 0, 0};
-  // Put the model 100 mm behind the F1 source.
+  // Put the model 100 mm behind the view 1 source.
   for (int i = 0; i < 3; ++i)
     x[3 + i] = scene.views[0].source[i] -
-               100.0 * (scene.views[0].detector_centre[i] - scene.views[0].source[i]) / 1100.0;
+               100.0 * (scene.views[0].intensifier_centre[i] - scene.views[0].source[i]) / 1100.0;
   const double* params[1] = {x};
   double r[2];
   EXPECT_FALSE(cost.Evaluate(params, r, nullptr));
@@ -163,7 +163,7 @@ TEST(Jacobians, FrobeniusCostIsSumOfNorms) {
 }
 
 // The residual writes the projection's derivative itself (from ConeProjector's q and 1 / n.d);
-// automatic differentiation through geometry.h's ProjectToDetectorMm and Ceres' angle-axis
+// automatic differentiation through geometry.h's ProjectToIntensifierMm and Ceres' angle-axis
 // rotation checks both the values (the same projection) and that derivative.
 struct AutoDiffViewResidual {
   const ConeView* view;
@@ -182,7 +182,7 @@ struct AutoDiffViewResidual {
                      R[3] * X[0] + R[4] * X[1] + R[5] * X[2] + x[4],
                      R[6] * X[0] + R[7] * X[1] + R[8] * X[2] + x[5]};
     T pu, pv;
-    if (!ProjectToDetectorMm(*view, Xw, &pu, &pv)) return false;
+    if (!ProjectToIntensifierMm(*view, Xw, &pu, &pv)) return false;
     r[0] = sw * (pu - target[0]);
     r[1] = sw * (pv - target[1]);
     return true;

@@ -48,11 +48,11 @@ struct Phantom {
 void MakeViews(ConeView views[2]) {
   for (int s = 0; s < 2; ++s) {
     const double a = (s == 0 ? -50.0 : 50.0) * M_PI / 180.0;
-    const double d[3] = {std::sin(a), std::cos(a), 0.0};  // source -> detector
+    const double d[3] = {std::sin(a), std::cos(a), 0.0};  // source -> intensifier
     ConeView& v = views[s];
     for (int c = 0; c < 3; ++c) {
       v.source[c] = -650.0 * d[c];
-      v.detector_centre[c] = 400.0 * d[c];
+      v.intensifier_centre[c] = 400.0 * d[c];
     }
     v.v[0] = 0, v.v[1] = 0, v.v[2] = -1;
     v.u[0] = v.v[1] * d[2] - v.v[2] * d[1];
@@ -162,12 +162,12 @@ TEST(Refine, PyramidViewKeepsPixelCentres) {
   EXPECT_EQ(l1.width, 32);
   EXPECT_DOUBLE_EQ(l1.pitch_u, 3.6);
   // 64 px halve exactly: same centre.
-  for (int c = 0; c < 3; ++c) EXPECT_NEAR(l1.detector_centre[c], views[0].detector_centre[c], 1e-9);
+  for (int c = 0; c < 3; ++c) EXPECT_NEAR(l1.intensifier_centre[c], views[0].intensifier_centre[c], 1e-9);
   ConeView odd = views[0];
   odd.width = 65;  // level 1 drops the last column: its centre moves half a pixel to -u
   const ConeView o1 = PyramidView(odd, 1);
   for (int c = 0; c < 3; ++c)
-    EXPECT_NEAR(o1.detector_centre[c], odd.detector_centre[c] - 0.5 * 1.8 * odd.u[c], 1e-9);
+    EXPECT_NEAR(o1.intensifier_centre[c], odd.intensifier_centre[c] - 0.5 * 1.8 * odd.u[c], 1e-9);
 }
 
 TEST_F(RefineTest, BadInputThrowsInvalidArgument) {

@@ -88,7 +88,7 @@ TEST(Registration, TooFewLandmarksIsReported) {
   double pose[6];
   scene.RandomPose(rng, pose);
   std::vector<double> det = scene.Detect(pose);
-  // Keep 3 landmarks in both views (midline ones, unaffected by mirroring); all others are missing in F2.
+  // Keep 3 landmarks in both views (midline ones, unaffected by mirroring); all others are missing in view 2.
   const double nan = std::numeric_limits<double>::quiet_NaN();
   int kept = 0;
   for (int i = 0; i < scene.n; ++i) {
@@ -140,7 +140,7 @@ TEST(Registration, RobustLossResistsOutliers) {
   double pose[6];
   scene.RandomPose(rng, pose);
   std::vector<double> det = scene.Detect(pose, 0.5, &rng);
-  // Three wild landmarks (midline, so mirroring cannot explain them) in F1.
+  // Three wild landmarks (midline, so mirroring cannot explain them) in view 1.
   for (int i = 26; i < 29; ++i)
     if (!std::isnan(det[2 * i])) det[2 * i] += 60.0;
   RegistrationOptions plain, robust;
@@ -275,8 +275,8 @@ TEST(Registration, NearGimbalLockPose) {
   for (int i = 0; i < 12; ++i) EXPECT_NEAR(r.matrix[i], M[i], 1e-7);
 }
 
-// The whole batch: a frame with F2's labels scrambled (no rigid pose fits them) rests on F1
-// (one_view); a frame whose F2 shows another coherent pose is views_disagree; the others keep
+// The whole batch: a frame with view 2's labels scrambled (no rigid pose fits them) rests on view 1
+// (one_view); a frame whose view 2 shows another coherent pose is views_disagree; the others keep
 // the plain solves exactly.
 TEST(Registration, BatchViewAgreementOneViewAndViewsDisagree) {
   const testing::Scene scene;
@@ -289,11 +289,11 @@ TEST(Registration, BatchViewAgreementOneViewAndViewsDisagree) {
     const std::vector<double> d = scene.Detect(&poses[6 * f], 1.0, &rng);
     det.insert(det.end(), d.begin(), d.end());
   }
-  // Frame 3: F2's detections permuted (a cyclic shift of the landmark order).
+  // Frame 3: view 2's detections permuted (a cyclic shift of the landmark order).
   std::vector<double> f2(det.begin() + 4 * n * 3 + 2 * n, det.begin() + 4 * n * 4);
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < 2; ++c) det[4 * n * 3 + 2 * n + 2 * i + c] = f2[2 * ((i + 7) % n) + c];
-  // Frame 9: F2 sees another pose.
+  // Frame 9: view 2 sees another pose.
   double other[6];
   for (int j = 0; j < 6; ++j) other[j] = poses[6 * 9 + j] + (j < 3 ? 30.0 * kDeg : 25.0) * (j % 2 ? -1 : 1);
   const std::vector<double> d9 = scene.Detect(other, 1.0, &rng);
@@ -347,7 +347,7 @@ TEST(Registration, BatchQualityGate) {
     const std::vector<double> d = scene.Detect(&poses[6 * f], 1.0, &rng);
     det.insert(det.end(), d.begin(), d.end());
   }
-  // Frame 2: F2's detections wild (211 px RMS), F1's as usual.
+  // Frame 2: view 2's detections wild (211 px RMS), view 1's as usual.
   std::normal_distribution<double> wild(0.0, 150.0);
   for (int i = 0; i < 2 * n; ++i) det[4 * n * 2 + 2 * n + i] += wild(rng);
   RegistrationOptions o;
@@ -369,7 +369,7 @@ TEST(Registration, BatchQualityGate) {
       // 1 px noise at 0.6 mm/px, magnification about 1.8: about 0.5 mm at the bone.
       for (int k = 0; k < 2; ++k) {
         EXPECT_LT(r[f].rms_bone_mm[k], 0.7);
-        EXPECT_LT(r[f].rms_bone_mm[k], r[f].rms_mm[k]);  // magnified on the detector
+        EXPECT_LT(r[f].rms_bone_mm[k], r[f].rms_mm[k]);  // magnified on the intensifier
         EXPECT_EQ(r[f].inliers[k], r[f].n_vis);
       }
     }

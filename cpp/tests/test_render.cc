@@ -62,7 +62,7 @@ TEST(RenderCone, CentreRayMatchesChordAndLandmarkProjects) {
   const double S[3] = {0, -600, 0}, D[3] = {0, 400, 0};
   for (int c = 0; c < 3; ++c) {
     view.source[c] = S[c];
-    view.detector_centre[c] = D[c];
+    view.intensifier_centre[c] = D[c];
   }
   view.u[0] = 1;
   view.v[2] = -1;
@@ -103,7 +103,7 @@ TEST(Render, BadInputThrowsInvalidArgument) {
   degenerate.u[0] = 1;
   degenerate.v[1] = 1;
   degenerate.pitch_u = degenerate.pitch_v = 1;
-  degenerate.width = degenerate.height = 8;  // source == detector centre: on the plane
+  degenerate.width = degenerate.height = 8;  // source == intensifier centre: on the plane
   EXPECT_THROW(RenderConeDrr(ph.grid, &degenerate, pose, 1, out.data()), std::invalid_argument);
 }
 
@@ -132,7 +132,7 @@ ConeView SideView(int width, int height, double pitch) {
                        dir[0] * u[1] - dir[1] * u[0]};
   for (int c = 0; c < 3; ++c) {
     view.source[c] = S[c];
-    view.detector_centre[c] = D[c];
+    view.intensifier_centre[c] = D[c];
     view.u[c] = u[c];
     view.v[c] = v[c];
   }

@@ -7,7 +7,7 @@ training) -> the training workflow (:mod:`fluororeg.training.workflow`): a small
 dataset of cone-beam DRRs (the simulated fluoroscopes' perspective), the landmark detector
 (fast CPU preset, time-limited), the style translator (fast preset, a bounded number of steps;
 of its snapshots, the one that registers the training recording best,
-:mod:`fluororeg.training.style_selection`) -> registration of the test recording with style
+:mod:`fluororeg.training.translator_selection`) -> registration of the test recording with style
 translation and, for comparison, with a physics-based Beer-Lambert inversion and with a plain
 grey-level inversion -> Eq. 3 evaluation of each -> ``report.md`` (+ JSON), plots and overlays
 (PNG of the first frame pair, GIF of the recording). Everything lands in one folder; reruns reuse
@@ -69,7 +69,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     from fluororeg.pipeline.register import PipelineOptions, register_recording
     from fluororeg.simulation.simulate import default_dual_views, simulate_recording
     from fluororeg.training.detector_config import DetectorConfig, preset
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
     from fluororeg.training.workflow import WorkflowPaths, WorkflowSettings, train_models
     from fluororeg.viz.overlay import overlay_pair, save_overlay_gif
 
@@ -118,12 +118,12 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     if q:
         det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=settings.detector_epochs,
                                  batch_size=16, num_threads=1, seed=settings.seed)
-        style_cfg = StyleConfig(image_size=size, gen_width=8, gen_blocks=1, disc_width=8, steps=settings.style_steps,
+        style_cfg = TranslatorConfig(image_size=size, gen_width=8, gen_blocks=1, disc_width=8, steps=settings.style_steps,
                                 log_every=2, checkpoint_every=2, snapshot_every=snapshot_every, seed=settings.seed)
     else:
         det_cfg = preset("fast", epochs=settings.detector_epochs, time_limit_minutes=settings.detector_time_cap_minutes,
                          seed=settings.seed)
-        style_cfg = StyleConfig.preset("fast", image_size=size, steps=settings.style_steps, log_every=50,
+        style_cfg = TranslatorConfig.preset("fast", image_size=size, steps=settings.style_steps, log_every=50,
                                        checkpoint_every=200, snapshot_every=snapshot_every, seed=settings.seed)
     workflow = WorkflowSettings(dataset=ds_cfg, detector=det_cfg, style=style_cfg,
                                 num_threads=threads, device=settings.device)

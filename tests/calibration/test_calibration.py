@@ -150,19 +150,19 @@ def test_real_wrist_mayacam_loads_and_projects_consistently():
         # Our cone view and the file's pinhole give the same pixel.
         assert np.abs(_project(X, view) - px).max() < 1e-6
         assert view.width == view.height == 1760
-        assert abs(view.source_detector_distance - cam.K[0, 0] * 0.2) < 1e-6
+        assert abs(view.source_intensifier_distance - cam.K[0, 0] * 0.2) < 1e-6
         # The source lies between 800 and 1300 mm from the object.
         assert 800 < np.linalg.norm(view.source - obj) < 1300
     # The geometry built from the files: its system centre is the mean of both sources and
-    # detector centres, nearer the object than either source.
+    # intensifier centres, nearer the object than either source.
     geo = geometry_from_mayacam(WRIST, 0.2, names=("cam01", "cam02"))
-    pts = [v.source for v in geo.views] + [v.detector_centre for v in geo.views]
+    pts = [v.source for v in geo.views] + [v.intensifier_centre for v in geo.views]
     assert np.allclose(geo.system_centre, np.mean(pts, axis=0))
     assert np.linalg.norm(geo.system_centre - obj) < min(np.linalg.norm(v.source - obj) for v in geo.views) / 2
 
 
 def test_mayacam_round_trip(tmp_path):
-    v = ConeView.looking_at([-900, 30, 10], [0, 0, 0], distance_to_detector=1400, pitch=0.25,
+    v = ConeView.looking_at([-900, 30, 10], [0, 0, 0], distance_to_intensifier=1400, pitch=0.25,
                             width=1024, height=768)
     cam = pinhole_from_view(v)
     p = tmp_path / "cam.txt"
@@ -173,7 +173,7 @@ def test_mayacam_round_trip(tmp_path):
     v2 = view_from_pinhole(cam2, 0.25)
     X = np.random.default_rng(1).uniform(-50, 50, (20, 3))
     assert np.abs(_project(X, v2) - _project(X, v)).max() < 1e-8
-    assert np.allclose(v2.source, v.source) and np.allclose(v2.detector_centre, v.detector_centre)
+    assert np.allclose(v2.source, v.source) and np.allclose(v2.intensifier_centre, v.intensifier_centre)
     if WRIST[0].is_file():
         real = read_mayacam(WRIST[0])
         write_mayacam(tmp_path / "w.txt", real)
@@ -182,9 +182,9 @@ def test_mayacam_round_trip(tmp_path):
 
 
 def test_dlt_round_trip(tmp_path):
-    views = [ConeView.looking_at([-900, 30, 10], [0, 0, 0], distance_to_detector=1400, pitch=0.3,
+    views = [ConeView.looking_at([-900, 30, 10], [0, 0, 0], distance_to_intensifier=1400, pitch=0.3,
                                  width=1024, height=1024),
-             ConeView.looking_at([400, -850, 50], [5, 0, 0], distance_to_detector=1300, pitch=0.3,
+             ConeView.looking_at([400, -850, 50], [5, 0, 0], distance_to_intensifier=1300, pitch=0.3,
                                  width=1024, height=1024)]
     X = np.random.default_rng(2).uniform(-50, 50, (30, 3))
     L = np.stack([dlt_from_pinhole(v) for v in views])
@@ -202,7 +202,7 @@ def test_dlt_round_trip(tmp_path):
         cam = pinhole_from_dlt(l, v.width, v.height)
         assert np.allclose(cam.centre, v.source, atol=1e-6)
         v2 = view_from_pinhole(cam, 0.3, max_skew=1e-6)
-        assert np.allclose(v2.detector_centre, v.detector_centre, atol=1e-5)
+        assert np.allclose(v2.intensifier_centre, v.intensifier_centre, atol=1e-5)
     if WRIST[0].is_file():
         real = read_mayacam(WRIST[0])
         Xw = np.array([[115.0, 73.0, 115.0], [150.0, 40.0, 90.0]])
@@ -245,8 +245,8 @@ CUBE = (np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1
 
 @pytest.fixture(scope="module")
 def two_views():
-    v1 = ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_detector=1400, pitch=0.3, width=1024, height=1024)
-    v2 = ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_detector=1300, pitch=0.3, width=1024, height=1024)
+    v1 = ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_intensifier=1400, pitch=0.3, width=1024, height=1024)
+    v2 = ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_intensifier=1300, pitch=0.3, width=1024, height=1024)
     return v1, v2
 
 
@@ -259,7 +259,7 @@ def test_dlt_exact_and_refined(two_views):
         est = estimate_view(CUBE, xy, 1024, 1024, 0.3)
         assert est.rms_px < 1e-6
         assert np.allclose(est.view.source, v.source, atol=1e-4)
-        assert np.allclose(est.view.detector_centre, v.detector_centre, atol=1e-4)
+        assert np.allclose(est.view.intensifier_centre, v.intensifier_centre, atol=1e-4)
 
 
 def test_calibrate_two_views_from_images(two_views):
@@ -272,7 +272,7 @@ def test_calibrate_two_views_from_images(two_views):
     views = []
     for k, v in enumerate(two_views):
         img = bead_image(1024, 1024, _project(CUBE, v), radius_px=6, seed=k)
-        guess = ConeView(v.source + [8, -5, 6], v.detector_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 1024, 1024)
+        guess = ConeView(v.source + [8, -5, 6], v.intensifier_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 1024, 1024)
         cal = calibrate_view(img, CUBE, guess, radius_px=6, fov=None)
         assert len(cal.world_index) == len(CUBE)
         assert cal.estimate.rms_px < 0.1
@@ -286,10 +286,10 @@ def test_four_bead_source_estimation(two_views):
     v = two_views[0]
     beads = np.array([[0, 0, 0], [40, 20, 0], [-30, 10, 35], [10, -25, -40.0]])
     xy = _project(beads, v)
-    start = ConeView(v.source + [20, 30, -15], v.detector_centre, v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    start = ConeView(v.source + [20, 30, -15], v.intensifier_centre, v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
     est = estimate_source(start, beads, xy + np.random.default_rng(0).normal(0, 0.05, xy.shape))
     assert np.linalg.norm(est.view.source - v.source) < 3.0
-    assert np.array_equal(est.view.detector_centre, v.detector_centre)
+    assert np.array_equal(est.view.intensifier_centre, v.intensifier_centre)
     est0 = estimate_source(start, beads, xy)
     assert np.linalg.norm(est0.view.source - v.source) < 1e-4
 
@@ -318,7 +318,7 @@ def test_resection_errors(two_views):
 # ---- geometry file -------------------------------------------------------------------------
 def test_geometry_file_round_trip_and_errors(tmp_path, two_views, plate_fit):
     m = plate_fit.model
-    v1 = ConeView(two_views[0].source, two_views[0].detector_centre, two_views[0].u, two_views[0].v, 0.3, 0.3,
+    v1 = ConeView(two_views[0].source, two_views[0].intensifier_centre, two_views[0].u, two_views[0].v, 0.3, 0.3,
                   m.width, m.height)
     geo = DualGeometry((v1, two_views[1]), ("F1", "F2"), (m, None))
     with pytest.raises(ValueError, match="'F1' and 'F2' look along the same line"):
@@ -354,3 +354,24 @@ def test_geometry_file_round_trip_and_errors(tmp_path, two_views, plate_fit):
         load_geometry(p)
     with pytest.raises(ValueError, match="does not exist"):
         load_geometry(tmp_path / "nope.json")
+
+
+def test_earlier_spellings_of_the_intensifier_still_read(dual_views, tmp_path):
+    """The image plane is the 'intensifier' (the 'detector' is the landmark network): geometry
+    files written with 'detector_centre' still load, and looking_at(distance_to_detector=) still
+    works with a DeprecationWarning."""
+    path = tmp_path / "geometry.json"
+    save_geometry(path, DualGeometry(dual_views))
+    d = json.loads(path.read_text())
+    assert "intensifier_centre" in d["views"][0] and "detector_centre" not in d["views"][0]
+    for v in d["views"]:
+        v["detector_centre"] = v.pop("intensifier_centre")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(d))
+    for a, b in zip(load_geometry(old).views, dual_views):
+        np.testing.assert_allclose(a.intensifier_centre, b.intensifier_centre)
+    with pytest.warns(DeprecationWarning, match="distance_to_intensifier"):
+        v = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050.0)
+    assert v.source_intensifier_distance == pytest.approx(1050.0)
+    with pytest.raises(TypeError, match="distance_to_intensifier"):
+        ConeView.looking_at([0, -650, 0], [0, 0, 0])

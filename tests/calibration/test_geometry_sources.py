@@ -45,13 +45,13 @@ def test_mayacam_geometry_needs_pitch_and_takes_distortion(tmp_path):
 
 
 def test_geometry_from_bead_images():
-    views = (ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_detector=1400, pitch=0.3, width=768, height=768),
-             ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_detector=1300, pitch=0.3, width=768,
+    views = (ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_intensifier=1400, pitch=0.3, width=768, height=768),
+             ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_intensifier=1300, pitch=0.3, width=768,
                                  height=768))
     images, guesses = [], []
     for k, v in enumerate(views):
         images.append(bead_image(768, 768, project_cone(CUBE, v, np.zeros(6))[0][0], radius_px=6, seed=k))
-        guesses.append(ConeView(v.source + [8, -5, 6], v.detector_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 768, 768))
+        guesses.append(ConeView(v.source + [8, -5, 6], v.intensifier_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 768, 768))
     geo = geometry_from_bead_images(images, CUBE, guesses, radius_px=6, fov=None, names=("cam01", "cam02"))
     assert geo.names == ("cam01", "cam02")
     test_pts = np.random.default_rng(1).uniform(-60, 60, (30, 3))

@@ -23,7 +23,7 @@ def small_views():
     for ang in (-50.0, 50.0):
         a = np.deg2rad(ang)
         src = 650.0 * np.array([np.sin(a), -np.cos(a), 0.0])
-        views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_detector=1050.0, pitch=1.2 * 96 / SIZE,
+        views.append(ConeView.looking_at(src, [0, 0, 0], distance_to_intensifier=1050.0, pitch=1.2 * 96 / SIZE,
                                          width=SIZE, height=SIZE))
     return tuple(views)
 
@@ -78,7 +78,7 @@ def test_pyramid_view_matches_reference(small_views):
     for level in (0, 1, 2, 3):
         got = _core.pyramid_view(small_views[0].packed(), level)
         np.testing.assert_allclose(got, ref.pyramid_view(small_views[0], level).packed(), atol=1e-9)
-    odd = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050.0, pitch=0.7, width=67, height=45)
+    odd = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050.0, pitch=0.7, width=67, height=45)
     np.testing.assert_allclose(_core.pyramid_view(odd.packed(), 2), ref.pyramid_view(odd, 2).packed(), atol=1e-9)
 
 

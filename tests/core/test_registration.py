@@ -37,8 +37,8 @@ def test_scene_is_like_the_papers(scene):
     f1, f2 = scene.views
     n1, n2 = f1.normal, f2.normal
     assert np.rad2deg(np.arccos(n1 @ n2)) == pytest.approx(100.0)
-    assert f1.source_detector_distance == pytest.approx(1100.0)
-    assert np.allclose(f1.detector_centre, 0.0)  # world origin at the F1 intensifier
+    assert f1.source_intensifier_distance == pytest.approx(1100.0)
+    assert np.allclose(f1.intensifier_centre, 0.0)  # world origin at the F1 intensifier
     assert scene.n == 33 and len(scene.pairs) == 13
     assert np.abs(scene.landmarks).max() <= 72
 
@@ -88,7 +88,7 @@ def test_one_pixel_noise_error_is_consistent(scene):
     res = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs)
     assert (res.status == "ok").all() and (res.mirror_case == 0).all()
     et, ep = fr.pose_errors(res.poses, poses)
-    # 1 px = 0.6 mm on the detector, ~0.33 mm at the object (magnification 1.8).
+    # 1 px = 0.6 mm on the intensifier, ~0.33 mm at the object (magnification 1.8).
     assert np.median(et) < 0.25 and et.max() < 1.0
     assert np.median(ep) < 0.25 and ep.max() < 1.0
     # RMS 2D residual per view: sqrt(2) px for 1 px per axis, minus the 6 fitted DOF.
@@ -138,7 +138,7 @@ def test_frobenius_objective_is_eq2(scene):
         U = view.pixel_to_world(det[k, vis])
         # V: projections onto the intensifier plane in world coordinates.
         d = Xw[vis] - view.source
-        t = (view.normal @ (view.detector_centre - view.source)) / (d @ view.normal)
+        t = (view.normal @ (view.intensifier_centre - view.source)) / (d @ view.normal)
         V = view.source + t[:, None] * d
         mu += np.linalg.norm(U - V)  # Frobenius norm of the n_vis x 3 matrix
     assert r.objective == pytest.approx(mu, rel=1e-10)
@@ -514,7 +514,7 @@ def test_bad_input_raises_clear_errors(scene):
         fr.register_frames(lm, views, det[None], init_poses=np.zeros((2, 6)))
     with pytest.raises(TypeError, match="numeric"):
         fr.register_frame("skull", views, det)
-    with pytest.raises(ValueError):  # degenerate view: source on the detector plane
+    with pytest.raises(ValueError):  # degenerate view: source on the intensifier plane
         geometry.ConeView(np.zeros(3), np.zeros(3), [1, 0, 0], [0, 1, 0], 0.5, 0.5, 8, 8)
 
 
@@ -621,7 +621,7 @@ def test_bone_residuals_match_the_reference(scene):
         np.testing.assert_allclose(got.rms_bone_mm[f], rms, rtol=1e-9)
         np.testing.assert_array_equal(got.inliers[f], inl)
         assert got.status[f] == quality_gate_reference("ok", rms, inl, got.n_vis[f], opts)
-        # Smaller at the bone than on the detector (magnification > 1).
+        # Smaller at the bone than on the intensifier (magnification > 1).
         assert np.all(got.rms_bone_mm[f] < got.rms_mm[f])
     assert got.status[5] in ("large_residual", "few_inliers") and np.isfinite(got.poses[5]).all()
 

@@ -239,7 +239,7 @@ def test_projection_matches_reference(dual_views):
 
 def test_points_behind_source_are_nan_and_outside(dual_views):
     view = dual_views[0]
-    behind = view.source + 100 * (view.source - view.detector_centre) / np.linalg.norm(view.source - view.detector_centre)
+    behind = view.source + 100 * (view.source - view.intensifier_centre) / np.linalg.norm(view.source - view.intensifier_centre)
     xy, fov = R.project_cone(behind[None], view, np.zeros(6))
     assert np.all(np.isnan(xy)) and not fov.any()
 
@@ -313,7 +313,7 @@ def test_bad_input_gives_clear_errors(headsq_mu, dual_views):
         ParallelCamera(32, 32, -1.0)
     with pytest.raises(ValueError, match="too small"):
         R.render_parallel(Volume(np.zeros((1, 4, 4), np.float32), [1, 1, 1], [0, 0, 0]), np.zeros(6), camera, level=None)
-    with pytest.raises(ValueError, match="detector plane"):
+    with pytest.raises(ValueError, match="intensifier plane"):
         ConeView([0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], 1.0, 1.0, 8, 8)
     with pytest.raises(ValueError, match="orthonormal"):
         ConeView([0, 0, -100], [0, 0, 0], [1, 0, 0], [1, 1, 0], 1.0, 1.0, 8, 8)
@@ -328,7 +328,7 @@ def test_bad_input_gives_clear_errors(headsq_mu, dual_views):
     with pytest.raises(ValueError, match="points"):
         R.project_cone(np.zeros((3, 2)), dual_views[0], np.zeros(6))
     # The C++ core validates too (the private module is reachable by advanced users).
-    with pytest.raises(ValueError, match="source lies on the detector plane"):
+    with pytest.raises(ValueError, match="source lies on the intensifier plane"):
         packed = dual_views[0].packed().copy()
         packed[3:6] = packed[0:3]
         fr._core.project_cone(packed[None], np.zeros((1, 6)), np.zeros((1, 3)))
@@ -373,7 +373,7 @@ def test_cone_support_clipping_is_exact():
     vol = Volume(data, (1.5, 1.2, 1.0), (-25.0, -24.0, -22.0))
     pose = np.array([5.0, -10.0, 20.0, 1.0, 2.0, -3.0])
     centre = fr.core.geometry.pose_matrix(pose)[:3] @ np.array([35.0, 9.6, -17.0, 1.0])  # the content, world mm
-    view = ConeView.looking_at(centre + [400, -300, 100], centre, distance_to_detector=900, pitch=1.0, width=40,
+    view = ConeView.looking_at(centre + [400, -300, 100], centre, distance_to_intensifier=900, pitch=1.0, width=40,
                                height=36)
     drr = R.render_cone(vol, view, pose, level=None)[0]
     expected = ref.render_cone_drr(vol, view, pose)
@@ -467,7 +467,7 @@ def test_cuda_batches_beyond_grid_limits(headsq_mu, dual_views):
     gpu = R.render_parallel(small, poses, camera, 1.0, level=None, device="cuda")
     cpu = R.render_parallel(small, poses[check], camera, 1.0, level=None)
     np.testing.assert_allclose(gpu[check], cpu, rtol=1e-4, atol=1e-4 * cpu.max())
-    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050, pitch=20.0, width=8, height=8)
+    view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=20.0, width=8, height=8)
     gpu = R.render_cone(small, view, poses, level=None, device="cuda", cuda_texture=False)
     cpu = R.render_cone(small, view, poses[check], level=None)
     np.testing.assert_allclose(gpu[check], cpu, rtol=1e-4, atol=1e-4 * cpu.max())

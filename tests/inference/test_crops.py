@@ -108,7 +108,7 @@ def test_recording_crop_boxes_have_the_pixel_size_at_the_beam_crossing(recording
     centre = beam_crossing(views)
     for view, fov, box in zip(views, fovs, boxes):
         sod = abs(view.normal @ (centre - view.source))
-        assert box.side == pytest.approx(64 * 4.0 / (view.pitch_u * sod / view.source_detector_distance))
+        assert box.side == pytest.approx(64 * 4.0 / (view.pitch_u * sod / view.source_intensifier_distance))
         assert box.to_frame([31.5, 31.5]) == pytest.approx([fov.cx, fov.cy])  # centred on the field of view
         assert box == crop_box_for_view(view, (fov.cx, fov.cy), 64, 4.0, centre)
     crops = view_crops([rec.sequences[0][0]], [boxes[0]], fovs[0], 64)

@@ -19,8 +19,8 @@ SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "autos
 
 
 def _geometry(w=40, h=30):
-    v1 = ConeView.looking_at([0, -600, 0], [0, 0, 0], distance_to_detector=1000, pitch=1.0, width=w, height=h)
-    v2 = ConeView.looking_at([600, 0, 0], [0, 0, 0], distance_to_detector=1000, pitch=1.0, width=w, height=h)
+    v1 = ConeView.looking_at([0, -600, 0], [0, 0, 0], distance_to_intensifier=1000, pitch=1.0, width=w, height=h)
+    v2 = ConeView.looking_at([600, 0, 0], [0, 0, 0], distance_to_intensifier=1000, pitch=1.0, width=w, height=h)
     return DualGeometry((v1, v2))
 
 

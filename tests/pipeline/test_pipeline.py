@@ -14,9 +14,9 @@ from fluororeg.inference.translator import StyleTranslator
 from fluororeg.training.detector_config import DetectorConfig
 from fluororeg.training.detector_export import export_detector
 from fluororeg.training.detector_train import train_detector
-from fluororeg.training.style_config import StyleConfig
-from fluororeg.training.style_export import export_generators
-from fluororeg.training.style_train import train_style
+from fluororeg.training.translator_config import TranslatorConfig
+from fluororeg.training.translator_export import export_translator
+from fluororeg.training.translator_train import train_translator
 from fluororeg.inference.crops import crop_box_for_view
 from fluororeg.pipeline.register import PipelineOptions, register_recording
 from fluororeg.io.poses import read_poses_csv, read_tra
@@ -25,7 +25,7 @@ import json
 
 from fluororeg.core.registration import (GATE_STATUSES, INPUT_STATUSES, STATUSES, RegistrationOptions,
                                          check_view_agreement, mean_landmark_distance, pose_errors, register_frames)
-from fluororeg.training.style_selection import score_snapshots, select_style_snapshot, snapshot_paths
+from fluororeg.training.translator_selection import score_snapshots, select_translator_snapshot, snapshot_paths
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording
 
 
@@ -38,10 +38,10 @@ def models(subject, tmp_path_factory):
     det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=1, batch_size=16, num_threads=1)
     train_detector(ds, root / "det", det_cfg, progress=False)
     detector_path = export_detector(root / "det", root / "detector.onnx")
-    style_cfg = StyleConfig(image_size=64, gen_width=8, gen_blocks=1, disc_width=8, steps=4, log_every=2,
+    style_cfg = TranslatorConfig(image_size=64, gen_width=8, gen_blocks=1, disc_width=8, steps=4, log_every=2,
                             checkpoint_every=2, snapshot_every=2)
-    train_style(rec, ds, root / "style", style_cfg, progress=False, num_threads=1)
-    x2d, _ = export_generators(root / "style", root / "style_onnx")
+    train_translator(rec, ds, root / "style", style_cfg, progress=False, num_threads=1)
+    x2d, _ = export_translator(root / "style", root / "style_onnx")
     return {"root": root, "recording": rec, "detector": LandmarkDetector(detector_path, subject=subject),
             "translator": StyleTranslator(x2d, direction="xray_to_drr")}
 
@@ -212,12 +212,12 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
     assert [step for step, _ in snapshot_paths(run)] == [2, 4]
     # The ranking's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
     opts = PipelineOptions(min_visible=4, quality_gate=False)
-    best, scores = select_style_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
+    best, scores = select_translator_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
                                          progress=False)
     assert [s.step for s in scores] == [2, 4] and best in scores
     assert best.score == min(s.score for s in scores)
     # The label-free score is the median residual of register_recording with that snapshot.
-    x2d, _ = export_generators(scores[1].path, tmp_path / "s4")
+    x2d, _ = export_translator(scores[1].path, tmp_path / "s4")
     res = register_recording(rec, subject, models["detector"], StyleTranslator(x2d), opts, progress=False)
     expect = np.median(np.where(res.batch.ok, res.batch.rms_mm.mean(axis=1), np.inf))
     assert scores[1].score == pytest.approx(expect) and scores[1].residual_mm == pytest.approx(expect)
@@ -289,7 +289,7 @@ def test_bone_crop_boxes_centre_the_model_origin(subject, models):
             raw = rec.geometry.distortion[k].distort_points(xy.reshape(1, 2))[0]
             np.testing.assert_allclose(boxes[f][k].to_frame([31.5, 31.5]), raw, atol=1e-6)
             sod = abs(view.normal @ (truth[f, 3:] - view.source))
-            mm_per_crop_px = boxes[f][k].side / 64 * view.pitch_u * sod / view.source_detector_distance
+            mm_per_crop_px = boxes[f][k].side / 64 * view.pitch_u * sod / view.source_intensifier_distance
             np.testing.assert_allclose(mm_per_crop_px, 4.0, rtol=1e-9)
 
 
@@ -373,7 +373,7 @@ def test_unusable_input_is_not_registered(subject, models, tmp_path, monkeypatch
     v = bad.geometry.views[1]
     from fluororeg.core.geometry import ConeView
 
-    turned = ConeView(2 * v.source - v.detector_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    turned = ConeView(2 * v.source - v.intensifier_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
     monkeypatch.setattr(bad, "geometry", dataclasses.replace(bad.geometry, views=(bad.geometry.views[0], turned)))
     with pytest.raises(ValueError, match="view 2"):
         register_recording(bad, subject, det, None, opts, progress=False)

@@ -109,17 +109,17 @@ def test_absurd_geometry_is_refused():
     iso = np.zeros(3)
     good = (make_view(iso, -50.0), make_view(iso, 50.0))
     quality.check_geometry(good)
-    near = (make_view(iso, -50.0, source_to_iso=60.0, iso_to_detector=1040.0), good[1])
+    near = (make_view(iso, -50.0, source_to_iso=60.0, iso_to_intensifier=1040.0), good[1])
     with pytest.raises(ValueError, match="view 1: the source is 60 mm from the crossing point"):
         quality.check_geometry(near)
     v = good[1]  # view 2 turned around: it looks away from view 1's beam
-    away = ConeView(2 * v.source - v.detector_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
+    away = ConeView(2 * v.source - v.intensifier_centre, v.source, -v.u, v.v, v.pitch_u, v.pitch_v, v.width, v.height)
     with pytest.raises(ValueError, match="view 2"):
         quality.check_geometry((good[0], away))
     with pytest.raises(ValueError, match="parallel"):
         quality.check_geometry((good[0], good[0]))
     with pytest.raises(ValueError, match="pitch"):  # ConeView itself refuses a zero pitch
-        ConeView(v.source, v.detector_centre, v.u, v.v, 0.0, 0.6, 512, 512)
+        ConeView(v.source, v.intensifier_centre, v.u, v.v, 0.0, 0.6, 512, 512)
 
 
 def test_qc_report_and_files(tmp_path):

@@ -57,10 +57,10 @@ def blob_centroids(img: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def oblique_view() -> ConeView:
-    """A view off the axes, detector centre off the principal ray, non-square pixels and image."""
-    base = ConeView.looking_at([100.0, -600.0, 50.0], [10.0, 0.0, 5.0], distance_to_detector=1000.0, pitch=1.5,
+    """A view off the axes, intensifier centre off the principal ray, non-square pixels and image."""
+    base = ConeView.looking_at([100.0, -600.0, 50.0], [10.0, 0.0, 5.0], distance_to_intensifier=1000.0, pitch=1.5,
                                width=90, height=70)
-    return ConeView(base.source, base.detector_centre + 7 * base.u - 4 * base.v, base.u, base.v, 1.5, 1.7, 90, 70)
+    return ConeView(base.source, base.intensifier_centre + 7 * base.u - 4 * base.v, base.u, base.v, 1.5, 1.7, 90, 70)
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([1.0, -1.0, 1.0]),

@@ -114,7 +114,7 @@ def test_default_views_are_paper_like():
     cos = -v1.normal @ v2.normal if v1.normal @ v2.normal < 0 else v1.normal @ v2.normal
     angle = np.degrees(np.arccos(np.clip(abs(cos), -1, 1)))
     assert abs(angle - 80.0) < 1e-6 or abs(angle - 100.0) < 1e-6
-    assert abs(v1.source_detector_distance - 1050.0) < 1e-9
+    assert abs(v1.source_intensifier_distance - 1050.0) < 1e-9
 
 
 def test_beam_crossing_is_where_the_principal_rays_meet():
@@ -123,7 +123,7 @@ def test_beam_crossing_is_where_the_principal_rays_meet():
     np.testing.assert_allclose(beam_crossing(default_dual_views()), 0.0, atol=1e-9)
     target = np.array([30.0, -20.0, 15.0])
     views = [ConeView.looking_at(target + 700.0 * np.array([np.sin(a), -np.cos(a), 0.1]), target,
-                                 distance_to_detector=1000.0) for a in (-0.6, 0.9)]
+                                 distance_to_intensifier=1000.0) for a in (-0.6, 0.9)]
     np.testing.assert_allclose(beam_crossing(views), target, atol=1e-9)
     with pytest.raises(ValueError, match="parallel"):
         beam_crossing([views[0], views[0]])

@@ -83,18 +83,18 @@ def test_detector_interrupted_mid_epoch_resumes_to_the_same_result(dataset, tmp_
 def test_style_interrupted_resumes_to_the_same_result(dataset, tmp_path, monkeypatch):
     import numpy as np
 
-    from fluororeg.training.style_config import StyleConfig
-    from fluororeg.training.style_train import train_style
+    from fluororeg.training.translator_config import TranslatorConfig
+    from fluororeg.training.translator_train import train_translator
 
-    cfg = StyleConfig(image_size=32, gen_width=4, gen_blocks=1, disc_width=4, disc_layers=2, batch_size=2, lr=1e-3,
+    cfg = TranslatorConfig(image_size=32, gen_width=4, gen_blocks=1, disc_width=4, disc_layers=2, batch_size=2, lr=1e-3,
                       steps=8, log_every=2, checkpoint_every=4, seed=1)
     crops = np.random.default_rng(0).integers(0, 256, (6, 32, 32)).astype(np.uint8)
-    whole = train_style(crops, dataset, tmp_path / "whole", cfg, progress=False)
+    whole = train_translator(crops, dataset, tmp_path / "whole", cfg, progress=False)
     monkeypatch.setattr(common, "GracefulStop", stop_after(3))
-    part = train_style(crops, dataset, tmp_path / "part", cfg, progress=False)
+    part = train_translator(crops, dataset, tmp_path / "part", cfg, progress=False)
     assert part["stopped"] and 0 < part["step"] < 8
     monkeypatch.undo()
-    done = train_style(crops, dataset, tmp_path / "part", cfg, progress=False)
+    done = train_translator(crops, dataset, tmp_path / "part", cfg, progress=False)
     assert not done["stopped"] and done["step"] == whole["step"] == 8
     a = common.load_checkpoint(whole["checkpoint"])
     b = common.load_checkpoint(done["checkpoint"])

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from fluororeg.dataset.generate import DatasetConfig  # noqa: E402
 from fluororeg.training import common  # noqa: E402
 from fluororeg.training.detector_config import DetectorConfig  # noqa: E402
-from fluororeg.training.style_config import StyleConfig  # noqa: E402
+from fluororeg.training.translator_config import TranslatorConfig  # noqa: E402
 from fluororeg.training.workflow import WorkflowPaths, WorkflowSettings, train_models  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(subject, tmp_path
         dataset=DatasetConfig(n_train=40, n_test=2, image_size=32, pixel_mm=8.0, shard_size=20, seed=3),
         detector=DetectorConfig(arch="heatmap", width=8, blocks=(1, 1, 1, 1), input_size=32, epochs=2, batch_size=8,
                                 val_fraction=0.2, seed=3),
-        style=StyleConfig(image_size=32, gen_width=4, gen_blocks=1, disc_width=4, disc_layers=2, batch_size=2,
+        style=TranslatorConfig(image_size=32, gen_width=4, gen_blocks=1, disc_width=4, disc_layers=2, batch_size=2,
                           steps=4, log_every=2, checkpoint_every=2, snapshot_every=2, seed=3),
         num_threads=1, device="cpu", select_max_frames=2)
 
@@ -61,7 +61,7 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(subject, tmp_path
     with pytest.raises(KeyboardInterrupt, match="detector"):
         run(tmp_path / "part")
     assert not paths.detector_onnx.exists()
-    monkeypatch.setattr(common, "GracefulStop", stop_in("style_train.py", 2))
+    monkeypatch.setattr(common, "GracefulStop", stop_in("translator_train.py", 2))
     with pytest.raises(KeyboardInterrupt, match="style"):
         run(tmp_path / "part")
     assert paths.detector_onnx.exists() and not paths.translator_onnx.exists()

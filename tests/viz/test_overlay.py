@@ -16,7 +16,7 @@ from fluororeg.viz.plots import bar_chart, plot_curves
 
 @pytest.fixture(scope="module")
 def view():
-    return ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_detector=1050.0, pitch=2.2, width=200,
+    return ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050.0, pitch=2.2, width=200,
                                height=180)
 
 

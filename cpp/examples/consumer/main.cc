@@ -19,7 +19,7 @@ int main() {
     const double az = (k == 0 ? -50.0 : 50.0) * M_PI / 180.0;
     const double d[3] = {std::cos(az), std::sin(az), 0};
     ConeView& v = setup.views[k];
-    for (int i = 0; i < 3; ++i) v.source[i] = -600 * d[i], v.detector_centre[i] = 500 * d[i];
+    for (int i = 0; i < 3; ++i) v.source[i] = -600 * d[i], v.intensifier_centre[i] = 500 * d[i];
     v.u[0] = d[1], v.u[1] = -d[0], v.u[2] = 0;
     v.v[0] = 0, v.v[1] = 0, v.v[2] = -1;
     v.pitch_u = v.pitch_v = 0.6;

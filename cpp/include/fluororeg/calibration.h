@@ -1,6 +1,6 @@
 // Calibration of one fluoroscope view from beads with known 3D positions (Ceres).
 //
-// A view is the ConeView of geometry.h: point source S, detector plane with centre D and
+// A view is the ConeView of geometry.h: point source S, intensifier plane with centre D and
 // orthonormal axes u (image +x), v (image +y), fixed pixel pitches and image size. Refinement
 // moves S (3), D (3) and the orientation of the frame (u, v, n = u x v) by a rotation (3):
 // 9 degrees of freedom, the same as a zero-skew pinhole K [R | t] whose focal lengths keep
@@ -21,7 +21,7 @@ namespace fluororeg {
 
 struct ViewRefineOptions {
   bool refine_source = true;
-  bool refine_detector_centre = true;
+  bool refine_intensifier_centre = true;
   bool refine_orientation = true;
   int max_iterations = 200;
   // Huber loss scale in pixels; <= 0 for plain least squares.

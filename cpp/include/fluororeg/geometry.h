@@ -86,35 +86,35 @@ FLUORO_HD Affine3<T> Compose(const Affine3<T>& a, const Affine3<T>& b) {
   return r;
 }
 
-// One fluoroscope: point source S and a flat detector (the image intensifier plane) with
+// One fluoroscope: point source S and a flat intensifier (the image intensifier plane) with
 // centre D and orthonormal in-plane axes u (image +x, columns) and v (image +y, rows).
 // All in world millimetres.
 struct ConeView {
   double source[3];        // S, mm
-  double detector_centre[3];  // D, mm (the point seen at pixel ((W-1)/2, (H-1)/2))
+  double intensifier_centre[3];  // D, mm (the point seen at pixel ((W-1)/2, (H-1)/2))
   double u[3];             // unit, image +x
   double v[3];             // unit, image +y
   double pitch_u, pitch_v;  // mm per pixel along u, v
   int width, height;        // pixels
 };
 
-// The paper's initial translation: the mean of both sources and both detector centres
+// The paper's initial translation: the mean of both sources and both intensifier centres
 // centre [3] mm.
 FLUORO_HD void SystemCentre(const ConeView views[2], double* centre) {
   for (int i = 0; i < 3; ++i) {
-    centre[i] = 0.25 * (views[0].source[i] + views[1].source[i] + views[0].detector_centre[i] +
-                        views[1].detector_centre[i]);
+    centre[i] = 0.25 * (views[0].source[i] + views[1].source[i] + views[0].intensifier_centre[i] +
+                        views[1].intensifier_centre[i]);
   }
 }
 
 // A cone view's projection with its per-view constants computed once: n = u x v,
-// sd = n . (D - S) (signed source-detector distance), a_u = u . (S - D), a_v = v . (S - D).
-// With d = X - S and q = (u . d, v . d) / (n . d), the point X meets the detector plane at
+// sd = n . (D - S) (signed source-intensifier distance), a_u = u . (S - D), a_v = v . (S - D).
+// With d = X - S and q = (u . d, v . d) / (n . d), the point X meets the intensifier plane at
 //   (pu, pv) = (a_u, a_v) + sd q   mm along (u, v) relative to D,
 // which is S + (sd / n . d) d expressed in the plane's axes. This is the one cone projection of
-// the code base (ProjectToDetectorMm, ProjectCone and the registration residual use it).
+// the code base (ProjectToIntensifierMm, ProjectCone and the registration residual use it).
 struct ConeProjector {
-  double S[3], u[3], v[3], n[3];  // source, detector axes, normal u x v (world, mm)
+  double S[3], u[3], v[3], n[3];  // source, intensifier axes, normal u x v (world, mm)
   double sd;                      // n . (D - S), mm
   double a_u, a_v;                // u . (S - D), v . (S - D), mm
 
@@ -128,14 +128,14 @@ struct ConeProjector {
     n[1] = u[2] * v[0] - u[0] * v[2];
     n[2] = u[0] * v[1] - u[1] * v[0];
     double SD[3];
-    for (int i = 0; i < 3; ++i) SD[i] = S[i] - view.detector_centre[i];
+    for (int i = 0; i < 3; ++i) SD[i] = S[i] - view.intensifier_centre[i];
     sd = -(n[0] * SD[0] + n[1] * SD[1] + n[2] * SD[2]);
     a_u = u[0] * SD[0] + u[1] * SD[1] + u[2] * SD[2];
     a_v = v[0] * SD[0] + v[1] * SD[1] + v[2] * SD[2];
   }
 
-  // X world [3] mm -> (pu, pv) mm on the detector. Returns false (pu = pv = 0) when X is not
-  // in front of the source (behind it or in the plane through S parallel to the detector).
+  // X world [3] mm -> (pu, pv) mm on the intensifier. Returns false (pu = pv = 0) when X is not
+  // in front of the source (behind it or in the plane through S parallel to the intensifier).
   // Optionally also q = (qu, qv) and 1 / (n . d), the parts of the derivative
   //   d(pu)/dX = (sd / n . d) (u - qu n),  d(pv)/dX = (sd / n . d) (v - qv n).
   template <typename T>
@@ -143,7 +143,7 @@ struct ConeProjector {
                          T* qv_out = nullptr, T* inv_nd_out = nullptr) const {
     const T dx = X.x - S[0], dy = X.y - S[1], dz = X.z - S[2];
     const T nd = n[0] * dx + n[1] * dy + n[2] * dz;
-    if (!(nd * sd > T(0))) {  // d must have a positive component toward the detector
+    if (!(nd * sd > T(0))) {  // d must have a positive component toward the intensifier
       *pu = T(0);
       *pv = T(0);
       return false;
@@ -160,11 +160,11 @@ struct ConeProjector {
   }
 };
 
-// Where the ray from S through X meets the detector, in detector-plane millimetres relative
+// Where the ray from S through X meets the intensifier, in intensifier-plane millimetres relative
 // to D along (u, v). Returns false when X is not in front of the source (behind it or in the
-// plane through S parallel to the detector). See ConeProjector (precompute it for many points).
+// plane through S parallel to the intensifier). See ConeProjector (precompute it for many points).
 template <typename T>
-FLUORO_HD bool ProjectToDetectorMm(const ConeView& view, const Vec3<T>& X, T* pu_mm, T* pv_mm) {
+FLUORO_HD bool ProjectToIntensifierMm(const ConeView& view, const Vec3<T>& X, T* pu_mm, T* pv_mm) {
   return ConeProjector(view).Project(X, pu_mm, pv_mm);
 }
 
@@ -173,7 +173,7 @@ FLUORO_HD bool ProjectToDetectorMm(const ConeView& view, const Vec3<T>& X, T* pu
 template <typename T>
 FLUORO_HD bool ProjectCone(const ConeView& view, const Vec3<T>& X, T* px, T* py) {
   T a, b;
-  const bool ok = ProjectToDetectorMm(view, X, &a, &b);
+  const bool ok = ProjectToIntensifierMm(view, X, &a, &b);
   *px = a / T(view.pitch_u) + T(0.5 * (view.width - 1));
   *py = b / T(view.pitch_v) + T(0.5 * (view.height - 1));
   return ok;

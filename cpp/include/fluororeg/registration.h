@@ -6,9 +6,9 @@
 // Euler angles, R = Rx(theta_x) Ry(theta_y) Rz(theta_z), X_world = R X_model + tau. Image
 // coordinates: x = column, y = row, origin at the centre of the top-left pixel.
 //
-// Residual of landmark i in view k (k = 0: F1, k = 1: F2), on that view's intensifier plane:
-//   e_ki = sqrt(w_ki) * (P_k(R X_i + tau) - U_ki)   [2] mm along the detector axes (u, v),
-// P_k = ProjectToDetectorMm, U_ki = the detection converted from pixels to mm relative to D,
+// Residual of landmark i in view k (k = 0: view 1, k = 1: view 2), on that view's intensifier plane:
+//   e_ki = sqrt(w_ki) * (P_k(R X_i + tau) - U_ki)   [2] mm along the intensifier axes (u, v),
+// P_k = ProjectToIntensifierMm, U_ki = the detection converted from pixels to mm relative to D,
 // w_ki = the optional weight (confidence; 1 when no weights are given).
 // Only the n_vis landmarks detected inside both fields of view (finite, inside the image,
 // weight > 0 in both views) take part. Objectives (the value reported as `objective`):
@@ -24,7 +24,7 @@
 //
 // Mirror strategy (Table 1): the two images cannot tell left from right, so the problem is
 // solved for four cases, mirror_case = f1 + 2 * f2 with f1 (f2) = 1 when the detections of
-// every symmetric pair (i, j) are swapped in F1 (F2) (detections and weights move together);
+// every symmetric pair (i, j) are swapped in view 1 (view 2) (detections and weights move together);
 // the case with the lowest objective wins. n_vis may differ between cases when a pair is
 // only half detected.
 //
@@ -89,7 +89,7 @@ inline bool IsRegistered(RegistrationStatus status) {
 struct RegistrationSetup {
   const double* landmarks = nullptr;  // [num_landmarks, 3] mm, model frame
   int num_landmarks = 0;
-  ConeView views[2];                  // F1, F2 (world frame)
+  ConeView views[2];                  // view 1, view 2 (world frame)
   const int32_t* pairs = nullptr;     // [num_pairs, 2] landmark indices of symmetric pairs
   int num_pairs = 0;
 };
@@ -127,7 +127,7 @@ struct RegistrationOptions {
   double view_fit_ratio = 1.5;      // in (0, view_joint_ratio)
   int view_min_frames = 5;          // >= 1
   // The quality gate (ApplyQualityGate), absolute and per view, before the view check: the
-  // residual of landmark i in view k at the bone, e_ki, is its detector-plane residual divided
+  // residual of landmark i in view k at the bone, e_ki, is its intensifier-plane residual divided
   // by the view's magnification at that landmark, M = (n . (D - S)) / (n . (X_i - S)) (source
   // to intensifier over source to landmark along the view axis). The view's inliers are its
   // landmarks with e_ki <= kInlierFactor * max_residual_mm (the others: the robust loss's
@@ -155,7 +155,7 @@ struct RegistrationResult {
   double pose[6];           // rad, mm (NaN unless IsRegistered(status))
   double matrix[16];        // world_from_model 4x4, row-major (NaN unless registered)
   double objective;         // final objective of the winning case (see above)
-  double rms_mm[2];         // RMS reprojection error per view, mm on the detector (unweighted)
+  double rms_mm[2];         // RMS reprojection error per view, mm on the intensifier (unweighted)
   double rms_px[2];         // the same in pixels
   int n_vis = 0;            // landmarks used by the winning case (max over cases otherwise)
   int mirror_case = -1;     // 0..3, f1 + 2 * f2 (see above); -1 when no case was solved

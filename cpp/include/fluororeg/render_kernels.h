@@ -187,7 +187,7 @@ FLUORO_HD float WarpPixel(const ShearWarpSetup& s, const float* inter, int x, in
 //
 // The volume is the trilinear interpolant of the voxel values inside the box spanned by the
 // voxel centres, [0, nx-1] x [0, ny-1] x [0, nz-1] in voxel coordinates, and zero outside.
-// A ray from S to the pixel's detector point P is sampled at the midpoints
+// A ray from S to the pixel's intensifier point P is sampled at the midpoints
 // t_m = t_in + (m + 1/2) dt of a regular grid over its clipped extent [t_in, t_out]; the last
 // sample is weighted by its partial step. Blocks of kBlock^3 voxels whose trilinear support
 // holds only zeros are skipped without changing the result.
@@ -195,7 +195,7 @@ constexpr int kBlock = 8;
 
 struct ConeRaySetup {
   Vec3<float> src;     // S in voxel coordinates
-  Vec3<float> det;     // pixel (0, 0) detector point in voxel coordinates
+  Vec3<float> det;     // pixel (0, 0) intensifier point in voxel coordinates
   Vec3<float> du, dv;  // voxel-coordinate step per pixel along x and y
   // model_from_voxel is a rotation times diag(spacing) plus a shift (ValidateVolume checks),
   // so a voxel-coordinate displacement d is |diag(spacing) d| millimetres long.

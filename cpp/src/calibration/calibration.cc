@@ -11,7 +11,7 @@
 namespace fluororeg {
 namespace {
 
-// Reprojection of one bead. Parameters: source S [3], detector centre D [3], rotation
+// Reprojection of one bead. Parameters: source S [3], intensifier centre D [3], rotation
 // omega [3] (angle-axis) applied to the initial axes u0, v0 (n0 = u0 x v0).
 struct BeadCost {
   BeadCost(const ConeView& v0, const double* X, const double* xy) : view(v0) {
@@ -93,7 +93,7 @@ ViewRefineResult RefineConeView(const ConeView& initial, const double* points_wo
   }
   CheckFinite(points_world, 3 * n, "points_world");
   CheckFinite(pixels, 2 * n, "pixels");
-  const int free_params = 3 * (options.refine_source + options.refine_detector_centre +
+  const int free_params = 3 * (options.refine_source + options.refine_intensifier_centre +
                                options.refine_orientation);
   if (2 * n < free_params) {
     throw std::invalid_argument(std::to_string(n) + " beads give " + std::to_string(2 * n) +
@@ -113,7 +113,7 @@ ViewRefineResult RefineConeView(const ConeView& initial, const double* points_wo
   double S[3], D[3], omega[3] = {0, 0, 0};
   for (int i = 0; i < 3; ++i) {
     S[i] = initial.source[i];
-    D[i] = initial.detector_centre[i];
+    D[i] = initial.intensifier_centre[i];
   }
   ceres::Problem problem;
   for (int i = 0; i < n; ++i) {
@@ -124,7 +124,7 @@ ViewRefineResult RefineConeView(const ConeView& initial, const double* points_wo
     problem.AddResidualBlock(cost, loss, S, D, omega);
   }
   if (!options.refine_source) problem.SetParameterBlockConstant(S);
-  if (!options.refine_detector_centre) problem.SetParameterBlockConstant(D);
+  if (!options.refine_intensifier_centre) problem.SetParameterBlockConstant(D);
   if (!options.refine_orientation) problem.SetParameterBlockConstant(omega);
 
   ceres::Solver::Options so;
@@ -143,7 +143,7 @@ ViewRefineResult RefineConeView(const ConeView& initial, const double* points_wo
   ceres::AngleAxisRotatePoint(omega, initial.v, v);
   for (int i = 0; i < 3; ++i) {
     out.source[i] = S[i];
-    out.detector_centre[i] = D[i];
+    out.intensifier_centre[i] = D[i];
     out.u[i] = u[i];
     out.v[i] = v[i];
   }

@@ -275,7 +275,7 @@ double SimilarityOf(const ViewLevel& vl, const double* feat) {
 // Pixel at the object (mm) of a level view for a model origin at t.
 double PixelAtObject(const ConeView& v, const Vec3d& t) {
   const Vec3d S(v.source[0], v.source[1], v.source[2]);
-  const Vec3d D(v.detector_centre[0], v.detector_centre[1], v.detector_centre[2]);
+  const Vec3d D(v.intensifier_centre[0], v.intensifier_centre[1], v.intensifier_centre[2]);
   const Vec3d n = Vec3d(v.u[0], v.u[1], v.u[2]).cross(Vec3d(v.v[0], v.v[1], v.v[2]));
   const double sdd = std::fabs(n.dot(D - S)), sod = std::max(std::fabs(n.dot(t - S)), 1.0);
   return std::min(v.pitch_u, v.pitch_v) * sod / sdd;
@@ -719,8 +719,8 @@ ConeView PyramidView(const ConeView& view, int level) {
   const double ox = f * 0.5 * (v.width - 1) + 0.5 * (f - 1) - 0.5 * (view.width - 1);
   const double oy = f * 0.5 * (v.height - 1) + 0.5 * (f - 1) - 0.5 * (view.height - 1);
   for (int c = 0; c < 3; ++c)
-    v.detector_centre[c] =
-        view.detector_centre[c] + ox * view.pitch_u * view.u[c] + oy * view.pitch_v * view.v[c];
+    v.intensifier_centre[c] =
+        view.intensifier_centre[c] + ox * view.pitch_u * view.u[c] + oy * view.pitch_v * view.v[c];
   return v;
 }
 

@@ -78,13 +78,13 @@ void ValidateRegistrationSetup(const RegistrationSetup& setup) {
   for (int k = 0; k < 2; ++k) {
     double len = 0;
     for (int i = 0; i < 3; ++i) {
-      dir[k][i] = setup.views[k].detector_centre[i] - setup.views[k].source[i];
+      dir[k][i] = setup.views[k].intensifier_centre[i] - setup.views[k].source[i];
       len += dir[k][i] * dir[k][i];
     }
     len = std::sqrt(len);
     if (!(len > 1e-6)) {
       throw std::invalid_argument("view " + std::to_string(k) +
-                                  ": the source coincides with the detector centre");
+                                  ": the source coincides with the intensifier centre");
     }
     for (int i = 0; i < 3; ++i) dir[k][i] /= len;
   }

@@ -79,24 +79,24 @@ void ValidateConeView(const ConeView& view, int index) {
                                 Fmt(view.pitch_v) + ") mm must be finite and positive");
   }
   for (int i = 0; i < 3; ++i) {
-    for (double x : {view.source[i], view.detector_centre[i], view.u[i], view.v[i]}) {
+    for (double x : {view.source[i], view.intensifier_centre[i], view.u[i], view.v[i]}) {
       if (!std::isfinite(x)) throw std::invalid_argument(where + "non-finite value " + Fmt(x));
     }
   }
   const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
   if (std::fabs(Dot(u, u) - 1) > 1e-6 || std::fabs(Dot(v, v) - 1) > 1e-6 ||
       std::fabs(Dot(u, v)) > 1e-6) {
-    throw std::invalid_argument(where + "detector axes u and v must be orthonormal (|u|^2 = " +
+    throw std::invalid_argument(where + "intensifier axes u and v must be orthonormal (|u|^2 = " +
                                 Fmt(Dot(u, u)) + ", |v|^2 = " + Fmt(Dot(v, v)) +
                                 ", u.v = " + Fmt(Dot(u, v)) + ")");
   }
   const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
-  const Vec3<double> D{view.detector_centre[0], view.detector_centre[1],
-                       view.detector_centre[2]};
+  const Vec3<double> D{view.intensifier_centre[0], view.intensifier_centre[1],
+                       view.intensifier_centre[2]};
   const double sdd = Dot(Cross(u, v), D - S);
   if (std::fabs(sdd) < 1e-6) {
-    throw std::invalid_argument(where + "the source lies on the detector plane (distance " +
-                                Fmt(sdd) + " mm): expected a positive source-detector distance");
+    throw std::invalid_argument(where + "the source lies on the intensifier plane (distance " +
+                                Fmt(sdd) + " mm): expected a positive source-intensifier distance");
   }
 }
 
@@ -247,8 +247,8 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
       Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
   const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
   const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
-  const Vec3<double> D{view.detector_centre[0], view.detector_centre[1],
-                       view.detector_centre[2]};
+  const Vec3<double> D{view.intensifier_centre[0], view.intensifier_centre[1],
+                       view.intensifier_centre[2]};
   const Vec3<double> P00 = D - (0.5 * (view.width - 1) * view.pitch_u) * u -
                            (0.5 * (view.height - 1) * view.pitch_v) * v;
   auto to_float = [](const Vec3<double>& p) {

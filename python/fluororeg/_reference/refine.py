@@ -3,7 +3,7 @@
 * :func:`gradient_correlation` / :func:`normalized_cross_correlation`: the C++
   ``GradientCorrelation`` / ``NormalizedCrossCorrelation`` written plainly with NumPy.
 * :func:`pyramid_view`: ``PyramidView`` from the pixel geometry (where the level's pixel
-  centres lie on the detector).
+  centres lie on the intensifier).
 * :func:`downsample_image`: the image pyramid (means of 2^level x 2^level blocks).
 * :func:`region_of_interest`: the projected bone region (``RegionOfInterest``) from full DRRs
   of the bone volume, dilated by a square of the margin, inside the usable pixels eroded by 2,

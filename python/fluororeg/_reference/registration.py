@@ -41,12 +41,12 @@ def rotation(theta_rad) -> np.ndarray:
 
 
 def project_mm(view: ConeView, X_world: np.ndarray) -> np.ndarray:
-    """[..., 3] world points -> [..., 2] mm on the detector along (u, v) relative to D."""
+    """[..., 3] world points -> [..., 2] mm on the intensifier along (u, v) relative to D."""
     n = np.cross(view.u, view.v)
     d = X_world - view.source
-    t = (n @ (view.detector_centre - view.source)) / (d @ n)
+    t = (n @ (view.intensifier_centre - view.source)) / (d @ n)
     P = view.source + t[..., None] * d
-    return np.stack([(P - view.detector_centre) @ view.u, (P - view.detector_centre) @ view.v], -1)
+    return np.stack([(P - view.intensifier_centre) @ view.u, (P - view.intensifier_centre) @ view.v], -1)
 
 
 def project_px(view: ConeView, X_world: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def register_frame_reference(landmarks, views, detections, *, weights=None, pair
         max_vis = max(max_vis, n_vis)
         if n_vis < min_visible:
             continue
-        targets = [views[k].pixel_to_detector_mm(dk[k][vis]) for k in range(2)]
+        targets = [views[k].pixel_to_intensifier_mm(dk[k][vis]) for k in range(2)]
         sqrt_w = [np.sqrt(wk[k][vis]) for k in range(2)]
         args = (lm[vis], views, targets, sqrt_w, mode, loss, loss_scale_mm)
         sol = least_squares(_residuals, x0, args=args, method="trf", x_scale="jac",
@@ -147,8 +147,8 @@ def register_frame_reference(landmarks, views, detections, *, weights=None, pair
 def bone_residuals_reference(landmarks, views, detections, pose, mirror_case, *, weights=None, pairs=None,
                              max_residual_mm=4.0):
     """Per view, the RMS residual at the bone (mm) and the inliers of one frame's pose [6] (deg,
-    mm) with its mirror case: each landmark's detector-plane residual times its source-to-landmark
-    depth over the source-to-detector distance (1 / magnification), over the landmarks detected
+    mm) with its mirror case: each landmark's intensifier-plane residual times its source-to-landmark
+    depth over the source-to-intensifier distance (1 / magnification), over the landmarks detected
     in both views in that case; inliers: within INLIER_FACTOR * max_residual_mm, the RMS over
     them. Returns (rms_bone_mm [2], inliers [2])."""
     lm = np.asarray(landmarks, float)
@@ -171,9 +171,9 @@ def bone_residuals_reference(landmarks, views, detections, pose, mirror_case, *,
     Xw = lm[vis] @ rotation(np.deg2rad(p[:3])).T + p[3:]
     rms, inliers = np.zeros(2), np.zeros(2, int)
     for k, view in enumerate(views):
-        e_det = np.linalg.norm(project_mm(view, Xw) - view.pixel_to_detector_mm(dk[k][vis]), axis=1)
+        e_det = np.linalg.norm(project_mm(view, Xw) - view.pixel_to_intensifier_mm(dk[k][vis]), axis=1)
         depth = (Xw - view.source) @ view.normal
-        sdd = view.normal @ (view.detector_centre - view.source)
+        sdd = view.normal @ (view.intensifier_centre - view.source)
         e = e_det * np.abs(depth / sdd)  # mm at the bone
         keep = e <= INLIER_FACTOR * max_residual_mm if max_residual_mm else np.ones(len(e), bool)
         inliers[k] = int(keep.sum())
@@ -315,7 +315,7 @@ def register_batch_reference(landmarks, views, detections, *, weights=None, pair
 
 # ---- synthetic scene -----------------------------------------------------------------------
 
-def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_detector=500.0, pitch=0.6,
+def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_intensifier=500.0, pitch=0.6,
               size=512) -> ConeView:
     """A fluoroscope looking horizontally along `azimuth_deg` at `iso`; image rows down (-z)."""
     a = np.deg2rad(azimuth_deg)
@@ -323,7 +323,7 @@ def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_detector=500.0, p
     v = np.array([0.0, 0.0, -1.0])
     u = np.cross(v, d)
     iso = np.asarray(iso, float)
-    return ConeView(iso - source_to_iso * d, iso + iso_to_detector * d, u, v, pitch, pitch,
+    return ConeView(iso - source_to_iso * d, iso + iso_to_intensifier * d, u, v, pitch, pitch,
                     size, size)
 
 
@@ -336,7 +336,7 @@ class SyntheticScene:
     def __init__(self, seed: int = 0, pitch: float = 0.6):
         rng = np.random.default_rng(seed)
         f1 = make_view(np.zeros(3), -50.0, pitch=pitch)
-        iso = -f1.detector_centre
+        iso = -f1.intensifier_centre
         self.views = (make_view(iso, -50.0, pitch=pitch), make_view(iso, 50.0, pitch=pitch))
         left = np.column_stack([rng.uniform(15, 70, 13), rng.uniform(-70, 70, (13, 2))])
         right = left * [-1, 1, 1] + rng.normal(0, 1.0, (13, 3))

@@ -69,7 +69,7 @@ def _detector_points(view: ConeView) -> np.ndarray:
 def line_integral_cone(volume: Volume, view: ConeView, pose_deg, step_mm: float | None = None,
                        rows: slice | None = None) -> np.ndarray:
     """Cone-beam line integrals [H, W] (or the given rows) by fine ray marching from the
-    source to each pixel's detector point."""
+    source to each pixel's intensifier point."""
     data = np.asarray(volume.data, dtype=np.float64)
     h = 0.5 * float(np.min(volume.spacing)) if step_mm is None else float(step_mm)
     world_from_model = pose_matrix(np.asarray(pose_deg, dtype=np.float64))
@@ -182,12 +182,12 @@ def project_points_cone(points, view: ConeView, pose_deg):
     Xw = _apply(pose_matrix(np.asarray(pose_deg, dtype=np.float64)), np.asarray(points, dtype=np.float64))
     n = view.normal
     d = Xw - view.source
-    sd = n @ (view.detector_centre - view.source)
+    sd = n @ (view.intensifier_centre - view.source)
     nd = d @ n
     front = nd * sd > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         P = view.source + (sd / nd)[:, None] * d
-    rel = P - view.detector_centre
+    rel = P - view.intensifier_centre
     x = rel @ view.u / view.pitch_u + (view.width - 1) / 2
     y = rel @ view.v / view.pitch_v + (view.height - 1) / 2
     xy = np.where(front[:, None], np.stack([x, y], axis=-1), np.nan)

@@ -34,7 +34,7 @@ data, see tests/test_calibration.py):
   width. (SlicerAutoscoperM's documentation says "height,width"; all sample files are
   square, so this could not be checked on data.)
 * A MayaCam has no pixel pitch. Converting to a :class:`~fluororeg.core.geometry.ConeView` needs
-  one (``pitch_u``, mm/px); only ``f * pitch`` (the source-detector distance) is fixed.
+  one (``pitch_u``, mm/px); only ``f * pitch`` (the source-intensifier distance) is fixed.
 
 **MayaCam 1.0** (read only; written back as 2.0) - five CSV lines of three numbers, as
 Autoscoper's ``Camera::loadMayaCam1`` reads them::

@@ -8,7 +8,7 @@ Example (``fluororeg-geometry`` version 1)::
       "units": "mm",
       "views": [
         {"name": "view1",
-         "source": [x, y, z], "detector_centre": [x, y, z],
+         "source": [x, y, z], "intensifier_centre": [x, y, z],
          "u": [ux, uy, uz], "v": [vx, vy, vz],
          "pitch_u": 0.3, "pitch_v": 0.3, "width": 1024, "height": 1024,
          "distortion": null},
@@ -17,14 +17,14 @@ Example (``fluororeg-geometry`` version 1)::
       "system_centre": [x, y, z]
     }
 
-* ``source``: the X-ray point source S; ``detector_centre``: the point D of the intensifier
+* ``source``: the X-ray point source S; ``intensifier_centre``: the point D of the intensifier
   plane seen at pixel ((W - 1) / 2, (H - 1) / 2); ``u``, ``v``: orthonormal unit vectors of
   image +x (columns) and +y (rows); pitches in mm per pixel; size in pixels (see
   :class:`~fluororeg.core.geometry.ConeView`). All in one world frame (the paper puts its origin
   at the centre of the view 1 intensifier, its F1; any frame works).
 * ``distortion``: null or a :class:`~.distortion.DistortionModel` object (its ``to_dict``)
   that maps the view's raw pixels to the corrected pixels the view's geometry describes.
-* ``system_centre``: written for information (mean of both sources and both detector
+* ``system_centre``: written for information (mean of both sources and both intensifier
   centres, the registration's initial translation); it is recomputed on load.
 
 Loading validates every field and names the offending one in the error.
@@ -87,14 +87,14 @@ class DualGeometry:
 
     @property
     def system_centre(self) -> np.ndarray:
-        """Mean of all sources and detector centres (the registration's initial translation)."""
+        """Mean of all sources and intensifier centres (the registration's initial translation)."""
         return _system_centre(self.views)
 
 
 def geometry_to_dict(geometry: DualGeometry) -> dict:
     views = []
     for name, v, d in zip(geometry.names, geometry.views, geometry.distortion):
-        views.append({"name": name, "source": v.source.tolist(), "detector_centre": v.detector_centre.tolist(),
+        views.append({"name": name, "source": v.source.tolist(), "intensifier_centre": v.intensifier_centre.tolist(),
                       "u": v.u.tolist(), "v": v.v.tolist(), "pitch_u": v.pitch_u, "pitch_v": v.pitch_v,
                       "width": v.width, "height": v.height,
                       "distortion": None if d is None else d.to_dict()})
@@ -146,7 +146,9 @@ def geometry_from_dict(d, where: str = "geometry") -> DualGeometry:
         w = f"{where}.views[{i}]"
         if not isinstance(vd, dict):
             raise ValueError(f"{w} must be an object, got {type(vd).__name__}")
-        vals = {k: _vec(vd, k, w) for k in ("source", "detector_centre", "u", "v")}
+        if "intensifier_centre" not in vd and "detector_centre" in vd:  # files of earlier versions
+            vd = {**vd, "intensifier_centre": vd["detector_centre"]}
+        vals = {k: _vec(vd, k, w) for k in ("source", "intensifier_centre", "u", "v")}
         for k in ("u", "v"):
             n = np.linalg.norm(vals[k])
             if abs(n - 1) > 1e-6:
@@ -154,7 +156,7 @@ def geometry_from_dict(d, where: str = "geometry") -> DualGeometry:
         if abs(vals["u"] @ vals["v"]) > 1e-6:
             raise ValueError(f"{w}.u and {w}.v are not orthogonal (u . v = {vals['u'] @ vals['v']:.3g})")
         try:
-            view = ConeView(vals["source"], vals["detector_centre"], vals["u"], vals["v"],
+            view = ConeView(vals["source"], vals["intensifier_centre"], vals["u"], vals["v"],
                             _num(vd, "pitch_u", w), _num(vd, "pitch_v", w),
                             _num(vd, "width", w, True), _num(vd, "height", w, True))
         except ValueError as exc:

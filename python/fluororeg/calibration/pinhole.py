@@ -7,18 +7,18 @@ the centre of the top-left pixel: the OpenCV convention, and the convention of t
 (DESIGN.md). Converters for other conventions (MayaCam, DLT) live in
 :mod:`fluororeg.calibration.formats`.
 
-A cone view with source S, detector centre D, axes u, v (n = u x v), pitches (pu, pv) and
+A cone view with source S, intensifier centre D, axes u, v (n = u x v), pitches (pu, pv) and
 size W x H is the pinhole with
 
 * ``R`` rows ``(u, v, n)``, ``t = -R S`` (the camera centre is the source),
-* ``fx = d / pu``, ``fy = d / pv`` with ``d = n . (D - S)`` the source-detector distance,
+* ``fx = d / pu``, ``fy = d / pv`` with ``d = n . (D - S)`` the source-intensifier distance,
 * ``cx = (W - 1) / 2 - u . (D - S) / pu``, ``cy = (H - 1) / 2 - v . (D - S) / pv``,
 * no skew.
 
 Conversely a pinhole plus one pixel pitch ``pu`` (mm/px, which a pinhole does not hold:
 only the product ``f * pitch`` is fixed) gives the view: ``d = fx * pu``, ``pv = d / fy``,
-and D placed so that the principal point lands where ``cx, cy`` say. Views whose detector
-normal ``u x v`` points from the detector back toward the source are mirror images and
+and D placed so that the principal point lands where ``cx, cy`` say. Views whose intensifier
+normal ``u x v`` points from the intensifier back toward the source are mirror images and
 have no pinhole with positive focal lengths; converting one raises ``ValueError``.
 """
 
@@ -106,7 +106,7 @@ def pinhole_from_view(view: ConeView) -> PinholeCamera:
     if not isinstance(view, ConeView):
         raise TypeError(f"view is a {type(view).__name__}, expected ConeView")
     n = view.normal
-    ds = view.detector_centre - view.source
+    ds = view.intensifier_centre - view.source
     d = float(n @ ds)
     if d <= 0:
         raise ValueError(
@@ -123,8 +123,8 @@ def pinhole_from_view(view: ConeView) -> PinholeCamera:
 def view_from_pinhole(camera: PinholeCamera, pitch_u: float, *, max_skew: float = 1e-6) -> ConeView:
     """The cone view of a pinhole, given the pixel pitch along image x (mm/px).
 
-    The detector lands ``fx * pitch_u`` mm from the source; ``pitch_v = fx * pitch_u / fy``.
-    A skew ``|K[0, 1]| > max_skew * fx`` cannot be represented (the detector axes are
+    The intensifier plane lands ``fx * pitch_u`` mm from the source; ``pitch_v = fx * pitch_u / fy``.
+    A skew ``|K[0, 1]| > max_skew * fx`` cannot be represented (the intensifier axes are
     orthonormal) and raises ``ValueError``; smaller skew is dropped.
     """
     if not isinstance(camera, PinholeCamera):

@@ -4,9 +4,9 @@
   correspondences, giving ``P = K [R | t]`` up to scale;
 * :func:`~.pinhole.decompose_projection` splits it (RQ) and the pinhole becomes a
   :class:`~fluororeg.core.geometry.ConeView` given the pixel pitch (source = camera centre,
-  detector plane ``f * pitch`` mm along the principal axis, principal point -> detector
+  intensifier plane ``f * pitch`` mm along the principal axis, principal point -> intensifier
   centre offset);
-* :func:`refine_view` (C++/Ceres): 9-DOF refinement (source, detector centre, detector
+* :func:`refine_view` (C++/Ceres): 9-DOF refinement (source, intensifier centre, intensifier
   orientation; pitches fixed) minimising the reprojection error in pixels;
 * :func:`estimate_source`: the paper's four-bead source alignment tool. With the intensifier
   plane (D, u, v, pitch) known in the world frame (for example from the plate mounted on
@@ -143,7 +143,7 @@ def reprojection_residuals(view: ConeView, points_world, pixels) -> np.ndarray:
 
 
 def refine_view(view: ConeView, points_world, pixels, *, source: bool = True,
-                detector_centre: bool = True, orientation: bool = True,
+                intensifier_centre: bool = True, orientation: bool = True,
                 huber_px: float = 0.0, max_iterations: int = 200) -> ViewEstimate:
     """Ceres refinement of ``view`` (pitches and image size fixed): the free blocks move to
     minimise the reprojection error in pixels. Raises ValueError for too few beads for the
@@ -154,7 +154,7 @@ def refine_view(view: ConeView, points_world, pixels, *, source: bool = True,
     x = _points(pixels, "pixels", 2)
     if len(X) != len(x):
         raise ValueError(f"got {len(X)} 3D points but {len(x)} pixel positions")
-    r = _core.refine_cone_view(view.packed(), X, x, source, detector_centre, orientation,
+    r = _core.refine_cone_view(view.packed(), X, x, source, intensifier_centre, orientation,
                                int(max_iterations), float(huber_px))
     p = np.asarray(r["view"])
     u = p[6:9] / np.linalg.norm(p[6:9])
@@ -183,14 +183,14 @@ def estimate_view(points_world, pixels, width: int, height: int, pitch_u: float,
     else:
         if len(X) < 5:
             raise ValueError(f"{len(X)} beads cannot fix the 9 parameters of a view: at least 5 are needed "
-                             "(use estimate_source for 4 beads and a known detector plane)")
-        start = ConeView(initial.source, initial.detector_centre, initial.u, initial.v,
+                             "(use estimate_source for 4 beads and a known intensifier plane)")
+        start = ConeView(initial.source, initial.intensifier_centre, initial.u, initial.v,
                          float(pitch_u), float(pitch_v), int(width), int(height))
     return refine_view(start, X, x, huber_px=huber_px)
 
 
 def estimate_source(view: ConeView, points_world, pixels) -> ViewEstimate:
-    """The four-bead source alignment: keep the detector plane of ``view`` (centre, axes,
+    """The four-bead source alignment: keep the intensifier plane of ``view`` (centre, axes,
     pitch) and move only its source so that >= 2 beads (4 in the paper's tool) project onto
     ``pixels``. ``view.source`` is the starting guess (the nominal source position)."""
     X = _points(points_world, "points_world", 3)
@@ -199,7 +199,7 @@ def estimate_source(view: ConeView, points_world, pixels) -> ViewEstimate:
     c = X.mean(axis=0)
     if np.linalg.svd(X - c, compute_uv=False)[0] < 1e-6:
         raise ValueError("the source alignment beads coincide: degenerate layout")
-    return refine_view(view, X, pixels, source=True, detector_centre=False, orientation=False)
+    return refine_view(view, X, pixels, source=True, intensifier_centre=False, orientation=False)
 
 
 def match_beads(detected_xy, points_world, view_guess: ConeView, *, gate_px: float | None = None,

@@ -108,7 +108,7 @@ def add_parser(subparsers) -> None:
     im.add_argument("cfg", help="Autoscoper trial .cfg")
     im.add_argument("--out", required=True, help="folder for subject/ and recording/")
     im.add_argument("--pitch", type=float, required=True,
-                    help="detector pixel pitch (mm/px): MayaCam files record none")
+                    help="intensifier pixel pitch (mm/px): MayaCam files record none")
     im.add_argument("--intensity", required=True,
                     help="what the TIFF volume's values mean: hu, raw:SLOPE:OFFSET (HU = SLOPE*v + OFFSET, e.g. "
                          "raw:1:-1024) or mu:SLOPE:OFFSET[:MU_WATER] (attenuation 1/mm)")

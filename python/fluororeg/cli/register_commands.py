@@ -284,7 +284,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_select_translator(args: argparse.Namespace) -> int:
     from fluororeg.pipeline.register import PipelineOptions
-    from fluororeg.training.style_selection import select_style_snapshot
+    from fluororeg.training.translator_selection import select_translator_snapshot
 
     subject, rec, detector = _subject_recording_detector(args)
     # [F, 6] in the recording's order, matched by its frame numbers (not positions)
@@ -293,7 +293,7 @@ def run_select_translator(args: argparse.Namespace) -> int:
         raise ValueError(f"'{args.reference}' has no pose for any frame of '{args.recording}' (frames "
                          f"{rec.frame_numbers[:10].tolist()}{' ...' if len(rec) > 10 else ''}; matched by frame number)")
     crop = crop_pixel_mm_for(args.crop_pixel_mm, detector)
-    best, scores = select_style_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
+    best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
                                          options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
                                          max_frames=args.max_frames, progress=not args.quiet)
     unit = "mm landmark error" if reference is not None else "mm residual"

@@ -63,16 +63,16 @@ def run_train_detector(args: argparse.Namespace) -> int:
 
 
 def run_train_translator(args: argparse.Namespace) -> int:
-    from fluororeg.training.style_config import StyleConfig
-    from fluororeg.training.style_export import export_generators
-    from fluororeg.training.style_train import discard_run, train_style
+    from fluororeg.training.translator_config import TranslatorConfig
+    from fluororeg.training.translator_export import export_translator
+    from fluororeg.training.translator_train import discard_run, train_translator
     from fluororeg.training.xray_crops import xray_training_crops
 
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected at least 1")
     if args.every < 1:
         raise ValueError(f"--every {args.every}: expected at least 1 (every n-th frame)")
-    cfg = StyleConfig.preset(args.preset, snapshot_every=args.snapshot_every,
+    cfg = TranslatorConfig.preset(args.preset, snapshot_every=args.snapshot_every,
                              **({"steps": args.steps} if args.steps is not None else {}))
     crop_pixel_mm = args.crop_pixel_mm
     if crop_pixel_mm is None:
@@ -83,12 +83,12 @@ def run_train_translator(args: argparse.Namespace) -> int:
     print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
     if args.restart:
         discard_run(args.out)
-    summary = train_style(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
+    summary = train_translator(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
     if summary["stopped"]:  # a partial run is never exported as the translator
         print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run the same command again to "
               "resume; nothing exported")
         return 130
-    x2d, d2x = export_generators(args.out, Path(args.out) / "onnx")
+    x2d, d2x = export_translator(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "

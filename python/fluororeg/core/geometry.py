@@ -13,6 +13,7 @@ coordinates have their origin at the centre of the top-left pixel.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,10 +128,10 @@ class ParallelCamera:
 
 @dataclass(frozen=True)
 class ConeView:
-    """One fluoroscope (point source + flat detector), world millimetres."""
+    """One fluoroscope (point source + flat intensifier), world millimetres."""
 
     source: np.ndarray           # (3,) mm, S
-    detector_centre: np.ndarray  # (3,) mm, D (pixel ((W-1)/2, (H-1)/2))
+    intensifier_centre: np.ndarray  # (3,) mm, D (pixel ((W-1)/2, (H-1)/2))
     u: np.ndarray                # (3,) unit, image +x
     v: np.ndarray                # (3,) unit, image +y
     pitch_u: float               # mm / px
@@ -139,7 +140,7 @@ class ConeView:
     height: int                  # px
 
     def __post_init__(self):
-        for name in ("source", "detector_centre", "u", "v"):
+        for name in ("source", "intensifier_centre", "u", "v"):
             arr = _finite_array(getattr(self, name), f"ConeView.{name}", (3,))
             if arr.ndim != 1:
                 raise ValueError(f"ConeView.{name} has shape {arr.shape}, expected (3,)")
@@ -155,28 +156,36 @@ class ConeView:
         u, v = self.u, self.v
         if abs(u @ u - 1) > 1e-6 or abs(v @ v - 1) > 1e-6 or abs(u @ v) > 1e-6:
             raise ValueError(f"ConeView axes u={u.tolist()} and v={v.tolist()} must be orthonormal")
-        sdd = float(self.normal @ (self.detector_centre - self.source))
+        sdd = float(self.normal @ (self.intensifier_centre - self.source))
         if abs(sdd) < 1e-6:
             raise ValueError(
-                f"ConeView source {self.source.tolist()} lies on the detector plane: expected a "
-                "positive source-detector distance")
+                f"ConeView source {self.source.tolist()} lies on the intensifier plane: expected a "
+                "positive source-intensifier distance")
 
     @property
     def normal(self) -> np.ndarray:
-        """Unit detector normal u x v."""
+        """Unit intensifier normal u x v."""
         return np.cross(self.u, self.v)
 
     @property
-    def source_detector_distance(self) -> float:
-        """Perpendicular distance from S to the detector plane, mm."""
-        return float(abs(self.normal @ (self.detector_centre - self.source)))
+    def source_intensifier_distance(self) -> float:
+        """Perpendicular distance from S to the intensifier plane, mm."""
+        return float(abs(self.normal @ (self.intensifier_centre - self.source)))
 
     @classmethod
-    def looking_at(cls, source, target, *, distance_to_detector: float, up=(0.0, 0.0, 1.0),
-                   pitch: float = 0.5, width: int = 512, height: int = 512) -> "ConeView":
-        """A view whose principal ray goes from ``source`` through ``target`` and meets a
-        detector ``distance_to_detector`` mm from the source; image rows (+v) point away from
+    def looking_at(cls, source, target, *, distance_to_intensifier: float | None = None, up=(0.0, 0.0, 1.0),
+                   pitch: float = 0.5, width: int = 512, height: int = 512,
+                   distance_to_detector: float | None = None) -> "ConeView":
+        """A view whose principal ray goes from ``source`` through ``target`` and meets an
+        intensifier ``distance_to_intensifier`` mm from the source; image rows (+v) point away from
         ``up`` where possible."""
+        if distance_to_detector is not None:  # the earlier spelling ("detector" is the network now)
+            warnings.warn("ConeView.looking_at(distance_to_detector=...) is deprecated: use "
+                          "distance_to_intensifier", DeprecationWarning, stacklevel=2)
+            if distance_to_intensifier is None:
+                distance_to_intensifier = distance_to_detector
+        if distance_to_intensifier is None:
+            raise TypeError("ConeView.looking_at needs distance_to_intensifier (mm from the source)")
         S = _finite_array(source, "source", (3,))
         T = _finite_array(target, "target", (3,))
         n = T - S
@@ -189,24 +198,24 @@ class ConeView:
             raise ValueError(f"up {upv.tolist()} is parallel to the viewing direction")
         v /= np.linalg.norm(v)
         u = np.cross(v, n)
-        return cls(S, S + distance_to_detector * n, u, v, float(pitch), float(pitch), int(width), int(height))
+        return cls(S, S + distance_to_intensifier * n, u, v, float(pitch), float(pitch), int(width), int(height))
 
     def packed(self) -> np.ndarray:
         """The C++ core's packed form, float64 [16]: S, D, u, v, pitch_u, pitch_v, W, H."""
-        return np.concatenate([self.source, self.detector_centre, self.u, self.v,
+        return np.concatenate([self.source, self.intensifier_centre, self.u, self.v,
                                [self.pitch_u, self.pitch_v, self.width, self.height]]).astype(np.float64)
 
-    def pixel_to_detector_mm(self, xy) -> np.ndarray:
-        """Pixel coordinates [..., 2] -> detector-plane coordinates [..., 2] mm along (u, v)
+    def pixel_to_intensifier_mm(self, xy) -> np.ndarray:
+        """Pixel coordinates [..., 2] -> intensifier-plane coordinates [..., 2] mm along (u, v)
         relative to D."""
         xy = np.asarray(xy, dtype=np.float64)
         return np.stack([(xy[..., 0] - (self.width - 1) / 2) * self.pitch_u,
                          (xy[..., 1] - (self.height - 1) / 2) * self.pitch_v], axis=-1)
 
     def pixel_to_world(self, xy) -> np.ndarray:
-        """Pixel coordinates [..., 2] -> detector points [..., 3] in world mm."""
-        d = self.pixel_to_detector_mm(xy)
-        return self.detector_centre + d[..., :1] * self.u + d[..., 1:] * self.v
+        """Pixel coordinates [..., 2] -> intensifier points [..., 3] in world mm."""
+        d = self.pixel_to_intensifier_mm(xy)
+        return self.intensifier_centre + d[..., :1] * self.u + d[..., 1:] * self.v
 
 
 def stack_views(views, n: int | None = None) -> np.ndarray:
@@ -223,19 +232,19 @@ def stack_views(views, n: int | None = None) -> np.ndarray:
 
 
 def system_centre(views) -> np.ndarray:
-    """The paper's initial translation: mean of both sources and both detector centres."""
+    """The paper's initial translation: mean of both sources and both intensifier centres."""
     views = list(views)
-    pts = [v.source for v in views] + [v.detector_centre for v in views]
+    pts = [v.source for v in views] + [v.intensifier_centre for v in views]
     return np.mean(pts, axis=0)
 
 
 def beam_crossing(views) -> np.ndarray:
-    """Where the principal rays (source -> detector centre) of the views pass closest to each
+    """Where the principal rays (source -> intensifier centre) of the views pass closest to each
     other (least squares), mm: where a lab puts the joint, seen at the centre of every image.
     Raises for parallel principal rays, which do not cross."""
     A, b = np.zeros((3, 3)), np.zeros(3)
     for v in views:
-        d = v.detector_centre - v.source
+        d = v.intensifier_centre - v.source
         d = d / np.linalg.norm(d)
         P = np.eye(3) - np.outer(d, d)   # projects onto the plane normal to the ray
         A += P

@@ -90,7 +90,7 @@ class RefineResult:
 def _views(views) -> np.ndarray:
     views = list(views)
     if len(views) != 2:
-        raise ValueError(f"got {len(views)} views: expected two ConeViews (F1, F2)")
+        raise ValueError(f"got {len(views)} views: expected two ConeViews (view 1, view 2)")
     return stack_views(views)
 
 
@@ -99,7 +99,7 @@ def _pixel_at_object(views: Sequence[ConeView], poses_deg: np.ndarray, level: in
     centre = np.median(poses_deg[ok, 3:], axis=0) if ok.any() else np.zeros(3)
     px = []
     for v in views:
-        sdd = v.source_detector_distance
+        sdd = v.source_intensifier_distance
         sod = max(abs(float(v.normal @ (centre - v.source))), 1.0)
         px.append(min(v.pitch_u, v.pitch_v) * (2 ** level) * sod / sdd)
     return float(min(px))

@@ -6,7 +6,7 @@ with extrinsic z-y-x Euler angles and ``X_world = R X_model + tau`` (DESIGN.md).
 
 Residual of landmark ``i`` in view ``k`` (0: view 1, 1: view 2), measured on that view's intensifier plane:
 ``e_ki = sqrt(w_ki) * (P_k(R X_i + tau) - U_ki)`` mm, ``U_ki`` being the detection (pixels)
-converted to millimetres on the detector. Only the ``n_vis`` landmarks detected inside both
+converted to millimetres on the intensifier. Only the ``n_vis`` landmarks detected inside both
 fields of view (finite, inside the image, weight > 0 in both views) take part; with fewer than
 ``min_visible`` (default 4, never less) the frame is reported as ``'too_few_landmarks'`` with
 a NaN pose.
@@ -36,7 +36,7 @@ bound as a class with named, validated fields: ``mode``, ``loss``, ``loss_scale_
 directly (they override ``options``).
 
 Initialisation (``options.init``): ``'paper'`` (theta = 0, tau = the system centre, the mean
-of both sources and both detector centres), ``'given'`` (``init_poses``, e.g. poses of another
+of both sources and both intensifier centres), ``'given'`` (``init_poses``, e.g. poses of another
 run; chosen by passing ``init_poses``) or ``'previous'`` (each frame starts from the previous
 frame's registered pose, in order, the paper's start when that solve fails).
 
@@ -52,7 +52,7 @@ frame is ``'views_disagree'`` with a NaN pose. The core runs this after the batc
 :class:`RegistrationStatus` (:data:`STATUSES`).
 
 Quality gate (``options.max_residual_mm``, default 5 mm; None = off), absolute and per view,
-before the view check: each landmark's residual is taken at the bone (its detector-plane
+before the view check: each landmark's residual is taken at the bone (its intensifier-plane
 residual divided by the view's magnification there, source-to-intensifier over
 source-to-landmark distance along the view axis), reported per view as ``rms_bone_mm`` with
 ``inliers`` (landmarks within the limit). A frame whose RMS at the bone exceeds the limit in
@@ -120,7 +120,7 @@ class RegistrationResult:
     pose: np.ndarray            # (6,) deg, mm
     matrix: np.ndarray          # (4, 4) world_from_model
     objective: float            # final objective of the winning case (mm^2 or mm, see mode)
-    rms_mm: np.ndarray          # (2,) RMS reprojection error per view, mm on the detector
+    rms_mm: np.ndarray          # (2,) RMS reprojection error per view, mm on the intensifier
     rms_px: np.ndarray          # (2,) the same in pixels
     n_vis: int                  # landmarks used by the winning case
     mirror_case: int            # 0..3 (see MIRROR_CASES), -1 when nothing was solved

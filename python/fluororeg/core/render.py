@@ -139,7 +139,7 @@ def _scales(scales, n: int) -> np.ndarray:
 
 
 def _cone_pixel_at_object(views: np.ndarray, poses_deg: np.ndarray) -> float:
-    """Smallest detector pitch scaled back to the model origin (mm): the finest detail the
+    """Smallest intensifier pitch scaled back to the model origin (mm): the finest detail the
     images can show at the object."""
     S, D, u, v = views[:, 0:3].T, views[:, 3:6].T, views[:, 6:9].T, views[:, 9:12].T  # [3, n]
     n = (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])  # u x v

@@ -277,7 +277,7 @@ def _shard_rng(seed: int, split: str, shard: int) -> np.random.Generator:
 
 def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: np.ndarray) -> list[ConeView]:
     """The cone-beam counterparts [n] of ``camera`` at ``scales`` [n]: in camera coordinates,
-    the source ``source_distance_mm`` [n] in front of the origin on the -z axis, the detector
+    the source ``source_distance_mm`` [n] in front of the origin on the -z axis, the intensifier
     beyond the origin (1.5 times as far from the source), the pixel size at the origin
     ``camera.pixel_mm / scale`` and the principal point at the image centre."""
     views = []

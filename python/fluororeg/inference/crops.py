@@ -28,7 +28,7 @@ One rule, used to make the style translator's X-ray training crops
 
 **Polarity**: crops keep the fluoroscopic polarity - bone and tissue dark, air bright - while
 the DRR images show attenuation bright. The X-ray -> DRR generator learns the inversion; the
-content-preserving loss accounts for it (:mod:`fluororeg.training.style_train`, ``xray_polarity``).
+content-preserving loss accounts for it (:mod:`fluororeg.training.translator_train`, ``xray_polarity``).
 
 **Coordinates**: :class:`CropBox` maps points exactly both ways (image coordinates: x = column,
 y = row, origin at the centre of the top-left pixel): crop pixel ``u = (x - left + 0.5) *
@@ -210,7 +210,7 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
 def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
     """The square crop (a :class:`~fluororeg.inference.crops.CropBox`) of ``size`` px
     centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
-    sdd = view.source_detector_distance
+    sdd = view.source_intensifier_distance
     sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
     frame_px_at_object = view.pitch_u * sod / sdd
     side = size * pixel_mm / frame_px_at_object

@@ -1,6 +1,6 @@
 """The style translator at inference: an exported CycleGAN generator (ONNX) run with onnxruntime.
 
-No torch: the generators come from :mod:`fluororeg.training` (``export_generators``) as ONNX
+No torch: the generators come from :mod:`fluororeg.training` (``export_translator``) as ONNX
 files with metadata (:data:`STYLE_KIND`, ``direction`` one of :data:`DIRECTIONS`, input size
 and normalisation). Grey levels [0, 255] map to ``x / 127.5 - 1``; the output is in [-1, 1]
 (tanh) and maps back to ``(y + 1) * 127.5``. The X-ray side is what

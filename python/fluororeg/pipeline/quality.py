@@ -81,7 +81,7 @@ class InputCheckOptions:
 def check_geometry(views, *, min_source_distance_mm: float = 150.0) -> None:
     """Refuse absurd two-view geometry before any work (ValueError naming the view and value):
     each view must look at the crossing point of the principal rays (the joint's place) with
-    the point in front of the source and before the detector, at least
+    the point in front of the source and before the intensifier, at least
     ``min_source_distance_mm`` from the source (a source inside the patient region otherwise),
     and the crossing point must project inside the detector's image."""
     from fluororeg.core.geometry import beam_crossing
@@ -94,7 +94,7 @@ def check_geometry(views, *, min_source_distance_mm: float = 150.0) -> None:
     except ValueError as exc:
         raise ValueError(f"geometry: {exc}") from exc
     for k, v in enumerate(views):
-        axis = v.detector_centre - v.source
+        axis = v.intensifier_centre - v.source
         sdd = float(np.linalg.norm(axis))
         depth = float((centre - v.source) @ axis / sdd)  # mm along the view's principal ray
         if depth <= 0:

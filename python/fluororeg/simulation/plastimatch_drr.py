@@ -10,7 +10,7 @@ gradient, electronic plus quantum noise, a logarithmic camera response, veiling 
 different distortion and blur, an off-centre circular field cut by a collimator edge).
 
 Geometry mapping (checked by beads in ``tests/test_plastimatch_drr.py``): the view is moved
-into the model frame (the inverse pose applied to source, detector centre and axes), so the
+into the model frame (the inverse pose applied to source, intensifier centre and axes), so the
 volume file is written once per volume and reused for every pose. plastimatch places the
 source at ``isocenter + sad * nrm`` and the panel ``sid`` mm from the source, perpendicular to
 ``nrm``; panel column ``c`` and row ``r`` lie at ``ic_room + (c - ic_col) ps_col prt +
@@ -184,9 +184,9 @@ def render_cone_plastimatch(mu: Volume, view: ConeView, pose, *, num_threads: in
     Rm, tau = M[:3, :3], M[:3, 3]
     # the view in the model frame: x_model = R^T (x_world - tau)
     S = Rm.T @ (view.source - tau)
-    D = Rm.T @ (view.detector_centre - tau)
+    D = Rm.T @ (view.intensifier_centre - tau)
     u, v = Rm.T @ view.u, Rm.T @ view.v
-    n = np.cross(u, v)                                   # unit, source -> detector side when sdd > 0
+    n = np.cross(u, v)                                   # unit, source -> intensifier side when sdd > 0
     sdd = float(n @ (D - S))
     if sdd < 0:                                          # detector normal pointing at the source
         n, sdd = -n, -sdd

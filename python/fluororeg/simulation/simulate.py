@@ -46,7 +46,7 @@ def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
     for sign in (-1.0, 1.0):
         a = np.deg2rad(sign * angle_deg / 2)
         src = 650.0 * np.array([np.sin(a), -np.cos(a), 0.0])
-        views.append(ConeView.looking_at(src, [0.0, 0.0, 0.0], distance_to_detector=1050.0, pitch=pitch,
+        views.append(ConeView.looking_at(src, [0.0, 0.0, 0.0], distance_to_intensifier=1050.0, pitch=pitch,
                                          width=width, height=height))
     return tuple(views)
 

@@ -16,7 +16,7 @@ with an example, is documented in ``docs/study.md``; in short::
     device = "cpu"                # "cpu" | "cuda" (cuda tasks get the Dask resource GPU=1)
     [settings.dataset]            # fluororeg.dataset.generate.DatasetConfig fields + pose ranges
     [settings.detector_training]  # preset = "fast" | "paper" + DetectorConfig fields
-    [settings.style_training]     # preset = "fast" | "paper" + StyleConfig fields + every
+    [settings.style_training]     # preset = "fast" | "paper" + TranslatorConfig fields + every
     [settings.register]           # fluororeg.pipeline.register.PipelineOptions fields
 
     [[subject]]
@@ -77,7 +77,7 @@ def _setting_keys() -> dict[str, tuple[str, ...]]:
     from fluororeg.dataset.generate import DatasetConfig
     from fluororeg.pipeline.register import PipelineOptions
     from fluororeg.training.detector_config import DetectorConfig
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
 
     def names(cls, drop=()):
         return tuple(f.name for f in dataclasses.fields(cls) if f.name not in drop)
@@ -85,7 +85,7 @@ def _setting_keys() -> dict[str, tuple[str, ...]]:
     return {
         "dataset": names(DatasetConfig, ("poses",)) + _POSE_KEYS,
         "detector_training": ("preset",) + names(DetectorConfig, ("augment", "num_threads")),
-        "style_training": ("preset", "every") + names(StyleConfig),
+        "style_training": ("preset", "every") + names(TranslatorConfig),
         "register": names(PipelineOptions, ("num_threads",)),
     }
 
@@ -204,9 +204,9 @@ def detector_config(settings: dict, threads: int = 1):
 
 
 def style_config(settings: dict, dataset_image_size: int):
-    """(StyleConfig, every): the style translator's training settings; its image size defaults
+    """(TranslatorConfig, every): the style translator's training settings; its image size defaults
     to the dataset's."""
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
 
     s = dict(settings)
     name = s.pop("preset", "fast")
@@ -214,7 +214,7 @@ def style_config(settings: dict, dataset_image_size: int):
     if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
         raise ValueError(f"every = {every!r}: expected an integer >= 1 (every n-th frame)")
     s.setdefault("image_size", int(dataset_image_size))
-    return StyleConfig.preset(name, **s), every
+    return TranslatorConfig.preset(name, **s), every
 
 
 def pipeline_options(settings: dict, dataset_pixel_mm: float, threads: int = 1):
@@ -492,7 +492,7 @@ def _parse_calibration(P: _Parser, value, where: str) -> CalibrationSpec | None:
         ok = False
     pitch = c.get("pitch_mm")
     if isinstance(pitch, bool) or not isinstance(pitch, (int, float)) or not (math.isfinite(pitch) and pitch > 0):
-        P.problem(w, f"'pitch_mm' = {pitch!r}: expected the detector pixel pitch in mm (> 0)")
+        P.problem(w, f"'pitch_mm' = {pitch!r}: expected the intensifier pixel pitch in mm (> 0)")
         ok = False
     plates = c.get("plates")
     if plates is not None and not (isinstance(plates, list) and len(plates) == 2

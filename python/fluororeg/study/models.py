@@ -167,16 +167,16 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
 
         def build_style():
             from fluororeg.training.xray_crops import xray_training_crops
-            from fluororeg.training.style_export import export_generators
-            from fluororeg.training.style_train import train_style
+            from fluororeg.training.translator_export import export_translator
+            from fluororeg.training.translator_train import train_translator
 
             recs = [recording(r, g) for r, g in recordings]
             crops = xray_training_crops(recs, size=style_cfg.image_size, crop_pixel_mm=crop_mm, every=every)
-            summary = train_style(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads,
+            summary = train_translator(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads,
                                   device=spec.device)
             if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final
                 raise KeyboardInterrupt("style training was interrupted")
-            export_generators(run_dir, onnx_dir)
+            export_translator(run_dir, onnx_dir)
 
         _run_stage(_Stage(out, "style", style_fp, [run_dir, onnx_dir], [x2d]), build_style, report)
         result["translator"] = str(x2d)

@@ -13,7 +13,7 @@ Used by the demo (:mod:`fluororeg.demo`, ``fluororeg demo``) and by
    (:func:`fluororeg.training.xray_crops.xray_training_crops`, at the dataset's pixel size),
    CycleGAN training into ``paths.runs / 'style'`` (resumed), generator snapshots every
    ``style.snapshot_every`` steps;
-4. snapshot selection (:mod:`fluororeg.training.style_selection`): the snapshot that registers
+4. snapshot selection (:mod:`fluororeg.training.translator_selection`): the snapshot that registers
    ``validation_recording`` best (by the landmark error to ``reference`` poses, or by the
    reprojection residual without them) is exported to ``paths.models / 'style'``.
 
@@ -34,10 +34,10 @@ from fluororeg.inference.translator import StyleTranslator
 from fluororeg.training.detector_config import DetectorConfig
 from fluororeg.training.detector_export import export_detector
 from fluororeg.training.detector_train import train_detector
-from fluororeg.training.style_config import StyleConfig
-from fluororeg.training.style_export import export_generators
-from fluororeg.training.style_selection import SnapshotScore, select_style_snapshot
-from fluororeg.training.style_train import train_style
+from fluororeg.training.translator_config import TranslatorConfig
+from fluororeg.training.translator_export import export_translator
+from fluororeg.training.translator_selection import SnapshotScore, select_translator_snapshot
+from fluororeg.training.translator_train import train_translator
 from fluororeg.training.xray_crops import xray_training_crops
 
 __all__ = ["WorkflowSettings", "WorkflowPaths", "TrainedModels", "train_models"]
@@ -50,7 +50,7 @@ class WorkflowSettings:
 
     dataset: DatasetConfig | None
     detector: DetectorConfig
-    style: StyleConfig
+    style: TranslatorConfig
     xray_every: int = 1              # every n-th frame of the X-ray recordings is a training crop
     device: str = "auto"             # training and inference: 'auto' (CUDA when present), 'cpu' or 'cuda'
     num_threads: int = 0             # per process: torch, onnxruntime (intra-op) and the C++ core (0: defaults)
@@ -63,8 +63,8 @@ class WorkflowSettings:
             raise TypeError(f"dataset must be a DatasetConfig or None, got {type(self.dataset).__name__}")
         if not isinstance(self.detector, DetectorConfig):
             raise TypeError(f"detector must be a DetectorConfig, got {type(self.detector).__name__}")
-        if not isinstance(self.style, StyleConfig):
-            raise TypeError(f"style must be a StyleConfig, got {type(self.style).__name__}")
+        if not isinstance(self.style, TranslatorConfig):
+            raise TypeError(f"style must be a TranslatorConfig, got {type(self.style).__name__}")
         if self.dataset is not None and self.style.image_size != self.dataset.image_size:
             raise ValueError(f"style.image_size {self.style.image_size} differs from the dataset's image_size "
                              f"{self.dataset.image_size}: the translator works on the dataset's images")
@@ -164,13 +164,13 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         steps = cfg.total_steps(len(crops), len(DatasetReader(paths.dataset, "train")))
         say(f"training the style translator ({len(crops)} X-ray crops, {steps} steps)")
         style_run = Path(paths.runs) / "style"
-        summary = train_style(crops, paths.dataset, style_run, cfg, progress=progress,
+        summary = train_translator(crops, paths.dataset, style_run, cfg, progress=progress,
                               num_threads=settings.style_num_threads or threads or None, device=settings.device)
         if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final
             raise KeyboardInterrupt(f"style training stopped at step {summary['step']} of {summary['total_steps']}; "
                                     "run again to resume it")
         if settings.export_last_style:
-            export_generators(style_run, Path(paths.models) / "style_last")
+            export_translator(style_run, Path(paths.models) / "style_last")
         say("choosing the style translator's snapshot by registering the validation recording with each")
         rec = validation_recording if isinstance(validation_recording, Recording) \
             else open_recording(validation_recording)
@@ -178,7 +178,7 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         options = pipeline_options if pipeline_options is not None \
             else PipelineOptions(crop_pixel_mm=crop_pixel_mm, num_threads=threads, quality_gate=False)
         reference = None if reference_poses is None else np.asarray(reference_poses, float)
-        selection, _ = select_style_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
+        selection, _ = select_translator_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
                                              options=options, max_frames=settings.select_max_frames,
                                              progress=progress)
         say(f"style snapshot of step {selection.step}: score {selection.score:.2f} "

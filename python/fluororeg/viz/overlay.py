@@ -38,7 +38,7 @@ def bone_contours(subject, view: ConeView, pose, *, scale: float = 0.5) -> list[
     silhouette's edge with sub-pixel steps."""
     from skimage.measure import find_contours
 
-    small = ConeView(view.source, view.detector_centre, view.u, view.v, view.pitch_u / scale, view.pitch_v / scale,
+    small = ConeView(view.source, view.intensifier_centre, view.u, view.v, view.pitch_u / scale, view.pitch_v / scale,
                      max(8, int(round(view.width * scale))), max(8, int(round(view.height * scale))))
     sil = R.project_mask_cone(subject.mask_model(), small, pose)[0].astype(np.float32)
     sil = np.pad(sil, 1)  # closed contours also where the bone leaves the image

@@ -1,9 +1,9 @@
-"""The style translator's training configuration (:class:`StyleConfig`) and its presets.
+"""The style translator's training configuration (:class:`TranslatorConfig`) and its presets.
 
 Optimisation (CycleGAN): Adam, lr 2e-4, betas (0.5, 0.999), batch size 1; the learning rate is
 constant for the first ``epochs`` and falls linearly to 0 over ``epochs_decay`` (CycleGAN:
 100 + 100); an epoch is ``max(n_xray, n_drr)`` samples; ``steps`` overrides the epochs.
-See :mod:`fluororeg.training.style_train` for the losses and the other settings.
+See :mod:`fluororeg.training.translator_train` for the losses and the other settings.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["StyleConfig", "PRESETS", "ARCH_KEYS"]
+__all__ = ["TranslatorConfig", "PRESETS", "ARCH_KEYS"]
 
 ARCH_KEYS = ("image_size", "gen_width", "gen_blocks", "disc_width", "disc_layers")
 
 
 @dataclass(frozen=True)
-class StyleConfig:
+class TranslatorConfig:
     """Style-translator settings. :meth:`preset` gives 'paper' (the defaults) or 'fast'."""
 
     image_size: int = 128
@@ -42,7 +42,7 @@ class StyleConfig:
     flip: bool = True            # random horizontal flips
     log_every: int = 50          # steps between log rows (and plots)
     checkpoint_every: int = 500  # steps between checkpoints
-    snapshot_every: int = 0      # steps between kept generator snapshots (0: none; see train_style)
+    snapshot_every: int = 0      # steps between kept generator snapshots (0: none; see train_translator)
     ema_decay: float = 0.0       # exponential moving average of the generators' weights (0: off)
     seed: int = 0
 
@@ -77,12 +77,12 @@ class StyleConfig:
             raise ValueError(f"xray_polarity = {self.xray_polarity!r}: expected -1 or +1")
 
     @classmethod
-    def preset(cls, name: str = "paper", **overrides) -> "StyleConfig":
+    def preset(cls, name: str = "paper", **overrides) -> "TranslatorConfig":
         if name not in PRESETS:
             raise ValueError(f"preset {name!r} is unknown: expected one of {sorted(PRESETS)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown StyleConfig fields {sorted(unknown)}")
+            raise ValueError(f"unknown TranslatorConfig fields {sorted(unknown)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def total_steps(self, n_xray: int, n_drr: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fluororeg.training.style_config import StyleConfig
+from fluororeg.training.translator_config import TranslatorConfig
 
 __all__ = ["ResBlock", "ResnetGenerator", "PatchDiscriminator", "init_weights", "build_networks", "GENERATOR_KEYS"]
 
@@ -81,7 +81,7 @@ def init_weights(module, gain: float = 0.02):
                 nn.init.zeros_(m.bias)
 
 
-def build_networks(config: StyleConfig) -> dict:
+def build_networks(config: TranslatorConfig) -> dict:
     """The four networks: ``G_xd`` (X-ray -> DRR), ``G_dx`` (DRR -> X-ray), ``D_x``, ``D_d``."""
     nets = {"G_xd": ResnetGenerator(config.gen_width, config.gen_blocks),
             "G_dx": ResnetGenerator(config.gen_width, config.gen_blocks),

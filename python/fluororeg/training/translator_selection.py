@@ -4,7 +4,7 @@ A CycleGAN's adversarial, cycle and content losses do not tell when its translat
 move bone structures by a pixel or two, which is what landmark detection is sensitive to:
 measured on the example subject, a translator trained 8,000 steps registered worse than the
 same run at 4,000 steps (7.9 deg against 3.7 deg median error) although its cycle and content
-losses were lower. So :func:`~fluororeg.training.style_train.train_style` keeps generator snapshots
+losses were lower. So :func:`~fluororeg.training.translator_train.train_translator` keeps generator snapshots
 (``snapshot_every``) and this module scores each one the way the pipeline uses it: translate
 the crops of a validation recording, detect, register (:func:`fluororeg.pipeline.register.detect_recording`
 and :func:`fluororeg.pipeline.register_detections`), on up to ``max_frames`` evenly spaced frames.
@@ -19,7 +19,7 @@ infinitely bad):
   detector. No labels are needed, so a lab can select on its own recording; a translation
   that makes the detector fail in one view raises that view's residual.
 
-:func:`select_style_snapshot` exports the best snapshot's generators and writes the table.
+:func:`select_translator_snapshot` exports the best snapshot's generators and writes the table.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 
-__all__ = ["SnapshotScore", "snapshot_paths", "score_snapshots", "select_style_snapshot"]
+__all__ = ["SnapshotScore", "snapshot_paths", "score_snapshots", "select_translator_snapshot"]
 
 _SNAPSHOT = re.compile(r"step_(\d+)\.pt$")
 
@@ -47,7 +47,7 @@ class SnapshotScore:
     path: Path                 # its checkpoint file
     score: float               # what is minimised (see the module docstring)
     registered_share: float    # frames with a pose, of those scored
-    residual_mm: float         # median of the mean per-view RMS reprojection error, mm on the detector
+    residual_mm: float         # median of the mean per-view RMS reprojection error, mm on the intensifier
     landmark_err_mm: float     # median mean landmark distance to the reference (NaN: no reference)
     angle_err_deg: float       # median Eq. 3 angle error (NaN: no reference)
     position_err_mm: float     # median Eq. 3 position error (NaN: no reference)
@@ -59,7 +59,7 @@ def snapshot_paths(run_dir) -> list[tuple[int, Path]]:
     found = sorted((int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := _SNAPSHOT.search(p.name)))
     if not found:
         raise FileNotFoundError(f"'{folder}' holds no generator snapshots (step_NNNNNN.pt): train with "
-                                "StyleConfig(snapshot_every=...) or `fluororeg train-style --snapshot-every N`")
+                                "TranslatorConfig(snapshot_every=...) or `fluororeg train-style --snapshot-every N`")
     return found
 
 
@@ -79,7 +79,7 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
     from tqdm import tqdm
 
     from fluororeg.inference.translator import StyleTranslator
-    from fluororeg.training.style_export import export_generators
+    from fluororeg.training.translator_export import export_translator
     from fluororeg.pipeline.register import PipelineOptions, detect_recording, register_detections
     from fluororeg.core.registration import mean_landmark_distance, pose_errors
 
@@ -102,7 +102,7 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
         for step, path in tqdm(snapshots, desc="snapshots", unit="snapshot", disable=not progress):
-            x2d, _ = export_generators(path, root / f"step_{step:06d}")
+            x2d, _ = export_translator(path, root / f"step_{step:06d}")
             translator = StyleTranslator(x2d, direction="xray_to_drr", num_threads=options.num_threads)
             det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject,
                                          progress=False)
@@ -124,12 +124,12 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
     return scores
 
 
-def select_style_snapshot(run_dir, recording, subject, detector, out_dir, **kwargs) -> tuple[SnapshotScore, list]:
+def select_translator_snapshot(run_dir, recording, subject, detector, out_dir, **kwargs) -> tuple[SnapshotScore, list]:
     """Score the snapshots (:func:`score_snapshots`, same keyword arguments), export the best
     one's generators to ``out_dir`` (``xray_to_drr.onnx``, ``drr_to_xray.onnx``) and write
     ``out_dir/selection.csv`` (one row per snapshot) and ``selection.json`` (the choice).
     Returns ``(best, scores)``."""
-    from fluororeg.training.style_export import export_generators
+    from fluororeg.training.translator_export import export_translator
 
     scores = score_snapshots(run_dir, recording, subject, detector, **kwargs)
     finite = [s for s in scores if np.isfinite(s.score)]
@@ -138,14 +138,14 @@ def select_style_snapshot(run_dir, recording, subject, detector, out_dir, **kwar
                            "check the detector, the recording and its geometry")
     best = min(finite, key=lambda s: (s.score, -s.step))
     out = Path(out_dir)
-    export_generators(best.path, out)
+    export_translator(best.path, out)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(asdict(best)))
     writer.writeheader()
     writer.writerows({**asdict(s), "path": str(s.path)} for s in scores)
     atomic_write_text(out / "selection.csv", table.getvalue())
     criterion = "median landmark error to the reference (mm)" if kwargs.get("reference") is not None \
-        else "median reprojection residual (mm on the detector)"
+        else "median reprojection residual (mm on the intensifier)"
     best_json = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)  # strict JSON: no NaN tokens
                  for k, v in {**asdict(best), "path": str(best.path)}.items()}
     atomic_write_text(out / "selection.json", json.dumps({"run_dir": str(run_dir), "criterion": criterion,

@@ -1,8 +1,8 @@
 """Training the X-ray <-> DRR style translator: a CycleGAN with the paper's content-preserving loss.
 
 The detector is trained on DRRs only; X-ray crops are translated to DRR style before
-detection (the paper's Section 2.2). Networks: :mod:`.style_networks`; losses:
-:mod:`.style_losses`; settings: :mod:`.style_config`; export: :mod:`.style_export`.
+detection (the paper's Section 2.2). Networks: :mod:`.translator_networks`; losses:
+:mod:`.translator_losses`; settings: :mod:`.translator_config`; export: :mod:`.translator_export`.
 
 Optimisation: Adam, lr 2e-4, betas (0.5, 0.999), batch size 1; the learning rate is constant
 for the first ``epochs`` and falls linearly to 0 over ``epochs_decay`` (CycleGAN: 100 + 100);
@@ -16,16 +16,16 @@ snapshots of steps 500-3,500 the per-recording median landmark error of the regi
 spread over 3.4-7.2 mm without averaging and 3.6-5.0 mm with ``ema_decay = 0.999``; but the
 raw snapshot chosen on a validation recording (step 3,000: 3.4-4.4 mm) beat the averaged one
 chosen the same way (step 1,000: 3.9-4.3 mm), and both degraded in the last 2,000 steps. So
-averaging is off by default and snapshot selection (:mod:`fluororeg.training.style_selection`) does
+averaging is off by default and snapshot selection (:mod:`fluororeg.training.translator_selection`) does
 the choosing.
 
-Training (:func:`train_style`) shows a progress bar, logs to ``run_dir/log.csv`` with loss
+Training (:func:`train_translator`) shows a progress bar, logs to ``run_dir/log.csv`` with loss
 plots (``losses.png``) and sample translations (``samples.png``), saves
 ``checkpoint_last.pt`` every ``checkpoint_every`` steps, on Ctrl-C and at the end, and resumes
 from it. With ``snapshot_every`` it also keeps both generators every that many steps under
 ``snapshots/step_NNNNNN.pt``: the adversarial and cycle losses do not tell when a translation
 moves structures, so the snapshot to use is chosen afterwards by what the detector makes of
-its translations (:mod:`fluororeg.training.style_selection`).
+its translations (:mod:`fluororeg.training.translator_selection`).
 
 X-ray training crops are made by the one crop rule (:mod:`fluororeg.inference.crops`, through
 :func:`fluororeg.training.xray_crops.xray_training_crops`) at the DRR dataset's pixel size.
@@ -46,13 +46,13 @@ from tqdm import tqdm
 
 from fluororeg.dataset.generate import DatasetReader
 from fluororeg.training import common
-from fluororeg.training.style_config import ARCH_KEYS, StyleConfig
-from fluororeg.training.style_export import CHECKPOINT_KIND
-from fluororeg.training.style_losses import ImagePool, content_loss
-from fluororeg.training.style_networks import GENERATOR_KEYS, build_networks
+from fluororeg.training.translator_config import ARCH_KEYS, TranslatorConfig
+from fluororeg.training.translator_export import CHECKPOINT_KIND
+from fluororeg.training.translator_losses import ImagePool, content_loss
+from fluororeg.training.translator_networks import GENERATOR_KEYS, build_networks
 from fluororeg.training.xray_crops import xray_training_crops
 
-__all__ = ["train_style", "discard_run"]
+__all__ = ["train_translator", "discard_run"]
 
 
 def _load_xrays(source, size: int, crop_pixel_mm: float | None) -> np.ndarray:
@@ -106,7 +106,7 @@ def _save_samples(path, rows) -> None:
 
 # --------------------------------------------------------------------------------------- training
 
-def _check_resume(saved: dict, config: StyleConfig, path: Path) -> None:
+def _check_resume(saved: dict, config: TranslatorConfig, path: Path) -> None:
     if saved.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"'{path}' is a {saved.get('kind')!r} checkpoint, expected {CHECKPOINT_KIND!r}")
     old = saved["config"]
@@ -116,7 +116,7 @@ def _check_resume(saved: dict, config: StyleConfig, path: Path) -> None:
                          f"(checkpoint, config): {diff}; use a new run folder or resume=False")
 
 
-def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = StyleConfig(), *,
+def train_translator(xray_source, drr_dataset_root, run_dir, config: TranslatorConfig = TranslatorConfig(), *,
                 resume: bool = True, progress: bool = True, max_steps: int | None = None,
                 num_threads: int | None = None, crop_pixel_mm: float | None = None, device: str = "auto") -> dict:
     """Train the style translator (see the module docstring).
@@ -134,8 +134,8 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
     sees a GPU, else the CPU), 'cpu' or 'cuda'. Returns a summary dict (``step``,
     ``total_steps``, ``stopped``, ``checkpoint``, ``samples_per_s``, ``last`` log row).
     """
-    if not isinstance(config, StyleConfig):
-        raise TypeError(f"config must be a StyleConfig, got {type(config).__name__}")
+    if not isinstance(config, TranslatorConfig):
+        raise TypeError(f"config must be a TranslatorConfig, got {type(config).__name__}")
     if num_threads is None:
         return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
                       device)
@@ -152,7 +152,7 @@ def train_style(xray_source, drr_dataset_root, run_dir, config: StyleConfig = St
 
 def discard_run(run_dir) -> None:
     """Delete a style training run's state in ``run_dir`` (checkpoint, snapshots, log, plots) so
-    that :func:`train_style` starts over there; other files are left alone."""
+    that :func:`train_translator` starts over there; other files are left alone."""
     run_dir = Path(run_dir)
     for name in ("checkpoint_last.pt", "log.csv", "losses.png", "samples.png"):
         (run_dir / name).unlink(missing_ok=True)

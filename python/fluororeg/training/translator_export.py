@@ -13,15 +13,15 @@ from fluororeg.inference.crops import CROP_RULE
 from fluororeg.inference.translator import DIRECTIONS, INPUT_NORMALISATION, OUTPUT_DESCRIPTION, STYLE_KIND
 from fluororeg.training.common import load_checkpoint
 from fluororeg.training.export import export_onnx
-from fluororeg.training.style_config import StyleConfig
-from fluororeg.training.style_networks import GENERATOR_KEYS, ResnetGenerator
+from fluororeg.training.translator_config import TranslatorConfig
+from fluororeg.training.translator_networks import GENERATOR_KEYS, ResnetGenerator
 
-__all__ = ["CHECKPOINT_KIND", "load_generators", "export_generators"]
+__all__ = ["CHECKPOINT_KIND", "load_translator", "export_translator"]
 
 CHECKPOINT_KIND = "style_translator"
 
 
-def load_generators(run_dir_or_checkpoint) -> tuple[dict, StyleConfig, dict]:
+def load_translator(run_dir_or_checkpoint) -> tuple[dict, TranslatorConfig, dict]:
     """``({'xray_to_drr': G, 'drr_to_xray': F}, config, checkpoint)`` from a run folder, a
     checkpoint or a snapshot file (eval mode, CPU); the averaged generators where the run keeps
     them (``ema_decay``)."""
@@ -30,8 +30,8 @@ def load_generators(run_dir_or_checkpoint) -> tuple[dict, StyleConfig, dict]:
     saved = load_checkpoint(path)
     if saved.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"'{path}' is a {saved.get('kind')!r} checkpoint, expected {CHECKPOINT_KIND!r}")
-    known = {f.name for f in fields(StyleConfig)}
-    config = StyleConfig(**{k: v for k, v in saved["config"].items() if k in known})
+    known = {f.name for f in fields(TranslatorConfig)}
+    config = TranslatorConfig(**{k: v for k, v in saved["config"].items() if k in known})
     weights = saved.get("ema") or saved["nets"]
     gens = {}
     for direction, key in zip(DIRECTIONS, GENERATOR_KEYS):
@@ -41,13 +41,13 @@ def load_generators(run_dir_or_checkpoint) -> tuple[dict, StyleConfig, dict]:
     return gens, config, saved
 
 
-def export_generators(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tuple[Path, Path]:
+def export_translator(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tuple[Path, Path]:
     """Export both generators as ``out_dir/xray_to_drr.onnx`` and ``out_dir/drr_to_xray.onnx``
     (dynamic batch; input ``image`` [n, 1, S, S], output ``translated``) with metadata:
     ``fluororeg_kind='style_generator'``, ``direction``, ``input_size``, ``input_normalisation``,
     ``output``, ``input_domain``/``output_domain``, ``xray_polarity``, ``crop_rule`` (the X-ray crops' rule), ``architecture``,
     ``training_step``. Returns the two paths."""
-    gens, config, saved = load_generators(run_dir_or_checkpoint)
+    gens, config, saved = load_translator(run_dir_or_checkpoint)
     S = config.image_size
     domains = {"xray": f"X-ray crop ({CROP_RULE})",
                "drr": "DRR style (fluororeg.dataset.generate images; attenuation bright)"}

@@ -17,11 +17,11 @@ SIZE = 32  # training tests run on 32 x 32 crops with width-8 networks
 
 
 def tiny_config(**kw):
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
 
     base = dict(image_size=SIZE, gen_width=8, gen_blocks=2, disc_width=8, disc_layers=2, batch_size=2, lr=1e-3,
                 steps=40, log_every=5, checkpoint_every=20, seed=0)
-    return StyleConfig(**{**base, **kw})
+    return TranslatorConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,10 +59,10 @@ def drr_root(subject, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(recording, drr_root, tmp_path_factory):
     pytest.importorskip("torch")
-    from fluororeg.training.style_train import train_style
+    from fluororeg.training.translator_train import train_translator
 
     run = tmp_path_factory.mktemp("style") / "run"
-    summary = train_style(recording, drr_root, run, tiny_config(), progress=False)
+    summary = train_translator(recording, drr_root, run, tiny_config(), progress=False)
     return run, summary
 
 
@@ -70,7 +70,7 @@ def trained_run(recording, drr_root, tmp_path_factory):
 
 def test_networks_follow_cyclegan():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style_networks import PatchDiscriminator, ResnetGenerator
+    from fluororeg.training.translator_networks import PatchDiscriminator, ResnetGenerator
 
     g = ResnetGenerator()  # paper: width 64, 6 blocks
     n = sum(p.numel() for p in g.parameters())
@@ -86,7 +86,7 @@ def test_networks_follow_cyclegan():
 
 def test_content_preserving_loss():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style_losses import content_loss
+    from fluororeg.training.translator_losses import content_loss
 
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.randn(2, 1, 36, 36, generator=g), 5, 1)  # smooth structure
@@ -105,7 +105,7 @@ def test_content_preserving_loss():
 
 def test_image_pool():
     torch = pytest.importorskip("torch")
-    from fluororeg.training.style_losses import ImagePool
+    from fluororeg.training.translator_losses import ImagePool
 
     rng = np.random.default_rng(0)
     pool = ImagePool(3)
@@ -120,12 +120,12 @@ def test_image_pool():
 
 def test_config_presets_and_schedule():
     pytest.importorskip("torch")
-    from fluororeg.training.style_config import StyleConfig
+    from fluororeg.training.translator_config import TranslatorConfig
 
-    paper = StyleConfig.preset("paper")
+    paper = TranslatorConfig.preset("paper")
     assert (paper.image_size, paper.gen_width, paper.gen_blocks, paper.batch_size, paper.lr) == (128, 64, 6, 1, 2e-4)
     assert (paper.beta1, paper.beta2, paper.lambda_cycle, paper.pool_size) == (0.5, 0.999, 10.0, 50)
-    fast = StyleConfig.preset("fast", steps=100)
+    fast = TranslatorConfig.preset("fast", steps=100)
     assert fast.gen_width == 32 and fast.steps == 100
     assert paper.total_steps(6525, 6716) == 200 * 6716
     lrs = [fast.lr_at(s, 100) for s in range(100)]
@@ -135,11 +135,11 @@ def test_config_presets_and_schedule():
                 dict(beta1=1.0), dict(lambda_cp=float("nan")), dict(ema_decay=1.0), dict(ema_decay=-0.1),
                 dict(snapshot_every=-1)):
         with pytest.raises(ValueError):
-            StyleConfig(**bad)
+            TranslatorConfig(**bad)
     with pytest.raises(ValueError, match="preset"):
-        StyleConfig.preset("huge")
+        TranslatorConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown"):
-        StyleConfig.preset("fast", width=3)
+        TranslatorConfig.preset("fast", width=3)
 
 
 # -------------------------------------------------------------------------------------- training
@@ -162,11 +162,11 @@ def test_short_training_lowers_the_losses(trained_run):
 
 def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_path):
     from fluororeg.training.common import TrainLog, load_checkpoint
-    from fluororeg.training.style_train import discard_run, train_style
+    from fluororeg.training.translator_train import discard_run, train_translator
 
     run = tmp_path / "run"
     shutil.copytree(trained_run[0], run)
-    summary = train_style(recording, drr_root, run, tiny_config(steps=60), max_steps=5, progress=False)
+    summary = train_translator(recording, drr_root, run, tiny_config(steps=60), max_steps=5, progress=False)
     assert summary["step"] == 45 and summary["total_steps"] == 60
     assert load_checkpoint(run / "checkpoint_last.pt")["step"] == 45
     steps = [int(r["step"]) for r in TrainLog(run).rows()]
@@ -174,18 +174,18 @@ def test_resume_continues_the_step_count(trained_run, recording, drr_root, tmp_p
     # rows logged after the last checkpoint (a crash in between) are dropped on resume
     with (run / "log.csv").open("a") as f:
         f.write("50,9,0.1,1,1,1,1,1,1,1,1\n")
-    train_style(recording, drr_root, run, tiny_config(steps=60), max_steps=5, progress=False)
+    train_translator(recording, drr_root, run, tiny_config(steps=60), max_steps=5, progress=False)
     steps = [int(r["step"]) for r in TrainLog(run).rows()]
     assert steps[-3:] == [40, 45, 50] and len(steps) == len(set(steps))
     with pytest.raises(FileExistsError, match="resume=True"):
-        train_style(recording, drr_root, run, tiny_config(), resume=False, progress=False)
+        train_translator(recording, drr_root, run, tiny_config(), resume=False, progress=False)
     # discard_run (the command's --restart) clears the run: it starts over from step 0.
     discard_run(run)
     assert not (run / "checkpoint_last.pt").exists() and not (run / "log.csv").exists()
-    fresh = train_style(recording, drr_root, run, tiny_config(steps=60), resume=False, max_steps=5, progress=False)
+    fresh = train_translator(recording, drr_root, run, tiny_config(steps=60), resume=False, max_steps=5, progress=False)
     assert fresh["step"] == 5 and [int(r["step"]) for r in TrainLog(run).rows()][-1] == 5
     with pytest.raises(ValueError, match="architecture differs"):
-        train_style(recording, drr_root, run, tiny_config(gen_width=4), progress=False)
+        train_translator(recording, drr_root, run, tiny_config(gen_width=4), progress=False)
 
 
 def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
@@ -194,13 +194,13 @@ def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
     import torch
 
     from fluororeg.training.common import load_checkpoint
-    from fluororeg.training.style_export import load_generators
-    from fluororeg.training.style_networks import build_networks
-    from fluororeg.training.style_train import train_style
+    from fluororeg.training.translator_export import load_translator
+    from fluororeg.training.translator_networks import build_networks
+    from fluororeg.training.translator_train import train_translator
 
     cfg = tiny_config(steps=4, ema_decay=0.99, snapshot_every=2, checkpoint_every=1)
     run = tmp_path / "run"
-    train_style(recording, drr_root, run, cfg, max_steps=1, progress=False)
+    train_translator(recording, drr_root, run, cfg, max_steps=1, progress=False)
     torch.manual_seed(cfg.seed)
     initial = build_networks(cfg)["G_xd"].state_dict()
     saved = load_checkpoint(run / "checkpoint_last.pt")
@@ -208,9 +208,9 @@ def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
     for name in initial:
         torch.testing.assert_close(avg[name], 0.1 * initial[name] + 0.9 * raw[name])
     assert any(not torch.equal(avg[n], raw[n]) for n in initial)
-    train_style(recording, drr_root, run, cfg, progress=False)  # resumes the average too
+    train_translator(recording, drr_root, run, cfg, progress=False)  # resumes the average too
     saved = load_checkpoint(run / "checkpoint_last.pt")
-    gens, _, _ = load_generators(run)
+    gens, _, _ = load_translator(run)
     for name, value in gens["xray_to_drr"].state_dict().items():
         assert torch.equal(value, saved["ema"]["G_xd"][name])
     snaps = sorted(p.name for p in (run / "snapshots").iterdir())
@@ -219,13 +219,13 @@ def test_averaged_generators_and_snapshots(recording, drr_root, tmp_path):
     assert last["step"] == 4 and set(last["nets"]) == {"G_xd", "G_dx"}
     for name, value in last["nets"]["G_dx"].items():
         assert torch.equal(value, saved["ema"]["G_dx"][name])
-    snap_gens, _, _ = load_generators(run / "snapshots" / "step_000002.pt")
+    snap_gens, _, _ = load_translator(run / "snapshots" / "step_000002.pt")
     assert snap_gens["xray_to_drr"].width == cfg.gen_width
 
 
 def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
     from fluororeg.training.common import load_checkpoint
-    from fluororeg.training.style_train import train_style
+    from fluororeg.training.translator_train import train_translator
     from fluororeg.training.xray_crops import xray_training_crops
 
     if threading.current_thread() is not threading.main_thread():
@@ -244,7 +244,7 @@ def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
     thread = threading.Thread(target=interrupt_after_the_first_log_row, daemon=True)
     thread.start()
     try:
-        summary = train_style(crops, drr_root, run, tiny_config(steps=100000, log_every=1), progress=False)
+        summary = train_translator(crops, drr_root, run, tiny_config(steps=100000, log_every=1), progress=False)
     finally:
         done.set()
         thread.join()
@@ -254,16 +254,16 @@ def test_ctrl_c_stops_after_the_step_and_saves(recording, drr_root, tmp_path):
 
 def test_training_input_errors(recording, drr_root, tmp_path):
     pytest.importorskip("torch")
-    from fluororeg.training.style_train import train_style
+    from fluororeg.training.translator_train import train_translator
 
     with pytest.raises(ValueError, match="image_size"):
-        train_style(recording, drr_root, tmp_path / "a", tiny_config(image_size=64), progress=False)
+        train_translator(recording, drr_root, tmp_path / "a", tiny_config(image_size=64), progress=False)
     with pytest.raises(ValueError, match="uint8"):
-        train_style(recording, np.zeros((4, SIZE, SIZE), np.float32), tmp_path / "b", tiny_config(), progress=False)
-    with pytest.raises(TypeError, match="StyleConfig"):
-        train_style(recording, drr_root, tmp_path / "c", {"steps": 3}, progress=False)
+        train_translator(recording, np.zeros((4, SIZE, SIZE), np.float32), tmp_path / "b", tiny_config(), progress=False)
+    with pytest.raises(TypeError, match="TranslatorConfig"):
+        train_translator(recording, drr_root, tmp_path / "c", {"steps": 3}, progress=False)
     with pytest.raises(ValueError, match="num_threads"):
-        train_style(recording, drr_root, tmp_path / "d", tiny_config(), progress=False, num_threads=0)
+        train_translator(recording, drr_root, tmp_path / "d", tiny_config(), progress=False, num_threads=0)
 
 
 # ------------------------------------------------------------------------------- export, inference
@@ -273,12 +273,12 @@ def test_export_matches_torch_and_translator_runs(trained_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from fluororeg.inference.onnx_model import OnnxModel
     from fluororeg.inference.translator import INPUT_NORMALISATION, StyleTranslator
-    from fluororeg.training.style_export import export_generators, load_generators
+    from fluororeg.training.translator_export import export_translator, load_translator
 
     run, _ = trained_run
-    x2d, d2x = export_generators(run, tmp_path / "onnx")
+    x2d, d2x = export_translator(run, tmp_path / "onnx")
     assert (x2d.name, d2x.name) == ("xray_to_drr.onnx", "drr_to_xray.onnx")
-    gens, _, _ = load_generators(run / "checkpoint_last.pt")
+    gens, _, _ = load_translator(run / "checkpoint_last.pt")
     x = np.random.default_rng(0).uniform(-1, 1, (3, 1, SIZE, SIZE)).astype(np.float32)
     for path, direction in ((x2d, "xray_to_drr"), (d2x, "drr_to_xray")):
         model = OnnxModel(path, kind="style_generator", device="cpu", num_threads=1)
