@@ -89,6 +89,21 @@ struct Field {
         [](Options& o, nb::handle h) { o.f = ToDouble(h, #f); }                     \
   }
 
+// A field where 0 in C++ means "off" and None in Python: None <-> 0, an explicit 0 is refused.
+Field OptionalPositiveField(const char* name, const char* doc, double Options::*member,
+                            const char* expected) {
+  return Field{name, doc,
+               [member](const Options& o) {
+                 return o.*member == 0.0 ? nb::none() : nb::object(nb::float_(o.*member));
+               },
+               [member, name, expected](Options& o, nb::handle h) {
+                 o.*member = h.is_none() ? 0.0 : ToDouble(h, name);
+                 if (o.*member == 0.0 && !h.is_none()) {
+                   throw std::invalid_argument(std::string(name) + " = 0: expected " + expected);
+                 }
+               }};
+}
+
 const std::vector<Field>& Fields() {
   static const std::vector<Field> fields = {
       {"mode", "Objective: 'least_squares' (sum of rho(|e|^2), mm^2) or 'frobenius' (the paper's "
@@ -121,18 +136,10 @@ const std::vector<Field>& Fields() {
                "the paper's start when that fails).",
        [](const Options& o) { return nb::object(nb::str(InitModeName(o.init))); },
        [](Options& o, nb::handle h) { o.init = ParseInitMode(ToStr(h, "init")); }},
-      {"view_outlier_ratio",
-       "View-agreement check (None: off): a frame is suspect when a view's RMS exceeds this "
-       "many times the recording's typical one (> 1).",
-       [](const Options& o) {
-         return o.view_outlier_ratio == 0.0 ? nb::none() : nb::object(nb::float_(o.view_outlier_ratio));
-       },
-       [](Options& o, nb::handle h) {
-         o.view_outlier_ratio = h.is_none() ? 0.0 : ToDouble(h, "view_outlier_ratio");
-         if (o.view_outlier_ratio == 0.0 && !h.is_none()) {
-           throw std::invalid_argument("view_outlier_ratio = 0: expected None (off) or a number > 1");
-         }
-       }},
+      OptionalPositiveField("view_outlier_ratio",
+                            "View-agreement check (None: off): a frame is suspect when a view's RMS "
+                            "exceeds this many times the recording's typical one (> 1).",
+                            &Options::view_outlier_ratio, "None (off) or a number > 1"),
       FLUORO_FLOAT_FIELD(view_joint_ratio,
                          "Suspect too when both views exceed this many times their typical RMS "
                          "(in (1, view_outlier_ratio])."),
@@ -141,19 +148,11 @@ const std::vector<Field>& Fields() {
                          "(in (0, view_joint_ratio))."),
       FLUORO_INT_FIELD(view_min_frames,
                        "Fewest registered frames for a typical residual (else no check)."),
-      {"max_residual_mm",
-       "Quality gate (None: off): the largest RMS residual per view at the bone, mm (the "
-       "intensifier-plane residual over the magnification at each landmark); a frame beyond it "
-       "is 'large_residual' (pose kept, not registered).",
-       [](const Options& o) {
-         return o.max_residual_mm == 0.0 ? nb::none() : nb::object(nb::float_(o.max_residual_mm));
-       },
-       [](Options& o, nb::handle h) {
-         o.max_residual_mm = h.is_none() ? 0.0 : ToDouble(h, "max_residual_mm");
-         if (o.max_residual_mm == 0.0 && !h.is_none()) {
-           throw std::invalid_argument("max_residual_mm = 0: expected None (off) or a number > 0");
-         }
-       }},
+      OptionalPositiveField("max_residual_mm",
+                            "Quality gate (None: off): the largest RMS residual per view at the bone, mm "
+                            "(the intensifier-plane residual over the magnification at each landmark); a "
+                            "frame beyond it is 'large_residual' (pose kept, not registered).",
+                            &Options::max_residual_mm, "None (off) or a number > 0"),
       FLUORO_INT_FIELD(min_inliers_per_view,
                        "Quality gate: fewest landmarks per view within max_residual_mm at the "
                        "bone (>= 1); else 'few_inliers'."),

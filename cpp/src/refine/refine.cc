@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "fluororeg/parallel.h"
+#include "common/format.h"
 #include "fluororeg/render_kernels.h"
 #include "render/render_internal.h"
 
@@ -29,11 +30,7 @@ namespace {
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string Fmt(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using internal::Fmt;
 
 // ------------------------------------------------------------------------------- rotations
 using Mat3 = Eigen::Matrix3d;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/format.h"
 #include "fluororeg/registration.h"
 #include "fluororeg/render.h"
 
@@ -14,11 +15,7 @@ namespace fluororeg {
 
 namespace {
 
-std::string Fmt(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using internal::Fmt;
 
 }  // namespace
 

@@ -5,17 +5,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/format.h"
 #include "render_internal.h"
 
 namespace fluororeg {
 
 namespace {
 
-std::string Fmt(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using internal::Fmt;
 
 }  // namespace
 
