@@ -60,3 +60,33 @@ def test_geometry_from_bead_images():
         assert np.abs(err).max() < 0.3
     with pytest.raises(ValueError, match="view 2"):
         geometry_from_bead_images([images[0], np.full((768, 768), 180.0)], CUBE, guesses, radius_px=6, fov=None)
+
+
+def test_geometry_from_bead_images_on_the_command_line(tmp_path):
+    """calibrate geometry --bead-images: both views from bead-object images and the bead list,
+    started from a rough geometry file; a missing bead list is a one-line error."""
+    import tifffile
+
+    from fluororeg.calibration.geometry_file import DualGeometry
+    from fluororeg.cli import main
+
+    views = (ConeView.looking_at([-900, 0, 0], [0, 0, 0], distance_to_intensifier=1400, pitch=0.3, width=768, height=768),
+             ConeView.looking_at([500, -800, 60], [0, 0, 0], distance_to_intensifier=1300, pitch=0.3, width=768,
+                                 height=768))
+    paths, guesses = [], []
+    for k, v in enumerate(views):
+        img = bead_image(768, 768, project_cone(CUBE, v, np.zeros(6))[0][0], radius_px=6, seed=k)
+        paths.append(tmp_path / f"beads_view{k + 1}.tif")
+        tifffile.imwrite(paths[-1], img.astype(np.float32))
+        guesses.append(ConeView(v.source + [8, -5, 6], v.intensifier_centre + [0, 5, -10], v.u, v.v, 0.3, 0.3, 768, 768))
+    save_geometry(tmp_path / "rough.json", DualGeometry(tuple(guesses)))
+    np.savetxt(tmp_path / "beads.csv", CUBE, delimiter=",", header="x, y, z (mm)")
+    argv = ["calibrate", "geometry", "--bead-images", *map(str, paths), "--guess", str(tmp_path / "rough.json"),
+            "--bead-radius", "6", "--field-of-view", "none", "--out", str(tmp_path / "geometry.json")]
+    assert main(argv[:-2] + ["--out", str(tmp_path / "x.json")]) == 2  # no --beads
+    assert main(argv[:5] + ["--beads", str(tmp_path / "beads.csv")] + argv[5:]) == 0
+    geo = load_geometry(tmp_path / "geometry.json")
+    test_pts = np.random.default_rng(1).uniform(-60, 60, (30, 3))
+    for est, v in zip(geo.views, views):
+        err = project_cone(test_pts, est, np.zeros(6))[0][0] - project_cone(test_pts, v, np.zeros(6))[0][0]
+        assert np.abs(err).max() < 0.3

@@ -38,6 +38,16 @@ def add_parser(subparsers) -> None:
                     help="geometry: intensifier pixel pitch (mm/px), required: MayaCam files record none")
     ca.add_argument("--distortion", nargs=2, metavar=("D1", "D2"),
                     help="geometry: distortion models of the two views, attached to the geometry file")
+    ca.add_argument("--bead-images", nargs=2, metavar=("IMG1", "IMG2"),
+                    help="geometry: one image per view of a bead object: the views are estimated from the beads "
+                         "(DLT + Ceres), starting from --mayacam or --guess")
+    ca.add_argument("--beads", help="geometry, with --bead-images: the bead object's bead centres, a CSV of x, y, z "
+                                    "(mm, world frame; one bead a line, '#' comments)")
+    ca.add_argument("--guess", help="geometry, with --bead-images: a rough geometry.json of both views to start from "
+                                    "(instead of --mayacam)")
+    ca.add_argument("--field-of-view", choices=["auto", "none"], default="auto",
+                    help="geometry, with --bead-images: find beads inside the intensifier's circular field of view "
+                         "(auto) or anywhere in the image (none: images without a circular field)")
     ca.set_defaults(handler=run_calibrate, resumes=False)
 
 
@@ -70,16 +80,43 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(f"distortion model from {r.get('n_matched', '?')} beads: residual RMS {fit.model.rms_px:.3f} px, "
               f"max {fit.model.max_px:.3f} px -> {args.out}")
     else:
-        from fluororeg.calibration.geometry_file import geometry_from_mayacam, save_geometry
+        from fluororeg.calibration.geometry_file import save_geometry
 
-        if not args.mayacam or len(args.mayacam) != 2:
-            raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam files, 2.0 or 1.0)")
-        if args.pitch is None:
-            raise ValueError("calibrate geometry needs --pitch MM: MayaCam files record no pixel pitch (mm per "
-                             "intensifier pixel: the field of view over the image width, or a bead plate's pitch)")
-        geo = geometry_from_mayacam(args.mayacam, pitch_u=args.pitch, distortion=args.distortion)
+        geo = _geometry_from_beads(args) if args.bead_images else _geometry_from_mayacam(args)
         save_geometry(args.out, geo)
         n_dist = sum(d is not None for d in geo.distortion)
         print(f"geometry of 2 views (system centre {np.round(geo.system_centre, 1).tolist()} mm, {n_dist} distortion "
               f"model{'s' if n_dist != 1 else ''}) -> {args.out}")
     return 0
+
+
+def _geometry_from_mayacam(args: argparse.Namespace):
+    from fluororeg.calibration.geometry_file import geometry_from_mayacam
+
+    if not args.mayacam or len(args.mayacam) != 2:
+        raise ValueError("calibrate geometry needs --mayacam CAM1 CAM2 (two MayaCam files, 2.0 or 1.0) or "
+                         "--bead-images IMG1 IMG2 --beads BEADS.csv")
+    if args.pitch is None:
+        raise ValueError("calibrate geometry needs --pitch MM: MayaCam files record no pixel pitch (mm per "
+                         "intensifier pixel: the field of view over the image width, or a bead plate's pitch)")
+    return geometry_from_mayacam(args.mayacam, pitch_u=args.pitch, distortion=args.distortion)
+
+
+def _geometry_from_beads(args: argparse.Namespace):
+    """Both views estimated from one bead-object image each, started from a rough geometry."""
+    from fluororeg.calibration.beads import load_image
+    from fluororeg.calibration.geometry_file import geometry_from_bead_images, load_geometry
+
+    if not args.beads:
+        raise ValueError("--bead-images needs --beads BEADS.csv: the bead centres (x, y, z mm) of the object")
+    beads = np.loadtxt(args.beads, delimiter=",", comments="#", ndmin=2)
+    if beads.ndim != 2 or beads.shape[1] != 3 or len(beads) < 6 or not np.isfinite(beads).all():
+        raise ValueError(f"--beads {args.beads}: expected at least 6 lines of finite x, y, z (mm), got an array "
+                         f"of shape {beads.shape}")
+    if (args.guess is None) == (args.mayacam is None):
+        raise ValueError("--bead-images starts from a rough geometry: give exactly one of --guess geometry.json "
+                         "and --mayacam CAM1 CAM2 (with --pitch)")
+    guesses = load_geometry(args.guess).views if args.guess else _geometry_from_mayacam(args).views
+    images = [load_image(path) for path in args.bead_images]
+    return geometry_from_bead_images(images, beads, guesses, distortion=args.distortion, radius_px=args.bead_radius,
+                                     polarity=args.polarity, fov=None if args.field_of_view == "none" else "auto")
