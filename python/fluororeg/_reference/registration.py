@@ -203,19 +203,6 @@ def _stack(results):
     return BatchResult.stack(results)
 
 
-def _replace_rows(batch, rows, part):
-    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order)."""
-    from fluororeg.core.registration import BatchResult
-
-    fields = {}
-    for name in BatchResult.__dataclass_fields__:
-        a, b = getattr(batch, name), getattr(part, name)
-        merged = a.astype(np.result_type(a, b))  # a copy; wide enough for longer status strings
-        merged[rows] = b
-        fields[name] = merged
-    return BatchResult(**fields)
-
-
 def check_view_agreement_reference(landmarks, views, detections, batch, *, weights=None, pairs=None,
                                    options=None, outlier_ratio=4.0, joint_ratio=2.5, fit_ratio=1.5,
                                    min_frames=5):
@@ -267,7 +254,7 @@ def check_view_agreement_reference(landmarks, views, detections, batch, *, weigh
         else:  # the two-view numbers stay on record, the pose does not
             chosen.append(dataclasses.replace(batch[int(frame)], status="views_disagree", pose=np.full(6, np.nan),
                                               matrix=np.full((4, 4), np.nan)))
-    return _replace_rows(batch, suspect, _stack(chosen))
+    return batch.with_frames(suspect, _stack(chosen))
 
 
 def _solve_pairs(landmarks, views, det, weights, init_poses, options, *, pairs):

@@ -177,6 +177,17 @@ class BatchResult:
             case_objective=self.case_objective[i].copy(),
             rms_bone_mm=self.rms_bone_mm[i].copy(), inliers=self.inliers[i].copy())
 
+    def with_frames(self, rows, part: "BatchResult") -> "BatchResult":
+        """This batch with its frames ``rows`` taken from ``part`` (one frame each, in order); the
+        other frames stay exactly as they were (no degree/radian round trip)."""
+        fields = {}
+        for name in BatchResult.__dataclass_fields__:
+            a, b = getattr(self, name), getattr(part, name)
+            merged = a.astype(np.result_type(a, b))  # a copy; wide enough for longer status strings
+            merged[rows] = b
+            fields[name] = merged
+        return BatchResult(**fields)
+
     @classmethod
     def stack(cls, results: Sequence[RegistrationResult]) -> "BatchResult":
         """The batch of single-frame results (e.g. registered one after the other)."""
@@ -396,18 +407,6 @@ def register_frame(landmarks, views, detections, *, weights=None, pairs=None, in
     return register_frames(lm, views, det, weights=w, pairs=pairs, init_poses=init, options=opts)[0]
 
 
-def _replace_rows(batch: BatchResult, rows: np.ndarray, part: BatchResult) -> BatchResult:
-    """``batch`` with its frames ``rows`` taken from ``part`` (one frame each, in order); the
-    other frames stay exactly as they were (no degree/radian round trip)."""
-    fields = {}
-    for name in BatchResult.__dataclass_fields__:
-        a, b = getattr(batch, name), getattr(part, name)
-        merged = a.astype(np.result_type(a, b))  # a copy; wide enough for longer status strings
-        merged[rows] = b
-        fields[name] = merged
-    return BatchResult(**fields)
-
-
 def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, weights=None, pairs=None,
                          options: Optional[RegistrationOptions] = None, outlier_ratio: float = 4.0,
                          joint_ratio: float = 2.5, fit_ratio: float = 1.5, min_frames: int = 5,
@@ -451,7 +450,7 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
         return batch
     checked = _to_batch(out)
     part = BatchResult(**{name: getattr(checked, name)[rows] for name in BatchResult.__dataclass_fields__})
-    return _replace_rows(batch, rows, part)
+    return batch.with_frames(rows, part)
 
 
 def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:

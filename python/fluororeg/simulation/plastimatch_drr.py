@@ -322,12 +322,11 @@ def simulate_independent_recording(subject, out, *, scenario: str = "walking", n
     from PIL import Image
 
     from fluororeg.core import render as R
-    from fluororeg.calibration.distortion import fit_distortion
     from fluororeg.calibration.geometry_file import DualGeometry, save_geometry
-    from fluororeg.calibration.synthetic import plate_image
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.recording import write_recording_manifest
-    from fluororeg.simulation.simulate import _source_map, motion_sequence, start_recording_folder, truth_arrays
+    from fluororeg.simulation.simulate import (_source_map, calibrate_simulated_view, motion_sequence,
+                                               start_recording_folder, truth_arrays)
 
     if not isinstance(effects, IntensifierEffects):
         raise TypeError(f"effects must be an IntensifierEffects, got {type(effects).__name__}")
@@ -343,12 +342,7 @@ def simulate_independent_recording(subject, out, *, scenario: str = "walking", n
     (out / "calibration").mkdir(exist_ok=True)
     for k, view in enumerate(views):
         dist = effects.distortion(view.width, view.height)
-        bead_px = max(3.0, view.width / 200)
-        plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 12.0), radius_px=bead_px,
-                               distortion=dist, fov_radius=effects.fov_radius * view.width, seed=seed + 7 + k)
-        Image.fromarray(np.clip(plate, 0, 255).astype(np.uint8)).save(out / "calibration" / f"plate_view{k + 1}.png")
-        fit = fit_distortion(plate, radius_px=bead_px)
-        models.append(fit.model)
+        models.append(calibrate_simulated_view(out, k, view, dist, effects.fov_radius * view.width, seed + 7 + k))
         src_map = _source_map(dist, view.width, view.height)
         folder = out / f"view{k + 1}"
         folder.mkdir(exist_ok=True)

@@ -32,7 +32,8 @@ from fluororeg.calibration.synthetic import AnalyticDistortion, plate_image
 from fluororeg.core.geometry import ConeView, pose_from_matrix, rotation_matrix
 
 __all__ = ["FluoroStyle", "SCENARIOS", "default_dual_views", "motion_sequence", "fluoro_image",
-           "simulate_recording", "start_recording_folder", "truth_arrays"]
+           "simulate_recording", "start_recording_folder", "truth_arrays",
+           "calibrate_simulated_view"]
 
 
 def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
@@ -166,6 +167,21 @@ def truth_arrays(n_frames: int, n_landmarks: int):
             np.zeros((n_frames, 2, n_landmarks), dtype=bool))
 
 
+def calibrate_simulated_view(out: Path, k: int, view: ConeView, dist, fov_radius_px: float, seed: int):
+    """The lab's calibration of view ``k`` (0, 1): a bead plate seen through the same
+    intensifier (its distortion ``dist``), saved as ``calibration/plate_view{k+1}.png``, and the
+    distortion model fitted to it, as a lab would."""
+    from PIL import Image
+
+    from fluororeg.calibration.distortion import fit_distortion
+
+    bead_px = max(3.0, view.width / 200)
+    plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 12.0), radius_px=bead_px,
+                           distortion=dist, fov_radius=fov_radius_px, seed=seed)
+    Image.fromarray(np.clip(plate, 0, 255).astype(np.uint8)).save(out / "calibration" / f"plate_view{k + 1}.png")
+    return fit_distortion(plate, radius_px=bead_px).model
+
+
 def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int = 20,
                        views: tuple[ConeView, ConeView] | None = None, style: FluoroStyle = FluoroStyle(),
                        seed: int = 0, device: str = "cpu", progress: bool = False) -> Path:
@@ -173,7 +189,6 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
     from PIL import Image
     from tqdm import tqdm
 
-    from fluororeg.calibration.distortion import fit_distortion
     from fluororeg.calibration.geometry_file import DualGeometry, save_geometry
     from fluororeg.io.recording import write_recording_manifest
 
@@ -187,13 +202,7 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
     (out / "calibration").mkdir(exist_ok=True)
     for k, view in enumerate(views):
         dist = style.distortion(view.width, view.height)
-        # The lab's calibration: a bead plate seen through the same intensifier.
-        bead_px = max(3.0, view.width / 200)
-        plate, _ = plate_image(view.width, spacing_px=max(view.width / 24, 12.0), radius_px=bead_px,
-                               distortion=dist, fov_radius=style.fov_radius * view.width, seed=seed + k)
-        Image.fromarray(np.clip(plate, 0, 255).astype(np.uint8)).save(out / "calibration" / f"plate_view{k + 1}.png")
-        fit = fit_distortion(plate, radius_px=bead_px)
-        models.append(fit.model)
+        models.append(calibrate_simulated_view(out, k, view, dist, style.fov_radius * view.width, seed + k))
         src_map = _source_map(dist, view.width, view.height)
         folder = out / f"view{k + 1}"
         folder.mkdir(exist_ok=True)
