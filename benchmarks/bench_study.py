@@ -54,8 +54,8 @@ chunk = 8
 def _subject_folder(root: Path) -> Path:
     from fluororeg.io.volume_formats import load_volume
     from fluororeg.subject.example import headsq_path
-    from fluororeg.subject.landmarks import Landmarks
-    from fluororeg.subject.subject import make_subject, save_subject
+    from fluororeg.simulation.subjects import extreme_points_subject
+    from fluororeg.subject.subject import save_subject
 
     p = headsq_path()
     if p is None:
@@ -63,14 +63,7 @@ def _subject_folder(root: Path) -> Path:
     folder = root / "subjects" / "headsq"
     if (folder / "subject.json").exists():
         return folder
-    ct = load_volume(p)
-    bone = ct.mask(300.0).data.astype(bool)
-    k, j, i = np.nonzero(bone)
-    P = ct.voxel_to_physical(np.stack([i, j, k], axis=1).astype(float))
-    picks = {"left": P[np.argmax(P[:, 0])], "right": P[np.argmin(P[:, 0])], "front": P[np.argmin(P[:, 1])],
-             "back": P[np.argmax(P[:, 1])], "top": P[np.argmax(P[:, 2])], "bottom": P[np.argmin(P[:, 2])]}
-    subject = make_subject("headsq", ct, Landmarks(tuple(picks), np.array(list(picks.values()))),
-                           pairs=[("left", "right")])
+    subject = extreme_points_subject(load_volume(p))
     save_subject(subject, folder, ct_filename="ct.nrrd")
     return folder
 

@@ -36,18 +36,9 @@ def dual_views() -> tuple[ConeView, ConeView]:
 @pytest.fixture(scope="session")
 def subject():
     """A small real subject: the headsq CT with six extreme bone points (one left/right pair)."""
-    from fluororeg.subject.landmarks import Landmarks
-    from fluororeg.subject.subject import make_subject
+    from fluororeg.simulation.subjects import extreme_points_subject
 
     p = headsq_path()
     if p is None:
         pytest.skip("../shared/data/headsq is not available")
-    ct = load_volume(p)
-    # Six points on bone: the extreme bone voxels along +-x (left/right pair), +-y and +-z.
-    bone = ct.mask(300.0).data.astype(bool)
-    k, j, i = np.nonzero(bone)
-    P = ct.voxel_to_physical(np.stack([i, j, k], axis=1).astype(float))
-    picks = {"left": P[np.argmax(P[:, 0])], "right": P[np.argmin(P[:, 0])], "front": P[np.argmin(P[:, 1])],
-             "back": P[np.argmax(P[:, 1])], "top": P[np.argmax(P[:, 2])], "bottom": P[np.argmin(P[:, 2])]}
-    lm = Landmarks(tuple(picks), np.array(list(picks.values())))
-    return make_subject("headsq", ct, lm, pairs=[("left", "right")])
+    return extreme_points_subject(load_volume(p))

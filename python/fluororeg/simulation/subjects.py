@@ -20,7 +20,8 @@ from fluororeg.subject.landmarks import Landmarks
 from fluororeg.subject.subject import Subject, make_subject
 from fluororeg.core.volume import Volume
 
-__all__ = ["axis_rotation", "rotated_header_subject", "headsq_subject", "independent_subjects"]
+__all__ = ["axis_rotation", "rotated_header_subject", "headsq_subject", "extreme_points_subject",
+           "independent_subjects"]
 
 
 def axis_rotation(axis: str, angle_deg: float) -> np.ndarray:
@@ -71,6 +72,17 @@ def headsq_subject(path=None, n_landmarks: int = 33, n_pairs: int = 13) -> Subje
     ct = load_volume(p)
     landmarks, pairs = propose_landmarks(ct, n_landmarks, n_pairs, seed=0)
     return make_subject("headsq", ct, landmarks, pairs)
+
+
+def extreme_points_subject(ct, name: str = "headsq", threshold_hu: float = 300.0) -> Subject:
+    """A small real subject for tests and benchmarks: ``ct`` (HU) with six landmarks at its
+    extreme bone voxels along +-x (the left/right pair), +-y and +-z."""
+    bone = ct.mask(threshold_hu).data.astype(bool)
+    k, j, i = np.nonzero(bone)
+    P = ct.voxel_to_physical(np.stack([i, j, k], axis=1).astype(float))
+    picks = {"left": P[np.argmax(P[:, 0])], "right": P[np.argmin(P[:, 0])], "front": P[np.argmin(P[:, 1])],
+             "back": P[np.argmax(P[:, 1])], "top": P[np.argmax(P[:, 2])], "bottom": P[np.argmin(P[:, 2])]}
+    return make_subject(name, ct, Landmarks(tuple(picks), np.array(list(picks.values()))), pairs=[("left", "right")])
 
 
 def independent_subjects() -> dict[str, Subject]:
