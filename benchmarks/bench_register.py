@@ -22,18 +22,6 @@ from fluororeg._reference.registration import SyntheticScene, register_frame_ref
 from _common import best_time, parser, report
 
 
-def best_cpu_time(fn, repeat: int) -> float:
-    """Best CPU seconds of this process over `repeat` calls (after one warm-up call): for the
-    one-thread figures, less sensitive than wall-clock time to other load on the machine."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
 def main(argv=None) -> dict:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
 
@@ -60,8 +48,8 @@ def main(argv=None) -> dict:
 
     us_1 = best_time(screened, repeats) / n_single * 1e6
     us_4 = best_time(unscreened, repeats) / n_single * 1e6
-    cpu_1 = best_cpu_time(screened, repeats) / n_single * 1e6
-    cpu_4 = best_cpu_time(unscreened, repeats) / n_single * 1e6
+    cpu_1 = best_time(screened, repeats, clock=time.process_time) / n_single * 1e6
+    cpu_4 = best_time(unscreened, repeats, clock=time.process_time) / n_single * 1e6
     res = None
 
     def batch():
