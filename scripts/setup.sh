@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing Python dependencies"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.2" cmake ninja \
-    numpy scipy nibabel pynrrd pydicom tifffile pillow tqdm h5py onnxruntime av scikit-image matplotlib pytest \
+    numpy scipy nibabel pynrrd pydicom tifffile pillow tqdm h5py onnxruntime av scikit-image matplotlib pytest hypothesis \
     torch==2.13.0 onnx "dask[distributed]>=2024.1"   # the train extra (torch CPU build, onnx) and the
                                                        # study extra (Dask), needed by the tests
   touch "$stamp"
