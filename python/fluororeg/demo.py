@@ -17,7 +17,6 @@ what is already there (dataset, trained networks, recordings).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,8 @@ class DemoSettings:
     image_size: int = 512
     scenario: str = "walking"
     seed: int = 0
-    # Threads per process for torch, onnxruntime (intra-op) and the C++ core; 0: the CPUs this
-    # process may run on (os.sched_getaffinity: a job pinned with taskset or a cpuset gets its
-    # share, so jobs sharing a machine do not oversubscribe it).
+    # Threads per process for torch, onnxruntime (intra-op) and the C++ core; 0: the process's
+    # count (fluororeg.core.threads: --threads, OMP_NUM_THREADS, else the CPUs it may run on).
     num_threads: int = 0
     device: str = "auto"  # training (torch) and inference (onnxruntime): 'auto' (CUDA when present), 'cpu', 'cuda'
     quick: bool = False   # tiny everything (for tests): seconds, meaningless accuracy
@@ -63,6 +61,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
     """Run the demo into ``out``; returns the path of ``report.md``."""
     from PIL import Image
 
+    from fluororeg.core.threads import num_threads
     from fluororeg.dataset.generate import DatasetConfig, source_distance_range
     from fluororeg.io.recording import open_recording
     from fluororeg.pipeline.evaluate import evaluate_poses, recordings_bar_chart, write_evaluation
@@ -113,8 +112,7 @@ def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=No
                            pixel_mm=2.0 * 128 / size, seed=settings.seed, shard_size=512 if not q else 32,
                            projection="cone", source_distance_mm=source_distance_range(views))
     snapshot_every = max(1, settings.style_steps // 6)
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = settings.num_threads or (1 if settings.quick else available)  # tiny networks: 1 is fastest
+    threads = num_threads(settings.num_threads or (1 if settings.quick else 0))  # tiny networks: 1 is fastest
     if q:
         det_cfg = DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=settings.detector_epochs,
                                  batch_size=16, num_threads=1, seed=settings.seed)

@@ -39,11 +39,22 @@ def test_register_and_evaluate_commands(demo, subject, tmp_path, monkeypatch, ca
 
     out, _ = demo
     monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
-    assert main(["register", str(out / "recording_test"), "--detector", str(out / "models" / "detector.onnx"),
-                 "--translator", str(out / "models" / "style" / "xray_to_drr.onnx"), "--min-visible", "4",
-                 "--out", str(tmp_path / "reg"), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    command = ["register", str(out / "recording_test"), "--detector", str(out / "models" / "detector.onnx"),
+               "--translator", str(out / "models" / "style" / "xray_to_drr.onnx"), "--min-visible", "4",
+               "--out", str(tmp_path / "reg"), "--quiet", "--threads", "1"]
+    # The quick demo's detector (one epoch) is far from what its preset reaches: refused ...
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "refusing to register" in err and "validation error" in err and "--allow-undertrained" in err
+    assert not (tmp_path / "reg" / "poses.csv").exists()
+    # ... or, when asked for, used with a prominent warning on screen and in qc.json.
+    assert main(command + ["--allow-undertrained"]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "WARNING: UNDERTRAINED DETECTOR" in captured.err and "WARNING: UNDERTRAINED DETECTOR" in printed
     assert "frame pairs/s" in printed and "QC: " in printed and "median residual at the bone" in printed
+    qc = json.loads((tmp_path / "reg" / "qc.json").read_text())
+    assert "validation error" in qc["detector_undertrained"] and qc["detector_training"]["epochs"] == 1
     assert main(["evaluate", str(tmp_path / "reg" / "poses.csv"), "--reference",
                  str(out / "recording_test" / "truth.npz"), "--with-landmarks", "--out", str(tmp_path / "ev")]) == 0
     summary = json.loads((tmp_path / "ev" / "evaluation_summary.json").read_text())

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in DEPRECATED_COMMANDS:
         deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
     try:
+        if getattr(args, "threads", None) is not None:
+            from fluororeg.core.threads import set_num_threads
+
+            set_num_threads(args.threads)
         return args.handler(args)
     except KeyboardInterrupt:
         how = "run the same command again to resume" if args.resumes else "run the same command again to start over"

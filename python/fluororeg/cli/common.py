@@ -1,4 +1,5 @@
-"""What the command modules share: the subject argument, device choices and deprecated aliases."""
+"""What the command modules share: the subject argument, device choices, deprecated aliases, the
+``--threads`` and ``--allow-undertrained`` options."""
 
 from __future__ import annotations
 
@@ -50,3 +51,33 @@ def add_deprecated_option(parser: argparse.ArgumentParser, old: str, replacement
     still works for one release and prints a one-line note to stderr when used."""
     parser.add_argument(old, dest=dest, action=_DeprecatedOption, replacement=replacement, help=argparse.SUPPRESS,
                         default=argparse.SUPPRESS, **kwargs)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the process's thread count for torch, onnxruntime and the C++ core
+    (:mod:`fluororeg.core.threads`); :func:`fluororeg.cli.main` applies it before the command runs."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads for torch, onnxruntime and the C++ core (default: OMP_NUM_THREADS, else the "
+                             "CPUs this process may run on); 1 keeps jobs that share the cores efficient")
+
+
+def add_allow_undertrained_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-undertrained", action="store_true",
+                        help="use a detector whose recorded training figures fall short (validation error above "
+                             "3 px, training cut short by a time cap, or no figures): warn prominently instead of "
+                             "refusing")
+
+
+def check_detector_trained(detector, allow: bool) -> str | None:
+    """Refuse (``ValueError``) a detector whose metadata says it is under-trained
+    (:meth:`~fluororeg.inference.detector.LandmarkDetector.undertrained`), unless ``allow``:
+    then print a prominent warning to stderr and return the reason (None: a trusted detector)."""
+    reason = detector.undertrained()
+    if reason is None:
+        return None
+    if not allow:
+        raise ValueError(f"{reason}: refusing to register with it (poses from it are not to be trusted); train it "
+                         "longer (a rerun of train-detector resumes), or pass --allow-undertrained to go on with a "
+                         "warning")
+    print(f"WARNING: UNDERTRAINED DETECTOR (--allow-undertrained): {reason}", file=sys.stderr)
+    return reason

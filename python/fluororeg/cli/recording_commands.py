@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     sm.add_argument("--device", choices=common.DEVICES, default="cpu")
     sm.add_argument("--quiet", action="store_true")
     sm.add_argument("--out", default="out/recording", help="recording folder (default out/recording)")
+    common.add_threads_option(sm)
     sm.set_defaults(handler=run_simulate, resumes=False)
     ca = subparsers.add_parser("calibrate", help="distortion model from a bead plate, or the geometry file")
     ca.add_argument("what", choices=["distortion", "geometry"])

@@ -99,6 +99,8 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
                     help="refine the landmark poses by intensity (DRR-to-X-ray gradient correlation; default: off)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
+    common.add_allow_undertrained_option(rg)
+    common.add_threads_option(rg)
     rg.add_argument("--out", required=True)
     rg.add_argument("--quiet", action="store_true")
     rg.set_defaults(handler=run_register, resumes=True)
@@ -143,6 +145,8 @@ def add_parser(subparsers) -> None:
                          "detector's recorded validation error, else 2.5 crop pixels; 0 turns the gate and the "
                          "input checks off)")
     ss.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
+    common.add_allow_undertrained_option(ss)
+    common.add_threads_option(ss)
     ss.add_argument("--out", required=True, help="where the chosen translator and the table go")
     ss.add_argument("--quiet", action="store_true")
     ss.set_defaults(handler=run_select_translator, resumes=False)
@@ -182,6 +186,7 @@ def run_register(args: argparse.Namespace) -> int:
     if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
         raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")
     subject, rec, detector = _subject_recording_detector(args)
+    common.check_detector_trained(detector, args.allow_undertrained)
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
@@ -287,6 +292,7 @@ def run_select_translator(args: argparse.Namespace) -> int:
     from fluororeg.training.translator_selection import select_translator_snapshot
 
     subject, rec, detector = _subject_recording_detector(args)
+    common.check_detector_trained(detector, args.allow_undertrained)
     # [F, 6] in the recording's order, matched by its frame numbers (not positions)
     reference = _reference_by_frame(args.reference, rec.frame_numbers, args.subject, rec) if args.reference else None
     if reference is not None and not np.isfinite(reference).all(axis=1).any():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fluororeg.cli.common import DEVICES, add_deprecated_option
+from fluororeg.cli.common import DEVICES, add_deprecated_option, add_threads_option
 
 
 
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", choices=DEVICES, default="cpu")
     r.add_argument("--out", default="out/render", help="output folder (default out/render)")
+    add_threads_option(r)
     r.set_defaults(handler=run, resumes=False)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fluororeg.cli import common
+
 DEPRECATED_COMMANDS = {"train-style": "train-translator"}
 
 
@@ -14,10 +16,13 @@ def add_parser(subparsers) -> None:
     td.add_argument("dataset")
     td.add_argument("--out", required=True, help="run folder (a rerun resumes)")
     td.add_argument("--preset", choices=["fast", "paper"], default="fast")
-    td.add_argument("--minutes", type=float, help="training time limit (default: the preset's)")
+    td.add_argument("--minutes", type=float,
+                    help="an explicit wall-clock cap in minutes (default: none; the budget is --epochs, the same on "
+                         "any machine); a run it cuts short says so and its model records cut_short")
     td.add_argument("--epochs", type=int)
     td.add_argument("--restart", action="store_true", help="start over instead of resuming")
     td.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
+    common.add_threads_option(td)
     td.add_argument("--quiet", action="store_true")
     td.set_defaults(handler=run_train_detector, resumes=True)
     tt = subparsers.add_parser("train-translator", aliases=list(DEPRECATED_COMMANDS),
@@ -36,6 +41,7 @@ def add_parser(subparsers) -> None:
     tt.add_argument("--restart", action="store_true",
                     help="start over: delete the run's checkpoint, snapshots and log first (default: resume)")
     tt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
+    common.add_threads_option(tt)
     tt.add_argument("--quiet", action="store_true")
     tt.set_defaults(handler=run_train_translator, resumes=True)
 

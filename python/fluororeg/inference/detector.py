@@ -20,10 +20,14 @@ import numpy as np
 from fluororeg.inference.coordinates import convert_norm, norm_to_px
 from fluororeg.inference.onnx_model import OnnxModel
 
-__all__ = ["LandmarkDetector", "resample_square", "DETECTOR_KIND", "OUTPUT_NAMES", "INPUT_NORMALISATION",
+__all__ = ["LandmarkDetector", "resample_square", "DETECTOR_KIND", "UNDERTRAINED_VAL_PX", "OUTPUT_NAMES", "INPUT_NORMALISATION",
            "OUTPUT_DESCRIPTION"]
 
 DETECTOR_KIND = "landmark_detector"
+# A detector whose validation error exceeds this many pixels (of its training images) is not
+# trusted (``register`` refuses it without --allow-undertrained, the demo too): twice what the
+# fast preset reaches on the cone-beam dataset (1.4-1.5 px, benchmarks/bench_training.py).
+UNDERTRAINED_VAL_PX = 3.0
 OUTPUT_NAMES = ("landmarks", "confidence")
 INPUT_NORMALISATION = "x / 127.5 - 1 (uint8 [0, 255] -> [-1, 1])"
 OUTPUT_DESCRIPTION = ("landmarks [n, L, 2]: (x, y) network coordinates n = (p - (N-1)/2) / ((N-1)/2) of the "
@@ -91,7 +95,7 @@ class LandmarkDetector:
                              f"not on subject '{getattr(subject, 'name', '?')}' (fingerprint {fp}); "
                              "train a detector on this subject's dataset")
 
-    def undertrained(self, max_val_px: float) -> str | None:
+    def undertrained(self, max_val_px: float = UNDERTRAINED_VAL_PX) -> str | None:
         """Why this detector is not to be trusted, or None: its training was cut short by a time
         cap, its validation error exceeds ``max_val_px`` pixels (of its training images), or it
         carries no training figures (an export older than them)."""

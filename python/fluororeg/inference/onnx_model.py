@@ -41,9 +41,10 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file '{self.path}' does not exist")
+        from fluororeg.core.threads import num_threads as process_threads
+
         opts = ort.SessionOptions()
-        if num_threads:
-            opts.intra_op_num_threads = int(num_threads)
+        opts.intra_op_num_threads = process_threads(num_threads)  # 0: the process's count (core.threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=_providers(device))
         except Exception as exc:  # onnxruntime raises its own exception types

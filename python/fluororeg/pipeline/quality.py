@@ -306,10 +306,12 @@ def max_residual_from_detector(detector) -> float | None:
 
 # ---- QC report -----------------------------------------------------------------------------
 
-def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constant_views=None) -> dict:
+def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constant_views=None,
+              detector=None) -> dict:
     """The recording's quality summary (JSON-able): frames, counts per status, registered
     count, the limit, median residual at the bone per view over the frames with a pose, the
-    ``worst`` frames by their larger view residual, and the per-frame figures."""
+    ``worst`` frames by their larger view residual, the per-frame figures, and the training
+    figures of ``detector`` (its metadata) with why it is not to be trusted, if it is not."""
     from fluororeg.core.registration import REGISTERED_STATUSES
 
     status = np.asarray(status, dtype=str)
@@ -335,6 +337,8 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         "median_residual_bone_mm": [med(rb[posed, k]) for k in range(2)],
         "median_residual_bone_mm_registered": [med(rb[registered & posed, k]) for k in range(2)],
         "constant_detector_views": [] if constant_views is None else [int(k) + 1 for k in np.flatnonzero(constant_views)],
+        "detector_training": getattr(detector, "training", None),
+        "detector_undertrained": detector.undertrained() if hasattr(detector, "undertrained") else None,
         "worst": [{"frame": int(frames[i]), "status": str(status[i]),
                    "residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]} for i in order],
         "per_frame": {"frame": [int(f) for f in frames], "status": [str(s) for s in status],
@@ -346,7 +350,10 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
 
 def format_qc(report: dict) -> str:
     """The one-screen summary of :func:`qc_report`."""
-    lines = [f"QC: {report['registered']} of {report['frames']} frames registered"
+    lines = []
+    if report.get("detector_undertrained"):
+        lines.append(f"WARNING: UNDERTRAINED DETECTOR: {report['detector_undertrained']}; every pose below rests on it")
+    lines += [f"QC: {report['registered']} of {report['frames']} frames registered"
              + (f" (limit {report['max_residual_mm']:.2f} mm at the bone per view)"
                 if report["max_residual_mm"] is not None else " (no residual limit)")]
     for s, n in sorted(report["counts"].items(), key=lambda kv: -kv[1]):

@@ -83,7 +83,7 @@ class PipelineOptions:
     view_outlier_ratio: float | None = 4.0  # RegistrationOptions.view_outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
     refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
-    num_threads: int = 0
+    num_threads: int = 0              # C++ core and onnxruntime threads (0: fluororeg.core.threads' count)
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
     # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
     # detector's validation error at the bone when it records one (val_mean_mm / val_err_mm; at
@@ -127,12 +127,14 @@ class PipelineOptions:
         """The core's :class:`~fluororeg.core.registration.RegistrationOptions` for these settings
         (solver, init mode and view-agreement check; ``joint_ratio`` min(2.5, the outlier ratio))."""
         from fluororeg.core.registration import RegistrationOptions
+        from fluororeg.core.threads import num_threads as process_threads
 
         ratio = self.view_outlier_ratio
         return RegistrationOptions(mode=self.mode, loss=self.loss, loss_scale_mm=self.loss_scale_mm,
                                    mirror=self.mirror, min_visible=self.min_visible, init=self.init,
                                    view_outlier_ratio=ratio, view_joint_ratio=2.5 if ratio is None else min(2.5, ratio),
-                                   num_threads=self.num_threads, max_residual_mm=self.residual_limit_mm())
+                                   num_threads=process_threads(self.num_threads),
+                                   max_residual_mm=self.residual_limit_mm())
 
     def residual_limit_mm(self, detector=None) -> float | None:
         """The gate's limit, mm at the bone (None: no gate): ``max_residual_mm`` when set, else
@@ -408,7 +410,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
-    qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views)
+    qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector)
     if out is not None:
         quality.write_qc(out, qc)
     return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc)

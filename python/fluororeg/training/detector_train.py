@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fluororeg.core.threads import num_threads
 from fluororeg.dataset.generate import DatasetReader
 from fluororeg.inference.coordinates import convert_norm
 from fluororeg.inference.detector import DETECTOR_KIND
@@ -95,8 +96,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = run_dir / "checkpoint_last.pt", run_dir / "checkpoint_best.pt"
-    if config.num_threads:
-        torch.set_num_threads(int(config.num_threads))
+    torch.set_num_threads(num_threads(config.num_threads))  # 0: the process's count (fluororeg.core.threads)
     torch.set_flush_denormal(True)  # subnormal floats slow CPU training by up to 10x
 
     meta = DatasetReader(dataset_root, "train").meta

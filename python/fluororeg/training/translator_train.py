@@ -129,20 +129,19 @@ def train_translator(xray_source, drr_dataset_root, run_dir, config: TranslatorC
     ``resume`` an existing ``checkpoint_last.pt`` there is continued (same architecture; the
     config's other settings, e.g. more steps, apply), without it an existing checkpoint is an
     error. ``max_steps``: stop after this many steps in this call (the schedule still follows
-    the config). ``num_threads``: torch CPU threads for this call (default: torch's; 1 is
-    much faster for small networks on a busy machine). ``device``: 'auto' (torch's CUDA when it
+    the config). ``num_threads``: torch CPU threads for this call (default: the process's count,
+    :mod:`fluororeg.core.threads`; 1 is much faster for small networks on a busy machine). ``device``: 'auto' (torch's CUDA when it
     sees a GPU, else the CPU), 'cpu' or 'cuda'. Returns a summary dict (``step``,
     ``total_steps``, ``stopped``, ``checkpoint``, ``samples_per_s``, ``last`` log row).
     """
     if not isinstance(config, TranslatorConfig):
         raise TypeError(f"config must be a TranslatorConfig, got {type(config).__name__}")
-    if num_threads is None:
-        return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
-                      device)
-    if not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+    if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
         raise ValueError(f"num_threads {num_threads!r}: expected None or an integer >= 1")
+    from fluororeg.core.threads import num_threads as process_threads
+
     before = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
+    torch.set_num_threads(process_threads(num_threads or 0))
     try:
         return _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max_steps, crop_pixel_mm,
                       device)
