@@ -186,7 +186,6 @@ def run_register(args: argparse.Namespace) -> int:
     if args.view_outlier_ratio != 0 and not args.view_outlier_ratio > 1.5:
         raise ValueError(f"--view-outlier-ratio {args.view_outlier_ratio}: expected 0 (off) or a number > 1.5")
     subject, rec, detector = _subject_recording_detector(args)
-    common.check_detector_trained(detector, args.allow_undertrained)
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
@@ -195,6 +194,7 @@ def run_register(args: argparse.Namespace) -> int:
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
                            refine=args.refine, crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
                            **_gate_options(args))
+    common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     registered = int(np.isfinite(res.poses).all(axis=1).sum())
     names, counts = np.unique(res.status, return_counts=True)
@@ -292,13 +292,13 @@ def run_select_translator(args: argparse.Namespace) -> int:
     from fluororeg.training.translator_selection import select_translator_snapshot
 
     subject, rec, detector = _subject_recording_detector(args)
-    common.check_detector_trained(detector, args.allow_undertrained)
     # [F, 6] in the recording's order, matched by its frame numbers (not positions)
     reference = _reference_by_frame(args.reference, rec.frame_numbers, args.subject, rec) if args.reference else None
     if reference is not None and not np.isfinite(reference).all(axis=1).any():
         raise ValueError(f"'{args.reference}' has no pose for any frame of '{args.recording}' (frames "
                          f"{rec.frame_numbers[:10].tolist()}{' ...' if len(rec) > 10 else ''}; matched by frame number)")
     crop = crop_pixel_mm_for(args.crop_pixel_mm, detector)
+    common.check_detector_trained(detector, args.allow_undertrained)
     best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
                                          options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
                                          max_frames=args.max_frames, progress=not args.quiet)
