@@ -265,6 +265,19 @@ def test_python_wrappers_name_the_argument():
         R.check_image_batch(10**11, 8, 8, names=("--count", "--size", "--size"))
 
 
+def test_registration_and_refine_wrappers_check_counts(dual_views):
+    from fluororeg.core import refine, registration
+
+    n = _core.MAX_POINTS + 1
+    with pytest.raises(ValueError, match=r"landmarks has 1048577 rows: expected at most 1048576"):
+        registration.register_frames(np.zeros((n, 3)), dual_views, np.zeros((1, 2, n, 2)))
+    options = refine.RefineOptions()
+    options.num_threads = 1 << 30
+    images = np.zeros((1, 2, 96, 96), np.float32)
+    with pytest.raises(ValueError, match=r"options.num_threads = 1073741824: expected 0 \(all cores\) to 1024"):
+        refine.refine_similarity(_tiny_volume(), dual_views, images, np.zeros((1, 6)), options=options)
+
+
 def test_render_cli_rejects_a_huge_size_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "fluororeg", "render", "--size", "1073741824", "--count", "16",
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
