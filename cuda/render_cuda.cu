@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "fluororeg/limits.h"
 #include "render/render_internal.h"
 
 namespace fluororeg {
@@ -40,7 +41,8 @@ struct DeviceScratch {
       if (ptr) cudaFree(ptr);
       ptr = nullptr;
       capacity = 0;
-      Check(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc (work buffer)");
+      Check(cudaMalloc(&ptr, limits::CheckedMul(std::max<size_t>(n, 1), sizeof(T), "work buffer")),
+            "cudaMalloc (work buffer)");
       capacity = n;
     }
     return ptr;
@@ -266,8 +268,10 @@ CudaVolume& GetCudaVolume(RenderVolume::State& volume) {
   Check(cudaStreamCreateWithFlags(&cv->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   Check(cudaEventCreate(&cv->start), "cudaEventCreate");
   Check(cudaEventCreate(&cv->stop), "cudaEventCreate");
-  const size_t n_vox = static_cast<size_t>(g.nx) * g.ny * g.nz;
-  Check(cudaMalloc(&cv->voxels, n_vox * sizeof(float)), "cudaMalloc (volume)");
+  const size_t n_vox = limits::CheckedProduct(
+      {static_cast<size_t>(g.nx), static_cast<size_t>(g.ny), static_cast<size_t>(g.nz)}, "volume");
+  Check(cudaMalloc(&cv->voxels, limits::CheckedMul(n_vox, sizeof(float), "volume bytes")),
+        "cudaMalloc (volume)");
   Check(cudaMemcpy(cv->voxels, g.data, n_vox * sizeof(float), cudaMemcpyHostToDevice),
         "cudaMemcpy (volume)");
   Check(cudaMalloc(&cv->occupancy, volume.occupancy.size()), "cudaMalloc (occupancy)");
@@ -316,7 +320,8 @@ int CudaDeviceCount() {
 
 float* CudaMallocFloats(size_t count) {
   float* p = nullptr;
-  Check(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(float)), "cudaMalloc (images)");
+  Check(cudaMalloc(&p, limits::CheckedMul(std::max<size_t>(count, 1), sizeof(float), "images")),
+        "cudaMalloc (images)");
   return p;
 }
 
@@ -380,7 +385,7 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
   }
   kernels::ShearWarpSetup* d_setups = cv.shear_setups.Reserve(n);
   cv.Upload(d_setups, setups, n);
-  const size_t total = static_cast<size_t>(n) * image_size;
+  const size_t total = limits::CheckedMul(static_cast<size_t>(n), image_size, "images");
   float* host = output_on_device ? nullptr : HostImages(cv, out, total);
   Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
   for (int c0 = 0; c0 < n;) {
@@ -433,7 +438,7 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
   const long long image_size = static_cast<long long>(width) * height;
   kernels::ConeRaySetup* d_setups = cv.cone_setups.Reserve(n);
   cv.Upload(d_setups, setups, n);
-  const size_t total = static_cast<size_t>(n) * image_size;
+  const size_t total = limits::CheckedMul(static_cast<size_t>(n), image_size, "images");
   float* host = options.output_on_device ? nullptr : HostImages(cv, out, total);
   const int chunk = static_cast<int>(
       std::max<long long>(1, std::min<long long>(n, kMaxChunkFloats / image_size)));

@@ -38,8 +38,14 @@ void BindCalibration(nb::module_& m) {
          bool refine_orientation, int max_iterations, double huber_px) {
         const ConeView v = UnpackView(view);
         CheckShape(points_world, "points_world", {-1, 3});
+        CheckCount(points_world.shape(0), limits::kMaxPoints, "beads");
         const int n = static_cast<int>(points_world.shape(0));
         CheckShape(pixels, "pixels", {n, 2});
+        limits::CheckRange(max_iterations, 0, 100000, "max_iterations");
+        if (!(huber_px >= 0) || !std::isfinite(huber_px)) {
+          throw std::invalid_argument("huber_px = " + std::to_string(huber_px) +
+                                      ": expected a finite value >= 0 (0 = plain least squares)");
+        }
         ViewRefineOptions options;
         options.refine_source = refine_source;
         options.refine_intensifier_centre = refine_intensifier_centre;
@@ -75,6 +81,7 @@ void BindCalibration(nb::module_& m) {
          const InArray<double>& pixels) {
         const ConeView v = UnpackView(view);
         CheckShape(points_world, "points_world", {-1, 3});
+        CheckCount(points_world.shape(0), limits::kMaxPoints, "beads");
         const int n = static_cast<int>(points_world.shape(0));
         CheckShape(pixels, "pixels", {n, 2});
         return ToArray(ReprojectionResiduals(v, points_world.data(), pixels.data(), n));

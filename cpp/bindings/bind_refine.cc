@@ -37,6 +37,7 @@ long long MakeInput(const InArray<float>& volume, const InArray<double>& model_f
     CheckShape(*image_masks, "image_masks", {2, v[0].height, v[0].width});
     in->image_masks = image_masks->data();
   }
+  CheckCount(images.shape(0), limits::kMaxBatch, "frames");
   return static_cast<long long>(images.shape(0));
 }
 
@@ -50,6 +51,7 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
   const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
                                 images, image_masks, &in);
   CheckShape(init_poses, "init_poses", {F, 6});
+  CheckThreads(options.num_threads);
   std::vector<RefineResult> results(static_cast<size_t>(F));
   {
     nb::gil_scoped_release release;
@@ -101,12 +103,13 @@ nb::tuple EvaluatePy(const InArray<float>& volume, const InArray<double>& model_
   const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
                                 images, image_masks, &in);
   CheckShape(poses, "poses", {F, 6});
+  CheckThreads(options.num_threads);
   if (level < 0 || level > 16)
     throw std::invalid_argument("level " + std::to_string(level) + ": expected 0 to 16");
   const size_t f = static_cast<size_t>(F), h = in.views[0].height >> level,
                w = in.views[0].width >> level;
-  auto similarity = NewArray<double>({f, 2});
-  auto roi = NewArray<uint8_t>({f, 2, h, w});
+  auto similarity = NewArray<double>({f, 2}, "similarity");
+  auto roi = NewArray<uint8_t>({f, 2, h, w}, "roi");
   {
     nb::gil_scoped_release release;
     EvaluateRefineSimilarity(in, poses.data(), static_cast<int>(F), level, similarity.data(),
@@ -120,6 +123,8 @@ double ImagePairSimilarity(const InArray<float>& a, const InArray<float>& b,
                            std::optional<InArray<uint8_t>> mask, Fn fn) {
   CheckShape(a, "a", {-1, -1});
   const long long H = static_cast<long long>(a.shape(0)), W = static_cast<long long>(a.shape(1));
+  limits::CheckRange(H, 0, limits::kMaxImageSide, "image height", " pixels");
+  limits::CheckRange(W, 0, limits::kMaxImageSide, "image width", " pixels");
   CheckShape(b, "b", {H, W});
   if (mask) CheckShape(*mask, "mask", {H, W});
   return fn(a.data(), b.data(), mask ? mask->data() : nullptr, static_cast<int>(W),

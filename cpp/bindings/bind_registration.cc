@@ -202,6 +202,8 @@ RegistrationSetup MakeSetup(const InArray<double>& landmarks, const InArray<doub
                                 " views: expected exactly two (view 1, view 2)");
   }
   CheckShape(pairs, "pairs", {-1, 2});
+  CheckCount(landmarks.shape(0), limits::kMaxPoints, "landmarks");
+  CheckCount(pairs.shape(0), limits::kMaxPoints, "pairs");
   RegistrationSetup setup;
   setup.landmarks = landmarks.data();
   setup.num_landmarks = static_cast<int>(landmarks.shape(0));
@@ -324,6 +326,8 @@ nb::dict RegisterBatchPy(const InArray<double>& landmarks, const InArray<double>
   const long long n = setup.num_landmarks;
   CheckShape(detections, "detections", {-1, 2, n, 2});
   const long long F = static_cast<long long>(detections.shape(0));
+  CheckCount(detections.shape(0), limits::kMaxBatch, "frames");
+  CheckThreads(options.num_threads);
   if (weights) CheckShape(*weights, "weights", {F, 2, n});
   if (init_poses) CheckShape(*init_poses, "init_poses", {F, 6});
   std::vector<RegistrationResult> results(static_cast<size_t>(F));
@@ -345,6 +349,8 @@ nb::dict CheckViewAgreementPy(const InArray<double>& landmarks, const InArray<do
   const long long n = setup.num_landmarks;
   CheckShape(detections, "detections", {-1, 2, n, 2});
   const long long F = static_cast<long long>(detections.shape(0));
+  CheckCount(detections.shape(0), limits::kMaxBatch, "frames");
+  CheckThreads(options.num_threads);
   if (weights) CheckShape(*weights, "weights", {F, 2, n});
   const std::vector<RegistrationResult> before = ResultsFromDict(batch, F);
   std::vector<RegistrationResult> results = before;
@@ -488,6 +494,13 @@ void BindRegistration(nb::module_& m) {
       [](const InArray<int32_t>& pairs, int num_landmarks,
          std::optional<std::vector<std::string>> names) {
         CheckShape(pairs, "pairs", {-1, 2});
+        CheckCount(pairs.shape(0), limits::kMaxPoints, "pairs");
+        limits::CheckRange(num_landmarks, 0, limits::kMaxPoints, "num_landmarks");
+        if (names && static_cast<long long>(names->size()) != num_landmarks) {
+          throw std::invalid_argument("got " + std::to_string(names->size()) + " names for " +
+                                      std::to_string(num_landmarks) +
+                                      " landmarks: expected one name per landmark");
+        }
         ValidatePairs(pairs.data(), static_cast<int>(pairs.shape(0)), num_landmarks,
                       names ? &*names : nullptr);
       },
@@ -515,6 +528,7 @@ void BindRegistration(nb::module_& m) {
       "mean_landmark_distance",
       [](const InArray<double>& landmarks, const InArray<double>& a, const InArray<double>& b) {
         CheckShape(landmarks, "landmarks", {-1, 3});
+        CheckCount(landmarks.shape(0), limits::kMaxPoints, "landmarks");
         CheckShape(a, "pose_a", {-1, 6});
         CheckShape(b, "pose_b", {static_cast<long long>(a.shape(0)), 6});
         const size_t n = a.shape(0);

@@ -13,7 +13,16 @@ namespace bindings {
 
 namespace {
 
-void CheckPoses(const InArray<double>& poses) { CheckShape(poses, "poses", {-1, 6}); }
+void CheckPoses(const InArray<double>& poses) {
+  CheckShape(poses, "poses", {-1, 6});
+  CheckCount(poses.shape(0), limits::kMaxBatch, "poses");
+}
+
+// Points [m, 3] mm: shape and count.
+void CheckPoints(const InArray<double>& points) {
+  CheckShape(points, "points", {-1, 3});
+  CheckCount(points.shape(0), limits::kMaxPoints, "points");
+}
 
 // Output images [n, H, W]: a new NumPy array, or CUDA device memory handed to Python as an
 // ndarray with __dlpack__ (torch.from_dlpack takes it without a copy) when on_device.
@@ -24,10 +33,10 @@ struct Images {
 
 Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
   Images out;
+  const size_t count = limits::CheckedArrayBytes({n, H, W}, sizeof(float), "images") / sizeof(float);
   if (!on_device) {
     // Not zero-filled: the renderers write every pixel (a batch of thousands of images would
     // otherwise be written twice).
-    const size_t count = n * H * W;
     float* data = new float[count > 0 ? count : 1];
     nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     const size_t shape[3] = {n, H, W};
@@ -35,7 +44,7 @@ Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
     out.array = nb::cast(nb::ndarray<nb::numpy, float>(data, 3, shape, owner));
     return out;
   }
-  std::shared_ptr<float> mem = CudaAllocateFloats(n * H * W);
+  std::shared_ptr<float> mem = CudaAllocateFloats(count);
   auto* holder = new std::shared_ptr<float>(mem);
   nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::shared_ptr<float>*>(p); });
   const size_t shape[3] = {n, H, W};
@@ -46,6 +55,7 @@ Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
 }
 
 RenderOptions Options(const std::string& device, int num_threads, bool on_device) {
+  CheckThreads(num_threads);
   RenderOptions options;
   options.device = ParseDevice(device);
   options.num_threads = num_threads;
@@ -59,6 +69,14 @@ RenderOptions Options(const std::string& device, int num_threads, bool on_device
 }  // namespace
 
 void BindRender(nb::module_& m) {
+  // The size limits of the core (fluororeg/limits.h), for checks in the Python layer.
+  m.attr("MAX_IMAGE_SIDE") = limits::kMaxImageSide;
+  m.attr("MAX_BATCH") = limits::kMaxBatch;
+  m.attr("MAX_POINTS") = limits::kMaxPoints;
+  m.attr("MAX_VOLUME_SIDE") = limits::kMaxVolumeSide;
+  m.attr("MAX_VOLUME_VOXELS") = limits::kMaxVolumeVoxels;
+  m.attr("MAX_OUTPUT_BYTES") = limits::kMaxOutputBytes;
+  m.attr("MAX_THREADS") = limits::kMaxThreads;
   m.def("cuda_built", &CudaBuilt, "True when the CUDA backend was compiled in.");
   m.def("cuda_available", &CudaAvailable,
         "True when the CUDA backend was compiled in and a CUDA device is usable.");
@@ -153,11 +171,12 @@ void BindRender(nb::module_& m) {
         CheckShape(scales, "scales", {n});
         const ParallelCamera camera{pixel_mm, width, height};
         ValidateParallelCamera(camera);
+        CheckThreads(num_threads);
         RenderOptions options;
         options.device = ParseDevice(device);
         options.num_threads = num_threads;
         auto out = NewArray<float>({static_cast<size_t>(n), static_cast<size_t>(height),
-                                    static_cast<size_t>(width)});
+                                    static_cast<size_t>(width)}, "images");
         {
           nb::gil_scoped_release release;
           RenderParallelDrr(grid, camera, poses.data(), scales.data(), n, out.data(), options);
@@ -179,12 +198,13 @@ void BindRender(nb::module_& m) {
         const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
+        CheckThreads(num_threads);
         RenderOptions options;
         options.device = ParseDevice(device);
         options.num_threads = num_threads;
         options.step_voxels = step_voxels;
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
-        auto out = NewArray<float>({static_cast<size_t>(n), H, W});
+        auto out = NewArray<float>({static_cast<size_t>(n), H, W}, "images");
         {
           nb::gil_scoped_release release;
           RenderConeDrr(grid, v.data(), poses.data(), n, out.data(), options);
@@ -203,13 +223,14 @@ void BindRender(nb::module_& m) {
         CheckPoses(poses);
         const int n = static_cast<int>(poses.shape(0));
         CheckShape(scales, "scales", {n});
-        CheckShape(points, "points", {-1, 3});
+        CheckPoints(points);
         const int mcount = static_cast<int>(points.shape(0));
         const ParallelCamera camera{pixel_mm, width, height};
+        ValidateParallelCamera(camera);
         RenderOptions options;
         options.device = ParseDevice(device);
-        auto xy = NewArray<double>({static_cast<size_t>(n), static_cast<size_t>(mcount), 2});
-        auto fov = NewArray<uint8_t>({static_cast<size_t>(n), static_cast<size_t>(mcount)});
+        auto xy = NewArray<double>({static_cast<size_t>(n), static_cast<size_t>(mcount), 2}, "xy");
+        auto fov = NewArray<uint8_t>({static_cast<size_t>(n), static_cast<size_t>(mcount)}, "in_fov");
         ProjectPointsParallel(camera, poses.data(), scales.data(), n, points.data(), mcount,
                               xy.data(), fov.data(), options);
         return nb::make_tuple(xy, fov);
@@ -225,12 +246,12 @@ void BindRender(nb::module_& m) {
          const InArray<double>& points, const std::string& device) {
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
-        CheckShape(points, "points", {-1, 3});
+        CheckPoints(points);
         const int mcount = static_cast<int>(points.shape(0));
         RenderOptions options;
         options.device = ParseDevice(device);
-        auto xy = NewArray<double>({static_cast<size_t>(n), static_cast<size_t>(mcount), 2});
-        auto fov = NewArray<uint8_t>({static_cast<size_t>(n), static_cast<size_t>(mcount)});
+        auto xy = NewArray<double>({static_cast<size_t>(n), static_cast<size_t>(mcount), 2}, "xy");
+        auto fov = NewArray<uint8_t>({static_cast<size_t>(n), static_cast<size_t>(mcount)}, "in_fov");
         ProjectPointsCone(v.data(), poses.data(), n, points.data(), mcount, xy.data(),
                           fov.data(), options);
         return nb::make_tuple(xy, fov);

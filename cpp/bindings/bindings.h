@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "fluororeg/limits.h"
 #include "fluororeg/render.h"
 
 namespace fluororeg {
@@ -21,11 +22,12 @@ namespace nb = nanobind;
 template <typename T>
 using InArray = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
 
-// A new NumPy array owned by Python (zero-initialised).
+// A new NumPy array owned by Python (zero-initialised). The size is checked for overflow and
+// against limits::kMaxOutputBytes (ValueError naming `what` and the shape) before allocating.
 template <typename T>
-nb::ndarray<nb::numpy, T> NewArray(std::initializer_list<size_t> shape) {
-  size_t count = 1;
-  for (size_t s : shape) count *= s;
+nb::ndarray<nb::numpy, T> NewArray(std::initializer_list<size_t> shape,
+                                   const char* what = "output array") {
+  const size_t count = limits::CheckedArrayBytes(shape, sizeof(T), what) / sizeof(T);
   T* data = new T[count > 0 ? count : 1]();
   nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
   return nb::ndarray<nb::numpy, T>(data, shape.size(), shape.begin(), owner);
@@ -56,6 +58,11 @@ void CheckShape(const A& a, const char* name, std::initializer_list<long long> e
 }
 
 Device ParseDevice(const std::string& device);
+
+// Throws ValueError unless num_threads lies in [0, limits::kMaxThreads] (0 = all cores).
+void CheckThreads(int num_threads);
+// Throws ValueError unless `count` (what `name` counts, e.g. "poses") is at most `max`.
+void CheckCount(size_t count, long long max, const char* name);
 
 // A volume [nz, ny, nx] float32 and its model_from_voxel [3, 4] as a borrowed VolumeGrid
 // (shape errors name `name`).

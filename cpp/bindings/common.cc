@@ -3,6 +3,9 @@
 #include <string>
 #include <vector>
 
+#include <iomanip>
+#include <sstream>
+
 #include "bindings.h"
 
 namespace fluororeg {
@@ -12,6 +15,17 @@ Device ParseDevice(const std::string& device) {
   if (device == "cpu") return Device::kCpu;
   if (device == "cuda") return Device::kCuda;
   throw std::invalid_argument("device '" + device + "' is unknown: expected 'cpu' or 'cuda'");
+}
+
+void CheckThreads(int num_threads) {
+  limits::CheckRange(num_threads, 0, limits::kMaxThreads, "num_threads", " (0 = all cores)");
+}
+
+void CheckCount(size_t count, long long max, const char* name) {
+  if (count > static_cast<unsigned long long>(max)) {
+    throw std::invalid_argument(std::string("got ") + std::to_string(count) + " " + name +
+                                ": expected at most " + std::to_string(max) + " per call");
+  }
 }
 
 ConeView UnpackViewRow(const double* r, const std::string& where) {
@@ -34,9 +48,14 @@ ConeView UnpackViewRow(const double* r, const std::string& where) {
                                 std::to_string(r[12]) + " and " + std::to_string(r[13]));
   }
   for (int c : {14, 15}) {
-    if (!(r[c] >= 1 && r[c] <= 1 << 16) || r[c] != static_cast<int>(r[c])) {
-      throw std::invalid_argument(where + ": image size " + std::to_string(r[c]) +
-                                  " must be a positive whole number of pixels");
+    if (!(r[c] >= 1 && r[c] <= limits::kMaxImageSide) || r[c] != static_cast<int>(r[c])) {
+      throw std::invalid_argument(where + ": image " + (c == 14 ? "width" : "height") + " = " +
+                                  [&] {
+                                    std::ostringstream o;
+                                    o << std::setprecision(17) << r[c];
+                                    return o.str();
+                                  }() + ": expected a whole number of pixels from 1 to " +
+                                  std::to_string(limits::kMaxImageSide));
     }
   }
   v.width = static_cast<int>(r[14]);
@@ -60,6 +79,7 @@ void PackViewRow(const ConeView& v, double* r) {
 std::vector<ConeView> UnpackViews(const InArray<double>& views) {
   CheckShape(views, "views", {-1, kViewColumns});
   const size_t n = views.shape(0);
+  CheckCount(n, limits::kMaxBatch, "views");
   std::vector<ConeView> out(n);
   for (size_t i = 0; i < n; ++i) {
     out[i] = UnpackViewRow(views.data() + kViewColumns * i, "view " + std::to_string(i));
@@ -69,6 +89,7 @@ std::vector<ConeView> UnpackViews(const InArray<double>& views) {
 
 std::vector<ConeView> UnpackViewsForPoses(const InArray<double>& views, const InArray<double>& poses) {
   CheckShape(poses, "poses", {-1, 6});
+  CheckCount(poses.shape(0), limits::kMaxBatch, "poses");
   std::vector<ConeView> v = UnpackViews(views);
   const size_t n = poses.shape(0);
   if (v.size() != n) {
@@ -83,6 +104,19 @@ VolumeGrid GridFromArrays(const InArray<float>& volume, const InArray<double>& m
   CheckShape(volume, name.c_str(), {-1, -1, -1});
   CheckShape(model_from_voxel, (name == "volume" ? std::string("model_from_voxel")
                                                  : name + "_model_from_voxel").c_str(), {3, 4});
+  size_t voxels = 1;
+  for (size_t i = 0; i < 3; ++i) {
+    if (volume.shape(i) > static_cast<size_t>(limits::kMaxVolumeSide)) {
+      throw std::invalid_argument(name + " has " + std::to_string(volume.shape(i)) +
+                                  " voxels along axis " + std::to_string(i) + ": expected at most " +
+                                  std::to_string(limits::kMaxVolumeSide));
+    }
+    voxels = limits::CheckedMul(voxels, volume.shape(i), name.c_str());
+  }
+  if (voxels > static_cast<size_t>(limits::kMaxVolumeVoxels)) {
+    throw std::invalid_argument(name + " has " + std::to_string(voxels) + " voxels: expected at most " +
+                                std::to_string(limits::kMaxVolumeVoxels) + " (1024^3)");
+  }
   VolumeGrid g;
   g.data = volume.data();
   g.nz = static_cast<int>(volume.shape(0));

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "fluororeg/limits.h"
 #include "fluororeg/parallel.h"
 #include "render_internal.h"
 
@@ -23,7 +24,8 @@ void ValidateScales(const double* scales, int n) {
 }
 
 void ValidatePoints(const double* points, int m) {
-  if (m < 0) throw std::invalid_argument("point count " + std::to_string(m) + " is negative");
+  limits::CheckRange(m, 0, limits::kMaxPoints, "point count");
+  if (m > 0 && points == nullptr) throw std::invalid_argument("points is null");
   for (int i = 0; i < 3 * m; ++i) {
     if (!std::isfinite(points[i])) {
       throw std::invalid_argument("point " + std::to_string(i / 3) + " holds a non-finite value");
@@ -53,8 +55,11 @@ void RequireHostOutput(const RenderOptions& options) {
   }
 }
 
-// Poses per chunk of the CPU parallel-beam renderer (bounds its intermediate images).
+// Poses per chunk of the CPU parallel-beam renderer, and the most floats of intermediate images
+// one chunk holds (a chunk ends early when its poses' intermediates would exceed it; a chunk
+// always holds at least one pose).
 constexpr int kParallelChunk = 256;
+constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
 
 // The CPU loops are also compiled for AVX2 and picked at load time (GCC function
 // multi-versioning); no FMA, so every version rounds alike and results do not depend on the
@@ -116,13 +121,14 @@ void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
   const long long image_size = static_cast<long long>(camera.width) * camera.height;
   std::vector<float> inter;
   std::vector<long long> offset;
-  for (int c0 = 0; c0 < n; c0 += kParallelChunk) {
-    const int nc = std::min(kParallelChunk, n - c0);
+  for (int c0 = 0, nc = 0; c0 < n; c0 += nc) {
     const kernels::ShearWarpSetup* cs = setups.data() + c0;
-    offset.assign(nc + 1, 0);
-    for (int i = 0; i < nc; ++i) {
-      offset[i + 1] = offset[i] + static_cast<long long>(cs[i].inter_w) * cs[i].inter_h;
-      if (cs[i].inter_h > 0) state.Slices(cs[i].axis);  // build before the threads read it
+    offset.assign(1, 0);
+    for (nc = 0; nc < std::min(kParallelChunk, n - c0); ++nc) {
+      const long long next = offset[nc] + static_cast<long long>(cs[nc].inter_w) * cs[nc].inter_h;
+      if (nc > 0 && next > kParallelChunkFloats) break;
+      offset.push_back(next);
+      if (cs[nc].inter_h > 0) state.Slices(cs[nc].axis);  // build before the threads read it
     }
     inter.assign(offset[nc], 0.f);
     // Shear: one task per (pose, intermediate row).

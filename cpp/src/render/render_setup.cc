@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/format.h"
+#include "fluororeg/limits.h"
 #include "render_internal.h"
 
 namespace fluororeg {
@@ -23,6 +24,19 @@ void ValidateVolume(const VolumeGrid& volume) {
                                 ", " + std::to_string(volume.ny) + ", " +
                                 std::to_string(volume.nx) +
                                 ") is too small: expected at least 2 voxels along each axis");
+  }
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  const char* axis_names[3] = {"nx", "ny", "nz"};
+  for (int c = 0; c < 3; ++c) {
+    limits::CheckRange(dims[c], 2, limits::kMaxVolumeSide, axis_names[c], " voxels");
+  }
+  const size_t n_vox = limits::CheckedProduct(
+      {static_cast<size_t>(volume.nx), static_cast<size_t>(volume.ny), static_cast<size_t>(volume.nz)},
+      "volume");
+  if (n_vox > static_cast<size_t>(limits::kMaxVolumeVoxels)) {
+    throw std::invalid_argument("volume of " + std::to_string(n_vox) +
+                                " voxels: expected at most " +
+                                std::to_string(limits::kMaxVolumeVoxels) + " (1024^3)");
   }
   const auto& m = volume.model_from_voxel.m;
   for (int i = 0; i < 12; ++i) {
@@ -54,9 +68,11 @@ void ValidateVolume(const VolumeGrid& volume) {
 }
 
 void ValidateParallelCamera(const ParallelCamera& camera) {
-  if (camera.width <= 0 || camera.height <= 0) {
+  if (camera.width <= 0 || camera.height <= 0 || camera.width > limits::kMaxImageSide ||
+      camera.height > limits::kMaxImageSide) {
     throw std::invalid_argument("image size " + std::to_string(camera.width) + " x " +
-                                std::to_string(camera.height) + " must be positive");
+                                std::to_string(camera.height) + ": expected 1 to " +
+                                std::to_string(limits::kMaxImageSide) + " pixels per side");
   }
   if (!(camera.pixel_mm > 0) || !std::isfinite(camera.pixel_mm)) {
     throw std::invalid_argument("pixel size " + Fmt(camera.pixel_mm) +
@@ -66,9 +82,11 @@ void ValidateParallelCamera(const ParallelCamera& camera) {
 
 void ValidateConeView(const ConeView& view, int index) {
   const std::string where = "view " + std::to_string(index) + ": ";
-  if (view.width <= 0 || view.height <= 0) {
+  if (view.width <= 0 || view.height <= 0 || view.width > limits::kMaxImageSide ||
+      view.height > limits::kMaxImageSide) {
     throw std::invalid_argument(where + "image size " + std::to_string(view.width) + " x " +
-                                std::to_string(view.height) + " must be positive");
+                                std::to_string(view.height) + ": expected 1 to " +
+                                std::to_string(limits::kMaxImageSide) + " pixels per side");
   }
   if (!(view.pitch_u > 0) || !(view.pitch_v > 0) || !std::isfinite(view.pitch_u) ||
       !std::isfinite(view.pitch_v)) {
@@ -98,7 +116,8 @@ void ValidateConeView(const ConeView& view, int index) {
 }
 
 void ValidatePoses(const double* poses, int n) {
-  if (n < 0) throw std::invalid_argument("pose count " + std::to_string(n) + " is negative");
+  limits::CheckRange(n, 0, limits::kMaxBatch, "pose count");
+  if (n > 0 && poses == nullptr) throw std::invalid_argument("poses is null");
   for (int i = 0; i < 6 * n; ++i) {
     if (!std::isfinite(poses[i])) {
       throw std::invalid_argument("pose " + std::to_string(i / 6) + " holds a non-finite value " +
@@ -209,7 +228,7 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   p.slice_w = dims[a] + 2;
   p.slice_h = dims[b] + 2;
   const long long slice_size = static_cast<long long>(p.slice_w) * p.slice_h;
-  p.data.assign(slice_size * p.n_slices, 0.f);
+  p.data.assign(limits::CheckedMul(slice_size, p.n_slices, "padded slices"), 0.f);
   p.row_extent.assign(2LL * p.slice_h * p.n_slices, 0);
   for (int k = 0; k < p.n_slices; ++k) {
     float* slice = p.data.data() + k * slice_size;
@@ -310,7 +329,9 @@ bool CudaAvailable() {
 
 RenderVolume::State::State(const VolumeGrid& volume, bool copy) : grid(volume) {
   ValidateVolume(volume);
-  const size_t n_vox = static_cast<size_t>(volume.nx) * volume.ny * volume.nz;
+  const size_t n_vox = limits::CheckedProduct(
+      {static_cast<size_t>(volume.nx), static_cast<size_t>(volume.ny), static_cast<size_t>(volume.nz)},
+      "volume");
   if (copy) {
     voxels.assign(volume.data, volume.data + n_vox);
     grid.data = voxels.data();
@@ -329,7 +350,8 @@ void RenderVolume::State::BuildOccupancy() {
   bx = std::max((volume.nx - 1 + B - 1) / B, 1);
   by = std::max((volume.ny - 1 + B - 1) / B, 1);
   bz = std::max((volume.nz - 1 + B - 1) / B, 1);
-  occupancy.assign(static_cast<size_t>(bx) * by * bz, 0);
+  occupancy.assign(limits::CheckedProduct({static_cast<size_t>(bx), static_cast<size_t>(by),
+                                           static_cast<size_t>(bz)}, "occupancy"), 0);
   int lo[3] = {volume.nx, volume.ny, volume.nz}, hi[3] = {-1, -1, -1};
   for (int k = 0; k < volume.nz; ++k) {
     for (int j = 0; j < volume.ny; ++j) {

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise ValueError(f"--count {args.count}: expected at least 1")
-    if args.size < 8:
-        raise ValueError(f"--size {args.size}: expected at least 8 pixels")
+    if not 8 <= args.size <= R.MAX_IMAGE_SIDE:
+        raise ValueError(f"--size {args.size}: expected 8 to {R.MAX_IMAGE_SIDE} pixels")
+    R.check_image_batch(args.count, args.size, args.size, names=("--count", "--size", "--size"))
     t0 = time.perf_counter()
     ct, name = _load_ct(args.ct)
     mu = ct.hu_to_attenuation()

@@ -192,6 +192,13 @@ def _masks(image_masks, views) -> Optional[np.ndarray]:
     return np.ascontiguousarray(m != 0, dtype=np.uint8)
 
 
+def _check_threads(options: RefineOptions) -> None:
+    """The core's bound on num_threads (RefineOptions.check accepts any count >= 0)."""
+    if not 0 <= options.num_threads <= _core.MAX_THREADS:
+        raise ValueError(f"options.num_threads = {options.num_threads}: expected 0 (all cores) to "
+                         f"{_core.MAX_THREADS}")
+
+
 def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[RefineOptions] = None,
                  bone: Optional[Volume] = None, bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD,
                  image_masks=None, image_kind: str = "line_integrals", track: bool = False,
@@ -230,6 +237,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     if options is None:
         options = refine_options(finest_level=auto_finest_level(views, init))
     options.check()
+    _check_threads(options)
     vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level))
     data, m = _grid(vol)
     bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
@@ -286,6 +294,7 @@ def refine_similarity(mu: Volume, views, images, poses, *, level: int = 0, optio
     packed = _views(views)
     options = RefineOptions() if options is None else options
     options.check()
+    _check_threads(options)
     imgs = _images(images, views, image_kind)
     p = as_poses(poses)
     if len(p) != len(imgs):

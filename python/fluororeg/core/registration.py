@@ -219,6 +219,8 @@ def _landmarks(landmarks) -> np.ndarray:
     lm = _float_array(landmarks, "landmarks")
     if lm.ndim != 2 or lm.shape[1] != 3 or lm.shape[0] < 1:
         raise ValueError(f"landmarks has shape {lm.shape}, expected (N, 3) mm with N >= 1")
+    if lm.shape[0] > _core.MAX_POINTS:
+        raise ValueError(f"landmarks has {lm.shape[0]} rows: expected at most {_core.MAX_POINTS} landmarks")
     bad = np.argwhere(~np.isfinite(lm))
     if bad.size:
         i, c = bad[0]

@@ -57,6 +57,33 @@ __all__ = [
 Views = Union[ConeView, Sequence[ConeView]]
 
 
+# The size limits of the core (cpp/include/fluororeg/limits.h; the C++ layer enforces them
+# too): pixels per image side, images per call and bytes of one output array.
+MAX_IMAGE_SIDE: int = _core.MAX_IMAGE_SIDE
+MAX_BATCH: int = _core.MAX_BATCH
+MAX_OUTPUT_BYTES: int = _core.MAX_OUTPUT_BYTES
+
+
+def check_image_batch(count: int, width: int, height: int, *,
+                      names: tuple[str, str, str] = ("poses", "width", "height")) -> None:
+    """ValueError naming the argument unless ``count`` float32 images of ``width`` x
+    ``height`` pixels lie within the core's limits (each side 1 to MAX_IMAGE_SIDE, at most
+    MAX_BATCH images and MAX_OUTPUT_BYTES bytes per call); ``names``: how the caller calls
+    the count, width and height (e.g. ``("--count", "--size", "--size")``)."""
+    for name, side in ((names[1], width), (names[2], height)):
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)):
+            raise TypeError(f"{name} = {side!r}: expected a whole number of pixels")
+        if not 1 <= side <= MAX_IMAGE_SIDE:
+            raise ValueError(f"{name} = {side}: expected 1 to {MAX_IMAGE_SIDE} pixels per image side")
+    if not 0 <= count <= MAX_BATCH:
+        raise ValueError(f"{names[0]} = {count}: expected 0 to {MAX_BATCH} images per call")
+    nbytes = 4 * int(count) * int(width) * int(height)
+    if nbytes > MAX_OUTPUT_BYTES:
+        raise ValueError(f"{names[0]} = {count} images of {width} x {height} px would take "
+                         f"{nbytes / 2**30:.1f} GiB: expected at most {MAX_OUTPUT_BYTES / 2**30:.0f} GiB "
+                         "per call; render in smaller batches")
+
+
 def resolve_device(device: str) -> str:
     """'cpu' or 'cuda' for ``device`` in ('auto', 'cpu', 'cuda'): 'auto' is 'cuda' where a CUDA
     device is usable."""
@@ -177,6 +204,7 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     if not isinstance(camera, ParallelCamera):
         raise TypeError(f"camera must be a ParallelCamera, got {type(camera).__name__}")
     p = as_poses(poses)
+    check_image_batch(len(p), camera.width, camera.height, names=("poses", "camera.width", "camera.height"))
     s = _scales(scales, len(p))
     vol = render_volume_for(base, camera.pixel_mm / float(s.max(initial=1.0)), level)
     if prepared is None and not on_device:
@@ -202,6 +230,8 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     base, prepared, dev = _split(volume, device)
     p = as_poses(poses)
     packed = stack_views(views, len(p))
+    if len(packed) and np.isfinite(packed[0, 14:16]).all():
+        check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
     vol = render_volume_for(base, _cone_pixel_at_object(packed, p), level)
     if prepared is None and not on_device and cuda_texture:
         data, m = _grid(vol)
