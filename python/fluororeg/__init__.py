@@ -8,7 +8,15 @@ DESIGN.md for all conventions).
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# Idle OpenMP threads sleep instead of spinning (torch's libgomp reads this when torch loads, so
+# it applies when fluororeg is imported first, as the CLI does): beside other jobs, spinning
+# threads cut 2-thread style training on 2 cores from 1.19 to 0.11 steps/s
+# (benchmarks/bench_threads.py). A value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fluororeg import _core
 from fluororeg.core.geometry import (

@@ -49,8 +49,12 @@ DEFAULT_BONE_THRESHOLD = 0.024  # attenuation (1/mm): ~200 HU at mu_water 0.02
 
 def refine_options(**fields) -> RefineOptions:
     """A checked :class:`RefineOptions` from keyword fields; ``similarity`` may be given as
-    ``'gradient_correlation'`` or ``'ncc'``. Unknown names and bad values raise ValueError."""
+    ``'gradient_correlation'`` or ``'ncc'``. Unknown names and bad values raise ValueError.
+    ``num_threads`` defaults to the process's count (:mod:`fluororeg.core.threads`)."""
+    from fluororeg.core.threads import num_threads
+
     o = RefineOptions()
+    o.num_threads = num_threads()
     for name, value in fields.items():
         if name.startswith("_") or not hasattr(o, name) or name == "check":
             raise ValueError(f"refine option '{name}' is unknown: expected one of "

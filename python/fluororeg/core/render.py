@@ -37,6 +37,7 @@ import numpy as np
 
 from fluororeg import _core
 from fluororeg.core.geometry import ConeView, ParallelCamera, as_poses, poses_to_radians, stack_views
+from fluororeg.core.threads import num_threads as process_threads  # 0: the process's count
 from fluororeg.core.volume import Volume
 
 __all__ = [
@@ -210,11 +211,11 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     if prepared is None and not on_device:
         data, m = _grid(vol)
         return _core.render_parallel(data, m, camera.pixel_mm, camera.width, camera.height,
-                                     poses_to_radians(p), s, dev, int(num_threads))
+                                     poses_to_radians(p), s, dev, process_threads(num_threads))
     if prepared is None:
         prepared = PreparedVolume(base, dev)
     return _core.render_parallel_prepared(prepared.handle(vol), camera.pixel_mm, camera.width, camera.height,
-                                          poses_to_radians(p), s, dev, int(num_threads), bool(on_device))
+                                          poses_to_radians(p), s, dev, process_threads(num_threads), bool(on_device))
 
 
 def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, level="auto",
@@ -236,11 +237,11 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     if prepared is None and not on_device and cuda_texture:
         data, m = _grid(vol)
         return _core.render_cone(data, m, packed, poses_to_radians(p), float(step_voxels), dev,
-                                 int(num_threads))
+                                 process_threads(num_threads))
     if prepared is None:
         prepared = PreparedVolume(base, dev)
     return _core.render_cone_prepared(prepared.handle(vol), packed, poses_to_radians(p), float(step_voxels), dev,
-                                      int(num_threads), bool(on_device), bool(cuda_texture))
+                                      process_threads(num_threads), bool(on_device), bool(cuda_texture))
 
 
 def _points(points) -> np.ndarray:

@@ -8,6 +8,10 @@ default is therefore the CPUs this process may run on, not the machine's: ``os.s
 that is set (the usual knob, honoured by every pool here, not only OpenMP's). ``fluororeg
 --threads N`` (each heavy command's option) and :func:`set_num_threads` set it explicitly.
 
+Idle OpenMP threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless set; see
+``fluororeg/__init__.py``): spinning threads beside other jobs made 2-thread style training
+ten times slower (``benchmarks/bench_threads.py``).
+
 The thread count is not a function of the machine's load: a busy machine trains with the same
 count as a quiet one, so a seeded run gives the same numbers on both.
 """
@@ -20,6 +24,7 @@ import sys
 
 __all__ = ["available_cpus", "num_threads", "set_num_threads"]
 
+MAX_THREADS = 1024  # the C++ core's bound (_core.MAX_THREADS, fluororeg/limits.h)
 _configured = 0  # set_num_threads' value; 0: the default (see the module's text)
 
 
@@ -46,8 +51,8 @@ def _check(n, what: str) -> int:
         n = operator.index(n)  # ints and NumPy integers; not floats or strings
     except TypeError:
         raise TypeError(f"{what} = {n!r}: expected an integer >= 0 (0: the default)") from None
-    if n < 0 or n > 4096:
-        raise ValueError(f"{what} = {n}: expected an integer in [0, 4096] (0: the default)")
+    if n < 0 or n > MAX_THREADS:
+        raise ValueError(f"{what} = {n}: expected an integer in [0, {MAX_THREADS}] (0: the default)")
     return n
 
 
