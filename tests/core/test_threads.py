@@ -19,7 +19,7 @@ def _reset():
 
 def _in_child(code: str, **env) -> str:
     path = os.pathsep.join([str(Path(fluororeg.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
-    full = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     full.update(PYTHONPATH=path, **env)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -61,3 +61,9 @@ def test_cli_threads_option_sets_the_process_count(monkeypatch):
     assert cli.main(["render", "--threads", "1", "--out", "x.png"]) == 0
     assert seen["n"] == 1
     assert cli.main(["render", "--threads", "-2", "--out", "x.png"]) == 2
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise():
+    code = "import os, fluororeg; print(os.environ['OMP_WAIT_POLICY'])"
+    assert _in_child(code) == "PASSIVE"
+    assert _in_child(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
