@@ -252,12 +252,12 @@ def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
     run, det = models["root"] / "style", models["root"] / "detector.onnx"
     assert cli.main(["select-translator", str(run), str(models["recording"]), "--detector", str(det), "--reference",
                      str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet",
-                     "--max-residual-mm", "0"]) == 0  # no gate: this one-epoch detector fails it
+                     "--max-residual-mm", "0", "--allow-undertrained"]) == 0  # no gate: this one-epoch detector fails it
     out = capsys.readouterr().out
     assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
     assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
     assert cli.main(["select-translator", str(tmp_path), str(models["recording"]), "--detector", str(det),
-                     "--out", str(tmp_path / "x")]) == 2
+                     "--out", str(tmp_path / "x"), "--allow-undertrained"]) == 2
     assert "snapshots" in capsys.readouterr().err
 
 
