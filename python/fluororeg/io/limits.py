@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ["MAX_VOLUME_VOXELS", "MAX_VOLUME_BYTES", "MAX_FRAME_PIXELS", "MAX_FRAMES", "MAX_FRAME_NUMBER",
            "MAX_POLYNOMIAL_ORDER", "MAX_TEXT_FILE_BYTES", "MAX_IMAGE_FILE_BYTES", "check_regular_file",
            "open_regular", "read_bytes", "read_text", "check_volume_shape", "check_frame_shape", "check_frame_count",
-           "check_frame_numbers", "describe_file_type"]
+           "check_frame_numbers", "describe_file_type", "npz_member_header"]
 
 #: Voxels of one CT volume (2^29 = 536,870,912: e.g. 512 x 512 x 2048).
 MAX_VOLUME_VOXELS = 1 << 29
@@ -124,6 +124,20 @@ def read_text(path, what: str = "input file", *, max_bytes: int = MAX_TEXT_FILE_
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} '{path}' is not {encoding} text: {exc}") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def npz_member_header(npz, name: str) -> tuple:
+    """(shape, dtype) of array ``name`` of an open ``numpy.lib.npyio.NpzFile``, from its .npy
+    header only (nothing inflated), so that sizes can be checked before the array is read."""
+    import numpy as np
+
+    with npz.zip.open(name + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(int(s) for s in shape), dtype
 
 
 def _product(shape) -> int:

@@ -36,7 +36,7 @@ from fluororeg.core.volume import ORTHO_TOL, Volume
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
 from fluororeg.io.dicom import read_dicom_series
 from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, MAX_VOLUME_BYTES, check_regular_file, check_volume_shape,
-                                 open_regular)
+                                 npz_member_header, open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
 __all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
@@ -269,17 +269,6 @@ def save_volume(volume: Volume, path: PathLike) -> None:
 
 
 # ---------------------------------------------------------------------- npz
-def _npz_member_shape(z, name: str, p: Path) -> tuple:
-    """(shape, dtype) of array ``name`` of an open NpzFile, read from its .npy header only."""
-    with z.zip.open(name + ".npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    return shape, dtype
-
-
 def _read_npz(p: Path) -> Volume:
     with np.load(p, allow_pickle=False) as z:
         missing = [k for k in ("data", "spacing", "origin", "direction") if k not in z.files]
@@ -287,10 +276,10 @@ def _read_npz(p: Path) -> Volume:
             raise ValueError(f"{str(p)!r} is not a fluororeg volume npz: missing arrays {missing} "
                              f"(has {z.files})")
         # declared sizes first: a small compressed member must not inflate to gigabytes
-        shape, dtype = _npz_member_shape(z, "data", p)
+        shape, dtype = npz_member_header(z, "data")
         check_volume_shape(shape, dtype.itemsize, f"{str(p)!r} (npz array 'data')")
         for name in ("spacing", "origin", "direction"):
-            shape, _ = _npz_member_shape(z, name, p)
+            shape, _ = npz_member_header(z, name)
             if int(np.prod(shape)) > 9:
                 raise ValueError(f"{str(p)!r}: npz array {name!r} has shape {shape}, expected 3 or 3 x 3 values")
         return Volume(z["data"], z["spacing"], z["origin"], z["direction"])
