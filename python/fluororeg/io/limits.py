@@ -108,7 +108,17 @@ def open_regular(path, what: str = "input file", *, max_bytes: int | None = None
 def read_bytes(path, what: str = "input file", *, max_bytes: int = MAX_VOLUME_BYTES + (64 << 20)) -> bytes:
     """The bytes of the regular file ``path`` (at most ``max_bytes``; see :func:`check_regular_file`)."""
     with open_regular(path, what, max_bytes=max_bytes) as fh:
-        data = fh.read(max_bytes + 1)
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to notice growth), not the limit
+        size = min(os.fstat(fh.fileno()).st_size, max_bytes)
+        chunks = [fh.read(size + 1)]
+        total = len(chunks[0])
+        while total > size and total <= max_bytes:  # it grew since: read on, in bounded steps
+            chunk = fh.read(min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
     if len(data) > max_bytes:  # grew since the check
         raise ValueError(f"{what} '{path}' is more than the {_size_text(max_bytes)} such a file may have")
     return data

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,7 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
-from fluororeg.io.limits import (MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_numbers,
+from fluororeg.io.limits import (MAX_FRAME_PIXELS, MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_numbers,
                                  check_frame_shape, check_regular_file, open_regular, read_text)
 
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest", "init_recording",
@@ -179,9 +180,11 @@ class ImageSequence:
 
             check_regular_file(self.path, "multi-page TIFF file")
             try:
-                with Image.open(self.path) as img:
-                    self._pages = getattr(img, "n_frames", 1)
-            except (OSError, Image.DecompressionBombError) as exc:
+                with warnings.catch_warnings():  # page sizes are checked against fluororeg's limit on reading
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(self.path) as img:
+                        self._pages = getattr(img, "n_frames", 1)
+            except (OSError, EOFError, Image.DecompressionBombError) as exc:
                 raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
             check_frame_count(self._pages, f"the TIFF file '{self.path}'")
             self.files = None
@@ -216,12 +219,17 @@ class ImageSequence:
         if self.files is not None:  # checked when listed; again now: it may have been replaced since
             check_regular_file(path, "frame file", max_bytes=MAX_IMAGE_FILE_BYTES)
         try:
-            with Image.open(path) as im:
-                im.seek(page)
-                # the declared size before any pixel is decoded
-                check_frame_shape(im.size[0], im.size[1], f"frame {i} ('{path}')")
-                img = np.asarray(im)
-        except (OSError, EOFError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():  # the size is checked below, against fluororeg's own limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.seek(page)
+                    # the declared size before any pixel is decoded
+                    check_frame_shape(im.size[0], im.size[1], f"frame {i} ('{path}')")
+                    img = np.asarray(im)
+        except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its MAX_IMAGE_PIXELS)
+            raise ValueError(f"frame {i} ('{path}'): {exc}; fluororeg reads at most {MAX_FRAME_PIXELS:,} pixels "
+                             f"(fluororeg.io.limits.MAX_FRAME_PIXELS)") from None
+        except (OSError, EOFError) as exc:
             raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
         return self._checked(img, i, path)
 
