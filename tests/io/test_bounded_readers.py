@@ -163,6 +163,18 @@ def test_files_inside_folders_are_checked(tmp_path, kind):
         _make_bad(kind, d / file_name)
         with pytest.raises(ValueError, match=file_name.replace(".", r"\.")):
             folder_reader(d)
+    # the data file a MetaImage / NRRD header names
+    d = tmp_path / "detached"
+    d.mkdir()
+    _make_bad(kind, d / "data.raw")
+    (d / "ct.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_SHORT\n"
+                              "ElementDataFile = data.raw\n")
+    with pytest.raises(ValueError, match="data.raw"):
+        load_volume(d / "ct.mhd")
+    (d / "ct.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nspacings: 1 1 1\n"
+                               "encoding: raw\nendian: little\ndata file: data.raw\n")
+    with pytest.raises(ValueError, match="data.raw"):
+        load_volume(d / "ct.nhdr")
     # a pose file's sidecar
     (tmp_path / "p.tra").write_text(",".join(["1"] * 16) + "\n")
     _make_bad(kind, tmp_path / "p.tra.fluororeg.json")
@@ -334,7 +346,8 @@ def test_huge_dicom_slices_are_refused_before_decoding(tmp_path):
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID, series
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series
         ds.Rows, ds.Columns = 20000, 20000
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -45,8 +45,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
-from fluororeg.io.limits import (MAX_FRAME_PIXELS, MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_numbers,
-                                 check_frame_shape, check_regular_file, open_regular, read_text)
+from fluororeg.io.limits import (MAX_FRAME_PIXELS, MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count,
+                                 check_frame_numbers, check_frame_shape, check_regular_file, open_regular, read_text)
 
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest", "init_recording",
            "frame_number_of"]

@@ -35,8 +35,8 @@ from fluororeg.core.volume import ORTHO_TOL, Volume
 
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
 from fluororeg.io.dicom import read_dicom_series
-from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, MAX_VOLUME_BYTES, check_regular_file, check_volume_shape,
-                                 npz_member_header, open_regular)
+from fluororeg.io.limits import (MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, npz_member_header,
+                                 open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
 __all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]

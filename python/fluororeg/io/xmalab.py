@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
-from fluororeg.io.limits import MAX_FRAME_NUMBER, MAX_FRAMES, check_frame_count, check_regular_file, read_text
+from fluororeg.io.limits import MAX_FRAME_NUMBER, check_frame_count, check_regular_file, read_text
 
 __all__ = ["write_xmalab_rigid_body_csv", "read_xmalab_rigid_body_csv", "xmalab_columns"]
 
