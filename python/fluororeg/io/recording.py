@@ -239,7 +239,7 @@ class ImageSequence:
             img = img.astype(np.uint8)
         if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
             raise ValueError(f"frame {i} ('{path}') holds {img.dtype} values: expected integer or real grey levels")
-        if img.ndim == 3 and img.shape[-1] in (3, 4):  # RGB(A) -> grey
+        if img.ndim == 3:  # RGB(A) -> grey
             img = img[..., :3].mean(axis=-1)
         if img.ndim != 2:
             raise ValueError(f"frame {i} of '{self.path}' has shape {img.shape}: expected a grey image")
