@@ -334,6 +334,31 @@ def test_huge_frames_are_refused_before_decoding(tmp_path, side):
         ImageSequence(tif)[0]
 
 
+def test_video_size_and_length_are_checked_before_decoding(tmp_path, monkeypatch):
+    """A video's declared frame size and its packet count, against (lowered) limits."""
+    av = pytest.importorskip("av")
+    import fluororeg.io.recording as recording
+
+    path = tmp_path / "view.mkv"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "gray"
+        for k in range(5):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((16, 32), k, np.uint8), format="gray")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert len(ImageSequence(path)) == 5
+    monkeypatch.setattr(limits, "MAX_FRAME_PIXELS", 500)
+    with pytest.raises(ValueError, match="view.mkv.*32 x 16 px.*MAX_FRAME_PIXELS"):
+        ImageSequence(path)
+    monkeypatch.setattr(limits, "MAX_FRAME_PIXELS", 10 ** 6)
+    monkeypatch.setattr(limits, "MAX_FRAMES", 3)
+    monkeypatch.setattr(recording, "MAX_FRAMES", 3)
+    with pytest.raises(ValueError, match="view.mkv.*4 frames.*MAX_FRAMES"):
+        ImageSequence(path)
+
+
 def test_huge_dicom_slices_are_refused_before_decoding(tmp_path):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
