@@ -42,6 +42,18 @@ __all__ = ["DistortionModel", "DistortionFit", "fit_distortion", "fit_distortion
 FORMAT = "fluororeg-distortion"
 
 
+def _check_order(order, where: str = "DistortionModel.order") -> int:
+    """``order`` as an int after checking 1 <= order <= MAX_POLYNOMIAL_ORDER (before anything
+    of size order^2 is built)."""
+    from fluororeg.io.limits import MAX_POLYNOMIAL_ORDER
+
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer, float, np.floating)) \
+            or not np.isfinite(order) or int(order) != order or not 1 <= int(order) <= MAX_POLYNOMIAL_ORDER:
+        raise ValueError(f"{where} = {order!r}: expected a whole number from 1 to {MAX_POLYNOMIAL_ORDER} "
+                         f"(fluororeg.io.limits.MAX_POLYNOMIAL_ORDER; the paper uses 5)")
+    return int(order)
+
+
 def _exponents(order: int) -> list[tuple[int, int]]:
     return [(a, d - a) for d in range(order + 1) for a in range(d, -1, -1)]
 
@@ -95,6 +107,14 @@ class DistortionModel:
     spacing_mm: float | None = None
 
     def __post_init__(self):
+        from fluororeg.io.limits import check_frame_shape
+
+        object.__setattr__(self, "order", _check_order(self.order))
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"DistortionModel.{name} = {v!r}: expected a whole number of pixels")
+        check_frame_shape(self.width, self.height, "DistortionModel (width x height)")
         nt = len(_exponents(self.order))
         for name in ("coef", "inverse_coef"):
             c = np.asarray(getattr(self, name), dtype=np.float64)
@@ -192,7 +212,7 @@ class DistortionModel:
         if d.get("format", FORMAT) != FORMAT:
             raise ValueError(f"{where}.format = {d.get('format')!r}: expected {FORMAT!r}")
         try:
-            order = int(d["order"])
+            order = _check_order(d["order"], f"{where}.order")
             exps = d.get("exponents")
             if exps is not None and [tuple(e) for e in exps] != _exponents(order):
                 raise ValueError(f"{where}.exponents do not match order {order}")
@@ -215,12 +235,13 @@ class DistortionModel:
 
     @classmethod
     def load(cls, path) -> "DistortionModel":
+        from fluororeg.io.limits import check_regular_file, read_text
+
         path = Path(path)
+        check_regular_file(path, "distortion file", missing_error=ValueError)
         try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ValueError(f"distortion file '{path}' does not exist") from exc
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            d = json.loads(read_text(path, "distortion file"))
+        except (OSError, json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"distortion file '{path}' is not valid JSON: {exc}") from exc
         return cls.from_dict(d, where=f"'{path}'")
 

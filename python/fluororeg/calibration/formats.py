@@ -84,12 +84,13 @@ _SECTIONS = ("image size", "camera matrix", "rotation", "translation")
 
 
 def _read_text(path, what) -> list[str]:
+    from fluororeg.io.limits import check_regular_file, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file '{path}' does not exist")
+    check_regular_file(path, f"{what} file", missing_error=ValueError)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_text(path, f"{what} file")
+    except OSError as exc:
         raise ValueError(f"{what} file '{path}' could not be read: {exc}") from exc
     return [ln.strip() for ln in text.splitlines()]
 
@@ -132,6 +133,9 @@ def read_mayacam(path) -> PinholeCamera:
     (w, h), = rows("image size", 1, 2)
     if w != int(w) or h != int(h) or w <= 0 or h <= 0:
         raise ValueError(f"MayaCam file '{path}': image size {w} x {h} is not positive whole pixels")
+    from fluororeg.io.limits import check_frame_shape
+
+    check_frame_shape(w, h, f"MayaCam file '{path}' (image size)")
     K = np.array(rows("camera matrix", 3, 3))
     R = np.array(rows("rotation", 3, 3))
     t = np.array(rows("translation", 3, 1))[:, 0]
@@ -153,6 +157,9 @@ def read_mayacam1(path) -> PinholeCamera:
     rx, ry, rz = np.deg2rad(vals[1])
     u0, v0, z = vals[3]
     w, h = int(vals[4][1]) or 1024, int(vals[4][2]) or 1024
+    from fluororeg.io.limits import check_frame_shape
+
+    check_frame_shape(w, h, f"MayaCam 1.0 file '{path}' (width, height)")
     if z == 0:
         raise ValueError(f"MayaCam 1.0 file '{path}' line 4: focal length z = 0")
 

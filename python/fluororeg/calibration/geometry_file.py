@@ -155,6 +155,9 @@ def geometry_from_dict(d, where: str = "geometry") -> DualGeometry:
                 raise ValueError(f"{w}.{k} = {vd[k]!r} has length {n:.6g}: expected a unit vector")
         if abs(vals["u"] @ vals["v"]) > 1e-6:
             raise ValueError(f"{w}.u and {w}.v are not orthogonal (u . v = {vals['u'] @ vals['v']:.3g})")
+        from fluororeg.io.limits import check_frame_shape
+
+        check_frame_shape(_num(vd, "width", w, True), _num(vd, "height", w, True), f"{w}.width x height")
         try:
             view = ConeView(vals["source"], vals["intensifier_centre"], vals["u"], vals["v"],
                             _num(vd, "pitch_u", w), _num(vd, "pitch_v", w),
@@ -180,12 +183,13 @@ def save_geometry(path, geometry: DualGeometry) -> None:
 
 def load_geometry(path) -> DualGeometry:
     """Read and validate a geometry file; errors name the file and the field."""
+    from fluororeg.io.limits import check_regular_file, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"geometry file '{path}' does not exist")
+    check_regular_file(path, "geometry file", missing_error=ValueError)
     try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        d = json.loads(read_text(path, "geometry file"))
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"geometry file '{path}' is not valid JSON: {exc}") from exc
     return geometry_from_dict(d, where=f"'{path.name}'")
 

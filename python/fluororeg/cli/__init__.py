@@ -26,7 +26,7 @@
 ``--subject example`` names the built-in example subject; commands that work on a subject do
 not fall back to it silently. Each command lives in its own module (``add_parser(subparsers)``
 and ``run(args)``); this one assembles the parser and turns errors into one line on stderr and a non-zero exit status (2;
-130 after Ctrl-C, with how to resume). Spellings deprecated for one release, which still work
+running out of memory too; 130 after Ctrl-C, with how to resume). Spellings deprecated for one release, which still work
 and print a note: ``render --geometry parallel|cone`` (``--beam``), ``simulate --frames N``
 (``--n-frames``), ``register --smooth-hz`` (``--smoothing-hz``), ``train-style``
 (``train-translator``) and ``select-style`` (``select-translator``).
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         how = "run the same command again to resume" if args.resumes else "run the same command again to start over"
         print(f"fluororeg {args.command}: interrupted: {how}", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, LookupError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
+    except MemoryError:
+        print(f"fluororeg {args.command}: error: out of memory while running {args.command!r}; the input may be too "
+              f"large (fluororeg.io.limits has the sizes fluororeg reads)", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, LookupError, OSError, ArithmeticError, RuntimeError, ImportError,
+            EOFError) as exc:
         print(f"fluororeg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -71,6 +71,8 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_numbers, check_regular_file,
+                                 read_text)
 
 __all__ = ["AutoscoperTrial", "read_trial_cfg", "write_trial_cfg", "autoscoper_volume_geometry",
            "autoscoper_from_physical", "autoscoper_from_model", "tra_from_model_poses", "model_poses_from_tra",
@@ -180,6 +182,7 @@ def trial_matrices(world_from_model, frames, subject, flip=None, trial_frames=No
     if trial_frames is None:
         if len(frames) and frames.min() < 0:
             raise ValueError(f"frame {frames.min()} is negative: a trial frame index cannot be negative")
+        check_frame_numbers(frames, "poses to export")  # bounds the trial's length below
         trial_frames = np.arange(int(frames.max()) + 1 if len(frames) else 0)
     trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
     index_of = {int(f): n for n, f in enumerate(trial_frames)}
@@ -217,16 +220,17 @@ def read_pose_sidecar(path) -> dict | None:
     """The sidecar of ``path`` as (``body_from_model`` [4, 4], ``line_frame_numbers`` [L]) in a
     dict, or None when there is none."""
     p = sidecar_path(path)
-    if not p.is_file():
+    if not p.exists():
         return None
     try:
-        meta = json.loads(p.read_text())
+        meta = json.loads(read_text(p, "pose-export sidecar"))
         m = np.asarray(meta["body_from_model"], dtype=float)
         lines = np.asarray(meta["line_frame_numbers"], dtype=np.int64)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, OverflowError, ValueError) as exc:
         raise ValueError(f"'{p}' is not a fluororeg pose-export sidecar: {exc}") from None
-    if m.shape != (4, 4):
-        raise ValueError(f"'{p}': body_from_model has shape {m.shape}, expected 4 x 4")
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise ValueError(f"'{p}': body_from_model has shape {m.shape}, expected 4 x 4 finite values")
+    check_frame_numbers(lines, f"'{p}' (line_frame_numbers)")
     return {"body_from_model": m, "line_frame_numbers": lines, "subject_fingerprint": meta.get("subject_fingerprint")}
 
 
@@ -250,10 +254,10 @@ def autoscoper_info(subject_dir) -> dict | None:
     """The autoscoper.json of a subject folder made by :func:`import_autoscoper_trial`
     (volume file, voxel size, ``flip``, intensity), or None."""
     p = Path(subject_dir) / AUTOSCOPER_INFO_FILE
-    if not p.is_file():
+    if not p.exists():
         return None
     try:
-        info = json.loads(p.read_text())
+        info = json.loads(read_text(p, "Autoscoper info file"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"'{p}' is not valid JSON: {exc}") from None
     info["flip"] = _flip3(info.get("flip", (0, 0, 0)))
@@ -311,12 +315,11 @@ def _numbers(text: str, n: int, what: str, where: str, integer: bool = False) ->
 def read_trial_cfg(path) -> AutoscoperTrial:
     """Read an Autoscoper trial ``.cfg`` (module docstring); errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Autoscoper trial file '{path}' does not exist")
+    check_regular_file(path, "Autoscoper trial file")
     lists: dict[str, list] = {k: [] for k in ("mayaCam_csv", "CameraRootDir", "VolumeFile", "VolumeFlip",
                                              "VoxelSize", "RenderResolution", "OptimizationOffsets", "MeshFile")}
     version = None
-    for no, raw in enumerate(path.read_text().splitlines(), 1):
+    for no, raw in enumerate(read_text(path, "Autoscoper trial file").splitlines(), 1):
         line = raw.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -400,7 +403,11 @@ def trial_frame_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder '{folder}' does not exist")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")), key=lambda p: p.name)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")), key=lambda p: p.name)
+    check_frame_count(len(files), f"image folder '{folder}'")
+    for f in files:  # a FIFO or device named like a frame would block or never end
+        check_regular_file(f, "frame file", max_bytes=MAX_IMAGE_FILE_BYTES)
+    return files
 
 
 def import_autoscoper_trial(cfg, out, *, pitch_mm: float, intensity, volume: int | str = 0,

@@ -9,21 +9,53 @@ from typing import Optional
 import numpy as np
 
 from fluororeg.core.volume import Volume
+from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_shape, check_regular_file,
+                                 check_volume_shape, describe_file_type)
 
 __all__ = ["read_dicom_series"]
 
 
+def _size_of(ds, q: Path) -> tuple:
+    """(rows, columns) of a DICOM slice, checked against the frame limit before decoding."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{str(q)!r}: DICOM image without valid Rows / Columns") from None
+    check_frame_shape(cols, rows, f"{str(q)!r} (DICOM Columns x Rows)")
+    return rows, cols
+
+
 def read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volume:
+    from struct import error as struct_error
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    files = sorted(q for q in folder.iterdir() if q.is_file() and q.name.upper() != "DICOMDIR")
+    import os
+    import stat
+
+    files = []
+    for q in sorted(folder.iterdir()):
+        try:
+            mode = os.stat(q).st_mode
+        except OSError:
+            continue  # a dangling link
+        if stat.S_ISDIR(mode) or q.name.upper() == "DICOMDIR":
+            continue
+        if not stat.S_ISREG(mode):  # a device or FIFO would be read forever or block
+            raise ValueError(f"'{q}' in the DICOM folder {str(folder)!r} is {describe_file_type(mode)}, expected a "
+                             f"regular file")
+        files.append(q)
+    check_frame_count(len(files), f"DICOM folder {str(folder)!r}")
     slices = []
     for q in files:
+        check_regular_file(q, "DICOM file", max_bytes=MAX_IMAGE_FILE_BYTES)
         try:
             ds = pydicom.dcmread(str(q))
         except (InvalidDicomError, OSError, EOFError):
             continue
+        except (ValueError, TypeError, KeyError, AttributeError, struct_error) as exc:
+            raise ValueError(f"{str(q)!r}: malformed DICOM file: {exc}") from exc
         if "PixelData" not in ds:
             continue
         slices.append((q, ds))
@@ -40,8 +72,14 @@ def read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volum
         raise ValueError(f"folder {str(folder)!r} mixes {len(uids)} DICOM series {uids}; "
                          f"put one series per folder (or pass one of its .dcm files)")
     for q, ds in slices:
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
+        try:
+            n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{str(q)!r}: NumberOfFrames {getattr(ds, 'NumberOfFrames', None)!r} is not a "
+                             f"number") from None
+        if n_frames != 1:
             raise ValueError(f"{str(q)!r}: multi-frame DICOM is not supported (one slice per file expected)")
+        _size_of(ds, q)
         for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if tag not in ds:
                 raise ValueError(f"{str(q)!r}: DICOM slice lacks {tag}; cannot place it in space")
@@ -51,7 +89,9 @@ def read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volum
     q0, ds0 = slices[0]
     iop0 = np.array(ds0.ImageOrientationPatient, dtype=np.float64)
     ps0 = np.array(ds0.PixelSpacing, dtype=np.float64)
-    rows0, cols0 = int(ds0.Rows), int(ds0.Columns)
+    rows0, cols0 = _size_of(ds0, q0)
+    # Rows x Columns x slices before any pixel is decoded
+    check_volume_shape((len(slices), rows0, cols0), 4, f"DICOM series in {str(folder)!r}")
     for q, ds in slices[1:]:
         if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop0, atol=1e-4):
             raise ValueError(f"{str(q)!r}: ImageOrientationPatient {list(ds.ImageOrientationPatient)} "

@@ -12,6 +12,7 @@ import numpy as np
 
 from fluororeg.core.volume import Volume
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
+from fluororeg.io.limits import MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, read_bytes
 
 __all__ = ["read_metaimage", "write_metaimage"]
 
@@ -28,7 +29,7 @@ _MET_FROM_DTYPE[np.dtype(np.uint64)] = "MET_ULONG_LONG"
 
 def _parse_metaimage_header(p: Path) -> Tuple[Dict[str, str], bytes]:
     """Header fields (keys as written) and the bytes that follow ElementDataFile."""
-    raw = p.read_bytes()
+    raw = read_bytes(p, "MetaImage file", max_bytes=MAX_VOLUME_BYTES + (1 << 20))
     fields: Dict[str, str] = {}
     pos = 0
     while True:
@@ -63,7 +64,10 @@ def read_metaimage(p: Path) -> Volume:
     ndims = int(get("NDims", "0"))
     if ndims != 3:
         raise ValueError(f"{str(p)!r}: MetaImage NDims = {ndims}, expected 3")
-    dims = [int(x) for x in get("DimSize", "").split()]
+    try:
+        dims = [int(x) for x in get("DimSize", "").split()]
+    except ValueError:
+        dims = []
     if len(dims) != 3 or min(dims) < 1:
         raise ValueError(f"{str(p)!r}: MetaImage DimSize {get('DimSize')!r}, expected 3 positive integers")
     channels = int(get("ElementNumberOfChannels", "1"))
@@ -87,7 +91,8 @@ def read_metaimage(p: Path) -> Volume:
         raise ValueError(f"{str(p)!r}: TransformMatrix {tm_s!r}, expected 9 numbers")
     # ITK: TransformMatrix[a*3 + b] = component b of the direction of index axis a
     direction = tm.reshape(3, 3).T
-    n_bytes = int(np.prod(dims)) * dtype.itemsize
+    check_volume_shape(dims, dtype.itemsize, f"{str(p)!r} (MetaImage DimSize)")
+    n_bytes = dims[0] * dims[1] * dims[2] * dtype.itemsize
     compressed = _met_bool(get("CompressedData", "False"))
     edf = f["ElementDataFile"]
     if edf.upper() == "LOCAL":
@@ -99,17 +104,41 @@ def read_metaimage(p: Path) -> Volume:
         data_path = Path(edf) if os.path.isabs(edf) else p.parent / edf
         if not data_path.exists():
             raise FileNotFoundError(f"{str(p)!r}: data file {str(data_path)!r} not found")
-        payload = data_path.read_bytes()
-        header_size = int(get("HeaderSize", "0"))
+        try:
+            header_size = int(get("HeaderSize", "0"))
+        except ValueError:
+            raise ValueError(f"{str(p)!r}: HeaderSize {get('HeaderSize')!r}, expected a whole number") from None
+        check_regular_file(data_path, f"{str(p)!r}: MetaImage data file")
+        payload = read_bytes(data_path, f"{str(p)!r}: MetaImage data file",
+                             max_bytes=max(header_size, 0) + MAX_VOLUME_BYTES + (1 << 20))
         if header_size == -1 and not compressed:
             payload = payload[len(payload) - n_bytes:]
         elif header_size > 0:
             payload = payload[header_size:]
     if compressed:
+        if "CompressedDataSize" in f:
+            try:
+                declared = int(f["CompressedDataSize"])
+            except ValueError:
+                raise ValueError(f"{str(p)!r}: CompressedDataSize {f['CompressedDataSize']!r}, expected a "
+                                 f"whole number of bytes") from None
+            if declared < 1 or declared > len(payload):
+                raise ValueError(f"{str(p)!r}: CompressedDataSize = {declared} but the file holds "
+                                 f"{len(payload)} bytes of compressed data")
+            payload = payload[:declared]
+        # deflate expands at most ~1032:1: less compressed data cannot hold DimSize's voxels
+        if n_bytes > 1100 * len(payload) + 4096:
+            raise ValueError(f"{str(p)!r}: {len(payload)} bytes of compressed data cannot inflate to the "
+                             f"{n_bytes} bytes DimSize {dims} of {etype} declares")
+        inflater = zlib.decompressobj(47)  # zlib or gzip wrapper
         try:
-            payload = zlib.decompressobj(47).decompress(payload)  # zlib or gzip wrapper
+            # inflate at most the declared size (+1 byte to notice more): never more than the limit
+            payload = inflater.decompress(payload, n_bytes + 1)
         except zlib.error as exc:
             raise ValueError(f"{str(p)!r}: corrupt compressed MetaImage data: {exc}") from exc
+        if len(payload) > n_bytes:
+            raise ValueError(f"{str(p)!r}: compressed MetaImage data inflates to more than the {n_bytes} bytes "
+                             f"DimSize {dims} of {etype} declares")
     if len(payload) < n_bytes:
         raise ValueError(f"{str(p)!r}: MetaImage data has {len(payload)} bytes, expected {n_bytes} "
                          f"for DimSize {dims} of {etype}")

@@ -34,6 +34,7 @@ coordinates (shown in RAS: x and y negated).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
@@ -41,6 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.limits import (MAX_FRAMES, check_frame_count, check_frame_numbers,
+                                 check_regular_file, npz_member_header, read_text)
 
 __all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra",
            "write_slicer_tfm", "read_slicer_tfm"]
@@ -81,13 +84,14 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
     matrices [F, 4, 4], objective [F], rms_mm [F, 2], rms_px [F, 2], n_vis [F],
     mirror_case [F] (missing values as NaN)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pose file '{path}' does not exist")
+    check_regular_file(path, "pose file")
     rows = _csv_rows(path, POSE_COLUMNS, "not a fluororeg pose file")
     col = _column_reader(path, rows)
     F = len(rows)
+    frame = col("frame", integer=True)
+    check_frame_numbers(frame, f"'{path}'")
     return {
-        "frame": col("frame", integer=True),
+        "frame": frame,
         "status": np.array([r["status"] for r in rows]),
         "poses": np.stack([col(c) for c in POSE_COLUMNS[2:8]], axis=1) if F else np.zeros((0, 6)),
         "matrices": (np.stack([col(f"m{r}{c}") for r in range(4) for c in range(4)], axis=1).reshape(F, 4, 4)
@@ -103,12 +107,20 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
 def _csv_rows(path: Path, required, what: str) -> list[dict]:
     """The rows of the CSV file ``path`` (csv.DictReader); an error naming the ``required``
     columns it lacks, followed by ``what`` the file should be."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
+    text = read_text(path, "CSV file", encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"'{path}' lacks the columns {missing}: {what}")
-        return list(reader)
+        rows = []
+        for r in reader:
+            rows.append(r)
+            if len(rows) > MAX_FRAMES:
+                check_frame_count(len(rows), f"'{path}' (rows)")
+    except csv.Error as exc:
+        raise ValueError(f"'{path}' is not a readable CSV file: {exc}") from None
+    return rows
 
 
 def _column_reader(path: Path, rows: list[dict]):
@@ -125,8 +137,11 @@ def _column_reader(path: Path, rows: list[dict]):
                 v = float(text) if text.strip() != "" else math.nan
             except ValueError:
                 raise ValueError(f"'{path}': row {i + 1}, column {name}: {text!r} is not a number") from None
+            if math.isinf(v):
+                raise ValueError(f"'{path}': row {i + 1}, column {name}: {text!r} is not finite (an empty field "
+                                 f"means no value)")
             if integer:
-                if not (math.isfinite(v) and v == int(v)):
+                if not (math.isfinite(v) and v == int(v) and abs(v) < 2 ** 62):
                     raise ValueError(f"'{path}': row {i + 1}, column {name}: {text!r}, expected an integer")
                 v = int(v)
             out[i] = v
@@ -155,48 +170,58 @@ def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, 
     Returns [len(frames), 6] for the given frame numbers, NaN where the reference has no pose;
     without ``frames``, [max frame + 1, 6]."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference file '{path}' does not exist")
+    check_regular_file(path, "reference file")
+    # (frame numbers [R], poses [R, 6]): only the frames the file holds, never an array as long as
+    # its largest frame number
     if path.suffix.lower() in (".tra",) or (path.suffix.lower() == ".csv" and _is_xmalab(path)):
-        by_frame = _body_reference(path, subject, trial_frames, flip, body)
+        numbers, values = _body_reference(path, subject, trial_frames, flip, body)
     elif path.suffix == ".npz":
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             if "poses" not in data:
                 raise ValueError(f"'{path}' has no 'poses' array (it has {sorted(data.files)})")
-            by_frame = np.asarray(data["poses"], dtype=float)
-        if by_frame.ndim != 2 or by_frame.shape[1] != 6:
-            raise ValueError(f"'{path}': poses have shape {by_frame.shape}, expected [F, 6]")
+            shape, _ = npz_member_header(data, "poses")
+            if len(shape) != 2 or shape[1] != 6:
+                raise ValueError(f"'{path}': poses have shape {shape}, expected [F, 6]")
+            check_frame_count(shape[0], f"'{path}' (poses)")
+            values = np.asarray(data["poses"], dtype=float)
+        numbers = np.arange(len(values), dtype=np.int64)
     else:
         rows = _csv_rows(path, REFERENCE_COLUMNS, f"expected a CSV with {', '.join(REFERENCE_COLUMNS)} (degrees, mm), "
                                                   "an XMALab rigid-body CSV or an Autoscoper .tra")
         col = _column_reader(path, rows)
         numbers = col("frame", integer=True)
-        if len(numbers) and numbers.min() < 0:
-            raise ValueError(f"'{path}': frame {numbers.min()} is negative")
+        check_frame_numbers(numbers, f"'{path}'")
         values, counts = np.unique(numbers, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(f"'{path}': frame {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
-        by_frame = np.full((int(numbers.max()) + 1 if len(numbers) else 0, 6), np.nan)
-        if len(rows):
-            by_frame[numbers] = np.stack([col(c) for c in REFERENCE_COLUMNS[1:]], axis=1)
-    by_frame = np.where(np.isfinite(by_frame).all(axis=1, keepdims=True), by_frame, np.nan)  # a partial pose: none
+        values = (np.stack([col(c) for c in REFERENCE_COLUMNS[1:]], axis=1) if len(rows)
+                  else np.zeros((0, 6)))
+    values = np.where(np.isfinite(values).all(axis=1, keepdims=True), values, np.nan)  # a partial pose: none
     if frames is None:
+        by_frame = np.full((int(numbers.max()) + 1 if len(numbers) else 0, 6), np.nan)
+        by_frame[numbers] = values
         return by_frame
-    frames = np.asarray(frames, dtype=np.int64)
+    frames = np.asarray(frames, dtype=np.int64).reshape(-1)
     out = np.full((len(frames), 6), np.nan)
-    known = (frames >= 0) & (frames < len(by_frame))
-    out[known] = by_frame[frames[known]]
+    if len(numbers):
+        order = np.argsort(numbers, kind="stable")
+        sorted_numbers = numbers[order]
+        pos = np.clip(np.searchsorted(sorted_numbers, frames), 0, len(sorted_numbers) - 1)
+        known = sorted_numbers[pos] == frames
+        out[known] = values[order[pos[known]]]
     return out
 
 
 def _is_xmalab(path: Path) -> bool:
-    with path.open(newline="") as f:
-        head = f.readline()
+    from fluororeg.io.limits import open_regular
+
+    with open_regular(path, "reference file") as f:
+        head = f.readline(1 << 20).decode("utf-8-sig", errors="replace")
     return any(re.fullmatch(r".+_R11(_[0-9.eE+-]+Hz)?", h.strip()) for h in head.split(","))
 
 
-def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray:
-    """[max frame + 1, 6] poses of fluororeg's model frame from a .tra or XMALab CSV."""
+def _body_reference(path: Path, subject, trial_frames, flip, body) -> tuple[np.ndarray, np.ndarray]:
+    """(frame numbers [R], poses [R, 6] of fluororeg's model frame) from a .tra or XMALab CSV."""
     from fluororeg.core.geometry import pose_from_matrix
     from fluororeg.io.autoscoper import autoscoper_from_model, read_pose_sidecar
 
@@ -221,6 +246,7 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray
     if trial_frames is None:
         trial_frames = side["line_frame_numbers"] if side is not None else np.arange(n_trial)
     trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
+    check_frame_numbers(trial_frames, f"'{path}' (frame numbers of its lines)")
     if len(trial_frames) < n_trial or (path.suffix.lower() == ".tra" and len(trial_frames) != len(M)):
         raise ValueError(f"'{path}' has poses of {n_trial} trial frames but {len(trial_frames)} frame numbers were "
                          "given for them")
@@ -229,10 +255,19 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> np.ndarray
     trial_frames = trial_frames[index]  # the frame number of each pose
     world_from_model = M @ body_from_model
     finite = np.isfinite(world_from_model).all(axis=(1, 2))
-    by_frame = np.full((int(trial_frames.max()) + 1 if len(trial_frames) else 0, 6), np.nan)
+    values = np.full((len(trial_frames), 6), np.nan)
     if finite.any():
-        by_frame[trial_frames[finite]] = pose_from_matrix(world_from_model[finite])
-    return by_frame
+        values[finite] = pose_from_matrix(world_from_model[finite])
+    numbers = np.unique(trial_frames)
+    if len(numbers) != len(trial_frames):
+        values = np.full((len(numbers), 6), np.nan)
+        for n, f in enumerate(numbers):  # a frame on several lines: its last pose (as before)
+            hits = np.nonzero(trial_frames == f)[0]
+            last = hits[finite[hits]]
+            if len(last):
+                values[n] = pose_from_matrix(world_from_model[last[-1]][None])[0]
+        return numbers, values
+    return trial_frames, values
 
 
 def write_tra(path, matrices, *, as_rows: bool = True) -> Path:
@@ -252,10 +287,9 @@ def read_tra(path, *, as_rows: bool = True) -> np.ndarray:
     """Read an Autoscoper .tra file (16 comma- or space-separated values per line, row by row
     or, with ``as_rows=False``, column by column) as [F, 4, 4]."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tra file '{path}' does not exist")
+    check_regular_file(path, "tra file")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "tra file").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.replace(",", " ").split()
@@ -265,7 +299,11 @@ def read_tra(path, *, as_rows: bool = True) -> np.ndarray:
             vals = np.array([float(p) for p in parts])
         except ValueError:
             raise ValueError(f"'{path}' line {n}: not all values are numbers") from None
+        if np.isinf(vals).any():
+            raise ValueError(f"'{path}' line {n}: a value is infinite (NaN marks a frame without a pose)")
         out.append(vals.reshape(4, 4) if as_rows else vals.reshape(4, 4).T)
+        if len(out) > MAX_FRAMES:
+            check_frame_count(len(out), f"'{path}' (lines)")
     return np.array(out).reshape(-1, 4, 4)
 
 
@@ -291,10 +329,9 @@ def read_slicer_tfm(path) -> np.ndarray:
     """The 4x4 ``physical_from_world`` (the resampling transform, LPS) of an ITK text
     transform file with one affine/rigid transform (center of rotation applied)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"transform file '{path}' does not exist")
+    check_regular_file(path, "transform file")
     fields = {}
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "transform file").splitlines():
         if ":" in line and not line.startswith("#"):
             k, v = line.split(":", 1)
             fields.setdefault(k.strip(), v.strip())

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,6 +45,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.limits import (MAX_FRAME_PIXELS, MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count,
+                                 check_frame_numbers, check_frame_shape, check_regular_file, open_regular, read_text)
 
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest", "init_recording",
            "frame_number_of"]
@@ -65,7 +68,7 @@ def _cine_first_image_number(path: Path) -> tuple[int, int]:
     FirstImageNo int32, ImageCount uint32)."""
     import struct
 
-    with open(path, "rb") as fh:
+    with open_regular(path, "Phantom .cine file") as fh:
         head = fh.read(24)
     if len(head) < 24 or head[:2] != b"CI":
         raise ValueError(f"'{path}' is not a Phantom .cine file (no 'CI' header)")
@@ -87,12 +90,18 @@ class _VideoReader:
                 if not container.streams.video:
                     raise ValueError(f"'{path}' holds no video stream")
                 stream = container.streams.video[0]
+                check_frame_shape(stream.codec_context.width, stream.codec_context.height, f"the video '{path}'")
                 fmt = stream.codec_context.format  # more than 8 bits per sample: read 16-bit grey
                 self.bits16 = fmt is not None and max((c.bits for c in fmt.components), default=8) > 8
                 rate = stream.average_rate or stream.base_rate  # frames/s as the container records it
                 self.frame_rate_hz = float(rate) if rate else None
                 # Containers do not all record the frame count: count by demuxing (no decoding).
-                self.n = sum(1 for packet in container.demux(stream) if packet.size > 0)
+                self.n = 0
+                for packet in container.demux(stream):
+                    if packet.size > 0:
+                        self.n += 1
+                        if self.n > MAX_FRAMES:
+                            check_frame_count(self.n, f"the video '{path}'")
         except av.error.FFmpegError as exc:
             if path.suffix.lower() == ".cine":
                 raise ValueError(f"cannot read the Phantom cine '{path}' with PyAV/FFmpeg ({exc}): this FFmpeg build "
@@ -124,6 +133,7 @@ class _VideoReader:
             if frame is None:
                 raise ValueError(f"the video '{self.path}' ended before frame {i}")
             self._next += 1
+        check_frame_shape(frame.width, frame.height, f"frame {i} of the video '{self.path}'")
         image = frame.to_ndarray(format="gray16le" if self.bits16 else "gray")
         self._last = (i, image)
         return image
@@ -142,31 +152,41 @@ class ImageSequence:
         self.path = Path(path)
         self._video = None
         self.frame_numbers = None
+        #: (height, width) every frame must have (the Recording sets it from the geometry); None: that of frame 0
+        self.expected_shape = None
         if self.path.is_dir():
             self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
             if not self.files:
                 raise ValueError(f"image folder '{self.path}' holds no PNG or TIFF images")
+            check_frame_count(len(self.files), f"image folder '{self.path}'")
+            for f in self.files:  # a FIFO or device named like a frame would block or never end
+                check_regular_file(f, "frame file", max_bytes=MAX_IMAGE_FILE_BYTES)
             self._pages = None
             numbers = [frame_number_of(p) for p in self.files]
             if None not in numbers and len(set(numbers)) == len(numbers):
                 order = np.argsort(numbers, kind="stable")
                 self.files = [self.files[i] for i in order]
                 self.frame_numbers = np.asarray(numbers, dtype=np.int64)[order]
-        elif self.path.is_file() and self.path.suffix.lower() in VIDEO_SUFFIXES:
+        elif self.path.exists() and self.path.suffix.lower() in VIDEO_SUFFIXES:
+            check_regular_file(self.path, "video file")
             if self.path.suffix.lower() == ".cine":
                 first_no, _ = _cine_first_image_number(self.path)
             self._video = _VideoReader(self.path)
             self.files, self._pages = None, self._video.n
             if self.path.suffix.lower() == ".cine":
                 self.frame_numbers = first_no + np.arange(self._video.n, dtype=np.int64)
-        elif self.path.is_file() and self.path.suffix.lower() in (".tif", ".tiff"):
+        elif self.path.exists() and self.path.suffix.lower() in (".tif", ".tiff"):
             from PIL import Image
 
+            check_regular_file(self.path, "multi-page TIFF file")
             try:
-                with Image.open(self.path) as img:
-                    self._pages = getattr(img, "n_frames", 1)
-            except OSError as exc:
+                with warnings.catch_warnings():  # page sizes are checked against fluororeg's limit on reading
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(self.path) as img:
+                        self._pages = getattr(img, "n_frames", 1)
+            except (OSError, EOFError, Image.DecompressionBombError) as exc:
                 raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
+            check_frame_count(self._pages, f"the TIFF file '{self.path}'")
             self.files = None
         elif not self.path.exists():
             raise FileNotFoundError(f"image sequence '{self.path}' does not exist")
@@ -176,6 +196,7 @@ class ImageSequence:
 
         if self.frame_numbers is None:
             self.frame_numbers = np.arange(len(self), dtype=np.int64)
+        check_frame_numbers(self.frame_numbers, f"image sequence '{self.path}'")
         self.frame_numbers.flags.writeable = False
 
     def __len__(self) -> int:
@@ -190,22 +211,51 @@ class ImageSequence:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
         if self._video is not None:
-            return self._video[i].astype(np.float32)
+            return self._checked(self._video[i], i, self.path)
         # Pillow reads PNG and TIFF (also LZW-compressed, 8/16-bit and float pages).
         from PIL import Image
 
         path, page = (self.files[i], 0) if self.files is not None else (self.path, i)
+        if self.files is not None:  # checked when listed; again now: it may have been replaced since
+            check_regular_file(path, "frame file", max_bytes=MAX_IMAGE_FILE_BYTES)
         try:
-            with Image.open(path) as im:
-                im.seek(page)
-                img = np.asarray(im)
-        except OSError as exc:
+            with warnings.catch_warnings():  # the size is checked below, against fluororeg's own limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.seek(page)
+                    # the declared size before any pixel is decoded
+                    check_frame_shape(im.size[0], im.size[1], f"frame {i} ('{path}')")
+                    img = np.asarray(im)
+        except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its MAX_IMAGE_PIXELS)
+            raise ValueError(f"frame {i} ('{path}'): {exc}; fluororeg reads at most {MAX_FRAME_PIXELS:,} pixels "
+                             f"(fluororeg.io.limits.MAX_FRAME_PIXELS)") from None
+        except (OSError, EOFError) as exc:
             raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
+        return self._checked(img, i, path)
+
+    def _checked(self, img: np.ndarray, i: int, path) -> np.ndarray:
+        """A decoded frame as float32 grey levels after checking its type, size and values."""
+        if img.dtype == bool:
+            img = img.astype(np.uint8)
+        if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
+            raise ValueError(f"frame {i} ('{path}') holds {img.dtype} values: expected integer or real grey levels")
         if img.ndim == 3:  # RGB(A) -> grey
             img = img[..., :3].mean(axis=-1)
         if img.ndim != 2:
             raise ValueError(f"frame {i} of '{self.path}' has shape {img.shape}: expected a grey image")
-        return img.astype(np.float32)
+        expected = self.expected_shape
+        if expected is None and i != 0 and len(self):
+            expected = self[0].shape  # all frames of a sequence have one size
+            self.expected_shape = expected
+        if expected is not None and img.shape != tuple(expected):
+            raise ValueError(f"frame {i} ('{path}') is {img.shape[1]} x {img.shape[0]} px but the sequence's frames "
+                             f"are {expected[1]} x {expected[0]} px")
+        out = img.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            bad = int(np.count_nonzero(~np.isfinite(out)))
+            raise ValueError(f"frame {i} ('{path}') holds {bad} non-finite pixel values (NaN, infinity or beyond "
+                             f"float32)")
+        return out
 
 
 @dataclass
@@ -243,11 +293,14 @@ class Recording:
                     or not (np.isfinite(rate) and rate > 0):
                 raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second")
             self.frame_rate_hz = float(rate)
+        check_frame_count(len(self.sequences[0]), "recording")
         for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
             h, w = seq[0].shape
             if (w, h) != (view.width, view.height):
                 raise ValueError(f"view {k + 1}: frames are {w} x {h} px but the geometry says "
                                  f"{view.width} x {view.height}")
+            if hasattr(seq, "expected_shape"):  # every later frame must have this size too
+                seq.expected_shape = (view.height, view.width)
 
     def __len__(self) -> int:
         return len(self.sequences[0])
@@ -284,10 +337,10 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
     if path is not None:
         folder = Path(path)
         manifest = folder / "recording.json"
-        if not manifest.is_file():
+        if not manifest.exists():
             raise FileNotFoundError(f"'{manifest}' not found: not a recording folder (or pass views= and geometry=)")
         try:
-            meta = json.loads(manifest.read_text())
+            meta = json.loads(read_text(manifest, "recording manifest"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"'{manifest}' is not valid JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != "fluororeg-recording":

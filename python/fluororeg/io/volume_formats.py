@@ -22,6 +22,7 @@ relative; the other formats keep float64 geometry exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from fluororeg.core.volume import ORTHO_TOL, Volume
 
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
 from fluororeg.io.dicom import read_dicom_series
+from fluororeg.io.limits import (MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, npz_member_header,
+                                 open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
 __all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
@@ -160,11 +163,20 @@ def load_tiff_stack(path: PathLike, voxel_size_mm, intensity, *, flip=(0, 0, 0))
     from fluororeg.io.autoscoper import autoscoper_volume_geometry
 
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"TIFF stack not found: {str(p)!r}")
+    check_regular_file(p, "TIFF stack", max_bytes=MAX_VOLUME_BYTES + (64 << 20))
     mapping = IntensityMapping.parse(intensity)
     try:
-        arr = tifffile.imread(str(p))
+        with tifffile.TiffFile(str(p)) as tif:
+            series = tif.series[0]
+            # the pages' declared size before any pixel is decoded
+            check_volume_shape(series.shape, series.dtype.itemsize, f"{str(p)!r} (TIFF stack)")
+            arr = series.asarray()
+    except ValueError as exc:
+        if "fluororeg.io.limits" in str(exc) or "volume size" in str(exc):
+            raise
+        raise ValueError(f"cannot read {str(p)!r} as a TIFF stack: {exc}") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure: name the file
         raise ValueError(f"cannot read {str(p)!r} as a TIFF stack: {exc}") from exc
     if arr.ndim == 2:
@@ -192,6 +204,8 @@ def _load_volume_file(p: Path) -> Volume:
         raise FileNotFoundError(f"volume file or folder not found: {str(p)!r}")
     if p.is_dir():
         return read_dicom_series(p)
+    # a device (/dev/zero), FIFO or socket would be read forever or block: refuse it unopened
+    check_regular_file(p, "volume file", max_bytes=MAX_VOLUME_BYTES + (64 << 20))
     if p.name.lower().endswith(".dcm"):
         return read_dicom_series(p.parent, select_file=p)
     kind = _kind(p)
@@ -204,7 +218,7 @@ def _load_volume_file(p: Path) -> Volume:
             return read_metaimage(p)
         if kind == ".npz":
             return _read_npz(p)
-    except (ValueError, TypeError, FileNotFoundError):
+    except (ValueError, TypeError, FileNotFoundError, MemoryError):
         raise
     except Exception as exc:  # corrupt files: name the path, keep the cause
         raise ValueError(f"cannot read volume {str(p)!r} as {kind}: {exc}") from exc
@@ -261,6 +275,13 @@ def _read_npz(p: Path) -> Volume:
         if missing:
             raise ValueError(f"{str(p)!r} is not a fluororeg volume npz: missing arrays {missing} "
                              f"(has {z.files})")
+        # declared sizes first: a small compressed member must not inflate to gigabytes
+        shape, dtype = npz_member_header(z, "data")
+        check_volume_shape(shape, dtype.itemsize, f"{str(p)!r} (npz array 'data')")
+        for name in ("spacing", "origin", "direction"):
+            shape, _ = npz_member_header(z, name)
+            if int(np.prod(shape)) > 9:
+                raise ValueError(f"{str(p)!r}: npz array {name!r} has shape {shape}, expected 3 or 3 x 3 values")
         return Volume(z["data"], z["spacing"], z["origin"], z["direction"])
 
 
@@ -294,7 +315,8 @@ def _geometry_from_matrix(m3: np.ndarray, p: Path) -> Tuple[np.ndarray, np.ndarr
 def _read_nifti(p: Path) -> Volume:
     import nibabel as nib
 
-    img = nib.load(str(p))
+    img = nib.load(str(p))  # the header only; the voxels are read below
+    check_volume_shape(img.shape, img.get_data_dtype().itemsize, f"{str(p)!r} (NIfTI dim)")
     arr = _squeeze_to_3d(np.asanyarray(img.dataobj), p)
     if np.issubdtype(arr.dtype, np.floating) and img.get_data_dtype().kind in "iu":
         # integer storage with scl_slope/inter: keep integers when the scaled values are
@@ -336,10 +358,76 @@ _NRRD_SPACES = {
 }
 
 
+def _check_compressed_nrrd_size(fh, encoding: str, limit: int, where: str) -> None:
+    """Inflate the compressed data of ``fh`` (from its position on) in bounded steps, keeping
+    nothing, and raise when it holds more than ``limit`` bytes (pynrrd inflates unbounded)."""
+    import bz2
+    import zlib
+
+    step = 1 << 24
+    bzip = encoding in ("bzip2", "bz2")
+    inflater = bz2.BZ2Decompressor() if bzip else zlib.decompressobj(zlib.MAX_WBITS | 32)
+    total = 0
+
+    def count(out: bytes) -> None:
+        nonlocal total
+        total += len(out)
+        if total > limit:
+            raise ValueError(f"{where}: the {encoding} data inflates to more than the {limit} bytes its header "
+                             f"declares")
+
+    try:
+        while not inflater.eof:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                return
+            count(inflater.decompress(chunk, step))
+            if bzip:
+                while not inflater.eof and not inflater.needs_input:
+                    count(inflater.decompress(b"", step))
+            else:
+                while inflater.unconsumed_tail and not inflater.eof:
+                    count(inflater.decompress(inflater.unconsumed_tail, step))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{where}: corrupt {encoding} data: {exc}") from None
+
+
 def _read_nrrd(p: Path) -> Volume:
     import nrrd
 
-    arr, hdr = nrrd.read(str(p), index_order="C")
+    where = repr(str(p))
+    with open_regular(p, "NRRD file", max_bytes=MAX_VOLUME_BYTES + (64 << 20)) as fh:
+        hdr = nrrd.read_header(fh)  # leaves fh at the data (if attached)
+        data_start = fh.tell()
+        try:
+            from nrrd.reader import _determine_datatype
+
+            itemsize = _determine_datatype(hdr).itemsize
+        except Exception:  # noqa: BLE001 - an unknown type: pynrrd names it below
+            itemsize = 1
+        sizes = hdr.get("sizes")
+        if sizes is None:
+            raise ValueError(f"{where}: NRRD header has no 'sizes' field")
+        check_volume_shape(list(np.asarray(sizes).reshape(-1)), itemsize, f"{where} (NRRD sizes)")
+        n_bytes = int(np.prod(np.asarray(sizes, dtype=np.int64))) * itemsize
+        data_file = hdr.get("datafile", hdr.get("data file"))
+        data_path = None
+        if data_file is not None:
+            if str(data_file).upper().startswith("LIST") or len(str(data_file).split()) > 1:
+                raise ValueError(f"{where}: multi-file NRRD data ({data_file!r}) is not supported")
+            data_path = Path(data_file) if os.path.isabs(data_file) else p.parent / data_file
+            check_regular_file(data_path, f"{where}: NRRD data file", max_bytes=MAX_VOLUME_BYTES + (64 << 20))
+        encoding = str(hdr.get("encoding", "raw")).lower()
+        if encoding in ("gzip", "gz", "bzip2", "bz2"):
+            limit = n_bytes + max(int(hdr.get("byteskip", hdr.get("byte skip", 0)) or 0), 0)
+            line_skip = int(hdr.get("lineskip", hdr.get("line skip", 0)) or 0)
+            with (open_regular(data_path, f"{where}: NRRD data file") if data_path is not None
+                  else contextlib.nullcontext(fh)) as dfh:
+                for _ in range(max(line_skip, 0)):
+                    dfh.readline()
+                _check_compressed_nrrd_size(dfh, encoding, limit, where)
+            fh.seek(data_start)
+        arr = nrrd.read_data(hdr, fh, str(p), index_order="C")
     if arr.ndim != 3:
         raise ValueError(f"{str(p)!r}: expected a 3-D volume, got NRRD dimension {arr.ndim} "
                          f"(shape {arr.shape})")

@@ -19,6 +19,7 @@ number so that :func:`fluororeg.io.poses.read_reference_poses` reads the file ba
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.limits import MAX_FRAME_NUMBER, check_frame_count, check_regular_file, read_text
 
 __all__ = ["write_xmalab_rigid_body_csv", "read_xmalab_rigid_body_csv", "xmalab_columns"]
 
@@ -64,10 +66,13 @@ def read_xmalab_rigid_body_csv(path, body: str | None = None) -> tuple[str, np.n
     index (0-based) of a row is its ``Frame`` column minus 1 when there is one, else its
     position. NaN rows stay NaN."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"XMALab file '{path}' does not exist")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
+    check_regular_file(path, "XMALab file")
+    try:
+        rows = [r for r in csv.reader(io.StringIO(read_text(path, "XMALab file", encoding="utf-8-sig"), newline=""))
+                if r]
+    except csv.Error as exc:
+        raise ValueError(f"'{path}' is not a readable CSV file: {exc}") from None
+    check_frame_count(len(rows) - 1, f"'{path}' (rows)")
     if not rows:
         raise ValueError(f"'{path}' is empty")
     header = [h.strip() for h in rows[0]]
@@ -93,10 +98,16 @@ def read_xmalab_rigid_body_csv(path, body: str | None = None) -> tuple[str, np.n
             raise ValueError(f"'{path}' row {i + 2}: {len(vals)} values for {name!r}, expected 16")
         try:
             v = np.array([float(x) if x.strip() else math.nan for x in vals])
-            if frame_col is not None:
-                index[i] = int(float(r[frame_col])) - 1
+            frame = float(r[frame_col]) if frame_col is not None else i + 1.0
         except (ValueError, IndexError):
             raise ValueError(f"'{path}' row {i + 2}: not all values of {name!r} (or its Frame) are numbers") from None
+        if not (math.isfinite(frame) and frame == int(frame) and 1 <= frame <= MAX_FRAME_NUMBER):
+            raise ValueError(f"'{path}' row {i + 2}: Frame {r[frame_col]!r}, expected a 1-based frame index "
+                             f"from 1 to {MAX_FRAME_NUMBER:,}")
+        if np.isinf(v).any():
+            raise ValueError(f"'{path}' row {i + 2}: a value of {name!r} is infinite (NaN marks a frame without a "
+                             f"pose)")
+        index[i] = int(frame) - 1
         out[i] = v.reshape(4, 4).T
     if len(index) and index.min() < 0:
         raise ValueError(f"'{path}': Frame {index.min() + 1} is not a 1-based frame index")

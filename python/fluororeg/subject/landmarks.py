@@ -182,12 +182,12 @@ def load_landmarks(path: PathLike) -> Landmarks:
     if kind == "":
         raise ValueError(f"unknown landmark file format for {str(p)!r}: expected one of "
                          f"{', '.join(LANDMARK_EXTENSIONS)}")
-    if not p.is_file():
+    from fluororeg.io.limits import check_regular_file, read_text
+
+    if not p.exists():
         raise FileNotFoundError(f"landmark file not found: {str(p)!r}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{str(p)!r} is not a UTF-8 text file: {exc}") from exc
+    check_regular_file(p, "landmark file")  # not a device, FIFO or folder
+    text = read_text(p, "landmark file", encoding="utf-8-sig")
     if kind == "json":
         names, pos = _parse_mrk_json(text, str(p))
     elif kind == "fcsv":

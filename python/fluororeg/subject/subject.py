@@ -287,7 +287,7 @@ def _read_volume(path: Path, given, missing_what: str, read_what: str, src: str)
         raise FileNotFoundError(f"{src}: {missing_what} {given!r} not found: {str(path)!r}")
     try:
         return load_volume(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, MemoryError):
         raise
     except Exception as exc:
         raise ValueError(f"{src}: cannot read {read_what} {str(path)!r}: {exc}") from exc
@@ -299,14 +299,17 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
     ``folder`` may also be the path of the json file itself.  ``ct`` overrides the file's
     ``"ct"`` entry (used by :func:`example_subject`, whose CT is fetched, not stored).
     """
+    from fluororeg.io.limits import check_regular_file, read_text
+
     p = Path(folder)
-    spec_path = p if p.is_file() else p / SUBJECT_FILE
-    if not spec_path.is_file():
+    spec_path = p if (p.exists() and not p.is_dir()) else p / SUBJECT_FILE
+    if not spec_path.exists():
         raise FileNotFoundError(f"subject file not found: {str(spec_path)!r}")
+    check_regular_file(spec_path, "subject file")  # not a device, FIFO or folder
     root = spec_path.parent
     try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        spec = json.loads(read_text(spec_path, "subject file", encoding="utf-8-sig"))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{str(spec_path)!r} is not valid JSON: {exc}") from exc
     src = str(spec_path)
     if not isinstance(spec, dict):
@@ -340,7 +343,7 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
     if "landmarks" not in spec:
         raise ValueError(f"{src}: missing required key 'landmarks' (a .mrk.json, .fcsv or .csv file)")
     lm_path = rel_path("landmarks", spec["landmarks"])
-    if not lm_path.is_file():
+    if not lm_path.exists():
         raise FileNotFoundError(f"{src}: landmark file {spec['landmarks']!r} not found: {str(lm_path)!r}")
     landmarks = load_landmarks(lm_path)
 
