@@ -544,3 +544,21 @@ def test_limits_are_sane():
     assert 1024 * 1024 <= limits.MAX_FRAME_PIXELS < 400_000_000
     assert 512 * 512 * 1024 <= limits.MAX_VOLUME_VOXELS
     assert limits.MAX_FRAME_NUMBER == 10_000_000
+
+
+def test_bead_plate_image_and_study_digest_refuse_special_files(tmp_path):
+    from fluororeg.calibration.beads import load_image
+    from fluororeg.study.inputs import file_digest
+
+    fifo = tmp_path / "plate.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO"):
+        load_image(fifo, "bead plate")
+    with pytest.raises(ValueError, match="character device"):
+        load_image("/dev/zero", "bead plate")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image(tmp_path / "missing.png", "bead plate")
+    with pytest.raises(ValueError, match="FIFO"):
+        file_digest(fifo)
+    with pytest.raises(ValueError, match="character device"):
+        file_digest("/dev/zero")

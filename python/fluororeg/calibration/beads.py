@@ -51,17 +51,28 @@ def load_image(image, name: str = "image") -> np.ndarray:
     """A 2D float64 image from an array or a file path (TIFF via tifffile, else Pillow).
     Raises ValueError naming the path for missing or unreadable files and for non-2D data."""
     if isinstance(image, (str, Path)):
+        from fluororeg.io.limits import MAX_IMAGE_FILE_BYTES, check_frame_shape, check_regular_file
+
         path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"{name} file '{path}' does not exist")
+        check_regular_file(path, f"{name} file", max_bytes=MAX_IMAGE_FILE_BYTES, missing_error=ValueError)
         try:
             if path.suffix.lower() in (".tif", ".tiff"):
                 import tifffile
-                arr = tifffile.imread(str(path))
+                with tifffile.TiffFile(str(path)) as tif:  # the declared size before any pixel is decoded
+                    shape = tuple(tif.series[0].shape)
+                    if len(shape) == 3 and shape[-1] in (3, 4):  # RGB(A)
+                        shape = shape[:2]
+                    if len(shape) != 2:
+                        raise ValueError(f"{name} file '{path}' holds an image of shape {shape}: expected one 2D image")
+                    check_frame_shape(shape[1], shape[0], f"{name} file '{path}'")
+                    arr = tif.asarray()
             else:
                 from PIL import Image
                 with Image.open(path) as im:
+                    check_frame_shape(im.size[0], im.size[1], f"{name} file '{path}'")
                     arr = np.asarray(im.convert("F") if im.mode not in ("L", "I", "I;16", "F") else im)
+        except ValueError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any decoder failure is an unreadable file
             raise ValueError(f"{name} file '{path}' could not be read as an image: {exc}") from exc
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):

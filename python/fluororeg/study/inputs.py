@@ -80,8 +80,10 @@ def open_study_recording(spec: RecordingSpec, geometry_path=None):
 
 
 def file_digest(path) -> str:
+    from fluororeg.io.limits import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "study input file") as f:  # never a device or FIFO (endless)
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
