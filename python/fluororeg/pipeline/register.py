@@ -326,15 +326,22 @@ def _load_chunk(path: Path, frames, hashes, settings_sha256: str, n_landmarks: i
     'damaged' (unreadable, wrong keys or shapes) or 'stale' (made from other frames or settings)."""
     n = len(frames)
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return None, "damaged", f"unreadable: {exc}"
+    if head != b"PK\x03\x04":
+        return None, "damaged", "empty file" if not head else "not an .npz (zip) file"
+    try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
-            if "detections" in files and not set(CHUNK_KEYS) <= files:
+            if files == {"detections", "confidence", "crop_boxes"}:
                 return None, "stale", "an older fluororeg's chunk without frame hashes"
             if not set(CHUNK_KEYS) <= files:
                 return None, "damaged", f"missing {sorted(set(CHUNK_KEYS) - files)}"
             arrays = {k: z[k] for k in CHUNK_KEYS}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged cache entry, redone
-        return None, "damaged", f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        return None, "damaged", f"truncated or corrupt: {type(exc).__name__}: {' '.join(str(exc).split())[:100]}"
     det, conf = arrays["detections"], arrays["confidence"]
     expected = {"detections": (n, 2, n_landmarks, 2), "confidence": (n, 2, n_landmarks), "crop_boxes": (n, 2, 4),
                 "frames": (n,), "frame_hashes": (n, 2), "settings_sha256": ()}
