@@ -283,7 +283,7 @@ def frame_hashes(images) -> np.ndarray:
         for i, im in enumerate(images[k]):
             a = np.ascontiguousarray(im)
             h = hashlib.blake2b(f"{a.shape}|{a.dtype.str}|".encode(), digest_size=FRAME_HASH_BYTES)
-            h.update(memoryview(a).cast("B"))
+            h.update(a.reshape(-1).view(np.uint8))  # the bytes as stored (any dtype, any byte order)
             out[i, k] = h.hexdigest()
     return out
 
@@ -484,6 +484,8 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # folder never shows poses of other settings or another recording beside its own.
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
+            for tmp in out.glob(f".{name}.*.tmp*"):  # left by a run killed while writing it
+                tmp.unlink(missing_ok=True)
     frames = np.arange(len(recording))
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
