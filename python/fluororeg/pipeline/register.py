@@ -416,10 +416,10 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
                 if kind == "damaged":
                     warnings.warn(f"detection chunk '{path}' is damaged ({why}): detecting its frames again",
                                   stacklevel=3)
-                elif not told_changed:
+                elif not told_changed:  # said once: typically the recording's frames were replaced or reordered
                     told_changed = True
-                    warnings.warn(f"'{chunk_dir}': saved detection chunks whose frames changed since (or that were "
-                                  f"made otherwise: {why}) are detected again, starting with '{path.name}'",
+                    warnings.warn(f"'{chunk_dir}': saved detections no longer match this run ('{path.name}': {why}; "
+                                  "the recording's frames changed?): detecting again the chunks whose frames differ",
                                   stacklevel=3)
         boxes = [(fixed[0], fixed[1])] * len(sel)
 
