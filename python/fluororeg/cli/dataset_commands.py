@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from fluororeg.cli import common
-
+from fluororeg.io.run_lock import run_folder_lock
 
 
 def add_parser(subparsers) -> None:
@@ -87,7 +87,8 @@ def run_dataset(args: argparse.Namespace) -> int:
           f"azimuth {config.poses.azimuth_deg[0]:g}..{config.poses.azimuth_deg[1]:g} deg "
           f"({'as given' if args.azimuth is not None else 'from the subject'})")
     t0 = time.perf_counter()
-    generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
+    with run_folder_lock(args.out, "dataset"):  # one writer per dataset folder
+        generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
     print(f"done in {time.perf_counter() - t0:.1f} s; look at it with: fluororeg contact-sheet {args.out}")
     return 0
 

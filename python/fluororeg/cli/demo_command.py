@@ -20,8 +20,11 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fluororeg.demo import DemoSettings, run_demo
 
+    from fluororeg.io.run_lock import run_folder_lock
+
     settings = DemoSettings.quick_settings() if args.quick else DemoSettings()
     if args.allow_undertrained:
         settings = replace(settings, allow_undertrained=True)
-    run_demo(args.out, settings)
+    with run_folder_lock(args.out, "demo"):  # one demo per output folder at a time
+        run_demo(args.out, settings)
     return 0

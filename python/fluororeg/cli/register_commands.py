@@ -297,11 +297,14 @@ def run_select_translator(args: argparse.Namespace) -> int:
     if reference is not None and not np.isfinite(reference).all(axis=1).any():
         raise ValueError(f"'{args.reference}' has no pose for any frame of '{args.recording}' (frames "
                          f"{rec.frame_numbers[:10].tolist()}{' ...' if len(rec) > 10 else ''}; matched by frame number)")
+    from fluororeg.io.run_lock import run_folder_lock
+
     crop = crop_pixel_mm_for(args.crop_pixel_mm, detector)
     common.check_detector_trained(detector, args.allow_undertrained)
-    best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
-                                         options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
-                                         max_frames=args.max_frames, progress=not args.quiet)
+    with run_folder_lock(args.out, "select-translator"):  # one writer per output folder
+        best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
+                                                  options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
+                                                  max_frames=args.max_frames, progress=not args.quiet)
     unit = "mm landmark error" if reference is not None else "mm residual"
     for s in scores:
         mark = "  <- best" if s.step == best.step else ""

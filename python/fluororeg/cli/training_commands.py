@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fluororeg.cli import common
+from fluororeg.io.run_lock import run_folder_lock
 
 DEPRECATED_COMMANDS = {"train-style": "train-translator"}
 
@@ -57,13 +58,14 @@ def run_train_detector(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     cfg = preset(args.preset, **overrides)
-    result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet,
-                            device=args.device)
-    if result.interrupted:  # a partial run is never exported as the detector
-        print(f"interrupted after {result.epochs_done} epoch(s): run the same command again to resume; "
-              "nothing exported")
-        return 130
-    path = export_detector(args.out, Path(args.out) / "detector.onnx")
+    with run_folder_lock(args.out, "train-detector"):  # one writer per run folder, training and export
+        result = train_detector(args.dataset, args.out, cfg, resume=not args.restart, progress=not args.quiet,
+                                device=args.device)
+        if result.interrupted:  # a partial run is never exported as the detector
+            print(f"interrupted after {result.epochs_done} epoch(s): run the same command again to resume; "
+                  "nothing exported")
+            return 130
+        path = export_detector(args.out, Path(args.out) / "detector.onnx")
     print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; exported {path}")
     return 0
 
@@ -85,16 +87,17 @@ def run_train_translator(args: argparse.Namespace) -> int:
         from fluororeg.dataset.generate import DatasetReader
 
         crop_pixel_mm = DatasetReader(args.drr, "train").crop_pixel_mm  # the DRRs' pixel size at the bone
-    crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every)
-    print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
-    if args.restart:
-        discard_run(args.out)
-    summary = train_translator(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
-    if summary["stopped"]:  # a partial run is never exported as the translator
-        print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run the same command again to "
-              "resume; nothing exported")
-        return 130
-    x2d, d2x = export_translator(args.out, Path(args.out) / "onnx")
+    with run_folder_lock(args.out, "train-translator"):  # one writer per run folder, training and export
+        crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every)
+        print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
+        if args.restart:
+            discard_run(args.out)
+        summary = train_translator(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)
+        if summary["stopped"]:  # a partial run is never exported as the translator
+            print(f"interrupted at step {summary['step']} of {summary['total_steps']}: run the same command again "
+                  "to resume; nothing exported")
+            return 130
+        x2d, d2x = export_translator(args.out, Path(args.out) / "onnx")
     print(f"step {summary['step']} of {summary['total_steps']}; exported {x2d} and {d2x}")
     if args.snapshot_every:
         print(f"choose among the snapshots with: fluororeg select-translator {args.out} RECORDING "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -29,6 +30,23 @@ def temporary_path_beside(path: Path, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+@contextmanager
+def atomic_path(path, suffix: str = ""):
+    """A temporary path beside ``path`` (ending with ``suffix``, e.g. '.npz' for ``np.savez``)
+    to write the whole file into; renamed onto ``path`` when the ``with`` block ends without
+    error, deleted otherwise. Readers (and a resume after a crash or SIGKILL) see the old file
+    or the complete new one, never a part."""
+    path = Path(path)
+    tmp = temporary_path_beside(path, suffix)
+    try:
+        yield tmp
+        chmod_default(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def chmod_default(p: Path) -> None:

@@ -42,10 +42,20 @@ For every frame of both views (:mod:`fluororeg.io.recording`):
    view; ``qc.json`` and ``qc.png`` summarise the recording.
 
 Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
-chunk of frames under ``<out>/detections/``, so an interrupted run resumes where it stopped.
-They are reused only if made with the same settings (``detections/settings.json``: the
-networks' file digests, the recording, the options that shape detection); otherwise they are
-discarded and made again. ``<out>/poses.csv`` and ``<out>/poses.tra`` are written at the end.
+chunk of frames under ``<out>/detections/chunk_FIRST_LAST.npz``, so an interrupted run resumes
+where it stopped. Each chunk holds its frame indices, a hash of every frame it was made from
+(:func:`frame_hashes`: BLAKE2b of each view's image as read, with its shape and dtype) and the
+digest of the settings. A chunk is reused only if it is whole and its frames' hashes and
+settings match this run's; a damaged one (truncated, not a zip, wrong keys or shapes) is
+reported once by name and detected again, as are chunks whose frames changed (said once). A
+change of settings (``detections/settings.json``: the networks' file digests, the geometry,
+the crops' fields of view, the options that shape detection) discards every chunk. Chunks are
+written to a temporary file and renamed, so a killed run never leaves half a chunk.
+
+The run owns its output folder (:mod:`fluororeg.io.run_lock`: a second writer is refused).
+It first deletes an earlier run's results (``poses.csv``, ``poses.tra``, ``options.json``,
+``qc.json``, ``qc.png``) and writes them anew at the end from the complete in-memory result,
+each file atomically: the folder never mixes rows or files of two runs.
 """
 
 from __future__ import annotations
@@ -62,7 +72,13 @@ from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes, view_crops
 
-__all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "register_detections", "register_recording"]
+__all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "register_detections",
+           "register_recording"]
+
+CHUNK_FORMAT = 2          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256)
+CHUNK_KEYS = ("detections", "confidence", "crop_boxes", "frames", "frame_hashes", "settings_sha256")
+FRAME_HASH_BYTES = 16     # BLAKE2b digest size of a frame's hash
+RESULT_FILES = ("poses.csv", "poses.tra", "options.json", "qc.json", "qc.png")  # a run's outputs, written at its end
 
 
 @dataclass(frozen=True)
@@ -222,8 +238,12 @@ def _detect(images, boxes, fov, size, style, detector, translator, view, distort
     return xy, np.where(keep, cf, 0.0)
 
 
-def _detection_settings(recording, detector, translator, options: PipelineOptions, subject, frames) -> dict:
-    """What the saved detections of ``frames`` of ``recording`` depend on (JSON-able), for a safe resume."""
+def _detection_settings(recording, detector, translator, options: PipelineOptions, subject, fovs) -> dict:
+    """What the saved detections of ``recording`` depend on beyond each chunk's own frames
+    (JSON-able), for a safe resume: the networks, the geometry, the crops' fields of view (from
+    the recording's first frame; with the geometry they fix the first pass's crop boxes), the
+    options that shape detection. The frames themselves are checked per chunk
+    (:func:`frame_hashes`)."""
     import hashlib
 
     from fluororeg.calibration.geometry_file import geometry_to_dict
@@ -231,10 +251,10 @@ def _detection_settings(recording, detector, translator, options: PipelineOption
     def digest(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    first = b"".join(np.ascontiguousarray(im, np.float32).tobytes() for im in recording.frame(0))
-    settings = {"recording_frames": len(recording), "recording_first_frames_sha256": digest(first),
-                "frames_sha256": digest(np.ascontiguousarray(frames, np.int64).tobytes()),
+    settings = {"chunk_format": CHUNK_FORMAT,
                 "geometry_sha256": digest(json.dumps(geometry_to_dict(recording.geometry), sort_keys=True).encode()),
+                "crop_fields_of_view": [None if f is None else [float(f.cx), float(f.cy), float(f.radius)]
+                                        for f in fovs],
                 "detector_sha256": detector.model.digest,
                 "translator_sha256": translator.model.digest if options.style == "translate" else None,
                 "style": options.style, "crop_pixel_mm": options.crop_pixel_mm,
@@ -242,35 +262,121 @@ def _detection_settings(recording, detector, translator, options: PipelineOption
     if options.recentre:  # the first pass registers: its settings place the final crops
         settings.update(subject=subject.fingerprint, **_registration_kwargs(subject, options),
                         use_confidence_weights=options.use_confidence_weights,
-                        view_outlier_ratio=options.view_outlier_ratio)
+                        view_outlier_ratio=options.view_outlier_ratio,
+                        registration_limit_mm=options.residual_limit_mm())
         settings["pairs"] = [list(p) for p in settings["pairs"]]
     return settings
 
 
-def _prepare_detection_cache(chunk_dir: Path, settings: dict) -> None:
-    """Keep the saved detection chunks in ``chunk_dir`` only if they were made with ``settings``."""
+def _settings_digest(settings: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def frame_hashes(images) -> np.ndarray:
+    """[n, 2] hex digests (BLAKE2b, 128 bits) of frames as read: ``images[k][i]`` is view k's
+    image of the chunk's i-th frame; each digest covers the image's shape, dtype and bytes."""
+    import hashlib
+
+    n = len(images[0])
+    out = np.empty((n, 2), dtype=f"U{2 * FRAME_HASH_BYTES}")
+    for k in range(2):
+        for i, im in enumerate(images[k]):
+            a = np.ascontiguousarray(im)
+            h = hashlib.blake2b(f"{a.shape}|{a.dtype.str}|".encode(), digest_size=FRAME_HASH_BYTES)
+            h.update(a.reshape(-1).view(np.uint8))  # the bytes as stored (any dtype, any byte order)
+            out[i, k] = h.hexdigest()
+    return out
+
+
+def _chunk_name(sel) -> str:
+    return f"chunk_{int(sel[0]):06d}_{int(sel[-1]):06d}.npz"
+
+
+def _prepare_detection_cache(chunk_dir: Path, settings: dict, planned: set[str]) -> None:
+    """Keep the saved detection chunks in ``chunk_dir`` only if they were made with ``settings``
+    (``settings.json``); drop chunk files this run does not plan (``planned``: their names) and
+    temporary files a killed run left."""
     chunk_dir.mkdir(parents=True, exist_ok=True)
     path = chunk_dir / "settings.json"
     try:
         saved = json.loads(path.read_text()) if path.exists() else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         saved = {}
+    saved = saved if isinstance(saved, dict) or saved is None else {}
     chunks = sorted(chunk_dir.glob("chunk_*.npz"))
     if saved != settings and chunks:
         changed = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
         warnings.warn(f"'{chunk_dir}': the saved detections were made with other settings "
-                      f"({', '.join(changed) if saved is not None else 'unknown'}); detecting again", stacklevel=3)
+                      f"({', '.join(changed) if saved is not None else 'unknown'}); detecting again", stacklevel=4)
         for chunk in chunks:
             chunk.unlink()
+    else:
+        for chunk in chunks:
+            if chunk.name not in planned:  # another chunk size, frame selection or recording length
+                chunk.unlink()
+    for tmp in chunk_dir.glob(".chunk_*.tmp.npz"):
+        tmp.unlink(missing_ok=True)
     if saved != settings:
         atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _load_chunk(path: Path, frames, hashes, settings_sha256: str, n_landmarks: int):
+    """A saved chunk's (detections, confidence) when it is whole and was made from exactly these
+    ``frames`` (their ``hashes``) with these settings; else ``(None, kind, why)``, ``kind``
+    'damaged' (unreadable, wrong keys or shapes) or 'stale' (made from other frames or settings)."""
+    n = len(frames)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return None, "damaged", f"unreadable: {exc}"
+    if head != b"PK\x03\x04":
+        return None, "damaged", "empty file" if not head else "not an .npz (zip) file"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if files == {"detections", "confidence", "crop_boxes"}:
+                return None, "stale", "an older fluororeg's chunk without frame hashes"
+            if not set(CHUNK_KEYS) <= files:
+                return None, "damaged", f"missing {sorted(set(CHUNK_KEYS) - files)}"
+            arrays = {k: z[k] for k in CHUNK_KEYS}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged cache entry, redone
+        return None, "damaged", f"truncated or corrupt: {type(exc).__name__}: {' '.join(str(exc).split())[:100]}"
+    det, conf = arrays["detections"], arrays["confidence"]
+    expected = {"detections": (n, 2, n_landmarks, 2), "confidence": (n, 2, n_landmarks), "crop_boxes": (n, 2, 4),
+                "frames": (n,), "frame_hashes": (n, 2), "settings_sha256": ()}
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            return None, "damaged", f"{key} has shape {arrays[key].shape}, expected {shape}"
+    if det.dtype.kind != "f" or conf.dtype.kind != "f" or arrays["frames"].dtype.kind not in "iu":
+        return None, "damaged", "unexpected data types"
+    if str(arrays["settings_sha256"]) != settings_sha256:
+        return None, "stale", "made with other settings"
+    if not np.array_equal(arrays["frames"], np.asarray(frames)) or not np.array_equal(arrays["frame_hashes"], hashes):
+        return None, "stale", "made from other frames"
+    return (det, conf), None, None
 
 
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
                      frames=None, *, subject=None, out_dir=None, progress: bool = True):
     """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N].
-    ``subject`` is needed for ``options.recentre`` (its first pass registers)."""
+    ``subject`` is needed for ``options.recentre`` (its first pass registers). With ``out_dir``
+    the detections are kept per chunk under ``out_dir/detections/`` (see the module docstring)
+    and the folder is locked for this writer (:mod:`fluororeg.io.run_lock`)."""
+    if out_dir is None:
+        return _detect_recording(recording, detector, translator, options, frames, subject, None, progress)
+    from fluororeg.io.run_lock import run_folder_lock
+
+    with run_folder_lock(out_dir, "register"):
+        return _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress)
+
+
+def _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress):
     from tqdm import tqdm
+
+    from fluororeg.io.atomic import atomic_path
 
     if options.style == "translate" and translator is None:
         raise ValueError("style='translate' needs a style translator (X-ray to DRR); or use style='invert'/'none'")
@@ -288,20 +394,35 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
     det = np.full((len(frames), 2, N, 2), np.nan)
     conf = np.zeros((len(frames), 2, N))
     chunk_dir = Path(out_dir) / "detections" if out_dir is not None else None
+    starts = range(0, len(frames), options.chunk)
+    settings_sha256 = ""
     if chunk_dir is not None:
-        _prepare_detection_cache(chunk_dir, _detection_settings(recording, detector, translator, options, subject,
-                                                                     frames))
+        settings = _detection_settings(recording, detector, translator, options, subject, fovs)
+        settings_sha256 = _settings_digest(settings)
+        _prepare_detection_cache(chunk_dir, settings, {_chunk_name(frames[c0:c0 + options.chunk]) for c0 in starts})
+    told_changed = False
     bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
-    for c0 in range(0, len(frames), options.chunk):
+    for c0 in starts:
         sel = frames[c0:c0 + options.chunk]
         rows = slice(c0, c0 + len(sel))
-        path = chunk_dir / f"chunk_{int(sel[0]):06d}_{int(sel[-1]):06d}.npz" if chunk_dir is not None else None
-        if path is not None and path.exists():
-            saved = np.load(path)
-            det[rows], conf[rows] = saved["detections"], saved["confidence"]
-            bar.update(len(sel))
-            continue
         images = [[recording.sequences[k][int(f)] for f in sel] for k in range(2)]
+        path = chunk_dir / _chunk_name(sel) if chunk_dir is not None else None
+        if path is not None:
+            hashes = frame_hashes(images)
+            if path.exists():
+                saved, kind, why = _load_chunk(path, sel, hashes, settings_sha256, N)
+                if saved is not None:
+                    det[rows], conf[rows] = saved
+                    bar.update(len(sel))
+                    continue
+                if kind == "damaged":
+                    warnings.warn(f"detection chunk '{path}' is damaged ({why}): detecting its frames again",
+                                  stacklevel=3)
+                elif not told_changed:  # said once: typically the recording's frames were replaced or reordered
+                    told_changed = True
+                    warnings.warn(f"'{chunk_dir}': saved detections no longer match this run ('{path.name}': {why}; "
+                                  "the recording's frames changed?): detecting again the chunks whose frames differ",
+                                  stacklevel=3)
         boxes = [(fixed[0], fixed[1])] * len(sel)
 
         def run(style, boxes):
@@ -315,10 +436,11 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
             boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
         run(options.style, boxes)
         if path is not None:
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, detections=det[rows], confidence=conf[rows],
-                     crop_boxes=np.array([[b.as_tuple() for b in pair] for pair in boxes]))
-            tmp.replace(path)
+            with atomic_path(path, ".npz") as tmp:  # a killed run never leaves half a chunk
+                np.savez(tmp, detections=det[rows], confidence=conf[rows],
+                         crop_boxes=np.array([[b.as_tuple() for b in pair] for pair in boxes], np.float64),
+                         frames=np.asarray(sel, np.int64), frame_hashes=hashes,
+                         settings_sha256=np.array(settings_sha256))
         bar.update(len(sel))
     bar.close()
     return det, conf
@@ -327,7 +449,19 @@ def detect_recording(recording, detector, translator=None, options: PipelineOpti
 def register_recording(recording, subject, detector, translator=None, options: PipelineOptions = PipelineOptions(),
                        *, out_dir=None, progress: bool = True) -> RecordingResult:
     """Register every frame of ``recording`` (see the module docstring). With ``out_dir``,
-    writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming."""
+    writes ``poses.csv`` and ``poses.tra`` there and keeps detections for resuming; the folder
+    is locked for this writer while it works (:mod:`fluororeg.io.run_lock`: a second writer is
+    refused at once)."""
+    if out_dir is None:
+        return _register_recording(recording, subject, detector, translator, options, None, progress)
+    from fluororeg.io.run_lock import run_folder_lock
+
+    with run_folder_lock(out_dir, "register"):
+        return _register_recording(recording, subject, detector, translator, options, out_dir, progress)
+
+
+def _register_recording(recording, subject, detector, translator, options, out_dir, progress) -> RecordingResult:
+    from fluororeg.io.atomic import atomic_path
     from fluororeg.io.poses import write_poses_csv, write_tra
 
     from fluororeg.pipeline import quality
@@ -348,6 +482,12 @@ def register_recording(recording, subject, detector, translator=None, options: P
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        # The outputs of an earlier run go first: whatever this run leaves (finished or not), the
+        # folder never shows poses of other settings or another recording beside its own.
+        for name in RESULT_FILES:
+            (out / name).unlink(missing_ok=True)
+            for tmp in out.glob(f".{name}.*.tmp*"):  # left by a run killed while writing it
+                tmp.unlink(missing_ok=True)
     frames = np.arange(len(recording))
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
@@ -397,16 +537,17 @@ def register_recording(recording, subject, detector, translator=None, options: P
 
         matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
         frame_numbers = getattr(recording, "frame_numbers", frames)  # the lab's numbers (file names), kept
-        write_poses_csv(out / "poses.csv", frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
-                        batch.rms_px, batch.n_vis, batch.mirror_case)
         from fluororeg.pipeline.refine_stage import append_csv_columns
 
-        # The gate's figures a lab can check: residual at the bone per view (mm) and inliers.
-        append_csv_columns(out / "poses.csv", {
-            "residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
-            "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1]})
-        if refine_columns is not None:
-            append_csv_columns(out / "poses.csv", refine_columns)
+        with atomic_path(out / "poses.csv", ".csv") as table:  # the whole table appears at once
+            write_poses_csv(table, frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
+                            batch.rms_px, batch.n_vis, batch.mirror_case)
+            # The gate's figures a lab can check: residual at the bone per view (mm) and inliers.
+            append_csv_columns(table, {
+                "residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
+                "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1]})
+            if refine_columns is not None:
+                append_csv_columns(table, refine_columns)
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)

@@ -144,6 +144,13 @@ def run_study(study: Study, out=None, *, scheduler: str | None = None, workers: 
         if problems:
             raise ManifestError(study.path, problems)
     out.mkdir(parents=True, exist_ok=True)
+    from fluororeg.io.run_lock import run_folder_lock
+
+    with run_folder_lock(out, "study run"):  # one study run per output folder at a time
+        return _run_in(study, out, scheduler, workers, client, progress_every_s, say, write_summary)
+
+
+def _run_in(study, out, scheduler, workers, client, progress_every_s, say, write_summary) -> StudyRun:
     tasks = build_graph(study, out)
     gpu = any(t.gpu for t in tasks)
     cluster = None

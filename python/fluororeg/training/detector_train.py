@@ -266,6 +266,8 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
                       f"{train_seconds / 60:.1f} min{'  *' if improved else ''}", flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(row, model)
+            if not finished() and stopper.stop_requested:  # Ctrl-C during validation: stop here, saved
+                interrupted = True
     if cut_short():
         best_px = next((h["val_mean_px"] for h in history if h["epoch"] == best_epoch), float("nan"))
         message = (f"detector training was CUT SHORT by its {config.time_limit_minutes:g}-minute time limit after "

@@ -1,0 +1,167 @@
+"""A register output folder never mixes runs: other settings, changed frames and damaged
+detection chunks all end with the outputs of a clean run; a second writer is refused."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from fluororeg.dataset.generate import DatasetConfig, generate_dataset
+from fluororeg.inference.detector import LandmarkDetector
+from fluororeg.io.recording import open_recording
+from fluororeg.io.run_lock import FolderInUseError
+from fluororeg.pipeline import register as pipeline
+from fluororeg.pipeline.register import PipelineOptions, register_recording
+from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+from fluororeg.training.detector_config import DetectorConfig
+from fluororeg.training.detector_export import export_detector
+from fluororeg.training.detector_train import train_detector
+
+HOLDER = """
+import sys
+from fluororeg.io.run_lock import run_folder_lock
+with run_folder_lock(sys.argv[1], "holder"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+OUTPUTS = ("poses.csv", "poses.tra", "options.json", "qc.json")
+# No quality gate: the one-epoch detector's poses are far off, but they are written (and compared).
+FIRST = PipelineOptions(style="invert", chunk=2, min_visible=4, loss="huber", min_confidence=0.05, quality_gate=False)
+SECOND = PipelineOptions(style="none", chunk=2, min_visible=4, quality_gate=False)
+
+
+@pytest.fixture(scope="module")
+def setup(subject, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runfolder")
+    ds = generate_dataset(subject, root / "ds", DatasetConfig(n_train=32, n_test=4, image_size=64, pixel_mm=4.0,
+                                                              shard_size=32), progress=False)
+    rec = simulate_recording(subject, root / "rec", n_frames=6, views=default_dual_views(160, 160, pitch=1.9), seed=3)
+    train_detector(ds, root / "det", DetectorConfig(arch="heatmap", width=8, input_size=64, epochs=1, batch_size=16,
+                                                    num_threads=1), progress=False)
+    detector = LandmarkDetector(export_detector(root / "det", root / "detector.onnx"), subject=subject)
+    return {"root": root, "recording": rec, "detector": detector}
+
+
+def hold_lock(folder):
+    """A subprocess holding ``folder``'s writer lock until its stdin closes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fluororeg
+
+    path = str(Path(fluororeg.__file__).parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": path})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def run(setup, subject, out, options, recording=None):
+    rec = open_recording(recording or setup["recording"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*validation error allows")  # the one-epoch detector
+        return register_recording(rec, subject, setup["detector"], None, options, out_dir=out, progress=False)
+
+
+def assert_same_outputs(a, b):
+    for name in OUTPUTS:
+        assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def chunk_times(out):
+    return {p.name: p.stat().st_mtime_ns for p in sorted((out / "detections").glob("chunk_*.npz"))}
+
+
+def test_other_settings_into_one_folder_equal_a_clean_run(setup, subject, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    run(setup, subject, clean, SECOND)
+    out = tmp_path / "out"
+    run(setup, subject, out, FIRST)
+    # A run with the second settings is interrupted after its first chunk: nothing of the first
+    # run's results stays beside its partial detections.
+    calls = []
+    real_detect = pipeline._detect
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # two views of the first chunk done
+            raise KeyboardInterrupt
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_detect", interrupted)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="other settings"):
+        run(setup, subject, out, SECOND.__class__(**{**SECOND.__dict__, "recentre": False}))
+    assert not any((out / name).exists() for name in OUTPUTS)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="other settings"):
+        again = run(setup, subject, out, SECOND)
+    assert_same_outputs(out, clean)
+    np.testing.assert_array_equal(again.detections, run(setup, subject, tmp_path / "clean2", SECOND).detections)
+
+
+def test_changed_frames_redo_only_their_chunks(setup, subject, tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(setup["recording"], rec)
+    out = tmp_path / "out"
+    original = run(setup, subject, out, SECOND, rec)
+    before = chunk_times(out)
+    assert list(before) == ["chunk_000000_000001.npz", "chunk_000002_000003.npz", "chunk_000004_000005.npz"]
+    for view in ("view1", "view2"):  # frames 1 and 4 swap places in the recording's files
+        a, b = rec / view / "frame_00001.png", rec / view / "frame_00004.png"
+        a.rename(rec / view / "swap.png")
+        b.rename(a)
+        (rec / view / "swap.png").rename(b)
+    with pytest.warns(UserWarning, match="made from other frames") as record:
+        swapped = run(setup, subject, out, SECOND, rec)
+    for i in (1, 4):  # what the detector made of the moved frames: not the old rows
+        assert not np.array_equal(swapped.detections[i], original.detections[i], equal_nan=True)
+    assert sum("no longer match" in str(w.message) for w in record) == 1  # said once, not per chunk
+    after = chunk_times(out)
+    assert after["chunk_000002_000003.npz"] == before["chunk_000002_000003.npz"]  # its frames are the same
+    assert all(after[n] != before[n] for n in ("chunk_000000_000001.npz", "chunk_000004_000005.npz"))
+    clean = tmp_path / "clean"
+    run(setup, subject, clean, SECOND, rec)
+    assert_same_outputs(out, clean)
+
+
+def test_damaged_chunks_are_redone_with_a_warning_each(setup, subject, tmp_path):
+    out = tmp_path / "out"
+    first = run(setup, subject, out, SECOND)
+    assert np.isfinite(first.poses).all(axis=1).sum() >= 3
+    reference = {name: (out / name).read_text() for name in OUTPUTS}
+    chunks = sorted((out / "detections").glob("chunk_*.npz"))
+    data = chunks[0].read_bytes()
+    chunks[0].write_bytes(data[:len(data) // 2])          # truncated (a copy cut short)
+    chunks[1].write_bytes(b"\x00garbage" * 50)            # not a zip at all
+    np.savez(chunks[2], detections=np.zeros(3))           # a zip with the wrong keys
+    with pytest.warns(UserWarning) as record:
+        again = run(setup, subject, out, SECOND)
+    damaged = [str(w.message) for w in record if "is damaged" in str(w.message)]
+    assert len(damaged) == 3 and all(any(c.name in m for m in damaged) for c in chunks)
+    np.testing.assert_array_equal(again.detections, first.detections)
+    assert {name: (out / name).read_text() for name in OUTPUTS} == reference
+    with warnings.catch_warnings():  # the chunks are whole again: a rerun reuses them silently
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*validation error allows")
+        times = chunk_times(out)
+        run(setup, subject, out, SECOND)
+        assert chunk_times(out) == times
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(setup, subject, tmp_path):
+    out = tmp_path / "out"
+    run(setup, subject, out, SECOND)
+    before = {name: (out / name).read_bytes() for name in OUTPUTS}
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(FolderInUseError, match=f"pid {holder.pid}"):
+            run(setup, subject, out, FIRST)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
