@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fluororeg.io.run_lock import locks_folder
+
 __all__ = ["DemoSettings", "run_demo"]
 
 
@@ -57,6 +59,7 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
+@locks_folder("out", "demo")  # one demo per output folder at a time
 def run_demo(out="out/demo", settings: DemoSettings = DemoSettings(), subject=None) -> Path:
     """Run the demo into ``out``; returns the path of ``report.md``."""
     from PIL import Image

@@ -89,17 +89,33 @@ def test_nested_stages_reenter_but_another_thread_is_refused(tmp_path):
         pass
 
 
-def test_command_refused_with_exit_status_2(tmp_path, capsys, monkeypatch):
-    import fluororeg.demo
+def test_command_refused_with_exit_status_2(tmp_path, capsys):
     from fluororeg.cli import main
 
-    monkeypatch.setattr(fluororeg.demo, "run_demo", lambda *a, **k: pytest.fail("ran in a folder in use"))
     out = tmp_path / "demo"
     proc = hold_lock(out)
     try:
-        assert main(["demo", "--out", str(out), "--quick"]) == 2
+        assert main(["demo", "--out", str(out), "--quick"]) == 2  # refused before any work
     finally:
         proc.stdin.close()
         proc.wait(10)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"pid {proc.pid}" in err and "in use" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE_NAME]
+
+
+def test_library_training_functions_take_the_lock_too(tmp_path):
+    pytest.importorskip("torch")
+    from fluororeg.training.detector_train import train_detector
+    from fluororeg.training.translator_train import train_translator
+
+    out = tmp_path / "run"
+    proc = hold_lock(out)
+    try:  # refused before the (missing) dataset is even looked at
+        with pytest.raises(FolderInUseError, match=f"pid {proc.pid}"):
+            train_detector(tmp_path / "no_dataset", out, "fast")
+        with pytest.raises(FolderInUseError, match=f"pid {proc.pid}"):
+            train_translator(tmp_path / "no_xrays", tmp_path / "no_dataset", run_dir=out)
+    finally:
+        proc.stdin.close()
+        proc.wait(10)

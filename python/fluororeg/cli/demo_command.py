@@ -20,11 +20,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fluororeg.demo import DemoSettings, run_demo
 
-    from fluororeg.io.run_lock import run_folder_lock
-
     settings = DemoSettings.quick_settings() if args.quick else DemoSettings()
     if args.allow_undertrained:
         settings = replace(settings, allow_undertrained=True)
-    with run_folder_lock(args.out, "demo"):  # one demo per output folder at a time
-        run_demo(args.out, settings)
+    run_demo(args.out, settings)  # holds the folder's writer lock
     return 0

@@ -19,6 +19,8 @@ shares it and keeps the folder locked until it exits.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import shlex
@@ -30,7 +32,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LOCK_FILE_NAME", "FolderInUseError", "run_folder_lock", "lock_holder"]
+__all__ = ["LOCK_FILE_NAME", "FolderInUseError", "run_folder_lock", "locks_folder", "lock_holder"]
 
 LOCK_FILE_NAME = ".fluororeg.lock"
 
@@ -136,3 +138,23 @@ def run_folder_lock(folder, what: str = ""):
             pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def locks_folder(parameter: str, what: str):
+    """Decorator: the function holds the writer lock (:func:`run_folder_lock`) of the folder its
+    argument ``parameter`` names while it runs (no lock when that argument is None), so library
+    callers are protected as the commands are."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            folder = bound.arguments[parameter]
+            if folder is None:
+                return fn(*args, **kwargs)
+            with run_folder_lock(folder, what):
+                return fn(*args, **kwargs)
+        return locked
+    return wrap

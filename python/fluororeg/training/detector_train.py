@@ -27,6 +27,7 @@ from fluororeg.core.threads import num_threads
 from fluororeg.dataset.generate import DatasetReader
 from fluororeg.inference.coordinates import convert_norm
 from fluororeg.inference.detector import DETECTOR_KIND
+from fluororeg.io.run_lock import locks_folder
 from fluororeg.training import common
 from fluororeg.training.augment import augment_batch
 from fluororeg.training.detector_config import DetectorConfig, preset
@@ -73,6 +74,7 @@ def scheduled_lr(config, step, steps_per_epoch, train_seconds) -> float:
     return config.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@locks_folder("run_dir", "train-detector")  # one writer per run folder
 def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper", *, resume: bool = True,
                    progress: bool = True, on_epoch_end: Callable[[dict, object], None] | None = None,
                    device: str = "auto") -> TrainResult:

@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from fluororeg.dataset.generate import DatasetReader
+from fluororeg.io.run_lock import locks_folder
 from fluororeg.training import common
 from fluororeg.training.translator_config import ARCH_KEYS, TranslatorConfig
 from fluororeg.training.translator_export import CHECKPOINT_KIND
@@ -116,6 +117,7 @@ def _check_resume(saved: dict, config: TranslatorConfig, path: Path) -> None:
                          f"(checkpoint, config): {diff}; use a new run folder or resume=False")
 
 
+@locks_folder("run_dir", "train-translator")  # one writer per run folder
 def train_translator(xray_source, drr_dataset_root, run_dir, config: TranslatorConfig = TranslatorConfig(), *,
                 resume: bool = True, progress: bool = True, max_steps: int | None = None,
                 num_threads: int | None = None, crop_pixel_mm: float | None = None, device: str = "auto") -> dict:
