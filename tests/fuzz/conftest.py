@@ -11,27 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 
 import harness
 
 HERE = Path(__file__).resolve().parent
-#: Examples per fuzz test (FLUORO_FUZZ_EXAMPLES raises it for a longer local run).
-EXAMPLES = int(os.environ.get("FLUORO_FUZZ_EXAMPLES", "15"))
-
-# Derandomized (a fixed seed per test), no example database, no shrinking (each input is run in
-# a child process; the failing inputs are recorded by the harness instead), no deadline (the
-# harness's own time limit catches hangs).
-settings.register_profile("fluororeg-fuzz", derandomize=True, database=None, deadline=None,
-                          max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=list(HealthCheck))
-FUZZ = settings.get_profile("fluororeg-fuzz")
-
-
-def fuzz_settings(scale: float = 1.0):
-    """The suite's settings with ``scale`` x the examples."""
-    return settings(FUZZ, max_examples=max(1, int(EXAMPLES * scale)))
-
+from harness import EXAMPLES, FUZZ, fuzz_settings  # noqa: F401,E402 (re-exported)
 
 #: Modules imported once in the parent, so each forked child starts with them loaded (pure
 #: imports; the parent still runs no native computation before it forks).

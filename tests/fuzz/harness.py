@@ -34,6 +34,24 @@ import time
 import traceback
 from pathlib import Path
 
+from hypothesis import HealthCheck, Phase, settings
+
+#: Examples per fuzz test (FLUORO_FUZZ_EXAMPLES raises it for a longer local run).
+EXAMPLES = int(os.environ.get("FLUORO_FUZZ_EXAMPLES", "15"))
+
+# Derandomized (a fixed seed per test), no example database, no shrinking (each input is run in
+# a child process; the failing inputs are recorded by the harness instead), no deadline (the
+# harness's own time limit catches hangs).
+settings.register_profile("fluororeg-fuzz", derandomize=True, database=None, deadline=None,
+                          max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate],
+                          suppress_health_check=list(HealthCheck))
+FUZZ = settings.get_profile("fluororeg-fuzz")
+
+
+def fuzz_settings(scale: float = 1.0):
+    """The suite's settings with ``scale`` x the examples."""
+    return settings(FUZZ, max_examples=max(1, int(EXAMPLES * scale)))
+
 MEMORY_LIMIT_BYTES = int(os.environ.get("FLUORO_FUZZ_MEMORY_MB", "2048")) * 2**20
 TIME_LIMIT_S = float(os.environ.get("FLUORO_FUZZ_TIMEOUT_S", "20"))
 CLEAN_TYPES = (ValueError, TypeError, OSError)

@@ -191,8 +191,12 @@ def write_seeds(out: Path) -> None:
                                                         [(1.5, 1.5, 2.0)], [(0, 0, 0)], (24, 24)))
 
     # A tiny ONNX detector (the tests' soft-argmax spot detector).
-    sys.path.insert(0, str(HERE.parent / "inference"))
-    from conftest import spot_detector  # tests/inference/conftest.py
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_builders", HERE.parent / "inference" / "conftest.py")
+    builders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builders)
+    spot_detector = builders.spot_detector  # tests/inference/conftest.py (onnx helper API)
 
     spot_detector(out / "detector.onnx", 16, lm.names, crop_pixel_mm=2.0, fingerprint=subject.fingerprint)
 

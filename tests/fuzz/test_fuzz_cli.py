@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import harness
-from conftest import fuzz_settings
+from harness import fuzz_settings
 
 BAD_NUMBERS = ["-1", "0", "nan", "inf", "-inf", "1e309", "abc", "99999999999999999999", "", "1,5", "0x10"]
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import harness
-from conftest import fuzz_settings
+from harness import fuzz_settings
 
 SPECIALS = [np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, -1.0, 1e-300]
 DTYPES = ["float64", "float32", "int16", "uint8", "bool", "int64", "complex64", "object"]
