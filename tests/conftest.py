@@ -3,6 +3,8 @@ phantoms: phantoms.py)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,16 @@ def subject():
     if p is None:
         pytest.skip("../shared/data/headsq is not available")
     return extreme_points_subject(load_volume(p))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long tests, skipped unless FLUORO_RUN_SLOW=1 or -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FLUORO_RUN_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: set FLUORO_RUN_SLOW=1 (or -m slow) to run it")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)

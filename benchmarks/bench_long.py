@@ -1,0 +1,144 @@
+"""Long recordings: memory and throughput of ``fluororeg register``'s pipeline over 10,000
+frame pairs (--quick: 1,000).
+
+    python benchmarks/bench_long.py --quick --json out/bench/long.json
+
+The recording is streamed: a handful of distinct frame pairs of the headsq subject are
+simulated once (cone beam, 192 x 192 px) and the recording's image sequences hand them out in
+turn, frame i being pair i mod K with its own small noise (nothing holds the 10,000 frames).
+The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
+training; its poses are not accurate and are not meant to be). The pipeline runs as
+``register`` does (log style, detection chunks written to a run folder, registration, quality
+gate, poses.csv). Reported: RSS (MB) at the start of the pipeline, at the middle frame and at
+the end, the peak RSS, frames/s end to end, ``rss_growth_mb`` (start to end, warm-up included:
+the ONNX session's and the solver's first allocations, the QC figure) and ``rss_growth_mb_10k``:
+the growth of RSS during the last pass over the frames (the detection pass; locating the bone
+reads them once before), the least-squares slope of RSS against frame index from a quarter of
+the way on, times 10,000 (steady state: what 10,000 more frames add). ``rss_middle`` is taken at
+the middle frame of that pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import parser, report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class StreamedSequence:
+    """An image sequence of ``n`` frames cycling through ``frames`` [K, H, W] with per-frame noise;
+    ``on_frame(i)`` is called for every frame read (RSS sampling)."""
+
+    def __init__(self, frames: np.ndarray, n: int, seed: int, on_frame=None):
+        self.frames, self.n, self.seed, self.on_frame = frames, n, seed, on_frame
+        self.frame_numbers = np.arange(n, dtype=np.int64)
+        self.frame_numbers.flags.writeable = False
+        self.frame_rate_hz = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.n:
+            raise IndexError(f"frame {i} out of range for {self.n} frames")
+        if self.on_frame is not None:
+            self.on_frame(i)
+        rng = np.random.default_rng(self.seed * 1_000_003 + i)
+        img = self.frames[i % len(self.frames)] + rng.normal(0.0, 1.0, self.frames.shape[1:]).astype(np.float32)
+        return np.clip(img, 0, 255).astype(np.float32)
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=None, help="frame pairs (default 10,000; --quick 1,000)")
+    p.add_argument("--distinct", type=int, default=8, help="distinct simulated frame pairs the stream cycles through")
+    args = p.parse_args()
+    n = args.frames or (1000 if args.quick else 10000)
+    if args.quick:
+        print(f"--quick: {n} frame pairs instead of 10,000 (rss_growth_mb_10k is scaled to 10,000)")
+    if n < 2:
+        sys.exit("bench_long: --frames must be at least 2")
+
+    from fluororeg.inference.detector import LandmarkDetector
+    from fluororeg.io.recording import Recording, open_recording
+    from fluororeg.io.volume_formats import load_volume
+    from fluororeg.pipeline.register import PipelineOptions, register_recording
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+    from fluororeg.simulation.subjects import extreme_points_subject
+    from fluororeg.subject.example import headsq_path
+
+    hp = headsq_path()
+    if hp is None:
+        sys.exit("bench_long: ../shared/data/headsq is not available")
+    subject = extreme_points_subject(load_volume(hp))
+    spec = importlib.util.spec_from_file_location("onnx_builders", ROOT / "tests" / "inference" / "conftest.py")
+    builders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builders)
+
+    with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
+        tmp = Path(tmp)
+        src = simulate_recording(subject, tmp / "src", n_frames=args.distinct, views=default_dual_views(192, 192, 1.6),
+                                 seed=5)
+        small = open_recording(src)
+        views = [np.stack([small.sequences[k][i] for i in range(len(small))]) for k in range(2)]
+        det_path = builders.spot_detector(tmp / "det.onnx", 32, list(subject.landmark_names), pairs=subject.pairs,
+                                          fingerprint=subject.fingerprint, crop_pixel_mm=2.0)
+        detector = LandmarkDetector(det_path, subject=subject)
+
+        samples = {}
+        timeline = []
+
+        def on_frame(i: int) -> None:
+            if i == n // 2:  # the last pass over the frames (locating the bone reads them first) wins
+                samples["middle"] = rss_mb()
+            if i % max(1, n // 20) == 0:
+                timeline.append((i, round(rss_mb(), 1)))
+
+        seqs = (StreamedSequence(views[0], n, 1, on_frame), StreamedSequence(views[1], n, 2))
+        rec = Recording(seqs, small.geometry, None, None)
+        opts = PipelineOptions(style="log", min_visible=4, num_threads=0)
+        samples["start"] = rss_mb()
+        t0 = time.perf_counter()
+        out = register_recording(rec, subject, detector, None, opts, out_dir=tmp / "run", progress=False)
+        seconds = time.perf_counter() - t0
+        samples["end"] = rss_mb()
+        assert out.poses.shape == (n, 6) and (tmp / "run" / "poses.csv").exists()
+        statuses = {s: int(c) for s, c in zip(*np.unique(out.status, return_counts=True))}
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    growth = samples["end"] - samples["start"]
+    # The last pass over the frames (the detection pass): RSS against frame index from a quarter
+    # of the way on (past the warm-up), least-squares slope scaled to 10,000 frames.
+    starts = [k for k in range(len(timeline)) if k == 0 or timeline[k][0] < timeline[k - 1][0]]
+    last = np.array(timeline[starts[-1]:], dtype=float)
+    late = last[last[:, 0] >= n // 4]
+    growth_10k = float(np.polyfit(late[:, 0], late[:, 1], 1)[0] * 10000) if len(late) >= 2 else float("nan")
+    rows = [("frames", n, "frame pairs"), ("rss_start", samples["start"], "MB"),
+            ("rss_middle", samples.get("middle", float("nan")), "MB"), ("rss_end", samples["end"], "MB"),
+            ("rss_peak", peak, "MB"), ("rss_growth", growth, "MB"),
+            ("rss_growth_mb_10k", growth_10k, "MB per 10,000 frames (detection pass, slope)"),
+            ("frames_per_s", n / seconds, "frame pairs/s end to end"), ("seconds", seconds, "s")]
+    results = {"frames": n, "quick": bool(args.quick), "rss_start_mb": samples["start"],
+               "rss_middle_mb": samples.get("middle"), "rss_end_mb": samples["end"], "rss_peak_mb": peak,
+               "rss_growth_mb": growth, "rss_growth_mb_10k": growth_10k, "frames_per_s": n / seconds,
+               "seconds": seconds, "statuses": statuses, "rss_timeline_mb": timeline,
+               "setup": "headsq subject, 192 px cone-beam frames cycled with noise, spot detector (32 px), log style"}
+    report(f"long recording: {n} frame pairs through the register pipeline", rows, results, args.json)
+
+
+if __name__ == "__main__":
+    main()
