@@ -43,7 +43,6 @@ def views(size=24):
 
 
 def write_dicom_series(vol, folder: Path) -> None:
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

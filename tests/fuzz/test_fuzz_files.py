@@ -150,15 +150,9 @@ CASES = [
 
 # Failures that main's code still has and another branch fixes (issue 17); the lead removes
 # these marks after merging. Filled in from this suite's findings.
-KNOWN = {
-    "volume DICOM": "issue 17: a damaged DICOM file raises pydicom's BytesLengthException (not a ValueError) or "
-                    "MemoryError past 2 GiB, fixed on branch readers",
-    "volume .tif": "issue 17: a TIFF stack with 33 bytes duplicated at offset 136 (or 1) keeps tifffile busy past "
-                   "20 s (FLUORO_FUZZ_EXAMPLES=60), to fix on branch readers",
-    "recording TIFF": "issue 17: a damaged multi-page TIFF makes Pillow raise SyntaxError('unknown data organization'),"
-                      " which ImageSequence does not turn into a ValueError (FLUORO_FUZZ_EXAMPLES=60), to fix on branch "
-                      "readers",
-    "poses.csv": "issue 17: a huge integer in poses.csv (n_vis) raises OverflowError, fixed on branch readers",
+KNOWN = {  # target -> why it may fail (a known, open problem)
+    "volume .tif": "issue 17, open: a TIFF stack with 33 bytes duplicated at offset 136 keeps tifffile busy past 20 s "
+                   "(seen with FLUORO_FUZZ_EXAMPLES=60; tifffile has no time bound)",
 }
 
 

@@ -180,19 +180,7 @@ CASES = {
 }
 
 # Failures of main that branch readers fixes (issue 17); the lead removes the marks after merging.
-KNOWN = {
-    "MetaImage zlib bomb (2.5 GiB)": "issue 17: a CompressedData MetaImage is inflated without a bound (hang / "
-                                     "MemoryError), fixed on branch readers",
-    "MetaImage data file /dev/zero": "issue 17: a device file as ElementDataFile is read until the memory limit "
-                                     "(hang / MemoryError), fixed on branch readers",
-    "MetaImage data file a FIFO": "issue 17: a FIFO as ElementDataFile blocks the reader forever, fixed on branch "
-                                  "readers",
-    "distortion order 1e9": "issue 17: distortion.json order 1e9 builds a 5e17-term exponent list (hang), fixed on "
-                            "branch readers",
-    "frame number 1e23 in a file name": "issue 17: a 24-digit frame number in an image name raises OverflowError, "
-                                        "fixed on branch readers",
-    "subject CT a FIFO": "issue 17: a FIFO as the subject's CT blocks load_subject forever, fixed on branch readers",
-}
+KNOWN: dict[str, str] = {}  # case -> why it is expected to fail (none known)
 
 
 def _param(name):

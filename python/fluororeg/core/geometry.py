@@ -32,7 +32,14 @@ __all__ = [
 ]
 
 
+MAX_ARRAY_ELEMENTS = 1 << 28  # poses, angles, points per call: 2 GiB as float64, far above any batch
+
+
 def _finite_array(value, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
+    size = getattr(value, "size", None)  # an array (possibly a huge zero-stride view): before any copy
+    if isinstance(size, int) and size > MAX_ARRAY_ELEMENTS:
+        raise ValueError(f"{name} has shape {getattr(value, 'shape', '?')} ({size:,} values): expected at most "
+                         f"{MAX_ARRAY_ELEMENTS:,} values per call")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -26,6 +26,17 @@ def _size_of(ds, q: Path) -> tuple:
 
 
 def read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volume:
+    """The DICOM series in ``folder`` (the one ``select_file`` belongs to, if given) as a Volume;
+    a damaged file is a ValueError naming the folder, never pydicom's own exception."""
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _read_dicom_series(folder, select_file)
+    except BytesLengthException as exc:  # pydicom parses elements lazily: damage can surface anywhere
+        raise ValueError(f"DICOM folder {str(folder)!r}: malformed DICOM data: {exc}") from exc
+
+
+def _read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volume:
     from struct import error as struct_error
 
     import pydicom

@@ -59,6 +59,8 @@ def frame_number_of(path) -> int | None:
     """The frame number in an image file's name: the last run of digits of its stem
     (``L_Hop_Cam1_001_UND.0260.tif`` -> 260), or None."""
     runs = re.findall(r"\d+", Path(path).stem)
+    if runs and len(runs[-1].lstrip("0")) > 18:  # beyond int64: never a frame number (the bound is checked later)
+        raise ValueError(f"'{path}': frame number {runs[-1]} in the file name is out of range")
     return int(runs[-1]) if runs else None
 
 
@@ -229,7 +231,7 @@ class ImageSequence:
         except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its MAX_IMAGE_PIXELS)
             raise ValueError(f"frame {i} ('{path}'): {exc}; fluororeg reads at most {MAX_FRAME_PIXELS:,} pixels "
                              f"(fluororeg.io.limits.MAX_FRAME_PIXELS)") from None
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, SyntaxError) as exc:  # Pillow: SyntaxError for a damaged TIFF
             raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
         return self._checked(img, i, path)
 
