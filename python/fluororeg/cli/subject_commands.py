@@ -101,6 +101,11 @@ def run_check(args: argparse.Namespace) -> int:
     for name, d in far:
         print(f"  warning: landmark {name} lies {d:.1f} mm from the bone mask (more than {args.max_off_bone_mm:g} mm)")
     print(f"landmarks on bone: {n - len(far)} of {n} within {args.max_off_bone_mm:g} mm of the mask")
+    print(f"orientation the dataset uses: {subject.orientation.describe()}")
+    body = subject.body_mask()
+    above = np.asarray(ct.data) >= -500.0
+    print(f"body mask (what DRRs show): {100 * body.mean():.1f} % of the CT; objects not connected to the body "
+          f"(table, head holder) removed: {100 * (above & ~body).mean():.2f} % of the CT")
     out = subject_check_sheet(subject, Path(args.sheet) if args.sheet else Path(args.folder or ".") / "subject_check.png")
     print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
     return 0 if not far or not args.strict else 1
