@@ -123,3 +123,36 @@ def test_body_mask_removes_a_headrest_and_keeps_the_body():
         body_mask(np.full((4, 4, 4), -1000))
     with pytest.raises(ValueError, match="3-D"):
         body_mask(np.zeros((4, 4)))
+
+
+def test_subject_init_override_and_check_show_the_orientation(subject, tmp_path, capsys):
+    from fluororeg.cli import main
+    from fluororeg.io.volume_formats import save_volume
+    from fluororeg.subject.landmarks import save_landmarks
+
+    save_volume(subject.ct, tmp_path / "ct.nrrd")
+    save_landmarks(tmp_path / "lm.mrk.json", subject.landmarks)
+    base = ["subject", "init", "--ct", str(tmp_path / "ct.nrrd"), "--landmarks", str(tmp_path / "lm.mrk.json"),
+            "--pairs", "left:right"]
+    assert main(base + ["--out", str(tmp_path / "measured")]) == 0
+    assert main(base + ["--superior", "0", "0", "1", "--anterior", "0", "-1", "0", "--out", str(tmp_path / "user")]) == 0
+    capsys.readouterr()
+    assert main(["subject", "check", str(tmp_path / "measured")]) == 0
+    out = capsys.readouterr().out
+    assert "orientation the dataset uses: superior [+0.00, +0.00, +1.00], anterior [+0.04, +1.00" in out
+    assert "measured from the CT" in out and "pairs' left side is the anatomical right" in out
+    assert "body mask (what DRRs show)" in out
+    assert main(["subject", "check", str(tmp_path / "user")]) == 0
+    out = capsys.readouterr().out
+    assert "anterior [+0.00, -1.00, +0.00] (LPS directions), given by the user" in out
+    assert main(base + ["--superior", "0", "0", "1", "--out", str(tmp_path / "half")]) == 2
+    assert "--superior and --anterior go together" in capsys.readouterr().err
+
+
+def test_a_given_orientation_changes_the_fingerprint():
+    hu = _phantom_head()
+    a = _phantom_subject(hu)
+    b = _phantom_subject(hu, orientation={"superior": [0, 0, 1], "anterior": [1, 0, 0]})
+    c = _phantom_subject(hu, orientation={"superior": [0, 0, 1], "anterior": [0, -1, 0]})
+    assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+    assert _phantom_subject(hu).fingerprint == a.fingerprint

@@ -95,8 +95,8 @@ class SubjectOrientation:
     def describe(self) -> str:
         def fmt(v):
             return "[" + ", ".join(f"{x:+.2f}" for x in v) + "]"
-        text = (f"superior {fmt(self.superior)}, anterior {fmt(self.anterior)} (LPS directions), "
-                f"from {self.source}: {self.detail}")
+        how = {"measured": "measured from the CT", "header": "the CT header's", "user": "given by the user"}[self.source]
+        text = f"superior {fmt(self.superior)}, anterior {fmt(self.anterior)} (LPS directions), {how}: {self.detail}"
         if self.pairs_mirrored:
             text += ("; note: the pairs' left side is the anatomical right (left/right labels or the CT are "
                      "mirrored); labels stay the pairs'")

@@ -245,7 +245,8 @@ class Subject:
     # ------------------------------------------------------------------ identity
     @property
     def fingerprint(self) -> str:
-        """sha256 hex digest of the CT (data and geometry), landmarks, pairs, origin and mask.
+        """sha256 hex digest of the CT (data and geometry), landmarks, pairs, origin, mask and a
+        given orientation (subject.json's ``"orientation"``; a measured one follows from the CT).
 
         Stable across runs and machines (little-endian bytes); the name is not included.
         Datasets and trained models record it to detect a changed subject.
@@ -269,6 +270,9 @@ class Subject:
             arr("positions", self.landmarks.positions)
             arr("pairs", np.array(self.pairs, dtype=np.int64).reshape(-1, 2))
             arr("origin", self.origin)
+            if self.orientation_override is not None:  # only when given: older fingerprints stay valid
+                o = self.orientation
+                arr("orientation", np.array([o.superior, o.anterior], dtype=np.float64))
             object.__setattr__(self, "_fingerprint", h.hexdigest())
         return self._fingerprint  # type: ignore[attr-defined]
 
