@@ -265,7 +265,8 @@ def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) 
     * ``poses.translation_mm``: +-8 % of that field of view;
     * for a subject with symmetric pairs (a skull): the default viewing ranges (front half,
       the mirror cases resolve the rest) about the subject's anatomical axes
-      (:attr:`fluororeg.subject.subject.Subject.orientation`, not the CT header's); for one without pairs (a radius, a femur): no
+      (:attr:`fluororeg.subject.subject.Subject.orientation`, not the CT header's); for one
+      without pairs (a radius, a femur): no
       mirror case can resolve a view from behind, so the whole sphere of directions about the
       bone's long axis (its largest principal axis, as ``superior_axis``): azimuth
       (-180, 180), elevation (-45, 45), roll (-180, 180).
@@ -375,7 +376,7 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
 
 def _orientation_json(subject, config: DatasetConfig) -> dict:
     """Where the viewing directions' anatomical axes came from (for dataset.json)."""
-    o = getattr(subject, "orientation", None)
+    o = getattr(subject, "_orientation", None)  # computed already where the axes came from the subject
     same = o is not None and np.allclose(o.superior, config.poses.superior_axis) and \
         np.allclose(o.anterior, config.poses.anterior_axis)
     if same:
