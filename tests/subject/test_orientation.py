@@ -52,6 +52,11 @@ def test_headsq_orientation_is_its_anatomy_not_its_header(subject):
     assert o.pairs_mirrored is True and "mirrored" in o.describe()
     turned = rotated_header_subject(subject).orientation
     assert _angle_deg(turned.anterior, [0, -1.0, 0]) < 20.0 and _angle_deg(turned.superior, [0, 0, 1.0]) < 20.0
+    R = o.world_from_model_rotation()      # stands the subject upright facing -y
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert abs(np.linalg.det(R) - 1) < 1e-12
+    np.testing.assert_allclose(R @ np.array(o.anterior), [0, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(R @ np.array(o.superior), [0, 0, 1], atol=1e-12)
 
 
 def _phantom_head(shape=(40, 48, 48), with_teeth=True):

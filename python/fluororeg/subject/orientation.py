@@ -85,6 +85,15 @@ class SubjectOrientation:
         """The anatomical left axis implied by superior and anterior (LPS: L = P x S)."""
         return np.cross(-np.array(self.anterior), np.array(self.superior))
 
+    def world_from_model_rotation(self) -> np.ndarray:
+        """[3, 3] the rotation that stands the subject upright facing -y in a world whose z is up
+        (anterior -> -y, superior -> +z): the rest pose of a simulated subject in front of
+        fluoroscopes whose sources lie toward -y (:func:`fluororeg.simulation.simulate.default_dual_views`)."""
+        s, a = np.array(self.superior), np.array(self.anterior)
+        model = np.stack([np.cross(a, s), a, s])            # rows: model directions of world x, -y, z
+        world = np.stack([np.cross([0.0, -1.0, 0.0], [0.0, 0.0, 1.0]), [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+        return world.T @ model
+
     @property
     def pairs_mirrored(self) -> Optional[bool]:
         """True when the pairs' left axis points to the anatomical right; None without pairs."""
