@@ -131,21 +131,23 @@ def _uniform(torch, gen, n, lo_hi, device):
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
-def _distortion_map(torch, u, centre, k, twist):
-    """The warp f(u) [n, ..., 2] of network coordinates u [n, ..., 2] (x, y): radial ``k`` and
-    twist ``twist`` [n] about ``centre`` [n, 2]; an output pixel at u shows the input at f(u)."""
-    shape = (-1,) + (1,) * (u.ndim - 2)
-    d = u - centre.view(shape + (2,))
-    r2 = (d ** 2).sum(-1, keepdim=True)
-    ang = twist.view(shape + (1,)) * r2
+def _distortion_map(torch, ux, uy, centre, k, twist):
+    """The warp f(u) (x [n, ...], y [n, ...]) of network coordinates ``ux``, ``uy`` [n, ...]:
+    radial ``k`` and twist ``twist`` [n] about ``centre`` [n, 2]; an output pixel at u shows the
+    input at f(u)."""
+    shape = (-1,) + (1,) * (ux.ndim - 1)
+    cx, cy = centre[:, 0].view(shape), centre[:, 1].view(shape)
+    dx, dy = ux - cx, uy - cy
+    r2 = dx * dx + dy * dy
+    ang = twist.view(shape) * r2
     c, s = torch.cos(ang), torch.sin(ang)
-    rot = torch.cat([c * d[..., :1] - s * d[..., 1:], s * d[..., :1] + c * d[..., 1:]], dim=-1)
-    return centre.view(shape + (2,)) + rot * (1 + k.view(shape + (1,)) * r2)
+    scale = 1 + k.view(shape) * r2
+    return cx + (c * dx - s * dy) * scale, cy + (s * dx + c * dy) * scale
 
 
 def _distortion_inverse(torch, t, centre, k, twist):
     """u [n, L, 2] with f(u) = t [n, L, 2] (:func:`_distortion_map`): the radius rho of u - centre
-    solves rho (1 + k rho^2) = |t - centre| (bisection where that is increasing: up to
+    solves rho (1 + k rho^2) = |t - centre| (bisection, then Newton, where that is increasing: up to
     rho_max = (-3k)^-1/2 for k < 0), its angle is that of t - centre minus twist rho^2. A target
     the warp does not reach (beyond the fold of a strong barrel warp) goes far outside (rho 10)."""
     d = t - centre[:, None]
@@ -154,11 +156,13 @@ def _distortion_inverse(torch, t, centre, k, twist):
     rho_max = (-1.0 / (3 * kk.clamp_max(-1e-12))).sqrt()        # where a barrel warp folds
     hi = torch.where(kk >= 0, R, rho_max.expand_as(R))          # k >= 0: rho <= |t - centre|
     lo = torch.zeros_like(R)
-    for _ in range(50):
+    for _ in range(6):    # bisection: a safe start inside the increasing branch
         mid = 0.5 * (lo + hi)
         below = mid * (1 + kk * mid ** 2) < R
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
     rho = 0.5 * (lo + hi)
+    for _ in range(4):    # then Newton, kept within the bracket
+        rho = (rho - (rho * (1 + kk * rho ** 2) - R) / (1 + 3 * kk * rho ** 2).clamp_min(1e-3)).clamp(lo, hi)
     reached = (rho * (1 + kk * rho ** 2) - R).abs() <= 1e-4 * (1 + R)
     rho = torch.where(reached, rho, torch.full_like(rho, 10.0))
     ang = -twist.view(-1, 1, 1) * rho ** 2
@@ -232,16 +236,16 @@ def augment_batch(x, landmarks=None, visible=None, config: AugmentConfig | None 
         k = _uniform(torch, g, n, config.distortion_k, dev) * sel.float()
         tw = _uniform(torch, g, n, config.distortion_twist, dev) * sel.float()
         centre = (torch.rand(n, 2, generator=g, device=dev) * 2 - 1) * config.distortion_jitter
-        gy, gx = torch.meshgrid(torch.linspace(-1, 1, H, device=dev), torch.linspace(-1, 1, W, device=dev),
-                                indexing="ij")
-        grid = _distortion_map(torch, torch.stack([gx, gy], -1)[None].expand(n, H, W, 2), centre, k, tw)
-        warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-        x = torch.where(sel.view(n, 1, 1, 1), warped, x)
+        i = sel.nonzero().view(-1)          # only the selected samples are resampled
+        gx, gy = _distortion_map(torch, torch.linspace(-1, 1, W, device=dev).view(1, 1, W),
+                                 torch.linspace(-1, 1, H, device=dev).view(1, H, 1), centre[i], k[i], tw[i])
+        grid = torch.stack([gx, gy], -1)                                   # [m, H, W, 2] (x, y)
+        x[i] = F.grid_sample(x[i], grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
         if landmarks is not None:
-            target = landmarks.to(dev, torch.float32)
-            q = _distortion_inverse(torch, target, centre, k, tw)
-            q = torch.where(sel.view(n, 1, 1), q, target)
-            landmarks = q.to(landmarks.device, landmarks.dtype)
+            il = i.to(landmarks.device)
+            q = _distortion_inverse(torch, landmarks[il].to(dev, torch.float32), centre[i], k[i], tw[i])
+            landmarks = landmarks.clone()
+            landmarks[il] = q.to(landmarks.device, landmarks.dtype)
             if visible is not None:
                 edge = torch.tensor([1 + 1 / max(W - 1, 1), 1 + 1 / max(H - 1, 1)], device=landmarks.device)
                 inside = (landmarks.abs() <= edge).all(-1).to(visible.device)  # within the edge pixels
@@ -261,10 +265,12 @@ def augment_batch(x, landmarks=None, visible=None, config: AugmentConfig | None 
         w = _uniform(torch, g, n, config.scatter_strength, dev) * sel.float()
         sig = _uniform(torch, g, n, config.scatter_sigma, dev) * max(H, W)
         # blurred on a coarse grid (16 px across: the glow has no detail), then upsampled
-        coarse = F.adaptive_avg_pool2d(x, (min(H, 16), min(W, 16)))
-        glow = _gaussian_blur(torch, coarse, sig * coarse.shape[-1] / W)
+        i = sel.nonzero().view(-1)
+        coarse = F.adaptive_avg_pool2d(x[i], (min(H, 16), min(W, 16)))
+        glow = _gaussian_blur(torch, coarse, sig[i] * coarse.shape[-1] / W)
         glow = F.interpolate(glow, size=(H, W), mode="bilinear", align_corners=False)
-        x = x + col(w) * glow
+        x = x.clone()
+        x[i] = x[i] + w[i].view(-1, 1, 1, 1) * glow
     # Intensity curve: gamma, then a partial sigmoid.
     sel = chance(config.p_curve)
     if bool(sel.any()):
