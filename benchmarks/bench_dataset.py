@@ -87,7 +87,7 @@ def main() -> None:
 
         mu, bone = prepare_subject_volumes(subject, "cuda")
         rng = np.random.default_rng(0)
-        poses, scales = sample_poses(rng, 512, cone.poses)
+        poses, scales = sample_poses(rng, 512, cone.poses.for_subject(subject))
         views = cone_views(cone.camera, scales, rng.uniform(*cone.source_distance_mm, 512))
         R.render_cone(mu, views, poses), R.project_mask_cone(bone, views, poses)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from fluororeg.dataset.generate import DatasetConfig, DatasetReader, PoseRanges,
 
 SMALL = DatasetConfig(n_train=40, n_test=12, image_size=64, pixel_mm=4.0, shard_size=16, seed=3,
                       segmented_share=0.5)
+LPS_AXES = dict(superior_axis=(0, 0, 1), anterior_axis=(0, -1, 0))   # a nominal LPS head CT's anatomy
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,9 @@ def test_contact_sheet(small_dataset, tmp_path):
 def test_pose_ranges_view_the_subject_horizontally_with_superior_up(subject):
     rng = np.random.default_rng(0)
     ranges = PoseRanges(elevation_deg=(0, 0), roll_deg=(0, 0), translation_mm=(0, 0), scale=(1, 1))
-    poses, scales = D.sample_poses(rng, 50, ranges)
+    with pytest.raises(ValueError, match="subject's axes"):
+        D.sample_poses(rng, 50, ranges)
+    poses, scales = D.sample_poses(rng, 50, ranges.for_subject(subject))
     top = subject.landmark_names.index("top")
     bottom = subject.landmark_names.index("bottom")
     xy, _ = R.project_parallel(subject.landmarks_model, poses, SMALL.camera, scales)
@@ -152,7 +155,7 @@ def test_pose_ranges_view_the_subject_horizontally_with_superior_up(subject):
     Rm = rotation_matrix(poses[:, :3])
     np.testing.assert_allclose(Rm[:, 2, :] @ np.array([0, 0, 1.0]), 0, atol=1e-12)
     az0, _ = D.sample_poses(np.random.default_rng(1), 1, PoseRanges(azimuth_deg=(0, 0), elevation_deg=(0, 0),
-                                                                     roll_deg=(0, 0)))
+                                                                     roll_deg=(0, 0), **LPS_AXES))
     np.testing.assert_allclose(rotation_matrix(az0[0, :3])[2], [0, 1, 0], atol=1e-12)  # looks posterior
 
 
@@ -160,7 +163,7 @@ def test_default_azimuths_see_the_subject_from_its_front_half():
     """Front half only: a view from behind is a mirror image with swapped labels (see dataset)."""
     from fluororeg.core.geometry import rotation_matrix
 
-    ranges = PoseRanges()
+    ranges = PoseRanges(**LPS_AXES)
     poses, _ = D.sample_poses(np.random.default_rng(2), 2000, ranges)
     beam = rotation_matrix(poses[:, :3])[:, 2, :]          # camera +z in model coordinates
     toward_front = beam @ np.array(ranges.anterior_axis)   # < 0: rays run from the front backward
@@ -170,7 +173,7 @@ def test_default_azimuths_see_the_subject_from_its_front_half():
 
 def test_cone_samples_match_the_cone_renderer_and_tend_to_parallel_far_away(subject):
     camera = SMALL.camera
-    poses, scales = D.sample_poses(np.random.default_rng(5), 6, SMALL.poses)
+    poses, scales = D.sample_poses(np.random.default_rng(5), 6, SMALL.poses.for_subject(subject))
     seg = np.zeros(6, bool)
     far = D.render_samples(subject, poses, scales, seg, camera, source_distance_mm=np.full(6, 1e6))
     par = D.render_samples(subject, poses, scales, seg, camera)
@@ -231,7 +234,7 @@ def test_bad_configuration_errors():
 
 
 def _render_both_projections(subject, device, volumes=None):
-    poses, scales = D.sample_poses(np.random.default_rng(9), 6, SMALL.poses)
+    poses, scales = D.sample_poses(np.random.default_rng(9), 6, SMALL.poses.for_subject(subject))
     seg = np.array([True, False] * 3)
     sod = np.linspace(500.0, 800.0, 6)
     return [D.render_samples(subject, poses, scales, seg, SMALL.camera, device, s, volumes) for s in (None, sod)]

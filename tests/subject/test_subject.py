@@ -279,7 +279,8 @@ def test_model_frame_consistency(subject_dir):
     np.testing.assert_allclose(s.landmarks_model.mean(axis=0), 0.0, atol=1e-9)  # centroid origin
     att = s.attenuation_model()
     assert att.data.dtype == np.float32
-    body = s.ct.mask(-500.0, largest_component=True).data.astype(bool)
+    body = s.body_mask()
+    assert body.shape == s.ct.data.shape and body.dtype == bool and s.body_mask() is body  # computed once
     np.testing.assert_array_equal(att.data[body], s.ct.hu_to_attenuation(0.02).data[body])
     assert np.all(att.data[~body] == 0)  # objects apart from the body (table, holder) are air
     expect = s.ct.physical_from_voxel.copy()

@@ -109,7 +109,8 @@ def test_augmentation_ranges_reproducibility_and_off():
     x = torch.rand(16, 1, 32, 32)
     lm = torch.rand(16, 3, 2) * 2 - 1
     vis = torch.ones(16, 3, dtype=torch.bool)
-    cfg = AugmentConfig(p_curve=1, p_contrast=1, p_blur=1, p_noise=1, p_fov=1, p_edge_cut=1, p_occlusion=1)
+    cfg = AugmentConfig(p_curve=1, p_contrast=1, p_blur=1, p_noise=1, p_fov=1, p_edge_cut=1, p_occlusion=1,
+                        p_heel=1, p_scatter=1, p_distortion=0)
     a, la, va = augment_batch(x, lm, vis, cfg, generator=torch.Generator().manual_seed(1))
     b, _, _ = augment_batch(x, lm, vis, cfg, generator=torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
@@ -128,7 +129,8 @@ def test_flip_mirrors_the_image_and_swaps_pairs():
     lm = torch.tensor([[[-0.5, 0.1], [0.5, 0.2], [0.0, 0.3]]]).repeat(4, 1, 1)
     vis = torch.tensor([[True, False, True]]).repeat(4, 1)
     cfg = AugmentConfig(enabled=True, **{k: 0.0 for k in ("p_curve", "p_contrast", "p_blur", "p_noise", "p_fov",
-                                                          "p_edge_cut", "p_occlusion")}, p_flip=1.0)
+                                                          "p_edge_cut", "p_occlusion", "p_heel", "p_scatter",
+                                                          "p_distortion")}, p_flip=1.0)
     a, la, va = augment_batch(x, lm, vis, cfg, perm=np.array([1, 0, 2]))
     assert torch.allclose(a, torch.flip(x, dims=[3]))
     assert torch.allclose(la[0], torch.tensor([[-0.5, 0.2], [0.5, 0.1], [0.0, 0.3]]))

@@ -85,7 +85,9 @@ def run_dataset(args: argparse.Namespace) -> int:
           f"generating {config.n_train} train + {config.n_test} test {beam} samples into {args.out}\n"
           f"crop pixel {config.pixel_mm:.3g} mm ({'as given' if args.pixel_mm is not None else 'from the bone size'}), "
           f"azimuth {config.poses.azimuth_deg[0]:g}..{config.poses.azimuth_deg[1]:g} deg "
-          f"({'as given' if args.azimuth is not None else 'from the subject'})")
+          f"({'as given' if args.azimuth is not None else 'from the subject'})\n"
+          + (f"orientation: {subject.orientation.describe()}" if subject.pairs else
+             "orientation: all around the bone's long axis (no symmetric pairs)"))
     t0 = time.perf_counter()
     with run_folder_lock(args.out, "dataset"):  # one writer per dataset folder
         generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)

@@ -32,6 +32,11 @@ def add_parser(subparsers) -> None:
                     help="symmetric pairs among proposed landmarks (default: a third of them, at most 13; "
                          "0 for a bone that is not left-right symmetric: no mirror search)")
     si.add_argument("--threshold-hu", type=float, default=300.0, help="bone mask threshold (default 300 HU)")
+    si.add_argument("--superior", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                    help="the subject's superior direction in the CT's LPS frame (with --anterior): overrides the "
+                         "orientation measured from the CT (see subject check)")
+    si.add_argument("--anterior", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                    help="the subject's anterior direction in the CT's LPS frame (with --superior)")
     si.add_argument("--name", help="subject name (default: the folder's name)")
     si.add_argument("--out", required=True, help="subject folder to write")
     si.add_argument("--force", action="store_true", help="overwrite an existing subject folder")
@@ -80,7 +85,11 @@ def run_init(args: argparse.Namespace) -> int:
         how = (f"{len(landmarks)} proposed landmarks ({len(pairs)} symmetric pairs"
                f"{'; none: no mirror search' if not pairs else ''}); check and move them in 3D Slicer")
     ct_name = "ct.nrrd" if Path(args.ct).suffix.lower() in (".tif", ".tiff") else "ct.nii.gz"
-    subject = make_subject(args.name or Path(args.out).name, ct, landmarks, pairs, threshold_hu=args.threshold_hu)
+    if (args.superior is None) != (args.anterior is None):
+        raise ValueError("--superior and --anterior go together (the subject's anatomical axes)")
+    orientation = None if args.superior is None else {"superior": list(args.superior), "anterior": list(args.anterior)}
+    subject = make_subject(args.name or Path(args.out).name, ct, landmarks, pairs, threshold_hu=args.threshold_hu,
+                           orientation=orientation)
     path = save_subject(subject, args.out, ct_filename=ct_name)
     print(f"wrote {path}: {how}. Check it with: fluororeg subject check {args.out}")
     return 0
@@ -101,6 +110,14 @@ def run_check(args: argparse.Namespace) -> int:
     for name, d in far:
         print(f"  warning: landmark {name} lies {d:.1f} mm from the bone mask (more than {args.max_off_bone_mm:g} mm)")
     print(f"landmarks on bone: {n - len(far)} of {n} within {args.max_off_bone_mm:g} mm of the mask")
+    if subject.pairs:
+        print(f"orientation the dataset uses: {subject.orientation.describe()}")
+    else:
+        print("orientation: not used (no symmetric pairs: the dataset views the bone from all around its long axis)")
+    body = subject.body_mask()
+    above = np.asarray(ct.data) >= -500.0
+    print(f"body mask (what DRRs show): {100 * body.mean():.1f} % of the CT; objects not connected to the body "
+          f"(table, head holder) removed: {100 * (above & ~body).mean():.2f} % of the CT")
     out = subject_check_sheet(subject, Path(args.sheet) if args.sheet else Path(args.folder or ".") / "subject_check.png")
     print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
     return 0 if not far or not args.strict else 1

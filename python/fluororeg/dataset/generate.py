@@ -25,7 +25,11 @@ Projection (``DatasetConfig.projection``):
 Poses. The parallel camera looks at the subject horizontally, the way both fluoroscopes of a
 dual-fluoroscope system see a standing or walking subject: a base orientation puts the
 subject's superior axis up in the image and its anterior axis toward the camera; on top of it
-come, all uniformly drawn:
+come, all uniformly drawn. The subject's superior and anterior axes are its anatomy's, measured
+from the CT (:mod:`fluororeg.subject.orientation`) or given in subject.json, never the CT
+header's axis labels: a CT whose header names the axes wrongly (rotated, relabelled, prone,
+a TIFF stack) still gives views of the front of the subject; dataset.json records where the
+axes came from (``"orientation"``).
 
 * azimuth in [-90, 90] deg about the superior axis: every horizontal viewing direction from
   the subject's front half. The back half adds no new images, only ambiguous labels: a
@@ -66,7 +70,7 @@ import json
 import math
 import os
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -102,15 +106,22 @@ class PoseRanges:
     roll_deg: tuple[float, float] = (-30.0, 30.0)
     translation_mm: tuple[float, float] = (-15.0, 15.0)
     scale: tuple[float, float] = (0.85, 1.15)
-    # Subject axes in the model frame (LPS head CT: superior +z, anterior -y).
-    superior_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    anterior_axis: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    # Subject axes in the model frame (directions, LPS). None (the default): the subject's
+    # orientation (Subject.orientation: measured from the CT, or subject.json's "orientation"),
+    # filled in by generate_dataset / DatasetConfig.for_subject; never the CT header's labels.
+    superior_axis: tuple[float, float, float] | None = None
+    anterior_axis: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         for name in ("azimuth_deg", "elevation_deg", "roll_deg"):
             object.__setattr__(self, name, _interval(getattr(self, name), name, -360, 360))
         object.__setattr__(self, "translation_mm", _interval(self.translation_mm, "translation_mm"))
         object.__setattr__(self, "scale", _interval(self.scale, "scale", 1e-3, 1e3))
+        if (self.superior_axis is None) != (self.anterior_axis is None):
+            raise ValueError(f"superior_axis {self.superior_axis} and anterior_axis {self.anterior_axis}: give both "
+                             "or neither (None: the subject's orientation)")
+        if self.superior_axis is None:
+            return
         sup = np.asarray(self.superior_axis, float)
         ant = np.asarray(self.anterior_axis, float)
         if sup.shape != (3,) or ant.shape != (3,) or np.linalg.norm(sup) < 1e-9 or np.linalg.norm(ant) < 1e-9:
@@ -120,9 +131,24 @@ class PoseRanges:
         object.__setattr__(self, "superior_axis", tuple(float(v) for v in sup / np.linalg.norm(sup)))
         object.__setattr__(self, "anterior_axis", tuple(float(v) for v in ant / np.linalg.norm(ant)))
 
+    @property
+    def has_axes(self) -> bool:
+        return self.superior_axis is not None
+
+    def for_subject(self, subject) -> "PoseRanges":
+        """These ranges with the subject's anatomical axes where none are given
+        (:attr:`fluororeg.subject.subject.Subject.orientation`)."""
+        if self.has_axes:
+            return self
+        o = subject.orientation
+        return replace(self, superior_axis=o.superior, anterior_axis=o.anterior)
+
     def base_rotation(self) -> np.ndarray:
         """camera_from_model of the frontal view: anterior toward the camera (camera +z points
         posterior), superior up in the image (camera -y)."""
+        if not self.has_axes:
+            raise ValueError("these pose ranges have no subject axes (superior_axis/anterior_axis None): take them from "
+                             "the subject first (PoseRanges.for_subject(subject) or DatasetConfig.for_subject)")
         sup, ant = np.array(self.superior_axis), np.array(self.anterior_axis)
         cam_z = -ant                # rays run from the front of the subject to its back
         cam_y = -sup                # image rows grow downward = inferior
@@ -138,7 +164,10 @@ def _axis_rotation(axis: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
 
 
 def sample_poses(rng: np.random.Generator, n: int, ranges: PoseRanges) -> tuple[np.ndarray, np.ndarray]:
-    """Random camera_from_model poses [n, 6] (deg, mm) and scales [n]."""
+    """Random camera_from_model poses [n, 6] (deg, mm) and scales [n]; ``ranges`` with the
+    subject's axes (:meth:`PoseRanges.for_subject`)."""
+    if not ranges.has_axes:
+        raise ValueError("sample_poses needs pose ranges with the subject's axes: pass ranges.for_subject(subject)")
     az = rng.uniform(*ranges.azimuth_deg, n)
     el = rng.uniform(*ranges.elevation_deg, n)
     roll = rng.uniform(*ranges.roll_deg, n)
@@ -210,6 +239,10 @@ class DatasetConfig:
         d["poses"] = asdict(self.poses)
         return d
 
+    def with_subject_axes(self, subject) -> "DatasetConfig":
+        """This configuration with the subject's anatomical axes where the pose ranges give none."""
+        return self if self.poses.has_axes else replace(self, poses=self.poses.for_subject(subject))
+
     @classmethod
     def for_subject(cls, subject, *, image_size: int = 128, margin: float = 1.35, **overrides) -> "DatasetConfig":
         """A configuration sized to the subject's bone (any bone, not only a skull): see
@@ -231,7 +264,9 @@ def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) 
       whole bone fits a crop at any pose and scale of the ranges below;
     * ``poses.translation_mm``: +-8 % of that field of view;
     * for a subject with symmetric pairs (a skull): the default viewing ranges (front half,
-      the mirror cases resolve the rest); for one without pairs (a radius, a femur): no
+      the mirror cases resolve the rest) about the subject's anatomical axes
+      (:attr:`fluororeg.subject.subject.Subject.orientation`, not the CT header's); for one
+      without pairs (a radius, a femur): no
       mirror case can resolve a view from behind, so the whole sphere of directions about the
       bone's long axis (its largest principal axis, as ``superior_axis``): azimuth
       (-180, 180), elevation (-45, 45), roll (-180, 180).
@@ -246,7 +281,9 @@ def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) 
     pixel_mm = fov / int(image_size)
     translation = 0.08 * fov
     if subject.pairs:
-        poses = PoseRanges(translation_mm=(-translation, translation))
+        o = subject.orientation
+        poses = PoseRanges(translation_mm=(-translation, translation), superior_axis=o.superior,
+                           anterior_axis=o.anterior)
     else:
         centred = pts - pts.mean(axis=0)
         _, _, vt = np.linalg.svd(centred[:: max(1, len(centred) // 20000)], full_matrices=False)
@@ -337,6 +374,16 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
     return sample
 
 
+def _orientation_json(subject, config: DatasetConfig) -> dict:
+    """Where the viewing directions' anatomical axes came from (for dataset.json)."""
+    o = getattr(subject, "_orientation", None)  # computed already where the axes came from the subject
+    same = o is not None and np.allclose(o.superior, config.poses.superior_axis) and \
+        np.allclose(o.anterior, config.poses.anterior_axis)
+    if same:
+        return {"source": o.source, "detail": o.detail}
+    return {"source": "dataset configuration", "detail": "superior_axis/anterior_axis given in the pose ranges"}
+
+
 def _metadata(subject, config: DatasetConfig) -> dict:
     from fluororeg import __version__
 
@@ -349,6 +396,7 @@ def _metadata(subject, config: DatasetConfig) -> dict:
         "landmark_names": list(subject.landmark_names),
         "pairs": [list(p) for p in subject.pairs],
         "config": config.to_json(),
+        "orientation": _orientation_json(subject, config),
         "splits": {s: config.count(s) for s in SPLITS},
     }
 
@@ -391,6 +439,7 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
 
     if not isinstance(config, DatasetConfig):
         raise TypeError(f"config must be a DatasetConfig, got {type(config).__name__}")
+    config = config.with_subject_axes(subject)
     root = Path(root) if root is not None else None
     if write and root is None:
         raise ValueError("root is None: a folder is needed to write the dataset")

@@ -30,6 +30,9 @@ Subject folder: ``subject.json``
                                               #   (mm, physical LPS frame)
       "mask": {"threshold_hu": 300, "largest_component": true},   # optional (this default)
            # or {"file": "mask.nii.gz"}       # a mask volume on exactly the CT's grid
+      "orientation": {"superior": [0, 0, 1], "anterior": [0, -1, 0]},  # optional: the anatomical
+           # axes (LPS directions) the dataset uses; default: measured from the CT
+           # (fluororeg.subject.orientation)
       "description": "free text"              # optional, ignored
     }
 
@@ -68,7 +71,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 SUBJECT_FILE = "subject.json"
 DEFAULT_MASK_THRESHOLD_HU = 300.0
 MIN_LANDMARKS = 4
-_SUBJECT_KEYS = ("name", "ct", "landmarks", "pairs", "origin", "mask", "description")
+_SUBJECT_KEYS = ("name", "ct", "landmarks", "pairs", "origin", "mask", "orientation", "description")
 _GRID_TOL_MM = 1e-3       # geometry tolerance when comparing a mask grid with the CT grid
 _EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "cranium"
 
@@ -108,6 +111,7 @@ class Subject:
     origin: np.ndarray
     mask: Volume
     mask_rule: Optional[Mapping[str, Any]] = field(default=None)
+    orientation_override: Optional[Mapping[str, Any]] = field(default=None)  # {"superior", "anterior"}
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -159,6 +163,14 @@ class Subject:
             rule = dict(self.mask_rule)
             object.__setattr__(self, "mask_rule", rule)
         object.__setattr__(self, "_att_cache", {})
+        object.__setattr__(self, "_body", None)
+        object.__setattr__(self, "_orientation", None)
+        if self.orientation_override is not None:
+            from fluororeg.subject.orientation import user_orientation
+
+            object.__setattr__(self, "orientation_override", dict(self.orientation_override))
+            object.__setattr__(self, "_orientation", user_orientation(self.orientation_override,
+                                                                      self.landmarks.positions, self.pairs))
         object.__setattr__(self, "_mask_model", None)
         object.__setattr__(self, "_fingerprint", None)
 
@@ -192,17 +204,37 @@ class Subject:
     # ------------------------------------------------------------------ model-frame volumes
     def attenuation_model(self, mu_water_per_mm: float = 0.02) -> Volume:
         """float32 attenuation (1/mm) of the subject's body, translated so the model origin is
-        at 0 (cached). Objects not connected to the body (the CT table, a head holder: voxels
-        outside the largest connected component above -500 HU) are set to air, since a
-        fluoroscope never sees them with the subject."""
+        at 0 (cached). Everything outside :meth:`body_mask` (the CT table, a head holder: objects
+        not connected to the body) is set to air, since a fluoroscope never sees them with the
+        subject."""
         key = float(mu_water_per_mm)
         cache: Dict[float, Volume] = self._att_cache  # type: ignore[attr-defined]
         if key not in cache:
             mu = self.ct.hu_to_attenuation(mu_water_per_mm)
-            body = self.ct.mask(-500.0, largest_component=True).data.astype(bool)
-            data = np.where(body, mu.data, np.float32(0.0))
+            data = np.where(self.body_mask(), mu.data, np.float32(0.0))
             cache[key] = Volume(data, mu.spacing, mu.origin, mu.direction).translated(-self.origin)
         return cache[key]
+
+    def body_mask(self) -> np.ndarray:
+        """bool [k, j, i] on the CT grid: the body without table, head holder and detached objects
+        (:func:`fluororeg.subject.body.body_mask`; computed once)."""
+        if self._body is None:  # type: ignore[attr-defined]
+            from fluororeg.subject.body import body_mask
+
+            object.__setattr__(self, "_body", _readonly(body_mask(self.ct.data)))
+        return self._body  # type: ignore[attr-defined]
+
+    @property
+    def orientation(self):
+        """The anatomical superior and anterior axes the dataset uses
+        (:class:`fluororeg.subject.orientation.SubjectOrientation`): subject.json's
+        ``"orientation"`` if given, else measured from the CT (computed once)."""
+        if self._orientation is None:  # type: ignore[attr-defined]
+            from fluororeg.subject.orientation import measure_orientation
+
+            object.__setattr__(self, "_orientation", measure_orientation(
+                self.ct, self.mask, self.landmarks.positions, self.pairs, body=self.body_mask()))
+        return self._orientation  # type: ignore[attr-defined]
 
     def mask_model(self) -> Volume:
         """The uint8 bone mask translated like :meth:`attenuation_model` (cached)."""
@@ -213,7 +245,8 @@ class Subject:
     # ------------------------------------------------------------------ identity
     @property
     def fingerprint(self) -> str:
-        """sha256 hex digest of the CT (data and geometry), landmarks, pairs, origin and mask.
+        """sha256 hex digest of the CT (data and geometry), landmarks, pairs, origin, mask and a
+        given orientation (subject.json's ``"orientation"``; a measured one follows from the CT).
 
         Stable across runs and machines (little-endian bytes); the name is not included.
         Datasets and trained models record it to detect a changed subject.
@@ -237,6 +270,9 @@ class Subject:
             arr("positions", self.landmarks.positions)
             arr("pairs", np.array(self.pairs, dtype=np.int64).reshape(-1, 2))
             arr("origin", self.origin)
+            if self.orientation_override is not None:  # only when given: older fingerprints stay valid
+                o = self.orientation
+                arr("orientation", np.array([o.superior, o.anterior], dtype=np.float64))
             object.__setattr__(self, "_fingerprint", h.hexdigest())
         return self._fingerprint  # type: ignore[attr-defined]
 
@@ -252,10 +288,11 @@ def _mask_from_ct(ct: Volume, threshold_hu: float, largest_component: bool) -> V
 def make_subject(name: str, ct: Volume, landmarks: Landmarks, pairs: Sequence[Sequence[Any]] = (),
                  *, origin: Any = "centroid", mask: Optional[Volume] = None,
                  threshold_hu: float = DEFAULT_MASK_THRESHOLD_HU,
-                 largest_component: bool = True) -> Subject:
+                 largest_component: bool = True, orientation: Optional[Mapping[str, Any]] = None) -> Subject:
     """Build a :class:`Subject`: pairs by landmark name or index; ``origin`` "centroid" or
     (3,) mm; ``mask`` a volume on the CT grid, or None to threshold the CT at
-    ``threshold_hu`` (keeping the largest component if ``largest_component``)."""
+    ``threshold_hu`` (keeping the largest component if ``largest_component``); ``orientation``
+    ``{"superior": [x, y, z], "anterior": [x, y, z]}`` overrides the measured anatomical axes."""
     if not isinstance(landmarks, Landmarks):
         raise TypeError(f"landmarks must be a Landmarks, got {type(landmarks).__name__}")
     if isinstance(origin, str):
@@ -273,7 +310,7 @@ def make_subject(name: str, ct: Volume, landmarks: Landmarks, pairs: Sequence[Se
             raise ValueError(f"threshold_hu must be finite, got {threshold_hu!r}")
         mask = _mask_from_ct(ct, t, bool(largest_component))
         rule = {"threshold_hu": t, "largest_component": bool(largest_component)}
-    return Subject(name, ct, landmarks, pairs, origin_arr, mask, rule)  # type: ignore[arg-type]
+    return Subject(name, ct, landmarks, pairs, origin_arr, mask, rule, orientation)  # type: ignore[arg-type]
 
 
 def _suggest(key: str, allowed: Sequence[str]) -> str:
@@ -400,7 +437,8 @@ def load_subject(folder: PathLike, *, ct: Optional[Volume] = None) -> Subject:
 
     try:
         return make_subject(name, ct, landmarks, [tuple(pr) for pr in pairs], origin=origin,
-                            mask=mask, threshold_hu=threshold, largest_component=largest)
+                            mask=mask, threshold_hu=threshold, largest_component=largest,
+                            orientation=spec.get("orientation"))
     except ValueError as exc:
         raise ValueError(f"{src}: {exc}") from exc
 
@@ -442,6 +480,8 @@ def save_subject(subject: Subject, folder: PathLike, ct_filename: str = "ct.nii.
         mask_name = "mask" + kind
         save_volume(subject.mask, root / mask_name)
         spec["mask"] = {"file": mask_name}
+    if subject.orientation_override is not None:
+        spec["orientation"] = {k: [float(x) for x in subject.orientation_override[k]] for k in ("superior", "anterior")}
     out = root / SUBJECT_FILE
     atomic_write_text(out, json.dumps(spec, indent=2) + "\n")
     return out

@@ -94,7 +94,10 @@ PRESETS = {
     # augmentation. Measured on 2 CPU cores (benchmarks/bench_training.py, the default dataset:
     # parallel beam, front-half azimuths): below 2 px at 8.8 min, 60 epochs in 10.8 min, test
     # error 1.39 px (strict labels), log10 MSE -3.57 train / -3.45 test; on the cone-beam
-    # dataset 1.43 px in 11.7 min (120 epochs: 1.45 px, no gain).
+    # dataset 1.43 px in 11.7 min (120 epochs: 1.45 px, no gain). These figures predate the
+    # intensifier augmentations (distortion, heel, scatter, bright field: issue 13); on a short
+    # check (10 epochs on 1,500 cone-beam DRRs of the example) they raised the DRR test error
+    # from 3.17 to 3.45 px, the price of training for X-ray looks.
     "fast": dict(arch="resnet", width=32, input_size=64, epochs=60, batch_size=32,
                  lr=2e-3, weight_decay=1e-4, schedule="onecycle", patience=1000,
                  augment=AugmentConfig.light()),

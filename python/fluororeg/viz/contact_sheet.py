@@ -104,7 +104,7 @@ def subject_check_sheet(subject, path, size: int = 256) -> Path:
     from fluororeg.subject.sides import landmark_sides
 
     lm = subject.landmarks_model
-    front = PoseRanges().base_rotation()
+    front = PoseRanges().for_subject(subject).base_rotation()  # the anatomical axes the dataset uses
     side = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]) @ front  # 90 deg about image y
     poses = np.zeros((2, 6))
     poses[:, :3] = euler_from_matrix(np.stack([front, side]))
