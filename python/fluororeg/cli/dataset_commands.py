@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from fluororeg.cli import common
-from fluororeg.io.run_lock import run_folder_lock
 
 
 def add_parser(subparsers) -> None:
@@ -89,8 +88,7 @@ def run_dataset(args: argparse.Namespace) -> int:
           + (f"orientation: {subject.orientation.describe()}" if subject.pairs else
              "orientation: all around the bone's long axis (no symmetric pairs)"))
     t0 = time.perf_counter()
-    with run_folder_lock(args.out, "dataset"):  # one writer per dataset folder
-        generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)
+    generate_dataset(subject, args.out, config, device=args.device, progress=not args.quiet)  # holds the lock
     print(f"done in {time.perf_counter() - t0:.1f} s; look at it with: fluororeg contact-sheet {args.out}")
     return 0
 

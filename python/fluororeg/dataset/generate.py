@@ -78,6 +78,7 @@ import numpy as np
 
 from fluororeg.core import render as R
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.run_lock import locks_folder
 from fluororeg.core.geometry import ConeView, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
@@ -423,6 +424,7 @@ class _DeferInterrupt:
         return False
 
 
+@locks_folder("root", "dataset")  # one writer per dataset folder
 def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, device: str = "cpu",
                      progress: bool = True, write: bool = True, num_threads: int = 0) -> Path | None:
     """Generate (or resume) the dataset of ``subject`` under ``root``.
@@ -431,8 +433,9 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
     different subject or configuration in ``root`` is an error (use another folder). Ctrl-C
     stops after the shard being written; running again resumes. ``write=False`` renders
     without writing (for benchmarks; ``root`` may then be None). ``device``: 'cpu', 'cuda' or
-    'auto' (CUDA where a device is usable). ``num_threads``: CPU threads of the renderers (0: all
-    cores; a study's workers use 1 each so that they do not oversubscribe the machine).
+    'auto' (CUDA where a device is usable). ``num_threads``: CPU threads of the renderers (0: the
+    process's count, :mod:`fluororeg.core.threads`; a study's workers use 1 each so that they do
+    not oversubscribe the machine).
     """
     import h5py
     from tqdm import tqdm
