@@ -72,6 +72,14 @@ def test_constant_detector_is_flagged_only_when_the_images_change():
     # The same images in every frame: equal detections are what a good detector gives.
     still = quality.image_statistics(_Frames(np.repeat(images[:1], 6, axis=0)))
     assert not quality.constant_detector(constant, still).any()
+    # The statistics hold a few numbers per frame, not images: memory flat in the recording's length.
+    assert sum(np.asarray(v).nbytes for v in stats.values()) <= 64 * len(images) + 64
+    later = constant.copy()
+    later[0, 1] = np.nan  # view 2's first detections in frame 1: the statistics must compare with it
+    with pytest.raises(ValueError, match="reference_frames"):
+        quality.constant_detector(later, stats)
+    shifted = quality.image_statistics(_Frames(images), reference_frames=(0, 1))
+    assert list(quality.constant_detector(later, shifted)) == [False, True]
 
 
 def test_mirrored_label_detector_flagged_only_when_ambiguous():

@@ -141,26 +141,44 @@ def _thumbnail(image, fov, side: int):
     return thumb, mask
 
 
-def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions()):
-    """Per frame and view, what the input checks need: thumbnails [F, 2, t, t], masks [2, t, t]
-    (field of view), spread [F, 2] (1st to 99th percentile inside the field of view), level [F, 2]
-    (largest absolute percentile, the image's scale). Reads every frame once."""
+def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions(),
+                     reference_frames=(0, 0)):
+    """Per frame and view, what the input checks need, computed frame by frame (memory does not
+    grow with the recording's length): spread [F, 2] (1st to 99th percentile inside the field of
+    view), level [F, 2] (largest absolute percentile, the image's scale), views_correlation [F]
+    (normalised correlation of the two views' thumbnails inside both fields of view; 1 for
+    identical images), change [F, 2] (mean absolute difference of each view's thumbnail from
+    that of frame ``reference_frames[k]``: the constant-detector check compares frames with the
+    first one that has detections) and reference [2]. Reads every frame once (and the two
+    reference frames once more)."""
     F = len(recording)
     t = options.thumbnail
-    thumbs = np.empty((F, 2, t, t))
-    masks = np.ones((2, t, t), bool)
+    reference = tuple(int(r) for r in reference_frames)
+    if len(reference) != 2 or not all(0 <= r < max(F, 1) for r in reference):
+        raise ValueError(f"reference_frames = {reference_frames!r}: expected two frame positions in [0, {F})")
+    fov = (None, None) if fovs is None else tuple(fovs)
+    ref_thumbs = [(_thumbnail(np.asarray(recording.frame(reference[k])[k], np.float64), fov[k], t)) if F else None
+                  for k in range(2)]
     spread, level = np.empty((F, 2)), np.empty((F, 2))
+    correlation, change = np.empty(F), np.empty((F, 2))
     for f in range(F):
         images = recording.frame(f)
+        thumbs, masks = [], []
         for k in range(2):
             img = np.asarray(images[k], dtype=np.float64)
-            thumb, mask = _thumbnail(img, None if fovs is None else fovs[k], t)
-            thumbs[f, k], masks[k] = thumb, mask
-            inside = _full_mask(img.shape, None if fovs is None else fovs[k])
+            thumb, mask = _thumbnail(img, fov[k], t)
+            thumbs.append(thumb)
+            masks.append(mask)
+            ref, ref_mask = ref_thumbs[k]
+            inside_both = mask & ref_mask
+            change[f, k] = np.abs(thumb[inside_both] - ref[inside_both]).mean() if inside_both.any() else 0.0
+            inside = _full_mask(img.shape, fov[k])
             sample = img[inside][:: max(1, int(inside.sum()) // 200000)]
             lo, hi = np.percentile(sample, [1.0, 99.0])
             spread[f, k], level[f, k] = hi - lo, max(abs(lo), abs(hi))
-    return dict(thumbnails=thumbs, masks=masks, spread=spread, level=level)
+        correlation[f] = _views_correlation(thumbs[0], thumbs[1], masks[0] & masks[1])
+    return dict(spread=spread, level=level, views_correlation=correlation, change=change,
+                reference=np.asarray(reference))
 
 
 def _full_mask(shape, fov):
@@ -179,27 +197,23 @@ def input_statuses(stats: dict, options: InputCheckOptions = InputCheckOptions()
     typical = np.median(spread, axis=0)  # [2] the recording's usual contrast per view
     blank = (spread <= options.blank_spread * np.maximum(level, 1e-12)) | (spread <= options.blank_relative * typical)
     out = np.full(F, "", dtype=object)
-    same = _views_correlation(stats) >= options.same_correlation
+    same = stats["views_correlation"] >= options.same_correlation
     out[same] = "same_image"
     out[blank.any(axis=1)] = "blank_view"
     return out.astype(str)
 
 
-def _views_correlation(stats: dict) -> np.ndarray:
-    """[F] normalised correlation of the two views' thumbnails inside both fields of view."""
-    th, masks = stats["thumbnails"], stats["masks"]
-    mask = masks[0] & masks[1]
+def _views_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Normalised correlation of two views' thumbnails [t, t] inside ``mask`` (both fields of
+    view; everywhere when it holds fewer than 16 pixels); 1 for identical thumbnails (also
+    constant ones)."""
+    if np.all(np.isclose(a, b, rtol=0, atol=1e-9)):
+        return 1.0
     if mask.sum() < 16:
         mask = np.ones_like(mask)
-    a, b = th[:, 0][:, mask], th[:, 1][:, mask]
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where(den > 0, (a * b).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
-    # Identical constant images (den 0) count as the same image too.
-    identical = np.all(np.isclose(th[:, 0], th[:, 1], rtol=0, atol=1e-9), axis=(1, 2))
-    return np.where(identical, 1.0, corr)
+    x, y = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else 0.0
 
 
 def constant_detector(detections, stats: dict | None = None,
@@ -228,9 +242,12 @@ def constant_detector(detections, stats: dict | None = None,
         if stats is None:
             out[k] = True
             continue
-        th = stats["thumbnails"][rows, k][:, stats["masks"][k]]
+        if int(stats["reference"][k]) != rows[0]:
+            raise ValueError(f"image statistics of view {k + 1} compare frames with frame {int(stats['reference'][k])}, "
+                             f"but its first frame with detections is {rows[0]}: pass reference_frames to "
+                             "image_statistics")
         scale = max(float(np.median(stats["spread"][rows, k])), 1e-12)
-        change = np.abs(th - th[0]).mean(axis=1) / scale  # each frame against the first
+        change = stats["change"][rows, k] / scale  # each frame against the first with detections
         out[k] = bool(np.any(change > options.image_change))
     return out
 

@@ -499,7 +499,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         from fluororeg.inference.crops import detect_fov
 
         first = recording.frame(0)
-        stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)])
+        found = np.isfinite(det[..., 0]).any(axis=2)  # [F, 2] frames with detections per view
+        reference = [int(np.argmax(found[:, k])) if found[:, k].any() else 0 for k in range(2)]
+        stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)],
+                                         reference_frames=reference)
         flags[:] = quality.input_statuses(stats)
         constant_views = quality.constant_detector(det, stats)
         if constant_views.any():
