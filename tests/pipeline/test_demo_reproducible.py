@@ -17,6 +17,7 @@ pytest.importorskip("torch")
 
 from fluororeg.demo import DemoSettings, run_demo  # noqa: E402
 from fluororeg.training import common  # noqa: E402
+from interrupts import ctrl_c_at_check  # noqa: E402 (tests/interrupts.py)
 
 REGISTRATIONS = ("registration_translated", "registration_log", "registration_inverted")
 
@@ -37,26 +38,6 @@ class InterruptOnce:
             self.fired = True
             raise KeyboardInterrupt(f"test: Ctrl-C in {self.original.__name__}")
         return self.original(*args, **kwargs)
-
-
-def _stop_once_in(module_file: str, n_checks: int):
-    """A GracefulStop that reports one Ctrl-C at its ``n_checks``-th check from ``module_file``."""
-
-    class StopOnce(common.GracefulStop):
-        checks = 0
-
-        @property
-        def stop_requested(self):
-            if sys._getframe(1).f_code.co_filename.endswith(module_file):
-                StopOnce.checks += 1
-                return StopOnce.checks == n_checks
-            return False
-
-        @stop_requested.setter
-        def stop_requested(self, value):
-            pass
-
-    return StopOnce
 
 
 def _outputs(out):
@@ -81,6 +62,7 @@ def test_a_slowed_down_and_interrupted_demo_gives_the_same_answer(subject, tmp_p
     import fluororeg.training.detector_train as detector_train
 
     settings = DemoSettings.quick_settings()
+    no_stop = common.GracefulStop
     quiet = tmp_path / "quiet"
     run_demo(quiet, settings, subject=subject)
 
@@ -91,8 +73,8 @@ def test_a_slowed_down_and_interrupted_demo_gives_the_same_answer(subject, tmp_p
         stages = [  # one Ctrl-C inside each stage, in the demo's order
             lambda: InterruptOnce(monkeypatch, simulate.R, "render_cone", call=2),            # simulation
             lambda: InterruptOnce(monkeypatch, generate, "render_samples", call=2),           # dataset
-            lambda: monkeypatch.setattr(common, "GracefulStop", _stop_once_in("detector_train.py", 2)),
-            lambda: monkeypatch.setattr(common, "GracefulStop", _stop_once_in("translator_train.py", 2)),
+            lambda: monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("detector_train.py", 2)),
+            lambda: monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("translator_train.py", 2)),
             lambda: InterruptOnce(monkeypatch, register, "view_crops", call=3),               # registration
         ]
         interrupted = []
@@ -101,7 +83,7 @@ def test_a_slowed_down_and_interrupted_demo_gives_the_same_answer(subject, tmp_p
             with pytest.raises(KeyboardInterrupt) as stop:
                 run_demo(busy, settings, subject=subject)
             interrupted.append(str(stop.value))
-            monkeypatch.setattr(common, "GracefulStop", _stop_once_in("nothing.py", 1))  # disarm the training stops
+            monkeypatch.setattr(common, "GracefulStop", no_stop)  # disarm the training stops
         run_demo(busy, settings, subject=subject)  # the rerun finishes every stage
     finally:
         hog.kill()

@@ -4,38 +4,19 @@ uninterrupted run ends; a partial stage is never exported as finished."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from interrupts import ctrl_c_at_check  # noqa: E402 (tests/interrupts.py)
+
 from fluororeg.dataset.generate import DatasetConfig  # noqa: E402
 from fluororeg.training import common  # noqa: E402
 from fluororeg.training.detector_config import DetectorConfig  # noqa: E402
 from fluororeg.training.translator_config import TranslatorConfig  # noqa: E402
 from fluororeg.training.workflow import WorkflowPaths, WorkflowSettings, train_models  # noqa: E402
-
-
-def stop_in(module_file: str, n_reads: int):
-    """A GracefulStop that reports a Ctrl-C on its ``n_reads``-th check from ``module_file``."""
-
-    class StopIn(common.GracefulStop):
-        reads = 0
-
-        @property
-        def stop_requested(self):
-            if sys._getframe(1).f_code.co_filename.endswith(module_file):
-                StopIn.reads += 1
-                return StopIn.reads >= n_reads
-            return False
-
-        @stop_requested.setter
-        def stop_requested(self, value):
-            pass
-
-    return StopIn
 
 
 def test_interrupted_stages_resume_to_the_uninterrupted_result(subject, tmp_path, monkeypatch):
@@ -57,11 +38,11 @@ def test_interrupted_stages_resume_to_the_uninterrupted_result(subject, tmp_path
 
     whole = run(tmp_path / "whole")
     paths = WorkflowPaths.under(tmp_path / "part")
-    monkeypatch.setattr(common, "GracefulStop", stop_in("detector_train.py", 2))
+    monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("detector_train.py", 2))
     with pytest.raises(KeyboardInterrupt, match="detector"):
         run(tmp_path / "part")
     assert not paths.detector_onnx.exists()
-    monkeypatch.setattr(common, "GracefulStop", stop_in("translator_train.py", 2))
+    monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("translator_train.py", 2))
     with pytest.raises(KeyboardInterrupt, match="style"):
         run(tmp_path / "part")
     assert paths.detector_onnx.exists() and not paths.translator_onnx.exists()
