@@ -150,10 +150,7 @@ CASES = [
 
 # Failures that main's code still has and another branch fixes (issue 17); the lead removes
 # these marks after merging. Filled in from this suite's findings.
-KNOWN = {  # target -> why it may fail (a known, open problem)
-    "volume .tif": "issue 17, open: a TIFF stack with 33 bytes duplicated at offset 136 keeps tifffile busy past 20 s "
-                   "(seen with FLUORO_FUZZ_EXAMPLES=60; tifffile has no time bound)",
-}
+KNOWN: dict[str, str] = {}  # target -> why it is expected to fail (none known)
 
 
 def _param(case):

@@ -562,3 +562,23 @@ def test_bead_plate_image_and_study_digest_refuse_special_files(tmp_path):
         file_digest(fifo)
     with pytest.raises(ValueError, match="character device"):
         file_digest("/dev/zero")
+
+
+def test_tiff_stack_with_a_looping_page_chain_is_refused_at_once(tmp_path):
+    """A damaged TIFF whose chain of pages loops kept tifffile busy for minutes (fuzz suite); the
+    autouse alarm turns a hang into a failure."""
+    import tifffile
+
+    from fluororeg.io.volume_formats import load_tiff_stack
+
+    z, y, x = np.mgrid[0:12, 0:14, 0:16]
+    data = np.where((x - 8) ** 2 + (y - 7) ** 2 + (z - 6) ** 2 < 25, 2200, 0).astype(np.uint16)
+    for big in (False, True):
+        good = tmp_path / f"good_{big}.tif"
+        tifffile.imwrite(good, data, bigtiff=big)
+        assert load_tiff_stack(good, (1, 1, 1), "hu").data.size == data.size  # a sound file still reads
+        raw = good.read_bytes()
+        bad = tmp_path / f"bad_{big}.tif"
+        bad.write_bytes(raw[:136] + raw[136:169] + raw[136:])  # 33 bytes duplicated: the chain loops
+        with pytest.raises(ValueError, match="damaged TIFF"):
+            load_tiff_stack(bad, (1, 1, 1), "hu")

@@ -35,7 +35,7 @@ from fluororeg.core.volume import ORTHO_TOL, Volume
 
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
 from fluororeg.io.dicom import read_dicom_series
-from fluororeg.io.limits import (MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, npz_member_header,
+from fluororeg.io.limits import (MAX_FRAMES, MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, npz_member_header,
                                  open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
@@ -153,6 +153,44 @@ class IntensityMapping:
                 "mu_water_per_mm": float(self.mu_water_per_mm)}
 
 
+def _tiff_page_count(path: Path, limit: int) -> int:
+    """The number of pages (IFDs) of the TIFF file ``path``, by following its chain of IFD
+    offsets: a chain that loops, points outside the file or is longer than ``limit`` is a
+    ValueError (tifffile follows such a chain for minutes). Classic and BigTIFF."""
+    import struct
+
+    size = path.stat().st_size
+    with open_regular(path, "TIFF stack") as f:
+        head = f.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            raise ValueError(f"{str(path)!r} is not a TIFF file (no II/MM byte-order mark)")
+        e = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(e + "H", head[2:4])[0]
+        if version == 42:
+            offset, count_fmt, count_size, entry_size, next_fmt = struct.unpack(e + "I", head[4:8])[0], "H", 2, 12, "I"
+        elif version == 43 and len(head) >= 16:
+            offset, count_fmt, count_size, entry_size, next_fmt = struct.unpack(e + "Q", head[8:16])[0], "Q", 8, 20, "Q"
+        else:
+            raise ValueError(f"{str(path)!r}: TIFF version {version}: expected 42 (TIFF) or 43 (BigTIFF)")
+        seen, pages = set(), 0
+        while offset:
+            if offset in seen or offset + count_size > size:
+                raise ValueError(f"{str(path)!r}: damaged TIFF: page {pages + 1}'s offset {offset} "
+                                 f"{'repeats an earlier page' if offset in seen else 'lies beyond the file'}")
+            seen.add(offset)
+            pages += 1
+            if pages > limit:
+                raise ValueError(f"{str(path)!r} has more than {limit:,} pages (fluororeg.io.limits.MAX_FRAMES)")
+            f.seek(offset)
+            n = struct.unpack(e + count_fmt, f.read(count_size))[0]
+            next_at = offset + count_size + n * entry_size
+            if next_at + struct.calcsize(next_fmt) > size:
+                raise ValueError(f"{str(path)!r}: damaged TIFF: page {pages} declares {n} tags, beyond the file's end")
+            f.seek(next_at)
+            offset = struct.unpack(e + next_fmt, f.read(struct.calcsize(next_fmt)))[0]
+    return pages
+
+
 def load_tiff_stack(path: PathLike, voxel_size_mm, intensity, *, flip=(0, 0, 0)) -> Volume:
     """A multi-page TIFF (one page per slice: page k, row j, column i = ``data[k, j, i]``) as a
     Volume in HU (``intensity``: see :class:`IntensityMapping`) with voxel size
@@ -165,6 +203,7 @@ def load_tiff_stack(path: PathLike, voxel_size_mm, intensity, *, flip=(0, 0, 0))
     p = Path(path)
     check_regular_file(p, "TIFF stack", max_bytes=MAX_VOLUME_BYTES + (64 << 20))
     mapping = IntensityMapping.parse(intensity)
+    _tiff_page_count(p, MAX_FRAMES)  # a sound chain of pages before tifffile walks it
     try:
         with tifffile.TiffFile(str(p)) as tif:
             series = tif.series[0]
