@@ -48,9 +48,10 @@ print(steps / (time.perf_counter() - t0))
 
 
 def _run_jobs(n_jobs: int, threads: int, policy: str, seconds: float) -> list[float]:
+    import fluororeg  # the workers import the same fluororeg (source tree or installed)
+
     env = dict(os.environ, OMP_WAIT_POLICY=policy, OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"),
-                                           os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(Path(fluororeg.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(threads), str(seconds)], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
     rates = []

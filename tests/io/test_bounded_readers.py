@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fluororeg
 from fluororeg.calibration.distortion import DistortionModel, load_distortion
 from fluororeg.calibration.formats import read_dlt, read_mayacam
 from fluororeg.calibration.geometry_file import DualGeometry, geometry_to_dict, load_geometry
@@ -35,7 +36,7 @@ from fluororeg.io.xmalab import read_xmalab_rigid_body_csv
 from fluororeg.subject.landmarks import load_landmarks
 from fluororeg.subject.subject import load_subject
 
-PYTHON_DIR = str(Path(__file__).resolve().parents[2] / "python")
+PYTHON_DIR = str(Path(fluororeg.__file__).parents[1])  # the fluororeg under test (source tree or installed)
 
 
 class Hang(BaseException):
