@@ -286,3 +286,18 @@ def test_render_cli_rejects_a_huge_size_in_one_line(tmp_path):
     assert len(lines) == 1, run.stderr
     assert "--size 1073741824: expected 8 to 16384 pixels" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_huge_zero_stride_inputs_are_refused_before_any_copy():
+    """A broadcast view of 2^40 elements costs nothing until copied (fuzz suite: MemoryError)."""
+    import fluororeg as fr
+    from fluororeg import _core
+    from fluororeg.core.volume import MAX_VOLUME_VOXELS, Volume
+    from fluororeg.simulation.simulate import default_dual_views
+
+    assert MAX_VOLUME_VOXELS == _core.MAX_VOLUME_VOXELS
+    with pytest.raises(ValueError, match="voxels"):
+        Volume(np.broadcast_to(np.zeros(1, np.float32), (6, 1 << 40, 8)), [1, 1, 1], [0, 0, 0])
+    with pytest.raises(ValueError, match="values per call"):
+        fr.register_frames(np.zeros((6, 3)), default_dual_views(128, 128, 2.4),
+                           np.broadcast_to(np.zeros(1, np.complex64), (1 << 40, 3)))

@@ -29,6 +29,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+MAX_VOLUME_VOXELS = 1 << 30  # the C++ core's bound (_core.MAX_VOLUME_VOXELS, fluororeg/limits.h)
+
 __all__ = ["Volume"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -72,6 +74,9 @@ class Volume:
         data = self.data
         if not isinstance(data, np.ndarray):
             raise TypeError(f"Volume data must be a numpy.ndarray, got {type(data).__name__}")
+        if data.size > MAX_VOLUME_VOXELS:  # before any copy (a huge zero-stride view costs nothing until copied)
+            raise ValueError(f"Volume data has shape {data.shape} ({data.size:,} voxels): expected at most "
+                             f"{MAX_VOLUME_VOXELS:,} voxels")
         if data.dtype == np.bool_:
             data = data.astype(np.uint8)
         if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):

@@ -186,7 +186,7 @@ class ImageSequence:
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                     with Image.open(self.path) as img:
                         self._pages = getattr(img, "n_frames", 1)
-            except (OSError, EOFError, Image.DecompressionBombError) as exc:
+            except (OSError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:  # SyntaxError: Pillow, damaged TIFF
                 raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
             check_frame_count(self._pages, f"the TIFF file '{self.path}'")
             self.files = None
