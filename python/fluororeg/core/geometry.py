@@ -35,11 +35,17 @@ __all__ = [
 MAX_ARRAY_ELEMENTS = 1 << 28  # poses, angles, points per call: 2 GiB as float64, far above any batch
 
 
-def _finite_array(value, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
-    size = getattr(value, "size", None)  # an array (possibly a huge zero-stride view): before any copy
+def check_array_size(value, name: str) -> None:
+    """ValueError when ``value`` is an array of more than :data:`MAX_ARRAY_ELEMENTS` values,
+    checked before any copy (a huge zero-stride view costs nothing until it is copied)."""
+    size = getattr(value, "size", None)
     if isinstance(size, int) and size > MAX_ARRAY_ELEMENTS:
         raise ValueError(f"{name} has shape {getattr(value, 'shape', '?')} ({size:,} values): expected at most "
                          f"{MAX_ARRAY_ELEMENTS:,} values per call")
+
+
+def _finite_array(value, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
+    check_array_size(value, name)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -72,7 +72,7 @@ import numpy as np
 
 from fluororeg import _core
 from fluororeg._core import RegistrationOptions, RegistrationStatus
-from fluororeg.core.geometry import MAX_ARRAY_ELEMENTS, ConeView, as_poses, poses_to_radians, stack_views, system_centre
+from fluororeg.core.geometry import ConeView, check_array_size, as_poses, poses_to_radians, stack_views, system_centre
 
 __all__ = [
     "RegistrationOptions",
@@ -208,10 +208,7 @@ class BatchResult:
 def _float_array(value, name: str) -> np.ndarray:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}")
-    size = getattr(value, "size", None)  # an array (possibly a huge zero-stride view): before any copy
-    if isinstance(size, int) and size > MAX_ARRAY_ELEMENTS:
-        raise ValueError(f"{name} has shape {getattr(value, 'shape', '?')} ({size:,} values): expected at most "
-                         f"{MAX_ARRAY_ELEMENTS:,} values per call")
+    check_array_size(value, name)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

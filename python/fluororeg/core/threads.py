@@ -22,9 +22,11 @@ import operator
 import os
 import sys
 
+from fluororeg import _core
+
 __all__ = ["available_cpus", "num_threads", "set_num_threads"]
 
-MAX_THREADS = 1024  # the C++ core's bound (_core.MAX_THREADS, fluororeg/limits.h)
+MAX_THREADS: int = _core.MAX_THREADS  # the C++ core's bound (fluororeg/limits.h)
 _configured = 0  # set_num_threads' value; 0: the default (see the module's text)
 
 
