@@ -29,7 +29,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-MAX_VOLUME_VOXELS = 1 << 30  # the C++ core's bound (_core.MAX_VOLUME_VOXELS, fluororeg/limits.h)
+from fluororeg import _core
+
+MAX_VOLUME_VOXELS: int = _core.MAX_VOLUME_VOXELS  # the C++ core's bound (fluororeg/limits.h)
 
 __all__ = ["Volume"]
 
