@@ -45,6 +45,7 @@ RefineStatus = _core.RefineStatus
 STATUS_NAMES = ("converged", "moved_far", "low_similarity", "no_overlap", "invalid_start")
 
 DEFAULT_BONE_THRESHOLD = 0.024  # attenuation (1/mm): ~200 HU at mu_water 0.02
+MIN_LEVEL_PX = 16  # the core's smallest image side at a pyramid level
 
 
 def refine_options(**fields) -> RefineOptions:
@@ -85,7 +86,7 @@ class RefineResult:
     seconds: np.ndarray                # [F] wall-clock per frame (threads run frames in parallel)
     converged: np.ndarray              # [F] bool: passed the quality gate
     status: np.ndarray                 # [F] str, one of STATUS_NAMES
-    tracked: np.ndarray                # [F] bool: started from the previous frame's refined pose
+    tracked: np.ndarray                # [F] bool: started from a neighbour frame's refined pose
 
     def __len__(self) -> int:
         return len(self.poses)
@@ -221,8 +222,10 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     of the batch's converged frames (when there are at least 3) is flagged ``'low_similarity'``:
     the similarity a correct pose reaches depends on the images (noise, style), so a frame stuck
     in a wrong optimum stands out against its neighbours rather than against a fixed number.
-    ``track``: a frame without a start (NaN) starts from the previous frame's refined pose
-    when that one passed the gate (``tracked`` in the result).
+    ``track``: a frame without a start (NaN), or whose refinement failed the gate, starts
+    again from a neighbour's refined pose that passed it (the previous frame's, then the
+    next frame's; ``tracked`` in the result); a frame with a start keeps its first result
+    unless the retry passes.
     """
     views = tuple(views)
     packed = _views(views)
@@ -239,7 +242,12 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     if np.isinf(init).any():
         raise ValueError("init_poses hold an infinite value: expected finite poses or NaN rows (no start)")
     if options is None:
-        options = refine_options(finest_level=auto_finest_level(views, init))
+        finest = auto_finest_level(views, init)
+        options = refine_options(finest_level=finest)
+        # The default pyramid, shortened where the images are too small for its coarsest level.
+        while options.num_levels > 1 and min(views[0].width, views[0].height) >> (
+                finest + options.num_levels - 1) < MIN_LEVEL_PX:
+            options.num_levels -= 1
     options.check()
     _check_threads(options)
     vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level))
@@ -271,15 +279,22 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     tracked = np.zeros(F, bool)
     starts = init.copy()
     if track:
-        for i in range(1, F):
-            if np.isfinite(init[i]).all() or int(r["status"][i - 1]) != 0:
-                continue
-            start = r["poses"][i - 1].copy()
-            one = run(np.array([i]), start[None])
-            for key in r:
-                r[key][i] = one[key][0]
-            tracked[i] = True
-            starts[i] = start
+        # A frame without a start, or whose refinement failed the gate, starts again from a
+        # neighbour's refined pose that passed it: first the previous frame's (forward, so a
+        # run of failed frames is followed), then the next frame's (backward). A frame that
+        # had a start keeps its first result unless the retry passes.
+        for order, step in ((range(1, F), -1), (range(F - 2, -1, -1), 1)):
+            for i in order:
+                if int(r["status"][i]) == 0 or int(r["status"][i + step]) != 0:
+                    continue
+                start = r["poses"][i + step].copy()
+                one = run(np.array([i]), start[None])
+                if int(one["status"][0]) != 0 and np.isfinite(init[i]).all():
+                    continue
+                for key in r:
+                    r[key][i] = one[key][0]
+                tracked[i] = True
+                starts[i] = start
     relative_gate(r)
     return RefineResult(
         poses=r["poses"], start_poses=starts, similarity=r["similarity"], similarity_total=r["similarity_total"],
