@@ -267,6 +267,7 @@ def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
     poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, chunk=2)
     assert list(cols) == list(refine_stage.REFINE_COLUMNS)
     assert list(new_status) == ["ok", "ok", "tracked"] and list(cols["refine_tracked"]) == [False, False, True]
+    assert list(cols["landmark_status"]) == ["ok", "ok", "failed"]
     ang, mm = pose_errors(poses, truth)
     assert list(cols["refine_status"]) == ["converged"] * 3, (cols, ang, mm)
     # 128 px of 3.2 mm and the 3.2 mm headsq voxels: coarse, hence the looser bound.
@@ -287,10 +288,35 @@ def test_pipeline_option_and_command_line_flag():
     from fluororeg.cli import build_parser
     from fluororeg.pipeline.register import PipelineOptions
 
-    assert PipelineOptions().refine is False and PipelineOptions(refine=True).refine is True
+    assert PipelineOptions().refine is True and PipelineOptions(refine=False).refine is False
     assert "refine" in dataclasses.asdict(PipelineOptions())  # written to options.json
     p = build_parser()
     base = ["register", "rec", "--detector", "d.onnx", "--out", "o"]
-    assert p.parse_args(base).refine is False
-    assert p.parse_args(base + ["--refine"]).refine is True
+    assert p.parse_args(base).refine is True
+    assert p.parse_args(base + ["--no-refine"]).refine is False
     assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False
+
+
+def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
+    """With refinement the image similarity decides: a landmark pose the landmark gate held
+    back but whose refinement passes is registered ('refined'); a registered landmark pose far
+    off whose refinement fails loses its pose and says why; a frame the input checks flagged is
+    not refined at all."""
+    from fluororeg.io.recording import open_recording
+    from fluororeg.pipeline.quality import REGISTERED_STATUSES
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+    views = default_dual_views(width=128, height=128, pitch=3.2)
+    simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=4, views=views, seed=3)
+    rec = open_recording(tmp_path / "rec")
+    truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
+    start = perturb(truth, 3.0, 2.0, np.random.default_rng(9))
+    start[1, :3] += [60.0, -40.0, 30.0]  # a wrong pose the landmark gate let through
+    status = np.array(["large_residual", "ok", "blank_view", "ok"])
+    poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, track=False)
+    assert new_status[0] == "refined" and new_status[3] == "ok", (new_status, cols)
+    assert new_status[1] in refine_stage.REFINE_FAILURE_STATUSES and not np.isfinite(poses[1]).any(), (new_status, cols)
+    assert new_status[2] == "blank_view" and cols["refine_status"][2] == "not_refined" and np.isnan(poses[2]).all()
+    assert list(np.isin(new_status, REGISTERED_STATUSES)) == [True, False, False, True]
+    ang, mm = pose_errors(poses[[0, 3]], truth[[0, 3]])
+    assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)

@@ -71,8 +71,9 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--detector", required=True, help="exported detector (.onnx)")
     rg.add_argument("--translator", help="exported X-ray-to-DRR style translator (.onnx)")
     rg.add_argument("--style", choices=["translate", "log", "invert", "none"],
-                    help="image style fed to the detector; default: translate with --translator, else log "
-                         "(Beer-Lambert inversion)")
+                    help="image style fed to the detector; default: translate with --translator (unless its "
+                         "snapshot selection found a no-learning style better: then that one, said on stderr), else "
+                         "log (Beer-Lambert inversion)")
     rg.add_argument("--init", choices=["paper", "previous"], default="paper")
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
     rg.add_argument("--loss", choices=["none", "huber", "cauchy"],
@@ -96,8 +97,10 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--fps", type=float,
                     help="the recording's frame rate for --smoothing-hz (default: frame_rate_hz in recording.json, "
                          "or the videos' rate)")
-    rg.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
-                    help="refine the landmark poses by intensity (DRR-to-X-ray gradient correlation; default: off)")
+    rg.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                    help="refine the landmark poses by intensity (cone-beam DRRs of the CT against both X-rays, "
+                         "gradient correlation); its similarity is then the final quality gate (default: on; "
+                         "--no-refine: landmark registration only)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
     common.add_allow_undertrained_option(rg)
     common.add_threads_option(rg)
@@ -136,7 +139,8 @@ def add_parser(subparsers) -> None:
     ss.add_argument("recording", help="validation recording folder (recording.json)")
     ss.add_argument("--detector", required=True, help="exported detector (.onnx)")
     ss.add_argument("--reference", help="reference poses (pose CSV or truth.npz): score by landmark error; "
-                                        "default: by reprojection residual (no labels needed)")
+                                        "default: by refinement disagreement (no labels needed: landmark poses "
+                                        "against their intensity-refined poses)")
     ss.add_argument("--subject", help=common.SUBJECT_HELP)
     ss.add_argument("--max-frames", type=int, default=64, help="evenly spaced frames to score (default 64)")
     ss.add_argument("--crop-pixel-mm", type=float, help=CROP_PIXEL_HELP)
@@ -188,6 +192,11 @@ def run_register(args: argparse.Namespace) -> int:
     subject, rec, detector = _subject_recording_detector(args)
     translator = StyleTranslator(args.translator, direction="xray_to_drr", device=args.device) if args.translator else None
     style = args.style or ("translate" if translator is not None else "log")
+    if args.style is None and translator is not None:  # a translator that does not help is not used: said
+        style, why = translator.preferred_style()
+        if why:
+            print(f"note: not translating with '{args.translator}': {why}; registering with --style {style} "
+                  "(pass --style translate to translate anyway)", file=sys.stderr)
     opts = PipelineOptions(style=style, init=args.init, smoothing_hz=args.smoothing_hz, fps=args.fps,
                            loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
@@ -196,7 +205,7 @@ def run_register(args: argparse.Namespace) -> int:
                            **_gate_options(args))
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
-    registered = int(np.isfinite(res.poses).all(axis=1).sum())
+    registered = int(np.isfinite(res.poses).all(axis=1).sum())  # a pose in poses.csv: registered
     names, counts = np.unique(res.status, return_counts=True)
     breakdown = ", ".join(f"{c} {n}" for n, c in zip(names, counts))
     print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
@@ -305,10 +314,17 @@ def run_select_translator(args: argparse.Namespace) -> int:
         best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
                                                   options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
                                                   max_frames=args.max_frames, progress=not args.quiet)
-    unit = "mm landmark error" if reference is not None else "mm residual"
+    unit = "mm landmark error" if reference is not None else "mm refinement disagreement"
+    from fluororeg.inference.translator import StyleTranslator
+
+    chosen, why = StyleTranslator(Path(args.out) / "xray_to_drr.onnx").preferred_style()
     for s in scores:
-        mark = "  <- best" if s.step == best.step else ""
-        print(f"step {s.step:7d}: {s.score:8.3f} {unit}, {100 * s.registered_share:5.1f} % registered{mark}")
+        mark = "  <- best snapshot" if s.style == "translate" and s.step == best.step else \
+            ("  <- better than translating" if s.style == chosen and chosen != "translate" else "")
+        print(f"{s.name:>12}: {s.score:8.3f} {unit}, {100 * s.registered_share:5.1f} % registered{mark}")
     print(f"exported step {best.step} -> {Path(args.out) / 'xray_to_drr.onnx'}; table in "
           f"{Path(args.out) / 'selection.csv'}")
+    if why:
+        print(f"note: translation does not help here: `fluororeg register --translator` will register with style "
+              f"'{chosen}' instead (it says so); {why}")
     return 0

@@ -24,14 +24,19 @@ registered:
     the frame is flagged rather than decided silently.
 
 The absolute limits on the solved poses (``'large_residual'``, ``'few_inliers'``: residual in mm
-at the bone, per view) are the core's (``RegistrationOptions.max_residual_mm``).
+at the bone, per view) are the core's (``RegistrationOptions.max_residual_mm``). With intensity
+refinement (the pipeline's default) the image similarity after refinement is the final gate
+(:mod:`fluororeg.pipeline.refine_stage`): a landmark pose held back by these limits may still
+be registered as ``'refined'``, and a frame whose refinement fails is not registered
+(``'low_similarity'``, ``'moved_far'``, ``'no_overlap'``).
 
 :func:`check_geometry` refuses absurd geometry values (a source inside the patient region,
 views looking away from each other or from the crossing point, a crossing point off the
 detectors) before any work. :func:`qc_report` summarises a registered recording: counts per
-status, median residual at the bone per view, the worst frames; :func:`write_qc` writes it as
-``qc.json`` and ``qc.png`` (per-frame residual per view with the limit line, coloured by
-status).
+status, median residual at the bone per view, the refinement's similarity, the worst frames;
+:func:`write_qc` writes it as ``qc.json`` and ``qc.png`` (per-frame residual per view with the
+limit line and, with refinement, the similarity per view, coloured by status) and, given the
+recording and subject, overlays of the worst frames (``qc_worst_<frame>.png``).
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "check_geometry", "image_statistics", "input_statuses",
+from fluororeg.core import registration as _registration
+from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
+
+__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics", "input_statuses",
            "constant_detector", "ambiguous_mirror", "apply_input_statuses", "max_residual_from_detector",
            "qc_report", "format_qc", "write_qc"]
 
@@ -58,6 +66,9 @@ __all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "check_geometry", "im
 # (4 mm) it is 4.2 mm: 5 mm flags 7.7 %, 6 mm 0.3 %. Hence 2.5 crop px by default and twice
 # the detector's recorded validation error when it has one.
 DEFAULT_MAX_RESIDUAL_MM = 5.0
+# The statuses of a frame the pipeline registered (a pose in poses.csv): the core's (landmark
+# registration) and the refinement stage's (fluororeg.pipeline.refine_stage).
+REGISTERED_STATUSES = _registration.REGISTERED_STATUSES + (REFINED_STATUS, TRACKED_STATUS)
 # max_residual_mm = this many times the detector's validation error at the bone (its metadata,
 # the mean radial landmark error in mm).
 RESIDUAL_LIMIT_FACTOR = 2.0
@@ -324,13 +335,14 @@ def max_residual_from_detector(detector) -> float | None:
 # ---- QC report -----------------------------------------------------------------------------
 
 def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constant_views=None,
-              detector=None) -> dict:
+              detector=None, refine_columns=None, refine_seconds: float | None = None) -> dict:
     """The recording's quality summary (JSON-able): frames, counts per status, registered
     count, the limit, median residual at the bone per view over the frames with a pose, the
-    ``worst`` frames by their larger view residual, the per-frame figures, and the training
-    figures of ``detector`` (its metadata) with why it is not to be trusted, if it is not."""
-    from fluororeg.core.registration import REGISTERED_STATUSES
-
+    ``worst`` frames (by their larger view residual; with refinement, frames that failed its
+    gate first, by their lower view similarity), the per-frame figures, the refinement's
+    figures (``refine_columns`` of :func:`fluororeg.pipeline.refine_stage.refine_recording_poses`;
+    ``refine_seconds``: the stage's wall-clock time) and the training figures of ``detector`` (its metadata) with why it is not to be trusted,
+    if it is not."""
     status = np.asarray(status, dtype=str)
     rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
     frames = np.asarray(frames)
@@ -344,9 +356,17 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
 
     # The worst frames: the larger view residual; a view without inliers (NaN) is the worst.
     larger = np.where(posed, np.nan_to_num(np.maximum(rb[:, 0], rb[:, 1]), nan=np.inf), -np.inf)
+    sim = None
+    if refine_columns is not None:
+        sim = np.stack([np.asarray(refine_columns["similarity_view1"], np.float64),
+                        np.asarray(refine_columns["similarity_view2"], np.float64)], axis=1)  # [F, 2]
+        # Refinement decides: frames it did not pass first, lowest similarity first.
+        failed = np.isin(status, REFINE_FAILURE_STATUSES)
+        lower = np.nan_to_num(np.fmin(sim[:, 0], sim[:, 1]), nan=-1.0)
+        larger = np.where(failed, 1e9 - lower, np.where(registered, -lower, larger))
     order = [int(i) for i in np.argsort(-larger, kind="stable") if larger[i] > -np.inf][:worst]
     nan_none = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
-    return {
+    report = {
         "frames": int(len(status)),
         "registered": int(registered.sum()),
         "counts": counts,
@@ -357,12 +377,30 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         "detector_training": getattr(detector, "training", None),
         "detector_undertrained": detector.undertrained() if hasattr(detector, "undertrained") else None,
         "worst": [{"frame": int(frames[i]), "status": str(status[i]),
-                   "residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]} for i in order],
+                   "residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]}
+                  | ({} if sim is None else {"similarity": [nan_none(sim[i, 0]), nan_none(sim[i, 1])]})
+                  for i in order],
         "per_frame": {"frame": [int(f) for f in frames], "status": [str(s) for s in status],
                       "residual_bone_mm": [[nan_none(v) for v in row] for row in rb],
                       "inliers": [[int(v) for v in row] for row in np.asarray(batch.inliers)],
                       "n_vis": [int(v) for v in np.asarray(batch.n_vis)]},
+        "refined": None,
     }
+    if refine_columns is not None:
+        report["per_frame"]["similarity"] = [[nan_none(v) for v in row] for row in sim]
+        report["per_frame"]["landmark_status"] = [str(s) for s in refine_columns["landmark_status"]]
+        rot = np.asarray(refine_columns["refine_rotation_change_deg"], np.float64)
+        mov = np.asarray(refine_columns["refine_translation_change_mm"], np.float64)
+        n_refined = int(np.sum(np.asarray(refine_columns["refine_status"]) != "not_refined"))
+        report["refined"] = {
+            "median_similarity_registered": [med(sim[registered, k]) for k in range(2)],
+            "median_rotation_change_deg": med(rot[registered]), "median_translation_change_mm": med(mov[registered]),
+            "tracked": int(np.sum(status == TRACKED_STATUS)),
+            "frames_refined": n_refined,
+            # wall-clock of the whole stage (reading, undistorting, refining) per refined frame pair
+            "seconds_per_frame": (float(refine_seconds) / n_refined) if refine_seconds and n_refined else None,
+        }
+    return report
 
 
 def format_qc(report: dict) -> str:
@@ -379,26 +417,39 @@ def format_qc(report: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     lines.append(f"  median residual at the bone (frames with a pose): view 1 {fmt(med[0])} mm, "
                  f"view 2 {fmt(med[1])} mm")
+    ref = report.get("refined")
+    if ref:
+        sm = ref["median_similarity_registered"]
+        lines.append(f"  intensity refinement (the final gate): median similarity of registered frames view 1 "
+                     f"{fmt(sm[0])}, view 2 {fmt(sm[1])}; pose change {fmt(ref['median_rotation_change_deg'])} deg / "
+                     f"{fmt(ref['median_translation_change_mm'])} mm (median); {ref['tracked']} tracked; "
+                     f"{fmt(ref['seconds_per_frame'])} s per frame pair")
     if report["constant_detector_views"]:
         lines.append(f"  WARNING: the detections ignore the images in view(s) {report['constant_detector_views']}")
     if report["worst"]:
         lines.append("  worst frames:")
         for w in report["worst"]:
             r = w["residual_bone_mm"]
-            lines.append(f"    frame {w['frame']:6d}  {w['status']:<18} view 1 {fmt(r[0])} mm, view 2 {fmt(r[1])} mm")
+            sim = w.get("similarity")
+            lines.append(f"    frame {w['frame']:6d}  {w['status']:<18} view 1 {fmt(r[0])} mm, view 2 {fmt(r[1])} mm"
+                         + (f"; similarity {fmt(sim[0])}, {fmt(sim[1])}" if sim else ""))
     return "\n".join(lines)
 
 
-_STATUS_COLOURS = {"ok": "tab:green", "one_view": "tab:olive", "large_residual": "tab:red", "few_inliers": "tab:orange",
-                   "views_disagree": "tab:purple", "ambiguous_mirror": "tab:pink", "blank_view": "tab:gray",
-                   "same_image": "tab:brown", "constant_detector": "black", "too_few_landmarks": "tab:cyan",
-                   "failed": "tab:blue"}
+_STATUS_COLOURS = {"ok": "tab:green", "one_view": "tab:olive", "refined": "limegreen", "tracked": "darkseagreen",
+                   "large_residual": "tab:red", "few_inliers": "tab:orange", "views_disagree": "tab:purple",
+                   "ambiguous_mirror": "tab:pink", "blank_view": "tab:gray", "same_image": "tab:brown",
+                   "constant_detector": "black", "too_few_landmarks": "tab:cyan", "failed": "tab:blue",
+                   "low_similarity": "darkred", "moved_far": "orangered", "no_overlap": "dimgray"}
 
 
-def write_qc(out_dir, report: dict) -> tuple[Path, Path | None]:
+def write_qc(out_dir, report: dict, *, recording=None, subject=None, poses=None) -> tuple[Path, Path | None]:
     """``qc.json`` and ``qc.png`` (residual at the bone per view and frame, the limit line,
-    points coloured by status) in ``out_dir``. The plot needs matplotlib (skipped with a warning
-    when it is missing). Returns the two paths (None for a skipped plot)."""
+    and with refinement the similarity per view; points coloured by status) in ``out_dir``.
+    With ``recording``, ``subject`` and ``poses`` [F, 6] (the pose each frame ended with,
+    registered or not; NaN: none), also ``qc_worst_<frame>.png``: the report's worst frames
+    with the bone drawn at that pose. Plots need matplotlib (skipped with a warning when it is
+    missing). Returns the paths of qc.json and qc.png (None for a skipped plot)."""
     from fluororeg.io.atomic import atomic_write_text
 
     out = Path(out_dir)
@@ -416,15 +467,23 @@ def write_qc(out_dir, report: dict) -> tuple[Path, Path | None]:
     frames = np.asarray(pf["frame"])
     rb = np.array([[np.nan if v is None else v for v in row] for row in pf["residual_bone_mm"]], float).reshape(-1, 2)
     status = np.asarray(pf["status"])
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
-    for k, ax in enumerate(axes):
+    panels = [("residual", k) for k in range(2)]
+    if "similarity" in pf:
+        sim = np.array([[np.nan if v is None else v for v in row] for row in pf["similarity"]], float).reshape(-1, 2)
+        panels += [("similarity", k) for k in range(2)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.75 * len(panels)), sharex=True)
+    for ax, (kind, k) in zip(axes, panels):
+        values = rb[:, k] if kind == "residual" else sim[:, k]
         for s in np.unique(status):
             sel = status == s
-            ax.scatter(frames[sel], rb[sel, k], s=10, color=_STATUS_COLOURS.get(s, "tab:gray"), label=s)
+            ax.scatter(frames[sel], values[sel], s=10, color=_STATUS_COLOURS.get(s, "tab:gray"), label=s)
+        if kind == "similarity":
+            ax.set_ylabel(f"view {k + 1} similarity")
+            continue
         if report["max_residual_mm"] is not None:
             ax.axhline(report["max_residual_mm"], color="k", ls="--", lw=1, label="limit")
         ax.set_ylabel(f"view {k + 1} RMS at bone (mm)")
-        if np.isfinite(rb[:, k]).any() and np.nanmax(rb[:, k]) > 20 * max(report["max_residual_mm"] or 1.0, 1e-3):
+        if np.isfinite(values).any() and np.nanmax(values) > 20 * max(report["max_residual_mm"] or 1.0, 1e-3):
             ax.set_yscale("log")
     axes[0].legend(fontsize=7, ncol=4, loc="upper right")
     axes[-1].set_xlabel("frame")
@@ -433,4 +492,31 @@ def write_qc(out_dir, report: dict) -> tuple[Path, Path | None]:
     png = out / "qc.png"
     fig.savefig(png, dpi=90)
     plt.close(fig)
+    if recording is not None and subject is not None and poses is not None:
+        write_worst_overlays(out, report, recording, subject, poses)
     return json_path, png
+
+
+def write_worst_overlays(out_dir, report: dict, recording, subject, poses) -> list[Path]:
+    """``qc_worst_<frame>.png`` for each of the report's worst frames: both views with the bone
+    and landmarks drawn at ``poses`` [F, 6] (row = the recording's frame index), so a lab sees at
+    a glance what went wrong. Earlier runs' worst-frame images are removed first."""
+    from PIL import Image
+
+    from fluororeg.viz.overlay import overlay_pair
+
+    out = Path(out_dir)
+    for old in out.glob("qc_worst_*.png"):
+        old.unlink(missing_ok=True)
+    numbers = list(np.asarray(getattr(recording, "frame_numbers", np.arange(len(recording)))))
+    written = []
+    for w in report["worst"]:
+        i = numbers.index(w["frame"]) if w["frame"] in numbers else None
+        if i is None:
+            continue
+        image = overlay_pair(recording.frame(i), subject, recording.geometry.views, np.asarray(poses[i], np.float64),
+                             distortion=recording.geometry.distortion, frame=int(w["frame"]), status=w["status"])
+        path = out / f"qc_worst_{int(w['frame'])}.png"
+        Image.fromarray(image).save(path)
+        written.append(path)
+    return written

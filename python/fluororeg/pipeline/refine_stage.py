@@ -12,8 +12,11 @@ from typing import Optional
 import numpy as np
 
 from fluororeg.core.refine import RefineOptions, RefineResult, intensity_to_line_integrals, refine_poses
+from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
+from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
-__all__ = ["REFINE_COLUMNS", "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
+__all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "REFINE_FAILURE_STATUSES", "REFINABLE_STATUSES",
+           "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -68,31 +71,55 @@ def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Columns the pipeline adds to poses.csv when it refines (see refine_recording_poses).
-REFINE_COLUMNS = ("refine_status", "similarity_view1", "similarity_view2", "refine_rotation_change_deg",
-                  "refine_translation_change_mm", "refine_iterations", "refine_seconds", "refine_tracked")
+REFINE_COLUMNS = ("landmark_status", "refine_status", "similarity_view1", "similarity_view2",
+                  "refine_rotation_change_deg", "refine_translation_change_mm", "refine_iterations", "refine_seconds",
+                  "refine_tracked")
+# Frame statuses the refinement stage sets: a landmark pose that failed the landmark gate but
+# whose refinement passed the refinement's ('refined'); a frame refined from a neighbour's
+# refined pose ('tracked'); the refinement's own gate failures (not registered).
+REFINED_STATUS, TRACKED_STATUS = "refined", "tracked"
+REFINE_FAILURE_STATUSES = ("moved_far", "low_similarity", "no_overlap")
+# Landmark statuses whose pose refinement starts from: registered, or held back by the
+# landmark gate's residual limits (the refinement's similarity decides). The input checks'
+# statuses (blank or duplicated views, a constant detector, an ambiguous mirror pick) are
+# never refined: their images or detections are not to be trusted.
+REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
                            *, track: bool = True, chunk: int = 64):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
-    landmark poses [F, 6] (deg, mm; NaN: not registered) of a recording against its frames.
+    landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
+    [F] are the landmark statuses.
 
-    Returns (poses [F, 6], status [F] str, columns: dict of REFINE_COLUMNS -> [F] arrays).
-    A frame whose refinement passed the gate takes the refined pose and keeps its landmark
-    status, except a frame without a landmark pose that was refined from the previous frame's
-    (status ``'tracked'``). A flagged frame keeps its landmark pose; ``refine_status`` says why.
+    Returns (poses [F, 6] with NaN rows for frames not registered, status [F] str, columns:
+    dict of REFINE_COLUMNS -> [F] arrays). With refinement the image similarity is the final
+    gate (measured on independent-renderer recordings: no frame whose refinement passed was
+    more than 5 deg or 5 mm off, while the landmark gate let such frames through):
+
+    - refinement passed from the frame's landmark pose: the refined pose; the landmark status
+      if it was registered, else ``'refined'`` (the landmark gate held it back);
+    - passed from a neighbour's refined pose (``track``: frames without a landmark pose, or
+      whose own refinement failed): ``'tracked'``;
+    - failed: no pose, the refinement's status (``'low_similarity'``, ``'moved_far'``,
+      ``'no_overlap'``); a frame that had nothing to start from keeps its landmark status.
+
+    Frames with a status outside :data:`REFINABLE_STATUSES` are not refined and keep theirs.
     Frames are read ``chunk`` at a time (tracking carries over from one chunk to the next).
     """
     poses = np.asarray(poses, dtype=np.float64)
-    status = np.asarray(status).astype(object)
+    status = np.asarray(status).astype(str)
     F = len(poses)
     if len(recording) != F or len(status) != F:
         raise ValueError(f"got {F} poses and {len(status)} statuses for a recording of {len(recording)} frames")
+    refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1)
+    # Frames flagged by the input checks are left out; the others without a pose may be tracked.
+    candidates = np.flatnonzero(refinable | ~np.isin(status, INPUT_FLAGS))
     parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
-    for s in range(0, F, chunk):
-        idx = np.arange(s, min(F, s + chunk))
+    for s in range(0, len(candidates), chunk):
+        idx = candidates[s:s + chunk]
         imgs, masks = recording_images(recording, idx)
-        start = poses[idx].copy()
+        start = np.where(refinable[idx][:, None], poses[idx], np.nan)
         carried = track and carry is not None and not np.isfinite(start[0]).all()
         if carried:
             start[0] = carry
@@ -101,17 +128,30 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         part.tracked[0] |= carried
         parts.append(part)
         carry = part.poses[-1] if part.converged[-1] else None
-    res = RefineResult(*(np.concatenate([getattr(p, f.name) for p in parts])
-                         for f in dataclasses.fields(RefineResult)))
-    ok = res.converged
-    new_poses = np.where(ok[:, None], res.poses, poses)
-    new_status = status.copy()
-    new_status[ok & res.tracked] = "tracked"
     columns = {
-        "refine_status": res.status, "similarity_view1": res.similarity[:, 0], "similarity_view2": res.similarity[:, 1],
-        "refine_rotation_change_deg": res.rotation_change_deg, "refine_translation_change_mm": res.translation_change_mm,
-        "refine_iterations": res.iterations, "refine_seconds": res.seconds, "refine_tracked": res.tracked,
+        "landmark_status": status.copy(), "refine_status": np.full(F, "not_refined", dtype=object),
+        "similarity_view1": np.full(F, np.nan), "similarity_view2": np.full(F, np.nan),
+        "refine_rotation_change_deg": np.full(F, np.nan), "refine_translation_change_mm": np.full(F, np.nan),
+        "refine_iterations": np.zeros(F, int), "refine_seconds": np.zeros(F), "refine_tracked": np.zeros(F, bool),
     }
+    new_poses, new_status = np.full((F, 6), np.nan), status.astype(object)
+    if parts:
+        res = RefineResult(*(np.concatenate([getattr(p, f.name) for p in parts])
+                             for f in dataclasses.fields(RefineResult)))
+        i = candidates
+        columns["refine_status"][i] = res.status
+        columns["similarity_view1"][i], columns["similarity_view2"][i] = res.similarity[:, 0], res.similarity[:, 1]
+        columns["refine_rotation_change_deg"][i] = res.rotation_change_deg
+        columns["refine_translation_change_mm"][i] = res.translation_change_mm
+        columns["refine_iterations"][i], columns["refine_seconds"][i] = res.iterations, res.seconds
+        columns["refine_tracked"][i] = res.tracked
+        ok = res.converged
+        new_poses[i[ok]] = res.poses[ok]
+        landmark = status[i]
+        new_status[i[ok]] = np.where(res.tracked[ok], TRACKED_STATUS,
+                                     np.where(np.isin(landmark[ok], REGISTERED_LANDMARK), landmark[ok], REFINED_STATUS))
+        failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES)
+        new_status[i[failed]] = res.status[failed]
     return new_poses, new_status.astype(str), columns
 
 
@@ -123,7 +163,8 @@ def append_csv_columns(path, columns: dict) -> None:
 
     from fluororeg.io.atomic import atomic_write_text
 
-    rows = list(csv.reader(io.StringIO(open(path, newline="").read())))
+    with open(path, newline="") as f:
+        rows = list(csv.reader(io.StringIO(f.read())))
     if len(rows) - 1 != min((len(v) for v in columns.values()), default=len(rows) - 1):
         raise ValueError(f"'{path}' has {len(rows) - 1} rows but the columns hold "
                          f"{[len(v) for v in columns.values()]} values")

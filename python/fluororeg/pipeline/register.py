@@ -72,13 +72,13 @@ from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes, view_crops
 
-__all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "register_detections",
-           "register_recording"]
+__all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
+           "register_detections", "register_recording"]
 
 CHUNK_FORMAT = 2          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256)
 CHUNK_KEYS = ("detections", "confidence", "crop_boxes", "frames", "frame_hashes", "settings_sha256")
 FRAME_HASH_BYTES = 16     # BLAKE2b digest size of a frame's hash
-RESULT_FILES = ("poses.csv", "poses.tra", "options.json", "qc.json", "qc.png")  # a run's outputs, written at its end
+RESULT_FILES = ("poses.csv", "poses.tra", "options.json", "qc.json", "qc.png")  # a run's outputs (and qc_worst_*.png)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,10 @@ class PipelineOptions:
     recentre: bool = True             # locate the bone first, then crop around it (see above)
     view_outlier_ratio: float | None = 4.0  # RegistrationOptions.view_outlier_ratio (None: off)
     chunk: int = 32                   # frames per detection chunk (resume granularity)
-    refine: bool = False              # intensity refinement after landmark registration (fluororeg.core.refine)
+    # Intensity refinement after landmark registration (fluororeg.pipeline.refine_stage): on by
+    # default, measured on independent-renderer recordings (benchmarks/bench_pipeline.py
+    # --independent); its similarity gate then decides which frames are registered.
+    refine: bool = True
     num_threads: int = 0              # C++ core and onnxruntime threads (0: fluororeg.core.threads' count)
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
     # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
@@ -389,7 +392,6 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
     # works at that size, and the detector resamples to its own input size as in training.
     size = translator.input_size[0] if options.style == "translate" else _training_image_size(detector)
     fovs, fixed = recording_crop_boxes(recording, size, options.crop_pixel_mm)
-    locate_style = "log" if options.style == "translate" else options.style  # cheap first pass
     N = len(detector.landmark_names)
     det = np.full((len(frames), 2, N, 2), np.nan)
     conf = np.zeros((len(frames), 2, N))
@@ -431,9 +433,7 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
                                                       translator, views[k], distortion[k], options.min_confidence)
 
         if options.recentre:
-            run(locate_style, boxes)
-            located = register_detections(subject, views, det[rows], conf[rows], options, init="paper")
-            boxes = bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
+            boxes = locate_bone_boxes(recording, images, subject, detector, options, fovs, fixed, size)
         run(options.style, boxes)
         if path is not None:
             with atomic_path(path, ".npz") as tmp:  # a killed run never leaves half a chunk
@@ -444,6 +444,26 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
         bar.update(len(sel))
     bar.close()
     return det, conf
+
+
+def locate_bone_boxes(recording, images, subject, detector, options: PipelineOptions, fovs, fixed, size: int) -> list:
+    """The recentring pass: crop boxes [n] of (box view 1, box view 2) centred on the bone in
+    the frames ``images`` ([view][n] raw frames of ``recording``): detection on the
+    field-of-view crops ``fixed`` (without learning: Beer-Lambert inversion when the pipeline
+    translates, else its own style), landmark registration, and the boxes around where that
+    pose puts the model origin (:func:`~fluororeg.inference.crops.bone_crop_boxes`; the
+    field-of-view crop where the bone is not located). The style translator is trained on
+    crops made by this rule (:mod:`fluororeg.training.xray_crops`), as it will see them."""
+    views = recording.geometry.views
+    distortion = recording.geometry.distortion or (None, None)
+    style = "log" if options.style == "translate" else options.style  # cheap, needs no translator
+    n, N = len(images[0]), len(detector.landmark_names)
+    det, conf = np.full((n, 2, N, 2), np.nan), np.zeros((n, 2, N))
+    for k in range(2):
+        det[:, k], conf[:, k] = _detect(images[k], [fixed[k]] * n, fovs[k], size, style, detector, None, views[k],
+                                        distortion[k], options.min_confidence)
+    located = register_detections(subject, views, det, conf, options, init="paper")
+    return bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
 
 
 def register_recording(recording, subject, detector, translator=None, options: PipelineOptions = PipelineOptions(),
@@ -488,6 +508,8 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             (out / name).unlink(missing_ok=True)
             for tmp in out.glob(f".{name}.*.tmp*"):  # left by a run killed while writing it
                 tmp.unlink(missing_ok=True)
+        for old in out.glob("qc_worst_*.png"):
+            old.unlink(missing_ok=True)
     frames = np.arange(len(recording))
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
@@ -522,11 +544,15 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     # Frames that failed the gate keep their pose in ``batch`` (for inspection); the written
     # poses are those of registered frames only.
     poses, status = np.where(batch.ok[:, None], batch.poses, np.nan), batch.status
-    refine_columns = None
+    refine_columns, t_refine = None, 0.0
     if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing
         from fluororeg.pipeline.refine_stage import refine_recording_poses
 
-        poses, status, refine_columns = refine_recording_poses(recording, subject, poses, status)
+        # Every landmark pose is a start, also those the landmark gate held back: the image
+        # similarity after refinement is the final gate.
+        t_refine = time.perf_counter()
+        poses, status, refine_columns = refine_recording_poses(recording, subject, batch.poses, status)
+        t_refine = time.perf_counter() - t_refine
     smoothed = False
     if options.smoothing_hz is not None:
         n_registered = int(np.isfinite(poses).all(axis=1).sum())
@@ -554,7 +580,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
-    qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector)
+    qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
+                           refine_columns=refine_columns, refine_seconds=t_refine)
     if out is not None:
-        quality.write_qc(out, qc)
+        # The worst frames are drawn at the pose each ended with (refined or landmark, registered or not).
+        shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, batch.poses)
+        quality.write_qc(out, qc, recording=recording, subject=subject, poses=shown)
     return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc)
