@@ -4,6 +4,7 @@ style translation, detection, undistortion, registration, files, resume."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from fluororeg.training.translator_export import export_translator
 from fluororeg.training.translator_train import train_translator
 from fluororeg.inference.crops import crop_box_for_view
 from fluororeg.pipeline.register import PipelineOptions, register_recording
+from fluororeg.pipeline.quality import format_qc
 from fluororeg.io.poses import read_poses_csv, read_tra
 from fluororeg.io.recording import open_recording
 import json
@@ -26,6 +28,8 @@ import json
 from fluororeg.core.registration import (GATE_STATUSES, INPUT_STATUSES, STATUSES, RegistrationOptions,
                                          check_view_agreement, mean_landmark_distance, pose_errors, register_frames)
 from fluororeg.training.translator_selection import score_snapshots, select_translator_snapshot, snapshot_paths
+from fluororeg.core.refine import refine_poses
+from fluororeg.pipeline.refine_stage import recording_images
 from fluororeg.simulation.simulate import default_dual_views, simulate_recording
 
 
@@ -48,7 +52,7 @@ def models(subject, tmp_path_factory):
 
 def test_register_recording_writes_consistent_results(subject, models, tmp_path):
     rec = open_recording(models["recording"])
-    opts = PipelineOptions(chunk=2, min_visible=4)
+    opts = PipelineOptions(chunk=2, min_visible=4, refine=False)  # the landmark path and its gate
     out = register_recording(rec, subject, models["detector"], models["translator"], opts, out_dir=tmp_path,
                              progress=False)
     F, N = len(rec), len(subject.landmark_names)
@@ -161,8 +165,9 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
 
     folder = simulate_recording(subject, tmp_path / "rec", scenario="flexion_extension", n_frames=18,
                                 views=default_dual_views(192, 192, pitch=1.6), seed=4)
-    # The smoothing's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
-    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0, quality_gate=False)
+    # The smoothing's mechanics: no quality gate and no refinement (this one-epoch detector's
+    # poses would all fail them).
+    opts = PipelineOptions(style="invert", min_visible=4, smoothing_hz=3.0, quality_gate=False, refine=False)
     with pytest.raises(ValueError, match="needs the frame rate"):  # simulated: no frame rate known
         register_recording(open_recording(folder), subject, models["detector"], None, opts, progress=False)
     manifest = folder / "recording.json"
@@ -206,31 +211,76 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
         open_recording(folder)
 
 
+def test_register_refines_by_default_and_its_similarity_is_the_final_gate(subject, models, tmp_path):
+    """Default options refine every landmark pose; a frame is registered only when its
+    refinement passes, so no registered frame is far off, even from this one-epoch detector's
+    poses (40-60 deg off); poses.csv carries the refinement columns, the QC report the
+    similarity, and the worst frames are drawn."""
+    from fluororeg.pipeline.quality import REGISTERED_STATUSES
+    from fluororeg.pipeline.refine_stage import REFINE_COLUMNS, REFINE_FAILURE_STATUSES
+
+    rec = open_recording(models["recording"])
+    assert PipelineOptions().refine
+    out = register_recording(rec, subject, models["detector"], models["translator"], PipelineOptions(min_visible=4),
+                             out_dir=tmp_path, progress=False)
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    registered = np.isin(out.status, REGISTERED_STATUSES)
+    assert np.array_equal(registered, np.isfinite(out.poses).all(axis=1))
+    ang, mm = pose_errors(np.where(registered[:, None], out.poses, truth), truth)
+    assert np.all(ang[registered] < 5.0) and np.all(mm[registered] < 5.0), (out.status, ang, mm)
+    assert set(out.status) <= set(STATUSES) | set(REGISTERED_STATUSES) | set(REFINE_FAILURE_STATUSES)
+    header = (tmp_path / "poses.csv").read_text().splitlines()[0].split(",")
+    assert set(REFINE_COLUMNS) <= set(header)
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc["refined"]["frames_refined"] >= 1 and len(qc["per_frame"]["similarity"]) == len(rec)
+    worst = sorted(tmp_path.glob("qc_worst_*.png"))
+    assert len(worst) == len(qc["worst"]) >= 1 and all(p.stat().st_size > 1000 for p in worst)
+    assert "intensity refinement" in format_qc(qc)
+
+
 def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):
     rec = open_recording(models["recording"])
     run = models["root"] / "style"
     assert [step for step, _ in snapshot_paths(run)] == [2, 4]
     # The ranking's mechanics: no quality gate (this one-epoch detector's poses would all fail it).
     opts = PipelineOptions(min_visible=4, quality_gate=False)
-    best, scores = select_translator_snapshot(run, rec, subject, models["detector"], tmp_path / "sel", options=opts,
-                                         progress=False)
-    assert [s.step for s in scores] == [2, 4] and best in scores
-    assert best.score == min(s.score for s in scores)
-    # The label-free score is the median residual of register_recording with that snapshot.
+    # The label-free score of each candidate: the refinement disagreement of its landmark poses.
+    scores = score_snapshots(run, rec, subject, models["detector"], options=opts, progress=False)
+    assert [(s.style, s.step) for s in scores] == [("translate", 2), ("translate", 4), ("log", -1), ("invert", -1)]
     x2d, _ = export_translator(scores[1].path, tmp_path / "s4")
-    res = register_recording(rec, subject, models["detector"], StyleTranslator(x2d), opts, progress=False)
+    res = register_recording(rec, subject, models["detector"], StyleTranslator(x2d), replace(opts, refine=False),
+                             progress=False)
     expect = np.median(np.where(res.batch.ok, res.batch.rms_mm.mean(axis=1), np.inf))
-    assert scores[1].score == pytest.approx(expect) and scores[1].residual_mm == pytest.approx(expect)
+    assert scores[1].residual_mm == pytest.approx(expect)
+    images, masks = recording_images(rec)
+    refined = refine_poses(subject.attenuation_model(), rec.geometry.views, images, res.batch.poses,
+                           bone=subject.mask_model(), image_masks=masks)
+    far = mean_landmark_distance(subject.landmarks_model, np.nan_to_num(res.batch.poses), np.nan_to_num(refined.poses))
+    expect = np.median(np.where(refined.converged & np.isfinite(res.batch.poses).all(axis=1), far, np.inf))
+    assert scores[1].score == pytest.approx(expect) and scores[1].refine_disagreement_mm == scores[1].score
+    assert scores[1].refined_share == pytest.approx(refined.converged.mean())
     assert np.isnan(scores[1].landmark_err_mm)
+    # Selection among the snapshots; the verdict (translate or not) travels in the exported model.
+    truth = np.load(models["recording"] / "truth.npz")["poses"]
+    best, chosen_scores = select_translator_snapshot(run, rec, subject, models["detector"], tmp_path / "sel",
+                                                     options=opts, reference=truth, progress=False)
+    snaps = [s for s in chosen_scores if s.style == "translate"]
+    assert best.score == min(s.score for s in snaps)
     chosen = StyleTranslator(tmp_path / "sel" / "xray_to_drr.onnx")
     assert int(chosen.meta["training_step"]) == best.step
-    assert len((tmp_path / "sel" / "selection.csv").read_text().strip().splitlines()) == 3
+    plain = min(s.score for s in chosen_scores if s.style != "translate")
+    style, why = chosen.preferred_style()
+    assert (style == "translate") == (best.score <= plain) and (why is None) == (style == "translate")
+    assert chosen.selection["use_style"] == style
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["use_style"] == style
+    assert len((tmp_path / "sel" / "selection.csv").read_text().strip().splitlines()) == 5
     # With reference poses the score is the median landmark error to them.
     truth = np.load(models["recording"] / "truth.npz")["poses"]
     scored = score_snapshots(run, rec, subject, models["detector"], reference=truth, options=opts, max_frames=3,
-                             progress=False)
+                             progress=False, baselines=())
     ok = res.batch.ok[[0, 2, 4]]
-    lm = mean_landmark_distance(subject.landmarks_model, np.where(ok[:, None], res.poses[[0, 2, 4]], truth[[0, 2, 4]]),
+    lm = mean_landmark_distance(subject.landmarks_model, np.where(ok[:, None], res.batch.poses[[0, 2, 4]],
+                                                                  truth[[0, 2, 4]]),
                                 truth[[0, 2, 4]])
     assert scored[1].score == pytest.approx(np.median(np.where(ok, lm, np.inf)))
     assert scored[1].landmark_err_mm == scored[1].score
@@ -240,6 +290,8 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
         score_snapshots(run, rec, subject, models["detector"], options=PipelineOptions(style="log"), progress=False)
     with pytest.raises(ValueError, match="max_frames"):
         score_snapshots(run, rec, subject, models["detector"], max_frames=0, progress=False)
+    with pytest.raises(ValueError, match="baseline style 'raw'"):
+        score_snapshots(run, rec, subject, models["detector"], baselines=("raw",), progress=False)
     with pytest.raises(FileNotFoundError, match="snapshot-every"):
         snapshot_paths(tmp_path)
 
@@ -254,7 +306,8 @@ def test_select_style_command(subject, models, tmp_path, monkeypatch, capsys):
                      str(models["recording"] / "truth.npz"), "--out", str(tmp_path / "sel"), "--quiet",
                      "--max-residual-mm", "0", "--allow-undertrained"]) == 0  # no gate: this one-epoch detector fails it
     out = capsys.readouterr().out
-    assert "step       2" in out and "step       4" in out and "<- best" in out and "mm landmark error" in out
+    assert "step 2" in out and "step 4" in out and "style log" in out and "<- best snapshot" in out
+    assert "mm landmark error" in out
     assert (tmp_path / "sel" / "xray_to_drr.onnx").exists() and (tmp_path / "sel" / "selection.json").exists()
     assert cli.main(["select-translator", str(tmp_path), str(models["recording"]), "--detector", str(det),
                      "--out", str(tmp_path / "x"), "--allow-undertrained"]) == 2
@@ -377,3 +430,24 @@ def test_unusable_input_is_not_registered(subject, models, tmp_path, monkeypatch
     monkeypatch.setattr(bad, "geometry", dataclasses.replace(bad.geometry, views=(bad.geometry.views[0], turned)))
     with pytest.raises(ValueError, match="view 2"):
         register_recording(bad, subject, det, None, opts, progress=False)
+
+
+def test_register_falls_back_from_a_translator_that_does_not_help(subject, models, tmp_path, monkeypatch, capsys):
+    """A translator whose snapshot selection found a no-learning style better is not used by
+    default: register says so and registers with that style; --style translate forces it."""
+    import fluororeg.cli as cli
+    import fluororeg.cli.common as cli_common
+
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: subject)
+    verdict = {"criterion": "median refinement disagreement", "use_style": "invert", "snapshot_step": 4,
+               "snapshot_score": 9.0, "baseline_scores": {"log": 12.0, "invert": 3.0}}
+    x2d, _ = export_translator(snapshot_paths(models["root"] / "style")[1][1], tmp_path / "t", extra_metadata={
+        "selection": verdict})
+    base = ["register", str(models["recording"]), "--detector", str(models["root"] / "detector.onnx"), "--translator",
+            str(x2d), "--quiet", "--allow-undertrained", "--no-refine", "--min-visible", "4"]
+    assert cli.main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert "not translating with" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "options.json").read_text())["style"] == "invert"
+    assert cli.main(base + ["--style", "translate", "--out", str(tmp_path / "b")]) == 0
+    assert "not translating" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "options.json").read_text())["style"] == "translate"

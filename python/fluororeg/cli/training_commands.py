@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
     tt.add_argument("--preset", choices=["fast", "paper"], default="fast")
     tt.add_argument("--steps", type=int)
     tt.add_argument("--every", type=int, default=1, help="use every n-th frame")
+    tt.add_argument("--detector", help="exported landmark detector (.onnx) of --subject: the X-ray crops are centred on "
+                                       "the bone it locates, as `register` crops them before translating (recommended; "
+                                       "default: centred on the field of view)")
+    tt.add_argument("--subject", help=common.SUBJECT_HELP + " (with --detector)")
     tt.add_argument("--crop-pixel-mm", type=float,
                     help="pixel size (mm at the bone) of the X-ray crops (default: the --drr dataset's, as register "
                          "crops with a detector trained on it)")
@@ -88,8 +92,18 @@ def run_train_translator(args: argparse.Namespace) -> int:
 
         crop_pixel_mm = DatasetReader(args.drr, "train").crop_pixel_mm  # the DRRs' pixel size at the bone
     with run_folder_lock(args.out, "train-translator"):  # one writer per run folder, training and export
-        crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every)
-        print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s)")
+        locate = None
+        if args.detector:
+            from fluororeg.inference.detector import LandmarkDetector
+
+            subject = common.load_subject_arg(args.subject)
+            locate = (subject, LandmarkDetector(args.detector, subject=subject, device=args.device))
+        elif args.subject:
+            raise ValueError("--subject is used with --detector (to centre the crops on the bone): pass --detector too")
+        crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every,
+                                    locate=locate)
+        print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s), centred on "
+              + ("the bone" if locate else "the field of view (pass --detector and --subject to centre them on the bone)"))
         if args.restart:
             discard_run(args.out)
         summary = train_translator(crops, args.drr, args.out, cfg, progress=not args.quiet, device=args.device)

@@ -62,6 +62,35 @@ class StyleTranslator:
         self.batch_size = int(batch_size)
         self.meta = meta
 
+    @property
+    def selection(self) -> dict | None:
+        """The verdict of the snapshot selection that exported this generator
+        (:func:`fluororeg.training.translator_selection.select_translator_snapshot`): ``criterion``,
+        ``use_style`` ('translate', or the no-learning style that registered its validation
+        recording better), the scores; None when it was exported without one."""
+        import json
+
+        raw = self.meta.get("selection")
+        if raw is None:
+            return None
+        try:
+            verdict = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            return None
+        return verdict if isinstance(verdict, dict) else None
+
+    def preferred_style(self) -> tuple[str, str | None]:
+        """(style, why): 'translate', or the no-learning style its selection found better on the
+        validation recording, with the reason to print."""
+        verdict = self.selection or {}
+        style = verdict.get("use_style", "translate")
+        if style not in ("log", "invert"):
+            return "translate", None
+        base = verdict.get("baseline_scores", {}).get(style)
+        return style, (f"its snapshot selection found no translation better than style '{style}' on the validation "
+                       f"recording ({verdict.get('criterion', 'score')}: translator {verdict.get('snapshot_score')}, "
+                       f"{style} {base})")
+
     def translate(self, images) -> np.ndarray:
         a = np.asarray(images)
         single = a.ndim == 2

@@ -161,7 +161,11 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
         from dataclasses import asdict
 
         identities = sorted((r.name, recording_identity(recording(r, g))) for r, g in recordings)
-        style_fp = stage_fingerprint("style", ds_fp, asdict(style_cfg), every, crop_mm, identities)
+        # crops centred on the bone the subject's detector locates (its file digest is part of what)
+        from fluororeg.study.inputs import file_digest
+
+        det_digest = file_digest(result["detector"])
+        style_fp = stage_fingerprint("style", ds_fp, asdict(style_cfg), every, crop_mm, identities, det_digest)
         run_dir, onnx_dir = out / "style_run", out / "style"
         x2d = onnx_dir / "xray_to_drr.onnx"
 
@@ -170,8 +174,12 @@ def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec
             from fluororeg.training.translator_export import export_translator
             from fluororeg.training.translator_train import train_translator
 
+            from fluororeg.inference.detector import LandmarkDetector
+
             recs = [recording(r, g) for r, g in recordings]
-            crops = xray_training_crops(recs, size=style_cfg.image_size, crop_pixel_mm=crop_mm, every=every)
+            locate = (subject, LandmarkDetector(result["detector"], subject=subject, num_threads=threads))
+            crops = xray_training_crops(recs, size=style_cfg.image_size, crop_pixel_mm=crop_mm, every=every,
+                                        locate=locate)
             summary = train_translator(crops, ds_root, run_dir, style_cfg, progress=False, num_threads=threads,
                                   device=spec.device)
             if summary["stopped"] or summary["step"] < summary["total_steps"]:  # a partial run is never final

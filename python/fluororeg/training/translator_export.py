@@ -41,12 +41,14 @@ def load_translator(run_dir_or_checkpoint) -> tuple[dict, TranslatorConfig, dict
     return gens, config, saved
 
 
-def export_translator(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tuple[Path, Path]:
+def export_translator(run_dir_or_checkpoint, out_dir, *, opset: int = 17,
+                      extra_metadata: dict | None = None) -> tuple[Path, Path]:
     """Export both generators as ``out_dir/xray_to_drr.onnx`` and ``out_dir/drr_to_xray.onnx``
     (dynamic batch; input ``image`` [n, 1, S, S], output ``translated``) with metadata:
     ``fluororeg_kind='style_generator'``, ``direction``, ``input_size``, ``input_normalisation``,
     ``output``, ``input_domain``/``output_domain``, ``xray_polarity``, ``crop_rule`` (the X-ray crops' rule), ``architecture``,
-    ``training_step``. Returns the two paths."""
+    ``training_step``, and ``extra_metadata`` (e.g. the snapshot selection's verdict). Returns
+    the two paths."""
     gens, config, saved = load_translator(run_dir_or_checkpoint)
     S = config.image_size
     domains = {"xray": f"X-ray crop ({CROP_RULE})",
@@ -60,7 +62,8 @@ def export_translator(run_dir_or_checkpoint, out_dir, *, opset: int = 17) -> tup
                 "xray_polarity": str(config.xray_polarity), "crop_rule": CROP_RULE,
                 "architecture": {"generator": "resnet", "width": config.gen_width, "blocks": config.gen_blocks,
                                  "norm": "instance", "padding": "reflection"},
-                "training_step": str(int(saved["step"])), "total_steps": str(int(saved.get("total_steps", 0)))}
+                "training_step": str(int(saved["step"])), "total_steps": str(int(saved.get("total_steps", 0))),
+                **(extra_metadata or {})}
         example = torch.zeros(1, 1, S, S)
         with warnings.catch_warnings():
             # instance norm always normalises with the input's own statistics (no running

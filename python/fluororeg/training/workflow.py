@@ -159,8 +159,9 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
     selection = None
     if not paths.translator_onnx.exists():
         cfg = settings.style
-        crops = xray_training_crops(xray_recordings, size=cfg.image_size,
-                                    crop_pixel_mm=crop_pixel_mm, every=settings.xray_every)
+        # Centred on the bone as the pipeline will crop them (located with the detector just trained).
+        crops = xray_training_crops(xray_recordings, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm,
+                                    every=settings.xray_every, locate=(subject, detector))
         steps = cfg.total_steps(len(crops), len(DatasetReader(paths.dataset, "train")))
         say(f"training the style translator ({len(crops)} X-ray crops, {steps} steps)")
         style_run = Path(paths.runs) / "style"
@@ -182,7 +183,7 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
                                              options=options, max_frames=settings.select_max_frames,
                                              progress=progress)
         say(f"style snapshot of step {selection.step}: score {selection.score:.2f} "
-            f"({'median landmark error, mm' if reference is not None else 'median residual, mm'})")
+            f"({'median landmark error, mm' if reference is not None else 'median refinement disagreement, mm'})")
     translator = StyleTranslator(paths.translator_onnx, direction="xray_to_drr", num_threads=threads,
                                  device=settings.device)
     return TrainedModels(detector, translator, selection, paths)
