@@ -161,3 +161,23 @@ def test_a_given_orientation_changes_the_fingerprint():
     c = _phantom_subject(hu, orientation={"superior": [0, 0, 1], "anterior": [0, -1, 0]})
     assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
     assert _phantom_subject(hu).fingerprint == a.fingerprint
+
+
+def test_simulated_recordings_stand_the_subject_by_its_anatomy(subject):
+    """motion_sequence's rest rotation comes from the measured orientation, so a subject whose
+    CT header is rotated stands in the same place as the original: the same world landmarks in
+    every frame (its recordings show the same scene), facing the sources whatever its header."""
+    from fluororeg.core.geometry import pose_matrix
+    from fluororeg.simulation.simulate import motion_sequence
+
+    def world_landmarks(s):
+        M = pose_matrix(motion_sequence("walking", 4, seed=3, rest_rotation=s.orientation.world_from_model_rotation()))
+        return np.einsum("fij,lj->fli", M[:, :3, :3], s.landmarks_model) + M[:, None, :3, 3]
+
+    turned = rotated_header_subject(subject, 180.0, "z")
+    np.testing.assert_allclose(world_landmarks(turned), world_landmarks(subject), atol=1e-9)
+    # the face (anterior) toward the sources at -y in the rest pose
+    R = subject.orientation.world_from_model_rotation()
+    assert (R @ np.array(subject.orientation.anterior))[1] < -0.99
+    with pytest.raises(ValueError, match="rotation matrix"):
+        motion_sequence("walking", 2, rest_rotation=np.diag([1.0, 1.0, -1.0]))

@@ -334,7 +334,9 @@ def simulate_independent_recording(subject, out, *, scenario: str = "walking", n
     _require()
     out = start_recording_folder(out, views)
     rng = np.random.default_rng(seed)
-    poses = motion_sequence(scenario, n_frames, seed=seed)
+    # standing upright facing the sources by its anatomy, whatever its CT header says
+    poses = motion_sequence(scenario, n_frames, seed=seed,
+                            rest_rotation=subject.orientation.world_from_model_rotation())
     mu = subject.attenuation_model()
     L = len(subject.landmark_names)
     landmarks_px, landmarks_image, in_fov = truth_arrays(n_frames, L)

@@ -83,10 +83,19 @@ SCENARIOS = {
 
 
 def motion_sequence(scenario: str, n_frames: int, *, seed: int = 0,
-                    pivot_model_mm=(0.0, 20.0, -70.0), centre_world_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """world_from_model poses [n_frames, 6] (deg, mm). The subject stands upright facing -y
-    (model LPS axes = world axes at rest) with its model origin at ``centre_world_mm``; it
-    rotates about a pivot below the skull (``pivot_model_mm``, model frame) and sways."""
+                    pivot_model_mm=(0.0, 20.0, -70.0), centre_world_mm=(0.0, 0.0, 0.0),
+                    rest_rotation=None) -> np.ndarray:
+    """world_from_model poses [n_frames, 6] (deg, mm). The subject stands upright facing -y with
+    its model origin at ``centre_world_mm``; it rotates about a pivot below the skull and sways.
+    ``rest_rotation`` [3, 3]: the world_from_model rotation that stands it so (from its anatomy:
+    :meth:`fluororeg.subject.orientation.SubjectOrientation.world_from_model_rotation`; None: the
+    identity, i.e. model LPS axes = world axes, true when the CT header names the anatomical
+    axes). ``pivot_model_mm``: the pivot relative to the model origin in those upright axes
+    (LPS: 20 mm posterior, 70 mm inferior)."""
+    R0 = np.eye(3) if rest_rotation is None else np.asarray(rest_rotation, dtype=np.float64)
+    if R0.shape != (3, 3) or not np.allclose(R0 @ R0.T, np.eye(3), atol=1e-6) or np.linalg.det(R0) < 0:
+        raise ValueError(f"rest_rotation must be a [3, 3] rotation matrix, got {np.shape(rest_rotation)} "
+                         f"{'(not a rotation)' if R0.shape == (3, 3) else ''}")
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario '{scenario}' is unknown: expected one of {sorted(SCENARIOS)}")
     if not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
@@ -99,11 +108,11 @@ def motion_sequence(scenario: str, n_frames: int, *, seed: int = 0,
     wave = np.sin(2 * np.pi * freq[None, :] * t[:, None] + phase[None, :])
     angles = wave[:, :3] * np.array(spec["angles"])
     shift = wave[:, 3:] * np.array(spec["shift"])
-    pivot = np.asarray(pivot_model_mm, float)
-    Rm = rotation_matrix(angles)                                      # [F, 3, 3]
+    pivot = np.asarray(pivot_model_mm, float)                         # world directions, from the origin
+    Rm = rotation_matrix(angles)                                      # [F, 3, 3] the motion, in world axes
     tau = pivot - Rm @ pivot + np.asarray(centre_world_mm, float) + shift
     M = np.zeros((n_frames, 4, 4))
-    M[:, :3, :3], M[:, :3, 3], M[:, 3, 3] = Rm, tau, 1.0
+    M[:, :3, :3], M[:, :3, 3], M[:, 3, 3] = Rm @ R0, tau, 1.0
     return pose_from_matrix(M)
 
 
@@ -195,7 +204,9 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
     views = default_dual_views() if views is None else tuple(views)
     out = start_recording_folder(out, views)
     rng = np.random.default_rng(seed)
-    poses = motion_sequence(scenario, n_frames, seed=seed)
+    # standing upright facing the sources by its anatomy, whatever its CT header says
+    poses = motion_sequence(scenario, n_frames, seed=seed,
+                            rest_rotation=subject.orientation.world_from_model_rotation())
     mu = subject.attenuation_model()
     landmarks_px, landmarks_image, in_fov = truth_arrays(n_frames, len(subject.landmark_names))
     models = []
