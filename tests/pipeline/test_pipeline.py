@@ -26,7 +26,8 @@ from fluororeg.io.recording import open_recording
 import json
 
 from fluororeg.core.registration import (GATE_STATUSES, INPUT_STATUSES, STATUSES, RegistrationOptions,
-                                         check_view_agreement, mean_landmark_distance, pose_errors, register_frames)
+                                         check_view_agreement, mean_landmark_distance, pose_errors, register_frames,
+                                         system_centre, triangulated_poses)
 from fluororeg.training.translator_selection import score_snapshots, select_translator_snapshot, snapshot_paths
 from fluororeg.core.refine import refine_poses
 from fluororeg.pipeline.refine_stage import recording_images
@@ -87,11 +88,18 @@ def test_register_recording_writes_consistent_results(subject, models, tmp_path)
     d = out.detections[np.isfinite(out.detections)]
     assert d.min() >= -0.5 - 20 and d.max() < 192 + 20
     assert np.all((out.confidence >= 0) & (out.confidence <= 1))
-    # The registration step is exactly the batch solver on those detections, then the check
-    # of the two views' agreement.
+    # The registration step is exactly the batch solver on those detections from the
+    # triangulated starts (the paper's where too few landmarks are seen in both views), then the
+    # check of the two views' agreement.
     kw = dict(pairs=subject.pairs, loss="cauchy", loss_scale_mm=6.0, min_visible=4,
               options=RegistrationOptions(max_residual_mm=limit))
-    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence, **kw)
+    starts = triangulated_poses(subject.landmarks_model, rec.geometry.views,
+                                np.where(out.confidence[..., None] > 0, out.detections, np.nan),
+                                subject.mirror_permutation())
+    paper = np.concatenate([np.zeros(3), system_centre(rec.geometry.views)])
+    starts = np.where(np.isfinite(starts).all(axis=1)[:, None], starts, paper)
+    again = register_frames(subject.landmarks_model, rec.geometry.views, out.detections, weights=out.confidence,
+                            init_poses=starts, **kw)
     again = check_view_agreement(subject.landmarks_model, rec.geometry.views, out.detections, again,
                                  weights=out.confidence, **kw)
     np.testing.assert_allclose(again.poses, out.batch.poses, equal_nan=True, atol=1e-9)

@@ -74,7 +74,10 @@ def add_parser(subparsers) -> None:
                     help="image style fed to the detector; default: translate with --translator (unless its "
                          "snapshot selection found a no-learning style better: then that one, said on stderr), else "
                          "log (Beer-Lambert inversion)")
-    rg.add_argument("--init", choices=["paper", "previous"], default="paper")
+    rg.add_argument("--init", choices=["triangulate", "paper", "previous"], default="triangulate",
+                    help="Eq. 2's start: the landmarks triangulated from both views and rigidly fitted (default; "
+                         "no assumption on the CT's axes), the paper's (system centre, theta 0: only when the CT's "
+                         "axes agree with the world's), or the previous frame's pose")
     rg.add_argument("--mode", choices=["least_squares", "frobenius"], default="least_squares")
     rg.add_argument("--loss", choices=["none", "huber", "cauchy"],
                     help="robust loss per landmark (default: cauchy; none with --mode frobenius, which has none)")

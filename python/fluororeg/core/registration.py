@@ -72,7 +72,8 @@ import numpy as np
 
 from fluororeg import _core
 from fluororeg._core import RegistrationOptions, RegistrationStatus
-from fluororeg.core.geometry import ConeView, check_array_size, as_poses, poses_to_radians, stack_views, system_centre
+from fluororeg.core.geometry import (ConeView, check_array_size, as_poses, pose_from_matrix, poses_to_radians,
+                                     stack_views, system_centre)
 
 __all__ = [
     "RegistrationOptions",
@@ -88,6 +89,7 @@ __all__ = [
     "BatchResult",
     "register_frame",
     "register_frames",
+    "triangulated_poses",
     "check_view_agreement",
     "pose_errors",
     "mean_landmark_distance",
@@ -454,6 +456,70 @@ def check_view_agreement(landmarks, views, detections, batch: BatchResult, *, we
     checked = _to_batch(out)
     part = BatchResult(**{name: getattr(checked, name)[rows] for name in BatchResult.__dataclass_fields__})
     return batch.with_frames(rows, part)
+
+
+def triangulated_poses(landmarks, views, detections, mirror=None, *, min_points: int = 4) -> np.ndarray:
+    """Starts for Eq. 2 that assume nothing about the CT's axes: per frame, the rigid pose
+    (world_from_model, deg / mm) that best maps the model landmarks [N, 3] onto the landmarks
+    triangulated from both views' detections [F, 2, N, 2] (undistorted px; NaN: not seen): the
+    midpoint of the shortest segment between the two source rays, then least squares (Kabsch).
+
+    ``mirror`` [N]: the left/right permutation (:meth:`Subject.mirror_permutation`); the four
+    labellings of the paper's mirror cases are triangulated (a detector that swaps left and
+    right in one view makes rays that miss each other) and the best rigid fit kept. NaN rows
+    where fewer than ``min_points`` landmarks are seen in both views. The 'paper' start (the
+    system centre, theta 0) assumes the CT's axes agree with the world's: measured on the
+    independent recordings of a CT whose header is rotated 180 deg about the vertical, the
+    landmark registration ended 94-120 deg off from it, and as on the original CT (3-4 deg)
+    from the triangulated start."""
+    lm = _landmarks(landmarks)
+    views = list(views)
+    if len(views) != 2:
+        raise ValueError(f"got {len(views)} views: expected two ConeViews")
+    det = np.asarray(detections, dtype=np.float64)
+    N = len(lm)
+    if det.ndim != 4 or det.shape[1:] != (2, N, 2):
+        raise ValueError(f"detections have shape {det.shape}: expected (F, 2, {N}, 2)")
+    perm = np.arange(N) if mirror is None else np.asarray(mirror, dtype=np.int64)
+    if perm.shape != (N,) or sorted(perm.tolist()) != list(range(N)):
+        raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
+    src = [np.asarray(v.source, np.float64) for v in views]
+    rays = [v.pixel_to_world(det[:, k]) - src[k] for k, v in enumerate(views)]  # [F, N, 3] each
+    out = np.full((len(det), 6), np.nan)
+    cases = [(np.arange(N), np.arange(N))] if mirror is None else \
+        [(np.arange(N), np.arange(N)), (np.arange(N), perm), (perm, np.arange(N)), (perm, perm)]
+    for f in range(len(det)):
+        best = (np.inf, None)
+        for a, b in cases:  # view 1 labels a, view 2 labels b: landmark n seen as a[n] and b[n]
+            d1, d2 = rays[0][f, a], rays[1][f, b]
+            ok = np.isfinite(d1).all(axis=1) & np.isfinite(d2).all(axis=1)
+            if ok.sum() < min_points:
+                continue
+            d1, d2 = d1[ok], d2[ok]
+            # closest points s1 + t1 d1 and s2 + t2 d2 of the two rays
+            w = src[0] - src[1]
+            aa, bb, cc = (d1 * d1).sum(1), (d1 * d2).sum(1), (d2 * d2).sum(1)
+            dd, ee = (d1 * w).sum(1), (d2 * w).sum(1)
+            den = aa * cc - bb * bb
+            good = den > 1e-12 * aa * cc
+            if good.sum() < min_points:
+                continue
+            t1 = (bb * ee - cc * dd)[good] / den[good]
+            t2 = (aa * ee - bb * dd)[good] / den[good]
+            X = 0.5 * (src[0] + t1[:, None] * d1[good] + src[1] + t2[:, None] * d2[good])   # [n, 3] world mm
+            P = lm[np.flatnonzero(ok)[good]]                                                 # [n, 3] model mm
+            pc, xc = P.mean(0), X.mean(0)
+            U, _, Vt = np.linalg.svd((P - pc).T @ (X - xc))
+            D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
+            R = Vt.T @ D @ U.T
+            rms = float(np.sqrt(np.mean(np.sum(((P - pc) @ R.T + xc - X) ** 2, axis=1))))
+            if rms < best[0]:
+                M = np.eye(4)
+                M[:3, :3], M[:3, 3] = R, xc - R @ pc
+                best = (rms, M)
+        if best[1] is not None:
+            out[f] = pose_from_matrix(best[1])
+    return out
 
 
 def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:

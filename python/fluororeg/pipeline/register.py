@@ -75,6 +75,7 @@ from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes, vie
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
            "register_detections", "register_recording"]
 
+INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 CHUNK_FORMAT = 2          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256)
 CHUNK_KEYS = ("detections", "confidence", "crop_boxes", "frames", "frame_hashes", "settings_sha256")
 FRAME_HASH_BYTES = 16     # BLAKE2b digest size of a frame's hash
@@ -92,7 +93,10 @@ class PipelineOptions:
     min_visible: int = 6              # fewer landmarks in both fields of view: not registrable
     min_confidence: float = 0.0       # detections below this confidence are dropped
     use_confidence_weights: bool = True
-    init: str = "paper"               # 'paper' (system centre, theta 0) | 'previous'
+    # Eq. 2's start: 'triangulate' (the landmarks triangulated from both views, rigidly fitted:
+    # no assumption on the CT's axes), 'paper' (system centre, theta 0: right only when the CT's
+    # axes agree with the world's) or 'previous' (frame after frame).
+    init: str = "triangulate"
     smoothing_hz: float | None = None  # low-pass cut-off (Hz); needs the frame rate
     fps: float | None = None          # frame rate (frames/s); None: the recording's frame_rate_hz
     recentre: bool = True             # locate the bone first, then crop around it (see above)
@@ -116,8 +120,8 @@ class PipelineOptions:
     def __post_init__(self):
         if self.style not in ("translate", "log", "invert", "none"):
             raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
-        if self.init not in ("paper", "previous"):
-            raise ValueError(f"init '{self.init}' is unknown: expected 'paper' or 'previous'")
+        if self.init not in INITS:
+            raise ValueError(f"init '{self.init}' is unknown: expected one of {INITS}")
         if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
             raise ValueError(f"min_confidence = {self.min_confidence!r}: expected a number in [0, 1)")
         if not (np.isfinite(self.crop_pixel_mm) and self.crop_pixel_mm > 0):
@@ -149,8 +153,10 @@ class PipelineOptions:
         from fluororeg.core.threads import num_threads as process_threads
 
         ratio = self.view_outlier_ratio
+        # 'triangulate' is the pipeline's: it hands the core one start per frame (its 'given').
+        init = "paper" if self.init == "triangulate" else self.init
         return RegistrationOptions(mode=self.mode, loss=self.loss, loss_scale_mm=self.loss_scale_mm,
-                                   mirror=self.mirror, min_visible=self.min_visible, init=self.init,
+                                   mirror=self.mirror, min_visible=self.min_visible, init=init,
                                    view_outlier_ratio=ratio, view_joint_ratio=2.5 if ratio is None else min(2.5, ratio),
                                    num_threads=process_threads(self.num_threads),
                                    max_residual_mm=self.residual_limit_mm())
@@ -209,17 +215,31 @@ def _registration_kwargs(subject, options: PipelineOptions) -> dict:
                 mirror=options.mirror, min_visible=options.min_visible)
 
 
-def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str = "paper"):
+def register_detections(subject, views, det, conf, options: PipelineOptions, *, init: str | None = None):
     """Register detections [F, 2, N, 2] (undistorted frame px) with confidences [F, 2, N] as
     the pipeline does: one call to the core's batch registration with the options' settings
     (:meth:`PipelineOptions.registration_options`: robust loss, the check of the two views'
-    agreement) from the ``init`` start ('paper', or 'previous': frame after frame; the
-    recording's registration passes ``options.init``). Returns a
-    :class:`~fluororeg.core.registration.BatchResult`."""
-    from fluororeg.core.registration import register_frames
+    agreement) from the ``init`` start (default ``options.init``): 'triangulate'
+    (:func:`~fluororeg.core.registration.triangulated_poses`; frames without enough landmarks in
+    both views start from the paper's start), 'paper', or 'previous' (frame after frame).
+    Returns a :class:`~fluororeg.core.registration.BatchResult`."""
+    from fluororeg.core.geometry import system_centre
+    from fluororeg.core.registration import register_frames, triangulated_poses
 
-    return register_frames(subject.landmarks_model, views, det, weights=_registration_weights(det, conf, options),
-                           pairs=subject.pairs, options=options.registration_options().replace(init=init))
+    init = options.init if init is None else init
+    if init not in INITS:
+        raise ValueError(f"init '{init}' is unknown: expected one of {INITS}")
+    weights = _registration_weights(det, conf, options)
+    opts = options.registration_options()
+    if init != "triangulate":
+        return register_frames(subject.landmarks_model, views, det, weights=weights, pairs=subject.pairs,
+                               options=opts.replace(init=init))
+    starts = triangulated_poses(subject.landmarks_model, views, np.where(weights[..., None] > 0, det, np.nan),
+                                subject.mirror_permutation())
+    paper = np.concatenate([np.zeros(3), system_centre(views)])
+    starts = np.where(np.isfinite(starts).all(axis=1)[:, None], starts, paper)
+    return register_frames(subject.landmarks_model, views, det, weights=weights, pairs=subject.pairs,
+                           init_poses=starts, options=opts.replace(init="paper"))
 
 
 def _detect(images, boxes, fov, size, style, detector, translator, view, distortion, min_confidence):
@@ -462,7 +482,7 @@ def locate_bone_boxes(recording, images, subject, detector, options: PipelineOpt
     for k in range(2):
         det[:, k], conf[:, k] = _detect(images[k], [fixed[k]] * n, fovs[k], size, style, detector, None, views[k],
                                         distortion[k], options.min_confidence)
-    located = register_detections(subject, views, det, conf, options, init="paper")
+    located = register_detections(subject, views, det, conf, options, init="triangulate")
     return bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
 
 
