@@ -16,7 +16,8 @@ pairs instead of four of 40.
 ``--independent``: instead, the recordings rendered by an independent renderer (plastimatch,
 other intensifier effects, views 112 deg apart; ``benchmarks/independent_recordings.py``, built
 here when missing) of the example subject, the same with a rotated CT header and the headsq CT
-(only with ``--headsq-models``, a detector and translator trained on headsq). Reports, per style
+(only with ``--headsq-models``: a detector, and optionally a translator, trained on headsq;
+``--subjects`` picks some of the three). Reports, per style
 and overall and split by "bone inside both fields" (every landmark inside both fields of view):
 ``angle_err_deg_median``, ``position_err_mm_median`` (Eq. 3), ``false_ok_frames`` (frames more
 than 5 deg or 5 mm off that carry a registered status), ``success_rate_2mm`` (frames with mean
@@ -56,11 +57,24 @@ def main() -> None:
                    help="register the plastimatch-rendered recordings of benchmarks/independent_recordings.py")
     p.add_argument("--independent-dir", default="out/independent", help="where those recordings are (built if missing)")
     p.add_argument("--frames", type=int, default=24, help="--independent: frame pairs per recording (--quick: 6)")
-    p.add_argument("--headsq-models", help="--independent: folder with detector.onnx and style/xray_to_drr.onnx "
-                                           "trained on the headsq subject (without it headsq is skipped)")
+    p.add_argument("--headsq-models", help="--independent: folder with detector.onnx (and optionally "
+                                           "style/xray_to_drr.onnx) trained on the headsq subject (without it headsq "
+                                           "is skipped)")
+    p.add_argument("--subjects", nargs="+", choices=("example", "example_rotated_header", "headsq"),
+                   help="--independent: only these subjects (default: all three)")
+    p.add_argument("--selection", metavar="RUN",
+                   help="--independent: instead, how well the label-free snapshot criterion ranks the snapshots of "
+                        "the translator run RUN and the no-learning styles against their true landmark error, on the "
+                        "example subject's independent recordings")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="--independent: landmark registration only (default: register's default, with intensity "
+                        "refinement)")
     p.add_argument("--dataset", default="out/dataset_cone",
                    help="--independent: the detector's dataset, whose test split gives detection_err_px_drr")
     args = p.parse_args()
+    if args.independent and args.selection:
+        run_selection(args)
+        return
     if args.independent:
         run_independent(args)
         return
@@ -157,13 +171,26 @@ def _frame_metrics(fr: dict, mask: np.ndarray | None = None) -> dict:
     det = np.concatenate([d for d, keep in zip(fr["det_err"], m) if keep]) if m.any() else np.zeros(0)
     med = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
     off = (ang > 5.0) | (pos > 5.0)
-    return {"frames": int(m.sum()), "registered": int(reg.sum()),
+    out = {"frames": int(m.sum()), "registered": int(reg.sum()),
             "angle_err_deg_median": med(ang), "position_err_mm_median": med(pos),
             "false_ok_frames": int(np.sum(reg & off)),
             "success_rate_2mm": float(np.mean(np.nan_to_num(tre, nan=np.inf) < 2.0)) if m.any() else float("nan"),
             "landmark_tre_mm_median": med(tre),
             "frames_over_10deg_or_10mm": int(np.sum(reg & ((ang > 10.0) | (pos > 10.0)))),
             "detection_err_px_xray": float(np.median(det)) if det.size else float("nan")}
+    if "lm_angle" in fr:  # the landmark registration's own figures (before refinement, its own gate)
+        la, lp, lreg = fr["lm_angle"][m], fr["lm_position"][m], fr["lm_registered"][m]
+        lm_off = (la > 5.0) | (lp > 5.0)
+        out.update(landmark_registered=int(lreg.sum()), landmark_angle_err_deg_median=med(np.where(lreg, la, np.nan)),
+                   landmark_position_err_mm_median=med(np.where(lreg, lp, np.nan)),
+                   landmark_false_ok_frames=int(np.sum(lreg & lm_off)),
+                   landmark_pose_angle_err_deg_median=med(la), landmark_pose_position_err_mm_median=med(lp))
+        # Refinement from the landmark poses: frames ending within 1 deg and 1 mm of the truth,
+        # of those that had a landmark pose to start from (registered or held back by its gate).
+        started = np.isfinite(la)
+        out["converged_fraction"] = float(np.mean(reg[started] & (ang[started] < 1.0) & (pos[started] < 1.0))) \
+            if started.any() else float("nan")
+    return out
 
 
 def _drr_detection_error(detector, dataset: Path, limit: int = 500) -> float:
@@ -191,7 +218,7 @@ def run_independent(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from independent_recordings import QUICK_FRAMES, SCENARIO_NAMES, build, recording_folder
 
-    from fluororeg.core.registration import REGISTERED_STATUSES
+    from fluororeg.pipeline.quality import REGISTERED_STATUSES
     from fluororeg.simulation.subjects import independent_subjects
 
     models = Path(args.models)
@@ -217,20 +244,25 @@ def run_independent(args) -> None:
     if "headsq" in subjects:
         if args.headsq_models:
             hm = Path(args.headsq_models)
+            gen = hm / "style" / "xray_to_drr.onnx"  # optional: without it headsq has no translated rows
             nets["headsq"] = (LandmarkDetector(hm / "detector.onnx", subject=subjects["headsq"]),
-                              StyleTranslator(hm / "style" / "xray_to_drr.onnx", direction="xray_to_drr"))
+                              StyleTranslator(gen, direction="xray_to_drr") if gen.exists() else None)
         else:
             results["skipped"]["headsq"] = "no detector trained on headsq (--headsq-models)"
     else:
         results["skipped"]["headsq"] = "shared headsq CT not found"
+    if args.subjects:
+        nets = {k: v for k, v in nets.items() if k in args.subjects}
+        results["skipped"].update({k: "not in --subjects" for k in subjects if k not in args.subjects})
     build(args.independent_dir, n_frames, tuple(nets), scenarios)
 
-    per_style = {st: {k: [] for k in ("angle", "position", "tre", "registered", "det_err", "inside", "subject")}
-                 for st in STYLES}
+    keys = ("angle", "position", "tre", "registered", "det_err", "inside", "subject", "lm_angle", "lm_position",
+            "lm_registered", "refine_s")
+    per_style = {st: {k: [] for k in keys} for st in STYLES}
     fps = []
     for name, (detector, translator) in nets.items():
         subject = subjects[name]
-        crop_mm = 2.0 * 128 / translator.input_size[0]
+        crop_mm = detector.crop_pixel_mm or 2.0  # the detector's training images' pixel size at the bone
         entry = {}
         for scen in scenarios:
             folder = recording_folder(args.independent_dir, name, scen, n_frames)
@@ -241,13 +273,22 @@ def run_independent(args) -> None:
                            "render_seconds_per_image": json.loads((folder / "truth.json").read_text())
                            .get("render_seconds_per_image")}
             for style in STYLES:
+                if style == "translate" and translator is None:
+                    continue
                 res = register_recording(rec, subject, detector, translator if style == "translate" else None,
-                                         PipelineOptions(style=style, crop_pixel_mm=crop_mm), progress=False)
+                                         PipelineOptions(style=style, crop_pixel_mm=crop_mm, refine=args.refine),
+                                         progress=False)
                 ev = evaluate_poses(res.poses, truth["poses"], landmarks=subject.landmarks_model)
+                lm = evaluate_poses(res.batch.poses, truth["poses"], landmarks=subject.landmarks_model)
                 registered = np.isin(res.status, REGISTERED_STATUSES)
+                acc = per_style[style]
+                acc["lm_angle"].append(lm.angle_err_deg)
+                acc["lm_position"].append(lm.position_err_mm)
+                acc["lm_registered"].append(np.asarray(res.batch.ok, bool))
+                if args.refine:
+                    acc["refine_s"].append(np.atleast_1d(float(res.qc["refined"]["seconds_per_frame"] or np.nan)))
                 ok = truth["in_fov"] & np.isfinite(res.detections[..., 0])       # [F, 2, L]
                 dist = np.linalg.norm(res.detections - truth["landmarks_px"], axis=-1)
-                acc = per_style[style]
                 acc["angle"].append(ev.angle_err_deg)
                 acc["position"].append(ev.position_err_mm)
                 acc["tre"].append(ev.landmark_err_mm)
@@ -271,7 +312,9 @@ def run_independent(args) -> None:
     results["by_style"] = {}
     for style, label in STYLES.items():
         acc = per_style[style]
-        fr = {k: (np.concatenate(v) if k != "det_err" else v) for k, v in acc.items()}
+        if not acc["angle"]:  # no subject had a translator
+            continue
+        fr = {k: (np.concatenate(v) if k != "det_err" else v) for k, v in acc.items() if len(v) or k == "det_err"}
         overall = _frame_metrics(fr)
         rot = fr["subject"] == "example_rotated_header"
         overall["rotated_header_angle_err_deg_median"] = _frame_metrics(fr, rot)["angle_err_deg_median"]
@@ -284,19 +327,88 @@ def run_independent(args) -> None:
                      f"deg / {overall['position_err_mm_median']:.3g} mm; {overall['false_ok_frames']} false ok of "
                      f"{overall['frames']}; TRE < 2 mm in {100 * overall['success_rate_2mm']:.0f} %; rotated header "
                      f"{overall['rotated_header_angle_err_deg_median']:.3g} deg"))
+        if args.refine:
+            ins = block["bone_inside_both_fields"]
+            block.update(refined_angle_err_deg_median=ins["angle_err_deg_median"],
+                         refined_position_err_mm_median=ins["position_err_mm_median"],
+                         refine_s_per_frame_cpu=float(np.nanmedian(fr["refine_s"])) if "refine_s" in fr else float("nan"))
+            rows.append(("  landmark registration alone: angle / position median", overall["landmark_angle_err_deg_median"],
+                         f"deg / {overall['landmark_position_err_mm_median']:.3g} mm over its {overall['landmark_registered']}"
+                         f" registered frames; {overall['landmark_false_ok_frames']} false ok; refinement from its poses "
+                         f"ends within 1 deg / 1 mm in {100 * overall['converged_fraction']:.0f} %"))
         ins = block["bone_inside_both_fields"]
         rows.append((f"  bone inside both fields ({ins['frames']} frames): angle / position median",
                      ins["angle_err_deg_median"], f"deg / {ins['position_err_mm_median']:.3g} mm; "
                      f"{ins['false_ok_frames']} false ok; TRE < 2 mm in {100 * ins['success_rate_2mm']:.0f} %"))
         rows.append(("  detection error on X-ray frames (median)", overall["detection_err_px_xray"], "px (512 px frames)"))
-    results.update({k: results["by_style"]["translate"][k] for k in
+    # The headline keys: the style register uses by default for a lab with a translator.
+    headline = "translate" if "translate" in results["by_style"] else "log"
+    results["headline_style"] = headline
+    results.update({k: results["by_style"][headline][k] for k in
                     ("angle_err_deg_median", "position_err_mm_median", "false_ok_frames", "success_rate_2mm",
-                     "rotated_header_angle_err_deg_median", "detection_err_px_xray", "detection_err_px_drr")})
+                     "rotated_header_angle_err_deg_median", "detection_err_px_xray", "detection_err_px_drr",
+                     "refined_angle_err_deg_median", "refined_position_err_mm_median",
+                     "landmark_angle_err_deg_median", "converged_fraction", "refine_s_per_frame_cpu")
+                    if k in results["by_style"][headline]})
     results["frames_per_s"] = float(np.mean(fps)) if fps else float("nan")
     rows.append(("detection error on the DRR test split (median)", drr_err, "px (the dataset's DRRs)"))
     rows.append(("end to end (with style translation)", results["frames_per_s"], "frame pairs/s"))
     report(f"bench_pipeline --independent ({len(nets)} subjects x {len(scenarios)} scenarios x {n_frames} frame pairs)",
            rows, results, args.json)
+
+
+def run_selection(args) -> None:
+    """Rank correlation (Spearman) between each candidate's label-free score (refinement
+    disagreement; and the former reprojection residual) and its true median landmark error,
+    over the snapshots of ``args.selection`` and the no-learning styles, per recording."""
+    import sys
+
+    from scipy.stats import spearmanr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from independent_recordings import QUICK_FRAMES, SCENARIO_NAMES, build, recording_folder
+
+    from fluororeg.simulation.subjects import independent_subjects
+    from fluororeg.training.translator_selection import score_snapshots
+
+    det_path = Path(args.detector or Path(args.models) / "detector.onnx")
+    subject = independent_subjects()["example"]
+    detector = LandmarkDetector(det_path, subject=subject)
+    n_frames = QUICK_FRAMES if args.quick else args.frames
+    scenarios = list(SCENARIO_NAMES[:2] if args.quick else SCENARIO_NAMES)
+    build(args.independent_dir, n_frames, ("example",), scenarios)
+    results, rows = {"detector": str(det_path), "run": args.selection, "recordings": {}}, []
+    rho_new, rho_old, regret = [], [], []
+    for scen in scenarios:
+        folder = recording_folder(args.independent_dir, "example", scen, n_frames)
+        rec, truth = open_recording(folder), np.load(folder / "truth.npz")["poses"]
+        opts = PipelineOptions(crop_pixel_mm=detector.crop_pixel_mm or 2.0, quality_gate=False)
+        free = score_snapshots(args.selection, rec, subject, detector, options=opts, progress=False)
+        true = score_snapshots(args.selection, rec, subject, detector, options=opts, reference=truth, progress=False)
+        names = [c.name for c in free]
+        f = np.array([c.score for c in free])
+        r = np.array([c.residual_mm for c in free])
+        t = np.array([c.score for c in true])
+        big = lambda v: np.where(np.isfinite(v), v, 1e9)  # noqa: E731  (inf: worst, ranked last)
+        rn, ro = float(spearmanr(big(f), big(t))[0]), float(spearmanr(big(r), big(t))[0])
+        chosen = int(np.argmin(big(f)))
+        rho_new.append(rn), rho_old.append(ro), regret.append(float(t[chosen] - np.min(t)))
+        results["recordings"][scen] = {"candidates": names, "refine_disagreement_mm": f.tolist(),
+                                       "residual_mm": r.tolist(), "true_landmark_err_mm": t.tolist(),
+                                       "spearman_refine_disagreement": rn, "spearman_residual": ro,
+                                       "chosen": names[chosen], "chosen_true_err_mm": float(t[chosen]),
+                                       "best_true": names[int(np.argmin(big(t)))], "best_true_err_mm": float(np.min(t))}
+        rows.append((f"{scen}: rank correlation with the true error, refinement disagreement / residual", rn,
+                     f"/ {ro:.2f}; chosen {names[chosen]} ({t[chosen]:.2f} mm true), best {names[int(np.argmin(big(t)))]} "
+                     f"({np.min(t):.2f} mm)"))
+    results.update(selection_rank_correlation=float(np.mean(rho_new)),
+                   selection_rank_correlation_residual=float(np.mean(rho_old)),
+                   selection_regret_mm=float(np.mean(regret)))
+    rows.append(("mean rank correlation: refinement disagreement", results["selection_rank_correlation"],
+                 f"(residual: {results['selection_rank_correlation_residual']:.2f}); mean true error lost by the "
+                 f"choice {results['selection_regret_mm']:.2f} mm"))
+    report(f"bench_pipeline --independent --selection ({len(scenarios)} recordings x {n_frames} frame pairs)", rows,
+           results, args.json)
 
 
 if __name__ == "__main__":
