@@ -25,7 +25,9 @@ landmark TRE < 2 mm; unregistered frames count as failures),
 ``rotated_header_angle_err_deg_median``, ``detection_err_px_xray`` (median distance of detected
 landmarks inside the field to their true undistorted projections, 512 px frames) and
 ``detection_err_px_drr`` (the same on the first 500 DRRs of the test split of ``--dataset``, in
-its image pixels, 128 px for the default dataset).
+its image pixels, 128 px for the default dataset). The top-level keys are those of the style ``register``
+uses by default with the translator: translation, or the no-learning style its snapshot
+selection found better (``headline_style``); every style's figures are under ``by_style``.
 
     python benchmarks/bench_pipeline.py --independent --models out/pipeline_models --json out/bench/pipeline_independent.json
 """
@@ -341,8 +343,9 @@ def run_independent(args) -> None:
                      ins["angle_err_deg_median"], f"deg / {ins['position_err_mm_median']:.3g} mm; "
                      f"{ins['false_ok_frames']} false ok; TRE < 2 mm in {100 * ins['success_rate_2mm']:.0f} %"))
         rows.append(("  detection error on X-ray frames (median)", overall["detection_err_px_xray"], "px (512 px frames)"))
-    # The headline keys: the style register uses by default for a lab with a translator.
-    headline = "translate" if "translate" in results["by_style"] else "log"
+    # The headline keys: the style register uses by default with this translator (translation,
+    # or the no-learning style its snapshot selection found better), else log inversion.
+    headline = base_translator.preferred_style()[0] if "translate" in results["by_style"] else "log"
     results["headline_style"] = headline
     results.update({k: results["by_style"][headline][k] for k in
                     ("angle_err_deg_median", "position_err_mm_median", "false_ok_frames", "success_rate_2mm",

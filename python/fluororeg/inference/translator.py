@@ -86,10 +86,13 @@ class StyleTranslator:
         style = verdict.get("use_style", "translate")
         if style not in ("log", "invert"):
             return "translate", None
+        def fmt(v) -> str:
+            return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+
         base = verdict.get("baseline_scores", {}).get(style)
         return style, (f"its snapshot selection found no translation better than style '{style}' on the validation "
-                       f"recording ({verdict.get('criterion', 'score')}: translator {verdict.get('snapshot_score')}, "
-                       f"{style} {base})")
+                       f"recording ({verdict.get('criterion', 'score')}: translator {fmt(verdict.get('snapshot_score'))}"
+                       f", {style} {fmt(base)})")
 
     def translate(self, images) -> np.ndarray:
         a = np.asarray(images)
