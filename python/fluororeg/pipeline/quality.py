@@ -51,9 +51,9 @@ import numpy as np
 from fluororeg.core import registration as _registration
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
 
-__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics", "input_statuses",
-           "constant_detector", "ambiguous_mirror", "apply_input_statuses", "max_residual_from_detector",
-           "qc_report", "format_qc", "write_qc"]
+__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics",
+           "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
+           "max_residual_from_detector", "qc_report", "format_qc", "write_qc", "write_worst_overlays"]
 
 # The core's default limit, mm at the bone (RegistrationOptions.max_residual_mm); the pipeline's
 # default is PipelineOptions.max_residual_crop_px crop pixels (5 mm for 2 mm/px crops).
@@ -341,8 +341,8 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
     ``worst`` frames (by their larger view residual; with refinement, frames that failed its
     gate first, by their lower view similarity), the per-frame figures, the refinement's
     figures (``refine_columns`` of :func:`fluororeg.pipeline.refine_stage.refine_recording_poses`;
-    ``refine_seconds``: the stage's wall-clock time) and the training figures of ``detector`` (its metadata) with why it is not to be trusted,
-    if it is not."""
+    ``refine_seconds``: the stage's wall-clock time) and the training figures of ``detector``
+    (its metadata) with why it is not to be trusted, if it is not."""
     status = np.asarray(status, dtype=str)
     rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
     frames = np.asarray(frames)
