@@ -485,40 +485,43 @@ def triangulated_poses(landmarks, views, detections, mirror=None, *, min_points:
         raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
     src = [np.asarray(v.source, np.float64) for v in views]
     rays = [v.pixel_to_world(det[:, k]) - src[k] for k, v in enumerate(views)]  # [F, N, 3] each
-    out = np.full((len(det), 6), np.nan)
+    F = len(det)
     cases = [(np.arange(N), np.arange(N))] if mirror is None else \
         [(np.arange(N), np.arange(N)), (np.arange(N), perm), (perm, np.arange(N)), (perm, perm)]
-    for f in range(len(det)):
-        best = (np.inf, None)
-        for a, b in cases:  # view 1 labels a, view 2 labels b: landmark n seen as a[n] and b[n]
-            d1, d2 = rays[0][f, a], rays[1][f, b]
-            ok = np.isfinite(d1).all(axis=1) & np.isfinite(d2).all(axis=1)
-            if ok.sum() < min_points:
-                continue
-            d1, d2 = d1[ok], d2[ok]
-            # closest points s1 + t1 d1 and s2 + t2 d2 of the two rays
-            w = src[0] - src[1]
-            aa, bb, cc = (d1 * d1).sum(1), (d1 * d2).sum(1), (d2 * d2).sum(1)
-            dd, ee = (d1 * w).sum(1), (d2 * w).sum(1)
-            den = aa * cc - bb * bb
-            good = den > 1e-12 * aa * cc
-            if good.sum() < min_points:
-                continue
-            t1 = (bb * ee - cc * dd)[good] / den[good]
-            t2 = (aa * ee - bb * dd)[good] / den[good]
-            X = 0.5 * (src[0] + t1[:, None] * d1[good] + src[1] + t2[:, None] * d2[good])   # [n, 3] world mm
-            P = lm[np.flatnonzero(ok)[good]]                                                 # [n, 3] model mm
-            pc, xc = P.mean(0), X.mean(0)
-            U, _, Vt = np.linalg.svd((P - pc).T @ (X - xc))
-            D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
-            R = Vt.T @ D @ U.T
-            rms = float(np.sqrt(np.mean(np.sum(((P - pc) @ R.T + xc - X) ** 2, axis=1))))
-            if rms < best[0]:
-                M = np.eye(4)
-                M[:3, :3], M[:3, 3] = R, xc - R @ pc
-                best = (rms, M)
-        if best[1] is not None:
-            out[f] = pose_from_matrix(best[1])
+    best_rms, best_M = np.full(F, np.inf), np.zeros((F, 4, 4))
+    w = src[0] - src[1]
+    for a, b in cases:  # view 1 labels a, view 2 labels b: landmark n seen as a[n] and b[n]
+        d1, d2 = rays[0][:, a], rays[1][:, b]                                         # [F, N, 3]
+        # closest points s1 + t1 d1 and s2 + t2 d2 of the two rays, for every frame at once
+        aa, bb, cc = (d1 * d1).sum(-1), (d1 * d2).sum(-1), (d2 * d2).sum(-1)           # [F, N]
+        dd, ee = (d1 * w).sum(-1), (d2 * w).sum(-1)
+        den = aa * cc - bb * bb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = np.isfinite(den) & (den > 1e-12 * aa * cc)                            # [F, N] seen in both, not parallel
+            t1 = np.where(ok, (bb * ee - cc * dd) / den, 0.0)
+            t2 = np.where(ok, (aa * ee - bb * dd) / den, 0.0)
+        X = np.where(ok[..., None], 0.5 * (src[0] + t1[..., None] * d1 + src[1] + t2[..., None] * d2), 0.0)
+        m = ok.astype(np.float64)                                                      # [F, N]
+        n = np.maximum(m.sum(1), 1.0)
+        pc = (m @ lm) / n[:, None]                                                     # [F, 3] model mm
+        xc = (m[..., None] * X).sum(1) / n[:, None]                                    # [F, 3] world mm
+        Pm = (lm[None] - pc[:, None]) * m[..., None]
+        U, _, Vt = np.linalg.svd(np.einsum("fni,fnj->fij", Pm, X - xc[:, None]))      # Kabsch, per frame
+        V, Ut = np.swapaxes(Vt, 1, 2), np.swapaxes(U, 1, 2)
+        D = np.ones((F, 3))
+        D[:, 2] = np.sign(np.linalg.det(V @ Ut))
+        R = V @ (D[..., None] * Ut)                                                    # [F, 3, 3]
+        r = np.einsum("fij,fnj->fni", R, lm[None] - pc[:, None]) + xc[:, None] - X
+        rms = np.sqrt((m * (r ** 2).sum(-1)).sum(1) / n)
+        better = (m.sum(1) >= min_points) & (rms < best_rms)
+        best_rms[better] = rms[better]
+        best_M[better, :3, :3] = R[better]
+        best_M[better, :3, 3] = xc[better] - np.einsum("fij,fj->fi", R[better], pc[better])
+        best_M[better, 3, 3] = 1.0
+    out = np.full((F, 6), np.nan)
+    found = np.isfinite(best_rms)
+    if found.any():
+        out[found] = pose_from_matrix(best_M[found])
     return out
 
 
