@@ -18,7 +18,9 @@ mm). Times are wall-clock per frame pair of a batch on all cores of this machine
 the independent-renderer recordings, refined by the pipeline's stage; its figures then fill the
 top-level keys (``refined_*_median`` over frames with the bone inside both fields,
 ``converged_fraction``: frames ending within 1 deg and 1 mm of the truth, of those with a
-landmark pose; ``refine_s_per_frame_cpu``).
+landmark pose; ``refine_s_per_frame_cpu``). It also refines every fourth frame against one view
+alone (the other declared failed, as the input checks declare a blank view; tracked from a
+neighbour): ``one_view_*`` keys.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import fluororeg as fr
 from fluororeg.core import refine
 from fluororeg.pipeline import refine_stage
 
-from _common import parser, report
+from _common import cuda_name, parser, report
 
 
 def perturb(poses, rng, deg_range=(3.0, 10.0), mm_range=(2.0, 5.0)):
@@ -114,7 +116,7 @@ def summarise(res, truth, starts, both_in_fov, seconds_per_frame, cpu_seconds_pe
 
 
 def main(argv=None) -> dict:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], device=True)
     p.add_argument("--frames", type=int, default=None, help="frames of the simulated recording")
     p.add_argument("--subject", default="auto", choices=["auto", "cranium", "headsq"],
                    help="CT: the example cranium when cached (no download), else headsq")
@@ -179,8 +181,27 @@ def main(argv=None) -> dict:
     results.update({k: v for k, v in per_similarity[default].items()})
     results["similarity"] = default
     results["simulated"] = per_similarity
+    # The same frames with the renders on CUDA (RenderConePixels on the device), when usable.
+    from fluororeg.core.render import resolve_device
+
     results["refine_ms_per_frame_cuda"] = None
-    results["cuda_note"] = "not measured here: the refinement's renders run on the CPU backend (no CUDA path yet)"
+    if resolve_device(args.device) == "cuda":
+        opts = refine.refine_options(finest_level=results["finest_level"], num_levels=args.num_levels)
+        refine.refine_poses(mu, views, images[:1], starts[:1], options=opts, bone=bone, image_masks=masks,
+                            device="cuda")  # warm-up: uploads the pyramid
+        t = time.perf_counter()
+        res = refine.refine_poses(mu, views, images, starts, options=opts, bone=bone, image_masks=masks, device="cuda")
+        s = summarise(res, truth, starts, both, (time.perf_counter() - t) / F, float("nan"))
+        cpu_poses = per_similarity[default]
+        results["refine_ms_per_frame_cuda"] = 1e3 * s["refine_s_per_frame_cpu"]
+        results["cuda_device"] = cuda_name()
+        results["cuda"] = {k: s[k] for k in ("refined_angle_err_deg_median", "refined_position_err_mm_median",
+                                             "converged_fraction")}
+        rows += [("cuda: time per frame pair", results["refine_ms_per_frame_cuda"], "ms"),
+                 ("cuda: angle err median", s["refined_angle_err_deg_median"],
+                  f"deg (cpu {cpu_poses['refined_angle_err_deg_median']:.4g})")]
+    else:
+        results["cuda_note"] = "no CUDA device here: refine_ms_per_frame_cuda not measured"
     rows.insert(0, ("start angle err median", per_similarity[default]["landmark_angle_err_deg_median"], "deg"))
 
     # Frames from the NumPy reference renderer: fine-step ray marching (half the finest voxel)
@@ -290,7 +311,7 @@ def from_landmark_poses(args) -> tuple[dict, list]:
     n = args.independent_frames
     names = ("example", "example_rotated_header")
     build(args.independent_dir, n, names, SCENARIO_NAMES)
-    acc = {k: [] for k in ("lm_ang", "lm_pos", "ang", "pos", "reg", "inside")}
+    acc = {k: [] for k in ("lm_ang", "lm_pos", "ang", "pos", "reg", "inside", "ov_ang", "ov_pos", "ov_reg")}
     seconds, frames = 0.0, 0
     for name, detector in zip(names, (det, rot)):
         subject = subjects[name]
@@ -308,6 +329,18 @@ def from_landmark_poses(args) -> tuple[dict, list]:
             acc["lm_ang"].append(lm.angle_err_deg), acc["lm_pos"].append(lm.position_err_mm)
             acc["ang"].append(ev.angle_err_deg), acc["pos"].append(ev.position_err_mm)
             acc["reg"].append(np.isin(status, REGISTERED_STATUSES)), acc["inside"].append(truth["in_fov"].all(axis=(1, 2)))
+            # One view alone: every fourth frame's view (1, 2, 1, ...) declared failed by the input
+            # checks (no landmark pose, 'blank_view'), refined against the other after tracking.
+            failed = np.zeros((len(rec), 2), bool)
+            picked = np.arange(3, len(rec), 4)
+            failed[picked, np.arange(len(picked)) % 2] = True
+            lm_status = np.where(failed.any(axis=1), "blank_view", res.status)
+            lm_poses = np.where(failed.any(axis=1)[:, None], np.nan, res.batch.poses)
+            ov_poses, ov_status, _ = refine_stage.refine_recording_poses(rec, subject, lm_poses, lm_status,
+                                                                         failed_views=failed)
+            ov = evaluate_poses(ov_poses[picked], truth["poses"][picked], landmarks=subject.landmarks_model)
+            acc["ov_ang"].append(ov.angle_err_deg), acc["ov_pos"].append(ov.position_err_mm)
+            acc["ov_reg"].append(ov_status[picked] == refine_stage.ONE_VIEW_STATUS)
     a = {k: np.concatenate(v) for k, v in acc.items()}
     med = lambda v: float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
     started = np.isfinite(a["lm_ang"])
@@ -321,7 +354,11 @@ def from_landmark_poses(args) -> tuple[dict, list]:
             "refined_position_err_mm_median_all_frames": med(a["pos"]),
             "converged_fraction": float(recovered[started].mean()) if started.any() else float("nan"),
             "registered_fraction": float(a["reg"].mean()), "false_ok_frames": int(np.sum(a["reg"] & off)),
-            "refine_s_per_frame_cpu": seconds / max(frames, 1)}
+            "refine_s_per_frame_cpu": seconds / max(frames, 1),
+            "one_view_frames": int(len(a["ov_reg"])), "one_view_registered_fraction": float(a["ov_reg"].mean()),
+            "one_view_angle_err_deg_median": med(np.where(a["ov_reg"], a["ov_ang"], np.nan)),
+            "one_view_position_err_mm_median": med(np.where(a["ov_reg"], a["ov_pos"], np.nan)),
+            "one_view_false_ok_frames": int(np.sum(a["ov_reg"] & ((a["ov_ang"] > 5.0) | (a["ov_pos"] > 5.0))))}
     rows = [("landmark starts (trained detector, independent recordings): landmark angle / position median",
              part["landmark_angle_err_deg_median"], f"deg / {part['landmark_position_err_mm_median']:.3g} mm"),
             ("  refined, bone inside both fields: angle / position median", part["refined_angle_err_deg_median"],
@@ -332,7 +369,12 @@ def from_landmark_poses(args) -> tuple[dict, list]:
             ("  registered; frames > 5 deg or 5 mm off among them", part["registered_fraction"],
              f"; {part['false_ok_frames']} false ok"),
             ("  time per frame pair (the whole stage: reading, undistorting, refining)", part["refine_s_per_frame_cpu"],
-             "s")]
+             "s"),
+            ("  one view alone (every 4th frame, the other view declared failed): registered",
+             part["one_view_registered_fraction"], f"of {part['one_view_frames']}; {part['one_view_false_ok_frames']} "
+                                                   "> 5 deg or 5 mm off"),
+            ("  one view alone: angle / position median", part["one_view_angle_err_deg_median"],
+             f"deg / {part['one_view_position_err_mm_median']:.3g} mm")]
     return part, rows
 
 

@@ -3,8 +3,9 @@
 # ../shared/gpu/README.md): build with CUDA, the CUDA tests (every CUDA render path against the
 # CPU backend, dataset generation and detector training on CUDA), the C++ render tests,
 # compute-sanitizer memcheck on a small CUDA test (when the machine has it), the render and
-# dataset benchmarks with CUDA rows, and the registration and refinement benchmarks (CPU rows
-# on that machine's cores). Run from the project
+# dataset benchmarks with CUDA rows, the registration benchmark (CPU rows on that machine's
+# cores) and the refinement benchmark (CPU rows and, refine_ms_per_frame_cuda, the renders on
+# CUDA). Run from the project
 # root after copying ../shared/gpu to .gpu:
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
@@ -30,8 +31,8 @@ source /tmp/fr-env.sh
 nvidia-smi -L
 
 step "pytest -k cuda"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/core/test_render.py tests/dataset/test_dataset.py \
-  tests/training/test_gpu_training.py tests/training/test_checkpoint_safety.py -k "cuda or prepared or device" -rs \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/core/test_render.py tests/core/test_refine.py \
+  tests/dataset/test_dataset.py tests/training/test_gpu_training.py tests/training/test_checkpoint_safety.py -k "cuda or prepared or device" -rs \
   > "$OUT/pytest_cuda.log" 2>&1 || status=1
 tail -n 15 "$OUT/pytest_cuda.log"
 
@@ -46,14 +47,14 @@ else
 fi
 
 step "C++ render tests"
-timeout 40 ctest --test-dir /tmp/fr-build -R "Render" --output-on-failure > "$OUT/ctest.log" 2>&1 || status=1
+timeout 40 ctest --test-dir /tmp/fr-build -R "Render|Refine" --output-on-failure > "$OUT/ctest.log" 2>&1 || status=1
 tail -n 8 "$OUT/ctest.log"
 
 step "compute-sanitizer memcheck"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)
 if [ -n "$SAN" ]; then
   timeout 60 "$SAN" --tool memcheck --leak-check full --error-exitcode 9 \
-    /tmp/fr-build/fluororeg_tests --gtest_filter='RenderVolume.CudaMatchesCpu' > "$OUT/memcheck.log" 2>&1 || status=1
+    /tmp/fr-build/fluororeg_tests --gtest_filter='RenderVolume.CudaMatchesCpu:RenderConePixels.CudaMatchesCpu' > "$OUT/memcheck.log" 2>&1 || status=1
   tail -n 6 "$OUT/memcheck.log"
 else
   echo "compute-sanitizer not found on this machine" | tee "$OUT/memcheck.log"
@@ -62,8 +63,8 @@ fi
 step "bench_register --quick (CPU)"
 timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_register.json" || status=1
 
-step "bench_refine --quick (CPU)"
-timeout 90 python3 benchmarks/bench_refine.py --quick --json "$OUT/bench_refine.json" || status=1
+step "bench_refine --quick (CPU and CUDA rows)"
+timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
 
 step "done (status $status)"
 exit $status

@@ -193,6 +193,18 @@ void LaunchCone(int parts, unsigned blocks, cudaStream_t stream, const kernels::
   }
 }
 
+// One thread per listed pixel of every pose: out [n, m].
+template <typename Sampler>
+__global__ void ConePixelsKernel(const kernels::ConeRaySetup* setups, Sampler sampler,
+                                 const uint8_t* occupancy, const int32_t* pixels, int m,
+                                 int width, float* out, int n) {
+  FLUORO_GRID_STRIDE(idx, static_cast<long long>(n) * m) {
+    const int i = static_cast<int>(idx / m), j = static_cast<int>(idx - static_cast<long long>(i) * m);
+    out[idx] = kernels::ConeRayIntegral(setups[i], sampler, occupancy, pixels[j] % width,
+                                        pixels[j] / width);
+  }
+}
+
 __global__ void ProjectKernel(bool cone, ParallelCamera camera, const ConeView* views,
                               const double* poses, const double* scales, int n,
                               const double* points, int m, double* out_xy, uint8_t* in_fov) {
@@ -232,6 +244,7 @@ struct CudaVolume {
   DeviceScratch<kernels::ConeRaySetup> cone_setups;
   DeviceScratch<long long> offsets;
   DeviceScratch<float> inter, images;
+  DeviceScratch<int32_t> pixels;  // RenderConePixels' pixel list
   PinnedScratch staging;      // setups on their way up
   PinnedScratch host_images;  // images on their way down (see HostImages)
 
@@ -306,7 +319,7 @@ void DestroyCudaVolume(CudaVolume* cuda) { delete cuda; }
 size_t CudaVolumeBytes(const CudaVolume* cv) {
   if (!cv) return 0;
   return cv->fixed_bytes + cv->shear_setups.Bytes() + cv->cone_setups.Bytes() +
-         cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes();
+         cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes() + cv->pixels.Bytes();
 }
 
 int CudaDeviceCount() {
@@ -473,6 +486,39 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
   FinishCall(volume, cv, "cone-beam DRR");
   if (!options.output_on_device) CopyOut(host, out, total);
+}
+
+void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
+                          int width, const int32_t* pixels, int m, float* out,
+                          const RenderOptions& options) {
+  CudaVolume& cv = GetCudaVolume(volume);
+  kernels::ConeRaySetup* d_setups = cv.cone_setups.Reserve(n);
+  cv.Upload(d_setups, setups, n);
+  // The pixel list by a blocking copy (the staging buffer holds the setups until the stream
+  // is synchronised).
+  Check(cudaMemcpy(cv.pixels.Reserve(m), pixels, m * sizeof(int32_t), cudaMemcpyHostToDevice),
+        "cudaMemcpy (pixels)");
+  const size_t total = limits::CheckedMul(static_cast<size_t>(n), static_cast<size_t>(m), "pixels");
+  float* host = HostImages(cv, out, total);
+  float* values = cv.images.Reserve(total);
+  const VolumeGrid& g = volume.grid;
+  Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
+  const unsigned blocks = BlocksFor(static_cast<long long>(total));
+  if (options.cuda_texture) {
+    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, TextureSampler{cv.texture},
+                                                         cv.occupancy, cv.pixels.ptr, m, width,
+                                                         values, n);
+  } else {
+    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(
+        d_setups, kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz}, cv.occupancy, cv.pixels.ptr,
+        m, width, values, n);
+  }
+  Check(cudaGetLastError(), "cone pixels kernel launch");
+  Check(cudaMemcpyAsync(host, values, total * sizeof(float), cudaMemcpyDeviceToHost, cv.stream),
+        "cudaMemcpyAsync (pixels)");
+  Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
+  FinishCall(volume, cv, "cone-beam pixels");
+  CopyOut(host, out, total);
 }
 
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,

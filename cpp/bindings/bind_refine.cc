@@ -46,11 +46,16 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
                         std::optional<InArray<double>> bone_model_from_voxel,
                         const InArray<double>& views, const InArray<float>& images,
                         std::optional<InArray<uint8_t>> image_masks,
-                        const InArray<double>& init_poses, const RefineOptions& options) {
+                        const InArray<double>& init_poses, const RefineOptions& options,
+                        std::optional<InArray<double>> view_weights) {
   RefineInput in;
   const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
                                 images, image_masks, &in);
   CheckShape(init_poses, "init_poses", {F, 6});
+  if (view_weights) {
+    CheckShape(*view_weights, "view_weights", {F, 2});
+    in.view_weights = view_weights->data();
+  }
   CheckThreads(options.num_threads);
   std::vector<RefineResult> results(static_cast<size_t>(F));
   {
@@ -164,6 +169,13 @@ void BindRefine(nb::module_& m) {
       .def_rw("max_rotation_change_deg", &RefineOptions::max_rotation_change_deg)
       .def_rw("max_translation_change_mm", &RefineOptions::max_translation_change_mm)
       .def_rw("num_threads", &RefineOptions::num_threads)
+      .def_prop_rw(
+          "device",
+          [](const RefineOptions& o) {
+            return std::string(o.device == Device::kCuda ? "cuda" : "cpu");
+          },
+          [](RefineOptions& o, const std::string& d) { o.device = ParseDevice(d); },
+          "Where the renders run: 'cpu' or 'cuda'.")
       .def("check", &ValidateRefineOptions, "Raise ValueError naming the first bad option.")
       .def("__repr__", [](const RefineOptions& o) {
         auto d = [](double v) { return std::string(nb::str(nb::float_(v)).c_str()); };
@@ -175,18 +187,20 @@ void BindRefine(nb::module_& m) {
              ", max_iterations=" + std::to_string(o.max_iterations) + ", roi_margin_px=" +
              d(o.roi_margin_px) + ", min_similarity=" + d(o.min_similarity) +
              ", max_rotation_change_deg=" + d(o.max_rotation_change_deg) +
-             ", max_translation_change_mm=" + d(o.max_translation_change_mm) + ")";
+             ", max_translation_change_mm=" + d(o.max_translation_change_mm) +
+             ", device=" + (o.device == Device::kCuda ? "cuda" : "cpu") + ")";
         return s;
       });
 
   m.def("refine_frames", &RefineFramesPy, nb::arg("volume"), nb::arg("model_from_voxel"),
         nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(), nb::arg("views"),
         nb::arg("images"), nb::arg("image_masks").none(), nb::arg("init_poses"),
-        nb::arg("options"),
+        nb::arg("options"), nb::arg("view_weights").none() = nb::none(),
         "Intensity refinement of F frames. volume [nz, ny, nx] float32 attenuation; bone: "
         "region-of-interest volume (> 0 = bone) or None; views [2, 16] packed; images "
         "[F, 2, H, W] float32 (bone bright); image_masks [2, H, W] uint8 or None; init_poses "
-        "[F, 6] (rad, mm). Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
+        "[F, 6] (rad, mm); view_weights [F, 2] per-frame factors on the options' view weights "
+        "(0: view left out) or None. Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
         "similarity_total [F], rotation_change_deg [F], translation_change_mm [F], iterations "
         "[F], seconds [F], converged [F], status [F] (RefineStatus values).");
   m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volume"),

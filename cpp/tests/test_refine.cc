@@ -170,6 +170,47 @@ TEST(Refine, PyramidViewKeepsPixelCentres) {
     EXPECT_NEAR(o1.intensifier_centre[c], odd.intensifier_centre[c] - 0.5 * 1.8 * odd.u[c], 1e-9);
 }
 
+TEST_F(RefineTest, PerFrameViewWeightsMatchTheOptionsWeights) {
+  // view_weights (1, 0) for a frame refine it exactly as weight_view2 = 0 in the options does.
+  const double start[6] = {truth[0] + 0.02, truth[1] - 0.02, truth[2] + 0.02,
+                           truth[3] + 1.5,  truth[4] - 1.0,  truth[5] + 1.0};
+  RefineOptions options;
+  options.num_levels = 2;
+  RefineResult by_frame, by_options;
+  RefineInput weighted = input;
+  const double weights[2] = {1.0, 0.0};
+  weighted.view_weights = weights;
+  RefineFrames(weighted, start, 1, &by_frame, options);
+  RefineOptions view1_only = options;
+  view1_only.weight_view2 = 0;
+  RefineFrames(input, start, 1, &by_options, view1_only);
+  for (int c = 0; c < 6; ++c) EXPECT_EQ(by_frame.pose[c], by_options.pose[c]);
+  EXPECT_EQ(by_frame.similarity_total, by_frame.similarity[0]);  // view 2 reported, not counted
+  EXPECT_TRUE(std::isfinite(by_frame.similarity[1]));
+  EXPECT_TRUE(by_frame.converged);
+  const double none[2] = {0.0, 0.0}, negative[2] = {-1.0, 1.0};
+  for (const double* w : {none, negative}) {
+    weighted.view_weights = w;
+    EXPECT_THROW(RefineFrames(weighted, start, 1, &by_frame, options), std::invalid_argument);
+  }
+}
+
+TEST_F(RefineTest, CudaRendersGiveTheCpuResult) {
+  if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
+  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
+                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  RefineOptions options;
+  options.num_levels = 2;
+  RefineResult cpu, gpu;
+  RefineFrames(input, start, 1, &cpu, options);
+  options.device = Device::kCuda;
+  RefineFrames(input, start, 1, &gpu, options);
+  EXPECT_EQ(gpu.status, cpu.status);
+  EXPECT_LT(AngleBetween(gpu.pose, cpu.pose), 0.01);
+  for (int c = 3; c < 6; ++c) EXPECT_NEAR(gpu.pose[c], cpu.pose[c], 0.01);
+  EXPECT_NEAR(gpu.similarity_total, cpu.similarity_total, 1e-4);
+}
+
 TEST_F(RefineTest, BadInputThrowsInvalidArgument) {
   RefineResult r;
   RefineOptions bad;

@@ -198,6 +198,45 @@ TEST(RenderVolume, CudaMatchesCpu) {
   EXPECT_GT(prepared.DeviceBytes(), sizeof(float) * ph.data.size());
 }
 
+TEST(RenderConePixels, EqualsTheFullImageAtTheListedPixels) {
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid);
+  const ConeView view = SideView(40, 36, 2.0);
+  const double poses[12] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0};
+  std::vector<float> full(2 * 40 * 36);
+  const ConeView views[2] = {view, view};
+  RenderConeDrr(prepared, views, poses, 2, full.data());
+  const std::vector<int32_t> pixels = {0, 41, 17 * 40 + 20, 18 * 40 + 19, 35 * 40 + 39, 700};
+  const int m = static_cast<int>(pixels.size());
+  std::vector<float> values(2 * m);
+  RenderConePixels(prepared, view, pixels.data(), m, poses, 2, values.data());
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < m; ++j) EXPECT_EQ(values[i * m + j], full[i * 40 * 36 + pixels[j]]);
+  EXPECT_GT(values[2], 0.f);  // the centre ray crosses the sphere
+  const int32_t outside[1] = {40 * 36};
+  EXPECT_THROW(RenderConePixels(prepared, view, outside, 1, poses, 1, values.data()),
+               std::invalid_argument);
+}
+
+TEST(RenderConePixels, CudaMatchesCpu) {
+  if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid, Device::kCuda);
+  const ConeView view = SideView(40, 36, 2.0);
+  const double poses[12] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0};
+  std::vector<int32_t> pixels;
+  for (int i = 0; i < 40 * 36; i += 7) pixels.push_back(i);
+  const int m = static_cast<int>(pixels.size());
+  std::vector<float> values(2 * m);
+  RenderConePixels(prepared, view, pixels.data(), m, poses, 2, values.data());
+  RenderOptions cuda;
+  cuda.device = Device::kCuda;
+  cuda.cuda_texture = false;
+  std::vector<float> gpu(2 * m);
+  RenderConePixels(prepared, view, pixels.data(), m, poses, 2, gpu.data(), cuda);
+  for (int i = 0; i < 2 * m; ++i) EXPECT_NEAR(gpu[i], values[i], 1e-4 * 2 * ph.r * ph.mu);
+}
+
 // The CUDA launchers' per-element bodies, run here on the host: every intermediate pixel by
 // ShearColumns (kWidth columns per call, as the CUDA threads) equals the CPU's row loop, and
 // the rays split into parts (as small CUDA batches) sum to the whole rays.

@@ -148,6 +148,52 @@ def test_one_view_mode_uses_only_that_view(headsq_mu, small_views, frames):
     assert both.similarity_total[0] < res.similarity_total[0]
 
 
+def test_per_frame_view_weights_leave_a_view_out_of_that_frame(headsq_mu, small_views, frames):
+    """view_weights [F, 2]: a frame whose view 2 is garbage refined against view 1 alone, the
+    same as the options' weights do for a whole batch, while the other frames use both views."""
+    truth, imgs = frames
+    bad = imgs[:2].copy()
+    bad[0, 1] = np.random.default_rng(0).permutation(bad[0, 1].ravel()).reshape(SIZE, SIZE)
+    start = perturb(truth[:2], 2.0, 1.0, np.random.default_rng(2))
+    opts = refine.refine_options(num_levels=2)
+    res = refine.refine_poses(headsq_mu, small_views, bad, start, options=opts, view_weights=[[1.0, 0.0], [1.0, 1.0]])
+    alone = refine.refine_poses(headsq_mu, small_views, bad[:1], start[:1],
+                                options=refine.refine_options(num_levels=2, weight_view2=0.0))
+    np.testing.assert_array_equal(res.poses[0], alone.poses[0])
+    assert res.similarity_total[0] == res.similarity[0, 0] and abs(res.similarity[0, 1]) < 0.5  # reported, unused
+    assert list(res.status) == ["converged", "converged"]
+    np.testing.assert_allclose(res.similarity_total[1], res.similarity[1].mean(), atol=1e-12)
+    ang, mm = pose_errors(res.poses, truth[:2])
+    assert ang.max() < 1.0 and mm[1] < 0.2, (ang, mm)
+    with pytest.raises(ValueError, match=r"view_weights have shape \(3, 2\), expected \(2, 2\)"):
+        refine.refine_poses(headsq_mu, small_views, bad, start, options=opts, view_weights=np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"view weights of frame 1 \(0, 0\)"):
+        refine.refine_poses(headsq_mu, small_views, bad, start, options=opts, view_weights=[[1, 0], [0, 0]])
+    with pytest.raises(ValueError, match=r"view weights of frame 0 \(-1"):
+        refine.refine_poses(headsq_mu, small_views, bad, start, options=opts, view_weights=[[-1, 1], [1, 1]])
+    with pytest.raises(ValueError, match="view weights of frame 0"):  # the options' weight of view 1 is 0
+        refine.refine_poses(headsq_mu, small_views, bad, start, view_weights=[[1, 0], [1, 1]],
+                            options=refine.refine_options(num_levels=2, weight_view1=0.0))
+
+
+def test_refine_on_cuda_matches_cpu(headsq_mu, small_views, frames):
+    """The CUDA renders (RenderConePixels on the device, the CPU's per-ray code) give the CPU's
+    refinement to rounding; without a usable device 'cuda' is refused clearly."""
+    truth, imgs = frames
+    start = perturb(truth[:2], 3.0, 2.0, np.random.default_rng(8))
+    opts = refine.refine_options(num_levels=2)
+    if not _core.cuda_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts, device="cuda")
+        pytest.skip("no CUDA device")
+    cpu = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts)
+    gpu = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts, device="cuda")
+    assert list(gpu.status) == list(cpu.status)
+    ang, mm = pose_errors(gpu.poses, cpu.poses)
+    assert ang.max() < 0.01 and mm.max() < 0.01, (ang, mm)
+    np.testing.assert_allclose(gpu.similarity, cpu.similarity, atol=1e-4)
+
+
 def test_far_start_is_flagged(headsq_mu, small_views, frames):
     truth, imgs = frames
     start = perturb(truth[:2], 35.0, 30.0, np.random.default_rng(5))
@@ -295,6 +341,10 @@ def test_pipeline_option_and_command_line_flag():
     assert p.parse_args(base).refine is True
     assert p.parse_args(base + ["--no-refine"]).refine is False
     assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False
+    assert PipelineOptions().refine_device == "cpu" and p.parse_args(base).refine_device == "cpu"
+    assert p.parse_args(base + ["--refine-device", "cuda"]).refine_device == "cuda"
+    with pytest.raises(ValueError, match="refine_device 'gpu' is unknown"):
+        PipelineOptions(refine_device="gpu")
 
 
 def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
@@ -320,3 +370,32 @@ def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
     assert list(np.isin(new_status, REGISTERED_STATUSES)) == [True, False, False, True]
     ang, mm = pose_errors(poses[[0, 3]], truth[[0, 3]])
     assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
+
+
+def test_pipeline_hook_refines_a_frame_with_one_failed_view_against_the_other(subject, tmp_path):
+    """A frame one of whose views failed the input checks (failed_views) is tracked from its
+    neighbour's refined pose against its usable view alone and registered as 'one_view';
+    without tracking it has nothing to start from and keeps its input status."""
+    from fluororeg.io.recording import open_recording
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+    views = default_dual_views(width=128, height=128, pitch=3.2)
+    simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=3, views=views, seed=3)
+    rec = open_recording(tmp_path / "rec")
+    truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
+    start = perturb(truth, 3.0, 2.0, np.random.default_rng(9))
+    start[1] = np.nan  # the input checks flagged it: no landmark pose
+    status = np.array(["ok", "blank_view", "ok"])
+    failed = np.array([[False, False], [False, True], [False, False]])
+    poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, failed_views=failed)
+    assert list(new_status) == ["ok", "one_view", "ok"], (new_status, cols)
+    assert cols["landmark_status"][1] == "blank_view" and cols["refine_tracked"][1]
+    assert np.isfinite(cols["similarity_view2"][1])  # reported, though not in the frame's objective
+    ang, mm = pose_errors(poses, truth)
+    # One view fixes the in-plane pose; its depth is the least certain part.
+    assert ang.max() < 1.0 and mm[[0, 2]].max() < 0.5 and mm[1] < 3.0, (ang, mm)
+    # No tracking: nothing to start from.
+    _, alone, _ = refine_stage.refine_recording_poses(rec, subject, start, status, failed_views=failed, track=False)
+    assert alone[1] == "blank_view"
+    with pytest.raises(ValueError, match=r"failed_views has shape \(2, 2\), expected \(3, 2\)"):
+        refine_stage.refine_recording_poses(rec, subject, start, status, failed_views=failed[:2])

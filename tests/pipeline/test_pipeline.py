@@ -415,6 +415,14 @@ def test_unusable_input_is_not_registered(subject, models, tmp_path, monkeypatch
     assert out.status[2] == "blank_view" and out.status[3] == "same_image"
     assert not set(out.status[[0, 1, 4]]) & set(INPUT_STATUSES)
     assert np.isnan(out.poses[[2, 3]]).all()
+    # The frame with one blank view was refined against its other view (tracked from a
+    # neighbour); that failed its gate here, so it keeps the input status that caused it.
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "poses.csv")))
+    assert rows[2]["landmark_status"] == "blank_view" and rows[2]["refine_tracked"] == "1"
+    assert rows[2]["refine_status"] in ("moved_far", "low_similarity", "no_overlap"), rows[2]
+    assert rows[3]["refine_status"] == "not_refined"  # the same image as both views: nothing to trust
     assert json.loads((tmp_path / "out" / "qc.json").read_text())["counts"]["blank_view"] == 1
     # A constant detector: the same landmarks whatever the crop shows.
     det = models["detector"]

@@ -53,8 +53,11 @@ def test_input_checks_flag_blank_saturated_and_duplicated_views():
     bad[4, 0] = 200.0 + rng.normal(0, 0.5, bad[4, 0].shape)  # near-constant: no contrast left
     bad[5, 1] = bad[5, 0]                              # the same image as both views
     bad[6, 1] = bad[6, 0] + rng.normal(0, 1.0, bad[6, 0].shape)  # nearly the same
-    status = quality.input_statuses(quality.image_statistics(_Frames(bad)))
+    stats = quality.image_statistics(_Frames(bad))
+    status = quality.input_statuses(stats)
     assert list(status) == ["", "blank_view", "", "blank_view", "blank_view", "same_image", "same_image", ""]
+    # Which view is blank: refinement uses the other one alone.
+    assert [tuple(np.flatnonzero(b) + 1) for b in quality.blank_views(stats)] == [(), (2,), (), (1,), (1,), (), (), ()]
     assert set(status) - {""} <= set(fr.INPUT_STATUSES)
 
 

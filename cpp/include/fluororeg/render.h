@@ -102,6 +102,15 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
 void RenderConeDrr(const VolumeGrid& volume, const ConeView* views, const double* poses, int n,
                    float* out, const RenderOptions& options = {});
 
+// Cone-beam line integrals at listed pixels of one view only (the intensity refinement renders
+// its regions of interest this way), the same per-ray body as RenderConeDrr.
+//   pixels [m] indices y * W + x into the view's W x H image
+//   poses  [n, 6] rad / mm: world_from_model
+//   out    [n, m] float32 (host memory; options.output_on_device is not taken)
+void RenderConePixels(const RenderVolume& volume, const ConeView& view, const int32_t* pixels,
+                      int m, const double* poses, int n, float* out,
+                      const RenderOptions& options = {});
+
 // Device memory for images that stay on the CUDA device (RenderOptions::output_on_device):
 // `count` floats, freed when the last copy of the pointer goes. Throws std::runtime_error
 // when CUDA is not built or no device is usable.

@@ -1,6 +1,6 @@
-// Intensity-based pose refinement (see fluororeg/refine.h). The per-ray math is the
-// renderer's (kernels::ConeRayIntegral with internal::MakeConeRaySetup); this file only
-// chooses which pixels to render, at which poses, and what to do with them.
+// Intensity-based pose refinement (see fluororeg/refine.h). The renders are the renderer's
+// (RenderConePixels, on the CPU or CUDA); this file only chooses which pixels to render, at
+// which poses, and what to do with them.
 // Size (about 800 lines): the pyramids, the region-of-interest features, the Levenberg-Marquardt
 // loop with its Broyden updates and the batch driver share one private context per frame and
 // are only used here; splitting them would publish that context as an internal header.
@@ -20,7 +20,6 @@
 
 #include "fluororeg/parallel.h"
 #include "common/format.h"
-#include "fluororeg/render_kernels.h"
 #include "render/render_internal.h"
 
 namespace fluororeg {
@@ -207,27 +206,17 @@ std::vector<T> DownsampleImage(const T* img, int W, int H, int level, bool use_m
 
 // Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
 void RenderPixels(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
-                  int W, const std::vector<double>& poses, double step_voxels, int threads,
+                  const std::vector<double>& poses, const RefineOptions& o, int threads,
                   std::vector<float>* out) {
   const int K = static_cast<int>(poses.size() / 6);
-  const long long n = static_cast<long long>(px.size());
-  out->assign(static_cast<size_t>(K) * n, 0.f);
-  std::vector<kernels::ConeRaySetup> setups(K);
-  for (int k = 0; k < K; ++k)
-    setups[k] = internal::MakeConeRaySetup(vol.render->state(), view, poses.data() + 6 * k, step_voxels);
-  const kernels::ArraySampler sample{vol.grid.data, vol.grid.nx, vol.grid.ny, vol.grid.nz};
-  const uint8_t* occupancy = vol.render->state().occupancy.data();
-  constexpr long long kChunk = 256;
-  const long long chunks = (n + kChunk - 1) / kChunk;
-  ParallelFor(K * chunks, threads, [&](long long t) {
-    const int k = static_cast<int>(t / chunks);
-    const long long b = (t % chunks) * kChunk, e = std::min(n, b + kChunk);
-    float* o = out->data() + k * n;
-    for (long long i = b; i < e; ++i) {
-      const int x = px[i] % W, y = px[i] / W;
-      o[i] = kernels::ConeRayIntegral(setups[k], sample, occupancy, x, y);
-    }
-  });
+  out->resize(static_cast<size_t>(K) * px.size());
+  RenderOptions ro;
+  ro.device = o.device;
+  ro.num_threads = threads;
+  ro.step_voxels = o.step_voxels;
+  ro.cuda_texture = false;  // the exact trilinear sampler: CPU and CUDA agree to rounding
+  RenderConePixels(*vol.render, view, px.data(), static_cast<int>(px.size()), poses.data(), K,
+                   out->data(), ro);
 }
 
 // Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
@@ -342,8 +331,7 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView&
   for (int y = by0; y <= by1; ++y)
     for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
   std::vector<float> path;
-  RenderPixels(bone, view, px, W, std::vector<double>(pose, pose + 6), o.step_voxels, threads,
-               &path);
+  RenderPixels(bone, view, px, std::vector<double>(pose, pose + 6), o, threads, &path);
   std::vector<uint8_t> proj(roi.size(), 0);
   for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
   proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
@@ -405,7 +393,8 @@ void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, 
   const long long image_size = static_cast<long long>(ctx.W) * ctx.H;
   for (int v = 0; v < 2; ++v) {
     ViewLevel& vl = fl->views[v];
-    vl.weight = v == 0 ? o.weight_view1 : o.weight_view2;
+    vl.weight = (v == 0 ? o.weight_view1 : o.weight_view2) *
+                (in.view_weights ? in.view_weights[2LL * frame + v] : 1.0);
     vl.view = PyramidView(in.views[v], level);
     vl.W = vl.view.width;
     vl.H = vl.view.height;
@@ -434,8 +423,7 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
     if (!vl.used && !similarity) continue;
     if (vl.roi.empty() || static_cast<int>(vl.roi.size()) < ctx.options->min_roi_pixels) continue;
     std::vector<float> values;
-    RenderPixels(ctx.volumes[fl.k], vl.view, vl.render_px, vl.W, poses, ctx.options->step_voxels,
-                 threads, &values);
+    RenderPixels(ctx.volumes[fl.k], vl.view, vl.render_px, poses, *ctx.options, threads, &values);
     const int n = vl.NumResiduals() > 0 ? vl.NumResiduals()
                                         : vl.channels * static_cast<int>(vl.roi.size());
     std::vector<double> feat(n);
@@ -590,6 +578,8 @@ void ValidateRefineOptions(const RefineOptions& o) {
         " must be positive");
   if (o.num_threads < 0)
     bad("num_threads = " + std::to_string(o.num_threads) + ": expected >= 0 (0 = all)");
+  if (o.device != Device::kCpu && o.device != Device::kCuda)
+    bad("device " + std::to_string(static_cast<int>(o.device)) + " is unknown");
 }
 
 namespace {
@@ -629,6 +619,20 @@ Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_ne
     ctx.lever_mm = std::clamp(0.5 * std::sqrt(Dot(d, d)), 10.0, 500.0);
   }
   return ctx;
+}
+
+// Per-frame view weights [F, 2]: finite, >= 0, and a positive combined weight in some view.
+void ValidateViewWeights(const RefineInput& in, const RefineOptions& o, int num_frames) {
+  if (in.view_weights == nullptr) return;
+  for (int f = 0; f < num_frames; ++f) {
+    const double w1 = in.view_weights[2LL * f], w2 = in.view_weights[2LL * f + 1];
+    if (!(w1 >= 0) || !(w2 >= 0) || !std::isfinite(w1) || !std::isfinite(w2) ||
+        !(w1 * o.weight_view1 + w2 * o.weight_view2 > 0))
+      throw std::invalid_argument("view weights of frame " + std::to_string(f) + " (" + Fmt(w1) +
+                                  ", " + Fmt(w2) + ") must be finite, >= 0 and leave a view "
+                                  "with a positive weight (options: " + Fmt(o.weight_view1) +
+                                  ", " + Fmt(o.weight_view2) + ")");
+  }
 }
 
 bool FinitePose(const double* p) {
@@ -726,6 +730,7 @@ void RefineFrames(const RefineInput& input, const double* init_poses, int num_fr
   if (num_frames < 0)
     throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
   const Context ctx = MakeContext(input, options, options.num_levels);
+  ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int threads = ResolveThreadCount(options.num_threads);
   const int outer = std::min(threads, num_frames);
@@ -747,6 +752,7 @@ void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int
                                 "]");
   ValidatePoses(poses, num_frames);
   const Context ctx = MakeContext(input, options, level - options.finest_level + 1);
+  ValidateViewWeights(input, options, num_frames);
   const int threads = ResolveThreadCount(options.num_threads);
   const long long level_size =
       static_cast<long long>(input.views[0].width >> level) * (input.views[0].height >> level);

@@ -93,6 +93,16 @@ FLUORO_CPU_CLONES void ConeTileCpu(const kernels::ConeRaySetup& s,
   }
 }
 
+// Listed pixels [b, e) of one cone-beam view into out (one pose).
+FLUORO_CPU_CLONES void ConePixelsCpu(const kernels::ConeRaySetup& s,
+                                     const kernels::ArraySampler& sampler,
+                                     const uint8_t* occupancy, const int32_t* pixels, long long b,
+                                     long long e, int W, float* out) {
+  for (long long i = b; i < e; ++i) {
+    out[i] = kernels::ConeRayIntegral(s, sampler, occupancy, pixels[i] % W, pixels[i] / W);
+  }
+}
+
 }  // namespace
 
 void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
@@ -208,6 +218,53 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     const int x1 = std::min(x0 + kTile, W), y1 = std::min(y0 + kTile, H);
     ConeTileCpu(setups[i], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
                 out + static_cast<long long>(i) * H * W);
+  });
+}
+
+void RenderConePixels(const RenderVolume& volume, const ConeView& view, const int32_t* pixels,
+                      int m, const double* poses, int n, float* out,
+                      const RenderOptions& options) {
+  ValidatePoses(poses, n);
+  ValidateConeView(view, 0);
+  if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
+    throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
+                                " must lie in (0.01, 16]");
+  }
+  RequireHostOutput(options);
+  if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
+  const long long size = static_cast<long long>(view.width) * view.height;
+  for (int i = 0; i < m; ++i) {
+    if (pixels[i] < 0 || pixels[i] >= size) {
+      throw std::invalid_argument("pixel index " + std::to_string(pixels[i]) + " (entry " +
+                                  std::to_string(i) + ") lies outside the " +
+                                  std::to_string(view.width) + " x " +
+                                  std::to_string(view.height) + " image");
+    }
+  }
+  if (n == 0 || m == 0) return;
+  RenderVolume::State& state = volume.state();
+  state.PrepareCone();
+  std::vector<kernels::ConeRaySetup> setups(n);
+  for (int i = 0; i < n; ++i) {
+    setups[i] = internal::MakeConeRaySetup(state, view, poses + 6 * i, options.step_voxels);
+  }
+  if (options.device == Device::kCuda) {
+    internal::RequireCuda();
+#if defined(FLUORO_WITH_CUDA)
+    std::lock_guard<std::mutex> lock(state.cuda_mutex);
+    internal::RenderConePixelsCuda(state, setups.data(), n, view.width, pixels, m, out, options);
+#endif
+    return;
+  }
+  const VolumeGrid& g = state.grid;
+  const kernels::ArraySampler sampler{g.data, g.nx, g.ny, g.nz};
+  constexpr long long kChunk = 256;  // pixels per task
+  const long long chunks = (m + kChunk - 1) / kChunk;
+  ParallelFor(static_cast<long long>(n) * chunks, options.num_threads, [&](long long t) {
+    const int i = static_cast<int>(t / chunks);
+    const long long b = (t % chunks) * kChunk, e = std::min<long long>(m, b + kChunk);
+    ConePixelsCpu(setups[i], sampler, state.occupancy.data(), pixels, b, e, view.width,
+                  out + static_cast<long long>(i) * m);
   });
 }
 

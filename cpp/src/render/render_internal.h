@@ -80,6 +80,9 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
                            bool output_on_device);
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
                        int width, int height, float* out, const RenderOptions& options);
+void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
+                          int width, const int32_t* pixels, int m, float* out,
+                          const RenderOptions& options);
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,
                        const double* poses, const double* scales, int n, const double* points,
                        int m, double* out_xy, uint8_t* in_fov);

@@ -105,6 +105,9 @@ def add_parser(subparsers) -> None:
                          "gradient correlation); its similarity is then the final quality gate (default: on; "
                          "--no-refine: landmark registration only)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
+    rg.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="cpu",
+                    help="where the refinement renders (default: cpu; cuda: the same per-ray code on the GPU, "
+                         "not yet measured on one)")
     common.add_allow_undertrained_option(rg)
     common.add_threads_option(rg)
     rg.add_argument("--out", required=True)
@@ -204,7 +207,8 @@ def run_register(args: argparse.Namespace) -> int:
                            loss=_pipeline_loss(args.loss, args.mode), loss_scale_mm=args.loss_scale, mode=args.mode,
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
-                           refine=args.refine, crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
+                           refine=args.refine, refine_device=args.refine_device,
+                           crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
                            **_gate_options(args))
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)

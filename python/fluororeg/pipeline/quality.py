@@ -52,7 +52,7 @@ from fluororeg.core import registration as _registration
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
 
 __all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics",
-           "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
+           "blank_views", "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
            "max_residual_from_detector", "qc_report", "format_qc", "write_qc", "write_worst_overlays"]
 
 # The core's default limit, mm at the bone (RegistrationOptions.max_residual_mm); the pipeline's
@@ -201,16 +201,20 @@ def _full_mask(shape, fov):
     return mask if mask.sum() >= 64 else np.ones((H, W), bool)
 
 
+def blank_views(stats: dict, options: InputCheckOptions = InputCheckOptions()) -> np.ndarray:
+    """[F, 2] bool: the views of each frame that are blank or saturated (from
+    :func:`image_statistics`; frames with one are ``'blank_view'``)."""
+    spread, level = stats["spread"], stats["level"]
+    typical = np.median(spread, axis=0)  # [2] the recording's usual contrast per view
+    return (spread <= options.blank_spread * np.maximum(level, 1e-12)) | (spread <= options.blank_relative * typical)
+
+
 def input_statuses(stats: dict, options: InputCheckOptions = InputCheckOptions()) -> np.ndarray:
     """[F] str: 'blank_view', 'same_image' or '' (usable) per frame from :func:`image_statistics`."""
-    spread, level = stats["spread"], stats["level"]
-    F = spread.shape[0]
-    typical = np.median(spread, axis=0)  # [2] the recording's usual contrast per view
-    blank = (spread <= options.blank_spread * np.maximum(level, 1e-12)) | (spread <= options.blank_relative * typical)
-    out = np.full(F, "", dtype=object)
+    out = np.full(stats["spread"].shape[0], "", dtype=object)
     same = stats["views_correlation"] >= options.same_correlation
     out[same] = "same_image"
-    out[blank.any(axis=1)] = "blank_view"
+    out[blank_views(stats, options).any(axis=1)] = "blank_view"
     return out.astype(str)
 
 

@@ -15,8 +15,8 @@ from fluororeg.core.refine import RefineOptions, RefineResult, intensity_to_line
 from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
-__all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "REFINE_FAILURE_STATUSES", "REFINABLE_STATUSES",
-           "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
+__all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS", "REFINE_FAILURE_STATUSES",
+           "REFINABLE_STATUSES", "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -78,6 +78,8 @@ REFINE_COLUMNS = ("landmark_status", "refine_status", "similarity_view1", "simil
 # whose refinement passed the refinement's ('refined'); a frame refined from a neighbour's
 # refined pose ('tracked'); the refinement's own gate failures (not registered).
 REFINED_STATUS, TRACKED_STATUS = "refined", "tracked"
+# A passed frame whose refinement rested on one view (the landmark path's status of that name).
+ONE_VIEW_STATUS = "one_view"
 REFINE_FAILURE_STATUSES = ("moved_far", "low_similarity", "no_overlap")
 # Landmark statuses whose pose refinement starts from: registered, or held back by the
 # landmark gate's residual limits (the refinement's similarity decides). The input checks'
@@ -87,10 +89,12 @@ REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
-                           *, track: bool = True, chunk: int = 64):
+                           *, failed_views=None, track: bool = True, chunk: int = 64, device: str = "cpu"):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
-    [F] are the landmark statuses.
+    [F] are the landmark statuses; ``failed_views`` [F, 2] bool (or None: none) the views whose
+    image failed the input checks (a blank or saturated view). ``device``: where the renders run
+    ('cpu', 'cuda' or 'auto', :func:`~fluororeg.core.refine.refine_poses`).
 
     Returns (poses [F, 6] with NaN rows for frames not registered, status [F] str, columns:
     dict of REFINE_COLUMNS -> [F] arrays). With refinement the image similarity is the final
@@ -102,19 +106,33 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     - passed from a neighbour's refined pose (``track``: frames without a landmark pose, or
       whose own refinement failed): ``'tracked'``;
     - failed: no pose, the refinement's status (``'low_similarity'``, ``'moved_far'``,
-      ``'no_overlap'``); a frame that had nothing to start from keeps its landmark status.
+      ``'no_overlap'``); a frame that had nothing to start from, or that the input checks
+      flagged, keeps its landmark status (``refine_status`` says how its refinement ended).
 
-    Frames with a status outside :data:`REFINABLE_STATUSES` are not refined and keep theirs.
-    Frames are read ``chunk`` at a time (tracking carries over from one chunk to the next).
+    One view alone: a frame with one failed view (``failed_views``) has no landmark pose; it is
+    tracked from a neighbour's refined pose against its other view alone. A passed frame whose
+    refinement rested on one view (that one, or one whose view held too little of the bone) is
+    ``'one_view'``: in-plane as precise as two views, its depth the least certain part.
+
+    Frames with a status outside :data:`REFINABLE_STATUSES` are not refined and keep theirs,
+    except those one failed view flagged. Frames are read ``chunk`` at a time (tracking
+    carries over from one chunk to the next).
     """
     poses = np.asarray(poses, dtype=np.float64)
     status = np.asarray(status).astype(str)
     F = len(poses)
     if len(recording) != F or len(status) != F:
         raise ValueError(f"got {F} poses and {len(status)} statuses for a recording of {len(recording)} frames")
-    refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1)
-    # Frames flagged by the input checks are left out; the others without a pose may be tracked.
-    candidates = np.flatnonzero(refinable | ~np.isin(status, INPUT_FLAGS))
+    failed = np.zeros((F, 2), bool) if failed_views is None else np.asarray(failed_views, dtype=bool)
+    if failed.shape != (F, 2):
+        raise ValueError(f"failed_views has shape {np.shape(failed_views)}, expected ({F}, 2): one flag per frame "
+                         "and view")
+    refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1) & ~failed.any(axis=1)
+    # Frames flagged by the input checks are left out, except those with one usable view (tracked
+    # against it alone); the others without a pose may be tracked.
+    one_usable = failed.sum(axis=1) == 1
+    candidates = np.flatnonzero((refinable | ~np.isin(status, INPUT_FLAGS) | one_usable) & ~failed.all(axis=1))
+    weights = np.where(failed, 0.0, 1.0)  # [F, 2] the views' weights in each frame's objective
     parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
     for s in range(0, len(candidates), chunk):
         idx = candidates[s:s + chunk]
@@ -124,7 +142,8 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         if carried:
             start[0] = carry
         part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
-                            bone=subject.mask_model(), image_masks=masks, track=track)
+                            bone=subject.mask_model(), image_masks=masks, track=track, view_weights=weights[idx],
+                            device=device)
         part.tracked[0] |= carried
         parts.append(part)
         carry = part.poses[-1] if part.converged[-1] else None
@@ -148,9 +167,13 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         ok = res.converged
         new_poses[i[ok]] = res.poses[ok]
         landmark = status[i]
-        new_status[i[ok]] = np.where(res.tracked[ok], TRACKED_STATUS,
-                                     np.where(np.isin(landmark[ok], REGISTERED_LANDMARK), landmark[ok], REFINED_STATUS))
-        failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES)
+        # Views the objective used: weighted, and holding enough of the bone (a similarity).
+        one_view = ok & (((weights[i] > 0) & np.isfinite(res.similarity)).sum(axis=1) == 1)
+        new_status[i[ok]] = np.where(one_view[ok], ONE_VIEW_STATUS, np.where(
+            res.tracked[ok], TRACKED_STATUS,
+            np.where(np.isin(landmark[ok], REGISTERED_LANDMARK), landmark[ok], REFINED_STATUS)))
+        # A failed refinement says why, unless the input checks flagged the frame (its cause).
+        failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES) & ~np.isin(landmark, INPUT_FLAGS)
         new_status[i[failed]] = res.status[failed]
     return new_poses, new_status.astype(str), columns
 

@@ -106,6 +106,9 @@ class PipelineOptions:
     # default, measured on independent-renderer recordings (benchmarks/bench_pipeline.py
     # --independent); its similarity gate then decides which frames are registered.
     refine: bool = True
+    # Where refinement renders: 'cpu', 'cuda' or 'auto' (CUDA when usable). The CUDA path runs
+    # the CPU's per-ray code; it has not been measured on a GPU yet, hence 'cpu' by default.
+    refine_device: str = "cpu"
     num_threads: int = 0              # C++ core and onnxruntime threads (0: fluororeg.core.threads' count)
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
     # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
@@ -120,6 +123,8 @@ class PipelineOptions:
     def __post_init__(self):
         if self.style not in ("translate", "log", "invert", "none"):
             raise ValueError(f"style '{self.style}' is unknown: expected 'translate', 'log', 'invert' or 'none'")
+        if self.refine_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"refine_device '{self.refine_device}' is unknown: expected 'cpu', 'cuda' or 'auto'")
         if self.init not in INITS:
             raise ValueError(f"init '{self.init}' is unknown: expected one of {INITS}")
         if not (np.isfinite(self.min_confidence) and 0 <= self.min_confidence < 1):
@@ -536,6 +541,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     views = recording.geometry.views
     # Input checks (fluororeg.pipeline.quality): unusable frames are not registered.
     flags = np.full(len(frames), "", dtype=object)
+    blank = np.zeros((len(frames), 2), bool)  # [F, 2] views whose image is blank or saturated
     constant_views = np.zeros(2, bool)
     if options.quality_gate and options.input_checks:
         from fluororeg.inference.crops import detect_fov
@@ -546,6 +552,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)],
                                          reference_frames=reference)
         flags[:] = quality.input_statuses(stats)
+        blank = quality.blank_views(stats)
         constant_views = quality.constant_detector(det, stats)
         if constant_views.any():
             warnings.warn(f"the detections in view(s) {[int(k) + 1 for k in np.flatnonzero(constant_views)]} are the "
@@ -571,7 +578,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # Every landmark pose is a start, also those the landmark gate held back: the image
         # similarity after refinement is the final gate.
         t_refine = time.perf_counter()
-        poses, status, refine_columns = refine_recording_poses(recording, subject, batch.poses, status)
+        # A frame with one blank view is refined against the other alone ('one_view').
+        poses, status, refine_columns = refine_recording_poses(
+            recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
+            device=options.refine_device)
         t_refine = time.perf_counter() - t_refine
     smoothed = False
     if options.smoothing_hz is not None:
