@@ -33,6 +33,7 @@ struct Workspace {
   std::vector<int> partner;
   CaseData cases[4];
   std::vector<std::unique_ptr<ViewResidual>> costs;  // pool
+  RotationCache rotation;                             // shared by the pool's blocks
 };
 
 Workspace& ThreadWorkspace() {
@@ -237,10 +238,10 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
         for (int i = 0; i < k_vis; ++i)
           ws.costs[k * k_vis + i]->Reset(&g[k], R0, setup.landmarks, cd.index.data() + i,
                                          cd.targets[k].data() + 2 * i, cd.sqrt_w[k].data() + i,
-                                         1);
+                                         1, &ws.rotation);
       } else {
         ws.costs[k]->Reset(&g[k], R0, setup.landmarks, cd.index.data(), cd.targets[k].data(),
-                           cd.sqrt_w[k].data(), k_vis);
+                           cd.sqrt_w[k].data(), k_vis, &ws.rotation);
       }
     }
     return n_blocks;

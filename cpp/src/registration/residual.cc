@@ -17,7 +17,9 @@ ViewResidual::ViewResidual(const ConeProjector* projector, const double* R0,
 
 void ViewResidual::Reset(const ConeProjector* projector, const double* R0,
                          const double* landmarks, const int* index, const double* targets,
-                         const double* sqrt_w, int k) {
+                         const double* sqrt_w, int k, RotationCache* cache) {
+  cache_ = cache;
+  if (cache_ != nullptr) cache_->R0 = nullptr;  // R0's values may differ at the same address
   projector_ = projector;
   R0_ = R0;
   landmarks_ = landmarks;
@@ -32,11 +34,23 @@ bool ViewResidual::Evaluate(double const* const* parameters, double* residuals,
                             double** jacobians) const {
   const double* phi = parameters[0];
   const double* t = phi + 3;
-  double E[9], R[9], Jl[9] = {};  // Jl: only with a Jacobian
-  ExpSO3(phi, E);
-  MultiplyRotations(E, R0_, R);
   double* J = (jacobians != nullptr) ? jacobians[0] : nullptr;
-  if (J != nullptr) LeftJacobianSO3(phi, Jl);
+  RotationCache local;
+  RotationCache& c = cache_ != nullptr ? *cache_ : local;
+  if (c.R0 != R0_ || c.phi[0] != phi[0] || c.phi[1] != phi[1] || c.phi[2] != phi[2]) {
+    double E[9];
+    ExpSO3(phi, E);
+    MultiplyRotations(E, R0_, c.R);
+    for (int a = 0; a < 3; ++a) c.phi[a] = phi[a];
+    c.R0 = R0_;
+    c.has_jl = false;
+  }
+  if (J != nullptr && !c.has_jl) {
+    LeftJacobianSO3(phi, c.Jl);
+    c.has_jl = true;
+  }
+  const double* R = c.R;
+  const double* Jl = c.Jl;
   const ConeProjector& g = *projector_;
   for (int i = 0; i < k_; ++i) {
     const double* X = landmarks_ + 3 * index_[i];
