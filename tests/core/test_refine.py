@@ -362,9 +362,11 @@ def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
     truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
     start = perturb(truth, 3.0, 2.0, np.random.default_rng(9))
     start[1, :3] += [60.0, -40.0, 30.0]  # a wrong pose the landmark gate let through
-    status = np.array(["large_residual", "ok", "blank_view", "ok"])
+    status = np.array(["large_residual", "ok", "blank_view", "one_view"])
     poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, track=False)
+    # Frame 3's landmark pose rested on one view; refined against both, it is 'ok'.
     assert new_status[0] == "refined" and new_status[3] == "ok", (new_status, cols)
+    assert cols["landmark_status"][3] == "one_view"
     assert new_status[1] in refine_stage.REFINE_FAILURE_STATUSES and not np.isfinite(poses[1]).any(), (new_status, cols)
     assert new_status[2] == "blank_view" and cols["refine_status"][2] == "not_refined" and np.isnan(poses[2]).all()
     assert list(np.isin(new_status, REGISTERED_STATUSES)) == [True, False, False, True]

@@ -101,8 +101,9 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     gate (measured on independent-renderer recordings: no frame whose refinement passed was
     more than 5 deg or 5 mm off, while the landmark gate let such frames through):
 
-    - refinement passed from the frame's landmark pose: the refined pose; the landmark status
-      if it was registered, else ``'refined'`` (the landmark gate held it back);
+    - refinement passed from the frame's landmark pose: the refined pose; ``'ok'`` if the
+      landmark pose was registered (``'ok'``, or ``'one_view'``: both images now agree with
+      it), else ``'refined'`` (the landmark gate held it back);
     - passed from a neighbour's refined pose (``track``: frames without a landmark pose, or
       whose own refinement failed): ``'tracked'``;
     - failed: no pose, the refinement's status (``'low_similarity'``, ``'moved_far'``,
@@ -167,14 +168,15 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         ok = res.converged
         new_poses[i[ok]] = res.poses[ok]
         landmark = status[i]
-        # Views the objective used: weighted, and holding enough of the bone (a similarity).
+        # Views the objective used: weighted, and holding enough of the bone (a similarity). A
+        # landmark pose that rested on one view ('one_view') refined against both is 'ok'.
         one_view = ok & (((weights[i] > 0) & np.isfinite(res.similarity)).sum(axis=1) == 1)
-        new_status[i[ok]] = np.where(one_view[ok], ONE_VIEW_STATUS, np.where(
-            res.tracked[ok], TRACKED_STATUS,
-            np.where(np.isin(landmark[ok], REGISTERED_LANDMARK), landmark[ok], REFINED_STATUS)))
+        passed = np.select([one_view, res.tracked, np.isin(landmark, REGISTERED_LANDMARK)],
+                           [ONE_VIEW_STATUS, TRACKED_STATUS, "ok"], REFINED_STATUS)
+        new_status[i[ok]] = passed[ok]
         # A failed refinement says why, unless the input checks flagged the frame (its cause).
-        failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES) & ~np.isin(landmark, INPUT_FLAGS)
-        new_status[i[failed]] = res.status[failed]
+        gate_failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES) & ~np.isin(landmark, INPUT_FLAGS)
+        new_status[i[gate_failed]] = res.status[gate_failed]
     return new_poses, new_status.astype(str), columns
 
 
