@@ -214,6 +214,14 @@ def test_deprecated_options_still_work_and_say_so(old, new, capsys):
     assert err.count("\n") == 1 and f"{old[-2]} is deprecated" in err and f"use {new[-2]}" in err
 
 
+def test_train_translator_refuses_subject_without_detector_before_any_work(tmp_path, capsys):
+    assert main(["train-translator", "--xray", str(tmp_path / "none"), "--drr", str(tmp_path / "no_dataset"),
+                 "--out", str(tmp_path / "run"), "--subject", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--subject is used with --detector" in err and "no_dataset" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_deprecated_commands_still_work_and_say_so(tmp_path, capsys):
     # train-style / select-style run train-translator / select-translator (here: up to their first error).
     assert main(["train-style", "--xray", str(tmp_path / "none"), "--drr", str(tmp_path), "--out", str(tmp_path),

@@ -158,6 +158,10 @@ def test_styles_previous_init_and_errors(subject, models):
         PipelineOptions(min_visible=3)
     with pytest.raises(ValueError, match="min_confidence = 1.5"):
         PipelineOptions(min_confidence=1.5)
+    with pytest.raises(ValueError, match="init 'centre' is unknown: expected one of"):
+        PipelineOptions(init="centre")
+    with pytest.raises(ValueError, match="refine_device 'gpu' is unknown"):
+        PipelineOptions(refine_device="gpu")
     from fluororeg.subject.subject import make_subject
 
     other = make_subject("other", subject.ct, subject.landmarks, pairs=[], origin=subject.origin + 1.0)

@@ -84,6 +84,8 @@ def run_train_translator(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps {args.steps}: expected at least 1")
     if args.every < 1:
         raise ValueError(f"--every {args.every}: expected at least 1 (every n-th frame)")
+    if args.subject and not args.detector:
+        raise ValueError("--subject is used with --detector (to centre the crops on the bone): pass --detector too")
     cfg = TranslatorConfig.preset(args.preset, snapshot_every=args.snapshot_every,
                              **({"steps": args.steps} if args.steps is not None else {}))
     crop_pixel_mm = args.crop_pixel_mm
@@ -98,8 +100,6 @@ def run_train_translator(args: argparse.Namespace) -> int:
 
             subject = common.load_subject_arg(args.subject)
             locate = (subject, LandmarkDetector(args.detector, subject=subject, device=args.device))
-        elif args.subject:
-            raise ValueError("--subject is used with --detector (to centre the crops on the bone): pass --detector too")
         crops = xray_training_crops(args.xray, size=cfg.image_size, crop_pixel_mm=crop_pixel_mm, every=args.every,
                                     locate=locate)
         print(f"{len(crops)} X-ray crops of {cfg.image_size} px from {len(args.xray)} recording(s), centred on "
