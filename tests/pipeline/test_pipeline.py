@@ -11,7 +11,7 @@ import pytest
 
 from fluororeg.dataset.generate import DatasetConfig, generate_dataset
 from fluororeg.inference.detector import LandmarkDetector
-from fluororeg.inference.translator import StyleTranslator
+from fluororeg.inference.translator import StyleTranslator, preferred_style
 from fluororeg.training.detector_config import DetectorConfig
 from fluororeg.training.detector_export import export_detector
 from fluororeg.training.detector_train import train_detector
@@ -274,8 +274,9 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
     assert np.isnan(scores[1].landmark_err_mm)
     # Selection among the snapshots; the verdict (translate or not) travels in the exported model.
     truth = np.load(models["recording"] / "truth.npz")["poses"]
-    best, chosen_scores = select_translator_snapshot(run, rec, subject, models["detector"], tmp_path / "sel",
-                                                     options=opts, reference=truth, progress=False)
+    best, chosen_scores, verdict = select_translator_snapshot(run, rec, subject, models["detector"],
+                                                              tmp_path / "sel", options=opts, reference=truth,
+                                                              progress=False)
     snaps = [s for s in chosen_scores if s.style == "translate"]
     assert best.score == min(s.score for s in snaps)
     chosen = StyleTranslator(tmp_path / "sel" / "xray_to_drr.onnx")
@@ -283,7 +284,7 @@ def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tm
     plain = min(s.score for s in chosen_scores if s.style != "translate")
     style, why = chosen.preferred_style()
     assert (style == "translate") == (best.score <= plain) and (why is None) == (style == "translate")
-    assert chosen.selection["use_style"] == style
+    assert chosen.selection == verdict and preferred_style(verdict) == (style, why)
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["use_style"] == style
     assert len((tmp_path / "sel" / "selection.csv").read_text().strip().splitlines()) == 5
     # With reference poses the score is the median landmark error to them.

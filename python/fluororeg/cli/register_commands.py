@@ -318,13 +318,14 @@ def run_select_translator(args: argparse.Namespace) -> int:
     crop = crop_pixel_mm_for(args.crop_pixel_mm, detector)
     common.check_detector_trained(detector, args.allow_undertrained)
     with run_folder_lock(args.out, "select-translator"):  # one writer per output folder
-        best, scores = select_translator_snapshot(args.run, rec, subject, detector, args.out, reference=reference,
-                                                  options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)),
-                                                  max_frames=args.max_frames, progress=not args.quiet)
+        best, scores, verdict = select_translator_snapshot(
+            args.run, rec, subject, detector, args.out, reference=reference,
+            options=PipelineOptions(crop_pixel_mm=crop, **_gate_options(args)), max_frames=args.max_frames,
+            progress=not args.quiet)
     unit = "mm landmark error" if reference is not None else "mm refinement disagreement"
-    from fluororeg.inference.translator import StyleTranslator
+    from fluororeg.inference.translator import preferred_style
 
-    chosen, why = StyleTranslator(Path(args.out) / "xray_to_drr.onnx").preferred_style()
+    chosen, why = preferred_style(verdict)
     for s in scores:
         mark = "  <- best snapshot" if s.style == "translate" and s.step == best.step else \
             ("  <- better than translating" if s.style == chosen and chosen != "translate" else "")

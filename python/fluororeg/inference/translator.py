@@ -13,12 +13,30 @@ import numpy as np
 
 from fluororeg.inference.onnx_model import OnnxModel
 
-__all__ = ["StyleTranslator", "STYLE_KIND", "DIRECTIONS", "INPUT_NORMALISATION", "OUTPUT_DESCRIPTION"]
+__all__ = ["StyleTranslator", "preferred_style", "STYLE_KIND", "DIRECTIONS", "INPUT_NORMALISATION", "OUTPUT_DESCRIPTION"]
 
 STYLE_KIND = "style_generator"
 DIRECTIONS = ("xray_to_drr", "drr_to_xray")
 INPUT_NORMALISATION = "x / 127.5 - 1 (grey levels [0, 255] -> [-1, 1])"
 OUTPUT_DESCRIPTION = "translated: [n, 1, H, W] in [-1, 1] (tanh); grey level = (y + 1) * 127.5"
+
+
+def preferred_style(verdict: dict | None) -> tuple[str, str | None]:
+    """(style, why) of a snapshot selection's verdict (the ``selection`` metadata of an exported
+    translator, :func:`fluororeg.training.translator_selection.select_translator_snapshot`):
+    'translate', or the no-learning style that scored better, with the reason to print."""
+    verdict = verdict or {}
+    style = verdict.get("use_style", "translate")
+    if style not in ("log", "invert"):
+        return "translate", None
+
+    def fmt(v) -> str:
+        return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+
+    base = verdict.get("baseline_scores", {}).get(style)
+    return style, (f"its snapshot selection found no translation better than style '{style}' on the validation "
+                   f"recording ({verdict.get('criterion', 'score')}: translator {fmt(verdict.get('snapshot_score'))}"
+                   f", {style} {fmt(base)})")
 
 
 class StyleTranslator:
@@ -81,18 +99,8 @@ class StyleTranslator:
 
     def preferred_style(self) -> tuple[str, str | None]:
         """(style, why): 'translate', or the no-learning style its selection found better on the
-        validation recording, with the reason to print."""
-        verdict = self.selection or {}
-        style = verdict.get("use_style", "translate")
-        if style not in ("log", "invert"):
-            return "translate", None
-        def fmt(v) -> str:
-            return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
-
-        base = verdict.get("baseline_scores", {}).get(style)
-        return style, (f"its snapshot selection found no translation better than style '{style}' on the validation "
-                       f"recording ({verdict.get('criterion', 'score')}: translator {fmt(verdict.get('snapshot_score'))}"
-                       f", {style} {fmt(base)})")
+        validation recording, with the reason to print (:func:`preferred_style`)."""
+        return preferred_style(self.selection)
 
     def translate(self, images) -> np.ndarray:
         a = np.asarray(images)

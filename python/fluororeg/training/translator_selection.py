@@ -173,14 +173,16 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
     return scores
 
 
-def select_translator_snapshot(run_dir, recording, subject, detector, out_dir, **kwargs) -> tuple[SnapshotScore, list]:
+def select_translator_snapshot(run_dir, recording, subject, detector, out_dir,
+                               **kwargs) -> tuple[SnapshotScore, list, dict]:
     """Score the snapshots and the no-learning styles (:func:`score_snapshots`, same keyword
     arguments), export the best snapshot's generators to ``out_dir`` (``xray_to_drr.onnx``,
     ``drr_to_xray.onnx``) and write ``out_dir/selection.csv`` (one row per candidate) and
     ``selection.json`` (the choice). The exported generators carry the verdict in their
     metadata (``selection``: criterion, scores, ``use_style``: ``'translate'``, or the
     no-learning style that scored better, which ``fluororeg register`` then uses).
-    Returns ``(best snapshot, scores)``."""
+    Returns ``(best snapshot, scores, verdict)`` (verdict: that metadata,
+    :func:`fluororeg.inference.translator.preferred_style` reads it)."""
     from fluororeg.training.translator_export import export_translator
 
     scores = score_snapshots(run_dir, recording, subject, detector, **kwargs)
@@ -208,4 +210,4 @@ def select_translator_snapshot(run_dir, recording, subject, detector, out_dir, *
     best_json = {k: strict(v) for k, v in {**asdict(best), "path": str(best.path)}.items()}
     atomic_write_text(out / "selection.json", json.dumps({"run_dir": str(run_dir), **verdict, "best": best_json},
                                                          indent=2, allow_nan=False))
-    return best, scores
+    return best, scores, verdict

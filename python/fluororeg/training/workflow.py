@@ -179,7 +179,7 @@ def train_models(subject, paths: WorkflowPaths, settings: WorkflowSettings, *, x
         options = pipeline_options if pipeline_options is not None \
             else PipelineOptions(crop_pixel_mm=crop_pixel_mm, num_threads=threads, quality_gate=False)
         reference = None if reference_poses is None else np.asarray(reference_poses, float)
-        selection, _ = select_translator_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
+        selection, _, _ = select_translator_snapshot(style_run, rec, subject, detector, paths.style_dir, reference=reference,
                                              options=options, max_frames=settings.select_max_frames,
                                              progress=progress)
         say(f"style snapshot of step {selection.step}: score {selection.score:.2f} "
