@@ -93,13 +93,22 @@ FLUORO_CPU_CLONES void ConeTileCpu(const kernels::ConeRaySetup& s,
   }
 }
 
-// Listed pixels [b, e) of one cone-beam view into out (one pose).
-FLUORO_CPU_CLONES void ConePixelsCpu(const kernels::ConeRaySetup& s,
+// Listed pixels [b, e) of one cone-beam view for every pose, out [n, m]. Pixel-major in blocks
+// of kPixelBlock: the poses of one call are usually close (the refinement's finite
+// differences), so their rays through one block of pixels reuse the same cached voxels.
+FLUORO_CPU_CLONES void ConePixelsCpu(const kernels::ConeRaySetup* setups, int n,
                                      const kernels::ArraySampler& sampler,
-                                     const uint8_t* occupancy, const int32_t* pixels, long long b,
-                                     long long e, int W, float* out) {
-  for (long long i = b; i < e; ++i) {
-    out[i] = kernels::ConeRayIntegral(s, sampler, occupancy, pixels[i] % W, pixels[i] / W);
+                                     const uint8_t* occupancy, const int32_t* pixels, long long m,
+                                     long long b, long long e, int W, float* out) {
+  constexpr long long kPixelBlock = 16;
+  for (long long b0 = b; b0 < e; b0 += kPixelBlock) {
+    const long long b1 = std::min(e, b0 + kPixelBlock);
+    for (int k = 0; k < n; ++k) {
+      float* o = out + k * m;
+      for (long long i = b0; i < b1; ++i) {
+        o[i] = kernels::ConeRayIntegral(setups[k], sampler, occupancy, pixels[i] % W, pixels[i] / W);
+      }
+    }
   }
 }
 
@@ -258,13 +267,12 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
   }
   const VolumeGrid& g = state.grid;
   const kernels::ArraySampler sampler{g.data, g.nx, g.ny, g.nz};
-  constexpr long long kChunk = 256;  // pixels per task
+  constexpr long long kChunk = 64;  // pixels per task (all poses)
   const long long chunks = (m + kChunk - 1) / kChunk;
-  ParallelFor(static_cast<long long>(n) * chunks, options.num_threads, [&](long long t) {
-    const int i = static_cast<int>(t / chunks);
-    const long long b = (t % chunks) * kChunk, e = std::min<long long>(m, b + kChunk);
-    ConePixelsCpu(setups[i], sampler, state.occupancy.data(), pixels, b, e, view.width,
-                  out + static_cast<long long>(i) * m);
+  ParallelFor(chunks, options.num_threads, [&](long long t) {
+    const long long b = t * kChunk, e = std::min<long long>(m, b + kChunk);
+    ConePixelsCpu(setups.data(), n, sampler, state.occupancy.data(), pixels, m, b, e, view.width,
+                  out);
   });
 }
 
