@@ -133,6 +133,37 @@ TEST(Registration, BatchMatchesSingleFramesAndUsesInitPoses) {
   }
 }
 
+TEST(Registration, NaNRowOfGivenStartsIsThePaperStart) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  std::mt19937 rng(4);
+  const int F = 3;
+  std::vector<double> det, poses(6 * F), init(6 * F);
+  for (int f = 0; f < F; ++f) {
+    scene.RandomPose(rng, &poses[6 * f]);
+    const std::vector<double> d = scene.Detect(&poses[6 * f], 0.5, &rng);
+    det.insert(det.end(), d.begin(), d.end());
+    for (int i = 0; i < 6; ++i) init[6 * f + i] = poses[6 * f + i] + (i < 3 ? 0.05 : 3.0);
+  }
+  for (int i = 0; i < 6; ++i) init[6 + i] = std::nan("");  // frame 1: no start
+  std::vector<RegistrationResult> given(F), paper(F);
+  RegistrationOptions o;
+  o.num_threads = 1;
+  RegisterFrames(setup, det.data(), nullptr, init.data(), F, given.data(), o);
+  RegisterFrames(setup, det.data(), nullptr, nullptr, F, paper.data(), o);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(given[1].pose[i], paper[1].pose[i]);  // bit for bit
+  EXPECT_EQ(given[1].iterations, paper[1].iterations);
+  EXPECT_NE(given[0].iterations + given[2].iterations, 0);
+  // A partly NaN start is an error that says what is accepted.
+  init[7] = 0.1;
+  try {
+    RegisterFrames(setup, det.data(), nullptr, init.data(), F, given.data(), o);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("six NaN"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Registration, RobustLossResistsOutliers) {
   const testing::Scene scene;
   const RegistrationSetup setup = scene.Setup();

@@ -413,6 +413,22 @@ def test_previous_init_starts_from_the_last_registered_pose(scene):
         fr.register_frames(scene.landmarks, scene.views, det, options=opts.replace(init="given"))
 
 
+def test_nan_rows_of_given_starts_start_from_the_paper_start():
+    scene = SyntheticScene(seed=2)
+    rng = np.random.default_rng(2)
+    truth = scene.random_poses(3, rng)
+    det = np.stack([scene.detect(p, 0.5, rng) for p in truth])
+    starts = truth + np.array([2.0, -2.0, 2.0, 3.0, 3.0, -3.0])
+    starts[1] = np.nan
+    given = fr.register_frames(scene.landmarks, scene.views, det, init_poses=starts, num_threads=1)
+    paper = fr.register_frames(scene.landmarks, scene.views, det, num_threads=1)
+    np.testing.assert_array_equal(given.poses[1], paper.poses[1])
+    assert given.iterations[1] == paper.iterations[1]
+    starts[1, 2] = 0.0  # partly NaN: refused
+    with pytest.raises(ValueError, match="init_poses"):
+        fr.register_frames(scene.landmarks, scene.views, det, init_poses=starts)
+
+
 def test_registration_options_class():
     o = fr.RegistrationOptions(loss="cauchy", loss_scale_mm=6.0)
     assert o.loss == "cauchy" and o.loss_scale_mm == 6.0 and o.mode == "least_squares"

@@ -50,8 +50,9 @@ namespace fluororeg {
 enum class ObjectiveMode { kLeastSquares = 0, kFrobenius = 1 };
 enum class RobustLoss { kNone = 0, kHuber = 1, kCauchy = 2 };
 // Where each frame's solve starts: kPaper: theta = 0, tau = SystemCentre (the paper's);
-// kGiven: init_poses [F, 6]; kPrevious: the previous frame's registered pose, in frame order
-// (sequential), the paper's start for the first frame and whenever that solve fails.
+// kGiven: init_poses [F, 6] (a row of six NaN: that frame starts from the paper's start);
+// kPrevious: the previous frame's registered pose, in frame order (sequential), the paper's
+// start for the first frame and whenever that solve fails.
 enum class InitMode { kPaper = 0, kGiven = 1, kPrevious = 2 };
 
 // Every status a frame can end with (the values are stable; the names are those of the
@@ -192,9 +193,11 @@ void ValidatePairs(const int32_t* pairs, int num_pairs, int num_landmarks,
 void ValidateRegistrationSetup(const RegistrationSetup& setup);
 void ValidateRegistrationOptions(const RegistrationOptions& options);
 //   detections [2, N, 2] px (NaN pair = not detected); weights [2, N] or nullptr (>= 0);
-//   init_pose [6] rad, mm or nullptr.
+//   init_pose [6] rad, mm, six NaN (no start: the paper's) or nullptr.
 void ValidateFrameInput(const RegistrationSetup& setup, const double* detections,
                         const double* weights, const double* init_pose, int frame_index);
+// True when a given start [6] is six NaN: the frame starts from the paper's start.
+bool NoStart(const double* init_pose);
 
 // Registers one frame (validates its input first).
 //   detections [2, N, 2] px, NaN = not detected
@@ -209,7 +212,8 @@ RegistrationResult RegisterFrame(const RegistrationSetup& setup, const double* d
 // start options.init names; in parallel over options.num_threads threads, except kPrevious,
 // which is sequential), then CheckViewAgreement when options.view_outlier_ratio > 0.
 //   detections [F, 2, N, 2] px;  weights [F, 2, N] or nullptr (all 1);
-//   init_poses [F, 6] rad, mm: required with InitMode::kGiven, nullptr otherwise;  out [F]
+//   init_poses [F, 6] rad, mm: required with InitMode::kGiven (NaN rows: the paper's start),
+//   nullptr otherwise;  out [F]
 void RegisterBatch(const RegistrationSetup& setup, const double* detections,
                    const double* weights, const double* init_poses, int num_frames,
                    const RegistrationOptions& options, RegistrationResult* out);

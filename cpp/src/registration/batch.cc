@@ -218,8 +218,9 @@ void RegisterBatch(const RegistrationSetup& setup, const double* detections,
     }
   } else {
     ParallelFor(num_frames, o.num_threads, [&](long long f) {
-      out[f] = internal::SolveFrame(setup, g, detections + 4LL * n * f, frame_weights(f),
-                                    init_poses != nullptr ? init_poses + 6LL * f : nullptr, o);
+      const double* start = init_poses != nullptr ? init_poses + 6LL * f : nullptr;
+      if (start != nullptr && NoStart(start)) start = nullptr;  // the paper's start
+      out[f] = internal::SolveFrame(setup, g, detections + 4LL * n * f, frame_weights(f), start, o);
       ApplyQualityGate(o, &out[f]);
     });
   }

@@ -235,6 +235,12 @@ void ValidateRegistrationOptions(const RegistrationOptions& o) {
   }
 }
 
+bool NoStart(const double* init_pose) {
+  for (int i = 0; i < 6; ++i)
+    if (!std::isnan(init_pose[i])) return false;
+  return true;
+}
+
 void ValidateFrameInput(const RegistrationSetup& setup, const double* detections,
                         const double* weights, const double* init_pose, int frame) {
   const int n = setup.num_landmarks;
@@ -263,11 +269,12 @@ void ValidateFrameInput(const RegistrationSetup& setup, const double* detections
       }
     }
   }
-  if (init_pose != nullptr) {
+  if (init_pose != nullptr && !NoStart(init_pose)) {
     for (int i = 0; i < 6; ++i) {
       if (!std::isfinite(init_pose[i])) {
         throw std::invalid_argument(where + ": initial pose holds a non-finite value " +
-                                    Fmt(init_pose[i]));
+                                    Fmt(init_pose[i]) +
+                                    " (a row of six NaN starts from the paper's start)");
       }
     }
   }

@@ -310,16 +310,30 @@ def _weights(weights, n_frames: int, n: int, batched: bool) -> Optional[np.ndarr
 
 
 def _init_poses(init, n_frames: int, batched: bool) -> Optional[np.ndarray]:
+    """Given starts [F, 6] in radians; a row of six NaN (no start: the paper's) stays NaN."""
     if init is None:
         return None
     name = "init_poses" if batched else "init_pose"
+    try:
+        arr = np.asarray(init, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None  # as_poses names the problem
+    none = np.zeros(0, bool)
+    if arr is not None and arr.ndim in (1, 2) and arr.shape[-1] == 6:
+        none = np.isnan(arr.reshape(-1, 6)).all(axis=1)
+        if none.any():
+            init = np.where(none[:, None], 0.0, arr.reshape(-1, 6))
     p = as_poses(init, name)
+    if none.shape != (p.shape[0],):
+        none = np.zeros(p.shape[0], bool)
     if p.shape[0] == 1 and n_frames != 1:
-        p = np.repeat(p, n_frames, axis=0)
+        p, none = np.repeat(p, n_frames, axis=0), np.repeat(none, n_frames)
     if p.shape[0] != n_frames:
         raise ValueError(f"{name} has {p.shape[0]} poses for {n_frames} frames: expected one "
                          "per frame or a single pose")
-    return np.ascontiguousarray(poses_to_radians(p))
+    rad = poses_to_radians(p)
+    rad[none] = np.nan
+    return np.ascontiguousarray(rad)
 
 
 def _from_batch(batch: BatchResult) -> dict:
@@ -364,7 +378,8 @@ def register_frames(landmarks, views, detections, *, weights=None, pairs=None, i
 
     landmarks [N, 3] mm (model frame); views (view 1, view 2) :class:`ConeView`; detections
     [F, 2, N, 2] px (NaN = not detected); weights [F, 2, N] or None; pairs [(i, j), ...] or
-    None; init_poses [F, 6] or [6] (deg, mm) or None: given poses make ``init='given'``;
+    None; init_poses [F, 6] or [6] (deg, mm) or None: given poses make ``init='given'`` (a
+    row of six NaN: that frame starts from the paper's start);
     options: :class:`RegistrationOptions` (default: its defaults); the keywords ``mode``,
     ``loss``, ``loss_scale_mm``, ``mirror``, ``min_visible``, ``max_iterations``,
     ``screen_iterations`` and ``num_threads`` (0 = all cores) override its fields.

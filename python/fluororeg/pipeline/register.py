@@ -228,7 +228,6 @@ def register_detections(subject, views, det, conf, options: PipelineOptions, *, 
     (:func:`~fluororeg.core.registration.triangulated_poses`; frames without enough landmarks in
     both views start from the paper's start), 'paper', or 'previous' (frame after frame).
     Returns a :class:`~fluororeg.core.registration.BatchResult`."""
-    from fluororeg.core.geometry import system_centre
     from fluororeg.core.registration import register_frames, triangulated_poses
 
     init = options.init if init is None else init
@@ -239,10 +238,9 @@ def register_detections(subject, views, det, conf, options: PipelineOptions, *, 
     if init != "triangulate":
         return register_frames(subject.landmarks_model, views, det, weights=weights, pairs=subject.pairs,
                                options=opts.replace(init=init))
+    # NaN rows (too few landmarks seen in both views) start from the paper's start in the core.
     starts = triangulated_poses(subject.landmarks_model, views, np.where(weights[..., None] > 0, det, np.nan),
                                 subject.mirror_permutation())
-    paper = np.concatenate([np.zeros(3), system_centre(views)])
-    starts = np.where(np.isfinite(starts).all(axis=1)[:, None], starts, paper)
     return register_frames(subject.landmarks_model, views, det, weights=weights, pairs=subject.pairs,
                            init_poses=starts, options=opts.replace(init="paper"))
 
