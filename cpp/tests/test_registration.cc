@@ -108,18 +108,27 @@ TEST(Registration, TooFewLandmarksIsReported) {
   for (double p : r.pose) EXPECT_TRUE(std::isnan(p));
 }
 
-TEST(Registration, BatchMatchesSingleFramesAndUsesInitPoses) {
-  const testing::Scene scene;
-  const RegistrationSetup setup = scene.Setup();
-  std::mt19937 rng(9);
-  const int F = 16;
-  std::vector<double> det, poses(6 * F), init(6 * F);
+// F random poses of the scene, their detections (0.5 px noise) and starts 0.05 rad / 3 mm off.
+void RandomFrames(const testing::Scene& scene, unsigned seed, int F, std::vector<double>* det,
+                  std::vector<double>* init) {
+  std::mt19937 rng(seed);
+  std::vector<double> poses(6 * F);
+  det->clear();
+  init->assign(6 * F, 0.0);
   for (int f = 0; f < F; ++f) {
     scene.RandomPose(rng, &poses[6 * f]);
     const std::vector<double> d = scene.Detect(&poses[6 * f], 0.5, &rng);
-    det.insert(det.end(), d.begin(), d.end());
-    for (int i = 0; i < 6; ++i) init[6 * f + i] = poses[6 * f + i] + (i < 3 ? 0.05 : 3.0);
+    det->insert(det->end(), d.begin(), d.end());
+    for (int i = 0; i < 6; ++i) (*init)[6 * f + i] = poses[6 * f + i] + (i < 3 ? 0.05 : 3.0);
   }
+}
+
+TEST(Registration, BatchMatchesSingleFramesAndUsesInitPoses) {
+  const testing::Scene scene;
+  const RegistrationSetup setup = scene.Setup();
+  const int F = 16;
+  std::vector<double> det, init;
+  RandomFrames(scene, 9, F, &det, &init);
   std::vector<RegistrationResult> batch(F);
   RegistrationOptions o;
   o.num_threads = 2;
@@ -136,15 +145,9 @@ TEST(Registration, BatchMatchesSingleFramesAndUsesInitPoses) {
 TEST(Registration, NaNRowOfGivenStartsIsThePaperStart) {
   const testing::Scene scene;
   const RegistrationSetup setup = scene.Setup();
-  std::mt19937 rng(4);
   const int F = 3;
-  std::vector<double> det, poses(6 * F), init(6 * F);
-  for (int f = 0; f < F; ++f) {
-    scene.RandomPose(rng, &poses[6 * f]);
-    const std::vector<double> d = scene.Detect(&poses[6 * f], 0.5, &rng);
-    det.insert(det.end(), d.begin(), d.end());
-    for (int i = 0; i < 6; ++i) init[6 * f + i] = poses[6 * f + i] + (i < 3 ? 0.05 : 3.0);
-  }
+  std::vector<double> det, init;
+  RandomFrames(scene, 4, F, &det, &init);
   for (int i = 0; i < 6; ++i) init[6 + i] = std::nan("");  // frame 1: no start
   std::vector<RegistrationResult> given(F), paper(F);
   RegistrationOptions o;
