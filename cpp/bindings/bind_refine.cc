@@ -177,6 +177,7 @@ void BindRefine(nb::module_& m) {
           [](RefineOptions& o, const std::string& d) { o.device = ParseDevice(d); },
           "Where the renders run: 'cpu' or 'cuda'.")
       .def("check", &ValidateRefineOptions, "Raise ValueError naming the first bad option.")
+      .def("__copy__", [](const RefineOptions& o) { return o; })
       .def("__repr__", [](const RefineOptions& o) {
         auto d = [](double v) { return std::string(nb::str(nb::float_(v)).c_str()); };
         std::string s = "RefineOptions(similarity=";

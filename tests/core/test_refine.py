@@ -185,6 +185,7 @@ def test_refine_on_cuda_matches_cpu(headsq_mu, small_views, frames):
     if not _core.cuda_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts, device="cuda")
+        assert opts.device == "cpu"  # device= works on a copy of the caller's options
         pytest.skip("no CUDA device")
     cpu = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts)
     gpu = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=opts, device="cuda")

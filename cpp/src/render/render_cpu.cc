@@ -48,6 +48,27 @@ void ForEachPosePoint(const double* poses, int n, const double* points, int m, d
   }
 }
 
+void ValidateConeStep(const RenderOptions& options) {
+  if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
+    throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
+                                " must lie in (0.01, 16]");
+  }
+}
+
+// The ray setups of n cone-beam (view, pose) pairs: views [n], or one view for every pose
+// (view_stride 0); poses [n, 6]. Prepares the volume's occupancy first.
+std::vector<kernels::ConeRaySetup> ConeSetups(RenderVolume::State& state, const ConeView* views,
+                                              int view_stride, const double* poses, int n,
+                                              double step_voxels) {
+  state.PrepareCone();
+  std::vector<kernels::ConeRaySetup> setups(n);
+  for (int i = 0; i < n; ++i) {
+    setups[i] = internal::MakeConeRaySetup(state, views[i * view_stride], poses + 6 * i,
+                                           step_voxels);
+  }
+  return setups;
+}
+
 void RequireHostOutput(const RenderOptions& options) {
   if (options.output_on_device && options.device != Device::kCuda) {
     throw std::invalid_argument(
@@ -184,10 +205,7 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
                    int n, float* out, const RenderOptions& options) {
   ValidatePoses(poses, n);
   for (int i = 0; i < n; ++i) ValidateConeView(views[i], i);
-  if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
-    throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
-                                " must lie in (0.01, 16]");
-  }
+  ValidateConeStep(options);
   RequireHostOutput(options);
   if (n == 0) return;
   const int W = views[0].width, H = views[0].height;
@@ -201,11 +219,8 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     }
   }
   RenderVolume::State& state = volume.state();
-  state.PrepareCone();
-  std::vector<kernels::ConeRaySetup> setups(n);
-  for (int i = 0; i < n; ++i) {
-    setups[i] = internal::MakeConeRaySetup(state, views[i], poses + 6 * i, options.step_voxels);
-  }
+  const std::vector<kernels::ConeRaySetup> setups =
+      ConeSetups(state, views, 1, poses, n, options.step_voxels);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
@@ -235,10 +250,7 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
                       const RenderOptions& options) {
   ValidatePoses(poses, n);
   ValidateConeView(view, 0);
-  if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
-    throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
-                                " must lie in (0.01, 16]");
-  }
+  ValidateConeStep(options);
   RequireHostOutput(options);
   if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
   const long long size = static_cast<long long>(view.width) * view.height;
@@ -252,11 +264,8 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
   }
   if (n == 0 || m == 0) return;
   RenderVolume::State& state = volume.state();
-  state.PrepareCone();
-  std::vector<kernels::ConeRaySetup> setups(n);
-  for (int i = 0; i < n; ++i) {
-    setups[i] = internal::MakeConeRaySetup(state, view, poses + 6 * i, options.step_voxels);
-  }
+  const std::vector<kernels::ConeRaySetup> setups =
+      ConeSetups(state, &view, 0, poses, n, options.step_voxels);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)

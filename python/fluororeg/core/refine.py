@@ -26,6 +26,7 @@ Poses are world_from_model in degrees / mm.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -70,14 +71,6 @@ def refine_options(**fields) -> RefineOptions:
             raise TypeError(f"refine option {name} = {value!r} has the wrong type: {exc}") from None
     o.check()
     return o
-
-
-def _copy_options(o: RefineOptions) -> RefineOptions:
-    c = RefineOptions()
-    for name in dir(o):
-        if not name.startswith("_") and name != "check":
-            setattr(c, name, getattr(o, name))
-    return c
 
 
 @dataclass
@@ -272,7 +265,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     if device is not None:
         from fluororeg.core.render import resolve_device
 
-        options = _copy_options(options)
+        options = copy.copy(options)  # the caller's options stay as they are
         options.device = resolve_device(device)
     options.check()
     _check_threads(options)
