@@ -5,11 +5,15 @@
 #include <ceres/rotation.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "fluororeg/so3.h"
 #include "registration/residual.h"
+#include "registration/screening.h"
 #include "synthetic.h"
 
 namespace fluororeg {
@@ -68,6 +72,111 @@ TEST(Jacobians, ViewResidualFailsBehindSource) {
   const double* params[1] = {x};
   double r[2];
   EXPECT_FALSE(cost.Evaluate(params, r, nullptr));
+}
+
+// The screening's four-landmarks-at-a-time normal equations against the same sums built from
+// ViewResidual blocks (the Ceres cost): per-view blocks with the Frobenius loss or none, and
+// per-landmark blocks with the robust losses; landmark counts that do not fill the last group.
+TEST(Jacobians, ScreeningCostMatchesViewResidualBlocks) {
+  const testing::Scene scene;
+  const ConeProjector g[2] = {ConeProjector(scene.views[0]), ConeProjector(scene.views[1])};
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> uw(0.2, 2.0), ue(-3.0, 3.0), ua(-0.3, 0.3);
+  const internal::FrobeniusLoss frobenius;
+  const ceres::CauchyLoss cauchy(2.0);
+  const ceres::HuberLoss huber(2.0);
+  struct Mode {
+    const ceres::LossFunction* loss;
+    bool per_landmark;
+  } modes[4] = {{nullptr, false}, {&frobenius, false}, {&cauchy, true}, {&huber, true}};
+  for (int trial = 0; trial < 16; ++trial) {
+    const Mode mode = modes[trial % 4];
+    double pose[6], R0[9];
+    scene.RandomPose(rng, pose);
+    RotationFromEulerZYX(pose, R0);
+    const int m = 3 + trial;  // 3 .. 18 landmarks
+    std::vector<int> index(m);
+    std::vector<double> targets[2], sqrt_w[2];
+    for (int i = 0; i < m; ++i) index[i] = (7 * i + trial) % scene.n;
+    // Targets: the landmarks' projections at the pose, a few mm off (robust losses see both
+    // small and large residuals).
+    double xf[12];
+    RotationFromEulerZYX(pose, xf);
+    for (int k = 0; k < 2; ++k) {
+      for (int i = 0; i < m; ++i) {
+        const double* X = scene.landmarks.data() + 3 * index[i];
+        const Vec3<double> Xw{xf[0] * X[0] + xf[1] * X[1] + xf[2] * X[2] + pose[3],
+                              xf[3] * X[0] + xf[4] * X[1] + xf[5] * X[2] + pose[4],
+                              xf[6] * X[0] + xf[7] * X[1] + xf[8] * X[2] + pose[5]};
+        double pu, pv;
+        ASSERT_TRUE(g[k].Project(Xw, &pu, &pv));
+        targets[k].push_back(pu + ue(rng) * (i % 3 == 0 ? 4.0 : 1.0));
+        targets[k].push_back(pv + ue(rng));
+        sqrt_w[k].push_back(uw(rng));
+      }
+    }
+    const double x[6] = {ua(rng), ua(rng), ua(rng), pose[3] + 2.0, pose[4] - 1.0, pose[5]};
+    // Reference: 1/2 sum rho(s_b), sum rho' J_b^T J_b, sum rho' J_b^T r_b over ViewResidual blocks.
+    double cost_ref = 0, H_ref[36] = {}, g_ref[6] = {};
+    std::vector<std::unique_ptr<ViewResidual>> blocks;
+    for (int k = 0; k < 2; ++k) {
+      if (mode.per_landmark) {
+        for (int i = 0; i < m; ++i)
+          blocks.push_back(std::make_unique<ViewResidual>(&g[k], R0, scene.landmarks.data(),
+                                                          &index[i], &targets[k][2 * i],
+                                                          &sqrt_w[k][i], 1));
+      } else {
+        blocks.push_back(std::make_unique<ViewResidual>(&g[k], R0, scene.landmarks.data(),
+                                                        index.data(), targets[k].data(),
+                                                        sqrt_w[k].data(), m));
+      }
+    }
+    for (const auto& block : blocks) {
+      const int n_res = block->num_residuals();
+      std::vector<double> r(n_res), J(6 * n_res);
+      const double* params[1] = {x};
+      double* jac[1] = {J.data()};
+      ASSERT_TRUE(block->Evaluate(params, r.data(), jac));
+      double s = 0;
+      for (double v : r) s += v * v;
+      double rho[3] = {s, 1.0, 0.0};
+      if (mode.loss != nullptr) mode.loss->Evaluate(s, rho);
+      cost_ref += 0.5 * rho[0];
+      for (int i = 0; i < n_res; ++i) {
+        for (int a = 0; a < 6; ++a) {
+          g_ref[a] += rho[1] * J[6 * i + a] * r[i];
+          for (int c = 0; c < 6; ++c) H_ref[a + 6 * c] += rho[1] * J[6 * i + a] * J[6 * i + c];
+        }
+      }
+    }
+    internal::ScreeningCost screening;
+    const double* tp[2] = {targets[0].data(), targets[1].data()};
+    const double* wp[2] = {sqrt_w[0].data(), sqrt_w[1].data()};
+    screening.Reset(g, R0, scene.landmarks.data(), index.data(), m, tp, wp, mode.loss,
+                    mode.per_landmark);
+    double cost, H[36], grad[6];
+    ASSERT_TRUE(screening.Evaluate(x, &cost, H, grad));
+    EXPECT_NEAR(cost, cost_ref, 1e-10 * cost_ref) << "trial " << trial;
+    double h_scale = 0, g_scale = 0;
+    for (int a = 0; a < 36; ++a) h_scale = std::max(h_scale, std::fabs(H_ref[a]));
+    for (int a = 0; a < 6; ++a) g_scale = std::max(g_scale, std::fabs(g_ref[a]));
+    for (int a = 0; a < 36; ++a) EXPECT_NEAR(H[a], H_ref[a], 1e-10 * h_scale) << "trial " << trial;
+    for (int a = 0; a < 6; ++a) EXPECT_NEAR(grad[a], g_ref[a], 1e-10 * g_scale) << "trial " << trial;
+  }
+  // A landmark behind a source: no evaluation.
+  const double R0[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const int index[5] = {0, 1, 2, 3, 4};
+  const std::vector<double> t(10, 0.0), w(5, 1.0);
+  const double* tp[2] = {t.data(), t.data()};
+  const double* wp[2] = {w.data(), w.data()};
+  internal::ScreeningCost screening;
+  screening.Reset(g, R0, scene.landmarks.data(), index, 5, tp, wp, nullptr, false);
+  double x[6] = {0, 0, 0};
+  for (int i = 0; i < 3; ++i)
+    x[3 + i] = scene.views[0].source[i] -
+               100.0 * (scene.views[0].intensifier_centre[i] - scene.views[0].source[i]) / 1100.0;
+  double cost, H[36], grad[6];
+  EXPECT_FALSE(screening.Evaluate(x, &cost, H, grad));
 }
 
 TEST(Jacobians, SO3ExpLogAndLeftJacobian) {

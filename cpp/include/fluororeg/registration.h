@@ -35,7 +35,8 @@
 // unregistered (views_disagree).
 //
 // Files: so3.h (rotations), geometry.h (poses, cone projection), src/registration/
-// residual.cc (cost), validation.cc, screening.cc (cheap LM that screens the mirror cases),
+// residual.cc (cost), validation.cc, screening.cc (cheap LM that screens the mirror cases, over
+// the same cost evaluated four landmarks at a time),
 // frame_solver.cc (one frame, four cases), batch.cc (a recording's batch).
 #pragma once
 

@@ -34,6 +34,7 @@ struct Workspace {
   CaseData cases[4];
   std::vector<std::unique_ptr<ViewResidual>> costs;  // pool
   RotationCache rotation;                             // shared by the pool's blocks
+  ScreeningCost screening;                            // the case being screened
 };
 
 Workspace& ThreadWorkspace() {
@@ -297,8 +298,13 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     if (!screen) continue;
     // Screening: a few LM iterations from the start (cheap); the far worse cases are not
     // solved further (the start cannot be evaluated: Ceres could not either).
-    screen_done[c] = ScreenSolve(ws.costs, set_blocks(c), loss, o.screen_iterations,
-                                 o.function_tolerance, o.parameter_tolerance, p);
+    const CaseData& cd = ws.cases[c];
+    const double* targets[2] = {cd.targets[0].data(), cd.targets[1].data()};
+    const double* sqrt_w[2] = {cd.sqrt_w[0].data(), cd.sqrt_w[1].data()};
+    ws.screening.Reset(g, R0, setup.landmarks, cd.index.data(), k_vis, targets, sqrt_w, loss,
+                       per_landmark);
+    screen_done[c] = ScreenSolve(ws.screening, o.screen_iterations, o.function_tolerance,
+                                 o.parameter_tolerance, p);
     if (screen_done[c] < 0) {
       contender[c] = false;
       any_failed = true;
