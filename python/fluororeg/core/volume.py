@@ -261,13 +261,18 @@ class Volume:
         p = float(pixel_mm)
         if not math.isfinite(p) or p <= 0:
             raise ValueError(f"pixel_mm must be a positive finite number (mm), got {pixel_mm!r}")
+        cache: Dict[Any, Any] = self._pyramid  # type: ignore[attr-defined]
+        key = ("factors_for", p)  # every renderer call asks: answered once per pixel size
+        if key in cache:
+            return cache[key]
         factors = []
         for n, sp in zip(self.shape_xyz, self.spacing):
             f = 1
             while sp * f * 2 <= p * (1 + 1e-9) and -(-n // (f * 2)) >= _MIN_LEVEL_VOXELS:
                 f *= 2
             factors.append(f)
-        return tuple(factors)  # type: ignore[return-value]
+        cache[key] = tuple(factors)
+        return cache[key]
 
     def for_pixel_size(self, pixel_mm: float) -> "Volume":
         """The volume downsampled (per axis, anti-aliased, cached) to match a pixel size in
