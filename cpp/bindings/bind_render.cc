@@ -1,12 +1,15 @@
 // Bindings of the renderers (fluororeg/render.h). Angles are radians here: the Python layer
 // converts from degrees.
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "bindings.h"
+#include "fluororeg/picture.h"
 
 namespace fluororeg {
 namespace bindings {
@@ -259,6 +262,28 @@ void BindRender(nb::module_& m) {
       nb::arg("views"), nb::arg("poses"), nb::arg("points"), nb::arg("device") = "cpu",
       "Project model points [m, 3] mm through cone views: (xy [n, m, 2] px (NaN behind the "
       "source), in_fov [n, m] uint8).");
+  m.def(
+      "window_to_uint8",
+      [](const InArray<float>& images, const std::optional<InArray<uint8_t>>& keep,
+         double percentile, int num_threads) {
+        CheckShape(images, "images", {-1, -1, -1});
+        const size_t n = images.shape(0), h = images.shape(1), w = images.shape(2);
+        if (keep) CheckShape(*keep, "keep", {static_cast<long long>(n), static_cast<long long>(h),
+                                             static_cast<long long>(w)});
+        auto out = NewArray<uint8_t>({n, h, w}, "images");
+        auto hi = NewArray<float>({n}, "window_hi");
+        {
+          nb::gil_scoped_release release;
+          WindowToUint8(images.data(), keep ? keep->data() : nullptr, static_cast<long long>(n),
+                        static_cast<long long>(h * w), percentile, num_threads, hi.data(),
+                        out.data());
+        }
+        return nb::make_tuple(out, hi);
+      },
+      nb::arg("images"), nb::arg("keep").none(), nb::arg("percentile"), nb::arg("num_threads") = 0,
+      "8-bit pictures [n, H, W] of line integrals [n, H, W] float32 and their windows' upper "
+      "ends window_hi [n]: per image the percentile of its positive values (pixels where keep "
+      "[n, H, W] uint8 is 0 count as 0).");
 }
 
 }  // namespace bindings

@@ -471,3 +471,38 @@ def test_cuda_batches_beyond_grid_limits(headsq_mu, dual_views):
     gpu = R.render_cone(small, view, poses, level=None, device="cuda", cuda_texture=False)
     cpu = R.render_cone(small, view, poses[check], level=None)
     np.testing.assert_allclose(gpu[check], cpu, rtol=1e-4, atol=1e-4 * cpu.max())
+
+
+def test_window_to_uint8_matches_reference():
+    """The core's 8-bit pictures (WindowToUint8) against the NumPy reference: windows within one
+    float32 ulp of np.percentile, pictures equal for the same window; keep, empty images."""
+    rng = np.random.default_rng(4)
+    drr = np.maximum(rng.normal(0.5, 1.0, (7, 33, 21)), 0).astype(np.float32)
+    drr[3] = 0.0  # no positive value: window (0, 1), all black
+    drr[5, :, :] = 2.5  # constant
+    keep = rng.random(drr.shape) < 0.6
+    for percentile in (99.5, 50.0, 100.0):
+        for k in (None, keep):
+            images, hi = R.window_to_uint8(drr, percentile=percentile, keep=k, num_threads=2)
+            ref_images, ref_hi = ref.window_to_uint8(drr, percentile, k)
+            assert hi.dtype == np.float32 and images.dtype == np.uint8
+            ulps = np.abs(hi - ref_hi) / np.spacing(ref_hi)
+            assert ulps.max() <= 1, (percentile, ulps)
+            assert hi[3] == 1.0 and not images[3].any()
+            # Same window, same picture: the core's conversion equals NumPy's.
+            for i in range(len(drr)):
+                kept = drr[i] if k is None else np.where(k[i], drr[i], np.float32(0))
+                np.testing.assert_array_equal(images[i], R.to_uint8(kept, window=(0.0, float(hi[i]))))
+    # Threads do not change the result.
+    a = R.window_to_uint8(drr, num_threads=1)
+    b = R.window_to_uint8(drr, num_threads=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = drr.copy()
+        bad[2, 4, 5] = np.inf
+        R.window_to_uint8(bad)
+    with pytest.raises(ValueError, match="percentile"):
+        R.window_to_uint8(drr, percentile=0.0)
+    with pytest.raises(ValueError, match="keep has shape"):
+        R.window_to_uint8(drr, keep=keep[:, :3])

@@ -10,6 +10,8 @@
   skipping or support clipping.
 * :func:`project_points_parallel` / :func:`project_points_cone` (check ``ProjectPointsParallel``
   / ``ProjectPointsCone``): landmark projection.
+* :func:`window_to_uint8` (checks ``WindowToUint8``): 8-bit pictures with ``np.percentile``
+  windows, image by image.
 
 Poses are in degrees and millimetres, as in the public API.
 """
@@ -193,3 +195,20 @@ def project_points_cone(points, view: ConeView, pose_deg):
     xy = np.where(front[:, None], np.stack([x, y], axis=-1), np.nan)
     inside = front & (x >= -0.5) & (x < view.width - 0.5) & (y >= -0.5) & (y < view.height - 0.5)
     return xy, inside
+
+
+def window_to_uint8(drr, percentile: float = 99.5, keep=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image [H, W] of ``drr`` [n, H, W]: pixels where ``keep`` is False set to 0, the window
+    (0, p) with p = ``np.percentile`` of the positive values (1 when none), then
+    round(255 * clip(v / p, 0, 1)) in float32. Returns (uint8 [n, H, W], p [n] float32)."""
+    drr = np.asarray(drr, dtype=np.float32)
+    images = np.empty(drr.shape, np.uint8)
+    hi = np.empty(len(drr), np.float32)
+    for i, img in enumerate(drr):
+        if keep is not None:
+            img = np.where(keep[i], img, np.float32(0))
+        positive = img[img > 0]
+        hi[i] = np.percentile(positive, percentile) if positive.size else 1.0
+        v = np.clip(img / hi[i], np.float32(0), np.float32(1))
+        images[i] = np.round(v * np.float32(255)).astype(np.uint8)
+    return images, hi

@@ -52,6 +52,7 @@ __all__ = [
     "project_mask_parallel",
     "project_mask_cone",
     "to_uint8",
+    "window_to_uint8",
     "render_volume_for",
 ]
 
@@ -319,6 +320,24 @@ def project_mask_cone(mask, views: Views, poses, *, threshold_mm=None,
     return _silhouette(path, m, threshold_mm)
 
 
+def window_to_uint8(drr, *, percentile: float = 99.5, keep=None, num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit pictures [n, H, W] uint8 of line integrals ``drr`` [n, H, W] and their windows'
+    upper ends [n] float32, computed by the core on ``num_threads`` CPU threads (0: all): each
+    image's window is (0, p), p the ``percentile`` of its positive values (1 when it has none;
+    linear interpolation between order statistics, as ``np.percentile``), and a value v becomes
+    round(255 * clip(v / p, 0, 1)). ``keep`` [n, H, W] bool: pixels where it is False count as
+    0 (the dataset's bone-only images). :func:`to_uint8` without a window uses it."""
+    arr = np.ascontiguousarray(drr, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"drr has shape {arr.shape}, expected (n, H, W)")
+    k = None
+    if keep is not None:
+        k = np.ascontiguousarray(keep, dtype=np.uint8)
+        if k.shape != arr.shape:
+            raise ValueError(f"keep has shape {k.shape}, expected the images' shape {arr.shape}")
+    return _core.window_to_uint8(arr, k, float(percentile), process_threads(num_threads))
+
+
 def to_uint8(drr, window=None, *, percentile: float = 99.5, invert: bool = False,
              gamma: float = 1.0) -> np.ndarray:
     """Map line integrals to 8-bit images (the documented step from DRR to picture).
@@ -345,12 +364,14 @@ def to_uint8(drr, window=None, *, percentile: float = 99.5, invert: bool = False
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise ValueError(f"window {window!r} must be two finite values with lo < hi")
     imgs = arr[None] if arr.ndim == 2 else arr
+    if window is None:
+        out, auto_hi = window_to_uint8(imgs, percentile=percentile)
+        if gamma == 1.0 and not invert:
+            return out[0] if arr.ndim == 2 else out
     out = np.empty(imgs.shape, dtype=np.uint8)
     for i, img in enumerate(imgs):
         if window is None:
-            positive = img[img > 0]
-            lo, hi = 0.0, (float(np.percentile(positive, percentile)) if positive.size else 1.0)
-            hi = max(hi, 1e-12)
+            lo, hi = 0.0, float(auto_hi[i])
         v = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
         if gamma != 1.0:
             v = v ** gamma

@@ -353,11 +353,9 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
         drr = R.render_cone(mu, views, poses, device=device, num_threads=num_threads)
         mask = R.project_mask_cone(bone, views, poses, device=device, num_threads=num_threads)
         xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
-    drr = np.where(segmented[:, None, None], drr * mask, drr)
-    hi = np.array([np.percentile(d[d > 0], 99.5) if np.any(d > 0) else 1.0 for d in drr], dtype=np.float32)
-    image = np.empty(drr.shape, np.uint8)
-    for i in range(len(drr)):
-        image[i] = R.to_uint8(drr[i], window=(0.0, float(hi[i])))
+    # Segmented samples show the bone alone: the DRR where the mask is set.
+    image, hi = R.window_to_uint8(drr, percentile=99.5, keep=mask | ~segmented[:, None, None],
+                                  num_threads=num_threads)
     half = np.array([(camera.width - 1) / 2, (camera.height - 1) / 2])
     sample = {
         "image": image,
