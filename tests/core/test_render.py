@@ -506,3 +506,23 @@ def test_window_to_uint8_matches_reference():
         R.window_to_uint8(drr, percentile=0.0)
     with pytest.raises(ValueError, match="keep has shape"):
         R.window_to_uint8(drr, keep=keep[:, :3])
+
+
+def test_cone_pixel_at_object_matches_reference():
+    """ConePixelAtObject (the 'auto' level's pixel size) against the NumPy reference, for tilted
+    views of other pitches and poses at other depths."""
+    from fluororeg.core.geometry import stack_views
+
+    rng = np.random.default_rng(8)
+    views, poses = [], []
+    for i in range(5):
+        src = rng.normal(0, 300, 3) + np.array([0, 0, -900.0])
+        views.append(ConeView.looking_at(src, rng.normal(0, 20, 3), distance_to_intensifier=1200.0 + 50 * i,
+                                      pitch=0.3 + 0.1 * i, width=64, height=48))
+        poses.append(np.r_[rng.uniform(-20, 20, 3), rng.normal(0, 40, 3)])
+    poses = np.array(poses)
+    got = R._cone_pixel_at_object(stack_views(views), poses)
+    assert got == pytest.approx(ref.cone_pixel_at_object(views, poses), rel=1e-12)
+    # One view per pose: a view and pose count that differ is an error.
+    with pytest.raises(ValueError, match="views for"):
+        R._cone_pixel_at_object(stack_views(views), poses[:3])

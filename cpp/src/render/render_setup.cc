@@ -1,6 +1,7 @@
 // Host-side preparation shared by the CPU and CUDA backends, and argument validation.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -451,6 +452,23 @@ std::shared_ptr<float> CudaAllocateFloats(size_t count) {
   (void)count;
   return nullptr;
 #endif
+}
+
+double ConePixelAtObject(const ConeView* views, const double* poses, int n) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < n; ++i) {
+    const ConeView& v = views[i];
+    const double nrm[3] = {v.u[1] * v.v[2] - v.u[2] * v.v[1], v.u[2] * v.v[0] - v.u[0] * v.v[2],
+                           v.u[0] * v.v[1] - v.u[1] * v.v[0]};  // u x v
+    double sdd = 0, sod = 0;
+    for (int a = 0; a < 3; ++a) {
+      sdd += nrm[a] * (v.intensifier_centre[a] - v.source[a]);
+      sod += nrm[a] * (poses[6 * i + 3 + a] - v.source[a]);
+    }
+    const double pitch = std::min(v.pitch_u, v.pitch_v);
+    best = std::min(best, pitch * std::max(std::fabs(sod), 1e-6) / std::fabs(sdd));
+  }
+  return best;
 }
 
 }  // namespace fluororeg

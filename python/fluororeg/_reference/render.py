@@ -10,6 +10,8 @@
   skipping or support clipping.
 * :func:`project_points_parallel` / :func:`project_points_cone` (check ``ProjectPointsParallel``
   / ``ProjectPointsCone``): landmark projection.
+* :func:`cone_pixel_at_object` (checks ``ConePixelAtObject``): the pixel size the 'auto' level
+  matches.
 * :func:`window_to_uint8` (checks ``WindowToUint8``): 8-bit pictures with ``np.percentile``
   windows, image by image.
 
@@ -212,3 +214,15 @@ def window_to_uint8(drr, percentile: float = 99.5, keep=None) -> tuple[np.ndarra
         v = np.clip(img / hi[i], np.float32(0), np.float32(1))
         images[i] = np.round(v * np.float32(255)).astype(np.uint8)
     return images, hi
+
+
+def cone_pixel_at_object(views, poses_deg) -> float:
+    """Smallest pixel pitch of ``views`` [n] (ConeView) at the model origins of ``poses_deg``
+    [n, 6]: pitch * |n . (T - S)| / |n . (D - S)| with n = u x v (depth at least 1e-6 mm)."""
+    out = []
+    for view, pose in zip(views, np.asarray(poses_deg, float)):
+        n = np.cross(view.u, view.v)
+        sdd = abs(n @ (view.intensifier_centre - view.source))
+        sod = max(abs(n @ (pose[3:6] - view.source)), 1e-6)
+        out.append(min(view.pitch_u, view.pitch_v) * sod / sdd)
+    return float(min(out))

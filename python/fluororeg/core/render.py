@@ -169,14 +169,10 @@ def _scales(scales, n: int) -> np.ndarray:
 
 def _cone_pixel_at_object(views: np.ndarray, poses_deg: np.ndarray) -> float:
     """Smallest intensifier pitch scaled back to the model origin (mm): the finest detail the
-    images can show at the object."""
-    S, D, u, v = views[:, 0:3].T, views[:, 3:6].T, views[:, 6:9].T, views[:, 9:12].T  # [3, n]
-    n = (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])  # u x v
-    T = poses_deg[:, 3:6].T
-    sdd = np.abs(n[0] * (D[0] - S[0]) + n[1] * (D[1] - S[1]) + n[2] * (D[2] - S[2]))
-    sod = np.abs(n[0] * (T[0] - S[0]) + n[1] * (T[1] - S[1]) + n[2] * (T[2] - S[2]))
-    pitch = np.minimum(views[:, 12], views[:, 13])
-    return float(np.min(pitch * np.maximum(sod, 1e-6) / sdd))
+    images can show at the object (``ConePixelAtObject`` of the core). views: packed [n, 16];
+    poses_deg: [n, 6]."""
+    return _core.cone_pixel_at_object(np.ascontiguousarray(views, dtype=np.float64),
+                                      np.ascontiguousarray(poses_deg, dtype=np.float64))
 
 
 def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volume:
@@ -234,7 +230,7 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     packed = stack_views(views, len(p))
     if len(packed) and np.isfinite(packed[0, 14:16]).all():
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
-    vol = render_volume_for(base, _cone_pixel_at_object(packed, p), level)
+    vol = render_volume_for(base, _cone_pixel_at_object(packed, p), level) if len(p) else base
     if prepared is None and not on_device and cuda_texture:
         data, m = _grid(vol)
         return _core.render_cone(data, m, packed, poses_to_radians(p), float(step_voxels), dev,
