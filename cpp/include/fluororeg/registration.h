@@ -105,9 +105,10 @@ struct RegistrationOptions {
   int max_iterations = 100;             // per solve
   // Screening of the mirror cases (speed): every case first gets screen_iterations
   // iterations of a small Levenberg-Marquardt (the same cost, robust losses reweighted);
-  // only the cases whose objective is then within screen_ratio times the best one get the
-  // full Ceres solve from the start (the others, far worse, are reported in case_objective
-  // with their objective at that point). 0 = a Ceres solve of every case.
+  // only the cases whose objective is then within screen_ratio times the best one are
+  // solved further (the others, far worse, are reported in case_objective with their
+  // objective at that point): the small LM goes on to convergence (within max_iterations)
+  // and Ceres solves from where it stopped. 0 = a Ceres solve of every case from the start.
   int screen_iterations = 4;
   double screen_ratio = 4.0;
   double function_tolerance = 1e-10;    // Ceres tolerances
@@ -161,7 +162,7 @@ struct RegistrationResult {
   double rms_px[2];         // the same in pixels
   int n_vis = 0;            // landmarks used by the winning case (max over cases otherwise)
   int mirror_case = -1;     // 0..3, f1 + 2 * f2 (see above); -1 when no case was solved
-  int iterations = 0;       // Ceres iterations of the winning solve (not counting screening)
+  int iterations = 0;       // iterations of the winning case: the small LM's steps, then Ceres'
   bool converged = false;   // Ceres reported CONVERGENCE for the winning solve
   double case_objective[4];  // objective per mirror case (NaN: not solved)
   double rms_bone_mm[2];     // RMS residual per view at the bone over its inliers, mm (NaN

@@ -1,6 +1,6 @@
 // One frame: build the landmark set of each mirror case, screen the cases with a few cheap
-// LM iterations (screening.cc), solve the contenders with Ceres, keep the case with the
-// lowest objective.
+// LM iterations (screening.cc), take the contenders to convergence with that LM and solve them
+// with Ceres from there, keep the case with the lowest objective.
 #include "frame_solver.h"
 
 #include <algorithm>
@@ -275,6 +275,17 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     return true;
   };
 
+  // At most `iterations` steps of the screening LM on case c from solver parameters p [6] (in
+  // and out); returns the steps taken, -1 when the cost cannot be evaluated at p.
+  auto screen_case = [&](int c, int iterations, double* p) {
+    const CaseData& cd = ws.cases[c];
+    const double* targets[2] = {cd.targets[0].data(), cd.targets[1].data()};
+    const double* sqrt_w[2] = {cd.sqrt_w[0].data(), cd.sqrt_w[1].data()};
+    ws.screening.Reset(g, R0, setup.landmarks, cd.index.data(), cd.n_vis(), targets, sqrt_w,
+                       loss, per_landmark);
+    return ScreenSolve(ws.screening, iterations, o.function_tolerance, o.parameter_tolerance, p);
+  };
+
   const int n_cases = (o.mirror && setup.num_pairs > 0) ? 4 : 1;
   const bool screen = n_cases > 1 && o.screen_iterations > 0 &&
                       o.screen_iterations < o.max_iterations;
@@ -298,13 +309,7 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     if (!screen) continue;
     // Screening: a few LM iterations from the start (cheap); the far worse cases are not
     // solved further (the start cannot be evaluated: Ceres could not either).
-    const CaseData& cd = ws.cases[c];
-    const double* targets[2] = {cd.targets[0].data(), cd.targets[1].data()};
-    const double* sqrt_w[2] = {cd.sqrt_w[0].data(), cd.sqrt_w[1].data()};
-    ws.screening.Reset(g, R0, setup.landmarks, cd.index.data(), k_vis, targets, sqrt_w, loss,
-                       per_landmark);
-    screen_done[c] = ScreenSolve(ws.screening, o.screen_iterations, o.function_tolerance,
-                                 o.parameter_tolerance, p);
+    screen_done[c] = screen_case(c, o.screen_iterations, p);
     if (screen_done[c] < 0) {
       contender[c] = false;
       any_failed = true;
@@ -323,6 +328,10 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     if (screen && contender[c] && !(screened[c] <= o.screen_ratio * best_screened))
       contender[c] = false;
     if (!contender[c]) continue;
+    if (screen) {  // on to convergence with the cheap LM: Ceres then has little left to do
+      const int more = screen_case(c, o.max_iterations - 1 - screen_done[c], start[c]);
+      if (more > 0) screen_done[c] += more;
+    }
     if (!run(c, start[c], screen_done[c], &outcome[c]) &&
         (screen_done[c] == 0 || !run(c, start0, 0, &outcome[c])))
       any_failed = true;
