@@ -237,9 +237,10 @@ TEST(RenderConePixels, CudaMatchesCpu) {
   for (int i = 0; i < 2 * m; ++i) EXPECT_NEAR(gpu[i], values[i], 1e-4 * 2 * ph.r * ph.mu);
 }
 
-// The CUDA launchers' per-element bodies, run here on the host: every intermediate pixel by
-// ShearColumns (kWidth columns per call, as the CUDA threads) equals the CPU's row loop, and
-// the rays split into parts (as small CUDA batches) sum to the whole rays.
+// The CUDA launchers' per-element bodies, run here on the host: the DRRs warped from
+// intermediate pixels computed by ShearColumns (kWidth columns per call, as the CUDA threads)
+// equal the CPU renderer's (slice by slice over bands of rows) bit for bit, and the rays split
+// into parts (as small CUDA batches) sum to the whole rays.
 TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
   SpherePhantom ph;
   RenderVolume prepared(ph.grid);
@@ -247,21 +248,20 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
   const ParallelCamera camera{1.5, 40, 36};
   const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
                             -1.4, 1.5, 0.2, 2, 0, 1};
-  int axes_seen = 0;
+  const double scales[3] = {1.1, 1.1, 1.1};
+  std::vector<float> cpu(3 * camera.width * camera.height);
+  RenderParallelDrr(prepared, camera, poses, scales, 3, cpu.data());
+  int axes_seen = 0, max_inter_h = 0;
   for (int i = 0; i < 3; ++i) {
     const kernels::ShearWarpSetup s =
-        internal::MakeShearWarpSetup(state.grid, camera, poses + 6 * i, 1.1);
+        internal::MakeShearWarpSetup(state.grid, camera, poses + 6 * i, scales[i]);
     ASSERT_GT(s.inter_w * s.inter_h, 0);
     axes_seen |= 1 << s.axis;
+    max_inter_h = std::max(max_inter_h, s.inter_h);
     const internal::PaddedSlices& slices = state.Slices(s.axis);
-    std::vector<float> rows(static_cast<size_t>(s.inter_w) * s.inter_h, 0.f);
-    std::vector<float> cols1(rows.size(), -1.f), cols4(rows.size(), -1.f);
+    const size_t inter_size = static_cast<size_t>(s.inter_w) * s.inter_h;
+    std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
     for (int q = 0; q < s.inter_h; ++q) {
-      float* row = rows.data() + static_cast<size_t>(q) * s.inter_w;
-      kernels::AddToRow add{row};
-      kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
-                               add);
-      for (int p = 0; p < s.inter_w; ++p) row[p] *= static_cast<float>(s.weight);
       for (int p = 0; p < s.inter_w; ++p) {
         kernels::ShearColumns<1>(s, slices.data.data(), slices.row_extent.data(), p, q,
                                  cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
@@ -272,11 +272,20 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
         for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
       }
     }
-    EXPECT_EQ(rows, cols1);
-    EXPECT_EQ(rows, cols4);
-    EXPECT_GT(*std::max_element(rows.begin(), rows.end()), 0.5f);
+    EXPECT_EQ(cols1, cols4);
+    const float* image = cpu.data() + static_cast<size_t>(i) * camera.width * camera.height;
+    float max_value = 0;
+    for (int y = 0; y < camera.height; ++y) {
+      for (int x = 0; x < camera.width; ++x) {
+        const float v = image[y * camera.width + x];
+        EXPECT_EQ(v, kernels::WarpPixel(s, cols4.data(), x, y)) << "pose " << i << " pixel " << x << ", " << y;
+        max_value = std::max(max_value, v);
+      }
+    }
+    EXPECT_GT(max_value, 0.5f);
   }
   EXPECT_GT(axes_seen, 1);  // more than one principal axis
+  EXPECT_GT(max_inter_h, 64);  // more than one band of rows of the CPU loop (kShearBand)
 
   state.PrepareCone();
   const ConeView view = SideView(24, 20, 3.0);

@@ -80,47 +80,57 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
   *p_end = hi + 1;  // exclusive
 }
 
-// Shear of intermediate row q over columns [p_begin, p_end): for every slice k that the row's
-// rays cross, add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) that slice
+// Shear of intermediate row q over columns [p_begin, p_end) by slice k, if the row's rays
+// cross it: add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) the slice
 // contributes to, the two padded rows r0, r1 it reads (indexed by p: column p samples r0[p],
 // r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights, constant over the slice. The weight
 // s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero
 // (row_extent [n_slices, slice_h, 2]: first and last non-zero padded column, first > last when
 // empty) are skipped, and so are the columns outside their non-zero run.
-// The CPU backend calls it for whole rows (AddToRow: slice-major, each slice streams over a
-// contiguous row); the CUDA backend for a few columns per thread (AddToColumns, registers).
+template <typename Add>
+FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const float* slices,
+                             const int32_t* row_extent, int k, int q, int p_begin, int p_end,
+                             Add& add) {
+  int oa, ob;
+  float fa, fb;
+  SliceOffsets(s, k, &oa, &ob, &fa, &fb);
+  const int row = q + ob + 1;
+  if (row < 0 || row > s.slice_h - 2) return;
+  const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
+  // A sample at padded column col reads col and col + 1: it matters for col in
+  // [first - 1, last] of the two rows read.
+  const int first = ext[0] < ext[2] ? ext[0] : ext[2];
+  const int last = ext[1] > ext[3] ? ext[1] : ext[3];
+  if (first > last) return;
+  int pb, pe;
+  SliceColumnRange(s, oa, &pb, &pe);
+  if (pb < p_begin) pb = p_begin;
+  if (pe > p_end) pe = p_end;
+  if (pb < first - oa - 2) pb = first - oa - 2;
+  if (pe > last - oa) pe = last - oa;
+  if (pb >= pe) return;
+  const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
+  const float w01 = (1.f - fa) * fb, w11 = fa * fb;
+  const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
+  const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
+  add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
+}
+
+// Shear of intermediate row q over columns [p_begin, p_end): ShearSliceRow for every slice, in
+// slice order. The CUDA backend calls it for a few columns per thread (AddToColumns,
+// registers); the CPU backend runs ShearSliceRow slice by slice over a band of rows
+// (AddToRow: each slice streams through contiguous rows), which adds the same terms to every
+// pixel in the same order.
 template <typename Add>
 FLUORO_HD void ShearRowSegment(const ShearWarpSetup& s, const float* slices,
                                const int32_t* row_extent, int q, int p_begin, int p_end,
                                Add& add) {
-  const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
   for (int k = 0; k < s.n_slices; ++k) {
-    int oa, ob;
-    float fa, fb;
-    SliceOffsets(s, k, &oa, &ob, &fa, &fb);
-    const int row = q + ob + 1;
-    if (row < 0 || row > s.slice_h - 2) continue;
-    const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
-    // A sample at padded column col reads col and col + 1: it matters for col in
-    // [first - 1, last] of the two rows read.
-    const int first = ext[0] < ext[2] ? ext[0] : ext[2];
-    const int last = ext[1] > ext[3] ? ext[1] : ext[3];
-    if (first > last) continue;
-    int pb, pe;
-    SliceColumnRange(s, oa, &pb, &pe);
-    if (pb < p_begin) pb = p_begin;
-    if (pe > p_end) pe = p_end;
-    if (pb < first - oa - 2) pb = first - oa - 2;
-    if (pe > last - oa) pe = last - oa;
-    if (pb >= pe) continue;
-    const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
-    const float w01 = (1.f - fa) * fb, w11 = fa * fb;
-    const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
-    add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
+    ShearSliceRow(s, slices, row_extent, k, q, p_begin, p_end, add);
   }
 }
 
-// Sinks of ShearRowSegment: a row of the intermediate image (CPU) or kWidth consecutive
+// Sinks of ShearSliceRow: a row of the intermediate image (CPU) or kWidth consecutive
 // columns p0 .. p0 + kWidth - 1 in registers (CUDA). Both add the same expression per column.
 struct AddToRow {
   float* row;  // [inter_w], indexed by p
@@ -148,7 +158,7 @@ struct AddToColumns {
 
 // The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
 // (columns at or past inter_w are not written): the per-element body of the CUDA launcher
-// (the CPU launcher runs ShearRowSegment over whole rows and then scales by s.weight).
+// (the CPU launcher runs ShearSliceRow over bands of whole rows and then scales by s.weight).
 template <int kWidth>
 FLUORO_HD void ShearColumns(const ShearWarpSetup& s, const float* slices,
                             const int32_t* row_extent, int p0, int q, float* out) {

@@ -81,6 +81,8 @@ void RequireHostOutput(const RenderOptions& options) {
 // always holds at least one pose).
 constexpr int kParallelChunk = 256;
 constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
+// Intermediate rows per shear task of the CPU parallel-beam renderer (see ShearBandCpu).
+constexpr int kShearBand = 64;
 
 // The CPU loops are also compiled for AVX2 and picked at load time (GCC function
 // multi-versioning); no FMA, so every version rounds alike and results do not depend on the
@@ -91,14 +93,22 @@ constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
 #define FLUORO_CPU_CLONES
 #endif
 
-// Intermediate row q of one pose: the shared shear body over the whole row, then the weight.
-FLUORO_CPU_CLONES void ShearRowCpu(const kernels::ShearWarpSetup& s,
-                                   const internal::PaddedSlices& slices, int q, float* row) {
-  kernels::AddToRow add{row};
-  kernels::ShearRowSegment(s, slices.data.data(), slices.row_extent.data(), q, 0, s.inter_w,
-                           add);
+// Intermediate rows [q0, q1) of one pose, rows [q1 - q0, inter_w] (zeroed): the shared shear
+// body slice by slice over the band, so that each slice is read as one stream of contiguous
+// rows (the hardware prefetcher follows it) while the band's rows stay in cache; then the weight.
+FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ShearWarpSetup& s,
+                                    const internal::PaddedSlices& slices, int q0, int q1,
+                                    float* rows) {
+  for (int k = 0; k < s.n_slices; ++k) {
+    for (int q = q0; q < q1; ++q) {
+      kernels::AddToRow add{rows + static_cast<long long>(q - q0) * s.inter_w};
+      kernels::ShearSliceRow(s, slices.data.data(), slices.row_extent.data(), k, q, 0, s.inter_w,
+                             add);
+    }
+  }
   const float w = static_cast<float>(s.weight);
-  for (int p = 0; p < s.inter_w; ++p) row[p] *= w;
+  const long long count = static_cast<long long>(q1 - q0) * s.inter_w;
+  for (long long i = 0; i < count; ++i) rows[i] *= w;
 }
 
 // Pixels [x0, x1) x [y0, y1) of one cone-beam image [H, W].
@@ -171,16 +181,18 @@ void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
       if (cs[nc].inter_h > 0) state.Slices(cs[nc].axis);  // build before the threads read it
     }
     inter.assign(offset[nc], 0.f);
-    // Shear: one task per (pose, intermediate row).
-    std::vector<long long> row_start(nc + 1, 0);
-    for (int i = 0; i < nc; ++i) row_start[i + 1] = row_start[i] + cs[i].inter_h;
-    ParallelFor(row_start[nc], n_threads, [&](long long t) {
+    // Shear: one task per (pose, band of kShearBand intermediate rows).
+    std::vector<long long> band_start(nc + 1, 0);
+    for (int i = 0; i < nc; ++i)
+      band_start[i + 1] = band_start[i] + (cs[i].inter_h + kShearBand - 1) / kShearBand;
+    ParallelFor(band_start[nc], n_threads, [&](long long t) {
       const int i = static_cast<int>(
-          std::upper_bound(row_start.begin(), row_start.end(), t) - row_start.begin() - 1);
-      const int q = static_cast<int>(t - row_start[i]);
+          std::upper_bound(band_start.begin(), band_start.end(), t) - band_start.begin() - 1);
       const kernels::ShearWarpSetup& s = cs[i];
-      ShearRowCpu(s, state.slices[s.axis], q,
-                  inter.data() + offset[i] + static_cast<long long>(q) * s.inter_w);
+      const int q0 = static_cast<int>(t - band_start[i]) * kShearBand;
+      const int q1 = std::min(q0 + kShearBand, s.inter_h);
+      ShearBandCpu(s, state.slices[s.axis], q0, q1,
+                   inter.data() + offset[i] + static_cast<long long>(q0) * s.inter_w);
     });
     // Warp: one task per (pose, output row).
     ParallelFor(static_cast<long long>(nc) * camera.height, n_threads, [&](long long t) {
