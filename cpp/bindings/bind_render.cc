@@ -4,6 +4,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -143,12 +144,13 @@ void BindRender(nb::module_& m) {
       "render_cone_prepared",
       [](const RenderVolume& volume, const InArray<double>& views, const InArray<double>& poses,
          double step_voxels, const std::string& device, int num_threads, bool on_device,
-         bool cuda_texture) {
+         bool cuda_texture, double stop_above) {
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
         RenderOptions options = Options(device, num_threads, on_device);
         options.step_voxels = step_voxels;
         options.cuda_texture = cuda_texture;
+        options.stop_above = stop_above;
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
         Images out = NewImages(n, H, W, on_device);
         {
@@ -160,6 +162,7 @@ void BindRender(nb::module_& m) {
       nb::arg("volume"), nb::arg("views"), nb::arg("poses"), nb::arg("step_voxels") = 1.0,
       nb::arg("device") = "cpu", nb::arg("num_threads") = 0, nb::arg("on_device") = false,
       nb::arg("cuda_texture") = true,
+      nb::arg("stop_above") = std::numeric_limits<double>::infinity(),
       "render_cone on a RenderVolume; cuda_texture=False samples with the exact trilinear "
       "interpolation of the CPU backend instead of the texture unit.");
 
@@ -197,7 +200,7 @@ void BindRender(nb::module_& m) {
       "render_cone",
       [](const InArray<float>& volume, const InArray<double>& model_from_voxel,
          const InArray<double>& views, const InArray<double>& poses, double step_voxels,
-         const std::string& device, int num_threads) {
+         const std::string& device, int num_threads, double stop_above) {
         const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
@@ -206,6 +209,7 @@ void BindRender(nb::module_& m) {
         options.device = ParseDevice(device);
         options.num_threads = num_threads;
         options.step_voxels = step_voxels;
+        options.stop_above = stop_above;
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
         auto out = NewArray<float>({static_cast<size_t>(n), H, W}, "images");
         {
@@ -216,8 +220,10 @@ void BindRender(nb::module_& m) {
       },
       nb::arg("volume"), nb::arg("model_from_voxel"), nb::arg("views"), nb::arg("poses"),
       nb::arg("step_voxels") = 1.0, nb::arg("device") = "cpu", nb::arg("num_threads") = 0,
+      nb::arg("stop_above") = std::numeric_limits<double>::infinity(),
       "Cone-beam DRRs. views [n, 16] packed ConeView rows; poses [n, 6] world_from_model "
-      "(rad, mm). Returns [n, H, W] float32 line integrals.");
+      "(rad, mm). Returns [n, H, W] float32 line integrals (a ray stops once above "
+      "stop_above).");
 
   m.def(
       "project_parallel",

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 
 #include "fluororeg/geometry.h"
@@ -29,6 +30,10 @@ struct RenderOptions {
   Device device = Device::kCpu;
   int num_threads = 0;        // CPU backend: 0 = all hardware threads
   double step_voxels = 1.0;   // cone beam: ray-marching step, in voxel-index units along the ray
+  // Cone beam: a ray stops marching once its line integral exceeds stop_above (its pixel then
+  // holds a partial integral, still > stop_above): silhouettes (path > threshold) need no more,
+  // and are the same as with the whole integrals, volumes being non-negative. Infinity: never.
+  double stop_above = std::numeric_limits<double>::infinity();
   // CUDA backend, cone beam: sample the volume through a 3D texture with hardware trilinear
   // filtering (fast; weights rounded to 1/256, so values differ from the CPU by ~1e-3
   // relative) instead of the exact trilinear interpolation shared with the CPU backend.

@@ -211,6 +211,7 @@ struct ConeRaySetup {
   // so a voxel-coordinate displacement d is |diag(spacing) d| millimetres long.
   float spacing[3];    // mm per voxel along i, j, k
   float step_voxels;   // marching step in voxel-coordinate units
+  float stop_above;    // RenderOptions::stop_above (infinity: march the whole ray)
   int nx, ny, nz;
   int bx, by, bz;      // block grid size
   // Box (voxel coordinates) outside which the trilinear interpolant is zero: the non-zero
@@ -276,7 +277,8 @@ struct ArraySampler {
 
 // Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
 // consecutive runs of its samples (the parts sum to the integral; the CUDA backend splits the
-// rays of small batches over several threads).
+// rays of small batches over several threads). With a finite s.stop_above, the march ends as
+// soon as the partial integral exceeds it, and returns that partial integral.
 // occupancy [bz, by, bx]: 1 where the block's trilinear support holds a non-zero voxel.
 template <typename Sampler>
 FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
@@ -314,6 +316,9 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   const Vec3<float> step = dt * d;
   Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
+  // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
+  // exactly when passed; the volume is non-negative, so partial integrals only grow).
+  const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
   for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
     const int bi = IMin(static_cast<int>(pos.x) / kBlock, s.bx - 1);
     const int bj = IMin(static_cast<int>(pos.y) / kBlock, s.by - 1);
@@ -336,6 +341,10 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
       continue;
     }
     acc += sample(pos.x, pos.y, pos.z);
+    if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
+      const float partial = (acc * dt) * len_mm;
+      if (partial > s.stop_above) return partial;
+    }
   }
   acc *= dt;
   if (rem > 0.f && part == parts - 1) {

@@ -53,18 +53,24 @@ void ValidateConeStep(const RenderOptions& options) {
     throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
                                 " must lie in (0.01, 16]");
   }
+  if (!(options.stop_above >= 0)) {
+    throw std::invalid_argument("stop_above = " + std::to_string(options.stop_above) +
+                                " must be >= 0 (infinity: never stop)");
+  }
 }
 
 // The ray setups of n cone-beam (view, pose) pairs: views [n], or one view for every pose
-// (view_stride 0); poses [n, 6]. Prepares the volume's occupancy first.
+// (view_stride 0); poses [n, 6]; the step and stop_above of `options`. Prepares the volume's
+// occupancy first.
 std::vector<kernels::ConeRaySetup> ConeSetups(RenderVolume::State& state, const ConeView* views,
                                               int view_stride, const double* poses, int n,
-                                              double step_voxels) {
+                                              const RenderOptions& options) {
   state.PrepareCone();
   std::vector<kernels::ConeRaySetup> setups(n);
   for (int i = 0; i < n; ++i) {
     setups[i] = internal::MakeConeRaySetup(state, views[i * view_stride], poses + 6 * i,
-                                           step_voxels);
+                                           options.step_voxels);
+    setups[i].stop_above = static_cast<float>(options.stop_above);
   }
   return setups;
 }
@@ -232,7 +238,7 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
   }
   RenderVolume::State& state = volume.state();
   const std::vector<kernels::ConeRaySetup> setups =
-      ConeSetups(state, views, 1, poses, n, options.step_voxels);
+      ConeSetups(state, views, 1, poses, n, options);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
@@ -277,7 +283,7 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
   if (n == 0 || m == 0) return;
   RenderVolume::State& state = volume.state();
   const std::vector<kernels::ConeRaySetup> setups =
-      ConeSetups(state, &view, 0, poses, n, options.step_voxels);
+      ConeSetups(state, &view, 0, poses, n, options);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)

@@ -284,6 +284,7 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
     s.support_hi[c] = state.support_hi[c];
   }
   s.step_voxels = static_cast<float>(step_voxels);
+  s.stop_above = std::numeric_limits<float>::infinity();
   s.nx = volume.nx;
   s.ny = volume.ny;
   s.nz = volume.nz;
