@@ -201,7 +201,8 @@ FLUORO_HD float WarpPixel(const ShearWarpSetup& s, const float* inter, int x, in
 // t_m = t_in + (m + 1/2) dt of a regular grid over its clipped extent [t_in, t_out]; the last
 // sample is weighted by its partial step. Blocks of kBlock^3 voxels whose trilinear support
 // holds only zeros are skipped without changing the result.
-constexpr int kBlock = 8;
+constexpr int kBlockShift = 3;
+constexpr int kBlock = 1 << kBlockShift;  // 8
 
 struct ConeRaySetup {
   Vec3<float> src;     // S in voxel coordinates
@@ -320,9 +321,11 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
   for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
-    const int bi = IMin(static_cast<int>(pos.x) / kBlock, s.bx - 1);
-    const int bj = IMin(static_cast<int>(pos.y) / kBlock, s.by - 1);
-    const int bk = IMin(static_cast<int>(pos.z) / kBlock, s.bz - 1);
+    // Samples lie in the box of voxel centres, so the truncations are >= 0 and a shift is
+    // their division by kBlock (without the sign fix-up of a signed division).
+    const int bi = IMin(static_cast<int>(pos.x) >> kBlockShift, s.bx - 1);
+    const int bj = IMin(static_cast<int>(pos.y) >> kBlockShift, s.by - 1);
+    const int bk = IMin(static_cast<int>(pos.z) >> kBlockShift, s.bz - 1);
     if (!occupancy[(static_cast<long long>(bk) * s.by + bj) * s.bx + bi]) {
       // Jump to the last full-step sample still inside this empty block (a small margin:
       // a sample exactly on the far face belongs to the next block).
