@@ -87,8 +87,10 @@ void RequireHostOutput(const RenderOptions& options) {
 // always holds at least one pose).
 constexpr int kParallelChunk = 256;
 constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
-// Intermediate rows per shear task of the CPU parallel-beam renderer (see ShearBandCpu).
-constexpr int kShearBand = 64;
+// Base-plane rows per shear task of the CPU parallel-beam renderer, and the most poses (of one
+// slice axis, neighbours in shear) whose bands one task shears together (see ShearBandCpu).
+constexpr int kShearBand = 32;
+constexpr int kShearGroup = 16;
 
 // The CPU loops are also compiled for AVX2 and picked at load time (GCC function
 // multi-versioning); no FMA, so every version rounds alike and results do not depend on the
@@ -99,22 +101,33 @@ constexpr int kShearBand = 64;
 #define FLUORO_CPU_CLONES
 #endif
 
-// Intermediate rows [q0, q1) of one pose, rows [q1 - q0, inter_w] (zeroed): the shared shear
-// body slice by slice over the band, so that each slice is read as one stream of contiguous
-// rows (the hardware prefetcher follows it) while the band's rows stay in cache; then the weight.
-FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ShearWarpSetup& s,
-                                    const internal::PaddedSlices& slices, int q0, int q1,
-                                    float* rows) {
-  for (int k = 0; k < s.n_slices; ++k) {
-    for (int q = q0; q < q1; ++q) {
-      kernels::AddToRow add{rows + static_cast<long long>(q - q0) * s.inter_w};
-      kernels::ShearSliceRow(s, slices.data.data(), slices.row_extent.data(), k, q, 0, s.inter_w,
-                             add);
+// One band of base-plane rows [B, B + kShearBand) for a group of poses that share a slice
+// axis: for each pose g, its intermediate rows [q0[g], q1[g]) (the band's rows, B - b0 + q)
+// into rows[g] ([q1[g] - q0[g], inter_w], zeroed). The shared shear body runs slice by slice
+// and, within a slice, pose by pose over the band: the poses of a group read nearly the same
+// slice rows (same band of the base plane, sorted by shear), so each slice is fetched from
+// memory once per group instead of once per pose (the loop is bound by memory traffic: the
+// whole volume streams through it once per pass). Every pixel still adds the same terms in
+// slice order, so values do not depend on the grouping or the thread count. Then the weight.
+FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ShearWarpSetup* const* setups, int group,
+                                    const internal::PaddedSlices& slices, const int* q0,
+                                    const int* q1, float* const* rows) {
+  const int n_slices = setups[0]->n_slices;
+  for (int k = 0; k < n_slices; ++k) {
+    for (int g = 0; g < group; ++g) {
+      const kernels::ShearWarpSetup& s = *setups[g];
+      for (int q = q0[g]; q < q1[g]; ++q) {
+        kernels::AddToRow add{rows[g] + static_cast<long long>(q - q0[g]) * s.inter_w};
+        kernels::ShearSliceRow(s, slices.data.data(), slices.row_extent.data(), k, q, 0,
+                               s.inter_w, add);
+      }
     }
   }
-  const float w = static_cast<float>(s.weight);
-  const long long count = static_cast<long long>(q1 - q0) * s.inter_w;
-  for (long long i = 0; i < count; ++i) rows[i] *= w;
+  for (int g = 0; g < group; ++g) {
+    const float w = static_cast<float>(setups[g]->weight);
+    const long long count = static_cast<long long>(q1[g] - q0[g]) * setups[g]->inter_w;
+    for (long long i = 0; i < count; ++i) rows[g][i] *= w;
+  }
 }
 
 // Pixels [x0, x1) x [y0, y1) of one cone-beam image [H, W].
@@ -187,18 +200,59 @@ void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
       if (cs[nc].inter_h > 0) state.Slices(cs[nc].axis);  // build before the threads read it
     }
     inter.assign(offset[nc], 0.f);
-    // Shear: one task per (pose, band of kShearBand intermediate rows).
-    std::vector<long long> band_start(nc + 1, 0);
+    // Shear: poses with an intermediate image, grouped by slice axis and sorted by shear
+    // (neighbours read nearly the same slice rows), kShearGroup at most per group; one task per
+    // (group, band of kShearBand base-plane rows).
+    std::vector<int> order;
     for (int i = 0; i < nc; ++i)
-      band_start[i + 1] = band_start[i] + (cs[i].inter_h + kShearBand - 1) / kShearBand;
-    ParallelFor(band_start[nc], n_threads, [&](long long t) {
-      const int i = static_cast<int>(
-          std::upper_bound(band_start.begin(), band_start.end(), t) - band_start.begin() - 1);
-      const kernels::ShearWarpSetup& s = cs[i];
-      const int q0 = static_cast<int>(t - band_start[i]) * kShearBand;
-      const int q1 = std::min(q0 + kShearBand, s.inter_h);
-      ShearBandCpu(s, state.slices[s.axis], q0, q1,
-                   inter.data() + offset[i] + static_cast<long long>(q0) * s.inter_w);
+      if (cs[i].inter_h > 0) order.push_back(i);
+    std::sort(order.begin(), order.end(), [&](int x, int y) {
+      if (cs[x].axis != cs[y].axis) return cs[x].axis < cs[y].axis;
+      if (cs[x].sb != cs[y].sb) return cs[x].sb < cs[y].sb;
+      return x < y;
+    });
+    struct ShearGroup {
+      int begin, end;     // order[begin, end)
+      int row0;           // first base-plane row (min b0)
+      long long band0;    // first task
+    };
+    std::vector<ShearGroup> groups;
+    long long n_tasks = 0;
+    for (size_t g0 = 0; g0 < order.size();) {
+      size_t g1 = g0 + 1;
+      while (g1 < order.size() && g1 - g0 < kShearGroup &&
+             cs[order[g1]].axis == cs[order[g0]].axis)
+        ++g1;
+      int lo = cs[order[g0]].b0, hi = lo;
+      for (size_t g = g0; g < g1; ++g) {
+        lo = std::min(lo, cs[order[g]].b0);
+        hi = std::max(hi, cs[order[g]].b0 + cs[order[g]].inter_h);
+      }
+      groups.push_back({static_cast<int>(g0), static_cast<int>(g1), lo, n_tasks});
+      n_tasks += (hi - lo + kShearBand - 1) / kShearBand;
+      g0 = g1;
+    }
+    ParallelFor(n_tasks, n_threads, [&](long long t) {
+      size_t gi = 0;
+      while (gi + 1 < groups.size() && groups[gi + 1].band0 <= t) ++gi;
+      const ShearGroup& grp = groups[gi];
+      const int band_row = grp.row0 + static_cast<int>(t - grp.band0) * kShearBand;
+      const kernels::ShearWarpSetup* gs[kShearGroup];
+      int q0[kShearGroup], q1[kShearGroup];
+      float* rows[kShearGroup];
+      int group = 0;
+      for (int g = grp.begin; g < grp.end; ++g) {
+        const kernels::ShearWarpSetup& s = cs[order[g]];
+        const int a = std::max(0, band_row - s.b0);
+        const int b = std::min(s.inter_h, band_row + kShearBand - s.b0);
+        if (a >= b) continue;
+        gs[group] = &s;
+        q0[group] = a;
+        q1[group] = b;
+        rows[group] = inter.data() + offset[order[g]] + static_cast<long long>(a) * s.inter_w;
+        ++group;
+      }
+      if (group > 0) ShearBandCpu(gs, group, state.slices[gs[0]->axis], q0, q1, rows);
     });
     // Warp: one task per (pose, output row).
     ParallelFor(static_cast<long long>(nc) * camera.height, n_threads, [&](long long t) {
