@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "../common/cpu_clones.h"
+#include "common/cpu_clones.h"
 #include "fluororeg/so3.h"
 
 namespace fluororeg {

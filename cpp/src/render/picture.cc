@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "../common/cpu_clones.h"
+#include "common/cpu_clones.h"
 #include "fluororeg/parallel.h"
 
 namespace fluororeg {

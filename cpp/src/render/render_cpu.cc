@@ -8,6 +8,7 @@
 
 #include "fluororeg/limits.h"
 #include "fluororeg/parallel.h"
+#include "common/cpu_clones.h"
 #include "render_internal.h"
 
 namespace fluororeg {
@@ -92,14 +93,6 @@ constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
 constexpr int kShearBand = 32;
 constexpr int kShearGroup = 16;
 
-// The CPU loops are also compiled for AVX2 and picked at load time (GCC function
-// multi-versioning); no FMA, so every version rounds alike and results do not depend on the
-// processor.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FLUORO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FLUORO_CPU_CLONES
-#endif
 
 // One band of base-plane rows [B, B + kShearBand) for a group of poses that share a slice
 // axis: for each pose g, its intermediate rows [q0[g], q1[g]) (the band's rows, B - b0 + q)
