@@ -6,7 +6,8 @@ the NumPy reference, and 512x512 cone-beam DRRs, on the CPU and (when a device i
 The volume is the example subject's CT (InVesalius "Cranium", 256 x 256 x 108, cached by
 fluororeg.subject.example) when it can be had, otherwise a synthetic head phantom of
 256 x 256 x 113 voxels; --quick uses the small headsq CT of ../shared/data when present. The
-JSON says which. CPU and CUDA rows render the same volume in the same run. CUDA rows give the
+JSON says which. CPU and CUDA rows render the same volume in the same run. The fixed cost of
+one call from Python (``cone_call_overhead_us``: a 2 x 2 px image) is reported too. CUDA rows give the
 end-to-end time of a call (images copied back to the host unless "on device") and, apart, the
 kernel time (CUDA events around the kernels, RenderVolume.last_cuda_kernel_ms).
 """
@@ -173,6 +174,10 @@ def main() -> None:
     t_cone_ref_rows = best_time(lambda: ref.line_integral_cone(cone_vol, view, pose, rows=slice(200, 216)), 1)
     cone_ref_ms = t_cone_ref_rows * 512 / 16 * 1e3
     samples_per_s = cone_samples(cone_vol, view, pose) / t_cone
+    # The fixed cost of one renderer call from Python (validation, level choice, dispatch): a
+    # 2 x 2 px cone-beam image on one thread, prepared volume.
+    tiny = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=50.0, width=2, height=2)
+    t_tiny = best_time(lambda: [R.render_cone(prepared, tiny, pose, num_threads=1) for _ in range(200)], repeat) / 200
 
     results = {
         "volume": name,
@@ -189,6 +194,7 @@ def main() -> None:
         "cone_512_samples_per_s": samples_per_s,
         "numpy_cone_512_ms": cone_ref_ms,
         "cone_speedup_vs_numpy": cone_ref_ms / (t_cone * 1e3),
+        "cone_call_overhead_us": t_tiny * 1e6,
         "cuda_available": fr.has_cuda(),
     }
     rows = [
@@ -202,6 +208,7 @@ def main() -> None:
         ("cone samples on clipped rays per second", samples_per_s, "samples/s"),
         ("NumPy reference cone 512x512 (extrapolated)", cone_ref_ms, "ms"),
         ("speed-up vs NumPy (cone)", cone_ref_ms / (t_cone * 1e3), "x"),
+        ("one call from Python, 2 x 2 px cone image, 1 thread", t_tiny * 1e6, "us"),
     ]
     if use_cuda:
         cuda_results, cuda_table = cuda_rows(vol, poses, scales, camera, view, pose, repeat)
