@@ -93,7 +93,6 @@ constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
 constexpr int kShearBand = 32;
 constexpr int kShearGroup = 16;
 
-
 // One band of base-plane rows [B, B + kShearBand) for a group of poses that share a slice
 // axis: for each pose g, its intermediate rows [q0[g], q1[g]) (the band's rows, B - b0 + q)
 // into rows[g] ([q1[g] - q0[g], inter_w], zeroed). The shared shear body runs slice by slice
