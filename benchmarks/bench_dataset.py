@@ -15,9 +15,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from fluororeg.dataset.generate import DatasetConfig, generate_dataset
+import numpy as np
+
+from fluororeg._reference import render as ref
+from fluororeg.core import render as R
+from fluororeg.dataset.generate import (DatasetConfig, cone_views, generate_dataset, prepare_subject_volumes,
+                                        sample_poses)
 from fluororeg.subject.subject import example_subject
 
 from _common import cuda_name, parser, report
@@ -25,9 +31,7 @@ from _common import cuda_name, parser, report
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0], device=True).parse_args()
-    from fluororeg.core.render import resolve_device
-
-    use_cuda = resolve_device(args.device) == "cuda"
+    use_cuda = R.resolve_device(args.device) == "cuda"
     subject = example_subject()
     subject.attenuation_model()  # load and convert once, outside the timings
     subject.mask_model()
@@ -44,19 +48,12 @@ def main() -> None:
         size_mb = sum(p.stat().st_size for p in (tmp / "ds").rglob("*.h5")) / 2**20
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from dataclasses import replace
-
     cone = replace(config, n_train=512 if args.quick else 2048, n_test=0, projection="cone")
     t0 = time.perf_counter()
     generate_dataset(subject, None, cone, device="cpu", write=False, progress=False)
     cone_rate = cone.n_train / (time.perf_counter() - t0)
     # The 8-bit conversion of the samples (percentile window per image, WindowToUint8 on all
     # cores) against its NumPy reference, on the cone-beam DRRs of 64 samples.
-    import numpy as np
-    from fluororeg.core import render as R
-    from fluororeg._reference import render as ref
-    from fluororeg.dataset.generate import cone_views, sample_poses
-
     rng = np.random.default_rng(0)
     poses, scales = sample_poses(rng, 64, cone.poses.for_subject(subject))
     drr = R.render_cone(subject.attenuation_model(), cone_views(cone.camera, scales,
@@ -102,10 +99,6 @@ def main() -> None:
         cuda_rate = n / (time.perf_counter() - t0)
         # The renderers' share: DRRs and mask projections of one 512-sample shard on CUDA,
         # without the per-image NumPy work of render_samples (windowing, uint8 conversion).
-        import numpy as np
-        from fluororeg.core import render as R
-        from fluororeg.dataset.generate import cone_views, prepare_subject_volumes, sample_poses
-
         mu, bone = prepare_subject_volumes(subject, "cuda")
         rng = np.random.default_rng(0)
         poses, scales = sample_poses(rng, 512, cone.poses.for_subject(subject))
