@@ -49,7 +49,8 @@ void ForEachPosePoint(const double* poses, int n, const double* points, int m, d
   }
 }
 
-void ValidateConeStep(const RenderOptions& options) {
+// The cone-beam options of a call: the marching step and stop_above.
+void ValidateConeOptions(const RenderOptions& options) {
   if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
     throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
                                 " must lie in (0.01, 16]");
@@ -269,7 +270,7 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
                    int n, float* out, const RenderOptions& options) {
   ValidatePoses(poses, n);
   for (int i = 0; i < n; ++i) ValidateConeView(views[i], i);
-  ValidateConeStep(options);
+  ValidateConeOptions(options);
   RequireHostOutput(options);
   if (n == 0) return;
   const int W = views[0].width, H = views[0].height;
@@ -314,7 +315,7 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
                       const RenderOptions& options) {
   ValidatePoses(poses, n);
   ValidateConeView(view, 0);
-  ValidateConeStep(options);
+  ValidateConeOptions(options);
   RequireHostOutput(options);
   if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
   const long long size = static_cast<long long>(view.width) * view.height;
