@@ -109,6 +109,9 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
     vol200 = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view200, 1), pose[None]), "auto")
     t_200 = best_time(lambda: R.render_cone(prepared, view200, pose), repeat * 5)
     k_200 = kernel_ms(vol200)
+    t_cone_sw = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, method="shear_warp"),
+                          repeat)
+    k_cone_sw = kernel_ms(cone_vol)
     results = {
         "cuda_device": cuda_name(),
         "cuda_parallel_128_drr_per_s": n_big / t_dev,
@@ -122,6 +125,8 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
         "cuda_cone_512_exact_trilinear_ms": t_cone_exact * 1e3 / n_cone,
         "cuda_cone_512_exact_trilinear_kernel_ms": k_cone_exact / n_cone,
         "cuda_cone_512_batch": n_cone,
+        "cuda_cone_512_shear_warp_ms": t_cone_sw * 1e3 / n_cone,
+        "cuda_cone_512_shear_warp_kernel_ms": k_cone_sw / n_cone,
         "cuda_cone_200_single_us": t_200 * 1e6,
         "cuda_cone_200_single_kernel_us": k_200 * 1e3,
         "cuda_volume_device_bytes": prepared.handle(par_vol).device_bytes,
@@ -135,6 +140,8 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
         (f"CUDA cone 512x512 per DRR, batch {n_cone}, to host", t_cone * 1e3 / n_cone, "ms"),
         (f"CUDA cone 512x512 per DRR, batch {n_cone}, kernels only", k_cone / n_cone, "ms"),
         ("CUDA cone 512x512 per DRR, exact trilinear (no texture)", t_cone_exact * 1e3 / n_cone, "ms"),
+        ("CUDA cone 512x512 per DRR, shear-warp, on device", t_cone_sw * 1e3 / n_cone, "ms"),
+        ("CUDA cone 512x512 per DRR, shear-warp, kernels only", k_cone_sw / n_cone, "ms"),
         ("CUDA cone 200x200 single DRR, to host", t_200 * 1e6, "us"),
         ("CUDA cone 200x200 single DRR, kernels only", k_200 * 1e3, "us"),
     ]
@@ -174,6 +181,11 @@ def main() -> None:
     t_cone_ref_rows = best_time(lambda: ref.line_integral_cone(cone_vol, view, pose, rows=slice(200, 216)), 1)
     cone_ref_ms = t_cone_ref_rows * 512 / 16 * 1e3
     samples_per_s = cone_samples(cone_vol, view, pose) / t_cone
+    # The same image by perspective shear-warp (render_cone(method='shear_warp')), and its mean
+    # difference to the ray marcher's.
+    t_cone_sw = best_time(lambda: R.render_cone(prepared, view, pose, method="shear_warp"), repeat)
+    marched = R.render_cone(prepared, view, pose)
+    sw_diff = float(np.abs(R.render_cone(prepared, view, pose, method="shear_warp") - marched).mean() / marched.mean())
     # The fixed cost of one renderer call from Python (validation, level choice, dispatch): a
     # 2 x 2 px cone-beam image on one thread, prepared volume.
     tiny = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=50.0, width=2, height=2)
@@ -195,6 +207,9 @@ def main() -> None:
         "numpy_cone_512_ms": cone_ref_ms,
         "cone_speedup_vs_numpy": cone_ref_ms / (t_cone * 1e3),
         "cone_call_overhead_us": t_tiny * 1e6,
+        "cone_512_shear_warp_ms": t_cone_sw * 1e3,
+        "cone_shear_warp_speedup_vs_march": t_cone / t_cone_sw,
+        "cone_shear_warp_mean_rel_diff_vs_march": sw_diff,
         "cuda_available": fr.has_cuda(),
     }
     rows = [
@@ -209,6 +224,9 @@ def main() -> None:
         ("NumPy reference cone 512x512 (extrapolated)", cone_ref_ms, "ms"),
         ("speed-up vs NumPy (cone)", cone_ref_ms / (t_cone * 1e3), "x"),
         ("one call from Python, 2 x 2 px cone image, 1 thread", t_tiny * 1e6, "us"),
+        ("cone 512x512, perspective shear-warp", t_cone_sw * 1e3, "ms"),
+        ("  speed-up vs ray marching", t_cone / t_cone_sw, "x"),
+        ("  mean difference to ray marching", sw_diff * 100, "%"),
     ]
     if use_cuda:
         cuda_results, cuda_table = cuda_rows(vol, poses, scales, camera, view, pose, repeat)

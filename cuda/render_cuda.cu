@@ -114,9 +114,10 @@ unsigned BlocksFor(long long total) {
 // offsets and row checks are shared by the columns).
 constexpr int kShearColumns = 4;
 
-// One thread per kShearColumns intermediate pixels of a row, for every pose (images padded to
-// max_w x max_h).
-__global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long long* offset,
+// One thread per kShearColumns intermediate pixels of a row, for every image (intermediate
+// images padded to max_w x max_h); Setup: either factorisation.
+template <typename Setup>
+__global__ void ShearKernel(const Setup* setups, const long long* offset,
                             int n, int max_w, int max_h, SliceTable slices, float* inter) {
   const int cols = (max_w + kShearColumns - 1) / kShearColumns;
   const long long per_pose = static_cast<long long>(cols) * max_h;
@@ -125,7 +126,7 @@ __global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long lo
     const long long r = idx - i * per_pose;
     const int q = static_cast<int>(r / cols);
     const int p0 = static_cast<int>(r - static_cast<long long>(q) * cols) * kShearColumns;
-    const kernels::ShearWarpSetup& s = setups[i];
+    const Setup& s = setups[i];
     if (p0 >= s.inter_w || q >= s.inter_h) continue;
     kernels::ShearColumns<kShearColumns>(s, slices.data[s.axis], slices.extent[s.axis], p0, q,
                                          inter + offset[i] + static_cast<long long>(q) * s.inter_w + p0);
@@ -133,14 +134,15 @@ __global__ void ShearKernel(const kernels::ShearWarpSetup* setups, const long lo
 }
 
 // One thread per output pixel.
-__global__ void WarpKernel(const kernels::ShearWarpSetup* setups, const long long* offset,
+template <typename Setup>
+__global__ void WarpKernel(const Setup* setups, const long long* offset,
                            const float* inter, float* out, int width, int height, int n) {
   const long long per_image = static_cast<long long>(width) * height;
   FLUORO_GRID_STRIDE(idx, per_image * n) {
     const int i = static_cast<int>(idx / per_image);
     const long long r = idx - i * per_image;
     const int y = static_cast<int>(r / width), x = static_cast<int>(r - static_cast<long long>(y) * width);
-    const kernels::ShearWarpSetup& s = setups[i];
+    const Setup& s = setups[i];
     out[idx] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter + offset[i], x, y);
   }
 }
@@ -241,7 +243,14 @@ struct CudaVolume {
   int32_t* extent[3] = {nullptr, nullptr, nullptr};
   size_t fixed_bytes = 0;
   DeviceScratch<kernels::ShearWarpSetup> shear_setups;
+  DeviceScratch<kernels::ConeShearSetup> cone_shear_setups;
   DeviceScratch<kernels::ConeRaySetup> cone_setups;
+  DeviceScratch<kernels::ShearWarpSetup>& SetupsFor(const kernels::ShearWarpSetup*) {
+    return shear_setups;
+  }
+  DeviceScratch<kernels::ConeShearSetup>& SetupsFor(const kernels::ConeShearSetup*) {
+    return cone_shear_setups;
+  }
   DeviceScratch<long long> offsets;
   DeviceScratch<float> inter, images;
   DeviceScratch<int32_t> pixels;  // RenderConePixels' pixel list
@@ -318,7 +327,8 @@ void DestroyCudaVolume(CudaVolume* cuda) { delete cuda; }
 
 size_t CudaVolumeBytes(const CudaVolume* cv) {
   if (!cv) return 0;
-  return cv->fixed_bytes + cv->shear_setups.Bytes() + cv->cone_setups.Bytes() +
+  return cv->fixed_bytes + cv->shear_setups.Bytes() + cv->cone_shear_setups.Bytes() +
+         cv->cone_setups.Bytes() +
          cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes() + cv->pixels.Bytes();
 }
 
@@ -378,9 +388,9 @@ void FinishCall(RenderVolume::State& volume, CudaVolume& cv, const char* what) {
 
 }  // namespace
 
-void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& camera,
-                           const kernels::ShearWarpSetup* setups, int n, float* out,
-                           bool output_on_device) {
+template <typename Setup>
+void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n, int width,
+                         int height, float* out, bool output_on_device) {
   CudaVolume& cv = GetCudaVolume(volume);
   SliceTable table{};
   for (int i = 0; i < n; ++i) {
@@ -390,13 +400,13 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
     table.data[c] = cv.slices[c];
     table.extent[c] = cv.extent[c];
   }
-  const long long image_size = static_cast<long long>(camera.width) * camera.height;
-  // Chunks of poses whose intermediate and output images fit the work buffers.
+  const long long image_size = static_cast<long long>(width) * height;
+  // Chunks of images whose intermediate and output images fit the work buffers.
   std::vector<long long> offset(n + 1, 0);
   for (int i = 0; i < n; ++i) {
     offset[i + 1] = offset[i] + static_cast<long long>(setups[i].inter_w) * setups[i].inter_h;
   }
-  kernels::ShearWarpSetup* d_setups = cv.shear_setups.Reserve(n);
+  Setup* d_setups = cv.SetupsFor(setups).Reserve(n);
   cv.Upload(d_setups, setups, n);
   const size_t total = limits::CheckedMul(static_cast<size_t>(n), image_size, "images");
   float* host = output_on_device ? nullptr : HostImages(cv, out, total);
@@ -429,7 +439,7 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
       Check(cudaGetLastError(), "shear kernel launch");
     }
     WarpKernel<<<BlocksFor(nc * image_size), kThreads, 0, cv.stream>>>(
-        d_setups + c0, d_offset, inter, img, camera.width, camera.height, nc);
+        d_setups + c0, d_offset, inter, img, width, height, nc);
     Check(cudaGetLastError(), "warp kernel launch");
     if (!output_on_device) {
       Check(cudaMemcpyAsync(host + c0 * image_size, img, nc * image_size * sizeof(float),
@@ -437,13 +447,17 @@ void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& ca
             "cudaMemcpyAsync (images)");
     }
     // `local` is read by the stream: wait before it goes (chunks are rare).
-    if (c1 < n) Check(cudaStreamSynchronize(cv.stream), "parallel-beam DRR chunk");
+    if (c1 < n) Check(cudaStreamSynchronize(cv.stream), "shear-warp DRR chunk");
     c0 = c1;
   }
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
-  FinishCall(volume, cv, "parallel-beam DRR");
+  FinishCall(volume, cv, "shear-warp DRR");
   if (!output_on_device) CopyOut(host, out, total);
 }
+template void RenderShearWarpCuda(RenderVolume::State&, const kernels::ShearWarpSetup*, int, int,
+                                  int, float*, bool);
+template void RenderShearWarpCuda(RenderVolume::State&, const kernels::ConeShearSetup*, int, int,
+                                  int, float*, bool);
 
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
                        int width, int height, float* out, const RenderOptions& options) {

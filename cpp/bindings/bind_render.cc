@@ -70,6 +70,12 @@ RenderOptions Options(const std::string& device, int num_threads, bool on_device
   return options;
 }
 
+ConeMethod ParseConeMethod(const std::string& method) {
+  if (method == "march") return ConeMethod::kRayMarch;
+  if (method == "shear_warp") return ConeMethod::kShearWarp;
+  throw std::invalid_argument("method '" + method + "' is unknown: expected 'march' or 'shear_warp'");
+}
+
 }  // namespace
 
 void BindRender(nb::module_& m) {
@@ -144,13 +150,14 @@ void BindRender(nb::module_& m) {
       "render_cone_prepared",
       [](const RenderVolume& volume, const InArray<double>& views, const InArray<double>& poses,
          double step_voxels, const std::string& device, int num_threads, bool on_device,
-         bool cuda_texture, double stop_above) {
+         bool cuda_texture, double stop_above, const std::string& method) {
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
         RenderOptions options = Options(device, num_threads, on_device);
         options.step_voxels = step_voxels;
         options.cuda_texture = cuda_texture;
         options.stop_above = stop_above;
+        options.cone_method = ParseConeMethod(method);
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
         Images out = NewImages(n, H, W, on_device);
         {
@@ -162,7 +169,7 @@ void BindRender(nb::module_& m) {
       nb::arg("volume"), nb::arg("views"), nb::arg("poses"), nb::arg("step_voxels") = 1.0,
       nb::arg("device") = "cpu", nb::arg("num_threads") = 0, nb::arg("on_device") = false,
       nb::arg("cuda_texture") = true,
-      nb::arg("stop_above") = std::numeric_limits<double>::infinity(),
+      nb::arg("stop_above") = std::numeric_limits<double>::infinity(), nb::arg("method") = "march",
       "render_cone on a RenderVolume; cuda_texture=False samples with the exact trilinear "
       "interpolation of the CPU backend instead of the texture unit.");
 
@@ -200,7 +207,7 @@ void BindRender(nb::module_& m) {
       "render_cone",
       [](const InArray<float>& volume, const InArray<double>& model_from_voxel,
          const InArray<double>& views, const InArray<double>& poses, double step_voxels,
-         const std::string& device, int num_threads, double stop_above) {
+         const std::string& device, int num_threads, double stop_above, const std::string& method) {
         const VolumeGrid grid = GridFromArrays(volume, model_from_voxel);
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
         const int n = static_cast<int>(poses.shape(0));
@@ -210,6 +217,7 @@ void BindRender(nb::module_& m) {
         options.num_threads = num_threads;
         options.step_voxels = step_voxels;
         options.stop_above = stop_above;
+        options.cone_method = ParseConeMethod(method);
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
         auto out = NewArray<float>({static_cast<size_t>(n), H, W}, "images");
         {
@@ -220,10 +228,10 @@ void BindRender(nb::module_& m) {
       },
       nb::arg("volume"), nb::arg("model_from_voxel"), nb::arg("views"), nb::arg("poses"),
       nb::arg("step_voxels") = 1.0, nb::arg("device") = "cpu", nb::arg("num_threads") = 0,
-      nb::arg("stop_above") = std::numeric_limits<double>::infinity(),
+      nb::arg("stop_above") = std::numeric_limits<double>::infinity(), nb::arg("method") = "march",
       "Cone-beam DRRs. views [n, 16] packed ConeView rows; poses [n, 6] world_from_model "
-      "(rad, mm). Returns [n, H, W] float32 line integrals (a ray stops once above "
-      "stop_above).");
+      "(rad, mm); method 'march' (ray marching) or 'shear_warp' (perspective shear-warp). "
+      "Returns [n, H, W] float32 line integrals (a ray stops once above stop_above).");
 
   m.def(
       "project_parallel",

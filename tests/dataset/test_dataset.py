@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from fluororeg.dataset import generate as D
 from fluororeg.core import render as R
@@ -206,11 +208,29 @@ def test_cone_dataset_records_its_projection(subject, tmp_path):
     assert meta["config"]["projection"] == "cone" and meta["config"]["source_distance_mm"] == [500.0, 800.0]
     sod = np.array([DatasetReader(tmp_path / "cone")[i]["source_distance_mm"] for i in range(8)])
     assert np.all((sod >= 500.0) & (sod <= 800.0)) and np.ptp(sod) > 0
+    # The default renderer (perspective shear-warp) against ray marching: the same samples, and
+    # pictures and masks that differ little.
+    assert meta["config"]["cone_method"] == "shear_warp"
+    generate_dataset(subject, tmp_path / "marched", replace(cfg, cone_method="march"), progress=False)
+    sheared, marched = DatasetReader(tmp_path / "cone"), DatasetReader(tmp_path / "marched")
+    for i in range(8):
+        a, b = sheared[i], marched[i]
+        np.testing.assert_array_equal(a["pose"], b["pose"])
+        np.testing.assert_array_equal(a["landmarks_px"], b["landmarks_px"])
+        # masks differ near their outlines only (within 2 px; 32 px images of 8 mm, where an outline
+        # is a tenth of the pixels)
+        m = b["mask"].astype(bool)
+        outline = binary_dilation(m, iterations=2) & ~binary_erosion(m, iterations=2)
+        assert np.all((a["mask"] != b["mask"]) <= outline)
+        assert (a["mask"] != b["mask"]).mean() < 0.06
+        assert np.abs(a["image"].astype(float) - b["image"]).mean() < 4.0
 
 
 def test_bad_configuration_errors():
     with pytest.raises(ValueError, match="projection 'fan'"):
         DatasetConfig(projection="fan")
+    with pytest.raises(ValueError, match="cone_method 'slices'"):
+        DatasetConfig(projection="cone", cone_method="slices")
     with pytest.raises(ValueError, match="source_distance_mm"):
         DatasetConfig(projection="cone", source_distance_mm=(100.0, 900.0))
     with pytest.raises(ValueError, match="source_distance_mm"):

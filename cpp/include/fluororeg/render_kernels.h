@@ -121,13 +121,36 @@ FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const float* slices,
 // registers); the CPU backend runs ShearSliceRow slice by slice over a band of rows
 // (AddToRow: each slice streams through contiguous rows), which adds the same terms to every
 // pixel in the same order.
-template <typename Add>
-FLUORO_HD void ShearRowSegment(const ShearWarpSetup& s, const float* slices,
+template <typename Setup, typename Add>
+FLUORO_HD void ShearRowSegment(const Setup& s, const float* slices,
                                const int32_t* row_extent, int q, int p_begin, int p_end,
                                Add& add) {
   for (int k = 0; k < s.n_slices; ++k) {
     ShearSliceRow(s, slices, row_extent, k, q, p_begin, p_end, add);
   }
+}
+
+// Column tap of the perspective shear: padded column A = g p + ea of intermediate column p
+// (>= 0 up to rounding, so truncation is floor; a tap past last_col is clamped back), its left
+// column *i and fraction *fa.
+FLUORO_HD void PerspectiveTap(float g, float ea, int last_col, int p, int* i, float* fa) {
+  const float A = g * static_cast<float>(p) + ea;
+  *i = IMin(static_cast<int>(A), last_col);
+  *fa = A - static_cast<float>(*i);
+}
+// Row blend of padded rows r0, r1 at column i with row fraction fb.
+FLUORO_HD float BlendRows(const float* r0, const float* r1, float fb, int i) {
+  return r0[i] + fb * (r1[i] - r0[i]);
+}
+// Bilinear sample of padded rows r0, r1 for intermediate column p: the rows blended first, then
+// the columns (the CPU sink blends a whole row once and reuses it for every column).
+FLUORO_HD float PerspectiveSample(const float* r0, const float* r1, float g, float ea, float fb,
+                                  int last_col, int p) {
+  int i;
+  float fa;
+  PerspectiveTap(g, ea, last_col, p, &i, &fa);
+  const float t0 = BlendRows(r0, r1, fb, i), t1 = BlendRows(r0, r1, fb, i + 1);
+  return t0 + fa * (t1 - t0);
 }
 
 // Sinks of ShearSliceRow: a row of the intermediate image (CPU) or kWidth consecutive
@@ -154,20 +177,52 @@ struct AddToColumns {
       }
     }
   }
+  // The perspective shear's form (see PerspectiveSample).
+  FLUORO_HD void operator()(int pb, int pe, const float* r0, const float* r1, float g, float ea,
+                            float fb, int last_col) {
+    for (int t = 0; t < kWidth; ++t) {
+      const int p = p0 + t;
+      if (p >= pb && p < pe) sum[t] += PerspectiveSample(r0, r1, g, ea, fb, last_col, p);
+    }
+  }
 };
 
 // The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
 // (columns at or past inter_w are not written): the per-element body of the CUDA launcher
 // (the CPU launcher runs ShearSliceRow over bands of whole rows and then scales by s.weight).
-template <int kWidth>
-FLUORO_HD void ShearColumns(const ShearWarpSetup& s, const float* slices,
-                            const int32_t* row_extent, int p0, int q, float* out) {
+// ShearWeight(s): the factor the launchers apply to the whole intermediate image (the
+// parallel beam's mm per slice; 1 for the cone beam, whose weight varies per ray and is
+// applied by the warp).
+FLUORO_HD float ShearWeight(const ShearWarpSetup& s) { return static_cast<float>(s.weight); }
+
+template <int kWidth, typename Setup>
+FLUORO_HD void ShearColumns(const Setup& s, const float* slices, const int32_t* row_extent,
+                            int p0, int q, float* out) {
   AddToColumns<kWidth> acc{p0, {}};
   ShearRowSegment(s, slices, row_extent, q, p0, p0 + kWidth, acc);
-  const float w = static_cast<float>(s.weight);
+  const float w = ShearWeight(s);
   for (int t = 0; t < kWidth; ++t) {
     if (p0 + t < s.inter_w) out[t] = acc.sum[t] * w;
   }
+}
+
+// Bilinear sample of an intermediate image inter [h, w] between pixels (p, q) .. (p+1, q+1)
+// with fractions (fa, fb); zero outside it (the warps of both factorisations).
+FLUORO_HD float SampleIntermediate(const float* inter, int w, int h, int p, int q, float fa,
+                                   float fb) {
+  float v = 0.f;
+  for (int dq = 0; dq < 2; ++dq) {
+    const int qq = q + dq;
+    if (qq < 0 || qq >= h) continue;
+    const float wq = dq ? fb : 1.f - fb;
+    for (int dp = 0; dp < 2; ++dp) {
+      const int pp = p + dp;
+      if (pp < 0 || pp >= w) continue;
+      const float wp = dp ? fa : 1.f - fa;
+      v += wq * wp * inter[static_cast<long long>(qq) * w + pp];
+    }
+  }
+  return v;
 }
 
 // Warp: DRR value at output pixel (x, y), zero outside the intermediate image.
@@ -175,21 +230,9 @@ FLUORO_HD float WarpPixel(const ShearWarpSetup& s, const float* inter, int x, in
   const double ia = s.wa[0] * x + s.wa[1] * y + s.wa[2] - s.a0;
   const double ib = s.wb[0] * x + s.wb[1] * y + s.wb[2] - s.b0;
   const double fp = floor(ia), fq = floor(ib);
-  const int p = static_cast<int>(fp), q = static_cast<int>(fq);
-  const float fa = static_cast<float>(ia - fp), fb = static_cast<float>(ib - fq);
-  float v = 0.f;
-  for (int dq = 0; dq < 2; ++dq) {
-    const int qq = q + dq;
-    if (qq < 0 || qq >= s.inter_h) continue;
-    const float wq = dq ? fb : 1.f - fb;
-    for (int dp = 0; dp < 2; ++dp) {
-      const int pp = p + dp;
-      if (pp < 0 || pp >= s.inter_w) continue;
-      const float wp = dp ? fa : 1.f - fa;
-      v += wq * wp * inter[static_cast<long long>(qq) * s.inter_w + pp];
-    }
-  }
-  return v;
+  return SampleIntermediate(inter, s.inter_w, s.inter_h, static_cast<int>(fp),
+                            static_cast<int>(fq), static_cast<float>(ia - fp),
+                            static_cast<float>(ib - fq));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -382,6 +425,93 @@ FLUORO_HD void ProjectParallelPoint(const ParallelCamera& camera,
   const Vec3<double> Xc = camera_from_model.Apply(Vec3<double>{X[0], X[1], X[2]});
   ProjectParallel(camera, Xc, scale, &xy[0], &xy[1]);
   *in_fov = InImage(xy[0], xy[1], camera.width, camera.height) ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shear-warp (cone beam, perspective): RenderOptions::cone_method = kShearWarp.
+//
+// In voxel coordinates the source is S and the ray of pixel (x, y) runs from S to its
+// intensifier point P(x, y) = det + x du + y dv. The principal axis c maximises |P - S|_c at
+// the image centre, with in-slice axes a, b as in InSliceAxes; all points below are written in
+// (a, b, c) order. The factorisation applies when the source lies beyond the padded slab of
+// slices and the padded volume box wholly between the source and the intensifier plane
+// (ConeShearSetup::valid; otherwise the image is ray-marched). The intermediate image lies on the middle slice's plane c = mid with the
+// image's own resolution there: pixel (p, q) is the point (a0 + p da, b0 + q db, mid), da and db
+// the pixel pitch at that plane in voxels along a and b. The ray from S through it meets slice
+// k at the in-slice point
+//   A = S_a + (a0 + p da - S_a) h_k,   B = S_b + (b0 + q db - S_b) h_k,
+//   h_k = (k - S_c) / (mid - S_c),
+// a scaling about the source by h_k (the perspective counterpart of the parallel beam's shift),
+// affine in p along a row. Shear: the intermediate image accumulates sum_k bilinear(slice k)(A, B),
+// one sample per slice (Joseph's sum); unlike the parallel beam the column fractions vary along
+// a row. Warp: the DRR samples the intermediate image where the pixel's ray crosses the plane
+// c = mid and multiplies by the ray's length (mm) per slice, |diag(spacing) (P - S)| / |P - S|_c.
+struct ConeShearSetup {
+  int valid;                   // 0: the factorisation does not apply (ray-march the image)
+  int axis, n_slices;          // c, voxels along c
+  int slice_w, slice_h;        // padded slice size (n_a + 2, n_b + 2), as ShearWarpSetup
+  Vec3<float> src, det, du, dv;  // S, P(0, 0), dP/dx, dP/dy: voxel coordinates in (a, b, c)
+  float spacing[3];            // mm per voxel along a, b, c
+  float mid;                   // c of the intermediate plane, (n_slices - 1) / 2
+  float a0, b0;                // intermediate pixel (0, 0) on that plane, voxels
+  float da, db;                // intermediate pixel pitch, voxels along a and b
+  int inter_w, inter_h;        // intermediate size (0 when the volume misses the image)
+};
+
+FLUORO_HD float ShearWeight(const ConeShearSetup&) { return 1.f; }
+
+// Slice k's sampling of the intermediate grid: intermediate pixel (p, q) samples the padded
+// slice at column ga p + ea and row gb q + eb.
+FLUORO_HD void ConeSliceScale(const ConeShearSetup& s, int k, float* ga, float* ea, float* gb,
+                              float* eb) {
+  const float h = (static_cast<float>(k) - s.src.z) / (s.mid - s.src.z);
+  *ga = h * s.da;
+  *gb = h * s.db;
+  *ea = s.src.x + (s.a0 - s.src.x) * h + 1.f;
+  *eb = s.src.y + (s.b0 - s.src.y) * h + 1.f;
+}
+
+// Perspective shear of intermediate row q over columns [p_begin, p_end) by slice k, if the
+// row's rays cross the slice: add(pb, pe, r0, r1, ga, ea, fb, last_col) (see AddToRow)
+// receives the columns [pb, pe) whose samples can read a non-zero voxel of padded rows r0, r1
+// (row_extent as for ShearSliceRow).
+template <typename Add>
+FLUORO_HD void ShearSliceRow(const ConeShearSetup& s, const float* slices,
+                             const int32_t* row_extent, int k, int q, int p_begin, int p_end,
+                             Add& add) {
+  float ga, ea, gb, eb;
+  ConeSliceScale(s, k, &ga, &ea, &gb, &eb);
+  const float B = gb * static_cast<float>(q) + eb;  // padded row position
+  if (!(B >= 0.f) || !(B < static_cast<float>(s.slice_h - 1))) return;
+  const int row = static_cast<int>(B);
+  const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
+  const int first = ext[0] < ext[2] ? ext[0] : ext[2];
+  const int last = ext[1] > ext[3] ? ext[1] : ext[3];
+  if (first > last) return;
+  // A sample reads padded columns floor(A) and floor(A) + 1: it can meet [first, last] for
+  // A in [first - 1, last + 1) (inside [0, slice_w - 1), the padding being zero).
+  int pb = static_cast<int>(ceilf((static_cast<float>(first - 1) - ea) / ga));
+  int pe = static_cast<int>(ceilf((static_cast<float>(last + 1) - ea) / ga));
+  if (pb < p_begin) pb = p_begin;
+  if (pe > p_end) pe = p_end;
+  if (pb >= pe) return;
+  const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
+  const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w;
+  add(pb, pe, r0, r0 + s.slice_w, ga, ea, B - static_cast<float>(row), s.slice_w - 2);
+}
+
+// Warp: DRR value at output pixel (x, y); zero for a ray that turns away from the slices.
+FLUORO_HD float WarpPixel(const ConeShearSetup& s, const float* inter, int x, int y) {
+  const Vec3<float> d = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv - s.src;
+  const float t = (s.mid - s.src.z) / d.z;
+  const float ia = (s.src.x + t * d.x - s.a0) / s.da;
+  const float ib = (s.src.y + t * d.y - s.b0) / s.db;
+  if (!(t > 0.f) || !(fabsf(ia) < 1e7f) || !(fabsf(ib) < 1e7f)) return 0.f;
+  const float fp = floorf(ia), fq = floorf(ib);
+  const float dx = d.x * s.spacing[0], dy = d.y * s.spacing[1], dz = d.z * s.spacing[2];
+  const float mm_per_slice = sqrtf(dx * dx + dy * dy + dz * dz) / fabsf(d.z);
+  return mm_per_slice * SampleIntermediate(inter, s.inter_w, s.inter_h, static_cast<int>(fp),
+                                           static_cast<int>(fq), ia - fp, ib - fq);
 }
 
 }  // namespace kernels

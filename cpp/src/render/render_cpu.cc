@@ -49,11 +49,15 @@ void ForEachPosePoint(const double* poses, int n, const double* points, int m, d
   }
 }
 
-// The cone-beam options of a call: the marching step and stop_above.
+// The cone-beam options of a call: the method, the marching step and stop_above.
 void ValidateConeOptions(const RenderOptions& options) {
   if (!(options.step_voxels > 0.01) || !(options.step_voxels <= 16)) {
     throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
                                 " must lie in (0.01, 16]");
+  }
+  if (options.cone_method != ConeMethod::kRayMarch && options.cone_method != ConeMethod::kShearWarp) {
+    throw std::invalid_argument("cone_method = " + std::to_string(static_cast<int>(options.cone_method)) +
+                                " is unknown: expected kRayMarch (0) or kShearWarp (1)");
   }
   if (!(options.stop_above >= 0)) {
     throw std::invalid_argument("stop_above = " + std::to_string(options.stop_above) +
@@ -84,42 +88,200 @@ void RequireHostOutput(const RenderOptions& options) {
   }
 }
 
-// Poses per chunk of the CPU parallel-beam renderer, and the most floats of intermediate images
-// one chunk holds (a chunk ends early when its poses' intermediates would exceed it; a chunk
-// always holds at least one pose).
-constexpr int kParallelChunk = 256;
-constexpr long long kParallelChunkFloats = 64LL << 20;  // 256 MiB
-// Base-plane rows per shear task of the CPU parallel-beam renderer, and the most poses (of one
-// slice axis, neighbours in shear) whose bands one task shears together (see ShearBandCpu).
+// Images per chunk of the CPU shear-warp renderers, and the most floats of intermediate images
+// one chunk holds (a chunk ends early when its images' intermediates would exceed it; a chunk
+// always holds at least one image).
+constexpr int kShearChunk = 256;
+constexpr long long kShearChunkFloats = 64LL << 20;  // 256 MiB
+// Base-plane rows per shear task, and the most images (of one slice axis, neighbours in
+// ShearSortKey) whose bands one task shears together (see ShearBandCpu).
 constexpr int kShearBand = 32;
 constexpr int kShearGroup = 16;
 
-// One band of base-plane rows [B, B + kShearBand) for a group of poses that share a slice
-// axis: for each pose g, its intermediate rows [q0[g], q1[g]) (the band's rows, B - b0 + q)
+// Images whose intermediate rows at one base-plane row read nearly the same slice rows sort
+// next to each other: the parallel beam's shear per slice, the cone beam's source position.
+double ShearSortKey(const kernels::ShearWarpSetup& s) { return s.sb; }
+double ShearSortKey(const kernels::ConeShearSetup& s) { return s.src.y; }
+// The base-plane row of intermediate row 0, in intermediate rows (the bands of a group are
+// counted in them): the parallel beam's grid is the base plane's; the cone beam's has the
+// image's pitch.
+int ShearRowOrigin(const kernels::ShearWarpSetup& s) { return s.b0; }
+int ShearRowOrigin(const kernels::ConeShearSetup& s) {
+  return static_cast<int>(std::floor(s.b0 / s.db));
+}
+
+// The CPU sink of the perspective shear (the cone beam's form of kernels::AddToRow): each
+// (slice, row) blends its two padded rows once over the columns its taps read, then adds the
+// column taps, kept per image and slice (every row of a band reuses them). Adds to each pixel
+// what kernels::PerspectiveSample computes.
+struct PerspectiveTaps {
+  float g = 0.f, ea = 0.f;
+  int count = -1;
+  std::vector<int> column;   // [inter_w] left padded column
+  std::vector<float> frac;   // [inter_w]
+  void Update(float g_new, float ea_new, int last_col, int inter_w) {
+    if (g_new == g && ea_new == ea && inter_w == count) return;
+    g = g_new;
+    ea = ea_new;
+    count = inter_w;
+    column.resize(inter_w);
+    frac.resize(inter_w);
+    for (int p = 0; p < inter_w; ++p) kernels::PerspectiveTap(g, ea, last_col, p, &column[p], &frac[p]);
+  }
+};
+struct PerspectiveAddToRow {
+  float* row;             // [inter_w]
+  int inter_w;
+  PerspectiveTaps* taps;  // this image's
+  float* blend;           // [slice_w] scratch
+  void operator()(int pb, int pe, const float* r0, const float* r1, float g, float ea, float fb,
+                  int last_col) {
+    taps->Update(g, ea, last_col, inter_w);
+    const int* __restrict__ col = taps->column.data();
+    const float* __restrict__ fa = taps->frac.data();
+    float* __restrict__ out = row;
+    float* __restrict__ mix = blend;
+    const int i_end = col[pe - 1] + 2;
+    for (int i = col[pb]; i < i_end; ++i) mix[i] = kernels::BlendRows(r0, r1, fb, i);
+    for (int p = pb; p < pe; ++p) {
+      const float t0 = mix[col[p]], t1 = mix[col[p] + 1];
+      out[p] += t0 + fa[p] * (t1 - t0);
+    }
+  }
+};
+
+// One band of base-plane rows [B, B + kShearBand) for a group of images that share a slice
+// axis: for each image g, its intermediate rows [q0[g], q1[g]) (the band's rows less
+// ShearRowOrigin)
 // into rows[g] ([q1[g] - q0[g], inter_w], zeroed). The shared shear body runs slice by slice
-// and, within a slice, pose by pose over the band: the poses of a group read nearly the same
-// slice rows (same band of the base plane, sorted by shear), so each slice is fetched from
-// memory once per group instead of once per pose (the loop is bound by memory traffic: the
-// whole volume streams through it once per pass). Every pixel still adds the same terms in
-// slice order, so values do not depend on the grouping or the thread count. Then the weight.
-FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ShearWarpSetup* const* setups, int group,
-                                    const internal::PaddedSlices& slices, const int* q0,
-                                    const int* q1, float* const* rows) {
+// and, within a slice, image by image over the band: the images of a group read nearly the
+// same slice rows (same band of the base plane, sorted by ShearSortKey), so each slice is
+// fetched from memory once per group instead of once per image (the loop is bound by memory
+// traffic: the whole volume streams through it once per pass). Every pixel still adds the same
+// terms in slice order, so values do not depend on the grouping or the thread count. Then
+// ShearWeight. One body for both factorisations (sink(g, row) gives image g's sink of an
+// intermediate row), compiled into each CPU clone.
+template <typename Setup, typename Sink>
+__attribute__((always_inline)) inline void ShearBand(const Setup* const* setups, int group,
+                                                     const internal::PaddedSlices& slices,
+                                                     const int* q0, const int* q1,
+                                                     float* const* rows, Sink&& sink) {
   const int n_slices = setups[0]->n_slices;
   for (int k = 0; k < n_slices; ++k) {
     for (int g = 0; g < group; ++g) {
-      const kernels::ShearWarpSetup& s = *setups[g];
+      const Setup& s = *setups[g];
       for (int q = q0[g]; q < q1[g]; ++q) {
-        kernels::AddToRow add{rows[g] + static_cast<long long>(q - q0[g]) * s.inter_w};
+        auto add = sink(g, rows[g] + static_cast<long long>(q - q0[g]) * s.inter_w);
         kernels::ShearSliceRow(s, slices.data.data(), slices.row_extent.data(), k, q, 0,
                                s.inter_w, add);
       }
     }
   }
   for (int g = 0; g < group; ++g) {
-    const float w = static_cast<float>(setups[g]->weight);
+    const float w = kernels::ShearWeight(*setups[g]);
+    if (w == 1.f) continue;
     const long long count = static_cast<long long>(q1[g] - q0[g]) * setups[g]->inter_w;
     for (long long i = 0; i < count; ++i) rows[g][i] *= w;
+  }
+}
+FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ShearWarpSetup* const* setups, int group,
+                                    const internal::PaddedSlices& slices, const int* q0,
+                                    const int* q1, float* const* rows) {
+  ShearBand(setups, group, slices, q0, q1, rows,
+            [](int, float* row) { return kernels::AddToRow{row}; });
+}
+FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ConeShearSetup* const* setups, int group,
+                                    const internal::PaddedSlices& slices, const int* q0,
+                                    const int* q1, float* const* rows) {
+  std::vector<float> blend(slices.slice_w);
+  std::vector<PerspectiveTaps> taps(group);
+  ShearBand(setups, group, slices, q0, q1, rows, [&](int g, float* row) {
+    return PerspectiveAddToRow{row, setups[g]->inter_w, &taps[g], blend.data()};
+  });
+}
+
+// Shear-warp DRRs out [n, H, W] on the CPU for either factorisation; images without an
+// intermediate image (inter_h == 0) are zero.
+template <typename Setup>
+void RenderShearWarpCpu(RenderVolume::State& state, const Setup* setups, int n, int W, int H,
+                        float* out, int n_threads) {
+  const long long image_size = static_cast<long long>(W) * H;
+  std::vector<float> inter;
+  std::vector<long long> offset;
+  for (int c0 = 0, nc = 0; c0 < n; c0 += nc) {
+    const Setup* cs = setups + c0;
+    offset.assign(1, 0);
+    for (nc = 0; nc < std::min(kShearChunk, n - c0); ++nc) {
+      const long long next = offset[nc] + static_cast<long long>(cs[nc].inter_w) * cs[nc].inter_h;
+      if (nc > 0 && next > kShearChunkFloats) break;
+      offset.push_back(next);
+      if (cs[nc].inter_h > 0) state.Slices(cs[nc].axis);  // build before the threads read it
+    }
+    inter.assign(offset[nc], 0.f);
+    // Shear: images with an intermediate image, grouped by slice axis and sorted by
+    // ShearSortKey, kShearGroup at most per group; one task per (group, band of kShearBand
+    // base-plane rows).
+    std::vector<int> order;
+    for (int i = 0; i < nc; ++i)
+      if (cs[i].inter_h > 0) order.push_back(i);
+    std::sort(order.begin(), order.end(), [&](int x, int y) {
+      if (cs[x].axis != cs[y].axis) return cs[x].axis < cs[y].axis;
+      const double kx = ShearSortKey(cs[x]), ky = ShearSortKey(cs[y]);
+      if (kx != ky) return kx < ky;
+      return x < y;
+    });
+    struct ShearGroup {
+      int begin, end;     // order[begin, end)
+      int row0;           // first base-plane row (min ShearRowOrigin)
+      long long band0;    // first task
+    };
+    std::vector<ShearGroup> groups;
+    long long n_tasks = 0;
+    for (size_t g0 = 0; g0 < order.size();) {
+      size_t g1 = g0 + 1;
+      while (g1 < order.size() && g1 - g0 < kShearGroup &&
+             cs[order[g1]].axis == cs[order[g0]].axis)
+        ++g1;
+      int lo = ShearRowOrigin(cs[order[g0]]), hi = lo;
+      for (size_t g = g0; g < g1; ++g) {
+        lo = std::min(lo, ShearRowOrigin(cs[order[g]]));
+        hi = std::max(hi, ShearRowOrigin(cs[order[g]]) + cs[order[g]].inter_h);
+      }
+      groups.push_back({static_cast<int>(g0), static_cast<int>(g1), lo, n_tasks});
+      n_tasks += (hi - lo + kShearBand - 1) / kShearBand;
+      g0 = g1;
+    }
+    ParallelFor(n_tasks, n_threads, [&](long long t) {
+      size_t gi = 0;
+      while (gi + 1 < groups.size() && groups[gi + 1].band0 <= t) ++gi;
+      const ShearGroup& grp = groups[gi];
+      const int band_row = grp.row0 + static_cast<int>(t - grp.band0) * kShearBand;
+      const Setup* gs[kShearGroup];
+      int q0[kShearGroup], q1[kShearGroup];
+      float* rows[kShearGroup];
+      int group = 0;
+      for (int g = grp.begin; g < grp.end; ++g) {
+        const Setup& s = cs[order[g]];
+        const int a = std::max(0, band_row - ShearRowOrigin(s));
+        const int b = std::min(s.inter_h, band_row + kShearBand - ShearRowOrigin(s));
+        if (a >= b) continue;
+        gs[group] = &s;
+        q0[group] = a;
+        q1[group] = b;
+        rows[group] = inter.data() + offset[order[g]] + static_cast<long long>(a) * s.inter_w;
+        ++group;
+      }
+      if (group > 0) ShearBandCpu(gs, group, state.slices[gs[0]->axis], q0, q1, rows);
+    });
+    // Warp: one task per (image, output row).
+    ParallelFor(static_cast<long long>(nc) * H, n_threads, [&](long long t) {
+      const int i = static_cast<int>(t / H), y = static_cast<int>(t % H);
+      const Setup& s = cs[i];
+      float* img = out + (c0 + i) * image_size + static_cast<long long>(y) * W;
+      for (int x = 0; x < W; ++x) {
+        img[x] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter.data() + offset[i], x, y);
+      }
+    });
   }
 }
 
@@ -174,89 +336,13 @@ void RenderParallelDrr(const RenderVolume& volume, const ParallelCamera& camera,
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
     std::lock_guard<std::mutex> lock(state.cuda_mutex);
-    internal::RenderParallelDrrCuda(state, camera, setups.data(), n, out,
-                                    options.output_on_device);
+    internal::RenderShearWarpCuda(state, setups.data(), n, camera.width, camera.height, out,
+                                  options.output_on_device);
 #endif
     return;
   }
-  const int n_threads = ResolveThreadCount(options.num_threads);
-  const long long image_size = static_cast<long long>(camera.width) * camera.height;
-  std::vector<float> inter;
-  std::vector<long long> offset;
-  for (int c0 = 0, nc = 0; c0 < n; c0 += nc) {
-    const kernels::ShearWarpSetup* cs = setups.data() + c0;
-    offset.assign(1, 0);
-    for (nc = 0; nc < std::min(kParallelChunk, n - c0); ++nc) {
-      const long long next = offset[nc] + static_cast<long long>(cs[nc].inter_w) * cs[nc].inter_h;
-      if (nc > 0 && next > kParallelChunkFloats) break;
-      offset.push_back(next);
-      if (cs[nc].inter_h > 0) state.Slices(cs[nc].axis);  // build before the threads read it
-    }
-    inter.assign(offset[nc], 0.f);
-    // Shear: poses with an intermediate image, grouped by slice axis and sorted by shear
-    // (neighbours read nearly the same slice rows), kShearGroup at most per group; one task per
-    // (group, band of kShearBand base-plane rows).
-    std::vector<int> order;
-    for (int i = 0; i < nc; ++i)
-      if (cs[i].inter_h > 0) order.push_back(i);
-    std::sort(order.begin(), order.end(), [&](int x, int y) {
-      if (cs[x].axis != cs[y].axis) return cs[x].axis < cs[y].axis;
-      if (cs[x].sb != cs[y].sb) return cs[x].sb < cs[y].sb;
-      return x < y;
-    });
-    struct ShearGroup {
-      int begin, end;     // order[begin, end)
-      int row0;           // first base-plane row (min b0)
-      long long band0;    // first task
-    };
-    std::vector<ShearGroup> groups;
-    long long n_tasks = 0;
-    for (size_t g0 = 0; g0 < order.size();) {
-      size_t g1 = g0 + 1;
-      while (g1 < order.size() && g1 - g0 < kShearGroup &&
-             cs[order[g1]].axis == cs[order[g0]].axis)
-        ++g1;
-      int lo = cs[order[g0]].b0, hi = lo;
-      for (size_t g = g0; g < g1; ++g) {
-        lo = std::min(lo, cs[order[g]].b0);
-        hi = std::max(hi, cs[order[g]].b0 + cs[order[g]].inter_h);
-      }
-      groups.push_back({static_cast<int>(g0), static_cast<int>(g1), lo, n_tasks});
-      n_tasks += (hi - lo + kShearBand - 1) / kShearBand;
-      g0 = g1;
-    }
-    ParallelFor(n_tasks, n_threads, [&](long long t) {
-      size_t gi = 0;
-      while (gi + 1 < groups.size() && groups[gi + 1].band0 <= t) ++gi;
-      const ShearGroup& grp = groups[gi];
-      const int band_row = grp.row0 + static_cast<int>(t - grp.band0) * kShearBand;
-      const kernels::ShearWarpSetup* gs[kShearGroup];
-      int q0[kShearGroup], q1[kShearGroup];
-      float* rows[kShearGroup];
-      int group = 0;
-      for (int g = grp.begin; g < grp.end; ++g) {
-        const kernels::ShearWarpSetup& s = cs[order[g]];
-        const int a = std::max(0, band_row - s.b0);
-        const int b = std::min(s.inter_h, band_row + kShearBand - s.b0);
-        if (a >= b) continue;
-        gs[group] = &s;
-        q0[group] = a;
-        q1[group] = b;
-        rows[group] = inter.data() + offset[order[g]] + static_cast<long long>(a) * s.inter_w;
-        ++group;
-      }
-      if (group > 0) ShearBandCpu(gs, group, state.slices[gs[0]->axis], q0, q1, rows);
-    });
-    // Warp: one task per (pose, output row).
-    ParallelFor(static_cast<long long>(nc) * camera.height, n_threads, [&](long long t) {
-      const int i = static_cast<int>(t / camera.height), y = static_cast<int>(t % camera.height);
-      const kernels::ShearWarpSetup& s = cs[i];
-      float* img = out + (c0 + i) * image_size + static_cast<long long>(y) * camera.width;
-      for (int x = 0; x < camera.width; ++x) {
-        img[x] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter.data() + offset[i], x, y);
-      }
-    });
-  }
+  RenderShearWarpCpu(state, setups.data(), n, camera.width, camera.height, out,
+                     ResolveThreadCount(options.num_threads));
 }
 
 void RenderParallelDrr(const VolumeGrid& volume, const ParallelCamera& camera,
@@ -284,13 +370,52 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     }
   }
   RenderVolume::State& state = volume.state();
+  const long long image_size = static_cast<long long>(W) * H;
+  // The images to ray-march: all of them, or those the shear-warp factorisation cannot take
+  // (rendered as zero images by the shear-warp, then overwritten).
+  std::vector<int> march;
+  if (options.cone_method == ConeMethod::kShearWarp) {
+    std::vector<kernels::ConeShearSetup> shear(n);
+    for (int i = 0; i < n; ++i) {
+      shear[i] = internal::MakeConeShearSetup(state.grid, views[i], poses + 6 * i);
+      if (!shear[i].valid) march.push_back(i);
+    }
+    if (options.device == Device::kCuda) {
+      internal::RequireCuda();
+#if defined(FLUORO_WITH_CUDA)
+      std::lock_guard<std::mutex> lock(state.cuda_mutex);
+      internal::RenderShearWarpCuda(state, shear.data(), n, W, H, out, options.output_on_device);
+#endif
+    } else {
+      RenderShearWarpCpu(state, shear.data(), n, W, H, out,
+                         ResolveThreadCount(options.num_threads));
+    }
+  } else {
+    march.resize(n);
+    for (int i = 0; i < n; ++i) march[i] = i;
+  }
+  if (march.empty()) return;
+  const int m = static_cast<int>(march.size());
+  std::vector<ConeView> march_views(m);
+  std::vector<double> march_poses(6 * m);
+  for (int j = 0; j < m; ++j) {
+    march_views[j] = views[march[j]];
+    std::copy(poses + 6 * march[j], poses + 6 * march[j] + 6, march_poses.begin() + 6 * j);
+  }
   const std::vector<kernels::ConeRaySetup> setups =
-      ConeSetups(state, views, 1, poses, n, options);
+      ConeSetups(state, march_views.data(), 1, march_poses.data(), m, options);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
     std::lock_guard<std::mutex> lock(state.cuda_mutex);
-    internal::RenderConeDrrCuda(state, setups.data(), n, W, H, out, options);
+    if (m == n) {
+      internal::RenderConeDrrCuda(state, setups.data(), n, W, H, out, options);
+    } else {  // the few images the shear-warp left, one by one
+      for (int j = 0; j < m; ++j) {
+        internal::RenderConeDrrCuda(state, setups.data() + j, 1, W, H, out + march[j] * image_size,
+                                    options);
+      }
+    }
 #endif
     return;
   }
@@ -300,13 +425,13 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
   constexpr int kTile = 8;
   const int tiles_x = (W + kTile - 1) / kTile, tiles_y = (H + kTile - 1) / kTile;
   const long long tiles_per_image = static_cast<long long>(tiles_x) * tiles_y;
-  ParallelFor(static_cast<long long>(n) * tiles_per_image, options.num_threads, [&](long long t) {
-    const int i = static_cast<int>(t / tiles_per_image);
+  ParallelFor(static_cast<long long>(m) * tiles_per_image, options.num_threads, [&](long long t) {
+    const int j = static_cast<int>(t / tiles_per_image);
     const int tile = static_cast<int>(t % tiles_per_image);
     const int x0 = (tile % tiles_x) * kTile, y0 = (tile / tiles_x) * kTile;
     const int x1 = std::min(x0 + kTile, W), y1 = std::min(y0 + kTile, H);
-    ConeTileCpu(setups[i], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
-                out + static_cast<long long>(i) * H * W);
+    ConeTileCpu(setups[j], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
+                out + march[j] * image_size);
   });
 }
 
@@ -317,6 +442,11 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
   ValidateConeView(view, 0);
   ValidateConeOptions(options);
   RequireHostOutput(options);
+  if (options.cone_method != ConeMethod::kRayMarch) {
+    throw std::invalid_argument(
+        "RenderConePixels ray-marches: cone_method must be kRayMarch (shear-warp renders whole "
+        "images only)");
+  }
   if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
   const long long size = static_cast<long long>(view.width) * view.height;
   for (int i = 0; i < m; ++i) {

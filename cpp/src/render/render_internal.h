@@ -68,6 +68,11 @@ namespace internal {
 kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& volume, const ConeView& view,
                                        const double* pose, double step_voxels);
 
+// Perspective shear-warp parameters of one (view, pose) pair (valid = 0 where the
+// factorisation does not apply; see kernels::ConeShearSetup).
+kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeView& view,
+                                           const double* pose);
+
 #if defined(FLUORO_WITH_CUDA)
 int CudaDeviceCount();
 // The device copies of `volume` (created on first use; the caller holds volume.cuda_mutex).
@@ -75,9 +80,11 @@ CudaVolume& GetCudaVolume(RenderVolume::State& volume);
 void DestroyCudaVolume(CudaVolume* cuda);
 size_t CudaVolumeBytes(const CudaVolume* cuda);
 // Launchers (the caller holds volume.cuda_mutex); setups come from the shared host code.
-void RenderParallelDrrCuda(RenderVolume::State& volume, const ParallelCamera& camera,
-                           const kernels::ShearWarpSetup* setups, int n, float* out,
-                           bool output_on_device);
+// Shear-warp DRRs [n, height, width] of either factorisation (Setup: kernels::ShearWarpSetup
+// or kernels::ConeShearSetup; setups without an intermediate image give zero images).
+template <typename Setup>
+void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n, int width,
+                         int height, float* out, bool output_on_device);
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
                        int width, int height, float* out, const RenderOptions& options);
 void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,

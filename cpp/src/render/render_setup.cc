@@ -295,6 +295,123 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
   return s;
 }
 
+kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeView& view,
+                                           const double* pose) {
+  const Affine3<double> voxel_from_world =
+      Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
+  const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
+  const Vec3<double> D{view.intensifier_centre[0], view.intensifier_centre[1],
+                       view.intensifier_centre[2]};
+  const Vec3<double> S =
+      voxel_from_world.Apply(Vec3<double>{view.source[0], view.source[1], view.source[2]});
+  const Vec3<double> P00 = voxel_from_world.Apply(
+      D - (0.5 * (view.width - 1) * view.pitch_u) * u - (0.5 * (view.height - 1) * view.pitch_v) * v);
+  const Vec3<double> du = voxel_from_world.ApplyLinear(view.pitch_u * u);
+  const Vec3<double> dv = voxel_from_world.ApplyLinear(view.pitch_v * v);
+  auto pixel = [&](double x, double y) { return P00 + x * du + y * dv; };
+  auto at = [](const Vec3<double>& p, int axis) { return axis == 0 ? p.x : axis == 1 ? p.y : p.z; };
+  const Vec3<double> d0 = pixel((view.width - 1) / 2, (view.height - 1) / 2) - S;
+  kernels::ConeShearSetup s{};
+  int c = 0;
+  for (int r = 1; r < 3; ++r)
+    if (std::fabs(at(d0, r)) > std::fabs(at(d0, c))) c = r;
+  int a, b;
+  kernels::InSliceAxes(c, &a, &b);
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  s.axis = c;
+  s.n_slices = dims[c];
+  s.slice_w = dims[a] + 2;
+  s.slice_h = dims[b] + 2;
+  // The factorisation needs the source beyond the padded slab [-1, n_c] along c (every slice
+  // in front of it) and the padded volume box wholly on the source's side of the intensifier
+  // plane (every ray's segment crosses all of the box).
+  const double mid = 0.5 * (dims[c] - 1), half = 0.5 * (dims[c] + 1);
+  const double side = mid > at(S, c) ? 1.0 : mid < at(S, c) ? -1.0 : 0.0;
+  const Vec3<double> normal = Cross(du, dv);
+  const double source_side = Dot(normal, S - P00);
+  bool valid = side != 0 && side * (mid - at(S, c)) >= half && source_side != 0;
+  for (int corner = 0; corner < 8; ++corner) {
+    const Vec3<double> X{corner & 1 ? volume.nx : -1.0, corner & 2 ? volume.ny : -1.0,
+                         corner & 4 ? volume.nz : -1.0};
+    valid = valid && Dot(normal, X - P00) * source_side > 0;
+  }
+  if (!valid) return s;  // s.valid = 0
+  // The image's corners with a one-pixel margin.
+  const Vec3<double> corners[4] = {pixel(-1, -1), pixel(-1, view.height), pixel(view.width, -1),
+                                   pixel(view.width, view.height)};
+  s.valid = 1;
+  auto to_abc = [&](const Vec3<double>& p) {
+    return Vec3<float>{static_cast<float>(at(p, a)), static_cast<float>(at(p, b)),
+                       static_cast<float>(at(p, c))};
+  };
+  s.src = to_abc(S);
+  s.det = to_abc(P00);
+  s.du = to_abc(du);
+  s.dv = to_abc(dv);
+  const int abc[3] = {a, b, c};
+  for (int r = 0; r < 3; ++r) {
+    const Vec3<double> col = volume.model_from_voxel.Column(abc[r]);
+    s.spacing[r] = static_cast<float>(std::sqrt(Dot(col, col)));
+  }
+  s.mid = static_cast<float>(mid);
+  // The intermediate grid on the plane c = mid: the image's footprint there (its pixel pitch,
+  // the shorter of the two pixel steps at the image centre in mm, and its corners with a
+  // one-pixel margin, unless a corner's ray turns away from the plane), cut to the slices'
+  // footprint (the padded boxes of the first and last slice scaled about the source), with one
+  // intermediate pixel to spare on either side.
+  auto foot = [&](const Vec3<double>& p, int axis) {
+    return at(S, axis) + (mid - at(S, c)) / (at(p, c) - at(S, c)) * (at(p, axis) - at(S, axis));
+  };
+  const double cx = 0.5 * (view.width - 1), cy = 0.5 * (view.height - 1);
+  const Vec3<double> centre = pixel(cx, cy), right = pixel(cx + 1, cy), down = pixel(cx, cy + 1);
+  const double sa = s.spacing[0], sb = s.spacing[1];
+  const double step_x = std::hypot((foot(right, a) - foot(centre, a)) * sa,
+                                   (foot(right, b) - foot(centre, b)) * sb);
+  const double step_y = std::hypot((foot(down, a) - foot(centre, a)) * sa,
+                                   (foot(down, b) - foot(centre, b)) * sb);
+  const double pitch_mm = std::min(step_x, step_y);
+  const double h_first = (0 - at(S, c)) / (mid - at(S, c));
+  const double h_last = (dims[c] - 1 - at(S, c)) / (mid - at(S, c));
+  bool corners_meet_plane = true;
+  for (const Vec3<double>& corner : corners) {
+    corners_meet_plane = corners_meet_plane && side * (at(corner, c) - at(S, c)) > 0;
+  }
+  auto extent = [&](int axis, int n_in, double pitch, float* origin, int* size) {
+    double lo = -1e300, hi = 1e300;
+    if (corners_meet_plane) {
+      lo = 1e300;
+      hi = -1e300;
+      for (const Vec3<double>& corner : corners) {
+        lo = std::min(lo, foot(corner, axis));
+        hi = std::max(hi, foot(corner, axis));
+      }
+    }
+    double slo = 1e300, shi = -1e300;
+    for (double e : {-1.0, static_cast<double>(n_in)}) {
+      for (double h : {h_first, h_last}) {
+        const double f = at(S, axis) + (e - at(S, axis)) / h;
+        slo = std::min(slo, f);
+        shi = std::max(shi, f);
+      }
+    }
+    lo = std::max(lo, slo);
+    hi = std::min(hi, shi);
+    if (!(hi >= lo) || !(pitch > 0)) {
+      *origin = 0;
+      *size = 0;
+      return;
+    }
+    *origin = static_cast<float>(lo - pitch);
+    *size = static_cast<int>(std::floor((hi - *origin) / pitch)) + 2;
+  };
+  s.da = static_cast<float>(pitch_mm / sa);
+  s.db = static_cast<float>(pitch_mm / sb);
+  extent(a, dims[a], s.da, &s.a0, &s.inter_w);
+  extent(b, dims[b], s.db, &s.b0, &s.inter_h);
+  if (s.inter_w == 0 || s.inter_h == 0) s.inter_w = s.inter_h = 0;
+  return s;
+}
+
 void RequireCuda() {
 #if defined(FLUORO_WITH_CUDA)
   if (CudaDeviceCount() > 0) return;

@@ -8,6 +8,8 @@
 * :func:`render_cone_drr` (checks ``RenderConeDrr``): the C++ cone-beam sampling scheme
   (midpoints of a regular grid over the clipped ray, partial last step) without empty-space
   skipping or support clipping.
+* :func:`render_cone_shear_warp` (checks ``RenderConeDrr`` with ``ConeMethod::kShearWarp``): the
+  perspective shear-warp factorisation written plainly, slice by slice.
 * :func:`project_points_parallel` / :func:`project_points_cone` (check ``ProjectPointsParallel``
   / ``ProjectPointsCone``): landmark projection.
 * :func:`cone_pixel_at_object` (checks ``ConePixelAtObject``): the pixel size the 'auto' level
@@ -171,6 +173,80 @@ def render_cone_drr(volume: Volume, view: ConeView, pose_deg, step_voxels: float
         out[r] = np.sum(vals * (tb_ - ta_)) * len_mm[r]
     return out.reshape(view.height, view.width)
 
+
+def render_cone_shear_warp(volume: Volume, view: ConeView, pose_deg) -> np.ndarray | None:
+    """Cone-beam DRR [H, W] by perspective shear-warp (see render_kernels.h), or None where it
+    does not apply (the source within the padded slab of slices, or the intensifier plane not
+    beyond the padded volume box)."""
+    data = np.asarray(volume.data, dtype=np.float64)
+    M = volume.voxel_from_physical @ np.linalg.inv(pose_matrix(np.asarray(pose_deg, dtype=np.float64)))
+    S = _apply(M, view.source)
+    P = _apply(M, _detector_points(view))  # [H, W, 3] voxel coordinates
+    H, W = P.shape[:2]
+    c = int(np.argmax(np.abs(P[(H - 1) // 2, (W - 1) // 2] - S)))
+    a, b = {0: (1, 2), 1: (0, 2), 2: (0, 1)}[c]
+    axis_of = {0: 2, 1: 1, 2: 0}
+    slices = np.transpose(data, (axis_of[c], axis_of[b], axis_of[a]))
+    n_c, n_b, n_a = slices.shape
+
+    def pixel(x, y):
+        return _apply(M, view.pixel_to_world(np.array([x, y], float)))
+
+    corners = np.array([pixel(x, y) for x in (-1.0, W) for y in (-1.0, H)])
+    cm, half = (n_c - 1) / 2, (n_c + 1) / 2  # the middle slice; the padded slab's half depth
+    side = np.sign(cm - S[c])
+    P00 = pixel(0.0, 0.0)
+    normal = np.cross(pixel(1.0, 0.0) - P00, pixel(0.0, 1.0) - P00)
+    box = np.array([[x, y, z] for x in (-1.0, data.shape[2]) for y in (-1.0, data.shape[1])
+                    for z in (-1.0, data.shape[0])])
+    source_side = normal @ (S - P00)
+    if not (side * (cm - S[c]) >= half and source_side != 0 and np.all((box - P00) @ normal * source_side > 0)):
+        return None
+
+    def foot(points):  # [..., 3] -> where their rays from S cross the plane c = cm, [..., 2] (a, b)
+        t = (cm - S[c]) / (points[..., c] - S[c])
+        return S[[a, b]] + t[..., None] * (points[..., [a, b]] - S[[a, b]])
+
+    h = (np.arange(n_c) - S[c]) / (cm - S[c])  # [n_c] slice scale about the source
+    # Intermediate grid at the image's pixel pitch on the plane c = cm (the shorter pixel step at
+    # the centre, mm), over the image's footprint cut to the slices', one pixel spare each side.
+    sp_ab = volume.spacing[[a, b]]
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    f0, fx, fy = foot(pixel(cx, cy)), foot(pixel(cx + 1, cy)), foot(pixel(cx, cy + 1))
+    pitch_mm = min(np.linalg.norm((fx - f0) * sp_ab), np.linalg.norm((fy - f0) * sp_ab))
+    pitch = pitch_mm / sp_ab  # [2] voxels along a, b
+    fc = foot(corners) if np.all(side * (corners[:, c] - S[c]) > 0) else np.array([[-np.inf] * 2, [np.inf] * 2])
+    grid = []
+    for col, (axis, n_in) in enumerate(((a, n_a), (b, n_b))):
+        ends = [S[axis] + (e - S[axis]) / h[k] for e in (-1.0, float(n_in)) for k in (0, n_c - 1)]
+        lo, hi = max(fc[:, col].min(), min(ends)), min(fc[:, col].max(), max(ends))
+        if not hi >= lo:
+            return np.zeros((H, W), np.float64)
+        origin = lo - pitch[col]
+        grid.append((origin, int(np.floor((hi - origin) / pitch[col])) + 2))
+    (a0, wa), (b0, wb) = grid
+    Pg, Qg = np.meshgrid(a0 + np.arange(wa) * pitch[0], b0 + np.arange(wb) * pitch[1])
+    padded = np.pad(slices, ((0, 0), (1, 1), (1, 1)))
+    inter = np.zeros((wb, wa))
+    for k in range(n_c):
+        pa, pb = S[a] + (Pg - S[a]) * h[k], S[b] + (Qg - S[b]) * h[k]
+        ia, ib = np.floor(pa).astype(int), np.floor(pb).astype(int)
+        fa, fb = pa - ia, pb - ib
+        ok = (ia >= -1) & (ia <= n_a - 1) & (ib >= -1) & (ib <= n_b - 1)
+        ia1, ib1 = np.where(ok, ia + 1, 0), np.where(ok, ib + 1, 0)
+        sl = padded[k]
+        v = ((1 - fb) * ((1 - fa) * sl[ib1, ia1] + fa * sl[ib1, ia1 + 1])
+             + fb * ((1 - fa) * sl[ib1 + 1, ia1] + fa * sl[ib1 + 1, ia1 + 1]))
+        inter += np.where(ok, v, 0.0)
+    # Warp: each pixel's ray meets the plane c = cm at (Ia, Ib); times its mm per slice.
+    d = P - S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fp = foot(P)
+        Ia, Ib = (fp[..., 0] - a0) / pitch[0], (fp[..., 1] - b0) / pitch[1]
+        weight = np.linalg.norm(d * volume.spacing, axis=-1) / np.abs(d[..., c])
+    away = ~(side * d[..., c] > 0)  # rays that turn away from the slices
+    Ia, Ib = np.where(away, -1e9, Ia), np.where(away, -1e9, Ib)
+    return np.where(away, 0.0, map_coordinates(inter, [Ib, Ia], order=1, mode="constant", cval=0.0) * weight)
 
 def project_points_parallel(points, pose_deg, camera: ParallelCamera, scale: float = 1.0):
     """(xy [m, 2], in_fov [m]) of model points under a parallel-beam pose."""
