@@ -94,8 +94,7 @@ struct TextureSampler {
 };
 
 struct SliceTable {
-  const float* data[3];
-  const int32_t* extent[3];
+  kernels::SliceStack axis[3];  // device pointers (null for axes not uploaded)
 };
 
 constexpr int kThreads = 256;
@@ -128,7 +127,7 @@ __global__ void ShearKernel(const Setup* setups, const long long* offset,
     const int p0 = static_cast<int>(r - static_cast<long long>(q) * cols) * kShearColumns;
     const Setup& s = setups[i];
     if (p0 >= s.inter_w || q >= s.inter_h) continue;
-    kernels::ShearColumns<kShearColumns>(s, slices.data[s.axis], slices.extent[s.axis], p0, q,
+    kernels::ShearColumns<kShearColumns>(s, slices.axis[s.axis], p0, q,
                                          inter + offset[i] + static_cast<long long>(q) * s.inter_w + p0);
   }
 }
@@ -241,6 +240,8 @@ struct CudaVolume {
   uint8_t* occupancy = nullptr;
   float* slices[3] = {nullptr, nullptr, nullptr};
   int32_t* extent[3] = {nullptr, nullptr, nullptr};
+  int64_t* run_offset[3] = {nullptr, nullptr, nullptr};
+  int32_t* runs[3] = {nullptr, nullptr, nullptr};
   size_t fixed_bytes = 0;
   DeviceScratch<kernels::ShearWarpSetup> shear_setups;
   DeviceScratch<kernels::ConeShearSetup> cone_shear_setups;
@@ -265,6 +266,8 @@ struct CudaVolume {
     for (int c = 0; c < 3; ++c) {
       cudaFree(slices[c]);
       cudaFree(extent[c]);
+      cudaFree(run_offset[c]);
+      cudaFree(runs[c]);
     }
     if (start) cudaEventDestroy(start);
     if (stop) cudaEventDestroy(stop);
@@ -352,19 +355,25 @@ void CudaFreeFloats(float* p) { cudaFree(p); }
 
 namespace {
 
+// A host vector's copy in new device memory (at least one element, so that the pointer is set).
+template <typename T>
+T* UploadVector(const std::vector<T>& v, const char* what) {
+  T* d = nullptr;
+  Check(cudaMalloc(&d, std::max<size_t>(v.size(), 1) * sizeof(T)), what);
+  if (!v.empty()) Check(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), what);
+  return d;
+}
+
 // The slice stacks of one principal axis on the device (uploaded on first use).
 void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
   if (cv.slices[axis]) return;
   const PaddedSlices& p = volume.Slices(axis);
-  Check(cudaMalloc(&cv.slices[axis], p.data.size() * sizeof(float)), "cudaMalloc (slices)");
-  Check(cudaMemcpy(cv.slices[axis], p.data.data(), p.data.size() * sizeof(float),
-                   cudaMemcpyHostToDevice),
-        "cudaMemcpy (slices)");
-  Check(cudaMalloc(&cv.extent[axis], p.row_extent.size() * sizeof(int32_t)), "cudaMalloc (rows)");
-  Check(cudaMemcpy(cv.extent[axis], p.row_extent.data(), p.row_extent.size() * sizeof(int32_t),
-                   cudaMemcpyHostToDevice),
-        "cudaMemcpy (rows)");
-  cv.fixed_bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t);
+  cv.slices[axis] = UploadVector(p.data, "slices upload");
+  cv.extent[axis] = UploadVector(p.row_extent, "row extents upload");
+  cv.run_offset[axis] = UploadVector(p.run_offset, "row runs upload");
+  cv.runs[axis] = UploadVector(p.runs, "row runs upload");
+  cv.fixed_bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t) +
+                    p.run_offset.size() * sizeof(int64_t) + p.runs.size() * sizeof(int32_t);
 }
 
 // Where the images of a call to the host are copied by the stream: a page-locked buffer when
@@ -397,8 +406,7 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
     if (setups[i].inter_h > 0) EnsureSlices(volume, cv, setups[i].axis);
   }
   for (int c = 0; c < 3; ++c) {
-    table.data[c] = cv.slices[c];
-    table.extent[c] = cv.extent[c];
+    table.axis[c] = {cv.slices[c], cv.extent[c], cv.run_offset[c], cv.runs[c]};
   }
   const long long image_size = static_cast<long long>(width) * height;
   // Chunks of images whose intermediate and output images fit the work buffers.

@@ -263,12 +263,12 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
     std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
     for (int q = 0; q < s.inter_h; ++q) {
       for (int p = 0; p < s.inter_w; ++p) {
-        kernels::ShearColumns<1>(s, slices.data.data(), slices.row_extent.data(), p, q,
+        kernels::ShearColumns<1>(s, slices.Stack(), p, q,
                                  cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
       }
       for (int p = 0; p < s.inter_w; p += 4) {
         float out[4] = {-1, -1, -1, -1};
-        kernels::ShearColumns<4>(s, slices.data.data(), slices.row_extent.data(), p, q, out);
+        kernels::ShearColumns<4>(s, slices.Stack(), p, q, out);
         for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
       }
     }
@@ -312,8 +312,18 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
 // on the host (ShearColumns, any width, then WarpPixel), bit for bit, over more than one
 // principal axis; they stay close to the ray marcher's; images the factorisation cannot take
 // (a source inside the volume) are ray-marched; RenderConePixels refuses the method.
-TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) {
+// A sphere, or a spherical shell (hollow: rows of two runs of non-zero voxels).
+void ConeShearWarpMatchesBodies(bool hollow) {
   SpherePhantom ph;
+  if (hollow) {
+    const double c = 0.5 * (ph.n - 1);
+    for (int k = 0; k < ph.n; ++k)
+      for (int j = 0; j < ph.n; ++j)
+        for (int i = 0; i < ph.n; ++i) {
+          const double r2 = (i - c) * (i - c) + (j - c) * (j - c) + (k - c) * (k - c);
+          if (r2 < 16.0 * 16.0) ph.data[(static_cast<size_t>(k) * ph.n + j) * ph.n + i] = 0.f;
+        }
+  }
   RenderVolume prepared(ph.grid);
   RenderVolume::State& state = prepared.state();
   const double poses[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0,
@@ -337,12 +347,12 @@ TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) {
     std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
     for (int q = 0; q < s.inter_h; ++q) {
       for (int p = 0; p < s.inter_w; ++p) {
-        kernels::ShearColumns<1>(s, slices.data.data(), slices.row_extent.data(), p, q,
+        kernels::ShearColumns<1>(s, slices.Stack(), p, q,
                                  cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
       }
       for (int p = 0; p < s.inter_w; p += 4) {
         float out[4] = {-1, -1, -1, -1};
-        kernels::ShearColumns<4>(s, slices.data.data(), slices.row_extent.data(), p, q, out);
+        kernels::ShearColumns<4>(s, slices.Stack(), p, q, out);
         for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
       }
     }
@@ -360,6 +370,15 @@ TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) {
     EXPECT_LT(diff, 0.02 * sum) << "pose " << i;
   }
   EXPECT_GT(axes_seen & (axes_seen - 1), 0);  // more than one principal axis
+  if (hollow) {
+    const internal::PaddedSlices& slices = state.Slices(2);
+    int two_runs = 0;
+    for (size_t r = 0; r + 1 < slices.run_offset.size(); ++r) {
+      two_runs += slices.run_offset[r + 1] - slices.run_offset[r] == 2;
+    }
+    EXPECT_GT(two_runs, 500);  // the shell's rows through the hollow
+    return;
+  }
 
   ConeView inside = view;  // the source at the sphere's centre: no factorisation
   for (int c = 0; c < 3; ++c) inside.source[c] = 0.0;
@@ -377,6 +396,9 @@ TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) {
   EXPECT_THROW(RenderConePixels(prepared, view, pixels, 2, poses, 1, out, shear_warp),
                std::invalid_argument);
 }
+
+TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) { ConeShearWarpMatchesBodies(false); }
+TEST(RenderKernels, ConeShearWarpSkipsTheGapsOfHollowVolumes) { ConeShearWarpMatchesBodies(true); }
 
 }  // namespace
 }  // namespace fluororeg

@@ -329,6 +329,29 @@ def test_batch_equals_single_calls(headsq_mu, dual_views):
         np.testing.assert_array_equal(cone[n], R.render_cone(headsq_mu, views[n], poses[n])[0])
 
 
+def test_auto_level_is_per_image(headsq_mu, dual_views):
+    """level='auto' renders each image of a batch at the level its own pixel size gives: a batch
+    whose pixels straddle a level equals single calls, image by image."""
+    rng = np.random.default_rng(3)
+    poses = np.concatenate([rng.uniform(-30, 30, (4, 3)), rng.uniform(-10, 10, (4, 3))], axis=1)
+    camera = ParallelCamera(48, 48, 6.0)  # pixels of 4.6-6.7 mm at the object: more than one level
+    scales = np.array([0.9, 1.2, 0.95, 1.3])
+    assert len({headsq_mu.factors_for_pixel_size(camera.pixel_mm / s) for s in scales}) >= 2
+    batch = R.render_parallel(headsq_mu, poses, camera, scales)
+    for n in range(4):
+        np.testing.assert_array_equal(batch[n], R.render_parallel(headsq_mu, poses[n], camera, scales[n])[0])
+    # magnifications 700 / 650 and 1500 / 650: pixels of 5.6 and 2.6 mm at the object
+    low, high = [ConeView.looking_at(v.source, [0, 0, 0], distance_to_intensifier=d, pitch=6.0, width=40, height=40)
+                 for v, d in zip(dual_views, (700.0, 1500.0))]
+    views = [low, high, high, low]
+    pixels = [R._cone_pixel_at_object(fr.core.geometry.stack_views(v, 1), poses[n:n + 1]) for n, v in enumerate(views)]
+    assert len({headsq_mu.factors_for_pixel_size(px) for px in pixels}) >= 2
+    for method in R.CONE_METHODS:
+        cone = R.render_cone(headsq_mu, views, poses, method=method)
+        for n in range(4):
+            np.testing.assert_array_equal(cone[n], R.render_cone(headsq_mu, views[n], poses[n], method=method)[0])
+
+
 def test_grouped_shear_batch_equals_single_calls(headsq_mu):
     # The CPU shear runs poses of one slice axis in groups (up to 16, sorted by shear) over
     # shared bands of base-plane rows: a batch larger than a group, with all three slice axes

@@ -7,8 +7,12 @@
 
 #if defined(__CUDACC__)
 #define FLUORO_HD __host__ __device__ __forceinline__
+#define FLUORO_HD_ALWAYS_INLINE __host__ __device__ __forceinline__
 #else
 #define FLUORO_HD inline
+// For bodies too large for the host compiler to inline of itself that must run inside the CPU
+// launchers' AVX2 clones (common/cpu_clones.h).
+#define FLUORO_HD_ALWAYS_INLINE inline __attribute__((always_inline))
 #endif
 
 namespace fluororeg {

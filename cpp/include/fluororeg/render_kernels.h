@@ -80,23 +80,32 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
   *p_end = hi + 1;  // exclusive
 }
 
+// The volume as padded slices along one axis, in host or device memory (see
+// internal::PaddedSlices), with where each padded row holds non-zero voxels.
+struct SliceStack {
+  const float* data;          // [n_slices, slice_h, slice_w]
+  const int32_t* row_extent;  // [n_slices, slice_h, 2] first and last non-zero padded column
+                              // (first > last when the row is empty)
+  const int64_t* run_offset;  // [n_slices * slice_h + 1] runs of padded row r: run_offset[r] ..
+  const int32_t* runs;        // [run_offset[end], 2] first and last padded column of each run of
+                              // non-zero voxels, in column order
+};
+
 // Shear of intermediate row q over columns [p_begin, p_end) by slice k, if the row's rays
 // cross it: add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) the slice
 // contributes to, the two padded rows r0, r1 it reads (indexed by p: column p samples r0[p],
 // r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights, constant over the slice. The weight
-// s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero
-// (row_extent [n_slices, slice_h, 2]: first and last non-zero padded column, first > last when
-// empty) are skipped, and so are the columns outside their non-zero run.
+// s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero are
+// skipped, and so are the columns outside their row_extent.
 template <typename Add>
-FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const float* slices,
-                             const int32_t* row_extent, int k, int q, int p_begin, int p_end,
-                             Add& add) {
+FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const SliceStack& stack, int k, int q,
+                             int p_begin, int p_end, Add& add) {
   int oa, ob;
   float fa, fb;
   SliceOffsets(s, k, &oa, &ob, &fa, &fb);
   const int row = q + ob + 1;
   if (row < 0 || row > s.slice_h - 2) return;
-  const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
+  const int32_t* ext = stack.row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
   // A sample at padded column col reads col and col + 1: it matters for col in
   // [first - 1, last] of the two rows read.
   const int first = ext[0] < ext[2] ? ext[0] : ext[2];
@@ -112,7 +121,7 @@ FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const float* slices,
   const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
   const float w01 = (1.f - fa) * fb, w11 = fa * fb;
   const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
-  const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
+  const float* r0 = stack.data + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
   add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
 }
 
@@ -122,11 +131,10 @@ FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const float* slices,
 // (AddToRow: each slice streams through contiguous rows), which adds the same terms to every
 // pixel in the same order.
 template <typename Setup, typename Add>
-FLUORO_HD void ShearRowSegment(const Setup& s, const float* slices,
-                               const int32_t* row_extent, int q, int p_begin, int p_end,
-                               Add& add) {
+FLUORO_HD void ShearRowSegment(const Setup& s, const SliceStack& stack, int q, int p_begin,
+                               int p_end, Add& add) {
   for (int k = 0; k < s.n_slices; ++k) {
-    ShearSliceRow(s, slices, row_extent, k, q, p_begin, p_end, add);
+    ShearSliceRow(s, stack, k, q, p_begin, p_end, add);
   }
 }
 
@@ -196,10 +204,9 @@ struct AddToColumns {
 FLUORO_HD float ShearWeight(const ShearWarpSetup& s) { return static_cast<float>(s.weight); }
 
 template <int kWidth, typename Setup>
-FLUORO_HD void ShearColumns(const Setup& s, const float* slices, const int32_t* row_extent,
-                            int p0, int q, float* out) {
+FLUORO_HD void ShearColumns(const Setup& s, const SliceStack& stack, int p0, int q, float* out) {
   AddToColumns<kWidth> acc{p0, {}};
-  ShearRowSegment(s, slices, row_extent, q, p0, p0 + kWidth, acc);
+  ShearRowSegment(s, stack, q, p0, p0 + kWidth, acc);
   const float w = ShearWeight(s);
   for (int t = 0; t < kWidth; ++t) {
     if (p0 + t < s.inter_w) out[t] = acc.sum[t] * w;
@@ -472,32 +479,49 @@ FLUORO_HD void ConeSliceScale(const ConeShearSetup& s, int k, float* ga, float* 
 }
 
 // Perspective shear of intermediate row q over columns [p_begin, p_end) by slice k, if the
-// row's rays cross the slice: add(pb, pe, r0, r1, ga, ea, fb, last_col) (see AddToRow)
-// receives the columns [pb, pe) whose samples can read a non-zero voxel of padded rows r0, r1
-// (row_extent as for ShearSliceRow).
+// row's rays cross the slice: add(pb, pe, r0, r1, ga, ea, fb, last_col) (see AddToRow) receives,
+// for each stretch of padded columns where either row holds non-zero voxels (the union of the
+// two rows' runs), the columns [pb, pe) whose samples read it; every other column's sample is
+// exactly zero. A hollow mask (a skull's) is mostly such gaps.
 template <typename Add>
-FLUORO_HD void ShearSliceRow(const ConeShearSetup& s, const float* slices,
-                             const int32_t* row_extent, int k, int q, int p_begin, int p_end,
-                             Add& add) {
+FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ConeShearSetup& s, const SliceStack& stack, int k, int q,
+                             int p_begin, int p_end, Add& add) {
   float ga, ea, gb, eb;
   ConeSliceScale(s, k, &ga, &ea, &gb, &eb);
   const float B = gb * static_cast<float>(q) + eb;  // padded row position
   if (!(B >= 0.f) || !(B < static_cast<float>(s.slice_h - 1))) return;
   const int row = static_cast<int>(B);
-  const int32_t* ext = row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
-  const int first = ext[0] < ext[2] ? ext[0] : ext[2];
-  const int last = ext[1] > ext[3] ? ext[1] : ext[3];
-  if (first > last) return;
-  // A sample reads padded columns floor(A) and floor(A) + 1: it can meet [first, last] for
-  // A in [first - 1, last + 1) (inside [0, slice_w - 1), the padding being zero).
-  int pb = static_cast<int>(ceilf((static_cast<float>(first - 1) - ea) / ga));
-  int pe = static_cast<int>(ceilf((static_cast<float>(last + 1) - ea) / ga));
-  if (pb < p_begin) pb = p_begin;
-  if (pe > p_end) pe = p_end;
-  if (pb >= pe) return;
+  const float fb = B - static_cast<float>(row);
   const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
-  const float* r0 = slices + k * slice_size + static_cast<long long>(row) * s.slice_w;
-  add(pb, pe, r0, r0 + s.slice_w, ga, ea, B - static_cast<float>(row), s.slice_w - 2);
+  const float* r0 = stack.data + k * slice_size + static_cast<long long>(row) * s.slice_w;
+  const int64_t* off = stack.run_offset + static_cast<long long>(k) * s.slice_h + row;
+  const int32_t* a = stack.runs + 2 * off[0];  // row's runs, then row + 1's: two sorted lists
+  const int32_t* const a_end = stack.runs + 2 * off[1];
+  const int32_t* b = a_end;
+  const int32_t* const b_end = stack.runs + 2 * off[2];
+  while (a < a_end || b < b_end) {
+    // A sample reads padded columns floor(A) and floor(A) + 1: a run [first, last] matters for
+    // A in [first - 1, last + 1). Merge the runs of both rows whose stretches meet.
+    const int32_t** next = (b == b_end || (a < a_end && a[0] <= b[0])) ? &a : &b;
+    int lo = (*next)[0] - 1, hi = (*next)[1] + 1;
+    *next += 2;
+    for (;;) {
+      if (a < a_end && a[0] - 1 <= hi) {
+        hi = a[1] + 1 > hi ? a[1] + 1 : hi;
+        a += 2;
+      } else if (b < b_end && b[0] - 1 <= hi) {
+        hi = b[1] + 1 > hi ? b[1] + 1 : hi;
+        b += 2;
+      } else {
+        break;
+      }
+    }
+    int pb = static_cast<int>(ceilf((static_cast<float>(lo) - ea) / ga));
+    int pe = static_cast<int>(ceilf((static_cast<float>(hi) - ea) / ga));
+    if (pb < p_begin) pb = p_begin;
+    if (pe > p_end) pe = p_end;
+    if (pb < pe) add(pb, pe, r0, r0 + s.slice_w, ga, ea, fb, s.slice_w - 2);
+  }
 }
 
 // Warp: DRR value at output pixel (x, y); zero for a ray that turns away from the slices.

@@ -134,8 +134,9 @@ struct PerspectiveAddToRow {
   int inter_w;
   PerspectiveTaps* taps;  // this image's
   float* blend;           // [slice_w] scratch
-  void operator()(int pb, int pe, const float* r0, const float* r1, float g, float ea, float fb,
-                  int last_col) {
+  __attribute__((always_inline)) void operator()(int pb, int pe, const float* r0,
+                                                 const float* r1, float g, float ea, float fb,
+                                                 int last_col) {
     taps->Update(g, ea, last_col, inter_w);
     const int* __restrict__ col = taps->column.data();
     const float* __restrict__ fa = taps->frac.data();
@@ -167,13 +168,13 @@ __attribute__((always_inline)) inline void ShearBand(const Setup* const* setups,
                                                      const int* q0, const int* q1,
                                                      float* const* rows, Sink&& sink) {
   const int n_slices = setups[0]->n_slices;
+  const kernels::SliceStack stack = slices.Stack();
   for (int k = 0; k < n_slices; ++k) {
     for (int g = 0; g < group; ++g) {
       const Setup& s = *setups[g];
       for (int q = q0[g]; q < q1[g]; ++q) {
         auto add = sink(g, rows[g] + static_cast<long long>(q - q0[g]) * s.inter_w);
-        kernels::ShearSliceRow(s, slices.data.data(), slices.row_extent.data(), k, q, 0,
-                               s.inter_w, add);
+        kernels::ShearSliceRow(s, stack, k, q, 0, s.inter_w, add);
       }
     }
   }

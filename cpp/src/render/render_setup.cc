@@ -231,6 +231,8 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   const long long slice_size = static_cast<long long>(p.slice_w) * p.slice_h;
   p.data.assign(limits::CheckedMul(slice_size, p.n_slices, "padded slices"), 0.f);
   p.row_extent.assign(2LL * p.slice_h * p.n_slices, 0);
+  p.run_offset.assign(static_cast<size_t>(p.slice_h) * p.n_slices + 1, 0);
+  p.runs.clear();
   for (int k = 0; k < p.n_slices; ++k) {
     float* slice = p.data.data() + k * slice_size;
     int32_t* ext = p.row_extent.data() + 2LL * k * p.slice_h;
@@ -238,6 +240,7 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
     ext[1] = 0;  // padded row 0 is empty
     ext[2 * (p.slice_h - 1)] = 1;
     ext[2 * (p.slice_h - 1) + 1] = 0;
+    p.run_offset[static_cast<size_t>(k) * p.slice_h + 1] = static_cast<int64_t>(p.runs.size() / 2);
     for (int ib = 0; ib < dims[b]; ++ib) {
       float* row = slice + static_cast<long long>(ib + 1) * p.slice_w + 1;
       const float* src = volume.data + k * stride[axis] + ib * stride[b];
@@ -247,12 +250,22 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
         row[ia] = val;
         if (val != 0.f) {
           if (first > ia + 1) first = ia + 1;
+          if (last != ia) {  // a new run at padded column ia + 1
+            p.runs.push_back(ia + 1);
+            p.runs.push_back(ia + 1);
+          }
+          p.runs.back() = ia + 1;
           last = ia + 1;
         }
       }
       ext[2 * (ib + 1)] = first;
       ext[2 * (ib + 1) + 1] = last;
+      // Padded row ib + 1's runs end here; padded rows 0 and slice_h - 1 have none.
+      const size_t r = static_cast<size_t>(k) * p.slice_h + ib + 1;
+      p.run_offset[r + 1] = static_cast<int64_t>(p.runs.size() / 2);
     }
+    const size_t last_row = static_cast<size_t>(k) * p.slice_h + p.slice_h - 1;
+    p.run_offset[last_row + 1] = p.run_offset[last_row];
   }
   return p;
 }
@@ -543,7 +556,8 @@ Device RenderVolume::device() const { return state_->device; }
 size_t RenderVolume::HostBytes() const {
   size_t bytes = state_->voxels.size() * sizeof(float) + state_->occupancy.size();
   for (const auto& p : state_->slices) {
-    bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t);
+    bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t) +
+             p.run_offset.size() * sizeof(int64_t) + p.runs.size() * sizeof(int32_t);
   }
   return bytes;
 }

@@ -189,6 +189,19 @@ def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volum
     return volume.level(level)
 
 
+def _per_image_levels(base: Volume, pixel_mm, level, on_device: bool) -> list[np.ndarray] | None:
+    """level='auto' renders each image at the level its own pixel size at the object (mm, [n])
+    gives, as a call of its own would: the indices of the images that share a level, or None
+    when one level serves the whole batch (or the images stay on the device, where the batch
+    shares its finest level)."""
+    if not (isinstance(level, str) and level == "auto") or on_device or len(pixel_mm) < 2:
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for i, px in enumerate(pixel_mm):
+        groups.setdefault(base.factors_for_pixel_size(px, remember=False), []).append(i)
+    return None if len(groups) == 1 else [np.array(g) for g in groups.values()]
+
+
 def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: ParallelCamera = ParallelCamera(),
                     scales=None, *, level="auto", device: str | None = None, num_threads: int = 0,
                     on_device: bool = False):
@@ -197,7 +210,9 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     volume: a Volume or a :class:`PreparedVolume`; poses: [n, 6] or [6] camera_from_model
     (deg, mm); scales: [n], scalar or None (1); device: 'cpu', 'cuda', 'auto' or None (the
     prepared volume's device, else 'cpu'); on_device: keep the images on the GPU (DLPack
-    array; needs device 'cuda').
+    array; needs device 'cuda'); level: 'auto' renders each image at the pyramid level that
+    matches its pixel size at the object (a batch gives what single calls give; images kept on
+    the device share the batch's finest level), an int picks that level, None full resolution.
     """
     base, prepared, dev = _split(volume, device)
     if not isinstance(camera, ParallelCamera):
@@ -205,6 +220,13 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     p = as_poses(poses)
     check_image_batch(len(p), camera.width, camera.height, names=("poses", "camera.width", "camera.height"))
     s = _scales(scales, len(p))
+    groups = _per_image_levels(base, camera.pixel_mm / s, level, on_device)
+    if groups is not None:
+        out = np.empty((len(p), camera.height, camera.width), np.float32)
+        for idx in groups:
+            out[idx] = render_parallel(volume, p[idx], camera, s[idx], level=level, device=device,
+                                       num_threads=num_threads)
+        return out
     vol = render_volume_for(base, camera.pixel_mm / float(s.max(initial=1.0)), level)
     if prepared is None and not on_device:
         data, m = _grid(vol)
@@ -227,7 +249,9 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
 
     views: one ConeView (used for every pose) or one per pose (all the same image size);
     poses: [n, 6] or [6] world_from_model (deg, mm); volume, device, on_device: as
-    :func:`render_parallel`. cuda_texture: on CUDA, sample through the texture unit (fast,
+    :func:`render_parallel`; level: as :func:`render_parallel`, the pixel size at the object
+    being the view's pitch scaled back to the model origin. cuda_texture: on CUDA, sample
+    through the texture unit (fast,
     ~1e-3 relative difference to the CPU) or, False, with the CPU's exact trilinear code.
     stop_above: a ray stops once its line integral exceeds this, and its pixel holds that
     partial integral (enough for silhouettes, see :func:`project_mask_cone`); None: whole rays.
@@ -244,6 +268,17 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     packed = stack_views(views, len(p))
     if len(packed) and np.isfinite(packed[0, 14:16]).all():
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
+    if isinstance(level, str) and level == "auto" and not on_device and len(p) > 1:
+        groups = _per_image_levels(base, [_cone_pixel_at_object(packed[i:i + 1], p[i:i + 1]) for i in range(len(p))],
+                                   level, on_device)
+        if groups is not None:
+            out = np.empty((len(p), int(packed[0, 15]), int(packed[0, 14])), np.float32)
+            for idx in groups:
+                group_views = views if isinstance(views, ConeView) else [views[i] for i in idx]
+                out[idx] = render_cone(volume, group_views, p[idx], level=level, step_voxels=step_voxels, device=device,
+                                       num_threads=num_threads, cuda_texture=cuda_texture, stop_above=stop_above,
+                                       method=method)
+            return out
     vol = render_volume_for(base, _cone_pixel_at_object(packed, p), level) if len(p) else base
     stop = math.inf if stop_above is None else float(stop_above)
     if prepared is None and not on_device and cuda_texture:

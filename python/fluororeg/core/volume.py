@@ -255,14 +255,16 @@ class Volume:
         shift = self.direction @ (self.spacing * (f - 1) / 2.0)
         return self._replace(data=out, spacing=self.spacing * f, origin=self.origin + shift)
 
-    def factors_for_pixel_size(self, pixel_mm: float) -> Tuple[int, int, int]:
+    def factors_for_pixel_size(self, pixel_mm: float, *, remember: bool = True) -> Tuple[int, int, int]:
         """Per-axis power-of-two factors (fx, fy, fz): the largest with ``spacing * f <=
-        pixel_mm`` along each axis, never leaving fewer than 8 voxels along an axis."""
+        pixel_mm`` along each axis, never leaving fewer than 8 voxels along an axis.
+        ``remember``: keep the answer for this pixel size (every renderer call asks); False for
+        one-off sizes (the per-image sizes of a batch)."""
         p = float(pixel_mm)
         if not math.isfinite(p) or p <= 0:
             raise ValueError(f"pixel_mm must be a positive finite number (mm), got {pixel_mm!r}")
         cache: Dict[Any, Any] = self._pyramid  # type: ignore[attr-defined]
-        key = ("factors_for", p)  # every renderer call asks: answered once per pixel size
+        key = ("factors_for", p)
         if key in cache:
             return cache[key]
         factors = []
@@ -271,8 +273,9 @@ class Volume:
             while sp * f * 2 <= p * (1 + 1e-9) and -(-n // (f * 2)) >= _MIN_LEVEL_VOXELS:
                 f *= 2
             factors.append(f)
-        cache[key] = tuple(factors)
-        return cache[key]
+        if remember:
+            cache[key] = tuple(factors)
+        return tuple(factors)
 
     def for_pixel_size(self, pixel_mm: float) -> "Volume":
         """The volume downsampled (per axis, anti-aliased, cached) to match a pixel size in
