@@ -34,9 +34,10 @@ def add_parser(subparsers) -> None:
                    help="cone beam: range of source-to-object distances in mm (implies --projection cone)")
     d.add_argument("--geometry", help="geometry.json of the lab's fluoroscopes: cone beam with their "
                                       "source distances to the beams' crossing +-15%% (implies --projection cone)")
-    d.add_argument("--cone-method", choices=["shear_warp", "march"], default="shear_warp",
-                   help="cone beam: perspective shear-warp (default; about 1%% from fine line integrals, many "
-                        "times faster on the CPU) or ray marching (the reference quality)")
+    d.add_argument("--cone-method", choices=["auto", "shear_warp", "march"], default="auto",
+                   help="cone beam: perspective shear-warp (about 1%% from fine line integrals, ten times faster "
+                        "on the CPU), ray marching (the reference quality, fast on CUDA) or auto (default: "
+                        "shear-warp on the CPU, ray marching on CUDA)")
     d.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
                    help="viewing azimuths in deg (default: derived from the subject: -90 90, its front half, for a "
                         "subject with symmetric pairs; -180 180 for a bone without)")

@@ -21,9 +21,11 @@ Projection (``DatasetConfig.projection``):
   the registration. Use ``'cone'`` with the source distances of your fluoroscopes
   (:func:`source_distance_range`); the pipeline crops frames to the same pixel size at the
   bone (:mod:`fluororeg.pipeline.register`). ``cone_method`` picks the renderer of the DRRs
-  and masks (:func:`fluororeg.core.render.render_cone`): ``'shear_warp'`` (default; about 1 %
-  from fine line integrals, as the parallel-beam DRRs, and many times faster on the CPU) or
-  ``'march'`` (ray marching, the reference quality).
+  and masks (:func:`fluororeg.core.render.render_cone`): ``'shear_warp'`` (about 1 % from fine
+  line integrals, as the parallel-beam DRRs, and about ten times faster on the CPU),
+  ``'march'`` (ray marching, the reference quality, fast on CUDA through the texture unit) or
+  ``'auto'`` (default: shear-warp on the CPU, ray marching on CUDA); dataset.json records the
+  method used.
 
 Poses. The parallel camera looks at the subject horizontally, the way both fluoroscopes of a
 dual-fluoroscope system see a standing or walking subject: a base orientation puts the
@@ -202,7 +204,7 @@ class DatasetConfig:
     poses: PoseRanges = field(default_factory=PoseRanges)
     projection: str = "parallel"                          # 'parallel' (the paper's) | 'cone'
     source_distance_mm: tuple[float, float] = (550.0, 900.0)  # cone: source to object centre
-    cone_method: str = "shear_warp"                       # cone: render_cone's method
+    cone_method: str = "auto"                             # cone: render_cone's method, or 'auto'
 
     def __post_init__(self):
         for name in ("n_train", "n_test"):
@@ -223,8 +225,9 @@ class DatasetConfig:
             raise ValueError(f"shard_size = {self.shard_size!r}: expected an integer >= 1")
         if self.projection not in ("parallel", "cone"):
             raise ValueError(f"projection '{self.projection}' is unknown: expected 'parallel' or 'cone'")
-        if self.cone_method not in R.CONE_METHODS:
-            raise ValueError(f"cone_method '{self.cone_method}' is unknown: expected one of {R.CONE_METHODS}")
+        if self.cone_method not in ("auto",) + R.CONE_METHODS:
+            raise ValueError(f"cone_method '{self.cone_method}' is unknown: expected 'auto' or one of "
+                             f"{R.CONE_METHODS}")
         lo, hi = _interval(self.source_distance_mm, "source_distance_mm", 1.0)
         if lo < 200.0:
             raise ValueError(f"source_distance_mm = {self.source_distance_mm!r}: expected distances of at least "
@@ -340,16 +343,24 @@ def prepare_subject_volumes(subject, device: str = "cpu") -> tuple:
     return R.prepare_volume(subject.attenuation_model(), device), R.prepare_mask(subject.mask_model(), device)
 
 
+def _cone_method_for(method: str, device: str) -> str:
+    """``'auto'`` resolved for a device ('cpu' or 'cuda'): the faster renderer there."""
+    if method != "auto":
+        return method
+    return "march" if device == "cuda" else "shear_warp"
+
+
 def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np.ndarray,
                    camera: ParallelCamera, device: str = "cpu",
                    source_distance_mm: np.ndarray | None = None, volumes: tuple | None = None,
-                   num_threads: int = 0, cone_method: str = "shear_warp") -> dict[str, np.ndarray]:
+                   num_threads: int = 0, cone_method: str = "auto") -> dict[str, np.ndarray]:
     """Render one batch of samples (see the module docstring for the fields): parallel-beam,
     or cone-beam when ``source_distance_mm`` [n] is given (see :func:`cone_views`), rendered by
     ``cone_method`` (see :class:`DatasetConfig`).
     ``volumes``: :func:`prepare_subject_volumes` (saves preparing the volumes per batch).
     ``num_threads``: CPU threads of the renderers (0: all cores)."""
     device = R.resolve_device(device)
+    cone_method = _cone_method_for(cone_method, device)
     mu, bone = volumes if volumes is not None else (subject.attenuation_model(), subject.mask_model())
     if source_distance_mm is None:
         drr = R.render_parallel(mu, poses, camera, scales, device=device, num_threads=num_threads)
@@ -448,6 +459,9 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
     if not isinstance(config, DatasetConfig):
         raise TypeError(f"config must be a DatasetConfig, got {type(config).__name__}")
     config = config.with_subject_axes(subject)
+    device = R.resolve_device(device)
+    if config.projection == "cone":  # dataset.json records the renderer used
+        config = replace(config, cone_method=_cone_method_for(config.cone_method, device))
     root = Path(root) if root is not None else None
     if write and root is None:
         raise ValueError("root is None: a folder is needed to write the dataset")
