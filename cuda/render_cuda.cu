@@ -239,7 +239,6 @@ struct CudaVolume {
   cudaTextureObject_t texture = 0;  // hardware trilinear filtering, zero outside
   uint8_t* occupancy = nullptr;
   float* slices[3] = {nullptr, nullptr, nullptr};
-  int32_t* extent[3] = {nullptr, nullptr, nullptr};
   int64_t* run_offset[3] = {nullptr, nullptr, nullptr};
   int32_t* runs[3] = {nullptr, nullptr, nullptr};
   size_t fixed_bytes = 0;
@@ -265,7 +264,6 @@ struct CudaVolume {
     cudaFree(occupancy);
     for (int c = 0; c < 3; ++c) {
       cudaFree(slices[c]);
-      cudaFree(extent[c]);
       cudaFree(run_offset[c]);
       cudaFree(runs[c]);
     }
@@ -360,7 +358,9 @@ template <typename T>
 T* UploadVector(const std::vector<T>& v, const char* what) {
   T* d = nullptr;
   Check(cudaMalloc(&d, std::max<size_t>(v.size(), 1) * sizeof(T)), what);
-  if (!v.empty()) Check(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), what);
+  if (!v.empty()) {
+    Check(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), what);
+  }
   return d;
 }
 
@@ -369,11 +369,10 @@ void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
   if (cv.slices[axis]) return;
   const PaddedSlices& p = volume.Slices(axis);
   cv.slices[axis] = UploadVector(p.data, "slices upload");
-  cv.extent[axis] = UploadVector(p.row_extent, "row extents upload");
   cv.run_offset[axis] = UploadVector(p.run_offset, "row runs upload");
   cv.runs[axis] = UploadVector(p.runs, "row runs upload");
-  cv.fixed_bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t) +
-                    p.run_offset.size() * sizeof(int64_t) + p.runs.size() * sizeof(int32_t);
+  cv.fixed_bytes += p.data.size() * sizeof(float) + p.run_offset.size() * sizeof(int64_t) +
+                    p.runs.size() * sizeof(int32_t);
 }
 
 // Where the images of a call to the host are copied by the stream: a page-locked buffer when
@@ -406,7 +405,7 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
     if (setups[i].inter_h > 0) EnsureSlices(volume, cv, setups[i].axis);
   }
   for (int c = 0; c < 3; ++c) {
-    table.axis[c] = {cv.slices[c], cv.extent[c], cv.run_offset[c], cv.runs[c]};
+    table.axis[c] = {cv.slices[c], cv.run_offset[c], cv.runs[c]};
   }
   const long long image_size = static_cast<long long>(width) * height;
   // Chunks of images whose intermediate and output images fit the work buffers.

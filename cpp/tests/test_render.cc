@@ -191,6 +191,14 @@ TEST(RenderVolume, CudaMatchesCpu) {
   cuda.cuda_texture = true;
   RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
   for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 5e-3 * 2 * ph.r * ph.mu);
+  // Perspective shear-warp.
+  RenderOptions shear_warp;
+  shear_warp.cone_method = ConeMethod::kShearWarp;
+  RenderConeDrr(prepared, views, poses, 3, cpu.data(), shear_warp);
+  cuda.cone_method = ConeMethod::kShearWarp;
+  RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
+  for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-4 * 2 * ph.r * ph.mu);
+  cuda.cone_method = ConeMethod::kRayMarch;
   // Images kept on the device.
   std::shared_ptr<float> device_images = CudaAllocateFloats(cpu.size());
   cuda.output_on_device = true;
@@ -241,6 +249,26 @@ TEST(RenderConePixels, CudaMatchesCpu) {
 // intermediate pixels computed by ShearColumns (kWidth columns per call, as the CUDA threads)
 // equal the CPU renderer's (slice by slice over bands of rows) bit for bit, and the rays split
 // into parts (as small CUDA batches) sum to the whole rays.
+// The intermediate image [inter_h, inter_w] of one shear-warp setup by the CUDA launcher's
+// per-element body run on the host, one column and four columns per call (which must agree).
+template <typename Setup>
+std::vector<float> IntermediateOfCudaBodies(const Setup& s, const internal::PaddedSlices& slices) {
+  const size_t inter_size = static_cast<size_t>(s.inter_w) * s.inter_h;
+  std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
+  for (int q = 0; q < s.inter_h; ++q) {
+    float* row1 = cols1.data() + static_cast<size_t>(q) * s.inter_w;
+    float* row4 = cols4.data() + static_cast<size_t>(q) * s.inter_w;
+    for (int p = 0; p < s.inter_w; ++p) kernels::ShearColumns<1>(s, slices.Stack(), p, q, row1 + p);
+    for (int p = 0; p < s.inter_w; p += 4) {
+      float out[4] = {-1, -1, -1, -1};
+      kernels::ShearColumns<4>(s, slices.Stack(), p, q, out);
+      for (int t = 0; t < 4 && p + t < s.inter_w; ++t) row4[p + t] = out[t];
+    }
+  }
+  EXPECT_EQ(cols1, cols4);
+  return cols4;
+}
+
 TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
   SpherePhantom ph;
   RenderVolume prepared(ph.grid);
@@ -259,20 +287,7 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
     axes_seen |= 1 << s.axis;
     max_inter_h = std::max(max_inter_h, s.inter_h);
     const internal::PaddedSlices& slices = state.Slices(s.axis);
-    const size_t inter_size = static_cast<size_t>(s.inter_w) * s.inter_h;
-    std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
-    for (int q = 0; q < s.inter_h; ++q) {
-      for (int p = 0; p < s.inter_w; ++p) {
-        kernels::ShearColumns<1>(s, slices.Stack(), p, q,
-                                 cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
-      }
-      for (int p = 0; p < s.inter_w; p += 4) {
-        float out[4] = {-1, -1, -1, -1};
-        kernels::ShearColumns<4>(s, slices.Stack(), p, q, out);
-        for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
-      }
-    }
-    EXPECT_EQ(cols1, cols4);
+    const std::vector<float> cols4 = IntermediateOfCudaBodies(s, slices);
     const float* image = cpu.data() + static_cast<size_t>(i) * camera.width * camera.height;
     float max_value = 0;
     for (int y = 0; y < camera.height; ++y) {
@@ -343,25 +358,13 @@ void ConeShearWarpMatchesBodies(bool hollow) {
     ASSERT_GT(s.inter_w * s.inter_h, 0);
     axes_seen |= 1 << s.axis;
     const internal::PaddedSlices& slices = state.Slices(s.axis);
-    const size_t inter_size = static_cast<size_t>(s.inter_w) * s.inter_h;
-    std::vector<float> cols1(inter_size, -1.f), cols4(inter_size, -1.f);
-    for (int q = 0; q < s.inter_h; ++q) {
-      for (int p = 0; p < s.inter_w; ++p) {
-        kernels::ShearColumns<1>(s, slices.Stack(), p, q,
-                                 cols1.data() + static_cast<size_t>(q) * s.inter_w + p);
-      }
-      for (int p = 0; p < s.inter_w; p += 4) {
-        float out[4] = {-1, -1, -1, -1};
-        kernels::ShearColumns<4>(s, slices.Stack(), p, q, out);
-        for (int t = 0; t < 4 && p + t < s.inter_w; ++t) cols4[static_cast<size_t>(q) * s.inter_w + p + t] = out[t];
-      }
-    }
-    EXPECT_EQ(cols1, cols4);
+    const std::vector<float> cols4 = IntermediateOfCudaBodies(s, slices);
     double diff = 0, sum = 0;
     for (int y = 0; y < H; ++y) {
       for (int x = 0; x < W; ++x) {
         const size_t o = (static_cast<size_t>(i) * H + y) * W + x;
-        EXPECT_EQ(sheared[o], kernels::WarpPixel(s, cols4.data(), x, y)) << "pose " << i << " pixel " << x << ", " << y;
+        EXPECT_EQ(sheared[o], kernels::WarpPixel(s, cols4.data(), x, y))
+            << "pose " << i << " pixel " << x << ", " << y;
         diff += std::fabs(sheared[o] - marched[o]);
         sum += marched[o];
       }

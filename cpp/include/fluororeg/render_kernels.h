@@ -81,48 +81,80 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
 }
 
 // The volume as padded slices along one axis, in host or device memory (see
-// internal::PaddedSlices), with where each padded row holds non-zero voxels.
+// internal::PaddedSlices), with the runs of non-zero voxels of each padded row.
 struct SliceStack {
   const float* data;          // [n_slices, slice_h, slice_w]
-  const int32_t* row_extent;  // [n_slices, slice_h, 2] first and last non-zero padded column
-                              // (first > last when the row is empty)
   const int64_t* run_offset;  // [n_slices * slice_h + 1] runs of padded row r: run_offset[r] ..
   const int32_t* runs;        // [run_offset[end], 2] first and last padded column of each run of
                               // non-zero voxels, in column order
 };
 
+// Gaps between runs narrower than this many columns are not skipped: a stretch costs more than
+// so many samples.
+constexpr int kMinSkippedGap = 32;
+
+// emit(lo, hi) for each stretch [lo, hi) of left taps (a bilinear sample at padded column A
+// reads columns floor(A) and floor(A) + 1) that can meet a non-zero voxel of padded rows row and
+// row + 1 of slice k: the union of the two rows' runs [first, last], each widened to
+// [first - 1, last + 1) and joined across gaps narrower than kMinSkippedGap, in column order
+// and disjoint. A sample whose left tap lies outside every stretch is exactly zero; the shears
+// skip those (most of a hollow mask's row).
+template <typename Emit>
+FLUORO_HD_ALWAYS_INLINE void ForEachNonZeroStretch(const SliceStack& stack, int slice_h, int k,
+                                                   int row, Emit&& emit) {
+  const int64_t* off = stack.run_offset + static_cast<long long>(k) * slice_h + row;
+  const int32_t* a = stack.runs + 2 * off[0];  // row's runs, then row + 1's: two sorted lists
+  const int32_t* const a_end = stack.runs + 2 * off[1];
+  const int32_t* b = a_end;
+  const int32_t* const b_end = stack.runs + 2 * off[2];
+  while (a < a_end || b < b_end) {
+    const int32_t** next = (b == b_end || (a < a_end && a[0] <= b[0])) ? &a : &b;
+    const int lo = (*next)[0] - 1;
+    int hi = (*next)[1] + 1;
+    *next += 2;
+    for (;;) {  // join the runs whose stretches meet this one or lie close
+      if (a < a_end && a[0] - 1 < hi + kMinSkippedGap) {
+        hi = a[1] + 1 > hi ? a[1] + 1 : hi;
+        a += 2;
+      } else if (b < b_end && b[0] - 1 < hi + kMinSkippedGap) {
+        hi = b[1] + 1 > hi ? b[1] + 1 : hi;
+        b += 2;
+      } else {
+        break;
+      }
+    }
+    emit(lo, hi);
+  }
+}
+
 // Shear of intermediate row q over columns [p_begin, p_end) by slice k, if the row's rays
 // cross it: add(pb, pe, r0, r1, w00, w10, w01, w11) receives the columns [pb, pe) the slice
-// contributes to, the two padded rows r0, r1 it reads (indexed by p: column p samples r0[p],
-// r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights, constant over the slice. The weight
-// s.weight is applied once per pixel by the caller. Padded rows whose voxels are all zero are
-// skipped, and so are the columns outside their row_extent.
+// contributes to (one call per ForEachNonZeroStretch), the two padded rows r0, r1 it reads
+// (indexed by p: column p samples r0[p], r0[p + 1], r1[p], r1[p + 1]) and the bilinear weights,
+// constant over the slice. The weight s.weight is applied once per pixel by the caller.
 template <typename Add>
-FLUORO_HD void ShearSliceRow(const ShearWarpSetup& s, const SliceStack& stack, int k, int q,
-                             int p_begin, int p_end, Add& add) {
+FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ShearWarpSetup& s, const SliceStack& stack,
+                                           int k, int q, int p_begin, int p_end, Add& add) {
   int oa, ob;
   float fa, fb;
   SliceOffsets(s, k, &oa, &ob, &fa, &fb);
   const int row = q + ob + 1;
   if (row < 0 || row > s.slice_h - 2) return;
-  const int32_t* ext = stack.row_extent + 2LL * (static_cast<long long>(k) * s.slice_h + row);
-  // A sample at padded column col reads col and col + 1: it matters for col in
-  // [first - 1, last] of the two rows read.
-  const int first = ext[0] < ext[2] ? ext[0] : ext[2];
-  const int last = ext[1] > ext[3] ? ext[1] : ext[3];
-  if (first > last) return;
   int pb, pe;
   SliceColumnRange(s, oa, &pb, &pe);
   if (pb < p_begin) pb = p_begin;
   if (pe > p_end) pe = p_end;
-  if (pb < first - oa - 2) pb = first - oa - 2;
-  if (pe > last - oa) pe = last - oa;
   if (pb >= pe) return;
   const float w00 = (1.f - fa) * (1.f - fb), w10 = fa * (1.f - fb);
   const float w01 = (1.f - fa) * fb, w11 = fa * fb;
   const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
   const float* r0 = stack.data + k * slice_size + static_cast<long long>(row) * s.slice_w + oa + 1;
-  add(pb, pe, r0, r0 + s.slice_w, w00, w10, w01, w11);
+  // Column p's left tap is padded column p + oa + 1.
+  ForEachNonZeroStretch(stack, s.slice_h, k, row, [&](int lo, int hi) {
+    const int b = lo - oa - 1 > pb ? lo - oa - 1 : pb;
+    const int e = hi - oa - 1 < pe ? hi - oa - 1 : pe;
+    if (b < e) add(b, e, r0, r0 + s.slice_w, w00, w10, w01, w11);
+  });
 }
 
 // Shear of intermediate row q over columns [p_begin, p_end): ShearSliceRow for every slice, in
@@ -195,14 +227,13 @@ struct AddToColumns {
   }
 };
 
-// The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
-// (columns at or past inter_w are not written): the per-element body of the CUDA launcher
-// (the CPU launcher runs ShearSliceRow over bands of whole rows and then scales by s.weight).
-// ShearWeight(s): the factor the launchers apply to the whole intermediate image (the
-// parallel beam's mm per slice; 1 for the cone beam, whose weight varies per ray and is
-// applied by the warp).
+// The factor the launchers apply to the whole intermediate image: the parallel beam's mm per
+// slice (the cone beam's weight varies per ray and is applied by its warp: 1).
 FLUORO_HD float ShearWeight(const ShearWarpSetup& s) { return static_cast<float>(s.weight); }
 
+// The shear values of intermediate pixels (p0 .. p0 + kWidth - 1, q) into out[0 .. kWidth-1]
+// (columns at or past inter_w are not written): the per-element body of the CUDA launcher
+// (the CPU launcher runs ShearSliceRow over bands of whole rows and then applies ShearWeight).
 template <int kWidth, typename Setup>
 FLUORO_HD void ShearColumns(const Setup& s, const SliceStack& stack, int p0, int q, float* out) {
   AddToColumns<kWidth> acc{p0, {}};
@@ -442,17 +473,18 @@ FLUORO_HD void ProjectParallelPoint(const ParallelCamera& camera,
 // the image centre, with in-slice axes a, b as in InSliceAxes; all points below are written in
 // (a, b, c) order. The factorisation applies when the source lies beyond the padded slab of
 // slices and the padded volume box wholly between the source and the intensifier plane
-// (ConeShearSetup::valid; otherwise the image is ray-marched). The intermediate image lies on the middle slice's plane c = mid with the
-// image's own resolution there: pixel (p, q) is the point (a0 + p da, b0 + q db, mid), da and db
-// the pixel pitch at that plane in voxels along a and b. The ray from S through it meets slice
-// k at the in-slice point
+// (ConeShearSetup::valid; otherwise the image is ray-marched). The intermediate image lies on
+// the middle slice's plane c = mid with the image's own resolution there: pixel (p, q) is the
+// point (a0 + p da, b0 + q db, mid), da and db the pixel pitch at that plane in voxels along a
+// and b. The ray from S through it meets slice k at the in-slice point
 //   A = S_a + (a0 + p da - S_a) h_k,   B = S_b + (b0 + q db - S_b) h_k,
 //   h_k = (k - S_c) / (mid - S_c),
-// a scaling about the source by h_k (the perspective counterpart of the parallel beam's shift),
-// affine in p along a row. Shear: the intermediate image accumulates sum_k bilinear(slice k)(A, B),
-// one sample per slice (Joseph's sum); unlike the parallel beam the column fractions vary along
-// a row. Warp: the DRR samples the intermediate image where the pixel's ray crosses the plane
-// c = mid and multiplies by the ray's length (mm) per slice, |diag(spacing) (P - S)| / |P - S|_c.
+// a scaling about the source by h_k (the perspective counterpart of the parallel beam's
+// shift), affine in p along a row. Shear: the intermediate image accumulates
+// sum_k bilinear(slice k)(A, B), one sample per slice (Joseph's sum); unlike the parallel beam
+// the column fractions vary along a row. Warp: the DRR samples the intermediate image where the
+// pixel's ray crosses the plane c = mid and multiplies by the ray's length (mm) per slice,
+// |diag(spacing) (P - S)| / |P - S|_c.
 struct ConeShearSetup {
   int valid;                   // 0: the factorisation does not apply (ray-march the image)
   int axis, n_slices;          // c, voxels along c
@@ -480,12 +512,10 @@ FLUORO_HD void ConeSliceScale(const ConeShearSetup& s, int k, float* ga, float* 
 
 // Perspective shear of intermediate row q over columns [p_begin, p_end) by slice k, if the
 // row's rays cross the slice: add(pb, pe, r0, r1, ga, ea, fb, last_col) (see AddToRow) receives,
-// for each stretch of padded columns where either row holds non-zero voxels (the union of the
-// two rows' runs), the columns [pb, pe) whose samples read it; every other column's sample is
-// exactly zero. A hollow mask (a skull's) is mostly such gaps.
+// for each ForEachNonZeroStretch, the columns [pb, pe) whose left taps lie in it.
 template <typename Add>
-FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ConeShearSetup& s, const SliceStack& stack, int k, int q,
-                             int p_begin, int p_end, Add& add) {
+FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ConeShearSetup& s, const SliceStack& stack,
+                                           int k, int q, int p_begin, int p_end, Add& add) {
   float ga, ea, gb, eb;
   ConeSliceScale(s, k, &ga, &ea, &gb, &eb);
   const float B = gb * static_cast<float>(q) + eb;  // padded row position
@@ -494,39 +524,20 @@ FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ConeShearSetup& s, const SliceS
   const float fb = B - static_cast<float>(row);
   const long long slice_size = static_cast<long long>(s.slice_w) * s.slice_h;
   const float* r0 = stack.data + k * slice_size + static_cast<long long>(row) * s.slice_w;
-  const int64_t* off = stack.run_offset + static_cast<long long>(k) * s.slice_h + row;
-  const int32_t* a = stack.runs + 2 * off[0];  // row's runs, then row + 1's: two sorted lists
-  const int32_t* const a_end = stack.runs + 2 * off[1];
-  const int32_t* b = a_end;
-  const int32_t* const b_end = stack.runs + 2 * off[2];
-  while (a < a_end || b < b_end) {
-    // A sample reads padded columns floor(A) and floor(A) + 1: a run [first, last] matters for
-    // A in [first - 1, last + 1). Merge the runs of both rows whose stretches meet.
-    const int32_t** next = (b == b_end || (a < a_end && a[0] <= b[0])) ? &a : &b;
-    int lo = (*next)[0] - 1, hi = (*next)[1] + 1;
-    *next += 2;
-    for (;;) {
-      if (a < a_end && a[0] - 1 <= hi) {
-        hi = a[1] + 1 > hi ? a[1] + 1 : hi;
-        a += 2;
-      } else if (b < b_end && b[0] - 1 <= hi) {
-        hi = b[1] + 1 > hi ? b[1] + 1 : hi;
-        b += 2;
-      } else {
-        break;
-      }
-    }
+  // Column p's left tap is padded column floor(ga p + ea).
+  ForEachNonZeroStretch(stack, s.slice_h, k, row, [&](int lo, int hi) {
     int pb = static_cast<int>(ceilf((static_cast<float>(lo) - ea) / ga));
     int pe = static_cast<int>(ceilf((static_cast<float>(hi) - ea) / ga));
     if (pb < p_begin) pb = p_begin;
     if (pe > p_end) pe = p_end;
     if (pb < pe) add(pb, pe, r0, r0 + s.slice_w, ga, ea, fb, s.slice_w - 2);
-  }
+  });
 }
 
 // Warp: DRR value at output pixel (x, y); zero for a ray that turns away from the slices.
 FLUORO_HD float WarpPixel(const ConeShearSetup& s, const float* inter, int x, int y) {
-  const Vec3<float> d = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv - s.src;
+  const Vec3<float> d =
+      s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv - s.src;
   const float t = (s.mid - s.src.z) / d.z;
   const float ia = (s.src.x + t * d.x - s.a0) / s.da;
   const float ib = (s.src.y + t * d.y - s.b0) / s.db;

@@ -55,8 +55,10 @@ void ValidateConeOptions(const RenderOptions& options) {
     throw std::invalid_argument("step_voxels = " + std::to_string(options.step_voxels) +
                                 " must lie in (0.01, 16]");
   }
-  if (options.cone_method != ConeMethod::kRayMarch && options.cone_method != ConeMethod::kShearWarp) {
-    throw std::invalid_argument("cone_method = " + std::to_string(static_cast<int>(options.cone_method)) +
+  if (options.cone_method != ConeMethod::kRayMarch &&
+      options.cone_method != ConeMethod::kShearWarp) {
+    throw std::invalid_argument("cone_method = " +
+                                std::to_string(static_cast<int>(options.cone_method)) +
                                 " is unknown: expected kRayMarch (0) or kShearWarp (1)");
   }
   if (!(options.stop_above >= 0)) {
@@ -126,7 +128,9 @@ struct PerspectiveTaps {
     count = inter_w;
     column.resize(inter_w);
     frac.resize(inter_w);
-    for (int p = 0; p < inter_w; ++p) kernels::PerspectiveTap(g, ea, last_col, p, &column[p], &frac[p]);
+    for (int p = 0; p < inter_w; ++p) {
+      kernels::PerspectiveTap(g, ea, last_col, p, &column[p], &frac[p]);
+    }
   }
 };
 struct PerspectiveAddToRow {
@@ -152,15 +156,14 @@ struct PerspectiveAddToRow {
 };
 
 // One band of base-plane rows [B, B + kShearBand) for a group of images that share a slice
-// axis: for each image g, its intermediate rows [q0[g], q1[g]) (the band's rows less
-// ShearRowOrigin)
-// into rows[g] ([q1[g] - q0[g], inter_w], zeroed). The shared shear body runs slice by slice
-// and, within a slice, image by image over the band: the images of a group read nearly the
-// same slice rows (same band of the base plane, sorted by ShearSortKey), so each slice is
-// fetched from memory once per group instead of once per image (the loop is bound by memory
-// traffic: the whole volume streams through it once per pass). Every pixel still adds the same
-// terms in slice order, so values do not depend on the grouping or the thread count. Then
-// ShearWeight. One body for both factorisations (sink(g, row) gives image g's sink of an
+// axis: for each image g, its intermediate rows [q0[g], q1[g]) (the band's rows less its
+// ShearRowOrigin) into rows[g] ([q1[g] - q0[g], inter_w], zeroed). The shared shear body runs
+// slice by slice and, within a slice, image by image over the band: the images of a group read
+// nearly the same slice rows (same band of the base plane, sorted by ShearSortKey), so each
+// slice is fetched from memory once per group instead of once per image (the loop is bound by
+// memory traffic: the whole volume streams through it once per pass). Every pixel still adds
+// the same terms in slice order, so values do not depend on the grouping or the thread count.
+// Then ShearWeight. One body for both factorisations (sink(g, row) gives image g's sink of an
 // intermediate row), compiled into each CPU clone.
 template <typename Setup, typename Sink>
 __attribute__((always_inline)) inline void ShearBand(const Setup* const* setups, int group,

@@ -27,14 +27,10 @@ struct PaddedSlices {
   int axis = -1;
   int n_slices = 0, slice_w = 0, slice_h = 0;
   std::vector<float> data;
-  // Per padded row: first and last non-zero padded column (first > last when empty), and its
-  // runs of non-zero voxels (see kernels::SliceStack).
-  std::vector<int32_t> row_extent;  // [n_slices, slice_h, 2]
+  // Per padded row: its runs of non-zero voxels (see kernels::SliceStack).
   std::vector<int64_t> run_offset;  // [n_slices * slice_h + 1]
   std::vector<int32_t> runs;        // [run_offset.back(), 2]
-  kernels::SliceStack Stack() const {
-    return {data.data(), row_extent.data(), run_offset.data(), runs.data()};
-  }
+  kernels::SliceStack Stack() const { return {data.data(), run_offset.data(), runs.data()}; }
 };
 PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis);
 

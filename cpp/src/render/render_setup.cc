@@ -155,6 +155,23 @@ Affine3<double> InvertAffine(const Affine3<double>& a) {
   return r;
 }
 
+// The principal axis c of a shear-warp setup (either factorisation): the voxel axis along
+// which the ray direction d [3] (voxel coordinates) is longest; sets the setup's slice fields
+// and the in-slice axes *a, *b.
+template <typename Setup>
+int ChooseSliceAxis(const VolumeGrid& volume, const double d[3], Setup* s, int* a, int* b) {
+  int c = 0;
+  for (int r = 1; r < 3; ++r)
+    if (std::fabs(d[r]) > std::fabs(d[c])) c = r;
+  kernels::InSliceAxes(c, a, b);
+  const int dims[3] = {volume.nx, volume.ny, volume.nz};
+  s->axis = c;
+  s->n_slices = dims[c];
+  s->slice_w = dims[*a] + 2;
+  s->slice_h = dims[*b] + 2;
+  return c;
+}
+
 kernels::ShearWarpSetup MakeShearWarpSetup(const VolumeGrid& volume, const ParallelCamera& camera,
                                            const double* pose, double scale) {
   const Affine3<double> voxel_from_camera =
@@ -171,16 +188,9 @@ kernels::ShearWarpSetup MakeShearWarpSetup(const VolumeGrid& volume, const Paral
     dv[r] = row[2];
   }
   kernels::ShearWarpSetup s{};
-  int c = 0;
-  for (int r = 1; r < 3; ++r)
-    if (std::fabs(dv[r]) > std::fabs(dv[c])) c = r;
   int a, b;
-  kernels::InSliceAxes(c, &a, &b);
+  const int c = ChooseSliceAxis(volume, dv, &s, &a, &b);
   const int dims[3] = {volume.nx, volume.ny, volume.nz};
-  s.axis = c;
-  s.n_slices = dims[c];
-  s.slice_w = dims[a] + 2;
-  s.slice_h = dims[b] + 2;
   s.sa = dv[a] / dv[c];
   s.sb = dv[b] / dv[c];
   s.weight = 1.0 / std::fabs(dv[c]);
@@ -230,26 +240,20 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   p.slice_h = dims[b] + 2;
   const long long slice_size = static_cast<long long>(p.slice_w) * p.slice_h;
   p.data.assign(limits::CheckedMul(slice_size, p.n_slices, "padded slices"), 0.f);
-  p.row_extent.assign(2LL * p.slice_h * p.n_slices, 0);
   p.run_offset.assign(static_cast<size_t>(p.slice_h) * p.n_slices + 1, 0);
   p.runs.clear();
   for (int k = 0; k < p.n_slices; ++k) {
     float* slice = p.data.data() + k * slice_size;
-    int32_t* ext = p.row_extent.data() + 2LL * k * p.slice_h;
-    ext[0] = 1;
-    ext[1] = 0;  // padded row 0 is empty
-    ext[2 * (p.slice_h - 1)] = 1;
-    ext[2 * (p.slice_h - 1) + 1] = 0;
+    // Padded row 0 has no runs.
     p.run_offset[static_cast<size_t>(k) * p.slice_h + 1] = static_cast<int64_t>(p.runs.size() / 2);
     for (int ib = 0; ib < dims[b]; ++ib) {
       float* row = slice + static_cast<long long>(ib + 1) * p.slice_w + 1;
       const float* src = volume.data + k * stride[axis] + ib * stride[b];
-      int first = p.slice_w, last = -1;
+      int last = -1;  // padded column of the last non-zero voxel so far
       for (int ia = 0; ia < dims[a]; ++ia) {
         const float val = src[ia * stride[a]];
         row[ia] = val;
         if (val != 0.f) {
-          if (first > ia + 1) first = ia + 1;
           if (last != ia) {  // a new run at padded column ia + 1
             p.runs.push_back(ia + 1);
             p.runs.push_back(ia + 1);
@@ -258,14 +262,12 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
           last = ia + 1;
         }
       }
-      ext[2 * (ib + 1)] = first;
-      ext[2 * (ib + 1) + 1] = last;
-      // Padded row ib + 1's runs end here; padded rows 0 and slice_h - 1 have none.
+      // Padded row ib + 1's runs end here.
       const size_t r = static_cast<size_t>(k) * p.slice_h + ib + 1;
       p.run_offset[r + 1] = static_cast<int64_t>(p.runs.size() / 2);
     }
     const size_t last_row = static_cast<size_t>(k) * p.slice_h + p.slice_h - 1;
-    p.run_offset[last_row + 1] = p.run_offset[last_row];
+    p.run_offset[last_row + 1] = p.run_offset[last_row];  // nor has the last padded row
   }
   return p;
 }
@@ -317,24 +319,18 @@ kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeV
                        view.intensifier_centre[2]};
   const Vec3<double> S =
       voxel_from_world.Apply(Vec3<double>{view.source[0], view.source[1], view.source[2]});
-  const Vec3<double> P00 = voxel_from_world.Apply(
-      D - (0.5 * (view.width - 1) * view.pitch_u) * u - (0.5 * (view.height - 1) * view.pitch_v) * v);
+  const Vec3<double> P00 = voxel_from_world.Apply(D - (0.5 * (view.width - 1) * view.pitch_u) * u -
+                                                  (0.5 * (view.height - 1) * view.pitch_v) * v);
   const Vec3<double> du = voxel_from_world.ApplyLinear(view.pitch_u * u);
   const Vec3<double> dv = voxel_from_world.ApplyLinear(view.pitch_v * v);
   auto pixel = [&](double x, double y) { return P00 + x * du + y * dv; };
   auto at = [](const Vec3<double>& p, int axis) { return axis == 0 ? p.x : axis == 1 ? p.y : p.z; };
   const Vec3<double> d0 = pixel((view.width - 1) / 2, (view.height - 1) / 2) - S;
+  const double central_ray[3] = {d0.x, d0.y, d0.z};
   kernels::ConeShearSetup s{};
-  int c = 0;
-  for (int r = 1; r < 3; ++r)
-    if (std::fabs(at(d0, r)) > std::fabs(at(d0, c))) c = r;
   int a, b;
-  kernels::InSliceAxes(c, &a, &b);
+  const int c = ChooseSliceAxis(volume, central_ray, &s, &a, &b);
   const int dims[3] = {volume.nx, volume.ny, volume.nz};
-  s.axis = c;
-  s.n_slices = dims[c];
-  s.slice_w = dims[a] + 2;
-  s.slice_h = dims[b] + 2;
   // The factorisation needs the source beyond the padded slab [-1, n_c] along c (every slice
   // in front of it) and the padded volume box wholly on the source's side of the intensifier
   // plane (every ray's segment crosses all of the box).
@@ -556,8 +552,8 @@ Device RenderVolume::device() const { return state_->device; }
 size_t RenderVolume::HostBytes() const {
   size_t bytes = state_->voxels.size() * sizeof(float) + state_->occupancy.size();
   for (const auto& p : state_->slices) {
-    bytes += p.data.size() * sizeof(float) + p.row_extent.size() * sizeof(int32_t) +
-             p.run_offset.size() * sizeof(int64_t) + p.runs.size() * sizeof(int32_t);
+    bytes += p.data.size() * sizeof(float) + p.run_offset.size() * sizeof(int64_t) +
+             p.runs.size() * sizeof(int32_t);
   }
   return bytes;
 }

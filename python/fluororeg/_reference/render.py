@@ -101,6 +101,19 @@ def line_integral_cone(volume: Volume, view: ConeView, pose_deg, step_mm: float 
     return out
 
 
+def _padded_bilinear(padded: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """Bilinear samples of one slice padded by a zero voxel on every side ([n_b + 2, n_a + 2]) at
+    unpadded in-slice coordinates (pa, pb) [...]; zero where they leave the padded slice."""
+    n_b, n_a = padded.shape[0] - 2, padded.shape[1] - 2
+    ia, ib = np.floor(pa).astype(int), np.floor(pb).astype(int)
+    fa, fb = pa - ia, pb - ib
+    ok = (ia >= -1) & (ia <= n_a - 1) & (ib >= -1) & (ib <= n_b - 1)
+    ia1, ib1 = np.where(ok, ia + 1, 0), np.where(ok, ib + 1, 0)
+    v = ((1 - fb) * ((1 - fa) * padded[ib1, ia1] + fa * padded[ib1, ia1 + 1])
+         + fb * ((1 - fa) * padded[ib1 + 1, ia1] + fa * padded[ib1 + 1, ia1 + 1]))
+    return np.where(ok, v, 0.0)
+
+
 def render_parallel_drr(volume: Volume, pose_deg, camera: ParallelCamera, scale: float = 1.0) -> np.ndarray:
     """Shear-warp DRR [H, W], the algorithm written plainly (see render_kernels.h)."""
     data = np.asarray(volume.data, dtype=np.float64)
@@ -128,15 +141,7 @@ def render_parallel_drr(volume: Volume, pose_deg, camera: ParallelCamera, scale:
     padded = np.pad(slices, ((0, 0), (1, 1), (1, 1)))
     inter = np.zeros((wb, wa))
     for kk in range(n_c):
-        pa, pb = P + kk * sa, Q + kk * sb  # in-slice coordinates (unpadded)
-        ia, ib = np.floor(pa).astype(int), np.floor(pb).astype(int)
-        fa, fb = pa - ia, pb - ib
-        ok = (ia >= -1) & (ia <= n_a - 1) & (ib >= -1) & (ib <= n_b - 1)
-        ia1, ib1 = np.where(ok, ia + 1, 0), np.where(ok, ib + 1, 0)
-        sl = padded[kk]
-        v = ((1 - fb) * ((1 - fa) * sl[ib1, ia1] + fa * sl[ib1, ia1 + 1])
-             + fb * ((1 - fa) * sl[ib1 + 1, ia1] + fa * sl[ib1 + 1, ia1 + 1]))
-        inter += np.where(ok, v, 0.0)
+        inter += _padded_bilinear(padded[kk], P + kk * sa, Q + kk * sb)  # in-slice coordinates
     inter *= weight
     # Warp: bilinear sample of the intermediate image at (Ia, Ib), zero outside.
     return map_coordinates(inter, [Ib - b0, Ia - a0], order=1, mode="constant", cval=0.0)
@@ -229,15 +234,7 @@ def render_cone_shear_warp(volume: Volume, view: ConeView, pose_deg) -> np.ndarr
     padded = np.pad(slices, ((0, 0), (1, 1), (1, 1)))
     inter = np.zeros((wb, wa))
     for k in range(n_c):
-        pa, pb = S[a] + (Pg - S[a]) * h[k], S[b] + (Qg - S[b]) * h[k]
-        ia, ib = np.floor(pa).astype(int), np.floor(pb).astype(int)
-        fa, fb = pa - ia, pb - ib
-        ok = (ia >= -1) & (ia <= n_a - 1) & (ib >= -1) & (ib <= n_b - 1)
-        ia1, ib1 = np.where(ok, ia + 1, 0), np.where(ok, ib + 1, 0)
-        sl = padded[k]
-        v = ((1 - fb) * ((1 - fa) * sl[ib1, ia1] + fa * sl[ib1, ia1 + 1])
-             + fb * ((1 - fa) * sl[ib1 + 1, ia1] + fa * sl[ib1 + 1, ia1 + 1]))
-        inter += np.where(ok, v, 0.0)
+        inter += _padded_bilinear(padded[k], S[a] + (Pg - S[a]) * h[k], S[b] + (Qg - S[b]) * h[k])
     # Warp: each pixel's ray meets the plane c = cm at (Ia, Ib); times its mm per slice.
     d = P - S
     with np.errstate(divide="ignore", invalid="ignore"):
