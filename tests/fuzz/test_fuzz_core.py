@@ -90,10 +90,11 @@ def render_parallel_case(vol_r, sp_r, poses_r, size, pixel_mm):
     return render_parallel(volume(vol_r, sp_r), build(poses_r, POSE), cam, num_threads=1)
 
 
-def render_cone_case(vol_r, sp_r, poses_r, size, step):
+def render_cone_case(vol_r, sp_r, poses_r, size, step, method):
     from fluororeg.core.render import render_cone
 
-    return render_cone(volume(vol_r, sp_r), views(size)[0], build(poses_r, POSE), step_voxels=step, num_threads=1)
+    return render_cone(volume(vol_r, sp_r), views(size)[0], build(poses_r, POSE), step_voxels=step, num_threads=1,
+                       method=method)
 
 
 def project_cone_case(points_r, poses_r, size):
@@ -131,7 +132,8 @@ CASES = {
                                        st.sampled_from([4.0] * 5 + [0.0, -1.0, np.nan, np.inf, 1e-9, 1e300])),
                              render_parallel_case),
     "core render_cone": (st.tuples(VOL, SPACING, POSES, IMAGE_SIZES,
-                                   st.sampled_from([1.0] * 5 + [0.0, -1.0, np.nan, np.inf, 1e-12, 1e12])),
+                                   st.sampled_from([1.0] * 5 + [0.0, -1.0, np.nan, np.inf, 1e-12, 1e12]),
+                                   st.sampled_from(["march", "shear_warp", "shear_warp", "slices"])),
                          render_cone_case),
     "core project_cone": (st.tuples(arrays((4, 3)), POSES, IMAGE_SIZES), project_cone_case),
     "core register_frames": (st.tuples(arrays((6, 3)), arrays((3, 2, 6, 2)), st.none() | arrays((3, 2, 6)),
