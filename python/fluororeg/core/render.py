@@ -189,13 +189,16 @@ def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volum
     return volume.level(level)
 
 
-def _per_image_levels(base: Volume, pixel_mm, level, on_device: bool) -> list[np.ndarray] | None:
-    """level='auto' renders each image at the level its own pixel size at the object (mm, [n])
-    gives, as a call of its own would: the indices of the images that share a level, or None
-    when one level serves the whole batch (or the images stay on the device, where the batch
-    shares its finest level)."""
-    if not (isinstance(level, str) and level == "auto") or on_device or len(pixel_mm) < 2:
-        return None
+def _per_image_levels(level, on_device: bool, n: int) -> bool:
+    """Whether a batch of n images may need more than one level: level='auto' renders each image
+    at the level its own pixel size at the object gives, as a call of its own would (images
+    kept on the device share the batch's finest level)."""
+    return isinstance(level, str) and level == "auto" and not on_device and n > 1
+
+
+def _level_groups(base: Volume, pixel_mm) -> list[np.ndarray] | None:
+    """The indices of the images that share the 'auto' level of their pixel sizes at the object
+    (mm, [n]), or None when one level serves them all."""
     groups: dict[tuple, list[int]] = {}
     for i, px in enumerate(pixel_mm):
         groups.setdefault(base.factors_for_pixel_size(px, remember=False), []).append(i)
@@ -220,7 +223,7 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     p = as_poses(poses)
     check_image_batch(len(p), camera.width, camera.height, names=("poses", "camera.width", "camera.height"))
     s = _scales(scales, len(p))
-    groups = _per_image_levels(base, camera.pixel_mm / s, level, on_device)
+    groups = _level_groups(base, camera.pixel_mm / s) if _per_image_levels(level, on_device, len(p)) else None
     if groups is not None:
         out = np.empty((len(p), camera.height, camera.width), np.float32)
         for idx in groups:
@@ -268,9 +271,8 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     packed = stack_views(views, len(p))
     if len(packed) and np.isfinite(packed[0, 14:16]).all():
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
-    if isinstance(level, str) and level == "auto" and not on_device and len(p) > 1:
-        groups = _per_image_levels(base, [_cone_pixel_at_object(packed[i:i + 1], p[i:i + 1]) for i in range(len(p))],
-                                   level, on_device)
+    if _per_image_levels(level, on_device, len(p)):
+        groups = _level_groups(base, [_cone_pixel_at_object(packed[i:i + 1], p[i:i + 1]) for i in range(len(p))])
         if groups is not None:
             out = np.empty((len(p), int(packed[0, 15]), int(packed[0, 14])), np.float32)
             for idx in groups:
