@@ -66,5 +66,25 @@ timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_regis
 step "bench_refine --quick (CPU and CUDA rows)"
 timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
 
+step "issue 15's GPU targets"
+python3 - "$OUT" <<'PY' || true
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+def value(name, key):
+    try:
+        return json.loads((out / name).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+for name, key, target in [
+        ("bench_render.json", "cuda_parallel_128_drr_per_s", ">= 50,000 DRR/s"),
+        ("bench_render.json", "cuda_cone_512_ms", "<= 0.5 ms"),
+        ("bench_render.json", "cuda_cone_512_shear_warp_ms", "(shear-warp, for comparison)"),
+        ("bench_render.json", "cuda_cone_200_single_us", "<= 80 us"),
+        ("bench_dataset.json", "cuda_cone_samples_per_s", ">= 5,000 samples/s"),
+        ("bench_dataset.json", "cuda_cone_shear_warp_samples_per_s", "(shear-warp, for comparison)"),
+        ("bench_refine.json", "refine_ms_per_frame_cuda", "(register >= 500 frame pairs/s needs ~2 ms)")]:
+    print(f"{key:40s} {value(name, key)!s:>24s}  target {target}")
+PY
+
 step "done (status $status)"
 exit $status
