@@ -89,8 +89,9 @@ struct SliceStack {
                               // non-zero voxels, in column order
 };
 
-// Gaps between runs narrower than this many columns are not skipped: a stretch costs more than
-// so many samples.
+// Gaps between runs narrower than this many columns are not skipped: each stretch has a fixed
+// cost (a chosen value, not a measured optimum: 32 against none measured the same within this
+// machine's noise on the parallel-beam masks).
 constexpr int kMinSkippedGap = 32;
 
 // emit(lo, hi) for each stretch [lo, hi) of left taps (a bilinear sample at padded column A

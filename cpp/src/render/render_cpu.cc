@@ -100,8 +100,10 @@ constexpr long long kShearChunkFloats = 64LL << 20;  // 256 MiB
 constexpr int kShearBand = 32;
 constexpr int kShearGroup = 16;
 
-// Images whose intermediate rows at one base-plane row read nearly the same slice rows sort
-// next to each other: the parallel beam's shear per slice, the cone beam's source position.
+// The order of the images within a slice axis, so that a group's images read nearly the same
+// slice rows at one base-plane row: the parallel beam's shear per slice brings that about. No
+// key does in general for the cone beam (each image's slices scale about its own source); its
+// source position along b keeps the order deterministic.
 double ShearSortKey(const kernels::ShearWarpSetup& s) { return s.sb; }
 double ShearSortKey(const kernels::ConeShearSetup& s) { return s.src.y; }
 // The base-plane row of intermediate row 0, in intermediate rows (the bands of a group are
@@ -400,14 +402,7 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
   }
   if (march.empty()) return;
   const int m = static_cast<int>(march.size());
-  std::vector<ConeView> march_views(m);
-  std::vector<double> march_poses(6 * m);
-  for (int j = 0; j < m; ++j) {
-    march_views[j] = views[march[j]];
-    std::copy(poses + 6 * march[j], poses + 6 * march[j] + 6, march_poses.begin() + 6 * j);
-  }
-  const std::vector<kernels::ConeRaySetup> setups =
-      ConeSetups(state, march_views.data(), 1, march_poses.data(), m, options);
+  const std::vector<kernels::ConeRaySetup> setups = ConeSetups(state, views, 1, poses, n, options);
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
@@ -415,8 +410,8 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     if (m == n) {
       internal::RenderConeDrrCuda(state, setups.data(), n, W, H, out, options);
     } else {  // the few images the shear-warp left, one by one
-      for (int j = 0; j < m; ++j) {
-        internal::RenderConeDrrCuda(state, setups.data() + j, 1, W, H, out + march[j] * image_size,
+      for (const int i : march) {
+        internal::RenderConeDrrCuda(state, setups.data() + i, 1, W, H, out + i * image_size,
                                     options);
       }
     }
@@ -434,7 +429,7 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
     const int tile = static_cast<int>(t % tiles_per_image);
     const int x0 = (tile % tiles_x) * kTile, y0 = (tile / tiles_x) * kTile;
     const int x1 = std::min(x0 + kTile, W), y1 = std::min(y0 + kTile, H);
-    ConeTileCpu(setups[j], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
+    ConeTileCpu(setups[march[j]], sampler, state.occupancy.data(), x0, x1, y0, y1, W,
                 out + march[j] * image_size);
   });
 }
