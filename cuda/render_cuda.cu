@@ -239,8 +239,8 @@ struct CudaVolume {
   cudaTextureObject_t texture = 0;  // hardware trilinear filtering, zero outside
   uint8_t* occupancy = nullptr;
   float* slices[3] = {nullptr, nullptr, nullptr};
-  int64_t* run_offset[3] = {nullptr, nullptr, nullptr};
-  int32_t* runs[3] = {nullptr, nullptr, nullptr};
+  int64_t* stretch_offset[3] = {nullptr, nullptr, nullptr};
+  int32_t* stretches[3] = {nullptr, nullptr, nullptr};
   size_t fixed_bytes = 0;
   DeviceScratch<kernels::ShearWarpSetup> shear_setups;
   DeviceScratch<kernels::ConeShearSetup> cone_shear_setups;
@@ -264,8 +264,8 @@ struct CudaVolume {
     cudaFree(occupancy);
     for (int c = 0; c < 3; ++c) {
       cudaFree(slices[c]);
-      cudaFree(run_offset[c]);
-      cudaFree(runs[c]);
+      cudaFree(stretch_offset[c]);
+      cudaFree(stretches[c]);
     }
     if (start) cudaEventDestroy(start);
     if (stop) cudaEventDestroy(stop);
@@ -369,10 +369,10 @@ void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
   if (cv.slices[axis]) return;
   const PaddedSlices& p = volume.Slices(axis);
   cv.slices[axis] = UploadVector(p.data, "slices upload");
-  cv.run_offset[axis] = UploadVector(p.run_offset, "row runs upload");
-  cv.runs[axis] = UploadVector(p.runs, "row runs upload");
-  cv.fixed_bytes += p.data.size() * sizeof(float) + p.run_offset.size() * sizeof(int64_t) +
-                    p.runs.size() * sizeof(int32_t);
+  cv.stretch_offset[axis] = UploadVector(p.stretch_offset, "stretches upload");
+  cv.stretches[axis] = UploadVector(p.stretches, "stretches upload");
+  cv.fixed_bytes += p.data.size() * sizeof(float) + p.stretch_offset.size() * sizeof(int64_t) +
+                    p.stretches.size() * sizeof(int32_t);
 }
 
 // Where the images of a call to the host are copied by the stream: a page-locked buffer when
@@ -405,7 +405,7 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
     if (setups[i].inter_h > 0) EnsureSlices(volume, cv, setups[i].axis);
   }
   for (int c = 0; c < 3; ++c) {
-    table.axis[c] = {cv.slices[c], cv.run_offset[c], cv.runs[c]};
+    table.axis[c] = {cv.slices[c], cv.stretch_offset[c], cv.stretches[c]};
   }
   const long long image_size = static_cast<long long>(width) * height;
   // Chunks of images whose intermediate and output images fit the work buffers.

@@ -327,7 +327,8 @@ TEST(RenderKernels, CudaBodiesEqualCpuLoops) {
 // on the host (ShearColumns, any width, then WarpPixel), bit for bit, over more than one
 // principal axis; they stay close to the ray marcher's; images the factorisation cannot take
 // (a source inside the volume) are ray-marched; RenderConePixels refuses the method.
-// A sphere, or a spherical shell (hollow: rows of two runs of non-zero voxels).
+// A sphere, or a spherical shell (hollow: rows of two runs of non-zero voxels, the hollow up to
+// 40 columns wide, so that rows through its middle have two stretches).
 void ConeShearWarpMatchesBodies(bool hollow) {
   SpherePhantom ph;
   if (hollow) {
@@ -336,7 +337,7 @@ void ConeShearWarpMatchesBodies(bool hollow) {
       for (int j = 0; j < ph.n; ++j)
         for (int i = 0; i < ph.n; ++i) {
           const double r2 = (i - c) * (i - c) + (j - c) * (j - c) + (k - c) * (k - c);
-          if (r2 < 16.0 * 16.0) ph.data[(static_cast<size_t>(k) * ph.n + j) * ph.n + i] = 0.f;
+          if (r2 < 20.0 * 20.0) ph.data[(static_cast<size_t>(k) * ph.n + j) * ph.n + i] = 0.f;
         }
   }
   RenderVolume prepared(ph.grid);
@@ -375,11 +376,11 @@ void ConeShearWarpMatchesBodies(bool hollow) {
   EXPECT_GT(axes_seen & (axes_seen - 1), 0);  // more than one principal axis
   if (hollow) {
     const internal::PaddedSlices& slices = state.Slices(2);
-    int two_runs = 0;
-    for (size_t r = 0; r + 1 < slices.run_offset.size(); ++r) {
-      two_runs += slices.run_offset[r + 1] - slices.run_offset[r] == 2;
+    int two_stretches = 0;
+    for (size_t r = 0; r + 1 < slices.stretch_offset.size(); ++r) {
+      two_stretches += slices.stretch_offset[r + 1] - slices.stretch_offset[r] == 2;
     }
-    EXPECT_GT(two_runs, 500);  // the shell's rows through the hollow
+    EXPECT_GT(two_stretches, 100);  // the shell's row pairs through the wide part of the hollow
     return;
   }
 
@@ -398,6 +399,25 @@ void ConeShearWarpMatchesBodies(bool hollow) {
   float out[2];
   EXPECT_THROW(RenderConePixels(prepared, view, pixels, 2, poses, 1, out, shear_warp),
                std::invalid_argument);
+}
+
+// Stretches of two padded rows' runs: widened by a column on each side, merged in column
+// order, joined across gaps narrower than kMinSkippedGap, kept apart across wider ones.
+TEST(RenderKernels, RowPairStretchesMergeAndJoinRuns) {
+  const int g = kernels::kMinSkippedGap;
+  const std::vector<int32_t> a = {5, 9, 60 + g, 70 + g};  // row: two runs far apart
+  const std::vector<int32_t> b = {12, 20, 40 + g, 41 + g};  // next row: one close, one between
+  std::vector<int32_t> out;
+  internal::RowPairStretches(a.data(), a.data() + a.size(), b.data(), b.data() + b.size(), &out);
+  // [4, 10) and [11, 21) join (gap 1); [39 + g, 42 + g) lies 18 + g columns on: apart; it and
+  // [59 + g, 71 + g) are 17 columns apart: joined.
+  EXPECT_EQ(out, (std::vector<int32_t>{4, 21, 39 + g, 71 + g}));
+  out.clear();
+  internal::RowPairStretches(a.data(), a.data() + a.size(), b.data(), b.data(), &out);
+  EXPECT_EQ(out, (std::vector<int32_t>{4, 10, 59 + g, 71 + g}));  // one row: its runs widened
+  out.clear();
+  internal::RowPairStretches(a.data(), a.data(), b.data(), b.data(), &out);
+  EXPECT_TRUE(out.empty());  // two empty rows: nothing to sample
 }
 
 TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) { ConeShearWarpMatchesBodies(false); }

@@ -81,51 +81,35 @@ FLUORO_HD void SliceColumnRange(const ShearWarpSetup& s, int off_a, int* p_begin
 }
 
 // The volume as padded slices along one axis, in host or device memory (see
-// internal::PaddedSlices), with the runs of non-zero voxels of each padded row.
+// internal::PaddedSlices), with the stretches of each pair of neighbouring padded rows where a
+// bilinear sample can be non-zero.
 struct SliceStack {
-  const float* data;          // [n_slices, slice_h, slice_w]
-  const int64_t* run_offset;  // [n_slices * slice_h + 1] runs of padded row r: run_offset[r] ..
-  const int32_t* runs;        // [run_offset[end], 2] first and last padded column of each run of
-                              // non-zero voxels, in column order
+  const float* data;                // [n_slices, slice_h, slice_w]
+  const int64_t* stretch_offset;    // [n_slices * slice_h + 1] the stretches of padded rows
+                                    // (r, r + 1) of a slice (r = k * slice_h + row):
+                                    // stretch_offset[r] .. stretch_offset[r + 1]
+  const int32_t* stretches;         // [stretch_offset[end], 2] [lo, hi) of left taps, in column
+                                    // order and disjoint (see internal::RowPairStretches)
 };
 
-// Gaps between runs narrower than this many columns are not skipped: each stretch has a fixed
-// cost (a chosen value, not a measured optimum: 32 against none measured the same within this
-// machine's noise on the parallel-beam masks).
+// Gaps between runs of non-zero voxels narrower than this many columns are not skipped: each
+// stretch has a fixed cost (a chosen value, not a measured optimum: 32 against none measured
+// the same within this machine's noise on the parallel-beam masks).
 constexpr int kMinSkippedGap = 32;
 
 // emit(lo, hi) for each stretch [lo, hi) of left taps (a bilinear sample at padded column A
 // reads columns floor(A) and floor(A) + 1) that can meet a non-zero voxel of padded rows row and
-// row + 1 of slice k: the union of the two rows' runs [first, last], each widened to
-// [first - 1, last + 1) and joined across gaps narrower than kMinSkippedGap, in column order
-// and disjoint. A sample whose left tap lies outside every stretch is exactly zero; the shears
-// skip those (most of a hollow mask's row).
+// row + 1 of slice k, in column order. A sample whose left tap lies outside every stretch is
+// exactly zero; the shears skip those (most of a hollow mask's row). The stretches are built
+// once per slice stack (internal::RowPairStretches), so this is one read of two offsets and a
+// loop over (usually one) pair.
 template <typename Emit>
 FLUORO_HD_ALWAYS_INLINE void ForEachNonZeroStretch(const SliceStack& stack, int slice_h, int k,
                                                    int row, Emit&& emit) {
-  const int64_t* off = stack.run_offset + static_cast<long long>(k) * slice_h + row;
-  const int32_t* a = stack.runs + 2 * off[0];  // row's runs, then row + 1's: two sorted lists
-  const int32_t* const a_end = stack.runs + 2 * off[1];
-  const int32_t* b = a_end;
-  const int32_t* const b_end = stack.runs + 2 * off[2];
-  while (a < a_end || b < b_end) {
-    const int32_t** next = (b == b_end || (a < a_end && a[0] <= b[0])) ? &a : &b;
-    const int lo = (*next)[0] - 1;
-    int hi = (*next)[1] + 1;
-    *next += 2;
-    for (;;) {  // join the runs whose stretches meet this one or lie close
-      if (a < a_end && a[0] - 1 < hi + kMinSkippedGap) {
-        hi = a[1] + 1 > hi ? a[1] + 1 : hi;
-        a += 2;
-      } else if (b < b_end && b[0] - 1 < hi + kMinSkippedGap) {
-        hi = b[1] + 1 > hi ? b[1] + 1 : hi;
-        b += 2;
-      } else {
-        break;
-      }
-    }
-    emit(lo, hi);
-  }
+  const int64_t* off = stack.stretch_offset + static_cast<long long>(k) * slice_h + row;
+  const int32_t* st = stack.stretches + 2 * off[0];
+  const int32_t* const end = stack.stretches + 2 * off[1];
+  for (; st < end; st += 2) emit(st[0], st[1]);
 }
 
 // Shear of intermediate row q over columns [p_begin, p_end) by slice k, if the row's rays

@@ -27,12 +27,21 @@ struct PaddedSlices {
   int axis = -1;
   int n_slices = 0, slice_w = 0, slice_h = 0;
   std::vector<float> data;
-  // Per padded row: its runs of non-zero voxels (see kernels::SliceStack).
-  std::vector<int64_t> run_offset;  // [n_slices * slice_h + 1]
-  std::vector<int32_t> runs;        // [run_offset.back(), 2]
-  kernels::SliceStack Stack() const { return {data.data(), run_offset.data(), runs.data()}; }
+  // Per pair of neighbouring padded rows: where samples can be non-zero (kernels::SliceStack).
+  std::vector<int64_t> stretch_offset;  // [n_slices * slice_h + 1]
+  std::vector<int32_t> stretches;       // [stretch_offset.back(), 2]
+  kernels::SliceStack Stack() const {
+    return {data.data(), stretch_offset.data(), stretches.data()};
+  }
 };
 PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis);
+
+// The stretches [lo, hi) of left taps (appended to *out as pairs) that can meet a non-zero
+// voxel of two neighbouring padded rows, from the rows' runs [first, last] of non-zero voxels
+// (sorted pairs a .. a_end and b .. b_end): each run widened to [first - 1, last + 1), the two
+// lists merged in column order and joined across gaps narrower than kernels::kMinSkippedGap.
+void RowPairStretches(const int32_t* a, const int32_t* a_end, const int32_t* b,
+                      const int32_t* b_end, std::vector<int32_t>* out);
 
 struct CudaVolume;  // the CUDA backend's device copies and work buffers (cuda/render_cuda.cu)
 

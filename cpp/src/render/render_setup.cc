@@ -228,6 +228,29 @@ kernels::ShearWarpSetup MakeShearWarpSetup(const VolumeGrid& volume, const Paral
   return s;
 }
 
+void RowPairStretches(const int32_t* a, const int32_t* a_end, const int32_t* b,
+                      const int32_t* b_end, std::vector<int32_t>* out) {
+  while (a < a_end || b < b_end) {
+    const int32_t** next = (b == b_end || (a < a_end && a[0] <= b[0])) ? &a : &b;
+    const int lo = (*next)[0] - 1;
+    int hi = (*next)[1] + 1;
+    *next += 2;
+    for (;;) {  // join the runs whose stretches meet this one or lie close
+      if (a < a_end && a[0] - 1 < hi + kernels::kMinSkippedGap) {
+        hi = std::max(hi, a[1] + 1);
+        a += 2;
+      } else if (b < b_end && b[0] - 1 < hi + kernels::kMinSkippedGap) {
+        hi = std::max(hi, b[1] + 1);
+        b += 2;
+      } else {
+        break;
+      }
+    }
+    out->push_back(lo);
+    out->push_back(hi);
+  }
+}
+
 PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   int a, b;
   kernels::InSliceAxes(axis, &a, &b);
@@ -240,13 +263,17 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   p.slice_h = dims[b] + 2;
   const long long slice_size = static_cast<long long>(p.slice_w) * p.slice_h;
   p.data.assign(limits::CheckedMul(slice_size, p.n_slices, "padded slices"), 0.f);
-  p.run_offset.assign(static_cast<size_t>(p.slice_h) * p.n_slices + 1, 0);
-  p.runs.clear();
+  p.stretch_offset.assign(static_cast<size_t>(p.slice_h) * p.n_slices + 1, 0);
+  p.stretches.clear();
+  // Runs [first, last] of non-zero voxels of each padded row of one slice (padded columns);
+  // row_start[r] .. row_start[r + 1] for padded row r (rows 0 and slice_h - 1 have none).
+  std::vector<int32_t> runs;
+  std::vector<size_t> row_start(p.slice_h + 1, 0);
   for (int k = 0; k < p.n_slices; ++k) {
     float* slice = p.data.data() + k * slice_size;
-    // Padded row 0 has no runs.
-    p.run_offset[static_cast<size_t>(k) * p.slice_h + 1] = static_cast<int64_t>(p.runs.size() / 2);
+    runs.clear();
     for (int ib = 0; ib < dims[b]; ++ib) {
+      row_start[ib + 1] = runs.size() / 2;
       float* row = slice + static_cast<long long>(ib + 1) * p.slice_w + 1;
       const float* src = volume.data + k * stride[axis] + ib * stride[b];
       int last = -1;  // padded column of the last non-zero voxel so far
@@ -255,20 +282,26 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
         row[ia] = val;
         if (val != 0.f) {
           if (last != ia) {  // a new run at padded column ia + 1
-            p.runs.push_back(ia + 1);
-            p.runs.push_back(ia + 1);
+            runs.push_back(ia + 1);
+            runs.push_back(ia + 1);
           }
-          p.runs.back() = ia + 1;
+          runs.back() = ia + 1;
           last = ia + 1;
         }
       }
-      // Padded row ib + 1's runs end here.
-      const size_t r = static_cast<size_t>(k) * p.slice_h + ib + 1;
-      p.run_offset[r + 1] = static_cast<int64_t>(p.runs.size() / 2);
     }
-    const size_t last_row = static_cast<size_t>(k) * p.slice_h + p.slice_h - 1;
-    p.run_offset[last_row + 1] = p.run_offset[last_row];  // nor has the last padded row
+    row_start[dims[b] + 1] = row_start[p.slice_h] = runs.size() / 2;
+    for (int r = 0; r < p.slice_h; ++r) {
+      const size_t i = static_cast<size_t>(k) * p.slice_h + r;
+      p.stretch_offset[i] = static_cast<int64_t>(p.stretches.size() / 2);
+      if (r + 1 < p.slice_h) {
+        RowPairStretches(runs.data() + 2 * row_start[r], runs.data() + 2 * row_start[r + 1],
+                         runs.data() + 2 * row_start[r + 1], runs.data() + 2 * row_start[r + 2],
+                         &p.stretches);
+      }
+    }
   }
+  p.stretch_offset.back() = static_cast<int64_t>(p.stretches.size() / 2);
   return p;
 }
 
@@ -552,8 +585,8 @@ Device RenderVolume::device() const { return state_->device; }
 size_t RenderVolume::HostBytes() const {
   size_t bytes = state_->voxels.size() * sizeof(float) + state_->occupancy.size();
   for (const auto& p : state_->slices) {
-    bytes += p.data.size() * sizeof(float) + p.run_offset.size() * sizeof(int64_t) +
-             p.runs.size() * sizeof(int32_t);
+    bytes += p.data.size() * sizeof(float) + p.stretch_offset.size() * sizeof(int64_t) +
+             p.stretches.size() * sizeof(int32_t);
   }
   return bytes;
 }
@@ -582,8 +615,7 @@ std::shared_ptr<float> CudaAllocateFloats(size_t count) {
 #endif
 }
 
-double ConePixelAtObject(const ConeView* views, const double* poses, int n) {
-  double best = std::numeric_limits<double>::infinity();
+void ConePixelsAtObject(const ConeView* views, const double* poses, int n, double* out) {
   for (int i = 0; i < n; ++i) {
     const ConeView& v = views[i];
     const double nrm[3] = {v.u[1] * v.v[2] - v.u[2] * v.v[1], v.u[2] * v.v[0] - v.u[0] * v.v[2],
@@ -594,9 +626,8 @@ double ConePixelAtObject(const ConeView* views, const double* poses, int n) {
       sod += nrm[a] * (poses[6 * i + 3 + a] - v.source[a]);
     }
     const double pitch = std::min(v.pitch_u, v.pitch_v);
-    best = std::min(best, pitch * std::max(std::fabs(sod), 1e-6) / std::fabs(sdd));
+    out[i] = pitch * std::max(std::fabs(sod), 1e-6) / std::fabs(sdd);
   }
-  return best;
 }
 
 }  // namespace fluororeg
