@@ -277,13 +277,15 @@ void BindRender(nb::module_& m) {
       "Project model points [m, 3] mm through cone views: (xy [n, m, 2] px (NaN behind the "
       "source), in_fov [n, m] uint8).");
   m.def(
-      "cone_pixel_at_object",
+      "cone_pixels_at_object",
       [](const InArray<double>& views, const InArray<double>& poses) {
         const std::vector<ConeView> v = UnpackViewsForPoses(views, poses);
-        return ConePixelAtObject(v.data(), poses.data(), static_cast<int>(v.size()));
+        auto out = NewArray<double>({v.size()}, "pixel sizes");
+        ConePixelsAtObject(v.data(), poses.data(), static_cast<int>(v.size()), out.data());
+        return out;
       },
       nb::arg("views"), nb::arg("poses"),
-      "The smallest pixel pitch of views [n, 16] at the model origin of poses [n, 6], mm.");
+      "The smaller pixel pitch of each view [n, 16] at the model origin of its pose [n, 6], mm: [n].");
 
   m.def(
       "window_to_uint8",

@@ -684,9 +684,34 @@ def test_cone_pixel_at_object_matches_reference():
     poses = np.array(poses)
     got = R._cone_pixel_at_object(stack_views(views), poses)
     assert got == pytest.approx(ref.cone_pixel_at_object(views, poses), rel=1e-12)
+    each = R._cone_pixels_at_object(stack_views(views), poses)  # per image, for per-image levels
+    np.testing.assert_allclose(each, [ref.cone_pixel_at_object([v], p[None]) for v, p in zip(views, poses)],
+                               rtol=1e-12)
     # One view per pose: a view and pose count that differ is an error.
     with pytest.raises(ValueError, match="views for"):
         R._cone_pixel_at_object(stack_views(views), poses[:3])
+    # Packed views pass through stack_views as they are; other shapes and non-finite values are errors.
+    packed = stack_views(views)
+    np.testing.assert_array_equal(stack_views(packed, 5), packed)
+    with pytest.raises(ValueError, match=r"expected \(n, 16\)"):
+        stack_views(packed[:, :15])
+    bad = packed.copy()
+    bad[2, 12] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        stack_views(bad)
+    with pytest.raises(ValueError, match="views for 4 poses"):
+        stack_views(packed, 4)
+
+
+def test_factors_for_pixel_sizes_match_one_size_at_a_time(headsq_mu):
+    """The per-image levels of a batch (factors_for_pixel_sizes) are the factors each pixel size
+    gets alone, including sizes on the boundaries between levels."""
+    sizes = np.r_[np.geomspace(0.2, 40.0, 57), headsq_mu.spacing, 2 * np.asarray(headsq_mu.spacing)]
+    many = headsq_mu.factors_for_pixel_sizes(sizes)
+    assert many.shape == (len(sizes), 3)
+    assert [tuple(f) for f in many] == [headsq_mu.factors_for_pixel_size(s) for s in sizes]
+    with pytest.raises(ValueError, match="positive finite"):
+        headsq_mu.factors_for_pixel_sizes([1.0, 0.0])
 
 
 def test_cone_rays_stop_above_a_path_length(headsq_mu, dual_views):

@@ -76,9 +76,20 @@ def test_same_seed_same_dataset_and_other_seed_differs(subject, small_dataset, t
     assert not np.array_equal(DatasetReader(tmp_path / "c", "test")[0]["pose"], a[0]["pose"])
 
 
-def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, tmp_path, monkeypatch):
+def test_rendering_ahead_gives_the_same_dataset(subject, small_dataset, tmp_path, monkeypatch):
+    # On CUDA the next shard renders in a worker thread while this one is written: the same
+    # shards, in the same order; here forced on the CPU.
+    monkeypatch.setattr(D, "_render_ahead", lambda device: True)
+    generate_dataset(subject, tmp_path / "ahead", SMALL, progress=False)
+    for split in ("train", "test"):
+        a, b = DatasetReader(small_dataset, split), DatasetReader(tmp_path / "ahead", split)
+        assert len(a) == len(b)
+        for i in range(0, len(a), 7):
+            for key in ("image", "pose", "landmarks_px", "mask", "window_hi"):
+                np.testing.assert_array_equal(a[i][key], b[i][key])
+    # An interrupt while a shard renders ahead keeps the finished shards and leaves no temporary file.
     calls = {"n": 0}
-    real = D.render_samples
+    real = D._project_samples
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -86,7 +97,24 @@ def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(D, "render_samples", flaky)
+    monkeypatch.setattr(D, "_project_samples", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(subject, tmp_path / "cut", SMALL, progress=False)
+    assert len(list((tmp_path / "cut" / "train").glob("shard_*.h5"))) == 2
+    assert not list((tmp_path / "cut").rglob("*.tmp"))
+
+
+def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = D._project_samples
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(D, "_project_samples", flaky)
     root = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(subject, root, SMALL, progress=False)
@@ -95,7 +123,7 @@ def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, 
     mtimes = {p: p.stat().st_mtime_ns for p in done}
     with pytest.raises(FileNotFoundError, match="incomplete"):
         DatasetReader(root, "train")
-    monkeypatch.setattr(D, "render_samples", real)
+    monkeypatch.setattr(D, "_project_samples", real)
     calls["n"] = 0
     counter = {"n": 0}
 
@@ -103,7 +131,7 @@ def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, 
         counter["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(D, "render_samples", counting)
+    monkeypatch.setattr(D, "_project_samples", counting)
     generate_dataset(subject, root, SMALL, progress=False)
     assert counter["n"] == 2  # one train shard and one test shard left
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
@@ -253,11 +281,12 @@ def test_bad_configuration_errors():
         DatasetReader("/nonexistent/folder", "validation")
 
 
-def _render_both_projections(subject, device, volumes=None):
+def _render_both_projections(subject, device, volumes=None, cone_method="march"):
     poses, scales = D.sample_poses(np.random.default_rng(9), 6, SMALL.poses.for_subject(subject))
     seg = np.array([True, False] * 3)
     sod = np.linspace(500.0, 800.0, 6)
-    return [D.render_samples(subject, poses, scales, seg, SMALL.camera, device, s, volumes) for s in (None, sod)]
+    return [D.render_samples(subject, poses, scales, seg, SMALL.camera, device, s, volumes, cone_method=cone_method)
+            for s in (None, sod)]
 
 
 def test_prepared_subject_volumes_render_the_same_samples(subject):
@@ -272,9 +301,11 @@ def test_prepared_subject_volumes_render_the_same_samples(subject):
 
 
 @pytest.mark.skipif(not R._core.cuda_available(), reason="no CUDA device")
-def test_cuda_dataset_samples_match_cpu(subject):
-    cpu = _render_both_projections(subject, "cpu")
-    gpu = _render_both_projections(subject, "cuda", D.prepare_subject_volumes(subject, "cuda"))
+@pytest.mark.parametrize("cone_method", R.CONE_METHODS)
+def test_cuda_dataset_samples_match_cpu(subject, cone_method):
+    # One cone method on both devices ('auto' picks a different one on each).
+    cpu = _render_both_projections(subject, "cpu", cone_method=cone_method)
+    gpu = _render_both_projections(subject, "cuda", D.prepare_subject_volumes(subject, "cuda"), cone_method)
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose(a["landmarks_px"], b["landmarks_px"], atol=1e-6)
         np.testing.assert_array_equal(a["visible"], b["visible"])

@@ -143,11 +143,11 @@ void ProjectPointsParallel(const ParallelCamera& camera, const double* poses,
 void ProjectPointsCone(const ConeView* views, const double* poses, int n, const double* points,
                        int m, double* out_xy, uint8_t* in_fov, const RenderOptions& options = {});
 
-// The finest detail cone-beam images can show at the object, mm: the smallest pixel pitch of
-// views [n] scaled back to the model origin of poses [n, 6] (pitch * source-to-origin depth /
-// source-to-intensifier distance, the depth at least 1e-6 mm). The renderers' 'auto' level
-// matches the volume to it.
-double ConePixelAtObject(const ConeView* views, const double* poses, int n);
+// The finest detail each cone-beam image can show at the object, out [n] mm: the smaller pixel
+// pitch of views [n] scaled back to the model origin of poses [n, 6] (pitch * source-to-origin
+// depth / source-to-intensifier distance, the depth at least 1e-6 mm). The renderers' 'auto'
+// level matches the volume to it.
+void ConePixelsAtObject(const ConeView* views, const double* poses, int n, double* out);
 
 // Validation shared by the entry points (throws std::invalid_argument).
 void ValidateVolume(const VolumeGrid& volume);

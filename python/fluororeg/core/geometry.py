@@ -231,10 +231,23 @@ class ConeView:
         return self.intensifier_centre + d[..., :1] * self.u + d[..., 1:] * self.v
 
 
+PACKED_VIEW_SIZE = 16  # ConeView.packed(): S, D, u, v, pitch_u, pitch_v, W, H
+
+
 def stack_views(views, n: int | None = None) -> np.ndarray:
-    """Packed views [n, 16] from one ConeView (repeated n times) or a sequence of them."""
+    """Packed views [n, 16] from one ConeView (repeated n times), a sequence of them, or views
+    already packed (float [n, 16] as :meth:`ConeView.packed` lays them out: returned as they are;
+    the core checks each view as it checks any)."""
     if isinstance(views, ConeView):
         return np.tile(views.packed(), (1 if n is None else n, 1))
+    if isinstance(views, np.ndarray) and views.dtype.kind == "f":
+        if views.ndim != 2 or views.shape[1] != PACKED_VIEW_SIZE:
+            raise ValueError(f"packed views have shape {views.shape}, expected (n, {PACKED_VIEW_SIZE})")
+        if not np.all(np.isfinite(views)):
+            raise ValueError("packed views hold a non-finite value")
+        if n is not None and len(views) != n:
+            raise ValueError(f"got {len(views)} views for {n} poses: expected one view per pose or a single view")
+        return np.ascontiguousarray(views, dtype=np.float64)
     views = list(views)
     for i, v in enumerate(views):
         if not isinstance(v, ConeView):

@@ -57,7 +57,7 @@ __all__ = [
     "render_volume_for",
 ]
 
-Views = Union[ConeView, Sequence[ConeView]]
+Views = Union[ConeView, Sequence[ConeView], np.ndarray]  # np.ndarray: packed [n, 16] (stack_views)
 
 
 # The size limits of the core (cpp/include/fluororeg/limits.h; the C++ layer enforces them
@@ -168,12 +168,17 @@ def _scales(scales, n: int) -> np.ndarray:
     return np.ascontiguousarray(s)
 
 
+def _cone_pixels_at_object(views: np.ndarray, poses_deg: np.ndarray) -> np.ndarray:
+    """Each image's smaller intensifier pitch scaled back to the model origin, [n] mm: the finest
+    detail it can show at the object (``ConePixelsAtObject`` of the core). views: packed
+    [n, 16]; poses_deg: [n, 6]."""
+    return _core.cone_pixels_at_object(np.ascontiguousarray(views, dtype=np.float64),
+                                       np.ascontiguousarray(poses_deg, dtype=np.float64))
+
+
 def _cone_pixel_at_object(views: np.ndarray, poses_deg: np.ndarray) -> float:
-    """Smallest intensifier pitch scaled back to the model origin (mm): the finest detail the
-    images can show at the object (``ConePixelAtObject`` of the core). views: packed [n, 16];
-    poses_deg: [n, 6]."""
-    return _core.cone_pixel_at_object(np.ascontiguousarray(views, dtype=np.float64),
-                                      np.ascontiguousarray(poses_deg, dtype=np.float64))
+    """The finest of :func:`_cone_pixels_at_object` (mm): a batch's level when it shares one."""
+    return float(_cone_pixels_at_object(views, poses_deg).min(initial=math.inf))
 
 
 def render_volume_for(volume: Volume, pixel_mm_at_object: float, level) -> Volume:
@@ -198,11 +203,13 @@ def _per_image_levels(level, on_device: bool, n: int) -> bool:
 
 def _level_groups(base: Volume, pixel_mm) -> list[np.ndarray] | None:
     """The indices of the images that share the 'auto' level of their pixel sizes at the object
-    (mm, [n]), or None when one level serves them all."""
-    groups: dict[tuple, list[int]] = {}
-    for i, px in enumerate(pixel_mm):
-        groups.setdefault(base.factors_for_pixel_size(px, remember=False), []).append(i)
-    return None if len(groups) == 1 else [np.array(g) for g in groups.values()]
+    (mm, [n]), in order of first appearance, or None when one level serves them all."""
+    factors = base.factors_for_pixel_sizes(pixel_mm)  # [n, 3]
+    _, first, which = np.unique(factors, axis=0, return_index=True, return_inverse=True)
+    if len(first) == 1:
+        return None
+    which = which.reshape(-1)
+    return [np.flatnonzero(which == g) for g in np.argsort(first)]
 
 
 def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: ParallelCamera = ParallelCamera(),
@@ -250,7 +257,8 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
                 method: str = "march"):
     """Cone-beam DRRs [n, H, W] float32.
 
-    views: one ConeView (used for every pose) or one per pose (all the same image size);
+    views: one ConeView (used for every pose), one per pose (all the same image size), or
+    those packed [n, 16] (:func:`~fluororeg.core.geometry.stack_views`);
     poses: [n, 6] or [6] world_from_model (deg, mm); volume, device, on_device: as
     :func:`render_parallel`; level: as :func:`render_parallel`, the pixel size at the object
     being the view's pitch scaled back to the model origin. cuda_texture: on CUDA, sample
@@ -273,14 +281,13 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
     pixel_mm = None  # at the object, the batch's finest
     if _per_image_levels(level, on_device, len(p)):
-        pixels = [_cone_pixel_at_object(packed[i:i + 1], p[i:i + 1]) for i in range(len(p))]
-        pixel_mm = min(pixels)
+        pixels = _cone_pixels_at_object(packed, p)
+        pixel_mm = float(pixels.min())
         groups = _level_groups(base, pixels)
         if groups is not None:
             out = np.empty((len(p), int(packed[0, 15]), int(packed[0, 14])), np.float32)
             for idx in groups:
-                group_views = views if isinstance(views, ConeView) else [views[i] for i in idx]
-                out[idx] = render_cone(volume, group_views, p[idx], level=level, step_voxels=step_voxels, device=device,
+                out[idx] = render_cone(volume, packed[idx], p[idx], level=level, step_voxels=step_voxels, device=device,
                                        num_threads=num_threads, cuda_texture=cuda_texture, stop_above=stop_above,
                                        method=method)
             return out

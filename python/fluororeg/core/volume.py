@@ -255,11 +255,10 @@ class Volume:
         shift = self.direction @ (self.spacing * (f - 1) / 2.0)
         return self._replace(data=out, spacing=self.spacing * f, origin=self.origin + shift)
 
-    def factors_for_pixel_size(self, pixel_mm: float, *, remember: bool = True) -> Tuple[int, int, int]:
+    def factors_for_pixel_size(self, pixel_mm: float) -> Tuple[int, int, int]:
         """Per-axis power-of-two factors (fx, fy, fz): the largest with ``spacing * f <=
-        pixel_mm`` along each axis, never leaving fewer than 8 voxels along an axis.
-        ``remember``: keep the answer for this pixel size (every renderer call asks); False for
-        one-off sizes (the per-image sizes of a batch)."""
+        pixel_mm`` along each axis, never leaving fewer than 8 voxels along an axis. The answer
+        is remembered per pixel size (every renderer call asks)."""
         p = float(pixel_mm)
         if not math.isfinite(p) or p <= 0:
             raise ValueError(f"pixel_mm must be a positive finite number (mm), got {pixel_mm!r}")
@@ -267,15 +266,26 @@ class Volume:
         key = ("factors_for", p)
         if key in cache:
             return cache[key]
-        factors = []
-        for n, sp in zip(self.shape_xyz, self.spacing):
-            f = 1
-            while sp * f * 2 <= p * (1 + 1e-9) and -(-n // (f * 2)) >= _MIN_LEVEL_VOXELS:
-                f *= 2
-            factors.append(f)
-        if remember:
-            cache[key] = tuple(factors)
-        return tuple(factors)
+        factors = tuple(int(f) for f in self.factors_for_pixel_sizes([p])[0])
+        cache[key] = factors
+        return factors
+
+    def factors_for_pixel_sizes(self, pixel_mm) -> np.ndarray:
+        """:meth:`factors_for_pixel_size` of each of ``pixel_mm`` [n] (mm) at once: [n, 3] int
+        (fx, fy, fz), not remembered (the per-image sizes of a batch)."""
+        p = np.asarray(pixel_mm, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(p) & (p > 0)):
+            bad = p[~(np.isfinite(p) & (p > 0))][0]
+            raise ValueError(f"pixel_mm must be positive finite numbers (mm), got {bad!r}")
+        factors = np.ones((len(p), 3), dtype=np.int64)
+        for axis, (n, sp) in enumerate(zip(self.shape_xyz, self.spacing)):
+            f = factors[:, axis]
+            while True:  # double while the pixel allows and enough voxels remain
+                grow = (sp * f * 2 <= p * (1 + 1e-9)) & (-(-n // (f * 2)) >= _MIN_LEVEL_VOXELS)
+                if not grow.any():
+                    break
+                f[grow] *= 2
+        return factors
 
     def for_pixel_size(self, pixel_mm: float) -> "Volume":
         """The volume downsampled (per axis, anti-aliased, cached) to match a pixel size in

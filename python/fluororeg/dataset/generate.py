@@ -75,6 +75,7 @@ import json
 import math
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -84,7 +85,7 @@ import numpy as np
 from fluororeg.core import render as R
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.io.run_lock import locks_folder
-from fluororeg.core.geometry import ConeView, ParallelCamera, euler_from_matrix
+from fluororeg.core.geometry import PACKED_VIEW_SIZE, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
            "prepare_subject_volumes", "render_samples", "DatasetReader"]
@@ -322,18 +323,27 @@ def _shard_rng(seed: int, split: str, shard: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), shard]))
 
 
-def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: np.ndarray) -> list[ConeView]:
-    """The cone-beam counterparts [n] of ``camera`` at ``scales`` [n]: in camera coordinates,
+def cone_views(camera: ParallelCamera, scales: np.ndarray, source_distance_mm: np.ndarray) -> np.ndarray:
+    """The cone-beam counterparts of ``camera`` at ``scales`` [n], packed [n, 16] as the
+    renderers take them (:func:`~fluororeg.core.geometry.stack_views`): in camera coordinates,
     the source ``source_distance_mm`` [n] in front of the origin on the -z axis, the intensifier
     beyond the origin (1.5 times as far from the source), the pixel size at the origin
     ``camera.pixel_mm / scale`` and the principal point at the image centre."""
-    views = []
-    for s, sod in zip(np.asarray(scales, float), np.asarray(source_distance_mm, float)):
-        sdd = 1.5 * sod
-        pitch = camera.pixel_mm / s * sdd / sod
-        views.append(ConeView(np.array([0.0, 0.0, -sod]), np.array([0.0, 0.0, sdd - sod]), np.array([1.0, 0.0, 0.0]),
-                              np.array([0.0, 1.0, 0.0]), pitch, pitch, camera.width, camera.height))
-    return views
+    s = np.asarray(scales, np.float64).reshape(-1)
+    sod = np.asarray(source_distance_mm, np.float64).reshape(-1)
+    if s.shape != sod.shape:
+        raise ValueError(f"got {len(s)} scales and {len(sod)} source distances: expected one of each per sample")
+    if not np.all(np.isfinite(s) & (s > 0) & np.isfinite(sod) & (sod > 0)):
+        raise ValueError("scales and source distances must be finite and positive")
+    sdd = 1.5 * sod
+    pitch = camera.pixel_mm / s * sdd / sod
+    packed = np.zeros((len(s), PACKED_VIEW_SIZE))
+    packed[:, 2] = -sod                # source
+    packed[:, 5] = sdd - sod           # intensifier centre
+    packed[:, 6] = packed[:, 10] = 1   # u = x, v = y
+    packed[:, 12] = packed[:, 13] = pitch
+    packed[:, 14], packed[:, 15] = camera.width, camera.height
+    return packed
 
 
 def prepare_subject_volumes(subject, device: str = "cpu") -> tuple:
@@ -359,6 +369,15 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
     ``cone_method`` (see :class:`DatasetConfig`).
     ``volumes``: :func:`prepare_subject_volumes` (saves preparing the volumes per batch).
     ``num_threads``: CPU threads of the renderers (0: all cores)."""
+    projections = _project_samples(subject, poses, scales, camera, device, source_distance_mm, volumes,
+                                   num_threads, cone_method)
+    return _finish_samples(projections, poses, scales, segmented, camera, source_distance_mm, num_threads)
+
+
+def _project_samples(subject, poses, scales, camera, device, source_distance_mm, volumes, num_threads,
+                     cone_method) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The renderers' part of :func:`render_samples` (on ``device``): DRRs [n, H, W] float32,
+    masks [n, H, W] bool, landmark pixels [n, L, 2] and visibility [n, L]."""
     device = R.resolve_device(device)
     cone_method = _cone_method_for(cone_method, device)
     mu, bone = volumes if volumes is not None else (subject.attenuation_model(), subject.mask_model())
@@ -371,6 +390,13 @@ def render_samples(subject, poses: np.ndarray, scales: np.ndarray, segmented: np
         drr = R.render_cone(mu, views, poses, device=device, num_threads=num_threads, method=cone_method)
         mask = R.project_mask_cone(bone, views, poses, device=device, num_threads=num_threads, method=cone_method)
         xy, visible = R.project_cone(subject.landmarks_model, views, poses, device=device)
+    return drr, mask, xy, visible
+
+
+def _finish_samples(projections, poses, scales, segmented, camera, source_distance_mm,
+                    num_threads) -> dict[str, np.ndarray]:
+    """The CPU part of :func:`render_samples`: 8-bit pictures and the sample's fields."""
+    drr, mask, xy, visible = projections
     # Segmented samples show the bone alone: the DRR where the mask is set.
     image, hi = R.window_to_uint8(drr, percentile=99.5, keep=mask | ~segmented[:, None, None],
                                   num_threads=num_threads)
@@ -440,6 +466,13 @@ class _DeferInterrupt:
         return False
 
 
+def _render_ahead(device: str) -> bool:
+    """Whether generate_dataset renders the next shard (in a worker thread: the core releases
+    the GIL) while it windows and writes this one: on CUDA, where the renders run on the device;
+    on the CPU both would share the cores."""
+    return device == "cuda"
+
+
 @locks_folder("root", "dataset")  # one writer per dataset folder
 def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, device: str = "cpu",
                      progress: bool = True, write: bool = True, num_threads: int = 0) -> Path | None:
@@ -486,41 +519,59 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
     device = volumes[0].device
     total = config.n_train + config.n_test
     bar = tqdm(total=total, unit="sample", disable=not progress, desc="dataset")
-    try:
-        for split in SPLITS:
-            if write:
-                (root / split).mkdir(exist_ok=True)
-            for shard in range(config.n_shards(split)):
-                start = shard * config.shard_size
-                n = min(config.shard_size, config.count(split) - start)
-                path = root / split / f"shard_{shard:05d}.h5" if write else None
-                if write and path.exists():
-                    bar.update(n)
-                    continue
-                rng = _shard_rng(config.seed, split, shard)
-                poses, scales = sample_poses(rng, n, config.poses)
-                segmented = rng.random(n) < config.segmented_share
-                sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
-                sample = render_samples(subject, poses, scales, segmented, config.camera, device, sod, volumes,
-                                        num_threads=num_threads, cone_method=config.cone_method)
-                if write:
-                    with _DeferInterrupt():
-                        tmp = path.with_suffix(".h5.tmp")
-                        with h5py.File(tmp, "w") as f:
-                            for key, value in sample.items():
-                                if value.ndim == 3:
-                                    f.create_dataset(key, data=value, chunks=(1,) + value.shape[1:],
-                                                     compression="gzip", compression_opts=1)
-                                else:
-                                    f.create_dataset(key, data=value)
-                            f.attrs["split"] = split
-                            f.attrs["first_index"] = start
-                        os.replace(tmp, path)
+    # The shards still to make, in order; each one's draws come from its own seed.
+    jobs = []
+    for split in SPLITS:
+        if write:
+            (root / split).mkdir(exist_ok=True)
+        for shard in range(config.n_shards(split)):
+            n = min(config.shard_size, config.count(split) - shard * config.shard_size)
+            path = root / split / f"shard_{shard:05d}.h5" if write else None
+            if write and path.exists():
                 bar.update(n)
+                continue
+            rng = _shard_rng(config.seed, split, shard)
+            poses, scales = sample_poses(rng, n, config.poses)
+            segmented = rng.random(n) < config.segmented_share
+            sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
+            jobs.append((split, shard * config.shard_size, path, poses, scales, segmented, sod))
+
+    def project(job):
+        return _project_samples(subject, job[3], job[4], config.camera, device, job[6], volumes, num_threads,
+                                config.cone_method)
+
+    ahead = ThreadPoolExecutor(max_workers=1) if _render_ahead(device) and len(jobs) > 1 else None
+    try:
+        pending = ahead.submit(project, jobs[0]) if ahead and jobs else None
+        for i, job in enumerate(jobs):
+            split, start, path, poses, scales, segmented, sod = job
+            if ahead:
+                projections = pending.result()
+                pending = ahead.submit(project, jobs[i + 1]) if i + 1 < len(jobs) else None
+            else:
+                projections = project(job)
+            sample = _finish_samples(projections, poses, scales, segmented, config.camera, sod, num_threads)
+            if write:
+                with _DeferInterrupt():
+                    tmp = path.with_suffix(".h5.tmp")
+                    with h5py.File(tmp, "w") as f:
+                        for key, value in sample.items():
+                            if value.ndim == 3:
+                                f.create_dataset(key, data=value, chunks=(1,) + value.shape[1:],
+                                                 compression="gzip", compression_opts=1)
+                            else:
+                                f.create_dataset(key, data=value)
+                        f.attrs["split"] = split
+                        f.attrs["first_index"] = start
+                    os.replace(tmp, path)
+            bar.update(len(poses))
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: finished shards are kept in {root}; run again to resume")
         raise
+    finally:
+        if ahead:
+            ahead.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return root if write else None
 
