@@ -109,6 +109,7 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
     vol200 = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view200, 1), pose[None]), "auto")
     t_200 = best_time(lambda: R.render_cone(prepared, view200, pose), repeat * 5)
     k_200 = kernel_ms(vol200)
+    t_200_dev = best_time(lambda: R.render_cone(prepared, view200, pose, on_device=True), repeat * 5)
     t_cone_sw = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, method="shear_warp"),
                           repeat)
     k_cone_sw = kernel_ms(cone_vol)
@@ -129,6 +130,7 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
         "cuda_cone_512_shear_warp_kernel_ms": k_cone_sw / n_cone,
         "cuda_cone_200_single_us": t_200 * 1e6,
         "cuda_cone_200_single_kernel_us": k_200 * 1e3,
+        "cuda_cone_200_single_on_device_us": t_200_dev * 1e6,
         "cuda_volume_device_bytes": prepared.handle(par_vol).device_bytes,
     }
     rows = [
@@ -144,6 +146,7 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
         ("CUDA cone 512x512 per DRR, shear-warp, kernels only", k_cone_sw / n_cone, "ms"),
         ("CUDA cone 200x200 single DRR, to host", t_200 * 1e6, "us"),
         ("CUDA cone 200x200 single DRR, kernels only", k_200 * 1e3, "us"),
+        ("CUDA cone 200x200 single DRR, kept on the device", t_200_dev * 1e6, "us"),
     ]
     return results, rows
 

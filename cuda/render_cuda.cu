@@ -194,15 +194,32 @@ void LaunchCone(int parts, unsigned blocks, cudaStream_t stream, const kernels::
   }
 }
 
-// One thread per listed pixel of every pose: out [n, m].
+// Listed pixels of RenderConePixelsBatch: per setup (one pose of one request) where its pixels
+// and values lie; per block, a tile of kThreads consecutive pixels of one setup.
+struct PixelJob {
+  long long pixels;  // first entry in the concatenated pixel lists
+  long long out;     // first entry in the concatenated outputs
+  int count;         // pixels of the request
+  int width;         // image width of the request's view
+};
+struct PixelTile {
+  int setup;  // index into setups and jobs
+  int first;  // first pixel of the tile within the request's list
+};
+
+// One block per tile, one thread per pixel of it.
 template <typename Sampler>
-__global__ void ConePixelsKernel(const kernels::ConeRaySetup* setups, Sampler sampler,
-                                 const uint8_t* occupancy, const int32_t* pixels, int m,
-                                 int width, float* out, int n) {
-  FLUORO_GRID_STRIDE(idx, static_cast<long long>(n) * m) {
-    const int i = static_cast<int>(idx / m), j = static_cast<int>(idx - static_cast<long long>(i) * m);
-    out[idx] = kernels::ConeRayIntegral(setups[i], sampler, occupancy, pixels[j] % width,
-                                        pixels[j] / width);
+__global__ void ConePixelsKernel(const kernels::ConeRaySetup* setups, const PixelJob* jobs,
+                                 const PixelTile* tiles, long long n_tiles, Sampler sampler,
+                                 const uint8_t* occupancy, const int32_t* pixels, float* out) {
+  for (long long t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+    const PixelTile tile = tiles[t];
+    const PixelJob job = jobs[tile.setup];
+    const int i = tile.first + static_cast<int>(threadIdx.x);
+    if (i >= job.count) continue;
+    const int32_t p = pixels[job.pixels + i];
+    out[job.out + i] =
+        kernels::ConeRayIntegral(setups[tile.setup], sampler, occupancy, p % job.width, p / job.width);
   }
 }
 
@@ -253,7 +270,7 @@ struct CudaVolume {
   }
   DeviceScratch<long long> offsets;
   DeviceScratch<float> inter, images;
-  DeviceScratch<int32_t> pixels;  // RenderConePixels' pixel list
+  DeviceScratch<uint8_t> tables;  // RenderConePixelsBatch's setups, jobs, tiles and pixel lists
   PinnedScratch staging;      // setups on their way up
   PinnedScratch host_images;  // images on their way down (see HostImages)
 
@@ -330,7 +347,7 @@ size_t CudaVolumeBytes(const CudaVolume* cv) {
   if (!cv) return 0;
   return cv->fixed_bytes + cv->shear_setups.Bytes() + cv->cone_shear_setups.Bytes() +
          cv->cone_setups.Bytes() +
-         cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes() + cv->pixels.Bytes();
+         cv->offsets.Bytes() + cv->inter.Bytes() + cv->images.Bytes() + cv->tables.Bytes();
 }
 
 int CudaDeviceCount() {
@@ -509,37 +526,74 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
   if (!options.output_on_device) CopyOut(host, out, total);
 }
 
-void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
-                          int width, const int32_t* pixels, int m, float* out,
-                          const RenderOptions& options) {
+void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups,
+                          const ConePixelRequest* requests, int n, const RenderOptions& options) {
   CudaVolume& cv = GetCudaVolume(volume);
-  kernels::ConeRaySetup* d_setups = cv.cone_setups.Reserve(n);
-  cv.Upload(d_setups, setups, n);
-  // The pixel list by a blocking copy (the staging buffer holds the setups until the stream
-  // is synchronised).
-  Check(cudaMemcpy(cv.pixels.Reserve(m), pixels, m * sizeof(int32_t), cudaMemcpyHostToDevice),
-        "cudaMemcpy (pixels)");
-  const size_t total = limits::CheckedMul(static_cast<size_t>(n), static_cast<size_t>(m), "pixels");
-  float* host = HostImages(cv, out, total);
+  // The tables of the call, packed into one page-locked block and uploaded by one copy.
+  std::vector<PixelJob> jobs;
+  std::vector<PixelTile> tiles;
+  std::vector<long long> request_out(n, 0);
+  long long n_pixels = 0, n_out = 0;
+  for (int r = 0; r < n; ++r) {
+    const ConePixelRequest& q = requests[r];
+    if (q.num_pixels == 0) continue;
+    request_out[r] = n_out;
+    for (int k = 0; k < q.num_poses; ++k) {
+      const int setup = static_cast<int>(jobs.size());
+      jobs.push_back({n_pixels, n_out, q.num_pixels, q.view.width});
+      for (int first = 0; first < q.num_pixels; first += kThreads) tiles.push_back({setup, first});
+      n_out += q.num_pixels;
+    }
+    n_pixels += q.num_pixels;
+  }
+  auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+  const size_t setups_at = 0;
+  const size_t jobs_at = setups_at + aligned(jobs.size() * sizeof(kernels::ConeRaySetup));
+  const size_t tiles_at = jobs_at + aligned(jobs.size() * sizeof(PixelJob));
+  const size_t pixels_at = tiles_at + aligned(tiles.size() * sizeof(PixelTile));
+  const size_t bytes = pixels_at + aligned(static_cast<size_t>(n_pixels) * sizeof(int32_t));
+  auto* stage = static_cast<uint8_t*>(cv.staging.Reserve(bytes));
+  std::copy(setups, setups + jobs.size(), reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
+  std::copy(jobs.begin(), jobs.end(), reinterpret_cast<PixelJob*>(stage + jobs_at));
+  std::copy(tiles.begin(), tiles.end(), reinterpret_cast<PixelTile*>(stage + tiles_at));
+  int32_t* px = reinterpret_cast<int32_t*>(stage + pixels_at);
+  for (int r = 0; r < n; ++r) px = std::copy(requests[r].pixels, requests[r].pixels + requests[r].num_pixels, px);
+  uint8_t* blob = cv.tables.Reserve(bytes);
+  Check(cudaMemcpyAsync(blob, stage, bytes, cudaMemcpyHostToDevice, cv.stream),
+        "cudaMemcpyAsync (pixel tables)");
+  const size_t total = static_cast<size_t>(n_out);
+  float* host = HostImages(cv, nullptr, total);
+  std::vector<float> flat(host ? 0 : total);
+  if (!host) host = flat.data();
   float* values = cv.images.Reserve(total);
   const VolumeGrid& g = volume.grid;
   Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
-  const unsigned blocks = BlocksFor(static_cast<long long>(total));
+  const auto* d_setups = reinterpret_cast<const kernels::ConeRaySetup*>(blob + setups_at);
+  const auto* d_jobs = reinterpret_cast<const PixelJob*>(blob + jobs_at);
+  const auto* d_tiles = reinterpret_cast<const PixelTile*>(blob + tiles_at);
+  const auto* d_pixels = reinterpret_cast<const int32_t*>(blob + pixels_at);
+  const long long n_tiles = static_cast<long long>(tiles.size());
+  const unsigned blocks = static_cast<unsigned>(std::min<long long>(n_tiles, 1 << 20));
   if (options.cuda_texture) {
-    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, TextureSampler{cv.texture},
-                                                         cv.occupancy, cv.pixels.ptr, m, width,
-                                                         values, n);
+    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, d_jobs, d_tiles, n_tiles,
+                                                         TextureSampler{cv.texture}, cv.occupancy,
+                                                         d_pixels, values);
   } else {
     ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(
-        d_setups, kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz}, cv.occupancy, cv.pixels.ptr,
-        m, width, values, n);
+        d_setups, d_jobs, d_tiles, n_tiles, kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz},
+        cv.occupancy, d_pixels, values);
   }
   Check(cudaGetLastError(), "cone pixels kernel launch");
   Check(cudaMemcpyAsync(host, values, total * sizeof(float), cudaMemcpyDeviceToHost, cv.stream),
         "cudaMemcpyAsync (pixels)");
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
   FinishCall(volume, cv, "cone-beam pixels");
-  CopyOut(host, out, total);
+  for (int r = 0; r < n; ++r) {  // each request's [num_poses, num_pixels] block
+    const ConePixelRequest& q = requests[r];
+    if (q.num_pixels == 0) continue;
+    const long long count = static_cast<long long>(q.num_poses) * q.num_pixels;
+    std::copy(host + request_out[r], host + request_out[r] + count, q.out);
+  }
 }
 
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,

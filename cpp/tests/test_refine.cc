@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fluororeg/refine.h"
+#include "refine/refine_internal.h"
 #include "fluororeg/render.h"
 
 namespace fluororeg {
@@ -195,20 +196,67 @@ TEST_F(RefineTest, PerFrameViewWeightsMatchTheOptionsWeights) {
   }
 }
 
-TEST_F(RefineTest, CudaRendersGiveTheCpuResult) {
-  if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
-  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
-                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+// Five frames of the same images from other starts (one without a start, one far off, so that
+// they take other numbers of renders): results [5] of RefineFrames or of the gathered driver.
+struct FiveFrames {
+  std::vector<float> images;
+  std::vector<double> starts;
+  FiveFrames(const std::vector<float>& one, const std::vector<double>& truth) {
+    for (int f = 0; f < 5; ++f) images.insert(images.end(), one.begin(), one.end());
+    const double nan = std::nan("");
+    const double d[5][6] = {{0.04, -0.04, 0.03, 2.5, -2.0, 2.0}, {nan, 0, 0, 0, 0, 0},
+                            {-0.03, 0.02, 0.0, -1.0, 1.5, 0.5}, {0.3, 0, -0.3, 30, 0, 0},
+                            {0.0, 0.05, -0.02, 0.5, 0.5, -2.5}};
+    for (int f = 0; f < 5; ++f)
+      for (int c = 0; c < 6; ++c) starts.push_back(truth[c] + d[f][c]);
+  }
+};
+
+TEST_F(RefineTest, GatheredRendersGiveTheSameResults) {
+  const FiveFrames five(images, truth);
+  RefineInput in = input;
+  in.images = five.images.data();
   RefineOptions options;
   options.num_levels = 2;
-  RefineResult cpu, gpu;
-  RefineFrames(input, start, 1, &cpu, options);
+  RefineResult alone[5];
+  RefineFrames(in, five.starts.data(), 5, alone, options);
+  EXPECT_EQ(alone[0].status, RefineStatus::kConverged);
+  EXPECT_EQ(alone[1].status, RefineStatus::kInvalidStart);
+  for (int in_flight : {1, 2, 5, 64}) {
+    SCOPED_TRACE("frames in flight: " + std::to_string(in_flight));
+    RefineResult gathered[5];
+    internal::RefineFramesGathered(in, five.starts.data(), 5, gathered, options, in_flight);
+    for (int f = 0; f < 5; ++f) {
+      EXPECT_EQ(gathered[f].status, alone[f].status) << "frame " << f;
+      EXPECT_EQ(gathered[f].iterations, alone[f].iterations) << "frame " << f;
+      if (f == 1) continue;  // no start: NaN pose
+      for (int c = 0; c < 6; ++c) EXPECT_EQ(gathered[f].pose[c], alone[f].pose[c]) << "frame " << f;
+      EXPECT_EQ(gathered[f].similarity_total, alone[f].similarity_total) << "frame " << f;
+    }
+  }
+  RefineResult r[5];
+  EXPECT_THROW(internal::RefineFramesGathered(in, five.starts.data(), 5, r, options, 0),
+               std::invalid_argument);
+}
+
+TEST_F(RefineTest, CudaRendersGiveTheCpuResult) {
+  if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
+  const FiveFrames five(images, truth);  // on CUDA the frames' renders are gathered
+  RefineInput in = input;
+  in.images = five.images.data();
+  RefineOptions options;
+  options.num_levels = 2;
+  RefineResult cpu[5], gpu[5];
+  RefineFrames(in, five.starts.data(), 5, cpu, options);
   options.device = Device::kCuda;
-  RefineFrames(input, start, 1, &gpu, options);
-  EXPECT_EQ(gpu.status, cpu.status);
-  EXPECT_LT(AngleBetween(gpu.pose, cpu.pose), 0.01);
-  for (int c = 3; c < 6; ++c) EXPECT_NEAR(gpu.pose[c], cpu.pose[c], 0.01);
-  EXPECT_NEAR(gpu.similarity_total, cpu.similarity_total, 1e-4);
+  RefineFrames(in, five.starts.data(), 5, gpu, options);
+  for (int f = 0; f < 5; ++f) {
+    EXPECT_EQ(gpu[f].status, cpu[f].status) << "frame " << f;
+    if (f == 1) continue;  // no start
+    EXPECT_LT(AngleBetween(gpu[f].pose, cpu[f].pose), 0.01) << "frame " << f;
+    for (int c = 3; c < 6; ++c) EXPECT_NEAR(gpu[f].pose[c], cpu[f].pose[c], 0.01) << "frame " << f;
+    EXPECT_NEAR(gpu[f].similarity_total, cpu[f].similarity_total, 1e-4) << "frame " << f;
+  }
 }
 
 TEST_F(RefineTest, BadInputThrowsInvalidArgument) {

@@ -226,6 +226,47 @@ TEST(RenderConePixels, EqualsTheFullImageAtTheListedPixels) {
                std::invalid_argument);
 }
 
+// Requests of RenderConePixelsBatch (other views, pixel lists and pose counts, one empty), and
+// what each request's own RenderConePixels call gives, on `device`.
+struct PixelBatch {
+  std::vector<ConeView> views;
+  std::vector<std::vector<int32_t>> pixels;
+  std::vector<std::vector<double>> poses;
+  std::vector<std::vector<float>> batched, alone;
+  PixelBatch(const RenderVolume& volume, const RenderOptions& options) {
+    views = {SideView(40, 36, 2.0), SideView(40, 36, 2.3), SideView(40, 36, 1.7), SideView(40, 36, 2.0)};
+    const double p[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0, -0.4, 0.2, 0.1, 2, 1, -1};
+    const int n_poses[4] = {2, 3, 1, 2};
+    for (int r = 0; r < 4; ++r) {
+      pixels.emplace_back();
+      for (int i = r; r != 3 && i < 40 * 36; i += 5 + 2 * r) pixels[r].push_back(i);  // request 3: none
+      poses.emplace_back(p + 6 * (r % 2), p + 6 * (r % 2) + 6 * n_poses[r]);
+    }
+    std::vector<ConePixelRequest> requests(4);
+    for (int r = 0; r < 4; ++r) {
+      const int m = static_cast<int>(pixels[r].size()), n = n_poses[r];
+      batched.emplace_back(static_cast<size_t>(n) * m, -1.f);
+      alone.emplace_back(static_cast<size_t>(n) * m, -2.f);
+      requests[r] = {views[r], pixels[r].data(), m, poses[r].data(), n, batched[r].data()};
+      RenderConePixels(volume, views[r], pixels[r].data(), m, poses[r].data(), n, alone[r].data(),
+                       options);
+    }
+    RenderConePixelsBatch(volume, requests.data(), 4, options);
+  }
+};
+
+TEST(RenderConePixels, BatchGivesEachRequestItsOwnCall) {
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid);
+  const PixelBatch b(prepared, RenderOptions{});
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(b.batched[r], b.alone[r]) << "request " << r;
+  EXPECT_TRUE(b.batched[3].empty());
+  ConePixelRequest bad{b.views[0], b.pixels[0].data(), 1, b.poses[0].data(), 1, nullptr};
+  const int32_t outside[1] = {40 * 36};
+  bad.pixels = outside;
+  EXPECT_THROW(RenderConePixelsBatch(prepared, &bad, 1), std::invalid_argument);
+}
+
 TEST(RenderConePixels, CudaMatchesCpu) {
   if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
   SpherePhantom ph;
@@ -243,6 +284,14 @@ TEST(RenderConePixels, CudaMatchesCpu) {
   std::vector<float> gpu(2 * m);
   RenderConePixels(prepared, view, pixels.data(), m, poses, 2, gpu.data(), cuda);
   for (int i = 0; i < 2 * m; ++i) EXPECT_NEAR(gpu[i], values[i], 1e-4 * 2 * ph.r * ph.mu);
+  // A batch of requests in one launch: each as its own CPU call.
+  const PixelBatch cpu(prepared, RenderOptions{}), on_gpu(prepared, cuda);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(on_gpu.batched[r], on_gpu.alone[r]) << "request " << r;
+    ASSERT_EQ(on_gpu.batched[r].size(), cpu.alone[r].size());
+    for (size_t i = 0; i < cpu.alone[r].size(); ++i)
+      EXPECT_NEAR(on_gpu.batched[r][i], cpu.alone[r][i], 1e-4 * 2 * ph.r * ph.mu);
+  }
 }
 
 // The CUDA launchers' per-element bodies, run here on the host: the DRRs warped from

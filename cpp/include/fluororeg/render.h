@@ -130,6 +130,23 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
                       int m, const double* poses, int n, float* out,
                       const RenderOptions& options = {});
 
+// One request of RenderConePixelsBatch: listed pixels of one view for some poses (the
+// arguments of RenderConePixels).
+struct ConePixelRequest {
+  ConeView view{};
+  const int32_t* pixels = nullptr;  // [num_pixels] indices y * W + x
+  int num_pixels = 0;
+  const double* poses = nullptr;    // [num_poses, 6] rad / mm: world_from_model
+  int num_poses = 0;
+  float* out = nullptr;             // [num_poses, num_pixels] float32, host memory
+};
+// Many requests on one volume in one call, each giving what RenderConePixels gives for it (the
+// same per-ray body, the same values). On CUDA they share one upload, one kernel launch, one
+// download and one synchronisation: the refinement gathers the renders of all the frames it
+// refines at once this way. RenderConePixels is its one-request case.
+void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* requests, int n,
+                           const RenderOptions& options = {});
+
 // Device memory for images that stay on the CUDA device (RenderOptions::output_on_device):
 // `count` floats, freed when the last copy of the pointer goes. Throws std::runtime_error
 // when CUDA is not built or no device is usable.

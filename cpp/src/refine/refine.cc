@@ -9,9 +9,13 @@
 #include <Eigen/Dense>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,6 +24,7 @@
 
 #include "fluororeg/parallel.h"
 #include "common/format.h"
+#include "refine/refine_internal.h"
 #include "render/render_internal.h"
 
 namespace fluororeg {
@@ -176,9 +181,12 @@ struct ViewLevel {
   int NumResiduals() const { return used ? channels * static_cast<int>(roi.size()) : 0; }
 };
 
+class RenderGather;
+
 struct Context {
   const RefineInput* input;
   const RefineOptions* options;
+  RenderGather* gather = nullptr;    // set: renders go through it (frames refined together)
   std::vector<LevelVolume> volumes;  // index = level - finest_level
   std::vector<LevelVolume> bones;    // empty: the volumes serve
   int W = 0, H = 0;
@@ -204,19 +212,106 @@ std::vector<T> DownsampleImage(const T* img, int W, int H, int level, bool use_m
   return out;
 }
 
-// Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
-void RenderPixels(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
-                  const std::vector<double>& poses, const RefineOptions& o, int threads,
-                  std::vector<float>* out) {
-  const int K = static_cast<int>(poses.size() / 6);
-  out->resize(static_cast<size_t>(K) * px.size());
+RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
   RenderOptions ro;
   ro.device = o.device;
   ro.num_threads = threads;
   ro.step_voxels = o.step_voxels;
   ro.cuda_texture = false;  // the exact trilinear sampler: CPU and CUDA agree to rounding
+  return ro;
+}
+
+// Gathers the region renders of the frames refined together (one worker thread per frame in
+// flight) into one RenderConePixelsBatch call per volume: a worker's request waits until every
+// worker still running has one waiting too, and the last one to arrive renders them all. On
+// CUDA that turns each frame's dozens of small, synchronised calls into one launch per round
+// for all frames. Every pixel gets the value its own call would give, so the frames' results
+// do not depend on the gathering.
+class RenderGather {
+ public:
+  RenderGather(int workers, const RenderOptions& options) : active_(workers), options_(options) {}
+
+  void Render(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
+              const std::vector<double>& poses, std::vector<float>* out) {
+    Item item;
+    item.volume = vol.render.get();
+    item.request.view = view;
+    item.request.pixels = px.data();
+    item.request.num_pixels = static_cast<int>(px.size());
+    item.request.poses = poses.data();
+    item.request.num_poses = static_cast<int>(poses.size() / 6);
+    out->resize(static_cast<size_t>(item.request.num_poses) * px.size());
+    item.request.out = out->data();
+    std::unique_lock<std::mutex> lock(mutex_);
+    pending_.push_back(&item);
+    if (static_cast<int>(pending_.size()) == active_) {
+      RenderPending();
+    } else {
+      ready_.wait(lock, [&] { return item.done; });
+    }
+    if (item.error) std::rethrow_exception(item.error);
+  }
+
+  // A worker has no frame left: the others no longer wait for it.
+  void WorkerDone() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --active_;
+    if (active_ > 0 && static_cast<int>(pending_.size()) == active_) RenderPending();
+  }
+
+ private:
+  struct Item {
+    const RenderVolume* volume = nullptr;
+    ConePixelRequest request;
+    bool done = false;
+    std::exception_ptr error;
+  };
+
+  // Every pending request, one call per volume (the caller holds the mutex; every other
+  // worker waits).
+  void RenderPending() {
+    std::stable_sort(pending_.begin(), pending_.end(),
+                     [](const Item* a, const Item* b) { return a->volume < b->volume; });
+    std::vector<ConePixelRequest> requests;
+    for (size_t b = 0; b < pending_.size();) {
+      size_t e = b;
+      requests.clear();
+      while (e < pending_.size() && pending_[e]->volume == pending_[b]->volume) {
+        requests.push_back(pending_[e++]->request);
+      }
+      std::exception_ptr error;
+      try {
+        RenderConePixelsBatch(*pending_[b]->volume, requests.data(),
+                              static_cast<int>(requests.size()), options_);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      for (; b < e; ++b) pending_[b]->error = error;
+    }
+    for (Item* item : pending_) item->done = true;
+    pending_.clear();
+    ready_.notify_all();
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  int active_;
+  RenderOptions options_;
+  std::vector<Item*> pending_;
+};
+
+// Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
+void RenderPixels(const Context& ctx, const LevelVolume& vol, const ConeView& view,
+                  const std::vector<int32_t>& px, const std::vector<double>& poses, int threads,
+                  std::vector<float>* out) {
+  if (ctx.gather) {
+    ctx.gather->Render(vol, view, px, poses, out);
+    return;
+  }
+  const int K = static_cast<int>(poses.size() / 6);
+  out->resize(static_cast<size_t>(K) * px.size());
   RenderConePixels(*vol.render, view, px.data(), static_cast<int>(px.size()), poses.data(), K,
-                   out->data(), ro);
+                   out->data(), PixelRenderOptions(*ctx.options, threads));
 }
 
 // Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
@@ -331,7 +426,7 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView&
   for (int y = by0; y <= by1; ++y)
     for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
   std::vector<float> path;
-  RenderPixels(bone, view, px, std::vector<double>(pose, pose + 6), o, threads, &path);
+  RenderPixels(ctx, bone, view, px, std::vector<double>(pose, pose + 6), threads, &path);
   std::vector<uint8_t> proj(roi.size(), 0);
   for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
   proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
@@ -423,7 +518,7 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
     if (!vl.used && !similarity) continue;
     if (vl.roi.empty() || static_cast<int>(vl.roi.size()) < ctx.options->min_roi_pixels) continue;
     std::vector<float> values;
-    RenderPixels(ctx.volumes[fl.k], vl.view, vl.render_px, poses, *ctx.options, threads, &values);
+    RenderPixels(ctx, ctx.volumes[fl.k], vl.view, vl.render_px, poses, threads, &values);
     const int n = vl.NumResiduals() > 0 ? vl.NumResiduals()
                                         : vl.channels * static_cast<int>(vl.roi.size());
     std::vector<double> feat(n);
@@ -727,6 +822,11 @@ ConeView PyramidView(const ConeView& view, int level) {
 
 void RefineFrames(const RefineInput& input, const double* init_poses, int num_frames,
                   RefineResult* results, const RefineOptions& options) {
+  if (options.device == Device::kCuda) {
+    internal::RefineFramesGathered(input, init_poses, num_frames, results, options,
+                                   internal::kCudaFramesInFlight);
+    return;
+  }
   if (num_frames < 0)
     throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
   const Context ctx = MakeContext(input, options, options.num_levels);
@@ -739,6 +839,42 @@ void RefineFrames(const RefineInput& input, const double* init_poses, int num_fr
     RefineOne(ctx, static_cast<int>(f), init_poses + 6 * f, inner, results + f);
   });
 }
+
+namespace internal {
+
+void RefineFramesGathered(const RefineInput& input, const double* init_poses, int num_frames,
+                          RefineResult* results, const RefineOptions& options,
+                          int frames_in_flight) {
+  if (num_frames < 0)
+    throw std::invalid_argument("frame count " + std::to_string(num_frames) + " is negative");
+  if (frames_in_flight < 1)
+    throw std::invalid_argument("frames_in_flight = " + std::to_string(frames_in_flight) +
+                                ": expected at least 1");
+  Context ctx = MakeContext(input, options, options.num_levels);
+  ValidateViewWeights(input, options, num_frames);
+  if (num_frames == 0) return;
+  const int workers = std::min(frames_in_flight, num_frames);
+  RenderGather gather(workers, PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
+  ctx.gather = &gather;
+  std::atomic<int> next{0};
+  // One thread per frame in flight (most of their time they wait for the gathered render).
+  ParallelFor(workers, workers, [&](long long) {
+    struct Leave {  // also when a frame throws: the other workers must not wait for this one
+      RenderGather* gather;
+      ~Leave() { gather->WorkerDone(); }
+    } leave{&gather};
+    try {
+      for (int f; (f = next.fetch_add(1)) < num_frames;) {
+        RefineOne(ctx, f, init_poses + 6LL * f, 1, results + f);
+      }
+    } catch (...) {
+      next.store(num_frames);  // no new frames once one has failed
+      throw;
+    }
+  });
+}
+
+}  // namespace internal
 
 void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int num_frames,
                               int level, double* similarity, uint8_t* roi,

@@ -437,8 +437,18 @@ void RenderConeDrr(const RenderVolume& volume, const ConeView* views, const doub
 void RenderConePixels(const RenderVolume& volume, const ConeView& view, const int32_t* pixels,
                       int m, const double* poses, int n, float* out,
                       const RenderOptions& options) {
-  ValidatePoses(poses, n);
-  ValidateConeView(view, 0);
+  ConePixelRequest request;
+  request.view = view;
+  request.pixels = pixels;
+  request.num_pixels = m;
+  request.poses = poses;
+  request.num_poses = n;
+  request.out = out;
+  RenderConePixelsBatch(volume, &request, 1, options);
+}
+
+void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* requests, int n,
+                           const RenderOptions& options) {
   ValidateConeOptions(options);
   RequireHostOutput(options);
   if (options.cone_method != ConeMethod::kRayMarch) {
@@ -446,36 +456,59 @@ void RenderConePixels(const RenderVolume& volume, const ConeView& view, const in
         "RenderConePixels ray-marches: cone_method must be kRayMarch (shear-warp renders whole "
         "images only)");
   }
-  if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
-  const long long size = static_cast<long long>(view.width) * view.height;
-  for (int i = 0; i < m; ++i) {
-    if (pixels[i] < 0 || pixels[i] >= size) {
-      throw std::invalid_argument("pixel index " + std::to_string(pixels[i]) + " (entry " +
-                                  std::to_string(i) + ") lies outside the " +
-                                  std::to_string(view.width) + " x " +
-                                  std::to_string(view.height) + " image");
+  if (n < 0) throw std::invalid_argument("request count " + std::to_string(n) + " is negative");
+  // Every request checked; the setups of all poses in request order (setup_begin[r] ..).
+  std::vector<int> setup_begin(n + 1, 0);
+  for (int r = 0; r < n; ++r) {
+    const ConePixelRequest& q = requests[r];
+    ValidatePoses(q.poses, q.num_poses);
+    ValidateConeView(q.view, r);
+    const int m = q.num_pixels;
+    if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
+    const long long size = static_cast<long long>(q.view.width) * q.view.height;
+    for (int i = 0; i < m; ++i) {
+      if (q.pixels[i] < 0 || q.pixels[i] >= size) {
+        throw std::invalid_argument("pixel index " + std::to_string(q.pixels[i]) + " (entry " +
+                                    std::to_string(i) + ") lies outside the " +
+                                    std::to_string(q.view.width) + " x " +
+                                    std::to_string(q.view.height) + " image");
+      }
     }
+    setup_begin[r + 1] = setup_begin[r] + (m > 0 ? q.num_poses : 0);
   }
-  if (n == 0 || m == 0) return;
+  if (setup_begin[n] == 0) return;
   RenderVolume::State& state = volume.state();
-  const std::vector<kernels::ConeRaySetup> setups =
-      ConeSetups(state, &view, 0, poses, n, options);
+  std::vector<kernels::ConeRaySetup> setups;
+  setups.reserve(setup_begin[n]);
+  for (int r = 0; r < n; ++r) {
+    if (setup_begin[r + 1] == setup_begin[r]) continue;
+    const std::vector<kernels::ConeRaySetup> s =
+        ConeSetups(state, &requests[r].view, 0, requests[r].poses, requests[r].num_poses, options);
+    setups.insert(setups.end(), s.begin(), s.end());
+  }
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
     std::lock_guard<std::mutex> lock(state.cuda_mutex);
-    internal::RenderConePixelsCuda(state, setups.data(), n, view.width, pixels, m, out, options);
+    internal::RenderConePixelsCuda(state, setups.data(), requests, n, options);
 #endif
     return;
   }
   const VolumeGrid& g = state.grid;
   const kernels::ArraySampler sampler{g.data, g.nx, g.ny, g.nz};
-  constexpr long long kChunk = 64;  // pixels per task (all poses)
-  const long long chunks = (m + kChunk - 1) / kChunk;
-  ParallelFor(chunks, options.num_threads, [&](long long t) {
-    const long long b = t * kChunk, e = std::min<long long>(m, b + kChunk);
-    ConePixelsCpu(setups.data(), n, sampler, state.occupancy.data(), pixels, m, b, e, view.width,
-                  out);
+  constexpr long long kChunk = 64;  // pixels per task (all poses of the request)
+  std::vector<long long> task_begin(n + 1, 0);
+  for (int r = 0; r < n; ++r) {
+    const long long m = setup_begin[r + 1] > setup_begin[r] ? requests[r].num_pixels : 0;
+    task_begin[r + 1] = task_begin[r] + (m + kChunk - 1) / kChunk;
+  }
+  ParallelFor(task_begin[n], options.num_threads, [&](long long t) {
+    const int r = static_cast<int>(std::upper_bound(task_begin.begin(), task_begin.end(), t) -
+                                   task_begin.begin()) - 1;
+    const ConePixelRequest& q = requests[r];
+    const long long b = (t - task_begin[r]) * kChunk, e = std::min<long long>(q.num_pixels, b + kChunk);
+    ConePixelsCpu(setups.data() + setup_begin[r], q.num_poses, sampler, state.occupancy.data(),
+                  q.pixels, q.num_pixels, b, e, q.view.width, q.out);
   });
 }
 

@@ -98,9 +98,9 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
                          int height, float* out, bool output_on_device);
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
                        int width, int height, float* out, const RenderOptions& options);
-void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
-                          int width, const int32_t* pixels, int m, float* out,
-                          const RenderOptions& options);
+// The requests' pixels; setups: those of every pose of the requests with pixels, in order.
+void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups,
+                          const ConePixelRequest* requests, int n, const RenderOptions& options);
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,
                        const double* poses, const double* scales, int n, const double* points,
                        int m, double* out_xy, uint8_t* in_fov);
