@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fluororeg/limits.h"
+#include "fluororeg/parallel.h"
 #include "render/render_internal.h"
 
 namespace fluororeg {
@@ -556,8 +557,12 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
   std::copy(setups, setups + jobs.size(), reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
   std::copy(jobs.begin(), jobs.end(), reinterpret_cast<PixelJob*>(stage + jobs_at));
   std::copy(tiles.begin(), tiles.end(), reinterpret_cast<PixelTile*>(stage + tiles_at));
+  std::vector<long long> request_pixels(n + 1, 0);  // each request's first entry in the list
+  for (int r = 0; r < n; ++r) request_pixels[r + 1] = request_pixels[r] + requests[r].num_pixels;
   int32_t* px = reinterpret_cast<int32_t*>(stage + pixels_at);
-  for (int r = 0; r < n; ++r) px = std::copy(requests[r].pixels, requests[r].pixels + requests[r].num_pixels, px);
+  ParallelFor(n, options.num_threads, [&](long long r) {
+    std::copy(requests[r].pixels, requests[r].pixels + requests[r].num_pixels, px + request_pixels[r]);
+  });
   uint8_t* blob = cv.tables.Reserve(bytes);
   Check(cudaMemcpyAsync(blob, stage, bytes, cudaMemcpyHostToDevice, cv.stream),
         "cudaMemcpyAsync (pixel tables)");
@@ -588,12 +593,11 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
         "cudaMemcpyAsync (pixels)");
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
   FinishCall(volume, cv, "cone-beam pixels");
-  for (int r = 0; r < n; ++r) {  // each request's [num_poses, num_pixels] block
+  ParallelFor(n, options.num_threads, [&](long long r) {  // each request's [num_poses, num_pixels]
     const ConePixelRequest& q = requests[r];
-    if (q.num_pixels == 0) continue;
     const long long count = static_cast<long long>(q.num_poses) * q.num_pixels;
-    std::copy(host + request_out[r], host + request_out[r] + count, q.out);
-  }
+    if (count > 0) std::copy(host + request_out[r], host + request_out[r] + count, q.out);
+  });
 }
 
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,

@@ -169,6 +169,7 @@ void BindRefine(nb::module_& m) {
       .def_rw("max_rotation_change_deg", &RefineOptions::max_rotation_change_deg)
       .def_rw("max_translation_change_mm", &RefineOptions::max_translation_change_mm)
       .def_rw("num_threads", &RefineOptions::num_threads)
+      .def_rw("cuda_frames_in_flight", &RefineOptions::cuda_frames_in_flight)
       .def_prop_rw(
           "device",
           [](const RefineOptions& o) {

@@ -73,7 +73,7 @@ def test_a_slowed_down_and_interrupted_demo_gives_the_same_answer(subject, tmp_p
         InterruptOnce(monkeypatch, detector_train, "augment_batch", call=10 ** 9, delay_s=0.05)  # throttle only
         stages = [  # one Ctrl-C inside each stage, in the demo's order
             lambda: InterruptOnce(monkeypatch, simulate.R, "render_cone", call=2),            # simulation
-            lambda: InterruptOnce(monkeypatch, generate, "render_samples", call=2),           # dataset
+            lambda: InterruptOnce(monkeypatch, generate, "_project_samples", call=2),         # dataset
             lambda: monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("detector_train.py", 2)),
             lambda: monkeypatch.setattr(common, "GracefulStop", ctrl_c_at_check("translator_train.py", 2)),
             lambda: InterruptOnce(monkeypatch, register, "view_crops", call=3),               # registration
@@ -89,7 +89,7 @@ def test_a_slowed_down_and_interrupted_demo_gives_the_same_answer(subject, tmp_p
     finally:
         hog.kill()
         hog.wait()
-    for message, where in zip(interrupted, ("render_cone", "render_samples", "detector", "style", "view_crops")):
+    for message, where in zip(interrupted, ("render_cone", "_project_samples", "detector", "style", "view_crops")):
         assert where in message, (where, message)
 
     a, b = _outputs(quiet), _outputs(busy)

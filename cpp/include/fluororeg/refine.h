@@ -19,7 +19,8 @@
 // - Coarse to fine: level l halves the images l times (2x2 means) and the volume with them.
 // - Frames run in parallel (one frame per thread); a single frame spreads its renders over
 //   the threads instead. The renders (RenderConePixels) run on the CPU or on CUDA
-//   (RefineOptions::device); everything else is host code.
+//   (RefineOptions::device); everything else is host code. On CUDA, the renders of
+//   cuda_frames_in_flight frames are gathered into one launch per round (RenderConePixelsBatch).
 // Poses are world_from_model (rad, mm), X_world = R X_model + tau (see geometry.h).
 // Invalid arguments throw std::invalid_argument naming the value.
 #pragma once
@@ -81,6 +82,10 @@ struct RefineOptions {
   // (the same per-ray body with the exact trilinear sampler, so both give the same values to
   // rounding; throws std::runtime_error when CUDA is absent).
   Device device = Device::kCpu;
+  // On CUDA, frames refined together: their renders are gathered into one launch per round
+  // (more frames, fewer and larger launches; each frame in flight holds a host thread). Chosen,
+  // not measured as an optimum; benchmarks/bench_refine.py --device cuda times several.
+  int cuda_frames_in_flight = 128;
 };
 
 // Everything one refinement call needs; arrays are owned by the caller.

@@ -33,6 +33,7 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr int kMaxFramesInFlight = 4096;  // each holds a host thread
 
 using internal::Fmt;
 
@@ -183,10 +184,16 @@ struct ViewLevel {
 
 class RenderGather;
 
+// How one frame's renders run: on `threads` CPU threads of its own (or the CUDA device), or
+// gathered with the other frames' of its group (gather set).
+struct Renders {
+  int threads = 1;
+  RenderGather* gather = nullptr;
+};
+
 struct Context {
   const RefineInput* input;
   const RefineOptions* options;
-  RenderGather* gather = nullptr;    // set: renders go through it (frames refined together)
   std::vector<LevelVolume> volumes;  // index = level - finest_level
   std::vector<LevelVolume> bones;    // empty: the volumes serve
   int W = 0, H = 0;
@@ -302,16 +309,16 @@ class RenderGather {
 
 // Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
 void RenderPixels(const Context& ctx, const LevelVolume& vol, const ConeView& view,
-                  const std::vector<int32_t>& px, const std::vector<double>& poses, int threads,
-                  std::vector<float>* out) {
-  if (ctx.gather) {
-    ctx.gather->Render(vol, view, px, poses, out);
+                  const std::vector<int32_t>& px, const std::vector<double>& poses,
+                  const Renders& renders, std::vector<float>* out) {
+  if (renders.gather) {
+    renders.gather->Render(vol, view, px, poses, out);
     return;
   }
   const int K = static_cast<int>(poses.size() / 6);
   out->resize(static_cast<size_t>(K) * px.size());
   RenderConePixels(*vol.render, view, px.data(), static_cast<int>(px.size()), poses.data(), K,
-                   out->data(), PixelRenderOptions(*ctx.options, threads));
+                   out->data(), PixelRenderOptions(*ctx.options, renders.threads));
 }
 
 // Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
@@ -399,7 +406,7 @@ std::vector<uint8_t> Dilate(const std::vector<uint8_t>& m, int W, int H, int r) 
 // the field of view) and off the image border. Returns [H_l, W_l] 0/1.
 std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView& view,
                                       const std::vector<uint8_t>& usable, const double* pose,
-                                      int threads) {
+                                      const Renders& renders) {
   const RefineOptions& o = *ctx.options;
   const int W = view.width, H = view.height;
   std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
@@ -426,7 +433,7 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView&
   for (int y = by0; y <= by1; ++y)
     for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
   std::vector<float> path;
-  RenderPixels(ctx, bone, view, px, std::vector<double>(pose, pose + 6), threads, &path);
+  RenderPixels(ctx, bone, view, px, std::vector<double>(pose, pose + 6), renders, &path);
   std::vector<uint8_t> proj(roi.size(), 0);
   for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
   proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
@@ -480,7 +487,7 @@ struct FrameLevel {
   int k = 0;  // level - finest_level
 };
 
-void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, int threads,
+void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, const Renders& renders,
                   FrameLevel* fl) {
   const RefineOptions& o = *ctx.options;
   const RefineInput& in = *ctx.input;
@@ -500,14 +507,14 @@ void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, 
     if (in.image_masks) {
       usable = DownsampleImage(in.image_masks + v * image_size, ctx.W, ctx.H, level, true);
     }
-    const std::vector<uint8_t> roi = RegionOfInterest(ctx, fl->k, vl.view, usable, pose, threads);
+    const std::vector<uint8_t> roi = RegionOfInterest(ctx, fl->k, vl.view, usable, pose, renders);
     SetRegion(&vl, roi, o.min_roi_pixels);
   }
 }
 
 // Residuals sum_v sqrt(w_v / channels) (f_v(pose) - t_v) for K poses; returns [K, n_res].
 void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<double>& poses,
-               int threads, std::vector<double>* res, int n_res,
+               const Renders& renders, std::vector<double>* res, int n_res,
                std::vector<double>* similarity = nullptr) {
   const int K = static_cast<int>(poses.size() / 6);
   res->assign(static_cast<size_t>(K) * n_res, 0.0);
@@ -518,7 +525,7 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
     if (!vl.used && !similarity) continue;
     if (vl.roi.empty() || static_cast<int>(vl.roi.size()) < ctx.options->min_roi_pixels) continue;
     std::vector<float> values;
-    RenderPixels(ctx, ctx.volumes[fl.k], vl.view, vl.render_px, poses, threads, &values);
+    RenderPixels(ctx, ctx.volumes[fl.k], vl.view, vl.render_px, poses, renders, &values);
     const int n = vl.NumResiduals() > 0 ? vl.NumResiduals()
                                         : vl.channels * static_cast<int>(vl.roi.size());
     std::vector<double> feat(n);
@@ -541,7 +548,7 @@ double SquaredNorm(const double* r, int n) {
 }
 
 // Levenberg-Marquardt at one level; returns the iterations taken.
-int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int threads) {
+int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Renders& renders) {
   const double coarse = static_cast<double>(1 << (fl.k));  // tolerance scale of this level
   const RefineOptions& o = *ctx.options;
   const int n_res = fl.views[0].NumResiduals() + fl.views[1].NumResiduals();
@@ -553,7 +560,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int thread
   const double tol_rad = coarse * o.tolerance_deg * kPi / 180.0;
   std::vector<double> arr(6), res, jres;
   pose->ToArray(arr.data());
-  Residuals(ctx, fl, arr, threads, &res, n_res);
+  Residuals(ctx, fl, arr, renders, &res, n_res);
   double cost = SquaredNorm(res.data(), n_res);
   double lambda = 1e-3;
   int it = 0;
@@ -573,7 +580,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int thread
           if (j < 3) w[j] = step / L; else dt[j - 3] = step;
           pose->Moved(w, dt).ToArray(probes.data() + 6 * (sides * j + s));
         }
-      Residuals(ctx, fl, probes, threads, &jres, n_res);
+      Residuals(ctx, fl, probes, renders, &jres, n_res);
       for (int j = 0; j < 6; ++j) {
         const double* rp = jres.data() + static_cast<size_t>(sides * j) * n_res;
         const double* rm = sides == 2 ? rp + n_res : res.data();
@@ -598,7 +605,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, int thread
       const Pose cand = pose->Moved(w, dt);
       std::vector<double> ca(6), cres;
       cand.ToArray(ca.data());
-      Residuals(ctx, fl, ca, threads, &cres, n_res);
+      Residuals(ctx, fl, ca, renders, &cres, n_res);
       const double c = SquaredNorm(cres.data(), n_res);
       if (c < cost) {
         if (o.broyden_updates) {  // rank-1 secant update: J d = r_new - r_old afterwards
@@ -675,6 +682,9 @@ void ValidateRefineOptions(const RefineOptions& o) {
     bad("num_threads = " + std::to_string(o.num_threads) + ": expected >= 0 (0 = all)");
   if (o.device != Device::kCpu && o.device != Device::kCuda)
     bad("device " + std::to_string(static_cast<int>(o.device)) + " is unknown");
+  if (o.cuda_frames_in_flight < 1 || o.cuda_frames_in_flight > kMaxFramesInFlight)
+    bad("cuda_frames_in_flight = " + std::to_string(o.cuda_frames_in_flight) + ": expected 1 to " +
+        std::to_string(kMaxFramesInFlight));
 }
 
 namespace {
@@ -736,7 +746,8 @@ bool FinitePose(const double* p) {
   return true;
 }
 
-void RefineOne(const Context& ctx, int frame, const double* init, int threads, RefineResult* r) {
+void RefineOne(const Context& ctx, int frame, const double* init, const Renders& renders,
+               RefineResult* r) {
   const auto t0 = std::chrono::steady_clock::now();
   const RefineOptions& o = *ctx.options;
   *r = RefineResult{};
@@ -754,20 +765,20 @@ void RefineOne(const Context& ctx, int frame, const double* init, int threads, R
     FrameLevel fl;
     double arr[6];
     pose.ToArray(arr);
-    PrepareLevel(ctx, frame, level, arr, threads, &fl);
+    PrepareLevel(ctx, frame, level, arr, renders, &fl);
     if (!fl.views[0].used && !fl.views[1].used) {
       overlap = false;
       continue;  // a finer level may still see the bone
     }
     overlap = true;
-    r->iterations += RefineLevel(ctx, fl, &pose, threads);
+    r->iterations += RefineLevel(ctx, fl, &pose, renders);
   }
   pose.ToArray(r->pose);
   // Final similarity at the finest level, over the final pose's region.
   FrameLevel fl;
-  PrepareLevel(ctx, frame, o.finest_level, r->pose, threads, &fl);
+  PrepareLevel(ctx, frame, o.finest_level, r->pose, renders, &fl);
   std::vector<double> res, sim;
-  Residuals(ctx, fl, std::vector<double>(r->pose, r->pose + 6), threads, &res,
+  Residuals(ctx, fl, std::vector<double>(r->pose, r->pose + 6), renders, &res,
             fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
   double wsum = 0, ssum = 0;
   for (int v = 0; v < 2; ++v) {
@@ -824,7 +835,7 @@ void RefineFrames(const RefineInput& input, const double* init_poses, int num_fr
                   RefineResult* results, const RefineOptions& options) {
   if (options.device == Device::kCuda) {
     internal::RefineFramesGathered(input, init_poses, num_frames, results, options,
-                                   internal::kCudaFramesInFlight);
+                                   options.cuda_frames_in_flight);
     return;
   }
   if (num_frames < 0)
@@ -836,7 +847,7 @@ void RefineFrames(const RefineInput& input, const double* init_poses, int num_fr
   const int outer = std::min(threads, num_frames);
   const int inner = std::max(1, threads / num_frames);
   ParallelFor(num_frames, outer, [&](long long f) {
-    RefineOne(ctx, static_cast<int>(f), init_poses + 6 * f, inner, results + f);
+    RefineOne(ctx, static_cast<int>(f), init_poses + 6 * f, Renders{inner, nullptr}, results + f);
   });
 }
 
@@ -850,22 +861,31 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
   if (frames_in_flight < 1)
     throw std::invalid_argument("frames_in_flight = " + std::to_string(frames_in_flight) +
                                 ": expected at least 1");
-  Context ctx = MakeContext(input, options, options.num_levels);
+  const Context ctx = MakeContext(input, options, options.num_levels);
   ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int workers = std::min(frames_in_flight, num_frames);
-  RenderGather gather(workers, PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
-  ctx.gather = &gather;
+  // Worker w renders with group w % groups: while one group's renders run, the other group's
+  // frames do their host work (features, Jacobians, steps).
+  const int groups = std::min(kGatherGroups, workers);
+  const RenderOptions render_options =
+      PixelRenderOptions(options, ResolveThreadCount(options.num_threads));
+  std::vector<std::unique_ptr<RenderGather>> gathers;
+  for (int g = 0; g < groups; ++g) {
+    gathers.push_back(std::make_unique<RenderGather>((workers - g + groups - 1) / groups,
+                                                     render_options));
+  }
   std::atomic<int> next{0};
   // One thread per frame in flight (most of their time they wait for the gathered render).
-  ParallelFor(workers, workers, [&](long long) {
+  ParallelFor(workers, workers, [&](long long w) {
+    RenderGather* gather = gathers[w % groups].get();
     struct Leave {  // also when a frame throws: the other workers must not wait for this one
       RenderGather* gather;
       ~Leave() { gather->WorkerDone(); }
-    } leave{&gather};
+    } leave{gather};
     try {
       for (int f; (f = next.fetch_add(1)) < num_frames;) {
-        RefineOne(ctx, f, init_poses + 6LL * f, 1, results + f);
+        RefineOne(ctx, f, init_poses + 6LL * f, Renders{1, gather}, results + f);
       }
     } catch (...) {
       next.store(num_frames);  // no new frames once one has failed
@@ -894,9 +914,9 @@ void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int
       static_cast<long long>(input.views[0].width >> level) * (input.views[0].height >> level);
   ParallelFor(num_frames, std::min(threads, std::max(num_frames, 1)), [&](long long f) {
     FrameLevel fl;
-    PrepareLevel(ctx, static_cast<int>(f), level, poses + 6 * f, 1, &fl);
+    PrepareLevel(ctx, static_cast<int>(f), level, poses + 6 * f, Renders{}, &fl);
     std::vector<double> res, sim;
-    Residuals(ctx, fl, std::vector<double>(poses + 6 * f, poses + 6 * f + 6), 1, &res,
+    Residuals(ctx, fl, std::vector<double>(poses + 6 * f, poses + 6 * f + 6), Renders{}, &res,
               fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
     for (int v = 0; v < 2; ++v) {
       similarity[2 * f + v] = sim[v];

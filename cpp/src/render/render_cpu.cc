@@ -457,16 +457,24 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
         "images only)");
   }
   if (n < 0) throw std::invalid_argument("request count " + std::to_string(n) + " is negative");
-  // Every request checked; the setups of all poses in request order (setup_begin[r] ..).
+  // The setups of all poses in request order (setup_begin[r] ..).
   std::vector<int> setup_begin(n + 1, 0);
   for (int r = 0; r < n; ++r) {
     const ConePixelRequest& q = requests[r];
+    if (q.num_pixels < 0)
+      throw std::invalid_argument("pixel count " + std::to_string(q.num_pixels) + " is negative");
     ValidatePoses(q.poses, q.num_poses);
     ValidateConeView(q.view, r);
-    const int m = q.num_pixels;
-    if (m < 0) throw std::invalid_argument("pixel count " + std::to_string(m) + " is negative");
+    setup_begin[r + 1] = setup_begin[r] + (q.num_pixels > 0 ? q.num_poses : 0);
+  }
+  // Every pixel index checked, and the setups made, request by request on the threads (the
+  // refinement gathers millions of pixels per call).
+  RenderVolume::State& state = volume.state();
+  std::vector<kernels::ConeRaySetup> setups(setup_begin[n]);
+  ParallelFor(n, options.num_threads, [&](long long r) {
+    const ConePixelRequest& q = requests[r];
     const long long size = static_cast<long long>(q.view.width) * q.view.height;
-    for (int i = 0; i < m; ++i) {
+    for (int i = 0; i < q.num_pixels; ++i) {
       if (q.pixels[i] < 0 || q.pixels[i] >= size) {
         throw std::invalid_argument("pixel index " + std::to_string(q.pixels[i]) + " (entry " +
                                     std::to_string(i) + ") lies outside the " +
@@ -474,18 +482,11 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
                                     std::to_string(q.view.height) + " image");
       }
     }
-    setup_begin[r + 1] = setup_begin[r] + (m > 0 ? q.num_poses : 0);
-  }
+    if (setup_begin[r + 1] == setup_begin[r]) return;
+    const std::vector<kernels::ConeRaySetup> s = ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
+    std::copy(s.begin(), s.end(), setups.begin() + setup_begin[r]);
+  });
   if (setup_begin[n] == 0) return;
-  RenderVolume::State& state = volume.state();
-  std::vector<kernels::ConeRaySetup> setups;
-  setups.reserve(setup_begin[n]);
-  for (int r = 0; r < n; ++r) {
-    if (setup_begin[r + 1] == setup_begin[r]) continue;
-    const std::vector<kernels::ConeRaySetup> s =
-        ConeSetups(state, &requests[r].view, 0, requests[r].poses, requests[r].num_poses, options);
-    setups.insert(setups.end(), s.begin(), s.end());
-  }
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)

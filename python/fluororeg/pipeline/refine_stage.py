@@ -89,7 +89,8 @@ REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
-                           *, failed_views=None, track: bool = True, chunk: int = 64, device: str = "cpu"):
+                           *, failed_views=None, track: bool = True, chunk: Optional[int] = None,
+                           device: str = "cpu"):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
     [F] are the landmark statuses; ``failed_views`` [F, 2] bool (or None: none) the views whose
@@ -117,7 +118,8 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
 
     Frames with a status outside :data:`REFINABLE_STATUSES` are not refined and keep theirs,
     except those one failed view flagged. Frames are read ``chunk`` at a time (tracking
-    carries over from one chunk to the next).
+    carries over from one chunk to the next; None: 64, on CUDA at least the options'
+    ``cuda_frames_in_flight``, the frames whose renders are gathered into one launch).
     """
     poses = np.asarray(poses, dtype=np.float64)
     status = np.asarray(status).astype(str)
@@ -134,6 +136,12 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     one_usable = failed.sum(axis=1) == 1
     candidates = np.flatnonzero((refinable | ~np.isin(status, INPUT_FLAGS) | one_usable) & ~failed.all(axis=1))
     weights = np.where(failed, 0.0, 1.0)  # [F, 2] the views' weights in each frame's objective
+    if chunk is None:
+        from fluororeg.core.render import resolve_device
+
+        chunk = 64
+        if resolve_device(device) == "cuda":
+            chunk = max(chunk, (options if options is not None else RefineOptions()).cuda_frames_in_flight)
     parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
     for s in range(0, len(candidates), chunk):
         idx = candidates[s:s + chunk]
