@@ -16,6 +16,7 @@
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <thread>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -196,6 +197,8 @@ struct Context {
   const RefineOptions* options;
   std::vector<LevelVolume> volumes;  // index = level - finest_level
   std::vector<LevelVolume> bones;    // empty: the volumes serve
+  std::vector<std::vector<uint8_t>> usable[2];  // per view [level - finest_level] [H_l, W_l]
+                                                // (the image masks' pyramid; empty: no masks)
   int W = 0, H = 0;
   double lever_mm = 50;  // radius of the bone, to scale rotations to millimetres
   const LevelVolume& Bone(int k) const { return bones.empty() ? volumes[k] : bones[k]; }
@@ -219,6 +222,26 @@ std::vector<T> DownsampleImage(const T* img, int W, int H, int level, bool use_m
   return out;
 }
 
+// The pyramid of a full-resolution image over `levels` levels from `finest` on (index: level -
+// finest): the finest from the full image, each coarser one by halving the one before (the same
+// block means, or minima, as from the full image; only the order of the sums differs).
+template <typename T>
+std::vector<std::vector<T>> ImagePyramid(const T* img, int W, int H, int finest, int levels,
+                                         bool use_min) {
+  std::vector<std::vector<T>> p;
+  p.push_back(DownsampleImage(img, W, H, finest, use_min));
+  for (int k = 1; k < levels; ++k) {
+    p.push_back(DownsampleImage(p.back().data(), W >> (finest + k - 1), H >> (finest + k - 1), 1,
+                                use_min));
+  }
+  return p;
+}
+
+// One frame's images at the pyramid levels (per view, index: level - finest_level).
+struct FrameImages {
+  std::vector<std::vector<float>> level[2];
+};
+
 RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
   RenderOptions ro;
   ro.device = o.device;
@@ -229,14 +252,27 @@ RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
 }
 
 // Gathers the region renders of the frames refined together (one worker thread per frame in
-// flight) into one RenderConePixelsBatch call per volume: a worker's request waits until every
-// worker still running has one waiting too, and the last one to arrive renders them all. On
-// CUDA that turns each frame's dozens of small, synchronised calls into one launch per round
-// for all frames. Every pixel gets the value its own call would give, so the frames' results
-// do not depend on the gathering.
+// flight) into RenderConePixelsBatch calls, one per volume, made by a render thread of its own:
+// while it renders one batch, the workers do their host work (features, Jacobians, steps, the
+// next level's regions) and queue the next batch. A batch goes as soon as every running worker
+// has queued a request, or kBatchWaitUs after the render thread became free (the frames' host
+// work differs: no frame waits for the slowest). On CUDA that turns each frame's dozens of
+// small, synchronised calls into a few large launches that keep the device busy. Every pixel
+// gets the value its own call would give, so results do not depend on the batches.
 class RenderGather {
  public:
-  RenderGather(int workers, const RenderOptions& options) : active_(workers), options_(options) {}
+  RenderGather(int workers, const RenderOptions& options)
+      : active_(workers), options_(options), thread_([this] { Serve(); }) {}
+  ~RenderGather() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    queued_.notify_all();
+    thread_.join();
+  }
+  RenderGather(const RenderGather&) = delete;
+  RenderGather& operator=(const RenderGather&) = delete;
 
   void Render(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
               const std::vector<double>& poses, std::vector<float>* out) {
@@ -251,22 +287,23 @@ class RenderGather {
     item.request.out = out->data();
     std::unique_lock<std::mutex> lock(mutex_);
     pending_.push_back(&item);
-    if (static_cast<int>(pending_.size()) == active_) {
-      RenderPending();
-    } else {
-      ready_.wait(lock, [&] { return item.done; });
-    }
+    queued_.notify_one();
+    done_.wait(lock, [&] { return item.done; });
     if (item.error) std::rethrow_exception(item.error);
   }
 
-  // A worker has no frame left: the others no longer wait for it.
+  // A worker has no frame left: batches no longer wait for it.
   void WorkerDone() {
     std::lock_guard<std::mutex> lock(mutex_);
     --active_;
-    if (active_ > 0 && static_cast<int>(pending_.size()) == active_) RenderPending();
+    queued_.notify_one();
   }
 
  private:
+  // How long a batch waits for more requests once the render thread is free (unless every
+  // running worker has queued one). Chosen, not measured as an optimum.
+  static constexpr int kBatchWaitUs = 200;
+
   struct Item {
     const RenderVolume* volume = nullptr;
     ConePixelRequest request;
@@ -274,37 +311,50 @@ class RenderGather {
     std::exception_ptr error;
   };
 
-  // Every pending request, one call per volume (the caller holds the mutex; every other
-  // worker waits).
-  void RenderPending() {
-    std::stable_sort(pending_.begin(), pending_.end(),
-                     [](const Item* a, const Item* b) { return a->volume < b->volume; });
+  void Serve() {
+    std::vector<Item*> batch;
     std::vector<ConePixelRequest> requests;
-    for (size_t b = 0; b < pending_.size();) {
-      size_t e = b;
-      requests.clear();
-      while (e < pending_.size() && pending_[e]->volume == pending_[b]->volume) {
-        requests.push_back(pending_[e++]->request);
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      queued_.wait(lock, [&] { return stop_ || !pending_.empty(); });
+      if (stop_) return;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kBatchWaitUs);
+      queued_.wait_until(lock, deadline, [&] {
+        return stop_ || static_cast<int>(pending_.size()) >= active_;
+      });
+      batch.swap(pending_);
+      lock.unlock();
+      std::stable_sort(batch.begin(), batch.end(),
+                       [](const Item* a, const Item* b) { return a->volume < b->volume; });
+      for (size_t b = 0; b < batch.size();) {  // one call per volume
+        size_t e = b;
+        requests.clear();
+        while (e < batch.size() && batch[e]->volume == batch[b]->volume) {
+          requests.push_back(batch[e++]->request);
+        }
+        std::exception_ptr error;
+        try {
+          RenderConePixelsBatch(*batch[b]->volume, requests.data(),
+                                static_cast<int>(requests.size()), options_);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        for (; b < e; ++b) batch[b]->error = error;
       }
-      std::exception_ptr error;
-      try {
-        RenderConePixelsBatch(*pending_[b]->volume, requests.data(),
-                              static_cast<int>(requests.size()), options_);
-      } catch (...) {
-        error = std::current_exception();
-      }
-      for (; b < e; ++b) pending_[b]->error = error;
+      lock.lock();
+      for (Item* item : batch) item->done = true;
+      batch.clear();
+      done_.notify_all();
     }
-    for (Item* item : pending_) item->done = true;
-    pending_.clear();
-    ready_.notify_all();
   }
 
   std::mutex mutex_;
-  std::condition_variable ready_;
-  int active_;
+  std::condition_variable queued_, done_;
+  int active_;  // workers still refining frames
+  bool stop_ = false;
   RenderOptions options_;
   std::vector<Item*> pending_;
+  std::thread thread_;  // last: started once the members above exist
 };
 
 // Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
@@ -487,12 +537,22 @@ struct FrameLevel {
   int k = 0;  // level - finest_level
 };
 
-void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, const Renders& renders,
-                  FrameLevel* fl) {
+FrameImages MakeFrameImages(const Context& ctx, int frame) {
+  const long long image_size = static_cast<long long>(ctx.W) * ctx.H;
+  FrameImages images;
+  for (int v = 0; v < 2; ++v) {
+    images.level[v] = ImagePyramid(ctx.input->images + (2LL * frame + v) * image_size, ctx.W,
+                                   ctx.H, ctx.options->finest_level,
+                                   static_cast<int>(ctx.volumes.size()), false);
+  }
+  return images;
+}
+
+void PrepareLevel(const Context& ctx, int frame, const FrameImages& images, int level,
+                  const double* pose, const Renders& renders, FrameLevel* fl) {
   const RefineOptions& o = *ctx.options;
   const RefineInput& in = *ctx.input;
   fl->k = level - o.finest_level;
-  const long long image_size = static_cast<long long>(ctx.W) * ctx.H;
   for (int v = 0; v < 2; ++v) {
     ViewLevel& vl = fl->views[v];
     vl.weight = (v == 0 ? o.weight_view1 : o.weight_view2) *
@@ -501,12 +561,9 @@ void PrepareLevel(const Context& ctx, int frame, int level, const double* pose, 
     vl.W = vl.view.width;
     vl.H = vl.view.height;
     vl.channels = o.similarity == RefineSimilarity::kGradientCorrelation ? 2 : 1;
-    vl.image = DownsampleImage(in.images + (2LL * frame + v) * image_size, ctx.W, ctx.H, level,
-                               false);
-    std::vector<uint8_t> usable;
-    if (in.image_masks) {
-      usable = DownsampleImage(in.image_masks + v * image_size, ctx.W, ctx.H, level, true);
-    }
+    vl.image = images.level[v][fl->k];
+    static const std::vector<uint8_t> kAllUsable;  // empty: every pixel
+    const std::vector<uint8_t>& usable = in.image_masks ? ctx.usable[v][fl->k] : kAllUsable;
     const std::vector<uint8_t> roi = RegionOfInterest(ctx, fl->k, vl.view, usable, pose, renders);
     SetRegion(&vl, roi, o.min_roi_pixels);
   }
@@ -714,6 +771,12 @@ Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_ne
                                 ": expected at least 16 px per side there (fewer num_levels or a "
                                 "lower finest_level)");
   ctx.volumes = MakeVolumePyramid(in.volume, levels_needed, false);
+  if (in.image_masks) {
+    for (int v = 0; v < 2; ++v) {
+      ctx.usable[v] = ImagePyramid(in.image_masks + static_cast<long long>(v) * ctx.W * ctx.H,
+                                   ctx.W, ctx.H, o.finest_level, levels_needed, true);
+    }
+  }
   if (in.bone.data != nullptr) ctx.bones = MakeVolumePyramid(in.bone, levels_needed, true);
   // Lever: half the diagonal of the bone's box (mm).
   const LevelVolume& b = ctx.Bone(0);
@@ -760,12 +823,13 @@ void RefineOne(const Context& ctx, int frame, const double* init, const Renders&
   }
   const Pose start = Pose::FromArray(init);
   Pose pose = start;
+  const FrameImages images = MakeFrameImages(ctx, frame);
   bool overlap = true;
   for (int level = o.finest_level + o.num_levels - 1; level >= o.finest_level; --level) {
     FrameLevel fl;
     double arr[6];
     pose.ToArray(arr);
-    PrepareLevel(ctx, frame, level, arr, renders, &fl);
+    PrepareLevel(ctx, frame, images, level, arr, renders, &fl);
     if (!fl.views[0].used && !fl.views[1].used) {
       overlap = false;
       continue;  // a finer level may still see the bone
@@ -776,7 +840,7 @@ void RefineOne(const Context& ctx, int frame, const double* init, const Renders&
   pose.ToArray(r->pose);
   // Final similarity at the finest level, over the final pose's region.
   FrameLevel fl;
-  PrepareLevel(ctx, frame, o.finest_level, r->pose, renders, &fl);
+  PrepareLevel(ctx, frame, images, o.finest_level, r->pose, renders, &fl);
   std::vector<double> res, sim;
   Residuals(ctx, fl, std::vector<double>(r->pose, r->pose + 6), renders, &res,
             fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
@@ -865,27 +929,17 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
   ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int workers = std::min(frames_in_flight, num_frames);
-  // Worker w renders with group w % groups: while one group's renders run, the other group's
-  // frames do their host work (features, Jacobians, steps).
-  const int groups = std::min(kGatherGroups, workers);
-  const RenderOptions render_options =
-      PixelRenderOptions(options, ResolveThreadCount(options.num_threads));
-  std::vector<std::unique_ptr<RenderGather>> gathers;
-  for (int g = 0; g < groups; ++g) {
-    gathers.push_back(std::make_unique<RenderGather>((workers - g + groups - 1) / groups,
-                                                     render_options));
-  }
+  RenderGather gather(workers, PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
   std::atomic<int> next{0};
   // One thread per frame in flight (most of their time they wait for the gathered render).
-  ParallelFor(workers, workers, [&](long long w) {
-    RenderGather* gather = gathers[w % groups].get();
-    struct Leave {  // also when a frame throws: the other workers must not wait for this one
+  ParallelFor(workers, workers, [&](long long) {
+    struct Leave {  // also when a frame throws: batches must not wait for this worker
       RenderGather* gather;
       ~Leave() { gather->WorkerDone(); }
-    } leave{gather};
+    } leave{&gather};
     try {
       for (int f; (f = next.fetch_add(1)) < num_frames;) {
-        RefineOne(ctx, f, init_poses + 6LL * f, Renders{1, gather}, results + f);
+        RefineOne(ctx, f, init_poses + 6LL * f, Renders{1, &gather}, results + f);
       }
     } catch (...) {
       next.store(num_frames);  // no new frames once one has failed
@@ -914,7 +968,8 @@ void EvaluateRefineSimilarity(const RefineInput& input, const double* poses, int
       static_cast<long long>(input.views[0].width >> level) * (input.views[0].height >> level);
   ParallelFor(num_frames, std::min(threads, std::max(num_frames, 1)), [&](long long f) {
     FrameLevel fl;
-    PrepareLevel(ctx, static_cast<int>(f), level, poses + 6 * f, Renders{}, &fl);
+    PrepareLevel(ctx, static_cast<int>(f), MakeFrameImages(ctx, static_cast<int>(f)), level,
+                 poses + 6 * f, Renders{}, &fl);
     std::vector<double> res, sim;
     Residuals(ctx, fl, std::vector<double>(poses + 6 * f, poses + 6 * f + 6), Renders{}, &res,
               fl.views[0].NumResiduals() + fl.views[1].NumResiduals(), &sim);
