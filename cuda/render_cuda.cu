@@ -147,8 +147,8 @@ __global__ void WarpKernel(const Setup* setups, const long long* offset,
   }
 }
 
-// PARTS threads per pixel (consecutive lanes, each every PARTS-th sample of the ray, summed by
-// warp shuffles), the pixels of a block on an 8-wide tile (neighbouring rays share the texture
+// PARTS threads per pixel (consecutive lanes, each a run of the ray's samples, summed by warp
+// shuffles), the pixels of a block on an 8-wide tile (neighbouring rays share the texture
 // cache). Every lane of a warp runs the same iterations (totals are multiples of kThreads).
 template <typename Sampler, int PARTS>
 __global__ void ConeKernel(const kernels::ConeRaySetup* setups, Sampler sampler,

@@ -343,8 +343,8 @@ struct ArraySampler {
 };
 
 // Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
-// interleaved shares of its samples (every parts-th sample; the parts sum to the integral; the
-// CUDA backend splits the rays of small batches over several threads). With a finite s.stop_above, the march ends as
+// consecutive runs of its samples (the parts sum to the integral; the CUDA backend splits the
+// rays of small batches over several threads). With a finite s.stop_above, the march ends as
 // soon as the partial integral exceeds it, and returns that partial integral.
 // occupancy [bz, by, bx]: 1 where the block's trilinear support holds a non-zero voxel.
 template <typename Sampler>
@@ -375,16 +375,18 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   if (m_begin < 0) m_begin = 0;
   if (m_end > n_full) m_end = n_full;
   if (m_end < m_begin) m_end = m_begin;
-  // Part p of `parts` takes every parts-th sample from m_begin + p on: neighbouring samples of
-  // one ray go to neighbouring CUDA threads, which then read the same cache lines.
-  const Vec3<float> step = (dt * static_cast<float>(parts)) * d;
-  int m = m_begin + part;
-  Vec3<float> pos = s.src + (t0 + (m + 0.5f) * dt) * d;
+  if (parts > 1) {
+    const long long len = m_end - m_begin;
+    m_end = m_begin + static_cast<int>(len * (part + 1) / parts);
+    m_begin = m_begin + static_cast<int>(len * part / parts);
+  }
+  const Vec3<float> step = dt * d;
+  Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
   // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
-  for (; m < m_end; m += parts, pos = pos + step) {
+  for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
     // Samples lie in the box of voxel centres, so the truncations are >= 0 and a shift is
     // their division by kBlock (without the sign fix-up of a signed division).
     const int bi = IMin(static_cast<int>(pos.x) >> kBlockShift, s.bx - 1);
@@ -400,9 +402,9 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
       if (ClipToBox(s.src, d, blo, bhi, &e0, &e1)) {
         int m_last = static_cast<int>(floorf((e1 - t0) / dt - 0.5f - 1e-3f));
         if (m_last > m_end - 1) m_last = m_end - 1;
-        if (m_last > m) {  // this part's last sample in the block
-          m += (m_last - m) / parts * parts;
-          pos = s.src + (t0 + (m + 0.5f) * dt) * d;
+        if (m_last > m) {
+          pos = s.src + (t0 + (m_last + 0.5f) * dt) * d;
+          m = m_last;
         }
       }
       continue;
