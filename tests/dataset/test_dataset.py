@@ -76,6 +76,21 @@ def test_same_seed_same_dataset_and_other_seed_differs(subject, small_dataset, t
     assert not np.array_equal(DatasetReader(tmp_path / "c", "test")[0]["pose"], a[0]["pose"])
 
 
+def _interrupt_third_render(monkeypatch):
+    """Ctrl-C in the dataset's third shard render: (the call counter, the real render step)."""
+    calls = {"n": 0}
+    real = D._project_samples
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(D, "_project_samples", flaky)
+    return calls, real
+
+
 def test_rendering_ahead_gives_the_same_dataset(subject, small_dataset, tmp_path, monkeypatch):
     # On CUDA the next shard renders in a worker thread while this one is written: the same
     # shards, in the same order; here forced on the CPU.
@@ -88,16 +103,7 @@ def test_rendering_ahead_gives_the_same_dataset(subject, small_dataset, tmp_path
             for key in ("image", "pose", "landmarks_px", "mask", "window_hi"):
                 np.testing.assert_array_equal(a[i][key], b[i][key])
     # An interrupt while a shard renders ahead keeps the finished shards and leaves no temporary file.
-    calls = {"n": 0}
-    real = D._project_samples
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(D, "_project_samples", flaky)
+    _interrupt_third_render(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(subject, tmp_path / "cut", SMALL, progress=False)
     assert len(list((tmp_path / "cut" / "train").glob("shard_*.h5"))) == 2
@@ -105,16 +111,7 @@ def test_rendering_ahead_gives_the_same_dataset(subject, small_dataset, tmp_path
 
 
 def test_interrupted_run_resumes_without_redoing_shards(subject, small_dataset, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = D._project_samples
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(D, "_project_samples", flaky)
+    calls, real = _interrupt_third_render(monkeypatch)
     root = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(subject, root, SMALL, progress=False)
