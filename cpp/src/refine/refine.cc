@@ -1,9 +1,10 @@
 // Intensity-based pose refinement (see fluororeg/refine.h). The renders are the renderer's
 // (RenderConePixels, on the CPU or CUDA); this file only chooses which pixels to render, at
 // which poses, and what to do with them.
-// Size (about 800 lines): the pyramids, the region-of-interest features, the Levenberg-Marquardt
-// loop with its Broyden updates and the batch driver share one private context per frame and
-// are only used here; splitting them would publish that context as an internal header.
+// Size (about 950 lines): the pyramids, the region-of-interest features, the Levenberg-Marquardt
+// loop with its Broyden updates and the batch drivers share one private context per frame and
+// are only used here; splitting them would publish that context as an internal header. The
+// render gather of the CUDA driver is render_gather.{h,cc}.
 #include "fluororeg/refine.h"
 
 #include <Eigen/Dense>
@@ -12,11 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <exception>
 #include <limits>
-#include <mutex>
-#include <thread>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -26,6 +23,7 @@
 #include "fluororeg/parallel.h"
 #include "common/format.h"
 #include "refine/refine_internal.h"
+#include "refine/render_gather.h"
 #include "render/render_internal.h"
 
 namespace fluororeg {
@@ -183,10 +181,10 @@ struct ViewLevel {
   int NumResiduals() const { return used ? channels * static_cast<int>(roi.size()) : 0; }
 };
 
-class RenderGather;
+using internal::RenderGather;
 
 // How one frame's renders run: on `threads` CPU threads of its own (or the CUDA device), or
-// gathered with the other frames' of its group (gather set).
+// gathered with those of the other frames in flight (gather set).
 struct Renders {
   int threads = 1;
   RenderGather* gather = nullptr;
@@ -251,118 +249,12 @@ RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
   return ro;
 }
 
-// Gathers the region renders of the frames refined together (one worker thread per frame in
-// flight) into RenderConePixelsBatch calls, one per volume, made by a render thread of its own:
-// while it renders one batch, the workers do their host work (features, Jacobians, steps, the
-// next level's regions) and queue the next batch. A batch goes as soon as every running worker
-// has queued a request, or kBatchWaitUs after the render thread became free (the frames' host
-// work differs: no frame waits for the slowest). On CUDA that turns each frame's dozens of
-// small, synchronised calls into a few large launches that keep the device busy. Every pixel
-// gets the value its own call would give, so results do not depend on the batches.
-class RenderGather {
- public:
-  RenderGather(int workers, const RenderOptions& options)
-      : active_(workers), options_(options), thread_([this] { Serve(); }) {}
-  ~RenderGather() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    queued_.notify_all();
-    thread_.join();
-  }
-  RenderGather(const RenderGather&) = delete;
-  RenderGather& operator=(const RenderGather&) = delete;
-
-  void Render(const LevelVolume& vol, const ConeView& view, const std::vector<int32_t>& px,
-              const std::vector<double>& poses, std::vector<float>* out) {
-    Item item;
-    item.volume = vol.render.get();
-    item.request.view = view;
-    item.request.pixels = px.data();
-    item.request.num_pixels = static_cast<int>(px.size());
-    item.request.poses = poses.data();
-    item.request.num_poses = static_cast<int>(poses.size() / 6);
-    out->resize(static_cast<size_t>(item.request.num_poses) * px.size());
-    item.request.out = out->data();
-    std::unique_lock<std::mutex> lock(mutex_);
-    pending_.push_back(&item);
-    queued_.notify_one();
-    done_.wait(lock, [&] { return item.done; });
-    if (item.error) std::rethrow_exception(item.error);
-  }
-
-  // A worker has no frame left: batches no longer wait for it.
-  void WorkerDone() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    --active_;
-    queued_.notify_one();
-  }
-
- private:
-  // How long a batch waits for more requests once the render thread is free (unless every
-  // running worker has queued one). Chosen, not measured as an optimum.
-  static constexpr int kBatchWaitUs = 200;
-
-  struct Item {
-    const RenderVolume* volume = nullptr;
-    ConePixelRequest request;
-    bool done = false;
-    std::exception_ptr error;
-  };
-
-  void Serve() {
-    std::vector<Item*> batch;
-    std::vector<ConePixelRequest> requests;
-    std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      queued_.wait(lock, [&] { return stop_ || !pending_.empty(); });
-      if (stop_) return;
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kBatchWaitUs);
-      queued_.wait_until(lock, deadline, [&] {
-        return stop_ || static_cast<int>(pending_.size()) >= active_;
-      });
-      batch.swap(pending_);
-      lock.unlock();
-      std::stable_sort(batch.begin(), batch.end(),
-                       [](const Item* a, const Item* b) { return a->volume < b->volume; });
-      for (size_t b = 0; b < batch.size();) {  // one call per volume
-        size_t e = b;
-        requests.clear();
-        while (e < batch.size() && batch[e]->volume == batch[b]->volume) {
-          requests.push_back(batch[e++]->request);
-        }
-        std::exception_ptr error;
-        try {
-          RenderConePixelsBatch(*batch[b]->volume, requests.data(),
-                                static_cast<int>(requests.size()), options_);
-        } catch (...) {
-          error = std::current_exception();
-        }
-        for (; b < e; ++b) batch[b]->error = error;
-      }
-      lock.lock();
-      for (Item* item : batch) item->done = true;
-      batch.clear();
-      done_.notify_all();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable queued_, done_;
-  int active_;  // workers still refining frames
-  bool stop_ = false;
-  RenderOptions options_;
-  std::vector<Item*> pending_;
-  std::thread thread_;  // last: started once the members above exist
-};
-
 // Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
 void RenderPixels(const Context& ctx, const LevelVolume& vol, const ConeView& view,
                   const std::vector<int32_t>& px, const std::vector<double>& poses,
                   const Renders& renders, std::vector<float>* out) {
   if (renders.gather) {
-    renders.gather->Render(vol, view, px, poses, out);
+    renders.gather->Render(*vol.render, view, px, poses, out);
     return;
   }
   const int K = static_cast<int>(poses.size() / 6);
