@@ -220,7 +220,8 @@ __global__ void ConePixelsKernel(const kernels::ConeRaySetup* setups, const Pixe
     if (i >= job.count) continue;
     const int32_t p = pixels[job.pixels + i];
     out[job.out + i] =
-        kernels::ConeRayIntegral(setups[tile.setup], sampler, occupancy, p % job.width, p / job.width);
+        kernels::ConeRayIntegral(setups[tile.setup], sampler, occupancy, p % job.width,
+                                 p / job.width);
   }
 }
 
@@ -554,14 +555,16 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
   const size_t pixels_at = tiles_at + aligned(tiles.size() * sizeof(PixelTile));
   const size_t bytes = pixels_at + aligned(static_cast<size_t>(n_pixels) * sizeof(int32_t));
   auto* stage = static_cast<uint8_t*>(cv.staging.Reserve(bytes));
-  std::copy(setups, setups + jobs.size(), reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
+  std::copy(setups, setups + jobs.size(),
+            reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
   std::copy(jobs.begin(), jobs.end(), reinterpret_cast<PixelJob*>(stage + jobs_at));
   std::copy(tiles.begin(), tiles.end(), reinterpret_cast<PixelTile*>(stage + tiles_at));
   std::vector<long long> request_pixels(n + 1, 0);  // each request's first entry in the list
   for (int r = 0; r < n; ++r) request_pixels[r + 1] = request_pixels[r] + requests[r].num_pixels;
   int32_t* px = reinterpret_cast<int32_t*>(stage + pixels_at);
   ParallelFor(n, options.num_threads, [&](long long r) {
-    std::copy(requests[r].pixels, requests[r].pixels + requests[r].num_pixels, px + request_pixels[r]);
+    const ConePixelRequest& q = requests[r];
+    std::copy(q.pixels, q.pixels + q.num_pixels, px + request_pixels[r]);
   });
   uint8_t* blob = cv.tables.Reserve(bytes);
   Check(cudaMemcpyAsync(blob, stage, bytes, cudaMemcpyHostToDevice, cv.stream),

@@ -285,7 +285,7 @@ void BindRender(nb::module_& m) {
         return out;
       },
       nb::arg("views"), nb::arg("poses"),
-      "The smaller pixel pitch of each view [n, 16] at the model origin of its pose [n, 6], mm: [n].");
+      "Per image [n]: the view's [n, 16] smaller pitch at its pose's [n, 6] model origin, mm.");
 
   m.def(
       "window_to_uint8",

@@ -234,12 +234,16 @@ struct PixelBatch {
   std::vector<std::vector<double>> poses;
   std::vector<std::vector<float>> batched, alone;
   PixelBatch(const RenderVolume& volume, const RenderOptions& options) {
-    views = {SideView(40, 36, 2.0), SideView(40, 36, 2.3), SideView(40, 36, 1.7), SideView(40, 36, 2.0)};
-    const double p[18] = {0.3, -0.5, 0.9, 1, -2, 0, 1.2, 0.1, -2.4, 0, 3, 0, -0.4, 0.2, 0.1, 2, 1, -1};
+    views = {SideView(40, 36, 2.0), SideView(40, 36, 2.3), SideView(40, 36, 1.7),
+             SideView(40, 36, 2.0)};
+    const double p[18] = {0.3, -0.5, 0.9, 1,   -2,  0, 1.2, 0.1, -2.4,
+                          0,   3,    0,   -0.4, 0.2, 0.1, 2, 1,   -1};
     const int n_poses[4] = {2, 3, 1, 2};
     for (int r = 0; r < 4; ++r) {
       pixels.emplace_back();
-      for (int i = r; r != 3 && i < 40 * 36; i += 5 + 2 * r) pixels[r].push_back(i);  // request 3: none
+      for (int i = r; r != 3 && i < 40 * 36; i += 5 + 2 * r) {
+        pixels[r].push_back(i);  // request 3: none
+      }
       poses.emplace_back(p + 6 * (r % 2), p + 6 * (r % 2) + 6 * n_poses[r]);
     }
     std::vector<ConePixelRequest> requests(4);

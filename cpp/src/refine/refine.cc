@@ -821,7 +821,8 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
   ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int workers = std::min(frames_in_flight, num_frames);
-  RenderGather gather(workers, PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
+  RenderGather gather(workers,
+                      PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
   std::atomic<int> next{0};
   // One thread per frame in flight (most of their time they wait for the gathered render).
   ParallelFor(workers, workers, [&](long long) {

@@ -483,7 +483,8 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
       }
     }
     if (setup_begin[r + 1] == setup_begin[r]) return;
-    const std::vector<kernels::ConeRaySetup> s = ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
+    const std::vector<kernels::ConeRaySetup> s =
+        ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
     std::copy(s.begin(), s.end(), setups.begin() + setup_begin[r]);
   });
   if (setup_begin[n] == 0) return;
@@ -507,7 +508,8 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
     const int r = static_cast<int>(std::upper_bound(task_begin.begin(), task_begin.end(), t) -
                                    task_begin.begin()) - 1;
     const ConePixelRequest& q = requests[r];
-    const long long b = (t - task_begin[r]) * kChunk, e = std::min<long long>(q.num_pixels, b + kChunk);
+    const long long b = (t - task_begin[r]) * kChunk;
+    const long long e = std::min<long long>(q.num_pixels, b + kChunk);
     ConePixelsCpu(setups.data() + setup_begin[r], q.num_poses, sampler, state.occupancy.data(),
                   q.pixels, q.num_pixels, b, e, q.view.width, q.out);
   });
