@@ -78,7 +78,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -466,6 +466,18 @@ class _DeferInterrupt:
         return False
 
 
+class _Shard(NamedTuple):
+    """One shard still to make, with its draws (from the shard's own seed)."""
+
+    split: str
+    first_index: int
+    path: Path | None             # None: not written
+    poses: np.ndarray             # [n, 6]
+    scales: np.ndarray            # [n]
+    segmented: np.ndarray         # [n] bool
+    source_distance_mm: np.ndarray | None  # [n] (cone beam) or None
+
+
 def _render_ahead(device: str) -> bool:
     """Whether generate_dataset renders the next shard (in a worker thread: the core releases
     the GIL) while it windows and writes this one: on CUDA, where the renders run on the device;
@@ -534,26 +546,26 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
             poses, scales = sample_poses(rng, n, config.poses)
             segmented = rng.random(n) < config.segmented_share
             sod = rng.uniform(*config.source_distance_mm, n) if config.projection == "cone" else None
-            jobs.append((split, shard * config.shard_size, path, poses, scales, segmented, sod))
+            jobs.append(_Shard(split, shard * config.shard_size, path, poses, scales, segmented, sod))
 
-    def project(job):
-        return _project_samples(subject, job[3], job[4], config.camera, device, job[6], volumes, num_threads,
-                                config.cone_method)
+    def project(job: _Shard):
+        return _project_samples(subject, job.poses, job.scales, config.camera, device, job.source_distance_mm,
+                                volumes, num_threads, config.cone_method)
 
     ahead = ThreadPoolExecutor(max_workers=1) if _render_ahead(device) and len(jobs) > 1 else None
     try:
         pending = ahead.submit(project, jobs[0]) if ahead and jobs else None
         for i, job in enumerate(jobs):
-            split, start, path, poses, scales, segmented, sod = job
             if ahead:
                 projections = pending.result()
                 pending = ahead.submit(project, jobs[i + 1]) if i + 1 < len(jobs) else None
             else:
                 projections = project(job)
-            sample = _finish_samples(projections, poses, scales, segmented, config.camera, sod, num_threads)
+            sample = _finish_samples(projections, job.poses, job.scales, job.segmented, config.camera,
+                                     job.source_distance_mm, num_threads)
             if write:
                 with _DeferInterrupt():
-                    tmp = path.with_suffix(".h5.tmp")
+                    tmp = job.path.with_suffix(".h5.tmp")
                     with h5py.File(tmp, "w") as f:
                         for key, value in sample.items():
                             if value.ndim == 3:
@@ -561,10 +573,10 @@ def generate_dataset(subject, root, config: DatasetConfig = DatasetConfig(), *, 
                                                  compression="gzip", compression_opts=1)
                             else:
                                 f.create_dataset(key, data=value)
-                        f.attrs["split"] = split
-                        f.attrs["first_index"] = start
-                    os.replace(tmp, path)
-            bar.update(len(poses))
+                        f.attrs["split"] = job.split
+                        f.attrs["first_index"] = job.first_index
+                    os.replace(tmp, job.path)
+            bar.update(len(job.poses))
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: finished shards are kept in {root}; run again to resume")
