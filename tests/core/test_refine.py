@@ -246,6 +246,21 @@ def test_intensity_images_are_inverted(headsq_mu, small_views, frames):
     assert res.converged[0] and ang[0] < 0.2 and mm[0] < 0.2
 
 
+def test_frames_are_checked_without_copies(small_views):
+    """Float32 frames reach the core as they are (a recording's chunk is hundreds of MB); any
+    non-finite value is still an error, and huge finite values (whose sum overflows) are not."""
+    imgs = np.random.default_rng(3).random((3, 2, SIZE, SIZE), dtype=np.float32)
+    assert np.shares_memory(refine._images(imgs, small_views, "line_integrals"), imgs)
+    assert refine._images(imgs.astype(np.float64), small_views, "line_integrals").dtype == np.float32
+    huge = imgs.copy()
+    huge[:, :, 0, :2] = 3e38
+    np.testing.assert_array_equal(refine._images(huge, small_views, "line_integrals"), huge)
+    for bad in (np.nan, np.inf, -np.inf):
+        imgs[2, 1, 5, 7] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            refine._images(imgs, small_views, "line_integrals")
+
+
 # ------------------------------------------------------------------------- bad input
 def test_bad_input_gives_clear_errors(headsq_mu, small_views, frames):
     truth, imgs = frames

@@ -165,14 +165,16 @@ def _images(images, views, image_kind: str) -> np.ndarray:
         raise ValueError(f"images have shape {np.shape(images)}, expected (F, 2, {H}, {W}) for the views' size")
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"images have dtype {arr.dtype}: expected numbers")
-    arr = arr.astype(np.float32)
-    if not np.all(np.isfinite(arr)):
+    arr = np.ascontiguousarray(arr, dtype=np.float32)  # a copy only where needed (frames are large)
+    # A finite sum means finite values (one pass, no temporary); else check value by value (a sum
+    # of huge finite values can overflow).
+    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.all(np.isfinite(arr)):
         raise ValueError("images hold non-finite values")
     if image_kind == "intensity":
         arr = intensity_to_line_integrals(arr)
     elif image_kind != "line_integrals":
         raise ValueError(f"image_kind '{image_kind}' is unknown: expected 'line_integrals' or 'intensity'")
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def intensity_to_line_integrals(images: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
@@ -273,11 +275,15 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     data, m = _grid(vol)
     bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
 
-    def run(frames: np.ndarray, starts_deg: np.ndarray) -> dict:
+    def run(frames: Optional[np.ndarray], starts_deg: np.ndarray) -> dict:
+        """The core's refinement of the frames listed (None: all, without copying the images)."""
         starts = np.where(np.isfinite(starts_deg), starts_deg, np.nan)
         rad = np.ascontiguousarray(np.concatenate([np.deg2rad(starts[:, :3]), starts[:, 3:]], axis=1))
-        out = _core.refine_frames(data, m, bdata, bm, packed, np.ascontiguousarray(imgs[frames]), masks, rad,
-                                  options, None if weights is None else np.ascontiguousarray(weights[frames]))
+        frame_imgs, frame_weights = imgs, weights
+        if frames is not None:
+            frame_imgs = np.ascontiguousarray(imgs[frames])
+            frame_weights = None if weights is None else np.ascontiguousarray(weights[frames])
+        out = _core.refine_frames(data, m, bdata, bm, packed, frame_imgs, masks, rad, options, frame_weights)
         out["poses"] = np.concatenate([np.rad2deg(out["poses"][:, :3]), out["poses"][:, 3:]], axis=1)
         return out
 
@@ -293,7 +299,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         r["converged"][low] = False
 
     F = len(imgs)
-    r = run(np.arange(F), init)
+    r = run(None, init)
     relative_gate(r)
     tracked = np.zeros(F, bool)
     starts = init.copy()
