@@ -534,10 +534,11 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
   // The tables of the call, packed into one page-locked block and uploaded by one copy.
   std::vector<PixelJob> jobs;
   std::vector<PixelTile> tiles;
-  std::vector<long long> request_out(n, 0);
+  std::vector<long long> request_out(n, 0), request_pixels(n, 0);  // each request's first entries
   long long n_pixels = 0, n_out = 0;
   for (int r = 0; r < n; ++r) {
     const ConePixelRequest& q = requests[r];
+    request_pixels[r] = n_pixels;
     if (q.num_pixels == 0) continue;
     request_out[r] = n_out;
     for (int k = 0; k < q.num_poses; ++k) {
@@ -559,8 +560,6 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
             reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
   std::copy(jobs.begin(), jobs.end(), reinterpret_cast<PixelJob*>(stage + jobs_at));
   std::copy(tiles.begin(), tiles.end(), reinterpret_cast<PixelTile*>(stage + tiles_at));
-  std::vector<long long> request_pixels(n + 1, 0);  // each request's first entry in the list
-  for (int r = 0; r < n; ++r) request_pixels[r + 1] = request_pixels[r] + requests[r].num_pixels;
   int32_t* px = reinterpret_cast<int32_t*>(stage + pixels_at);
   ParallelFor(n, options.num_threads, [&](long long r) {
     const ConePixelRequest& q = requests[r];

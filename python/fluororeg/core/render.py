@@ -279,10 +279,8 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     packed = stack_views(views, len(p))
     if len(packed) and np.isfinite(packed[0, 14:16]).all():
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
-    pixel_mm = None  # at the object, the batch's finest
+    pixels = _cone_pixels_at_object(packed, p) if len(p) else None  # [n] mm at the object
     if _per_image_levels(level, on_device, len(p)):
-        pixels = _cone_pixels_at_object(packed, p)
-        pixel_mm = float(pixels.min())
         groups = _level_groups(base, pixels)
         if groups is not None:
             out = np.empty((len(p), int(packed[0, 15]), int(packed[0, 14])), np.float32)
@@ -291,9 +289,7 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
                                        num_threads=num_threads, cuda_texture=cuda_texture, stop_above=stop_above,
                                        method=method)
             return out
-    if len(p) and pixel_mm is None:
-        pixel_mm = _cone_pixel_at_object(packed, p)
-    vol = render_volume_for(base, pixel_mm, level) if len(p) else base
+    vol = render_volume_for(base, float(pixels.min()), level) if len(p) else base  # the batch's finest
     stop = math.inf if stop_above is None else float(stop_above)
     if prepared is None and not on_device and cuda_texture:
         data, m = _grid(vol)
