@@ -305,9 +305,16 @@ PaddedSlices MakePaddedSlices(const VolumeGrid& volume, int axis) {
   return p;
 }
 
-kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const ConeView& view,
-                                       const double* pose, double step_voxels) {
-  const VolumeGrid& volume = state.grid;
+namespace {
+
+// A cone view in a volume's voxel coordinates at a pose (world_from_model): the source, the
+// intensifier point of pixel (0, 0) and the steps of one pixel along x and y.
+struct ViewInVoxels {
+  Vec3<double> source, pixel00, du, dv;
+};
+
+ViewInVoxels ConeViewInVoxels(const VolumeGrid& volume, const ConeView& view,
+                              const double* pose) {
   const Affine3<double> voxel_from_world =
       Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
   const Vec3<double> S{view.source[0], view.source[1], view.source[2]};
@@ -316,15 +323,26 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
                        view.intensifier_centre[2]};
   const Vec3<double> P00 = D - (0.5 * (view.width - 1) * view.pitch_u) * u -
                            (0.5 * (view.height - 1) * view.pitch_v) * v;
+  return {voxel_from_world.Apply(S), voxel_from_world.Apply(P00),
+          voxel_from_world.ApplyLinear(view.pitch_u * u),
+          voxel_from_world.ApplyLinear(view.pitch_v * v)};
+}
+
+}  // namespace
+
+kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const ConeView& view,
+                                       const double* pose, double step_voxels) {
+  const VolumeGrid& volume = state.grid;
+  const ViewInVoxels w = ConeViewInVoxels(volume, view, pose);
   auto to_float = [](const Vec3<double>& p) {
     return Vec3<float>{static_cast<float>(p.x), static_cast<float>(p.y),
                        static_cast<float>(p.z)};
   };
   kernels::ConeRaySetup s{};
-  s.src = to_float(voxel_from_world.Apply(S));
-  s.det = to_float(voxel_from_world.Apply(P00));
-  s.du = to_float(voxel_from_world.ApplyLinear(view.pitch_u * u));
-  s.dv = to_float(voxel_from_world.ApplyLinear(view.pitch_v * v));
+  s.src = to_float(w.source);
+  s.det = to_float(w.pixel00);
+  s.du = to_float(w.du);
+  s.dv = to_float(w.dv);
   for (int c = 0; c < 3; ++c) {
     const Vec3<double> col = volume.model_from_voxel.Column(c);
     s.spacing[c] = static_cast<float>(std::sqrt(Dot(col, col)));
@@ -345,17 +363,11 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
 
 kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeView& view,
                                            const double* pose) {
-  const Affine3<double> voxel_from_world =
-      Compose(InvertAffine(volume.model_from_voxel), InverseRigid(AffineFromPose(pose)));
-  const Vec3<double> u{view.u[0], view.u[1], view.u[2]}, v{view.v[0], view.v[1], view.v[2]};
-  const Vec3<double> D{view.intensifier_centre[0], view.intensifier_centre[1],
-                       view.intensifier_centre[2]};
-  const Vec3<double> S =
-      voxel_from_world.Apply(Vec3<double>{view.source[0], view.source[1], view.source[2]});
-  const Vec3<double> P00 = voxel_from_world.Apply(D - (0.5 * (view.width - 1) * view.pitch_u) * u -
-                                                  (0.5 * (view.height - 1) * view.pitch_v) * v);
-  const Vec3<double> du = voxel_from_world.ApplyLinear(view.pitch_u * u);
-  const Vec3<double> dv = voxel_from_world.ApplyLinear(view.pitch_v * v);
+  const ViewInVoxels w = ConeViewInVoxels(volume, view, pose);
+  const Vec3<double>& S = w.source;
+  const Vec3<double>& P00 = w.pixel00;
+  const Vec3<double>& du = w.du;
+  const Vec3<double>& dv = w.dv;
   auto pixel = [&](double x, double y) { return P00 + x * du + y * dv; };
   auto at = [](const Vec3<double>& p, int axis) { return axis == 0 ? p.x : axis == 1 ? p.y : p.z; };
   const Vec3<double> d0 = pixel((view.width - 1) / 2, (view.height - 1) / 2) - S;
