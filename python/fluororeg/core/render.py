@@ -277,7 +277,7 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     base, prepared, dev = _split(volume, device)
     p = as_poses(poses)
     packed = stack_views(views, len(p))
-    if len(packed) and np.isfinite(packed[0, 14:16]).all():
+    if len(packed) and math.isfinite(packed[0, 14]) and math.isfinite(packed[0, 15]):
         check_image_batch(len(p), int(packed[0, 14]), int(packed[0, 15]), names=("poses", "view width", "view height"))
     pixels = _cone_pixels_at_object(packed, p) if len(p) else None  # [n] mm at the object
     if _per_image_levels(level, on_device, len(p)):

@@ -290,10 +290,11 @@ class Volume:
     def for_pixel_size(self, pixel_mm: float) -> "Volume":
         """The volume downsampled (per axis, anti-aliased, cached) to match a pixel size in
         mm at the object, as the renderers use it; ``self`` when no axis is finer."""
-        factors = self.factors_for_pixel_size(pixel_mm)
+        cache: Dict[Any, Any] = self._pyramid  # type: ignore[attr-defined]
+        # Every renderer call asks: the remembered factors first, without the checks.
+        factors = cache.get(("factors_for", pixel_mm)) or self.factors_for_pixel_size(pixel_mm)
         if factors == (1, 1, 1):
             return self
-        cache: Dict[Any, Volume] = self._pyramid  # type: ignore[attr-defined]
         key = ("factors",) + factors
         if key not in cache:
             cache[key] = self.downsampled(factors)
