@@ -821,8 +821,10 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
   ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int workers = std::min(frames_in_flight, num_frames);
-  RenderGather gather(workers,
-                      PixelRenderOptions(options, ResolveThreadCount(options.num_threads)));
+  // The batch calls run on the render thread alone: a call's own threads (validation, setups,
+  // copies) were started and joined anew for each of its thousands of calls, which took more of
+  // that thread's time than the device did.
+  RenderGather gather(workers, PixelRenderOptions(options, 1));
   std::atomic<int> next{0};
   // One thread per frame in flight (most of their time they wait for the gathered render).
   ParallelFor(workers, workers, [&](long long) {
