@@ -253,6 +253,7 @@ constexpr size_t kMaxPinnedBytes = size_t(64) << 20;
 struct CudaVolume {
   cudaStream_t stream = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
+  cudaEvent_t default_stream_mark = nullptr;  // see AfterDefaultStream
   float* voxels = nullptr;  // [nz, ny, nx] linear copy (exact trilinear, the CPU's sampler)
   cudaArray_t array = nullptr;
   cudaTextureObject_t texture = 0;  // hardware trilinear filtering, zero outside
@@ -286,6 +287,7 @@ struct CudaVolume {
       cudaFree(stretch_offset[c]);
       cudaFree(stretches[c]);
     }
+    if (default_stream_mark) cudaEventDestroy(default_stream_mark);
     if (start) cudaEventDestroy(start);
     if (stop) cudaEventDestroy(stop);
     if (stream) cudaStreamDestroy(stream);
@@ -310,6 +312,8 @@ CudaVolume& GetCudaVolume(RenderVolume::State& volume) {
   Check(cudaStreamCreateWithFlags(&cv->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   Check(cudaEventCreate(&cv->start), "cudaEventCreate");
   Check(cudaEventCreate(&cv->stop), "cudaEventCreate");
+  Check(cudaEventCreateWithFlags(&cv->default_stream_mark, cudaEventDisableTiming),
+        "cudaEventCreate");
   const size_t n_vox = limits::CheckedProduct(
       {static_cast<size_t>(g.nx), static_cast<size_t>(g.ny), static_cast<size_t>(g.nz)}, "volume");
   Check(cudaMalloc(&cv->voxels, limits::CheckedMul(n_vox, sizeof(float), "volume bytes")),
@@ -361,14 +365,62 @@ int CudaDeviceCount() {
   return count;
 }
 
+namespace {
+
+// Images kept on the device come from the device's default memory pool, in the order of the
+// legacy default stream (the one torch and most callers use): no device-wide synchronisation
+// per image batch, as cudaMalloc / cudaFree have. The pool keeps up to kPoolKeepBytes of freed
+// memory for the next batches instead of handing it back at every synchronisation. Devices
+// without memory pools use cudaMalloc / cudaFree.
+constexpr uint64_t kPoolKeepBytes = uint64_t(1) << 30;
+
+bool UsePool() {
+  static const bool use = [] {
+    int device = 0, pools = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess ||
+        !pools) {
+      cudaGetLastError();
+      return false;
+    }
+    cudaMemPool_t pool;
+    uint64_t keep = kPoolKeepBytes;
+    Check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    Check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+          "cudaMemPoolSetAttribute");
+    return true;
+  }();
+  return use;
+}
+
+// Work on the volume's stream that writes images kept on the device waits for what the legacy
+// default stream holds (their allocation, and whatever the caller queued there before).
+void AfterDefaultStream(CudaVolume& cv) {
+  Check(cudaEventRecord(cv.default_stream_mark, cudaStreamLegacy), "cudaEventRecord");
+  Check(cudaStreamWaitEvent(cv.stream, cv.default_stream_mark, 0), "cudaStreamWaitEvent");
+}
+
+}  // namespace
+
 float* CudaMallocFloats(size_t count) {
   float* p = nullptr;
-  Check(cudaMalloc(&p, limits::CheckedMul(std::max<size_t>(count, 1), sizeof(float), "images")),
-        "cudaMalloc (images)");
+  const size_t bytes = limits::CheckedMul(std::max<size_t>(count, 1), sizeof(float), "images");
+  if (UsePool()) {
+    Check(cudaMallocAsync(reinterpret_cast<void**>(&p), bytes, cudaStreamLegacy),
+          "cudaMallocAsync (images)");
+  } else {
+    Check(cudaMalloc(&p, bytes), "cudaMalloc (images)");
+  }
   return p;
 }
 
-void CudaFreeFloats(float* p) { cudaFree(p); }
+void CudaFreeFloats(float* p) {
+  if (UsePool()) {
+    cudaFreeAsync(p, cudaStreamLegacy);
+  } else {
+    cudaFree(p);
+  }
+}
 
 namespace {
 
@@ -436,6 +488,7 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
   cv.Upload(d_setups, setups, n);
   const size_t total = limits::CheckedMul(static_cast<size_t>(n), image_size, "images");
   float* host = output_on_device ? nullptr : HostImages(cv, out, total);
+  if (output_on_device) AfterDefaultStream(cv);
   Check(cudaEventRecord(cv.start, cv.stream), "cudaEventRecord");
   for (int c0 = 0; c0 < n;) {
     int c1 = c0 + 1;
@@ -493,6 +546,7 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
   cv.Upload(d_setups, setups, n);
   const size_t total = limits::CheckedMul(static_cast<size_t>(n), image_size, "images");
   float* host = options.output_on_device ? nullptr : HostImages(cv, out, total);
+  if (options.output_on_device) AfterDefaultStream(cv);
   const int chunk = static_cast<int>(
       std::max<long long>(1, std::min<long long>(n, kMaxChunkFloats / image_size)));
   const VolumeGrid& g = volume.grid;
