@@ -20,7 +20,8 @@
 // - Frames run in parallel (one frame per thread); a single frame spreads its renders over
 //   the threads instead. The renders (RenderConePixels) run on the CPU or on CUDA
 //   (RefineOptions::device); everything else is host code. On CUDA, the renders of
-//   cuda_frames_in_flight frames are gathered into one launch per round (RenderConePixelsBatch).
+//   cuda_frames_in_flight frames are gathered into one launch per round (RenderConePixelsBatch),
+//   a frame's two views in the same round.
 // Poses are world_from_model (rad, mm), X_world = R X_model + tau (see geometry.h).
 // Invalid arguments throw std::invalid_argument naming the value.
 #pragma once

@@ -249,18 +249,31 @@ RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
   return ro;
 }
 
-// Render the listed pixels of one view for K poses [K, 6] into out [K, n_px].
-void RenderPixels(const Context& ctx, const LevelVolume& vol, const ConeView& view,
-                  const std::vector<int32_t>& px, const std::vector<double>& poses,
-                  const Renders& renders, std::vector<float>* out) {
+// Render n requests (each: listed pixels of one view for K poses, into its out [K, n_px]) in
+// one call, or on CUDA in one gathered round: a frame's views need not wait for each other.
+void RenderRequests(const Context& ctx, const LevelVolume& vol, const ConePixelRequest* requests,
+                    int n, const Renders& renders) {
   if (renders.gather) {
-    renders.gather->Render(*vol.render, view, px, poses, out);
+    renders.gather->Render(*vol.render, requests, n);
     return;
   }
-  const int K = static_cast<int>(poses.size() / 6);
-  out->resize(static_cast<size_t>(K) * px.size());
-  RenderConePixels(*vol.render, view, px.data(), static_cast<int>(px.size()), poses.data(), K,
-                   out->data(), PixelRenderOptions(*ctx.options, renders.threads));
+  RenderConePixelsBatch(*vol.render, requests, n,
+                        PixelRenderOptions(*ctx.options, renders.threads));
+}
+
+// The request that renders the listed pixels px of `view` for K poses [K, 6] into out [K, n_px]
+// (resized).
+ConePixelRequest PixelRequest(const ConeView& view, const std::vector<int32_t>& px,
+                              const std::vector<double>& poses, std::vector<float>* out) {
+  ConePixelRequest q;
+  q.view = view;
+  q.pixels = px.data();
+  q.num_pixels = static_cast<int>(px.size());
+  q.poses = poses.data();
+  q.num_poses = static_cast<int>(poses.size() / 6);
+  out->resize(static_cast<size_t>(q.num_poses) * px.size());
+  q.out = out->data();
+  return q;
 }
 
 // Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
@@ -375,7 +388,9 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView&
   for (int y = by0; y <= by1; ++y)
     for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
   std::vector<float> path;
-  RenderPixels(ctx, bone, view, px, std::vector<double>(pose, pose + 6), renders, &path);
+  const std::vector<double> poses(pose, pose + 6);
+  const ConePixelRequest request = PixelRequest(view, px, poses, &path);
+  RenderRequests(ctx, bone, &request, 1, renders);
   std::vector<uint8_t> proj(roi.size(), 0);
   for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
   proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
@@ -468,19 +483,31 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
   const int K = static_cast<int>(poses.size() / 6);
   res->assign(static_cast<size_t>(K) * n_res, 0.0);
   if (similarity) similarity->assign(2LL * K, kNaN);
+  // Both views' renders in one call (one round on CUDA).
+  auto rendered = [&](const ViewLevel& vl) {
+    return (vl.used || similarity) && !vl.roi.empty() &&
+           static_cast<int>(vl.roi.size()) >= ctx.options->min_roi_pixels;
+  };
+  std::vector<float> values[2];
+  ConePixelRequest requests[2];
+  int n_requests = 0;
+  for (int v = 0; v < 2; ++v) {
+    const ViewLevel& vl = fl.views[v];
+    if (rendered(vl)) {
+      requests[n_requests++] = PixelRequest(vl.view, vl.render_px, poses, &values[v]);
+    }
+  }
+  RenderRequests(ctx, ctx.volumes[fl.k], requests, n_requests, renders);
   int offset = 0;
   for (int v = 0; v < 2; ++v) {
     const ViewLevel& vl = fl.views[v];
-    if (!vl.used && !similarity) continue;
-    if (vl.roi.empty() || static_cast<int>(vl.roi.size()) < ctx.options->min_roi_pixels) continue;
-    std::vector<float> values;
-    RenderPixels(ctx, ctx.volumes[fl.k], vl.view, vl.render_px, poses, renders, &values);
+    if (!rendered(vl)) continue;
     const int n = vl.NumResiduals() > 0 ? vl.NumResiduals()
                                         : vl.channels * static_cast<int>(vl.roi.size());
     std::vector<double> feat(n);
     const double scale = std::sqrt(vl.weight / vl.channels);
     for (int k = 0; k < K; ++k) {
-      Features(vl, values.data() + static_cast<size_t>(k) * vl.render_px.size(), feat.data());
+      Features(vl, values[v].data() + static_cast<size_t>(k) * vl.render_px.size(), feat.data());
       if (similarity) (*similarity)[2 * k + v] = SimilarityOf(vl, feat.data());
       if (!vl.used) continue;
       double* r = res->data() + static_cast<size_t>(k) * n_res + offset;

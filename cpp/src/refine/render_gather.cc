@@ -18,23 +18,23 @@ RenderGather::~RenderGather() {
   thread_.join();
 }
 
-void RenderGather::Render(const RenderVolume& volume, const ConeView& view,
-                          const std::vector<int32_t>& px, const std::vector<double>& poses,
-                          std::vector<float>* out) {
-  Item item;
-  item.volume = &volume;
-  item.request.view = view;
-  item.request.pixels = px.data();
-  item.request.num_pixels = static_cast<int>(px.size());
-  item.request.poses = poses.data();
-  item.request.num_poses = static_cast<int>(poses.size() / 6);
-  out->resize(static_cast<size_t>(item.request.num_poses) * px.size());
-  item.request.out = out->data();
+void RenderGather::Render(const RenderVolume& volume, const ConePixelRequest* requests, int n) {
+  if (n == 0) return;
+  std::vector<Item> items(n);
+  for (int i = 0; i < n; ++i) {
+    items[i].volume = &volume;
+    items[i].request = requests[i];
+  }
   std::unique_lock<std::mutex> lock(mutex_);
-  pending_.push_back(&item);
+  for (Item& item : items) pending_.push_back(&item);
+  ++queued_workers_;
   queued_.notify_one();
-  done_.wait(lock, [&] { return item.done; });
-  if (item.error) std::rethrow_exception(item.error);
+  done_.wait(lock, [&] {
+    return std::all_of(items.begin(), items.end(), [](const Item& item) { return item.done; });
+  });
+  for (const Item& item : items) {
+    if (item.error) std::rethrow_exception(item.error);
+  }
 }
 
 void RenderGather::WorkerDone() {
@@ -52,10 +52,9 @@ void RenderGather::Serve() {
     if (stop_) return;
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::microseconds(kBatchWaitUs);
-    queued_.wait_until(lock, deadline, [&] {
-      return stop_ || static_cast<int>(pending_.size()) >= active_;
-    });
+    queued_.wait_until(lock, deadline, [&] { return stop_ || queued_workers_ >= active_; });
     batch.swap(pending_);
+    queued_workers_ = 0;
     lock.unlock();
     std::stable_sort(batch.begin(), batch.end(),
                      [](const Item* a, const Item* b) { return a->volume < b->volume; });

@@ -17,7 +17,7 @@ namespace internal {
 // Gathers the renders of `workers` threads (one per frame in flight) into RenderConePixelsBatch
 // calls, one per volume, made by its render thread: while that thread renders one batch, the
 // workers do their host work (features, Jacobians, steps, the next level's regions) and queue
-// the next. A batch goes as soon as every running worker has queued a request, or kBatchWaitUs
+// the next. A batch goes as soon as every running worker has queued its requests, or kBatchWaitUs
 // after the render thread became free (the frames' host work differs: no frame waits for the
 // slowest). On CUDA that turns each frame's dozens of small, synchronised calls into a few large
 // launches. Every pixel gets the value its own call would give, so results do not depend on
@@ -29,10 +29,9 @@ class RenderGather {
   RenderGather(const RenderGather&) = delete;
   RenderGather& operator=(const RenderGather&) = delete;
 
-  // RenderConePixels(volume, view, px, poses) into out [K, px.size()] (resized), K = poses / 6;
-  // blocks until its batch is rendered; rethrows the batch call's error.
-  void Render(const RenderVolume& volume, const ConeView& view, const std::vector<int32_t>& px,
-              const std::vector<double>& poses, std::vector<float>* out);
+  // The n requests of one worker on `volume` (their outputs sized by the caller), rendered in
+  // the same batch; blocks until it is rendered; rethrows the batch call's error.
+  void Render(const RenderVolume& volume, const ConePixelRequest* requests, int n);
 
   // A worker has no frame left: batches no longer wait for it.
   void WorkerDone();
@@ -53,7 +52,8 @@ class RenderGather {
 
   std::mutex mutex_;
   std::condition_variable queued_, done_;
-  int active_;  // workers still refining frames
+  int active_;              // workers still refining frames
+  int queued_workers_ = 0;  // workers whose requests are in pending_
   bool stop_ = false;
   RenderOptions options_;
   std::vector<Item*> pending_;
