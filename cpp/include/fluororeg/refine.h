@@ -85,7 +85,7 @@ struct RefineOptions {
   Device device = Device::kCpu;
   // On CUDA, frames refined together: their renders are gathered into one launch per round
   // (more frames, fewer and larger launches; each frame in flight holds a host thread). On an
-  // H100 with 16 host cores, 256 frames took 7.9 / 6.4 / 5.9 / 6.0 ms each with 32 / 64 / 128 /
+  // H100 with 16 host cores, 256 frames took 6.9 / 6.0 / 5.9 / 6.1 ms each with 32 / 64 / 128 /
   // 256 in flight (benchmarks/bench_refine.py --device cuda times them).
   int cuda_frames_in_flight = 128;
 };
