@@ -386,15 +386,13 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
-  long long occupied_block = -1;  // the block of the last sample taken (occupied: not read again)
   for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
     // Samples lie in the box of voxel centres, so the truncations are >= 0 and a shift is
     // their division by kBlock (without the sign fix-up of a signed division).
     const int bi = IMin(static_cast<int>(pos.x) >> kBlockShift, s.bx - 1);
     const int bj = IMin(static_cast<int>(pos.y) >> kBlockShift, s.by - 1);
     const int bk = IMin(static_cast<int>(pos.z) >> kBlockShift, s.bz - 1);
-    const long long block = (static_cast<long long>(bk) * s.by + bj) * s.bx + bi;
-    if (block != occupied_block && !occupancy[block]) {
+    if (!occupancy[(static_cast<long long>(bk) * s.by + bj) * s.bx + bi]) {
       // Jump to the last full-step sample still inside this empty block (a small margin:
       // a sample exactly on the far face belongs to the next block).
       const float blo[3] = {static_cast<float>(bi * kBlock), static_cast<float>(bj * kBlock),
@@ -411,7 +409,6 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
       }
       continue;
     }
-    occupied_block = block;
     acc += sample(pos.x, pos.y, pos.z);
     if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
       const float partial = (acc * dt) * len_mm;
