@@ -173,7 +173,8 @@ __global__ void ConeKernel(const kernels::ConeRaySetup* setups, Sampler sampler,
 }
 
 // Threads per ray for `rays` rays in one launch: enough threads to fill the device. One H100
-// (kernel times of ConeKernel, texture sampler): one 200 x 200 image 137 / 640 / 62 / 64 us in
+// (kernel times of ConeKernel, texture sampler, measured with the occupancy read of 2fc0124,
+// reverted since for its cost in large batches): one 200 x 200 image 137 / 640 / 62 / 64 us in
 // 1 / 2 / 4 / 8 parts, 256 x 256 139 / 507 / 92 / 90, 512 x 512 201 / 1142 / 252 / 304, eight
 // 128 x 128 175 / 1056 / 172 / 184. Two parts were 4-6 times slower than any other count
 // (unexplained: ncu showed 3.7 of 32 lanes active on average, against 17 with four), so they
