@@ -9,7 +9,7 @@ fluororeg.subject.example) when it can be had, otherwise a synthetic head phanto
 JSON says which. CPU and CUDA rows render the same volume in the same run. The fixed cost of
 one call from Python (``cone_call_overhead_us``: a 2 x 2 px image) is reported too. CUDA rows give the
 end-to-end time of a call (images copied back to the host unless "on device") and, apart, the
-kernel time (CUDA events around the kernels, RenderVolume.last_cuda_kernel_ms).
+kernel time (CUDA events around the kernels, RenderVolume.last_cuda_kernel_ms, the best of the timed calls).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fluororeg._reference import render as ref
 from fluororeg.core.geometry import ConeView, ParallelCamera
 from fluororeg.core.volume import Volume
 
-from _common import best_time, cuda_name, parser, report
+from _common import best_time, best_time_and_kernel, cuda_name, parser, report
 
 
 def synthetic_head() -> Volume:
@@ -87,32 +87,31 @@ def cuda_rows(vol: Volume, poses, scales, camera, view, pose, repeat: int) -> tu
     big = np.concatenate([rng.uniform(-30, 30, (n_big, 3)), rng.uniform(-20, 20, (n_big, 3))], axis=1)
     big_scales = rng.uniform(0.9, 1.2, n_big)
 
-    def kernel_ms(level_vol):
-        return prepared.handle(level_vol).last_cuda_kernel_ms
+    def handle(level_vol):  # the core's volume of a level, whose last_cuda_kernel_ms the calls set
+        return prepared.handle(level_vol)
 
-    t_host = best_time(lambda: R.render_parallel(prepared, poses, camera, scales), repeat)
-    k_host = kernel_ms(par_vol)
-    t_dev = best_time(lambda: R.render_parallel(prepared, big, camera, big_scales, on_device=True), repeat)
-    k_dev = kernel_ms(R.render_volume_for(vol, camera.pixel_mm / big_scales.max(), "auto"))
+    t_host, k_host = best_time_and_kernel(lambda: R.render_parallel(prepared, poses, camera, scales), repeat,
+                                          handle(par_vol))
+    t_dev, k_dev = best_time_and_kernel(
+        lambda: R.render_parallel(prepared, big, camera, big_scales, on_device=True), repeat,
+        handle(R.render_volume_for(vol, camera.pixel_mm / big_scales.max(), "auto")))
     # Cone 512 x 512: a batch of 16 poses, per DRR; and one 200 x 200 DRR per call.
     n_cone = 16
     cone_poses = pose + np.concatenate([rng.uniform(-5, 5, (n_cone, 3)), rng.uniform(-3, 3, (n_cone, 3))], axis=1)
     cone_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view, n_cone), cone_poses), "auto")
-    t_cone = best_time(lambda: R.render_cone(prepared, view, cone_poses), repeat)
-    k_cone = kernel_ms(cone_vol)
+    t_cone, k_cone = best_time_and_kernel(lambda: R.render_cone(prepared, view, cone_poses), repeat, handle(cone_vol))
     t_cone_dev = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True), repeat)
-    t_cone_exact = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, cuda_texture=False),
-                             max(1, repeat // 2))
-    k_cone_exact = kernel_ms(cone_vol)
+    t_cone_exact, k_cone_exact = best_time_and_kernel(
+        lambda: R.render_cone(prepared, view, cone_poses, on_device=True, cuda_texture=False), max(1, repeat // 2),
+        handle(cone_vol))
     view200 = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=0.6 * 512 / 200,
                                   width=200, height=200)
     vol200 = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view200, 1), pose[None]), "auto")
-    t_200 = best_time(lambda: R.render_cone(prepared, view200, pose), repeat * 5)
-    k_200 = kernel_ms(vol200)
+    t_200, k_200 = best_time_and_kernel(lambda: R.render_cone(prepared, view200, pose), repeat * 5, handle(vol200))
     t_200_dev = best_time(lambda: R.render_cone(prepared, view200, pose, on_device=True), repeat * 5)
-    t_cone_sw = best_time(lambda: R.render_cone(prepared, view, cone_poses, on_device=True, method="shear_warp"),
-                          repeat)
-    k_cone_sw = kernel_ms(cone_vol)
+    t_cone_sw, k_cone_sw = best_time_and_kernel(
+        lambda: R.render_cone(prepared, view, cone_poses, on_device=True, method="shear_warp"), repeat,
+        handle(cone_vol))
     results = {
         "cuda_device": cuda_name(),
         "cuda_parallel_128_drr_per_s": n_big / t_dev,
