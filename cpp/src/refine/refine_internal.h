@@ -6,7 +6,6 @@
 namespace fluororeg {
 namespace internal {
 
-
 // RefineFrames with `frames_in_flight` frames refined at once, one worker thread each, their
 // region renders gathered into RenderConePixelsBatch calls by a render thread (on the options'
 // device) while the workers do their host work. Gives the same results as RefineFrames.
