@@ -288,6 +288,33 @@ void BindRender(nb::module_& m) {
       "Per image [n]: the view's [n, 16] smaller pitch at its pose's [n, 6] model origin, mm.");
 
   m.def(
+      "frames_to_line_integrals",
+      [](const InArray<float>& frames, const std::optional<InArray<double>>& source,
+         const std::optional<InArray<uint8_t>>& mask, int num_threads) {
+        CheckShape(frames, "frames", {-1, -1, -1});
+        const size_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
+        const long long hh = static_cast<long long>(h), ww = static_cast<long long>(w);
+        if (source) CheckShape(*source, "source", {2, hh, ww});
+        if (mask) CheckShape(*mask, "mask", {hh, ww});
+        CheckCount(h, limits::kMaxImageSide, "frame rows");
+        CheckCount(w, limits::kMaxImageSide, "frame columns");
+        CheckThreads(num_threads);
+        auto out = NewArray<float>({n, h, w}, "line integrals");
+        {
+          nb::gil_scoped_release release;
+          FramesToLineIntegrals(frames.data(), static_cast<long long>(n), static_cast<int>(h),
+                                static_cast<int>(w), source ? source->data() : nullptr,
+                                mask ? mask->data() : nullptr, num_threads, out.data());
+        }
+        return out;
+      },
+      nb::arg("frames"), nb::arg("source").none(), nb::arg("mask").none(), nb::arg("num_threads") = 0,
+      "Line integrals [n, H, W] float32 of intensifier frames [n, H, W] float32: resampled at "
+      "source [2, H, W] (x, y frame px; bilinear, edge values beyond) when given, then "
+      "max(0, -ln(max(v, 1e-4 I_open) / I_open)), I_open each frame's 99th percentile inside "
+      "mask [H, W] uint8 (all pixels when None or empty).");
+
+  m.def(
       "window_to_uint8",
       [](const InArray<float>& images, const std::optional<InArray<uint8_t>>& keep,
          double percentile, int num_threads) {

@@ -246,6 +246,48 @@ def test_intensity_images_are_inverted(headsq_mu, small_views, frames):
     assert res.converged[0] and ang[0] < 0.2 and mm[0] < 0.2
 
 
+def test_intensity_to_line_integrals_matches_reference():
+    """The core's FramesToLineIntegrals against the SciPy/NumPy reference: undistortion by a
+    smooth source map reaching beyond the frame (edge values), masks (also empty: all pixels),
+    no map, threads; bad input is named."""
+    rng = np.random.default_rng(21)
+    H, W = 37, 52
+    frames = (rng.random((5, H, W)) * 900 + 50).astype(np.float32)
+    frames[2, 10:20, 5:30] = 0.0  # darker than 1e-4 of the open field: floored
+    frames[4] = 7.0  # constant: all zero
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    r2 = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / (W / 2) ** 2
+    source = (xx + 4.0 * r2 * (xx - W / 2) / W - 1.3, yy + 3.0 * r2 * (yy - H / 2) / H + 0.7)  # beyond the edges
+    assert source[0].min() < 0 and source[0].max() > W - 1
+    mask = r2 < 0.6
+    for smap in (None, source):
+        for m in (None, mask, np.zeros((H, W), bool)):
+            got = refine.intensity_to_line_integrals(frames, m, source_map=smap, num_threads=2)
+            want = ref.frames_to_line_integrals(frames, m, smap)
+            assert got.dtype == np.float32 and got.shape == frames.shape
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    assert not refine.intensity_to_line_integrals(frames[4]).any()
+    # Threads do not change the result; [H, W] and [F, 2, H, W] keep their shapes.
+    a = refine.intensity_to_line_integrals(frames, mask, source_map=source, num_threads=1)
+    np.testing.assert_array_equal(a, refine.intensity_to_line_integrals(frames, mask, source_map=source,
+                                                                        num_threads=3))
+    assert refine.intensity_to_line_integrals(frames[0]).shape == (H, W)
+    np.testing.assert_array_equal(refine.intensity_to_line_integrals(frames[:4].reshape(2, 2, H, W), mask).reshape(4, H, W),
+                                  refine.intensity_to_line_integrals(frames[:4], mask))
+    bad = frames.copy()
+    bad[3, 5, 6] = np.nan
+    with pytest.raises(ValueError, match="frame 3 holds a non-finite grey level at pixel 266"):
+        refine.intensity_to_line_integrals(bad)
+    bad_map = (source[0].copy(), source[1])
+    bad_map[0][1, 2] = np.inf
+    with pytest.raises(ValueError, match="non-finite x coordinate at pixel 54"):
+        refine.intensity_to_line_integrals(frames, source_map=bad_map)
+    with pytest.raises(ValueError, match="mask has shape"):
+        refine.intensity_to_line_integrals(frames, mask[:3])
+    with pytest.raises(ValueError, match="source_map holds maps of shape"):
+        refine.intensity_to_line_integrals(frames, source_map=(source[0][:3], source[1][:3]))
+
+
 def test_frames_are_checked_without_copies(small_views):
     """Float32 frames reach the core as they are (a recording's chunk is hundreds of MB); any
     non-finite value is still an error, and huge finite values (whose sum overflows) are not."""
@@ -359,7 +401,7 @@ def test_pipeline_option_and_command_line_flag():
     assert p.parse_args(base).refine is True
     assert p.parse_args(base + ["--no-refine"]).refine is False
     assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False
-    assert PipelineOptions().refine_device == "cpu" and p.parse_args(base).refine_device == "cpu"
+    assert PipelineOptions().refine_device == "auto" and p.parse_args(base).refine_device == "auto"
     assert p.parse_args(base + ["--refine-device", "cuda"]).refine_device == "cuda"
 
 

@@ -1,7 +1,10 @@
-// From line integrals to 8-bit pictures (the documented step from DRR to picture; the Python
-// side is fluororeg.core.render.to_uint8 and the dataset's render_samples): each image gets the
-// window (0, p), p a percentile of its positive values, so the background stays black and a few
-// very dense rays do not wash out the bone.
+// Image conversions on the CPU, one pass per image:
+// - X-ray frames to line integrals (FramesToLineIntegrals: the intensity refinement's input;
+//   the Python side is fluororeg.core.refine.intensity_to_line_integrals), undistorted on the way;
+// - line integrals to 8-bit pictures (WindowToUint8: the documented step from DRR to picture;
+//   the Python side is fluororeg.core.render.to_uint8 and the dataset's render_samples): each
+//   image gets the window (0, p), p a percentile of its positive values, so the background stays
+//   black and a few very dense rays do not wash out the bone.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +15,21 @@ namespace fluororeg {
 // the order statistics at (m - 1) q / 100 (NumPy's default 'linear' method), in double.
 // Reorders values.
 double LinearPercentile(float* values, long long m, double q);
+double LinearPercentile(double* values, long long m, double q);
+
+// Beer-Lambert inversion of intensifier frames [n, height, width] float32 grey levels (open
+// field bright) into line integrals out [n, height, width] float32, computed in double. Per frame:
+// 1. resampled at source [2, height, width] (x plane, then y plane: where each output pixel lies
+//    in the frame, px; bilinear, edge values beyond the frame: scipy.ndimage.map_coordinates with
+//    order 1 and mode 'nearest'), or taken as it is when source is nullptr (undistortion:
+//    DistortionModel.source_map);
+// 2. I_open = max(1e-6, the 99th percentile (LinearPercentile) of the resampled values where mask
+//    [height, width] is non-zero; of all of them when mask is nullptr or all zero);
+// 3. out = max(0, -ln(max(v, 1e-4 I_open) / I_open)).
+// Frames run on num_threads threads (0: all cores). Throws std::invalid_argument for a
+// non-finite grey level or source coordinate (naming the frame and pixel) or a bad size.
+void FramesToLineIntegrals(const float* frames, long long n, int height, int width,
+                           const double* source, const uint8_t* mask, int num_threads, float* out);
 
 // images [n, pixels] float32 line integrals (finite); keep [n, pixels] or nullptr: a pixel
 // with keep 0 counts as 0 (the dataset's bone-only images). Per image: window_hi [n] = the

@@ -12,7 +12,10 @@
 
 namespace fluororeg {
 
-double LinearPercentile(float* values, long long m, double q) {
+namespace {
+
+template <typename T>
+double LinearPercentileOf(T* values, long long m, double q) {
   if (m < 1) throw std::invalid_argument("a percentile needs at least one value");
   const double index = static_cast<double>(m - 1) * (q / 100.0);
   const long long lo = std::min(static_cast<long long>(std::floor(index)), m - 1);
@@ -23,6 +26,11 @@ double LinearPercentile(float* values, long long m, double q) {
   const double b = *std::min_element(values + lo + 1, values + m);  // the next order statistic
   return a + (b - a) * t;
 }
+
+}  // namespace
+
+double LinearPercentile(float* values, long long m, double q) { return LinearPercentileOf(values, m, q); }
+double LinearPercentile(double* values, long long m, double q) { return LinearPercentileOf(values, m, q); }
 
 namespace {
 
@@ -36,6 +44,34 @@ FLUORO_CPU_CLONES void WindowImage(const float* img, const uint8_t* keep, long l
     const float v = (keep == nullptr || keep[j]) ? img[j] : 0.f;
     const float s = std::min(std::max(v / hi, 0.f), 1.f) * 255.f;
     out[j] = static_cast<uint8_t>((s + kRound) - kRound);
+  }
+}
+
+// out [pixels] = img [height, width] sampled bilinearly at (sx, sy) [pixels] px, indices clamped
+// to the frame (scipy's map_coordinates, order 1, mode 'nearest').
+FLUORO_CPU_CLONES void ResampleClamped(const float* img, int height, int width, const double* sx,
+                                       const double* sy, long long pixels, double* out) {
+  for (long long j = 0; j < pixels; ++j) {
+    const double fx = std::floor(sx[j]), fy = std::floor(sy[j]);
+    const double tx = sx[j] - fx, ty = sy[j] - fy;
+    const long long x0 = static_cast<long long>(fx), y0 = static_cast<long long>(fy);
+    const long long xa = std::min<long long>(std::max<long long>(x0, 0), width - 1);
+    const long long xb = std::min<long long>(std::max<long long>(x0 + 1, 0), width - 1);
+    const long long ya = std::min<long long>(std::max<long long>(y0, 0), height - 1);
+    const long long yb = std::min<long long>(std::max<long long>(y0 + 1, 0), height - 1);
+    const float* ra = img + ya * width;
+    const float* rb = img + yb * width;
+    const double top = (1.0 - tx) * ra[xa] + tx * ra[xb];
+    const double bottom = (1.0 - tx) * rb[xa] + tx * rb[xb];
+    out[j] = (1.0 - ty) * top + ty * bottom;
+  }
+}
+
+// out [pixels] = max(0, -ln(max(v, floor_value) / i_open)) in float32.
+FLUORO_CPU_CLONES void NegativeLog(const double* values, long long pixels, double floor_value,
+                                   double i_open, float* out) {
+  for (long long j = 0; j < pixels; ++j) {
+    out[j] = static_cast<float>(std::max(-std::log(std::max(values[j], floor_value) / i_open), 0.0));
   }
 }
 
@@ -67,6 +103,53 @@ void WindowToUint8(const float* images, const uint8_t* keep, long long n, long l
                                positive.data(), static_cast<long long>(positive.size()), percentile));
     window_hi[i] = hi;
     WindowImage(img, k, pixels, hi, out + i * pixels);
+  });
+}
+
+void FramesToLineIntegrals(const float* frames, long long n, int height, int width,
+                           const double* source, const uint8_t* mask, int num_threads, float* out) {
+  if (n < 0 || height < 1 || width < 1) {
+    throw std::invalid_argument("frames [" + std::to_string(n) + ", " + std::to_string(height) + ", " +
+                                std::to_string(width) + "]: expected n >= 0 frames of at least 1 x 1 px");
+  }
+  const long long pixels = static_cast<long long>(height) * width;
+  if (source != nullptr) {
+    for (long long j = 0; j < 2 * pixels; ++j) {
+      if (!std::isfinite(source[j])) {
+        throw std::invalid_argument("the source map holds a non-finite " + std::string(j < pixels ? "x" : "y") +
+                                    " coordinate at pixel " + std::to_string(j % pixels) +
+                                    ": expected finite frame coordinates (px)");
+      }
+    }
+  }
+  bool any_mask = false;
+  for (long long j = 0; mask != nullptr && j < pixels && !any_mask; ++j) any_mask = mask[j] != 0;
+  ParallelFor(n, num_threads, [&](long long i) {
+    const float* img = frames + i * pixels;
+    for (long long j = 0; j < pixels; ++j) {
+      if (!std::isfinite(img[j])) {
+        throw std::invalid_argument("frame " + std::to_string(i) + " holds a non-finite grey level at pixel " +
+                                    std::to_string(j) + ": expected finite values");
+      }
+    }
+    thread_local std::vector<double> values, kept;
+    values.resize(static_cast<size_t>(pixels));
+    if (source == nullptr) {
+      std::copy(img, img + pixels, values.begin());
+    } else {
+      ResampleClamped(img, height, width, source, source + pixels, pixels, values.data());
+    }
+    kept.clear();
+    if (any_mask) {
+      for (long long j = 0; j < pixels; ++j) {
+        if (mask[j]) kept.push_back(values[j]);
+      }
+    } else {
+      kept.assign(values.begin(), values.end());
+    }
+    const double i_open =
+        std::max(LinearPercentile(kept.data(), static_cast<long long>(kept.size()), 99.0), 1e-6);
+    NegativeLog(values.data(), pixels, i_open * 1e-4, i_open, out + i * pixels);
   });
 }
 

@@ -10,6 +10,8 @@
   off the image border.
 * :func:`evaluate_refine_similarity`: the similarity ``EvaluateRefineSimilarity`` reports, from
   full DRRs (:func:`fluororeg.core.render.render_cone`) of the level's view, over a given region.
+* :func:`frames_to_line_integrals` (checks ``FramesToLineIntegrals``, picture.h): undistortion by
+  ``scipy.ndimage.map_coordinates`` and Beer-Lambert inversion with ``np.percentile``.
 
 Poses are in degrees and millimetres, as in the public API.
 """
@@ -92,3 +94,19 @@ def evaluate_refine_similarity(mu, views, images, poses, roi, level: int, simila
         for f in range(len(poses)):
             out[f, k] = fn(drr[f], downsample_image(images[f, k], level), roi[f, k])
     return out
+
+
+def frames_to_line_integrals(images, mask=None, source_map=None) -> np.ndarray:
+    """Line integrals [..., H, W] float32 of grey levels [..., H, W]: resampled at ``source_map``
+    ((x, y) maps, bilinear, mode 'nearest'), ``I_open`` the 99th percentile within ``mask`` (all
+    pixels when None or empty) floored at 1e-6, ``max(0, -ln(max(I, 1e-4 I_open) / I_open))``."""
+    img = np.asarray(images, dtype=np.float64)
+    flat = img.reshape(-1, *img.shape[-2:])
+    out = np.empty(flat.shape, dtype=np.float32)
+    for i, im in enumerate(flat):
+        if source_map is not None:
+            im = ndimage.map_coordinates(im, [source_map[1], source_map[0]], order=1, mode="nearest")
+        vals = im[mask] if mask is not None and np.any(mask) else im
+        i_open = max(float(np.percentile(vals, 99)), 1e-6)
+        out[i] = np.clip(-np.log(np.clip(im, i_open * 1e-4, None) / i_open), 0.0, None)
+    return out.reshape(img.shape)

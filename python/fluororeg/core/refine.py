@@ -177,17 +177,34 @@ def _images(images, views, image_kind: str) -> np.ndarray:
     return arr
 
 
-def intensity_to_line_integrals(images: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Beer-Lambert inversion of intensifier grey levels [..., H, W]: ``-ln(I / I_open)`` with
-    ``I_open`` each image's 99th percentile (within ``mask`` [H, W] where given), clipped at 0."""
-    img = np.asarray(images, dtype=np.float64)
-    flat = img.reshape(-1, *img.shape[-2:])
-    out = np.empty(flat.shape, dtype=np.float32)
-    for i, im in enumerate(flat):
-        vals = im[mask] if mask is not None and mask.any() else im
-        i_open = max(float(np.percentile(vals, 99)), 1e-6)
-        out[i] = np.clip(-np.log(np.clip(im, i_open * 1e-4, None) / i_open), 0.0, None)
-    return out.reshape(img.shape)
+def intensity_to_line_integrals(images, mask=None, *, source_map=None, num_threads: int = 0) -> np.ndarray:
+    """Beer-Lambert inversion of intensifier grey levels [..., H, W] into line integrals of the
+    same shape, float32 (the core's ``FramesToLineIntegrals``, on ``num_threads`` CPU threads, 0:
+    all): each image is first resampled at ``source_map`` (the (x, y) maps [H, W] of where every
+    output pixel lies in the frame, e.g. :meth:`DistortionModel.source_map
+    <fluororeg.calibration.distortion.DistortionModel.source_map>` to undistort; bilinear, edge
+    values beyond the frame), then becomes ``max(0, -ln(max(I, 1e-4 I_open) / I_open))`` with
+    ``I_open`` its 99th percentile within ``mask`` [H, W] (all pixels when None or empty).
+    Values are taken as float32 (exact for 8- and 16-bit frames)."""
+    from fluororeg.core.threads import num_threads as process_threads
+
+    arr = np.asarray(images)
+    if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"images have shape {arr.shape} and dtype {arr.dtype}: expected grey levels [..., H, W]")
+    H, W = arr.shape[-2:]
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1, H, W)
+    m = None
+    if mask is not None:
+        m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+        if m.shape != (H, W):
+            raise ValueError(f"mask has shape {m.shape}, expected the images' ({H}, {W})")
+    src = None
+    if source_map is not None:
+        src = np.ascontiguousarray(np.stack([np.asarray(source_map[0]), np.asarray(source_map[1])]), dtype=np.float64)
+        if src.shape != (2, H, W):
+            raise ValueError(f"source_map holds maps of shape {src.shape[1:]}, expected the images' ({H}, {W})")
+    out = _core.frames_to_line_integrals(flat, src, m, process_threads(num_threads))
+    return out.reshape(arr.shape)
 
 
 def _masks(image_masks, views) -> Optional[np.ndarray]:

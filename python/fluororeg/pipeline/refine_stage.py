@@ -7,6 +7,7 @@ into line integrals inside each intensifier's field of view, refined by
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -16,7 +17,7 @@ from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
 __all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS", "REFINE_FAILURE_STATUSES",
-           "REFINABLE_STATUSES", "field_of_view", "recording_images", "refine_recording_poses", "append_csv_columns"]
+           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses", "append_csv_columns"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -42,32 +43,47 @@ def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
     return mask
 
 
+class RecordingLineIntegrals:
+    """A recording's frames as the refinement sees them: undistorted line-integral images and the
+    usable-pixel masks (the intensifier's field of view, undistorted). The views' undistortion
+    maps are made once; :meth:`images` reads frames and converts them in the core
+    (:func:`~fluororeg.core.refine.intensity_to_line_integrals`, all cores)."""
+
+    def __init__(self, recording, num_threads: int = 0):
+        self.recording, self.num_threads = recording, num_threads
+        dist = recording.geometry.distortion or (None, None)
+        self.source_maps = [d.source_map() if d is not None else None for d in dist]  # [2] (x, y) [H, W] or None
+
+    def images(self, frames=None) -> tuple[np.ndarray, np.ndarray]:
+        """Undistorted line-integral images [F, 2, H, W] float32 of ``frames`` (positions; None:
+        all) and the usable-pixel masks [2, H, W] uint8, found on the first of them."""
+        from scipy import ndimage
+
+        rec = self.recording
+        idx = np.arange(len(rec)) if frames is None else np.asarray(frames, dtype=int)
+        geom = rec.geometry
+        H, W = geom.views[0].height, geom.views[0].width
+        out = np.empty((len(idx), 2, H, W), np.float32)
+        masks = np.empty((2, H, W), np.uint8)
+        for k in range(2):
+            raw = np.empty((len(idx), H, W), np.float32)
+            for j, frame in enumerate(rec.read(k, idx, self.num_threads)):
+                raw[j] = frame
+            fov = field_of_view(raw[0] if len(idx) else np.asarray(rec.sequences[k][0], np.float32))
+            smap = self.source_maps[k]
+            if smap is not None:
+                fov = ndimage.map_coordinates(fov.astype(np.float32), [smap[1], smap[0]], order=0, mode="constant",
+                                              cval=0.0) > 0.5
+            masks[k] = fov
+            out[:, k] = intensity_to_line_integrals(raw, fov, source_map=smap, num_threads=self.num_threads)
+        return out, masks
+
+
 def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
     """Undistorted line-integral images [F, 2, H, W] float32 of a recording's frames and the
-    usable-pixel masks [2, H, W] (the intensifier's field of view, undistorted)."""
-    from scipy import ndimage
-
-    idx = np.arange(len(recording)) if frames is None else np.asarray(frames, dtype=int)
-    geom = recording.geometry
-    H, W = geom.views[0].height, geom.views[0].width
-    out = np.empty((len(idx), 2, H, W), np.float32)
-    masks = np.empty((2, H, W), np.uint8)
-    for k in range(2):
-        dist = geom.distortion[k]
-        first = np.asarray(recording.sequences[k][int(idx[0])] if len(idx) else recording.sequences[k][0],
-                           np.float64)
-        fov = field_of_view(first)
-        smap = dist.source_map() if dist is not None else None
-        if smap is not None:
-            fov = ndimage.map_coordinates(fov.astype(np.float32), [smap[1], smap[0]], order=0, mode="constant",
-                                          cval=0.0) > 0.5
-        masks[k] = fov
-        for j, f in enumerate(idx):
-            img = np.asarray(recording.sequences[k][int(f)], np.float64)
-            if smap is not None:
-                img = ndimage.map_coordinates(img, [smap[1], smap[0]], order=1, mode="nearest")
-            out[j, k] = intensity_to_line_integrals(img, fov)
-    return out, masks
+    usable-pixel masks [2, H, W] (the intensifier's field of view, undistorted): one call of
+    :meth:`RecordingLineIntegrals.images`."""
+    return RecordingLineIntegrals(recording).images(frames)
 
 
 # Columns the pipeline adds to poses.csv when it refines (see refine_recording_poses).
@@ -143,19 +159,26 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         if resolve_device(device) == "cuda":
             chunk = max(chunk, (options if options is not None else RefineOptions()).cuda_frames_in_flight)
     parts, carry = [], None  # carry: the refined pose of the previous chunk's last frame, when it passed
-    for s in range(0, len(candidates), chunk):
-        idx = candidates[s:s + chunk]
-        imgs, masks = recording_images(recording, idx)
-        start = np.where(refinable[idx][:, None], poses[idx], np.nan)
-        carried = track and carry is not None and not np.isfinite(start[0]).all()
-        if carried:
-            start[0] = carry
-        part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
-                            bone=subject.mask_model(), image_masks=masks, track=track, view_weights=weights[idx],
-                            device=device)
-        part.tracked[0] |= carried
-        parts.append(part)
-        carry = part.poses[-1] if part.converged[-1] else None
+    frames = RecordingLineIntegrals(recording)
+    chunks = [candidates[s:s + chunk] for s in range(0, len(candidates), chunk)]
+    # The next chunk's frames are read and converted on a second thread while this one refines
+    # (the core runs without the GIL): one thread reads, in order, so video readers are safe.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluororeg-frames") as reader:
+        pending = reader.submit(frames.images, chunks[0]) if chunks else None
+        for c, idx in enumerate(chunks):
+            imgs, masks = pending.result()
+            pending = reader.submit(frames.images, chunks[c + 1]) if c + 1 < len(chunks) else None
+            start = np.where(refinable[idx][:, None], poses[idx], np.nan)
+            carried = track and carry is not None and not np.isfinite(start[0]).all()
+            if carried:
+                start[0] = carry
+            part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
+                                bone=subject.mask_model(), image_masks=masks, track=track,
+                                view_weights=weights[idx], device=device)
+            del imgs
+            part.tracked[0] |= carried
+            parts.append(part)
+            carry = part.poses[-1] if part.converged[-1] else None
     columns = {
         "landmark_status": status.copy(), "refine_status": np.full(F, "not_refined", dtype=object),
         "similarity_view1": np.full(F, np.nan), "similarity_view2": np.full(F, np.nan),
