@@ -67,3 +67,32 @@ def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise():
     code = "import os, fluororeg; print(os.environ['OMP_WAIT_POLICY'])"
     assert _in_child(code) == "PASSIVE"
     assert _in_child(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_thread_map_keeps_order_and_raises():
+    """thread_map returns fn's results in the items' order on any thread count, runs on several
+    threads when asked, and raises the first error."""
+    import threading
+    import time
+
+    seen = set()
+
+    def slow_square(x):
+        seen.add(threading.get_ident())
+        time.sleep(0.002 * (x % 3))  # finish out of order
+        return x * x
+
+    for n in (1, 3, 8):
+        assert threads.thread_map(slow_square, range(10), n) == [x * x for x in range(10)]
+    assert len(seen) > 1
+    assert threads.thread_map(slow_square, [], 4) == []
+
+    def fails(x):
+        if x == 5:
+            raise ValueError("item 5 is bad")
+        return x
+
+    with pytest.raises(ValueError, match="item 5 is bad"):
+        threads.thread_map(fails, range(8), 3)
+    with pytest.raises(ValueError, match="num_threads"):
+        threads.thread_map(fails, range(8), -1)

@@ -15,7 +15,7 @@ from fluororeg.pipeline import quality
 
 
 class _Frames:
-    """A recording's frames in memory: frame(f) -> (view 1, view 2) [H, W]."""
+    """A recording's frames in memory: frame(f) -> (view 1, view 2) [H, W]; read(view, positions)."""
 
     def __init__(self, images):
         self.images = images  # [F, 2, H, W]
@@ -25,6 +25,9 @@ class _Frames:
 
     def frame(self, f):
         return self.images[f][0], self.images[f][1]
+
+    def read(self, view, positions, num_threads=0):
+        return [self.images[f][view] for f in positions]
 
 
 def _fluoro_like(rng, F=8, size=96):

@@ -24,7 +24,7 @@ import sys
 
 from fluororeg import _core
 
-__all__ = ["available_cpus", "num_threads", "set_num_threads"]
+__all__ = ["available_cpus", "num_threads", "set_num_threads", "thread_map"]
 
 MAX_THREADS: int = _core.MAX_THREADS  # the C++ core's bound (fluororeg/limits.h)
 _configured = 0  # set_num_threads' value; 0: the default (see the module's text)
@@ -65,6 +65,9 @@ def num_threads(requested: int = 0) -> int:
     return requested or _configured or _environment_threads() or available_cpus()
 
 
+_resolve = num_threads  # for functions whose num_threads argument hides it
+
+
 def set_num_threads(n: int) -> int:
     """Set the process-wide thread count (0: back to the default); applies it to torch at once
     when torch is loaded (training reads it when it starts). Returns the count now in force."""
@@ -75,3 +78,17 @@ def set_num_threads(n: int) -> int:
     if torch is not None:
         torch.set_num_threads(resolved)
     return resolved
+
+
+def thread_map(fn, items, num_threads: int = 0) -> list:
+    """``[fn(item) for item in items]`` on up to :func:`num_threads` (``num_threads``) Python
+    threads, in order; the first exception is raised here. For per-frame NumPy, Pillow and core
+    work, which runs without the GIL; plain Python code gains nothing."""
+    items = list(items)
+    n = min(_resolve(num_threads), len(items))
+    if n <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="fluororeg") as pool:
+        return list(pool.map(fn, items))

@@ -39,6 +39,7 @@ to frame pixels with ``box.to_frame(uv)``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +63,17 @@ class FieldOfView:
     radius: float
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
-        H, W = shape
-        yy, xx = np.mgrid[0:H, 0:W]
-        return (xx - self.cx) ** 2 + (yy - self.cy) ** 2 <= self.radius ** 2
+        """[H, W] bool, read-only: the pixels whose centres lie inside the circle. Remembered for
+        the last few circles and shapes (a recording's frames share their views' circles)."""
+        return _circle_mask(float(self.cx), float(self.cy), float(self.radius), int(shape[0]), int(shape[1]))
+
+
+@functools.lru_cache(maxsize=16)
+def _circle_mask(cx: float, cy: float, radius: float, H: int, W: int) -> np.ndarray:
+    yy, xx = np.ogrid[0:H, 0:W]
+    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+    mask.flags.writeable = False
+    return mask
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,8 @@ def _as_frame(frame) -> np.ndarray:
         raise ValueError(f"frame has shape {a.shape}: expected at least 8 x 8 pixels")
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"frame has dtype {a.dtype}: expected numeric grey levels")
-    a = a.astype(np.float32)
-    if not np.all(np.isfinite(a)):
+    a = np.asarray(a, dtype=np.float32)  # no copy for float32 frames: callers do not write to it
+    if not np.isfinite(a).all():
         raise ValueError("frame holds NaN or infinite values")
     return a
 
@@ -192,17 +201,26 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
         lo, hi = np.percentile(vals, percentiles) if vals.size else (0.0, 255.0)
         if hi <= lo:
             hi = lo + 1.0
-        img = (img - lo) * (255.0 / (hi - lo))
-    img = np.clip(img, 0.0, 255.0)
-    img[~inside] = fill
-    # pad so that the box lies inside, then resample the box (Pillow boxes are in pixel-edge units)
+        # (img - lo) * (255 / (hi - lo)) in float64, clipped to [0, 255], in one buffer
+        stretched = np.subtract(img, lo, dtype=np.float64)
+        stretched *= 255.0 / (hi - lo)
+        img = np.clip(stretched, 0.0, 255.0, out=stretched)
+    # Padded so that the box lies inside (the padding and the pixels outside the FOV: fill), then
+    # the box is resampled (Pillow boxes are in pixel-edge units). Clipping writes straight into
+    # the padded float32 picture: one pass, no temporary frames.
     pad_l = int(np.ceil(max(0.0, -box.left))) + 1
     pad_t = int(np.ceil(max(0.0, -box.top))) + 1
     pad_r = int(np.ceil(max(0.0, box.left + box.side - W))) + 1
     pad_b = int(np.ceil(max(0.0, box.top + box.side - H))) + 1
-    padded = np.pad(img, ((pad_t, pad_b), (pad_l, pad_r)), constant_values=fill)
+    padded = np.full((H + pad_t + pad_b, W + pad_l + pad_r), fill, dtype=np.float32)
+    core = padded[pad_t:pad_t + H, pad_l:pad_l + W]
+    if normalise:
+        core[...] = img  # rounded to float32
+    else:
+        np.clip(img, 0.0, 255.0, out=core)
+    np.copyto(core, np.float32(fill), where=~inside)
     x0, y0 = box.left + pad_l, box.top + pad_t
-    out = Image.fromarray(padded.astype(np.float32), mode="F").resize(
+    out = Image.fromarray(padded, mode="F").resize(
         (box.size, box.size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box.side, y0 + box.side))
     return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
 
@@ -280,14 +298,20 @@ def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarra
     return to_uint8(L, percentile=percentile)
 
 
-def view_crops(images, boxes, fov, size: int, style: str = "translate"):
+def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_threads: int = 0):
     """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
     ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
-    levels stretched over the field of view (outside it: open field)."""
-    out = np.empty((len(images), size, size), np.uint8)
-    for j, (img, box) in enumerate(zip(images, boxes)):
+    levels stretched over the field of view (outside it: open field). Frames are cropped on
+    ``num_threads`` threads (:func:`~fluororeg.core.threads.thread_map`; 0: the process's count)."""
+    from fluororeg.core.threads import thread_map
+
+    def one(pair):
+        img, box = pair
         if style == "log":
-            out[j] = log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
-        else:
-            out[j] = crop_frame(img, box, fov=fov)
+            return log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
+        return crop_frame(img, box, fov=fov)
+
+    out = np.empty((len(images), size, size), np.uint8)
+    for j, crop in enumerate(thread_map(one, zip(images, boxes), num_threads)):
+        out[j] = crop
     return out

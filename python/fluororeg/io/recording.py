@@ -205,6 +205,12 @@ class ImageSequence:
         return len(self.files) if self.files is not None else int(self._pages)
 
     @property
+    def thread_safe_reads(self) -> bool:
+        """Whether frames may be read on several threads at once: each read of an image or TIFF
+        page opens its own file; a video's reader is sequential."""
+        return self._video is None
+
+    @property
     def frame_rate_hz(self) -> float | None:
         """A video's frame rate as its container records it; None for images."""
         return self._video.frame_rate_hz if self._video is not None else None
@@ -323,6 +329,18 @@ class Recording:
 
     def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.sequences[0][i], self.sequences[1][i]
+
+    def read(self, view: int, positions, num_threads: int = 0) -> list[np.ndarray]:
+        """View ``view``'s (0 or 1) frames at ``positions``, in order: decoded on ``num_threads``
+        threads (0: the process's count) where its sequence allows (``thread_safe_reads``: image
+        folders and TIFF files), else one after the other (videos, other sequences)."""
+        seq = self.sequences[view]
+        positions = [int(i) for i in positions]
+        if getattr(seq, "thread_safe_reads", False):
+            from fluororeg.core.threads import thread_map
+
+            return thread_map(seq.__getitem__, positions, num_threads)
+        return [seq[i] for i in positions]
 
     def frames(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         for i in range(start, len(self) if stop is None else min(stop, len(self))):

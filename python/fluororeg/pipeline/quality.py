@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.core import registration as _registration
+from fluororeg.inference.crops import FieldOfView
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
 
 __all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics",
@@ -153,7 +154,7 @@ def _thumbnail(image, fov, side: int):
 
 
 def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions(),
-                     reference_frames=(0, 0)):
+                     reference_frames=(0, 0), *, num_threads: int = 0):
     """Per frame and view, what the input checks need, computed frame by frame (memory does not
     grow with the recording's length): spread [F, 2] (1st to 99th percentile inside the field of
     view), level [F, 2] (largest absolute percentile, the image's scale), views_correlation [F]
@@ -161,7 +162,10 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
     identical images), change [F, 2] (mean absolute difference of each view's thumbnail from
     that of frame ``reference_frames[k]``: the constant-detector check compares frames with the
     first one that has detections) and reference [2]. Reads every frame once (and the two
-    reference frames once more)."""
+    reference frames once more); frames are read in order and measured on ``num_threads``
+    threads (0: the process's count)."""
+    from fluororeg.core.threads import thread_map
+
     F = len(recording)
     t = options.thumbnail
     reference = tuple(int(r) for r in reference_frames)
@@ -172,9 +176,9 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
                   for k in range(2)]
     spread, level = np.empty((F, 2)), np.empty((F, 2))
     correlation, change = np.empty(F), np.empty((F, 2))
-    for f in range(F):
-        images = recording.frame(f)
-        thumbs, masks = [], []
+
+    def one(images):  # (spread [2], level [2], correlation, change [2]) of one frame pair
+        thumbs, masks, out = [], [], np.empty((3, 2))
         for k in range(2):
             img = np.asarray(images[k], dtype=np.float64)
             thumb, mask = _thumbnail(img, fov[k], t)
@@ -182,12 +186,19 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
             masks.append(mask)
             ref, ref_mask = ref_thumbs[k]
             inside_both = mask & ref_mask
-            change[f, k] = np.abs(thumb[inside_both] - ref[inside_both]).mean() if inside_both.any() else 0.0
+            out[2, k] = np.abs(thumb[inside_both] - ref[inside_both]).mean() if inside_both.any() else 0.0
             inside = _full_mask(img.shape, fov[k])
             sample = img[inside][:: max(1, int(inside.sum()) // 200000)]
             lo, hi = np.percentile(sample, [1.0, 99.0])
-            spread[f, k], level[f, k] = hi - lo, max(abs(lo), abs(hi))
-        correlation[f] = _views_correlation(thumbs[0], thumbs[1], masks[0] & masks[1])
+            out[0, k], out[1, k] = hi - lo, max(abs(lo), abs(hi))
+        return out, _views_correlation(thumbs[0], thumbs[1], masks[0] & masks[1])
+
+    block = 32  # frames read (Recording.read: in parallel where the sequences allow) per parallel step
+    for f0 in range(0, F, block):
+        block_frames = range(f0, min(F, f0 + block))
+        pairs = list(zip(*(recording.read(k, block_frames, num_threads) for k in range(2))))
+        for f, (out, corr) in enumerate(thread_map(one, pairs, num_threads), start=f0):
+            spread[f], level[f], change[f], correlation[f] = out[0], out[1], out[2], corr
     return dict(spread=spread, level=level, views_correlation=correlation, change=change,
                 reference=np.asarray(reference))
 
@@ -196,8 +207,7 @@ def _full_mask(shape, fov):
     H, W = shape
     if fov is None:
         return np.ones((H, W), bool)
-    yy, xx = np.ogrid[:H, :W]
-    mask = (xx - fov.cx) ** 2 + (yy - fov.cy) ** 2 <= (0.9 * fov.radius) ** 2
+    mask = FieldOfView(fov.cx, fov.cy, 0.9 * fov.radius).mask((H, W))
     return mask if mask.sum() >= 64 else np.ones((H, W), bool)
 
 
