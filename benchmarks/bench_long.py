@@ -9,8 +9,9 @@ turn, frame i being pair i mod K with its own small noise (nothing holds the 10,
 The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
 training; its poses are not accurate and are not meant to be). The pipeline runs as
 ``register`` does (log style, detection chunks written to a run folder, registration, quality
-gate, poses.csv). Reported: RSS (MB) at the start of the pipeline, at the middle frame and at
-the end, the peak RSS, frames/s end to end, ``rss_growth_mb`` (start to end, warm-up included:
+gate, refinement on ``--refine-device`` (``off``: none), poses.csv). Reported: RSS (MB) at the start of the
+pipeline, at the middle frame and at the end, the peak RSS, frames/s end to end, the wall-clock
+of each stage per frame pair (``stage_ms_per_pair``, from ``RecordingResult.stage_seconds``), ``rss_growth_mb`` (start to end, warm-up included:
 the ONNX session's and the solver's first allocations, the QC figure) and ``rss_growth_mb_10k``:
 the growth of RSS during the last pass over the frames (the detection pass; locating the bone
 reads them once before), the least-squares slope of RSS against frame index from a quarter of
@@ -66,6 +67,9 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=None, help="frame pairs (default 10,000; --quick 1,000)")
     p.add_argument("--distinct", type=int, default=8, help="distinct simulated frame pairs the stream cycles through")
+    p.add_argument("--refine-device", choices=["auto", "cpu", "cuda", "off"], default="auto",
+                   help="where the refinement renders (PipelineOptions.refine_device); off: no refinement (the "
+                        "spot detector's poses make it slow on a CPU: about 0.4 s per frame pair on 2 cores)")
     args = p.parse_args()
     n = args.frames or (1000 if args.quick else 10000)
     if args.quick:
@@ -110,7 +114,9 @@ def main() -> None:
 
         seqs = (StreamedSequence(views[0], n, 1, on_frame), StreamedSequence(views[1], n, 2))
         rec = Recording(seqs, small.geometry, None, None)
-        opts = PipelineOptions(style="log", min_visible=4, num_threads=0)
+        refine = args.refine_device != "off"
+        opts = PipelineOptions(style="log", min_visible=4, num_threads=0, refine=refine,
+                               refine_device=args.refine_device if refine else "cpu")
         samples["start"] = rss_mb()
         t0 = time.perf_counter()
         out = register_recording(rec, subject, detector, None, opts, out_dir=tmp / "run", progress=False)
@@ -132,10 +138,13 @@ def main() -> None:
             ("rss_peak", peak, "MB"), ("rss_growth", growth, "MB"),
             ("rss_growth_mb_10k", growth_10k, "MB per 10,000 frames (detection pass, slope)"),
             ("frames_per_s", n / seconds, "frame pairs/s end to end"), ("seconds", seconds, "s")]
+    stage_ms = {name: 1e3 * t / n for name, t in out.stage_seconds.items()}
+    rows += [(f"stage {name}", ms, "ms per frame pair") for name, ms in stage_ms.items()]
     results = {"frames": n, "quick": bool(args.quick), "rss_start_mb": samples["start"],
                "rss_middle_mb": samples.get("middle"), "rss_end_mb": samples["end"], "rss_peak_mb": peak,
                "rss_growth_mb": growth, "rss_growth_mb_10k": growth_10k, "frames_per_s": n / seconds,
                "seconds": seconds, "statuses": statuses, "rss_timeline_mb": timeline,
+               "stage_ms_per_pair": stage_ms, "refine_device": args.refine_device,
                "setup": "headsq subject, 192 px cone-beam frames cycled with noise, spot detector (32 px), log style"}
     report(f"long recording: {n} frame pairs through the register pipeline", rows, results, args.json)
 

@@ -105,9 +105,9 @@ def add_parser(subparsers) -> None:
                          "gradient correlation); its similarity is then the final quality gate (default: on; "
                          "--no-refine: landmark registration only)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
-    rg.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="cpu",
-                    help="where the refinement renders (default: cpu; cuda: the same per-ray code on the GPU, "
-                         "not yet measured on one)")
+    rg.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto",
+                    help="where the refinement renders (default: auto, the GPU when one is usable: the same "
+                         "per-ray code, the CPU's poses to rounding; options.json's refined_on says which ran)")
     common.add_allow_undertrained_option(rg)
     common.add_threads_option(rg)
     rg.add_argument("--out", required=True)

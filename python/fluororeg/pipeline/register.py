@@ -107,8 +107,9 @@ class PipelineOptions:
     # --independent); its similarity gate then decides which frames are registered.
     refine: bool = True
     # Where refinement renders: 'cpu', 'cuda' or 'auto' (CUDA when usable). The CUDA path runs
-    # the CPU's per-ray code; it has not been measured on a GPU yet, hence 'cpu' by default.
-    refine_device: str = "cpu"
+    # the CPU's per-ray code and gives the CPU's poses to rounding (on an H100 33x the same
+    # machine's 16 cores: benchmarks/results/h100_5c17644_bench_refine.json).
+    refine_device: str = "auto"
     num_threads: int = 0              # C++ core and onnxruntime threads (0: fluororeg.core.threads' count)
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
     # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
@@ -198,6 +199,10 @@ class RecordingResult:
     seconds: float             # wall-clock of the whole run
     out_dir: Path | None = None
     qc: dict | None = None     # fluororeg.pipeline.quality.qc_report
+    # Wall-clock per stage, s: 'detect' (reading, crops, style, detection, the recentring pass's
+    # registration), 'input_checks', 'register' (landmark registration), 'refine', 'write'
+    # (poses.csv, poses.tra, options.json, qc.json, qc.png and the worst frames' figures).
+    stage_seconds: dict | None = None
 
     @property
     def frames_per_s(self) -> float:
@@ -300,19 +305,24 @@ def _settings_digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def frame_hashes(images) -> np.ndarray:
+def frame_hashes(images, num_threads: int = 0) -> np.ndarray:
     """[n, 2] hex digests (BLAKE2b, 128 bits) of frames as read: ``images[k][i]`` is view k's
-    image of the chunk's i-th frame; each digest covers the image's shape, dtype and bytes."""
+    image of the chunk's i-th frame; each digest covers the image's shape, dtype and bytes.
+    Computed on ``num_threads`` threads (0: the process's count)."""
     import hashlib
+
+    from fluororeg.core.threads import thread_map
+
+    def digest(im) -> str:
+        a = np.ascontiguousarray(im)
+        h = hashlib.blake2b(f"{a.shape}|{a.dtype.str}|".encode(), digest_size=FRAME_HASH_BYTES)
+        h.update(a.reshape(-1).view(np.uint8))  # the bytes as stored (any dtype, any byte order)
+        return h.hexdigest()
 
     n = len(images[0])
     out = np.empty((n, 2), dtype=f"U{2 * FRAME_HASH_BYTES}")
-    for k in range(2):
-        for i, im in enumerate(images[k]):
-            a = np.ascontiguousarray(im)
-            h = hashlib.blake2b(f"{a.shape}|{a.dtype.str}|".encode(), digest_size=FRAME_HASH_BYTES)
-            h.update(a.reshape(-1).view(np.uint8))  # the bytes as stored (any dtype, any byte order)
-            out[i, k] = h.hexdigest()
+    for k in range(2):  # hashlib hashes large buffers without the GIL
+        out[:, k] = thread_map(digest, images[k], num_threads) if n else []
     return out
 
 
@@ -430,10 +440,10 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
     for c0 in starts:
         sel = frames[c0:c0 + options.chunk]
         rows = slice(c0, c0 + len(sel))
-        images = [[recording.sequences[k][int(f)] for f in sel] for k in range(2)]
+        images = [recording.read(k, sel, options.num_threads) for k in range(2)]
         path = chunk_dir / _chunk_name(sel) if chunk_dir is not None else None
         if path is not None:
-            hashes = frame_hashes(images)
+            hashes = frame_hashes(images, options.num_threads)
             if path.exists():
                 saved, kind, why = _load_chunk(path, sel, hashes, settings_sha256, N)
                 if saved is not None:
@@ -534,8 +544,16 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         for old in out.glob("qc_worst_*.png"):
             old.unlink(missing_ok=True)
     frames = np.arange(len(recording))
+    stages, t_stage = {}, time.perf_counter()
+
+    def stage_done(name: str) -> None:
+        nonlocal t_stage
+        now = time.perf_counter()
+        stages[name], t_stage = now - t_stage, now
+
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
                                  progress=progress)
+    stage_done("detect")
     views = recording.geometry.views
     # Input checks (fluororeg.pipeline.quality): unusable frames are not registered.
     flags = np.full(len(frames), "", dtype=object)
@@ -548,7 +566,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         found = np.isfinite(det[..., 0]).any(axis=2)  # [F, 2] frames with detections per view
         reference = [int(np.argmax(found[:, k])) if found[:, k].any() else 0 for k in range(2)]
         stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)],
-                                         reference_frames=reference)
+                                         reference_frames=reference, num_threads=options.num_threads)
         flags[:] = quality.input_statuses(stats)
         blank = quality.blank_views(stats)
         constant_views = quality.constant_detector(det, stats)
@@ -559,6 +577,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             flags[flags == ""] = "constant_detector"
     usable = flags == ""
     det_in = np.where(usable[:, None, None, None], det, np.nan)
+    stage_done("input_checks")
     batch = register_detections(subject, views, det_in, np.where(usable[:, None, None], conf, 0.0), options,
                                 init=options.init)
     if options.quality_gate and options.input_checks:
@@ -569,6 +588,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     # Frames that failed the gate keep their pose in ``batch`` (for inspection); the written
     # poses are those of registered frames only.
     poses, status = np.where(batch.ok[:, None], batch.poses, np.nan), batch.status
+    stage_done("register")
     refine_columns, t_refine = None, 0.0
     if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing
         from fluororeg.pipeline.refine_stage import refine_recording_poses
@@ -581,6 +601,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
             device=options.refine_device)
         t_refine = time.perf_counter() - t_refine
+    stage_done("refine")
     smoothed = False
     if options.smoothing_hz is not None:
         n_registered = int(np.isfinite(poses).all(axis=1).sum())
@@ -606,7 +627,11 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             if refine_columns is not None:
                 append_csv_columns(table, refine_columns)
         write_tra(out / "poses.tra", matrices)
-        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed), indent=2))
+        from fluororeg.core.render import resolve_device
+
+        refined_on = resolve_device(options.refine_device) if options.refine else None  # 'auto' made concrete
+        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed,
+                                                                refined_on=refined_on), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
                            refine_columns=refine_columns, refine_seconds=t_refine)
@@ -614,4 +639,5 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # The worst frames are drawn at the pose each ended with (refined or landmark, registered or not).
         shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, batch.poses)
         quality.write_qc(out, qc, recording=recording, subject=subject, poses=shown)
-    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc)
+    stage_done("write")
+    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc, stages)
