@@ -10,9 +10,10 @@
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
-# Writes at most 8 files to $OUT: check.log (everything), pytest_cuda.log, ctest.log,
-# memcheck.log, bench_render.json, bench_dataset.json, bench_register.json, bench_refine.json
-# (nvidia-smi's card name goes into check.log). Optional: FLUORO_CACHE
+# Writes at most 8 files to $OUT: check.log (everything), pytest_cuda.log, native.log (C++ render
+# and refinement tests, then compute-sanitizer memcheck), bench_render.json, bench_dataset.json,
+# bench_register.json, bench_refine.json, bench_long.json (register end to end, 2,000 streamed
+# frame pairs, refinement on CUDA) (nvidia-smi's card name goes into check.log). Optional: FLUORO_CACHE
 # pointing at a folder with cranium_hu.npz (the example CT; else benchmarks use a phantom and
 # the dataset benchmark is skipped). Benchmarks run with --quick on the head-sized CT, steps in
 # order of value with their own time limits (about 3 minutes in all on an H100 machine).
@@ -47,17 +48,18 @@ else
 fi
 
 step "C++ render tests"
-timeout 40 ctest --test-dir /tmp/fr-build -R "Render|Refine" --output-on-failure > "$OUT/ctest.log" 2>&1 || status=1
-tail -n 8 "$OUT/ctest.log"
+timeout 40 ctest --test-dir /tmp/fr-build -R "Render|Refine" --output-on-failure > "$OUT/native.log" 2>&1 || status=1
+tail -n 8 "$OUT/native.log"
 
 step "compute-sanitizer memcheck"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)
 if [ -n "$SAN" ]; then
+  echo "=== compute-sanitizer memcheck" >> "$OUT/native.log"
   timeout 60 "$SAN" --tool memcheck --leak-check full --error-exitcode 9 \
-    /tmp/fr-build/fluororeg_tests --gtest_filter='RenderVolume.CudaMatchesCpu:RenderConePixels.CudaMatchesCpu:RefineTest.CudaRendersGiveTheCpuResult' > "$OUT/memcheck.log" 2>&1 || status=1
-  tail -n 6 "$OUT/memcheck.log"
+    /tmp/fr-build/fluororeg_tests --gtest_filter='RenderVolume.CudaMatchesCpu:RenderConePixels.CudaMatchesCpu:RefineTest.CudaRendersGiveTheCpuResult' >> "$OUT/native.log" 2>&1 || status=1
+  tail -n 6 "$OUT/native.log"
 else
-  echo "compute-sanitizer not found on this machine" | tee "$OUT/memcheck.log"
+  echo "compute-sanitizer not found on this machine" | tee -a "$OUT/native.log"
 fi
 
 step "bench_register --quick (CPU)"
@@ -65,6 +67,9 @@ timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_regis
 
 step "bench_refine --quick (CPU and CUDA rows)"
 timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
+
+step "bench_long --frames 2000 --refine-device cuda (register end to end)"
+timeout 120 python3 benchmarks/bench_long.py --quick --frames 2000 --refine-device cuda --json "$OUT/bench_long.json" || status=1
 
 step "issue 15's GPU targets"
 python3 - "$OUT" <<'PY' || true
@@ -85,7 +90,8 @@ for name, key, target in [
         ("bench_dataset.json", "cuda_cone_samples_per_s", ">= 5,000 samples/s"),
         ("bench_dataset.json", "cuda_cone_shear_warp_samples_per_s", "(shear-warp, for comparison)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda", "(256 frames; register >= 500 frame pairs/s needs < 2 ms)"),
-        ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)")]:
+        ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)"),
+        ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)")]:
     print(f"{key:40s} {value(name, key)!s:>24s}  target {target}")
 PY
 

@@ -9,6 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fluororeg import _core
+
 from fluororeg.dataset.generate import DatasetConfig, generate_dataset
 from fluororeg.inference.detector import LandmarkDetector
 from fluororeg.inference.translator import StyleTranslator, preferred_style
@@ -216,6 +218,10 @@ def test_smoothing_uses_the_recording_frame_rate_and_fails_before_detecting(subj
     with pytest.raises(ValueError, match="cutoff < fps / 2 = 15.0"):
         register_recording(rec, subject, models["detector"], None, PipelineOptions(style="invert", smoothing_hz=20.0),
                            progress=False)
+    if not _core.cuda_available():  # refinement asked of a GPU that is not there
+        with pytest.raises(RuntimeError, match="device='cuda' was requested but"):
+            register_recording(rec, subject, models["detector"], None,
+                               PipelineOptions(style="invert", refine_device="cuda"), progress=False)
     manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), frame_rate_hz="fast")))
     with pytest.raises(ValueError, match="frame_rate_hz = 'fast': expected a positive number"):
         open_recording(folder)
@@ -246,6 +252,13 @@ def test_register_refines_by_default_and_its_similarity_is_the_final_gate(subjec
     worst = sorted(tmp_path.glob("qc_worst_*.png"))
     assert len(worst) == len(qc["worst"]) >= 1 and all(p.stat().st_size > 1000 for p in worst)
     assert "intensity refinement" in format_qc(qc)
+    # Where the refinement ran ('auto' made concrete) and how long each stage took.
+    options = json.loads((tmp_path / "options.json").read_text())
+    assert options["refine_device"] == "auto"
+    assert options["refined_on"] == ("cuda" if _core.cuda_available() else "cpu")
+    assert list(out.stage_seconds) == ["detect", "input_checks", "register", "refine", "write"]
+    assert all(t >= 0 for t in out.stage_seconds.values()) and out.stage_seconds["refine"] > 0
+    assert sum(out.stage_seconds.values()) <= out.seconds
 
 
 def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):

@@ -97,6 +97,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_device_usable(device: str) -> str:
+    """:func:`resolve_device`'s answer, after checking that a 'cuda' request can be met (a
+    RuntimeError naming why not: no usable device, or a build without CUDA)."""
+    resolved = resolve_device(device)
+    if resolved == "cuda" and not _core.cuda_available():
+        built = "no CUDA device is usable" if _core.cuda_built() else "fluororeg was built without CUDA"
+        raise RuntimeError(f"device='cuda' was requested but {built}; use device='cpu' or 'auto'")
+    return resolved
+
+
 class PreparedVolume:
     """A :class:`~fluororeg.core.volume.Volume` prepared once for rendering on ``device``: per
     pyramid level the renderers use, a ``_core.RenderVolume`` (voxels, cone-beam occupancy,
@@ -106,10 +116,7 @@ class PreparedVolume:
     def __init__(self, volume: Volume, device: str = "cpu"):
         _check_volume(volume)
         self.volume = volume
-        self.device = resolve_device(device)
-        if self.device == "cuda" and not _core.cuda_available():
-            built = "no CUDA device is usable" if _core.cuda_built() else "fluororeg was built without CUDA"
-            raise RuntimeError(f"device='cuda' was requested but {built}; use device='cpu' or 'auto'")
+        self.device = check_device_usable(device)
         self._handles: dict[int, tuple[Volume, "_core.RenderVolume"]] = {}
 
     def handle(self, level_volume: Volume) -> "_core.RenderVolume":

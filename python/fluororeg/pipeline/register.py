@@ -522,6 +522,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     t0 = time.perf_counter()
     detector.check_subject(subject)
     quality.check_geometry(recording.geometry.views)  # absurd geometry: refused before any work
+    if options.refine:  # so is a GPU that is not there
+        from fluororeg.core.render import check_device_usable
+
+        check_device_usable(options.refine_device)
     limit_mm = options.residual_limit_mm(detector)
     if limit_mm != options.max_residual_mm:
         import dataclasses
