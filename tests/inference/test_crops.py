@@ -114,3 +114,29 @@ def test_recording_crop_boxes_have_the_pixel_size_at_the_beam_crossing(recording
     crops = view_crops([rec.sequences[0][0]], [boxes[0]], fovs[0], 64)
     assert crops.shape == (1, 64, 64) and crops.dtype == np.uint8 and crops.std() > 10
     assert "recording_crop_boxes" in CROP_RULE and "crop_frame" in CROP_RULE
+
+
+def test_crops_of_large_frames_on_threads_equal_those_made_one_by_one():
+    """view_crops crops frames of at least PARALLEL_CROP_PIXELS on several threads: the crops are
+    those of crop_frame one frame after the other, for every style; the frames are not written
+    to, and the field-of-view masks are shared read-only arrays."""
+    from fluororeg.inference import crops
+
+    rng = np.random.default_rng(5)
+    side = int(np.ceil(np.sqrt(crops.PARALLEL_CROP_PIXELS)))
+    frames = [disc_frame(side + 7, side, cx=side / 2 + 3.1, cy=side / 2 - 2.4, r=0.45 * side)
+              + rng.normal(0, 3, (side, side + 7)).astype(np.float32) for _ in range(5)]
+    before = [f.copy() for f in frames]
+    fov = detect_fov(frames[0])
+    boxes = [CropBox(-7.5 + 9 * i, 4.25 - 3 * i, side * (0.8 + 0.1 * i), 48) for i in range(5)]
+    for style in ("log", "translate"):
+        threaded = view_crops(frames, boxes, fov, 48, style, num_threads=3)
+        serial = view_crops(frames, boxes, fov, 48, style, num_threads=1)
+        np.testing.assert_array_equal(threaded, serial)
+        one = crop_frame(frames[2], boxes[2], fov=fov, normalise=style != "log", fill=255.0)
+        if style != "log":
+            np.testing.assert_array_equal(threaded[2], one)
+    for f, b in zip(frames, before):
+        np.testing.assert_array_equal(f, b)
+    mask = fov.mask(frames[0].shape)
+    assert mask is fov.mask(frames[0].shape) and not mask.flags.writeable

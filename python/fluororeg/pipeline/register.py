@@ -250,9 +250,9 @@ def register_detections(subject, views, det, conf, options: PipelineOptions, *, 
                            init_poses=starts, options=opts.replace(init="paper"))
 
 
-def _detect(images, boxes, fov, size, style, detector, translator, view, distortion, min_confidence):
+def _detect(images, boxes, fov, size, style, detector, translator, view, distortion, min_confidence, num_threads):
     """Detections of one view: undistorted frame px [n, N, 2] (NaN: dropped) and confidences [n, N]."""
-    crops = view_crops(images, boxes, fov, size, style)
+    crops = view_crops(images, boxes, fov, size, style, num_threads=num_threads)
     if style == "translate":
         crops = translator.translate(crops)
     elif style == "invert":
@@ -463,7 +463,8 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
         def run(style, boxes):
             for k in range(2):
                 det[rows, k], conf[rows, k] = _detect(images[k], [b[k] for b in boxes], fovs[k], size, style, detector,
-                                                      translator, views[k], distortion[k], options.min_confidence)
+                                                      translator, views[k], distortion[k], options.min_confidence,
+                                                      options.num_threads)
 
         if options.recentre:
             boxes = locate_bone_boxes(recording, images, subject, detector, options, fovs, fixed, size)
@@ -494,7 +495,7 @@ def locate_bone_boxes(recording, images, subject, detector, options: PipelineOpt
     det, conf = np.full((n, 2, N, 2), np.nan), np.zeros((n, 2, N))
     for k in range(2):
         det[:, k], conf[:, k] = _detect(images[k], [fixed[k]] * n, fovs[k], size, style, detector, None, views[k],
-                                        distortion[k], options.min_confidence)
+                                        distortion[k], options.min_confidence, options.num_threads)
     located = register_detections(subject, views, det, conf, options, init="triangulate")
     return bone_crop_boxes(recording, located.poses, fixed, size, options.crop_pixel_mm)
 
