@@ -9,13 +9,14 @@ turn, frame i being pair i mod K with its own small noise (nothing holds the 10,
 The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
 training; its poses are not accurate and are not meant to be). The pipeline runs as
 ``register`` does (log style, detection chunks written to a run folder, registration, quality
-gate, refinement on ``--refine-device`` (``off``: none), poses.csv). Reported: RSS (MB) at the start of the
-pipeline, at the middle frame and at the end, the peak RSS, frames/s end to end, the wall-clock
-of each stage per frame pair (``stage_ms_per_pair``, from ``RecordingResult.stage_seconds``), ``rss_growth_mb`` (start to end, warm-up included:
-the ONNX session's and the solver's first allocations, the QC figure) and ``rss_growth_mb_10k``:
-the growth of RSS during the last pass over the frames (the detection pass; locating the bone
-reads them once before), the least-squares slope of RSS against frame index from a quarter of
-the way on, times 10,000 (steady state: what 10,000 more frames add). ``rss_middle`` is taken at
+gate, refinement on ``--refine-device`` (``off``: none), poses.csv). Reported: RSS (MB) at the
+start of the pipeline, at the middle frame and at the end, the peak RSS, frames/s end to end,
+the wall-clock of each stage per frame pair (``stage_ms_per_pair``, from
+``RecordingResult.stage_seconds``), ``rss_growth_mb`` (start to end, warm-up included: the ONNX
+session's and the solver's first allocations, the QC figure) and ``rss_growth_mb_10k``:
+the growth of RSS during the last pass over the frames (the input checks', or the refinement's
+when it refines; detection reads them before), the least-squares slope of RSS against frame
+index from a quarter of the way on, times 10,000 (steady state: what 10,000 more frames add). ``rss_middle`` is taken at
 the middle frame of that pass.
 """
 
@@ -127,7 +128,7 @@ def main() -> None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     growth = samples["end"] - samples["start"]
-    # The last pass over the frames (the detection pass): RSS against frame index from a quarter
+    # The last pass over the frames: RSS against frame index from a quarter
     # of the way on (past the warm-up), least-squares slope scaled to 10,000 frames.
     starts = [k for k in range(len(timeline)) if k == 0 or timeline[k][0] < timeline[k - 1][0]]
     last = np.array(timeline[starts[-1]:], dtype=float)
@@ -136,7 +137,7 @@ def main() -> None:
     rows = [("frames", n, "frame pairs"), ("rss_start", samples["start"], "MB"),
             ("rss_middle", samples.get("middle", float("nan")), "MB"), ("rss_end", samples["end"], "MB"),
             ("rss_peak", peak, "MB"), ("rss_growth", growth, "MB"),
-            ("rss_growth_mb_10k", growth_10k, "MB per 10,000 frames (detection pass, slope)"),
+            ("rss_growth_mb_10k", growth_10k, "MB per 10,000 frames (last pass, slope)"),
             ("frames_per_s", n / seconds, "frame pairs/s end to end"), ("seconds", seconds, "s")]
     stage_ms = {name: 1e3 * t / n for name, t in out.stage_seconds.items()}
     rows += [(f"stage {name}", ms, "ms per frame pair") for name, ms in stage_ms.items()]

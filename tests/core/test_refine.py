@@ -272,8 +272,8 @@ def test_intensity_to_line_integrals_matches_reference():
     np.testing.assert_array_equal(a, refine.intensity_to_line_integrals(frames, mask, source_map=source,
                                                                         num_threads=3))
     assert refine.intensity_to_line_integrals(frames[0]).shape == (H, W)
-    np.testing.assert_array_equal(refine.intensity_to_line_integrals(frames[:4].reshape(2, 2, H, W), mask).reshape(4, H, W),
-                                  refine.intensity_to_line_integrals(frames[:4], mask))
+    pairs = refine.intensity_to_line_integrals(frames[:4].reshape(2, 2, H, W), mask)  # [F, 2, H, W]
+    np.testing.assert_array_equal(pairs.reshape(4, H, W), refine.intensity_to_line_integrals(frames[:4], mask))
     bad = frames.copy()
     bad[3, 5, 6] = np.nan
     with pytest.raises(ValueError, match="frame 3 holds a non-finite grey level at pixel 266"):

@@ -17,7 +17,8 @@ from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
 __all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS", "REFINE_FAILURE_STATUSES",
-           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses", "append_csv_columns"]
+           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses",
+           "append_csv_columns"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -133,7 +134,8 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     ``'one_view'``: in-plane as precise as two views, its depth the least certain part.
 
     Frames with a status outside :data:`REFINABLE_STATUSES` are not refined and keep theirs,
-    except those one failed view flagged. Frames are read ``chunk`` at a time (tracking
+    except those one failed view flagged. Frames are read ``chunk`` at a time, the next chunk
+    while one refines (tracking
     carries over from one chunk to the next; None: 64, on CUDA at least the options'
     ``cuda_frames_in_flight``, the frames whose renders are gathered into one launch).
     """
