@@ -68,6 +68,9 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=None, help="frame pairs (default 10,000; --quick 1,000)")
     p.add_argument("--distinct", type=int, default=8, help="distinct simulated frame pairs the stream cycles through")
+    p.add_argument("--detector", type=Path, default=None,
+                   help="the spot detector's ONNX file, written there when absent (made with the onnx package, "
+                        "which a machine without it can be spared by carrying the file)")
     p.add_argument("--refine-device", choices=["auto", "cpu", "cuda", "off"], default="auto",
                    help="where the refinement renders (PipelineOptions.refine_device); off: no refinement (the "
                         "spot detector's poses make it slow on a CPU: about 0.4 s per frame pair on 2 cores)")
@@ -100,8 +103,11 @@ def main() -> None:
                                  seed=5)
         small = open_recording(src)
         views = [np.stack([small.sequences[k][i] for i in range(len(small))]) for k in range(2)]
-        det_path = builders.spot_detector(tmp / "det.onnx", 32, list(subject.landmark_names), pairs=subject.pairs,
-                                          fingerprint=subject.fingerprint, crop_pixel_mm=2.0)
+        det_path = args.detector or tmp / "det.onnx"
+        if not det_path.exists():
+            det_path.parent.mkdir(parents=True, exist_ok=True)
+            builders.spot_detector(det_path, 32, list(subject.landmark_names), pairs=subject.pairs,
+                                   fingerprint=subject.fingerprint, crop_pixel_mm=2.0)
         detector = LandmarkDetector(det_path, subject=subject)
 
         samples = {}
