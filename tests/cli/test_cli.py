@@ -197,6 +197,25 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"fluororeg {fluororeg.__version__}"
 
 
+def test_info_says_where_each_part_runs(capsys, monkeypatch):
+    """``info``: the backends, and per part of the work where 'auto' runs it on this machine,
+    as the code that runs it decides (the core's renders, onnxruntime, torch), and the threads."""
+    from fluororeg import _core
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    renders = "CUDA" if _core.cuda_available() else "CPU ("
+    assert f"renders (dataset, refinement): {renders}" in out
+    assert "networks, inference (onnxruntime): " in out and "threads per process: 3 (OMP_NUM_THREADS" in out
+    try:
+        import torch
+    except ImportError:
+        assert "torch is not installed" in out
+    else:
+        assert ("training (torch): CUDA" in out) == torch.cuda.is_available()
+
+
 @pytest.mark.parametrize("old, new", [
     (["render", "--geometry", "cone"], ["render", "--beam", "cone"]),
     (["simulate", "--frames", "3"], ["simulate", "--n-frames", "3"]),
