@@ -4,8 +4,9 @@ frame pairs (--quick: 1,000).
     python benchmarks/bench_long.py --quick --json out/bench/long.json
 
 The recording is streamed: a handful of distinct frame pairs of the headsq subject are
-simulated once (cone beam, 192 x 192 px) and the recording's image sequences hand them out in
-turn, frame i being pair i mod K with its own small noise (nothing holds the 10,000 frames).
+simulated once (cone beam, 192 x 192 px; ``--size``) and the recording's image sequences hand
+them out in turn, frame i being pair i mod K with its own small noise (nothing holds the 10,000
+frames).
 The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
 training; its poses are not accurate and are not meant to be). The pipeline runs as
 ``register`` does (log style, detection chunks written to a run folder, registration, quality
@@ -42,11 +43,17 @@ def rss_mb() -> float:
 
 
 class StreamedSequence:
-    """An image sequence of ``n`` frames cycling through ``frames`` [K, H, W] with per-frame noise;
-    ``on_frame(i)`` is called for every frame read (RSS sampling)."""
+    """An image sequence of ``n`` frames cycling through ``frames`` [K, H, W] with per-frame noise
+    (frame i: ``frames[i % K]`` plus noise field ``i % NOISE_FIELDS`` of a bank made once, so a
+    read costs an addition, not the drawing of a frame's noise); ``on_frame(i)`` is called for
+    every frame read (RSS sampling), in order: the sequence is read on one thread, as a video."""
+
+    NOISE_FIELDS = 17  # prime: with K = 8 distinct frames, 136 distinct images
 
     def __init__(self, frames: np.ndarray, n: int, seed: int, on_frame=None):
-        self.frames, self.n, self.seed, self.on_frame = frames, n, seed, on_frame
+        self.frames, self.n, self.on_frame = frames, n, on_frame
+        rng = np.random.default_rng(seed)
+        self.noise = rng.normal(0.0, 1.0, (self.NOISE_FIELDS,) + frames.shape[1:]).astype(np.float32)
         self.frame_numbers = np.arange(n, dtype=np.int64)
         self.frame_numbers.flags.writeable = False
         self.frame_rate_hz = None
@@ -59,15 +66,16 @@ class StreamedSequence:
             raise IndexError(f"frame {i} out of range for {self.n} frames")
         if self.on_frame is not None:
             self.on_frame(i)
-        rng = np.random.default_rng(self.seed * 1_000_003 + i)
-        img = self.frames[i % len(self.frames)] + rng.normal(0.0, 1.0, self.frames.shape[1:]).astype(np.float32)
-        return np.clip(img, 0, 255).astype(np.float32)
+        img = self.frames[i % len(self.frames)] + self.noise[i % self.NOISE_FIELDS]
+        return np.clip(img, 0, 255, out=img)
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=None, help="frame pairs (default 10,000; --quick 1,000)")
     p.add_argument("--distinct", type=int, default=8, help="distinct simulated frame pairs the stream cycles through")
+    p.add_argument("--size", type=int, default=192,
+                   help="frame side, px (default 192; the pixel pitch scales so that the field of view stays)")
     p.add_argument("--detector", type=Path, default=None,
                    help="the spot detector's ONNX file, written there when absent (made with the onnx package, "
                         "which a machine without it can be spared by carrying the file)")
@@ -80,6 +88,8 @@ def main() -> None:
         print(f"--quick: {n} frame pairs instead of 10,000 (rss_growth_mb_10k is scaled to 10,000)")
     if n < 2:
         sys.exit("bench_long: --frames must be at least 2")
+    if not 64 <= args.size <= 2048:
+        sys.exit(f"bench_long: --size {args.size}: expected a frame side of 64 to 2048 px")
 
     from fluororeg.inference.detector import LandmarkDetector
     from fluororeg.io.recording import Recording, open_recording
@@ -99,8 +109,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
         tmp = Path(tmp)
-        src = simulate_recording(subject, tmp / "src", n_frames=args.distinct, views=default_dual_views(192, 192, 1.6),
-                                 seed=5)
+        geometry = default_dual_views(args.size, args.size, 1.6 * 192 / args.size)  # the same field of view
+        src = simulate_recording(subject, tmp / "src", n_frames=args.distinct, views=geometry, seed=5)
         small = open_recording(src)
         views = [np.stack([small.sequences[k][i] for i in range(len(small))]) for k in range(2)]
         det_path = args.detector or tmp / "det.onnx"
@@ -134,10 +144,12 @@ def main() -> None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     growth = samples["end"] - samples["start"]
-    # The last pass over the frames: RSS against frame index from a quarter
-    # of the way on (past the warm-up), least-squares slope scaled to 10,000 frames.
-    starts = [k for k in range(len(timeline)) if k == 0 or timeline[k][0] < timeline[k - 1][0]]
-    last = np.array(timeline[starts[-1]:], dtype=float)
+    # The last pass over the frames: RSS against frame index from a quarter of the way on (past
+    # the warm-up), least-squares slope scaled to 10,000 frames. A pass is a run of increasing
+    # frame indices over at least half the recording (the QC figures read a few frames at the end).
+    bounds = [k for k in range(len(timeline)) if k == 0 or timeline[k][0] < timeline[k - 1][0]] + [len(timeline)]
+    passes = [timeline[a:b] for a, b in zip(bounds, bounds[1:]) if timeline[b - 1][0] - timeline[a][0] >= n // 2]
+    last = np.array(passes[-1] if passes else timeline, dtype=float)
     late = last[last[:, 0] >= n // 4]
     growth_10k = float(np.polyfit(late[:, 0], late[:, 1], 1)[0] * 10000) if len(late) >= 2 else float("nan")
     rows = [("frames", n, "frame pairs"), ("rss_start", samples["start"], "MB"),
@@ -152,7 +164,8 @@ def main() -> None:
                "rss_growth_mb": growth, "rss_growth_mb_10k": growth_10k, "frames_per_s": n / seconds,
                "seconds": seconds, "statuses": statuses, "rss_timeline_mb": timeline,
                "stage_ms_per_pair": stage_ms, "refine_device": args.refine_device,
-               "setup": "headsq subject, 192 px cone-beam frames cycled with noise, spot detector (32 px), log style"}
+               "setup": f"headsq subject, {args.size} px cone-beam frames cycled with noise, spot detector (32 px), "
+                        "log style"}
     report(f"long recording: {n} frame pairs through the register pipeline", rows, results, args.json)
 
 
