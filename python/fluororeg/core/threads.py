@@ -81,9 +81,9 @@ def set_num_threads(n: int) -> int:
 
 
 def thread_map(fn, items, num_threads: int = 0) -> list:
-    """``[fn(item) for item in items]`` on up to :func:`num_threads` (``num_threads``) Python
-    threads, in order; the first exception is raised here. For per-frame NumPy, Pillow and core
-    work, which runs without the GIL; plain Python code gains nothing."""
+    """``[fn(item) for item in items]``, in order, on up to ``num_threads`` Python threads (0:
+    the process's count, :func:`num_threads`); the first exception is raised here. For per-frame
+    NumPy, Pillow and core work, which runs without the GIL; plain Python code gains nothing."""
     items = list(items)
     n = min(_resolve(num_threads), len(items))
     if n <= 1:

@@ -162,8 +162,9 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
     identical images), change [F, 2] (mean absolute difference of each view's thumbnail from
     that of frame ``reference_frames[k]``: the constant-detector check compares frames with the
     first one that has detections) and reference [2]. Reads every frame once (and the two
-    reference frames once more); frames are read in order and measured on ``num_threads``
-    threads (0: the process's count)."""
+    reference frames once more), 32 at a time (:meth:`Recording.read
+    <fluororeg.io.recording.Recording.read>`), measured on ``num_threads`` threads (0: the
+    process's count)."""
     from fluororeg.core.threads import thread_map
 
     F = len(recording)
