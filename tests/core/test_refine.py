@@ -267,6 +267,12 @@ def test_intensity_to_line_integrals_matches_reference():
             assert got.dtype == np.float32 and got.shape == frames.shape
             np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
     assert not refine.intensity_to_line_integrals(frames[4]).any()
+    # Coordinates far beyond the frame sample its edges (no overflow).
+    far = (np.full((H, W), -1e300), np.full((H, W), 1e300))
+    np.testing.assert_allclose(refine.intensity_to_line_integrals(frames[:2], source_map=far),
+                               ref.frames_to_line_integrals(frames[:2], None, (np.full((H, W), -5.0),
+                                                                               np.full((H, W), H + 5.0))),
+                               rtol=2e-6, atol=2e-6)
     # Threads do not change the result; [H, W] and [F, 2, H, W] keep their shapes.
     a = refine.intensity_to_line_integrals(frames, mask, source_map=source, num_threads=1)
     np.testing.assert_array_equal(a, refine.intensity_to_line_integrals(frames, mask, source_map=source,

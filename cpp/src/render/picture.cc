@@ -51,9 +51,13 @@ FLUORO_CPU_CLONES void WindowImage(const float* img, const uint8_t* keep, long l
 // to the frame (scipy's map_coordinates, order 1, mode 'nearest').
 FLUORO_CPU_CLONES void ResampleClamped(const float* img, int height, int width, const double* sx,
                                        const double* sy, long long pixels, double* out) {
+  // Coordinates more than a pixel beyond the frame sample its edge whatever their value; they
+  // are brought within 2 px of it first, so that huge ones convert to integers safely.
+  const double x_lo = -2.0, x_hi = width + 1.0, y_lo = -2.0, y_hi = height + 1.0;
   for (long long j = 0; j < pixels; ++j) {
-    const double fx = std::floor(sx[j]), fy = std::floor(sy[j]);
-    const double tx = sx[j] - fx, ty = sy[j] - fy;
+    const double x = std::min(std::max(sx[j], x_lo), x_hi), y = std::min(std::max(sy[j], y_lo), y_hi);
+    const double fx = std::floor(x), fy = std::floor(y);
+    const double tx = x - fx, ty = y - fy;
     const long long x0 = static_cast<long long>(fx), y0 = static_cast<long long>(fy);
     const long long xa = std::min<long long>(std::max<long long>(x0, 0), width - 1);
     const long long xb = std::min<long long>(std::max<long long>(x0 + 1, 0), width - 1);
