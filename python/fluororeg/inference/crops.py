@@ -206,8 +206,8 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
         stretched *= 255.0 / (hi - lo)
         img = np.clip(stretched, 0.0, 255.0, out=stretched)
     # Padded so that the box lies inside (the padding and the pixels outside the FOV: fill), then
-    # the box is resampled (Pillow boxes are in pixel-edge units). Clipping writes straight into
-    # the padded float32 picture: one pass, no temporary frames.
+    # the box is resampled (Pillow boxes are in pixel-edge units). The clipped grey levels are
+    # written straight into the padded float32 picture (no padded copy, no cast copy).
     pad_l = int(np.ceil(max(0.0, -box.left))) + 1
     pad_t = int(np.ceil(max(0.0, -box.top))) + 1
     pad_r = int(np.ceil(max(0.0, box.left + box.side - W))) + 1
