@@ -13,36 +13,35 @@ def add_parser(subparsers) -> None:
 
 
 def where_it_runs() -> dict[str, str]:
-    """What 'auto' picks here, per part of the work, as text: the C++ core's renders (dataset
-    generation and the refinement of register), the networks' inference (onnxruntime) and
-    training (torch), and the threads per process (:mod:`fluororeg.core.threads`)."""
-    import os
-
-    from fluororeg import _core
-    from fluororeg.core.threads import available_cpus, num_threads
+    """What 'auto' picks here, per part of the work, as text, asked of the code that decides it:
+    the C++ core's renders (dataset generation and the refinement of register:
+    :func:`~fluororeg.core.render.resolve_device`), the networks' inference (onnxruntime's
+    providers, as :class:`~fluororeg.inference.onnx_model.OnnxModel` picks them) and training
+    (:func:`fluororeg.training.common.resolve_device`), and the threads per process
+    (:mod:`fluororeg.core.threads`)."""
+    from fluororeg.core import render, threads
 
     out = {}
-    if _core.cuda_available():
-        out["renders (dataset, refinement)"] = "CUDA"
-    else:
-        why = "no CUDA device is usable" if _core.cuda_built() else "built without CUDA"
-        out["renders (dataset, refinement)"] = f"CPU ({why})"
+    reason = render.cuda_unusable_reason()
+    out["renders (dataset, refinement)"] = "CUDA" if render.resolve_device("auto") == "cuda" else f"CPU ({reason})"
     try:
-        import onnxruntime as ort
+        from fluororeg.inference.onnx_model import _providers
 
-        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+        gpu = _providers("auto")[0] == "CUDAExecutionProvider"
         out["networks, inference (onnxruntime)"] = "CUDA" if gpu else \
             "CPU (onnxruntime has no CUDA provider: pip install '.[gpu]' for onnxruntime-gpu)"
     except ImportError:
         out["networks, inference (onnxruntime)"] = "unavailable (onnxruntime is not installed)"
     try:
-        import torch
+        from fluororeg.training.common import resolve_device
 
-        out["networks, training (torch)"] = "CUDA" if torch.cuda.is_available() else "CPU (torch sees no CUDA GPU)"
+        gpu = resolve_device("auto").type == "cuda"
+        out["networks, training (torch)"] = "CUDA" if gpu else "CPU (torch sees no CUDA GPU)"
     except ImportError:
         out["networks, training (torch)"] = "unavailable (torch is not installed: pip install '.[train]')"
-    source = "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else f"{available_cpus()} CPUs this process may use"
-    out["threads per process"] = f"{num_threads()} ({source}; --threads N on each heavy command to choose)"
+    source = ("OMP_NUM_THREADS" if threads._environment_threads()
+              else f"{threads.available_cpus()} CPUs this process may use")
+    out["threads per process"] = f"{threads.num_threads()} ({source}; --threads N on each heavy command to choose)"
     return out
 
 

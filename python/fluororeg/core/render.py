@@ -97,13 +97,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cuda_unusable_reason() -> str | None:
+    """Why the renderers cannot use CUDA here (no usable device, or a build without CUDA), or
+    None when they can."""
+    if _core.cuda_available():
+        return None
+    return "no CUDA device is usable" if _core.cuda_built() else "fluororeg was built without CUDA"
+
+
 def check_device_usable(device: str) -> str:
     """:func:`resolve_device`'s answer, after checking that a 'cuda' request can be met (a
-    RuntimeError naming why not: no usable device, or a build without CUDA)."""
+    RuntimeError naming why not, :func:`cuda_unusable_reason`)."""
     resolved = resolve_device(device)
-    if resolved == "cuda" and not _core.cuda_available():
-        built = "no CUDA device is usable" if _core.cuda_built() else "fluororeg was built without CUDA"
-        raise RuntimeError(f"device='cuda' was requested but {built}; use device='cpu' or 'auto'")
+    reason = cuda_unusable_reason() if resolved == "cuda" else None
+    if reason is not None:
+        raise RuntimeError(f"device='cuda' was requested but {reason}; use device='cpu' or 'auto'")
     return resolved
 
 

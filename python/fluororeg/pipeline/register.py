@@ -523,10 +523,11 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     t0 = time.perf_counter()
     detector.check_subject(subject)
     quality.check_geometry(recording.geometry.views)  # absurd geometry: refused before any work
+    refined_on = None  # where refinement renders: 'auto' made concrete, once
     if options.refine:  # so is a GPU that is not there
         from fluororeg.core.render import check_device_usable
 
-        check_device_usable(options.refine_device)
+        refined_on = check_device_usable(options.refine_device)
     limit_mm = options.residual_limit_mm(detector)
     if limit_mm != options.max_residual_mm:
         import dataclasses
@@ -604,7 +605,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # A frame with one blank view is refined against the other alone ('one_view').
         poses, status, refine_columns = refine_recording_poses(
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
-            device=options.refine_device)
+            device=refined_on)
         t_refine = time.perf_counter() - t_refine
     stage_done("refine")
     smoothed = False
@@ -632,9 +633,6 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             if refine_columns is not None:
                 append_csv_columns(table, refine_columns)
         write_tra(out / "poses.tra", matrices)
-        from fluororeg.core.render import resolve_device
-
-        refined_on = resolve_device(options.refine_device) if options.refine else None  # 'auto' made concrete
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed,
                                                                 refined_on=refined_on), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
