@@ -119,6 +119,10 @@ def summarise(res, truth, starts, both_in_fov, seconds_per_frame, cpu_seconds_pe
         "similarity_total": [round(float(x), 4) for x in res.similarity_total],
         "status": [str(s) for s in res.status],
         "iterations_median": float(np.median(res.iterations)),
+        # The render work per frame pair, the same on every device (on CUDA each call is one
+        # gathered round, which the frame waits for).
+        "render_calls_per_frame": float(np.mean(res.render_calls)),
+        "rendered_rays_per_frame": float(np.mean(res.rendered_rays)),
         "refine_s_per_frame_cpu": float(seconds_per_frame),
         "refine_cpu_time_s_per_frame": float(cpu_seconds_per_frame),
         "threads": os.cpu_count(),
@@ -184,6 +188,8 @@ def main(argv=None) -> dict:
                  (f"{sim}: recovered (<1 deg, <1 mm)", s["recovered_fraction"], ""),
                  (f"{sim}: converged (gate)", s["converged_fraction"], ""),
                  (f"{sim}: time per frame pair", s["refine_s_per_frame_cpu"], "s"),
+                 (f"{sim}: render calls / rays per frame pair", s["render_calls_per_frame"],
+                  f"/ {s['rendered_rays_per_frame']:.3g}"),
                  (f"{sim}: CPU time per frame pair", s["refine_cpu_time_s_per_frame"], "s")]
     # The default similarity's figures at the top level.
     default = "gradient_correlation" if refine.RefineOptions().similarity == refine.RefineSimilarity.gradient_correlation \
@@ -233,7 +239,8 @@ def main(argv=None) -> dict:
         results["cuda"] = {k: s[k] for k in ("refined_angle_err_deg_median", "refined_position_err_mm_median",
                                              "converged_fraction")}
         results["cuda_batch"] = {k: s_b[k] for k in ("refined_angle_err_deg_median", "refined_position_err_mm_median",
-                                                     "converged_fraction", "recovered_fraction")}
+                                                     "converged_fraction", "recovered_fraction",
+                                                     "render_calls_per_frame", "rendered_rays_per_frame")}
         rows += [(f"cuda: time per frame pair, {F} frames", results["refine_ms_per_frame_cuda_small_batch"], "ms"),
                  ("cuda: angle err median", s["refined_angle_err_deg_median"],
                   f"deg (cpu {cpu_poses['refined_angle_err_deg_median']:.4g})"),

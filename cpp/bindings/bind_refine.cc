@@ -69,6 +69,8 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
   auto rotation_change = NewArray<double>({f});
   auto translation_change = NewArray<double>({f});
   auto iterations = NewArray<int32_t>({f});
+  auto render_calls = NewArray<int32_t>({f});
+  auto rendered_rays = NewArray<int64_t>({f});
   auto seconds = NewArray<double>({f});
   auto converged = NewArray<bool>({f});
   auto status = NewArray<int32_t>({f});
@@ -81,6 +83,8 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
     rotation_change.data()[i] = r.rotation_change_deg;
     translation_change.data()[i] = r.translation_change_mm;
     iterations.data()[i] = r.iterations;
+    render_calls.data()[i] = r.render_calls;
+    rendered_rays.data()[i] = r.rendered_rays;
     seconds.data()[i] = r.seconds;
     converged.data()[i] = r.converged;
     status.data()[i] = static_cast<int32_t>(r.status);
@@ -92,6 +96,8 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
   out["rotation_change_deg"] = rotation_change;
   out["translation_change_mm"] = translation_change;
   out["iterations"] = iterations;
+  out["render_calls"] = render_calls;
+  out["rendered_rays"] = rendered_rays;
   out["seconds"] = seconds;
   out["converged"] = converged;
   out["status"] = status;
@@ -204,7 +210,8 @@ void BindRefine(nb::module_& m) {
         "[F, 6] (rad, mm); view_weights [F, 2] per-frame factors on the options' view weights "
         "(0: view left out) or None. Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
         "similarity_total [F], rotation_change_deg [F], translation_change_mm [F], iterations "
-        "[F], seconds [F], converged [F], status [F] (RefineStatus values).");
+        "[F], render_calls [F], rendered_rays [F] (int64: pixels x poses), seconds [F], "
+        "converged [F], status [F] (RefineStatus values).");
   m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volume"),
         nb::arg("model_from_voxel"), nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(),
         nb::arg("views"), nb::arg("images"), nb::arg("image_masks").none(), nb::arg("poses"),

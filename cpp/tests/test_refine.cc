@@ -114,6 +114,29 @@ TEST_F(RefineTest, RecoversPoseFrom4DegAnd4Mm) {
   }
 }
 
+// A frame that starts at its optimum (one level: the images are this renderer's DRRs at the
+// truth) ends after one try: a failed step already within the tolerance is not shortened and
+// rendered again (that took eight tries before).
+TEST_F(RefineTest, StartAtTheOptimumTakesOneTry) {
+  RefineOptions options;
+  options.num_levels = 1;
+  const double nan = std::nan("");
+  const double starts[12] = {truth[0], truth[1], truth[2], truth[3], truth[4], truth[5],
+                             nan,      0,        0,        0,        0,        0};
+  RefineResult r[2];
+  RefineFrames(input, starts, 2, r, options);
+  EXPECT_EQ(r[0].status, RefineStatus::kConverged);
+  EXPECT_LT(AngleBetween(r[0].pose, truth.data()), 0.01);
+  EXPECT_LE(r[0].iterations, 1);
+  // The region; the start with its finite differences; one try; the final region and
+  // similarity.
+  EXPECT_EQ(r[0].render_calls, 5);
+  // At least the 32-pixel regions (options.min_roi_pixels) of both views at 1 + 12 poses.
+  EXPECT_GT(r[0].rendered_rays, 2LL * 13 * 32);
+  EXPECT_EQ(r[1].render_calls, 0);  // no start: nothing rendered
+  EXPECT_EQ(r[1].rendered_rays, 0);
+}
+
 TEST_F(RefineTest, SimilarityPeaksAtTheTruePose) {
   RefineOptions options;
   options.num_levels = 1;
@@ -232,6 +255,8 @@ TEST_F(RefineTest, GatheredRendersGiveTheSameResults) {
       if (f == 1) continue;  // no start: NaN pose
       for (int c = 0; c < 6; ++c) EXPECT_EQ(gathered[f].pose[c], alone[f].pose[c]) << "frame " << f;
       EXPECT_EQ(gathered[f].similarity_total, alone[f].similarity_total) << "frame " << f;
+      EXPECT_EQ(gathered[f].render_calls, alone[f].render_calls) << "frame " << f;
+      EXPECT_EQ(gathered[f].rendered_rays, alone[f].rendered_rays) << "frame " << f;
     }
   }
   RefineResult r[5];

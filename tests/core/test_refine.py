@@ -121,6 +121,8 @@ def test_recovers_true_pose_from_5_deg_5_mm(headsq_mu, small_views, frames):
     assert res.similarity.shape == (4, 2) and (res.similarity > 0.5).all()
     np.testing.assert_allclose(res.similarity_total, res.similarity.mean(axis=1), atol=1e-12)
     assert (res.iterations > 0).all() and (res.seconds > 0).all()
+    assert res.rendered_rays.dtype == np.int64 and (res.rendered_rays > res.render_calls).all()
+    assert (res.render_calls > 0).all()
     # The reported pose change is the move from the start.
     rot = lambda p: Rotation.from_euler("zyx", p[:, 2::-1], degrees=True)  # noqa: E731
     np.testing.assert_allclose(res.rotation_change_deg, np.rad2deg((rot(res.poses) * rot(start).inv()).magnitude()),
@@ -232,6 +234,11 @@ def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_v
     res = refine.refine_poses(headsq_mu, small_views, img, start, options=opts, track=True)
     assert list(res.status) == ["converged", "converged"] and list(res.tracked) == [False, True]
     np.testing.assert_allclose(res.start_poses[1], res.poses[0])
+    # The render work is summed over a frame's tries: none for the frame without a start, then
+    # its retry's; the first frame's is that of its one try.
+    assert plain.render_calls[1] == 0 and plain.rendered_rays[1] == 0
+    assert res.render_calls[1] > 0 and res.rendered_rays[1] > res.render_calls[1]
+    assert res.render_calls[0] == plain.render_calls[0] and res.rendered_rays[0] == plain.rendered_rays[0]
     ang, mm = pose_errors(res.poses, poses)
     assert ang.max() < 0.2 and mm.max() < 0.2
 

@@ -8,20 +8,22 @@
 //   or the volume itself) at the current pose, dilated by a margin, within the usable part of
 //   the image (an optional per-view mask, e.g. the intensifier's circular field of view).
 // - Both views in one objective, sum_v w_v (2 - 2 s_v) (per frame: RefineInput::view_weights,
-//   so a frame one of whose views failed is refined against the other alone): Levenberg-Marquardt on the residuals
-//   of the normalised feature vectors (zero mean, unit norm). The 6-DOF Jacobian comes from
-//   finite differences (forward by default) of one batch of renders of the region's pixels
-//   only, at each level's first iteration; later iterations update it by Broyden (secant)
-//   steps and take finite differences again only when a step fails or looks converged.
+//   so a frame one of whose views failed is refined against the other alone):
+//   Levenberg-Marquardt on the residuals of the normalised feature vectors (zero mean, unit
+//   norm). The 6-DOF Jacobian comes from finite differences of one batch of renders of the
+//   region's pixels only (central by default, fresh every iteration; RefineOptions says what
+//   the one-sided and Broyden-updated alternatives cost in precision). A level's first batch
+//   also renders its start pose. After a failed step the damping grows until the step changes
+//   by 10 %, and a failed step within the level's tolerance ends the level: no render is spent
+//   on a step about equal to one that failed.
 //   Measured on simulated frames (benchmarks/bench_refine.py): gradient correlation beat NCC
-//   (0.06 vs 0.15 deg, 0.04 vs 0.33 mm median), Broyden updates kept the accuracy of finite
-//   differences at every iteration.
+//   (0.06 vs 0.15 deg, 0.04 vs 0.33 mm median).
 // - Coarse to fine: level l halves the images l times (2x2 means) and the volume with them.
 // - Frames run in parallel (one frame per thread); a single frame spreads its renders over
 //   the threads instead. The renders (RenderConePixels) run on the CPU or on CUDA
 //   (RefineOptions::device); everything else is host code. On CUDA, the renders of
 //   cuda_frames_in_flight frames are gathered into one launch per round (RenderConePixelsBatch),
-//   a frame's two views in the same round.
+//   a frame's two views in the same round (regions and residuals alike).
 // Poses are world_from_model (rad, mm), X_world = R X_model + tau (see geometry.h).
 // Invalid arguments throw std::invalid_argument naming the value.
 #pragma once
@@ -111,6 +113,10 @@ struct RefineResult {
   double rotation_change_deg = 0;       // angle of R_refined R_start^T
   double translation_change_mm = 0;     // |tau_refined - tau_start|
   int iterations = 0;                   // LM iterations over all levels
+  // The frame's render work, whatever the device: its render calls (on CUDA, the gathered
+  // rounds it waited for) and its rays (pixels x poses over those calls).
+  int render_calls = 0;
+  long long rendered_rays = 0;
   double seconds = 0;                   // wall-clock of this frame
   bool converged = false;               // status == kConverged
   RefineStatus status = RefineStatus::kInvalidStart;

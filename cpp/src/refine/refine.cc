@@ -185,9 +185,11 @@ using internal::RenderGather;
 
 // How one frame's renders run: on `threads` CPU threads of its own (or the CUDA device), or
 // gathered with those of the other frames in flight (gather set).
+// `result`, when given, counts the calls and rays (RefineResult::render_calls, rendered_rays).
 struct Renders {
   int threads = 1;
   RenderGather* gather = nullptr;
+  RefineResult* result = nullptr;
 };
 
 struct Context {
@@ -253,6 +255,12 @@ RenderOptions PixelRenderOptions(const RefineOptions& o, int threads) {
 // one call, or on CUDA in one gathered round: a frame's views need not wait for each other.
 void RenderRequests(const Context& ctx, const LevelVolume& vol, const ConePixelRequest* requests,
                     int n, const Renders& renders) {
+  if (renders.result) {
+    renders.result->render_calls += 1;
+    for (int i = 0; i < n; ++i)
+      renders.result->rendered_rays +=
+          static_cast<long long>(requests[i].num_pixels) * requests[i].num_poses;
+  }
   if (renders.gather) {
     renders.gather->Render(*vol.render, requests, n);
     return;
@@ -356,18 +364,12 @@ std::vector<uint8_t> Dilate(const std::vector<uint8_t>& m, int W, int H, int r) 
   return out;
 }
 
-// The region of interest of one view at one level and pose: the projected bone, dilated by
-// the margin, within the usable pixels (eroded by 2 so that gradients do not see the edge of
-// the field of view) and off the image border. Returns [H_l, W_l] 0/1.
-std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView& view,
-                                      const std::vector<uint8_t>& usable, const double* pose,
-                                      const Renders& renders) {
-  const RefineOptions& o = *ctx.options;
+// The pixels of one view whose rays may meet the bone at a pose: the pixel box of the bone's
+// voxel box (y * W + x), empty when the box misses the view or lies behind a source.
+std::vector<int32_t> BoneBoxPixels(const LevelVolume& bone, const ConeView& view,
+                                   const double* pose) {
   const int W = view.width, H = view.height;
-  std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
-  const LevelVolume& bone = ctx.Bone(k);
-  if (bone.empty) return roi;
-  // Pixel box of the bone's voxel box.
+  if (bone.empty) return {};
   const Affine3<double> world_from_model = AffineFromPose(pose);
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   for (int c = 0; c < 8; ++c) {
@@ -376,24 +378,35 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, int k, const ConeView&
                            (c & 4) ? bone.bbox_hi[2] : bone.bbox_lo[2]};
     const Vec3<double> X = world_from_model.Apply(bone.grid.model_from_voxel.Apply(ijk));
     double px, py;
-    if (!ProjectCone(view, X, &px, &py)) return roi;  // behind a source: nothing sensible
+    if (!ProjectCone(view, X, &px, &py)) return {};  // behind a source: nothing sensible
     x0 = std::min(x0, px), x1 = std::max(x1, px), y0 = std::min(y0, py), y1 = std::max(y1, py);
   }
   const int bx0 = std::max(0, static_cast<int>(std::floor(x0)) - 1);
   const int bx1 = std::min(W - 1, static_cast<int>(std::ceil(x1)) + 1);
   const int by0 = std::max(0, static_cast<int>(std::floor(y0)) - 1);
   const int by1 = std::min(H - 1, static_cast<int>(std::ceil(y1)) + 1);
-  if (bx0 > bx1 || by0 > by1) return roi;
   std::vector<int32_t> px;
+  if (bx0 > bx1 || by0 > by1) return px;
+  px.reserve(static_cast<size_t>(bx1 - bx0 + 1) * (by1 - by0 + 1));
   for (int y = by0; y <= by1; ++y)
     for (int x = bx0; x <= bx1; ++x) px.push_back(y * W + x);
-  std::vector<float> path;
-  const std::vector<double> poses(pose, pose + 6);
-  const ConePixelRequest request = PixelRequest(view, px, poses, &path);
-  RenderRequests(ctx, bone, &request, 1, renders);
+  return px;
+}
+
+// The region of interest of one view at one level, from the bone's path lengths at the box
+// pixels px: the projected bone, dilated by the margin, within the usable pixels (eroded by 2
+// so that gradients do not see the edge of the field of view) and off the image border.
+// Returns [H_l, W_l] 0/1.
+std::vector<uint8_t> RegionOfInterest(const Context& ctx, const ConeView& view,
+                                      const std::vector<uint8_t>& usable,
+                                      const std::vector<int32_t>& px,
+                                      const std::vector<float>& path) {
+  const int W = view.width, H = view.height;
+  std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
+  if (px.empty()) return roi;
   std::vector<uint8_t> proj(roi.size(), 0);
   for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
-  proj = Dilate(proj, W, H, static_cast<int>(std::ceil(o.roi_margin_px)));
+  proj = Dilate(proj, W, H, static_cast<int>(std::ceil(ctx.options->roi_margin_px)));
   // Usable pixels eroded by 2 (the complement dilated).
   std::vector<uint8_t> unusable(roi.size(), 0);
   for (size_t i = 0; i < roi.size(); ++i) unusable[i] = usable.empty() ? 0 : !usable[i];
@@ -469,10 +482,25 @@ void PrepareLevel(const Context& ctx, int frame, const FrameImages& images, int 
     vl.H = vl.view.height;
     vl.channels = o.similarity == RefineSimilarity::kGradientCorrelation ? 2 : 1;
     vl.image = images.level[v][fl->k];
-    static const std::vector<uint8_t> kAllUsable;  // empty: every pixel
+  }
+  // The bone's path lengths in both views' boxes, in one render call.
+  const LevelVolume& bone = ctx.Bone(fl->k);
+  const std::vector<double> poses(pose, pose + 6);
+  std::vector<int32_t> box[2];
+  std::vector<float> path[2];
+  ConePixelRequest requests[2];
+  int n_requests = 0;
+  for (int v = 0; v < 2; ++v) {
+    box[v] = BoneBoxPixels(bone, fl->views[v].view, pose);
+    if (!box[v].empty())
+      requests[n_requests++] = PixelRequest(fl->views[v].view, box[v], poses, &path[v]);
+  }
+  if (n_requests > 0) RenderRequests(ctx, bone, requests, n_requests, renders);
+  static const std::vector<uint8_t> kAllUsable;  // empty: every pixel
+  for (int v = 0; v < 2; ++v) {
     const std::vector<uint8_t>& usable = in.image_masks ? ctx.usable[v][fl->k] : kAllUsable;
-    const std::vector<uint8_t> roi = RegionOfInterest(ctx, fl->k, vl.view, usable, pose, renders);
-    SetRegion(&vl, roi, o.min_roi_pixels);
+    SetRegion(&fl->views[v], RegionOfInterest(ctx, fl->views[v].view, usable, box[v], path[v]),
+              o.min_roi_pixels);
   }
 }
 
@@ -524,6 +552,7 @@ double SquaredNorm(const double* r, int n) {
 }
 
 // Levenberg-Marquardt at one level; returns the iterations taken.
+constexpr int kMaxTries = 8;  // rendered tries of a step per iteration
 int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Renders& renders) {
   const double coarse = static_cast<double>(1 << (fl.k));  // tolerance scale of this level
   const RefineOptions& o = *ctx.options;
@@ -534,10 +563,8 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
     if (vl.used) h = std::min(h, o.fd_step_px * PixelAtObject(vl.view, pose->t));
   const double L = ctx.lever_mm;
   const double tol_rad = coarse * o.tolerance_deg * kPi / 180.0;
-  std::vector<double> arr(6), res, jres;
-  pose->ToArray(arr.data());
-  Residuals(ctx, fl, arr, renders, &res, n_res);
-  double cost = SquaredNorm(res.data(), n_res);
+  std::vector<double> res, jres;  // residuals at the current pose [n_res]; of the probes
+  double cost = 0;
   double lambda = 1e-3;
   int it = 0;
   Eigen::MatrixXd J(n_res, 6);
@@ -546,19 +573,26 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
   for (; it < o.max_iterations; ++it) {
     if (need_fd) {
       // Differences along the 6 scaled parameters (rotation w * L, translation): central
-      // (+h, -h per parameter) or forward (+h, against the current residuals).
+      // (+h, -h per parameter) or forward (+h, against the current residuals). The first
+      // iteration renders the start pose in the same call (one render call fewer per level).
       const int sides = o.central_differences ? 2 : 1;
-      std::vector<double> probes(6 * sides * 6);
+      const int first = res.empty() ? 1 : 0;  // probes after the start pose
+      std::vector<double> probes(6 * (first + sides * 6));
+      if (first) pose->ToArray(probes.data());
       for (int j = 0; j < 6; ++j)
         for (int s = 0; s < sides; ++s) {
           Vec3d w = Vec3d::Zero(), dt = Vec3d::Zero();
           const double step = s == 0 ? h : -h;
           if (j < 3) w[j] = step / L; else dt[j - 3] = step;
-          pose->Moved(w, dt).ToArray(probes.data() + 6 * (sides * j + s));
+          pose->Moved(w, dt).ToArray(probes.data() + 6 * (first + sides * j + s));
         }
       Residuals(ctx, fl, probes, renders, &jres, n_res);
+      if (first) {
+        res.assign(jres.begin(), jres.begin() + n_res);
+        cost = SquaredNorm(res.data(), n_res);
+      }
       for (int j = 0; j < 6; ++j) {
-        const double* rp = jres.data() + static_cast<size_t>(sides * j) * n_res;
+        const double* rp = jres.data() + static_cast<size_t>(first + sides * j) * n_res;
         const double* rm = sides == 2 ? rp + n_res : res.data();
         for (int i = 0; i < n_res; ++i) J(i, j) = (rp[i] - rm[i]) / (sides * h);
       }
@@ -568,16 +602,35 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
     const Eigen::Matrix<double, 6, 6> A = J.transpose() * J;
     const Eigen::Matrix<double, 6, 1> g =
         J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
+    // Tries of the damped step. After a failed try (fresh J), lambda grows until the step
+    // differs from the failed one by kMinStepChange of its length: from a small lambda, x5
+    // barely changes the step, and such a try costs a render and fails again. A step that is
+    // then within the level's tolerance ends the level (later tries would be shorter still).
+    // Measured on the 96 independent-renderer frames from landmark poses: 24 % fewer render
+    // calls, 6 % fewer rendered pixels, poses within 0.008 deg / 0.007 mm of always rendering
+    // eight tries, the same frames flagged.
+    constexpr double kMinStepChange = 0.1;
+    constexpr double kMaxLambda = 1e20;
     bool accepted = false, small = false;
-    for (int attempt = 0; attempt < 8 && !accepted; ++attempt) {
+    Eigen::Matrix<double, 6, 1> failed_step;
+    bool failed = false;
+    for (int tries = 0; tries < kMaxTries && !accepted;) {
       Eigen::Matrix<double, 6, 6> M = A;
       for (int j = 0; j < 6; ++j) M(j, j) += lambda * std::max(A(j, j), 1e-12);
       const Eigen::Matrix<double, 6, 1> d = -M.ldlt().solve(g);
       if (!d.allFinite()) {
         lambda *= 10;
+        ++tries;
+        continue;
+      }
+      if (failed && (d - failed_step).norm() < kMinStepChange * failed_step.norm() &&
+          lambda < kMaxLambda) {
+        lambda *= 5;  // no render: about the step that failed
         continue;
       }
       const Vec3d w = d.head<3>() / L, dt = d.tail<3>();
+      if (failed && w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm) break;
+      ++tries;
       const Pose cand = pose->Moved(w, dt);
       std::vector<double> ca(6), cres;
       cand.ToArray(ca.data());
@@ -606,6 +659,8 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       } else if (!fresh) {
         break;  // a stale (Broyden) Jacobian: take finite differences before giving up
       } else {
+        failed = true;
+        failed_step = d;
         lambda *= 5;
       }
     }
@@ -728,11 +783,12 @@ bool FinitePose(const double* p) {
   return true;
 }
 
-void RefineOne(const Context& ctx, int frame, const double* init, const Renders& renders,
+void RefineOne(const Context& ctx, int frame, const double* init, Renders renders,
                RefineResult* r) {
   const auto t0 = std::chrono::steady_clock::now();
   const RefineOptions& o = *ctx.options;
   *r = RefineResult{};
+  renders.result = r;
   for (int i = 0; i < 6; ++i) r->pose[i] = init[i];
   r->similarity[0] = r->similarity[1] = r->similarity_total = kNaN;
   if (!FinitePose(init)) {

@@ -85,6 +85,11 @@ class RefineResult:
     translation_change_mm: np.ndarray  # [F] |tau_refined - tau_start|
     iterations: np.ndarray             # [F]
     seconds: np.ndarray                # [F] wall-clock per frame (threads run frames in parallel)
+    # [F] the frame's render work over all its tries (tracking retries included), the same on
+    # every device: render calls (on CUDA, the gathered rounds it waited for) and rays
+    # (pixels x poses).
+    render_calls: np.ndarray
+    rendered_rays: np.ndarray
     converged: np.ndarray              # [F] bool: passed the quality gate
     status: np.ndarray                 # [F] str, one of STATUS_NAMES
     tracked: np.ndarray                # [F] bool: started from a neighbour frame's refined pose
@@ -320,6 +325,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     relative_gate(r)
     tracked = np.zeros(F, bool)
     starts = init.copy()
+    work = {key: r[key].astype(np.int64) for key in ("render_calls", "rendered_rays")}  # summed over tries
     if track:
         # A frame without a start, or whose refinement failed the gate, starts again from a
         # neighbour's refined pose that passed it: first the previous frame's (forward, so a
@@ -331,6 +337,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                     continue
                 start = r["poses"][i + step].copy()
                 one = run(np.array([i]), start[None])
+                for key in work:
+                    work[key][i] += one[key][0]
                 if int(one["status"][0]) != 0 and np.isfinite(init[i]).all():
                     continue
                 for key in r:
@@ -341,7 +349,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     return RefineResult(
         poses=r["poses"], start_poses=starts, similarity=r["similarity"], similarity_total=r["similarity_total"],
         rotation_change_deg=r["rotation_change_deg"], translation_change_mm=r["translation_change_mm"],
-        iterations=r["iterations"], seconds=r["seconds"], converged=r["converged"].astype(bool),
+        iterations=r["iterations"], seconds=r["seconds"], render_calls=work["render_calls"],
+        rendered_rays=work["rendered_rays"], converged=r["converged"].astype(bool),
         status=np.array([STATUS_NAMES[int(s)] for s in r["status"]]), tracked=tracked)
 
 
