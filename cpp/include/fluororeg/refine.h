@@ -74,8 +74,14 @@ struct RefineOptions {
   // steps instead of new finite differences (1 render per iteration instead of 7); a step
   // that fails with an updated Jacobian takes finite differences again. Cheaper, less precise.
   bool broyden_updates = false;
-  double tolerance_deg = 0.01;  // the finest level stops when a step rotates less than this
-  double tolerance_mm = 0.01;   // ... and moves less than this (coarser levels: x 2^level)
+  // The finest level stops when a step rotates less than tolerance_deg and moves less than
+  // tolerance_mm (coarser levels: x 2^level). Measured against 0.01 / 0.01 on the 96
+  // independent-renderer frames from landmark poses: 10 % fewer rays, poses within 0.012 deg /
+  // 0.014 mm, medians 0.124 vs 0.123 deg and 0.213 mm both, the same frames flagged; the
+  // simulated and plastimatch frames of bench_refine --quick unchanged to 0.0003 deg.
+  // (0.05 / 0.05: 21 % fewer rays, poses within 0.023 deg, medians 0.127 deg / 0.212 mm.)
+  double tolerance_deg = 0.02;
+  double tolerance_mm = 0.02;
   // Quality gate.
   double min_similarity = 0.5;
   double max_rotation_change_deg = 15.0;
