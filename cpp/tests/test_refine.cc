@@ -137,6 +137,25 @@ TEST_F(RefineTest, StartAtTheOptimumTakesOneTry) {
   EXPECT_EQ(r[1].rendered_rays, 0);
 }
 
+// A frame whose pose moves beyond the gate's limits at the coarse level stops there, flagged:
+// it renders less than the same frame with limits it stays within.
+TEST_F(RefineTest, MovedFarStopsAfterTheLevel) {
+  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
+                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  RefineOptions options;
+  options.num_levels = 2;
+  RefineResult free, limited;
+  RefineFrames(input, start, 1, &free, options);
+  EXPECT_EQ(free.status, RefineStatus::kConverged);
+  options.max_rotation_change_deg = 0.5;  // the start is about 4 deg off
+  RefineFrames(input, start, 1, &limited, options);
+  EXPECT_EQ(limited.status, RefineStatus::kMovedFar);
+  EXPECT_GT(limited.rotation_change_deg, 0.5);
+  EXPECT_LT(limited.iterations, free.iterations);
+  EXPECT_LT(limited.render_calls, free.render_calls);
+  EXPECT_LT(limited.rendered_rays, free.rendered_rays);
+}
+
 TEST_F(RefineTest, SimilarityPeaksAtTheTruePose) {
   RefineOptions options;
   options.num_levels = 1;

@@ -42,6 +42,7 @@ enum class RefineSimilarity { kGradientCorrelation = 0, kNcc = 1 };
 enum class RefineStatus {
   kConverged = 0,      // ended with similarity >= min_similarity after a small pose change
   kMovedFar = 1,       // the pose changed more than max_rotation_change_deg / _mm allow
+                       // (checked after each level: such a frame stops there)
   kLowSimilarity = 2,  // ended below min_similarity: probably not at the true pose
   kNoOverlap = 3,      // the bone does not project into any used view
   kInvalidStart = 4,   // the start pose holds NaN (e.g. landmark registration failed)
