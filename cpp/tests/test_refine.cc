@@ -91,18 +91,22 @@ class RefineTest : public ::testing::Test {
     input.views[1] = views[1];
     input.images = images.data();
   }
+  // A start about 4 deg and 4 mm from the truth (rad, mm).
+  std::vector<double> StartNear4DegAnd4Mm() const {
+    return {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
+            truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  }
 };
 
 TEST_F(RefineTest, RecoversPoseFrom4DegAnd4Mm) {
-  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
-                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  const std::vector<double> start = StartNear4DegAnd4Mm();
   for (bool broyden : {true, false}) {
     SCOPED_TRACE(broyden ? "Broyden updates" : "finite differences every iteration");
     RefineOptions options;
     options.num_levels = 2;
     options.broyden_updates = broyden;
     RefineResult r;
-    RefineFrames(input, start, 1, &r, options);
+    RefineFrames(input, start.data(), 1, &r, options);
     EXPECT_EQ(r.status, RefineStatus::kConverged);
     EXPECT_TRUE(r.converged);
     EXPECT_LT(AngleBetween(r.pose, truth.data()), 0.2);
@@ -110,7 +114,7 @@ TEST_F(RefineTest, RecoversPoseFrom4DegAnd4Mm) {
     EXPECT_GT(r.similarity[0], 0.95);
     EXPECT_GT(r.similarity[1], 0.95);
     EXPECT_GT(r.iterations, 0);
-    EXPECT_NEAR(r.rotation_change_deg, AngleBetween(r.pose, start), 1e-6);
+    EXPECT_NEAR(r.rotation_change_deg, AngleBetween(r.pose, start.data()), 1e-6);
   }
 }
 
@@ -140,15 +144,14 @@ TEST_F(RefineTest, StartAtTheOptimumTakesOneTry) {
 // A frame whose pose moves beyond the gate's limits at the coarse level stops there, flagged:
 // it renders less than the same frame with limits it stays within.
 TEST_F(RefineTest, MovedFarStopsAfterTheLevel) {
-  const double start[6] = {truth[0] + 0.04, truth[1] - 0.04, truth[2] + 0.03,
-                           truth[3] + 2.5,  truth[4] - 2.0,  truth[5] + 2.0};
+  const std::vector<double> start = StartNear4DegAnd4Mm();
   RefineOptions options;
   options.num_levels = 2;
   RefineResult free, limited;
-  RefineFrames(input, start, 1, &free, options);
+  RefineFrames(input, start.data(), 1, &free, options);
   EXPECT_EQ(free.status, RefineStatus::kConverged);
   options.max_rotation_change_deg = 0.5;  // the start is about 4 deg off
-  RefineFrames(input, start, 1, &limited, options);
+  RefineFrames(input, start.data(), 1, &limited, options);
   EXPECT_EQ(limited.status, RefineStatus::kMovedFar);
   EXPECT_GT(limited.rotation_change_deg, 0.5);
   EXPECT_LT(limited.iterations, free.iterations);
