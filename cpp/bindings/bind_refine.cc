@@ -1,6 +1,7 @@
 // Bindings of the intensity refinement (fluororeg/refine.h). Poses are radians / mm here: the
-// Python layer (python/fluororeg/refine.py) converts from degrees. RefineOptions is bound as a
-// class with read-write fields; the statuses and similarities as enums.
+// Python layer (python/fluororeg/core/refine.py) converts from degrees. RefineOptions is bound
+// as a class with read-write fields, RefineVolumes (prepared once, passed to every call) as a
+// class; the statuses and similarities as enums.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
@@ -16,15 +17,10 @@ namespace bindings {
 namespace {
 
 // Shared argument unpacking; returns the frame count.
-long long MakeInput(const InArray<float>& volume, const InArray<double>& model_from_voxel,
-                    const std::optional<InArray<float>>& bone,
-                    const std::optional<InArray<double>>& bone_model_from_voxel,
-                    const InArray<double>& views, const InArray<float>& images,
+long long MakeInput(const RefineVolumes& volumes, const InArray<double>& views,
+                    const InArray<float>& images,
                     const std::optional<InArray<uint8_t>>& image_masks, RefineInput* in) {
-  in->volume = GridFromArrays(volume, model_from_voxel, "volume");
-  if (bone.has_value() != bone_model_from_voxel.has_value())
-    throw std::invalid_argument("bone and bone_model_from_voxel go together: give both or neither");
-  if (bone) in->bone = GridFromArrays(*bone, *bone_model_from_voxel, "bone");
+  in->prepared = &volumes;
   const std::vector<ConeView> v = UnpackViews(views);
   if (v.size() != 2)
     throw std::invalid_argument("got " + std::to_string(v.size()) +
@@ -41,16 +37,13 @@ long long MakeInput(const InArray<float>& volume, const InArray<double>& model_f
   return static_cast<long long>(images.shape(0));
 }
 
-nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& model_from_voxel,
-                        std::optional<InArray<float>> bone,
-                        std::optional<InArray<double>> bone_model_from_voxel,
-                        const InArray<double>& views, const InArray<float>& images,
+nb::dict RefineFramesPy(const RefineVolumes& volumes, const InArray<double>& views,
+                        const InArray<float>& images,
                         std::optional<InArray<uint8_t>> image_masks,
                         const InArray<double>& init_poses, const RefineOptions& options,
                         std::optional<InArray<double>> view_weights) {
   RefineInput in;
-  const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
-                                images, image_masks, &in);
+  const long long F = MakeInput(volumes, views, images, image_masks, &in);
   CheckShape(init_poses, "init_poses", {F, 6});
   if (view_weights) {
     CheckShape(*view_weights, "view_weights", {F, 2});
@@ -104,15 +97,12 @@ nb::dict RefineFramesPy(const InArray<float>& volume, const InArray<double>& mod
   return out;
 }
 
-nb::tuple EvaluatePy(const InArray<float>& volume, const InArray<double>& model_from_voxel,
-                     std::optional<InArray<float>> bone,
-                     std::optional<InArray<double>> bone_model_from_voxel,
-                     const InArray<double>& views, const InArray<float>& images,
+nb::tuple EvaluatePy(const RefineVolumes& volumes, const InArray<double>& views,
+                     const InArray<float>& images,
                      std::optional<InArray<uint8_t>> image_masks, const InArray<double>& poses,
                      int level, const RefineOptions& options) {
   RefineInput in;
-  const long long F = MakeInput(volume, model_from_voxel, bone, bone_model_from_voxel, views,
-                                images, image_masks, &in);
+  const long long F = MakeInput(volumes, views, images, image_masks, &in);
   CheckShape(poses, "poses", {F, 6});
   CheckThreads(options.num_threads);
   if (level < 0 || level > 16)
@@ -200,21 +190,44 @@ void BindRefine(nb::module_& m) {
         return s;
       });
 
-  m.def("refine_frames", &RefineFramesPy, nb::arg("volume"), nb::arg("model_from_voxel"),
-        nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(), nb::arg("views"),
+  nb::class_<RefineVolumes>(
+      m, "RefineVolumes",
+      "The volumes a refinement renders, prepared once for many calls (refine.h): the "
+      "attenuation and region-of-interest pyramids, on CUDA also their device copies. Holds "
+      "its own copy of the voxels.")
+      .def(
+          "__init__",
+          [](RefineVolumes* self, const InArray<float>& volume,
+             const InArray<double>& model_from_voxel, std::optional<InArray<float>> bone,
+             std::optional<InArray<double>> bone_model_from_voxel, int num_levels) {
+            const VolumeGrid grid = GridFromArrays(volume, model_from_voxel, "volume");
+            if (bone.has_value() != bone_model_from_voxel.has_value())
+              throw std::invalid_argument(
+                  "bone and bone_model_from_voxel go together: give both or neither");
+            VolumeGrid bone_grid;
+            if (bone) bone_grid = GridFromArrays(*bone, *bone_model_from_voxel, "bone");
+            nb::gil_scoped_release release;
+            new (self) RefineVolumes(grid, bone_grid, num_levels);
+          },
+          nb::arg("volume"), nb::arg("model_from_voxel"), nb::arg("bone").none(),
+          nb::arg("bone_model_from_voxel").none(), nb::arg("num_levels"),
+          "volume [nz, ny, nx] float32 attenuation per mm at the finest level's resolution, "
+          "model_from_voxel [3, 4]; bone: region-of-interest volume (> 0 = bone) with its "
+          "[3, 4], or None (the volume serves); num_levels: pyramid levels (1 to 8).")
+      .def_prop_ro("num_levels", &RefineVolumes::num_levels);
+  m.def("refine_frames", &RefineFramesPy, nb::arg("volumes"), nb::arg("views"),
         nb::arg("images"), nb::arg("image_masks").none(), nb::arg("init_poses"),
         nb::arg("options"), nb::arg("view_weights").none() = nb::none(),
-        "Intensity refinement of F frames. volume [nz, ny, nx] float32 attenuation; bone: "
-        "region-of-interest volume (> 0 = bone) or None; views [2, 16] packed; images "
+        "Intensity refinement of F frames. volumes: RefineVolumes with at least the options' "
+        "num_levels; views [2, 16] packed; images "
         "[F, 2, H, W] float32 (bone bright); image_masks [2, H, W] uint8 or None; init_poses "
         "[F, 6] (rad, mm); view_weights [F, 2] per-frame factors on the options' view weights "
         "(0: view left out) or None. Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
         "similarity_total [F], rotation_change_deg [F], translation_change_mm [F], iterations "
         "[F], render_calls [F], rendered_rays [F] (int64: pixels x poses), seconds [F], "
         "converged [F], status [F] (RefineStatus values).");
-  m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volume"),
-        nb::arg("model_from_voxel"), nb::arg("bone").none(), nb::arg("bone_model_from_voxel").none(),
-        nb::arg("views"), nb::arg("images"), nb::arg("image_masks").none(), nb::arg("poses"),
+  m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volumes"), nb::arg("views"),
+        nb::arg("images"), nb::arg("image_masks").none(), nb::arg("poses"),
         nb::arg("level"), nb::arg("options"),
         "The refinement's similarity at poses [F, 6] (rad, mm) at one pyramid level: "
         "(similarity [F, 2], roi [F, 2, H >> level, W >> level] uint8).");

@@ -1,6 +1,7 @@
 // C++ tests of the intensity refinement through the public C++ API (no Python).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -159,6 +160,47 @@ TEST_F(RefineTest, MovedFarStopsAfterTheLevel) {
   EXPECT_LT(limited.rendered_rays, free.rendered_rays);
 }
 
+// Volumes prepared once give every call exactly the results of volumes prepared per call; they
+// hold their own copy of the voxels.
+TEST_F(RefineTest, PreparedVolumesGiveTheSameResults) {
+  const std::vector<double> start = StartNear4DegAnd4Mm();
+  RefineOptions options;
+  options.num_levels = 2;
+  RefineResult per_call;
+  RefineFrames(input, start.data(), 1, &per_call, options);
+  double sim_per_call[2];
+  EvaluateRefineSimilarity(input, start.data(), 1, 1, sim_per_call, nullptr, options);
+
+  std::vector<float> voxels = phantom.data;  // prepared from a copy that then changes
+  VolumeGrid grid = phantom.grid;
+  grid.data = voxels.data();
+  const RefineVolumes prepared(grid, VolumeGrid{}, 3);  // more levels than the calls need
+  EXPECT_EQ(prepared.num_levels(), 3);
+  std::fill(voxels.begin(), voxels.end(), 0.f);
+  RefineInput in = input;
+  in.volume = VolumeGrid{};  // not read
+  in.prepared = &prepared;
+  for (int call = 0; call < 2; ++call) {
+    SCOPED_TRACE("call " + std::to_string(call));
+    RefineResult r;
+    RefineFrames(in, start.data(), 1, &r, options);
+    EXPECT_EQ(r.status, per_call.status);
+    for (int c = 0; c < 6; ++c) EXPECT_EQ(r.pose[c], per_call.pose[c]);
+    EXPECT_EQ(r.similarity_total, per_call.similarity_total);
+    EXPECT_EQ(r.rendered_rays, per_call.rendered_rays);
+    double sim[2];
+    EvaluateRefineSimilarity(in, start.data(), 1, 1, sim, nullptr, options);
+    EXPECT_EQ(sim[0], sim_per_call[0]);
+    EXPECT_EQ(sim[1], sim_per_call[1]);
+  }
+  options.num_levels = 4;
+  RefineResult r;
+  EXPECT_THROW(RefineFrames(in, start.data(), 1, &r, options), std::invalid_argument);
+  EXPECT_THROW(RefineVolumes(grid, VolumeGrid{}, 0), std::invalid_argument);
+  grid.nx = 0;
+  EXPECT_THROW(RefineVolumes(grid, VolumeGrid{}, 2), std::invalid_argument);
+}
+
 TEST_F(RefineTest, SimilarityPeaksAtTheTruePose) {
   RefineOptions options;
   options.num_levels = 1;
@@ -303,6 +345,19 @@ TEST_F(RefineTest, CudaRendersGiveTheCpuResult) {
     EXPECT_LT(AngleBetween(gpu[f].pose, cpu[f].pose), 0.01) << "frame " << f;
     for (int c = 3; c < 6; ++c) EXPECT_NEAR(gpu[f].pose[c], cpu[f].pose[c], 0.01) << "frame " << f;
     EXPECT_NEAR(gpu[f].similarity_total, cpu[f].similarity_total, 1e-4) << "frame " << f;
+  }
+  // Prepared volumes keep their device copies between calls, with the same results.
+  const RefineVolumes prepared(phantom.grid, VolumeGrid{}, 2);
+  in.prepared = &prepared;
+  for (int call = 0; call < 2; ++call) {
+    RefineResult again[5];
+    RefineFrames(in, five.starts.data(), 5, again, options);
+    for (int f = 0; f < 5; ++f) {
+      EXPECT_EQ(again[f].status, gpu[f].status) << "call " << call << ", frame " << f;
+      if (f == 1) continue;
+      for (int c = 0; c < 6; ++c)
+        EXPECT_NEAR(again[f].pose[c], gpu[f].pose[c], 1e-9) << "call " << call << ", frame " << f;
+    }
   }
 }
 

@@ -53,6 +53,7 @@ nan_views[0, 1] = np.nan
 big_views16 = np.stack([view_row(16384, 16384)] * 16)
 pts = np.zeros((3, 3))
 rv = _core.RenderVolume(vol, m, "cpu")
+refine_volumes = _core.RefineVolumes(vol, m, None, None, 4)
 """
 
 # A probe runs `expr` in the subprocess and records the exception's type and message.
@@ -165,17 +166,23 @@ PROBES = {
     ],
     "refine_calibration": [
         ("refine_frames: too many threads",
-         "_core.refine_frames(vol, m, None, None, views, np.zeros((1, 2, 8, 8), np.float32), None, "
+         "_core.refine_frames(refine_volumes, views, np.zeros((1, 2, 8, 8), np.float32), None, "
          "np.zeros((1, 6)), (lambda o: (setattr(o, 'num_threads', 1 << 30), o)[1])(_core.RefineOptions()))",
          "num_threads = 1073741824"),
         ("refine_frames: views of huge size",
-         "_core.refine_frames(vol, m, None, None, huge_views, np.zeros((1, 2, 8, 8), np.float32), None, "
+         "_core.refine_frames(refine_volumes, huge_views, np.zeros((1, 2, 8, 8), np.float32), None, "
          "np.zeros((1, 6)), _core.RefineOptions())", "image width = 1073741824"),
         ("refine_frames: images of another size",
-         "_core.refine_frames(vol, m, None, None, views, np.zeros((1, 2, 9, 8), np.float32), None, "
+         "_core.refine_frames(refine_volumes, views, np.zeros((1, 2, 9, 8), np.float32), None, "
          "np.zeros((1, 6)), _core.RefineOptions())", "images has shape (1, 2, 9, 8)"),
+        ("RefineVolumes: no level", "_core.RefineVolumes(vol, m, None, None, 0)", "num_levels = 0"),
+        ("RefineVolumes: a bone without its matrix", "_core.RefineVolumes(vol, m, vol, None, 2)",
+         "bone and bone_model_from_voxel go together"),
+        ("refine_frames: fewer prepared levels than the options'",
+         "_core.refine_frames(_core.RefineVolumes(vol, m, None, None, 2), views, np.zeros((1, 2, 8, 8), "
+         "np.float32), None, np.zeros((1, 6)), _core.RefineOptions())", "have 2 pyramid levels: this call needs 4"),
         ("evaluate_refine_similarity: huge level",
-         "_core.evaluate_refine_similarity(vol, m, None, None, views, np.zeros((1, 2, 8, 8), np.float32), "
+         "_core.evaluate_refine_similarity(refine_volumes, views, np.zeros((1, 2, 8, 8), np.float32), "
          "None, np.zeros((1, 6)), 1 << 20, _core.RefineOptions())", "level 1048576"),
         ("gradient_correlation: side beyond the limit",
          "_core.gradient_correlation(np.zeros((2, 16385), np.float32), np.zeros((2, 16385), np.float32))",

@@ -13,6 +13,7 @@ from fluororeg.pipeline import refine_stage
 from fluororeg.core import render
 from fluororeg._reference import refine as ref
 from fluororeg.core.geometry import ConeView
+from fluororeg.core.volume import Volume
 
 SIZE = 64  # px per side of the test images
 
@@ -219,6 +220,33 @@ def test_relative_gate_flags_a_frame_far_below_its_neighbours(headsq_mu, small_v
     assert list(res.converged) == [True] * 3 + [False]
     with pytest.raises(ValueError, match="relative_similarity"):
         refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts, relative_similarity=1.5)
+
+
+def test_prepared_volumes_are_made_once_per_volume_and_bone(headsq_mu, small_views, frames):
+    """refine_poses and refine_similarity share the core's prepared volumes (pyramids, and on
+    CUDA their device copies) per attenuation volume, bone and level count; another bone, even
+    an equal one, or another threshold gets its own."""
+    truth, imgs = frames
+    px = refine._pixel_at_object(small_views, truth, 0)
+    bone = Volume((headsq_mu.data >= refine.DEFAULT_BONE_THRESHOLD).astype(np.float32), headsq_mu.spacing,
+                  headsq_mu.origin, headsq_mu.direction)
+    first = refine._refine_volumes(headsq_mu, bone, None, px, 2)
+    assert first.num_levels == 2
+    assert refine._refine_volumes(headsq_mu, bone, None, px, 2) is first
+    assert refine._refine_volumes(headsq_mu, bone, None, px, 3) is not first
+    twin = Volume(bone.data.copy(), bone.spacing, bone.origin, bone.direction)
+    assert refine._refine_volumes(headsq_mu, twin, None, px, 2) is not first
+    by_threshold = refine._refine_volumes(headsq_mu, None, 0.03, px, 2)
+    assert refine._refine_volumes(headsq_mu, None, 0.03, px, 2) is by_threshold
+    assert refine._refine_volumes(headsq_mu, None, 0.02, px, 2) is not by_threshold
+    # The prepared volumes give refine_poses' results, call after call.
+    opts = refine.refine_options(num_levels=2)
+    start = perturb(truth[:1], 3.0, 3.0, np.random.default_rng(5))
+    a = refine.refine_poses(headsq_mu, small_views, imgs[:1], start, options=opts, bone=bone)
+    b = refine.refine_poses(headsq_mu, small_views, imgs[:1], start, options=opts, bone=bone)
+    np.testing.assert_array_equal(a.poses, b.poses)
+    with pytest.raises(ValueError, match="bone_threshold"):
+        refine._refine_volumes(headsq_mu, None, -1.0, px, 2)
 
 
 def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_views, frames):

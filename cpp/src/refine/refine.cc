@@ -158,12 +158,39 @@ LevelVolume Downsample(const LevelVolume& in, bool use_max) {
   return out;
 }
 
-std::vector<LevelVolume> MakeVolumePyramid(const VolumeGrid& finest, int levels, bool use_max) {
+// copy_finest: level 0 owns a copy of the voxels (else it is a view of the caller's).
+std::vector<LevelVolume> MakeVolumePyramid(const VolumeGrid& finest, int levels, bool use_max,
+                                           bool copy_finest) {
   std::vector<LevelVolume> p(levels);
   p[0].grid = finest;
+  if (copy_finest) {
+    p[0].storage.assign(finest.data, finest.data + static_cast<size_t>(finest.nx) * finest.ny *
+                                                       finest.nz);
+    p[0].grid.data = p[0].storage.data();
+  }
   p[0].Finish();
   for (int l = 1; l < levels; ++l) p[l] = Downsample(p[l - 1], use_max);
   return p;
+}
+
+}  // namespace
+
+struct RefineVolumes::Levels {
+  std::vector<LevelVolume> volumes;  // index = level - finest_level
+  std::vector<LevelVolume> bones;    // empty: the volumes serve
+};
+
+namespace {
+
+// The pyramids of num_levels levels (both validated first); copy_finest as MakeVolumePyramid.
+std::shared_ptr<RefineVolumes::Levels> MakeLevels(const VolumeGrid& volume, const VolumeGrid& bone,
+                                                  int num_levels, bool copy_finest) {
+  ValidateVolume(volume);
+  if (bone.data != nullptr) ValidateVolume(bone);
+  auto levels = std::make_shared<RefineVolumes::Levels>();
+  levels->volumes = MakeVolumePyramid(volume, num_levels, false, copy_finest);
+  if (bone.data != nullptr) levels->bones = MakeVolumePyramid(bone, num_levels, true, copy_finest);
+  return levels;
 }
 
 // ------------------------------------------------------------------------------- per frame
@@ -195,13 +222,18 @@ struct Renders {
 struct Context {
   const RefineInput* input;
   const RefineOptions* options;
-  std::vector<LevelVolume> volumes;  // index = level - finest_level
-  std::vector<LevelVolume> bones;    // empty: the volumes serve
+  const RefineVolumes::Levels* pyramids = nullptr;     // at least num_levels levels
+  std::shared_ptr<const RefineVolumes::Levels> owned;  // pyramids made for this call, or null
+  int num_levels = 0;                                  // the levels this call uses
   std::vector<std::vector<uint8_t>> usable[2];  // per view [level - finest_level] [H_l, W_l]
                                                 // (the image masks' pyramid; empty: no masks)
   int W = 0, H = 0;
   double lever_mm = 50;  // radius of the bone, to scale rotations to millimetres
-  const LevelVolume& Bone(int k) const { return bones.empty() ? volumes[k] : bones[k]; }
+  // Level k = level - finest_level of the attenuation and of the region-of-interest volume.
+  const LevelVolume& Volume(int k) const { return pyramids->volumes[k]; }
+  const LevelVolume& Bone(int k) const {
+    return pyramids->bones.empty() ? pyramids->volumes[k] : pyramids->bones[k];
+  }
 };
 
 // Mean of the f x f blocks of a full-resolution image (or min of a mask).
@@ -463,7 +495,7 @@ FrameImages MakeFrameImages(const Context& ctx, int frame) {
   for (int v = 0; v < 2; ++v) {
     images.level[v] = ImagePyramid(ctx.input->images + (2LL * frame + v) * image_size, ctx.W,
                                    ctx.H, ctx.options->finest_level,
-                                   static_cast<int>(ctx.volumes.size()), false);
+                                   ctx.num_levels, false);
   }
   return images;
 }
@@ -525,7 +557,7 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
       requests[n_requests++] = PixelRequest(vl.view, vl.render_px, poses, &values[v]);
     }
   }
-  RenderRequests(ctx, ctx.volumes[fl.k], requests, n_requests, renders);
+  RenderRequests(ctx, ctx.Volume(fl.k), requests, n_requests, renders);
   int offset = 0;
   for (int v = 0; v < 2; ++v) {
     const ViewLevel& vl = fl.views[v];
@@ -722,8 +754,11 @@ namespace {
 
 Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_needed) {
   ValidateRefineOptions(o);
-  ValidateVolume(in.volume);
-  if (in.bone.data != nullptr) ValidateVolume(in.bone);
+  if (in.prepared != nullptr && in.prepared->num_levels() < levels_needed)
+    throw std::invalid_argument("the prepared volumes have " +
+                                std::to_string(in.prepared->num_levels()) +
+                                " pyramid levels: this call needs " +
+                                std::to_string(levels_needed));
   for (int v = 0; v < 2; ++v) ValidateConeView(in.views[v], v);
   if (in.views[0].width != in.views[1].width || in.views[0].height != in.views[1].height)
     throw std::invalid_argument("view 1 is " + std::to_string(in.views[1].width) + " x " +
@@ -744,14 +779,19 @@ Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_ne
                                 std::to_string(coarsest) +
                                 ": expected at least 16 px per side there (fewer num_levels or a "
                                 "lower finest_level)");
-  ctx.volumes = MakeVolumePyramid(in.volume, levels_needed, false);
+  ctx.num_levels = levels_needed;
+  if (in.prepared != nullptr) {
+    ctx.pyramids = &in.prepared->levels();
+  } else {
+    ctx.owned = MakeLevels(in.volume, in.bone, levels_needed, false);
+    ctx.pyramids = ctx.owned.get();
+  }
   if (in.image_masks) {
     for (int v = 0; v < 2; ++v) {
       ctx.usable[v] = ImagePyramid(in.image_masks + static_cast<long long>(v) * ctx.W * ctx.H,
                                    ctx.W, ctx.H, o.finest_level, levels_needed, true);
     }
   }
-  if (in.bone.data != nullptr) ctx.bones = MakeVolumePyramid(in.bone, levels_needed, true);
   // Lever: half the diagonal of the bone's box (mm).
   const LevelVolume& b = ctx.Bone(0);
   if (!b.empty) {
@@ -875,6 +915,16 @@ ConeView PyramidView(const ConeView& view, int level) {
         view.intensifier_centre[c] + ox * view.pitch_u * view.u[c] + oy * view.pitch_v * view.v[c];
   return v;
 }
+
+RefineVolumes::RefineVolumes(const VolumeGrid& volume, const VolumeGrid& bone, int num_levels) {
+  if (num_levels < 1 || num_levels > 8)
+    throw std::invalid_argument("num_levels = " + std::to_string(num_levels) + ": expected 1 to 8");
+  levels_ = MakeLevels(volume, bone, num_levels, true);
+}
+
+RefineVolumes::~RefineVolumes() = default;
+
+int RefineVolumes::num_levels() const { return static_cast<int>(levels_->volumes.size()); }
 
 void RefineFrames(const RefineInput& input, const double* init_poses, int num_frames,
                   RefineResult* results, const RefineOptions& options) {

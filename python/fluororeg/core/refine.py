@@ -27,6 +27,7 @@ Poses are world_from_model in degrees / mm.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -161,6 +162,27 @@ def _grid(v: Volume):
             np.ascontiguousarray(v.physical_from_voxel[:3, :4], dtype=np.float64))
 
 
+def _refine_volumes(mu: Volume, bone, bone_threshold, pixel_mm: float, num_levels: int) -> "_core.RefineVolumes":
+    """The core's prepared volumes (:func:`_volumes`' pair, ``num_levels`` pyramid levels),
+    made once and remembered on the attenuation volume at that pixel size (Volumes never
+    change), so that a recording's chunks and tracking retries share them, and on CUDA their
+    device copies."""
+    bone_key = ("bone", id(bone)) if bone is not None else ("threshold", bone_threshold)
+    vol = mu.for_pixel_size(pixel_mm) if isinstance(mu, Volume) and mu.data.dtype == np.float32 else None
+    cache = getattr(vol, "_pyramid", None)
+    key = ("refine_volumes", bone_key, int(num_levels))
+    if cache is not None and key in cache:
+        bone_ref, prepared = cache[key]
+        if bone is None or bone_ref() is bone:  # not a new Volume at a freed one's address
+            return prepared
+    vol, bone_vol = _volumes(mu, bone, bone_threshold, pixel_mm)
+    data, m = _grid(vol)
+    bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
+    prepared = _core.RefineVolumes(data, m, bdata, bm, int(num_levels))
+    vol._pyramid[key] = (weakref.ref(bone) if bone is not None else None, prepared)  # type: ignore[attr-defined]
+    return prepared
+
+
 def _images(images, views, image_kind: str) -> np.ndarray:
     arr = np.asarray(images)
     W, H = views[0].width, views[0].height
@@ -293,9 +315,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         options.device = resolve_device(device)
     options.check()
     _check_threads(options)
-    vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level))
-    data, m = _grid(vol)
-    bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
+    volumes = _refine_volumes(mu, bone, bone_threshold, _pixel_at_object(views, init, options.finest_level),
+                              options.num_levels)
 
     def run(frames: Optional[np.ndarray], starts_deg: np.ndarray) -> dict:
         """The core's refinement of the frames listed (None: all, without copying the images)."""
@@ -305,7 +326,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         if frames is not None:
             frame_imgs = np.ascontiguousarray(imgs[frames])
             frame_weights = None if weights is None else np.ascontiguousarray(weights[frames])
-        out = _core.refine_frames(data, m, bdata, bm, packed, frame_imgs, masks, rad, options, frame_weights)
+        out = _core.refine_frames(volumes, packed, frame_imgs, masks, rad, options, frame_weights)
         out["poses"] = np.concatenate([np.rad2deg(out["poses"][:, :3]), out["poses"][:, 3:]], axis=1)
         return out
 
@@ -369,11 +390,10 @@ def refine_similarity(mu: Volume, views, images, poses, *, level: int = 0, optio
     p = as_poses(poses)
     if len(p) != len(imgs):
         raise ValueError(f"got {len(p)} poses for {len(imgs)} frames: expected one pose per frame")
-    vol, bone_vol = _volumes(mu, bone, bone_threshold, _pixel_at_object(views, p, options.finest_level))
-    data, m = _grid(vol)
-    bdata, bm = _grid(bone_vol) if bone_vol is not None else (None, None)
+    volumes = _refine_volumes(mu, bone, bone_threshold, _pixel_at_object(views, p, options.finest_level),
+                              options.num_levels)
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
         raise TypeError(f"level must be an integer, got {level!r}")
-    sim, roi = _core.evaluate_refine_similarity(data, m, bdata, bm, packed, imgs, _masks(image_masks, views),
+    sim, roi = _core.evaluate_refine_similarity(volumes, packed, imgs, _masks(image_masks, views),
                                                 poses_to_radians(p), int(level), options)
     return sim, roi.astype(bool)
