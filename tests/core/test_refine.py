@@ -271,6 +271,31 @@ def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_v
     assert ang.max() < 0.2 and mm.max() < 0.2
 
 
+def test_tracking_retries_in_waves_give_the_frame_after_frame_results(headsq_mu, small_views, monkeypatch):
+    """Runs of frames without a start are tracked wave by wave (frames 1 and 5, then 2, then 3
+    from frame 2's new pose); one core call per wave (as on CUDA) gives what one call per frame
+    gives, the render work summed per frame."""
+    rng = np.random.default_rng(21)
+    base = np.array([2.0, -3.0, 4.0, 1.0, -2.0, 3.0])
+    poses = base + np.outer(np.arange(6), [0.4, 0.3, -0.2, 0.5, -0.4, 0.3])  # 0.5 deg / 0.7 mm apart
+    img = np.stack([render.render_cone(headsq_mu, v, poses) for v in small_views], axis=1)
+    start = perturb(poses, 2.0, 2.0, rng)
+    start[[1, 2, 3, 5]] = np.nan
+    opts = refine.refine_options(num_levels=2)
+    results = {}
+    for together in (False, True):
+        monkeypatch.setattr(refine, "_retries_together", lambda options, t=together: t)
+        results[together] = refine.refine_poses(headsq_mu, small_views, img, start, options=opts, track=True)
+    one, waves = results[False], results[True]
+    assert list(waves.status) == ["converged"] * 6
+    assert list(waves.tracked) == [False, True, True, True, False, True]
+    for field in ("poses", "start_poses", "similarity_total", "iterations", "render_calls", "rendered_rays"):
+        np.testing.assert_array_equal(getattr(waves, field), getattr(one, field), err_msg=field)
+    np.testing.assert_array_equal(waves.start_poses[3], waves.poses[2])  # tracked along the run
+    ang, mm = pose_errors(waves.poses, poses)
+    assert ang.max() < 0.2 and mm.max() < 0.2
+
+
 def test_intensity_images_are_inverted(headsq_mu, small_views, frames):
     truth, imgs = frames
     intensity = 1000.0 * np.exp(-np.clip(imgs[:1], 0, None))  # bone dark, like an intensifier
