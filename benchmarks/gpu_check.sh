@@ -80,9 +80,12 @@ step "issue 15's GPU targets"
 python3 - "$OUT" <<'PY' || true
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-def value(name, key):
+def value(name, key):  # key: a top-level key, or "outer.inner"
     try:
-        return json.loads((out / name).read_text()).get(key)
+        v = json.loads((out / name).read_text())
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        return v
     except (OSError, ValueError):
         return None
 for name, key, target in [
@@ -96,7 +99,9 @@ for name, key, target in [
         ("bench_dataset.json", "cuda_cone_shear_warp_samples_per_s", "(shear-warp, for comparison)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda", "(256 frames; register >= 500 frame pairs/s needs < 2 ms)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)"),
-        ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)")]:
+        ("bench_refine.json", "cuda_batch.render_calls_per_frame", "(gathered rounds a frame waits for)"),
+        ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)"),
+        ("bench_long.json", "stage_ms_per_pair.refine", "(refinement's share, ms per frame pair)")]:
     print(f"{key:40s} {value(name, key)!s:>24s}  target {target}")
 PY
 
