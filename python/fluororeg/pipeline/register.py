@@ -595,18 +595,16 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     # poses are those of registered frames only.
     poses, status = np.where(batch.ok[:, None], batch.poses, np.nan), batch.status
     stage_done("register")
-    refine_columns, t_refine = None, 0.0
+    refine_columns = None
     if options.refine:  # intensity refinement of the landmark poses (fluororeg.pipeline.refine_stage); before smoothing
         from fluororeg.pipeline.refine_stage import refine_recording_poses
 
         # Every landmark pose is a start, also those the landmark gate held back: the image
         # similarity after refinement is the final gate.
-        t_refine = time.perf_counter()
         # A frame with one blank view is refined against the other alone ('one_view').
         poses, status, refine_columns = refine_recording_poses(
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
             device=refined_on)
-        t_refine = time.perf_counter() - t_refine
     stage_done("refine")
     smoothed = False
     if options.smoothing_hz is not None:
@@ -637,7 +635,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
                                                                 refined_on=refined_on), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
-                           refine_columns=refine_columns, refine_seconds=t_refine)
+                           refine_columns=refine_columns, refine_seconds=stages["refine"])
     if out is not None:
         # The worst frames are drawn at the pose each ended with (refined or landmark, registered or not).
         shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, batch.poses)
