@@ -269,6 +269,8 @@ FLUORO_HD float WarpPixel(const ShearWarpSetup& s, const float* inter, int x, in
 // holds only zeros are skipped without changing the result.
 constexpr int kBlockShift = 3;
 constexpr int kBlock = 1 << kBlockShift;  // 8
+// Samples of a ray fetched together in an occupied block (ConeRayIntegral).
+constexpr int kConeRun = 4;
 
 struct ConeRaySetup {
   Vec3<float> src;     // S in voxel coordinates
@@ -386,7 +388,8 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
-  for (int m = m_begin; m < m_end; ++m, pos = pos + step) {
+  int m = m_begin;
+  while (m < m_end) {
     // Samples lie in the box of voxel centres, so the truncations are >= 0 and a shift is
     // their division by kBlock (without the sign fix-up of a signed division).
     const int bi = IMin(static_cast<int>(pos.x) >> kBlockShift, s.bx - 1);
@@ -394,7 +397,7 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     const int bk = IMin(static_cast<int>(pos.z) >> kBlockShift, s.bz - 1);
     if (!occupancy[(static_cast<long long>(bk) * s.by + bj) * s.bx + bi]) {
       // Jump to the last full-step sample still inside this empty block (a small margin:
-      // a sample exactly on the far face belongs to the next block).
+      // a sample exactly on the far face belongs to the next block), then one step on.
       const float blo[3] = {static_cast<float>(bi * kBlock), static_cast<float>(bj * kBlock),
                             static_cast<float>(bk * kBlock)};
       const float bhi[3] = {blo[0] + kBlock, blo[1] + kBlock, blo[2] + kBlock};
@@ -407,13 +410,33 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
           m = m_last;
         }
       }
+      ++m;
+      pos = pos + step;
       continue;
     }
-    acc += sample(pos.x, pos.y, pos.z);
-    if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
-      const float partial = (acc * dt) * len_mm;
-      if (partial > s.stop_above) return partial;
+    // An occupied block: the next kConeRun samples (fewer at the end) at once, their fetches
+    // independent of each other (several in flight per thread: a GPU thread would otherwise
+    // wait for each before asking for the next). Samples past the block are still samples of
+    // the ray (those in an empty block add exactly zero), summed in order as one at a time.
+    const int count = IMin(kConeRun, m_end - m);
+    float v[kConeRun];
+    Vec3<float> p = pos;
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+    for (int r = 0; r < kConeRun; ++r) {
+      v[r] = r < count ? sample(p.x, p.y, p.z) : 0.f;
+      if (r < count) p = p + step;
     }
+    for (int r = 0; r < count; ++r) {
+      acc += v[r];
+      if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
+        const float partial = (acc * dt) * len_mm;
+        if (partial > s.stop_above) return partial;
+      }
+    }
+    m += count;
+    pos = p;
   }
   acc *= dt;
   if (rem > 0.f && part == parts - 1) {
