@@ -10,15 +10,19 @@
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
-# Writes at most 8 files to $OUT: check.log (everything, nvidia-smi's card name too),
-# pytest_cuda.log, native.log (C++ render and refinement tests, then compute-sanitizer memcheck),
+# Writes to $OUT: check.log (everything, nvidia-smi's card name too), pytest_cuda.log,
+# native.log (C++ render and refinement tests, then compute-sanitizer memcheck),
 # bench_render.json, bench_dataset.json, bench_register.json, bench_refine.json, bench_long.json
-# (register end to end: 2,000 streamed frame pairs, refinement on CUDA). Optional: FLUORO_CACHE
-# pointing at a folder with cranium_hu.npz (the example CT; else benchmarks use a phantom and
-# the dataset benchmark is skipped) and bench_long_spot_detector.onnx (see its step). Benchmarks
-# run with --quick on the head-sized CT, steps in order of value with their own time limits
-# (about 3 minutes in all on an H100 machine before the bench_long step; that step is new and
-# not yet timed there, limit 2 minutes).
+# (register end to end: 2,000 streamed frame pairs, refinement on CUDA), and when asked for,
+# bench_render_base.json, ncu.txt and long_profile.txt. Optional environment: FLUORO_CACHE pointing at a folder
+# with cranium_hu.npz (the example CT; else benchmarks use a phantom and the dataset benchmark
+# is skipped) and bench_long_spot_detector.onnx (see its step); FR_BASE, a folder holding another
+# checkout of the project (e.g. `git archive <rev> | tar -x -C .base`, carried with the
+# checkout), whose render benchmark runs on the same card in the same run for a before/after
+# comparison (bench_render_base.json); FR_NCU=1: Nsight Compute's summary of the single
+# 200 x 200 cone-beam DRR's kernel (ncu.txt), when the machine has ncu; FR_PROFILE_LONG=1: bench_long
+# of 1,000 frame pairs under cProfile, its 60 costliest calls (long_profile.txt). Benchmarks run with
+# --quick on the head-sized CT, steps in order of value with their own time limits.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -41,6 +45,59 @@ tail -n 15 "$OUT/pytest_cuda.log"
 
 step "bench_render --quick --head"
 timeout 100 python3 benchmarks/bench_render.py --quick --head --device cuda --json "$OUT/bench_render.json" || status=1
+
+if [ -n "${FR_BASE:-}" ]; then
+  step "bench_render --quick --head on the base checkout $FR_BASE (same card, same run)"
+  if (cd "$FR_BASE" && FR_BUILD_DIR=/tmp/fr-base-build FR_ENV=/tmp/fr-base-env.sh FR_SITE=/tmp/fr-base-site \
+        FR_LOGS=/tmp/fr-base-logs         bash "$OLDPWD/.gpu/build.sh" > /tmp/fr-base-build.log 2>&1); then
+    (cd "$FR_BASE" && source /tmp/fr-base-env.sh && timeout 100 python3 benchmarks/bench_render.py --quick --head \
+       --device cuda --json "$OUT/bench_render_base.json") || status=1
+  else
+    tail -n 5 /tmp/fr-base-build.log; status=1
+  fi
+fi
+
+if [ "${FR_NCU:-0}" = 1 ]; then
+  step "ncu: the single 200 x 200 cone-beam DRR's kernel"
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1 || true)
+  if [ -n "$NCU" ]; then
+    timeout 60 "$NCU" --target-processes all -k regex:ConeKernel -s 3 -c 1 --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      python3 - > "$OUT/ncu.txt" 2>&1 <<'PY' || echo "ncu failed: $(tail -n 3 "$OUT/ncu.txt")"
+import numpy as np
+import fluororeg as fr
+from fluororeg.core import render as R
+from fluororeg.core.geometry import ConeView
+from fluororeg.subject.example import cranium_volume
+vol = cranium_volume().hu_to_attenuation()
+prepared = R.prepare_volume(vol, device="cuda")
+view = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=0.6 * 512 / 200,
+                           width=200, height=200)
+for _ in range(5):
+    R.render_cone(prepared, view, np.zeros(6), on_device=True)
+PY
+    grep -E "Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Memory Throughput|Compute \(SM\)|L1/TEX Hit|Warp Cycles Per Issued|Block Size|Grid Size|Stall" "$OUT/ncu.txt" | head -n 30
+  else
+    echo "ncu not found on this machine"
+  fi
+fi
+
+step "bench_refine --quick (CPU and CUDA rows)"
+timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
+
+step "bench_long --frames 2000 --refine-device cuda (register end to end)"
+# Its spot detector is made with the onnx package, which the lent machine lacks: carry it in
+# $FLUORO_CACHE (bench_long.py --detector writes it there on a machine with onnx).
+timeout 120 python3 benchmarks/bench_long.py --quick --frames 2000 --refine-device cuda \
+  --detector "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/bench_long_spot_detector.onnx" --json "$OUT/bench_long.json" || status=1
+
+if [ "${FR_PROFILE_LONG:-0}" = 1 ]; then
+  step "bench_long --frames 1000 under cProfile (where register's time goes on this machine)"
+  timeout 120 python3 -m cProfile -o /tmp/long.prof benchmarks/bench_long.py --quick --frames 1000 --refine-device cuda \
+    --detector "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/bench_long_spot_detector.onnx" > /dev/null 2>&1 &&
+    python3 -c "import pstats; pstats.Stats('/tmp/long.prof').sort_stats('cumulative').print_stats(60)" \
+      > "$OUT/long_profile.txt" 2>&1 || echo "bench_long under cProfile failed"
+fi
 
 step "bench_dataset --quick"
 if [ -f "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/cranium_hu.npz" ]; then
@@ -66,15 +123,6 @@ fi
 
 step "bench_register --quick (CPU)"
 timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_register.json" || status=1
-
-step "bench_refine --quick (CPU and CUDA rows)"
-timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
-
-step "bench_long --frames 2000 --refine-device cuda (register end to end)"
-# Its spot detector is made with the onnx package, which the lent machine lacks: carry it in
-# $FLUORO_CACHE (bench_long.py --detector writes it there on a machine with onnx).
-timeout 120 python3 benchmarks/bench_long.py --quick --frames 2000 --refine-device cuda \
-  --detector "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/bench_long_spot_detector.onnx" --json "$OUT/bench_long.json" || status=1
 
 step "issue 15's GPU targets"
 python3 - "$OUT" <<'PY' || true
@@ -102,7 +150,8 @@ for name, key, target in [
         ("bench_refine.json", "cuda_batch.render_calls_per_frame", "(gathered rounds a frame waits for)"),
         ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)"),
         ("bench_long.json", "stage_ms_per_pair.refine", "(refinement's share, ms per frame pair)")]:
-    print(f"{key:40s} {value(name, key)!s:>24s}  target {target}")
+    base = value("bench_render_base.json", key) if name == "bench_render.json" else None
+    print(f"{key:40s} {value(name, key)!s:>24s}  target {target}" + (f"  (base checkout: {base})" if base else ""))
 PY
 
 step "done (status $status)"

@@ -7,7 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -408,7 +410,92 @@ void AfterDefaultStream(CudaVolume& cv) {
   Check(cudaStreamWaitEvent(cv.stream, cv.default_stream_mark, 0), "cudaStreamWaitEvent");
 }
 
+// Page-locked blocks for images that go back to the host (CudaPageLockedFloats). cudaMallocHost
+// costs far more than a small render, so freed blocks are kept (up to kKeepBytes) for the next
+// calls; a block serves requests from half its size up. At most kLiveBytes are handed out at
+// once: page-locked memory is taken from what the system can page.
+class PageLockedCache {
+ public:
+  static constexpr size_t kKeepBytes = size_t(256) << 20;
+  static constexpr size_t kLiveBytes = size_t(1) << 30;
+
+  // The cache itself is never destroyed (blocks handed out may come back during exit); at exit,
+  // before the CUDA runtime goes (it was started before the first block), the kept blocks are
+  // freed and blocks that come back later are freed at once.
+  static PageLockedCache& Get() {
+    static PageLockedCache* cache = new PageLockedCache;
+    static struct AtExit {
+      ~AtExit() { cache->Close(); }
+    } at_exit;
+    return *cache;
+  }
+
+  // A block of at least `bytes` (its size in *size), or null.
+  void* Take(size_t bytes, size_t* size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes > kMaxPinnedBytes || live_ + bytes > kLiveBytes) return nullptr;
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first / 2 <= bytes) {
+        void* p = it->second;
+        *size = it->first;
+        kept_ -= it->first;
+        live_ += it->first;
+        free_.erase(it);
+        return p;
+      }
+      live_ += bytes;
+    }
+    void* p = nullptr;
+    if (cudaMallocHost(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ -= bytes;
+      return nullptr;
+    }
+    *size = bytes;
+    return p;
+  }
+
+  void Give(void* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ -= size;
+      if (!closed_ && kept_ + size <= kKeepBytes) {
+        free_.emplace(size, p);
+        kept_ += size;
+        return;
+      }
+    }
+    cudaFreeHost(p);
+  }
+
+ private:
+  void Close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    for (const auto& block : free_) cudaFreeHost(block.second);
+    free_.clear();
+    kept_ = 0;
+  }
+
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;  // size (bytes) -> block
+  size_t kept_ = 0, live_ = 0;         // bytes
+  bool closed_ = false;
+};
+
 }  // namespace
+
+std::shared_ptr<float> CudaPageLockedFloats(size_t count) {
+  if (CudaDeviceCount() == 0) return nullptr;
+  size_t size = 0;
+  const size_t bytes = limits::CheckedMul(std::max<size_t>(count, 1), sizeof(float), "images");
+  void* p = PageLockedCache::Get().Take(bytes, &size);
+  if (!p) return nullptr;
+  return std::shared_ptr<float>(static_cast<float*>(p),
+                                [size](float* q) { PageLockedCache::Get().Give(q, size); });
+}
 
 float* CudaMallocFloats(size_t count) {
   float* p = nullptr;
@@ -454,12 +541,24 @@ void EnsureSlices(RenderVolume::State& volume, CudaVolume& cv, int axis) {
                     p.stretches.size() * sizeof(int32_t);
 }
 
-// Where the images of a call to the host are copied by the stream: a page-locked buffer when
-// small enough (then CopyOut moves them to `out` after the stream is synchronised), else `out`.
+bool IsPageLocked(const void* p) {
+  cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeHost;
+}
+
+// Where the images of a call to the host are copied by the stream: `out` itself when it is
+// page-locked (AllocateHostImages) or too large for the staging buffer, else the volume's
+// page-locked staging buffer (then CopyOut moves them to `out` after the stream is
+// synchronised).
 float* HostImages(CudaVolume& cv, float* out, size_t count) {
-  if (count * sizeof(float) > kMaxPinnedBytes) return out;
+  if (count * sizeof(float) > kMaxPinnedBytes || IsPageLocked(out)) return out;
   return static_cast<float*>(cv.host_images.Reserve(count * sizeof(float)));
 }
+
 
 void CopyOut(const float* staged, float* out, size_t count) {
   if (staged != out) std::copy(staged, staged + count, out);

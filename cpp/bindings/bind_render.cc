@@ -28,33 +28,30 @@ void CheckPoints(const InArray<double>& points) {
   CheckCount(points.shape(0), limits::kMaxPoints, "points");
 }
 
-// Output images [n, H, W]: a new NumPy array, or CUDA device memory handed to Python as an
-// ndarray with __dlpack__ (torch.from_dlpack takes it without a copy) when on_device.
+// Output images [n, H, W]: a new NumPy array (for a CUDA call, page-locked when small: see
+// AllocateHostImages), or CUDA device memory handed to Python as an ndarray with __dlpack__
+// (torch.from_dlpack takes it without a copy) when options.output_on_device.
 struct Images {
   float* data = nullptr;
   nb::object array;
 };
 
-Images NewImages(size_t n, size_t H, size_t W, bool on_device) {
+Images NewImages(size_t n, size_t H, size_t W, const RenderOptions& options) {
   Images out;
   const size_t count = limits::CheckedArrayBytes({n, H, W}, sizeof(float), "images") / sizeof(float);
-  if (!on_device) {
-    // Not zero-filled: the renderers write every pixel (a batch of thousands of images would
-    // otherwise be written twice).
-    float* data = new float[count > 0 ? count : 1];
-    nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-    const size_t shape[3] = {n, H, W};
-    out.data = data;
-    out.array = nb::cast(nb::ndarray<nb::numpy, float>(data, 3, shape, owner));
-    return out;
-  }
-  std::shared_ptr<float> mem = CudaAllocateFloats(count);
+  // Not zero-filled: the renderers write every pixel (a batch of thousands of images would
+  // otherwise be written twice).
+  std::shared_ptr<float> mem = options.output_on_device ? CudaAllocateFloats(count)
+                                                        : AllocateHostImages(options.device, count);
   auto* holder = new std::shared_ptr<float>(mem);
   nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::shared_ptr<float>*>(p); });
   const size_t shape[3] = {n, H, W};
-  nb::ndarray<float, nb::device::cuda> a(mem.get(), 3, shape, owner);
   out.data = mem.get();
-  out.array = nb::cast(a);
+  if (options.output_on_device) {
+    out.array = nb::cast(nb::ndarray<float, nb::device::cuda>(mem.get(), 3, shape, owner));
+  } else {
+    out.array = nb::cast(nb::ndarray<nb::numpy, float>(mem.get(), 3, shape, owner));
+  }
   return out;
 }
 
@@ -133,7 +130,7 @@ void BindRender(nb::module_& m) {
         const ParallelCamera camera{pixel_mm, width, height};
         ValidateParallelCamera(camera);
         const RenderOptions options = Options(device, num_threads, on_device);
-        Images out = NewImages(n, height, width, on_device);
+        Images out = NewImages(n, height, width, options);
         {
           nb::gil_scoped_release release;
           RenderParallelDrr(volume, camera, poses.data(), scales.data(), n, out.data, options);
@@ -159,7 +156,7 @@ void BindRender(nb::module_& m) {
         options.stop_above = stop_above;
         options.cone_method = ParseConeMethod(method);
         const size_t W = n ? v[0].width : 0, H = n ? v[0].height : 0;
-        Images out = NewImages(n, H, W, on_device);
+        Images out = NewImages(n, H, W, options);
         {
           nb::gil_scoped_release release;
           RenderConeDrr(volume, v.data(), poses.data(), n, out.data, options);

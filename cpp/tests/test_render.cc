@@ -162,6 +162,9 @@ TEST(RenderVolume, PreparedEqualsVolumeGridCalls) {
   RenderConeDrr(prepared, views, poses, 3, b.data());
   EXPECT_EQ(a, b);
   EXPECT_GT(*std::max_element(a.begin(), a.end()), 0.5f);
+  std::shared_ptr<float> host = AllocateHostImages(Device::kCpu, a.size());  // ordinary memory
+  RenderConeDrr(prepared, views, poses, 3, host.get());
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), host.get()));
   RenderOptions device_out;
   device_out.output_on_device = true;
   EXPECT_THROW(RenderConeDrr(prepared, views, poses, 3, b.data(), device_out),
@@ -199,6 +202,17 @@ TEST(RenderVolume, CudaMatchesCpu) {
   RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
   for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], 1e-4 * 2 * ph.r * ph.mu);
   cuda.cone_method = ConeMethod::kRayMarch;
+  // Images copied straight into page-locked host memory equal those staged into ordinary memory,
+  // and its blocks are reused for the next calls.
+  RenderConeDrr(prepared, views, poses, 3, gpu.data(), cuda);
+  const float* first_block = nullptr;
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    std::shared_ptr<float> locked = AllocateHostImages(Device::kCuda, gpu.size());
+    if (repeat == 0) first_block = locked.get();
+    EXPECT_EQ(locked.get(), first_block);
+    RenderConeDrr(prepared, views, poses, 3, locked.get(), cuda);
+    for (size_t i = 0; i < gpu.size(); ++i) ASSERT_EQ(locked.get()[i], gpu[i]);
+  }
   // Images kept on the device.
   std::shared_ptr<float> device_images = CudaAllocateFloats(cpu.size());
   cuda.output_on_device = true;

@@ -152,6 +152,14 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
 // when CUDA is not built or no device is usable.
 std::shared_ptr<float> CudaAllocateFloats(size_t count);
 
+// Host memory for `count` floats of images a call on `device` writes (the `out` of the
+// renderers). On Device::kCuda, page-locked memory when the images are small enough (up to
+// 64 MiB, and up to 1 GiB of such images alive at once; freed blocks are kept for the next
+// calls): the images then come back from the device by one copy straight into it instead of
+// through a staging buffer. Otherwise, and on the CPU, ordinary memory. Uninitialised; freed
+// when the last copy of the pointer goes.
+std::shared_ptr<float> AllocateHostImages(Device device, size_t count);
+
 // Landmark projection.
 //   points [m, 3] mm, model frame;  out_xy [n, m, 2] pixels;  in_fov [n, m] (1 inside image)
 void ProjectPointsParallel(const ParallelCamera& camera, const double* poses,

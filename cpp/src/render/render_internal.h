@@ -106,6 +106,9 @@ void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* 
                        int m, double* out_xy, uint8_t* in_fov);
 float* CudaMallocFloats(size_t count);
 void CudaFreeFloats(float* p);
+// Page-locked host memory for `count` floats (AllocateHostImages), or null when the images are
+// too large for it or too much of it is alive.
+std::shared_ptr<float> CudaPageLockedFloats(size_t count);
 #endif
 
 // Throws std::runtime_error unless the CUDA backend is built and a device is present.

@@ -627,6 +627,18 @@ std::shared_ptr<float> CudaAllocateFloats(size_t count) {
 #endif
 }
 
+std::shared_ptr<float> AllocateHostImages(Device device, size_t count) {
+  const size_t n = std::max<size_t>(count, 1);
+#if defined(FLUORO_WITH_CUDA)
+  if (device == Device::kCuda) {
+    if (std::shared_ptr<float> p = internal::CudaPageLockedFloats(n)) return p;
+  }
+#else
+  (void)device;
+#endif
+  return std::shared_ptr<float>(new float[n], std::default_delete<float[]>());
+}
+
 void ConePixelsAtObject(const ConeView* views, const double* poses, int n, double* out) {
   for (int i = 0; i < n; ++i) {
     const ConeView& v = views[i];

@@ -38,6 +38,7 @@ import numpy as np
 
 from fluororeg import _core
 from fluororeg.core.geometry import ConeView, ParallelCamera, as_poses, poses_to_radians, stack_views
+from fluororeg.core.threads import checked_request
 from fluororeg.core.threads import num_threads as process_threads  # 0: the process's count
 from fluororeg.core.volume import Volume
 
@@ -155,6 +156,12 @@ def _split(volume, device) -> tuple[Volume, PreparedVolume | None, str]:
     return volume, None, resolve_device(device if device is not None else "cpu")
 
 
+def _threads(num_threads: int, dev: str) -> int:
+    """The CPU threads of a renderer call on ``dev``: the process's count on the CPU; a CUDA call
+    runs none (its argument is only checked)."""
+    return process_threads(num_threads) if dev == "cpu" else checked_request(num_threads)
+
+
 def _check_volume(volume: Volume) -> None:
     if not isinstance(volume, Volume):
         raise TypeError(f"volume must be a fluororeg.Volume, got {type(volume).__name__}")
@@ -256,11 +263,11 @@ def render_parallel(volume: Union[Volume, PreparedVolume], poses, camera: Parall
     if prepared is None and not on_device:
         data, m = _grid(vol)
         return _core.render_parallel(data, m, camera.pixel_mm, camera.width, camera.height,
-                                     poses_to_radians(p), s, dev, process_threads(num_threads))
+                                     poses_to_radians(p), s, dev, _threads(num_threads, dev))
     if prepared is None:
         prepared = PreparedVolume(base, dev)
     return _core.render_parallel_prepared(prepared.handle(vol), camera.pixel_mm, camera.width, camera.height,
-                                          poses_to_radians(p), s, dev, process_threads(num_threads), bool(on_device))
+                                          poses_to_radians(p), s, dev, _threads(num_threads, dev), bool(on_device))
 
 
 CONE_METHODS = ("march", "shear_warp")
@@ -309,11 +316,11 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
     if prepared is None and not on_device and cuda_texture:
         data, m = _grid(vol)
         return _core.render_cone(data, m, packed, poses_to_radians(p), float(step_voxels), dev,
-                                 process_threads(num_threads), stop, method)
+                                 _threads(num_threads, dev), stop, method)
     if prepared is None:
         prepared = PreparedVolume(base, dev)
     return _core.render_cone_prepared(prepared.handle(vol), packed, poses_to_radians(p), float(step_voxels), dev,
-                                      process_threads(num_threads), bool(on_device), bool(cuda_texture), stop,
+                                      _threads(num_threads, dev), bool(on_device), bool(cuda_texture), stop,
                                       method)
 
 

@@ -68,6 +68,12 @@ def num_threads(requested: int = 0) -> int:
 _resolve = num_threads  # for functions whose num_threads argument hides it
 
 
+def checked_request(requested: int = 0) -> int:
+    """``requested`` checked as :func:`num_threads` checks it, not resolved (0 stays 0): for
+    calls that run no CPU threads of their own (a CUDA render), where resolving would only cost."""
+    return _check(requested, "num_threads")
+
+
 def set_num_threads(n: int) -> int:
     """Set the process-wide thread count (0: back to the default); applies it to torch at once
     when torch is loaded (training reads it when it starts). Returns the count now in force."""
