@@ -18,7 +18,9 @@ session's and the solver's first allocations, the QC figure) and ``rss_growth_mb
 the growth of RSS during the last pass over the frames (the input checks', or the refinement's
 when it refines; detection reads them before), the least-squares slope of RSS against frame
 index from a quarter of the way on, times 10,000 (steady state: what 10,000 more frames add). ``rss_middle`` is taken at
-the middle frame of that pass.
+the middle frame of that pass. Also the input checks' per-frame figures (thumbnails and
+percentiles, ``input_check_statistics_us_per_frame``: the core on all cores) against their NumPy
+reference (``input_check_statistics_reference_us_per_frame``), on the simulated frames.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class StreamedSequence:
         return np.clip(img, 0, 255, out=img)
 
 
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=None, help="frame pairs (default 10,000; --quick 1,000)")
@@ -114,6 +122,14 @@ def main() -> None:
         src = simulate_recording(subject, tmp / "src", n_frames=args.distinct, views=geometry, seed=5)
         small = open_recording(src)
         views = [np.stack([small.sequences[k][i] for i in range(len(small))]) for k in range(2)]
+        # The input checks' per-frame figures (thumbnails, percentiles): the core's FrameStatistics
+        # on all cores against its NumPy reference, on these frames (256 of them, cycled).
+        from fluororeg import _core
+        from fluororeg._reference.picture import frame_statistics as reference_statistics
+
+        stack = np.resize(views[0].astype(np.float32), (256,) + views[0].shape[1:])
+        t_core = min(_timed(lambda: _core.frame_statistics(stack, 64, None, 1, 0)) for _ in range(3)) / len(stack)
+        t_ref = min(_timed(lambda: reference_statistics(stack[:32], 64)) for _ in range(2)) / 32
         det_path = args.detector or tmp / "det.onnx"
         if not det_path.exists():
             det_path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +174,9 @@ def main() -> None:
             ("rss_peak", peak, "MB"), ("rss_growth", growth, "MB"),
             ("rss_growth_mb_10k", growth_10k, "MB per 10,000 frames (last pass, slope)"),
             ("frames_per_s", n / seconds, "frame pairs/s end to end"), ("seconds", seconds, "s")]
+    rows += [("input-check statistics per frame, core (all cores)", t_core * 1e6, "us"),
+             ("input-check statistics per frame, NumPy reference", t_ref * 1e6, "us"),
+             ("  speed-up of the core", t_ref / t_core, "x")]
     stage_ms = {name: 1e3 * t / n for name, t in out.stage_seconds.items()}
     rows += [(f"stage {name}", ms, "ms per frame pair") for name, ms in stage_ms.items()]
     results = {"frames": n, "quick": bool(args.quick), "rss_start_mb": samples["start"],
@@ -165,6 +184,8 @@ def main() -> None:
                "rss_growth_mb": growth, "rss_growth_mb_10k": growth_10k, "frames_per_s": n / seconds,
                "seconds": seconds, "statuses": statuses, "rss_timeline_mb": timeline,
                "stage_ms_per_pair": stage_ms, "refine_device": args.refine_device,
+               "input_check_statistics_us_per_frame": t_core * 1e6,
+               "input_check_statistics_reference_us_per_frame": t_ref * 1e6,
                "setup": f"headsq subject, {args.size} px cone-beam frames cycled with noise, spot detector (32 px), "
                         "log style"}
     report(f"long recording: {n} frame pairs through the register pipeline", rows, results, args.json)

@@ -312,6 +312,34 @@ void BindRender(nb::module_& m) {
       "mask [H, W] uint8 (all pixels when None or empty).");
 
   m.def(
+      "frame_statistics",
+      [](const InArray<float>& frames, int side, const std::optional<InArray<uint8_t>>& inside,
+         long long stride, int num_threads) {
+        CheckShape(frames, "frames", {-1, -1, -1});
+        const size_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
+        if (inside) CheckShape(*inside, "inside", {static_cast<long long>(h), static_cast<long long>(w)});
+        CheckCount(h, limits::kMaxImageSide, "frame rows");
+        CheckCount(w, limits::kMaxImageSide, "frame columns");
+        CheckThreads(num_threads);
+        const size_t s = side > 0 ? static_cast<size_t>(side) : 0;
+        auto thumbs = NewArray<double>({n, s, s}, "thumbnails");
+        auto spread = NewArray<double>({n}, "spread");
+        auto level = NewArray<double>({n}, "level");
+        {
+          nb::gil_scoped_release release;
+          FrameStatistics(frames.data(), static_cast<long long>(n), static_cast<int>(h), static_cast<int>(w),
+                          side, inside ? inside->data() : nullptr, stride, num_threads, thumbs.data(),
+                          spread.data(), level.data());
+        }
+        return nb::make_tuple(thumbs, spread, level);
+      },
+      nb::arg("frames"), nb::arg("side"), nb::arg("inside").none(), nb::arg("stride") = 1,
+      nb::arg("num_threads") = 0,
+      "The input checks' figures of frames [n, H, W] float32 (FrameStatistics): (thumbs [n, side, "
+      "side] block means, spread [n] = p99 - p1, level [n] = max(|p1|, |p99|)), the percentiles of "
+      "every stride-th pixel where inside [H, W] uint8 is non-zero (all pixels when None).");
+
+  m.def(
       "window_to_uint8",
       [](const InArray<float>& images, const std::optional<InArray<uint8_t>>& keep,
          double percentile, int num_threads) {

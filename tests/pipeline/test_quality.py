@@ -185,3 +185,45 @@ def test_residual_limit_from_the_detector_metadata():
     assert PipelineOptions(quality_gate=False).registration_options().max_residual_mm is None
     with pytest.raises(ValueError, match="max_residual_mm = -1"):
         PipelineOptions(max_residual_mm=-1.0)
+
+
+def test_frame_statistics_match_the_numpy_reference():
+    """The core's FrameStatistics (thumbnails, 1st/99th percentiles of the input checks) against
+    the NumPy reference: odd frame sizes, frames smaller than the thumbnail (empty bins), a mask,
+    a stride; NaN figures for a non-finite pixel; threads do not change the result."""
+    from fluororeg import _core
+    from fluororeg._reference.picture import frame_statistics
+
+    rng = np.random.default_rng(5)
+    for shape, side in [((97, 130), 64), ((40, 51), 64), ((64, 64), 16)]:
+        frames = rng.uniform(0, 4000, (5,) + shape).astype(np.float32)
+        frames[2] = 17.0  # constant
+        inside = rng.random(shape) < 0.7
+        for mask, stride in [(None, 1), (inside, 1), (inside, 3)]:
+            got = _core.frame_statistics(frames, side, None if mask is None else mask.astype(np.uint8), stride, 2)
+            want = frame_statistics(frames, side, mask, stride)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+            np.testing.assert_array_equal(got[1], want[1])  # the same order statistics
+            np.testing.assert_array_equal(got[2], want[2])
+            assert got[1][2] == 0.0 and got[2][2] == 17.0
+    one = _core.frame_statistics(frames, 16, None, 1, 1)
+    many = _core.frame_statistics(frames, 16, None, 1, 3)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+    frames[1, 3, 4] = np.nan
+    _, spread, level = _core.frame_statistics(frames, 16, None, 1, 0)
+    assert np.isnan(spread[1]) and np.isnan(level[1]) and np.isfinite(spread[[0, 2, 3, 4]]).all()
+    with pytest.raises(ValueError, match="mask holds no pixel"):
+        _core.frame_statistics(frames, 16, np.zeros((64, 64), np.uint8), 1, 0)
+    with pytest.raises(ValueError, match="stride"):
+        _core.frame_statistics(frames, 16, None, 0, 0)
+    with pytest.raises(ValueError, match="thumbnail side"):
+        _core.frame_statistics(frames, 0, None, 1, 0)
+    with pytest.raises(ValueError, match="inside has shape"):
+        _core.frame_statistics(frames, 16, np.ones((64, 63), np.uint8), 1, 0)
+
+
+def test_image_statistics_refuse_frames_of_two_sizes():
+    images = [np.full((2, 96, 96), 100.0)] * 3 + [np.full((2, 80, 96), 100.0)] * 30
+    with pytest.raises(ValueError, match="expected one frame size per view"):
+        quality.image_statistics(_Frames(images))

@@ -4,7 +4,9 @@
 // - line integrals to 8-bit pictures (WindowToUint8: the documented step from DRR to picture;
 //   the Python side is fluororeg.core.render.to_uint8 and the dataset's render_samples): each
 //   image gets the window (0, p), p a percentile of its positive values, so the background stays
-//   black and a few very dense rays do not wash out the bone.
+//   black and a few very dense rays do not wash out the bone;
+// - the register pipeline's input checks (FrameStatistics: the Python side is
+//   fluororeg.pipeline.quality.image_statistics).
 #pragma once
 
 #include <cstdint>
@@ -39,5 +41,20 @@ void FramesToLineIntegrals(const float* frames, long long n, int height, int wid
 // for a non-finite value or a percentile outside (0, 100].
 void WindowToUint8(const float* images, const uint8_t* keep, long long n, long long pixels,
                    double percentile, int num_threads, float* window_hi, uint8_t* out);
+
+// The per-frame figures of the input checks, of frames [n, height, width] float32 grey levels
+// (one view), computed in double, frames on num_threads threads (0: all cores):
+// - thumbs [n, side, side]: block means, rows first (the mean of each row bin's rows), then
+//   columns; bin i of the rows holds rows [r_i, r_{i+1}), r_i = (long long)(i * (height / side)),
+//   r_side = height (NumPy's linspace(0, height, side + 1).astype(int)); an empty bin takes row
+//   r_i (as np.add.reduceat does); the same for the columns with width;
+// - spread [n] = p99 - p1 and level [n] = max(|p1|, |p99|), p the LinearPercentile of the
+//   pixels where inside [height, width] is non-zero (all pixels when nullptr), every
+//   `stride`-th of them in row-major order; NaN for both when one of those is not finite.
+// Throws std::invalid_argument for sizes out of range, stride < 1 or an `inside` without any
+// pixel.
+void FrameStatistics(const float* frames, long long n, int height, int width, int side,
+                     const uint8_t* inside, long long stride, int num_threads, double* thumbs,
+                     double* spread, double* level);
 
 }  // namespace fluororeg

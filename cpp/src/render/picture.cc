@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/cpu_clones.h"
+#include "fluororeg/limits.h"
 #include "fluororeg/parallel.h"
 
 namespace fluororeg {
@@ -154,6 +156,81 @@ void FramesToLineIntegrals(const float* frames, long long n, int height, int wid
     const double i_open =
         std::max(LinearPercentile(kept.data(), static_cast<long long>(kept.size()), 99.0), 1e-6);
     NegativeLog(values.data(), pixels, i_open * 1e-4, i_open, out + i * pixels);
+  });
+}
+
+namespace {
+
+// Bin edges [side + 1] of `size` pixels into `side` bins, as NumPy's
+// linspace(0, size, side + 1).astype(int) gives them (the last one set to size).
+std::vector<long long> BinEdges(int size, int side) {
+  std::vector<long long> edges(side + 1);
+  const double step = static_cast<double>(size) / side;
+  for (int i = 0; i < side; ++i) edges[i] = static_cast<long long>(i * step);
+  edges[side] = size;
+  return edges;
+}
+
+}  // namespace
+
+void FrameStatistics(const float* frames, long long n, int height, int width, int side,
+                     const uint8_t* inside, long long stride, int num_threads, double* thumbs,
+                     double* spread, double* level) {
+  if (n < 0 || height < 1 || width < 1 || side < 1 || side > limits::kMaxImageSide) {
+    throw std::invalid_argument("frame statistics of [" + std::to_string(n) + ", " + std::to_string(height) +
+                                ", " + std::to_string(width) + "] frames with " + std::to_string(side) +
+                                " x " + std::to_string(side) + " thumbnails: expected n >= 0, frames of at "
+                                "least 1 x 1 px and a thumbnail side >= 1");
+  }
+  if (stride < 1) throw std::invalid_argument("stride " + std::to_string(stride) + ": expected >= 1");
+  const long long pixels = static_cast<long long>(height) * width;
+  std::vector<long long> sampled;  // the pixels whose values give the percentiles
+  long long count = 0;
+  for (long long j = 0; j < pixels; ++j) {
+    if (inside != nullptr && !inside[j]) continue;
+    if (count++ % stride == 0) sampled.push_back(j);
+  }
+  if (sampled.empty()) throw std::invalid_argument("the frame statistics' mask holds no pixel");
+  const std::vector<long long> rows = BinEdges(height, side), cols = BinEdges(width, side);
+  ParallelFor(n, num_threads, [&](long long f) {
+    const float* img = frames + f * pixels;
+    double* thumb = thumbs + f * side * side;
+    thread_local std::vector<double> row_means, values;
+    row_means.assign(static_cast<size_t>(side) * width, 0.0);
+    for (int b = 0; b < side; ++b) {  // [side, width]: the mean of each row bin
+      double* acc = row_means.data() + static_cast<size_t>(b) * width;
+      const long long y0 = rows[b], y1 = std::max(rows[b + 1], y0 + 1);
+      for (long long y = y0; y < y1; ++y) {
+        const float* r = img + y * width;
+        for (int x = 0; x < width; ++x) acc[x] += r[x];
+      }
+      const double k = static_cast<double>(std::max<long long>(rows[b + 1] - rows[b], 1));
+      for (int x = 0; x < width; ++x) acc[x] /= k;
+    }
+    for (int b = 0; b < side; ++b) {
+      const double* acc = row_means.data() + static_cast<size_t>(b) * width;
+      for (int a = 0; a < side; ++a) {
+        const long long x0 = cols[a], x1 = std::max(cols[a + 1], x0 + 1);
+        double sum = 0.0;
+        for (long long x = x0; x < x1; ++x) sum += acc[x];
+        thumb[b * side + a] = sum / static_cast<double>(std::max<long long>(cols[a + 1] - cols[a], 1));
+      }
+    }
+    values.resize(sampled.size());
+    bool finite = true;
+    for (size_t j = 0; j < sampled.size(); ++j) {
+      values[j] = img[sampled[j]];
+      finite = finite && std::isfinite(values[j]);
+    }
+    if (!finite) {
+      spread[f] = level[f] = std::numeric_limits<double>::quiet_NaN();
+      return;
+    }
+    const long long m = static_cast<long long>(values.size());
+    const double lo = LinearPercentile(values.data(), m, 1.0);
+    const double hi = LinearPercentile(values.data(), m, 99.0);
+    spread[f] = hi - lo;
+    level[f] = std::max(std::fabs(lo), std::fabs(hi));
   });
 }
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fluororeg import _core
 from fluororeg.core import registration as _registration
 from fluororeg.inference.crops import FieldOfView
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
@@ -130,27 +131,20 @@ def check_geometry(views, *, min_source_distance_mm: float = 150.0) -> None:
 
 # ---- image checks --------------------------------------------------------------------------
 
-def _thumbnail(image, fov, side: int):
-    """A [side, side] float thumbnail of the field of view (block means) and the mask of the
-    pixels inside the circular field of view (all when fov is None)."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"frame has shape {img.shape}: expected a grey-level image [H, W]")
-    H, W = img.shape
+def _thumbnail_mask(shape, fov, side: int) -> np.ndarray:
+    """[side, side] bool: the thumbnail pixels (block centres, as :func:`image_statistics` bins
+    them) inside a slightly smaller circle than the field of view (the rim blends field and
+    surround); all when fov is None or fewer than 16 lie inside."""
+    if fov is None:
+        return np.ones((side, side), bool)
+    H, W = shape
     ys = np.linspace(0, H, side + 1).astype(int)
     xs = np.linspace(0, W, side + 1).astype(int)
     ys[-1], xs[-1] = H, W
-    rows = np.add.reduceat(img, ys[:-1], axis=0) / np.maximum(np.diff(ys), 1)[:, None]
-    thumb = np.add.reduceat(rows, xs[:-1], axis=1) / np.maximum(np.diff(xs), 1)[None, :]
     cy = (ys[:-1] + ys[1:] - 1) / 2.0
     cx = (xs[:-1] + xs[1:] - 1) / 2.0
-    if fov is None:
-        mask = np.ones((side, side), bool)
-    else:  # inside a slightly smaller circle: the rim blends field and surround
-        mask = np.hypot(cx[None, :] - fov.cx, cy[:, None] - fov.cy) <= 0.9 * fov.radius
-        if mask.sum() < 16:
-            mask = np.ones((side, side), bool)
-    return thumb, mask
+    mask = np.hypot(cx[None, :] - fov.cx, cy[:, None] - fov.cy) <= 0.9 * fov.radius
+    return mask if mask.sum() >= 16 else np.ones((side, side), bool)
 
 
 def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions(),
@@ -163,9 +157,10 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
     that of frame ``reference_frames[k]``: the constant-detector check compares frames with the
     first one that has detections) and reference [2]. Reads every frame once (and the two
     reference frames once more), 32 at a time (:meth:`Recording.read
-    <fluororeg.io.recording.Recording.read>`), measured on ``num_threads`` threads (0: the
-    process's count)."""
-    from fluororeg.core.threads import thread_map
+    <fluororeg.io.recording.Recording.read>`); the thumbnails and percentiles are the core's
+    ``frame_statistics`` (its NumPy reference: ``fluororeg._reference.picture``), on
+    ``num_threads`` threads (0: the process's count)."""
+    from fluororeg.core.threads import num_threads as process_threads
 
     F = len(recording)
     t = options.thumbnail
@@ -173,33 +168,45 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
     if len(reference) != 2 or not all(0 <= r < max(F, 1) for r in reference):
         raise ValueError(f"reference_frames = {reference_frames!r}: expected two frame positions in [0, {F})")
     fov = (None, None) if fovs is None else tuple(fovs)
-    ref_thumbs = [(_thumbnail(np.asarray(recording.frame(reference[k])[k], np.float64), fov[k], t)) if F else None
-                  for k in range(2)]
+    threads = process_threads(num_threads)
     spread, level = np.empty((F, 2)), np.empty((F, 2))
     correlation, change = np.empty(F), np.empty((F, 2))
+    setup: list[dict] = [{}, {}]  # per view, from its first frame: shape, thumb_mask, inside, stride, reference
 
-    def one(images):  # (spread [2], level [2], correlation, change [2]) of one frame pair
-        thumbs, masks, out = [], [], np.empty((3, 2))
+    def statistics(k: int, images) -> tuple:  # (thumbs [n, t, t], spread [n], level [n]) of view k
+        arrays = [np.asarray(img) for img in images]
+        v = setup[k]
+        if not v:
+            shape = arrays[0].shape
+            if len(shape) != 2:
+                raise ValueError(f"view {k + 1}'s frames have shape {shape}: expected grey-level images [H, W]")
+            inside = _full_mask(shape, fov[k])
+            v.update(shape=shape, thumb_mask=_thumbnail_mask(shape, fov[k], t), inside=inside.astype(np.uint8),
+                     stride=max(1, int(inside.sum()) // 200000))
+        for a in arrays:
+            if a.shape != v["shape"]:
+                raise ValueError(f"view {k + 1} has frames of shape {a.shape} and {v['shape']}: expected one "
+                                 "frame size per view")
+        frames = np.stack(arrays).astype(np.float32, copy=False)
+        return _core.frame_statistics(frames, t, v["inside"], v["stride"], threads)
+
+    if F:
+        first = [recording.frame(reference[k])[k] for k in range(2)]
         for k in range(2):
-            img = np.asarray(images[k], dtype=np.float64)
-            thumb, mask = _thumbnail(img, fov[k], t)
-            thumbs.append(thumb)
-            masks.append(mask)
-            ref, ref_mask = ref_thumbs[k]
-            inside_both = mask & ref_mask
-            out[2, k] = np.abs(thumb[inside_both] - ref[inside_both]).mean() if inside_both.any() else 0.0
-            inside = _full_mask(img.shape, fov[k])
-            sample = img[inside][:: max(1, int(inside.sum()) // 200000)]
-            lo, hi = np.percentile(sample, [1.0, 99.0])
-            out[0, k], out[1, k] = hi - lo, max(abs(lo), abs(hi))
-        return out, _views_correlation(thumbs[0], thumbs[1], masks[0] & masks[1])
-
-    block = 32  # frames read (Recording.read: in parallel where the sequences allow) per parallel step
+            setup[k]["reference"] = statistics(k, [first[k]])[0][0]
+    block = 32  # frames read (Recording.read: in parallel where the sequences allow) per step
     for f0 in range(0, F, block):
         block_frames = range(f0, min(F, f0 + block))
-        pairs = list(zip(*(recording.read(k, block_frames, num_threads) for k in range(2))))
-        for f, (out, corr) in enumerate(thread_map(one, pairs, num_threads), start=f0):
-            spread[f], level[f], change[f], correlation[f] = out[0], out[1], out[2], corr
+        thumbs = []
+        for k in range(2):
+            th, spread[f0:f0 + len(block_frames), k], level[f0:f0 + len(block_frames), k] = \
+                statistics(k, recording.read(k, block_frames, num_threads))
+            mask, ref = setup[k]["thumb_mask"], setup[k]["reference"]
+            change[f0:f0 + len(th), k] = np.abs(th[:, mask] - ref[mask]).mean(axis=1)
+            thumbs.append(th)
+        both = setup[0]["thumb_mask"] & setup[1]["thumb_mask"]
+        for j in range(len(thumbs[0])):
+            correlation[f0 + j] = _views_correlation(thumbs[0][j], thumbs[1][j], both)
     return dict(spread=spread, level=level, views_correlation=correlation, change=change,
                 reference=np.asarray(reference))
 
