@@ -26,9 +26,24 @@
 #include "refine/render_gather.h"
 #include "render/render_internal.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>  // malloc_trim
+#endif
+
 namespace fluororeg {
 
 namespace {
+
+// Gives the memory the frames' threads freed back to the system. glibc keeps a heap (arena) per
+// thread, up to 8 per core, and keeps what is freed in it mapped: with one thread per frame in
+// flight (128 on CUDA), register's RSS grew by about 500 MB over a 2,000-frame recording on a
+// 16-core machine (bench_long), and it levels off once every arena has reached its high-water
+// mark. Called once per batch of frames (a few milliseconds at most).
+void ReleaseFreedMemory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -944,6 +959,7 @@ void RefineFrames(const RefineInput& input, const double* init_poses, int num_fr
   ParallelFor(num_frames, outer, [&](long long f) {
     RefineOne(ctx, static_cast<int>(f), init_poses + 6 * f, Renders{inner, nullptr}, results + f);
   });
+  ReleaseFreedMemory();
 }
 
 namespace internal {
@@ -980,6 +996,7 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
       throw;
     }
   });
+  ReleaseFreedMemory();
 }
 
 }  // namespace internal
