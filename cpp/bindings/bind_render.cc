@@ -340,6 +340,52 @@ void BindRender(nb::module_& m) {
       "every stride-th pixel where inside [H, W] uint8 is non-zero (all pixels when None).");
 
   m.def(
+      "crop_frames",
+      [](const InArray<float>& frames, const InArray<double>& boxes, int size,
+         const std::optional<InArray<uint8_t>>& inside, bool normalise, double low_percentile,
+         double high_percentile, float fill, int num_threads) {
+        CheckShape(frames, "frames", {-1, -1, -1});
+        const size_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
+        CheckShape(boxes, "boxes", {static_cast<long long>(n), 3});
+        if (inside) CheckShape(*inside, "inside", {static_cast<long long>(h), static_cast<long long>(w)});
+        CheckCount(h, limits::kMaxImageSide, "frame rows");
+        CheckCount(w, limits::kMaxImageSide, "frame columns");
+        CheckThreads(num_threads);
+        const size_t s = size > 0 ? static_cast<size_t>(size) : 0;
+        auto out = NewArray<uint8_t>({n, s, s}, "crops");
+        {
+          nb::gil_scoped_release release;
+          CropFrames(frames.data(), static_cast<long long>(n), static_cast<int>(h), static_cast<int>(w),
+                     boxes.data(), size, inside ? inside->data() : nullptr, normalise, low_percentile,
+                     high_percentile, fill, num_threads, out.data());
+        }
+        return out;
+      },
+      nb::arg("frames"), nb::arg("boxes"), nb::arg("size"), nb::arg("inside").none(),
+      nb::arg("normalise"), nb::arg("low_percentile"), nb::arg("high_percentile"), nb::arg("fill"),
+      nb::arg("num_threads") = 0,
+      "uint8 crops [n, size, size] of frames [n, H, W] float32 in boxes [n, 3] (left, top, side; "
+      "frame pixel-edge units), Pillow's BILINEAR box resampling reproduced (CropFrames).");
+
+  m.def(
+      "log_attenuation_pictures",
+      [](const InArray<float>& crops, double percentile, int num_threads) {
+        CheckShape(crops, "crops", {-1, -1, -1});
+        const size_t n = crops.shape(0), h = crops.shape(1), w = crops.shape(2);
+        CheckThreads(num_threads);
+        auto out = NewArray<uint8_t>({n, h, w}, "pictures");
+        {
+          nb::gil_scoped_release release;
+          LogAttenuationPictures(crops.data(), static_cast<long long>(n), static_cast<long long>(h * w),
+                                 percentile, num_threads, out.data());
+        }
+        return out;
+      },
+      nb::arg("crops"), nb::arg("percentile"), nb::arg("num_threads") = 0,
+      "DRR-like uint8 pictures [n, h, w] of crops of intensifier frames [n, h, w] float32 grey "
+      "levels (LogAttenuationPictures).");
+
+  m.def(
       "window_to_uint8",
       [](const InArray<float>& images, const std::optional<InArray<uint8_t>>& keep,
          double percentile, int num_threads) {

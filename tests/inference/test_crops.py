@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fluororeg.inference.crops import (CROP_RULE, CropBox, FieldOfView, crop_box_for_view, crop_frame, detect_fov,
-                                       recording_crop_boxes, view_crops)
+                                       log_attenuation_crop, recording_crop_boxes, view_crops)
 
 
 def disc_frame(W=200, H=160, cx=97.3, cy=81.6, r=70.0, bg=8.0, inside=200.0):
@@ -116,27 +116,60 @@ def test_recording_crop_boxes_have_the_pixel_size_at_the_beam_crossing(recording
     assert "recording_crop_boxes" in CROP_RULE and "crop_frame" in CROP_RULE
 
 
-def test_crops_of_large_frames_on_threads_equal_those_made_one_by_one():
-    """view_crops crops frames of at least PARALLEL_CROP_PIXELS on several threads: the crops are
-    those of crop_frame one frame after the other, for every style; the frames are not written
-    to, and the field-of-view masks are shared read-only arrays."""
+def test_crops_on_threads_equal_those_made_one_by_one():
+    """view_crops crops a view's frames in the core on several threads: the crops are those of
+    crop_frame (and log_attenuation_crop) one frame after the other, for every style, also
+    across its batches and for frames of two sizes; the frames are not written to."""
     from fluororeg.inference import crops
 
     rng = np.random.default_rng(5)
-    side = int(np.ceil(np.sqrt(crops.PARALLEL_CROP_PIXELS)))
+    side = 61
     frames = [disc_frame(side + 7, side, cx=side / 2 + 3.1, cy=side / 2 - 2.4, r=0.45 * side)
-              + rng.normal(0, 3, (side, side + 7)).astype(np.float32) for _ in range(5)]
+              + rng.normal(0, 3, (side, side + 7)).astype(np.float32) for _ in range(crops.CROP_BATCH + 3)]
     before = [f.copy() for f in frames]
     fov = detect_fov(frames[0])
-    boxes = [CropBox(-7.5 + 9 * i, 4.25 - 3 * i, side * (0.8 + 0.1 * i), 48) for i in range(5)]
+    boxes = [CropBox(-7.5 + 0.5 * i, 4.25 - 0.2 * i, side * (0.8 + 0.02 * i), 48) for i in range(len(frames))]
     for style in ("log", "translate"):
         threaded = view_crops(frames, boxes, fov, 48, style, num_threads=3)
         serial = view_crops(frames, boxes, fov, 48, style, num_threads=1)
         np.testing.assert_array_equal(threaded, serial)
-        one = crop_frame(frames[2], boxes[2], fov=fov, normalise=style != "log", fill=255.0)
-        if style != "log":
-            np.testing.assert_array_equal(threaded[2], one)
+        for i in (2, crops.CROP_BATCH + 1):
+            one = crop_frame(frames[i], boxes[i], fov=fov, normalise=style != "log", fill=255.0)
+            np.testing.assert_array_equal(threaded[i], log_attenuation_crop(one) if style == "log" else one)
     for f, b in zip(frames, before):
         np.testing.assert_array_equal(f, b)
-    mask = fov.mask(frames[0].shape)
-    assert mask is fov.mask(frames[0].shape) and not mask.flags.writeable
+    mixed = frames[:3] + [frames[3][:50, :60]]
+    np.testing.assert_array_equal(view_crops(mixed, boxes[:4], None, 48)[3],
+                                  crop_frame(mixed[3], boxes[3], fov=None))
+    with pytest.raises(ValueError, match="one box per frame"):
+        view_crops(frames, boxes[:3], fov, 48)
+
+
+def test_crops_match_the_pillow_reference():
+    """The core's crops (CropFrames: Pillow's bilinear box resampling reproduced) equal the
+    Pillow/NumPy reference's to the bit: random frames, boxes inside, across and beyond the frame,
+    up- and down-sampling, with and without a field of view, stretched or clipped grey levels;
+    the log-attenuation pictures too (within one grey level where the windows' percentiles
+    differ by a rounding)."""
+    from fluororeg._reference import picture as ref
+
+    rng = np.random.default_rng(11)
+    for trial in range(24):
+        H, W = (int(v) for v in rng.integers(24, 160, 2))
+        img = rng.uniform(-20, 300, (H, W)).astype(np.float32)
+        if trial % 3 == 0:
+            img = np.round(img)
+        fov = FieldOfView(W / 2 + rng.normal(0, 3), H / 2 + rng.normal(0, 3), min(H, W) * rng.uniform(0.3, 0.6)) \
+            if trial % 2 else None
+        size = int(rng.choice([8, 31, 64]))
+        side = float(rng.uniform(0.2, 2.5) * min(H, W))
+        box = CropBox(float(rng.uniform(-side, W)), float(rng.uniform(-side, H)), side, size)
+        for normalise in (False, True):
+            got = crop_frame(img, box, fov=fov, normalise=normalise)
+            np.testing.assert_array_equal(got, ref.crop_frame(img, box, fov=fov, normalise=normalise))
+        pictures, want = log_attenuation_crop(got), ref.log_attenuation_crop(got)
+        assert np.abs(pictures.astype(int) - want).max() <= 1 and (pictures == want).mean() >= 0.99
+    with pytest.raises(ValueError, match="crop box"):
+        crop_frame(img, CropBox(1e9, 0.0, 10.0, 8))
+    with pytest.raises(ValueError, match="non-finite"):
+        log_attenuation_crop(np.full((8, 8), np.nan))

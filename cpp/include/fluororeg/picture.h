@@ -6,7 +6,9 @@
 //   image gets the window (0, p), p a percentile of its positive values, so the background stays
 //   black and a few very dense rays do not wash out the bone;
 // - the register pipeline's input checks (FrameStatistics: the Python side is
-//   fluororeg.pipeline.quality.image_statistics).
+//   fluororeg.pipeline.quality.image_statistics);
+// - the crops the landmark detector and the style translator see (CropFrames,
+//   LogAttenuationPictures: the Python side is fluororeg.inference.crops).
 #pragma once
 
 #include <cstdint>
@@ -56,5 +58,36 @@ void WindowToUint8(const float* images, const uint8_t* keep, long long n, long l
 void FrameStatistics(const float* frames, long long n, int height, int width, int side,
                      const uint8_t* inside, long long stride, int num_threads, double* thumbs,
                      double* spread, double* level);
+
+// Crops of frames [n, height, width] float32 grey levels, as fluororeg.inference.crops.crop_frame
+// makes them (its NumPy/Pillow reference: fluororeg._reference.picture.crop_frame). Per frame f,
+// the square box boxes [n, 3] = (left, top, side) in frame pixel-edge units (pixel (0, 0) covers
+// [0, 1) x [0, 1)) becomes out [f] [size, size] uint8:
+// 1. grey levels: with `normalise`, (v - lo) * 255 / (hi - lo) clipped to [0, 255], lo and hi the
+//    low_percentile and high_percentile (LinearPercentile) of the frame's pixels where inside
+//    [height, width] is non-zero (all pixels when nullptr; hi = lo + 1 when not above lo);
+//    without, v clipped to [0, 255]; then float32;
+// 2. the frame padded by ceil(max(0, overhang)) + 1 px on each side; padding, and pixels where
+//    inside is 0, hold `fill`;
+// 3. the box resampled to size x size px as Pillow's BILINEAR resize of a box does it (a
+//    triangle filter widened by the reduction factor, weights normalised per output pixel;
+//    columns, then rows; sums in double, each pass stored as float32; the box's corners taken
+//    as float32);
+// 4. rounded half to even and clipped to [0, 255].
+// Frames run on num_threads threads (0: all cores). Throws std::invalid_argument for a
+// non-finite or degenerate box, a size out of range, a non-finite grey level, or percentiles
+// outside [0, 100].
+void CropFrames(const float* frames, long long n, int height, int width, const double* boxes,
+                int size, const uint8_t* inside, bool normalise, double low_percentile,
+                double high_percentile, float fill, int num_threads, uint8_t* out);
+
+// DRR-like pictures of crops of intensifier frames (grey levels, open field bright) [n, pixels],
+// as fluororeg.inference.crops.log_attenuation_crop makes them: per crop, Beer-Lambert inverted,
+// L = max(0, -ln(max(v, 0.5) / I_open)) in double, then float32, with I_open = max(1, the 99th
+// percentile of the crop's values), then windowed as WindowToUint8 windows it (0 to the
+// `percentile` of the positive values of L). Crops run on num_threads threads (0: all cores).
+// Throws std::invalid_argument for a non-finite grey level or a percentile outside (0, 100].
+void LogAttenuationPictures(const float* crops, long long n, long long pixels, double percentile,
+                            int num_threads, uint8_t* out);
 
 }  // namespace fluororeg

@@ -83,32 +83,45 @@ FLUORO_CPU_CLONES void NegativeLog(const double* values, long long pixels, doubl
 
 }  // namespace
 
+namespace {
+
+// One image of WindowToUint8: window_hi = the percentile of its positive values (1 when none;
+// pixels with keep 0 count as 0), out = the picture. Throws for a non-finite value of image i.
+void WindowPicture(const float* img, const uint8_t* keep, long long pixels, double percentile,
+                   long long i, float* window_hi, uint8_t* out) {
+  thread_local std::vector<float> positive;
+  positive.clear();
+  for (long long j = 0; j < pixels; ++j) {
+    const float v = img[j];
+    if (!std::isfinite(v)) {
+      throw std::invalid_argument("image " + std::to_string(i) + " holds a non-finite value at pixel " +
+                                  std::to_string(j) + ": expected finite line integrals");
+    }
+    if (v > 0.f && (keep == nullptr || keep[j])) positive.push_back(v);
+  }
+  const float hi = positive.empty()
+                       ? 1.f
+                       : static_cast<float>(LinearPercentile(
+                             positive.data(), static_cast<long long>(positive.size()), percentile));
+  *window_hi = hi;
+  WindowImage(img, keep, pixels, hi, out);
+}
+
+void CheckPercentile(double percentile) {
+  if (!(percentile > 0.0 && percentile <= 100.0)) {
+    throw std::invalid_argument("percentile " + std::to_string(percentile) + " must lie in (0, 100]");
+  }
+}
+
+}  // namespace
+
 void WindowToUint8(const float* images, const uint8_t* keep, long long n, long long pixels,
                    double percentile, int num_threads, float* window_hi, uint8_t* out) {
-  if (!(percentile > 0.0 && percentile <= 100.0)) {
-    throw std::invalid_argument("percentile " + std::to_string(percentile) +
-                                " must lie in (0, 100]");
-  }
+  CheckPercentile(percentile);
   if (n < 0 || pixels < 0) throw std::invalid_argument("image count and size must be >= 0");
   ParallelFor(n, num_threads, [&](long long i) {
-    const float* img = images + i * pixels;
-    const uint8_t* k = keep != nullptr ? keep + i * pixels : nullptr;
-    thread_local std::vector<float> positive;
-    positive.clear();
-    for (long long j = 0; j < pixels; ++j) {
-      const float v = img[j];
-      if (!std::isfinite(v)) {
-        throw std::invalid_argument("image " + std::to_string(i) + " holds a non-finite value at pixel " +
-                                    std::to_string(j) + ": expected finite line integrals");
-      }
-      if (v > 0.f && (k == nullptr || k[j])) positive.push_back(v);
-    }
-    const float hi = positive.empty()
-                         ? 1.f
-                         : static_cast<float>(LinearPercentile(
-                               positive.data(), static_cast<long long>(positive.size()), percentile));
-    window_hi[i] = hi;
-    WindowImage(img, k, pixels, hi, out + i * pixels);
+    WindowPicture(images + i * pixels, keep != nullptr ? keep + i * pixels : nullptr, pixels,
+                  percentile, i, window_hi + i, out + i * pixels);
   });
 }
 
@@ -231,6 +244,252 @@ void FrameStatistics(const float* frames, long long n, int height, int width, in
     const double hi = LinearPercentile(values.data(), m, 99.0);
     spread[f] = hi - lo;
     level[f] = std::max(std::fabs(lo), std::fabs(hi));
+  });
+}
+
+namespace {
+
+// Pillow's bilinear filter: a triangle of half-width 1.
+double Triangle(double x) {
+  if (x < 0.0) x = -x;
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// The resampling taps of one axis, as Pillow computes them for a BILINEAR resize of the box
+// [in0, in1) of in_size pixels to out_size pixels (its precompute_coeffs): per output pixel, the
+// first input pixel, the tap count and the normalised weights [out_size, max_taps].
+struct AxisTaps {
+  std::vector<int> first, count;
+  std::vector<double> weights;
+  int max_taps = 0;
+};
+
+AxisTaps BilinearTaps(int in_size, float in0, float in1, int out_size) {
+  AxisTaps t;
+  const double scale = static_cast<double>(in1 - in0) / out_size;  // the difference in float
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = filterscale;  // the triangle's 1 px, widened when reducing
+  t.max_taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  t.first.resize(out_size);
+  t.count.resize(out_size);
+  t.weights.assign(static_cast<size_t>(out_size) * t.max_taps, 0.0);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = in0 + (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);  // truncation, as Pillow rounds
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double* k = t.weights.data() + static_cast<size_t>(xx) * t.max_taps;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      k[x] = Triangle((x + xmin - center + 0.5) * ss);
+      ww += k[x];
+    }
+    for (int x = 0; x < xmax && ww != 0.0; ++x) k[x] /= ww;
+    t.first[xx] = xmin;
+    t.count[xx] = xmax;
+  }
+  return t;
+}
+
+}  // namespace
+
+void CropFrames(const float* frames, long long n, int height, int width, const double* boxes,
+                int size, const uint8_t* inside, bool normalise, double low_percentile,
+                double high_percentile, float fill, int num_threads, uint8_t* out) {
+  if (n < 0 || height < 1 || width < 1) {
+    throw std::invalid_argument("frames [" + std::to_string(n) + ", " + std::to_string(height) + ", " +
+                                std::to_string(width) + "]: expected n >= 0 frames of at least 1 x 1 px");
+  }
+  if (size < 1 || size > limits::kMaxImageSide) {
+    throw std::invalid_argument("crop size " + std::to_string(size) + ": expected 1 to " +
+                                std::to_string(limits::kMaxImageSide) + " px");
+  }
+  if (!(low_percentile >= 0.0 && low_percentile <= 100.0 && high_percentile >= 0.0 &&
+        high_percentile <= 100.0)) {
+    throw std::invalid_argument("crop percentiles (" + std::to_string(low_percentile) + ", " +
+                                std::to_string(high_percentile) + "): expected values in [0, 100]");
+  }
+  // A box may reach outside the frame, by at most a few frame sizes (Pillow's coordinates are
+  // float32, and the padded picture must stay a sane size).
+  const double reach = 4.0 * std::max(height, width) + 2.0 * size;
+  for (long long f = 0; f < n; ++f) {
+    const double* b = boxes + 3 * f;
+    if (!(std::isfinite(b[0]) && std::isfinite(b[1]) && b[2] > 0.0 && b[2] < reach &&
+          std::fabs(b[0]) < reach && std::fabs(b[1]) < reach)) {
+      throw std::invalid_argument("crop box " + std::to_string(f) + " (left " + std::to_string(b[0]) + ", top " +
+                                  std::to_string(b[1]) + ", side " + std::to_string(b[2]) +
+                                  "): expected a finite box of positive side within a few frame sizes of "
+                                  "the frame");
+    }
+  }
+  const long long pixels = static_cast<long long>(height) * width;
+  ParallelFor(n, num_threads, [&](long long f) {
+    const float* img = frames + f * pixels;
+    const double* b = boxes + 3 * f;
+    for (long long j = 0; j < pixels; ++j) {
+      if (!std::isfinite(img[j])) {
+        throw std::invalid_argument("frame " + std::to_string(f) + " holds a non-finite grey level at pixel " +
+                                    std::to_string(j) + ": expected finite values");
+      }
+    }
+    // 1. The grey level of frame pixel j as the resampler sees it.
+    double lo = 0.0, factor = 1.0;
+    if (normalise) {
+      thread_local std::vector<float> values;  // float32 grey levels: the order statistics are those values
+      values.clear();
+      for (long long j = 0; j < pixels; ++j) {
+        if (inside == nullptr || inside[j]) values.push_back(img[j]);
+      }
+      double hi = 255.0;
+      if (!values.empty()) {
+        const long long m = static_cast<long long>(values.size());
+        lo = LinearPercentile(values.data(), m, low_percentile);
+        hi = LinearPercentile(values.data(), m, high_percentile);
+      }
+      if (hi <= lo) hi = lo + 1.0;
+      factor = 255.0 / (hi - lo);
+    }
+    // 2. The padded picture's geometry; pixel (xp, yp) of it.
+    const double left = b[0], top = b[1], side = b[2];
+    const int pad_l = static_cast<int>(std::ceil(std::max(0.0, -left))) + 1;
+    const int pad_t = static_cast<int>(std::ceil(std::max(0.0, -top))) + 1;
+    const int pad_r = static_cast<int>(std::ceil(std::max(0.0, left + side - width))) + 1;
+    const int pad_b = static_cast<int>(std::ceil(std::max(0.0, top + side - height))) + 1;
+    const int wp = width + pad_l + pad_r, hp = height + pad_t + pad_b;
+    auto picture = [&](int xp, int yp) -> float {
+      const int x = xp - pad_l, y = yp - pad_t;
+      if (x < 0 || y < 0 || x >= width || y >= height) return fill;
+      const long long j = static_cast<long long>(y) * width + x;
+      if (inside != nullptr && !inside[j]) return fill;
+      if (normalise) {
+        return static_cast<float>(std::min(std::max((static_cast<double>(img[j]) - lo) * factor, 0.0), 255.0));
+      }
+      return std::min(std::max(img[j], 0.f), 255.f);
+    };
+    // 3. Pillow's two passes over the box (corners as float32).
+    const double x0 = left + pad_l, y0 = top + pad_t;
+    const AxisTaps h = BilinearTaps(wp, static_cast<float>(x0), static_cast<float>(x0 + side), size);
+    const AxisTaps v = BilinearTaps(hp, static_cast<float>(y0), static_cast<float>(y0 + side), size);
+    const int row_first = v.first[0], row_last = v.first[size - 1] + v.count[size - 1];
+    const int col_first = h.first[0], col_last = h.first[size - 1] + h.count[size - 1];
+    thread_local std::vector<float> rows, line;  // rows [row_last - row_first, size]: the horizontal pass
+    rows.assign(static_cast<size_t>(std::max(row_last - row_first, 0)) * size, 0.f);
+    line.resize(static_cast<size_t>(std::max(col_last - col_first, 0)));
+    for (int r = row_first; r < row_last; ++r) {
+      for (int c = col_first; c < col_last; ++c) line[c - col_first] = picture(c, r);  // the taps' pixels
+      for (int xx = 0; xx < size; ++xx) {
+        const double* k = h.weights.data() + static_cast<size_t>(xx) * h.max_taps;
+        const float* px = line.data() + (h.first[xx] - col_first);
+        double ss = 0.0;
+        for (int x = 0; x < h.count[xx]; ++x) ss += px[x] * k[x];
+        rows[static_cast<size_t>(r - row_first) * size + xx] = static_cast<float>(ss);
+      }
+    }
+    uint8_t* crop = out + f * static_cast<long long>(size) * size;
+    for (int yy = 0; yy < size; ++yy) {
+      const double* k = v.weights.data() + static_cast<size_t>(yy) * v.max_taps;
+      const int y_first = v.first[yy] - row_first;
+      for (int xx = 0; xx < size; ++xx) {
+        double ss = 0.0;
+        for (int y = 0; y < v.count[yy]; ++y) ss += rows[static_cast<size_t>(y + y_first) * size + xx] * k[y];
+        // 4. Rounded half to even (the default rounding mode), clipped.
+        const float r = std::nearbyint(static_cast<float>(ss));
+        crop[static_cast<long long>(yy) * size + xx] = static_cast<uint8_t>(std::min(std::max(r, 0.f), 255.f));
+      }
+    }
+  });
+}
+
+namespace {
+
+// LinearPercentile of m values given as runs: values [runs] ascending, each counts[r] times.
+double RunsPercentile(const double* values, const long long* counts, int runs, long long m, double q) {
+  const double index = static_cast<double>(m - 1) * (q / 100.0);
+  const long long lo = std::min(static_cast<long long>(std::floor(index)), m - 1);
+  const double t = index - static_cast<double>(lo);
+  int r = 0;
+  for (long long seen = counts[0]; seen <= lo; seen += counts[++r]) {
+  }
+  const double a = values[r];  // the order statistic lo
+  if (lo + 1 >= m || t == 0.0) return a;
+  long long upto = 0;
+  for (int k = 0; k <= r; ++k) upto += counts[k];
+  int next = r;
+  if (upto <= lo + 1) {  // the next order statistic lies in a later run
+    do ++next; while (counts[next] == 0);
+  }
+  const double b = values[next];
+  return a + (b - a) * t;
+}
+
+// LogAttenuationPictures of one crop whose grey levels are integers in [0, 255]: the same
+// picture from the grey levels' counts (no sort) and one logarithm per level.
+void EightBitLogPicture(const float* crop, long long pixels, double percentile, uint8_t* out) {
+  long long counts[256] = {0};
+  for (long long j = 0; j < pixels; ++j) ++counts[static_cast<int>(crop[j])];
+  double levels[256];
+  for (int g = 0; g < 256; ++g) levels[g] = g;
+  const double i_open = std::max(RunsPercentile(levels, counts, 256, pixels, 99.0), 1.0);
+  float L[256];  // per grey level; non-increasing in the level
+  for (int g = 0; g < 256; ++g) {
+    L[g] = static_cast<float>(std::max(-std::log(std::max(static_cast<double>(g), 0.5) / i_open), 0.0));
+  }
+  // The positive values of L in ascending order: grey levels from the brightest down.
+  double values[256];
+  long long positive_counts[256];
+  int runs = 0;
+  long long positives = 0;
+  for (int g = 255; g >= 0; --g) {
+    if (L[g] > 0.f && counts[g] > 0) {
+      values[runs] = L[g];
+      positive_counts[runs++] = counts[g];
+      positives += counts[g];
+    }
+  }
+  const float hi = positives == 0 ? 1.f
+                                  : static_cast<float>(RunsPercentile(values, positive_counts, runs,
+                                                                      positives, percentile));
+  uint8_t picture[256];
+  for (int g = 0; g < 256; ++g) WindowImage(&L[g], nullptr, 1, hi, &picture[g]);
+  for (long long j = 0; j < pixels; ++j) out[j] = picture[static_cast<int>(crop[j])];
+}
+
+}  // namespace
+
+void LogAttenuationPictures(const float* crops, long long n, long long pixels, double percentile,
+                            int num_threads, uint8_t* out) {
+  CheckPercentile(percentile);
+  if (n < 0 || pixels < 1) throw std::invalid_argument("crop count must be >= 0 and crops at least 1 px");
+  ParallelFor(n, num_threads, [&](long long i) {
+    const float* crop = crops + i * pixels;
+    for (long long j = 0; j < pixels; ++j) {
+      if (!std::isfinite(crop[j])) {
+        throw std::invalid_argument("crop " + std::to_string(i) + " holds a non-finite grey level at pixel " +
+                                    std::to_string(j) + ": expected finite values");
+      }
+    }
+    // 8-bit crops (the pipeline's) take at most 256 grey levels: counted, not sorted.
+    bool eight_bit = true;
+    for (long long j = 0; j < pixels && eight_bit; ++j) {
+      eight_bit = crop[j] >= 0.f && crop[j] <= 255.f && crop[j] == std::floor(crop[j]);
+    }
+    if (eight_bit) {
+      EightBitLogPicture(crop, pixels, percentile, out + i * pixels);
+      return;
+    }
+    thread_local std::vector<float> values, line_integrals;
+    values.assign(crop, crop + pixels);
+    const double i_open = std::max(LinearPercentile(values.data(), pixels, 99.0), 1.0);
+    auto line_integral = [i_open](float v) {
+      return static_cast<float>(std::max(-std::log(std::max(static_cast<double>(v), 0.5) / i_open), 0.0));
+    };
+    line_integrals.resize(static_cast<size_t>(pixels));
+    for (long long j = 0; j < pixels; ++j) line_integrals[j] = line_integral(crop[j]);
+    float hi = 0.f;
+    WindowPicture(line_integrals.data(), nullptr, pixels, percentile, i, &hi, out + i * pixels);
   });
 }
 

@@ -20,7 +20,8 @@ One rule, used to make the style translator's X-ray training crops
    a pose puts the model origin (the pipeline's ``recentre`` pass), with that origin as reference.
    Boxes may reach outside the frame (the outside is filled, see 3.).
 3. **Crop** (:func:`crop_frame`, :func:`view_crops`): the box is resampled (area-aware
-   bilinear, Pillow) to ``size`` x ``size``; intensities inside the FOV are stretched from their
+   bilinear: Pillow's BILINEAR box resize, which the core's ``CropFrames`` reproduces to the bit)
+   to ``size`` x ``size``; intensities inside the FOV are stretched from their
    0.5th to 99.5th percentile onto [0, 255] (each DRR is windowed per image too); pixels outside
    the FOV (less its rim: 1 px + 1 % of the radius, where intensifiers fade to dark) or the frame
    become 255 (white: "nothing attenuates", which a generator maps to the black DRR background).
@@ -185,44 +186,34 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
                fill: float = 255.0) -> np.ndarray:
     """Resample ``box`` of ``frame`` to a uint8 [size, size] crop (see the module docstring).
     ``fov`` (a :class:`FieldOfView` or None): pixels outside it become ``fill``; ``normalise``:
-    stretch the FOV's ``percentiles`` onto [0, 255] (else grey levels are clipped to [0, 255])."""
-    from PIL import Image
-
+    stretch the FOV's ``percentiles`` onto [0, 255] (else grey levels are clipped to [0, 255]).
+    The core's ``CropFrames`` (Pillow's bilinear box resampling reproduced; the Pillow/NumPy
+    reference: ``fluororeg._reference.picture.crop_frame``)."""
     img = _as_frame(frame)
     if not isinstance(box, CropBox):
         raise TypeError(f"box {box!r}: expected a CropBox")
-    H, W = img.shape
-    if fov is not None:  # leave out the FOV's dark rim (1 px + 1 % of the radius)
-        inside = FieldOfView(fov.cx, fov.cy, fov.radius * 0.99 - 1.0).mask(img.shape)
-    else:
-        inside = np.ones(img.shape, bool)
-    if normalise:
-        vals = img[inside]
-        lo, hi = np.percentile(vals, percentiles) if vals.size else (0.0, 255.0)
-        if hi <= lo:
-            hi = lo + 1.0
-        # (img - lo) * (255 / (hi - lo)) in float64, clipped to [0, 255], in one buffer
-        stretched = np.subtract(img, lo, dtype=np.float64)
-        stretched *= 255.0 / (hi - lo)
-        img = np.clip(stretched, 0.0, 255.0, out=stretched)
-    # Padded so that the box lies inside (the padding and the pixels outside the FOV: fill), then
-    # the box is resampled (Pillow boxes are in pixel-edge units). The clipped grey levels are
-    # written straight into the padded float32 picture (no padded copy, no cast copy).
-    pad_l = int(np.ceil(max(0.0, -box.left))) + 1
-    pad_t = int(np.ceil(max(0.0, -box.top))) + 1
-    pad_r = int(np.ceil(max(0.0, box.left + box.side - W))) + 1
-    pad_b = int(np.ceil(max(0.0, box.top + box.side - H))) + 1
-    padded = np.full((H + pad_t + pad_b, W + pad_l + pad_r), fill, dtype=np.float32)
-    core = padded[pad_t:pad_t + H, pad_l:pad_l + W]
-    if normalise:
-        core[...] = img  # rounded to float32
-    else:
-        np.clip(img, 0.0, 255.0, out=core)
-    np.copyto(core, np.float32(fill), where=~inside)
-    x0, y0 = box.left + pad_l, box.top + pad_t
-    out = Image.fromarray(padded, mode="F").resize(
-        (box.size, box.size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box.side, y0 + box.side))
-    return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
+    return _crops(img[None], [box], box.size, fov, normalise, percentiles, fill, 1)[0]
+
+
+def _crops(frames: np.ndarray, boxes, size: int, fov, normalise: bool, percentiles, fill: float,
+           num_threads: int) -> np.ndarray:
+    """The core's crops [n, size, size] uint8 of float32 frames [n, H, W] in ``boxes``."""
+    from fluororeg import _core
+
+    lo, hi = (float(p) for p in percentiles)
+    # The FOV less its dark rim (1 px + 1 % of the radius).
+    inside = None if fov is None else \
+        _rim_mask(float(fov.cx), float(fov.cy), float(fov.radius), frames.shape[1], frames.shape[2])
+    table = np.array([[b.left, b.top, b.side] for b in boxes], dtype=np.float64).reshape(-1, 3)
+    return _core.crop_frames(frames, table, int(size), inside, bool(normalise), lo, hi, float(fill), num_threads)
+
+
+@functools.lru_cache(maxsize=16)
+def _rim_mask(cx: float, cy: float, radius: float, H: int, W: int) -> np.ndarray:
+    """uint8 [H, W], read-only: the field of view less its rim, as the crops use it."""
+    mask = FieldOfView(cx, cy, radius * 0.99 - 1.0).mask((H, W)).astype(np.uint8)
+    mask.flags.writeable = False
+    return mask
 
 
 def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
@@ -289,37 +280,45 @@ def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarra
     Beer-Lambert inverted, ``L = -ln(I / I_open)`` with ``I_open`` the crop's 99th percentile
     (the open field), clipped at 0 and windowed like the dataset's DRRs (0 to the
     ``percentile`` of the positive values). The intensity response's gamma only scales L,
-    which the window removes."""
-    from fluororeg.core.render import to_uint8
+    which the window removes. The core's ``LogAttenuationPictures`` (grey levels as float32;
+    reference: ``fluororeg._reference.picture.log_attenuation_crop``)."""
+    from fluororeg import _core
 
-    img = np.asarray(raw, dtype=np.float64)
-    i_open = max(float(np.percentile(img, 99)), 1.0)
-    L = np.clip(-np.log(np.clip(img, 0.5, None) / i_open), 0.0, None).astype(np.float32)
-    return to_uint8(L, percentile=percentile)
+    img = np.asarray(raw, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"crop has shape {img.shape}: expected a grey image [H, W]")
+    return _core.log_attenuation_pictures(img[None], float(percentile), 1)[0]
 
 
-# Frames at least this large are cropped on several threads (view_crops): measured on 2 cores,
-# 512 x 512 and 1024 x 1024 frames were cropped 1.5-2.4x faster on two threads, 192 x 192 and
-# 256 x 256 ones slower (their crops are short and hold the GIL for much of their time).
-PARALLEL_CROP_PIXELS = 2 ** 17
+# Frames cropped per core call by view_crops (bounds the float32 copy of large frames).
+CROP_BATCH = 16
 
 
 def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_threads: int = 0):
     """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
     ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
-    levels stretched over the field of view (outside it: open field). Frames of at least
-    :data:`PARALLEL_CROP_PIXELS` pixels are cropped on ``num_threads`` threads
-    (:func:`~fluororeg.core.threads.thread_map`; 0: the process's count), smaller ones on this one."""
-    from fluororeg.core.threads import thread_map
+    levels stretched over the field of view (outside it: open field). :func:`crop_frame` and
+    :func:`log_attenuation_crop` of each frame, made by the core without the GIL on
+    ``num_threads`` threads (0: the process's count), :data:`CROP_BATCH` frames at a time."""
+    from fluororeg import _core
+    from fluororeg.core.threads import num_threads as process_threads
 
-    def one(pair):
-        img, box = pair
-        if style == "log":
-            return log_attenuation_crop(crop_frame(img, box, fov=fov, normalise=False, fill=255.0))
-        return crop_frame(img, box, fov=fov)
-
-    large = len(images) > 1 and np.asarray(images[0]).size >= PARALLEL_CROP_PIXELS
+    boxes = list(boxes)
+    if len(boxes) != len(images):
+        raise ValueError(f"got {len(boxes)} crop boxes for {len(images)} frames: expected one box per frame")
+    for box in boxes:
+        if not isinstance(box, CropBox):
+            raise TypeError(f"box {box!r}: expected a CropBox")
+    threads = process_threads(num_threads)
     out = np.empty((len(images), size, size), np.uint8)
-    for j, crop in enumerate(thread_map(one, zip(images, boxes), num_threads if large else 1)):
-        out[j] = crop
+    for s in range(0, len(images), CROP_BATCH):
+        frames = [_as_frame(img) for img in images[s:s + CROP_BATCH]]
+        # Frames of one size go to the core together (a view's frames share theirs).
+        same = all(f.shape == frames[0].shape for f in frames)
+        for j, group in ([(0, np.stack(frames))] if same else [(j, f[None]) for j, f in enumerate(frames)]):
+            crops = _crops(group, boxes[s + j:s + j + len(group)], size, fov, style != "log", (0.5, 99.5), 255.0,
+                           threads)
+            if style == "log":
+                crops = _core.log_attenuation_pictures(crops.astype(np.float32), 99.5, threads)
+            out[s + j:s + j + len(crops)] = crops
     return out
