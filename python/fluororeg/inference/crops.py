@@ -219,12 +219,22 @@ def _rim_mask(cx: float, cy: float, radius: float, H: int, W: int) -> np.ndarray
 def crop_box_for_view(view: ConeView, centre_px, size: int, pixel_mm: float, reference_point):
     """The square crop (a :class:`~fluororeg.inference.crops.CropBox`) of ``size`` px
     centred on ``centre_px`` (x, y) whose pixels measure ``pixel_mm`` at ``reference_point``."""
-    sdd = view.source_intensifier_distance
-    sod = float(abs(view.normal @ (np.asarray(reference_point, float) - view.source)))
-    frame_px_at_object = view.pitch_u * sod / sdd
-    side = size * pixel_mm / frame_px_at_object
     cx, cy = centre_px
+    return _centred_box(cx, cy, float(_crop_sides(view, reference_point, size, pixel_mm)[0]), size)
+
+
+def _centred_box(cx: float, cy: float, side: float, size: int) -> CropBox:
+    """The box of ``side`` frame px centred on pixel (cx, cy)."""
     return CropBox(float(cx + 0.5 - side / 2), float(cy + 0.5 - side / 2), float(side), int(size))
+
+
+def _crop_sides(view: ConeView, reference_points, size: int, pixel_mm: float) -> np.ndarray:
+    """Box sides [n] (frame px) of crops of ``size`` px whose pixels measure ``pixel_mm`` at
+    ``reference_points`` [n, 3] (or [3]) mm: the frame's pixel at a point's depth is
+    ``pitch * SOD / SDD``, SOD along the view's normal (inf for a point on the source's plane)."""
+    sod = np.abs((np.asarray(reference_points, float).reshape(-1, 3) - view.source) @ view.normal)
+    with np.errstate(divide="ignore"):
+        return size * pixel_mm / (view.pitch_u * sod / view.source_intensifier_distance)
 
 
 def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
@@ -262,17 +272,18 @@ def bone_crop_boxes(recording, poses, fallback, size: int, crop_pixel_mm: float)
             if dist[k] is not None and front.any():
                 xy[front] = dist[k].distort_points(xy[front])
             centres[ok, k] = xy
-    out = []
-    for pose, centre in zip(poses, centres):
-        pair = []
-        for k, view in enumerate(views):
-            c = centre[k]
-            box = crop_box_for_view(view, c, size, crop_pixel_mm, pose[3:]) if np.all(np.isfinite(c)) else None
-            plausible = box is not None and 0.0 <= c[0] < view.width and 0.0 <= c[1] < view.height \
-                and 1 / 1.3 <= box.side / fallback[k].side <= 1.3
-            pair.append(box if plausible else fallback[k])
-        out.append(tuple(pair))
-    return out
+    # crop_box_for_view of every frame at once: the side at the origin's depth, then the box.
+    boxes = []  # per view, [n] CropBox or the fallback
+    for k, view in enumerate(views):
+        c = centres[:, k]
+        side = _crop_sides(view, poses[:, 3:], size, crop_pixel_mm)
+        with np.errstate(invalid="ignore"):  # NaN poses
+            plausible = np.isfinite(c).all(axis=1) & (c[:, 0] >= 0.0) & (c[:, 0] < view.width) \
+                & (c[:, 1] >= 0.0) & (c[:, 1] < view.height) \
+                & (side / fallback[k].side >= 1 / 1.3) & (side / fallback[k].side <= 1.3)
+        boxes.append([_centred_box(c[i, 0], c[i, 1], side[i], size) if plausible[i] else fallback[k]
+                      for i in range(len(poses))])
+    return list(zip(*boxes))
 
 
 def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarray:
