@@ -169,6 +169,14 @@ def test_crops_match_the_pillow_reference():
             np.testing.assert_array_equal(got, ref.crop_frame(img, box, fov=fov, normalise=normalise))
         pictures, want = log_attenuation_crop(got), ref.log_attenuation_crop(got)
         assert np.abs(pictures.astype(int) - want).max() <= 1 and (pictures == want).mean() >= 0.99
+    # 8-bit crops of few grey levels, constant ones, tiny ones (counted, not sorted, by the core).
+    for t in range(40):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        crop = [rng.integers(0, 256, shape), rng.choice([0, 1, 2, 254, 255], shape),
+                np.full(shape, int(rng.integers(0, 256))), rng.choice(np.arange(0, 256, 37), shape)][t % 4]
+        for percentile in (99.5, 50.0, 100.0, 0.1):
+            pictures, want = log_attenuation_crop(crop, percentile), ref.log_attenuation_crop(crop, percentile)
+            assert np.abs(pictures.astype(int) - want).max() <= 1 and (pictures == want).mean() >= 0.99
     with pytest.raises(ValueError, match="crop box"):
         crop_frame(img, CropBox(1e9, 0.0, 10.0, 8))
     with pytest.raises(ValueError, match="non-finite"):

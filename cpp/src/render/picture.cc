@@ -410,16 +410,14 @@ double RunsPercentile(const double* values, const long long* counts, int runs, l
   const double index = static_cast<double>(m - 1) * (q / 100.0);
   const long long lo = std::min(static_cast<long long>(std::floor(index)), m - 1);
   const double t = index - static_cast<double>(lo);
-  int r = 0;
-  for (long long seen = counts[0]; seen <= lo; seen += counts[++r]) {
-  }
-  const double a = values[r];  // the order statistic lo
+  int r = 0;  // the run of the order statistic lo
+  long long upto = counts[0];  // values in runs [0, r]
+  while (upto <= lo && r + 1 < runs) upto += counts[++r];
+  const double a = values[r];
   if (lo + 1 >= m || t == 0.0) return a;
-  long long upto = 0;
-  for (int k = 0; k <= r; ++k) upto += counts[k];
-  int next = r;
-  if (upto <= lo + 1) {  // the next order statistic lies in a later run
-    do ++next; while (counts[next] == 0);
+  int next = r;  // the run of the order statistic lo + 1
+  if (upto <= lo + 1) {
+    do ++next; while (next + 1 < runs && counts[next] == 0);
   }
   const double b = values[next];
   return a + (b - a) * t;
