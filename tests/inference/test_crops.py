@@ -143,6 +143,10 @@ def test_crops_on_threads_equal_those_made_one_by_one():
                                   crop_frame(mixed[3], boxes[3], fov=None))
     with pytest.raises(ValueError, match="one box per frame"):
         view_crops(frames, boxes[:3], fov, 48)
+    bad = [f.copy() for f in frames]
+    bad[crops.CROP_BATCH + 1][3, 4] = np.nan
+    with pytest.raises(ValueError, match=f"frames {crops.CROP_BATCH} to .*frame 1 holds a non-finite grey level"):
+        view_crops(bad, boxes, fov, 48)
 
 
 def test_crops_match_the_pillow_reference():

@@ -118,6 +118,15 @@ class CropBox:
 
 
 def _as_frame(frame) -> np.ndarray:
+    a = _checked_frame(frame)
+    a = np.asarray(a, dtype=np.float32)  # no copy for float32 frames: callers do not write to it
+    if not np.isfinite(a).all():
+        raise ValueError("frame holds NaN or infinite values")
+    return a
+
+
+def _checked_frame(frame) -> np.ndarray:
+    """``frame`` as an array, its shape and dtype checked (not its values)."""
     a = np.asarray(frame)
     if a.ndim != 2:
         raise ValueError(f"frame has shape {a.shape}: expected a grey image [H, W]")
@@ -125,9 +134,6 @@ def _as_frame(frame) -> np.ndarray:
         raise ValueError(f"frame has shape {a.shape}: expected at least 8 x 8 pixels")
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"frame has dtype {a.dtype}: expected numeric grey levels")
-    a = np.asarray(a, dtype=np.float32)  # no copy for float32 frames: callers do not write to it
-    if not np.isfinite(a).all():
-        raise ValueError("frame holds NaN or infinite values")
     return a
 
 
@@ -323,12 +329,18 @@ def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_t
     threads = process_threads(num_threads)
     out = np.empty((len(images), size, size), np.uint8)
     for s in range(0, len(images), CROP_BATCH):
-        frames = [_as_frame(img) for img in images[s:s + CROP_BATCH]]
+        # Shapes and dtypes checked here, grey levels by the core (a non-finite one is an error).
+        frames = [_checked_frame(img) for img in images[s:s + CROP_BATCH]]
         # Frames of one size go to the core together (a view's frames share theirs).
         same = all(f.shape == frames[0].shape for f in frames)
-        for j, group in ([(0, np.stack(frames))] if same else [(j, f[None]) for j, f in enumerate(frames)]):
-            crops = _crops(group, boxes[s + j:s + j + len(group)], size, fov, style != "log", (0.5, 99.5), 255.0,
-                           threads)
+        groups = [(0, np.stack(frames).astype(np.float32, copy=False))] if same else \
+            [(j, f[None].astype(np.float32, copy=False)) for j, f in enumerate(frames)]
+        for j, group in groups:
+            try:
+                crops = _crops(group, boxes[s + j:s + j + len(group)], size, fov, style != "log", (0.5, 99.5),
+                               255.0, threads)
+            except ValueError as exc:  # the core counts frames from the batch's first
+                raise ValueError(f"frames {s + j} to {s + j + len(group) - 1} of the {len(images)}: {exc}") from None
             if style == "log":
                 crops = _core.log_attenuation_pictures(crops.astype(np.float32), 99.5, threads)
             out[s + j:s + j + len(crops)] = crops
