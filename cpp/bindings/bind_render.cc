@@ -28,6 +28,17 @@ void CheckPoints(const InArray<double>& points) {
   CheckCount(points.shape(0), limits::kMaxPoints, "points");
 }
 
+// Frames [n, H, W] of one size with an optional pixel mask inside [H, W], and a thread count.
+void CheckFrameStack(const InArray<float>& frames, const std::optional<InArray<uint8_t>>& inside,
+                     int num_threads) {
+  CheckShape(frames, "frames", {-1, -1, -1});
+  const long long h = static_cast<long long>(frames.shape(1)), w = static_cast<long long>(frames.shape(2));
+  if (inside) CheckShape(*inside, "inside", {h, w});
+  CheckCount(frames.shape(1), limits::kMaxImageSide, "frame rows");
+  CheckCount(frames.shape(2), limits::kMaxImageSide, "frame columns");
+  CheckThreads(num_threads);
+}
+
 // Output images [n, H, W]: a new NumPy array (for a CUDA call, page-locked when small: see
 // AllocateHostImages), or CUDA device memory handed to Python as an ndarray with __dlpack__
 // (torch.from_dlpack takes it without a copy) when options.output_on_device.
@@ -315,12 +326,8 @@ void BindRender(nb::module_& m) {
       "frame_statistics",
       [](const InArray<float>& frames, int side, const std::optional<InArray<uint8_t>>& inside,
          long long stride, int num_threads) {
-        CheckShape(frames, "frames", {-1, -1, -1});
+        CheckFrameStack(frames, inside, num_threads);
         const size_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
-        if (inside) CheckShape(*inside, "inside", {static_cast<long long>(h), static_cast<long long>(w)});
-        CheckCount(h, limits::kMaxImageSide, "frame rows");
-        CheckCount(w, limits::kMaxImageSide, "frame columns");
-        CheckThreads(num_threads);
         const size_t s = side > 0 ? static_cast<size_t>(side) : 0;
         auto thumbs = NewArray<double>({n, s, s}, "thumbnails");
         auto spread = NewArray<double>({n}, "spread");
@@ -344,13 +351,9 @@ void BindRender(nb::module_& m) {
       [](const InArray<float>& frames, const InArray<double>& boxes, int size,
          const std::optional<InArray<uint8_t>>& inside, bool normalise, double low_percentile,
          double high_percentile, float fill, int num_threads) {
-        CheckShape(frames, "frames", {-1, -1, -1});
+        CheckFrameStack(frames, inside, num_threads);
         const size_t n = frames.shape(0), h = frames.shape(1), w = frames.shape(2);
         CheckShape(boxes, "boxes", {static_cast<long long>(n), 3});
-        if (inside) CheckShape(*inside, "inside", {static_cast<long long>(h), static_cast<long long>(w)});
-        CheckCount(h, limits::kMaxImageSide, "frame rows");
-        CheckCount(w, limits::kMaxImageSide, "frame columns");
-        CheckThreads(num_threads);
         const size_t s = size > 0 ? static_cast<size_t>(size) : 0;
         auto out = NewArray<uint8_t>({n, s, s}, "crops");
         {

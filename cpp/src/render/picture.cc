@@ -31,6 +31,21 @@ double LinearPercentileOf(T* values, long long m, double q) {
 
 }  // namespace
 
+namespace {
+
+// Throws std::invalid_argument naming the first non-finite grey level of `what` i [pixels].
+void CheckFiniteGreyLevels(const float* img, long long pixels, const char* what, long long i) {
+  for (long long j = 0; j < pixels; ++j) {
+    if (!std::isfinite(img[j])) {
+      throw std::invalid_argument(std::string(what) + " " + std::to_string(i) +
+                                  " holds a non-finite grey level at pixel " + std::to_string(j) +
+                                  ": expected finite values");
+    }
+  }
+}
+
+}  // namespace
+
 double LinearPercentile(float* values, long long m, double q) { return LinearPercentileOf(values, m, q); }
 double LinearPercentile(double* values, long long m, double q) { return LinearPercentileOf(values, m, q); }
 
@@ -145,12 +160,7 @@ void FramesToLineIntegrals(const float* frames, long long n, int height, int wid
   for (long long j = 0; mask != nullptr && j < pixels && !any_mask; ++j) any_mask = mask[j] != 0;
   ParallelFor(n, num_threads, [&](long long i) {
     const float* img = frames + i * pixels;
-    for (long long j = 0; j < pixels; ++j) {
-      if (!std::isfinite(img[j])) {
-        throw std::invalid_argument("frame " + std::to_string(i) + " holds a non-finite grey level at pixel " +
-                                    std::to_string(j) + ": expected finite values");
-      }
-    }
+    CheckFiniteGreyLevels(img, pixels, "frame", i);
     thread_local std::vector<double> values, kept;
     values.resize(static_cast<size_t>(pixels));
     if (source == nullptr) {
@@ -329,12 +339,7 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
   ParallelFor(n, num_threads, [&](long long f) {
     const float* img = frames + f * pixels;
     const double* b = boxes + 3 * f;
-    for (long long j = 0; j < pixels; ++j) {
-      if (!std::isfinite(img[j])) {
-        throw std::invalid_argument("frame " + std::to_string(f) + " holds a non-finite grey level at pixel " +
-                                    std::to_string(j) + ": expected finite values");
-      }
-    }
+    CheckFiniteGreyLevels(img, pixels, "frame", f);
     // 1. The grey level of frame pixel j as the resampler sees it.
     double lo = 0.0, factor = 1.0;
     if (normalise) {
@@ -463,12 +468,7 @@ void LogAttenuationPictures(const float* crops, long long n, long long pixels, d
   if (n < 0 || pixels < 1) throw std::invalid_argument("crop count must be >= 0 and crops at least 1 px");
   ParallelFor(n, num_threads, [&](long long i) {
     const float* crop = crops + i * pixels;
-    for (long long j = 0; j < pixels; ++j) {
-      if (!std::isfinite(crop[j])) {
-        throw std::invalid_argument("crop " + std::to_string(i) + " holds a non-finite grey level at pixel " +
-                                    std::to_string(j) + ": expected finite values");
-      }
-    }
+    CheckFiniteGreyLevels(crop, pixels, "crop", i);
     // 8-bit crops (the pipeline's) take at most 256 grey levels: counted, not sorted.
     bool eight_bit = true;
     for (long long j = 0; j < pixels && eight_bit; ++j) {
