@@ -29,10 +29,6 @@ double LinearPercentileOf(T* values, long long m, double q) {
   return a + (b - a) * t;
 }
 
-}  // namespace
-
-namespace {
-
 // Throws std::invalid_argument naming the first non-finite grey level of `what` i [pixels].
 void CheckFiniteGreyLevels(const float* img, long long pixels, const char* what, long long i) {
   for (long long j = 0; j < pixels; ++j) {
