@@ -205,8 +205,7 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
             change[f0:f0 + len(th), k] = np.abs(th[:, mask] - ref[mask]).mean(axis=1)
             thumbs.append(th)
         both = setup[0]["thumb_mask"] & setup[1]["thumb_mask"]
-        for j in range(len(thumbs[0])):
-            correlation[f0 + j] = _views_correlation(thumbs[0][j], thumbs[1][j], both)
+        correlation[f0:f0 + len(thumbs[0])] = _views_correlation(thumbs[0], thumbs[1], both)
     return dict(spread=spread, level=level, views_correlation=correlation, change=change,
                 reference=np.asarray(reference))
 
@@ -236,17 +235,20 @@ def input_statuses(stats: dict, options: InputCheckOptions = InputCheckOptions()
     return out.astype(str)
 
 
-def _views_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """Normalised correlation of two views' thumbnails [t, t] inside ``mask`` (both fields of
-    view; everywhere when it holds fewer than 16 pixels); 1 for identical thumbnails (also
-    constant ones)."""
-    if np.all(np.isclose(a, b, rtol=0, atol=1e-9)):
-        return 1.0
+def _views_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[n] normalised correlations of two views' thumbnails a, b [n, t, t] inside ``mask`` [t, t]
+    (both fields of view; everywhere when it holds fewer than 16 pixels); 1 for identical
+    thumbnails (also constant ones)."""
     if mask.sum() < 16:
         mask = np.ones_like(mask)
-    x, y = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
-    den = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / den) if den > 0 else 0.0
+    identical = np.all(np.abs(a - b) <= 1e-9, axis=(1, 2))
+    x, y = a[:, mask], b[:, mask]  # [n, m]
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    den = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(den > 0, (x * y).sum(axis=1) / den, 0.0)
+    return np.where(identical, 1.0, corr)
 
 
 def constant_detector(detections, stats: dict | None = None,
