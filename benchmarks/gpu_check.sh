@@ -14,15 +14,18 @@
 # native.log (C++ render and refinement tests, then compute-sanitizer memcheck),
 # bench_render.json, bench_dataset.json, bench_register.json, bench_refine.json, bench_long.json
 # (register end to end: 2,000 streamed frame pairs, refinement on CUDA), and when asked for,
-# bench_render_base.json, ncu.txt and long_profile.txt. Optional environment: FLUORO_CACHE pointing at a folder
-# with cranium_hu.npz (the example CT; else benchmarks use a phantom and the dataset benchmark
-# is skipped) and bench_long_spot_detector.onnx (see its step); FR_BASE, a folder holding another
-# checkout of the project (e.g. `git archive <rev> | tar -x -C .base`, carried with the
-# checkout), whose render benchmark runs on the same card in the same run for a before/after
-# comparison (bench_render_base.json); FR_NCU=1: Nsight Compute's summary of the single
-# 200 x 200 cone-beam DRR's kernel (ncu.txt), when the machine has ncu; FR_PROFILE_LONG=1: bench_long
-# of 1,000 frame pairs under cProfile, its 60 costliest calls (long_profile.txt). Benchmarks run with
-# --quick on the head-sized CT, steps in order of value with their own time limits.
+# bench_render_base.json, ncu.txt and long_profile.txt (the device tool brings back at most 8
+# files: with those, some logs stay behind; check.log holds their tails).
+# Optional environment: FLUORO_CACHE, a folder with cranium_hu.npz (the example CT; else the
+# benchmarks use a phantom and the dataset benchmark is skipped) and
+# bench_long_spot_detector.onnx (see its step); FR_BASE, a folder holding another checkout of the
+# project (e.g. `git archive <rev> | tar -x -C .base`, carried with the checkout), whose render
+# benchmark runs on the same card in the same run for a before/after comparison
+# (bench_render_base.json); FR_NCU=1: Nsight Compute's summary of the single 200 x 200 cone-beam
+# DRR's kernel (ncu.txt), when the machine has ncu; FR_PROFILE_LONG=1: bench_long of 1,000 frame
+# pairs under cProfile, its 60 costliest calls (long_profile.txt). Benchmarks run with --quick on
+# the head-sized CT, steps in order of value with their own time limits (128 s in all on an H200
+# machine, build included; 160 s with FR_BASE and FR_PROFILE_LONG).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -48,8 +51,9 @@ timeout 100 python3 benchmarks/bench_render.py --quick --head --device cuda --js
 
 if [ -n "${FR_BASE:-}" ]; then
   step "bench_render --quick --head on the base checkout $FR_BASE (same card, same run)"
+  # Its own build folder, environment and wheel folder: this checkout's stay as they are.
   if (cd "$FR_BASE" && FR_BUILD_DIR=/tmp/fr-base-build FR_ENV=/tmp/fr-base-env.sh FR_SITE=/tmp/fr-base-site \
-        FR_LOGS=/tmp/fr-base-logs         bash "$OLDPWD/.gpu/build.sh" > /tmp/fr-base-build.log 2>&1); then
+        FR_LOGS=/tmp/fr-base-logs bash "$OLDPWD/.gpu/build.sh" > /tmp/fr-base-build.log 2>&1); then
     (cd "$FR_BASE" && source /tmp/fr-base-env.sh && timeout 100 python3 benchmarks/bench_render.py --quick --head \
        --device cuda --json "$OUT/bench_render_base.json") || status=1
   else
