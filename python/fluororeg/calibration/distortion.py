@@ -58,16 +58,37 @@ def _exponents(order: int) -> list[tuple[int, int]]:
     return [(a, d - a) for d in range(order + 1) for a in range(d, -1, -1)]
 
 
+def _terms(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exponents of x and of y of each monomial [T], in the order of :func:`_exponents`."""
+    e = np.array(_exponents(order))
+    return e[:, 0], e[:, 1]
+
+
+def _power_table(v: np.ndarray, order: int) -> np.ndarray:
+    """[order + 1, ...]: v ** 0, v ** 1, ..., v ** order (each power as ``v ** k`` computes it)."""
+    return np.stack([v ** k for k in range(order + 1)])
+
+
+def _last(table: np.ndarray) -> np.ndarray:
+    """[T, ...] -> [..., T], contiguous (as np.stack(..., axis=-1) lays it out)."""
+    return np.ascontiguousarray(np.moveaxis(table, 0, -1))
+
+
 def _design(xn: np.ndarray, yn: np.ndarray, order: int) -> np.ndarray:
-    return np.stack([xn ** a * yn ** b for a, b in _exponents(order)], axis=-1)
+    """The monomials xn^a yn^b of every point [..., T], in the order of :func:`_exponents`."""
+    a, b = _terms(order)
+    return _last(_power_table(xn, order)[a] * _power_table(yn, order)[b])
 
 
 def _design_derivatives(xn, yn, order):
-    dx, dy = [], []
-    for a, b in _exponents(order):
-        dx.append(a * xn ** max(a - 1, 0) * yn ** b if a else np.zeros_like(xn))
-        dy.append(b * xn ** a * yn ** max(b - 1, 0) if b else np.zeros_like(xn))
-    return np.stack(dx, axis=-1), np.stack(dy, axis=-1)
+    """d/dxn and d/dyn of :func:`_design`, [..., T] each."""
+    a, b = _terms(order)
+    px, py = _power_table(xn, order), _power_table(yn, order)
+    fa, fb = (e.reshape((-1,) + (1,) * np.ndim(xn)) for e in (a, b))  # broadcast over the points
+    with np.errstate(invalid="ignore"):
+        dx = np.where(fa > 0, fa * px[np.maximum(a - 1, 0)] * py[b], 0.0)
+        dy = np.where(fb > 0, fb * px[a] * py[np.maximum(b - 1, 0)], 0.0)
+    return _last(dx), _last(dy)
 
 
 def _as_points(xy, name="points") -> np.ndarray:
