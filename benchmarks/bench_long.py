@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import parser, report
+from _common import best_time, parser, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,12 +70,6 @@ class StreamedSequence:
             self.on_frame(i)
         img = self.frames[i % len(self.frames)] + self.noise[i % self.NOISE_FIELDS]
         return np.clip(img, 0, 255, out=img)
-
-
-def _timed(f) -> float:
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -128,8 +122,8 @@ def main() -> None:
         from fluororeg._reference.picture import frame_statistics as reference_statistics
 
         stack = np.resize(views[0].astype(np.float32), (256,) + views[0].shape[1:])
-        t_core = min(_timed(lambda: _core.frame_statistics(stack, 64, None, 1, 0)) for _ in range(3)) / len(stack)
-        t_ref = min(_timed(lambda: reference_statistics(stack[:32], 64)) for _ in range(2)) / 32
+        t_core = best_time(lambda: _core.frame_statistics(stack, 64, None, 1, 0), 3) / len(stack)
+        t_ref = best_time(lambda: reference_statistics(stack[:32], 64), 2) / 32
         det_path = args.detector or tmp / "det.onnx"
         if not det_path.exists():
             det_path.parent.mkdir(parents=True, exist_ok=True)
