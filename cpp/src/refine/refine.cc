@@ -838,6 +838,13 @@ bool FinitePose(const double* p) {
   return true;
 }
 
+// The gate's pose-change limits: the pose has turned or moved further from the start than
+// they allow (RefineStatus::kMovedFar).
+bool MovedFar(const Pose& pose, const Pose& start, const RefineOptions& o) {
+  return RotationAngleDeg(pose.R, start.R) > o.max_rotation_change_deg ||
+         (pose.t - start.t).norm() > o.max_translation_change_mm;
+}
+
 void RefineOne(const Context& ctx, int frame, const double* init, Renders renders,
                RefineResult* r) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -869,9 +876,7 @@ void RefineOne(const Context& ctx, int frame, const double* init, Renders render
     // A pose that has moved beyond the gate's limits stops here: finer levels would rarely
     // bring it back (none of the 96 independent-renderer frames from landmark poses changed
     // its pose or status; they took 11 % fewer rays, and failing frames far fewer).
-    if (RotationAngleDeg(pose.R, start.R) > o.max_rotation_change_deg ||
-        (pose.t - start.t).norm() > o.max_translation_change_mm)
-      break;
+    if (MovedFar(pose, start, o)) break;
   }
   pose.ToArray(r->pose);
   // Final similarity at the finest level, over the final pose's region.
@@ -893,8 +898,7 @@ void RefineOne(const Context& ctx, int frame, const double* init, Renders render
   r->translation_change_mm = (pose.t - start.t).norm();
   if (!overlap || !(wsum > 0)) {
     r->status = RefineStatus::kNoOverlap;
-  } else if (r->rotation_change_deg > o.max_rotation_change_deg ||
-             r->translation_change_mm > o.max_translation_change_mm) {
+  } else if (MovedFar(pose, start, o)) {
     r->status = RefineStatus::kMovedFar;
   } else if (!(r->similarity_total >= o.min_similarity)) {
     r->status = RefineStatus::kLowSimilarity;
