@@ -553,9 +553,10 @@ bool IsPageLocked(const void* p) {
 // Where the images of a call to the host are copied by the stream: `out` itself when it is
 // page-locked (AllocateHostImages) or too large for the staging buffer, else the volume's
 // page-locked staging buffer (then CopyOut moves them to `out` after the stream is
-// synchronised).
+// synchronised). `out` may be null (the caller then copies from the staging buffer itself, or
+// from its own buffer when null comes back).
 float* HostImages(CudaVolume& cv, float* out, size_t count) {
-  if (count * sizeof(float) > kMaxPinnedBytes || IsPageLocked(out)) return out;
+  if (count * sizeof(float) > kMaxPinnedBytes || (out != nullptr && IsPageLocked(out))) return out;
   return static_cast<float*>(cv.host_images.Reserve(count * sizeof(float)));
 }
 
