@@ -227,3 +227,39 @@ def test_image_statistics_refuse_frames_of_two_sizes():
     images = [np.full((2, 96, 96), 100.0)] * 3 + [np.full((2, 80, 96), 100.0)] * 30
     with pytest.raises(ValueError, match="expected one frame size per view"):
         quality.image_statistics(_Frames(images))
+
+
+def test_input_statistics_gathered_in_blocks_equal_image_statistics():
+    """The figures the detection pass gathers (InputStatistics, blocks of any size, the reference
+    frame picked as the first with detections per view) are image_statistics' with that reference
+    frame; change is NaN before it. Blocks out of order, or a result with frames missing, are
+    refused."""
+    from fluororeg.inference.crops import detect_fov
+
+    rng = np.random.default_rng(11)
+    images = _fluoro_like(rng, F=11)
+    fovs = [detect_fov(images[0][k]) for k in range(2)]
+    found = np.zeros((11, 2), bool)
+    found[4:, 0] = True  # view 1: detections from frame 4 on (in the second block)
+    found[[0, 7], 1] = True  # view 2: from frame 0
+    want = quality.image_statistics(_Frames(images), fovs, reference_frames=(4, 0))
+    gathered = quality.InputStatistics(11, fovs, num_threads=2)
+    for f0, f1 in [(0, 3), (3, 8), (8, 11)]:
+        rows = range(f0, f1)
+        gathered.add(f0, [gathered.figures(k, [images[f][k] for f in rows]) for k in range(2)], found=found[f0:f1])
+    got = gathered.result()
+    np.testing.assert_array_equal(got["reference"], [4, 0])
+    for key in ("spread", "level", "views_correlation"):
+        np.testing.assert_array_equal(got[key], want[key])
+    np.testing.assert_array_equal(got["change"][4:, 0], want["change"][4:, 0])
+    assert np.isnan(got["change"][:4, 0]).all()
+    np.testing.assert_array_equal(got["change"][:, 1], want["change"][:, 1])
+    # A detector whose output ignores the moving images is caught with either figures.
+    constant = np.where(found[..., None, None], 50.0, np.nan) * np.ones((11, 2, 3, 2))
+    assert quality.constant_detector(constant, got).all() and quality.constant_detector(constant, want).all()
+    late = quality.InputStatistics(11, fovs)
+    with pytest.raises(ValueError, match="in order"):
+        late.add(3, [late.figures(k, [images[3][k]]) for k in range(2)])
+    late.add(0, [late.figures(k, [images[0][k]]) for k in range(2)])
+    with pytest.raises(ValueError, match="every frame is needed"):
+        late.result()

@@ -169,3 +169,65 @@ def test_a_second_writer_is_refused_and_changes_nothing(setup, subject, tmp_path
         holder.stdin.close()
         holder.wait(10)
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
+
+
+def test_detection_workers_change_nothing(setup, subject, tmp_path):
+    """Chunks worked on by several threads at once give the files and detections of one thread
+    (no worker), the input checks included; a read that fails mid-recording stops the run with
+    its error, leaves the chunks before it whole and no worker running."""
+    import threading
+
+    opts = SECOND.__class__(**{**SECOND.__dict__, "quality_gate": True, "refine": False})
+    one = run(setup, subject, tmp_path / "one", opts.__class__(**{**opts.__dict__, "num_threads": 1}))
+    three = run(setup, subject, tmp_path / "three", opts.__class__(**{**opts.__dict__, "num_threads": 3}))
+    for name in OUTPUTS:  # options.json names the thread count
+        if name != "options.json":
+            assert reproducible_text(tmp_path / "one" / name) == reproducible_text(tmp_path / "three" / name), name
+    np.testing.assert_array_equal(one.detections, three.detections)
+    np.testing.assert_array_equal(one.status, three.status)
+    for name in chunk_times(tmp_path / "one"):
+        with np.load(tmp_path / "one" / "detections" / name) as a, np.load(tmp_path / "three" / "detections" / name) as b:
+            assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in pipeline.CHUNK_KEYS)
+
+    class FailingRead:  # the recording, whose frames 4 and 5 cannot be read
+        def __init__(self, rec):
+            self.rec = rec
+
+        def __getattr__(self, name):
+            return getattr(self.rec, name)
+
+        def __len__(self):
+            return len(self.rec)
+
+        def read(self, view, positions, num_threads=0):
+            if max(positions) >= 4:
+                raise ValueError("cannot read frame 4")
+            return self.rec.read(view, positions, num_threads)
+
+    before = threading.active_count()
+    out = tmp_path / "failing"
+    with pytest.raises(ValueError, match="cannot read frame 4"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*validation error allows")
+        register_recording(FailingRead(open_recording(setup["recording"])), subject, setup["detector"], None,
+                           opts.__class__(**{**opts.__dict__, "num_threads": 3}), out_dir=out, progress=False)
+    assert threading.active_count() == before
+    assert list(chunk_times(out)) == ["chunk_000000_000001.npz", "chunk_000002_000003.npz"]
+    again = run(setup, subject, out, opts.__class__(**{**opts.__dict__, "num_threads": 3}))
+    np.testing.assert_array_equal(again.detections, one.detections)
+
+
+def test_frame_hashes_are_sha256_of_shape_dtype_and_bytes():
+    import hashlib
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = a.astype(">f4")  # the same values stored the other way round: other bytes, another hash
+    got = pipeline.frame_hashes([[a, b], [b[::-1], a.T]], num_threads=2)
+
+    def want(x):
+        x = np.ascontiguousarray(x)
+        return hashlib.sha256(f"{x.shape}|{x.dtype.str}|".encode() + x.tobytes()).hexdigest()[:32]
+
+    assert got.shape == (2, 2)
+    assert got.tolist() == [[want(a), want(b[::-1])], [want(b), want(a.T)]]
+    assert len({*got.ravel()}) == 4
+    assert pipeline.frame_hashes([[], []]).shape == (0, 2)

@@ -53,8 +53,8 @@ from fluororeg.core import registration as _registration
 from fluororeg.inference.crops import FieldOfView
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
 
-__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "image_statistics",
-           "blank_views", "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
+__all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "InputStatistics",
+           "image_statistics", "blank_views", "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
            "max_residual_from_detector", "qc_report", "format_qc", "write_qc", "write_worst_overlays"]
 
 # The core's default limit, mm at the bone (RegistrationOptions.max_residual_mm); the pipeline's
@@ -147,6 +147,103 @@ def _thumbnail_mask(shape, fov, side: int) -> np.ndarray:
     return mask if mask.sum() >= 16 else np.ones((side, side), bool)
 
 
+class InputStatistics:
+    """The input checks' figures of a recording's ``F`` frames (what :func:`image_statistics`
+    returns), gathered block by block from frames read for other work: the pipeline's detection
+    pass hands over each chunk's frames, so the checks do not read the recording again.
+
+    :meth:`figures` computes a block's per-frame figures of one view (thumbnails, spread, level:
+    the core's ``frame_statistics``; safe on several threads at once); :meth:`add` takes the
+    blocks' figures in frame order and keeps what the checks need; :meth:`result` gives the
+    arrays. Each view's ``change`` compares frames with its reference frame: the one given to
+    :meth:`set_reference`, else the first frame whose ``found`` (:meth:`add`) is true, the first
+    with detections. Frames before that one have no detections, and their change (which the
+    constant-detector check never reads) is NaN. Memory does not grow with the recording's
+    length: thumbnails are not kept past their block."""
+
+    def __init__(self, F: int, fovs=None, options: InputCheckOptions = InputCheckOptions(), *,
+                 num_threads: int = 0):
+        from threading import Lock
+
+        from fluororeg.core.threads import num_threads as process_threads
+
+        self.F, self.options = int(F), options
+        self.fovs = (None, None) if fovs is None else tuple(fovs)
+        self.threads = process_threads(num_threads)
+        self.spread, self.level = np.full((self.F, 2), np.nan), np.full((self.F, 2), np.nan)
+        self.correlation, self.change = np.full(self.F, np.nan), np.full((self.F, 2), np.nan)
+        self.reference = np.zeros(2, np.int64)
+        self._reference_thumbs: list[np.ndarray | None] = [None, None]  # [t, t] per view, once known
+        self._setup: list[dict] = [{}, {}]  # per view, from its first frame: shape, thumb_mask, inside, stride
+        self._setup_lock = Lock()
+        self._next = 0  # the first frame :meth:`add` expects next
+
+    def _view_setup(self, k: int, shape) -> dict:
+        with self._setup_lock:
+            v = self._setup[k]
+            if not v:
+                if len(shape) != 2:
+                    raise ValueError(f"view {k + 1}'s frames have shape {shape}: expected grey-level images [H, W]")
+                inside = _full_mask(shape, self.fovs[k])
+                v.update(shape=tuple(shape), thumb_mask=_thumbnail_mask(shape, self.fovs[k], self.options.thumbnail),
+                         inside=inside.astype(np.uint8), stride=max(1, int(inside.sum()) // 200000))
+            return v
+
+    def figures(self, k: int, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(thumbs [n, t, t], spread [n], level [n]) of view ``k``'s frames ``images`` (a
+        sequence of [H, W]); frames of another size than the view's first are refused."""
+        arrays = [np.asarray(img) for img in images]
+        if not arrays:
+            t = self.options.thumbnail
+            return np.empty((0, t, t)), np.empty(0), np.empty(0)
+        v = self._view_setup(k, arrays[0].shape)
+        for a in arrays:
+            if a.shape != v["shape"]:
+                raise ValueError(f"view {k + 1} has frames of shape {a.shape} and {v['shape']}: expected one "
+                                 "frame size per view")
+        frames = np.stack(arrays).astype(np.float32, copy=False)
+        return _core.frame_statistics(frames, self.options.thumbnail, v["inside"], v["stride"], self.threads)
+
+    def set_reference(self, k: int, frame: int, image) -> None:
+        """Compare view ``k``'s frames with ``image``, its frame at position ``frame``."""
+        self.reference[k] = int(frame)
+        self._reference_thumbs[k] = self.figures(k, [image])[0][0]
+
+    def add(self, f0: int, figures, found=None) -> None:
+        """The figures of frames ``f0`` .. ``f0 + n - 1``: ``figures`` per view, as
+        :meth:`figures` returns them; ``found`` [n, 2] bool: the frames with detections per view
+        (picks a view's reference frame when none was set). Blocks come in frame order."""
+        thumbs = [np.asarray(f[0]) for f in figures]
+        n = len(thumbs[0])
+        if f0 != self._next or f0 + n > self.F or len(thumbs[1]) != n:
+            raise ValueError(f"input statistics of frames {f0} to {f0 + n - 1}: expected the {len(thumbs[1])} "
+                             f"frames from frame {self._next} on, in order, within the recording's {self.F}")
+        self._next = f0 + n
+        rows = slice(f0, f0 + n)
+        for k in range(2):
+            self.spread[rows, k], self.level[rows, k] = figures[k][1], figures[k][2]
+            first = 0  # the block's first frame compared with the reference
+            if self._reference_thumbs[k] is None and found is not None and np.any(found[:, k]):
+                first = int(np.argmax(found[:, k]))
+                self.reference[k] = f0 + first
+                self._reference_thumbs[k] = thumbs[k][first]
+            ref = self._reference_thumbs[k]
+            if ref is not None:
+                mask = self._setup[k]["thumb_mask"]
+                self.change[f0 + first:f0 + n, k] = np.abs(thumbs[k][first:, mask] - ref[mask]).mean(axis=1)
+        if n:
+            both = self._setup[0]["thumb_mask"] & self._setup[1]["thumb_mask"]
+            self.correlation[rows] = _views_correlation(thumbs[0], thumbs[1], both)
+
+    def result(self) -> dict:
+        """spread [F, 2], level [F, 2], views_correlation [F], change [F, 2], reference [2] (see
+        :func:`image_statistics`); every frame must have been added."""
+        if self._next != self.F:
+            raise ValueError(f"input statistics hold frames 0 to {self._next - 1} of {self.F}: every frame is needed")
+        return dict(spread=self.spread, level=self.level, views_correlation=self.correlation, change=self.change,
+                    reference=self.reference.copy())
+
+
 def image_statistics(recording, fovs=None, options: InputCheckOptions = InputCheckOptions(),
                      reference_frames=(0, 0), *, num_threads: int = 0):
     """Per frame and view, what the input checks need, computed frame by frame (memory does not
@@ -159,55 +256,21 @@ def image_statistics(recording, fovs=None, options: InputCheckOptions = InputChe
     reference frames once more), 32 at a time (:meth:`Recording.read
     <fluororeg.io.recording.Recording.read>`); the thumbnails and percentiles are the core's
     ``frame_statistics`` (its NumPy reference: ``fluororeg._reference.picture``), on
-    ``num_threads`` threads (0: the process's count)."""
-    from fluororeg.core.threads import num_threads as process_threads
-
+    ``num_threads`` threads (0: the process's count). :class:`InputStatistics` gathers the same
+    figures from frames read for other work."""
     F = len(recording)
-    t = options.thumbnail
     reference = tuple(int(r) for r in reference_frames)
     if len(reference) != 2 or not all(0 <= r < max(F, 1) for r in reference):
         raise ValueError(f"reference_frames = {reference_frames!r}: expected two frame positions in [0, {F})")
-    fov = (None, None) if fovs is None else tuple(fovs)
-    threads = process_threads(num_threads)
-    spread, level = np.empty((F, 2)), np.empty((F, 2))
-    correlation, change = np.empty(F), np.empty((F, 2))
-    setup: list[dict] = [{}, {}]  # per view, from its first frame: shape, thumb_mask, inside, stride, reference
-
-    def statistics(k: int, images) -> tuple:  # (thumbs [n, t, t], spread [n], level [n]) of view k
-        arrays = [np.asarray(img) for img in images]
-        v = setup[k]
-        if not v:
-            shape = arrays[0].shape
-            if len(shape) != 2:
-                raise ValueError(f"view {k + 1}'s frames have shape {shape}: expected grey-level images [H, W]")
-            inside = _full_mask(shape, fov[k])
-            v.update(shape=shape, thumb_mask=_thumbnail_mask(shape, fov[k], t), inside=inside.astype(np.uint8),
-                     stride=max(1, int(inside.sum()) // 200000))
-        for a in arrays:
-            if a.shape != v["shape"]:
-                raise ValueError(f"view {k + 1} has frames of shape {a.shape} and {v['shape']}: expected one "
-                                 "frame size per view")
-        frames = np.stack(arrays).astype(np.float32, copy=False)
-        return _core.frame_statistics(frames, t, v["inside"], v["stride"], threads)
-
+    gathered = InputStatistics(F, fovs, options, num_threads=num_threads)
     if F:
-        first = [recording.frame(reference[k])[k] for k in range(2)]
         for k in range(2):
-            setup[k]["reference"] = statistics(k, [first[k]])[0][0]
+            gathered.set_reference(k, reference[k], recording.frame(reference[k])[k])
     block = 32  # frames read (Recording.read: in parallel where the sequences allow) per step
     for f0 in range(0, F, block):
         block_frames = range(f0, min(F, f0 + block))
-        thumbs = []
-        for k in range(2):
-            th, spread[f0:f0 + len(block_frames), k], level[f0:f0 + len(block_frames), k] = \
-                statistics(k, recording.read(k, block_frames, num_threads))
-            mask, ref = setup[k]["thumb_mask"], setup[k]["reference"]
-            change[f0:f0 + len(th), k] = np.abs(th[:, mask] - ref[mask]).mean(axis=1)
-            thumbs.append(th)
-        both = setup[0]["thumb_mask"] & setup[1]["thumb_mask"]
-        correlation[f0:f0 + len(thumbs[0])] = _views_correlation(thumbs[0], thumbs[1], both)
-    return dict(spread=spread, level=level, views_correlation=correlation, change=change,
-                reference=np.asarray(reference))
+        gathered.add(f0, [gathered.figures(k, recording.read(k, block_frames, num_threads)) for k in range(2)])
+    return gathered.result()
 
 
 def _full_mask(shape, fov):

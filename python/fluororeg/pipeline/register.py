@@ -41,10 +41,12 @@ For every frame of both views (:mod:`fluororeg.io.recording`):
    gap is ``'ambiguous_mirror'``. ``poses.csv`` gets the residuals at the bone and inliers per
    view; ``qc.json`` and ``qc.png`` summarise the recording.
 
-Frames are read once per chunk for both passes. Detections (and the crop boxes) are saved per
+Frames are read once per chunk for both passes and for the input checks' figures (thumbnails,
+percentiles: :class:`~fluororeg.pipeline.quality.InputStatistics`); chunks are read in order and
+worked on by a few threads at once (:func:`detect_recording`). Detections (and the crop boxes) are saved per
 chunk of frames under ``<out>/detections/chunk_FIRST_LAST.npz``, so an interrupted run resumes
 where it stopped. Each chunk holds its frame indices, a hash of every frame it was made from
-(:func:`frame_hashes`: BLAKE2b of each view's image as read, with its shape and dtype) and the
+(:func:`frame_hashes`: SHA-256 of each view's image as read, with its shape and dtype) and the
 digest of the settings. A chunk is reused only if it is whole and its frames' hashes and
 settings match this run's; a damaged one (truncated, not a zip, wrong keys or shapes) is
 reported once by name and detected again, as are chunks whose frames changed (said once). A
@@ -76,9 +78,13 @@ __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hash
            "register_detections", "register_recording"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
-CHUNK_FORMAT = 2          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256)
+CHUNK_FORMAT = 3          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 hashes)
 CHUNK_KEYS = ("detections", "confidence", "crop_boxes", "frames", "frame_hashes", "settings_sha256")
-FRAME_HASH_BYTES = 16     # BLAKE2b digest size of a frame's hash
+FRAME_HASH_BYTES = 16     # bytes of a frame's hash kept (the first of its SHA-256 digest)
+# The detection pass: at most this many chunks worked on at once (each on all threads), and
+# their frames within DETECTION_MEMORY_BYTES.
+DETECTION_WORKERS = 4
+DETECTION_MEMORY_BYTES = 1 << 30
 RESULT_FILES = ("poses.csv", "poses.tra", "options.json", "qc.json", "qc.png")  # a run's outputs (and qc_worst_*.png)
 
 
@@ -200,7 +206,8 @@ class RecordingResult:
     out_dir: Path | None = None
     qc: dict | None = None     # fluororeg.pipeline.quality.qc_report
     # Wall-clock per stage, s: 'detect' (reading, crops, style, detection, the recentring pass's
-    # registration), 'input_checks', 'register' (landmark registration), 'refine', 'write'
+    # registration, the input checks' per-frame figures of the frames read), 'input_checks'
+    # (the checks on those figures), 'register' (landmark registration), 'refine', 'write'
     # (poses.csv, poses.tra, options.json, qc.json, qc.png and the worst frames' figures).
     stage_seconds: dict | None = None
 
@@ -306,23 +313,25 @@ def _settings_digest(settings: dict) -> str:
 
 
 def frame_hashes(images, num_threads: int = 0) -> np.ndarray:
-    """[n, 2] hex digests (BLAKE2b, 128 bits) of frames as read: ``images[k][i]`` is view k's
-    image of the chunk's i-th frame; each digest covers the image's shape, dtype and bytes.
-    Computed on ``num_threads`` threads (0: the process's count)."""
+    """[n, 2] hex digests (the first 128 bits of SHA-256) of frames as read: ``images[k][i]`` is
+    view k's image of the chunk's i-th frame; each digest covers the image's shape, dtype and
+    bytes. Computed on ``num_threads`` threads (0: the process's count). SHA-256 rather than
+    BLAKE2b: processors with SHA extensions hash 2.4 times faster with it (1.4 against 0.57
+    GB/s on the development machine)."""
     import hashlib
 
     from fluororeg.core.threads import thread_map
 
     def digest(im) -> str:
         a = np.ascontiguousarray(im)
-        h = hashlib.blake2b(f"{a.shape}|{a.dtype.str}|".encode(), digest_size=FRAME_HASH_BYTES)
+        h = hashlib.sha256(f"{a.shape}|{a.dtype.str}|".encode())
         h.update(a.reshape(-1).view(np.uint8))  # the bytes as stored (any dtype, any byte order)
-        return h.hexdigest()
+        return h.hexdigest()[:2 * FRAME_HASH_BYTES]
 
     n = len(images[0])
     out = np.empty((n, 2), dtype=f"U{2 * FRAME_HASH_BYTES}")
-    for k in range(2):  # hashlib hashes large buffers without the GIL
-        out[:, k] = thread_map(digest, images[k], num_threads) if n else []
+    if n:  # hashlib hashes large buffers without the GIL
+        out[:] = np.reshape(thread_map(digest, [im for view in images for im in view], num_threads), (2, n)).T
     return out
 
 
@@ -396,22 +405,34 @@ def _load_chunk(path: Path, frames, hashes, settings_sha256: str, n_landmarks: i
 
 
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
-                     frames=None, *, subject=None, out_dir=None, progress: bool = True):
+                     frames=None, *, subject=None, out_dir=None, progress: bool = True, statistics=None):
     """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N].
     ``subject`` is needed for ``options.recentre`` (its first pass registers). With ``out_dir``
     the detections are kept per chunk under ``out_dir/detections/`` (see the module docstring)
-    and the folder is locked for this writer (:mod:`fluororeg.io.run_lock`)."""
+    and the folder is locked for this writer (:mod:`fluororeg.io.run_lock`). With
+    ``statistics`` (a :class:`fluororeg.pipeline.quality.InputStatistics` of the ``frames``),
+    the input checks' figures of the frames read are gathered there too.
+
+    Chunks of ``options.chunk`` frames are read in order on this thread and worked on by up to
+    :data:`DETECTION_WORKERS` threads at once (none when ``options.num_threads`` is 1), with
+    their frames within :data:`DETECTION_MEMORY_BYTES`; the results do not depend on it."""
     if out_dir is None:
-        return _detect_recording(recording, detector, translator, options, frames, subject, None, progress)
+        return _detect_recording(recording, detector, translator, options, frames, subject, None, progress,
+                                 statistics)
     from fluororeg.io.run_lock import run_folder_lock
 
     with run_folder_lock(out_dir, "register"):
-        return _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress)
+        return _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress,
+                                 statistics)
 
 
-def _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress):
+def _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress, statistics):
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
+    from fluororeg.core.threads import num_threads as _threads
     from fluororeg.io.atomic import atomic_path
 
     if options.style == "translate" and translator is None:
@@ -421,6 +442,9 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
     views = recording.geometry.views
     distortion = recording.geometry.distortion or (None, None)
     frames = np.arange(len(recording)) if frames is None else np.asarray(frames)
+    if statistics is not None and statistics.F != len(frames):
+        raise ValueError(f"input statistics of {statistics.F} frames for {len(frames)} frames to detect: expected "
+                         "one InputStatistics of the frames detected")
     # Crops of the dataset's image size (crop_pixel_mm is its pixel size): the translator
     # works at that size, and the detector resamples to its own input size as in training.
     size = translator.input_size[0] if options.style == "translate" else _training_image_size(detector)
@@ -435,48 +459,89 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
         settings = _detection_settings(recording, detector, translator, options, subject, fovs)
         settings_sha256 = _settings_digest(settings)
         _prepare_detection_cache(chunk_dir, settings, {_chunk_name(frames[c0:c0 + options.chunk]) for c0 in starts})
-    told_changed = False
-    bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
-    for c0 in starts:
-        sel = frames[c0:c0 + options.chunk]
+
+    def work(c0: int, sel: np.ndarray, images: list) -> tuple:
+        """One chunk (on a worker): its detections into det / conf; returns the input
+        statistics' figures of its frames (or None) and what to tell of a saved chunk not used
+        ((kind, why, path) or None)."""
         rows = slice(c0, c0 + len(sel))
-        images = [recording.read(k, sel, options.num_threads) for k in range(2)]
+        figures = None if statistics is None else [statistics.figures(k, images[k]) for k in range(2)]
         path = chunk_dir / _chunk_name(sel) if chunk_dir is not None else None
+        unused = None
         if path is not None:
             hashes = frame_hashes(images, options.num_threads)
             if path.exists():
                 saved, kind, why = _load_chunk(path, sel, hashes, settings_sha256, N)
                 if saved is not None:
                     det[rows], conf[rows] = saved
-                    bar.update(len(sel))
-                    continue
-                if kind == "damaged":
-                    warnings.warn(f"detection chunk '{path}' is damaged ({why}): detecting its frames again",
-                                  stacklevel=3)
-                elif not told_changed:  # said once: typically the recording's frames were replaced or reordered
-                    told_changed = True
-                    warnings.warn(f"'{chunk_dir}': saved detections no longer match this run ('{path.name}': {why}; "
-                                  "the recording's frames changed?): detecting again the chunks whose frames differ",
-                                  stacklevel=3)
+                    return figures, None
+                unused = (kind, why, path)
         boxes = [(fixed[0], fixed[1])] * len(sel)
-
-        def run(style, boxes):
-            for k in range(2):
-                det[rows, k], conf[rows, k] = _detect(images[k], [b[k] for b in boxes], fovs[k], size, style, detector,
-                                                      translator, views[k], distortion[k], options.min_confidence,
-                                                      options.num_threads)
-
         if options.recentre:
             boxes = locate_bone_boxes(recording, images, subject, detector, options, fovs, fixed, size)
-        run(options.style, boxes)
+        for k in range(2):
+            det[rows, k], conf[rows, k] = _detect(images[k], [b[k] for b in boxes], fovs[k], size, options.style,
+                                                  detector, translator, views[k], distortion[k],
+                                                  options.min_confidence, options.num_threads)
         if path is not None:
             with atomic_path(path, ".npz") as tmp:  # a killed run never leaves half a chunk
                 np.savez(tmp, detections=det[rows], confidence=conf[rows],
                          crop_boxes=np.array([[b.as_tuple() for b in pair] for pair in boxes], np.float64),
                          frames=np.asarray(sel, np.int64), frame_hashes=hashes,
                          settings_sha256=np.array(settings_sha256))
+        return figures, unused
+
+    told_changed = False
+
+    def finish(c0: int, sel: np.ndarray, result: tuple) -> None:
+        """A chunk's end, in frame order (on this thread): what to tell, statistics, progress."""
+        nonlocal told_changed
+        figures, unused = result
+        if unused is not None:
+            kind, why, path = unused
+            if kind == "damaged":
+                warnings.warn(f"detection chunk '{path}' is damaged ({why}): detecting its frames again", stacklevel=4)
+            elif not told_changed:  # said once: typically the recording's frames were replaced or reordered
+                told_changed = True
+                warnings.warn(f"'{chunk_dir}': saved detections no longer match this run ('{path.name}': {why}; "
+                              "the recording's frames changed?): detecting again the chunks whose frames differ",
+                              stacklevel=4)
+        if statistics is not None:
+            statistics.add(c0, figures, found=np.isfinite(det[c0:c0 + len(sel), :, :, 0]).any(axis=2))
         bar.update(len(sel))
-    bar.close()
+
+    # Chunks are read here, in order (a video decodes frame after frame), and worked on by up to
+    # `workers` threads at once: a chunk's Python steps run beside another's core and ONNX calls,
+    # which release the GIL. One thread asked for: no worker, no overlap.
+    threads = _threads(options.num_threads)
+    workers = 1 if threads == 1 else min(DETECTION_WORKERS, threads)
+    bar = tqdm(total=len(frames), unit="frame", disable=not progress, desc="detect")
+    pending = deque()  # (c0, sel, future) of the chunks handed to the workers, in frame order
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fluororeg_detect") if threads > 1 else None
+    try:
+        for c0 in starts:
+            sel = frames[c0:c0 + options.chunk]
+            images = [recording.read(k, sel, options.num_threads) for k in range(2)]
+            if pool is None:
+                finish(c0, sel, work(c0, sel, images))
+                continue
+            if c0 == 0:  # the frames of the chunks in flight within DETECTION_MEMORY_BYTES
+                chunk_bytes = sum(np.asarray(im).nbytes for view in images for im in view)
+                workers = max(1, min(workers, DETECTION_MEMORY_BYTES // max(chunk_bytes, 1) - 1))
+            pending.append((c0, sel, pool.submit(work, c0, sel, images)))
+            del images
+            while len(pending) > workers:  # the oldest chunk first: results are told in frame order
+                c, chunk, future = pending.popleft()
+                finish(c, chunk, future.result())
+        while pending:
+            c, chunk, future = pending.popleft()
+            finish(c, chunk, future.result())
+    finally:
+        if pool is not None:  # interrupted or failed: the chunks not started are dropped, those running end
+            for *_, future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+        bar.close()
     return det, conf
 
 
@@ -557,22 +622,23 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         now = time.perf_counter()
         stages[name], t_stage = now - t_stage, now
 
+    checks = options.quality_gate and options.input_checks
+    statistics = None  # the input checks' figures, gathered from the frames the detection pass reads
+    if checks:
+        from fluororeg.inference.crops import detect_fov
+
+        statistics = quality.InputStatistics(len(frames), [detect_fov(image) for image in recording.frame(0)],
+                                             num_threads=options.num_threads)
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
-                                 progress=progress)
+                                 progress=progress, statistics=statistics)
     stage_done("detect")
     views = recording.geometry.views
     # Input checks (fluororeg.pipeline.quality): unusable frames are not registered.
     flags = np.full(len(frames), "", dtype=object)
     blank = np.zeros((len(frames), 2), bool)  # [F, 2] views whose image is blank or saturated
     constant_views = np.zeros(2, bool)
-    if options.quality_gate and options.input_checks:
-        from fluororeg.inference.crops import detect_fov
-
-        first = recording.frame(0)
-        found = np.isfinite(det[..., 0]).any(axis=2)  # [F, 2] frames with detections per view
-        reference = [int(np.argmax(found[:, k])) if found[:, k].any() else 0 for k in range(2)]
-        stats = quality.image_statistics(recording, [detect_fov(first[k]) for k in range(2)],
-                                         reference_frames=reference, num_threads=options.num_threads)
+    if checks:
+        stats = statistics.result()
         flags[:] = quality.input_statuses(stats)
         blank = quality.blank_views(stats)
         constant_views = quality.constant_detector(det, stats)
@@ -586,7 +652,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
     stage_done("input_checks")
     batch = register_detections(subject, views, det_in, np.where(usable[:, None, None], conf, 0.0), options,
                                 init=options.init)
-    if options.quality_gate and options.input_checks:
+    if checks:
         ambiguous = quality.ambiguous_mirror(batch, quality.InputCheckOptions(mirror_gap=options.mirror_gap)) \
             & batch.ok & usable
         flags[ambiguous] = "ambiguous_mirror"
