@@ -558,12 +558,13 @@ def write_qc(out_dir, report: dict, *, recording=None, subject=None, poses=None)
     if "similarity" in pf:
         sim = np.array([[np.nan if v is None else v for v in row] for row in pf["similarity"]], float).reshape(-1, 2)
         panels += [("similarity", k) for k in range(2)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.75 * len(panels)), sharex=True)
+    height = 2.75 * len(panels)  # inches
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, height), sharex=True)
     for ax, (kind, k) in zip(axes, panels):
         values = rb[:, k] if kind == "residual" else sim[:, k]
-        for s in np.unique(status):
+        for s in np.unique(status):  # markers of a line: Agg draws them as one stamped path (scatter: 1.7x slower)
             sel = status == s
-            ax.scatter(frames[sel], values[sel], s=10, color=_STATUS_COLOURS.get(s, "tab:gray"), label=s)
+            ax.plot(frames[sel], values[sel], "o", ms=3.2, ls="none", color=_STATUS_COLOURS.get(s, "tab:gray"), label=s)
         if kind == "similarity":
             ax.set_ylabel(f"view {k + 1} similarity")
             continue
@@ -575,7 +576,8 @@ def write_qc(out_dir, report: dict, *, recording=None, subject=None, poses=None)
     axes[0].legend(fontsize=7, ncol=4, loc="upper right")
     axes[-1].set_xlabel("frame")
     fig.suptitle(f"{report['registered']} of {report['frames']} frames registered")
-    fig.tight_layout()
+    # Margins in inches (tight_layout measured every label: 0.2-0.35 s of a run's fixed cost).
+    fig.subplots_adjust(left=0.8 / 9, right=1 - 0.15 / 9, bottom=0.5 / height, top=1 - 0.45 / height, hspace=0.1)
     png = out / "qc.png"
     fig.savefig(png, dpi=90)
     plt.close(fig)
