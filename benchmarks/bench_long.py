@@ -15,8 +15,8 @@ start of the pipeline, at the middle frame and at the end, the peak RSS, frames/
 the wall-clock of each stage per frame pair (``stage_ms_per_pair``, from
 ``RecordingResult.stage_seconds``), ``rss_growth_mb`` (start to end, warm-up included: the ONNX
 session's and the solver's first allocations, the QC figure) and ``rss_growth_mb_10k``:
-the growth of RSS during the last pass over the frames (the input checks', or the refinement's
-when it refines; detection reads them before), the least-squares slope of RSS against frame
+the growth of RSS during the last pass over the frames (detection's, which also gathers the
+input checks' figures, or the refinement's when it refines), the least-squares slope of RSS against frame
 index from a quarter of the way on, times 10,000 (steady state: what 10,000 more frames add). ``rss_middle`` is taken at
 the middle frame of that pass. Also the input checks' per-frame figures (thumbnails and
 percentiles, ``input_check_statistics_us_per_frame``: the core on all cores) against their NumPy
@@ -135,7 +135,7 @@ def main() -> None:
         timeline = []
 
         def on_frame(i: int) -> None:
-            if i == n // 2:  # the last pass over the frames (locating the bone reads them first) wins
+            if i == n // 2:  # the last pass over the frames (detection's, or the refinement's) wins
                 samples["middle"] = rss_mb()
             if i % max(1, n // 20) == 0:
                 timeline.append((i, round(rss_mb(), 1)))
