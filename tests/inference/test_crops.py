@@ -119,7 +119,8 @@ def test_recording_crop_boxes_have_the_pixel_size_at_the_beam_crossing(recording
 def test_crops_on_threads_equal_those_made_one_by_one():
     """view_crops crops a view's frames in the core on several threads: the crops are those of
     crop_frame (and log_attenuation_crop) one frame after the other, for every style, also
-    across its batches and for frames of two sizes; the frames are not written to."""
+    across its batches, for frames of two sizes and for frames given as one float32 stack
+    (frame_stack); the frames are not written to."""
     from fluororeg.inference import crops
 
     rng = np.random.default_rng(5)
@@ -129,16 +130,20 @@ def test_crops_on_threads_equal_those_made_one_by_one():
     before = [f.copy() for f in frames]
     fov = detect_fov(frames[0])
     boxes = [CropBox(-7.5 + 0.5 * i, 4.25 - 0.2 * i, side * (0.8 + 0.02 * i), 48) for i in range(len(frames))]
+    stack = crops.frame_stack([f.astype(np.float64) for f in frames])  # one float32 array, cropped as it is
+    assert stack.dtype == np.float32 and stack.shape == (len(frames), side, side + 7)
     for style in ("log", "translate"):
         threaded = view_crops(frames, boxes, fov, 48, style, num_threads=3)
         serial = view_crops(frames, boxes, fov, 48, style, num_threads=1)
         np.testing.assert_array_equal(threaded, serial)
+        np.testing.assert_array_equal(view_crops(stack, boxes, fov, 48, style, num_threads=2), serial)
         for i in (2, crops.CROP_BATCH + 1):
             one = crop_frame(frames[i], boxes[i], fov=fov, normalise=style != "log", fill=255.0)
             np.testing.assert_array_equal(threaded[i], log_attenuation_crop(one) if style == "log" else one)
     for f, b in zip(frames, before):
         np.testing.assert_array_equal(f, b)
     mixed = frames[:3] + [frames[3][:50, :60]]
+    assert isinstance(crops.frame_stack(mixed), list)  # frames of two sizes are not stacked
     np.testing.assert_array_equal(view_crops(mixed, boxes[:4], None, 48)[3],
                                   crop_frame(mixed[3], boxes[3], fov=None))
     with pytest.raises(ValueError, match="one box per frame"):

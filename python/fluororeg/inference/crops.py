@@ -48,7 +48,7 @@ import numpy as np
 from fluororeg.core.geometry import ConeView, beam_crossing
 
 __all__ = ["CROP_RULE", "FieldOfView", "CropBox", "detect_fov", "crop_frame", "crop_box_for_view",
-           "recording_crop_boxes", "bone_crop_boxes", "view_crops", "log_attenuation_crop"]
+           "recording_crop_boxes", "bone_crop_boxes", "frame_stack", "view_crops", "log_attenuation_crop"]
 
 CROP_RULE = ("fluororeg.inference.crops: square crops of crop_pixel_mm per pixel at the subject, centred on the "
              "intensifier's field of view (recording_crop_boxes) or on the located bone (bone_crop_boxes), grey "
@@ -311,8 +311,19 @@ def log_attenuation_crop(raw: np.ndarray, percentile: float = 99.5) -> np.ndarra
 CROP_BATCH = 16
 
 
+def frame_stack(images) -> np.ndarray | list:
+    """A view's frames ``images`` (a sequence of [H, W]) as one float32 array [n, H, W] for the
+    calls that take frames (:func:`view_crops`, the input checks' figures), made once; the
+    frames as they are when their sizes differ (those calls refuse or treat them one by one)."""
+    arrays = [_checked_frame(img) for img in images]
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays).astype(np.float32, copy=False)
+    return arrays
+
+
 def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_threads: int = 0):
-    """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W]) in
+    """uint8 crops [n, size, size] of one view's frames ``images`` (a sequence of [H, W], or a
+    float32 array [n, H, W] as :func:`frame_stack` makes it) in
     ``boxes`` (one CropBox each): for 'log', DRR-like log-attenuation images; otherwise the grey
     levels stretched over the field of view (outside it: open field). :func:`crop_frame` and
     :func:`log_attenuation_crop` of each frame, made by the core without the GIL on
@@ -328,13 +339,20 @@ def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_t
             raise TypeError(f"box {box!r}: expected a CropBox")
     threads = process_threads(num_threads)
     out = np.empty((len(images), size, size), np.uint8)
+    # A float32 stack [n, H, W] (frame_stack) goes to the core as it is, without a copy.
+    stacked = isinstance(images, np.ndarray) and images.ndim == 3 and images.dtype == np.float32
+    if stacked and len(images):
+        _checked_frame(images[0])  # the frames' size
     for s in range(0, len(images), CROP_BATCH):
-        # Shapes and dtypes checked here, grey levels by the core (a non-finite one is an error).
-        frames = [_checked_frame(img) for img in images[s:s + CROP_BATCH]]
-        # Frames of one size go to the core together (a view's frames share theirs).
-        same = all(f.shape == frames[0].shape for f in frames)
-        groups = [(0, np.stack(frames).astype(np.float32, copy=False))] if same else \
-            [(j, f[None].astype(np.float32, copy=False)) for j, f in enumerate(frames)]
+        if stacked:
+            groups = [(0, images[s:s + CROP_BATCH])]
+        else:
+            # Shapes and dtypes checked here, grey levels by the core (a non-finite one is an error).
+            frames = [_checked_frame(img) for img in images[s:s + CROP_BATCH]]
+            # Frames of one size go to the core together (a view's frames share theirs).
+            same = all(f.shape == frames[0].shape for f in frames)
+            groups = [(0, np.stack(frames).astype(np.float32, copy=False))] if same else \
+                [(j, f[None].astype(np.float32, copy=False)) for j, f in enumerate(frames)]
         for j, group in groups:
             try:
                 crops = _crops(group, boxes[s + j:s + j + len(group)], size, fov, style != "log", (0.5, 99.5),

@@ -191,8 +191,11 @@ class InputStatistics:
 
     def figures(self, k: int, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(thumbs [n, t, t], spread [n], level [n]) of view ``k``'s frames ``images`` (a
-        sequence of [H, W]); frames of another size than the view's first are refused."""
-        arrays = [np.asarray(img) for img in images]
+        sequence of [H, W], or a float32 array [n, H, W] as
+        :func:`~fluororeg.inference.crops.frame_stack` makes it, taken without a copy); frames of
+        another size than the view's first are refused."""
+        stacked = isinstance(images, np.ndarray) and images.ndim == 3 and images.dtype == np.float32
+        arrays = [images[0]] if stacked and len(images) else [np.asarray(img) for img in images]
         if not arrays:
             t = self.options.thumbnail
             return np.empty((0, t, t)), np.empty(0), np.empty(0)
@@ -201,7 +204,7 @@ class InputStatistics:
             if a.shape != v["shape"]:
                 raise ValueError(f"view {k + 1} has frames of shape {a.shape} and {v['shape']}: expected one "
                                  "frame size per view")
-        frames = np.stack(arrays).astype(np.float32, copy=False)
+        frames = images if stacked else np.stack(arrays).astype(np.float32, copy=False)
         return _core.frame_statistics(frames, self.options.thumbnail, v["inside"], v["stride"], self.threads)
 
     def set_reference(self, k: int, frame: int, image) -> None:

@@ -72,7 +72,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.temporal import check_smoothing, smooth_poses
-from fluororeg.inference.crops import bone_crop_boxes, recording_crop_boxes, view_crops
+from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, view_crops
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
            "register_detections", "register_recording"]
@@ -465,11 +465,12 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
         statistics' figures of its frames (or None) and what to tell of a saved chunk not used
         ((kind, why, path) or None)."""
         rows = slice(c0, c0 + len(sel))
-        figures = None if statistics is None else [statistics.figures(k, images[k]) for k in range(2)]
+        stacks = [frame_stack(images[k]) for k in range(2)]  # float32 [n, H, W] per view, made once
+        figures = None if statistics is None else [statistics.figures(k, stacks[k]) for k in range(2)]
         path = chunk_dir / _chunk_name(sel) if chunk_dir is not None else None
         unused = None
-        if path is not None:
-            hashes = frame_hashes(images, options.num_threads)
+        if path is not None:  # of the frames as read; on this thread (the workers hash chunks side by side)
+            hashes = frame_hashes(images, 1)
             if path.exists():
                 saved, kind, why = _load_chunk(path, sel, hashes, settings_sha256, N)
                 if saved is not None:
@@ -478,9 +479,9 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
                 unused = (kind, why, path)
         boxes = [(fixed[0], fixed[1])] * len(sel)
         if options.recentre:
-            boxes = locate_bone_boxes(recording, images, subject, detector, options, fovs, fixed, size)
+            boxes = locate_bone_boxes(recording, stacks, subject, detector, options, fovs, fixed, size)
         for k in range(2):
-            det[rows, k], conf[rows, k] = _detect(images[k], [b[k] for b in boxes], fovs[k], size, options.style,
+            det[rows, k], conf[rows, k] = _detect(stacks[k], [b[k] for b in boxes], fovs[k], size, options.style,
                                                   detector, translator, views[k], distortion[k],
                                                   options.min_confidence, options.num_threads)
         if path is not None:
