@@ -186,7 +186,8 @@ def test_detection_workers_change_nothing(setup, subject, tmp_path):
     np.testing.assert_array_equal(one.detections, three.detections)
     np.testing.assert_array_equal(one.status, three.status)
     for name in chunk_times(tmp_path / "one"):
-        with np.load(tmp_path / "one" / "detections" / name) as a, np.load(tmp_path / "three" / "detections" / name) as b:
+        with np.load(tmp_path / "one" / "detections" / name) as a, \
+                np.load(tmp_path / "three" / "detections" / name) as b:
             assert all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in pipeline.CHUNK_KEYS)
 
     class FailingRead:  # the recording, whose frames 4 and 5 cannot be read

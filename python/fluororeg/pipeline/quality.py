@@ -54,8 +54,9 @@ from fluororeg.inference.crops import FieldOfView
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES, REFINED_STATUS, TRACKED_STATUS
 
 __all__ = ["InputCheckOptions", "DEFAULT_MAX_RESIDUAL_MM", "REGISTERED_STATUSES", "check_geometry", "InputStatistics",
-           "image_statistics", "blank_views", "input_statuses", "constant_detector", "ambiguous_mirror", "apply_input_statuses",
-           "max_residual_from_detector", "qc_report", "format_qc", "write_qc", "write_worst_overlays"]
+           "image_statistics", "blank_views", "input_statuses", "constant_detector", "ambiguous_mirror",
+           "apply_input_statuses", "max_residual_from_detector", "qc_report", "format_qc", "write_qc",
+           "write_worst_overlays"]
 
 # The core's default limit, mm at the bone (RegistrationOptions.max_residual_mm); the pipeline's
 # default is PipelineOptions.max_residual_crop_px crop pixels (5 mm for 2 mm/px crops).

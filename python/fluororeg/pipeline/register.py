@@ -78,7 +78,8 @@ __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hash
            "register_detections", "register_recording"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
-CHUNK_FORMAT = 3          # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 hashes)
+# detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
+CHUNK_FORMAT = 3
 CHUNK_KEYS = ("detections", "confidence", "crop_boxes", "frames", "frame_hashes", "settings_sha256")
 FRAME_HASH_BYTES = 16     # bytes of a frame's hash kept (the first of its SHA-256 digest)
 # The detection pass: at most this many chunks worked on at once (each on all threads), and
