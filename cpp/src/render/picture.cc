@@ -424,6 +424,12 @@ double RunsPercentile(const double* values, const long long* counts, int runs, l
   return a + (b - a) * t;
 }
 
+// Beer-Lambert inversion of a crop's grey level v under the open field i_open:
+// max(0, -ln(max(v, 0.5) / i_open)) in double, as float32 (LogAttenuationPictures).
+float CropLineIntegral(double v, double i_open) {
+  return static_cast<float>(std::max(-std::log(std::max(v, 0.5) / i_open), 0.0));
+}
+
 // LogAttenuationPictures of one crop whose grey levels are integers in [0, 255]: the same
 // picture from the grey levels' counts (no sort) and one logarithm per level.
 void EightBitLogPicture(const float* crop, long long pixels, double percentile, uint8_t* out) {
@@ -433,9 +439,7 @@ void EightBitLogPicture(const float* crop, long long pixels, double percentile, 
   for (int g = 0; g < 256; ++g) levels[g] = g;
   const double i_open = std::max(RunsPercentile(levels, counts, 256, pixels, 99.0), 1.0);
   float L[256];  // per grey level; non-increasing in the level
-  for (int g = 0; g < 256; ++g) {
-    L[g] = static_cast<float>(std::max(-std::log(std::max(static_cast<double>(g), 0.5) / i_open), 0.0));
-  }
+  for (int g = 0; g < 256; ++g) L[g] = CropLineIntegral(g, i_open);
   // The positive values of L in ascending order: grey levels from the brightest down.
   double values[256];
   long long positive_counts[256];
@@ -477,11 +481,8 @@ void LogAttenuationPictures(const float* crops, long long n, long long pixels, d
     thread_local std::vector<float> values, line_integrals;
     values.assign(crop, crop + pixels);
     const double i_open = std::max(LinearPercentile(values.data(), pixels, 99.0), 1.0);
-    auto line_integral = [i_open](float v) {
-      return static_cast<float>(std::max(-std::log(std::max(static_cast<double>(v), 0.5) / i_open), 0.0));
-    };
     line_integrals.resize(static_cast<size_t>(pixels));
-    for (long long j = 0; j < pixels; ++j) line_integrals[j] = line_integral(crop[j]);
+    for (long long j = 0; j < pixels; ++j) line_integrals[j] = CropLineIntegral(crop[j], i_open);
     float hi = 0.f;
     WindowPicture(line_integrals.data(), nullptr, pixels, percentile, i, &hi, out + i * pixels);
   });

@@ -195,7 +195,7 @@ def crop_frame(frame, box: CropBox, *, fov=None, normalise: bool = True, percent
     stretch the FOV's ``percentiles`` onto [0, 255] (else grey levels are clipped to [0, 255]).
     The core's ``CropFrames`` (Pillow's bilinear box resampling reproduced; the Pillow/NumPy
     reference: ``fluororeg._reference.picture.crop_frame``)."""
-    img = _as_frame(frame)
+    img = np.asarray(_checked_frame(frame), dtype=np.float32)  # grey levels checked by the core
     if not isinstance(box, CropBox):
         raise TypeError(f"box {box!r}: expected a CropBox")
     return _crops(img[None], [box], box.size, fov, normalise, percentiles, fill, 1)[0]
@@ -344,15 +344,11 @@ def view_crops(images, boxes, fov, size: int, style: str = "translate", *, num_t
     if stacked and len(images):
         _checked_frame(images[0])  # the frames' size
     for s in range(0, len(images), CROP_BATCH):
-        if stacked:
-            groups = [(0, images[s:s + CROP_BATCH])]
-        else:
-            # Shapes and dtypes checked here, grey levels by the core (a non-finite one is an error).
-            frames = [_checked_frame(img) for img in images[s:s + CROP_BATCH]]
-            # Frames of one size go to the core together (a view's frames share theirs).
-            same = all(f.shape == frames[0].shape for f in frames)
-            groups = [(0, np.stack(frames).astype(np.float32, copy=False))] if same else \
-                [(j, f[None].astype(np.float32, copy=False)) for j, f in enumerate(frames)]
+        # Shapes and dtypes checked by frame_stack, grey levels by the core (a non-finite one is an
+        # error); frames of one size go to the core together (a view's frames share theirs).
+        batch = images[s:s + CROP_BATCH] if stacked else frame_stack(images[s:s + CROP_BATCH])
+        groups = [(0, batch)] if isinstance(batch, np.ndarray) else \
+            [(j, f[None].astype(np.float32, copy=False)) for j, f in enumerate(batch)]
         for j, group in groups:
             try:
                 crops = _crops(group, boxes[s + j:s + j + len(group)], size, fov, style != "log", (0.5, 99.5),
