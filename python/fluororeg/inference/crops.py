@@ -48,7 +48,8 @@ import numpy as np
 from fluororeg.core.geometry import ConeView, beam_crossing
 
 __all__ = ["CROP_RULE", "FieldOfView", "CropBox", "detect_fov", "crop_frame", "crop_box_for_view",
-           "recording_crop_boxes", "bone_crop_boxes", "frame_stack", "view_crops", "log_attenuation_crop"]
+           "recording_fovs", "recording_crop_boxes", "bone_crop_boxes", "frame_stack", "view_crops",
+           "log_attenuation_crop"]
 
 CROP_RULE = ("fluororeg.inference.crops: square crops of crop_pixel_mm per pixel at the subject, centred on the "
              "intensifier's field of view (recording_crop_boxes) or on the located bone (bone_crop_boxes), grey "
@@ -243,15 +244,20 @@ def _crop_sides(view: ConeView, reference_points, size: int, pixel_mm: float) ->
         return size * pixel_mm / (view.pitch_u * sod / view.source_intensifier_distance)
 
 
-def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0):
-    """Per view: the circular field of view (or None) and the crop box the pipeline uses."""
+def recording_fovs(recording) -> list:
+    """Per view, the circular field of view (:func:`detect_fov`, or None) of the recording's
+    first frame: the one the pipeline's crops and input checks use."""
+    return [detect_fov(image) for image in recording.frame(0)]
+
+
+def recording_crop_boxes(recording, size: int, crop_pixel_mm: float = 2.0, *, fovs=None):
+    """Per view: the circular field of view (or None) and the crop box the pipeline uses.
+    ``fovs``: the recording's fields of view when already found (:func:`recording_fovs`)."""
     views = recording.geometry.views
     centre = beam_crossing(views)
-    first = recording.frame(0)
-    fovs, boxes = [], []
-    for k in range(2):
-        fov = detect_fov(first[k])
-        fovs.append(fov)
+    fovs = recording_fovs(recording) if fovs is None else list(fovs)
+    boxes = []
+    for k, fov in enumerate(fovs):
         c = (fov.cx, fov.cy) if fov is not None else ((views[k].width - 1) / 2, (views[k].height - 1) / 2)
         boxes.append(crop_box_for_view(views[k], c, size, crop_pixel_mm, centre))
     return fovs, boxes

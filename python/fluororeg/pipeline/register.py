@@ -72,7 +72,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.core.temporal import check_smoothing, smooth_poses
-from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, view_crops
+from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, recording_fovs, view_crops
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
            "register_detections", "register_recording"]
@@ -406,28 +406,32 @@ def _load_chunk(path: Path, frames, hashes, settings_sha256: str, n_landmarks: i
 
 
 def detect_recording(recording, detector, translator=None, options: PipelineOptions = PipelineOptions(),
-                     frames=None, *, subject=None, out_dir=None, progress: bool = True, statistics=None):
+                     frames=None, *, subject=None, out_dir=None, progress: bool = True, statistics=None,
+                     fovs=None):
     """Detected landmarks [F, 2, N, 2] (undistorted frame pixels) and confidences [F, 2, N].
     ``subject`` is needed for ``options.recentre`` (its first pass registers). With ``out_dir``
     the detections are kept per chunk under ``out_dir/detections/`` (see the module docstring)
     and the folder is locked for this writer (:mod:`fluororeg.io.run_lock`). With
     ``statistics`` (a :class:`fluororeg.pipeline.quality.InputStatistics` of the ``frames``),
-    the input checks' figures of the frames read are gathered there too.
+    the input checks' figures of the frames read are gathered there too. ``fovs``: the
+    recording's fields of view when the caller has found them
+    (:func:`~fluororeg.inference.crops.recording_fovs`; else found here).
 
     Chunks of ``options.chunk`` frames are read in order on this thread and worked on by up to
     :data:`DETECTION_WORKERS` threads at once (none when ``options.num_threads`` is 1), with
     their frames within :data:`DETECTION_MEMORY_BYTES`; the results do not depend on it."""
     if out_dir is None:
         return _detect_recording(recording, detector, translator, options, frames, subject, None, progress,
-                                 statistics)
+                                 statistics, fovs)
     from fluororeg.io.run_lock import run_folder_lock
 
     with run_folder_lock(out_dir, "register"):
         return _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress,
-                                 statistics)
+                                 statistics, fovs)
 
 
-def _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress, statistics):
+def _detect_recording(recording, detector, translator, options, frames, subject, out_dir, progress, statistics,
+                      fovs):
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -449,7 +453,7 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
     # Crops of the dataset's image size (crop_pixel_mm is its pixel size): the translator
     # works at that size, and the detector resamples to its own input size as in training.
     size = translator.input_size[0] if options.style == "translate" else _training_image_size(detector)
-    fovs, fixed = recording_crop_boxes(recording, size, options.crop_pixel_mm)
+    fovs, fixed = recording_crop_boxes(recording, size, options.crop_pixel_mm, fovs=fovs)
     N = len(detector.landmark_names)
     det = np.full((len(frames), 2, N, 2), np.nan)
     conf = np.zeros((len(frames), 2, N))
@@ -625,14 +629,11 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         stages[name], t_stage = now - t_stage, now
 
     checks = options.quality_gate and options.input_checks
-    statistics = None  # the input checks' figures, gathered from the frames the detection pass reads
-    if checks:
-        from fluororeg.inference.crops import detect_fov
-
-        statistics = quality.InputStatistics(len(frames), [detect_fov(image) for image in recording.frame(0)],
-                                             num_threads=options.num_threads)
+    fovs = recording_fovs(recording)  # for the crops and the input checks
+    # The input checks' figures, gathered from the frames the detection pass reads.
+    statistics = quality.InputStatistics(len(frames), fovs, num_threads=options.num_threads) if checks else None
     det, conf = detect_recording(recording, detector, translator, options, frames, subject=subject, out_dir=out,
-                                 progress=progress, statistics=statistics)
+                                 progress=progress, statistics=statistics, fovs=fovs)
     stage_done("detect")
     views = recording.geometry.views
     # Input checks (fluororeg.pipeline.quality): unusable frames are not registered.
