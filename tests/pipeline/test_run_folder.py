@@ -232,3 +232,12 @@ def test_frame_hashes_are_sha256_of_shape_dtype_and_bytes():
     assert got.tolist() == [[want(a), want(b[::-1])], [want(b), want(a.T)]]
     assert len({*got.ravel()}) == 4
     assert pipeline.frame_hashes([[], []]).shape == (0, 2)
+
+
+def test_detection_refuses_input_statistics_of_other_frames(setup, subject):
+    from fluororeg.pipeline.quality import InputStatistics
+
+    rec = open_recording(setup["recording"])
+    with pytest.raises(ValueError, match="input statistics of 3 frames for 6 frames to detect"):
+        pipeline.detect_recording(rec, setup["detector"], None, SECOND, subject=subject, progress=False,
+                                  statistics=InputStatistics(3))
