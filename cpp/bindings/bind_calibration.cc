@@ -1,11 +1,13 @@
-// Bindings of the view refinement (fluororeg/calibration.h). Views travel as packed [16]
-// rows (source, intensifier centre, u, v, pitch_u, pitch_v, width, height), as in the renderer.
+// Bindings of the view refinement (fluororeg/calibration.h) and of the distortion correction's
+// point maps (fluororeg/distortion.h). Views travel as packed [16] rows (source, intensifier
+// centre, u, v, pitch_u, pitch_v, width, height), as in the renderer.
 #include <nanobind/stl/string.h>
 
 #include <cmath>
 
 #include "bindings.h"
 #include "fluororeg/calibration.h"
+#include "fluororeg/distortion.h"
 
 namespace fluororeg {
 namespace bindings {
@@ -20,6 +22,27 @@ nb::ndarray<nb::numpy, double> PackView(const ConeView& v) {
   auto out = NewArray<double>({static_cast<size_t>(kViewColumns)});
   PackViewRow(v, out.data());
   return out;
+}
+
+// The polynomial of order with normalisation centre [2] and scale, coefficient tables [terms, 2]
+// (inverse: may be null), checked against the order.
+DistortionPolynomial MakePolynomial(int order, const InArray<double>& centre, double scale,
+                                    const InArray<double>& coef, const InArray<double>* inverse) {
+  if (order < 1 || order > kMaxDistortionOrder)
+    throw std::invalid_argument("distortion order " + std::to_string(order) + ": expected 1 to " +
+                                std::to_string(kMaxDistortionOrder));
+  CheckShape(centre, "centre", {2});
+  const long long terms = DistortionTerms(order);
+  CheckShape(coef, "coef", {terms, 2});
+  if (inverse != nullptr) CheckShape(*inverse, "inverse_coef", {terms, 2});
+  DistortionPolynomial d;
+  d.order = order;
+  d.cx = centre.data()[0];
+  d.cy = centre.data()[1];
+  d.scale = scale;
+  d.coef = coef.data();
+  d.inverse_coef = inverse != nullptr ? inverse->data() : nullptr;
+  return d;
 }
 
 nb::ndarray<nb::numpy, double> ToArray(const std::vector<double>& r) {
@@ -89,6 +112,37 @@ void BindCalibration(nb::module_& m) {
       nb::arg("view"), nb::arg("points_world"), nb::arg("pixels"),
       "Reprojection residuals (projected - observed) [n, 2] px of a packed view; NaN behind "
       "the source.");
+
+  m.def(
+      "undistort_points",
+      [](int order, const InArray<double>& centre, double scale, const InArray<double>& coef,
+         const InArray<double>& points) {
+        const DistortionPolynomial d = MakePolynomial(order, centre, scale, coef, nullptr);
+        CheckShape(points, "points", {-1, 2});
+        const size_t n = points.shape(0);
+        auto out = NewArray<double>({n, 2}, "points");
+        UndistortPoints(d, points.data(), static_cast<long long>(n), out.data());
+        return out;
+      },
+      nb::arg("order"), nb::arg("centre"), nb::arg("scale"), nb::arg("coef"), nb::arg("points"),
+      "The distortion correction U of points [n, 2] px (distorted -> undistorted; UndistortPoints): "
+      "polynomial order, normalisation centre [2] and scale (px), coef [terms, 2].");
+
+  m.def(
+      "distort_points",
+      [](int order, const InArray<double>& centre, double scale, const InArray<double>& coef,
+         const InArray<double>& inverse_coef, const InArray<double>& points, int iterations) {
+        const DistortionPolynomial d = MakePolynomial(order, centre, scale, coef, &inverse_coef);
+        CheckShape(points, "points", {-1, 2});
+        const size_t n = points.shape(0);
+        auto out = NewArray<double>({n, 2}, "points");
+        DistortPoints(d, points.data(), static_cast<long long>(n), iterations, out.data());
+        return out;
+      },
+      nb::arg("order"), nb::arg("centre"), nb::arg("scale"), nb::arg("coef"), nb::arg("inverse_coef"),
+      nb::arg("points"), nb::arg("iterations"),
+      "The distorted points [n, 2] px whose correction U is points (DistortPoints): the reverse "
+      "polynomial inverse_coef, then `iterations` Newton steps.");
 }
 
 }  // namespace bindings

@@ -1,4 +1,5 @@
-// C++ tests of the cone-view refinement (fluororeg/calibration.h).
+// C++ tests of the cone-view refinement (fluororeg/calibration.h) and of the distortion
+// correction's point maps (fluororeg/distortion.h).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "fluororeg/calibration.h"
+#include "fluororeg/distortion.h"
 
 namespace fluororeg {
 namespace {
@@ -122,6 +124,59 @@ TEST(Calibration, RejectsBadInput) {
   const std::vector<double> xyb(10, 500.0);
   EXPECT_THROW(RefineConeView(truth, Xb.data(), xyb.data(), 5, ViewRefineOptions()),
                std::invalid_argument);
+}
+
+// A radial pincushion of order 3 (U(p) = p + k r^2 (p - c), normalised: the monomials
+// x^3, x y^2, x^2 y, y^3), with no reverse polynomial: DistortPoints' Newton steps alone invert it.
+TEST(Distortion, NewtonStepsInvertTheCorrection) {
+  const int order = 3, terms = DistortionTerms(order);
+  ASSERT_EQ(terms, 10);
+  std::vector<double> coef(2 * terms, 0.0), inverse(2 * terms, 0.0);
+  const double k = 20.0;  // px at the normalised radius 1
+  // Degree 3 monomials in order: (a, b) = (3, 0), (2, 1), (1, 2), (0, 3), indices 6 .. 9.
+  coef[2 * 6] = k;          // x: k x^3
+  coef[2 * 8] = k;          // x: k x y^2
+  coef[2 * 7 + 1] = k;      // y: k x^2 y
+  coef[2 * 9 + 1] = k;      // y: k y^3
+  DistortionPolynomial d;
+  d.order = order;
+  d.cx = 511.5;
+  d.cy = 500.0;
+  d.scale = 512.0;
+  d.coef = coef.data();
+  d.inverse_coef = inverse.data();
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<double> px(0.0, 1023.0);
+  std::vector<double> q(2 * 50), p(2 * 50), back(2 * 50);
+  for (double& v : q) v = px(rng);
+  DistortPoints(d, q.data(), 50, 8, p.data());
+  UndistortPoints(d, p.data(), 50, back.data());
+  for (int i = 0; i < 100; ++i) EXPECT_NEAR(back[i], q[i], 1e-9) << i;
+  // The correction moves a point outwards by k r^2 times its normalised offset from the centre.
+  const double r2 = std::pow((q[0] - d.cx) / d.scale, 2) + std::pow((q[1] - d.cy) / d.scale, 2);
+  UndistortPoints(d, q.data(), 1, back.data());
+  EXPECT_NEAR(back[0], q[0] + k * r2 * (q[0] - d.cx) / d.scale, 1e-9);
+  DistortPoints(d, q.data(), 1, 0, back.data());  // no step: the reverse polynomial (here none)
+  EXPECT_EQ(back[0], q[0]);
+  EXPECT_EQ(back[1], q[1]);
+}
+
+TEST(Distortion, RejectsBadInput) {
+  std::vector<double> coef(2 * DistortionTerms(2), 0.0);
+  DistortionPolynomial d;
+  d.order = 2;
+  d.coef = coef.data();
+  const double nan_point[2] = {1.0, std::nan("")}, point[2] = {1.0, 2.0};
+  double out[2];
+  EXPECT_THROW(UndistortPoints(d, nan_point, 1, out), std::invalid_argument);
+  EXPECT_THROW(DistortPoints(d, point, 1, 4, out), std::invalid_argument);  // no inverse table
+  d.inverse_coef = coef.data();
+  EXPECT_THROW(DistortPoints(d, point, 1, -1, out), std::invalid_argument);
+  d.scale = 0.0;
+  EXPECT_THROW(UndistortPoints(d, point, 1, out), std::invalid_argument);
+  d.scale = 1.0;
+  d.order = kMaxDistortionOrder + 1;
+  EXPECT_THROW(UndistortPoints(d, point, 1, out), std::invalid_argument);
 }
 
 }  // namespace

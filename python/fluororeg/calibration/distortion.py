@@ -150,10 +150,14 @@ class DistortionModel:
         return (p[..., 0] - self.centre[0]) / self.scale, (p[..., 1] - self.centre[1]) / self.scale
 
     def undistort_points(self, xy) -> np.ndarray:
-        """Distorted pixel coordinates [..., 2] -> corrected (undistorted) ones."""
+        """Distorted pixel coordinates [..., 2] -> corrected (undistorted) ones (the core's
+        ``UndistortPoints``; NumPy reference: ``fluororeg._reference.distortion``)."""
+        from fluororeg import _core
+
         p = _as_points(xy)
-        xn, yn = self._norm(p)
-        return p + _design(xn, yn, self.order) @ self.coef
+        out = _core.undistort_points(self.order, self.centre, float(self.scale), self.coef,
+                                     np.ascontiguousarray(p.reshape(-1, 2)))
+        return out.reshape(p.shape)
 
     def jacobian(self, xy) -> np.ndarray:
         """d undistort / d p [..., 2, 2] at distorted points."""
@@ -169,18 +173,14 @@ class DistortionModel:
 
     def distort_points(self, xy, *, iterations: int = 4) -> np.ndarray:
         """Corrected pixel coordinates [..., 2] -> where they lie in the distorted image
-        (inverse of :meth:`undistort_points`: reverse polynomial, then Newton steps)."""
+        (inverse of :meth:`undistort_points`: reverse polynomial, then Newton steps; the core's
+        ``DistortPoints``, NumPy reference: ``fluororeg._reference.distortion``)."""
+        from fluororeg import _core
+
         q = _as_points(xy)
-        xn, yn = self._norm(q)
-        p = q + _design(xn, yn, self.order) @ self.inverse_coef
-        for _ in range(iterations):
-            r = self.undistort_points(p) - q
-            J = self.jacobian(p)
-            det = J[..., 0, 0] * J[..., 1, 1] - J[..., 0, 1] * J[..., 1, 0]
-            dx = (J[..., 1, 1] * r[..., 0] - J[..., 0, 1] * r[..., 1]) / det
-            dy = (-J[..., 1, 0] * r[..., 0] + J[..., 0, 0] * r[..., 1]) / det
-            p = p - np.stack([dx, dy], axis=-1)
-        return p
+        out = _core.distort_points(self.order, self.centre, float(self.scale), self.coef, self.inverse_coef,
+                                   np.ascontiguousarray(q.reshape(-1, 2)), iterations)
+        return out.reshape(q.shape)
 
     def undistort_image(self, image, *, order: int = 1, fill: float = 0.0) -> np.ndarray:
         """Resample a distorted image onto the corrected pixel grid (same size; pixels
