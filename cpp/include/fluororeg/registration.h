@@ -107,8 +107,9 @@ struct RegistrationOptions {
   // iterations of a small Levenberg-Marquardt (the same cost, robust losses reweighted);
   // only the cases whose objective is then within screen_ratio times the best one are
   // solved further (the others, far worse, are reported in case_objective with their
-  // objective at that point): the small LM goes on to convergence (within max_iterations)
-  // and Ceres solves from where it stopped. 0 = a Ceres solve of every case from the start.
+  // objective at that point): the small LM goes on to convergence (within max_iterations;
+  // Ceres' convergence criteria), and Ceres solves from where it stopped a case it did not
+  // bring there. 0 = a Ceres solve of every case from the start.
   int screen_iterations = 4;
   double screen_ratio = 4.0;
   double function_tolerance = 1e-10;    // Ceres tolerances

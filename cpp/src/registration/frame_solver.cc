@@ -1,6 +1,6 @@
 // One frame: build the landmark set of each mirror case, screen the cases with a few cheap
-// LM iterations (screening.cc), take the contenders to convergence with that LM and solve them
-// with Ceres from there, keep the case with the lowest objective.
+// LM iterations (screening.cc), take the contenders to convergence with that LM (Ceres solves
+// those it does not bring there), keep the case with the lowest objective.
 #include "frame_solver.h"
 
 #include <algorithm>
@@ -276,14 +276,30 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
   };
 
   // At most `iterations` steps of the screening LM on case c from solver parameters p [6] (in
-  // and out); returns the steps taken, -1 when the cost cannot be evaluated at p.
-  auto screen_case = [&](int c, int iterations, double* p) {
-    const CaseData& cd = ws.cases[c];
-    const double* targets[2] = {cd.targets[0].data(), cd.targets[1].data()};
-    const double* sqrt_w[2] = {cd.sqrt_w[0].data(), cd.sqrt_w[1].data()};
-    ws.screening.Reset(g, R0, setup.landmarks, cd.index.data(), cd.n_vis(), targets, sqrt_w,
-                       loss, per_landmark);
-    return ScreenSolve(ws.screening, iterations, o.function_tolerance, o.parameter_tolerance, p);
+  // and out); returns the steps taken, -1 when the cost cannot be evaluated at p; `converged`:
+  // see ScreenSolve. The cost is set up for case c unless it already is.
+  int screening_case = -1;
+  auto screen_case = [&](int c, int iterations, double* p, bool* converged) {
+    if (screening_case != c) {
+      const CaseData& cd = ws.cases[c];
+      const double* targets[2] = {cd.targets[0].data(), cd.targets[1].data()};
+      const double* sqrt_w[2] = {cd.sqrt_w[0].data(), cd.sqrt_w[1].data()};
+      ws.screening.Reset(g, R0, setup.landmarks, cd.index.data(), cd.n_vis(), targets, sqrt_w,
+                         loss, per_landmark);
+      screening_case = c;
+    }
+    return ScreenSolve(ws.screening, iterations, o.function_tolerance, o.parameter_tolerance, p,
+                       converged);
+  };
+  // The outcome of case c where the small LM converged, at solver parameters p [6] after
+  // `iterations` steps.
+  auto take_screened = [&](int c, const double* p, int iterations, CaseOutcome* out) {
+    std::copy(p, p + 6, out->p);
+    out->solved = true;
+    out->iterations = iterations;
+    out->converged = true;
+    state(out->p, out->x);
+    out->objective = ExactObjective(setup, g, ws.cases[c], out->x, o, out->rms_mm, out->rms_px);
   };
 
   const int n_cases = (o.mirror && setup.num_pairs > 0) ? 4 : 1;
@@ -294,6 +310,7 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
   double screened[4] = {kNaN, kNaN, kNaN, kNaN};  // objective after screening
   double start[4][6];                             // solver parameters after screening
   int screen_done[4] = {0, 0, 0, 0};              // screening iterations taken
+  bool screen_converged[4] = {false, false, false, false};
   int max_vis = 0;
   bool any_failed = false;
   double best_screened = std::numeric_limits<double>::infinity();
@@ -309,7 +326,7 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     if (!screen) continue;
     // Screening: a few LM iterations from the start (cheap); the far worse cases are not
     // solved further (the start cannot be evaluated: Ceres could not either).
-    screen_done[c] = screen_case(c, o.screen_iterations, p);
+    screen_done[c] = screen_case(c, o.screen_iterations, p, &screen_converged[c]);
     if (screen_done[c] < 0) {
       contender[c] = false;
       any_failed = true;
@@ -321,16 +338,24 @@ RegistrationResult SolveFrame(const RegistrationSetup& setup, const ConeProjecto
     if (std::isnan(screened[c])) screened[c] = std::numeric_limits<double>::infinity();
     best_screened = std::min(best_screened, screened[c]);
   }
-  // The contenders are solved by Ceres, from where screening left them (or, should that
-  // fail, from the start).
+  // The contenders go on to convergence with the small LM; Ceres solves those it leaves
+  // short of it (or where it failed), from where the LM stopped (or, should that fail, from
+  // the start).
   const double start0[6] = {0, 0, 0, tau0[0], tau0[1], tau0[2]};
   for (int c = 0; c < n_cases; ++c) {
     if (screen && contender[c] && !(screened[c] <= o.screen_ratio * best_screened))
       contender[c] = false;
     if (!contender[c]) continue;
-    if (screen) {  // on to convergence with the cheap LM: Ceres then has little left to do
-      const int more = screen_case(c, o.max_iterations - 1 - screen_done[c], start[c]);
-      if (more > 0) screen_done[c] += more;
+    if (screen) {
+      if (!screen_converged[c]) {
+        const int more = screen_case(c, o.max_iterations - 1 - screen_done[c], start[c],
+                                     &screen_converged[c]);
+        if (more > 0) screen_done[c] += more;
+      }
+      if (screen_converged[c]) {
+        take_screened(c, start[c], screen_done[c], &outcome[c]);
+        continue;
+      }
     }
     if (!run(c, start[c], screen_done[c], &outcome[c]) &&
         (screen_done[c] == 0 || !run(c, start0, 0, &outcome[c])))

@@ -1,5 +1,5 @@
-// The solver of one frame: the four mirror cases of Table 1, each a Ceres solve (not
-// installed; batch.cc drives it).
+// The solver of one frame: the four mirror cases of Table 1, each solved by the screening LM
+// or by Ceres (frame_solver.cc says when; not installed; batch.cc drives it).
 #pragma once
 
 #include "fluororeg/geometry.h"

@@ -125,7 +125,7 @@ void ScreeningCost::Reset(const ConeProjector* projectors, const double* R0,
   per_landmark_ = per_landmark;
   k_ = k;
   groups_ = (k + kLanes - 1) / kLanes;
-  lanes_.assign(2 * static_cast<size_t>(groups_) * kFields * kLanes, 0.0);
+  lanes_.resize(2 * static_cast<size_t>(groups_) * kFields * kLanes);  // every lane written below
   for (int v = 0; v < 2; ++v) {
     for (int i = 0; i < groups_ * kLanes; ++i) {
       // Padding lanes repeat landmark 0 (in front of the source whenever it is) with weight 0.
@@ -189,13 +189,17 @@ bool ScreeningCost::Evaluate(const double* x, double* cost, double* H, double* g
 }
 
 int ScreenSolve(const ScreeningCost& problem, int iterations, double function_tolerance,
-                double parameter_tolerance, double* x) {
+                double parameter_tolerance, double* x, bool* converged) {
+  if (converged != nullptr) *converged = false;
   double cost;
   Matrix6 H;
   Vector6 g;
   if (!problem.Evaluate(x, &cost, H.data(), g.data())) return -1;
   double lambda = 1e-4;  // damping relative to diag(H) (Ceres' initial trust region 1e4)
   int it = 0;
+  // Stopped by a tolerance with the model trusted (damping below kTrusted: the steps are close
+  // to Gauss-Newton ones); a stop after many rejected steps is not convergence.
+  constexpr double kTrusted = 1.0;
   while (it < iterations) {
     Matrix6 A = H;
     for (int a = 0; a < 6; ++a) A(a, a) += lambda * std::max(H(a, a), 1e-12);
@@ -203,9 +207,12 @@ int ScreenSolve(const ScreeningCost& problem, int iterations, double function_to
     // Converged: the step is tiny, or its predicted decrease of the cost is (Ceres' criteria).
     const double x_norm = Eigen::Map<const Vector6>(x).norm();
     const double predicted = -(g.dot(dx) + 0.5 * dx.dot(H * dx));
-    if (!dx.allFinite() || dx.norm() <= parameter_tolerance * (x_norm + parameter_tolerance) ||
-        predicted <= function_tolerance * cost)
+    if (!dx.allFinite()) break;
+    if (dx.norm() <= parameter_tolerance * (x_norm + parameter_tolerance) ||
+        predicted <= function_tolerance * cost) {
+      if (converged != nullptr) *converged = lambda < kTrusted;
       break;
+    }
     ++it;
     double x_new[6], cost_new;
     for (int a = 0; a < 6; ++a) x_new[a] = x[a] + dx(a);
@@ -213,12 +220,15 @@ int ScreenSolve(const ScreeningCost& problem, int iterations, double function_to
     Vector6 g_new;
     if (problem.Evaluate(x_new, &cost_new, H_new.data(), g_new.data()) && cost_new < cost) {
       std::copy(x_new, x_new + 6, x);
-      const bool converged = cost - cost_new <= function_tolerance * cost;
+      const bool small_decrease = cost - cost_new <= function_tolerance * cost;
       cost = cost_new;
       H = H_new;
       g = g_new;
       lambda = std::max(lambda / 3.0, 1e-12);
-      if (converged) break;
+      if (small_decrease) {
+        if (converged != nullptr) *converged = true;
+        break;
+      }
     } else {
       lambda = std::min(lambda * 4.0, 1e16);
     }

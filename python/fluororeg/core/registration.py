@@ -27,8 +27,8 @@ of every pair in view 1, view 2, both or neither; the lowest objective wins.
 ``mirror_case = f1 + 2 * f2`` (0: none, 1: view 1 mirrored, 2: view 2 mirrored, 3: both). For speed,
 every case first gets ``screen_iterations`` (4) iterations of a small Levenberg-Marquardt on
 the same cost; only the cases within ``screen_ratio`` (4) times the best objective are solved
-further: the small LM to convergence, then Ceres from there (``screen_iterations=0``: a full
-Ceres solve of every case).
+further: the small LM to convergence (Ceres' tolerances), and Ceres from where it stopped for a
+case it did not bring there (``screen_iterations=0``: a full Ceres solve of every case).
 
 Settings: a :class:`RegistrationOptions` (the C++ core's ``fluororeg::RegistrationOptions``,
 bound as a class with named, validated fields: ``mode``, ``loss``, ``loss_scale_mm``,
