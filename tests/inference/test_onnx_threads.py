@@ -1,4 +1,5 @@
-"""onnxruntime sessions take the process's thread count (fluororeg.core.threads) unless told otherwise."""
+"""onnxruntime sessions take the process's thread count (fluororeg.core.threads) unless told otherwise,
+and their idle threads do not spin."""
 
 from fluororeg.core import threads
 from fluororeg.inference.onnx_model import OnnxModel
@@ -14,3 +15,10 @@ def test_sessions_use_the_process_thread_count(tmp_path, onnx_builders):
         threads.set_num_threads(0)
     default = OnnxModel(path, device="cpu").session.get_session_options().intra_op_num_threads
     assert default == threads.num_threads()
+
+
+def test_idle_session_threads_sleep(tmp_path, onnx_builders):
+    """The pipeline runs detections beside other work: spinning pool threads would take its cores."""
+    path = onnx_builders.spot_detector(tmp_path / "d.onnx", 32, ["a", "b"])
+    options = OnnxModel(path, device="cpu").session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
