@@ -5,7 +5,8 @@ Reports microseconds per frame on one thread (``us_per_frame_1thread``: the case
 solved by the core's small LM, Ceres where the LM stops short of convergence), the same without
 screening of the mirror cases (four Ceres solves per frame, ``screen_iterations=0``) as the
 in-run peer, frames per second for a batch on all cores, the SciPy reference
-(scipy.optimize.least_squares) per frame, and the speed-ups.
+(scipy.optimize.least_squares) per frame, and the speed-ups; also the triangulated starts
+(``triangulated_poses``, the pipeline's init) of the 10,000 frames against their NumPy reference.
 
     python benchmarks/bench_register.py [--quick] [--json PATH]
 """
@@ -18,7 +19,9 @@ import time
 import numpy as np
 
 import fluororeg as fr
-from fluororeg._reference.registration import SyntheticScene, register_frame_reference
+from fluororeg._reference.registration import (SyntheticScene, register_frame_reference,
+                                               triangulated_poses_reference)
+from fluororeg.core.registration import triangulated_poses
 
 from _common import best_time, parser, report
 
@@ -66,6 +69,15 @@ def main(argv=None) -> dict:
     fps = n_batch / tb
     et, ep = fr.pose_errors(res.poses, poses)
 
+    mirror = np.arange(scene.n)
+    for a, b in scene.pairs:
+        mirror[a], mirror[b] = b, a
+    t_tri = best_time(lambda: triangulated_poses(scene.landmarks, scene.views, det, mirror), repeats)
+    n_tri_ref = 1000 if args.quick else n_batch
+    t_tri_ref = best_time(lambda: triangulated_poses_reference(scene.landmarks, scene.views, det[:n_tri_ref], mirror),
+                          1)
+    us_tri, us_tri_ref = t_tri / n_batch * 1e6, t_tri_ref / n_tri_ref * 1e6
+
     t = time.perf_counter()
     for i in range(n_scipy):
         register_frame_reference(scene.landmarks, scene.views, det[i], **kw)
@@ -88,6 +100,8 @@ def main(argv=None) -> dict:
         "batch_frames_per_s": fps,
         "scipy_us_per_frame": us_scipy,
         "speedup_vs_scipy_1thread": us_scipy / us_1,
+        "triangulation_us_per_frame": us_tri,
+        "numpy_triangulation_us_per_frame": us_tri_ref,
         "mean_iterations": float(res.iterations.mean()),
         "median_eps_theta_deg": float(np.median(et)),
         "median_eps_tau_mm": float(np.median(ep)),
@@ -104,6 +118,8 @@ def main(argv=None) -> dict:
         (f"screened, batch of {n_batch}, all cores", fps, "frames/s"),
         ("SciPy least_squares reference", us_scipy, "us/frame"),
         ("speed-up vs SciPy (1 thread)", us_scipy / us_1, "x"),
+        (f"triangulated starts, 4 labellings, batch of {n_batch}, all cores", us_tri, "us/frame"),
+        ("the same, NumPy reference", us_tri_ref, "us/frame"),
         ("median angle error (1 px noise)", out["median_eps_theta_deg"], "deg"),
         ("median position error (1 px noise)", out["median_eps_tau_mm"], "mm"),
     ]

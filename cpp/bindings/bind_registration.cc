@@ -478,6 +478,40 @@ void BindRegistration(nb::module_& m) {
         "register_batch's dict (same dtypes); returns the checked dict, with changed [F] bool "
         "(the frames the check replaced).");
   m.def(
+      "triangulated_poses",
+      [](const InArray<double>& landmarks, const InArray<double>& views,
+         const InArray<double>& detections, std::optional<InArray<int32_t>> mirror,
+         int min_points, int num_threads) {
+        CheckShape(landmarks, "landmarks", {-1, 3});
+        CheckCount(landmarks.shape(0), limits::kMaxPoints, "landmarks");
+        const std::vector<ConeView> unpacked = UnpackViews(views);
+        if (unpacked.size() != 2) {
+          throw std::invalid_argument("got " + std::to_string(unpacked.size()) +
+                                      " views: expected exactly two (view 1, view 2)");
+        }
+        const long long n = static_cast<long long>(landmarks.shape(0));
+        CheckShape(detections, "detections", {-1, 2, n, 2});
+        CheckCount(detections.shape(0), limits::kMaxBatch, "frames");
+        if (mirror) CheckShape(*mirror, "mirror", {n});
+        CheckThreads(num_threads);
+        const size_t F = detections.shape(0);
+        auto poses = NewArray<double>({F, 6});
+        {
+          nb::gil_scoped_release release;
+          TriangulatedPoses(landmarks.data(), static_cast<int>(n), unpacked.data(),
+                            detections.data(), static_cast<int>(F),
+                            mirror ? mirror->data() : nullptr, min_points, num_threads,
+                            poses.data());
+        }
+        return poses;
+      },
+      nb::arg("landmarks"), nb::arg("views"), nb::arg("detections"), nb::arg("mirror").none(),
+      nb::arg("min_points"), nb::arg("num_threads"),
+      "Starts from triangulated landmarks (fluororeg::TriangulatedPoses): landmarks [N, 3] mm; "
+      "views [2, 16] packed; detections [F, 2, N, 2] undistorted px (NaN: not seen); mirror "
+      "[N] int32 permutation or None; returns poses [F, 6] (rad, mm), six NaN where fewer "
+      "than min_points landmarks are seen in both views.");
+  m.def(
       "registration_status_name",
       [](int code) {
         if (code < 0 || code >= kNumRegistrationStatuses) {

@@ -293,6 +293,40 @@ TEST(Registration, ScreeningPicksTheSameCaseAsFullSolves) {
   }
 }
 
+// Exact detections: the triangulated start is the pose itself, also with view 2's left and
+// right labels swapped (the mirrored labelling fits best) and for a pose 180 deg about the
+// vertical; too few landmarks seen in both views give NaN, and min_points < 3 is refused.
+TEST(Registration, TriangulatedPosesRecoverThePose) {
+  const testing::Scene scene;
+  std::vector<int32_t> mirror(scene.n);
+  for (int i = 0; i < scene.n; ++i) mirror[i] = i;
+  for (size_t p = 0; p < scene.pairs.size(); p += 2) {
+    mirror[scene.pairs[p]] = scene.pairs[p + 1];
+    mirror[scene.pairs[p + 1]] = scene.pairs[p];
+  }
+  std::mt19937 rng(5);
+  const int F = 6;
+  std::vector<double> det, truth;
+  for (int f = 0; f < F; ++f) {
+    double pose[6];
+    scene.RandomPose(rng, pose);
+    if (f % 2 == 1) pose[2] += M_PI;
+    std::vector<double> d = scene.Detect(pose);
+    if (f % 3 == 2) scene.Mirror(&d, 1);
+    if (f == F - 1) std::fill(d.begin() + 2 * scene.n + 6, d.end(), std::nan(""));  // 3 in view 2
+    det.insert(det.end(), d.begin(), d.end());
+    truth.insert(truth.end(), pose, pose + 6);
+  }
+  std::vector<double> poses(6 * F);
+  TriangulatedPoses(scene.landmarks.data(), scene.n, scene.views, det.data(), F, mirror.data(),
+                    4, 2, poses.data());
+  for (int f = 0; f < F - 1; ++f) ExpectPoseNear(&poses[6 * f], &truth[6 * f], 1e-6, 1e-6);
+  for (int j = 0; j < 6; ++j) EXPECT_TRUE(std::isnan(poses[6 * (F - 1) + j]));
+  EXPECT_THROW(TriangulatedPoses(scene.landmarks.data(), scene.n, scene.views, det.data(), F,
+                                 mirror.data(), 2, 1, poses.data()),
+               std::invalid_argument);
+}
+
 TEST(Registration, NearGimbalLockPose) {
   const testing::Scene scene;
   const RegistrationSetup setup = scene.Setup();

@@ -697,3 +697,38 @@ def test_triangulated_starts_need_no_header_and_resolve_a_one_view_swap(scene):
     assert np.isnan(triangulated_poses(scene.landmarks, scene.views, sparse, perm)).all()
     with pytest.raises(ValueError, match="expected \\(F, 2, 33, 2\\)"):
         triangulated_poses(scene.landmarks, scene.views, det[:, :, :5])
+
+
+def test_triangulated_poses_match_their_numpy_reference(scene):
+    """The core's TriangulatedPoses against triangulated_poses_reference: clean, noisy, mirrored
+    in one view or both, landmarks missing in one view, frames with too few landmarks (NaN in
+    both), without the mirror permutation, on several threads."""
+    from fluororeg._reference.registration import triangulated_poses_reference
+    from fluororeg.core.geometry import pose_matrix
+    from fluororeg.core.registration import triangulated_poses
+
+    rng = np.random.default_rng(41)
+    F = 600
+    poses = scene.random_poses(F, rng, max_deg=40)
+    poses[::3, 2] += 180.0
+    det = np.stack([scene.detect(p, 2.0 * (i % 3), rng) for i, p in enumerate(poses)])
+    perm = np.arange(scene.n)
+    for a, b in scene.pairs:
+        perm[a], perm[b] = b, a
+    det[1::4, 1] = det[1::4, 1, perm]     # view 2 mirrored
+    det[2::4] = det[2::4][:, :, perm]     # both
+    det[::5, 0, :8] = np.nan              # landmarks missing in view 1
+    det[7::50, 1, 3:] = np.nan            # 3 seen in both: too few
+    for mirror in (perm, None):
+        got = triangulated_poses(scene.landmarks, scene.views, det, mirror)
+        want = triangulated_poses_reference(scene.landmarks, scene.views, det, mirror)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isnan(got[7::50]).all()
+        ok = np.isfinite(want).all(axis=1)
+        assert ok.sum() > 0.9 * F
+        # The same rigid transforms (Euler angles may take another branch at gimbal lock).
+        np.testing.assert_allclose(pose_matrix(got[ok]), pose_matrix(want[ok]), atol=1e-8)
+    with pytest.raises(ValueError, match="min_points = 2"):
+        triangulated_poses(scene.landmarks, scene.views, det, perm, min_points=2)
+    with pytest.raises(ValueError, match="permutation"):
+        triangulated_poses(scene.landmarks, scene.views, det, np.zeros(scene.n, int))

@@ -227,6 +227,19 @@ void CheckViewAgreement(const RegistrationSetup& setup, const double* detections
                         const double* weights, int num_frames,
                         const RegistrationOptions& options, RegistrationResult* results);
 
+// Starts for Eq. 2 that assume nothing about the model's axes: per frame, the rigid pose that
+// best maps the model landmarks onto those triangulated from both views' detections (the
+// midpoint of the shortest segment between the two source rays; least squares, Kabsch).
+// With mirror (the left/right permutation of the landmarks) the four labellings of Table 1's
+// cases are triangulated and the fit with the lowest RMS kept (a detector that swaps left and
+// right in one view makes rays that miss each other). Six NaN where fewer than min_points
+// landmarks are seen in both views.
+//   landmarks [N, 3] mm; detections [F, 2, N, 2] px (NaN: not seen; distortion already
+//   corrected); mirror [N] or nullptr; poses [F, 6] rad, mm (out); num_threads: 0 = all.
+void TriangulatedPoses(const double* landmarks, int num_landmarks, const ConeView views[2],
+                       const double* detections, int num_frames, const int32_t* mirror,
+                       int min_points, int num_threads, double* poses);
+
 // RegisterBatch with the start taken from init_poses (kGiven when given, else kPaper).
 void RegisterFrames(const RegistrationSetup& setup, const double* detections,
                     const double* weights, const double* init_poses, int num_frames,

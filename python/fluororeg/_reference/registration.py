@@ -15,7 +15,9 @@ written before the move: :func:`register_batch_reference` and
 :func:`check_view_agreement_reference`. They call the engine for each solve (the solver itself
 is checked against :func:`register_frame_reference`), so the tests compare the batch logic.
 
-Also: a synthetic dual-fluoroscope scene like the paper's for tests and benchmarks.
+Also the triangulated starts in NumPy (:func:`triangulated_poses_reference`, vectorised over the
+frames), the reference of the core's ``TriangulatedPoses``, and a synthetic dual-fluoroscope
+scene like the paper's for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from fluororeg.core.geometry import ConeView, system_centre
+from fluororeg.core.geometry import ConeView, pose_from_matrix, system_centre
 
 STATUSES = ("ok", "too_few_landmarks", "failed")  # of one solve (register_frame_reference)
 REGISTERED_STATUSES = ("ok", "one_view")
@@ -301,6 +303,66 @@ def register_batch_reference(landmarks, views, detections, *, weights=None, pair
 
 
 # ---- synthetic scene -----------------------------------------------------------------------
+
+
+def triangulated_poses_reference(landmarks, views, detections, mirror=None, *, min_points: int = 4) -> np.ndarray:
+    """NumPy reference of the core's ``TriangulatedPoses``
+    (:func:`fluororeg.core.registration.triangulated_poses`), vectorised over the frames: per
+    frame and labelling, the midpoints of the two views' closest ray points, then the rigid fit
+    (Kabsch) with the lowest RMS. Poses [F, 6] (deg, mm), NaN rows where fewer than
+    ``min_points`` landmarks are seen in both views."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    views = list(views)
+    if len(views) != 2:
+        raise ValueError(f"got {len(views)} views: expected two ConeViews")
+    det = np.asarray(detections, dtype=np.float64)
+    N = len(lm)
+    if det.ndim != 4 or det.shape[1:] != (2, N, 2):
+        raise ValueError(f"detections have shape {det.shape}: expected (F, 2, {N}, 2)")
+    perm = np.arange(N) if mirror is None else np.asarray(mirror, dtype=np.int64)
+    if perm.shape != (N,) or sorted(perm.tolist()) != list(range(N)):
+        raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
+    src = [np.asarray(v.source, np.float64) for v in views]
+    rays = [v.pixel_to_world(det[:, k]) - src[k] for k, v in enumerate(views)]  # [F, N, 3] each
+    F = len(det)
+    cases = [(np.arange(N), np.arange(N))] if mirror is None else \
+        [(np.arange(N), np.arange(N)), (np.arange(N), perm), (perm, np.arange(N)), (perm, perm)]
+    best_rms, best_M = np.full(F, np.inf), np.zeros((F, 4, 4))
+    w = src[0] - src[1]
+    for a, b in cases:  # view 1 labels a, view 2 labels b: landmark n seen as a[n] and b[n]
+        d1, d2 = rays[0][:, a], rays[1][:, b]                                         # [F, N, 3]
+        # closest points s1 + t1 d1 and s2 + t2 d2 of the two rays, for every frame at once
+        aa, bb, cc = (d1 * d1).sum(-1), (d1 * d2).sum(-1), (d2 * d2).sum(-1)           # [F, N]
+        dd, ee = (d1 * w).sum(-1), (d2 * w).sum(-1)
+        den = aa * cc - bb * bb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = np.isfinite(den) & (den > 1e-12 * aa * cc)                            # [F, N] seen in both, not parallel
+            t1 = np.where(ok, (bb * ee - cc * dd) / den, 0.0)
+            t2 = np.where(ok, (aa * ee - bb * dd) / den, 0.0)
+        X = np.where(ok[..., None], 0.5 * (src[0] + t1[..., None] * d1 + src[1] + t2[..., None] * d2), 0.0)
+        m = ok.astype(np.float64)                                                      # [F, N]
+        n = np.maximum(m.sum(1), 1.0)
+        pc = (m @ lm) / n[:, None]                                                     # [F, 3] model mm
+        xc = (m[..., None] * X).sum(1) / n[:, None]                                    # [F, 3] world mm
+        Pm = (lm[None] - pc[:, None]) * m[..., None]
+        U, _, Vt = np.linalg.svd(np.einsum("fni,fnj->fij", Pm, X - xc[:, None]))      # Kabsch, per frame
+        V, Ut = np.swapaxes(Vt, 1, 2), np.swapaxes(U, 1, 2)
+        D = np.ones((F, 3))
+        D[:, 2] = np.sign(np.linalg.det(V @ Ut))
+        R = V @ (D[..., None] * Ut)                                                    # [F, 3, 3]
+        r = np.einsum("fij,fnj->fni", R, lm[None] - pc[:, None]) + xc[:, None] - X
+        rms = np.sqrt((m * (r ** 2).sum(-1)).sum(1) / n)
+        better = (m.sum(1) >= min_points) & (rms < best_rms)
+        best_rms[better] = rms[better]
+        best_M[better, :3, :3] = R[better]
+        best_M[better, :3, 3] = xc[better] - np.einsum("fij,fj->fi", R[better], pc[better])
+        best_M[better, 3, 3] = 1.0
+    out = np.full((F, 6), np.nan)
+    found = np.isfinite(best_rms)
+    if found.any():
+        out[found] = pose_from_matrix(best_M[found])
+    return out
+
 
 def make_view(iso, azimuth_deg, *, source_to_iso=600.0, iso_to_intensifier=500.0, pitch=0.6,
               size=512) -> ConeView:

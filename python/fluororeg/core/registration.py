@@ -73,7 +73,7 @@ import numpy as np
 
 from fluororeg import _core
 from fluororeg._core import RegistrationOptions, RegistrationStatus
-from fluororeg.core.geometry import (ConeView, check_array_size, as_poses, pose_from_matrix, poses_to_radians,
+from fluororeg.core.geometry import (ConeView, check_array_size, as_poses, poses_to_radians,
                                      stack_views, system_centre)
 
 __all__ = [
@@ -489,56 +489,22 @@ def triangulated_poses(landmarks, views, detections, mirror=None, *, min_points:
     landmark registration ended 94-120 deg off from it, and as on the original CT (3-4 deg)
     from the triangulated start."""
     lm = _landmarks(landmarks)
-    views = list(views)
-    if len(views) != 2:
-        raise ValueError(f"got {len(views)} views: expected two ConeViews")
-    det = np.asarray(detections, dtype=np.float64)
+    packed = _views(list(views))
+    det = np.ascontiguousarray(detections, dtype=np.float64)
     N = len(lm)
     if det.ndim != 4 or det.shape[1:] != (2, N, 2):
         raise ValueError(f"detections have shape {det.shape}: expected (F, 2, {N}, 2)")
-    perm = np.arange(N) if mirror is None else np.asarray(mirror, dtype=np.int64)
-    if perm.shape != (N,) or sorted(perm.tolist()) != list(range(N)):
-        raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
-    src = [np.asarray(v.source, np.float64) for v in views]
-    rays = [v.pixel_to_world(det[:, k]) - src[k] for k, v in enumerate(views)]  # [F, N, 3] each
-    F = len(det)
-    cases = [(np.arange(N), np.arange(N))] if mirror is None else \
-        [(np.arange(N), np.arange(N)), (np.arange(N), perm), (perm, np.arange(N)), (perm, perm)]
-    best_rms, best_M = np.full(F, np.inf), np.zeros((F, 4, 4))
-    w = src[0] - src[1]
-    for a, b in cases:  # view 1 labels a, view 2 labels b: landmark n seen as a[n] and b[n]
-        d1, d2 = rays[0][:, a], rays[1][:, b]                                         # [F, N, 3]
-        # closest points s1 + t1 d1 and s2 + t2 d2 of the two rays, for every frame at once
-        aa, bb, cc = (d1 * d1).sum(-1), (d1 * d2).sum(-1), (d2 * d2).sum(-1)           # [F, N]
-        dd, ee = (d1 * w).sum(-1), (d2 * w).sum(-1)
-        den = aa * cc - bb * bb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ok = np.isfinite(den) & (den > 1e-12 * aa * cc)                            # [F, N] seen in both, not parallel
-            t1 = np.where(ok, (bb * ee - cc * dd) / den, 0.0)
-            t2 = np.where(ok, (aa * ee - bb * dd) / den, 0.0)
-        X = np.where(ok[..., None], 0.5 * (src[0] + t1[..., None] * d1 + src[1] + t2[..., None] * d2), 0.0)
-        m = ok.astype(np.float64)                                                      # [F, N]
-        n = np.maximum(m.sum(1), 1.0)
-        pc = (m @ lm) / n[:, None]                                                     # [F, 3] model mm
-        xc = (m[..., None] * X).sum(1) / n[:, None]                                    # [F, 3] world mm
-        Pm = (lm[None] - pc[:, None]) * m[..., None]
-        U, _, Vt = np.linalg.svd(np.einsum("fni,fnj->fij", Pm, X - xc[:, None]))      # Kabsch, per frame
-        V, Ut = np.swapaxes(Vt, 1, 2), np.swapaxes(U, 1, 2)
-        D = np.ones((F, 3))
-        D[:, 2] = np.sign(np.linalg.det(V @ Ut))
-        R = V @ (D[..., None] * Ut)                                                    # [F, 3, 3]
-        r = np.einsum("fij,fnj->fni", R, lm[None] - pc[:, None]) + xc[:, None] - X
-        rms = np.sqrt((m * (r ** 2).sum(-1)).sum(1) / n)
-        better = (m.sum(1) >= min_points) & (rms < best_rms)
-        best_rms[better] = rms[better]
-        best_M[better, :3, :3] = R[better]
-        best_M[better, :3, 3] = xc[better] - np.einsum("fij,fj->fi", R[better], pc[better])
-        best_M[better, 3, 3] = 1.0
-    out = np.full((F, 6), np.nan)
-    found = np.isfinite(best_rms)
-    if found.any():
-        out[found] = pose_from_matrix(best_M[found])
-    return out
+    perm = None
+    if mirror is not None:
+        perm = np.asarray(mirror)
+        if perm.shape != (N,) or perm.dtype.kind not in "iu" or sorted(perm.tolist()) != list(range(N)):
+            raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
+        perm = perm.astype(np.int32)
+    if isinstance(min_points, bool) or not isinstance(min_points, (int, np.integer)) or min_points < 3:
+        raise ValueError(f"min_points = {min_points!r}: expected an integer >= 3 (a rigid fit needs three points)")
+    poses = _core.triangulated_poses(lm, packed, det, perm, int(min_points), 0)
+    poses[:, :3] = np.rad2deg(poses[:, :3])
+    return poses
 
 
 def _paired_poses(pose_a, pose_b) -> Tuple[np.ndarray, np.ndarray]:
