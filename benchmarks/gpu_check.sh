@@ -155,7 +155,10 @@ for name, key, target in [
         ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)"),
         ("bench_refine.json", "cuda_batch.render_calls_per_frame", "(gathered rounds a frame waits for)"),
         ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)"),
-        ("bench_long.json", "stage_ms_per_pair.refine", "(refinement's share, ms per frame pair)")]:
+        ("bench_long.json", "stage_ms_per_pair.detect", "(the detection pass's share, ms per frame pair)"),
+        ("bench_long.json", "stage_ms_per_pair.register", "(the final registration's share)"),
+        ("bench_long.json", "stage_ms_per_pair.refine", "(refinement's share, ms per frame pair)"),
+        ("bench_long.json", "stage_ms_per_pair.write", "(writing and the QC figures)")]:
     base = value("bench_render_base.json", key) if name == "bench_render.json" else None
     print(f"{key:40s} {value(name, key)!s:>24s}  target {target}" + (f"  (base checkout: {base})" if base else ""))
 PY
