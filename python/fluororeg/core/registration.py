@@ -478,13 +478,15 @@ def triangulated_poses(landmarks, views, detections, mirror=None, *, min_points:
     """Starts for Eq. 2 that assume nothing about the CT's axes: per frame, the rigid pose
     (world_from_model, deg / mm) that best maps the model landmarks [N, 3] onto the landmarks
     triangulated from both views' detections [F, 2, N, 2] (undistorted px; NaN: not seen): the
-    midpoint of the shortest segment between the two source rays, then least squares (Kabsch).
+    midpoint of the shortest segment between the two source rays, then least squares (Kabsch),
+    computed by the core (``TriangulatedPoses``; NumPy reference
+    :func:`fluororeg._reference.registration.triangulated_poses_reference`).
 
     ``mirror`` [N]: the left/right permutation (:meth:`Subject.mirror_permutation`); the four
     labellings of the paper's mirror cases are triangulated (a detector that swaps left and
     right in one view makes rays that miss each other) and the best rigid fit kept. NaN rows
-    where fewer than ``min_points`` landmarks are seen in both views. The 'paper' start (the
-    system centre, theta 0) assumes the CT's axes agree with the world's: measured on the
+    where fewer than ``min_points`` (at least 3) landmarks are seen in both views. The 'paper'
+    start (the system centre, theta 0) assumes the CT's axes agree with the world's: measured on the
     independent recordings of a CT whose header is rotated 180 deg about the vertical, the
     landmark registration ended 94-120 deg off from it, and as on the original CT (3-4 deg)
     from the triangulated start."""
@@ -495,12 +497,12 @@ def triangulated_poses(landmarks, views, detections, mirror=None, *, min_points:
     if det.ndim != 4 or det.shape[1:] != (2, N, 2):
         raise ValueError(f"detections have shape {det.shape}: expected (F, 2, {N}, 2)")
     perm = None
-    if mirror is not None:
+    if mirror is not None:  # the core checks that it is a permutation
         perm = np.asarray(mirror)
-        if perm.shape != (N,) or perm.dtype.kind not in "iu" or sorted(perm.tolist()) != list(range(N)):
+        if perm.shape != (N,) or perm.dtype.kind not in "iu":
             raise ValueError(f"mirror must be a permutation of the {N} landmarks, got {mirror!r}")
         perm = perm.astype(np.int32)
-    if isinstance(min_points, bool) or not isinstance(min_points, (int, np.integer)) or min_points < 3:
+    if isinstance(min_points, bool) or not isinstance(min_points, (int, np.integer)):
         raise ValueError(f"min_points = {min_points!r}: expected an integer >= 3 (a rigid fit needs three points)")
     poses = _core.triangulated_poses(lm, packed, det, perm, int(min_points), 0)
     poses[:, :3] = np.rad2deg(poses[:, :3])
