@@ -120,7 +120,7 @@ class LandmarkDetector:
             oy, ox = (S - H) // 2, (S - W) // 2
             sq[:, oy:oy + H, ox:ox + W] = images
         else:
-            sq, oy, ox = images.astype(np.float32), 0, 0
+            sq, oy, ox = images.astype(np.float32, copy=False), 0, 0
         if S != N:
             sq = resample_square(sq, N)
         return sq, S, ox, oy
@@ -140,8 +140,9 @@ class LandmarkDetector:
         xy, conf = [], []
         for s in range(0, len(a), self.batch_size):
             sq, S, ox, oy = self._prepare(a[s:s + self.batch_size])
-            x = (sq / 127.5 - 1.0).astype(np.float32)[:, None]
-            out = self.model.run(x)
+            x = sq / 127.5  # float32 [n, N, N] in [-1, 1], one new array (not one per step)
+            x -= 1.0
+            out = self.model.run(x[:, None])
             nrm = convert_norm(out["landmarks"].astype(np.float64), N, S)
             p = norm_to_px(nrm, S)
             p[..., 0] -= ox
