@@ -1,5 +1,6 @@
 // Point-based 3D-to-2D registration of a rigid model to dual-fluoroscope frames (the paper's
-// Eq. 2 and Table 1), solved by Ceres with analytic Jacobians.
+// Eq. 2 and Table 1), solved with analytic Jacobians by a small Levenberg-Marquardt (the
+// screening of the mirror cases, and the contenders it brings to convergence) and by Ceres.
 //
 // Conventions (DESIGN.md): millimetres; radians in this C++ API (the Python layer speaks
 // degrees). A pose is (theta_x, theta_y, theta_z rad, tau_x, tau_y, tau_z mm), extrinsic z-y-x
