@@ -446,12 +446,20 @@ def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
     assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
     F = 3
     path = write_poses_csv(tmp_path / "poses.csv", np.arange(F), new_status, poses, pose_matrix(poses), np.zeros(F),
-                           np.zeros((F, 2)), np.zeros((F, 2)), np.zeros(F, int), np.zeros(F, int))
-    refine_stage.append_csv_columns(path, cols)
+                           np.zeros((F, 2)), np.zeros((F, 2)), np.zeros(F, int), np.zeros(F, int), extra_columns=cols)
     back = read_poses_csv(path)
     np.testing.assert_allclose(back["poses"], poses)
-    header = path.read_text().splitlines()[0].split(",")
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
     assert header[-len(refine_stage.REFINE_COLUMNS):] == list(refine_stage.REFINE_COLUMNS)
+    # Booleans as 1 / 0, NaN as an empty field, strings as they are.
+    last = dict(zip(header, lines[-1].split(",")))
+    assert last["refine_tracked"] == "1" and last["landmark_status"] == "failed"
+    assert float(last["similarity_view1"]) == cols["similarity_view1"][-1]
+    with pytest.raises(ValueError, match="column 'refine_status' holds 2 values for 3 frames"):
+        write_poses_csv(tmp_path / "p2.csv", np.arange(F), new_status, poses, pose_matrix(poses), np.zeros(F),
+                        np.zeros((F, 2)), np.zeros((F, 2)), np.zeros(F, int), np.zeros(F, int),
+                        extra_columns={"refine_status": cols["refine_status"][:2]})
 
 
 def test_pipeline_option_and_command_line_flag():

@@ -59,20 +59,36 @@ def _fmt(v) -> str:
     return "" if not math.isfinite(v) else repr(v)
 
 
-def write_poses_csv(path, frames, status, poses, matrices, objective, rms_mm, rms_px, n_vis, mirror_case) -> Path:
+def _column_field(v) -> str:
+    """A field of an extra column: 1 / 0 for a boolean, empty for a non-finite number."""
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (float, np.floating)):
+        return "" if not np.isfinite(v) else repr(float(v))
+    return str(v)
+
+
+def write_poses_csv(path, frames, status, poses, matrices, objective, rms_mm, rms_px, n_vis, mirror_case,
+                    extra_columns: dict | None = None) -> Path:
     """Write the registration CSV (arrays of one length F: poses [F, 6] deg / mm, matrices
-    [F, 4, 4], rms_* [F, 2]; NaN values become empty fields)."""
-    rows = [",".join(POSE_COLUMNS)]
+    [F, 4, 4], rms_* [F, 2]; NaN values become empty fields). ``extra_columns``: name -> [F]
+    values, written after the pose file's own columns (the pipeline's gate and refinement
+    figures; readers of poses.csv ignore columns they do not know)."""
     F = len(frames)
+    extra = dict(extra_columns or {})
     for name, arr, shape in (("poses", poses, (F, 6)), ("matrices", matrices, (F, 4, 4)), ("rms_mm", rms_mm, (F, 2)),
                              ("rms_px", rms_px, (F, 2))):
         if np.shape(arr) != shape:
             raise ValueError(f"{name} has shape {np.shape(arr)}, expected {shape}")
+    for name, values in extra.items():
+        if len(values) != F:
+            raise ValueError(f"column '{name}' holds {len(values)} values for {F} frames: expected one per frame")
+    rows = [",".join(list(POSE_COLUMNS) + list(extra))]
     for i in range(F):
         vals = ([str(int(frames[i])), str(status[i])] + [_fmt(v) for v in poses[i]]
                 + [_fmt(v) for v in np.asarray(matrices[i]).ravel()] + [_fmt(objective[i])]
                 + [_fmt(v) for v in rms_mm[i]] + [_fmt(v) for v in rms_px[i]]
-                + [str(int(n_vis[i])), str(int(mirror_case[i]))])
+                + [str(int(n_vis[i])), str(int(mirror_case[i]))] + [_column_field(v[i]) for v in extra.values()])
         rows.append(",".join(vals))
     path = Path(path)
     atomic_write_text(path, "\n".join(rows) + "\n")

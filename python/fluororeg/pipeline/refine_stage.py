@@ -17,8 +17,7 @@ from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
 __all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS", "REFINE_FAILURE_STATUSES",
-           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses",
-           "append_csv_columns"]
+           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -211,30 +210,3 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         gate_failed = ~ok & np.isin(res.status, REFINE_FAILURE_STATUSES) & ~np.isin(landmark, INPUT_FLAGS)
         new_status[i[gate_failed]] = res.status[gate_failed]
     return new_poses, new_status.astype(str), columns
-
-
-def append_csv_columns(path, columns: dict) -> None:
-    """Add columns (name -> [F] values, one per data row) to a CSV file such as poses.csv;
-    NaN becomes an empty field. Readers of poses.csv ignore columns they do not know."""
-    import csv
-    import io
-
-    from fluororeg.io.atomic import atomic_write_text
-
-    with open(path, newline="") as f:
-        rows = list(csv.reader(io.StringIO(f.read())))
-    if len(rows) - 1 != min((len(v) for v in columns.values()), default=len(rows) - 1):
-        raise ValueError(f"'{path}' has {len(rows) - 1} rows but the columns hold "
-                         f"{[len(v) for v in columns.values()]} values")
-
-    def fmt(v) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return "1" if v else "0"
-        if isinstance(v, (float, np.floating)):
-            return "" if not np.isfinite(v) else repr(float(v))
-        return str(v)
-
-    rows[0] += list(columns)
-    for i, row in enumerate(rows[1:]):
-        row += [fmt(v[i]) for v in columns.values()]
-    atomic_write_text(path, "\n".join(",".join(r) for r in rows) + "\n")

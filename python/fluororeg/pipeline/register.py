@@ -690,17 +690,13 @@ def _register_recording(recording, subject, detector, translator, options, out_d
 
         matrices = np.where(np.isfinite(poses).all(axis=1)[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
         frame_numbers = getattr(recording, "frame_numbers", frames)  # the lab's numbers (file names), kept
-        from fluororeg.pipeline.refine_stage import append_csv_columns
-
+        # The gate's figures a lab can check: residual at the bone per view (mm) and inliers;
+        # then the refinement's.
+        extra = {"residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
+                 "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1], **(refine_columns or {})}
         with atomic_path(out / "poses.csv", ".csv") as table:  # the whole table appears at once
             write_poses_csv(table, frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
-                            batch.rms_px, batch.n_vis, batch.mirror_case)
-            # The gate's figures a lab can check: residual at the bone per view (mm) and inliers.
-            append_csv_columns(table, {
-                "residual_bone_mm_view1": batch.rms_bone_mm[:, 0], "residual_bone_mm_view2": batch.rms_bone_mm[:, 1],
-                "inliers_view1": batch.inliers[:, 0], "inliers_view2": batch.inliers[:, 1]})
-            if refine_columns is not None:
-                append_csv_columns(table, refine_columns)
+                            batch.rms_px, batch.n_vis, batch.mirror_case, extra_columns=extra)
         write_tra(out / "poses.tra", matrices)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed,
                                                                 refined_on=refined_on), indent=2))
