@@ -236,17 +236,15 @@ TEST(Jacobians, ScreenSolveConvergesWhereCeresDoes) {
     // Ceres on the ViewResidual blocks from the same start, to its own convergence.
     double y[6];
     std::copy(start, start + 6, y);
-    std::vector<std::unique_ptr<ViewResidual>> blocks;
     ceres::Problem::Options po;
     po.loss_function_ownership = ceres::DO_NOT_TAKE_OWNERSHIP;
-    ceres::Problem problem(po);
+    ceres::Problem problem(po);  // owns the residual blocks
     for (int k = 0; k < 2; ++k) {
       for (int i = 0; i < (robust ? m : 1); ++i) {
-        blocks.push_back(std::make_unique<ViewResidual>(
-            &g[k], R0, scene.landmarks.data(), index.data() + i, targets[k].data() + 2 * i,
-            sqrt_w[k].data() + i, robust ? 1 : m));
-        problem.AddResidualBlock(blocks.back().release(), const_cast<ceres::LossFunction*>(loss),
-                                 y);
+        problem.AddResidualBlock(
+            new ViewResidual(&g[k], R0, scene.landmarks.data(), index.data() + i,
+                             targets[k].data() + 2 * i, sqrt_w[k].data() + i, robust ? 1 : m),
+            const_cast<ceres::LossFunction*>(loss), y);
       }
     }
     ceres::Solver::Options so;
