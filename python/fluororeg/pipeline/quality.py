@@ -551,27 +551,6 @@ def qc_json_text(report: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def start_plot_imports():
-    """Imports the QC figures' libraries (matplotlib with its Agg backend, Pillow) on a daemon
-    thread, so that the import (about 1.4 s on the development machine) overlaps a run's
-    detection pass instead of adding to its end; :func:`write_qc` then finds them loaded. Returns
-    the thread."""
-    import importlib
-    import threading
-
-    def load():
-        try:
-            importlib.import_module("matplotlib").use("Agg")
-            importlib.import_module("matplotlib.pyplot")
-            importlib.import_module("PIL.Image")
-        except ImportError:  # write_qc says what is missing
-            pass
-
-    thread = threading.Thread(target=load, name="fluororeg-plot-imports", daemon=True)
-    thread.start()
-    return thread
-
-
 def write_qc(out_dir, report: dict, *, recording=None, subject=None, poses=None) -> tuple[Path, Path | None]:
     """``qc.json`` and ``qc.png`` (residual at the bone per view and frame, the limit line,
     and with refinement the similarity per view; points coloured by status) in ``out_dir``.

@@ -628,8 +628,6 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         now = time.perf_counter()
         stages[name], t_stage = now - t_stage, now
 
-    if out is not None:  # the QC figures' libraries load while the frames are detected
-        quality.start_plot_imports()
     checks = options.quality_gate and options.input_checks
     fovs = recording_fovs(recording)  # for the crops and the input checks
     # The input checks' figures, gathered from the frames the detection pass reads.
