@@ -179,6 +179,14 @@ FLUORO_HD bool ProjectCone(const ConeView& view, const Vec3<T>& X, T* px, T* py)
   return ok;
 }
 
+// Pixel (px, py) of a cone view -> intensifier-plane millimetres relative to D along (u, v):
+// the inverse of ProjectCone's last step.
+FLUORO_HD void PixelToIntensifierMm(const ConeView& view, double px, double py, double* u_mm,
+                                    double* v_mm) {
+  *u_mm = (px - 0.5 * (view.width - 1)) * view.pitch_u;
+  *v_mm = (py - 0.5 * (view.height - 1)) * view.pitch_v;
+}
+
 // The image covers [-0.5, W - 0.5) x [-0.5, H - 0.5) in pixel coordinates.
 template <typename T>
 FLUORO_HD bool InImage(T px, T py, int width, int height) {

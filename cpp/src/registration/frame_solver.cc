@@ -151,8 +151,7 @@ void BuildCase(const RegistrationSetup& setup, const std::vector<int>& partner,
         ok = false;
         break;
       }
-      tgt[k][0] = (px - 0.5 * (view.width - 1)) * view.pitch_u;
-      tgt[k][1] = (py - 0.5 * (view.height - 1)) * view.pitch_v;
+      PixelToIntensifierMm(view, px, py, &tgt[k][0], &tgt[k][1]);
       sw[k] = std::sqrt(w);
     }
     if (!ok) continue;

@@ -22,8 +22,8 @@ constexpr int kFramesPerTask = 256;
 
 // The world point [3] that pixel (x, y) of `view` shows on its intensifier.
 void PixelToWorld(const ConeView& view, double x, double y, double* out) {
-  const double du = (x - 0.5 * (view.width - 1)) * view.pitch_u;
-  const double dv = (y - 0.5 * (view.height - 1)) * view.pitch_v;
+  double du, dv;
+  PixelToIntensifierMm(view, x, y, &du, &dv);
   for (int i = 0; i < 3; ++i)
     out[i] = view.intensifier_centre[i] + du * view.u[i] + dv * view.v[i];
 }
