@@ -210,6 +210,7 @@ void LaunchCone(int parts, unsigned blocks, cudaStream_t stream, const kernels::
 struct PixelJob {
   long long pixels;  // first entry in the concatenated pixel lists
   long long out;     // first entry in the concatenated outputs
+  long long grad;    // first entry of its [6, count] pose gradients in the outputs (-1: none)
   int count;         // pixels of the request
   int width;         // image width of the request's view
 };
@@ -218,20 +219,29 @@ struct PixelTile {
   int first;  // first pixel of the tile within the request's list
 };
 
-// One block per tile, one thread per pixel of it.
-template <typename Sampler>
+// One block per tile, one thread per pixel of it. kGradient: the tiles of jobs with pose
+// gradients (frames: the pose frames at the setups' indices).
+template <typename Sampler, bool kGradient = false>
 __global__ void ConePixelsKernel(const kernels::ConeRaySetup* setups, const PixelJob* jobs,
                                  const PixelTile* tiles, long long n_tiles, Sampler sampler,
-                                 const uint8_t* occupancy, const int32_t* pixels, float* out) {
+                                 const uint8_t* occupancy, const int32_t* pixels, float* out,
+                                 const kernels::ConeRayPoseFrame* frames = nullptr) {
   for (long long t = blockIdx.x; t < n_tiles; t += gridDim.x) {
     const PixelTile tile = tiles[t];
     const PixelJob job = jobs[tile.setup];
     const int i = tile.first + static_cast<int>(threadIdx.x);
     if (i >= job.count) continue;
     const int32_t p = pixels[job.pixels + i];
-    out[job.out + i] =
-        kernels::ConeRayIntegral(setups[tile.setup], sampler, occupancy, p % job.width,
-                                 p / job.width);
+    const int x = p % job.width, y = p / job.width;
+    if constexpr (kGradient) {
+      float sums[7], d[6];
+      out[job.out + i] = kernels::ConeRayIntegral<Sampler, true>(setups[tile.setup], sampler,
+                                                                 occupancy, x, y, 0, 1, sums);
+      kernels::ConeRayPoseGradient(setups[tile.setup], frames[tile.setup], x, y, sums, d);
+      for (int j = 0; j < 6; ++j) out[job.grad + static_cast<long long>(j) * job.count + i] = d[j];
+    } else {
+      out[job.out + i] = kernels::ConeRayIntegral(setups[tile.setup], sampler, occupancy, x, y);
+    }
   }
 }
 
@@ -689,35 +699,53 @@ void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup*
 }
 
 void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups,
+                          const kernels::ConeRayPoseFrame* frames,
                           const ConePixelRequest* requests, int n, const RenderOptions& options) {
   CudaVolume& cv = GetCudaVolume(volume);
-  // The tables of the call, packed into one page-locked block and uploaded by one copy.
+  // The tables of the call, packed into one page-locked block and uploaded by one copy. The
+  // tiles of jobs with pose gradients come after the others (a launch of their own).
   std::vector<PixelJob> jobs;
-  std::vector<PixelTile> tiles;
-  std::vector<long long> request_out(n, 0), request_pixels(n, 0);  // each request's first entries
+  std::vector<PixelTile> tiles, gradient_tiles;
+  // Each request's first entries; request_grad: of its [num_poses, 6, num_pixels] gradients.
+  std::vector<long long> request_out(n, 0), request_pixels(n, 0), request_grad(n, -1);
   long long n_pixels = 0, n_out = 0;
   for (int r = 0; r < n; ++r) {
     const ConePixelRequest& q = requests[r];
     request_pixels[r] = n_pixels;
     if (q.num_pixels == 0) continue;
     request_out[r] = n_out;
+    n_out += static_cast<long long>(q.num_poses) * q.num_pixels;
+    if (q.pose_gradient) {
+      request_grad[r] = n_out;
+      n_out += 6LL * q.num_poses * q.num_pixels;
+    }
     for (int k = 0; k < q.num_poses; ++k) {
       const int setup = static_cast<int>(jobs.size());
-      jobs.push_back({n_pixels, n_out, q.num_pixels, q.view.width});
-      for (int first = 0; first < q.num_pixels; first += kThreads) tiles.push_back({setup, first});
-      n_out += q.num_pixels;
+      const long long out = request_out[r] + static_cast<long long>(k) * q.num_pixels;
+      const long long grad = q.pose_gradient ? request_grad[r] + 6LL * k * q.num_pixels : -1;
+      jobs.push_back({n_pixels, out, grad, q.num_pixels, q.view.width});
+      auto& list = q.pose_gradient ? gradient_tiles : tiles;
+      for (int first = 0; first < q.num_pixels; first += kThreads) list.push_back({setup, first});
     }
     n_pixels += q.num_pixels;
   }
+  const long long n_plain_tiles = static_cast<long long>(tiles.size());
+  tiles.insert(tiles.end(), gradient_tiles.begin(), gradient_tiles.end());
   auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
   const size_t setups_at = 0;
-  const size_t jobs_at = setups_at + aligned(jobs.size() * sizeof(kernels::ConeRaySetup));
+  const size_t frames_at = setups_at + aligned(jobs.size() * sizeof(kernels::ConeRaySetup));
+  const size_t jobs_at =
+      frames_at + (frames ? aligned(jobs.size() * sizeof(kernels::ConeRayPoseFrame)) : 0);
   const size_t tiles_at = jobs_at + aligned(jobs.size() * sizeof(PixelJob));
   const size_t pixels_at = tiles_at + aligned(tiles.size() * sizeof(PixelTile));
   const size_t bytes = pixels_at + aligned(static_cast<size_t>(n_pixels) * sizeof(int32_t));
   auto* stage = static_cast<uint8_t*>(cv.staging.Reserve(bytes));
   std::copy(setups, setups + jobs.size(),
             reinterpret_cast<kernels::ConeRaySetup*>(stage + setups_at));
+  if (frames) {
+    std::copy(frames, frames + jobs.size(),
+              reinterpret_cast<kernels::ConeRayPoseFrame*>(stage + frames_at));
+  }
   std::copy(jobs.begin(), jobs.end(), reinterpret_cast<PixelJob*>(stage + jobs_at));
   std::copy(tiles.begin(), tiles.end(), reinterpret_cast<PixelTile*>(stage + tiles_at));
   int32_t* px = reinterpret_cast<int32_t*>(stage + pixels_at);
@@ -739,18 +767,34 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
   const auto* d_jobs = reinterpret_cast<const PixelJob*>(blob + jobs_at);
   const auto* d_tiles = reinterpret_cast<const PixelTile*>(blob + tiles_at);
   const auto* d_pixels = reinterpret_cast<const int32_t*>(blob + pixels_at);
-  const long long n_tiles = static_cast<long long>(tiles.size());
-  const unsigned blocks = static_cast<unsigned>(std::min<long long>(n_tiles, 1 << 20));
-  if (options.cuda_texture) {
-    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, d_jobs, d_tiles, n_tiles,
-                                                         TextureSampler{cv.texture}, cv.occupancy,
-                                                         d_pixels, values);
-  } else {
-    ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(
-        d_setups, d_jobs, d_tiles, n_tiles, kernels::ArraySampler{cv.voxels, g.nx, g.ny, g.nz},
-        cv.occupancy, d_pixels, values);
+  const auto* d_frames =
+      frames ? reinterpret_cast<const kernels::ConeRayPoseFrame*>(blob + frames_at) : nullptr;
+  const kernels::ArraySampler exact{cv.voxels, g.nx, g.ny, g.nz};
+  auto blocks_for = [](long long n_tiles) {
+    return static_cast<unsigned>(std::min<long long>(n_tiles, 1 << 20));
+  };
+  if (n_plain_tiles > 0) {
+    const unsigned blocks = blocks_for(n_plain_tiles);
+    if (options.cuda_texture) {
+      ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, d_jobs, d_tiles,
+                                                           n_plain_tiles,
+                                                           TextureSampler{cv.texture},
+                                                           cv.occupancy, d_pixels, values);
+    } else {
+      ConePixelsKernel<<<blocks, kThreads, 0, cv.stream>>>(d_setups, d_jobs, d_tiles,
+                                                           n_plain_tiles, exact, cv.occupancy,
+                                                           d_pixels, values);
+    }
+    Check(cudaGetLastError(), "cone pixels kernel launch");
   }
-  Check(cudaGetLastError(), "cone pixels kernel launch");
+  const long long n_gradient_tiles = static_cast<long long>(tiles.size()) - n_plain_tiles;
+  if (n_gradient_tiles > 0) {  // the exact sampler (RenderConePixelsBatch checks)
+    ConePixelsKernel<kernels::ArraySampler, true>
+        <<<blocks_for(n_gradient_tiles), kThreads, 0, cv.stream>>>(
+            d_setups, d_jobs, d_tiles + n_plain_tiles, n_gradient_tiles, exact, cv.occupancy,
+            d_pixels, values, d_frames);
+    Check(cudaGetLastError(), "cone pixels (pose gradients) kernel launch");
+  }
   Check(cudaMemcpyAsync(host, values, total * sizeof(float), cudaMemcpyDeviceToHost, cv.stream),
         "cudaMemcpyAsync (pixels)");
   Check(cudaEventRecord(cv.stop, cv.stream), "cudaEventRecord");
@@ -758,7 +802,11 @@ void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySet
   ParallelFor(n, options.num_threads, [&](long long r) {  // each request's [num_poses, num_pixels]
     const ConePixelRequest& q = requests[r];
     const long long count = static_cast<long long>(q.num_poses) * q.num_pixels;
-    if (count > 0) std::copy(host + request_out[r], host + request_out[r] + count, q.out);
+    if (count == 0) return;
+    std::copy(host + request_out[r], host + request_out[r] + count, q.out);
+    if (q.pose_gradient) {
+      std::copy(host + request_grad[r], host + request_grad[r] + 6 * count, q.pose_gradient);
+    }
   });
 }
 

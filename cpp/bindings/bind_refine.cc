@@ -159,6 +159,7 @@ void BindRefine(nb::module_& m) {
       .def_rw("fd_step_px", &RefineOptions::fd_step_px)
       .def_rw("central_differences", &RefineOptions::central_differences)
       .def_rw("broyden_updates", &RefineOptions::broyden_updates)
+      .def_rw("analytic_jacobian", &RefineOptions::analytic_jacobian)
       .def_rw("tolerance_deg", &RefineOptions::tolerance_deg)
       .def_rw("tolerance_mm", &RefineOptions::tolerance_mm)
       .def_rw("min_similarity", &RefineOptions::min_similarity)

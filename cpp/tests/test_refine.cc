@@ -101,11 +101,14 @@ class RefineTest : public ::testing::Test {
 
 TEST_F(RefineTest, RecoversPoseFrom4DegAnd4Mm) {
   const std::vector<double> start = StartNear4DegAnd4Mm();
-  for (bool broyden : {true, false}) {
-    SCOPED_TRACE(broyden ? "Broyden updates" : "finite differences every iteration");
+  // The Jacobian: the renderer's pose gradients (default), central differences every iteration,
+  // central differences then Broyden updates.
+  for (int jacobian = 0; jacobian < 3; ++jacobian) {
+    SCOPED_TRACE(jacobian == 0 ? "analytic" : jacobian == 1 ? "finite differences" : "Broyden updates");
     RefineOptions options;
     options.num_levels = 2;
-    options.broyden_updates = broyden;
+    options.analytic_jacobian = jacobian == 0;
+    options.broyden_updates = jacobian == 2;
     RefineResult r;
     RefineFrames(input, start.data(), 1, &r, options);
     EXPECT_EQ(r.status, RefineStatus::kConverged);
@@ -133,11 +136,16 @@ TEST_F(RefineTest, StartAtTheOptimumTakesOneTry) {
   EXPECT_EQ(r[0].status, RefineStatus::kConverged);
   EXPECT_LT(AngleBetween(r[0].pose, truth.data()), 0.01);
   EXPECT_LE(r[0].iterations, 1);
-  // The region; the start with its finite differences; one try; the final region and
-  // similarity.
+  // The region; the start with its Jacobian; one try; the final region and similarity.
   EXPECT_EQ(r[0].render_calls, 5);
-  // At least the 32-pixel regions (options.min_roi_pixels) of both views at 1 + 12 poses.
-  EXPECT_GT(r[0].rendered_rays, 2LL * 13 * 32);
+  // At least the 32-pixel regions (options.min_roi_pixels) of both views at 1 + 1 poses (the
+  // start with its pose gradients, the try).
+  EXPECT_GT(r[0].rendered_rays, 2LL * 2 * 32);
+  options.analytic_jacobian = false;  // the start and 12 finite differences
+  RefineResult fd;
+  RefineFrames(input, starts, 1, &fd, options);
+  EXPECT_EQ(fd.render_calls, 5);
+  EXPECT_GT(fd.rendered_rays, 2LL * 13 * 32);
   EXPECT_EQ(r[1].render_calls, 0);  // no start: nothing rendered
   EXPECT_EQ(r[1].rendered_rays, 0);
 }

@@ -285,6 +285,117 @@ TEST(RenderConePixels, BatchGivesEachRequestItsOwnCall) {
   EXPECT_THROW(RenderConePixelsBatch(prepared, &bad, 1), std::invalid_argument);
 }
 
+// Smooth blobs in a volume with anisotropic voxels and rotated axes (model_from_voxel a rotation
+// times diag(spacing) plus a shift), for derivatives: at least 4.5 sigma from every face, so that
+// the volume's box cuts off nothing (moving a cut-off would add to the finite differences what
+// the interpolant's gradient does not see).
+struct BlobPhantom {
+  int nx = 48, ny = 40, nz = 36;
+  std::vector<float> data;
+  VolumeGrid grid;
+  BlobPhantom() {
+    data.assign(static_cast<size_t>(nx) * ny * nz, 0.f);
+    const double blobs[3][5] = {{24, 20, 18, 4.0, 0.03}, {30, 22, 20, 3.0, 0.05},
+                                {17, 16, 15, 2.5, 0.04}};  // centre (voxels), sigma, peak
+    for (int k = 0; k < nz; ++k)
+      for (int j = 0; j < ny; ++j)
+        for (int i = 0; i < nx; ++i) {
+          double v = 0;
+          for (const auto& b : blobs) {
+            const double r2 = (i - b[0]) * (i - b[0]) + (j - b[1]) * (j - b[1]) +
+                              (k - b[2]) * (k - b[2]);
+            v += b[4] * std::exp(-0.5 * r2 / (b[3] * b[3]));
+          }
+          data[(static_cast<size_t>(k) * ny + j) * nx + i] = static_cast<float>(v);
+        }
+    grid.data = data.data();
+    grid.nx = nx, grid.ny = ny, grid.nz = nz;
+    const double a = 0.4, c = std::cos(a), s = std::sin(a);  // about z, then diag(1.1, 0.9, 1.3)
+    grid.model_from_voxel = {{c * 1.1, -s * 0.9, 0, -20, s * 1.1, c * 0.9, 0, -18, 0, 0, 1.3, -25}};
+  }
+};
+
+// The pose moved along the tangent of ConePixelRequest::pose_gradient: (exp(w) R, tau + dt).
+std::vector<double> MovedPose(const double* pose, const double* w, const double* dt) {
+  double R[9], E[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1}, Rn[9];
+  RotationFromEulerZYX(pose, R);
+  const double a = std::sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]);
+  if (a > 0) {  // Rodrigues
+    const double k[3] = {w[0] / a, w[1] / a, w[2] / a}, c = std::cos(a), s = std::sin(a);
+    const double K[9] = {0, -k[2], k[1], k[2], 0, -k[0], -k[1], k[0], 0};
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        double kk = 0;
+        for (int l = 0; l < 3; ++l) kk += K[3 * i + l] * K[3 * l + j];
+        E[3 * i + j] += s * K[3 * i + j] + (1 - c) * kk;
+      }
+  }
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) {
+      Rn[3 * i + j] = 0;
+      for (int l = 0; l < 3; ++l) Rn[3 * i + j] += E[3 * i + l] * R[3 * l + j];
+    }
+  std::vector<double> out(6);
+  EulerFromRotation(Rn, out.data());
+  for (int c = 0; c < 3; ++c) out[3 + c] = pose[3 + c] + dt[c];
+  return out;
+}
+
+TEST(RenderConePixels, PoseGradientsMatchCentralDifferences) {
+  BlobPhantom ph;
+  const RenderVolume prepared(ph.grid);
+  const ConeView view = SideView(48, 40, 1.6);
+  const double poses[12] = {0.2, -0.3, 0.5, 2, -3, 1, -0.6, 0.4, 2.1, -1, 2, -2};
+  std::vector<int32_t> pixels;
+  for (int i = 0; i < 48 * 40; i += 3) pixels.push_back(i);
+  const int m = static_cast<int>(pixels.size());
+  RenderOptions fine;
+  fine.step_voxels = 0.05;  // the samples' positions along the ray barely matter
+  std::vector<float> values(2 * m), grad(2 * 6 * m), plain(2 * m);
+  ConePixelRequest q{view, pixels.data(), m, poses, 2, values.data()};
+  q.pose_gradient = grad.data();
+  RenderConePixelsBatch(prepared, &q, 1, fine);
+  RenderConePixels(prepared, view, pixels.data(), m, poses, 2, plain.data(), fine);
+  float peak = 0;
+  for (int i = 0; i < 2 * m; ++i) {
+    EXPECT_NEAR(values[i], plain[i], 1e-5f * std::max(1.f, plain[i])) << "value " << i;
+    peak = std::max(peak, plain[i]);
+  }
+  ASSERT_GT(peak, 0.1f);
+  // Steps large enough that the float rounding of the rays' voxel coordinates does not show in
+  // the differences (at 1e-3 rad they scatter by several percent), small enough for their
+  // second-order error.
+  const double h[6] = {0.02, 0.02, 0.02, 0.1, 0.1, 0.1};  // rad, mm
+  for (int k = 0; k < 2; ++k) {
+    for (int j = 0; j < 6; ++j) {
+      double w[3] = {0, 0, 0}, dt[3] = {0, 0, 0};
+      double* e = j < 3 ? w + j : dt + j - 3;
+      *e = h[j];
+      const std::vector<double> plus = MovedPose(poses + 6 * k, w, dt);
+      *e = -h[j];
+      const std::vector<double> minus = MovedPose(poses + 6 * k, w, dt);
+      std::vector<float> vp(m), vm(m);
+      RenderConePixels(prepared, view, pixels.data(), m, plus.data(), 1, vp.data(), fine);
+      RenderConePixels(prepared, view, pixels.data(), m, minus.data(), 1, vm.data(), fine);
+      double scale = 0;
+      std::vector<double> fd(m);
+      for (int i = 0; i < m; ++i) {
+        fd[i] = (static_cast<double>(vp[i]) - vm[i]) / (2 * h[j]);
+        scale = std::max(scale, std::abs(fd[i]));
+      }
+      ASSERT_GT(scale, 0) << "pose " << k << " parameter " << j;
+      for (int i = 0; i < m; ++i) {
+        EXPECT_NEAR(grad[(6 * k + j) * m + i], fd[i], 0.01 * scale)
+            << "pose " << k << " parameter " << j << " pixel " << pixels[i];
+      }
+    }
+  }
+  // Not with an early stop (the integral would be partial).
+  RenderOptions stopping = fine;
+  stopping.stop_above = 1.0;
+  EXPECT_THROW(RenderConePixelsBatch(prepared, &q, 1, stopping), std::invalid_argument);
+}
+
 TEST(RenderConePixels, CudaMatchesCpu) {
   if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
   SpherePhantom ph;
@@ -310,6 +421,24 @@ TEST(RenderConePixels, CudaMatchesCpu) {
     for (size_t i = 0; i < cpu.alone[r].size(); ++i)
       EXPECT_NEAR(on_gpu.batched[r][i], cpu.alone[r][i], 1e-4 * 2 * ph.r * ph.mu);
   }
+  // Pose gradients (their own launch) beside a plain request in one batch: the CPU's values.
+  BlobPhantom blob;
+  const RenderVolume blob_volume(blob.grid, Device::kCuda);
+  std::vector<float> plain_cpu(2 * m), plain_gpu(2 * m), v_cpu(2 * m), v_gpu(2 * m),
+      g_cpu(12 * m), g_gpu(12 * m);
+  for (int d = 0; d < 2; ++d) {
+    ConePixelRequest q[2] = {{view, pixels.data(), m, poses, 2, (d ? plain_gpu : plain_cpu).data()},
+                             {view, pixels.data(), m, poses, 2, (d ? v_gpu : v_cpu).data()}};
+    q[1].pose_gradient = (d ? g_gpu : g_cpu).data();
+    RenderConePixelsBatch(blob_volume, q, 2, d ? cuda : RenderOptions{});
+  }
+  float g_scale = 0;
+  for (float g : g_cpu) g_scale = std::max(g_scale, std::abs(g));
+  for (int i = 0; i < 2 * m; ++i) {
+    EXPECT_NEAR(plain_gpu[i], plain_cpu[i], 1e-4f) << i;
+    EXPECT_NEAR(v_gpu[i], v_cpu[i], 1e-4f) << i;
+  }
+  for (int i = 0; i < 12 * m; ++i) EXPECT_NEAR(g_gpu[i], g_cpu[i], 1e-4f * g_scale) << i;
 }
 
 // The CUDA launchers' per-element bodies, run here on the host: the DRRs warped from

@@ -10,10 +10,12 @@
 // - Both views in one objective, sum_v w_v (2 - 2 s_v) (per frame: RefineInput::view_weights,
 //   so a frame one of whose views failed is refined against the other alone):
 //   Levenberg-Marquardt on the residuals of the normalised feature vectors (zero mean, unit
-//   norm). The 6-DOF Jacobian comes from finite differences of one batch of renders of the
-//   region's pixels only (central by default, fresh every iteration; RefineOptions says what
-//   the one-sided and Broyden-updated alternatives cost in precision). A level's first batch
-//   also renders its start pose. After a failed step the damping grows until the step changes
+//   norm). The 6-DOF Jacobian comes from one render of the region's pixels only with the
+//   renderer's pose gradients (the derivatives of the rendered trilinear interpolant, chained
+//   through the features and their normalisation), fresh every iteration; finite differences
+//   of 12 (central) or 6 renders remain as options (RefineOptions::analytic_jacobian says what
+//   they cost). A level's first Jacobian render also gives its start pose's residuals. After
+//   a failed step the damping grows until the step changes
 //   by 10 %, and a failed step within the level's tolerance ends the level: no render is spent
 //   on a step about equal to one that failed.
 //   Measured on simulated frames (benchmarks/bench_refine.py): gradient correlation beat NCC
@@ -62,7 +64,8 @@ struct RefineOptions {
   double roi_margin_px = 4.0;  // dilation of the projected bone region, in level pixels
   int min_roi_pixels = 32;   // fewer pixels in a view's region: that view is not used
   double step_voxels = 1.0;  // ray-marching step (voxel units of each level's volume)
-  // Finite-difference step, in level pixels at the object. Measured on 96 independent-renderer
+  // With analytic_jacobian false: the finite-difference step, in level pixels at the object.
+  // Measured (before the analytic Jacobian) on 96 independent-renderer
   // frames from landmark poses: with 0.5 px, 4 frames stopped 2-5 deg off in a flat valley of the
   // similarity (the truth scored higher); 1.5 px took 3 of them to the truth with the same
   // median precision (2 px and more cost precision on other frames).
@@ -76,6 +79,16 @@ struct RefineOptions {
   // steps instead of new finite differences (1 render per iteration instead of 7); a step
   // that fails with an updated Jacobian takes finite differences again. Cheaper, less precise.
   bool broyden_updates = false;
+  // The Jacobian from the renderer's pose gradients (ConePixelRequest::pose_gradient: one
+  // render of the region with derivatives, about the cost of two, instead of 12 renders of
+  // central differences): the derivative at the pose itself (fd_step_px and
+  // central_differences are then not used; broyden_updates still applies). Measured against
+  // central differences (benchmarks/bench_refine.py, 2 cores, the same frames and starts):
+  // 3-10 deg starts, 6 simulated frames: 0.018 vs 0.019 deg, 0.028 vs 0.025 mm median; frames
+  // of the independent renderer (plastimatch): 0.023 vs 0.076 deg, 0.019 vs 0.234 mm, with
+  // intensifier effects 0.125 vs 0.121 deg, 0.238 vs 0.358 mm; every frame recovered by both;
+  // 1.8e5 vs 1.1e6 rays and 0.18 vs 0.84 s per frame pair (4.6x).
+  bool analytic_jacobian = true;
   // The finest level stops when a step rotates less than tolerance_deg and moves less than
   // tolerance_mm (coarser levels: x 2^level). Measured against 0.01 / 0.01 on the 96
   // independent-renderer frames from landmark poses: 10 % fewer rays, poses within 0.012 deg /

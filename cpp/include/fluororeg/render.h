@@ -139,6 +139,14 @@ struct ConePixelRequest {
   const double* poses = nullptr;    // [num_poses, 6] rad / mm: world_from_model
   int num_poses = 0;
   float* out = nullptr;             // [num_poses, num_pixels] float32, host memory
+  // Optional (nullptr: none): [num_poses, 6, num_pixels] float32, host memory, the derivatives
+  // of each value along the pose tangent (w_x, w_y, w_z rad: a rotation about the model origin,
+  // world axes; dt_x, dt_y, dt_z mm: then a translation; world_from_model (R, tau) ->
+  // (exp(w) R, tau + dt)), exact for the rendered sum of the trilinear interpolant up to the
+  // samples' positions along the ray (the intensity refinement's analytic Jacobian). Needs
+  // the exact sampler (options.cuda_texture false on CUDA) and no early stop (stop_above
+  // infinite). Costs about one more render of the same pixels.
+  float* pose_gradient = nullptr;
 };
 // Many requests on one volume in one call, each giving what RenderConePixels gives for it (the
 // same per-ray body, the same values). On CUDA they share one upload, one kernel launch, one

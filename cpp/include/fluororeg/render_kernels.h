@@ -310,6 +310,31 @@ FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x
   return c0 + fz * (c1 - c0);
 }
 
+// TrilinearInBox's value (the same expressions) and the interpolant's gradient g [3] (per voxel
+// unit along i, j, k) in the cell that holds the point.
+FLUORO_HD float TrilinearGradientInBox(const float* vol, int nx, int ny, int nz, float x, float y,
+                                       float z, float* g) {
+  const int i = IMin(static_cast<int>(x), nx - 2);
+  const int j = IMin(static_cast<int>(y), ny - 2);
+  const int k = IMin(static_cast<int>(z), nz - 2);
+  const float fx = x - i, fy = y - j, fz = z - k;
+  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
+  const float* p = vol + k * sz + j * sy + i;
+  const float d00 = p[1] - p[0], d10 = p[sy + 1] - p[sy];
+  const float d01 = p[sz + 1] - p[sz], d11 = p[sz + sy + 1] - p[sz + sy];
+  const float c00 = p[0] + fx * d00;
+  const float c10 = p[sy] + fx * d10;
+  const float c01 = p[sz] + fx * d01;
+  const float c11 = p[sz + sy] + fx * d11;
+  const float c0 = c00 + fy * (c10 - c00);
+  const float c1 = c01 + fy * (c11 - c01);
+  const float e0 = d00 + fy * (d10 - d00), e1 = d01 + fy * (d11 - d01);
+  g[0] = e0 + fz * (e1 - e0);
+  g[1] = (c10 - c00) + fz * ((c11 - c01) - (c10 - c00));
+  g[2] = c1 - c0;
+  return c0 + fz * (c1 - c0);
+}
+
 // Clip the parametric ray o + t d (t in [0, 1]) to the box [lo, hi] per axis.
 FLUORO_HD bool ClipToBox(const Vec3<float>& o, const Vec3<float>& d, const float lo[3],
                          const float hi[3], float* t0, float* t1) {
@@ -342,6 +367,10 @@ struct ArraySampler {
   FLUORO_HD float operator()(float x, float y, float z) const {
     return TrilinearInBox(vol, nx, ny, nz, x, y, z);
   }
+  // The value and the gradient g [3] (per voxel unit): ConeRayIntegral's pose gradients.
+  FLUORO_HD float WithGradient(float x, float y, float z, float* g) const {
+    return TrilinearGradientInBox(vol, nx, ny, nz, x, y, z, g);
+  }
 };
 
 // Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
@@ -349,10 +378,20 @@ struct ArraySampler {
 // rays of small batches over several threads). With a finite s.stop_above, the march ends as
 // soon as the partial integral exceeds it, and returns that partial integral.
 // occupancy [bz, by, bx]: 1 where the block's trilinear support holds a non-zero voxel.
-template <typename Sampler>
+// kGradient (a sampler with WithGradient; whole rays, no stop_above): also the sums that give
+// the integral's derivatives, gradient_sums [7] = (G0, G1, t_ref) with G0 = integral of g(t) dt
+// and G1 = integral of (t - t_ref) g(t) dt, scaled as the integral (mm): g the interpolant's
+// gradient per voxel unit at the ray point of parameter t (0 at the source, 1 at the pixel),
+// t_ref the middle of the ray's visited samples (about where it meets the volume: moments about
+// it do not cancel in float). A shift of the ray's voxel points by a + (t - t_ref) b changes the
+// integral by G0 . a + G1 . b to first order (ConeRayPoseGradient makes pose derivatives).
+template <typename Sampler, bool kGradient = false>
 FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
                                 const uint8_t* occupancy, int x, int y, int part = 0,
-                                int parts = 1) {
+                                int parts = 1, float* gradient_sums = nullptr) {
+  if constexpr (kGradient) {
+    for (int c = 0; c < 7; ++c) gradient_sums[c] = 0.f;
+  }
   if (!s.occupied) return 0.f;
   const Vec3<float> P = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv;
   const Vec3<float> d = P - s.src;
@@ -385,6 +424,9 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   const Vec3<float> step = dt * d;
   Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
+  // kGradient: sums of g and (m + 0.5 - u_ref) g over samples m (t = t_ref + (m + 0.5 - u_ref) dt)
+  float g0[3] = {0.f, 0.f, 0.f}, g1[3] = {0.f, 0.f, 0.f};
+  [[maybe_unused]] const float u_ref = 0.5f * static_cast<float>(m_begin + m_end);
   // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
@@ -420,15 +462,27 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     // the ray (those in an empty block add exactly zero), summed in order as one at a time.
     const int count = IMin(kConeRun, m_end - m);
     float v[kConeRun];
+    float g[kGradient ? kConeRun : 1][3];
     Vec3<float> p = pos;
 #ifdef __CUDA_ARCH__
 #pragma unroll
 #endif
     for (int r = 0; r < kConeRun; ++r) {
-      v[r] = r < count ? sample(p.x, p.y, p.z) : 0.f;
+      if constexpr (kGradient) {
+        v[r] = r < count ? sample.WithGradient(p.x, p.y, p.z, g[r]) : 0.f;
+      } else {
+        v[r] = r < count ? sample(p.x, p.y, p.z) : 0.f;
+      }
       if (r < count) p = p + step;
     }
     for (int r = 0; r < count; ++r) {
+      if constexpr (kGradient) {
+        const float u = static_cast<float>(m + r) + 0.5f - u_ref;
+        for (int c = 0; c < 3; ++c) {
+          g0[c] += g[r][c];
+          g1[c] += u * g[r][c];
+        }
+      }
       acc += v[r];
       if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
         const float partial = (acc * dt) * len_mm;
@@ -439,11 +493,71 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     pos = p;
   }
   acc *= dt;
+  [[maybe_unused]] const float t_ref = t0 + u_ref * dt;
+  if constexpr (kGradient) {
+    for (int c = 0; c < 3; ++c) {
+      gradient_sums[c] = g0[c] * dt;
+      gradient_sums[3 + c] = g1[c] * dt * dt;
+    }
+  }
   if (rem > 0.f && part == parts - 1) {
-    const Vec3<float> q = s.src + (t0 + n_full * dt + 0.5f * rem) * d;
-    acc += rem * sample(q.x, q.y, q.z);
+    const float t_last = t0 + n_full * dt + 0.5f * rem;
+    const Vec3<float> q = s.src + t_last * d;
+    if constexpr (kGradient) {
+      float g_last[3];
+      acc += rem * sample.WithGradient(q.x, q.y, q.z, g_last);
+      for (int c = 0; c < 3; ++c) {
+        gradient_sums[c] += rem * g_last[c];
+        gradient_sums[3 + c] += rem * (t_last - t_ref) * g_last[c];
+      }
+    } else {
+      acc += rem * sample(q.x, q.y, q.z);
+    }
+  }
+  if constexpr (kGradient) {
+    for (int c = 0; c < 6; ++c) gradient_sums[c] *= len_mm;
+    gradient_sums[6] = t_ref;
   }
   return acc * len_mm;
+}
+
+// Per pose of a cone-beam render with pose gradients: what turns a ray's gradient sums
+// (ConeRayIntegral<.., true>) into derivatives of its integral along the pose tangent of
+// RefineOptions (a rotation w about the model origin, world axes, then a translation dt, world
+// mm: world_from_model (R, tau) -> (exp(w) R, tau + dt)).
+struct ConeRayPoseFrame {
+  float world_from_voxel[9];   // M, row-major: the linear part of world_from_model o model_from_voxel
+  float gradient_to_world[9];  // M^-T, row-major: a gradient per voxel unit -> per world mm
+  float source_from_origin[3];  // S - tau, world mm
+};
+
+// Derivatives out [6] = d(integral)/d(w_x, w_y, w_z (rad), dt_x, dt_y, dt_z (mm)) of the ray of
+// pixel (x, y) from its gradient sums [7]. With the model moved, a fixed world point's voxel
+// coordinates change by -M^-1 (w x y + dt), y = P - tau = y_ref + (t - t_ref) (Q - S) with
+// y_ref = (S - tau) + t_ref (Q - S), so with h_i = M^-T G_i: d/dw = h0 x y_ref + h1 x (Q - S),
+// d/d(dt) = -h0.
+FLUORO_HD void ConeRayPoseGradient(const ConeRaySetup& s, const ConeRayPoseFrame& f, int x, int y,
+                                   const float* gradient_sums, float* out) {
+  const Vec3<float> d = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv - s.src;
+  const float* M = f.world_from_voxel;
+  const float* N = f.gradient_to_world;
+  const float yd[3] = {M[0] * d.x + M[1] * d.y + M[2] * d.z, M[3] * d.x + M[4] * d.y + M[5] * d.z,
+                       M[6] * d.x + M[7] * d.y + M[8] * d.z};
+  float h[2][3];
+  for (int i = 0; i < 2; ++i) {
+    const float* G = gradient_sums + 3 * i;
+    for (int r = 0; r < 3; ++r) h[i][r] = N[3 * r] * G[0] + N[3 * r + 1] * G[1] + N[3 * r + 2] * G[2];
+  }
+  const float t_ref = gradient_sums[6];
+  const float ys[3] = {f.source_from_origin[0] + t_ref * yd[0],
+                       f.source_from_origin[1] + t_ref * yd[1],
+                       f.source_from_origin[2] + t_ref * yd[2]};
+  out[0] = h[0][1] * ys[2] - h[0][2] * ys[1] + h[1][1] * yd[2] - h[1][2] * yd[1];
+  out[1] = h[0][2] * ys[0] - h[0][0] * ys[2] + h[1][2] * yd[0] - h[1][0] * yd[2];
+  out[2] = h[0][0] * ys[1] - h[0][1] * ys[0] + h[1][0] * yd[1] - h[1][1] * yd[0];
+  out[3] = -h[0][0];
+  out[4] = -h[0][1];
+  out[5] = -h[0][2];
 }
 
 }  // namespace kernels

@@ -359,6 +359,56 @@ void Features(const ViewLevel& vl, const float* values, double* feat) {
   }
 }
 
+// Features' derivatives along the 6 pose parameters, dfeat [6, channels * n_roi], from the
+// values' derivatives grads [6, n_render_px] and the normalised features feat (Features of the
+// same values): each channel f = c / |c| with c = raw - mean(raw), so df = (dc - f (f . dc)) / |c|.
+void FeatureDerivatives(const ViewLevel& vl, const float* values, const float* grads,
+                        const double* feat, double* dfeat) {
+  const int n = static_cast<int>(vl.roi.size());
+  const int n_px = static_cast<int>(vl.render_px.size());
+  std::vector<double> raw(static_cast<size_t>(vl.channels) * n);
+  auto raw_features = [&](const float* v, double* out) {
+    if (vl.channels == 2) {
+      for (int i = 0; i < n; ++i) {
+        const int32_t* nb = vl.nbr.data() + 4 * i;
+        out[i] = 0.5 * (static_cast<double>(v[nb[1]]) - v[nb[0]]);
+        out[n + i] = 0.5 * (static_cast<double>(v[nb[3]]) - v[nb[2]]);
+      }
+    } else {
+      for (int i = 0; i < n; ++i) out[i] = v[vl.roi[i]];
+    }
+  };
+  raw_features(values, raw.data());
+  double inv_norm[2] = {0, 0};  // 1 / |c| per channel (0: constant, as Features)
+  for (int c = 0; c < vl.channels; ++c) {
+    const double* r = raw.data() + static_cast<size_t>(c) * n;
+    double mean = 0;
+    for (int i = 0; i < n; ++i) mean += r[i];
+    mean /= std::max(n, 1);
+    double ss = 0;
+    for (int i = 0; i < n; ++i) ss += (r[i] - mean) * (r[i] - mean);
+    inv_norm[c] = ss > 1e-30 ? 1.0 / std::sqrt(ss) : 0.0;
+  }
+  const int m = vl.channels * n;
+  for (int j = 0; j < 6; ++j) {
+    double* d = dfeat + static_cast<size_t>(j) * m;
+    raw_features(grads + static_cast<size_t>(j) * n_px, d);
+    for (int c = 0; c < vl.channels; ++c) {
+      double* dc = d + static_cast<size_t>(c) * n;
+      const double* f = feat + static_cast<size_t>(c) * n;
+      double mean = 0;
+      for (int i = 0; i < n; ++i) mean += dc[i];
+      mean /= std::max(n, 1);
+      double proj = 0;
+      for (int i = 0; i < n; ++i) {
+        dc[i] -= mean;
+        proj += f[i] * dc[i];
+      }
+      for (int i = 0; i < n; ++i) dc[i] = inv_norm[c] * (dc[i] - f[i] * proj);
+    }
+  }
+}
+
 double SimilarityOf(const ViewLevel& vl, const double* feat) {
   const int n = static_cast<int>(vl.roi.size());
   double s = 0;
@@ -592,6 +642,43 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
   }
 }
 
+// Residuals [n_res] at one pose and their Jacobian [n_res, 6] along the scaled parameters
+// (rotation w * lever_mm, translation mm) from one render with the renderer's pose gradients
+// (RefineOptions::analytic_jacobian).
+void ResidualsAndJacobian(const Context& ctx, const FrameLevel& fl, const std::vector<double>& pose,
+                          const Renders& renders, std::vector<double>* res, Eigen::MatrixXd* J,
+                          int n_res) {
+  res->assign(n_res, 0.0);
+  std::vector<float> values[2], grads[2];
+  ConePixelRequest requests[2];
+  int n_requests = 0;
+  for (int v = 0; v < 2; ++v) {
+    const ViewLevel& vl = fl.views[v];
+    if (!vl.used) continue;
+    ConePixelRequest q = PixelRequest(vl.view, vl.render_px, pose, &values[v]);
+    grads[v].resize(6 * vl.render_px.size());
+    q.pose_gradient = grads[v].data();
+    requests[n_requests++] = q;
+  }
+  RenderRequests(ctx, ctx.Volume(fl.k), requests, n_requests, renders);
+  int offset = 0;
+  for (int v = 0; v < 2; ++v) {
+    const ViewLevel& vl = fl.views[v];
+    if (!vl.used) continue;
+    const int n = vl.NumResiduals();
+    std::vector<double> feat(n), dfeat(6LL * n);
+    Features(vl, values[v].data(), feat.data());
+    FeatureDerivatives(vl, values[v].data(), grads[v].data(), feat.data(), dfeat.data());
+    const double scale = std::sqrt(vl.weight / vl.channels);
+    for (int i = 0; i < n; ++i) (*res)[offset + i] = scale * (feat[i] - vl.target[i]);
+    for (int j = 0; j < 6; ++j) {
+      const double c = j < 3 ? scale / ctx.lever_mm : scale;  // d/d(w L) = (1 / L) d/dw
+      for (int i = 0; i < n; ++i) (*J)(offset + i, j) = c * dfeat[static_cast<size_t>(j) * n + i];
+    }
+    offset += n;
+  }
+}
+
 double SquaredNorm(const double* r, int n) {
   double s = 0;
   for (int i = 0; i < n; ++i) s += r[i] * r[i];
@@ -618,7 +705,18 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
   bool fresh = false;   // J holds finite differences at the current pose
   bool need_fd = true;  // take finite differences at the start of the next iteration
   for (; it < o.max_iterations; ++it) {
-    if (need_fd) {
+    if (need_fd && o.analytic_jacobian) {
+      std::vector<double> at(6);
+      pose->ToArray(at.data());
+      std::vector<double> r0;
+      ResidualsAndJacobian(ctx, fl, at, renders, &r0, &J, n_res);
+      if (res.empty()) {  // the level's start: its residuals come with the Jacobian
+        res.swap(r0);
+        cost = SquaredNorm(res.data(), n_res);
+      }
+      fresh = true;
+      need_fd = false;
+    } else if (need_fd) {
       // Differences along the 6 scaled parameters (rotation w * L, translation): central
       // (+h, -h per parameter) or forward (+h, against the current residuals). The first
       // iteration renders the start pose in the same call (one render call fewer per level).

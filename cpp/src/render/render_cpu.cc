@@ -307,17 +307,28 @@ FLUORO_CPU_CLONES void ConeTileCpu(const kernels::ConeRaySetup& s,
 // Listed pixels [b, e) of one cone-beam view for every pose, out [n, m]. Pixel-major in blocks
 // of kPixelBlock: the poses of one call are usually close (the refinement's finite
 // differences), so their rays through one block of pixels reuse the same cached voxels.
+// With pose frames [n] (else nullptr), also the pose gradients grad [n, 6, m].
 FLUORO_CPU_CLONES void ConePixelsCpu(const kernels::ConeRaySetup* setups, int n,
                                      const kernels::ArraySampler& sampler,
                                      const uint8_t* occupancy, const int32_t* pixels, long long m,
-                                     long long b, long long e, int W, float* out) {
+                                     long long b, long long e, int W, float* out,
+                                     const kernels::ConeRayPoseFrame* frames, float* grad) {
   constexpr long long kPixelBlock = 16;
   for (long long b0 = b; b0 < e; b0 += kPixelBlock) {
     const long long b1 = std::min(e, b0 + kPixelBlock);
     for (int k = 0; k < n; ++k) {
       float* o = out + k * m;
       for (long long i = b0; i < b1; ++i) {
-        o[i] = kernels::ConeRayIntegral(setups[k], sampler, occupancy, pixels[i] % W, pixels[i] / W);
+        const int x = pixels[i] % W, y = pixels[i] / W;
+        if (!frames) {
+          o[i] = kernels::ConeRayIntegral(setups[k], sampler, occupancy, x, y);
+          continue;
+        }
+        float sums[7], d[6];
+        o[i] = kernels::ConeRayIntegral<kernels::ArraySampler, true>(setups[k], sampler, occupancy,
+                                                                      x, y, 0, 1, sums);
+        kernels::ConeRayPoseGradient(setups[k], frames[k], x, y, sums, d);
+        for (int j = 0; j < 6; ++j) grad[(6 * k + j) * m + i] = d[j];
       }
     }
   }
@@ -471,6 +482,17 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
   // refinement gathers millions of pixels per call).
   RenderVolume::State& state = volume.state();
   std::vector<kernels::ConeRaySetup> setups(setup_begin[n]);
+  // The pose frames of the requests that want pose gradients (at their setups' indices).
+  const bool gradients = std::any_of(requests, requests + n, [](const ConePixelRequest& q) {
+    return q.pose_gradient != nullptr;
+  });
+  if (gradients && (std::isfinite(options.stop_above) ||
+                    (options.device == Device::kCuda && options.cuda_texture))) {
+    throw std::invalid_argument(
+        "pose gradients need whole rays and the exact sampler: stop_above must be infinite and "
+        "cuda_texture false");
+  }
+  std::vector<kernels::ConeRayPoseFrame> frames(gradients ? setup_begin[n] : 0);
   ParallelFor(n, options.num_threads, [&](long long r) {
     const ConePixelRequest& q = requests[r];
     const long long size = static_cast<long long>(q.view.width) * q.view.height;
@@ -486,13 +508,19 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
     const std::vector<kernels::ConeRaySetup> s =
         ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
     std::copy(s.begin(), s.end(), setups.begin() + setup_begin[r]);
+    if (q.pose_gradient) {
+      for (int k = 0; k < q.num_poses; ++k) {
+        frames[setup_begin[r] + k] = internal::MakeConeRayPoseFrame(state.grid, q.view, q.poses + 6 * k);
+      }
+    }
   });
   if (setup_begin[n] == 0) return;
   if (options.device == Device::kCuda) {
     internal::RequireCuda();
 #if defined(FLUORO_WITH_CUDA)
     std::lock_guard<std::mutex> lock(state.cuda_mutex);
-    internal::RenderConePixelsCuda(state, setups.data(), requests, n, options);
+    internal::RenderConePixelsCuda(state, setups.data(), gradients ? frames.data() : nullptr,
+                                   requests, n, options);
 #endif
     return;
   }
@@ -511,7 +539,8 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
     const long long b = (t - task_begin[r]) * kChunk;
     const long long e = std::min<long long>(q.num_pixels, b + kChunk);
     ConePixelsCpu(setups.data() + setup_begin[r], q.num_poses, sampler, state.occupancy.data(),
-                  q.pixels, q.num_pixels, b, e, q.view.width, q.out);
+                  q.pixels, q.num_pixels, b, e, q.view.width, q.out,
+                  q.pose_gradient ? frames.data() + setup_begin[r] : nullptr, q.pose_gradient);
   });
 }
 

@@ -79,6 +79,11 @@ namespace internal {
 kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& volume, const ConeView& view,
                                        const double* pose, double step_voxels);
 
+// What turns the rays' gradient sums of one (view, pose) pair into pose derivatives
+// (kernels::ConeRayPoseGradient).
+kernels::ConeRayPoseFrame MakeConeRayPoseFrame(const VolumeGrid& volume, const ConeView& view,
+                                               const double* pose);
+
 // Perspective shear-warp parameters of one (view, pose) pair (valid = 0 where the
 // factorisation does not apply; see kernels::ConeShearSetup).
 kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeView& view,
@@ -99,7 +104,10 @@ void RenderShearWarpCuda(RenderVolume::State& volume, const Setup* setups, int n
 void RenderConeDrrCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups, int n,
                        int width, int height, float* out, const RenderOptions& options);
 // The requests' pixels; setups: those of every pose of the requests with pixels, in order.
+// frames: the pose frames at the setups' indices where requests want pose gradients, or
+// nullptr (none does).
 void RenderConePixelsCuda(RenderVolume::State& volume, const kernels::ConeRaySetup* setups,
+                          const kernels::ConeRayPoseFrame* frames,
                           const ConePixelRequest* requests, int n, const RenderOptions& options);
 void ProjectPointsCuda(bool cone, const ParallelCamera& camera, const ConeView* views,
                        const double* poses, const double* scales, int n, const double* points,

@@ -361,6 +361,21 @@ kernels::ConeRaySetup MakeConeRaySetup(const RenderVolume::State& state, const C
   return s;
 }
 
+kernels::ConeRayPoseFrame MakeConeRayPoseFrame(const VolumeGrid& volume, const ConeView& view,
+                                               const double* pose) {
+  const Affine3<double> world_from_voxel = Compose(AffineFromPose(pose), volume.model_from_voxel);
+  const Affine3<double> voxel_from_world = InvertAffine(world_from_voxel);
+  kernels::ConeRayPoseFrame f{};
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      f.world_from_voxel[3 * i + j] = static_cast<float>(world_from_voxel.m[4 * i + j]);
+      f.gradient_to_world[3 * i + j] = static_cast<float>(voxel_from_world.m[4 * j + i]);
+    }
+    f.source_from_origin[i] = static_cast<float>(view.source[i] - pose[3 + i]);
+  }
+  return f;
+}
+
 kernels::ConeShearSetup MakeConeShearSetup(const VolumeGrid& volume, const ConeView& view,
                                            const double* pose) {
   const ViewInVoxels w = ConeViewInVoxels(volume, view, pose);

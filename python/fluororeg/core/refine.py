@@ -11,8 +11,9 @@ pose and both undistorted X-ray images, over 6 DOF (thin layer over the C++ core
   ``bone_threshold``), dilated by a margin, inside the usable image pixels (``image_masks``:
   the intensifier's field of view);
 * both views in one objective, weighted (``weight_view1`` / ``weight_view2``; a weight of 0
-  uses the other view alone); Levenberg-Marquardt with a Jacobian from finite differences
-  of batched renders of the region's pixels only (then Broyden updates); coarse to fine over
+  uses the other view alone); Levenberg-Marquardt with a Jacobian from one render of the
+  region's pixels only with the renderer's pose gradients (``analytic_jacobian``; or finite
+  differences of batched renders, optionally with Broyden updates); coarse to fine over
   an image and volume pyramid, the finest level chosen by :func:`auto_finest_level`;
 * a quality gate: a frame whose pose moved far, or whose final similarity is low, is flagged
   (``status``); only ``'converged'`` frames passed. A far-off start ends with a low
