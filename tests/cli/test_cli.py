@@ -201,8 +201,10 @@ def test_info_says_where_each_part_runs(capsys, monkeypatch):
     """``info``: the backends, and per part of the work where 'auto' runs it on this machine,
     as the code that runs it decides (the core's renders, onnxruntime, torch), and the threads."""
     from fluororeg import _core
+    from fluororeg.core import threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(threads, "_configured", 0)  # an earlier test's set_num_threads must not count
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     renders = "CUDA" if _core.cuda_available() else "CPU ("
