@@ -50,12 +50,15 @@ CUDA_BATCH_FRAMES = 256  # frames of the CUDA throughput rows (refine_ms_per_fra
 CUDA_FRAMES_IN_FLIGHT = (32, 64, 128, 256)  # RefineOptions.cuda_frames_in_flight timed
 
 
-JACOBIAN_FIELDS: dict = {}  # --finite-differences: the refinement's Jacobian by finite differences
+def use_finite_differences() -> None:
+    """--finite-differences: every refinement of this run (here and in the pipeline's stage, which
+    makes its options with refine.refine_options) takes the Jacobian of 12 renders."""
+    made = refine.refine_options
 
+    def refine_options(**fields):
+        return made(**{"analytic_jacobian": False, **fields})
 
-def refine_options(**fields):
-    """The refinement's options for this run (--finite-differences applied)."""
-    return refine.refine_options(**{**JACOBIAN_FIELDS, **fields})
+    refine.refine_options = refine_options
 
 
 def perturb(poses, rng, deg_range=(3.0, 10.0), mm_range=(2.0, 5.0)):
@@ -159,7 +162,7 @@ def main(argv=None) -> dict:
                    help="the Jacobian by central differences of 12 renders (RefineOptions.analytic_jacobian off)")
     args = p.parse_args(argv)
     if args.finite_differences:
-        JACOBIAN_FIELDS["analytic_jacobian"] = False
+        use_finite_differences()
     F = args.frames or (6 if args.quick else 16)
 
     from fluororeg.io.recording import open_recording
@@ -189,7 +192,7 @@ def main(argv=None) -> dict:
     for sim in ("gradient_correlation",) + (() if args.no_ncc else ("ncc",)):
         finest = args.finest_level if args.finest_level is not None else refine.auto_finest_level(views, starts)
         results["finest_level"] = finest
-        opts = refine_options(similarity=sim, finest_level=finest, num_levels=args.num_levels)
+        opts = refine.refine_options(similarity=sim, finest_level=finest, num_levels=args.num_levels)
         refine.refine_poses(mu, views, images[:1], starts[:1], options=opts, bone=bone, image_masks=masks)  # warm-up
         t, c = time.perf_counter(), time.process_time()
         res = refine.refine_poses(mu, views, images, starts, options=opts, bone=bone, image_masks=masks)
@@ -214,7 +217,7 @@ def main(argv=None) -> dict:
 
     results["refine_ms_per_frame_cuda"] = None
     if resolve_device(args.device) == "cuda":
-        opts = refine_options(finest_level=results["finest_level"], num_levels=args.num_levels)
+        opts = refine.refine_options(finest_level=results["finest_level"], num_levels=args.num_levels)
         refine.refine_poses(mu, views, images[:1], starts[:1], options=opts, bone=bone, image_masks=masks,
                             device="cuda")  # warm-up: uploads the pyramid
         t = time.perf_counter()
@@ -230,7 +233,7 @@ def main(argv=None) -> dict:
         by_in_flight = {}
         default_in_flight = refine.RefineOptions().cuda_frames_in_flight
         for in_flight in sorted(set(CUDA_FRAMES_IN_FLIGHT) | {default_in_flight}):
-            opts_b = refine_options(finest_level=results["finest_level"], num_levels=args.num_levels,
+            opts_b = refine.refine_options(finest_level=results["finest_level"], num_levels=args.num_levels,
                                            cuda_frames_in_flight=in_flight)
             t = time.perf_counter()
             res_b = refine.refine_poses(mu, views, images_b, starts_b, options=opts_b, bone=bone, image_masks=masks,
@@ -275,7 +278,7 @@ def main(argv=None) -> dict:
     imgs = np.stack([np.stack([line_integral_cone(mu, v, truth[i]) for v in views_ref]) for i in range(n_ref)])
     imgs = (imgs + rng.normal(0, 0.01 * imgs.max(), imgs.shape)).astype(np.float32)
     results["reference_render_s"] = time.perf_counter() - t
-    opts = refine_options(finest_level=refine.auto_finest_level(views_ref, starts[:n_ref]))
+    opts = refine.refine_options(finest_level=refine.auto_finest_level(views_ref, starts[:n_ref]))
     t, c = time.perf_counter(), time.process_time()
     res = refine.refine_poses(mu, views_ref, imgs, starts[:n_ref], options=opts, bone=bone)
     s = summarise(res, truth[:n_ref], starts[:n_ref], both[:n_ref], (time.perf_counter() - t) / n_ref,
@@ -298,7 +301,7 @@ def main(argv=None) -> dict:
         n = min(F, 6 if args.quick else 12)
         imgs = np.stack([np.stack([pm.render_cone_plastimatch(mu, v, truth[i]) for v in views_pm])
                          for i in range(n)]).astype(np.float32)
-        opts = refine_options(finest_level=refine.auto_finest_level(views_pm, starts[:n]),
+        opts = refine.refine_options(finest_level=refine.auto_finest_level(views_pm, starts[:n]),
                                      num_levels=args.num_levels)
         t, c = time.perf_counter(), time.process_time()
         res = refine.refine_poses(mu, views_pm, imgs, starts[:n], options=opts, bone=bone)
@@ -320,7 +323,7 @@ def main(argv=None) -> dict:
             images_fx, masks_fx = refine_stage.recording_images(rec_fx)
         views_fx = rec_fx.geometry.views
         starts_fx = perturb(truth_fx, rng, tuple(args.start_deg), tuple(args.start_mm))
-        opts = refine_options(finest_level=refine.auto_finest_level(views_fx, starts_fx),
+        opts = refine.refine_options(finest_level=refine.auto_finest_level(views_fx, starts_fx),
                                      num_levels=args.num_levels)
         t, c = time.perf_counter(), time.process_time()
         res = refine.refine_poses(mu, views_fx, images_fx, starts_fx, options=opts, bone=bone, image_masks=masks_fx)

@@ -23,7 +23,8 @@
 # benchmark runs on the same card in the same run for a before/after comparison
 # (bench_render_base.json); FR_NCU=1: Nsight Compute's summary of the single 200 x 200 cone-beam
 # DRR's kernel (ncu.txt), when the machine has ncu; FR_PROFILE_LONG=1: bench_long of 1,000 frame
-# pairs under cProfile, its 60 costliest calls (long_profile.txt). Benchmarks run with --quick on
+# pairs under cProfile, its 60 costliest calls (long_profile.txt); FR_REFINE_FD=1: bench_refine again
+# with the finite-difference Jacobian (bench_refine_fd.json). Benchmarks run with --quick on
 # the head-sized CT (bench_long: its full 10,000 frame pairs), steps in order of value with their
 # own time limits (128 s in all on an H200 machine with 2,000 frame pairs in bench_long, build
 # included; 160 s with FR_BASE and FR_PROFILE_LONG; the 10,000 are estimated to add 30-60 s).
@@ -89,6 +90,11 @@ fi
 
 step "bench_refine --quick (CPU and CUDA rows)"
 timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --json "$OUT/bench_refine.json" || status=1
+if [ "${FR_REFINE_FD:-0}" = 1 ]; then
+  step "bench_refine --quick --finite-differences (the Jacobian of 12 renders, same card)"
+  timeout 150 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --finite-differences \
+    --json "$OUT/bench_refine_fd.json" || status=1
+fi
 
 step "bench_long --refine-device cuda (register end to end, 10,000 frame pairs)"
 # Its spot detector is made with the onnx package, which the lent machine lacks: carry it in
@@ -154,6 +160,8 @@ for name, key, target in [
         ("bench_refine.json", "refine_ms_per_frame_cuda", "(256 frames; register >= 500 frame pairs/s needs < 2 ms)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)"),
         ("bench_refine.json", "cuda_batch.render_calls_per_frame", "(gathered rounds a frame waits for)"),
+        ("bench_refine.json", "cuda_batch.rendered_rays_per_frame", "(rays per frame pair)"),
+        ("bench_refine_fd.json", "refine_ms_per_frame_cuda", "(FR_REFINE_FD=1: finite-difference Jacobian)"),
         ("bench_long.json", "frames_per_s", ">= 500 frame pairs/s (register end to end; spot detector)"),
         ("bench_long.json", "stage_ms_per_pair.detect", "(the detection pass's share, ms per frame pair)"),
         ("bench_long.json", "stage_ms_per_pair.register", "(the final registration's share)"),
