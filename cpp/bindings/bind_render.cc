@@ -182,6 +182,44 @@ void BindRender(nb::module_& m) {
       "interpolation of the CPU backend instead of the texture unit.");
 
   m.def(
+      "render_cone_pixels",
+      [](const RenderVolume& volume, const InArray<double>& view, const InArray<int32_t>& pixels,
+         const InArray<double>& poses, double step_voxels, const std::string& device,
+         int num_threads, bool pose_gradient) {
+        const std::vector<ConeView> v = UnpackViews(view);
+        if (v.size() != 1) {
+          throw std::invalid_argument("got " + std::to_string(v.size()) +
+                                      " views: expected one, packed [1, 16]");
+        }
+        CheckShape(pixels, "pixels", {-1});
+        CheckPoses(poses);
+        CheckThreads(num_threads);
+        const size_t n = poses.shape(0), m = pixels.shape(0);
+        RenderOptions options;
+        options.device = ParseDevice(device);
+        options.num_threads = num_threads;
+        options.step_voxels = step_voxels;
+        options.cuda_texture = false;
+        auto values = NewArray<float>({n, m}, "values");
+        auto gradients = NewArray<float>({pose_gradient ? n : 0, 6, m}, "pose gradients");
+        ConePixelRequest q{v[0], pixels.data(), static_cast<int>(m), poses.data(),
+                           static_cast<int>(n), values.data()};
+        q.pose_gradient = pose_gradient ? gradients.data() : nullptr;
+        {
+          nb::gil_scoped_release release;
+          RenderConePixelsBatch(volume, &q, 1, options);
+        }
+        return nb::make_tuple(values, gradients);
+      },
+      nb::arg("volume"), nb::arg("view"), nb::arg("pixels"), nb::arg("poses"),
+      nb::arg("step_voxels") = 1.0, nb::arg("device") = "cpu", nb::arg("num_threads") = 0,
+      nb::arg("pose_gradient") = false,
+      "Line integrals at listed pixels y * W + x of one view (packed [1, 16]) for poses [n, 6] "
+      "(rad, mm), exact trilinear sampler: (values [n, m], pose gradients [n, 6, m] or [0, 6, m]). "
+      "The pose gradients are the derivatives along (w rad: a rotation about the model origin, "
+      "world axes; dt mm), the intensity refinement's Jacobian (ConePixelRequest::pose_gradient).");
+
+  m.def(
       "render_parallel",
       [](const InArray<float>& volume, const InArray<double>& model_from_voxel, double pixel_mm,
          int width, int height, const InArray<double>& poses, const InArray<double>& scales,

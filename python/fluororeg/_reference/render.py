@@ -3,6 +3,9 @@
 * :func:`line_integral_parallel` / :func:`line_integral_cone`: direct ray marching with a fine
   step through the trilinear interpolant of the volume (``scipy.ndimage.map_coordinates``,
   zero outside the box of voxel centres) -- the quantity a DRR approximates.
+* :func:`cone_pixels_pose_gradient` (checks ``ConePixelRequest::pose_gradient``, the intensity
+  refinement's Jacobian): central differences of :func:`line_integral_cone` along the pose
+  tangent.
 * :func:`render_parallel_drr` (checks ``RenderParallelDrr``): the shear-warp factorisation
   written plainly, slice by slice, to check the C++ kernels step for step.
 * :func:`render_cone_drr` (checks ``RenderConeDrr``): the C++ cone-beam sampling scheme
@@ -25,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from fluororeg.core.geometry import ConeView, ParallelCamera, pose_matrix
+from fluororeg.core.geometry import ConeView, ParallelCamera, pose_from_matrix, pose_matrix
 from fluororeg.core.volume import Volume
 
 
@@ -98,6 +101,34 @@ def line_integral_cone(volume: Volume, view: ConeView, pose_deg, step_mm: float 
         ss = s[c0:c0 + 32]
         pts = S + unit[..., None, :] * ss[:, None]
         out += _trilinear(data, _apply(voxel_from_world, pts)).sum(axis=-1) * h
+    return out
+
+
+def cone_pixels_pose_gradient(volume: Volume, view: ConeView, pixels, pose_deg, step_rad: float = 1e-3,
+                              step_mm: float = 0.01, march_mm: float = 0.05) -> np.ndarray:
+    """Derivatives [6, m] of the line integrals at pixels [m] (indices y * W + x) along the pose
+    tangent (w_x, w_y, w_z rad: a rotation about the model origin in world axes; dt mm: then a
+    translation; world_from_model (R, tau) -> (exp(w) R, tau + dt)), by central differences of
+    :func:`line_integral_cone` with steps ``step_rad`` / ``step_mm`` (float64 sums over a sample
+    grid fixed in the world: small steps stay exact), marching ``march_mm`` (the interpolant's
+    gradient jumps at cell faces: a few samples per cell would not integrate it)."""
+    from scipy.spatial.transform import Rotation
+
+    pixels = np.asarray(pixels, dtype=np.int64)
+    M = pose_matrix(np.asarray(pose_deg, dtype=np.float64))
+    out = np.zeros((6, len(pixels)))
+    for j in range(6):
+        values = []
+        for sign in (1.0, -1.0):
+            moved = M.copy()
+            if j < 3:
+                w = np.zeros(3)
+                w[j] = sign * step_rad
+                moved[:3, :3] = Rotation.from_rotvec(w).as_matrix() @ M[:3, :3]
+            else:
+                moved[j - 3, 3] += sign * step_mm
+            values.append(line_integral_cone(volume, view, pose_from_matrix(moved), march_mm).ravel()[pixels])
+        out[j] = (values[0] - values[1]) / (2 * (step_rad if j < 3 else step_mm))
     return out
 
 
