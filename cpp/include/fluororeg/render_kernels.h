@@ -293,14 +293,25 @@ struct ConeRaySetup {
 // Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
 // Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the upper clamp
 // keeps the last cell for points on the far faces.
-FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
-                               float z) {
+struct TrilinearCell {
+  const float* p;       // the cell's first corner voxel
+  long long sy, sz;     // strides of y and z (voxels)
+  float fx, fy, fz;     // the point's fractions in the cell
+};
+FLUORO_HD TrilinearCell LocateCell(const float* vol, int nx, int ny, int nz, float x, float y,
+                                   float z) {
   const int i = IMin(static_cast<int>(x), nx - 2);
   const int j = IMin(static_cast<int>(y), ny - 2);
   const int k = IMin(static_cast<int>(z), nz - 2);
-  const float fx = x - i, fy = y - j, fz = z - k;
   const long long sy = nx, sz = static_cast<long long>(nx) * ny;
-  const float* p = vol + k * sz + j * sy + i;
+  return {vol + k * sz + j * sy + i, sy, sz, x - i, y - j, z - k};
+}
+
+FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
+                               float z) {
+  const TrilinearCell c = LocateCell(vol, nx, ny, nz, x, y, z);
+  const float *p = c.p, fx = c.fx, fy = c.fy, fz = c.fz;
+  const long long sy = c.sy, sz = c.sz;
   const float c00 = p[0] + fx * (p[1] - p[0]);
   const float c10 = p[sy] + fx * (p[sy + 1] - p[sy]);
   const float c01 = p[sz] + fx * (p[sz + 1] - p[sz]);
@@ -314,12 +325,9 @@ FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x
 // unit along i, j, k) in the cell that holds the point.
 FLUORO_HD float TrilinearGradientInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                        float z, float* g) {
-  const int i = IMin(static_cast<int>(x), nx - 2);
-  const int j = IMin(static_cast<int>(y), ny - 2);
-  const int k = IMin(static_cast<int>(z), nz - 2);
-  const float fx = x - i, fy = y - j, fz = z - k;
-  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
-  const float* p = vol + k * sz + j * sy + i;
+  const TrilinearCell c = LocateCell(vol, nx, ny, nz, x, y, z);
+  const float *p = c.p, fx = c.fx, fy = c.fy, fz = c.fz;
+  const long long sy = c.sy, sz = c.sz;
   const float d00 = p[1] - p[0], d10 = p[sy + 1] - p[sy];
   const float d01 = p[sz + 1] - p[sz], d11 = p[sz + sy + 1] - p[sz + sy];
   const float c00 = p[0] + fx * d00;

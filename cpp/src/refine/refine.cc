@@ -331,19 +331,27 @@ ConePixelRequest PixelRequest(const ConeView& view, const std::vector<int32_t>& 
   return q;
 }
 
-// Features at the region's pixels (GC: x then y gradient; NCC: values), each channel
-// normalised to zero mean and unit norm (all zeros when constant).
-void Features(const ViewLevel& vl, const float* values, double* feat) {
+// The region's features before normalisation, raw [channels * n_roi] (GC: x then y gradient by
+// central differences; NCC: values) from values [n_render_px] (or their derivatives).
+void RawFeatures(const ViewLevel& vl, const float* values, double* raw) {
   const int n = static_cast<int>(vl.roi.size());
   if (vl.channels == 2) {
     for (int i = 0; i < n; ++i) {
       const int32_t* nb = vl.nbr.data() + 4 * i;
-      feat[i] = 0.5 * (static_cast<double>(values[nb[1]]) - values[nb[0]]);
-      feat[n + i] = 0.5 * (static_cast<double>(values[nb[3]]) - values[nb[2]]);
+      raw[i] = 0.5 * (static_cast<double>(values[nb[1]]) - values[nb[0]]);
+      raw[n + i] = 0.5 * (static_cast<double>(values[nb[3]]) - values[nb[2]]);
     }
   } else {
-    for (int i = 0; i < n; ++i) feat[i] = values[vl.roi[i]];
+    for (int i = 0; i < n; ++i) raw[i] = values[vl.roi[i]];
   }
+}
+
+// Features at the region's pixels (RawFeatures), each channel normalised to zero mean and unit
+// norm (all zeros when constant); inv_norm [channels], when given: each channel's 1 / norm
+// before normalising (0 when constant).
+void Features(const ViewLevel& vl, const float* values, double* feat, double* inv_norm = nullptr) {
+  const int n = static_cast<int>(vl.roi.size());
+  RawFeatures(vl, values, feat);
   for (int c = 0; c < vl.channels; ++c) {
     double* f = feat + static_cast<long long>(c) * n;
     double mean = 0;
@@ -356,43 +364,22 @@ void Features(const ViewLevel& vl, const float* values, double* feat) {
     }
     const double s = ss > 1e-30 ? 1.0 / std::sqrt(ss) : 0.0;
     for (int i = 0; i < n; ++i) f[i] *= s;
+    if (inv_norm) inv_norm[c] = s;
   }
 }
 
 // Features' derivatives along the 6 pose parameters, dfeat [6, channels * n_roi], from the
-// values' derivatives grads [6, n_render_px] and the normalised features feat (Features of the
-// same values): each channel f = c / |c| with c = raw - mean(raw), so df = (dc - f (f . dc)) / |c|.
-void FeatureDerivatives(const ViewLevel& vl, const float* values, const float* grads,
-                        const double* feat, double* dfeat) {
+// values' derivatives grads [6, n_render_px], the normalised features feat and inv_norm
+// (Features of the values): each channel f = c / |c| with c = raw - mean(raw), so
+// df = (dc - f (f . dc)) / |c|.
+void FeatureDerivatives(const ViewLevel& vl, const float* grads, const double* feat,
+                        const double* inv_norm, double* dfeat) {
   const int n = static_cast<int>(vl.roi.size());
   const int n_px = static_cast<int>(vl.render_px.size());
-  std::vector<double> raw(static_cast<size_t>(vl.channels) * n);
-  auto raw_features = [&](const float* v, double* out) {
-    if (vl.channels == 2) {
-      for (int i = 0; i < n; ++i) {
-        const int32_t* nb = vl.nbr.data() + 4 * i;
-        out[i] = 0.5 * (static_cast<double>(v[nb[1]]) - v[nb[0]]);
-        out[n + i] = 0.5 * (static_cast<double>(v[nb[3]]) - v[nb[2]]);
-      }
-    } else {
-      for (int i = 0; i < n; ++i) out[i] = v[vl.roi[i]];
-    }
-  };
-  raw_features(values, raw.data());
-  double inv_norm[2] = {0, 0};  // 1 / |c| per channel (0: constant, as Features)
-  for (int c = 0; c < vl.channels; ++c) {
-    const double* r = raw.data() + static_cast<size_t>(c) * n;
-    double mean = 0;
-    for (int i = 0; i < n; ++i) mean += r[i];
-    mean /= std::max(n, 1);
-    double ss = 0;
-    for (int i = 0; i < n; ++i) ss += (r[i] - mean) * (r[i] - mean);
-    inv_norm[c] = ss > 1e-30 ? 1.0 / std::sqrt(ss) : 0.0;
-  }
   const int m = vl.channels * n;
   for (int j = 0; j < 6; ++j) {
     double* d = dfeat + static_cast<size_t>(j) * m;
-    raw_features(grads + static_cast<size_t>(j) * n_px, d);
+    RawFeatures(vl, grads + static_cast<size_t>(j) * n_px, d);
     for (int c = 0; c < vl.channels; ++c) {
       double* dc = d + static_cast<size_t>(c) * n;
       const double* f = feat + static_cast<size_t>(c) * n;
@@ -400,11 +387,8 @@ void FeatureDerivatives(const ViewLevel& vl, const float* values, const float* g
       for (int i = 0; i < n; ++i) mean += dc[i];
       mean /= std::max(n, 1);
       double proj = 0;
-      for (int i = 0; i < n; ++i) {
-        dc[i] -= mean;
-        proj += f[i] * dc[i];
-      }
-      for (int i = 0; i < n; ++i) dc[i] = inv_norm[c] * (dc[i] - f[i] * proj);
+      for (int i = 0; i < n; ++i) proj += f[i] * dc[i];  // f has zero mean: f . (dc - mean) = f . dc
+      for (int i = 0; i < n; ++i) dc[i] = inv_norm[c] * (dc[i] - mean - f[i] * proj);
     }
   }
 }
@@ -667,8 +651,9 @@ void ResidualsAndJacobian(const Context& ctx, const FrameLevel& fl, const std::v
     if (!vl.used) continue;
     const int n = vl.NumResiduals();
     std::vector<double> feat(n), dfeat(6LL * n);
-    Features(vl, values[v].data(), feat.data());
-    FeatureDerivatives(vl, values[v].data(), grads[v].data(), feat.data(), dfeat.data());
+    double inv_norm[2];
+    Features(vl, values[v].data(), feat.data(), inv_norm);
+    FeatureDerivatives(vl, grads[v].data(), feat.data(), inv_norm, dfeat.data());
     const double scale = std::sqrt(vl.weight / vl.channels);
     for (int i = 0; i < n; ++i) (*res)[offset + i] = scale * (feat[i] - vl.target[i]);
     for (int j = 0; j < 6; ++j) {
