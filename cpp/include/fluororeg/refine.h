@@ -87,7 +87,8 @@ struct RefineOptions {
   // 3-10 deg starts, 6 simulated frames: 0.018 vs 0.019 deg, 0.028 vs 0.025 mm median; frames
   // of the independent renderer (plastimatch): 0.023 vs 0.076 deg, 0.019 vs 0.234 mm, with
   // intensifier effects 0.125 vs 0.121 deg, 0.238 vs 0.358 mm; every frame recovered by both;
-  // 1.8e5 vs 1.1e6 rays and 0.18 vs 0.84 s per frame pair (4.6x).
+  // 1.5e5 vs 1.1e6 rays, 27 vs 50 render calls, 0.18 vs 0.85 s per frame pair (4.7x; a try
+  // that would lead to another iteration is rendered with its gradients, see RefineLevel).
   bool analytic_jacobian = true;
   // The finest level stops when a step rotates less than tolerance_deg and moves less than
   // tolerance_mm (coarser levels: x 2^level). Measured against 0.01 / 0.01 on the 96

@@ -686,7 +686,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
   double cost = 0;
   double lambda = 1e-3;
   int it = 0;
-  Eigen::MatrixXd J(n_res, 6);
+  Eigen::MatrixXd J(n_res, 6), Jc(n_res, 6);  // Jc: a try's own Jacobian (analytic)
   bool fresh = false;   // J holds finite differences at the current pose
   bool need_fd = true;  // take finite differences at the start of the next iteration
   for (; it < o.max_iterations; ++it) {
@@ -764,13 +764,25 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       const Pose cand = pose->Moved(w, dt);
       std::vector<double> ca(6), cres;
       cand.ToArray(ca.data());
-      Residuals(ctx, fl, ca, renders, &cres, n_res);
+      // With the analytic Jacobian, a try that would be followed by another iteration if taken
+      // is rendered with its pose gradients: taken, it needs no Jacobian render of its own (one
+      // render call per iteration instead of two); refused, the gradients are lost.
+      const bool last = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
+      const bool with_jacobian =
+          o.analytic_jacobian && !o.broyden_updates && !last && it + 1 < o.max_iterations;
+      if (with_jacobian) {
+        ResidualsAndJacobian(ctx, fl, ca, renders, &cres, &Jc, n_res);
+      } else {
+        Residuals(ctx, fl, ca, renders, &cres, n_res);
+      }
       const double c = SquaredNorm(cres.data(), n_res);
       if (c < cost) {
         if (o.broyden_updates) {  // rank-1 secant update: J d = r_new - r_old afterwards
           const Eigen::Map<const Eigen::VectorXd> rn(cres.data(), n_res), ro(res.data(), n_res);
           const Eigen::VectorXd y = rn - ro - J * d;
           J += y * d.transpose() / std::max(d.squaredNorm(), 1e-300);
+        } else if (with_jacobian) {
+          J.swap(Jc);
         } else {
           need_fd = true;
         }
@@ -780,7 +792,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
           small = false;
           need_fd = true;
         }
-        fresh = false;
+        fresh = with_jacobian;  // J is the candidate's own
         *pose = cand;
         res.swap(cres);
         cost = c;
