@@ -166,7 +166,8 @@ for name, key, target in [
         ("bench_long.json", "stage_ms_per_pair.detect", "(the detection pass's share, ms per frame pair)"),
         ("bench_long.json", "stage_ms_per_pair.register", "(the final registration's share)"),
         ("bench_long.json", "stage_ms_per_pair.refine", "(refinement's share, ms per frame pair)"),
-        ("bench_long.json", "stage_ms_per_pair.write", "(writing and the QC figures)")]:
+        ("bench_long.json", "stage_ms_per_pair.write", "(writing and the QC figures)"),
+        ("bench_long.json", "registered_false_5deg_5mm", "(registered frames more than 5 deg / 5 mm off: 0)")]:
     base = value("bench_render_base.json", key) if name == "bench_render.json" else None
     print(f"{key:40s} {value(name, key)!s:>24s}  target {target}" + (f"  (base checkout: {base})" if base else ""))
 PY
