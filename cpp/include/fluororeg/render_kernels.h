@@ -290,9 +290,9 @@ struct ConeRaySetup {
   float support_lo[3], support_hi[3];
 };
 
-// Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
-// Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the upper clamp
-// keeps the last cell for points on the far faces.
+// The cell of the trilinear interpolant that holds a point inside the box of voxel centres (x in
+// [0, nx-1], ...). Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the
+// upper clamp keeps the last cell for points on the far faces.
 struct TrilinearCell {
   const float* p;       // the cell's first corner voxel
   long long sy, sz;     // strides of y and z (voxels)
@@ -307,6 +307,7 @@ FLUORO_HD TrilinearCell LocateCell(const float* vol, int nx, int ny, int nz, flo
   return {vol + k * sz + j * sy + i, sy, sz, x - i, y - j, z - k};
 }
 
+// Trilinear interpolation at a point inside the box of voxel centres.
 FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                float z) {
   const TrilinearCell c = LocateCell(vol, nx, ny, nz, x, y, z);

@@ -687,10 +687,10 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
   double lambda = 1e-3;
   int it = 0;
   Eigen::MatrixXd J(n_res, 6), Jc(n_res, 6);  // Jc: a try's own Jacobian (analytic)
-  bool fresh = false;   // J holds finite differences at the current pose
-  bool need_fd = true;  // take finite differences at the start of the next iteration
+  bool fresh = false;         // J was made at the current pose (not a Broyden update)
+  bool need_jacobian = true;  // make J at the start of the next iteration
   for (; it < o.max_iterations; ++it) {
-    if (need_fd && o.analytic_jacobian) {
+    if (need_jacobian && o.analytic_jacobian) {
       std::vector<double> at(6);
       pose->ToArray(at.data());
       std::vector<double> r0;
@@ -700,8 +700,8 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
         cost = SquaredNorm(res.data(), n_res);
       }
       fresh = true;
-      need_fd = false;
-    } else if (need_fd) {
+      need_jacobian = false;
+    } else if (need_jacobian) {
       // Differences along the 6 scaled parameters (rotation w * L, translation): central
       // (+h, -h per parameter) or forward (+h, against the current residuals). The first
       // iteration renders the start pose in the same call (one render call fewer per level).
@@ -727,7 +727,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
         for (int i = 0; i < n_res; ++i) J(i, j) = (rp[i] - rm[i]) / (sides * h);
       }
       fresh = true;
-      need_fd = false;
+      need_jacobian = false;
     }
     const Eigen::Matrix<double, 6, 6> A = J.transpose() * J;
     const Eigen::Matrix<double, 6, 1> g =
@@ -784,13 +784,13 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
         } else if (with_jacobian) {
           J.swap(Jc);
         } else {
-          need_fd = true;
+          need_jacobian = true;
         }
         small = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
-        // A small step from an updated Jacobian is checked with finite differences first.
+        // A small step from an updated Jacobian is checked with a fresh one first.
         if (small && !fresh) {
           small = false;
-          need_fd = true;
+          need_jacobian = true;
         }
         fresh = with_jacobian;  // J is the candidate's own
         *pose = cand;
@@ -799,7 +799,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
         lambda = std::max(lambda / 3, 1e-7);
         accepted = true;
       } else if (!fresh) {
-        break;  // a stale (Broyden) Jacobian: take finite differences before giving up
+        break;  // a stale (Broyden) Jacobian: make a fresh one before giving up
       } else {
         failed = true;
         failed_step = d;
@@ -807,7 +807,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       }
     }
     if (!accepted && fresh) break;
-    if (!accepted) need_fd = true;
+    if (!accepted) need_jacobian = true;
     if (small) {
       ++it;
       break;
