@@ -396,6 +396,40 @@ TEST(RenderConePixels, PoseGradientsMatchCentralDifferences) {
   EXPECT_THROW(RenderConePixelsBatch(prepared, &q, 1, stopping), std::invalid_argument);
 }
 
+// A request's own stop_above: its rays stop once above it (the silhouette stays), the other
+// requests of the batch march whole rays.
+TEST(RenderConePixels, RequestStopAboveKeepsTheSilhouette) {
+  SpherePhantom ph;
+  const RenderVolume prepared(ph.grid);
+  const ConeView view = SideView(40, 36, 2.0);
+  const double poses[6] = {0.3, -0.5, 0.9, 1, -2, 0};
+  std::vector<int32_t> pixels(40 * 36);
+  for (int i = 0; i < 40 * 36; ++i) pixels[i] = i;
+  const int m = static_cast<int>(pixels.size());
+  std::vector<float> whole(m), stopped(m), beside(m);
+  ConePixelRequest q[2] = {{view, pixels.data(), m, poses, 1, stopped.data()},
+                           {view, pixels.data(), m, poses, 1, beside.data()}};
+  q[0].stop_above = 1e-3;
+  RenderConePixelsBatch(prepared, q, 2);
+  RenderConePixels(prepared, view, pixels.data(), m, poses, 1, whole.data());
+  int inside = 0, cut = 0;
+  for (int i = 0; i < m; ++i) {
+    EXPECT_EQ(stopped[i] > 1e-3f, whole[i] > 1e-3f) << "pixel " << i;
+    EXPECT_LE(stopped[i], whole[i]) << "pixel " << i;
+    EXPECT_EQ(beside[i], whole[i]) << "pixel " << i;
+    inside += whole[i] > 1e-3f;
+    cut += stopped[i] < whole[i];
+  }
+  EXPECT_GT(inside, 100);
+  EXPECT_GT(cut, inside / 2);  // most rays through the sphere stopped early
+  q[0].stop_above = -1;
+  EXPECT_THROW(RenderConePixelsBatch(prepared, q, 2), std::invalid_argument);
+  std::vector<float> grad(6 * m);
+  q[0].stop_above = 1e-3;
+  q[0].pose_gradient = grad.data();  // gradients need whole rays
+  EXPECT_THROW(RenderConePixelsBatch(prepared, q, 2), std::invalid_argument);
+}
+
 TEST(RenderConePixels, CudaMatchesCpu) {
   if (!CudaAvailable()) GTEST_SKIP() << "no CUDA device";
   SpherePhantom ph;

@@ -145,8 +145,12 @@ struct ConePixelRequest {
   // (exp(w) R, tau + dt)), exact for the rendered sum of the trilinear interpolant up to the
   // samples' positions along the ray (the intensity refinement's analytic Jacobian). Needs
   // the exact sampler (options.cuda_texture false on CUDA) and no early stop (stop_above
-  // infinite). Costs about one more render of the same pixels.
+  // infinite, the request's and the options'). Costs about one more render of the same pixels.
   float* pose_gradient = nullptr;
+  // This request's rays stop once their integral exceeds it (with options.stop_above: the
+  // smaller), as RenderOptions::stop_above: a silhouette (the refinement's region of interest)
+  // needs no more. Infinite: whole rays (pose gradients need them).
+  double stop_above = std::numeric_limits<double>::infinity();
 };
 // Many requests on one volume in one call, each giving what RenderConePixels gives for it (the
 // same per-ray body, the same values). On CUDA they share one upload, one kernel launch, one

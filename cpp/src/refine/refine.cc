@@ -474,6 +474,9 @@ std::vector<int32_t> BoneBoxPixels(const LevelVolume& bone, const ConeView& view
   return px;
 }
 
+// The bone's path length (mm, of the region-of-interest volume) above which a ray meets the bone.
+constexpr float kBonePathMm = 1e-6f;
+
 // The region of interest of one view at one level, from the bone's path lengths at the box
 // pixels px: the projected bone, dilated by the margin, within the usable pixels (eroded by 2
 // so that gradients do not see the edge of the field of view) and off the image border.
@@ -486,7 +489,7 @@ std::vector<uint8_t> RegionOfInterest(const Context& ctx, const ConeView& view,
   std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
   if (px.empty()) return roi;
   std::vector<uint8_t> proj(roi.size(), 0);
-  for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > 1e-6f;
+  for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > kBonePathMm;
   proj = Dilate(proj, W, H, static_cast<int>(std::ceil(ctx.options->roi_margin_px)));
   // Usable pixels eroded by 2 (the complement dilated).
   std::vector<uint8_t> unusable(roi.size(), 0);
@@ -573,8 +576,9 @@ void PrepareLevel(const Context& ctx, int frame, const FrameImages& images, int 
   int n_requests = 0;
   for (int v = 0; v < 2; ++v) {
     box[v] = BoneBoxPixels(bone, fl->views[v].view, pose);
-    if (!box[v].empty())
-      requests[n_requests++] = PixelRequest(fl->views[v].view, box[v], poses, &path[v]);
+    if (box[v].empty()) continue;
+    requests[n_requests] = PixelRequest(fl->views[v].view, box[v], poses, &path[v]);
+    requests[n_requests++].stop_above = kBonePathMm;  // the region needs path > it, no more
   }
   if (n_requests > 0) RenderRequests(ctx, bone, requests, n_requests, renders);
   static const std::vector<uint8_t> kAllUsable;  // empty: every pixel

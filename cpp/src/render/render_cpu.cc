@@ -486,11 +486,18 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
   const bool gradients = std::any_of(requests, requests + n, [](const ConePixelRequest& q) {
     return q.pose_gradient != nullptr;
   });
-  if (gradients && (std::isfinite(options.stop_above) ||
-                    (options.device == Device::kCuda && options.cuda_texture))) {
-    throw std::invalid_argument(
-        "pose gradients need whole rays and the exact sampler: stop_above must be infinite and "
-        "cuda_texture false");
+  for (int r = 0; r < n; ++r) {
+    const ConePixelRequest& q = requests[r];
+    if (!(q.stop_above >= 0)) {
+      throw std::invalid_argument("request " + std::to_string(r) + ": stop_above = " +
+                                  std::to_string(q.stop_above) + " must be >= 0 (infinity: never stop)");
+    }
+    if (q.pose_gradient && (std::isfinite(options.stop_above) || std::isfinite(q.stop_above) ||
+                            (options.device == Device::kCuda && options.cuda_texture))) {
+      throw std::invalid_argument(
+          "pose gradients need whole rays and the exact sampler: stop_above must be infinite and "
+          "cuda_texture false");
+    }
   }
   std::vector<kernels::ConeRayPoseFrame> frames(gradients ? setup_begin[n] : 0);
   ParallelFor(n, options.num_threads, [&](long long r) {
@@ -505,8 +512,10 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
       }
     }
     if (setup_begin[r + 1] == setup_begin[r]) return;
-    const std::vector<kernels::ConeRaySetup> s =
-        ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
+    std::vector<kernels::ConeRaySetup> s = ConeSetups(state, &q.view, 0, q.poses, q.num_poses, options);
+    for (kernels::ConeRaySetup& setup : s) {
+      setup.stop_above = std::min(setup.stop_above, static_cast<float>(q.stop_above));
+    }
     std::copy(s.begin(), s.end(), setups.begin() + setup_begin[r]);
     if (q.pose_gradient) {
       for (int k = 0; k < q.num_poses; ++k) {
