@@ -1,5 +1,6 @@
 """Renderer throughput: parallel-beam 128x128 DRRs of a head-sized CT (shear-warp, C++) against
-the NumPy reference, and 512x512 cone-beam DRRs, on the CPU and (when a device is usable) CUDA.
+the NumPy reference, and 512x512 cone-beam DRRs, on the CPU and (when a device is usable) CUDA;
+listed-pixel cone-beam renders with and without pose gradients (the refinement's, CPU).
 
     python benchmarks/bench_render.py --quick --json out/bench_render.json [--device auto|cpu|cuda]
 
@@ -188,6 +189,20 @@ def main() -> None:
     t_cone_sw = best_time(lambda: R.render_cone(prepared, view, pose, method="shear_warp"), repeat)
     marched = R.render_cone(prepared, view, pose)
     sw_diff = float(np.abs(R.render_cone(prepared, view, pose, method="shear_warp") - marched).mean() / marched.mean())
+    # Listed pixels (the intensity refinement's renders): every pixel of the 512 x 512 view at
+    # 1/4 resolution (128 x 128, the refinement's finest level for such frames), plain and with
+    # the pose gradients of its analytic Jacobian, on the level the refinement would use.
+    from fluororeg import _core
+
+    view_128 = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=2.4, width=128,
+                                   height=128)
+    pixels_vol = R.render_volume_for(vol, R._cone_pixel_at_object(fr.core.geometry.stack_views(view_128, 1),
+                                                                    pose[None]), "auto")
+    pixels_handle = R.prepare_volume(pixels_vol).handle(pixels_vol)
+    all_pixels = np.arange(128 * 128, dtype=np.int32)
+    pose_rad = np.concatenate([np.deg2rad(pose[:3]), pose[3:]])[None]
+    t_pixels, t_pixels_grad = (best_time(lambda g=g: _core.render_cone_pixels(
+        pixels_handle, view_128.packed()[None], all_pixels, pose_rad, pose_gradient=g), repeat) for g in (False, True))
     # The fixed cost of one renderer call from Python (validation, level choice, dispatch): a
     # 2 x 2 px cone-beam image on one thread, prepared volume.
     tiny = ConeView.looking_at([0, -650, 0], [0, 0, 0], distance_to_intensifier=1050, pitch=50.0, width=2, height=2)
@@ -212,6 +227,9 @@ def main() -> None:
         "cone_512_shear_warp_ms": t_cone_sw * 1e3,
         "cone_shear_warp_speedup_vs_march": t_cone / t_cone_sw,
         "cone_shear_warp_mean_rel_diff_vs_march": sw_diff,
+        "cone_pixels_128_ms": t_pixels * 1e3,
+        "cone_pixels_128_pose_gradient_ms": t_pixels_grad * 1e3,
+        "pose_gradient_cost_ratio": t_pixels_grad / t_pixels,
         "cuda_available": fr.has_cuda(),
     }
     rows = [
@@ -229,6 +247,9 @@ def main() -> None:
         ("cone 512x512, perspective shear-warp", t_cone_sw * 1e3, "ms"),
         ("  speed-up vs ray marching", t_cone / t_cone_sw, "x"),
         ("  mean difference to ray marching", sw_diff * 100, "%"),
+        ("cone listed pixels, 128 x 128", t_pixels * 1e3, "ms"),
+        ("  with pose gradients (the refinement's Jacobian)", t_pixels_grad * 1e3, "ms"),
+        ("  cost of the gradients: ratio to the plain render", t_pixels_grad / t_pixels, "x"),
     ]
     if use_cuda:
         cuda_results, cuda_table = cuda_rows(vol, poses, scales, camera, view, pose, repeat)
