@@ -222,6 +222,41 @@ def test_relative_gate_flags_a_frame_far_below_its_neighbours(headsq_mu, small_v
         refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts, relative_similarity=1.5)
 
 
+def test_near_misses_are_refined_again_with_finite_differences(headsq_mu, small_views, frames, monkeypatch):
+    """Frames above the absolute floor but below the recording's typical similarity (here: the
+    relative gate at 0.9999 of the median) are refined again from their start with the Jacobian
+    of central differences; frames below the floor, or refined with that Jacobian already, are
+    not. The core is the real one, watched."""
+    truth, imgs = frames
+    start = perturb(truth, 2.0, 2.0, np.random.default_rng(8))
+    calls = []
+    real = refine._core
+
+    class Watched:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def refine_frames(self, volumes, views, images, masks, poses, options, weights):
+            calls.append((len(poses), options.analytic_jacobian))
+            return real.refine_frames(volumes, views, images, masks, poses, options, weights)
+
+    monkeypatch.setattr(refine, "_core", Watched())
+    opts = refine.refine_options(num_levels=2)
+    res = refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts, relative_similarity=0.9999)
+    assert len(calls) == 2 and calls[0] == (4, True) and calls[1][1] is False and 1 <= calls[1][0] < 4, calls
+    assert (res.status == "low_similarity").sum() >= 1  # 0.9999 of the median still flags some
+    alone = refine.refine_poses(headsq_mu, small_views, imgs, start, options=opts)  # no near miss: one call
+    assert calls[2:] == [(4, True)] and list(alone.status) == ["converged"] * 4
+    calls.clear()
+    floor = refine.refine_options(num_levels=2, min_similarity=0.9999)  # every frame below the floor
+    assert set(refine.refine_poses(headsq_mu, small_views, imgs, start, options=floor).status) == {"low_similarity"}
+    assert calls == [(4, True)]
+    calls.clear()
+    differences = refine.refine_options(num_levels=2, analytic_jacobian=False)
+    refine.refine_poses(headsq_mu, small_views, imgs, start, options=differences, relative_similarity=0.9999)
+    assert calls == [(4, False)]
+
+
 def test_prepared_volumes_are_made_once_per_volume_and_bone(headsq_mu, small_views, frames):
     """refine_poses and refine_similarity share the core's prepared volumes (pyramids, and on
     CUDA their device copies) per attenuation volume, bone and level count; another bone, even
