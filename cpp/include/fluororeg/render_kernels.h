@@ -290,29 +290,18 @@ struct ConeRaySetup {
   float support_lo[3], support_hi[3];
 };
 
-// The cell of the trilinear interpolant that holds a point inside the box of voxel centres (x in
-// [0, nx-1], ...). Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the
-// upper clamp keeps the last cell for points on the far faces.
-struct TrilinearCell {
-  const float* p;       // the cell's first corner voxel
-  long long sy, sz;     // strides of y and z (voxels)
-  float fx, fy, fz;     // the point's fractions in the cell
-};
-FLUORO_HD TrilinearCell LocateCell(const float* vol, int nx, int ny, int nz, float x, float y,
-                                   float z) {
+// Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
+// Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the upper clamp
+// keeps the last cell for points on the far faces. (TrilinearGradientInBox finds its cell the
+// same way: written out in both, the hot loop of the plain renders kept as it was measured.)
+FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
+                               float z) {
   const int i = IMin(static_cast<int>(x), nx - 2);
   const int j = IMin(static_cast<int>(y), ny - 2);
   const int k = IMin(static_cast<int>(z), nz - 2);
+  const float fx = x - i, fy = y - j, fz = z - k;
   const long long sy = nx, sz = static_cast<long long>(nx) * ny;
-  return {vol + k * sz + j * sy + i, sy, sz, x - i, y - j, z - k};
-}
-
-// Trilinear interpolation at a point inside the box of voxel centres.
-FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
-                               float z) {
-  const TrilinearCell c = LocateCell(vol, nx, ny, nz, x, y, z);
-  const float *p = c.p, fx = c.fx, fy = c.fy, fz = c.fz;
-  const long long sy = c.sy, sz = c.sz;
+  const float* p = vol + k * sz + j * sy + i;
   const float c00 = p[0] + fx * (p[1] - p[0]);
   const float c10 = p[sy] + fx * (p[sy + 1] - p[sy]);
   const float c01 = p[sz] + fx * (p[sz + 1] - p[sz]);
@@ -326,9 +315,12 @@ FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x
 // unit along i, j, k) in the cell that holds the point.
 FLUORO_HD float TrilinearGradientInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                        float z, float* g) {
-  const TrilinearCell c = LocateCell(vol, nx, ny, nz, x, y, z);
-  const float *p = c.p, fx = c.fx, fy = c.fy, fz = c.fz;
-  const long long sy = c.sy, sz = c.sz;
+  const int i = IMin(static_cast<int>(x), nx - 2);
+  const int j = IMin(static_cast<int>(y), ny - 2);
+  const int k = IMin(static_cast<int>(z), nz - 2);
+  const float fx = x - i, fy = y - j, fz = z - k;
+  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
+  const float* p = vol + k * sz + j * sy + i;
   const float d00 = p[1] - p[0], d10 = p[sy + 1] - p[sy];
   const float d01 = p[sz + 1] - p[sz], d11 = p[sz + sy + 1] - p[sz + sy];
   const float c00 = p[0] + fx * d00;
@@ -382,6 +374,68 @@ struct ArraySampler {
   }
 };
 
+// What ConeRayIntegral keeps besides the integral: nothing for the plain integral (kOn false:
+// every member a no-op, the plain loop as it was), or the gradient sums of its pose gradients
+// (see ConeRayIntegral): per sample m of step index u = m + 0.5 - u_ref (t = t_ref + u dt), the
+// interpolant's gradient g, summed as g and u g.
+template <bool kOn>
+struct RayGradientSums {
+  FLUORO_HD RayGradientSums(int, int) {}
+  template <typename Sampler>
+  FLUORO_HD float Sample(const Sampler& sample, const Vec3<float>& p, int) {
+    return sample(p.x, p.y, p.z);
+  }
+  FLUORO_HD void Add(int, int) {}
+  template <typename Sampler>
+  FLUORO_HD float SampleLast(const Sampler& sample, const Vec3<float>& q, float, float) {
+    return sample(q.x, q.y, q.z);
+  }
+  FLUORO_HD void Finish(float, float, float, float*) const {}
+};
+
+template <>
+struct RayGradientSums<true> {
+  float u_ref;                    // the middle of the visited samples, in step indices
+  float g[kConeRun][3];           // the current run's gradients
+  float g0[3] = {0.f, 0.f, 0.f};  // sum of g
+  float g1[3] = {0.f, 0.f, 0.f};  // sum of u g
+  float last[3] = {0.f, 0.f, 0.f};  // rem * g and rem * (t - t_ref) g of the partial last step
+  float last_moment[3] = {0.f, 0.f, 0.f};
+  FLUORO_HD RayGradientSums(int m_begin, int m_end)
+      : u_ref(0.5f * static_cast<float>(m_begin + m_end)) {}
+  template <typename Sampler>
+  FLUORO_HD float Sample(const Sampler& sample, const Vec3<float>& p, int r) {
+    return sample.WithGradient(p.x, p.y, p.z, g[r]);
+  }
+  FLUORO_HD void Add(int m, int r) {  // sample m, the run's r-th
+    const float u = static_cast<float>(m) + 0.5f - u_ref;
+    for (int c = 0; c < 3; ++c) {
+      g0[c] += g[r][c];
+      g1[c] += u * g[r][c];
+    }
+  }
+  // The partial last step: rem long, its sample at t_last - t_ref = u_last dt.
+  template <typename Sampler>
+  FLUORO_HD float SampleLast(const Sampler& sample, const Vec3<float>& q, float rem,
+                             float u_last_dt) {
+    float gl[3];
+    const float v = sample.WithGradient(q.x, q.y, q.z, gl);
+    for (int c = 0; c < 3; ++c) {
+      last[c] = rem * gl[c];
+      last_moment[c] = rem * u_last_dt * gl[c];
+    }
+    return v;
+  }
+  // out [7] = (G0, G1, t_ref), scaled as the integral.
+  FLUORO_HD void Finish(float t0, float dt, float len_mm, float* out) const {
+    for (int c = 0; c < 3; ++c) {
+      out[c] = (g0[c] * dt + last[c]) * len_mm;
+      out[3 + c] = (g1[c] * dt * dt + last_moment[c]) * len_mm;
+    }
+    out[6] = t0 + u_ref * dt;
+  }
+};
+
 // Line integral (dimensionless) along the ray of pixel (x, y), or of part `part` of `parts`
 // consecutive runs of its samples (the parts sum to the integral; the CUDA backend splits the
 // rays of small batches over several threads). With a finite s.stop_above, the march ends as
@@ -401,7 +455,7 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   if constexpr (kGradient) {
     for (int c = 0; c < 7; ++c) gradient_sums[c] = 0.f;
   }
-  if (!s.occupied) return 0.f;
+  if (!s.occupied) return 0.f;  // (early returns: no gradient, the sums stay 0)
   const Vec3<float> P = s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv;
   const Vec3<float> d = P - s.src;
   const float lo[3] = {0.f, 0.f, 0.f};
@@ -433,9 +487,7 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
   const Vec3<float> step = dt * d;
   Vec3<float> pos = s.src + (t0 + (m_begin + 0.5f) * dt) * d;
   float acc = 0.f;
-  // kGradient: sums of g and (m + 0.5 - u_ref) g over samples m (t = t_ref + (m + 0.5 - u_ref) dt)
-  float g0[3] = {0.f, 0.f, 0.f}, g1[3] = {0.f, 0.f, 0.f};
-  [[maybe_unused]] const float u_ref = 0.5f * static_cast<float>(m_begin + m_end);
+  RayGradientSums<kGradient> grad(m_begin, m_end);
   // Sums of samples below which the integral cannot exceed stop_above (up to rounding, checked
   // exactly when passed; the volume is non-negative, so partial integrals only grow).
   const float stop_acc = 0.999f * s.stop_above / (dt * len_mm);
@@ -471,27 +523,16 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     // the ray (those in an empty block add exactly zero), summed in order as one at a time.
     const int count = IMin(kConeRun, m_end - m);
     float v[kConeRun];
-    float g[kGradient ? kConeRun : 1][3];
     Vec3<float> p = pos;
 #ifdef __CUDA_ARCH__
 #pragma unroll
 #endif
     for (int r = 0; r < kConeRun; ++r) {
-      if constexpr (kGradient) {
-        v[r] = r < count ? sample.WithGradient(p.x, p.y, p.z, g[r]) : 0.f;
-      } else {
-        v[r] = r < count ? sample(p.x, p.y, p.z) : 0.f;
-      }
+      v[r] = r < count ? grad.Sample(sample, p, r) : 0.f;
       if (r < count) p = p + step;
     }
     for (int r = 0; r < count; ++r) {
-      if constexpr (kGradient) {
-        const float u = static_cast<float>(m + r) + 0.5f - u_ref;
-        for (int c = 0; c < 3; ++c) {
-          g0[c] += g[r][c];
-          g1[c] += u * g[r][c];
-        }
-      }
+      grad.Add(m + r, r);
       acc += v[r];
       if (acc > stop_acc) {  // maybe above stop_above: return the partial integral if it is
         const float partial = (acc * dt) * len_mm;
@@ -502,31 +543,12 @@ FLUORO_HD float ConeRayIntegral(const ConeRaySetup& s, const Sampler& sample,
     pos = p;
   }
   acc *= dt;
-  [[maybe_unused]] const float t_ref = t0 + u_ref * dt;
-  if constexpr (kGradient) {
-    for (int c = 0; c < 3; ++c) {
-      gradient_sums[c] = g0[c] * dt;
-      gradient_sums[3 + c] = g1[c] * dt * dt;
-    }
-  }
   if (rem > 0.f && part == parts - 1) {
-    const float t_last = t0 + n_full * dt + 0.5f * rem;
-    const Vec3<float> q = s.src + t_last * d;
-    if constexpr (kGradient) {
-      float g_last[3];
-      acc += rem * sample.WithGradient(q.x, q.y, q.z, g_last);
-      for (int c = 0; c < 3; ++c) {
-        gradient_sums[c] += rem * g_last[c];
-        gradient_sums[3 + c] += rem * (t_last - t_ref) * g_last[c];
-      }
-    } else {
-      acc += rem * sample(q.x, q.y, q.z);
-    }
+    const Vec3<float> q = s.src + (t0 + n_full * dt + 0.5f * rem) * d;
+    // Its sample's t - t_ref in steps: n_full + 0.5 rem / dt - u_ref.
+    acc += rem * grad.SampleLast(sample, q, rem, (n_full - 0.5f * (m_begin + m_end)) * dt + 0.5f * rem);
   }
-  if constexpr (kGradient) {
-    for (int c = 0; c < 6; ++c) gradient_sums[c] *= len_mm;
-    gradient_sums[6] = t_ref;
-  }
+  grad.Finish(t0, dt, len_mm, gradient_sums);
   return acc * len_mm;
 }
 
