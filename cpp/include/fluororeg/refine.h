@@ -85,15 +85,15 @@ struct RefineOptions {
   // central_differences are then not used; broyden_updates still applies). Measured against
   // central differences (benchmarks/bench_refine.py, 2 cores, the same frames and starts):
   // 3-10 deg starts, 6 simulated frames: 0.018 vs 0.019 deg, 0.028 vs 0.025 mm median; frames
-  // of the independent renderer (plastimatch): 0.023 vs 0.076 deg, 0.019 vs 0.234 mm, with
+  // of the independent renderer (plastimatch): 0.025 vs 0.076 deg, 0.019 vs 0.234 mm, with
   // intensifier effects 0.125 vs 0.121 deg, 0.238 vs 0.358 mm; every frame recovered by both;
   // from a trained detector's landmark poses on 96 independent-renderer frames (two headers):
-  // 0.085 vs 0.124 deg, 0.056 vs 0.213 mm with the bone inside both fields, 2 frames stopped in
+  // 0.085 vs 0.124 deg, 0.052 vs 0.213 mm with the bone inside both fields, 2 frames stopped in
   // a hollow of the similarity just below the recording's typical value, which central
   // differences' 1.5 px steps bridge: refine_poses (Python) refines such near misses again with
-  // them, then 94 of 96 registered by both, none more than 5 deg / 5 mm off, 0.46 vs 1.53 s per
+  // them, then 94 of 96 registered by both, none more than 5 deg / 5 mm off, 0.39 vs 1.70 s per
   // frame pair for the whole stage;
-  // 1.5e5 vs 1.1e6 rays, 27 vs 50 render calls, 0.18 vs 0.85 s per frame pair (4.7x; a try
+  // 1.5e5 vs 1.1e6 rays, 27 vs 50 render calls, 0.12 vs 0.65 s per frame pair (5.4x; a try
   // that would lead to another iteration is rendered with its gradients, see RefineLevel).
   bool analytic_jacobian = true;
   // The finest level stops when a step rotates less than tolerance_deg and moves less than
