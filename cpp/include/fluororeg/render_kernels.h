@@ -290,18 +290,31 @@ struct ConeRaySetup {
   float support_lo[3], support_hi[3];
 };
 
-// Trilinear interpolation at a point inside the box of voxel centres (x in [0, nx-1], ...).
+// The trilinear interpolant's cell that holds a point inside the box of voxel centres (x in
+// [0, nx-1], ...): its first corner voxel p, the strides sy, sz and the point's fractions f [3].
 // Truncation equals floor there (and maps a rounding error of -1e-7 to 0); the upper clamp
-// keeps the last cell for points on the far faces. (TrilinearGradientInBox finds its cell the
-// same way: written out in both, the hot loop of the plain renders kept as it was measured.)
+// keeps the last cell for points on the far faces.
+struct TrilinearCell {
+  const float* p;
+  long long sy, sz;
+  float f[3];
+  FLUORO_HD TrilinearCell(const float* vol, int nx, int ny, int nz, float x, float y, float z) {
+    const int i = IMin(static_cast<int>(x), nx - 2);
+    const int j = IMin(static_cast<int>(y), ny - 2);
+    const int k = IMin(static_cast<int>(z), nz - 2);
+    f[0] = x - i, f[1] = y - j, f[2] = z - k;
+    sy = nx, sz = static_cast<long long>(nx) * ny;
+    p = vol + k * sz + j * sy + i;
+  }
+};
+
+// Trilinear interpolation at a point inside the box of voxel centres.
 FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                float z) {
-  const int i = IMin(static_cast<int>(x), nx - 2);
-  const int j = IMin(static_cast<int>(y), ny - 2);
-  const int k = IMin(static_cast<int>(z), nz - 2);
-  const float fx = x - i, fy = y - j, fz = z - k;
-  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
-  const float* p = vol + k * sz + j * sy + i;
+  const TrilinearCell cell(vol, nx, ny, nz, x, y, z);
+  const float* p = cell.p;
+  const float fx = cell.f[0], fy = cell.f[1], fz = cell.f[2];
+  const long long sy = cell.sy, sz = cell.sz;
   const float c00 = p[0] + fx * (p[1] - p[0]);
   const float c10 = p[sy] + fx * (p[sy + 1] - p[sy]);
   const float c01 = p[sz] + fx * (p[sz + 1] - p[sz]);
@@ -315,12 +328,10 @@ FLUORO_HD float TrilinearInBox(const float* vol, int nx, int ny, int nz, float x
 // unit along i, j, k) in the cell that holds the point.
 FLUORO_HD float TrilinearGradientInBox(const float* vol, int nx, int ny, int nz, float x, float y,
                                        float z, float* g) {
-  const int i = IMin(static_cast<int>(x), nx - 2);
-  const int j = IMin(static_cast<int>(y), ny - 2);
-  const int k = IMin(static_cast<int>(z), nz - 2);
-  const float fx = x - i, fy = y - j, fz = z - k;
-  const long long sy = nx, sz = static_cast<long long>(nx) * ny;
-  const float* p = vol + k * sz + j * sy + i;
+  const TrilinearCell cell(vol, nx, ny, nz, x, y, z);
+  const float* p = cell.p;
+  const float fx = cell.f[0], fy = cell.f[1], fz = cell.f[2];
+  const long long sy = cell.sy, sz = cell.sz;
   const float d00 = p[1] - p[0], d10 = p[sy + 1] - p[sy];
   const float d01 = p[sz + 1] - p[sz], d11 = p[sz + sy + 1] - p[sz + sy];
   const float c00 = p[0] + fx * d00;
