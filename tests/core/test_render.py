@@ -768,6 +768,8 @@ def test_cone_pixel_pose_gradients_match_reference():
     np.testing.assert_allclose(values, plain, rtol=1e-5, atol=1e-6)
     reference = ref.cone_pixels_pose_gradient(vol, view, pixels, pose_deg)
     assert values.max() > 0.1
+    with pytest.raises(ValueError, match="expected one"):  # one view per call
+        _core.render_cone_pixels(handle, np.stack([view.packed()] * 2), pixels, rad, pose_gradient=True)
     for p in range(6):  # 1 % of the largest derivative of its kind (per rad, per mm)
         scale = np.abs(reference[:3] if p < 3 else reference[3:]).max()
         assert np.abs(reference[p]).max() > 0

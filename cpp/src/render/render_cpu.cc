@@ -468,26 +468,16 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
         "images only)");
   }
   if (n < 0) throw std::invalid_argument("request count " + std::to_string(n) + " is negative");
-  // The setups of all poses in request order (setup_begin[r] ..).
+  // The setups of all poses in request order (setup_begin[r] ..); gradients: some request wants
+  // pose gradients.
   std::vector<int> setup_begin(n + 1, 0);
+  bool gradients = false;
   for (int r = 0; r < n; ++r) {
     const ConePixelRequest& q = requests[r];
     if (q.num_pixels < 0)
       throw std::invalid_argument("pixel count " + std::to_string(q.num_pixels) + " is negative");
     ValidatePoses(q.poses, q.num_poses);
     ValidateConeView(q.view, r);
-    setup_begin[r + 1] = setup_begin[r] + (q.num_pixels > 0 ? q.num_poses : 0);
-  }
-  // Every pixel index checked, and the setups made, request by request on the threads (the
-  // refinement gathers millions of pixels per call).
-  RenderVolume::State& state = volume.state();
-  std::vector<kernels::ConeRaySetup> setups(setup_begin[n]);
-  // The pose frames of the requests that want pose gradients (at their setups' indices).
-  const bool gradients = std::any_of(requests, requests + n, [](const ConePixelRequest& q) {
-    return q.pose_gradient != nullptr;
-  });
-  for (int r = 0; r < n; ++r) {
-    const ConePixelRequest& q = requests[r];
     if (!(q.stop_above >= 0)) {
       throw std::invalid_argument("request " + std::to_string(r) + ": stop_above = " +
                                   std::to_string(q.stop_above) + " must be >= 0 (infinity: never stop)");
@@ -498,7 +488,14 @@ void RenderConePixelsBatch(const RenderVolume& volume, const ConePixelRequest* r
           "pose gradients need whole rays and the exact sampler: stop_above must be infinite and "
           "cuda_texture false");
     }
+    gradients |= q.pose_gradient != nullptr;
+    setup_begin[r + 1] = setup_begin[r] + (q.num_pixels > 0 ? q.num_poses : 0);
   }
+  // Every pixel index checked, and the setups made, request by request on the threads (the
+  // refinement gathers millions of pixels per call).
+  RenderVolume::State& state = volume.state();
+  std::vector<kernels::ConeRaySetup> setups(setup_begin[n]);
+  // The pose frames of the requests that want pose gradients (at their setups' indices).
   std::vector<kernels::ConeRayPoseFrame> frames(gradients ? setup_begin[n] : 0);
   ParallelFor(n, options.num_threads, [&](long long r) {
     const ConePixelRequest& q = requests[r];
