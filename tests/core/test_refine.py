@@ -433,6 +433,21 @@ def test_bad_input_gives_clear_errors(headsq_mu, small_views, frames):
         refine.refine_poses(headsq_mu, small_views, imgs, truth, image_masks=np.ones((SIZE, SIZE)))
     with pytest.raises(ValueError, match="image_kind 'raw' is unknown"):
         refine.refine_poses(headsq_mu, small_views, imgs, truth, image_kind="raw")
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match=f"pixel_mm = {bad!r}: expected a positive pixel size in mm"):
+            refine.refine_poses(headsq_mu, small_views, imgs, truth, pixel_mm=bad)
+
+
+def test_finest_level_follows_the_bones_pixel_size(small_views, frames):
+    """auto_finest_level: the coarsest level whose pixel at the subject is at most pixel_mm
+    (half the size: one level finer), never below the images' min_size."""
+    truth, _ = frames
+    at_object = [refine._pixel_at_object(small_views, truth, level) for level in range(3)]  # mm, doubling
+    level = refine.auto_finest_level(small_views, truth, pixel_mm=1.01 * at_object[1], min_size=16)
+    assert level == 1
+    assert refine.auto_finest_level(small_views, truth, pixel_mm=1.01 * at_object[2], min_size=16) == 2
+    assert refine.auto_finest_level(small_views, truth, pixel_mm=0.5 * at_object[0], min_size=16) == 0
+    assert refine.auto_finest_level(small_views, truth, pixel_mm=1.01 * at_object[2], min_size=SIZE) == 0
 
 
 # ------------------------------------------------------------------------- independent renderer

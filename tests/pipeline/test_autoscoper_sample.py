@@ -24,6 +24,7 @@ from fluororeg.cli import main
 from fluororeg.core.registration import INPUT_STATUSES, STATUSES
 from fluororeg.dataset.generate import DatasetReader
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
+from fluororeg.pipeline import refine_stage
 from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES
 from fluororeg.inference.detector import LandmarkDetector
 from fluororeg.io.poses import read_poses_csv
@@ -39,7 +40,7 @@ def _run(*argv) -> None:
     assert code == 0, f"fluororeg {' '.join(map(str, argv))} exited with {code}"
 
 
-def test_wrist_sample_end_to_end(tmp_path, capsys):
+def test_wrist_sample_end_to_end(tmp_path, capsys, monkeypatch):
     subj, geo, rec_dir = tmp_path / "radius", tmp_path / "geometry.json", tmp_path / "recording"
     # 1. subject from the TIFF volume (raw values = HU + 1024), 12 proposed landmarks, no pairs
     _run("subject", "init", "--ct", SAMPLE / "Models" / "rad_dcm_cropped.tif", "--voxel-size", 0.39625, 0.39625,
@@ -81,10 +82,15 @@ def test_wrist_sample_end_to_end(tmp_path, capsys):
     assert main(["register", str(rec_dir), "--subject", str(subj), "--detector", str(onnx), "--out", str(reg),
                  "--crop-pixel-mm", f"{1.2 * reader.crop_pixel_mm:.4f}", "--quiet"]) == 2
     assert "disagrees" in capsys.readouterr().err
+    refined_at = []  # the pixel size each refinement call was given: the bone's, not a head's 2 mm
+    refine = refine_stage.refine_poses
+    monkeypatch.setattr(refine_stage, "refine_poses",
+                        lambda *a, **k: refined_at.append(k["pixel_mm"]) or refine(*a, **k))
     _run("register", rec_dir, "--subject", subj, "--detector", onnx, "--style", "log", "--min-visible", 4,
          "--out", reg, "--quiet", "--allow-undertrained")  # one epoch: far from trained
     options = json.loads((reg / "options.json").read_text())
     assert options["crop_pixel_mm"] == pytest.approx(reader.crop_pixel_mm)
+    assert refined_at and refined_at == [pytest.approx(reader.crop_pixel_mm)] * len(refined_at)
     table = read_poses_csv(reg / "poses.csv")
     assert table["frame"].tolist() == [2, 99, 158]
     # the lab's frames are usable input; a one-epoch detector's poses may fail the refinement's gate

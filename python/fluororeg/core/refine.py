@@ -49,6 +49,9 @@ STATUS_NAMES = ("converged", "moved_far", "low_similarity", "no_overlap", "inval
 
 DEFAULT_BONE_THRESHOLD = 0.024  # attenuation (1/mm): ~200 HU at mu_water 0.02
 MIN_LEVEL_PX = 16  # the core's smallest image side at a pyramid level
+# The finest level's largest pixel at the subject (mm) when none is given: a head's crop pixel
+# size (DatasetConfig's 2 mm); refine_recording_poses passes the bone's.
+DEFAULT_PIXEL_MM = 2.0
 
 
 def refine_options(**fields) -> RefineOptions:
@@ -118,11 +121,14 @@ def _pixel_at_object(views: Sequence[ConeView], poses_deg: np.ndarray, level: in
     return float(min(px))
 
 
-def auto_finest_level(views, poses, pixel_mm: float = 2.0, min_size: int = 64) -> int:
+def auto_finest_level(views, poses, pixel_mm: float = DEFAULT_PIXEL_MM, min_size: int = 64) -> int:
     """The coarsest pyramid level whose pixels at the subject (at the median pose's depth) are
     at most ``pixel_mm`` and whose images keep at least ``min_size`` px per side: the finest
     level :func:`refine_poses` uses by default (finer levels cost 4x per level and gained
     little in bench_refine on simulated 512 px frames)."""
+    if isinstance(pixel_mm, bool) or not (isinstance(pixel_mm, (int, float, np.number)) and np.isfinite(pixel_mm)
+                                          and pixel_mm > 0):
+        raise ValueError(f"pixel_mm = {pixel_mm!r}: expected a positive pixel size in mm")
     views = tuple(views)
     p = np.atleast_2d(np.asarray(poses, np.float64))
     level = 0
@@ -256,7 +262,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                  bone: Optional[Volume] = None, bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD,
                  image_masks=None, image_kind: str = "line_integrals", track: bool = False,
                  relative_similarity: Optional[float] = 0.97, view_weights=None,
-                 device: Optional[str] = None) -> RefineResult:
+                 device: Optional[str] = None, pixel_mm: float = DEFAULT_PIXEL_MM) -> RefineResult:
     """Refine ``init_poses`` [F, 6] (deg, mm; NaN rows: no start) against ``images``.
 
     mu: attenuation Volume in the model frame; views: the two ConeViews; images: [F, 2, H, W]
@@ -266,7 +272,10 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
     both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
     options: :func:`refine_options`; default: the C++ defaults with the finest level from
-    :func:`auto_finest_level`. ``relative_similarity``: besides the absolute gate
+    :func:`auto_finest_level` for ``pixel_mm``, the finest level's largest pixel at the subject:
+    the bone's crop pixel size (the dataset's and detector's, ``DatasetConfig.for_subject``: 2 mm
+    for a head, about 1 mm for a radius, so the bone spans as many pixels at every level).
+    ``relative_similarity``: besides the absolute gate
     (``options.min_similarity``), a frame ending below this fraction of the median similarity
     of the batch's converged frames (when there are at least 3) is flagged ``'low_similarity'``:
     the similarity a correct pose reaches depends on the images (noise, style), so a frame stuck
@@ -307,7 +316,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         raise ValueError(f"view_weights have shape {np.shape(view_weights)}, expected ({len(imgs)}, 2): "
                          "one weight per frame and view")
     if options is None:
-        finest = auto_finest_level(views, init)
+        finest = auto_finest_level(views, init, pixel_mm)
         options = refine_options(finest_level=finest)
         # The default pyramid, shortened where the images are too small for its coarsest level.
         while options.num_levels > 1 and min(views[0].width, views[0].height) >> (

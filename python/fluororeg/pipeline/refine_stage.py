@@ -12,7 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from fluororeg.core.refine import RefineOptions, RefineResult, intensity_to_line_integrals, refine_poses
+from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult, intensity_to_line_integrals,
+                                   refine_poses)
 from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
@@ -106,12 +107,15 @@ REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
                            *, failed_views=None, track: bool = True, chunk: Optional[int] = None,
-                           device: str = "cpu"):
+                           device: str = "cpu", pixel_mm: float = DEFAULT_PIXEL_MM):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
     [F] are the landmark statuses; ``failed_views`` [F, 2] bool (or None: none) the views whose
     image failed the input checks (a blank or saturated view). ``device``: where the renders run
-    ('cpu', 'cuda' or 'auto', :func:`~fluororeg.core.refine.refine_poses`).
+    ('cpu', 'cuda' or 'auto', :func:`~fluororeg.core.refine.refine_poses`); ``pixel_mm``: the
+    bone's crop pixel size (the detector's), which sets the finest pyramid level when
+    ``options`` is None (:func:`~fluororeg.core.refine.auto_finest_level`): a radius refined at a
+    head's 2 mm spans a dozen pixels of the 1760 px wrist frames and drifts off its pose.
 
     Returns (poses [F, 6] with NaN rows for frames not registered, status [F] str, columns:
     dict of REFINE_COLUMNS -> [F] arrays). With refinement the image similarity is the final
@@ -175,7 +179,7 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
                 start[0] = carry
             part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
                                 bone=subject.mask_model(), image_masks=masks, track=track,
-                                view_weights=weights[idx], device=device)
+                                view_weights=weights[idx], device=device, pixel_mm=pixel_mm)
             del imgs
             part.tracked[0] |= carried
             parts.append(part)

@@ -673,7 +673,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # A frame with one blank view is refined against the other alone ('one_view').
         poses, status, refine_columns = refine_recording_poses(
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
-            device=refined_on)
+            device=refined_on, pixel_mm=options.crop_pixel_mm)
     stage_done("refine")
     smoothed = False
     if options.smoothing_hz is not None:
