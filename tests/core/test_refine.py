@@ -527,6 +527,12 @@ def test_pipeline_option_and_command_line_flag():
     assert p.parse_args(base + ["--refine", "--no-refine"]).refine is False
     assert PipelineOptions().refine_device == "auto" and p.parse_args(base).refine_device == "auto"
     assert p.parse_args(base + ["--refine-device", "cuda"]).refine_device == "cuda"
+    # The refinement's floor: RefineOptions' unless given; checked where it is given.
+    assert PipelineOptions().min_similarity is None and p.parse_args(base).min_similarity is None
+    assert p.parse_args(base + ["--min-similarity", "0.5"]).min_similarity == 0.5
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"min_similarity = {bad!r}: expected a similarity between 0 and 1"):
+            PipelineOptions(min_similarity=bad)
 
 
 def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
@@ -583,3 +589,8 @@ def test_pipeline_hook_refines_a_frame_with_one_failed_view_against_the_other(su
     assert alone[1] == "blank_view"
     with pytest.raises(ValueError, match=r"failed_views has shape \(2, 2\), expected \(3, 2\)"):
         refine_stage.refine_recording_poses(rec, subject, start, status, failed_views=failed[:2])
+    with pytest.raises(ValueError, match="min_similarity was given with options"):
+        refine_stage.refine_recording_poses(rec, subject, start, status, options=refine.refine_options(),
+                                            min_similarity=0.5)
+    with pytest.raises(ValueError, match="min_similarity = 1.5: expected a similarity between 0 and 1"):
+        refine_stage.refine_recording_poses(rec, subject, start, status, min_similarity=1.5)

@@ -86,6 +86,12 @@ def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
     assert np.all((sims > 0.6) & (sims < 0.7)), sims
     assert new_status[0] == "large_residual" and np.isnan(poses[0]).all()
 
+    # A lab's stricter floor (register --min-similarity) holds them back, with their similarity.
+    _, strict, cols3 = refine_recording_poses(rec, subject, start, status, track=False, pixel_mm=pixel_mm,
+                                              min_similarity=0.65)
+    assert list(strict[1:]) == ["low_similarity"] * 2
+    np.testing.assert_allclose(cols3["similarity_view1"][1:], cols["similarity_view1"][1:], atol=0.01)
+
     # At a head's pixel size the same starts drift or end below the gate.
     _, coarse, cols2 = refine_recording_poses(rec, subject, start, status, track=False)
     assert not np.isin(coarse[1:], REGISTERED_STATUSES).any(), (coarse, cols2)

@@ -104,6 +104,11 @@ def add_parser(subparsers) -> None:
                     help="refine the landmark poses by intensity (cone-beam DRRs of the CT against both X-rays, "
                          "gradient correlation); its similarity is then the final quality gate (default: on; "
                          "--no-refine: landmark registration only)")
+    rg.add_argument("--min-similarity", type=float,
+                    help="the refinement's gate: the least image similarity of a registered frame (default 0.6; "
+                         "true poses reach 0.92-0.99 on simulated head recordings but 0.60-0.62 on Autoscoper's "
+                         "real wrist frames, and a head's false near-mirror pose 0.51-0.55: lower it only after "
+                         "checking overlays)")
     rg.add_argument("--device", choices=common.NETWORK_DEVICES, default="auto")
     rg.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto",
                     help="where the refinement renders (default: auto, the GPU when one is usable: the same "
@@ -208,7 +213,7 @@ def run_register(args: argparse.Namespace) -> int:
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
                            refine=args.refine, refine_device=args.refine_device,
-                           crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
+                           min_similarity=args.min_similarity, crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
                            **_gate_options(args))
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)

@@ -39,8 +39,8 @@ from fluororeg.core.geometry import ConeView, as_poses, poses_to_radians, stack_
 from fluororeg.core.volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
-           "refine_options", "refine_poses", "refine_similarity", "intensity_to_line_integrals",
-           "auto_finest_level"]
+           "refine_options", "default_refine_options", "refine_poses", "refine_similarity",
+           "intensity_to_line_integrals", "auto_finest_level"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -119,6 +119,21 @@ def _pixel_at_object(views: Sequence[ConeView], poses_deg: np.ndarray, level: in
         sod = max(abs(float(v.normal @ (centre - v.source))), 1.0)
         px.append(min(v.pitch_u, v.pitch_v) * (2 ** level) * sod / sdd)
     return float(min(px))
+
+
+def default_refine_options(views, poses, pixel_mm: float = DEFAULT_PIXEL_MM, **fields) -> RefineOptions:
+    """The options :func:`refine_poses` takes when given none: the finest level from
+    :func:`auto_finest_level` (``views``, ``poses`` [F, 6] deg / mm, ``pixel_mm``), the default
+    pyramid shortened where the images are too small for its coarsest level; ``fields`` as in
+    :func:`refine_options` (e.g. ``min_similarity``)."""
+    finest = auto_finest_level(views, poses, pixel_mm)
+    options = refine_options(finest_level=finest, **fields)
+    if "num_levels" not in fields:
+        views = tuple(views)
+        while options.num_levels > 1 and min(views[0].width, views[0].height) >> (
+                finest + options.num_levels - 1) < MIN_LEVEL_PX:
+            options.num_levels -= 1
+    return options
 
 
 def auto_finest_level(views, poses, pixel_mm: float = DEFAULT_PIXEL_MM, min_size: int = 64) -> int:
@@ -271,8 +286,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     bone: optional
     bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
     both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
-    options: :func:`refine_options`; default: the C++ defaults with the finest level from
-    :func:`auto_finest_level` for ``pixel_mm``, the finest level's largest pixel at the subject:
+    options: :func:`refine_options`; default (:func:`default_refine_options`): the C++ defaults with
+    the finest level from :func:`auto_finest_level` for ``pixel_mm``, the finest level's largest pixel at the subject:
     the bone's crop pixel size (the dataset's and detector's, ``DatasetConfig.for_subject``: 2 mm
     for a head, about 1 mm for a radius, so the bone spans as many pixels at every level).
     ``relative_similarity``: besides the absolute gate
@@ -316,12 +331,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         raise ValueError(f"view_weights have shape {np.shape(view_weights)}, expected ({len(imgs)}, 2): "
                          "one weight per frame and view")
     if options is None:
-        finest = auto_finest_level(views, init, pixel_mm)
-        options = refine_options(finest_level=finest)
-        # The default pyramid, shortened where the images are too small for its coarsest level.
-        while options.num_levels > 1 and min(views[0].width, views[0].height) >> (
-                finest + options.num_levels - 1) < MIN_LEVEL_PX:
-            options.num_levels -= 1
+        options = default_refine_options(views, init, pixel_mm)
     if device is not None:
         from fluororeg.core.render import resolve_device
 

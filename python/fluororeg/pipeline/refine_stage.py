@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult, intensity_to_line_integrals,
-                                   refine_poses)
+from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult, default_refine_options,
+                                   intensity_to_line_integrals, refine_poses)
 from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
@@ -107,15 +107,19 @@ REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
                            *, failed_views=None, track: bool = True, chunk: Optional[int] = None,
-                           device: str = "cpu", pixel_mm: float = DEFAULT_PIXEL_MM):
+                           device: str = "cpu", pixel_mm: float = DEFAULT_PIXEL_MM,
+                           min_similarity: Optional[float] = None):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
     [F] are the landmark statuses; ``failed_views`` [F, 2] bool (or None: none) the views whose
     image failed the input checks (a blank or saturated view). ``device``: where the renders run
     ('cpu', 'cuda' or 'auto', :func:`~fluororeg.core.refine.refine_poses`); ``pixel_mm``: the
-    bone's crop pixel size (the detector's), which sets the finest pyramid level when
-    ``options`` is None (:func:`~fluororeg.core.refine.auto_finest_level`): a radius refined at a
-    head's 2 mm spans a dozen pixels of the 1760 px wrist frames and drifts off its pose.
+    finest pyramid level's pixel at the bone when ``options`` is None
+    (:func:`~fluororeg.core.refine.auto_finest_level`), sized to the bone
+    (:func:`~fluororeg.pipeline.register.refine_pixel_mm`): a radius refined at a head's 2 mm
+    spans a dozen pixels of the 1760 px wrist frames and drifts off its pose.
+    ``min_similarity``: the gate's floor when ``options`` is None (None: ``RefineOptions``' 0.6;
+    see ``PipelineOptions.min_similarity``).
 
     Returns (poses [F, 6] with NaN rows for frames not registered, status [F] str, columns:
     dict of REFINE_COLUMNS -> [F] arrays). With refinement the image similarity is the final
@@ -151,6 +155,12 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     if failed.shape != (F, 2):
         raise ValueError(f"failed_views has shape {np.shape(failed_views)}, expected ({F}, 2): one flag per frame "
                          "and view")
+    if min_similarity is not None:
+        if options is not None:
+            raise ValueError("min_similarity was given with options: set options.min_similarity instead")
+        if isinstance(min_similarity, bool) or not (isinstance(min_similarity, (int, float, np.number))
+                                                    and 0 < min_similarity < 1):
+            raise ValueError(f"min_similarity = {min_similarity!r}: expected a similarity between 0 and 1")
     refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1) & ~failed.any(axis=1)
     # Frames flagged by the input checks are left out, except those with one usable view (tracked
     # against it alone); the others without a pose may be tracked.
@@ -177,8 +187,12 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
             carried = track and carry is not None and not np.isfinite(start[0]).all()
             if carried:
                 start[0] = carry
-            part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start, options=options,
-                                bone=subject.mask_model(), image_masks=masks, track=track,
+            chunk_options = options
+            if options is None and min_similarity is not None:
+                chunk_options = default_refine_options(recording.geometry.views, start, pixel_mm,
+                                                       min_similarity=float(min_similarity))
+            part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start,
+                                options=chunk_options, bone=subject.mask_model(), image_masks=masks, track=track,
                                 view_weights=weights[idx], device=device, pixel_mm=pixel_mm)
             del imgs
             part.tracked[0] |= carried

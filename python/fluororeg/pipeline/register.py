@@ -75,7 +75,7 @@ from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, recording_fovs, view_crops
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
-           "register_detections", "register_recording"]
+           "refine_pixel_mm", "register_detections", "register_recording"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
@@ -117,6 +117,12 @@ class PipelineOptions:
     # the CPU's per-ray code and gives the CPU's poses to rounding (on an H100 33x the same
     # machine's 16 cores: benchmarks/results/h100_5c17644_bench_refine.json).
     refine_device: str = "auto"
+    # The refinement's gate: the least similarity of a registered frame (None: RefineOptions'
+    # 0.6). Measured at the true pose: 0.92-0.99 on simulated and independent-renderer frames
+    # of two head CTs, 0.60-0.62 on real wrist frames (the radius among other bones and soft
+    # tissue: benchmarks/bench_real_wrist.py); a head refined from a start 160-180 deg off ends
+    # in a false near-mirror optimum at 0.51-0.55. Lower it only after checking overlays.
+    min_similarity: float | None = None
     num_threads: int = 0              # C++ core and onnxruntime threads (0: fluororeg.core.threads' count)
     # The quality gate (fluororeg.pipeline.quality, RegistrationOptions.max_residual_mm): the
     # largest RMS residual per view at the bone, mm. None: RESIDUAL_LIMIT_FACTOR (2) times the
@@ -155,6 +161,10 @@ class PipelineOptions:
                              "bone, or None (from the detector's metadata)")
         if not (np.isfinite(self.max_residual_crop_px) and self.max_residual_crop_px > 0):
             raise ValueError(f"max_residual_crop_px = {self.max_residual_crop_px!r}: expected a positive number")
+        if self.min_similarity is not None and not (np.isfinite(self.min_similarity)
+                                                    and 0 < self.min_similarity < 1):
+            raise ValueError(f"min_similarity = {self.min_similarity!r}: expected a similarity between 0 and 1, or "
+                             "None (the refinement's default)")
         if not (np.isfinite(self.mirror_gap) and 0 <= self.mirror_gap < 1):
             raise ValueError(f"mirror_gap = {self.mirror_gap!r}: expected a number in [0, 1)")
         self.registration_options()  # the solver's own checks, before any work
@@ -221,6 +231,20 @@ def _training_image_size(detector) -> int:
     """The image size of the dataset the detector was trained on (its metadata), else its input size."""
     size = detector.model.meta.get("training_image_size") if hasattr(detector, "model") else None
     return int(size) if size else int(detector.input_size[0])
+
+
+# The refinement's finest pixel at the bone is the crop's field of view over this many pixels:
+# a head's 256 mm crop gives 2 mm (bench_refine's figures), a radius's 129 mm about 1 mm.
+REFINE_PIXELS_PER_CROP = 128
+
+
+def refine_pixel_mm(options: PipelineOptions, detector) -> float:
+    """The refinement's finest pixel at the bone (mm) for ``refine_poses(pixel_mm=)``: the field of
+    view of the detector's dataset (its crop pixel size, else ``options.crop_pixel_mm``, times its
+    image size: sized to the bone, ``DatasetConfig.for_subject``) over
+    :data:`REFINE_PIXELS_PER_CROP`, so it follows the bone's size, not the dataset's resolution."""
+    crop_mm = getattr(detector, "crop_pixel_mm", None) or options.crop_pixel_mm
+    return float(crop_mm) * _training_image_size(detector) / REFINE_PIXELS_PER_CROP
 
 
 def _registration_weights(det: np.ndarray, conf: np.ndarray, options: PipelineOptions) -> np.ndarray:
@@ -673,7 +697,8 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         # A frame with one blank view is refined against the other alone ('one_view').
         poses, status, refine_columns = refine_recording_poses(
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
-            device=refined_on, pixel_mm=options.crop_pixel_mm)
+            device=refined_on, pixel_mm=refine_pixel_mm(options, detector),
+            min_similarity=options.min_similarity)
     stage_done("refine")
     smoothed = False
     if options.smoothing_hz is not None:

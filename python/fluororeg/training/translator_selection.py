@@ -108,7 +108,8 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
     from fluororeg.core.registration import mean_landmark_distance, pose_errors
     from fluororeg.inference.translator import StyleTranslator
     from fluororeg.pipeline.refine_stage import recording_images
-    from fluororeg.pipeline.register import PipelineOptions, detect_recording, register_detections
+    from fluororeg.pipeline.register import (PipelineOptions, detect_recording, refine_pixel_mm,
+                                             register_detections)
     from fluororeg.training.translator_export import export_translator
 
     options = PipelineOptions() if options is None else options
@@ -152,7 +153,7 @@ def score_snapshots(run_dir, recording, subject, detector, *, reference=None, op
                 images = recording_images(recording, frames)
             start = np.asarray(batch.poses, np.float64)  # every landmark pose, also those its gate held back
             res = refine_poses(subject.attenuation_model(), views, images[0], start, bone=subject.mask_model(),
-                               image_masks=images[1], pixel_mm=options.crop_pixel_mm)  # as register refines
+                               image_masks=images[1], pixel_mm=refine_pixel_mm(options, detector))  # as register does
             far = mean_landmark_distance(subject.landmarks_model, np.nan_to_num(start), np.nan_to_num(res.poses))
             per_frame = np.where(res.converged & np.isfinite(start).all(axis=1), far, np.inf)
             value = disagreement = float(np.median(per_frame))
