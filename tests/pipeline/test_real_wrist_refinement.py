@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from fluororeg.cli import main
+from fluororeg.core.registration import pose_errors
+from fluororeg.io.poses import read_poses_csv
 from fluororeg.core.geometry import pose_from_matrix, pose_matrix
 from fluororeg.core.refine import DEFAULT_PIXEL_MM, auto_finest_level
 from fluororeg.dataset.generate import DatasetConfig
@@ -50,7 +52,7 @@ def wrist(tmp_path_factory):
                  ["recording", "init", *[SAMPLE / "XMA_UND" / f"xr_data_wrist_cam0{k}" for k in (1, 2)],
                   "--geometry", root / "geometry.json", "--out", root / "recording"]):
         assert main([str(a) for a in argv]) == 0
-    return load_subject(root / "radius"), open_recording(root / "recording")
+    return load_subject(root / "radius"), open_recording(root / "recording"), root
 
 
 def model_poses(subject, frames) -> np.ndarray:
@@ -66,7 +68,7 @@ def model_poses(subject, frames) -> np.ndarray:
 
 
 def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
-    subject, rec = wrist
+    subject, rec, _ = wrist
     assert rec.frame_numbers.tolist() == [2, 99, 158]
     start = model_poses(subject, rec.frame_numbers)
     status = np.array(["large_residual", "ok", "ok"])  # frame 2: no start (its forearm is elsewhere)
@@ -95,3 +97,23 @@ def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
     # At a head's pixel size the same starts drift or end below the gate.
     _, coarse, cols2 = refine_recording_poses(rec, subject, start, status, track=False)
     assert not np.isin(coarse[1:], REGISTERED_STATUSES).any(), (coarse, cols2)
+
+
+def test_track_from_one_placed_frame(wrist, tmp_path):
+    """`fluororeg track` from frame 99's pose alone (a bone placed by hand, as in Autoscoper):
+    frame 158 is tracked to the pose the search found in it on its own; frame 2, whose forearm
+    is elsewhere, is flagged, not registered."""
+    subject, rec, root = wrist
+    start = model_poses(subject, [99])[0]
+    csv = tmp_path / "start.csv"
+    csv.write_text("frame,theta_x_deg,theta_y_deg,theta_z_deg,tau_x_mm,tau_y_mm,tau_z_mm\n"
+                   "99," + ",".join(f"{v:.6f}" for v in start) + "\n")
+    out = tmp_path / "track"
+    assert main(["track", str(root / "recording"), "--subject", str(root / "radius"), "--start", str(csv),
+                 "--out", str(out), "--quiet"]) == 0
+    table = read_poses_csv(out / "poses.csv")
+    assert table["frame"].tolist() == [2, 99, 158]
+    assert table["status"].tolist()[1:] == ["ok", "tracked"], table["status"]
+    assert table["status"][0] not in REGISTERED_STATUSES and np.isnan(table["poses"][0]).all()
+    ang, mm = pose_errors(table["poses"][1:], model_poses(subject, [99, 158]))
+    assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)

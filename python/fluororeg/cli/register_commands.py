@@ -118,6 +118,25 @@ def add_parser(subparsers) -> None:
     rg.add_argument("--out", required=True)
     rg.add_argument("--quiet", action="store_true")
     rg.set_defaults(handler=run_register, resumes=True)
+    tr = subparsers.add_parser("track", help="register every frame from poses known for a few (no detector): "
+                                             "intensity refinement and tracking")
+    tr.add_argument("recording", help="recording folder (recording.json)")
+    tr.add_argument("--subject", help=common.SUBJECT_HELP)
+    tr.add_argument("--start", required=True,
+                    help="the poses of some frames, matched by frame number: a poses.csv (or a CSV with frame, "
+                         "theta_x_deg .. tau_z_mm), an Autoscoper .tra (lines: the recording's frames, in the "
+                         "subject's volume frame) or an XMALab rigid-body CSV; the other frames start from a "
+                         "neighbour's refined pose")
+    tr.add_argument("--min-similarity", type=float,
+                    help="the refinement's gate (default 0.6; see register --min-similarity)")
+    tr.add_argument("--pixel-mm", type=float,
+                    help="the refinement's finest pixel at the bone, mm (default: the subject's dataset field of "
+                         "view over 128 px: 2 for a head, about 1 for a radius)")
+    tr.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto")
+    common.add_threads_option(tr)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(handler=run_track, resumes=False)
     ov = subparsers.add_parser("overlay", help="draw registered poses (landmarks, bone outline) on the X-rays: "
                                                "PNG + video")
     ov.add_argument("recording", help="recording folder (recording.json)")
@@ -229,6 +248,32 @@ def run_register(args: argparse.Namespace) -> int:
 
         print(format_qc(res.qc))
         print(f"QC -> {Path(args.out) / 'qc.json'}, {Path(args.out) / 'qc.png'}")
+    return 0
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from fluororeg.io.recording import open_recording
+    from fluororeg.pipeline.track import TrackOptions, track_recording
+
+    options = TrackOptions(pixel_mm=args.pixel_mm, min_similarity=args.min_similarity,
+                           refine_device=args.refine_device)
+    subject = common.load_subject_arg(args.subject)
+    rec = open_recording(args.recording)
+    start = _reference_by_frame(args.start, rec.frame_numbers, args.subject, rec)  # matched by frame number
+    given = np.isfinite(start).all(axis=1)
+    if not given.any():
+        raise ValueError(f"'{args.start}' has no pose for any of the recording's frames "
+                         f"({rec.frame_numbers[0]}..{rec.frame_numbers[-1]}; rows are matched by frame number)")
+    if not args.quiet:
+        print(f"tracking {len(rec)} frame pairs from the poses of {int(given.sum())} "
+              f"(frames {', '.join(str(f) for f in rec.frame_numbers[given][:5])}{' ...' if given.sum() > 5 else ''})",
+              file=sys.stderr)
+    res = track_recording(rec, subject, start, options, out_dir=args.out)
+    names, counts = np.unique(res.status, return_counts=True)
+    registered = int(np.isfinite(res.poses).all(axis=1).sum())
+    print(f"registered {registered} of {len(res.frames)} frame pairs ({', '.join(f'{c} {n}' for n, c in zip(names, counts))}) "
+          f"in {res.seconds:.1f} s -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: fluororeg overlay "
+          f"{args.recording} {Path(args.out) / 'poses.csv'} --subject {args.subject} --out {Path(args.out) / 'overlays'}")
     return 0
 
 

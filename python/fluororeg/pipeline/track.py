@@ -1,0 +1,130 @@
+"""Registering a recording from poses known for a few of its frames: intensity refinement and
+tracking alone, no landmark detector.
+
+When the detector does not reach a lab's frames (real fluoroscopy far from the DRRs it was
+trained on: on Autoscoper's wrist sample a detector trained on the radius's DRRs registered no
+frame, ``benchmarks/bench_real_wrist.py``), poses given for some frames seed the refinement: a
+bone placed by hand in Autoscoper or 3D Slicer, a previous run's ``poses.csv``, an XMALab
+export (:func:`fluororeg.io.poses.read_reference_poses`). Those frames are refined from their
+pose; every other frame from its neighbour's refined pose, forward and then backward
+(:func:`fluororeg.pipeline.refine_stage.refine_recording_poses` with ``track=True``). The
+refinement's similarity is the gate, as in ``register``: a frame is registered (``ok`` from its
+given pose, ``tracked`` from a neighbour's) when its refinement passes; otherwise it has no pose
+and says why (``low_similarity``, ``moved_far``, ``no_overlap``), or ``no_start`` when no
+neighbour passed to start from.
+
+Outputs in ``out_dir``: ``poses.csv`` (the landmark columns are empty, or 0 for the counts;
+``start``: ``given`` or ``neighbour``; the refinement's columns), ``poses.tra`` and
+``options.json``; the folder is locked while the run writes, and an earlier run's results are
+replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["TrackOptions", "TrackResult", "NO_START_STATUS", "track_recording"]
+
+NO_START_STATUS = "no_start"  # a frame with no given pose whose neighbours gave none to start from
+TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "options.json")
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    # The refinement's finest pixel at the bone, mm (None: the subject's dataset field of view
+    # over 128 px, DatasetConfig.for_subject, as register sizes it: refine_pixel_mm).
+    pixel_mm: Optional[float] = None
+    # The refinement's gate (None: RefineOptions' 0.6; see PipelineOptions.min_similarity).
+    min_similarity: Optional[float] = None
+    refine_device: str = "auto"  # 'cpu', 'cuda' or 'auto' (CUDA when usable)
+
+    def __post_init__(self):
+        if self.pixel_mm is not None and not (np.isfinite(self.pixel_mm) and self.pixel_mm > 0):
+            raise ValueError(f"pixel_mm = {self.pixel_mm!r}: expected a positive pixel size in mm, or None (from "
+                             "the subject)")
+        if self.min_similarity is not None and not (np.isfinite(self.min_similarity)
+                                                    and 0 < self.min_similarity < 1):
+            raise ValueError(f"min_similarity = {self.min_similarity!r}: expected a similarity between 0 and 1, or "
+                             "None (the refinement's default)")
+        if self.refine_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"refine_device '{self.refine_device}' is unknown: expected 'cpu', 'cuda' or 'auto'")
+
+
+@dataclass
+class TrackResult:
+    frames: np.ndarray      # [F] the recording's frame numbers
+    poses: np.ndarray       # [F, 6] deg, mm; NaN: not registered
+    status: np.ndarray      # [F] str
+    columns: dict           # the refinement's columns (refine_stage.REFINE_COLUMNS) and 'start'
+    seconds: float
+
+
+def track_recording(recording, subject, start_poses, options: TrackOptions = TrackOptions(), *,
+                    out_dir=None) -> TrackResult:
+    """Register every frame of ``recording`` from ``start_poses`` [F, 6] (deg, mm, world_from_model;
+    a NaN row: no pose given for that frame), at least one given (see the module docstring)."""
+    from fluororeg.pipeline.quality import check_geometry
+
+    start = np.asarray(start_poses, dtype=np.float64)
+    F = len(recording)
+    if start.shape != (F, 6):
+        raise ValueError(f"start_poses have shape {start.shape}, expected ({F}, 6): one pose (deg, mm) or a NaN "
+                         "row per frame of the recording")
+    given = np.isfinite(start).all(axis=1)
+    if not given.any():
+        raise ValueError("no frame has a start pose: give the pose of at least one frame of the recording")
+    if np.isinf(start).any():
+        raise ValueError("start_poses hold an infinite value: expected finite poses or NaN rows")
+    check_geometry(recording.geometry.views)
+    if out_dir is None:
+        return _track(recording, subject, start, given, options, None)
+    from fluororeg.io.run_lock import run_folder_lock
+
+    with run_folder_lock(out_dir, "track"):
+        return _track(recording, subject, start, given, options, Path(out_dir))
+
+
+def _track(recording, subject, start, given, options: TrackOptions, out: Optional[Path]) -> TrackResult:
+    from fluororeg.core.geometry import pose_matrix
+    from fluororeg.core.render import check_device_usable
+    from fluororeg.dataset.generate import DatasetConfig
+    from fluororeg.io.atomic import atomic_write_text
+    from fluororeg.io.poses import write_poses_csv, write_tra
+    from fluororeg.pipeline.refine_stage import refine_recording_poses
+    from fluororeg.pipeline.register import REFINE_PIXELS_PER_CROP
+
+    t0 = time.perf_counter()
+    device = check_device_usable(options.refine_device)
+    if options.pixel_mm is not None:
+        pixel_mm = float(options.pixel_mm)
+    else:
+        config = DatasetConfig.for_subject(subject)
+        pixel_mm = config.pixel_mm * config.image_size / REFINE_PIXELS_PER_CROP
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in TRACK_RESULT_FILES:  # an earlier run's results never mix with this one's
+            (out / name).unlink(missing_ok=True)
+    F = len(start)
+    status = np.where(given, "ok", NO_START_STATUS)
+    poses, status, columns = refine_recording_poses(recording, subject, start, status, track=True, device=device,
+                                                    pixel_mm=pixel_mm, min_similarity=options.min_similarity)
+    columns = {"start": np.where(given, "given", "neighbour").astype(object),
+               **{k: v for k, v in columns.items() if k != "landmark_status"}}
+    frames = np.asarray(getattr(recording, "frame_numbers", np.arange(F)))
+    if out is not None:
+        registered = np.isfinite(poses).all(axis=1)
+        matrices = np.where(registered[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
+        nan2 = np.full((F, 2), np.nan)
+        write_poses_csv(out / "poses.csv", frames, status, poses, matrices, np.full(F, np.nan), nan2, nan2,
+                        np.zeros(F, int), np.zeros(F, int), extra_columns=columns)
+        write_tra(out / "poses.tra", matrices)
+        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), pixel_mm_used=pixel_mm,
+                                                                refined_on=device,
+                                                                frames_given=int(given.sum())), indent=2))
+    return TrackResult(frames, poses, status, columns, time.perf_counter() - t0)
