@@ -27,7 +27,8 @@ for pyramid levels 1-3 (pixel at the bone 0.33 / 0.67 / 1.3 mm). Then the pipeli
 refinement stage (``refine_recording_poses``) from the found poses: at the bone's pixel size
 and at a head's 2 mm (what every bone got before), with its statuses and pose changes.
 ``frames_agree_deg`` / ``_mm``: how far apart the poses found independently in frames 99 and
-158 are (the forearm held still). The found poses (world_from_physical, the CT's own frame)
+158 are (the forearm held still). ``track_from_frame_99``: ``fluororeg track`` from frame 99's
+found pose alone, and how far frame 158's tracked pose is from the one its own search found. The found poses (world_from_physical, the CT's own frame)
 are what ``tests/pipeline/test_real_wrist_refinement.py`` starts from.
 """
 
@@ -49,6 +50,7 @@ from fluororeg.dataset.generate import DatasetConfig
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline import refine_stage
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
+from fluororeg.pipeline.track import TrackOptions, track_recording
 from fluororeg.subject.subject import load_subject
 
 from _common import parser, report
@@ -230,6 +232,20 @@ def main(argv=None) -> dict:
                                     "translation_change_mm": cols["refine_translation_change_mm"][frames].tolist()}
             rows.append((f"refinement stage at {px:.2f} mm: frames registered ({', '.join(st[frames])})",
                          float(np.isin(st[frames], REGISTERED_STATUSES).sum()), f"of {len(frames)}"))
+        # `fluororeg track` from frame 99's found pose alone: frame 158 against its own search.
+        seed = np.full((len(rec), 6), np.nan)
+        seed[frames[0]] = found[0]
+        t0 = time.perf_counter()
+        tracked = track_recording(rec, subject, seed, TrackOptions(refine_device="cpu"))
+        e = _core.pose_errors(np.c_[np.deg2rad(np.nan_to_num(tracked.poses[frames[1:], :3])),
+                                    np.nan_to_num(tracked.poses[frames[1:], 3:])],
+                              np.c_[np.deg2rad(found[1:, :3]), found[1:, 3:]])[0]
+        out["track_from_frame_99"] = {"status": tracked.status.tolist(), "seconds": time.perf_counter() - t0,
+                                      "frame_158_from_its_search_deg": float(np.rad2deg(e[0])),
+                                      "frame_158_from_its_search_mm": float(e[1])}
+        rows += [(f"track from frame 99's pose ({', '.join(tracked.status)}): frame 158 from its own search",
+                  out["track_from_frame_99"]["frame_158_from_its_search_deg"], "deg"),
+                 ("the same, translation", out["track_from_frame_99"]["frame_158_from_its_search_mm"], "mm")]
     out["seconds"] = time.perf_counter() - t_all
     report(f"bench_real_wrist: the radius in Autoscoper's wrist sample, {out['starts']} starts per frame, "
            f"refined at {pixel_mm:.2f} mm (level {options.finest_level})", rows, out, args.json)

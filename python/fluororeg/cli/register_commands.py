@@ -232,17 +232,12 @@ def run_register(args: argparse.Namespace) -> int:
                            min_visible=args.min_visible, recentre=not args.no_recentre,
                            view_outlier_ratio=None if args.view_outlier_ratio == 0 else args.view_outlier_ratio,
                            refine=args.refine, refine_device=args.refine_device,
-                           min_similarity=args.min_similarity, crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
+                           min_similarity=args.min_similarity,
+                           crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
                            **_gate_options(args))
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
-    registered = int(np.isfinite(res.poses).all(axis=1).sum())  # a pose in poses.csv: registered
-    names, counts = np.unique(res.status, return_counts=True)
-    breakdown = ", ".join(f"{c} {n}" for n, c in zip(names, counts))
-    print(f"registered {registered} of {len(res.frames)} frame pairs ({breakdown}) in {res.seconds:.1f} s "
-          f"({res.frames_per_s:.1f} frame pairs/s) -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: "
-          "fluororeg overlay "
-          f"{args.recording} {Path(args.out) / 'poses.csv'} --subject {args.subject} --out {Path(args.out) / 'overlays'}")
+    _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frame pairs/s)")
     if res.qc is not None:
         from fluororeg.pipeline.quality import format_qc
 
@@ -265,16 +260,23 @@ def run_track(args: argparse.Namespace) -> int:
         raise ValueError(f"'{args.start}' has no pose for any of the recording's frames "
                          f"({rec.frame_numbers[0]}..{rec.frame_numbers[-1]}; rows are matched by frame number)")
     if not args.quiet:
-        print(f"tracking {len(rec)} frame pairs from the poses of {int(given.sum())} "
-              f"(frames {', '.join(str(f) for f in rec.frame_numbers[given][:5])}{' ...' if given.sum() > 5 else ''})",
-              file=sys.stderr)
-    res = track_recording(rec, subject, start, options, out_dir=args.out)
-    names, counts = np.unique(res.status, return_counts=True)
-    registered = int(np.isfinite(res.poses).all(axis=1).sum())
-    print(f"registered {registered} of {len(res.frames)} frame pairs ({', '.join(f'{c} {n}' for n, c in zip(names, counts))}) "
-          f"in {res.seconds:.1f} s -> {Path(args.out) / 'poses.csv'} and poses.tra; check them with: fluororeg overlay "
-          f"{args.recording} {Path(args.out) / 'poses.csv'} --subject {args.subject} --out {Path(args.out) / 'overlays'}")
+        shown = ", ".join(str(f) for f in rec.frame_numbers[given][:5]) + (" ..." if given.sum() > 5 else "")
+        print(f"tracking {len(rec)} frame pairs from the poses of {int(given.sum())} (frames {shown})", file=sys.stderr)
+    res = track_recording(rec, subject, start, options, out_dir=args.out, progress=not args.quiet)
+    _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s")
     return 0
+
+
+def _say_registered(args: argparse.Namespace, status, poses, took: str) -> None:
+    """The one line `register` and `track` end with: frames registered (a pose in poses.csv), by
+    status, how long it took, where the files are and how to check them."""
+    registered = int(np.isfinite(poses).all(axis=1).sum())
+    names, counts = np.unique(status, return_counts=True)
+    breakdown = ", ".join(f"{c} {n}" for n, c in zip(names, counts))
+    out = Path(args.out)
+    print(f"registered {registered} of {len(status)} frame pairs ({breakdown}) in {took} -> {out / 'poses.csv'} "
+          f"and poses.tra; check them with: fluororeg overlay {args.recording} {out / 'poses.csv'} "
+          f"--subject {args.subject} --out {out / 'overlays'}")
 
 
 def run_overlay(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from fluororeg.core.volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
            "refine_options", "default_refine_options", "refine_poses", "refine_similarity",
-           "intensity_to_line_integrals", "auto_finest_level"]
+           "intensity_to_line_integrals", "auto_finest_level", "check_pixel_mm", "check_min_similarity"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -52,6 +52,21 @@ MIN_LEVEL_PX = 16  # the core's smallest image side at a pyramid level
 # The finest level's largest pixel at the subject (mm) when none is given: a head's crop pixel
 # size (DatasetConfig's 2 mm); refine_recording_poses passes the bone's.
 DEFAULT_PIXEL_MM = 2.0
+
+
+def check_pixel_mm(value) -> float:
+    """``value`` as a pixel size at the subject (mm, > 0), else a ValueError naming it."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) and np.isfinite(value) and value > 0):
+        raise ValueError(f"pixel_mm = {value!r}: expected a positive pixel size in mm")
+    return float(value)
+
+
+def check_min_similarity(value) -> float:
+    """``value`` as the refinement's floor (a similarity strictly between 0 and 1), else a
+    ValueError naming it."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) and 0 < value < 1):
+        raise ValueError(f"min_similarity = {value!r}: expected a similarity between 0 and 1")
+    return float(value)
 
 
 def refine_options(**fields) -> RefineOptions:
@@ -141,9 +156,7 @@ def auto_finest_level(views, poses, pixel_mm: float = DEFAULT_PIXEL_MM, min_size
     at most ``pixel_mm`` and whose images keep at least ``min_size`` px per side: the finest
     level :func:`refine_poses` uses by default (finer levels cost 4x per level and gained
     little in bench_refine on simulated 512 px frames)."""
-    if isinstance(pixel_mm, bool) or not (isinstance(pixel_mm, (int, float, np.number)) and np.isfinite(pixel_mm)
-                                          and pixel_mm > 0):
-        raise ValueError(f"pixel_mm = {pixel_mm!r}: expected a positive pixel size in mm")
+    pixel_mm = check_pixel_mm(pixel_mm)
     views = tuple(views)
     p = np.atleast_2d(np.asarray(poses, np.float64))
     level = 0
@@ -286,11 +299,11 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     bone: optional
     bone mask Volume for the region of interest (else ``mu >= bone_threshold``; None for
     both: the whole volume's footprint); image_masks: [2, H, W] usable pixels or None.
-    options: :func:`refine_options`; default (:func:`default_refine_options`): the C++ defaults with
-    the finest level from :func:`auto_finest_level` for ``pixel_mm``, the finest level's largest pixel at the subject:
-    the bone's crop pixel size (the dataset's and detector's, ``DatasetConfig.for_subject``: 2 mm
-    for a head, about 1 mm for a radius, so the bone spans as many pixels at every level).
-    ``relative_similarity``: besides the absolute gate
+    options: :func:`refine_options`; default (:func:`default_refine_options`): the C++ defaults
+    with the finest level from :func:`auto_finest_level` for ``pixel_mm``, the finest level's
+    largest pixel at the subject, sized to the bone so that it spans as many pixels at every
+    level (the pipeline's :func:`~fluororeg.pipeline.register.refine_pixel_mm`: 2 mm for a head,
+    about 1 mm for a radius). ``relative_similarity``: besides the absolute gate
     (``options.min_similarity``), a frame ending below this fraction of the median similarity
     of the batch's converged frames (when there are at least 3) is flagged ``'low_similarity'``:
     the similarity a correct pose reaches depends on the images (noise, style), so a frame stuck

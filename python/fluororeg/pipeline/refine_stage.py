@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult, default_refine_options,
-                                   intensity_to_line_integrals, refine_poses)
+from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult, check_min_similarity,
+                                   default_refine_options, intensity_to_line_integrals, refine_poses)
 from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
@@ -108,7 +108,7 @@ REFINABLE_STATUSES = ("ok", "one_view", "large_residual", "few_inliers")
 def refine_recording_poses(recording, subject, poses, status, options: Optional[RefineOptions] = None,
                            *, failed_views=None, track: bool = True, chunk: Optional[int] = None,
                            device: str = "cpu", pixel_mm: float = DEFAULT_PIXEL_MM,
-                           min_similarity: Optional[float] = None):
+                           min_similarity: Optional[float] = None, progress: bool = False):
     """The pipeline's refinement step (one call from ``register_recording``): refine the
     landmark poses [F, 6] (deg, mm; NaN: none) of a recording against its frames; ``status``
     [F] are the landmark statuses; ``failed_views`` [F, 2] bool (or None: none) the views whose
@@ -119,7 +119,8 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     (:func:`~fluororeg.pipeline.register.refine_pixel_mm`): a radius refined at a head's 2 mm
     spans a dozen pixels of the 1760 px wrist frames and drifts off its pose.
     ``min_similarity``: the gate's floor when ``options`` is None (None: ``RefineOptions``' 0.6;
-    see ``PipelineOptions.min_similarity``).
+    see ``PipelineOptions.min_similarity``). ``progress``: a progress bar of the frames refined
+    (a chunk at a time).
 
     Returns (poses [F, 6] with NaN rows for frames not registered, status [F] str, columns:
     dict of REFINE_COLUMNS -> [F] arrays). With refinement the image similarity is the final
@@ -158,9 +159,7 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     if min_similarity is not None:
         if options is not None:
             raise ValueError("min_similarity was given with options: set options.min_similarity instead")
-        if isinstance(min_similarity, bool) or not (isinstance(min_similarity, (int, float, np.number))
-                                                    and 0 < min_similarity < 1):
-            raise ValueError(f"min_similarity = {min_similarity!r}: expected a similarity between 0 and 1")
+        min_similarity = check_min_similarity(min_similarity)
     refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1) & ~failed.any(axis=1)
     # Frames flagged by the input checks are left out, except those with one usable view (tracked
     # against it alone); the others without a pose may be tracked.
@@ -178,7 +177,10 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     chunks = [candidates[s:s + chunk] for s in range(0, len(candidates), chunk)]
     # The next chunk's frames are read and converted on a second thread while this one refines
     # (the core runs without the GIL): one thread reads, in order, so video readers are safe.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluororeg-frames") as reader:
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluororeg-frames") as reader, \
+            tqdm(total=len(candidates), unit="frame", disable=not progress, desc="refine") as bar:
         pending = reader.submit(frames.images, chunks[0]) if chunks else None
         for c, idx in enumerate(chunks):
             imgs, masks = pending.result()
@@ -190,13 +192,14 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
             chunk_options = options
             if options is None and min_similarity is not None:
                 chunk_options = default_refine_options(recording.geometry.views, start, pixel_mm,
-                                                       min_similarity=float(min_similarity))
+                                                       min_similarity=min_similarity)
             part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start,
                                 options=chunk_options, bone=subject.mask_model(), image_masks=masks, track=track,
                                 view_weights=weights[idx], device=device, pixel_mm=pixel_mm)
             del imgs
             part.tracked[0] |= carried
             parts.append(part)
+            bar.update(len(idx))
             carry = part.poses[-1] if part.converged[-1] else None
     columns = {
         "landmark_status": status.copy(), "refine_status": np.full(F, "not_refined", dtype=object),

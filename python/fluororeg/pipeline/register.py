@@ -161,10 +161,10 @@ class PipelineOptions:
                              "bone, or None (from the detector's metadata)")
         if not (np.isfinite(self.max_residual_crop_px) and self.max_residual_crop_px > 0):
             raise ValueError(f"max_residual_crop_px = {self.max_residual_crop_px!r}: expected a positive number")
-        if self.min_similarity is not None and not (np.isfinite(self.min_similarity)
-                                                    and 0 < self.min_similarity < 1):
-            raise ValueError(f"min_similarity = {self.min_similarity!r}: expected a similarity between 0 and 1, or "
-                             "None (the refinement's default)")
+        if self.min_similarity is not None:
+            from fluororeg.core.refine import check_min_similarity
+
+            check_min_similarity(self.min_similarity)
         if not (np.isfinite(self.mirror_gap) and 0 <= self.mirror_gap < 1):
             raise ValueError(f"mirror_gap = {self.mirror_gap!r}: expected a number in [0, 1)")
         self.registration_options()  # the solver's own checks, before any work
@@ -698,7 +698,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         poses, status, refine_columns = refine_recording_poses(
             recording, subject, batch.poses, status, failed_views=blank & (flags == "blank_view")[:, None],
             device=refined_on, pixel_mm=refine_pixel_mm(options, detector),
-            min_similarity=options.min_similarity)
+            min_similarity=options.min_similarity, progress=progress)
     stage_done("refine")
     smoothed = False
     if options.smoothing_hz is not None:

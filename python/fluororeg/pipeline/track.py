@@ -45,13 +45,12 @@ class TrackOptions:
     refine_device: str = "auto"  # 'cpu', 'cuda' or 'auto' (CUDA when usable)
 
     def __post_init__(self):
-        if self.pixel_mm is not None and not (np.isfinite(self.pixel_mm) and self.pixel_mm > 0):
-            raise ValueError(f"pixel_mm = {self.pixel_mm!r}: expected a positive pixel size in mm, or None (from "
-                             "the subject)")
-        if self.min_similarity is not None and not (np.isfinite(self.min_similarity)
-                                                    and 0 < self.min_similarity < 1):
-            raise ValueError(f"min_similarity = {self.min_similarity!r}: expected a similarity between 0 and 1, or "
-                             "None (the refinement's default)")
+        from fluororeg.core.refine import check_min_similarity, check_pixel_mm
+
+        if self.pixel_mm is not None:
+            check_pixel_mm(self.pixel_mm)
+        if self.min_similarity is not None:
+            check_min_similarity(self.min_similarity)
         if self.refine_device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"refine_device '{self.refine_device}' is unknown: expected 'cpu', 'cuda' or 'auto'")
 
@@ -66,9 +65,10 @@ class TrackResult:
 
 
 def track_recording(recording, subject, start_poses, options: TrackOptions = TrackOptions(), *,
-                    out_dir=None) -> TrackResult:
+                    out_dir=None, progress: bool = False) -> TrackResult:
     """Register every frame of ``recording`` from ``start_poses`` [F, 6] (deg, mm, world_from_model;
-    a NaN row: no pose given for that frame), at least one given (see the module docstring)."""
+    a NaN row: no pose given for that frame), at least one given (see the module docstring);
+    ``progress``: a progress bar of the frames refined."""
     from fluororeg.pipeline.quality import check_geometry
 
     start = np.asarray(start_poses, dtype=np.float64)
@@ -83,14 +83,15 @@ def track_recording(recording, subject, start_poses, options: TrackOptions = Tra
         raise ValueError("start_poses hold an infinite value: expected finite poses or NaN rows")
     check_geometry(recording.geometry.views)
     if out_dir is None:
-        return _track(recording, subject, start, given, options, None)
+        return _track(recording, subject, start, given, options, None, progress)
     from fluororeg.io.run_lock import run_folder_lock
 
     with run_folder_lock(out_dir, "track"):
-        return _track(recording, subject, start, given, options, Path(out_dir))
+        return _track(recording, subject, start, given, options, Path(out_dir), progress)
 
 
-def _track(recording, subject, start, given, options: TrackOptions, out: Optional[Path]) -> TrackResult:
+def _track(recording, subject, start, given, options: TrackOptions, out: Optional[Path],
+           progress: bool) -> TrackResult:
     from fluororeg.core.geometry import pose_matrix
     from fluororeg.core.render import check_device_usable
     from fluororeg.dataset.generate import DatasetConfig
@@ -113,7 +114,8 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     F = len(start)
     status = np.where(given, "ok", NO_START_STATUS)
     poses, status, columns = refine_recording_poses(recording, subject, start, status, track=True, device=device,
-                                                    pixel_mm=pixel_mm, min_similarity=options.min_similarity)
+                                                    pixel_mm=pixel_mm, min_similarity=options.min_similarity,
+                                                    progress=progress)
     columns = {"start": np.where(given, "given", "neighbour").astype(object),
                **{k: v for k, v in columns.items() if k != "landmark_status"}}
     frames = np.asarray(getattr(recording, "frame_numbers", np.arange(F)))
