@@ -161,6 +161,32 @@ def test_qc_report_and_files(tmp_path):
     assert png is not None and png.stat().st_size > 1000
 
 
+def test_qc_names_frames_just_below_the_similarity_floor():
+    """Frames the refinement flagged low_similarity within NEAR_FLOOR of its floor are listed,
+    and the summary says what to check before lowering it; frames far below are not."""
+    scene = SyntheticScene(seed=0)
+    rng = np.random.default_rng(3)
+    poses = scene.random_poses(4, rng, max_deg=15, max_mm=10)
+    det = np.stack([scene.detect(p, 1.0, rng) for p in poses])
+    batch = fr.register_frames(scene.landmarks, scene.views, det, pairs=scene.pairs)
+    status = np.array(["low_similarity", "low_similarity", "ok", "moved_far"])
+    columns = {"similarity_view1": np.array([0.56, 0.20, 0.95, 0.58]),
+               "similarity_view2": np.array([0.58, 0.25, 0.93, 0.57]),
+               "landmark_status": np.array(["ok"] * 4), "refine_status": np.array(list(status)),
+               "refine_rotation_change_deg": np.array([0.5, 3.0, 0.1, 20.0]),
+               "refine_translation_change_mm": np.array([0.2, 2.0, 0.1, 9.0])}
+    report = quality.qc_report(np.arange(10, 14), batch, status, 5.0, refine_columns=columns)
+    assert report["refined"]["min_similarity"] == pytest.approx(0.6)
+    assert report["refined"]["just_below_floor"] == [10]  # 0.57 (not 0.23; frame 13 moved far)
+    text = quality.format_qc(report)
+    assert "1 frame(s) ended just below the similarity floor 0.60" in text and "--min-similarity" in text
+    lower = quality.qc_report(np.arange(10, 14), batch, status, 5.0, refine_columns=columns, min_similarity=0.3)
+    assert lower["refined"]["min_similarity"] == 0.3 and lower["refined"]["just_below_floor"] == [10, 11]
+    assert "just below" not in quality.format_qc(
+        quality.qc_report(np.arange(10, 14), batch, np.array(["ok", "ok", "ok", "moved_far"]), 5.0,
+                          refine_columns=columns))
+
+
 def test_residual_limit_from_the_detector_metadata():
     from fluororeg.pipeline.register import PipelineOptions
 

@@ -75,6 +75,8 @@ REGISTERED_STATUSES = _registration.REGISTERED_STATUSES + (REFINED_STATUS, TRACK
 # max_residual_mm = this many times the detector's validation error at the bone (its metadata,
 # the mean radial landmark error in mm).
 RESIDUAL_LIMIT_FACTOR = 2.0
+# A low_similarity frame within this of the refinement's floor is reported as just below it.
+NEAR_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -426,14 +428,18 @@ def max_residual_from_detector(detector) -> float | None:
 # ---- QC report -----------------------------------------------------------------------------
 
 def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constant_views=None,
-              detector=None, refine_columns=None, refine_seconds: float | None = None) -> dict:
+              detector=None, refine_columns=None, refine_seconds: float | None = None,
+              min_similarity: float | None = None) -> dict:
     """The recording's quality summary (JSON-able): frames, counts per status, registered
     count, the limit, median residual at the bone per view over the frames with a pose, the
     ``worst`` frames (by their larger view residual; with refinement, frames that failed its
     gate first, by their lower view similarity), the per-frame figures, the refinement's
     figures (``refine_columns`` of :func:`fluororeg.pipeline.refine_stage.refine_recording_poses`;
-    ``refine_seconds``: the stage's wall-clock time) and the training figures of ``detector``
-    (its metadata) with why it is not to be trusted, if it is not."""
+    ``refine_seconds``: the stage's wall-clock time; ``min_similarity``: the floor it used, None:
+    RefineOptions') and the training figures of ``detector`` (its metadata) with why it is not
+    to be trusted, if it is not. ``refined.just_below_floor``: the frames flagged
+    ``low_similarity`` whose mean similarity ended within NEAR_FLOOR of the floor (real
+    fluoroscopy scores far lower than simulations: their overlays decide, see format_qc)."""
     status = np.asarray(status, dtype=str)
     rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
     frames = np.asarray(frames)
@@ -483,7 +489,16 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         rot = np.asarray(refine_columns["refine_rotation_change_deg"], np.float64)
         mov = np.asarray(refine_columns["refine_translation_change_mm"], np.float64)
         n_refined = int(np.sum(np.asarray(refine_columns["refine_status"]) != "not_refined"))
+        if min_similarity is None:
+            from fluororeg.core.refine import RefineOptions
+
+            min_similarity = RefineOptions().min_similarity
+        used = np.isfinite(sim).sum(axis=1)  # the views with a similarity, per frame
+        mean_sim = np.nansum(sim, axis=1) / np.maximum(used, 1)
+        near = (status == "low_similarity") & (used > 0) & (mean_sim >= min_similarity - NEAR_FLOOR)
         report["refined"] = {
+            "min_similarity": float(min_similarity),
+            "just_below_floor": [int(f) for f in frames[near]],
             "median_similarity_registered": [med(sim[registered, k]) for k in range(2)],
             "median_rotation_change_deg": med(rot[registered]), "median_translation_change_mm": med(mov[registered]),
             "tracked": int(np.sum(status == TRACKED_STATUS)),
@@ -515,6 +530,13 @@ def format_qc(report: dict) -> str:
                      f"{fmt(sm[0])}, view 2 {fmt(sm[1])}; pose change {fmt(ref['median_rotation_change_deg'])} deg / "
                      f"{fmt(ref['median_translation_change_mm'])} mm (median); {ref['tracked']} tracked; "
                      f"{fmt(ref['seconds_per_frame'])} s per frame pair")
+        near = ref.get("just_below_floor") or []
+        if near:
+            lines.append(f"  {len(near)} frame(s) ended just below the similarity floor {ref['min_similarity']:.2f} "
+                         f"(within {NEAR_FLOOR:g}; frames {', '.join(map(str, near[:8]))}"
+                         f"{' ...' if len(near) > 8 else ''}): real fluoroscopy scores lower than simulations "
+                         "(the radius in Autoscoper's wrist frames 0.60-0.62 at its pose); if their overlays show "
+                         "the bone in place, register --min-similarity lets them through")
     if report["constant_detector_views"]:
         lines.append(f"  WARNING: the detections ignore the images in view(s) {report['constant_detector_views']}")
     if report["worst"]:

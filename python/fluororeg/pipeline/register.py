@@ -725,7 +725,8 @@ def _register_recording(recording, subject, detector, translator, options, out_d
                                                                 refined_on=refined_on), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
-                           refine_columns=refine_columns, refine_seconds=stages["refine"])
+                           refine_columns=refine_columns, refine_seconds=stages["refine"],
+                           min_similarity=options.min_similarity)
     if out is not None:
         # The worst frames are drawn at the pose each ended with (refined or landmark, registered or not).
         shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, batch.poses)
