@@ -117,3 +117,19 @@ def test_track_from_one_placed_frame(wrist, tmp_path):
     assert table["status"][0] not in REGISTERED_STATUSES and np.isnan(table["poses"][0]).all()
     ang, mm = pose_errors(table["poses"][1:], model_poses(subject, [99, 158]))
     assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)
+
+    # The same start as Autoscoper would save it: a .tra in the CT's volume frame, one line per
+    # frame of the trial, only frame 99 placed, no fluororeg sidecar.
+    tra = tmp_path / "exported.tra"
+    assert main(["export", str(out / "poses.csv"), "--format", "tra", "--subject", str(root / "radius"),
+                 "--recording", str(root / "recording"), "--out", str(tra)]) == 0
+    lines = tra.read_text().splitlines()
+    placed = tmp_path / "autoscoper" / "radius.tra"
+    placed.parent.mkdir()
+    placed.write_text("\n".join(line if k == 1 else ",".join(["NaN"] * 16) for k, line in enumerate(lines)) + "\n")
+    assert main(["track", str(root / "recording"), "--subject", str(root / "radius"), "--start", str(placed),
+                 "--out", str(tmp_path / "track2"), "--quiet"]) == 0
+    again = read_poses_csv(tmp_path / "track2" / "poses.csv")
+    assert again["status"].tolist()[1:] == ["ok", "tracked"]
+    ang, mm = pose_errors(again["poses"][1:], table["poses"][1:])  # refined again from the refined pose:
+    assert ang.max() < 0.05 and mm.max() < 0.05, (ang, mm)       # within the refinement's tolerance
