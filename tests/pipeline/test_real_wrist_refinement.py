@@ -102,7 +102,7 @@ def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
 def test_track_from_one_placed_frame(wrist, tmp_path):
     """`fluororeg track` from frame 99's pose alone (a bone placed by hand, as in Autoscoper):
     frame 158 is tracked to the pose the search found in it on its own; frame 2, whose forearm
-    is elsewhere, is flagged, not registered."""
+    is elsewhere, is flagged, not registered. The same from the start as an Autoscoper .tra."""
     subject, rec, root = wrist
     start = model_poses(subject, [99])[0]
     csv = tmp_path / "start.csv"
