@@ -20,7 +20,7 @@ from fluororeg.subject.subject import save_subject
 
 @pytest.fixture(scope="module")
 def walking(subject, tmp_path_factory):
-    """30 frame pairs of the walking scenario (2-3 deg, 5-9 mm between frames), 128 px."""
+    """30 frame pairs of the walking scenario (up to 2.2 deg and 8 mm between frames), 128 px."""
     folder = tmp_path_factory.mktemp("track") / "rec"
     simulate_recording(subject, folder, scenario="walking", n_frames=30,
                        views=default_dual_views(width=128, height=128, pitch=3.2), seed=4)
