@@ -16,9 +16,10 @@ without a detector, by a multi-start search on the refinement's own objective:
    spun about it in 15 deg steps, shifted over a grid of +-12 mm across and +-20 mm along it
    (6,000 starts); each scored by the similarity on frames and views 32 times coarser (the
    pyramid's coarsest level), the best 40 (--quick: 20) refined
-   (:func:`fluororeg.core.refine.refine_poses`) at the bone's crop pixel size
-   (``DatasetConfig.for_subject``). A coarser grid (30 deg, 10 mm steps) found a wrong optimum
-   in both frames (0.23 and 0.32). About half a minute on 2 cores.
+   (:func:`fluororeg.core.refine.refine_poses`) at the bone's pixel size (its dataset's field
+   of view over 128 px, ``subject_refine_pixel_mm``, as ``register`` refines). A coarser grid
+   (30 deg, 10 mm steps) found a wrong optimum in both frames (0.23 and 0.32). About half a
+   minute on 2 cores.
 
 Reported per frame: the best optimum's similarity per view and the best other optimum's
 (``runner_up``: more than 2 deg or 2 mm away), how sharp the peak is (the similarity 1 deg
@@ -28,8 +29,9 @@ refinement stage (``refine_recording_poses``) from the found poses: at the bone'
 and at a head's 2 mm (what every bone got before), with its statuses and pose changes.
 ``frames_agree_deg`` / ``_mm``: how far apart the poses found independently in frames 99 and
 158 are (the forearm held still). ``track_from_frame_99``: ``fluororeg track`` from frame 99's
-found pose alone, and how far frame 158's tracked pose is from the one its own search found. The found poses (world_from_physical, the CT's own frame)
-are what ``tests/pipeline/test_real_wrist_refinement.py`` starts from.
+found pose alone, and how far frame 158's tracked pose is from the one its own search found.
+The found poses (``world_from_physical``, the CT's own frame) are what
+``tests/pipeline/test_real_wrist_refinement.py`` starts from.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ from fluororeg import _core
 from fluororeg.cli import main as cli
 from fluororeg.core import refine
 from fluororeg.core.geometry import pose_from_matrix, pose_matrix
-from fluororeg.dataset.generate import DatasetConfig
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline import refine_stage
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
+from fluororeg.pipeline.register import subject_refine_pixel_mm
 from fluororeg.pipeline.track import TrackOptions, track_recording
 from fluororeg.subject.subject import load_subject
 
@@ -155,7 +157,7 @@ def main(argv=None) -> dict:
         subject, rec = make_inputs(Path(tmp))
         views = rec.geometry.views
         mu, bone = subject.attenuation_model(), subject.mask_model()
-        pixel_mm = DatasetConfig.for_subject(subject).pixel_mm
+        pixel_mm = subject_refine_pixel_mm(subject)
         frames = [1, 2]  # positions of frames 99 and 158
         images, masks = refine_stage.recording_images(rec, frames)
         starts = search_starts(views, bone)

@@ -8,8 +8,8 @@ the refinement's similarity, the best 40 refined): in both frames the same pose 
 direction, and 0.60-0.62 against 0.44 for the best other optimum. They are stored in the CT's
 own physical frame (world_from_physical), which does not depend on the proposed landmarks.
 
-What must hold: refined at the bone's pixel size (the crop pixel size its dataset and
-detector use, about 1 mm for a radius) both frames stay where they are and pass the gate; at a
+What must hold: refined at the bone's pixel size (its dataset's field of view over 128 px,
+about 1 mm for a radius, as ``register`` refines) both frames stay where they are and pass the gate; at a
 head's 2 mm (the size refinement used for every bone before) the radius spans a dozen pixels
 and the frames fail it."""
 
@@ -25,10 +25,10 @@ from fluororeg.core.registration import pose_errors
 from fluororeg.io.poses import read_poses_csv
 from fluororeg.core.geometry import pose_from_matrix, pose_matrix
 from fluororeg.core.refine import DEFAULT_PIXEL_MM, auto_finest_level
-from fluororeg.dataset.generate import DatasetConfig
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
 from fluororeg.pipeline.refine_stage import refine_recording_poses
+from fluororeg.pipeline.register import subject_refine_pixel_mm
 from fluororeg.subject.subject import load_subject
 
 SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "autoscoper_sample"
@@ -72,7 +72,7 @@ def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
     assert rec.frame_numbers.tolist() == [2, 99, 158]
     start = model_poses(subject, rec.frame_numbers)
     status = np.array(["large_residual", "ok", "ok"])  # frame 2: no start (its forearm is elsewhere)
-    pixel_mm = DatasetConfig.for_subject(subject).pixel_mm
+    pixel_mm = subject_refine_pixel_mm(subject)
     assert 0.8 < pixel_mm < 1.3  # a radius: about half a head's 2 mm
     views = rec.geometry.views
     assert auto_finest_level(views, start[1:], pixel_mm) == 2  # 0.67 mm at the bone

@@ -54,7 +54,7 @@ def test_track_registers_a_recording_from_one_frames_pose(subject, walking, tmp_
     assert len((out / "poses.tra").read_text().strip().splitlines()) == 30
     options = json.loads((out / "options.json").read_text())
     assert options["frames_given"] == 1 and options["refined_on"] in ("cpu", "cuda")
-    config = DatasetConfig.for_subject(subject)  # sized to the bone, as register's refinement is
+    config = DatasetConfig.for_subject(subject)  # sized to the bone: its dataset's field of view over 128 px
     assert options["pixel_mm_used"] == pytest.approx(config.pixel_mm * config.image_size / 128)
 
 

@@ -75,7 +75,7 @@ from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, recording_fovs, view_crops
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
-           "refine_pixel_mm", "register_detections", "register_recording"]
+           "refine_pixel_mm", "register_detections", "register_recording", "subject_refine_pixel_mm"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
@@ -245,6 +245,15 @@ def refine_pixel_mm(options: PipelineOptions, detector) -> float:
     :data:`REFINE_PIXELS_PER_CROP`, so it follows the bone's size, not the dataset's resolution."""
     crop_mm = getattr(detector, "crop_pixel_mm", None) or options.crop_pixel_mm
     return float(crop_mm) * _training_image_size(detector) / REFINE_PIXELS_PER_CROP
+
+
+def subject_refine_pixel_mm(subject) -> float:
+    """:func:`refine_pixel_mm` without a detector: the field of view of the dataset
+    ``DatasetConfig.for_subject`` would make for ``subject`` over :data:`REFINE_PIXELS_PER_CROP`."""
+    from fluororeg.dataset.generate import DatasetConfig
+
+    config = DatasetConfig.for_subject(subject)
+    return config.pixel_mm * config.image_size / REFINE_PIXELS_PER_CROP
 
 
 def _registration_weights(det: np.ndarray, conf: np.ndarray, options: PipelineOptions) -> np.ndarray:

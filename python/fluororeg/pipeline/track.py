@@ -37,8 +37,8 @@ TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "options.json")
 
 @dataclass(frozen=True)
 class TrackOptions:
-    # The refinement's finest pixel at the bone, mm (None: the subject's dataset field of view
-    # over 128 px, DatasetConfig.for_subject, as register sizes it: refine_pixel_mm).
+    # The refinement's finest pixel at the bone, mm (None: sized to the subject's bone as
+    # register sizes it, pipeline.register.subject_refine_pixel_mm).
     pixel_mm: Optional[float] = None
     # The refinement's gate (None: RefineOptions' 0.6; see PipelineOptions.min_similarity).
     min_similarity: Optional[float] = None
@@ -94,19 +94,14 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
            progress: bool) -> TrackResult:
     from fluororeg.core.geometry import pose_matrix
     from fluororeg.core.render import check_device_usable
-    from fluororeg.dataset.generate import DatasetConfig
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.poses import write_poses_csv, write_tra
     from fluororeg.pipeline.refine_stage import refine_recording_poses
-    from fluororeg.pipeline.register import REFINE_PIXELS_PER_CROP
+    from fluororeg.pipeline.register import subject_refine_pixel_mm
 
     t0 = time.perf_counter()
     device = check_device_usable(options.refine_device)
-    if options.pixel_mm is not None:
-        pixel_mm = float(options.pixel_mm)
-    else:
-        config = DatasetConfig.for_subject(subject)
-        pixel_mm = config.pixel_mm * config.image_size / REFINE_PIXELS_PER_CROP
+    pixel_mm = float(options.pixel_mm) if options.pixel_mm is not None else subject_refine_pixel_mm(subject)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name in TRACK_RESULT_FILES:  # an earlier run's results never mix with this one's
