@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from fluororeg import _core
 from fluororeg.cli import main as cli
 from fluororeg.core import refine
 from fluororeg.core.geometry import pose_from_matrix, pose_matrix
+from fluororeg.core.registration import pose_errors
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline import refine_stage
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
@@ -180,10 +180,8 @@ def main(argv=None) -> dict:
                                       options=options, bone=bone, image_masks=masks, relative_similarity=None)
             order = np.argsort(-np.nan_to_num(res.similarity_total, nan=-1.0))
             top = res.poses[order[0]]
-            angle, dist = (_core.pose_errors(np.c_[np.deg2rad(res.poses[:, :3]), res.poses[:, 3:]],
-                                             np.repeat(np.r_[np.deg2rad(top[:3]), top[3:]][None], len(res.poses), 0))
-                           .T)
-            others = order[(np.rad2deg(angle[order]) > 2.0) | (dist[order] > 2.0)]
+            angle, dist = pose_errors(res.poses, np.repeat(top[None], len(res.poses), 0))
+            others = order[(angle[order] > 2.0) | (dist[order] > 2.0)]
             runner_up = float(res.similarity_total[others[0]]) if len(others) else float("nan")
             # The peak: 1 deg and 1 mm off along each axis, at the finest level.
             probes = [top]
@@ -216,9 +214,7 @@ def main(argv=None) -> dict:
                       float(np.mean(sim[7:])), ""),
                      (f"frame {number}: search", out[f"frame_{number}"]["search_seconds"], "s")]
         found = np.array(found)
-        e = _core.pose_errors(np.c_[np.deg2rad(found[:1, :3]), found[:1, 3:]], np.c_[np.deg2rad(found[1:, :3]),
-                                                                                      found[1:, 3:]])[0]
-        out["frames_agree_deg"], out["frames_agree_mm"] = float(np.rad2deg(e[0])), float(e[1])
+        out["frames_agree_deg"], out["frames_agree_mm"] = pose_errors(found[0], found[1])
         rows += [("rotation between the poses found in frames 99 and 158", out["frames_agree_deg"], "deg"),
                  ("translation between them", out["frames_agree_mm"], "mm")]
         # The pipeline's stage from the found poses: the bone's pixel size against a head's 2 mm.
@@ -239,12 +235,11 @@ def main(argv=None) -> dict:
         seed[frames[0]] = found[0]
         t0 = time.perf_counter()
         tracked = track_recording(rec, subject, seed, TrackOptions(refine_device="cpu"))
-        e = _core.pose_errors(np.c_[np.deg2rad(np.nan_to_num(tracked.poses[frames[1:], :3])),
-                                    np.nan_to_num(tracked.poses[frames[1:], 3:])],
-                              np.c_[np.deg2rad(found[1:, :3]), found[1:, 3:]])[0]
+        apart_deg, apart_mm = (pose_errors(tracked.poses[frames[1]], found[1])
+                               if np.isfinite(tracked.poses[frames[1]]).all() else (float("nan"),) * 2)
         out["track_from_frame_99"] = {"status": tracked.status.tolist(), "seconds": time.perf_counter() - t0,
-                                      "frame_158_from_its_search_deg": float(np.rad2deg(e[0])),
-                                      "frame_158_from_its_search_mm": float(e[1])}
+                                      "frame_158_from_its_search_deg": apart_deg,
+                                      "frame_158_from_its_search_mm": apart_mm}
         rows += [(f"track from frame 99's pose ({', '.join(tracked.status)}): frame 158 from its own search",
                   out["track_from_frame_99"]["frame_158_from_its_search_deg"], "deg"),
                  ("the same, translation", out["track_from_frame_99"]["frame_158_from_its_search_mm"], "mm")]
