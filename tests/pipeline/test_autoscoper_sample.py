@@ -83,17 +83,19 @@ def test_wrist_sample_end_to_end(tmp_path, capsys, monkeypatch):
                  "--crop-pixel-mm", f"{1.2 * reader.crop_pixel_mm:.4f}", "--quiet"]) == 2
     assert "disagrees" in capsys.readouterr().err
     # What each refinement call was given: a pixel sized to the bone (not a head's 2 mm) and the floor.
-    refined_with = []
-    refine = refine_stage.refine_poses
-    monkeypatch.setattr(refine_stage, "refine_poses", lambda *a, **k: refined_with.append(
-        (k["pixel_mm"], k["options"].min_similarity)) or refine(*a, **k))
+    refined_with, sized_with = [], []
+    refine, options_for = refine_stage.refine_poses, refine_stage.default_refine_options
+    monkeypatch.setattr(refine_stage, "refine_poses",
+                        lambda *a, **k: refined_with.append(k["options"].min_similarity) or refine(*a, **k))
+    monkeypatch.setattr(refine_stage, "default_refine_options", lambda views, poses, pixel_mm, **k: sized_with.append(
+        pixel_mm) or options_for(views, poses, pixel_mm, **k))
     _run("register", rec_dir, "--subject", subj, "--detector", onnx, "--style", "log", "--min-visible", 4,
          "--min-similarity", 0.55, "--out", reg, "--quiet", "--allow-undertrained")  # one epoch: far from trained
     options = json.loads((reg / "options.json").read_text())
     assert options["crop_pixel_mm"] == pytest.approx(reader.crop_pixel_mm) and options["min_similarity"] == 0.55
     bone_px = reader.crop_pixel_mm * 64 / 128  # the crop's field of view over 128 px: about 1 mm
-    assert refined_with and all(px == pytest.approx(bone_px) and floor == pytest.approx(0.55)
-                                for px, floor in refined_with), refined_with
+    assert sized_with and sized_with == [pytest.approx(bone_px)] * len(sized_with), sized_with
+    assert refined_with == [pytest.approx(0.55)] * len(sized_with), refined_with
     table = read_poses_csv(reg / "poses.csv")
     assert table["frame"].tolist() == [2, 99, 158]
     # the lab's frames are usable input; a one-epoch detector's poses may fail the refinement's gate

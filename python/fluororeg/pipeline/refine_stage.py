@@ -160,6 +160,7 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         if options is not None:
             raise ValueError("min_similarity was given with options: set options.min_similarity instead")
         min_similarity = check_min_similarity(min_similarity)
+    floor = {} if min_similarity is None else {"min_similarity": min_similarity}  # else RefineOptions'
     refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1) & ~failed.any(axis=1)
     # Frames flagged by the input checks are left out, except those with one usable view (tracked
     # against it alone); the others without a pose may be tracked.
@@ -189,13 +190,11 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
             carried = track and carry is not None and not np.isfinite(start[0]).all()
             if carried:
                 start[0] = carry
-            chunk_options = options
-            if options is None and min_similarity is not None:
-                chunk_options = default_refine_options(recording.geometry.views, start, pixel_mm,
-                                                       min_similarity=min_similarity)
+            chunk_options = options if options is not None else default_refine_options(
+                recording.geometry.views, start, pixel_mm, **floor)  # sized to this chunk's poses
             part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start,
                                 options=chunk_options, bone=subject.mask_model(), image_masks=masks, track=track,
-                                view_weights=weights[idx], device=device, pixel_mm=pixel_mm)
+                                view_weights=weights[idx], device=device)
             del imgs
             part.tracked[0] |= carried
             parts.append(part)
