@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 import fluororeg as fr
 from fluororeg.core import refine
 from fluororeg.pipeline import refine_stage
+from fluororeg.simulation.simulate import perturbed_poses
 
 from _common import cuda_name, parser, report
 
@@ -59,19 +59,6 @@ def use_finite_differences() -> None:
         return made(**{"analytic_jacobian": False, **fields})
 
     refine.refine_options = refine_options
-
-
-def perturb(poses, rng, deg_range=(3.0, 10.0), mm_range=(2.0, 5.0)):
-    out = np.array(poses, dtype=float)
-    for i in range(len(out)):
-        ax = rng.normal(size=3)
-        deg = rng.uniform(*deg_range)
-        R = Rotation.from_rotvec(np.deg2rad(deg) * ax / np.linalg.norm(ax)) * \
-            Rotation.from_euler("zyx", out[i, 2::-1], degrees=True)
-        out[i, :3] = R.as_euler("zyx", degrees=True)[::-1]
-        d = rng.normal(size=3)
-        out[i, 3:] += rng.uniform(*mm_range) * d / np.linalg.norm(d)
-    return out
 
 
 def headsq_subject():
@@ -187,7 +174,7 @@ def main(argv=None) -> dict:
     # "Bone inside both fields": at least 90 % of the landmarks inside each view's field of view.
     both = (in_fov.mean(axis=2) >= 0.9).all(axis=1)
     views = rec.geometry.views
-    starts = perturb(truth, rng, tuple(args.start_deg), tuple(args.start_mm))
+    starts = perturbed_poses(truth, tuple(args.start_deg), tuple(args.start_mm), rng)
     per_similarity = {}
     for sim in ("gradient_correlation",) + (() if args.no_ncc else ("ncc",)):
         finest = args.finest_level if args.finest_level is not None else refine.auto_finest_level(views, starts)
@@ -228,7 +215,7 @@ def main(argv=None) -> dict:
         # into few large launches): these frames repeated, from other starts.
         reps = -(-CUDA_BATCH_FRAMES // F)
         truth_b = np.tile(truth, (reps, 1))[:CUDA_BATCH_FRAMES]
-        starts_b = perturb(truth_b, np.random.default_rng(11), tuple(args.start_deg), tuple(args.start_mm))
+        starts_b = perturbed_poses(truth_b, tuple(args.start_deg), tuple(args.start_mm), np.random.default_rng(11))
         images_b = np.tile(images, (reps, 1, 1, 1))[:CUDA_BATCH_FRAMES]
         by_in_flight = {}
         default_in_flight = refine.RefineOptions().cuda_frames_in_flight
@@ -322,7 +309,7 @@ def main(argv=None) -> dict:
             truth_fx, in_fov_fx = fx_file["poses"], fx_file["in_fov"]
             images_fx, masks_fx = refine_stage.recording_images(rec_fx)
         views_fx = rec_fx.geometry.views
-        starts_fx = perturb(truth_fx, rng, tuple(args.start_deg), tuple(args.start_mm))
+        starts_fx = perturbed_poses(truth_fx, tuple(args.start_deg), tuple(args.start_mm), rng)
         opts = refine.refine_options(finest_level=refine.auto_finest_level(views_fx, starts_fx),
                                      num_levels=args.num_levels)
         t, c = time.perf_counter(), time.process_time()

@@ -14,6 +14,7 @@ from fluororeg.core import render
 from fluororeg._reference import refine as ref
 from fluororeg.core.geometry import ConeView
 from fluororeg.core.volume import Volume
+from fluororeg.simulation.simulate import perturbed_poses
 
 SIZE = 64  # px per side of the test images
 
@@ -32,18 +33,6 @@ def small_views():
 def pose_errors(a, b):
     e = _core.pose_errors(np.c_[np.deg2rad(a[:, :3]), a[:, 3:]], np.c_[np.deg2rad(b[:, :3]), b[:, 3:]])
     return np.rad2deg(e[:, 0]), e[:, 1]
-
-
-def perturb(poses, deg, mm, rng):
-    out = np.array(poses, dtype=float)
-    for i in range(len(out)):
-        ax = rng.normal(size=3)
-        R = Rotation.from_rotvec(np.deg2rad(deg) * ax / np.linalg.norm(ax)) * \
-            Rotation.from_euler("zyx", out[i, 2::-1], degrees=True)
-        out[i, :3] = R.as_euler("zyx", degrees=True)[::-1]
-        d = rng.normal(size=3)
-        out[i, 3:] += mm * d / np.linalg.norm(d)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +75,7 @@ def test_pyramid_view_matches_reference(small_views):
 @pytest.mark.parametrize("similarity", ["gradient_correlation", "ncc"])
 def test_evaluated_similarity_and_region_match_reference(headsq_mu, small_views, frames, similarity):
     truth, imgs = frames
-    poses = perturb(truth[:2], 2.0, 2.0, np.random.default_rng(1))
+    poses = perturbed_poses(truth[:2], 2.0, 2.0, np.random.default_rng(1))
     level = 1
     opts = refine.refine_options(similarity=similarity, num_levels=1, finest_level=level, roi_margin_px=2)
     usable = np.ones((2, SIZE, SIZE), bool)
@@ -111,7 +100,7 @@ def test_evaluated_similarity_and_region_match_reference(headsq_mu, small_views,
 # ------------------------------------------------------------------------- refinement
 def test_recovers_true_pose_from_5_deg_5_mm(headsq_mu, small_views, frames):
     truth, imgs = frames
-    start = perturb(truth, 5.0, 5.0, np.random.default_rng(7))
+    start = perturbed_poses(truth, 5.0, 5.0, np.random.default_rng(7))
     a0, t0 = pose_errors(start, truth)
     assert a0.max() > 2.0 and t0.max() > 2.0
     res = refine.refine_poses(headsq_mu, small_views, imgs, start, options=refine.refine_options(num_levels=2))
@@ -138,7 +127,7 @@ def test_one_view_mode_uses_only_that_view(headsq_mu, small_views, frames):
     truth, imgs = frames
     garbage = imgs[:1].copy()
     garbage[:, 1] = np.random.default_rng(0).permutation(garbage[0, 1].ravel()).reshape(SIZE, SIZE)
-    start = perturb(truth[:1], 2.0, 1.0, np.random.default_rng(2))
+    start = perturbed_poses(truth[:1], 2.0, 1.0, np.random.default_rng(2))
     opts = refine.refine_options(num_levels=2, weight_view2=0.0)
     res = refine.refine_poses(headsq_mu, small_views, garbage, start, options=opts)
     assert res.similarity[0, 0] > 0.8 > abs(res.similarity[0, 1])
@@ -157,7 +146,7 @@ def test_per_frame_view_weights_leave_a_view_out_of_that_frame(headsq_mu, small_
     truth, imgs = frames
     bad = imgs[:2].copy()
     bad[0, 1] = np.random.default_rng(0).permutation(bad[0, 1].ravel()).reshape(SIZE, SIZE)
-    start = perturb(truth[:2], 2.0, 1.0, np.random.default_rng(2))
+    start = perturbed_poses(truth[:2], 2.0, 1.0, np.random.default_rng(2))
     opts = refine.refine_options(num_levels=2)
     res = refine.refine_poses(headsq_mu, small_views, bad, start, options=opts, view_weights=[[1.0, 0.0], [1.0, 1.0]])
     alone = refine.refine_poses(headsq_mu, small_views, bad[:1], start[:1],
@@ -183,7 +172,7 @@ def test_refine_on_cuda_matches_cpu(headsq_mu, small_views, frames):
     """The CUDA renders (RenderConePixels on the device, the CPU's per-ray code) give the CPU's
     refinement to rounding; without a usable device 'cuda' is refused clearly."""
     truth, imgs = frames
-    start = perturb(truth[:2], 3.0, 2.0, np.random.default_rng(8))
+    start = perturbed_poses(truth[:2], 3.0, 2.0, np.random.default_rng(8))
     opts = refine.refine_options(num_levels=2)
     if not _core.cuda_available():
         with pytest.raises(RuntimeError, match="CUDA"):
@@ -200,7 +189,7 @@ def test_refine_on_cuda_matches_cpu(headsq_mu, small_views, frames):
 
 def test_far_start_is_flagged(headsq_mu, small_views, frames):
     truth, imgs = frames
-    start = perturb(truth[:2], 35.0, 30.0, np.random.default_rng(5))
+    start = perturbed_poses(truth[:2], 35.0, 30.0, np.random.default_rng(5))
     res = refine.refine_poses(headsq_mu, small_views, imgs[:2], start, options=refine.refine_options(num_levels=2))
     ang, mm = pose_errors(res.poses, truth[:2])
     assert ((ang > 1.0) | (mm > 1.0)).all()  # not recovered ...
@@ -210,8 +199,8 @@ def test_far_start_is_flagged(headsq_mu, small_views, frames):
 
 def test_relative_gate_flags_a_frame_far_below_its_neighbours(headsq_mu, small_views, frames):
     truth, imgs = frames
-    start = perturb(truth, 1.0, 1.0, np.random.default_rng(6))
-    start[3] = perturb(truth[3:], 35.0, 30.0, np.random.default_rng(5))[0]
+    start = perturbed_poses(truth, 1.0, 1.0, np.random.default_rng(6))
+    start[3] = perturbed_poses(truth[3:], 35.0, 30.0, np.random.default_rng(5))[0]
     # The absolute gate off: only the comparison with the other frames can flag frame 3.
     opts = refine.refine_options(num_levels=2, min_similarity=-1.0, max_rotation_change_deg=180.0,
                                  max_translation_change_mm=1000.0)
@@ -228,7 +217,7 @@ def test_near_misses_are_refined_again_with_finite_differences(headsq_mu, small_
     of central differences; frames below the floor, or refined with that Jacobian already, are
     not. The core is the real one, watched."""
     truth, imgs = frames
-    start = perturb(truth, 2.0, 2.0, np.random.default_rng(8))
+    start = perturbed_poses(truth, 2.0, 2.0, np.random.default_rng(8))
     calls = []
     real = refine._core
 
@@ -276,7 +265,7 @@ def test_prepared_volumes_are_made_once_per_volume_and_bone(headsq_mu, small_vie
     assert refine._refine_volumes(headsq_mu, None, 0.02, px, 2) is not by_threshold
     # The prepared volumes give refine_poses' results, call after call.
     opts = refine.refine_options(num_levels=2)
-    start = perturb(truth[:1], 3.0, 3.0, np.random.default_rng(5))
+    start = perturbed_poses(truth[:1], 3.0, 3.0, np.random.default_rng(5))
     a = refine.refine_poses(headsq_mu, small_views, imgs[:1], start, options=opts, bone=bone)
     b = refine.refine_poses(headsq_mu, small_views, imgs[:1], start, options=opts, bone=bone)
     np.testing.assert_array_equal(a.poses, b.poses)
@@ -287,9 +276,9 @@ def test_prepared_volumes_are_made_once_per_volume_and_bone(headsq_mu, small_vie
 def test_tracking_starts_a_failed_frame_from_the_previous_one(headsq_mu, small_views, frames):
     truth, imgs = frames
     # Consecutive frames close together: frame 1 is frame 0 moved by 1 deg / 1 mm.
-    poses = np.stack([truth[0], perturb(truth[:1], 1.0, 1.0, np.random.default_rng(9))[0]])
+    poses = np.stack([truth[0], perturbed_poses(truth[:1], 1.0, 1.0, np.random.default_rng(9))[0]])
     img = np.stack([render.render_cone(headsq_mu, v, poses) for v in small_views], axis=1)
-    start = np.stack([perturb(poses[:1], 3.0, 3.0, np.random.default_rng(4))[0], np.full(6, np.nan)])
+    start = np.stack([perturbed_poses(poses[:1], 3.0, 3.0, np.random.default_rng(4))[0], np.full(6, np.nan)])
     opts = refine.refine_options(num_levels=2)
     plain = refine.refine_poses(headsq_mu, small_views, img, start, options=opts)
     assert list(plain.status) == ["converged", "invalid_start"] and not plain.tracked.any()
@@ -314,7 +303,7 @@ def test_tracking_retries_in_waves_give_the_frame_after_frame_results(headsq_mu,
     base = np.array([2.0, -3.0, 4.0, 1.0, -2.0, 3.0])
     poses = base + np.outer(np.arange(6), [0.4, 0.3, -0.2, 0.5, -0.4, 0.3])  # 0.5 deg / 0.7 mm apart
     img = np.stack([render.render_cone(headsq_mu, v, poses) for v in small_views], axis=1)
-    start = perturb(poses, 2.0, 2.0, rng)
+    start = perturbed_poses(poses, 2.0, 2.0, rng)
     start[[1, 2, 3, 5]] = np.nan
     opts = refine.refine_options(num_levels=2)
     results = {}
@@ -334,7 +323,7 @@ def test_tracking_retries_in_waves_give_the_frame_after_frame_results(headsq_mu,
 def test_intensity_images_are_inverted(headsq_mu, small_views, frames):
     truth, imgs = frames
     intensity = 1000.0 * np.exp(-np.clip(imgs[:1], 0, None))  # bone dark, like an intensifier
-    start = perturb(truth[:1], 3.0, 3.0, np.random.default_rng(11))
+    start = perturbed_poses(truth[:1], 3.0, 3.0, np.random.default_rng(11))
     res = refine.refine_poses(headsq_mu, small_views, intensity, start, image_kind="intensity",
                               options=refine.refine_options(num_levels=2))
     ang, mm = pose_errors(res.poses, truth[:1])
@@ -459,7 +448,7 @@ def test_recovers_pose_on_frames_from_an_independent_renderer(headsq_mu, small_v
     rng = np.random.default_rng(21)
     truth = np.c_[rng.uniform(-10, 10, (3, 3)), rng.uniform(-5, 5, (3, 3))]
     imgs = np.stack([np.stack([pm.render_cone_plastimatch(headsq_mu, v, p) for v in small_views]) for p in truth])
-    start = perturb(truth, 5.0, 5.0, rng)
+    start = perturbed_poses(truth, 5.0, 5.0, rng)
     res = refine.refine_poses(headsq_mu, small_views, imgs.astype(np.float32), start,
                               options=refine.refine_options(num_levels=2))
     ang, mm = pose_errors(res.poses, truth)
@@ -483,7 +472,7 @@ def test_pipeline_hook_refines_a_simulated_recording(subject, tmp_path):
     simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=3, views=views, seed=2)
     rec = open_recording(tmp_path / "rec")
     truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
-    start = perturb(truth, 4.0, 3.0, np.random.default_rng(8))
+    start = perturbed_poses(truth, 4.0, 3.0, np.random.default_rng(8))
     start[2] = np.nan  # landmark registration failed on the last frame
     status = np.array(["ok", "ok", "failed"])
     poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, chunk=2)
@@ -548,7 +537,7 @@ def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
     simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=4, views=views, seed=3)
     rec = open_recording(tmp_path / "rec")
     truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
-    start = perturb(truth, 3.0, 2.0, np.random.default_rng(9))
+    start = perturbed_poses(truth, 3.0, 2.0, np.random.default_rng(9))
     start[1, :3] += [60.0, -40.0, 30.0]  # a wrong pose the landmark gate let through
     status = np.array(["large_residual", "ok", "blank_view", "one_view"])
     poses, new_status, cols = refine_stage.refine_recording_poses(rec, subject, start, status, track=False)
@@ -573,7 +562,7 @@ def test_pipeline_hook_refines_a_frame_with_one_failed_view_against_the_other(su
     simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=3, views=views, seed=3)
     rec = open_recording(tmp_path / "rec")
     truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
-    start = perturb(truth, 3.0, 2.0, np.random.default_rng(9))
+    start = perturbed_poses(truth, 3.0, 2.0, np.random.default_rng(9))
     start[1] = np.nan  # the input checks flagged it: no landmark pose
     status = np.array(["ok", "blank_view", "ok"])
     failed = np.array([[False, False], [False, True], [False, False]])

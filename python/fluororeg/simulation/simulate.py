@@ -33,7 +33,29 @@ from fluororeg.core.geometry import ConeView, pose_from_matrix, rotation_matrix
 
 __all__ = ["FluoroStyle", "SCENARIOS", "default_dual_views", "motion_sequence", "fluoro_image",
            "simulate_recording", "start_recording_folder", "truth_arrays",
-           "calibrate_simulated_view"]
+           "calibrate_simulated_view", "perturbed_poses"]
+
+
+def perturbed_poses(poses, deg, mm, rng: np.random.Generator) -> np.ndarray:
+    """``poses`` [N, 6] (world_from_model, deg / mm) each turned by ``deg`` about a random axis
+    (through the model origin, applied in the world frame) and shifted ``mm`` in a random
+    direction: starts a given distance off the truth. ``deg`` and ``mm``: a value, or a (low,
+    high) range drawn uniformly per pose. Draws per pose, in order: the axis, the angle (a
+    range), the direction, the shift (a range)."""
+    from scipy.spatial.transform import Rotation
+
+    def size(value):
+        return rng.uniform(*value) if np.ndim(value) else float(value)
+
+    out = np.array(poses, dtype=float).reshape(-1, 6)
+    for i in range(len(out)):
+        ax = rng.normal(size=3)
+        R = Rotation.from_rotvec(np.deg2rad(size(deg)) * ax / np.linalg.norm(ax)) * \
+            Rotation.from_euler("zyx", out[i, 2::-1], degrees=True)
+        out[i, :3] = R.as_euler("zyx", degrees=True)[::-1]
+        d = rng.normal(size=3)
+        out[i, 3:] += size(mm) * d / np.linalg.norm(d)
+    return out
 
 
 def default_dual_views(width: int = 512, height: int = 512, pitch: float = 0.8,
