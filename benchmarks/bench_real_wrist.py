@@ -53,6 +53,7 @@ from fluororeg.pipeline import refine_stage
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
 from fluororeg.pipeline.register import subject_refine_pixel_mm
 from fluororeg.pipeline.track import TrackOptions, track_recording
+from fluororeg.simulation.neighbours import principal_axis
 from fluororeg.subject.subject import load_subject
 
 from _common import parser, report
@@ -93,14 +94,6 @@ def triangulate(r1, r2) -> np.ndarray:
     return 0.5 * (a + s * u + b + t * v)
 
 
-def bone_axis(bone) -> tuple[np.ndarray, np.ndarray]:
-    """The bone mask's centroid [3] and principal axis [3] (model frame, mm)."""
-    ijk = np.argwhere(np.asarray(bone.data) > 0)[:, ::-1].astype(float)  # (x, y, z) voxel indices
-    pts = (bone.direction @ (ijk * bone.spacing).T).T + bone.origin
-    centre = pts.mean(axis=0)
-    return centre, np.linalg.svd(pts - centre, full_matrices=False)[2][0]
-
-
 def search_starts(views, bone) -> np.ndarray:
     """Starts [N, 6] (deg, mm) around the triangulated forearm (see the module's docstring)."""
     near, far = (triangulate(ray(views[0], PICKED["view1"][k]), ray(views[1], PICKED["view2"][k])) for k in (0, 1))
@@ -108,7 +101,7 @@ def search_starts(views, bone) -> np.ndarray:
     across1 = np.cross(axis, [0.0, 0.0, 1.0])
     across1 /= np.linalg.norm(across1)
     across2 = np.cross(axis, across1)
-    centre, long_axis = bone_axis(bone)
+    centre, long_axis = principal_axis(bone)
     spins = np.arange(0, 360, 15)
     along = (-20, -10, 0, 10, 20)
     across = (-12, -6, 0, 6, 12)
