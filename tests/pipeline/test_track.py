@@ -54,8 +54,10 @@ def test_track_registers_a_recording_from_one_frames_pose(subject, walking, tmp_
     assert len((out / "poses.tra").read_text().strip().splitlines()) == 30
     options = json.loads((out / "options.json").read_text())
     assert options["frames_given"] == 1 and options["refined_on"] in ("cpu", "cuda")
-    config = DatasetConfig.for_subject(subject)  # sized to the bone: its dataset's field of view over 128 px
-    assert options["pixel_mm_used"] == pytest.approx(config.pixel_mm * config.image_size / 128)
+    # sized to the bone: a crop's field of view of the sphere about its centroid that holds it, over 128 px
+    from fluororeg.dataset.generate import CROP_MARGIN, bone_radius_mm
+
+    assert options["pixel_mm_used"] == pytest.approx(2 * bone_radius_mm(subject) * CROP_MARGIN / 128)
 
 
 def test_track_without_a_usable_start_says_so(subject, walking, tmp_path, capsys):
@@ -89,3 +91,17 @@ def _subject_dir(subject, tmp_path):
     if not (folder / "subject.json").is_file():
         save_subject(subject, folder)
     return folder
+
+
+def test_the_refinements_pixel_follows_the_bone_not_the_subjects_origin(subject):
+    """subject.json's origin is a lab's to set (the CT's corner, say); the refinement's pixel must
+    stay the bone's (with the origin at the radius CT's corner it grew from 1.01 to 1.82 mm and
+    the wrist sample's frame 99 failed the gate)."""
+    import dataclasses
+
+    from fluororeg.pipeline.register import subject_refine_pixel_mm
+
+    moved = dataclasses.replace(subject, origin=np.asarray(subject.origin) + [60.0, -40.0, 25.0])
+    assert subject_refine_pixel_mm(moved) == pytest.approx(subject_refine_pixel_mm(subject), rel=1e-9)
+    # the dataset's crops are centred at the origin: their field of view grows with it
+    assert DatasetConfig.for_subject(moved).pixel_mm > 1.2 * DatasetConfig.for_subject(subject).pixel_mm

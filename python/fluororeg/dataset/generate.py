@@ -88,9 +88,11 @@ from fluororeg.io.run_lock import locks_folder
 from fluororeg.core.geometry import PACKED_VIEW_SIZE, ParallelCamera, euler_from_matrix
 
 __all__ = ["PoseRanges", "DatasetConfig", "generate_dataset", "sample_poses", "cone_views", "source_distance_range",
-           "prepare_subject_volumes", "render_samples", "DatasetReader"]
+           "prepare_subject_volumes", "render_samples", "DatasetReader", "bone_radius_mm", "CROP_MARGIN"]
 
 FORMAT_VERSION = 1
+# A crop's field of view over the diameter of the sphere that holds the bone (bone_size_settings).
+CROP_MARGIN = 1.35
 SPLITS = ("train", "test")
 
 
@@ -255,7 +257,7 @@ class DatasetConfig:
         return self if self.poses.has_axes else replace(self, poses=self.poses.for_subject(subject))
 
     @classmethod
-    def for_subject(cls, subject, *, image_size: int = 128, margin: float = 1.35, **overrides) -> "DatasetConfig":
+    def for_subject(cls, subject, *, image_size: int = 128, margin: float = CROP_MARGIN, **overrides) -> "DatasetConfig":
         """A configuration sized to the subject's bone (any bone, not only a skull): see
         :func:`bone_size_settings`; ``overrides`` (any field, e.g. ``n_train``, ``projection``,
         ``source_distance_mm``) win over the derived values."""
@@ -266,7 +268,25 @@ class DatasetConfig:
         return cls(image_size=image_size, poses=poses, **derived)
 
 
-def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) -> dict:
+def _bone_points(subject) -> tuple[np.ndarray, float]:
+    """The bone mask's voxel centres [M, 3] (model frame, mm) and half a voxel's diagonal (mm)."""
+    mask = subject.mask_model()
+    k, j, i = np.nonzero(np.asarray(mask.data))
+    if not len(i):
+        raise ValueError("the subject's bone mask is empty: cannot size a dataset to it")
+    pts = mask.voxel_to_physical(np.stack([i, j, k], axis=1).astype(np.float64))
+    return pts, 0.5 * float(np.linalg.norm(mask.spacing))
+
+
+def bone_radius_mm(subject) -> float:
+    """The radius (mm) of the sphere about the bone mask's centroid that holds the whole mask: the
+    bone's own size, whatever the subject's origin (:func:`bone_size_settings` sizes the dataset's
+    crops about the origin instead, where they are centred)."""
+    pts, half_voxel = _bone_points(subject)
+    return float(np.linalg.norm(pts - pts.mean(axis=0), axis=1).max()) + half_voxel
+
+
+def bone_size_settings(subject, *, image_size: int = 128, margin: float = CROP_MARGIN) -> dict:
     """Dataset settings derived from the bone's size and shape (for :meth:`DatasetConfig.for_subject`):
 
     * ``pixel_mm`` (the crop pixel size the pipeline then uses): the largest extent of the bone
@@ -282,12 +302,8 @@ def bone_size_settings(subject, *, image_size: int = 128, margin: float = 1.35) 
       bone's long axis (its largest principal axis, as ``superior_axis``): azimuth
       (-180, 180), elevation (-45, 45), roll (-180, 180).
     """
-    mask = subject.mask_model()
-    k, j, i = np.nonzero(np.asarray(mask.data))
-    if not len(i):
-        raise ValueError("the subject's bone mask is empty: cannot size a dataset to it")
-    pts = mask.voxel_to_physical(np.stack([i, j, k], axis=1).astype(np.float64))  # [M, 3] model mm
-    radius = float(np.linalg.norm(pts, axis=1).max()) + 0.5 * float(np.linalg.norm(mask.spacing))
+    pts, half_voxel = _bone_points(subject)
+    radius = float(np.linalg.norm(pts, axis=1).max()) + half_voxel
     fov = 2.0 * radius * float(margin)
     pixel_mm = fov / int(image_size)
     translation = 0.08 * fov

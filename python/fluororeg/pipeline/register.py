@@ -248,12 +248,17 @@ def refine_pixel_mm(options: PipelineOptions, detector) -> float:
 
 
 def subject_refine_pixel_mm(subject) -> float:
-    """:func:`refine_pixel_mm` without a detector: the field of view of the dataset
-    ``DatasetConfig.for_subject`` would make for ``subject`` over :data:`REFINE_PIXELS_PER_CROP`."""
-    from fluororeg.dataset.generate import DatasetConfig
+    """:func:`refine_pixel_mm` without a detector, from the bone alone: the field of view a dataset
+    would give a crop of the bone (``CROP_MARGIN`` times the diameter of the sphere that holds it)
+    over :data:`REFINE_PIXELS_PER_CROP`, the sphere about the bone's centroid
+    (:func:`~fluororeg.dataset.generate.bone_radius_mm`), so that the subject's origin does not
+    change it. (A dataset's crops are centred at the origin, the landmarks' centroid: there the two
+    differ by a few per cent; a radius 1.04 mm here against 1.01 from its dataset. With the origin
+    at the CT's corner, the dataset's field of view gave a radius 1.82 mm, and frame 99 of the
+    wrist sample failed the gate.)"""
+    from fluororeg.dataset.generate import CROP_MARGIN, bone_radius_mm
 
-    config = DatasetConfig.for_subject(subject)
-    return config.pixel_mm * config.image_size / REFINE_PIXELS_PER_CROP
+    return 2.0 * bone_radius_mm(subject) * CROP_MARGIN / REFINE_PIXELS_PER_CROP
 
 
 def _registration_weights(det: np.ndarray, conf: np.ndarray, options: PipelineOptions) -> np.ndarray:
