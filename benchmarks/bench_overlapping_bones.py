@@ -37,7 +37,7 @@ import numpy as np
 
 from fluororeg.cli import main as cli
 from fluororeg.core import refine
-from fluororeg.core.geometry import pose_from_matrix, pose_matrix
+from fluororeg.core.geometry import model_poses_from_physical, pose_matrix
 from fluororeg.core.registration import pose_errors
 from fluororeg.core.render import project_mask_cone, render_cone
 from fluororeg.pipeline.register import subject_refine_pixel_mm
@@ -52,13 +52,6 @@ from bench_real_wrist import SAMPLE, make_inputs
 RADIUS_POSE = [92.964, -1.172, 174.558, 123.083, 116.385, 103.499]
 NOISE = 0.01  # line integrals
 START_OFFSETS = (3.0, 6.0)  # deg and mm off the truth
-
-
-def model_pose(subject, world_from_physical) -> np.ndarray:
-    """world_from_physical -> world_from_model [6] (the model frame: physical - subject.origin)."""
-    shift = np.eye(4)
-    shift[:3, 3] = subject.origin
-    return pose_from_matrix(pose_matrix(np.asarray(world_from_physical, float)) @ shift)
 
 
 def renderer():
@@ -97,7 +90,7 @@ def main(argv=None) -> dict:
         ulna = make_ulna(Path(tmp))
     views = rec.geometry.views
     mu, bone = radius.attenuation_model(), radius.mask_model()
-    truth = model_pose(radius, RADIUS_POSE)
+    truth = model_poses_from_physical(RADIUS_POSE, radius.origin)
     c, a = principal_axis(bone)
     M = pose_matrix(truth)
     tissue_centre, tissue_axis = M[:3, :3] @ c + M[:3, 3], M[:3, :3] @ a  # about the radius

@@ -46,7 +46,7 @@ from scipy.spatial.transform import Rotation
 
 from fluororeg.cli import main as cli
 from fluororeg.core import refine
-from fluororeg.core.geometry import pose_from_matrix, pose_matrix
+from fluororeg.core.geometry import physical_poses_from_model, pose_from_matrix, pose_matrix
 from fluororeg.core.registration import pose_errors
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline import refine_stage
@@ -134,13 +134,6 @@ def coarse_inputs(views, images, masks, factor: int):
     return small, np.ascontiguousarray(blocks.mean(axis=(-3, -1)), dtype=np.float32), usable
 
 
-def physical_pose(subject, pose) -> np.ndarray:
-    """world_from_model -> world_from_physical (the CT's own frame) [6] (deg, mm)."""
-    shift = np.eye(4)
-    shift[:3, 3] = -subject.origin
-    return pose_from_matrix(pose_matrix(pose) @ shift)
-
-
 def main(argv=None) -> dict:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     if not SAMPLE.is_dir():
@@ -197,7 +190,7 @@ def main(argv=None) -> dict:
                 "similarity": res.similarity[order[0]].tolist(), "similarity_total": float(sim[0]),
                 "runner_up_similarity": runner_up, "similarity_1deg_off": float(np.mean(sim[1:7])),
                 "similarity_1mm_off": float(np.mean(sim[7:])), "similarity_by_level": by_level,
-                "world_from_physical": physical_pose(subject, top).round(3).tolist(),
+                "world_from_physical": physical_poses_from_model(top, subject.origin).round(3).tolist(),
                 "search_seconds": time.perf_counter() - t0}
             rows += [(f"frame {number}: similarity at the found pose (view 1, view 2 mean)", float(sim[0]), ""),
                      (f"frame {number}: best other optimum", runner_up, ""),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fluororeg.calibration.formats import read_mayacam, read_mayacam1, write_mayacam
-from fluororeg.core.geometry import pose_matrix
+from fluororeg.core.geometry import physical_poses_from_model, pose_matrix
 from fluororeg.core.volume import Volume
 from fluororeg.io.autoscoper import (autoscoper_from_physical, autoscoper_info, import_autoscoper_trial,
                                      model_poses_from_tra, read_autoscoper_tra, read_trial_cfg, sidecar_path,
@@ -278,6 +278,43 @@ def test_slicer_tfm_places_the_ct(tmp_path):
     phys = subj.ct.voxel_to_physical(ijk)
     world = (W[:3, :3] @ (phys - subj.origin).T).T + W[:3, 3]
     np.testing.assert_allclose((phys_from_world[:3, :3] @ world.T).T + phys_from_world[:3, 3], phys, atol=1e-9)
+
+
+def test_reference_poses_from_a_slicer_tfm_and_from_ct_frame_csv(tmp_path):
+    """A bone placed by hand arrives as a Slicer transform or as a CSV of world_from_physical
+    poses (its CT's own frame): both are read back as the model-frame pose that placed it."""
+    subj = _toy_subject(origin=(3.0, -4.0, 5.0))
+    pose = np.array([12.0, -7.0, 33.0, 10.0, 20.0, 650.0])  # world_from_model
+    tfm = write_slicer_tfm(tmp_path / "radius_0099.tfm", pose_matrix(pose), subj)
+    got = read_reference_poses(tfm, frames=[2, 99], subject=subj)
+    assert np.isnan(got[0]).all()
+    np.testing.assert_allclose(got[1], pose, atol=1e-9)
+    with pytest.raises(ValueError, match="frame number"):
+        read_reference_poses(write_slicer_tfm(tmp_path / "radius.tfm", pose_matrix(pose), subj), subject=subj)
+    with pytest.raises(ValueError, match="subject"):
+        read_reference_poses(tfm, frames=[99])
+
+    physical = physical_poses_from_model(pose, subj.origin)
+    assert np.abs(physical[3:] - pose[3:]).max() > 1.0  # the two frames differ here
+    csv = tmp_path / "placed.csv"
+    csv.write_text("frame,theta_x_deg,theta_y_deg,theta_z_deg,tau_x_mm,tau_y_mm,tau_z_mm\n"
+                   "99," + ",".join(repr(float(v)) for v in physical) + "\n7,,,,,,\n")
+    got = read_reference_poses(csv, frames=[7, 99], subject=subj, pose_frame="ct")
+    assert np.isnan(got[0]).all()
+    np.testing.assert_allclose(got[1], pose, atol=1e-9)
+    np.testing.assert_allclose(read_reference_poses(csv, frames=[99])[0], physical)  # 'model': as written
+    with pytest.raises(ValueError, match="CT's own frame"):
+        read_reference_poses(csv, frames=[99], pose_frame="ct")
+    with pytest.raises(ValueError, match="pose_frame 'world'"):
+        read_reference_poses(csv, frames=[99], pose_frame="world")
+
+
+def test_a_tra_with_a_line_per_frame_number_is_refused_with_how_it_is_laid_out(tmp_path):
+    subj = _toy_subject()
+    path = tmp_path / "one.tra"
+    path.write_text(",".join(repr(float(v)) for v in np.eye(4).ravel()) + "\n")  # frame 99 alone, one line
+    with pytest.raises(ValueError, match=r"1 lines but the trial has 3 frames \(2, 99, 158\).*one line per frame"):
+        read_reference_poses(path, frames=[99], subject=subj, trial_frames=[2, 99, 158])
 
 
 @needs_sample

@@ -23,8 +23,9 @@ import pytest
 
 from fluororeg.cli import main
 from fluororeg.core.registration import pose_errors
-from fluororeg.io.poses import read_poses_csv
-from fluororeg.core.geometry import pose_from_matrix, pose_matrix
+from fluororeg.io.autoscoper import read_pose_sidecar
+from fluororeg.io.poses import read_poses_csv, read_tra
+from fluororeg.core.geometry import model_poses_from_physical, pose_matrix
 from fluororeg.core.refine import DEFAULT_PIXEL_MM, auto_finest_level
 from fluororeg.io.recording import open_recording
 from fluororeg.pipeline.quality import REGISTERED_STATUSES
@@ -59,13 +60,8 @@ def wrist(tmp_path_factory):
 def model_poses(subject, frames) -> np.ndarray:
     """The searched poses as world_from_model (the model frame: physical - subject.origin), NaN
     for frames without one."""
-    out = np.full((len(frames), 6), np.nan)
-    for k, f in enumerate(frames):
-        if int(f) in SEARCHED:
-            shift = np.eye(4)
-            shift[:3, 3] = subject.origin
-            out[k] = pose_from_matrix(pose_matrix(np.array(SEARCHED[int(f)])) @ shift)
-    return out
+    return np.array([model_poses_from_physical(SEARCHED[int(f)], subject.origin) if int(f) in SEARCHED
+                     else np.full(6, np.nan) for f in frames])
 
 
 def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
@@ -100,7 +96,7 @@ def test_refinement_at_the_bones_pixel_size_holds_real_frames(wrist):
     assert not np.isin(coarse[1:], REGISTERED_STATUSES).any(), (coarse, cols2)
 
 
-def test_track_from_one_placed_frame(wrist, tmp_path):
+def test_track_from_one_placed_frame(wrist, tmp_path, capsys):
     """`fluororeg track` from frame 99's pose alone (a bone placed by hand, as in Autoscoper):
     frame 158 is tracked to the pose the search found in it on its own; frame 2, whose forearm
     is elsewhere, is flagged, not registered. The same from the start as an Autoscoper .tra."""
@@ -119,12 +115,41 @@ def test_track_from_one_placed_frame(wrist, tmp_path):
     ang, mm = pose_errors(table["poses"][1:], model_poses(subject, [99, 158]))
     assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)
 
+    # The pose as a lab places it, in the CT's own frame: a CSV read with --start-frame ct (read as
+    # fluororeg's model frame it starts 20 deg off and the command says what to try), or a 3D
+    # Slicer transform named after its frame.
+    placed_csv = tmp_path / "placed_ct.csv"
+    placed_csv.write_text("frame,theta_x_deg,theta_y_deg,theta_z_deg,tau_x_mm,tau_y_mm,tau_z_mm\n"
+                          "99," + ",".join(str(v) for v in SEARCHED[99]) + "\n")
+    capsys.readouterr()
+    assert main(["track", str(root / "recording"), "--subject", str(root / "radius"), "--start", str(placed_csv),
+                 "--out", str(tmp_path / "track_model"), "--quiet"]) == 0
+    assert "--start-frame ct" in capsys.readouterr().err
+    slicer = tmp_path / "slicer" / "radius_0099.tfm"
+    assert main(["export", str(out / "poses.csv"), "--format", "slicer", "--subject", str(root / "radius"),
+                 "--frame", "99", "--out", str(slicer)]) == 0
+    for start, extra in ((placed_csv, ["--start-frame", "ct"]), (slicer, [])):
+        assert main(["track", str(root / "recording"), "--subject", str(root / "radius"), "--start", str(start),
+                     "--out", str(tmp_path / "track_placed"), "--quiet", *extra]) == 0
+        placed = read_poses_csv(tmp_path / "track_placed" / "poses.csv")
+        assert placed["status"].tolist()[1:] == ["ok", "tracked"], (start, placed["status"])
+        ang, mm = pose_errors(placed["poses"][1:], table["poses"][1:])
+        assert ang.max() < 0.05 and mm.max() < 0.05, (start, ang, mm)
+
     # The same start as Autoscoper would save it: a .tra in the CT's volume frame, one line per
     # frame of the trial, only frame 99 placed, no fluororeg sidecar.
     tra = tmp_path / "exported.tra"
     assert main(["export", str(out / "poses.csv"), "--format", "tra", "--subject", str(root / "radius"),
                  "--recording", str(root / "recording"), "--out", str(tra)]) == 0
     lines = tra.read_text().splitlines()
+    # The run folder's poses.tra is that same Autoscoper file (it was the model frame, 35 mm off in
+    # Autoscoper, and `track --start` / `evaluate --reference` misread it).
+    np.testing.assert_allclose(read_tra(out / "poses.tra"), read_tra(tra), atol=1e-9)
+    assert read_pose_sidecar(out / "poses.tra")["line_frame_numbers"].tolist() == [2, 99, 158]
+    again_out = tmp_path / "track_from_run"
+    assert main(["track", str(root / "recording"), "--subject", str(root / "radius"), "--start",
+                 str(out / "poses.tra"), "--out", str(again_out), "--quiet"]) == 0
+    assert read_poses_csv(again_out / "poses.csv")["status"].tolist()[1:] == ["ok", "ok"]
     placed = tmp_path / "autoscoper" / "radius.tra"
     placed.parent.mkdir()
     placed.write_text("\n".join(line if k == 1 else ",".join(["NaN"] * 16) for k, line in enumerate(lines)) + "\n")

@@ -31,6 +31,18 @@ def load_subject_arg(folder: str | None):
     return load_subject(folder)
 
 
+def subject_volume_flip_arg(folder) -> tuple[int, int, int]:
+    """The VolumeFlip Autoscoper loads ``--subject``'s CT with (its folder's autoscoper.json; none for
+    the built-in example subject): the volume frame of the .tra files written and read for it."""
+    from pathlib import Path
+
+    from fluororeg.io.autoscoper import subject_volume_flip
+
+    if folder is None or (folder == EXAMPLE_SUBJECT and not (Path(folder) / "subject.json").is_file()):
+        return (0, 0, 0)
+    return subject_volume_flip(folder)
+
+
 def deprecation_note(old: str, new: str) -> None:
     """One line on stderr: ``old`` still works for this release; use ``new``."""
     print(f"fluororeg: {old} is deprecated and will be removed in the next release: use {new}", file=sys.stderr)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fluororeg.cli import common
+
 __all__ = ["add_parser", "run_recording_init", "run_import_autoscoper", "run_export"]
 
 
@@ -57,18 +59,19 @@ def _poses_for_export(args):
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fluororeg.io.autoscoper import autoscoper_info, write_autoscoper_tra
+    from fluororeg.io.autoscoper import write_autoscoper_tra
     from fluororeg.io.poses import write_slicer_tfm
     from fluororeg.io.recording import open_recording
     from fluororeg.io.xmalab import write_xmalab_rigid_body_csv
     from fluororeg.subject.subject import load_subject
 
     subject = load_subject(args.subject)
-    info = autoscoper_info(args.subject)
-    flip = tuple(args.flip) if args.flip is not None else (info["flip"] if info else (0, 0, 0))
+    flip = tuple(args.flip) if args.flip is not None else common.subject_volume_flip_arg(args.subject)
     frames, M, registered = _poses_for_export(args)
     trial_frames = open_recording(args.recording).frame_numbers if args.recording else None
     out = Path(args.out)
+    if args.format in ("tra", "xmalab"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "tra":
         write_autoscoper_tra(out, frames, M, subject, trial_frames=trial_frames, flip=flip)
         what = "Autoscoper .tra (volume frame; load it in Autoscoper for this volume)"
@@ -80,8 +83,7 @@ def run_export(args: argparse.Namespace) -> int:
         if not chosen:
             raise ValueError(f"'{args.poses}' has no registered frame to export")
         many = len(chosen) > 1
-        if many:
-            out.mkdir(parents=True, exist_ok=True)
+        (out if many else out.parent).mkdir(parents=True, exist_ok=True)
         for f in chosen:
             hit = np.nonzero(frames == f)[0]
             if not len(hit) or not registered[hit[0]]:

@@ -43,12 +43,13 @@ def crop_pixel_mm_for(given: float | None, detector) -> float:
     return float(given)
 
 
-def _reference_by_frame(path, frame_numbers, subject_folder, recording=None) -> np.ndarray:
+def _reference_by_frame(path, frame_numbers, subject_folder, recording=None, pose_frame: str = "model") -> np.ndarray:
     """Reference poses [len(frame_numbers), 6] matched by frame number. A .tra or XMALab CSV that
     fluororeg exported is read through its sidecar (bone frame, each line's frame number); a
     foreign one in the subject's volume frame (its autoscoper.json gives the VolumeFlip) with
-    the recording's frame numbers as its lines'."""
-    from fluororeg.io.autoscoper import autoscoper_info, read_pose_sidecar
+    the recording's frame numbers as its lines'. A CSV's poses are in ``pose_frame`` ('model' or
+    'ct', :func:`~fluororeg.io.poses.read_reference_poses`); a Slicer .tfm places the CT."""
+    from fluororeg.io.autoscoper import read_pose_sidecar
     from fluororeg.io.poses import _is_xmalab, read_reference_poses
 
     kwargs = {}
@@ -56,12 +57,13 @@ def _reference_by_frame(path, frame_numbers, subject_folder, recording=None) -> 
     body_file = path.suffix.lower() == ".tra" or (path.suffix.lower() == ".csv" and path.is_file() and _is_xmalab(path))
     if body_file and path.is_file() and read_pose_sidecar(path) is not None:
         body_file = False  # the sidecar knows the bone frame and the lines' frame numbers
+    if subject_folder is not None and (body_file or pose_frame == "ct" or path.suffix.lower() == ".tfm"):
+        kwargs["subject"] = common.load_subject_arg(subject_folder)
     if subject_folder is not None and body_file:
-        info = autoscoper_info(subject_folder) if subject_folder != common.EXAMPLE_SUBJECT else None
-        kwargs = {"subject": common.load_subject_arg(subject_folder), "flip": info["flip"] if info else (0, 0, 0)}
+        kwargs["flip"] = common.subject_volume_flip_arg(subject_folder)
     if recording is not None and body_file:
         kwargs["trial_frames"] = recording.frame_numbers
-    return read_reference_poses(path, frames=np.asarray(frame_numbers), **kwargs)
+    return read_reference_poses(path, frames=np.asarray(frame_numbers), pose_frame=pose_frame, **kwargs)
 
 
 def add_parser(subparsers) -> None:
@@ -124,14 +126,19 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--subject", help=common.SUBJECT_HELP)
     tr.add_argument("--start", required=True,
                     help="the poses of some frames, matched by frame number: a poses.csv (or a CSV with frame, "
-                         "theta_x_deg .. tau_z_mm), an Autoscoper .tra (lines: the recording's frames, in the "
-                         "subject's volume frame) or an XMALab rigid-body CSV; the other frames start from a "
-                         "neighbour's refined pose")
+                         "theta_x_deg .. tau_z_mm; see --start-frame), an Autoscoper .tra (one line per frame of "
+                         "the recording, in its order, NaN where none; the subject's volume frame), an XMALab "
+                         "rigid-body CSV, or a 3D Slicer .tfm whose name ends in its frame number "
+                         "(radius_0099.tfm); the other frames start from a neighbour's refined pose")
+    tr.add_argument("--start-frame", choices=["model", "ct"], default="model",
+                    help="the bone frame of a CSV's poses: model (fluororeg's, as in poses.csv: the CT's frame "
+                         "moved to the subject's origin) or ct (the CT's own physical frame, world_from_physical: "
+                         "a bone placed by hand)")
     tr.add_argument("--min-similarity", type=float,
                     help="the refinement's gate (default 0.6; see register --min-similarity)")
     tr.add_argument("--pixel-mm", type=float,
-                    help="the refinement's finest pixel at the bone, mm (default: the subject's dataset field of "
-                         "view over 128 px: 2 for a head, about 1 for a radius)")
+                    help="the refinement's finest pixel at the bone, mm (default: sized to the bone, a crop's "
+                         "field of view of it over 128 px: about 2.3 for a head, 1 for a radius)")
     tr.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto")
     common.add_threads_option(tr)
     tr.add_argument("--out", required=True)
@@ -153,10 +160,15 @@ def add_parser(subparsers) -> None:
     ov.set_defaults(handler=run_overlay, resumes=False)
     ev = subparsers.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
     ev.add_argument("poses", help="poses.csv from fluororeg register")
-    ev.add_argument("--reference", required=True, help="reference poses: a poses CSV, a simulation's truth.npz, an "
-                                                       "Autoscoper .tra or an XMALab rigid-body CSV (matched by frame number)")
-    ev.add_argument("--subject", help="subject folder (needed for --with-landmarks, and for an Autoscoper .tra or "
-                                      "XMALab CSV that fluororeg did not write: its CT sets the volume frame)")
+    ev.add_argument("--reference", required=True,
+                    help="reference poses, matched by frame number: a poses CSV (see --reference-frame), a "
+                         "simulation's truth.npz, an Autoscoper .tra, an XMALab rigid-body CSV or a 3D Slicer .tfm "
+                         "whose name ends in its frame number")
+    ev.add_argument("--reference-frame", choices=["model", "ct"], default="model",
+                    help="the bone frame of a reference CSV's poses (as track --start-frame)")
+    ev.add_argument("--subject", help="subject folder (needed for --with-landmarks; for an Autoscoper .tra or "
+                                      "XMALab CSV that fluororeg did not write: its CT sets the volume frame; for a "
+                                      ".tfm or --reference-frame ct: its origin sets the model frame)")
     ev.add_argument("--recording", help="the recording the reference's lines follow (an Autoscoper .tra or XMALab "
                                         "CSV that fluororeg did not write: line n = the recording's n-th frame)")
     ev.add_argument("--with-landmarks", action="store_true", help="also the mean landmark distance")
@@ -234,7 +246,7 @@ def run_register(args: argparse.Namespace) -> int:
                            refine=args.refine, refine_device=args.refine_device,
                            min_similarity=args.min_similarity,
                            crop_pixel_mm=crop_pixel_mm_for(args.crop_pixel_mm, detector),
-                           **_gate_options(args))
+                           autoscoper_flip=common.subject_volume_flip_arg(args.subject), **_gate_options(args))
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frame pairs/s)")
@@ -251,10 +263,11 @@ def run_track(args: argparse.Namespace) -> int:
     from fluororeg.pipeline.track import TrackOptions, track_recording
 
     options = TrackOptions(pixel_mm=args.pixel_mm, min_similarity=args.min_similarity,
-                           refine_device=args.refine_device)
+                           refine_device=args.refine_device, autoscoper_flip=common.subject_volume_flip_arg(args.subject))
     subject = common.load_subject_arg(args.subject)
     rec = open_recording(args.recording)
-    start = _reference_by_frame(args.start, rec.frame_numbers, args.subject, rec)  # matched by frame number
+    start = _reference_by_frame(args.start, rec.frame_numbers, args.subject, rec,  # matched by frame number
+                                pose_frame=args.start_frame)
     given = np.isfinite(start).all(axis=1)
     if not given.any():
         raise ValueError(f"'{args.start}' has no pose for any of the recording's frames "
@@ -264,6 +277,13 @@ def run_track(args: argparse.Namespace) -> int:
         print(f"tracking {len(rec)} frame pairs from the poses of {int(given.sum())} (frames {shown})", file=sys.stderr)
     res = track_recording(rec, subject, start, options, out_dir=args.out, progress=not args.quiet)
     _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s")
+    held = np.isfinite(res.poses[given]).all(axis=1)
+    if not held.any() and Path(args.start).suffix.lower() == ".csv":  # not one given pose held: the wrong frame?
+        statuses = ", ".join(sorted(set(res.status[given].tolist())))
+        other = "ct" if args.start_frame == "model" else "model"
+        print(f"note: no given pose passed its refinement ({statuses}). If '{args.start}' holds its poses in the "
+              f"other bone frame, pass --start-frame {other} (model: fluororeg's, as in poses.csv; ct: the CT's own "
+              "frame, as a bone placed by hand in Autoscoper or 3D Slicer)", file=sys.stderr)
     return 0
 
 
@@ -339,7 +359,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         common.load_subject_arg(None)  # the one-line error: --with-landmarks needs --subject
     table = read_poses_csv(args.poses)
     rec = open_recording(args.recording) if args.recording else None
-    ref = _reference_by_frame(args.reference, table["frame"], args.subject, rec)  # matched by frame number
+    ref = _reference_by_frame(args.reference, table["frame"], args.subject, rec,  # matched by frame number
+                              pose_frame=args.reference_frame)
     if not np.isfinite(ref).all(axis=1).any():
         raise ValueError(f"'{args.reference}' has no pose for any of the {len(ref)} frames of '{args.poses}' "
                          "(rows are matched by their frame numbers)")

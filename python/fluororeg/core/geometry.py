@@ -23,6 +23,8 @@ __all__ = [
     "euler_from_matrix",
     "pose_matrix",
     "pose_from_matrix",
+    "model_poses_from_physical",
+    "physical_poses_from_model",
     "as_poses",
     "ConeView",
     "ParallelCamera",
@@ -118,6 +120,20 @@ def pose_from_matrix(M) -> np.ndarray:
     """Pose(s) (deg, mm) from 4x4 rigid transform(s)."""
     M = _finite_array(M, "M", (4, 4))
     return np.concatenate([euler_from_matrix(M[..., :3, :3]), M[..., :3, 3]], axis=-1)
+
+
+def model_poses_from_physical(poses, origin) -> np.ndarray:
+    """world_from_model poses [..., 6] (deg, mm) of world_from_physical ones [..., 6]: a bone's pose in
+    its CT's own physical frame (as Autoscoper, 3D Slicer or a hand placement give it) in the model
+    frame, whose origin is ``origin`` [3] mm of that physical frame (a subject's ``origin``)."""
+    shift = np.eye(4)
+    shift[:3, 3] = _finite_array(origin, "origin", (3,))
+    return pose_from_matrix(pose_matrix(poses) @ shift)
+
+
+def physical_poses_from_model(poses, origin) -> np.ndarray:
+    """The inverse of :func:`model_poses_from_physical`: world_from_physical [..., 6] (deg, mm)."""
+    return model_poses_from_physical(poses, -_finite_array(origin, "origin", (3,)))
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_
 
 __all__ = ["AutoscoperTrial", "read_trial_cfg", "write_trial_cfg", "autoscoper_volume_geometry",
            "autoscoper_from_physical", "autoscoper_from_model", "tra_from_model_poses", "model_poses_from_tra",
-           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "sidecar_path",
+           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "subject_volume_flip", "sidecar_path",
            "write_pose_sidecar", "read_pose_sidecar", "write_autoscoper_volume", "trial_frame_files",
            "import_autoscoper_trial", "AUTOSCOPER_INFO_FILE"]
 
@@ -262,6 +262,13 @@ def autoscoper_info(subject_dir) -> dict | None:
         raise ValueError(f"'{p}' is not valid JSON: {exc}") from None
     info["flip"] = _flip3(info.get("flip", (0, 0, 0)))
     return info
+
+
+def subject_volume_flip(subject_dir) -> tuple[int, int, int]:
+    """The ``VolumeFlip`` Autoscoper loads the subject's CT with: its autoscoper.json's (a subject
+    imported from a trial), else none (0, 0, 0). ``subject_dir`` None: none."""
+    info = autoscoper_info(subject_dir) if subject_dir is not None else None
+    return info["flip"] if info else (0, 0, 0)
 
 
 def write_autoscoper_volume(volume, path, *, intensity=None) -> Path:

@@ -169,12 +169,21 @@ def _column_reader(path: Path, rows: list[dict]):
 REFERENCE_COLUMNS = ["frame"] + POSE_COLUMNS[2:8]
 
 
+POSE_FRAMES = ("model", "ct")  # read_reference_poses(pose_frame=): the bone frame of a CSV's poses
+
+
 def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, flip=(0, 0, 0),
-                         body: str | None = None) -> np.ndarray:
+                         body: str | None = None, pose_frame: str = "model") -> np.ndarray:
     """Reference poses (deg, mm; fluororeg's world_from_model) by frame number, by file type:
 
     * a CSV with at least the columns ``frame, theta_x_deg .. tau_z_mm`` (a fluororeg pose
-      file, or manual registrations of some frames; empty fields: no pose);
+      file, or manual registrations of some frames; empty fields: no pose): ``pose_frame``
+      'model' (fluororeg's model frame: poses.csv) or 'ct' (world_from_physical, the bone in its
+      CT's own physical frame, as a bone placed by hand in Autoscoper or 3D Slicer is; needs
+      ``subject``, whose origin relates the two);
+    * a 3D Slicer / ITK transform ``.tfm`` (as ``fluororeg export --format slicer`` writes it:
+      physical_from_world, LPS; needs ``subject``): one pose, of the frame number its file name
+      ends in (``radius_0099.tfm``: frame 99);
     * a simulation's ``truth.npz`` (``poses`` [F, 6], row i = frame i);
     * an Autoscoper ``.tra`` (world_from_volume in Autoscoper's volume frame, line n = trial
       frame n) or an XMALab rigid-body CSV (columns ``NAME_R11 .. NAME_1``; ``body`` picks
@@ -187,10 +196,14 @@ def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, 
     without ``frames``, [max frame + 1, 6]."""
     path = Path(path)
     check_regular_file(path, "reference file")
+    if pose_frame not in POSE_FRAMES:
+        raise ValueError(f"pose_frame {pose_frame!r} is unknown: expected one of {POSE_FRAMES}")
     # (frame numbers [R], poses [R, 6]): only the frames the file holds, never an array as long as
     # its largest frame number
     if path.suffix.lower() in (".tra",) or (path.suffix.lower() == ".csv" and _is_xmalab(path)):
         numbers, values = _body_reference(path, subject, trial_frames, flip, body)
+    elif path.suffix.lower() == ".tfm":
+        numbers, values = _slicer_reference(path, subject)
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "poses" not in data:
@@ -212,6 +225,8 @@ def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, 
             raise ValueError(f"'{path}': frame {values[counts > 1][0]} appears {counts[counts > 1][0]} times")
         values = (np.stack([col(c) for c in REFERENCE_COLUMNS[1:]], axis=1) if len(rows)
                   else np.zeros((0, 6)))
+        if pose_frame == "ct":
+            values = _model_from_ct(values, subject, path)
     values = np.where(np.isfinite(values).all(axis=1, keepdims=True), values, np.nan)  # a partial pose: none
     if frames is None:
         by_frame = np.full((int(numbers.max()) + 1 if len(numbers) else 0, 6), np.nan)
@@ -236,6 +251,33 @@ def _is_xmalab(path: Path) -> bool:
     return any(re.fullmatch(r".+_R11(_[0-9.eE+-]+Hz)?", h.strip()) for h in head.split(","))
 
 
+def _model_from_ct(values: np.ndarray, subject, path: Path) -> np.ndarray:
+    """world_from_physical poses [R, 6] (NaN rows stay) in the subject's model frame."""
+    from fluororeg.core.geometry import model_poses_from_physical
+
+    if subject is None:
+        raise ValueError(f"'{path}' holds poses in a CT's own frame: give the subject whose CT it is (--subject DIR; "
+                         "subject= in Python)")
+    out = np.full(values.shape, np.nan)
+    finite = np.isfinite(values).all(axis=1)
+    if finite.any():
+        out[finite] = model_poses_from_physical(values[finite], subject.origin)
+    return out
+
+
+def _slicer_reference(path: Path, subject) -> tuple[np.ndarray, np.ndarray]:
+    """(frame number [1], pose [1, 6] of the model frame) of a 3D Slicer transform file."""
+    from fluororeg.core.geometry import pose_from_matrix
+
+    digits = re.search(r"(\d+)$", path.stem)
+    if digits is None:
+        raise ValueError(f"'{path}': a transform file's name must end in its frame number (as "
+                         f"'radius_0099.tfm' for frame 99), got '{path.name}'")
+    world_from_physical = np.linalg.inv(read_slicer_tfm(path))
+    pose = pose_from_matrix(world_from_physical)[None]
+    return np.array([int(digits.group(1))], dtype=np.int64), _model_from_ct(pose, subject, path)
+
+
 def _body_reference(path: Path, subject, trial_frames, flip, body) -> tuple[np.ndarray, np.ndarray]:
     """(frame numbers [R], poses [R, 6] of fluororeg's model frame) from a .tra or XMALab CSV."""
     from fluororeg.core.geometry import pose_from_matrix
@@ -257,13 +299,17 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> tuple[np.n
         body_from_model = side["body_from_model"]
     else:
         raise ValueError(f"'{path}' holds poses of a bone frame fluororeg does not know (Autoscoper's volume frame of "
-                         "some CT): give the subject (subject=, or --subject) whose CT it was made with")
+                         "some CT): give the subject whose CT it was made with (--subject DIR; subject= in Python)")
     n_trial = int(index.max()) + 1 if len(index) else 0
     if trial_frames is None:
         trial_frames = side["line_frame_numbers"] if side is not None else np.arange(n_trial)
     trial_frames = np.asarray(trial_frames, dtype=np.int64).reshape(-1)
     check_frame_numbers(trial_frames, f"'{path}' (frame numbers of its lines)")
-    if len(trial_frames) < n_trial or (path.suffix.lower() == ".tra" and len(trial_frames) != len(M)):
+    if path.suffix.lower() == ".tra" and len(trial_frames) != len(M):
+        shown = ", ".join(str(f) for f in trial_frames[:6]) + (" ..." if len(trial_frames) > 6 else "")
+        raise ValueError(f"'{path}' has {len(M)} lines but the trial has {len(trial_frames)} frames ({shown}): a .tra "
+                         "holds one line per frame of the trial, in its order, with 16 NaN where a frame has no pose")
+    if len(trial_frames) < n_trial:
         raise ValueError(f"'{path}' has poses of {n_trial} trial frames but {len(trial_frames)} frame numbers were "
                          "given for them")
     if len(trial_frames) and trial_frames.min() < 0:

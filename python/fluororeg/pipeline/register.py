@@ -55,9 +55,11 @@ the crops' fields of view, the options that shape detection) discards every chun
 written to a temporary file and renamed, so a killed run never leaves half a chunk.
 
 The run owns its output folder (:mod:`fluororeg.io.run_lock`: a second writer is refused).
-It first deletes an earlier run's results (``poses.csv``, ``poses.tra``, ``options.json``,
-``qc.json``, ``qc.png``) and writes them anew at the end from the complete in-memory result,
-each file atomically: the folder never mixes rows or files of two runs.
+It first deletes an earlier run's results (``poses.csv``, ``poses.tra`` and its sidecar,
+``options.json``, ``qc.json``, ``qc.png``) and writes them anew at the end from the complete
+in-memory result, each file atomically: the folder never mixes rows or files of two runs.
+``poses.tra`` is Autoscoper's file for the same poses (:func:`write_run_tra`): load it with the
+trial in Autoscoper as it is.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, recording_fovs, view_crops
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
-           "refine_pixel_mm", "register_detections", "register_recording", "subject_refine_pixel_mm"]
+           "refine_pixel_mm", "register_detections", "register_recording", "subject_refine_pixel_mm", "write_run_tra",
+           "check_autoscoper_flip", "min_similarity_used"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
@@ -86,7 +89,8 @@ FRAME_HASH_BYTES = 16     # bytes of a frame's hash kept (the first of its SHA-2
 # their frames within DETECTION_MEMORY_BYTES.
 DETECTION_WORKERS = 4
 DETECTION_MEMORY_BYTES = 1 << 30
-RESULT_FILES = ("poses.csv", "poses.tra", "options.json", "qc.json", "qc.png")  # a run's outputs (and qc_worst_*.png)
+# A run's outputs (and qc_worst_*.png); poses.tra.fluororeg.json: the .tra's sidecar (io.autoscoper).
+RESULT_FILES = ("poses.csv", "poses.tra", "poses.tra.fluororeg.json", "options.json", "qc.json", "qc.png")
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ class PipelineOptions:
     quality_gate: bool = True         # False: no absolute limit and no input checks
     input_checks: bool = True         # blank / duplicated views, constant detector, ambiguous mirror
     mirror_gap: float = 0.25          # relative objective gap of an ambiguous one-view mirror case
+    # The VolumeFlip Autoscoper loads the subject's CT with (io.autoscoper.subject_volume_flip: a
+    # subject imported from a trial has it; the CLI reads it): poses.tra is in that volume frame.
+    autoscoper_flip: tuple = (0, 0, 0)
 
     def __post_init__(self):
         if self.style not in ("translate", "log", "invert", "none"):
@@ -167,6 +174,7 @@ class PipelineOptions:
             check_min_similarity(self.min_similarity)
         if not (np.isfinite(self.mirror_gap) and 0 <= self.mirror_gap < 1):
             raise ValueError(f"mirror_gap = {self.mirror_gap!r}: expected a number in [0, 1)")
+        check_autoscoper_flip(self.autoscoper_flip)
         self.registration_options()  # the solver's own checks, before any work
 
     def registration_options(self):
@@ -225,6 +233,40 @@ class RecordingResult:
     @property
     def frames_per_s(self) -> float:
         return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def check_autoscoper_flip(flip) -> tuple[int, int, int]:
+    """``flip`` as Autoscoper's VolumeFlip (three 0 / 1 values), or ValueError naming it."""
+    from fluororeg.io.autoscoper import _flip3
+
+    return _flip3(flip)
+
+
+def min_similarity_used(options) -> float:
+    """The refinement gate's floor a run used: ``options.min_similarity`` (PipelineOptions or
+    TrackOptions), or RefineOptions' default when None (options.json records both)."""
+    from fluororeg.core.refine import RefineOptions
+
+    return float(options.min_similarity) if options.min_similarity is not None else RefineOptions().min_similarity
+
+
+def write_run_tra(path, frame_numbers, world_from_model, subject, flip=(0, 0, 0)) -> bool:
+    """A run folder's ``poses.tra`` (``register``, ``track``): Autoscoper's ``world_from_volume``
+    of each frame of the recording, a line per frame in its order (NaN: not registered), for the
+    subject's CT loaded in Autoscoper with VolumeFlip ``flip``, with its sidecar (fluororeg reads
+    it back in the model frame: ``evaluate --reference``, ``track --start``); the same file as
+    ``fluororeg export --format tra`` writes. ``world_from_model`` [F, 4, 4]. A CT whose index axes
+    and that volume frame differ in handedness has no such map: no file (False) and a warning
+    naming the flip that has one."""
+    from fluororeg.io.autoscoper import write_autoscoper_tra
+
+    frames = np.asarray(frame_numbers, dtype=np.int64)
+    try:
+        write_autoscoper_tra(path, frames, world_from_model, subject, trial_frames=frames, flip=flip)
+    except ValueError as exc:
+        warnings.warn(f"{Path(path).name} is not written: {exc}", stacklevel=2)
+        return False
+    return True
 
 
 def _training_image_size(detector) -> int:
@@ -625,7 +667,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
 
 def _register_recording(recording, subject, detector, translator, options, out_dir, progress) -> RecordingResult:
     from fluororeg.io.atomic import atomic_path
-    from fluororeg.io.poses import write_poses_csv, write_tra
+    from fluororeg.io.poses import write_poses_csv
 
     from fluororeg.pipeline import quality
 
@@ -734,9 +776,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         with atomic_path(out / "poses.csv", ".csv") as table:  # the whole table appears at once
             write_poses_csv(table, frame_numbers, status, poses, matrices, batch.objective, batch.rms_mm,
                             batch.rms_px, batch.n_vis, batch.mirror_case, extra_columns=extra)
-        write_tra(out / "poses.tra", matrices)
-        atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), smoothed=smoothed,
-                                                                refined_on=refined_on), indent=2))
+        write_run_tra(out / "poses.tra", frame_numbers, matrices, subject, options.autoscoper_flip)
+        atomic_write_text(out / "options.json", json.dumps(dict(
+            asdict(options), smoothed=smoothed, refined_on=refined_on,
+            min_similarity_used=min_similarity_used(options) if options.refine else None), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
                            refine_columns=refine_columns, refine_seconds=stages["refine"],

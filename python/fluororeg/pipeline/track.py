@@ -14,8 +14,8 @@ and says why (``low_similarity``, ``moved_far``, ``no_overlap``), or ``no_start`
 neighbour passed to start from.
 
 Outputs in ``out_dir``: ``poses.csv`` (the landmark columns are empty, or 0 for the counts;
-``start``: ``given`` or ``neighbour``; the refinement's columns), ``poses.tra`` and
-``options.json``; the folder is locked while the run writes, and an earlier run's results are
+``start``: ``given`` or ``neighbour``; the refinement's columns), ``poses.tra`` (Autoscoper's,
+:func:`fluororeg.pipeline.register.write_run_tra`) and ``options.json``; the folder is locked while the run writes, and an earlier run's results are
 replaced.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 __all__ = ["TrackOptions", "TrackResult", "NO_START_STATUS", "track_recording"]
 
 NO_START_STATUS = "no_start"  # a frame with no given pose whose neighbours gave none to start from
-TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "options.json")
+TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "poses.tra.fluororeg.json", "options.json")
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,13 @@ class TrackOptions:
     # The refinement's gate (None: RefineOptions' 0.6; see PipelineOptions.min_similarity).
     min_similarity: Optional[float] = None
     refine_device: str = "auto"  # 'cpu', 'cuda' or 'auto' (CUDA when usable)
+    autoscoper_flip: tuple = (0, 0, 0)  # as PipelineOptions.autoscoper_flip: poses.tra's volume frame
 
     def __post_init__(self):
         from fluororeg.core.refine import check_min_similarity, check_pixel_mm
+        from fluororeg.pipeline.register import check_autoscoper_flip
+
+        check_autoscoper_flip(self.autoscoper_flip)
 
         if self.pixel_mm is not None:
             check_pixel_mm(self.pixel_mm)
@@ -95,9 +99,9 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     from fluororeg.core.geometry import pose_matrix
     from fluororeg.core.render import check_device_usable
     from fluororeg.io.atomic import atomic_write_text
-    from fluororeg.io.poses import write_poses_csv, write_tra
+    from fluororeg.io.poses import write_poses_csv
     from fluororeg.pipeline.refine_stage import refine_recording_poses
-    from fluororeg.pipeline.register import subject_refine_pixel_mm
+    from fluororeg.pipeline.register import min_similarity_used, subject_refine_pixel_mm, write_run_tra
 
     t0 = time.perf_counter()
     device = check_device_usable(options.refine_device)
@@ -120,8 +124,9 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
         nan2 = np.full((F, 2), np.nan)
         write_poses_csv(out / "poses.csv", frames, status, poses, matrices, np.full(F, np.nan), nan2, nan2,
                         np.zeros(F, int), np.zeros(F, int), extra_columns=columns)
-        write_tra(out / "poses.tra", matrices)
+        write_run_tra(out / "poses.tra", frames, matrices, subject, options.autoscoper_flip)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), pixel_mm_used=pixel_mm,
+                                                                min_similarity_used=min_similarity_used(options),
                                                                 refined_on=device,
                                                                 frames_given=int(given.sum())), indent=2))
     return TrackResult(frames, poses, status, columns, time.perf_counter() - t0)

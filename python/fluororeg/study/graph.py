@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import warnings
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -148,6 +149,7 @@ def register_task(spec: RecordingSpec, subject_spec: SubjectSpec, models: dict, 
                   out_root: str, threads: int) -> dict:
     """Register one recording into ``OUT/recordings/<name>/`` and return its summary (frames,
     statuses, residuals, errors against the reference where there is one)."""
+    from fluororeg.io.autoscoper import subject_volume_flip
     from fluororeg.pipeline.register import register_recording
     from fluororeg.study.inputs import load_study_subject, open_study_recording, reference_path
     from fluororeg.inference.detector import LandmarkDetector
@@ -160,7 +162,9 @@ def register_task(spec: RecordingSpec, subject_spec: SubjectSpec, models: dict, 
     subject = load_study_subject(subject_spec)
     recording = open_study_recording(spec, geometry)
     ds = dataset_config(subject_spec.dataset)
-    options = pipeline_options(spec.register, ds.pixel_mm, threads)
+    # poses.tra in the volume frame Autoscoper loads the subject's CT in (its folder's autoscoper.json)
+    options = dataclasses.replace(pipeline_options(spec.register, ds.pixel_mm, threads),
+                                  autoscoper_flip=subject_volume_flip(subject_spec.folder))
     onnx_device = "cuda" if spec.device == "cuda" else "cpu"
     detector = LandmarkDetector(models["detector"], subject=subject, device=onnx_device, num_threads=threads)
     translator = None
