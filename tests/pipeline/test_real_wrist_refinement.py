@@ -116,7 +116,7 @@ def test_track_from_one_placed_frame(wrist, tmp_path, capsys):
     assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)
 
     # The pose as a lab places it, in the CT's own frame: a CSV read with --start-frame ct (read as
-    # fluororeg's model frame it starts 20 deg off and the command says what to try), or a 3D
+    # fluororeg's model frame it starts 40 mm off and the command says what to try), or a 3D
     # Slicer transform named after its frame.
     placed_csv = tmp_path / "placed_ct.csv"
     placed_csv.write_text("frame,theta_x_deg,theta_y_deg,theta_z_deg,tau_x_mm,tau_y_mm,tau_z_mm\n"
