@@ -622,10 +622,14 @@ def _detect_recording(recording, detector, translator, options, frames, subject,
         while pending:
             c, chunk, future = pending.popleft()
             finish(c, chunk, future.result())
+    except KeyboardInterrupt:  # interrupted: the chunks not started are dropped, those running end
+        for *_, future in pending:
+            future.cancel()
+        raise
     finally:
-        if pool is not None:  # interrupted or failed: the chunks not started are dropped, those running end
-            for *_, future in pending:
-                future.cancel()
+        # Failed (a frame that cannot be read, say): the chunks already read are worked on and saved,
+        # so a run resumed after the fix starts from them, however far the workers had got.
+        if pool is not None:
             pool.shutdown(wait=True)
         bar.close()
     return det, conf
