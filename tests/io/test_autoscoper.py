@@ -330,6 +330,10 @@ def test_cli_import_calibrate_export(tmp_path, capsys):
     info = autoscoper_info(tmp_path / "w" / "subject")
     assert info["flip"] == (1, 0, 0)  # the ulna's VolumeFlip in the cfg
     capsys.readouterr()
+    # again into the same folder: refused (its landmarks may have been moved since), unless --force
+    assert main(["import", "autoscoper", str(cfg), "--out", str(tmp_path / "w"), "--pitch", "0.2",
+                 "--intensity", "raw:1:-1024", "--volume", "uln_dcm_cropped", "--n-landmarks", "8"]) == 2
+    assert "subject/subject.json and recording/recording.json" in capsys.readouterr().err
     # calibrate geometry: the pitch is required, distortion models are attached
     cams = [str(SAMPLE / "Calibration" / f"xr_calib_wrist_cam0{k}.txt") for k in (1, 2)]
     assert main(["calibrate", "geometry", "--mayacam", *cams, "--out", str(tmp_path / "g.json")]) == 2
@@ -360,6 +364,10 @@ def test_cli_import_calibrate_export(tmp_path, capsys):
     assert main(["export", str(csv), "--format", "slicer", "--frame", "158", "--out", str(tmp_path / "v.tfm"),
                  *base]) == 2
     assert "frame 158 has no pose" in capsys.readouterr().err
+    assert main(["export", str(csv), "--format", "xmalab", "--out", str(csv), *base]) == 2  # over its input
+    assert "is the poses file being exported" in capsys.readouterr().err
+    assert main(["export", str(csv), "--format", "tra", "--out", str(tmp_path / "new" / "dir" / "u.tra"), *base]) == 0
+    np.testing.assert_array_equal(read_tra(tmp_path / "new" / "dir" / "u.tra"), tra)
 
 
 @needs_sample

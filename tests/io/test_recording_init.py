@@ -107,6 +107,12 @@ def test_cli_recording_init(tmp_path, capsys):
     assert "frames 7..9" in capsys.readouterr().out
     rec = open_recording(tmp_path / "rec")
     assert rec.frame_numbers.tolist() == [7, 9] and rec.frame_rate_hz == 125.0
+    # a recording folder is not replaced unasked (a simulation's truth.npz would stay beside another recording)
+    again = ["recording", "init", str(b), str(a), "--geometry", str(tmp_path / "g.json"), "--out", str(tmp_path / "rec")]
+    assert main(again) == 2 and "--force" in capsys.readouterr().err
+    assert open_recording(tmp_path / "rec").frame_rate_hz == 125.0
+    assert main([*again, "--force"]) == 0 and open_recording(tmp_path / "rec").frame_rate_hz is None
+    capsys.readouterr()
     c = _folder(tmp_path, "cam03", [7, 8])
     assert main(["recording", "init", str(a), str(c), "--geometry", str(tmp_path / "g.json"), "--out",
                  str(tmp_path / "rec2")]) == 2

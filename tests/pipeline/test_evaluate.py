@@ -40,6 +40,35 @@ def test_eq3_errors_and_summary(tmp_path):
         evaluate_poses(est[:2], ref)
 
 
+def test_pose_files_that_say_two_things_are_refused(tmp_path, capsys):
+    """A hand-edited pose file: a duplicated frame, angles edited without the matrix, a matrix that
+    is not rigid (a .tra of zeros, a scaled one) are errors naming the row, not silent answers."""
+    from fluororeg.cli import main
+    from fluororeg.io.poses import read_reference_poses
+
+    poses = np.array([[10.0, 20.0, 30.0, 1.0, 2.0, 3.0], [5.0, -4.0, 3.0, 7.0, 8.0, 9.0]])
+    M = pose_matrix(poses)
+    args = (["ok", "ok"], poses, M, [1.0, 1.0], np.ones((2, 2)), np.ones((2, 2)), [8, 8], [0, 0])
+    good = write_poses_csv(tmp_path / "good.csv", [2, 99], *args)
+    with pytest.raises(ValueError, match="frame 2 has 2 rows"):
+        read_poses_csv(write_poses_csv(tmp_path / "dup.csv", [2, 2], *args))
+    edited = good.read_text().splitlines()
+    edited[2] = edited[2].replace("99,ok,5.0,", "99,ok,15.0,")
+    (tmp_path / "edited.csv").write_text("\n".join(edited) + "\n")
+    with pytest.raises(ValueError, match="frame 99's angles and translation .* differ"):
+        read_poses_csv(tmp_path / "edited.csv")
+    for name, bad in (("zeros", np.zeros((2, 4, 4))), ("scaled", M * [[2.0], [2.0], [2.0], [1.0]])):
+        write_tra(tmp_path / f"{name}.tra", bad)
+        with pytest.raises(ValueError, match="line 1: not a rigid transform"):
+            read_reference_poses(tmp_path / f"{name}.tra", frames=[0, 1], subject=None, trial_frames=[0, 1])
+    # evaluate against a reference none of whose frames is registered: said, not "nan +- nan"
+    none = write_poses_csv(tmp_path / "none.csv", [2, 99], ["failed", "failed"], np.full((2, 6), np.nan),
+                           np.full((2, 4, 4), np.nan), [np.nan] * 2, np.ones((2, 2)), np.ones((2, 2)), [0, 0], [0, 0])
+    assert main(["evaluate", str(none), "--reference", str(good), "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "0/2 frames with a reference registered" in out and "nan" not in out
+
+
 def test_pose_csv_and_tra_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     poses = np.concatenate([rng.uniform(-30, 30, (3, 3)), rng.uniform(-50, 50, (3, 3))], axis=1)

@@ -26,6 +26,9 @@ __all__ = ["add_parser", "run_recording_init", "run_import_autoscoper", "run_exp
 def run_recording_init(args: argparse.Namespace) -> int:
     from fluororeg.io.recording import init_recording, open_recording
 
+    if (Path(args.out) / "recording.json").exists() and not args.force:
+        raise FileExistsError(f"'{args.out}' already holds a recording (recording.json): choose another --out, or "
+                              "pass --force to replace it")
     path = init_recording(args.views, args.geometry, args.out, frame_rate_hz=args.fps)
     rec = open_recording(args.out)
     fn = rec.frame_numbers
@@ -37,6 +40,11 @@ def run_recording_init(args: argparse.Namespace) -> int:
 def run_import_autoscoper(args: argparse.Namespace) -> int:
     from fluororeg.io.autoscoper import import_autoscoper_trial
 
+    held = [f"{part}/{name}" for part, name in (("subject", "subject.json"), ("recording", "recording.json"))
+            if (Path(args.out) / part / name).exists()]
+    if held and not args.force:
+        raise FileExistsError(f"'{args.out}' already holds {' and '.join(held)} (a lab may have moved its landmarks): "
+                              "choose another --out, or pass --force to replace them")
     volume = int(args.volume) if args.volume is not None and args.volume.isdigit() else (args.volume or 0)
     out = import_autoscoper_trial(args.cfg, args.out, pitch_mm=args.pitch, intensity=args.intensity, volume=volume,
                                   n_landmarks=args.n_landmarks, landmarks=args.landmarks, threshold_hu=args.threshold_hu,
@@ -70,6 +78,8 @@ def run_export(args: argparse.Namespace) -> int:
     frames, M, registered = _poses_for_export(args)
     trial_frames = open_recording(args.recording).frame_numbers if args.recording else None
     out = Path(args.out)
+    if out.resolve() == Path(args.poses).resolve():
+        raise ValueError(f"--out '{args.out}' is the poses file being exported: choose another name")
     if args.format in ("tra", "xmalab"):
         out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "tra":
@@ -103,6 +113,7 @@ def add_parser(subparsers) -> None:
     ri.add_argument("--geometry", required=True, help="geometry file (fluororeg calibrate geometry)")
     ri.add_argument("--out", required=True, help="recording folder to write (the images stay where they are)")
     ri.add_argument("--fps", type=float, help="acquisition frame rate (frames/s), if known")
+    ri.add_argument("--force", action="store_true", help="replace an existing recording.json in --out")
     ri.set_defaults(handler=run_recording_init, resumes=False)
 
     im = subparsers.add_parser("import", help="import another tool's trial (Autoscoper .cfg) as subject + recording")
@@ -122,6 +133,8 @@ def add_parser(subparsers) -> None:
     im.add_argument("--distortion", nargs=2, metavar=("D1", "D2"),
                     help="distortion models of the two views (fluororeg calibrate distortion), for raw frames")
     im.add_argument("--fps", type=float, help="acquisition frame rate (frames/s), if known")
+    im.add_argument("--force", action="store_true", help="replace the subject and recording an earlier import left "
+                                                         "in --out (and the landmarks moved in it)")
     im.set_defaults(handler=run_import_autoscoper, resumes=False)
 
     ex = subparsers.add_parser("export", help="poses.csv as Autoscoper .tra, XMALab CSV or 3D Slicer .tfm")

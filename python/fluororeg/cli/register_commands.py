@@ -368,6 +368,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate_poses(table["poses"], ref, landmarks=landmarks, frames=table["frame"])
     paths = write_evaluation(ev, args.out)
     s = ev.summary()
+    if not s["registered"]:  # honest, not "nan +- nan"
+        print(f"0/{s['frames']} frames with a reference registered in '{args.poses}': no errors to report "
+              f"-> {paths['csv']}, {paths['plot']}")
+        return 0
     print(f"{s['registered']}/{s['frames']} frames with a reference registered: angle error "
           f"{s['angle_err_deg_mean']:.2f} +- "
           f"{s['angle_err_deg_sd']:.2f} deg (median {s['angle_err_deg_median']:.2f}), position error "

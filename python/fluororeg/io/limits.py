@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["MAX_VOLUME_VOXELS", "MAX_VOLUME_BYTES", "MAX_FRAME_PIXELS", "MAX_FRAMES", "MAX_FRAME_NUMBER",
            "MAX_POLYNOMIAL_ORDER", "MAX_TEXT_FILE_BYTES", "MAX_IMAGE_FILE_BYTES", "check_regular_file",
            "open_regular", "read_bytes", "read_text", "check_volume_shape", "check_frame_shape", "check_frame_count",
-           "check_frame_numbers", "describe_file_type", "npz_member_header"]
+           "check_frame_numbers", "describe_file_type", "npz_member_header", "open_npz"]
 
 #: Voxels of one CT volume (2^29 = 536,870,912: e.g. 512 x 512 x 2048).
 MAX_VOLUME_VOXELS = 1 << 29
@@ -134,6 +135,31 @@ def read_text(path, what: str = "input file", *, max_bytes: int = MAX_TEXT_FILE_
     except UnicodeDecodeError as exc:
         raise ValueError(f"{what} '{path}' is not {encoding} text: {exc}") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@contextmanager
+def open_npz(path, what: str):
+    """``numpy.load(path)`` of an .npz archive (no pickles) as a context manager, every way a file
+    can fail to be one (empty, truncated, a text or .npy file, a damaged member read inside the
+    block) turned into one ``ValueError`` naming the file and ``what`` it was meant to be."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        # numpy reads a file that is neither zip nor .npy as a pickle, and refuses it as one
+        why = "neither a zip archive nor an .npy array" if "pickled" in str(exc) else " ".join(str(exc).split())[:120]
+        raise ValueError(f"'{path}' is not a readable .npz archive ({what}): {why}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"'{path}' holds a single .npy array, expected an .npz archive ({what})")
+    with archive:
+        try:
+            yield archive
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise ValueError(f"'{path}' is a damaged .npz archive ({what}): {exc}") from None
 
 
 def npz_member_header(npz, name: str) -> tuple:

@@ -43,7 +43,7 @@ import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
 from fluororeg.io.limits import (MAX_FRAMES, check_frame_count, check_frame_numbers,
-                                 check_regular_file, npz_member_header, read_text)
+                                 check_regular_file, npz_member_header, open_npz, read_text)
 
 __all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra",
            "write_slicer_tfm", "read_slicer_tfm"]
@@ -106,18 +106,64 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
     F = len(rows)
     frame = col("frame", integer=True)
     check_frame_numbers(frame, f"'{path}'")
+    numbers, counts = np.unique(frame, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"'{path}': frame {numbers[counts > 1][0]} has {counts[counts > 1][0]} rows: expected one "
+                         "row per frame")
+    poses = np.stack([col(c) for c in POSE_COLUMNS[2:8]], axis=1) if F else np.zeros((0, 6))
+    matrices = (np.stack([col(f"m{r}{c}") for r in range(4) for c in range(4)], axis=1).reshape(F, 4, 4)
+                if F else np.zeros((0, 4, 4)))
+    _check_rigid(matrices, path, "row")
+    _check_angles_match(poses, matrices, frame, path)
     return {
         "frame": frame,
         "status": np.array([r["status"] for r in rows]),
-        "poses": np.stack([col(c) for c in POSE_COLUMNS[2:8]], axis=1) if F else np.zeros((0, 6)),
-        "matrices": (np.stack([col(f"m{r}{c}") for r in range(4) for c in range(4)], axis=1).reshape(F, 4, 4)
-                     if F else np.zeros((0, 4, 4))),
+        "poses": poses,
+        "matrices": matrices,
         "objective": col("objective"),
         "rms_mm": np.stack([col("rms_mm_view1"), col("rms_mm_view2")], axis=1) if F else np.zeros((0, 2)),
         "rms_px": np.stack([col("rms_px_view1"), col("rms_px_view2")], axis=1) if F else np.zeros((0, 2)),
         "n_vis": col("n_vis", integer=True),
         "mirror_case": col("mirror_case", integer=True),
     }
+
+
+def _check_rigid(matrices: np.ndarray, path: Path, unit: str) -> None:
+    """Every finite 4x4 of ``matrices`` [R, 4, 4] a rigid transform (rotation and translation, to
+    1e-4; file values are rounded), else an error naming the ``unit`` ('row', 'line') and what is off."""
+    finite = np.flatnonzero(np.isfinite(matrices).all(axis=(1, 2)))
+    if not len(finite):
+        return
+    M = matrices[finite]
+    R = M[:, :3, :3]
+    off = np.abs(np.einsum("nji,njk->nik", R, R) - np.eye(3)).max(axis=(1, 2))
+    det = np.linalg.det(R)
+    bottom = np.abs(M[:, 3] - [0.0, 0.0, 0.0, 1.0]).max(axis=1)
+    bad = np.flatnonzero((off > 1e-4) | (det < 0) | (bottom > 1e-6))
+    if len(bad):
+        k = bad[0]
+        raise ValueError(f"'{path}' {unit} {finite[k] + 1}: not a rigid transform (its rotation part is "
+                         f"{off[k]:.3g} off orthonormal, determinant {det[k]:.3g}, last row "
+                         f"{M[k, 3].round(6).tolist()}): expected a rotation and a translation"
+                         + (f"; {len(bad) - 1} more such {unit}(s)" if len(bad) > 1 else ""))
+
+
+def _check_angles_match(poses: np.ndarray, matrices: np.ndarray, frames: np.ndarray, path: Path) -> None:
+    """A pose file's angles and translation [F, 6] and its matrices [F, 4, 4] must say the same
+    (the readers use one or the other: evaluate the angles, export the matrices)."""
+    from fluororeg.core.geometry import pose_matrix
+
+    both = np.flatnonzero(np.isfinite(poses).all(axis=1) & np.isfinite(matrices).all(axis=(1, 2)))
+    if not len(both):
+        return
+    gap = np.abs(pose_matrix(poses[both]) - matrices[both])
+    worst = gap.max(axis=(1, 2))
+    bad = np.flatnonzero(worst > 1e-3)  # rotation entries: ~0.06 deg; translation: 1 um
+    if len(bad):
+        k = both[bad[0]]
+        raise ValueError(f"'{path}': frame {frames[k]}'s angles and translation (theta_x_deg .. tau_z_mm) and its "
+                         f"matrix (m00 .. m33) differ (by up to {worst[bad[0]]:.3g}): a pose file edited in one "
+                         "place only; expected both to hold the same pose")
 
 
 def _csv_rows(path: Path, required, what: str) -> list[dict]:
@@ -205,7 +251,7 @@ def read_reference_poses(path, frames=None, *, subject=None, trial_frames=None, 
     elif path.suffix.lower() == ".tfm":
         numbers, values = _slicer_reference(path, subject)
     elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path, "reference poses: a simulation's truth.npz") as data:
             if "poses" not in data:
                 raise ValueError(f"'{path}' has no 'poses' array (it has {sorted(data.files)})")
             shape, _ = npz_member_header(data, "poses")
@@ -273,7 +319,9 @@ def _slicer_reference(path: Path, subject) -> tuple[np.ndarray, np.ndarray]:
     if digits is None:
         raise ValueError(f"'{path}': a transform file's name must end in its frame number (as "
                          f"'radius_0099.tfm' for frame 99), got '{path.name}'")
-    world_from_physical = np.linalg.inv(read_slicer_tfm(path))
+    physical_from_world = read_slicer_tfm(path)
+    _check_rigid(physical_from_world[None], path, "transform")
+    world_from_physical = np.linalg.inv(physical_from_world)
     pose = pose_from_matrix(world_from_physical)[None]
     return np.array([int(digits.group(1))], dtype=np.int64), _model_from_ct(pose, subject, path)
 
@@ -290,6 +338,7 @@ def _body_reference(path: Path, subject, trial_frames, flip, body) -> tuple[np.n
         from fluororeg.io.xmalab import read_xmalab_rigid_body_csv
 
         _, M, index = read_xmalab_rigid_body_csv(path, body)
+    _check_rigid(M, path, "line" if path.suffix.lower() == ".tra" else "row")
     side = read_pose_sidecar(path)
     if subject is not None:
         body_from_model = autoscoper_from_model(subject, flip)

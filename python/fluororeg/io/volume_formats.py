@@ -36,7 +36,7 @@ from fluororeg.core.volume import ORTHO_TOL, Volume
 from fluororeg.io.atomic import chmod_default, temporary_path_beside
 from fluororeg.io.dicom import read_dicom_series
 from fluororeg.io.limits import (MAX_FRAMES, MAX_VOLUME_BYTES, check_regular_file, check_volume_shape, npz_member_header,
-                                 open_regular)
+                                 open_npz, open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
 __all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
@@ -309,7 +309,7 @@ def save_volume(volume: Volume, path: PathLike) -> None:
 
 # ---------------------------------------------------------------------- npz
 def _read_npz(p: Path) -> Volume:
-    with np.load(p, allow_pickle=False) as z:
+    with open_npz(p, "a fluororeg volume") as z:
         missing = [k for k in ("data", "spacing", "origin", "direction") if k not in z.files]
         if missing:
             raise ValueError(f"{str(p)!r} is not a fluororeg volume npz: missing arrays {missing} "
