@@ -105,3 +105,39 @@ def test_the_refinements_pixel_follows_the_bone_not_the_subjects_origin(subject)
     assert subject_refine_pixel_mm(moved) == pytest.approx(subject_refine_pixel_mm(subject), rel=1e-9)
     # the dataset's crops are centred at the origin: their field of view grows with it
     assert DatasetConfig.for_subject(moved).pixel_mm > 1.2 * DatasetConfig.for_subject(subject).pixel_mm
+
+
+def test_a_runs_poses_follow_the_subjects_origin_when_its_landmarks_moved(subject, walking, tmp_path, capsys):
+    """poses.csv is in the model frame of the subject it was made with (options.json records its
+    origin). After the lab moves landmarks (the origin, their centroid, moves), `track --start` moves
+    the poses to the new origin and says so; `export` refuses rather than place the bone elsewhere."""
+    import dataclasses
+
+    folder, truth = walking
+    rec = open_recording(folder)
+    start = tmp_path / "start.csv"
+    write_start(start, [rec.frame_numbers[10]], truth[10:11])
+    first = tmp_path / "first"
+    assert main(["track", str(folder), "--subject", str(_subject_dir(subject, tmp_path)), "--start", str(start),
+                 "--out", str(first), "--quiet"]) == 0
+    recorded = json.loads((first / "options.json").read_text())
+    assert recorded["subject_fingerprint"] == subject.fingerprint
+    assert recorded["subject_origin"] == pytest.approx(list(subject.origin))
+    moved = tmp_path / "moved"
+    save_subject(dataclasses.replace(subject, origin=np.asarray(subject.origin) + [4.0, -3.0, 2.0]), moved)
+    capsys.readouterr()
+    assert main(["track", str(folder), "--subject", str(moved), "--start", str(first / "poses.csv"),
+                 "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert "origin lay 5.39 mm from" in capsys.readouterr().err
+    again = read_poses_csv(tmp_path / "again" / "poses.csv")
+    assert set(again["status"]) <= {"ok", "tracked"}
+    # the same bone placement (refined again on coarse 128 px frames), compared in the new model frame
+    from fluororeg.core.geometry import model_poses_from_physical, physical_poses_from_model
+
+    before = model_poses_from_physical(physical_poses_from_model(read_poses_csv(first / "poses.csv")["poses"],
+                                                                 subject.origin), np.asarray(subject.origin) + [4, -3, 2])
+    ang, mm = pose_errors(again["poses"], before)
+    assert ang.max() < 0.2 and mm.max() < 0.2, (ang, mm)
+    assert main(["export", str(first / "poses.csv"), "--format", "tra", "--subject", str(moved),
+                 "--out", str(tmp_path / "x.tra")]) == 2
+    assert "export with the subject folder the run used" in capsys.readouterr().err

@@ -75,6 +75,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     subject = load_subject(args.subject)
     flip = tuple(args.flip) if args.flip is not None else common.subject_volume_flip_arg(args.subject)
+    from fluororeg.io.poses import run_subject
+
+    record = run_subject(args.poses)
+    if record is not None and not np.allclose(record["subject_origin"], subject.origin, rtol=0, atol=1e-6):
+        raise ValueError(f"'{args.poses}' was registered with subject {record['subject']!r} (origin "
+                         f"{np.round(record['subject_origin'], 3).tolist()} mm, options.json beside it), not with "
+                         f"'{args.subject}' (origin {np.round(subject.origin, 3).tolist()} mm): another subject, or "
+                         "its landmarks moved since; export with the subject folder the run used")
     frames, M, registered = _poses_for_export(args)
     trial_frames = open_recording(args.recording).frame_numbers if args.recording else None
     out = Path(args.out)

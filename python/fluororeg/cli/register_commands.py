@@ -66,6 +66,28 @@ def _reference_by_frame(path, frame_numbers, subject_folder, recording=None, pos
     return read_reference_poses(path, frames=np.asarray(frame_numbers), pose_frame=pose_frame, **kwargs)
 
 
+def _in_subjects_model_frame(poses: np.ndarray, path: Path, subject) -> np.ndarray:
+    """A run's poses.csv [F, 6] in ``subject``'s model frame: a run made before the subject's
+    landmarks moved (its origin, their centroid, moved with them) recorded its origin in the
+    options.json beside it, and its poses are moved to the subject's origin (said on stderr)."""
+    from fluororeg.core.geometry import model_poses_from_physical, physical_poses_from_model
+    from fluororeg.io.poses import run_subject
+
+    record = run_subject(path)
+    if record is None or np.allclose(record["subject_origin"], subject.origin, rtol=0, atol=1e-6):
+        return poses
+    shift = float(np.linalg.norm(record["subject_origin"] - subject.origin))
+    print(f"note: '{path}' was registered with subject {record['subject']!r} whose origin lay {shift:.2f} mm from "
+          f"{subject.name!r}'s (its landmarks moved since?): its poses are moved to this subject's origin",
+          file=sys.stderr)
+    out = poses.copy()
+    finite = np.isfinite(poses).all(axis=1)
+    if finite.any():
+        out[finite] = model_poses_from_physical(physical_poses_from_model(poses[finite], record["subject_origin"]),
+                                                subject.origin)
+    return out
+
+
 def add_parser(subparsers) -> None:
     rg = subparsers.add_parser("register", help="register every frame of a recording")
     rg.add_argument("recording", help="recording folder (recording.json)")
@@ -268,6 +290,8 @@ def run_track(args: argparse.Namespace) -> int:
     rec = open_recording(args.recording)
     start = _reference_by_frame(args.start, rec.frame_numbers, args.subject, rec,  # matched by frame number
                                 pose_frame=args.start_frame)
+    if Path(args.start).suffix.lower() == ".csv" and args.start_frame == "model":  # a run's poses.csv
+        start = _in_subjects_model_frame(start, Path(args.start), subject)
     given = np.isfinite(start).all(axis=1)
     if not given.any():
         raise ValueError(f"'{args.start}' has no pose for any of the recording's frames "

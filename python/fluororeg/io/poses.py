@@ -46,7 +46,7 @@ from fluororeg.io.limits import (MAX_FRAMES, check_frame_count, check_frame_numb
                                  check_regular_file, npz_member_header, open_npz, read_text)
 
 __all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra",
-           "write_slicer_tfm", "read_slicer_tfm"]
+           "write_slicer_tfm", "read_slicer_tfm", "run_subject"]
 
 POSE_COLUMNS = (["frame", "status", "theta_x_deg", "theta_y_deg", "theta_z_deg", "tau_x_mm", "tau_y_mm",
                  "tau_z_mm"] + [f"m{r}{c}" for r in range(4) for c in range(4)]
@@ -126,6 +126,26 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
         "n_vis": col("n_vis", integer=True),
         "mirror_case": col("mirror_case", integer=True),
     }
+
+
+def run_subject(poses_path) -> dict | None:
+    """The subject a run folder's poses were registered with, from the options.json beside
+    ``poses_path`` (``subject``, ``subject_fingerprint``, ``subject_origin`` [3] mm: the model
+    frame's origin), or None when there is none or it does not say (an older run)."""
+    import json
+
+    p = Path(poses_path).parent / "options.json"
+    if not p.is_file():
+        return None
+    try:
+        record = json.loads(read_text(p, "run options file"))
+        origin = np.asarray(record["subject_origin"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if origin.shape != (3,) or not np.isfinite(origin).all():
+        return None
+    return {"subject": record.get("subject"), "subject_fingerprint": record.get("subject_fingerprint"),
+            "subject_origin": origin}
 
 
 def _check_rigid(matrices: np.ndarray, path: Path, unit: str) -> None:

@@ -78,7 +78,7 @@ from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_cr
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
            "refine_pixel_mm", "register_detections", "register_recording", "subject_refine_pixel_mm", "write_run_tra",
-           "check_autoscoper_flip", "min_similarity_used"]
+           "check_autoscoper_flip", "min_similarity_used", "run_subject_record"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
@@ -240,6 +240,14 @@ def check_autoscoper_flip(flip) -> tuple[int, int, int]:
     from fluororeg.io.autoscoper import _flip3
 
     return _flip3(flip)
+
+
+def run_subject_record(subject) -> dict:
+    """What a run folder's options.json says of its subject: name, fingerprint and origin (mm, the
+    model frame's origin in the CT: poses.csv's poses are in that frame), so that readers of
+    poses.csv can tell a changed or another subject (:func:`fluororeg.io.poses.run_subject`)."""
+    return {"subject": subject.name, "subject_fingerprint": subject.fingerprint,
+            "subject_origin": [float(v) for v in subject.origin]}
 
 
 def min_similarity_used(options) -> float:
@@ -783,7 +791,8 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         write_run_tra(out / "poses.tra", frame_numbers, matrices, subject, options.autoscoper_flip)
         atomic_write_text(out / "options.json", json.dumps(dict(
             asdict(options), smoothed=smoothed, refined_on=refined_on,
-            min_similarity_used=min_similarity_used(options) if options.refine else None), indent=2))
+            min_similarity_used=min_similarity_used(options) if options.refine else None,
+            **run_subject_record(subject)), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,
                            refine_columns=refine_columns, refine_seconds=stages["refine"],

@@ -101,7 +101,8 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.poses import write_poses_csv
     from fluororeg.pipeline.refine_stage import refine_recording_poses
-    from fluororeg.pipeline.register import min_similarity_used, subject_refine_pixel_mm, write_run_tra
+    from fluororeg.pipeline.register import (min_similarity_used, run_subject_record, subject_refine_pixel_mm,
+                                             write_run_tra)
 
     t0 = time.perf_counter()
     device = check_device_usable(options.refine_device)
@@ -128,5 +129,6 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), pixel_mm_used=pixel_mm,
                                                                 min_similarity_used=min_similarity_used(options),
                                                                 refined_on=device,
-                                                                frames_given=int(given.sum())), indent=2))
+                                                                frames_given=int(given.sum()),
+                                                                **run_subject_record(subject)), indent=2))
     return TrackResult(frames, poses, status, columns, time.perf_counter() - t0)
