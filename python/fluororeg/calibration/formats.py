@@ -89,7 +89,7 @@ def _read_text(path, what) -> list[str]:
     path = Path(path)
     check_regular_file(path, f"{what} file", missing_error=ValueError)
     try:
-        text = read_text(path, f"{what} file")
+        text = read_text(path, f"{what} file", encoding="utf-8-sig")  # utf-8-sig: a leading BOM is dropped
     except OSError as exc:
         raise ValueError(f"{what} file '{path}' could not be read: {exc}") from exc
     return [ln.strip() for ln in text.splitlines()]
@@ -110,15 +110,19 @@ def _numbers(line: str, count: int, path, lineno: int, section: str) -> list[flo
 def read_mayacam(path) -> PinholeCamera:
     """A MayaCam 2.0 file as a :class:`PinholeCamera` (conventions in the module notes)."""
     lines = _read_text(path, "MayaCam")
-    if lines and lines[0].lower() != "image size" and "," in lines[0]:
+    if not any(lines):
+        raise ValueError(f"MayaCam file '{path}' is empty: expected a MayaCam 2.0 file (starting with 'image size') "
+                         "or a MayaCam 1.0 file (five lines of three numbers)")
+    first = next(ln for ln in lines if ln)
+    if first.lower() != "image size" and "," in first:
         return read_mayacam1(path)
     index = {}
     for i, ln in enumerate(lines):
         if ln.lower() in _SECTIONS and ln.lower() not in index:
             index[ln.lower()] = i
-    if not lines or lines[0].lower() != "image size":
-        raise ValueError(f"MayaCam file '{path}' does not start with 'image size' (MayaCam 2.0); "
-                         "MayaCam 1.0 files are not supported")
+    if first.lower() != "image size":
+        raise ValueError(f"MayaCam file '{path}' starts with {first[:40]!r}: expected 'image size' (MayaCam 2.0) "
+                         "or three comma-separated numbers (MayaCam 1.0)")
     for sec in _SECTIONS:
         if sec not in index:
             raise ValueError(f"MayaCam file '{path}' lacks the section '{sec}'")

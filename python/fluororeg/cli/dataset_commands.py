@@ -70,6 +70,10 @@ def run_dataset(args: argparse.Namespace) -> int:
         projection, sod = "cone", source_distance_range(load_geometry(args.geometry).views)
     if args.source_distance is not None:
         projection, sod = "cone", tuple(args.source_distance)
+    from fluororeg.core.render import MAX_IMAGE_SIDE
+
+    if not 8 <= args.size <= MAX_IMAGE_SIDE:
+        raise ValueError(f"--size {args.size}: expected 8 to {MAX_IMAGE_SIDE} pixels")
     if args.pixel_mm is not None and not (args.pixel_mm > 0 and args.pixel_mm < float("inf")):
         raise ValueError(f"--pixel-mm {args.pixel_mm}: expected a positive pixel size in mm")
     subject = common.load_subject_arg(args.subject)

@@ -4,7 +4,10 @@ calibrate`` (a distortion model from a bead plate, or the geometry file of both 
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import time
+import warnings
 
 import numpy as np
 
@@ -53,13 +56,21 @@ def add_parser(subparsers) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from fluororeg.io.limits import MAX_FRAME_PIXELS, MAX_FRAMES
     from fluororeg.simulation.simulate import default_dual_views, simulate_recording
 
     if args.n_frames < 1:
         raise ValueError(f"--n-frames {args.n_frames}: expected at least 1")
+    if args.n_frames > MAX_FRAMES:
+        raise ValueError(f"--n-frames {args.n_frames}: expected 1 to {MAX_FRAMES:,} frame pairs")
     if args.size < 128:
         raise ValueError(f"--size {args.size}: expected at least 128 pixels (the calibration plates' beads must be "
                          "resolved)")
+    max_size = math.isqrt(MAX_FRAME_PIXELS)  # frames fluororeg reads back (below render's MAX_IMAGE_SIDE)
+    if args.size > max_size:
+        raise ValueError(f"--size {args.size}: expected 128 to {max_size} pixels")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected a whole number >= 0")
     subject = common.load_subject_arg(args.subject)
     views = default_dual_views(args.size, args.size, pitch=409.6 / args.size)  # a 16-inch (41 cm) intensifier
     t0 = time.perf_counter()
@@ -74,6 +85,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.what == "distortion":
         from fluororeg.calibration.distortion import fit_distortion
 
+        if args.image is None:
+            raise ValueError("calibrate distortion needs the bead-plate image: fluororeg calibrate distortion "
+                             "PLATE_IMAGE --out MODEL.json")
         fit = fit_distortion(args.image, radius_px=args.bead_radius, polarity=args.polarity,
                              spacing_mm=args.spacing_mm)
         fit.model.save(args.out)
@@ -110,7 +124,15 @@ def _geometry_from_beads(args: argparse.Namespace):
 
     if not args.beads:
         raise ValueError("--bead-images needs --beads BEADS.csv: the bead centres (x, y, z mm) of the object")
-    beads = np.loadtxt(args.beads, delimiter=",", comments="#", ndmin=2)
+    from fluororeg.io.limits import read_text
+
+    text = read_text(args.beads, "--beads file", encoding="utf-8-sig")
+    try:
+        with warnings.catch_warnings():  # an empty file: refused below, by its shape
+            warnings.simplefilter("ignore", UserWarning)
+            beads = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"--beads {args.beads}: expected lines of x, y, z numbers (mm): {exc}") from None
     if beads.ndim != 2 or beads.shape[1] != 3 or len(beads) < 6 or not np.isfinite(beads).all():
         raise ValueError(f"--beads {args.beads}: expected at least 6 lines of finite x, y, z (mm), got an array "
                          f"of shape {beads.shape}")

@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     if not 8 <= args.size <= R.MAX_IMAGE_SIDE:
         raise ValueError(f"--size {args.size}: expected 8 to {R.MAX_IMAGE_SIDE} pixels")
     R.check_image_batch(args.count, args.size, args.size, names=("--count", "--size", "--size"))
+    if not 0.0 <= args.max_angle <= 180.0:  # also refuses nan
+        raise ValueError(f"--max-angle {args.max_angle}: expected an angle of 0 to 180 degrees")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected a whole number >= 0")
     t0 = time.perf_counter()
     ct, name = _load_ct(args.ct)
     mu = ct.hu_to_attenuation()

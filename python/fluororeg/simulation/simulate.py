@@ -221,9 +221,18 @@ def simulate_recording(subject, out, *, scenario: str = "walking", n_frames: int
     from tqdm import tqdm
 
     from fluororeg.calibration.geometry_file import DualGeometry, save_geometry
+    from fluororeg.io.limits import MAX_FRAMES
     from fluororeg.io.recording import write_recording_manifest
 
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or not 1 <= n_frames <= MAX_FRAMES:
+        raise ValueError(f"n_frames = {n_frames!r}: expected a whole number of 1 to {MAX_FRAMES:,} frame pairs")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed = {seed!r}: expected a whole number >= 0")
     views = default_dual_views() if views is None else tuple(views)
+    for k, view in enumerate(views):
+        if isinstance(view, ConeView):
+            R.check_image_batch(1, view.width, view.height, names=("frames", f"view {k + 1} width",
+                                                                   f"view {k + 1} height"))
     out = start_recording_folder(out, views)
     rng = np.random.default_rng(seed)
     # standing upright facing the sources by its anatomy, whatever its CT header says

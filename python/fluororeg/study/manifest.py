@@ -540,7 +540,16 @@ def _check_configs(P: _Parser, s: SubjectSpec, recordings: list[RecordingSpec], 
         try:
             pipeline_options(r.register, ds.pixel_mm, threads)
         except (TypeError, ValueError) as exc:
-            P.problem(f"{r.where} register settings", str(exc))
+            # PipelineOptions stops at its first bad field: try each field alone (the others at their
+            # defaults) to list every one, then what only their combination breaks
+            found = []
+            for k, v in r.register.items():
+                try:
+                    pipeline_options({k: v}, ds.pixel_mm, threads)
+                except (TypeError, ValueError) as one:
+                    found.append(str(one))
+            for msg in found + ([str(exc)] if str(exc) not in found else []):
+                P.problem(f"{r.where} register settings", msg)
 
 
 def load_study(path) -> Study:
