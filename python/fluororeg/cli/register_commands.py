@@ -290,8 +290,11 @@ def run_track(args: argparse.Namespace) -> int:
     rec = open_recording(args.recording)
     start = _reference_by_frame(args.start, rec.frame_numbers, args.subject, rec,  # matched by frame number
                                 pose_frame=args.start_frame)
-    if Path(args.start).suffix.lower() == ".csv" and args.start_frame == "model":  # a run's poses.csv
-        start = _in_subjects_model_frame(start, Path(args.start), subject)
+    from fluororeg.io.poses import _is_xmalab
+
+    start_path = Path(args.start)
+    if start_path.suffix.lower() == ".csv" and args.start_frame == "model" and not _is_xmalab(start_path):
+        start = _in_subjects_model_frame(start, start_path, subject)  # a run's poses.csv, its subject since changed
     given = np.isfinite(start).all(axis=1)
     if not given.any():
         raise ValueError(f"'{args.start}' has no pose for any of the recording's frames "
