@@ -110,3 +110,38 @@ def test_manifest_lists_every_bad_register_field(tmp_path, body, expected):
         assert text in problem
     path.write_text(path.read_text().replace(body, "min_visible = 5\n"))
     assert load_study(path).recordings[0].register == {"min_visible": 5}
+
+
+def test_subject_init_refuses_what_cannot_be_a_bone_model(capsys, tmp_path, subject):
+    """Voxel sizes no CT has, a bone threshold below fat (the whole body would be bone) and
+    landmarks at one point: said at once, nothing written."""
+    from fluororeg.subject.example import headsq_path
+
+    ct = str(headsq_path())
+    base = ["subject", "init", "--ct", ct, "--propose", "8", "--out", str(tmp_path / "s")]
+    _fails(capsys, [*base, "--threshold-hu", "-5000"], "--threshold-hu -5000", "below soft tissue")
+    tif = str(tmp_path / "stack.tif")
+    _fails(capsys, ["subject", "init", "--ct", tif, "--voxel-size", "1e300", "1", "1", "--intensity", "raw:1:-1024",
+                    "--out", str(tmp_path / "s")], "--voxel-size 1e+300 1 1", "mm per voxel")
+    same = tmp_path / "same.csv"
+    same.write_text("name,x,y,z\n" + "".join(f"p{k},1.5,-2.0,30.0\n" for k in range(6)))
+    _fails(capsys, ["subject", "init", "--ct", ct, "--landmarks", str(same), "--out", str(tmp_path / "s")],
+           "6 landmarks lie within 0 mm of one line")
+    assert not (tmp_path / "s").exists()
+
+
+def test_pose_file_rows_and_export_options_that_would_be_ignored(capsys, tmp_path):
+    from fluororeg.core.geometry import pose_matrix
+    from fluororeg.io.poses import read_poses_csv, write_poses_csv
+
+    pose = np.array([[10.0, 20.0, 30.0, 1.0, 2.0, 3.0]])
+    path = write_poses_csv(tmp_path / "p.csv", [99], ["ok"], pose, pose_matrix(pose), [1.0], np.ones((1, 2)),
+                           np.ones((1, 2)), [8], [0])
+    text = path.read_text().splitlines()
+    (tmp_path / "trailing.csv").write_text(text[0] + "\n" + text[1] + ",\n")  # a spreadsheet's trailing comma
+    np.testing.assert_allclose(read_poses_csv(tmp_path / "trailing.csv")["poses"], pose)
+    (tmp_path / "extra.csv").write_text(text[0] + "\n" + text[1] + ",7\n")
+    with pytest.raises(ValueError, match="row 1 has .* fields for .* columns"):
+        read_poses_csv(tmp_path / "extra.csv")
+    _fails(capsys, ["export", str(path), "--format", "tra", "--frame", "99", "--subject", "example",
+                    "--out", str(tmp_path / "x.tra")], "--frame 99 applies to --format slicer")

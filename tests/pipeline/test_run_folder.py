@@ -241,3 +241,11 @@ def test_detection_refuses_input_statistics_of_other_frames(setup, subject):
     with pytest.raises(ValueError, match="input statistics of 3 frames for 6 frames to detect"):
         pipeline.detect_recording(rec, setup["detector"], None, SECOND, subject=subject, progress=False,
                                   statistics=InputStatistics(3))
+
+
+def test_min_visible_above_the_detectors_landmarks_is_refused_before_any_work(setup, subject, tmp_path):
+    rec = open_recording(setup["recording"])
+    with pytest.raises(ValueError, match="min_visible = 1000: the detector finds 6 landmarks"):
+        register_recording(rec, subject, setup["detector"], None, PipelineOptions(style="log", min_visible=1000),
+                           out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "poses.csv").exists()

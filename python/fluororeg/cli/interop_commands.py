@@ -73,6 +73,9 @@ def run_export(args: argparse.Namespace) -> int:
     from fluororeg.io.xmalab import write_xmalab_rigid_body_csv
     from fluororeg.subject.subject import load_subject
 
+    if args.frame is not None and args.format != "slicer":
+        raise ValueError(f"--frame {args.frame} applies to --format slicer (one transform per frame); a {args.format} "
+                         "file holds every frame of the trial")
     subject = load_subject(args.subject)
     flip = tuple(args.flip) if args.flip is not None else common.subject_volume_flip_arg(args.subject)
     from fluororeg.io.poses import run_subject

@@ -58,6 +58,11 @@ def _parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+# subject init's bounds: voxel sizes (mm) of any CT, and the least bone threshold (HU) above fat's
+MIN_VOXEL_MM, MAX_VOXEL_MM = 1e-3, 50.0
+MIN_BONE_THRESHOLD_HU = -50.0
+
+
 def run_init(args: argparse.Namespace) -> int:
     from fluororeg.io.volume_formats import load_volume
     from fluororeg.subject.landmarks import load_landmarks
@@ -70,6 +75,13 @@ def run_init(args: argparse.Namespace) -> int:
                               "--force to overwrite it and its landmarks")
     if args.pairs is not None and not args.landmarks:
         raise ValueError("--pairs names landmarks of --landmarks; proposed landmarks come with their own pairs")
+    if args.voxel_size is not None and not all(MIN_VOXEL_MM <= v <= MAX_VOXEL_MM for v in args.voxel_size):
+        raise ValueError(f"--voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)}: expected {MIN_VOXEL_MM:g} to "
+                         f"{MAX_VOXEL_MM:g} mm per voxel (a micro-CT to a coarse clinical CT)")
+    if not args.threshold_hu >= MIN_BONE_THRESHOLD_HU:  # also refuses nan
+        raise ValueError(f"--threshold-hu {args.threshold_hu:g}: below soft tissue (fat is about -100 HU), the whole "
+                         f"body would be bone; expected a bone threshold of at least {MIN_BONE_THRESHOLD_HU:g} HU "
+                         "(200-400 HU for cortical bone)")
     ct = load_volume(args.ct, voxel_size_mm=args.voxel_size, intensity=args.intensity, flip=args.flip or (0, 0, 0))
     if args.landmarks:
         landmarks = load_landmarks(args.landmarks)

@@ -197,6 +197,9 @@ def _csv_rows(path: Path, required, what: str) -> list[dict]:
             raise ValueError(f"'{path}' lacks the columns {missing}: {what}")
         rows = []
         for r in reader:
+            if any(v.strip() for v in r.get(None, ())):  # DictReader keeps fields beyond the header under None
+                raise ValueError(f"'{path}' row {reader.line_num - 1} has {len(r) - 1 + len(r[None])} fields for "
+                                 f"{len(reader.fieldnames)} columns: {what}")
             rows.append(r)
             if len(rows) > MAX_FRAMES:
                 check_frame_count(len(rows), f"'{path}' (rows)")

@@ -685,6 +685,10 @@ def _register_recording(recording, subject, detector, translator, options, out_d
 
     t0 = time.perf_counter()
     detector.check_subject(subject)
+    n_landmarks = len(detector.landmark_names)
+    if options.min_visible > n_landmarks:  # no frame could ever pass: said before any work
+        raise ValueError(f"min_visible = {options.min_visible}: the detector finds {n_landmarks} landmarks; expected at "
+                         f"most {n_landmarks}")
     quality.check_geometry(recording.geometry.views)  # absurd geometry: refused before any work
     refined_on = None  # where refinement renders: 'auto' made concrete, once
     if options.refine:  # so is a GPU that is not there

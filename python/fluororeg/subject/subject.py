@@ -94,6 +94,10 @@ def _grid_text(v: Volume) -> str:
             f"{np.round(v.origin, 6).tolist()}, direction {np.round(v.direction, 6).tolist()}")
 
 
+# The least RMS distance (mm) of a subject's landmarks from their best-fitting line.
+MIN_LANDMARK_SPREAD_MM = 1.0
+
+
 @dataclass(frozen=True, eq=False)
 class Subject:
     """A CT bone model with landmarks (see the module docstring).
@@ -145,6 +149,14 @@ class Subject:
                 f"outside the CT (voxel-centre bounds {np.round(lo_mm, 3).tolist()} .. "
                 f"{np.round(hi_mm, 3).tolist()} mm)"
                 + (f"; {outside.size - 1} more landmark(s) are outside too" if outside.size > 1 else ""))
+        # a pose needs landmarks off one line: three at one point or on a line fix no rotation about it
+        centred = lms.positions - lms.positions.mean(axis=0)
+        spread = np.linalg.svd(centred, compute_uv=False)  # [3] mm * sqrt(n)
+        off_line_mm = float(np.sqrt((spread[1:] ** 2).sum() / len(lms)))
+        if not off_line_mm >= MIN_LANDMARK_SPREAD_MM:
+            raise ValueError(f"the {len(lms)} landmarks lie within {off_line_mm:.3g} mm of one line (or one point): "
+                             f"a pose needs landmarks spread over the bone (at least {MIN_LANDMARK_SPREAD_MM:g} mm off "
+                             "any line, RMS); check the landmark file's coordinates")
         # mask
         if not isinstance(self.mask, Volume):
             raise TypeError(f"mask must be a Volume, got {type(self.mask).__name__}")
