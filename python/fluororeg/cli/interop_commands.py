@@ -68,7 +68,7 @@ def _poses_for_export(args):
 
 def run_export(args: argparse.Namespace) -> int:
     from fluororeg.io.autoscoper import write_autoscoper_tra
-    from fluororeg.io.poses import write_slicer_tfm
+    from fluororeg.io.poses import run_subject_elsewhere, write_slicer_tfm
     from fluororeg.io.recording import open_recording
     from fluororeg.io.xmalab import write_xmalab_rigid_body_csv
     from fluororeg.subject.subject import load_subject
@@ -78,10 +78,8 @@ def run_export(args: argparse.Namespace) -> int:
                          "file holds every frame of the trial")
     subject = load_subject(args.subject)
     flip = tuple(args.flip) if args.flip is not None else common.subject_volume_flip_arg(args.subject)
-    from fluororeg.io.poses import run_subject
-
-    record = run_subject(args.poses)
-    if record is not None and not np.allclose(record["subject_origin"], subject.origin, rtol=0, atol=1e-6):
+    record = run_subject_elsewhere(args.poses, subject)
+    if record is not None:
         raise ValueError(f"'{args.poses}' was registered with subject {record['subject']!r} (origin "
                          f"{np.round(record['subject_origin'], 3).tolist()} mm, options.json beside it), not with "
                          f"'{args.subject}' (origin {np.round(subject.origin, 3).tolist()} mm): another subject, or "

@@ -71,10 +71,10 @@ def _in_subjects_model_frame(poses: np.ndarray, path: Path, subject) -> np.ndarr
     landmarks moved (its origin, their centroid, moved with them) recorded its origin in the
     options.json beside it, and its poses are moved to the subject's origin (said on stderr)."""
     from fluororeg.core.geometry import model_poses_from_physical, physical_poses_from_model
-    from fluororeg.io.poses import run_subject
+    from fluororeg.io.poses import run_subject_elsewhere
 
-    record = run_subject(path)
-    if record is None or np.allclose(record["subject_origin"], subject.origin, rtol=0, atol=1e-6):
+    record = run_subject_elsewhere(path, subject)
+    if record is None:
         return poses
     shift = float(np.linalg.norm(record["subject_origin"] - subject.origin))
     print(f"note: '{path}' was registered with subject {record['subject']!r} whose origin lay {shift:.2f} mm from "

@@ -40,7 +40,8 @@ from fluororeg.core.volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "RefineResult",
            "refine_options", "default_refine_options", "refine_poses", "refine_similarity",
-           "intensity_to_line_integrals", "auto_finest_level", "check_pixel_mm", "check_min_similarity"]
+           "intensity_to_line_integrals", "auto_finest_level", "check_pixel_mm", "check_min_similarity",
+           "min_similarity_or_default"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -67,6 +68,11 @@ def check_min_similarity(value) -> float:
     if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) and 0 < value < 1):
         raise ValueError(f"min_similarity = {value!r}: expected a similarity between 0 and 1")
     return float(value)
+
+
+def min_similarity_or_default(value) -> float:
+    """The refinement gate's floor: ``value`` (checked), or RefineOptions' default (0.6) when None."""
+    return RefineOptions().min_similarity if value is None else check_min_similarity(value)
 
 
 def refine_options(**fields) -> RefineOptions:

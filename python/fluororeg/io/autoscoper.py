@@ -76,7 +76,8 @@ from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_
 
 __all__ = ["AutoscoperTrial", "read_trial_cfg", "write_trial_cfg", "autoscoper_volume_geometry",
            "autoscoper_from_physical", "autoscoper_from_model", "tra_from_model_poses", "model_poses_from_tra",
-           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "subject_volume_flip", "sidecar_path",
+           "write_autoscoper_tra", "read_autoscoper_tra", "autoscoper_info", "subject_volume_flip", "check_volume_flip",
+           "sidecar_path",
            "write_pose_sidecar", "read_pose_sidecar", "write_autoscoper_volume", "trial_frame_files",
            "import_autoscoper_trial", "AUTOSCOPER_INFO_FILE"]
 
@@ -85,7 +86,8 @@ __all__ = ["AutoscoperTrial", "read_trial_cfg", "write_trial_cfg", "autoscoper_v
 AUTOSCOPER_INFO_FILE = "autoscoper.json"
 
 
-def _flip3(flip) -> tuple[int, int, int]:
+def check_volume_flip(flip) -> tuple[int, int, int]:
+    """``flip`` as Autoscoper's VolumeFlip (three 0 / 1 values), or a ValueError naming it."""
     try:
         f = [int(v) for v in flip]
     except (TypeError, ValueError):
@@ -101,7 +103,7 @@ def autoscoper_volume_geometry(shape_zyx, voxel_size_mm, flip=(0, 0, 0)) -> tupl
     (module docstring): ``A = origin + direction @ (spacing * (i, j, k))``."""
     nz, ny, nx = (int(v) for v in shape_zyx)
     s = np.asarray(voxel_size_mm, dtype=np.float64).reshape(3)
-    fx, fy, fz = _flip3(flip)
+    fx, fy, fz = check_volume_flip(flip)
     # x: A = sx (i' + 1/2), i' = i or W - 1 - i
     ox, dx = (s[0] * (nx - 0.5), -1.0) if fx else (0.5 * s[0], 1.0)
     # y: A = sy (H - j' - 1/2), j' = j or H - 1 - j
@@ -119,10 +121,10 @@ def autoscoper_from_physical(volume, flip=(0, 0, 0)) -> np.ndarray:
     # A = oA + DA S ijk, P = oP + DP S ijk  =>  A = oA + DA DP^T (P - oP)
     rot = dir_a @ volume.direction.T
     if np.linalg.det(rot) < 0:
-        f = list(_flip3(flip))
+        f = list(check_volume_flip(flip))
         f[2] = 1 - f[2]
         raise ValueError(f"the CT's index axes (direction {np.round(volume.direction, 6).tolist()}) and Autoscoper's "
-                         f"volume frame with VolumeFlip {list(_flip3(flip))} differ in handedness: no rigid map "
+                         f"volume frame with VolumeFlip {list(check_volume_flip(flip))} differ in handedness: no rigid map "
                          f"exists; use VolumeFlip {f} (or flip the stack's pages) for this volume")
     m = np.eye(4)
     m[:3, :3] = rot
@@ -260,7 +262,7 @@ def autoscoper_info(subject_dir) -> dict | None:
         info = json.loads(read_text(p, "Autoscoper info file"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"'{p}' is not valid JSON: {exc}") from None
-    info["flip"] = _flip3(info.get("flip", (0, 0, 0)))
+    info["flip"] = check_volume_flip(info.get("flip", (0, 0, 0)))
     return info
 
 
@@ -362,7 +364,7 @@ def read_trial_cfg(path) -> AutoscoperTrial:
         if min(s) <= 0:
             raise ValueError(f"{w}: VoxelSize {v!r}: expected positive sizes (mm)")
         voxel.append(s)
-    flips = [_flip3(_numbers(v, 3, "VolumeFlip", w, integer=True)) for v, w in lists["VolumeFlip"]]
+    flips = [check_volume_flip(_numbers(v, 3, "VolumeFlip", w, integer=True)) for v, w in lists["VolumeFlip"]]
     flips += [(0, 0, 0)] * (len(voxel) - len(flips))
     rr = lists["RenderResolution"]
     oo = lists["OptimizationOffsets"]

@@ -46,7 +46,7 @@ from fluororeg.io.limits import (MAX_FRAMES, check_frame_count, check_frame_numb
                                  check_regular_file, npz_member_header, open_npz, read_text)
 
 __all__ = ["POSE_COLUMNS", "write_poses_csv", "read_poses_csv", "read_reference_poses", "write_tra", "read_tra",
-           "write_slicer_tfm", "read_slicer_tfm", "run_subject"]
+           "write_slicer_tfm", "read_slicer_tfm", "run_subject_elsewhere"]
 
 POSE_COLUMNS = (["frame", "status", "theta_x_deg", "theta_y_deg", "theta_z_deg", "tau_x_mm", "tau_y_mm",
                  "tau_z_mm"] + [f"m{r}{c}" for r in range(4) for c in range(4)]
@@ -128,10 +128,11 @@ def read_poses_csv(path) -> dict[str, np.ndarray]:
     }
 
 
-def run_subject(poses_path) -> dict | None:
-    """The subject a run folder's poses were registered with, from the options.json beside
-    ``poses_path`` (``subject``, ``subject_fingerprint``, ``subject_origin`` [3] mm: the model
-    frame's origin), or None when there is none or it does not say (an older run)."""
+def run_subject_elsewhere(poses_path, subject) -> dict | None:
+    """The subject a run folder's poses were registered with when its origin (the model frame's)
+    is not ``subject``'s: from the options.json beside ``poses_path`` (``subject``,
+    ``subject_fingerprint``, ``subject_origin`` [3] mm); None when it is the same origin (to 1 um),
+    or there is no such record (not a run folder, or an older run)."""
     import json
 
     p = Path(poses_path).parent / "options.json"
@@ -142,7 +143,8 @@ def run_subject(poses_path) -> dict | None:
         origin = np.asarray(record["subject_origin"], dtype=np.float64)
     except (ValueError, KeyError, TypeError):
         return None
-    if origin.shape != (3,) or not np.isfinite(origin).all():
+    if origin.shape != (3,) or not np.isfinite(origin).all() or np.allclose(origin, subject.origin, rtol=0,
+                                                                             atol=1e-6):
         return None
     return {"subject": record.get("subject"), "subject_fingerprint": record.get("subject_fingerprint"),
             "subject_origin": origin}

@@ -489,10 +489,9 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         rot = np.asarray(refine_columns["refine_rotation_change_deg"], np.float64)
         mov = np.asarray(refine_columns["refine_translation_change_mm"], np.float64)
         n_refined = int(np.sum(np.asarray(refine_columns["refine_status"]) != "not_refined"))
-        if min_similarity is None:
-            from fluororeg.core.refine import RefineOptions
+        from fluororeg.core.refine import min_similarity_or_default
 
-            min_similarity = RefineOptions().min_similarity
+        min_similarity = min_similarity_or_default(min_similarity)
         used = np.isfinite(sim).sum(axis=1)  # the views with a similarity, per frame
         mean_sim = np.nansum(sim, axis=1) / np.maximum(used, 1)
         near = (status == "low_similarity") & (used > 0) & (mean_sim >= min_similarity - NEAR_FLOOR)

@@ -78,7 +78,7 @@ from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_cr
 
 __all__ = ["PipelineOptions", "RecordingResult", "detect_recording", "frame_hashes", "locate_bone_boxes",
            "refine_pixel_mm", "register_detections", "register_recording", "subject_refine_pixel_mm", "write_run_tra",
-           "check_autoscoper_flip", "min_similarity_used", "run_subject_record"]
+           "run_subject_record"]
 
 INITS = ("triangulate", "paper", "previous")  # PipelineOptions.init
 # detections/chunk_*.npz layout (2: with frames, frame_hashes, settings_sha256; 3: SHA-256 frame hashes)
@@ -174,7 +174,9 @@ class PipelineOptions:
             check_min_similarity(self.min_similarity)
         if not (np.isfinite(self.mirror_gap) and 0 <= self.mirror_gap < 1):
             raise ValueError(f"mirror_gap = {self.mirror_gap!r}: expected a number in [0, 1)")
-        check_autoscoper_flip(self.autoscoper_flip)
+        from fluororeg.io.autoscoper import check_volume_flip
+
+        check_volume_flip(self.autoscoper_flip)
         self.registration_options()  # the solver's own checks, before any work
 
     def registration_options(self):
@@ -235,27 +237,12 @@ class RecordingResult:
         return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def check_autoscoper_flip(flip) -> tuple[int, int, int]:
-    """``flip`` as Autoscoper's VolumeFlip (three 0 / 1 values), or ValueError naming it."""
-    from fluororeg.io.autoscoper import _flip3
-
-    return _flip3(flip)
-
-
 def run_subject_record(subject) -> dict:
     """What a run folder's options.json says of its subject: name, fingerprint and origin (mm, the
     model frame's origin in the CT: poses.csv's poses are in that frame), so that readers of
-    poses.csv can tell a changed or another subject (:func:`fluororeg.io.poses.run_subject`)."""
+    poses.csv can tell a changed or another subject (:func:`fluororeg.io.poses.run_subject_elsewhere`)."""
     return {"subject": subject.name, "subject_fingerprint": subject.fingerprint,
             "subject_origin": [float(v) for v in subject.origin]}
-
-
-def min_similarity_used(options) -> float:
-    """The refinement gate's floor a run used: ``options.min_similarity`` (PipelineOptions or
-    TrackOptions), or RefineOptions' default when None (options.json records both)."""
-    from fluororeg.core.refine import RefineOptions
-
-    return float(options.min_similarity) if options.min_similarity is not None else RefineOptions().min_similarity
 
 
 def write_run_tra(path, frame_numbers, world_from_model, subject, flip=(0, 0, 0)) -> bool:
@@ -678,6 +665,7 @@ def register_recording(recording, subject, detector, translator=None, options: P
 
 
 def _register_recording(recording, subject, detector, translator, options, out_dir, progress) -> RecordingResult:
+    from fluororeg.core.refine import min_similarity_or_default
     from fluororeg.io.atomic import atomic_path
     from fluororeg.io.poses import write_poses_csv
 
@@ -795,7 +783,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         write_run_tra(out / "poses.tra", frame_numbers, matrices, subject, options.autoscoper_flip)
         atomic_write_text(out / "options.json", json.dumps(dict(
             asdict(options), smoothed=smoothed, refined_on=refined_on,
-            min_similarity_used=min_similarity_used(options) if options.refine else None,
+            min_similarity_used=min_similarity_or_default(options.min_similarity) if options.refine else None,
             **run_subject_record(subject)), indent=2))
     frame_numbers = getattr(recording, "frame_numbers", frames)
     qc = quality.qc_report(frame_numbers, batch, status, limit_mm, constant_views=constant_views, detector=detector,

@@ -47,9 +47,9 @@ class TrackOptions:
 
     def __post_init__(self):
         from fluororeg.core.refine import check_min_similarity, check_pixel_mm
-        from fluororeg.pipeline.register import check_autoscoper_flip
+        from fluororeg.io.autoscoper import check_volume_flip
 
-        check_autoscoper_flip(self.autoscoper_flip)
+        check_volume_flip(self.autoscoper_flip)
 
         if self.pixel_mm is not None:
             check_pixel_mm(self.pixel_mm)
@@ -101,8 +101,8 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.poses import write_poses_csv
     from fluororeg.pipeline.refine_stage import refine_recording_poses
-    from fluororeg.pipeline.register import (min_similarity_used, run_subject_record, subject_refine_pixel_mm,
-                                             write_run_tra)
+    from fluororeg.core.refine import min_similarity_or_default
+    from fluororeg.pipeline.register import run_subject_record, subject_refine_pixel_mm, write_run_tra
 
     t0 = time.perf_counter()
     device = check_device_usable(options.refine_device)
@@ -127,7 +127,7 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
                         np.zeros(F, int), np.zeros(F, int), extra_columns=columns)
         write_run_tra(out / "poses.tra", frames, matrices, subject, options.autoscoper_flip)
         atomic_write_text(out / "options.json", json.dumps(dict(asdict(options), pixel_mm_used=pixel_mm,
-                                                                min_similarity_used=min_similarity_used(options),
+                                                                min_similarity_used=min_similarity_or_default(options.min_similarity),
                                                                 refined_on=device,
                                                                 frames_given=int(given.sum()),
                                                                 **run_subject_record(subject)), indent=2))
