@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from fluororeg import _core
 from fluororeg.calibration import (DistortionModel, DualGeometry, PinholeCamera, calibrate_view,
                                    detect_beads, dlt_from_pinhole, dlt_resection, estimate_source,
                                    estimate_view, fit_distortion, geometry_from_mayacam, load_geometry, mayacam_view,
@@ -89,8 +90,12 @@ def test_distortion_point_maps_match_the_numpy_reference(plate_fit):
         m.distort_points([[1.0, np.nan]])
     with pytest.raises(ValueError, match="iterations -1"):
         m.distort_points(pts, iterations=-1)
-    with pytest.raises(ValueError, match="positive finite scale"):
-        replace(m, scale=0.0).undistort_points(pts)
+    with pytest.raises(ValueError, match="positive finite scale"):  # the core's own check
+        _core.undistort_points(m.order, m.centre, 0.0, m.coef, np.ascontiguousarray(pts.reshape(-1, 2)))
+    with pytest.raises(ValueError, match=r"DistortionModel.scale = 0.0: expected a positive number"):
+        replace(m, scale=0.0)
+    with pytest.raises(ValueError, match=r"DistortionModel.centre = \[512.0, nan\]"):
+        replace(m, centre=np.array([512.0, np.nan]))
 
 
 def test_points_corrected_agree_with_image_corrected_then_detected(plate, plate_fit):

@@ -1,5 +1,6 @@
-"""Bad input gets one line naming the option or value and what was expected (exit status 2),
-before any work: simulate, dataset, render, calibrate, the MayaCam reader and the study manifest."""
+"""Bad input gets one line naming the option, value or file and what was expected (exit status 2),
+before any work: simulate, dataset, render, calibrate, subject init, the MayaCam, distortion,
+recording, dataset and checkpoint readers, frame rates, the study manifest and OS errors."""
 
 from __future__ import annotations
 
@@ -145,3 +146,134 @@ def test_pose_file_rows_and_export_options_that_would_be_ignored(capsys, tmp_pat
         read_poses_csv(tmp_path / "extra.csv")
     _fails(capsys, ["export", str(path), "--format", "tra", "--frame", "99", "--subject", "example",
                     "--out", str(tmp_path / "x.tra")], "--frame 99 applies to --format slicer")
+
+
+def test_calibration_files_and_pitches_no_camera_has(capsys, tmp_path):
+    """A MayaCam camera matrix that is not an intrinsic matrix, a pixel pitch of a kilometre, a
+    distortion model of another version or with a zero scale, a recording.json of another
+    version: refused where they are read, naming the file or option, not used."""
+    from dataclasses import replace
+
+    from fluororeg.calibration.distortion import DistortionModel, load_distortion
+    from fluororeg.calibration.formats import read_mayacam, write_mayacam
+    from fluororeg.calibration.geometry_file import DualGeometry, geometry_to_dict
+    from fluororeg.io.recording import open_recording, write_recording_manifest
+    from fluororeg.simulation.simulate import default_dual_views
+
+    views = default_dual_views(64, 64)
+    cams = [tmp_path / f"cam{k}.txt" for k in (1, 2)]
+    for cam, view in zip(cams, views):
+        write_mayacam(cam, view)
+    lines = cams[0].read_text().splitlines()
+    row = lines.index("camera matrix") + 3
+    scaled = tmp_path / "scaled.txt"
+    scaled.write_text("\n".join(lines[:row] + ["0.0,0.0,2.0"] + lines[row + 1:]) + "\n")
+    with pytest.raises(ValueError, match=r"'.*scaled.txt' \(camera matrix\): its last row is 0,0,2, expected 0,0,1"):
+        read_mayacam(scaled)
+    _fails(capsys, ["calibrate", "geometry", "--mayacam", *map(str, cams), "--pitch", "1e9",
+                    "--out", str(tmp_path / "g.json")], "pixel pitch 1000000000.0", "0.001 to 10")
+    assert not (tmp_path / "g.json").exists()
+
+    model = DistortionModel(order=3, width=64, height=64, centre=[32.0, 32.0], scale=45.0,
+                            coef=np.zeros((10, 2)), inverse_coef=np.zeros((10, 2)))
+    d = model.to_dict()
+    for name, change, expected in [("v99", {"version": 99}, r"'.*v99.json'.version = 99: only version 1"),
+                                   ("zero", {"scale": 0.0}, r"DistortionModel.scale = 0.0: expected a positive")]:
+        (tmp_path / f"{name}.json").write_text(__import__("json").dumps({**d, **change}))
+        with pytest.raises(ValueError, match=expected):
+            load_distortion(tmp_path / f"{name}.json")
+    with pytest.raises(ValueError, match=r"DistortionModel.centre = \[32.0, inf\]"):
+        replace(model, centre=np.array([32.0, np.inf]))
+
+    rec = tmp_path / "rec"
+    for k in (1, 2):
+        (rec / f"view{k}").mkdir(parents=True)
+        from PIL import Image
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(rec / f"view{k}" / "frame_0001.png")
+    (rec / "geometry.json").write_text(__import__("json").dumps(geometry_to_dict(DualGeometry(views))))
+    write_recording_manifest(rec, frames=1)
+    assert len(open_recording(rec)) == 1
+    manifest = rec / "recording.json"
+    manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 7'))
+    with pytest.raises(ValueError, match=r"recording.json' has version 7: only version 1"):
+        open_recording(rec)
+
+
+def test_frame_rates_no_camera_or_player_has(tmp_path):
+    from fluororeg.pipeline.register import PipelineOptions
+    from fluororeg.viz.overlay import save_overlay_video
+
+    with pytest.raises(ValueError, match=r"fps = 1000000000.0: expected a positive frame rate \(frames/s\), at most"):
+        PipelineOptions(fps=1e9)
+    with pytest.raises(ValueError, match=r"fps = 1000000000.0: expected a playback frame rate above 0 and at most"):
+        save_overlay_video([np.zeros((8, 8, 3), np.uint8)], tmp_path / "o.gif", fps=1e9)
+    assert not (tmp_path / "o.gif").exists()
+    assert PipelineOptions(fps=5000.0).fps == 5000.0  # a high-speed camera's rate stays valid
+
+
+def test_damaged_dataset_and_checkpoint_name_the_file_and_the_way_out(tmp_path):
+    """A dataset.json that is not JSON, a shard that is not HDF5, a truncated checkpoint: the
+    error names the file and says what to do, instead of a parser's or h5py's words."""
+    import json
+
+    from fluororeg.dataset.generate import DatasetReader
+
+    root = tmp_path / "ds"
+    (root / "train").mkdir(parents=True)
+    (root / "dataset.json").write_text('{"config": {"shard_size": 4}, "splits": ')
+    with pytest.raises(ValueError, match=r"dataset.json' is not valid JSON .*generate the dataset again"):
+        DatasetReader(root)
+    (root / "dataset.json").write_text(json.dumps({"config": {}, "splits": {"train": 2}}))
+    with pytest.raises(ValueError, match=r"not a fluororeg dataset description \(no valid config.shard_size"):
+        DatasetReader(root)
+    (root / "dataset.json").write_text(json.dumps({"config": {"shard_size": 4}, "splits": {"train": 2, "test": 0}}))
+    (root / "train" / "shard_00000.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 10)  # truncated
+    reader = DatasetReader(root)
+    with pytest.raises(ValueError, match=r"dataset shard '.*shard_00000.h5' cannot be read .*delete it and run"):
+        reader[0]
+
+    torch = pytest.importorskip("torch")
+    from fluororeg.training.common import load_checkpoint, load_resume_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "run" / "checkpoint_last.pt"
+    save_checkpoint(ckpt, {"step": 3, "w": torch.zeros(100)})
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"checkpoint '.*checkpoint_last.pt' is damaged or not a PyTorch checkpoint"):
+        load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"cannot resume from it; pass --restart"):
+        load_resume_checkpoint(ckpt)
+
+
+def test_paths_of_the_wrong_kind_and_os_errors_in_plain_words(capsys, tmp_path):
+    from fluororeg.cli import _one_line
+    from fluororeg.inference.onnx_model import OnnxModel
+    from fluororeg.io.atomic import atomic_path, atomic_write_text
+    from fluororeg.subject.example import headsq_path
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "detector.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"models' is a folder: give the .onnx file itself \(the folder holds "
+                                         r"detector.onnx\)"):
+        OnnxModel(models)
+    folder = tmp_path / "poses.csv"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as info:  # the temporary file beside it is not named
+        atomic_write_text(folder, "x")
+    assert _one_line(info.value) == f"'{folder}': is a directory"
+    with pytest.raises(IsADirectoryError) as info:
+        with atomic_path(folder) as tmp:
+            tmp.write_text("x")
+    assert _one_line(info.value) == f"'{folder}': is a directory"
+    assert list(tmp_path.glob(".poses.csv.*")) == []
+    _fails(capsys, ["subject", "init", "--ct", str(headsq_path()), "--flip", "1", "0", "0", "--out",
+                    str(tmp_path / "s")], "--voxel-size and --flip are for a TIFF-stack CT")
+
+
+def test_bead_image_of_another_size_is_called_so():
+    from fluororeg.calibration import calibrate_view
+    from fluororeg.simulation.simulate import default_dual_views
+
+    guess = default_dual_views(512, 512)[0]
+    with pytest.raises(ValueError, match=r"the bead image is 128 x 128 px but the rough view is 512 x 512 px"):
+        calibrate_view(np.zeros((128, 128)), np.random.default_rng(0).normal(size=(8, 3)), guess)

@@ -377,7 +377,11 @@ def test_cli_subject_init_from_tiff_without_pairs(tmp_path, capsys):
     tif = str(SAMPLE / "Models" / "uln_dcm_cropped.tif")
     out = str(tmp_path / "uln")
     assert main(["subject", "init", "--ct", tif, "--out", out, "--propose", "9", "--pairs-count", "0"]) == 2
-    assert "voxel_size_mm" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the CLI's options, not the Python arguments
+    assert "give --voxel-size SX SY SZ and --intensity" in err and "voxel_size_mm" not in err
+    assert main(["subject", "init", "--ct", tif, "--voxel-size", "0.5", "0.5", "0.5", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "give --intensity (e.g." in err and "--voxel-size SX" not in err
     assert main(["subject", "init", "--ct", tif, "--voxel-size", *map(str, VOXEL), "--intensity", "raw:1:-1024",
                  "--propose", "9", "--pairs-count", "0", "--out", out]) == 0
     assert "no mirror search" in capsys.readouterr().out

@@ -40,6 +40,7 @@ __all__ = ["DistortionModel", "DistortionFit", "fit_distortion", "fit_distortion
            "match_grid", "load_distortion", "save_distortion"]
 
 FORMAT = "fluororeg-distortion"
+VERSION = 1
 
 
 def _check_order(order, where: str = "DistortionModel.order") -> int:
@@ -143,7 +144,16 @@ class DistortionModel:
                 raise ValueError(f"DistortionModel.{name} has shape {c.shape}, expected ({nt}, 2) finite values "
                                  f"for order {self.order}")
             object.__setattr__(self, name, c)
-        object.__setattr__(self, "centre", np.asarray(self.centre, dtype=np.float64).reshape(2))
+        centre = np.asarray(self.centre, dtype=np.float64)
+        if centre.shape != (2,) or not np.all(np.isfinite(centre)):
+            raise ValueError(f"DistortionModel.centre = {np.asarray(self.centre).tolist()}: expected 2 finite pixel "
+                             "coordinates")
+        object.__setattr__(self, "centre", centre)
+        scale = self.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"DistortionModel.scale = {scale!r}: expected a positive number of pixels (the "
+                             "coordinates' normalisation, about half the image's diagonal)")
 
     # -- maps --------------------------------------------------------------------------------
     def _norm(self, p):
@@ -215,7 +225,7 @@ class DistortionModel:
 
     # -- I/O ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": 1, "units": {"coordinates": "px", "pitch": "mm"},
+        return {"format": FORMAT, "version": VERSION, "units": {"coordinates": "px", "pitch": "mm"},
                 "model": "global polynomial, distorted px -> undistorted px: "
                          "p + sum_k coef[k] * xn^a * yn^b, (xn, yn) = (p - centre) / scale",
                 "order": self.order, "width": self.width, "height": self.height,
@@ -232,6 +242,8 @@ class DistortionModel:
             raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
         if d.get("format", FORMAT) != FORMAT:
             raise ValueError(f"{where}.format = {d.get('format')!r}: expected {FORMAT!r}")
+        if d.get("version", VERSION) != VERSION:
+            raise ValueError(f"{where}.version = {d.get('version')!r}: only version {VERSION} is supported")
         try:
             order = _check_order(d["order"], f"{where}.order")
             exps = d.get("exponents")

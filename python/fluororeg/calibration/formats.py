@@ -80,6 +80,10 @@ __all__ = ["read_mayacam", "read_mayacam1", "write_mayacam", "mayacam_view", "re
            "dlt_from_pinhole", "pinhole_from_dlt", "project_dlt", "pinhole_from_view",
            "view_from_pinhole", "PinholeCamera"]
 
+# The pixel pitch a lab may give for a MayaCam camera (mm per pixel): intensifiers and flat panels
+# have 0.1-0.5 mm, a 300 mm field in 128 px about 2.4 mm.
+MIN_PITCH_MM, MAX_PITCH_MM = 0.001, 10.0
+
 _SECTIONS = ("image size", "camera matrix", "rotation", "translation")
 
 
@@ -141,6 +145,10 @@ def read_mayacam(path) -> PinholeCamera:
 
     check_frame_shape(w, h, f"MayaCam file '{path}' (image size)")
     K = np.array(rows("camera matrix", 3, 3))
+    if np.abs(K[2] - [0.0, 0.0, 1.0]).max() > 1e-9:
+        raise ValueError(f"MayaCam file '{path}' (camera matrix): its last row is {','.join(f'{v:g}' for v in K[2])}, "
+                         "expected 0,0,1: a MayaCam 2.0 camera matrix is the intrinsic matrix, whose focal lengths "
+                         "and principal point tools read as written")
     R = np.array(rows("rotation", 3, 3))
     t = np.array(rows("translation", 3, 1))[:, 0]
     try:
@@ -207,10 +215,10 @@ def mayacam_view(path, pitch_u: float) -> ConeView:
     follows from ``fx / fy``); projects every point to the same pixel as the file's pinhole.
     MayaCam files record no pixel pitch, so it must be given (no default)."""
     if pitch_u is None or isinstance(pitch_u, bool) or not isinstance(pitch_u, (int, float, np.integer, np.floating)) \
-            or not (np.isfinite(pitch_u) and pitch_u > 0):
+            or not (np.isfinite(pitch_u) and MIN_PITCH_MM <= pitch_u <= MAX_PITCH_MM):
         raise ValueError(f"pixel pitch {pitch_u!r}: a MayaCam file records no pixel pitch; give the detector's "
-                         f"pitch in mm per pixel (e.g. the intensifier's field of view in mm / image width in "
-                         f"pixels, or a bead-plate calibration's pitch_mm)")
+                         f"pitch in mm per pixel, {MIN_PITCH_MM:g} to {MAX_PITCH_MM:g} (e.g. the intensifier's field "
+                         f"of view in mm / image width in pixels, or a bead-plate calibration's pitch_mm)")
     return view_from_pinhole(read_mayacam(path), float(pitch_u))
 
 

@@ -263,6 +263,13 @@ def calibrate_view(image, points_world, view_guess: ConeView, *, pitch_u: float 
     img = load_image(image)
     X = _points(points_world, "points_world", 3)
     H, W = img.shape
+    if (W, H) != (view_guess.width, view_guess.height):
+        raise ValueError(f"the bead image is {W} x {H} px but the rough view is {view_guess.width} x "
+                         f"{view_guess.height} px: give the bead image at the size of the recording's frames (the "
+                         "same camera at the same resolution)")
+    if distortion is not None and (W, H) != (distortion.width, distortion.height):
+        raise ValueError(f"the bead image is {W} x {H} px but the distortion model was fitted on "
+                         f"{distortion.width} x {distortion.height} px images")
     pu = view_guess.pitch_u if pitch_u is None else float(pitch_u)
     pv = (view_guess.pitch_v if pitch_u is None else pu) if pitch_v is None else float(pitch_v)
     det = detect_beads(img, radius_px=radius_px, polarity=polarity, fov=fov)

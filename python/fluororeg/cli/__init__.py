@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # not "[Errno 17] File exists: ..."
+        names = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 is not None else "")
+        return f"{names}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

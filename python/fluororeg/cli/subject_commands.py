@@ -82,6 +82,17 @@ def run_init(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold-hu {args.threshold_hu:g}: below soft tissue (fat is about -100 HU), the whole "
                          f"body would be bone; expected a bone threshold of at least {MIN_BONE_THRESHOLD_HU:g} HU "
                          "(200-400 HU for cortical bone)")
+    if Path(args.ct).suffix.lower() in (".tif", ".tiff"):
+        missing = [opt for opt, v in (("--voxel-size SX SY SZ", args.voxel_size), ("--intensity", args.intensity))
+                   if v is None]
+        if missing:
+            raise ValueError(f"--ct '{args.ct}' is a TIFF stack, which records neither its voxel size nor what its "
+                             f"grey levels mean: give {' and '.join(missing)} (e.g. --voxel-size 0.5 0.5 0.5 "
+                             "--intensity raw:1:-1024; an Autoscoper trial's .cfg holds the voxel size: `fluororeg "
+                             "import autoscoper` reads it)")
+    elif args.voxel_size is not None or args.flip is not None:
+        raise ValueError(f"--voxel-size and --flip are for a TIFF-stack CT; --ct '{args.ct}' records its own voxel "
+                         "size and orientation")
     ct = load_volume(args.ct, voxel_size_mm=args.voxel_size, intensity=args.intensity, flip=args.flip or (0, 0, 0))
     if args.landmarks:
         landmarks = load_landmarks(args.landmarks)

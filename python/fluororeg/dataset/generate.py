@@ -621,10 +621,19 @@ class DatasetReader:
         meta_path = self.root / "dataset.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path} not found: not a fluororeg dataset folder")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            shard_size, count = int(self.meta["config"]["shard_size"]), int(self.meta["splits"][split])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"'{meta_path}' is not valid JSON ({exc}): the dataset's description is damaged; "
+                             "generate the dataset again in an empty folder") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"'{meta_path}' is not a fluororeg dataset description (no valid config.shard_size "
+                             f"and splits.{split}: {exc!r}); generate the dataset again in an empty folder") from None
+        if shard_size < 1 or count < 0:
+            raise ValueError(f"'{meta_path}': config.shard_size = {shard_size}, splits.{split} = {count}: expected a "
+                             "positive shard size and a sample count of 0 or more")
         self.split = split
-        shard_size = self.meta["config"]["shard_size"]
-        count = self.meta["splits"][split]
         n_shards = -(-count // shard_size)
         self.shards = [self.root / split / f"shard_{s:05d}.h5" for s in range(n_shards)]
         missing = [p.name for p in self.shards if not p.exists()]
@@ -655,8 +664,13 @@ class DatasetReader:
     def _read(self, shard: int, index) -> dict[str, np.ndarray]:
         import h5py
 
-        with h5py.File(self.shards[shard], "r") as f:
-            return {k: f[k][index] for k in f.keys()}
+        path = self.shards[shard]
+        try:
+            with h5py.File(path, "r") as f:
+                return {k: f[k][index] for k in f.keys()}
+        except OSError as exc:  # h5py's errors do not name the file
+            raise ValueError(f"dataset shard '{path}' cannot be read ({exc}): it is damaged; delete it and run "
+                             "`fluororeg dataset` again with the same options to make it again") from exc
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not -len(self) <= i < len(self):

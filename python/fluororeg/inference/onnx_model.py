@@ -39,6 +39,10 @@ class OnnxModel:
         import onnxruntime as ort
 
         self.path = Path(path)
+        if self.path.is_dir():
+            onnx = sorted(p.name for p in self.path.glob("*.onnx"))
+            raise ValueError(f"model file '{self.path}' is a folder: give the .onnx file itself"
+                             + (f" (the folder holds {', '.join(onnx[:4])})" if onnx else " (the folder holds no .onnx)"))
         if not self.path.is_file():
             raise FileNotFoundError(f"model file '{self.path}' does not exist")
         from fluororeg.core.threads import num_threads as process_threads

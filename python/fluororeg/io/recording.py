@@ -48,6 +48,9 @@ from fluororeg.io.atomic import atomic_write_text
 from fluororeg.io.limits import (MAX_FRAME_PIXELS, MAX_FRAMES, MAX_IMAGE_FILE_BYTES, check_frame_count,
                                  check_frame_numbers, check_frame_shape, check_regular_file, open_regular, read_text)
 
+MANIFEST_VERSION = 1  # recording.json's "version"
+MAX_FRAME_RATE_HZ = 1e6  # the fastest high-speed cameras record about 10^5 frames/s
+
 __all__ = ["ImageSequence", "Recording", "open_recording", "write_recording_manifest", "init_recording",
            "frame_number_of"]
 
@@ -298,8 +301,9 @@ class Recording:
         else:
             rate = self.frame_rate_hz
             if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
-                    or not (np.isfinite(rate) and rate > 0):
-                raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second")
+                    or not (np.isfinite(rate) and 0 < rate <= MAX_FRAME_RATE_HZ):
+                raise ValueError(f"frame_rate_hz = {rate!r}: expected a positive number of frames per second, at "
+                                 f"most {MAX_FRAME_RATE_HZ:g}")
             self.frame_rate_hz = float(rate)
         check_frame_count(len(self.sequences[0]), "recording")
         for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
@@ -366,6 +370,9 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
         if not isinstance(meta, dict) or meta.get("format") != "fluororeg-recording":
             got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise ValueError(f"'{manifest}' has format {got!r}, expected 'fluororeg-recording'")
+        if meta.get("version", MANIFEST_VERSION) != MANIFEST_VERSION:
+            raise ValueError(f"'{manifest}' has version {meta.get('version')!r}: only version {MANIFEST_VERSION} is "
+                             "supported")
         if not (isinstance(meta.get("views"), list) and len(meta["views"]) == 2
                 and all(isinstance(v, str) for v in meta["views"])):
             raise ValueError(f"'{manifest}': 'views' is {meta.get('views')!r}, expected the two image sequences' "
@@ -392,7 +399,7 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
 def write_recording_manifest(folder, views=("view1", "view2"), geometry="geometry.json",
                              frames: int | None = None, frame_rate_hz: float | None = None, **extra) -> Path:
     """Write recording.json for a folder laid out as described above."""
-    meta = {"format": "fluororeg-recording", "version": 1, "views": list(views), "geometry": geometry}
+    meta = {"format": "fluororeg-recording", "version": MANIFEST_VERSION, "views": list(views), "geometry": geometry}
     if frames is not None:
         meta["frames"] = int(frames)
     if frame_rate_hz is not None:

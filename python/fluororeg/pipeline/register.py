@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.io.recording import MAX_FRAME_RATE_HZ
 from fluororeg.core.temporal import check_smoothing, smooth_poses
 from fluororeg.inference.crops import bone_crop_boxes, frame_stack, recording_crop_boxes, recording_fovs, view_crops
 
@@ -157,8 +158,9 @@ class PipelineOptions:
         if self.view_outlier_ratio is not None and not (np.isfinite(self.view_outlier_ratio)
                                                         and self.view_outlier_ratio > 1.5):
             raise ValueError(f"view_outlier_ratio = {self.view_outlier_ratio!r}: expected None (off) or a number > 1.5")
-        if self.fps is not None and not (np.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"fps = {self.fps!r}: expected a positive frame rate (frames/s) or None")
+        if self.fps is not None and not (np.isfinite(self.fps) and 0 < self.fps <= MAX_FRAME_RATE_HZ):
+            raise ValueError(f"fps = {self.fps!r}: expected a positive frame rate (frames/s), at most "
+                             f"{MAX_FRAME_RATE_HZ:g}, or None")
         if self.smoothing_hz is not None and not (np.isfinite(self.smoothing_hz) and self.smoothing_hz > 0):
             raise ValueError(f"smoothing_hz = {self.smoothing_hz!r}: expected a positive cut-off (Hz) or None (off)")
         if self.smoothing_hz is not None and self.fps is not None:

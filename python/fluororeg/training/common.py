@@ -64,10 +64,26 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(f"'{path}' is not a plain checkpoint (tensors and plain data only): refusing to load "
                          f"unsafe content ({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated, damaged or not torch's format
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"checkpoint '{path}' is damaged or not a PyTorch checkpoint ({first})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint '{path}' holds a {type(state).__name__}, expected a dict of weights and settings")
+    return state
+
+
+def load_resume_checkpoint(path) -> dict:
+    """The run folder's last checkpoint to resume from (:func:`load_checkpoint`); a damaged one
+    is refused with the way out: start the run over."""
+    try:
+        return load_checkpoint(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: the run cannot resume from it; pass --restart (resume=False) to start the run "
+                         "over, or choose another run folder") from exc
 
 
 class TrainLog:

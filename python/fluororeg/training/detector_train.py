@@ -109,7 +109,7 @@ def train_detector(dataset_root, run_dir, config: DetectorConfig | str = "paper"
 
     state = None
     if resume and last_path.exists():
-        state = common.load_checkpoint(last_path)
+        state = common.load_resume_checkpoint(last_path)
         runtime = ("num_threads",)  # how fast, not what: a resume may use other thread counts
         if {k: v for k, v in (state.get("config") or {}).items() if k not in runtime} != \
                 {k: v for k, v in config.to_json().items() if k not in runtime}:

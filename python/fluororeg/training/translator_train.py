@@ -171,7 +171,7 @@ def _train(xray_source, drr_dataset_root, run_dir, config, resume, progress, max
                               "to continue it, or choose a new run folder")
     saved = None
     if ckpt_path.exists():
-        saved = common.load_checkpoint(ckpt_path)
+        saved = common.load_resume_checkpoint(ckpt_path)
         _check_resume(saved, config, ckpt_path)
 
     S = config.image_size

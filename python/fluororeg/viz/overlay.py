@@ -158,9 +158,13 @@ def overlay_pair(images: Sequence[np.ndarray], subject, views: Sequence[ConeView
     return np.concatenate([np.pad(t, ((0, h - t.shape[0]), (0, 4), (0, 0))) for t in tiles], axis=1)
 
 
+MAX_VIDEO_FPS = 1000.0  # an overlay video's playback rate; players show at most a few hundred frames/s
+
+
 def _check_fps(fps: float) -> None:
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps = {fps!r}: expected a positive frame rate")
+    if not (np.isfinite(fps) and 0 < fps <= MAX_VIDEO_FPS):
+        raise ValueError(f"fps = {fps!r}: expected a playback frame rate above 0 and at most {MAX_VIDEO_FPS:g} "
+                         "frames/s")
 
 
 def save_overlay_gif(pairs: Sequence[np.ndarray], path, *, fps: float = 10.0, max_width: int = 800) -> Path:
