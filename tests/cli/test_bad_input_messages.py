@@ -157,6 +157,7 @@ def test_calibration_files_and_pitches_no_camera_has(capsys, tmp_path):
     from fluororeg.calibration.distortion import DistortionModel, load_distortion
     from fluororeg.calibration.formats import read_mayacam, write_mayacam
     from fluororeg.calibration.geometry_file import DualGeometry, geometry_to_dict
+    from fluororeg.core.geometry import ConeView
     from fluororeg.io.recording import open_recording, write_recording_manifest
     from fluororeg.simulation.simulate import default_dual_views
 
@@ -185,6 +186,12 @@ def test_calibration_files_and_pitches_no_camera_has(capsys, tmp_path):
     with pytest.raises(ValueError, match=r"DistortionModel.centre = \[32.0, inf\]"):
         replace(model, centre=np.array([32.0, np.inf]))
 
+    v = views[0]
+    far = ConeView(v.intensifier_centre - 1e12 * v.normal, v.intensifier_centre, v.u, v.v, v.pitch_u, v.pitch_v,
+                   v.width, v.height)
+    with pytest.raises(ValueError, match=r"'view1': the source lies 1e\+12 mm from the intensifier plane, expected "
+                                         r"100 to 10,000 mm"):
+        DualGeometry((far, views[1]))
     rec = tmp_path / "rec"
     for k in (1, 2):
         (rec / f"view{k}").mkdir(parents=True)

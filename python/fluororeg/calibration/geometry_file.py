@@ -48,6 +48,9 @@ __all__ = ["DualGeometry", "load_geometry", "save_geometry", "geometry_from_dict
 
 FORMAT = "fluororeg-geometry"
 VERSION = 1
+# The source-to-intensifier distances a geometry may have (mm): X-ray sets have 1,000-1,500 mm;
+# a smaller or far larger one is another unit or a broken calibration.
+MIN_SOURCE_DISTANCE_MM, MAX_SOURCE_DISTANCE_MM = 100.0, 10_000.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,12 @@ class DualGeometry:
             if d is not None and (d.width, d.height) != (views[i].width, views[i].height):
                 raise ValueError(f"distortion[{i}] was fitted on {d.width} x {d.height} images but view "
                                  f"{names[i]!r} is {views[i].width} x {views[i].height}")
+        for name, v in zip(names, views):
+            d = v.source_intensifier_distance
+            if not MIN_SOURCE_DISTANCE_MM <= d <= MAX_SOURCE_DISTANCE_MM:
+                raise ValueError(f"view {name!r}: the source lies {d:.6g} mm from the intensifier plane, expected "
+                                 f"{MIN_SOURCE_DISTANCE_MM:g} to {MAX_SOURCE_DISTANCE_MM:,.0f} mm (a fluoroscope's is "
+                                 "about 1,000-1,500 mm; are the geometry's lengths in mm?)")
         for i in range(len(views)):
             for j in range(i + 1, len(views)):
                 if abs(float(views[i].normal @ views[j].normal)) > math.cos(math.radians(1.0)):
