@@ -65,7 +65,7 @@ views = ["v1"]
 
 def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_writer, capsys):
     from fluororeg.cli import main
-    from fluororeg.study.inputs import check_study_files
+    from fluororeg.study.inputs import check_study_files, load_study_subject
 
     good = manifest_writer(study_tree, "good")
     assert check_study_files(load_study(good)) == []
@@ -86,6 +86,13 @@ def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_wri
     assert main(["study", "check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("4 problem(s) in study manifest") and out.count("\n  - ") == 4
+    # A floor no frame could pass: more landmarks than the subject has (register refuses it too).
+    n = len(load_study_subject(load_study(good).subjects[0]).landmarks)
+    strict = study_tree / "strict.toml"
+    strict.write_text(good.read_text().replace('[subject.register]\n', f'[subject.register]\nmin_visible = {n + 1}\n'))
+    problems = check_study_files(load_study(strict))
+    assert len(problems) == 2 and all(f"register min_visible = {n + 1}, but subject 'alpha' has {n} landmarks" in p
+                                      for p in problems), problems
 
 
 def test_init_writes_a_manifest_from_a_folder_tree(study_tree, tmp_path, capsys):

@@ -146,6 +146,11 @@ def check_study_files(study: Study) -> list[str]:
             except Exception as exc:
                 problems.append(f"{r.where}: reference '{ref}': {exc}")
         subject = subjects.get(r.subject)
+        min_visible = r.register.get("min_visible")
+        if subject is not None and min_visible is not None and min_visible > len(subject.landmarks):
+            problems.append(f"{r.where}: register min_visible = {min_visible}, but subject {r.subject!r} has "
+                            f"{len(subject.landmarks)} landmarks: no frame could pass; expected at most "
+                            f"{len(subject.landmarks)}")
         if subject is not None and r.register.get("smoothing_hz") is not None:
             fps = r.register.get("fps") or rec.frame_rate_hz
             if fps is None:
