@@ -42,7 +42,19 @@ def test_track_registers_a_recording_from_one_frames_pose(subject, walking, tmp_
     out = tmp_path / "out"
     assert main(["track", str(folder), "--subject", str(_subject_dir(subject, tmp_path)), "--start", str(start),
                  "--out", str(out)]) == 0
-    assert "registered 30 of 30 frame pairs" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "registered 30 of 30 frame pairs" in said
+    # The QC as register writes it, without the landmark figures it has none of.
+    assert "QC: 30 of 30 frames registered (no landmark path: the refinement's similarity is the gate)" in said
+    assert "median residual" not in said and f"QC -> {out / 'qc.json'}" in said
+    qc = json.loads((out / "qc.json").read_text())
+    assert qc["landmark_path"] is False and qc["counts"] == {"ok": 1, "tracked": 29}
+    assert "residual_bone_mm" not in qc["per_frame"] and len(qc["per_frame"]["similarity"]) == 30
+    assert qc["refined"]["tracked"] == 29 and qc["refined"]["median_similarity_registered"][0] > 0.6
+    assert [w["frame"] for w in qc["worst"]] == [int(f) for f in sorted(
+        rec.frame_numbers, key=lambda f: min(qc["per_frame"]["similarity"][list(rec.frame_numbers).index(f)]))][:5]
+    assert (out / "qc.png").stat().st_size > 0
+    assert sorted(p.name for p in out.glob("qc_worst_*.png")) == sorted(f"qc_worst_{w['frame']}.png" for w in qc["worst"])
     table = read_poses_csv(out / "poses.csv")
     assert table["frame"].tolist() == rec.frame_numbers.tolist()
     assert table["status"][10] == "ok" and set(np.delete(table["status"], 10)) == {"tracked"}

@@ -272,12 +272,17 @@ def run_register(args: argparse.Namespace) -> int:
     common.check_detector_trained(detector, args.allow_undertrained)  # after the options' own checks
     res = register_recording(rec, subject, detector, translator, opts, out_dir=args.out, progress=not args.quiet)
     _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frame pairs/s)")
-    if res.qc is not None:
+    _say_qc(args, res.qc)
+    return 0
+
+
+def _say_qc(args: argparse.Namespace, qc: dict | None) -> None:
+    """The QC summary `register` and `track` print, and where its files are."""
+    if qc is not None:
         from fluororeg.pipeline.quality import format_qc
 
-        print(format_qc(res.qc))
+        print(format_qc(qc))
         print(f"QC -> {Path(args.out) / 'qc.json'}, {Path(args.out) / 'qc.png'}")
-    return 0
 
 
 def run_track(args: argparse.Namespace) -> int:
@@ -304,6 +309,7 @@ def run_track(args: argparse.Namespace) -> int:
         print(f"tracking {len(rec)} frame pairs from the poses of {int(given.sum())} (frames {shown})", file=sys.stderr)
     res = track_recording(rec, subject, start, options, out_dir=args.out, progress=not args.quiet)
     _say_registered(args, res.status, res.poses, f"{res.seconds:.1f} s")
+    _say_qc(args, res.qc)
     held = np.isfinite(res.poses[given]).all(axis=1)
     if not held.any() and Path(args.start).suffix.lower() == ".csv":  # not one given pose held: the wrong frame?
         statuses = ", ".join(sorted(set(res.status[given].tolist())))

@@ -439,13 +439,19 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
     RefineOptions') and the training figures of ``detector`` (its metadata) with why it is not
     to be trusted, if it is not. ``refined.just_below_floor``: the frames flagged
     ``low_similarity`` whose mean similarity ended within NEAR_FLOOR of the floor (real
-    fluoroscopy scores far lower than simulations: their overlays decide, see format_qc)."""
+    fluoroscopy scores far lower than simulations: their overlays decide, see format_qc).
+    ``batch`` None: a run without the landmark path (``track``): no residual figures, the
+    refinement's alone (``landmark_path`` False)."""
     status = np.asarray(status, dtype=str)
-    rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
     frames = np.asarray(frames)
     counts = {str(s): int(n) for s, n in zip(*np.unique(status, return_counts=True))}
     registered = np.isin(status, REGISTERED_STATUSES)
-    posed = np.isfinite(np.asarray(batch.poses, dtype=np.float64)).all(axis=1)  # registered or gated
+    if batch is None:
+        rb = np.full((len(status), 2), np.nan)
+        posed = registered
+    else:
+        rb = np.asarray(batch.rms_bone_mm, dtype=np.float64)
+        posed = np.isfinite(np.asarray(batch.poses, dtype=np.float64)).all(axis=1)  # registered or gated
 
     def med(x):
         x = x[np.isfinite(x)]
@@ -463,9 +469,11 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         larger = np.where(failed, 1e9 - lower, np.where(registered, -lower, larger))
     order = [int(i) for i in np.argsort(-larger, kind="stable") if larger[i] > -np.inf][:worst]
     nan_none = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
+    landmarks = batch is not None
     report = {
         "frames": int(len(status)),
         "registered": int(registered.sum()),
+        "landmark_path": landmarks,
         "counts": counts,
         "max_residual_mm": None if max_residual_mm is None else float(max_residual_mm),
         "median_residual_bone_mm": [med(rb[posed, k]) for k in range(2)],
@@ -473,19 +481,21 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         "constant_detector_views": [] if constant_views is None else [int(k) + 1 for k in np.flatnonzero(constant_views)],
         "detector_training": getattr(detector, "training", None),
         "detector_undertrained": detector.undertrained() if hasattr(detector, "undertrained") else None,
-        "worst": [{"frame": int(frames[i]), "status": str(status[i]),
-                   "residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]}
+        "worst": [{"frame": int(frames[i]), "status": str(status[i])}
+                  | ({"residual_bone_mm": [nan_none(rb[i, 0]), nan_none(rb[i, 1])]} if landmarks else {})
                   | ({} if sim is None else {"similarity": [nan_none(sim[i, 0]), nan_none(sim[i, 1])]})
                   for i in order],
-        "per_frame": {"frame": [int(f) for f in frames], "status": [str(s) for s in status],
-                      "residual_bone_mm": [[nan_none(v) for v in row] for row in rb],
-                      "inliers": [[int(v) for v in row] for row in np.asarray(batch.inliers)],
-                      "n_vis": [int(v) for v in np.asarray(batch.n_vis)]},
+        "per_frame": {"frame": [int(f) for f in frames], "status": [str(s) for s in status]},
         "refined": None,
     }
+    if landmarks:
+        report["per_frame"] |= {"residual_bone_mm": [[nan_none(v) for v in row] for row in rb],
+                                "inliers": [[int(v) for v in row] for row in np.asarray(batch.inliers)],
+                                "n_vis": [int(v) for v in np.asarray(batch.n_vis)]}
     if refine_columns is not None:
         report["per_frame"]["similarity"] = [[nan_none(v) for v in row] for row in sim]
-        report["per_frame"]["landmark_status"] = [str(s) for s in refine_columns["landmark_status"]]
+        if "landmark_status" in refine_columns:
+            report["per_frame"]["landmark_status"] = [str(s) for s in refine_columns["landmark_status"]]
         rot = np.asarray(refine_columns["refine_rotation_change_deg"], np.float64)
         mov = np.asarray(refine_columns["refine_translation_change_mm"], np.float64)
         n_refined = int(np.sum(np.asarray(refine_columns["refine_status"]) != "not_refined"))
@@ -513,15 +523,18 @@ def format_qc(report: dict) -> str:
     lines = []
     if report.get("detector_undertrained"):
         lines.append(f"WARNING: UNDERTRAINED DETECTOR: {report['detector_undertrained']}; every pose below rests on it")
+    landmarks = report.get("landmark_path", True)
     lines += [f"QC: {report['registered']} of {report['frames']} frames registered"
-             + (f" (limit {report['max_residual_mm']:.2f} mm at the bone per view)"
-                if report["max_residual_mm"] is not None else " (no residual limit)")]
+             + ((f" (limit {report['max_residual_mm']:.2f} mm at the bone per view)"
+                 if report["max_residual_mm"] is not None else " (no residual limit)") if landmarks
+                else " (no landmark path: the refinement's similarity is the gate)")]
     for s, n in sorted(report["counts"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {s:<18} {n:6d}")
-    med = report["median_residual_bone_mm"]
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    lines.append(f"  median residual at the bone (frames with a pose): view 1 {fmt(med[0])} mm, "
-                 f"view 2 {fmt(med[1])} mm")
+    if landmarks:
+        med = report["median_residual_bone_mm"]
+        lines.append(f"  median residual at the bone (frames with a pose): view 1 {fmt(med[0])} mm, "
+                     f"view 2 {fmt(med[1])} mm")
     ref = report.get("refined")
     if ref:
         sm = ref["median_similarity_registered"]
@@ -541,10 +554,11 @@ def format_qc(report: dict) -> str:
     if report["worst"]:
         lines.append("  worst frames:")
         for w in report["worst"]:
-            r = w["residual_bone_mm"]
+            r = w.get("residual_bone_mm")
             sim = w.get("similarity")
-            lines.append(f"    frame {w['frame']:6d}  {w['status']:<18} view 1 {fmt(r[0])} mm, view 2 {fmt(r[1])} mm"
-                         + (f"; similarity {fmt(sim[0])}, {fmt(sim[1])}" if sim else ""))
+            shown = ([f"view 1 {fmt(r[0])} mm, view 2 {fmt(r[1])} mm"] if r else []) \
+                + ([f"similarity {fmt(sim[0])}, {fmt(sim[1])}"] if sim else [])
+            lines.append(f"    frame {w['frame']:6d}  {w['status']:<18} " + "; ".join(shown))
     return "\n".join(lines)
 
 
@@ -594,12 +608,17 @@ def write_qc(out_dir, report: dict, *, recording=None, subject=None, poses=None)
         return json_path, None
     pf = report["per_frame"]
     frames = np.asarray(pf["frame"])
-    rb = np.array([[np.nan if v is None else v for v in row] for row in pf["residual_bone_mm"]], float).reshape(-1, 2)
     status = np.asarray(pf["status"])
-    panels = [("residual", k) for k in range(2)]
+    panels = []
+    if "residual_bone_mm" in pf:  # the landmark path's figures (not in a track run's report)
+        rb = np.array([[np.nan if v is None else v for v in row] for row in pf["residual_bone_mm"]],
+                      float).reshape(-1, 2)
+        panels += [("residual", k) for k in range(2)]
     if "similarity" in pf:
         sim = np.array([[np.nan if v is None else v for v in row] for row in pf["similarity"]], float).reshape(-1, 2)
         panels += [("similarity", k) for k in range(2)]
+    if not panels:  # nothing measured per frame to plot
+        return json_path, None
     height = 2.75 * len(panels)  # inches
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, height), sharex=True)
     for ax, (kind, k) in zip(axes, panels):

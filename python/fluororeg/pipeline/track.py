@@ -15,8 +15,11 @@ neighbour passed to start from.
 
 Outputs in ``out_dir``: ``poses.csv`` (the landmark columns are empty, or 0 for the counts;
 ``start``: ``given`` or ``neighbour``; the refinement's columns), ``poses.tra`` (Autoscoper's,
-:func:`fluororeg.pipeline.register.write_run_tra`) and ``options.json``; the folder is locked while the run writes, and an earlier run's results are
-replaced.
+:func:`fluororeg.pipeline.register.write_run_tra`), ``options.json``, and the QC as ``register``
+writes it without its landmark figures (``qc.json``, ``qc.png``: the similarity per view and
+frame; ``qc_worst_<frame>.png``: the frames that failed the gate, or passed lowest, drawn at
+their refined or given pose); the folder is locked while the run writes, and an earlier run's
+results are replaced.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 __all__ = ["TrackOptions", "TrackResult", "NO_START_STATUS", "track_recording"]
 
 NO_START_STATUS = "no_start"  # a frame with no given pose whose neighbours gave none to start from
-TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "poses.tra.fluororeg.json", "options.json")
+TRACK_RESULT_FILES = ("poses.csv", "poses.tra", "poses.tra.fluororeg.json", "options.json", "qc.json", "qc.png")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class TrackResult:
     status: np.ndarray      # [F] str
     columns: dict           # the refinement's columns (refine_stage.REFINE_COLUMNS) and 'start'
     seconds: float
+    qc: dict                # pipeline.quality.qc_report (no landmark path: the refinement's figures)
 
 
 def track_recording(recording, subject, start_poses, options: TrackOptions = TrackOptions(), *,
@@ -100,6 +104,7 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     from fluororeg.core.render import check_device_usable
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.poses import write_poses_csv
+    from fluororeg.pipeline.quality import qc_report, write_qc
     from fluororeg.pipeline.refine_stage import refine_recording_poses
     from fluororeg.core.refine import min_similarity_or_default
     from fluororeg.pipeline.register import run_subject_record, subject_refine_pixel_mm, write_run_tra
@@ -113,12 +118,16 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
             (out / name).unlink(missing_ok=True)
     F = len(start)
     status = np.where(given, "ok", NO_START_STATUS)
+    t_refine = time.perf_counter()
     poses, status, columns = refine_recording_poses(recording, subject, start, status, track=True, device=device,
                                                     pixel_mm=pixel_mm, min_similarity=options.min_similarity,
                                                     progress=progress)
+    refine_seconds = time.perf_counter() - t_refine
     columns = {"start": np.where(given, "given", "neighbour").astype(object),
                **{k: v for k, v in columns.items() if k != "landmark_status"}}
     frames = np.asarray(getattr(recording, "frame_numbers", np.arange(F)))
+    qc = qc_report(frames, None, status, None, refine_columns=columns, refine_seconds=refine_seconds,
+                   min_similarity=options.min_similarity)
     if out is not None:
         registered = np.isfinite(poses).all(axis=1)
         matrices = np.where(registered[:, None, None], pose_matrix(np.nan_to_num(poses)), np.nan)
@@ -131,4 +140,7 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
                                                                 refined_on=device,
                                                                 frames_given=int(given.sum()),
                                                                 **run_subject_record(subject)), indent=2))
-    return TrackResult(frames, poses, status, columns, time.perf_counter() - t0)
+        # The worst frames drawn at their pose: the refined one, else the given one (NaN: the frame alone).
+        shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, start)
+        write_qc(out, qc, recording=recording, subject=subject, poses=shown)
+    return TrackResult(frames, poses, status, columns, time.perf_counter() - t0, qc)
