@@ -284,3 +284,26 @@ def test_bead_image_of_another_size_is_called_so():
     guess = default_dual_views(512, 512)[0]
     with pytest.raises(ValueError, match=r"the bead image is 128 x 128 px but the rough view is 512 x 512 px"):
         calibrate_view(np.zeros((128, 128)), np.random.default_rng(0).normal(size=(8, 3)), guess)
+
+
+def test_frame_read_errors_name_the_frame_number_of_the_file(tmp_path):
+    """A damaged or odd frame is named by its number (the one in its file name, in every result),
+    not by its position in the folder."""
+    from PIL import Image
+
+    from fluororeg.io.recording import ImageSequence
+
+    folder = tmp_path / "view1"
+    folder.mkdir()
+    for number in (100, 101, 102):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / f"frame_{number:04d}.png")
+    (folder / "frame_0101.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(folder / "frame_0102.png")
+    seq = ImageSequence(folder)
+    assert seq[0].shape == (16, 16)
+    with pytest.raises(ValueError, match=r"cannot read frame 101 \('.*frame_0101.png'\)"):
+        seq[1]
+    with pytest.raises(ValueError, match=r"frame 102 \('.*frame_0102.png'\) is 16 x 8 px but the sequence's frames"):
+        seq[2]
+    with pytest.raises(IndexError, match="frame index 3 out of range for 3 frames"):
+        seq[3]

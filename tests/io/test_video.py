@@ -43,7 +43,7 @@ def test_lossless_video_reads_exactly_in_any_order(recording, tmp_path):
         got = video[i]
         assert got.dtype == np.float32 and got.shape == (128, 128)
         np.testing.assert_array_equal(got, frames[i])
-    with pytest.raises(IndexError, match="frame 6 out of range"):
+    with pytest.raises(IndexError, match="frame index 6 out of range"):
         video[6]
     # 16-bit grey (high-bit-depth cameras) keeps its full range.
     deep = [(f.astype(np.uint16) * 257) for f in frames[:2]]

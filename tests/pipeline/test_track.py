@@ -54,7 +54,8 @@ def test_track_registers_a_recording_from_one_frames_pose(subject, walking, tmp_
     assert [w["frame"] for w in qc["worst"]] == [int(f) for f in sorted(
         rec.frame_numbers, key=lambda f: min(qc["per_frame"]["similarity"][list(rec.frame_numbers).index(f)]))][:5]
     assert (out / "qc.png").stat().st_size > 0
-    assert sorted(p.name for p in out.glob("qc_worst_*.png")) == sorted(f"qc_worst_{w['frame']}.png" for w in qc["worst"])
+    assert sorted(p.name for p in out.glob("qc_worst_*.png")) == sorted(f"qc_worst_{w['frame']}.png"
+                                                                        for w in qc["worst"])
     table = read_poses_csv(out / "poses.csv")
     assert table["frame"].tolist() == rec.frame_numbers.tolist()
     assert table["status"][10] == "ok" and set(np.delete(table["status"], 10)) == {"tracked"}

@@ -220,7 +220,7 @@ class ImageSequence:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
-            raise IndexError(f"frame {i} out of range for {len(self)} frames of '{self.path}'")
+            raise IndexError(f"frame index {i} out of range for {len(self)} frames of '{self.path}'")
         if self._video is not None:
             return self._checked(self._video[i], i, self.path)
         # Pillow reads PNG and TIFF (also LZW-compressed, 8/16-bit and float pages).
@@ -235,13 +235,13 @@ class ImageSequence:
                 with Image.open(path) as im:
                     im.seek(page)
                     # the declared size before any pixel is decoded
-                    check_frame_shape(im.size[0], im.size[1], f"frame {i} ('{path}')")
+                    check_frame_shape(im.size[0], im.size[1], self._frame_words(i, path))
                     img = np.asarray(im)
         except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its MAX_IMAGE_PIXELS)
-            raise ValueError(f"frame {i} ('{path}'): {exc}; fluororeg reads at most {MAX_FRAME_PIXELS:,} pixels "
-                             f"(fluororeg.io.limits.MAX_FRAME_PIXELS)") from None
+            raise ValueError(f"{self._frame_words(i, path)}: {exc}; fluororeg reads at most {MAX_FRAME_PIXELS:,} "
+                             "pixels (fluororeg.io.limits.MAX_FRAME_PIXELS)") from None
         except (OSError, EOFError, SyntaxError) as exc:  # Pillow: SyntaxError for a damaged TIFF
-            raise ValueError(f"cannot read frame {i} from '{path}': {exc}") from exc
+            raise ValueError(f"cannot read {self._frame_words(i, path)}: {exc}") from exc
         return self._checked(img, i, path)
 
     def _checked(self, img: np.ndarray, i: int, path) -> np.ndarray:
@@ -249,24 +249,34 @@ class ImageSequence:
         if img.dtype == bool:
             img = img.astype(np.uint8)
         if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
-            raise ValueError(f"frame {i} ('{path}') holds {img.dtype} values: expected integer or real grey levels")
+            raise ValueError(f"{self._frame_words(i, path)} holds {img.dtype} values: expected integer or real grey "
+                             "levels")
         if img.ndim == 3:  # RGB(A) -> grey
             img = img[..., :3].mean(axis=-1)
         if img.ndim != 2:
-            raise ValueError(f"frame {i} of '{self.path}' has shape {img.shape}: expected a grey image")
+            raise ValueError(f"{self._frame_words(i, path)} has shape {img.shape}: expected a grey image")
         expected = self.expected_shape
         if expected is None and i != 0 and len(self):
             expected = self[0].shape  # all frames of a sequence have one size
             self.expected_shape = expected
         if expected is not None and img.shape != tuple(expected):
-            raise ValueError(f"frame {i} ('{path}') is {img.shape[1]} x {img.shape[0]} px but the sequence's frames "
-                             f"are {expected[1]} x {expected[0]} px")
+            raise ValueError(f"{self._frame_words(i, path)} is {img.shape[1]} x {img.shape[0]} px but the sequence's "
+                             f"frames are {expected[1]} x {expected[0]} px")
         out = img.astype(np.float32)
         if not np.all(np.isfinite(out)):
             bad = int(np.count_nonzero(~np.isfinite(out)))
-            raise ValueError(f"frame {i} ('{path}') holds {bad} non-finite pixel values (NaN, infinity or beyond "
-                             f"float32)")
+            raise ValueError(f"{self._frame_words(i, path)} holds {bad} non-finite pixel values (NaN, infinity or "
+                             "beyond float32)")
         return out
+
+
+    def _frame_words(self, i: int, path) -> str:
+        """How messages name the i-th frame: by its frame number (the one in its file name, kept
+        in every result), with its file, or the page or video frame it was read from."""
+        number = int(self.frame_numbers[i]) if self.frame_numbers is not None else i
+        if self.files is not None:
+            return f"frame {number} ('{path}')"
+        return f"frame {number} ({'page' if self._video is None else 'video frame'} {i} of '{self.path}')"
 
 
 @dataclass
