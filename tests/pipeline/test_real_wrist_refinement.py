@@ -206,3 +206,32 @@ def test_refinement_holds_with_a_neighbour_over_the_bone(wrist):
     assert res.converged.all(), res.status
     ang, mm = pose_errors(res.poses, np.repeat(truth[None], 2, 0))
     assert ang.max() < 0.5 and mm.max() < 0.2, (ang, mm)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "autoscoper_wrist"
+
+
+def test_the_readmes_wrist_example_runs_as_written(tmp_path, capsys):
+    """README "Your own data" on the sample with the repository's example files: the trial .cfg
+    (copied beside the sample's folders) imported, then `track` from the radius's frame-99 pose
+    in the CT's frame (the search's pose, the one above), CLI commands only."""
+    start = EXAMPLE / "radius_frame99_ct.csv"
+    rows = start.read_text().splitlines()
+    assert rows[1].split(",") == ["99", *[f"{v:g}" for v in SEARCHED[99]]]  # one pose, two places: kept equal
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    for part in ("Calibration", "Models", "XMA_UND"):
+        (sample / part).symlink_to(SAMPLE / part, target_is_directory=True)
+    cfg = sample / "wrist.cfg"
+    cfg.write_text((EXAMPLE / "wrist.cfg").read_text())
+    lab = tmp_path / "lab" / "wrist"
+    assert main(["import", "autoscoper", str(cfg), "--volume", "rad_dcm_cropped", "--pitch", "0.2",
+                 "--intensity", "raw:1:-1024", "--out", str(lab)]) == 0
+    assert main(["track", str(lab / "recording"), "--subject", str(lab / "subject"), "--start", str(start),
+                 "--start-frame", "ct", "--out", str(tmp_path / "out" / "track"), "--quiet"]) == 0
+    assert "registered 2 of 3 frame pairs" in capsys.readouterr().out
+    table = read_poses_csv(tmp_path / "out" / "track" / "poses.csv")
+    assert table["status"].tolist()[1:] == ["ok", "tracked"], table["status"]
+    subject = load_subject(lab / "subject")
+    ang, mm = pose_errors(table["poses"][1:], model_poses(subject, [99, 158]))
+    assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)
