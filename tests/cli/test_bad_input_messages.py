@@ -307,3 +307,35 @@ def test_frame_read_errors_name_the_frame_number_of_the_file(tmp_path):
         seq[2]
     with pytest.raises(IndexError, match="frame index 3 out of range for 3 frames"):
         seq[3]
+
+
+def test_a_commands_warnings_are_one_line_naming_the_command(monkeypatch):
+    """fluororeg's own warnings read like its errors (not Python's file:line and source line);
+    other packages' warnings as Python writes them; a caller recording warnings still gets them."""
+    import subprocess
+    import sys
+    import warnings
+
+    from fluororeg.cli import _warnings_in_plain_words, info_command
+    from fluororeg.pipeline import quality
+
+    fmt = _warnings_in_plain_words("register")
+    assert fmt(UserWarning("the detector's recorded validation error allows 41.7 mm\n  at the bone"), UserWarning,
+               quality.__file__, 688) == ("fluororeg register: warning: the detector's recorded validation error "
+                                          "allows 41.7 mm at the bone\n")
+    assert fmt(UserWarning("someone else's"), UserWarning, "/elsewhere/other.py", 7, "x = 1") == \
+        warnings.formatwarning(UserWarning("someone else's"), UserWarning, "/elsewhere/other.py", 7, "x = 1")
+
+    def run(args):  # as if warned in the package
+        warnings.warn_explicit("allows 41.7 mm", UserWarning, quality.__file__, 688)
+        return 0
+
+    monkeypatch.setattr(info_command, "run", run)
+    with pytest.warns(UserWarning, match="allows 41.7 mm"):
+        assert main(["info"]) == 0
+    # As a lab sees it: one line on stderr.
+    code = ("import warnings, fluororeg.cli as c, fluororeg.pipeline.quality as q\n"
+            "def run(a):\n    warnings.warn_explicit('allows 41.7 mm', UserWarning, q.__file__, 688); return 0\n"
+            "c.info_command.run = run\nraise SystemExit(c.main(['info']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "fluororeg info: warning: allows 41.7 mm\n", proc.stderr

@@ -368,6 +368,16 @@ def test_cli_import_calibrate_export(tmp_path, capsys):
     assert "is the poses file being exported" in capsys.readouterr().err
     assert main(["export", str(csv), "--format", "tra", "--out", str(tmp_path / "new" / "dir" / "u.tra"), *base]) == 0
     np.testing.assert_array_equal(read_tra(tmp_path / "new" / "dir" / "u.tra"), tra)
+    # The same .tra as Autoscoper saves it (no sidecar): its lines are the trial's frames in order,
+    # which evaluate needs --recording to number (line 2 is frame 99, not frame 2).
+    foreign = tmp_path / "autoscoper" / "u.tra"
+    foreign.parent.mkdir()
+    foreign.write_text((tmp_path / "u.tra").read_text())
+    assert main(["evaluate", str(csv), "--reference", str(foreign), "--subject", base[1],
+                 "--out", str(tmp_path / "ev")]) == 2
+    assert "without --recording, line n of a .tra or XMALab file is read as frame number n" in capsys.readouterr().err
+    assert main(["evaluate", str(csv), "--reference", str(foreign), *base, "--out", str(tmp_path / "ev")]) == 0
+    assert "1/1 frames with a reference registered: angle error 0.00 +- 0.00 deg" in capsys.readouterr().out
 
 
 @needs_sample

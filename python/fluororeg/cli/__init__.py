@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from fluororeg.cli import (
     dataset_commands,
@@ -88,10 +90,31 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _warnings_in_plain_words(command: str):
+    """``warnings.formatwarning`` for a command: fluororeg's own warnings as one line naming the
+    command (not Python's file, line and source line), everyone else's as Python writes them.
+    (The format, not ``showwarning``: a caller recording warnings still gets them.)"""
+    package = str(Path(__file__).resolve().parents[1])
+    written = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if not str(Path(filename).resolve()).startswith(package):
+            return written(message, category, filename, lineno, line)
+        return f"fluororeg {command}: warning: {' '.join(str(message).split())}\n"
+
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in DEPRECATED_COMMANDS:
         deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
+    with warnings.catch_warnings():
+        warnings.formatwarning = _warnings_in_plain_words(args.command)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "threads", None) is not None:
             from fluororeg.core.threads import set_num_threads

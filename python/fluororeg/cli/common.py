@@ -65,6 +65,13 @@ def add_deprecated_option(parser: argparse.ArgumentParser, old: str, replacement
                         default=argparse.SUPPRESS, **kwargs)
 
 
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bars; the lines saying what was done and where the results are
+    still print."""
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (the lines saying what was done and where still print)")
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: the process's thread count for torch, onnxruntime and the C++ core
     (:mod:`fluororeg.core.threads`); :func:`fluororeg.cli.main` applies it before the command runs."""

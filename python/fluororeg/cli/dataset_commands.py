@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", choices=common.DEVICES, default="auto",
                    help="where DRRs are rendered (auto: CUDA when a device is usable)")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_quiet_option(d)
     common.add_threads_option(d)
     d.set_defaults(handler=run_dataset, resumes=True)
     c = subparsers.add_parser("contact-sheet", help="PNG grid of dataset samples with landmarks and masks")

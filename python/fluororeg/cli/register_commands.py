@@ -139,8 +139,9 @@ def add_parser(subparsers) -> None:
                          "per-ray code, the CPU's poses to rounding; options.json's refined_on says which ran)")
     common.add_allow_undertrained_option(rg)
     common.add_threads_option(rg)
-    rg.add_argument("--out", required=True)
-    rg.add_argument("--quiet", action="store_true")
+    rg.add_argument("--out", required=True, help="run folder: poses.csv, poses.tra, options.json, qc.json, qc.png "
+                                                 "(a rerun resumes its detections)")
+    common.add_quiet_option(rg)
     rg.set_defaults(handler=run_register, resumes=True)
     tr = subparsers.add_parser("track", help="register every frame from poses known for a few (no detector): "
                                              "intensity refinement and tracking")
@@ -151,7 +152,7 @@ def add_parser(subparsers) -> None:
                          "theta_x_deg .. tau_z_mm; see --start-frame), an Autoscoper .tra (one line per frame of "
                          "the recording, in its order, NaN where none; the subject's volume frame), an XMALab "
                          "rigid-body CSV, or a 3D Slicer .tfm whose name ends in its frame number "
-                         "(radius_0099.tfm); the other frames start from a neighbour's refined pose")
+                         "(<subject>_0099.tfm); the other frames start from a neighbour's refined pose")
     tr.add_argument("--start-frame", choices=["model", "ct"], default="model",
                     help="the bone frame of a CSV's poses: model (fluororeg's, as in poses.csv: the CT's frame "
                          "moved to the subject's origin) or ct (the CT's own physical frame, world_from_physical: "
@@ -161,10 +162,11 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--pixel-mm", type=float,
                     help="the refinement's finest pixel at the bone, mm (default: sized to the bone, a crop's "
                          "field of view of it over 128 px: about 2.3 for a head, 1 for a radius)")
-    tr.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto")
+    tr.add_argument("--refine-device", choices=["cpu", "cuda", "auto"], default="auto",
+                    help="where the refinement renders (see register --refine-device)")
     common.add_threads_option(tr)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--out", required=True, help="run folder: poses.csv, poses.tra, options.json, qc.json, qc.png")
+    common.add_quiet_option(tr)
     tr.set_defaults(handler=run_track, resumes=False)
     ov = subparsers.add_parser("overlay", help="draw registered poses (landmarks, bone outline) on the X-rays: "
                                                "PNG + video")
@@ -178,7 +180,7 @@ def add_parser(subparsers) -> None:
                     help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it")
     ov.add_argument("--fps", type=float, help="video frame rate (default 10)")
     ov.add_argument("--out", required=True, help="output folder")
-    ov.add_argument("--quiet", action="store_true")
+    common.add_quiet_option(ov)
     ov.set_defaults(handler=run_overlay, resumes=False)
     ev = subparsers.add_parser("evaluate", help="Eq. 3 errors of poses against a reference")
     ev.add_argument("poses", help="poses.csv from fluororeg register")
@@ -194,7 +196,8 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--recording", help="the recording the reference's lines follow (an Autoscoper .tra or XMALab "
                                         "CSV that fluororeg did not write: line n = the recording's n-th frame)")
     ev.add_argument("--with-landmarks", action="store_true", help="also the mean landmark distance")
-    ev.add_argument("--out", required=True)
+    ev.add_argument("--out", required=True, help="folder: evaluation.csv (per frame), evaluation_summary.json, "
+                                                 "evaluation_errors.png")
     ev.set_defaults(handler=run_evaluate, resumes=False)
     ss = subparsers.add_parser("select-translator", aliases=list(DEPRECATED_COMMANDS),
                                help="choose the style translator's snapshot by registration quality "
@@ -216,7 +219,7 @@ def add_parser(subparsers) -> None:
     common.add_allow_undertrained_option(ss)
     common.add_threads_option(ss)
     ss.add_argument("--out", required=True, help="where the chosen translator and the table go")
-    ss.add_argument("--quiet", action="store_true")
+    common.add_quiet_option(ss)
     ss.set_defaults(handler=run_select_translator, resumes=False)
 
 
@@ -384,7 +387,8 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from fluororeg.io.poses import read_poses_csv
+    from fluororeg.io.autoscoper import read_pose_sidecar
+    from fluororeg.io.poses import _is_xmalab, read_poses_csv
     from fluororeg.io.recording import open_recording
     from fluororeg.pipeline.evaluate import evaluate_poses, write_evaluation
 
@@ -395,8 +399,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ref = _reference_by_frame(args.reference, table["frame"], args.subject, rec,  # matched by frame number
                               pose_frame=args.reference_frame)
     if not np.isfinite(ref).all(axis=1).any():
+        path = Path(args.reference)  # a foreign .tra / XMALab file: lines, not frame numbers
+        lines = rec is None and read_pose_sidecar(path) is None and (
+            path.suffix.lower() == ".tra" or (path.suffix.lower() == ".csv" and _is_xmalab(path)))
         raise ValueError(f"'{args.reference}' has no pose for any of the {len(ref)} frames of '{args.poses}' "
-                         "(rows are matched by their frame numbers)")
+                         "(rows are matched by their frame numbers)"
+                         + ("; without --recording, line n of a .tra or XMALab file is read as frame number n: pass "
+                            "--recording, the trial's frames in order, to number its lines" if lines else ""))
     landmarks = common.load_subject_arg(args.subject).landmarks_model if args.with_landmarks else None
     ev = evaluate_poses(table["poses"], ref, landmarks=landmarks, frames=table["frame"])
     paths = write_evaluation(ev, args.out)

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     td.add_argument("--restart", action="store_true", help="start over instead of resuming")
     td.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     common.add_threads_option(td)
-    td.add_argument("--quiet", action="store_true")
+    common.add_quiet_option(td)
     td.set_defaults(handler=run_train_detector, resumes=True)
     tt = subparsers.add_parser("train-translator", aliases=list(DEPRECATED_COMMANDS),
                                help="train the X-ray-to-DRR style translator (torch; train-style: deprecated)")
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
                     help="start over: delete the run's checkpoint, snapshots and log first (default: resume)")
     tt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: torch's CUDA when present")
     common.add_threads_option(tt)
-    tt.add_argument("--quiet", action="store_true")
+    common.add_quiet_option(tt)
     tt.set_defaults(handler=run_train_translator, resumes=True)
 
 

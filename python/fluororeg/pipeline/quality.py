@@ -431,7 +431,7 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
               detector=None, refine_columns=None, refine_seconds: float | None = None,
               min_similarity: float | None = None) -> dict:
     """The recording's quality summary (JSON-able): frames, counts per status, registered
-    count, the limit, median residual at the bone per view over the frames with a pose, the
+    count, the limit, median residual at the bone per view over the frames with a landmark pose, the
     ``worst`` frames (by their larger view residual; with refinement, frames that failed its
     gate first, by their lower view similarity), the per-frame figures, the refinement's
     figures (``refine_columns`` of :func:`fluororeg.pipeline.refine_stage.refine_recording_poses`;
@@ -533,8 +533,8 @@ def format_qc(report: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     if landmarks:
         med = report["median_residual_bone_mm"]
-        lines.append(f"  median residual at the bone (frames with a pose): view 1 {fmt(med[0])} mm, "
-                     f"view 2 {fmt(med[1])} mm")
+        lines.append(f"  median residual at the bone (frames with a landmark pose, registered or not): view 1 "
+                     f"{fmt(med[0])} mm, view 2 {fmt(med[1])} mm")
     ref = report.get("refined")
     if ref:
         sm = ref["median_similarity_registered"]
