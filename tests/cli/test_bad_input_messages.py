@@ -339,3 +339,13 @@ def test_a_commands_warnings_are_one_line_naming_the_command(monkeypatch):
             "c.info_command.run = run\nraise SystemExit(c.main(['info']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "fluororeg info: warning: allows 41.7 mm\n", proc.stderr
+
+
+def test_no_snapshot_selected_says_what_each_registered(monkeypatch, tmp_path):
+    from fluororeg.training import translator_selection as ts
+
+    scores = [ts.SnapshotScore(200, tmp_path / "s.pt", float("inf"), 0.25, 3.0, *[float("nan")] * 3),
+              ts.SnapshotScore(-1, None, float("inf"), 0.0, 9.0, *[float("nan")] * 3, style="log", refined_share=0.1)]
+    monkeypatch.setattr(ts, "score_snapshots", lambda *a, **k: scores)
+    with pytest.raises(RuntimeError, match=r"\(landmark gate passed: step 200 25%, style log 0% \(10% refined\)\)"):
+        ts.select_translator_snapshot(tmp_path, None, None, None, tmp_path / "sel")

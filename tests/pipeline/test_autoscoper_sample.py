@@ -70,7 +70,13 @@ def test_wrist_sample_end_to_end(tmp_path, capsys, monkeypatch):
     assert reader.subject_fingerprint == subject.fingerprint
 
     # 5. a very short training; the export carries the crop pixel size and the subject
+    capsys.readouterr()
     _run("train-detector", ds, "--out", tmp_path / "det", "--epochs", 1, "--quiet")
+    said = capsys.readouterr()
+    assert "validation error" in said.out and " px; exported " in said.out
+    # One epoch: said when training ends, not first at register's refusal.
+    assert said.err.startswith("WARNING: detector ") and "register refuses it unless given --allow-undertrained" in \
+        said.err
     onnx = tmp_path / "det" / "detector.onnx"
     detector = LandmarkDetector(onnx, subject=subject)
     assert detector.crop_pixel_mm == pytest.approx(reader.crop_pixel_mm)

@@ -4,6 +4,7 @@ X-ray-to-DRR style translator, a CycleGAN); both need torch and resume after Ctr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fluororeg.cli import common
@@ -70,7 +71,16 @@ def run_train_detector(args: argparse.Namespace) -> int:
                   "nothing exported")
             return 130
         path = export_detector(args.out, Path(args.out) / "detector.onnx")
-    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}; exported {path}")
+    from fluororeg.inference.detector import LandmarkDetector
+
+    detector = LandmarkDetector(path, device="cpu", num_threads=1)  # what register will read of it
+    px = (detector.training or {}).get("val_mean_px")
+    print(f"best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch}"
+          + ("" if px is None else f", validation error {px:.2f} px") + f"; exported {path}")
+    why = detector.undertrained()
+    if why:  # said now, not first at register's refusal
+        print(f"WARNING: {why}: register refuses it unless given --allow-undertrained; train again with more "
+              "--epochs and --restart, or on a larger dataset", file=sys.stderr)
     return 0
 
 

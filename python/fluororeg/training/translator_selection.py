@@ -189,8 +189,12 @@ def select_translator_snapshot(run_dir, recording, subject, detector, out_dir,
     scores = score_snapshots(run_dir, recording, subject, detector, **kwargs)
     snaps = [s for s in scores if s.style == "translate" and np.isfinite(s.score)]
     if not snaps:
-        raise RuntimeError(f"no snapshot of '{run_dir}' registered more than half of the scored frames; "
-                           "check the detector, the recording and its geometry")
+        shares = ", ".join(f"{s.name} {s.registered_share:.0%}"
+                           + ("" if not np.isfinite(s.refined_share) else f" ({s.refined_share:.0%} refined)")
+                           for s in scores)
+        raise RuntimeError(f"no snapshot of '{run_dir}' registered more than half of the scored frames (landmark "
+                           f"gate passed: {shares}); check the detector, the recording and its geometry (register "
+                           "with --style log shows each frame's status)")
     best = min(snaps, key=lambda s: (s.score, -s.step))
     plain = [s for s in scores if s.style != "translate" and np.isfinite(s.score)]
     best_plain = min(plain, key=lambda s: s.score) if plain else None
