@@ -98,7 +98,11 @@ def test_overlay_command_writes_pngs_and_a_video(subject, recording, tmp_path, m
                     poses, pose_matrix(np.nan_to_num(poses)), np.ones(F), np.ones((F, 2)), np.ones((F, 2)),
                     np.full(F, 6), np.zeros(F, int))
     assert main(["overlay", str(recording), str(tmp_path / "poses.csv"), "--frames", "1", "2", "--quiet",
-                 "--out", str(tmp_path / "ov")]) == 0
+                 "--out", str(tmp_path / "frames_only")]) == 0  # frames picked: no video of the whole recording
+    assert sorted(p.name for p in (tmp_path / "frames_only").iterdir()) == ["overlay_frame_00001.png",
+                                                                           "overlay_frame_00002.png"]
+    assert main(["overlay", str(recording), str(tmp_path / "poses.csv"), "--frames", "1", "2", "--quiet",
+                 "--video", "overlay.mp4", "--out", str(tmp_path / "ov")]) == 0
     one = np.asarray(Image.open(tmp_path / "ov" / "overlay_frame_00001.png"))
     two = np.asarray(Image.open(tmp_path / "ov" / "overlay_frame_00002.png"))
     assert (one == LANDMARK_RGB).all(axis=-1).any() and not (two == LANDMARK_RGB).all(axis=-1).any()

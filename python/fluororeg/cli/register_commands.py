@@ -176,8 +176,9 @@ def add_parser(subparsers) -> None:
     ov.add_argument("--frames", type=int, nargs="+",
                     help="frame numbers (the recording's, as in poses.csv) to save as PNG (default: first, middle, "
                          "last)")
-    ov.add_argument("--video", default="overlay.mp4",
-                    help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it")
+    ov.add_argument("--video",
+                    help="file name of the whole recording's overlay: .mp4/.mkv/.avi (H.264) or .gif; 'none' skips it "
+                         "(default: overlay.mp4, or none when --frames picks frames)")
     ov.add_argument("--fps", type=float, help="video frame rate (default 10)")
     ov.add_argument("--out", required=True, help="output folder")
     common.add_quiet_option(ov)
@@ -376,12 +377,13 @@ def run_overlay(args: argparse.Namespace) -> int:
     for f, i in zip(chosen, positions):
         Image.fromarray(pair(i)).save(out / f"overlay_frame_{f:05d}.png")
     written = [str(out / f"overlay_frame_{f:05d}.png") for f in chosen]
-    if args.video != "none":
+    video = args.video or ("overlay.mp4" if args.frames is None else "none")
+    if video != "none":
         from tqdm import tqdm
 
         fps = 10.0 if args.fps is None else args.fps
         frames_iter = (pair(i) for i in tqdm(range(len(rec)), unit="frame", desc="overlay", disable=args.quiet))
-        written.append(str(save_overlay_video(frames_iter, out / args.video, fps=fps)))
+        written.append(str(save_overlay_video(frames_iter, out / video, fps=fps)))
     print("wrote " + ", ".join(written))
     return 0
 
