@@ -334,6 +334,9 @@ def _say_registered(args: argparse.Namespace, status, poses, took: str) -> None:
     print(f"registered {registered} of {len(status)} frame pairs ({breakdown}) in {took} -> {out / 'poses.csv'} "
           f"and poses.tra; check them with: fluororeg overlay {args.recording} {out / 'poses.csv'} "
           f"--subject {args.subject} --out {out / 'overlays'}")
+    if registered == 0:  # the run finished (exit status 0), but a script reading its log should see this
+        print(f"fluororeg {args.command}: warning: no frame was registered: poses.csv and poses.tra hold no pose "
+              f"(the statuses above and {out / 'qc.json'} say why)", file=sys.stderr)
 
 
 def run_overlay(args: argparse.Namespace) -> int:
