@@ -93,6 +93,12 @@ def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_wri
     problems = check_study_files(load_study(strict))
     assert len(problems) == 2 and all(f"register min_visible = {n + 1}, but subject 'alpha' has {n} landmarks" in p
                                       for p in problems), problems
+    # Smoothing over 4 frames: register refuses it before any work; the check says so first.
+    strict.write_text(good.read_text().replace('[subject.register]\n', '[subject.register]\nsmoothing_hz = 5.0\n'
+                                                                      'fps = 100.0\n'))
+    problems = check_study_files(load_study(strict))
+    assert len(problems) == 2 and all("register smoothing_hz needs at least 16 frames; the recording has 4" in p
+                                      for p in problems), problems
 
 
 def test_init_writes_a_manifest_from_a_folder_tree(study_tree, tmp_path, capsys):

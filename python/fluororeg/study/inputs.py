@@ -156,6 +156,16 @@ def check_study_files(study: Study) -> list[str]:
             if fps is None:
                 problems.append(f"{r.where}: register smoothing_hz needs the frame rate: set 'fps' in [register] or "
                                 "frame_rate_hz in recording.json")
+            else:  # what register checks before any work, said before the study runs
+                from fluororeg.core.temporal import check_smoothing
+
+                try:
+                    needed = check_smoothing(r.register["smoothing_hz"], fps)
+                    if len(rec) < needed:
+                        problems.append(f"{r.where}: register smoothing_hz needs at least {needed} frames; the "
+                                        f"recording has {len(rec)} (drop smoothing_hz for this recording)")
+                except ValueError as exc:
+                    problems.append(f"{r.where}: register {exc}")
     return problems
 
 
