@@ -8,18 +8,23 @@ from fluororeg.cli import main
 
 def test_failed_task_is_reported_not_dropped(study_tree, manifest_writer, prebuilt_models, cluster_client,
                                              tmp_path, capsys):
+    import shutil
+
     manifest = manifest_writer(study_tree, "failing", prebuilt=prebuilt_models)
-    # Smoothing needs 16 frames: alpha_flex (4 frames) fails at run time, every try.
-    manifest.write_text(manifest.read_text().replace(
-        'folder = "recordings/alpha/flex"\n',
-        'folder = "recordings/alpha/flex"\n[recording.register]\nsmoothing_hz = 3.0\nfps = 30.0\n'))
+    # A frame damaged after the check (which opens each recording's first frame): alpha_flex fails
+    # at run time, every try.
+    flex = tmp_path / "flex"
+    shutil.copytree(study_tree / "recordings" / "alpha" / "flex", flex)
+    damaged = sorted((flex / "view1").iterdir())[-1]
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    manifest.write_text(manifest.read_text().replace('folder = "recordings/alpha/flex"\n', f'folder = "{flex}"\n'))
     out = tmp_path / "out"
     address = cluster_client.scheduler.address
     assert main(["study", "run", str(manifest), "--scheduler", address, "--out", str(out),
                  "--progress-every", "0.5"]) == 1
     text = capsys.readouterr().out
     assert "FAILED register/alpha_flex after 1 retries" in text
-    assert "1 task(s) failed or did not run:" in text and "smoothing needs at least 16 frames" in text
+    assert "1 task(s) failed or did not run:" in text and "cannot read frame" in text
     assert "[study] finished: 4/5 tasks done, 0 running, 1 failed" in text
     assert (out / "recordings" / "alpha_walk" / "poses.csv").exists()
     assert (out / "recordings" / "beta_walk" / "poses.csv").exists()

@@ -51,7 +51,7 @@ views = ["v1"]
     text = "\n".join(problems)
     assert all(str(path) in p for p in problems)
     assert "[study]: unknown key 'retrys' (did you mean 'retries'?)" in text
-    assert "[settings] [dataset]: unknown key 'n_trian' (did you mean 'n_train'?)" in text
+    assert "[settings.dataset]: unknown key 'n_trian' (did you mean 'n_train'?)" in text
     assert "unknown key 'foldr' (did you mean 'folder'?)" in text
     assert "[[subject]] #1 (a): expected 'folder'" in text
     assert "'ct' is set together with 'folder'" in text

@@ -154,8 +154,8 @@ def check_study_files(study: Study) -> list[str]:
         if subject is not None and r.register.get("smoothing_hz") is not None:
             fps = r.register.get("fps") or rec.frame_rate_hz
             if fps is None:
-                problems.append(f"{r.where}: register smoothing_hz needs the frame rate: set 'fps' in [register] or "
-                                "frame_rate_hz in recording.json")
+                problems.append(f"{r.where}: register smoothing_hz needs the frame rate: set 'fps' beside it "
+                                "([settings.register] or [recording.register]) or frame_rate_hz in recording.json")
             else:  # what register checks before any work, said before the study runs
                 from fluororeg.core.temporal import check_smoothing
 

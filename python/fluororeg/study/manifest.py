@@ -291,7 +291,8 @@ class _Parser:
         out = {}
         for name in names:
             if name in entry:
-                out[name] = self.table(entry[name], f"{where} [{name}]", self.keys[name])
+                label = f"{where[:-1]}.{name}]" if where.endswith("[settings]") else f"{where} [{name}]"
+                out[name] = self.table(entry[name], label, self.keys[name])  # [settings.dataset], as written
         return out
 
 
