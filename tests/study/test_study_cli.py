@@ -33,6 +33,14 @@ def test_failed_task_is_reported_not_dropped(study_tree, manifest_writer, prebui
     md = (out / "summary.md").read_text()
     assert "| alpha_flex | alpha | **failed** |" in md and "## Failures" in md
     assert ",failed," in (out / "summary.csv").read_text()
+    import csv
+
+    for row in csv.DictReader((out / "summary.csv").open()):  # every frame in one status column
+        if row["result"] == "done":
+            counts = {k: int(row[k] or 0) for k in ("ok", "one_view", "refined", "tracked", "views_disagree",
+                                                    "too_few_landmarks", "failed", "flagged")}
+            assert sum(counts.values()) == int(row["frames"]), row
+            assert sum(counts[k] for k in ("ok", "one_view", "refined", "tracked")) == int(row["registered"]), row
     assert main(["study", "run", str(manifest), "--scheduler", address, "--workers", "2"]) == 2
     assert "--workers sizes the local cluster" in capsys.readouterr().err
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from fluororeg.core.registration import INPUT_STATUSES
 from fluororeg.io.atomic import atomic_write_text
+from fluororeg.pipeline.refine_stage import REFINE_FAILURE_STATUSES
 
 __all__ = ["write_study_summary", "SUMMARY_COLUMNS"]
 
-# Frames the quality gate or the input checks kept from being registered.
-FLAGGED_STATUSES = ("large_residual", "few_inliers") + INPUT_STATUSES
+# Frames the quality gate, the input checks or the refinement's gate kept from being registered.
+FLAGGED_STATUSES = ("large_residual", "few_inliers") + INPUT_STATUSES + REFINE_FAILURE_STATUSES
 
-SUMMARY_COLUMNS = ("recording", "subject", "result", "frames", "registered", "ok", "one_view", "views_disagree",
+SUMMARY_COLUMNS = ("recording", "subject", "result", "frames", "registered", "ok", "one_view", "refined", "tracked",
+                   "views_disagree",
                    "too_few_landmarks", "failed", "flagged", "residual_mm_median", "residual_px_median",
                    "angle_err_deg_median", "position_err_mm_median", "landmark_err_mm_median", "register_seconds",
                    "resumed", "out", "error")
@@ -52,10 +54,11 @@ def _rows(run) -> list[dict]:
                        resumed=bool(s.get("skipped")), out=s["out"],
                        residual_mm_mean=s.get("residual_mm_mean"), residual_mm_sd=s.get("residual_mm_sd"),
                        landmark_err_mm_mean=ev.get("landmark_err_mm_mean"),
-                       landmark_err_mm_sd=ev.get("landmark_err_mm_sd"))
+                       landmark_err_mm_sd=ev.get("landmark_err_mm_sd"), has_reference=bool(ev))
             for k, n in s["status"].items():
                 row[k] = n
-            # not registered by the quality gate or the input checks (fluororeg.pipeline.quality)
+            # not registered by the quality gate, the input checks (fluororeg.pipeline.quality) or the
+            # refinement's gate (pipeline.refine_stage)
             row["flagged"] = sum(n for k, n in s["status"].items() if k in FLAGGED_STATUSES)
         else:
             row["error"] = o.error
@@ -125,21 +128,25 @@ def write_study_summary(run) -> dict:
              f"Manifest: `{run.study.path}`. {len(done)} of {len(rows)} recordings registered; "
              f"{registered} of {frames} frame pairs registered. This run: {run.frames_registered} frame pairs in "
              f"{run.seconds:.1f} s ({run.frame_pairs_per_s:.2f} frame pairs/s) on {run.workers} worker(s).", "",
-             "| recording | subject | result | registered | ok | one view | views disagree | too few landmarks | "
-             "failed | flagged by the quality gate | median residual (mm / px) | median errors (deg / mm / landmark mm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| recording | subject | result | registered | ok | one view | refined | tracked | views disagree | "
+             "too few landmarks | failed | flagged by a gate | median landmark-fit residual (mm / px) | "
+             "median errors (deg / mm / landmark mm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["result"] != "done":
-            lines.append(f"| {r['recording']} | {r['subject']} | **{r['result']}** | | | | | | | | | |")
+            lines.append(f"| {r['recording']} | {r['subject']} | **{r['result']}** | | | | | | | | | | | |")
             continue
         errs = " / ".join(_fmt(r.get(k)) or "-" for k in ("angle_err_deg_median", "position_err_mm_median",
                                                              "landmark_err_mm_median"))
+        if r.get("angle_err_deg_median") is None:  # nothing to compare: say which of the two
+            errs = "none registered" if r.get("has_reference") else "no reference"
         lines.append(f"| {r['recording']} | {r['subject']} | done{' (resumed)' if r.get('resumed') else ''} | "
                      f"{r['registered']}/{r['frames']} | {r.get('ok', 0)} | {r.get('one_view', 0)} | "
+                     f"{r.get('refined', 0)} | {r.get('tracked', 0)} | "
                      f"{r.get('views_disagree', 0)} | {r.get('too_few_landmarks', 0)} | {r.get('failed', 0)} | "
                      f"{r.get('flagged', 0)} | "
                      f"{_fmt(r['residual_mm_median']) or '-'} / {_fmt(r['residual_px_median']) or '-'} | "
-                     f"{errs if any(r.get(k) is not None for k in ('angle_err_deg_median',)) else 'no reference'} |")
+                     f"{errs} |")
     lines += ["", "## Subjects' models", ""]
     for s in run.study.subjects:
         o = run.outcomes[f"models/{s.name}"]
