@@ -20,7 +20,7 @@ RECORDINGS = ("alpha_walk", "alpha_flex", "beta_walk")
 def test_study_builds_models_once_and_registers_every_recording(built_study, read_poses):
     manifest, run = built_study
     out = run.out
-    assert run.ok and run.frames_registered == 12 and run.workers == 1
+    assert run.ok and run.frame_pairs_processed == 12 and run.workers == 1
     for name in RECORDINGS:
         folder = out / "recordings" / name
         assert (folder / "poses.csv").exists() and (folder / "poses.tra").exists()
@@ -102,7 +102,7 @@ def test_rerun_skips_completed_work_and_redoes_only_what_changed(study_tree, bui
     mtimes = {n: p.stat().st_mtime_ns for n, p in poses.items()}
     study = load_study(manifest_writer(study_tree, "built"))
     again = run_study(study, out, client=cluster_client, say=lambda m: None)
-    assert again.ok and again.frames_registered == 0
+    assert again.ok and again.frame_pairs_processed == 0
     assert all(again.outcomes[f"register/{n}"].result["skipped"] for n in RECORDINGS)
     for s in ("alpha", "beta"):
         assert all(v.startswith("skipped") for v in again.outcomes[f"models/{s}"].result["stages"].values())
@@ -113,7 +113,7 @@ def test_rerun_skips_completed_work_and_redoes_only_what_changed(study_tree, bui
     changed = manifest_writer(study_tree, "built")
     changed.write_text(changed.read_text() + "[recording.register]\nmin_visible = 5\n")
     third = run_study(load_study(changed), out, client=cluster_client, say=lambda m: None)
-    assert third.ok and third.frames_registered == 4
+    assert third.ok and third.frame_pairs_processed == 4
     assert not third.outcomes["register/beta_walk"].result["skipped"]
     assert all(third.outcomes[f"register/{n}"].result["skipped"] for n in ("alpha_walk", "alpha_flex"))
     assert all(v.startswith("skipped") for v in third.outcomes["models/beta"].result["stages"].values())

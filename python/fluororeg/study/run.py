@@ -19,7 +19,7 @@ its tasks rescheduled on the others, and since every task resumes from what is o
 (fingerprinted model stages, per-chunk detections) the study ends with the same results. A
 task that still fails is reported (its dependents are reported as not run), never dropped:
 :attr:`StudyRun.ok` is False and the summary lists the failures. Progress of the whole study
-(tasks done / running / failed, frame pairs registered and frame pairs/s) is printed every
+(tasks done / running / failed, frame pairs processed and frame pairs/s) is printed every
 ``progress_every_s`` seconds. Ctrl-C cancels the study's tasks, shuts the local cluster down
 and raises ``KeyboardInterrupt``; finished work stays on disk and a rerun resumes.
 """
@@ -72,7 +72,7 @@ class StudyRun:
     out: Path
     outcomes: dict[str, TaskOutcome]
     seconds: float                       # from submission to the last task
-    frames_registered: int               # frame pairs registered by this run (resumed ones excluded)
+    frame_pairs_processed: int           # frame pairs this run registered or flagged (resumed ones excluded)
     workers: int
     summary: dict = field(default_factory=dict)   # paths written by fluororeg.study.summary
 
@@ -86,7 +86,7 @@ class StudyRun:
 
     @property
     def frame_pairs_per_s(self) -> float:
-        return self.frames_registered / self.seconds if self.seconds > 0 else float("nan")
+        return self.frame_pairs_processed / self.seconds if self.seconds > 0 else float("nan")
 
 
 def start_local_cluster(workers: int | None = None, *, threads_per_task: int = 1, gpu: bool = False):
@@ -262,7 +262,7 @@ def _progress_line(outcomes, pending, client, dask_key, frames: int, elapsed: fl
         pass
     rate = frames / elapsed if elapsed > 0 else 0.0
     return (f"[study] {done}/{len(outcomes)} tasks done, {running} running, {failed} failed; {frames} frame pairs "
-            f"registered, {rate:.1f} frame pairs/s; {elapsed:.0f} s")
+            f"processed, {rate:.1f} frame pairs/s; {elapsed:.0f} s")
 
 
 def failure_table(run: StudyRun) -> str:
