@@ -126,8 +126,8 @@ def write_study_summary(run) -> dict:
     registered = sum(r["registered"] for r in done)
     lines = [f"# Study {run.study.name}", "",
              f"Manifest: `{run.study.path}`. {len(done)} of {len(rows)} recordings registered; "
-             f"{registered} of {frames} frame pairs registered. This run: {run.frame_pairs_processed} frame pairs processed in "
-             f"{run.seconds:.1f} s ({run.frame_pairs_per_s:.2f} frame pairs/s) on {run.workers} worker(s).", "",
+             f"{registered} of {frames} frame pairs registered. This run: {run.frame_pairs_processed} frame pairs "
+             f"processed in {run.seconds:.1f} s ({run.frame_pairs_per_s:.2f} frame pairs/s) on {run.workers} worker(s).", "",
              "| recording | subject | result | registered | ok | one view | refined | tracked | views disagree | "
              "too few landmarks | failed | flagged by a gate | median landmark-fit residual (mm / px) | "
              "median errors (deg / mm / landmark mm) |",
