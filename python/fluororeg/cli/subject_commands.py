@@ -64,7 +64,7 @@ MIN_BONE_THRESHOLD_HU = -50.0
 
 
 def run_init(args: argparse.Namespace) -> int:
-    from fluororeg.io.volume_formats import load_volume
+    from fluororeg.io.volume_formats import is_tiff_stack, load_volume
     from fluororeg.subject.landmarks import load_landmarks
     from fluororeg.subject.sides import pairs_from_names
     from fluororeg.subject.subject import make_subject, save_subject
@@ -82,7 +82,7 @@ def run_init(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold-hu {args.threshold_hu:g}: below soft tissue (fat is about -100 HU), the whole "
                          f"body would be bone; expected a bone threshold of at least {MIN_BONE_THRESHOLD_HU:g} HU "
                          "(200-400 HU for cortical bone)")
-    if Path(args.ct).suffix.lower() in (".tif", ".tiff"):
+    if is_tiff_stack(args.ct):
         missing = [opt for opt, v in (("--voxel-size SX SY SZ", args.voxel_size), ("--intensity", args.intensity))
                    if v is None]
         if missing:

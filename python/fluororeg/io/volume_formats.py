@@ -39,7 +39,7 @@ from fluororeg.io.limits import (MAX_FRAMES, MAX_VOLUME_BYTES, check_regular_fil
                                  open_npz, open_regular)
 from fluororeg.io.metaimage import read_metaimage, write_metaimage
 
-__all__ = ["load_volume", "save_volume", "load_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
+__all__ = ["load_volume", "save_volume", "load_tiff_stack", "is_tiff_stack", "IntensityMapping", "SUPPORTED_EXTENSIONS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,6 +57,12 @@ def _kind(path: Path) -> str:
     return ""
 
 
+def is_tiff_stack(path: PathLike) -> bool:
+    """Whether :func:`load_volume` reads ``path`` as a TIFF stack (which records neither its voxel
+    size nor what its grey levels mean: it needs ``voxel_size_mm`` and ``intensity``)."""
+    return _kind(Path(path)) in (".tif", ".tiff")
+
+
 def load_volume(path: PathLike, *, voxel_size_mm=None, intensity: "IntensityMapping | str | None" = None,
                 flip=(0, 0, 0)) -> Volume:
     """Read a volume; the format is chosen by extension, a folder is read as a DICOM series.
@@ -68,7 +74,7 @@ def load_volume(path: PathLike, *, voxel_size_mm=None, intensity: "IntensityMapp
     ``voxel_size_mm`` must not be given (their files carry it).
     """
     p = Path(path)
-    if _kind(p) in (".tif", ".tiff"):
+    if is_tiff_stack(p):
         if voxel_size_mm is None or intensity is None:
             raise ValueError(
                 f"{str(p)!r} is a TIFF stack, which records neither its voxel size nor what its grey levels "
