@@ -29,10 +29,11 @@ def _renamed_cutoff(smoothing_hz, cutoff_hz, function: str) -> float:
 
 
 def check_smoothing(smoothing_hz: float | None = None, fps: float | None = None, *, order: int = 4,
-                    cutoff_hz: float | None = None) -> int:
+                    cutoff_hz: float | None = None, n_frames: int | None = None) -> int:
     """Check the filter's settings (a clear ValueError otherwise) before any work is done;
     returns how many frames with a pose the filter needs at least. ``smoothing_hz``: the
-    low-pass cut-off (Hz); ``cutoff_hz`` is its deprecated name."""
+    low-pass cut-off (Hz); ``cutoff_hz`` is its deprecated name; ``n_frames``: the recording's
+    frame count, refused when fewer than that (None: not checked)."""
     smoothing_hz = _renamed_cutoff(smoothing_hz, cutoff_hz, "check_smoothing")
     if fps is None:
         raise ValueError("smoothing needs the frame rate: give fps (--fps), or frame_rate_hz in recording.json")
@@ -42,7 +43,10 @@ def check_smoothing(smoothing_hz: float | None = None, fps: float | None = None,
         raise ValueError(f"smoothing_hz = {smoothing_hz!r}: expected 0 < cutoff < fps / 2 = {fps / 2}")
     if not (isinstance(order, (int, np.integer)) and 1 <= order <= 8):
         raise ValueError(f"order = {order!r}: expected an integer in 1..8")
-    return 3 * (order + 1) + 1  # filtfilt's padding is 3 * (order + 1) samples; it needs more
+    needed = 3 * (order + 1) + 1  # filtfilt's padding is 3 * (order + 1) samples; it needs more
+    if n_frames is not None and n_frames < needed:
+        raise ValueError(f"smoothing_hz needs at least {needed} frames; the recording has {n_frames}")
+    return needed
 
 
 def smooth_poses(poses, smoothing_hz: float | None = None, fps: float | None = None, *, order: int = 4,

@@ -692,9 +692,7 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         options = dataclasses.replace(options, max_residual_mm=limit_mm) if limit_mm is not None else options
     fps = options.fps if options.fps is not None else recording.frame_rate_hz
     if options.smoothing_hz is not None:  # before any work: a bad setting must not cost a whole run
-        needed = check_smoothing(options.smoothing_hz, fps)
-        if len(recording) < needed:
-            raise ValueError(f"smoothing needs at least {needed} frames; the recording has {len(recording)}")
+        needed = check_smoothing(options.smoothing_hz, fps, n_frames=len(recording))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

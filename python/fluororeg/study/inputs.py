@@ -160,10 +160,7 @@ def check_study_files(study: Study) -> list[str]:
                 from fluororeg.core.temporal import check_smoothing
 
                 try:
-                    needed = check_smoothing(r.register["smoothing_hz"], fps)
-                    if len(rec) < needed:
-                        problems.append(f"{r.where}: register smoothing_hz needs at least {needed} frames; the "
-                                        f"recording has {len(rec)} (drop smoothing_hz for this recording)")
+                    check_smoothing(r.register["smoothing_hz"], fps, n_frames=len(rec))
                 except ValueError as exc:
                     problems.append(f"{r.where}: register {exc}")
     return problems
