@@ -331,8 +331,10 @@ def test_a_commands_warnings_are_one_line_naming_the_command(monkeypatch):
         return 0
 
     monkeypatch.setattr(info_command, "run", run)
+    before = warnings.formatwarning
     with pytest.warns(UserWarning, match="allows 41.7 mm"):
         assert main(["info"]) == 0
+    assert warnings.formatwarning is before  # the command's format ends with the command
     # As a lab sees it: one line on stderr.
     code = ("import warnings, fluororeg.cli as c, fluororeg.pipeline.quality as q\n"
             "def run(a):\n    warnings.warn_explicit('allows 41.7 mm', UserWarning, q.__file__, 688); return 0\n"

@@ -109,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in DEPRECATED_COMMANDS:
         deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
-    with warnings.catch_warnings():
-        warnings.formatwarning = _warnings_in_plain_words(args.command)
+    written = warnings.formatwarning  # catch_warnings restores the filters, not the format
+    warnings.formatwarning = _warnings_in_plain_words(args.command)
+    try:
         return _run(args)
+    finally:
+        warnings.formatwarning = written
 
 
 def _run(args: argparse.Namespace) -> int:

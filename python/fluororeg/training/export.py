@@ -30,7 +30,12 @@ def export_onnx(model, example_input, path, metadata: dict[str, Any], *, input_n
     dynamic = {input_name: {0: "batch"}}
     dynamic.update({name: {0: "batch"} for name in output_names})
     tmp = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
+    import warnings
+
+    # The TorchScript exporter on purpose (dynamo=False: no onnxscript dependency, the graphs
+    # onnxruntime has run since the start); torch's note that it is the legacy one is not the user's.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(model, (example_input.cpu(),), str(tmp), input_names=[input_name],
                           output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset,
                           dynamo=False)
