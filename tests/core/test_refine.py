@@ -246,6 +246,71 @@ def test_near_misses_are_refined_again_with_finite_differences(headsq_mu, small_
     assert calls == [(4, False)]
 
 
+@pytest.fixture(scope="module")
+def half_turn_symmetric(headsq_mu):
+    """The head made symmetric under a half turn about its vertical axis (model z through its
+    centre), which is across both small_views' rays: its depth-reversed twin is itself."""
+    return Volume(0.5 * (headsq_mu.data + headsq_mu.data[:, ::-1, ::-1]), headsq_mu.spacing, headsq_mu.origin,
+                  headsq_mu.direction)
+
+
+def test_depth_check_flags_a_pose_its_twin_explains_as_well(half_turn_symmetric, small_views):
+    from fluororeg.core.geometry import depth_reversed_poses
+
+    vol = half_turn_symmetric
+    truth = np.array([[0.0, 0.0, z, x, y, 2.0] for z, x, y in ((-8.0, 2.0, -3.0), (5.0, -4.0, 1.0), (12.0, 3.0, 4.0))])
+    imgs = np.stack([render.render_cone(vol, v, truth) for v in small_views], axis=1)
+    opts = refine.refine_options(num_levels=2)
+    plain = refine.refine_poses(vol, small_views, imgs, truth, options=opts)
+    assert plain.converged.all() and np.isnan(plain.twin_similarity).all() and not plain.twin_chosen.any()
+    res = refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, True, False])
+    # The twin reached the same similarity: frames 0 and 1 are not passed, frame 2 was not checked.
+    assert list(res.status) == ["ambiguous_depth", "ambiguous_depth", "converged"], res.twin_similarity
+    assert list(res.converged) == [False, False, True] and not res.twin_chosen.any()
+    np.testing.assert_allclose(res.twin_similarity[:2], res.similarity_total[:2], atol=0.01)
+    np.testing.assert_allclose(res.poses, plain.poses)  # the reading kept, for inspection
+    assert (res.render_calls[:2] > plain.render_calls[:2]).all()  # the twins' refinement is counted
+    # Tracking may still place an ambiguous frame from a neighbour that passed.
+    tracked = refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, False, False],
+                                  track=True)
+    assert list(tracked.status) == ["converged"] * 3 and list(tracked.tracked) == [True, False, False]
+    assert np.isnan(tracked.twin_similarity[0])  # the depth of a tracked frame is its neighbour's
+    twins = depth_reversed_poses(truth, small_views, [0.0, 0.0, 0.0])
+    assert pose_errors(twins, truth)[0].min() > 170.0  # the check's other reading is half a turn away
+    with pytest.raises(ValueError, match=r"check_depth has shape \(2,\), expected \(3,\)"):
+        refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, False])
+
+
+def test_depth_check_replaces_a_reading_its_twin_explains_better(half_turn_symmetric, small_views):
+    """A dense ball on one side breaks the symmetry: from the twin of the truth the refinement
+    passes the gate half a turn off; the check's other reading is the truth, clearly better."""
+    from fluororeg.core.geometry import depth_reversed_poses
+
+    data = half_turn_symmetric.data.copy()
+    k, j, i = np.indices(data.shape)
+    P = half_turn_symmetric.voxel_to_physical(np.stack([i, j, k], axis=-1).astype(np.float64))
+    data[np.linalg.norm(P - [40.0, 25.0, 10.0], axis=-1) < 12.0] += 0.03
+    vol = Volume(data.astype(np.float32), half_turn_symmetric.spacing, half_turn_symmetric.origin,
+                 half_turn_symmetric.direction)
+    truth = np.array([[0.0, 0.0, z, x, y, 2.0] for z, x, y in ((-8.0, 2.0, -3.0), (5.0, -4.0, 1.0), (12.0, 3.0, 4.0))])
+    imgs = np.stack([render.render_cone(vol, v, truth) for v in small_views], axis=1)
+    twins = depth_reversed_poses(truth, small_views, refine._bone_centre(vol, None, refine.DEFAULT_BONE_THRESHOLD))
+    opts = refine.refine_options(num_levels=2, min_similarity=0.3)
+    plain = refine.refine_poses(vol, small_views, imgs, twins, options=opts, relative_similarity=None)
+    passed_off = plain.converged & (pose_errors(plain.poses, truth)[0] > 170.0)
+    assert passed_off.any(), plain.similarity_total  # the hazard: a twin that passes the gate
+    res = refine.refine_poses(vol, small_views, imgs, twins, options=opts, relative_similarity=None,
+                              check_depth=np.ones(3, bool))
+    ang, mm = pose_errors(res.poses[passed_off], truth[passed_off])
+    assert ang.max() < 0.5 and mm.max() < 0.5, (ang, mm)
+    assert res.twin_chosen[passed_off].all() and res.converged[passed_off].all()
+    np.testing.assert_allclose(res.twin_similarity[passed_off], plain.similarity_total[passed_off])
+    assert (res.twin_similarity[passed_off] < refine.DEPTH_MARGIN * res.similarity_total[passed_off]).all()
+    # The pose change is from the frame's own start, as for every frame: half a turn.
+    assert (res.rotation_change_deg[passed_off] > 170.0).all()
+    np.testing.assert_array_equal(res.start_poses, twins)
+
+
 def test_prepared_volumes_are_made_once_per_volume_and_bone(headsq_mu, small_views, frames):
     """refine_poses and refine_similarity share the core's prepared volumes (pyramids, and on
     CUDA their device copies) per attenuation volume, bone and level count; another bone, even
@@ -549,6 +614,48 @@ def test_pipeline_hook_the_similarity_is_the_final_gate(subject, tmp_path):
     assert list(np.isin(new_status, REGISTERED_STATUSES)) == [True, False, False, True]
     ang, mm = pose_errors(poses[[0, 3]], truth[[0, 3]])
     assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
+
+
+def test_pipeline_hook_checks_the_depth_of_held_back_landmark_poses(subject, tmp_path):
+    """The depth-reversed twin of a head passes the gate on small frames (a study with a detector
+    trained for one epoch registered all 4 frames of such a recording at 166-171 deg from the
+    truth, 'refined' at similarity 0.64). The stage checks the landmark poses the landmark gate
+    held back: from their twins it registers the truth; registered landmark poses are not
+    checked."""
+    from fluororeg.core.geometry import depth_reversed_poses
+    from fluororeg.io.recording import open_recording
+    from fluororeg.pipeline.quality import format_qc, qc_report
+    from fluororeg.simulation.simulate import default_dual_views, simulate_recording
+
+    views = default_dual_views(width=128, height=128, pitch=3.2)
+    simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=4, views=views, seed=0)
+    rec = open_recording(tmp_path / "rec")
+    truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
+    centre = refine._bone_centre(subject.attenuation_model(), subject.mask_model(), None)
+    twins = depth_reversed_poses(truth, rec.geometry.views, centre)
+    # Registered by the landmark path (not checked): the twins pass the refinement's gate.
+    poses, status, cols = refine_stage.refine_recording_poses(rec, subject, twins, np.array(["ok"] * 4))
+    assert list(status) == ["ok"] * 4 and (pose_errors(poses, truth)[0] > 160.0).all(), (status, cols)
+    assert np.isnan(cols["refine_twin_similarity"]).all()
+    # Held back by the landmark gate: checked, and the truth wins.
+    held = np.array(["large_residual", "few_inliers", "large_residual", "few_inliers"])
+    poses, status, cols = refine_stage.refine_recording_poses(rec, subject, twins, held)
+    assert list(status) == ["refined"] * 4 and cols["refine_twin_chosen"].all(), (status, cols)
+    ang, mm = pose_errors(poses, truth)
+    assert ang.max() < 1.0 and mm.max() < 0.5, (ang, mm)
+    assert (cols["refine_rotation_change_deg"] > 160.0).all()
+    sim = np.c_[cols["similarity_view1"], cols["similarity_view2"]].mean(axis=1)
+    assert (cols["refine_twin_similarity"] < refine.DEPTH_MARGIN * sim).all()
+    qc = qc_report(np.arange(4), None, status, None, refine_columns=cols)
+    assert qc["refined"]["twin_chosen"] == [0, 1, 2, 3]
+    assert "4 frame(s) registered at the depth-reversed twin" in format_qc(qc)
+    undecided = qc_report(np.arange(4), None, np.array(["ambiguous_depth", "refined", "refined", "refined"]), None,
+                          refine_columns=cols)
+    assert "1 frame(s) ambiguous_depth: the refined pose and its depth-reversed twin" in format_qc(undecided)
+    # From the truth: kept, the twin's reading recorded beside it.
+    poses, status, cols = refine_stage.refine_recording_poses(rec, subject, truth, held)
+    assert list(status) == ["refined"] * 4 and not cols["refine_twin_chosen"].any()
+    assert pose_errors(poses, truth)[0].max() < 1.0
 
 
 def test_pipeline_hook_refines_a_frame_with_one_failed_view_against_the_other(subject, tmp_path):

@@ -27,8 +27,9 @@ The absolute limits on the solved poses (``'large_residual'``, ``'few_inliers'``
 at the bone, per view) are the core's (``RegistrationOptions.max_residual_mm``). With intensity
 refinement (the pipeline's default) the image similarity after refinement is the final gate
 (:mod:`fluororeg.pipeline.refine_stage`): a landmark pose held back by these limits may still
-be registered as ``'refined'``, and a frame whose refinement fails is not registered
-(``'low_similarity'``, ``'moved_far'``, ``'no_overlap'``).
+be registered as ``'refined'`` (when its depth-reversed twin, refined too, does not explain the
+images about as well: ``'ambiguous_depth'``), and a frame whose refinement fails is not
+registered (``'low_similarity'``, ``'moved_far'``, ``'no_overlap'``).
 
 :func:`check_geometry` refuses absurd geometry values (a source inside the patient region,
 views looking away from each other or from the crossing point, a crossing point off the
@@ -505,12 +506,15 @@ def qc_report(frames, batch, status, max_residual_mm, *, worst: int = 5, constan
         used = np.isfinite(sim).sum(axis=1)  # the views with a similarity, per frame
         mean_sim = np.nansum(sim, axis=1) / np.maximum(used, 1)
         near = (status == "low_similarity") & (used > 0) & (mean_sim >= min_similarity - NEAR_FLOOR)
+        twin_chosen = np.asarray(refine_columns.get("refine_twin_chosen", np.zeros(len(status))), bool)
         report["refined"] = {
             "min_similarity": float(min_similarity),
             "just_below_floor": [int(f) for f in frames[near]],
             "median_similarity_registered": [med(sim[registered, k]) for k in range(2)],
             "median_rotation_change_deg": med(rot[registered]), "median_translation_change_mm": med(mov[registered]),
             "tracked": int(np.sum(status == TRACKED_STATUS)),
+            # registered at the depth-reversed twin of where the frame's landmark pose led
+            "twin_chosen": [int(f) for f in frames[twin_chosen]],
             "frames_refined": n_refined,
             # wall-clock of the whole stage (reading, undistorting, refining) per refined frame pair
             "seconds_per_frame": (float(refine_seconds) / n_refined) if refine_seconds and n_refined else None,
@@ -549,6 +553,18 @@ def format_qc(report: dict) -> str:
                          f"{' ...' if len(near) > 8 else ''}): real fluoroscopy scores lower than simulations "
                          "(the radius in Autoscoper's wrist frames 0.60-0.62 at its pose); if their overlays show "
                          "the bone in place, register --min-similarity lets them through")
+    if ref:
+        ambiguous = report["counts"].get("ambiguous_depth", 0)
+        if ambiguous:
+            lines.append(f"  {ambiguous} frame(s) ambiguous_depth: the refined pose and its depth-reversed twin (the bone "
+                         "turned 180 deg about the axis across both views' rays) matched the images about equally, so "
+                         "neither is registered; a registered neighbour tracks them, or `fluororeg track` from a pose "
+                         "placed by hand")
+        twins = ref.get("twin_chosen") or []
+        if twins:
+            lines.append(f"  {len(twins)} frame(s) registered at the depth-reversed twin of where their landmark pose "
+                         f"led, which matched the images clearly better (frames {', '.join(map(str, twins[:8]))}"
+                         f"{' ...' if len(twins) > 8 else ''}): check their overlays")
     if report["constant_detector_views"]:
         lines.append(f"  WARNING: the detections ignore the images in view(s) {report['constant_detector_views']}")
     if report["worst"]:
@@ -566,7 +582,8 @@ _STATUS_COLOURS = {"ok": "tab:green", "one_view": "tab:olive", "refined": "limeg
                    "large_residual": "tab:red", "few_inliers": "tab:orange", "views_disagree": "tab:purple",
                    "ambiguous_mirror": "tab:pink", "blank_view": "tab:gray", "same_image": "tab:brown",
                    "constant_detector": "black", "too_few_landmarks": "tab:cyan", "failed": "tab:blue",
-                   "low_similarity": "darkred", "moved_far": "orangered", "no_overlap": "dimgray"}
+                   "low_similarity": "darkred", "moved_far": "orangered", "no_overlap": "dimgray",
+                   "ambiguous_depth": "magenta"}
 
 
 def qc_json_text(report: dict) -> str:

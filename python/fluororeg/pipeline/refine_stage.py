@@ -17,8 +17,8 @@ from fluororeg.core.refine import (DEFAULT_PIXEL_MM, RefineOptions, RefineResult
 from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
-__all__ = ["REFINE_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS", "REFINE_FAILURE_STATUSES",
-           "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses"]
+__all__ = ["REFINE_COLUMNS", "TWIN_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS",
+           "REFINE_FAILURE_STATUSES", "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -88,16 +88,19 @@ def recording_images(recording, frames=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Columns the pipeline adds to poses.csv when it refines (see refine_recording_poses).
+# The depth check's columns (refine_poses' check_depth; frames whose landmark pose was held back).
+TWIN_COLUMNS = ("refine_twin_similarity", "refine_twin_chosen")
 REFINE_COLUMNS = ("landmark_status", "refine_status", "similarity_view1", "similarity_view2",
                   "refine_rotation_change_deg", "refine_translation_change_mm", "refine_iterations", "refine_seconds",
-                  "refine_tracked")
+                  "refine_tracked", *TWIN_COLUMNS)
 # Frame statuses the refinement stage sets: a landmark pose that failed the landmark gate but
 # whose refinement passed the refinement's ('refined'); a frame refined from a neighbour's
-# refined pose ('tracked'); the refinement's own gate failures (not registered).
+# refined pose ('tracked'); the refinement's own gate failures, and frames whose pose and its
+# depth-reversed twin explain the images about equally well (not registered).
 REFINED_STATUS, TRACKED_STATUS = "refined", "tracked"
 # A passed frame whose refinement rested on one view (the landmark path's status of that name).
 ONE_VIEW_STATUS = "one_view"
-REFINE_FAILURE_STATUSES = ("moved_far", "low_similarity", "no_overlap")
+REFINE_FAILURE_STATUSES = ("moved_far", "low_similarity", "no_overlap", "ambiguous_depth")
 # Landmark statuses whose pose refinement starts from: registered, or held back by the
 # landmark gate's residual limits (the refinement's similarity decides). The input checks'
 # statuses (blank or duplicated views, a constant detector, an ambiguous mirror pick) are
@@ -129,11 +132,16 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
 
     - refinement passed from the frame's landmark pose: the refined pose; ``'ok'`` if the
       landmark pose was registered (``'ok'``, or ``'one_view'``: both images now agree with
-      it), else ``'refined'`` (the landmark gate held it back);
+      it), else ``'refined'`` (the landmark gate held it back). Such a held-back pose is also
+      refined from its depth-reversed twin (``refine_poses``' ``check_depth``: a head's twin
+      passed the 0.6 gate in about a third of independent-renderer frames): the clearly better
+      reading is kept (``refine_twin_chosen`` when it is the twin's), and a frame where neither
+      is clearly better is ``'ambiguous_depth'``, not registered (tracking from a neighbour may
+      still place it);
     - passed from a neighbour's refined pose (``track``: frames without a landmark pose, or
       whose own refinement failed): ``'tracked'``;
     - failed: no pose, the refinement's status (``'low_similarity'``, ``'moved_far'``,
-      ``'no_overlap'``); a frame that had nothing to start from, or that the input checks
+      ``'no_overlap'``, ``'ambiguous_depth'``); a frame that had nothing to start from, or that the input checks
       flagged, keeps its landmark status (``refine_status`` says how its refinement ended).
 
     One view alone: a frame with one failed view (``failed_views``) has no landmark pose; it is
@@ -162,6 +170,7 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         min_similarity = check_min_similarity(min_similarity)
     floor = {} if min_similarity is None else {"min_similarity": min_similarity}  # else RefineOptions'
     refinable = np.isin(status, REFINABLE_STATUSES) & np.isfinite(poses).all(axis=1) & ~failed.any(axis=1)
+    registered = np.isin(status, REGISTERED_LANDMARK)
     # Frames flagged by the input checks are left out, except those with one usable view (tracked
     # against it alone); the others without a pose may be tracked.
     one_usable = failed.sum(axis=1) == 1
@@ -192,9 +201,12 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
                 start[0] = carry
             chunk_options = options if options is not None else default_refine_options(
                 recording.geometry.views, start, pixel_mm, **floor)  # sized to this chunk's poses
+            # The depth check for the landmark poses the landmark gate held back: nothing but the
+            # images vouches for them, and a bone's depth-reversed twin can pass the gate.
             part = refine_poses(subject.attenuation_model(), recording.geometry.views, imgs, start,
                                 options=chunk_options, bone=subject.mask_model(), image_masks=masks, track=track,
-                                view_weights=weights[idx], device=device)
+                                view_weights=weights[idx], check_depth=refinable[idx] & ~registered[idx],
+                                device=device)
             del imgs
             part.tracked[0] |= carried
             parts.append(part)
@@ -205,6 +217,7 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         "similarity_view1": np.full(F, np.nan), "similarity_view2": np.full(F, np.nan),
         "refine_rotation_change_deg": np.full(F, np.nan), "refine_translation_change_mm": np.full(F, np.nan),
         "refine_iterations": np.zeros(F, int), "refine_seconds": np.zeros(F), "refine_tracked": np.zeros(F, bool),
+        "refine_twin_similarity": np.full(F, np.nan), "refine_twin_chosen": np.zeros(F, bool),
     }
     new_poses, new_status = np.full((F, 6), np.nan), status.astype(object)
     if parts:
@@ -217,13 +230,14 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
         columns["refine_translation_change_mm"][i] = res.translation_change_mm
         columns["refine_iterations"][i], columns["refine_seconds"][i] = res.iterations, res.seconds
         columns["refine_tracked"][i] = res.tracked
+        columns["refine_twin_similarity"][i], columns["refine_twin_chosen"][i] = res.twin_similarity, res.twin_chosen
         ok = res.converged
         new_poses[i[ok]] = res.poses[ok]
         landmark = status[i]
         # Views the objective used: weighted, and holding enough of the bone (a similarity). A
         # landmark pose that rested on one view ('one_view') refined against both is 'ok'.
         one_view = ok & (((weights[i] > 0) & np.isfinite(res.similarity)).sum(axis=1) == 1)
-        passed = np.select([one_view, res.tracked, np.isin(landmark, REGISTERED_LANDMARK)],
+        passed = np.select([one_view, res.tracked, registered[i]],
                            [ONE_VIEW_STATUS, TRACKED_STATUS, "ok"], REFINED_STATUS)
         new_status[i[ok]] = passed[ok]
         # A failed refinement says why, unless the input checks flagged the frame (its cause).

@@ -105,7 +105,7 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
     from fluororeg.io.atomic import atomic_write_text
     from fluororeg.io.poses import write_poses_csv
     from fluororeg.pipeline.quality import qc_report, write_qc
-    from fluororeg.pipeline.refine_stage import refine_recording_poses
+    from fluororeg.pipeline.refine_stage import TWIN_COLUMNS, refine_recording_poses
     from fluororeg.core.refine import min_similarity_or_default
     from fluororeg.pipeline.register import run_subject_record, subject_refine_pixel_mm, write_run_tra
 
@@ -124,7 +124,7 @@ def _track(recording, subject, start, given, options: TrackOptions, out: Optiona
                                                     progress=progress)
     refine_seconds = time.perf_counter() - t_refine
     columns = {"start": np.where(given, "given", "neighbour").astype(object),
-               **{k: v for k, v in columns.items() if k != "landmark_status"}}
+               **{k: v for k, v in columns.items() if k not in ("landmark_status", *TWIN_COLUMNS)}}
     frames = np.asarray(getattr(recording, "frame_numbers", np.arange(F)))
     qc = qc_report(frames, None, status, None, refine_columns=columns, refine_seconds=refine_seconds,
                    min_similarity=options.min_similarity)
