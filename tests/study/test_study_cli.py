@@ -30,6 +30,7 @@ def test_failed_task_is_reported_not_dropped(study_tree, manifest_writer, prebui
     assert (out / "recordings" / "beta_walk" / "poses.csv").exists()
     assert "register/alpha_flex,failed," in (out / "failures.csv").read_text()
     assert "Traceback" in (out / "failures.log").read_text()
+    assert f"tracebacks: {out / 'failures.log'}" in text
     md = (out / "summary.md").read_text()
     assert "| alpha_flex | alpha | **failed** |" in md and "## Failures" in md
     assert ",failed," in (out / "summary.csv").read_text()

@@ -58,9 +58,61 @@ views = ["v1"]
     assert "[[recording]] #1 (r1): 'subject' = 'c' is not a [[subject]] of this study" in text
     assert "'views' = ['v1']: expected the two image sequences" in text
     assert "exactly one of 'geometry'" in text
-    assert "image_size = 4: expected an integer >= 8" in text
-    assert "style 'gan' is unknown" not in text or "register settings" in text
+    # A bad shared value: one problem, at the table that sets it (not one per subject or recording).
+    assert f"{path} [settings.dataset]: image_size = 4: expected an integer >= 8" in problems
+    assert [p for p in problems if "style 'gan' is unknown" in p] == [
+        f"{path} [settings.register]: style 'gan' is unknown: expected 'translate', 'log', 'invert' or 'none'"]
+    assert sum("image_size = 4" in p for p in problems) == 1
     assert len(problems) >= 9
+
+
+def test_a_bad_setting_is_named_once_where_it_is_set(tmp_path):
+    """Settings are inherited ([settings.*] -> [subject.*] -> [recording.register]): a bad value is
+    one problem at the table that sets it, and a bad dataset value hides no other problem."""
+    path = tmp_path / "where.toml"
+    path.write_text("""
+[settings.dataset]
+n_train = -3
+
+[settings.register]
+smoothing_hz = -1
+
+[[subject]]
+name = "a"
+folder = "subjects/a"
+
+[[subject]]
+name = "b"
+folder = "subjects/b"
+[subject.register]
+min_similarity = 2.0
+
+[[recording]]
+name = "r1"
+subject = "a"
+folder = "rec/r1"
+
+[[recording]]
+name = "r2"
+subject = "b"
+folder = "rec/r2"
+
+[[recording]]
+name = "r3"
+subject = "b"
+folder = "rec/r3"
+[recording.register]
+smoothing_hz = 5.0
+min_visible = 0
+""")
+    with pytest.raises(ManifestError) as info:
+        load_study(path)
+    assert sorted(info.value.problems) == sorted([
+        f"{path} [settings.dataset]: n_train = -3: expected a whole number >= 0",
+        f"{path} [settings.register]: smoothing_hz = -1: expected a positive cut-off (Hz) or None (off)",
+        f"{path} [[subject]] #2 (b) register settings: min_similarity = 2.0: expected a similarity between 0 and 1",
+        f"{path} [[recording]] #3 (r3) register settings: min_visible = 0: expected at least 4 (landmarks in both fields of view)",
+    ]), info.value.problems
 
 
 def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_writer, capsys):

@@ -140,9 +140,9 @@ def test_model_stages_skip_resume_or_start_over_by_fingerprint(tmp_path):
     assert len(calls) == 1 and report["s"].startswith("skipped")  # complete, same fingerprint
     (folder / "done").unlink()  # outputs missing (e.g. deleted): built again, partial work kept
     _run_stage(_Stage(tmp_path, "s", "fp1", [folder], [folder / "done"]), build, report)
-    assert calls[-1] == ["part1"]
+    assert calls[-1] == ["part1"] and report["s"].startswith("resumed and built in")
     _run_stage(_Stage(tmp_path, "s", "fp2", [folder], [folder / "done"]), build, report)  # other settings
-    assert calls[-1] is None  # started over in a clean folder
+    assert calls[-1] is None and report["s"].startswith("built in")  # started over in a clean folder
     assert json.loads((tmp_path / "stages" / "s.json").read_text()) == {
         "stage": "s", "fingerprint": "fp2", "complete": True, "seconds": json.loads(
             (tmp_path / "stages" / "s.json").read_text())["seconds"]}

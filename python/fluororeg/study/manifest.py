@@ -263,7 +263,9 @@ class _Parser:
         self.keys = _setting_keys()
 
     def problem(self, where: str, msg: str) -> None:
-        self.problems.append(f"{where}: {msg}")
+        line = f"{where}: {msg}"
+        if line not in self.problems:  # a value inherited by many entries is one problem
+            self.problems.append(line)
 
     def table(self, value, where: str, allowed) -> dict:
         if not isinstance(value, dict):
@@ -373,7 +375,7 @@ def parse_study(data: dict, path) -> Study:
 
     # ---- settings values: build each configuration once, so that bad values fail here
     for s in subjects:
-        _check_configs(P, s, [r for r in recordings if r.subject == s.name], threads)
+        _check_configs(P, s, [r for r in recordings if r.subject == s.name], threads, shared)
     if P.problems:
         raise ManifestError(path, P.problems)
     return Study(path=path, name=name, subjects=tuple(subjects), recordings=tuple(recordings), out=out,
@@ -520,37 +522,60 @@ def _parse_calibration(P: _Parser, value, where: str) -> CalibrationSpec | None:
                            spacing_mm=float(spacing) if spacing is not None else None)
 
 
-def _check_configs(P: _Parser, s: SubjectSpec, recordings: list[RecordingSpec], threads: int) -> None:
-    """Build every configuration of a subject and its recordings once: bad values fail now."""
+def _field_problems(build, values: dict) -> list[tuple[str | None, str]]:
+    """Every bad field of a settings table, as (key, message): the configurations stop at their
+    first bad field, so each field is tried alone (the others at their defaults), then what only
+    their combination breaks (key None)."""
     try:
-        ds = dataset_config(s.dataset, source_distance_auto=(550.0, 900.0))
+        build(values)
+        return []
     except (TypeError, ValueError) as exc:
-        P.problem(f"{s.where} dataset settings", str(exc))
-        return
+        found: list[tuple[str | None, str]] = []
+        for k, v in values.items():
+            try:
+                build({k: v})
+            except (TypeError, ValueError) as one:
+                found.append((k, str(one)))
+        return found + ([(None, str(exc))] if str(exc) not in [m for _, m in found] else [])
+
+
+def _check_configs(P: _Parser, s: SubjectSpec, recordings: list[RecordingSpec], threads: int,
+                   shared: dict[str, dict]) -> None:
+    """Build every configuration of a subject and its recordings once: bad values fail now. A bad
+    value is reported once, where it is set: ``[settings.<table>]`` (``shared``) when the subject
+    (and recording) inherit it, else the subject's or the recording's own table."""
+    def report(problems, *chain) -> None:
+        # chain: (label, merged values) from the entry outward to [settings.<table>]; a value is
+        # set at the outermost table of the unbroken run holding the same value
+        for key, msg in problems:
+            label = chain[0][0]
+            for outer, values in chain[1:]:
+                if key is None or key not in values or values[key] != chain[0][1].get(key):
+                    break
+                label = outer
+            P.problem(label, msg)
+
+    def study(table: str) -> tuple[str, dict]:
+        return _loc(P.path, f"[settings.{table}]"), shared.get(table, {})
+
+    def dataset(values):
+        return dataset_config(values, source_distance_auto=(550.0, 900.0))
+
+    bad = _field_problems(dataset, s.dataset)
+    report(bad, (f"{s.where} dataset settings", s.dataset), study("dataset"))
+    ds = dataset({} if bad else s.dataset)  # the defaults' pixel and image size, to check the rest
+    tables = []
     if s.detector is None:
-        try:
-            detector_config(s.detector_training, threads)
-        except (TypeError, ValueError) as exc:
-            P.problem(f"{s.where} detector_training settings", str(exc))
+        tables.append(("detector_training", lambda v: detector_config(v, threads)))
     if s.translator is None and uses_translator(s, recordings):
-        try:
-            style_config(s.style_training, ds.image_size)
-        except (TypeError, ValueError) as exc:
-            P.problem(f"{s.where} style_training settings", str(exc))
+        tables.append(("style_training", lambda v: style_config(v, ds.image_size)))
+    for table, build in tables:
+        values = getattr(s, table)
+        report(_field_problems(build, values), (f"{s.where} {table} settings", values), study(table))
     for r in recordings:
-        try:
-            pipeline_options(r.register, ds.pixel_mm, threads)
-        except (TypeError, ValueError) as exc:
-            # PipelineOptions stops at its first bad field: try each field alone (the others at their
-            # defaults) to list every one, then what only their combination breaks
-            found = []
-            for k, v in r.register.items():
-                try:
-                    pipeline_options({k: v}, ds.pixel_mm, threads)
-                except (TypeError, ValueError) as one:
-                    found.append(str(one))
-            for msg in found + ([str(exc)] if str(exc) not in found else []):
-                P.problem(f"{r.where} register settings", msg)
+        report(_field_problems(lambda v: pipeline_options(v, ds.pixel_mm, threads), r.register),
+               (f"{r.where} register settings", r.register), (f"{s.where} register settings", s.register),
+               study("register"))
 
 
 def load_study(path) -> Study:

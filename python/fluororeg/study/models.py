@@ -52,9 +52,12 @@ class _Stage:
         return bool(saved and saved.get("fingerprint") == self.fingerprint and saved.get("complete")
                     and all(p.exists() for p in self.outputs))
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Begin (or continue) the stage; True when it continues an interrupted run of it (same
+        fingerprint: its shards and checkpoints are kept)."""
         saved = self._saved()
-        if saved is None or saved.get("fingerprint") != self.fingerprint:
+        resumed = saved is not None and saved.get("fingerprint") == self.fingerprint
+        if not resumed:
             # Made from other inputs or settings (or by something else): start over, cleanly.
             for p in self.paths:
                 if p.is_dir():
@@ -64,6 +67,7 @@ class _Stage:
         self.stamp.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.stamp, json.dumps({"stage": self.name, "fingerprint": self.fingerprint,
                                                   "complete": False}, indent=2))
+        return resumed
 
     def finish(self, seconds: float, **info) -> None:
         atomic_write_text(self.stamp, json.dumps({"stage": self.name, "fingerprint": self.fingerprint,
@@ -74,11 +78,11 @@ def _run_stage(stage: _Stage, build, report: dict) -> None:
     if stage.done():
         report[stage.name] = "skipped (complete, same inputs and settings)"
         return
-    stage.start()
+    resumed = stage.start()
     t0 = time.perf_counter()
     build()
     stage.finish(time.perf_counter() - t0)
-    report[stage.name] = f"built in {time.perf_counter() - t0:.1f} s"
+    report[stage.name] = f"{'resumed and built' if resumed else 'built'} in {time.perf_counter() - t0:.1f} s"
 
 
 def build_subject_models(spec: SubjectSpec, recordings: list[tuple[RecordingSpec, str | None]], out_dir, *,

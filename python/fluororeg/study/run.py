@@ -91,7 +91,9 @@ class StudyRun:
 
 def start_local_cluster(workers: int | None = None, *, threads_per_task: int = 1, gpu: bool = False):
     """A ``LocalCluster`` of ``workers`` processes (default: one per core) with one thread each
-    and pinned native thread pools; returns ``(cluster, client)``."""
+    and pinned native thread pools; returns ``(cluster, client)``. Dask's own log lines are
+    silenced below CRITICAL: a failed task is the study's to report (its table, and the
+    traceback in ``failures.log``), not a worker's "Compute Failed" traceback beside it."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -101,7 +103,7 @@ def start_local_cluster(workers: int | None = None, *, threads_per_task: int = 1
         raise ValueError(f"workers = {workers!r}: expected an integer >= 1")
     env = {var: str(threads_per_task) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=None,
-                           silence_logs=logging.ERROR, resources={"GPU": 1} if gpu else None)
+                           silence_logs=logging.CRITICAL, resources={"GPU": 1} if gpu else None)
     client = Client(cluster)
     # Ctrl-C in a terminal reaches the local workers too: they leave it to the study (which
     # cancels the tasks and closes the cluster) instead of dying with tracebacks. A plugin, so
@@ -269,4 +271,6 @@ def failure_table(run: StudyRun) -> str:
     rows = [f"{len(run.failures)} task(s) failed or did not run:", f"  {'task':<32} {'status':<9} error"]
     for o in run.failures:
         rows.append(f"  {o.key:<32} {o.status:<9} {o.error}")
+    if run.summary:  # written: the tracebacks are beside it
+        rows.append(f"  tracebacks: {Path(run.out) / 'failures.log'}")
     return "\n".join(rows)
