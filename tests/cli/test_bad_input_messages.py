@@ -316,10 +316,11 @@ def test_a_commands_warnings_are_one_line_naming_the_command(monkeypatch):
     import sys
     import warnings
 
-    from fluororeg.cli import _warnings_in_plain_words, info_command
+    from fluororeg.cli import info_command
+    from fluororeg.cli.common import warnings_in_plain_words
     from fluororeg.pipeline import quality
 
-    fmt = _warnings_in_plain_words("register")
+    fmt = warnings_in_plain_words("register")
     assert fmt(UserWarning("the detector's recorded validation error allows 41.7 mm\n  at the bone"), UserWarning,
                quality.__file__, 688) == ("fluororeg register: warning: the detector's recorded validation error "
                                           "allows 41.7 mm at the bone\n")

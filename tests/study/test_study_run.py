@@ -146,3 +146,16 @@ def test_model_stages_skip_resume_or_start_over_by_fingerprint(tmp_path):
     assert json.loads((tmp_path / "stages" / "s.json").read_text()) == {
         "stage": "s", "fingerprint": "fp2", "complete": True, "seconds": json.loads(
             (tmp_path / "stages" / "s.json").read_text())["seconds"]}
+
+
+def test_local_workers_write_fluororeg_warnings_as_the_command_does(cluster_client):
+    """A worker of `study run`'s local cluster formats fluororeg's warnings as one line naming the
+    command, as the command itself does (not Python's file, line and source line)."""
+    def formatted() -> str:
+        import warnings
+
+        from fluororeg.pipeline import quality
+
+        return warnings.formatwarning(UserWarning("allows  41.7 mm"), UserWarning, quality.__file__, 688)
+
+    assert set(cluster_client.run(formatted).values()) == {"fluororeg study run: warning: allows 41.7 mm\n"}

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 from fluororeg.cli import (
     dataset_commands,
@@ -51,7 +50,7 @@ from fluororeg.cli import (
     subject_commands,
     training_commands,
 )
-from fluororeg.cli.common import deprecation_note
+from fluororeg.cli.common import deprecation_note, warnings_in_plain_words
 
 __all__ = ["main", "build_parser"]
 
@@ -90,27 +89,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _warnings_in_plain_words(command: str):
-    """``warnings.formatwarning`` for a command: fluororeg's own warnings as one line naming the
-    command (not Python's file, line and source line), everyone else's as Python writes them.
-    (The format, not ``showwarning``: a caller recording warnings still gets them.)"""
-    package = str(Path(__file__).resolve().parents[1])
-    written = warnings.formatwarning
-
-    def format_warning(message, category, filename, lineno, line=None):
-        if not str(Path(filename).resolve()).startswith(package):
-            return written(message, category, filename, lineno, line)
-        return f"fluororeg {command}: warning: {' '.join(str(message).split())}\n"
-
-    return format_warning
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in DEPRECATED_COMMANDS:
         deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
     written = warnings.formatwarning  # catch_warnings restores the filters, not the format
-    warnings.formatwarning = _warnings_in_plain_words(args.command)
+    warnings.formatwarning = warnings_in_plain_words(args.command)
     try:
         return _run(args)
     finally:

@@ -1,10 +1,12 @@
 """What the command modules share: the subject argument, device choices, deprecated aliases, the
-``--threads`` and ``--allow-undertrained`` options."""
+``--threads`` and ``--allow-undertrained`` options, the format of fluororeg's warnings."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 DEVICES = ["auto", "cpu", "cuda"]    # where rendering runs (auto: CUDA when a device is usable)
 NETWORK_DEVICES = ["auto", "cpu", "cuda"]  # where the networks run
@@ -100,3 +102,19 @@ def check_detector_trained(detector, allow: bool) -> str | None:
                          "warning")
     print(f"WARNING: UNDERTRAINED DETECTOR (--allow-undertrained): {reason}", file=sys.stderr)
     return reason
+
+
+def warnings_in_plain_words(command: str):
+    """``warnings.formatwarning`` for a command: fluororeg's own warnings as one line naming the
+    command (not Python's file, line and source line), everyone else's as Python writes them.
+    (The format, not ``showwarning``: a caller recording warnings still gets them.) Set by
+    :func:`fluororeg.cli.main` for each command, and in a study's local workers."""
+    package = str(Path(__file__).resolve().parents[1])
+    written = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if not str(Path(filename).resolve()).startswith(package):
+            return written(message, category, filename, lineno, line)
+        return f"fluororeg {command}: warning: {' '.join(str(message).split())}\n"
+
+    return format_warning

@@ -108,9 +108,10 @@ def start_local_cluster(workers: int | None = None, *, threads_per_task: int = 1
     # Ctrl-C in a terminal reaches the local workers too: they leave it to the study (which
     # cancels the tasks and closes the cluster) instead of dying with tracebacks. A plugin, so
     # that workers restarted by their nanny get it as well.
-    from fluororeg.study._worker import IgnoreInterrupt
+    from fluororeg.study._worker import IgnoreInterrupt, PlainWarnings
 
     client.register_plugin(IgnoreInterrupt(), name="fluororeg-ignore-sigint")
+    client.register_plugin(PlainWarnings(), name="fluororeg-plain-warnings")
     return cluster, client
 
 
