@@ -460,13 +460,15 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         for k, i in enumerate(checked):
             for key in work:
                 work[key][i] += out[key][k]
+            seconds = r["seconds"][i] + out["seconds"][k]  # the frame's time: both readings
+            r["seconds"][i] = seconds
             if int(out["status"][k]) != 0:
                 continue  # the twin fails the gate: the frame's reading stands
             own, twin = float(r["similarity_total"][i]), float(out["similarity_total"][k])
             if own < DEPTH_MARGIN * twin:  # the twin explains the images better: it replaces the reading
                 for key in r:
                     r[key][i] = out[key][k]
-                twin_similarity[i], twin_chosen[i] = own, True
+                twin_similarity[i], twin_chosen[i], r["seconds"][i] = own, True, seconds
                 # the changes from the frame's own start, as for every other frame
                 r["rotation_change_deg"][i] = _rotation_angle_deg(init[i, :3], r["poses"][i, :3])
                 r["translation_change_mm"][i] = float(np.linalg.norm(r["poses"][i, 3:] - init[i, 3:]))
