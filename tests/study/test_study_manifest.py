@@ -138,6 +138,12 @@ def test_check_opens_every_file_and_lists_every_problem(study_tree, manifest_wri
     assert main(["study", "check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("4 problem(s) in study manifest") and out.count("\n  - ") == 4
+    # A bad setting does not hide the files' problems: one check lists both.
+    bad.write_text(text.replace("[settings.register]\n", "[settings.register]\nsmoothing_hz = -1\n"))
+    assert main(["study", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("5 problem(s) in study manifest") and "[settings.register]: smoothing_hz = -1" in out
+    assert "missing.mrk.json" in out and "recordings/alpha/nowhere" in out and "nothing.onnx" in out
     # A floor no frame could pass: more landmarks than the subject has (register refuses it too).
     n = len(load_study_subject(load_study(good).subjects[0]).landmarks)
     strict = study_tree / "strict.toml"

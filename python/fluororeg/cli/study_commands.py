@@ -153,8 +153,9 @@ def _cmd_check(args) -> int:
     try:
         study = load_study(args.manifest)
         problems = check_study_files(study)
-    except ManifestError as exc:
-        problems = exc.problems
+    except ManifestError as exc:  # and the files of the entries that parsed, in the same list
+        problems = exc.problems + [p for p in (check_study_files(exc.partial) if exc.partial else [])
+                                   if p not in exc.problems]
         study = None
     if problems:
         print(f"{len(problems)} problem(s) in study manifest '{args.manifest}':")

@@ -5,6 +5,7 @@ check``), which opens every one of them before any work starts and lists every p
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from pathlib import Path
 
@@ -145,13 +146,18 @@ def check_study_files(study: Study) -> list[str]:
                 reference_poses(ref, len(rec))
             except Exception as exc:
                 problems.append(f"{r.where}: reference '{ref}': {exc}")
+        # What the subject and recording tell of the register settings (values of the wrong
+        # kind are the manifest's problems, listed by load_study: not checked again here)
         subject = subjects.get(r.subject)
         min_visible = r.register.get("min_visible")
+        if not isinstance(min_visible, int) or isinstance(min_visible, bool):
+            min_visible = None
         if subject is not None and min_visible is not None and min_visible > len(subject.landmarks):
             problems.append(f"{r.where}: register min_visible = {min_visible}, but subject {r.subject!r} has "
                             f"{len(subject.landmarks)} landmarks: no frame could pass; expected at most "
                             f"{len(subject.landmarks)}")
-        if subject is not None and r.register.get("smoothing_hz") is not None:
+        smoothing = r.register.get("smoothing_hz")
+        if subject is not None and _positive_number(smoothing) and _positive_number(r.register.get("fps", 1.0)):
             fps = r.register.get("fps") or rec.frame_rate_hz
             if fps is None:
                 problems.append(f"{r.where}: register smoothing_hz needs the frame rate: set 'fps' beside it "
@@ -164,6 +170,10 @@ def check_study_files(study: Study) -> list[str]:
                 except ValueError as exc:
                     problems.append(f"{r.where}: register {exc}")
     return problems
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def reference_poses(path, n_frames: int) -> np.ndarray:

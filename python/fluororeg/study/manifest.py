@@ -96,11 +96,14 @@ SECTION_KEYS = {"top": ("study", "settings", "subject", "recording"), "study": _
 
 
 class ManifestError(ValueError):
-    """Every problem of a manifest (or of the files it names): ``problems`` is the list."""
+    """Every problem of a manifest (or of the files it names): ``problems`` is the list;
+    ``partial``: the :class:`Study` of the entries that parsed (None: none, or no study at all),
+    whose files ``study check`` opens too, so that it lists those problems in the same run."""
 
-    def __init__(self, path, problems: list[str]):
+    def __init__(self, path, problems: list[str], partial: "Study | None" = None):
         self.path = Path(path)
         self.problems = list(problems)
+        self.partial = partial
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in study manifest '{self.path}':\n{lines}")
 
@@ -376,10 +379,12 @@ def parse_study(data: dict, path) -> Study:
     # ---- settings values: build each configuration once, so that bad values fail here
     for s in subjects:
         _check_configs(P, s, [r for r in recordings if r.subject == s.name], threads, shared)
+    study = Study(path=path, name=name if isinstance(name, str) else path.stem, subjects=tuple(subjects),
+                  recordings=tuple(r for r in recordings if r.subject in {s.name for s in subjects}), out=out,
+                  retries=retries, threads_per_task=threads, progress_every_s=float(every_s))
     if P.problems:
-        raise ManifestError(path, P.problems)
-    return Study(path=path, name=name, subjects=tuple(subjects), recordings=tuple(recordings), out=out,
-                 retries=retries, threads_per_task=threads, progress_every_s=float(every_s))
+        raise ManifestError(path, P.problems, partial=study)
+    return study
 
 
 def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device: str) -> SubjectSpec | None:
