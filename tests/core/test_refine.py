@@ -281,6 +281,21 @@ def test_depth_check_flags_a_pose_its_twin_explains_as_well(half_turn_symmetric,
         refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, False])
 
 
+def test_depth_check_on_cuda_matches_cpu(half_turn_symmetric, small_views):
+    """The depth check (its first look one level coarser, then the full refinement) on CUDA
+    decides as on the CPU."""
+    if not _core.cuda_available():
+        pytest.skip("no CUDA device")
+    vol = half_turn_symmetric
+    truth = np.array([[0.0, 0.0, z, x, y, 2.0] for z, x, y in ((-8.0, 2.0, -3.0), (5.0, -4.0, 1.0))])
+    imgs = np.stack([render.render_cone(vol, v, truth) for v in small_views], axis=1)
+    opts = refine.refine_options(num_levels=2)
+    cpu = refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, False])
+    gpu = refine.refine_poses(vol, small_views, imgs, truth, options=opts, check_depth=[True, False], device="cuda")
+    assert list(gpu.status) == list(cpu.status) == ["ambiguous_depth", "converged"]
+    np.testing.assert_allclose(gpu.twin_similarity, cpu.twin_similarity, atol=1e-3)
+
+
 def test_depth_check_replaces_a_reading_its_twin_explains_better(half_turn_symmetric, small_views):
     """A dense ball on one side breaks the symmetry: from the twin of the truth the refinement
     passes the gate half a turn off; the check's other reading is the truth, clearly better."""
@@ -652,10 +667,12 @@ def test_pipeline_hook_checks_the_depth_of_held_back_landmark_poses(subject, tmp
     undecided = qc_report(np.arange(4), None, np.array(["ambiguous_depth", "refined", "refined", "refined"]), None,
                           refine_columns=cols)
     assert "1 frame(s) ambiguous_depth: the refined pose and its depth-reversed twin" in format_qc(undecided)
-    # From the truth: kept, the twin's reading recorded beside it.
+    # From the truth: kept; the twins fell clearly short at the check's first look (one level
+    # coarser) and went no further.
     poses, status, cols = refine_stage.refine_recording_poses(rec, subject, truth, held)
     assert list(status) == ["refined"] * 4 and not cols["refine_twin_chosen"].any()
     assert pose_errors(poses, truth)[0].max() < 1.0
+    assert np.isnan(cols["refine_twin_similarity"]).all()
 
 
 def test_pipeline_hook_refines_a_frame_with_one_failed_view_against_the_other(subject, tmp_path):
