@@ -27,8 +27,8 @@ top-level keys (``refined_*_median`` over frames with the bone inside both field
 landmark pose; ``refine_s_per_frame_cpu``). It also refines every fourth frame against one view
 alone (the other declared failed, as the input checks declare a blank view; tracked from a
 neighbour): ``one_view_*`` keys. ``depth_*``: the stage's depth check of the landmark poses the
-landmark gate held back (frames whose depth-reversed twin passed the gate; of those, registered
-at the twin, and left ``ambiguous_depth``).
+landmark gate held back (frames checked; those whose depth-reversed twin got past the check's
+first look and passed the gate; registered at the twin; left ``ambiguous_depth``).
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def from_landmark_poses(args) -> tuple[dict, list]:
     names = ("example", "example_rotated_header")
     build(args.independent_dir, n, names, SCENARIO_NAMES)
     acc = {k: [] for k in ("lm_ang", "lm_pos", "ang", "pos", "reg", "inside", "ov_ang", "ov_pos", "ov_reg",
-                           "checked", "twin", "ambiguous")}
+                           "checked", "twin_passed", "twin", "ambiguous")}
     seconds, frames = 0.0, 0
     for name, detector in zip(names, (det, rot)):
         subject = subjects[name]
@@ -373,7 +373,8 @@ def from_landmark_poses(args) -> tuple[dict, list]:
                                      progress=False)
             t = time.perf_counter()
             poses, status, cols = refine_stage.refine_recording_poses(rec, subject, res.batch.poses, res.status)
-            acc["checked"].append(np.isfinite(cols["refine_twin_similarity"]) | (status == "ambiguous_depth"))
+            acc["checked"].append(np.isin(status, ("refined", "ambiguous_depth")))  # held back, then passed
+            acc["twin_passed"].append(np.isfinite(cols["refine_twin_similarity"]) | (status == "ambiguous_depth"))
             acc["twin"].append(cols["refine_twin_chosen"]), acc["ambiguous"].append(status == "ambiguous_depth")
             seconds += time.perf_counter() - t
             frames += len(rec)
@@ -408,9 +409,11 @@ def from_landmark_poses(args) -> tuple[dict, list]:
             "converged_fraction": float(recovered[started].mean()) if started.any() else float("nan"),
             "registered_fraction": float(a["reg"].mean()), "false_ok_frames": int(np.sum(a["reg"] & off)),
             "refine_s_per_frame_cpu": seconds / max(frames, 1),
-            # the depth check (landmark poses the landmark gate held back): frames whose twin was
-            # refined and passed the gate, registered at the twin, left ambiguous
-            "depth_twin_passed_frames": int(a["checked"].sum()), "depth_twin_chosen_frames": int(a["twin"].sum()),
+            # the depth check (landmark poses the landmark gate held back whose refinement passed):
+            # frames checked; whose twin got past the first look and passed the gate; registered at
+            # the twin; left ambiguous
+            "depth_checked_frames": int(a["checked"].sum()), "depth_twin_passed_frames": int(a["twin_passed"].sum()),
+            "depth_twin_chosen_frames": int(a["twin"].sum()),
             "depth_ambiguous_frames": int(a["ambiguous"].sum()),
             "one_view_frames": int(len(a["ov_reg"])), "one_view_registered_fraction": float(a["ov_reg"].mean()),
             "one_view_angle_err_deg_median": med(np.where(a["ov_reg"], a["ov_ang"], np.nan)),
@@ -427,9 +430,9 @@ def from_landmark_poses(args) -> tuple[dict, list]:
              f"; {part['false_ok_frames']} false ok"),
             ("  time per frame pair (the whole stage: reading, undistorting, refining)", part["refine_s_per_frame_cpu"],
              "s"),
-            ("  depth check: frames whose depth-reversed twin passed the gate", part["depth_twin_passed_frames"],
-             f"; {part['depth_twin_chosen_frames']} registered at the twin, {part['depth_ambiguous_frames']} "
-             "ambiguous_depth"),
+            ("  depth check: held-back landmark poses checked", part["depth_checked_frames"],
+             f"; twin past the first look and the gate {part['depth_twin_passed_frames']}, registered at the twin "
+             f"{part['depth_twin_chosen_frames']}, ambiguous_depth {part['depth_ambiguous_frames']}"),
             ("  one view alone (every 4th frame, the other view declared failed): registered",
              part["one_view_registered_fraction"], f"of {part['one_view_frames']}; {part['one_view_false_ok_frames']} "
                                                    "> 5 deg or 5 mm off"),
