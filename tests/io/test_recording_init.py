@@ -64,6 +64,15 @@ def test_views_with_different_frames_are_an_error_naming_them(tmp_path):
         init_recording([a], _geometry(), tmp_path / "rec")
 
 
+def test_frames_of_another_size_than_the_geometry_name_every_view(tmp_path):
+    a = _folder(tmp_path, "cam01", [1, 2], w=50, h=30)
+    b = _folder(tmp_path, "cam02", [1, 2], w=40, h=20)
+    with pytest.raises(ValueError) as info:
+        init_recording([a, b], _geometry(), tmp_path / "rec")
+    assert str(info.value) == ("view 1: frames are 50 x 30 px but the geometry says 40 x 30; "
+                               "view 2: frames are 40 x 20 px but the geometry says 40 x 30")
+
+
 def test_names_without_numbers_fall_back_to_positions(tmp_path):
     d = tmp_path / "v"
     d.mkdir()

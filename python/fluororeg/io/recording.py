@@ -316,13 +316,16 @@ class Recording:
                                  f"most {MAX_FRAME_RATE_HZ:g}")
             self.frame_rate_hz = float(rate)
         check_frame_count(len(self.sequences[0]), "recording")
+        wrong = []  # every view's mismatch in one message
         for k, (seq, view) in enumerate(zip(self.sequences, self.geometry.views)):
             h, w = seq[0].shape
             if (w, h) != (view.width, view.height):
-                raise ValueError(f"view {k + 1}: frames are {w} x {h} px but the geometry says "
-                                 f"{view.width} x {view.height}")
+                wrong.append(f"view {k + 1}: frames are {w} x {h} px but the geometry says "
+                             f"{view.width} x {view.height}")
             if hasattr(seq, "expected_shape"):  # every later frame must have this size too
                 seq.expected_shape = (view.height, view.width)
+        if wrong:
+            raise ValueError("; ".join(wrong))
 
     def __len__(self) -> int:
         return len(self.sequences[0])
