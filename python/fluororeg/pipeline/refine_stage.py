@@ -18,7 +18,8 @@ from fluororeg.core.registration import INPUT_STATUSES as INPUT_FLAGS
 from fluororeg.core.registration import REGISTERED_STATUSES as REGISTERED_LANDMARK
 
 __all__ = ["REFINE_COLUMNS", "TWIN_COLUMNS", "REFINED_STATUS", "TRACKED_STATUS", "ONE_VIEW_STATUS",
-           "REFINE_FAILURE_STATUSES", "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals", "recording_images", "refine_recording_poses"]
+           "REFINE_FAILURE_STATUSES", "REFINABLE_STATUSES", "field_of_view", "RecordingLineIntegrals",
+           "recording_images", "refine_recording_poses"]
 
 
 def field_of_view(image: np.ndarray, shrink_px: int = 3) -> np.ndarray:
@@ -141,8 +142,9 @@ def refine_recording_poses(recording, subject, poses, status, options: Optional[
     - passed from a neighbour's refined pose (``track``: frames without a landmark pose, or
       whose own refinement failed): ``'tracked'``;
     - failed: no pose, the refinement's status (``'low_similarity'``, ``'moved_far'``,
-      ``'no_overlap'``, ``'ambiguous_depth'``); a frame that had nothing to start from, or that the input checks
-      flagged, keeps its landmark status (``refine_status`` says how its refinement ended).
+      ``'no_overlap'``, ``'ambiguous_depth'``); a frame that had nothing to start from, or that
+      the input checks flagged, keeps its landmark status (``refine_status`` says how its
+      refinement ended).
 
     One view alone: a frame with one failed view (``failed_views``) has no landmark pose; it is
     tracked from a neighbour's refined pose against its other view alone. A passed frame whose

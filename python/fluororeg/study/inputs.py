@@ -5,8 +5,8 @@ check``), which opens every one of them before any work starts and lists every p
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +156,10 @@ def check_study_files(study: Study) -> list[str]:
             problems.append(f"{r.where}: register min_visible = {min_visible}, but subject {r.subject!r} has "
                             f"{len(subject.landmarks)} landmarks: no frame could pass; expected at most "
                             f"{len(subject.landmarks)}")
-        smoothing = r.register.get("smoothing_hz")
-        if subject is not None and _positive_number(smoothing) and _positive_number(r.register.get("fps", 1.0)):
-            fps = r.register.get("fps") or rec.frame_rate_hz
+        given_fps = r.register.get("fps")  # None: the recording's own frame rate
+        if subject is not None and _positive_number(r.register.get("smoothing_hz")) \
+                and (given_fps is None or _positive_number(given_fps)):
+            fps = given_fps or rec.frame_rate_hz
             if fps is None:
                 problems.append(f"{r.where}: register smoothing_hz needs the frame rate: set 'fps' beside it "
                                 "([settings.register] or [recording.register]) or frame_rate_hz in recording.json")
