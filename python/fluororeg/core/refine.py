@@ -64,7 +64,7 @@ DEPTH_MARGIN = 0.97
 # The depth check's first look, one pyramid level coarser than the finest (a seventh of a full
 # refinement's time): a twin whose similarity there stays below this fraction of the frame's
 # reading (at that level) is not refined further, and the reading stands. The coarser level
-# brought the two closer in every frame measured (24 of the independent-renderer frames above:
+# brought the two closer in every frame measured (the 48 independent-renderer frames above:
 # the twin at most 0.85 of the reading there, against 0.78 at the finest), so a twin that would
 # win or tie at the finest passes the first look.
 DEPTH_FIRST_LOOK = 0.9
