@@ -433,6 +433,23 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         r["status"][low] = int(RefineStatus.low_similarity.value)
         r["converged"][low] = False
 
+    F = len(imgs)
+    check = np.zeros(F, bool) if check_depth is None else np.asarray(check_depth, dtype=bool)
+    if check.shape != (F,):
+        raise ValueError(f"check_depth has shape {np.shape(check_depth)}, expected ({F},): one flag per frame")
+    if weights is not None:
+        check = check & (weights > 0).all(axis=1)
+    r = run(None, init)
+    relative_gate(r)
+    tracked = np.zeros(F, bool)
+    starts = init.copy()
+    work = {key: r[key].astype(np.int64) for key in ("render_calls", "rendered_rays")}  # summed over tries
+
+    def charge(frames: np.ndarray, out: dict) -> None:
+        """A further try's render work, added to its frames' (positions, each once)."""
+        for key in work:
+            work[key][frames] += out[key]
+
     def first_look(frames: np.ndarray, twins: np.ndarray) -> np.ndarray:
         """[len(frames)] bool: the twins refined one level coarser than the finest reach
         DEPTH_FIRST_LOOK of the frames' readings there (both similarities at that level). Their
@@ -446,24 +463,11 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                                                   poses_to_radians(r["poses"][frames]), coarse.finest_level, coarse)
         w = np.array([options.weight_view1, options.weight_view2]) * (1.0 if weights is None else weights[frames])
         own_total = np.nansum(w * own, axis=1) / np.sum(np.where(np.isfinite(own), w, 0.0), axis=1)
-        for k, i in enumerate(frames):
-            for key in work:
-                work[key][i] += out[key][k]
-            r["seconds"][i] += out["seconds"][k]
+        charge(frames, out)
+        r["seconds"][frames] += out["seconds"]
         twins[:] = np.where(np.isfinite(out["poses"]), out["poses"], twins)
         return (out["status"] == 0) & (out["similarity_total"] >= DEPTH_FIRST_LOOK * own_total)
 
-    F = len(imgs)
-    check = np.zeros(F, bool) if check_depth is None else np.asarray(check_depth, dtype=bool)
-    if check.shape != (F,):
-        raise ValueError(f"check_depth has shape {np.shape(check_depth)}, expected ({F},): one flag per frame")
-    if weights is not None:
-        check = check & (weights > 0).all(axis=1)
-    r = run(None, init)
-    relative_gate(r)
-    tracked = np.zeros(F, bool)
-    starts = init.copy()
-    work = {key: r[key].astype(np.int64) for key in ("render_calls", "rendered_rays")}  # summed over tries
     if options.analytic_jacobian:
         # A near miss (above the absolute floor, below the recording's typical similarity) is
         # refined again from its start with the Jacobian of central differences, whose 1.5 px
@@ -476,9 +480,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
             differences = copy.copy(options)
             differences.analytic_jacobian = False
             out = run(near, init[near], differences)
+            charge(near, out)
             for k, i in enumerate(near):
-                for key in work:
-                    work[key][i] += out[key][k]
                 if int(out["status"][k]) == 0:
                     for key in r:
                         r[key][i] = out[key][k]
@@ -491,18 +494,16 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
             looked = first_look(checked, twins)
             checked, twins = checked[looked], twins[looked]
         out = run(checked, twins)
+        charge(checked, out)
+        r["seconds"][checked] += out["seconds"]  # the frame's time: both readings
         for k, i in enumerate(checked):
-            for key in work:
-                work[key][i] += out[key][k]
-            seconds = r["seconds"][i] + out["seconds"][k]  # the frame's time: both readings
-            r["seconds"][i] = seconds
             if int(out["status"][k]) != 0:
                 continue  # the twin fails the gate: the frame's reading stands
             own, twin = float(r["similarity_total"][i]), float(out["similarity_total"][k])
             if own < DEPTH_MARGIN * twin:  # the twin explains the images better: it replaces the reading
-                for key in r:
+                for key in r.keys() - {"seconds"}:
                     r[key][i] = out[key][k]
-                twin_similarity[i], twin_chosen[i], r["seconds"][i] = own, True, seconds
+                twin_similarity[i], twin_chosen[i] = own, True
                 # the changes from the frame's own start, as for every other frame
                 r["rotation_change_deg"][i] = _rotation_angle_deg(init[i, :3], r["poses"][i, :3])
                 r["translation_change_mm"][i] = float(np.linalg.norm(r["poses"][i, 3:] - init[i, 3:]))
@@ -533,9 +534,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
                 every = np.arange(len(frames))
                 for part in ([every] if gathered else np.split(every, len(frames))):  # positions in the wave
                     out = run(frames[part], begin[part])
+                    charge(frames[part], out)
                     for k, i in enumerate(frames[part]):
-                        for key in work:
-                            work[key][i] += out[key][k]
                         if int(out["status"][k]) != 0 and np.isfinite(init[i]).all():
                             continue
                         for key in r:
