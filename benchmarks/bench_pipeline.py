@@ -22,7 +22,10 @@ and overall and split by "bone inside both fields" (every landmark inside both f
 ``angle_err_deg_median``, ``position_err_mm_median`` (Eq. 3), ``false_ok_frames`` (frames more
 than 5 deg or 5 mm off that carry a registered status), ``success_rate_2mm`` (frames with mean
 landmark TRE < 2 mm; unregistered frames count as failures),
-``rotated_header_angle_err_deg_median``, ``detection_err_px_xray`` (median distance of detected
+``rotated_header_angle_err_deg_median``, with refinement the landmark registration's own figures
+(``landmark_*``; ``landmark_twin_frames``: landmark poses nearer the truth's depth-reversed twin
+than the truth, ``landmark_registered_twin_frames`` those of them its gate passed, which the depth
+check does not refine from their twins), ``detection_err_px_xray`` (median distance of detected
 landmarks inside the field to their true undistorted projections, 512 px frames) and
 ``detection_err_px_drr`` (the same on the first 500 DRRs of the test split of ``--dataset``, in
 its image pixels, 128 px for the default dataset). The top-level keys are those of the style ``register``
@@ -187,6 +190,14 @@ def _frame_metrics(fr: dict, mask: np.ndarray | None = None) -> dict:
                    landmark_position_err_mm_median=med(np.where(lreg, lp, np.nan)),
                    landmark_false_ok_frames=int(np.sum(lreg & lm_off)),
                    landmark_pose_angle_err_deg_median=med(la), landmark_pose_position_err_mm_median=med(lp))
+        # Landmark poses nearer the truth's depth-reversed twin than the truth (by rotation): the
+        # depth check refines the held-back ones from their twins, not those the gate passed.
+        twin_angle = fr["lm_twin_angle"][m]
+        registered_twin_angle = np.where(lreg, twin_angle, np.nan)
+        out.update(landmark_twin_frames=int(np.sum(twin_angle < la)),
+                   landmark_registered_twin_frames=int(np.sum((twin_angle < la) & lreg)),
+                   landmark_registered_twin_angle_deg_min=float(np.nanmin(registered_twin_angle))
+                   if np.isfinite(registered_twin_angle).any() else float("nan"))
         # Refinement from the landmark poses: frames ending within 1 deg and 1 mm of the truth,
         # of those that had a landmark pose to start from (registered or held back by its gate).
         started = np.isfinite(la)
@@ -220,6 +231,8 @@ def run_independent(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from independent_recordings import QUICK_FRAMES, SCENARIO_NAMES, build, recording_folder
 
+    from fluororeg.core.geometry import depth_reversed_poses
+    from fluororeg.core.refine import bone_centre
     from fluororeg.pipeline.quality import REGISTERED_STATUSES
     from fluororeg.simulation.subjects import independent_subjects
 
@@ -259,18 +272,20 @@ def run_independent(args) -> None:
     build(args.independent_dir, n_frames, tuple(nets), scenarios)
 
     keys = ("angle", "position", "tre", "registered", "det_err", "inside", "subject", "lm_angle", "lm_position",
-            "lm_registered", "refine_s")
+            "lm_registered", "lm_twin_angle", "refine_s")
     per_style = {st: {k: [] for k in keys} for st in STYLES}
     fps = []
     for name, (detector, translator) in nets.items():
         subject = subjects[name]
         crop_mm = detector.crop_pixel_mm or 2.0  # the detector's training images' pixel size at the bone
+        centre = bone_centre(subject.attenuation_model(), subject.mask_model())  # [3] mm, the depth check's
         entry = {}
         for scen in scenarios:
             folder = recording_folder(args.independent_dir, name, scen, n_frames)
             rec = open_recording(folder)
             truth = np.load(folder / "truth.npz")
             inside = truth["in_fov"].all(axis=(1, 2))
+            twins = depth_reversed_poses(truth["poses"], rec.geometry.views, centre)  # [F, 6] the truth's twins
             entry[scen] = {"frames_bone_inside_both_fields": int(inside.sum()),
                            "render_seconds_per_image": json.loads((folder / "truth.json").read_text())
                            .get("render_seconds_per_image")}
@@ -287,6 +302,7 @@ def run_independent(args) -> None:
                 acc["lm_angle"].append(lm.angle_err_deg)
                 acc["lm_position"].append(lm.position_err_mm)
                 acc["lm_registered"].append(np.asarray(res.batch.ok, bool))
+                acc["lm_twin_angle"].append(evaluate_poses(res.batch.poses, twins).angle_err_deg)
                 if args.refine:
                     acc["refine_s"].append(np.atleast_1d(float(res.qc["refined"]["seconds_per_frame"] or np.nan)))
                 ok = truth["in_fov"] & np.isfinite(res.detections[..., 0])       # [F, 2, L]
@@ -338,6 +354,9 @@ def run_independent(args) -> None:
                          f"deg / {overall['landmark_position_err_mm_median']:.3g} mm over its {overall['landmark_registered']}"
                          f" registered frames; {overall['landmark_false_ok_frames']} false ok; refinement from its poses "
                          f"ends within 1 deg / 1 mm in {100 * overall['converged_fraction']:.0f} %"))
+            rows.append(("  landmark poses nearer the truth's depth-reversed twin: all / registered",
+                         overall["landmark_twin_frames"], f"/ {overall['landmark_registered_twin_frames']} (registered "
+                         f"poses at least {overall['landmark_registered_twin_angle_deg_min']:.0f} deg from the twin)"))
         ins = block["bone_inside_both_fields"]
         rows.append((f"  bone inside both fields ({ins['frames']} frames): angle / position median",
                      ins["angle_err_deg_median"], f"deg / {ins['position_err_mm_median']:.3g} mm; "

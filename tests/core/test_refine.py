@@ -296,6 +296,22 @@ def test_depth_check_on_cuda_matches_cpu(half_turn_symmetric, small_views):
     np.testing.assert_allclose(gpu.twin_similarity, cpu.twin_similarity, atol=1e-3)
 
 
+def test_bone_centre_is_the_centroid_of_the_region():
+    """The depth check's turning point: the region's centroid in the model frame, from the
+    threshold or from a given bone mask (which wins), at 4 mm voxels."""
+    shape = (40, 48, 56)  # [z, y, x] voxels of 2 mm
+    k, j, i = np.indices(shape)
+    grid = Volume(np.zeros(shape, np.float32), (2.0, 2.0, 2.0), (-50.0, -40.0, -30.0))
+    P = grid.voxel_to_physical(np.stack([i, j, k], axis=-1).astype(np.float64))  # [z, y, x, 3] mm
+    mu = np.zeros(shape, np.float32)  # 1/mm
+    mu[np.linalg.norm(P - [10.0, 5.0, -3.0], axis=-1) < 14.0] = 0.05  # a dense ball
+    mu[np.linalg.norm(P - [-20.0, -10.0, 12.0], axis=-1) < 8.0] = 0.01  # soft tissue, below the threshold
+    vol = Volume(mu, grid.spacing, grid.origin)
+    np.testing.assert_allclose(refine.bone_centre(vol), [10.0, 5.0, -3.0], atol=1.5)
+    soft = Volume((np.linalg.norm(P - [-20.0, -10.0, 12.0], axis=-1) < 8.0).astype(np.uint8), vol.spacing, vol.origin)
+    np.testing.assert_allclose(refine.bone_centre(vol, bone=soft), [-20.0, -10.0, 12.0], atol=1.5)
+
+
 def test_depth_check_replaces_a_reading_its_twin_explains_better(half_turn_symmetric, small_views):
     """A dense ball on one side breaks the symmetry: from the twin of the truth the refinement
     passes the gate half a turn off; the check's other reading is the truth, clearly better."""
@@ -309,7 +325,7 @@ def test_depth_check_replaces_a_reading_its_twin_explains_better(half_turn_symme
                  half_turn_symmetric.direction)
     truth = np.array([[0.0, 0.0, z, x, y, 2.0] for z, x, y in ((-8.0, 2.0, -3.0), (5.0, -4.0, 1.0), (12.0, 3.0, 4.0))])
     imgs = np.stack([render.render_cone(vol, v, truth) for v in small_views], axis=1)
-    twins = depth_reversed_poses(truth, small_views, refine._bone_centre(vol, None, refine.DEFAULT_BONE_THRESHOLD))
+    twins = depth_reversed_poses(truth, small_views, refine.bone_centre(vol, None, refine.DEFAULT_BONE_THRESHOLD))
     opts = refine.refine_options(num_levels=2, min_similarity=0.3)
     plain = refine.refine_poses(vol, small_views, imgs, twins, options=opts, relative_similarity=None)
     passed_off = plain.converged & (pose_errors(plain.poses, truth)[0] > 170.0)
@@ -646,7 +662,7 @@ def test_pipeline_hook_checks_the_depth_of_held_back_landmark_poses(subject, tmp
     simulate_recording(subject, tmp_path / "rec", scenario="static", n_frames=4, views=views, seed=0)
     rec = open_recording(tmp_path / "rec")
     truth = np.load(tmp_path / "rec" / "truth.npz")["poses"]
-    centre = refine._bone_centre(subject.attenuation_model(), subject.mask_model(), None)
+    centre = refine.bone_centre(subject.attenuation_model(), subject.mask_model(), None)
     twins = depth_reversed_poses(truth, rec.geometry.views, centre)
     # Registered by the landmark path (not checked): the twins pass the refinement's gate.
     poses, status, cols = refine_stage.refine_recording_poses(rec, subject, twins, np.array(["ok"] * 4))

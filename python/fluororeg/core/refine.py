@@ -42,7 +42,7 @@ from fluororeg.core.volume import Volume
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "AMBIGUOUS_DEPTH", "DEPTH_MARGIN",
            "DEPTH_FIRST_LOOK", "RefineResult", "refine_options", "default_refine_options", "refine_poses", "refine_similarity",
            "intensity_to_line_integrals", "auto_finest_level", "check_pixel_mm", "check_min_similarity",
-           "min_similarity_or_default"]
+           "min_similarity_or_default", "bone_centre"]
 
 RefineOptions = _core.RefineOptions
 RefineSimilarity = _core.RefineSimilarity
@@ -226,9 +226,12 @@ def _volumes(mu: Volume, bone, bone_threshold, pixel_mm: float):
     return vol, Volume(mask, vol.spacing, vol.origin, vol.direction)
 
 
-def _bone_centre(mu: Volume, bone, bone_threshold) -> np.ndarray:
-    """The centroid [3] mm (model frame) of the refinement's region of interest (:func:`_volumes`'
-    region, or the attenuation's footprint), at 4 mm voxels: the depth check's turning point."""
+def bone_centre(mu: Volume, bone: Optional[Volume] = None,
+                bone_threshold: Optional[float] = DEFAULT_BONE_THRESHOLD) -> np.ndarray:
+    """The centroid [3] mm (model frame) of the refinement's region of interest (``bone`` and
+    ``bone_threshold`` as :func:`refine_poses` takes them; without either, the attenuation's
+    footprint), at 4 mm voxels: the point the depth check turns the bone about
+    (:func:`fluororeg.core.geometry.depth_reversed_poses`'s ``centre_model``)."""
     vol, region = _volumes(mu, bone, bone_threshold, 4.0)
     inside = (region if region is not None else vol).data > 0
     k, j, i = np.nonzero(inside)
@@ -489,7 +492,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     twin_similarity, twin_chosen = np.full(F, np.nan), np.zeros(F, bool)
     checked = np.flatnonzero(check & (r["status"] == 0))
     if len(checked):
-        twins = depth_reversed_poses(r["poses"][checked], views, _bone_centre(mu, bone, bone_threshold))
+        twins = depth_reversed_poses(r["poses"][checked], views, bone_centre(mu, bone, bone_threshold))
         if options.num_levels > 1:  # the first look: a twin that falls clearly short goes no further
             looked = first_look(checked, twins)
             checked, twins = checked[looked], twins[looked]
