@@ -650,6 +650,57 @@ TEST(RenderKernels, RowPairStretchesMergeAndJoinRuns) {
   EXPECT_TRUE(out.empty());  // two empty rows: nothing to sample
 }
 
+// The warp's bilinear sample has no branches (so that the CPU's loops vectorise): a tap outside
+// the intermediate image weighs zero. It equals, bit for bit, the sum over the taps inside,
+// in the same order, at and past every edge.
+TEST(RenderKernels, SampleIntermediateSumsTheTapsInsideTheImage) {
+  const int w = 5, h = 4;
+  std::vector<float> inter(w * h);
+  for (int i = 0; i < w * h; ++i) inter[i] = 0.37f * i - 2.1f + 0.013f * i * i;
+  const float fractions[] = {0.f, 0.25f, 0.7310f, 0.999f};
+  for (int q = -3; q <= h + 1; ++q)
+    for (int p = -3; p <= w + 1; ++p)
+      for (const float fa : fractions)
+        for (const float fb : fractions) {
+          float expected = 0.f;
+          for (int dq = 0; dq < 2; ++dq)
+            for (int dp = 0; dp < 2; ++dp) {
+              if (q + dq < 0 || q + dq >= h || p + dp < 0 || p + dp >= w) continue;
+              expected += (dq ? fb : 1.f - fb) * (dp ? fa : 1.f - fa) * inter[(q + dq) * w + p + dp];
+            }
+          EXPECT_EQ(kernels::SampleIntermediate(inter.data(), w, h, p, q, fa, fb), expected)
+              << "p " << p << " q " << q << " fa " << fa << " fb " << fb;
+        }
+}
+
+// A cone-beam warp tap whose ray runs parallel to the slices, or away from them, samples
+// nothing (scale 0, a tap outside the image), without dividing its way to NaN.
+TEST(RenderKernels, ConeWarpTapOfARayThatTurnsAwayIsZero) {
+  kernels::ConeShearSetup s{};
+  s.valid = 1;
+  s.src = {2.f, 2.f, -10.f};
+  s.det = {0.f, 0.f, 20.f};
+  s.du = {1.f, 0.f, 0.f};
+  s.dv = {0.f, 1.f, 0.f};
+  s.spacing[0] = s.spacing[1] = s.spacing[2] = 1.f;
+  s.mid = 4.f;
+  s.da = s.db = 1.f;
+  s.inter_w = s.inter_h = 4;
+  const std::vector<float> inter(16, 1.f);
+  const kernels::WarpTap in = kernels::WarpPixelTap(s, 2, 2);  // straight through: (2, 2)
+  EXPECT_EQ(in.p, 2);
+  EXPECT_EQ(in.q, 2);
+  EXPECT_FLOAT_EQ(in.scale, 1.f);
+  EXPECT_FLOAT_EQ(kernels::WarpPixel(s, inter.data(), 2, 2), 1.f);
+  for (const float z : {-10.f, -30.f}) {  // the intensifier level with the source, then behind it
+    s.det.z = z;
+    const kernels::WarpTap away = kernels::WarpPixelTap(s, 2, 2);
+    EXPECT_EQ(away.scale, 0.f);
+    EXPECT_TRUE(away.p < -1 || away.q < -1) << away.p << ", " << away.q;
+    EXPECT_EQ(kernels::WarpPixel(s, inter.data(), 2, 2), 0.f);
+  }
+}
+
 TEST(RenderKernels, ConeShearWarpBodiesEqualCpuLoops) { ConeShearWarpMatchesBodies(false); }
 TEST(RenderKernels, ConeShearWarpSkipsTheGapsOfHollowVolumes) { ConeShearWarpMatchesBodies(true); }
 

@@ -13,6 +13,7 @@ namespace fluororeg {
 namespace kernels {
 
 FLUORO_HD int IMin(int a, int b) { return a < b ? a : b; }
+FLUORO_HD int IClamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // ---------------------------------------------------------------------------------------
 // Shear-warp (parallel beam).
@@ -230,32 +231,39 @@ FLUORO_HD void ShearColumns(const Setup& s, const SliceStack& stack, int p0, int
 }
 
 // Bilinear sample of an intermediate image inter [h, w] between pixels (p, q) .. (p+1, q+1)
-// with fractions (fa, fb); zero outside it (the warps of both factorisations).
+// with fractions (fa, fb); zero outside it (the warps of both factorisations). Without
+// branches: a tap outside the image weighs zero and reads a clamped pixel inside it, which adds
+// +0 to the sum (the value of skipping the tap).
 FLUORO_HD float SampleIntermediate(const float* inter, int w, int h, int p, int q, float fa,
                                    float fb) {
-  float v = 0.f;
-  for (int dq = 0; dq < 2; ++dq) {
-    const int qq = q + dq;
-    if (qq < 0 || qq >= h) continue;
-    const float wq = dq ? fb : 1.f - fb;
-    for (int dp = 0; dp < 2; ++dp) {
-      const int pp = p + dp;
-      if (pp < 0 || pp >= w) continue;
-      const float wp = dp ? fa : 1.f - fa;
-      v += wq * wp * inter[static_cast<long long>(qq) * w + pp];
-    }
-  }
-  return v;
+  const float ga = 1.f - fa, gb = 1.f - fb;
+  const float wp0 = (p >= 0 && p < w) ? ga : 0.f;
+  const float wp1 = (p >= -1 && p < w - 1) ? fa : 0.f;
+  const float wq0 = (q >= 0 && q < h) ? gb : 0.f;
+  const float wq1 = (q >= -1 && q < h - 1) ? fb : 0.f;
+  const int p0 = IClamp(p, 0, w - 1), p1 = IClamp(p + 1, 0, w - 1);
+  // int offsets: an intermediate image has at most about 16,386^2 < 2^31 pixels (limits.h)
+  const int r0 = IClamp(q, 0, h - 1) * w, r1 = IClamp(q + 1, 0, h - 1) * w;
+  return wq0 * wp0 * inter[r0 + p0] + wq0 * wp1 * inter[r0 + p1] + wq1 * wp0 * inter[r1 + p0] +
+         wq1 * wp1 * inter[r1 + p1];
 }
 
-// Warp: DRR value at output pixel (x, y), zero outside the intermediate image.
-FLUORO_HD float WarpPixel(const ShearWarpSetup& s, const float* inter, int x, int y) {
+// Where the warp samples the intermediate image for one output pixel: the bilinear cell's
+// first pixel (p, q), the fractions (fa, fb) and the factor on the sample (the cone beam's mm
+// per slice, 0 for a ray that turns away from the slices; 1 for the parallel beam). The CPU's
+// cone-beam warp computes the taps of a run of pixels first (a loop without memory reads, which
+// vectorises), then samples them; elsewhere WarpPixel does both per pixel.
+struct WarpTap {
+  int p, q;
+  float fa, fb, scale;
+};
+
+FLUORO_HD WarpTap WarpPixelTap(const ShearWarpSetup& s, int x, int y) {
   const double ia = s.wa[0] * x + s.wa[1] * y + s.wa[2] - s.a0;
   const double ib = s.wb[0] * x + s.wb[1] * y + s.wb[2] - s.b0;
   const double fp = floor(ia), fq = floor(ib);
-  return SampleIntermediate(inter, s.inter_w, s.inter_h, static_cast<int>(fp),
-                            static_cast<int>(fq), static_cast<float>(ia - fp),
-                            static_cast<float>(ib - fq));
+  return {static_cast<int>(fp), static_cast<int>(fq), static_cast<float>(ia - fp),
+          static_cast<float>(ib - fq), 1.f};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -698,19 +706,29 @@ FLUORO_HD_ALWAYS_INLINE void ShearSliceRow(const ConeShearSetup& s, const SliceS
   });
 }
 
-// Warp: DRR value at output pixel (x, y); zero for a ray that turns away from the slices.
-FLUORO_HD float WarpPixel(const ConeShearSetup& s, const float* inter, int x, int y) {
+// The cone beam's WarpTap: scale 0 for a ray that turns away from the slices.
+FLUORO_HD WarpTap WarpPixelTap(const ConeShearSetup& s, int x, int y) {
   const Vec3<float> d =
       s.det + static_cast<float>(x) * s.du + static_cast<float>(y) * s.dv - s.src;
   const float t = (s.mid - s.src.z) / d.z;
   const float ia = (s.src.x + t * d.x - s.a0) / s.da;
   const float ib = (s.src.y + t * d.y - s.b0) / s.db;
-  if (!(t > 0.f) || !(fabsf(ia) < 1e7f) || !(fabsf(ib) < 1e7f)) return 0.f;
-  const float fp = floorf(ia), fq = floorf(ib);
+  // Selects, not an early return, so that the CPU's tap loop vectorises: a ray that turns away
+  // gets a tap outside the image (its sample is 0) that converts to int safely, and scale 0.
+  const bool away = !(t > 0.f) | !(fabsf(ia) < 1e7f) | !(fabsf(ib) < 1e7f);
+  const float ja = away ? -2.f : ia, jb = away ? -2.f : ib;
+  const float fp = floorf(ja), fq = floorf(jb);
   const float dx = d.x * s.spacing[0], dy = d.y * s.spacing[1], dz = d.z * s.spacing[2];
   const float mm_per_slice = sqrtf(dx * dx + dy * dy + dz * dz) / fabsf(d.z);
-  return mm_per_slice * SampleIntermediate(inter, s.inter_w, s.inter_h, static_cast<int>(fp),
-                                           static_cast<int>(fq), ia - fp, ib - fq);
+  return {static_cast<int>(fp), static_cast<int>(fq), ja - fp, jb - fq, away ? 0.f : mm_per_slice};
+}
+
+// Warp: DRR value at output pixel (x, y) of either factorisation, zero outside the intermediate
+// image and for a ray that turns away from the slices.
+template <typename Setup>
+FLUORO_HD float WarpPixel(const Setup& s, const float* inter, int x, int y) {
+  const WarpTap t = WarpPixelTap(s, x, y);
+  return t.scale * SampleIntermediate(inter, s.inter_w, s.inter_h, t.p, t.q, t.fa, t.fb);
 }
 
 }  // namespace kernels

@@ -206,6 +206,48 @@ FLUORO_CPU_CLONES void ShearBandCpu(const kernels::ConeShearSetup* const* setups
   });
 }
 
+// Output row y ([W] floats at img) of one image from its intermediate image: kernels::WarpPixel
+// per pixel, or zeros for an image without an intermediate image (inter_h == 0). The setup is
+// copied so that the loops do not reload it after each store to img.
+FLUORO_CPU_CLONES void WarpRowCpu(const kernels::ShearWarpSetup& s, const float* inter, int y,
+                                  int W, float* img) {
+  if (s.inter_h == 0) {
+    std::fill(img, img + W, 0.f);
+    return;
+  }
+  const kernels::ShearWarpSetup local = s;
+  for (int x = 0; x < W; ++x) img[x] = kernels::WarpPixel(local, inter, x, y);
+}
+// The cone beam's taps cost a division and a square root per pixel: they are computed for a
+// run of pixels first (a loop without memory reads, which vectorises), then sampled. Same
+// values as WarpPixel per pixel; the row warps in about two thirds of the time.
+FLUORO_CPU_CLONES void WarpRowCpu(const kernels::ConeShearSetup& s, const float* inter, int y,
+                                  int W, float* img) {
+  if (s.inter_h == 0) {
+    std::fill(img, img + W, 0.f);
+    return;
+  }
+  constexpr int kRun = 64;
+  const kernels::ConeShearSetup local = s;
+  int p[kRun], q[kRun];
+  float fa[kRun], fb[kRun], scale[kRun];
+  for (int x0 = 0; x0 < W; x0 += kRun) {
+    const int n = std::min(kRun, W - x0);
+    for (int i = 0; i < n; ++i) {
+      const kernels::WarpTap t = kernels::WarpPixelTap(local, x0 + i, y);
+      p[i] = t.p;
+      q[i] = t.q;
+      fa[i] = t.fa;
+      fb[i] = t.fb;
+      scale[i] = t.scale;
+    }
+    for (int i = 0; i < n; ++i) {
+      img[x0 + i] = scale[i] * kernels::SampleIntermediate(inter, local.inter_w, local.inter_h,
+                                                           p[i], q[i], fa[i], fb[i]);
+    }
+  }
+}
+
 // Shear-warp DRRs out [n, H, W] on the CPU for either factorisation; images without an
 // intermediate image (inter_h == 0) are zero.
 template <typename Setup>
@@ -282,11 +324,8 @@ void RenderShearWarpCpu(RenderVolume::State& state, const Setup* setups, int n, 
     // Warp: one task per (image, output row).
     ParallelFor(static_cast<long long>(nc) * H, n_threads, [&](long long t) {
       const int i = static_cast<int>(t / H), y = static_cast<int>(t % H);
-      const Setup& s = cs[i];
-      float* img = out + (c0 + i) * image_size + static_cast<long long>(y) * W;
-      for (int x = 0; x < W; ++x) {
-        img[x] = s.inter_h == 0 ? 0.f : kernels::WarpPixel(s, inter.data() + offset[i], x, y);
-      }
+      WarpRowCpu(cs[i], inter.data() + offset[i], y, W,
+                 out + (c0 + i) * image_size + static_cast<long long>(y) * W);
     });
   }
 }
