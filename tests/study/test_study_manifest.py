@@ -66,6 +66,31 @@ views = ["v1"]
     assert len(problems) >= 9
 
 
+def test_a_recording_of_a_subject_with_a_bad_name_points_at_that_subject(tmp_path):
+    """A [[subject]] left out for its name: each recording naming it says so and where, not that
+    the study has no such subject (it has, under a name it cannot use)."""
+    path = tmp_path / "names.toml"
+    path.write_text("""
+[[subject]]
+name = "knee 1"
+folder = "subjects/knee1"
+
+[[recording]]
+name = "walk"
+subject = "knee 1"
+folder = "rec/walk"
+""")
+    with pytest.raises(ManifestError) as info:
+        load_study(path)
+    problems = info.value.problems
+    subject_where = f"{path} [[subject]] #1 (knee 1)"
+    assert f"{subject_where}: 'name' = 'knee 1': expected a name of letters, digits, '_', '-' or '.' (it names the " \
+           "output folder)" in problems
+    assert f"{path} [[recording]] #1 (walk): 'subject' = 'knee 1': that subject's name is not usable (see " \
+           f"{subject_where}); this recording is checked once it is renamed in both places" in problems
+    assert not any("is not a [[subject]]" in p for p in problems), problems
+
+
 def test_a_bad_setting_is_named_once_where_it_is_set(tmp_path):
     """Settings are inherited ([settings.*] -> [subject.*] -> [recording.register]): a bad value is
     one problem at the table that sets it, and a bad dataset value hides no other problem."""

@@ -359,11 +359,14 @@ def parse_study(data: dict, path) -> Study:
         P.problem(str(path), "'recording' must be an array of tables ([[recording]]), got a single value")
         raw_recs = []
     by_name = {s.name: s for s in subjects}
+    # [[subject]] entries dropped for a bad name: their recordings point at that problem
+    dropped = {raw["name"]: _loc(path, f"[[subject]] #{i} ({raw['name']})") for i, raw in enumerate(raw_subjects, 1)
+               if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"] not in by_name}
     for i, raw in enumerate(raw_recs, 1):
         label = raw.get("name", "?") if isinstance(raw, dict) else "?"
         where = _loc(path, f"[[recording]] #{i} ({label})")
         r = P.table(raw, where, _RECORDING_KEYS)
-        spec = _parse_recording(P, r, where, by_name, i)
+        spec = _parse_recording(P, r, where, by_name, dropped)
         if spec is not None:
             recordings.append(spec)
     rnames = [r.name for r in recordings]
@@ -440,13 +443,19 @@ def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device:
     return SubjectSpec(name=name, where=where, device=device, **merged, **kw)
 
 
-def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, index: int) -> RecordingSpec | None:
+def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: dict) -> RecordingSpec | None:
+    """``subjects``: the parsed [[subject]] entries by name; ``dropped``: where each entry left
+    out for a bad name is (by that name)."""
     name = r.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         P.problem(where, f"'name' = {name!r}: expected a name of letters, digits, '_', '-' or '.' (it names the "
                          "output folder)")
         return None
     subj = r.get("subject")
+    if isinstance(subj, str) and subj in dropped:
+        P.problem(where, f"'subject' = {subj!r}: that subject's name is not usable (see {dropped[subj]}); "
+                         "this recording is checked once it is renamed in both places")
+        return None
     if subj not in subjects:
         known = list(subjects)
         P.problem(where, f"'subject' = {subj!r} is not a [[subject]] of this study{_suggest(str(subj), known)}; "
