@@ -8,7 +8,12 @@ simulated once (cone beam, 192 x 192 px; ``--size``) and the recording's image s
 them out in turn, frame i being pair i mod K with its own small noise (nothing holds the 10,000
 frames).
 The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
-training; its poses are not accurate and are not meant to be). The pipeline runs as
+training; its poses are not accurate and are not meant to be: nearly every frame's refinement
+stops after its first level, ``moved_far``, so this run's refinement costs far less than a real
+recording's). ``--trained-detector``: instead, a detector trained for the example subject (e.g.
+``out/demo/models/detector.onnx``) on frames of the example subject (the demo's field of view):
+its landmark poses lie near the truth and the refinement runs its whole course, as in a lab's
+recording. That run is the one for ``register``'s end-to-end speed. The pipeline runs as
 ``register`` does (log style, detection chunks written to a run folder, registration, quality
 gate, refinement on ``--refine-device`` (``off``: none), poses.csv). Reported: the registered
 frames and how many of them are more than 5 deg or 5 mm off the simulated truth
@@ -84,6 +89,10 @@ def main() -> None:
     p.add_argument("--detector", type=Path, default=None,
                    help="the spot detector's ONNX file, written there when absent (made with the onnx package, "
                         "which a machine without it can be spared by carrying the file)")
+    p.add_argument("--trained-detector", type=Path, default=None,
+                   help="a detector ONNX trained for the example subject (e.g. out/demo/models/detector.onnx): frames "
+                        "of the example subject instead of headsq, registered near their truth (refinement runs its "
+                        "whole course, as in a real recording; needs the example CT)")
     p.add_argument("--refine-device", choices=["auto", "cpu", "cuda", "off"], default="auto",
                    help="where the refinement renders (PipelineOptions.refine_device); off: no refinement (the "
                         "spot detector's poses are far off, so nearly every frame ends moved_far: about 35 ms per "
@@ -105,17 +114,26 @@ def main() -> None:
     from fluororeg.simulation.subjects import extreme_points_subject
     from fluororeg.subject.example import headsq_path
 
-    hp = headsq_path()
-    if hp is None:
-        sys.exit("bench_long: ../shared/data/headsq is not available")
-    subject = extreme_points_subject(load_volume(hp))
-    spec = importlib.util.spec_from_file_location("onnx_builders", ROOT / "tests" / "inference" / "conftest.py")
-    builders = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builders)
+    if args.trained_detector is not None:
+        from fluororeg.subject.subject import example_subject
+
+        if not args.trained_detector.is_file():
+            sys.exit(f"bench_long: --trained-detector {args.trained_detector} is not a file")
+        subject = example_subject()
+        pitch = 0.8 * 512 / args.size  # the demo's field of view (a 41 cm intensifier)
+    else:
+        hp = headsq_path()
+        if hp is None:
+            sys.exit("bench_long: ../shared/data/headsq is not available")
+        subject = extreme_points_subject(load_volume(hp))
+        pitch = 1.6 * 192 / args.size  # the same field of view at every --size
+        spec = importlib.util.spec_from_file_location("onnx_builders", ROOT / "tests" / "inference" / "conftest.py")
+        builders = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(builders)
 
     with tempfile.TemporaryDirectory(prefix="bench_long_") as tmp:
         tmp = Path(tmp)
-        geometry = default_dual_views(args.size, args.size, 1.6 * 192 / args.size)  # the same field of view
+        geometry = default_dual_views(args.size, args.size, pitch)
         src = simulate_recording(subject, tmp / "src", n_frames=args.distinct, views=geometry, seed=5)
         small = open_recording(src)
         views = [np.stack([small.sequences[k][i] for i in range(len(small))]) for k in range(2)]
@@ -127,7 +145,7 @@ def main() -> None:
         stack = np.resize(views[0].astype(np.float32), (256,) + views[0].shape[1:])
         t_core = best_time(lambda: _core.frame_statistics(stack, 64, None, 1, 0), 3) / len(stack)
         t_ref = best_time(lambda: reference_statistics(stack[:32], 64), 2) / 32
-        det_path = args.detector or tmp / "det.onnx"
+        det_path = args.trained_detector or args.detector or tmp / "det.onnx"
         if not det_path.exists():
             det_path.parent.mkdir(parents=True, exist_ok=True)
             builders.spot_detector(det_path, 32, list(subject.landmark_names), pairs=subject.pairs,
@@ -146,8 +164,13 @@ def main() -> None:
         seqs = (StreamedSequence(views[0], n, 1, on_frame), StreamedSequence(views[1], n, 2))
         rec = Recording(seqs, small.geometry, None, None)
         refine = args.refine_device != "off"
-        opts = PipelineOptions(style="log", min_visible=4, num_threads=0, refine=refine,
-                               refine_device=args.refine_device if refine else "cpu")
+        trained = args.trained_detector is not None
+        opts = PipelineOptions(style="log", min_visible=6 if trained else 4, num_threads=0, refine=refine,
+                               refine_device=args.refine_device if refine else "cpu",
+                               crop_pixel_mm=(detector.crop_pixel_mm or 2.0) if trained else 2.0,
+                               # the example CT's index axes need Autoscoper's VolumeFlip [0, 0, 1]
+                               # for poses.tra (a lab's run writes it)
+                               autoscoper_flip=(0, 0, 1) if trained else (0, 0, 0))
         samples["start"] = rss_mb()
         t0 = time.perf_counter()
         out = register_recording(rec, subject, detector, None, opts, out_dir=tmp / "run", progress=False)
@@ -156,7 +179,7 @@ def main() -> None:
         assert out.poses.shape == (n, 6) and (tmp / "run" / "poses.csv").exists()
         statuses = {s: int(c) for s, c in zip(*np.unique(out.status, return_counts=True))}
         # The registered frames against the truth (frame i shows pair i mod K): the spot detector's
-        # starts are far off, so this is a test of the gate's honesty more than of precision.
+        # starts are far off, so its run tests the gate's honesty more than precision.
         from fluororeg.core.registration import pose_errors
 
         truth = np.load(src / "truth.npz")["poses"][np.arange(n) % args.distinct]
@@ -196,8 +219,12 @@ def main() -> None:
                "stage_ms_per_pair": stage_ms, "refine_device": args.refine_device,
                "input_check_statistics_us_per_frame": t_core * 1e6,
                "input_check_statistics_reference_us_per_frame": t_ref * 1e6,
-               "setup": f"headsq subject, {args.size} px cone-beam frames cycled with noise, spot detector (32 px), "
-                        "log style"}
+               "detector": "trained" if trained else "spot",
+               "detector_providers": detector.model.session.get_providers(),  # onnxruntime's, in use
+               "setup": (f"example subject, {args.size} px cone-beam frames cycled with noise, trained detector "
+                         f"{args.trained_detector.name}, log style" if trained else
+                         f"headsq subject, {args.size} px cone-beam frames cycled with noise, spot detector (32 px), "
+                         "log style")}
     report(f"long recording: {n} frame pairs through the register pipeline", rows, results, args.json)
 
 
