@@ -18,8 +18,9 @@
 # the gate; its refinement stops early, so its speed is not the target's), and when asked for,
 # bench_render_base.json, ncu.txt and long_profile.txt (the device tool brings back at most 8
 # files: with those, some logs stay behind; check.log holds their tails).
-# Optional environment: FLUORO_CACHE, a folder with cranium_hu.npz (the example CT; else the
-# benchmarks use a phantom and the dataset benchmark is skipped), bench_long_spot_detector.onnx
+# Optional environment: FLUORO_CACHE (default: the checkout's .frcache when there), a folder
+# with cranium_hu.npz (the example CT; else the benchmarks use a phantom and the dataset
+# benchmark is skipped), bench_long_spot_detector.onnx
 # (see its step) and bench_long_detector.onnx (a detector trained for the example subject: copy
 # out/demo/models/detector.onnx there, 11 MB; without it the target's run is skipped). The carry
 # limit (64 MiB with the checkout) then leaves no room for .gpu's pydicom wheel, which no step
@@ -38,6 +39,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
+# The cache: FLUORO_CACHE, else the checkout's carried .frcache, else the user's cache.
+if [ -z "${FLUORO_CACHE:-}" ]; then
+  if [ -d .frcache ]; then FLUORO_CACHE=$PWD/.frcache; else FLUORO_CACHE=$HOME/.cache/fluororeg; fi
+fi
+export FLUORO_CACHE
 export PYTHONUNBUFFERED=1
 exec > >(tee "$OUT/check.log") 2>&1
 status=0
@@ -103,15 +109,14 @@ if [ "${FR_REFINE_FD:-0}" = 1 ]; then
     --json "$OUT/bench_refine_fd.json" || status=1
 fi
 
-CACHE=${FLUORO_CACHE:-$HOME/.cache/fluororeg}
 step "bench_long --trained-detector --refine-device cuda (register end to end, 2,000 frame pairs: the target's run)"
 # A detector trained for the example subject: its landmark poses lie near the truth, so the
 # refinement runs its whole course (and the detector's network costs what a lab's does).
-if [ -f "$CACHE/bench_long_detector.onnx" ] && [ -f "$CACHE/cranium_hu.npz" ]; then
+if [ -f "$FLUORO_CACHE/bench_long_detector.onnx" ] && [ -f "$FLUORO_CACHE/cranium_hu.npz" ]; then
   timeout 180 python3 benchmarks/bench_long.py --frames 2000 --refine-device cuda \
-    --trained-detector "$CACHE/bench_long_detector.onnx" --json "$OUT/bench_long.json" || status=1
+    --trained-detector "$FLUORO_CACHE/bench_long_detector.onnx" --json "$OUT/bench_long.json" || status=1
 else
-  echo "no $CACHE/bench_long_detector.onnx (or no cranium_hu.npz): the target's run is skipped"
+  echo "no $FLUORO_CACHE/bench_long_detector.onnx (or no cranium_hu.npz): the target's run is skipped"
 fi
 
 step "bench_long --refine-device cuda, spot detector (10,000 frame pairs: memory and the gate)"
@@ -120,18 +125,18 @@ step "bench_long --refine-device cuda, spot detector (10,000 frame pairs: memory
 # pairs, a recording's length. Its poses are far off: nearly every frame's refinement stops
 # after its first level, so its frames/s says nothing of the target.
 timeout 240 python3 benchmarks/bench_long.py --refine-device cuda \
-  --detector "$CACHE/bench_long_spot_detector.onnx" --json "$OUT/bench_long_spot.json" || status=1
+  --detector "$FLUORO_CACHE/bench_long_spot_detector.onnx" --json "$OUT/bench_long_spot.json" || status=1
 
 if [ "${FR_PROFILE_LONG:-0}" = 1 ]; then
   step "bench_long --frames 1000 under cProfile (where register's time goes on this machine)"
   timeout 120 python3 -m cProfile -o /tmp/long.prof benchmarks/bench_long.py --quick --frames 1000 --refine-device cuda \
-    --trained-detector "$CACHE/bench_long_detector.onnx" > /dev/null 2>&1 &&
+    --trained-detector "$FLUORO_CACHE/bench_long_detector.onnx" > /dev/null 2>&1 &&
     python3 -c "import pstats; pstats.Stats('/tmp/long.prof').sort_stats('cumulative').print_stats(60)" \
       > "$OUT/long_profile.txt" 2>&1 || echo "bench_long under cProfile failed"
 fi
 
 step "bench_dataset --quick"
-if [ -f "${FLUORO_CACHE:-$HOME/.cache/fluororeg}/cranium_hu.npz" ]; then
+if [ -f "$FLUORO_CACHE/cranium_hu.npz" ]; then
   timeout 100 python3 benchmarks/bench_dataset.py --quick --device cuda --json "$OUT/bench_dataset.json" || status=1
 else
   echo "no cached Cranium CT: dataset benchmark skipped"
