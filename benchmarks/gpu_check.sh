@@ -12,7 +12,7 @@
 #
 # Writes to $OUT: check.log (everything, nvidia-smi's card name too), pytest_cuda.log,
 # native.log (C++ render and refinement tests, then compute-sanitizer memcheck),
-# bench_render.json, bench_dataset.json, bench_register.json, bench_refine.json, bench_long.json
+# bench_render.json, bench_dataset.json, bench_refine.json, bench_long.json
 # (register end to end with the trained detector, 2,000 streamed frame pairs, refinement on CUDA:
 # the target's run), bench_long_spot.json (10,000 frame pairs with the spot detector: memory and
 # the gate; its refinement stops early, so its speed is not the target's), and when asked for,
@@ -30,7 +30,8 @@
 # (bench_render_base.json); FR_NCU=1: Nsight Compute's summary of the single 200 x 200 cone-beam
 # DRR's kernel (ncu.txt), when the machine has ncu; FR_PROFILE_LONG=1: bench_long of 1,000 frame
 # pairs under cProfile, its 60 costliest calls (long_profile.txt); FR_REFINE_FD=1: bench_refine again
-# with the finite-difference Jacobian (bench_refine_fd.json). Benchmarks run with --quick on
+# with the finite-difference Jacobian (its JSON stays on the machine; its figures go to check.log,
+# as bench_register's do). Benchmarks run with --quick on
 # the head-sized CT (bench_long: 2,000 frame pairs with the trained detector, 10,000 with the
 # spot detector), steps in order of value with their own time limits (128 s in all on an H200
 # machine with 2,000 spot-detector frame pairs in bench_long, build included; 160 s with FR_BASE
@@ -44,6 +45,10 @@ if [ -z "${FLUORO_CACHE:-}" ]; then
   if [ -d .frcache ]; then FLUORO_CACHE=$PWD/.frcache; else FLUORO_CACHE=$HOME/.cache/fluororeg; fi
 fi
 export FLUORO_CACHE
+# JSON files that stay on the machine (the device tool brings back at most 8 files): their
+# figures are in check.log, the targets' summary at the end reads them too.
+EXTRA=/tmp/gpu-check-extra
+mkdir -p "$EXTRA"
 export PYTHONUNBUFFERED=1
 exec > >(tee "$OUT/check.log") 2>&1
 status=0
@@ -106,7 +111,7 @@ timeout 120 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --
 if [ "${FR_REFINE_FD:-0}" = 1 ]; then
   step "bench_refine --quick --finite-differences (the Jacobian of 12 renders, same card)"
   timeout 150 python3 benchmarks/bench_refine.py --quick --no-ncc --device cuda --finite-differences \
-    --json "$OUT/bench_refine_fd.json" || status=1
+    --json "$EXTRA/bench_refine_fd.json" || status=1
 fi
 
 step "bench_long --trained-detector --refine-device cuda (register end to end, 2,000 frame pairs: the target's run)"
@@ -127,7 +132,9 @@ step "bench_long --refine-device cuda, spot detector (10,000 frame pairs: memory
 timeout 240 python3 benchmarks/bench_long.py --refine-device cuda \
   --detector "$FLUORO_CACHE/bench_long_spot_detector.onnx" --json "$OUT/bench_long_spot.json" || status=1
 
-if [ "${FR_PROFILE_LONG:-0}" = 1 ]; then
+if [ "${FR_PROFILE_LONG:-0}" = 1 ] && [ ! -f "$FLUORO_CACHE/bench_long_detector.onnx" ]; then
+  echo "FR_PROFILE_LONG=1: no $FLUORO_CACHE/bench_long_detector.onnx, the profile is skipped"
+elif [ "${FR_PROFILE_LONG:-0}" = 1 ]; then
   step "bench_long --frames 1000 under cProfile (where register's time goes on this machine)"
   timeout 120 python3 -m cProfile -o /tmp/long.prof benchmarks/bench_long.py --quick --frames 1000 --refine-device cuda \
     --trained-detector "$FLUORO_CACHE/bench_long_detector.onnx" > /dev/null 2>&1 &&
@@ -158,15 +165,15 @@ else
 fi
 
 step "bench_register --quick (CPU)"
-timeout 40 python3 benchmarks/bench_register.py --quick --json "$OUT/bench_register.json" || status=1
+timeout 40 python3 benchmarks/bench_register.py --quick --json "$EXTRA/bench_register.json" || status=1
 
 step "issue 15's GPU targets"
-python3 - "$OUT" <<'PY' || true
+python3 - "$OUT" "$EXTRA" <<'PY' || true
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
+out, extra = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 def value(name, key):  # key: a top-level key, or "outer.inner"
     try:
-        v = json.loads((out / name).read_text())
+        v = json.loads((out / name if (out / name).exists() else extra / name).read_text())
         for part in key.split("."):
             v = v.get(part) if isinstance(v, dict) else None
         return v

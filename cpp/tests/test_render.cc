@@ -651,8 +651,9 @@ TEST(RenderKernels, RowPairStretchesMergeAndJoinRuns) {
 }
 
 // The warp's bilinear sample has no branches (so that the CPU's loops vectorise): a tap outside
-// the intermediate image weighs zero. It equals, bit for bit, the sum over the taps inside,
-// in the same order, at and past every edge.
+// the intermediate image weighs zero. It equals, bit for bit (the sign of a zero included: the
+// image's first pixels are negative), the sum over the taps inside, in the same order, at and
+// past every edge.
 TEST(RenderKernels, SampleIntermediateSumsTheTapsInsideTheImage) {
   const int w = 5, h = 4;
   std::vector<float> inter(w * h);
@@ -668,7 +669,9 @@ TEST(RenderKernels, SampleIntermediateSumsTheTapsInsideTheImage) {
               if (q + dq < 0 || q + dq >= h || p + dp < 0 || p + dp >= w) continue;
               expected += (dq ? fb : 1.f - fb) * (dp ? fa : 1.f - fa) * inter[(q + dq) * w + p + dp];
             }
-          EXPECT_EQ(kernels::SampleIntermediate(inter.data(), w, h, p, q, fa, fb), expected)
+          const float got = kernels::SampleIntermediate(inter.data(), w, h, p, q, fa, fb);
+          EXPECT_EQ(got, expected) << "p " << p << " q " << q << " fa " << fa << " fb " << fb;
+          EXPECT_EQ(std::signbit(got), std::signbit(expected))  // +0 outside, as before
               << "p " << p << " q " << q << " fa " << fa << " fb " << fb;
         }
 }

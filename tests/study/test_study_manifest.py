@@ -79,6 +79,16 @@ folder = "subjects/knee1"
 name = "walk"
 subject = "knee 1"
 folder = "rec/walk"
+
+[[recording]]
+name = "run\\n"
+subject = ["knee 1"]
+folder = "rec/run"
+
+[[recording]]
+name = "jump"
+subject = ["knee 1"]
+folder = "rec/jump"
 """)
     with pytest.raises(ManifestError) as info:
         load_study(path)
@@ -88,7 +98,13 @@ folder = "rec/walk"
            "output folder)" in problems
     assert f"{path} [[recording]] #1 (walk): 'subject' = 'knee 1': that subject's name is not usable (see " \
            f"{subject_where}); this recording is checked once it is renamed in both places" in problems
-    assert not any("is not a [[subject]]" in p for p in problems), problems
+    assert not any("'knee 1' is not a [[subject]]" in p for p in problems), problems
+    # A name with a line break is no name; a subject that is not a string is no subject (a
+    # problem, not a crash).
+    assert f"{path} [[recording]] #2 (run\n): 'name' = 'run\\n': expected a name of letters, digits, '_', '-' or " \
+           "'.' (it names the output folder)" in problems
+    assert f"{path} [[recording]] #3 (jump): 'subject' = ['knee 1'] is not a [[subject]] of this study; " \
+           "subjects: []" in problems
 
 
 def test_a_bad_setting_is_named_once_where_it_is_set(tmp_path):

@@ -232,8 +232,9 @@ FLUORO_HD void ShearColumns(const Setup& s, const SliceStack& stack, int p0, int
 
 // Bilinear sample of an intermediate image inter [h, w] between pixels (p, q) .. (p+1, q+1)
 // with fractions (fa, fb); zero outside it (the warps of both factorisations). Without
-// branches: a tap outside the image weighs zero and reads a clamped pixel inside it, which adds
-// +0 to the sum (the value of skipping the tap).
+// branches: a tap outside the image weighs zero and reads a clamped pixel inside it. The sum
+// runs from +0 tap by tap, so that a zero tap adds nothing (not even a -0) and CUDA fuses the
+// same multiply-adds as a sum over the taps inside.
 FLUORO_HD float SampleIntermediate(const float* inter, int w, int h, int p, int q, float fa,
                                    float fb) {
   const float ga = 1.f - fa, gb = 1.f - fb;
@@ -242,10 +243,14 @@ FLUORO_HD float SampleIntermediate(const float* inter, int w, int h, int p, int 
   const float wq0 = (q >= 0 && q < h) ? gb : 0.f;
   const float wq1 = (q >= -1 && q < h - 1) ? fb : 0.f;
   const int p0 = IClamp(p, 0, w - 1), p1 = IClamp(p + 1, 0, w - 1);
-  // int offsets: an intermediate image has at most about 16,386^2 < 2^31 pixels (limits.h)
-  const int r0 = IClamp(q, 0, h - 1) * w, r1 = IClamp(q + 1, 0, h - 1) * w;
-  return wq0 * wp0 * inter[r0 + p0] + wq0 * wp1 * inter[r0 + p1] + wq1 * wp0 * inter[r1 + p0] +
-         wq1 * wp1 * inter[r1 + p1];
+  const long long r0 = static_cast<long long>(IClamp(q, 0, h - 1)) * w;
+  const long long r1 = static_cast<long long>(IClamp(q + 1, 0, h - 1)) * w;
+  float v = 0.f;
+  v += wq0 * wp0 * inter[r0 + p0];
+  v += wq0 * wp1 * inter[r0 + p1];
+  v += wq1 * wp0 * inter[r1 + p0];
+  v += wq1 * wp1 * inter[r1 + p1];
+  return v;
 }
 
 // Where the warp samples the intermediate image for one output pixel: the bilinear cell's

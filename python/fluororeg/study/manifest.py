@@ -392,7 +392,7 @@ def parse_study(data: dict, path) -> Study:
 
 def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device: str) -> SubjectSpec | None:
     name = s.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         P.problem(where, f"'name' = {name!r}: expected a name of letters, digits, '_', '-' or '.' (it names the "
                          "output folder)")
         return None
@@ -447,7 +447,7 @@ def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: d
     """``subjects``: the parsed [[subject]] entries by name; ``dropped``: where each entry left
     out for a bad name is (by that name)."""
     name = r.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         P.problem(where, f"'name' = {name!r}: expected a name of letters, digits, '_', '-' or '.' (it names the "
                          "output folder)")
         return None
@@ -456,7 +456,7 @@ def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: d
         P.problem(where, f"'subject' = {subj!r}: that subject's name is not usable (see {dropped[subj]}); "
                          "this recording is checked once it is renamed in both places")
         return None
-    if subj not in subjects:
+    if not isinstance(subj, str) or subj not in subjects:
         known = list(subjects)
         P.problem(where, f"'subject' = {subj!r} is not a [[subject]] of this study{_suggest(str(subj), known)}; "
                          f"subjects: {known}")
