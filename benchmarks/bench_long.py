@@ -114,7 +114,8 @@ def main() -> None:
     from fluororeg.simulation.subjects import extreme_points_subject
     from fluororeg.subject.example import headsq_path
 
-    if args.trained_detector is not None:
+    trained = args.trained_detector is not None
+    if trained:
         from fluororeg.subject.subject import example_subject
 
         if not args.trained_detector.is_file():
@@ -164,7 +165,6 @@ def main() -> None:
         seqs = (StreamedSequence(views[0], n, 1, on_frame), StreamedSequence(views[1], n, 2))
         rec = Recording(seqs, small.geometry, None, None)
         refine = args.refine_device != "off"
-        trained = args.trained_detector is not None
         opts = PipelineOptions(style="log", min_visible=6 if trained else 4, num_threads=0, refine=refine,
                                refine_device=args.refine_device if refine else "cpu",
                                crop_pixel_mm=(detector.crop_pixel_mm or 2.0) if trained else 2.0,

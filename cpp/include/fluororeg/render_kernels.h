@@ -728,12 +728,17 @@ FLUORO_HD WarpTap WarpPixelTap(const ConeShearSetup& s, int x, int y) {
   return {static_cast<int>(fp), static_cast<int>(fq), ja - fp, jb - fq, away ? 0.f : mm_per_slice};
 }
 
+// The warp's value at a tap of the intermediate image inter of either factorisation.
+template <typename Setup>
+FLUORO_HD float WarpSample(const Setup& s, const float* inter, const WarpTap& t) {
+  return t.scale * SampleIntermediate(inter, s.inter_w, s.inter_h, t.p, t.q, t.fa, t.fb);
+}
+
 // Warp: DRR value at output pixel (x, y) of either factorisation, zero outside the intermediate
 // image and for a ray that turns away from the slices.
 template <typename Setup>
 FLUORO_HD float WarpPixel(const Setup& s, const float* inter, int x, int y) {
-  const WarpTap t = WarpPixelTap(s, x, y);
-  return t.scale * SampleIntermediate(inter, s.inter_w, s.inter_h, t.p, t.q, t.fa, t.fb);
+  return WarpSample(s, inter, WarpPixelTap(s, x, y));
 }
 
 }  // namespace kernels

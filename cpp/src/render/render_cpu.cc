@@ -219,8 +219,8 @@ FLUORO_CPU_CLONES void WarpRowCpu(const kernels::ShearWarpSetup& s, const float*
   for (int x = 0; x < W; ++x) img[x] = kernels::WarpPixel(local, inter, x, y);
 }
 // The cone beam's taps cost a division and a square root per pixel: they are computed for a
-// run of pixels first (a loop without memory reads, which vectorises), then sampled. Same
-// values as WarpPixel per pixel; the row warps in about two thirds of the time.
+// run of pixels first (a loop without memory reads, which vectorises), then sampled
+// (WarpPixel's two halves); the row warps in about two thirds of the time.
 FLUORO_CPU_CLONES void WarpRowCpu(const kernels::ConeShearSetup& s, const float* inter, int y,
                                   int W, float* img) {
   if (s.inter_h == 0) {
@@ -242,8 +242,7 @@ FLUORO_CPU_CLONES void WarpRowCpu(const kernels::ConeShearSetup& s, const float*
       scale[i] = t.scale;
     }
     for (int i = 0; i < n; ++i) {
-      img[x0 + i] = scale[i] * kernels::SampleIntermediate(inter, local.inter_w, local.inter_h,
-                                                           p[i], q[i], fa[i], fb[i]);
+      img[x0 + i] = kernels::WarpSample(local, inter, {p[i], q[i], fa[i], fb[i], scale[i]});
     }
   }
 }

@@ -57,7 +57,7 @@ __all__ = ["ManifestError", "Study", "SubjectSpec", "RecordingSpec", "Calibratio
            "parse_study", "dataset_config", "detector_config", "style_config", "pipeline_options",
            "SECTION_KEYS"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # matched whole (fullmatch): it names a folder
 DEVICES = ("cpu", "cuda")
 
 # Keys of the settings tables (checked against the dataclasses they feed, see _setting_keys).
@@ -286,6 +286,14 @@ class _Parser:
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else self.root / p
 
+    def name(self, value, where: str) -> str | None:
+        """``value`` if it is a usable [[subject]] / [[recording]] name (it names the output folder)."""
+        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+            self.problem(where, f"'name' = {value!r}: expected a name of letters, digits, '_', '-' or '.' (it names "
+                                "the output folder)")
+            return None
+        return value
+
     def device(self, value, where: str) -> str:
         if value not in DEVICES:
             self.problem(where, f"'device' = {value!r}: expected one of {list(DEVICES)}")
@@ -391,10 +399,8 @@ def parse_study(data: dict, path) -> Study:
 
 
 def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device: str) -> SubjectSpec | None:
-    name = s.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        P.problem(where, f"'name' = {name!r}: expected a name of letters, digits, '_', '-' or '.' (it names the "
-                         "output folder)")
+    name = P.name(s.get("name"), where)
+    if name is None:
         return None
     kw: dict[str, Any] = {}
     if "folder" in s:
@@ -446,10 +452,8 @@ def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device:
 def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: dict) -> RecordingSpec | None:
     """``subjects``: the parsed [[subject]] entries by name; ``dropped``: where each entry left
     out for a bad name is (by that name)."""
-    name = r.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        P.problem(where, f"'name' = {name!r}: expected a name of letters, digits, '_', '-' or '.' (it names the "
-                         "output folder)")
+    name = P.name(r.get("name"), where)
+    if name is None:
         return None
     subj = r.get("subject")
     if isinstance(subj, str) and subj in dropped:
