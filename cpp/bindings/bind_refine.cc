@@ -65,6 +65,7 @@ nb::dict RefineFramesPy(const RefineVolumes& volumes, const InArray<double>& vie
   auto render_calls = NewArray<int32_t>({f});
   auto rendered_rays = NewArray<int64_t>({f});
   auto seconds = NewArray<double>({f});
+  auto host_seconds = NewArray<double>({f});
   auto converged = NewArray<bool>({f});
   auto status = NewArray<int32_t>({f});
   for (size_t i = 0; i < f; ++i) {
@@ -79,6 +80,7 @@ nb::dict RefineFramesPy(const RefineVolumes& volumes, const InArray<double>& vie
     render_calls.data()[i] = r.render_calls;
     rendered_rays.data()[i] = r.rendered_rays;
     seconds.data()[i] = r.seconds;
+    host_seconds.data()[i] = r.host_seconds;
     converged.data()[i] = r.converged;
     status.data()[i] = static_cast<int32_t>(r.status);
   }
@@ -92,6 +94,7 @@ nb::dict RefineFramesPy(const RefineVolumes& volumes, const InArray<double>& vie
   out["render_calls"] = render_calls;
   out["rendered_rays"] = rendered_rays;
   out["seconds"] = seconds;
+  out["host_seconds"] = host_seconds;
   out["converged"] = converged;
   out["status"] = status;
   return out;
@@ -225,7 +228,7 @@ void BindRefine(nb::module_& m) {
         "[F, 6] (rad, mm); view_weights [F, 2] per-frame factors on the options' view weights "
         "(0: view left out) or None. Returns a dict of arrays: poses [F, 6] (rad, mm), similarity [F, 2], "
         "similarity_total [F], rotation_change_deg [F], translation_change_mm [F], iterations "
-        "[F], render_calls [F], rendered_rays [F] (int64: pixels x poses), seconds [F], "
+        "[F], render_calls [F], rendered_rays [F] (int64: pixels x poses), seconds [F], host_seconds [F] (CPU seconds of the frame's host work, renders excluded), "
         "converged [F], status [F] (RefineStatus values).");
   m.def("evaluate_refine_similarity", &EvaluatePy, nb::arg("volumes"), nb::arg("views"),
         nb::arg("images"), nb::arg("image_masks").none(), nb::arg("poses"),

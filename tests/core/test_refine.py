@@ -111,6 +111,8 @@ def test_recovers_true_pose_from_5_deg_5_mm(headsq_mu, small_views, frames):
     assert res.similarity.shape == (4, 2) and (res.similarity > 0.5).all()
     np.testing.assert_allclose(res.similarity_total, res.similarity.mean(axis=1), atol=1e-12)
     assert (res.iterations > 0).all() and (res.seconds > 0).all()
+    # The frames' host work, their renders excluded: some of their one thread's time each.
+    assert (res.host_seconds > 0).all() and (res.host_seconds < res.seconds).all()
     assert res.rendered_rays.dtype == np.int64 and (res.rendered_rays > res.render_calls).all()
     assert (res.render_calls > 0).all()
     # The reported pose change is the move from the start.

@@ -259,6 +259,8 @@ def test_register_refines_by_default_and_its_similarity_is_the_final_gate(subjec
     assert list(out.stage_seconds) == ["detect", "input_checks", "register", "refine", "write"]
     assert all(t >= 0 for t in out.stage_seconds.values()) and out.stage_seconds["refine"] > 0
     assert sum(out.stage_seconds.values()) <= out.seconds
+    assert list(out.stage_cpu_seconds) == list(out.stage_seconds)
+    assert all(t >= 0 for t in out.stage_cpu_seconds.values()) and out.stage_cpu_seconds["refine"] > 0
 
 
 def test_select_style_snapshot_scores_what_the_pipeline_does(subject, models, tmp_path):

@@ -78,11 +78,14 @@ struct RefineOptions {
   // After the first iteration of a level, update the Jacobian by rank-1 secant (Broyden)
   // steps instead of new finite differences (1 render per iteration instead of 7); a step
   // that fails with an updated Jacobian takes finite differences again. Cheaper, less precise.
+  // Finite differences only (analytic_jacobian false; ValidateRefineOptions refuses both).
   bool broyden_updates = false;
   // The Jacobian from the renderer's pose gradients (ConePixelRequest::pose_gradient: one
   // render of the region with derivatives, about the cost of two, instead of 12 renders of
   // central differences): the derivative at the pose itself (fd_step_px and
-  // central_differences are then not used; broyden_updates still applies). Measured against
+  // central_differences are then not used, nor broyden_updates). The refinement forms its
+  // normal equations J^T J, J^T r from the render's sums without making J (about a tenth of
+  // a frame's host work before). Measured against
   // central differences (benchmarks/bench_refine.py, 2 cores, the same frames and starts):
   // 3-10 deg starts, 6 simulated frames: 0.018 vs 0.019 deg, 0.028 vs 0.025 mm median; frames
   // of the independent renderer (plastimatch): 0.025 vs 0.076 deg, 0.019 vs 0.234 mm, with
@@ -177,6 +180,11 @@ struct RefineResult {
   int render_calls = 0;
   long long rendered_rays = 0;
   double seconds = 0;                   // wall-clock of this frame
+  // CPU seconds of the frame's own host work (image pyramids, regions, features, Jacobians,
+  // steps) on its thread, its render calls excluded: the work a GPU does not take over. On
+  // CUDA, where a worker thread waits for the gathered renders, this is what the host's cores
+  // must keep up with (bench_refine, bench_long).
+  double host_seconds = 0;
   bool converged = false;               // status == kConverged
   RefineStatus status = RefineStatus::kInvalidStart;
 };

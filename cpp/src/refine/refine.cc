@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "fluororeg/parallel.h"
+#include "common/cpu_clones.h"
 #include "common/format.h"
 #include "refine/refine_internal.h"
 #include "refine/render_gather.h"
@@ -29,6 +30,7 @@
 #if defined(__GLIBC__)
 #include <malloc.h>  // malloc_trim
 #endif
+#include <time.h>  // clock_gettime (POSIX)
 
 namespace fluororeg {
 
@@ -43,6 +45,13 @@ void ReleaseFreedMemory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif
+}
+
+// CPU seconds the calling thread has used (RefineResult::host_seconds).
+double ThreadCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 constexpr double kPi = 3.14159265358979323846;
@@ -214,7 +223,6 @@ struct ViewLevel {
   double weight = 0;
   ConeView view{};
   int W = 0, H = 0;
-  std::vector<float> image;          // [H, W] level image
   std::vector<int32_t> render_px;    // pixel indices y * W + x to render
   std::vector<int32_t> roi;          // [n_roi] indices into render_px
   std::vector<int32_t> nbr;          // [n_roi, 4] left, right, up, down into render_px (GC)
@@ -240,8 +248,11 @@ struct Context {
   const RefineVolumes::Levels* pyramids = nullptr;     // at least num_levels levels
   std::shared_ptr<const RefineVolumes::Levels> owned;  // pyramids made for this call, or null
   int num_levels = 0;                                  // the levels this call uses
-  std::vector<std::vector<uint8_t>> usable[2];  // per view [level - finest_level] [H_l, W_l]
-                                                // (the image masks' pyramid; empty: no masks)
+  // Per view and level k = level - finest_level, [H_l, W_l]: 1 where a region of interest may
+  // lie (RegionOfInterest): within the usable pixels eroded by 2, so that gradients do not see
+  // the edge of the field of view (the image masks' pyramid; all pixels without masks), and off
+  // the image border.
+  std::vector<std::vector<uint8_t>> allowed[2];
   int W = 0, H = 0;
   double lever_mm = 50;  // radius of the bone, to scale rotations to millimetres
   // Level k = level - finest_level of the attenuation and of the region-of-interest volume.
@@ -308,12 +319,15 @@ void RenderRequests(const Context& ctx, const LevelVolume& vol, const ConePixelR
       renders.result->rendered_rays +=
           static_cast<long long>(requests[i].num_pixels) * requests[i].num_poses;
   }
+  const double cpu0 = ThreadCpuSeconds();
   if (renders.gather) {
     renders.gather->Render(*vol.render, requests, n);
-    return;
+  } else {
+    RenderConePixelsBatch(*vol.render, requests, n,
+                          PixelRenderOptions(*ctx.options, renders.threads));
   }
-  RenderConePixelsBatch(*vol.render, requests, n,
-                        PixelRenderOptions(*ctx.options, renders.threads));
+  // The render's share of this thread's time is not the frame's host work.
+  if (renders.result) renders.result->host_seconds -= ThreadCpuSeconds() - cpu0;
 }
 
 // The request that renders the listed pixels px of `view` for K poses [K, 6] into out [K, n_px]
@@ -368,27 +382,135 @@ void Features(const ViewLevel& vl, const float* values, double* feat, double* in
   }
 }
 
-// Features' derivatives along the 6 pose parameters, dfeat [6, channels * n_roi], from the
-// values' derivatives grads [6, n_render_px], the normalised features feat and inv_norm
-// (Features of the values): each channel f = c / |c| with c = raw - mean(raw), so
-// df = (dc - f (f . dc)) / |c|.
-void FeatureDerivatives(const ViewLevel& vl, const float* grads, const double* feat,
-                        const double* inv_norm, double* dfeat) {
+// The sums over a view's region that the normal equations need of one channel's raw feature
+// derivatives d_j (RawFeatures of the values' derivative along pose parameter j, j = 0..5),
+// with f the channel's normalised features and t its target: S_j = sum d_j, P_j = f . d_j,
+// T_j = t . d_j and G_jk = d_j . d_k.
+struct DerivativeMoments {
+  double S[6] = {}, P[6] = {}, T[6] = {};
+  double G[6][6] = {};  // upper triangle (j <= k) filled
+};
+
+// The moments' pixels go through in blocks: a block's derivatives are gathered, then each sum
+// takes the block as kMomentLanes partial sums (independent lanes that vectorise; the order of
+// the additions differs from one sum over the pixels by rounding only).
+constexpr int kMomentBlock = 64;
+constexpr int kMomentLanes = 4;
+
+// Adds sum_q a[q] b[q] over a block to the lanes' partial sums acc [kMomentLanes].
+inline void AddBlockDot(const double* a, const double* b, double* acc) {
+  for (int q = 0; q < kMomentBlock; q += kMomentLanes)
+    for (int l = 0; l < kMomentLanes; ++l) acc[l] += a[q + l] * b[q + l];
+}
+
+// DerivativeMoments of channel c from the values' derivatives grads [6, n_render_px], the
+// channel's normalised features f [n_roi] and target t [n_roi]; one pass, no derivative kept.
+FLUORO_CPU_CLONES DerivativeMoments ChannelMoments(const ViewLevel& vl, int c, const float* grads,
+                                                   const double* f, const double* t) {
   const int n = static_cast<int>(vl.roi.size());
-  const int n_px = static_cast<int>(vl.render_px.size());
-  const int m = vl.channels * n;
+  const size_t n_px = vl.render_px.size();
+  static constexpr double kOnes[kMomentBlock] = {
+      1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+      1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  // Partial sums [sum][lane]: S, P, T (6 each), then G's upper triangle (21).
+  double acc[39][kMomentLanes] = {};
+  alignas(32) double d[6][kMomentBlock], fb[kMomentBlock], tb[kMomentBlock];
+  for (int i0 = 0; i0 < n; i0 += kMomentBlock) {
+    const int b = std::min(kMomentBlock, n - i0);
+    for (int q = 0; q < kMomentBlock; ++q) {  // past the region's end: zeros, which add nothing
+      const int i = i0 + q;
+      if (q >= b) {
+        for (int j = 0; j < 6; ++j) d[j][q] = 0;
+        fb[q] = tb[q] = 0;
+        continue;
+      }
+      if (vl.channels == 2) {  // central differences along x (c = 0) or y (c = 1)
+        const int32_t lo = vl.nbr[4 * i + 2 * c], hi = vl.nbr[4 * i + 2 * c + 1];
+        for (int j = 0; j < 6; ++j)
+          d[j][q] = 0.5 * (static_cast<double>(grads[j * n_px + hi]) - grads[j * n_px + lo]);
+      } else {
+        for (int j = 0; j < 6; ++j) d[j][q] = grads[j * n_px + vl.roi[i]];
+      }
+      fb[q] = f[i];
+      tb[q] = t[i];
+    }
+    int pair = 18;
+    for (int j = 0; j < 6; ++j) {
+      AddBlockDot(d[j], kOnes, acc[j]);
+      AddBlockDot(d[j], fb, acc[6 + j]);
+      AddBlockDot(d[j], tb, acc[12 + j]);
+      for (int k = j; k < 6; ++k) AddBlockDot(d[j], d[k], acc[pair++]);
+    }
+  }
+  auto total = [&](int sum) {
+    double s = 0;
+    for (int l = 0; l < kMomentLanes; ++l) s += acc[sum][l];
+    return s;
+  };
+  DerivativeMoments m;
+  int pair = 18;
   for (int j = 0; j < 6; ++j) {
-    double* d = dfeat + static_cast<size_t>(j) * m;
-    RawFeatures(vl, grads + static_cast<size_t>(j) * n_px, d);
-    for (int c = 0; c < vl.channels; ++c) {
-      double* dc = d + static_cast<size_t>(c) * n;
-      const double* f = feat + static_cast<size_t>(c) * n;
-      double mean = 0;
-      for (int i = 0; i < n; ++i) mean += dc[i];
-      mean /= std::max(n, 1);
-      double proj = 0;
-      for (int i = 0; i < n; ++i) proj += f[i] * dc[i];  // f has zero mean: f . (dc - mean) = f . dc
-      for (int i = 0; i < n; ++i) dc[i] = inv_norm[c] * (dc[i] - mean - f[i] * proj);
+    m.S[j] = total(j);
+    m.P[j] = total(6 + j);
+    m.T[j] = total(12 + j);
+    for (int k = j; k < 6; ++k) m.G[j][k] = total(pair++);
+  }
+  return m;
+}
+
+// The Gauss-Newton normal equations at one pose: A = J^T J [6, 6], g = J^T r [6] and the cost
+// r^T r, with r the residuals and J their Jacobian along the scaled parameters (rotation
+// w * lever_mm, translation mm).
+struct NormalEquations {
+  Eigen::Matrix<double, 6, 6> A = Eigen::Matrix<double, 6, 6>::Zero();
+  Eigen::Matrix<double, 6, 1> g = Eigen::Matrix<double, 6, 1>::Zero();
+  double cost = 0;
+};
+
+// Adds one view's share to ne, from its normalised features feat [channels * n_roi], each
+// channel's 1 / norm inv_norm (Features) and the values' derivatives grads [6, n_render_px];
+// `lever_mm` scales the rotation parameters. Each channel's residuals are
+// r = scale (f - t) with f = s (raw - mean(raw)) (s: inv_norm), so the feature derivative is
+// df_j = s (u_j - f P_j), u_j = d_j - m_j, m_j = S_j / n (the mean of d_j); with the region's
+// sums F = sum f, FF = f . f, FT = f . t, TT = t . t and Ts = sum t:
+//   df_j . df_k  = s^2 (G_jk - n m_j m_k - P_j P_k (2 - FF) + F (m_j P_k + m_k P_j))
+//   df_j . (f - t) = s (P_j - m_j F - (T_j - m_j Ts) - P_j (FF - FT))
+//   r . r = scale^2 (FF - 2 FT + TT).
+// (J's column j is scale df_j, over the rotation's by lever_mm.) The same sums as forming J,
+// in another order; a view's J, [channels * n_roi, 6] doubles, is never made.
+void AddViewNormalEquations(const ViewLevel& vl, const double* feat, const double* inv_norm,
+                            const float* grads, double lever_mm, NormalEquations* ne) {
+  const int n = static_cast<int>(vl.roi.size());
+  const double scale2 = vl.weight / vl.channels;  // scale^2
+  for (int c = 0; c < vl.channels; ++c) {
+    const double* f = feat + static_cast<size_t>(c) * n;
+    const double* t = vl.target.data() + static_cast<size_t>(c) * n;
+    double F = 0, FF = 0, FT = 0, TT = 0, Ts = 0;
+    for (int i = 0; i < n; ++i) {
+      F += f[i];
+      FF += f[i] * f[i];
+      FT += f[i] * t[i];
+      TT += t[i] * t[i];
+      Ts += t[i];
+    }
+    ne->cost += scale2 * (FF - 2 * FT + TT);
+    const double s = inv_norm[c];
+    if (s == 0) continue;  // a constant channel: its features do not move
+    const DerivativeMoments mo = ChannelMoments(vl, c, grads, f, t);
+    double m[6], k[6];
+    for (int j = 0; j < 6; ++j) {
+      m[j] = mo.S[j] / n;
+      k[j] = j < 3 ? 1.0 / lever_mm : 1.0;  // d/d(w L) = (1 / L) d/dw
+    }
+    for (int j = 0; j < 6; ++j) {
+      ne->g[j] += k[j] * scale2 * s *
+                  (mo.P[j] - m[j] * F - (mo.T[j] - m[j] * Ts) - mo.P[j] * (FF - FT));
+      for (int l = j; l < 6; ++l) {
+        const double a = s * s * (mo.G[j][l] - n * m[j] * m[l] - mo.P[j] * mo.P[l] * (2 - FF) +
+                                  F * (m[j] * mo.P[l] + m[l] * mo.P[j]));
+        ne->A(j, l) += k[j] * k[l] * scale2 * a;
+        if (l != j) ne->A(l, j) = ne->A(j, l);
+      }
     }
   }
 }
@@ -477,34 +599,51 @@ std::vector<int32_t> BoneBoxPixels(const LevelVolume& bone, const ConeView& view
 // The bone's path length (mm, of the region-of-interest volume) above which a ray meets the bone.
 constexpr float kBonePathMm = 1e-6f;
 
+// The pixels of a level image where a region of interest may lie (Context::allowed): those of
+// `usable` [H, W] (empty: every pixel) eroded by 2, off the image border. Returns [H, W] 0/1.
+std::vector<uint8_t> AllowedPixels(const std::vector<uint8_t>& usable, int W, int H) {
+  std::vector<uint8_t> unusable(static_cast<size_t>(W) * H, 0);  // the complement, dilated
+  for (size_t i = 0; i < usable.size(); ++i) unusable[i] = !usable[i];
+  unusable = Dilate(unusable, W, H, 2);
+  std::vector<uint8_t> allowed(unusable.size(), 0);
+  for (int y = 1; y < H - 1; ++y)
+    for (int x = 1; x < W - 1; ++x) {
+      const size_t i = static_cast<size_t>(y) * W + x;
+      allowed[i] = !unusable[i];
+    }
+  return allowed;
+}
+
 // The region of interest of one view at one level, from the bone's path lengths at the box
-// pixels px: the projected bone, dilated by the margin, within the usable pixels (eroded by 2
-// so that gradients do not see the edge of the field of view) and off the image border.
-// Returns [H_l, W_l] 0/1.
+// pixels px (a rectangle, row by row: BoneBoxPixels): the projected bone, dilated by the
+// margin, within the allowed pixels [H_l, W_l] (Context::allowed). The dilation is made over the
+// rectangle grown by the margin, which holds all of it. Returns [H_l, W_l] 0/1.
 std::vector<uint8_t> RegionOfInterest(const Context& ctx, const ConeView& view,
-                                      const std::vector<uint8_t>& usable,
+                                      const std::vector<uint8_t>& allowed,
                                       const std::vector<int32_t>& px,
                                       const std::vector<float>& path) {
   const int W = view.width, H = view.height;
   std::vector<uint8_t> roi(static_cast<size_t>(W) * H, 0);
   if (px.empty()) return roi;
-  std::vector<uint8_t> proj(roi.size(), 0);
-  for (size_t i = 0; i < px.size(); ++i) proj[px[i]] = path[i] > kBonePathMm;
-  proj = Dilate(proj, W, H, static_cast<int>(std::ceil(ctx.options->roi_margin_px)));
-  // Usable pixels eroded by 2 (the complement dilated).
-  std::vector<uint8_t> unusable(roi.size(), 0);
-  for (size_t i = 0; i < roi.size(); ++i) unusable[i] = usable.empty() ? 0 : !usable[i];
-  unusable = Dilate(unusable, W, H, 2);
-  for (int y = 1; y < H - 1; ++y)
-    for (int x = 1; x < W - 1; ++x) {
+  const int r = static_cast<int>(std::ceil(ctx.options->roi_margin_px));
+  const int x0 = std::max(0, px.front() % W - r), x1 = std::min(W - 1, px.back() % W + r);
+  const int y0 = std::max(0, px.front() / W - r), y1 = std::min(H - 1, px.back() / W + r);
+  const int w = x1 - x0 + 1, h = y1 - y0 + 1;
+  std::vector<uint8_t> proj(static_cast<size_t>(w) * h, 0);  // over the grown rectangle
+  for (size_t i = 0; i < px.size(); ++i)
+    proj[static_cast<size_t>(px[i] / W - y0) * w + (px[i] % W - x0)] = path[i] > kBonePathMm;
+  proj = Dilate(proj, w, h, r);
+  for (int y = y0; y <= y1; ++y)
+    for (int x = x0; x <= x1; ++x) {
       const size_t i = static_cast<size_t>(y) * W + x;
-      roi[i] = proj[i] && !unusable[i];
+      roi[i] = proj[static_cast<size_t>(y - y0) * w + (x - x0)] && allowed[i];
     }
   return roi;
 }
 
-// Fill the ViewLevel's pixel lists and normalised target from a region of interest.
-void SetRegion(ViewLevel* vl, const std::vector<uint8_t>& roi, int min_pixels) {
+// Fill the ViewLevel's pixel lists and normalised target from a region of interest and the
+// level image [H_l, W_l].
+void SetRegion(ViewLevel* vl, const std::vector<uint8_t>& roi, const float* image, int min_pixels) {
   const int W = vl->W, H = vl->H;
   vl->render_px.clear();
   vl->roi.clear();
@@ -530,7 +669,7 @@ void SetRegion(ViewLevel* vl, const std::vector<uint8_t>& roi, int min_pixels) {
   vl->used = vl->weight > 0 && static_cast<int>(vl->roi.size()) >= min_pixels;
   // Target features from the level image.
   std::vector<float> values(vl->render_px.size());
-  for (size_t i = 0; i < values.size(); ++i) values[i] = vl->image[vl->render_px[i]];
+  for (size_t i = 0; i < values.size(); ++i) values[i] = image[vl->render_px[i]];
   vl->target.assign(static_cast<size_t>(vl->channels) * vl->roi.size(), 0.0);
   if (!vl->roi.empty()) Features(*vl, values.data(), vl->target.data());
 }
@@ -565,7 +704,6 @@ void PrepareLevel(const Context& ctx, int frame, const FrameImages& images, int 
     vl.W = vl.view.width;
     vl.H = vl.view.height;
     vl.channels = o.similarity == RefineSimilarity::kGradientCorrelation ? 2 : 1;
-    vl.image = images.level[v][fl->k];
   }
   // The bone's path lengths in both views' boxes, in one render call.
   const LevelVolume& bone = ctx.Bone(fl->k);
@@ -581,11 +719,10 @@ void PrepareLevel(const Context& ctx, int frame, const FrameImages& images, int 
     requests[n_requests++].stop_above = kBonePathMm;  // the region needs path > it, no more
   }
   if (n_requests > 0) RenderRequests(ctx, bone, requests, n_requests, renders);
-  static const std::vector<uint8_t> kAllUsable;  // empty: every pixel
   for (int v = 0; v < 2; ++v) {
-    const std::vector<uint8_t>& usable = in.image_masks ? ctx.usable[v][fl->k] : kAllUsable;
-    SetRegion(&fl->views[v], RegionOfInterest(ctx, fl->views[v].view, usable, box[v], path[v]),
-              o.min_roi_pixels);
+    SetRegion(&fl->views[v],
+              RegionOfInterest(ctx, fl->views[v].view, ctx.allowed[v][fl->k], box[v], path[v]),
+              images.level[v][fl->k].data(), o.min_roi_pixels);
   }
 }
 
@@ -630,13 +767,10 @@ void Residuals(const Context& ctx, const FrameLevel& fl, const std::vector<doubl
   }
 }
 
-// Residuals [n_res] at one pose and their Jacobian [n_res, 6] along the scaled parameters
-// (rotation w * lever_mm, translation mm) from one render with the renderer's pose gradients
-// (RefineOptions::analytic_jacobian).
-void ResidualsAndJacobian(const Context& ctx, const FrameLevel& fl, const std::vector<double>& pose,
-                          const Renders& renders, std::vector<double>* res, Eigen::MatrixXd* J,
-                          int n_res) {
-  res->assign(n_res, 0.0);
+// The normal equations at one pose (NormalEquations) from one render with the renderer's pose
+// gradients (RefineOptions::analytic_jacobian).
+NormalEquations NormalEquationsAt(const Context& ctx, const FrameLevel& fl,
+                                  const std::vector<double>& pose, const Renders& renders) {
   std::vector<float> values[2], grads[2];
   ConePixelRequest requests[2];
   int n_requests = 0;
@@ -649,23 +783,16 @@ void ResidualsAndJacobian(const Context& ctx, const FrameLevel& fl, const std::v
     requests[n_requests++] = q;
   }
   RenderRequests(ctx, ctx.Volume(fl.k), requests, n_requests, renders);
-  int offset = 0;
+  NormalEquations ne;
   for (int v = 0; v < 2; ++v) {
     const ViewLevel& vl = fl.views[v];
     if (!vl.used) continue;
-    const int n = vl.NumResiduals();
-    std::vector<double> feat(n), dfeat(6LL * n);
+    std::vector<double> feat(vl.NumResiduals());
     double inv_norm[2];
     Features(vl, values[v].data(), feat.data(), inv_norm);
-    FeatureDerivatives(vl, grads[v].data(), feat.data(), inv_norm, dfeat.data());
-    const double scale = std::sqrt(vl.weight / vl.channels);
-    for (int i = 0; i < n; ++i) (*res)[offset + i] = scale * (feat[i] - vl.target[i]);
-    for (int j = 0; j < 6; ++j) {
-      const double c = j < 3 ? scale / ctx.lever_mm : scale;  // d/d(w L) = (1 / L) d/dw
-      for (int i = 0; i < n; ++i) (*J)(offset + i, j) = c * dfeat[static_cast<size_t>(j) * n + i];
-    }
-    offset += n;
+    AddViewNormalEquations(vl, feat.data(), inv_norm, grads[v].data(), ctx.lever_mm, &ne);
   }
+  return ne;
 }
 
 double SquaredNorm(const double* r, int n) {
@@ -686,23 +813,29 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
     if (vl.used) h = std::min(h, o.fd_step_px * PixelAtObject(vl.view, pose->t));
   const double L = ctx.lever_mm;
   const double tol_rad = coarse * o.tolerance_deg * kPi / 180.0;
-  std::vector<double> res, jres;  // residuals at the current pose [n_res]; of the probes
+  // Finite differences: the residuals at the current pose [n_res], of the probes, and their
+  // Jacobian J [n_res, 6] (Broyden-updated or fresh). The analytic Jacobian needs none of them:
+  // its normal equations come from the render (NormalEquationsAt).
+  std::vector<double> res, jres;
+  Eigen::MatrixXd J;
+  if (!o.analytic_jacobian) J.resize(n_res, 6);
+  Eigen::Matrix<double, 6, 6> A;  // the normal equations at the current pose: J^T J, J^T r
+  Eigen::Matrix<double, 6, 1> g;
   double cost = 0;
+  bool started = false;  // cost is the current pose's (the level's start was rendered)
   double lambda = 1e-3;
   int it = 0;
-  Eigen::MatrixXd J(n_res, 6), Jc(n_res, 6);  // Jc: a try's own Jacobian (analytic)
   bool fresh = false;         // J was made at the current pose (not a Broyden update)
   bool need_jacobian = true;  // make J at the start of the next iteration
   for (; it < o.max_iterations; ++it) {
     if (need_jacobian && o.analytic_jacobian) {
       std::vector<double> at(6);
       pose->ToArray(at.data());
-      std::vector<double> r0;
-      ResidualsAndJacobian(ctx, fl, at, renders, &r0, &J, n_res);
-      if (res.empty()) {  // the level's start: its residuals come with the Jacobian
-        res.swap(r0);
-        cost = SquaredNorm(res.data(), n_res);
-      }
+      const NormalEquations ne = NormalEquationsAt(ctx, fl, at, renders);
+      A = ne.A;
+      g = ne.g;
+      if (!started) cost = ne.cost;  // the level's start: its cost comes with the Jacobian
+      started = true;
       fresh = true;
       need_jacobian = false;
     } else if (need_jacobian) {
@@ -710,7 +843,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       // (+h, -h per parameter) or forward (+h, against the current residuals). The first
       // iteration renders the start pose in the same call (one render call fewer per level).
       const int sides = o.central_differences ? 2 : 1;
-      const int first = res.empty() ? 1 : 0;  // probes after the start pose
+      const int first = started ? 0 : 1;  // probes after the start pose
       std::vector<double> probes(6 * (first + sides * 6));
       if (first) pose->ToArray(probes.data());
       for (int j = 0; j < 6; ++j)
@@ -724,6 +857,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       if (first) {
         res.assign(jres.begin(), jres.begin() + n_res);
         cost = SquaredNorm(res.data(), n_res);
+        started = true;
       }
       for (int j = 0; j < 6; ++j) {
         const double* rp = jres.data() + static_cast<size_t>(first + sides * j) * n_res;
@@ -733,9 +867,10 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       fresh = true;
       need_jacobian = false;
     }
-    const Eigen::Matrix<double, 6, 6> A = J.transpose() * J;
-    const Eigen::Matrix<double, 6, 1> g =
-        J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
+    if (!o.analytic_jacobian) {
+      A = J.transpose() * J;
+      g = J.transpose() * Eigen::Map<const Eigen::VectorXd>(res.data(), n_res);
+    }
     // Tries of the damped step. After a failed try (fresh J), lambda grows until the step
     // differs from the failed one by kMinStepChange of its length: from a small lambda, x5
     // barely changes the step, and such a try costs a render and fails again. A step that is
@@ -746,7 +881,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
     constexpr double kMinStepChange = 0.1;
     constexpr double kMaxLambda = 1e20;
     bool accepted = false, small = false;
-    Eigen::Matrix<double, 6, 1> failed_step;
+    Eigen::Matrix<double, 6, 1> failed_step = Eigen::Matrix<double, 6, 1>::Zero();
     bool failed = false;
     for (int tries = 0; tries < kMaxTries && !accepted;) {
       Eigen::Matrix<double, 6, 6> M = A;
@@ -766,7 +901,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       if (failed && w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm) break;
       ++tries;
       const Pose cand = pose->Moved(w, dt);
-      std::vector<double> ca(6), cres;
+      std::vector<double> ca(6), cres;  // cres: the try's residuals (not with its Jacobian)
       cand.ToArray(ca.data());
       // With the analytic Jacobian, a try that would be followed by another iteration if taken
       // is rendered with its pose gradients: taken, it needs no Jacobian render of its own (one
@@ -774,19 +909,23 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       const bool last = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
       const bool with_jacobian =
           o.analytic_jacobian && !o.broyden_updates && !last && it + 1 < o.max_iterations;
+      NormalEquations tried;  // with_jacobian: the try's own
+      double c;
       if (with_jacobian) {
-        ResidualsAndJacobian(ctx, fl, ca, renders, &cres, &Jc, n_res);
+        tried = NormalEquationsAt(ctx, fl, ca, renders);
+        c = tried.cost;
       } else {
         Residuals(ctx, fl, ca, renders, &cres, n_res);
+        c = SquaredNorm(cres.data(), n_res);
       }
-      const double c = SquaredNorm(cres.data(), n_res);
       if (c < cost) {
         if (o.broyden_updates) {  // rank-1 secant update: J d = r_new - r_old afterwards
           const Eigen::Map<const Eigen::VectorXd> rn(cres.data(), n_res), ro(res.data(), n_res);
           const Eigen::VectorXd y = rn - ro - J * d;
           J += y * d.transpose() / std::max(d.squaredNorm(), 1e-300);
         } else if (with_jacobian) {
-          J.swap(Jc);
+          A = tried.A;
+          g = tried.g;
         } else {
           need_jacobian = true;
         }
@@ -798,7 +937,7 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
         }
         fresh = with_jacobian;  // J is the candidate's own
         *pose = cand;
-        res.swap(cres);
+        res.swap(cres);  // finite differences' (the analytic Jacobian keeps no residuals)
         cost = c;
         lambda = std::max(lambda / 3, 1e-7);
         accepted = true;
@@ -845,6 +984,9 @@ void ValidateRefineOptions(const RefineOptions& o) {
     bad("step_voxels = " + Fmt(o.step_voxels) + " must lie in (0.01, 16]");
   if (!(o.fd_step_px > 0) || !(o.fd_step_px <= 8))
     bad("fd_step_px = " + Fmt(o.fd_step_px) + " must lie in (0, 8]");
+  if (o.broyden_updates && o.analytic_jacobian)
+    bad("broyden_updates updates a finite-difference Jacobian: set analytic_jacobian = false "
+        "(the analytic Jacobian costs one render, which an update would not save)");
   if (!(o.tolerance_deg > 0) || !(o.tolerance_mm > 0) || !std::isfinite(o.tolerance_deg) ||
       !std::isfinite(o.tolerance_mm))
     bad("tolerances (" + Fmt(o.tolerance_deg) + " deg, " + Fmt(o.tolerance_mm) +
@@ -900,10 +1042,15 @@ Context MakeContext(const RefineInput& in, const RefineOptions& o, int levels_ne
     ctx.owned = MakeLevels(in.volume, in.bone, levels_needed, false);
     ctx.pyramids = ctx.owned.get();
   }
-  if (in.image_masks) {
-    for (int v = 0; v < 2; ++v) {
-      ctx.usable[v] = ImagePyramid(in.image_masks + static_cast<long long>(v) * ctx.W * ctx.H,
-                                   ctx.W, ctx.H, o.finest_level, levels_needed, true);
+  for (int v = 0; v < 2; ++v) {
+    std::vector<std::vector<uint8_t>> usable(levels_needed);  // empty: every pixel
+    if (in.image_masks) {
+      usable = ImagePyramid(in.image_masks + static_cast<long long>(v) * ctx.W * ctx.H, ctx.W,
+                            ctx.H, o.finest_level, levels_needed, true);
+    }
+    for (int k = 0; k < levels_needed; ++k) {
+      const int level = o.finest_level + k;
+      ctx.allowed[v].push_back(AllowedPixels(usable[k], ctx.W >> level, ctx.H >> level));
     }
   }
   // Lever: half the diagonal of the bone's box (mm).
@@ -947,6 +1094,7 @@ bool MovedFar(const Pose& pose, const Pose& start, const RefineOptions& o) {
 void RefineOne(const Context& ctx, int frame, const double* init, Renders renders,
                RefineResult* r) {
   const auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = ThreadCpuSeconds();
   const RefineOptions& o = *ctx.options;
   *r = RefineResult{};
   renders.result = r;
@@ -1006,6 +1154,7 @@ void RefineOne(const Context& ctx, int frame, const double* init, Renders render
   }
   r->converged = r->status == RefineStatus::kConverged;
   r->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r->host_seconds += ThreadCpuSeconds() - cpu0;  // less its renders' share (RenderRequests)
 }
 
 }  // namespace
@@ -1100,6 +1249,26 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
     }
   });
   ReleaseFreedMemory();
+}
+
+LevelLinearisation LineariseLevel(const RefineInput& input, const RefineOptions& options,
+                                  int level, const double* pose, const double* poses, int num_poses) {
+  ValidateRefineOptions(options);
+  const Context ctx = MakeContext(input, options, level - options.finest_level + 1);
+  FrameLevel fl;
+  PrepareLevel(ctx, 0, MakeFrameImages(ctx, 0), level, pose, Renders{}, &fl);
+  const int n_res = fl.views[0].NumResiduals() + fl.views[1].NumResiduals();
+  LevelLinearisation out;
+  Residuals(ctx, fl, std::vector<double>(poses, poses + 6LL * num_poses), Renders{}, &out.residuals,
+            n_res);
+  const NormalEquations ne = NormalEquationsAt(ctx, fl, std::vector<double>(pose, pose + 6), Renders{});
+  for (int j = 0; j < 6; ++j) {
+    out.g[j] = ne.g[j];
+    for (int k = 0; k < 6; ++k) out.A[6 * j + k] = ne.A(j, k);
+  }
+  out.cost = ne.cost;
+  out.lever_mm = ctx.lever_mm;
+  return out;
 }
 
 }  // namespace internal

@@ -138,6 +138,10 @@ class RefineResult:
     # (pixels x poses).
     render_calls: np.ndarray
     rendered_rays: np.ndarray
+    # [F] CPU seconds of the frame's own host work over all its tries (pyramids, regions,
+    # features, Jacobians, steps on its thread), its renders excluded: what a GPU leaves to the
+    # host's cores (on CUDA the frames' threads wait for the gathered renders meanwhile).
+    host_seconds: np.ndarray
     converged: np.ndarray              # [F] bool: passed the quality gate
     status: np.ndarray                 # [F] str, one of STATUS_NAMES
     tracked: np.ndarray                # [F] bool: started from a neighbour frame's refined pose
@@ -447,7 +451,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     relative_gate(r)
     tracked = np.zeros(F, bool)
     starts = init.copy()
-    work = {key: r[key].astype(np.int64) for key in ("render_calls", "rendered_rays")}  # summed over tries
+    work = {key: r[key].astype(np.float64 if key == "host_seconds" else np.int64)  # summed over tries
+            for key in ("render_calls", "rendered_rays", "host_seconds")}
 
     def charge(frames: np.ndarray, out: dict) -> None:
         """A further try's render work, added to its frames' (positions, each once)."""
@@ -555,7 +560,7 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
         poses=r["poses"], start_poses=starts, similarity=r["similarity"], similarity_total=r["similarity_total"],
         rotation_change_deg=r["rotation_change_deg"], translation_change_mm=r["translation_change_mm"],
         iterations=r["iterations"], seconds=r["seconds"], render_calls=work["render_calls"],
-        rendered_rays=work["rendered_rays"], converged=r["converged"].astype(bool),
+        rendered_rays=work["rendered_rays"], host_seconds=work["host_seconds"], converged=r["converged"].astype(bool),
         status=np.array([STATUS_NAMES[int(s)] for s in r["status"]]), tracked=tracked,
         twin_similarity=np.where(tracked, np.nan, twin_similarity), twin_chosen=twin_chosen & ~tracked)
 

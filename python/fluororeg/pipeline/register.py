@@ -233,6 +233,9 @@ class RecordingResult:
     # (the checks on those figures), 'register' (landmark registration), 'refine', 'write'
     # (poses.csv, poses.tra, options.json, qc.json, qc.png and the worst frames' figures).
     stage_seconds: dict | None = None
+    # The process's CPU time per stage, s (every thread; the same stages): against the wall-clock,
+    # how busy the cores were (with the refinement's renders on a GPU, its host work).
+    stage_cpu_seconds: dict | None = None
 
     @property
     def frames_per_s(self) -> float:
@@ -706,11 +709,13 @@ def _register_recording(recording, subject, detector, translator, options, out_d
             old.unlink(missing_ok=True)
     frames = np.arange(len(recording))
     stages, t_stage = {}, time.perf_counter()
+    stages_cpu, c_stage = {}, time.process_time()
 
     def stage_done(name: str) -> None:
-        nonlocal t_stage
-        now = time.perf_counter()
+        nonlocal t_stage, c_stage
+        now, cpu = time.perf_counter(), time.process_time()
         stages[name], t_stage = now - t_stage, now
+        stages_cpu[name], c_stage = cpu - c_stage, cpu
 
     checks = options.quality_gate and options.input_checks
     fovs = recording_fovs(recording)  # for the crops and the input checks
@@ -794,4 +799,5 @@ def _register_recording(recording, subject, detector, translator, options, out_d
         shown = np.where(np.isfinite(poses).all(axis=1)[:, None], poses, batch.poses)
         quality.write_qc(out, qc, recording=recording, subject=subject, poses=shown)
     stage_done("write")
-    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc, stages)
+    return RecordingResult(frames, poses, status, batch, det, conf, time.perf_counter() - t0, out, qc, stages,
+                           stages_cpu)
