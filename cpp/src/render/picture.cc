@@ -29,8 +29,41 @@ double LinearPercentileOf(T* values, long long m, double q) {
   return a + (b - a) * t;
 }
 
+// LinearPercentile of m values given as runs: values [runs] ascending, each counts[r] times.
+double RunsPercentile(const double* values, const long long* counts, int runs, long long m, double q) {
+  const double index = static_cast<double>(m - 1) * (q / 100.0);
+  const long long lo = std::min(static_cast<long long>(std::floor(index)), m - 1);
+  const double t = index - static_cast<double>(lo);
+  int r = 0;  // the run of the order statistic lo
+  long long upto = counts[0];  // values in runs [0, r]
+  while (upto <= lo && r + 1 < runs) upto += counts[++r];
+  const double a = values[r];
+  if (lo + 1 >= m || t == 0.0) return a;
+  int next = r;  // the run of the order statistic lo + 1
+  if (upto <= lo + 1) {
+    do ++next; while (next + 1 < runs && counts[next] == 0);
+  }
+  const double b = values[next];
+  return a + (b - a) * t;
+}
+
+// The grey levels 0..255 as doubles: the values of the runs of an 8-bit picture's counts.
+const double* GreyLevels() {
+  static const std::vector<double> levels = [] {
+    std::vector<double> g(256);
+    for (int i = 0; i < 256; ++i) g[i] = i;
+    return g;
+  }();
+  return levels.data();
+}
+
 // Throws std::invalid_argument naming the first non-finite grey level of `what` i [pixels].
 void CheckFiniteGreyLevels(const float* img, long long pixels, const char* what, long long i) {
+  // First whether all are finite (x - x is 0 for finite x, NaN for inf and NaN: a loop without
+  // an exit, which vectorises); only then where the first bad one lies.
+  bool finite = true;
+  for (long long j = 0; j < pixels; ++j) finite &= (img[j] - img[j]) == 0.f;
+  if (finite) return;
   for (long long j = 0; j < pixels; ++j) {
     if (!std::isfinite(img[j])) {
       throw std::invalid_argument(std::string(what) + " " + std::to_string(i) +
@@ -339,16 +372,30 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
     // 1. The grey level of frame pixel j as the resampler sees it.
     double lo = 0.0, factor = 1.0;
     if (normalise) {
-      thread_local std::vector<float> values;  // float32 grey levels: the order statistics are those values
-      values.clear();
-      for (long long j = 0; j < pixels; ++j) {
-        if (inside == nullptr || inside[j]) values.push_back(img[j]);
-      }
       double hi = 255.0;
-      if (!values.empty()) {
-        const long long m = static_cast<long long>(values.size());
-        lo = LinearPercentile(values.data(), m, low_percentile);
-        hi = LinearPercentile(values.data(), m, high_percentile);
+      // 8-bit frames (a video's) take at most 256 grey levels: counted, not sorted.
+      long long counts[256] = {0}, m = 0;
+      bool eight_bit = true;
+      for (long long j = 0; j < pixels && eight_bit; ++j) {
+        if (inside != nullptr && !inside[j]) continue;
+        const float g = img[j];
+        eight_bit = g >= 0.f && g <= 255.f;
+        const int level = eight_bit ? static_cast<int>(g) : 0;
+        eight_bit = eight_bit && g == static_cast<float>(level);
+        if (eight_bit) ++counts[level], ++m;
+      }
+      if (eight_bit && m > 0) {
+        lo = RunsPercentile(GreyLevels(), counts, 256, m, low_percentile);
+        hi = RunsPercentile(GreyLevels(), counts, 256, m, high_percentile);
+      } else if (!eight_bit) {
+        thread_local std::vector<float> values;  // float32 grey levels: the order statistics are those values
+        values.clear();
+        for (long long j = 0; j < pixels; ++j) {
+          if (inside == nullptr || inside[j]) values.push_back(img[j]);
+        }
+        const long long n_values = static_cast<long long>(values.size());
+        lo = LinearPercentile(values.data(), n_values, low_percentile);
+        hi = LinearPercentile(values.data(), n_values, high_percentile);
       }
       if (hi <= lo) hi = lo + 1.0;
       factor = 255.0 / (hi - lo);
@@ -360,15 +407,31 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
     const int pad_r = static_cast<int>(std::ceil(std::max(0.0, left + side - width))) + 1;
     const int pad_b = static_cast<int>(std::ceil(std::max(0.0, top + side - height))) + 1;
     const int wp = width + pad_l + pad_r, hp = height + pad_t + pad_b;
-    auto picture = [&](int xp, int yp) -> float {
-      const int x = xp - pad_l, y = yp - pad_t;
-      if (x < 0 || y < 0 || x >= width || y >= height) return fill;
-      const long long j = static_cast<long long>(y) * width + x;
-      if (inside != nullptr && !inside[j]) return fill;
-      if (normalise) {
-        return static_cast<float>(std::min(std::max((static_cast<double>(img[j]) - lo) * factor, 0.0), 255.0));
+    // Row yp of the padded picture, its columns [c0, c1), into line: outside the frame or the
+    // field of view `fill`, inside the grey level (stretched, or clipped to [0, 255]).
+    auto picture_row = [&](int yp, int c0, int c1, float* line) {
+      if (c1 <= c0) return;
+      const int y = yp - pad_t;
+      const int xa = std::clamp(pad_l, c0, c1), xb = std::clamp(pad_l + width, c0, c1);  // frame columns
+      if (y < 0 || y >= height) {
+        std::fill(line, line + (c1 - c0), fill);
+        return;
       }
-      return std::min(std::max(img[j], 0.f), 255.f);
+      std::fill(line, line + (xa - c0), fill);
+      std::fill(line + (xb - c0), line + (c1 - c0), fill);
+      const float* row = img + static_cast<long long>(y) * width;  // row[xp - pad_l]: column xp
+      if (normalise) {
+        for (int xp = xa; xp < xb; ++xp) {
+          line[xp - c0] = static_cast<float>(
+              std::min(std::max((static_cast<double>(row[xp - pad_l]) - lo) * factor, 0.0), 255.0));
+        }
+      } else {
+        for (int xp = xa; xp < xb; ++xp) line[xp - c0] = std::min(std::max(row[xp - pad_l], 0.f), 255.f);
+      }
+      if (inside != nullptr) {
+        const uint8_t* in = inside + static_cast<long long>(y) * width;
+        for (int xp = xa; xp < xb; ++xp) line[xp - c0] = in[xp - pad_l] ? line[xp - c0] : fill;
+      }
     };
     // 3. Pillow's two passes over the box (corners as float32).
     const double x0 = left + pad_l, y0 = top + pad_t;
@@ -380,7 +443,7 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
     rows.assign(static_cast<size_t>(std::max(row_last - row_first, 0)) * size, 0.f);
     line.resize(static_cast<size_t>(std::max(col_last - col_first, 0)));
     for (int r = row_first; r < row_last; ++r) {
-      for (int c = col_first; c < col_last; ++c) line[c - col_first] = picture(c, r);  // the taps' pixels
+      picture_row(r, col_first, col_last, line.data());  // the taps' pixels
       for (int xx = 0; xx < size; ++xx) {
         const double* k = h.weights.data() + static_cast<size_t>(xx) * h.max_taps;
         const float* px = line.data() + (h.first[xx] - col_first);
@@ -406,24 +469,6 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
 
 namespace {
 
-// LinearPercentile of m values given as runs: values [runs] ascending, each counts[r] times.
-double RunsPercentile(const double* values, const long long* counts, int runs, long long m, double q) {
-  const double index = static_cast<double>(m - 1) * (q / 100.0);
-  const long long lo = std::min(static_cast<long long>(std::floor(index)), m - 1);
-  const double t = index - static_cast<double>(lo);
-  int r = 0;  // the run of the order statistic lo
-  long long upto = counts[0];  // values in runs [0, r]
-  while (upto <= lo && r + 1 < runs) upto += counts[++r];
-  const double a = values[r];
-  if (lo + 1 >= m || t == 0.0) return a;
-  int next = r;  // the run of the order statistic lo + 1
-  if (upto <= lo + 1) {
-    do ++next; while (next + 1 < runs && counts[next] == 0);
-  }
-  const double b = values[next];
-  return a + (b - a) * t;
-}
-
 // Beer-Lambert inversion of a crop's grey level v under the open field i_open:
 // max(0, -ln(max(v, 0.5) / i_open)) in double, as float32 (LogAttenuationPictures).
 float CropLineIntegral(double v, double i_open) {
@@ -435,9 +480,7 @@ float CropLineIntegral(double v, double i_open) {
 void EightBitLogPicture(const float* crop, long long pixels, double percentile, uint8_t* out) {
   long long counts[256] = {0};
   for (long long j = 0; j < pixels; ++j) ++counts[static_cast<int>(crop[j])];
-  double levels[256];
-  for (int g = 0; g < 256; ++g) levels[g] = g;
-  const double i_open = std::max(RunsPercentile(levels, counts, 256, pixels, 99.0), 1.0);
+  const double i_open = std::max(RunsPercentile(GreyLevels(), counts, 256, pixels, 99.0), 1.0);
   float L[256];  // per grey level; non-increasing in the level
   for (int g = 0; g < 256; ++g) L[g] = CropLineIntegral(g, i_open);
   // The positive values of L in ascending order: grey levels from the brightest down.
