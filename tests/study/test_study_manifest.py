@@ -68,7 +68,8 @@ views = ["v1"]
 
 def test_a_recording_of_a_subject_with_a_bad_name_points_at_that_subject(tmp_path):
     """A [[subject]] left out for its name: each recording naming it says so and where, not that
-    the study has no such subject (it has, under a name it cannot use)."""
+    the study has no such subject (it has, under a name it cannot use); the check still opens
+    those recordings' files."""
     path = tmp_path / "names.toml"
     path.write_text("""
 [[subject]]
@@ -97,7 +98,7 @@ folder = "rec/jump"
     assert f"{subject_where}: 'name' = 'knee 1': expected a name of letters, digits, '_', '-' or '.' (it names the " \
            "output folder)" in problems
     assert f"{path} [[recording]] #1 (walk): 'subject' = 'knee 1': that subject's name is not usable (see " \
-           f"{subject_where}); this recording is checked once it is renamed in both places" in problems
+           f"{subject_where}); rename it in both places" in problems
     assert not any("'knee 1' is not a [[subject]]" in p for p in problems), problems
     # A name with a line break is no name; a subject that is not a string is no subject (a
     # problem, not a crash).
@@ -105,6 +106,16 @@ folder = "rec/jump"
            "'.' (it names the output folder)" in problems
     assert f"{path} [[recording]] #3 (jump): 'subject' = ['knee 1'] is not a [[subject]] of this study; " \
            "subjects: []" in problems
+    # Such recordings never run, but `study check` opens their files in the same run (their
+    # folders are missing here); a recording without a usable name is not checked.
+    from fluororeg.study.inputs import check_study_files
+
+    partial = info.value.partial
+    assert partial.recordings == () and [r.name for r in partial.unassigned] == ["walk", "jump"]
+    files = check_study_files(partial)
+    assert len(files) == 2, files
+    assert files[0].startswith(f"{path} [[recording]] #1 (walk): ") and "rec/walk" in files[0]
+    assert files[1].startswith(f"{path} [[recording]] #3 (jump): ") and "rec/jump" in files[1]
 
 
 def test_a_bad_setting_is_named_once_where_it_is_set(tmp_path):

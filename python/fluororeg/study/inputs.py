@@ -129,7 +129,7 @@ def check_study_files(study: Study) -> list[str]:
                     StyleTranslator(path, device="cpu", direction="xray_to_drr", num_threads=1)
             except Exception as exc:
                 problems.append(f"{s.where}: {kind} '{path}': {exc}")
-    for r in study.recordings:
+    for r in study.recordings + study.unassigned:  # the unassigned: their files (no subject to check against)
         try:
             if r.calibration is not None:
                 for p in list(r.calibration.mayacam) + list(r.calibration.plates or ()):

@@ -166,6 +166,10 @@ class Study:
     retries: int = 2
     threads_per_task: int = 1
     progress_every_s: float = 10.0
+    # [[recording]] entries whose 'subject' names no usable [[subject]] (a manifest problem, so
+    # only in a ManifestError's partial study): never run, but `study check` opens their files,
+    # so that one check lists those problems too.
+    unassigned: tuple[RecordingSpec, ...] = ()
 
     def subject(self, name: str) -> SubjectSpec:
         for s in self.subjects:
@@ -370,13 +374,14 @@ def parse_study(data: dict, path) -> Study:
     # [[subject]] entries dropped for a bad name: their recordings point at that problem
     dropped = {raw["name"]: _loc(path, f"[[subject]] #{i} ({raw['name']})") for i, raw in enumerate(raw_subjects, 1)
                if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"] not in by_name}
+    unassigned: list[RecordingSpec] = []
     for i, raw in enumerate(raw_recs, 1):
         label = raw.get("name", "?") if isinstance(raw, dict) else "?"
         where = _loc(path, f"[[recording]] #{i} ({label})")
         r = P.table(raw, where, _RECORDING_KEYS)
         spec = _parse_recording(P, r, where, by_name, dropped)
         if spec is not None:
-            recordings.append(spec)
+            (recordings if spec.subject in by_name else unassigned).append(spec)
     rnames = [r.name for r in recordings]
     for n in sorted({n for n in rnames if rnames.count(n) > 1}):
         P.problem(str(path), f"recording name {n!r} is used {rnames.count(n)} times: names must be unique "
@@ -392,7 +397,8 @@ def parse_study(data: dict, path) -> Study:
         _check_configs(P, s, [r for r in recordings if r.subject == s.name], threads, shared)
     study = Study(path=path, name=name if isinstance(name, str) else path.stem, subjects=tuple(subjects),
                   recordings=tuple(r for r in recordings if r.subject in {s.name for s in subjects}), out=out,
-                  retries=retries, threads_per_task=threads, progress_every_s=float(every_s))
+                  retries=retries, threads_per_task=threads, progress_every_s=float(every_s),
+                  unassigned=tuple(unassigned))
     if P.problems:
         raise ManifestError(path, P.problems, partial=study)
     return study
@@ -451,21 +457,21 @@ def _parse_subject(P: _Parser, s: dict, where: str, shared: dict, shared_device:
 
 def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: dict) -> RecordingSpec | None:
     """``subjects``: the parsed [[subject]] entries by name; ``dropped``: where each entry left
-    out for a bad name is (by that name)."""
+    out for a bad name is (by that name). A recording whose subject is not among ``subjects`` is
+    a problem, and is still parsed (its spec's subject then names none of them: see
+    Study.unassigned), without its subject's settings."""
     name = P.name(r.get("name"), where)
     if name is None:
         return None
     subj = r.get("subject")
     if isinstance(subj, str) and subj in dropped:
         P.problem(where, f"'subject' = {subj!r}: that subject's name is not usable (see {dropped[subj]}); "
-                         "this recording is checked once it is renamed in both places")
-        return None
-    if not isinstance(subj, str) or subj not in subjects:
+                         "rename it in both places")
+    elif not isinstance(subj, str) or subj not in subjects:
         known = list(subjects)
         P.problem(where, f"'subject' = {subj!r} is not a [[subject]] of this study{_suggest(str(subj), known)}; "
                          f"subjects: {known}")
-        return None
-    subject = subjects[subj]
+    subject = subjects.get(subj) if isinstance(subj, str) else None
     kw: dict[str, Any] = {}
     if "folder" in r:
         kw["folder"] = P.path_value(r["folder"], where, "folder")
@@ -497,10 +503,10 @@ def _parse_recording(P: _Parser, r: dict, where: str, subjects: dict, dropped: d
                          "'calibration'")
     if "reference" in r:
         kw["reference"] = P.path_value(r["reference"], where, "reference")
-    device = P.device(r.get("device", subject.device), where)
+    device = P.device(r.get("device", subject.device if subject else "cpu"), where)
     own = P.settings_tables(r, where, ("register",)).get("register", {})
-    return RecordingSpec(name=name, subject=subj, where=where, device=device,
-                         register={**subject.register, **own}, **kw)
+    return RecordingSpec(name=name, subject=subj if isinstance(subj, str) else repr(subj), where=where, device=device,
+                         register={**(subject.register if subject else {}), **own}, **kw)
 
 
 def _parse_calibration(P: _Parser, value, where: str) -> CalibrationSpec | None:
