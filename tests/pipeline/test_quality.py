@@ -219,13 +219,17 @@ def test_residual_limit_from_the_detector_metadata():
 def test_frame_statistics_match_the_numpy_reference():
     """The core's FrameStatistics (thumbnails, 1st/99th percentiles of the input checks) against
     the NumPy reference: odd frame sizes, frames smaller than the thumbnail (empty bins), a mask,
-    a stride; NaN figures for a non-finite pixel; threads do not change the result."""
+    a stride, 8-bit frames (their grey levels counted, not sorted); NaN figures for a non-finite
+    pixel; threads do not change the result."""
     from fluororeg import _core
     from fluororeg._reference.picture import frame_statistics
 
     rng = np.random.default_rng(5)
-    for shape, side in [((97, 130), 64), ((40, 51), 64), ((64, 64), 16)]:
-        frames = rng.uniform(0, 4000, (5,) + shape).astype(np.float32)
+    for shape, side, top in [((97, 130), 64, 255), ((97, 130), 64, 4000), ((40, 51), 64, 4000), ((64, 64), 16, 4000)]:
+        frames = rng.uniform(0, top, (5,) + shape).astype(np.float32)
+        if top == 255:
+            frames = np.round(frames)
+            frames[4, 0, 0] = 255.5  # not 8-bit: sorted
         frames[2] = 17.0  # constant
         inside = rng.random(shape) < 0.7
         for mask, stride in [(None, 1), (inside, 1), (inside, 3)]:

@@ -268,19 +268,35 @@ void FrameStatistics(const float* frames, long long n, int height, int width, in
         thumb[b * side + a] = sum / static_cast<double>(std::max<long long>(cols[a + 1] - cols[a], 1));
       }
     }
-    values.resize(sampled.size());
-    bool finite = true;
-    for (size_t j = 0; j < sampled.size(); ++j) {
-      values[j] = img[sampled[j]];
-      finite = finite && std::isfinite(values[j]);
+    // 8-bit frames (a video's) take at most 256 grey levels: counted, not sorted.
+    long long counts[256] = {0};
+    bool eight_bit = true;
+    for (size_t j = 0; j < sampled.size() && eight_bit; ++j) {
+      const float g = img[sampled[j]];
+      eight_bit = g >= 0.f && g <= 255.f;
+      const int grey = eight_bit ? static_cast<int>(g) : 0;
+      eight_bit = eight_bit && g == static_cast<float>(grey);
+      if (eight_bit) ++counts[grey];
     }
-    if (!finite) {
-      spread[f] = level[f] = std::numeric_limits<double>::quiet_NaN();
-      return;
+    const long long m = static_cast<long long>(sampled.size());
+    double lo, hi;
+    if (eight_bit) {
+      lo = RunsPercentile(GreyLevels(), counts, 256, m, 1.0);
+      hi = RunsPercentile(GreyLevels(), counts, 256, m, 99.0);
+    } else {
+      values.resize(sampled.size());
+      bool finite = true;
+      for (size_t j = 0; j < sampled.size(); ++j) {
+        values[j] = img[sampled[j]];
+        finite = finite && std::isfinite(values[j]);
+      }
+      if (!finite) {
+        spread[f] = level[f] = std::numeric_limits<double>::quiet_NaN();
+        return;
+      }
+      lo = LinearPercentile(values.data(), m, 1.0);
+      hi = LinearPercentile(values.data(), m, 99.0);
     }
-    const long long m = static_cast<long long>(values.size());
-    const double lo = LinearPercentile(values.data(), m, 1.0);
-    const double hi = LinearPercentile(values.data(), m, 99.0);
     spread[f] = hi - lo;
     level[f] = std::max(std::fabs(lo), std::fabs(hi));
   });
