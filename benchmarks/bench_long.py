@@ -5,7 +5,8 @@ frame pairs (--quick: 1,000).
 
 The recording is streamed: a handful of distinct frame pairs of the headsq subject are
 simulated once (cone beam, 192 x 192 px; ``--size``) and the recording's image sequences hand
-them out in turn, frame i being pair i mod K with its own small noise (nothing holds the 10,000
+them out in turn, frame i being pair i mod K with its own small noise, rounded to whole grey levels
+as a video's 8-bit frames are (nothing holds the 10,000
 frames).
 The detector is the tests' soft-argmax spot detector (a real ONNX model of constant cost, no
 training; its poses are not accurate and are not meant to be: nearly every frame's refinement
@@ -58,7 +59,8 @@ def rss_mb() -> float:
 class StreamedSequence:
     """An image sequence of ``n`` frames cycling through ``frames`` [K, H, W] with per-frame noise
     (frame i: ``frames[i % K]`` plus noise field ``i % NOISE_FIELDS`` of a bank made once, so a
-    read costs an addition, not the drawing of a frame's noise); ``on_frame(i)`` is called for
+    read costs an addition, not the drawing of a frame's noise; rounded and clipped to 8-bit grey
+    levels); ``on_frame(i)`` is called for
     every frame read (RSS sampling), in order: the sequence is read on one thread, as a video."""
 
     NOISE_FIELDS = 17  # prime: with K = 8 distinct frames, 136 distinct images
@@ -80,6 +82,7 @@ class StreamedSequence:
         if self.on_frame is not None:
             self.on_frame(i)
         img = self.frames[i % len(self.frames)] + self.noise[i % self.NOISE_FIELDS]
+        np.rint(img, out=img)  # whole grey levels, as a video's 8-bit frames hold
         return np.clip(img, 0, 255, out=img)
 
 
