@@ -57,6 +57,16 @@ const double* GreyLevels() {
   return levels.data();
 }
 
+// Counts grey level g in counts [256] if it is a whole number in [0, 255] (as an 8-bit frame's
+// are); else counts nothing and returns false.
+inline bool CountEightBit(float g, long long* counts) {
+  if (!(g >= 0.f && g <= 255.f)) return false;
+  const int level = static_cast<int>(g);
+  if (g != static_cast<float>(level)) return false;
+  ++counts[level];
+  return true;
+}
+
 // Throws std::invalid_argument naming the first non-finite grey level of `what` i [pixels].
 void CheckFiniteGreyLevels(const float* img, long long pixels, const char* what, long long i) {
   // First whether all are finite (x - x is 0 for finite x, NaN for inf and NaN: a loop without
@@ -271,13 +281,7 @@ void FrameStatistics(const float* frames, long long n, int height, int width, in
     // 8-bit frames (a video's) take at most 256 grey levels: counted, not sorted.
     long long counts[256] = {0};
     bool eight_bit = true;
-    for (size_t j = 0; j < sampled.size() && eight_bit; ++j) {
-      const float g = img[sampled[j]];
-      eight_bit = g >= 0.f && g <= 255.f;
-      const int grey = eight_bit ? static_cast<int>(g) : 0;
-      eight_bit = eight_bit && g == static_cast<float>(grey);
-      if (eight_bit) ++counts[grey];
-    }
+    for (size_t j = 0; j < sampled.size() && eight_bit; ++j) eight_bit = CountEightBit(img[sampled[j]], counts);
     const long long m = static_cast<long long>(sampled.size());
     double lo, hi;
     if (eight_bit) {
@@ -394,11 +398,8 @@ void CropFrames(const float* frames, long long n, int height, int width, const d
       bool eight_bit = true;
       for (long long j = 0; j < pixels && eight_bit; ++j) {
         if (inside != nullptr && !inside[j]) continue;
-        const float g = img[j];
-        eight_bit = g >= 0.f && g <= 255.f;
-        const int level = eight_bit ? static_cast<int>(g) : 0;
-        eight_bit = eight_bit && g == static_cast<float>(level);
-        if (eight_bit) ++counts[level], ++m;
+        eight_bit = CountEightBit(img[j], counts);
+        m += eight_bit;
       }
       if (eight_bit && m > 0) {
         lo = RunsPercentile(GreyLevels(), counts, 256, m, low_percentile);
