@@ -131,7 +131,7 @@ def summarise(res, truth, starts, both_in_fov, seconds_per_frame, cpu_seconds_pe
         "refine_cpu_time_s_per_frame": float(cpu_seconds_per_frame),
         # The frames' own host work (RefineResult.host_seconds: CPU time, renders excluded), the
         # part a GPU leaves to the host's cores: with the renders on CUDA a machine refines at
-        # most (cores / this) frame pairs per second.
+        # most 1000 * cores / this frame pairs per second.
         "refine_host_ms_per_frame": float(1e3 * np.mean(res.host_seconds)),
         "threads": os.cpu_count(),
     }
