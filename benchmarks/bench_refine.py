@@ -15,8 +15,10 @@ the throughput of a recording, 256 frames (these repeated, from other starts) at
 to 256 frames in flight (``RefineOptions.cuda_frames_in_flight``: their renders are gathered
 into few large launches): ``refine_ms_per_frame_cuda`` at the default, every setting under
 ``refine_ms_per_frame_cuda_by_frames_in_flight``; ``refine_ms_per_frame_cuda_small_batch``: the
-frames above alone; ``refine_cpu_ms_per_frame_cuda``: the process's CPU time per frame pair of
-that run (all threads). ``refine_host_ms_per_frame`` (and ``..._cuda``): the frames' own host
+frames above alone; ``refine_ms_per_frame_cuda_by_render_threads``: the default in flight with
+1, 4 and 8 host threads in each gathered round's render call (``RefineOptions.cuda_render_threads``:
+its copies in and out); ``refine_cpu_ms_per_frame_cuda``: the process's CPU time per frame pair of
+the default run (all threads). ``refine_host_ms_per_frame`` (and ``..._cuda``): the frames' own host
 work, CPU time with their renders excluded (``RefineResult.host_seconds``): what a GPU leaves to
 the host's cores, so that with the renders on CUDA a machine of C cores refines at most about
 C / that many frame pairs per millisecond.
@@ -54,6 +56,7 @@ from _common import cuda_name, parser, report
 
 CUDA_BATCH_FRAMES = 256  # frames of the CUDA throughput rows (refine_ms_per_frame_cuda)
 CUDA_FRAMES_IN_FLIGHT = (32, 64, 128, 256)  # RefineOptions.cuda_frames_in_flight timed
+CUDA_RENDER_THREADS = (1, 4, 8)  # RefineOptions.cuda_render_threads timed (at the default in flight)
 
 
 def use_finite_differences() -> None:
@@ -229,23 +232,36 @@ def main(argv=None) -> dict:
         truth_b = np.tile(truth, (reps, 1))[:CUDA_BATCH_FRAMES]
         starts_b = perturbed_poses(truth_b, tuple(args.start_deg), tuple(args.start_mm), np.random.default_rng(11))
         images_b = np.tile(images, (reps, 1, 1, 1))[:CUDA_BATCH_FRAMES]
-        by_in_flight = {}
-        default_in_flight = refine.RefineOptions().cuda_frames_in_flight
-        for in_flight in sorted(set(CUDA_FRAMES_IN_FLIGHT) | {default_in_flight}):
+
+        def timed_batch(**fields) -> dict:
+            """The 256 frames refined on CUDA with these options' fields: summarise's figures."""
             opts_b = refine.refine_options(finest_level=results["finest_level"], num_levels=args.num_levels,
-                                           cuda_frames_in_flight=in_flight)
+                                           **fields)
             t, c = time.perf_counter(), time.process_time()
             res_b = refine.refine_poses(mu, views, images_b, starts_b, options=opts_b, bone=bone, image_masks=masks,
                                         device="cuda")
-            s_b = summarise(res_b, truth_b, starts_b, np.tile(both, reps)[:CUDA_BATCH_FRAMES],
-                            (time.perf_counter() - t) / CUDA_BATCH_FRAMES,
-                            (time.process_time() - c) / CUDA_BATCH_FRAMES)
+            return summarise(res_b, truth_b, starts_b, np.tile(both, reps)[:CUDA_BATCH_FRAMES],
+                             (time.perf_counter() - t) / CUDA_BATCH_FRAMES,
+                             (time.process_time() - c) / CUDA_BATCH_FRAMES)
+
+        by_in_flight, by_render_threads = {}, {}
+        default_in_flight = refine.RefineOptions().cuda_frames_in_flight
+        default_render_threads = refine.RefineOptions().cuda_render_threads
+        for in_flight in sorted(set(CUDA_FRAMES_IN_FLIGHT) | {default_in_flight}):
+            s_b = timed_batch(cuda_frames_in_flight=in_flight)
             by_in_flight[in_flight] = 1e3 * s_b["refine_s_per_frame_cpu"]
             rows.append((f"cuda: {CUDA_BATCH_FRAMES} frames, {in_flight} in flight: time per frame pair",
                          by_in_flight[in_flight], "ms"))
             if in_flight == default_in_flight:
                 results["refine_ms_per_frame_cuda"] = by_in_flight[in_flight]
+                by_render_threads[default_render_threads] = by_in_flight[in_flight]
                 default_b = s_b
+        # The gathered rounds' host threads (copies in and out), at the default frames in flight.
+        for threads in sorted(set(CUDA_RENDER_THREADS) - {default_render_threads}):
+            by_render_threads[threads] = 1e3 * timed_batch(cuda_render_threads=threads)["refine_s_per_frame_cpu"]
+            rows.append((f"cuda: {CUDA_BATCH_FRAMES} frames, {threads} render threads: time per frame pair",
+                         by_render_threads[threads], "ms"))
+        results["refine_ms_per_frame_cuda_by_render_threads"] = dict(sorted(by_render_threads.items()))
         s_b = default_b
         results["refine_ms_per_frame_cuda_by_frames_in_flight"] = by_in_flight
         results["refine_ms_per_frame_cuda_batch_frames"] = CUDA_BATCH_FRAMES

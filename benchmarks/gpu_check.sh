@@ -190,6 +190,8 @@ for name, key, target in [
         ("bench_dataset.json", "cuda_cone_shear_warp_samples_per_s", "(shear-warp, for comparison)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda", "(256 frames; register >= 500 frame pairs/s needs < 2 ms)"),
         ("bench_refine.json", "refine_ms_per_frame_cuda_small_batch", "(6 frames)"),
+        ("bench_refine.json", "refine_ms_per_frame_cuda_by_render_threads.4", "(4 host threads per gathered round: copies)"),
+        ("bench_refine.json", "refine_ms_per_frame_cuda_by_render_threads.8", "(8 host threads per gathered round)"),
         ("bench_refine.json", "cuda_batch.render_calls_per_frame", "(gathered rounds a frame waits for)"),
         ("bench_refine.json", "cuda_batch.rendered_rays_per_frame", "(rays per frame pair)"),
         ("bench_refine.json", "refine_host_ms_per_frame_cuda", "(frames' host work, CPU ms per frame pair: x / cores bounds the rate)"),

@@ -170,6 +170,7 @@ void BindRefine(nb::module_& m) {
       .def_rw("max_translation_change_mm", &RefineOptions::max_translation_change_mm)
       .def_rw("num_threads", &RefineOptions::num_threads)
       .def_rw("cuda_frames_in_flight", &RefineOptions::cuda_frames_in_flight)
+      .def_rw("cuda_render_threads", &RefineOptions::cuda_render_threads)
       .def_prop_rw(
           "device",
           [](const RefineOptions& o) {

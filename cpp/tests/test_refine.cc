@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "fluororeg/geometry.h"
@@ -386,8 +387,11 @@ TEST_F(RefineTest, GatheredRendersGiveTheSameResults) {
   RefineFrames(in, five.starts.data(), 5, alone, options);
   EXPECT_EQ(alone[0].status, RefineStatus::kConverged);
   EXPECT_EQ(alone[1].status, RefineStatus::kInvalidStart);
-  for (int in_flight : {1, 2, 5, 64}) {
-    SCOPED_TRACE("frames in flight: " + std::to_string(in_flight));
+  // Frames in flight, and the gathered calls' own threads (here rendering on the CPU).
+  for (auto [in_flight, render_threads] : {std::pair{1, 1}, {2, 1}, {5, 1}, {5, 3}, {64, 2}}) {
+    options.cuda_render_threads = render_threads;
+    SCOPED_TRACE("frames in flight: " + std::to_string(in_flight) + ", render threads " +
+                 std::to_string(render_threads));
     RefineResult gathered[5];
     internal::RefineFramesGathered(in, five.starts.data(), 5, gathered, options, in_flight);
     for (int f = 0; f < 5; ++f) {
@@ -451,6 +455,9 @@ TEST_F(RefineTest, BadInputThrowsInvalidArgument) {
   EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
   bad = RefineOptions();
   bad.broyden_updates = true;  // with the analytic Jacobian (the default): nothing to update
+  EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
+  bad = RefineOptions();
+  bad.cuda_render_threads = 0;
   EXPECT_THROW(RefineFrames(input, truth.data(), 1, &r, bad), std::invalid_argument);
   RefineInput other = input;
   other.views[1].width = 32;

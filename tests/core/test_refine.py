@@ -510,6 +510,8 @@ def test_bad_input_gives_clear_errors(headsq_mu, small_views, frames):
         refine.refine_options(similarity="mi")
     with pytest.raises(ValueError, match="cuda_frames_in_flight = 0: expected 1 to 4096"):
         refine.refine_options(cuda_frames_in_flight=0)
+    with pytest.raises(ValueError, match="cuda_render_threads = 0: expected 1 to 256"):
+        refine.refine_options(cuda_render_threads=0)
     with pytest.raises(ValueError, match="too small for pyramid level"):
         refine.refine_poses(headsq_mu, small_views, imgs, truth, options=refine.refine_options(num_levels=4))
     with pytest.raises(TypeError, match="float32 attenuation"):

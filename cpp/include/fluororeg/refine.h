@@ -127,6 +127,13 @@ struct RefineOptions {
   // H100 with 16 host cores, 256 frames took 6.9 / 6.0 / 5.9 / 6.1 ms each with 32 / 64 / 128 /
   // 256 in flight (benchmarks/bench_refine.py --device cuda times them).
   int cuda_frames_in_flight = 128;
+  // On CUDA, the host threads of each gathered round's render call: they copy the round's
+  // tables up (pixel lists) and its values and pose gradients back into the frames' buffers
+  // (about 20-40 MB per round of 128 frames of bench_long's 192 px head frames). 1: the render
+  // thread alone; a call starts and joins its other threads anew (with the earlier ungathered
+  // calls, thousands per recording, that cost more than the device took). Not yet measured with
+  // gathered rounds: bench_refine.py --device cuda times 1, 4 and 8.
+  int cuda_render_threads = 1;
 };
 
 // The volumes a refinement renders, prepared once for many calls: the attenuation and

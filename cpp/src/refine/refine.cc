@@ -57,6 +57,7 @@ double ThreadCpuSeconds() {
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kMaxFramesInFlight = 4096;  // each holds a host thread
+constexpr int kMaxRenderThreads = 256;     // RefineOptions::cuda_render_threads
 
 using internal::Fmt;
 
@@ -1004,6 +1005,9 @@ void ValidateRefineOptions(const RefineOptions& o) {
   if (o.cuda_frames_in_flight < 1 || o.cuda_frames_in_flight > kMaxFramesInFlight)
     bad("cuda_frames_in_flight = " + std::to_string(o.cuda_frames_in_flight) + ": expected 1 to " +
         std::to_string(kMaxFramesInFlight));
+  if (o.cuda_render_threads < 1 || o.cuda_render_threads > kMaxRenderThreads)
+    bad("cuda_render_threads = " + std::to_string(o.cuda_render_threads) + ": expected 1 to " +
+        std::to_string(kMaxRenderThreads));
 }
 
 namespace {
@@ -1228,10 +1232,9 @@ void RefineFramesGathered(const RefineInput& input, const double* init_poses, in
   ValidateViewWeights(input, options, num_frames);
   if (num_frames == 0) return;
   const int workers = std::min(frames_in_flight, num_frames);
-  // The batch calls run on the render thread alone: a call's own threads (validation, setups,
-  // copies) were started and joined anew for each of its thousands of calls, which took more of
-  // that thread's time than the device did.
-  RenderGather gather(workers, PixelRenderOptions(options, 1));
+  // The batch calls' own host threads (RefineOptions::cuda_render_threads; default 1, the
+  // render thread alone).
+  RenderGather gather(workers, PixelRenderOptions(options, options.cuda_render_threads));
   std::atomic<int> next{0};
   // One thread per frame in flight (most of their time they wait for the gathered render).
   ParallelFor(workers, workers, [&](long long) {
