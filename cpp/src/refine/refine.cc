@@ -908,8 +908,8 @@ int RefineLevel(const Context& ctx, const FrameLevel& fl, Pose* pose, const Rend
       // is rendered with its pose gradients: taken, it needs no Jacobian render of its own (one
       // render call per iteration instead of two); refused, the gradients are lost.
       const bool last = w.norm() < tol_rad && dt.norm() < coarse * o.tolerance_mm;
-      const bool with_jacobian =
-          o.analytic_jacobian && !o.broyden_updates && !last && it + 1 < o.max_iterations;
+      // (Broyden updates are not used with it: ValidateRefineOptions.)
+      const bool with_jacobian = o.analytic_jacobian && !last && it + 1 < o.max_iterations;
       NormalEquations tried;  // with_jacobian: the try's own
       double c;
       if (with_jacobian) {

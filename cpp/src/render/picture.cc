@@ -493,10 +493,9 @@ float CropLineIntegral(double v, double i_open) {
 }
 
 // LogAttenuationPictures of one crop whose grey levels are integers in [0, 255]: the same
-// picture from the grey levels' counts (no sort) and one logarithm per level.
-void EightBitLogPicture(const float* crop, long long pixels, double percentile, uint8_t* out) {
-  long long counts[256] = {0};
-  for (long long j = 0; j < pixels; ++j) ++counts[static_cast<int>(crop[j])];
+// picture from the grey levels' counts [256] (CountEightBit; no sort) and one logarithm per level.
+void EightBitLogPicture(const float* crop, long long pixels, const long long* counts, double percentile,
+                        uint8_t* out) {
   const double i_open = std::max(RunsPercentile(GreyLevels(), counts, 256, pixels, 99.0), 1.0);
   float L[256];  // per grey level; non-increasing in the level
   for (int g = 0; g < 256; ++g) L[g] = CropLineIntegral(g, i_open);
@@ -530,12 +529,11 @@ void LogAttenuationPictures(const float* crops, long long n, long long pixels, d
     const float* crop = crops + i * pixels;
     CheckFiniteGreyLevels(crop, pixels, "crop", i);
     // 8-bit crops (the pipeline's) take at most 256 grey levels: counted, not sorted.
+    long long counts[256] = {0};
     bool eight_bit = true;
-    for (long long j = 0; j < pixels && eight_bit; ++j) {
-      eight_bit = crop[j] >= 0.f && crop[j] <= 255.f && crop[j] == std::floor(crop[j]);
-    }
+    for (long long j = 0; j < pixels && eight_bit; ++j) eight_bit = CountEightBit(crop[j], counts);
     if (eight_bit) {
-      EightBitLogPicture(crop, pixels, percentile, out + i * pixels);
+      EightBitLogPicture(crop, pixels, counts, percentile, out + i * pixels);
       return;
     }
     thread_local std::vector<float> values, line_integrals;
