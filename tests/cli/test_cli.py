@@ -272,6 +272,40 @@ def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     assert "run the same command again to start over" in capsys.readouterr().err
 
 
+def test_ctrl_c_during_an_import_is_an_interrupt_not_an_error(tmp_path, monkeypatch, capsys):
+    """Python 3.11 turns a KeyboardInterrupt raised while a class is made (Ctrl-C while
+    matplotlib is imported for the QC figures: a fault-injection run met it) into a RuntimeError
+    caused by it; an error raised while an interrupt is handled has it as its context. Both end
+    as the Ctrl-C they are (130, how to go on), not as an error (2)."""
+    import fluororeg.cli.common as cli_common
+
+    class Interrupted:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    def class_made_during_ctrl_c(folder):
+        try:
+            type("Axis", (), {"converter": Interrupted()})
+        except RuntimeError as exc:  # 3.12 and later raise the KeyboardInterrupt itself
+            assert isinstance(exc.__cause__, KeyboardInterrupt)
+            raise
+
+    def error_while_handling_ctrl_c(folder):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise OSError("cleanup failed")
+
+    for handler in (class_made_during_ctrl_c, error_while_handling_ctrl_c):
+        monkeypatch.setattr(cli_common, "load_subject_arg", handler)
+        assert main(["dataset", "--out", str(tmp_path / "ds")]) == 130
+        assert capsys.readouterr().err.strip() == "fluororeg dataset: interrupted: run the same command again to resume"
+    # An error of its own stays an error.
+    monkeypatch.setattr(cli_common, "load_subject_arg", lambda folder: (_ for _ in ()).throw(OSError("disk full")))
+    assert main(["dataset", "--out", str(tmp_path / "ds")]) == 2
+    assert "error: disk full" in capsys.readouterr().err
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "poses.csv"
     bad.write_text("frame,theta_x_deg\n0,1\n")

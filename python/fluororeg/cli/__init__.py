@@ -89,6 +89,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt lies in ``exc``'s chain of causes and contexts. Python 3.11
+    wraps one raised while a class is being made (Ctrl-C during a module's import, such as
+    matplotlib's when the QC figures are drawn) in a RuntimeError; an error raised while an
+    interrupt was being handled has it as its context. Either way the user pressed Ctrl-C."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in DEPRECATED_COMMANDS:
@@ -109,14 +123,21 @@ def _run(args: argparse.Namespace) -> int:
             set_num_threads(args.threads)
         return args.handler(args)
     except KeyboardInterrupt:
-        how = "run the same command again to resume" if args.resumes else "run the same command again to start over"
-        print(f"fluororeg {args.command}: interrupted: {how}", file=sys.stderr)
-        return 130
+        return _interrupted(args)
     except MemoryError:
         print(f"fluororeg {args.command}: error: out of memory while running {args.command!r}; the input may be too "
               f"large (fluororeg.io.limits has the sizes fluororeg reads)", file=sys.stderr)
         return 2
     except (ValueError, TypeError, LookupError, OSError, ArithmeticError, RuntimeError, ImportError,
             EOFError) as exc:
+        if _caused_by_interrupt(exc):
+            return _interrupted(args)
         print(f"fluororeg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: says how to go on; exit status 130."""
+    how = "run the same command again to resume" if args.resumes else "run the same command again to start over"
+    print(f"fluororeg {args.command}: interrupted: {how}", file=sys.stderr)
+    return 130
