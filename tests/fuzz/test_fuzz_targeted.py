@@ -163,6 +163,36 @@ def case_study_fifo(tmp: Path):
     return load_study, p
 
 
+def _mutated_copy(seeds: Path, tmp: Path, folder: str, name: str, changes: dict[int, bytes]) -> Path:
+    """A copy of the seed folder with bytes of one file replaced ({offset: new bytes})."""
+    out = tmp / folder
+    shutil.copytree(seeds / folder, out)
+    data = bytearray((out / name).read_bytes())
+    for at, new in changes.items():
+        data[at:at + len(new)] = new
+    (out / name).write_bytes(bytes(data))
+    return out
+
+
+def case_dicom_element_length_2_gib(seeds: Path, tmp: Path):
+    """A mutation the fuzz run met: element lengths of 2 GiB in a slice of a few kB (pydicom
+    allocated them while reading the file)."""
+    from fluororeg.io.volume_formats import load_volume
+
+    huge = b"\x00\x00\x00\x80"
+    return (lambda d: np.shape(load_volume(d).data)), _mutated_copy(seeds, tmp, "dicom", "s1.dcm",
+                                                                   {340: huge, 199: b"\x03", 356: huge})
+
+
+def case_video_stream_without_decoder(seeds: Path, tmp: Path):
+    """A mutation the fuzz run met: one byte of the AVI header, after which FFmpeg gives the
+    video stream no codec context."""
+    from fluororeg.io.recording import open_recording
+
+    rec = _mutated_copy(seeds, tmp, "recording_video", "view1.avi", {188: bytes([48])})
+    return (lambda r: len(open_recording(r))), rec
+
+
 CASES = {
     "MetaImage DimSize 1e5^3 over 64 bytes": case_mha_huge_dims,
     "MetaImage zlib bomb (2.5 GiB)": case_mha_zlib_bomb,
@@ -177,6 +207,8 @@ CASES = {
     "subject CT a FIFO": case_subject_ct_fifo,
     "poses.csv that is /dev/zero": case_poses_csv_dev_zero,
     "study manifest a FIFO": case_study_fifo,
+    "DICOM element lengths of 2 GiB": case_dicom_element_length_2_gib,
+    "AVI video stream without a decoder": case_video_stream_without_decoder,
 }
 
 # Failures of main that branch readers fixes (issue 17); the lead removes the marks after merging.

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from fluororeg.core.volume import Volume
-from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_shape, check_regular_file,
-                                 check_volume_shape, describe_file_type)
+from fluororeg.io.limits import (MAX_IMAGE_FILE_BYTES, check_frame_count, check_frame_shape, check_volume_shape,
+                                 describe_file_type, read_bytes)
 
 __all__ = ["read_dicom_series"]
 
@@ -60,9 +61,11 @@ def _read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volu
     check_frame_count(len(files), f"DICOM folder {str(folder)!r}")
     slices = []
     for q in files:
-        check_regular_file(q, "DICOM file", max_bytes=MAX_IMAGE_FILE_BYTES)
+        # Parsed from its bytes in memory: a damaged element length (up to 4 GiB) then reads what
+        # the file holds, where reading the file itself would allocate that length first.
+        data = read_bytes(q, "DICOM file", max_bytes=MAX_IMAGE_FILE_BYTES)
         try:
-            ds = pydicom.dcmread(str(q))
+            ds = pydicom.dcmread(io.BytesIO(data))
         except (InvalidDicomError, OSError, EOFError):
             continue
         except (ValueError, TypeError, KeyError, AttributeError, struct_error) as exc:

@@ -95,8 +95,12 @@ class _VideoReader:
                 if not container.streams.video:
                     raise ValueError(f"'{path}' holds no video stream")
                 stream = container.streams.video[0]
-                check_frame_shape(stream.codec_context.width, stream.codec_context.height, f"the video '{path}'")
-                fmt = stream.codec_context.format  # more than 8 bits per sample: read 16-bit grey
+                codec = stream.codec_context
+                if codec is None:  # a damaged header names no codec FFmpeg knows
+                    raise ValueError(f"cannot read the video '{path}': FFmpeg finds no decoder for its video "
+                                     "stream (a damaged file, or a codec this build lacks)")
+                check_frame_shape(codec.width, codec.height, f"the video '{path}'")
+                fmt = codec.format  # more than 8 bits per sample: read 16-bit grey
                 self.bits16 = fmt is not None and max((c.bits for c in fmt.components), default=8) > 8
                 rate = stream.average_rate or stream.base_rate  # frames/s as the container records it
                 self.frame_rate_hz = float(rate) if rate else None
