@@ -308,3 +308,22 @@ def test_huge_zero_stride_inputs_are_refused_before_any_copy():
     with pytest.raises(ValueError, match="values per call"):
         fr.register_frames(np.zeros((6, 3)), default_dual_views(128, 128, 2.4),
                            np.broadcast_to(np.zeros(1, np.complex64), (1 << 40, 3)))
+    # Points to project, scales and the refinement's inputs (a longer fuzz run met the first two).
+    from fluororeg.core import refine, render
+    from fluororeg.core.geometry import ParallelCamera
+
+    views = default_dual_views(16, 16, 20.0)
+    huge_points = np.broadcast_to(np.zeros(1), (1 << 40, 3))
+    with pytest.raises(ValueError, match="points has shape .* values per call"):
+        render.project_cone(huge_points, views[0], np.zeros(6))
+    with pytest.raises(ValueError, match="scales has shape .* values per call"):
+        render.project_parallel(np.zeros((1, 3)), np.zeros((2, 6)), ParallelCamera(16, 16, 1.0),
+                                scales=np.broadcast_to(np.ones(1), (1 << 40,)))
+    volume = Volume(np.zeros((8, 8, 8), np.float32), [1, 1, 1], [-4, -4, -4])
+    images = np.zeros((1, 2, 16, 16), np.float32)
+    for name, value in (("init_poses", np.broadcast_to(np.zeros(1), (1 << 40, 6))),
+                        ("images", np.broadcast_to(np.zeros(1, np.float32), (1 << 38, 2, 16, 16))),
+                        ("view_weights", np.broadcast_to(np.ones(1), (1 << 40, 2)))):
+        args = {"images": images, "init_poses": np.zeros((1, 6)), "view_weights": None, name: value}
+        with pytest.raises(ValueError, match=f"{name} has shape .* values per call"):
+            refine.refine_poses(volume, views, args["images"], args["init_poses"], view_weights=args["view_weights"])

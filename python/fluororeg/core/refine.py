@@ -35,8 +35,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fluororeg import _core
-from fluororeg.core.geometry import (ConeView, as_poses, depth_reversed_poses, poses_to_radians, rotation_matrix,
-                                     stack_views)
+from fluororeg.core.geometry import (ConeView, as_poses, check_array_size, depth_reversed_poses, poses_to_radians,
+                                     rotation_matrix, stack_views)
 from fluororeg.core.volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "AMBIGUOUS_DEPTH", "DEPTH_MARGIN",
@@ -391,6 +391,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     packed = _views(views)
     if options is not None and not isinstance(options, RefineOptions):
         raise TypeError(f"options must be a fluororeg.core.refine.RefineOptions, got {type(options).__name__}")
+    for value, name in ((images, "images"), (init_poses, "init_poses"), (view_weights, "view_weights")):
+        check_array_size(value, name)  # before any copy
     imgs = _images(images, views, image_kind)
     masks = _masks(image_masks, views)
     init = np.asarray(init_poses, dtype=np.float64)

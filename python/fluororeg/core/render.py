@@ -37,7 +37,8 @@ from typing import Sequence, Union
 import numpy as np
 
 from fluororeg import _core
-from fluororeg.core.geometry import ConeView, ParallelCamera, as_poses, poses_to_radians, stack_views
+from fluororeg.core.geometry import (ConeView, ParallelCamera, as_poses, check_array_size, poses_to_radians,
+                                     stack_views)
 from fluororeg.core.threads import checked_request
 from fluororeg.core.threads import num_threads as process_threads  # 0: the process's count
 from fluororeg.core.volume import Volume
@@ -179,6 +180,7 @@ def _grid(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
 def _scales(scales, n: int) -> np.ndarray:
     if scales is None:
         return np.ones(n)
+    check_array_size(scales, "scales")
     s = np.asarray(scales, dtype=np.float64)
     if s.ndim == 0:
         s = np.full(n, float(s))
@@ -325,6 +327,7 @@ def render_cone(volume: Union[Volume, PreparedVolume], views: Views, poses, *, l
 
 
 def _points(points) -> np.ndarray:
+    check_array_size(points, "points")
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"points has shape {pts.shape}, expected (m, 3) in mm")
