@@ -276,6 +276,8 @@ def _images(images, views, image_kind: str) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[1:] != (2, H, W):
         raise ValueError(f"images have shape {np.shape(images)}, expected (F, 2, {H}, {W}) for the views' size")
+    if len(arr) > _core.MAX_BATCH:  # before any copy (a zero-stride view costs nothing until copied)
+        raise ValueError(f"images hold {len(arr):,} frame pairs: expected at most {_core.MAX_BATCH:,} per call")
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"images have dtype {arr.dtype}: expected numbers")
     arr = np.ascontiguousarray(arr, dtype=np.float32)  # a copy only where needed (frames are large)
@@ -391,8 +393,8 @@ def refine_poses(mu: Volume, views, images, init_poses, *, options: Optional[Ref
     packed = _views(views)
     if options is not None and not isinstance(options, RefineOptions):
         raise TypeError(f"options must be a fluororeg.core.refine.RefineOptions, got {type(options).__name__}")
-    for value, name in ((images, "images"), (init_poses, "init_poses"), (view_weights, "view_weights")):
-        check_array_size(value, name)  # before any copy
+    for value, name in ((init_poses, "init_poses"), (view_weights, "view_weights")):
+        check_array_size(value, name)  # before any copy (the images' frame count: _images)
     imgs = _images(images, views, image_kind)
     masks = _masks(image_masks, views)
     init = np.asarray(init_poses, dtype=np.float64)
