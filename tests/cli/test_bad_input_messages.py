@@ -353,3 +353,13 @@ def test_no_snapshot_selected_says_what_each_registered(monkeypatch, tmp_path):
     monkeypatch.setattr(ts, "score_snapshots", lambda *a, **k: scores)
     with pytest.raises(RuntimeError, match=r"\(landmark gate passed: step 200 25%, style log 0% \(10% refined\)\)"):
         ts.select_translator_snapshot(tmp_path, None, None, None, tmp_path / "sel")
+
+
+def test_an_empty_subject_folder_name_is_refused_not_taken_for_the_default(capsys, tmp_path, monkeypatch):
+    """`subject check ""` checked the example subject and wrote ./subject_check.png (an empty name
+    read as no folder: a fuzz run left such a sheet in the tests' folder); `--subject ""` loaded the
+    working folder. Both are bad input now, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    _fails(capsys, ["subject", "check", ""], "subject folder '' is an empty name")
+    _fails(capsys, ["dataset", "--subject", " ", "--out", str(tmp_path / "d")], "subject folder ' ' is an empty name")
+    assert list(tmp_path.iterdir()) == []

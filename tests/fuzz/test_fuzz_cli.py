@@ -107,7 +107,10 @@ def run_cli(argv: list[str], err_path: str) -> tuple:
 
 
 def cli_contract(argv, err_path: Path):
-    """Run in the child: main(argv) with stderr to a file, then the contract on it."""
+    """Run in the child: main(argv) with stderr to a file, then the contract on it. The child
+    works in err_path's folder: what a command writes to the working folder by default (say
+    subject check's sheet) stays out of the checkout."""
+    os.chdir(err_path.parent)
     code = run_cli(argv, str(err_path))
     err = err_path.read_text(errors="replace")
     lines = [ln for ln in err.splitlines() if ln.strip()]
