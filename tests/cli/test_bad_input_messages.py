@@ -355,11 +355,15 @@ def test_no_snapshot_selected_says_what_each_registered(monkeypatch, tmp_path):
         ts.select_translator_snapshot(tmp_path, None, None, None, tmp_path / "sel")
 
 
-def test_an_empty_subject_folder_name_is_refused_not_taken_for_the_default(capsys, tmp_path, monkeypatch):
-    """`subject check ""` checked the example subject and wrote ./subject_check.png (an empty name
-    read as no folder: a fuzz run left such a sheet in the tests' folder); `--subject ""` loaded the
-    working folder. Both are bad input now, and nothing is written."""
+def test_an_empty_argument_is_refused_not_taken_for_a_default(capsys, tmp_path, monkeypatch):
+    """An empty or blank argument (typically an unset shell variable) was read as the option's
+    absence or as the working folder: `subject check ""` checked the example subject and wrote
+    ./subject_check.png (a fuzz run left one in the tests' folder), `--subject ""` loaded the
+    working folder, `--translator ""` registered without the translator. Each is bad input now,
+    named, and nothing is written."""
     monkeypatch.chdir(tmp_path)
-    _fails(capsys, ["subject", "check", ""], "subject folder '' is an empty name")
-    _fails(capsys, ["dataset", "--subject", " ", "--out", str(tmp_path / "d")], "subject folder ' ' is an empty name")
+    _fails(capsys, ["subject", "check", ""], "fluororeg subject: error: argument 3 is empty")
+    _fails(capsys, ["dataset", "--subject", " ", "--out", str(tmp_path / "d")], "--subject is empty")
+    _fails(capsys, ["register", str(tmp_path), "--subject", "example", "--detector", "d.onnx", "--translator=",
+                    "--out", str(tmp_path / "r")], "--translator is empty", "unset shell variable")
     assert list(tmp_path.iterdir()) == []

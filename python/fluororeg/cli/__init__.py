@@ -103,8 +103,29 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+def _empty_argument(argv: list[str]) -> str | None:
+    """What is wrong with the first empty argument of ``argv`` (an option's value or a
+    positional argument, empty or blank: typically an unset shell variable, ``--translator
+    "$MODEL"``), or None. An empty name is never a file or a setting: it is refused rather than
+    read as the option's absence or as the working folder."""
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if token.startswith("--") and eq and not value.strip():
+            return f"{name} is empty: expected a value (an unset shell variable?)"
+        if not token.strip():
+            before = argv[i - 1] if i > 0 else ""
+            option = len(before) > 1 and before[0] == "-" and (before[1].isalpha() or before[1] == "-")
+            return f"{before if option else f'argument {i + 1}'} is empty: expected a value (an unset shell variable?)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    empty = _empty_argument(argv)
+    if empty is not None:
+        print(f"fluororeg {args.command}: error: {empty}", file=sys.stderr)
+        return 2
     if args.command in DEPRECATED_COMMANDS:
         deprecation_note(args.command, DEPRECATED_COMMANDS[args.command])
     written = warnings.formatwarning  # catch_warnings restores the filters, not the format

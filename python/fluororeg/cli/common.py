@@ -28,8 +28,6 @@ def load_subject_arg(folder: str | None):
     if folder is None:
         raise ValueError("no subject given: pass --subject DIR (a subject folder from `fluororeg subject init` or "
                          "`fluororeg import autoscoper`), or --subject example to use the built-in example subject")
-    if not str(folder).strip():  # Path("") would be the working folder
-        raise ValueError(f"subject folder {folder!r} is an empty name: expected a subject folder (or 'example')")
     if folder == EXAMPLE_SUBJECT and not (Path(folder) / "subject.json").is_file():
         return example_subject()
     return load_subject(folder)
