@@ -41,8 +41,10 @@ EXAMPLES = int(os.environ.get("FLUORO_FUZZ_EXAMPLES", "15"))
 
 # Derandomized (a fixed seed per test), no example database, no shrinking (each input is run in
 # a child process; the failing inputs are recorded by the harness instead), no deadline (the
-# harness's own time limit catches hangs).
-settings.register_profile("fluororeg-fuzz", derandomize=True, database=None, deadline=None,
+# harness's own time limit catches hangs). FLUORO_FUZZ_RANDOM=1: inputs other than the fixed
+# seeds' (a longer run that explores; pytest's --hypothesis-seed=N repeats one).
+settings.register_profile("fluororeg-fuzz", derandomize=os.environ.get("FLUORO_FUZZ_RANDOM") != "1",
+                          database=None, deadline=None,
                           max_examples=EXAMPLES, phases=[Phase.explicit, Phase.generate],
                           suppress_health_check=list(HealthCheck))
 FUZZ = settings.get_profile("fluororeg-fuzz")

@@ -184,6 +184,18 @@ def case_dicom_element_length_2_gib(seeds: Path, tmp: Path):
                                                                    {340: huge, 199: b"\x03", 356: huge})
 
 
+def case_dicom_unknown_value_representation(seeds: Path, tmp: Path):
+    """A mutation a randomised fuzz run met: three bytes inserted into the file meta header,
+    where pydicom then finds a value representation it does not know (NotImplementedError)."""
+    from fluororeg.io.volume_formats import load_volume
+
+    out = tmp / "dicom"
+    shutil.copytree(seeds / "dicom", out)
+    data = (out / "s1.dcm").read_bytes()
+    (out / "s1.dcm").write_bytes(data[:269] + b"\x8c%\xd1" + data[269:])
+    return (lambda d: np.shape(load_volume(d).data)), out
+
+
 def case_video_stream_without_decoder(seeds: Path, tmp: Path):
     """A mutation the fuzz run met: one byte of the AVI header, after which FFmpeg gives the
     video stream no codec context."""
@@ -208,6 +220,7 @@ CASES = {
     "poses.csv that is /dev/zero": case_poses_csv_dev_zero,
     "study manifest a FIFO": case_study_fifo,
     "DICOM element lengths of 2 GiB": case_dicom_element_length_2_gib,
+    "DICOM value representation pydicom does not know": case_dicom_unknown_value_representation,
     "AVI video stream without a decoder": case_video_stream_without_decoder,
 }
 

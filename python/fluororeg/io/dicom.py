@@ -68,7 +68,8 @@ def _read_dicom_series(folder: Path, select_file: Optional[Path] = None) -> Volu
             ds = pydicom.dcmread(io.BytesIO(data))
         except (InvalidDicomError, OSError, EOFError):
             continue
-        except (ValueError, TypeError, KeyError, AttributeError, struct_error) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, NotImplementedError,
+                struct_error) as exc:  # NotImplementedError: pydicom's unknown value representation
             raise ValueError(f"{str(q)!r}: malformed DICOM file: {exc}") from exc
         if "PixelData" not in ds:
             continue
