@@ -40,9 +40,14 @@ int ToInt(nb::handle h, const char* name) {
   if (IsBool(h) || !PyIndex_Check(h.ptr())) {
     throw nb::type_error((std::string(name) + " must be an integer, got " + TypeName(h)).c_str());
   }
-  const long long v = nb::cast<long long>(nb::steal(PyNumber_Index(h.ptr())));
-  if (v < -(1LL << 31) || v >= (1LL << 31)) {
-    throw std::invalid_argument(std::string(name) + " = " + std::to_string(v) + " is out of range");
+  const nb::object index = nb::steal(PyNumber_Index(h.ptr()));
+  if (!index.is_valid()) throw nb::python_error();
+  int overflow = 0;  // beyond 64 bits (nb::cast would throw std::bad_cast, a RuntimeError)
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+  if (overflow != 0 || v < -(1LL << 31) || v >= (1LL << 31)) {
+    throw std::invalid_argument(std::string(name) + " = " + nb::str(index).c_str() +
+                                " is out of range");
   }
   return static_cast<int>(v);
 }

@@ -446,6 +446,9 @@ def test_registration_options_class():
         fr.RegistrationOptions(mirror=1)
     with pytest.raises(TypeError, match="min_visible must be an integer"):
         fr.RegistrationOptions(min_visible=4.0)
+    for huge in (2**31, 10**20, -10**20):  # beyond 64 bits: was std::bad_cast, a RuntimeError (fuzz)
+        with pytest.raises(ValueError, match=f"min_visible = {huge} is out of range"):
+            fr.RegistrationOptions(min_visible=huge)
     with pytest.raises(ValueError, match="init 'next' is unknown"):
         fr.RegistrationOptions(init="next")
     with pytest.raises(ValueError, match="view_fit_ratio"):
