@@ -330,3 +330,38 @@ def test_huge_zero_stride_inputs_are_refused_before_any_copy():
         args = {"images": images, "init_poses": np.zeros((1, 6)), "view_weights": None, name: value}
         with pytest.raises(ValueError, match=f"{name} .*{said}"):
             refine.refine_poses(volume, views, args["images"], args["init_poses"], view_weights=args["view_weights"])
+
+
+def test_frames_that_cannot_fit_are_refused_before_the_copy():
+    """refine_poses' float32 copy of its frames is checked against what the process may allocate
+    (a fuzz run: 2^20 zero-stride frame pairs, 4.5 GiB as float32, ended in MemoryError under the
+    harness's address-space limit). Run in a child under such a limit; without one, the bound is
+    the machine's physical memory."""
+    from fluororeg.core.memory import allocatable_bytes
+
+    bytes_left, why = allocatable_bytes()
+    assert bytes_left > 0 and "physical memory" in why  # this process: no address-space limit
+    script = textwrap.dedent("""
+        import resource, numpy as np
+        from fluororeg.core import refine
+        from fluororeg.core.memory import allocatable_bytes
+        from fluororeg.core.volume import Volume
+        from fluororeg.simulation.simulate import default_dual_views
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 30), resource.RLIM_INFINITY))
+        left, why = allocatable_bytes()
+        assert 0 < left <= 1 << 30 and "RLIMIT_AS" in why, (left, why)
+        views = default_dual_views(24, 24, 20.0)
+        volume = Volume(np.zeros((8, 8, 8), np.float32), [1, 1, 1], [-4, -4, -4])
+        frames = np.broadcast_to(np.zeros((), np.float64), (1 << 20, 2, 24, 24))
+        try:
+            refine.refine_poses(volume, views, frames, np.zeros((1 << 20, 6)))
+        except ValueError as exc:
+            print(exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = run.stdout.strip()
+    assert "images (1048576, 2, 24, 24) as float32 need 4.5 GiB" in said and "RLIMIT_AS" in said, said
+    assert "refine fewer frames per call" in said

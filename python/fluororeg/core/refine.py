@@ -37,6 +37,7 @@ import numpy as np
 from fluororeg import _core
 from fluororeg.core.geometry import (ConeView, as_poses, check_array_size, depth_reversed_poses, poses_to_radians,
                                      rotation_matrix, stack_views)
+from fluororeg.core.memory import check_allocation
 from fluororeg.core.volume import Volume
 
 __all__ = ["RefineOptions", "RefineSimilarity", "RefineStatus", "STATUS_NAMES", "AMBIGUOUS_DEPTH", "DEPTH_MARGIN",
@@ -278,6 +279,8 @@ def _images(images, views, image_kind: str) -> np.ndarray:
         raise ValueError(f"images have shape {np.shape(images)}, expected (F, 2, {H}, {W}) for the views' size")
     if len(arr) > _core.MAX_BATCH:  # before any copy (a zero-stride view costs nothing until copied)
         raise ValueError(f"images hold {len(arr):,} frame pairs: expected at most {_core.MAX_BATCH:,} per call")
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous:  # the copy below must fit
+        check_allocation(arr.size * 4, f"images {tuple(arr.shape)} as float32", "refine fewer frames per call")
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"images have dtype {arr.dtype}: expected numbers")
     arr = np.ascontiguousarray(arr, dtype=np.float32)  # a copy only where needed (frames are large)
