@@ -22,7 +22,8 @@
 # with cranium_hu.npz (the example CT; else the benchmarks use a phantom and the dataset
 # benchmark is skipped), bench_long_spot_detector.onnx
 # (see its step) and bench_long_detector.onnx (a detector trained for the example subject: copy
-# out/demo/models/detector.onnx there, 11 MB; without it the target's run is skipped). The carry
+# out/demo/models/detector.onnx there, 11 MB; without it the target's run is skipped);
+# benchmarks/prepare_gpu_cache.sh makes all three in .frcache on the CPU machine first. The carry
 # limit (64 MiB with the checkout) then leaves no room for .gpu's pydicom wheel, which no step
 # here needs: `rm .gpu/wheels/pydicom-*` after copying the kit. FR_BASE, a folder holding
 # another checkout of the project (e.g. `git archive <rev> | tar -x -C .base`, carried with the checkout), whose render
