@@ -77,6 +77,9 @@ total = size(tracked) + cache + (kit or 0)
 print(f"[prepare] checkout {size(tracked) / 2**20:.1f} MiB, .frcache {cache / 2**20:.1f} MiB, "
       + (f".gpu {kit / 2**20:.1f} MiB" if kit is not None else "no .gpu yet (about 45 MiB less its 2.3 MiB pydicom wheel)")
       + f": {total / 2**20:.1f} MiB of the carry's 64 MiB" + ("" if kit is not None else " before .gpu"))
+if kit is not None and total > 64 * 2**20:
+    print("[prepare] WARNING: more than the carry's 64 MiB: the device call would refuse it; leave the pydicom wheel "
+          "out of .gpu, or bench_long_detector.onnx out of .frcache (gpu_check then skips the target's run)")
 EOF
 echo "[prepare] next: mkdir -p .gpu && cp -r ../shared/gpu/. .gpu/ && rm .gpu/wheels/pydicom-*"
 echo "[prepare] then the device call: OUT=\$OUT FR_REFINE_FD=1 bash benchmarks/gpu_check.sh, carry [\".gpu\", \".frcache\"]"
