@@ -272,6 +272,20 @@ def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     assert "run the same command again to start over" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_the_commands_are_loaded_exits_130_without_a_traceback(monkeypatch, capsys):
+    """The parser imports the commands' modules (SciPy among them); a Ctrl-C then (a resumed run
+    interrupted again at once: the fault-injection test with FLUORO_FAULT_KILLS=6 met it) printed
+    Python's traceback."""
+    import fluororeg.cli as cli
+
+    def loading(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", loading)
+    assert main(["dataset", "--out", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "fluororeg: interrupted before the command started: run it again"
+
+
 def test_ctrl_c_during_an_import_is_an_interrupt_not_an_error(tmp_path, monkeypatch, capsys):
     """Python 3.11 turns a KeyboardInterrupt raised while a class is made (Ctrl-C while
     matplotlib is imported for the QC figures: a fault-injection run met it) into a RuntimeError

@@ -121,7 +121,11 @@ def _empty_argument(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:  # the commands' modules are imported here (SciPy among them: about a second)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("fluororeg: interrupted before the command started: run it again", file=sys.stderr)
+        return 130
     empty = _empty_argument(argv)
     if empty is not None:
         print(f"fluororeg {args.command}: error: {empty}", file=sys.stderr)
