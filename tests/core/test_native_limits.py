@@ -311,11 +311,14 @@ def test_huge_zero_stride_inputs_are_refused_before_any_copy():
     # Points to project, scales and the refinement's inputs (a longer fuzz run met the first two).
     from fluororeg.core import refine, render
     from fluororeg.core.geometry import ParallelCamera
+    from fluororeg.core.temporal import smooth_poses
 
     views = default_dual_views(16, 16, 20.0)
     huge_points = np.broadcast_to(np.zeros(1), (1 << 40, 3))
     with pytest.raises(ValueError, match="points has shape .* values per call"):
         render.project_cone(huge_points, views[0], np.zeros(6))
+    with pytest.raises(ValueError, match="poses has shape .* values per call"):
+        smooth_poses(np.broadcast_to(np.zeros(1), (1 << 40, 6)), 10.0, 100.0)
     with pytest.raises(ValueError, match="scales has shape .* values per call"):
         render.project_parallel(np.zeros((1, 3)), np.zeros((2, 6)), ParallelCamera(16, 16, 1.0),
                                 scales=np.broadcast_to(np.ones(1), (1 << 40,)))
@@ -359,9 +362,20 @@ def test_frames_that_cannot_fit_are_refused_before_the_copy():
             refine.refine_poses(volume, views, frames, np.zeros((1 << 20, 6)))
         except ValueError as exc:
             print(exc)
+        # The other image stacks converted to float32 before the core sees them.
+        from fluororeg.core import render
+        said = []
+        for call in (lambda: refine.intensity_to_line_integrals(frames),
+                     lambda: render.window_to_uint8(frames[:, 0]), lambda: render.to_uint8(frames[:, 0])):
+            try:
+                call()
+            except ValueError as exc:
+                said.append("RLIMIT_AS" in str(exc))
+        print(said)
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    said = run.stdout.strip()
+    said, others = run.stdout.strip().splitlines()
     assert "images (1048576, 2, 24, 24) as float32 need 4.5 GiB" in said and "RLIMIT_AS" in said, said
     assert "refine fewer frames per call" in said
+    assert others == "[True, True, True]", others

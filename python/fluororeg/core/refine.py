@@ -310,6 +310,9 @@ def intensity_to_line_integrals(images, mask=None, *, source_map=None, num_threa
     if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"images have shape {arr.shape} and dtype {arr.dtype}: expected grey levels [..., H, W]")
     H, W = arr.shape[-2:]
+    copied = arr.dtype != np.float32 or not arr.flags.c_contiguous
+    check_allocation(arr.size * 4 * (2 if copied else 1), f"images {tuple(arr.shape)} and their line integrals "
+                     "as float32", "convert fewer frames per call")
     flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1, H, W)
     m = None
     if mask is not None:

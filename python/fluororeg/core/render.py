@@ -39,6 +39,7 @@ import numpy as np
 from fluororeg import _core
 from fluororeg.core.geometry import (ConeView, ParallelCamera, as_poses, check_array_size, poses_to_radians,
                                      stack_views)
+from fluororeg.core.memory import check_allocation
 from fluororeg.core.threads import checked_request
 from fluororeg.core.threads import num_threads as process_threads  # 0: the process's count
 from fluororeg.core.volume import Volume
@@ -415,6 +416,7 @@ def window_to_uint8(drr, *, percentile: float = 99.5, keep=None, num_threads: in
     linear interpolation between order statistics, as ``np.percentile``), and a value v becomes
     round(255 * clip(v / p, 0, 1)). ``keep`` [n, H, W] bool: pixels where it is False count as
     0 (the dataset's bone-only images). :func:`to_uint8` without a window uses it."""
+    check_allocation(np.size(drr) * 5, "drr as float32 and its 8-bit pictures", "window fewer images per call")
     arr = np.ascontiguousarray(drr, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"drr has shape {arr.shape}, expected (n, H, W)")
@@ -438,6 +440,7 @@ def to_uint8(drr, window=None, *, percentile: float = 99.5, invert: bool = False
     attenuation is brighter (film-radiograph look); ``invert=True`` makes it darker
     (image-intensifier look). Accepts [H, W] or [n, H, W]; returns uint8 of the same shape.
     """
+    check_allocation(np.size(drr) * 5, "drr as float32 and its 8-bit pictures", "convert fewer images per call")
     arr = np.asarray(drr, dtype=np.float32)
     if arr.ndim not in (2, 3):
         raise ValueError(f"drr has shape {arr.shape}, expected (H, W) or (n, H, W)")

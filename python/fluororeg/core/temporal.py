@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from fluororeg.core.geometry import check_array_size
+
 __all__ = ["smooth_poses", "check_smoothing"]
 
 
@@ -56,6 +58,7 @@ def smooth_poses(poses, smoothing_hz: float | None = None, fps: float | None = N
     smoothing_hz = _renamed_cutoff(smoothing_hz, cutoff_hz, "smooth_poses")
     from scipy.signal import butter, filtfilt
 
+    check_array_size(poses, "poses")  # before the copy
     P = np.asarray(poses, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] != 6:
         raise ValueError(f"poses has shape {P.shape}, expected (F, 6)")
