@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # the commands' modules are imported here (SciPy among them: about a second)
         args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C, or an extension module's import made it "initialization failed"
+        if not _caused_by_interrupt(exc):
+            raise
         print("fluororeg: interrupted before the command started: run it again", file=sys.stderr)
         return 130
     empty = _empty_argument(argv)
