@@ -85,6 +85,12 @@ def test_config_validation_and_presets():
     for minutes in (-5.0, float("nan")):
         with pytest.raises(ValueError, match="time_limit_minutes"):
             DetectorConfig(time_limit_minutes=minutes)
+    # Whole numbers (60.0 from a manifest too); inf was int()'s OverflowError (a study manifest's
+    # epochs = inf, met by a randomised fuzz run).
+    for bad in (float("inf"), float("nan"), 2.5, 0, True, "8"):
+        with pytest.raises(ValueError, match=r"epochs=.*: expected an integer >= 1"):
+            DetectorConfig(epochs=bad)
+    assert type(DetectorConfig(epochs=60.0).epochs) is int and DetectorConfig(epochs=60.0).epochs == 60
     with pytest.raises(ValueError, match="preset"):
         preset("slow")
     cfg = preset("fast", epochs=3)

@@ -49,8 +49,10 @@ class DetectorConfig:
         if self.input_size < 32 or self.input_size % 16:
             raise ValueError(f"input_size {self.input_size}: expected a multiple of 16, at least 32")
         for name in ("width", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+            v = getattr(self, name)  # a whole number, also from a JSON or TOML float such as 60.0
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v < 1:
+                raise ValueError(f"{name}={v!r}: expected an integer >= 1")
+            setattr(self, name, int(v))
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction {self.val_fraction}: expected in (0, 0.5)")
         if not (math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0):
