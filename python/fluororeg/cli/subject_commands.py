@@ -124,8 +124,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     if not (np.isfinite(args.max_off_bone_mm) and args.max_off_bone_mm >= 0):
         raise ValueError(f"--max-off-bone-mm {args.max_off_bone_mm}: expected a distance >= 0 in mm")
-    given = args.folder is not None  # an empty name is a bad folder, not the default
-    subject = common.load_subject_arg(args.folder if given else common.EXAMPLE_SUBJECT)  # the example by default
+    subject = common.load_subject_arg(args.folder or common.EXAMPLE_SUBJECT)  # check: the example by default
     ct, n = subject.ct, len(subject.landmark_names)
     print(f"subject {subject.name}: CT {ct.data.shape[::-1]} voxels (x, y, z) of {np.round(ct.spacing, 3).tolist()} mm, "
           f"{n} landmarks, {len(subject.pairs)} symmetric pairs, fingerprint {subject.fingerprint}")
@@ -142,7 +141,6 @@ def run_check(args: argparse.Namespace) -> int:
     above = np.asarray(ct.data) >= -500.0
     print(f"body mask (what DRRs show): {100 * body.mean():.1f} % of the CT; objects not connected to the body "
           f"(table, head holder) removed: {100 * (above & ~body).mean():.2f} % of the CT")
-    out = subject_check_sheet(subject, Path(args.sheet) if args.sheet else Path(args.folder if given else ".") /
-                              "subject_check.png")
+    out = subject_check_sheet(subject, Path(args.sheet) if args.sheet else Path(args.folder or ".") / "subject_check.png")
     print(f"wrote {out} (front and side DRRs; blue: left, red: right, green: midline)")
     return 0 if not far or not args.strict else 1
