@@ -85,12 +85,12 @@ def run_and_kill(args, sig, share: float, whole_s: float, training=False) -> int
     for it :func:`startup_s`), then ``share`` of the rest of an uninterrupted run's time, and send
     ``sig``; its exit status."""
     out = Path(args[args.index("--out") + 1])
-    resumed = out.exists()
+    start_s = startup_s(training) if out.exists() else 0.0  # timed before this run, not beside it
     t0 = time.monotonic()
     p = subprocess.Popen(_cmd(args, training), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     while p.poll() is None and not out.exists() and time.monotonic() - t0 < 120:
         time.sleep(0.02)
-    while resumed and p.poll() is None and time.monotonic() - t0 < startup_s(training):
+    while p.poll() is None and time.monotonic() - t0 < start_s:
         time.sleep(0.02)
     delay_s = share * max(whole_s - (time.monotonic() - t0), 0.05)
     try:
