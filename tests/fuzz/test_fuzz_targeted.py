@@ -205,6 +205,35 @@ def case_video_stream_without_decoder(seeds: Path, tmp: Path):
     return (lambda r: len(open_recording(r))), rec
 
 
+def case_png_frame_chunk_length_beyond_file(seeds: Path, tmp: Path):
+    """A mutation a randomised fuzz run met (seed 271828): a frame's PNG whose image data chunk
+    then declares a length of gigabytes, which Pillow reads whole after decoding (a read of that
+    many bytes allocates them: MemoryError). Readers' files now ask for no more than they hold."""
+    from fluororeg.io.recording import open_recording
+
+    out = tmp / "recording"
+    shutil.copytree(seeds / "recording", out)
+    frame = out / "view1" / "frame_0001.png"
+    data = bytearray(frame.read_bytes())
+    data[33] = 223
+    frame.write_bytes(bytes(data[:417]) + b"\tLk" + bytes(data[417:]))
+    return (lambda d: [(a.shape, b.shape) for _, a, b in open_recording(d).frames()]), out
+
+
+def case_geometry_width_infinite(seeds: Path, tmp: Path):
+    """A mutation a randomised fuzz run met (seed 271828): a view's width of 1e400 in a geometry
+    file (infinity: OverflowError from int())."""
+    from fluororeg.calibration.geometry_file import load_geometry
+
+    out = tmp / "calibration"
+    shutil.copytree(seeds / "calibration", out)
+    path = out / "geometry_distorted.json"
+    text = path.read_text()
+    assert '"width": 24' in text
+    path.write_text(text.replace('"width": 24', '"width": 1e400', 1))
+    return (lambda p: load_geometry(p).system_centre), path
+
+
 CASES = {
     "MetaImage DimSize 1e5^3 over 64 bytes": case_mha_huge_dims,
     "MetaImage zlib bomb (2.5 GiB)": case_mha_zlib_bomb,
@@ -222,6 +251,8 @@ CASES = {
     "DICOM element lengths of 2 GiB": case_dicom_element_length_2_gib,
     "DICOM value representation pydicom does not know": case_dicom_unknown_value_representation,
     "AVI video stream without a decoder": case_video_stream_without_decoder,
+    "PNG frame with a chunk length beyond the file": case_png_frame_chunk_length_beyond_file,
+    "geometry.json width 1e400": case_geometry_width_infinite,
 }
 
 # Failures of main that branch readers fixes (issue 17); the lead removes the marks after merging.

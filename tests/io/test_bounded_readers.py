@@ -447,6 +447,36 @@ def test_geometry_image_size_is_bounded(tmp_path):
         load_geometry(path)
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e400, 2.5, 0])
+def test_geometry_image_size_must_be_a_positive_whole_number(tmp_path, value):
+    d = geometry_to_dict(_geometry())
+    d["views"][1]["height"] = value
+    path = tmp_path / "geometry.json"
+    path.write_text(json.dumps(d))  # inf and nan as JSON's Infinity / NaN; 1e400 reads as inf
+    with pytest.raises(ValueError, match="height = .*positive whole number of pixels"):
+        load_geometry(path)
+
+
+def test_open_regular_reads_never_ask_for_more_than_the_file_holds(tmp_path):
+    """A decoder that trusts a damaged length field asks read(n) for gigabytes; read(n) allocates
+    n bytes first. The readers' files cap n at what is left (plus a little): same bytes, no
+    MemoryError (a damaged PNG frame, met by a randomised fuzz run)."""
+    path = tmp_path / "small.bin"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    with limits.open_regular(path) as fh:
+        assert isinstance(fh, limits.BoundedReader)
+        assert fh.read(10) == data[:10]
+        assert fh.read(1 << 50) == data[10:]  # 1 PiB asked: a MemoryError without the cap
+        assert fh.read(1 << 50) == b""
+        fh.seek(100)
+        assert fh.read(limits.READ_SLACK_BYTES * 4) == data[100:100 + limits.READ_SLACK_BYTES * 4]
+        fh.seek(0)
+        assert fh.read() == data
+    with limits.open_regular(path) as fh, io.TextIOWrapper(fh, encoding="latin-1") as text:  # as text readers use it
+        assert len(text.read()) == len(data)
+
+
 def test_frame_numbers_are_bounded(tmp_path):
     big = 10 ** 12
     ref = tmp_path / "ref.csv"

@@ -51,7 +51,7 @@ def load_image(image, name: str = "image") -> np.ndarray:
     """A 2D float64 image from an array or a file path (TIFF via tifffile, else Pillow).
     Raises ValueError naming the path for missing or unreadable files and for non-2D data."""
     if isinstance(image, (str, Path)):
-        from fluororeg.io.limits import MAX_IMAGE_FILE_BYTES, check_frame_shape, check_regular_file
+        from fluororeg.io.limits import MAX_IMAGE_FILE_BYTES, check_frame_shape, check_regular_file, open_regular
 
         path = Path(image)
         check_regular_file(path, f"{name} file", max_bytes=MAX_IMAGE_FILE_BYTES, missing_error=ValueError)
@@ -68,7 +68,7 @@ def load_image(image, name: str = "image") -> np.ndarray:
                     arr = tif.asarray()
             else:
                 from PIL import Image
-                with Image.open(path) as im:
+                with open_regular(path, f"{name} file", max_bytes=MAX_IMAGE_FILE_BYTES) as fh, Image.open(fh) as im:
                     check_frame_shape(im.size[0], im.size[1], f"{name} file '{path}'")
                     arr = np.asarray(im.convert("F") if im.mode not in ("L", "I", "I;16", "F") else im)
         except ValueError:

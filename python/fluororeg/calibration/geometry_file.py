@@ -130,7 +130,7 @@ def _num(d, key, where, integer=False):
     if isinstance(val, bool) or not isinstance(val, (int, float)):
         raise ValueError(f"{where}.{key} = {val!r}: expected a number")
     if integer:
-        if int(val) != val or val <= 0:
+        if not np.isfinite(val) or int(val) != val or val <= 0:
             raise ValueError(f"{where}.{key} = {val!r}: expected a positive whole number of pixels")
         return int(val)
     if not np.isfinite(val) or val <= 0:

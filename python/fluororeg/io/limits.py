@@ -13,6 +13,7 @@ exhausts a workstation.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ from pathlib import Path
 
 __all__ = ["MAX_VOLUME_VOXELS", "MAX_VOLUME_BYTES", "MAX_FRAME_PIXELS", "MAX_FRAMES", "MAX_FRAME_NUMBER",
            "MAX_POLYNOMIAL_ORDER", "MAX_TEXT_FILE_BYTES", "MAX_IMAGE_FILE_BYTES", "check_regular_file",
-           "open_regular", "read_bytes", "read_text", "check_volume_shape", "check_frame_shape", "check_frame_count",
-           "check_frame_numbers", "describe_file_type", "npz_member_header", "open_npz"]
+           "open_regular", "BoundedReader", "READ_SLACK_BYTES", "read_bytes", "read_text", "check_volume_shape",
+           "check_frame_shape", "check_frame_count", "check_frame_numbers", "describe_file_type", "npz_member_header", "open_npz"]
 
 #: Voxels of one CT volume (2^29 = 536,870,912: e.g. 512 x 512 x 2048).
 MAX_VOLUME_VOXELS = 1 << 29
@@ -86,9 +87,28 @@ def check_regular_file(path, what: str = "input file", *, max_bytes: int | None 
     return st
 
 
-def open_regular(path, what: str = "input file", *, max_bytes: int | None = None):
-    """A binary file object of ``path``, checked to be a regular file both before opening and
-    on the open descriptor (O_NONBLOCK: a FIFO swapped in between does not block the open)."""
+#: Bytes beyond the end of a file that one read may still ask for (BoundedReader).
+READ_SLACK_BYTES = 1 << 16
+
+
+class BoundedReader(io.BufferedReader):
+    """A regular file's buffered reader whose ``read(n)`` asks for no more than the bytes left in
+    the file (plus :data:`READ_SLACK_BYTES`). ``read(n)`` allocates n bytes before it reads, so a
+    decoder that trusts a damaged length field (a PNG chunk declared 2 GiB long, read by Pillow
+    whole) would otherwise raise MemoryError on a file of a few kilobytes. What is read is the
+    same: a read never returns more than the file holds."""
+
+    def read(self, size=-1):
+        if size is not None and size > READ_SLACK_BYTES:
+            left = os.fstat(self.fileno()).st_size - self.tell()
+            size = min(size, max(left, 0) + READ_SLACK_BYTES)
+        return super().read(size)
+
+
+def open_regular(path, what: str = "input file", *, max_bytes: int | None = None) -> BoundedReader:
+    """A binary file object of ``path`` (:class:`BoundedReader`), checked to be a regular file both
+    before opening and on the open descriptor (O_NONBLOCK: a FIFO swapped in between does not block
+    the open)."""
     check_regular_file(path, what, max_bytes=max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -100,10 +120,11 @@ def open_regular(path, what: str = "input file", *, max_bytes: int | None = None
                              f"such a file may have")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "r", closefd=True)
     except BaseException:
         os.close(fd)
         raise
+    return BoundedReader(raw)
 
 
 def read_bytes(path, what: str = "input file", *, max_bytes: int = MAX_VOLUME_BYTES + (64 << 20)) -> bytes:

@@ -187,11 +187,10 @@ class ImageSequence:
         elif self.path.exists() and self.path.suffix.lower() in (".tif", ".tiff"):
             from PIL import Image
 
-            check_regular_file(self.path, "multi-page TIFF file")
             try:
                 with warnings.catch_warnings():  # page sizes are checked against fluororeg's limit on reading
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    with Image.open(self.path) as img:
+                    with open_regular(self.path, "multi-page TIFF file") as fh, Image.open(fh) as img:
                         self._pages = getattr(img, "n_frames", 1)
             except (OSError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:  # SyntaxError: Pillow, damaged TIFF
                 raise ValueError(f"cannot read the TIFF file '{self.path}': {exc}") from exc
@@ -231,12 +230,12 @@ class ImageSequence:
         from PIL import Image
 
         path, page = (self.files[i], 0) if self.files is not None else (self.path, i)
-        if self.files is not None:  # checked when listed; again now: it may have been replaced since
-            check_regular_file(path, "frame file", max_bytes=MAX_IMAGE_FILE_BYTES)
+        # A frame file was checked when listed; again now: it may have been replaced since.
+        what, limit = ("frame file", MAX_IMAGE_FILE_BYTES) if self.files is not None else ("multi-page TIFF file", None)
         try:
             with warnings.catch_warnings():  # the size is checked below, against fluororeg's own limit
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
+                with open_regular(path, what, max_bytes=limit) as fh, Image.open(fh) as im:
                     im.seek(page)
                     # the declared size before any pixel is decoded
                     check_frame_shape(im.size[0], im.size[1], self._frame_words(i, path))
