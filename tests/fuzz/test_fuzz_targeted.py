@@ -220,18 +220,30 @@ def case_png_frame_chunk_length_beyond_file(seeds: Path, tmp: Path):
     return (lambda d: [(a.shape, b.shape) for _, a, b in open_recording(d).frames()]), out
 
 
-def case_geometry_width_infinite(seeds: Path, tmp: Path):
-    """A mutation a randomised fuzz run met (seed 271828): a view's width of 1e400 in a geometry
-    file (infinity: OverflowError from int())."""
+def _geometry_width_infinite(seeds: Path, tmp: Path, occurrence: int):
+    """The seed geometry with its ``occurrence``-th ``"width": 24`` (0: view 1's, 1: view 1's
+    distortion model's) made 1e400, which JSON reads as infinity."""
     from fluororeg.calibration.geometry_file import load_geometry
 
     out = tmp / "calibration"
     shutil.copytree(seeds / "calibration", out)
     path = out / "geometry_distorted.json"
-    text = path.read_text()
-    assert '"width": 24' in text
-    path.write_text(text.replace('"width": 24', '"width": 1e400', 1))
+    parts = path.read_text().split('"width": 24')
+    assert len(parts) > occurrence + 1
+    path.write_text('"width": 24'.join(parts[:occurrence + 1]) + '"width": 1e400'
+                    + '"width": 24'.join(parts[occurrence + 1:]))
     return (lambda p: load_geometry(p).system_centre), path
+
+
+def case_geometry_width_infinite(seeds: Path, tmp: Path):
+    """A mutation a randomised fuzz run met (seed 271828): a view's width of 1e400 in a geometry
+    file (infinity: OverflowError from int())."""
+    return _geometry_width_infinite(seeds, tmp, 0)
+
+
+def case_distortion_width_infinite(seeds: Path, tmp: Path):
+    """The same in the view's distortion model (seed 161803)."""
+    return _geometry_width_infinite(seeds, tmp, 1)
 
 
 CASES = {
@@ -253,6 +265,7 @@ CASES = {
     "AVI video stream without a decoder": case_video_stream_without_decoder,
     "PNG frame with a chunk length beyond the file": case_png_frame_chunk_length_beyond_file,
     "geometry.json width 1e400": case_geometry_width_infinite,
+    "geometry.json distortion width 1e400": case_distortion_width_infinite,
 }
 
 # Failures of main that branch readers fixes (issue 17); the lead removes the marks after merging.

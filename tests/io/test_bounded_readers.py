@@ -457,6 +457,19 @@ def test_geometry_image_size_must_be_a_positive_whole_number(tmp_path, value):
         load_geometry(path)
 
 
+@pytest.mark.parametrize("value", [float("inf"), 1e400, 24.5, "24", True])
+def test_distortion_image_size_must_be_a_whole_number(value):
+    """A distortion model's width from JSON: 24 and 24.0 read; infinity, 24.5 (truncated to 24
+    before) and other types are a ValueError naming the field."""
+    model = DistortionModel.from_dict(DistortionModel(order=3, width=24, height=24, centre=[11.5, 11.5],
+                                                      scale=16.0, coef=np.zeros((10, 2)),
+                                                      inverse_coef=np.zeros((10, 2))).to_dict())
+    d = model.to_dict()
+    assert DistortionModel.from_dict({**d, "width": 24.0}).width == 24
+    with pytest.raises(ValueError, match=r"distortion\.width = .*expected a whole number"):
+        DistortionModel.from_dict({**d, "width": value})
+
+
 def test_open_regular_reads_never_ask_for_more_than_the_file_holds(tmp_path):
     """A decoder that trusts a damaged length field asks read(n) for gigabytes; read(n) allocates
     n bytes first. The readers' files cap n at what is left (plus a little): same bytes, no

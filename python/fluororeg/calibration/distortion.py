@@ -244,23 +244,31 @@ class DistortionModel:
             raise ValueError(f"{where}.format = {d.get('format')!r}: expected {FORMAT!r}")
         if d.get("version", VERSION) != VERSION:
             raise ValueError(f"{where}.version = {d.get('version')!r}: only version {VERSION} is supported")
+        def whole(key, default=None):  # a whole number as JSON holds it (1760 or 1760.0), never truncated
+            v = d[key] if default is None else d.get(key, default)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{where}.{key} = {v!r}: expected a whole number")
+            return v
+
         try:
             order = _check_order(d["order"], f"{where}.order")
             exps = d.get("exponents")
             if exps is not None and [tuple(e) for e in exps] != _exponents(order):
                 raise ValueError(f"{where}.exponents do not match order {order}")
-            return cls(order=order, width=int(d["width"]), height=int(d["height"]),
+            return cls(order=order, width=whole("width"), height=whole("height"),
                        centre=np.asarray(d["centre"], dtype=float), scale=float(d["scale"]),
                        coef=np.asarray(d["coef"], dtype=float),
                        inverse_coef=np.asarray(d["inverse_coef"], dtype=float),
                        rms_px=float("nan") if d.get("rms_px") is None else float(d["rms_px"]),
                        max_px=float("nan") if d.get("max_px") is None else float(d["max_px"]),
-                       n_beads=int(d.get("n_beads", 0)),
+                       n_beads=whole("n_beads", 0),
                        pitch_mm=None if d.get("pitch_mm") is None else float(d["pitch_mm"]),
                        spacing_mm=None if d.get("spacing_mm") is None else float(d["spacing_mm"]))
         except KeyError as exc:
             raise ValueError(f"{where} lacks the field {exc.args[0]!r}") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{where} is malformed: {exc}") from exc
 
     def save(self, path) -> None:
