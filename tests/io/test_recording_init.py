@@ -54,6 +54,24 @@ def test_frame_numbers_come_from_file_names_and_are_kept(tmp_path):
         open_recording(tmp_path / "rec")
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("frames", 1e400, "says inf frames"), ("frames", [4], r"says \[4\] frames"), ("frames", "4", "says '4' frames"),
+    ("frames", True, "says True frames"), ("frame_numbers", 5, "lists frames 5 but"),
+    ("frame_numbers", "2,99", "lists frames '2,99' but")])
+def test_a_damaged_manifest_count_is_a_clear_error(tmp_path, field, value, message):
+    """recording.json's frame count and numbers as something else than written (infinity raised
+    OverflowError, a list TypeError; a number where the list belongs TypeError while the error
+    was being worded)."""
+    a = _folder(tmp_path, "cam01", [2, 99, 158, 1000])
+    b = _folder(tmp_path, "cam02", [2, 99, 158, 1000])
+    path = init_recording([a, b], _geometry(), tmp_path / "rec")
+    meta = json.loads(path.read_text())
+    assert meta["frames"] == 4
+    path.write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(ValueError, match=message):
+        open_recording(tmp_path / "rec")
+
+
 def test_views_with_different_frames_are_an_error_naming_them(tmp_path):
     a = _folder(tmp_path, "cam01", [138, 180, 260])
     b = _folder(tmp_path, "cam02", [138, 180, 272])

@@ -400,10 +400,12 @@ def open_recording(path=None, *, views: Sequence | None = None, geometry=None,
             rec = Recording(seqs, load_geometry(folder / meta["geometry"]), folder, meta.get("frame_rate_hz"))
         except ValueError as exc:
             raise ValueError(f"'{manifest}': {exc}") from exc
-        if "frames" in meta and int(meta["frames"]) != len(rec):
-            raise ValueError(f"'{manifest}' says {meta['frames']} frames but the views hold {len(rec)}")
-        if "frame_numbers" in meta and list(meta["frame_numbers"]) != rec.frame_numbers.tolist():
-            raise ValueError(f"'{manifest}' lists frames {meta['frame_numbers'][:10]} but the views hold frames "
+        if "frames" in meta and (isinstance(meta["frames"], bool) or meta["frames"] != len(rec)):
+            raise ValueError(f"'{manifest}' says {meta['frames']!r} frames but the views hold {len(rec)}")
+        listed = meta.get("frame_numbers")
+        if "frame_numbers" in meta and listed != rec.frame_numbers.tolist():
+            listed = listed[:10] if isinstance(listed, list) else repr(listed)[:40]
+            raise ValueError(f"'{manifest}' lists frames {listed} but the views hold frames "
                              f"{rec.frame_numbers[:10].tolist()} (files added or removed since?)")
         return rec
     if views is None or geometry is None:
