@@ -22,7 +22,8 @@ from pathlib import Path
 __all__ = ["MAX_VOLUME_VOXELS", "MAX_VOLUME_BYTES", "MAX_FRAME_PIXELS", "MAX_FRAMES", "MAX_FRAME_NUMBER",
            "MAX_POLYNOMIAL_ORDER", "MAX_TEXT_FILE_BYTES", "MAX_IMAGE_FILE_BYTES", "check_regular_file",
            "open_regular", "BoundedReader", "READ_SLACK_BYTES", "read_bytes", "read_text", "check_volume_shape",
-           "check_frame_shape", "check_frame_count", "check_frame_numbers", "describe_file_type", "npz_member_header", "open_npz"]
+           "check_frame_shape", "check_frame_count", "check_frame_numbers", "describe_file_type", "npz_member_header",
+           "open_npz"]
 
 #: Voxels of one CT volume (2^29 = 536,870,912: e.g. 512 x 512 x 2048).
 MAX_VOLUME_VOXELS = 1 << 29
