@@ -486,6 +486,8 @@ def test_open_regular_reads_never_ask_for_more_than_the_file_holds(tmp_path):
         assert fh.read(limits.READ_SLACK_BYTES * 4) == data[100:100 + limits.READ_SLACK_BYTES * 4]
         fh.seek(0)
         assert fh.read() == data
+        fh.seek(5)
+        assert data[5:].startswith(fh.read1(1 << 50))  # read1 (one raw read) is capped the same way
     with limits.open_regular(path) as fh, io.TextIOWrapper(fh, encoding="latin-1") as text:  # as text readers use it
         assert len(text.read()) == len(data)
 

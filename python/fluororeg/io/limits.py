@@ -93,17 +93,23 @@ READ_SLACK_BYTES = 1 << 16
 
 
 class BoundedReader(io.BufferedReader):
-    """A regular file's buffered reader whose ``read(n)`` asks for no more than the bytes left in
-    the file (plus :data:`READ_SLACK_BYTES`). ``read(n)`` allocates n bytes before it reads, so a
-    decoder that trusts a damaged length field (a PNG chunk declared 2 GiB long, read by Pillow
-    whole) would otherwise raise MemoryError on a file of a few kilobytes. What is read is the
-    same: a read never returns more than the file holds."""
+    """A regular file's buffered reader whose ``read(n)`` and ``read1(n)`` ask for no more than the
+    bytes left in the file (plus :data:`READ_SLACK_BYTES`). Both allocate n bytes before they
+    read, so a decoder that trusts a damaged length field (a PNG chunk declared 2 GiB long, read by
+    Pillow whole) would otherwise raise MemoryError on a file of a few kilobytes. What is read is
+    the same: a read never returns more than the file holds."""
 
-    def read(self, size=-1):
+    def _bounded(self, size):
         if size is not None and size > READ_SLACK_BYTES:
             left = os.fstat(self.fileno()).st_size - self.tell()
             size = min(size, max(left, 0) + READ_SLACK_BYTES)
-        return super().read(size)
+        return size
+
+    def read(self, size=-1):
+        return super().read(self._bounded(size))
+
+    def read1(self, size=-1):
+        return super().read1(self._bounded(size))
 
 
 def open_regular(path, what: str = "input file", *, max_bytes: int | None = None) -> BoundedReader:
