@@ -43,16 +43,28 @@ FORMAT = "fluororeg-distortion"
 VERSION = 1
 
 
+def _whole(value) -> int | None:
+    """``value`` as an int when it is a whole number (an int, or a float such as 1760.0 as JSON may
+    hold it; not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():  # inf and nan are not
+        return int(value)
+    return None
+
+
 def _check_order(order, where: str = "DistortionModel.order") -> int:
     """``order`` as an int after checking 1 <= order <= MAX_POLYNOMIAL_ORDER (before anything
     of size order^2 is built)."""
     from fluororeg.io.limits import MAX_POLYNOMIAL_ORDER
 
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer, float, np.floating)) \
-            or not np.isfinite(order) or int(order) != order or not 1 <= int(order) <= MAX_POLYNOMIAL_ORDER:
+    whole = _whole(order)
+    if whole is None or not 1 <= whole <= MAX_POLYNOMIAL_ORDER:
         raise ValueError(f"{where} = {order!r}: expected a whole number from 1 to {MAX_POLYNOMIAL_ORDER} "
                          f"(fluororeg.io.limits.MAX_POLYNOMIAL_ORDER; the paper uses 5)")
-    return int(order)
+    return whole
 
 
 def _exponents(order: int) -> list[tuple[int, int]]:
@@ -244,13 +256,12 @@ class DistortionModel:
             raise ValueError(f"{where}.format = {d.get('format')!r}: expected {FORMAT!r}")
         if d.get("version", VERSION) != VERSION:
             raise ValueError(f"{where}.version = {d.get('version')!r}: only version {VERSION} is supported")
-        def whole(key, default=None):  # a whole number as JSON holds it (1760 or 1760.0), never truncated
+        def whole(key, default=None):  # never truncated (24.5 is not 24)
             v = d[key] if default is None else d.get(key, default)
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            if isinstance(v, bool) or not isinstance(v, int):
+            n = _whole(v)
+            if n is None:
                 raise ValueError(f"{where}.{key} = {v!r}: expected a whole number")
-            return v
+            return n
 
         try:
             order = _check_order(d["order"], f"{where}.order")
